@@ -1,0 +1,71 @@
+/*
+** model.h -- the care primitives: organization, provider, patient,
+** partnership, consent, care team, task. Records are JSON documents (cJSON)
+** whose field names and value sets follow FHIR R4 where FHIR has them; each
+** kind has a declarative schema (model.c) that validates every write and names
+** the field at fault ("patient.contact.email: ..."). References between
+** records are kept in record_ref with real foreign keys; searchable values in
+** record_index. A write is one transaction (or a savepoint inside the
+** caller's), so a refused write changes nothing.
+** Depends on: store.h, clock.h, cJSON. Loop thread only.
+*/
+#ifndef CM_MODEL_H
+#define CM_MODEL_H
+
+#include <cjson/cJSON.h>
+
+#include "clock.h"
+#include "error.h"
+#include "store.h"
+
+typedef enum {
+    CM_KIND_ORGANIZATION,
+    CM_KIND_PROVIDER,
+    CM_KIND_PATIENT,
+    CM_KIND_PARTNERSHIP,
+    CM_KIND_CONSENT,
+    CM_KIND_CARE_TEAM,
+    CM_KIND_TASK,
+    CM_KIND__COUNT
+} cm_kind;
+
+typedef struct cm_model cm_model;
+
+/* A model over store (borrowed) stamping records with clock (borrowed). NULL on OOM. */
+cm_model *cm_model_new(cm_store *store, const cm_clock *clock);
+void cm_model_destroy(cm_model **model_p);
+
+/* "organization", "provider", "patient", "partnership", "consent", "care_team", "task". */
+const char *cm_kind_name(cm_kind kind);
+/* Kind by name; -1 if unknown. */
+int cm_kind_parse(const char *name);
+/* NULL-terminated list of the keys cm_model_find accepts for kind. */
+const char *const *cm_model_find_keys(cm_kind kind);
+
+/* Validate doc and insert it. doc must carry "id". On success *out (if not
+** NULL) receives the stored record with "meta" (caller frees with cJSON_Delete).
+** Errors: CM_EINVAL (validation, message names the field), CM_EEXISTS
+** (duplicate id), CM_EREF (a referenced record does not exist), CM_EDB. */
+int cm_model_create(cm_model *model, cm_kind kind, const cJSON *doc, cJSON **out, cm_err *err);
+
+/* The record with id, with "meta" {versionId, created, lastUpdated}. CM_ENOTFOUND if none. */
+int cm_model_get(cm_model *model, cm_kind kind, const char *id, cJSON **out, cm_err *err);
+
+/* Apply patch (JSON merge patch, RFC 7386: null removes a field) to record id,
+** validate the result as a whole and store it as the next version. "id" may
+** appear only with the same value; "meta" is ignored. Same errors as create,
+** plus CM_ENOTFOUND. */
+int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *patch,
+                    cJSON **out, cm_err *err);
+
+/* Records of kind matching every key/value of filter (an object of find keys to
+** strings; NULL or {} lists all), ordered by id, ids > after (NULL for the
+** start), at most limit (1..1000). *out receives a JSON array. Unknown filter
+** keys are CM_EINVAL naming the key and the keys allowed. */
+int cm_model_find(cm_model *model, cm_kind kind, const cJSON *filter, const char *after,
+                  int limit, cJSON **out, cm_err *err);
+
+/* Number of records of kind (for summaries). */
+int cm_model_count(cm_model *model, cm_kind kind, long *out, cm_err *err);
+
+#endif

@@ -1,0 +1,406 @@
+/*
+** store.c -- SQLite store: open, pragmas, migrations, kept statements, transactions.
+** Uses SQLite only. See store.h for the contract.
+*/
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CM_STMT_SLOTS 128
+
+typedef struct cm_stmt_slot {
+    const char *sql; /* the caller's literal; NULL when empty */
+    sqlite3_stmt *stmt;
+} cm_stmt_slot;
+
+struct cm_store {
+    sqlite3 *db;
+    char *path;
+    int schema_version;
+    cm_stmt_slot stmts[CM_STMT_SLOTS];
+};
+
+typedef struct cm_migration {
+    int version;
+    const char *description;
+    const char *sql;
+} cm_migration;
+
+/* Append-only: a released migration is never edited, only followed by another. */
+static const cm_migration migrations[] = {
+    {1, "records, references, search index, node metadata",
+     "CREATE TABLE node_meta(\n"
+     "  key   TEXT PRIMARY KEY,\n"
+     "  value TEXT NOT NULL\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE TABLE record(\n"
+     "  kind    TEXT NOT NULL,\n"
+     "  id      TEXT NOT NULL,\n"
+     "  doc     TEXT NOT NULL CHECK (json_valid(doc)),\n"
+     "  version INTEGER NOT NULL DEFAULT 1,\n"
+     "  created TEXT NOT NULL,\n"
+     "  updated TEXT NOT NULL,\n"
+     "  PRIMARY KEY (kind, id)\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE TABLE record_ref(\n"
+     "  kind    TEXT NOT NULL,\n"
+     "  id      TEXT NOT NULL,\n"
+     "  field   TEXT NOT NULL,\n"
+     "  to_kind TEXT NOT NULL,\n"
+     "  to_id   TEXT NOT NULL,\n"
+     "  FOREIGN KEY (kind, id) REFERENCES record(kind, id) ON DELETE CASCADE,\n"
+     "  FOREIGN KEY (to_kind, to_id) REFERENCES record(kind, id)\n"
+     ");\n"
+     "CREATE INDEX record_ref_from ON record_ref(kind, id);\n"
+     "CREATE INDEX record_ref_to ON record_ref(to_kind, to_id);\n"
+     "CREATE TABLE record_index(\n"
+     "  kind  TEXT NOT NULL,\n"
+     "  id    TEXT NOT NULL,\n"
+     "  key   TEXT NOT NULL,\n"
+     "  value TEXT NOT NULL,\n"
+     "  FOREIGN KEY (kind, id) REFERENCES record(kind, id) ON DELETE CASCADE\n"
+     ");\n"
+     "CREATE INDEX record_index_from ON record_index(kind, id);\n"
+     "CREATE INDEX record_index_lookup ON record_index(kind, key, value, id);\n"},
+};
+
+#define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
+
+void cm_store_opts_init(cm_store_opts *opts)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->synchronous = CM_SYNC_FULL;
+    opts->busy_timeout_ms = 5000;
+}
+
+int cm_sync_parse(const char *s)
+{
+    static const char *names[] = {"off", "normal", "full", "extra"};
+    for (int i = 0; i < 4; i++)
+        if (s && strcmp(s, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+sqlite3 *cm_store_db(cm_store *store)
+{
+    return store->db;
+}
+
+int cm_store_schema_version(cm_store *store)
+{
+    return store->schema_version;
+}
+
+int cm_store_error(cm_store *store, cm_err *err, const char *what)
+{
+    int rc = sqlite3_extended_errcode(store->db);
+    int code = CM_EDB;
+    if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT)
+        code = CM_ENOTCM;
+    else if ((rc & 0xff) == SQLITE_READONLY || (rc & 0xff) == SQLITE_PERM ||
+             (rc & 0xff) == SQLITE_CANTOPEN)
+        code = CM_EPERM;
+    else if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        code = (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ? CM_EREF : CM_EEXISTS;
+    else if ((rc & 0xff) == SQLITE_NOMEM)
+        code = CM_ENOMEM;
+    return cm_err_set(err, code, "%s: %s: %s", store->path, what, sqlite3_errmsg(store->db));
+}
+
+int cm_store_exec(cm_store *store, const char *sql, cm_err *err)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(store->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        int rc = cm_store_error(store, err, "exec");
+        sqlite3_free(msg);
+        return rc;
+    }
+    return 0;
+}
+
+static uint32_t sql_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
+{
+    uint32_t h = sql_hash(sql);
+    for (uint32_t i = 0; i < CM_STMT_SLOTS; i++) {
+        cm_stmt_slot *slot = &store->stmts[(h + i) % CM_STMT_SLOTS];
+        if (slot->sql && (slot->sql == sql || strcmp(slot->sql, sql) == 0)) {
+            sqlite3_reset(slot->stmt);
+            sqlite3_clear_bindings(slot->stmt);
+            return slot->stmt;
+        }
+        if (!slot->sql) {
+            if (sqlite3_prepare_v3(store->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &slot->stmt,
+                                   NULL) != SQLITE_OK) {
+                cm_store_error(store, err, "prepare");
+                slot->stmt = NULL;
+                return NULL;
+            }
+            slot->sql = sql;
+            return slot->stmt;
+        }
+    }
+    cm_err_set(err, CM_ENOMEM, "statement cache full (%d statements)", CM_STMT_SLOTS);
+    return NULL;
+}
+
+bool cm_store_in_tx(cm_store *store)
+{
+    return !sqlite3_get_autocommit(store->db);
+}
+
+int cm_store_begin(cm_store *store, cm_err *err)
+{
+    return cm_store_exec(store, "BEGIN IMMEDIATE", err);
+}
+
+int cm_store_commit(cm_store *store, cm_err *err)
+{
+    int rc = cm_store_exec(store, "COMMIT", err);
+    if (rc != 0 && cm_store_in_tx(store))
+        cm_store_rollback(store);
+    return rc;
+}
+
+void cm_store_rollback(cm_store *store)
+{
+    if (cm_store_in_tx(store))
+        sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int cm_store_meta_set(cm_store *store, const char *key, const char *value, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        store, "INSERT INTO node_meta(key, value) VALUES (?1, ?2) "
+               "ON CONFLICT(key) DO UPDATE SET value = excluded.value", err);
+    if (!st)
+        return err ? err->code : CM_EDB;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : cm_store_error(store, err, "node_meta");
+    sqlite3_reset(st);
+    return rc;
+}
+
+char *cm_store_meta_get(cm_store *store, const char *key, cm_err *err)
+{
+    char *out = NULL;
+    sqlite3_stmt *st = cm_store_prepare(store, "SELECT value FROM node_meta WHERE key = ?1", err);
+    if (!st)
+        return NULL;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        out = strdup((const char *)sqlite3_column_text(st, 0));
+        if (!out)
+            cm_err_set(err, CM_ENOMEM, "node_meta %s", key);
+    } else if (rc == SQLITE_DONE) {
+        cm_err_set(err, CM_ENOTFOUND, "node metadata '%s' is not set", key);
+    } else {
+        cm_store_error(store, err, "node_meta");
+    }
+    sqlite3_reset(st);
+    return out;
+}
+
+/* Make sure the file exists with mode 0600 before SQLite opens it. */
+static int ensure_file(const char *path, bool create, cm_err *err)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode))
+            return cm_err_set(err, CM_ENOTCM, "%s: not a regular file", path);
+        return 0;
+    }
+    if (errno != ENOENT)
+        return cm_err_set(err, CM_EIO, "%s: %s", path, strerror(errno));
+    if (!create)
+        return cm_err_set(err, CM_ENOTFOUND, "%s: no database here (run 'caremesh init' first)",
+                          path);
+    int fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return cm_err_set(err, errno == EACCES || errno == EROFS ? CM_EPERM : CM_EIO,
+                          "%s: cannot create database: %s", path, strerror(errno));
+    close(fd);
+    return 0;
+}
+
+static int query_int(cm_store *store, const char *sql, int *out, cm_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(store->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int(st, 0);
+        rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        *out = 0;
+        rc = 0;
+    } else {
+        rc = cm_store_error(store, err, sql);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Recognize our own database; adopt an empty one; refuse anything else. */
+static int check_identity(cm_store *store, cm_err *err)
+{
+    int app_id = 0, ntables = 0, rc;
+    if ((rc = query_int(store, "PRAGMA application_id", &app_id, err)) != 0)
+        return cm_err_prefix(err, "not a caremesh database (corrupt or foreign file)");
+    if ((rc = query_int(store, "SELECT count(*) FROM sqlite_schema", &ntables, err)) != 0)
+        return rc;
+    if ((uint32_t)app_id == CM_APPLICATION_ID)
+        return 0;
+    if (app_id != 0 || ntables != 0)
+        return cm_err_set(err, CM_ENOTCM,
+                          "%s: not a caremesh database (a SQLite database of another "
+                          "application, application_id 0x%08x, %d schema objects)",
+                          store->path, (unsigned)app_id, ntables);
+    char sql[64];
+    snprintf(sql, sizeof(sql), "PRAGMA application_id = %d", (int)CM_APPLICATION_ID);
+    return cm_store_exec(store, sql, err);
+}
+
+static int set_pragmas(cm_store *store, const cm_store_opts *opts, cm_err *err)
+{
+    static const char *sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
+                                     "PRAGMA synchronous=FULL", "PRAGMA synchronous=EXTRA"};
+    int rc;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(store->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        return cm_store_error(store, err, "journal_mode=WAL");
+    }
+    bool wal = strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+    sqlite3_finalize(st);
+    if (!wal)
+        return cm_err_set(err, CM_EDB, "%s: cannot switch to WAL journal mode", store->path);
+    if ((rc = cm_store_exec(store, "PRAGMA foreign_keys=ON", err)) != 0)
+        return rc;
+    if (opts->synchronous < CM_SYNC_OFF || opts->synchronous > CM_SYNC_EXTRA)
+        return cm_err_set(err, CM_EINVAL, "synchronous level %d out of range",
+                          (int)opts->synchronous);
+    if ((rc = cm_store_exec(store, sync_sql[opts->synchronous], err)) != 0)
+        return rc;
+    sqlite3_busy_timeout(store->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
+    return 0;
+}
+
+static int migrate(cm_store *store, cm_err *err)
+{
+    int rc, current = 0;
+    if ((rc = cm_store_exec(store,
+                            "CREATE TABLE IF NOT EXISTS schema_version(\n"
+                            "  version     INTEGER PRIMARY KEY,\n"
+                            "  description TEXT NOT NULL,\n"
+                            "  applied_at  TEXT NOT NULL DEFAULT "
+                            "(strftime('%Y-%m-%dT%H:%M:%SZ','now'))\n"
+                            ")",
+                            err)) != 0)
+        return rc;
+    if ((rc = query_int(store, "SELECT coalesce(max(version), 0) FROM schema_version", &current,
+                        err)) != 0)
+        return rc;
+    if (current > CM_SCHEMA_VERSION)
+        return cm_err_set(err, CM_ESCHEMA,
+                          "%s: database schema version %d is newer than this caremesh "
+                          "(%s knows up to %d); use a newer caremesh",
+                          store->path, current, CM_VERSION, CM_SCHEMA_VERSION);
+    for (size_t i = 0; i < CM_NMIGRATIONS; i++) {
+        const cm_migration *m = &migrations[i];
+        if (m->version <= current)
+            continue;
+        if ((rc = cm_store_begin(store, err)) != 0)
+            return rc;
+        sqlite3_stmt *st = NULL;
+        rc = cm_store_exec(store, m->sql, err);
+        if (rc == 0 &&
+            sqlite3_prepare_v2(store->db,
+                               "INSERT INTO schema_version(version, description) VALUES (?1, ?2)",
+                               -1, &st, NULL) == SQLITE_OK) {
+            sqlite3_bind_int(st, 1, m->version);
+            sqlite3_bind_text(st, 2, m->description, -1, SQLITE_STATIC);
+            if (sqlite3_step(st) != SQLITE_DONE)
+                rc = cm_store_error(store, err, "schema_version");
+        } else if (rc == 0) {
+            rc = cm_store_error(store, err, "schema_version");
+        }
+        sqlite3_finalize(st);
+        if (rc == 0)
+            rc = cm_store_commit(store, err);
+        if (rc != 0) {
+            cm_store_rollback(store);
+            return cm_err_prefix(err, "migration %d (%s)", m->version, m->description);
+        }
+        current = m->version;
+    }
+    store->schema_version = current;
+    return 0;
+}
+
+int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
+{
+    cm_store *store = NULL;
+    int rc;
+    *out = NULL;
+    if (!opts || !opts->path || !*opts->path)
+        return cm_err_set(err, CM_EINVAL, "store: no database path given");
+    if ((rc = ensure_file(opts->path, opts->create, err)) != 0)
+        return rc;
+    store = calloc(1, sizeof(*store));
+    if (!store || !(store->path = strdup(opts->path))) {
+        free(store);
+        return cm_err_set(err, CM_ENOMEM, "store: out of memory");
+    }
+    if (sqlite3_open_v2(opts->path, &store->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        rc = cm_store_error(store, err, "open");
+        goto done;
+    }
+    sqlite3_extended_result_codes(store->db, 1);
+    if ((rc = check_identity(store, err)) != 0)
+        goto done;
+    if ((rc = set_pragmas(store, opts, err)) != 0)
+        goto done;
+    if ((rc = migrate(store, err)) != 0)
+        goto done;
+    *out = store;
+done:
+    if (rc != 0)
+        cm_store_close(&store);
+    return rc;
+}
+
+void cm_store_close(cm_store **store_p)
+{
+    cm_store *store = store_p ? *store_p : NULL;
+    if (!store)
+        return;
+    for (int i = 0; i < CM_STMT_SLOTS; i++)
+        sqlite3_finalize(store->stmts[i].stmt);
+    if (store->db) {
+        cm_store_rollback(store);
+        sqlite3_close(store->db);
+    }
+    free(store->path);
+    free(store);
+    *store_p = NULL;
+}

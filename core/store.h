@@ -1,0 +1,80 @@
+/*
+** store.h -- the caremesh store: one SQLite database in WAL mode.
+** One writer connection, owned by the loop thread (no other thread may call
+** these). Versioned migrations are applied once each, in a transaction, when
+** the store opens. A change is durable when cm_store_commit() returns 0
+** (synchronous=FULL by default). Hot statements are prepared once and kept.
+** Depends on: SQLite, error.h.
+*/
+#ifndef CM_STORE_H
+#define CM_STORE_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+
+#include "error.h"
+
+/* Highest schema version this binary knows. */
+#define CM_SCHEMA_VERSION 1
+/* PRAGMA application_id of a caremesh database ("CMSH"). */
+#define CM_APPLICATION_ID 0x434d5348
+
+typedef enum {
+    CM_SYNC_OFF = 0,
+    CM_SYNC_NORMAL = 1,
+    CM_SYNC_FULL = 2,
+    CM_SYNC_EXTRA = 3,
+} cm_sync;
+
+typedef struct cm_store_opts {
+    const char *path;   /* database file */
+    bool create;        /* create the file (mode 0600) if it does not exist */
+    cm_sync synchronous; /* durability level; CM_SYNC_FULL is the default */
+    int busy_timeout_ms; /* 0 selects 5000 */
+} cm_store_opts;
+
+typedef struct cm_store cm_store;
+
+/* Defaults: synchronous FULL, busy timeout 5 s, no create. */
+void cm_store_opts_init(cm_store_opts *opts);
+
+/* Open (and migrate) the database. On failure *out is NULL, err says why:
+** CM_ENOTFOUND (no file and !create), CM_ENOTCM (corrupt or foreign file),
+** CM_ESCHEMA (newer than this binary), CM_EPERM/CM_EIO, CM_EDB. */
+int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err);
+
+/* Finalize kept statements, close the connection, NULL *store_p. */
+void cm_store_close(cm_store **store_p);
+
+/* The connection (borrowed; valid until close). */
+sqlite3 *cm_store_db(cm_store *store);
+
+/* Schema version of the open database. */
+int cm_store_schema_version(cm_store *store);
+
+/* A statement for sql, prepared on first use and kept until close; sql must be
+** a string literal (the cache keys on its address and text). The statement is
+** reset with its bindings cleared. Borrowed: do not finalize. NULL on error. */
+sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err);
+
+/* Transactions: BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
+int cm_store_begin(cm_store *store, cm_err *err);
+int cm_store_commit(cm_store *store, cm_err *err);
+void cm_store_rollback(cm_store *store);
+bool cm_store_in_tx(cm_store *store);
+
+/* Run SQL with no result rows (DDL, PRAGMA, one-off writes). */
+int cm_store_exec(cm_store *store, const char *sql, cm_err *err);
+
+/* Fill err from the connection's last error; returns CM_EDB (or a more precise code). */
+int cm_store_error(cm_store *store, cm_err *err, const char *what);
+
+/* Node metadata (node id and the like): key/value, text. */
+int cm_store_meta_set(cm_store *store, const char *key, const char *value, cm_err *err);
+/* Returns a malloc'd copy the caller frees, or NULL (err CM_ENOTFOUND if absent). */
+char *cm_store_meta_get(cm_store *store, const char *key, cm_err *err);
+
+/* Parse "off|normal|full|extra"; -1 if unknown. */
+int cm_sync_parse(const char *s);
+
+#endif
