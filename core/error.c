@@ -51,16 +51,28 @@ int cm_err_set(cm_err *err, int code, const char *fmt, ...)
 
 int cm_err_prefix(cm_err *err, const char *fmt, ...)
 {
-    char prefix[256], rest[CM_ERR_MSG_MAX];
+    char buf[CM_ERR_MSG_MAX + 256];
     va_list ap;
     if (!err)
         return CM_EINVAL;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    int n = vsnprintf(buf, 256, fmt, ap);
     va_end(ap);
-    memcpy(rest, err->msg, sizeof(rest));
-    snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, rest);
+    size_t len = n < 0 ? 0 : (size_t)n < 256 ? (size_t)n : 255;
+    snprintf(buf + len, sizeof(buf) - len, ": %s", err->msg);
+    len = strlen(buf);
+    if (len >= sizeof(err->msg))
+        len = sizeof(err->msg) - 1; /* the message is cut, never overrun */
+    memcpy(err->msg, buf, len);
+    err->msg[len] = '\0';
     return err->code;
+}
+
+int cm_err_recode(cm_err *err, int code)
+{
+    if (err)
+        err->code = code;
+    return code;
 }
 
 void cm_err_clear(cm_err *err)

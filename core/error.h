@@ -49,11 +49,13 @@ const char *cm_err_name(int code);
 const char *cm_strerror(int code);
 
 /* Fill *err (if not NULL) and return code. The message is printf-formatted. */
-int cm_err_set(cm_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int cm_err_set(cm_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Prefix err->msg with "prefix: " (for adding a location); returns err->code. */
 int cm_err_prefix(cm_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Keep the message, change the code; returns code. */
+int cm_err_recode(cm_err *err, int code);
 
 void cm_err_clear(cm_err *err);
 

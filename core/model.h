@@ -55,15 +55,15 @@ int cm_model_get(cm_model *model, cm_kind kind, const char *id, cJSON **out, cm_
 ** validate the result as a whole and store it as the next version. "id" may
 ** appear only with the same value; "meta" is ignored. Same errors as create,
 ** plus CM_ENOTFOUND. */
-int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *patch,
-                    cJSON **out, cm_err *err);
+int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *patch, cJSON **out,
+                    cm_err *err);
 
 /* Records of kind matching every key/value of filter (an object of find keys to
 ** strings; NULL or {} lists all), ordered by id, ids > after (NULL for the
 ** start), at most limit (1..1000). *out receives a JSON array. Unknown filter
 ** keys are CM_EINVAL naming the key and the keys allowed. */
-int cm_model_find(cm_model *model, cm_kind kind, const cJSON *filter, const char *after,
-                  int limit, cJSON **out, cm_err *err);
+int cm_model_find(cm_model *model, cm_kind kind, const cJSON *filter, const char *after, int limit,
+                  cJSON **out, cm_err *err);
 
 /* Number of records of kind (for summaries). */
 int cm_model_count(cm_model *model, cm_kind kind, long *out, cm_err *err);

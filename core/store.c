@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -184,9 +185,10 @@ void cm_store_rollback(cm_store *store)
 
 int cm_store_meta_set(cm_store *store, const char *key, const char *value, cm_err *err)
 {
-    sqlite3_stmt *st = cm_store_prepare(
-        store, "INSERT INTO node_meta(key, value) VALUES (?1, ?2) "
-               "ON CONFLICT(key) DO UPDATE SET value = excluded.value", err);
+    sqlite3_stmt *st = cm_store_prepare(store,
+                                        "INSERT INTO node_meta(key, value) VALUES (?1, ?2) "
+                                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                        err);
     if (!st)
         return err ? err->code : CM_EDB;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);

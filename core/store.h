@@ -27,8 +27,8 @@ typedef enum {
 } cm_sync;
 
 typedef struct cm_store_opts {
-    const char *path;   /* database file */
-    bool create;        /* create the file (mode 0600) if it does not exist */
+    const char *path;    /* database file */
+    bool create;         /* create the file (mode 0600) if it does not exist */
     cm_sync synchronous; /* durability level; CM_SYNC_FULL is the default */
     int busy_timeout_ms; /* 0 selects 5000 */
 } cm_store_opts;

@@ -1,0 +1,39 @@
+/*
+** lhost.h -- what the host lends to Lua code, and the `caremesh` module.
+** The host context lives in the registry (never in globals) and is borrowed:
+** the host keeps it alive for as long as the state runs. Loop thread.
+*/
+#ifndef CM_LHOST_H
+#define CM_LHOST_H
+
+#include <lua.h>
+
+#include "clock.h"
+#include "error.h"
+#include "model.h"
+#include "store.h"
+
+typedef struct cm_lua_host {
+    cm_store *store;     /* borrowed */
+    cm_model *model;     /* borrowed */
+    cm_clock *clock;     /* borrowed */
+    const char *node_id; /* borrowed */
+} cm_lua_host;
+
+/* Attach host to L (stored in the registry; borrowed). */
+void cm_lua_host_set(lua_State *L, cm_lua_host *host);
+/* The host attached to L; raises a Lua error when there is none. */
+cm_lua_host *cm_lua_host_get(lua_State *L);
+
+/* Raise err as a Lua error located at the calling Lua code ("file:line: msg"). */
+int cm_lua_raise(lua_State *L, const cm_err *err);
+/* Push nil, message, code-name (the expected-failure triple); returns 3. */
+int cm_lua_fail(lua_State *L, const cm_err *err);
+
+/* lua_CFunction that builds the `caremesh` module table (for cm_sandbox_preload). */
+int cm_lua_open_caremesh(lua_State *L);
+
+/* Add the record kinds (cm.organization, cm.patient, ...) to the table on top. */
+void cm__lmodel_register(lua_State *L);
+
+#endif

@@ -1,0 +1,38 @@
+/*
+** ljson.h -- conversion between Lua values and cJSON documents.
+** Lua -> JSON walks tables raw (no metamethods run), never raises, and names
+** the path of the first value it cannot carry: functions, userdata, NaN,
+** mixed or holed arrays, non-string keys, invalid UTF-8, cycles. A sequence
+** 1..n becomes an array, an empty table an empty object, `cm.null` JSON null.
+** Documents that must survive a Lua error (a memory error while building
+** tables) are parked in a box: a userdata whose __gc deletes what it holds.
+** Depends on: Lua 5.4, cJSON, error.h. Loop thread.
+*/
+#ifndef CM_LJSON_H
+#define CM_LJSON_H
+
+#include <cjson/cJSON.h>
+#include <lua.h>
+
+#include "error.h"
+
+/* Convert the value at idx. root names it in messages ("patient", "argument #1").
+** On success *out is a new document the caller deletes. Never raises. */
+int cm_ljson_from_lua(lua_State *L, int idx, const char *root, cJSON **out, cm_err *err);
+
+/* Push an empty box and return its slot: store a document there and Lua frees
+** it if an error unwinds; set the slot to NULL after freeing it yourself.
+** Raises on out of memory (before anything is owned). */
+cJSON **cm_ljson_box(lua_State *L);
+
+/* Push doc as a Lua value (may raise a memory error; doc stays the caller's,
+** so keep it in a box). */
+void cm_ljson_push(lua_State *L, const cJSON *doc);
+
+/* Push the JSON null sentinel (a light userdata NULL, exposed as cm.null). */
+void cm_ljson_push_null(lua_State *L);
+
+/* Register the "caremesh.json" userdata metatable; call once per state before use. */
+void cm_ljson_init(lua_State *L);
+
+#endif

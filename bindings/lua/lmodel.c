@@ -1,0 +1,163 @@
+/*
+** lmodel.c -- the record kinds in Lua: cm.<kind>.create/get/update/find/list/count.
+** Each function carries its kind as upvalue 1. Arguments are converted to JSON
+** first (never raising), results are pushed from a box so a memory error
+** cannot leak them. Invalid records raise, naming the field; "not found" is
+** the expected failure nil, message, "not_found".
+*/
+#include "lhost.h"
+#include "ljson.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+
+#define LMODEL_DEFAULT_LIMIT 100
+
+static cm_kind check_kind(lua_State *L)
+{
+    return (cm_kind)lua_tointeger(L, lua_upvalueindex(1));
+}
+
+/* Convert argument arg (a table) to JSON; raises naming the argument. */
+static cJSON *check_doc(lua_State *L, int arg, const char *what, cJSON **box)
+{
+    cm_err err;
+    char root[64];
+    cJSON *doc = NULL;
+    luaL_checktype(L, arg, LUA_TTABLE);
+    snprintf(root, sizeof(root), "%s", what);
+    if (cm_ljson_from_lua(L, arg, root, &doc, &err) != 0)
+        return cm_lua_raise(L, &err), NULL;
+    *box = doc;
+    return doc;
+}
+
+/* Push the result held in *box, then free it. */
+static int push_result(lua_State *L, cJSON **box)
+{
+    cm_ljson_push(L, *box);
+    cJSON_Delete(*box);
+    *box = NULL;
+    return 1;
+}
+
+static int l_create(lua_State *L)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    cm_kind kind = check_kind(L);
+    cm_err err;
+    cJSON **in = cm_ljson_box(L), **out = cm_ljson_box(L);
+    /* stack: doc, box_in, box_out */
+    check_doc(L, 1, cm_kind_name(kind), in);
+    int rc = cm_model_create(host->model, kind, *in, out, &err);
+    cJSON_Delete(*in);
+    *in = NULL;
+    if (rc != 0)
+        return cm_lua_raise(L, &err);
+    return push_result(L, out);
+}
+
+static int l_get(lua_State *L)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    cm_kind kind = check_kind(L);
+    const char *id = luaL_checkstring(L, 1);
+    cm_err err;
+    cJSON **out = cm_ljson_box(L);
+    int rc = cm_model_get(host->model, kind, id, out, &err);
+    if (rc == CM_ENOTFOUND)
+        return cm_lua_fail(L, &err);
+    if (rc != 0)
+        return cm_lua_raise(L, &err);
+    return push_result(L, out);
+}
+
+static int l_update(lua_State *L)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    cm_kind kind = check_kind(L);
+    const char *id = luaL_checkstring(L, 1);
+    cm_err err;
+    cJSON **in = cm_ljson_box(L), **out = cm_ljson_box(L);
+    check_doc(L, 2, cm_kind_name(kind), in);
+    int rc = cm_model_update(host->model, kind, id, *in, out, &err);
+    cJSON_Delete(*in);
+    *in = NULL;
+    if (rc == CM_ENOTFOUND)
+        return cm_lua_fail(L, &err);
+    if (rc != 0)
+        return cm_lua_raise(L, &err);
+    return push_result(L, out);
+}
+
+/* find([filter [, {after=, limit=}]]) */
+static int l_find(lua_State *L)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    cm_kind kind = check_kind(L);
+    cm_err err;
+    const char *after = NULL;
+    lua_Integer limit = LMODEL_DEFAULT_LIMIT;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        if (lua_getfield(L, 2, "after") != LUA_TNIL)
+            after = luaL_checkstring(L, -1); /* stays on the stack, so valid */
+        if (lua_getfield(L, 2, "limit") != LUA_TNIL) {
+            if (!lua_isinteger(L, -1))
+                return luaL_argerror(L, 2, "limit: must be an integer");
+            limit = lua_tointeger(L, -1);
+        }
+        lua_pop(L, 1);
+    }
+    if (limit < 1 || limit > 1000)
+        return luaL_argerror(L, 2, "limit: must be from 1 to 1000");
+    cJSON **in = cm_ljson_box(L), **out = cm_ljson_box(L);
+    if (!lua_isnoneornil(L, 1))
+        check_doc(L, 1, "filter", in);
+    int rc = cm_model_find(host->model, kind, *in, after, (int)limit, out, &err);
+    cJSON_Delete(*in);
+    *in = NULL;
+    if (rc != 0)
+        return cm_lua_raise(L, &err);
+    return push_result(L, out);
+}
+
+/* list([{after=, limit=}]) is find with no filter. */
+static int l_list(lua_State *L)
+{
+    lua_settop(L, 1);
+    lua_pushnil(L);
+    lua_insert(L, 1);
+    /* stack: nil, opts */
+    return l_find(L);
+}
+
+static int l_count(lua_State *L)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    cm_err err;
+    long n = 0;
+    if (cm_model_count(host->model, check_kind(L), &n, &err) != 0)
+        return cm_lua_raise(L, &err);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static const luaL_Reg kind_funcs[] = {
+    {"create", l_create}, {"get", l_get},     {"update", l_update}, {"find", l_find},
+    {"list", l_list},     {"count", l_count}, {NULL, NULL},
+};
+
+void cm__lmodel_register(lua_State *L)
+{
+    /* stack: module */
+    for (int k = 0; k < CM_KIND__COUNT; k++) {
+        lua_newtable(L);
+        lua_pushinteger(L, k);
+        luaL_setfuncs(L, kind_funcs, 1);
+        lua_pushstring(L, cm_kind_name((cm_kind)k));
+        lua_setfield(L, -2, "kind");
+        /* stack: module, kindtable */
+        lua_setfield(L, -2, cm_kind_name((cm_kind)k));
+    }
+}

@@ -1,0 +1,541 @@
+/*
+** cli.c -- subcommands: version, init, serve, lua, node info, help.
+** Uses every core unit and the Lua bindings; nothing else calls into here.
+*/
+#include "cli.h"
+
+#include "config.h"
+#include "fs.h"
+#include "keys.h"
+#include "lconfig.h"
+#include "lhost.h"
+#include "log.h"
+#include "model.h"
+#include "sandbox.h"
+#include "store.h"
+
+#include <getopt.h>
+#include <lua.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+#include <zmq.h>
+
+#define CM_DB_FILE          "caremesh.db"
+#define CM_PATH_MAX         4096
+#define CM_DEFAULT_ENDPOINT "tcp://127.0.0.1:7601"
+
+typedef struct cli_cmd {
+    const char *name;
+    const char *summary;
+    const char *usage; /* full --help text after the "usage:" line */
+    int (*run)(int argc, char **argv);
+} cli_cmd;
+
+static const cli_cmd *find_cmd(const char *name);
+
+/* ---- shared pieces ---------------------------------------------------- */
+
+static int fail(const char *cmd, const cm_err *err)
+{
+    fprintf(stderr, "caremesh %s: %s\n", cmd, err->msg);
+    return CM_EXIT_FAIL;
+}
+
+static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "caremesh %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'caremesh %s --help'.\n", cmd);
+    return CM_EXIT_USAGE;
+}
+
+static int print_help(const cli_cmd *cmd)
+{
+    printf("usage: caremesh %s\n\n%s\n", cmd->usage, cmd->summary);
+    return CM_EXIT_OK;
+}
+
+/* Options every data-dir command takes. */
+typedef struct data_opts {
+    const char *data;
+    const char *config;
+    const char *node_id;
+    bool help;
+} data_opts;
+
+/* Parse --data/--config/--node-id/--help; leaves optind at the first operand. */
+static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_node_id, data_opts *o)
+{
+    static const struct option longopts[] = {
+        {"data", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
+        {"node-id", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    memset(o, 0, sizeof(*o));
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+d:c:n:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            o->data = optarg;
+            break;
+        case 'c':
+            o->config = optarg;
+            break;
+        case 'n':
+            if (!want_node_id)
+                return usage_error(cmd, "unknown option '%s'", "--node-id");
+            o->node_id = optarg;
+            break;
+        case 'h':
+            o->help = true;
+            return 0;
+        default:
+            return usage_error(cmd, "unknown option or missing value: '%s'", argv[optind - 1]);
+        }
+    }
+    if (!o->data)
+        o->data = getenv("CAREMESH_DATA");
+    if (!o->data || !*o->data)
+        return usage_error(cmd, "%s", "--data DIR is required (or set CAREMESH_DATA)");
+    return 0;
+}
+
+/* An opened node: config, store, clock and model over one data dir. */
+typedef struct cli_node {
+    cm_config cfg;
+    cm_store *store;
+    cm_clock *clock;
+    cm_model *model;
+    char node_id[129];
+    char db_path[CM_PATH_MAX];
+} cli_node;
+
+static void node_close(cli_node *n)
+{
+    cm_model_destroy(&n->model);
+    cm_store_close(&n->store);
+    cm_clock_destroy(&n->clock);
+}
+
+static int load_config(const data_opts *o, cm_config *cfg, cm_err *err)
+{
+    char path[CM_PATH_MAX];
+    cJSON *root = NULL;
+    int rc;
+    cm_config_defaults(cfg);
+    if (o->config)
+        snprintf(path, sizeof(path), "%s", o->config);
+    else if ((rc = cm_fs_join(path, sizeof(path), o->data, CM_CONFIG_FILE, err)) != 0)
+        return rc;
+    if (!o->config && !cm_fs_exists(path))
+        return 0; /* a data dir without a config file runs on the defaults */
+    if ((rc = cm_lconfig_read(path, &root, err)) != 0)
+        return rc;
+    rc = cm_config_apply(cfg, root, path, err);
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int node_open(const data_opts *o, cli_node *n, cm_err *err)
+{
+    cm_store_opts sopts;
+    char *stored_id = NULL;
+    int rc;
+    memset(n, 0, sizeof(*n));
+    if ((rc = load_config(o, &n->cfg, err)) != 0)
+        return rc;
+    cm_log_set_level(n->cfg.log_level);
+    if ((rc = cm_fs_join(n->db_path, sizeof(n->db_path), o->data, CM_DB_FILE, err)) != 0)
+        return rc;
+    cm_store_opts_init(&sopts);
+    sopts.path = n->db_path;
+    sopts.synchronous = n->cfg.synchronous;
+    sopts.busy_timeout_ms = n->cfg.busy_timeout_ms;
+    if ((rc = cm_store_open(&n->store, &sopts, err)) != 0)
+        goto done;
+    if (!(stored_id = cm_store_meta_get(n->store, "node_id", err))) {
+        rc = cm_err_prefix(err, "%s", n->db_path);
+        goto done;
+    }
+    if (n->cfg.node_id[0] && strcmp(n->cfg.node_id, stored_id) != 0) {
+        rc = cm_err_set(err, CM_ECONFIG,
+                        "config says node_id \"%s\" but the database in %s belongs to node \"%s\"",
+                        n->cfg.node_id, o->data, stored_id);
+        goto done;
+    }
+    snprintf(n->node_id, sizeof(n->node_id), "%s", stored_id);
+    n->clock = cm_clock_new_system();
+    n->model = n->clock ? cm_model_new(n->store, n->clock) : NULL;
+    if (!n->model)
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+done:
+    free(stored_id);
+    if (rc != 0)
+        node_close(n);
+    return rc;
+}
+
+/* ---- version ---------------------------------------------------------- */
+
+static int cmd_version(int argc, char **argv)
+{
+    int major, minor, patch;
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))
+        return print_help(find_cmd("version"));
+    if (argc > 1)
+        return usage_error("version", "unexpected argument '%s'", argv[1]);
+    zmq_version(&major, &minor, &patch);
+    printf("caremesh %s (schema %d; %s, SQLite %s, libuv %s, libzmq %d.%d.%d)\n", CM_VERSION,
+           CM_SCHEMA_VERSION, LUA_RELEASE, sqlite3_libversion(), uv_version_string(), major, minor,
+           patch);
+    return CM_EXIT_OK;
+}
+
+/* ---- init ------------------------------------------------------------- */
+
+typedef struct init_paths {
+    char db[CM_PATH_MAX], conf[CM_PATH_MAX], key[CM_PATH_MAX];
+} init_paths;
+
+static int init_write(const char *data, const char *node_id, const init_paths *p, cm_keypair *kp,
+                      cm_err *err)
+{
+    cm_config cfg;
+    cm_store_opts sopts;
+    cm_store *store = NULL;
+    char text[2048];
+    int rc;
+    if ((rc = cm_keys_generate(kp, err)) != 0 || (rc = cm_keys_save(kp, p->key, err)) != 0)
+        return rc;
+    cm_config_defaults(&cfg);
+    snprintf(cfg.node_id, sizeof(cfg.node_id), "%s", node_id);
+    if (cm_config_render(&cfg, text, sizeof(text)) != 0)
+        return cm_err_set(err, CM_EINVAL, "config text too long");
+    if ((rc = cm_fs_write_private(p->conf, text, strlen(text), err)) != 0)
+        return rc;
+    cm_store_opts_init(&sopts);
+    sopts.path = p->db;
+    sopts.create = true;
+    if ((rc = cm_store_open(&store, &sopts, err)) != 0)
+        return rc;
+    if ((rc = cm_store_begin(store, err)) == 0 &&
+        (rc = cm_store_meta_set(store, "node_id", node_id, err)) == 0 &&
+        (rc = cm_store_meta_set(store, "public_key", kp->public_key, err)) == 0)
+        rc = cm_store_commit(store, err);
+    cm_store_close(&store);
+    (void)data;
+    return rc;
+}
+
+static void init_undo(const char *data, bool created_dir, const init_paths *p)
+{
+    const char *suffixes[] = {"", "-wal", "-shm"};
+    char path[CM_PATH_MAX + 8];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s%s", p->db, suffixes[i]);
+        unlink(path);
+    }
+    unlink(p->conf);
+    unlink(p->key);
+    if (created_dir)
+        rmdir(data);
+}
+
+static int cmd_init(int argc, char **argv)
+{
+    data_opts o;
+    init_paths p;
+    cm_keypair kp;
+    cm_err err;
+    bool created = false;
+    int rc = parse_data_opts("init", argc, argv, true, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("init"));
+    if (optind < argc)
+        return usage_error("init", "unexpected argument '%s'", argv[optind]);
+    if (!o.node_id)
+        return usage_error("init", "%s", "--node-id ID is required");
+    if (cm_config_check_id("--node-id", o.node_id, &err) != 0) {
+        fprintf(stderr, "caremesh init: %s\n", err.msg);
+        return CM_EXIT_USAGE;
+    }
+    if (cm_fs_join(p.db, sizeof(p.db), o.data, CM_DB_FILE, &err) != 0 ||
+        cm_fs_join(p.conf, sizeof(p.conf), o.data, CM_CONFIG_FILE, &err) != 0 ||
+        cm_fs_join(p.key, sizeof(p.key), o.data, CM_KEY_FILE, &err) != 0)
+        return fail("init", &err);
+    if (cm_fs_mkdir_private(o.data, &created, &err) != 0)
+        return fail("init", &err);
+    const char *existing = cm_fs_exists(p.db)     ? p.db
+                           : cm_fs_exists(p.key)  ? p.key
+                           : cm_fs_exists(p.conf) ? p.conf
+                                                  : NULL;
+    if (existing) {
+        cm_err_set(&err, CM_EEXISTS,
+                   "%s already exists: %s is already initialised (nothing "
+                   "changed)",
+                   existing, o.data);
+        return fail("init", &err);
+    }
+    if ((rc = init_write(o.data, o.node_id, &p, &kp, &err)) != 0) {
+        init_undo(o.data, created, &p);
+        cm_keys_wipe(&kp);
+        return fail("init", &err);
+    }
+    cm_keys_wipe(&kp);
+    printf("initialised node \"%s\" in %s\n"
+           "  database  %s\n"
+           "  config    %s\n"
+           "  key pair  %s (mode 0600)\n"
+           "public key: %s\n",
+           o.node_id, o.data, p.db, p.conf, p.key, kp.public_key);
+    return CM_EXIT_OK;
+}
+
+/* ---- node info -------------------------------------------------------- */
+
+static int cmd_node(int argc, char **argv)
+{
+    data_opts o;
+    cli_node n;
+    cm_keypair kp;
+    cm_err err;
+    char key_path[CM_PATH_MAX];
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return argc < 2 ? usage_error("node", "%s", "missing subcommand (info)")
+                        : print_help(find_cmd("node"));
+    if (strcmp(argv[1], "info") != 0)
+        return usage_error("node", "unknown subcommand '%s' (known: info)", argv[1]);
+    int rc = parse_data_opts("node info", argc - 1, argv + 1, false, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("node"));
+    if (node_open(&o, &n, &err) != 0)
+        return fail("node info", &err);
+    rc = cm_fs_join(key_path, sizeof(key_path), o.data, CM_KEY_FILE, &err);
+    if (rc == 0)
+        rc = cm_keys_load(&kp, key_path, &err);
+    if (rc == 0) {
+        printf("node id:    %s\nendpoint:   %s\npublic key: %s\nschema:     %d\n", n.node_id,
+               CM_DEFAULT_ENDPOINT, kp.public_key, cm_store_schema_version(n.store));
+        cm_keys_wipe(&kp);
+    }
+    node_close(&n);
+    return rc ? fail("node info", &err) : CM_EXIT_OK;
+}
+
+/* ---- lua -------------------------------------------------------------- */
+
+/* Run the script at argv[0] with argv[1..] as its `...`, in one transaction. */
+static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
+{
+    cm_sandbox_limits limits = {n->cfg.lua_instructions, n->cfg.lua_memory_bytes};
+    cm_lua_host host = {n->store, n->model, n->clock, n->node_id};
+    cm_sandbox *sb = cm_sandbox_new(&limits, err);
+    char *text = NULL;
+    size_t len = 0;
+    char chunkname[CM_PATH_MAX + 1];
+    int rc;
+    if (!sb)
+        return err->code;
+    lua_State *L = cm_sandbox_state(sb);
+    cm_lua_host_set(L, &host);
+    cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
+    if ((rc = cm_fs_read(argv[0], (size_t)16 << 20, &text, &len, err)) != 0)
+        goto done;
+    snprintf(chunkname, sizeof(chunkname), "@%s", argv[0]);
+    if ((rc = cm_sandbox_load(sb, chunkname, text, len, err)) != 0)
+        goto done;
+    for (int i = 1; i < argc; i++)
+        lua_pushstring(L, argv[i]);
+    if ((rc = cm_store_begin(n->store, err)) != 0)
+        goto done;
+    rc = cm_sandbox_pcall(sb, argc - 1, 0, err);
+    if (rc == 0)
+        rc = cm_store_commit(n->store, err);
+    else
+        cm_store_rollback(n->store);
+done:
+    free(text);
+    cm_sandbox_destroy(&sb);
+    return rc;
+}
+
+static int cmd_lua(int argc, char **argv)
+{
+    data_opts o;
+    cli_node n;
+    cm_err err;
+    int rc = parse_data_opts("lua", argc, argv, false, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("lua"));
+    if (optind >= argc)
+        return usage_error("lua", "%s", "missing FILE");
+    if (node_open(&o, &n, &err) != 0)
+        return fail("lua", &err);
+    rc = run_script(&n, argc - optind, argv + optind, &err);
+    node_close(&n);
+    return rc ? fail("lua", &err) : CM_EXIT_OK;
+}
+
+/* ---- serve ------------------------------------------------------------ */
+
+typedef struct serve_ctx {
+    uv_signal_t sigint, sigterm;
+    int signum;
+} serve_ctx;
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    serve_ctx *sc = h->data;
+    sc->signum = signum;
+    uv_close((uv_handle_t *)&sc->sigint, NULL);
+    uv_close((uv_handle_t *)&sc->sigterm, NULL);
+}
+
+static int serve_loop(cli_node *n, const char *data, cm_err *err)
+{
+    uv_loop_t loop;
+    serve_ctx sc = {.signum = 0};
+    int rc = uv_loop_init(&loop);
+    if (rc != 0)
+        return cm_err_set(err, CM_EIO, "event loop: %s", uv_strerror(rc));
+    uv_signal_init(&loop, &sc.sigint);
+    uv_signal_init(&loop, &sc.sigterm);
+    sc.sigint.data = sc.sigterm.data = &sc;
+    uv_signal_start(&sc.sigint, on_stop_signal, SIGINT);
+    uv_signal_start(&sc.sigterm, on_stop_signal, SIGTERM);
+    cm_log(CM_LOG_INFO, "serve.ready", "node %s serving from %s (schema %d, pid %ld)", n->node_id,
+           data, cm_store_schema_version(n->store), (long)getpid());
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_log(CM_LOG_INFO, "serve.stop", "node %s stopping on %s", n->node_id,
+           sc.signum == SIGINT ? "SIGINT" : "SIGTERM");
+    rc = uv_loop_close(&loop);
+    if (rc != 0)
+        return cm_err_set(err, CM_EIO, "event loop did not close: %s", uv_strerror(rc));
+    return 0;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    data_opts o;
+    cli_node n;
+    cm_err err;
+    int rc = parse_data_opts("serve", argc, argv, false, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("serve"));
+    if (optind < argc)
+        return usage_error("serve", "unexpected argument '%s'", argv[optind]);
+    if (node_open(&o, &n, &err) != 0) {
+        cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
+        return CM_EXIT_FAIL;
+    }
+    rc = serve_loop(&n, o.data, &err);
+    node_close(&n);
+    if (rc != 0) {
+        cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
+        return CM_EXIT_FAIL;
+    }
+    return CM_EXIT_OK;
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+static int cmd_help(int argc, char **argv);
+
+static const cli_cmd commands[] = {
+    {"version", "Print the version of caremesh and of the libraries it runs on.", "version",
+     cmd_version},
+    {"init",
+     "Create a node's data directory (mode 0700) with its database (0600), its configuration\n"
+     "file and its CURVE key pair (0600), and print the public key for partners. Refuses a\n"
+     "directory that is already initialised.\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "  --node-id ID    this node's id: letters, digits, . _ : - (at most 128)",
+     "init --data DIR --node-id ID", cmd_init},
+    {"serve",
+     "Run the node in the foreground: JSON-lines log on stderr; SIGINT or SIGTERM stop it\n"
+     "cleanly (exit 0).\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "  --config FILE   configuration file (default DIR/caremesh.conf)",
+     "serve --data DIR [--config FILE]", cmd_serve},
+    {"lua",
+     "Run an administrative Lua script in the sandbox against the node's store. The script\n"
+     "gets the `caremesh` module through require and ARGs as `...`; it runs in one\n"
+     "transaction: if it raises, nothing it wrote is kept.\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "  --config FILE   configuration file (default DIR/caremesh.conf)",
+     "lua --data DIR [--config FILE] FILE [ARG...]", cmd_lua},
+    {"node",
+     "Print this node's id, federation endpoint and CURVE public key (for a partner's\n"
+     "configuration).\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)",
+     "node info --data DIR", cmd_node},
+    {"help", "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
+};
+
+#define CM_NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static const cli_cmd *find_cmd(const char *name)
+{
+    for (size_t i = 0; i < CM_NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static void print_overview(FILE *out)
+{
+    fprintf(out, "usage: caremesh COMMAND [OPTIONS]\n\n"
+                 "caremesh runs a site's partnership workflows and links it to partner sites.\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < CM_NCOMMANDS; i++) {
+        const char *nl = strchr(commands[i].summary, '\n');
+        int len = nl ? (int)(nl - commands[i].summary) : (int)strlen(commands[i].summary);
+        fprintf(out, "  %-9s %.*s\n", commands[i].name, len, commands[i].summary);
+    }
+    fprintf(out, "\n'caremesh COMMAND --help' shows a command's options.\n");
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_overview(stdout);
+        return CM_EXIT_OK;
+    }
+    const cli_cmd *cmd = find_cmd(argv[1]);
+    if (!cmd)
+        return usage_error("help", "unknown command '%s'", argv[1]);
+    return print_help(cmd);
+}
+
+int cm_cli_main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_overview(stderr);
+        return CM_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return cmd_help(1, argv);
+    if (strcmp(argv[1], "--version") == 0)
+        return cmd_version(1, argv);
+    const cli_cmd *cmd = find_cmd(argv[1]);
+    if (!cmd) {
+        fprintf(stderr, "caremesh: unknown command '%s'\nTry 'caremesh --help'.\n", argv[1]);
+        return CM_EXIT_USAGE;
+    }
+    return cmd->run(argc - 1, argv + 1);
+}

@@ -1,0 +1,183 @@
+/*
+** config.c -- check a parsed configuration and fill defaults.
+*/
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void cm_config_defaults(cm_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->synchronous = CM_SYNC_FULL;
+    cfg->busy_timeout_ms = 5000;
+    cfg->lua_instructions = 10000000;
+    cfg->lua_memory_bytes = (size_t)64 << 20;
+    cfg->log_level = CM_LOG_INFO;
+}
+
+int cm_config_check_id(const char *what, const char *s, cm_err *err)
+{
+    size_t len = s ? strlen(s) : 0;
+    if (len == 0 || len > 128)
+        return cm_err_set(err, CM_EINVAL, "%s: must be 1 to 128 characters", what);
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return cm_err_set(err, CM_EINVAL,
+                              "%s: character %zu ('%c') is not allowed (use letters, digits, "
+                              ". _ : -)",
+                              what, i + 1, (c >= 0x20 && c < 0x7f) ? c : '?');
+    }
+    return 0;
+}
+
+typedef struct cfg_ctx {
+    const char *source;
+    cm_err *err;
+} cfg_ctx;
+
+/* Check that obj has only the listed keys (NULL-terminated). */
+static int only_keys(cfg_ctx *cx, const cJSON *obj, const char *section, const char *const *keys)
+{
+    char known[256] = "";
+    const cJSON *item;
+    if (!cJSON_IsObject(obj))
+        return cm_err_set(cx->err, CM_ECONFIG, "%s: %s: must be a table", cx->source,
+                          section ? section : "the file");
+    cJSON_ArrayForEach(item, obj)
+    {
+        bool ok = false;
+        for (const char *const *k = keys; *k; k++)
+            ok = ok || strcmp(item->string, *k) == 0;
+        if (ok)
+            continue;
+        for (const char *const *k = keys; *k; k++)
+            snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s",
+                     k == keys ? "" : ", ", *k);
+        return cm_err_set(cx->err, CM_ECONFIG, "%s: %s%s%s: unknown key (known: %s)", cx->source,
+                          section ? section : "", section ? "." : "", item->string, known);
+    }
+    return 0;
+}
+
+static int get_int(cfg_ctx *cx, const cJSON *obj, const char *section, const char *key, double lo,
+                   double hi, double *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi)
+        return cm_err_set(cx->err, CM_ECONFIG,
+                          "%s: %s.%s: must be a whole number from %.0f to %.0f", cx->source,
+                          section, key, lo, hi);
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int get_choice(cfg_ctx *cx, const cJSON *obj, const char *section, const char *key,
+                      int (*parse)(const char *), const char *choices, int *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v)
+        return 0;
+    int c = cJSON_IsString(v) ? parse(v->valuestring) : -1;
+    if (c < 0)
+        return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.%s: must be one of %s", cx->source, section,
+                          key, choices);
+    *out = c;
+    return 0;
+}
+
+int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err)
+{
+    static const char *const top[] = {"node_id", "store", "lua", "log", NULL};
+    static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
+    static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
+    static const char *const log_keys[] = {"level", NULL};
+    cfg_ctx cx = {source, err};
+    cm_config next = *cfg;
+    const cJSON *sec;
+    int rc, choice;
+    double num;
+
+    if ((rc = only_keys(&cx, root, NULL, top)) != 0)
+        return rc;
+    const cJSON *node = cJSON_GetObjectItemCaseSensitive(root, "node_id");
+    if (node) {
+        char what[160];
+        snprintf(what, sizeof(what), "%s: node_id", source);
+        if (!cJSON_IsString(node))
+            return cm_err_set(err, CM_ECONFIG, "%s: must be a string", what);
+        if (cm_config_check_id(what, node->valuestring, err) != 0)
+            return cm_err_recode(err, CM_ECONFIG);
+        snprintf(next.node_id, sizeof(next.node_id), "%s", node->valuestring);
+    }
+    if ((sec = cJSON_GetObjectItemCaseSensitive(root, "store"))) {
+        if ((rc = only_keys(&cx, sec, "store", store_keys)) != 0)
+            return rc;
+        choice = (int)next.synchronous;
+        if ((rc = get_choice(&cx, sec, "store", "synchronous", cm_sync_parse,
+                             "off, normal, full, extra", &choice)) != 0)
+            return rc;
+        next.synchronous = (cm_sync)choice;
+        num = next.busy_timeout_ms;
+        if ((rc = get_int(&cx, sec, "store", "busy_timeout_ms", 1, 600000, &num)) != 0)
+            return rc;
+        next.busy_timeout_ms = (int)num;
+    }
+    if ((sec = cJSON_GetObjectItemCaseSensitive(root, "lua"))) {
+        if ((rc = only_keys(&cx, sec, "lua", lua_keys)) != 0)
+            return rc;
+        num = (double)next.lua_instructions;
+        if ((rc = get_int(&cx, sec, "lua", "instructions", 1000, 1e11, &num)) != 0)
+            return rc;
+        next.lua_instructions = (uint64_t)num;
+        num = (double)(next.lua_memory_bytes >> 20);
+        if ((rc = get_int(&cx, sec, "lua", "memory_mb", 1, 16384, &num)) != 0)
+            return rc;
+        next.lua_memory_bytes = (size_t)num << 20;
+    }
+    if ((sec = cJSON_GetObjectItemCaseSensitive(root, "log"))) {
+        if ((rc = only_keys(&cx, sec, "log", log_keys)) != 0)
+            return rc;
+        choice = (int)next.log_level;
+        if ((rc = get_choice(&cx, sec, "log", "level", cm_log_level_parse,
+                             "debug, info, warn, error", &choice)) != 0)
+            return rc;
+        next.log_level = (cm_log_level)choice;
+    }
+    *cfg = next;
+    return 0;
+}
+
+int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
+{
+    static const char *sync_names[] = {"off", "normal", "full", "extra"};
+    static const char *level_names[] = {"debug", "info", "warn", "error"};
+    int n = snprintf(out, outsz,
+                     "-- caremesh node configuration: Lua, data only; the file returns one table.\n"
+                     "-- Reference: docs/configuration.md\n"
+                     "return {\n"
+                     "  node_id = \"%s\",\n"
+                     "  store = {\n"
+                     "    -- off | normal | full | extra; full fsyncs every commit\n"
+                     "    synchronous = \"%s\",\n"
+                     "    busy_timeout_ms = %d,\n"
+                     "  },\n"
+                     "  lua = {\n"
+                     "    -- budget for one handler call or script run, in Lua VM instructions\n"
+                     "    instructions = %llu,\n"
+                     "    -- memory cap of one Lua state, in MiB\n"
+                     "    memory_mb = %zu,\n"
+                     "  },\n"
+                     "  log = { level = \"%s\" }, -- debug | info | warn | error\n"
+                     "}\n",
+                     cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
+                     (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,
+                     level_names[cfg->log_level]);
+    return n < 0 || (size_t)n >= outsz ? CM_EINVAL : 0;
+}

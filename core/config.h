@@ -1,0 +1,42 @@
+/*
+** config.h -- the node's configuration. The file is Lua, data only, that
+** returns one table (read in a sandbox by bindings/lua/lconfig.c); this unit
+** checks the resulting JSON-shaped value, fills defaults and reports every
+** problem with the key path and the file. Loop thread.
+*/
+#ifndef CM_CONFIG_H
+#define CM_CONFIG_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "log.h"
+#include "store.h"
+
+#define CM_CONFIG_FILE "caremesh.conf"
+
+typedef struct cm_config {
+    char node_id[129];
+    cm_sync synchronous;       /* store.synchronous, default full */
+    int busy_timeout_ms;       /* store.busy_timeout_ms, default 5000 */
+    uint64_t lua_instructions; /* lua.instructions per handler call, default 10,000,000 */
+    size_t lua_memory_bytes;   /* lua.memory_mb, default 64 MiB */
+    cm_log_level log_level;    /* log.level, default info */
+} cm_config;
+
+void cm_config_defaults(cm_config *cfg);
+
+/* Apply a parsed config (an object) over cfg. source names the file in
+** messages ("caremesh.conf: store.synchronous: ..."). Unknown keys, wrong
+** types and out-of-range values are CM_ECONFIG; cfg is unchanged on error. */
+int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err);
+
+/* Is s a valid node or record id (1..128 of [A-Za-z0-9._:-])? */
+int cm_config_check_id(const char *what, const char *s, cm_err *err);
+
+/* The text `caremesh init` writes: every option with its default, commented. */
+int cm_config_render(const cm_config *cfg, char *out, size_t outsz);
+
+#endif

@@ -1,0 +1,83 @@
+/*
+** log.c -- JSON-lines logger. The only process-wide state in core: the level
+** and the stream, set by main before anything logs.
+*/
+#include "log.h"
+
+#include "clock.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+static cm_log_level log_level = CM_LOG_INFO;
+static FILE *log_stream;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+int cm_log_level_parse(const char *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (s && strcmp(s, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+void cm_log_set_level(cm_log_level level)
+{
+    log_level = level;
+}
+
+void cm_log_set_stream(FILE *stream)
+{
+    log_stream = stream;
+}
+
+void cm_json_escape(const char *s, char *out, size_t outsz)
+{
+    size_t n = 0;
+    if (outsz == 0)
+        return;
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        const char *piece = esc;
+        if (c == '"')
+            piece = "\\\"";
+        else if (c == '\\')
+            piece = "\\\\";
+        else if (c == '\n')
+            piece = "\\n";
+        else if (c == '\t')
+            piece = "\\t";
+        else if (c < 0x20 || c == 0x7f)
+            snprintf(esc, sizeof(esc), "\\u%04x", c);
+        else {
+            esc[0] = (char)c;
+            esc[1] = '\0';
+        }
+        size_t len = strlen(piece);
+        if (n + len >= outsz)
+            break;
+        memcpy(out + n, piece, len);
+        n += len;
+    }
+    out[n] = '\0';
+}
+
+void cm_log(cm_log_level level, const char *event, const char *fmt, ...)
+{
+    char msg[2048], emsg[4096], eevent[128], ts[CM_TIME_BUFSZ];
+    FILE *out = log_stream ? log_stream : stderr;
+    va_list ap;
+    if (level < log_level)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    cm_json_escape(msg, emsg, sizeof(emsg));
+    cm_json_escape(event, eevent, sizeof(eevent));
+    cm_time_format(cm_clock_now_ms(NULL), ts, sizeof(ts));
+    fprintf(out, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\",\"msg\":\"%s\"}\n", ts,
+            level_names[level], eevent, emsg);
+    fflush(out);
+}

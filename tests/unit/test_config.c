@@ -1,0 +1,163 @@
+/*
+** test_config.c -- configuration checking: defaults, every key, and the
+** errors that name the file and the key; the rendered default file reads back.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "lconfig.h"
+#include "support.h"
+
+static int apply_text(cm_config *cfg, const char *json, cm_err *err)
+{
+    cJSON *root = cJSON_Parse(json);
+    assert_non_null(root);
+    int rc = cm_config_apply(cfg, root, "test.conf", err);
+    cJSON_Delete(root);
+    return rc;
+}
+
+static void test_defaults_are_durable_and_bounded(void **state)
+{
+    cm_config cfg;
+    cm_config_defaults(&cfg);
+    assert_int_equal(cfg.synchronous, CM_SYNC_FULL);
+    assert_int_equal(cfg.busy_timeout_ms, 5000);
+    assert_int_equal(cfg.lua_instructions, 10000000);
+    assert_int_equal(cfg.lua_memory_bytes, 64u << 20);
+    assert_int_equal(cfg.log_level, CM_LOG_INFO);
+}
+
+static void test_every_key_applies(void **state)
+{
+    cm_config cfg;
+    cm_err err;
+    cm_config_defaults(&cfg);
+    assert_int_equal(apply_text(&cfg,
+                                "{\"node_id\":\"pharm-1\",\"store\":{\"synchronous\":\"extra\","
+                                "\"busy_timeout_ms\":250},\"lua\":{\"instructions\":5000,"
+                                "\"memory_mb\":8},\"log\":{\"level\":\"debug\"}}",
+                                &err),
+                     0);
+    assert_string_equal(cfg.node_id, "pharm-1");
+    assert_int_equal(cfg.synchronous, CM_SYNC_EXTRA);
+    assert_int_equal(cfg.busy_timeout_ms, 250);
+    assert_int_equal(cfg.lua_instructions, 5000);
+    assert_int_equal(cfg.lua_memory_bytes, 8u << 20);
+    assert_int_equal(cfg.log_level, CM_LOG_DEBUG);
+}
+
+static void expect_refusal(const char *json, const char *fragment)
+{
+    cm_config cfg, before;
+    cm_err err;
+    cm_config_defaults(&cfg);
+    before = cfg;
+    assert_int_equal(apply_text(&cfg, json, &err), CM_ECONFIG);
+    if (!strstr(err.msg, fragment))
+        fail_msg("message '%s' lacks '%s'", err.msg, fragment);
+    assert_memory_equal(&cfg, &before, sizeof(cfg)); /* unchanged */
+}
+
+static void test_bad_values_are_refused_by_name(void **state)
+{
+    expect_refusal("{\"stroe\":{}}", "test.conf: stroe: unknown key (known: node_id, store");
+    expect_refusal("{\"store\":{\"synchronous\":\"fast\"}}",
+                   "test.conf: store.synchronous: must be one of off, normal, full, extra");
+    expect_refusal("{\"store\":{\"busy_timeout_ms\":-1}}", "store.busy_timeout_ms: must be a");
+    expect_refusal("{\"store\":{\"busy_timeout_ms\":1.5}}", "store.busy_timeout_ms: must be a");
+    expect_refusal("{\"lua\":{\"instructions\":\"lots\"}}", "lua.instructions: must be a whole");
+    expect_refusal("{\"lua\":{\"memory_mb\":0}}", "lua.memory_mb: must be a whole number");
+    expect_refusal("{\"lua\":{\"memroy_mb\":1}}", "lua.memroy_mb: unknown key");
+    expect_refusal("{\"log\":{\"level\":\"loud\"}}", "log.level: must be one of debug");
+    expect_refusal("{\"node_id\":\"has space\"}", "node_id: character 4 (' ') is not allowed");
+    expect_refusal("{\"node_id\":7}", "node_id: must be a string");
+    expect_refusal("{\"store\":5}", "test.conf: store: must be a table");
+}
+
+static void test_rendered_default_reads_back(void **state)
+{
+    char *dir = cm_test_tmpdir();
+    char text[4096];
+    cm_config cfg, back;
+    cm_err err;
+    cJSON *root = NULL;
+    cm_config_defaults(&cfg);
+    strcpy(cfg.node_id, "clinic-a");
+    assert_int_equal(cm_config_render(&cfg, text, sizeof(text)), 0);
+    const char *path = cm_test_path(dir, "caremesh.conf");
+    cm_test_write(path, text, strlen(text));
+    assert_int_equal(cm_lconfig_read(path, &root, &err), 0);
+    cm_config_defaults(&back);
+    assert_int_equal(cm_config_apply(&back, root, path, &err), 0);
+    assert_memory_equal(&cfg, &back, sizeof(cfg));
+    cJSON_Delete(root);
+    cm_test_rmtree(dir);
+    free(dir);
+}
+
+static void expect_file_refusal(const char *text, int code, const char *fragment)
+{
+    char *dir = cm_test_tmpdir();
+    const char *path = cm_test_path(dir, "bad.conf");
+    cJSON *root = NULL;
+    cm_err err;
+    cm_test_write(path, text, strlen(text));
+    assert_int_equal(cm_lconfig_read(path, &root, &err), code);
+    assert_null(root);
+    if (!strstr(err.msg, fragment))
+        fail_msg("message '%s' lacks '%s'", err.msg, fragment);
+    cm_test_rmtree(dir);
+    free(dir);
+}
+
+static void test_bad_config_files_are_refused_with_place(void **state)
+{
+    expect_file_refusal("return {\n  node_id = \"a\",\n  store = {,\n}\n", CM_ECONFIG,
+                        "bad.conf:3:");
+    expect_file_refusal("return 42\n", CM_ECONFIG, "must return a table");
+    expect_file_refusal("return { store = { synchronous = print } }\n", CM_ECONFIG,
+                        "config.store.synchronous: a function cannot be carried");
+    expect_file_refusal("while true do end\n", CM_ECONFIG, "instruction budget");
+    expect_file_refusal("os.execute('true') return {}\n", CM_ECONFIG, "bad.conf:1:");
+}
+
+static void test_missing_config_file_is_named(void **state)
+{
+    cJSON *root = NULL;
+    cm_err err;
+    assert_int_not_equal(cm_lconfig_read("/nonexistent/caremesh.conf", &root, &err), 0);
+    assert_non_null(strstr(err.msg, "/nonexistent/caremesh.conf"));
+}
+
+static void test_ids_are_checked(void **state)
+{
+    cm_err err;
+    assert_int_equal(cm_config_check_id("id", "clinic-a.north:1_x", &err), 0);
+    assert_int_equal(cm_config_check_id("id", "", &err), CM_EINVAL);
+    assert_int_equal(cm_config_check_id("id", "a/b", &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "id: character 2 ('/')"));
+    char longid[200];
+    memset(longid, 'a', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    assert_int_equal(cm_config_check_id("id", longid, &err), CM_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_are_durable_and_bounded),
+        cmocka_unit_test(test_every_key_applies),
+        cmocka_unit_test(test_bad_values_are_refused_by_name),
+        cmocka_unit_test(test_rendered_default_reads_back),
+        cmocka_unit_test(test_bad_config_files_are_refused_with_place),
+        cmocka_unit_test(test_missing_config_file_is_named),
+        cmocka_unit_test(test_ids_are_checked),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,256 @@
+/*
+** test_store.c -- the SQLite store: creation modes, pragmas, migrations,
+** refusal of foreign, corrupt and newer databases, kept statements.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "store.h"
+#include "support.h"
+
+typedef struct fixture {
+    char *dir;
+    char *db;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+    f->dir = cm_test_tmpdir();
+    f->db = strdup(cm_test_path(f->dir, "caremesh.db"));
+    *state = f;
+    return f->dir ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    cm_test_rmtree(f->dir);
+    free(f->dir);
+    free(f->db);
+    free(f);
+    return 0;
+}
+
+static cm_store *open_store(const char *path, bool create, cm_err *err)
+{
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_opts_init(&o);
+    o.path = path;
+    o.create = create;
+    cm_store_open(&s, &o, err);
+    return s;
+}
+
+static int pragma_int(cm_store *s, const char *sql)
+{
+    sqlite3_stmt *st;
+    int v = -1;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void test_create_makes_private_wal_database(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_test_mode(f->db), 0600);
+    assert_int_equal(pragma_int(s, "PRAGMA foreign_keys"), 1);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 2); /* FULL */
+    assert_int_equal(pragma_int(s, "PRAGMA application_id"), (int)CM_APPLICATION_ID);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(cm_store_db(s), "PRAGMA journal_mode", -1, &st, NULL);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    assert_int_equal(cm_store_schema_version(s), CM_SCHEMA_VERSION);
+    /* The WAL file inherits the database's private mode. */
+    assert_int_equal(cm_store_exec(s, "INSERT INTO node_meta VALUES ('k','v')", &err), 0);
+    assert_int_equal(cm_test_mode(cm_test_path(f->dir, "caremesh.db-wal")), 0600);
+    cm_store_close(&s);
+    assert_null(s);
+}
+
+static void test_synchronous_is_configurable(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.synchronous = CM_SYNC_NORMAL;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
+    cm_store_close(&s);
+    assert_int_equal(cm_sync_parse("extra"), CM_SYNC_EXTRA);
+    assert_int_equal(cm_sync_parse("fast"), -1);
+}
+
+static void test_missing_database_without_create_is_not_found(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    assert_null(open_store(f->db, false, &err));
+    assert_int_equal(err.code, CM_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "caremesh init"));
+    assert_int_equal(access(f->db, F_OK), -1); /* nothing created */
+}
+
+static void test_migrations_apply_once(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM schema_version"), CM_SCHEMA_VERSION);
+    assert_int_equal(pragma_int(s, "SELECT max(version) FROM schema_version"), CM_SCHEMA_VERSION);
+    cm_store_close(&s);
+}
+
+static void test_newer_schema_is_refused(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_int_equal(cm_store_exec(s,
+                                   "INSERT INTO schema_version(version, description) "
+                                   "VALUES (99, 'from the future')",
+                                   &err),
+                     0);
+    cm_store_close(&s);
+    assert_null(open_store(f->db, false, &err));
+    assert_int_equal(err.code, CM_ESCHEMA);
+    assert_non_null(strstr(err.msg, "schema version 99 is newer"));
+}
+
+static void test_foreign_sqlite_database_is_refused(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db;
+    cm_err err;
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE invoices(id INTEGER)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_null(open_store(f->db, false, &err));
+    assert_int_equal(err.code, CM_ENOTCM);
+    assert_non_null(strstr(err.msg, "another application"));
+    /* and it was left alone */
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_schema", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void test_corrupt_file_is_refused(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    char junk[8192];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (char)(i * 7 + 3);
+    cm_test_write(f->db, junk, sizeof(junk));
+    assert_null(open_store(f->db, false, &err));
+    assert_int_equal(err.code, CM_ENOTCM);
+    assert_non_null(strstr(err.msg, "not a caremesh database"));
+}
+
+static void test_prepared_statements_are_kept(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    sqlite3_stmt *a = cm_store_prepare(s, "SELECT 1", &err);
+    sqlite3_stmt *b = cm_store_prepare(s, "SELECT 1", &err);
+    assert_non_null(a);
+    assert_ptr_equal(a, b);
+    assert_null(cm_store_prepare(s, "SELEKT nonsense", &err));
+    assert_int_equal(err.code, CM_EDB);
+    assert_non_null(strstr(err.msg, "syntax error"));
+    cm_store_close(&s);
+}
+
+static void test_meta_roundtrip_and_rollback(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_int_equal(cm_store_meta_set(s, "node_id", "clinic-a", &err), 0);
+    char *v = cm_store_meta_get(s, "node_id", &err);
+    assert_string_equal(v, "clinic-a");
+    free(v);
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    assert_true(cm_store_in_tx(s));
+    assert_int_equal(cm_store_meta_set(s, "node_id", "changed", &err), 0);
+    cm_store_rollback(s);
+    assert_false(cm_store_in_tx(s));
+    v = cm_store_meta_get(s, "node_id", &err);
+    assert_string_equal(v, "clinic-a");
+    free(v);
+    assert_null(cm_store_meta_get(s, "absent", &err));
+    assert_int_equal(err.code, CM_ENOTFOUND);
+    cm_store_close(&s);
+}
+
+static void test_foreign_keys_are_enforced(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_int_not_equal(cm_store_exec(s,
+                                       "INSERT INTO record_ref VALUES "
+                                       "('provider','p1','organization','organization','nope')",
+                                       &err),
+                         0);
+    assert_int_equal(err.code, CM_EREF);
+    cm_store_close(&s);
+}
+
+static void test_unwritable_location_is_reported(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    /* a regular file where a directory should be */
+    cm_test_write(cm_test_path(f->dir, "file"), "x", 1);
+    assert_null(open_store(cm_test_path(f->dir, "file/caremesh.db"), true, &err));
+    assert_true(err.code == CM_EIO || err.code == CM_EPERM);
+    assert_non_null(strstr(err.msg, "file/caremesh.db"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_synchronous_is_configurable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_database_without_create_is_not_found, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_migrations_apply_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_sqlite_database_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_file_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_keys_are_enforced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritable_location_is_reported, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
