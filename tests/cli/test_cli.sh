@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# test_cli.sh -- drive build/caremesh as an operator would: help and exit
+# codes, init (modes, keys, refusals), lua scripts (all-or-nothing), bad
+# databases and configs, serve with clean shutdown on signals.
+# usage: test_cli.sh CAREMESH
+set -uo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+ok()   { passed=$((passed + 1)); }
+bad()  { failed=$((failed + 1)); echo "FAIL: $*"; }
+# expect CODE NAME -- CMD...: run CMD, check its exit code, keep output in $out.
+expect() {
+  local want=$1 name=$2; shift 3
+  out=$("$@" 2>&1); local got=$?
+  if [ "$got" -eq "$want" ]; then ok; else bad "$name: exit $got, want $want; output: $out"; fi
+}
+# has NAME TEXT: $out must contain TEXT.
+has() { if grep -qF -- "$2" <<<"$out"; then ok; else bad "$1: output lacks '$2': $out"; fi; }
+mode() { stat -c %a "$1"; }
+same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+# wait_for FILE TEXT: poll (bounded, 10 s) until FILE contains TEXT.
+wait_for() {
+  for _ in $(seq 1 200); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+
+# ---- help and usage ----
+expect 0 version -- "$bin" version;               has version "caremesh 0."
+expect 0 --version -- "$bin" --version;           has --version "SQLite"
+expect 0 help -- "$bin" --help;                   has help "commands:"
+expect 2 "no command" -- "$bin"
+expect 2 "unknown command" -- "$bin" frobnicate;  has "unknown command" "unknown command 'frobnicate'"
+for c in version init serve lua node help; do
+  expect 0 "$c --help" -- "$bin" "$c" --help;     has "$c --help" "usage: caremesh $c"
+done
+expect 0 "help init" -- "$bin" help init;         has "help init" "--node-id"
+expect 2 "init without node id" -- "$bin" init --data "$tmp/x"; has "init without node id" "--node-id ID is required"
+expect 2 "init bad option" -- "$bin" init --data "$tmp/x" --node-id a --colour;  has "init bad option" "--colour"
+expect 2 "init bad node id" -- "$bin" init --data "$tmp/x" --node-id "a b"; has "init bad node id" "character 2"
+[ ! -e "$tmp/x" ] && ok || bad "a refused init created $tmp/x"
+expect 2 "lua without data" -- env -u CAREMESH_DATA "$bin" lua script.lua; has "lua without data" "--data DIR is required"
+
+# ---- init ----
+d=$tmp/clinic
+expect 0 init -- "$bin" init --data "$d" --node-id clinic-a
+has init 'initialised node "clinic-a"'
+pub=$(sed -n 's/^public key: //p' <<<"$out")
+same "public key length" "${#pub}" 40
+same "data dir mode" "$(mode "$d")" 700
+same "database mode" "$(mode "$d/caremesh.db")" 600
+same "key file mode" "$(mode "$d/node.key")" 600
+same "config mode" "$(mode "$d/caremesh.conf")" 600
+expect 0 "node info" -- "$bin" node info --data "$d"
+has "node info" "public key: $pub"; has "node info" "node id:    clinic-a"
+keysum=$(sha256sum "$d/node.key")
+expect 1 "init twice" -- "$bin" init --data "$d" --node-id clinic-a
+has "init twice" "already initialised"
+same "init twice keeps the key" "$(sha256sum "$d/node.key")" "$keysum"
+expect 0 "init via CAREMESH_DATA" -- env CAREMESH_DATA="$tmp/envnode" "$bin" init --node-id env-node
+[ -f "$tmp/envnode/caremesh.db" ] && ok || bad "CAREMESH_DATA was not used"
+touch "$tmp/plainfile"
+expect 1 "init under a file" -- "$bin" init --data "$tmp/plainfile/node" --node-id a
+has "init under a file" "$tmp/plainfile"
+chmod 0500 "$tmp" 2>/dev/null
+if [ "$(id -u)" -ne 0 ]; then
+  expect 1 "init in unwritable dir" -- "$bin" init --data "$tmp/ro/node" --node-id a
+fi
+chmod 0700 "$tmp"
+
+# ---- lua scripts ----
+cat >"$tmp/ok.lua" <<'LUA'
+local cm = require "caremesh"
+local who = ...
+cm.organization.create { id = "clinic-a", name = "Riverside Family Clinic", kind = "clinic" }
+print("created for " .. who .. " on " .. cm.node_id)
+LUA
+expect 0 "lua script" -- "$bin" lua --data "$d" "$tmp/ok.lua" admin
+has "lua script" "created for admin on clinic-a"
+cat >"$tmp/count.lua" <<'LUA'
+local cm = require "caremesh"
+print("organizations=" .. cm.organization.count())
+LUA
+cat >"$tmp/syntax.lua" <<'LUA'
+local cm = require "caremesh"
+cm.organization.create { id = "o2", name = "x" kind = "clinic" }
+LUA
+expect 1 "lua syntax error" -- "$bin" lua --data "$d" "$tmp/syntax.lua"
+has "lua syntax error" "syntax.lua:2:"
+cat >"$tmp/half.lua" <<'LUA'
+local cm = require "caremesh"
+cm.organization.create { id = "o3", name = "Half Written", kind = "clinic" }
+cm.organization.create { id = "o4", name = "Bad Kind", kind = "castle" }
+LUA
+expect 1 "lua runtime error" -- "$bin" lua --data "$d" "$tmp/half.lua"
+has "lua runtime error" "half.lua:3:"; has "lua runtime error" "organization.kind"
+expect 0 "count after refusals" -- "$bin" lua --data "$d" "$tmp/count.lua"
+has "nothing half-written" "organizations=1"
+printf 'while true do end\n' >"$tmp/spin.lua"
+expect 1 "runaway script" -- "$bin" lua --data "$d" "$tmp/spin.lua"; has "runaway script" "instruction budget"
+printf 'local io = io\nio.open("/etc/passwd")\n' >"$tmp/io.lua"
+expect 1 "io is absent" -- "$bin" lua --data "$d" "$tmp/io.lua"; has "io is absent" "io.lua:2:"
+expect 1 "missing script" -- "$bin" lua --data "$d" "$tmp/none.lua"; has "missing script" "$tmp/none.lua"
+
+# ---- bad configuration ----
+cp "$d/caremesh.conf" "$tmp/good.conf"
+printf 'return { node_id = "clinic-a", stroe = {} }\n' >"$d/caremesh.conf"
+expect 1 "unknown config key" -- "$bin" lua --data "$d" "$tmp/count.lua"
+has "unknown config key" "caremesh.conf: stroe: unknown key"
+printf 'return {\n  node_id = "clinic-a",\n  lua = { memory_mb = },\n}\n' >"$d/caremesh.conf"
+expect 1 "config syntax error" -- "$bin" lua --data "$d" "$tmp/count.lua"
+has "config syntax error" "caremesh.conf:3:"
+printf 'return { node_id = "someone-else" }\n' >"$d/caremesh.conf"
+expect 1 "config for another node" -- "$bin" lua --data "$d" "$tmp/count.lua"
+has "config for another node" 'belongs to node "clinic-a"'
+cp "$tmp/good.conf" "$d/caremesh.conf"
+printf 'return { lua = { instructions = 2000 } }\n' >"$tmp/tiny.conf"
+printf 'local n = 0 for i = 1, 100000 do n = n + i end\n' >"$tmp/loop.lua"
+expect 1 "budget from --config" -- "$bin" lua --data "$d" --config "$tmp/tiny.conf" "$tmp/loop.lua"
+has "budget from --config" "instruction budget"
+expect 0 "default budget" -- "$bin" lua --data "$d" "$tmp/loop.lua"
+
+# ---- bad databases ----
+bad_db() { # NAME FRAGMENT: the command refuses and names the problem
+  expect 1 "$1" -- "$bin" lua --data "$b" "$tmp/count.lua"; has "$1" "$2"
+}
+b=$tmp/broken
+"$bin" init --data "$b" --node-id broken >/dev/null
+head -c 8192 /dev/urandom >"$b/caremesh.db"; rm -f "$b/caremesh.db-wal" "$b/caremesh.db-shm"
+bad_db "corrupt database" "not a caremesh database"
+rm -f "$b/caremesh.db"
+sqlite3 "$b/caremesh.db" "CREATE TABLE invoices(id INTEGER);"
+bad_db "foreign database" "another application"
+same "foreign database untouched" "$(sqlite3 "$b/caremesh.db" 'SELECT count(*) FROM sqlite_schema')" 1
+rm -f "$b/caremesh.db"
+bad_db "missing database" "caremesh init"
+rm -rf "$b"; "$bin" init --data "$b" --node-id broken >/dev/null
+sqlite3 "$b/caremesh.db" "INSERT INTO schema_version(version, description) VALUES (42, 'future');"
+bad_db "newer database" "schema version 42 is newer"
+
+# ---- serve ----
+serve_and_signal() { # SIGNAL
+  local log=$tmp/serve-$1.log
+  "$bin" serve --data "$d" 2>"$log" &
+  local pid=$!
+  if wait_for "$log" '"event":"serve.ready"'; then ok; else bad "serve did not get ready: $(cat "$log")"; fi
+  kill "-$1" "$pid"
+  wait "$pid"; local rc=$?
+  same "serve exit on $1" "$rc" 0
+  if grep -qF '"event":"serve.stop"' "$log"; then ok; else bad "no serve.stop line: $(cat "$log")"; fi
+  if jq -e . "$log" >/dev/null 2>&1; then ok; else bad "serve log is not JSON lines: $(cat "$log")"; fi
+}
+serve_and_signal TERM
+serve_and_signal INT
+"$bin" serve --data "$tmp/nowhere" 2>"$tmp/serve-fail.log"; rc=$?
+same "serve without a node" "$rc" 1
+if jq -e 'select(.level == "error") | .msg | test("caremesh init")' "$tmp/serve-fail.log" >/dev/null; then ok; else bad "serve failure not logged as JSON error: $(cat "$tmp/serve-fail.log")"; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
