@@ -352,7 +352,8 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     if (!sb)
         return err->code;
     lua_State *L = cm_sandbox_state(sb);
-    cm_lua_host_set(L, &host);
+    if ((rc = cm_lua_host_set(L, &host, err)) != 0)
+        goto done;
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
     if ((rc = cm_fs_read(argv[0], (size_t)16 << 20, &text, &len, err)) != 0)
         goto done;
@@ -512,6 +513,8 @@ static void print_overview(FILE *out)
 
 static int cmd_help(int argc, char **argv)
 {
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))
+        return print_help(find_cmd("help"));
     if (argc < 2) {
         print_overview(stdout);
         return CM_EXIT_OK;

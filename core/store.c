@@ -109,7 +109,9 @@ int cm_store_error(cm_store *store, cm_err *err, const char *what)
              (rc & 0xff) == SQLITE_CANTOPEN)
         code = CM_EPERM;
     else if ((rc & 0xff) == SQLITE_CONSTRAINT)
-        code = (rc == SQLITE_CONSTRAINT_FOREIGNKEY) ? CM_EREF : CM_EEXISTS;
+        code = rc == SQLITE_CONSTRAINT_FOREIGNKEY                                     ? CM_EREF
+               : rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE ? CM_EEXISTS
+                                                                                      : CM_EINVAL;
     else if ((rc & 0xff) == SQLITE_NOMEM)
         code = CM_ENOMEM;
     return cm_err_set(err, code, "%s: %s: %s", store->path, what, sqlite3_errmsg(store->db));

@@ -1,21 +1,34 @@
 /*
 ** lcaremesh.c -- the `caremesh` Lua module: host context in the registry,
 ** error conventions, cm.now/cm.null/cm.node_id, and the record kinds.
-** The module table is handed out read-only, so one script cannot rewire it
-** under another.
+** The module and its kind tables are read-only to scripts, so one script
+** cannot rewire them under another.
 */
 #include "lhost.h"
 #include "ljson.h"
+#include "sandbox.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char HOST_KEY = 'h';
 
-void cm_lua_host_set(lua_State *L, cm_lua_host *host)
+static int set_host(lua_State *L)
 {
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &HOST_KEY); /* may grow the registry */
+    return 0;
+}
+
+int cm_lua_host_set(lua_State *L, cm_lua_host *host, cm_err *err)
+{
+    lua_pushcfunction(L, set_host);
     lua_pushlightuserdata(L, host);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return cm_err_set(err, CM_ENOMEM, "cannot attach the host to the Lua state");
+    }
+    return 0;
 }
 
 cm_lua_host *cm_lua_host_get(lua_State *L)
@@ -70,55 +83,6 @@ static int l_now(lua_State *L)
     return 1;
 }
 
-static int l_readonly_newindex(lua_State *L)
-{
-    return luaL_error(L, "caremesh: the module is read-only (cannot set '%s')",
-                      luaL_tolstring(L, 2, NULL));
-}
-
-static int l_next(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 2);
-    if (lua_next(L, 1))
-        return 2;
-    lua_pushnil(L);
-    return 1;
-}
-
-/* pairs(proxy) walks the real table (the proxy's __index). */
-static int l_readonly_pairs(lua_State *L)
-{
-    lua_pushcfunction(L, l_next);
-    if (!lua_getmetatable(L, 1))
-        return luaL_error(L, "caremesh: not a module table");
-    lua_getfield(L, -1, "__index");
-    lua_remove(L, -2);
-    lua_pushnil(L);
-    /* stack: ..., next, real, nil */
-    return 3;
-}
-
-/* Replace the table on top with a read-only proxy of it. */
-static void make_readonly(lua_State *L)
-{
-    /* stack: real */
-    lua_newtable(L);
-    lua_newtable(L);
-    /* stack: real, proxy, mt */
-    lua_pushvalue(L, -3);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_readonly_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushcfunction(L, l_readonly_pairs);
-    lua_setfield(L, -2, "__pairs");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    lua_remove(L, -2);
-    /* stack: proxy */
-}
-
 int cm_lua_open_caremesh(lua_State *L)
 {
     cm_lua_host *host = cm_lua_host_get(L);
@@ -133,12 +97,16 @@ int cm_lua_open_caremesh(lua_State *L)
     lua_pushcfunction(L, l_now);
     lua_setfield(L, -2, "now");
     cm__lmodel_register(L);
-    /* Freeze each kind table, then the module. */
+    /* Freeze each kind table; the sandbox's require hands the module itself
+    ** out as a read-only view. */
     for (int k = 0; k < CM_KIND__COUNT; k++) {
+        char name[64];
+        snprintf(name, sizeof(name), "caremesh.%s", cm_kind_name((cm_kind)k));
         lua_getfield(L, -1, cm_kind_name((cm_kind)k));
-        make_readonly(L);
-        lua_setfield(L, -2, cm_kind_name((cm_kind)k));
+        cm_sandbox_push_readonly(L, -1, name);
+        /* stack: module, kindtable, view */
+        lua_setfield(L, -3, cm_kind_name((cm_kind)k));
+        lua_pop(L, 1);
     }
-    make_readonly(L);
     return 1;
 }

@@ -20,8 +20,8 @@ typedef struct cm_lua_host {
     const char *node_id; /* borrowed */
 } cm_lua_host;
 
-/* Attach host to L (stored in the registry; borrowed). */
-void cm_lua_host_set(lua_State *L, cm_lua_host *host);
+/* Attach host to L (stored in the registry; borrowed). CM_ENOMEM if Lua cannot. */
+int cm_lua_host_set(lua_State *L, cm_lua_host *host, cm_err *err);
 /* The host attached to L; raises a Lua error when there is none. */
 cm_lua_host *cm_lua_host_get(lua_State *L);
 

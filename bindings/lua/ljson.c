@@ -116,8 +116,8 @@ static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array,
 
 static int convert_table(lua_State *L, int idx, path_buf *path, int depth, cJSON **out, cm_err *err)
 {
-    bool is_array;
-    lua_Integer n;
+    bool is_array = false;
+    lua_Integer n = 0;
     int rc;
     cJSON *node = NULL;
     if (depth >= LJSON_MAX_DEPTH)
@@ -133,7 +133,7 @@ static int convert_table(lua_State *L, int idx, path_buf *path, int depth, cJSON
     if (is_array) {
         for (lua_Integer i = 1; i <= n; i++) {
             cJSON *child = NULL;
-            size_t mark = path_push_index(path, i);
+            size_t mark = path_push_index(path, i - 1); /* JSON positions count from 0 */
             lua_rawgeti(L, idx, i);
             rc = convert(L, lua_gettop(L), path, depth + 1, &child, err);
             lua_pop(L, 1);

@@ -6,4 +6,5 @@ bin=$1 file=$2
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$bin" init --data "$dir/node" --node-id lua-test-node >/dev/null
-"$bin" lua --data "$dir/node" "$file"
+# CM_WRAP runs the script under a checker (valgrind) when set.
+${CM_WRAP:-} "$bin" lua --data "$dir/node" "$file"

@@ -47,6 +47,11 @@ test("the module cannot be rewired by a script", function()
   local n = 0
   for _ in pairs(cm) do n = n + 1 end
   assert(n >= 11, "pairs walks the module")
+  -- pairs must not hand out the table behind a read-only view
+  for _, v in pairs(cm.patient) do assert(type(v) ~= "table" or v == cm.patient) end
+  local _, state = pairs(cm.patient)
+  raises(function() rawset(state, "injected", true) end)
+  eq(cm.patient.injected, nil, "nothing injected")
 end)
 
 test("organization create/get/update/find", function()
@@ -191,7 +196,7 @@ test("partnership with terms, champions, kpis", function()
       members = { { organization = "clinic-a" }, { organization = "cardio-b" } },
       terms = { { receiver = "pharm-c", classes = { "demographics" }, purposes = { "referral" } } },
     }
-  end, "terms[1].receiver", "pharm-c")
+  end, "terms[0].receiver", "pharm-c")
 end)
 
 test("consent, care team and task", function()

@@ -27,14 +27,15 @@ static inline void cm_test_rmtree(const char *dir)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
-    char path[1024];
+    char path[4096];
     struct stat sb;
     if (!d)
         return;
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path))
+            continue;
         if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
             cm_test_rmtree(path);
         else

@@ -74,7 +74,7 @@ static void test_shapes(void **state)
 
 static void test_uncarriable_values_name_their_path(void **state)
 {
-    expect_refusal("{name={given={'a', print}}}", "patient.name.given[2]: a function cannot");
+    expect_refusal("{name={given={'a', print}}}", "patient.name.given[1]: a function cannot");
     expect_refusal("{1, 2, x=3}", "patient: table mixes array items and named fields");
     expect_refusal("{[1]='a', [3]='c'}", "patient: array has holes");
     expect_refusal("{[true]=1}", "patient: a key of type boolean");

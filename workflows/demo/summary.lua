@@ -35,7 +35,7 @@ for _, ps in ipairs(cm.partnership.list()) do
   end
   for _, c in ipairs(ps.champions or {}) do
     local ch, bk = cm.provider.get(c.champion), cm.provider.get(c.backup)
-    line("    champion at %-14s %s (backup %s)", c.organization, name_of(ch.name), name_of(bk.name))
+    line("    champion at %-18s %s (backup %s)", c.organization, name_of(ch.name), name_of(bk.name))
   end
   for _, k in ipairs(ps.kpis or {}) do
     line("    KPI %-22s target %s%s", k.name, tostring(k.target or "-"), k.unit and (" " .. k.unit) or "")
