@@ -3,6 +3,8 @@
 */
 #include "config.h"
 
+#include "text.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,17 +21,14 @@ void cm_config_defaults(cm_config *cfg)
 
 int cm_config_check_id(const char *what, const char *s, cm_err *err)
 {
-    size_t len = s ? strlen(s) : 0;
-    if (len == 0 || len > 128)
-        return cm_err_set(err, CM_EINVAL, "%s: must be 1 to 128 characters", what);
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return cm_err_set(err, CM_EINVAL,
-                              "%s: character %zu ('%c') is not allowed (use letters, digits, "
-                              ". _ : -)",
-                              what, i + 1, (c >= 0x20 && c < 0x7f) ? c : '?');
+    long bad = cm_id_check(s);
+    if (bad < 0)
+        return cm_err_set(err, CM_EINVAL, "%s: must be 1 to %d characters", what, CM_ID_MAX);
+    if (bad > 0) {
+        char c = s[bad - 1];
+        return cm_err_set(err, CM_EINVAL,
+                          "%s: character %ld ('%c') is not allowed (use letters, digits, . _ : -)",
+                          what, bad, (c >= 0x20 && c < 0x7f) ? c : '?');
     }
     return 0;
 }

@@ -5,6 +5,8 @@
 */
 #include "model.h"
 
+#include "text.h"
+
 #include <assert.h>
 #include <math.h>
 #include <stdarg.h>
@@ -528,33 +530,7 @@ static bool blank(const char *s)
     return true;
 }
 
-static bool utf8_valid(const unsigned char *s)
-{
-    while (*s) {
-        size_t n = *s < 0x80             ? 0
-                   : (*s & 0xe0) == 0xc0 ? 1
-                   : (*s & 0xf0) == 0xe0 ? 2
-                   : (*s & 0xf8) == 0xf0 ? 3
-                                         : 4;
-        if (n == 4 || (n == 1 && *s < 0xc2) || (n == 3 && *s > 0xf4))
-            return false;
-        for (size_t i = 1; i <= n; i++)
-            if ((s[i] & 0xc0) != 0x80)
-                return false;
-        if ((n == 2 && *s == 0xe0 && s[1] < 0xa0) || (n == 2 && *s == 0xed && s[1] >= 0xa0) ||
-            (n == 3 && *s == 0xf0 && s[1] < 0x90) || (n == 3 && *s == 0xf4 && s[1] >= 0x90))
-            return false; /* overlong, surrogate, beyond U+10FFFF */
-        s += n + 1;
-    }
-    return true;
-}
-
 /* ---- formats ---- */
-
-static bool id_char_ok(char c)
-{
-    return ascii_alpha(c) || ascii_digit(c) || c == '.' || c == '_' || c == ':' || c == '-';
-}
 
 static bool key_ok(const char *s)
 {
@@ -808,7 +784,7 @@ static int check_id_chars(vctx *v, const char *s)
 {
     char shown[SHOW_BUFSZ], ch[16];
     for (size_t i = 0; s[i]; i++) {
-        if (id_char_ok(s[i]))
+        if (cm_id_char(s[i]))
             continue;
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c < 0x7f)
@@ -831,7 +807,7 @@ static int check_text(vctx *v, const field *f, const char *s)
         return verr(v, CM_EINVAL, "must not be empty");
     if (len > max)
         return verr(v, CM_EINVAL, "too long (%zu bytes, at most %zu)", len, max);
-    if (!utf8_valid((const unsigned char *)s))
+    if (!cm_utf8_valid(s, len))
         return verr(v, CM_EINVAL, "not valid UTF-8");
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];

@@ -3,6 +3,8 @@
 */
 #include "ljson.h"
 
+#include "text.h"
+
 #include <lauxlib.h>
 #include <math.h>
 #include <stdbool.h>
@@ -39,41 +41,6 @@ static void path_pop(path_buf *p, size_t old)
 {
     p->len = old;
     p->s[old] = '\0';
-}
-
-static bool utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t n;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            n = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        for (size_t k = 1; k <= n; k++) {
-            if (i + k >= len || (s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += n + 1;
-    }
-    return true;
 }
 
 static int convert(lua_State *L, int idx, path_buf *path, int depth, cJSON **out, cm_err *err);
@@ -195,7 +162,7 @@ static int convert(lua_State *L, int idx, path_buf *path, int depth, cJSON **out
         const char *s = lua_tolstring(L, idx, &len);
         if (strlen(s) != len)
             return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path->s);
-        if (!utf8_valid((const unsigned char *)s, len))
+        if (!cm_utf8_valid(s, len))
             return cm_err_set(err, CM_EINVAL, "%s: string is not valid UTF-8", path->s);
         node = cJSON_CreateString(s);
         break;

@@ -1,0 +1,61 @@
+/*
+** text.c -- UTF-8 and id checks.
+*/
+#include "text.h"
+
+#include <stdint.h>
+#include <string.h>
+
+bool cm_utf8_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if ((c & 0xe0) == 0xc0) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        for (size_t k = 1; k <= n; k++) {
+            if (i + k >= len || (s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false; /* overlong, surrogate, beyond U+10FFFF */
+        i += n + 1;
+    }
+    return true;
+}
+
+bool cm_id_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '-';
+}
+
+long cm_id_check(const char *s)
+{
+    size_t len = s ? strlen(s) : 0;
+    if (len == 0 || len > CM_ID_MAX)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        if (!cm_id_char(s[i]))
+            return (long)i + 1;
+    return 0;
+}

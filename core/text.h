@@ -1,0 +1,25 @@
+/*
+** text.h -- checks on text that crosses into the host: UTF-8 validity and
+** the shape of ids (node ids, record ids). No dependencies; any thread.
+*/
+#ifndef CM_TEXT_H
+#define CM_TEXT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CM_ID_MAX 128
+
+/* Is s[0..len) well-formed UTF-8 (no overlongs, surrogates or code points
+** past U+10FFFF)? */
+bool cm_utf8_valid(const char *s, size_t len);
+
+/* May c appear in an id? Letters, digits, '.', '_', ':', '-'. */
+bool cm_id_char(char c);
+
+/* 0 if s is an id (1..CM_ID_MAX id characters); otherwise the 1-based
+** position of the first character that may not appear, or -1 when the length
+** is wrong. */
+long cm_id_check(const char *s);
+
+#endif
