@@ -1,0 +1,1032 @@
+/*
+** lworkflow.c -- cm.workflow (definition checks) and the Lua runtime behind
+** the engine seam: compile, install, and one step of one instance.
+** Every Lua operation runs inside cm_sandbox_pcall (budget, memory cap,
+** traceback); C allocations are handed over only after the last Lua call.
+*/
+#include "lworkflow.h"
+
+#include "ljson.h"
+#include "text.h"
+
+#include <lauxlib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INSTANCE_MT "caremesh.Instance"
+#define MAX_HOPS    32 /* transitions one step may chain (enter handlers calling go) */
+
+static const char SPECS_KEY = 's'; /* registry: weak set of tables made by cm.workflow */
+
+struct cm_lua_runtime {
+    cm_runtime seam;
+    cm_sandbox *sb;
+    int defs_ref; /* registry ref: "name@rev" -> spec; "pending:name" -> spec */
+};
+
+/* ---- durations -------------------------------------------------------- */
+
+bool cm_duration_parse(const char *s, int64_t *ms)
+{
+    int64_t total = 0;
+    bool any = false;
+    if (!s || !*s)
+        return false;
+    while (*s) {
+        int64_t n = 0;
+        int digits = 0;
+        for (; *s >= '0' && *s <= '9'; s++, digits++) {
+            if (n > 100000000)
+                return false;
+            n = n * 10 + (*s - '0');
+        }
+        int64_t unit = *s == 's'   ? 1000
+                       : *s == 'm' ? 60000
+                       : *s == 'h' ? 3600000
+                       : *s == 'd' ? 86400000
+                       : *s == 'w' ? 604800000
+                                   : 0;
+        if (digits == 0 || unit == 0)
+            return false;
+        total += n * unit;
+        any = true;
+        s++;
+    }
+    if (ms)
+        *ms = total;
+    return any;
+}
+
+/* ---- cm.workflow: checking a definition ------------------------------- */
+
+static int spec_error(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Raise "file:line: workflow: <message>" at the definition's caller. */
+static int spec_error(lua_State *L, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    luaL_where(L, 1);
+    lua_pushfstring(L, "workflow: %s", msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+static bool only_fields(lua_State *L, int idx, const char *const *allowed, const char **bad)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        bool ok = false;
+        if (lua_type(L, -2) == LUA_TSTRING)
+            for (const char *const *a = allowed; *a && !ok; a++)
+                ok = strcmp(lua_tostring(L, -2), *a) == 0;
+        if (!ok) {
+            *bad = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "(a non-name key)";
+            lua_pop(L, 2);
+            return false;
+        }
+        lua_pop(L, 1);
+    }
+    return true;
+}
+
+static bool state_exists(lua_State *L, int states, const char *name)
+{
+    bool ok = lua_getfield(L, states, name) == LUA_TTABLE;
+    lua_pop(L, 1);
+    return ok;
+}
+
+/* One transition spec at the top of the stack (string, function, {to=, guard=}). */
+static void check_target(lua_State *L, int states, const char *state, const char *event)
+{
+    int t = lua_gettop(L);
+    if (lua_type(L, t) == LUA_TSTRING) {
+        if (!state_exists(L, states, lua_tostring(L, t)))
+            spec_error(L, "states.%s.on[\"%s\"]: transition to unknown state \"%s\"", state, event,
+                       lua_tostring(L, t));
+    } else if (lua_type(L, t) == LUA_TTABLE) {
+        static const char *const fields[] = {"to", "guard", NULL};
+        const char *bad;
+        if (!only_fields(L, t, fields, &bad))
+            spec_error(L, "states.%s.on[\"%s\"].%s: unknown field (use to, guard)", state, event,
+                       bad);
+        int to = lua_getfield(L, t, "to");
+        if (to == LUA_TSTRING && !state_exists(L, states, lua_tostring(L, -1)))
+            spec_error(L, "states.%s.on[\"%s\"].to: unknown state \"%s\"", state, event,
+                       lua_tostring(L, -1));
+        if (to != LUA_TSTRING && to != LUA_TFUNCTION)
+            spec_error(L, "states.%s.on[\"%s\"].to: must be a state name or a function", state,
+                       event);
+        int g = lua_getfield(L, t, "guard");
+        if (g != LUA_TNIL && g != LUA_TFUNCTION)
+            spec_error(L, "states.%s.on[\"%s\"].guard: must be a function", state, event);
+        lua_pop(L, 2);
+    } else if (lua_type(L, t) != LUA_TFUNCTION) {
+        spec_error(L, "states.%s.on[\"%s\"]: must be a state name, a function or {to=, guard=}",
+                   state, event);
+    }
+}
+
+static void check_transitions(lua_State *L, int states, const char *state, int on)
+{
+    lua_pushnil(L);
+    while (lua_next(L, on)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            spec_error(L, "states.%s.on: event names must be strings", state);
+        const char *event = lua_tostring(L, -2);
+        if (lua_type(L, -1) == LUA_TTABLE && lua_rawlen(L, -1) > 0) {
+            int list = lua_gettop(L);
+            for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, list); i++) {
+                lua_rawgeti(L, list, i);
+                check_target(L, states, state, event);
+                lua_pop(L, 1);
+            }
+        } else {
+            check_target(L, states, state, event);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int check_states(lua_State *L, int states)
+{
+    static const char *const fields[] = {"enter", "exit", "on", "final", "description", NULL};
+    int finals = 0;
+    lua_pushnil(L);
+    while (lua_next(L, states)) {
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TTABLE)
+            spec_error(L, "states: each entry must be name = { ... }");
+        const char *name = lua_tostring(L, -2), *bad;
+        int st = lua_gettop(L);
+        if (!only_fields(L, st, fields, &bad))
+            spec_error(L, "states.%s.%s: unknown field (use enter, exit, on, final, description)",
+                       name, bad);
+        for (int i = 0; i < 2; i++) {
+            const char *h = i ? "exit" : "enter";
+            int ht = lua_getfield(L, st, h);
+            if (ht != LUA_TNIL && ht != LUA_TFUNCTION)
+                spec_error(L, "states.%s.%s: must be a function", name, h);
+            lua_pop(L, 1);
+        }
+        bool final = lua_getfield(L, st, "final") != LUA_TNIL && lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        int on = lua_getfield(L, st, "on");
+        if (on != LUA_TNIL && on != LUA_TTABLE)
+            spec_error(L, "states.%s.on: must be a table of event = transition", name);
+        if (final && on == LUA_TTABLE)
+            spec_error(L, "states.%s: a final state takes no events (remove 'on')", name);
+        if (on == LUA_TTABLE)
+            check_transitions(L, states, name, lua_gettop(L));
+        lua_pop(L, 2);
+        finals += final;
+    }
+    return finals;
+}
+
+static const char *const input_types[] = {"string", "number", "integer",  "boolean",
+                                          "table",  "date",   "datetime", NULL};
+
+static bool input_type_known(const char *t)
+{
+    char base[64];
+    size_t len = strlen(t);
+    if (len == 0 || len >= sizeof(base))
+        return false;
+    memcpy(base, t, len + 1);
+    if (base[len - 1] == '?')
+        base[len - 1] = '\0';
+    for (const char *const *k = input_types; *k; k++)
+        if (strcmp(base, *k) == 0)
+            return true;
+    return cm_kind_parse(base) >= 0;
+}
+
+static int l_workflow(lua_State *L)
+{
+    static const char *const fields[] = {"name",  "version", "description", "input",
+                                         "start", "states",  NULL};
+    const char *bad;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    if (!only_fields(L, 1, fields, &bad))
+        return spec_error(L,
+                          "%s: unknown field (use name, version, description, input, start, "
+                          "states)",
+                          bad);
+    if (lua_getfield(L, 1, "name") != LUA_TSTRING || cm_id_check(lua_tostring(L, -1)) != 0)
+        return spec_error(L, "name: required, letters, digits, . _ : - (at most %d)", CM_ID_MAX);
+    if (lua_getfield(L, 1, "version") != LUA_TNUMBER || !lua_isinteger(L, -1) ||
+        lua_tointeger(L, -1) < 1)
+        return spec_error(L, "version: required, a whole number from 1");
+    int it = lua_getfield(L, 1, "input");
+    if (it == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING ||
+                !input_type_known(lua_tostring(L, -1)))
+                return spec_error(L,
+                                  "input.%s: must be a type name: string, number, integer, "
+                                  "boolean, table, date, datetime or a record kind (patient, "
+                                  "organization, ...), with ? when optional",
+                                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+            lua_pop(L, 1);
+        }
+    } else if (it != LUA_TNIL) {
+        return spec_error(L, "input: must be a table of field = type");
+    }
+    if (lua_getfield(L, 1, "states") != LUA_TTABLE)
+        return spec_error(L, "states: required, a table of name = { ... }");
+    int states = lua_gettop(L);
+    if (lua_getfield(L, 1, "start") != LUA_TSTRING)
+        return spec_error(L, "start: required, the name of the first state");
+    if (!state_exists(L, states, lua_tostring(L, -1)))
+        return spec_error(L, "start: unknown state \"%s\"", lua_tostring(L, -1));
+    if (check_states(L, states) == 0)
+        return spec_error(L, "states: no final state (mark one final = true)");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &SPECS_KEY);
+    lua_pushvalue(L, 1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_settop(L, 1);
+    return 1;
+}
+
+void cm__lworkflow_register(lua_State *L)
+{
+    /* stack: module */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SPECS_KEY) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_newtable(L);
+        lua_pushstring(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &SPECS_KEY);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pushcfunction(L, l_workflow);
+    lua_setfield(L, -2, "workflow");
+}
+
+/* ---- the instance handle ---------------------------------------------- */
+
+/* What one step's handlers share. Lives on the C stack of rt_step. */
+typedef struct drv {
+    cm_step *sp;
+    int states;            /* stack index of the definition's states table */
+    char cur[CM_NAME_MAX]; /* the state handlers run in */
+    char go[CM_NAME_MAX];  /* set by wf:go */
+    bool go_set;
+    int spawned;
+    bool invalid; /* the request itself is wrong (CM_EINVAL) */
+} drv;
+
+typedef struct inst_ud {
+    drv *d; /* NULL once the step is over: a kept handle does nothing */
+} inst_ud;
+
+enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3 };
+
+static drv *check_inst(lua_State *L)
+{
+    inst_ud *u = luaL_checkudata(L, 1, INSTANCE_MT);
+    if (!u->d)
+        luaL_error(L, "this instance handle belongs to a step that is over");
+    return u->d;
+}
+
+/* Append the table on top to the effects list; pops it. */
+static void add_effect(lua_State *L)
+{
+    lua_getiuservalue(L, 1, UV_EFFECTS);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    lua_pop(L, 1);
+}
+
+static const char *check_name_arg(lua_State *L, int arg, const char *what)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, arg, &len);
+    if (len == 0 || len >= CM_NAME_MAX)
+        luaL_argerror(L, arg,
+                      lua_pushfstring(L, "%s must be 1 to %d characters", what, CM_NAME_MAX - 1));
+    return s;
+}
+
+static int m_go(lua_State *L)
+{
+    drv *d = check_inst(L);
+    const char *state = check_name_arg(L, 2, "state");
+    if (!state_exists(L, d->states, state))
+        return luaL_error(L, "wf:go: unknown state \"%s\"", state);
+    snprintf(d->go, sizeof(d->go), "%s", state);
+    d->go_set = true;
+    return 0;
+}
+
+/* wf:after(duration, name [, payload [, {keep=true}]]) and wf:at(time, ...) */
+static int add_timer(lua_State *L, int64_t due)
+{
+    lua_settop(L, 5); /* fixed arity: later pushes must not look like arguments */
+    drv *d = check_inst(L);
+    const char *name = check_name_arg(L, 3, "timer name");
+    bool keep = false;
+    if (!lua_isnoneornil(L, 4))
+        luaL_checktype(L, 4, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 5)) {
+        luaL_checktype(L, 5, LUA_TTABLE);
+        keep = lua_getfield(L, 5, "keep") != LUA_TNIL && lua_toboolean(L, -1);
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, "timer");
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, (lua_Integer)due);
+    lua_setfield(L, -2, "due");
+    if (!lua_isnoneornil(L, 4)) {
+        lua_pushvalue(L, 4);
+        lua_setfield(L, -2, "payload");
+    }
+    if (!keep) {
+        lua_pushstring(L, d->cur);
+        lua_setfield(L, -2, "scoped");
+    }
+    add_effect(L);
+    return 0;
+}
+
+static int m_after(lua_State *L)
+{
+    drv *d = check_inst(L);
+    int64_t ms;
+    if (!cm_duration_parse(luaL_checkstring(L, 2), &ms))
+        return luaL_argerror(L, 2, "bad duration (use e.g. \"30m\", \"72h\", \"21d\", \"1d12h\")");
+    return add_timer(L, d->sp->now_ms + ms);
+}
+
+static int m_at(lua_State *L)
+{
+    int64_t ms;
+    check_inst(L);
+    if (!cm_time_parse(luaL_checkstring(L, 2), &ms))
+        return luaL_argerror(L, 2, "bad time (use an ISO-8601 date or date-time with a zone)");
+    return add_timer(L, ms);
+}
+
+static int m_cancel(lua_State *L)
+{
+    lua_settop(L, 2); /* fixed arity: later pushes must not look like arguments */
+    check_inst(L);
+    const char *name = check_name_arg(L, 2, "timer name");
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, "cancel");
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "name");
+    add_effect(L);
+    return 0;
+}
+
+/* Copy field `from` of the table at src to field `to` of the table on top. */
+static void copy_field(lua_State *L, int src, const char *from, const char *to)
+{
+    lua_getfield(L, src, from);
+    lua_setfield(L, -2, to);
+}
+
+static int m_task(lua_State *L)
+{
+    lua_settop(L, 2); /* fixed arity: later pushes must not look like arguments */
+    static const char *const fields[] = {"title", "description", "organization", "patient", "owner",
+                                         "role",  "priority",    "due",          "note",    NULL};
+    drv *d = check_inst(L);
+    const char *bad;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!only_fields(L, 2, fields, &bad))
+        return luaL_error(L, "wf:task: %s: unknown field (use %s)", bad,
+                          "title, description, organization, patient, owner, role, priority, "
+                          "due, note");
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, "task");
+    lua_setfield(L, -2, "type");
+    lua_createtable(L, 0, 8);
+    /* stack: effect, task */
+    copy_field(L, 2, "title", "title");
+    copy_field(L, 2, "description", "description");
+    copy_field(L, 2, "organization", "organization");
+    copy_field(L, 2, "patient", "patient");
+    copy_field(L, 2, "owner", "owner");
+    copy_field(L, 2, "role", "ownerRole");
+    copy_field(L, 2, "priority", "priority");
+    copy_field(L, 2, "note", "note");
+    if (lua_getfield(L, 2, "due") == LUA_TSTRING) {
+        int64_t ms;
+        if (cm_duration_parse(lua_tostring(L, -1), &ms)) {
+            char when[CM_TIME_BUFSZ];
+            cm_time_format(d->sp->now_ms + ms, when, sizeof(when));
+            lua_pushstring(L, when);
+            lua_replace(L, -2);
+        }
+    }
+    lua_setfield(L, -2, "due");
+    lua_setfield(L, -2, "task");
+    add_effect(L);
+    return 0;
+}
+
+static int m_notify(lua_State *L)
+{
+    lua_settop(L, 2); /* fixed arity: later pushes must not look like arguments */
+    static const char *const fields[] = {"channel", "to", "message", "data", NULL};
+    const char *bad;
+    check_inst(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (!only_fields(L, 2, fields, &bad))
+        return luaL_error(L, "wf:notify: %s: unknown field (use channel, to, message, data)", bad);
+    for (int i = 0; i < 3; i++)
+        if (lua_getfield(L, 2, fields[i]) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+            return luaL_error(L, "wf:notify: %s: required, a string", fields[i]);
+    lua_pop(L, 3);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, "notify");
+    lua_setfield(L, -2, "type");
+    for (int i = 0; i < 4; i++)
+        copy_field(L, 2, fields[i], fields[i]);
+    add_effect(L);
+    return 0;
+}
+
+static int m_spawn(lua_State *L)
+{
+    lua_settop(L, 3); /* fixed arity: later pushes must not look like arguments */
+    drv *d = check_inst(L);
+    const char *workflow = check_name_arg(L, 2, "workflow");
+    char id[CM_NAME_MAX];
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    int n = snprintf(id, sizeof(id), "%s.%ld.%d", d->sp->instance, d->sp->seq, ++d->spawned);
+    if (n < 0 || (size_t)n >= sizeof(id))
+        return luaL_error(L, "wf:spawn: the child's id would be too long");
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, "spawn");
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, workflow);
+    lua_setfield(L, -2, "workflow");
+    lua_pushstring(L, id);
+    lua_setfield(L, -2, "id");
+    if (!lua_isnoneornil(L, 3)) {
+        lua_pushvalue(L, 3);
+        lua_setfield(L, -2, "input");
+    }
+    add_effect(L);
+    lua_pushstring(L, id);
+    return 1;
+}
+
+static int m_kpi(lua_State *L)
+{
+    lua_settop(L, 4); /* fixed arity: later pushes must not look like arguments */
+    check_inst(L);
+    const char *name = check_name_arg(L, 2, "KPI name");
+    lua_Number value = luaL_checknumber(L, 3);
+    if (!lua_isnoneornil(L, 4))
+        luaL_checktype(L, 4, LUA_TTABLE);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, "kpi");
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "name");
+    lua_pushnumber(L, value);
+    lua_setfield(L, -2, "value");
+    if (!lua_isnoneornil(L, 4)) {
+        lua_pushvalue(L, 4);
+        lua_setfield(L, -2, "labels");
+    }
+    add_effect(L);
+    return 0;
+}
+
+static int m_send(lua_State *L)
+{
+    lua_settop(L, 4); /* fixed arity: later pushes must not look like arguments */
+    check_inst(L);
+    const char *to = check_name_arg(L, 2, "receiver");
+    const char *kind = check_name_arg(L, 3, "message kind");
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, "send");
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, to);
+    lua_setfield(L, -2, "to");
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushvalue(L, 4);
+    lua_setfield(L, -2, "payload");
+    add_effect(L);
+    return 0;
+}
+
+static int m_now(lua_State *L)
+{
+    drv *d = check_inst(L);
+    char buf[CM_TIME_BUFSZ];
+    cm_time_format(d->sp->now_ms, buf, sizeof(buf));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+static const luaL_Reg inst_methods[] = {
+    {"go", m_go},     {"after", m_after},   {"at", m_at},       {"cancel", m_cancel},
+    {"task", m_task}, {"notify", m_notify}, {"spawn", m_spawn}, {"kpi", m_kpi},
+    {"send", m_send}, {"now", m_now},       {NULL, NULL},
+};
+
+/* wf.key: fields first, then methods (upvalue 1). */
+static int inst_index(lua_State *L)
+{
+    drv *d = check_inst(L);
+    const char *key = luaL_checkstring(L, 2);
+    if (strcmp(key, "id") == 0)
+        lua_pushstring(L, d->sp->instance);
+    else if (strcmp(key, "workflow") == 0)
+        lua_pushstring(L, d->sp->workflow);
+    else if (strcmp(key, "state") == 0)
+        lua_pushstring(L, d->cur);
+    else if (strcmp(key, "event") == 0)
+        d->sp->event ? (void)lua_pushstring(L, d->sp->event) : lua_pushnil(L);
+    else if (strcmp(key, "ctx") == 0)
+        lua_getiuservalue(L, 1, UV_CTX);
+    else if (strcmp(key, "input") == 0)
+        lua_getiuservalue(L, 1, UV_INPUT);
+    else
+        lua_getfield(L, lua_upvalueindex(1), key);
+    return 1;
+}
+
+static int inst_newindex(lua_State *L)
+{
+    return luaL_error(L, "wf.%s: the instance handle is read-only (keep data in wf.ctx)",
+                      luaL_checkstring(L, 2));
+}
+
+static void push_instance_mt(lua_State *L)
+{
+    if (luaL_newmetatable(L, INSTANCE_MT)) {
+        lua_newtable(L);
+        luaL_setfuncs(L, inst_methods, 0);
+        lua_pushcclosure(L, inst_index, 1);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, inst_newindex);
+        lua_setfield(L, -2, "__newindex");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+}
+
+/* ---- one step --------------------------------------------------------- */
+
+/* Raise a request error (CM_EINVAL): nothing of the step happens. */
+static int invalid(lua_State *L, drv *d, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int invalid(lua_State *L, drv *d, const char *fmt, ...)
+{
+    va_list ap;
+    d->invalid = true;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return lua_error(L);
+}
+
+/* Check the input (stack index input) against the definition's schema (spec.input). */
+static void check_input(lua_State *L, drv *d, int spec, int input)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    if (lua_getfield(L, spec, "input") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    int schema = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, input)) { /* no field the schema does not name */
+        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!key || lua_getfield(L, schema, key) == LUA_TNIL)
+            invalid(L, d, "input.%s: unknown field for workflow %s", key ? key : "?",
+                    d->sp->workflow);
+        lua_pop(L, 2);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, schema)) {
+        const char *field = lua_tostring(L, -2), *type = lua_tostring(L, -1);
+        size_t tlen = strlen(type);
+        char base[64];
+        bool optional = tlen > 0 && type[tlen - 1] == '?';
+        snprintf(base, sizeof(base), "%.*s", (int)(optional ? tlen - 1 : tlen), type);
+        int vt = lua_getfield(L, input, field);
+        if (vt == LUA_TNIL || (vt == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1))) {
+            if (!optional)
+                invalid(L, d, "input.%s: required (%s)", field, base);
+            lua_pop(L, 2);
+            continue;
+        }
+        bool ok;
+        int kind = cm_kind_parse(base);
+        if (strcmp(base, "integer") == 0)
+            ok = lua_isinteger(L, -1);
+        else if (strcmp(base, "date") == 0)
+            ok = vt == LUA_TSTRING && cm_date_valid(lua_tostring(L, -1));
+        else if (strcmp(base, "datetime") == 0)
+            ok = vt == LUA_TSTRING && cm_time_parse(lua_tostring(L, -1), NULL);
+        else if (kind >= 0)
+            ok = vt == LUA_TSTRING;
+        else
+            ok = strcmp(luaL_typename(L, -1), base) == 0;
+        if (!ok)
+            invalid(L, d, "input.%s: expected %s, got %s", field, base, luaL_typename(L, -1));
+        if (kind >= 0) {
+            cJSON *rec = NULL;
+            cm_err err;
+            int rc = cm_model_get(host->model, (cm_kind)kind, lua_tostring(L, -1), &rec, &err);
+            cJSON_Delete(rec);
+            if (rc != 0)
+                invalid(L, d, "input.%s: %s", field, err.msg);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+}
+
+/* Call the state's handler `which` (enter/exit) if it has one. */
+static void run_handler(lua_State *L, drv *d, int wf, const char *which)
+{
+    lua_getfield(L, d->states, d->cur);
+    if (lua_getfield(L, -1, which) == LUA_TFUNCTION) {
+        lua_pushvalue(L, wf);
+        lua_call(L, 1, 0);
+        lua_pop(L, 1);
+    } else {
+        lua_pop(L, 2);
+    }
+}
+
+/* Move to state `to`: exit the current one, enter the next, follow wf:go. */
+static void transition(lua_State *L, drv *d, int wf, const char *to)
+{
+    char next[CM_NAME_MAX];
+    snprintf(next, sizeof(next), "%s", to);
+    for (int hops = 0;; hops++) {
+        if (hops >= MAX_HOPS)
+            luaL_error(L, "more than %d transitions in one step (a loop of wf:go?)", MAX_HOPS);
+        if (!state_exists(L, d->states, next))
+            luaL_error(L, "transition to unknown state \"%s\"", next);
+        if (hops > 0 || d->sp->state)
+            run_handler(L, d, wf, "exit");
+        snprintf(d->cur, sizeof(d->cur), "%s", next);
+        d->go_set = false;
+        run_handler(L, d, wf, "enter");
+        if (!d->go_set)
+            return;
+        snprintf(next, sizeof(next), "%s", d->go);
+    }
+}
+
+/* Resolve the transition at the top of the stack for the event: returns the
+** target name pushed (or nil pushed: stay); false when nothing matched. */
+static bool resolve(lua_State *L, drv *d, int wf, int payload)
+{
+    int t = lua_gettop(L);
+    if (lua_type(L, t) == LUA_TSTRING) {
+        lua_pushvalue(L, t);
+        return true;
+    }
+    if (lua_type(L, t) == LUA_TFUNCTION) {
+        lua_pushvalue(L, t);
+        lua_pushvalue(L, wf);
+        lua_pushvalue(L, payload);
+        lua_pushstring(L, d->sp->event);
+        lua_call(L, 3, 1);
+        if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "the handler for \"%s\" must return a state name or nil", d->sp->event);
+        return true;
+    }
+    /* a table: {to=, guard=} or a list of them, first whose guard passes */
+    lua_Integer n = (lua_Integer)lua_rawlen(L, t), i = n > 0 ? 1 : 0;
+    for (; i <= n; i++) {
+        int opt = t;
+        if (n > 0) {
+            lua_rawgeti(L, t, i);
+            opt = lua_gettop(L);
+        }
+        bool pass = true;
+        if (lua_getfield(L, opt, "guard") == LUA_TFUNCTION) {
+            lua_pushvalue(L, wf);
+            lua_pushvalue(L, payload);
+            lua_pushstring(L, d->sp->event);
+            lua_call(L, 3, 1);
+            pass = lua_toboolean(L, -1);
+        }
+        lua_pop(L, 1);
+        if (pass) {
+            lua_getfield(L, opt, "to");
+            if (n > 0)
+                lua_remove(L, opt);
+            return resolve(L, d, wf, payload) ? (lua_remove(L, -2), true) : false;
+        }
+        if (n > 0)
+            lua_pop(L, 1);
+    }
+    return false;
+}
+
+/* The step, run by cm_sandbox_pcall. Upvalue-free; args: lightuserdata drv, spec. */
+static int step_driver(lua_State *L)
+{
+    drv *d = lua_touserdata(L, 1);
+    cm_step *sp = d->sp;
+    int spec = 2;
+    lua_getfield(L, spec, "states");
+    d->states = lua_gettop(L);
+    /* the handle, with ctx, input view and effects as user values */
+    inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 3);
+    u->d = NULL;
+    int wf = lua_gettop(L);
+    push_instance_mt(L);
+    lua_setmetatable(L, wf);
+    cm_ljson_push(L, sp->ctx);
+    lua_setiuservalue(L, wf, UV_CTX);
+    cm_ljson_push(L, sp->input);
+    int input = lua_gettop(L);
+    cm_sandbox_push_readonly(L, input, "wf.input");
+    lua_setiuservalue(L, wf, UV_INPUT);
+    lua_newtable(L);
+    lua_setiuservalue(L, wf, UV_EFFECTS);
+    u->d = d;
+    sp->handled = true;
+    if (!sp->state) {
+        check_input(L, d, spec, input);
+        lua_getfield(L, spec, "start");
+        snprintf(d->cur, sizeof(d->cur), "%s", lua_tostring(L, -1));
+        transition(L, d, wf, d->cur);
+    } else {
+        snprintf(d->cur, sizeof(d->cur), "%s", sp->state);
+        if (!state_exists(L, d->states, d->cur))
+            invalid(L, d, "instance %s is in state \"%s\", which workflow %s does not define",
+                    sp->instance, d->cur, sp->workflow);
+        if (sp->payload)
+            cm_ljson_push(L, sp->payload);
+        else
+            lua_newtable(L);
+        int payload = lua_gettop(L);
+        lua_getfield(L, d->states, d->cur);
+        bool has =
+            lua_getfield(L, -1, "on") == LUA_TTABLE && lua_getfield(L, -1, sp->event) != LUA_TNIL;
+        if (!has || !resolve(L, d, wf, payload)) {
+            sp->handled = false;
+            u->d = NULL;
+            return 0;
+        }
+        /* stack: ..., target or nil */
+        if (lua_isnil(L, -1) && d->go_set)
+            transition(L, d, wf, d->go);
+        else if (!lua_isnil(L, -1))
+            transition(L, d, wf, lua_tostring(L, -1));
+    }
+    u->d = NULL;
+    lua_getfield(L, d->states, d->cur);
+    lua_getfield(L, -1, "final");
+    sp->final = lua_toboolean(L, -1);
+    snprintf(sp->next, sizeof(sp->next), "%s", d->cur);
+    /* results stay on the stack for rt_step to convert: ctx, effects */
+    lua_getiuservalue(L, wf, UV_CTX);
+    lua_getiuservalue(L, wf, UV_EFFECTS);
+    return 2;
+}
+
+/* ---- the seam --------------------------------------------------------- */
+
+/* Push defs[key]; returns its type. */
+static int get_def(lua_State *L, cm_lua_runtime *rt, const char *key)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
+    int t = lua_getfield(L, -1, key);
+    lua_remove(L, -2);
+    return t;
+}
+
+static void def_key(char *buf, size_t n, const char *name, int rev)
+{
+    snprintf(buf, n, "%s@%d", name, rev);
+}
+
+static int rt_step(void *ud, cm_step *sp, cm_err *err)
+{
+    cm_lua_runtime *rt = ud;
+    lua_State *L = cm_sandbox_state(rt->sb);
+    char key[CM_NAME_MAX + 16];
+    drv d;
+    int top = lua_gettop(L), rc;
+    memset(&d, 0, sizeof(d));
+    d.sp = sp;
+    def_key(key, sizeof(key), sp->workflow, sp->rev);
+    if (!lua_checkstack(L, 8))
+        return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
+    lua_pushcfunction(L, step_driver);
+    lua_pushlightuserdata(L, &d);
+    if (get_def(L, rt, key) != LUA_TTABLE) {
+        lua_settop(L, top);
+        return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
+    }
+    rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
+    if (rc != 0) {
+        lua_settop(L, top);
+        if (d.invalid) { /* keep the plain message, without the traceback */
+            char *nl = strchr(err->msg, '\n');
+            if (nl)
+                *nl = '\0';
+        }
+        return d.invalid ? cm_err_recode(err, CM_EINVAL)
+                         : cm_err_prefix(err, "%s in state %s", sp->instance,
+                                         d.cur[0] ? d.cur : "(start)");
+    }
+    if (!sp->handled) {
+        lua_settop(L, top);
+        return 0;
+    }
+    /* stack: ctx, effects */
+    cJSON *ctx = NULL, *effects = NULL;
+    if ((rc = cm_ljson_from_lua(L, -2, "wf.ctx", &ctx, err)) == 0 &&
+        (rc = cm_ljson_from_lua(L, -1, "effects", &effects, err)) == 0) {
+        if (cJSON_IsObject(effects)) { /* an empty list comes back as {} */
+            cJSON_Delete(effects);
+            effects = cJSON_CreateArray();
+        }
+        if (cJSON_IsArray(ctx)) {
+            rc = cm_err_set(err, CM_ELUA, "%s: wf.ctx must have named fields, not a list",
+                            sp->instance);
+        }
+    }
+    lua_settop(L, top);
+    if (rc != 0) {
+        cJSON_Delete(ctx);
+        cJSON_Delete(effects);
+        return rc == CM_EINVAL ? cm_err_recode(err, CM_ELUA) : rc;
+    }
+    cJSON_Delete(sp->ctx);
+    sp->ctx = ctx;
+    sp->effects = effects;
+    return 0;
+}
+
+/* Check the value a definition file returned; fill info; keep it pending. */
+static int finish_compile(lua_State *L)
+{
+    cm_lua_runtime *rt = lua_touserdata(L, 1);
+    cm_wf_info *info = lua_touserdata(L, 2);
+    const char *origin = lua_tostring(L, 3);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &SPECS_KEY);
+    lua_pushvalue(L, 4);
+    if (!lua_istable(L, 4) || lua_rawget(L, -2) == LUA_TNIL)
+        return luaL_error(L, "%s: the file must return cm.workflow { ... }", origin);
+    lua_getfield(L, 4, "name");
+    snprintf(info->name, sizeof(info->name), "%s", lua_tostring(L, -1));
+    lua_getfield(L, 4, "version");
+    info->version = (int)lua_tointeger(L, -1);
+    lua_getfield(L, 4, "start");
+    snprintf(info->start, sizeof(info->start), "%s", lua_tostring(L, -1));
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
+    lua_pushfstring(L, "pending:%s", info->name);
+    lua_pushvalue(L, 4);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+static int rt_compile(void *ud, const char *origin, const char *source, size_t len,
+                      cm_wf_info *info, cm_err *err)
+{
+    cm_lua_runtime *rt = ud;
+    lua_State *L = cm_sandbox_state(rt->sb);
+    char chunkname[1024];
+    int top = lua_gettop(L), rc;
+    snprintf(chunkname, sizeof(chunkname), "@%s", origin);
+    if ((rc = cm_sandbox_load(rt->sb, chunkname, source, len, err)) != 0)
+        return rc;
+    if ((rc = cm_sandbox_pcall(rt->sb, 0, 1, err)) != 0) {
+        lua_settop(L, top);
+        return rc;
+    }
+    /* stack: result */
+    lua_pushcfunction(L, finish_compile);
+    lua_pushlightuserdata(L, rt);
+    lua_pushlightuserdata(L, info);
+    lua_pushstring(L, origin);
+    lua_pushvalue(L, -5);
+    rc = cm_sandbox_pcall(rt->sb, 4, 0, err);
+    lua_settop(L, top);
+    if (rc != 0) {
+        char *nl = strchr(err->msg, '\n');
+        if (nl)
+            *nl = '\0';
+        return cm_err_recode(err, CM_EINVAL);
+    }
+    return 0;
+}
+
+static int finish_install(lua_State *L)
+{
+    cm_lua_runtime *rt = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
+    lua_pushfstring(L, "pending:%s", lua_tostring(L, 2));
+    if (lua_rawget(L, -2) != LUA_TTABLE)
+        return luaL_error(L, "workflow %s was not compiled", lua_tostring(L, 2));
+    lua_pushvalue(L, 3);
+    lua_insert(L, -2);
+    lua_rawset(L, -3); /* defs[key] = spec */
+    lua_pushfstring(L, "pending:%s", lua_tostring(L, 2));
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+static int rt_install(void *ud, const char *name, int rev, cm_err *err)
+{
+    cm_lua_runtime *rt = ud;
+    lua_State *L = cm_sandbox_state(rt->sb);
+    char key[CM_NAME_MAX + 16];
+    def_key(key, sizeof(key), name, rev);
+    lua_pushcfunction(L, finish_install);
+    lua_pushlightuserdata(L, rt);
+    lua_pushstring(L, name);
+    lua_pushstring(L, key);
+    return cm_sandbox_pcall(rt->sb, 3, 0, err);
+}
+
+static bool rt_installed(void *ud, const char *name, int rev)
+{
+    cm_lua_runtime *rt = ud;
+    lua_State *L = cm_sandbox_state(rt->sb);
+    char key[CM_NAME_MAX + 16];
+    def_key(key, sizeof(key), name, rev);
+    if (!lua_checkstack(L, 2))
+        return false;
+    bool ok = get_def(L, rt, key) == LUA_TTABLE;
+    lua_pop(L, 1);
+    return ok;
+}
+
+static int make_defs(lua_State *L)
+{
+    cm_lua_runtime *rt = lua_touserdata(L, 1);
+    lua_newtable(L);
+    rt->defs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    push_instance_mt(L);
+    return 0;
+}
+
+cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
+{
+    cm_lua_runtime *rt = calloc(1, sizeof(*rt));
+    if (!rt) {
+        cm_err_set(err, CM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    rt->sb = sb;
+    rt->defs_ref = LUA_NOREF;
+    lua_State *L = cm_sandbox_state(sb);
+    lua_pushcfunction(L, make_defs);
+    lua_pushlightuserdata(L, rt);
+    if (cm_sandbox_pcall(sb, 1, 0, err) != 0) {
+        free(rt);
+        return NULL;
+    }
+    rt->seam.ud = rt;
+    rt->seam.compile = rt_compile;
+    rt->seam.install = rt_install;
+    rt->seam.installed = rt_installed;
+    rt->seam.step = rt_step;
+    return rt;
+}
+
+void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
+{
+    cm_lua_runtime *rt = rt_p ? *rt_p : NULL;
+    if (!rt)
+        return;
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->defs_ref);
+    free(rt);
+    *rt_p = NULL;
+}
+
+const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt)
+{
+    return &rt->seam;
+}

@@ -1,0 +1,33 @@
+/*
+** lworkflow.h -- workflows in Lua: `cm.workflow{...}` checks a definition,
+** and a cm_runtime (engine.h) runs definitions' handlers in a sandbox. A
+** handler sees its instance as `wf` (a "caremesh.Instance"): wf.id,
+** wf.state, wf.input (read-only), wf.ctx (its context, kept), and methods
+** that ask for effects: go, after, at, cancel, task, notify, spawn, kpi, send.
+** Depends on: engine.h, sandbox.h, lhost.h, ljson.h. Loop thread.
+*/
+#ifndef CM_LWORKFLOW_H
+#define CM_LWORKFLOW_H
+
+#include <lua.h>
+
+#include "engine.h"
+#include "lhost.h"
+#include "sandbox.h"
+
+typedef struct cm_lua_runtime cm_lua_runtime;
+
+/* A runtime over sb (borrowed; the `caremesh` module must be preloaded and the
+** host attached). NULL on out of memory. */
+cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err);
+void cm_lua_runtime_destroy(cm_lua_runtime **rt_p);
+/* The engine seam (borrowed; valid while rt lives). */
+const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt);
+
+/* Add cm.workflow to the module table on top of the stack. */
+void cm__lworkflow_register(lua_State *L);
+
+/* Parse a duration ("90s", "15m", "72h", "21d", "2w", "1d12h") into ms; false if malformed. */
+bool cm_duration_parse(const char *s, int64_t *ms);
+
+#endif

@@ -1,0 +1,1427 @@
+/*
+** engine.c -- durable workflow instances: queue, batches with one savepoint
+** per item and one commit per batch, effects, timers, retries, operator
+** actions. Uses store, model, clock, cJSON, libuv; the runtime seam runs the
+** handlers. See engine.h.
+*/
+#include "engine.h"
+
+#include "fs.h"
+#include "text.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENGINE_BATCH_DEFAULT      256
+#define ENGINE_ATTEMPTS_DEFAULT   5
+#define ENGINE_RETRY_BASE_DEFAULT 1000
+#define ENGINE_RETRY_MAX_MS       (3600 * 1000LL)
+#define ENGINE_SPAWN_DEPTH        8
+#define ENGINE_RUN_BATCHES        1000
+#define ENGINE_SOURCE_MAX         ((size_t)4 << 20)
+
+typedef enum { WORK_START, WORK_SIGNAL } work_kind;
+
+/* A submission waiting for the next batch. */
+typedef struct work {
+    work_kind kind;
+    char *workflow; /* WORK_START */
+    char *instance; /* given id (start, may be NULL) or target (signal) */
+    char *event;    /* WORK_SIGNAL */
+    cJSON *data;    /* start input or event payload (an object) */
+    cm_ack_cb cb;
+    void *ud;
+    struct work *next;
+} work;
+
+/* The outcome of one work item, told after the commit. */
+typedef struct outcome {
+    work *w;
+    int status;
+    bool kept;
+    char instance[CM_NAME_MAX];
+    char state[CM_NAME_MAX];
+    char message[CM_ERR_MSG_MAX];
+} outcome;
+
+/* A loaded instance row. */
+typedef struct inst {
+    char id[CM_NAME_MAX];
+    char workflow[CM_NAME_MAX];
+    int rev;
+    char state[CM_NAME_MAX];
+    char status[16];
+    char parent[CM_NAME_MAX]; /* "" when none */
+    long steps;
+    cJSON *input;
+    cJSON *ctx;
+} inst;
+
+struct cm_engine {
+    cm_engine_opts o;
+    work *head, *tail;
+    uv_loop_t *loop;
+    uv_idle_t idle;   /* keeps the loop from blocking while work is queued */
+    uv_check_t check; /* runs batches after each loop iteration's I/O */
+    uv_timer_t timer; /* armed for the earliest due timer or retry */
+    bool attached;
+    int closing; /* handles still closing after detach */
+    bool doomed; /* destroyed while handles close: the last close frees */
+    bool in_run; /* a batch is running: no re-entry from callbacks */
+};
+
+static void arm_loop(cm_engine *e);
+
+/* The idle handle only keeps uv_run from blocking in poll while work is queued. */
+static void noop_idle(uv_idle_t *h) {}
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static char *dup_str(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void copy_str(char *dst, size_t n, const char *src)
+{
+    snprintf(dst, n, "%s", src ? src : "");
+}
+
+static void now_text(cm_engine *e, char *buf)
+{
+    cm_time_format(cm_clock_now_ms(e->o.clock), buf, CM_TIME_BUFSZ);
+}
+
+static void work_free(work *w)
+{
+    if (!w)
+        return;
+    free(w->workflow);
+    free(w->instance);
+    free(w->event);
+    cJSON_Delete(w->data);
+    free(w);
+}
+
+static void inst_clear(inst *in)
+{
+    cJSON_Delete(in->input);
+    cJSON_Delete(in->ctx);
+    in->input = in->ctx = NULL;
+}
+
+static int db_fail(cm_engine *e, cm_err *err, const char *what)
+{
+    return cm_store_error(e->o.store, err, what);
+}
+
+/* Bind text or NULL. */
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Bind a JSON document as compact text ("{}" for NULL). */
+static int bind_json(sqlite3_stmt *st, int i, const cJSON *j)
+{
+    char *text = j ? cJSON_PrintUnformatted(j) : strdup("{}");
+    if (!text)
+        return CM_ENOMEM;
+    sqlite3_bind_text(st, i, text, -1, free);
+    return 0;
+}
+
+/* Step a kept write statement to completion. */
+static int exec_kept(cm_engine *e, sqlite3_stmt *st, const char *what, cm_err *err)
+{
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(e, err, what);
+    sqlite3_reset(st);
+    return rc;
+}
+
+#define PREPARE(e, sql, err)                                                                       \
+    sqlite3_stmt *st = cm_store_prepare((e)->o.store, sql, err);                                   \
+    if (!st)                                                                                       \
+        return (err) ? (err)->code : CM_EDB;
+
+/* ---- definitions ------------------------------------------------------ */
+
+static int latest_rev(cm_engine *e, const char *name, int *rev, char **source, cm_err *err)
+{
+    PREPARE(e, "SELECT rev, source FROM workflow_def WHERE name = ?1 ORDER BY rev DESC LIMIT 1",
+            err);
+    int rc = 0;
+    *rev = 0;
+    if (source)
+        *source = NULL;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        *rev = sqlite3_column_int(st, 0);
+        if (source && !(*source = dup_str((const char *)sqlite3_column_text(st, 1))))
+            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+    } else if (s != SQLITE_DONE) {
+        rc = db_fail(e, err, "workflow_def");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *rev_out, cm_err *err)
+{
+    char *text = NULL, *latest = NULL, now[CM_TIME_BUFSZ];
+    size_t len = 0;
+    cm_wf_info wi;
+    int rev = 0, rc;
+    if ((rc = cm_fs_read(path, ENGINE_SOURCE_MAX, &text, &len, err)) != 0)
+        return rc;
+    if ((rc = e->o.runtime->compile(e->o.runtime->ud, path, text, len, &wi, err)) != 0)
+        goto done;
+    if ((rc = latest_rev(e, wi.name, &rev, &latest, err)) != 0)
+        goto done;
+    if (!latest || strcmp(latest, text) != 0) {
+        sqlite3_stmt *st = cm_store_prepare(e->o.store,
+                                            "INSERT INTO workflow_def(name, rev, version, origin, "
+                                            "source, loaded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                            err);
+        if (!st) {
+            rc = err->code;
+            goto done;
+        }
+        rev++;
+        now_text(e, now);
+        sqlite3_bind_text(st, 1, wi.name, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, rev);
+        sqlite3_bind_int(st, 3, wi.version);
+        sqlite3_bind_text(st, 4, path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, text, (int)len, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
+        if ((rc = exec_kept(e, st, "workflow_def", err)) != 0)
+            goto done;
+    }
+    if ((rc = e->o.runtime->install(e->o.runtime->ud, wi.name, rev, err)) != 0)
+        goto done;
+    if (info)
+        *info = wi;
+    if (rev_out)
+        *rev_out = rev;
+done:
+    free(text);
+    free(latest);
+    return rc;
+}
+
+/* Make sure (name, rev) is compiled in the runtime: after a restart, running
+** instances need the revision they started on, kept in workflow_def. */
+static int ensure_installed(cm_engine *e, const char *name, int rev, cm_err *err)
+{
+    const cm_runtime *rt = e->o.runtime;
+    cm_wf_info wi;
+    int rc = 0;
+    if (rt->installed(rt->ud, name, rev))
+        return 0;
+    PREPARE(e, "SELECT origin, source FROM workflow_def WHERE name = ?1 AND rev = ?2", err);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, rev);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = cm_err_set(err, CM_ENOTFOUND, "workflow %s revision %d is not stored", name, rev);
+    } else {
+        const char *origin = (const char *)sqlite3_column_text(st, 0);
+        const char *source = (const char *)sqlite3_column_text(st, 1);
+        rc = rt->compile(rt->ud, origin, source, (size_t)sqlite3_column_bytes(st, 1), &wi, err);
+        if (rc == 0)
+            rc = rt->install(rt->ud, name, rev, err);
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* ---- instances -------------------------------------------------------- */
+
+static cJSON *parse_column(sqlite3_stmt *st, int col)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    return text ? cJSON_Parse(text) : cJSON_CreateObject();
+}
+
+static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
+{
+    PREPARE(e,
+            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx "
+            "FROM instance WHERE id = ?1",
+            err);
+    int rc = 0;
+    memset(in, 0, sizeof(*in));
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        copy_str(in->id, sizeof(in->id), (const char *)sqlite3_column_text(st, 0));
+        copy_str(in->workflow, sizeof(in->workflow), (const char *)sqlite3_column_text(st, 1));
+        in->rev = sqlite3_column_int(st, 2);
+        copy_str(in->state, sizeof(in->state), (const char *)sqlite3_column_text(st, 3));
+        copy_str(in->status, sizeof(in->status), (const char *)sqlite3_column_text(st, 4));
+        copy_str(in->parent, sizeof(in->parent), (const char *)sqlite3_column_text(st, 5));
+        in->steps = sqlite3_column_int64(st, 6);
+        in->input = parse_column(st, 7);
+        in->ctx = parse_column(st, 8);
+        if (!in->input || !in->ctx) {
+            inst_clear(in);
+            rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
+        }
+    } else if (s == SQLITE_DONE) {
+        rc = cm_err_set(err, CM_ENOTFOUND, "no instance with id \"%s\"", id);
+    } else {
+        rc = db_fail(e, err, "instance");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int insert_history(cm_engine *e, const inst *in, const char *event, const char *from,
+                          const char *to, const char *note, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    PREPARE(e,
+            "INSERT INTO history(instance, step, at, event, from_state, to_state, note) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            err);
+    now_text(e, now);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, in->steps + 1);
+    sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, event, -1, SQLITE_STATIC);
+    bind_text(st, 5, from);
+    sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
+    bind_text(st, 7, note);
+    return exec_kept(e, st, "history", err);
+}
+
+static int save_instance(cm_engine *e, const inst *in, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    PREPARE(e,
+            "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, updated = ?6 "
+            "WHERE id = ?1",
+            err);
+    now_text(e, now);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
+    if (bind_json(st, 4, in->ctx) != 0) {
+        sqlite3_reset(st);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    sqlite3_bind_int64(st, 5, in->steps);
+    sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
+    return exec_kept(e, st, "instance", err);
+}
+
+static int insert_instance(cm_engine *e, inst *in, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    PREPARE(e,
+            "INSERT INTO instance(id, workflow, rev, state, status, input, ctx, parent, steps, "
+            "created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            err);
+    now_text(e, now);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->workflow, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, in->rev);
+    sqlite3_bind_text(st, 4, in->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, in->status, -1, SQLITE_STATIC);
+    if (bind_json(st, 6, in->input) != 0 || bind_json(st, 7, in->ctx) != 0) {
+        sqlite3_reset(st);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    bind_text(st, 8, in->parent[0] ? in->parent : NULL);
+    sqlite3_bind_int64(st, 9, in->steps);
+    sqlite3_bind_text(st, 10, now, -1, SQLITE_STATIC);
+    int rc = exec_kept(e, st, "instance", err);
+    if (rc == CM_EEXISTS)
+        rc = cm_err_set(err, CM_EEXISTS, "an instance with id \"%s\" already exists", in->id);
+    return rc;
+}
+
+/* "<workflow>-<n>", n one past the highest instance number so far. */
+static int make_instance_id(cm_engine *e, const char *workflow, char *out, size_t outsz,
+                            cm_err *err)
+{
+    PREPARE(e, "SELECT coalesce(max(seq), 0) + 1 FROM instance", err);
+    int rc = 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        snprintf(out, outsz, "%s-%lld", workflow, (long long)sqlite3_column_int64(st, 0));
+    else
+        rc = db_fail(e, err, "instance");
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* ---- effects ---------------------------------------------------------- */
+
+static const char *jstr(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int effect_timer(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
+{
+    PREPARE(e,
+            "INSERT INTO timer(instance, name, due_ms, payload, scope) VALUES (?1, ?2, ?3, ?4, ?5) "
+            "ON CONFLICT(instance, name) DO UPDATE SET due_ms = excluded.due_ms, "
+            "payload = excluded.payload, scope = excluded.scope",
+            err);
+    const cJSON *due = cJSON_GetObjectItemCaseSensitive(fx, "due");
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, jstr(fx, "name"), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, cJSON_IsNumber(due) ? (sqlite3_int64)due->valuedouble : 0);
+    if (bind_json(st, 4, cJSON_GetObjectItemCaseSensitive(fx, "payload")) != 0) {
+        sqlite3_reset(st);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    bind_text(st, 5, jstr(fx, "scoped"));
+    return exec_kept(e, st, "timer", err);
+}
+
+static int effect_cancel(cm_engine *e, const inst *in, const char *name, cm_err *err)
+{
+    PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND name = ?2", err);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+    return exec_kept(e, st, "timer", err);
+}
+
+static int effect_task(cm_engine *e, const inst *in, const cJSON *fx, int index, cm_err *err)
+{
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(fx, "task");
+    char id[CM_NAME_MAX + 64];
+    int rc;
+    cJSON *doc = cJSON_Duplicate(task, true);
+    if (!doc)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    snprintf(id, sizeof(id), "%s.t%ld.%d", in->id, in->steps + 1, index);
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
+    cJSON_AddStringToObject(doc, "id", id);
+    rc = cm_model_create(e->o.model, CM_KIND_TASK, doc, NULL, err);
+    cJSON_Delete(doc);
+    return rc ? cm_err_prefix(err, "task effect") : 0;
+}
+
+/* Bind instance, a, b, c (text, or JSON), then d (JSON) when the statement has a
+** column for it, and the time last: the rows of notify and send. */
+static int effect_row(cm_engine *e, sqlite3_stmt *st, const inst *in, const char *a, const char *b,
+                      const cJSON *c, const cJSON *d, const char *what, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    int last = sqlite3_bind_parameter_count(st);
+    now_text(e, now);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, a, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, b, -1, SQLITE_TRANSIENT);
+    if (cJSON_IsString(c))
+        sqlite3_bind_text(st, 4, c->valuestring, -1, SQLITE_TRANSIENT);
+    else if (bind_json(st, 4, c) != 0)
+        goto nomem;
+    if (last == 6 && bind_json(st, 5, d) != 0)
+        goto nomem;
+    sqlite3_bind_text(st, last, now, -1, SQLITE_STATIC);
+    return exec_kept(e, st, what, err);
+nomem:
+    sqlite3_reset(st);
+    return cm_err_set(err, CM_ENOMEM, "out of memory");
+}
+
+static int effect_notify(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
+{
+    PREPARE(e,
+            "INSERT INTO notification(instance, channel, recipient, message, data, created) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            err);
+    return effect_row(e, st, in, jstr(fx, "channel"), jstr(fx, "to"),
+                      cJSON_GetObjectItemCaseSensitive(fx, "message"),
+                      cJSON_GetObjectItemCaseSensitive(fx, "data"), "notification", err);
+}
+
+static int effect_send(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
+{
+    PREPARE(e,
+            "INSERT INTO outbox(instance, receiver, kind, payload, created) "
+            "VALUES (?1, ?2, ?3, ?4, ?5)",
+            err);
+    return effect_row(e, st, in, jstr(fx, "to"), jstr(fx, "kind"),
+                      cJSON_GetObjectItemCaseSensitive(fx, "payload"), NULL, "outbox", err);
+}
+
+static int effect_kpi(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    PREPARE(e,
+            "INSERT INTO kpi_observation(name, value, labels, instance, workflow, at) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            err);
+    const cJSON *value = cJSON_GetObjectItemCaseSensitive(fx, "value");
+    now_text(e, now);
+    sqlite3_bind_text(st, 1, jstr(fx, "name"), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_double(st, 2, cJSON_IsNumber(value) ? value->valuedouble : 0);
+    if (bind_json(st, 3, cJSON_GetObjectItemCaseSensitive(fx, "labels")) != 0) {
+        sqlite3_reset(st);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    sqlite3_bind_text(st, 4, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, in->workflow, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
+    return exec_kept(e, st, "kpi_observation", err);
+}
+
+static int start_instance(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
+                          const char *parent, int depth, char *out_id, char *out_state,
+                          cm_err *err);
+
+static int apply_effects(cm_engine *e, const inst *in, const cJSON *effects, int depth, cm_err *err)
+{
+    const cJSON *fx;
+    int rc = 0, index = 0;
+    cJSON_ArrayForEach(fx, effects)
+    {
+        const char *type = jstr(fx, "type");
+        char child[CM_NAME_MAX], child_state[CM_NAME_MAX];
+        index++;
+        if (!type)
+            rc = cm_err_set(err, CM_EINVAL, "effect %d has no type", index);
+        else if (strcmp(type, "timer") == 0)
+            rc = effect_timer(e, in, fx, err);
+        else if (strcmp(type, "cancel") == 0)
+            rc = effect_cancel(e, in, jstr(fx, "name"), err);
+        else if (strcmp(type, "task") == 0)
+            rc = effect_task(e, in, fx, index, err);
+        else if (strcmp(type, "notify") == 0)
+            rc = effect_notify(e, in, fx, err);
+        else if (strcmp(type, "send") == 0)
+            rc = effect_send(e, in, fx, err);
+        else if (strcmp(type, "kpi") == 0)
+            rc = effect_kpi(e, in, fx, err);
+        else if (strcmp(type, "spawn") == 0)
+            rc = start_instance(e, jstr(fx, "workflow"),
+                                cJSON_GetObjectItemCaseSensitive(fx, "input"), jstr(fx, "id"),
+                                in->id, depth + 1, child, child_state, err);
+        else
+            rc = cm_err_set(err, CM_EINVAL, "effect %d: unknown type \"%s\"", index, type);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Queue a durable event for instance (child.done to a parent, held events). */
+static int insert_event(cm_engine *e, const char *instance, const char *name, const cJSON *payload,
+                        bool timer, int64_t due, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    PREPARE(e,
+            "INSERT INTO event(instance, name, payload, timer, status, due_ms, created) "
+            "VALUES (?1, ?2, ?3, ?4, 'ready', ?5, ?6)",
+            err);
+    now_text(e, now);
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+    if (bind_json(st, 3, payload) != 0) {
+        sqlite3_reset(st);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    sqlite3_bind_int(st, 4, timer);
+    sqlite3_bind_int64(st, 5, due);
+    sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
+    return exec_kept(e, st, "event", err);
+}
+
+/* An instance ended (final state or cancelled): drop its timers and pending
+** events, and tell its parent. */
+static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
+{
+    int rc;
+    {
+        PREPARE(e, "DELETE FROM timer WHERE instance = ?1", err);
+        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+        if ((rc = exec_kept(e, st, "timer", err)) != 0)
+            return rc;
+    }
+    {
+        PREPARE(e, "DELETE FROM event WHERE instance = ?1 AND status = 'ready'", err);
+        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+        if ((rc = exec_kept(e, st, "event", err)) != 0)
+            return rc;
+    }
+    if (!in->parent[0])
+        return 0;
+    cJSON *payload = cJSON_CreateObject();
+    if (!payload || !cJSON_AddStringToObject(payload, "child", in->id) ||
+        !cJSON_AddStringToObject(payload, "workflow", in->workflow) ||
+        !cJSON_AddStringToObject(payload, "state", in->state) ||
+        !cJSON_AddStringToObject(payload, "status", in->status) ||
+        !cJSON_AddItemReferenceToObject(payload, "context", in->ctx)) {
+        cJSON_Delete(payload);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    rc =
+        insert_event(e, in->parent, "child.done", payload, false, cm_clock_now_ms(e->o.clock), err);
+    cJSON_Delete(payload);
+    return rc;
+}
+
+/* Record a step's outcome: instance row, history, scoped timers, effects, end. */
+static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, int depth,
+                      cm_err *err)
+{
+    char from[CM_NAME_MAX];
+    int rc;
+    copy_str(from, sizeof(from), sp->state);
+    if ((rc = insert_history(e, in, event, sp->state, sp->next, NULL, err)) != 0)
+        return rc;
+    in->steps++;
+    copy_str(in->state, sizeof(in->state), sp->next);
+    if (sp->final)
+        copy_str(in->status, sizeof(in->status), "done");
+    cJSON_Delete(in->ctx);
+    in->ctx = sp->ctx;
+    sp->ctx = NULL;
+    if (sp->state && strcmp(from, sp->next) != 0) {
+        PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND scope = ?2", err);
+        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, from, -1, SQLITE_STATIC);
+        if ((rc = exec_kept(e, st, "timer", err)) != 0)
+            return rc;
+    }
+    if ((rc = save_instance(e, in, err)) != 0)
+        return rc;
+    if ((rc = apply_effects(e, in, sp->effects, depth, err)) != 0)
+        return rc;
+    return sp->final ? finish_instance(e, in, err) : 0;
+}
+
+static void step_clear(cm_step *sp)
+{
+    cJSON_Delete(sp->ctx);
+    cJSON_Delete(sp->effects);
+    sp->ctx = sp->effects = NULL;
+}
+
+/* Run the runtime on in for event (NULL: start) and apply the result. */
+static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payload, bool is_timer,
+                    int depth, bool *handled, cm_err *err)
+{
+    cm_step sp;
+    int rc;
+    if ((rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
+        return rc;
+    memset(&sp, 0, sizeof(sp));
+    sp.workflow = in->workflow;
+    sp.rev = in->rev;
+    sp.instance = in->id;
+    sp.seq = in->steps + 1;
+    sp.state = event ? in->state : NULL;
+    sp.input = in->input;
+    sp.event = event;
+    sp.payload = payload;
+    sp.is_timer = is_timer;
+    sp.now_ms = cm_clock_now_ms(e->o.clock);
+    if (!(sp.ctx = cJSON_Duplicate(in->ctx, true)))
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
+    if (rc == 0) {
+        *handled = sp.handled;
+        if (sp.handled)
+            rc = apply_step(e, in, &sp, event ? event : "start", depth, err);
+    }
+    step_clear(&sp);
+    return rc;
+}
+
+static int start_instance(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
+                          const char *parent, int depth, char *out_id, char *out_state, cm_err *err)
+{
+    inst in;
+    bool handled = false;
+    int rc;
+    if (depth > ENGINE_SPAWN_DEPTH)
+        return cm_err_set(err, CM_EINVAL, "spawn: more than %d nested child instances",
+                          ENGINE_SPAWN_DEPTH);
+    if (!workflow)
+        return cm_err_set(err, CM_EINVAL, "spawn: no workflow named");
+    memset(&in, 0, sizeof(in));
+    copy_str(in.workflow, sizeof(in.workflow), workflow);
+    copy_str(in.parent, sizeof(in.parent), parent);
+    copy_str(in.status, sizeof(in.status), "running");
+    if ((rc = latest_rev(e, workflow, &in.rev, NULL, err)) != 0)
+        return rc;
+    if (in.rev == 0)
+        return cm_err_set(err, CM_ENOTFOUND, "no workflow named \"%s\" is loaded", workflow);
+    if (id)
+        copy_str(in.id, sizeof(in.id), id);
+    else if ((rc = make_instance_id(e, workflow, in.id, sizeof(in.id), err)) != 0)
+        return rc;
+    in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
+    in.ctx = cJSON_CreateObject();
+    if (!in.input || !in.ctx) {
+        inst_clear(&in);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    copy_str(in.state, sizeof(in.state), "");
+    /* The row first (effects reference it), then the start step fills it in. */
+    rc = insert_instance(e, &in, err);
+    if (rc == 0)
+        rc = run_step(e, &in, NULL, NULL, false, depth, &handled, err);
+    if (rc == 0) {
+        copy_str(out_id, CM_NAME_MAX, in.id);
+        copy_str(out_state, CM_NAME_MAX, in.state);
+    }
+    inst_clear(&in);
+    return rc;
+}
+
+/* ---- savepoints ------------------------------------------------------- */
+
+static int sp_begin(cm_engine *e, cm_err *err)
+{
+    return cm_store_exec(e->o.store, "SAVEPOINT step", err);
+}
+
+static void sp_end(cm_engine *e, bool keep)
+{
+    if (!keep)
+        sqlite3_exec(cm_store_db(e->o.store), "ROLLBACK TO step", NULL, NULL, NULL);
+    sqlite3_exec(cm_store_db(e->o.store), "RELEASE step", NULL, NULL, NULL);
+}
+
+/* ---- the work of one batch -------------------------------------------- */
+
+static bool failure_is_kept(int rc)
+{
+    return rc == CM_ELUA || rc == CM_EBUDGET || rc == CM_EMEMCAP || rc == CM_EREF ||
+           rc == CM_EEXISTS;
+}
+
+/* Keep a failed event: a new row (first failure) or the next attempt of a kept one. */
+static int keep_failure(cm_engine *e, long seq, const char *instance, const char *name,
+                        const cJSON *payload, bool timer, int attempts, const char *msg,
+                        bool *parked, cm_err *err)
+{
+    int64_t delay = e->o.retry_base_ms;
+    for (int i = 1; i < attempts && delay < ENGINE_RETRY_MAX_MS; i++)
+        delay *= 2;
+    if (delay > ENGINE_RETRY_MAX_MS)
+        delay = ENGINE_RETRY_MAX_MS;
+    *parked = attempts >= e->o.max_attempts;
+    int rc;
+    if (seq == 0 && (rc = insert_event(e, instance, name, payload, timer, 0, err)) != 0)
+        return rc;
+    PREPARE(e,
+            "UPDATE event SET attempts = ?2, error = ?3, due_ms = ?4, status = ?5 "
+            "WHERE seq = ?1",
+            err);
+    sqlite3_bind_int64(st, 1, seq ? seq : sqlite3_last_insert_rowid(cm_store_db(e->o.store)));
+    sqlite3_bind_int(st, 2, attempts);
+    sqlite3_bind_text(st, 3, msg, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 4, cm_clock_now_ms(e->o.clock) + delay);
+    sqlite3_bind_text(st, 5, *parked ? "failed" : "ready", -1, SQLITE_STATIC);
+    return exec_kept(e, st, "event", err);
+}
+
+/* Park kept event seq as failed at once, with msg. */
+static int park_event(cm_engine *e, long seq, const char *msg, cm_err *err)
+{
+    PREPARE(e, "UPDATE event SET status = 'failed', error = ?2 WHERE seq = ?1", err);
+    sqlite3_bind_int64(st, 1, seq);
+    sqlite3_bind_text(st, 2, msg, -1, SQLITE_TRANSIENT);
+    return exec_kept(e, st, "event", err);
+}
+
+/* Deliver event to instance in its own savepoint. seq > 0: a kept event row. */
+static int deliver(cm_engine *e, long seq, const char *instance, const char *name,
+                   const cJSON *payload, bool is_timer, int attempts, outcome *oc, cm_err *err)
+{
+    inst in;
+    bool handled = true;
+    int rc = sp_begin(e, err);
+    if (rc != 0)
+        return rc;
+    rc = inst_load(e, instance, &in, err);
+    if (rc == 0 && strcmp(in.status, "paused") == 0) {
+        /* held until resume: kept as a ready event that the due query skips */
+        rc = seq ? 0 : insert_event(e, in.id, name, payload, is_timer, 0, err);
+        if (rc == 0 && oc) {
+            oc->kept = true;
+            copy_str(oc->state, sizeof(oc->state), in.state);
+        }
+        sp_end(e, rc == 0);
+        inst_clear(&in);
+        return rc;
+    }
+    if (rc == 0 && strcmp(in.status, "running") != 0)
+        rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
+                        in.status);
+    if (rc == 0)
+        rc = run_step(e, &in, name, payload, is_timer, 0, &handled, err);
+    if (rc == 0 && !handled) {
+        if (is_timer) /* a timer nobody listens for in this state: noted, not an error */
+            rc = insert_history(e, &in, name, in.state, in.state, "timer ignored: no transition",
+                                err);
+        else
+            rc = cm_err_set(err, CM_EINVAL,
+                            "instance %s: state \"%s\" of workflow %s has no transition for "
+                            "event \"%s\"",
+                            in.id, in.state, in.workflow, name);
+        if (rc == 0 && is_timer) {
+            in.steps++;
+            rc = save_instance(e, &in, err);
+        }
+    }
+    if (rc == 0 && seq > 0) {
+        PREPARE(e, "DELETE FROM event WHERE seq = ?1", err);
+        sqlite3_bind_int64(st, 1, seq);
+        rc = exec_kept(e, st, "event", err);
+    }
+    if (oc)
+        copy_str(oc->state, sizeof(oc->state), in.state);
+    sp_end(e, rc == 0);
+    if (rc != 0 && failure_is_kept(rc) && in.id[0]) {
+        bool parked = false;
+        cm_err kerr;
+        char msg[CM_ERR_MSG_MAX];
+        copy_str(msg, sizeof(msg), err->msg);
+        if (keep_failure(e, seq, in.id, name, payload, is_timer, attempts + 1, msg, &parked,
+                         &kerr) == 0 &&
+            oc)
+            oc->kept = true;
+    } else if (rc != 0 && seq > 0 && rc != CM_EDB) {
+        /* a kept event that can never apply (instance gone or ended): park it */
+        cm_err kerr;
+        char msg[CM_ERR_MSG_MAX];
+        copy_str(msg, sizeof(msg), err->msg);
+        park_event(e, seq, msg, &kerr);
+    }
+    inst_clear(&in);
+    return rc;
+}
+
+/* A queued submission, in its own savepoint. */
+static void process_work(cm_engine *e, work *w, outcome *oc)
+{
+    cm_err err;
+    int rc;
+    memset(oc, 0, sizeof(*oc));
+    oc->w = w;
+    cm_err_clear(&err);
+    if (w->kind == WORK_START) {
+        rc = sp_begin(e, &err);
+        if (rc == 0) {
+            rc = start_instance(e, w->workflow, w->data, w->instance, NULL, 0, oc->instance,
+                                oc->state, &err);
+            sp_end(e, rc == 0); /* a start that fails is refused: nothing is kept */
+        }
+    } else {
+        copy_str(oc->instance, sizeof(oc->instance), w->instance);
+        rc = deliver(e, 0, w->instance, w->event, w->data, false, 0, oc, &err);
+    }
+    oc->status = rc;
+    if (rc != 0)
+        copy_str(oc->message, sizeof(oc->message), err.msg);
+}
+
+/* Due timers: each becomes its event, the timer row gone in the same savepoint. */
+static int process_due_timers(cm_engine *e, int room, int *done, cm_err *err)
+{
+    typedef struct due {
+        char instance[CM_NAME_MAX], name[CM_NAME_MAX];
+        cJSON *payload;
+    } due;
+    due items[64];
+    int n = 0, rc = 0;
+    if (room > 64)
+        room = 64;
+    {
+        PREPARE(e,
+                "SELECT t.instance, t.name, t.payload FROM timer t JOIN instance i ON "
+                "i.id = t.instance WHERE t.due_ms <= ?1 ORDER BY t.due_ms, t.instance LIMIT ?2",
+                err);
+        sqlite3_bind_int64(st, 1, cm_clock_now_ms(e->o.clock));
+        sqlite3_bind_int(st, 2, room);
+        while (n < room && sqlite3_step(st) == SQLITE_ROW) {
+            copy_str(items[n].instance, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 0));
+            copy_str(items[n].name, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 1));
+            items[n].payload = parse_column(st, 2);
+            n++;
+        }
+        sqlite3_reset(st);
+    }
+    for (int i = 0; i < n; i++) {
+        cm_err derr;
+        if (rc == 0) {
+            PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND name = ?2", err);
+            sqlite3_bind_text(st, 1, items[i].instance, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, items[i].name, -1, SQLITE_STATIC);
+            rc = exec_kept(e, st, "timer", err);
+            if (rc == 0) {
+                int drc = deliver(e, 0, items[i].instance, items[i].name, items[i].payload, true, 0,
+                                  NULL, &derr);
+                if (drc == CM_EDB)
+                    rc = cm_err_set(err, drc, "%s", "timer delivery failed");
+            }
+        }
+        cJSON_Delete(items[i].payload);
+    }
+    *done = n;
+    return rc;
+}
+
+/* Due kept events (retries, held events after resume, child.done) of running instances. */
+static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
+{
+    typedef struct due {
+        long seq;
+        int attempts;
+        bool timer;
+        char instance[CM_NAME_MAX], name[CM_NAME_MAX];
+        cJSON *payload;
+    } due;
+    due items[64];
+    int n = 0, rc = 0;
+    if (room > 64)
+        room = 64;
+    {
+        PREPARE(e,
+                "SELECT v.seq, v.instance, v.name, v.payload, v.timer, v.attempts FROM event v "
+                "LEFT JOIN instance i ON i.id = v.instance WHERE v.status = 'ready' AND "
+                "v.due_ms <= ?1 AND coalesce(i.status, '') <> 'paused' "
+                "ORDER BY v.due_ms, v.seq LIMIT ?2",
+                err);
+        sqlite3_bind_int64(st, 1, cm_clock_now_ms(e->o.clock));
+        sqlite3_bind_int(st, 2, room);
+        while (n < room && sqlite3_step(st) == SQLITE_ROW) {
+            items[n].seq = (long)sqlite3_column_int64(st, 0);
+            copy_str(items[n].instance, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 1));
+            copy_str(items[n].name, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 2));
+            items[n].payload = parse_column(st, 3);
+            items[n].timer = sqlite3_column_int(st, 4) != 0;
+            items[n].attempts = sqlite3_column_int(st, 5);
+            n++;
+        }
+        sqlite3_reset(st);
+    }
+    for (int i = 0; i < n; i++) {
+        cm_err derr;
+        if (rc == 0 && deliver(e, items[i].seq, items[i].instance, items[i].name, items[i].payload,
+                               items[i].timer, items[i].attempts, NULL, &derr) == CM_EDB)
+            rc = cm_err_set(err, CM_EDB, "%s", derr.msg);
+        cJSON_Delete(items[i].payload);
+    }
+    *done = n;
+    return rc;
+}
+
+static void tell(outcome *oc)
+{
+    cm_ack ack = {oc->status, oc->instance[0] ? oc->instance : NULL,
+                  oc->status == 0 || oc->kept ? oc->state : NULL, oc->status ? oc->message : NULL,
+                  oc->kept};
+    if (oc->w->cb)
+        oc->w->cb(oc->w->ud, &ack);
+}
+
+/* One batch: up to batch_max items, one commit, then the acks. Returns the
+** number of items, or a negative code when the batch could not commit. */
+static int run_batch(cm_engine *e, cm_err *err)
+{
+    outcome *ocs = calloc((size_t)e->o.batch_max, sizeof(*ocs));
+    int n = 0, due_n = 0, rc;
+    if (!ocs)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    if ((rc = cm_store_begin(e->o.store, err)) != 0) {
+        free(ocs);
+        return rc;
+    }
+    while (e->head && n < e->o.batch_max) {
+        work *w = e->head;
+        e->head = w->next;
+        if (!e->head)
+            e->tail = NULL;
+        w->next = NULL;
+        process_work(e, w, &ocs[n++]);
+        if (ocs[n - 1].status == CM_EDB)
+            break;
+    }
+    int room = e->o.batch_max - n;
+    if (room > 0 && (rc = process_due_timers(e, room, &due_n, err)) == 0) {
+        room -= due_n;
+        int ev_n = 0;
+        if (room > 0)
+            rc = process_due_events(e, room, &ev_n, err);
+        due_n += ev_n;
+    }
+    if (rc == 0)
+        rc = cm_store_commit(e->o.store, err);
+    else
+        cm_store_rollback(e->o.store);
+    for (int i = 0; i < n; i++) {
+        if (rc != 0) { /* nothing of the batch is durable: say so to everyone */
+            ocs[i].status = rc;
+            ocs[i].kept = false;
+            copy_str(ocs[i].message, sizeof(ocs[i].message), err->msg);
+        }
+        tell(&ocs[i]);
+        work_free(ocs[i].w);
+    }
+    free(ocs);
+    return rc != 0 ? rc : n + due_n;
+}
+
+int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
+{
+    long total = 0;
+    int rc = 0;
+    if (e->in_run)
+        return cm_err_set(err, CM_EINVAL, "engine: run called from inside a batch");
+    e->in_run = true;
+    /* Bounded, so a workflow that keeps making due work cannot hold the loop. */
+    for (int batches = 0; batches < ENGINE_RUN_BATCHES; batches++) {
+        rc = run_batch(e, err);
+        if (rc <= 0)
+            break;
+        total += rc;
+    }
+    e->in_run = false;
+    if (processed)
+        *processed = total;
+    if (e->attached)
+        arm_loop(e);
+    return rc < 0 ? rc : 0;
+}
+
+int64_t cm_engine_next_due(cm_engine *e)
+{
+    int64_t next = INT64_MAX;
+    sqlite3_stmt *st = cm_store_prepare(
+        e->o.store,
+        "SELECT min(d) FROM (SELECT min(t.due_ms) AS d FROM timer t JOIN instance i ON "
+        "i.id = t.instance WHERE i.status = 'running' UNION ALL SELECT min(v.due_ms) FROM event "
+        "v LEFT JOIN instance i ON i.id = v.instance WHERE v.status = 'ready' AND "
+        "coalesce(i.status, '') <> 'paused')",
+        NULL);
+    if (st && sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        next = sqlite3_column_int64(st, 0);
+    if (st)
+        sqlite3_reset(st);
+    return next;
+}
+
+/* ---- submissions ------------------------------------------------------ */
+
+static int check_name(const char *what, const char *s, cm_err *err)
+{
+    size_t len = s ? strlen(s) : 0;
+    if (len == 0 || len >= CM_NAME_MAX)
+        return cm_err_set(err, CM_EINVAL, "%s: must be 1 to %d characters", what, CM_NAME_MAX - 1);
+    return 0;
+}
+
+static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, cm_err *err)
+{
+    if (data && !cJSON_IsObject(data)) {
+        work_free(w);
+        return cm_err_set(err, CM_EINVAL, "%s: must be an object", what);
+    }
+    w->data = data ? cJSON_Duplicate(data, true) : cJSON_CreateObject();
+    if (!w->data) {
+        work_free(w);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    if (e->tail)
+        e->tail->next = w;
+    else
+        e->head = w;
+    e->tail = w;
+    if (e->attached)
+        uv_idle_start(&e->idle, noop_idle);
+    return 0;
+}
+
+int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
+                    cm_ack_cb cb, void *ud, cm_err *err)
+{
+    int rc;
+    if ((rc = check_name("workflow", workflow, err)) != 0)
+        return rc;
+    if (id && cm_id_check(id) != 0)
+        return cm_err_set(err, CM_EINVAL,
+                          "instance id \"%s\": use 1 to %d letters, digits, . _ : -", id,
+                          CM_ID_MAX);
+    work *w = calloc(1, sizeof(*w));
+    if (!w || !(w->workflow = strdup(workflow)) || (id && !(w->instance = strdup(id)))) {
+        work_free(w);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    w->kind = WORK_START;
+    w->cb = cb;
+    w->ud = ud;
+    return enqueue(e, w, input, "input", err);
+}
+
+int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
+                     cm_ack_cb cb, void *ud, cm_err *err)
+{
+    int rc;
+    if ((rc = check_name("instance", instance, err)) != 0 ||
+        (rc = check_name("event", event, err)) != 0)
+        return rc;
+    work *w = calloc(1, sizeof(*w));
+    if (!w || !(w->instance = strdup(instance)) || !(w->event = strdup(event))) {
+        work_free(w);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    w->kind = WORK_SIGNAL;
+    w->cb = cb;
+    w->ud = ud;
+    return enqueue(e, w, payload, "payload", err);
+}
+
+/* ---- operator actions ------------------------------------------------- */
+
+/* Run fn(e, in, arg) on instance id in a transaction of its own. */
+static int with_instance(cm_engine *e, const char *id,
+                         int (*fn)(cm_engine *, inst *, const char *, cm_err *), const char *arg,
+                         cm_err *err)
+{
+    inst in;
+    int rc = cm_store_begin(e->o.store, err);
+    if (rc != 0)
+        return rc;
+    rc = inst_load(e, id, &in, err);
+    if (rc == 0)
+        rc = fn(e, &in, arg, err);
+    if (rc == 0)
+        rc = cm_store_commit(e->o.store, err);
+    else
+        cm_store_rollback(e->o.store);
+    inst_clear(&in);
+    if (rc == 0 && e->attached)
+        arm_loop(e);
+    return rc;
+}
+
+static int set_status(cm_engine *e, inst *in, const char *from, const char *to, const char *note,
+                      cm_err *err)
+{
+    int rc;
+    if (strcmp(in->status, from) != 0)
+        return cm_err_set(err, CM_EINVAL, "instance %s is %s, not %s", in->id, in->status, from);
+    if ((rc = insert_history(e, in, note, in->state, in->state, NULL, err)) != 0)
+        return rc;
+    in->steps++;
+    copy_str(in->status, sizeof(in->status), to);
+    return save_instance(e, in, err);
+}
+
+static int do_pause(cm_engine *e, inst *in, const char *arg, cm_err *err)
+{
+    return set_status(e, in, "running", "paused", "paused", err);
+}
+
+static int do_resume(cm_engine *e, inst *in, const char *arg, cm_err *err)
+{
+    return set_status(e, in, "paused", "running", "resumed", err);
+}
+
+static int do_cancel(cm_engine *e, inst *in, const char *reason, cm_err *err)
+{
+    int rc;
+    if (strcmp(in->status, "running") != 0 && strcmp(in->status, "paused") != 0)
+        return cm_err_set(err, CM_EINVAL, "instance %s is already %s", in->id, in->status);
+    if ((rc = insert_history(e, in, "cancelled", in->state, in->state, reason, err)) != 0)
+        return rc;
+    in->steps++;
+    copy_str(in->status, sizeof(in->status), "cancelled");
+    if ((rc = save_instance(e, in, err)) != 0)
+        return rc;
+    return finish_instance(e, in, err);
+}
+
+int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err)
+{
+    return with_instance(e, instance, do_pause, NULL, err);
+}
+
+int cm_engine_resume(cm_engine *e, const char *instance, cm_err *err)
+{
+    return with_instance(e, instance, do_resume, NULL, err);
+}
+
+int cm_engine_cancel(cm_engine *e, const char *instance, const char *reason, cm_err *err)
+{
+    return with_instance(e, instance, do_cancel, reason, err);
+}
+
+/* Change a parked event: retry (ready now, attempts reset) or discard (deleted). */
+static int change_event(cm_engine *e, long seq, const char *sql, cm_err *err)
+{
+    int rc = cm_store_begin(e->o.store, err);
+    if (rc != 0)
+        return rc;
+    sqlite3_stmt *st = cm_store_prepare(e->o.store, sql, err);
+    if (!st) {
+        cm_store_rollback(e->o.store);
+        return err->code;
+    }
+    sqlite3_bind_int64(st, 1, seq);
+    sqlite3_bind_int64(st, 2, cm_clock_now_ms(e->o.clock));
+    rc = exec_kept(e, st, "event", err);
+    if (rc == 0 && sqlite3_changes(cm_store_db(e->o.store)) == 0)
+        rc = cm_err_set(err, CM_ENOTFOUND, "no failed event with seq %ld", seq);
+    if (rc == 0)
+        rc = cm_store_commit(e->o.store, err);
+    else
+        cm_store_rollback(e->o.store);
+    if (rc == 0 && e->attached)
+        arm_loop(e);
+    return rc;
+}
+
+int cm_engine_retry_event(cm_engine *e, long seq, cm_err *err)
+{
+    return change_event(e, seq,
+                        "UPDATE event SET status = 'ready', attempts = 0, due_ms = ?2 "
+                        "WHERE seq = ?1 AND status = 'failed'",
+                        err);
+}
+
+int cm_engine_discard_event(cm_engine *e, long seq, cm_err *err)
+{
+    return change_event(e, seq,
+                        "DELETE FROM event WHERE seq = ?1 AND status = 'failed' AND ?2 = ?2", err);
+}
+
+/* ---- views ------------------------------------------------------------ */
+
+/* Append rows of st as objects with the given column names to arr. */
+static int rows_to_array(sqlite3_stmt *st, const char *const *names, cJSON *arr)
+{
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *row = cJSON_CreateObject();
+        if (!row || !cJSON_AddItemToArray(arr, row))
+            return CM_ENOMEM;
+        for (int c = 0; names[c]; c++) {
+            cJSON *v;
+            switch (sqlite3_column_type(st, c)) {
+            case SQLITE_INTEGER:
+            case SQLITE_FLOAT:
+                v = cJSON_CreateNumber(sqlite3_column_double(st, c));
+                break;
+            case SQLITE_NULL:
+                v = cJSON_CreateNull();
+                break;
+            default: {
+                const char *text = (const char *)sqlite3_column_text(st, c);
+                v = (text[0] == '{' || text[0] == '[') ? cJSON_Parse(text) : NULL;
+                if (!v)
+                    v = cJSON_CreateString(text);
+            }
+            }
+            if (!v || !cJSON_AddItemToObject(row, names[c], v))
+                return CM_ENOMEM;
+        }
+    }
+    sqlite3_reset(st);
+    return s == SQLITE_DONE ? 0 : CM_EDB;
+}
+
+int cm_engine_get(cm_engine *e, const char *instance, cJSON **out, cm_err *err)
+{
+    static const char *const inst_cols[] = {"id",      "workflow", "rev",     "state",
+                                            "status",  "input",    "context", "parent",
+                                            "created", "updated",  NULL};
+    static const char *const timer_cols[] = {"name", "due_ms", "payload", "scope", NULL};
+    static const char *const hist_cols[] = {"step", "at", "event", "from", "to", "note", NULL};
+    cJSON *arr = cJSON_CreateArray(), *timers = cJSON_CreateArray(), *history = cJSON_CreateArray();
+    int rc = (!arr || !timers || !history) ? CM_ENOMEM : 0;
+    *out = NULL;
+    sqlite3_stmt *q[3] = {
+        cm_store_prepare(e->o.store,
+                         "SELECT id, workflow, rev, state, status, input, ctx, parent, created, "
+                         "updated FROM instance WHERE id = ?1",
+                         err),
+        cm_store_prepare(e->o.store,
+                         "SELECT name, due_ms, payload, scope FROM timer WHERE instance = ?1 "
+                         "ORDER BY due_ms",
+                         err),
+        cm_store_prepare(e->o.store,
+                         "SELECT step, at, event, from_state, to_state, note FROM history "
+                         "WHERE instance = ?1 ORDER BY step",
+                         err),
+    };
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        if (!q[i]) {
+            rc = err->code;
+            break;
+        }
+        sqlite3_bind_text(q[i], 1, instance, -1, SQLITE_STATIC);
+    }
+    if (rc == 0)
+        rc = rows_to_array(q[0], inst_cols, arr);
+    if (rc == 0 && cJSON_GetArraySize(arr) == 0)
+        rc = cm_err_set(err, CM_ENOTFOUND, "no instance with id \"%s\"", instance);
+    if (rc == 0)
+        rc = rows_to_array(q[1], timer_cols, timers);
+    if (rc == 0)
+        rc = rows_to_array(q[2], hist_cols, history);
+    for (int i = 0; i < 3; i++)
+        if (q[i])
+            sqlite3_reset(q[i]);
+    if (rc == 0) {
+        cJSON *obj = cJSON_DetachItemFromArray(arr, 0);
+        cJSON_AddItemToObject(obj, "timers", timers);
+        cJSON_AddItemToObject(obj, "history", history);
+        timers = history = NULL;
+        *out = obj;
+    } else if (rc == CM_ENOMEM || rc == CM_EDB) {
+        rc = cm_err_set(err, rc, "instance %s: cannot read it back", instance);
+    }
+    cJSON_Delete(arr);
+    cJSON_Delete(timers);
+    cJSON_Delete(history);
+    return rc;
+}
+
+int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err)
+{
+    static const char *const cols[] = {"seq",   "instance", "name",   "attempts",
+                                       "error", "status",   "due_ms", NULL};
+    PREPARE(e,
+            "SELECT seq, instance, name, attempts, error, status, due_ms FROM event "
+            "WHERE attempts > 0 OR status = 'failed' ORDER BY seq",
+            err);
+    *out = cJSON_CreateArray();
+    int rc = *out ? rows_to_array(st, cols, *out) : CM_ENOMEM;
+    if (rc != 0) {
+        cJSON_Delete(*out);
+        *out = NULL;
+        return cm_err_set(err, rc, "cannot list failed events");
+    }
+    return 0;
+}
+
+/* ---- life cycle and the loop ------------------------------------------ */
+
+cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
+{
+    if (!opts || !opts->store || !opts->model || !opts->clock || !opts->runtime) {
+        cm_err_set(err, CM_EINVAL, "engine: store, model, clock and runtime are required");
+        return NULL;
+    }
+    cm_engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        cm_err_set(err, CM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    e->o = *opts;
+    if (e->o.batch_max <= 0)
+        e->o.batch_max = ENGINE_BATCH_DEFAULT;
+    if (e->o.max_attempts <= 0)
+        e->o.max_attempts = ENGINE_ATTEMPTS_DEFAULT;
+    if (e->o.retry_base_ms <= 0)
+        e->o.retry_base_ms = ENGINE_RETRY_BASE_DEFAULT;
+    return e;
+}
+
+void cm_engine_destroy(cm_engine **engine_p)
+{
+    cm_engine *e = engine_p ? *engine_p : NULL;
+    if (!e)
+        return;
+    *engine_p = NULL;
+    cm_engine_detach(e);
+    /* Work never committed is never acknowledged as done: tell the submitters. */
+    while (e->head) {
+        work *w = e->head;
+        e->head = w->next;
+        if (w->cb) {
+            cm_ack ack = {CM_EINVAL, w->instance, NULL, "engine stopped before this ran", false};
+            w->cb(w->ud, &ack);
+        }
+        work_free(w);
+    }
+    if (e->closing > 0)
+        e->doomed = true; /* freed by the last close callback */
+    else
+        free(e);
+}
+
+static void on_check(uv_check_t *h)
+{
+    cm_engine *e = h->data;
+    cm_err err;
+    if (!e->head)
+        uv_idle_stop(&e->idle);
+    if (e->head && cm_engine_run(e, NULL, &err) != 0)
+        fprintf(stderr, "caremesh engine: %s\n", err.msg);
+}
+
+static void on_timer(uv_timer_t *h)
+{
+    cm_engine *e = h->data;
+    cm_err err;
+    if (cm_engine_run(e, NULL, &err) != 0)
+        fprintf(stderr, "caremesh engine: %s\n", err.msg);
+}
+
+/* Arm the uv timer for the earliest due item (virtual clocks: fire at once). */
+static void arm_loop(cm_engine *e)
+{
+    int64_t next = cm_engine_next_due(e);
+    if (e->head)
+        uv_idle_start(&e->idle, noop_idle);
+    if (next == INT64_MAX) {
+        uv_timer_stop(&e->timer);
+        return;
+    }
+    int64_t now = cm_clock_now_ms(e->o.clock), wait = next - now;
+    uv_timer_start(&e->timer, on_timer, wait > 0 ? (uint64_t)wait : 0, 0);
+}
+
+int cm_engine_attach(cm_engine *e, uv_loop_t *loop, cm_err *err)
+{
+    if (e->attached)
+        return cm_err_set(err, CM_EINVAL, "engine: already attached to a loop");
+    e->loop = loop;
+    uv_idle_init(loop, &e->idle);
+    uv_check_init(loop, &e->check);
+    uv_timer_init(loop, &e->timer);
+    e->idle.data = e->check.data = e->timer.data = e;
+    uv_check_start(&e->check, on_check);
+    e->attached = true;
+    uv_idle_start(&e->idle, noop_idle);
+    arm_loop(e);
+    return 0;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    cm_engine *e = h->data;
+    if (--e->closing == 0 && e->doomed)
+        free(e);
+}
+
+void cm_engine_detach(cm_engine *e)
+{
+    if (!e->attached)
+        return;
+    e->attached = false;
+    e->closing = 3;
+    uv_close((uv_handle_t *)&e->idle, on_closed);
+    uv_close((uv_handle_t *)&e->check, on_closed);
+    uv_close((uv_handle_t *)&e->timer, on_closed);
+}

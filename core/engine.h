@@ -1,0 +1,163 @@
+/*
+** engine.h -- the durable workflow engine. Instances of Lua-defined state
+** machines start with an input, receive named events with JSON payloads, and
+** change state, context and effects in one transaction per event. Ready work
+** (new instances, submitted events, due timers, retries) is processed in
+** batches: one SAVEPOINT per item, one COMMIT per batch, and only then is
+** each submitter told the outcome (group commit). A handler that fails rolls
+** back to its savepoint; the event is kept with its error and retried with
+** backoff, then parked as failed for an operator. Timers and retries live in
+** the database, so nothing is lost across a crash.
+**
+** The engine knows nothing of Lua: it drives a cm_runtime (bindings/lua
+** provides one) through the seam below. Depends on: store, model, clock,
+** cJSON, libuv (optional). Loop thread only.
+*/
+#ifndef CM_ENGINE_H
+#define CM_ENGINE_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "clock.h"
+#include "error.h"
+#include "model.h"
+#include "store.h"
+
+#define CM_NAME_MAX 128
+
+/* What compiling a workflow file tells the engine. */
+typedef struct cm_wf_info {
+    char name[CM_NAME_MAX];
+    int version;             /* the version the file declares */
+    char start[CM_NAME_MAX]; /* start state */
+} cm_wf_info;
+
+/* One step of one instance, handed to the runtime. */
+typedef struct cm_step {
+    /* in */
+    const char *workflow; /* definition name */
+    int rev;              /* definition revision the instance is pinned to */
+    const char *instance; /* instance id */
+    long seq;             /* this step's number in the instance's history (1 = start) */
+    const char *state;    /* current state; NULL: start the instance */
+    const cJSON *input;   /* the instance's input */
+    const char *event;    /* event name; NULL when starting */
+    const cJSON *payload; /* event payload (an object) */
+    bool is_timer;        /* the event is a timer firing */
+    int64_t now_ms;       /* the engine's clock */
+    /* in/out */
+    cJSON *ctx; /* the context; the runtime may replace it (and frees the old) */
+    /* out */
+    char next[CM_NAME_MAX]; /* the state after the step */
+    bool final;             /* next is a final state */
+    bool handled;           /* false: the state has no transition for event (nothing changed) */
+    cJSON *effects;         /* array of effect objects (see below), or NULL; engine frees */
+} cm_step;
+
+/*
+** Effects a step may ask for (objects in cm_step.effects, applied by the
+** engine in the step's transaction, in order):
+**   {"type":"timer","name":N,"due":MS,"payload":{},"scoped":STATE|null}  start/replace timer N
+**   {"type":"cancel","name":N}                                           cancel timer N
+**   {"type":"task","task":{task record without id}}                      create a human task
+**   {"type":"notify","channel":C,"to":ID,"message":TEXT,"data":{}}      queue a notification
+**   {"type":"spawn","workflow":W,"input":{},"id":ID|null}              start a child instance
+**   {"type":"kpi","name":N,"value":X,"labels":{}}                       record a KPI observation
+**   {"type":"send","to":ORG,"kind":K,"payload":{}}                      queue a message to a
+*partner
+** A timer with "scoped" set is cancelled when the instance leaves that state.
+*/
+
+/* The seam to the language runtime: a struct of function pointers with contracts. */
+typedef struct cm_runtime {
+    void *ud;
+    /* Compile and check a definition (origin names it in messages: a file path).
+    ** Fills info; keeps the compiled definition pending until install. CM_ELUA /
+    ** CM_EINVAL with "origin:line: message" when it is broken. */
+    int (*compile)(void *ud, const char *origin, const char *source, size_t len, cm_wf_info *info,
+                   cm_err *err);
+    /* Keep the definition last compiled under info->name as (name, rev). */
+    int (*install)(void *ud, const char *name, int rev, cm_err *err);
+    /* Is (name, rev) installed? */
+    bool (*installed)(void *ud, const char *name, int rev);
+    /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
+    ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
+    ** error the step's outputs are unset and ctx is unchanged. */
+    int (*step)(void *ud, cm_step *step, cm_err *err);
+} cm_runtime;
+
+typedef struct cm_engine_opts {
+    cm_store *store;           /* borrowed */
+    cm_model *model;           /* borrowed: tasks are records */
+    cm_clock *clock;           /* borrowed */
+    const cm_runtime *runtime; /* borrowed */
+    int batch_max;             /* items per commit; 0 selects 256 */
+    int max_attempts;          /* failed handler runs before an event is parked; 0 selects 5 */
+    int64_t retry_base_ms;     /* first retry delay, doubled each attempt; 0 selects 1000 */
+} cm_engine_opts;
+
+typedef struct cm_engine cm_engine;
+
+/* What a submitter is told once the batch holding its work has committed. */
+typedef struct cm_ack {
+    int status;           /* 0, or the CM_E* code of a refusal or a failure */
+    const char *instance; /* instance id */
+    const char *state;    /* state after the step (NULL on error) */
+    const char *message;  /* why it failed (NULL on success) */
+    bool kept;            /* on failure: the event was kept for retry (true) or refused (false) */
+} cm_ack;
+typedef void (*cm_ack_cb)(void *ud, const cm_ack *ack);
+
+cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err);
+void cm_engine_destroy(cm_engine **engine_p);
+
+/* Load a workflow file: compiled and checked first; a file whose text differs
+** from the latest revision of its workflow becomes a new revision for new
+** instances (running ones stay on theirs). A broken file is refused and the
+** previous revision keeps serving. info (may be NULL) receives what loaded;
+** *rev the revision now current. */
+int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *rev, cm_err *err);
+
+/* Queue the start of an instance of workflow (its current revision) with
+** input. id may be NULL to have one made. The workflow must be loaded
+** (CM_ENOTFOUND). cb (may be NULL) is called after the commit. */
+int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
+                    cm_ack_cb cb, void *ud, cm_err *err);
+
+/* Queue event with payload (an object or NULL) for instance. */
+int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
+                     cm_ack_cb cb, void *ud, cm_err *err);
+
+/* Process queued work, due timers and due retries in batches until nothing
+** is ready. *processed (may be NULL) counts items. */
+int cm_engine_run(cm_engine *e, long *processed, cm_err *err);
+
+/* Earliest time (ms) at which a timer or retry falls due; INT64_MAX if none. */
+int64_t cm_engine_next_due(cm_engine *e);
+
+/* Operator actions, each its own transaction. Pause holds events and timers
+** (kept, not lost) until resume; cancel ends the instance and drops its timers. */
+int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err);
+int cm_engine_resume(cm_engine *e, const char *instance, cm_err *err);
+int cm_engine_cancel(cm_engine *e, const char *instance, const char *reason, cm_err *err);
+
+/* Parked events: retry now (attempts reset) or discard. */
+int cm_engine_retry_event(cm_engine *e, long seq, cm_err *err);
+int cm_engine_discard_event(cm_engine *e, long seq, cm_err *err);
+
+/* The instance as JSON: id, workflow, rev, version, state, status, input,
+** context, parent, timers, history. Caller deletes *out. */
+int cm_engine_get(cm_engine *e, const char *instance, cJSON **out, cm_err *err);
+
+/* Events kept with an error ({seq, instance, name, attempts, error, status, due}). */
+int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err);
+
+/* Run on loop: process work when it is queued and arm one uv timer for the
+** earliest due item. Detach (or destroy) before closing the loop. */
+int cm_engine_attach(cm_engine *e, uv_loop_t *loop, cm_err *err);
+void cm_engine_detach(cm_engine *e);
+
+#endif

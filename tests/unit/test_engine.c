@@ -1,0 +1,704 @@
+/*
+** test_engine.c -- the durable workflow engine with the Lua runtime: starts,
+** events, timers on a virtual clock, effects, failures kept and parked,
+** pause/resume/cancel, children, hot reload, recovery and group commit.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "lhost.h"
+#include "lworkflow.h"
+#include "support.h"
+
+#define HOUR (3600 * 1000LL)
+#define DAY  (24 * HOUR)
+
+typedef struct acks {
+    int n;
+    int status[256];
+    bool kept[256];
+    char state[256][64];
+    char instance[256][128];
+    char message[256][512];
+    const char *db_path; /* when set, each ack checks the state is already on disk */
+    int on_disk_mismatch;
+} acks;
+
+typedef struct fx {
+    char *dir;
+    char db[1024];
+    cm_store *store;
+    cm_clock *clock;
+    cm_model *model;
+    cm_sandbox *sb;
+    cm_lua_host host;
+    cm_lua_runtime *rt;
+    cm_engine *engine;
+    acks a;
+} fx;
+
+static const char *REFERRAL =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'referral', version = 1,\n"
+    "  input = { patient = 'patient', reason = 'string', urgent = 'boolean?' },\n"
+    "  start = 'requested',\n"
+    "  states = {\n"
+    "    requested = {\n"
+    "      enter = function(wf)\n"
+    "        wf.ctx.reason = wf.input.reason\n"
+    "        wf:after('72h', 'no_response')\n"
+    "        wf:after('30d', 'loop_deadline', nil, { keep = true })\n"
+    "      end,\n"
+    "      on = {\n"
+    "        accepted = 'accepted',\n"
+    "        declined = { to = 'declined', guard = function(wf, ev) return ev.reason ~= nil end "
+    "},\n"
+    "        no_response = function(wf)\n"
+    "          wf:task { title = 'Call the specialist', role = 'care_coordinator',\n"
+    "                    organization = 'clinic-a', patient = wf.input.patient, due = '1d' }\n"
+    "          return 'escalated'\n"
+    "        end,\n"
+    "        boom = function(wf) wf.ctx.touched = true; error('kaput') end,\n"
+    "        spin = function(wf) while true do end end,\n"
+    "      },\n"
+    "    },\n"
+    "    escalated = { on = { accepted = 'accepted' } },\n"
+    "    accepted = {\n"
+    "      enter = function(wf) wf:kpi('referrals_accepted', 1, { site = 'clinic-a' }) end,\n"
+    "      on = { consult_note = 'closed' },\n"
+    "    },\n"
+    "    declined = { final = true },\n"
+    "    closed = { final = true, enter = function(wf)\n"
+    "      wf:notify { channel = 'sms', to = wf.input.patient, message = 'Your referral is closed' "
+    "}\n"
+    "      wf:send('cardio-b', 'referral.closed', { id = wf.id })\n"
+    "    end },\n"
+    "  },\n"
+    "}\n";
+
+static void on_ack(void *ud, const cm_ack *ack)
+{
+    acks *a = ud;
+    int i = a->n++;
+    a->status[i] = ack->status;
+    a->kept[i] = ack->kept;
+    snprintf(a->state[i], sizeof(a->state[i]), "%s", ack->state ? ack->state : "");
+    snprintf(a->instance[i], sizeof(a->instance[i]), "%s", ack->instance ? ack->instance : "");
+    snprintf(a->message[i], sizeof(a->message[i]), "%s", ack->message ? ack->message : "");
+    if (a->db_path && ack->status == 0 && ack->instance) {
+        /* A second connection sees the acknowledged state: the commit came first. */
+        sqlite3 *db;
+        sqlite3_stmt *st;
+        sqlite3_open_v2(a->db_path, &db, SQLITE_OPEN_READONLY, NULL);
+        sqlite3_prepare_v2(db, "SELECT state FROM instance WHERE id = ?1", -1, &st, NULL);
+        sqlite3_bind_text(st, 1, ack->instance, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW ||
+            strcmp((const char *)sqlite3_column_text(st, 0), ack->state) != 0)
+            a->on_disk_mismatch++;
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+    }
+}
+
+static void open_engine(fx *f)
+{
+    cm_store_opts so;
+    cm_err err;
+    cm_engine_opts eo;
+    cm_store_opts_init(&so);
+    so.path = f->db;
+    so.create = true;
+    assert_int_equal(cm_store_open(&f->store, &so, &err), 0);
+    f->model = cm_model_new(f->store, f->clock);
+    f->sb = cm_sandbox_new(NULL, &err);
+    assert_non_null(f->sb);
+    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
+    assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
+    cm_sandbox_preload(f->sb, "caremesh", cm_lua_open_caremesh);
+    f->rt = cm_lua_runtime_new(f->sb, &err);
+    assert_non_null(f->rt);
+    memset(&eo, 0, sizeof(eo));
+    eo.store = f->store;
+    eo.model = f->model;
+    eo.clock = f->clock;
+    eo.runtime = cm_lua_runtime_seam(f->rt);
+    eo.max_attempts = 3;
+    eo.retry_base_ms = 1000;
+    eo.batch_max = 16;
+    f->engine = cm_engine_new(&eo, &err);
+    assert_non_null(f->engine);
+}
+
+static void close_engine(fx *f)
+{
+    cm_engine_destroy(&f->engine);
+    cm_lua_runtime_destroy(&f->rt);
+    cm_sandbox_destroy(&f->sb);
+    cm_model_destroy(&f->model);
+    cm_store_close(&f->store);
+}
+
+static void seed(fx *f)
+{
+    cm_err err;
+    const char *docs[][2] = {
+        {"organization", "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}"},
+        {"patient", "{\"id\":\"pat-1\",\"name\":{\"family\":\"Rivera\",\"given\":[\"Ana\"]},"
+                    "\"birthDate\":\"1958-04-12\",\"gender\":\"female\"}"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        cJSON *doc = cJSON_Parse(docs[i][1]);
+        assert_int_equal(
+            cm_model_create(f->model, (cm_kind)cm_kind_parse(docs[i][0]), doc, NULL, &err), 0);
+        cJSON_Delete(doc);
+    }
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    f->dir = cm_test_tmpdir();
+    snprintf(f->db, sizeof(f->db), "%s/caremesh.db", f->dir);
+    f->clock = cm_clock_new_virtual(1795950000000LL); /* 2026-11-29T11:00:00Z */
+    open_engine(f);
+    seed(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    close_engine(f);
+    cm_clock_destroy(&f->clock);
+    cm_test_rmtree(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* Write a workflow file and load it; returns the engine's code. */
+static int load(fx *f, const char *file, const char *text, int *rev, cm_err *err)
+{
+    const char *path = cm_test_path(f->dir, file);
+    cm_test_write(path, text, strlen(text));
+    return cm_engine_load_file(f->engine, path, NULL, rev, err);
+}
+
+static void load_ok(fx *f, const char *file, const char *text)
+{
+    cm_err err;
+    if (load(f, file, text, NULL, &err) != 0)
+        fail_msg("load %s: %s", file, err.msg);
+}
+
+static void run(fx *f)
+{
+    cm_err err;
+    if (cm_engine_run(f->engine, NULL, &err) != 0)
+        fail_msg("run: %s", err.msg);
+}
+
+static void start(fx *f, const char *json, const char *id)
+{
+    cm_err err;
+    cJSON *input = cJSON_Parse(json);
+    assert_int_equal(cm_engine_start(f->engine, "referral", input, id, on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+}
+
+static void signal_ev(fx *f, const char *id, const char *event, const char *json)
+{
+    cm_err err;
+    cJSON *payload = json ? cJSON_Parse(json) : NULL;
+    assert_int_equal(cm_engine_signal(f->engine, id, event, payload, on_ack, &f->a, &err), 0);
+    cJSON_Delete(payload);
+}
+
+static cJSON *get(fx *f, const char *id)
+{
+    cJSON *out = NULL;
+    cm_err err;
+    if (cm_engine_get(f->engine, id, &out, &err) != 0)
+        fail_msg("get %s: %s", id, err.msg);
+    return out;
+}
+
+static const char *field(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void expect_state(fx *f, const char *id, const char *state, const char *status)
+{
+    cJSON *inst = get(f, id);
+    assert_string_equal(field(inst, "state"), state);
+    assert_string_equal(field(inst, "status"), status);
+    cJSON_Delete(inst);
+}
+
+static long count(fx *f, const char *sql)
+{
+    sqlite3_stmt *st;
+    long n = -1;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = (long)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static void advance(fx *f, int64_t ms)
+{
+    assert_int_equal(cm_clock_advance(f->clock, ms), 0);
+    run(f);
+}
+
+static const char *INPUT = "{\"patient\":\"pat-1\",\"reason\":\"chest pain on exertion\"}";
+
+static void test_start_runs_enter_and_arms_timers(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "referral.lua", REFERRAL);
+    f->a.db_path = f->db;
+    start(f, INPUT, "ref-1");
+    assert_int_equal(f->a.n, 0); /* nothing is acknowledged before the batch commits */
+    run(f);
+    assert_int_equal(f->a.n, 1);
+    if (f->a.status[0] != 0)
+        fail_msg("start: %s", f->a.message[0]);
+    assert_string_equal(f->a.state[0], "requested");
+    assert_int_equal(f->a.on_disk_mismatch, 0);
+    cJSON *inst = get(f, "ref-1");
+    assert_string_equal(field(cJSON_GetObjectItem(inst, "context"), "reason"),
+                        "chest pain on exertion");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(inst, "timers")), 2);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(inst, "history")), 1);
+    cJSON_Delete(inst);
+    assert_int_equal(cm_engine_next_due(f->engine), 1795950000000LL + 72 * HOUR);
+}
+
+static void test_events_change_state_after_commit(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "referral.lua", REFERRAL);
+    f->a.db_path = f->db;
+    start(f, INPUT, "ref-1");
+    run(f);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(f->a.status[1], 0);
+    assert_string_equal(f->a.state[1], "accepted");
+    assert_int_equal(f->a.on_disk_mismatch, 0);
+    /* the 72h timer belonged to 'requested'; the 30d deadline is kept */
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE name = 'no_response'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE name = 'loop_deadline'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM kpi_observation WHERE name = "
+                              "'referrals_accepted'"),
+                     1);
+    signal_ev(f, "ref-1", "consult_note", "{\"note\":\"echo normal\"}");
+    run(f);
+    if (f->a.status[2] != 0)
+        fail_msg("consult_note: %s", f->a.message[2]);
+    expect_state(f, "ref-1", "closed", "done");
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM notification WHERE channel = 'sms' AND "
+                              "recipient = 'pat-1'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM outbox WHERE receiver = 'cardio-b'"), 1);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(f->a.status[3], CM_EINVAL);
+    assert_non_null(strstr(f->a.message[3], "is done"));
+}
+
+static void test_timer_fires_on_the_virtual_clock(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    advance(f, 71 * HOUR);
+    expect_state(f, "ref-1", "requested", "running");
+    advance(f, 2 * HOUR);
+    expect_state(f, "ref-1", "escalated", "running");
+    cJSON *tasks = NULL;
+    cm_err err;
+    cJSON *filter = cJSON_Parse("{\"ownerRole\":\"care_coordinator\"}");
+    assert_int_equal(cm_model_find(f->model, CM_KIND_TASK, filter, NULL, 10, &tasks, &err), 0);
+    assert_int_equal(cJSON_GetArraySize(tasks), 1);
+    cJSON *task = cJSON_GetArrayItem(tasks, 0);
+    assert_string_equal(field(task, "patient"), "pat-1");
+    assert_string_equal(field(task, "due"), "2026-12-03T12:00:00.000Z");
+    cJSON_Delete(tasks);
+    cJSON_Delete(filter);
+    /* the deadline timer fires in a state that does not listen: noted, not an error */
+    advance(f, 30 * DAY);
+    expect_state(f, "ref-1", "escalated", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE note LIKE 'timer ignored%'"), 1);
+}
+
+static void test_bad_requests_are_refused_and_change_nothing(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, "{\"reason\":\"x\"}", NULL);
+    start(f, "{\"patient\":\"pat-404\",\"reason\":\"x\"}", NULL);
+    start(f, "{\"patient\":\"pat-1\",\"reason\":\"x\",\"colour\":\"red\"}", NULL);
+    start(f, "{\"patient\":\"pat-1\",\"reason\":7}", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 4);
+    assert_non_null(strstr(f->a.message[0], "input.patient: required"));
+    assert_non_null(strstr(f->a.message[1], "input.patient: "));
+    assert_non_null(strstr(f->a.message[1], "pat-404"));
+    if (!strstr(f->a.message[2], "input.colour: unknown field"))
+        fail_msg("got: %s", f->a.message[2]);
+    assert_non_null(strstr(f->a.message[3], "input.reason: expected string, got number"));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(f->a.status[i], CM_EINVAL);
+        assert_false(f->a.kept[i]);
+    }
+    assert_int_equal(count(f, "SELECT count(*) FROM instance"), 0);
+    start(f, INPUT, "ref-1");
+    run(f);
+    long hist = count(f, "SELECT count(*) FROM history");
+    signal_ev(f, "ref-1", "bogus", NULL);
+    signal_ev(f, "ref-404", "accepted", NULL);
+    signal_ev(f, "ref-1", "declined", "{}"); /* the guard wants a reason */
+    run(f);
+    assert_int_equal(f->a.status[5], CM_EINVAL);
+    assert_non_null(strstr(f->a.message[5], "has no transition for event \"bogus\""));
+    assert_int_equal(f->a.status[6], CM_ENOTFOUND);
+    assert_int_equal(f->a.status[7], CM_EINVAL);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), hist);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "nope", NULL, "bad id!", NULL, NULL, &err),
+                     CM_EINVAL);
+    cJSON *arr = cJSON_CreateArray();
+    assert_int_equal(cm_engine_signal(f->engine, "ref-1", "accepted", arr, NULL, NULL, &err),
+                     CM_EINVAL);
+    cJSON_Delete(arr);
+}
+
+static void test_failing_handler_is_kept_retried_and_parked(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cJSON *failed = NULL;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    run(f);
+    signal_ev(f, "ref-1", "boom", NULL);
+    signal_ev(f, "ref-2", "accepted", NULL); /* same batch, unaffected */
+    run(f);
+    assert_int_equal(f->a.status[2], CM_ELUA);
+    assert_true(f->a.kept[2]);
+    assert_non_null(strstr(f->a.message[2], "kaput"));
+    assert_int_equal(f->a.status[3], 0);
+    cJSON *inst = get(f, "ref-1");
+    assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(inst, "context"), "touched"));
+    assert_string_equal(field(inst, "state"), "requested");
+    cJSON_Delete(inst);
+    assert_int_equal(count(f, "SELECT attempts FROM event"), 1);
+    advance(f, 1000);
+    assert_int_equal(count(f, "SELECT attempts FROM event"), 2);
+    advance(f, 2000);
+    assert_int_equal(count(f, "SELECT attempts FROM event WHERE status = 'failed'"), 3);
+    advance(f, DAY); /* parked: no more attempts */
+    assert_int_equal(count(f, "SELECT attempts FROM event WHERE status = 'failed'"), 3);
+    assert_int_equal(cm_engine_failed(f->engine, &failed, &err), 0);
+    assert_int_equal(cJSON_GetArraySize(failed), 1);
+    long seq = (long)cJSON_GetObjectItem(cJSON_GetArrayItem(failed, 0), "seq")->valuedouble;
+    cJSON_Delete(failed);
+    assert_int_equal(cm_engine_retry_event(f->engine, seq, &err), 0);
+    run(f);
+    assert_int_equal(count(f, "SELECT attempts FROM event WHERE status = 'ready'"), 1);
+    assert_int_equal(cm_engine_discard_event(f->engine, seq, &err), CM_ENOTFOUND); /* not parked */
+    for (int i = 0; i < 3; i++) /* one attempt per turn of the clock, then parked again */
+        advance(f, 60 * 1000);
+    assert_int_equal(count(f, "SELECT attempts FROM event WHERE status = 'failed'"), 3);
+    assert_int_equal(cm_engine_discard_event(f->engine, seq, &err), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    expect_state(f, "ref-1", "requested", "running");
+}
+
+static void test_budget_exhaustion_is_a_kept_failure(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    signal_ev(f, "ref-1", "spin", NULL);
+    run(f);
+    assert_int_equal(f->a.status[1], CM_EBUDGET);
+    assert_true(f->a.kept[1]);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(f->a.status[2], 0);
+}
+
+static void test_pause_holds_and_resume_applies(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), CM_EINVAL);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(f->a.status[1], 0);
+    assert_true(f->a.kept[1]);
+    expect_state(f, "ref-1", "requested", "paused");
+    advance(f, 80 * HOUR); /* the 72h timer is held too */
+    expect_state(f, "ref-1", "requested", "paused");
+    assert_int_equal(cm_engine_resume(f->engine, "ref-1", &err), 0);
+    run(f);
+    /* held in order: 'accepted' came first, then the timer (ignored in accepted) */
+    expect_state(f, "ref-1", "accepted", "running");
+}
+
+static void test_cancel_ends_and_drops_timers(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-1", "patient moved away", &err), 0);
+    expect_state(f, "ref-1", "requested", "cancelled");
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-1", NULL, &err), CM_EINVAL);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-404", NULL, &err), CM_ENOTFOUND);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(f->a.status[1], CM_EINVAL);
+}
+
+static const char *PARENT = "local cm = require 'caremesh'\n"
+                            "return cm.workflow {\n"
+                            "  name = 'campaign', version = 1, start = 'running',\n"
+                            "  states = {\n"
+                            "    running = {\n"
+                            "      enter = function(wf)\n"
+                            "        wf.ctx.children = { wf:spawn('contact', { who = 'pat-1' }),\n"
+                            "                            wf:spawn('contact', { who = 'pat-2' }) }\n"
+                            "        wf.ctx.done = 0\n"
+                            "      end,\n"
+                            "      on = { ['child.done'] = function(wf, ev)\n"
+                            "        wf.ctx.done = wf.ctx.done + 1\n"
+                            "        wf.ctx['reached_' .. ev.context.who] = ev.state == 'reached'\n"
+                            "        if wf.ctx.done == 2 then return 'finished' end\n"
+                            "      end },\n"
+                            "    },\n"
+                            "    finished = { final = true },\n"
+                            "  },\n"
+                            "}\n";
+
+static const char *CHILD =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'contact', version = 1, start = 'calling',\n"
+    "  input = { who = 'string' },\n"
+    "  states = {\n"
+    "    calling = { enter = function(wf) wf.ctx.who = wf.input.who end,\n"
+    "                on = { answered = 'reached', gave_up = 'unreached' } },\n"
+    "    reached = { final = true }, unreached = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_children_report_to_their_parent(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "contact.lua", CHILD);
+    load_ok(f, "campaign.lua", PARENT);
+    assert_int_equal(cm_engine_start(f->engine, "campaign", NULL, "camp-1", on_ack, &f->a, &err),
+                     0);
+    run(f);
+    expect_state(f, "camp-1.1.1", "calling", "running");
+    signal_ev(f, "camp-1.1.1", "answered", NULL);
+    signal_ev(f, "camp-1.1.2", "gave_up", NULL);
+    run(f);
+    expect_state(f, "camp-1", "finished", "done");
+    cJSON *inst = get(f, "camp-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(ctx, "reached_pat-1")));
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItem(ctx, "reached_pat-2")));
+    cJSON_Delete(inst);
+}
+
+static void test_reload_pins_running_instances(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    int rev = 0;
+    char *v2 = strdup(REFERRAL);
+    char *at = strstr(v2, "version = 1");
+    at[10] = '2';
+    at = strstr(v2, "accepted = 'accepted',");
+    memcpy(at, "accepted = 'declined',", 22);
+    assert_int_equal(load(f, "referral.lua", REFERRAL, &rev, &err), 0);
+    assert_int_equal(rev, 1);
+    assert_int_equal(load(f, "referral.lua", REFERRAL, &rev, &err), 0);
+    assert_int_equal(rev, 1); /* unchanged text: same revision */
+    start(f, INPUT, "old");
+    run(f);
+    assert_int_equal(load(f, "referral.lua", v2, &rev, &err), 0);
+    assert_int_equal(rev, 2);
+    start(f, INPUT, "new");
+    run(f);
+    signal_ev(f, "old", "accepted", NULL);
+    signal_ev(f, "new", "accepted", NULL);
+    run(f);
+    expect_state(f, "old", "accepted", "running");
+    expect_state(f, "new", "declined", "done");
+    /* a broken file is refused; revision 2 keeps serving */
+    assert_int_equal(load(f, "referral.lua", "return cm.workflow {", &rev, &err), CM_ELUA);
+    assert_non_null(strstr(err.msg, "referral.lua:1:"));
+    assert_int_equal(count(f, "SELECT max(rev) FROM workflow_def"), 2);
+    start(f, INPUT, "newer");
+    run(f);
+    cJSON *inst = get(f, "newer");
+    assert_int_equal(cJSON_GetObjectItem(inst, "rev")->valuedouble, 2);
+    cJSON_Delete(inst);
+    free(v2);
+}
+
+static void expect_definition_refused(fx *f, const char *text, const char *fragment)
+{
+    cm_err err;
+    int rc = load(f, "bad.lua", text, NULL, &err);
+    assert_int_not_equal(rc, 0);
+    if (!strstr(err.msg, fragment))
+        fail_msg("message '%s' lacks '%s'", err.msg, fragment);
+}
+
+static void test_broken_definitions_are_refused_with_place(void **state)
+{
+    fx *f = *state;
+    const char *head = "local cm = require 'caremesh'\nreturn cm.workflow {\n";
+    char text[1024];
+    snprintf(text, sizeof(text),
+             "%s name = 'x', version = 1, start = 'a',\n"
+             " states = { a = { on = { go = 'nowhere' } }, b = { final = true } } }\n",
+             head);
+    expect_definition_refused(f, text,
+                              "bad.lua:2: workflow: states.a.on[\"go\"]: transition "
+                              "to unknown state \"nowhere\"");
+    snprintf(text, sizeof(text), "%s name = 'x', version = 1, start = 'a', states = { a = {} } }\n",
+             head);
+    expect_definition_refused(f, text, "no final state");
+    snprintf(text, sizeof(text),
+             "%s name = 'x', version = 1, start = 'a', states = { a = { final = true, entr = "
+             "print } } }\n",
+             head);
+    expect_definition_refused(f, text, "states.a.entr: unknown field");
+    snprintf(text, sizeof(text),
+             "%s name = 'x', start = 'a', states = { a = { final = true } } }\n", head);
+    expect_definition_refused(f, text, "version: required");
+    snprintf(text, sizeof(text),
+             "%s name = 'x', version = 1, start = 'zz', states = { a = { final = true } } }\n",
+             head);
+    expect_definition_refused(f, text, "start: unknown state \"zz\"");
+    snprintf(text, sizeof(text),
+             "%s name = 'x', version = 1, input = { p = 'patience' }, start = 'a', states = { a = "
+             "{ final = true } } }\n",
+             head);
+    expect_definition_refused(f, text, "input.p: must be a type name");
+    expect_definition_refused(f, "return { name = 'x' }\n", "must return cm.workflow");
+    assert_int_equal(count(f, "SELECT count(*) FROM workflow_def"), 0);
+}
+
+static void test_restart_recovers_timers_and_kept_events(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    run(f);
+    signal_ev(f, "ref-2", "boom", NULL);
+    run(f);
+    /* a crash: everything in memory is gone, the database stays */
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'ref-2' AND "
+                              "status = 'ready' AND attempts = 1"),
+                     1);
+    advance(f, 73 * HOUR); /* no file loaded: the pinned revision comes from the store */
+    expect_state(f, "ref-1", "escalated", "running");
+    expect_state(f, "ref-2", "escalated", "running");
+    /* ref-2's timer moved it on first; the kept 'boom' no longer applies there: parked */
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'ref-2' AND "
+                              "status = 'failed' AND error LIKE '%no transition for event%'"),
+                     1);
+}
+
+static int count_commit(void *ud)
+{
+    (*(int *)ud)++;
+    return 0; /* let it commit */
+}
+
+static void test_group_commit_batches_events(void **state)
+{
+    fx *f = *state;
+    char id[32];
+    int commits = 0;
+    long processed = 0;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        start(f, INPUT, id);
+    }
+    run(f);
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        signal_ev(f, id, "accepted", NULL);
+    }
+    long before = count(f, "SELECT count(*) FROM history");
+    sqlite3_commit_hook(cm_store_db(f->store), count_commit, &commits);
+    assert_int_equal(cm_engine_run(f->engine, &processed, &err), 0);
+    sqlite3_commit_hook(cm_store_db(f->store), NULL, NULL);
+    assert_int_equal(processed, 40);
+    /* 40 events in batches of 16: three commits (one fsync each), not forty */
+    assert_in_range(commits, 3, 4);
+    assert_int_equal(count(f, "SELECT count(*) FROM history") - before, 40);
+    for (int i = 40; i < 80; i++)
+        assert_int_equal(f->a.status[i], 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_start_runs_enter_and_arms_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_change_state_after_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_budget_exhaustion_is_a_kept_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_holds_and_resume_applies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_ends_and_drops_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_children_report_to_their_parent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_pins_running_instances, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broken_definitions_are_refused_with_place, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_restart_recovers_timers_and_kept_events, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
