@@ -37,8 +37,8 @@ cm_lua_host *cm_lua_host_get(lua_State *L)
     lua_rawgetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
     cm_lua_host *host = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (!host)
-        luaL_error(L, "caremesh: no host attached to this Lua state");
+    if (!host || !host->model)
+        luaL_error(L, "caremesh: records are not available here (no store attached)");
     return host;
 }
 
@@ -86,12 +86,14 @@ static int l_now(lua_State *L)
 
 int cm_lua_open_caremesh(lua_State *L)
 {
-    cm_lua_host *host = cm_lua_host_get(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
+    const cm_lua_host *host = lua_touserdata(L, -1);
+    lua_pop(L, 1);
     cm_ljson_init(L);
     lua_newtable(L);
     lua_pushstring(L, CM_VERSION);
     lua_setfield(L, -2, "version");
-    lua_pushstring(L, host->node_id ? host->node_id : "");
+    lua_pushstring(L, host && host->node_id ? host->node_id : "");
     lua_setfield(L, -2, "node_id");
     cm_ljson_push_null(L);
     lua_setfield(L, -2, "null");
