@@ -9,6 +9,7 @@
 #include "keys.h"
 #include "lconfig.h"
 #include "lhost.h"
+#include "ltest.h"
 #include "log.h"
 #include "model.h"
 #include "sandbox.h"
@@ -392,6 +393,31 @@ static int cmd_lua(int argc, char **argv)
     return rc ? fail("lua", &err) : CM_EXIT_OK;
 }
 
+/* ---- workflow --------------------------------------------------------- */
+
+static int workflow_test(int argc, char **argv)
+{
+    cm_test_counts counts = {0, 0};
+    if (argc < 1)
+        return usage_error("workflow test", "%s", "missing FILE");
+    for (int i = 0; i < argc; i++) {
+        cm_err err;
+        cm_lua_test_file(argv[i], &counts, &err);
+    }
+    printf("%d passed, %d failed\n", counts.passed, counts.failed);
+    return counts.failed || counts.passed == 0 ? CM_EXIT_FAIL : CM_EXIT_OK;
+}
+
+static int cmd_workflow(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return argc < 2 ? usage_error("workflow", "%s", "missing subcommand (test)")
+                        : print_help(find_cmd("workflow"));
+    if (strcmp(argv[1], "test") == 0)
+        return workflow_test(argc - 2, argv + 2);
+    return usage_error("workflow", "unknown subcommand '%s' (known: test)", argv[1]);
+}
+
 /* ---- serve ------------------------------------------------------------ */
 
 typedef struct serve_ctx {
@@ -485,6 +511,11 @@ static const cli_cmd commands[] = {
      "configuration).\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)",
      "node info --data DIR", cmd_node},
+    {"workflow",
+     "Tools for workflow authors.\n\n"
+     "  test FILE...    run Lua workflow tests (caremesh.test); a closing line\n"
+     "                  'N passed, N failed'; exit 1 if any failed",
+     "workflow test FILE...", cmd_workflow},
     {"help", "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
 };
 

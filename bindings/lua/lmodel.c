@@ -18,18 +18,20 @@ static cm_kind check_kind(lua_State *L)
     return (cm_kind)lua_tointeger(L, lua_upvalueindex(1));
 }
 
-/* Convert argument arg (a table) to JSON; raises naming the argument. */
-static cJSON *check_doc(lua_State *L, int arg, const char *what, cJSON **box)
+/* Raise unless argument arg is a table, naming the function: "cm.patient.create". */
+static void need_table(lua_State *L, int arg, const char *fn, const char *what)
+{
+    if (lua_type(L, arg) != LUA_TTABLE)
+        luaL_error(L, "cm.%s.%s: %s must be a table, got %s", cm_kind_name(check_kind(L)), fn, what,
+                   luaL_typename(L, arg));
+}
+
+/* Convert argument arg (a table, checked) to JSON into *box; raises naming the field. */
+static void check_doc(lua_State *L, int arg, const char *what, cJSON **box)
 {
     cm_err err;
-    char root[64];
-    cJSON *doc = NULL;
-    luaL_checktype(L, arg, LUA_TTABLE);
-    snprintf(root, sizeof(root), "%s", what);
-    if (cm_ljson_from_lua(L, arg, root, &doc, &err) != 0)
-        return cm_lua_raise(L, &err), NULL;
-    *box = doc;
-    return doc;
+    if (cm_ljson_from_lua(L, arg, what, box, &err) != 0)
+        cm_lua_raise(L, &err);
 }
 
 /* Push the result held in *box, then free it. */
@@ -46,6 +48,8 @@ static int l_create(lua_State *L)
     cm_lua_host *host = cm_lua_host_get(L);
     cm_kind kind = check_kind(L);
     cm_err err;
+    lua_settop(L, 1);
+    need_table(L, 1, "create", "the record");
     cJSON **in = cm_ljson_box(L), **out = cm_ljson_box(L);
     /* stack: doc, box_in, box_out */
     check_doc(L, 1, cm_kind_name(kind), in);
@@ -76,8 +80,10 @@ static int l_update(lua_State *L)
 {
     cm_lua_host *host = cm_lua_host_get(L);
     cm_kind kind = check_kind(L);
+    lua_settop(L, 2);
     const char *id = luaL_checkstring(L, 1);
     cm_err err;
+    need_table(L, 2, "update", "the patch");
     cJSON **in = cm_ljson_box(L), **out = cm_ljson_box(L);
     check_doc(L, 2, cm_kind_name(kind), in);
     int rc = cm_model_update(host->model, kind, id, *in, out, &err);
@@ -98,21 +104,25 @@ static int l_find(lua_State *L)
     cm_err err;
     const char *after = NULL;
     lua_Integer limit = LMODEL_DEFAULT_LIMIT;
-    if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
-        if (lua_getfield(L, 2, "after") != LUA_TNIL)
-            after = luaL_checkstring(L, -1); /* stays on the stack, so valid */
+    const char *kname = cm_kind_name(kind);
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 1))
+        need_table(L, 1, "find", "the filter");
+    if (!lua_isnil(L, 2)) {
+        need_table(L, 2, "find", "the options");
+        if (lua_getfield(L, 2, "after") != LUA_TNIL && lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "cm.%s.find: after: must be an id (a string)", kname);
+        after = lua_tostring(L, -1); /* stays on the stack, so valid */
         if (lua_getfield(L, 2, "limit") != LUA_TNIL) {
             if (!lua_isinteger(L, -1))
-                return luaL_argerror(L, 2, "limit: must be an integer");
+                return luaL_error(L, "cm.%s.find: limit: must be an integer", kname);
             limit = lua_tointeger(L, -1);
         }
-        lua_pop(L, 1);
     }
     if (limit < 1 || limit > 1000)
-        return luaL_argerror(L, 2, "limit: must be from 1 to 1000");
+        return luaL_error(L, "cm.%s.find: limit: must be from 1 to 1000", kname);
     cJSON **in = cm_ljson_box(L), **out = cm_ljson_box(L);
-    if (!lua_isnoneornil(L, 1))
+    if (!lua_isnil(L, 1))
         check_doc(L, 1, "filter", in);
     int rc = cm_model_find(host->model, kind, *in, after, (int)limit, out, &err);
     cJSON_Delete(*in);

@@ -95,7 +95,9 @@ test("invalid records raise naming the field and change nothing", function()
   raises(function()
     cm.provider.create { id = "dr-x", name = { family = "Ngata" }, role = "physician", organization = "nowhere" }
   end, "provider.organization", "nowhere")
-  raises(function() cm.provider.create "not a table" end, "table expected")
+  raises(function() cm.provider.create "not a table" end, "cm.provider.create: the record must be a table, got string")
+  raises(function() cm.provider.find({}, { after = {} }) end, "cm.provider.find: after: must be an id")
+  raises(function() cm.provider.update("dr-x") end, "cm.provider.update: the patch must be a table, got nil")
   raises(function()
     cm.provider.create { id = "dr-x", name = { family = "Ngata" }, role = "physician",
                          organization = "clinic-a", extra = print }
@@ -106,10 +108,10 @@ end)
 test("errors point at the script line that called", function()
   local ok, err = pcall(cm.organization.create, { id = "x" })
   eq(ok, false)
+  assert(tostring(err):find("organization.name: required", 1, true), err)
   local ok2, err2 = pcall(function() cm.organization.create { id = "x" } end)
   eq(ok2, false)
-  assert(tostring(err2):match("test_module%.lua:%d+:"), err2)
-  assert(err ~= nil)
+  assert(tostring(err2):match("test_module%.lua:%d+: organization%.name: required"), err2)
 end)
 
 test("patients, conditions and find by condition", function()
