@@ -430,6 +430,45 @@ static const field task_fields[] = {
 static const char *const task_keys[] = {"status", "patient",   "organization",
                                         "owner",  "ownerRole", NULL};
 
+/* immunization (FHIR Immunization): one administered (or not given) dose */
+
+static const char *const immunization_statuses[] = {"completed", "entered-in-error", "not-done",
+                                                    NULL};
+static const field vaccine_fields[] = {
+    {.name = "code", .type = T_STRING, .flags = F_REQUIRED, .index = "vaccine"},
+    {.name = "system", .type = T_STRING},
+    {.name = "display", .type = T_STRING},
+    {.name = NULL},
+};
+static const field immunization_fields[] = {
+    {.name = "id", .type = T_ID, .flags = F_REQUIRED},
+    {.name = "status",
+     .type = T_ENUM,
+     .values = immunization_statuses,
+     .dflt = "\"completed\"",
+     .index = "status"},
+    {.name = "patient",
+     .type = T_REF,
+     .flags = F_REQUIRED,
+     .ref = CM_KIND_PATIENT,
+     .index = "patient"},
+    {.name = "vaccineCode", .type = T_OBJECT, .flags = F_REQUIRED, .sub = vaccine_fields},
+    {.name = "occurrenceDateTime", .type = T_DATETIME, .flags = F_REQUIRED},
+    {.name = "performer",
+     .type = T_REF,
+     .flags = F_REQUIRED,
+     .ref = CM_KIND_ORGANIZATION,
+     .index = "performer"},
+    {.name = "practitioner", .type = T_REF, .ref = CM_KIND_PROVIDER},
+    {.name = "doseNumber", .type = T_NUMBER},
+    {.name = "seriesDoses", .type = T_NUMBER},
+    {.name = "series", .type = T_STRING},
+    {.name = "lotNumber", .type = T_STRING},
+    {.name = "note", .type = T_TEXT},
+    {.name = NULL},
+};
+static const char *const immunization_keys[] = {"patient", "vaccine", "performer", "status", NULL};
+
 static int partnership_rule(vctx *v, cJSON *doc);
 static int care_team_rule(vctx *v, cJSON *doc);
 static int task_rule(vctx *v, cJSON *doc);
@@ -442,6 +481,7 @@ static const kind_def kinds[CM_KIND__COUNT] = {
     [CM_KIND_CONSENT] = {"consent", consent_fields, consent_keys, NULL},
     [CM_KIND_CARE_TEAM] = {"care_team", care_team_fields, care_team_keys, care_team_rule},
     [CM_KIND_TASK] = {"task", task_fields, task_keys, task_rule},
+    [CM_KIND_IMMUNIZATION] = {"immunization", immunization_fields, immunization_keys, NULL},
 };
 
 static const kind_def *kind_get(cm_kind kind)

@@ -1,6 +1,6 @@
 /*
 ** model.h -- the care primitives: organization, provider, patient,
-** partnership, consent, care team, task. Records are JSON documents (cJSON)
+** partnership, consent, care team, task, immunization. Records are JSON documents (cJSON)
 ** whose field names and value sets follow FHIR R4 where FHIR has them; each
 ** kind has a declarative schema (model.c) that validates every write and names
 ** the field at fault ("patient.contact.email: ..."). References between
@@ -26,6 +26,7 @@ typedef enum {
     CM_KIND_CONSENT,
     CM_KIND_CARE_TEAM,
     CM_KIND_TASK,
+    CM_KIND_IMMUNIZATION,
     CM_KIND__COUNT
 } cm_kind;
 
@@ -35,7 +36,8 @@ typedef struct cm_model cm_model;
 cm_model *cm_model_new(cm_store *store, const cm_clock *clock);
 void cm_model_destroy(cm_model **model_p);
 
-/* "organization", "provider", "patient", "partnership", "consent", "care_team", "task". */
+/* "organization", "provider", "patient", "partnership", "consent", "care_team", "task",
+** "immunization". */
 const char *cm_kind_name(cm_kind kind);
 /* Kind by name; -1 if unknown. */
 int cm_kind_parse(const char *name);

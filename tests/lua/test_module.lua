@@ -32,7 +32,7 @@ end
 
 test("module exposes the record kinds and helpers", function()
   for _, kind in ipairs { "organization", "provider", "patient", "partnership",
-                          "consent", "care_team", "task" } do
+                          "consent", "care_team", "task", "immunization" } do
     eq(type(cm[kind].create), "function", kind .. ".create")
     eq(cm[kind].kind, kind)
   end
@@ -46,7 +46,7 @@ test("the module cannot be rewired by a script", function()
   raises(function() cm.patient.create = print end, "read-only")
   local n = 0
   for _ in pairs(cm) do n = n + 1 end
-  assert(n >= 11, "pairs walks the module")
+  assert(n >= 12, "pairs walks the module")
   -- pairs must not hand out the table behind a read-only view
   for _, v in pairs(cm.patient) do assert(type(v) ~= "table" or v == cm.patient) end
   local _, state = pairs(cm.patient)
@@ -218,6 +218,20 @@ test("consent, care team and task", function()
   eq(cm.task.update("task-1", { status = "completed" }).status, "completed")
   raises(function() cm.task.update("task-1", { status = "done" }) end, "task.status", "done")
   eq(#cm.task.find { status = "completed" }, 1)
+end)
+
+test("immunizations are records of given doses", function()
+  local imm = cm.immunization.create {
+    id = "imm-1", patient = "pat-2", performer = "pharm-c",
+    vaccineCode = { system = "http://hl7.org/fhir/sid/cvx", code = "208", display = "COVID-19, mRNA" },
+    occurrenceDateTime = "2026-10-02T10:30:00Z", doseNumber = 1, seriesDoses = 2, lotNumber = "EW0182",
+  }
+  eq(imm.status, "completed")
+  eq(#cm.immunization.find { vaccine = "208", patient = "pat-2" }, 1)
+  raises(function()
+    cm.immunization.create { id = "imm-2", patient = "pat-2", performer = "pharm-c",
+                             vaccineCode = { code = "208" } }
+  end, "immunization.occurrenceDateTime")
 end)
 
 print(string.format("%d passed, %d failed", passed, failed))
