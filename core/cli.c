@@ -16,6 +16,7 @@
 #include "store.h"
 
 #include <getopt.h>
+#include <lauxlib.h>
 #include <lua.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 #include <zmq.h>
@@ -152,6 +154,26 @@ static int load_config(const data_opts *o, cm_config *cfg, cm_err *err)
     return rc;
 }
 
+/* The key file must be there, private, and the one this database was made with. */
+static int check_node_key(cli_node *n, const char *data, cm_err *err)
+{
+    char path[CM_PATH_MAX], *stored = NULL;
+    cm_keypair kp;
+    int rc;
+    if ((rc = cm_fs_join(path, sizeof(path), data, CM_KEY_FILE, err)) != 0 ||
+        (rc = cm_keys_load(&kp, path, err)) != 0)
+        return rc;
+    cm_keys_wipe(&kp);
+    if ((stored = cm_store_meta_get(n->store, "public_key", err)) &&
+        strcmp(stored, kp.public_key) != 0)
+        rc = cm_err_set(err, CM_EINVAL,
+                        "%s: this key pair is not the one node \"%s\" was initialised with "
+                        "(public key %s expected)",
+                        path, n->node_id, stored);
+    free(stored);
+    return rc;
+}
+
 static int node_open(const data_opts *o, cli_node *n, cm_err *err)
 {
     cm_store_opts sopts;
@@ -180,6 +202,8 @@ static int node_open(const data_opts *o, cli_node *n, cm_err *err)
         goto done;
     }
     snprintf(n->node_id, sizeof(n->node_id), "%s", stored_id);
+    if ((rc = check_node_key(n, o->data, err)) != 0)
+        goto done;
     n->clock = cm_clock_new_system();
     n->model = n->clock ? cm_model_new(n->store, n->clock) : NULL;
     if (!n->model)
@@ -281,6 +305,14 @@ static int cmd_init(int argc, char **argv)
         return fail("init", &err);
     if (cm_fs_mkdir_private(o.data, &created, &err) != 0)
         return fail("init", &err);
+    struct stat sb;
+    if (!created && stat(o.data, &sb) == 0 && (sb.st_mode & 077)) {
+        cm_err_set(&err, CM_EPERM,
+                   "%s: mode %04o lets other users in; use a new directory or chmod 700 it "
+                   "(nothing changed)",
+                   o.data, (unsigned)(sb.st_mode & 0777));
+        return fail("init", &err);
+    }
     const char *existing = cm_fs_exists(p.db)     ? p.db
                            : cm_fs_exists(p.key)  ? p.key
                            : cm_fs_exists(p.conf) ? p.conf
@@ -324,6 +356,8 @@ static int cmd_node(int argc, char **argv)
     int rc = parse_data_opts("node info", argc - 1, argv + 1, false, &o);
     if (rc != 0 || o.help)
         return rc ? rc : print_help(find_cmd("node"));
+    if (optind < argc - 1)
+        return usage_error("node info", "unexpected argument '%s'", argv[1 + optind]);
     if (node_open(&o, &n, &err) != 0)
         return fail("node info", &err);
     rc = cm_fs_join(key_path, sizeof(key_path), o.data, CM_KEY_FILE, &err);
@@ -341,11 +375,29 @@ static int cmd_node(int argc, char **argv)
 /* ---- lua -------------------------------------------------------------- */
 
 /* Run the script at argv[0] with argv[1..] as its `...`, in one transaction. */
+typedef struct script_args {
+    int argc;
+    char **argv;
+} script_args;
+
+/* Call the chunk (argument 2) with the script's arguments, inside the
+** protected call: many or large arguments are a clean error, never a crash. */
+static int call_with_args(lua_State *L)
+{
+    const script_args *a = lua_touserdata(L, 1);
+    luaL_checkstack(L, a->argc, "too many script arguments");
+    for (int i = 0; i < a->argc; i++)
+        lua_pushstring(L, a->argv[i]);
+    lua_call(L, a->argc, 0);
+    return 0;
+}
+
 static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
 {
     cm_sandbox_limits limits = {n->cfg.lua_instructions, n->cfg.lua_memory_bytes};
     cm_lua_host host = {n->store, n->model, n->clock, n->node_id};
     cm_sandbox *sb = cm_sandbox_new(&limits, err);
+    script_args args = {argc - 1, argv + 1};
     char *text = NULL;
     size_t len = 0;
     char chunkname[CM_PATH_MAX + 1];
@@ -358,14 +410,20 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
     if ((rc = cm_fs_read(argv[0], (size_t)16 << 20, &text, &len, err)) != 0)
         goto done;
+    if (len >= 2 && text[0] == '#' && text[1] == '!')
+        text[0] = text[1] = '-'; /* a #! line becomes a comment; line numbers stay */
     snprintf(chunkname, sizeof(chunkname), "@%s", argv[0]);
     if ((rc = cm_sandbox_load(sb, chunkname, text, len, err)) != 0)
         goto done;
-    for (int i = 1; i < argc; i++)
-        lua_pushstring(L, argv[i]);
+    /* stack: chunk */
+    lua_pushcfunction(L, call_with_args);
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, &args);
+    lua_insert(L, -2);
+    /* stack: call_with_args, args, chunk */
     if ((rc = cm_store_begin(n->store, err)) != 0)
         goto done;
-    rc = cm_sandbox_pcall(sb, argc - 1, 0, err);
+    rc = cm_sandbox_pcall(sb, 2, 0, err);
     if (rc == 0)
         rc = cm_store_commit(n->store, err);
     else

@@ -69,7 +69,8 @@ int cm_fs_read(const char *path, size_t max, char **out, size_t *len, cm_err *er
     int rc = 0;
     char *buf = NULL;
     struct stat sb;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; we refuse it below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     *out = NULL;
     if (fd < 0)
         return cm_err_set(err, errno == ENOENT ? CM_ENOTFOUND : errno_code(errno), "%s: %s", path,

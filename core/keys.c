@@ -12,6 +12,14 @@
 #include <sys/stat.h>
 #include <zmq.h>
 
+/* Zero n bytes at p in a way the compiler cannot optimise away. */
+static void wipe(void *p, size_t n)
+{
+    volatile unsigned char *v = p;
+    while (n--)
+        *v++ = 0;
+}
+
 int cm_keys_generate(cm_keypair *kp, cm_err *err)
 {
     if (zmq_curve_keypair(kp->public_key, kp->secret_key) != 0)
@@ -28,7 +36,7 @@ int cm_keys_save(const cm_keypair *kp, const char *path, cm_err *err)
                      "file.\npublic-key = %s\nsecret-key = %s\n",
                      kp->public_key, kp->secret_key);
     int rc = cm_fs_write_private(path, buf, (size_t)n, err);
-    memset(buf, 0, sizeof(buf));
+    wipe(buf, sizeof(buf));
     return rc;
 }
 
@@ -83,10 +91,10 @@ int cm_keys_load(cm_keypair *kp, const char *path, cm_err *err)
     }
 done:
     if (text) {
-        memset(text, 0, strlen(text));
+        wipe(text, strlen(text));
         free(text);
     }
-    memset(raw, 0, sizeof(raw));
+    wipe(raw, sizeof(raw));
     if (rc != 0)
         cm_keys_wipe(kp);
     return rc;
@@ -94,7 +102,5 @@ done:
 
 void cm_keys_wipe(cm_keypair *kp)
 {
-    volatile char *p = (volatile char *)kp->secret_key;
-    for (size_t i = 0; i < sizeof(kp->secret_key); i++)
-        p[i] = 0;
+    wipe(kp->secret_key, sizeof(kp->secret_key));
 }

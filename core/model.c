@@ -1417,6 +1417,11 @@ typedef struct wtx {
 static int tx_begin(cm_model *m, wtx *tx, cm_err *err)
 {
     int rc;
+    tx->active = false;
+    if (cm_store_tx_lost(m->store))
+        return cm_err_set(err, CM_EDB,
+                          "the enclosing transaction was rolled back by an earlier "
+                          "error; nothing more can be written in it");
     tx->own = !cm_store_in_tx(m->store);
     if (tx->own)
         rc = cm_store_begin(m->store, err);
@@ -1428,10 +1433,15 @@ static int tx_begin(cm_model *m, wtx *tx, cm_err *err)
 
 static int tx_commit(cm_model *m, wtx *tx, cm_err *err)
 {
-    tx->active = false;
-    if (tx->own)
+    int rc;
+    if (tx->own) {
+        tx->active = false; /* cm_store_commit rolls back itself on failure */
         return cm_store_commit(m->store, err);
-    return kept_exec(m, cm_store_prepare(m->store, "RELEASE cm_model", err), "release", err);
+    }
+    rc = kept_exec(m, cm_store_prepare(m->store, "RELEASE cm_model", err), "release", err);
+    if (rc == 0)
+        tx->active = false; /* else tx_abort undoes the savepoint */
+    return rc;
 }
 
 static void tx_abort(cm_model *m, wtx *tx)

@@ -24,6 +24,7 @@ struct cm_store {
     sqlite3 *db;
     char *path;
     int schema_version;
+    bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
     cm_stmt_slot stmts[CM_STMT_SLOTS];
 };
 
@@ -196,7 +197,10 @@ int cm_store_error(cm_store *store, cm_err *err, const char *what)
         code = CM_ENOTCM;
     else if ((rc & 0xff) == SQLITE_READONLY || (rc & 0xff) == SQLITE_PERM ||
              (rc & 0xff) == SQLITE_CANTOPEN)
-        code = CM_EPERM;
+        return cm_err_set(err, CM_EPERM,
+                          "%s: %s: %s (the data directory must be writable: SQLite keeps its "
+                          "-wal and -shm files beside the database)",
+                          store->path, what, sqlite3_errmsg(store->db));
     else if ((rc & 0xff) == SQLITE_CONSTRAINT)
         code = rc == SQLITE_CONSTRAINT_FOREIGNKEY                                     ? CM_EREF
                : rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE ? CM_EEXISTS
@@ -255,16 +259,34 @@ bool cm_store_in_tx(cm_store *store)
     return !sqlite3_get_autocommit(store->db);
 }
 
+bool cm_store_tx_lost(cm_store *store)
+{
+    return store->tx_held && sqlite3_get_autocommit(store->db);
+}
+
 int cm_store_begin(cm_store *store, cm_err *err)
 {
-    return cm_store_exec(store, "BEGIN IMMEDIATE", err);
+    int rc = cm_store_exec(store, "BEGIN IMMEDIATE", err);
+    if (rc == CM_EDB && sqlite3_errcode(store->db) == SQLITE_BUSY)
+        rc = cm_err_set(err, CM_EDB, "%s: another caremesh process holds the write lock",
+                        store->path);
+    store->tx_held = rc == 0;
+    return rc;
 }
 
 int cm_store_commit(cm_store *store, cm_err *err)
 {
-    int rc = cm_store_exec(store, "COMMIT", err);
+    int rc;
+    if (cm_store_tx_lost(store))
+        rc = cm_err_set(err, CM_EDB,
+                        "%s: the transaction was rolled back by an earlier error; "
+                        "nothing of it is kept",
+                        store->path);
+    else
+        rc = cm_store_exec(store, "COMMIT", err);
     if (rc != 0 && cm_store_in_tx(store))
         cm_store_rollback(store);
+    store->tx_held = false;
     return rc;
 }
 
@@ -272,6 +294,7 @@ void cm_store_rollback(cm_store *store)
 {
     if (cm_store_in_tx(store))
         sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+    store->tx_held = false;
 }
 
 int cm_store_meta_set(cm_store *store, const char *key, const char *value, cm_err *err)
@@ -351,16 +374,23 @@ static int query_int(cm_store *store, const char *sql, int *out, cm_err *err)
     return rc;
 }
 
-/* Recognize our own database; adopt an empty one; refuse anything else. */
-static int check_identity(cm_store *store, cm_err *err)
+/* Recognize our own database; adopt an empty one when creating; refuse anything else. */
+static int check_identity(cm_store *store, bool create, cm_err *err)
 {
     int app_id = 0, ntables = 0, rc;
     if ((rc = query_int(store, "PRAGMA application_id", &app_id, err)) != 0)
-        return cm_err_prefix(err, "not a caremesh database (corrupt or foreign file)");
+        return rc == CM_ENOTCM ? cm_err_prefix(err, "not a caremesh database (corrupt or foreign "
+                                                    "file)")
+                               : rc;
     if ((rc = query_int(store, "SELECT count(*) FROM sqlite_schema", &ntables, err)) != 0)
         return rc;
     if ((uint32_t)app_id == CM_APPLICATION_ID)
         return 0;
+    if (app_id == 0 && ntables == 0 && !create)
+        return cm_err_set(err, CM_ENOTCM,
+                          "%s: an empty database, not a caremesh one (an interrupted init? "
+                          "remove the data directory and run 'caremesh init' again)",
+                          store->path);
     if (app_id != 0 || ntables != 0)
         return cm_err_set(err, CM_ENOTCM,
                           "%s: not a caremesh database (a SQLite database of another "
@@ -469,7 +499,7 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
         goto done;
     }
     sqlite3_extended_result_codes(store->db, 1);
-    if ((rc = check_identity(store, err)) != 0)
+    if ((rc = check_identity(store, opts->create, err)) != 0)
         goto done;
     if ((rc = set_pragmas(store, opts, err)) != 0)
         goto done;

@@ -57,11 +57,16 @@ int cm_store_schema_version(cm_store *store);
 ** reset with its bindings cleared. Borrowed: do not finalize. NULL on error. */
 sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err);
 
-/* Transactions: BEGIN IMMEDIATE / COMMIT / ROLLBACK. */
+/* Transactions: BEGIN IMMEDIATE / COMMIT / ROLLBACK. begin fails with CM_EDB
+** when another process holds the write lock past the busy timeout; commit
+** fails (and rolls back) when SQLite already rolled the transaction back. */
 int cm_store_begin(cm_store *store, cm_err *err);
 int cm_store_commit(cm_store *store, cm_err *err);
 void cm_store_rollback(cm_store *store);
 bool cm_store_in_tx(cm_store *store);
+/* True when cm_store_begin's transaction was rolled back under the holder
+** (an I/O error, a full disk): writes must stop, commit will fail. */
+bool cm_store_tx_lost(cm_store *store);
 
 /* Run SQL with no result rows (DDL, PRAGMA, one-off writes). */
 int cm_store_exec(cm_store *store, const char *sql, cm_err *err);

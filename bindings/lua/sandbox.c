@@ -57,6 +57,8 @@
 */
 #include "sandbox.h"
 
+#include "fs.h"
+
 #include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
@@ -1208,50 +1210,16 @@ int cm_sandbox_pcall(cm_sandbox *sb, int nargs, int nresults, cm_err *err)
     return rc;
 }
 
-/* Read the whole file at path into a malloc'd buffer of at most max bytes. */
+/* Read the whole file at path (a regular file: never a FIFO or a device that
+** would block) into a malloc'd buffer of at most max bytes. */
 static int read_file(const char *path, size_t max, char **buf_p, size_t *len_p, cm_err *err)
 {
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL, *grown;
-    size_t len = 0, size = 0, n;
-    size_t limit = max < SIZE_MAX ? max + 1 : max; /* reading max + 1 bytes tells */
-    int rc = 0;
-
-    if (!f)
-        return cm_err_set(err, CM_EIO, "%s: %s", path, strerror(errno));
-    for (;;) {
-        if (len == size) {
-            size = size == 0 ? 8192 : size <= limit / 2 ? size * 2 : limit;
-            grown = realloc(buf, size);
-            if (!grown) {
-                rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory reading the file", path);
-                goto done;
-            }
-            buf = grown;
-        }
-        n = fread(buf + len, 1, size - len, f);
-        len += n;
-        if (len > max) {
-            rc = cm_err_set(err, CM_EMEMCAP,
-                            "%s: the file is larger than the sandbox's memory cap of %zu bytes",
-                            path, max);
-            goto done;
-        }
-        if (n == 0)
-            break;
-    }
-    if (ferror(f))
-        rc = cm_err_set(err, CM_EIO, "%s: %s", path, strerror(errno));
-
-done:
-    fclose(f);
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    *buf_p = buf;
-    *len_p = len;
-    return 0;
+    int rc = cm_fs_read(path, max, buf_p, len_p, err);
+    if (rc == CM_EINVAL) /* too large */
+        return cm_err_set(err, CM_EMEMCAP,
+                          "%s: the file is larger than the sandbox's memory cap of %zu bytes", path,
+                          max);
+    return rc == 0 ? 0 : cm_err_recode(err, CM_EIO);
 }
 
 int cm_sandbox_dofile(cm_sandbox *sb, const char *path, int nresults, cm_err *err)

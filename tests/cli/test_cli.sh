@@ -104,6 +104,33 @@ printf 'local io = io\nio.open("/etc/passwd")\n' >"$tmp/io.lua"
 expect 1 "io is absent" -- "$bin" lua --data "$d" "$tmp/io.lua"; has "io is absent" "io.lua:2:"
 expect 1 "missing script" -- "$bin" lua --data "$d" "$tmp/none.lua"; has "missing script" "$tmp/none.lua"
 
+printf 'local n = select("#", ...)\nprint("args=" .. n)\n' >"$tmp/args.lua"
+expect 0 "many script arguments" -- "$bin" lua --data "$d" "$tmp/args.lua" $(seq 1 300)
+has "many script arguments" "args=300"
+printf '#!/usr/bin/env caremesh\nprint("shebang ok")\n' >"$tmp/shebang.lua"
+expect 0 "#! line" -- "$bin" lua --data "$d" "$tmp/shebang.lua"; has "#! line" "shebang ok"
+mkfifo "$tmp/fifo.lua"
+expect 1 "script is a FIFO" -- timeout 10 "$bin" lua --data "$d" "$tmp/fifo.lua"
+has "script is a FIFO" "not a regular file"
+expect 1 "config is a FIFO" -- timeout 10 "$bin" lua --data "$d" --config "$tmp/fifo.lua" "$tmp/count.lua"
+has "config is a FIFO" "not a regular file"
+expect 2 "node info extra operand" -- "$bin" node info --data "$d" extra
+has "node info extra operand" "unexpected argument 'extra'"
+
+# ---- node identity ----
+mkdir -m 755 "$tmp/open"
+expect 1 "init into a shared directory" -- "$bin" init --data "$tmp/open" --node-id a
+has "init into a shared directory" "mode 0755 lets other users in"
+[ -z "$(ls -A "$tmp/open")" ] && ok || bad "a refused init wrote into $tmp/open"
+"$bin" init --data "$tmp/other" --node-id other >/dev/null
+cp "$d/node.key" "$tmp/clinic.key"
+cp "$tmp/other/node.key" "$d/node.key"
+expect 1 "foreign key pair" -- "$bin" lua --data "$d" "$tmp/count.lua"
+has "foreign key pair" "not the one node \"clinic-a\" was initialised with"
+rm "$d/node.key"
+expect 1 "missing key pair" -- "$bin" lua --data "$d" "$tmp/count.lua"; has "missing key pair" "no key file"
+cp "$tmp/clinic.key" "$d/node.key"; chmod 600 "$d/node.key"
+
 # ---- bad configuration ----
 cp "$d/caremesh.conf" "$tmp/good.conf"
 printf 'return { node_id = "clinic-a", stroe = {} }\n' >"$d/caremesh.conf"
@@ -136,6 +163,9 @@ bad_db "foreign database" "another application"
 same "foreign database untouched" "$(sqlite3 "$b/caremesh.db" 'SELECT count(*) FROM sqlite_schema')" 1
 rm -f "$b/caremesh.db"
 bad_db "missing database" "caremesh init"
+: >"$b/caremesh.db"
+bad_db "empty database" "an empty database"
+same "empty database untouched" "$(stat -c %s "$b/caremesh.db")" 0
 rm -rf "$b"; "$bin" init --data "$b" --node-id broken >/dev/null
 sqlite3 "$b/caremesh.db" "INSERT INTO schema_version(version, description) VALUES (42, 'future');"
 bad_db "newer database" "schema version 42 is newer"

@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -850,7 +852,17 @@ static void test_dofile_of_a_missing_file_names_it(void **state)
     assert_int_equal(cm_sandbox_dofile(sb, "/nonexistent/admin.lua", 0, &err), CM_EIO);
     assert_string_equal(err.msg, "/nonexistent/admin.lua: No such file or directory");
     assert_int_equal(cm_sandbox_dofile(sb, "/", 0, &err), CM_EIO);
-    assert_string_equal(err.msg, "/: Is a directory");
+    assert_string_equal(err.msg, "/: not a regular file");
+    /* a FIFO would block a reader forever: refused without waiting */
+    char fifo[] = "/tmp/caremesh-fifo-XXXXXX";
+    int fd = mkstemp(fifo);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(cm_sandbox_dofile(sb, fifo, 0, &err), CM_EIO);
+    assert_non_null(strstr(err.msg, "not a regular file"));
+    unlink(fifo);
     expect_healthy(sb);
 }
 
