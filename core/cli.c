@@ -13,6 +13,7 @@
 #include "log.h"
 #include "model.h"
 #include "sandbox.h"
+#include "serve.h"
 #include "store.h"
 
 #include <getopt.h>
@@ -478,42 +479,6 @@ static int cmd_workflow(int argc, char **argv)
 
 /* ---- serve ------------------------------------------------------------ */
 
-typedef struct serve_ctx {
-    uv_signal_t sigint, sigterm;
-    int signum;
-} serve_ctx;
-
-static void on_stop_signal(uv_signal_t *h, int signum)
-{
-    serve_ctx *sc = h->data;
-    sc->signum = signum;
-    uv_close((uv_handle_t *)&sc->sigint, NULL);
-    uv_close((uv_handle_t *)&sc->sigterm, NULL);
-}
-
-static int serve_loop(cli_node *n, const char *data, cm_err *err)
-{
-    uv_loop_t loop;
-    serve_ctx sc = {.signum = 0};
-    int rc = uv_loop_init(&loop);
-    if (rc != 0)
-        return cm_err_set(err, CM_EIO, "event loop: %s", uv_strerror(rc));
-    uv_signal_init(&loop, &sc.sigint);
-    uv_signal_init(&loop, &sc.sigterm);
-    sc.sigint.data = sc.sigterm.data = &sc;
-    uv_signal_start(&sc.sigint, on_stop_signal, SIGINT);
-    uv_signal_start(&sc.sigterm, on_stop_signal, SIGTERM);
-    cm_log(CM_LOG_INFO, "serve.ready", "node %s serving from %s (schema %d, pid %ld)", n->node_id,
-           data, cm_store_schema_version(n->store), (long)getpid());
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cm_log(CM_LOG_INFO, "serve.stop", "node %s stopping on %s", n->node_id,
-           sc.signum == SIGINT ? "SIGINT" : "SIGTERM");
-    rc = uv_loop_close(&loop);
-    if (rc != 0)
-        return cm_err_set(err, CM_EIO, "event loop did not close: %s", uv_strerror(rc));
-    return 0;
-}
-
 static int cmd_serve(int argc, char **argv)
 {
     data_opts o;
@@ -528,7 +493,13 @@ static int cmd_serve(int argc, char **argv)
         cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
         return CM_EXIT_FAIL;
     }
-    rc = serve_loop(&n, o.data, &err);
+    char workflows[CM_PATH_MAX];
+    if (n.cfg.workflows[0])
+        snprintf(workflows, sizeof(workflows), "%s", n.cfg.workflows);
+    else
+        snprintf(workflows, sizeof(workflows), "%s/workflows", o.data);
+    cm_serve_opts so = {o.data, workflows, &n.cfg, n.store, n.model, n.clock, n.node_id};
+    rc = cm_serve_run(&so, &err);
     node_close(&n);
     if (rc != 0) {
         cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
@@ -552,8 +523,10 @@ static const cli_cmd commands[] = {
      "  --node-id ID    this node's id: letters, digits, . _ : - (at most 128)",
      "init --data DIR --node-id ID", cmd_init},
     {"serve",
-     "Run the node in the foreground: JSON-lines log on stderr; SIGINT or SIGTERM stop it\n"
-     "cleanly (exit 0).\n\n"
+     "Run the node in the foreground: the workflow engine with its durable timers, the\n"
+     "workflow files of the workflows directory (config 'workflows', default DIR/workflows;\n"
+     "SIGHUP reloads them), JSON-lines log on stderr; SIGINT or SIGTERM stop it cleanly\n"
+     "(exit 0). One serving process per data directory.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "serve --data DIR [--config FILE]", cmd_serve},

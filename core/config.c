@@ -93,7 +93,7 @@ static int get_choice(cfg_ctx *cx, const cJSON *obj, const char *section, const 
 
 int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err)
 {
-    static const char *const top[] = {"node_id", "store", "lua", "log", NULL};
+    static const char *const top[] = {"node_id", "store", "lua", "log", "workflows", NULL};
     static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
     static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
     static const char *const log_keys[] = {"level", NULL};
@@ -114,6 +114,13 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
         if (cm_config_check_id(what, node->valuestring, err) != 0)
             return cm_err_recode(err, CM_ECONFIG);
         snprintf(next.node_id, sizeof(next.node_id), "%s", node->valuestring);
+    }
+    const cJSON *wf = cJSON_GetObjectItemCaseSensitive(root, "workflows");
+    if (wf) {
+        if (!cJSON_IsString(wf) || !wf->valuestring[0] ||
+            strlen(wf->valuestring) >= sizeof(next.workflows))
+            return cm_err_set(err, CM_ECONFIG, "%s: workflows: must be a directory path", source);
+        snprintf(next.workflows, sizeof(next.workflows), "%s", wf->valuestring);
     }
     if ((sec = cJSON_GetObjectItemCaseSensitive(root, "store"))) {
         if ((rc = only_keys(&cx, sec, "store", store_keys)) != 0)
@@ -174,6 +181,7 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
                      "    memory_mb = %zu,\n"
                      "  },\n"
                      "  log = { level = \"%s\" }, -- debug | info | warn | error\n"
+                     "  -- workflows = \"/path/to/workflows\", -- default: DATA/workflows\n"
                      "}\n",
                      cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
                      (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,

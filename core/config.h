@@ -24,6 +24,7 @@ typedef struct cm_config {
     uint64_t lua_instructions; /* lua.instructions per handler call, default 10,000,000 */
     size_t lua_memory_bytes;   /* lua.memory_mb, default 64 MiB */
     cm_log_level log_level;    /* log.level, default info */
+    char workflows[1024];      /* workflows: directory of workflow files; "" = DATA/workflows */
 } cm_config;
 
 void cm_config_defaults(cm_config *cfg);

@@ -184,6 +184,28 @@ serve_and_signal() { # SIGNAL
 }
 serve_and_signal TERM
 serve_and_signal INT
+
+# serve loads the workflows directory, refuses a broken file, reloads on SIGHUP
+mkdir -p "$d/workflows"
+cat >"$d/workflows/intake.lua" <<'LUA'
+local cm = require "caremesh"
+return cm.workflow { name = "intake", version = 1, start = "open",
+  states = { open = { on = { done = "closed" } }, closed = { final = true } } }
+LUA
+printf 'local cm = require "caremesh"\nreturn cm.workflow { name = "broken", version = 1,\n  start = "a", states = { a = { on = { x = "nowhere" } } } }\n' >"$d/workflows/broken.lua"
+log=$tmp/serve-wf.log
+"$bin" serve --data "$d" 2>"$log" &
+pid=$!
+if wait_for "$log" '"event":"serve.ready"'; then ok; else bad "serve with workflows did not get ready: $(cat "$log")"; fi
+if grep -qF 'intake version 1 is revision 1' "$log"; then ok; else bad "intake.lua not loaded: $(cat "$log")"; fi
+if grep -F '"event":"workflow.refused"' "$log" | grep -qF 'broken.lua:2: workflow: states.a.on[\"x\"]: transition to unknown state'; then ok; else bad "broken.lua not refused by line: $(cat "$log")"; fi
+expect 1 "second serve on one node" -- "$bin" serve --data "$d"
+has "second serve on one node" "another caremesh serve is running"
+sed -i 's/version = 1/version = 2/' "$d/workflows/intake.lua"
+kill -HUP "$pid"
+if wait_for "$log" 'intake version 2 is revision 2'; then ok; else bad "SIGHUP did not reload: $(cat "$log")"; fi
+kill -TERM "$pid"; wait "$pid"; same "serve with workflows exit" "$?" 0
+rm -rf "$d/workflows"
 "$bin" serve --data "$tmp/nowhere" 2>"$tmp/serve-fail.log"; rc=$?
 same "serve without a node" "$rc" 1
 if jq -e 'select(.level == "error") | .msg | test("caremesh init")' "$tmp/serve-fail.log" >/dev/null; then ok; else bad "serve failure not logged as JSON error: $(cat "$tmp/serve-fail.log")"; fi

@@ -679,6 +679,51 @@ static void test_group_commit_batches_events(void **state)
         assert_int_equal(f->a.status[i], 0);
 }
 
+static const char *TICKER = "local cm = require 'caremesh'\n"
+                            "return cm.workflow {\n"
+                            "  name = 'ticker', version = 1, start = 'waiting',\n"
+                            "  states = {\n"
+                            "    waiting = { enter = function(wf) wf:after('1s', 'tick') end,\n"
+                            "                on = { tick = 'ticked', poke = 'waiting' } },\n"
+                            "    ticked = { final = true },\n"
+                            "  },\n"
+                            "}\n";
+
+static void stop_loop(void *ud, const cm_ack *ack)
+{
+    uv_stop(ud);
+}
+
+static void test_attached_engine_runs_on_the_loop(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_err err;
+    load_ok(f, "ticker.lua", TICKER);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), CM_EINVAL);
+    /* a submission runs in the loop's next turn and is acknowledged there */
+    assert_int_equal(cm_engine_start(f->engine, "ticker", NULL, "tick-1", stop_loop, &loop, &err),
+                     0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    expect_state(f, "tick-1", "waiting", "running");
+    /* the timer is armed on the loop; once its time has come it fires there */
+    cm_clock_advance(f->clock, 2000);
+    for (int i = 0; i < 50; i++) {
+        cJSON *inst = get(f, "tick-1");
+        bool done = strcmp(field(inst, "status"), "done") == 0;
+        cJSON_Delete(inst);
+        if (done)
+            break;
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    expect_state(f, "tick-1", "ticked", "done");
+    cm_engine_detach(f->engine);
+    uv_run(&loop, UV_RUN_DEFAULT); /* let the engine's handles close */
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -699,6 +744,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_recovers_timers_and_kept_events, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,200 @@
+/*
+** serve.c -- the serving loop: lock, engine on the loop, workflow files,
+** signals. See serve.h.
+*/
+#include "serve.h"
+
+#include "engine.h"
+#include "fs.h"
+#include "lhost.h"
+#include "log.h"
+#include "lworkflow.h"
+#include "sandbox.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define SERVE_LOCK_FILE "caremesh.lock"
+#define SERVE_MAX_FILES 256
+
+typedef struct serve {
+    const cm_serve_opts *o;
+    cm_engine *engine;
+    uv_signal_t sigint, sigterm, sighup;
+    int signum;
+} serve;
+
+/* Hold DATA/caremesh.lock for as long as fd stays open. */
+static int take_lock(const char *data, int *fd_out, cm_err *err)
+{
+    char path[4096];
+    int rc = cm_fs_join(path, sizeof(path), data, SERVE_LOCK_FILE, err);
+    if (rc != 0)
+        return rc;
+    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return cm_err_set(err, CM_EPERM, "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        return cm_err_set(err, CM_EPERM, "%s: another caremesh serve is running on %s", path, data);
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Load every *.lua in the workflows directory, in name order. A refused file
+** is logged and the revision before it keeps serving. Returns files refused. */
+static int load_workflows(serve *sv)
+{
+    const char *dir = sv->o->workflows;
+    char *names[SERVE_MAX_FILES];
+    int n = 0, refused = 0;
+    DIR *d = dir ? opendir(dir) : NULL;
+    struct dirent *e;
+    if (!d) {
+        cm_log(CM_LOG_INFO, "workflow.none", "no workflow directory at %s", dir ? dir : "-");
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL && n < SERVE_MAX_FILES) {
+        size_t len = strlen(e->d_name);
+        if (len > 4 && strcmp(e->d_name + len - 4, ".lua") == 0 && (names[n] = strdup(e->d_name)))
+            n++;
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof(names[0]), by_name);
+    for (int i = 0; i < n; i++) {
+        char path[4096];
+        cm_wf_info info;
+        cm_err err;
+        int rev = 0;
+        if (cm_fs_join(path, sizeof(path), dir, names[i], &err) == 0 &&
+            cm_engine_load_file(sv->engine, path, &info, &rev, &err) == 0) {
+            cm_log(CM_LOG_INFO, "workflow.loaded", "%s version %d is revision %d (%s)", info.name,
+                   info.version, rev, path);
+        } else {
+            cm_log(CM_LOG_ERROR, "workflow.refused", "%s", err.msg);
+            refused++;
+        }
+        free(names[i]);
+    }
+    return refused;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    serve *sv = h->data;
+    if (signum == SIGHUP) {
+        cm_log(CM_LOG_INFO, "serve.reload", "reloading workflows from %s",
+               sv->o->workflows ? sv->o->workflows : "-");
+        load_workflows(sv);
+        return;
+    }
+    sv->signum = signum;
+    uv_close((uv_handle_t *)&sv->sigint, NULL);
+    uv_close((uv_handle_t *)&sv->sigterm, NULL);
+    uv_close((uv_handle_t *)&sv->sighup, NULL);
+    cm_engine_detach(sv->engine); /* the batch in flight has committed: we are between batches */
+}
+
+static int start_signals(serve *sv, uv_loop_t *loop, cm_err *err)
+{
+    uv_signal_t *hs[] = {&sv->sigint, &sv->sigterm, &sv->sighup};
+    int nums[] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        int rc = uv_signal_init(loop, hs[i]);
+        if (rc == 0) {
+            hs[i]->data = sv;
+            rc = uv_signal_start(hs[i], on_signal, nums[i]);
+        }
+        if (rc != 0)
+            return cm_err_set(err, CM_EIO, "signal %d: %s", nums[i], uv_strerror(rc));
+    }
+    return 0;
+}
+
+static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
+{
+    uv_loop_t loop;
+    int rc = uv_loop_init(&loop);
+    if (rc != 0)
+        return cm_err_set(err, CM_EIO, "event loop: %s", uv_strerror(rc));
+    if ((rc = start_signals(sv, &loop, err)) == 0 &&
+        (rc = cm_engine_attach(sv->engine, &loop, err)) == 0) {
+        int refused = load_workflows(sv);
+        cm_log(CM_LOG_INFO, "serve.ready",
+               "node %s serving from %s (schema %d, pid %ld, %d workflow file(s) refused)",
+               sv->o->node_id, sv->o->data, cm_store_schema_version(sv->o->store), (long)getpid(),
+               refused);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        cm_log(CM_LOG_INFO, "serve.stop", "node %s stopped on %s", sv->o->node_id,
+               sv->signum == SIGINT ? "SIGINT" : "SIGTERM");
+    } else {
+        /* close what was opened, then let the loop finish the closes */
+        uv_signal_t *hs[] = {&sv->sigint, &sv->sigterm, &sv->sighup};
+        for (int i = 0; i < 3; i++)
+            if (uv_is_active((uv_handle_t *)hs[i]) || hs[i]->loop == &loop)
+                uv_close((uv_handle_t *)hs[i], NULL);
+        cm_engine_detach(sv->engine);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    (void)sb;
+    if (uv_loop_close(&loop) != 0 && rc == 0)
+        rc = cm_err_set(err, CM_EIO, "event loop did not close cleanly");
+    return rc;
+}
+
+int cm_serve_run(const cm_serve_opts *o, cm_err *err)
+{
+    cm_sandbox_limits limits = {o->cfg->lua_instructions, o->cfg->lua_memory_bytes};
+    cm_lua_host host = {o->store, o->model, o->clock, o->node_id};
+    cm_engine_opts eo;
+    cm_sandbox *sb = NULL;
+    cm_lua_runtime *rt = NULL;
+    serve sv;
+    int lock_fd = -1, rc;
+    memset(&sv, 0, sizeof(sv));
+    sv.o = o;
+    if ((rc = take_lock(o->data, &lock_fd, err)) != 0)
+        return rc;
+    if (!(sb = cm_sandbox_new(&limits, err))) {
+        rc = err->code;
+        goto done;
+    }
+    if ((rc = cm_lua_host_set(cm_sandbox_state(sb), &host, err)) != 0)
+        goto done;
+    cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
+    if (!(rt = cm_lua_runtime_new(sb, err))) {
+        rc = err->code;
+        goto done;
+    }
+    memset(&eo, 0, sizeof(eo));
+    eo.store = o->store;
+    eo.model = o->model;
+    eo.clock = o->clock;
+    eo.runtime = cm_lua_runtime_seam(rt);
+    if (!(sv.engine = cm_engine_new(&eo, err))) {
+        rc = err->code;
+        goto done;
+    }
+    rc = run_loop(&sv, sb, err);
+done:
+    cm_engine_destroy(&sv.engine);
+    cm_lua_runtime_destroy(&rt);
+    cm_sandbox_destroy(&sb);
+    if (lock_fd >= 0)
+        close(lock_fd);
+    return rc;
+}
