@@ -4,6 +4,7 @@
 */
 #include "cli.h"
 
+#include "bench.h"
 #include "config.h"
 #include "fs.h"
 #include "keys.h"
@@ -452,6 +453,44 @@ static int cmd_lua(int argc, char **argv)
     return rc ? fail("lua", &err) : CM_EXIT_OK;
 }
 
+/* ---- bench ------------------------------------------------------------ */
+
+static int cmd_bench(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"instances", required_argument, NULL, 'i'},
+        {"events", required_argument, NULL, 'e'},
+        {"batch", required_argument, NULL, 'b'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    cm_bench_opts o = {2000, 25, 256, NULL};
+    cm_err err;
+    int c;
+    if (argc < 2 || strcmp(argv[1], "engine") != 0)
+        return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+                   ? print_help(find_cmd("bench"))
+                   : usage_error("bench", "%s", "missing or unknown benchmark (known: engine)");
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
+        long v = optarg ? strtol(optarg, NULL, 10) : 0;
+        if (c == 'h')
+            return print_help(find_cmd("bench"));
+        if (c == '?' || v < 1 || v > 10000000)
+            return usage_error("bench engine", "bad option or value: '%s'", argv[optind]);
+        if (c == 'i')
+            o.instances = (int)v;
+        else if (c == 'e')
+            o.rounds = (int)v;
+        else
+            o.batch = (int)v;
+    }
+    if (cm_bench_engine(&o, &err) != 0)
+        return fail("bench engine", &err);
+    return CM_EXIT_OK;
+}
+
 /* ---- workflow --------------------------------------------------------- */
 
 static int workflow_test(int argc, char **argv)
@@ -547,6 +586,14 @@ static const cli_cmd commands[] = {
      "  test FILE...    run Lua workflow tests (caremesh.test); a closing line\n"
      "                  'N passed, N failed'; exit 1 if any failed",
      "workflow test FILE...", cmd_workflow},
+    {"bench",
+     "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
+     "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"
+     "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
+     "  --instances N   instances (default 2000)\n"
+     "  --events N      events per instance (default 25)\n"
+     "  --batch N       events per commit (default 256)",
+     "bench engine [--instances N] [--events N] [--batch N]", cmd_bench},
     {"help", "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
 };
 
