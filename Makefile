@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test test-plain test-asan demo format format-check clean
+.PHONY: all deps build test test-plain test-asan demo bench format format-check clean
 
 all: build
 
@@ -28,6 +28,10 @@ test-asan: deps
 
 demo: build
 	@bash workflows/demo/demo.sh $(BUILD)/caremesh
+
+# Not part of the tests: figures for docs/PERFORMANCE.md (re-run it there).
+bench: build
+	@$(BUILD)/caremesh bench engine --instances 2000 --events 25 --batch 256
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

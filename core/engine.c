@@ -85,9 +85,14 @@ static char *dup_str(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+/* Copy src into dst (capacity n), cut to fit, always terminated. */
 static void copy_str(char *dst, size_t n, const char *src)
 {
-    snprintf(dst, n, "%s", src ? src : "");
+    size_t len = src ? strlen(src) : 0;
+    if (len >= n)
+        len = n - 1;
+    memcpy(dst, src ? src : "", len);
+    dst[len] = '\0';
 }
 
 static void now_text(cm_engine *e, char *buf)
@@ -688,14 +693,17 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
 
 static int sp_begin(cm_engine *e, cm_err *err)
 {
-    return cm_store_exec(e->o.store, "SAVEPOINT step", err);
+    PREPARE(e, "SAVEPOINT step", err);
+    return exec_kept(e, st, "savepoint", err);
 }
 
 static void sp_end(cm_engine *e, bool keep)
 {
-    if (!keep)
-        sqlite3_exec(cm_store_db(e->o.store), "ROLLBACK TO step", NULL, NULL, NULL);
-    sqlite3_exec(cm_store_db(e->o.store), "RELEASE step", NULL, NULL, NULL);
+    sqlite3_stmt *st;
+    if (!keep && (st = cm_store_prepare(e->o.store, "ROLLBACK TO step", NULL)))
+        exec_kept(e, st, "rollback", NULL);
+    if ((st = cm_store_prepare(e->o.store, "RELEASE step", NULL)))
+        exec_kept(e, st, "release", NULL);
 }
 
 /* ---- the work of one batch -------------------------------------------- */
@@ -814,8 +822,9 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
 {
     cm_err err;
     int rc;
-    memset(oc, 0, sizeof(*oc));
     oc->w = w;
+    oc->kept = false;
+    oc->instance[0] = oc->state[0] = oc->message[0] = '\0';
     cm_err_clear(&err);
     if (w->kind == WORK_START) {
         rc = sp_begin(e, &err);
@@ -937,15 +946,19 @@ static void tell(outcome *oc)
 ** number of items, or a negative code when the batch could not commit. */
 static int run_batch(cm_engine *e, cm_err *err)
 {
-    outcome *ocs = calloc((size_t)e->o.batch_max, sizeof(*ocs));
-    int n = 0, due_n = 0, rc;
+    int queued = 0, n = 0, due_n = 0, rc;
+    for (work *w = e->head; w && queued < e->o.batch_max; w = w->next)
+        queued++;
+    if (queued == 0 && cm_engine_next_due(e) > cm_clock_now_ms(e->o.clock))
+        return 0; /* nothing ready: no transaction at all */
+    outcome *ocs = malloc((size_t)(queued ? queued : 1) * sizeof(*ocs));
     if (!ocs)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     if ((rc = cm_store_begin(e->o.store, err)) != 0) {
         free(ocs);
         return rc;
     }
-    while (e->head && n < e->o.batch_max) {
+    while (e->head && n < queued) {
         work *w = e->head;
         e->head = w->next;
         if (!e->head)
