@@ -1,0 +1,100 @@
+/*
+** crashee.c -- a process for tests/integration/test_crash.sh to kill -9 at
+** any moment. It drives one instance of a counting workflow with events
+** numbered from where the durable state says it stopped, and appends each
+** event number to an acknowledgement log only after the engine acknowledged
+** it (after the commit). usage: crashee DB WORKFLOW.lua ACKLOG N
+*/
+#include "engine.h"
+#include "lhost.h"
+#include "lworkflow.h"
+#include "sandbox.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct acklog {
+    FILE *f;
+    long n;
+} acklog;
+
+static void on_ack(void *ud, const cm_ack *ack)
+{
+    acklog *log = ud;
+    if (ack->status != 0) {
+        fprintf(stderr, "crashee: event refused: %s\n", ack->message);
+        exit(3);
+    }
+    fprintf(log->f, "%ld\n", log->n++);
+    fflush(log->f);
+    fsync(fileno(log->f));
+}
+
+static void die(const char *what, const cm_err *err)
+{
+    fprintf(stderr, "crashee: %s: %s\n", what, err->msg);
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    cm_store_opts so;
+    cm_store *store = NULL;
+    cm_err err;
+    if (argc != 5)
+        return fprintf(stderr, "usage: crashee DB WORKFLOW ACKLOG N\n"), 2;
+    long total = strtol(argv[4], NULL, 10);
+    cm_store_opts_init(&so);
+    so.path = argv[1];
+    so.create = true;
+    if (cm_store_open(&store, &so, &err) != 0)
+        die("store", &err);
+    cm_clock *clock = cm_clock_new_system();
+    cm_model *model = cm_model_new(store, clock);
+    cm_sandbox *sb = cm_sandbox_new(NULL, &err);
+    cm_lua_host host = {store, model, clock, "crashee"};
+    if (!sb || cm_lua_host_set(cm_sandbox_state(sb), &host, &err) != 0)
+        die("sandbox", &err);
+    cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
+    cm_lua_runtime *rt = cm_lua_runtime_new(sb, &err);
+    cm_engine_opts eo = {store, model, clock, cm_lua_runtime_seam(rt), 16, 0, 0};
+    cm_engine *engine = cm_engine_new(&eo, &err);
+    if (!engine || cm_engine_load_file(engine, argv[2], NULL, NULL, &err) != 0)
+        die("engine", &err);
+    /* where the durable state says we are */
+    cJSON *inst = NULL;
+    long next = 1;
+    if (cm_engine_get(engine, "c-1", &inst, &err) == 0) {
+        cJSON *last = cJSON_GetObjectItem(cJSON_GetObjectItem(inst, "context"), "last");
+        next = cJSON_IsNumber(last) ? (long)last->valuedouble + 1 : 1;
+        cJSON_Delete(inst);
+    } else {
+        if (cm_engine_start(engine, "counter", NULL, "c-1", NULL, NULL, &err) != 0 ||
+            cm_engine_run(engine, NULL, &err) != 0)
+            die("start", &err);
+    }
+    acklog log = {fopen(argv[3], "a"), next};
+    if (!log.f)
+        return perror(argv[3]), 2;
+    cJSON *payload = cJSON_CreateObject();
+    cJSON *n = cJSON_AddNumberToObject(payload, "n", 0);
+    for (long i = next; i <= total; i++) {
+        cJSON_SetNumberValue(n, (double)i);
+        if (cm_engine_signal(engine, "c-1", "inc", payload, on_ack, &log, &err) != 0)
+            die("signal", &err);
+        if (i % 7 == 0 || i == total)
+            if (cm_engine_run(engine, NULL, &err) != 0)
+                die("run", &err);
+    }
+    cJSON_Delete(payload);
+    fclose(log.f);
+    cm_engine_destroy(&engine);
+    cm_lua_runtime_destroy(&rt);
+    cm_sandbox_destroy(&sb);
+    cm_model_destroy(&model);
+    cm_store_close(&store);
+    cm_clock_destroy(&clock);
+    return 0;
+}
