@@ -410,9 +410,11 @@ static int effect_task(cm_engine *e, const inst *in, const cJSON *fx, int index,
     cJSON *doc = cJSON_Duplicate(task, true);
     if (!doc)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
-    snprintf(id, sizeof(id), "%s.t%ld.%d", in->id, in->steps + 1, index);
-    cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
-    cJSON_AddStringToObject(doc, "id", id);
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(doc, "id"))) {
+        snprintf(id, sizeof(id), "%s.t%ld.%d", in->id, in->steps + 1, index);
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
+        cJSON_AddStringToObject(doc, "id", id);
+    }
     rc = cm_model_create(e->o.model, CM_KIND_TASK, doc, NULL, err);
     cJSON_Delete(doc);
     return rc ? cm_err_prefix(err, "task effect") : 0;
@@ -545,6 +547,21 @@ static int insert_event(cm_engine *e, const char *instance, const char *name, co
     return exec_kept(e, st, "event", err);
 }
 
+static bool parent_listens(cm_engine *e, const char *parent)
+{
+    sqlite3_stmt *st = cm_store_prepare(e->o.store,
+                                        "SELECT status IN ('running','paused') FROM instance "
+                                        "WHERE id = ?1",
+                                        NULL);
+    bool yes = false;
+    if (st) {
+        sqlite3_bind_text(st, 1, parent, -1, SQLITE_STATIC);
+        yes = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0);
+        sqlite3_reset(st);
+    }
+    return yes;
+}
+
 /* An instance ended (final state or cancelled): drop its timers and pending
 ** events, and tell its parent. */
 static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
@@ -562,8 +579,8 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
         if ((rc = exec_kept(e, st, "event", err)) != 0)
             return rc;
     }
-    if (!in->parent[0])
-        return 0;
+    if (!in->parent[0] || !parent_listens(e, in->parent))
+        return 0; /* an ended parent hears nothing more */
     cJSON *payload = cJSON_CreateObject();
     if (!payload || !cJSON_AddStringToObject(payload, "child", in->id) ||
         !cJSON_AddStringToObject(payload, "workflow", in->workflow) ||
@@ -577,6 +594,14 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
         insert_event(e, in->parent, "child.done", payload, false, cm_clock_now_ms(e->o.clock), err);
     cJSON_Delete(payload);
     return rc;
+}
+
+static int cancel_scoped(cm_engine *e, const inst *in, const char *state, cm_err *err)
+{
+    PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND scope = ?2", err);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+    return exec_kept(e, st, "timer", err);
 }
 
 /* Record a step's outcome: instance row, history, scoped timers, effects, end. */
@@ -595,19 +620,24 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     cJSON_Delete(in->ctx);
     in->ctx = sp->ctx;
     sp->ctx = NULL;
-    if (sp->state && strcmp(from, sp->next) != 0) {
-        PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND scope = ?2", err);
-        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, from, -1, SQLITE_STATIC);
-        if ((rc = exec_kept(e, st, "timer", err)) != 0)
-            return rc;
-    }
+    /* Leaving a state cancels the timers it started, also those its handlers
+    ** started in this very step (so after the effects); re-entering the same
+    ** state cancels the old visit's timers before the new visit starts its own. */
+    bool left = sp->state && sp->moved && strcmp(from, sp->next) != 0;
+    bool reentered = sp->state && sp->moved && !left;
+    if (reentered && (rc = cancel_scoped(e, in, from, err)) != 0)
+        return rc;
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
     if ((rc = apply_effects(e, in, sp->effects, depth, err)) != 0)
         return rc;
+    if (left && (rc = cancel_scoped(e, in, from, err)) != 0)
+        return rc;
     return sp->final ? finish_instance(e, in, err) : 0;
 }
+
+/* What a step did with its event. */
+enum { STEP_UNHANDLED, STEP_GUARDED, STEP_HANDLED };
 
 static void step_clear(cm_step *sp)
 {
@@ -618,7 +648,7 @@ static void step_clear(cm_step *sp)
 
 /* Run the runtime on in for event (NULL: start) and apply the result. */
 static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payload, bool is_timer,
-                    int depth, bool *handled, cm_err *err)
+                    int depth, int *handled, cm_err *err)
 {
     cm_step sp;
     int rc;
@@ -639,7 +669,7 @@ static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payl
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
     if (rc == 0) {
-        *handled = sp.handled;
+        *handled = sp.handled ? STEP_HANDLED : sp.guarded ? STEP_GUARDED : STEP_UNHANDLED;
         if (sp.handled)
             rc = apply_step(e, in, &sp, event ? event : "start", depth, err);
     }
@@ -651,7 +681,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
                           const char *parent, int depth, char *out_id, char *out_state, cm_err *err)
 {
     inst in;
-    bool handled = false;
+    int handled = STEP_UNHANDLED;
     int rc;
     if (depth > ENGINE_SPAWN_DEPTH)
         return cm_err_set(err, CM_EINVAL, "spawn: more than %d nested child instances",
@@ -754,7 +784,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
                    const cJSON *payload, bool is_timer, int attempts, outcome *oc, cm_err *err)
 {
     inst in;
-    bool handled = true;
+    int handled = STEP_HANDLED;
     int rc = sp_begin(e, err);
     if (rc != 0)
         return rc;
@@ -775,10 +805,15 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
                         in.status);
     if (rc == 0)
         rc = run_step(e, &in, name, payload, is_timer, 0, &handled, err);
-    if (rc == 0 && !handled) {
+    if (rc == 0 && handled != STEP_HANDLED) {
         if (is_timer) /* a timer nobody listens for in this state: noted, not an error */
             rc = insert_history(e, &in, name, in.state, in.state, "timer ignored: no transition",
                                 err);
+        else if (handled == STEP_GUARDED)
+            rc = cm_err_set(err, CM_EINVAL,
+                            "instance %s: in state \"%s\" of workflow %s every transition for "
+                            "event \"%s\" was refused by its guard",
+                            in.id, in.state, in.workflow, name);
         else
             rc = cm_err_set(err, CM_EINVAL,
                             "instance %s: state \"%s\" of workflow %s has no transition for "

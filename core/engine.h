@@ -54,6 +54,8 @@ typedef struct cm_step {
     char next[CM_NAME_MAX]; /* the state after the step */
     bool final;             /* next is a final state */
     bool handled;           /* false: the state has no transition for event (nothing changed) */
+    bool guarded;           /* with !handled: transitions exist but every guard refused */
+    bool moved;             /* a transition ran (exit/enter), possibly back to the same state */
     cJSON *effects;         /* array of effect objects (see below), or NULL; engine frees */
 } cm_step;
 

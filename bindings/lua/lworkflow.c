@@ -292,7 +292,7 @@ typedef struct inst_ud {
     drv *d; /* NULL once the step is over: a kept handle does nothing */
 } inst_ud;
 
-enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3 };
+enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
 
 static drv *check_inst(lua_State *L)
 {
@@ -324,8 +324,10 @@ static const char *check_name_arg(lua_State *L, int arg, const char *what)
 static int m_go(lua_State *L)
 {
     drv *d = check_inst(L);
+    lua_settop(L, 2);
     const char *state = check_name_arg(L, 2, "state");
-    if (!state_exists(L, d->states, state))
+    lua_getiuservalue(L, 1, UV_STATES); /* the definition's states (stack index 3) */
+    if (!state_exists(L, 3, state))
         return luaL_error(L, "wf:go: unknown state \"%s\"", state);
     snprintf(d->go, sizeof(d->go), "%s", state);
     d->go_set = true;
@@ -415,10 +417,19 @@ static int m_task(lua_State *L)
         return luaL_error(L, "wf:task: %s: unknown field (use %s)", bad,
                           "title, description, organization, patient, owner, role, priority, "
                           "due, note");
+    char id[CM_NAME_MAX];
+    lua_getiuservalue(L, 1, UV_EFFECTS);
+    int n = snprintf(id, sizeof(id), "%s.t%ld.%d", d->sp->instance, d->sp->seq,
+                     (int)lua_rawlen(L, -1) + 1);
+    lua_pop(L, 1);
+    if (n < 0 || (size_t)n >= sizeof(id))
+        return luaL_error(L, "wf:task: the task's id would be too long");
     lua_createtable(L, 0, 2);
     lua_pushstring(L, "task");
     lua_setfield(L, -2, "type");
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 9);
+    lua_pushstring(L, id);
+    lua_setfield(L, -2, "id");
     /* stack: effect, task */
     copy_field(L, 2, "title", "title");
     copy_field(L, 2, "description", "description");
@@ -440,7 +451,8 @@ static int m_task(lua_State *L)
     lua_setfield(L, -2, "due");
     lua_setfield(L, -2, "task");
     add_effect(L);
-    return 0;
+    lua_pushstring(L, id);
+    return 1;
 }
 
 static int m_notify(lua_State *L)
@@ -691,6 +703,7 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
             luaL_error(L, "transition to unknown state \"%s\"", next);
         if (hops > 0 || d->sp->state)
             run_handler(L, d, wf, "exit");
+        d->sp->moved = true;
         snprintf(d->cur, sizeof(d->cur), "%s", next);
         d->go_set = false;
         run_handler(L, d, wf, "enter");
@@ -757,7 +770,7 @@ static int step_driver(lua_State *L)
     lua_getfield(L, spec, "states");
     d->states = lua_gettop(L);
     /* the handle, with ctx, input view and effects as user values */
-    inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 3);
+    inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
     u->d = NULL;
     int wf = lua_gettop(L);
     push_instance_mt(L);
@@ -770,6 +783,8 @@ static int step_driver(lua_State *L)
     lua_setiuservalue(L, wf, UV_INPUT);
     lua_newtable(L);
     lua_setiuservalue(L, wf, UV_EFFECTS);
+    lua_pushvalue(L, d->states);
+    lua_setiuservalue(L, wf, UV_STATES);
     u->d = d;
     sp->handled = true;
     if (!sp->state) {
@@ -792,6 +807,7 @@ static int step_driver(lua_State *L)
             lua_getfield(L, -1, "on") == LUA_TTABLE && lua_getfield(L, -1, sp->event) != LUA_TNIL;
         if (!has || !resolve(L, d, wf, payload)) {
             sp->handled = false;
+            sp->guarded = has;
             u->d = NULL;
             return 0;
         }

@@ -679,6 +679,45 @@ static void test_group_commit_batches_events(void **state)
         assert_int_equal(f->a.status[i], 0);
 }
 
+static const char *GOER =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'goer', version = 1, start = 'a',\n"
+    "  states = {\n"
+    "    a = { enter = function(wf) wf.ctx.path = 'a'; wf:go('b') end },\n"
+    "    b = { enter = function(wf) wf.ctx.path = wf.ctx.path .. 'b' end,\n"
+    "          on = { leave = function(wf) wf:after('2h', 'leak'); return 'c' end,\n"
+    "                 again = function(wf) wf:after('5h', 'late'); return 'b' end,\n"
+    "                 stay = function(wf) wf:after('1h', 'kept') end } },\n"
+    "    c = { on = { leak = 'done', kept = 'done', late = 'done' } },\n"
+    "    done = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_go_moves_on_and_leaving_cancels_the_state_timers(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "goer.lua", GOER);
+    assert_int_equal(cm_engine_start(f->engine, "goer", NULL, "g-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_string_equal(f->a.state[0], "b"); /* enter of a went on to b in the same step */
+    cJSON *inst = get(f, "g-1");
+    assert_string_equal(field(cJSON_GetObjectItem(inst, "context"), "path"), "ab");
+    cJSON_Delete(inst);
+    signal_ev(f, "g-1", "stay", NULL);  /* no move: its timer stays */
+    signal_ev(f, "g-1", "again", NULL); /* re-entering b drops the old visit's timers */
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE name = 'kept'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE name = 'late'"), 1);
+    signal_ev(f, "g-1", "leave", NULL); /* a timer started on the way out goes with b */
+    run(f);
+    expect_state(f, "g-1", "c", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
+    advance(f, 6 * HOUR);
+    expect_state(f, "g-1", "c", "running");
+}
+
 static const char *TICKER = "local cm = require 'caremesh'\n"
                             "return cm.workflow {\n"
                             "  name = 'ticker', version = 1, start = 'waiting',\n"
@@ -745,6 +784,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
