@@ -1,0 +1,425 @@
+-- referral.lua -- the referring side of a closed-loop referral.
+--
+-- Models the 360X closed-loop referral (ONC/IHE 360 Exchange) from the
+-- referral initiator's point of view, with the specialist's answers mapped on
+-- FHIR R4 Task statuses: requested -> accepted | rejected (declined) ->
+-- in-progress (scheduled) -> completed (consult note back), or cancelled by
+-- either side. The loop is closed when the referring clinician has the
+-- consult note and has reviewed it. A primary-care clinic (`from`) refers a
+-- patient to a specialist practice (`to`); the specialist's side runs
+-- referral_intake.lua and answers with messages that arrive here as events.
+--
+-- Input
+--   patient        patient       the referred patient (a local record)
+--   from           organization  the referring clinic: owns the tasks
+--   to             organization  the specialist practice
+--   reason         string        the clinical reason for the referral
+--   priority       string?       "routine" (default) or "urgent"
+--   referral_id    string?       the clinic's own id for it (e.g. its EHR's
+--                                ServiceRequest id); kept in ctx, never sent
+--   answer_within  string?       how long the specialist has to answer,
+--                                default "72h"; urgent: a third of it (24h)
+--   close_within   string?       how long the whole loop may take, "30d"
+--
+-- States
+--   requested         the request is sent; waiting for an answer
+--   accepted          the specialist took the referral; waiting for a date
+--   scheduled         an appointment is booked (the specialist may move it)
+--   no_show           the patient missed it: outreach to book again, with
+--                     reminders, until the specialist sends a new date
+--   consult_received  the consult note is in; a physician reviews it
+--   closed            final: the loop is closed
+--   declined          final: the specialist declined, with a reason
+--   cancelled         final: cancelled by the clinic or by the specialist
+--
+-- Events from the specialist (each may carry `referral` = this instance's id;
+-- a message for another referral is refused). Cancellation, by either side,
+-- is taken in every state before the consult note.
+--   referral.accepted      {}
+--   referral.declined      {reason}             reason required
+--   referral.scheduled     {appointment, site?} appointment: ISO-8601 date-time
+--   referral.no_show       {}
+--   referral.consult_note  {note, summary?}     note required
+--   referral.cancelled     {reason}             reason required
+-- Local events
+--   cancel                 {reason}             the clinic withdraws the referral
+--   close                  {note?}              the consult note is reviewed:
+--                                               the loop is closed
+-- Timers
+--   answer_due      (in requested) no answer in the window: escalate
+--   loop_due        (kept across states) the loop is still open: escalate
+--   outreach_retry  (in no_show) remind the patient again, then escalate
+--
+-- Effects
+--   send    to `to`: referral.request {referral = wf.id, patient, reason,
+--           priority} on start; referral.cancelled {referral, reason} on a
+--           local cancel. Nothing else about the patient leaves the clinic.
+--   tasks   at `from`, for the care coordinator: specialist silent, loop
+--           overdue, referral declined or cancelled by the specialist,
+--           patient to phone after a no-show (no channel, or unreachable);
+--           for a physician: review the consult note.
+--   notify  the patient, on their preferredChannel, to reschedule a missed
+--           appointment (up to 3 messages, 48h apart).
+--   KPIs    referral_loop_closed (1) and referral_days_to_close on close;
+--           referral_declined, referral_no_show, referral_escalated
+--           (labels: reason = no_answer | loop_open | patient_unreachable).
+--           Every KPI has the label partner = `to`.
+--
+-- wf.ctx: priority, answer_by, close_by, appointment, site, decline_reason,
+-- cancel_reason, cancelled_by, summary, review_note, no_shows, outreach
+-- {channel, attempts}, escalations (list of reasons), days_to_close, and
+-- milestones {requested, accepted, scheduled, rescheduled, no_show,
+-- consult_received, closed, declined, cancelled, escalated_<reason>}: the
+-- instant of each.
+
+local cm = require "caremesh"
+
+local ANSWER_WITHIN = "72h"
+local CLOSE_WITHIN = "30d"
+local URGENT_DIVISOR = 3 -- urgent: a third of the answer window
+local OUTREACH_EVERY = "48h"
+local OUTREACH_MAX = 3 -- messages to the patient before a person phones
+local TITLE_MAX = 1000 -- bytes, for task titles
+local TEXT_MAX = 8000 -- bytes, for task descriptions (the consult note in the review task)
+local SUMMARY_MAX = 280
+
+-- ---- helpers ------------------------------------------------------------
+
+local UNIT = { s = 1, m = 60, h = 3600, d = 86400, w = 604800 }
+
+-- "72h", "1d12h" -> seconds; nil when malformed or zero.
+local function seconds(dur)
+  if type(dur) ~= "string" or dur == "" then return nil end
+  local total = 0
+  local rest = dur:gsub("(%d+)([smhdw])", function(n, u)
+    total = total + tonumber(n) * UNIT[u]
+    return ""
+  end)
+  if rest ~= "" or total <= 0 then return nil end
+  return total
+end
+
+-- seconds -> the largest whole unit: 86400 -> "1d", 5400 -> "90m".
+local function duration(secs)
+  for _, u in ipairs { "d", "h", "m" } do
+    if secs % UNIT[u] == 0 then return (secs // UNIT[u]) .. u end
+  end
+  return secs .. "s"
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+end
+
+local function days_in_month(y, m)
+  if m == 2 then return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28 end
+  return ({ 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 })[m]
+end
+
+-- ISO-8601 date-time with a zone ("2026-01-20T14:30:00Z", "...-08:00") ->
+-- seconds since the epoch; nil when malformed.
+local function epoch(s)
+  if type(s) ~= "string" then return nil end
+  local y, mo, d, h, mi, tail = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d)(.*)$")
+  if not y then return nil end
+  y, mo, d, h, mi = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi)
+  local sec = 0
+  local ss, rest = tail:match("^:(%d%d)(.*)$")
+  if ss then
+    sec, tail = tonumber(ss), rest
+    tail = tail:gsub("^%.%d+", "", 1)
+  end
+  local off = 0
+  if tail ~= "Z" then
+    local sign, oh, om = tail:match("^([+-])(%d%d):(%d%d)$")
+    if not sign then return nil end
+    off = (tonumber(oh) * 60 + tonumber(om)) * 60 * (sign == "-" and -1 or 1)
+  end
+  if mo < 1 or mo > 12 or d < 1 or d > days_in_month(y, mo) or h > 23 or mi > 59 or sec > 59 then
+    return nil
+  end
+  return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - off
+end
+
+local function iso(secs) return os.date("!%Y-%m-%dT%H:%M:%SZ", secs) end
+
+local function present(s) return type(s) == "string" and s:find("%S") ~= nil end
+
+-- At most max bytes of s, cut on a UTF-8 character boundary.
+local function clip(s, max)
+  if #s <= max then return s end
+  local cut = max
+  while cut > 0 and (s:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+  return s:sub(1, cut) .. "..."
+end
+
+local function org_name(id)
+  local org = cm.organization.get(id)
+  return org and org.name or id
+end
+
+local function priority(wf) return wf.input.priority or "routine" end
+
+local function mark(wf, milestone) wf.ctx.milestones[milestone] = wf:now() end
+
+local function kpi(wf, name, value, labels)
+  labels = labels or {}
+  labels.partner = wf.input.to
+  wf:kpi(name, value, labels)
+end
+
+-- A human task at the referring clinic about this referral's patient. Text
+-- from the partner is clipped to the task's limits (title 1024, text 8192).
+local function task(wf, spec)
+  wf:task {
+    title = clip(spec.title, TITLE_MAX),
+    description = spec.description and clip(spec.description, TEXT_MAX),
+    organization = wf.input.from,
+    role = spec.role or "care_coordinator", patient = wf.input.patient,
+    priority = priority(wf) == "urgent" and "urgent" or "routine", due = spec.due or "1d",
+  }
+end
+
+local function escalate(wf, why, title, description)
+  wf.ctx.escalations[#wf.ctx.escalations + 1] = why
+  mark(wf, "escalated_" .. why)
+  task(wf, { title = title, description = description })
+  kpi(wf, "referral_escalated", 1, { reason = why })
+end
+
+-- A message from the specialist is about this referral (or does not say).
+local function mine(wf, ev) return ev.referral == nil or ev.referral == wf.id end
+
+local function with_reason(wf, ev) return mine(wf, ev) and present(ev.reason) end
+
+-- Reach the patient about a missed appointment: their preferred channel, or
+-- (none on record) a care coordinator phones them.
+local function contact_patient(wf)
+  local p = cm.patient.get(wf.input.patient)
+  local channel = p and p.preferredChannel
+  local o = wf.ctx.outreach
+  o.attempts = o.attempts + 1
+  if not channel then
+    o.channel = "phone"
+    task(wf, { title = "Phone the patient to reschedule the missed appointment with " ..
+                       org_name(wf.input.to),
+               description = "No preferred contact channel on record. Referral reason: " ..
+                             wf.input.reason })
+    return
+  end
+  o.channel = channel
+  local phone = (cm.organization.get(wf.input.to) or {}).phone
+  wf:notify {
+    channel = channel, to = wf.input.patient,
+    message = "You missed your appointment with " .. org_name(wf.input.to) ..
+              ". Please " .. (phone and ("call " .. phone) or "contact them") ..
+              " to book a new one.",
+    data = { referral = wf.id, purpose = "reschedule", attempt = o.attempts },
+  }
+  wf:after(OUTREACH_EVERY, "outreach_retry")
+end
+
+local function record_appointment(wf, ev)
+  local first = wf.ctx.appointment == nil
+  wf.ctx.appointment = ev.appointment
+  wf.ctx.site = ev.site
+  mark(wf, first and "scheduled" or "rescheduled")
+end
+
+local function valid_appointment(wf, ev) return mine(wf, ev) and epoch(ev.appointment) ~= nil end
+
+-- The loop deadline passed and the loop is still open.
+local function loop_overdue(wf)
+  local what = wf.state == "consult_received"
+    and "The consult note is in but not reviewed"
+    or "No consult note"
+  escalate(wf, "loop_open", "Referral to " .. org_name(wf.input.to) .. " not closed in time",
+           what .. " by " .. wf.ctx.close_by:sub(1, 10) .. " (state: " .. wf.state .. ").")
+end
+
+-- Transitions every state before the consult note takes: cancellation by
+-- either side and the loop deadline. `own` adds the state's own transitions.
+local function open(own)
+  local on = {
+    cancel = {
+      guard = function(wf, ev) return present(ev.reason) end,
+      to = function(wf, ev)
+        wf.ctx.cancel_reason, wf.ctx.cancelled_by = ev.reason, "clinic"
+        wf:send(wf.input.to, "referral.cancelled", { referral = wf.id, reason = ev.reason })
+        return "cancelled"
+      end,
+    },
+    ["referral.cancelled"] = {
+      guard = with_reason,
+      to = function(wf, ev)
+        wf.ctx.cancel_reason, wf.ctx.cancelled_by = ev.reason, "specialist"
+        task(wf, { title = org_name(wf.input.to) .. " cancelled the referral",
+                   description = "Reason given: " .. ev.reason ..
+                                 ". Follow up with the patient; refer again if still needed." })
+        return "cancelled"
+      end,
+    },
+    loop_due = loop_overdue,
+  }
+  for event, transition in pairs(own) do on[event] = transition end
+  return on
+end
+
+local scheduled_by_specialist = {
+  guard = valid_appointment,
+  to = function(wf, ev) record_appointment(wf, ev); return "scheduled" end,
+}
+
+-- ---- the workflow -------------------------------------------------------
+
+return cm.workflow {
+  name = "referral", version = 1,
+  description = "The referring side of a closed-loop referral (360X, FHIR R4 Task statuses)",
+  input = {
+    patient = "patient", from = "organization", to = "organization", reason = "string",
+    priority = "string?", referral_id = "string?", answer_within = "string?",
+    close_within = "string?",
+  },
+  start = "requested",
+  states = {
+    requested = {
+      description = "The request is with the specialist; waiting for an answer",
+      enter = function(wf)
+        local input = wf.input
+        local p = priority(wf)
+        if p ~= "routine" and p ~= "urgent" then
+          error(string.format("input.priority: expected \"routine\" or \"urgent\", got %q",
+                              tostring(p)), 0)
+        end
+        if input.from == input.to then
+          error("input.to: the specialist must be another organization than input.from", 0)
+        end
+        local answer = seconds(input.answer_within or ANSWER_WITHIN)
+        local close = seconds(input.close_within or CLOSE_WITHIN)
+        if not answer then error("input.answer_within: bad duration (e.g. \"72h\", \"3d\")", 0) end
+        if not close then error("input.close_within: bad duration (e.g. \"30d\", \"6w\")", 0) end
+        if p == "urgent" then answer = math.max(answer // URGENT_DIVISOR, 1) end
+        local now = epoch(wf:now())
+        local ctx = wf.ctx
+        ctx.priority = p
+        ctx.referral_id = input.referral_id
+        ctx.answer_by = iso(now + answer)
+        ctx.close_by = iso(now + close)
+        ctx.no_shows = 0
+        ctx.escalations = {}
+        ctx.milestones = {}
+        mark(wf, "requested")
+        wf:send(input.to, "referral.request",
+                { referral = wf.id, patient = input.patient, reason = input.reason, priority = p })
+        wf:after(duration(answer), "answer_due")
+        wf:after(duration(close), "loop_due", nil, { keep = true })
+      end,
+      on = open {
+        ["referral.accepted"] = { guard = mine, to = "accepted" },
+        ["referral.declined"] = {
+          guard = with_reason,
+          to = function(wf, ev) wf.ctx.decline_reason = ev.reason; return "declined" end,
+        },
+        ["referral.scheduled"] = scheduled_by_specialist, -- accepted and booked at once
+        answer_due = function(wf)
+          escalate(wf, "no_answer", "No answer from " .. org_name(wf.input.to) .. " on a referral",
+                   "Sent " .. wf.ctx.milestones.requested:sub(1, 16) .. "Z, answer was due " ..
+                   wf.ctx.answer_by:sub(1, 16) .. "Z. Call the specialist's office. Reason: " ..
+                   wf.input.reason)
+        end,
+      },
+    },
+
+    accepted = {
+      description = "The specialist accepted; waiting for an appointment",
+      enter = function(wf) mark(wf, "accepted") end,
+      on = open { ["referral.scheduled"] = scheduled_by_specialist },
+    },
+
+    scheduled = {
+      description = "An appointment is booked",
+      on = open {
+        ["referral.scheduled"] = scheduled_by_specialist, -- moved by the specialist
+        ["referral.no_show"] = { guard = mine, to = "no_show" },
+        ["referral.consult_note"] = {
+          guard = function(wf, ev) return mine(wf, ev) and present(ev.note) end,
+          to = function(wf, ev)
+            wf.ctx.summary = present(ev.summary) and clip(ev.summary, SUMMARY_MAX)
+                             or clip(ev.note, SUMMARY_MAX)
+            task(wf, { title = "Review the consult note from " .. org_name(wf.input.to),
+                       role = "physician", due = "3d", description = clip(ev.note, TEXT_MAX) })
+            return "consult_received"
+          end,
+        },
+      },
+    },
+
+    no_show = {
+      description = "The patient missed the appointment: outreach to book a new one",
+      enter = function(wf)
+        wf.ctx.no_shows = wf.ctx.no_shows + 1
+        mark(wf, "no_show")
+        kpi(wf, "referral_no_show", 1)
+        wf.ctx.outreach = { attempts = 0 }
+        contact_patient(wf)
+      end,
+      on = open {
+        ["referral.scheduled"] = scheduled_by_specialist,
+        outreach_retry = function(wf)
+          if wf.ctx.outreach.attempts < OUTREACH_MAX then
+            contact_patient(wf)
+          else
+            escalate(wf, "patient_unreachable",
+                     "Phone the patient to reschedule with " .. org_name(wf.input.to),
+                     wf.ctx.outreach.attempts .. " messages by " .. wf.ctx.outreach.channel ..
+                     " had no effect.")
+          end
+        end,
+      },
+    },
+
+    consult_received = {
+      description = "The consult note is back; a physician reviews it",
+      enter = function(wf) mark(wf, "consult_received") end,
+      on = {
+        close = function(wf, ev)
+          if present(ev.note) then wf.ctx.review_note = clip(ev.note, SUMMARY_MAX) end
+          return "closed"
+        end,
+        loop_due = loop_overdue,
+      },
+    },
+
+    closed = {
+      final = true, description = "The loop is closed",
+      enter = function(wf)
+        mark(wf, "closed")
+        local days = (epoch(wf:now()) - epoch(wf.ctx.milestones.requested)) / 86400
+        days = math.floor(days * 10 + 0.5) / 10
+        wf.ctx.days_to_close = days
+        kpi(wf, "referral_loop_closed", 1)
+        kpi(wf, "referral_days_to_close", days)
+      end,
+    },
+
+    declined = {
+      final = true, description = "The specialist declined",
+      enter = function(wf)
+        mark(wf, "declined")
+        kpi(wf, "referral_declined", 1)
+        task(wf, { title = org_name(wf.input.to) .. " declined a referral",
+                   description = "Reason given: " .. wf.ctx.decline_reason ..
+                                 ". Find another specialist or manage in primary care." })
+      end,
+    },
+
+    cancelled = {
+      final = true, description = "Cancelled by the clinic or the specialist",
+      enter = function(wf) mark(wf, "cancelled") end,
+    },
+  },
+}

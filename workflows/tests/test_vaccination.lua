@@ -1,0 +1,384 @@
+-- test_vaccination.lua -- the vaccination drive (vaccination.lua) and one
+-- patient's series (vaccination_course.lua): the target, consents, due /
+-- overdue / completed, reminders, doses refused and recorded, reports to
+-- primary care and coverage. The test clock starts on 2026-01-05T09:00:00Z.
+local t = require "caremesh.test"
+local cm = require "caremesh"
+t.load("../vaccination_course.lua")
+t.load("../vaccination.lua")
+
+local E11 = { code = "E11", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Type 2 diabetes mellitus" }
+local I50 = { code = "I50.9", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Heart failure, unspecified" }
+local COVID = { code = "208", system = "http://hl7.org/fhir/sid/cvx",
+                display = "COVID-19, mRNA, LNP-S, PF, 30 mcg/0.3 mL dose" }
+local TWO_DOSES = { doses = 2, min_interval = "21d", max_interval = "42d" }
+
+local function person(family, given) return { family = family, given = { given } } end
+
+-- Main Street Pharmacy runs the drive with the county health department as a
+-- second site, reporting to Riverside Family Clinic. Ages on 2026-01-05:
+-- Rivera 67, Okafor 76, Nguyen 70, Schmidt 81, Walker 65 (today), Garcia 64
+-- (65 tomorrow), Johnson 47, Brooks 88 (inactive).
+local function seed()
+  local orgs = {
+    { id = "main-st-pharmacy", name = "Main Street Pharmacy", kind = "community_pharmacy" },
+    { id = "riverside-clinic", name = "Riverside Family Clinic", kind = "clinic" },
+    { id = "county-health", name = "Millbrook County Health Department", kind = "public_health" },
+    { id = "heart-partners", name = "Heart Partners Cardiology", kind = "specialist_practice" },
+  }
+  for _, o in ipairs(orgs) do cm.organization.create(o) end
+  cm.provider.create { id = "rph-tanaka", name = person("Tanaka", "Ken"), role = "pharmacist",
+                       organization = "main-st-pharmacy" }
+  cm.provider.create { id = "rn-kowalski", name = person("Kowalski", "Ewa"), role = "nurse",
+                       organization = "county-health" }
+  local patients = {
+    { id = "pat-rivera", name = person("Rivera", "Ana"), birthDate = "1958-04-12", gender = "female",
+      phone = "+1 555 0111 001", preferredChannel = "sms", conditions = { E11 } },
+    { id = "pat-okafor", name = person("Okafor", "Chidi"), birthDate = "1949-09-30", gender = "male",
+      email = "chidi.okafor@example.org", preferredChannel = "email", conditions = { I50 } },
+    { id = "pat-nguyen", name = person("Nguyen", "Bao"), birthDate = "1955-07-21", gender = "male",
+      phone = "+1 555 0111 004", preferredChannel = "sms", conditions = { E11 } },
+    { id = "pat-schmidt", name = person("Schmidt", "Greta"), birthDate = "1944-12-02", gender = "female",
+      preferredChannel = "mail", conditions = { E11, I50 } },
+    { id = "pat-walker", name = person("Walker", "June"), birthDate = "1961-01-05", gender = "female",
+      phone = "+1 555 0111 007", conditions = { E11 } },
+    { id = "pat-garcia", name = person("Garcia", "Luis"), birthDate = "1961-01-06", gender = "male",
+      phone = "+1 555 0111 008", preferredChannel = "sms", conditions = { E11 } },
+    { id = "pat-johnson", name = person("Johnson", "Dwayne"), birthDate = "1978-03-14", gender = "male",
+      email = "dj@example.org", preferredChannel = "portal" },
+    { id = "pat-brooks", name = person("Brooks", "Ida"), birthDate = "1937-05-19", gender = "female",
+      preferredChannel = "phone", active = false },
+  }
+  for _, p in ipairs(patients) do
+    p.generalPractitioner = "riverside-clinic"
+    cm.patient.create(p)
+  end
+  -- Nguyen refuses immunization by anyone; Schmidt only refused Heart
+  -- Partners; Rivera refused outreach, not immunization.
+  cm.consent.create { id = "consent-nguyen-imm", patient = "pat-nguyen", purpose = "immunization",
+                      decision = "deny", period = { start = "2025-09-01" } }
+  cm.consent.create { id = "consent-schmidt-imm", patient = "pat-schmidt", purpose = "immunization",
+                      organization = "heart-partners", decision = "deny" }
+  cm.consent.create { id = "consent-rivera-out", patient = "pat-rivera", purpose = "outreach",
+                      decision = "deny", period = { start = "2025-01-01" } }
+end
+
+local function drive(id, extra)
+  -- defaults: a two-dose COVID-19 series for everyone 65 and over
+  local input = { pharmacy = "main-st-pharmacy", primary_care = "riverside-clinic", vaccine = COVID,
+                  schedule = TWO_DOSES, target = { min_age = 65 }, sites = { "county-health" } }
+  for k, v in pairs(extra or {}) do input[k] = v or nil end -- false: leave the field out
+  local got, state = t.start("vaccination", input, id)
+  t.ok(got, "drive started: " .. tostring(state))
+  return got
+end
+
+local function ctx(id) return t.instance(id).context end
+
+local function course(id, patient)
+  return t.ok(ctx(id).courses[patient], "a course for " .. patient)
+end
+
+local function enrolled(id)
+  local ids = {}
+  for patient in pairs(ctx(id).courses) do ids[#ids + 1] = patient end
+  table.sort(ids)
+  return ids
+end
+
+local function sent_to(patient, kind)
+  local out = {}
+  for _, n in ipairs(t.notifications()) do
+    if n.to == patient and (not kind or n.data:find('"kind":"' .. kind .. '"', 1, true)) then
+      out[#out + 1] = n
+    end
+  end
+  return out
+end
+
+local function kpis(name)
+  local out = {}
+  for _, k in ipairs(t.kpis()) do
+    if k.name == name then out[#out + 1] = k end
+  end
+  return out
+end
+
+local function near(got, want, what)
+  t.ok(math.abs(got - want) < 1e-9, (what or "value") .. ": got " .. tostring(got) .. ", want " .. want)
+end
+
+local function doses_of(patient)
+  return cm.immunization.find { patient = patient }
+end
+
+t.test("the target: 65 and over, minus immunization refusals; a condition target", function()
+  seed()
+  local id = drive("drive-65")
+  t.eq(enrolled(id), { "pat-okafor", "pat-rivera", "pat-schmidt", "pat-walker" })
+  local c = ctx(id)
+  t.eq({ c.target, c.enrolled, c.opted_out }, { 5, 4, 1 }, "target, enrolled, opted out (Nguyen)")
+  t.eq(#sent_to("pat-nguyen"), 0, "Nguyen not invited")
+  local young = drive("drive-e11", { target = { condition = "E11", max_age = 64 } })
+  t.eq(enrolled(young), { "pat-garcia" })
+end)
+
+t.test("dose 1 is due at once: an invitation through each patient's channel", function()
+  seed()
+  local id = drive("drive-65")
+  local want = { ["pat-okafor"] = "email", ["pat-rivera"] = "sms", ["pat-schmidt"] = "mail",
+                 ["pat-walker"] = "phone" }
+  for patient, channel in pairs(want) do
+    t.expect_state(course(id, patient), "due", "running")
+    local ns = sent_to(patient, "due")
+    t.eq(#ns, 1, patient .. " invited")
+    t.eq(ns[1].channel, channel, patient .. " channel")
+    t.ok(ns[1].message:find("dose 1 of 2", 1, true), ns[1].message)
+    t.ok(ns[1].message:find("Millbrook County Health Department", 1, true), "names the sites")
+    t.ok(ns[1].data:find('"drive":"drive-65"', 1, true), "data names the drive")
+  end
+  t.eq(#t.notifications(), 4)
+end)
+
+t.test("a two-dose series: reminder before the due date, both doses recorded and reported", function()
+  seed()
+  local id = drive("drive-65", { target = { condition = "E11", min_age = 65, max_age = 65 } })
+  local kid = course(id, "pat-walker")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy", practitioner = "rph-tanaka",
+                                      lot = "FK1234" }), "waiting")
+  local imms = doses_of("pat-walker")
+  t.eq(#imms, 1)
+  local d1 = imms[1]
+  t.eq({ d1.status, d1.patient, d1.performer, d1.practitioner, d1.lotNumber, d1.doseNumber, d1.seriesDoses,
+         d1.occurrenceDateTime },
+       { "completed", "pat-walker", "main-st-pharmacy", "rph-tanaka", "FK1234", 1, 2,
+         "2026-01-05T09:00:00.000Z" })
+  t.eq(d1.vaccineCode, COVID)
+  local sent = t.sent()
+  t.eq(#sent, 1)
+  t.eq({ sent[1].to, sent[1].kind }, { "riverside-clinic", "immunization.given" })
+  for _, frag in ipairs({ '"patient":"pat-walker"', '"vaccine":"208"', '"dose":1', '"site":"main-st-pharmacy"',
+                          '"date":"2026-01-05T09:00:00.000Z"', '"immunization":"' .. d1.id .. '"' }) do
+    t.ok(sent[1].payload:find(frag, 1, true), "report has " .. frag)
+  end
+  t.eq(t.instance(kid).context.due_at, "2026-01-26T09:00:00.000Z")
+  t.advance("18d23h")
+  t.eq(#sent_to("pat-walker", "reminder"), 0, "no reminder yet")
+  t.advance("1h")
+  local rem = sent_to("pat-walker", "reminder")
+  t.eq(#rem, 1, "reminder 2d before the due date")
+  t.eq(rem[1].channel, "phone")
+  t.ok(rem[1].message:find("dose 2 of 2", 1, true) and rem[1].message:find("2026-01-26", 1, true), rem[1].message)
+  t.expect_state(kid, "waiting")
+  t.advance("2d")
+  t.expect_state(kid, "due")
+  t.eq(#sent_to("pat-walker"), 2, "reminded already: nothing more at the due date")
+  t.advance("3d")
+  t.eq(t.signal(kid, "dose_given", { site = "county-health", practitioner = "rn-kowalski", lot = "FK2001" }),
+       "completed")
+  imms = doses_of("pat-walker")
+  t.eq(#imms, 2)
+  local d2 = imms[1].doseNumber == 2 and imms[1] or imms[2]
+  t.eq({ d2.doseNumber, d2.performer, d2.practitioner, d2.occurrenceDateTime },
+       { 2, "county-health", "rn-kowalski", "2026-01-29T09:00:00.000Z" })
+  t.eq(#t.sent(), 2)
+  t.ok(t.sent()[2].payload:find('"dose":2', 1, true), "dose 2 reported")
+  t.eq(#kpis("vaccination_dose_given"), 2)
+  t.ok(kpis("vaccination_dose_given")[2].labels:find('"site":"county-health"', 1, true), "site label")
+  t.expect_state(id, "finished", "done")
+  local cov = kpis("vaccination_coverage")
+  t.eq(#cov, 1)
+  t.eq(cov[1].value, 1, "1 of 1")
+end)
+
+t.test("a dose before its due date is refused and nothing is recorded", function()
+  seed()
+  local id = drive("drive-65")
+  local kid = course(id, "pat-okafor")
+  t.signal(kid, "dose_given", { site = "main-st-pharmacy" })
+  t.advance("20d") -- 2026-01-25T09:00; dose 2 due 2026-01-26T09:00
+  local st, msg = t.signal(kid, "dose_given", { site = "main-st-pharmacy" })
+  t.eq(st, nil, "too early")
+  t.ok(msg:find("dose_given", 1, true), msg)
+  t.expect_state(kid, "waiting", "running")
+  t.eq(#doses_of("pat-okafor"), 1, "no immunization recorded")
+  t.eq(#t.sent(), 1, "no report sent")
+  t.eq(#kpis("vaccination_dose_given"), 1, "no KPI")
+  t.advance("23h") -- 2026-01-26T08:00: the due date, an hour before the due time
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy", at = "2026-01-25T23:59:00Z" }), nil,
+       "backdated to the day before")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy", at = "2026-01-26T10:00:00Z" }), nil,
+       "in the future")
+  t.eq(t.signal(kid, "dose_given", { site = "heart-partners" }), nil, "not a participating site")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy", practitioner = "dr-nobody" }), nil,
+       "unknown practitioner")
+  t.eq(t.signal(kid, "dose_given", {}), nil, "no site")
+  t.eq(#doses_of("pat-okafor"), 1, "still nothing recorded")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy", at = "2026-01-26" }), "completed",
+       "the due date counts, whatever the hour")
+  local imms = doses_of("pat-okafor")
+  t.eq(#imms, 2)
+  t.ok(imms[1].occurrenceDateTime == "2026-01-26" or imms[2].occurrenceDateTime == "2026-01-26", "date kept")
+end)
+
+t.test("overdue after the maximum interval, then the late dose completes the series", function()
+  seed()
+  local id = drive("drive-65")
+  local kid = course(id, "pat-schmidt")
+  t.signal(kid, "dose_given", { site = "county-health", at = "2026-01-05" })
+  t.eq(t.instance(kid).context.overdue_at, "2026-02-16T00:00:00.000Z", "42 days after dose 1")
+  t.advance("41d14h") -- 2026-02-15T23:00
+  t.expect_state(kid, "due")
+  t.eq(#sent_to("pat-schmidt", "overdue"), 0)
+  t.advance("1h")
+  t.expect_state(kid, "overdue")
+  local late = sent_to("pat-schmidt", "overdue")
+  t.eq(#late, 1, "overdue notice")
+  t.eq(late[1].channel, "mail")
+  t.ok(late[1].message:find("was due on 2026-01-26", 1, true), late[1].message)
+  t.advance("8d")
+  t.eq(#sent_to("pat-schmidt"), 3, "invitation, reminder, overdue: nothing more")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy", lot = "FK3100" }), "completed")
+  t.eq(#doses_of("pat-schmidt"), 2)
+  t.eq(ctx(id).completed, 1)
+end)
+
+t.test("a first dose recorded late, given elsewhere 8 weeks ago, leaves dose 2 overdue at once", function()
+  seed()
+  local id = drive("drive-65")
+  local kid = course(id, "pat-rivera")
+  t.eq(t.signal(kid, "dose_given", { site = "county-health", at = "2025-11-10T15:30:00-08:00" }), "overdue")
+  local c = t.instance(kid).context
+  t.eq({ c.last, c.due_at, c.overdue_at },
+       { "2025-11-10T23:30:00.000Z", "2025-12-01T23:30:00.000Z", "2025-12-22T23:30:00.000Z" })
+  t.eq(#sent_to("pat-rivera", "overdue"), 1)
+  t.eq(#sent_to("pat-rivera"), 2, "the invitation, then only the overdue notice")
+  t.eq(doses_of("pat-rivera")[1].occurrenceDateTime, "2025-11-10T15:30:00-08:00")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy" }), "completed")
+end)
+
+t.test("coverage is completed / target whenever a course ends; declines end courses", function()
+  seed()
+  -- E11 and 65+: Nguyen (refused), Rivera, Schmidt, Walker; no primary care
+  local id = drive("drive-e11", { target = { condition = "E11", min_age = 65 }, primary_care = false })
+  t.eq(ctx(id).target, 4)
+  t.eq(enrolled(id), { "pat-rivera", "pat-schmidt", "pat-walker" })
+  local rivera = course(id, "pat-rivera")
+  t.signal(rivera, "dose_given", { site = "main-st-pharmacy" })
+  t.advance("22d")
+  t.eq(t.signal(rivera, "dose_given", { site = "main-st-pharmacy" }), "completed")
+  near(kpis("vaccination_coverage")[1].value, 0.25, "1 of 4")
+  local schmidt = course(id, "pat-schmidt")
+  t.eq(t.signal(schmidt, "declined", { reason = "prefers to wait" }), "declined")
+  t.eq(t.instance(schmidt).context.reason, "prefers to wait")
+  t.eq(#kpis("vaccination_coverage"), 2)
+  near(kpis("vaccination_coverage")[2].value, 0.25, "still 1 of 4")
+  t.expect_state(id, "running")
+  local walker = course(id, "pat-walker")
+  t.signal(walker, "dose_given", { site = "county-health" })
+  t.advance("21d")
+  t.signal(walker, "dose_given", { site = "county-health" })
+  t.expect_state(id, "finished", "done")
+  local cov = kpis("vaccination_coverage")
+  t.eq(#cov, 3)
+  near(cov[3].value, 0.5, "2 of 4")
+  t.ok(cov[3].labels:find('"drive":"drive-e11"', 1, true), "labelled with the drive")
+  local c = ctx(id)
+  t.eq({ c.completed, c.declined, c.ended, c.opted_out }, { 2, 1, 3, 1 })
+  t.eq(#t.sent(), 0, "no primary care: no reports")
+  t.eq(#kpis("vaccination_dose_given"), 4)
+end)
+
+t.test("a declined course sends nothing more", function()
+  seed()
+  local id = drive("drive-65")
+  local kid = course(id, "pat-okafor")
+  t.signal(kid, "dose_given", { site = "main-st-pharmacy" })
+  t.eq(t.signal(kid, "declined"), "declined")
+  t.expect_state(kid, "declined", "done")
+  local before = #sent_to("pat-okafor")
+  t.advance("60d")
+  t.eq(#sent_to("pat-okafor"), before, "no reminder or overdue notice")
+  t.eq(#doses_of("pat-okafor"), 1)
+  t.eq(ctx(id).declined, 1)
+end)
+
+t.test("close ends the drive with the coverage so far; a started series can still finish", function()
+  seed()
+  local id = drive("drive-65")
+  local kid = course(id, "pat-walker")
+  t.signal(kid, "dose_given", { site = "main-st-pharmacy" })
+  t.signal(course(id, "pat-rivera"), "declined")
+  t.eq(t.signal(id, "close"), "finished")
+  local cov = kpis("vaccination_coverage")
+  t.eq(#cov, 2, "one when Rivera declined, one on close")
+  t.eq(cov[2].value, 0)
+  t.advance("21d")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy" }), "completed")
+  t.eq(#doses_of("pat-walker"), 2)
+end)
+
+t.test("a per-dose schedule: dose 1 overdue after its window, then three doses", function()
+  seed()
+  local schedule = { { max_interval = "14d" }, { min_interval = "4w", max_interval = "8w" },
+                     { min_interval = "16w" } }
+  local id = drive("drive-3", { schedule = schedule, target = { condition = "E11", max_age = 64 } })
+  local kid = course(id, "pat-garcia")
+  t.eq(t.instance(kid).context.doses, 3)
+  t.advance("14d")
+  t.expect_state(kid, "overdue")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy" }), "waiting")
+  t.eq(t.instance(kid).context.due_at, "2026-02-16T09:00:00.000Z", "dose 2: 4 weeks after 2026-01-19")
+  t.advance("28d")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy" }), "waiting")
+  t.advance("16w")
+  t.expect_state(kid, "due")
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy" }), "completed")
+  local numbers = {}
+  for _, imm in ipairs(doses_of("pat-garcia")) do numbers[#numbers + 1] = imm.doseNumber .. "/" .. imm.seriesDoses end
+  table.sort(numbers)
+  t.eq(numbers, { "1/3", "2/3", "3/3" })
+end)
+
+t.test("a single-dose vaccine completes with its one dose", function()
+  seed()
+  local id = drive("drive-1", { schedule = { doses = 1 }, target = { condition = "E11", max_age = 64 } })
+  local kid = course(id, "pat-garcia")
+  t.eq(t.signal(kid, "dose_given", { site = "county-health", lot = "PF77" }), "completed")
+  local imms = doses_of("pat-garcia")
+  t.eq({ #imms, imms[1].doseNumber, imms[1].seriesDoses, imms[1].performer }, { 1, 1, 1, "county-health" })
+  t.expect_state(id, "finished", "done")
+  t.eq(kpis("vaccination_coverage")[1].value, 1)
+end)
+
+t.test("an empty target finishes at once", function()
+  seed()
+  local id = drive("drive-none", { target = { condition = "Z99" } })
+  t.expect_state(id, "finished", "done")
+  t.eq(#kpis("vaccination_coverage"), 0)
+end)
+
+t.test("bad drive input is refused and starts nothing", function()
+  seed()
+  local function refused(extra, fragment)
+    local input = { pharmacy = "main-st-pharmacy", vaccine = COVID, schedule = TWO_DOSES,
+                    target = { min_age = 65 }, sites = { "county-health" } }
+    for k, v in pairs(extra) do input[k] = v end
+    local id, msg = t.start("vaccination", input)
+    t.eq(id, nil, fragment)
+    t.ok(msg:find(fragment, 1, true), "message " .. tostring(msg) .. " lacks " .. fragment)
+  end
+  refused({ schedule = { doses = 2, min_interval = "3 weeks" } }, "min_interval")
+  refused({ schedule = { doses = 2, min_interval = "42d", max_interval = "21d" } }, "max_interval")
+  refused({ schedule = { doses = 0 } }, "schedule.doses")
+  refused({ schedule = { { min_interval = "7d" }, {} } }, "dose 1 is due at once")
+  refused({ schedule = { doses = 2, interval = "21d" } }, "schedule.interval")
+  refused({ vaccine = { display = "flu" } }, "vaccine.code")
+  refused({ sites = { "no-such-site" } }, "no-such-site")
+  refused({ remind_before = "soon" }, "remind_before")
+  refused({ target = {} }, "at least one criterion")
+  refused({ target = { age = 65 } }, "target.age")
+  refused({ primary_care = "no-such-clinic" }, "primary_care")
+  t.eq(#t.notifications(), 0)
+  t.eq(cm.immunization.count(), 0)
+end)
