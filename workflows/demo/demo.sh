@@ -33,5 +33,9 @@ echo "\$ caremesh lua --data $data bad.lua"
 step "4. What the node holds"
 "$bin" lua --data "$data" "$here/summary.lua"
 
+step "5. Three weeks of a closed-loop referral, in milliseconds, on a virtual clock"
+echo "\$ caremesh workflow test workflows/tests/test_referral.lua"
+"$bin" workflow test "$here/../tests/test_referral.lua" | sed 's/^/  /'
+
 step "Done"
 echo "The demo's data directory is removed on exit. Next: 'make test'."
