@@ -239,8 +239,7 @@ typedef struct init_paths {
     char db[CM_PATH_MAX], conf[CM_PATH_MAX], key[CM_PATH_MAX];
 } init_paths;
 
-static int init_write(const char *data, const char *node_id, const init_paths *p, cm_keypair *kp,
-                      cm_err *err)
+static int init_write(const char *node_id, const init_paths *p, cm_keypair *kp, cm_err *err)
 {
     cm_config cfg;
     cm_store_opts sopts;
@@ -265,7 +264,6 @@ static int init_write(const char *data, const char *node_id, const init_paths *p
         (rc = cm_store_meta_set(store, "public_key", kp->public_key, err)) == 0)
         rc = cm_store_commit(store, err);
     cm_store_close(&store);
-    (void)data;
     return rc;
 }
 
@@ -326,7 +324,7 @@ static int cmd_init(int argc, char **argv)
                    existing, o.data);
         return fail("init", &err);
     }
-    if ((rc = init_write(o.data, o.node_id, &p, &kp, &err)) != 0) {
+    if ((rc = init_write(o.node_id, &p, &kp, &err)) != 0) {
         init_undo(o.data, created, &p);
         cm_keys_wipe(&kp);
         return fail("init", &err);

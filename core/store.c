@@ -401,6 +401,18 @@ static int check_identity(cm_store *store, bool create, cm_err *err)
     return cm_store_exec(store, sql, err);
 }
 
+/* Patient data: a caremesh database others can read is refused. */
+static int check_private(cm_store *store, cm_err *err)
+{
+    struct stat sb;
+    if (stat(store->path, &sb) == 0 && (sb.st_mode & 077))
+        return cm_err_set(err, CM_EPERM,
+                          "%s: permissions %04o let other users read patient data; the "
+                          "database must be 0600 (chmod 600 it)",
+                          store->path, (unsigned)(sb.st_mode & 0777));
+    return 0;
+}
+
 static int set_pragmas(cm_store *store, const cm_store_opts *opts, cm_err *err)
 {
     static const char *sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
@@ -500,6 +512,8 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
     }
     sqlite3_extended_result_codes(store->db, 1);
     if ((rc = check_identity(store, opts->create, err)) != 0)
+        goto done;
+    if ((rc = check_private(store, err)) != 0)
         goto done;
     if ((rc = set_pragmas(store, opts, err)) != 0)
         goto done;

@@ -169,6 +169,9 @@ same "empty database untouched" "$(stat -c %s "$b/caremesh.db")" 0
 rm -rf "$b"; "$bin" init --data "$b" --node-id broken >/dev/null
 sqlite3 "$b/caremesh.db" "INSERT INTO schema_version(version, description) VALUES (42, 'future');"
 bad_db "newer database" "schema version 42 is newer"
+rm -rf "$b"; "$bin" init --data "$b" --node-id broken >/dev/null
+chmod 644 "$b/caremesh.db"
+bad_db "database readable by others" "permissions 0644 let other users read patient data"
 
 # ---- serve ----
 serve_and_signal() { # SIGNAL

@@ -225,6 +225,18 @@ static void test_foreign_keys_are_enforced(void **state)
     cm_store_close(&s);
 }
 
+static void test_database_readable_by_others_is_refused(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    cm_store_close(&s);
+    chmod(f->db, 0644);
+    assert_null(open_store(f->db, false, &err));
+    assert_int_equal(err.code, CM_EPERM);
+    assert_non_null(strstr(err.msg, "permissions 0644"));
+}
+
 static void test_unwritable_location_is_reported(void **state)
 {
     fixture *f = *state;
@@ -251,6 +263,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_keys_are_enforced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_location_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_database_readable_by_others_is_refused, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
