@@ -8,6 +8,7 @@
 #include "config.h"
 #include "fs.h"
 #include "keys.h"
+#include "lcheck.h"
 #include "lconfig.h"
 #include "lhost.h"
 #include "ltest.h"
@@ -504,14 +505,66 @@ static int workflow_test(int argc, char **argv)
     return counts.failed || counts.passed == 0 ? CM_EXIT_FAIL : CM_EXIT_OK;
 }
 
+/* check FILE...: every problem of every file, "path:line: message". */
+static int workflow_check(int argc, char **argv)
+{
+    int problems = 0;
+    if (argc < 1)
+        return usage_error("workflow check", "%s", "missing FILE");
+    for (int i = 0; i < argc; i++) {
+        char *report = NULL;
+        cm_err err;
+        int n = cm_lua_workflow_check(argv[i], &report, &err);
+        if (n < 0) {
+            fprintf(stderr, "caremesh workflow check: %s\n", err.msg);
+            problems++;
+        } else {
+            fputs(report, stdout);
+            problems += n;
+        }
+        free(report);
+    }
+    if (problems == 0)
+        printf("%d file(s) checked: no problems\n", argc);
+    return problems ? CM_EXIT_FAIL : CM_EXIT_OK;
+}
+
+/* graph FILE [--mermaid] */
+static int workflow_graph(int argc, char **argv)
+{
+    const char *file = NULL;
+    bool mermaid = false;
+    char *out = NULL;
+    cm_err err;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--mermaid") == 0)
+            mermaid = true;
+        else if (argv[i][0] == '-' || file)
+            return usage_error("workflow graph", "unexpected argument '%s'", argv[i]);
+        else
+            file = argv[i];
+    }
+    if (!file)
+        return usage_error("workflow graph", "%s", "missing FILE");
+    if (cm_lua_workflow_graph(file, mermaid, &out, &err) != 0)
+        return fail("workflow graph", &err);
+    fputs(out, stdout);
+    free(out);
+    return CM_EXIT_OK;
+}
+
 static int cmd_workflow(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
-        return argc < 2 ? usage_error("workflow", "%s", "missing subcommand (test)")
+        return argc < 2 ? usage_error("workflow", "%s", "missing subcommand (check, graph, test)")
                         : print_help(find_cmd("workflow"));
+    if (strcmp(argv[1], "check") == 0)
+        return workflow_check(argc - 2, argv + 2);
+    if (strcmp(argv[1], "graph") == 0)
+        return workflow_graph(argc - 2, argv + 2);
     if (strcmp(argv[1], "test") == 0)
         return workflow_test(argc - 2, argv + 2);
-    return usage_error("workflow", "unknown subcommand '%s' (known: test)", argv[1]);
+    return usage_error("workflow", "unknown subcommand '%s' (known: check, graph, test)", argv[1]);
 }
 
 /* ---- serve ------------------------------------------------------------ */
@@ -580,10 +633,14 @@ static const cli_cmd commands[] = {
      "  --data DIR      data directory (or CAREMESH_DATA)",
      "node info --data DIR", cmd_node},
     {"workflow",
-     "Tools for workflow authors.\n\n"
-     "  test FILE...    run Lua workflow tests (caremesh.test); a closing line\n"
-     "                  'N passed, N failed'; exit 1 if any failed",
-     "workflow test FILE...", cmd_workflow},
+     "Tools for workflow authors (docs/workflow-tools.md).\n\n"
+     "  check FILE...           every problem as file:line: message (undefined or\n"
+     "                          unreachable states, no final state, unknown effects, bad\n"
+     "                          durations); exit 0 only when clean\n"
+     "  graph FILE [--mermaid]  the state machine as Graphviz DOT, or Mermaid\n"
+     "  test FILE...            run Lua workflow tests (caremesh.test); a closing line\n"
+     "                          'N passed, N failed'; exit 1 if any failed",
+     "workflow check FILE... | graph FILE [--mermaid] | test FILE...", cmd_workflow},
     {"bench",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
      "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"

@@ -192,15 +192,15 @@ static int check_states(lua_State *L, int states)
 static const char *const input_types[] = {"string", "number", "integer",  "boolean",
                                           "table",  "date",   "datetime", NULL};
 
-static bool input_type_known(const char *t)
+bool cm_workflow_input_type_known(const char *t, size_t len)
 {
     char base[64];
-    size_t len = strlen(t);
-    if (len == 0 || len >= sizeof(base))
+    if (len > 0 && t[len - 1] == '?')
+        len--;
+    if (len == 0 || len >= sizeof(base) || memchr(t, '\0', len))
         return false;
-    memcpy(base, t, len + 1);
-    if (base[len - 1] == '?')
-        base[len - 1] = '\0';
+    memcpy(base, t, len);
+    base[len] = '\0';
     for (const char *const *k = input_types; *k; k++)
         if (strcmp(base, *k) == 0)
             return true;
@@ -229,7 +229,7 @@ static int l_workflow(lua_State *L)
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING ||
-                !input_type_known(lua_tostring(L, -1)))
+                !cm_workflow_input_type_known(lua_tostring(L, -1), lua_rawlen(L, -1)))
                 return spec_error(L,
                                   "input.%s: must be a type name: string, number, integer, "
                                   "boolean, table, date, datetime or a record kind (patient, "

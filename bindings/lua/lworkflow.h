@@ -27,6 +27,10 @@ const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt);
 /* Add cm.workflow to the module table on top of the stack. */
 void cm__lworkflow_register(lua_State *L);
 
+/* Is t[0..len) an input schema type: string, number, integer, boolean, table,
+** date, datetime or a record kind, optionally ending in '?'. */
+bool cm_workflow_input_type_known(const char *t, size_t len);
+
 /* Parse a duration ("90s", "15m", "72h", "21d", "2w", "1d12h") into ms; false if malformed. */
 bool cm_duration_parse(const char *s, int64_t *ms);
 

@@ -131,6 +131,30 @@ rm "$d/node.key"
 expect 1 "missing key pair" -- "$bin" lua --data "$d" "$tmp/count.lua"; has "missing key pair" "no key file"
 cp "$tmp/clinic.key" "$d/node.key"; chmod 600 "$d/node.key"
 
+# ---- workflow tools ----
+cat >"$tmp/wf-bad.lua" <<'LUA'
+local cm = require "caremesh"
+return cm.workflow { name = "w", version = 1, start = "a",
+  states = {
+    a = { on = { go = "nowhere" } },
+    lonely = { final = true },
+  } }
+LUA
+expect 1 "workflow check finds problems" -- "$bin" workflow check "$tmp/wf-bad.lua"
+has "workflow check finds problems" "wf-bad.lua:4:"
+has "workflow check finds problems" "nowhere"
+cat >"$tmp/wf-good.lua" <<'LUA'
+local cm = require "caremesh"
+return cm.workflow { name = "w", version = 1, start = "a",
+  states = { a = { on = { done = "b" } }, b = { final = true } } }
+LUA
+expect 0 "workflow check clean file" -- "$bin" workflow check "$tmp/wf-good.lua"; has "workflow check clean file" "no problems"
+expect 0 "workflow graph" -- "$bin" workflow graph "$tmp/wf-good.lua"; has "workflow graph" '"a" -> "b"'
+expect 0 "workflow graph mermaid" -- "$bin" workflow graph "$tmp/wf-good.lua" --mermaid; has "workflow graph mermaid" "a --> b : done"
+expect 1 "workflow graph of a broken file" -- "$bin" workflow graph "$tmp/wf-bad.lua"
+expect 2 "workflow without subcommand" -- "$bin" workflow
+expect 1 "workflow test of a missing file" -- "$bin" workflow test "$tmp/none.lua"; has "workflow test of a missing file" "0 passed, 1 failed"
+
 # ---- bad configuration ----
 cp "$d/caremesh.conf" "$tmp/good.conf"
 printf 'return { node_id = "clinic-a", stroe = {} }\n' >"$d/caremesh.conf"
