@@ -176,6 +176,9 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     if ((rc = cm_lua_host_set(cm_sandbox_state(sb), &host, err)) != 0)
         goto done;
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
+    /* workflows share Lua modules kept beside them: require "lib.x" is WORKFLOWS/lib/x.lua */
+    if (o->workflows && (rc = cm_sandbox_add_module_dir(sb, o->workflows, err)) != 0)
+        goto done;
     if (!(rt = cm_lua_runtime_new(sb, err))) {
         rc = err->code;
         goto done;

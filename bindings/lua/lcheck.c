@@ -1741,6 +1741,14 @@ static int run_check(const char *path, out_mode mode, result *res, cm_err *err)
         goto done;
     }
     cm_sandbox_preload(sb, "caremesh", open_check_module);
+    /* shared modules (require "lib.x") live beside the workflow file */
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    if ((rc = cm_sandbox_add_module_dir(sb, slash ? dir : ".", err)) != 0)
+        goto done;
     if ((rc = load_file(sb, &src, res, err)) != 0 || res->report)
         goto done;
     rc = analyze_value(sb, &src, mode, res, err);

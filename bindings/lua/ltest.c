@@ -137,6 +137,12 @@ static int t_load(lua_State *L)
     if (!copy)
         return luaL_error(L, "out of memory");
     t->files[t->nfiles++] = copy;
+    /* modules shared by workflows live beside them */
+    char dir[2048];
+    cm_err derr;
+    snprintf(dir, sizeof(dir), "%s", path);
+    if (cm_sandbox_add_module_dir(t->sb, dirname(dir), &derr) != 0)
+        return raise_err(L, &derr);
     if (t->engine) {
         cm_err err;
         if (cm_engine_load_file(t->engine, path, NULL, NULL, &err) != 0)
@@ -499,6 +505,8 @@ int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
     lua_pushlightuserdata(L, &t);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &CTX_KEY);
     cm_sandbox_preload(t.sb, "caremesh", cm_lua_open_caremesh);
+    if ((rc = cm_sandbox_add_module_dir(t.sb, t.base, err)) != 0) /* the tests' own helpers */
+        goto done;
     cm_sandbox_preload(t.sb, "caremesh.test", open_test_module);
     if (!(t.rt = cm_lua_runtime_new(t.sb, err))) {
         rc = err->code;

@@ -67,9 +67,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #define SANDBOX_DEFAULT_INSTRUCTIONS 10000000u
+#define SANDBOX_MODDIRS              8
+#define SANDBOX_MODNAME_MAX          64
+#define BUFFER_MT                    "caremesh.buffer"
 #define SANDBOX_DEFAULT_MEMORY       ((size_t)64 * 1024 * 1024)
 #define SANDBOX_HOOK_STEP            1000  /* instructions between budget checks */
 #define SANDBOX_MAX_DEPTH            10000 /* nested calls (Lua's own limit needs ~100 MiB) */
@@ -100,6 +104,9 @@ struct cm_sandbox {
     void *pending_ptr;
     size_t pending_osize, pending_nsize;
     unsigned long refusals; /* growths refused at the cap, ever */
+    /* Directories `require` looks in for Lua modules ("lib.x" -> DIR/lib/x.lua). */
+    char moddirs[SANDBOX_MODDIRS][512];
+    int nmoddirs;
 };
 
 /* Registry keys (addresses only). */
@@ -523,6 +530,71 @@ static int module_not_found(lua_State *L, const char *name)
                       lua_tostring(L, -1));
 }
 
+static int read_file(const char *path, size_t max, char **buf_p, size_t *len_p, cm_err *err);
+
+/* Is name a module name for files: words of [A-Za-z0-9_] joined by '.'? */
+static bool module_name_ok(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > SANDBOX_MODNAME_MAX || name[0] == '.' || name[len - 1] == '.')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        bool word =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+        if (!word && !(c == '.' && name[i + 1] != '.'))
+            return false;
+    }
+    return true;
+}
+
+static int buffer_gc(lua_State *L)
+{
+    char **box = luaL_checkudata(L, 1, BUFFER_MT);
+    free(*box);
+    *box = NULL;
+    return 0;
+}
+
+/* Push the function of module `name` found in a module directory (text only,
+** the sandbox's environment), or return false when no directory has it. The
+** file's text is held in a box, so an error while compiling cannot leak it. */
+static bool load_module_file(lua_State *L, const char *name)
+{
+    cm_sandbox *sb = sandbox_of(L);
+    char rel[SANDBOX_MODNAME_MAX + 8], path[600];
+    if (!module_name_ok(name))
+        return false;
+    snprintf(rel, sizeof(rel), "%s", name);
+    for (char *p = rel; *p; p++)
+        if (*p == '.')
+            *p = '/';
+    for (int i = 0; i < sb->nmoddirs; i++) {
+        snprintf(path, sizeof(path), "%s/%s.lua", sb->moddirs[i], rel);
+        if (access(path, R_OK) != 0)
+            continue;
+        char **box = lua_newuserdatauv(L, sizeof(char *), 0);
+        size_t len = 0;
+        cm_err err;
+        *box = NULL;
+        luaL_setmetatable(L, BUFFER_MT);
+        if (read_file(path, sb->mem_cap, box, &len, &err) != 0)
+            luaL_error(L, "module '%s': %s", name, err.msg);
+        lua_pushfstring(L, "@%s", path);
+        if (luaL_loadbufferx(L, *box, len, lua_tostring(L, -1), "t") != LUA_OK)
+            lua_error(L); /* the syntax error names the file and line */
+        free(*box);
+        *box = NULL;
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &env_key);
+        lua_setupvalue(L, -2, 1);
+        /* stack: ..., box, chunkname, function */
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        return true;
+    }
+    return false;
+}
+
 static int sb_require(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
@@ -533,8 +605,11 @@ static int sb_require(lua_State *L)
         return 1;
     lua_pop(L, 1);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &preload_key); /* 3 */
-    if (lua_getfield(L, 3, name) != LUA_TFUNCTION)   /* 4 */
-        return module_not_found(L, name);
+    if (lua_getfield(L, 3, name) != LUA_TFUNCTION) { /* 4 */
+        lua_pop(L, 1);
+        if (!load_module_file(L, name))
+            return module_not_found(L, name);
+    }
     lua_pushvalue(L, 1);
     lua_call(L, 1, 1); /* stack: name, loaded, preload, module */
     if (lua_isnil(L, 4)) {
@@ -924,6 +999,13 @@ static int setup_env(lua_State *L)
     }
     new_registry_table(L, &killed_key, "k");
     new_registry_table(L, &preload_key, NULL);
+    if (luaL_newmetatable(L, BUFFER_MT)) {
+        lua_pushcfunction(L, buffer_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
     new_registry_table(L, &modnames_key, NULL);
     new_registry_table(L, &loaded_key, NULL);
 
@@ -1074,6 +1156,19 @@ void cm_sandbox_preload(cm_sandbox *sb, const char *name, lua_CFunction open)
     lua_pushlightuserdata(sb->L, &args);
     if (lua_pcall(sb->L, 1, 0, 0) != LUA_OK)
         lua_pop(sb->L, 1); /* out of memory: the module stays unknown to require */
+}
+
+int cm_sandbox_add_module_dir(cm_sandbox *sb, const char *dir, cm_err *err)
+{
+    if (!dir || strlen(dir) >= sizeof(sb->moddirs[0]) - SANDBOX_MODNAME_MAX - 8)
+        return cm_err_set(err, CM_EINVAL, "module directory: path too long");
+    for (int i = 0; i < sb->nmoddirs; i++)
+        if (strcmp(sb->moddirs[i], dir) == 0)
+            return 0;
+    if (sb->nmoddirs >= SANDBOX_MODDIRS)
+        return cm_err_set(err, CM_EINVAL, "at most %d module directories", SANDBOX_MODDIRS);
+    snprintf(sb->moddirs[sb->nmoddirs++], sizeof(sb->moddirs[0]), "%s", dir);
+    return 0;
 }
 
 /* How Lua shows a chunk name: "@path" and "=name" without their mark. */

@@ -51,6 +51,12 @@ lua_State *cm_sandbox_state(cm_sandbox *sb);
 ** module. On out of memory the module stays unregistered. */
 void cm_sandbox_preload(cm_sandbox *sb, const char *name, lua_CFunction open);
 
+/* Let `require` also find Lua modules as files: "lib.cohort" is DIR/lib/cohort.lua,
+** compiled as text with the sandbox's environment, run once, cached (a table
+** comes back read-only). Directories are searched in the order added (at most 8);
+** preloaded modules come first. CM_EINVAL when there is no room or the path is too long. */
+int cm_sandbox_add_module_dir(cm_sandbox *sb, const char *dir, cm_err *err);
+
 /* Push a read-only view of the table at idx, for bindings that hand tables to
 ** scripts: reads and pairs() see the table, writes (also rawset) raise
 ** "attempt to modify read-only table 'name' (field 'k')", getmetatable gives

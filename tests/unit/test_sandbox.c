@@ -866,6 +866,53 @@ static void test_dofile_of_a_missing_file_names_it(void **state)
     expect_healthy(sb);
 }
 
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_require_finds_modules_in_module_dirs(void **state)
+{
+    cm_sandbox *sb = *state;
+    cm_err err = {0};
+    char dir[] = "/tmp/caremesh-mods-XXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/lib", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/lib/greet.lua", dir);
+    write_text(path, "local M = {}\nfunction M.hello(n) return 'hello ' .. n end\nreturn M\n");
+    snprintf(path, sizeof(path), "%s/lib/broken.lua", dir);
+    write_text(path, "local M = {\nreturn M\n");
+    assert_int_equal(cm_sandbox_add_module_dir(sb, dir, &err), 0);
+    assert_int_equal(cm_sandbox_add_module_dir(sb, dir, &err), 0); /* once is enough */
+    expect_result(sb, "return require('lib.greet').hello('ana')", "hello ana");
+    /* cached, and read-only for every script */
+    expect_result(sb, "return tostring(require('lib.greet') == require('lib.greet'))", "true");
+    assert_int_equal(run(sb, "require('lib.greet').hello = nil", &err), CM_ELUA);
+    assert_non_null(strstr(err.msg, "read-only"));
+    /* a module with a syntax error names its file and line */
+    assert_int_equal(run(sb, "require('lib.broken')", &err), CM_ELUA);
+    assert_non_null(strstr(err.msg, "lib/broken.lua:2:"));
+    /* names that could leave the directory are not even looked up */
+    assert_int_equal(run(sb, "require('..lib.greet')", &err), CM_ELUA);
+    assert_non_null(strstr(err.msg, "not found"));
+    assert_int_equal(run(sb, "require('lib/greet')", &err), CM_ELUA);
+    assert_non_null(strstr(err.msg, "not found"));
+    assert_int_equal(run(sb, "require('lib.absent')", &err), CM_ELUA);
+    assert_non_null(strstr(err.msg, "module 'lib.absent' not found"));
+    snprintf(path, sizeof(path), "%s/lib/greet.lua", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/lib/broken.lua", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/lib", dir);
+    rmdir(path);
+    rmdir(dir);
+    expect_healthy(sb);
+}
+
 static void test_dofile_runs_a_file_and_names_it_in_errors(void **state)
 {
     cm_sandbox *sb = *state;
@@ -977,6 +1024,7 @@ int main(void)
         DEFAULT_TEST(test_print_writes_to_stdout),
         DEFAULT_TEST(test_dofile_of_a_missing_file_names_it),
         DEFAULT_TEST(test_dofile_runs_a_file_and_names_it_in_errors),
+        DEFAULT_TEST(test_require_finds_modules_in_module_dirs),
         SMALL_TEST(test_nested_calls_share_the_budget),
     };
 #undef DEFAULT_TEST
