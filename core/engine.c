@@ -71,6 +71,10 @@ struct cm_engine {
     int closing; /* handles still closing after detach */
     bool doomed; /* destroyed while handles close: the last close frees */
     bool in_run; /* a batch is running: no re-entry from callbacks */
+    /* the clock's time last formatted: every row of a step carries it */
+    bool now_set;
+    int64_t now_ms;
+    char now_buf[CM_TIME_BUFSZ];
 };
 
 static void arm_loop(cm_engine *e);
@@ -97,7 +101,13 @@ static void copy_str(char *dst, size_t n, const char *src)
 
 static void now_text(cm_engine *e, char *buf)
 {
-    cm_time_format(cm_clock_now_ms(e->o.clock), buf, CM_TIME_BUFSZ);
+    int64_t ms = cm_clock_now_ms(e->o.clock);
+    if (!e->now_set || ms != e->now_ms) {
+        cm_time_format(ms, e->now_buf, sizeof(e->now_buf));
+        e->now_ms = ms;
+        e->now_set = true;
+    }
+    memcpy(buf, e->now_buf, sizeof(e->now_buf));
 }
 
 static void work_free(work *w)

@@ -26,6 +26,9 @@ struct cm_store {
     int schema_version;
     bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
     cm_stmt_slot stmts[CM_STMT_SLOTS];
+    /* by the address of the caller's literal: the slot it was last found in,
+    ** so a kept statement is found without hashing its text */
+    uint8_t hint[CM_STMT_SLOTS];
 };
 
 typedef struct cm_migration {
@@ -235,12 +238,20 @@ static uint32_t sql_hash(const char *s)
 
 sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
 {
+    uint8_t *hint = &store->hint[((uintptr_t)sql >> 3) % CM_STMT_SLOTS];
+    cm_stmt_slot *known = &store->stmts[*hint];
+    if (known->sql == sql) {
+        sqlite3_reset(known->stmt);
+        sqlite3_clear_bindings(known->stmt);
+        return known->stmt;
+    }
     uint32_t h = sql_hash(sql);
     for (uint32_t i = 0; i < CM_STMT_SLOTS; i++) {
         cm_stmt_slot *slot = &store->stmts[(h + i) % CM_STMT_SLOTS];
         if (slot->sql && (slot->sql == sql || strcmp(slot->sql, sql) == 0)) {
             sqlite3_reset(slot->stmt);
             sqlite3_clear_bindings(slot->stmt);
+            *hint = (uint8_t)((h + i) % CM_STMT_SLOTS);
             return slot->stmt;
         }
         if (!slot->sql) {
