@@ -22,6 +22,7 @@
 #define ENGINE_SPAWN_DEPTH        8
 #define ENGINE_RUN_BATCHES        1000
 #define ENGINE_SOURCE_MAX         ((size_t)4 << 20)
+#define ENGINE_CACHE_SLOTS        4096 /* running instances kept in memory, direct-mapped */
 
 typedef enum { WORK_START, WORK_SIGNAL } work_kind;
 
@@ -71,6 +72,14 @@ struct cm_engine {
     int closing; /* handles still closing after detach */
     bool doomed; /* destroyed while handles close: the last close frees */
     bool in_run; /* a batch is running: no re-entry from callbacks */
+    /* the clock's time last formatted: every row of a step carries it */
+    bool now_set;
+    int64_t now_ms;
+    char now_buf[CM_TIME_BUFSZ];
+    /* Running instances as last written in a batch (see cache_take): a step
+    ** neither re-reads nor re-parses them. Slot by hash of the id; a newer
+    ** instance displaces an older one, so memory is bounded. */
+    inst **cache;
 };
 
 static void arm_loop(cm_engine *e);
@@ -97,7 +106,13 @@ static void copy_str(char *dst, size_t n, const char *src)
 
 static void now_text(cm_engine *e, char *buf)
 {
-    cm_time_format(cm_clock_now_ms(e->o.clock), buf, CM_TIME_BUFSZ);
+    int64_t ms = cm_clock_now_ms(e->o.clock);
+    if (!e->now_set || ms != e->now_ms) {
+        cm_time_format(ms, e->now_buf, sizeof(e->now_buf));
+        e->now_ms = ms;
+        e->now_set = true;
+    }
+    memcpy(buf, e->now_buf, sizeof(e->now_buf));
 }
 
 static void work_free(work *w)
@@ -116,6 +131,69 @@ static void inst_clear(inst *in)
     cJSON_Delete(in->input);
     cJSON_Delete(in->ctx);
     in->input = in->ctx = NULL;
+}
+
+/* ---- the instance cache ---------------------------------------------- */
+
+/* Invariant: an entry equals its row as of the end of the last step that
+** touched it. Whoever changes a row otherwise drops the entry; a batch that
+** fails to commit clears them all. */
+
+static inst **cache_slot(cm_engine *e, const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &e->cache[h % ENGINE_CACHE_SLOTS];
+}
+
+/* Move the entry for id into *out (the caller owns it now); false if none. */
+static bool cache_take(cm_engine *e, const char *id, inst *out)
+{
+    inst **slot = cache_slot(e, id);
+    if (!*slot || strcmp((*slot)->id, id) != 0)
+        return false;
+    *out = **slot;
+    free(*slot);
+    *slot = NULL;
+    return true;
+}
+
+static void cache_free(inst **slot)
+{
+    if (*slot) {
+        inst_clear(*slot);
+        free(*slot);
+        *slot = NULL;
+    }
+}
+
+/* Keep in (moved: its input and ctx become the cache's) if it is running. */
+static void cache_put(cm_engine *e, inst *in)
+{
+    if (strcmp(in->status, "running") != 0)
+        return; /* ended or paused: read back from the row when needed */
+    inst **slot = cache_slot(e, in->id);
+    inst *copy = malloc(sizeof(*copy));
+    if (!copy)
+        return; /* not kept: the row is the truth */
+    cache_free(slot);
+    *copy = *in;
+    in->input = in->ctx = NULL;
+    *slot = copy;
+}
+
+static void cache_drop(cm_engine *e, const char *id)
+{
+    inst **slot = cache_slot(e, id);
+    if (*slot && strcmp((*slot)->id, id) == 0)
+        cache_free(slot);
+}
+
+static void cache_clear(cm_engine *e)
+{
+    for (int i = 0; i < ENGINE_CACHE_SLOTS; i++)
+        cache_free(&e->cache[i]);
 }
 
 static int db_fail(cm_engine *e, cm_err *err, const char *what)
@@ -788,7 +866,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     int rc = sp_begin(e, err);
     if (rc != 0)
         return rc;
-    rc = inst_load(e, instance, &in, err);
+    rc = cache_take(e, instance, &in) ? 0 : inst_load(e, instance, &in, err);
     if (rc == 0 && strcmp(in.status, "paused") == 0) {
         /* held until resume: kept as a ready event that the due query skips */
         rc = seq ? 0 : insert_event(e, in.id, name, payload, is_timer, 0, err);
@@ -848,6 +926,8 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         copy_str(msg, sizeof(msg), err->msg);
         park_event(e, seq, msg, &kerr);
     }
+    if (rc == 0)
+        cache_put(e, &in); /* a failed step's changes were rolled back: not kept */
     inst_clear(&in);
     return rc;
 }
@@ -1015,6 +1095,8 @@ static int run_batch(cm_engine *e, cm_err *err)
         rc = cm_store_commit(e->o.store, err);
     else
         cm_store_rollback(e->o.store);
+    if (rc != 0)
+        cache_clear(e); /* entries may hold steps that never became durable */
     for (int i = 0; i < n; i++) {
         if (rc != 0) { /* nothing of the batch is durable: say so to everyone */
             ocs[i].status = rc;
@@ -1148,6 +1230,7 @@ static int with_instance(cm_engine *e, const char *id,
     int rc = cm_store_begin(e->o.store, err);
     if (rc != 0)
         return rc;
+    cache_drop(e, id); /* the row changes here, not through a step */
     rc = inst_load(e, id, &in, err);
     if (rc == 0)
         rc = fn(e, &in, arg, err);
@@ -1376,6 +1459,11 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
         return NULL;
     }
     e->o = *opts;
+    if (!(e->cache = calloc(ENGINE_CACHE_SLOTS, sizeof(*e->cache)))) {
+        free(e);
+        cm_err_set(err, CM_ENOMEM, "out of memory");
+        return NULL;
+    }
     if (e->o.batch_max <= 0)
         e->o.batch_max = ENGINE_BATCH_DEFAULT;
     if (e->o.max_attempts <= 0)
@@ -1402,6 +1490,9 @@ void cm_engine_destroy(cm_engine **engine_p)
         }
         work_free(w);
     }
+    cache_clear(e);
+    free(e->cache);
+    e->cache = NULL;
     if (e->closing > 0)
         e->doomed = true; /* freed by the last close callback */
     else

@@ -26,6 +26,9 @@ struct cm_store {
     int schema_version;
     bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
     cm_stmt_slot stmts[CM_STMT_SLOTS];
+    /* by the address of the caller's literal: the slot it was last found in,
+    ** so a kept statement is found without hashing its text */
+    uint8_t hint[CM_STMT_SLOTS];
 };
 
 typedef struct cm_migration {
@@ -70,6 +73,9 @@ static const cm_migration migrations[] = {
      ");\n"
      "CREATE INDEX record_index_from ON record_index(kind, id);\n"
      "CREATE INDEX record_index_lookup ON record_index(kind, key, value, id);\n"},
+    /* The engine writes these tables on every step, so the schema avoids what
+    ** makes SQLite build a temporary table per statement: CHECK ... IN (...)
+    ** (use OR) and multi-row DELETEs on WITHOUT ROWID tables (timer). */
     {2, "workflow engine: definitions, instances, history, timers, events, effects",
      "CREATE TABLE workflow_def(\n"
      "  name      TEXT NOT NULL,\n"
@@ -86,7 +92,8 @@ static const cm_migration migrations[] = {
      "  workflow TEXT NOT NULL,\n"
      "  rev      INTEGER NOT NULL,\n"
      "  state    TEXT NOT NULL,\n"
-     "  status   TEXT NOT NULL CHECK (status IN ('running','paused','done','cancelled')),\n"
+     "  status   TEXT NOT NULL CHECK (status = 'running' OR status = 'paused' OR "
+     "status = 'done' OR status = 'cancelled'),\n"
      "  input    TEXT NOT NULL,\n"
      "  ctx      TEXT NOT NULL,\n"
      "  parent   TEXT REFERENCES instance(id),\n"
@@ -95,7 +102,7 @@ static const cm_migration migrations[] = {
      "  updated  TEXT NOT NULL,\n"
      "  FOREIGN KEY (workflow, rev) REFERENCES workflow_def(name, rev)\n"
      ");\n"
-     "CREATE INDEX instance_by_workflow ON instance(workflow, status, state);\n"
+     "CREATE INDEX instance_by_workflow ON instance(workflow, status);\n"
      "CREATE INDEX instance_by_parent ON instance(parent);\n"
      "CREATE TABLE history(\n"
      "  instance   TEXT NOT NULL REFERENCES instance(id),\n"
@@ -113,8 +120,8 @@ static const cm_migration migrations[] = {
      "  due_ms   INTEGER NOT NULL,\n"
      "  payload  TEXT NOT NULL,\n"
      "  scope    TEXT,\n"
-     "  PRIMARY KEY (instance, name)\n"
-     ") WITHOUT ROWID;\n"
+     "  UNIQUE (instance, name)\n"
+     ");\n"
      "CREATE INDEX timer_by_due ON timer(due_ms);\n"
      "CREATE TABLE event(\n"
      "  seq      INTEGER PRIMARY KEY,\n"
@@ -122,7 +129,7 @@ static const cm_migration migrations[] = {
      "  name     TEXT NOT NULL,\n"
      "  payload  TEXT NOT NULL,\n"
      "  timer    INTEGER NOT NULL DEFAULT 0,\n"
-     "  status   TEXT NOT NULL CHECK (status IN ('ready','failed')),\n"
+     "  status   TEXT NOT NULL CHECK (status = 'ready' OR status = 'failed'),\n"
      "  attempts INTEGER NOT NULL DEFAULT 0,\n"
      "  error    TEXT,\n"
      "  due_ms   INTEGER NOT NULL,\n"
@@ -231,12 +238,20 @@ static uint32_t sql_hash(const char *s)
 
 sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
 {
+    uint8_t *hint = &store->hint[((uintptr_t)sql >> 3) % CM_STMT_SLOTS];
+    cm_stmt_slot *known = &store->stmts[*hint];
+    if (known->sql == sql) {
+        sqlite3_reset(known->stmt);
+        sqlite3_clear_bindings(known->stmt);
+        return known->stmt;
+    }
     uint32_t h = sql_hash(sql);
     for (uint32_t i = 0; i < CM_STMT_SLOTS; i++) {
         cm_stmt_slot *slot = &store->stmts[(h + i) % CM_STMT_SLOTS];
         if (slot->sql && (slot->sql == sql || strcmp(slot->sql, sql) == 0)) {
             sqlite3_reset(slot->stmt);
             sqlite3_clear_bindings(slot->stmt);
+            *hint = (uint8_t)((h + i) % CM_STMT_SLOTS);
             return slot->stmt;
         }
         if (!slot->sql) {

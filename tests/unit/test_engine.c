@@ -733,6 +733,53 @@ static void stop_loop(void *ud, const cm_ack *ack)
     uv_stop(ud);
 }
 
+/* Steps of a running instance start from the engine's in-memory copy: a
+** failing step must not leave its changes there, nor may pause or cancel. */
+static void test_kept_instances_follow_failures_and_operator_actions(void **state)
+{
+    static const char *COUNTER = "local cm = require 'caremesh'\n"
+                                 "return cm.workflow {\n"
+                                 "  name = 'counter', version = 1, start = 'counting',\n"
+                                 "  states = {\n"
+                                 "    counting = { enter = function(wf) wf.ctx.n = 0 end, on = {\n"
+                                 "      inc = function(wf) wf.ctx.n = wf.ctx.n + 1 end,\n"
+                                 "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
+                                 "      stop = 'stopped' } },\n"
+                                 "    stopped = { final = true },\n"
+                                 "  },\n"
+                                 "}\n";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "counter.lua", COUNTER);
+    assert_int_equal(cm_engine_start(f->engine, "counter", NULL, "c-1", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "c-1", "inc", NULL);
+    run(f);
+    signal_ev(f, "c-1", "boom", NULL); /* fails in the same batch as the incs around it */
+    signal_ev(f, "c-1", "inc", NULL);
+    run(f);
+    signal_ev(f, "c-1", "inc", NULL);
+    run(f);
+    assert_int_equal(f->a.status[2], CM_ELUA);
+    assert_int_equal(f->a.status[3], 0);
+    cJSON *inst = get(f, "c-1");
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(inst, "context"), "n")->valueint, 3);
+    cJSON_Delete(inst);
+    assert_int_equal(cm_engine_pause(f->engine, "c-1", &err), 0);
+    signal_ev(f, "c-1", "inc", NULL);
+    run(f);
+    assert_true(f->a.kept[5]);
+    expect_state(f, "c-1", "counting", "paused");
+    assert_int_equal(cm_engine_cancel(f->engine, "c-1", "test", &err), 0);
+    signal_ev(f, "c-1", "inc", NULL);
+    run(f);
+    assert_int_equal(f->a.status[6], CM_EINVAL);
+    expect_state(f, "c-1", "counting", "cancelled");
+    inst = get(f, "c-1");
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(inst, "context"), "n")->valueint, 3);
+    cJSON_Delete(inst);
+}
+
 static void test_attached_engine_runs_on_the_loop(void **state)
 {
     fx *f = *state;
@@ -784,6 +831,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_instances_follow_failures_and_operator_actions,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
                                         setup, teardown),
     };
