@@ -56,68 +56,29 @@
 -- answer), `outreach_opted_out` (1, source "response" or "consent"); at the
 -- end `outreach_reach_rate` and `outreach_response_rate` (0..1, over the
 -- patients contacted; not recorded when nobody was contacted).
+--
+-- Uses lib/cohort.lua (the cohort query, ages, the consent check),
+-- lib/checks.lua (input checks) and lib/time.lua (durations).
 local cm = require "caremesh"
+local checks = require "lib.checks"
+local cohort = require "lib.cohort"
+local time = require "lib.time"
 
-local PAGE = 500
 local PURPOSES = { referral = true, outreach = true, immunization = true, care_coordination = true }
-local FIND_KEYS = { condition = true, gender = true, language = true, generalPractitioner = true }
 
-local function is_duration(s)
-  return type(s) == "string" and s ~= "" and s:gsub("%d+[smhdw]", "") == ""
-end
+local check = checks.checker("outreach")
 
-local function check(ok, msg)
-  if not ok then error("outreach: " .. msg, 0) end
-end
-
--- Whole years from birthDate ("YYYY-MM-DD") to today ("YYYY-MM-DD").
-local function age_on(birth, today)
-  local age = tonumber(today:sub(1, 4)) - tonumber(birth:sub(1, 4))
-  if today:sub(6, 10) < birth:sub(6, 10) then age = age - 1 end
-  return age
-end
-
--- Is a "deny" consent for purpose in effect for this patient and organization?
-local function denied(patient, purpose, organization, today)
-  for _, c in ipairs(cm.consent.find { patient = patient, purpose = purpose }) do
-    if c.decision == "deny" and c.status == "active"
-        and (c.organization == nil or c.organization == organization)
-        and (c.period == nil or (c.period.start <= today
-             and (c.period["end"] == nil or c.period["end"] >= today))) then
-      return true
-    end
-  end
-  return false
-end
+local function is_duration(s) return time.seconds(s) ~= nil end
 
 -- The patient ids matching the query, in id order.
 local function select_cohort(query, min_age, max_age, exclude, today)
-  local filter, skip, ids, after = {}, {}, {}, nil
-  for k, v in pairs(query) do
-    if FIND_KEYS[k] then
-      check(type(v) == "string", "cohort." .. k .. ": expected a string")
-      filter[k] = v
-    else
-      check(k == "min_age" or k == "max_age", "cohort." .. tostring(k) .. ": unknown criterion")
-    end
-  end
+  local filter, skip = cohort.filter(query, "cohort", check), {}
   min_age, max_age = min_age or query.min_age, max_age or query.max_age
   check(min_age == nil or math.type(min_age) == "integer", "min_age: expected whole years")
   check(max_age == nil or math.type(max_age) == "integer", "max_age: expected whole years")
   check(next(filter) or min_age or max_age, "cohort: give at least one criterion")
   for _, id in ipairs(exclude or {}) do skip[id] = true end
-  repeat
-    local page = cm.patient.find(filter, { after = after, limit = PAGE })
-    for _, p in ipairs(page) do
-      local age = age_on(p.birthDate, today)
-      if p.active ~= false and not skip[p.id]
-          and (not min_age or age >= min_age) and (not max_age or age <= max_age) then
-        ids[#ids + 1] = p.id
-      end
-      after = p.id
-    end
-  until #page < PAGE
-  return ids
+  return cohort.select(filter, min_age, max_age, today, skip)
 end
 
 local function labels(wf, extra)
@@ -134,7 +95,7 @@ local function wave(wf)
   for _, patient in ipairs(ctx.queue) do
     if started >= ctx.per_hour then
       rest[#rest + 1] = patient
-    elseif denied(patient, ctx.purpose, input.organization, today) then
+    elseif cohort.denied(patient, ctx.purpose, input.organization, today) then
       ctx.opted_out = ctx.opted_out + 1
       wf:kpi("outreach_opted_out", 1, labels(wf, { source = "consent" }))
     else

@@ -31,7 +31,10 @@
 --             (any other answer is refused)
 --   opt_out   { note? }
 --   retry, expire   the attempt timers
+--
+-- Uses lib/text.lua (whether the opt-out came with a note).
 local cm = require "caremesh"
+local text = require "lib.text"
 
 local ANSWERS = { booked = true, declined = true, other = true }
 
@@ -89,7 +92,7 @@ return cm.workflow {
             id = "optout." .. wf.id, patient = wf.input.patient,
             purpose = wf.input.purpose or "outreach", organization = wf.input.organization,
             decision = "deny", period = { start = today }, recorded = wf:now(),
-            note = type(ev.note) == "string" and ev.note:find("%S") and ev.note
+            note = text.present(ev.note) and ev.note
                    or "Opted out in reply to outreach " .. (wf.input.campaign or wf.id),
           }
           return "opted_out"

@@ -71,95 +71,32 @@
 -- milestones {requested, accepted, scheduled, rescheduled, no_show,
 -- consult_received, closed, declined, cancelled, escalated_<reason>}: the
 -- instant of each.
+--
+-- Uses lib/time.lua (ISO-8601 instants, durations), lib/text.lua (clipping
+-- the partner's text, organization names) and lib/checks.lua (the priority,
+-- whether a message is about this referral).
 
 local cm = require "caremesh"
+local checks = require "lib.checks"
+local text = require "lib.text"
+local time = require "lib.time"
 
 local ANSWER_WITHIN = "72h"
 local CLOSE_WITHIN = "30d"
 local URGENT_DIVISOR = 3 -- urgent: a third of the answer window
 local OUTREACH_EVERY = "48h"
 local OUTREACH_MAX = 3 -- messages to the patient before a person phones
-local TITLE_MAX = 1000 -- bytes, for task titles
-local TEXT_MAX = 8000 -- bytes, for task descriptions (the consult note in the review task)
-local SUMMARY_MAX = 280
 
 -- ---- helpers ------------------------------------------------------------
 
-local UNIT = { s = 1, m = 60, h = 3600, d = 86400, w = 604800 }
+local present, clip, org_name = text.present, text.clip, text.org_name
+local epoch, iso = time.epoch, time.iso
 
 -- "72h", "1d12h" -> seconds; nil when malformed or zero.
 local function seconds(dur)
-  if type(dur) ~= "string" or dur == "" then return nil end
-  local total = 0
-  local rest = dur:gsub("(%d+)([smhdw])", function(n, u)
-    total = total + tonumber(n) * UNIT[u]
-    return ""
-  end)
-  if rest ~= "" or total <= 0 then return nil end
-  return total
-end
-
--- seconds -> the largest whole unit: 86400 -> "1d", 5400 -> "90m".
-local function duration(secs)
-  for _, u in ipairs { "d", "h", "m" } do
-    if secs % UNIT[u] == 0 then return (secs // UNIT[u]) .. u end
-  end
-  return secs .. "s"
-end
-
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = y // 400
-  local yoe = y - era * 400
-  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
-  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-end
-
-local function days_in_month(y, m)
-  if m == 2 then return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28 end
-  return ({ 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 })[m]
-end
-
--- ISO-8601 date-time with a zone ("2026-01-20T14:30:00Z", "...-08:00") ->
--- seconds since the epoch; nil when malformed.
-local function epoch(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, tail = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d)(.*)$")
-  if not y then return nil end
-  y, mo, d, h, mi = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi)
-  local sec = 0
-  local ss, rest = tail:match("^:(%d%d)(.*)$")
-  if ss then
-    sec, tail = tonumber(ss), rest
-    tail = tail:gsub("^%.%d+", "", 1)
-  end
-  local off = 0
-  if tail ~= "Z" then
-    local sign, oh, om = tail:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then return nil end
-    off = (tonumber(oh) * 60 + tonumber(om)) * 60 * (sign == "-" and -1 or 1)
-  end
-  if mo < 1 or mo > 12 or d < 1 or d > days_in_month(y, mo) or h > 23 or mi > 59 or sec > 59 then
-    return nil
-  end
-  return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - off
-end
-
-local function iso(secs) return os.date("!%Y-%m-%dT%H:%M:%SZ", secs) end
-
-local function present(s) return type(s) == "string" and s:find("%S") ~= nil end
-
--- At most max bytes of s, cut on a UTF-8 character boundary.
-local function clip(s, max)
-  if #s <= max then return s end
-  local cut = max
-  while cut > 0 and (s:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
-  return s:sub(1, cut) .. "..."
-end
-
-local function org_name(id)
-  local org = cm.organization.get(id)
-  return org and org.name or id
+  local secs = time.seconds(dur)
+  if not secs or secs <= 0 then return nil end
+  return secs
 end
 
 local function priority(wf) return wf.input.priority or "routine" end
@@ -173,11 +110,11 @@ local function kpi(wf, name, value, labels)
 end
 
 -- A human task at the referring clinic about this referral's patient. Text
--- from the partner is clipped to the task's limits (title 1024, text 8192).
+-- from the partner is clipped to the task's limits (lib/text.lua).
 local function task(wf, spec)
   wf:task {
-    title = clip(spec.title, TITLE_MAX),
-    description = spec.description and clip(spec.description, TEXT_MAX),
+    title = clip(spec.title, text.TITLE_MAX),
+    description = spec.description and clip(spec.description, text.TEXT_MAX),
     organization = wf.input.from,
     role = spec.role or "care_coordinator", patient = wf.input.patient,
     priority = priority(wf) == "urgent" and "urgent" or "routine", due = spec.due or "1d",
@@ -192,7 +129,7 @@ local function escalate(wf, why, title, description)
 end
 
 -- A message from the specialist is about this referral (or does not say).
-local function mine(wf, ev) return ev.referral == nil or ev.referral == wf.id end
+local function mine(wf, ev) return checks.about(ev, wf.id) end
 
 local function with_reason(wf, ev) return mine(wf, ev) and present(ev.reason) end
 
@@ -290,11 +227,7 @@ return cm.workflow {
       description = "The request is with the specialist; waiting for an answer",
       enter = function(wf)
         local input = wf.input
-        local p = priority(wf)
-        if p ~= "routine" and p ~= "urgent" then
-          error(string.format("input.priority: expected \"routine\" or \"urgent\", got %q",
-                              tostring(p)), 0)
-        end
+        local p = checks.priority(priority(wf))
         if input.from == input.to then
           error("input.to: the specialist must be another organization than input.from", 0)
         end
@@ -315,8 +248,8 @@ return cm.workflow {
         mark(wf, "requested")
         wf:send(input.to, "referral.request",
                 { referral = wf.id, patient = input.patient, reason = input.reason, priority = p })
-        wf:after(duration(answer), "answer_due")
-        wf:after(duration(close), "loop_due", nil, { keep = true })
+        wf:after(time.duration(answer), "answer_due")
+        wf:after(time.duration(close), "loop_due", nil, { keep = true })
       end,
       on = open {
         ["referral.accepted"] = { guard = mine, to = "accepted" },
@@ -348,10 +281,10 @@ return cm.workflow {
         ["referral.consult_note"] = {
           guard = function(wf, ev) return mine(wf, ev) and present(ev.note) end,
           to = function(wf, ev)
-            wf.ctx.summary = present(ev.summary) and clip(ev.summary, SUMMARY_MAX)
-                             or clip(ev.note, SUMMARY_MAX)
+            wf.ctx.summary = present(ev.summary) and clip(ev.summary, text.SUMMARY_MAX)
+                             or clip(ev.note, text.SUMMARY_MAX)
             task(wf, { title = "Review the consult note from " .. org_name(wf.input.to),
-                       role = "physician", due = "3d", description = clip(ev.note, TEXT_MAX) })
+                       role = "physician", due = "3d", description = clip(ev.note, text.TEXT_MAX) })
             return "consult_received"
           end,
         },
@@ -387,7 +320,7 @@ return cm.workflow {
       enter = function(wf) mark(wf, "consult_received") end,
       on = {
         close = function(wf, ev)
-          if present(ev.note) then wf.ctx.review_note = clip(ev.note, SUMMARY_MAX) end
+          if present(ev.note) then wf.ctx.review_note = clip(ev.note, text.SUMMARY_MAX) end
           return "closed"
         end,
         loop_due = loop_overdue,

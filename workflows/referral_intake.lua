@@ -60,71 +60,23 @@
 -- cancelled_by, summary, no_shows, and milestones {received, accepted,
 -- booked, rebooked, no_show, closed, declined, cancelled, triage_reminded,
 -- patient_reminded}: the instant of each.
+--
+-- Uses lib/time.lua (ISO-8601 instants), lib/text.lua (clipping the
+-- partner's text, organization names) and lib/checks.lua (the priority,
+-- whether a message is about this referral).
 local cm = require "caremesh"
+local checks = require "lib.checks"
+local text = require "lib.text"
+local time = require "lib.time"
 
 local TRIAGE_WITHIN = { routine = "48h", urgent = "24h" }
 local REMIND_BEFORE = 24 * 3600 -- seconds before the appointment
 local REBOOK_WITHIN = "7d"
-local SUMMARY_MAX = 280
-local TITLE_MAX = 1000 -- bytes, for task titles
-local TEXT_MAX = 8000 -- bytes, for task descriptions and notes
 
 -- ---- helpers ------------------------------------------------------------
 
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = y // 400
-  local yoe = y - era * 400
-  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
-  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-end
-
-local function days_in_month(y, m)
-  if m == 2 then return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28 end
-  return ({ 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 })[m]
-end
-
--- ISO-8601 date-time with a zone ("2026-01-20T14:30:00Z", "...-08:00") ->
--- seconds since the epoch; nil when malformed.
-local function epoch(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, h, mi, tail = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d)(.*)$")
-  if not y then return nil end
-  y, mo, d, h, mi = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi)
-  local sec = 0
-  local ss, rest = tail:match("^:(%d%d)(.*)$")
-  if ss then
-    sec, tail = tonumber(ss), rest
-    tail = tail:gsub("^%.%d+", "", 1)
-  end
-  local off = 0
-  if tail ~= "Z" then
-    local sign, oh, om = tail:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then return nil end
-    off = (tonumber(oh) * 60 + tonumber(om)) * 60 * (sign == "-" and -1 or 1)
-  end
-  if mo < 1 or mo > 12 or d < 1 or d > days_in_month(y, mo) or h > 23 or mi > 59 or sec > 59 then
-    return nil
-  end
-  return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - off
-end
-
-local function iso(secs) return os.date("!%Y-%m-%dT%H:%M:%SZ", secs) end
-
-local function present(s) return type(s) == "string" and s:find("%S") ~= nil end
-
--- At most max bytes of s, cut on a UTF-8 character boundary.
-local function clip(s, max)
-  if #s <= max then return s end
-  local cut = max
-  while cut > 0 and (s:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
-  return s:sub(1, cut) .. "..."
-end
-
-local function org_name(id)
-  local org = cm.organization.get(id)
-  return org and org.name or id
-end
+local present, clip, org_name = text.present, text.clip, text.org_name
+local epoch, iso = time.epoch, time.iso
 
 local function mark(wf, milestone) wf.ctx.milestones[milestone] = wf:now() end
 
@@ -139,16 +91,16 @@ local function reply(wf, kind, payload)
 end
 
 -- A task for this practice's care coordinator about this referral. Text
--- from the partner is clipped to the task's limits (title 1024, text 8192).
+-- from the partner is clipped to the task's limits (lib/text.lua).
 local function task(wf, spec)
   wf:task {
-    title = clip(spec.title, TITLE_MAX),
-    description = spec.description and clip(spec.description, TEXT_MAX),
+    title = clip(spec.title, text.TITLE_MAX),
+    description = spec.description and clip(spec.description, text.TEXT_MAX),
     organization = wf.input.to,
     role = "care_coordinator", patient = local_patient(wf) and wf.input.patient or nil,
     priority = wf.ctx.priority == "urgent" and "urgent" or "routine", due = spec.due or "1d",
     note = clip("Referral " .. wf.input.referral .. " from " .. org_name(wf.input.from) ..
-                ", patient id " .. wf.input.patient, TEXT_MAX),
+                ", patient id " .. wf.input.patient, text.TEXT_MAX),
   }
 end
 
@@ -182,7 +134,7 @@ local function open(own)
     },
     ["referral.cancelled"] = {
       guard = function(wf, ev)
-        return with_reason(wf, ev) and (ev.referral == nil or ev.referral == wf.input.referral)
+        return with_reason(wf, ev) and checks.about(ev, wf.input.referral)
       end,
       to = function(wf, ev)
         wf.ctx.cancel_reason, wf.ctx.cancelled_by = ev.reason, "referrer"
@@ -209,11 +161,7 @@ return cm.workflow {
       description = "A referral came in; the care coordinator triages it",
       enter = function(wf)
         local input = wf.input
-        local p = input.priority or "routine"
-        if not TRIAGE_WITHIN[p] then
-          error(string.format("input.priority: expected \"routine\" or \"urgent\", got %q",
-                              tostring(p)), 0)
-        end
+        local p = checks.priority(input.priority or "routine")
         if input.from == input.to then
           error("input.from: the referring clinic must be another organization than input.to", 0)
         end
@@ -290,7 +238,7 @@ return cm.workflow {
         consult_note = {
           guard = function(wf, ev) return present(ev.note) end,
           to = function(wf, ev)
-            wf.ctx.summary = present(ev.summary) and clip(ev.summary, SUMMARY_MAX) or nil
+            wf.ctx.summary = present(ev.summary) and clip(ev.summary, text.SUMMARY_MAX) or nil
             reply(wf, "referral.consult_note", { note = ev.note, summary = wf.ctx.summary })
             return "closed"
           end,

@@ -46,60 +46,20 @@
 -- whenever a course ends and on close; `vaccination_dose_given` per dose is
 -- recorded by the course (labels drive, dose, site), which is where the dose
 -- event arrives.
+--
+-- Uses lib/cohort.lua (the target query, ages, the consent check) and
+-- lib/checks.lua (input checks).
 local cm = require "caremesh"
+local checks = require "lib.checks"
+local cohort = require "lib.cohort"
 
-local PAGE = 500
-local FIND_KEYS = { condition = true, gender = true, language = true, generalPractitioner = true }
-
-local function check(ok, msg)
-  if not ok then error("vaccination: " .. msg, 0) end
-end
-
--- Whole years from birthDate ("YYYY-MM-DD") to today ("YYYY-MM-DD").
-local function age_on(birth, today)
-  local age = tonumber(today:sub(1, 4)) - tonumber(birth:sub(1, 4))
-  if today:sub(6, 10) < birth:sub(6, 10) then age = age - 1 end
-  return age
-end
-
--- Is a "deny" consent for immunization in effect for this patient and pharmacy?
-local function denied(patient, organization, today)
-  for _, c in ipairs(cm.consent.find { patient = patient, purpose = "immunization" }) do
-    if c.decision == "deny" and c.status == "active"
-        and (c.organization == nil or c.organization == organization)
-        and (c.period == nil or (c.period.start <= today
-             and (c.period["end"] == nil or c.period["end"] >= today))) then
-      return true
-    end
-  end
-  return false
-end
+local check = checks.checker("vaccination")
 
 -- The ids of the active patients matching the target, in id order.
 local function select_target(query, today)
-  local filter, ids, after = {}, {}, nil
-  for k, v in pairs(query) do
-    if FIND_KEYS[k] then
-      check(type(v) == "string", "target." .. k .. ": expected a string")
-      filter[k] = v
-    else
-      check(k == "min_age" or k == "max_age", "target." .. tostring(k) .. ": unknown criterion")
-      check(math.type(v) == "integer", "target." .. k .. ": expected whole years")
-    end
-  end
-  local min_age, max_age = query.min_age, query.max_age
+  local filter = cohort.filter(query, "target", check, true) -- true: ages in whole years
   check(next(query) ~= nil, "target: give at least one criterion")
-  repeat
-    local page = cm.patient.find(filter, { after = after, limit = PAGE })
-    for _, p in ipairs(page) do
-      local age = age_on(p.birthDate, today)
-      if p.active ~= false and (not min_age or age >= min_age) and (not max_age or age <= max_age) then
-        ids[#ids + 1] = p.id
-      end
-      after = p.id
-    end
-  until #page < PAGE
-  return ids
+  return cohort.select(filter, query.min_age, query.max_age, today)
 end
 
 local function labels(wf)
@@ -130,7 +90,7 @@ return cm.workflow {
         ctx.ended, ctx.completed, ctx.declined, ctx.cancelled = 0, 0, 0, 0
         ctx.courses = {}
         for _, patient in ipairs(ids) do
-          if denied(patient, input.pharmacy, today) then
+          if cohort.denied(patient, "immunization", input.pharmacy, today) then
             ctx.opted_out = ctx.opted_out + 1
           else
             -- a bad schedule, vaccine or site list makes the course's start,

@@ -59,42 +59,23 @@
 -- wf.ctx: patient, channel, doses (in the series), dose (the next one),
 -- given, enrolled, last (the last dose's time), due_at, overdue_at,
 -- reminded, reason.
+--
+-- Uses lib/time.lua (the calendar's day count, durations) and
+-- lib/checks.lua (input checks).
 local cm = require "caremesh"
+local checks = require "lib.checks"
+local time = require "lib.time"
 
 local DAY = 86400000
-local UNITS = { s = 1000, m = 60000, h = 3600000, d = DAY, w = 7 * DAY }
 local MAX_DOSES = 10
 
-local function check(ok, msg)
-  if not ok then error("vaccination_course: " .. msg, 0) end
-end
+local check = checks.checker("vaccination_course")
+local days_from_civil, civil_from_days = time.days_from_civil, time.civil_from_days
 
 -- "1d12h" -> milliseconds (the engine's duration grammar), nil when bad.
 local function duration_ms(s)
-  if type(s) ~= "string" or s == "" or s:gsub("%d+[smhdw]", "") ~= "" then return nil end
-  local ms = 0
-  for n, unit in s:gmatch("(%d+)([smhdw])") do ms = ms + tonumber(n) * UNITS[unit] end
-  return ms
-end
-
--- Days since 1970-01-01 of a proleptic Gregorian date, and back.
-local function days_from_civil(y, m, d)
-  y = m <= 2 and y - 1 or y
-  local era = y // 400
-  local yoe = y - era * 400
-  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
-  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-end
-
-local function civil_from_days(z)
-  z = z + 719468
-  local era = z // 146097
-  local doe = z - era * 146097
-  local yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-  local doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-  local mp = (5 * doy + 2) // 153
-  local m = mp < 10 and mp + 3 or mp - 9
-  return yoe + era * 400 + (m <= 2 and 1 or 0), m, doy - (153 * mp + 2) // 5 + 1
+  local secs = time.seconds(s)
+  return secs and secs * 1000
 end
 
 -- ISO-8601 date or date-time with a zone -> milliseconds, nil when bad.

@@ -1,58 +1,28 @@
 -- test_outreach.lua -- the outreach campaign (outreach.lua) and its
 -- per-patient child (outreach_contact.lua): cohort selection, consents,
 -- the per-hour cap, channels, retries, answers, opt-outs and the KPIs.
--- The test clock starts on 2026-01-05T09:00:00Z.
+-- The test clock starts on 2026-01-05T09:00:00Z. Seed data and helpers
+-- shared with the other workflow tests: lib/seed.lua, lib/helpers.lua.
 local t = require "caremesh.test"
 local cm = require "caremesh"
+local h = require "lib.helpers"
+local world = require "lib.seed"
 t.load("../outreach_contact.lua")
 t.load("../outreach.lua")
 
-local E11 = { code = "E11", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Type 2 diabetes mellitus" }
-local I10 = { code = "I10", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Essential hypertension" }
-local I50 = { code = "I50.9", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Heart failure, unspecified" }
-local J45 = { code = "J45", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Asthma" }
-local J44 = { code = "J44", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "COPD" }
-
-local function person(family, given) return { family = family, given = { given } } end
+local person, ctx, sent_to, kpis, near = world.person, h.ctx, h.sent_to, h.kpis, h.near
 
 -- A primary-care clinic running the campaigns, a cardiology practice, and
 -- patients whose ages on 2026-01-05 are: Rivera 67, Okafor 76, Lee 35,
 -- Nguyen 70, Schmidt 81, Johnson 47, Walker 65 (today), Garcia 64 (65
 -- tomorrow), Brooks 88 (inactive).
 local function seed()
-  cm.organization.create { id = "riverside-clinic", name = "Riverside Family Clinic", kind = "clinic",
-                           phone = "+1 555 0100 200" }
-  cm.organization.create { id = "heart-partners", name = "Heart Partners Cardiology",
-                           kind = "specialist_practice" }
-  cm.provider.create { id = "dr-ngata", name = person("Ngata", "Aroha"), role = "physician",
-                       organization = "riverside-clinic" }
-  cm.provider.create { id = "cc-haddad", name = person("Haddad", "Sami"), role = "care_coordinator",
-                       organization = "riverside-clinic" }
-  local patients = {
-    { id = "pat-rivera", name = person("Rivera", "Ana"), birthDate = "1958-04-12", gender = "female",
-      phone = "+1 555 0111 001", language = "es", preferredChannel = "sms", conditions = { E11, I10 } },
-    { id = "pat-okafor", name = person("Okafor", "Chidi"), birthDate = "1949-09-30", gender = "male",
-      email = "chidi.okafor@example.org", preferredChannel = "email", conditions = { I50, I10 } },
-    { id = "pat-lee", name = person("Lee", "Min"), birthDate = "1991-01-05", gender = "female",
-      phone = "+1 555 0111 003", preferredChannel = "phone", conditions = { J45 } },
-    { id = "pat-nguyen", name = person("Nguyen", "Bao"), birthDate = "1955-07-21", gender = "male",
-      phone = "+1 555 0111 004", preferredChannel = "sms", conditions = { E11 } },
-    { id = "pat-schmidt", name = person("Schmidt", "Greta"), birthDate = "1944-12-02", gender = "female",
-      address = { line = { "4 Elm St" }, city = "Millbrook", postalCode = "97001" },
-      preferredChannel = "mail", conditions = { E11, I50 } },
-    { id = "pat-johnson", name = person("Johnson", "Dwayne"), birthDate = "1978-03-14", gender = "male",
-      email = "dj@example.org", preferredChannel = "portal", conditions = {} },
-    { id = "pat-walker", name = person("Walker", "June"), birthDate = "1961-01-05", gender = "female",
-      phone = "+1 555 0111 007", conditions = { E11 } },
-    { id = "pat-garcia", name = person("Garcia", "Luis"), birthDate = "1961-01-06", gender = "male",
-      phone = "+1 555 0111 008", preferredChannel = "sms", conditions = { E11 } },
-    { id = "pat-brooks", name = person("Brooks", "Ida"), birthDate = "1937-05-19", gender = "female",
-      preferredChannel = "phone", conditions = { E11 }, active = false },
+  world.create {
+    organizations = { "riverside-clinic", "heart-partners" },
+    providers = { "dr-ngata", "cc-haddad" },
+    patients = { "pat-rivera", "pat-okafor", "pat-lee", "pat-nguyen", "pat-schmidt", "pat-johnson",
+                 "pat-walker", "pat-garcia", "pat-brooks" },
   }
-  for _, p in ipairs(patients) do
-    p.generalPractitioner = "riverside-clinic"
-    cm.patient.create(p)
-  end
   -- Nguyen asked not to be contacted by anyone; Schmidt only refused Heart
   -- Partners; Garcia's refusal ran out at the end of 2025; Rivera permits.
   cm.consent.create { id = "consent-nguyen", patient = "pat-nguyen", purpose = "outreach",
@@ -67,55 +37,25 @@ local function seed()
 end
 
 local function campaign(id, extra)
-  local input = { organization = "riverside-clinic",
-                  message = "Riverside Family Clinic: you are due for a check-up. Reply or call to book." }
-  for k, v in pairs(extra) do input[k] = v end
+  local input = h.with({ organization = "riverside-clinic",
+                         message = "Riverside Family Clinic: you are due for a check-up. Reply or call to book." },
+                       extra)
   local got, state = t.start("outreach", input, id)
   t.ok(got, "campaign started: " .. tostring(state))
   return got, state
 end
 
-local function ctx(id) return t.instance(id).context end
-
 -- The patient ids with a running child, sorted.
-local function active(id)
-  local ids = {}
-  for patient in pairs(ctx(id).active) do ids[#ids + 1] = patient end
-  table.sort(ids)
-  return ids
-end
+local function active(id) return h.sorted_keys(ctx(id).active) end
 
 local function child(id, patient)
   return t.ok(ctx(id).active[patient], "a child for " .. patient)
-end
-
-local function kpis(name, fragment)
-  local out = {}
-  for _, k in ipairs(t.kpis()) do
-    if k.name == name and (not fragment or (k.labels or ""):find(fragment, 1, true)) then
-      out[#out + 1] = k
-    end
-  end
-  return out
 end
 
 local function kpi_value(name)
   local ks = kpis(name)
   t.eq(#ks, 1, name .. " observations")
   return ks[1].value
-end
-
--- Notifications to one patient.
-local function sent_to(patient)
-  local out = {}
-  for _, n in ipairs(t.notifications()) do
-    if n.to == patient then out[#out + 1] = n end
-  end
-  return out
-end
-
-local function near(got, want, what)
-  t.ok(math.abs(got - want) < 1e-9, (what or "value") .. ": got " .. tostring(got) .. ", want " .. want)
 end
 
 t.test("a condition cohort: E11 patients, minus the excluded, the inactive and the opted out", function()
@@ -176,7 +116,7 @@ t.test("the per-hour cap starts children in waves; consent skips take no slot", 
   seed()
   for i = 1, 6 do
     cm.patient.create { id = "pat-w" .. i, name = person("Wave", "P" .. i), birthDate = "1950-02-0" .. i,
-                        gender = "unknown", preferredChannel = "sms", conditions = { J44 } }
+                        gender = "unknown", preferredChannel = "sms", conditions = { world.condition("J44") } }
   end
   cm.consent.create { id = "consent-w3", patient = "pat-w3", purpose = "outreach",
                       organization = "riverside-clinic", decision = "deny", period = { start = "2025-11-01" } }
@@ -331,9 +271,7 @@ t.test("bad campaign input is refused and starts nothing", function()
   seed()
   local base = { organization = "riverside-clinic", message = "hello", cohort = { condition = "E11" } }
   local function refused(extra, fragment)
-    local input = {}
-    for k, v in pairs(base) do input[k] = v end
-    for k, v in pairs(extra) do input[k] = v end
+    local input = h.with(base, extra)
     local id, msg = t.start("outreach", input)
     t.eq(id, nil, fragment)
     t.ok(msg:find(fragment, 1, true), "message " .. tostring(msg) .. " lacks " .. fragment)

@@ -3,146 +3,45 @@
 -- open loop, decline, no-show outreach, cancellation by either side, events
 -- in the wrong state and bad input. test_referral_intake.lua runs both sides
 -- together.
+-- Seed data and helpers shared with the other workflow tests: lib/seed.lua,
+-- lib/helpers.lua.
 -- Run: caremesh workflow test workflows/tests/test_referral.lua
 local t = require "caremesh.test"
-local cm = require "caremesh"
+local h = require "lib.helpers"
+local world = require "lib.seed"
 t.load("../referral.lua")
 
 -- ---- helpers ------------------------------------------------------------
 
--- A small JSON reader for the effect rows (payload, labels, data are JSON text).
-local function decode(s)
-  local pos = 1
-  local value
-  local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
-  local function str()
-    local out, i = {}, pos + 1
-    while true do
-      local c = s:sub(i, i)
-      if c == '"' then pos = i + 1; return table.concat(out) end
-      if c == "\\" then
-        local e = s:sub(i + 1, i + 1)
-        if e == "u" then
-          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16)); i = i + 6
-        else
-          out[#out + 1] = ({ b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" })[e] or e; i = i + 2
-        end
-      else
-        out[#out + 1] = c; i = i + 1
-      end
-    end
-  end
-  local function list(close, item)
-    local r = {}
-    pos = pos + 1; ws()
-    if s:sub(pos, pos) == close then pos = pos + 1; return r end
-    repeat
-      item(r); ws()
-      local c = s:sub(pos, pos); pos = pos + 1
-    until c == close
-    return r
-  end
-  function value()
-    ws()
-    local c = s:sub(pos, pos)
-    if c == "{" then
-      return list("}", function(r) ws(); local k = str(); ws(); pos = pos + 1; r[k] = value() end)
-    elseif c == "[" then
-      return list("]", function(r) r[#r + 1] = value() end)
-    elseif c == '"' then
-      return str()
-    end
-    for word, v in pairs { ["true"] = true, ["false"] = false, null = cm.null } do
-      if s:find("^" .. word, pos) then pos = pos + #word; return v end
-    end
-    local num = s:match("^-?[%d.eE+-]+", pos)
-    pos = pos + #num
-    return tonumber(num)
-  end
-  return value()
-end
+local decode, ctx, sent = h.decode, h.ctx, h.sent
+local refused = h.refused
+local tasks = h.tasks_at("riverside-clinic")
 
 local function seed()
-  cm.organization.create { id = "riverside-clinic", name = "Riverside Family Clinic", kind = "clinic",
-                           phone = "+1 555 0100 200" }
-  cm.organization.create { id = "heart-partners", name = "Heart Partners Cardiology",
-                           kind = "specialist_practice", node = "cardiology-node",
-                           phone = "+1 555 0100 300" }
-  local function person(family, given) return { family = family, given = { given } } end
-  for _, p in ipairs {
-    { id = "dr-ngata", name = person("Ngata", "Aroha"), role = "physician", organization = "riverside-clinic" },
-    { id = "cc-haddad", name = person("Haddad", "Sami"), role = "care_coordinator", organization = "riverside-clinic" },
-    { id = "dr-osei", name = person("Osei", "Kwame"), role = "physician", specialty = "cardiology",
-      organization = "heart-partners" },
-  } do cm.provider.create(p) end
-  local I50 = { code = "I50.9", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Heart failure, unspecified" }
-  for _, p in ipairs {
-    { id = "pat-okafor", name = person("Okafor", "Chidi"), birthDate = "1949-09-30", gender = "male",
-      email = "chidi.okafor@example.org", language = "en", preferredChannel = "email", conditions = { I50 } },
-    { id = "pat-rivera", name = person("Rivera", "Ana"), birthDate = "1958-04-12", gender = "female",
-      phone = "+1 555 0111 001", language = "es", preferredChannel = "sms" },
-    { id = "pat-kaur", name = person("Kaur", "Harpreet"), birthDate = "1967-11-03", gender = "female",
-      address = { line = { "88 Mill St" }, city = "Millbrook", postalCode = "97001" } },
-  } do
-    p.generalPractitioner = "riverside-clinic"
-    cm.patient.create(p)
-  end
+  world.create {
+    organizations = { "riverside-clinic", "heart-partners" },
+    providers = { "dr-ngata", "cc-haddad", "dr-osei" },
+    patients = { "pat-okafor", "pat-rivera", "pat-kaur" },
+  }
 end
 
 local REASON = "Exertional chest pain, abnormal ECG: cardiology evaluation"
 
 local function input(over)
-  local i = { patient = "pat-okafor", from = "riverside-clinic", to = "heart-partners", reason = REASON }
-  for k, v in pairs(over or {}) do i[k] = v end
-  return i
+  return h.with({ patient = "pat-okafor", from = "riverside-clinic", to = "heart-partners", reason = REASON },
+                over)
 end
 
 -- Start a referral; it must be in requested.
-local function start(over)
-  local id, state = t.start("referral", input(over))
-  t.ok(id, "start refused: " .. tostring(state))
-  t.eq(state, "requested", "state after start")
-  return id
-end
+local function start(over) return h.start("referral", input(over), "requested") end
 
-local function sent(kind)
-  local out = {}
-  for _, s in ipairs(t.sent()) do
-    if not kind or s.kind == kind then
-      out[#out + 1] = { to = s.to, kind = s.kind, payload = decode(s.payload), instance = s.instance }
-    end
-  end
-  return out
-end
-
+-- The KPIs named name, labels decoded.
 local function kpis(name)
   local out = {}
-  for _, k in ipairs(t.kpis()) do
-    if k.name == name then out[#out + 1] = { value = k.value, labels = k.labels and decode(k.labels) } end
+  for _, k in ipairs(h.kpis(name)) do
+    out[#out + 1] = { value = k.value, labels = k.labels and decode(k.labels) }
   end
   return out
-end
-
-local function tasks(filter)
-  filter = filter or {}
-  filter.organization = filter.organization or "riverside-clinic"
-  return cm.task.find(filter)
-end
-
-local function ctx(id) return t.instance(id).context end
-
--- The event is refused, with a message containing fragment, and nothing moves.
-local function refused(id, event, payload, fragment)
-  local before, status = t.state(id)
-  local steps = #t.instance(id).history
-  local state, msg = t.signal(id, event, payload)
-  t.eq(state, nil, event .. " accepted in " .. before)
-  -- no transition, or every guard said no: either way the message names the event
-  fragment = fragment or ('event "' .. event .. '"')
-  t.ok(msg and msg:find(fragment, 1, true),
-       event .. ": message " .. tostring(msg) .. " lacks " .. tostring(fragment))
-  t.expect_state(id, before, status)
-  t.eq(#t.instance(id).history, steps, event .. ": history grew")
 end
 
 local function book(id, appointment)
@@ -548,13 +447,7 @@ end)
 
 t.test("bad input is refused and nothing starts", function()
   seed()
-  local function refuse(over, fragment, drop)
-    local i = input(over)
-    if drop then i[drop] = nil end
-    local id, msg = t.start("referral", i)
-    t.eq(id, nil, "started with " .. fragment)
-    t.ok(msg and msg:find(fragment, 1, true), tostring(msg) .. " lacks " .. fragment)
-  end
+  local function refuse(over, fragment, drop) h.refused_start("referral", input(over), fragment, drop) end
   refuse({}, "input.patient: required", "patient")
   refuse({}, "input.reason: required", "reason")
   refuse({ patient = "pat-nobody" }, "input.patient")

@@ -3,142 +3,51 @@
 -- reminder before it, no-show, consult note back, cancellation by either
 -- side, refusals; and both sides together, messages relayed as federation
 -- would relay them.
+-- Seed data and helpers shared with the other workflow tests: lib/seed.lua,
+-- lib/helpers.lua.
 -- Run: caremesh workflow test workflows/tests/test_referral_intake.lua
 local t = require "caremesh.test"
 local cm = require "caremesh"
+local h = require "lib.helpers"
+local world = require "lib.seed"
 t.load("../referral_intake.lua")
 t.load("../referral.lua")
 
 -- ---- helpers ------------------------------------------------------------
 
--- A small JSON reader for the effect rows (payload, labels, data are JSON text).
-local function decode(s)
-  local pos = 1
-  local value
-  local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
-  local function str()
-    local out, i = {}, pos + 1
-    while true do
-      local c = s:sub(i, i)
-      if c == '"' then pos = i + 1; return table.concat(out) end
-      if c == "\\" then
-        local e = s:sub(i + 1, i + 1)
-        if e == "u" then
-          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16)); i = i + 6
-        else
-          out[#out + 1] = ({ b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" })[e] or e; i = i + 2
-        end
-      else
-        out[#out + 1] = c; i = i + 1
-      end
-    end
-  end
-  local function list(close, item)
-    local r = {}
-    pos = pos + 1; ws()
-    if s:sub(pos, pos) == close then pos = pos + 1; return r end
-    repeat
-      item(r); ws()
-      local c = s:sub(pos, pos); pos = pos + 1
-    until c == close
-    return r
-  end
-  function value()
-    ws()
-    local c = s:sub(pos, pos)
-    if c == "{" then
-      return list("}", function(r) ws(); local k = str(); ws(); pos = pos + 1; r[k] = value() end)
-    elseif c == "[" then
-      return list("]", function(r) r[#r + 1] = value() end)
-    elseif c == '"' then
-      return str()
-    end
-    for word, v in pairs { ["true"] = true, ["false"] = false, null = cm.null } do
-      if s:find("^" .. word, pos) then pos = pos + #word; return v end
-    end
-    local num = s:match("^-?[%d.eE+-]+", pos)
-    pos = pos + #num
-    return tonumber(num)
-  end
-  return value()
-end
+local decode, ctx, sent = h.decode, h.ctx, h.sent
+local tasks = h.tasks_at("heart-partners")
 
 -- Both practices in one store (one node standing in for two), their people,
 -- and the patients: Okafor is already known to the cardiology practice,
 -- Rivera is not (only the clinic has her record).
 local function seed()
-  cm.organization.create { id = "heart-partners", name = "Heart Partners Cardiology",
-                           kind = "specialist_practice", phone = "+1 555 0100 300" }
-  cm.organization.create { id = "riverside-clinic", name = "Riverside Family Clinic", kind = "clinic",
-                           node = "riverside-node", phone = "+1 555 0100 200" }
-  local function person(family, given) return { family = family, given = { given } } end
-  for _, p in ipairs {
-    { id = "dr-osei", name = person("Osei", "Kwame"), role = "physician", specialty = "cardiology",
-      organization = "heart-partners" },
-    { id = "cc-moreau", name = person("Moreau", "Lea"), role = "care_coordinator", organization = "heart-partners" },
-    { id = "cc-haddad", name = person("Haddad", "Sami"), role = "care_coordinator", organization = "riverside-clinic" },
-  } do cm.provider.create(p) end
-  cm.patient.create { id = "pat-okafor", name = person("Okafor", "Chidi"), birthDate = "1949-09-30",
-                      gender = "male", email = "chidi.okafor@example.org", language = "en",
-                      preferredChannel = "email" }
+  world.create {
+    organizations = { "heart-partners", "riverside-clinic" },
+    providers = { "dr-osei", "cc-moreau", "cc-haddad" },
+    patients = { "pat-okafor" },
+  }
 end
 
 -- For the two-sided test: the referring clinic's patient.
-local function seed_clinic_patient()
-  cm.patient.create { id = "pat-rivera", name = { family = "Rivera", given = { "Ana" } },
-                      birthDate = "1958-04-12", gender = "female", phone = "+1 555 0111 001",
-                      language = "es", preferredChannel = "sms", generalPractitioner = "riverside-clinic" }
-end
+local function seed_clinic_patient() world.create { patients = { "pat-rivera" } } end
 
 local REASON = "Palpitations with syncope; Holter and cardiology evaluation"
 
 local function input(over)
-  local i = { referral = "referral-17", from = "riverside-clinic", to = "heart-partners",
-              patient = "pat-rivera", reason = REASON }
-  for k, v in pairs(over or {}) do i[k] = v end
-  return i
+  return h.with({ referral = "referral-17", from = "riverside-clinic", to = "heart-partners",
+                  patient = "pat-rivera", reason = REASON }, over)
 end
 
-local function start(over)
-  local id, state = t.start("referral_intake", input(over))
-  t.ok(id, "start refused: " .. tostring(state))
-  t.eq(state, "triage", "state after start")
-  return id
-end
-
-local function sent(kind)
-  local out = {}
-  for _, s in ipairs(t.sent()) do
-    if not kind or s.kind == kind then
-      out[#out + 1] = { to = s.to, kind = s.kind, payload = decode(s.payload), instance = s.instance }
-    end
-  end
-  return out
-end
+local function start(over) return h.start("referral_intake", input(over), "triage") end
 
 local function last_sent() local all = sent(); return all[#all] end
 
-local function tasks(filter)
-  filter = filter or {}
-  filter.organization = filter.organization or "heart-partners"
-  return cm.task.find(filter)
-end
-
-local function ctx(id) return t.instance(id).context end
-
--- The event is refused, with a message containing fragment, and nothing moves.
+-- The event is refused, with a message containing fragment, nothing moves
+-- and nothing is sent.
 local function refused(id, event, payload, fragment)
-  local before, status = t.state(id)
-  local steps = #t.instance(id).history
   local sends = #t.sent()
-  local state, msg = t.signal(id, event, payload)
-  t.eq(state, nil, event .. " accepted in " .. before)
-  -- no transition, or every guard said no: either way the message names the event
-  fragment = fragment or ('event "' .. event .. '"')
-  t.ok(msg and msg:find(fragment, 1, true),
-       event .. ": message " .. tostring(msg) .. " lacks " .. tostring(fragment))
-  t.expect_state(id, before, status)
-  t.eq(#t.instance(id).history, steps, event .. ": history grew")
+  h.refused(id, event, payload, fragment)
   t.eq(#t.sent(), sends, event .. ": something was sent")
 end
 
@@ -430,13 +339,7 @@ end)
 
 t.test("bad input is refused; a patient not known here is fine", function()
   seed()
-  local function refuse(over, fragment, drop)
-    local i = input(over)
-    if drop then i[drop] = nil end
-    local id, msg = t.start("referral_intake", i)
-    t.eq(id, nil, "started with " .. fragment)
-    t.ok(msg and msg:find(fragment, 1, true), tostring(msg) .. " lacks " .. fragment)
-  end
+  local function refuse(over, fragment, drop) h.refused_start("referral_intake", input(over), fragment, drop) end
   refuse({}, "input.referral: required", "referral")
   refuse({}, "input.patient: required", "patient")
   refuse({}, "input.reason: required", "reason")

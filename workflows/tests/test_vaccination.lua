@@ -2,57 +2,32 @@
 -- patient's series (vaccination_course.lua): the target, consents, due /
 -- overdue / completed, reminders, doses refused and recorded, reports to
 -- primary care and coverage. The test clock starts on 2026-01-05T09:00:00Z.
+-- Seed data and helpers shared with the other workflow tests: lib/seed.lua,
+-- lib/helpers.lua.
 local t = require "caremesh.test"
 local cm = require "caremesh"
+local h = require "lib.helpers"
+local world = require "lib.seed"
 t.load("../vaccination_course.lua")
 t.load("../vaccination.lua")
 
-local E11 = { code = "E11", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Type 2 diabetes mellitus" }
-local I50 = { code = "I50.9", system = "http://hl7.org/fhir/sid/icd-10-cm", display = "Heart failure, unspecified" }
+local ctx, sent_to, kpis, near = h.ctx, h.sent_to, h.kpis, h.near
+
 local COVID = { code = "208", system = "http://hl7.org/fhir/sid/cvx",
                 display = "COVID-19, mRNA, LNP-S, PF, 30 mcg/0.3 mL dose" }
 local TWO_DOSES = { doses = 2, min_interval = "21d", max_interval = "42d" }
-
-local function person(family, given) return { family = family, given = { given } } end
 
 -- Main Street Pharmacy runs the drive with the county health department as a
 -- second site, reporting to Riverside Family Clinic. Ages on 2026-01-05:
 -- Rivera 67, Okafor 76, Nguyen 70, Schmidt 81, Walker 65 (today), Garcia 64
 -- (65 tomorrow), Johnson 47, Brooks 88 (inactive).
 local function seed()
-  local orgs = {
-    { id = "main-st-pharmacy", name = "Main Street Pharmacy", kind = "community_pharmacy" },
-    { id = "riverside-clinic", name = "Riverside Family Clinic", kind = "clinic" },
-    { id = "county-health", name = "Millbrook County Health Department", kind = "public_health" },
-    { id = "heart-partners", name = "Heart Partners Cardiology", kind = "specialist_practice" },
+  world.create {
+    organizations = { "main-st-pharmacy", "riverside-clinic", "county-health", "heart-partners" },
+    providers = { "rph-tanaka", "rn-kowalski" },
+    patients = { "pat-rivera", "pat-okafor", "pat-nguyen", "pat-schmidt", "pat-walker", "pat-garcia",
+                 "pat-johnson", "pat-brooks" },
   }
-  for _, o in ipairs(orgs) do cm.organization.create(o) end
-  cm.provider.create { id = "rph-tanaka", name = person("Tanaka", "Ken"), role = "pharmacist",
-                       organization = "main-st-pharmacy" }
-  cm.provider.create { id = "rn-kowalski", name = person("Kowalski", "Ewa"), role = "nurse",
-                       organization = "county-health" }
-  local patients = {
-    { id = "pat-rivera", name = person("Rivera", "Ana"), birthDate = "1958-04-12", gender = "female",
-      phone = "+1 555 0111 001", preferredChannel = "sms", conditions = { E11 } },
-    { id = "pat-okafor", name = person("Okafor", "Chidi"), birthDate = "1949-09-30", gender = "male",
-      email = "chidi.okafor@example.org", preferredChannel = "email", conditions = { I50 } },
-    { id = "pat-nguyen", name = person("Nguyen", "Bao"), birthDate = "1955-07-21", gender = "male",
-      phone = "+1 555 0111 004", preferredChannel = "sms", conditions = { E11 } },
-    { id = "pat-schmidt", name = person("Schmidt", "Greta"), birthDate = "1944-12-02", gender = "female",
-      preferredChannel = "mail", conditions = { E11, I50 } },
-    { id = "pat-walker", name = person("Walker", "June"), birthDate = "1961-01-05", gender = "female",
-      phone = "+1 555 0111 007", conditions = { E11 } },
-    { id = "pat-garcia", name = person("Garcia", "Luis"), birthDate = "1961-01-06", gender = "male",
-      phone = "+1 555 0111 008", preferredChannel = "sms", conditions = { E11 } },
-    { id = "pat-johnson", name = person("Johnson", "Dwayne"), birthDate = "1978-03-14", gender = "male",
-      email = "dj@example.org", preferredChannel = "portal" },
-    { id = "pat-brooks", name = person("Brooks", "Ida"), birthDate = "1937-05-19", gender = "female",
-      preferredChannel = "phone", active = false },
-  }
-  for _, p in ipairs(patients) do
-    p.generalPractitioner = "riverside-clinic"
-    cm.patient.create(p)
-  end
   -- Nguyen refuses immunization by anyone; Schmidt only refused Heart
   -- Partners; Rivera refused outreach, not immunization.
   cm.consent.create { id = "consent-nguyen-imm", patient = "pat-nguyen", purpose = "immunization",
@@ -65,48 +40,19 @@ end
 
 local function drive(id, extra)
   -- defaults: a two-dose COVID-19 series for everyone 65 and over
-  local input = { pharmacy = "main-st-pharmacy", primary_care = "riverside-clinic", vaccine = COVID,
-                  schedule = TWO_DOSES, target = { min_age = 65 }, sites = { "county-health" } }
-  for k, v in pairs(extra or {}) do input[k] = v or nil end -- false: leave the field out
+  local input = h.with({ pharmacy = "main-st-pharmacy", primary_care = "riverside-clinic", vaccine = COVID,
+                         schedule = TWO_DOSES, target = { min_age = 65 }, sites = { "county-health" } },
+                       extra) -- false: leave the field out
   local got, state = t.start("vaccination", input, id)
   t.ok(got, "drive started: " .. tostring(state))
   return got
 end
 
-local function ctx(id) return t.instance(id).context end
-
 local function course(id, patient)
   return t.ok(ctx(id).courses[patient], "a course for " .. patient)
 end
 
-local function enrolled(id)
-  local ids = {}
-  for patient in pairs(ctx(id).courses) do ids[#ids + 1] = patient end
-  table.sort(ids)
-  return ids
-end
-
-local function sent_to(patient, kind)
-  local out = {}
-  for _, n in ipairs(t.notifications()) do
-    if n.to == patient and (not kind or n.data:find('"kind":"' .. kind .. '"', 1, true)) then
-      out[#out + 1] = n
-    end
-  end
-  return out
-end
-
-local function kpis(name)
-  local out = {}
-  for _, k in ipairs(t.kpis()) do
-    if k.name == name then out[#out + 1] = k end
-  end
-  return out
-end
-
-local function near(got, want, what)
-  t.ok(math.abs(got - want) < 1e-9, (what or "value") .. ": got " .. tostring(got) .. ", want " .. want)
-end
+local function enrolled(id) return h.sorted_keys(ctx(id).courses) end
 
 local function doses_of(patient)
   return cm.immunization.find { patient = patient }
@@ -361,9 +307,8 @@ end)
 t.test("bad drive input is refused and starts nothing", function()
   seed()
   local function refused(extra, fragment)
-    local input = { pharmacy = "main-st-pharmacy", vaccine = COVID, schedule = TWO_DOSES,
-                    target = { min_age = 65 }, sites = { "county-health" } }
-    for k, v in pairs(extra) do input[k] = v end
+    local input = h.with({ pharmacy = "main-st-pharmacy", vaccine = COVID, schedule = TWO_DOSES,
+                           target = { min_age = 65 }, sites = { "county-health" } }, extra)
     local id, msg = t.start("vaccination", input)
     t.eq(id, nil, fragment)
     t.ok(msg:find(fragment, 1, true), "message " .. tostring(msg) .. " lacks " .. fragment)
