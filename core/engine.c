@@ -48,6 +48,13 @@ typedef struct outcome {
     char message[CM_ERR_MSG_MAX];
 } outcome;
 
+/* An instance event waiting for its transaction to commit. */
+typedef struct pending_event {
+    cm_engine_event_kind kind;
+    char instance[CM_NAME_MAX], workflow[CM_NAME_MAX];
+    char from[CM_NAME_MAX], to[CM_NAME_MAX], detail[CM_NAME_MAX];
+} pending_event;
+
 /* A loaded instance row. */
 typedef struct inst {
     char id[CM_NAME_MAX];
@@ -72,6 +79,11 @@ struct cm_engine {
     int closing; /* handles still closing after detach */
     bool doomed; /* destroyed while handles close: the last close frees */
     bool in_run; /* a batch is running: no re-entry from callbacks */
+    /* events of the open transaction, told to the observer after commit */
+    cm_engine_observer observe;
+    void *observe_ud;
+    pending_event *events;
+    int nevents, events_cap, events_mark; /* mark: where the open savepoint began */
     /* the clock's time last formatted: every row of a step carries it */
     bool now_set;
     int64_t now_ms;
@@ -102,6 +114,46 @@ static void copy_str(char *dst, size_t n, const char *src)
         len = n - 1;
     memcpy(dst, src ? src : "", len);
     dst[len] = '\0';
+}
+
+/* Remember an event of the open transaction (only when someone observes). */
+static void note_event(cm_engine *e, cm_engine_event_kind kind, const char *instance,
+                       const char *workflow, const char *from, const char *to, const char *detail)
+{
+    if (!e->observe)
+        return;
+    if (e->nevents == e->events_cap) {
+        int cap = e->events_cap ? e->events_cap * 2 : 64;
+        pending_event *grown = realloc(e->events, (size_t)cap * sizeof(*grown));
+        if (!grown)
+            return; /* observers are told what memory allows; the work itself is durable */
+        e->events = grown;
+        e->events_cap = cap;
+    }
+    pending_event *pe = &e->events[e->nevents++];
+    pe->kind = kind;
+    copy_str(pe->instance, sizeof(pe->instance), instance);
+    copy_str(pe->workflow, sizeof(pe->workflow), workflow);
+    copy_str(pe->from, sizeof(pe->from), from);
+    copy_str(pe->to, sizeof(pe->to), to);
+    copy_str(pe->detail, sizeof(pe->detail), detail);
+}
+
+/* The transaction committed: tell the observer, in order. */
+static void tell_events(cm_engine *e)
+{
+    for (int i = 0; i < e->nevents && e->observe; i++) {
+        const pending_event *pe = &e->events[i];
+        cm_engine_event ev = {pe->kind, pe->instance, pe->workflow, pe->from, pe->to, pe->detail};
+        e->observe(e->observe_ud, &ev);
+    }
+    e->nevents = e->events_mark = 0;
+}
+
+void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud)
+{
+    e->observe = fn;
+    e->observe_ud = ud;
 }
 
 static void now_text(cm_engine *e, char *buf)
@@ -494,6 +546,9 @@ static int effect_task(cm_engine *e, const inst *in, const cJSON *fx, int index,
         cJSON_AddStringToObject(doc, "id", id);
     }
     rc = cm_model_create(e->o.model, CM_KIND_TASK, doc, NULL, err);
+    if (rc == 0)
+        note_event(e, CM_ENGINE_TASK_CREATED, in->id, in->workflow, "", in->state,
+                   cJSON_GetObjectItemCaseSensitive(doc, "id")->valuestring);
     cJSON_Delete(doc);
     return rc ? cm_err_prefix(err, "task effect") : 0;
 }
@@ -539,8 +594,12 @@ static int effect_send(cm_engine *e, const inst *in, const cJSON *fx, cm_err *er
             "INSERT INTO outbox(instance, receiver, kind, payload, created) "
             "VALUES (?1, ?2, ?3, ?4, ?5)",
             err);
-    return effect_row(e, st, in, jstr(fx, "to"), jstr(fx, "kind"),
-                      cJSON_GetObjectItemCaseSensitive(fx, "payload"), NULL, "outbox", err);
+    int rc = effect_row(e, st, in, jstr(fx, "to"), jstr(fx, "kind"),
+                        cJSON_GetObjectItemCaseSensitive(fx, "payload"), NULL, "outbox", err);
+    if (rc == 0)
+        note_event(e, CM_ENGINE_MESSAGE_QUEUED, in->id, in->workflow, "", in->state,
+                   jstr(fx, "to"));
+    return rc;
 }
 
 static int effect_kpi(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
@@ -645,6 +704,7 @@ static bool parent_listens(cm_engine *e, const char *parent)
 static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
 {
     int rc;
+    note_event(e, CM_ENGINE_ENDED, in->id, in->workflow, "", in->state, in->status);
     {
         PREPARE(e, "DELETE FROM timer WHERE instance = ?1", err);
         sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
@@ -711,6 +771,10 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
         return rc;
     if (left && (rc = cancel_scoped(e, in, from, err)) != 0)
         return rc;
+    if (!sp->state)
+        note_event(e, CM_ENGINE_STARTED, in->id, in->workflow, "", sp->next, "");
+    else if (sp->moved)
+        note_event(e, CM_ENGINE_STATE_CHANGED, in->id, in->workflow, from, sp->next, "");
     return sp->final ? finish_instance(e, in, err) : 0;
 }
 
@@ -801,6 +865,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
 
 static int sp_begin(cm_engine *e, cm_err *err)
 {
+    e->events_mark = e->nevents;
     PREPARE(e, "SAVEPOINT step", err);
     return exec_kept(e, st, "savepoint", err);
 }
@@ -808,6 +873,8 @@ static int sp_begin(cm_engine *e, cm_err *err)
 static void sp_end(cm_engine *e, bool keep)
 {
     sqlite3_stmt *st;
+    if (!keep)
+        e->nevents = e->events_mark; /* rolled back: those events never happened */
     if (!keep && (st = cm_store_prepare(e->o.store, "ROLLBACK TO step", NULL)))
         exec_kept(e, st, "rollback", NULL);
     if ((st = cm_store_prepare(e->o.store, "RELEASE step", NULL)))
@@ -1097,6 +1164,10 @@ static int run_batch(cm_engine *e, cm_err *err)
         cm_store_rollback(e->o.store);
     if (rc != 0)
         cache_clear(e); /* entries may hold steps that never became durable */
+    if (rc == 0)
+        tell_events(e);
+    else
+        e->nevents = e->events_mark = 0;
     for (int i = 0; i < n; i++) {
         if (rc != 0) { /* nothing of the batch is durable: say so to everyone */
             ocs[i].status = rc;
@@ -1238,6 +1309,10 @@ static int with_instance(cm_engine *e, const char *id,
         rc = cm_store_commit(e->o.store, err);
     else
         cm_store_rollback(e->o.store);
+    if (rc == 0)
+        tell_events(e);
+    else
+        e->nevents = e->events_mark = 0;
     inst_clear(&in);
     if (rc == 0 && e->attached)
         arm_loop(e);
@@ -1447,6 +1522,12 @@ int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err)
 
 /* ---- life cycle and the loop ------------------------------------------ */
 
+static void engine_free(cm_engine *e)
+{
+    free(e->events);
+    free(e);
+}
+
 cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
 {
     if (!opts || !opts->store || !opts->model || !opts->clock || !opts->runtime) {
@@ -1460,7 +1541,7 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
     }
     e->o = *opts;
     if (!(e->cache = calloc(ENGINE_CACHE_SLOTS, sizeof(*e->cache)))) {
-        free(e);
+        engine_free(e);
         cm_err_set(err, CM_ENOMEM, "out of memory");
         return NULL;
     }
@@ -1496,7 +1577,7 @@ void cm_engine_destroy(cm_engine **engine_p)
     if (e->closing > 0)
         e->doomed = true; /* freed by the last close callback */
     else
-        free(e);
+        engine_free(e);
 }
 
 static void on_check(uv_check_t *h)
@@ -1551,7 +1632,7 @@ static void on_closed(uv_handle_t *h)
 {
     cm_engine *e = h->data;
     if (--e->closing == 0 && e->doomed)
-        free(e);
+        engine_free(e);
 }
 
 void cm_engine_detach(cm_engine *e)

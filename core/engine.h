@@ -113,6 +113,27 @@ typedef struct cm_ack {
 } cm_ack;
 typedef void (*cm_ack_cb)(void *ud, const cm_ack *ack);
 
+/* What happened to an instance, told to the observer after it is durable. */
+typedef enum {
+    CM_ENGINE_STARTED = 1,   /* an instance started (to: its first state) */
+    CM_ENGINE_STATE_CHANGED, /* from -> to */
+    CM_ENGINE_ENDED,         /* final state reached or cancelled (to: state, detail: status) */
+    CM_ENGINE_TASK_CREATED,  /* detail: the task's id */
+    CM_ENGINE_MESSAGE_QUEUED /* a message to a partner was queued (detail: receiver) */
+} cm_engine_event_kind;
+
+typedef struct cm_engine_event {
+    cm_engine_event_kind kind;
+    const char *instance, *workflow;
+    const char *from, *to; /* states; "" when not applicable */
+    const char *detail;    /* see the kinds; "" when not applicable */
+} cm_engine_event;
+
+/* Called once per event, in order, after the batch (or operator action)
+** holding it committed; never for work that was rolled back. Strings are
+** borrowed for the call. */
+typedef void (*cm_engine_observer)(void *ud, const cm_engine_event *ev);
+
 cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err);
 void cm_engine_destroy(cm_engine **engine_p);
 
@@ -156,6 +177,9 @@ int cm_engine_get(cm_engine *e, const char *instance, cJSON **out, cm_err *err);
 
 /* Events kept with an error ({seq, instance, name, attempts, error, status, due}). */
 int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err);
+
+/* Set (or clear, with NULL) the one observer of instance events. */
+void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 
 /* Run on loop: process work when it is queued and arm one uv timer for the
 ** earliest due item. Detach (or destroy) before closing the loop. */

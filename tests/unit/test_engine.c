@@ -810,6 +810,53 @@ static void test_attached_engine_runs_on_the_loop(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+typedef struct seen {
+    int n;
+    char line[32][160];
+    int committed_mismatch;
+    sqlite3 *db; /* a second connection: what an observer is told is on disk */
+} seen;
+
+static void observe(void *ud, const cm_engine_event *ev)
+{
+    seen *s = ud;
+    if (s->n < 32)
+        snprintf(s->line[s->n++], sizeof(s->line[0]), "%d %s %s>%s %s", (int)ev->kind, ev->instance,
+                 ev->from, ev->to, ev->detail);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(s->db, "SELECT count(*) FROM instance WHERE id = ?1", -1, &st, NULL);
+    sqlite3_bind_text(st, 1, ev->instance, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0) != 1)
+        s->committed_mismatch++;
+    sqlite3_finalize(st);
+}
+
+static void test_observer_hears_committed_events_in_order(void **state)
+{
+    fx *f = *state;
+    seen s = {0};
+    cm_err err;
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    load_ok(f, "referral.lua", REFERRAL);
+    cm_engine_observe(f->engine, observe, &s);
+    start(f, INPUT, "ref-1");
+    run(f);
+    signal_ev(f, "ref-1", "boom", NULL); /* rolled back: nothing to tell */
+    run(f);
+    advance(f, 73 * HOUR); /* escalation: a task and a state change */
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-1", "moved away", &err), 0);
+    sqlite3_close(s.db);
+    assert_int_equal(s.committed_mismatch, 0);
+    assert_int_equal(s.n, 5);
+    assert_string_equal(s.line[0], "1 ref-1 >requested ");
+    assert_string_equal(s.line[1], "4 ref-1 >escalated ref-1.t2.1"); /* made by that step */
+    assert_string_equal(s.line[2], "2 ref-1 requested>escalated ");
+    assert_string_equal(s.line[3], "2 ref-1 escalated>accepted ");
+    assert_string_equal(s.line[4], "3 ref-1 >accepted cancelled");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -831,6 +878,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_observer_hears_committed_events_in_order, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_kept_instances_follow_failures_and_operator_actions,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
