@@ -14,6 +14,7 @@
 #include "ltest.h"
 #include "log.h"
 #include "model.h"
+#include "plugin.h"
 #include "sandbox.h"
 #include "serve.h"
 #include "store.h"
@@ -136,6 +137,7 @@ static void node_close(cli_node *n)
     cm_model_destroy(&n->model);
     cm_store_close(&n->store);
     cm_clock_destroy(&n->clock);
+    cm_config_free(&n->cfg);
 }
 
 static int load_config(const data_opts *o, cm_config *cfg, cm_err *err)
@@ -689,6 +691,51 @@ static int cmd_help(int argc, char **argv)
     return print_help(cmd);
 }
 
+/* A command a plugin of the node registered: `caremesh NAME [--data DIR] ARGS...`.
+** The node's configured plugins are loaded, the command runs, they are unloaded. */
+static int plugin_command(int argc, char **argv)
+{
+    data_opts o = {0};
+    cli_node n;
+    cm_err err;
+    cm_plugin_host *host = NULL;
+    char *args[256];
+    int nargs = 0, rc = CM_EXIT_USAGE;
+    bool found = false;
+    for (int i = 0; i < argc && nargs < 255; i++) { /* take --data DIR out of the arguments */
+        if (strcmp(argv[i], "--data") == 0 && i + 1 < argc)
+            o.data = argv[++i];
+        else
+            args[nargs++] = argv[i];
+    }
+    args[nargs] = NULL;
+    if (!o.data)
+        o.data = getenv("CAREMESH_DATA");
+    if (!o.data || !*o.data) {
+        fprintf(stderr, "caremesh: unknown command '%s'\nTry 'caremesh --help'.\n", argv[0]);
+        return CM_EXIT_USAGE;
+    }
+    if (node_open(&o, &n, &err) != 0)
+        return fail(argv[0], &err);
+    if (!(host = cm_plugin_host_new(n.model, &err)) ||
+        cm_plugin_host_load_list(host, n.cfg.plugins, NULL, &err) != 0) {
+        rc = fail(argv[0], &err);
+        goto done;
+    }
+    rc = cm_plugin_host_command(host, nargs, args, &found);
+    if (!found) {
+        fprintf(stderr,
+                "caremesh: unknown command '%s' (neither built in nor added by a plugin of %s)\n"
+                "Try 'caremesh --help'.\n",
+                argv[0], o.data);
+        rc = CM_EXIT_USAGE;
+    }
+done:
+    cm_plugin_host_destroy(&host);
+    node_close(&n);
+    return rc;
+}
+
 int cm_cli_main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -700,9 +747,7 @@ int cm_cli_main(int argc, char **argv)
     if (strcmp(argv[1], "--version") == 0)
         return cmd_version(1, argv);
     const cli_cmd *cmd = find_cmd(argv[1]);
-    if (!cmd) {
-        fprintf(stderr, "caremesh: unknown command '%s'\nTry 'caremesh --help'.\n", argv[1]);
-        return CM_EXIT_USAGE;
-    }
+    if (!cmd)
+        return plugin_command(argc - 1, argv + 1);
     return cmd->run(argc - 1, argv + 1);
 }

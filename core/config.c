@@ -19,6 +19,12 @@ void cm_config_defaults(cm_config *cfg)
     cfg->log_level = CM_LOG_INFO;
 }
 
+void cm_config_free(cm_config *cfg)
+{
+    cJSON_Delete(cfg->plugins);
+    cfg->plugins = NULL;
+}
+
 int cm_config_check_id(const char *what, const char *s, cm_err *err)
 {
     long bad = cm_id_check(s);
@@ -91,9 +97,47 @@ static int get_choice(cfg_ctx *cx, const cJSON *obj, const char *section, const 
     return 0;
 }
 
+/* plugins = { { name = "fhir", path = "/usr/lib/caremesh/fhir.so", optional = true,
+** config = { ... } }, ... } */
+static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
+{
+    static const char *const keys[] = {"name", "path", "optional", "config", NULL};
+    const cJSON *p;
+    int i = 0;
+    if (!cJSON_IsArray(plugins) && !(cJSON_IsObject(plugins) && !plugins->child))
+        return cm_err_set(cx->err, CM_ECONFIG, "%s: plugins: must be a list of { name =, path = }",
+                          cx->source);
+    cJSON_ArrayForEach(p, plugins)
+    {
+        char section[32];
+        int rc;
+        snprintf(section, sizeof(section), "plugins[%d]", i++);
+        if ((rc = only_keys(cx, p, section, keys)) != 0)
+            return rc;
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(p, "name");
+        const cJSON *path = cJSON_GetObjectItemCaseSensitive(p, "path");
+        const cJSON *opt = cJSON_GetObjectItemCaseSensitive(p, "optional");
+        const cJSON *conf = cJSON_GetObjectItemCaseSensitive(p, "config");
+        if (!cJSON_IsString(name) || cm_id_check(name->valuestring) != 0)
+            return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.name: required, an id", cx->source,
+                              section);
+        if (!cJSON_IsString(path) || !path->valuestring[0])
+            return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.path: required, the plugin's .so file",
+                              cx->source, section);
+        if (opt && !cJSON_IsBool(opt))
+            return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.optional: must be true or false",
+                              cx->source, section);
+        if (conf && !cJSON_IsObject(conf))
+            return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.config: must be a table", cx->source,
+                              section);
+    }
+    return 0;
+}
+
 int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err)
 {
-    static const char *const top[] = {"node_id", "store", "lua", "log", "workflows", NULL};
+    static const char *const top[] = {"node_id",   "store",   "lua", "log",
+                                      "workflows", "plugins", NULL};
     static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
     static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
     static const char *const log_keys[] = {"level", NULL};
@@ -156,6 +200,13 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
             return rc;
         next.log_level = (cm_log_level)choice;
     }
+    const cJSON *plugins = cJSON_GetObjectItemCaseSensitive(root, "plugins");
+    if (plugins && (rc = check_plugins(&cx, plugins)) != 0)
+        return rc;
+    if (plugins && !(next.plugins = cJSON_Duplicate(plugins, true)))
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    if (plugins)
+        cJSON_Delete(cfg->plugins);
     *cfg = next;
     return 0;
 }
@@ -182,6 +233,8 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
                      "  },\n"
                      "  log = { level = \"%s\" }, -- debug | info | warn | error\n"
                      "  -- workflows = \"/path/to/workflows\", -- default: DATA/workflows\n"
+                     "  -- plugins = { { name = \"template\", path = \"/path/template.so\",\n"
+                     "  --               optional = true, config = { } } },\n"
                      "}\n",
                      cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
                      (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,

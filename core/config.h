@@ -25,9 +25,12 @@ typedef struct cm_config {
     size_t lua_memory_bytes;   /* lua.memory_mb, default 64 MiB */
     cm_log_level log_level;    /* log.level, default info */
     char workflows[1024];      /* workflows: directory of workflow files; "" = DATA/workflows */
+    cJSON *plugins;            /* plugins: the checked list (owned; NULL when none) */
 } cm_config;
 
 void cm_config_defaults(cm_config *cfg);
+/* Free what cfg owns (the plugins list). */
+void cm_config_free(cm_config *cfg);
 
 /* Apply a parsed config (an object) over cfg. source names the file in
 ** messages ("caremesh.conf: store.synchronous: ..."). Unknown keys, wrong

@@ -8,6 +8,7 @@
 #include "fs.h"
 #include "lhost.h"
 #include "log.h"
+#include "plugin.h"
 #include "lworkflow.h"
 #include "sandbox.h"
 
@@ -28,6 +29,7 @@
 typedef struct serve {
     const cm_serve_opts *o;
     cm_engine *engine;
+    cm_plugin_host *plugins;
     uv_signal_t sigint, sigterm, sighup;
     int signum;
 } serve;
@@ -97,8 +99,12 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     serve *sv = h->data;
     if (signum == SIGHUP) {
-        cm_log(CM_LOG_INFO, "serve.reload", "reloading workflows from %s",
+        cm_err err;
+        cm_log(CM_LOG_INFO, "serve.reload", "reloading plugins and workflows from %s",
                sv->o->workflows ? sv->o->workflows : "-");
+        cm_plugin_host_unload_all(sv->plugins);
+        if (cm_plugin_host_load_list(sv->plugins, sv->o->cfg->plugins, NULL, &err) != 0)
+            cm_log(CM_LOG_ERROR, "plugin.refused", "%s (the node serves without it)", err.msg);
         load_workflows(sv);
         return;
     }
@@ -192,9 +198,17 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
         rc = err->code;
         goto done;
     }
+    if (!(sv.plugins = cm_plugin_host_new(o->model, err))) {
+        rc = err->code;
+        goto done;
+    }
+    if ((rc = cm_plugin_host_load_list(sv.plugins, o->cfg->plugins, NULL, err)) != 0)
+        goto done;
+    cm_engine_observe(sv.engine, cm_plugin_host_on_engine_event, sv.plugins);
     rc = run_loop(&sv, sb, err);
 done:
     cm_engine_destroy(&sv.engine);
+    cm_plugin_host_destroy(&sv.plugins);
     cm_lua_runtime_destroy(&rt);
     cm_sandbox_destroy(&sb);
     if (lock_fd >= 0)

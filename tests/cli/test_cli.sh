@@ -2,9 +2,10 @@
 # test_cli.sh -- drive build/caremesh as an operator would: help and exit
 # codes, init (modes, keys, refusals), lua scripts (all-or-nothing), bad
 # databases and configs, serve with clean shutdown on signals.
-# usage: test_cli.sh CAREMESH
+# usage: test_cli.sh CAREMESH TEMPLATE_PLUGIN.so
 set -uo pipefail
 bin=$1
+template_so=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0
@@ -154,6 +155,30 @@ expect 0 "workflow graph mermaid" -- "$bin" workflow graph "$tmp/wf-good.lua" --
 expect 1 "workflow graph of a broken file" -- "$bin" workflow graph "$tmp/wf-bad.lua"
 expect 2 "workflow without subcommand" -- "$bin" workflow
 expect 1 "workflow test of a missing file" -- "$bin" workflow test "$tmp/none.lua"; has "workflow test of a missing file" "0 passed, 1 failed"
+
+# ---- plugins ----
+p=$tmp/plugged
+"$bin" init --data "$p" --node-id plugged >/dev/null
+sed -i "s|^}|  plugins = { { name = \"template\", path = \"$template_so\", config = { site = \"north\" } } },\n}|" "$p/caremesh.conf"
+expect 0 "plugin command" -- "$bin" template-hello --data "$p" a b
+has "plugin command" "hello from the template plugin (2 argument(s))"
+expect 0 "plugin command via CAREMESH_DATA" -- env CAREMESH_DATA="$p" "$bin" template-hello
+expect 2 "unknown command with a node" -- "$bin" frobnicate --data "$p"
+has "unknown command with a node" "neither built in nor added by a plugin"
+cp "$p/caremesh.conf" "$tmp/plugged.conf"
+sed -i "s|$template_so|/nonexistent/template.so|" "$p/caremesh.conf"
+expect 1 "required plugin missing" -- "$bin" template-hello --data "$p"
+has "required plugin missing" "plugin template: no file at /nonexistent/template.so"
+sed -i 's|config = {|optional = true, config = {|' "$p/caremesh.conf"
+expect 2 "optional plugin missing" -- "$bin" template-hello --data "$p"
+cp "$tmp/plugged.conf" "$p/caremesh.conf"
+log=$tmp/serve-plugin.log
+"$bin" serve --data "$p" 2>"$log" &
+pid=$!
+if wait_for "$log" '"event":"serve.ready"'; then ok; else bad "serve with a plugin did not get ready: $(cat "$log")"; fi
+if grep -qF 'configured with {\"site\":\"north\"}' "$log"; then ok; else bad "plugin did not get its config: $(cat "$log")"; fi
+kill -TERM "$pid"; wait "$pid"; same "serve with a plugin exit" "$?" 0
+if grep -qF '"event":"plugin.unloaded"' "$log"; then ok; else bad "plugin not unloaded at shutdown: $(cat "$log")"; fi
 
 # ---- bad configuration ----
 cp "$d/caremesh.conf" "$tmp/good.conf"

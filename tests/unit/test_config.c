@@ -78,6 +78,31 @@ static void test_bad_values_are_refused_by_name(void **state)
     expect_refusal("{\"node_id\":\"has space\"}", "node_id: character 4 (' ') is not allowed");
     expect_refusal("{\"node_id\":7}", "node_id: must be a string");
     expect_refusal("{\"store\":5}", "test.conf: store: must be a table");
+    expect_refusal("{\"plugins\":5}", "plugins: must be a list");
+    expect_refusal("{\"plugins\":[{\"path\":\"/x.so\"}]}", "plugins[0].name: required");
+    expect_refusal("{\"plugins\":[{\"name\":\"x\"}]}", "plugins[0].path: required");
+    expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"/x.so\",\"optinal\":true}]}",
+                   "plugins[0].optinal: unknown key");
+    expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"/x.so\",\"config\":3}]}",
+                   "plugins[0].config: must be a table");
+}
+
+static void test_plugins_list_is_kept(void **state)
+{
+    cm_config cfg;
+    cm_err err;
+    cm_config_defaults(&cfg);
+    assert_int_equal(apply_text(&cfg,
+                                "{\"plugins\":[{\"name\":\"fhir\",\"path\":\"/p/fhir.so\","
+                                "\"optional\":true,\"config\":{\"base\":\"x\"}}]}",
+                                &err),
+                     0);
+    assert_int_equal(cJSON_GetArraySize(cfg.plugins), 1);
+    /* applying again replaces the list, no leak */
+    assert_int_equal(apply_text(&cfg, "{\"plugins\":[]}", &err), 0);
+    assert_int_equal(cJSON_GetArraySize(cfg.plugins), 0);
+    cm_config_free(&cfg);
+    assert_null(cfg.plugins);
 }
 
 static void test_rendered_default_reads_back(void **state)
@@ -155,6 +180,7 @@ int main(void)
         cmocka_unit_test(test_every_key_applies),
         cmocka_unit_test(test_bad_values_are_refused_by_name),
         cmocka_unit_test(test_rendered_default_reads_back),
+        cmocka_unit_test(test_plugins_list_is_kept),
         cmocka_unit_test(test_bad_config_files_are_refused_with_place),
         cmocka_unit_test(test_missing_config_file_is_named),
         cmocka_unit_test(test_ids_are_checked),

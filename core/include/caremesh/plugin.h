@@ -1,0 +1,114 @@
+/*
+** caremesh/plugin.h -- the C plugin ABI of caremesh: the one public header.
+**
+** A plugin is a shared object that exports one symbol, CM_PLUGIN_SYMBOL, a
+** cm_plugin_desc. The host loads it (dlopen RTLD_NOW|RTLD_LOCAL), checks the
+** ABI it was built for, and calls init with a context and the host's table
+** of functions (cm_plugin_api). Everything the plugin registers during init
+** is undone when init fails or the plugin is unloaded.
+**
+** Versioning: the ABI major changes only when something is removed or
+** changed; the host refuses a plugin built for another major. The minor
+** grows when functions are appended to cm_plugin_api (never inserted,
+** never reordered); the host refuses a plugin built for a newer minor than
+** it has. Every struct that crosses the ABI starts with its size.
+**
+** Threads: the host calls a plugin only on its loop thread; a plugin calls
+** the api only from inside a call the host made to it (init, a callback).
+*/
+#ifndef CAREMESH_PLUGIN_H
+#define CAREMESH_PLUGIN_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CM_PLUGIN_ABI_MAJOR 1
+#define CM_PLUGIN_ABI_MINOR 0
+#define CM_PLUGIN_SYMBOL    "caremesh_plugin"
+
+/* The host's handle for one loaded plugin (opaque). */
+typedef struct cm_plugin_ctx cm_plugin_ctx;
+
+enum { CM_PLUGIN_LOG_DEBUG, CM_PLUGIN_LOG_INFO, CM_PLUGIN_LOG_WARN, CM_PLUGIN_LOG_ERROR };
+
+/* Instance events a plugin may subscribe to (told after they are durable). */
+enum {
+    CM_PLUGIN_EVENT_INSTANCE_STARTED = 1,
+    CM_PLUGIN_EVENT_STATE_CHANGED = 2,
+    CM_PLUGIN_EVENT_INSTANCE_ENDED = 3,
+    CM_PLUGIN_EVENT_TASK_CREATED = 4,
+    CM_PLUGIN_EVENT_MESSAGE_SENT = 5, /* queued for a partner */
+};
+
+typedef struct cm_plugin_event {
+    size_t size;          /* sizeof(cm_plugin_event) as the host built it */
+    int kind;             /* CM_PLUGIN_EVENT_* */
+    const char *instance; /* the instance's id */
+    const char *workflow; /* its workflow */
+    const char *from;     /* state before ("" if none) */
+    const char *to;       /* state after */
+    const char *detail;   /* task id, receiver, end status ("" if none) */
+} cm_plugin_event;
+
+/* Called for each event of a subscribed kind; strings are borrowed for the call. */
+typedef void (*cm_plugin_event_fn)(void *ud, const cm_plugin_event *ev);
+
+/* A plugin command: `caremesh NAME ARGS...`. argv[0] is NAME. Returns the exit code. */
+typedef int (*cm_plugin_command_fn)(void *ud, int argc, char **argv);
+
+typedef struct cm_plugin_api {
+    size_t size;   /* sizeof(cm_plugin_api) as the host built it */
+    int abi_major; /* the host's CM_PLUGIN_ABI_MAJOR */
+    int abi_minor; /* the host's CM_PLUGIN_ABI_MINOR */
+
+    /* ---- 1.0 ---- */
+
+    /* Write one line to the host's JSON-lines log, as event "plugin.NAME". */
+    void (*log)(cm_plugin_ctx *ctx, int level, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+    /* The plugin's own section of the host configuration, as JSON text
+    ** (plugins = { { name = ..., config = { ... } } }): "{}" when it has none.
+    ** Borrowed: valid until the plugin is unloaded. */
+    const char *(*config)(cm_plugin_ctx *ctx);
+
+    /* Call fn for every event of kind. 0, or -1 for an unknown kind. */
+    int (*subscribe)(cm_plugin_ctx *ctx, int kind, cm_plugin_event_fn fn, void *ud);
+
+    /* Add `caremesh NAME` (summary: one line for --help). 0, or -1 when the
+    ** name is taken or not made of [a-z0-9-]. */
+    int (*register_command)(cm_plugin_ctx *ctx, const char *name, const char *summary,
+                            cm_plugin_command_fn fn, void *ud);
+
+    /* A record as JSON text ("patient", "pat-1"), in a buffer the caller frees
+    ** with api->free; NULL when there is none (errbuf says why). */
+    char *(*record_get)(cm_plugin_ctx *ctx, const char *kind, const char *id, char *errbuf,
+                        size_t errlen);
+
+    /* Free what the host allocated for the plugin. */
+    void (*free)(void *p);
+} cm_plugin_api;
+
+typedef struct cm_plugin_desc {
+    size_t size;         /* sizeof(cm_plugin_desc) */
+    int abi_major;       /* CM_PLUGIN_ABI_MAJOR the plugin was built with */
+    int abi_minor;       /* CM_PLUGIN_ABI_MINOR the plugin was built with */
+    const char *name;    /* the plugin's name */
+    const char *version; /* its own version */
+    /* Set up: subscribe, register. Return 0, or non-zero with a message in err. */
+    int (*init)(cm_plugin_ctx *ctx, const cm_plugin_api *api, char *err, size_t errlen);
+    /* Tear down (may be NULL). Registrations are removed by the host. */
+    void (*fini)(cm_plugin_ctx *ctx);
+} cm_plugin_desc;
+
+/* In the plugin: CM_PLUGIN_EXPORT const cm_plugin_desc caremesh_plugin = { ... }; */
+#define CM_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,56 @@
+/*
+** plugin.h -- the plugin host: loads C plugins (include/caremesh/plugin.h)
+** with dlopen, checks their ABI, gives them the host's function table, and
+** keeps what they register (event subscriptions, CLI commands) until they
+** are unloaded. A plugin whose file, symbol, ABI or init fails is refused
+** with a message naming it, and everything it registered is undone.
+** Depends on: model, engine (events), log, dlfcn. Loop thread.
+*/
+#ifndef CM_PLUGIN_H
+#define CM_PLUGIN_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+
+#include "engine.h"
+#include "error.h"
+#include "model.h"
+
+typedef struct cm_plugin_host cm_plugin_host;
+
+typedef struct cm_plugin_spec {
+    const char *name;    /* as the config names it (must match the plugin's own name) */
+    const char *path;    /* the shared object */
+    bool optional;       /* a failure is logged and the host goes on */
+    const cJSON *config; /* its config section (may be NULL) */
+} cm_plugin_spec;
+
+/* A host whose plugins read records through model (borrowed, may be NULL). */
+cm_plugin_host *cm_plugin_host_new(cm_model *model, cm_err *err);
+/* Unload every plugin (fini, registrations removed, dlclose), then free. */
+void cm_plugin_host_destroy(cm_plugin_host **host_p);
+
+/* Load one plugin. On failure nothing of it stays: CM_ENOTFOUND (file),
+** CM_EINVAL (symbol, descriptor, name), CM_ECONFIG (ABI), CM_ELUA-free
+** CM_EPERM... see the message, which names the plugin and the problem. */
+int cm_plugin_host_load(cm_plugin_host *host, const cm_plugin_spec *spec, cm_err *err);
+
+/* Load the config's `plugins` list (an array, may be NULL): a failing
+** optional plugin is logged and skipped; a failing required one stops the
+** loading with its error. *loaded counts the plugins now loaded. */
+int cm_plugin_host_load_list(cm_plugin_host *host, const cJSON *plugins, int *loaded, cm_err *err);
+
+/* Unload every plugin (for a reload). */
+void cm_plugin_host_unload_all(cm_plugin_host *host);
+
+/* An engine observer (cm_engine_observe) that tells subscribed plugins. */
+void cm_plugin_host_on_engine_event(void *host, const cm_engine_event *ev);
+
+/* Run plugin command argv[0]; *found false when no plugin registered it. */
+int cm_plugin_host_command(cm_plugin_host *host, int argc, char **argv, bool *found);
+
+/* Commands plugins registered, for --help: calls fn(ud, name, summary) for each. */
+void cm_plugin_host_commands(cm_plugin_host *host,
+                             void (*fn)(void *ud, const char *name, const char *summary), void *ud);
+
+#endif

@@ -1,0 +1,186 @@
+/*
+** test_plugin.c -- the plugin host with real shared objects (tests/plugins):
+** loading, every refusal (file, symbol, ABI major and minor, failing init,
+** name), rollback of a failed init, events, commands, records, unloading.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <fcntl.h>
+
+#include "plugin.h"
+#include "support.h"
+
+#define PLUGIN(name) CM_TEST_PLUGIN_DIR "/" name ".so"
+
+typedef struct fx {
+    char *dir;
+    cm_store *store;
+    cm_clock *clock;
+    cm_model *model;
+    cm_plugin_host *host;
+} fx;
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    cm_store_opts so;
+    cm_err err;
+    f->dir = cm_test_tmpdir();
+    cm_store_opts_init(&so);
+    so.path = cm_test_path(f->dir, "caremesh.db");
+    so.create = true;
+    if (cm_store_open(&f->store, &so, &err) != 0)
+        return -1;
+    f->clock = cm_clock_new_virtual(1767603600000LL);
+    f->model = cm_model_new(f->store, f->clock);
+    cJSON *org = cJSON_Parse("{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
+    cm_model_create(f->model, CM_KIND_ORGANIZATION, org, NULL, &err);
+    cJSON_Delete(org);
+    f->host = cm_plugin_host_new(f->model, &err);
+    *state = f;
+    return f->host ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    cm_plugin_host_destroy(&f->host);
+    cm_model_destroy(&f->model);
+    cm_store_close(&f->store);
+    cm_clock_destroy(&f->clock);
+    cm_test_rmtree(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* Run plugin command argv, capturing what it prints. Returns its exit code. */
+static int run_command(fx *f, int argc, char **argv, char *out, size_t outsz, bool *found)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/out.txt", f->dir);
+    fflush(stdout);
+    int saved = dup(1), fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    dup2(fd, 1);
+    int rc = cm_plugin_host_command(f->host, argc, argv, found);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    close(fd);
+    FILE *in = fopen(path, "r");
+    size_t n = in ? fread(out, 1, outsz - 1, in) : 0;
+    out[n] = '\0';
+    if (in)
+        fclose(in);
+    return rc;
+}
+
+static void expect_refused(fx *f, const char *name, const char *path, int code,
+                           const char *fragment)
+{
+    cm_plugin_spec spec = {name, path, false, NULL};
+    cm_err err;
+    bool found = true;
+    char out[64];
+    char *argv[] = {"probe", NULL};
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), code);
+    if (!strstr(err.msg, fragment))
+        fail_msg("message '%s' lacks '%s'", err.msg, fragment);
+    assert_non_null(strstr(err.msg, name)); /* the message names the plugin */
+    run_command(f, 1, argv, out, sizeof(out), &found);
+    assert_false(found); /* nothing of it stayed */
+}
+
+static void test_bad_plugins_are_refused_and_leave_nothing(void **state)
+{
+    fx *f = *state;
+    expect_refused(f, "probe", "/nonexistent/probe.so", CM_ENOTFOUND, "no file at");
+    expect_refused(f, "probe", PLUGIN("probe_no_symbol"), CM_EINVAL,
+                   "exports no caremesh_plugin descriptor");
+    expect_refused(f, "probe", PLUGIN("probe_bad_major"), CM_ECONFIG,
+                   "built for plugin ABI 2.0, this caremesh has ABI 1.0");
+    expect_refused(f, "probe", PLUGIN("probe_new_minor"), CM_ECONFIG,
+                   "newer than this caremesh's 1.0");
+    expect_refused(f, "probe", PLUGIN("probe_fail_init"), CM_EINVAL,
+                   "init failed: the database it needs is not configured");
+    expect_refused(f, "other", PLUGIN("probe"), CM_EINVAL, "the file is plugin \"probe\"");
+    expect_refused(f, "bad name!", PLUGIN("probe"), CM_EINVAL, "plugin name");
+    char notso[1024];
+    snprintf(notso, sizeof(notso), "%s/fake.so", f->dir);
+    cm_test_write(notso, "not an ELF file", 15);
+    expect_refused(f, "probe", notso, CM_EINVAL, "cannot load");
+}
+
+static void test_a_plugin_hears_events_runs_commands_and_reads_records(void **state)
+{
+    fx *f = *state;
+    cJSON *cfg = cJSON_Parse("{\"greeting\":\"kia ora\"}");
+    cm_plugin_spec spec = {"probe", PLUGIN("probe"), false, cfg};
+    cm_err err;
+    bool found = false;
+    char out[2048];
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), 0);
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), CM_EEXISTS);
+    cm_engine_event ev = {
+        CM_ENGINE_STATE_CHANGED, "ref-1", "referral", "requested", "accepted", ""};
+    cm_plugin_host_on_engine_event(f->host, &ev);
+    ev = (cm_engine_event){CM_ENGINE_ENDED, "ref-1", "referral", "", "closed", "done"};
+    cm_plugin_host_on_engine_event(f->host, &ev);
+    char *argv[] = {"probe", "organization", "clinic-a", NULL};
+    assert_int_equal(run_command(f, 3, argv, out, sizeof(out), &found), 0);
+    assert_true(found);
+    assert_non_null(strstr(out, "events=2:ref-1:requested>accepted;3:ref-1:>closed;"));
+    assert_non_null(strstr(out, "config={\"greeting\":\"kia ora\"}"));
+    assert_non_null(strstr(out, "\"name\":\"Clinic A\""));
+    char *missing[] = {"probe", "patient", "nobody", NULL};
+    run_command(f, 3, missing, out, sizeof(out), &found);
+    assert_non_null(strstr(out, "record=patient \"nobody\" not found"));
+    char *other[] = {"frobnicate", NULL};
+    run_command(f, 1, other, out, sizeof(out), &found);
+    assert_false(found);
+    cJSON_Delete(cfg);
+    cm_plugin_host_unload_all(f->host);
+    run_command(f, 3, argv, out, sizeof(out), &found);
+    assert_false(found);
+}
+
+static void test_optional_plugins_do_not_stop_the_rest(void **state)
+{
+    fx *f = *state;
+    char text[1024];
+    cm_err err;
+    int loaded = -1;
+    snprintf(text, sizeof(text),
+             "[{\"name\":\"probe\",\"path\":\"%s\",\"optional\":true},"
+             "{\"name\":\"template\",\"path\":\"%s\"}]",
+             PLUGIN("probe_bad_major"), PLUGIN("template"));
+    cJSON *list = cJSON_Parse(text);
+    assert_int_equal(cm_plugin_host_load_list(f->host, list, &loaded, &err), 0);
+    assert_int_equal(loaded, 1);
+    cJSON_Delete(list);
+    snprintf(text, sizeof(text),
+             "[{\"name\":\"probe\",\"path\":\"%s\"},{\"name\":\"other\",\"path\":\"%s\"}]",
+             PLUGIN("probe_fail_init"), PLUGIN("probe"));
+    list = cJSON_Parse(text);
+    assert_int_equal(cm_plugin_host_load_list(f->host, list, &loaded, &err), CM_EINVAL);
+    assert_int_equal(loaded, 0); /* a required failure stops the list */
+    assert_non_null(strstr(err.msg, "init failed"));
+    cJSON_Delete(list);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_bad_plugins_are_refused_and_leave_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_plugin_hears_events_runs_commands_and_reads_records,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_optional_plugins_do_not_stop_the_rest, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
