@@ -6,6 +6,7 @@
 
 #include "caremesh/plugin.h"
 #include "log.h"
+#include "clock.h"
 #include "text.h"
 
 #include <dlfcn.h>
@@ -15,9 +16,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#define PLUGIN_MAX_SUBS     64
-#define PLUGIN_MAX_COMMANDS 32
-#define PLUGIN_NAME_MAX     64
+#define PLUGIN_MAX_SUBS      64
+#define PLUGIN_MAX_COMMANDS  32
+#define PLUGIN_NAME_MAX      64
+#define PLUGIN_MAX_CHANNELS  16
+#define PLUGIN_RETRY_BASE_MS 5000
+#define PLUGIN_RETRY_MAX_MS  (3600 * 1000LL)
 
 typedef struct sub {
     int kind;
@@ -32,6 +36,12 @@ typedef struct command {
     void *ud;
 } command;
 
+typedef struct channel {
+    char name[PLUGIN_NAME_MAX];
+    cm_plugin_channel_fn fn;
+    void *ud;
+} channel;
+
 struct cm_plugin_ctx {
     cm_plugin_host *host;
     void *dl;
@@ -43,6 +53,8 @@ struct cm_plugin_ctx {
     int nsubs;
     command commands[PLUGIN_MAX_COMMANDS];
     int ncommands;
+    channel channels[PLUGIN_MAX_CHANNELS];
+    int nchannels;
     struct cm_plugin_ctx *next;
 };
 
@@ -118,6 +130,36 @@ static int api_register_command(cm_plugin_ctx *ctx, const char *name, const char
     return 0;
 }
 
+static channel *find_channel(cm_plugin_host *host, const char *name)
+{
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nchannels; i++)
+            if (strcmp(p->channels[i].name, name) == 0)
+                return &p->channels[i];
+    return NULL;
+}
+
+static int api_register_channel(cm_plugin_ctx *ctx, const char *name, cm_plugin_channel_fn fn,
+                                void *ud)
+{
+    size_t len = name ? strlen(name) : 0;
+    if (len == 0 || len >= PLUGIN_NAME_MAX || !fn || ctx->nchannels >= PLUGIN_MAX_CHANNELS ||
+        find_channel(ctx->host, name))
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+              name[i] == '_' || name[i] == '-'))
+            return -1;
+    for (int i = 0; i < ctx->nchannels; i++) /* ctx is not in the host's list while loading */
+        if (strcmp(ctx->channels[i].name, name) == 0)
+            return -1;
+    channel *c = &ctx->channels[ctx->nchannels++];
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    c->fn = fn;
+    c->ud = ud;
+    return 0;
+}
+
 static char *api_record_get(cm_plugin_ctx *ctx, const char *kind, const char *id, char *errbuf,
                             size_t errlen)
 {
@@ -150,8 +192,17 @@ static void api_free(void *p)
 }
 
 static const cm_plugin_api host_api = {
-    sizeof(cm_plugin_api), CM_PLUGIN_ABI_MAJOR,  CM_PLUGIN_ABI_MINOR, api_log,  api_config,
-    api_subscribe,         api_register_command, api_record_get,      api_free,
+    .size = sizeof(cm_plugin_api),
+    .abi_major = CM_PLUGIN_ABI_MAJOR,
+    .abi_minor = CM_PLUGIN_ABI_MINOR,
+    /* 1.0 */
+    .log = api_log,
+    .config = api_config,
+    .subscribe = api_subscribe,
+    .register_command = api_register_command,
+    .record_get = api_record_get,
+    .free = api_free,
+    .register_channel = api_register_channel,
 };
 
 /* ---- loading ---------------------------------------------------------- */
@@ -354,4 +405,117 @@ void cm_plugin_host_commands(cm_plugin_host *host,
     for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
         for (int i = 0; i < p->ncommands; i++)
             fn(ud, p->commands[i].name, p->commands[i].summary);
+}
+
+/* ---- notifications ---------------------------------------------------- */
+
+typedef struct pending_note {
+    long id;
+    int attempts;
+    char channel[PLUGIN_NAME_MAX];
+    char *recipient, *message, *data, *instance;
+} pending_note;
+
+static void note_clear(pending_note *n)
+{
+    free(n->recipient);
+    free(n->message);
+    free(n->data);
+    free(n->instance);
+}
+
+static char *col_dup(sqlite3_stmt *st, int c)
+{
+    const char *t = (const char *)sqlite3_column_text(st, c);
+    return strdup(t ? t : "");
+}
+
+/* Mark n sent, or keep its failure for a later attempt with backoff. */
+static int settle(cm_store *store, const cm_clock *clock, const pending_note *n, bool ok,
+                  const char *why, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ];
+    int64_t delay = PLUGIN_RETRY_BASE_MS;
+    for (int i = 0; i < n->attempts && delay < PLUGIN_RETRY_MAX_MS; i++)
+        delay *= 2;
+    if (delay > PLUGIN_RETRY_MAX_MS)
+        delay = PLUGIN_RETRY_MAX_MS;
+    cm_time_format(cm_clock_now_ms(clock), now, sizeof(now));
+    sqlite3_stmt *st =
+        ok ? cm_store_prepare(store,
+                              "UPDATE notification SET status = 'sent', sent_at = ?2, "
+                              "attempts = attempts + 1, error = NULL WHERE seq = ?1",
+                              err)
+           : cm_store_prepare(store,
+                              "UPDATE notification SET attempts = attempts + 1, error = ?2, "
+                              "next_ms = ?3 WHERE seq = ?1",
+                              err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_int64(st, 1, n->id);
+    sqlite3_bind_text(st, 2, ok ? now : why, -1, SQLITE_TRANSIENT);
+    if (!ok)
+        sqlite3_bind_int64(st, 3, cm_clock_now_ms(clock) + delay);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : cm_store_error(store, err, "notification");
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Up to max due notifications, their text copied: channels run with no statement open. */
+static int due_notes(cm_store *store, const cm_clock *clock, pending_note *notes, int max, int *n,
+                     cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        store,
+        "SELECT seq, channel, recipient, message, data, coalesce(instance, ''), attempts "
+        "FROM notification WHERE status = 'pending' AND next_ms <= ?1 ORDER BY seq LIMIT ?2",
+        err);
+    *n = 0;
+    if (!st)
+        return err->code;
+    sqlite3_bind_int64(st, 1, cm_clock_now_ms(clock));
+    sqlite3_bind_int(st, 2, max);
+    while (*n < max && sqlite3_step(st) == SQLITE_ROW) {
+        pending_note *p = &notes[(*n)++];
+        p->id = (long)sqlite3_column_int64(st, 0);
+        snprintf(p->channel, sizeof(p->channel), "%s", sqlite3_column_text(st, 1));
+        p->recipient = col_dup(st, 2);
+        p->message = col_dup(st, 3);
+        p->data = col_dup(st, 4);
+        p->instance = col_dup(st, 5);
+        p->attempts = sqlite3_column_int(st, 6);
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
+                           int *delivered, cm_err *err)
+{
+    pending_note notes[64];
+    int n = 0, sent = 0, rc;
+    if (max > 64)
+        max = 64;
+    if ((rc = due_notes(store, clock, notes, max, &n, err)) != 0)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        pending_note *p = &notes[i];
+        channel *c = find_channel(host, p->channel);
+        char why[512] = "";
+        if (c && p->recipient && p->message && p->data && p->instance) {
+            cm_plugin_notification pn = {sizeof(pn), p->id,   p->channel, p->recipient,
+                                         p->message, p->data, p->instance};
+            bool ok = c->fn(c->ud, &pn, why, sizeof(why)) == 0;
+            if (!ok)
+                cm_log(CM_LOG_WARN, "notify.retry", "notification %ld on channel %s: %s", p->id,
+                       p->channel, why[0] ? why : "refused by the channel");
+            if (rc == 0)
+                rc = settle(store, clock, p, ok, why[0] ? why : "refused by the channel", err);
+            sent += ok;
+        } /* else no plugin serves the channel (yet): it waits, visible, for one that does */
+        note_clear(p);
+    }
+    if (delivered)
+        *delivered = sent;
+    return rc;
 }

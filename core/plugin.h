@@ -49,6 +49,13 @@ void cm_plugin_host_on_engine_event(void *host, const cm_engine_event *ev);
 /* Run plugin command argv[0]; *found false when no plugin registered it. */
 int cm_plugin_host_command(cm_plugin_host *host, int argc, char **argv, bool *found);
 
+/* Deliver up to max pending notifications whose channel a plugin serves,
+** oldest first, each marked sent only after its channel said it is durable;
+** a failure is kept with its error and retried with backoff. *delivered
+** counts the ones sent. Uses store and clock (borrowed). */
+int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
+                           int *delivered, cm_err *err);
+
 /* Commands plugins registered, for --help: calls fn(ud, name, summary) for each. */
 void cm_plugin_host_commands(cm_plugin_host *host,
                              void (*fn)(void *ud, const char *name, const char *summary), void *ud);

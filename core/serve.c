@@ -25,12 +25,14 @@
 
 #define SERVE_LOCK_FILE "caremesh.lock"
 #define SERVE_MAX_FILES 256
+#define SERVE_NOTIFY_MS 250 /* how often pending notifications go to their channels */
 
 typedef struct serve {
     const cm_serve_opts *o;
     cm_engine *engine;
     cm_plugin_host *plugins;
     uv_signal_t sigint, sigterm, sighup;
+    uv_timer_t notify; /* hands pending notifications to channel plugins */
     int signum;
 } serve;
 
@@ -95,6 +97,17 @@ static int load_workflows(serve *sv)
     return refused;
 }
 
+static void on_notify_tick(uv_timer_t *h)
+{
+    serve *sv = h->data;
+    cm_err err;
+    int sent = 0;
+    if (cm_plugin_host_deliver(sv->plugins, sv->o->store, sv->o->clock, 64, &sent, &err) != 0)
+        cm_log(CM_LOG_ERROR, "notify.fail", "%s", err.msg);
+    else if (sent > 0)
+        cm_log(CM_LOG_DEBUG, "notify.sent", "%d notification(s) handed to their channels", sent);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     serve *sv = h->data;
@@ -112,6 +125,7 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&sv->sigint, NULL);
     uv_close((uv_handle_t *)&sv->sigterm, NULL);
     uv_close((uv_handle_t *)&sv->sighup, NULL);
+    uv_close((uv_handle_t *)&sv->notify, NULL);
     cm_engine_detach(sv->engine); /* the batch in flight has committed: we are between batches */
 }
 
@@ -137,6 +151,9 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
     int rc = uv_loop_init(&loop);
     if (rc != 0)
         return cm_err_set(err, CM_EIO, "event loop: %s", uv_strerror(rc));
+    uv_timer_init(&loop, &sv->notify);
+    sv->notify.data = sv;
+    uv_timer_start(&sv->notify, on_notify_tick, SERVE_NOTIFY_MS, SERVE_NOTIFY_MS);
     if ((rc = start_signals(sv, &loop, err)) == 0 &&
         (rc = cm_engine_attach(sv->engine, &loop, err)) == 0) {
         int refused = load_workflows(sv);
@@ -153,6 +170,7 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
         for (int i = 0; i < 3; i++)
             if (uv_is_active((uv_handle_t *)hs[i]) || hs[i]->loop == &loop)
                 uv_close((uv_handle_t *)hs[i], NULL);
+        uv_close((uv_handle_t *)&sv->notify, NULL);
         cm_engine_detach(sv->engine);
         uv_run(&loop, UV_RUN_DEFAULT);
     }

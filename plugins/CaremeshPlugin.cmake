@@ -10,7 +10,8 @@
 #   include(/path/to/caremesh/plugins/CaremeshPlugin.cmake)
 #   caremesh_add_plugin(my_plugin my_plugin.c)
 if(NOT CAREMESH_INCLUDE_DIR)
-  set(CAREMESH_INCLUDE_DIR ${CMAKE_CURRENT_LIST_DIR}/../core/include)
+  get_filename_component(_cm_include ${CMAKE_CURRENT_LIST_DIR}/../core/include ABSOLUTE)
+  set(CAREMESH_INCLUDE_DIR ${_cm_include} CACHE PATH "directory holding caremesh/plugin.h")
 endif()
 
 function(caremesh_add_plugin name)

@@ -2,10 +2,11 @@
 # test_cli.sh -- drive build/caremesh as an operator would: help and exit
 # codes, init (modes, keys, refusals), lua scripts (all-or-nothing), bad
 # databases and configs, serve with clean shutdown on signals.
-# usage: test_cli.sh CAREMESH TEMPLATE_PLUGIN.so
+# usage: test_cli.sh CAREMESH TEMPLATE_PLUGIN.so NOTIFY_SPOOL.so
 set -uo pipefail
 bin=$1
 template_so=$2
+spool_so=$3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0
@@ -179,6 +180,22 @@ if wait_for "$log" '"event":"serve.ready"'; then ok; else bad "serve with a plug
 if grep -qF 'configured with {\"site\":\"north\"}' "$log"; then ok; else bad "plugin did not get its config: $(cat "$log")"; fi
 kill -TERM "$pid"; wait "$pid"; same "serve with a plugin exit" "$?" 0
 if grep -qF '"event":"plugin.unloaded"' "$log"; then ok; else bad "plugin not unloaded at shutdown: $(cat "$log")"; fi
+
+# a serving node hands notifications to the spool channel: durable files appear
+mkdir -m 700 "$tmp/spool"
+cp "$d/caremesh.conf" "$tmp/pre-spool.conf"
+sed -i "s|^}|  plugins = { { name = \"notify_spool\", path = \"$spool_so\", config = { dir = \"$tmp/spool\", channels = { \"sms\" } } } },\n}|" "$d/caremesh.conf"
+log=$tmp/serve-spool.log
+"$bin" serve --data "$d" 2>"$log" &
+pid=$!
+if wait_for "$log" '"event":"serve.ready"'; then ok; else bad "serve with the spool did not get ready: $(cat "$log")"; fi
+sqlite3 -cmd ".timeout 5000" "$d/caremesh.db" "INSERT INTO notification(channel, recipient, message, data, created) VALUES ('sms', 'pat-1', 'Time for your flu shot', '{}', 'now');"
+for _ in $(seq 1 200); do ls "$tmp/spool"/*-sms.json >/dev/null 2>&1 && break; sleep 0.05; done
+if jq -e '.message == "Time for your flu shot" and .to == "pat-1"' "$tmp"/spool/*-sms.json >/dev/null 2>&1; then ok; else bad "no spool file: $(ls -la "$tmp/spool") $(cat "$log")"; fi
+for _ in $(seq 1 200); do [ "$(sqlite3 -cmd ".timeout 5000" "$d/caremesh.db" "SELECT status FROM notification")" = sent ] && break; sleep 0.05; done
+same "notification marked sent" "$(sqlite3 -cmd ".timeout 5000" "$d/caremesh.db" "SELECT status FROM notification")" sent
+kill -TERM "$pid"; wait "$pid"; same "serve with the spool exit" "$?" 0
+cp "$tmp/pre-spool.conf" "$d/caremesh.conf"
 
 # ---- bad configuration ----
 cp "$d/caremesh.conf" "$tmp/good.conf"

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include "plugin.h"
 #include "support.h"
@@ -172,6 +173,86 @@ static void test_optional_plugins_do_not_stop_the_rest(void **state)
     cJSON_Delete(list);
 }
 
+static long count_where(fx *f, const char *sql)
+{
+    sqlite3_stmt *st;
+    long n = -1;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        n = (long)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static void test_notify_spool_writes_durable_files_and_retries(void **state)
+{
+    fx *f = *state;
+    char spool[900], text[1100], file[1200];
+    cm_err err;
+    int sent = -1;
+    snprintf(spool, sizeof(spool), "%s/spool", f->dir);
+    snprintf(text, sizeof(text), "{\"dir\":\"%s\",\"channels\":[\"sms\",\"email\"]}", spool);
+    cJSON *cfg = cJSON_Parse(text);
+    cm_plugin_spec spec = {"notify_spool", CM_SHIPPED_PLUGIN_DIR "/notify_spool.so", false, cfg};
+    /* no spool directory yet: init refuses, naming it */
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "is not a writable directory"));
+    assert_int_equal(mkdir(spool, 0700), 0);
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), 0);
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
+                      " ('sms', 'pat-1', 'Your \"cardiology\" visit: call us', '{\"k\":1}', 'x'),"
+                      " ('pager', 'dr-1', 'nobody serves this channel', '{}', 'x')",
+                      &err),
+        0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 1);
+    snprintf(file, sizeof(file), "%s/00000001-sms.json", spool);
+    char *json = NULL;
+    size_t len = 0;
+    FILE *in = fopen(file, "r");
+    assert_non_null(in);
+    json = calloc(1, 4096);
+    len = fread(json, 1, 4095, in);
+    fclose(in);
+    assert_true(len > 0);
+    cJSON *doc = cJSON_Parse(json);
+    assert_non_null(doc);
+    assert_string_equal(cJSON_GetObjectItem(doc, "message")->valuestring,
+                        "Your \"cardiology\" visit: call us");
+    assert_string_equal(cJSON_GetObjectItem(doc, "to")->valuestring, "pat-1");
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "data"), "k")->valueint, 1);
+    cJSON_Delete(doc);
+    free(json);
+    assert_int_equal(count_where(f, "SELECT count(*) FROM notification WHERE status = 'sent'"), 1);
+    /* the channel nobody serves waits, untouched */
+    assert_int_equal(count_where(f, "SELECT attempts FROM notification WHERE channel = 'pager'"),
+                     0);
+    /* the spool goes away: the delivery fails, is kept and retried after a backoff */
+    cm_test_rmtree(spool);
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "INSERT INTO notification(channel, recipient, message, data, created) "
+                      "VALUES ('email', 'pat-2', 'Flu shots are here', '{}', 'x')",
+                      &err),
+        0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 0);
+    assert_int_equal(count_where(f, "SELECT attempts FROM notification WHERE channel = 'email' "
+                                    "AND status = 'pending' AND error LIKE '%spool%'"),
+                     1);
+    assert_int_equal(mkdir(spool, 0700), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 0); /* not due yet */
+    cm_clock_advance(f->clock, 6000);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 1);
+    snprintf(file, sizeof(file), "%s/00000003-email.json", spool);
+    assert_int_equal(access(file, R_OK), 0);
+    cJSON_Delete(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -180,6 +261,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_plugin_hears_events_runs_commands_and_reads_records,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_optional_plugins_do_not_stop_the_rest, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_notify_spool_writes_durable_files_and_retries, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -59,6 +59,24 @@ typedef void (*cm_plugin_event_fn)(void *ud, const cm_plugin_event *ev);
 /* A plugin command: `caremesh NAME ARGS...`. argv[0] is NAME. Returns the exit code. */
 typedef int (*cm_plugin_command_fn)(void *ud, int argc, char **argv);
 
+/* A notification to deliver through a channel. */
+typedef struct cm_plugin_notification {
+    size_t size;           /* sizeof(cm_plugin_notification) as the host built it */
+    long id;               /* the host's id of this notification: the same on a redelivery */
+    const char *channel;   /* the channel's name ("sms", "email", ...) */
+    const char *recipient; /* a patient or provider id */
+    const char *message;   /* the text */
+    const char *data;      /* extra data as JSON text ("{}" when none) */
+    const char *instance;  /* the workflow instance that asked for it ("" when none) */
+} cm_plugin_notification;
+
+/* Deliver n. Return 0 only once the notification is durable on the channel's
+** side (the host then marks it sent); non-zero with a reason in err to have the
+** host retry later. A notification may be delivered again after a crash: use
+** n->id to make delivery idempotent. */
+typedef int (*cm_plugin_channel_fn)(void *ud, const cm_plugin_notification *n, char *err,
+                                    size_t errlen);
+
 typedef struct cm_plugin_api {
     size_t size;   /* sizeof(cm_plugin_api) as the host built it */
     int abi_major; /* the host's CM_PLUGIN_ABI_MAJOR */
@@ -90,6 +108,11 @@ typedef struct cm_plugin_api {
 
     /* Free what the host allocated for the plugin. */
     void (*free)(void *p);
+
+    /* Deliver notifications of channel name (`wf:notify{channel = name, ...}`).
+    ** 0, or -1 when another plugin has the channel or the name is not [a-z0-9_-]. */
+    int (*register_channel)(cm_plugin_ctx *ctx, const char *name, cm_plugin_channel_fn fn,
+                            void *ud);
 } cm_plugin_api;
 
 typedef struct cm_plugin_desc {
