@@ -715,6 +715,13 @@ static int plugin_command(int argc, char **argv)
         fprintf(stderr, "caremesh: unknown command '%s'\nTry 'caremesh --help'.\n", argv[0]);
         return CM_EXIT_USAGE;
     }
+    cm_config cfg;
+    bool plugged = load_config(&o, &cfg, &err) == 0 && cJSON_GetArraySize(cfg.plugins) > 0;
+    cm_config_free(&cfg);
+    if (!plugged) { /* a typo, most likely: no plugin could have added it */
+        fprintf(stderr, "caremesh: unknown command '%s'\nTry 'caremesh --help'.\n", argv[0]);
+        return CM_EXIT_USAGE;
+    }
     if (node_open(&o, &n, &err) != 0)
         return fail(argv[0], &err);
     if (!(host = cm_plugin_host_new(n.model, &err)) ||

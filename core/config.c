@@ -121,8 +121,9 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
         if (!cJSON_IsString(name) || cm_id_check(name->valuestring) != 0)
             return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.name: required, an id", cx->source,
                               section);
-        if (!cJSON_IsString(path) || !path->valuestring[0])
-            return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.path: required, the plugin's .so file",
+        if (!cJSON_IsString(path) || path->valuestring[0] != '/')
+            return cm_err_set(cx->err, CM_ECONFIG,
+                              "%s: %s.path: required, the absolute path of the plugin's .so file",
                               cx->source, section);
         if (opt && !cJSON_IsBool(opt))
             return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.optional: must be true or false",

@@ -142,12 +142,23 @@ static void note_event(cm_engine *e, cm_engine_event_kind kind, const char *inst
 /* The transaction committed: tell the observer, in order. */
 static void tell_events(cm_engine *e)
 {
-    for (int i = 0; i < e->nevents && e->observe; i++) {
-        const pending_event *pe = &e->events[i];
+    /* detach the list first: an observer may act on the engine (a cancel),
+    ** whose own events must not be mixed with these or told twice */
+    pending_event *events = e->events;
+    int n = e->nevents, cap = e->events_cap;
+    e->events = NULL;
+    e->nevents = e->events_cap = e->events_mark = 0;
+    for (int i = 0; i < n && e->observe; i++) {
+        const pending_event *pe = &events[i];
         cm_engine_event ev = {pe->kind, pe->instance, pe->workflow, pe->from, pe->to, pe->detail};
         e->observe(e->observe_ud, &ev);
     }
-    e->nevents = e->events_mark = 0;
+    if (!e->events) { /* keep the buffer for the next batch */
+        e->events = events;
+        e->events_cap = cap;
+    } else {
+        free(events);
+    }
 }
 
 void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud)

@@ -95,7 +95,7 @@ static int api_subscribe(cm_plugin_ctx *ctx, int kind, cm_plugin_event_fn fn, vo
 static bool command_name_ok(const char *name)
 {
     size_t len = name ? strlen(name) : 0;
-    if (len == 0 || len >= PLUGIN_NAME_MAX)
+    if (len == 0 || len >= PLUGIN_NAME_MAX || name[0] < 'a' || name[0] > 'z')
         return false;
     for (size_t i = 0; i < len; i++)
         if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
@@ -220,9 +220,6 @@ static void ctx_free(cm_plugin_ctx *ctx)
 /* Check what the shared object says it is. */
 static int check_desc(const cm_plugin_spec *spec, const cm_plugin_desc *d, cm_err *err)
 {
-    if (d->size < sizeof(cm_plugin_desc) || !d->name || !d->init)
-        return cm_err_set(err, CM_EINVAL, "plugin %s (%s): the %s descriptor is incomplete",
-                          spec->name, spec->path, CM_PLUGIN_SYMBOL);
     if (d->abi_major != CM_PLUGIN_ABI_MAJOR)
         return cm_err_set(err, CM_ECONFIG,
                           "plugin %s (%s): built for plugin ABI %d.%d, this caremesh has ABI "
@@ -235,6 +232,9 @@ static int check_desc(const cm_plugin_spec *spec, const cm_plugin_desc *d, cm_er
                           "caremesh's %d.%d (upgrade caremesh)",
                           spec->name, spec->path, d->abi_major, d->abi_minor, CM_PLUGIN_ABI_MAJOR,
                           CM_PLUGIN_ABI_MINOR);
+    if (d->size < sizeof(cm_plugin_desc) || !d->name || !d->init)
+        return cm_err_set(err, CM_EINVAL, "plugin %s (%s): the %s descriptor is incomplete",
+                          spec->name, spec->path, CM_PLUGIN_SYMBOL);
     if (strcmp(d->name, spec->name) != 0)
         return cm_err_set(err, CM_EINVAL, "plugin %s (%s): the file is plugin \"%s\"", spec->name,
                           spec->path, d->name);
@@ -252,6 +252,11 @@ int cm_plugin_host_load(cm_plugin_host *host, const cm_plugin_spec *spec, cm_err
     for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
         if (strcmp(p->name, spec->name) == 0)
             return cm_err_set(err, CM_EEXISTS, "plugin %s is already loaded", spec->name);
+    if (spec->path && spec->path[0] != '/')
+        return cm_err_set(err, CM_EINVAL,
+                          "plugin %s: path %s must be absolute (dlopen would search the "
+                          "library path for it)",
+                          spec->name, spec->path);
     if (!spec->path || access(spec->path, R_OK) != 0)
         return cm_err_set(err, CM_ENOTFOUND, "plugin %s: no file at %s", spec->name,
                           spec->path ? spec->path : "(no path)");
@@ -277,13 +282,11 @@ int cm_plugin_host_load(cm_plugin_host *host, const cm_plugin_spec *spec, cm_err
     }
     if ((rc = check_desc(spec, ctx->desc, err)) != 0)
         goto done;
-    ctx->loading = true;
     if (ctx->desc->init(ctx, &host_api, msg, sizeof(msg)) != 0) {
         rc = cm_err_set(err, CM_EINVAL, "plugin %s: init failed: %s", spec->name,
                         msg[0] ? msg : "(no reason given)");
         goto done; /* its registrations go with ctx: none reached the host's lists */
     }
-    ctx->loading = false;
     /* append, keeping load order */
     cm_plugin_ctx **tail = &host->plugins;
     while (*tail)
@@ -327,6 +330,25 @@ int cm_plugin_host_load_list(cm_plugin_host *host, const cJSON *plugins, int *lo
     if (loaded)
         *loaded = n;
     return rc;
+}
+
+int cm_plugin_host_load_each(cm_plugin_host *host, const cJSON *plugins)
+{
+    const cJSON *item;
+    int failed = 0;
+    cJSON_ArrayForEach(item, plugins)
+    {
+        cJSON *one = cJSON_CreateArray();
+        cm_err err;
+        if (!one || !cJSON_AddItemReferenceToArray(one, (cJSON *)item) ||
+            cm_plugin_host_load_list(host, one, NULL, &err) != 0) {
+            cm_log(CM_LOG_ERROR, "plugin.refused", "%s (the node serves without it)",
+                   one ? err.msg : "out of memory");
+            failed++;
+        }
+        cJSON_Delete(one);
+    }
+    return failed;
 }
 
 void cm_plugin_host_unload_all(cm_plugin_host *host)
@@ -461,20 +483,23 @@ static int settle(cm_store *store, const cm_clock *clock, const pending_note *n,
     return rc;
 }
 
-/* Up to max due notifications, their text copied: channels run with no statement open. */
-static int due_notes(cm_store *store, const cm_clock *clock, pending_note *notes, int max, int *n,
-                     cm_err *err)
+/* Up to max due notifications of channel (exact name), their text copied:
+** channels run with no statement open. */
+static int due_notes(cm_store *store, const cm_clock *clock, const char *chan, pending_note *notes,
+                     int max, int *n, cm_err *err)
 {
     sqlite3_stmt *st = cm_store_prepare(
         store,
         "SELECT seq, channel, recipient, message, data, coalesce(instance, ''), attempts "
-        "FROM notification WHERE status = 'pending' AND next_ms <= ?1 ORDER BY seq LIMIT ?2",
+        "FROM notification WHERE status = 'pending' AND channel = ?3 AND next_ms <= ?1 "
+        "ORDER BY seq LIMIT ?2",
         err);
     *n = 0;
     if (!st)
         return err->code;
     sqlite3_bind_int64(st, 1, cm_clock_now_ms(clock));
     sqlite3_bind_int(st, 2, max);
+    sqlite3_bind_text(st, 3, chan, -1, SQLITE_STATIC);
     while (*n < max && sqlite3_step(st) == SQLITE_ROW) {
         pending_note *p = &notes[(*n)++];
         p->id = (long)sqlite3_column_int64(st, 0);
@@ -489,32 +514,74 @@ static int due_notes(cm_store *store, const cm_clock *clock, pending_note *notes
     return 0;
 }
 
-int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
-                           int *delivered, cm_err *err)
+/* A row no channel should be handed (written around the engine): parked with why. */
+static const char *unfit(const pending_note *p)
+{
+    if (!p->recipient || !p->message || !p->data || !p->instance)
+        return "out of memory reading it";
+    if (!cm_utf8_valid(p->recipient, strlen(p->recipient)) ||
+        !cm_utf8_valid(p->message, strlen(p->message)))
+        return "recipient or message is not valid UTF-8";
+    cJSON *data = cJSON_Parse(p->data);
+    bool ok = cJSON_IsObject(data);
+    cJSON_Delete(data);
+    return ok ? NULL : "data is not a JSON object";
+}
+
+static int park(cm_store *store, const pending_note *p, const char *why, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        store, "UPDATE notification SET status = 'failed', error = ?2 WHERE seq = ?1", err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_int64(st, 1, p->id);
+    sqlite3_bind_text(st, 2, why, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : cm_store_error(store, err, "notification");
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Hand one channel's due notifications to it; stop at the first row whose
+** outcome cannot be recorded (handing on would send it again next time). */
+static int deliver_channel(channel *c, cm_store *store, const cm_clock *clock, int max, int *sent,
+                           cm_err *err)
 {
     pending_note notes[64];
-    int n = 0, sent = 0, rc;
-    if (max > 64)
-        max = 64;
-    if ((rc = due_notes(store, clock, notes, max, &n, err)) != 0)
-        return rc;
+    int n = 0, rc = due_notes(store, clock, c->name, notes, max, &n, err);
     for (int i = 0; i < n; i++) {
         pending_note *p = &notes[i];
-        channel *c = find_channel(host, p->channel);
         char why[512] = "";
-        if (c && p->recipient && p->message && p->data && p->instance) {
+        const char *bad = rc == 0 ? unfit(p) : NULL;
+        if (rc == 0 && bad) {
+            cm_log(CM_LOG_ERROR, "notify.parked", "notification %ld on channel %s: %s", p->id,
+                   p->channel, bad);
+            rc = park(store, p, bad, err);
+        } else if (rc == 0) {
             cm_plugin_notification pn = {sizeof(pn), p->id,   p->channel, p->recipient,
                                          p->message, p->data, p->instance};
             bool ok = c->fn(c->ud, &pn, why, sizeof(why)) == 0;
             if (!ok)
                 cm_log(CM_LOG_WARN, "notify.retry", "notification %ld on channel %s: %s", p->id,
                        p->channel, why[0] ? why : "refused by the channel");
-            if (rc == 0)
-                rc = settle(store, clock, p, ok, why[0] ? why : "refused by the channel", err);
-            sent += ok;
-        } /* else no plugin serves the channel (yet): it waits, visible, for one that does */
+            rc = settle(store, clock, p, ok, why[0] ? why : "refused by the channel", err);
+            if (rc == 0 && ok)
+                (*sent)++;
+        }
         note_clear(p);
     }
+    return rc;
+}
+
+int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
+                           int *delivered, cm_err *err)
+{
+    int sent = 0, rc = 0;
+    if (max > 64)
+        max = 64;
+    /* channel by channel: rows of a channel nobody serves never hold the others up */
+    for (cm_plugin_ctx *p = host->plugins; p && rc == 0; p = p->next)
+        for (int i = 0; i < p->nchannels && rc == 0; i++)
+            rc = deliver_channel(&p->channels[i], store, clock, max, &sent, err);
     if (delivered)
         *delivered = sent;
     return rc;

@@ -30,15 +30,20 @@ cm_plugin_host *cm_plugin_host_new(cm_model *model, cm_err *err);
 /* Unload every plugin (fini, registrations removed, dlclose), then free. */
 void cm_plugin_host_destroy(cm_plugin_host **host_p);
 
-/* Load one plugin. On failure nothing of it stays: CM_ENOTFOUND (file),
-** CM_EINVAL (symbol, descriptor, name), CM_ECONFIG (ABI), CM_ELUA-free
-** CM_EPERM... see the message, which names the plugin and the problem. */
+/* Load one plugin. On failure nothing of it stays, and the message names the
+** plugin and the problem: CM_ENOTFOUND (no file), CM_EINVAL (not loadable, no
+** descriptor, another plugin's file, init failed), CM_ECONFIG (ABI),
+** CM_EEXISTS (already loaded). */
 int cm_plugin_host_load(cm_plugin_host *host, const cm_plugin_spec *spec, cm_err *err);
 
 /* Load the config's `plugins` list (an array, may be NULL): a failing
 ** optional plugin is logged and skipped; a failing required one stops the
 ** loading with its error. *loaded counts the plugins now loaded. */
 int cm_plugin_host_load_list(cm_plugin_host *host, const cJSON *plugins, int *loaded, cm_err *err);
+
+/* Load every plugin of the list, going past failures (each logged, required
+** or not): for a reload of a serving node. Returns the number that failed. */
+int cm_plugin_host_load_each(cm_plugin_host *host, const cJSON *plugins);
 
 /* Unload every plugin (for a reload). */
 void cm_plugin_host_unload_all(cm_plugin_host *host);

@@ -112,12 +112,10 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     serve *sv = h->data;
     if (signum == SIGHUP) {
-        cm_err err;
         cm_log(CM_LOG_INFO, "serve.reload", "reloading plugins and workflows from %s",
                sv->o->workflows ? sv->o->workflows : "-");
         cm_plugin_host_unload_all(sv->plugins);
-        if (cm_plugin_host_load_list(sv->plugins, sv->o->cfg->plugins, NULL, &err) != 0)
-            cm_log(CM_LOG_ERROR, "plugin.refused", "%s (the node serves without it)", err.msg);
+        cm_plugin_host_load_each(sv->plugins, sv->o->cfg->plugins); /* failures logged */
         load_workflows(sv);
         return;
     }

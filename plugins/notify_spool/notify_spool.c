@@ -7,9 +7,16 @@
 ** notification, so a redelivery after a crash rewrites the same file.
 ** The reference for gateway plugins.
 **
-** config = { dir = "/var/spool/caremesh", channels = { "sms", "email" } }
+** config = { dir = "/var/spool/caremesh", channels = { "sms", "email" },
+**            mode = 416 -- optional: file mode for the gateway's group (0640); default 0600 }
+** A gateway must deduplicate by the notification's id: after a crash, or when
+** the host could not record a success, the same notification comes again and
+** its file is written again.
 */
 #include <caremesh/plugin.h>
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,33 +31,7 @@
 static const cm_plugin_api *api;
 static cm_plugin_ctx *self;
 static char spool_dir[SPOOL_PATH_MAX];
-
-/* Append s to buf as a JSON string (quotes included); false when it does not fit. */
-static int put_json_string(char *buf, size_t cap, size_t *len, const char *s)
-{
-    if (*len + 1 >= cap)
-        return 0;
-    buf[(*len)++] = '"';
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        const char *piece = esc;
-        if (c == '"' || c == '\\')
-            snprintf(esc, sizeof(esc), "\\%c", c);
-        else if (c < 0x20)
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-        else
-            esc[0] = (char)c, esc[1] = '\0';
-        size_t n = strlen(piece);
-        if (*len + n + 1 >= cap)
-            return 0;
-        memcpy(buf + *len, piece, n);
-        *len += n;
-    }
-    buf[(*len)++] = '"';
-    buf[*len] = '\0';
-    return 1;
-}
+static mode_t spool_mode = 0600;
 
 static int write_all(int fd, const char *buf, size_t len)
 {
@@ -66,32 +47,42 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+/* The file's document, built with cJSON: every string escaped, data kept as
+** the object the host checked. NULL on out of memory or bad data. */
+static char *document(const cm_plugin_notification *n)
+{
+    cJSON *doc = cJSON_CreateObject(), *data = cJSON_Parse(n->data);
+    char *text = NULL;
+    if (doc && cJSON_IsObject(data) && cJSON_AddNumberToObject(doc, "id", (double)n->id) &&
+        cJSON_AddStringToObject(doc, "channel", n->channel) &&
+        cJSON_AddStringToObject(doc, "to", n->recipient) &&
+        cJSON_AddStringToObject(doc, "message", n->message) &&
+        cJSON_AddStringToObject(doc, "instance", n->instance)) {
+        cJSON_AddItemToObject(doc, "data", data);
+        data = NULL;
+        text = cJSON_PrintUnformatted(doc);
+    }
+    cJSON_Delete(data);
+    cJSON_Delete(doc);
+    return text;
+}
+
 static int deliver(void *ud, const cm_plugin_notification *n, char *err, size_t errlen)
 {
     char tmp[SPOOL_PATH_MAX + 64], final[SPOOL_PATH_MAX + 64];
-    size_t cap = strlen(n->message) * 6 + strlen(n->recipient) * 6 + strlen(n->data) +
-                 strlen(n->instance) * 6 + 256,
-           len = 0;
-    char *json = malloc(cap);
+    char *json = document(n);
     int fd = -1, rc = -1;
+    bool tmp_made = false;
     if (!json)
-        return snprintf(err, errlen, "out of memory"), -1;
-    len = (size_t)snprintf(json, cap, "{\"id\":%ld,\"channel\":", n->id);
-    if (!put_json_string(json, cap, &len, n->channel) ||
-        (len += (size_t)snprintf(json + len, cap - len, ",\"to\":")) >= cap ||
-        !put_json_string(json, cap, &len, n->recipient) ||
-        (len += (size_t)snprintf(json + len, cap - len, ",\"message\":")) >= cap ||
-        !put_json_string(json, cap, &len, n->message) ||
-        (len += (size_t)snprintf(json + len, cap - len, ",\"instance\":")) >= cap ||
-        !put_json_string(json, cap, &len, n->instance) ||
-        (len += (size_t)snprintf(json + len, cap - len, ",\"data\":%s}\n", n->data)) >= cap) {
-        snprintf(err, errlen, "notification %ld does not fit its buffer", n->id);
-        goto done;
-    }
-    snprintf(tmp, sizeof(tmp), "%s/.%ld.tmp", spool_dir, n->id);
-    snprintf(final, sizeof(final), "%s/%08ld-%s.json", spool_dir, n->id, n->channel);
-    fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-    if (fd < 0 || write_all(fd, json, len) != 0 || fsync(fd) != 0) {
+        return snprintf(err, errlen, "notification %lld: cannot build its JSON", (long long)n->id),
+               -1;
+    snprintf(tmp, sizeof(tmp), "%s/.%lld.tmp", spool_dir, (long long)n->id);
+    snprintf(final, sizeof(final), "%s/%08lld-%s.json", spool_dir, (long long)n->id, n->channel);
+    unlink(tmp); /* a leftover of an interrupted attempt; never follow what is there */
+    fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, spool_mode);
+    tmp_made = fd >= 0;
+    if (fd < 0 || write_all(fd, json, strlen(json)) != 0 || write_all(fd, "\n", 1) != 0 ||
+        fsync(fd) != 0) {
         snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
         goto done;
     }
@@ -101,6 +92,7 @@ static int deliver(void *ud, const cm_plugin_notification *n, char *err, size_t 
         snprintf(err, errlen, "%s: %s", final, strerror(errno));
         goto done;
     }
+    tmp_made = false;
     int dfd = open(spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0 || fsync(dfd) != 0) {
         snprintf(err, errlen, "%s: fsync: %s", spool_dir, strerror(errno));
@@ -111,63 +103,58 @@ static int deliver(void *ud, const cm_plugin_notification *n, char *err, size_t 
     close(dfd);
     rc = 0;
 done:
-    if (fd >= 0) {
+    if (fd >= 0)
         close(fd);
+    if (tmp_made)
         unlink(tmp);
-    }
-    free(json);
+    cJSON_free(json);
     return rc;
-}
-
-/* Read a string value `"key":"..."` from flat JSON config text (no escapes in paths). */
-static int config_string(const char *json, const char *key, char *out, size_t outsz)
-{
-    char pat[64];
-    snprintf(pat, sizeof(pat), "\"%s\":\"", key);
-    const char *p = strstr(json, pat);
-    if (!p)
-        return 0;
-    p += strlen(pat);
-    const char *end = strchr(p, '"');
-    if (!end || (size_t)(end - p) >= outsz)
-        return 0;
-    memcpy(out, p, (size_t)(end - p));
-    out[end - p] = '\0';
-    return 1;
 }
 
 static int spool_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, size_t errlen)
 {
-    const char *cfg;
     struct stat sb;
+    int rc = -1, count = 0;
     api = host;
     self = ctx;
-    cfg = api->config(ctx);
-    if (!config_string(cfg, "dir", spool_dir, sizeof(spool_dir)))
-        return snprintf(err, errlen, "config.dir: required, the spool directory"), -1;
-    if (stat(spool_dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(spool_dir, W_OK) != 0)
-        return snprintf(err, errlen, "config.dir: %s is not a writable directory", spool_dir), -1;
-    /* channels = { "sms", "email" }: each quoted word after "channels":[ */
-    const char *list = strstr(cfg, "\"channels\":[");
-    if (!list)
-        return snprintf(err, errlen, "config.channels: required, e.g. { \"sms\" }"), -1;
-    int count = 0;
-    for (const char *p = list + 12; *p && *p != ']';) {
-        const char *q = strchr(p, '"'), *e = q ? strchr(q + 1, '"') : NULL;
-        char name[64];
-        if (!q || !e || (size_t)(e - q - 1) >= sizeof(name))
-            break;
-        memcpy(name, q + 1, (size_t)(e - q - 1));
-        name[e - q - 1] = '\0';
-        if (api->register_channel(ctx, name, deliver, NULL) != 0)
-            return snprintf(err, errlen, "channel \"%s\": taken or not a name", name), -1;
-        count++;
-        p = e + 1;
+    cJSON *cfg = cJSON_Parse(api->config(ctx)), *item;
+    const cJSON *dir = cJSON_GetObjectItemCaseSensitive(cfg, "dir");
+    const cJSON *channels = cJSON_GetObjectItemCaseSensitive(cfg, "channels");
+    const cJSON *mode = cJSON_GetObjectItemCaseSensitive(cfg, "mode");
+    if (!cJSON_IsString(dir) || strlen(dir->valuestring) >= sizeof(spool_dir)) {
+        snprintf(err, errlen, "config.dir: required, the spool directory");
+        goto done;
     }
-    if (count == 0)
-        return snprintf(err, errlen, "config.channels: name at least one channel"), -1;
+    snprintf(spool_dir, sizeof(spool_dir), "%s", dir->valuestring);
+    if (stat(spool_dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(spool_dir, W_OK) != 0) {
+        snprintf(err, errlen, "config.dir: %s is not a writable directory", spool_dir);
+        goto done;
+    }
+    spool_mode = 0600;
+    if (mode && (!cJSON_IsNumber(mode) || mode->valuedouble < 0 || mode->valuedouble > 0666)) {
+        snprintf(err, errlen, "config.mode: a file mode such as 416 (0640), at most 0666");
+        goto done;
+    }
+    if (mode)
+        spool_mode = (mode_t)mode->valuedouble;
+    if (!cJSON_IsArray(channels) || cJSON_GetArraySize(channels) == 0) {
+        snprintf(err, errlen, "config.channels: required, a list of names, e.g. { \"sms\" }");
+        goto done;
+    }
+    cJSON_ArrayForEach(item, channels)
+    {
+        if (!cJSON_IsString(item) ||
+            api->register_channel(ctx, item->valuestring, deliver, NULL) != 0) {
+            snprintf(err, errlen, "config.channels[%d]: not a channel name, or taken", count);
+            goto done;
+        }
+        count++;
+    }
     api->log(ctx, CM_PLUGIN_LOG_INFO, "spooling %d channel(s) to %s", count, spool_dir);
-    return 0;
+    rc = 0;
+done:
+    cJSON_Delete(cfg);
+    return rc;
 }
 
 CM_PLUGIN_EXPORT const cm_plugin_desc caremesh_plugin = {

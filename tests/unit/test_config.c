@@ -81,6 +81,8 @@ static void test_bad_values_are_refused_by_name(void **state)
     expect_refusal("{\"plugins\":5}", "plugins: must be a list");
     expect_refusal("{\"plugins\":[{\"path\":\"/x.so\"}]}", "plugins[0].name: required");
     expect_refusal("{\"plugins\":[{\"name\":\"x\"}]}", "plugins[0].path: required");
+    expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"libm.so.6\"}]}",
+                   "plugins[0].path: required, the absolute path");
     expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"/x.so\",\"optinal\":true}]}",
                    "plugins[0].optinal: unknown key");
     expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"/x.so\",\"config\":3}]}",

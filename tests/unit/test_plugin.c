@@ -158,7 +158,7 @@ static void test_optional_plugins_do_not_stop_the_rest(void **state)
     snprintf(text, sizeof(text),
              "[{\"name\":\"probe\",\"path\":\"%s\",\"optional\":true},"
              "{\"name\":\"template\",\"path\":\"%s\"}]",
-             PLUGIN("probe_bad_major"), PLUGIN("template"));
+             PLUGIN("probe_bad_major"), CM_SHIPPED_PLUGIN_DIR "/template.so");
     cJSON *list = cJSON_Parse(text);
     assert_int_equal(cm_plugin_host_load_list(f->host, list, &loaded, &err), 0);
     assert_int_equal(loaded, 1);
@@ -250,6 +250,28 @@ static void test_notify_spool_writes_durable_files_and_retries(void **state)
     assert_int_equal(sent, 1);
     snprintf(file, sizeof(file), "%s/00000003-email.json", spool);
     assert_int_equal(access(file, R_OK), 0);
+    /* rows of a channel nobody serves never hold the others up; a row written
+    ** around the engine with data that is not JSON is parked, not handed on */
+    for (int i = 0; i < 70; i++)
+        cm_store_exec(f->store,
+                      "INSERT INTO notification(channel, recipient, message, data, created) "
+                      "VALUES ('SMS', 'pat-9', 'typo channel', '{}', 'x')",
+                      &err);
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
+                      " ('sms', 'pat-3', 'bad data', 'not json', 'x'),"
+                      " ('sms', 'pat-4', 'after the typos', '{}', 'x')",
+                      &err),
+        0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 1);
+    assert_int_equal(count_where(f, "SELECT count(*) FROM notification WHERE recipient = 'pat-4' "
+                                    "AND status = 'sent'"),
+                     1);
+    assert_int_equal(count_where(f, "SELECT count(*) FROM notification WHERE recipient = 'pat-3' "
+                                    "AND status = 'failed' AND error LIKE '%not a JSON object%'"),
+                     1);
     cJSON_Delete(cfg);
 }
 

@@ -20,6 +20,7 @@
 #define CAREMESH_PLUGIN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,7 +63,7 @@ typedef int (*cm_plugin_command_fn)(void *ud, int argc, char **argv);
 /* A notification to deliver through a channel. */
 typedef struct cm_plugin_notification {
     size_t size;           /* sizeof(cm_plugin_notification) as the host built it */
-    long id;               /* the host's id of this notification: the same on a redelivery */
+    int64_t id;            /* the host's id of this notification: the same on a redelivery */
     const char *channel;   /* the channel's name ("sms", "email", ...) */
     const char *recipient; /* a patient or provider id */
     const char *message;   /* the text */
@@ -72,8 +73,8 @@ typedef struct cm_plugin_notification {
 
 /* Deliver n. Return 0 only once the notification is durable on the channel's
 ** side (the host then marks it sent); non-zero with a reason in err to have the
-** host retry later. A notification may be delivered again after a crash: use
-** n->id to make delivery idempotent. */
+** host retry later. A notification may be delivered again (after a crash, or
+** when the host could not record the success): downstream, deduplicate by n->id. */
 typedef int (*cm_plugin_channel_fn)(void *ud, const cm_plugin_notification *n, char *err,
                                     size_t errlen);
 
@@ -93,11 +94,14 @@ typedef struct cm_plugin_api {
     ** Borrowed: valid until the plugin is unloaded. */
     const char *(*config)(cm_plugin_ctx *ctx);
 
-    /* Call fn for every event of kind. 0, or -1 for an unknown kind. */
+    /* Call fn for every event of kind. 0, or -1 for an unknown kind or past
+    ** 64 subscriptions. */
     int (*subscribe)(cm_plugin_ctx *ctx, int kind, cm_plugin_event_fn fn, void *ud);
 
-    /* Add `caremesh NAME` (summary: one line for --help). 0, or -1 when the
-    ** name is taken or not made of [a-z0-9-]. */
+    /* Add `caremesh NAME` (summary: one line saying what it does). 0, or -1
+    ** when the name is taken, does not start with a letter or is not made of
+    ** [a-z0-9-], or the plugin already has 32 commands. A built-in command's
+    ** name can never be reached. */
     int (*register_command)(cm_plugin_ctx *ctx, const char *name, const char *summary,
                             cm_plugin_command_fn fn, void *ud);
 
@@ -110,7 +114,8 @@ typedef struct cm_plugin_api {
     void (*free)(void *p);
 
     /* Deliver notifications of channel name (`wf:notify{channel = name, ...}`).
-    ** 0, or -1 when another plugin has the channel or the name is not [a-z0-9_-]. */
+    ** 0, or -1 when another plugin has the channel, the name is not [a-z0-9_-]
+    ** (at most 63), or the plugin already has 16 channels. */
     int (*register_channel)(cm_plugin_ctx *ctx, const char *name, cm_plugin_channel_fn fn,
                             void *ud);
 } cm_plugin_api;
