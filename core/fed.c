@@ -23,6 +23,7 @@
 #define FED_HELLO_MIN_MS 500
 #define FED_HELLO_MAX_MS 30000
 #define FED_ROUTE_BATCH  100
+#define FED_HELLO_LINKS  4
 
 /* ---- messages ------------------------------------------------------------ */
 
@@ -224,8 +225,11 @@ typedef struct fed_peer {
     int64_t inflight; /* outbox seq awaiting ack, 0 = none */
     uint64_t resend_due;
     uint64_t rto;
-    uint8_t rid[256]; /* ROUTER side: routing id of the link that said hello */
-    size_t rid_len;
+    /* ROUTER side: routing ids of the latest links that said hello (a
+    ** reconnect makes a new one before the old one is noticed gone) */
+    uint8_t rid[FED_HELLO_LINKS][256];
+    size_t rid_len[FED_HELLO_LINKS];
+    int rid_next;
 } fed_peer;
 
 struct cm_fed {
@@ -506,6 +510,15 @@ static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const
     reply(&fed->router, rid, &ack);
 }
 
+static bool said_hello(const fed_peer *p, const zmq_msg_t *rid)
+{
+    size_t n = zmq_msg_size((zmq_msg_t *)rid);
+    for (int i = 0; i < FED_HELLO_LINKS; i++)
+        if (p->rid_len[i] == n && memcmp(p->rid[i], zmq_msg_data((zmq_msg_t *)rid), n) == 0)
+            return true;
+    return false;
+}
+
 static void router_hello(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
 {
     cm_fed_msg h;
@@ -525,8 +538,11 @@ static void router_hello(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
     size_t n = zmq_msg_size((zmq_msg_t *)rid);
     if (n == 0 || n > sizeof(p->rid))
         return;
-    memcpy(p->rid, zmq_msg_data((zmq_msg_t *)rid), n);
-    p->rid_len = n;
+    if (!said_hello(p, rid)) {
+        memcpy(p->rid[p->rid_next], zmq_msg_data((zmq_msg_t *)rid), n);
+        p->rid_len[p->rid_next] = n;
+        p->rid_next = (p->rid_next + 1) % FED_HELLO_LINKS;
+    }
     cm_log(CM_LOG_INFO, "fed.hello", "peer %s said hello (protocol %d.%d)", p->cfg->id, m->major,
            m->minor);
     hello_msg(fed, &h);
@@ -553,11 +569,9 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
         reply_error(s, &parts[0], "malformed", NULL, "%s", err.msg);
         return;
     }
-    bool said_hello = p->rid_len == zmq_msg_size(&parts[0]) &&
-                      memcmp(p->rid, zmq_msg_data(&parts[0]), p->rid_len) == 0;
     if (m.type == CM_FED_HELLO) {
         router_hello(fed, p, &parts[0], &m);
-    } else if (!said_hello) {
+    } else if (!said_hello(p, &parts[0])) {
         cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent %s before hello", p->cfg->id,
                type_names[m.type]);
         reply_error(s, &parts[0], "hello-required", m.id, "say hello first");

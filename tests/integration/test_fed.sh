@@ -5,9 +5,11 @@
 # reason, an unknown key is refused and named, random bytes on the port do no
 # harm, and a peer that was down gets what was queued once it is back.
 # Waits are bounded polls on log lines; ports are picked free by the kernel.
-# usage: test_fed.sh CAREMESH
+# A probe client (fedprobe) speaks what a real node never would: another
+# protocol version, messages before hello, garbage, oversized messages.
+# usage: test_fed.sh CAREMESH FEDPROBE
 set -uo pipefail
-bin=$1
+bin=$1 probe=$2
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
@@ -95,6 +97,37 @@ got=$(grep -F '"event":"fed.received"' "$tmp/b.log" | sed -n 's/.*received node-
 same "applied in the order sent" "$got" "1 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 "
 same "each exactly once" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "21|21"
 
+# ---- a resent message is acknowledged as a duplicate, not recorded twice ----
+sql "$a/caremesh.db" "UPDATE outbox SET status = 'pending' WHERE seq = 3"
+check "$tmp/a.log" 'node-a:3 delivered to node-b (duplicate)' "resend acknowledged as duplicate"
+same "duplicate not recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "21"
+
+# ---- what a real node never sends (with node-a's key: admitted, attributed to node-a) ----
+out=$("$probe" "tcp://127.0.0.1:$pb" "$kb" "$a/node.key" \
+  '{"type":"deliver","id":"probe:1","kind":"k","to":"cardio","payload":{}}' \
+  '{"type":"hello","proto":"2.0","node":"node-a"}' \
+  'not json at all' \
+  '{"type":"hello","proto":"1.0","node":"impostor"}' \
+  '{"type":"directory"}' \
+  '{"type":"deliver","id":"node-a:1","kind":"k","to":"cardio","payload":{}}' \
+  '{"type":"deliver","id":"probe:2","kind":"k","to":"cardio","payload":{"x":1}}' \
+  '@big:2000000')
+mapfile -t replies <<<"$out"
+has_reply() { if grep -qF -- "$3" <<<"${replies[$1]:-}"; then ok; else bad "$2: reply '${replies[$1]:-}' lacks '$3'"; fi; }
+has_reply 0 "deliver before hello" '"code":"hello-required"'
+has_reply 1 "unknown major version" '"code":"version"'
+check "$tmp/b.log" 'peer node-a speaks protocol 2.0; this node speaks 1.0: refused' "version refusal logged"
+has_reply 2 "garbage" '"code":"malformed"'
+check "$tmp/b.log" 'peer node-a sent a bad message: not a JSON object' "garbage logged"
+has_reply 3 "hello" '"type":"hello","proto":"1.0","node":"node-b"'
+check "$tmp/b.log" 'says it is node \"impostor\"; attributing to node-a' "attribution by key"
+has_reply 4 "reserved kind" '"code":"unsupported"'
+has_reply 5 "duplicate id" '"result":"duplicate"'
+has_reply 6 "a new id" '"result":"received"'
+same "recorded under the key's peer" "$(sql "$b/caremesh.db" "SELECT peer FROM inbox WHERE msg_id = 'probe:2'")" "node-a"
+has_reply 7 "oversized message" '(no reply)'
+same "nothing else recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "22"
+
 # ---- an unknown key is refused, named on the refusing side ----
 serve "$c" "$tmp/c.log"; cpid=$spid
 check "$tmp/b.log" "public key $kc is not a configured peer" "b refuses c's key by name"
@@ -117,7 +150,7 @@ out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +3 ' <<<"$out"; then ok; else bad "peers shows 3 pending: $out"; fi
 serve "$b" "$tmp/b2.log"; bpid=$spid
 check "$tmp/a.log" 'node-a:26 delivered to node-b' "queued messages delivered after restart"
-same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "25|25"
+same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "26|26"
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else bad "peers shows nothing pending: $out"; fi
 
