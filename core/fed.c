@@ -84,8 +84,8 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             (rc = get_str(root, "to", true, m->to, sizeof(m->to), err)) != 0)
             return rc;
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "payload");
-        if (!cJSON_IsObject(p))
-            return cm_err_set(err, CM_EINVAL, "payload: must be an object");
+        if (!p)
+            return cm_err_set(err, CM_EINVAL, "payload: missing (any JSON value)");
         if (!(m->payload = cJSON_Duplicate(p, true)))
             return cm_err_set(err, CM_ENOMEM, "out of memory");
         return 0;
@@ -597,6 +597,31 @@ static void peer_down(fed_peer *p, const char *why)
     p->hello_due = 0;
 }
 
+/* Mark one row refused (autocommit), with the reason in the log too. */
+static void outbox_refuse(cm_fed *fed, int64_t seq, const char *reason)
+{
+    char now[CM_TIME_BUFSZ];
+    cm_err err;
+    sqlite3_stmt *st = cm_store_prepare(
+        fed->o.store,
+        "UPDATE outbox SET status = 'refused', reason = ?2, done_at = ?3 WHERE seq = ?1", &err);
+    if (!st) {
+        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
+        return;
+    }
+    now_text(fed, now);
+    sqlite3_bind_int64(st, 1, seq);
+    sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        cm_store_error(fed->o.store, &err, "outbox");
+        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
+    } else {
+        cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
+    }
+    sqlite3_reset(st);
+}
+
 /* Send the oldest pending row routed to p (one in flight keeps the order). */
 static void send_next(cm_fed *fed, fed_peer *p, bool resend)
 {
@@ -624,15 +649,18 @@ static void send_next(cm_fed *fed, fed_peer *p, bool resend)
     snprintf(m.id, sizeof(m.id), "%s:%lld", fed->o.node_id, (long long)seq);
     snprintf(m.to, sizeof(m.to), "%s", (const char *)sqlite3_column_text(st, 1));
     snprintf(m.kind, sizeof(m.kind), "%s", (const char *)sqlite3_column_text(st, 2));
-    m.payload = cJSON_Parse((const char *)sqlite3_column_text(st, 3));
+    /* the engine keeps a JSON payload as JSON text and a string payload as is */
+    const char *raw = (const char *)sqlite3_column_text(st, 3);
+    if (!(m.payload = cJSON_Parse(raw)))
+        m.payload = cJSON_CreateString(raw);
     sqlite3_reset(st);
-    if (!m.payload || !cJSON_IsObject(m.payload)) {
-        cJSON_Delete(m.payload);
-        m.payload = cJSON_CreateObject(); /* engine payloads are objects; keep the wire valid */
+    if (!m.payload || !(text = cm_fed_encode(&m))) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld", (long long)seq);
+        goto done;
     }
-    if (!(text = cm_fed_encode(&m)) || strlen(text) > CM_FED_MAX_MSG) {
-        cm_log(CM_LOG_ERROR, "fed.too_large", "outbox %lld cannot be sent (too large)",
-               (long long)seq);
+    if (strlen(text) > CM_FED_MAX_MSG) {
+        outbox_refuse(fed, seq, "message larger than the 1 MiB the protocol allows");
+        p->inflight = 0;
         goto done;
     }
     const void *bufs[] = {text};

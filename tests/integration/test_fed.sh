@@ -154,6 +154,12 @@ same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), cou
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else bad "peers shows nothing pending: $out"; fi
 
+# ---- a row too large for the wire is refused with a reason; the queue moves on ----
+sql "$a/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUES ('cardio', 'big', json_object('x', hex(randomblob(600000))), strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+queue "$a" cardio referral.after_big 1
+check "$tmp/a.log" 'outbox 27 refused: message larger than the 1 MiB' "oversized row refused"
+check "$tmp/a.log" 'node-a:28 delivered to node-b' "queue moves on after a refusal"
+
 stop "$apid" "node a"
 stop "$bpid" "node b (restarted)"
 for f in "$tmp"/*.log; do
