@@ -188,7 +188,6 @@ done:
 int cm_fed_zap_decide(const cm_peer_config *peers, int npeers, const char *domain,
                       const char *mechanism, const uint8_t *key, size_t keylen, char *key_z85)
 {
-    key_z85[0] = '\0';
     if (!key || keylen != 32 || !zmq_z85_encode(key_z85, key, 32))
         key_z85[0] = '\0';
     if (!domain || strcmp(domain, CM_FED_ZAP_DOMAIN) != 0 || !mechanism ||
@@ -500,9 +499,8 @@ static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const
         reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
         return;
     }
-    cm_log(dup ? CM_LOG_INFO : CM_LOG_INFO, dup ? "fed.duplicate" : "fed.received",
-           "%s %s (%s for %s) from %s", dup ? "duplicate" : "received", m->id, m->kind, m->to,
-           p->cfg->id);
+    cm_log(CM_LOG_INFO, dup ? "fed.duplicate" : "fed.received", "%s %s (%s for %s) from %s",
+           dup ? "duplicate" : "received", m->id, m->kind, m->to, p->cfg->id);
     memset(&ack, 0, sizeof(ack));
     ack.type = CM_FED_ACK;
     snprintf(ack.id, sizeof(ack.id), "%s", m->id);

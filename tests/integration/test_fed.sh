@@ -7,6 +7,8 @@
 # Waits are bounded polls on log lines; ports are picked free by the kernel.
 # A probe client (fedprobe) speaks what a real node never would: another
 # protocol version, messages before hello, garbage, oversized messages.
+# CM_WRAP (e.g. "valgrind --error-exitcode=99 ...") wraps the serving
+# processes: a leak or memory error makes their exit status fail the test.
 # usage: test_fed.sh CAREMESH FEDPROBE
 set -uo pipefail
 bin=$1 probe=$2
@@ -38,8 +40,8 @@ configure() {
 }
 CONF
 }
-serve() { # DIR LOG: start serve in the background; its pid in $spid
-  "$bin" serve --data "$1" 2>>"$2" &
+serve() { # DIR LOG: start serve in the background (under $CM_WRAP, e.g. valgrind); pid in $spid
+  ${CM_WRAP:-} "$bin" serve --data "$1" 2>>"$2" &
   spid=$!; pids+=("$spid")
 }
 stop() { # PID NAME: SIGTERM, must exit 0
@@ -159,6 +161,12 @@ sql "$a/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUE
 queue "$a" cardio referral.after_big 1
 check "$tmp/a.log" 'outbox 27 refused: message larger than the 1 MiB' "oversized row refused"
 check "$tmp/a.log" 'node-a:28 delivered to node-b' "queue moves on after a refusal"
+
+# ---- a listen endpoint in use: serve refuses to start, naming it ----
+"$bin" init --data "$tmp/e" --node-id node-e >/dev/null
+configure "$tmp/e" "$pa" node-a "$pa" "$ka"
+"$bin" serve --data "$tmp/e" 2>"$tmp/e.log"; same "serve on a taken port exits 1" "$?" 1
+if grep -qF "federation.listen tcp://127.0.0.1:$pa: Address already in use" "$tmp/e.log"; then ok; else bad "port in use not named: $(cat "$tmp/e.log")"; fi
 
 stop "$apid" "node a"
 stop "$bpid" "node b (restarted)"
