@@ -1,6 +1,7 @@
 /*
 ** test_fed.c -- federation messages (every kind round-trips; bad input is
-** refused by field, never half-parsed) and the ZAP admission decision.
+** refused by field, never half-parsed), the ZAP admission decision, and the
+** libzmq behaviour the listener relies on to fail closed without a handler.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -164,12 +166,59 @@ static void test_zap_admits_only_configured_curve_keys(void **state)
     assert_int_equal(cm_fed_zap_decide(peers, 0, "caremesh", "CURVE", raw, 32, z85), -1);
 }
 
+#ifndef ZMQ_ZAP_ENFORCE_DOMAIN
+#define ZMQ_ZAP_ENFORCE_DOMAIN 93
+#endif
+
+/* Does a CURVE client get a message through to a ROUTER set up as fed.c sets
+** up its listener (domain, enforce), with no ZAP handler in the process? */
+static bool admitted_without_handler(bool enforce)
+{
+    char pub[41], sec[41], cpub[41], csec[41], ep[64];
+    size_t eplen = sizeof(ep);
+    int one = 1, zero = 0;
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    assert_int_equal(zmq_curve_keypair(cpub, csec), 0);
+    void *ctx = zmq_ctx_new();
+    void *r = zmq_socket(ctx, ZMQ_ROUTER), *d = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
+    assert_int_equal(zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof(one)), 0);
+    assert_int_equal(zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, sec, 40), 0);
+    assert_int_equal(
+        zmq_setsockopt(r, ZMQ_ZAP_DOMAIN, CM_FED_ZAP_DOMAIN, strlen(CM_FED_ZAP_DOMAIN)), 0);
+    if (enforce)
+        assert_int_equal(zmq_setsockopt(r, ZMQ_ZAP_ENFORCE_DOMAIN, &one, sizeof(one)), 0);
+    assert_int_equal(zmq_bind(r, "tcp://127.0.0.1:*"), 0);
+    assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
+    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, pub, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, cpub, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, csec, 40);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    assert_int_equal(zmq_send(d, "hi", 2, 0), 2);
+    zmq_pollitem_t item = {r, 0, ZMQ_POLLIN, 0};
+    bool got = zmq_poll(&item, 1, 3000) == 1;
+    zmq_close(r);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    return got;
+}
+
+static void test_without_zap_handler_curve_fails_closed(void **state)
+{
+    /* what fed.c relies on: with ZMQ_ZAP_ENFORCE_DOMAIN, no handler = refused */
+    assert_false(admitted_without_handler(true));
+    /* and why it is set: without it, libzmq admits any CURVE client */
+    assert_true(admitted_without_handler(false));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_kind_round_trips),
         cmocka_unit_test(test_bad_messages_are_refused_by_field),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
+        cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
