@@ -1,5 +1,5 @@
 /*
-** cli.c -- subcommands: version, init, serve, lua, node info, help.
+** cli.c -- subcommands: version, init, serve, lua, node info, peers, help.
 ** Uses every core unit and the Lua bindings; nothing else calls into here.
 */
 #include "cli.h"
@@ -33,9 +33,8 @@
 #include <uv.h>
 #include <zmq.h>
 
-#define CM_DB_FILE          "caremesh.db"
-#define CM_PATH_MAX         4096
-#define CM_DEFAULT_ENDPOINT "tcp://127.0.0.1:7601"
+#define CM_DB_FILE  "caremesh.db"
+#define CM_PATH_MAX 4096
 
 typedef struct cli_cmd {
     const char *name;
@@ -368,11 +367,73 @@ static int cmd_node(int argc, char **argv)
         rc = cm_keys_load(&kp, key_path, &err);
     if (rc == 0) {
         printf("node id:    %s\nendpoint:   %s\npublic key: %s\nschema:     %d\n", n.node_id,
-               CM_DEFAULT_ENDPOINT, kp.public_key, cm_store_schema_version(n.store));
+               n.cfg.fed_listen, kp.public_key, cm_store_schema_version(n.store));
         cm_keys_wipe(&kp);
     }
     node_close(&n);
     return rc ? fail("node info", &err) : CM_EXIT_OK;
+}
+
+/* ---- peers ------------------------------------------------------------ */
+
+/* Pending outbox rows for peer: routed to it, or not yet routed but for an
+** organization hosted on its node. */
+static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        n->store,
+        "SELECT count(*), min(o.created) FROM outbox o "
+        "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
+        "WHERE o.status = 'pending' AND coalesce(o.peer, json_extract(r.doc, '$.node')) = ?1",
+        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(n->store, err, "outbox");
+    if (rc == 0) {
+        *depth = sqlite3_column_int64(st, 0);
+        *age_s = -1;
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
+            const char *oldest = (const char *)sqlite3_column_text(st, 1);
+            int64_t ms;
+            if (cm_time_parse(oldest, &ms))
+                *age_s = (double)(cm_clock_now_ms(n->clock) - ms) / 1000.0;
+        }
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static int cmd_peers(int argc, char **argv)
+{
+    data_opts o;
+    cli_node n;
+    cm_err err;
+    int rc = parse_data_opts("peers", argc, argv, false, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("peers"));
+    if (optind < argc)
+        return usage_error("peers", "unexpected argument '%s'", argv[optind]);
+    if (node_open(&o, &n, &err) != 0)
+        return fail("peers", &err);
+    if (!n.cfg.fed_enabled)
+        printf("federation is not configured (see docs/federation.md)\n");
+    else
+        printf("listen %s, %d peer(s)\n%-24s %-32s %8s %12s  %s\n", n.cfg.fed_listen,
+               n.cfg.fed_npeers, "PEER", "ENDPOINT", "PENDING", "OLDEST_S", "PUBLIC KEY");
+    for (int i = 0; i < n.cfg.fed_npeers && rc == 0; i++) {
+        const cm_peer_config *p = &n.cfg.fed_peers[i];
+        long depth = 0;
+        double age = -1;
+        if ((rc = peer_depth(&n, p->id, &depth, &age, &err)) != 0)
+            break;
+        char agebuf[32] = "-";
+        if (age >= 0)
+            snprintf(agebuf, sizeof(agebuf), "%.1f", age);
+        printf("%-24s %-32s %8ld %12s  %s\n", p->id, p->endpoint, depth, agebuf, p->public_key);
+    }
+    node_close(&n);
+    return rc ? fail("peers", &err) : CM_EXIT_OK;
 }
 
 /* ---- lua -------------------------------------------------------------- */
@@ -634,6 +695,13 @@ static const cli_cmd commands[] = {
      "configuration).\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)",
      "node info --data DIR", cmd_node},
+    {"peers",
+     "List the configured federation peers with their endpoint, public key, outbox depth\n"
+     "(messages pending for them) and the age in seconds of the oldest pending one, from the\n"
+     "database (works while the node serves).\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "  --config FILE   configuration file (default DIR/caremesh.conf)",
+     "peers --data DIR [--config FILE]", cmd_peers},
     {"workflow",
      "Tools for workflow authors (docs/workflow-tools.md).\n\n"
      "  check FILE...           every problem as file:line: message (undefined or\n"

@@ -6,6 +6,7 @@
 #include "text.h"
 
 #include <math.h>
+#include <zmq.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@ void cm_config_defaults(cm_config *cfg)
     cfg->lua_instructions = 10000000;
     cfg->lua_memory_bytes = (size_t)64 << 20;
     cfg->log_level = CM_LOG_INFO;
+    snprintf(cfg->fed_listen, sizeof(cfg->fed_listen), "%s", CM_FED_DEFAULT_LISTEN);
 }
 
 void cm_config_free(cm_config *cfg)
@@ -97,6 +99,87 @@ static int get_choice(cfg_ctx *cx, const cJSON *obj, const char *section, const 
     return 0;
 }
 
+/* A tcp:// endpoint that fits. */
+static int get_endpoint(cfg_ctx *cx, const cJSON *v, const char *what, char *out, size_t outsz)
+{
+    if (!cJSON_IsString(v) || strncmp(v->valuestring, "tcp://", 6) != 0 ||
+        strlen(v->valuestring) <= 6 || strlen(v->valuestring) >= outsz)
+        return cm_err_set(cx->err, CM_ECONFIG,
+                          "%s: %s: must be a tcp://HOST:PORT endpoint (under %zu characters)",
+                          cx->source, what, outsz);
+    snprintf(out, outsz, "%s", v->valuestring);
+    return 0;
+}
+
+static int get_peer(cfg_ctx *cx, const cJSON *p, int i, cm_peer_config *out)
+{
+    static const char *const peer_keys[] = {"id", "endpoint", "public_key", NULL};
+    char what[96];
+    uint8_t raw[32];
+    int rc;
+    snprintf(what, sizeof(what), "federation.peers[%d]", i + 1);
+    if ((rc = only_keys(cx, p, what, peer_keys)) != 0)
+        return rc;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(p, "id");
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(p, "endpoint");
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(p, "public_key");
+    if (!cJSON_IsString(id) || !ep || !cJSON_IsString(key))
+        return cm_err_set(cx->err, CM_ECONFIG,
+                          "%s: %s: id, endpoint and public_key are required strings", cx->source,
+                          what);
+    char idwhat[160];
+    snprintf(idwhat, sizeof(idwhat), "%s: %s.id", cx->source, what);
+    if (cm_config_check_id(idwhat, id->valuestring, cx->err) != 0)
+        return cm_err_recode(cx->err, CM_ECONFIG);
+    snprintf(idwhat, sizeof(idwhat), "%s.endpoint", what);
+    if ((rc = get_endpoint(cx, ep, idwhat, out->endpoint, sizeof(out->endpoint))) != 0)
+        return rc;
+    if (strlen(key->valuestring) != 40 || !zmq_z85_decode(raw, key->valuestring))
+        return cm_err_set(cx->err, CM_ECONFIG,
+                          "%s: %s.public_key: must be a CURVE public key, 40 Z85 characters "
+                          "(as `caremesh node info` prints it)",
+                          cx->source, what);
+    snprintf(out->id, sizeof(out->id), "%s", id->valuestring);
+    snprintf(out->public_key, sizeof(out->public_key), "%s", key->valuestring);
+    return 0;
+}
+
+static int get_federation(cfg_ctx *cx, const cJSON *sec, cm_config *next)
+{
+    static const char *const fed_keys[] = {"listen", "peers", NULL};
+    const cJSON *v, *p;
+    int rc, n = 0;
+    if ((rc = only_keys(cx, sec, "federation", fed_keys)) != 0)
+        return rc;
+    if ((v = cJSON_GetObjectItemCaseSensitive(sec, "listen")) &&
+        (rc = get_endpoint(cx, v, "federation.listen", next->fed_listen,
+                           sizeof(next->fed_listen))) != 0)
+        return rc;
+    v = cJSON_GetObjectItemCaseSensitive(sec, "peers");
+    if (v && !cJSON_IsArray(v) && !(cJSON_IsObject(v) && !v->child))
+        return cm_err_set(cx->err, CM_ECONFIG, "%s: federation.peers: must be a list of tables",
+                          cx->source);
+    cJSON_ArrayForEach(p, v)
+    {
+        if (n >= CM_FED_MAX_PEERS)
+            return cm_err_set(cx->err, CM_ECONFIG, "%s: federation.peers: at most %d peers",
+                              cx->source, CM_FED_MAX_PEERS);
+        if ((rc = get_peer(cx, p, n, &next->fed_peers[n])) != 0)
+            return rc;
+        for (int j = 0; j < n; j++)
+            if (strcmp(next->fed_peers[j].id, next->fed_peers[n].id) == 0 ||
+                strcmp(next->fed_peers[j].public_key, next->fed_peers[n].public_key) == 0)
+                return cm_err_set(cx->err, CM_ECONFIG,
+                                  "%s: federation.peers[%d]: same id or public key as "
+                                  "federation.peers[%d]",
+                                  cx->source, n + 1, j + 1);
+        n++;
+    }
+    next->fed_npeers = n;
+    next->fed_enabled = true;
+    return 0;
+}
+
 /* plugins = { { name = "fhir", path = "/usr/lib/caremesh/fhir.so", optional = true,
 ** config = { ... } }, ... } */
 static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
@@ -137,8 +220,8 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
 
 int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err)
 {
-    static const char *const top[] = {"node_id",   "store",   "lua", "log",
-                                      "workflows", "plugins", NULL};
+    static const char *const top[] = {"node_id",   "store",      "lua",     "log",
+                                      "workflows", "federation", "plugins", NULL};
     static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
     static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
     static const char *const log_keys[] = {"level", NULL};
@@ -201,6 +284,10 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
             return rc;
         next.log_level = (cm_log_level)choice;
     }
+    if ((sec = cJSON_GetObjectItemCaseSensitive(root, "federation")) &&
+        (rc = get_federation(&cx, sec, &next)) != 0)
+        return rc;
+    /* last: the only step that allocates, so nothing can fail after it */
     const cJSON *plugins = cJSON_GetObjectItemCaseSensitive(root, "plugins");
     if (plugins && (rc = check_plugins(&cx, plugins)) != 0)
         return rc;
@@ -236,6 +323,11 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
                      "  -- workflows = \"/path/to/workflows\", -- default: DATA/workflows\n"
                      "  -- plugins = { { name = \"template\", path = \"/path/template.so\",\n"
                      "  --               optional = true, config = { } } },\n"
+                     "  -- federation = { -- docs/federation.md\n"
+                     "  --   listen = \"tcp://127.0.0.1:7601\",\n"
+                     "  --   peers = { { id = \"NODE\", endpoint = \"tcp://HOST:PORT\", "
+                     "public_key = \"Z85\" } },\n"
+                     "  -- },\n"
                      "}\n",
                      cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
                      (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,

@@ -8,6 +8,7 @@
 #define CM_CONFIG_H
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,6 +17,17 @@
 #include "store.h"
 
 #define CM_CONFIG_FILE "caremesh.conf"
+
+#define CM_FED_DEFAULT_LISTEN "tcp://127.0.0.1:7601"
+#define CM_FED_MAX_PEERS      32
+#define CM_ENDPOINT_MAX       256
+
+/* One partner node: federation.peers[i]. */
+typedef struct cm_peer_config {
+    char id[129];                   /* the partner's node id */
+    char endpoint[CM_ENDPOINT_MAX]; /* tcp://host:port of its ROUTER */
+    char public_key[41];            /* its CURVE public key, Z85 */
+} cm_peer_config;
 
 typedef struct cm_config {
     char node_id[129];
@@ -26,6 +38,10 @@ typedef struct cm_config {
     cm_log_level log_level;    /* log.level, default info */
     char workflows[1024];      /* workflows: directory of workflow files; "" = DATA/workflows */
     cJSON *plugins;            /* plugins: the checked list (owned; NULL when none) */
+    bool fed_enabled;          /* a federation table is present */
+    char fed_listen[CM_ENDPOINT_MAX]; /* federation.listen, default CM_FED_DEFAULT_LISTEN */
+    int fed_npeers;
+    cm_peer_config fed_peers[CM_FED_MAX_PEERS]; /* federation.peers */
 } cm_config;
 
 void cm_config_defaults(cm_config *cfg);

@@ -5,7 +5,9 @@
 #include "serve.h"
 
 #include "engine.h"
+#include "fed.h"
 #include "fs.h"
+#include "keys.h"
 #include "lhost.h"
 #include "log.h"
 #include "plugin.h"
@@ -31,6 +33,7 @@ typedef struct serve {
     const cm_serve_opts *o;
     cm_engine *engine;
     cm_plugin_host *plugins;
+    cm_fed *fed; /* NULL when federation is not configured */
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t notify; /* hands pending notifications to channel plugins */
     int signum;
@@ -125,6 +128,27 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&sv->sighup, NULL);
     uv_close((uv_handle_t *)&sv->notify, NULL);
     cm_engine_detach(sv->engine); /* the batch in flight has committed: we are between batches */
+    cm_fed_stop(sv->fed);
+}
+
+/* Federation, when the config has a federation table: the node's key pair
+** goes into the sockets and is wiped here. */
+static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
+{
+    char path[4096];
+    cm_keypair kp;
+    int rc;
+    if (!sv->o->cfg->fed_enabled) {
+        cm_log(CM_LOG_INFO, "fed.off", "federation is not configured");
+        return 0;
+    }
+    if ((rc = cm_fs_join(path, sizeof(path), sv->o->data, CM_KEY_FILE, err)) != 0 ||
+        (rc = cm_keys_load(&kp, path, err)) != 0)
+        return rc;
+    cm_fed_opts fo = {loop, sv->o->store, sv->o->clock, sv->o->cfg, sv->o->node_id, &kp, 0};
+    rc = cm_fed_start(&fo, &sv->fed, err);
+    cm_keys_wipe(&kp);
+    return rc;
 }
 
 static int start_signals(serve *sv, uv_loop_t *loop, cm_err *err)
@@ -153,7 +177,8 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
     sv->notify.data = sv;
     uv_timer_start(&sv->notify, on_notify_tick, SERVE_NOTIFY_MS, SERVE_NOTIFY_MS);
     if ((rc = start_signals(sv, &loop, err)) == 0 &&
-        (rc = cm_engine_attach(sv->engine, &loop, err)) == 0) {
+        (rc = cm_engine_attach(sv->engine, &loop, err)) == 0 &&
+        (rc = start_fed(sv, &loop, err)) == 0) {
         int refused = load_workflows(sv);
         cm_log(CM_LOG_INFO, "serve.ready",
                "node %s serving from %s (schema %d, pid %ld, %d workflow file(s) refused)",
@@ -170,8 +195,10 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
                 uv_close((uv_handle_t *)hs[i], NULL);
         uv_close((uv_handle_t *)&sv->notify, NULL);
         cm_engine_detach(sv->engine);
+        cm_fed_stop(sv->fed);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
+    cm_fed_destroy(&sv->fed);
     (void)sb;
     if (uv_loop_close(&loop) != 0 && rc == 0)
         rc = cm_err_set(err, CM_EIO, "event loop did not close cleanly");

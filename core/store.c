@@ -171,6 +171,25 @@ static const cm_migration migrations[] = {
      "  at       TEXT NOT NULL\n"
      ");\n"
      "CREATE INDEX kpi_by_name ON kpi_observation(name, at);\n"},
+    /* Federation: an outbox row is routed to a peer (or refused with a
+    ** reason) and stays 'pending' until the peer acknowledges it; the inbox
+    ** keeps each message received from a peer once, under (peer, msg_id). */
+    {3, "federation: outbox routing and delivery state, inbox",
+     "ALTER TABLE outbox ADD COLUMN peer TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;\n"
+     "ALTER TABLE outbox ADD COLUMN reason TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN done_at TEXT;\n"
+     "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);\n"
+     "CREATE TABLE inbox(\n"
+     "  peer     TEXT NOT NULL,\n"
+     "  msg_id   TEXT NOT NULL,\n"
+     "  kind     TEXT NOT NULL,\n"
+     "  receiver TEXT NOT NULL,\n"
+     "  payload  TEXT NOT NULL,\n"
+     "  status   TEXT NOT NULL DEFAULT 'received',\n"
+     "  received TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, msg_id)\n"
+     ") WITHOUT ROWID;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

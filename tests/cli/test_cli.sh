@@ -35,7 +35,7 @@ expect 0 --version -- "$bin" --version;           has --version "SQLite"
 expect 0 help -- "$bin" --help;                   has help "commands:"
 expect 2 "no command" -- "$bin"
 expect 2 "unknown command" -- "$bin" frobnicate;  has "unknown command" "unknown command 'frobnicate'"
-for c in version init serve lua node help; do
+for c in version init serve lua node peers help; do
   expect 0 "$c --help" -- "$bin" "$c" --help;     has "$c --help" "usage: caremesh $c"
 done
 expect 0 "help init" -- "$bin" help init;         has "help init" "--node-id"
@@ -56,7 +56,8 @@ same "database mode" "$(mode "$d/caremesh.db")" 600
 same "key file mode" "$(mode "$d/node.key")" 600
 same "config mode" "$(mode "$d/caremesh.conf")" 600
 expect 0 "node info" -- "$bin" node info --data "$d"
-has "node info" "public key: $pub"; has "node info" "node id:    clinic-a"
+has "node info" "public key: $pub"; has "node info" "node id:    clinic-a"; has "node info" "endpoint:   tcp://127.0.0.1:7601"
+expect 0 "peers without federation" -- "$bin" peers --data "$d"; has "peers without federation" "federation is not configured"
 keysum=$(sha256sum "$d/node.key")
 expect 1 "init twice" -- "$bin" init --data "$d" --node-id clinic-a
 has "init twice" "already initialised"

@@ -64,6 +64,52 @@ static void expect_refusal(const char *json, const char *fragment)
     assert_memory_equal(&cfg, &before, sizeof(cfg)); /* unchanged */
 }
 
+#define KEY_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+#define KEY_B "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
+static void test_federation_peers_apply(void **state)
+{
+    cm_config cfg;
+    cm_err err;
+    cm_config_defaults(&cfg);
+    assert_false(cfg.fed_enabled);
+    assert_string_equal(cfg.fed_listen, "tcp://127.0.0.1:7601");
+    assert_int_equal(apply_text(&cfg,
+                                "{\"federation\":{\"listen\":\"tcp://0.0.0.0:9000\",\"peers\":["
+                                "{\"id\":\"cardio-node\",\"endpoint\":\"tcp://10.0.0.7:7601\","
+                                "\"public_key\":\"" KEY_A "\"},{\"id\":\"pharm\",\"endpoint\":"
+                                "\"tcp://h:1\",\"public_key\":\"" KEY_B "\"}]}}",
+                                &err),
+                     0);
+    assert_true(cfg.fed_enabled);
+    assert_string_equal(cfg.fed_listen, "tcp://0.0.0.0:9000");
+    assert_int_equal(cfg.fed_npeers, 2);
+    assert_string_equal(cfg.fed_peers[0].id, "cardio-node");
+    assert_string_equal(cfg.fed_peers[0].endpoint, "tcp://10.0.0.7:7601");
+    assert_string_equal(cfg.fed_peers[1].public_key, KEY_B);
+}
+
+static void test_federation_mistakes_are_refused_by_name(void **state)
+{
+    expect_refusal("{\"federation\":{\"listne\":1}}", "federation.listne: unknown key");
+    expect_refusal("{\"federation\":{\"listen\":\"udp://x:1\"}}",
+                   "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\",\"endpoint\":\"tcp://h:1\","
+                   "\"public_key\":\"short\"}]}}",
+                   "federation.peers[1].public_key: must be a CURVE public key");
+    expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a b\",\"endpoint\":\"tcp://h:1\","
+                   "\"public_key\":\"" KEY_A "\"}]}}",
+                   "federation.peers[1].id: character 2");
+    expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\"}]}}",
+                   "federation.peers[1]: id, endpoint and public_key are required");
+    expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\",\"endpoint\":\"tcp://h:1\","
+                   "\"public_key\":\"" KEY_A "\"},{\"id\":\"b\",\"endpoint\":\"tcp://h:2\","
+                   "\"public_key\":\"" KEY_A "\"}]}}",
+                   "federation.peers[2]: same id or public key as federation.peers[1]");
+    expect_refusal("{\"federation\":{\"peers\":\"all\"}}",
+                   "federation.peers: must be a list of tables");
+}
+
 static void test_bad_values_are_refused_by_name(void **state)
 {
     expect_refusal("{\"stroe\":{}}", "test.conf: stroe: unknown key (known: node_id, store");
@@ -186,6 +232,8 @@ int main(void)
         cmocka_unit_test(test_bad_config_files_are_refused_with_place),
         cmocka_unit_test(test_missing_config_file_is_named),
         cmocka_unit_test(test_ids_are_checked),
+        cmocka_unit_test(test_federation_peers_apply),
+        cmocka_unit_test(test_federation_mistakes_are_refused_by_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

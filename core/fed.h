@@ -1,0 +1,102 @@
+/*
+** fed.h -- federation: CURVE-authenticated ZeroMQ links to partner nodes on
+** the libuv loop, and durable delivery of the outbox to them. One ROUTER
+** bound at federation.listen takes partners' traffic; one DEALER per
+** configured peer carries ours. A ZAP handler (a REP socket on the loop)
+** admits only configured peers' keys; a message is attributed to the peer
+** whose key authenticated the link, never to an id it carries. The wire
+** format is docs/federation.md. Depends on libzmq, libuv, store, clock,
+** config, keys. Loop thread only.
+**
+** Durable when: an outbox row is 'delivered' once the peer's ack arrived
+** (the peer acks after its inbox commit); an inbox row is committed before
+** its ack is sent.
+*/
+#ifndef CM_FED_H
+#define CM_FED_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "clock.h"
+#include "config.h"
+#include "error.h"
+#include "keys.h"
+#include "store.h"
+
+/* Protocol version this node speaks: MAJOR.MINOR. */
+#define CM_FED_PROTO_MAJOR 1
+#define CM_FED_PROTO_MINOR 0
+/* Largest message accepted (ZMQ_MAXMSGSIZE) and largest we send. */
+#define CM_FED_MAX_MSG    (1024 * 1024)
+#define CM_FED_ZAP_DOMAIN "caremesh"
+
+/* ---- messages (pure; unit-tested) ---------------------------------------- */
+
+typedef enum {
+    CM_FED_HELLO = 0,
+    CM_FED_DELIVER,
+    CM_FED_ACK,
+    CM_FED_ERROR,
+    CM_FED_DIRECTORY,  /* reserved */
+    CM_FED_INDICATORS, /* reserved */
+} cm_fed_type;
+
+typedef struct cm_fed_msg {
+    cm_fed_type type;
+    int major, minor;  /* hello: proto */
+    char node[129];    /* hello: the sender's node id (informative only) */
+    char id[192];      /* deliver, ack: "<node>:<seq>"; error: the id it refers to, or "" */
+    char kind[129];    /* deliver: message kind, e.g. "referral.request" */
+    char to[129];      /* deliver: receiving organization id */
+    char result[16];   /* ack: "received" | "duplicate" */
+    char code[32];     /* error: version | malformed | hello-required | unsupported | busy */
+    char message[256]; /* error: text for the operator */
+    cJSON *payload;    /* deliver: owned JSON value; NULL otherwise */
+} cm_fed_msg;
+
+/* Parse one message body. Every field is type- and length-checked; on error
+** (CM_EINVAL, err names the field) *m holds nothing to free. */
+int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err);
+
+/* Encode m as JSON text; the caller frees. NULL when out of memory. */
+char *cm_fed_encode(const cm_fed_msg *m);
+
+/* Free what m owns and zero it. */
+void cm_fed_msg_clear(cm_fed_msg *m);
+
+/* The ZAP decision: admit a CURVE client whose 32-byte public key is one of
+** peers' keys, in domain CM_FED_ZAP_DOMAIN. Returns the peer's index, or -1.
+** key_z85 (41 bytes) receives the key as text for the log ("" if malformed). */
+int cm_fed_zap_decide(const cm_peer_config *peers, int npeers, const char *domain,
+                      const char *mechanism, const uint8_t *key, size_t keylen, char *key_z85);
+
+/* ---- the links ----------------------------------------------------------- */
+
+typedef struct cm_fed cm_fed;
+
+typedef struct cm_fed_opts {
+    uv_loop_t *loop;        /* borrowed */
+    cm_store *store;        /* borrowed; shared with the engine on this loop */
+    cm_clock *clock;        /* borrowed; timestamps only (backoff uses the loop's clock) */
+    const cm_config *cfg;   /* borrowed: federation.listen and .peers */
+    const char *node_id;    /* this node */
+    const cm_keypair *keys; /* borrowed; copied into the sockets, not kept */
+    int poll_ms;            /* outbox poll interval; 0 selects 200 */
+} cm_fed_opts;
+
+/* Bind, connect to every peer and start polling the outbox. On error err
+** says which endpoint or key; *out is set whenever memory was allocated, and
+** is stopped and destroyed like a started one (handles may be open). */
+int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err);
+
+/* Close the loop handles (call from the loop, e.g. on SIGTERM). */
+void cm_fed_stop(cm_fed *fed);
+
+/* After the loop has run the closes: close the sockets, free, NULL *fed_p. */
+void cm_fed_destroy(cm_fed **fed_p);
+
+#endif

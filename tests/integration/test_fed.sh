@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# test_fed.sh -- two (and a third, unknown) nodes on loopback, each a real
+# `caremesh serve` process: CURVE links come up, an outbox row arrives in the
+# peer's inbox exactly once and in order, an unroutable row is refused with a
+# reason, an unknown key is refused and named, random bytes on the port do no
+# harm, and a peer that was down gets what was queued once it is back.
+# Waits are bounded polls on log lines; ports are picked free by the kernel.
+# A probe client (fedprobe) speaks what a real node never would: another
+# protocol version, messages before hello, garbage, oversized messages.
+# CM_WRAP (e.g. "valgrind --error-exitcode=99 ...") wraps the serving
+# processes: a leak or memory error makes their exit status fail the test.
+# usage: test_fed.sh CAREMESH FEDPROBE
+set -uo pipefail
+bin=$1 probe=$2
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+passed=0 failed=0
+ok()  { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+# wait_for FILE TEXT: poll (bounded, 20 s) until FILE contains TEXT.
+wait_for() {
+  for _ in $(seq 1 400); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+check() { if wait_for "$1" "$2"; then ok; else bad "$3: $1 lacks '$2': $(tail -5 "$1")"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pubkey() { "$bin" node info --data "$1" | sed -n 's/^public key: //p'; }
+sql() { sqlite3 "$1" ".timeout 10000" "$2"; }
+# configure DIR PORT PEER_ID PEER_PORT PEER_KEY
+configure() {
+  sed -i '$d' "$1/caremesh.conf"
+  cat >>"$1/caremesh.conf" <<CONF
+  federation = {
+    listen = "tcp://127.0.0.1:$2",
+    peers = { { id = "$3", endpoint = "tcp://127.0.0.1:$4", public_key = "$5" } },
+  },
+}
+CONF
+}
+serve() { # DIR LOG: start serve in the background (under $CM_WRAP, e.g. valgrind); pid in $spid
+  ${CM_WRAP:-} "$bin" serve --data "$1" 2>>"$2" &
+  spid=$!; pids+=("$spid")
+}
+stop() { # PID NAME: SIGTERM, must exit 0
+  kill -TERM "$1"; wait "$1"; same "$2 exits cleanly" "$?" 0
+}
+queue() { # DIR ORG KIND N: N outbox rows, as a workflow's wf:send writes them
+  local values="" i
+  for i in $(seq 1 "$4"); do
+    values+="${values:+,}('$2', '$3', '{\"n\":$i}', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+  done
+  sql "$1/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUES $values"
+}
+
+a=$tmp/a b=$tmp/b c=$tmp/c
+"$bin" init --data "$a" --node-id node-a >/dev/null
+"$bin" init --data "$b" --node-id node-b >/dev/null
+"$bin" init --data "$c" --node-id node-c >/dev/null
+ka=$(pubkey "$a") kb=$(pubkey "$b") kc=$(pubkey "$c")
+pa=$(free_port) pb=$(free_port) pc=$(free_port)
+configure "$a" "$pa" node-b "$pb" "$kb"
+configure "$b" "$pb" node-a "$pa" "$ka"
+configure "$c" "$pc" node-b "$pb" "$kb" # node-b does not know node-c's key
+same "node info prints the configured endpoint" \
+  "$("$bin" node info --data "$a" | sed -n 's/^endpoint: *//p')" "tcp://127.0.0.1:$pa"
+cat >"$tmp/orgs.lua" <<'LUA'
+local cm = require "caremesh"
+cm.organization.create { id = "cardio", name = "Heart Partners", kind = "clinic", node = "node-b" }
+cm.organization.create { id = "faraway", name = "Far Away Clinic", kind = "clinic", node = "node-z" }
+LUA
+"$bin" lua --data "$a" "$tmp/orgs.lua" || bad "creating organizations"
+
+# ---- links come up; one message arrives once ----
+serve "$a" "$tmp/a.log"; apid=$spid
+serve "$b" "$tmp/b.log"; bpid=$spid
+check "$tmp/a.log" '"event":"serve.ready"' "node a serving"
+check "$tmp/a.log" 'peer node-b is up' "a sees b up"
+check "$tmp/b.log" 'peer node-a is up' "b sees a up"
+check "$tmp/b.log" "admitted peer node-a from 127.0.0.1 (public key $ka)" "b admits a by its key"
+queue "$a" cardio referral.request 1
+check "$tmp/a.log" 'node-a:1 delivered to node-b (received)' "first message acknowledged"
+same "inbox holds it once" "$(sql "$b/caremesh.db" "SELECT peer, msg_id, kind, receiver, payload, status FROM inbox")" \
+  'node-a|node-a:1|referral.request|cardio|{"n":1}|received'
+same "outbox row delivered" "$(sql "$a/caremesh.db" "SELECT status, peer FROM outbox WHERE seq = 1")" "delivered|node-b"
+
+# ---- no peer for the organization's node: refused with a reason ----
+queue "$a" faraway referral.request 1
+check "$tmp/a.log" 'outbox 2 refused: organization \"faraway\" is on node \"node-z\"' "unroutable row refused"
+same "refusal recorded" "$(sql "$a/caremesh.db" "SELECT status, reason FROM outbox WHERE seq = 2")" \
+  'refused|organization "faraway" is on node "node-z", which is not a configured peer'
+
+# ---- in order ----
+queue "$a" cardio referral.update 20
+check "$tmp/a.log" 'node-a:22 delivered to node-b' "a stream of 20 acknowledged"
+got=$(grep -F '"event":"fed.received"' "$tmp/b.log" | sed -n 's/.*received node-a:\([0-9]*\) .*/\1/p' | tr '\n' ' ')
+same "applied in the order sent" "$got" "1 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 "
+same "each exactly once" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "21|21"
+
+# ---- a resent message is acknowledged as a duplicate, not recorded twice ----
+sql "$a/caremesh.db" "UPDATE outbox SET status = 'pending' WHERE seq = 3"
+check "$tmp/a.log" 'node-a:3 delivered to node-b (duplicate)' "resend acknowledged as duplicate"
+same "duplicate not recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "21"
+
+# ---- what a real node never sends (with node-a's key: admitted, attributed to node-a) ----
+out=$("$probe" "tcp://127.0.0.1:$pb" "$kb" "$a/node.key" \
+  '{"type":"deliver","id":"probe:1","kind":"k","to":"cardio","payload":{}}' \
+  '{"type":"hello","proto":"2.0","node":"node-a"}' \
+  'not json at all' \
+  '{"type":"hello","proto":"1.0","node":"impostor"}' \
+  '{"type":"directory"}' \
+  '{"type":"deliver","id":"node-a:1","kind":"k","to":"cardio","payload":{}}' \
+  '{"type":"deliver","id":"probe:2","kind":"k","to":"cardio","payload":{"x":1}}' \
+  '@big:2000000')
+mapfile -t replies <<<"$out"
+has_reply() { if grep -qF -- "$3" <<<"${replies[$1]:-}"; then ok; else bad "$2: reply '${replies[$1]:-}' lacks '$3'"; fi; }
+has_reply 0 "deliver before hello" '"code":"hello-required"'
+has_reply 1 "unknown major version" '"code":"version"'
+check "$tmp/b.log" 'peer node-a speaks protocol 2.0; this node speaks 1.0: refused' "version refusal logged"
+has_reply 2 "garbage" '"code":"malformed"'
+check "$tmp/b.log" 'peer node-a sent a bad message: not a JSON object' "garbage logged"
+has_reply 3 "hello" '"type":"hello","proto":"1.0","node":"node-b"'
+check "$tmp/b.log" 'says it is node \"impostor\"; attributing to node-a' "attribution by key"
+has_reply 4 "reserved kind" '"code":"unsupported"'
+has_reply 5 "duplicate id" '"result":"duplicate"'
+has_reply 6 "a new id" '"result":"received"'
+same "recorded under the key's peer" "$(sql "$b/caremesh.db" "SELECT peer FROM inbox WHERE msg_id = 'probe:2'")" "node-a"
+has_reply 7 "oversized message" '(no reply)'
+same "nothing else recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "22"
+
+# ---- an unknown key is refused, named on the refusing side ----
+serve "$c" "$tmp/c.log"; cpid=$spid
+check "$tmp/b.log" "public key $kc is not a configured peer" "b refuses c's key by name"
+if grep -qF 'peer node-b is up' "$tmp/c.log"; then bad "c got a link to b"; else ok; fi
+stop "$cpid" "node c"
+
+# ---- random bytes on the listen port do no harm ----
+for _ in 1 2 3; do head -c 65536 /dev/urandom >"/dev/tcp/127.0.0.1/$pb" 2>/dev/null; done
+printf 'GET / HTTP/1.0\r\n\r\n' >"/dev/tcp/127.0.0.1/$pb" 2>/dev/null
+queue "$a" cardio referral.note 1
+check "$tmp/a.log" 'node-a:23 delivered to node-b' "b still serves after garbage"
+kill -0 "$bpid" 2>/dev/null && ok || bad "node b died on random bytes"
+
+# ---- a peer that is down gets the message once it is back ----
+stop "$bpid" "node b"
+check "$tmp/a.log" 'peer node-b is down' "a notices b is down"
+queue "$a" cardio referral.cancel 3
+check "$tmp/a.log" '"event":"fed.ready"' "a still serving"
+out=$("$bin" peers --data "$a")
+if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +3 ' <<<"$out"; then ok; else bad "peers shows 3 pending: $out"; fi
+serve "$b" "$tmp/b2.log"; bpid=$spid
+check "$tmp/a.log" 'node-a:26 delivered to node-b' "queued messages delivered after restart"
+same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "26|26"
+out=$("$bin" peers --data "$a")
+if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else bad "peers shows nothing pending: $out"; fi
+
+# ---- a row too large for the wire is refused with a reason; the queue moves on ----
+sql "$a/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUES ('cardio', 'big', json_object('x', hex(randomblob(600000))), strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+queue "$a" cardio referral.after_big 1
+check "$tmp/a.log" 'outbox 27 refused: message larger than the 1 MiB' "oversized row refused"
+check "$tmp/a.log" 'node-a:28 delivered to node-b' "queue moves on after a refusal"
+
+# ---- a listen endpoint in use: serve refuses to start, naming it ----
+"$bin" init --data "$tmp/e" --node-id node-e >/dev/null
+configure "$tmp/e" "$pa" node-a "$pa" "$ka"
+"$bin" serve --data "$tmp/e" 2>"$tmp/e.log"; same "serve on a taken port exits 1" "$?" 1
+if grep -qF "federation.listen tcp://127.0.0.1:$pa: Address already in use" "$tmp/e.log"; then ok; else bad "port in use not named: $(cat "$tmp/e.log")"; fi
+
+stop "$apid" "node a"
+stop "$bpid" "node b (restarted)"
+for f in "$tmp"/*.log; do
+  if jq -e . "$f" >/dev/null 2>&1; then ok; else bad "$f is not JSON lines"; fi
+  for k in "$a" "$b" "$c"; do
+    sk=$(sed -n 's/^secret-key *= *//p' "$k/node.key" | tr -d '"')
+    if [ ${#sk} -eq 40 ] && ! grep -qF -- "$sk" "$f"; then ok; else bad "secret key of $k in $f (or unreadable)"; fi
+  done
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
