@@ -38,6 +38,7 @@
 
 typedef struct cli_cmd {
     const char *name;
+    const char *brief; /* one line for the overview */
     const char *summary;
     const char *usage; /* full --help text after the "usage:" line */
     int (*run)(int argc, char **argv);
@@ -666,16 +667,16 @@ static int cmd_serve(int argc, char **argv)
 static int cmd_help(int argc, char **argv);
 
 static const cli_cmd commands[] = {
-    {"version", "Print the version of caremesh and of the libraries it runs on.", "version",
-     cmd_version},
-    {"init",
+    {"version", "print the versions of caremesh and its libraries",
+     "Print the version of caremesh and of the libraries it runs on.", "version", cmd_version},
+    {"init", "create a node: data directory, database, configuration, key pair",
      "Create a node's data directory (mode 0700) with its database (0600), its configuration\n"
      "file and its CURVE key pair (0600), and print the public key for partners. Refuses a\n"
      "directory that is already initialised.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --node-id ID    this node's id: letters, digits, . _ : - (at most 128)",
      "init --data DIR --node-id ID", cmd_init},
-    {"serve",
+    {"serve", "run the node: engine, workflows, plugins, federation",
      "Run the node in the foreground: the workflow engine with its durable timers, the\n"
      "workflow files of the workflows directory (config 'workflows', default DIR/workflows;\n"
      "SIGHUP reloads them), JSON-lines log on stderr; SIGINT or SIGTERM stop it cleanly\n"
@@ -683,26 +684,26 @@ static const cli_cmd commands[] = {
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "serve --data DIR [--config FILE]", cmd_serve},
-    {"lua",
+    {"lua", "run an administrative Lua script against the store",
      "Run an administrative Lua script in the sandbox against the node's store. The script\n"
      "gets the `caremesh` module through require and ARGs as `...`; it runs in one\n"
      "transaction: if it raises, nothing it wrote is kept.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "lua --data DIR [--config FILE] FILE [ARG...]", cmd_lua},
-    {"node",
+    {"node", "print this node's id, endpoint and public key",
      "Print this node's id, federation endpoint and CURVE public key (for a partner's\n"
      "configuration).\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)",
      "node info --data DIR", cmd_node},
-    {"peers",
+    {"peers", "list federation peers with what is pending for them",
      "List the configured federation peers with their endpoint, public key, outbox depth\n"
      "(messages pending for them) and the age in seconds of the oldest pending one, from the\n"
      "database (works while the node serves).\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "peers --data DIR [--config FILE]", cmd_peers},
-    {"workflow",
+    {"workflow", "check, graph and test workflow files",
      "Tools for workflow authors (docs/workflow-tools.md).\n\n"
      "  check FILE...           every problem as file:line: message (undefined or\n"
      "                          unreachable states, no final state, unknown effects, bad\n"
@@ -711,7 +712,7 @@ static const cli_cmd commands[] = {
      "  test FILE...            run Lua workflow tests (caremesh.test); a closing line\n"
      "                          'N passed, N failed'; exit 1 if any failed",
      "workflow check FILE... | graph FILE [--mermaid] | test FILE...", cmd_workflow},
-    {"bench",
+    {"bench", "measure the engine",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
      "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
@@ -719,7 +720,8 @@ static const cli_cmd commands[] = {
      "  --events N      events per instance (default 25)\n"
      "  --batch N       events per commit (default 256)",
      "bench engine [--instances N] [--events N] [--batch N]", cmd_bench},
-    {"help", "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
+    {"help", "show the commands, or one command's help",
+     "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
 };
 
 #define CM_NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -737,12 +739,10 @@ static void print_overview(FILE *out)
     fprintf(out, "usage: caremesh COMMAND [OPTIONS]\n\n"
                  "caremesh runs a site's partnership workflows and links it to partner sites.\n\n"
                  "commands:\n");
-    for (size_t i = 0; i < CM_NCOMMANDS; i++) {
-        const char *nl = strchr(commands[i].summary, '\n');
-        int len = nl ? (int)(nl - commands[i].summary) : (int)strlen(commands[i].summary);
-        fprintf(out, "  %-9s %.*s\n", commands[i].name, len, commands[i].summary);
-    }
-    fprintf(out, "\n'caremesh COMMAND --help' shows a command's options.\n");
+    for (size_t i = 0; i < CM_NCOMMANDS; i++)
+        fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].brief);
+    fprintf(out, "\n'caremesh COMMAND --help' shows a command's options; plugins of a node may\n"
+                 "add commands ('caremesh NAME --data DIR').\n");
 }
 
 static int cmd_help(int argc, char **argv)
