@@ -501,6 +501,8 @@ static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const
     }
     cm_log(CM_LOG_INFO, dup ? "fed.duplicate" : "fed.received", "%s %s (%s for %s) from %s",
            dup ? "duplicate" : "received", m->id, m->kind, m->to, p->cfg->id);
+    if (!dup && fed->o.on_received)
+        fed->o.on_received(fed->o.on_received_ud, p->cfg->id, m->id, m->kind, m->to);
     memset(&ack, 0, sizeof(ack));
     ack.type = CM_FED_ACK;
     snprintf(ack.id, sizeof(ack.id), "%s", m->id);

@@ -86,6 +86,11 @@ typedef struct cm_fed_opts {
     const char *node_id;    /* this node */
     const cm_keypair *keys; /* borrowed; copied into the sockets, not kept */
     int poll_ms;            /* outbox poll interval; 0 selects 200 */
+    /* Told once per message recorded in the inbox (not for duplicates), after
+    ** its commit: the sending peer, the message id, its kind and receiver. May be NULL. */
+    void (*on_received)(void *ud, const char *peer, const char *id, const char *kind,
+                        const char *receiver);
+    void *on_received_ud;
 } cm_fed_opts;
 
 /* Bind, connect to every peer and start polling the outbox. On error err

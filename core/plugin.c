@@ -85,7 +85,7 @@ static const char *api_config(cm_plugin_ctx *ctx)
 
 static int api_subscribe(cm_plugin_ctx *ctx, int kind, cm_plugin_event_fn fn, void *ud)
 {
-    if (kind < CM_PLUGIN_EVENT_INSTANCE_STARTED || kind > CM_PLUGIN_EVENT_MESSAGE_SENT || !fn ||
+    if (kind < CM_PLUGIN_EVENT_INSTANCE_STARTED || kind > CM_PLUGIN_EVENT_MESSAGE_RECEIVED || !fn ||
         ctx->nsubs >= PLUGIN_MAX_SUBS)
         return -1;
     ctx->subs[ctx->nsubs++] = (sub){kind, fn, ud};
@@ -402,16 +402,28 @@ static int plugin_kind(cm_engine_event_kind kind)
     return 0;
 }
 
+static void tell_subscribers(cm_plugin_host *host, const cm_plugin_event *pe)
+{
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nsubs; i++)
+            if (p->subs[i].kind == pe->kind)
+                p->subs[i].fn(p->subs[i].ud, pe);
+}
+
 void cm_plugin_host_on_engine_event(void *ud, const cm_engine_event *ev)
 {
-    cm_plugin_host *host = ud;
     cm_plugin_event pe = {
         sizeof(pe), plugin_kind(ev->kind), ev->instance, ev->workflow, ev->from, ev->to,
         ev->detail};
-    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
-        for (int i = 0; i < p->nsubs; i++)
-            if (p->subs[i].kind == pe.kind)
-                p->subs[i].fn(p->subs[i].ud, &pe);
+    tell_subscribers(ud, &pe);
+}
+
+void cm_plugin_host_on_message(void *ud, const char *peer, const char *id, const char *kind,
+                               const char *receiver)
+{
+    cm_plugin_event pe = {sizeof(pe), CM_PLUGIN_EVENT_MESSAGE_RECEIVED, id, "", peer, receiver,
+                          kind};
+    tell_subscribers(ud, &pe);
 }
 
 int cm_plugin_host_command(cm_plugin_host *host, int argc, char **argv, bool *found)

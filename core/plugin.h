@@ -51,6 +51,11 @@ void cm_plugin_host_unload_all(cm_plugin_host *host);
 /* An engine observer (cm_engine_observe) that tells subscribed plugins. */
 void cm_plugin_host_on_engine_event(void *host, const cm_engine_event *ev);
 
+/* For federation (cm_fed_opts.on_received): tell subscribed plugins that a
+** message from peer was recorded. */
+void cm_plugin_host_on_message(void *host, const char *peer, const char *id, const char *kind,
+                               const char *receiver);
+
 /* Run plugin command argv[0]; *found false when no plugin registered it. */
 int cm_plugin_host_command(cm_plugin_host *host, int argc, char **argv, bool *found);
 

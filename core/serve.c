@@ -145,7 +145,15 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
     if ((rc = cm_fs_join(path, sizeof(path), sv->o->data, CM_KEY_FILE, err)) != 0 ||
         (rc = cm_keys_load(&kp, path, err)) != 0)
         return rc;
-    cm_fed_opts fo = {loop, sv->o->store, sv->o->clock, sv->o->cfg, sv->o->node_id, &kp, 0};
+    cm_fed_opts fo = {loop,
+                      sv->o->store,
+                      sv->o->clock,
+                      sv->o->cfg,
+                      sv->o->node_id,
+                      &kp,
+                      0,
+                      cm_plugin_host_on_message,
+                      sv->plugins};
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;

@@ -44,7 +44,8 @@ static int probe_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, 
         snprintf(err, errlen, "host api table too small");
         return -1;
     }
-    for (int kind = CM_PLUGIN_EVENT_INSTANCE_STARTED; kind <= CM_PLUGIN_EVENT_MESSAGE_SENT; kind++)
+    for (int kind = CM_PLUGIN_EVENT_INSTANCE_STARTED; kind <= CM_PLUGIN_EVENT_MESSAGE_RECEIVED;
+         kind++)
         if (api->subscribe(ctx, kind, on_event, NULL) != 0)
             return snprintf(err, errlen, "subscribe %d refused", kind), -1;
     if (api->subscribe(ctx, 99, on_event, NULL) == 0)

@@ -131,10 +131,13 @@ static void test_a_plugin_hears_events_runs_commands_and_reads_records(void **st
     cm_plugin_host_on_engine_event(f->host, &ev);
     ev = (cm_engine_event){CM_ENGINE_ENDED, "ref-1", "referral", "", "closed", "done"};
     cm_plugin_host_on_engine_event(f->host, &ev);
+    cm_plugin_host_on_message(f->host, "cardio-node", "cardio-node:7", "referral.accepted",
+                              "clinic-a");
     char *argv[] = {"probe", "organization", "clinic-a", NULL};
     assert_int_equal(run_command(f, 3, argv, out, sizeof(out), &found), 0);
     assert_true(found);
-    assert_non_null(strstr(out, "events=2:ref-1:requested>accepted;3:ref-1:>closed;"));
+    assert_non_null(strstr(out, "events=2:ref-1:requested>accepted;3:ref-1:>closed;"
+                                "6:cardio-node:7:cardio-node>clinic-a;"));
     assert_non_null(strstr(out, "config={\"greeting\":\"kia ora\"}"));
     assert_non_null(strstr(out, "\"name\":\"Clinic A\""));
     char *missing[] = {"probe", "patient", "nobody", NULL};

@@ -41,7 +41,10 @@ enum {
     CM_PLUGIN_EVENT_STATE_CHANGED = 2,
     CM_PLUGIN_EVENT_INSTANCE_ENDED = 3,
     CM_PLUGIN_EVENT_TASK_CREATED = 4,
-    CM_PLUGIN_EVENT_MESSAGE_SENT = 5, /* queued for a partner */
+    CM_PLUGIN_EVENT_MESSAGE_SENT = 5,     /* queued for a partner */
+    CM_PLUGIN_EVENT_MESSAGE_RECEIVED = 6, /* recorded from a partner: instance = message id,
+                                          ** from = sending node, to = receiving organization,
+                                          ** detail = the message's kind */
 };
 
 typedef struct cm_plugin_event {
