@@ -535,10 +535,10 @@ static int effect_timer(cm_engine *e, const inst *in, const cJSON *fx, cm_err *e
     return exec_kept(e, st, "timer", err);
 }
 
-static int effect_cancel(cm_engine *e, const inst *in, const char *name, cm_err *err)
+static int delete_timer(cm_engine *e, const char *instance, const char *name, cm_err *err)
 {
     PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND name = ?2", err);
-    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
     return exec_kept(e, st, "timer", err);
 }
@@ -652,7 +652,7 @@ static int apply_effects(cm_engine *e, const inst *in, const cJSON *effects, int
         else if (strcmp(type, "timer") == 0)
             rc = effect_timer(e, in, fx, err);
         else if (strcmp(type, "cancel") == 0)
-            rc = effect_cancel(e, in, jstr(fx, "name"), err);
+            rc = delete_timer(e, in->id, jstr(fx, "name"), err);
         else if (strcmp(type, "task") == 0)
             rc = effect_task(e, in, fx, index, err);
         else if (strcmp(type, "notify") == 0)
@@ -1064,10 +1064,7 @@ static int process_due_timers(cm_engine *e, int room, int *done, cm_err *err)
     for (int i = 0; i < n; i++) {
         cm_err derr;
         if (rc == 0) {
-            PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND name = ?2", err);
-            sqlite3_bind_text(st, 1, items[i].instance, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 2, items[i].name, -1, SQLITE_STATIC);
-            rc = exec_kept(e, st, "timer", err);
+            rc = delete_timer(e, items[i].instance, items[i].name, err);
             if (rc == 0) {
                 int drc = deliver(e, 0, items[i].instance, items[i].name, items[i].payload, true, 0,
                                   NULL, &derr);

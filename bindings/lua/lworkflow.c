@@ -311,6 +311,23 @@ static void add_effect(lua_State *L)
     lua_pop(L, 1);
 }
 
+/* Push a new effect table {type = type} with room for n more fields. */
+static void new_effect(lua_State *L, const char *type, int n)
+{
+    lua_createtable(L, 0, n + 1);
+    lua_pushstring(L, type);
+    lua_setfield(L, -2, "type");
+}
+
+/* effect.field = argument arg, when the argument was given. */
+static void opt_field(lua_State *L, int arg, const char *field)
+{
+    if (lua_isnoneornil(L, arg))
+        return;
+    lua_pushvalue(L, arg);
+    lua_setfield(L, -2, field);
+}
+
 static const char *check_name_arg(lua_State *L, int arg, const char *what)
 {
     size_t len;
@@ -347,17 +364,12 @@ static int add_timer(lua_State *L, int64_t due)
         luaL_checktype(L, 5, LUA_TTABLE);
         keep = lua_getfield(L, 5, "keep") != LUA_TNIL && lua_toboolean(L, -1);
     }
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, "timer");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "timer", 4);
     lua_pushstring(L, name);
     lua_setfield(L, -2, "name");
     lua_pushinteger(L, (lua_Integer)due);
     lua_setfield(L, -2, "due");
-    if (!lua_isnoneornil(L, 4)) {
-        lua_pushvalue(L, 4);
-        lua_setfield(L, -2, "payload");
-    }
+    opt_field(L, 4, "payload");
     if (!keep) {
         lua_pushstring(L, d->cur);
         lua_setfield(L, -2, "scoped");
@@ -389,9 +401,7 @@ static int m_cancel(lua_State *L)
     lua_settop(L, 2); /* fixed arity: later pushes must not look like arguments */
     check_inst(L);
     const char *name = check_name_arg(L, 2, "timer name");
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, "cancel");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "cancel", 1);
     lua_pushstring(L, name);
     lua_setfield(L, -2, "name");
     add_effect(L);
@@ -424,9 +434,7 @@ static int m_task(lua_State *L)
     lua_pop(L, 1);
     if (n < 0 || (size_t)n >= sizeof(id))
         return luaL_error(L, "wf:task: the task's id would be too long");
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, "task");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "task", 1);
     lua_createtable(L, 0, 9);
     lua_pushstring(L, id);
     lua_setfield(L, -2, "id");
@@ -468,9 +476,7 @@ static int m_notify(lua_State *L)
         if (lua_getfield(L, 2, fields[i]) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
             return luaL_error(L, "wf:notify: %s: required, a string", fields[i]);
     lua_pop(L, 3);
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, "notify");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "notify", 4);
     for (int i = 0; i < 4; i++)
         copy_field(L, 2, fields[i], fields[i]);
     add_effect(L);
@@ -488,17 +494,12 @@ static int m_spawn(lua_State *L)
     int n = snprintf(id, sizeof(id), "%s.%ld.%d", d->sp->instance, d->sp->seq, ++d->spawned);
     if (n < 0 || (size_t)n >= sizeof(id))
         return luaL_error(L, "wf:spawn: the child's id would be too long");
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, "spawn");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "spawn", 3);
     lua_pushstring(L, workflow);
     lua_setfield(L, -2, "workflow");
     lua_pushstring(L, id);
     lua_setfield(L, -2, "id");
-    if (!lua_isnoneornil(L, 3)) {
-        lua_pushvalue(L, 3);
-        lua_setfield(L, -2, "input");
-    }
+    opt_field(L, 3, "input");
     add_effect(L);
     lua_pushstring(L, id);
     return 1;
@@ -512,17 +513,12 @@ static int m_kpi(lua_State *L)
     lua_Number value = luaL_checknumber(L, 3);
     if (!lua_isnoneornil(L, 4))
         luaL_checktype(L, 4, LUA_TTABLE);
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, "kpi");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "kpi", 3);
     lua_pushstring(L, name);
     lua_setfield(L, -2, "name");
     lua_pushnumber(L, value);
     lua_setfield(L, -2, "value");
-    if (!lua_isnoneornil(L, 4)) {
-        lua_pushvalue(L, 4);
-        lua_setfield(L, -2, "labels");
-    }
+    opt_field(L, 4, "labels");
     add_effect(L);
     return 0;
 }
@@ -534,9 +530,7 @@ static int m_send(lua_State *L)
     const char *to = check_name_arg(L, 2, "receiver");
     const char *kind = check_name_arg(L, 3, "message kind");
     luaL_checktype(L, 4, LUA_TTABLE);
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, "send");
-    lua_setfield(L, -2, "type");
+    new_effect(L, "send", 3);
     lua_pushstring(L, to);
     lua_setfield(L, -2, "to");
     lua_pushstring(L, kind);
