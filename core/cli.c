@@ -18,6 +18,7 @@
 #include "sandbox.h"
 #include "serve.h"
 #include "store.h"
+#include "token.h"
 
 #include <getopt.h>
 #include <lauxlib.h>
@@ -662,6 +663,112 @@ static int cmd_serve(int argc, char **argv)
     return CM_EXIT_OK;
 }
 
+/* ---- token: API bearer tokens (token.h) ------------------------------- */
+
+static int token_create(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"data", required_argument, NULL, 'd'},  {"config", required_argument, NULL, 'c'},
+        {"scope", required_argument, NULL, 's'}, {"name", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    data_opts o = {0};
+    const char *scope = NULL, *name = NULL;
+    char text[CM_TOKEN_TEXT_LEN + 1];
+    cm_token_info info;
+    cli_node n;
+    cm_err err;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+d:c:s:n:h", longopts, NULL)) != -1) {
+        if (c == 'd')
+            o.data = optarg;
+        else if (c == 'c')
+            o.config = optarg;
+        else if (c == 's')
+            scope = optarg;
+        else if (c == 'n')
+            name = optarg;
+        else if (c == 'h')
+            return print_help(find_cmd("token"));
+        else
+            return usage_error("token create", "unknown option or missing value: '%s'",
+                               argv[optind - 1]);
+    }
+    if (!o.data)
+        o.data = getenv("CAREMESH_DATA");
+    if (!o.data || !*o.data)
+        return usage_error("token create", "%s", "--data DIR is required (or set CAREMESH_DATA)");
+    if (optind < argc)
+        return usage_error("token create", "unexpected argument '%s'", argv[optind]);
+    if (!scope || cm_scope_parse(scope) < 0)
+        return usage_error("token create", "%s", "--scope must be read, write or admin");
+    if (node_open(&o, &n, &err) != 0)
+        return fail("token create", &err);
+    int rc =
+        cm_token_create(n.store, n.clock, (cm_scope)cm_scope_parse(scope), name, text, &info, &err);
+    node_close(&n);
+    if (rc != 0)
+        return fail("token create", &err);
+    printf("%s\n", text);
+    fprintf(stderr, "token %s (scope %s%s%s) created; it is shown only now: keep it secret\n",
+            info.id, cm_scope_name(info.scope), info.name[0] ? ", name " : "", info.name);
+    memset(text, 0, sizeof(text));
+    return CM_EXIT_OK;
+}
+
+static int token_list(cli_node *n, cm_err *err)
+{
+    cJSON *list = NULL, *t;
+    int rc = cm_token_list(n->store, &list, err);
+    if (rc != 0)
+        return rc;
+    printf("%-16s %-24s %-6s %-24s %s\n", "ID", "NAME", "SCOPE", "CREATED", "REVOKED");
+    cJSON_ArrayForEach(t, list)
+    {
+        const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(t, "name"));
+        const char *revoked = cJSON_GetStringValue(cJSON_GetObjectItem(t, "revoked"));
+        printf("%-16s %-24s %-6s %-24s %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(t, "id")),
+               name ? name : "-", cJSON_GetStringValue(cJSON_GetObjectItem(t, "scope")),
+               cJSON_GetStringValue(cJSON_GetObjectItem(t, "created")), revoked ? revoked : "-");
+    }
+    cJSON_Delete(list);
+    return 0;
+}
+
+static int cmd_token(int argc, char **argv)
+{
+    data_opts o;
+    cli_node n;
+    cm_err err;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return argc < 2 ? usage_error("token", "%s", "missing subcommand (create, list, revoke)")
+                        : print_help(find_cmd("token"));
+    if (strcmp(argv[1], "create") == 0)
+        return token_create(argc - 1, argv + 1);
+    bool list = strcmp(argv[1], "list") == 0;
+    if (!list && strcmp(argv[1], "revoke") != 0)
+        return usage_error("token", "unknown subcommand '%s' (known: create, list, revoke)",
+                           argv[1]);
+    const char *sub = list ? "token list" : "token revoke";
+    int rc = parse_data_opts(sub, argc - 1, argv + 1, false, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("token"));
+    int left = argc - 1 - optind;
+    if (list ? left != 0 : left != 1)
+        return usage_error(sub, "%s", list ? "unexpected argument" : "give one token ID or NAME");
+    if (node_open(&o, &n, &err) != 0)
+        return fail(sub, &err);
+    rc = list ? token_list(&n, &err) : cm_token_revoke(n.store, n.clock, argv[1 + optind], &err);
+    node_close(&n);
+    if (rc != 0)
+        return fail(sub, &err);
+    if (!list)
+        printf("token %s revoked\n", argv[1 + optind]);
+    return CM_EXIT_OK;
+}
+
 /* ---- dispatch --------------------------------------------------------- */
 
 static int cmd_help(int argc, char **argv);
@@ -679,8 +786,10 @@ static const cli_cmd commands[] = {
     {"serve", "run the node: engine, workflows, plugins, federation",
      "Run the node in the foreground: the workflow engine with its durable timers, the\n"
      "workflow files of the workflows directory (config 'workflows', default DIR/workflows;\n"
-     "SIGHUP reloads them), JSON-lines log on stderr; SIGINT or SIGTERM stop it cleanly\n"
-     "(exit 0). One serving process per data directory.\n\n"
+     "SIGHUP reloads them), the HTTP API (config 'api', default 127.0.0.1:7600,\n"
+     "docs/api.md), JSON-lines log on stderr; SIGINT or SIGTERM stop accepting API\n"
+     "requests, answer those read, and stop cleanly (exit 0). One serving process per\n"
+     "data directory.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "serve --data DIR [--config FILE]", cmd_serve},
@@ -720,6 +829,16 @@ static const cli_cmd commands[] = {
      "  --events N      events per instance (default 25)\n"
      "  --batch N       events per commit (default 256)",
      "bench engine [--instances N] [--events N] [--batch N]", cmd_bench},
+    {"token", "create, list and revoke API bearer tokens",
+     "Bearer tokens for the HTTP API (docs/api.md). 'create' prints the token once on\n"
+     "stdout; only a hash of it is kept. Scopes are ordered: read < write < admin.\n"
+     "Works while the node serves; a revoked token is refused at its next request.\n\n"
+     "  create --scope read|write|admin [--name NAME]   make a token\n"
+     "  list                                          id, name, scope, created, revoked\n"
+     "  revoke ID|NAME                                revoke a token\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "  --config FILE   configuration file (default DIR/caremesh.conf)",
+     "token create --scope SCOPE [--name NAME] | list | revoke ID|NAME  --data DIR", cmd_token},
     {"help", "show the commands, or one command's help",
      "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
 };

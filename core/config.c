@@ -6,6 +6,9 @@
 #include "text.h"
 
 #include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <uv.h>
 #include <zmq.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,6 +22,15 @@ void cm_config_defaults(cm_config *cfg)
     cfg->lua_memory_bytes = (size_t)64 << 20;
     cfg->log_level = CM_LOG_INFO;
     snprintf(cfg->fed_listen, sizeof(cfg->fed_listen), "%s", CM_FED_DEFAULT_LISTEN);
+    /* api */
+    cfg->api.enabled = true;
+    snprintf(cfg->api.host, sizeof(cfg->api.host), "%s", CM_API_DEFAULT_HOST);
+    cfg->api.port = CM_API_DEFAULT_PORT;
+    cfg->api.max_connections = 256;
+    cfg->api.max_header_bytes = 16384;
+    cfg->api.max_body_bytes = 1 << 20;
+    cfg->api.max_pipeline = 64;
+    cfg->api.timeout_ms = 10000;
 }
 
 void cm_config_free(cm_config *cfg)
@@ -180,6 +192,90 @@ static int get_federation(cfg_ctx *cx, const cJSON *sec, cm_config *next)
     return 0;
 }
 
+/* ---- api ---------------------------------------------------------------- */
+
+int cm_config_parse_listen(const char *s, char *host, size_t hostsz, int *port)
+{
+    const char *colon, *h = s;
+    size_t hlen;
+    unsigned char buf[16];
+    if (!s)
+        return CM_EINVAL;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return CM_EINVAL;
+        h = s + 1;
+        hlen = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        if (!(colon = strrchr(s, ':')) || memchr(s, ':', (size_t)(colon - s)))
+            return CM_EINVAL;
+        hlen = (size_t)(colon - s);
+    }
+    if (hlen == 0 || hlen >= hostsz)
+        return CM_EINVAL;
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (!colon[1] || *end || p < 0 || p > 65535)
+        return CM_EINVAL;
+    if (uv_inet_pton(s[0] == '[' ? AF_INET6 : AF_INET, host, buf) != 0)
+        return CM_EINVAL;
+    *port = (int)p;
+    return 0;
+}
+
+static int get_api(cfg_ctx *cx, const cJSON *sec, cm_config *next)
+{
+    static const char *const keys[] = {"enabled",          "listen",         "max_connections",
+                                       "max_header_bytes", "max_body_bytes", "max_pipeline",
+                                       "timeout_ms",       "open_loopback",  NULL};
+    static const struct {
+        const char *key;
+        double lo, hi;
+        size_t off;
+    } nums[] = {
+        {"max_connections", 1, 65536, offsetof(cm_api_config, max_connections)},
+        {"max_header_bytes", 1024, 1 << 20, offsetof(cm_api_config, max_header_bytes)},
+        {"max_body_bytes", 1024, 256 << 20, offsetof(cm_api_config, max_body_bytes)},
+        {"max_pipeline", 1, 1024, offsetof(cm_api_config, max_pipeline)},
+        {"timeout_ms", 100, 3600000, offsetof(cm_api_config, timeout_ms)},
+    };
+    cm_api_config api = next->api;
+    const cJSON *v;
+    int rc;
+    if ((rc = only_keys(cx, sec, "api", keys)) != 0)
+        return rc;
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        int *field = (int *)((char *)&api + nums[i].off);
+        double num = *field;
+        if ((rc = get_int(cx, sec, "api", nums[i].key, nums[i].lo, nums[i].hi, &num)) != 0)
+            return rc;
+        *field = (int)num;
+    }
+    const char *bools[] = {"enabled", "open_loopback"};
+    bool *bfields[] = {&api.enabled, &api.open_loopback};
+    for (int i = 0; i < 2; i++) {
+        if (!(v = cJSON_GetObjectItemCaseSensitive(sec, bools[i])))
+            continue;
+        if (!cJSON_IsBool(v))
+            return cm_err_set(cx->err, CM_ECONFIG, "%s: api.%s: must be true or false", cx->source,
+                              bools[i]);
+        *bfields[i] = cJSON_IsTrue(v);
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(sec, "listen")) &&
+        (!cJSON_IsString(v) ||
+         cm_config_parse_listen(v->valuestring, api.host, sizeof(api.host), &api.port) != 0))
+        return cm_err_set(cx->err, CM_ECONFIG,
+                          "%s: api.listen: must be \"ADDRESS:PORT\" with an IP address "
+                          "(\"127.0.0.1:7600\", \"[::1]:7600\"), port 0 to 65535",
+                          cx->source);
+    next->api = api;
+    return 0;
+}
+
 /* plugins = { { name = "fhir", path = "/usr/lib/caremesh/fhir.so", optional = true,
 ** config = { ... } }, ... } */
 static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
@@ -220,8 +316,8 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
 
 int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err)
 {
-    static const char *const top[] = {"node_id",   "store",      "lua",     "log",
-                                      "workflows", "federation", "plugins", NULL};
+    static const char *const top[] = {"node_id",    "store",   "lua", "log", "workflows",
+                                      "federation", "plugins", "api", NULL};
     static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
     static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
     static const char *const log_keys[] = {"level", NULL};
@@ -287,6 +383,9 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
     if ((sec = cJSON_GetObjectItemCaseSensitive(root, "federation")) &&
         (rc = get_federation(&cx, sec, &next)) != 0)
         return rc;
+    if ((sec = cJSON_GetObjectItemCaseSensitive(root, "api")) &&
+        (rc = get_api(&cx, sec, &next)) != 0)
+        return rc;
     /* last: the only step that allocates, so nothing can fail after it */
     const cJSON *plugins = cJSON_GetObjectItemCaseSensitive(root, "plugins");
     if (plugins && (rc = check_plugins(&cx, plugins)) != 0)
@@ -327,6 +426,11 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
                      "  --   listen = \"tcp://127.0.0.1:7601\",\n"
                      "  --   peers = { { id = \"NODE\", endpoint = \"tcp://HOST:PORT\", "
                      "public_key = \"Z85\" } },\n"
+                     "  -- },\n"
+                     "  -- api = { -- docs/api.md\n"
+                     "  --   listen = \"127.0.0.1:7600\", max_connections = 256,\n"
+                     "  --   max_header_bytes = 16384, max_body_bytes = 1048576,\n"
+                     "  --   max_pipeline = 64, timeout_ms = 10000, open_loopback = false,\n"
                      "  -- },\n"
                      "}\n",
                      cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,

@@ -22,6 +22,23 @@
 #define CM_FED_MAX_PEERS      32
 #define CM_ENDPOINT_MAX       256
 
+/* ---- api: the HTTP API (docs/api.md) ---- */
+#define CM_API_DEFAULT_HOST "127.0.0.1"
+#define CM_API_DEFAULT_PORT 7600
+
+typedef struct cm_api_config {
+    bool enabled;         /* api.enabled, default true */
+    char host[64];        /* api.listen's address (an IP literal) */
+    int port;             /* api.listen's port; 0 picks one (tests) */
+    int max_connections;  /* api.max_connections, default 256 */
+    int max_header_bytes; /* api.max_header_bytes, default 16384 */
+    int max_body_bytes;   /* api.max_body_bytes, default 1 MiB */
+    int max_pipeline;     /* api.max_pipeline, default 64 */
+    int timeout_ms;       /* api.timeout_ms, default 10000 */
+    bool open_loopback;   /* api.open_loopback: /healthz, /readyz, /metrics without a
+                          ** token for loopback clients; default false */
+} cm_api_config;
+
 /* One partner node: federation.peers[i]. */
 typedef struct cm_peer_config {
     char id[129];                   /* the partner's node id */
@@ -42,6 +59,7 @@ typedef struct cm_config {
     char fed_listen[CM_ENDPOINT_MAX]; /* federation.listen, default CM_FED_DEFAULT_LISTEN */
     int fed_npeers;
     cm_peer_config fed_peers[CM_FED_MAX_PEERS]; /* federation.peers */
+    cm_api_config api;                          /* api */
 } cm_config;
 
 void cm_config_defaults(cm_config *cfg);
@@ -55,6 +73,9 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
 
 /* Is s a valid node or record id (1..128 of [A-Za-z0-9._:-])? */
 int cm_config_check_id(const char *what, const char *s, cm_err *err);
+
+/* Parse "HOST:PORT" or "[V6]:PORT" (HOST an IP literal, PORT 0..65535). */
+int cm_config_parse_listen(const char *s, char *host, size_t hostsz, int *port);
 
 /* The text `caremesh init` writes: every option with its default, commented. */
 int cm_config_render(const cm_config *cfg, char *out, size_t outsz);

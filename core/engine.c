@@ -35,6 +35,7 @@ typedef struct work {
     cJSON *data;    /* start input or event payload (an object) */
     cm_ack_cb cb;
     void *ud;
+    uint64_t submitted_ns; /* uv_hrtime() at submission, for the latency histogram */
     struct work *next;
 } work;
 
@@ -92,6 +93,10 @@ struct cm_engine {
     ** neither re-reads nor re-parses them. Slot by hash of the id; a newer
     ** instance displaces an older one, so memory is bounded. */
     inst **cache;
+    /* for the API and /metrics */
+    cm_engine_stats stats;
+    cm_engine_work_hook hook;
+    void *hook_ud;
 };
 
 static void arm_loop(cm_engine *e);
@@ -821,6 +826,10 @@ static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payl
     if (!(sp.ctx = cJSON_Duplicate(in->ctx, true)))
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
+    if (rc == CM_ELUA)
+        e->stats.lua_errors++;
+    else if (rc == CM_EBUDGET || rc == CM_EMEMCAP)
+        e->stats.budget_kills++;
     if (rc == 0) {
         *handled = sp.handled ? STEP_HANDLED : sp.guarded ? STEP_GUARDED : STEP_UNHANDLED;
         if (sp.handled)
@@ -1006,6 +1015,8 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     }
     if (rc == 0)
         cache_put(e, &in); /* a failed step's changes were rolled back: not kept */
+    else
+        e->stats.failed++;
     inst_clear(&in);
     return rc;
 }
@@ -1026,6 +1037,8 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
                                 oc->state, &err);
             sp_end(e, rc == 0); /* a start that fails is refused: nothing is kept */
         }
+        if (rc != 0)
+            e->stats.failed++;
     } else {
         copy_str(oc->instance, sizeof(oc->instance), w->instance);
         rc = deliver(e, 0, w->instance, w->event, w->data, false, 0, oc, &err);
@@ -1123,11 +1136,28 @@ static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
     return rc;
 }
 
-static void tell(outcome *oc)
+static cm_ack ack_of(const outcome *oc)
 {
     cm_ack ack = {oc->status, oc->instance[0] ? oc->instance : NULL,
                   oc->status == 0 || oc->kept ? oc->state : NULL, oc->status ? oc->message : NULL,
                   oc->kept};
+    return ack;
+}
+
+static void count_latency(cm_engine *e, uint64_t submitted_ns)
+{
+    double s = (double)(uv_hrtime() - submitted_ns) / 1e9;
+    e->stats.latency_count++;
+    e->stats.latency_sum += s;
+    for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
+        if (s <= cm_engine_latency_bounds[i])
+            e->stats.latency_le[i]++;
+}
+
+static void tell(cm_engine *e, outcome *oc)
+{
+    cm_ack ack = ack_of(oc);
+    count_latency(e, oc->w->submitted_ns);
     if (oc->w->cb)
         oc->w->cb(oc->w->ud, &ack);
 }
@@ -1157,9 +1187,12 @@ static int run_batch(cm_engine *e, cm_err *err)
         process_work(e, w, &ocs[n++]);
         if (ocs[n - 1].status == CM_EDB)
             break;
+        cm_ack ack = ack_of(&ocs[n - 1]);
+        if (e->hook && (rc = e->hook(e->hook_ud, w->cb, w->ud, &ack, err)) != 0)
+            break;
     }
     int room = e->o.batch_max - n;
-    if (room > 0 && (rc = process_due_timers(e, room, &due_n, err)) == 0) {
+    if (rc == 0 && room > 0 && (rc = process_due_timers(e, room, &due_n, err)) == 0) {
         room -= due_n;
         int ev_n = 0;
         if (room > 0)
@@ -1182,10 +1215,12 @@ static int run_batch(cm_engine *e, cm_err *err)
             ocs[i].kept = false;
             copy_str(ocs[i].message, sizeof(ocs[i].message), err->msg);
         }
-        tell(&ocs[i]);
+        tell(e, &ocs[i]);
         work_free(ocs[i].w);
     }
     free(ocs);
+    if (rc == 0)
+        e->stats.processed += (uint64_t)(n + due_n);
     return rc != 0 ? rc : n + due_n;
 }
 
@@ -1249,6 +1284,7 @@ static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, c
         work_free(w);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
+    w->submitted_ns = uv_hrtime();
     if (e->tail)
         e->tail->next = w;
     else
@@ -1652,4 +1688,20 @@ void cm_engine_detach(cm_engine *e)
     uv_close((uv_handle_t *)&e->idle, on_closed);
     uv_close((uv_handle_t *)&e->check, on_closed);
     uv_close((uv_handle_t *)&e->timer, on_closed);
+}
+
+/* ---- for the API and /metrics ------------------------------------------ */
+
+const double cm_engine_latency_bounds[CM_ENGINE_LATENCY_BUCKETS] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+
+void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out)
+{
+    *out = e->stats;
+}
+
+void cm_engine_set_work_hook(cm_engine *e, cm_engine_work_hook fn, void *ud)
+{
+    e->hook = fn;
+    e->hook_ud = ud;
 }

@@ -186,4 +186,30 @@ void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 int cm_engine_attach(cm_engine *e, uv_loop_t *loop, cm_err *err);
 void cm_engine_detach(cm_engine *e);
 
+/* ---- for the API and /metrics ------------------------------------------ */
+
+/* Cumulative since cm_engine_new. Latency: from cm_engine_start/signal to the
+** submitter's acknowledgement (after the commit), in seconds. */
+#define CM_ENGINE_LATENCY_BUCKETS 12
+extern const double cm_engine_latency_bounds[CM_ENGINE_LATENCY_BUCKETS];
+typedef struct cm_engine_stats {
+    uint64_t processed;    /* submissions, due timers and kept events run in committed batches */
+    uint64_t failed;       /* runs that failed (refused, kept for retry, parked) */
+    uint64_t lua_errors;   /* handler runs that raised */
+    uint64_t budget_kills; /* handler runs stopped by the instruction budget or memory cap */
+    uint64_t latency_count;
+    double latency_sum;
+    uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */
+} cm_engine_stats;
+void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out);
+
+/* Called in the batch's transaction after each submission ran and before the
+** commit, with what its submitter will be told and the cb and ud it gave to
+** start/signal (a hook acts only on submissions whose cb it knows): for writes
+** (an audit entry) that must commit with the change. A non-zero return rolls
+** the whole batch back (every submitter is told). */
+typedef int (*cm_engine_work_hook)(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm_ack *ack,
+                                   cm_err *err);
+void cm_engine_set_work_hook(cm_engine *e, cm_engine_work_hook fn, void *ud);
+
 #endif

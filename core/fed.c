@@ -1018,3 +1018,13 @@ void cm_fed_destroy(cm_fed **fed_p)
     free(fed);
     *fed_p = NULL;
 }
+
+/* ---- for the API and /metrics ---------------------------------------------- */
+
+int cm_fed_peer_up(const cm_fed *fed, const char *peer)
+{
+    for (int i = 0; fed && peer && i < fed->npeers; i++)
+        if (strcmp(fed->peers[i].cfg->id, peer) == 0)
+            return fed->peers[i].up ? 1 : 0;
+    return -1;
+}

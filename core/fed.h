@@ -104,4 +104,8 @@ void cm_fed_stop(cm_fed *fed);
 /* After the loop has run the closes: close the sockets, free, NULL *fed_p. */
 void cm_fed_destroy(cm_fed **fed_p);
 
+/* For the API and /metrics: 1 when our link to peer said hello (up), 0 when
+** it is down, -1 when fed is NULL or peer is not configured. */
+int cm_fed_peer_up(const cm_fed *fed, const char *peer);
+
 #endif

@@ -4,6 +4,7 @@
 */
 #include "serve.h"
 
+#include "api.h"
 #include "engine.h"
 #include "fed.h"
 #include "fs.h"
@@ -33,7 +34,9 @@ typedef struct serve {
     const cm_serve_opts *o;
     cm_engine *engine;
     cm_plugin_host *plugins;
-    cm_fed *fed; /* NULL when federation is not configured */
+    cm_fed *fed;   /* NULL when federation is not configured */
+    cm_api *api;   /* NULL when api.enabled is false */
+    bool draining; /* stopping: the API answers what it has read */
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t notify; /* hands pending notifications to channel plugins */
     int signum;
@@ -111,6 +114,53 @@ static void on_notify_tick(uv_timer_t *h)
         cm_log(CM_LOG_DEBUG, "notify.sent", "%d notification(s) handed to their channels", sent);
 }
 
+static void serve_finish(serve *sv)
+{
+    uv_close((uv_handle_t *)&sv->sigint, NULL);
+    uv_close((uv_handle_t *)&sv->sigterm, NULL);
+    uv_close((uv_handle_t *)&sv->sighup, NULL);
+    uv_close((uv_handle_t *)&sv->notify, NULL);
+    cm_engine_detach(sv->engine); /* the batch in flight has committed: we are between batches */
+    cm_fed_stop(sv->fed);
+}
+
+/* ---- the HTTP API (api.h) ---- */
+
+static void on_api_drained(void *ud)
+{
+    serve *sv = ud;
+    cm_log(CM_LOG_INFO, "api.stopped", "%s", "every API request read was answered");
+    serve_finish(sv);
+}
+
+/* Stop: the API stops accepting and answers what it read (the engine runs on
+** meanwhile, so submissions are committed and acknowledged), then the rest
+** stops. A second signal while draining closes the API's connections. */
+static void serve_stop(serve *sv)
+{
+    if (!sv->api) {
+        serve_finish(sv);
+        return;
+    }
+    if (!sv->draining)
+        cm_log(CM_LOG_INFO, "api.draining", "%s", "no more API requests are accepted");
+    sv->draining = true;
+    cm_api_stop(sv->api, on_api_drained, sv);
+}
+
+static int start_api(serve *sv, uv_loop_t *loop, cm_err *err)
+{
+    cm_api_opts ao = {loop,       sv->o->store, sv->o->model, sv->o->clock,
+                      sv->engine, sv->fed,      sv->o->cfg,   sv->o->node_id};
+    if (!sv->o->cfg->api.enabled) {
+        cm_log(CM_LOG_INFO, "api.off", "%s", "the HTTP API is disabled (api.enabled = false)");
+        return 0;
+    }
+    return cm_api_start(&ao, &sv->api, err);
+}
+
+/* ---- end of the HTTP API ---- */
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     serve *sv = h->data;
@@ -123,12 +173,7 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     sv->signum = signum;
-    uv_close((uv_handle_t *)&sv->sigint, NULL);
-    uv_close((uv_handle_t *)&sv->sigterm, NULL);
-    uv_close((uv_handle_t *)&sv->sighup, NULL);
-    uv_close((uv_handle_t *)&sv->notify, NULL);
-    cm_engine_detach(sv->engine); /* the batch in flight has committed: we are between batches */
-    cm_fed_stop(sv->fed);
+    serve_stop(sv);
 }
 
 /* Federation, when the config has a federation table: the node's key pair
@@ -186,8 +231,9 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
     uv_timer_start(&sv->notify, on_notify_tick, SERVE_NOTIFY_MS, SERVE_NOTIFY_MS);
     if ((rc = start_signals(sv, &loop, err)) == 0 &&
         (rc = cm_engine_attach(sv->engine, &loop, err)) == 0 &&
-        (rc = start_fed(sv, &loop, err)) == 0) {
+        (rc = start_fed(sv, &loop, err)) == 0 && (rc = start_api(sv, &loop, err)) == 0) {
         int refused = load_workflows(sv);
+        cm_api_set_ready(sv->api, true);
         cm_log(CM_LOG_INFO, "serve.ready",
                "node %s serving from %s (schema %d, pid %ld, %d workflow file(s) refused)",
                sv->o->node_id, sv->o->data, cm_store_schema_version(sv->o->store), (long)getpid(),
@@ -204,6 +250,7 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
         uv_close((uv_handle_t *)&sv->notify, NULL);
         cm_engine_detach(sv->engine);
         cm_fed_stop(sv->fed);
+        cm_api_stop(sv->api, NULL, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
     cm_fed_destroy(&sv->fed);
@@ -258,7 +305,8 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     cm_engine_observe(sv.engine, cm_plugin_host_on_engine_event, sv.plugins);
     rc = run_loop(&sv, sb, err);
 done:
-    cm_engine_destroy(&sv.engine);
+    cm_engine_destroy(&sv.engine); /* before the API: it acks what never ran */
+    cm_api_destroy(&sv.api);
     cm_plugin_host_destroy(&sv.plugins);
     cm_lua_runtime_destroy(&rt);
     cm_sandbox_destroy(&sb);

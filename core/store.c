@@ -206,6 +206,16 @@ static const cm_migration migrations[] = {
      "  hash     BLOB NOT NULL\n"
      ");\n"
      "CREATE INDEX audit_by_patient ON audit(patient, seq);\n"},
+    /* API bearer tokens (token.h): only a hash of each secret is kept. */
+    {5, "API tokens",
+     "CREATE TABLE api_token(\n"
+     "  id      TEXT PRIMARY KEY,\n"
+     "  name    TEXT UNIQUE,\n"
+     "  scope   TEXT NOT NULL CHECK (scope = 'read' OR scope = 'write' OR scope = 'admin'),\n"
+     "  hash    BLOB NOT NULL,\n"
+     "  created TEXT NOT NULL,\n"
+     "  revoked TEXT\n"
+     ") WITHOUT ROWID;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

@@ -1,0 +1,1595 @@
+/*
+** api.c -- the HTTP/JSON API: the route table, authentication by scope, the
+** audit of patient data, and one handler per route. See api.h, docs/api.md.
+*/
+#include "api.h"
+
+#include "audit.h"
+#include "http.h"
+#include "log.h"
+#include "text.h"
+#include "token.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define LIST_DEFAULT 100
+#define LIST_MAX     1000
+#define MAX_COUNTERS 256
+#define PURPOSE_MAX  64
+
+enum { SCOPE_OPEN_LOOPBACK = 0 }; /* health routes: a token, unless open to loopback */
+
+typedef struct call call;
+typedef void (*route_fn)(call *c);
+
+typedef struct route {
+    const char *method;
+    const char *pattern; /* "/v1/patients/{}": {} matches one segment */
+    int scope;           /* cm_scope needed, or SCOPE_OPEN_LOOPBACK */
+    route_fn fn;
+    int kind; /* record routes: the cm_kind; -1 otherwise */
+} route;
+
+typedef struct counter {
+    const char *route; /* a pattern (static) or "unmatched" */
+    int status;
+    uint64_t n;
+} counter;
+
+struct cm_api {
+    cm_api_opts o;
+    cm_http_server *http;
+    bool ready, stopping;
+    counter counters[MAX_COUNTERS];
+    int ncounters;
+    void (*done)(void *ud);
+    void *done_ud;
+};
+
+/* One request being handled. */
+struct call {
+    cm_api *api;
+    cm_http_req *req;
+    const route *rt;
+    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
+    int nseg;
+    const char *arg; /* the {} segment of the route, when it has one */
+    cm_http_query q;
+    cm_token_info tok;
+    char purpose[PURPOSE_MAX + 1];
+    cJSON *body;
+    /* engine submissions */
+    char patient[CM_ID_MAX + 1];
+    const char *action;
+    char instance[CM_NAME_MAX];
+};
+
+/* ---- answers ------------------------------------------------------------ */
+
+static void count(cm_api *api, const char *pattern, int status)
+{
+    for (int i = 0; i < api->ncounters; i++)
+        if (api->counters[i].route == pattern && api->counters[i].status == status) {
+            api->counters[i].n++;
+            return;
+        }
+    if (api->ncounters < MAX_COUNTERS)
+        api->counters[api->ncounters++] = (counter){pattern, status, 1};
+}
+
+static void call_free(call *c)
+{
+    cm_http_query_free(&c->q);
+    cJSON_Delete(c->body);
+    free(c);
+}
+
+static void reply_text(call *c, int status, const char *ctype, const char *text, size_t len)
+{
+    count(c->api, c->rt ? c->rt->pattern : "unmatched", status);
+    cm_http_respond(c->req, status, ctype, text, len);
+    call_free(c);
+}
+
+/* Answer with doc (consumed). */
+static void reply_json(call *c, int status, cJSON *doc)
+{
+    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
+    cJSON_Delete(doc);
+    if (!text) {
+        static const char oom[] =
+            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
+        reply_text(c, 503, NULL, oom, sizeof(oom) - 1);
+        return;
+    }
+    reply_text(c, status, NULL, text, strlen(text));
+    free(text);
+}
+
+static void reply_error(call *c, int status, const char *code, const char *field, const char *fmt,
+                        ...) __attribute__((format(printf, 5, 6)));
+
+static void reply_error(call *c, int status, const char *code, const char *field, const char *fmt,
+                        ...)
+{
+    char msg[CM_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    cJSON *doc = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(doc, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", msg);
+    if (field && *field)
+        cJSON_AddStringToObject(e, "field", field);
+    reply_json(c, status, doc);
+}
+
+/* The field a message names: "patient.birthDate: ..." -> "birthDate" (the
+** record kind's prefix dropped), "input.from: ..." -> "input.from". */
+static void field_of(const char *msg, const char *kind, char *out, size_t outsz)
+{
+    size_t klen = kind ? strlen(kind) : 0;
+    const char *colon = strstr(msg, ": ");
+    out[0] = '\0';
+    if (!colon)
+        return;
+    if (kind && strncmp(msg, kind, klen) == 0 && msg[klen] == '.')
+        msg += klen + 1;
+    size_t n = colon > msg ? (size_t)(colon - msg) : 0;
+    if (n == 0 || n >= outsz)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (!cm_id_char(msg[i]) && msg[i] != '[' && msg[i] != ']')
+            return;
+    if (kind && n == klen && strncmp(msg, kind, klen) == 0)
+        return; /* "patient: ..." names the record, not a field */
+    memcpy(out, msg, n);
+    out[n] = '\0';
+}
+
+/* Answer a cm_err: status and code by the error's kind. */
+static void reply_err(call *c, const cm_err *err, const char *kind)
+{
+    char field[128];
+    int status = 500;
+    const char *code = "internal";
+    field_of(err->msg, kind, field, sizeof(field));
+    switch (err->code) {
+    case CM_EINVAL:
+        status = 422;
+        code = strstr(err->msg, "unknown field") ? "unknown_field" : "invalid";
+        break;
+    case CM_ENOTFOUND:
+        status = 404;
+        code = "not_found";
+        break;
+    case CM_EEXISTS:
+        status = 409;
+        code = "exists";
+        break;
+    case CM_EREF:
+        status = 422;
+        code = "missing_reference";
+        break;
+    case CM_EPERM:
+        status = 403;
+        code = "forbidden";
+        break;
+    case CM_ELUA:
+    case CM_EBUDGET:
+    case CM_EMEMCAP:
+        status = 422;
+        code = "handler_failed";
+        break;
+    case CM_EDB:
+    case CM_ENOMEM:
+    case CM_EIO:
+        status = 503;
+        code = "unavailable";
+        break;
+    default:
+        break;
+    }
+    if (status >= 500)
+        cm_log(CM_LOG_ERROR, "api.error", "%s %s: %s", cm_http_req_method(c->req),
+               c->rt ? c->rt->pattern : "-", err->msg);
+    reply_error(c, status, code, field, "%s", err->msg);
+}
+
+/* ---- input -------------------------------------------------------------- */
+
+/* Only the listed query parameters (NULL-terminated, plus extra if given). */
+static bool check_params(call *c, const char *const *allowed, const char *const *extra)
+{
+    for (int i = 0; i < c->q.n; i++) {
+        bool ok = false;
+        for (const char *const *a = allowed; a && *a && !ok; a++)
+            ok = strcmp(*a, c->q.p[i].name) == 0;
+        for (const char *const *a = extra; a && *a && !ok; a++)
+            ok = strcmp(*a, c->q.p[i].name) == 0;
+        if (!ok) {
+            char list[512] = "";
+            for (int pass = 0; pass < 2; pass++)
+                for (const char *const *a = pass ? extra : allowed; a && *a; a++)
+                    snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                             list[0] ? ", " : "", *a);
+            reply_error(c, 400, "unknown_parameter", c->q.p[i].name,
+                        "unknown query parameter \"%.64s\" (allowed: %s)", c->q.p[i].name,
+                        list[0] ? list : "none");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* limit=1..1000 (default 100). */
+static bool get_limit(call *c, int *limit)
+{
+    const char *v = cm_http_query_get(&c->q, "limit");
+    char *end;
+    *limit = LIST_DEFAULT;
+    if (!v)
+        return true;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || n < 1 || n > LIST_MAX) {
+        reply_error(c, 400, "invalid_parameter", "limit",
+                    "limit: must be a whole number from 1 to %d", LIST_MAX);
+        return false;
+    }
+    *limit = (int)n;
+    return true;
+}
+
+/* A cursor that is a sequence number (instances, audit, failed events). */
+static bool get_seq_cursor(call *c, long long *after)
+{
+    const char *v = cm_http_query_get(&c->q, "cursor");
+    char *end;
+    *after = 0;
+    if (!v)
+        return true;
+    long long n = strtoll(v, &end, 10);
+    if (!*v || *end || n < 0) {
+        reply_error(c, 400, "invalid_parameter", "cursor",
+                    "cursor: not a cursor this list gave (expected the next_cursor of a page)");
+        return false;
+    }
+    *after = n;
+    return true;
+}
+
+/* The body as a JSON object. */
+static bool parse_body(call *c)
+{
+    size_t len;
+    const char *text = cm_http_req_body(c->req, &len);
+    const char *ctype = cm_http_req_header(c->req, "Content-Type");
+    const char *end = NULL;
+    if (len == 0) {
+        reply_error(c, 400, "missing_body", NULL, "this request needs a JSON object as its body");
+        return false;
+    }
+    if (!ctype || (strncasecmp(ctype, "application/json", 16) != 0 &&
+                   strncasecmp(ctype, "application/merge-patch+json", 28) != 0)) {
+        reply_error(c, 415, "unsupported_media_type", NULL,
+                    "the body must be sent as Content-Type: application/json (got %.64s)",
+                    ctype ? ctype : "none");
+        return false;
+    }
+    if (!cm_utf8_valid(text, len) || strlen(text) != len) {
+        reply_error(c, 400, "malformed_json", NULL, "the body is not UTF-8 text");
+        return false;
+    }
+    c->body = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    while (c->body && end && end < text + len && strchr(" \t\r\n", *end))
+        end++;
+    if (c->body && end != text + len) {
+        cJSON_Delete(c->body);
+        c->body = NULL;
+    }
+    if (!c->body) {
+        size_t at = end && end >= text ? (size_t)(end - text) : 0;
+        reply_error(c, 400, "malformed_json", NULL, "the body is not valid JSON (at byte %zu)", at);
+        return false;
+    }
+    if (!cJSON_IsObject(c->body)) {
+        reply_error(c, 422, "invalid", NULL, "the body must be a JSON object");
+        return false;
+    }
+    return true;
+}
+
+/* The body has only these members, each of the JSON type asked for. */
+typedef struct member {
+    const char *name;
+    int type; /* cJSON_String, cJSON_Object */
+    bool required;
+} member;
+
+static bool check_members(call *c, const member *m)
+{
+    const cJSON *it;
+    cJSON_ArrayForEach(it, c->body)
+    {
+        const member *k = m;
+        while (k->name && strcmp(k->name, it->string) != 0)
+            k++;
+        if (!k->name) {
+            reply_error(c, 422, "unknown_field", it->string, "%.64s: unknown field", it->string);
+            return false;
+        }
+        if ((it->type & 0xff) != k->type) {
+            reply_error(c, 422, "invalid", k->name, "%s: must be %s", k->name,
+                        k->type == cJSON_String ? "a string" : "an object");
+            return false;
+        }
+    }
+    for (; m->name; m++)
+        if (m->required && !cJSON_GetObjectItemCaseSensitive(c->body, m->name)) {
+            reply_error(c, 422, "invalid", m->name, "%s: required", m->name);
+            return false;
+        }
+    return true;
+}
+
+static const char *body_str(call *c, const char *name)
+{
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c->body, name));
+}
+
+/* ---- the audit ------------------------------------------------------------ */
+
+/* The patient a record is about (NULL when none). */
+static const char *record_patient(int kind, const cJSON *doc)
+{
+    const char *key = kind == CM_KIND_PATIENT ? "id" : "patient";
+    if (kind == CM_KIND_ORGANIZATION || kind == CM_KIND_PROVIDER || kind == CM_KIND_PARTNERSHIP)
+        return NULL;
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, key));
+}
+
+static const char *kind_classes(int kind, const cJSON *doc, char *buf, size_t bufsz)
+{
+    switch (kind) {
+    case CM_KIND_PATIENT:
+        snprintf(buf, bufsz, "demographics%s%s",
+                 cJSON_HasObjectItem(doc, "phone") || cJSON_HasObjectItem(doc, "email") ||
+                         cJSON_HasObjectItem(doc, "address")
+                     ? ",contact"
+                     : "",
+                 cJSON_HasObjectItem(doc, "conditions") ? ",conditions" : "");
+        return buf;
+    case CM_KIND_CONSENT:
+        return "consent";
+    case CM_KIND_CARE_TEAM:
+        return "care_team";
+    case CM_KIND_TASK:
+        return "tasks";
+    case CM_KIND_IMMUNIZATION:
+        return "immunizations";
+    default:
+        return "workflow";
+    }
+}
+
+static int audit(call *c, const char *action, const char *patient, const char *classes,
+                 const char *outcome, cm_err *err)
+{
+    char detail[CM_HTTP_SEGMENT_MAX + 32];
+    snprintf(detail, sizeof(detail), "api %s %.200s", cm_http_req_method(c->req),
+             cm_http_req_path(c->req));
+    cm_audit_entry e = {c->tok.actor, action, patient, classes, c->purpose, outcome, detail};
+    return cm_audit_append(c->api->o.store, c->api->o.clock, &e, err);
+}
+
+/* One read entry per record about a patient in docs (an array or one
+** record), in one transaction. No entry, no answer. */
+static int audit_reads(call *c, int kind, const cJSON *docs, const char *action, cm_err *err)
+{
+    cm_store *store = c->api->o.store;
+    const cJSON *one = cJSON_IsArray(docs) ? docs->child : docs;
+    bool any = false;
+    for (const cJSON *d = one; d && !any; d = cJSON_IsArray(docs) ? d->next : NULL)
+        any = kind < 0 ? cJSON_IsString(cJSON_GetObjectItemCaseSensitive(d, "patient"))
+                       : record_patient(kind, d) != NULL;
+    if (!any)
+        return 0;
+    int rc = cm_store_begin(store, err);
+    for (const cJSON *d = one; d && rc == 0; d = cJSON_IsArray(docs) ? d->next : NULL) {
+        char classes[64];
+        const char *p = kind < 0
+                            ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "patient"))
+                            : record_patient(kind, d);
+        if (p)
+            rc = audit(c, action, p, kind_classes(kind, d, classes, sizeof(classes)), "ok", err);
+    }
+    if (rc == 0)
+        return cm_store_commit(store, err);
+    cm_store_rollback(store);
+    return rc;
+}
+
+/* ---- authentication ------------------------------------------------------ */
+
+static bool authenticate(call *c)
+{
+    const char *h = cm_http_req_header(c->req, "Authorization");
+    cm_err err;
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+        reply_error(c, 401, "unauthorized", NULL,
+                    "%s: send \"Authorization: Bearer TOKEN\" (caremesh token create)",
+                    h ? "not a bearer token" : "no token");
+        return false;
+    }
+    const char *t = h + 7;
+    while (*t == ' ')
+        t++;
+    int rc = cm_token_check(c->api->o.store, t, &c->tok, &err);
+    if (rc == CM_EPERM) {
+        reply_error(c, 401, "unauthorized", NULL, "%s", err.msg);
+        return false;
+    }
+    if (rc != 0) {
+        reply_err(c, &err, NULL);
+        return false;
+    }
+    if ((int)c->tok.scope < c->rt->scope) {
+        reply_error(c, 403, "forbidden", NULL, "this route needs a token of scope %s; %s is %s",
+                    cm_scope_name((cm_scope)c->rt->scope), c->tok.actor,
+                    cm_scope_name(c->tok.scope));
+        return false;
+    }
+    const char *purpose = cm_http_req_header(c->req, "X-Purpose");
+    if (purpose && (strlen(purpose) > PURPOSE_MAX || cm_id_check(purpose) != 0)) {
+        reply_error(c, 400, "invalid_header", "X-Purpose",
+                    "X-Purpose: use 1 to %d letters, digits, . _ : -", PURPOSE_MAX);
+        return false;
+    }
+    snprintf(c->purpose, sizeof(c->purpose), "%s", purpose ? purpose : "");
+    return true;
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+static void h_record_list(call *c)
+{
+    static const char *const paging[] = {"limit", "cursor", NULL};
+    int kind = c->rt->kind, limit;
+    cJSON *filter = NULL, *items = NULL;
+    cm_err err;
+    if (!check_params(c, paging, cm_model_find_keys((cm_kind)kind)) || !get_limit(c, &limit))
+        return;
+    if (!(filter = cJSON_CreateObject()))
+        goto oom;
+    for (int i = 0; i < c->q.n; i++)
+        if (strcmp(c->q.p[i].name, "limit") != 0 && strcmp(c->q.p[i].name, "cursor") != 0 &&
+            !cJSON_AddStringToObject(filter, c->q.p[i].name, c->q.p[i].value))
+            goto oom;
+    int rc = cm_model_find(c->api->o.model, (cm_kind)kind, filter,
+                           cm_http_query_get(&c->q, "cursor"), limit, &items, &err);
+    cJSON_Delete(filter);
+    filter = NULL;
+    if (rc == 0) {
+        char action[64];
+        snprintf(action, sizeof(action), "%s.read", cm_kind_name((cm_kind)kind));
+        rc = audit_reads(c, kind, items, action, &err);
+    }
+    if (rc != 0) {
+        cJSON_Delete(items);
+        reply_err(c, &err, NULL);
+        return;
+    }
+    int n = cJSON_GetArraySize(items);
+    cJSON *doc = cJSON_CreateObject(), *last = n == limit ? cJSON_GetArrayItem(items, n - 1) : NULL;
+    if (!doc) {
+        cJSON_Delete(items);
+        goto oom;
+    }
+    cJSON_AddItemToObject(doc, "items", items);
+    const char *next = last ? cJSON_GetStringValue(cJSON_GetObjectItem(last, "id")) : NULL;
+    next ? cJSON_AddStringToObject(doc, "next_cursor", next)
+         : cJSON_AddNullToObject(doc, "next_cursor");
+    reply_json(c, 200, doc);
+    return;
+oom:
+    cJSON_Delete(filter);
+    reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+}
+
+static void h_record_get(call *c)
+{
+    int kind = c->rt->kind;
+    cJSON *doc = NULL;
+    cm_err err;
+    char action[64];
+    if (!check_params(c, NULL, NULL))
+        return;
+    snprintf(action, sizeof(action), "%s.read", cm_kind_name((cm_kind)kind));
+    int rc = cm_model_get(c->api->o.model, (cm_kind)kind, c->arg, &doc, &err);
+    if (rc == 0)
+        rc = audit_reads(c, kind, doc, action, &err);
+    if (rc != 0) {
+        cJSON_Delete(doc);
+        reply_err(c, &err, cm_kind_name((cm_kind)kind));
+        return;
+    }
+    reply_json(c, 200, doc);
+}
+
+/* Create (id NULL) or merge-patch record id, with its audit entry in the
+** same transaction; a refused change of patient data is audited as refused. */
+static void record_write(call *c, int kind, const char *id, const cJSON *doc, const char *verb,
+                         int ok_status)
+{
+    cm_store *store = c->api->o.store;
+    cJSON *out = NULL;
+    cm_err err;
+    char action[64], classes[64];
+    const char *kname = cm_kind_name((cm_kind)kind);
+    const char *patient = kind == CM_KIND_PATIENT && id ? id : record_patient(kind, doc);
+    snprintf(action, sizeof(action), "%s.%s", kname, verb);
+    int rc = cm_store_begin(store, &err);
+    if (rc == 0)
+        rc = id ? cm_model_update(c->api->o.model, (cm_kind)kind, id, doc, &out, &err)
+                : cm_model_create(c->api->o.model, (cm_kind)kind, doc, &out, &err);
+    if (rc == 0 && (patient = out ? record_patient(kind, out) : patient))
+        rc = audit(c, action, patient, kind_classes(kind, out, classes, sizeof(classes)), "ok",
+                   &err);
+    if (rc == 0)
+        rc = cm_store_commit(store, &err);
+    else
+        cm_store_rollback(store);
+    if (rc != 0) {
+        cm_err aerr;
+        if (patient && cm_id_check(patient) == 0 && rc != CM_EDB &&
+            audit(c, action, patient, kind_classes(kind, doc, classes, sizeof(classes)), "refused",
+                  &aerr) != 0)
+            cm_log(CM_LOG_ERROR, "api.audit", "audit of a refused write: %s", aerr.msg);
+        cJSON_Delete(out);
+        reply_err(c, &err, kname);
+        return;
+    }
+    reply_json(c, ok_status, out);
+}
+
+static void h_record_create(call *c)
+{
+    if (check_params(c, NULL, NULL) && parse_body(c))
+        record_write(c, c->rt->kind, NULL, c->body, "create", 201);
+}
+
+static void h_record_update(call *c)
+{
+    if (check_params(c, NULL, NULL) && parse_body(c))
+        record_write(c, c->rt->kind, c->arg, c->body, "update", 200);
+}
+
+/* POST /v1/tasks/{id}/complete {"note": "..."}: status completed. */
+static void h_task_complete(call *c)
+{
+    static const member m[] = {{"note", cJSON_String, false}, {NULL, 0, false}};
+    size_t len;
+    cm_http_req_body(c->req, &len);
+    if (!check_params(c, NULL, NULL))
+        return;
+    if (len > 0 && (!parse_body(c) || !check_members(c, m)))
+        return;
+    cJSON *patch = cJSON_CreateObject();
+    const char *note = c->body ? body_str(c, "note") : NULL;
+    if (!patch || !cJSON_AddStringToObject(patch, "status", "completed") ||
+        (note && !cJSON_AddStringToObject(patch, "note", note))) {
+        cJSON_Delete(patch);
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    record_write(c, CM_KIND_TASK, c->arg, patch, "complete", 200);
+    cJSON_Delete(patch);
+}
+
+/* ---- workflows ----------------------------------------------------------- */
+
+static void h_workflows(call *c)
+{
+    cm_store *store = c->api->o.store;
+    cm_err err;
+    if (!check_params(c, NULL, NULL))
+        return;
+    sqlite3_stmt *st = cm_store_prepare(store,
+                                        "SELECT name, rev, version, origin, loaded_at FROM "
+                                        "workflow_def WHERE ?1 IS NULL OR name = ?1 "
+                                        "ORDER BY name, rev",
+                                        &err);
+    if (!st) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    if (c->arg)
+        sqlite3_bind_text(st, 1, c->arg, -1, SQLITE_STATIC);
+    cJSON *items = cJSON_CreateArray(), *wf = NULL, *revs = NULL;
+    int s;
+    while (items && (s = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        if (!wf || strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(wf, "name")), name) != 0) {
+            wf = cJSON_CreateObject();
+            cJSON_AddItemToArray(items, wf);
+            cJSON_AddStringToObject(wf, "name", name);
+            revs = cJSON_AddArrayToObject(wf, "revisions");
+        }
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddItemToArray(revs, r);
+        cJSON_AddNumberToObject(r, "rev", sqlite3_column_int(st, 1));
+        cJSON_AddNumberToObject(r, "version", sqlite3_column_int(st, 2));
+        cJSON_AddStringToObject(r, "origin", (const char *)sqlite3_column_text(st, 3));
+        cJSON_AddStringToObject(r, "loaded_at", (const char *)sqlite3_column_text(st, 4));
+        cJSON_DeleteItemFromObject(wf, "current_rev");
+        cJSON_AddNumberToObject(wf, "current_rev", sqlite3_column_int(st, 1));
+        cJSON_DeleteItemFromObject(wf, "version");
+        cJSON_AddNumberToObject(wf, "version", sqlite3_column_int(st, 2));
+    }
+    sqlite3_reset(st);
+    if (!items) {
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    if (c->arg) {
+        cJSON *one = cJSON_DetachItemFromArray(items, 0);
+        cJSON_Delete(items);
+        if (!one)
+            reply_error(c, 404, "not_found", NULL, "no workflow named \"%.128s\" is loaded",
+                        c->arg);
+        else
+            reply_json(c, 200, one);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "items", items);
+    reply_json(c, 200, doc);
+}
+
+/* ---- instances ----------------------------------------------------------- */
+
+static void h_instance_list(call *c)
+{
+    static const char *const params[] = {"workflow", "state",  "status", "patient",
+                                         "limit",    "cursor", NULL};
+    static const char *const cols[] = {"workflow", "state", "status", "patient"};
+    static const char *const names[] = {"id",     "workflow", "rev",     "state",
+                                        "status", "patient",  "created", "updated"};
+    long long after;
+    int limit, s;
+    cm_err err;
+    if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
+        return;
+    sqlite3_stmt *st = cm_store_prepare(
+        c->api->o.store,
+        "SELECT seq, id, workflow, rev, state, status, json_extract(input, '$.patient'), created, "
+        "updated FROM instance WHERE seq > ?1 AND (?2 IS NULL OR workflow = ?2) AND "
+        "(?3 IS NULL OR state = ?3) AND (?4 IS NULL OR status = ?4) AND "
+        "(?5 IS NULL OR json_extract(input, '$.patient') = ?5) ORDER BY seq LIMIT ?6",
+        &err);
+    if (!st) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    sqlite3_bind_int64(st, 1, after);
+    for (int i = 0; i < 4; i++) {
+        const char *v = cm_http_query_get(&c->q, cols[i]);
+        if (v)
+            sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_int(st, 6, limit);
+    cJSON *items = cJSON_CreateArray();
+    long long last = 0;
+    int n = 0;
+    while (items && (s = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddItemToArray(items, row);
+        last = sqlite3_column_int64(st, 0);
+        n++;
+        for (int i = 0; i < 8; i++) {
+            if (sqlite3_column_type(st, i + 1) == SQLITE_NULL)
+                cJSON_AddNullToObject(row, names[i]);
+            else if (i == 2)
+                cJSON_AddNumberToObject(row, names[i], sqlite3_column_int(st, i + 1));
+            else
+                cJSON_AddStringToObject(row, names[i],
+                                        (const char *)sqlite3_column_text(st, i + 1));
+        }
+    }
+    sqlite3_reset(st);
+    if (!items) {
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    if (audit_reads(c, -1, items, "instance.read", &err) != 0) {
+        cJSON_Delete(items);
+        reply_err(c, &err, NULL);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "items", items);
+    if (n == limit) {
+        char cur[32];
+        snprintf(cur, sizeof(cur), "%lld", last);
+        cJSON_AddStringToObject(doc, "next_cursor", cur);
+    } else {
+        cJSON_AddNullToObject(doc, "next_cursor");
+    }
+    reply_json(c, 200, doc);
+}
+
+/* The instance's patient, if its input names one (for the audit). */
+static const char *instance_patient(const cJSON *inst)
+{
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(inst, "input");
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient"));
+}
+
+static void instance_view(call *c, bool history_only)
+{
+    cJSON *doc = NULL;
+    cm_err err;
+    if (!check_params(c, NULL, NULL))
+        return;
+    int rc = cm_engine_get(c->api->o.engine, c->arg, &doc, &err);
+    const char *patient = rc == 0 ? instance_patient(doc) : NULL;
+    if (rc == 0 && patient) {
+        cJSON *one = cJSON_CreateObject();
+        cJSON_AddStringToObject(one, "patient", patient);
+        rc = one ? audit_reads(c, -1, one, "instance.read", &err) : CM_ENOMEM;
+        cJSON_Delete(one);
+    }
+    if (rc != 0) {
+        cJSON_Delete(doc);
+        reply_err(c, &err, NULL);
+        return;
+    }
+    if (history_only) {
+        cJSON *h = cJSON_DetachItemFromObject(doc, "history"), *out = cJSON_CreateObject();
+        cJSON_AddStringToObject(out, "instance", c->arg);
+        cJSON_AddItemToObject(out, "items", h);
+        cJSON_Delete(doc);
+        doc = out;
+    }
+    reply_json(c, 200, doc);
+}
+
+static void h_instance_get(call *c)
+{
+    instance_view(c, false);
+}
+
+static void h_instance_history(call *c)
+{
+    instance_view(c, true);
+}
+
+/* The engine acknowledged a submission: the batch holding it committed. */
+static void on_engine_ack(void *ud, const cm_ack *ack)
+{
+    call *c = ud;
+    cm_err err;
+    if (ack->status != 0 && ack->kept) {
+        cJSON *doc = cJSON_CreateObject(), *e;
+        cJSON_AddStringToObject(doc, "instance", ack->instance ? ack->instance : "");
+        ack->state ? cJSON_AddStringToObject(doc, "state", ack->state) : NULL;
+        cJSON_AddFalseToObject(doc, "applied");
+        cJSON_AddTrueToObject(doc, "kept");
+        e = cJSON_AddObjectToObject(doc, "error");
+        cJSON_AddStringToObject(e, "code", "handler_failed");
+        cJSON_AddStringToObject(e, "message", ack->message ? ack->message : "");
+        reply_json(c, 202, doc);
+        return;
+    }
+    if (ack->status != 0) {
+        cm_err_set(&err, ack->status, "%s", ack->message ? ack->message : "refused");
+        reply_err(c, &err, NULL);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddStringToObject(doc, "instance", ack->instance ? ack->instance : "");
+    cJSON_AddStringToObject(doc, "state", ack->state ? ack->state : "");
+    if (ack->kept)
+        cJSON_AddTrueToObject(doc, "held"); /* paused: kept until resume */
+    reply_json(c, ack->kept ? 202 : strcmp(c->action, "instance.start") == 0 ? 201 : 200, doc);
+}
+
+/* In the batch's transaction: the audit entry of an API submission. */
+static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm_ack *ack,
+                          cm_err *err)
+{
+    call *c = submit_ud;
+    char patient[CM_ID_MAX + 1];
+    if (cb != on_engine_ack)
+        return 0;
+    snprintf(patient, sizeof(patient), "%s", c->patient);
+    if (!patient[0] && ack->instance) { /* a signal: the instance's patient */
+        sqlite3_stmt *st = cm_store_prepare(
+            c->api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1",
+            err);
+        if (!st)
+            return err->code;
+        sqlite3_bind_text(st, 1, ack->instance, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
+            snprintf(patient, sizeof(patient), "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_reset(st);
+    }
+    if (!patient[0])
+        return 0;
+    return audit(c, c->action, patient, "workflow",
+                 ack->status == 0 ? "ok"
+                 : ack->kept      ? "error"
+                                  : "refused",
+                 err);
+}
+
+static void h_instance_start(call *c)
+{
+    static const member m[] = {{"workflow", cJSON_String, true},
+                               {"input", cJSON_Object, false},
+                               {"id", cJSON_String, false},
+                               {NULL, 0, false}};
+    cm_err err;
+    if (!check_params(c, NULL, NULL) || !parse_body(c) || !check_members(c, m))
+        return;
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(c->body, "input");
+    const char *patient = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient"));
+    snprintf(c->patient, sizeof(c->patient), "%s",
+             patient && cm_id_check(patient) == 0 ? patient : "");
+    c->action = "instance.start";
+    if (cm_engine_start(c->api->o.engine, body_str(c, "workflow"), input, body_str(c, "id"),
+                        on_engine_ack, c, &err) != 0)
+        reply_err(c, &err, NULL);
+}
+
+static void h_instance_signal(call *c)
+{
+    static const member m[] = {
+        {"event", cJSON_String, true}, {"payload", cJSON_Object, false}, {NULL, 0, false}};
+    cm_err err;
+    if (!check_params(c, NULL, NULL) || !parse_body(c) || !check_members(c, m))
+        return;
+    c->action = "instance.signal";
+    if (cm_engine_signal(c->api->o.engine, c->arg, body_str(c, "event"),
+                         cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack, c,
+                         &err) != 0)
+        reply_err(c, &err, NULL);
+}
+
+/* pause, resume, cancel: operator actions, each its own transaction. */
+static void instance_action(call *c, const char *verb)
+{
+    static const member m[] = {{"reason", cJSON_String, false}, {NULL, 0, false}};
+    cm_engine *e = c->api->o.engine;
+    cJSON *doc = NULL;
+    cm_err err;
+    size_t len;
+    int rc;
+    char action[32];
+    cm_http_req_body(c->req, &len);
+    if (!check_params(c, NULL, NULL) || (len > 0 && (!parse_body(c) || !check_members(c, m))))
+        return;
+    if (verb[0] == 'p')
+        rc = cm_engine_pause(e, c->arg, &err);
+    else if (verb[0] == 'r')
+        rc = cm_engine_resume(e, c->arg, &err);
+    else
+        rc = cm_engine_cancel(e, c->arg, c->body ? body_str(c, "reason") : NULL, &err);
+    if (rc == CM_EINVAL) {
+        reply_error(c, 409, "wrong_state", NULL, "%s", err.msg);
+        return;
+    }
+    if (rc == 0)
+        rc = cm_engine_get(e, c->arg, &doc, &err);
+    const char *patient = rc == 0 ? instance_patient(doc) : NULL;
+    snprintf(action, sizeof(action), "instance.%s", verb);
+    if (rc == 0 && patient)
+        rc = audit(c, action, patient, "workflow", "ok", &err);
+    if (rc != 0) {
+        cJSON_Delete(doc);
+        reply_err(c, &err, NULL);
+        return;
+    }
+    cJSON *out = cJSON_CreateObject();
+    cJSON_AddStringToObject(out, "instance", c->arg);
+    cJSON_AddItemReferenceToObject(out, "state", cJSON_GetObjectItem(doc, "state"));
+    cJSON_AddItemReferenceToObject(out, "status", cJSON_GetObjectItem(doc, "status"));
+    char *text = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    cJSON_Delete(doc);
+    if (!text) {
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    reply_text(c, 200, NULL, text, strlen(text));
+    free(text);
+}
+
+static void h_instance_pause(call *c)
+{
+    instance_action(c, "pause");
+}
+
+static void h_instance_resume(call *c)
+{
+    instance_action(c, "resume");
+}
+
+static void h_instance_cancel(call *c)
+{
+    instance_action(c, "cancel");
+}
+
+/* ---- failed events ------------------------------------------------------- */
+
+static void h_failed_list(call *c)
+{
+    static const char *const params[] = {"limit", "cursor", NULL};
+    long long after;
+    int limit, n = 0;
+    cJSON *all = NULL;
+    cm_err err;
+    if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
+        return;
+    if (cm_engine_failed(c->api->o.engine, &all, &err) != 0) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    cJSON *items = cJSON_CreateArray(), *it = all->child, *next;
+    double last = 0;
+    for (; it; it = next) {
+        next = it->next;
+        double seq = cJSON_GetNumberValue(cJSON_GetObjectItem(it, "seq"));
+        if (seq <= (double)after || n == limit)
+            continue;
+        cJSON_AddItemToArray(items, cJSON_DetachItemViaPointer(all, it));
+        last = seq;
+        n++;
+    }
+    cJSON_Delete(all);
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "items", items);
+    if (n == limit) {
+        char cur[32];
+        snprintf(cur, sizeof(cur), "%.0f", last);
+        cJSON_AddStringToObject(doc, "next_cursor", cur);
+    } else {
+        cJSON_AddNullToObject(doc, "next_cursor");
+    }
+    reply_json(c, 200, doc);
+}
+
+static void failed_action(call *c, bool retry)
+{
+    char *end;
+    cm_err err;
+    long long seq = strtoll(c->arg, &end, 10);
+    if (!check_params(c, NULL, NULL))
+        return;
+    if (!*c->arg || *end || seq < 1 || seq > LONG_MAX) {
+        reply_error(c, 400, "invalid_parameter", "seq",
+                    "\"%.64s\" is not a failed event's seq (a positive whole number)", c->arg);
+        return;
+    }
+    int rc = retry ? cm_engine_retry_event(c->api->o.engine, (long)seq, &err)
+                   : cm_engine_discard_event(c->api->o.engine, (long)seq, &err);
+    if (rc != 0) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddNumberToObject(doc, "seq", (double)seq);
+    cJSON_AddStringToObject(doc, "result", retry ? "retrying" : "discarded");
+    reply_json(c, 200, doc);
+}
+
+static void h_failed_retry(call *c)
+{
+    failed_action(c, true);
+}
+
+static void h_failed_discard(call *c)
+{
+    failed_action(c, false);
+}
+
+/* ---- peers, KPIs ------------------------------------------------------------ */
+
+/* Pending outbox rows for peer (routed to it, or for an organization it
+** hosts) and the age in seconds of the oldest (-1 when none). */
+static int peer_depth(cm_api *api, const char *peer, long *depth, double *age, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        api->o.store,
+        "SELECT count(*), min(o.created) FROM outbox o "
+        "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
+        "WHERE o.status = 'pending' AND coalesce(o.peer, json_extract(r.doc, '$.node')) = ?1",
+        err);
+    int64_t ms;
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(api->o.store, err, "outbox");
+    *depth = 0;
+    *age = -1;
+    if (rc == 0) {
+        *depth = (long)sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 1) == SQLITE_TEXT &&
+            cm_time_parse((const char *)sqlite3_column_text(st, 1), &ms))
+            *age = (double)(cm_clock_now_ms(api->o.clock) - ms) / 1000.0;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+static void h_peers(call *c)
+{
+    const cm_config *cfg = c->api->o.cfg;
+    cm_err err;
+    if (!check_params(c, NULL, NULL))
+        return;
+    cJSON *doc = cJSON_CreateObject(), *items = cJSON_AddArrayToObject(doc, "items");
+    cJSON_AddBoolToObject(doc, "federation", cfg->fed_enabled);
+    for (int i = 0; i < cfg->fed_npeers; i++) {
+        const cm_peer_config *p = &cfg->fed_peers[i];
+        long depth;
+        double age;
+        if (peer_depth(c->api, p->id, &depth, &age, &err) != 0) {
+            cJSON_Delete(doc);
+            reply_err(c, &err, NULL);
+            return;
+        }
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddItemToArray(items, row);
+        cJSON_AddStringToObject(row, "id", p->id);
+        cJSON_AddStringToObject(row, "endpoint", p->endpoint);
+        cJSON_AddStringToObject(row, "public_key", p->public_key);
+        int up = cm_fed_peer_up(c->api->o.fed, p->id);
+        up < 0 ? cJSON_AddNullToObject(row, "up") : cJSON_AddBoolToObject(row, "up", up == 1);
+        cJSON_AddNumberToObject(row, "outbox_depth", (double)depth);
+        age < 0 ? cJSON_AddNullToObject(row, "oldest_pending_s")
+                : cJSON_AddNumberToObject(row, "oldest_pending_s", age);
+    }
+    reply_json(c, 200, doc);
+}
+
+static void h_kpis(call *c)
+{
+    static const char *const params[] = {"name", "workflow", "since", NULL};
+    static const char *const names[] = {"name", "count", "sum", "min", "max", "last_at"};
+    cm_err err;
+    int64_t ms;
+    if (!check_params(c, params, NULL))
+        return;
+    const char *since = cm_http_query_get(&c->q, "since");
+    if (since && !cm_time_parse(since, &ms)) {
+        reply_error(c, 400, "invalid_parameter", "since",
+                    "since: must be a date or date-time (YYYY-MM-DD or "
+                    "YYYY-MM-DDThh:mm:ssZ)");
+        return;
+    }
+    sqlite3_stmt *st = cm_store_prepare(
+        c->api->o.store,
+        "SELECT name, count(*), sum(value), min(value), max(value), max(at) FROM kpi_observation "
+        "WHERE (?1 IS NULL OR name = ?1) AND (?2 IS NULL OR workflow = ?2) AND "
+        "(?3 IS NULL OR at >= ?3) GROUP BY name ORDER BY name",
+        &err);
+    if (!st) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    char sincebuf[CM_TIME_BUFSZ];
+    if (since) {
+        cm_time_format(ms, sincebuf, sizeof(sincebuf));
+        sqlite3_bind_text(st, 3, sincebuf, -1, SQLITE_TRANSIENT);
+    }
+    for (int i = 0; i < 2; i++) {
+        const char *v = cm_http_query_get(&c->q, params[i]);
+        if (v)
+            sqlite3_bind_text(st, i + 1, v, -1, SQLITE_TRANSIENT);
+    }
+    cJSON *doc = cJSON_CreateObject(), *items = cJSON_AddArrayToObject(doc, "items");
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddItemToArray(items, row);
+        for (int i = 0; i < 6; i++)
+            if (i == 0 || i == 5)
+                cJSON_AddStringToObject(row, names[i], (const char *)sqlite3_column_text(st, i));
+            else
+                cJSON_AddNumberToObject(row, names[i], sqlite3_column_double(st, i));
+    }
+    sqlite3_reset(st);
+    reply_json(c, 200, doc);
+}
+
+/* ---- the audit trail (admin) ------------------------------------------------ */
+
+static void h_audit(call *c)
+{
+    static const char *const params[] = {"patient", "actor",  "action", "since",
+                                         "limit",   "cursor", NULL};
+    static const char *const names[] = {"seq",     "at",      "actor",   "action", "patient",
+                                        "classes", "purpose", "outcome", "detail"};
+    long long after;
+    int limit, n = 0;
+    int64_t ms;
+    cm_err err;
+    if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
+        return;
+    const char *since = cm_http_query_get(&c->q, "since");
+    char sincebuf[CM_TIME_BUFSZ];
+    if (since && !cm_time_parse(since, &ms)) {
+        reply_error(c, 400, "invalid_parameter", "since",
+                    "since: must be a date or date-time (YYYY-MM-DD or "
+                    "YYYY-MM-DDThh:mm:ssZ)");
+        return;
+    }
+    sqlite3_stmt *st = cm_store_prepare(
+        c->api->o.store,
+        "SELECT seq, at, actor, action, patient, classes, purpose, outcome, detail FROM audit "
+        "WHERE seq > ?1 AND (?2 IS NULL OR patient = ?2) AND (?3 IS NULL OR actor = ?3) AND "
+        "(?4 IS NULL OR action = ?4) AND (?5 IS NULL OR at >= ?5) ORDER BY seq LIMIT ?6",
+        &err);
+    if (!st) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    sqlite3_bind_int64(st, 1, after);
+    for (int i = 0; i < 3; i++) {
+        const char *v = cm_http_query_get(&c->q, params[i]);
+        if (v)
+            sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
+    }
+    if (since) {
+        cm_time_format(ms, sincebuf, sizeof(sincebuf));
+        sqlite3_bind_text(st, 5, sincebuf, -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_int(st, 6, limit);
+    cJSON *doc = cJSON_CreateObject(), *items = cJSON_AddArrayToObject(doc, "items");
+    long long last = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddItemToArray(items, row);
+        last = sqlite3_column_int64(st, 0);
+        n++;
+        cJSON_AddNumberToObject(row, names[0], (double)last);
+        for (int i = 1; i < 9; i++)
+            cJSON_AddStringToObject(row, names[i], (const char *)sqlite3_column_text(st, i));
+    }
+    sqlite3_reset(st);
+    if (n == limit) {
+        char cur[32];
+        snprintf(cur, sizeof(cur), "%lld", last);
+        cJSON_AddStringToObject(doc, "next_cursor", cur);
+    } else {
+        cJSON_AddNullToObject(doc, "next_cursor");
+    }
+    reply_json(c, 200, doc);
+}
+
+static void h_audit_verify(call *c)
+{
+    long entries = 0;
+    cm_err err;
+    if (!check_params(c, NULL, NULL))
+        return;
+    int rc = cm_audit_verify(c->api->o.store, &entries, &err);
+    if (rc != 0 && rc != CM_EAUDIT) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddBoolToObject(doc, "ok", rc == 0);
+    cJSON_AddNumberToObject(doc, "entries", (double)entries);
+    if (rc != 0)
+        cJSON_AddStringToObject(doc, "problem", err.msg);
+    reply_json(c, 200, doc);
+}
+
+/* ---- health and metrics ----------------------------------------------------- */
+
+static void h_healthz(call *c)
+{
+    static const char ok[] = "{\"status\":\"ok\"}";
+    if (check_params(c, NULL, NULL))
+        reply_text(c, 200, NULL, ok, sizeof(ok) - 1);
+}
+
+static void h_readyz(call *c)
+{
+    cm_err err;
+    char *id;
+    if (!check_params(c, NULL, NULL))
+        return;
+    if (!c->api->ready || c->api->stopping) {
+        reply_error(c, 503, "not_ready", NULL, "%s",
+                    c->api->stopping ? "the node is shutting down" : "the node is starting");
+        return;
+    }
+    if (!(id = cm_store_meta_get(c->api->o.store, "node_id", &err))) {
+        reply_err(c, &err, NULL);
+        return;
+    }
+    free(id);
+    static const char ok[] = "{\"status\":\"ready\"}";
+    reply_text(c, 200, NULL, ok, sizeof(ok) - 1);
+}
+
+/* A growing text buffer for the exposition. */
+typedef struct tbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} tbuf;
+
+static void tprintf(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void tprintf(tbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    for (int tries = 0; tries < 2 && !b->oom; tries++) {
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = true;
+            return;
+        }
+        if (b->p && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+/* A label value, escaped for the exposition format. */
+static const char *lv(const char *s, char *buf, size_t bufsz)
+{
+    size_t n = 0;
+    for (; s && *s && n + 3 < bufsz; s++) {
+        if (*s == '\\' || *s == '"' || *s == '\n') {
+            buf[n++] = '\\';
+            buf[n++] = *s == '\n' ? 'n' : *s;
+        } else {
+            buf[n++] = *s;
+        }
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static void metric_head(tbuf *b, const char *name, const char *type, const char *help)
+{
+    tprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metrics_engine(cm_api *api, tbuf *b)
+{
+    cm_engine_stats s;
+    cm_engine_stats_get(api->o.engine, &s);
+    metric_head(b, "caremesh_events_processed_total", "counter",
+                "Submissions, due timers and kept events run in committed batches.");
+    tprintf(b, "caremesh_events_processed_total %llu\n", (unsigned long long)s.processed);
+    metric_head(b, "caremesh_events_failed_total", "counter",
+                "Runs that failed (refused, kept for retry or parked).");
+    tprintf(b, "caremesh_events_failed_total %llu\n", (unsigned long long)s.failed);
+    metric_head(b, "caremesh_lua_errors_total", "counter", "Handler runs that raised an error.");
+    tprintf(b, "caremesh_lua_errors_total %llu\n", (unsigned long long)s.lua_errors);
+    metric_head(b, "caremesh_lua_budget_kills_total", "counter",
+                "Handler runs stopped by the instruction budget or the memory cap.");
+    tprintf(b, "caremesh_lua_budget_kills_total %llu\n", (unsigned long long)s.budget_kills);
+    metric_head(b, "caremesh_event_latency_seconds", "histogram",
+                "From submission to acknowledgement after the commit.");
+    for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
+        tprintf(b, "caremesh_event_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                cm_engine_latency_bounds[i], (unsigned long long)s.latency_le[i]);
+    tprintf(b,
+            "caremesh_event_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
+            "caremesh_event_latency_seconds_sum %.6f\ncaremesh_event_latency_seconds_count %llu\n",
+            (unsigned long long)s.latency_count, s.latency_sum,
+            (unsigned long long)s.latency_count);
+}
+
+static int metrics_store(cm_api *api, tbuf *b, cm_err *err)
+{
+    char l1[2 * CM_NAME_MAX], l2[2 * CM_NAME_MAX], l3[64];
+    sqlite3_stmt *st = cm_store_prepare(api->o.store,
+                                        "SELECT workflow, state, status, count(*) FROM instance "
+                                        "GROUP BY workflow, state, status ORDER BY 1, 2, 3",
+                                        err);
+    if (!st)
+        return err->code;
+    metric_head(b, "caremesh_instances", "gauge", "Instances by workflow, state and status.");
+    while (sqlite3_step(st) == SQLITE_ROW)
+        tprintf(b, "caremesh_instances{workflow=\"%s\",state=\"%s\",status=\"%s\"} %lld\n",
+                lv((const char *)sqlite3_column_text(st, 0), l1, sizeof(l1)),
+                lv((const char *)sqlite3_column_text(st, 1), l2, sizeof(l2)),
+                lv((const char *)sqlite3_column_text(st, 2), l3, sizeof(l3)),
+                (long long)sqlite3_column_int64(st, 3));
+    sqlite3_reset(st);
+    if (!(st = cm_store_prepare(api->o.store, "SELECT count(*) FROM timer", err)))
+        return err->code;
+    metric_head(b, "caremesh_timers_pending", "gauge", "Durable timers not yet due or run.");
+    if (sqlite3_step(st) == SQLITE_ROW)
+        tprintf(b, "caremesh_timers_pending %lld\n", (long long)sqlite3_column_int64(st, 0));
+    sqlite3_reset(st);
+    const cm_config *cfg = api->o.cfg;
+    metric_head(b, "caremesh_outbox_depth", "gauge", "Messages pending for a peer.");
+    metric_head(b, "caremesh_outbox_oldest_age_seconds", "gauge",
+                "Age of the oldest message pending for a peer (0 when none).");
+    metric_head(b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
+    for (int i = 0; i < cfg->fed_npeers; i++) {
+        long depth;
+        double age;
+        int rc = peer_depth(api, cfg->fed_peers[i].id, &depth, &age, err);
+        if (rc != 0)
+            return rc;
+        lv(cfg->fed_peers[i].id, l1, sizeof(l1));
+        tprintf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n", l1, depth);
+        tprintf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n", l1, age < 0 ? 0 : age);
+        int up = cm_fed_peer_up(api->o.fed, cfg->fed_peers[i].id);
+        if (up >= 0)
+            tprintf(b, "caremesh_peer_up{peer=\"%s\"} %d\n", l1, up);
+    }
+    return 0;
+}
+
+static void h_metrics(call *c)
+{
+    tbuf b = {0};
+    cm_err err;
+    cm_api *api = c->api;
+    if (!check_params(c, NULL, NULL))
+        return;
+    metrics_engine(api, &b);
+    if (metrics_store(api, &b, &err) != 0) {
+        free(b.p);
+        reply_err(c, &err, NULL);
+        return;
+    }
+    count(api, c->rt->pattern, 200); /* this answer counts itself */
+    metric_head(&b, "caremesh_http_requests_total", "counter",
+                "HTTP requests by route and status.");
+    for (int i = 0; i < api->ncounters; i++)
+        tprintf(&b, "caremesh_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+                api->counters[i].route, api->counters[i].status,
+                (unsigned long long)api->counters[i].n);
+    metric_head(&b, "caremesh_http_connections", "gauge", "Open HTTP connections.");
+    tprintf(&b, "caremesh_http_connections %d\n", cm_http_server_connections(api->http));
+    if (b.oom) {
+        free(b.p);
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    cm_http_respond(c->req, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len);
+    free(b.p);
+    call_free(c);
+}
+
+/* ---- the route table --------------------------------------------------------- */
+
+#define RECORD_ROUTES(coll, kind)                                                                  \
+    {"GET", "/v1/" coll, CM_SCOPE_READ, h_record_list, kind},                                      \
+        {"POST", "/v1/" coll, CM_SCOPE_WRITE, h_record_create, kind},                              \
+        {"GET", "/v1/" coll "/{}", CM_SCOPE_READ, h_record_get, kind},                             \
+    {                                                                                              \
+        "PATCH", "/v1/" coll "/{}", CM_SCOPE_WRITE, h_record_update, kind                          \
+    }
+
+static const route routes[] = {
+    {"GET", "/healthz", SCOPE_OPEN_LOOPBACK, h_healthz, -1},
+    {"GET", "/readyz", SCOPE_OPEN_LOOPBACK, h_readyz, -1},
+    {"GET", "/metrics", SCOPE_OPEN_LOOPBACK, h_metrics, -1},
+    RECORD_ROUTES("organizations", CM_KIND_ORGANIZATION),
+    RECORD_ROUTES("providers", CM_KIND_PROVIDER),
+    RECORD_ROUTES("patients", CM_KIND_PATIENT),
+    RECORD_ROUTES("partnerships", CM_KIND_PARTNERSHIP),
+    RECORD_ROUTES("consents", CM_KIND_CONSENT),
+    RECORD_ROUTES("care-teams", CM_KIND_CARE_TEAM),
+    RECORD_ROUTES("immunizations", CM_KIND_IMMUNIZATION),
+    {"GET", "/v1/tasks", CM_SCOPE_READ, h_record_list, CM_KIND_TASK},
+    {"GET", "/v1/tasks/{}", CM_SCOPE_READ, h_record_get, CM_KIND_TASK},
+    {"PATCH", "/v1/tasks/{}", CM_SCOPE_WRITE, h_record_update, CM_KIND_TASK},
+    {"POST", "/v1/tasks/{}/complete", CM_SCOPE_WRITE, h_task_complete, CM_KIND_TASK},
+    {"GET", "/v1/workflows", CM_SCOPE_READ, h_workflows, -1},
+    {"GET", "/v1/workflows/{}", CM_SCOPE_READ, h_workflows, -1},
+    {"GET", "/v1/instances", CM_SCOPE_READ, h_instance_list, -1},
+    {"POST", "/v1/instances", CM_SCOPE_WRITE, h_instance_start, -1},
+    {"GET", "/v1/instances/{}", CM_SCOPE_READ, h_instance_get, -1},
+    {"GET", "/v1/instances/{}/history", CM_SCOPE_READ, h_instance_history, -1},
+    {"POST", "/v1/instances/{}/events", CM_SCOPE_WRITE, h_instance_signal, -1},
+    {"POST", "/v1/instances/{}/pause", CM_SCOPE_WRITE, h_instance_pause, -1},
+    {"POST", "/v1/instances/{}/resume", CM_SCOPE_WRITE, h_instance_resume, -1},
+    {"POST", "/v1/instances/{}/cancel", CM_SCOPE_WRITE, h_instance_cancel, -1},
+    {"GET", "/v1/failed-events", CM_SCOPE_READ, h_failed_list, -1},
+    {"POST", "/v1/failed-events/{}/retry", CM_SCOPE_WRITE, h_failed_retry, -1},
+    {"POST", "/v1/failed-events/{}/discard", CM_SCOPE_WRITE, h_failed_discard, -1},
+    {"GET", "/v1/peers", CM_SCOPE_READ, h_peers, -1},
+    {"GET", "/v1/kpis", CM_SCOPE_READ, h_kpis, -1},
+    {"GET", "/v1/audit", CM_SCOPE_ADMIN, h_audit, -1},
+    {"GET", "/v1/audit/verify", CM_SCOPE_ADMIN, h_audit_verify, -1},
+};
+
+#define NROUTES (sizeof(routes) / sizeof(routes[0]))
+
+static const route unmatched = {"", "unmatched", CM_SCOPE_READ, NULL, -1};
+
+/* Does the pattern match the segments? *arg gets the {} segment. */
+static bool pattern_match(const char *pattern, char seg[][CM_HTTP_SEGMENT_MAX], int nseg,
+                          const char **arg)
+{
+    const char *p = pattern + 1;
+    int i = 0;
+    *arg = NULL;
+    for (; *p && i < nseg; i++) {
+        size_t len = strcspn(p, "/");
+        if (len == 2 && p[0] == '{' && p[1] == '}')
+            *arg = seg[i];
+        else if (strlen(seg[i]) != len || strncmp(seg[i], p, len) != 0)
+            return false;
+        p += len;
+        if (*p == '/')
+            p++;
+    }
+    return !*p && i == nseg;
+}
+
+static void handle(void *ud, cm_http_req *req)
+{
+    cm_api *api = ud;
+    cm_err err;
+    call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        static const char oom[] =
+            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
+        cm_http_respond(req, 503, NULL, oom, sizeof(oom) - 1);
+        return;
+    }
+    c->api = api;
+    c->req = req;
+    const char *method = cm_http_req_method(req);
+    c->nseg = cm_http_split_path(cm_http_req_path(req), c->seg, CM_HTTP_MAX_SEGMENTS);
+    bool path_known = false;
+    for (size_t i = 0; c->nseg >= 0 && i < NROUTES && !c->rt; i++) {
+        const char *arg;
+        if (!pattern_match(routes[i].pattern, c->seg, c->nseg, &arg))
+            continue;
+        path_known = true;
+        if (strcmp(routes[i].method, method) == 0) {
+            c->rt = &routes[i];
+            c->arg = arg;
+        }
+    }
+    bool open = c->rt && c->rt->scope == SCOPE_OPEN_LOOPBACK && api->o.cfg->api.open_loopback &&
+                cm_http_req_loopback(req);
+    const route *rt = c->rt;
+    if (!rt) /* no route: any valid token learns that */
+        c->rt = &unmatched;
+    if (!open && !authenticate(c))
+        return;
+    if (!rt) {
+        c->rt = NULL;
+        if (path_known)
+            reply_error(c, 405, "method_not_allowed", NULL, "%s is not allowed on %.200s", method,
+                        cm_http_req_path(req));
+        else
+            reply_error(c, 404, "no_route", NULL, "no route %s %.200s (see docs/api.md)", method,
+                        cm_http_req_path(req));
+        return;
+    }
+    if (cm_http_query_parse(cm_http_req_query(req), &c->q, &err) != 0) {
+        reply_error(c, 400, "invalid_parameter", NULL, "%s", err.msg);
+        return;
+    }
+    if (rt->kind >= 0 && c->arg && cm_id_check(c->arg) != 0) {
+        reply_error(c, 404, "not_found", NULL, "no %s with id \"%.128s\" (not a valid id)",
+                    cm_kind_name((cm_kind)rt->kind), c->arg);
+        return;
+    }
+    rt->fn(c);
+}
+
+/* ---- life cycle -------------------------------------------------------------- */
+
+static bool host_is_loopback(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
+}
+
+int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
+{
+    const cm_api_config *ac = &o->cfg->api;
+    cm_http_limits lim;
+    long tokens = 0;
+    int rc;
+    *out = NULL;
+    if ((rc = cm_token_count_active(o->store, &tokens, err)) != 0)
+        return rc;
+    if (tokens == 0 && !host_is_loopback(ac->host))
+        return cm_err_set(err, CM_EPERM,
+                          "api.listen %s is not a loopback address and no API token exists: "
+                          "create one first (caremesh token create --scope admin)",
+                          ac->host);
+    cm_api *api = calloc(1, sizeof(*api));
+    if (!api)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    api->o = *o;
+    cm_http_limits_default(&lim);
+    lim.max_connections = ac->max_connections;
+    lim.max_header_bytes = (size_t)ac->max_header_bytes;
+    lim.max_body_bytes = (size_t)ac->max_body_bytes;
+    lim.max_pipeline = ac->max_pipeline;
+    lim.timeout_ms = ac->timeout_ms;
+    if ((rc = cm_http_server_start(o->loop, ac->host, ac->port, &lim, handle, api, &api->http,
+                                   err)) != 0) {
+        /* the server's handles are open: close them through a stop */
+        api->stopping = true;
+        cm_http_server_stop(api->http, NULL, NULL);
+        *out = api;
+        return rc;
+    }
+    cm_engine_set_work_hook(o->engine, on_engine_work, api);
+    cm_log(CM_LOG_INFO, "api.listen", "HTTP API on %s%s%s:%d (%ld active token(s))",
+           strchr(ac->host, ':') ? "[" : "", ac->host, strchr(ac->host, ':') ? "]" : "",
+           cm_http_server_port(api->http), tokens);
+    *out = api;
+    return 0;
+}
+
+int cm_api_port(const cm_api *api)
+{
+    return api && api->http ? cm_http_server_port(api->http) : 0;
+}
+
+void cm_api_set_ready(cm_api *api, bool ready)
+{
+    if (api)
+        api->ready = ready;
+}
+
+static void on_http_stopped(void *ud)
+{
+    cm_api *api = ud;
+    if (api->done) {
+        void (*done)(void *) = api->done;
+        api->done = NULL;
+        done(api->done_ud);
+    }
+}
+
+void cm_api_stop(cm_api *api, void (*done)(void *ud), void *ud)
+{
+    if (!api)
+        return;
+    if (!api->stopping) {
+        api->done = done;
+        api->done_ud = ud;
+    }
+    api->stopping = true;
+    cm_http_server_stop(api->http, on_http_stopped, api);
+}
+
+void cm_api_destroy(cm_api **api_p)
+{
+    if (!api_p || !*api_p)
+        return;
+    cm_http_server_destroy(&(*api_p)->http);
+    free(*api_p);
+    *api_p = NULL;
+}

@@ -1,0 +1,942 @@
+/*
+** http.c -- the HTTP/1.1 server (see http.h): connections on the loop, one
+** http_parser each, a queue of requests answered in order, and the timers
+** and limits that keep slow or oversized clients from holding anything.
+*/
+#include "http.h"
+
+#include "log.h"
+#include "text.h"
+
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define CONN_RBUF       16384 /* bytes read at a time per connection */
+#define MAX_HEADERS     64
+#define MAX_WRITE_BATCH 64 /* answers written with one uv_write */
+#define RESP_HEAD_MAX   256
+
+typedef struct conn conn;
+
+typedef struct hdr {
+    size_t name, value; /* offsets into the request's hbuf */
+} hdr;
+
+/* A growable byte buffer with a cap. */
+typedef struct gbuf {
+    char *p;
+    size_t len, cap;
+} gbuf;
+
+struct cm_http_req {
+    conn *c; /* NULL once the connection is gone (the answer is dropped) */
+    cm_http_req *next;
+    char method[16];
+    gbuf url, hbuf, body;
+    hdr headers[MAX_HEADERS];
+    int nheaders;
+    bool in_value; /* the last header fragment was a value */
+    const char *path, *query;
+    bool keep_alive, dispatched, answered, close_after;
+    uint64_t started;
+    char *resp;
+    size_t resp_len;
+};
+
+struct conn {
+    uv_tcp_t tcp; /* first: the handle's address is the connection's */
+    uv_timer_t timer;
+    cm_http_server *srv;
+    http_parser parser;
+    cm_http_req *cur;         /* being parsed */
+    cm_http_req *head, *tail; /* complete requests, in order */
+    int nqueued;              /* requests in the queue */
+    cm_http_req *ready;       /* just completed: dispatch after the parser paused */
+    cm_http_req *wlist;       /* answers being written (moved off the queue) */
+    uv_write_t wreq;
+    bool writing, reading, eof, closing, draining, failed, loopback, timing;
+    int fail_status;
+    const char *fail_code;
+    const char *fail_msg;
+    char rbuf[CONN_RBUF];
+    size_t rpos, rlen; /* unparsed bytes of rbuf */
+    int open_handles;
+    conn *prev, *next;
+};
+
+struct cm_http_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_timer_t grace; /* forces connections closed when a stop takes too long */
+    cm_http_limits lim;
+    cm_http_handler handler;
+    void *ud;
+    int port;
+    conn *conns;
+    int nconns;
+    int open_handles; /* listener, grace */
+    bool stopping;
+    void (*done)(void *ud);
+    void *done_ud;
+};
+
+static http_parser_settings parser_settings;
+
+void cm_http_limits_default(cm_http_limits *l)
+{
+    l->max_header_bytes = 16384;
+    l->max_body_bytes = (size_t)1 << 20;
+    l->max_connections = 256;
+    l->max_pipeline = 64;
+    l->timeout_ms = 10000;
+}
+
+const char *cm_http_status_text(int status)
+{
+    const char *s = http_status_str((enum http_status)status);
+    return s && strcmp(s, "<unknown>") != 0 ? s : "Unknown";
+}
+
+/* ---- small pieces ------------------------------------------------------ */
+
+static int gbuf_add(gbuf *b, const char *s, size_t n, size_t limit)
+{
+    if (n > limit || b->len > limit - n)
+        return -1;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static void req_free(cm_http_req *r)
+{
+    if (!r)
+        return;
+    free(r->url.p);
+    free(r->hbuf.p);
+    free(r->body.p);
+    free(r->resp);
+    free(r);
+}
+
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        static const unsigned char lo[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+        static const unsigned char v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return memcmp(&a->sin6_addr, lo, 16) == 0 ||
+               (memcmp(&a->sin6_addr, v4, 12) == 0 && a->sin6_addr.s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/* ---- the request accessors --------------------------------------------- */
+
+const char *cm_http_req_method(const cm_http_req *r)
+{
+    return r->method;
+}
+
+const char *cm_http_req_path(const cm_http_req *r)
+{
+    return r->path;
+}
+
+const char *cm_http_req_query(const cm_http_req *r)
+{
+    return r->query;
+}
+
+const char *cm_http_req_header(const cm_http_req *r, const char *name)
+{
+    for (int i = 0; i < r->nheaders; i++)
+        if (strcasecmp(r->hbuf.p + r->headers[i].name, name) == 0)
+            return r->hbuf.p + r->headers[i].value;
+    return NULL;
+}
+
+const char *cm_http_req_body(const cm_http_req *r, size_t *len)
+{
+    *len = r->body.len;
+    return r->body.p ? r->body.p : "";
+}
+
+bool cm_http_req_loopback(const cm_http_req *r)
+{
+    return r->c && r->c->loopback;
+}
+
+uint64_t cm_http_req_started(const cm_http_req *r)
+{
+    return r->started;
+}
+
+/* ---- connection life --------------------------------------------------- */
+
+static void conn_flush(conn *c);
+static void conn_parse(conn *c);
+static void conn_close(conn *c);
+
+static void on_server_handle_closed(uv_handle_t *h);
+
+/* Stopping and no connection left: close the grace timer, then tell. */
+static void server_maybe_done(cm_http_server *s)
+{
+    if (!s->stopping || s->nconns > 0)
+        return;
+    if (!uv_is_closing((uv_handle_t *)&s->grace)) {
+        uv_close((uv_handle_t *)&s->grace, on_server_handle_closed);
+        return;
+    }
+    if (s->open_handles == 0 && s->done) {
+        void (*done)(void *) = s->done;
+        s->done = NULL;
+        done(s->done_ud);
+    }
+}
+
+static void on_conn_closed(uv_handle_t *h)
+{
+    conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    cm_http_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    free(c);
+    server_maybe_done(s);
+}
+
+/* Close: drop what was not dispatched or is answered, orphan what the
+** handler still holds (its answer will be dropped). */
+static void conn_close(conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    req_free(c->cur);
+    c->cur = NULL;
+    for (cm_http_req *r = c->head, *next; r; r = next) {
+        next = r->next;
+        r->next = NULL;
+        if (r->dispatched && !r->answered)
+            r->c = NULL;
+        else
+            req_free(r);
+    }
+    c->head = c->tail = c->ready = NULL;
+    c->nqueued = 0;
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_timeout(uv_timer_t *t);
+
+/* Run the timer while the client is expected to act (send a request, finish
+** one, read what we wrote); stop it while every request is with the handler.
+** restart: from now, even if it runs already (a new request begins). */
+static void conn_timer(conn *c, bool restart)
+{
+    if (c->closing)
+        return;
+    bool waiting = c->cur != NULL || c->writing || c->nqueued == 0;
+    if (!waiting) {
+        if (c->timing)
+            uv_timer_stop(&c->timer);
+        c->timing = false;
+        return;
+    }
+    if (c->timing && !restart)
+        return;
+    uv_timer_start(&c->timer, on_timeout, (uint64_t)c->srv->lim.timeout_ms, 0);
+    c->timing = true;
+}
+
+static char *error_json(const char *code, const char *message, size_t *len)
+{
+    char esc[512];
+    cm_json_escape(message, esc, sizeof(esc));
+    size_t cap = strlen(code) + strlen(esc) + 64;
+    char *p = malloc(cap);
+    if (p)
+        *len =
+            (size_t)snprintf(p, cap, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, esc);
+    return p;
+}
+
+static int build_response(cm_http_req *r, bool close, int status, const char *ctype,
+                          const char *body, size_t len)
+{
+    char head[RESP_HEAD_MAX];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status,
+                     cm_http_status_text(status), ctype ? ctype : "application/json", len,
+                     close ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return -1;
+    free(r->resp);
+    if (!(r->resp = malloc((size_t)n + len)))
+        return -1;
+    memcpy(r->resp, head, (size_t)n);
+    if (len)
+        memcpy(r->resp + n, body, len);
+    r->resp_len = (size_t)n + len;
+    return 0;
+}
+
+/* Stop reading; answer status after what is queued, then close. */
+static void conn_fail(conn *c, int status, const char *code, const char *message)
+{
+    cm_http_req *r;
+    size_t len = 0;
+    char *body;
+    if (c->failed || c->closing)
+        return;
+    c->failed = true;
+    c->rpos = c->rlen = 0;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    req_free(c->cur);
+    c->cur = NULL;
+    r = calloc(1, sizeof(*r));
+    body = r ? error_json(code, message, &len) : NULL;
+    if (!body || build_response(r, true, status, NULL, body, len) != 0) {
+        free(body);
+        req_free(r);
+        conn_close(c);
+        return;
+    }
+    free(body);
+    cm_log(CM_LOG_INFO, "http.refused", "%d %s: %s", status, code, message);
+    r->c = c;
+    r->dispatched = r->answered = r->close_after = true;
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->nqueued++;
+    conn_flush(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    conn *c = t->data;
+    c->timing = false;
+    if (c->cur && !c->failed)
+        conn_fail(c, 408, "request_timeout",
+                  "the request did not arrive in time; the connection is closed");
+    else
+        conn_close(c); /* idle, or not reading what we wrote */
+}
+
+static void after_write(uv_write_t *w, int status)
+{
+    conn *c = w->data;
+    bool close_after = false;
+    c->writing = false;
+    for (cm_http_req *r = c->wlist, *next; r; r = next) {
+        next = r->next;
+        close_after = close_after || r->close_after;
+        req_free(r);
+    }
+    c->wlist = NULL;
+    if (c->closing)
+        return;
+    if (status < 0 || close_after) {
+        conn_close(c);
+        return;
+    }
+    conn_flush(c);
+    if (c->closing)
+        return;
+    if (c->nqueued == 0 && (c->eof || c->draining)) {
+        conn_close(c);
+        return;
+    }
+    conn_parse(c); /* go on with what was read ahead, or read again */
+    conn_timer(c, c->nqueued == 0 && !c->writing && !c->cur);
+}
+
+/* Write the answered requests at the head of the queue, in order. */
+static void conn_flush(conn *c)
+{
+    uv_buf_t bufs[MAX_WRITE_BATCH];
+    int n = 0;
+    if (c->writing || c->closing)
+        return;
+    cm_http_req *last = NULL;
+    for (cm_http_req *r = c->head; r && r->answered && n < MAX_WRITE_BATCH; r = r->next) {
+        bufs[n++] = uv_buf_init(r->resp, (unsigned)r->resp_len);
+        last = r;
+        if (r->close_after)
+            break;
+    }
+    if (n == 0)
+        return;
+    c->wlist = c->head;
+    c->head = last->next;
+    last->next = NULL;
+    if (!c->head)
+        c->tail = NULL;
+    c->nqueued -= n;
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, after_write) != 0) {
+        for (cm_http_req *r = c->wlist, *next; r; r = next) {
+            next = r->next;
+            req_free(r);
+        }
+        c->wlist = NULL;
+        conn_close(c);
+        return;
+    }
+    c->writing = true;
+    conn_timer(c, false);
+}
+
+void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
+                     size_t len)
+{
+    conn *c = r->c;
+    if (!c || c->closing || r->answered) {
+        if (!c)
+            req_free(r);
+        return;
+    }
+    /* the last answer of a connection that reads no more says so */
+    bool close = !r->keep_alive || ((c->draining || c->eof) && !r->next && !c->cur);
+    if (build_response(r, close, status, content_type, body, len) != 0) {
+        conn_close(c); /* out of memory: the client sees the connection end */
+        return;
+    }
+    r->close_after = close;
+    r->answered = true;
+    conn_flush(c);
+}
+
+/* ---- parsing ----------------------------------------------------------- */
+
+static int fail_cb(conn *c, int status, const char *code, const char *msg)
+{
+    c->fail_status = status;
+    c->fail_code = code;
+    c->fail_msg = msg;
+    return -1;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    conn *c = p->data;
+    if (!(c->cur = calloc(1, sizeof(*c->cur))))
+        return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
+    c->cur->c = c;
+    conn_timer(c, true); /* a request must arrive whole within the timeout */
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    conn *c = p->data;
+    size_t lim = c->srv->lim.max_header_bytes;
+    if (gbuf_add(&c->cur->url, at, len, lim - c->cur->hbuf.len) != 0)
+        return fail_cb(c, 414, "uri_too_long",
+                       "the request line is longer than the server accepts");
+    return 0;
+}
+
+static int header_add(conn *c, const char *at, size_t len, bool value)
+{
+    cm_http_req *r = c->cur;
+    size_t lim = c->srv->lim.max_header_bytes - r->url.len;
+    if (value != r->in_value || (!value && r->nheaders == 0)) {
+        /* a new name (or its value begins): terminate what came before */
+        if (r->nheaders > 0 || value) {
+            if (gbuf_add(&r->hbuf, "", 1, lim) != 0)
+                goto big;
+        }
+        if (!value) {
+            if (r->nheaders == MAX_HEADERS)
+                return fail_cb(c, 431, "headers_too_large", "too many header fields (most 64)");
+            r->headers[r->nheaders++].name = r->hbuf.len;
+        } else {
+            r->headers[r->nheaders - 1].value = r->hbuf.len;
+        }
+        r->in_value = value;
+    }
+    if (gbuf_add(&r->hbuf, at, len, lim) == 0)
+        return 0;
+big:
+    return fail_cb(c, 431, "headers_too_large",
+                   "the request headers are larger than the server accepts");
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    return header_add(p->data, at, len, false);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    return header_add(p->data, at, len, true);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    conn *c = p->data;
+    cm_http_req *r = c->cur;
+    if (r->nheaders > 0 && !r->in_value) /* a name with no value at all */
+        return fail_cb(c, 400, "bad_request", "a header field has no value");
+    if (gbuf_add(&r->hbuf, "", 1, SIZE_MAX) != 0 || gbuf_add(&r->url, "", 0, SIZE_MAX) != 0)
+        return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
+    if (!r->url.p)
+        return fail_cb(c, 400, "bad_request", "the request has no target");
+    if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body_bytes)
+        return fail_cb(c, 413, "payload_too_large",
+                       "the request body is larger than the server accepts");
+    snprintf(r->method, sizeof(r->method), "%s", http_method_str((enum http_method)p->method));
+    r->keep_alive = http_should_keep_alive(p) != 0;
+    const char *expect = cm_http_req_header(r, "Expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0 && c->nqueued == 0 && !c->writing) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1); /* if it does not go, the client waits */
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    conn *c = p->data;
+    if (gbuf_add(&c->cur->body, at, len, c->srv->lim.max_body_bytes) != 0)
+        return fail_cb(c, 413, "payload_too_large",
+                       "the request body is larger than the server accepts");
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    conn *c = p->data;
+    cm_http_req *r = c->cur;
+    char *q = strchr(r->url.p, '?');
+    if (q)
+        *q++ = '\0';
+    char *frag = strchr(q ? q : r->url.p, '#');
+    if (frag)
+        *frag = '\0';
+    r->path = r->url.p;
+    r->query = q ? q : "";
+    r->keep_alive = r->keep_alive && http_should_keep_alive(p) != 0;
+    r->started = uv_hrtime();
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->nqueued++;
+    c->cur = NULL;
+    c->ready = r;
+    http_parser_pause(p, 1); /* dispatch before parsing on */
+    return 0;
+}
+
+static void dispatch(conn *c, cm_http_req *r)
+{
+    r->dispatched = true;
+    if (!r->keep_alive) { /* nothing after this request is read */
+        c->rpos = c->rlen = 0;
+        c->eof = true;
+    }
+    c->srv->handler(c->srv->ud, r);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    conn *c = h->data;
+    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void read_start(conn *c)
+{
+    if (!c->reading && !c->eof && !c->failed && !c->draining && !c->closing &&
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = true;
+}
+
+static void read_stop(conn *c)
+{
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
+/* Parse the unparsed bytes of rbuf, dispatching each complete request. */
+static void conn_parse(conn *c)
+{
+    while (c->rpos < c->rlen && !c->closing && !c->failed && !c->eof && !c->draining) {
+        if (c->nqueued >= c->srv->lim.max_pipeline) {
+            read_stop(c); /* resumed when answers drain */
+            return;
+        }
+        size_t n =
+            http_parser_execute(&c->parser, &parser_settings, c->rbuf + c->rpos, c->rlen - c->rpos);
+        c->rpos += n;
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+        if (e == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+            cm_http_req *r = c->ready;
+            c->ready = NULL;
+            if (r)
+                dispatch(c, r);
+            continue;
+        }
+        if (e != HPE_OK) {
+            char msg[160];
+            if (c->fail_status) {
+                conn_fail(c, c->fail_status, c->fail_code, c->fail_msg);
+            } else {
+                snprintf(msg, sizeof(msg), "malformed HTTP request: %s", http_errno_description(e));
+                conn_fail(c, 400, "bad_request", msg);
+            }
+            return;
+        }
+    }
+    if (c->rpos >= c->rlen) {
+        c->rpos = c->rlen = 0;
+        if (c->nqueued < c->srv->lim.max_pipeline)
+            read_start(c);
+    } else {
+        read_stop(c);
+    }
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    conn *c = st->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        read_stop(c);
+        c->eof = true;
+        if (nread != UV_EOF || (c->nqueued == 0 && !c->writing)) {
+            conn_close(c); /* a half-sent request dies with its connection */
+            return;
+        }
+        req_free(c->cur); /* the client half-closed: answer what is queued, then close */
+        c->cur = NULL;
+        conn_timer(c, false);
+        return;
+    }
+    c->rpos = 0;
+    c->rlen = (size_t)nread;
+    conn_parse(c); /* stops reading while rbuf holds unparsed bytes */
+    conn_timer(c, false);
+}
+
+/* ---- the listener ------------------------------------------------------ */
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    cm_http_server *s = ls->data;
+    if (status < 0 || s->stopping)
+        return;
+    conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->open_handles = 2;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        c->loopback = is_loopback(&ss);
+    uv_tcp_nodelay(&c->tcp, 1);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    if (s->nconns > s->lim.max_connections) {
+        conn_fail(c, 503, "too_many_connections",
+                  "the server has as many connections as it accepts; try again later");
+        return;
+    }
+    read_start(c);
+    conn_timer(c, true);
+}
+
+static void on_server_handle_closed(uv_handle_t *h)
+{
+    cm_http_server *s = h->data;
+    s->open_handles--;
+    server_maybe_done(s);
+}
+
+int cm_http_server_start(uv_loop_t *loop, const char *host, int port, const cm_http_limits *limits,
+                         cm_http_handler handler, void *ud, cm_http_server **out, cm_err *err)
+{
+    struct sockaddr_storage addr;
+    int rc;
+    *out = NULL;
+    memset(&parser_settings, 0, sizeof(parser_settings));
+    parser_settings.on_message_begin = on_message_begin;
+    parser_settings.on_url = on_url;
+    parser_settings.on_header_field = on_header_field;
+    parser_settings.on_header_value = on_header_value;
+    parser_settings.on_headers_complete = on_headers_complete;
+    parser_settings.on_body = on_body;
+    parser_settings.on_message_complete = on_message_complete;
+    if (port < 0 || port > 65535)
+        return cm_err_set(err, CM_EINVAL, "http: port %d out of range", port);
+    if (strchr(host, ':'))
+        rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr);
+    else
+        rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
+    if (rc != 0)
+        return cm_err_set(err, CM_EINVAL, "http: \"%s\" is not an IPv4 or IPv6 address", host);
+    cm_http_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    s->loop = loop;
+    s->lim = *limits;
+    s->handler = handler;
+    s->ud = ud;
+    /* the parser's own cap sits above ours, which answers 431 first */
+    http_parser_set_max_header_size((uint32_t)(limits->max_header_bytes + 1024));
+    uv_tcp_init(loop, &s->listener);
+    uv_timer_init(loop, &s->grace);
+    s->listener.data = s->grace.data = s;
+    s->open_handles = 2;
+    *out = s;
+    if ((rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0)) != 0 ||
+        (rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection)) != 0)
+        return cm_err_set(err, CM_EIO, "http: cannot listen on %s:%d: %s", host, port,
+                          uv_strerror(rc));
+    int len = sizeof(addr);
+    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&addr, &len) == 0)
+        s->port = ntohs(addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&addr)->sin6_port
+                                                   : ((struct sockaddr_in *)&addr)->sin_port);
+    return 0;
+}
+
+int cm_http_server_port(const cm_http_server *s)
+{
+    return s->port;
+}
+
+int cm_http_server_connections(const cm_http_server *s)
+{
+    return s->nconns;
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    cm_http_server *s = t->data;
+    for (conn *c = s->conns; c; c = c->next)
+        conn_close(c);
+    if (!uv_is_closing((uv_handle_t *)&s->grace))
+        uv_close((uv_handle_t *)&s->grace, on_server_handle_closed);
+}
+
+void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
+{
+    if (!s)
+        return;
+    if (s->stopping) {
+        if (!uv_is_closing((uv_handle_t *)&s->grace)) {
+            uv_timer_stop(&s->grace);
+            on_grace(&s->grace);
+        }
+        return;
+    }
+    s->stopping = true;
+    s->done = done;
+    s->done_ud = ud;
+    uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        c->draining = true;
+        read_stop(c);
+        req_free(c->cur);
+        c->cur = NULL;
+        c->rpos = c->rlen = 0;
+        if (c->nqueued == 0 && !c->writing)
+            conn_close(c);
+    }
+    uv_timer_start(&s->grace, on_grace, (uint64_t)s->lim.timeout_ms, 0);
+    server_maybe_done(s);
+}
+
+void cm_http_server_destroy(cm_http_server **s_p)
+{
+    if (s_p && *s_p) {
+        free(*s_p);
+        *s_p = NULL;
+    }
+}
+
+/* ---- pure pieces ------------------------------------------------------- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+bool cm_http_unescape(const char *src, size_t len, bool plus_space, char *out, size_t outsz)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = src[i];
+        if (ch == '%') {
+            if (i + 2 >= len)
+                return false;
+            int hi = hexval(src[i + 1]);
+            int lo = hexval(src[i + 2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return false;
+            ch = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (ch == '+' && plus_space) {
+            ch = ' ';
+        } else if (ch == '\0') {
+            return false;
+        }
+        if (o + 1 >= outsz)
+            return false;
+        out[o++] = ch;
+    }
+    if (o >= outsz)
+        return false;
+    out[o] = '\0';
+    return true;
+}
+
+void cm_http_query_free(cm_http_query *q)
+{
+    for (int i = 0; i < q->n; i++) {
+        free(q->p[i].name);
+        free(q->p[i].value);
+    }
+    q->n = 0;
+}
+
+const char *cm_http_query_get(const cm_http_query *q, const char *name)
+{
+    for (int i = 0; i < q->n; i++)
+        if (strcmp(q->p[i].name, name) == 0)
+            return q->p[i].value;
+    return NULL;
+}
+
+/* Decode s[0..len) into a malloc'd string; NULL when malformed or not UTF-8. */
+static char *decode_part(const char *s, size_t len)
+{
+    char *out = malloc(len + 1);
+    if (out && cm_http_unescape(s, len, true, out, len + 1) && cm_utf8_valid(out, strlen(out)))
+        return out;
+    free(out);
+    return NULL;
+}
+
+int cm_http_query_parse(const char *qs, cm_http_query *q, cm_err *err)
+{
+    q->n = 0;
+    for (const char *p = qs ? qs : ""; *p;) {
+        size_t len = strcspn(p, "&");
+        const char *eq = memchr(p, '=', len);
+        size_t nlen = eq ? (size_t)(eq - p) : len;
+        if (len == 0) {
+            p++;
+            continue;
+        }
+        char shown[48];
+        snprintf(shown, sizeof(shown), "%.*s", (int)(nlen < 40 ? nlen : 40), p);
+        if (q->n == CM_HTTP_MAX_PARAMS) {
+            cm_http_query_free(q);
+            return cm_err_set(err, CM_EINVAL, "query: more than %d parameters", CM_HTTP_MAX_PARAMS);
+        }
+        char *name = decode_part(p, nlen);
+        char *value = eq ? decode_part(eq + 1, len - nlen - 1) : strdup("");
+        if (!name || !value || !*name) {
+            free(name);
+            free(value);
+            cm_http_query_free(q);
+            return cm_err_set(err, CM_EINVAL,
+                              "query parameter \"%s\": malformed (bad %%-escape, empty name or "
+                              "not UTF-8)",
+                              shown);
+        }
+        if (cm_http_query_get(q, name)) {
+            free(name);
+            free(value);
+            cm_http_query_free(q);
+            return cm_err_set(err, CM_EINVAL, "query parameter \"%s\": given twice", shown);
+        }
+        q->p[q->n].name = name;
+        q->p[q->n++].value = value;
+        p += len;
+    }
+    return 0;
+}
+
+int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int max)
+{
+    int n = 0;
+    if (!path || path[0] != '/')
+        return -1;
+    const char *p = path + 1;
+    while (*p) {
+        size_t len = strcspn(p, "/");
+        if (len == 0)
+            return -1; /* "//" */
+        if (n == max || !cm_http_unescape(p, len, false, seg[n], CM_HTTP_SEGMENT_MAX) ||
+            !cm_utf8_valid(seg[n], strlen(seg[n])))
+            return -1;
+        n++;
+        p += len;
+        if (*p == '/')
+            p++;
+    }
+    return n;
+}

@@ -1,0 +1,116 @@
+/*
+** http.h -- an HTTP/1.1 server on the libuv loop, parsed with libhttp-parser.
+** Keep-alive and pipelining: requests of one connection are handed to the
+** handler in order and their responses written in that order, whatever order
+** the handler answers them in (an answer may come later, from a callback).
+** Limits on header bytes, body bytes, connections, requests queued per
+** connection, and time: a connection that is idle, or sends a request or
+** reads its responses more slowly than the timeout allows, is closed (408 for
+** a half-sent request), so a slow client never holds the loop or memory.
+** Also the pure pieces the API routes with: query strings and path segments.
+** Depends on libuv, http_parser, log. Loop thread only.
+*/
+#ifndef CM_HTTP_H
+#define CM_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "error.h"
+
+typedef struct cm_http_limits {
+    size_t max_header_bytes; /* request line and headers together; 431 past it */
+    size_t max_body_bytes;   /* 413 past it (declared or chunked) */
+    int max_connections;     /* more are answered 503 and closed */
+    int max_pipeline;        /* requests read ahead per connection before reading pauses */
+    int timeout_ms;          /* idle keep-alive, one request's arrival, one response's write */
+} cm_http_limits;
+
+/* Defaults: 16 KiB headers, 1 MiB body, 256 connections, 64 pipelined, 10 s. */
+void cm_http_limits_default(cm_http_limits *l);
+
+typedef struct cm_http_server cm_http_server;
+typedef struct cm_http_req cm_http_req;
+
+/* Called once per complete request, in the connection's order. The handler
+** must answer every request exactly once with cm_http_respond, now or later. */
+typedef void (*cm_http_handler)(void *ud, cm_http_req *req);
+
+/* Listen on host:port (an IPv4 or IPv6 literal; port 0 picks one, see
+** cm_http_server_port). CM_EIO with the address and the reason on failure. */
+int cm_http_server_start(uv_loop_t *loop, const char *host, int port, const cm_http_limits *limits,
+                         cm_http_handler handler, void *ud, cm_http_server **out, cm_err *err);
+
+/* The bound port. */
+int cm_http_server_port(const cm_http_server *s);
+
+/* Connections open now. */
+int cm_http_server_connections(const cm_http_server *s);
+
+/* Graceful stop: close the listener, read no more requests, answer those
+** already read (with "Connection: close"), close each connection once its
+** answers are written. done(ud) runs once when every connection is closed.
+** Calling it again only forces the remaining connections closed. */
+void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud);
+
+/* Free after stop's done ran (or after the loop ran the closes); NULLs *s_p. */
+void cm_http_server_destroy(cm_http_server **s_p);
+
+/* ---- a request (borrowed until it is answered) ---- */
+
+const char *cm_http_req_method(const cm_http_req *r); /* "GET", "POST", ... */
+const char *cm_http_req_path(const cm_http_req *r);   /* raw path, without the query */
+const char *cm_http_req_query(const cm_http_req *r);  /* raw query after '?', or "" */
+/* The value of header name (case-insensitive), or NULL. */
+const char *cm_http_req_header(const cm_http_req *r, const char *name);
+const char *cm_http_req_body(const cm_http_req *r, size_t *len); /* NUL-terminated */
+/* The peer connected from a loopback address. */
+bool cm_http_req_loopback(const cm_http_req *r);
+/* Monotonic time (ns) at which the request was complete. */
+uint64_t cm_http_req_started(const cm_http_req *r);
+
+/* Answer r with status and body (copied; content_type NULL means
+** application/json). r is invalid afterwards. If the client went away
+** meanwhile the answer is dropped. */
+void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
+                     size_t len);
+
+/* Reason phrase of a status ("Not Found"); "Unknown" for others. */
+const char *cm_http_status_text(int status);
+
+/* ---- pure pieces (unit-tested) ---- */
+
+#define CM_HTTP_MAX_PARAMS 32
+
+typedef struct cm_http_param {
+    char *name, *value; /* percent-decoded, owned by the cm_http_query */
+} cm_http_param;
+
+typedef struct cm_http_query {
+    int n;
+    cm_http_param p[CM_HTTP_MAX_PARAMS];
+} cm_http_query;
+
+/* Parse "a=1&b=x%20y" (+ is a space). CM_EINVAL naming the parameter when
+** an escape is malformed, the text is not UTF-8, a name repeats, or there
+** are more than CM_HTTP_MAX_PARAMS. q holds nothing to free on error. */
+int cm_http_query_parse(const char *qs, cm_http_query *q, cm_err *err);
+const char *cm_http_query_get(const cm_http_query *q, const char *name);
+void cm_http_query_free(cm_http_query *q);
+
+/* Percent-decode src[0..len) into out (capacity outsz, NUL-terminated);
+** plus_space turns '+' into ' '. false when malformed, a NUL is encoded or
+** it does not fit. */
+bool cm_http_unescape(const char *src, size_t len, bool plus_space, char *out, size_t outsz);
+
+#define CM_HTTP_MAX_SEGMENTS 8
+#define CM_HTTP_SEGMENT_MAX  256
+
+/* Split path "/v1/patients/p%201" into decoded segments {"v1","patients","p 1"}.
+** A trailing slash is ignored. Returns the count, or -1 when the path does
+** not start with '/', has an empty or malformed segment, or too many. */
+int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int max);
+
+#endif
