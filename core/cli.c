@@ -751,21 +751,37 @@ static int cmd_token(int argc, char **argv)
     if (!list && strcmp(argv[1], "revoke") != 0)
         return usage_error("token", "unknown subcommand '%s' (known: create, list, revoke)",
                            argv[1]);
-    const char *sub = list ? "token list" : "token revoke";
-    int rc = parse_data_opts(sub, argc - 1, argv + 1, false, &o);
+    const char *sub = list ? "token list" : "token revoke", *which = NULL;
+    char *args[64];
+    int nargs = 0;
+    /* the operand (revoke's ID|NAME) may come before or after the options */
+    for (int i = 1; i < argc && nargs < 63; i++) {
+        bool takes_value = strcmp(argv[i], "--data") == 0 || strcmp(argv[i], "--config") == 0 ||
+                           strcmp(argv[i], "-d") == 0 || strcmp(argv[i], "-c") == 0;
+        if (i > 1 && argv[i][0] != '-' && !which) {
+            which = argv[i];
+            continue;
+        }
+        args[nargs++] = argv[i];
+        if (takes_value && i + 1 < argc && nargs < 63)
+            args[nargs++] = argv[++i];
+    }
+    args[nargs] = NULL;
+    int rc = parse_data_opts(sub, nargs, args, false, &o);
     if (rc != 0 || o.help)
         return rc ? rc : print_help(find_cmd("token"));
-    int left = argc - 1 - optind;
-    if (list ? left != 0 : left != 1)
+    if (optind < nargs)
+        return usage_error(sub, "unexpected argument '%s'", args[optind]);
+    if (list ? which != NULL : which == NULL)
         return usage_error(sub, "%s", list ? "unexpected argument" : "give one token ID or NAME");
     if (node_open(&o, &n, &err) != 0)
         return fail(sub, &err);
-    rc = list ? token_list(&n, &err) : cm_token_revoke(n.store, n.clock, argv[1 + optind], &err);
+    rc = list ? token_list(&n, &err) : cm_token_revoke(n.store, n.clock, which, &err);
     node_close(&n);
     if (rc != 0)
         return fail(sub, &err);
     if (!list)
-        printf("token %s revoked\n", argv[1 + optind]);
+        printf("token %s revoked\n", which);
     return CM_EXIT_OK;
 }
 

@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# test_api.sh -- the HTTP API of a real `caremesh serve` on 127.0.0.1 (a port
+# it picks), driven with curl: every route's success and error paths, a
+# bad-input matrix that must change nothing, tokens and scopes, the audit of
+# patient data, pipelining, slow clients, limits, /metrics, SIGTERM.
+# usage: test_api.sh CAREMESH   (CM_WRAP: a command to run serve under, e.g. valgrind)
+set -uo pipefail
+bin=$1
+wrap=${CM_WRAP:-}
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+passed=0 failed=0
+ok()  { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+has() { if grep -qF -- "$2" <<<"$3"; then ok; else bad "$1: lacks '$2' in: ${3:0:600}"; fi; }
+# wait_for FILE TEXT: poll (bounded, 30 s) until FILE contains TEXT.
+wait_for() {
+  for _ in $(seq 1 600); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+
+d=$tmp/node
+"$bin" init --data "$d" --node-id api-node >/dev/null || { echo "FAIL: init"; exit 1; }
+mkdir -p "$d/workflows"
+cat >"$d/workflows/intake.lua" <<'EOF'
+local cm = require "caremesh"
+return cm.workflow {
+  name = "intake", version = 1,
+  input = { patient = "patient", note = "string?" },
+  start = "open",
+  states = {
+    open = {
+      enter = function(wf)
+        wf:task { title = "Call the patient", organization = "org1", patient = wf.input.patient, role = "nurse" }
+      end,
+      on = { seen = "seen", boom = function(wf) error("boom") end, close = "closed" },
+    },
+    seen = { on = { close = "closed" } },
+    closed = { final = true },
+  },
+}
+EOF
+# api settings for the test: a port the system picks, small limits, short timeout
+conf() {
+  sed -i '/^  api = /d' "$d/caremesh.conf"
+  sed -i "s/^}\$/  api = { listen = \"127.0.0.1:0\", max_body_bytes = 65536, max_header_bytes = 8192, timeout_ms = 1000, max_connections = 16$1 },\n}/" "$d/caremesh.conf"
+}
+conf ""
+admin=$("$bin" token create --scope admin --name ops --data "$d" 2>/dev/null)
+writer=$("$bin" token create --scope write --name frontdesk --data "$d" 2>/dev/null)
+reader=$("$bin" token create --scope read --name reader --data "$d" 2>/dev/null)
+revoked=$("$bin" token create --scope admin --name gone --data "$d" 2>/dev/null)
+same "token text" "${#admin}" 85
+out=$("$bin" token revoke gone --data "$d"); has "token revoke" "revoked" "$out"
+out=$("$bin" token list --data "$d"); has "token list" "frontdesk" "$out"; has "token list revoked" "gone" "$out"
+if grep -qF "$admin" <<<"$out"; then bad "token list shows a secret"; else ok; fi
+"$bin" token revoke nosuch --data "$d" >/dev/null 2>&1; same "revoke unknown exit" $? 1
+"$bin" token create --scope root --data "$d" >/dev/null 2>&1; same "bad scope exit" $? 2
+"$bin" token create --scope read --name ops --data "$d" >/dev/null 2>&1; same "duplicate name exit" $? 1
+if sqlite3 "$d/caremesh.db" "SELECT hex(hash) FROM api_token" | grep -qi "${admin:21}"; then
+  bad "a token secret is stored in clear"; else ok; fi
+
+start() {
+  : >"$tmp/log"
+  $wrap "$bin" serve --data "$d" 2>"$tmp/log" &
+  pid=$!
+  wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
+  port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
+  base="http://127.0.0.1:$port"
+}
+stop() {
+  kill -TERM "$pid"
+  wait "$pid"
+  local rc=$?
+  pid=
+  return $rc
+}
+start
+
+# req METHOD PATH [BODY [TOKEN [CONTENT-TYPE]]]: $status and $body
+req() {
+  local method=$1 path=$2 data=${3-} token=${4-$admin} ctype=${5-application/json}
+  local args=(-s -o "$tmp/body" -w '%{http_code}' -X "$method" -H 'Expect:')
+  [ -n "$token" ] && args+=(-H "Authorization: Bearer $token")
+  if [ -n "$data" ]; then
+    printf '%s' "$data" >"$tmp/data"
+    args+=(-H "Content-Type: $ctype" --data-binary "@$tmp/data")
+  fi
+  status=$(curl "${args[@]}" "$base$path")
+  body=$(cat "$tmp/body")
+}
+# expect NAME STATUS [ERROR-CODE]: the last answer
+expect() {
+  same "$1 status" "$status" "$2"
+  if [ -n "${3-}" ]; then
+    same "$1 error code" "$(jq -r .error.code <<<"$body" 2>/dev/null)" "$3"
+    local msg
+    msg=$(jq -r .error.message <<<"$body" 2>/dev/null)
+    if [ -n "$msg" ] && [ "$msg" != null ]; then ok; else bad "$1: no error message in $body"; fi
+  fi
+}
+field() { same "$1 field" "$(jq -r .error.field <<<"$body")" "$2"; }
+count() { sqlite3 "$d/caremesh.db" "$1"; }
+
+# ---- health ----
+req GET /healthz; expect healthz 200; same healthz "$(jq -r .status <<<"$body")" ok
+req GET /readyz; expect readyz 200
+req GET /healthz "" ""; expect "healthz without token (closed by default)" 401 unauthorized
+
+# ---- records: create, get, list with filters and paging, update ----
+req POST /v1/organizations '{"id":"org1","name":"Riverside Clinic","kind":"clinic"}' "$writer"
+expect "org create" 201; same "org create id" "$(jq -r .id <<<"$body")" org1
+req POST /v1/organizations '{"id":"org2","name":"Cardio","kind":"specialist_practice"}'; expect "org2 create" 201
+req POST /v1/organizations '{"id":"org1","name":"Again","kind":"clinic"}'; expect "org duplicate" 409 exists
+req GET /v1/organizations/org1 "" "$reader"; expect "org get" 200
+same "org get name" "$(jq -r .name <<<"$body")" "Riverside Clinic"
+req GET /v1/organizations/nosuch "" "$reader"; expect "org get missing" 404 not_found
+req GET "/v1/organizations?kind=clinic"; expect "org filter" 200
+same "org filter count" "$(jq '.items | length' <<<"$body")" 1
+req GET "/v1/organizations?colour=red"; expect "org unknown filter" 400 unknown_parameter; field "org unknown filter" colour
+req GET "/v1/organizations?limit=1"; expect "org page 1" 200
+same "org page 1 size" "$(jq '.items | length' <<<"$body")" 1
+cursor=$(jq -r .next_cursor <<<"$body"); same "org cursor" "$cursor" org1
+req GET "/v1/organizations?limit=1&cursor=$cursor"; expect "org page 2" 200
+same "org page 2 id" "$(jq -r '.items[0].id' <<<"$body")" org2
+req GET "/v1/organizations?limit=0"; expect "limit 0" 400 invalid_parameter; field "limit 0" limit
+req GET "/v1/organizations?limit=abc"; expect "limit abc" 400 invalid_parameter
+req GET "/v1/organizations?kind=%zz"; expect "bad escape" 400 invalid_parameter
+req PATCH /v1/organizations/org1 '{"phone":"+1 555 0100 22"}' "$writer"; expect "org patch" 200
+same "org patch version" "$(jq -r .meta.versionId <<<"$body")" 2
+req PATCH /v1/organizations/org1 '{"phone":"x"}'; expect "org patch invalid" 422 invalid; field "org patch invalid" phone
+req PATCH /v1/organizations/nosuch '{"name":"x"}'; expect "patch missing" 404 not_found
+req POST /v1/providers '{"id":"dr1","name":{"family":"Lee"},"role":"physician","organization":"org1"}'; expect "provider create" 201
+req POST /v1/providers '{"id":"dr2","name":{"family":"Kim"},"role":"physician","organization":"nope"}'; expect "provider bad ref" 422 missing_reference
+req GET "/v1/providers?organization=org1"; expect "provider filter" 200
+same "provider filter count" "$(jq '.items | length' <<<"$body")" 1
+
+patient='{"id":"p1","name":{"family":"Doe","given":["Ann"]},"birthDate":"1970-01-01","gender":"female","phone":"+1 555 0100 33"}'
+req POST /v1/patients "$patient" "$writer"; expect "patient create" 201
+req POST /v1/patients '{"id":"p2","name":{"family":"Roe"},"birthDate":"1980-02-02","gender":"male"}' "$writer"; expect "patient2 create" 201
+req GET /v1/patients/p1 "" "$reader"; expect "patient get" 200
+same "patient get family" "$(jq -r .name.family <<<"$body")" Doe
+req GET "/v1/patients?gender=male" "" "$reader"; expect "patient filter" 200
+same "patient filter ids" "$(jq -r '[.items[].id] | join(",")' <<<"$body")" p2
+req PATCH /v1/patients/p1 '{"phone":null}' "$writer"; expect "patient merge patch removes" 200
+same "patient phone removed" "$(jq -r .phone <<<"$body")" null
+req PATCH /v1/patients/p1 '{"id":"p9"}'; expect "patient id change" 422 invalid
+req POST /v1/partnerships '{"id":"ps1","name":"Referrals","purpose":"cardiology referrals","members":[{"organization":"org1"},{"organization":"org2"}],"reviewCadence":"annual"}'
+expect "partnership create" 201
+req GET "/v1/partnerships?member=org2"; same "partnership filter" "$(jq '.items | length' <<<"$body")" 1
+req POST /v1/consents '{"id":"c1","patient":"p1","purpose":"referral","organization":"org2","decision":"permit"}' "$writer"
+expect "consent create" 201
+req GET "/v1/consents?patient=p1" "" "$reader"; expect "consent list" 200
+same "consent list count" "$(jq '.items | length' <<<"$body")" 1
+req POST /v1/care-teams '{"id":"ct1","patient":"p1","participants":[{"member":"dr1","role":"pcp"}]}'; expect "care team create" 201
+req GET "/v1/care-teams?member=dr1"; expect "care team filter" 200
+same "care team filter" "$(jq -r '.items[0].id' <<<"$body")" ct1
+req PATCH /v1/care-teams/ct1 '{"name":"Ann Doe team"}'; expect "care team patch" 200
+
+# ---- the bad-input matrix: each refused with its status and a message, nothing changed ----
+before=$(count "SELECT count(*) || '/' || sum(version) FROM record")
+audit_before=$(count "SELECT count(*) FROM audit")
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},' "$writer"; expect "malformed JSON" 400 malformed_json
+req POST /v1/patients '{"id":"p3"} trailing' "$writer"; expect "trailing garbage" 400 malformed_json
+req POST /v1/patients '[1,2]' "$writer"; expect "array body" 422 invalid
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":5,"gender":"male"}' "$writer"
+expect "wrong type" 422 invalid; field "wrong type" birthDate
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male","shoe":"9"}' "$writer"
+expect "unknown field" 422 unknown_field; field "unknown field" shoe
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"2999-01-01","gender":"male"}' "$writer"
+expect "future birth date" 422 invalid; field "future birth date" birthDate
+req POST /v1/patients '{"id":"p3"}' "$writer" text/plain; expect "wrong content type" 415 unsupported_media_type
+req POST /v1/patients "" "$writer"; expect "no body" 400 missing_body
+printf '{"id":"p3","x":"\xff\xfe"}' >"$tmp/bin"
+status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $writer" -H 'Content-Type: application/json' --data-binary "@$tmp/bin" "$base/v1/patients")
+body=$(cat "$tmp/body"); expect "not UTF-8" 400 malformed_json
+head -c 70000 /dev/zero | tr '\0' 'a' | sed 's/^/{"id":"p3","note":"/; s/$/"}/' >"$tmp/huge"
+status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H 'Expect:' -H "Authorization: Bearer $writer" -H 'Content-Type: application/json' --data-binary "@$tmp/huge" "$base/v1/patients")
+body=$(cat "$tmp/body"); expect "huge body" 413 payload_too_large
+status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $writer" -H "X-Pad: $(head -c 9000 /dev/zero | tr '\0' 'b')" "$base/v1/patients")
+body=$(cat "$tmp/body"); expect "huge header" 431 headers_too_large
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' ""
+expect "no token" 401 unauthorized
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "cmt_0000000000000000_$(printf '%064d' 0)"
+expect "unknown token" 401 unauthorized
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "garbage"
+expect "garbage token" 401 unauthorized
+last=${admin: -1}; [ "$last" = 0 ] && flip=1 || flip=0
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "${admin%?}$flip"
+expect "altered token" 401 unauthorized
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$revoked"
+expect "revoked token" 401 unauthorized; has "revoked message" "revoked" "$body"
+req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$reader"
+expect "read scope cannot write" 403 forbidden
+req GET /v1/audit "" "$writer"; expect "write scope cannot read the audit" 403 forbidden
+req GET /v1/nothing; expect "unknown route" 404 no_route
+req GET /v1/nothing "" ""; expect "unknown route without token" 401 unauthorized
+req DELETE /v1/patients/p1; expect "method not allowed" 405 method_not_allowed
+req GET /v1/patients/bad%20id; expect "bad id" 404 not_found
+req GET "/v1/patients//x"; expect "empty segment" 404 no_route
+req GET /v1/patients/p1 "" "$reader"
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1"},"colour":1}'; expect "instance unknown member" 422 unknown_field
+req POST /v1/instances '{"workflow":5}'; expect "instance wrong type" 422 invalid; field "instance wrong type" workflow
+req POST /v1/instances '{"input":{}}'; expect "instance no workflow" 422 invalid; field "instance no workflow" workflow
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"nosuch"}}'; expect "instance bad input" 422 invalid
+req POST /v1/instances '{"workflow":"nosuch"}'; expect "instance unknown workflow" 404 not_found
+same "bad input changed no record" "$(count "SELECT count(*) || '/' || sum(version) FROM record")" "$before"
+same "bad input started no instance" "$(count "SELECT count(*) FROM instance")" 0
+# the only audit entries since: one read of p1 and the refusals of attempted patient writes
+same "audit since the matrix" "$(count "SELECT group_concat(action || ':' || outcome) FROM audit WHERE seq > $audit_before")" \
+  "patient.create:refused,patient.create:refused,patient.create:refused,patient.read:ok,instance.start:refused"
+
+# ---- audit: reads and changes of patient data, by token ----
+req GET "/v1/audit?patient=p1&action=patient.read"; expect "audit query" 200
+has "audit reader" '"actor":"token:reader"' "$body"
+req GET "/v1/audit?actor=token:frontdesk&action=patient.create"; expect "audit by actor" 200
+same "audit create entries" "$(jq '[.items[] | select(.outcome=="ok")] | length' <<<"$body")" 2
+same "audit classes" "$(jq -r '.items[0].classes' <<<"$body")" "demographics,contact"
+req GET "/v1/audit?limit=2"; cursor=$(jq -r .next_cursor <<<"$body"); same "audit page" "$(jq '.items | length' <<<"$body")" 2
+req GET "/v1/audit?limit=2&cursor=$cursor"; same "audit page 2 starts after" "$(jq '.items[0].seq' <<<"$body")" 3
+req GET "/v1/audit?since=yesterday"; expect "audit bad since" 400 invalid_parameter
+req GET /v1/organizations/org1 "" "$reader"
+same "organization reads are not patient data" "$(count "SELECT count(*) FROM audit WHERE detail LIKE '%organizations%'")" 0
+status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $reader" -H "X-Purpose: referral" "$base/v1/patients/p2")
+same "purpose recorded" "$(count "SELECT purpose FROM audit ORDER BY seq DESC LIMIT 1")" referral
+status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $reader" -H "X-Purpose: no way" "$base/v1/patients/p2")
+same "bad purpose" "$status" 400
+req GET /v1/audit/verify; expect "audit verify" 200; same "audit verify ok" "$(jq -r .ok <<<"$body")" true
+
+# ---- workflows ----
+req GET /v1/workflows "" "$reader"; expect workflows 200
+same "workflow listed" "$(jq -r '.items[0].name + ":" + (.items[0].current_rev|tostring)' <<<"$body")" intake:1
+req GET /v1/workflows/intake; expect "workflow get" 200; same "workflow revisions" "$(jq '.revisions | length' <<<"$body")" 1
+req GET /v1/workflows/nosuch; expect "workflow missing" 404 not_found
+
+# ---- instances: start, get, list, events, pause/resume/cancel, history ----
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1"},"id":"i1"}' "$writer"
+expect "instance start" 201; same "instance start state" "$(jq -r .state <<<"$body")" open
+same "acknowledged start is committed" "$(count "SELECT state FROM instance WHERE id='i1'")" open
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1"},"id":"i1"}' "$writer"; expect "instance duplicate" 409 exists
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i2"}' "$writer"; expect "instance 2" 201
+req GET /v1/instances/i1 "" "$reader"; expect "instance get" 200
+same "instance get workflow" "$(jq -r .workflow <<<"$body")" intake
+req GET /v1/instances/nosuch "" "$reader"; expect "instance missing" 404 not_found
+req GET "/v1/instances?patient=p2" "" "$reader"; expect "instances by patient" 200
+same "instances by patient" "$(jq -r '[.items[].id] | join(",")' <<<"$body")" i2
+req GET "/v1/instances?workflow=intake&state=open&status=running&limit=1" "" "$reader"
+same "instances page" "$(jq -r '.items[0].id + " " + .next_cursor' <<<"$body")" "i1 1"
+req GET "/v1/instances?limit=1&cursor=1" "" "$reader"; same "instances page 2" "$(jq -r '.items[0].id' <<<"$body")" i2
+req GET "/v1/instances?cursor=x"; expect "instances bad cursor" 400 invalid_parameter
+req GET "/v1/instances?shape=round"; expect "instances unknown filter" 400 unknown_parameter
+req POST /v1/instances/i1/events '{"event":"seen","payload":{"by":"dr1"}}' "$writer"; expect "signal" 200
+same "signal state" "$(jq -r .state <<<"$body")" seen
+same "acknowledged event is committed" "$(count "SELECT state FROM instance WHERE id='i1'")" seen
+req POST /v1/instances/i1/events '{"event":"nonsense"}' "$writer"; expect "signal no transition" 422 invalid
+req POST /v1/instances/i1/events '{"payload":{}}' "$writer"; expect "signal no event" 422 invalid; field "signal no event" event
+req POST /v1/instances/nosuch/events '{"event":"seen"}' "$writer"; expect "signal missing instance" 404 not_found
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i5"}' "$writer"; expect "instance 5" 201
+req POST /v1/instances/i5/events '{"event":"boom"}' "$writer"; expect "handler error kept" 202
+same "handler error kept flag" "$(jq -r '.kept' <<<"$body")" true
+same "handler error code" "$(jq -r '.error.code' <<<"$body")" handler_failed
+req GET /v1/instances/i1/history "" "$reader"; expect history 200
+same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen"
+req POST /v1/instances/i1/pause "" "$writer"; expect pause 200; same "paused" "$(jq -r .status <<<"$body")" paused
+req POST /v1/instances/i1/pause "" "$writer"; expect "pause twice" 409 wrong_state
+req POST /v1/instances/i1/events '{"event":"close"}' "$writer"; expect "signal paused is held" 202
+same "held" "$(jq -r .held <<<"$body")" true
+req POST /v1/instances/i1/resume "" "$writer"; expect resume 200
+for _ in $(seq 1 100); do
+  [ "$(count "SELECT status FROM instance WHERE id='i1'")" = done ] && break; sleep 0.05
+done
+same "held event ran after resume" "$(count "SELECT status FROM instance WHERE id='i1'")" done
+req POST /v1/instances/i2/cancel '{"reason":"duplicate referral"}' "$writer"; expect cancel 200
+same cancelled "$(jq -r .status <<<"$body")" cancelled
+req POST /v1/instances/i2/cancel '{"because":"x"}' "$writer"; expect "cancel unknown member" 422 unknown_field
+req POST /v1/instances/nosuch/pause "" "$writer"; expect "pause missing" 404 not_found
+same "instance changes audited" "$(count "SELECT group_concat(DISTINCT action) FROM (SELECT action FROM audit WHERE action LIKE 'instance.%' ORDER BY action)")" \
+  "instance.cancel,instance.pause,instance.read,instance.resume,instance.signal,instance.start"
+
+# ---- tasks ----
+req GET "/v1/tasks?patient=p1&status=requested" "" "$reader"; expect "tasks" 200
+task=$(jq -r '.items[0].id' <<<"$body"); same "task made by the workflow" "${task:0:5}" "i1.t1"
+req POST "/v1/tasks/$task/complete" '{"note":"called, left a message"}' "$writer"; expect "task complete" 200
+same "task completed" "$(jq -r .status <<<"$body")" completed
+req GET "/v1/tasks?status=completed" "" "$reader"; same "completed filter" "$(jq -r '.items[0].id' <<<"$body")" "$task"
+req POST "/v1/tasks/nosuch/complete" "" "$writer"; expect "complete missing" 404 not_found
+req POST "/v1/tasks/$task/complete" '{"note":7}' "$writer"; expect "complete bad note" 422 invalid
+
+# ---- failed events ----
+req GET /v1/failed-events "" "$reader"; expect "failed list" 200
+seq=$(jq -r '.items[0].seq' <<<"$body"); same "failed event listed" "$(jq -r '.items[0].name' <<<"$body")" boom
+req POST "/v1/failed-events/x/retry" "" "$writer"; expect "retry bad seq" 400 invalid_parameter
+req POST "/v1/failed-events/999999/retry" "" "$writer"; expect "retry missing" 404 not_found
+sqlite3 "$d/caremesh.db" "UPDATE event SET status='failed' WHERE seq=$seq" 2>/dev/null ||
+  for _ in $(seq 1 50); do sqlite3 "$d/caremesh.db" "UPDATE event SET status='failed' WHERE seq=$seq" 2>/dev/null && break; sleep 0.1; done
+req POST "/v1/failed-events/$seq/discard" "" "$writer"; expect "discard" 200
+same "discarded" "$(count "SELECT count(*) FROM event WHERE seq=$seq")" 0
+
+# ---- peers, KPIs ----
+req GET /v1/peers "" "$reader"; expect peers 200; same "no federation" "$(jq -r .federation <<<"$body")" false
+sqlite3 "$d/caremesh.db" "INSERT INTO kpi_observation(name, value, labels, workflow, at) VALUES ('referral_days', 3, '{}', 'intake', '2026-01-01T00:00:00.000Z'), ('referral_days', 5, '{}', 'intake', '2026-02-01T00:00:00.000Z')"
+req GET "/v1/kpis?name=referral_days" "" "$reader"; expect kpis 200
+same "kpi aggregate" "$(jq -r '.items[0] | "\(.count) \(.sum) \(.min) \(.max)"' <<<"$body")" "2 8 3 5"
+req GET "/v1/kpis?since=2026-01-15" "" "$reader"; same "kpi since" "$(jq -r '.items[0].count' <<<"$body")" 1
+req GET "/v1/kpis?since=soon"; expect "kpi bad since" 400 invalid_parameter
+
+# ---- pipelining: three requests in one write, answers in order ----
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+printf 'GET /v1/patients/p1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\nPOST /v1/instances HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{"workflow":"intake","input":{"patient":"p2"},"id":"i3pipe"}GET /v1/patients/nosuch HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' "$reader" "$writer" "$reader" >&3
+out=$(timeout 10 cat <&3 | grep -ao "HTTP/1.1 [0-9]*" | cut -d" " -f2 | tr "\n" " ")
+exec 3<&-
+same "pipelined answers in order" "$out" "200 201 404 "
+
+# ---- slow clients cannot hold the loop ----
+exec 4<>"/dev/tcp/127.0.0.1/$port"
+printf 'GET /v1/patients/p1 HTTP/1.1\r\nHost: t\r\n' >&4   # half a request, then nothing
+start_ns=$(date +%s%N)
+req GET /healthz; expect "served while a slow client waits" 200
+out=$(timeout 10 cat <&4 | tr -d '\r' | head -1)
+exec 4<&-
+same "slow client timed out" "$out" "HTTP/1.1 408 Request Timeout"
+ms=$((($(date +%s%N) - start_ns) / 1000000))
+if [ "$ms" -lt 5000 ]; then ok; else bad "slow client held for $ms ms"; fi
+exec 5<>"/dev/tcp/127.0.0.1/$port"   # idle: closed after the timeout, no answer
+out=$(timeout 10 cat <&5 | wc -c); exec 5<&-
+same "idle connection closed silently" "$out" 0
+exec 6<>"/dev/tcp/127.0.0.1/$port"
+printf 'BREW /pot HTCPCP/1.0\r\n\r\n' >&6
+out=$(timeout 10 cat <&6 | tr -d '\r' | head -1); exec 6<&-
+same "garbage request" "$out" "HTTP/1.1 400 Bad Request"
+
+# ---- connection limit ----
+for i in $(seq 10 30); do eval "exec $i<>/dev/tcp/127.0.0.1/$port"; done
+out=$(printf 'GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n' | { exec 31<>"/dev/tcp/127.0.0.1/$port"; cat >&31; timeout 10 cat <&31; } | tr -d '\r' | head -1)
+same "over the connection limit" "$out" "HTTP/1.1 503 Service Unavailable"
+for i in $(seq 10 30); do eval "exec $i<&-"; done
+
+# ---- metrics ----
+req GET /metrics "" "$reader"; expect metrics 200
+for m in 'caremesh_events_processed_total ' 'caremesh_events_failed_total ' 'caremesh_event_latency_seconds_bucket{le="+Inf"}' \
+  'caremesh_instances{workflow="intake",state="closed",status="done"} 1' 'caremesh_timers_pending 0' \
+  'caremesh_lua_budget_kills_total 0' \
+  'caremesh_http_requests_total{route="/v1/patients",status="201"} 2' \
+  'caremesh_http_requests_total{route="unmatched",status="401"}' 'caremesh_http_connections'; do
+  has "metric $m" "$m" "$body"
+done
+processed=$(sed -n 's/^caremesh_events_processed_total //p' <<<"$body")
+if [ "$processed" -ge 6 ]; then ok; else bad "events processed $processed"; fi
+lua_errors=$(sed -n 's/^caremesh_lua_errors_total //p' <<<"$body")
+if [ "$lua_errors" -ge 1 ]; then ok; else bad "lua errors $lua_errors"; fi
+
+# ---- SIGTERM: stops accepting, answers, exits 0; acknowledged writes are kept ----
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i4"}' "$writer"; expect "last start" 201
+exec 7<>"/dev/tcp/127.0.0.1/$port"   # an idle keep-alive connection must not hold the stop
+stop; same "SIGTERM exit" $? 0
+exec 7<&-
+has "drained" '"api.stopped"' "$(cat "$tmp/log")"
+same "acknowledged instance kept" "$(count "SELECT count(*) FROM instance WHERE id IN ('i1','i2','i3pipe','i4')")" 4
+if grep -qF -- "${admin:21}" "$tmp/log"; then bad "a token is in the log"; else ok; fi
+
+# ---- open_loopback; a write acknowledged survives kill -9 ----
+conf ", open_loopback = true"
+start
+req GET /metrics "" ""; expect "metrics open on loopback" 200
+req GET /v1/patients "" ""; expect "v1 still closed" 401 unauthorized
+req POST /v1/patients '{"id":"p9","name":{"family":"Nine"},"birthDate":"1999-09-09","gender":"other"}' "$writer"
+expect "write before kill" 201
+kill -9 "$pid"; wait "$pid" 2>/dev/null; pid=
+same "acknowledged write survives kill -9" "$(count "SELECT count(*) FROM record WHERE kind='patient' AND id='p9'")" 1
+
+# ---- a non-loopback address needs a token ----
+e=$tmp/empty
+"$bin" init --data "$e" --node-id empty >/dev/null
+sed -i 's/^}$/  api = { listen = "0.0.0.0:0" },\n}/' "$e/caremesh.conf"
+out=$("$bin" serve --data "$e" 2>&1); rc=$?
+same "non-loopback without tokens exit" $rc 1
+has "non-loopback refusal" "no API token exists" "$out"
+sed -i 's/0.0.0.0:0/localhost:7600/' "$e/caremesh.conf"
+out=$("$bin" serve --data "$e" 2>&1); rc=$?
+same "bad listen exit" $rc 1; has "bad listen" "api.listen" "$out"
+
+echo "test_api: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
