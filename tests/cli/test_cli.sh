@@ -48,6 +48,8 @@ expect 2 "lua without data" -- env -u CAREMESH_DATA "$bin" lua script.lua; has "
 # ---- init ----
 d=$tmp/clinic
 expect 0 init -- "$bin" init --data "$d" --node-id clinic-a
+# the API on a port of its own: tests run side by side (docs/api.md)
+api_port0() { sed -i 's/^}$/  api = { listen = "127.0.0.1:0" },\n}/' "$1/caremesh.conf"; }
 has init 'initialised node "clinic-a"'
 pub=$(sed -n 's/^public key: //p' <<<"$out")
 same "public key length" "${#pub}" 40
@@ -161,6 +163,7 @@ expect 1 "workflow test of a missing file" -- "$bin" workflow test "$tmp/none.lu
 # ---- plugins ----
 p=$tmp/plugged
 "$bin" init --data "$p" --node-id plugged >/dev/null
+api_port0 "$p"
 sed -i "s|^}|  plugins = { { name = \"template\", path = \"$template_so\", config = { site = \"north\" } } },\n}|" "$p/caremesh.conf"
 expect 0 "plugin command" -- "$bin" template-hello --data "$p" a b
 has "plugin command" "hello from the template plugin (2 argument(s))"
@@ -184,6 +187,7 @@ if grep -qF '"event":"plugin.unloaded"' "$log"; then ok; else bad "plugin not un
 
 # a serving node hands notifications to the spool channel: durable files appear
 mkdir -m 700 "$tmp/spool"
+api_port0 "$d"
 cp "$d/caremesh.conf" "$tmp/pre-spool.conf"
 sed -i "s|^}|  plugins = { { name = \"notify_spool\", path = \"$spool_so\", config = { dir = \"$tmp/spool\", channels = { \"sms\" } } } },\n}|" "$d/caremesh.conf"
 log=$tmp/serve-spool.log

@@ -37,6 +37,7 @@ configure() {
     listen = "tcp://127.0.0.1:$2",
     peers = { { id = "$3", endpoint = "tcp://127.0.0.1:$4", public_key = "$5" } },
   },
+  api = { listen = "127.0.0.1:0" }, -- a port of its own: tests run side by side
 }
 CONF
 }

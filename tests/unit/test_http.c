@@ -1,0 +1,290 @@
+/*
+** test_http.c -- the HTTP server's pure pieces (query strings, escapes, path
+** segments) and the server on a real loop: pipelined requests answered in
+** order whatever order the handler answers them in, limits answered with
+** their status, and a stop that waits for the answers of what was read.
+*/
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "http.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- pure pieces ---- */
+
+static void test_query_decodes_names_and_values(void **state)
+{
+    cm_http_query q;
+    cm_err err;
+    assert_int_equal(cm_http_query_parse("a=1&name=Ann+Doe&x=%C3%A9%2F&flag&&b=", &q, &err), 0);
+    assert_int_equal(q.n, 5);
+    assert_string_equal(cm_http_query_get(&q, "a"), "1");
+    assert_string_equal(cm_http_query_get(&q, "name"), "Ann Doe");
+    assert_string_equal(cm_http_query_get(&q, "x"), "\xc3\xa9/");
+    assert_string_equal(cm_http_query_get(&q, "flag"), "");
+    assert_string_equal(cm_http_query_get(&q, "b"), "");
+    assert_null(cm_http_query_get(&q, "missing"));
+    cm_http_query_free(&q);
+    assert_int_equal(cm_http_query_parse("", &q, &err), 0);
+    assert_int_equal(q.n, 0);
+}
+
+static void test_query_refuses_what_it_cannot_read(void **state)
+{
+    static const char *const bad[] = {"a=%zz", "a=%4", "a=%00", "a=1&a=2", "=v", "a=%ff%fe"};
+    cm_http_query q;
+    cm_err err;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(cm_http_query_parse(bad[i], &q, &err), CM_EINVAL);
+        assert_int_equal(q.n, 0);
+        assert_non_null(strstr(err.msg, "query parameter"));
+    }
+    char many[512] = "";
+    for (int i = 0; i <= CM_HTTP_MAX_PARAMS; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "p%d=1&", i);
+    assert_int_equal(cm_http_query_parse(many, &q, &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "more than"));
+}
+
+static void test_unescape_bounds(void **state)
+{
+    char out[4];
+    assert_true(cm_http_unescape("a%20b", 5, false, out, sizeof(out)));
+    assert_string_equal(out, "a b");
+    assert_true(cm_http_unescape("a+b", 3, false, out, sizeof(out)));
+    assert_string_equal(out, "a+b");
+    assert_false(cm_http_unescape("abcd", 4, false, out, sizeof(out))); /* no room for NUL */
+    assert_false(cm_http_unescape("%", 1, false, out, sizeof(out)));
+    assert_false(cm_http_unescape("%2", 2, false, out, sizeof(out)));
+}
+
+static void test_split_path_segments(void **state)
+{
+    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
+    assert_int_equal(cm_http_split_path("/v1/patients/p%201", seg, CM_HTTP_MAX_SEGMENTS), 3);
+    assert_string_equal(seg[0], "v1");
+    assert_string_equal(seg[2], "p 1");
+    assert_int_equal(cm_http_split_path("/v1/patients/", seg, CM_HTTP_MAX_SEGMENTS), 2);
+    assert_int_equal(cm_http_split_path("/", seg, CM_HTTP_MAX_SEGMENTS), 0);
+    assert_int_equal(cm_http_split_path("v1", seg, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path("/v1//x", seg, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path("/a%zz", seg, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path("/a/b/c", seg, 2), -1);
+}
+
+/* ---- the server on a loop ---- */
+
+typedef struct later {
+    uv_timer_t t;
+    cm_http_req *req;
+} later;
+
+typedef struct env {
+    uv_loop_t loop;
+    cm_http_server *srv;
+    uv_tcp_t client;
+    uv_connect_t connect;
+    uv_write_t write;
+    const char *send;
+    char got[8192];
+    size_t got_len;
+    bool eof, stopped;
+    int handled;
+    later deferred;
+} env;
+
+static void answer_later(uv_timer_t *t)
+{
+    later *l = t->data;
+    cm_http_respond(l->req, 200, "text/plain", "later", 5);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+/* /later answers after a timer; anything else answers at once with its path. */
+static void handler(void *ud, cm_http_req *req)
+{
+    env *e = ud;
+    const char *path = cm_http_req_path(req);
+    e->handled++;
+    if (strcmp(path, "/later") == 0) {
+        e->deferred.req = req;
+        uv_timer_init(&e->loop, &e->deferred.t);
+        e->deferred.t.data = &e->deferred;
+        uv_timer_start(&e->deferred.t, answer_later, 20, 0);
+        return;
+    }
+    cm_http_respond(req, 200, "text/plain", path + 1, strlen(path + 1));
+}
+
+static void on_alloc(uv_handle_t *h, size_t n, uv_buf_t *b)
+{
+    env *e = h->data;
+    *b = uv_buf_init(e->got + e->got_len, (unsigned)(sizeof(e->got) - e->got_len - 1));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    env *e = s->data;
+    if (n > 0) {
+        e->got_len += (size_t)n;
+        e->got[e->got_len] = '\0';
+    } else if (n < 0) {
+        e->eof = true;
+        uv_close((uv_handle_t *)s, NULL);
+    }
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    assert_int_equal(status, 0);
+}
+
+static void on_connected(uv_connect_t *c, int status)
+{
+    env *e = c->data;
+    assert_int_equal(status, 0);
+    uv_buf_t b = uv_buf_init((char *)e->send, (unsigned)strlen(e->send));
+    uv_write(&e->write, (uv_stream_t *)&e->client, &b, 1, on_written);
+    uv_read_start((uv_stream_t *)&e->client, on_alloc, on_read);
+}
+
+static void on_stopped(void *ud)
+{
+    ((env *)ud)->stopped = true;
+}
+
+/* Send text on a fresh connection to a fresh server; run until the server closes it. */
+static void exchange(env *e, const cm_http_limits *lim, const char *text)
+{
+    cm_err err;
+    struct sockaddr_in addr;
+    memset(e, 0, sizeof(*e));
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(cm_http_server_start(&e->loop, "127.0.0.1", 0, lim, handler, e, &e->srv, &err),
+                     0);
+    assert_true(cm_http_server_port(e->srv) > 0);
+    uv_ip4_addr("127.0.0.1", cm_http_server_port(e->srv), &addr);
+    uv_tcp_init(&e->loop, &e->client);
+    e->client.data = e->connect.data = e;
+    e->send = text;
+    uv_tcp_connect(&e->connect, &e->client, (const struct sockaddr *)&addr, on_connected);
+    while (!e->eof && uv_run(&e->loop, UV_RUN_ONCE))
+        ;
+    assert_true(e->eof);
+    cm_http_server_stop(e->srv, on_stopped, e);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    assert_true(e->stopped);
+    cm_http_server_destroy(&e->srv);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+}
+
+static void test_pipelined_answers_keep_request_order(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    exchange(e, &lim,
+             "GET /later HTTP/1.1\r\nHost: t\r\n\r\n"
+             "GET /now HTTP/1.1\r\nHost: t\r\n\r\n"
+             "GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_int_equal(e->handled, 3);
+    const char *a = strstr(e->got, "later"), *b = strstr(e->got, "now"),
+               *c = strstr(e->got, "last");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_true(a < b && b < c);
+    assert_non_null(strstr(e->got, "Connection: close\r\n\r\nlast"));
+    free(e);
+}
+
+static void test_limits_are_answered_with_their_status(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.max_body_bytes = 10;
+    lim.max_header_bytes = 100;
+    exchange(e, &lim, "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
+    assert_int_equal(e->handled, 0);
+    assert_non_null(strstr(e->got, "HTTP/1.1 413 "));
+    assert_non_null(strstr(e->got, "\"code\":\"payload_too_large\""));
+    exchange(e, &lim,
+             "GET /x HTTP/1.1\r\nHost: t\r\nX-Long: "
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaa\r\n\r\n");
+    assert_int_equal(e->handled, 0);
+    assert_non_null(strstr(e->got, "HTTP/1.1 431 "));
+    /* an answered request before the bad one keeps its answer, in order */
+    exchange(e, &lim, "GET /first HTTP/1.1\r\nHost: t\r\n\r\nNOT HTTP AT ALL\r\n\r\n");
+    assert_int_equal(e->handled, 1);
+    const char *first = strstr(e->got, "first"), *bad = strstr(e->got, "HTTP/1.1 400 ");
+    assert_non_null(first);
+    assert_non_null(bad);
+    assert_true(first < bad);
+    free(e);
+}
+
+static void test_chunked_body_counts_against_the_limit(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.max_body_bytes = 8;
+    exchange(e, &lim,
+             "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n");
+    assert_int_equal(e->handled, 0);
+    assert_non_null(strstr(e->got, "HTTP/1.1 413 "));
+    free(e);
+}
+
+static void test_timeout_answers_a_half_sent_request(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.timeout_ms = 100;
+    exchange(e, &lim, "GET /x HTTP/1.1\r\nHost: t\r\n");
+    assert_int_equal(e->handled, 0);
+    assert_non_null(strstr(e->got, "HTTP/1.1 408 "));
+    free(e);
+}
+
+static void test_bad_address_is_refused(void **state)
+{
+    uv_loop_t loop;
+    cm_http_server *srv = NULL;
+    cm_http_limits lim;
+    cm_err err;
+    cm_http_limits_default(&lim);
+    uv_loop_init(&loop);
+    assert_int_equal(cm_http_server_start(&loop, "localhost", 0, &lim, handler, NULL, &srv, &err),
+                     CM_EINVAL);
+    assert_null(srv);
+    assert_non_null(strstr(err.msg, "localhost"));
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_query_decodes_names_and_values),
+        cmocka_unit_test(test_query_refuses_what_it_cannot_read),
+        cmocka_unit_test(test_unescape_bounds),
+        cmocka_unit_test(test_split_path_segments),
+        cmocka_unit_test(test_pipelined_answers_keep_request_order),
+        cmocka_unit_test(test_limits_are_answered_with_their_status),
+        cmocka_unit_test(test_chunked_body_counts_against_the_limit),
+        cmocka_unit_test(test_timeout_answers_a_half_sent_request),
+        cmocka_unit_test(test_bad_address_is_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
