@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "bench.h"
+#include "bench_api.h"
 #include "config.h"
 #include "fs.h"
 #include "keys.h"
@@ -519,6 +520,56 @@ static int cmd_lua(int argc, char **argv)
 
 /* ---- bench ------------------------------------------------------------ */
 
+/* bench api: the daemon's HTTP API (bench_api.h) */
+static int bench_api(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"api", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {"workflow", required_argument, NULL, 'w'},
+        {"event", required_argument, NULL, 'v'},
+        {"instances", required_argument, NULL, 'i'},
+        {"events", required_argument, NULL, 'e'},
+        {"connections", required_argument, NULL, 'c'},
+        {"pipeline", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char host[64] = "127.0.0.1";
+    cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
+                           4,    32};
+    int *nums[] = {&o.instances, &o.events, &o.connections, &o.pipeline};
+    const char *numopts = "iecp";
+    cm_err err;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "a:t:w:v:i:e:c:p:h", longopts, NULL)) != -1) {
+        const char *slot = c > 0 ? strchr(numopts, c) : NULL;
+        if (c == 'h')
+            return print_help(find_cmd("bench"));
+        if (c == 'a' && cm_config_parse_listen(optarg, host, sizeof(host), &o.port) != 0)
+            return usage_error("bench api", "--api: must be ADDRESS:PORT, got '%s'", optarg);
+        if (c == 't')
+            o.token = optarg;
+        else if (c == 'w')
+            o.workflow = optarg;
+        else if (c == 'v')
+            o.event = optarg;
+        else if (slot) {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 10000000)
+                return usage_error("bench api", "bad value '%s'", optarg);
+            *nums[slot - numopts] = (int)v;
+        } else if (c == '?')
+            return usage_error("bench api", "bad option or value: '%s'", argv[optind - 1]);
+    }
+    if (cm_bench_api(&o, &err) != 0)
+        return fail("bench api", &err);
+    return CM_EXIT_OK;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -531,10 +582,13 @@ static int cmd_bench(int argc, char **argv)
     cm_bench_opts o = {2000, 25, 256, NULL};
     cm_err err;
     int c;
+    if (argc >= 2 && strcmp(argv[1], "api") == 0)
+        return bench_api(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "engine") != 0)
         return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
                    ? print_help(find_cmd("bench"))
-                   : usage_error("bench", "%s", "missing or unknown benchmark (known: engine)");
+                   : usage_error("bench", "%s",
+                                 "missing or unknown benchmark (known: engine, api)");
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
@@ -843,8 +897,16 @@ static const cli_cmd commands[] = {
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
      "  --instances N   instances (default 2000)\n"
      "  --events N      events per instance (default 25)\n"
-     "  --batch N       events per commit (default 256)",
-     "bench engine [--instances N] [--events N] [--batch N]", cmd_bench},
+     "  --batch N       events per commit (default 256)\n\n"
+     "'api' drives a running daemon over HTTP keep-alive with pipelined requests: starts\n"
+     "instances of --workflow, sends each --events events, and prints durable events/s\n"
+     "(each answered after its commit) and request-to-answer p50/p99; last line JSON.\n"
+     "The daemon needs the workflow loaded (tests/bench/bench_api.lua) and a write token.\n\n"
+     "  --api ADDR:PORT   the daemon's API (default 127.0.0.1:7600)\n"
+     "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
+     "  --workflow NAME   default bench_api; --event NAME: default step\n"
+     "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 32)",
+     "bench engine [--instances N] [--events N] [--batch N] | bench api [OPTIONS]", cmd_bench},
     {"token", "create, list and revoke API bearer tokens",
      "Bearer tokens for the HTTP API (docs/api.md). 'create' prints the token once on\n"
      "stdout; only a hash of it is kept. Scopes are ordered: read < write < admin.\n"
