@@ -466,7 +466,12 @@ static int open_test_module(lua_State *L)
                 "SELECT channel, recipient AS \"to\", message, data, instance FROM notification "
                 "ORDER BY seq");
     add_closure(L, "sent", t_rows,
-                "SELECT receiver AS \"to\", kind, payload, instance FROM outbox ORDER BY seq");
+                "SELECT receiver AS \"to\", kind, payload, instance, sender AS \"from\", "
+                "purpose, classes, patient, record FROM outbox WHERE status <> 'refused' "
+                "ORDER BY seq");
+    add_closure(L, "refused_sends", t_rows,
+                "SELECT receiver AS \"to\", kind, instance, sender AS \"from\", purpose, "
+                "patient, reason FROM outbox WHERE status = 'refused' ORDER BY seq");
     add_closure(L, "pause", t_operator, "pause");
     add_closure(L, "resume", t_operator, "resume");
     add_closure(L, "cancel", t_operator, "cancel");

@@ -22,6 +22,7 @@ local function seed()
     organizations = { "riverside-clinic", "heart-partners" },
     providers = { "dr-ngata", "cc-haddad", "dr-osei" },
     patients = { "pat-okafor", "pat-rivera", "pat-kaur" },
+    partnerships = { "cardiology-referrals" },
   }
 end
 

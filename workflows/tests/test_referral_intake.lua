@@ -26,6 +26,7 @@ local function seed()
     organizations = { "heart-partners", "riverside-clinic" },
     providers = { "dr-osei", "cc-moreau", "cc-haddad" },
     patients = { "pat-okafor" },
+    partnerships = { "cardiology-referrals" },
   }
 end
 
