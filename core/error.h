@@ -25,7 +25,8 @@
     XX(LUA, "Lua error")                                                                           \
     XX(BUDGET, "instruction budget exhausted")                                                     \
     XX(MEMCAP, "memory cap exceeded")                                                              \
-    XX(USAGE, "bad command line")
+    XX(USAGE, "bad command line")                                                                  \
+    XX(AUDIT, "audit trail broken")
 
 typedef enum {
     CM_OK = 0,

@@ -190,6 +190,22 @@ static const cm_migration migrations[] = {
      "  received TEXT NOT NULL,\n"
      "  PRIMARY KEY (peer, msg_id)\n"
      ") WITHOUT ROWID;\n"},
+    /* The audit trail (audit.h): append-only, each row chained to the one
+    ** before by its hash. */
+    {4, "audit trail",
+     "CREATE TABLE audit(\n"
+     "  seq      INTEGER PRIMARY KEY,\n"
+     "  at       TEXT NOT NULL,\n"
+     "  actor    TEXT NOT NULL,\n"
+     "  action   TEXT NOT NULL,\n"
+     "  patient  TEXT NOT NULL,\n"
+     "  classes  TEXT NOT NULL,\n"
+     "  purpose  TEXT NOT NULL,\n"
+     "  outcome  TEXT NOT NULL,\n"
+     "  detail   TEXT NOT NULL,\n"
+     "  hash     BLOB NOT NULL\n"
+     ");\n"
+     "CREATE INDEX audit_by_patient ON audit(patient, seq);\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
