@@ -1154,3 +1154,54 @@ int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock
         *delivered = sent;
     return rc;
 }
+
+/* ---- Lua functions ---------------------------------------------------- */
+
+void cm_plugin_host_set_model(cm_plugin_host *host, cm_model *model)
+{
+    host->model = model;
+}
+
+void cm_plugin_host_lua_modules(cm_plugin_host *host, void (*fn)(void *ud, const char *module),
+                                void *ud)
+{
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nexports; i++) {
+            int j = 0; /* once per module: its first function names it */
+            while (j < i && strcmp(p->exports[j].module, p->exports[i].module) != 0)
+                j++;
+            if (j == i)
+                fn(ud, p->exports[i].module);
+        }
+}
+
+void cm_plugin_host_lua_names(cm_plugin_host *host, const char *module,
+                              void (*fn)(void *ud, const char *name), void *ud)
+{
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nexports; i++)
+            if (strcmp(p->exports[i].module, module) == 0)
+                fn(ud, p->exports[i].name);
+}
+
+int cm_plugin_host_lua_call(cm_plugin_host *host, const char *module, const char *name,
+                            const char *args_json, char **result, cm_err *err)
+{
+    char msg[512] = "";
+    *result = NULL;
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nexports; i++) {
+            lua_export *x = &p->exports[i];
+            if (strcmp(x->module, module) != 0 || strcmp(x->name, name) != 0)
+                continue;
+            int rc = x->fn(x->ud, args_json, result, msg, sizeof(msg));
+            call_returned(p);
+            if (rc == 0)
+                return 0;
+            free(*result);
+            *result = NULL;
+            return cm_err_set(err, CM_EINVAL, "%s.%s: %s", module, name,
+                              msg[0] ? msg : "failed (no reason given)");
+        }
+    return cm_err_set(err, CM_ENOTFOUND, "%s.%s: no loaded plugin has this function", module, name);
+}

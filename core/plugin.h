@@ -69,6 +69,23 @@ int cm_plugin_host_command(cm_plugin_host *host, int argc, char **argv, bool *fo
 int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
                            int *delivered, cm_err *err);
 
+/* Records for plugins now go through model (borrowed, may be NULL: records
+** unavailable), e.g. one fresh store per workflow test. */
+void cm_plugin_host_set_model(cm_plugin_host *host, cm_model *model);
+
+/* Lua modules plugins registered (register_lua): fn(ud, module) once per module. */
+void cm_plugin_host_lua_modules(cm_plugin_host *host, void (*fn)(void *ud, const char *module),
+                                void *ud);
+/* The functions of module: fn(ud, name) for each. */
+void cm_plugin_host_lua_names(cm_plugin_host *host, const char *module,
+                              void (*fn)(void *ud, const char *name), void *ud);
+/* Call MODULE.NAME with its arguments as a JSON array text. 0 with *result the
+** JSON text of its result (malloc'd, the caller frees; NULL: no result), or
+** CM_ENOTFOUND (no plugin has it now) / CM_EINVAL (the function failed) with
+** err "MODULE.NAME: message". A transaction the plugin left open is undone. */
+int cm_plugin_host_lua_call(cm_plugin_host *host, const char *module, const char *name,
+                            const char *args_json, char **result, cm_err *err);
+
 /* Commands plugins registered, for --help: calls fn(ud, name, summary) for each. */
 void cm_plugin_host_commands(cm_plugin_host *host,
                              void (*fn)(void *ud, const char *name, const char *summary), void *ud);
