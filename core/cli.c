@@ -477,6 +477,7 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
     if (cJSON_GetArraySize(n->cfg.plugins) > 0 && /* their Lua functions, for the script */
         (!(plugins = cm_plugin_host_new(n->model, err)) ||
+         (rc = cm_lua_plugins_enable(plugins, &limits, err)) != 0 ||
          (rc = cm_plugin_host_load_list(plugins, n->cfg.plugins, NULL, err)) != 0 ||
          (rc = cm_lua_plugins_attach(sb, plugins, err)) != 0)) {
         rc = err->code;
@@ -572,8 +573,14 @@ static cm_plugin_host *test_plugins(const char *config, cm_config *cfg, cm_err *
 {
     data_opts o = {.config = config};
     cm_plugin_host *host = NULL;
+    cm_sandbox_limits limits = {0, 0};
     if (load_config(&o, cfg, err) != 0 || !(host = cm_plugin_host_new(NULL, err)))
         return NULL;
+    limits = (cm_sandbox_limits){cfg->lua_instructions, cfg->lua_memory_bytes};
+    if (cm_lua_plugins_enable(host, &limits, err) != 0) {
+        cm_plugin_host_destroy(&host);
+        return NULL;
+    }
     if (cm_plugin_host_load_list(host, cfg->plugins, NULL, err) != 0)
         cm_plugin_host_destroy(&host);
     return host;
@@ -834,7 +841,9 @@ static int plugin_command(int argc, char **argv)
     }
     if (node_open(&o, &n, &err) != 0)
         return fail(argv[0], &err);
+    cm_sandbox_limits limits = {n.cfg.lua_instructions, n.cfg.lua_memory_bytes};
     if (!(host = cm_plugin_host_new(n.model, &err)) ||
+        cm_lua_plugins_enable(host, &limits, &err) != 0 ||
         cm_plugin_host_load_list(host, n.cfg.plugins, NULL, &err) != 0) {
         rc = fail(argv[0], &err);
         goto done;

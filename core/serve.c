@@ -255,7 +255,8 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
         rc = err->code;
         goto done;
     }
-    if (!(sv.plugins = cm_plugin_host_new(o->model, err))) {
+    if (!(sv.plugins = cm_plugin_host_new(o->model, err)) ||
+        cm_lua_plugins_enable(sv.plugins, &limits, err) != 0) {
         rc = err->code;
         goto done;
     }

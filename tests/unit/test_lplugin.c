@@ -3,7 +3,9 @@
 ** plugin module, arguments and results through JSON, errors as
 ** "MODULE.NAME: message" at the caller's line, read-only modules, a module
 ** name another plugin holds, reload, and record writes inside the caller's
-** transaction (a workflow step).
+** transaction (a workflow step). Lua plugins (tests/plugins/lua_*): every
+** hook, channel outcomes, refusals naming file:line, the budget, and the
+** shipped phone_tasks plugin.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +22,7 @@
 #include "support.h"
 
 #define PLUGIN(name) CM_TEST_PLUGIN_DIR "/" name ".so"
+#define LUA_PLUGINS  CM_TEST_SOURCE_DIR "/plugins"
 
 typedef struct fx {
     char *dir;
@@ -44,9 +47,14 @@ static int setup(void **state)
         return -1;
     f->clock = cm_clock_new_virtual(1767603600000LL);
     f->model = cm_model_new(f->store, f->clock);
+    cJSON *org = cJSON_Parse("{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
+    cm_model_create(f->model, CM_KIND_ORGANIZATION, org, NULL, &err);
+    cJSON_Delete(org);
+    cm_sandbox_limits limits = {200000, 16 << 20};
     f->host = cm_plugin_host_new(f->model, &err);
     cm_plugin_spec spec = {"records", PLUGIN("records"), false, NULL};
-    if (!f->host || cm_plugin_host_load(f->host, &spec, &err) != 0)
+    if (!f->host || cm_lua_plugins_enable(f->host, &limits, &err) != 0 ||
+        cm_plugin_host_load(f->host, &spec, &err) != 0)
         return -1;
     f->lh = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
     if (!(f->sb = cm_sandbox_new(NULL, &err)) ||
@@ -200,6 +208,158 @@ static void test_writes_join_the_callers_transaction(void **state)
                      2);
 }
 
+/* ---- Lua plugins ---- */
+
+static void load_lua(fx *f, const char *name, const char *path, const char *config)
+{
+    cJSON *cfg = config ? cJSON_Parse(config) : NULL;
+    cm_plugin_spec spec = {name, path, false, cfg};
+    cm_err err;
+    int rc = cm_plugin_host_load(f->host, &spec, &err);
+    cJSON_Delete(cfg);
+    if (rc != 0)
+        fail_msg("%s", err.msg);
+    assert_int_equal(cm_lua_plugins_attach(f->sb, f->host, &err), 0);
+}
+
+static void test_a_lua_plugin_hears_events_and_serves_workflows(void **state)
+{
+    fx *f = *state;
+    load_lua(f, "luaprobe", LUA_PLUGINS "/lua_probe", "{\"greeting\":\"kia ora\"}");
+    cm_engine_event ev = {
+        CM_ENGINE_STATE_CHANGED, "ref-1", "referral", "requested", "accepted", ""};
+    cm_plugin_host_on_engine_event(f->host, &ev);
+    ev = (cm_engine_event){CM_ENGINE_ENDED, "ref-1", "referral", "", "closed", "done"};
+    cm_plugin_host_on_engine_event(f->host, &ev);
+    cm_plugin_host_on_message(f->host, "cardio-node", "cardio-node:7", "referral.accepted",
+                              "clinic-a");
+    run_ok(f, "local p = require 'luaprobe'\n"
+              "local seen = table.concat(p.seen(), ' ')\n"
+              "assert(seen == 'state_changed:ref-1:requested>accepted instance_ended:ref-1:>closed "
+              "message_received:cardio-node:7:cardio-node>clinic-a', seen)\n"
+              "assert(p.add(2, 3) == 5)\n");
+    run_fails(f, "require 'luaprobe'.add(2)", "luaprobe.add: ");
+    run_fails(f, "require 'luaprobe'.add(2)", "helper.lua:3:");
+    run_fails(f, "require 'luaprobe'.late()", "plugin.on: only while init.lua runs");
+    /* its records: audited as the plugin */
+    run_ok(f, "local p = require 'luaprobe'\n"
+              "assert(p.put('patient', { id = 'pat-1', name = { family = 'Ngata' },\n"
+              "                          birthDate = '1971-04-02', gender = 'female' }))\n"
+              "assert(p.family('pat-1') == 'Ngata')\n"
+              "assert(#p.find('patient', { gender = 'female' }, { limit = 5 }) == 1)\n"
+              "assert(#p.instances() == 0)\n");
+    run_fails(f, "require 'luaprobe'.family('nobody')", "luaprobe.family: patient \"nobody\"");
+    run_fails(f, "require 'luaprobe'.find('patient', { colour = 'red' })", "colour");
+    run_fails(f, "require 'luaprobe'.instances({ status = 'asleep' })", "filter.status");
+    run_fails(f,
+              "require 'luaprobe'.put('patient', { id = 'pat-2', name = { family = 'X' },\n"
+              "  birthDate = 'soon', gender = 'male' })",
+              "patient.birthDate:");
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE actor = 'plugin:luaprobe' AND "
+                              "patient = 'pat-1'"),
+                     3); /* the write, the get, the find */
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'pat-2'"), 0);
+}
+
+static void test_a_lua_channel_delivers_refuses_raises_and_is_stopped(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    int sent = -1;
+    load_lua(f, "luaprobe", LUA_PLUGINS "/lua_probe", NULL);
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
+                      " ('pager', 'dr-1', 'bed 4', '{}', 'x'),"
+                      " ('pager', 'dr-2', 'bed 5', '{\"fail\":true}', 'x'),"
+                      " ('pager', 'dr-3', 'bed 6', '{\"raise\":true}', 'x'),"
+                      " ('pager', 'dr-4', 'bed 7', '{\"spin\":true}', 'x')",
+                      &err),
+        0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM notification WHERE status = 'sent' AND "
+                              "recipient = 'dr-1'"),
+                     1);
+    assert_int_equal(count(f,
+                           "SELECT count(*) FROM notification WHERE status = 'pending' AND "
+                           "attempts = 1 AND ((recipient = 'dr-2' AND error = 'pager offline') "
+                           "OR (recipient = 'dr-3' AND error LIKE '%init.lua:21: pager exploded')"
+                           " OR (recipient = 'dr-4' AND error LIKE '%instruction budget%'))"),
+                     3);
+    run_ok(f, "local seen = require 'luaprobe'.seen()\n"
+              "assert(seen[#seen] == 'paged:1:dr-1:bed 4', seen[#seen])\n");
+}
+
+static void expect_lua_refused(fx *f, const char *name, const char *path, const char *fragment)
+{
+    cm_plugin_spec spec = {name, path, false, NULL};
+    cm_err err;
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), CM_EINVAL);
+    if (!strstr(err.msg, fragment))
+        fail_msg("'%s' lacks '%s'", err.msg, fragment);
+    assert_non_null(strstr(err.msg, name));
+}
+
+static void test_failing_lua_plugins_are_refused_naming_file_and_line(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    int loaded = -1;
+    expect_lua_refused(f, "luabad", LUA_PLUGINS "/lua_bad", "lua_bad/init.lua:4: attempt to index");
+    expect_lua_refused(f, "luaspin", LUA_PLUGINS "/lua_spin.lua", "instruction budget of 200000");
+    expect_lua_refused(f, "luaempty", LUA_PLUGINS "/lua_empty", "lua_empty/init.lua");
+    expect_lua_refused(f, "phone_tasks", CM_TEST_SOURCE_DIR "/../plugins/phone_tasks",
+                       "phone_tasks/init.lua:20: config.organization: required");
+    /* nothing of them stayed: no channel, no module */
+    run_fails(f, "require 'luaprobe'", "module 'luaprobe' not found");
+    cJSON *list = cJSON_Parse("[{\"name\":\"luabad\",\"path\":\"" LUA_PLUGINS "/lua_bad\","
+                              "\"optional\":true},"
+                              "{\"name\":\"luaprobe\",\"path\":\"" LUA_PLUGINS "/lua_probe\"}]");
+    assert_int_equal(cm_plugin_host_load_list(f->host, list, &loaded, &err), 0);
+    assert_int_equal(loaded, 1);
+    cJSON_Delete(list);
+}
+
+static void test_phone_tasks_turns_notifications_into_calls_once(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    int sent = -1;
+    load_lua(f, "phone_tasks", CM_TEST_SOURCE_DIR "/../plugins/phone_tasks",
+             "{\"organization\":\"clinic-a\"}");
+    run_ok(f, "require 'records'.put('patient', { id = 'pat-1', name = { family = 'Ngata' },\n"
+              "  birthDate = '1971-04-02', gender = 'female' })");
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
+                      " ('phone', 'pat-1', 'Your referral is booked: 3 May, 10:00', "
+                      "'{\"priority\":\"urgent\"}', 'x'),"
+                      " ('phone', 'dr-osei', 'Please call the clinic about pat-1', '{}', 'x')",
+                      &err),
+        0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 2);
+    run_ok(f, "local cm = require 'caremesh'\n"
+              "local t = cm.task.get('call-1')\n"
+              "assert(t.patient == 'pat-1' and t.ownerRole == 'care_coordinator')\n"
+              "assert(t.priority == 'urgent' and t.organization == 'clinic-a')\n"
+              "assert(t.description == 'Your referral is booked: 3 May, 10:00')\n"
+              "local t2 = cm.task.get('call-2')\n"
+              "assert(t2.patient == nil and t2.title == 'Call dr-osei', t2.title)\n"
+              "assert(require 'phone_tasks'.waiting('pat-1') == 1)\n");
+    /* delivered again (the host could not record the success): still one task, untouched */
+    assert_int_equal(
+        cm_store_exec(f->store, "UPDATE notification SET status = 'pending' WHERE seq = 1", &err),
+        0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(sent, 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE kind = 'task'"), 2);
+    assert_int_equal(count(f, "SELECT max(version) FROM record WHERE id = 'call-1'"), 1);
+    run_fails(f, "require 'phone_tasks'.waiting(7)",
+              "phone_tasks.waiting: a patient id is required");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +370,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unloaded_functions_fail_and_a_reload_brings_them_back,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_writes_join_the_callers_transaction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_lua_plugin_hears_events_and_serves_workflows, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_lua_channel_delivers_refuses_raises_and_is_stopped,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failing_lua_plugins_are_refused_naming_file_and_line,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_phone_tasks_turns_notifications_into_calls_once, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
