@@ -289,8 +289,8 @@ static bool known_format(const char *f)
     return false;
 }
 
-int roster_map_rule(roster_map *m, const char *header, const char *target, const char *what,
-                    char *err, size_t errlen)
+int roster_map_rule(roster_map *m, const char *header, const char *target, bool named,
+                    const char *what, char *err, size_t errlen)
 {
     char name[64];
     const char *bar = strchr(target, '|');
@@ -355,6 +355,7 @@ int roster_map_rule(roster_map *m, const char *header, const char *target, const
     }
     r->target = d->t;
     r->arg = arg;
+    r->named = named;
     return 0;
 }
 
@@ -378,7 +379,7 @@ int roster_map_parse(roster_map *m, const char *spec, const char *what, char *er
             rc = -1;
         } else {
             *eq = '\0';
-            rc = roster_map_rule(m, one, eq + 1, what, err, errlen);
+            rc = roster_map_rule(m, one, eq + 1, true, what, err, errlen);
         }
         free(one);
         if (rc != 0)
@@ -463,6 +464,8 @@ static int apply_rules(const roster_map *m, roster_columns *c, size_t *col, char
         size_t i = 0;
         while (i < c->n && !same_header(c->names[i], m->rules[r].header))
             i++;
+        if (i == c->n && !m->rules[r].named)
+            continue; /* a standing rule for files that have the column */
         if (i == c->n) {
             char cols[1024];
             size_t used = 0;

@@ -49,7 +49,8 @@ typedef enum roster_target {
 typedef struct roster_rule {
     char *header; /* as written in the rule */
     roster_target target;
-    char *arg; /* date format or code/identifier system; NULL when none */
+    char *arg;  /* date format or code/identifier system; NULL when none */
+    bool named; /* the file must have the column (--map); else a standing rule (config) */
 } roster_rule;
 
 /* What the user asked for: explicit rules, whether the defaults apply, and
@@ -65,11 +66,12 @@ typedef struct roster_map {
 void roster_map_init(roster_map *m);
 void roster_map_clear(roster_map *m);
 /* Add HEADER -> TARGET[|ARG]; a later rule for the same header replaces an
-** earlier one. 0, or -1 with err naming the problem (what names the source,
-** e.g. "--map" or "config.map"). */
-int roster_map_rule(roster_map *m, const char *header, const char *target, const char *what,
-                    char *err, size_t errlen);
-/* Add the rules of "H=T,H=T,...". 0, or -1 with err naming the item. */
+** earlier one. named: a file without the column is an error (else the rule
+** applies to the files that have it). 0, or -1 with err naming the problem
+** (what names the source, e.g. "--map" or "config.map"). */
+int roster_map_rule(roster_map *m, const char *header, const char *target, bool named,
+                    const char *what, char *err, size_t errlen);
+/* Add the named rules of "H=T,H=T,...". 0, or -1 with err naming the item. */
 int roster_map_parse(roster_map *m, const char *spec, const char *what, char *err, size_t errlen);
 /* Set a string option (id_column, id_prefix) to a copy. 0, or -1 when out of memory. */
 int roster_map_set(char **slot, const char *value);

@@ -434,8 +434,8 @@ static int config_map(roster_map *m, char *err, size_t errlen)
                     rc = -1;
                     break;
                 }
-                if ((rc = roster_map_rule(m, rule->string, rule->valuestring, "config.map", err,
-                                          errlen)) != 0)
+                if ((rc = roster_map_rule(m, rule->string, rule->valuestring, false, "config.map",
+                                          err, errlen)) != 0)
                     break;
             }
         } else if (strcmp(k, "defaults") == 0 && cJSON_IsBool(item)) {
