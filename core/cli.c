@@ -408,6 +408,46 @@ static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s,
     return rc;
 }
 
+/* Under a peer's line: the organizations and indicators it shared with us. */
+static int peer_shared(cli_node *n, const char *peer, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        n->store,
+        "SELECT organization, json_extract(doc, '$.name'), json_extract(doc, '$.kind'), "
+        "(SELECT group_concat(value, ', ') FROM json_each(doc, '$.services')), "
+        "json_array_length(doc, '$.providers'), received FROM directory WHERE peer = ?1 "
+        "ORDER BY organization",
+        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *services = (const char *)sqlite3_column_text(st, 3);
+        printf("    org %s: %s (%s), %d provider(s)%s%s\n", sqlite3_column_text(st, 0),
+               sqlite3_column_text(st, 1), sqlite3_column_text(st, 2), sqlite3_column_int(st, 4),
+               services ? ", offers " : "", services ? services : "");
+    }
+    sqlite3_reset(st);
+    st = cm_store_prepare(n->store,
+                          "SELECT partnership, name, json_extract(doc, '$.count'), "
+                          "json_extract(doc, '$.median'), json_extract(doc, '$.mean') "
+                          "FROM indicator WHERE peer = ?1 ORDER BY partnership, name",
+                          err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        printf("    indicator %s/%s: count %lld", sqlite3_column_text(st, 0),
+               sqlite3_column_text(st, 1), (long long)sqlite3_column_int64(st, 2));
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            printf(", median %g, mean %g", sqlite3_column_double(st, 3),
+                   sqlite3_column_double(st, 4));
+        printf("\n");
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
 static int cmd_peers(int argc, char **argv)
 {
     data_opts o;
@@ -435,6 +475,7 @@ static int cmd_peers(int argc, char **argv)
         if (age >= 0)
             snprintf(agebuf, sizeof(agebuf), "%.1f", age);
         printf("%-24s %-32s %8ld %12s  %s\n", p->id, p->endpoint, depth, agebuf, p->public_key);
+        rc = peer_shared(&n, p->id, &err);
     }
     node_close(&n);
     return rc ? fail("peers", &err) : CM_EXIT_OK;
@@ -773,8 +814,9 @@ static const cli_cmd commands[] = {
      "node info --data DIR", cmd_node},
     {"peers", "list federation peers with what is pending for them",
      "List the configured federation peers with their endpoint, public key, outbox depth\n"
-     "(messages pending for them) and the age in seconds of the oldest pending one, from the\n"
-     "database (works while the node serves).\n\n"
+     "(messages pending for them) and the age in seconds of the oldest pending one, and under\n"
+     "each the organizations (with their services) and the indicators it shared with this\n"
+     "node, from the database (works while the node serves).\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "peers --data DIR [--config FILE]", cmd_peers},
