@@ -68,7 +68,7 @@ if sqlite3 "$d/caremesh.db" "SELECT hex(hash) FROM api_token" | grep -qi "${admi
 
 start() {
   : >"$tmp/log"
-  $wrap "$bin" serve --data "$d" 2>"$tmp/log" &
+  $wrap "$bin" serve --data "$d" ${start_args:-} 2>"$tmp/log" &
   pid=$!
   wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
   port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
@@ -373,6 +373,37 @@ req POST /v1/patients '{"id":"p9","name":{"family":"Nine"},"birthDate":"1999-09-
 expect "write before kill" 201
 kill -9 "$pid"; wait "$pid" 2>/dev/null; pid=
 same "acknowledged write survives kill -9" "$(count "SELECT count(*) FROM record WHERE kind='patient' AND id='p9'")" 1
+
+# ---- the clock: only a virtual one moves, and due timers then run ----
+start
+req GET /v1/clock "" "$reader"; expect "clock" 200; same "system clock" "$(jq -r .virtual <<<"$body")" false
+req POST /v1/clock '{"advance_ms":1000}'; expect "advance the system clock" 409 not_virtual
+stop; same "stop before the virtual clock" $? 0
+cat >"$d/workflows/reminder.lua" <<'EOF'
+local cm = require "caremesh"
+return cm.workflow {
+  name = "reminder", version = 1, start = "waiting",
+  states = {
+    waiting = { enter = function(wf) wf:after("72h", "late") end, on = { late = "late" } },
+    late = { final = true },
+  },
+}
+EOF
+start_args="--virtual-clock 2026-03-01T00:00:00Z"
+start
+req GET /v1/clock "" "$reader"; same "virtual clock" "$(jq -r '(.virtual|tostring) + " " + .now' <<<"$body")" "true 2026-03-01T00:00:00.000Z"
+req POST /v1/instances '{"workflow":"reminder","id":"r1"}' "$writer"; expect "reminder start" 201
+req POST /v1/clock '{"advance_ms":3600000}' "$writer"; expect "write scope cannot move the clock" 403 forbidden
+req POST /v1/clock '{"advance_ms":-5}'; expect "negative advance" 422 invalid; field "negative advance" advance_ms
+req POST /v1/clock '{"advance_ms":1,"by":"x"}'; expect "clock unknown member" 422 unknown_field
+req POST /v1/clock '{"advance_ms":3600000}'; expect "advance an hour" 200
+same "reminder waits" "$(count "SELECT state FROM instance WHERE id='r1'")" waiting
+req POST /v1/clock '{"advance_ms":259200000}'; expect "advance three days" 200
+same "clock moved" "$(jq -r .now <<<"$body")" "2026-03-04T01:00:00.000Z"
+for _ in $(seq 1 100); do [ "$(count "SELECT state FROM instance WHERE id='r1'")" = late ] && break; sleep 0.05; done
+same "the timer ran" "$(count "SELECT state FROM instance WHERE id='r1'")" late
+stop; same "virtual clock stop" $? 0
+start_args=
 
 # ---- a non-loopback address needs a token ----
 e=$tmp/empty
