@@ -15,6 +15,7 @@ cleanup() {
 }
 trap cleanup EXIT
 passed=0 failed=0
+loaders=()
 ok()  { passed=$((passed + 1)); }
 bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
 same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
@@ -358,10 +359,28 @@ if [ "$lua_errors" -ge 1 ]; then ok; else bad "lua errors $lua_errors"; fi
 # ---- SIGTERM: stops accepting, answers, exits 0; acknowledged writes are kept ----
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i4"}' "$writer"; expect "last start" 201
 exec 7<>"/dev/tcp/127.0.0.1/$port"   # an idle keep-alive connection must not hold the stop
+# under load: four clients keep starting instances while SIGTERM arrives
+for k in 1 2 3 4; do
+  (for i in $(seq 1 150); do
+     s=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $writer" -H 'Content-Type: application/json' \
+           --data-binary "{\"workflow\":\"intake\",\"input\":{\"patient\":\"p2\"},\"id\":\"load$k-$i\"}" "$base/v1/instances")
+     echo "load$k-$i $s"
+     [ "$s" = 000 ] && break
+   done >"$tmp/load$k") &
+  loaders+=($!)
+done
+for _ in $(seq 1 600); do [ "$(cat "$tmp"/load* 2>/dev/null | grep -c ' 201$')" -ge 40 ] && break; sleep 0.05; done
 stop; same "SIGTERM exit" $? 0
+wait "${loaders[@]}"
 exec 7<&-
 has "drained" '"api.stopped"' "$(cat "$tmp/log")"
 same "acknowledged instance kept" "$(count "SELECT count(*) FROM instance WHERE id IN ('i1','i2','i3pipe','i4')")" 4
+acked=$(cat "$tmp"/load* | awk '$2 == 201 {print "\x27" $1 "\x27"}' | paste -sd, -)
+n_acked=$(cat "$tmp"/load* | grep -c ' 201$')
+if [ "$n_acked" -ge 40 ]; then ok; else bad "only $n_acked starts acknowledged under load"; fi
+same "every start acknowledged under load is kept" "$(count "SELECT count(*) FROM instance WHERE id IN ($acked)")" "$n_acked"
+other=$(cat "$tmp"/load* | awk '$2 != 201 && $2 != 000' | head -3)
+same "under load a request is answered 201 or not at all" "$other" ""
 if grep -qF -- "${admin:21}" "$tmp/log"; then bad "a token is in the log"; else ok; fi
 
 # ---- open_loopback; a write acknowledged survives kill -9 ----
