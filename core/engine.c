@@ -64,6 +64,7 @@ typedef struct inst {
     char status[16];
     char parent[CM_NAME_MAX]; /* "" when none */
     long steps;
+    int64_t hist; /* seq of its latest history row; 0 when none */
     cJSON *input;
     cJSON *ctx;
 } inst;
@@ -399,8 +400,8 @@ static cJSON *parse_column(sqlite3_stmt *st, int col)
 static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
-            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx "
-            "FROM instance WHERE id = ?1",
+            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx, "
+            "coalesce(hist, 0) FROM instance WHERE id = ?1",
             err);
     int rc = 0;
     memset(in, 0, sizeof(*in));
@@ -416,6 +417,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         in->steps = sqlite3_column_int64(st, 6);
         in->input = parse_column(st, 7);
         in->ctx = parse_column(st, 8);
+        in->hist = sqlite3_column_int64(st, 9);
         if (!in->input || !in->ctx) {
             inst_clear(in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
@@ -429,13 +431,16 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
     return rc;
 }
 
-static int insert_history(cm_engine *e, const inst *in, const char *event, const char *from,
+/* Append a history row chained to the instance's previous one; in->hist
+** names it (saved with the instance row, which every caller writes next). */
+static int insert_history(cm_engine *e, inst *in, const char *event, const char *from,
                           const char *to, const char *note, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
+    int rc;
     PREPARE(e,
-            "INSERT INTO history(instance, step, at, event, from_state, to_state, note) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO history(instance, step, at, event, from_state, to_state, note, prev) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             err);
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
@@ -445,15 +450,19 @@ static int insert_history(cm_engine *e, const inst *in, const char *event, const
     bind_text(st, 5, from);
     sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
     bind_text(st, 7, note);
-    return exec_kept(e, st, "history", err);
+    if (in->hist > 0)
+        sqlite3_bind_int64(st, 8, in->hist);
+    if ((rc = exec_kept(e, st, "history", err)) == 0)
+        in->hist = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
+    return rc;
 }
 
 static int save_instance(cm_engine *e, const inst *in, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
     PREPARE(e,
-            "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, updated = ?6 "
-            "WHERE id = ?1",
+            "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, updated = ?6, "
+            "hist = ?7 WHERE id = ?1",
             err);
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
@@ -465,6 +474,8 @@ static int save_instance(cm_engine *e, const inst *in, cm_err *err)
     }
     sqlite3_bind_int64(st, 5, in->steps);
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
+    if (in->hist > 0)
+        sqlite3_bind_int64(st, 7, in->hist);
     return exec_kept(e, st, "instance", err);
 }
 
@@ -1473,8 +1484,11 @@ int cm_engine_get(cm_engine *e, const char *instance, cJSON **out, cm_err *err)
                          "ORDER BY due_ms",
                          err),
         cm_store_prepare(e->o.store,
-                         "SELECT step, at, event, from_state, to_state, note FROM history "
-                         "WHERE instance = ?1 ORDER BY step",
+                         "WITH RECURSIVE chain(seq) AS (SELECT hist FROM instance WHERE id = ?1 "
+                         "UNION ALL SELECT h.prev FROM history h JOIN chain c ON h.seq = c.seq "
+                         "WHERE h.prev IS NOT NULL) SELECT h.step, h.at, h.event, h.from_state, "
+                         "h.to_state, h.note FROM chain c JOIN history h ON h.seq = c.seq "
+                         "ORDER BY h.step",
                          err),
     };
     for (int i = 0; i < 3 && rc == 0; i++) {

@@ -857,6 +857,79 @@ static void test_observer_hears_committed_events_in_order(void **state)
     assert_string_equal(s.line[4], "3 ref-1 >accepted cancelled");
 }
 
+/* The steps of a history, one line each: "step event from>to". */
+static void history_lines(fx *f, const char *id, char *out, size_t n)
+{
+    cJSON *inst = get(f, id), *h;
+    size_t used = 0;
+    out[0] = '\0';
+    cJSON_ArrayForEach(h, cJSON_GetObjectItem(inst, "history"))
+    {
+        int w =
+            snprintf(out + used, n - used, "%d %s %s>%s;", cJSON_GetObjectItem(h, "step")->valueint,
+                     field(h, "event"), field(h, "from"), field(h, "to"));
+        assert_true(w > 0 && (size_t)w < n - used);
+        used += (size_t)w;
+    }
+    cJSON_Delete(inst);
+}
+
+/* History rows are written in step order across instances and chained per
+** instance; a database from before (rows keyed by instance and step) is
+** chained when it is opened, and its instances go on from there. */
+static void test_history_is_chained_per_instance_and_upgraded(void **state)
+{
+    fx *f = *state;
+    char h1[1024], h2[1024], again[1024];
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    run(f);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    signal_ev(f, "ref-1", "boom", NULL); /* rolled back: no row */
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "ref-1", &err), 0);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    signal_ev(f, "ref-2", "consult_note", NULL);
+    run(f);
+    history_lines(f, "ref-1", h1, sizeof(h1));
+    history_lines(f, "ref-2", h2, sizeof(h2));
+    assert_string_equal(h1, "1 start >requested;2 paused requested>requested;"
+                            "3 resumed requested>requested;4 accepted requested>accepted;");
+    assert_string_equal(h2, "1 start >requested;2 accepted requested>accepted;"
+                            "3 consult_note accepted>closed;");
+    /* the same database as the schema before kept it */
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "CREATE TABLE h4(instance TEXT NOT NULL REFERENCES instance(id), "
+                      "step INTEGER NOT NULL, at TEXT NOT NULL, event TEXT NOT NULL, "
+                      "from_state TEXT, to_state TEXT NOT NULL, note TEXT, "
+                      "PRIMARY KEY (instance, step)) WITHOUT ROWID;"
+                      "INSERT INTO h4 SELECT instance, step, at, event, from_state, "
+                      "to_state, note FROM history ORDER BY seq DESC;"
+                      "DROP TABLE history; ALTER TABLE h4 RENAME TO history;"
+                      "ALTER TABLE instance DROP COLUMN hist;"
+                      "DELETE FROM schema_version WHERE version = 5;",
+                      &err),
+        0);
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    history_lines(f, "ref-1", again, sizeof(again));
+    assert_string_equal(again, h1);
+    history_lines(f, "ref-2", again, sizeof(again));
+    assert_string_equal(again, h2);
+    signal_ev(f, "ref-1", "consult_note", NULL);
+    run(f);
+    history_lines(f, "ref-1", again, sizeof(again));
+    assert_string_equal(again, "1 start >requested;2 paused requested>requested;"
+                               "3 resumed requested>requested;4 accepted requested>accepted;"
+                               "5 consult_note accepted>closed;");
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -877,6 +950,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_recovers_timers_and_kept_events, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_observer_hears_committed_events_in_order, setup,
                                         teardown),
