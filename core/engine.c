@@ -64,7 +64,8 @@ typedef struct inst {
     char status[16];
     char parent[CM_NAME_MAX]; /* "" when none */
     long steps;
-    int64_t hist; /* seq of its latest history row; 0 when none */
+    int64_t hist;        /* seq of its latest history row; 0 when none */
+    bool status_changed; /* status differs from the row's (see set_inst_status) */
     cJSON *input;
     cJSON *ctx;
 } inst;
@@ -457,17 +458,36 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
     return rc;
 }
 
-static int save_instance(cm_engine *e, const inst *in, cm_err *err)
+static void set_inst_status(inst *in, const char *status)
+{
+    copy_str(in->status, sizeof(in->status), status);
+    in->status_changed = true;
+}
+
+/* Write the instance row. Status is written only when it changed: an UPDATE
+** naming it also rewrites the instance_by_workflow entry. */
+static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
-    PREPARE(e,
-            "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, updated = ?6, "
-            "hist = ?7 WHERE id = ?1",
-            err);
+    int rc;
+    sqlite3_stmt *st =
+        in->status_changed
+            ? cm_store_prepare(e->o.store,
+                               "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, "
+                               "updated = ?6, hist = ?7 WHERE id = ?1",
+                               err)
+            : cm_store_prepare(
+                  e->o.store,
+                  "UPDATE instance SET state = ?2, ctx = ?4, steps = ?5, updated = ?6, "
+                  "hist = ?7 WHERE id = ?1",
+                  err);
+    if (!st)
+        return err->code;
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
+    if (in->status_changed)
+        sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
     if (bind_json(st, 4, in->ctx) != 0) {
         sqlite3_reset(st);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -476,7 +496,9 @@ static int save_instance(cm_engine *e, const inst *in, cm_err *err)
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
     if (in->hist > 0)
         sqlite3_bind_int64(st, 7, in->hist);
-    return exec_kept(e, st, "instance", err);
+    if ((rc = exec_kept(e, st, "instance", err)) == 0)
+        in->status_changed = false;
+    return rc;
 }
 
 static int insert_instance(cm_engine *e, inst *in, cm_err *err)
@@ -776,7 +798,7 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     in->steps++;
     copy_str(in->state, sizeof(in->state), sp->next);
     if (sp->final)
-        copy_str(in->status, sizeof(in->status), "done");
+        set_inst_status(in, "done");
     cJSON_Delete(in->ctx);
     in->ctx = sp->ctx;
     sp->ctx = NULL;
@@ -1347,7 +1369,7 @@ static int set_status(cm_engine *e, inst *in, const char *from, const char *to, 
     if ((rc = insert_history(e, in, note, in->state, in->state, NULL, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->status, sizeof(in->status), to);
+    set_inst_status(in, to);
     return save_instance(e, in, err);
 }
 
@@ -1369,7 +1391,7 @@ static int do_cancel(cm_engine *e, inst *in, const char *reason, cm_err *err)
     if ((rc = insert_history(e, in, "cancelled", in->state, in->state, reason, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->status, sizeof(in->status), "cancelled");
+    set_inst_status(in, "cancelled");
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
     return finish_instance(e, in, err);
