@@ -67,7 +67,7 @@ typedef struct inst {
     int64_t hist;        /* seq of its latest history row; 0 when none */
     bool status_changed; /* status differs from the row's (see set_inst_status) */
     cJSON *input;
-    cJSON *ctx;
+    char *ctx; /* the context as stored: a JSON object's text */
 } inst;
 
 struct cm_engine {
@@ -194,8 +194,9 @@ static void work_free(work *w)
 static void inst_clear(inst *in)
 {
     cJSON_Delete(in->input);
-    cJSON_Delete(in->ctx);
-    in->input = in->ctx = NULL;
+    free(in->ctx);
+    in->input = NULL;
+    in->ctx = NULL;
 }
 
 /* ---- the instance cache ---------------------------------------------- */
@@ -244,7 +245,8 @@ static void cache_put(cm_engine *e, inst *in)
         return; /* not kept: the row is the truth */
     cache_free(slot);
     *copy = *in;
-    in->input = in->ctx = NULL;
+    in->input = NULL;
+    in->ctx = NULL;
     *slot = copy;
 }
 
@@ -398,6 +400,16 @@ static cJSON *parse_column(sqlite3_stmt *st, int col)
     return text ? cJSON_Parse(text) : cJSON_CreateObject();
 }
 
+/* A stored context as text (copied), if it is a JSON object; NULL if not. */
+static char *ctx_column(sqlite3_stmt *st, int col)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    cJSON *doc = text ? cJSON_Parse(text) : NULL;
+    bool ok = cJSON_IsObject(doc);
+    cJSON_Delete(doc);
+    return ok ? dup_str(text) : NULL;
+}
+
 static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
@@ -417,7 +429,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         copy_str(in->parent, sizeof(in->parent), (const char *)sqlite3_column_text(st, 5));
         in->steps = sqlite3_column_int64(st, 6);
         in->input = parse_column(st, 7);
-        in->ctx = parse_column(st, 8);
+        in->ctx = ctx_column(st, 8);
         in->hist = sqlite3_column_int64(st, 9);
         if (!in->input || !in->ctx) {
             inst_clear(in);
@@ -488,10 +500,7 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
     if (in->status_changed)
         sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 4, in->ctx) != 0) {
-        sqlite3_reset(st);
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
-    }
+    sqlite3_bind_text(st, 4, in->ctx, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, in->steps);
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
     if (in->hist > 0)
@@ -514,10 +523,11 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     sqlite3_bind_int(st, 3, in->rev);
     sqlite3_bind_text(st, 4, in->state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 6, in->input) != 0 || bind_json(st, 7, in->ctx) != 0) {
+    if (bind_json(st, 6, in->input) != 0) {
         sqlite3_reset(st);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
+    sqlite3_bind_text(st, 7, in->ctx, -1, SQLITE_STATIC);
     bind_text(st, 8, in->parent[0] ? in->parent : NULL);
     sqlite3_bind_int64(st, 9, in->steps);
     sqlite3_bind_text(st, 10, now, -1, SQLITE_STATIC);
@@ -763,13 +773,14 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
     }
     if (!in->parent[0] || !parent_listens(e, in->parent))
         return 0; /* an ended parent hears nothing more */
-    cJSON *payload = cJSON_CreateObject();
-    if (!payload || !cJSON_AddStringToObject(payload, "child", in->id) ||
+    cJSON *payload = cJSON_CreateObject(), *ctx = cJSON_Parse(in->ctx);
+    if (!payload || !ctx || !cJSON_AddStringToObject(payload, "child", in->id) ||
         !cJSON_AddStringToObject(payload, "workflow", in->workflow) ||
         !cJSON_AddStringToObject(payload, "state", in->state) ||
         !cJSON_AddStringToObject(payload, "status", in->status) ||
-        !cJSON_AddItemReferenceToObject(payload, "context", in->ctx)) {
+        !cJSON_AddItemToObject(payload, "context", ctx)) {
         cJSON_Delete(payload);
+        cJSON_Delete(ctx);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     rc =
@@ -799,9 +810,11 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     copy_str(in->state, sizeof(in->state), sp->next);
     if (sp->final)
         set_inst_status(in, "done");
-    cJSON_Delete(in->ctx);
-    in->ctx = sp->ctx;
-    sp->ctx = NULL;
+    if (sp->ctx_out) { /* the step changed the context */
+        free(in->ctx);
+        in->ctx = sp->ctx_out;
+        sp->ctx_out = NULL;
+    }
     /* Leaving a state cancels the timers it started, also those its handlers
     ** started in this very step (so after the effects); re-entering the same
     ** state cancels the old visit's timers before the new visit starts its own. */
@@ -827,9 +840,10 @@ enum { STEP_UNHANDLED, STEP_GUARDED, STEP_HANDLED };
 
 static void step_clear(cm_step *sp)
 {
-    cJSON_Delete(sp->ctx);
+    free(sp->ctx_out);
     cJSON_Delete(sp->effects);
-    sp->ctx = sp->effects = NULL;
+    sp->ctx_out = NULL;
+    sp->effects = NULL;
 }
 
 /* Run the runtime on in for event (NULL: start) and apply the result. */
@@ -851,8 +865,7 @@ static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp.payload = payload;
     sp.is_timer = is_timer;
     sp.now_ms = cm_clock_now_ms(e->o.clock);
-    if (!(sp.ctx = cJSON_Duplicate(in->ctx, true)))
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    sp.ctx = in->ctx;
     rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
     if (rc == 0) {
         *handled = sp.handled ? STEP_HANDLED : sp.guarded ? STEP_GUARDED : STEP_UNHANDLED;
@@ -887,7 +900,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     else if ((rc = make_instance_id(e, workflow, in.id, sizeof(in.id), err)) != 0)
         return rc;
     in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
-    in.ctx = cJSON_CreateObject();
+    in.ctx = dup_str("{}");
     if (!in.input || !in.ctx) {
         inst_clear(&in);
         return cm_err_set(err, CM_ENOMEM, "out of memory");

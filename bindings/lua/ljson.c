@@ -21,22 +21,42 @@ typedef struct path_buf {
     size_t len;
 } path_buf;
 
+/* Append text to the path, cut to fit (no snprintf: this runs for every field). */
+static size_t path_push(path_buf *p, char lead, const char *text, size_t len, char tail)
+{
+    size_t old = p->len, room = sizeof(p->s) - 1 - p->len;
+    char *at = p->s + p->len;
+    if (room > 0) {
+        *at++ = lead;
+        room--;
+    }
+    if (len > room)
+        len = room;
+    memcpy(at, text, len);
+    at += len;
+    room -= len;
+    if (tail && room > 0)
+        *at++ = tail;
+    *at = '\0';
+    p->len = (size_t)(at - p->s);
+    return old;
+}
+
 static size_t path_push_key(path_buf *p, const char *key)
 {
-    size_t old = p->len;
-    int n = snprintf(p->s + p->len, sizeof(p->s) - p->len, ".%s", key);
-    if (n > 0)
-        p->len = p->len + (size_t)n < sizeof(p->s) ? p->len + (size_t)n : sizeof(p->s) - 1;
-    return old;
+    return path_push(p, '.', key, strlen(key), '\0');
 }
 
 static size_t path_push_index(path_buf *p, lua_Integer i)
 {
-    size_t old = p->len;
-    int n = snprintf(p->s + p->len, sizeof(p->s) - p->len, "[%lld]", (long long)i);
-    if (n > 0)
-        p->len = p->len + (size_t)n < sizeof(p->s) ? p->len + (size_t)n : sizeof(p->s) - 1;
-    return old;
+    char digits[24];
+    size_t n = sizeof(digits);
+    unsigned long long v = (unsigned long long)i; /* array positions are >= 0 */
+    do {
+        digits[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n > 0);
+    return path_push(p, '[', digits + n, sizeof(digits) - n, ']');
 }
 
 static void path_pop(path_buf *p, size_t old)
