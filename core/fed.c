@@ -4,6 +4,8 @@
 */
 #include "fed.h"
 
+#include "share.h"
+
 #include "log.h"
 
 #include <errno.h>
@@ -24,6 +26,7 @@
 #define FED_HELLO_MAX_MS 30000
 #define FED_ROUTE_BATCH  100
 #define FED_HELLO_LINKS  4
+#define FED_SHARE_MS     5000 /* directory and indicators: checked (and resent) this often */
 
 /* ---- messages ------------------------------------------------------------ */
 
@@ -33,6 +36,8 @@ static const char *const type_names[] = {"hello", "deliver",   "ack",
 void cm_fed_msg_clear(cm_fed_msg *m)
 {
     cJSON_Delete(m->payload);
+    cJSON_Delete(m->classes);
+    cJSON_Delete(m->record);
     memset(m, 0, sizeof(*m));
 }
 
@@ -83,10 +88,27 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             (rc = get_str(root, "kind", true, m->kind, sizeof(m->kind), err)) != 0 ||
             (rc = get_str(root, "to", true, m->to, sizeof(m->to), err)) != 0)
             return rc;
+        if ((rc = get_str(root, "from", false, m->from, sizeof(m->from), err)) != 0 ||
+            (rc = get_str(root, "purpose", false, m->purpose, sizeof(m->purpose), err)) != 0 ||
+            (rc = get_str(root, "patient", false, m->patient, sizeof(m->patient), err)) != 0 ||
+            (rc = get_str(root, "instance", false, m->instance, sizeof(m->instance), err)) != 0 ||
+            (rc = get_str(root, "reply_to", false, m->reply_to, sizeof(m->reply_to), err)) != 0)
+            return rc;
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "payload");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "classes");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "patient_record");
+        const cJSON *it;
         if (!p)
             return cm_err_set(err, CM_EINVAL, "payload: missing (any JSON value)");
-        if (!(m->payload = cJSON_Duplicate(p, true)))
+        if (c && !cJSON_IsArray(c))
+            return cm_err_set(err, CM_EINVAL, "classes: must be an array of data class names");
+        cJSON_ArrayForEach(it, c) if (!cJSON_IsString(it)) return cm_err_set(
+            err, CM_EINVAL, "classes: must be an array of data class names");
+        if (r && !cJSON_IsObject(r))
+            return cm_err_set(err, CM_EINVAL, "patient_record: must be an object");
+        if (!(m->payload = cJSON_Duplicate(p, true)) ||
+            (c && !(m->classes = cJSON_Duplicate(c, true))) ||
+            (r && !(m->record = cJSON_Duplicate(r, true))))
             return cm_err_set(err, CM_ENOMEM, "out of memory");
         return 0;
     }
@@ -94,17 +116,30 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
         if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0 ||
             (rc = get_str(root, "result", true, m->result, sizeof(m->result), err)) != 0)
             return rc;
-        if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0)
-            return cm_err_set(err, CM_EINVAL, "result: must be received or duplicate");
-        return 0;
+        if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0 &&
+            strcmp(m->result, "refused") != 0)
+            return cm_err_set(err, CM_EINVAL, "result: must be received, duplicate or refused");
+        return get_str(root, "reason", false, m->message, sizeof(m->message), err);
     case CM_FED_ERROR:
         if ((rc = get_str(root, "code", true, m->code, sizeof(m->code), err)) != 0 ||
             (rc = get_str(root, "ref", false, m->id, sizeof(m->id), err)) != 0 ||
             (rc = get_str(root, "message", false, m->message, sizeof(m->message), err)) != 0)
             return rc;
         return 0;
+    case CM_FED_DIRECTORY:
+    case CM_FED_INDICATORS: {
+        const char *key = m->type == CM_FED_DIRECTORY ? "organizations" : "indicators";
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
+        if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0)
+            return rc;
+        if (!cJSON_IsArray(list))
+            return cm_err_set(err, CM_EINVAL, "%s: must be an array", key);
+        if (!(m->payload = cJSON_Duplicate(list, true)))
+            return cm_err_set(err, CM_ENOMEM, "out of memory");
+        return 0;
+    }
     default:
-        return 0; /* reserved kinds: the type is enough to refuse them */
+        return 0;
     }
 }
 
@@ -157,23 +192,40 @@ char *cm_fed_encode(const cm_fed_msg *m)
             !(caps = cJSON_AddArrayToObject(o, "caps")))
             goto done;
         cJSON_AddItemToArray(caps, cJSON_CreateString("deliver"));
+        cJSON_AddItemToArray(caps, cJSON_CreateString("directory"));
+        cJSON_AddItemToArray(caps, cJSON_CreateString("indicators"));
         break;
     case CM_FED_DELIVER:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
             !cJSON_AddStringToObject(o, "kind", m->kind) ||
-            !cJSON_AddStringToObject(o, "to", m->to) || !m->payload ||
-            !cJSON_AddItemReferenceToObject(o, "payload", m->payload))
+            !cJSON_AddStringToObject(o, "to", m->to) ||
+            (m->from[0] && !cJSON_AddStringToObject(o, "from", m->from)) ||
+            (m->purpose[0] && !cJSON_AddStringToObject(o, "purpose", m->purpose)) ||
+            (m->patient[0] && !cJSON_AddStringToObject(o, "patient", m->patient)) ||
+            (m->instance[0] && !cJSON_AddStringToObject(o, "instance", m->instance)) ||
+            (m->reply_to[0] && !cJSON_AddStringToObject(o, "reply_to", m->reply_to)) ||
+            (m->classes && !cJSON_AddItemReferenceToObject(o, "classes", m->classes)) ||
+            (m->record && !cJSON_AddItemReferenceToObject(o, "patient_record", m->record)) ||
+            !m->payload || !cJSON_AddItemReferenceToObject(o, "payload", m->payload))
             goto done;
         break;
     case CM_FED_ACK:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
-            !cJSON_AddStringToObject(o, "result", m->result))
+            !cJSON_AddStringToObject(o, "result", m->result) ||
+            (m->message[0] && !cJSON_AddStringToObject(o, "reason", m->message)))
             goto done;
         break;
     case CM_FED_ERROR:
         if (!cJSON_AddStringToObject(o, "code", m->code) ||
             !cJSON_AddStringToObject(o, "message", m->message) ||
             (m->id[0] && !cJSON_AddStringToObject(o, "ref", m->id)))
+            goto done;
+        break;
+    case CM_FED_DIRECTORY:
+    case CM_FED_INDICATORS:
+        if (!cJSON_AddStringToObject(o, "id", m->id) || !m->payload ||
+            !cJSON_AddItemReferenceToObject(
+                o, m->type == CM_FED_DIRECTORY ? "organizations" : "indicators", m->payload))
             goto done;
         break;
     default:
@@ -222,6 +274,10 @@ typedef struct fed_peer {
     uint64_t hello_due; /* loop time of the next hello while down */
     uint64_t hello_ivl;
     int64_t inflight; /* outbox seq awaiting ack, 0 = none */
+    /* what we share with it (share.h): hash of the text last sent, and of
+    ** the text it acknowledged; resent when they differ */
+    uint64_t share_sent[2], share_acked[2];
+    uint64_t share_due;
     uint64_t resend_due;
     uint64_t rto;
     /* ROUTER side: routing ids of the latest links that said hello (a
@@ -231,8 +287,19 @@ typedef struct fed_peer {
     int rid_next;
 } fed_peer;
 
+/* A delivered message the engine is applying: the ack goes when it answers. */
+typedef struct fed_ticket {
+    cm_fed *fed; /* NULL once the federation is gone */
+    struct fed_ticket *prev, *next;
+    char peer[129], id[192], kind[129], to[129];
+    uint8_t rid[256];
+    size_t rid_len;
+} fed_ticket;
+
 struct cm_fed {
     cm_fed_opts o;
+    fed_ticket *tickets; /* answers outstanding */
+    bool stopped;
     void *ctx;
     fed_sock router, zap;
     fed_peer peers[CM_FED_MAX_PEERS];
@@ -488,11 +555,96 @@ done:
     return rc;
 }
 
+/* Send an ack (or "busy") to the link with routing id rid. */
+static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, const char *id,
+                     const char *result, const char *reason)
+{
+    cm_fed_msg m;
+    memset(&m, 0, sizeof(m));
+    if (result) {
+        m.type = CM_FED_ACK;
+        snprintf(m.result, sizeof(m.result), "%s", result);
+        snprintf(m.message, sizeof(m.message), "%s", reason ? reason : "");
+    } else {
+        m.type = CM_FED_ERROR;
+        snprintf(m.code, sizeof(m.code), "busy");
+        snprintf(m.message, sizeof(m.message), "not recorded; resend later");
+    }
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    char *text = cm_fed_encode(&m);
+    if (!text) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory answering %s", id);
+        return;
+    }
+    const void *bufs[] = {rid, text};
+    size_t lens[] = {rid_len, strlen(text)};
+    sock_send(&fed->router, bufs, lens, 2);
+    free(text);
+}
+
+void cm_fed_answer(void *ticket, const char *result, const char *reason)
+{
+    fed_ticket *t = ticket;
+    cm_fed *fed = t->fed;
+    if (fed) {
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            fed->tickets = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+    }
+    if (fed && !fed->stopped) {
+        if (!result)
+            cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
+                   t->id, t->peer, reason ? reason : "");
+        else if (strcmp(result, "refused") == 0)
+            cm_log(CM_LOG_WARN, "fed.refused_receive", "refused %s (%s for %s) from %s: %s", t->id,
+                   t->kind, t->to, t->peer, reason ? reason : "");
+        else
+            cm_log(CM_LOG_INFO, strcmp(result, "duplicate") == 0 ? "fed.duplicate" : "fed.received",
+                   "%s %s (%s for %s) from %s", result, t->id, t->kind, t->to, t->peer);
+        if (result && strcmp(result, "received") == 0 && fed->o.on_received)
+            fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
+        send_ack(fed, t->rid, t->rid_len, t->id, result, reason);
+    }
+    free(t);
+}
+
+/* Hand m to the engine; the ack goes from cm_fed_answer after its commit. */
+static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    fed_ticket *t = calloc(1, sizeof(*t));
+    size_t n = zmq_msg_size((zmq_msg_t *)rid);
+    if (!t || n > sizeof(t->rid)) {
+        free(t);
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    t->fed = fed;
+    memcpy(t->rid, zmq_msg_data((zmq_msg_t *)rid), n);
+    t->rid_len = n;
+    snprintf(t->peer, sizeof(t->peer), "%s", p->cfg->id);
+    snprintf(t->id, sizeof(t->id), "%s", m->id);
+    snprintf(t->kind, sizeof(t->kind), "%s", m->kind);
+    snprintf(t->to, sizeof(t->to), "%s", m->to);
+    t->next = fed->tickets;
+    if (fed->tickets)
+        fed->tickets->prev = t;
+    fed->tickets = t;
+    if (fed->o.apply(fed->o.engine_ud, p->cfg->id, m, t) != 0)
+        cm_fed_answer(t, NULL, "the engine could not take it");
+}
+
 static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
 {
     cm_fed_msg ack;
     cm_err err;
     bool dup = false;
+    if (fed->o.apply) {
+        router_apply(fed, p, rid, m);
+        return;
+    }
     if (!store_free(fed) || inbox_record(fed, p, m, &dup, &err) != 0) {
         cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
                m->id, p->cfg->id, store_free(fed) ? err.msg : "store busy");
@@ -507,6 +659,46 @@ static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const
     ack.type = CM_FED_ACK;
     snprintf(ack.id, sizeof(ack.id), "%s", m->id);
     snprintf(ack.result, sizeof(ack.result), "%s", dup ? "duplicate" : "received");
+    reply(&fed->router, rid, &ack);
+}
+
+/* A partner's directory or indicators: kept (replacing the last), acked. */
+static void router_share(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    char why[300];
+    cm_err err;
+    int kept = 0, dropped = 0, rc;
+    bool dir = m->type == CM_FED_DIRECTORY;
+    if (!store_free(fed)) {
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    rc = dir ? cm_share_directory_keep(fed->o.store, fed->o.clock, p->cfg->id, m->payload, &kept,
+                                       &dropped, why, sizeof(why), &err)
+             : cm_share_indicators_keep(fed->o.store, fed->o.clock, p->cfg->id, m->payload, &kept,
+                                        &err);
+    if (rc == CM_EINVAL) {
+        cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad %s: %s", p->cfg->id,
+               type_names[m->type], err.msg);
+        reply_error(&fed->router, rid, "malformed", m->id, "%s", err.msg);
+        return;
+    }
+    if (rc != 0) {
+        cm_log(CM_LOG_WARN, "fed.busy", "%s from %s not recorded: %s", type_names[m->type],
+               p->cfg->id, err.msg);
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    if (dropped)
+        cm_log(CM_LOG_WARN, "fed.directory", "peer %s: %d organization(s) dropped: %s", p->cfg->id,
+               dropped, why);
+    cm_log(CM_LOG_INFO, dir ? "fed.directory" : "fed.indicators", "peer %s shared %d %s",
+           p->cfg->id, kept, dir ? "organization(s)" : "indicator(s)");
+    cm_fed_msg ack;
+    memset(&ack, 0, sizeof(ack));
+    ack.type = CM_FED_ACK;
+    snprintf(ack.id, sizeof(ack.id), "%s", m->id);
+    snprintf(ack.result, sizeof(ack.result), "received");
     reply(&fed->router, rid, &ack);
 }
 
@@ -577,6 +769,8 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
         reply_error(s, &parts[0], "hello-required", m.id, "say hello first");
     } else if (m.type == CM_FED_DELIVER) {
         router_deliver(fed, p, &parts[0], &m);
+    } else if (m.type == CM_FED_DIRECTORY || m.type == CM_FED_INDICATORS) {
+        router_share(fed, p, &parts[0], &m);
     } else {
         cm_log(CM_LOG_WARN, "fed.unsupported", "peer %s sent %s, which this node does not take",
                p->cfg->id, type_names[m.type]);
@@ -587,39 +781,107 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 
 /* ---- sending ------------------------------------------------------------- */
 
+static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
+
 static void peer_down(fed_peer *p, const char *why)
 {
     if (p->up)
         cm_log(CM_LOG_WARN, "fed.peer_down", "peer %s is down (%s)", p->cfg->id, why);
     p->up = false;
     p->inflight = 0;
+    p->share_acked[0] = p->share_acked[1] = 0; /* share again once it is back */
+    p->share_due = 0;
     p->hello_ivl = FED_HELLO_MIN_MS;
     p->hello_due = 0;
 }
 
-/* Mark one row refused (autocommit), with the reason in the log too. */
+/* The event send.refused for the instance that queued outbox row seq, in
+** the open transaction (nothing when the row has no instance). */
+static int tell_refused(cm_fed *fed, int64_t seq, const char *reason, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        fed->o.store, "SELECT instance, receiver, kind, purpose FROM outbox WHERE seq = ?1", err);
+    int rc = 0;
+    if (!st)
+        return err->code;
+    sqlite3_bind_int64(st, 1, seq);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) && fed->o.refused) {
+        cJSON *ev = cJSON_CreateObject();
+        const char *purpose = (const char *)sqlite3_column_text(st, 3);
+        char instance[256];
+        snprintf(instance, sizeof(instance), "%s", (const char *)sqlite3_column_text(st, 0));
+        if (!ev || !cJSON_AddStringToObject(ev, "to", (const char *)sqlite3_column_text(st, 1)) ||
+            !cJSON_AddStringToObject(ev, "kind", (const char *)sqlite3_column_text(st, 2)) ||
+            !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
+            !cJSON_AddStringToObject(ev, "reason", reason))
+            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+        sqlite3_reset(st);
+        if (rc == 0)
+            rc = fed->o.refused(fed->o.engine_ud, instance, ev, err);
+        cJSON_Delete(ev);
+        return rc;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Mark one row refused with its reason, and tell the instance that sent it;
+** one transaction. The reason goes to the log too. */
 static void outbox_refuse(cm_fed *fed, int64_t seq, const char *reason)
 {
     char now[CM_TIME_BUFSZ];
     cm_err err;
-    sqlite3_stmt *st = cm_store_prepare(
+    sqlite3_stmt *st;
+    if (cm_store_begin(fed->o.store, &err) != 0)
+        goto fail;
+    st = cm_store_prepare(
         fed->o.store,
         "UPDATE outbox SET status = 'refused', reason = ?2, done_at = ?3 WHERE seq = ?1", &err);
-    if (!st) {
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-        return;
-    }
+    if (!st)
+        goto rollback;
     now_text(fed, now);
     sqlite3_bind_int64(st, 1, seq);
     sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        cm_store_error(fed->o.store, &err, "outbox");
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-    } else {
-        cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
-    }
+    int rc = sqlite3_step(st);
     sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        cm_store_error(fed->o.store, &err, "outbox");
+        goto rollback;
+    }
+    if (tell_refused(fed, seq, reason, &err) != 0)
+        goto rollback;
+    if (cm_store_commit(fed->o.store, &err) != 0)
+        goto fail;
+    cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
+    if (fed->o.after_refused)
+        fed->o.after_refused(fed->o.engine_ud);
+    return;
+rollback:
+    cm_store_rollback(fed->o.store);
+fail:
+    cm_log(CM_LOG_ERROR, "fed.store", "refusing outbox %lld: %s", (long long)seq, err.msg);
+}
+
+/* Column col as text into out ("" when NULL). */
+static void column_text(sqlite3_stmt *st, int col, char *out, size_t outsz)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    snprintf(out, outsz, "%s", v ? (const char *)v : "");
+}
+
+/* "demographics,notes" as a JSON array; NULL when empty or NULL. */
+static cJSON *class_array(const char *list)
+{
+    if (!list || !*list)
+        return NULL;
+    cJSON *arr = cJSON_CreateArray();
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", list);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); arr && tok;
+         tok = strtok_r(NULL, ",", &save))
+        cJSON_AddItemToArray(arr, cJSON_CreateString(tok));
+    return arr;
 }
 
 /* Send the oldest pending row routed to p (one in flight keeps the order). */
@@ -633,7 +895,8 @@ static void send_next(cm_fed *fed, fed_peer *p, bool resend)
         return;
     memset(&m, 0, sizeof(m));
     st = cm_store_prepare(fed->o.store,
-                          "SELECT seq, receiver, kind, payload FROM outbox "
+                          "SELECT seq, receiver, kind, payload, sender, purpose, classes, "
+                          "patient, record, instance, reply_to FROM outbox "
                           "WHERE status = 'pending' AND peer = ?1 ORDER BY seq LIMIT 1",
                           &err);
     if (!st)
@@ -653,6 +916,14 @@ static void send_next(cm_fed *fed, fed_peer *p, bool resend)
     const char *raw = (const char *)sqlite3_column_text(st, 3);
     if (!(m.payload = cJSON_Parse(raw)))
         m.payload = cJSON_CreateString(raw);
+    column_text(st, 4, m.from, sizeof(m.from));
+    column_text(st, 5, m.purpose, sizeof(m.purpose));
+    column_text(st, 7, m.patient, sizeof(m.patient));
+    column_text(st, 9, m.instance, sizeof(m.instance));
+    column_text(st, 10, m.reply_to, sizeof(m.reply_to));
+    m.classes = class_array((const char *)sqlite3_column_text(st, 6));
+    if (sqlite3_column_text(st, 8))
+        m.record = cJSON_Parse((const char *)sqlite3_column_text(st, 8));
     sqlite3_reset(st);
     if (!m.payload || !(text = cm_fed_encode(&m))) {
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld", (long long)seq);
@@ -697,6 +968,15 @@ static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
     snprintf(want, sizeof(want), "%s:%lld", fed->o.node_id, (long long)p->inflight);
     if (!p->inflight || strcmp(want, m->id) != 0 || !store_free(fed))
         return; /* an ack for a resend already settled */
+    if (strcmp(m->result, "refused") == 0) {
+        char reason[1024];
+        snprintf(reason, sizeof(reason), "node %s refused it: %s", p->cfg->id,
+                 m->message[0] ? m->message : "no reason given");
+        outbox_refuse(fed, p->inflight, reason);
+        p->inflight = 0;
+        send_next(fed, p, false);
+        return;
+    }
     sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                         "UPDATE outbox SET status = 'delivered', done_at = ?2 "
                                         "WHERE seq = ?1 AND status = 'pending'",
@@ -746,7 +1026,8 @@ static void dealer_read(fed_sock *s, zmq_msg_t *parts, int n)
         p->inflight = 0;
         send_next(fed, p, false);
     } else if (m.type == CM_FED_ACK) {
-        dealer_ack(fed, p, &m);
+        if (!share_acked(fed, p, &m))
+            dealer_ack(fed, p, &m);
     } else if (m.type == CM_FED_ERROR) {
         cm_log(strcmp(m.code, "version") == 0 ? CM_LOG_ERROR : CM_LOG_WARN,
                strcmp(m.code, "version") == 0 ? "fed.version" : "fed.peer_error",
@@ -825,18 +1106,13 @@ static void route_pending(cm_fed *fed)
         goto fail;
     now_text(fed, now);
     for (int i = 0; i < n; i++) {
-        st = peers[i] ? cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1",
-                                         &err)
-                      : cm_store_prepare(fed->o.store,
-                                         "UPDATE outbox SET status = 'refused', reason = ?2, "
-                                         "done_at = ?3 WHERE seq = ?1",
-                                         &err);
+        if (!peers[i])
+            continue; /* refused below, each with its instance told */
+        st = cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1", &err);
         if (!st)
             goto rollback;
         sqlite3_bind_int64(st, 1, seqs[i]);
-        sqlite3_bind_text(st, 2, peers[i] ? peers[i] : reasons[i], -1, SQLITE_STATIC);
-        if (!peers[i])
-            sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, peers[i], -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE) {
@@ -848,13 +1124,67 @@ static void route_pending(cm_fed *fed)
         goto fail;
     for (int i = 0; i < n; i++)
         if (!peers[i])
-            cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seqs[i],
-                   reasons[i]);
+            outbox_refuse(fed, seqs[i], reasons[i]);
     return;
 rollback:
     cm_store_rollback(fed->o.store);
 fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
+}
+
+static uint64_t text_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h | 1; /* never 0, which means "nothing" */
+}
+
+/* Send p our directory (which 0) or indicators (1) when they changed since
+** it last acknowledged them, or when the last send went unanswered. */
+static void share_with(cm_fed *fed, fed_peer *p, int which, uint64_t now)
+{
+    cJSON *list = NULL;
+    cm_err err;
+    int rc = which == 0 ? cm_share_directory(fed->o.store, fed->o.node_id, p->cfg->id, &list, &err)
+                        : cm_share_indicators(fed->o.store, fed->o.clock, fed->o.node_id,
+                                              p->cfg->id, &list, &err);
+    if (rc != 0) {
+        cm_log(CM_LOG_ERROR, "fed.store", "sharing with %s: %s", p->cfg->id, err.msg);
+        return;
+    }
+    cm_fed_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS;
+    m.payload = list;
+    char *text = cm_fed_encode(&m); /* without the id: the content alone is hashed */
+    uint64_t h = text ? text_hash(text) : 0;
+    free(text);
+    if (h && h != p->share_acked[which] && (h != p->share_sent[which] || now >= p->share_due)) {
+        snprintf(m.id, sizeof(m.id), "%s:%s:%016llx", fed->o.node_id, type_names[m.type],
+                 (unsigned long long)h);
+        reply(&p->dealer, NULL, &m);
+        p->share_sent[which] = h;
+    }
+    cm_fed_msg_clear(&m);
+}
+
+/* The ack of a directory or indicators we sent ("NODE:directory:HASH"). */
+static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
+{
+    for (int which = 0; which < 2; which++) {
+        char want[192];
+        snprintf(want, sizeof(want), "%s:%s:%016llx", fed->o.node_id,
+                 type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS],
+                 (unsigned long long)p->share_sent[which]);
+        if (p->share_sent[which] && strcmp(want, m->id) == 0) {
+            p->share_acked[which] = p->share_sent[which];
+            cm_log(CM_LOG_INFO, "fed.shared", "peer %s has our %s", p->cfg->id,
+                   type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS]);
+            return true;
+        }
+    }
+    return false;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -875,6 +1205,11 @@ static void on_tick(uv_timer_t *t)
             send_next(fed, p, true);
         } else if (p->up && !p->inflight) {
             send_next(fed, p, false);
+        }
+        if (p->up && now >= p->share_due && store_free(fed)) {
+            share_with(fed, p, 0, now);
+            share_with(fed, p, 1, now);
+            p->share_due = now + FED_SHARE_MS;
         }
     }
 }
@@ -984,6 +1319,7 @@ void cm_fed_stop(cm_fed *fed)
 {
     if (!fed)
         return;
+    fed->stopped = true; /* answers still to come are not sent */
     if (fed->tick_init) {
         uv_close((uv_handle_t *)&fed->tick, NULL);
         fed->tick_init = false;
@@ -1001,6 +1337,8 @@ void cm_fed_destroy(cm_fed **fed_p)
     cm_fed *fed = *fed_p;
     if (!fed)
         return;
+    for (fed_ticket *t = fed->tickets; t; t = t->next)
+        t->fed = NULL; /* cm_fed_answer frees them when the engine answers */
     for (int i = 0; i < fed->npeers; i++) {
         if (fed->peers[i].dealer.zs) {
             zmq_socket_monitor(fed->peers[i].dealer.zs, NULL, 0);
