@@ -1597,7 +1597,7 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
         sp_end(e, rc == 0);
         if (rc != 0 && rc != CM_EDB && rc != CM_ENOMEM) {
             oc->instance[0] = '\0';
-            snprintf(why, sizeof(why), "%s could not start: %s", wf, err->msg);
+            snprintf(why, sizeof(why), "%s could not start: %.400s", wf, err->msg);
             cm_err_clear(err);
             rc = msg_refused(e, m, w->data, why, oc, err);
         }
