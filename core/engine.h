@@ -52,9 +52,10 @@ typedef struct cm_step {
     const cJSON *payload; /* event payload (an object) */
     bool is_timer;        /* the event is a timer firing */
     int64_t now_ms;       /* the engine's clock */
-    /* in/out */
-    cJSON *ctx; /* the context; the runtime may replace it (and frees the old) */
+    const char *ctx;      /* the context as stored: a JSON object's text */
     /* out */
+    char *ctx_out;          /* the context after the step as JSON object text (engine
+                            ** frees), or NULL when the step left it as it was */
     char next[CM_NAME_MAX]; /* the state after the step */
     bool final;             /* next is a final state */
     bool handled;           /* false: the state has no transition for event (nothing changed) */
@@ -95,7 +96,7 @@ typedef struct cm_runtime {
     bool (*installed)(void *ud, const char *name, int rev);
     /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
     ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
-    ** error the step's outputs are unset and ctx is unchanged. */
+    ** error the step's outputs are unset. */
     int (*step)(void *ud, cm_step *step, cm_err *err);
 } cm_runtime;
 
