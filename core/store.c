@@ -228,6 +228,25 @@ static const cm_migration migrations[] = {
      "  remote   TEXT,\n"
      "  PRIMARY KEY (instance, node)\n"
      ") WITHOUT ROWID;\n"},
+    /* What partner nodes share (share.h): their directory of organizations
+    ** and providers, and aggregate indicators; each replaced when it comes
+    ** again. */
+    {6, "federation: partners' directory and indicators",
+     "CREATE TABLE directory(\n"
+     "  peer         TEXT NOT NULL,\n"
+     "  organization TEXT NOT NULL,\n"
+     "  doc          TEXT NOT NULL,\n"
+     "  received     TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, organization)\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE TABLE indicator(\n"
+     "  peer        TEXT NOT NULL,\n"
+     "  partnership TEXT NOT NULL,\n"
+     "  name        TEXT NOT NULL,\n"
+     "  doc         TEXT NOT NULL,\n"
+     "  received    TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, partnership, name)\n"
+     ") WITHOUT ROWID;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
