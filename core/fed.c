@@ -271,6 +271,7 @@ struct fed_sock {
     int peer; /* DEALER and monitor: the peer's index; -1 otherwise */
     fed_reader read;
     void (*after)(fed_sock *s); /* after a drain that read something; may be NULL */
+    bool (*full)(fed_sock *s);  /* true: stop reading for now (after reads on); may be NULL */
     const char *name;
 };
 
@@ -311,7 +312,8 @@ typedef struct fed_peer {
     uint64_t share_sent[2], share_acked[2];
     uint64_t share_due;
     uint64_t rto;
-    int64_t rto_seq; /* the oldest message resend_due was set for */
+    int64_t rto_seq;      /* the oldest message resend_due was set for */
+    uint64_t last_answer; /* loop time of the last answer: answers flowing, no timeout */
     /* ROUTER side: routing ids of the latest links that said hello (a
     ** reconnect makes a new one before the old one is noticed gone) */
     uint8_t rid[FED_HELLO_LINKS][256];
@@ -402,7 +404,7 @@ static void sock_drain(fed_sock *s)
         size_t sz = sizeof(ev);
         if (zmq_getsockopt(s->zs, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN))
             break;
-        if (!sock_read_one(s))
+        if ((s->full && s->full(s)) || !sock_read_one(s))
             break;
         any = true;
     }
@@ -416,14 +418,20 @@ static void on_poll(uv_poll_t *h, int status, int events)
     sock_drain(h->data);
 }
 
-/* Send parts (the last one ends the message); then drain, since a send can
-** consume the edge that announced pending input. */
+/* Send parts (the last one ends the message) without blocking; -1 when the
+** socket would block. A run of sends must end with sock_drain: a send can
+** consume the edge that announced pending input. sock_send does both. */
+static int sock_put(fed_sock *s, const void *const *bufs, const size_t *lens, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (zmq_send(s->zs, bufs[i], lens[i], ZMQ_DONTWAIT | (i + 1 < n ? ZMQ_SNDMORE : 0)) < 0)
+            return -1;
+    return 0;
+}
+
 static int sock_send(fed_sock *s, const void *const *bufs, const size_t *lens, int n)
 {
-    int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++)
-        if (zmq_send(s->zs, bufs[i], lens[i], ZMQ_DONTWAIT | (i + 1 < n ? ZMQ_SNDMORE : 0)) < 0)
-            rc = -1;
+    int rc = sock_put(s, bufs, lens, n);
     sock_drain(s);
     return rc;
 }
@@ -568,7 +576,8 @@ static void now_text(cm_fed *fed, char *buf)
     cm_time_format(cm_clock_now_ms(fed->o.clock), buf, CM_TIME_BUFSZ);
 }
 
-/* Send an ack (or "busy") to the link with routing id rid. */
+/* Send an ack (or "busy") to the link with routing id rid. The caller
+** drains the ROUTER after the last of a run of answers. */
 static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, const char *id,
                      const char *result, const char *reason)
 {
@@ -591,7 +600,7 @@ static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, const char
     }
     const void *bufs[] = {rid, text};
     size_t lens[] = {rid_len, strlen(text)};
-    sock_send(&fed->router, bufs, lens, 2);
+    sock_put(&fed->router, bufs, lens, 2);
     free(text);
 }
 
@@ -616,23 +625,26 @@ static int inbox_has(cm_fed *fed, const char *peer, const char *id, cm_err *err)
 typedef enum { IN_RECEIVED, IN_DUPLICATE, IN_BUSY } inbound_result;
 
 /* Record one message of the open transaction: a duplicate is left alone, one
-** whose prev has not been recorded waits (busy), any other is inserted. */
-static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *now, inbound_result *res,
-                        cm_err *err)
+** whose prev has not been recorded waits (busy), any other is inserted.
+** last: the id recorded just before in this batch from the same peer, or "". */
+static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, const char *now,
+                        inbound_result *res, cm_err *err)
 {
     const char *peer = fed->peers[in->peer].cfg->id;
-    int has = inbox_has(fed, peer, in->id, err);
-    if (has != 0) {
-        *res = IN_DUPLICATE;
-        return has < 0 ? err->code : 0;
-    }
-    if (in->prev[0] && (has = inbox_has(fed, peer, in->prev, err)) <= 0) {
-        *res = IN_BUSY;
+    int has = 1;
+    /* the message before it: most often the one just recorded in this batch */
+    if (in->prev[0] && strcmp(in->prev, last) != 0 &&
+        (has = inbox_has(fed, peer, in->prev, err)) <= 0) {
+        if (has == 0 && (has = inbox_has(fed, peer, in->id, err)) == 0) {
+            *res = IN_BUSY;
+            return 0;
+        }
+        *res = IN_DUPLICATE; /* recorded before: the first answer stands */
         return has < 0 ? err->code : 0;
     }
     sqlite3_stmt *st = cm_store_prepare(fed->o.store,
-                                        "INSERT INTO inbox(peer, msg_id, kind, receiver, payload, "
-                                        "received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                        "INSERT OR IGNORE INTO inbox(peer, msg_id, kind, receiver, "
+                                        "payload, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                                         err);
     if (!st)
         return err->code;
@@ -646,7 +658,7 @@ static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *now, inb
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return cm_store_error(fed->o.store, err, "inbox");
-    *res = IN_RECEIVED;
+    *res = sqlite3_changes(cm_store_db(fed->o.store)) ? IN_RECEIVED : IN_DUPLICATE;
     return 0;
 }
 
@@ -663,8 +675,12 @@ static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
         cm_err_set(&err, CM_EDB, "store busy");
     else if ((rc = cm_store_begin(fed->o.store, &err)) == 0) {
         now_text(fed, now);
-        for (int i = 0; i < n && rc == 0; i++)
-            rc = inbox_record(fed, &batch[i], now, &res[i], &err);
+        for (int i = 0; i < n && rc == 0; i++) {
+            const fed_inbound *before = i > 0 && res[i - 1] == IN_RECEIVED ? &batch[i - 1] : NULL;
+            rc = inbox_record(fed, &batch[i],
+                              before && before->peer == batch[i].peer ? before->id : "", now,
+                              &res[i], &err);
+        }
         if (rc == 0)
             rc = cm_store_commit(fed->o.store, &err);
         else
@@ -690,6 +706,7 @@ static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
         free(in->payload);
         in->payload = NULL;
     }
+    sock_drain(&fed->router);
     if (busy)
         cm_log(CM_LOG_WARN, "fed.busy",
                "%d message(s) from %s not recorded (will be resent), the first %s: %s", busy,
@@ -742,10 +759,17 @@ static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm
     return true;
 }
 
+/* The ROUTER's drain: a full batch stops it; the flush commits the batch,
+** and its answers' drain reads on. */
 static void router_after(fed_sock *s)
 {
     if (s->fed->ninq > 0)
         inbox_flush(s->fed);
+}
+
+static bool router_full(fed_sock *s)
+{
+    return !s->fed->o.apply && s->fed->ninq >= FED_INBOX_BATCH;
 }
 
 void cm_fed_answer(void *ticket, const char *result, const char *reason)
@@ -773,6 +797,7 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
         send_ack(fed, t->rid, t->rid_len, t->id, result, reason);
+        sock_drain(&fed->router);
     }
     free(t);
 }
@@ -1079,7 +1104,7 @@ static bool flight_send(fed_peer *p, fed_flight *f, const char *text)
 {
     const void *bufs[] = {text};
     size_t lens[] = {strlen(text)};
-    if (sock_send(&p->dealer, bufs, lens, 1) != 0)
+    if (sock_put(&p->dealer, bufs, lens, 1) != 0)
         return false;
     f->round = p->round;
     f->sends++;
@@ -1251,15 +1276,21 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     if (cm_store_begin(fed->o.store, &err) != 0)
         goto fail;
     now_text(fed, now);
-    for (int i = 0; i < p->nwin && rc == 0; i++) {
+    for (int i = 0, j; i < p->nwin && rc == 0; i = j) {
         fed_flight *f = &p->win[i];
         bool ok = f->state == FLIGHT_DELIVERED;
+        /* a run of delivered neighbours sent as often: one statement (the
+        ** window holds every pending row of p between them, in seq order) */
+        for (j = i + 1; ok && j < p->nwin && p->win[j].state == FLIGHT_DELIVERED &&
+                        p->win[j].sends == f->sends;
+             j++)
+            ;
         if (!ok && f->state != FLIGHT_REFUSED)
             continue;
         sqlite3_stmt *st = cm_store_prepare(
             fed->o.store,
-            ok ? "UPDATE outbox SET status = 'delivered', done_at = ?2, "
-                 "attempts = attempts + ?3 WHERE seq = ?1 AND status = 'pending'"
+            ok ? "UPDATE outbox SET status = 'delivered', done_at = ?2, attempts = attempts + ?3 "
+                 "WHERE seq BETWEEN ?1 AND ?4 AND peer = ?5 AND status = 'pending'"
                : "UPDATE outbox SET status = 'refused', done_at = ?2, "
                  "attempts = attempts + ?3, reason = ?4 WHERE seq = ?1 AND status = 'pending'",
             &err);
@@ -1274,6 +1305,10 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         sqlite3_bind_int(st, 3, f->sends);
         if (!ok)
             sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC);
+        else {
+            sqlite3_bind_int64(st, 4, p->win[j - 1].seq);
+            sqlite3_bind_text(st, 5, p->cfg->id, -1, SQLITE_STATIC);
+        }
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         rc = rc == SQLITE_DONE ? 0 : cm_store_error(fed->o.store, &err, "outbox");
@@ -1330,8 +1365,11 @@ static void peer_pump(cm_fed *fed, fed_peer *p)
         p->again = false;
         peer_flush(fed, p);
         if (p->up && !fed->stopped && p->nsettled == 0 && store_free(fed) &&
-            uv_now(fed->o.loop) >= p->hold_until && peer_resend(fed, p))
-            peer_fill(fed, p);
+            uv_now(fed->o.loop) >= p->hold_until) {
+            if (peer_resend(fed, p))
+                peer_fill(fed, p);
+            sock_drain(&p->dealer); /* after the run of sends: answers set again */
+        }
     } while (p->again && !fed->stopped && ++rounds < FED_PUMP_ROUNDS);
     p->pumping = false;
     if (p->again)
@@ -1365,6 +1403,7 @@ static fed_flight *flight_find(cm_fed *fed, fed_peer *p, const char *id)
 static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
 {
     fed_flight *f = flight_find(fed, p, m->id);
+    p->last_answer = uv_now(fed->o.loop);
     if (!f || f->state != FLIGHT_OPEN)
         return; /* an answer to a resend already settled */
     bool refused = strcmp(m->result, "refused") == 0;
@@ -1611,7 +1650,8 @@ static void on_tick(uv_timer_t *t)
                 p->hello_ivl = FED_HELLO_MAX_MS;
         } else if (p->up) {
             if (p->nwin > 0 && p->nsettled == 0 && now >= p->resend_due &&
-                p->win[0].round == p->round) { /* the oldest went unanswered: again */
+                now >= p->last_answer + p->rto &&
+                p->win[0].round == p->round) { /* nothing answered for a while: again */
                 if ((p->rto *= 2) > FED_RTO_MAX_MS)
                     p->rto = FED_RTO_MAX_MS;
                 peer_rewind(fed, p, false);
@@ -1657,6 +1697,7 @@ static int open_router(cm_fed *fed, cm_err *err)
     if (zmq_bind(zs, listen) != 0)
         return cm_err_set(err, CM_EIO, "federation.listen %s: %s", listen, zmq_strerror(errno));
     fed->router.after = router_after;
+    fed->router.full = router_full;
     return sock_watch(fed, &fed->router, "router", router_read, -1, err);
 }
 
