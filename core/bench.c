@@ -552,7 +552,7 @@ static int fb_start(fbench *fb, cm_err *err)
     fb->stop.data = fb->produce.data = fb->deadline.data = fb;
     fb->handles = true;
     uv_check_start(&fb->produce, fb_produce);
-    uv_timer_start(&fb->deadline, fb_on_deadline, 60000 + (uint64_t)fb->o->messages / 10, 0);
+    uv_timer_start(&fb->deadline, fb_on_deadline, 60000 + (uint64_t)fb->o->messages, 0);
     return 0;
 }
 

@@ -471,7 +471,10 @@ static int link_options(void *zs)
     int rc = set_int(zs, ZMQ_LINGER, 0) | set_int(zs, ZMQ_HANDSHAKE_IVL, 5000) |
              set_int(zs, ZMQ_HEARTBEAT_IVL, 1000) | set_int(zs, ZMQ_HEARTBEAT_TIMEOUT, 3000) |
              set_int(zs, ZMQ_HEARTBEAT_TTL, 6000) | set_int(zs, ZMQ_RECONNECT_IVL, 100) |
-             set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000);
+             set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000) |
+             /* a ROUTER drops what it cannot queue: room for a whole window of answers */
+             set_int(zs, ZMQ_SNDHWM, CM_FED_WINDOW_MAX + 1000) |
+             set_int(zs, ZMQ_RCVHWM, CM_FED_WINDOW_MAX + 1000);
     return rc | zmq_setsockopt(zs, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
 }
 
@@ -1189,8 +1192,9 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
             return false;
         }
         sqlite3_bind_int64(st, 1, f->seq);
-        char *text = sqlite3_step(st) == SQLITE_ROW ? row_encode(fed, st, f->prev) : NULL;
-        bool gone = !text && sqlite3_column_type(st, 0) == SQLITE_NULL;
+        int step = sqlite3_step(st);
+        char *text = step == SQLITE_ROW ? row_encode(fed, st, f->prev) : NULL;
+        bool gone = step == SQLITE_DONE;
         sqlite3_reset(st);
         if (!text && !gone)
             return false;
@@ -1486,7 +1490,8 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
     memcpy(&ev, zmq_msg_data(&parts[0]), sizeof(ev));
     cm_log(CM_LOG_DEBUG, "fed.monitor", "peer %s: event 0x%x", p->cfg->id, (unsigned)ev);
     if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
-        p->hello_due = 0; /* say hello on the next tick */
+        p->hello_due = 0; /* say hello on the next turn */
+        cm_fed_wake(fed);
     } else if (ev == ZMQ_EVENT_DISCONNECTED) {
         peer_down(p, "disconnected or heartbeat timed out");
     } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
