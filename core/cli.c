@@ -82,6 +82,7 @@ typedef struct data_opts {
     const char *data;
     const char *config;
     const char *node_id;
+    const char *virtual_clock; /* serve: run on a virtual clock from this instant */
     bool help;
 } data_opts;
 
@@ -89,17 +90,15 @@ typedef struct data_opts {
 static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_node_id, data_opts *o)
 {
     static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"node-id", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},    {"config", required_argument, NULL, 'c'},
+        {"node-id", required_argument, NULL, 'n'}, {"virtual-clock", required_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int c;
     memset(o, 0, sizeof(*o));
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "+d:c:n:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+d:c:n:v:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'd':
             o->data = optarg;
@@ -111,6 +110,15 @@ static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_nod
             if (!want_node_id)
                 return usage_error(cmd, "unknown option '%s'", "--node-id");
             o->node_id = optarg;
+            break;
+        case 'v':
+            if (strcmp(cmd, "serve") != 0)
+                return usage_error(cmd, "unknown option '%s'", "--virtual-clock");
+            int64_t ms;
+            if (!cm_time_parse(optarg, &ms))
+                return usage_error(cmd, "--virtual-clock: \"%s\" is not an ISO-8601 instant",
+                                   optarg);
+            o->virtual_clock = optarg;
             break;
         case 'h':
             o->help = true;
@@ -213,7 +221,10 @@ static int node_open(const data_opts *o, cli_node *n, cm_err *err)
     snprintf(n->node_id, sizeof(n->node_id), "%s", stored_id);
     if ((rc = check_node_key(n, o->data, err)) != 0)
         goto done;
-    n->clock = cm_clock_new_system();
+    int64_t start_ms = 0;
+    n->clock = o->virtual_clock && cm_time_parse(o->virtual_clock, &start_ms)
+                   ? cm_clock_new_virtual(start_ms)
+                   : cm_clock_new_system();
     n->model = n->clock ? cm_model_new(n->store, n->clock) : NULL;
     if (!n->model)
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -844,8 +855,11 @@ static const cli_cmd commands[] = {
      "SIGHUP reloads them), JSON-lines log on stderr; SIGINT or SIGTERM stop it cleanly\n"
      "(exit 0). One serving process per data directory.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
-     "  --config FILE   configuration file (default DIR/caremesh.conf)",
-     "serve --data DIR [--config FILE]", cmd_serve},
+     "  --config FILE   configuration file (default DIR/caremesh.conf)\n"
+     "  --virtual-clock TIME  for demos and rehearsals: run on a virtual clock that starts\n"
+     "                  at TIME (ISO-8601) and moves only when advanced through the API\n"
+     "                  (POST /v1/clock)",
+     "serve --data DIR [--config FILE] [--virtual-clock TIME]", cmd_serve},
     {"lua", "run an administrative Lua script against the store",
      "Run an administrative Lua script in the sandbox against the node's store. The script\n"
      "gets the `caremesh` module through require and ARGs as `...`; it runs in one\n"
