@@ -1310,7 +1310,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
 /* ---- messages from partners ------------------------------------------- */
 
 struct msg_in {
-    char *peer, *id, *kind, *from, *to, *purpose, *patient, *instance, *reply_to;
+    char *peer, *id, *kind, *from, *to, *purpose, *patient, *instance, *reply_to, *prev;
     cJSON *classes, *record; /* owned; NULL when absent */
 };
 
@@ -1318,8 +1318,8 @@ static void msg_free(msg_in *m)
 {
     if (!m)
         return;
-    char **strs[] = {&m->peer,    &m->id,      &m->kind,     &m->from,    &m->to,
-                     &m->purpose, &m->patient, &m->instance, &m->reply_to};
+    char **strs[] = {&m->peer,    &m->id,      &m->kind,     &m->from,     &m->to,
+                     &m->purpose, &m->patient, &m->instance, &m->reply_to, &m->prev};
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
         free(*strs[i]);
     cJSON_Delete(m->classes);
@@ -1560,6 +1560,25 @@ static int msg_refused(cm_engine *e, const msg_in *m, const cJSON *payload, cons
     return rc;
 }
 
+/* Applied in the order sent: the message before it (prev) must be in the
+** inbox, committed or earlier in this batch. CM_ENOTFOUND when it is not. */
+static int msg_follows(cm_engine *e, const msg_in *m, cm_err *err)
+{
+    if (!*m->prev)
+        return 0;
+    PREPARE(e, "SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2", err);
+    sqlite3_bind_text(st, 1, m->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->prev, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc != SQLITE_DONE)
+        return db_fail(e, err, "inbox");
+    return cm_err_set(err, CM_ENOTFOUND, "message %s follows %s, which has not arrived", m->id,
+                      m->prev);
+}
+
 static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
 {
     msg_in *m = w->msg;
@@ -1568,6 +1587,8 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
     bool linked = false;
     int rc;
     if (msg_seen(e, m, oc, &rc, err) || rc != 0)
+        return rc;
+    if ((rc = msg_follows(e, m, err)) != 0)
         return rc;
     if ((rc = msg_check(e, m, why, sizeof(why), err)) != 0)
         return rc;
@@ -1947,7 +1968,7 @@ int cm_engine_receive(cm_engine *e, const cm_engine_msg *m, cm_ack_cb cb, void *
         !(g->kind = dup_or_empty(m->kind)) || !(g->from = dup_or_empty(m->from)) ||
         !(g->to = dup_or_empty(m->to)) || !(g->purpose = dup_or_empty(m->purpose)) ||
         !(g->patient = dup_or_empty(m->patient)) || !(g->instance = dup_or_empty(m->instance)) ||
-        !(g->reply_to = dup_or_empty(m->reply_to)) ||
+        !(g->reply_to = dup_or_empty(m->reply_to)) || !(g->prev = dup_or_empty(m->prev)) ||
         (m->classes && !(g->classes = cJSON_Duplicate(m->classes, true))) ||
         (m->record && !(g->record = cJSON_Duplicate(m->record, true)))) {
         if (!w)

@@ -173,7 +173,9 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
 ** workflow started_by `kind`, with the payload as input plus from, to and
 ** (when shared) patient_record. Both ends' terms are checked again here
 ** (terms.h); what they do not cover is refused, audited, and answered
-** "refused". A duplicate is answered with the first answer. */
+** "refused". A duplicate is answered with the first answer. A message whose
+** prev is not in the inbox yet is not applied: its ack has status CM_ENOTFOUND
+** and no result (federation answers busy; the peer resends in order). */
 typedef struct cm_engine_msg {
     const char *peer;      /* the authenticated sending node */
     const char *id;        /* the message id */
@@ -186,6 +188,7 @@ typedef struct cm_engine_msg {
     const char *instance;  /* the sender's instance ("" when none) */
     const char *reply_to;  /* this node's instance it continues ("" when none) */
     const cJSON *payload;  /* an object */
+    const char *prev;      /* the message the peer sent before it ("" or NULL: none) */
 } cm_engine_msg;
 
 /* Queue m; cb is told (ack.result) after the commit. Strings are copied. */

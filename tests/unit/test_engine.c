@@ -1012,6 +1012,55 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
     expect_state(f, "k-1", "on", "running");
 }
 
+/* A message from peer as federation hands it over; prev as the sender sent it. */
+static void receive(fx *f, const char *peer, const char *id, const char *prev)
+{
+    cJSON *payload = cJSON_CreateObject();
+    cm_engine_msg m = {.peer = peer,
+                       .id = id,
+                       .kind = "test.note",
+                       .from = "clinic-x",
+                       .to = "cardio-x",
+                       .purpose = "care_coordination",
+                       .payload = payload,
+                       .prev = prev};
+    cm_err err;
+    assert_int_equal(cm_engine_receive(f->engine, &m, on_ack, &f->a, &err), 0);
+    cJSON_Delete(payload);
+}
+
+static void test_messages_apply_only_after_the_one_sent_before(void **state)
+{
+    fx *f = *state;
+    /* x:2 overtakes x:1 (a window resent after a reconnect): x:2 waits */
+    receive(f, "node-x", "node-x:2", "node-x:1");
+    receive(f, "node-x", "node-x:1", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 2);
+    assert_int_equal(f->a.status[0], CM_ENOTFOUND); /* federation answers busy */
+    assert_non_null(strstr(f->a.message[0], "node-x:2 follows node-x:1"));
+    assert_int_equal(f->a.status[1], 0); /* recorded (refused: no such organizations here) */
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox WHERE msg_id = 'node-x:2'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox WHERE msg_id = 'node-x:1'"), 1);
+    /* resent in order: x:2, then x:3 after it in the same batch */
+    receive(f, "node-x", "node-x:2", "node-x:1");
+    receive(f, "node-x", "node-x:3", "node-x:2");
+    run(f);
+    assert_int_equal(f->a.n, 4);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(f->a.status[3], 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox WHERE peer = 'node-x'"), 3);
+    /* a duplicate is answered even when its prev is named again */
+    receive(f, "node-x", "node-x:3", "node-x:2");
+    /* the message before must be from the same peer */
+    receive(f, "node-y", "node-y:4", "node-x:3");
+    run(f);
+    assert_int_equal(f->a.n, 6);
+    assert_int_equal(f->a.status[4], 0);
+    assert_int_equal(f->a.status[5], CM_ENOTFOUND);
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox"), 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1043,6 +1092,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
