@@ -1,10 +1,13 @@
 /*
 ** plugin.h -- the plugin host: loads C plugins (include/caremesh/plugin.h)
 ** with dlopen, checks their ABI, gives them the host's function table, and
-** keeps what they register (event subscriptions, CLI commands) until they
-** are unloaded. A plugin whose file, symbol, ABI or init fails is refused
-** with a message naming it, and everything it registered is undone.
-** Depends on: model, engine (events), log, dlfcn. Loop thread.
+** keeps what they register (event subscriptions, CLI commands, channels, Lua
+** functions) until they are unloaded. A plugin whose file, symbol, ABI or
+** init fails is refused with a message naming it, and everything it
+** registered is undone. Plugins read and write records through the model
+** (every access to patient data audited as "plugin:NAME"), in transactions
+** of their own that the host rolls back when a call returns with one open.
+** Depends on: model, audit, engine (events), log, dlfcn. Loop thread.
 */
 #ifndef CM_PLUGIN_H
 #define CM_PLUGIN_H

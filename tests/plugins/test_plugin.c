@@ -2,7 +2,8 @@
 ** test_plugin.c -- a real plugin that exercises the ABI, built in variants
 ** that the host must refuse: another ABI major (PLUGIN_BAD_MAJOR), a newer
 ** minor (PLUGIN_NEW_MINOR), no `caremesh_plugin` symbol (PLUGIN_NO_SYMBOL), an init that
-** fails after registering (PLUGIN_FAIL_INIT).
+** fails after registering (PLUGIN_FAIL_INIT); and one that says it was built
+** for ABI 1.0 (PLUGIN_OLD_MINOR), which a 1.1 host must still load.
 */
 #include <caremesh/plugin.h>
 
@@ -78,6 +79,8 @@ static void probe_fini(cm_plugin_ctx *ctx)
 #endif
 #if defined(PLUGIN_NEW_MINOR)
 #define MINOR (CM_PLUGIN_ABI_MINOR + 1)
+#elif defined(PLUGIN_OLD_MINOR) /* built against ABI 1.0: uses only the 1.0 functions */
+#define MINOR 0
 #else
 #define MINOR CM_PLUGIN_ABI_MINOR
 #endif

@@ -119,7 +119,8 @@ typedef struct cm_plugin_api {
                             cm_plugin_command_fn fn, void *ud);
 
     /* A record as JSON text ("patient", "pat-1"), in a buffer the caller frees
-    ** with api->free; NULL when there is none (errbuf says why). */
+    ** with api->free; NULL when there is none (errbuf says why). Reads of
+    ** patient data are audited (since 1.1 hosts). */
     char *(*record_get)(cm_plugin_ctx *ctx, const char *kind, const char *id, char *errbuf,
                         size_t errlen);
 
@@ -135,9 +136,13 @@ typedef struct cm_plugin_api {
     /* ---- 1.1 ---- */
     /* Create the record (kind, its "id") from JSON text, or, when one with that
     ** id exists, replace it with this one as its next version. 0, or -1 with
-    ** errbuf naming kind.field (e.g. "patient.birthDate: not a date"). The
-    ** change is audited with the plugin as actor. Inside tx_begin/tx_commit it
-    ** is part of that transaction; otherwise it commits on its own. */
+    ** errbuf naming kind.field (e.g. "patient.birthDate: not a date"); a
+    ** refused put writes nothing. "meta" (as record_get gives it) is ignored.
+    ** A write of patient data (a patient, or a record whose "patient" names
+    ** one) is audited with the plugin as actor. Inside tx_begin/tx_commit it
+    ** is part of that transaction; otherwise it commits on its own (or, when
+    ** the host called the plugin inside a transaction of its own, as in a Lua
+    ** function run by a workflow step, it is part of that one). */
     int (*record_put)(cm_plugin_ctx *ctx, const char *kind, const char *json, char *errbuf,
                       size_t errlen);
     /* Records of kind matching query, JSON text of find keys to strings
@@ -148,8 +153,11 @@ typedef struct cm_plugin_api {
     char *(*record_find)(cm_plugin_ctx *ctx, const char *kind, const char *query, const char *after,
                          int limit, char *errbuf, size_t errlen);
     /* One transaction around many record_put calls: all or nothing. begin
-    ** refuses a nested begin; rollback is safe to call when none is open. A
-    ** transaction left open when the plugin's call returns is rolled back. */
+    ** refuses a nested begin; commit with none open is -1; rollback is safe to
+    ** call when none is open. A transaction left open when the plugin's call
+    ** returns is rolled back (and logged). Inside a transaction of the host
+    ** it is a savepoint in it. Reads audited inside a transaction that is
+    ** rolled back are audited again: the plugin saw the data. */
     int (*tx_begin)(cm_plugin_ctx *ctx, char *errbuf, size_t errlen);
     int (*tx_commit)(cm_plugin_ctx *ctx, char *errbuf, size_t errlen);
     void (*tx_rollback)(cm_plugin_ctx *ctx);
