@@ -6,7 +6,6 @@
 */
 #include "fhir_bundle.h"
 
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,24 +23,12 @@ typedef struct entry {
     int write;   /* index of its write in the plan, -1 none */
 } entry;
 
-/* Keys ("F" fullUrl, "T" Type/id, "C" Type/caremesh-id) to entry indexes:
-** open addressing, sized at twice the keys, never shrinks. */
-typedef struct slot {
-    char *key;
-    int value;
-} slot;
-
-typedef struct keymap {
-    slot *slots;
-    size_t cap; /* a power of two */
-} keymap;
-
 typedef struct planner {
     fhir_plan *plan;
     const fhir_store *store;
     entry *entries;
     int n;
-    keymap keys;
+    fhir_keys keys;
     char found[FHIR_CM_ID_MAX + 1]; /* a stored target's id (borrowed by the resolver's caller) */
 } planner;
 
@@ -62,73 +49,6 @@ const char *fhir_kind_of(const char *type)
         if (strcmp(k->type, type) == 0)
             return k->kind;
     return NULL;
-}
-
-/* ---- the key map ---- */
-
-static uint32_t hash(const char *s)
-{
-    uint32_t h = 2166136261u;
-    while (*s)
-        h = (h ^ (uint8_t)*s++) * 16777619u;
-    return h;
-}
-
-static bool keymap_init(keymap *m, size_t keys)
-{
-    m->cap = 64;
-    while (m->cap < keys * 2)
-        m->cap *= 2;
-    m->slots = calloc(m->cap, sizeof(*m->slots));
-    return m->slots != NULL;
-}
-
-static void keymap_free(keymap *m)
-{
-    for (size_t i = 0; m->slots && i < m->cap; i++)
-        free(m->slots[i].key);
-    free(m->slots);
-    memset(m, 0, sizeof(*m));
-}
-
-static char *make_key(char tag, const char *type, const char *id, char *buf, size_t bufsz)
-{
-    if (type)
-        snprintf(buf, bufsz, "%c%s/%s", tag, type, id);
-    else
-        snprintf(buf, bufsz, "%c%s", tag, id);
-    return buf;
-}
-
-/* The entry of key, or -1. */
-static int keymap_get(const keymap *m, const char *key)
-{
-    if (!m->slots)
-        return -1;
-    for (size_t i = hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->slots[i].key)
-            return -1;
-        if (strcmp(m->slots[i].key, key) == 0)
-            return m->slots[i].value;
-    }
-}
-
-/* Add key -> value unless key is there; the value already there, -1 when
-** added, -2 out of memory. The map is sized for every key it gets. */
-static int keymap_put(keymap *m, const char *key, int value)
-{
-    if (!m->slots)
-        return -2;
-    for (size_t i = hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (!m->slots[i].key) {
-            if (!(m->slots[i].key = strdup(key)))
-                return -2;
-            m->slots[i].value = value;
-            return -1;
-        }
-        if (strcmp(m->slots[i].key, key) == 0)
-            return m->slots[i].value;
-    }
 }
 
 /* ---- the plan ---- */
@@ -215,7 +135,8 @@ static cJSON *parse(const char *text, size_t len, fhir_problems *problems)
         fhir_problem(problems, NULL, "not JSON: the file holds a NUL byte");
         return NULL;
     }
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, true);
+    /* len + 1: the NUL after the text (cJSON wants it inside the length) */
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len + 1, &end, true);
     if (root)
         return root;
     if ((deep = too_deep_at(text, len, CJSON_NESTING_LIMIT)) < len) {
@@ -230,17 +151,20 @@ static cJSON *parse(const char *text, size_t len, fhir_problems *problems)
     return NULL;
 }
 
-static int depth(const cJSON *v)
+/* Does v nest more than levels objects and arrays deep? */
+static bool too_deep(const cJSON *v, int levels)
 {
-    int d = 0;
     const cJSON *c;
-    cJSON_ArrayForEach(c, (cJSON_IsArray(v) || cJSON_IsObject(v)) ? v : NULL)
+    if (!cJSON_IsArray(v) && !cJSON_IsObject(v))
+        return false;
+    if (levels == 0)
+        return true;
+    cJSON_ArrayForEach(c, v)
     {
-        int cd = depth(c);
-        if (cd > d)
-            d = cd;
+        if (too_deep(c, levels - 1))
+            return true;
     }
-    return (cJSON_IsArray(v) || cJSON_IsObject(v)) ? d + 1 : 0;
+    return false;
 }
 
 /* ---- indexing the entries ---- */
@@ -284,11 +208,11 @@ static bool split_ref(const char *ref, char *type, size_t typesz, char *id, size
     return true;
 }
 
-static void note(planner *p, int i, const char *fmt, const char *type)
+static void note(planner *p, int i, const char *msg)
 {
     fhir_path at = {{0}, 0};
     fhir_path_push(&at, "entry[%d]", i);
-    fhir_problem(&p->plan->notes, &at, fmt, type);
+    fhir_problem(&p->plan->notes, &at, "%s", msg);
     p->plan->skipped++;
 }
 
@@ -296,6 +220,9 @@ static void note(planner *p, int i, const char *fmt, const char *type)
 ** import? (A Task of a referral: referrals are workflow instances.) */
 static const char *not_imported(const entry *e)
 {
+    if (strcmp(e->type, "ServiceRequest") == 0)
+        return "a ServiceRequest: referrals are instances of the referral workflow, started "
+               "there, not imported; skipped";
     if (strcmp(e->type, "Task") != 0)
         return NULL;
     const cJSON *based = cJSON_GetObjectItemCaseSensitive(e->res, "basedOn"), *b;
@@ -404,7 +331,7 @@ static bool index_entry(planner *p, int i, const cJSON *ent, bool needs_request)
         e->res = NULL;
         return false;
     }
-    if (depth(e->res) > FHIR_DEPTH_MAX) {
+    if (too_deep(e->res, FHIR_DEPTH_MAX)) {
         fhir_problem(&p->plan->problems, &at, "nested deeper than %d levels", FHIR_DEPTH_MAX);
         e->res = NULL;
         return false;
@@ -423,15 +350,18 @@ static bool index_entry(planner *p, int i, const cJSON *ent, bool needs_request)
         check_request(p, ent, e, &req);
     }
     const char *why = not_imported(e);
-    if (!fhir_kind_of(e->type))
-        note(p, i,
-             "%s is not imported (caremesh keeps Organization, Practitioner, PractitionerRole, "
-             "Patient, Condition, Consent, Immunization, Task); skipped",
-             e->type);
-    else if (why)
-        note(p, i, "%s", why);
-    else
+    char msg[256];
+    if (why) {
+        note(p, i, why);
+    } else if (!fhir_kind_of(e->type)) {
+        snprintf(msg, sizeof(msg),
+                 "%.60s is not imported (caremesh keeps Organization, Practitioner, "
+                 "PractitionerRole, Patient, Condition, Consent, Immunization, Task); skipped",
+                 e->type);
+        note(p, i, msg);
+    } else {
         e->kept = true;
+    }
     if (!e->kept)
         return true;
     return entry_id(p, i, e, &at);
@@ -449,7 +379,7 @@ static void index_keys(planner *p)
         if (!e->type)
             continue;
         if (e->full_url && strlen(e->full_url) < 1024 &&
-            (was = keymap_put(&p->keys, make_key('F', NULL, e->full_url, key, sizeof(key)), i)) >=
+            (was = fhir_keys_put(&p->keys, fhir_key('F', NULL, e->full_url, key, sizeof(key)), i)) >=
                 0) {
             fhir_path_push(&at, "entry[%d].fullUrl", i);
             fhir_problem(&p->plan->problems, &at, "\"%.80s\" is also entry[%d]'s fullUrl",
@@ -457,7 +387,7 @@ static void index_keys(planner *p)
             continue;
         }
         if (e->kept && e->cm_id[0] &&
-            (was = keymap_put(&p->keys, make_key('C', e->type, e->cm_id, key, sizeof(key)), i)) >=
+            (was = fhir_keys_put(&p->keys, fhir_key('C', e->type, e->cm_id, key, sizeof(key)), i)) >=
                 0) {
             fhir_path_push(&at, "entry[%d].resource.id", i);
             fhir_problem(&p->plan->problems, &at, "%s \"%s\" is also entry[%d]", e->type,
@@ -465,7 +395,7 @@ static void index_keys(planner *p)
             continue;
         }
         if (e->fhir_id && strlen(e->fhir_id) < 1024)
-            keymap_put(&p->keys, make_key('T', e->type, e->fhir_id, key, sizeof(key)), i);
+            fhir_keys_put(&p->keys, fhir_key('T', e->type, e->fhir_id, key, sizeof(key)), i);
     }
 }
 
@@ -474,8 +404,8 @@ static void index_keys(planner *p)
 static int find_entry(const planner *p, const char *type, const char *id)
 {
     char key[1200];
-    int at = keymap_get(&p->keys, make_key('T', type, id, key, sizeof(key)));
-    return at >= 0 ? at : keymap_get(&p->keys, make_key('C', type, id, key, sizeof(key)));
+    int at = fhir_keys_get(&p->keys, fhir_key('T', type, id, key, sizeof(key)));
+    return at >= 0 ? at : fhir_keys_get(&p->keys, fhir_key('C', type, id, key, sizeof(key)));
 }
 
 static int resolve(void *ud, const char *ref, fhir_target *out, char *why, size_t whylen)
@@ -487,7 +417,7 @@ static int resolve(void *ud, const char *ref, fhir_target *out, char *why, size_
     if (ref[0] == '#')
         return snprintf(why, whylen, "is a contained resource (not supported)"), -1;
     if (strlen(ref) < 1024)
-        at = keymap_get(&p->keys, make_key('F', NULL, ref, key, sizeof(key)));
+        at = fhir_keys_get(&p->keys, fhir_key('F', NULL, ref, key, sizeof(key)));
     if (at < 0 && has_prefix(ref, "urn:"))
         return snprintf(why, whylen, "matches no entry's fullUrl in the bundle"), -1;
     if (at < 0 && !split_ref(ref, type, sizeof(type), id, sizeof(id)))
@@ -605,7 +535,7 @@ static int role_practitioner(planner *p, int i)
         return -2;
     }
     char key[1200];
-    int j = keymap_get(&p->keys, make_key('C', "Practitioner", t.id, key, sizeof(key)));
+    int j = fhir_keys_get(&p->keys, fhir_key('C', "Practitioner", t.id, key, sizeof(key)));
     snprintf(p->entries[i].cm_id, sizeof(p->entries[i].cm_id), "%s", t.id);
     return j;
 }
@@ -689,7 +619,7 @@ static void build_conditions(planner *p)
         if (fhir_import_condition(&in, e->res, &item, subject) > 0)
             continue;
         char key[1200];
-        int pe = keymap_get(&p->keys, make_key('C', "Patient", subject, key, sizeof(key)));
+        int pe = fhir_keys_get(&p->keys, fhir_key('C', "Patient", subject, key, sizeof(key)));
         int w = pe >= 0 ? p->entries[pe].write : -1;
         if (w < 0) {
             fhir_path_push(&in.path, ".subject");
@@ -754,7 +684,7 @@ size_t fhir_plan_build(const char *text, size_t len, const fhir_store *store, fh
         goto done;
     }
     if ((p.n > 0 && !(p.entries = calloc((size_t)p.n, sizeof(*p.entries)))) ||
-        !keymap_init(&p.keys, (size_t)p.n * 3)) {
+        !fhir_keys_init(&p.keys, (size_t)p.n * 3)) {
         fhir_problem(&plan->problems, NULL, "out of memory");
         goto done;
     }
@@ -776,7 +706,7 @@ size_t fhir_plan_build(const char *text, size_t len, const fhir_store *store, fh
     build_simple(&p, "Immunization", fhir_import_immunization);
     build_simple(&p, "Task", fhir_import_task);
 done:
-    keymap_free(&p.keys);
+    fhir_keys_free(&p.keys);
     free(p.entries);
     cJSON_Delete(root);
     return fhir_problems_count(&plan->problems);

@@ -40,7 +40,7 @@ typedef struct fhir_plan {
     fhir_problems notes;    /* what was skipped and why */
 } fhir_plan;
 
-/* Read the bundle text (len bytes) into plan (zeroed by the caller).
+/* Read the bundle text (len bytes and a NUL after them) into plan (zeroed by the caller).
 ** Returns the number of problems (plan->problems); 0 means the writes are
 ** ready. plan is always filled and must be freed. */
 size_t fhir_plan_build(const char *text, size_t len, const fhir_store *store, fhir_plan *plan);

@@ -315,6 +315,93 @@ static const char *cm_to_hl7(const code_pair *t, const char *cm)
     return NULL;
 }
 
+/* ---- the key map ---- */
+
+static uint32_t key_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    while (*s)
+        h = (h ^ (uint8_t)*s++) * 16777619u;
+    return h;
+}
+
+bool fhir_keys_init(fhir_keys *m, size_t keys)
+{
+    m->cap = 64;
+    m->n = 0;
+    while (m->cap < keys * 2)
+        m->cap *= 2;
+    m->slots = calloc(m->cap, sizeof(*m->slots));
+    return m->slots != NULL;
+}
+
+void fhir_keys_free(fhir_keys *m)
+{
+    for (size_t i = 0; m->slots && i < m->cap; i++)
+        free(m->slots[i].key);
+    free(m->slots);
+    memset(m, 0, sizeof(*m));
+}
+
+char *fhir_key(char tag, const char *type, const char *id, char *buf, size_t bufsz)
+{
+    if (type)
+        snprintf(buf, bufsz, "%c%s/%s", tag, type, id);
+    else
+        snprintf(buf, bufsz, "%c%s", tag, id);
+    return buf;
+}
+
+/* The entry of key, or -1. */
+int fhir_keys_get(const fhir_keys *m, const char *key)
+{
+    if (!m->slots)
+        return -1;
+    for (size_t i = key_hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        if (!m->slots[i].key)
+            return -1;
+        if (strcmp(m->slots[i].key, key) == 0)
+            return m->slots[i].value;
+    }
+}
+
+static bool keys_grow(fhir_keys *m)
+{
+    fhir_keys bigger = {calloc(m->cap * 2, sizeof(*m->slots)), m->cap * 2, 0};
+    if (!bigger.slots)
+        return false;
+    for (size_t i = 0; i < m->cap; i++) {
+        struct fhir_slot *s = &m->slots[i];
+        if (!s->key)
+            continue;
+        size_t j = key_hash(s->key) & (bigger.cap - 1);
+        while (bigger.slots[j].key)
+            j = (j + 1) & (bigger.cap - 1);
+        bigger.slots[j] = *s;
+        bigger.n++;
+    }
+    free(m->slots);
+    *m = bigger;
+    return true;
+}
+
+int fhir_keys_put(fhir_keys *m, const char *key, int value)
+{
+    if (!m->slots || ((m->n + 1) * 2 > m->cap && !keys_grow(m)))
+        return -2;
+    for (size_t i = key_hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        if (!m->slots[i].key) {
+            if (!(m->slots[i].key = strdup(key)))
+                return -2;
+            m->slots[i].value = value;
+            m->n++;
+            return -1;
+        }
+        if (strcmp(m->slots[i].key, key) == 0)
+            return m->slots[i].value;
+    }
+}
+
 /* ---- import: reading members with their paths ---- */
 
 enum { J_STRING, J_OBJECT, J_ARRAY, J_BOOL, J_NUMBER };
@@ -665,7 +752,7 @@ static void check_concept(fhir_in *in, const cJSON *cc, size_t *bad)
     const cJSON *codings = get(in, cc, "coding", J_ARRAY, false, bad), *item;
     int i = 0;
     get_str(in, cc, "text", false, bad);
-    cJSON_ArrayForEach(codings ? item : NULL, codings)
+    cJSON_ArrayForEach(item, codings)
     {
         size_t before = fhir_path_push(&in->path, ".coding[%d]", i++);
         if (!cJSON_IsObject(item)) {
@@ -839,10 +926,10 @@ size_t fhir_import_practitioner_role(fhir_in *in, const cJSON *res, cJSON *doc)
             role = concept_code(in, cc, FHIR_SYS_ROLE, roles, SYS_PRAC_ROLE, prac_roles, &bad);
         fhir_path_pop(&in->path, before);
     }
-    if (role)
-        cJSON_ReplaceItemInObjectCaseSensitive(doc, "role", cJSON_CreateString(role)) ||
-            cJSON_AddStringToObject(doc, "role", role);
-    else if (bad == 0 && !cJSON_GetObjectItemCaseSensitive(doc, "role"))
+    if (role) {
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, "role");
+        cJSON_AddStringToObject(doc, "role", role);
+    } else if (bad == 0 && !cJSON_GetObjectItemCaseSensitive(doc, "role"))
         bad += problem_at(in, "code", "required: a coding of %s (physician, pharmacist, ...) or "
                                       "of %s (doctor, nurse, pharmacist)",
                           FHIR_SYS_ROLE, SYS_PRAC_ROLE);

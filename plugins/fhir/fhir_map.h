@@ -77,6 +77,28 @@ bool fhir_cm_id_ok(const char *s);
 ** whole id appended (so two ids never meet). buf holds FHIR_ID_BUFSZ. */
 const char *fhir_id_for(const char *cm_id, char *buf);
 
+/* ---- a map of string keys to ints (entry indexes) ---- */
+
+typedef struct fhir_keys {
+    struct fhir_slot {
+        char *key;
+        int value;
+    } *slots;
+    size_t cap; /* a power of two, at least twice n */
+    size_t n;
+} fhir_keys;
+
+/* Room for keys keys; false on out of memory. */
+bool fhir_keys_init(fhir_keys *m, size_t keys);
+void fhir_keys_free(fhir_keys *m);
+/* tag, then "type/id" (or just id when type is NULL), into buf. */
+char *fhir_key(char tag, const char *type, const char *id, char *buf, size_t bufsz);
+/* The value of key, or -1. */
+int fhir_keys_get(const fhir_keys *m, const char *key);
+/* Add key -> value unless there: the value already there, -1 when added, -2
+** out of memory. */
+int fhir_keys_put(fhir_keys *m, const char *key, int value);
+
 /* ---- import: FHIR resource -> caremesh record ---- */
 
 /* What a reference resolved to: the FHIR type of the target and the
