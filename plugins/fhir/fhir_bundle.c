@@ -68,7 +68,10 @@ static fhir_write *plan_add(fhir_plan *plan, const char *kind, cJSON *doc, int e
     w->kind = kind;
     w->doc = doc;
     w->entry = entry_index;
-    w->type = type;
+    w->type = "?"; /* a static name: the bundle's own strings go with the bundle */
+    for (const struct kept_type *k = kept_types; k->type; k++)
+        if (strcmp(k->type, type) == 0)
+            w->type = k->type;
     return w;
 }
 
@@ -557,6 +560,11 @@ static void link_roles(planner *p)
                          "Practitioner \"%s\" already has a role in entry[%d] (caremesh keeps one "
                          "role per provider)",
                          e->cm_id, p->entries[e->role_of].role);
+            cJSON *scratch = new_doc(e->cm_id); /* its own problems are reported too */
+            fhir_in in = in_for(p, i);
+            if (scratch)
+                fhir_import_practitioner_role(&in, e->res, scratch);
+            cJSON_Delete(scratch);
         } else if (e->role_of >= 0) {
             p->entries[e->role_of].role = i;
         }
