@@ -25,11 +25,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define FHIR_FILE_MAX  (64u << 20) /* largest bundle read, bytes */
-#define FHIR_PAGE      1000        /* records per record_find call */
-#define FHIR_PROGRESS  1000        /* a progress line every this many records */
-#define ERRBUF         512
-#define BASE_MAX       512
+#define FHIR_FILE_MAX (64u << 20) /* largest bundle read, bytes */
+#define FHIR_PAGE     1000        /* records per record_find call */
+#define FHIR_PROGRESS 1000        /* a progress line every this many records */
+#define ERRBUF        512
+#define BASE_MAX      512
 
 static const cm_plugin_api *api;
 static cm_plugin_ctx *self;
@@ -179,8 +179,9 @@ static int cmd_import(int argc, char **argv)
             fputs(import_usage, stdout);
             return 0;
         } else {
-            fprintf(stderr, "caremesh fhir import: unknown option '%s'\nTry 'caremesh fhir "
-                            "import --help'.\n",
+            fprintf(stderr,
+                    "caremesh fhir import: unknown option '%s'\nTry 'caremesh fhir "
+                    "import --help'.\n",
                     argv[optind - 1]);
             return 2;
         }
@@ -256,9 +257,9 @@ typedef struct exporter {
     bool failed;
 } exporter;
 
-static const char *const type_names[] = {
-    "Patient",      "Condition",    "ServiceRequest",   "Task", "Consent", "Immunization",
-    "Organization", "Practitioner", "PractitionerRole"};
+static const char *const type_names[] = {"Patient",      "Condition",    "ServiceRequest",
+                                         "Task",         "Consent",      "Immunization",
+                                         "Organization", "Practitioner", "PractitionerRole"};
 
 /* Append resource (taken) as an entry; false on out of memory. */
 static bool add_entry(exporter *x, cJSON *res, const cJSON *rec)
@@ -306,9 +307,8 @@ static void want(exporter *x, char tag, const cJSON *rec, const char *field)
 {
     char key[256];
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(rec, field);
-    if (!cJSON_IsString(v) || fhir_keys_put(&x->wanted, fhir_key(tag, NULL, v->valuestring, key,
-                                                                sizeof(key)),
-                                            1) != -1)
+    if (!cJSON_IsString(v) ||
+        fhir_keys_put(&x->wanted, fhir_key(tag, NULL, v->valuestring, key, sizeof(key)), 1) != -1)
         return;
     cJSON *pair = cJSON_CreateArray();
     cJSON_AddItemToArray(pair, cJSON_CreateString(tag == 'O' ? "organization" : "provider"));
@@ -391,8 +391,8 @@ static int each_referral(exporter *x, const char *patient)
 {
     char err[ERRBUF], after[FHIR_CM_ID_MAX + 1] = "";
     for (;;) {
-        char *text = api->instances(self, "{\"workflow\":\"referral\"}",
-                                    after[0] ? after : NULL, FHIR_PAGE, err, sizeof(err));
+        char *text = api->instances(self, "{\"workflow\":\"referral\"}", after[0] ? after : NULL,
+                                    FHIR_PAGE, err, sizeof(err));
         cJSON *page = text ? cJSON_Parse(text) : NULL, *inst;
         api->free(text);
         if (!page) {
@@ -429,8 +429,8 @@ static int add_referred(exporter *x)
         const char *id = cJSON_GetArrayItem(pair, 1)->valuestring;
         cJSON *rec = get_record(NULL, kind, id);
         if (!rec) {
-            fprintf(stderr, "caremesh fhir export: %s \"%s\" is referred to but not stored\n",
-                    kind, id);
+            fprintf(stderr, "caremesh fhir export: %s \"%s\" is referred to but not stored\n", kind,
+                    id);
             return -1;
         }
         if (strcmp(kind, "provider") == 0)
@@ -558,12 +558,10 @@ fail:
 
 static int cmd_export(int argc, char **argv)
 {
-    static const struct option opts[] = {{"patient", required_argument, NULL, 'p'},
-                                         {"all", no_argument, NULL, 'a'},
-                                         {"kinds", required_argument, NULL, 'k'},
-                                         {"output", required_argument, NULL, 'o'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"patient", required_argument, NULL, 'p'}, {"all", no_argument, NULL, 'a'},
+        {"kinds", required_argument, NULL, 'k'},   {"output", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     const char *patient = NULL, *out = NULL;
     bool all = false;
     int c, kinds = K_ALL, rc = 1;
@@ -666,8 +664,8 @@ static int fhir_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, s
         while (n > 0 && base_url[n - 1] == '/')
             base_url[--n] = '\0';
     }
-    if (api->register_command(ctx, "fhir", "FHIR R4 bundles: import records, export them",
-                              cmd_fhir, NULL) != 0) {
+    if (api->register_command(ctx, "fhir", "FHIR R4 bundles: import records, export them", cmd_fhir,
+                              NULL) != 0) {
         snprintf(err, errlen, "cannot add the command 'fhir' (taken?)");
         goto done;
     }

@@ -17,7 +17,7 @@ typedef struct entry {
     const char *full_url; /* NULL when none */
     const char *fhir_id;  /* resource.id (NULL when none) */
     char cm_id[FHIR_CM_ID_MAX + 1];
-    bool kept;      /* a type caremesh imports */
+    bool kept;   /* a type caremesh imports */
     int role_of; /* PractitionerRole: entry of its Practitioner, -1: a stored provider */
     int role;    /* Practitioner: entry of its PractitionerRole, -1: none */
     int write;   /* index of its write in the plan, -1 none */
@@ -36,10 +36,14 @@ typedef struct planner {
 static const struct kept_type {
     const char *type, *kind;
 } kept_types[] = {
-    {"Organization", "organization"}, {"Practitioner", "provider"},
-    {"PractitionerRole", "provider"}, {"Patient", "patient"},
-    {"Condition", "patient"},         {"Consent", "consent"},
-    {"Immunization", "immunization"}, {"Task", "task"},
+    {"Organization", "organization"},
+    {"Practitioner", "provider"},
+    {"PractitionerRole", "provider"},
+    {"Patient", "patient"},
+    {"Condition", "patient"},
+    {"Consent", "consent"},
+    {"Immunization", "immunization"},
+    {"Task", "task"},
     {NULL, NULL},
 };
 
@@ -203,8 +207,8 @@ static bool split_ref(const char *ref, char *type, size_t typesz, char *id, size
     }
     if (n >= 4 && strcmp(parts[n - 2], "_history") == 0)
         n -= 2;
-    if (n < 2 || parts[n - 2][0] < 'A' || parts[n - 2][0] > 'Z' ||
-        strlen(parts[n - 2]) >= typesz || strlen(parts[n - 1]) >= idsz)
+    if (n < 2 || parts[n - 2][0] < 'A' || parts[n - 2][0] > 'Z' || strlen(parts[n - 2]) >= typesz ||
+        strlen(parts[n - 1]) >= idsz)
         return false;
     snprintf(type, typesz, "%s", parts[n - 2]);
     snprintf(id, idsz, "%s", parts[n - 1]);
@@ -382,19 +386,19 @@ static void index_keys(planner *p)
         if (!e->type)
             continue;
         if (e->full_url && strlen(e->full_url) < 1024 &&
-            (was = fhir_keys_put(&p->keys, fhir_key('F', NULL, e->full_url, key, sizeof(key)), i)) >=
-                0) {
+            (was = fhir_keys_put(&p->keys, fhir_key('F', NULL, e->full_url, key, sizeof(key)),
+                                 i)) >= 0) {
             fhir_path_push(&at, "entry[%d].fullUrl", i);
             fhir_problem(&p->plan->problems, &at, "\"%.80s\" is also entry[%d]'s fullUrl",
                          e->full_url, was);
             continue;
         }
         if (e->kept && e->cm_id[0] &&
-            (was = fhir_keys_put(&p->keys, fhir_key('C', e->type, e->cm_id, key, sizeof(key)), i)) >=
-                0) {
+            (was = fhir_keys_put(&p->keys, fhir_key('C', e->type, e->cm_id, key, sizeof(key)),
+                                 i)) >= 0) {
             fhir_path_push(&at, "entry[%d].resource.id", i);
-            fhir_problem(&p->plan->problems, &at, "%s \"%s\" is also entry[%d]", e->type,
-                         e->cm_id, was);
+            fhir_problem(&p->plan->problems, &at, "%s \"%s\" is also entry[%d]", e->type, e->cm_id,
+                         was);
             continue;
         }
         if (e->fhir_id && strlen(e->fhir_id) < 1024)
@@ -447,8 +451,7 @@ static int resolve(void *ud, const char *ref, fhir_target *out, char *why, size_
             kind = fhir_kind_of(type);
             out->type = stored_types[i];
         }
-    cJSON *found = kind && p->store && p->store->get ? p->store->get(p->store->ud, kind, id)
-                                                      : NULL;
+    cJSON *found = kind && p->store && p->store->get ? p->store->get(p->store->ud, kind, id) : NULL;
     if (!found)
         return snprintf(why, whylen, "matches no entry of the bundle and no %s in the store",
                         kind ? kind : type),
@@ -533,8 +536,8 @@ static int role_practitioner(planner *p, int i)
         return -2;
     }
     if (strcmp(t.type, "Practitioner") != 0) {
-        fhir_problem(&p->plan->problems, &in.path, "\"%.80s\" is a %s, expected Practitioner",
-                     text, t.type);
+        fhir_problem(&p->plan->problems, &in.path, "\"%.80s\" is a %s, expected Practitioner", text,
+                     t.type);
         return -2;
     }
     char key[1200];
@@ -578,8 +581,8 @@ static void build_providers(planner *p)
     for (int i = 0; i < p->n; i++) {
         entry *e = &p->entries[i];
         bool is_prac = e->kept && e->cm_id[0] && strcmp(e->type, "Practitioner") == 0;
-        bool lone_role = e->kept && strcmp(e->type, "PractitionerRole") == 0 &&
-                         e->role_of == -1 && e->cm_id[0];
+        bool lone_role =
+            e->kept && strcmp(e->type, "PractitionerRole") == 0 && e->role_of == -1 && e->cm_id[0];
         if (!is_prac && !lone_role)
             continue;
         cJSON *doc = stored(p, "provider", e->cm_id);
@@ -672,9 +675,8 @@ size_t fhir_plan_build(const char *text, size_t len, const fhir_store *store, fh
         type_ok = type_ok || strcmp(type, bundle_types[i]) == 0;
     if (!type_ok) {
         fhir_path_push(&at, "type");
-        fhir_problem(&plan->problems, &at,
-                     "%s%.60s%s: expected transaction, batch or collection", type ? "\"" : "",
-                     type ? type : "required", type ? "\"" : "");
+        fhir_problem(&plan->problems, &at, "%s%.60s%s: expected transaction, batch or collection",
+                     type ? "\"" : "", type ? type : "required", type ? "\"" : "");
         goto done;
     }
     const cJSON *entries = cJSON_GetObjectItemCaseSensitive(root, "entry");

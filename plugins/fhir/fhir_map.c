@@ -175,20 +175,20 @@ bool fhir_cm_id_ok(const char *s)
     return id_chars_ok(s, FHIR_CM_ID_MAX, true);
 }
 
+static uint32_t key_hash(const char *s);
+
 const char *fhir_id_for(const char *cm_id, char *buf)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
     size_t n = 0, keep = FHIR_ID_MAX - 9;
     if (fhir_id_ok(cm_id)) {
         snprintf(buf, FHIR_ID_BUFSZ, "%s", cm_id);
         return buf;
     }
-    for (const char *s = cm_id; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
+    uint32_t h = key_hash(cm_id);
     for (; cm_id[n] && n < keep; n++) {
         char c = cm_id[n];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.';
+        bool ok =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.';
         buf[n] = ok ? c : '-';
     }
     snprintf(buf + n, FHIR_ID_BUFSZ - n, "-%08x", (unsigned)h);
@@ -244,9 +244,15 @@ static void join(const char *const *list, char *buf, size_t bufsz)
 /* ---- value sets ---- */
 
 static const char *const genders[] = {"male", "female", "other", "unknown", NULL};
-static const char *const org_kinds[] = {"clinic",        "hospital",      "community_pharmacy",
-                                        "specialist_practice", "public_health", "community_org",
-                                        "payer",         "other",         NULL};
+static const char *const org_kinds[] = {"clinic",
+                                        "hospital",
+                                        "community_pharmacy",
+                                        "specialist_practice",
+                                        "public_health",
+                                        "community_org",
+                                        "payer",
+                                        "other",
+                                        NULL};
 static const char *const roles[] = {"physician",
                                     "pharmacist",
                                     "nurse",
@@ -282,13 +288,19 @@ typedef struct code_pair {
 
 /* Export writes the first pair of a caremesh value; import reads any. */
 static const code_pair org_types[] = {
-    {"clinic", "prov"},          {"hospital", "prov"}, {"community_pharmacy", "prov"},
-    {"specialist_practice", "prov"}, {"public_health", "govt"}, {"community_org", "cg"},
-    {"payer", "pay"},            {"payer", "ins"},     {"other", "other"},
+    {"clinic", "prov"},
+    {"hospital", "prov"},
+    {"community_pharmacy", "prov"},
+    {"specialist_practice", "prov"},
+    {"public_health", "govt"},
+    {"community_org", "cg"},
+    {"payer", "pay"},
+    {"payer", "ins"},
+    {"other", "other"},
     {NULL, NULL},
 };
 static const code_pair prac_roles[] = {
-    {"physician", "doctor"}, {"nurse", "nurse"}, {"nurse_practitioner", "nurse"},
+    {"physician", "doctor"},      {"nurse", "nurse"}, {"nurse_practitioner", "nurse"},
     {"pharmacist", "pharmacist"}, {NULL, NULL},
 };
 
@@ -317,6 +329,7 @@ static const char *cm_to_hl7(const code_pair *t, const char *cm)
 
 /* ---- the key map ---- */
 
+/* FNV-1a */
 static uint32_t key_hash(const char *s)
 {
     uint32_t h = 2166136261u;
@@ -706,8 +719,7 @@ static const char *resolve_ref(fhir_in *in, const cJSON *ref, const char *const 
 
 /* Resolve obj.name (a Reference); NULL when absent (a problem if required). */
 static const char *reference(fhir_in *in, const cJSON *obj, const char *name,
-                             const char *const *want, bool required, size_t *bad,
-                             const char **type)
+                             const char *const *want, bool required, size_t *bad, const char **type)
 {
     const cJSON *ref = cJSON_GetObjectItemCaseSensitive(obj, name);
     const char *id = NULL;
@@ -725,8 +737,8 @@ static const char *reference(fhir_in *in, const cJSON *obj, const char *name,
 static const char *const to_patient[] = {"Patient", NULL};
 static const char *const to_org[] = {"Organization", NULL};
 static const char *const to_actor[] = {"Organization", "Practitioner", "PractitionerRole", NULL};
-static const char *const to_any[] = {"Organization", "Practitioner", "PractitionerRole",
-                                     "Patient", NULL};
+static const char *const to_any[] = {"Organization", "Practitioner", "PractitionerRole", "Patient",
+                                     NULL};
 
 /* The coding of a CodeableConcept obj.name in system (path reported at it). */
 static const cJSON *coding_in(const cJSON *cc, const char *system, int *index)
@@ -812,8 +824,8 @@ size_t fhir_import_organization(fhir_in *in, const cJSON *res, cJSON *doc)
         if (!cJSON_IsObject(cc))
             bad += problem_at(in, NULL, "expected an object, got %s", json_type(cc));
         else if (!kind)
-            kind = concept_code(in, cc, FHIR_SYS_ORG_KIND, org_kinds, SYS_ORG_TYPE, org_types,
-                                &bad);
+            kind =
+                concept_code(in, cc, FHIR_SYS_ORG_KIND, org_kinds, SYS_ORG_TYPE, org_types, &bad);
         fhir_path_pop(&in->path, before);
     }
     cJSON_AddStringToObject(doc, "kind", kind ? kind : "other");
@@ -841,10 +853,8 @@ static void read_language(fhir_in *in, const cJSON *item, int i, void *ud, size_
     const cJSON *c = coding_in(lang, SYS_BCP47, &k);
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(c, "code");
     if (!cJSON_IsString(code))
-        code = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(
-                                                    cJSON_GetObjectItemCaseSensitive(lang, "coding"),
-                                                    0),
-                                                "code");
+        code = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(lang, "coding"), 0), "code");
     if (cJSON_IsString(code) && code->valuestring[0]) {
         cJSON_DeleteItemFromObjectCaseSensitive(doc, "language");
         cJSON_AddStringToObject(doc, "language", code->valuestring);
@@ -878,8 +888,9 @@ size_t fhir_import_patient(fhir_in *in, const cJSON *res, cJSON *doc)
     if (ch && listed(channels, ch->valuestring))
         cJSON_AddStringToObject(doc, "preferredChannel", ch->valuestring);
     else if (ch)
-        bad += problem_at(in, "extension", "preferredChannel \"%s\" is not one of phone, sms, "
-                                           "email, mail, portal",
+        bad += problem_at(in, "extension",
+                          "preferredChannel \"%s\" is not one of phone, sms, "
+                          "email, mail, portal",
                           ch->valuestring);
     cJSON *ids = cJSON_CreateArray();
     each(in, res, "identifier", read_identifier, ids, &bad);
@@ -930,8 +941,9 @@ size_t fhir_import_practitioner_role(fhir_in *in, const cJSON *res, cJSON *doc)
         cJSON_DeleteItemFromObjectCaseSensitive(doc, "role");
         cJSON_AddStringToObject(doc, "role", role);
     } else if (bad == 0 && !cJSON_GetObjectItemCaseSensitive(doc, "role"))
-        bad += problem_at(in, "code", "required: a coding of %s (physician, pharmacist, ...) or "
-                                      "of %s (doctor, nurse, pharmacist)",
+        bad += problem_at(in, "code",
+                          "required: a coding of %s (physician, pharmacist, ...) or "
+                          "of %s (doctor, nurse, pharmacist)",
                           FHIR_SYS_ROLE, SYS_PRAC_ROLE);
     if ((org = reference(in, res, "organization", to_org,
                          !cJSON_GetObjectItemCaseSensitive(doc, "organization"), &bad, NULL))) {
@@ -946,8 +958,8 @@ size_t fhir_import_practitioner_role(fhir_in *in, const cJSON *res, cJSON *doc)
             bad += problem_at(in, NULL, "expected an object, got %s", json_type(spec));
         else {
             const char *text = get_str(in, spec, "text", false, &bad);
-            const cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(spec, "coding"),
-                                                 0);
+            const cJSON *c0 =
+                cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(spec, "coding"), 0);
             const cJSON *disp = cJSON_GetObjectItemCaseSensitive(c0, "display");
             if (!text && cJSON_IsString(disp))
                 text = disp->valuestring;
@@ -1010,14 +1022,15 @@ size_t fhir_import_consent(fhir_in *in, const cJSON *res, cJSON *doc)
         i++;
     }
     if (items && !purpose)
-        bad += problem_at(in, "purpose", "required: a Coding of %s (referral, outreach, "
-                                         "immunization, care_coordination)",
+        bad += problem_at(in, "purpose",
+                          "required: a Coding of %s (referral, outreach, "
+                          "immunization, care_coordination)",
                           FHIR_SYS_PURPOSE);
     else if (purpose && !listed(purposes, purpose)) {
         join(purposes, list, sizeof(list));
         size_t b2 = fhir_path_push(&in->path, ".purpose[%d].code", at);
-        bad += problem_at(in, NULL, "%s is not one of %s", show(purpose, shown, sizeof(shown)),
-                          list);
+        bad +=
+            problem_at(in, NULL, "%s is not one of %s", show(purpose, shown, sizeof(shown)), list);
         fhir_path_pop(&in->path, b2);
     } else if (purpose) {
         cJSON_AddStringToObject(doc, "purpose", purpose);
@@ -1186,8 +1199,9 @@ size_t fhir_import_task(fhir_in *in, const cJSON *res, cJSON *doc)
         fhir_path_pop(&in->path, before);
     }
     if (bad == 0 && !cJSON_GetObjectItemCaseSensitive(doc, "organization"))
-        bad += problem_at(in, "owner", "caremesh needs the organization whose work it is: an "
-                                       "Organization owner, or the extension %s",
+        bad += problem_at(in, "owner",
+                          "caremesh needs the organization whose work it is: an "
+                          "Organization owner, or the extension %s",
                           FHIR_EXT_ORG);
     const cJSON *pts = get(in, res, "performerType", J_ARRAY, false, &bad), *cc;
     int i = 0;
@@ -1307,7 +1321,8 @@ static cJSON *concept(const char *system, const char *code, const char *hl7_sys,
 static cJSON *concept_of(const cJSON *code)
 {
     cJSON *cc = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(cc, "coding");
-    cJSON_AddItemToArray(list, coding(str(code, "system"), str(code, "code"), str(code, "display")));
+    cJSON_AddItemToArray(list,
+                         coding(str(code, "system"), str(code, "code"), str(code, "display")));
     return cc;
 }
 
@@ -1344,6 +1359,8 @@ static cJSON *string_or_null(const char *s)
 static cJSON *resource(const char *type, const char *cm_id)
 {
     char id[FHIR_ID_BUFSZ];
+    if (!cm_id)
+        cm_id = "?"; /* the model never stores a record without one */
     cJSON *res = cJSON_CreateObject();
     cJSON_AddStringToObject(res, "resourceType", type);
     cJSON_AddStringToObject(res, "id", fhir_id_for(cm_id, id));
@@ -1413,9 +1430,9 @@ cJSON *fhir_export_organization(const cJSON *rec)
     put_extension(res, FHIR_EXT_NODE, "valueString", string_or_null(str(rec, "node")));
     put(res, "active", rec, "active");
     if (kind)
-        cJSON_AddItemToArray(cJSON_AddArrayToObject(res, "type"),
-                             concept(FHIR_SYS_ORG_KIND, kind, SYS_ORG_TYPE,
-                                     cm_to_hl7(org_types, kind)));
+        cJSON_AddItemToArray(
+            cJSON_AddArrayToObject(res, "type"),
+            concept(FHIR_SYS_ORG_KIND, kind, SYS_ORG_TYPE, cm_to_hl7(org_types, kind)));
     put(res, "name", rec, "name");
     put_telecom(res, rec);
     put_address(res, rec);
@@ -1438,9 +1455,9 @@ cJSON *fhir_export_practitioner_role(const cJSON *rec)
     put_ref(res, "practitioner", "Practitioner", str(rec, "id"));
     put_ref(res, "organization", "Organization", str(rec, "organization"));
     if (role)
-        cJSON_AddItemToArray(cJSON_AddArrayToObject(res, "code"),
-                             concept(FHIR_SYS_ROLE, role, SYS_PRAC_ROLE,
-                                     cm_to_hl7(prac_roles, role)));
+        cJSON_AddItemToArray(
+            cJSON_AddArrayToObject(res, "code"),
+            concept(FHIR_SYS_ROLE, role, SYS_PRAC_ROLE, cm_to_hl7(prac_roles, role)));
     put_text_list(res, "specialty", str(rec, "specialty"));
     put_telecom(res, rec);
     return res;
@@ -1451,8 +1468,7 @@ cJSON *fhir_export_patient(const cJSON *rec)
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(rec, "identifiers"), *item;
     const char *lang = str(rec, "language");
     cJSON *res = resource("Patient", str(rec, "id"));
-    put_extension(res, FHIR_EXT_CHANNEL, "valueCode",
-                  string_or_null(str(rec, "preferredChannel")));
+    put_extension(res, FHIR_EXT_CHANNEL, "valueCode", string_or_null(str(rec, "preferredChannel")));
     if (cJSON_GetArraySize(ids) > 0) {
         cJSON *list = cJSON_GetObjectItemCaseSensitive(res, "identifier");
         if (!list)
@@ -1506,10 +1522,9 @@ cJSON *fhir_export_consent(const cJSON *rec)
     put_ref(res, "patient", "Patient", str(rec, "patient"));
     put(res, "dateTime", rec, "recorded");
     if (decision)
-        cJSON_AddItemToObject(res, "policyRule",
-                              concept(SYS_ACT_CODE, strcmp(decision, "deny") == 0 ? "OPTOUT"
-                                                                                   : "OPTIN",
-                                      NULL, NULL));
+        cJSON_AddItemToObject(
+            res, "policyRule",
+            concept(SYS_ACT_CODE, strcmp(decision, "deny") == 0 ? "OPTOUT" : "OPTIN", NULL, NULL));
     cJSON *prov = cJSON_AddObjectToObject(res, "provision");
     put(prov, "type", rec, "decision");
     put(prov, "period", rec, "period");

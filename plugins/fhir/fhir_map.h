@@ -29,7 +29,7 @@
 #define FHIR_EXT_ORG         "urn:caremesh:extension:organization"
 
 #define FHIR_PATH_MAX     320
-#define FHIR_ID_MAX       64  /* longest FHIR id */
+#define FHIR_ID_MAX       64 /* longest FHIR id */
 #define FHIR_ID_BUFSZ     (FHIR_ID_MAX + 1)
 #define FHIR_CM_ID_MAX    128 /* longest caremesh id */
 #define FHIR_PROBLEMS_MAX 1000
@@ -83,7 +83,7 @@ typedef struct fhir_keys {
     struct fhir_slot {
         char *key;
         int value;
-    } *slots;
+    } * slots;
     size_t cap; /* a power of two, at least twice n */
     size_t n;
 } fhir_keys;
