@@ -11,6 +11,7 @@
 #include "lcheck.h"
 #include "lconfig.h"
 #include "lhost.h"
+#include "lplugin.h"
 #include "ltest.h"
 #include "log.h"
 #include "model.h"
@@ -462,6 +463,7 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     cm_sandbox_limits limits = {n->cfg.lua_instructions, n->cfg.lua_memory_bytes};
     cm_lua_host host = {n->store, n->model, n->clock, n->node_id};
     cm_sandbox *sb = cm_sandbox_new(&limits, err);
+    cm_plugin_host *plugins = NULL;
     script_args args = {argc - 1, argv + 1};
     char *text = NULL;
     size_t len = 0;
@@ -473,6 +475,14 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     if ((rc = cm_lua_host_set(L, &host, err)) != 0)
         goto done;
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
+    if (cJSON_GetArraySize(n->cfg.plugins) > 0 && /* their Lua functions, for the script */
+        (!(plugins = cm_plugin_host_new(n->model, err)) ||
+         (rc = cm_lua_plugins_enable(plugins, &limits, err)) != 0 ||
+         (rc = cm_plugin_host_load_list(plugins, n->cfg.plugins, NULL, err)) != 0 ||
+         (rc = cm_lua_plugins_attach(sb, plugins, err)) != 0)) {
+        rc = err->code;
+        goto done;
+    }
     if ((rc = cm_fs_read(argv[0], (size_t)16 << 20, &text, &len, err)) != 0)
         goto done;
     if (len >= 2 && text[0] == '#' && text[1] == '!')
@@ -496,6 +506,7 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
 done:
     free(text);
     cm_sandbox_destroy(&sb);
+    cm_plugin_host_destroy(&plugins);
     return rc;
 }
 
@@ -556,16 +567,50 @@ static int cmd_bench(int argc, char **argv)
 
 /* ---- workflow --------------------------------------------------------- */
 
+/* The plugins of a config file (workflow test --config), loaded with no records:
+** each test lends them its own store. NULL with err on failure. */
+static cm_plugin_host *test_plugins(const char *config, cm_config *cfg, cm_err *err)
+{
+    data_opts o = {.config = config};
+    cm_plugin_host *host = NULL;
+    cm_sandbox_limits limits = {0, 0};
+    if (load_config(&o, cfg, err) != 0 || !(host = cm_plugin_host_new(NULL, err)))
+        return NULL;
+    limits = (cm_sandbox_limits){cfg->lua_instructions, cfg->lua_memory_bytes};
+    if (cm_lua_plugins_enable(host, &limits, err) != 0) {
+        cm_plugin_host_destroy(&host);
+        return NULL;
+    }
+    if (cm_plugin_host_load_list(host, cfg->plugins, NULL, err) != 0)
+        cm_plugin_host_destroy(&host);
+    return host;
+}
+
 static int workflow_test(int argc, char **argv)
 {
     cm_test_counts counts = {0, 0};
-    if (argc < 1)
-        return usage_error("workflow test", "%s", "missing FILE");
-    for (int i = 0; i < argc; i++) {
-        cm_err err;
-        cm_lua_test_file(argv[i], &counts, &err);
+    cm_plugin_host *plugins = NULL;
+    cm_config cfg;
+    cm_err err;
+    int first = 0;
+    cm_config_defaults(&cfg);
+    if (argc >= 2 && strcmp(argv[0], "--config") == 0) {
+        if (!(plugins = test_plugins(argv[1], &cfg, &err))) {
+            cm_config_free(&cfg);
+            return fail("workflow test", &err);
+        }
+        first = 2;
     }
+    if (argc - first < 1) {
+        cm_plugin_host_destroy(&plugins);
+        cm_config_free(&cfg);
+        return usage_error("workflow test", "%s", "missing FILE");
+    }
+    for (int i = first; i < argc; i++)
+        cm_lua_test_file(argv[i], plugins, &counts, &err);
     printf("%d passed, %d failed\n", counts.passed, counts.failed);
+    cm_plugin_host_destroy(&plugins);
+    cm_config_free(&cfg);
     return counts.failed || counts.passed == 0 ? CM_EXIT_FAIL : CM_EXIT_OK;
 }
 
@@ -709,9 +754,13 @@ static const cli_cmd commands[] = {
      "                          unreachable states, no final state, unknown effects, bad\n"
      "                          durations); exit 0 only when clean\n"
      "  graph FILE [--mermaid]  the state machine as Graphviz DOT, or Mermaid\n"
-     "  test FILE...            run Lua workflow tests (caremesh.test); a closing line\n"
-     "                          'N passed, N failed'; exit 1 if any failed",
-     "workflow check FILE... | graph FILE [--mermaid] | test FILE...", cmd_workflow},
+     "  test [--config FILE] FILE...\n"
+     "                          run Lua workflow tests (caremesh.test); a closing line\n"
+     "                          'N passed, N failed'; exit 1 if any failed. --config loads\n"
+     "                          the plugins of FILE: their Lua modules and listeners\n"
+     "                          take part in each test",
+     "workflow check FILE... | graph FILE [--mermaid] | test [--config FILE] FILE...",
+     cmd_workflow},
     {"bench", "measure the engine",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
      "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"
@@ -792,7 +841,9 @@ static int plugin_command(int argc, char **argv)
     }
     if (node_open(&o, &n, &err) != 0)
         return fail(argv[0], &err);
+    cm_sandbox_limits limits = {n.cfg.lua_instructions, n.cfg.lua_memory_bytes};
     if (!(host = cm_plugin_host_new(n.model, &err)) ||
+        cm_lua_plugins_enable(host, &limits, &err) != 0 ||
         cm_plugin_host_load_list(host, n.cfg.plugins, NULL, &err) != 0) {
         rc = fail(argv[0], &err);
         goto done;

@@ -69,6 +69,8 @@ struct cm_plugin_ctx {
     const cm_plugin_desc *desc;
     char name[PLUGIN_NAME_MAX];
     char *config; /* its config section as JSON text */
+    char *path;   /* as the config gave it */
+    void *data;   /* a loader's state for the plugin */
     bool loading; /* inside init: failures undo everything */
     sub subs[PLUGIN_MAX_SUBS];
     int nsubs;
@@ -86,6 +88,8 @@ struct cm_plugin_ctx {
 struct cm_plugin_host {
     cm_model *model;
     cm_plugin_ctx *plugins; /* in load order */
+    const cm_plugin_loader *loader;
+    void *loader_ud;
 };
 
 /* ---- the api table ---------------------------------------------------- */
@@ -763,6 +767,7 @@ static void ctx_free(cm_plugin_ctx *ctx)
         dlclose(ctx->dl);
     forget_reads(ctx);
     free(ctx->config);
+    free(ctx->path);
     free(ctx);
 }
 
@@ -818,18 +823,23 @@ int cm_plugin_host_load(cm_plugin_host *host, const cm_plugin_spec *spec, cm_err
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
         goto done;
     }
-    if (!(ctx->dl = dlopen(spec->path, RTLD_NOW | RTLD_LOCAL))) {
+    if (!(ctx->path = strdup(spec->path))) {
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (host->loader && host->loader->claims(host->loader_ud, spec->path)) {
+        ctx->desc = host->loader->desc; /* the host's own: no ABI or name to check */
+    } else if (!(ctx->dl = dlopen(spec->path, RTLD_NOW | RTLD_LOCAL))) {
         rc = cm_err_set(err, CM_EINVAL, "plugin %s: cannot load %s: %s", spec->name, spec->path,
                         dlerror());
         goto done;
     }
-    ctx->desc = dlsym(ctx->dl, CM_PLUGIN_SYMBOL);
-    if (!ctx->desc) {
+    if (ctx->dl && !(ctx->desc = dlsym(ctx->dl, CM_PLUGIN_SYMBOL))) {
         rc = cm_err_set(err, CM_EINVAL, "plugin %s: %s exports no %s descriptor", spec->name,
                         spec->path, CM_PLUGIN_SYMBOL);
         goto done;
     }
-    if ((rc = check_desc(spec, ctx->desc, err)) != 0)
+    if (ctx->dl && (rc = check_desc(spec, ctx->desc, err)) != 0)
         goto done;
     int init_rc = ctx->desc->init(ctx, &host_api, msg, sizeof(msg));
     call_returned(ctx);
@@ -921,12 +931,46 @@ cm_plugin_host *cm_plugin_host_new(cm_model *model, cm_err *err)
     return host;
 }
 
+void cm_plugin_host_set_loader(cm_plugin_host *host, const cm_plugin_loader *loader, void *ud)
+{
+    if (host->loader && host->loader->destroy)
+        host->loader->destroy(host->loader_ud);
+    host->loader = loader;
+    host->loader_ud = ud;
+}
+
+const char *cm_plugin_ctx_path(cm_plugin_ctx *ctx)
+{
+    return ctx->path;
+}
+
+const char *cm_plugin_ctx_name(cm_plugin_ctx *ctx)
+{
+    return ctx->name;
+}
+
+void *cm_plugin_ctx_loader_ud(cm_plugin_ctx *ctx)
+{
+    return ctx->host->loader_ud;
+}
+
+void cm_plugin_ctx_set_data(cm_plugin_ctx *ctx, void *data)
+{
+    ctx->data = data;
+}
+
+void *cm_plugin_ctx_data(cm_plugin_ctx *ctx)
+{
+    return ctx->data;
+}
+
 void cm_plugin_host_destroy(cm_plugin_host **host_p)
 {
     cm_plugin_host *host = host_p ? *host_p : NULL;
     if (!host)
         return;
     cm_plugin_host_unload_all(host);
+    cm_plugin_host_set_loader(host, NULL, NULL);
     free(host);
     *host_p = NULL;
 }
@@ -1153,4 +1197,55 @@ int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock
     if (delivered)
         *delivered = sent;
     return rc;
+}
+
+/* ---- Lua functions ---------------------------------------------------- */
+
+void cm_plugin_host_set_model(cm_plugin_host *host, cm_model *model)
+{
+    host->model = model;
+}
+
+void cm_plugin_host_lua_modules(cm_plugin_host *host, void (*fn)(void *ud, const char *module),
+                                void *ud)
+{
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nexports; i++) {
+            int j = 0; /* once per module: its first function names it */
+            while (j < i && strcmp(p->exports[j].module, p->exports[i].module) != 0)
+                j++;
+            if (j == i)
+                fn(ud, p->exports[i].module);
+        }
+}
+
+void cm_plugin_host_lua_names(cm_plugin_host *host, const char *module,
+                              void (*fn)(void *ud, const char *name), void *ud)
+{
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nexports; i++)
+            if (strcmp(p->exports[i].module, module) == 0)
+                fn(ud, p->exports[i].name);
+}
+
+int cm_plugin_host_lua_call(cm_plugin_host *host, const char *module, const char *name,
+                            const char *args_json, char **result, cm_err *err)
+{
+    char msg[512] = "";
+    *result = NULL;
+    for (cm_plugin_ctx *p = host->plugins; p; p = p->next)
+        for (int i = 0; i < p->nexports; i++) {
+            lua_export *x = &p->exports[i];
+            if (strcmp(x->module, module) != 0 || strcmp(x->name, name) != 0)
+                continue;
+            int rc = x->fn(x->ud, args_json, result, msg, sizeof(msg));
+            call_returned(p);
+            if (rc == 0)
+                return 0;
+            free(*result);
+            *result = NULL;
+            return cm_err_set(err, CM_EINVAL, "%s.%s: %s", module, name,
+                              msg[0] ? msg : "failed (no reason given)");
+        }
+    return cm_err_set(err, CM_ENOTFOUND, "%s.%s: no loaded plugin has this function", module, name);
 }

@@ -10,6 +10,7 @@
 #include "keys.h"
 #include "lhost.h"
 #include "log.h"
+#include "lplugin.h"
 #include "plugin.h"
 #include "lworkflow.h"
 #include "sandbox.h"
@@ -33,6 +34,8 @@ typedef struct serve {
     const cm_serve_opts *o;
     cm_engine *engine;
     cm_plugin_host *plugins;
+    /* the engine's Lua: reaches the plugins' Lua functions */
+    cm_sandbox *sb;
     cm_fed *fed; /* NULL when federation is not configured */
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t notify; /* hands pending notifications to channel plugins */
@@ -119,6 +122,9 @@ static void on_signal(uv_signal_t *h, int signum)
                sv->o->workflows ? sv->o->workflows : "-");
         cm_plugin_host_unload_all(sv->plugins);
         cm_plugin_host_load_each(sv->plugins, sv->o->cfg->plugins); /* failures logged */
+        cm_err err;
+        if (cm_lua_plugins_attach(sv->sb, sv->plugins, &err) != 0)
+            cm_log(CM_LOG_ERROR, "plugin.lua", "%s", err.msg);
         load_workflows(sv);
         return;
     }
@@ -249,12 +255,15 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
         rc = err->code;
         goto done;
     }
-    if (!(sv.plugins = cm_plugin_host_new(o->model, err))) {
+    if (!(sv.plugins = cm_plugin_host_new(o->model, err)) ||
+        cm_lua_plugins_enable(sv.plugins, &limits, err) != 0) {
         rc = err->code;
         goto done;
     }
-    if ((rc = cm_plugin_host_load_list(sv.plugins, o->cfg->plugins, NULL, err)) != 0)
+    if ((rc = cm_plugin_host_load_list(sv.plugins, o->cfg->plugins, NULL, err)) != 0 ||
+        (rc = cm_lua_plugins_attach(sb, sv.plugins, err)) != 0)
         goto done;
+    sv.sb = sb;
     cm_engine_observe(sv.engine, cm_plugin_host_on_engine_event, sv.plugins);
     rc = run_loop(&sv, sb, err);
 done:

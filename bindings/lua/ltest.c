@@ -10,6 +10,7 @@
 #include "fs.h"
 #include "lhost.h"
 #include "ljson.h"
+#include "lplugin.h"
 #include "lworkflow.h"
 #include "sandbox.h"
 
@@ -39,6 +40,7 @@ typedef struct tctx {
     cm_model *model;
     cm_engine *engine;
     cm_test_counts *counts;
+    cm_plugin_host *plugins; /* borrowed, may be NULL */
 } tctx;
 
 static const char CTX_KEY = 't';
@@ -70,6 +72,8 @@ static void world_close(tctx *t)
 {
     char path[1100];
     cm_engine_destroy(&t->engine);
+    if (t->plugins)
+        cm_plugin_host_set_model(t->plugins, NULL);
     cm_model_destroy(&t->model);
     cm_store_close(&t->store);
     cm_clock_destroy(&t->clock);
@@ -112,6 +116,10 @@ static int world_open(tctx *t, cm_err *err)
     t->host.store = t->store;
     t->host.model = t->model;
     t->host.clock = t->clock;
+    if (t->plugins) {
+        cm_plugin_host_set_model(t->plugins, t->model);
+        cm_engine_observe(t->engine, cm_plugin_host_on_engine_event, t->plugins);
+    }
     for (int i = 0; i < t->nfiles; i++)
         if ((rc = cm_engine_load_file(t->engine, t->files[i], NULL, NULL, err)) != 0)
             return rc;
@@ -480,7 +488,7 @@ static int open_test_module(lua_State *L)
 
 /* ---- running a file --------------------------------------------------- */
 
-int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
+int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *counts, cm_err *err)
 {
     cm_sandbox_limits limits = {TEST_INSTRUCTIONS, 0};
     tctx t;
@@ -488,6 +496,7 @@ int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
     char copy[1024];
     memset(&t, 0, sizeof(t));
     t.counts = counts;
+    t.plugins = plugins;
     t.host.node_id = "test-node";
     snprintf(copy, sizeof(copy), "%s", path);
     snprintf(t.base, sizeof(t.base), "%s", dirname(copy));
@@ -508,6 +517,8 @@ int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
     if ((rc = cm_sandbox_add_module_dir(t.sb, t.base, err)) != 0) /* the tests' own helpers */
         goto done;
     cm_sandbox_preload(t.sb, "caremesh.test", open_test_module);
+    if (plugins && (rc = cm_lua_plugins_attach(t.sb, plugins, err)) != 0)
+        goto done;
     if (!(t.rt = cm_lua_runtime_new(t.sb, err))) {
         rc = err->code;
         goto done;

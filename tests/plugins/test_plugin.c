@@ -14,6 +14,7 @@
 static const cm_plugin_api *api;
 static cm_plugin_ctx *self;
 static char seen[4096];
+static int lua_clash = 1; /* what register_lua said to module "records" (another plugin's) */
 
 static void on_event(void *ud, const cm_plugin_event *ev)
 {
@@ -28,6 +29,7 @@ static int probe(void *ud, int argc, char **argv)
     char err[256];
     printf("events=%s\n", seen);
     printf("config=%s\n", api->config(self));
+    printf("records_module=%d\n", lua_clash);
     if (argc >= 3) {
         char *rec = api->record_get(self, argv[1], argv[2], err, sizeof(err));
         printf("record=%s\n", rec ? rec : err);
@@ -35,6 +37,17 @@ static int probe(void *ud, int argc, char **argv)
     }
     return argc >= 3 ? 0 : 3;
 }
+
+#ifndef PLUGIN_OLD_MINOR
+static int lua_fn(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)args;
+    (void)result;
+    snprintf(err, errlen, "the probe's function should never be reached");
+    return -1;
+}
+#endif
 
 static int probe_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, size_t errlen)
 {
@@ -55,6 +68,9 @@ static int probe_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, 
         return snprintf(err, errlen, "register_command refused"), -1;
     if (api->register_command(ctx, "Bad Name", "x", probe, NULL) == 0)
         return snprintf(err, errlen, "a bad command name was accepted"), -1;
+#ifndef PLUGIN_OLD_MINOR
+    lua_clash = api->register_lua(ctx, "records", "clash", lua_fn, NULL);
+#endif
     api->log(ctx, CM_PLUGIN_LOG_INFO, "probe ready");
 #ifdef PLUGIN_FAIL_INIT
     snprintf(err, errlen, "the database it needs is not configured");

@@ -2,10 +2,12 @@
 ** test_records.c -- a real plugin that drives the ABI 1.1 record functions:
 ** record_put, record_find, tx_begin/tx_commit/tx_rollback and instances, each
 ** through `caremesh records OP ...`, printing what the host answered. Its
-** init checks that register_lua refuses what it must.
+** init checks that register_lua refuses what it must, then adds Lua functions
+** records.echo, .fail, .nothing, .garbage, .put and .find.
 */
 #include <caremesh/plugin.h>
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +120,70 @@ static int echo(void *ud, const char *args, char **result, char *err, size_t err
     return *result ? 0 : -1;
 }
 
+static int fail(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)result;
+    snprintf(err, errlen, "no cohort %s", args);
+    return -1;
+}
+
+static int nothing(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)args;
+    (void)err;
+    (void)errlen;
+    *result = NULL;
+    return 0;
+}
+
+static int garbage(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)args;
+    (void)err;
+    (void)errlen;
+    *result = strdup("{not json");
+    return *result ? 0 : -1;
+}
+
+/* records.put(kind, record): true */
+static int put(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    cJSON *a = cJSON_Parse(args);
+    const cJSON *kind = cJSON_GetArrayItem(a, 0);
+    char *rec = cJSON_PrintUnformatted(cJSON_GetArrayItem(a, 1));
+    int rc = -1;
+    (void)ud;
+    if (!cJSON_IsString(kind) || !rec)
+        snprintf(err, errlen, "usage: records.put(kind, record)");
+    else
+        rc = api->record_put(self, kind->valuestring, rec, err, errlen);
+    free(rec);
+    cJSON_Delete(a);
+    if (rc == 0 && !(*result = strdup("true")))
+        rc = -1;
+    return rc;
+}
+
+/* records.find(kind, query): the records */
+static int find(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    cJSON *a = cJSON_Parse(args);
+    const cJSON *kind = cJSON_GetArrayItem(a, 0);
+    char *query = cJSON_PrintUnformatted(cJSON_GetArrayItem(a, 1));
+    (void)ud;
+    *result = cJSON_IsString(kind) && query
+                  ? api->record_find(self, kind->valuestring, query, NULL, 100, err, errlen)
+                  : NULL;
+    if (!cJSON_IsString(kind) || !query)
+        snprintf(err, errlen, "usage: records.find(kind, query)");
+    free(query);
+    cJSON_Delete(a);
+    return *result ? 0 : -1;
+}
+
 static int records_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, size_t errlen)
 {
     static const char *const bad_modules[] = {"caremesh", "string", "Records", "1x",
@@ -135,6 +201,12 @@ static int records_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err
     if (api->register_lua(ctx, "records", "echo", echo, NULL) != 0 ||
         api->register_lua(ctx, "records", "echo", echo, NULL) == 0)
         return snprintf(err, errlen, "register_lua: first accepted, second refused expected"), -1;
+    if (api->register_lua(ctx, "records", "fail", fail, NULL) != 0 ||
+        api->register_lua(ctx, "records", "nothing", nothing, NULL) != 0 ||
+        api->register_lua(ctx, "records", "garbage", garbage, NULL) != 0 ||
+        api->register_lua(ctx, "records", "put", put, NULL) != 0 ||
+        api->register_lua(ctx, "records", "find", find, NULL) != 0)
+        return snprintf(err, errlen, "register_lua refused a good name"), -1;
     if (api->register_command(ctx, "records", "drive the record functions of plugin ABI 1.1",
                               records, NULL) != 0)
         return snprintf(err, errlen, "register_command refused"), -1;
