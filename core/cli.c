@@ -4,6 +4,8 @@
 */
 #include "cli.h"
 
+#include "audit.h"
+
 #include "bench.h"
 #include "config.h"
 #include "fs.h"
@@ -438,6 +440,34 @@ static int cmd_peers(int argc, char **argv)
     return rc ? fail("peers", &err) : CM_EXIT_OK;
 }
 
+/* ---- audit ------------------------------------------------------------ */
+
+static int cmd_audit(int argc, char **argv)
+{
+    data_opts o;
+    cli_node n;
+    cm_err err;
+    long entries = 0;
+    if (argc < 2 || strcmp(argv[1], "verify") != 0) {
+        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))
+            return print_help(find_cmd("audit"));
+        return usage_error("audit", "expected 'verify'");
+    }
+    int rc = parse_data_opts("audit", argc - 1, argv + 1, false, &o);
+    if (rc != 0 || o.help)
+        return rc ? rc : print_help(find_cmd("audit"));
+    if (optind < argc - 1)
+        return usage_error("audit", "unexpected argument '%s'", argv[optind + 1]);
+    if (node_open(&o, &n, &err) != 0)
+        return fail("audit", &err);
+    rc = cm_audit_verify(n.store, &entries, &err);
+    node_close(&n);
+    if (rc != 0)
+        return fail("audit verify", &err);
+    printf("audit trail intact: %ld entr%s\n", entries, entries == 1 ? "y" : "ies");
+    return CM_EXIT_OK;
+}
+
 /* ---- lua -------------------------------------------------------------- */
 
 /* Run the script at argv[0] with argv[1..] as its `...`, in one transaction. */
@@ -748,6 +778,13 @@ static const cli_cmd commands[] = {
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "peers --data DIR [--config FILE]", cmd_peers},
+    {"audit", "verify the hash-chained audit trail",
+     "Walk the audit trail (every read and change of patient data, every message sent or\n"
+     "received with it) and check its hash chain: exit 0 when intact, 1 naming the first\n"
+     "entry altered, deleted, reordered or added. Works while the node serves.\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "  --config FILE   configuration file (default DIR/caremesh.conf)",
+     "audit verify --data DIR [--config FILE]", cmd_audit},
     {"workflow", "check, graph and test workflow files",
      "Tools for workflow authors (docs/workflow-tools.md).\n\n"
      "  check FILE...           every problem as file:line: message (undefined or\n"

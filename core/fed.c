@@ -33,6 +33,8 @@ static const char *const type_names[] = {"hello", "deliver",   "ack",
 void cm_fed_msg_clear(cm_fed_msg *m)
 {
     cJSON_Delete(m->payload);
+    cJSON_Delete(m->classes);
+    cJSON_Delete(m->record);
     memset(m, 0, sizeof(*m));
 }
 
@@ -83,10 +85,27 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             (rc = get_str(root, "kind", true, m->kind, sizeof(m->kind), err)) != 0 ||
             (rc = get_str(root, "to", true, m->to, sizeof(m->to), err)) != 0)
             return rc;
+        if ((rc = get_str(root, "from", false, m->from, sizeof(m->from), err)) != 0 ||
+            (rc = get_str(root, "purpose", false, m->purpose, sizeof(m->purpose), err)) != 0 ||
+            (rc = get_str(root, "patient", false, m->patient, sizeof(m->patient), err)) != 0 ||
+            (rc = get_str(root, "instance", false, m->instance, sizeof(m->instance), err)) != 0 ||
+            (rc = get_str(root, "reply_to", false, m->reply_to, sizeof(m->reply_to), err)) != 0)
+            return rc;
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "payload");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "classes");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "patient_record");
+        const cJSON *it;
         if (!p)
             return cm_err_set(err, CM_EINVAL, "payload: missing (any JSON value)");
-        if (!(m->payload = cJSON_Duplicate(p, true)))
+        if (c && !cJSON_IsArray(c))
+            return cm_err_set(err, CM_EINVAL, "classes: must be an array of data class names");
+        cJSON_ArrayForEach(it, c) if (!cJSON_IsString(it)) return cm_err_set(
+            err, CM_EINVAL, "classes: must be an array of data class names");
+        if (r && !cJSON_IsObject(r))
+            return cm_err_set(err, CM_EINVAL, "patient_record: must be an object");
+        if (!(m->payload = cJSON_Duplicate(p, true)) ||
+            (c && !(m->classes = cJSON_Duplicate(c, true))) ||
+            (r && !(m->record = cJSON_Duplicate(r, true))))
             return cm_err_set(err, CM_ENOMEM, "out of memory");
         return 0;
     }
@@ -94,9 +113,10 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
         if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0 ||
             (rc = get_str(root, "result", true, m->result, sizeof(m->result), err)) != 0)
             return rc;
-        if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0)
-            return cm_err_set(err, CM_EINVAL, "result: must be received or duplicate");
-        return 0;
+        if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0 &&
+            strcmp(m->result, "refused") != 0)
+            return cm_err_set(err, CM_EINVAL, "result: must be received, duplicate or refused");
+        return get_str(root, "reason", false, m->message, sizeof(m->message), err);
     case CM_FED_ERROR:
         if ((rc = get_str(root, "code", true, m->code, sizeof(m->code), err)) != 0 ||
             (rc = get_str(root, "ref", false, m->id, sizeof(m->id), err)) != 0 ||
@@ -161,13 +181,21 @@ char *cm_fed_encode(const cm_fed_msg *m)
     case CM_FED_DELIVER:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
             !cJSON_AddStringToObject(o, "kind", m->kind) ||
-            !cJSON_AddStringToObject(o, "to", m->to) || !m->payload ||
-            !cJSON_AddItemReferenceToObject(o, "payload", m->payload))
+            !cJSON_AddStringToObject(o, "to", m->to) ||
+            (m->from[0] && !cJSON_AddStringToObject(o, "from", m->from)) ||
+            (m->purpose[0] && !cJSON_AddStringToObject(o, "purpose", m->purpose)) ||
+            (m->patient[0] && !cJSON_AddStringToObject(o, "patient", m->patient)) ||
+            (m->instance[0] && !cJSON_AddStringToObject(o, "instance", m->instance)) ||
+            (m->reply_to[0] && !cJSON_AddStringToObject(o, "reply_to", m->reply_to)) ||
+            (m->classes && !cJSON_AddItemReferenceToObject(o, "classes", m->classes)) ||
+            (m->record && !cJSON_AddItemReferenceToObject(o, "patient_record", m->record)) ||
+            !m->payload || !cJSON_AddItemReferenceToObject(o, "payload", m->payload))
             goto done;
         break;
     case CM_FED_ACK:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
-            !cJSON_AddStringToObject(o, "result", m->result))
+            !cJSON_AddStringToObject(o, "result", m->result) ||
+            (m->message[0] && !cJSON_AddStringToObject(o, "reason", m->message)))
             goto done;
         break;
     case CM_FED_ERROR:
@@ -231,8 +259,19 @@ typedef struct fed_peer {
     int rid_next;
 } fed_peer;
 
+/* A delivered message the engine is applying: the ack goes when it answers. */
+typedef struct fed_ticket {
+    cm_fed *fed; /* NULL once the federation is gone */
+    struct fed_ticket *prev, *next;
+    char peer[129], id[192], kind[129], to[129];
+    uint8_t rid[256];
+    size_t rid_len;
+} fed_ticket;
+
 struct cm_fed {
     cm_fed_opts o;
+    fed_ticket *tickets; /* answers outstanding */
+    bool stopped;
     void *ctx;
     fed_sock router, zap;
     fed_peer peers[CM_FED_MAX_PEERS];
@@ -488,11 +527,96 @@ done:
     return rc;
 }
 
+/* Send an ack (or "busy") to the link with routing id rid. */
+static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, const char *id,
+                     const char *result, const char *reason)
+{
+    cm_fed_msg m;
+    memset(&m, 0, sizeof(m));
+    if (result) {
+        m.type = CM_FED_ACK;
+        snprintf(m.result, sizeof(m.result), "%s", result);
+        snprintf(m.message, sizeof(m.message), "%s", reason ? reason : "");
+    } else {
+        m.type = CM_FED_ERROR;
+        snprintf(m.code, sizeof(m.code), "busy");
+        snprintf(m.message, sizeof(m.message), "not recorded; resend later");
+    }
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    char *text = cm_fed_encode(&m);
+    if (!text) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory answering %s", id);
+        return;
+    }
+    const void *bufs[] = {rid, text};
+    size_t lens[] = {rid_len, strlen(text)};
+    sock_send(&fed->router, bufs, lens, 2);
+    free(text);
+}
+
+void cm_fed_answer(void *ticket, const char *result, const char *reason)
+{
+    fed_ticket *t = ticket;
+    cm_fed *fed = t->fed;
+    if (fed) {
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            fed->tickets = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+    }
+    if (fed && !fed->stopped) {
+        if (!result)
+            cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
+                   t->id, t->peer, reason ? reason : "");
+        else if (strcmp(result, "refused") == 0)
+            cm_log(CM_LOG_WARN, "fed.refused_receive", "refused %s (%s for %s) from %s: %s", t->id,
+                   t->kind, t->to, t->peer, reason ? reason : "");
+        else
+            cm_log(CM_LOG_INFO, strcmp(result, "duplicate") == 0 ? "fed.duplicate" : "fed.received",
+                   "%s %s (%s for %s) from %s", result, t->id, t->kind, t->to, t->peer);
+        if (result && strcmp(result, "received") == 0 && fed->o.on_received)
+            fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
+        send_ack(fed, t->rid, t->rid_len, t->id, result, reason);
+    }
+    free(t);
+}
+
+/* Hand m to the engine; the ack goes from cm_fed_answer after its commit. */
+static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    fed_ticket *t = calloc(1, sizeof(*t));
+    size_t n = zmq_msg_size((zmq_msg_t *)rid);
+    if (!t || n > sizeof(t->rid)) {
+        free(t);
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    t->fed = fed;
+    memcpy(t->rid, zmq_msg_data((zmq_msg_t *)rid), n);
+    t->rid_len = n;
+    snprintf(t->peer, sizeof(t->peer), "%s", p->cfg->id);
+    snprintf(t->id, sizeof(t->id), "%s", m->id);
+    snprintf(t->kind, sizeof(t->kind), "%s", m->kind);
+    snprintf(t->to, sizeof(t->to), "%s", m->to);
+    t->next = fed->tickets;
+    if (fed->tickets)
+        fed->tickets->prev = t;
+    fed->tickets = t;
+    if (fed->o.apply(fed->o.engine_ud, p->cfg->id, m, t) != 0)
+        cm_fed_answer(t, NULL, "the engine could not take it");
+}
+
 static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
 {
     cm_fed_msg ack;
     cm_err err;
     bool dup = false;
+    if (fed->o.apply) {
+        router_apply(fed, p, rid, m);
+        return;
+    }
     if (!store_free(fed) || inbox_record(fed, p, m, &dup, &err) != 0) {
         cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
                m->id, p->cfg->id, store_free(fed) ? err.msg : "store busy");
@@ -597,29 +721,93 @@ static void peer_down(fed_peer *p, const char *why)
     p->hello_due = 0;
 }
 
-/* Mark one row refused (autocommit), with the reason in the log too. */
+/* The event send.refused for the instance that queued outbox row seq, in
+** the open transaction (nothing when the row has no instance). */
+static int tell_refused(cm_fed *fed, int64_t seq, const char *reason, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        fed->o.store, "SELECT instance, receiver, kind, purpose FROM outbox WHERE seq = ?1", err);
+    int rc = 0;
+    if (!st)
+        return err->code;
+    sqlite3_bind_int64(st, 1, seq);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) && fed->o.refused) {
+        cJSON *ev = cJSON_CreateObject();
+        const char *purpose = (const char *)sqlite3_column_text(st, 3);
+        char instance[256];
+        snprintf(instance, sizeof(instance), "%s", (const char *)sqlite3_column_text(st, 0));
+        if (!ev || !cJSON_AddStringToObject(ev, "to", (const char *)sqlite3_column_text(st, 1)) ||
+            !cJSON_AddStringToObject(ev, "kind", (const char *)sqlite3_column_text(st, 2)) ||
+            !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
+            !cJSON_AddStringToObject(ev, "reason", reason))
+            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+        sqlite3_reset(st);
+        if (rc == 0)
+            rc = fed->o.refused(fed->o.engine_ud, instance, ev, err);
+        cJSON_Delete(ev);
+        return rc;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Mark one row refused with its reason, and tell the instance that sent it;
+** one transaction. The reason goes to the log too. */
 static void outbox_refuse(cm_fed *fed, int64_t seq, const char *reason)
 {
     char now[CM_TIME_BUFSZ];
     cm_err err;
-    sqlite3_stmt *st = cm_store_prepare(
+    sqlite3_stmt *st;
+    if (cm_store_begin(fed->o.store, &err) != 0)
+        goto fail;
+    st = cm_store_prepare(
         fed->o.store,
         "UPDATE outbox SET status = 'refused', reason = ?2, done_at = ?3 WHERE seq = ?1", &err);
-    if (!st) {
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-        return;
-    }
+    if (!st)
+        goto rollback;
     now_text(fed, now);
     sqlite3_bind_int64(st, 1, seq);
     sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        cm_store_error(fed->o.store, &err, "outbox");
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-    } else {
-        cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
-    }
+    int rc = sqlite3_step(st);
     sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        cm_store_error(fed->o.store, &err, "outbox");
+        goto rollback;
+    }
+    if (tell_refused(fed, seq, reason, &err) != 0)
+        goto rollback;
+    if (cm_store_commit(fed->o.store, &err) != 0)
+        goto fail;
+    cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
+    if (fed->o.after_refused)
+        fed->o.after_refused(fed->o.engine_ud);
+    return;
+rollback:
+    cm_store_rollback(fed->o.store);
+fail:
+    cm_log(CM_LOG_ERROR, "fed.store", "refusing outbox %lld: %s", (long long)seq, err.msg);
+}
+
+/* Column col as text into out ("" when NULL). */
+static void column_text(sqlite3_stmt *st, int col, char *out, size_t outsz)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    snprintf(out, outsz, "%s", v ? (const char *)v : "");
+}
+
+/* "demographics,notes" as a JSON array; NULL when empty or NULL. */
+static cJSON *class_array(const char *list)
+{
+    if (!list || !*list)
+        return NULL;
+    cJSON *arr = cJSON_CreateArray();
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", list);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); arr && tok;
+         tok = strtok_r(NULL, ",", &save))
+        cJSON_AddItemToArray(arr, cJSON_CreateString(tok));
+    return arr;
 }
 
 /* Send the oldest pending row routed to p (one in flight keeps the order). */
@@ -633,7 +821,8 @@ static void send_next(cm_fed *fed, fed_peer *p, bool resend)
         return;
     memset(&m, 0, sizeof(m));
     st = cm_store_prepare(fed->o.store,
-                          "SELECT seq, receiver, kind, payload FROM outbox "
+                          "SELECT seq, receiver, kind, payload, sender, purpose, classes, "
+                          "patient, record, instance, reply_to FROM outbox "
                           "WHERE status = 'pending' AND peer = ?1 ORDER BY seq LIMIT 1",
                           &err);
     if (!st)
@@ -653,6 +842,14 @@ static void send_next(cm_fed *fed, fed_peer *p, bool resend)
     const char *raw = (const char *)sqlite3_column_text(st, 3);
     if (!(m.payload = cJSON_Parse(raw)))
         m.payload = cJSON_CreateString(raw);
+    column_text(st, 4, m.from, sizeof(m.from));
+    column_text(st, 5, m.purpose, sizeof(m.purpose));
+    column_text(st, 7, m.patient, sizeof(m.patient));
+    column_text(st, 9, m.instance, sizeof(m.instance));
+    column_text(st, 10, m.reply_to, sizeof(m.reply_to));
+    m.classes = class_array((const char *)sqlite3_column_text(st, 6));
+    if (sqlite3_column_text(st, 8))
+        m.record = cJSON_Parse((const char *)sqlite3_column_text(st, 8));
     sqlite3_reset(st);
     if (!m.payload || !(text = cm_fed_encode(&m))) {
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld", (long long)seq);
@@ -697,6 +894,15 @@ static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
     snprintf(want, sizeof(want), "%s:%lld", fed->o.node_id, (long long)p->inflight);
     if (!p->inflight || strcmp(want, m->id) != 0 || !store_free(fed))
         return; /* an ack for a resend already settled */
+    if (strcmp(m->result, "refused") == 0) {
+        char reason[1024];
+        snprintf(reason, sizeof(reason), "node %s refused it: %s", p->cfg->id,
+                 m->message[0] ? m->message : "no reason given");
+        outbox_refuse(fed, p->inflight, reason);
+        p->inflight = 0;
+        send_next(fed, p, false);
+        return;
+    }
     sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                         "UPDATE outbox SET status = 'delivered', done_at = ?2 "
                                         "WHERE seq = ?1 AND status = 'pending'",
@@ -825,18 +1031,13 @@ static void route_pending(cm_fed *fed)
         goto fail;
     now_text(fed, now);
     for (int i = 0; i < n; i++) {
-        st = peers[i] ? cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1",
-                                         &err)
-                      : cm_store_prepare(fed->o.store,
-                                         "UPDATE outbox SET status = 'refused', reason = ?2, "
-                                         "done_at = ?3 WHERE seq = ?1",
-                                         &err);
+        if (!peers[i])
+            continue; /* refused below, each with its instance told */
+        st = cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1", &err);
         if (!st)
             goto rollback;
         sqlite3_bind_int64(st, 1, seqs[i]);
-        sqlite3_bind_text(st, 2, peers[i] ? peers[i] : reasons[i], -1, SQLITE_STATIC);
-        if (!peers[i])
-            sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, peers[i], -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE) {
@@ -848,8 +1049,7 @@ static void route_pending(cm_fed *fed)
         goto fail;
     for (int i = 0; i < n; i++)
         if (!peers[i])
-            cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seqs[i],
-                   reasons[i]);
+            outbox_refuse(fed, seqs[i], reasons[i]);
     return;
 rollback:
     cm_store_rollback(fed->o.store);
@@ -984,6 +1184,7 @@ void cm_fed_stop(cm_fed *fed)
 {
     if (!fed)
         return;
+    fed->stopped = true; /* answers still to come are not sent */
     if (fed->tick_init) {
         uv_close((uv_handle_t *)&fed->tick, NULL);
         fed->tick_init = false;
@@ -1001,6 +1202,8 @@ void cm_fed_destroy(cm_fed **fed_p)
     cm_fed *fed = *fed_p;
     if (!fed)
         return;
+    for (fed_ticket *t = fed->tickets; t; t = t->next)
+        t->fed = NULL; /* cm_fed_answer frees them when the engine answers */
     for (int i = 0; i < fed->npeers; i++) {
         if (fed->peers[i].dealer.zs) {
             zmq_socket_monitor(fed->peers[i].dealer.zs, NULL, 0);

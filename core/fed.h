@@ -29,7 +29,7 @@
 
 /* Protocol version this node speaks: MAJOR.MINOR. */
 #define CM_FED_PROTO_MAJOR 1
-#define CM_FED_PROTO_MINOR 0
+#define CM_FED_PROTO_MINOR 1
 /* Largest message accepted (ZMQ_MAXMSGSIZE) and largest we send. */
 #define CM_FED_MAX_MSG    (1024 * 1024)
 #define CM_FED_ZAP_DOMAIN "caremesh"
@@ -47,15 +47,22 @@ typedef enum {
 
 typedef struct cm_fed_msg {
     cm_fed_type type;
-    int major, minor;  /* hello: proto */
-    char node[129];    /* hello: the sender's node id (informative only) */
-    char id[192];      /* deliver, ack: "<node>:<seq>"; error: the id it refers to, or "" */
-    char kind[129];    /* deliver: message kind, e.g. "referral.request" */
-    char to[129];      /* deliver: receiving organization id */
-    char result[16];   /* ack: "received" | "duplicate" */
-    char code[32];     /* error: version | malformed | hello-required | unsupported | busy */
-    char message[256]; /* error: text for the operator */
-    cJSON *payload;    /* deliver: owned JSON value; NULL otherwise */
+    int major, minor;   /* hello: proto */
+    char node[129];     /* hello: the sender's node id (informative only) */
+    char id[192];       /* deliver, ack: "<node>:<seq>"; error: the id it refers to, or "" */
+    char kind[129];     /* deliver: message kind, e.g. "referral.request" */
+    char to[129];       /* deliver: receiving organization id */
+    char result[16];    /* ack: "received" | "duplicate" | "refused" */
+    char from[129];     /* deliver: sending organization ("" when not named) */
+    char purpose[64];   /* deliver: the purpose under the partnership's terms */
+    char patient[129];  /* deliver: whose data it carries ("" when none) */
+    char instance[129]; /* deliver: the sender's workflow instance ("" when none) */
+    char reply_to[129]; /* deliver: the receiver's instance it continues ("" when none) */
+    cJSON *classes;     /* deliver: data classes carried (array of names); NULL when none */
+    cJSON *record;      /* deliver: the shared patient record (object); NULL when none */
+    char code[32];      /* error: version | malformed | hello-required | unsupported | busy */
+    char message[512];  /* error: text for the operator; ack "refused": why */
+    cJSON *payload;     /* deliver: owned JSON value; NULL otherwise */
 } cm_fed_msg;
 
 /* Parse one message body. Every field is type- and length-checked; on error
@@ -91,12 +98,28 @@ typedef struct cm_fed_opts {
     void (*on_received)(void *ud, const char *peer, const char *id, const char *kind,
                         const char *receiver);
     void *on_received_ud;
+    /* The engine side (serve wires cm_engine_receive/post/wake here; NULL:
+    ** messages are only recorded in the inbox). apply queues a delivered
+    ** message and returns 0, or non-zero when it could not be queued (the
+    ** peer is told "busy" and resends); once it is committed (or refused)
+    ** the engine calls cm_fed_answer(ticket, ...). */
+    int (*apply)(void *ud, const char *peer, const cm_fed_msg *m, void *ticket);
+    /* Inside the transaction that marks an outbox row refused: tell the
+    ** instance that sent it (event send.refused). after: the commit is done. */
+    int (*refused)(void *ud, const char *instance, const cJSON *event, cm_err *err);
+    void (*after_refused)(void *ud);
+    void *engine_ud;
 } cm_fed_opts;
 
 /* Bind, connect to every peer and start polling the outbox. On error err
 ** says which endpoint or key; *out is set whenever memory was allocated, and
 ** is stopped and destroyed like a started one (handles may be open). */
 int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err);
+
+/* The answer to a message handed to apply: result "received", "duplicate"
+** or "refused" (reason says why), or NULL when it could not be recorded (the
+** peer is told "busy" and resends). Frees ticket; safe after cm_fed_destroy. */
+void cm_fed_answer(void *ticket, const char *result, const char *reason);
 
 /* Close the loop handles (call from the loop, e.g. on SIGTERM). */
 void cm_fed_stop(cm_fed *fed);

@@ -137,6 +137,49 @@ static void on_signal(uv_signal_t *h, int signum)
     cm_fed_stop(sv->fed);
 }
 
+/* ---- federation <-> engine ---- */
+
+static void fed_msg_acked(void *ticket, const cm_ack *ack)
+{
+    /* status != 0: the batch did not commit; the peer resends */
+    cm_fed_answer(ticket, ack->status == 0 ? ack->result : NULL, ack->message);
+}
+
+static int fed_apply(void *ud, const char *peer, const cm_fed_msg *m, void *ticket)
+{
+    serve *sv = ud;
+    cm_err err;
+    cm_engine_msg em = {.peer = peer,
+                        .id = m->id,
+                        .kind = m->kind,
+                        .from = m->from,
+                        .to = m->to,
+                        .purpose = m->purpose,
+                        .classes = m->classes,
+                        .patient = m->patient,
+                        .record = m->record,
+                        .instance = m->instance,
+                        .reply_to = m->reply_to,
+                        .payload = m->payload};
+    if (!cJSON_IsObject(m->payload)) {
+        cm_fed_answer(ticket, "refused", "payload: must be a JSON object");
+        return 0;
+    }
+    return cm_engine_receive(sv->engine, &em, fed_msg_acked, ticket, &err);
+}
+
+static int fed_refused(void *ud, const char *instance, const cJSON *event, cm_err *err)
+{
+    serve *sv = ud;
+    return cm_engine_post(sv->engine, instance, "send.refused", event, err);
+}
+
+static void fed_after_refused(void *ud)
+{
+    serve *sv = ud;
+    cm_engine_wake(sv->engine);
+}
+
 /* Federation, when the config has a federation table: the node's key pair
 ** goes into the sockets and is wiped here. */
 static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
@@ -159,7 +202,11 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       &kp,
                       0,
                       cm_plugin_host_on_message,
-                      sv->plugins};
+                      sv->plugins,
+                      fed_apply,
+                      fed_refused,
+                      fed_after_refused,
+                      sv};
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;
@@ -251,6 +298,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     eo.model = o->model;
     eo.clock = o->clock;
     eo.runtime = cm_lua_runtime_seam(rt);
+    eo.node_id = o->node_id;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;

@@ -206,6 +206,47 @@ static const cm_migration migrations[] = {
      "  hash     BLOB NOT NULL\n"
      ");\n"
      "CREATE INDEX audit_by_patient ON audit(patient, seq);\n"},
+    /* Partnership terms on the wire: who sends for which purpose, the data
+    ** classes and patient a message carries, the patient record shared (cut
+    ** to the terms), and the instances at both ends a message continues. */
+    {5, "federation: terms, shared records and instance links",
+     "ALTER TABLE outbox ADD COLUMN sender TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN purpose TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN classes TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN patient TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN record TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN reply_to TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN sender TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN purpose TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN classes TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN patient TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN instance TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN reason TEXT;\n"
+     "CREATE TABLE instance_link(\n"
+     "  instance TEXT NOT NULL REFERENCES instance(id),\n"
+     "  node     TEXT NOT NULL,\n"
+     "  remote   TEXT,\n"
+     "  PRIMARY KEY (instance, node)\n"
+     ") WITHOUT ROWID;\n"},
+    /* What partner nodes share (share.h): their directory of organizations
+    ** and providers, and aggregate indicators; each replaced when it comes
+    ** again. */
+    {6, "federation: partners' directory and indicators",
+     "CREATE TABLE directory(\n"
+     "  peer         TEXT NOT NULL,\n"
+     "  organization TEXT NOT NULL,\n"
+     "  doc          TEXT NOT NULL,\n"
+     "  received     TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, organization)\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE TABLE indicator(\n"
+     "  peer        TEXT NOT NULL,\n"
+     "  partnership TEXT NOT NULL,\n"
+     "  name        TEXT NOT NULL,\n"
+     "  doc         TEXT NOT NULL,\n"
+     "  received    TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, partnership, name)\n"
+     ") WITHOUT ROWID;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

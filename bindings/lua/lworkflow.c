@@ -7,6 +7,7 @@
 #include "lworkflow.h"
 
 #include "ljson.h"
+#include "terms.h"
 #include "text.h"
 
 #include <lauxlib.h>
@@ -210,14 +211,14 @@ bool cm_workflow_input_type_known(const char *t, size_t len)
 static int l_workflow(lua_State *L)
 {
     static const char *const fields[] = {"name",  "version", "description", "input",
-                                         "start", "states",  NULL};
+                                         "start", "states",  "started_by",  NULL};
     const char *bad;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     if (!only_fields(L, 1, fields, &bad))
         return spec_error(L,
                           "%s: unknown field (use name, version, description, input, start, "
-                          "states)",
+                          "states, started_by)",
                           bad);
     if (lua_getfield(L, 1, "name") != LUA_TSTRING || cm_id_check(lua_tostring(L, -1)) != 0)
         return spec_error(L, "name: required, letters, digits, . _ : - (at most %d)", CM_ID_MAX);
@@ -239,6 +240,22 @@ static int l_workflow(lua_State *L)
         }
     } else if (it != LUA_TNIL) {
         return spec_error(L, "input: must be a table of field = type");
+    }
+    int sb = lua_getfield(L, 1, "started_by");
+    if (sb == LUA_TTABLE) {
+        lua_Integer n = luaL_len(L, -1);
+        if (n < 1 || n > CM_WF_STARTERS_MAX)
+            return spec_error(L, "started_by: a list of 1 to %d message kinds", CM_WF_STARTERS_MAX);
+        for (lua_Integer i = 1; i <= n; i++) {
+            size_t len = 0;
+            if (lua_geti(L, -1, i) != LUA_TSTRING ||
+                (lua_tolstring(L, -1, &len), len == 0 || len >= CM_NAME_MAX))
+                return spec_error(L, "started_by[%d]: a message kind, 1 to %d characters", (int)i,
+                                  CM_NAME_MAX - 1);
+            lua_pop(L, 1);
+        }
+    } else if (sb != LUA_TNIL) {
+        return spec_error(L, "started_by: a list of message kinds (e.g. { \"referral.request\" })");
     }
     if (lua_getfield(L, 1, "states") != LUA_TTABLE)
         return spec_error(L, "states: required, a table of name = { ... }");
@@ -523,14 +540,67 @@ static int m_kpi(lua_State *L)
     return 0;
 }
 
+/* opts.field (at index opts) as a list of data class names, copied into the
+** effect (on top) when present. */
+static void send_classes(lua_State *L, int opts, const char *field)
+{
+    int t = lua_getfield(L, opts, field);
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (t != LUA_TTABLE)
+        luaL_error(L, "wf:send: %s: must be a list of data classes", field);
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING || cm_class_bit(lua_tostring(L, -1)) == 0)
+            luaL_error(L,
+                       "wf:send: %s[%d]: not a data class (one of demographics, contact, "
+                       "conditions, medications, immunizations, notes)",
+                       field, (int)i);
+        lua_pop(L, 1);
+    }
+    lua_setfield(L, -2, field);
+}
+
+/* opts.field as a non-empty string, copied into the effect; required or not. */
+static void send_text(lua_State *L, int opts, const char *field, bool required)
+{
+    int t = lua_getfield(L, opts, field);
+    if (t == LUA_TNIL && !required) {
+        lua_pop(L, 1);
+        return;
+    }
+    size_t len = 0;
+    if (t != LUA_TSTRING || (lua_tolstring(L, -1, &len), len == 0 || len >= CM_NAME_MAX))
+        luaL_error(L, "wf:send: %s: %s, 1 to %d characters", field,
+                   required ? "required" : "must be a string", CM_NAME_MAX - 1);
+    lua_setfield(L, -2, field);
+}
+
+/* wf:send(to, kind, payload, {from =, purpose =, patient =, share =, classes =}) */
 static int m_send(lua_State *L)
 {
-    lua_settop(L, 4); /* fixed arity: later pushes must not look like arguments */
+    static const char *const fields[] = {"from", "purpose", "patient", "share", "classes", NULL};
+    const char *bad;
+    lua_settop(L, 5); /* fixed arity: later pushes must not look like arguments */
     check_inst(L);
     const char *to = check_name_arg(L, 2, "receiver");
     const char *kind = check_name_arg(L, 3, "message kind");
     luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    if (!only_fields(L, 5, fields, &bad))
+        return luaL_error(L,
+                          "wf:send: %s: unknown option (use from, purpose, patient, share, "
+                          "classes)",
+                          bad);
     new_effect(L, "send", 3);
+    send_text(L, 5, "from", true);
+    send_text(L, 5, "purpose", true);
+    send_text(L, 5, "patient", false);
+    send_classes(L, 5, "share");
+    send_classes(L, 5, "classes");
     lua_pushstring(L, to);
     lua_setfield(L, -2, "to");
     lua_pushstring(L, kind);
@@ -913,6 +983,12 @@ static int finish_compile(lua_State *L)
     info->version = (int)lua_tointeger(L, -1);
     lua_getfield(L, 4, "start");
     snprintf(info->start, sizeof(info->start), "%s", lua_tostring(L, -1));
+    info->nstarted_by = 0;
+    if (lua_getfield(L, 4, "started_by") == LUA_TTABLE)
+        for (lua_Integer i = 1; i <= CM_WF_STARTERS_MAX && lua_geti(L, -1, i) == LUA_TSTRING; i++) {
+            snprintf(info->started_by[info->nstarted_by++], CM_NAME_MAX, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
     lua_pushfstring(L, "pending:%s", info->name);
     lua_pushvalue(L, 4);

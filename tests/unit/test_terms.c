@@ -49,7 +49,8 @@ static int setup(void **state)
     create(f, CM_KIND_ORGANIZATION,
            "{\"id\":\"cardio\",\"name\":\"Heart Partners\",\"kind\":\"clinic\",\"node\":\"b\"}");
     create(f, CM_KIND_ORGANIZATION,
-           "{\"id\":\"pharm\",\"name\":\"Corner Pharmacy\",\"kind\":\"community_pharmacy\",\"node\":\"c\"}");
+           "{\"id\":\"pharm\",\"name\":\"Corner "
+           "Pharmacy\",\"kind\":\"community_pharmacy\",\"node\":\"c\"}");
     create(f, CM_KIND_PATIENT,
            "{\"id\":\"pat-1\",\"name\":{\"family\":\"Rivera\",\"given\":[\"Ana\"]},"
            "\"birthDate\":\"1958-04-02\",\"gender\":\"female\",\"phone\":\"+15555550101\","
