@@ -1620,6 +1620,7 @@ static const struct referral_state {
     {"closed", "completed", "completed"},
     {"declined", "rejected", "revoked"},
     {"cancelled", "cancelled", "revoked"},
+    {"not_sent", "failed", "revoked"}, /* the host refused to send it (partnership terms) */
     {NULL, NULL, NULL},
 };
 

@@ -5,7 +5,8 @@
 ** declined, closed), so that `caremesh fhir export` has referrals and
 ** workflow-made tasks to write. usage: referrals DB REFERRAL.lua
 ** The patients and organizations of tests/fhir/clinic_bundle.json must be
-** stored. Prints "id state" per instance.
+** stored; the partnership the referrals go out under is added here.
+** Prints "id state" per instance.
 */
 #include "engine.h"
 #include "lhost.h"
@@ -87,10 +88,20 @@ int main(int argc, char **argv)
     if (cm_sandbox_add_module_dir(sb, dir, &err) != 0) /* require "lib.x": beside the file */
         die("modules", &err);
     cm_lua_runtime *rt = cm_lua_runtime_new(sb, &err);
-    cm_engine_opts eo = {store, model, clock, cm_lua_runtime_seam(rt), 16, 0, 0};
+    cm_engine_opts eo = {store, model, clock, cm_lua_runtime_seam(rt), 16, 0, 0, NULL};
     cm_engine *engine = cm_engine_new(&eo, &err);
     if (!engine || cm_engine_load_file(engine, argv[2], NULL, NULL, &err) != 0)
         die("load", &err);
+    cJSON *terms = cJSON_Parse(
+        "{\"id\":\"pship-cardio\",\"name\":\"Riverside - Cascade cardiology referrals\","
+        "\"purpose\":\"Closed-loop cardiology referrals\",\"reviewCadence\":\"quarterly\","
+        "\"members\":[{\"organization\":\"org-riverside\"},{\"organization\":\"org-cardio\"}],"
+        "\"terms\":[{\"receiver\":\"org-cardio\",\"classes\":[\"demographics\",\"contact\","
+        "\"notes\"],"
+        "\"purposes\":[\"referral\"]}]}");
+    if (cm_model_create(model, CM_KIND_PARTNERSHIP, terms, NULL, &err) != 0)
+        die("partnership", &err);
+    cJSON_Delete(terms);
     for (size_t i = 0; i < sizeof(scripts) / sizeof(scripts[0]); i++) {
         const script *s = &scripts[i];
         cJSON *input = cJSON_Parse(s->input), *inst = NULL;

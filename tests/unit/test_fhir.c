@@ -199,6 +199,7 @@ static void test_referral_states_map_on_task_statuses(void **state)
     assert_string_equal(fhir_referral_task_status("declined"), "rejected");
     assert_string_equal(fhir_referral_task_status("closed"), "completed");
     assert_string_equal(fhir_referral_task_status("cancelled"), "cancelled");
+    assert_string_equal(fhir_referral_task_status("not_sent"), "failed");
 }
 
 /* ---- bundles ---- */
