@@ -81,6 +81,7 @@ typedef struct data_opts {
     const char *data;
     const char *config;
     const char *node_id;
+    const char *virtual_clock; /* serve: run on a virtual clock from this instant */
     bool help;
 } data_opts;
 
@@ -88,17 +89,15 @@ typedef struct data_opts {
 static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_node_id, data_opts *o)
 {
     static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"node-id", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},    {"config", required_argument, NULL, 'c'},
+        {"node-id", required_argument, NULL, 'n'}, {"virtual-clock", required_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int c;
     memset(o, 0, sizeof(*o));
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "+d:c:n:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+d:c:n:v:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'd':
             o->data = optarg;
@@ -110,6 +109,15 @@ static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_nod
             if (!want_node_id)
                 return usage_error(cmd, "unknown option '%s'", "--node-id");
             o->node_id = optarg;
+            break;
+        case 'v':
+            if (strcmp(cmd, "serve") != 0)
+                return usage_error(cmd, "unknown option '%s'", "--virtual-clock");
+            int64_t ms;
+            if (!cm_time_parse(optarg, &ms))
+                return usage_error(cmd, "--virtual-clock: \"%s\" is not an ISO-8601 instant",
+                                   optarg);
+            o->virtual_clock = optarg;
             break;
         case 'h':
             o->help = true;
@@ -212,7 +220,10 @@ static int node_open(const data_opts *o, cli_node *n, cm_err *err)
     snprintf(n->node_id, sizeof(n->node_id), "%s", stored_id);
     if ((rc = check_node_key(n, o->data, err)) != 0)
         goto done;
-    n->clock = cm_clock_new_system();
+    int64_t start_ms = 0;
+    n->clock = o->virtual_clock && cm_time_parse(o->virtual_clock, &start_ms)
+                   ? cm_clock_new_virtual(start_ms)
+                   : cm_clock_new_system();
     n->model = n->clock ? cm_model_new(n->store, n->clock) : NULL;
     if (!n->model)
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -408,6 +419,46 @@ static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s,
     return rc;
 }
 
+/* Under a peer's line: the organizations and indicators it shared with us. */
+static int peer_shared(cli_node *n, const char *peer, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        n->store,
+        "SELECT organization, json_extract(doc, '$.name'), json_extract(doc, '$.kind'), "
+        "(SELECT group_concat(value, ', ') FROM json_each(doc, '$.services')), "
+        "json_array_length(doc, '$.providers'), received FROM directory WHERE peer = ?1 "
+        "ORDER BY organization",
+        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *services = (const char *)sqlite3_column_text(st, 3);
+        printf("    org %s: %s (%s), %d provider(s)%s%s\n", sqlite3_column_text(st, 0),
+               sqlite3_column_text(st, 1), sqlite3_column_text(st, 2), sqlite3_column_int(st, 4),
+               services ? ", offers " : "", services ? services : "");
+    }
+    sqlite3_reset(st);
+    st = cm_store_prepare(n->store,
+                          "SELECT partnership, name, json_extract(doc, '$.count'), "
+                          "json_extract(doc, '$.median'), json_extract(doc, '$.mean') "
+                          "FROM indicator WHERE peer = ?1 ORDER BY partnership, name",
+                          err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        printf("    indicator %s/%s: count %lld", sqlite3_column_text(st, 0),
+               sqlite3_column_text(st, 1), (long long)sqlite3_column_int64(st, 2));
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            printf(", median %g, mean %g", sqlite3_column_double(st, 3),
+                   sqlite3_column_double(st, 4));
+        printf("\n");
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
 static int cmd_peers(int argc, char **argv)
 {
     data_opts o;
@@ -435,6 +486,7 @@ static int cmd_peers(int argc, char **argv)
         if (age >= 0)
             snprintf(agebuf, sizeof(agebuf), "%.1f", age);
         printf("%-24s %-32s %8ld %12s  %s\n", p->id, p->endpoint, depth, agebuf, p->public_key);
+        rc = peer_shared(&n, p->id, &err);
     }
     node_close(&n);
     return rc ? fail("peers", &err) : CM_EXIT_OK;
@@ -757,8 +809,11 @@ static const cli_cmd commands[] = {
      "SIGHUP reloads them), JSON-lines log on stderr; SIGINT or SIGTERM stop it cleanly\n"
      "(exit 0). One serving process per data directory.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
-     "  --config FILE   configuration file (default DIR/caremesh.conf)",
-     "serve --data DIR [--config FILE]", cmd_serve},
+     "  --config FILE   configuration file (default DIR/caremesh.conf)\n"
+     "  --virtual-clock TIME  for demos and rehearsals: run on a virtual clock that starts\n"
+     "                  at TIME (ISO-8601) and moves only when advanced through the API\n"
+     "                  (POST /v1/clock)",
+     "serve --data DIR [--config FILE] [--virtual-clock TIME]", cmd_serve},
     {"lua", "run an administrative Lua script against the store",
      "Run an administrative Lua script in the sandbox against the node's store. The script\n"
      "gets the `caremesh` module through require and ARGs as `...`; it runs in one\n"
@@ -773,8 +828,9 @@ static const cli_cmd commands[] = {
      "node info --data DIR", cmd_node},
     {"peers", "list federation peers with what is pending for them",
      "List the configured federation peers with their endpoint, public key, outbox depth\n"
-     "(messages pending for them) and the age in seconds of the oldest pending one, from the\n"
-     "database (works while the node serves).\n\n"
+     "(messages pending for them) and the age in seconds of the oldest pending one, and under\n"
+     "each the organizations (with their services) and the indicators it shared with this\n"
+     "node, from the database (works while the node serves).\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
      "peers --data DIR [--config FILE]", cmd_peers},

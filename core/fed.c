@@ -4,6 +4,8 @@
 */
 #include "fed.h"
 
+#include "share.h"
+
 #include "log.h"
 
 #include <errno.h>
@@ -24,6 +26,7 @@
 #define FED_HELLO_MAX_MS 30000
 #define FED_ROUTE_BATCH  100
 #define FED_HELLO_LINKS  4
+#define FED_SHARE_MS     5000 /* directory and indicators: checked (and resent) this often */
 
 /* ---- messages ------------------------------------------------------------ */
 
@@ -123,8 +126,20 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             (rc = get_str(root, "message", false, m->message, sizeof(m->message), err)) != 0)
             return rc;
         return 0;
+    case CM_FED_DIRECTORY:
+    case CM_FED_INDICATORS: {
+        const char *key = m->type == CM_FED_DIRECTORY ? "organizations" : "indicators";
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
+        if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0)
+            return rc;
+        if (!cJSON_IsArray(list))
+            return cm_err_set(err, CM_EINVAL, "%s: must be an array", key);
+        if (!(m->payload = cJSON_Duplicate(list, true)))
+            return cm_err_set(err, CM_ENOMEM, "out of memory");
+        return 0;
+    }
     default:
-        return 0; /* reserved kinds: the type is enough to refuse them */
+        return 0;
     }
 }
 
@@ -177,6 +192,8 @@ char *cm_fed_encode(const cm_fed_msg *m)
             !(caps = cJSON_AddArrayToObject(o, "caps")))
             goto done;
         cJSON_AddItemToArray(caps, cJSON_CreateString("deliver"));
+        cJSON_AddItemToArray(caps, cJSON_CreateString("directory"));
+        cJSON_AddItemToArray(caps, cJSON_CreateString("indicators"));
         break;
     case CM_FED_DELIVER:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
@@ -202,6 +219,13 @@ char *cm_fed_encode(const cm_fed_msg *m)
         if (!cJSON_AddStringToObject(o, "code", m->code) ||
             !cJSON_AddStringToObject(o, "message", m->message) ||
             (m->id[0] && !cJSON_AddStringToObject(o, "ref", m->id)))
+            goto done;
+        break;
+    case CM_FED_DIRECTORY:
+    case CM_FED_INDICATORS:
+        if (!cJSON_AddStringToObject(o, "id", m->id) || !m->payload ||
+            !cJSON_AddItemReferenceToObject(
+                o, m->type == CM_FED_DIRECTORY ? "organizations" : "indicators", m->payload))
             goto done;
         break;
     default:
@@ -250,6 +274,10 @@ typedef struct fed_peer {
     uint64_t hello_due; /* loop time of the next hello while down */
     uint64_t hello_ivl;
     int64_t inflight; /* outbox seq awaiting ack, 0 = none */
+    /* what we share with it (share.h): hash of the text last sent, and of
+    ** the text it acknowledged; resent when they differ */
+    uint64_t share_sent[2], share_acked[2];
+    uint64_t share_due;
     uint64_t resend_due;
     uint64_t rto;
     /* ROUTER side: routing ids of the latest links that said hello (a
@@ -634,6 +662,46 @@ static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const
     reply(&fed->router, rid, &ack);
 }
 
+/* A partner's directory or indicators: kept (replacing the last), acked. */
+static void router_share(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    char why[300];
+    cm_err err;
+    int kept = 0, dropped = 0, rc;
+    bool dir = m->type == CM_FED_DIRECTORY;
+    if (!store_free(fed)) {
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    rc = dir ? cm_share_directory_keep(fed->o.store, fed->o.clock, p->cfg->id, m->payload, &kept,
+                                       &dropped, why, sizeof(why), &err)
+             : cm_share_indicators_keep(fed->o.store, fed->o.clock, p->cfg->id, m->payload, &kept,
+                                        &err);
+    if (rc == CM_EINVAL) {
+        cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad %s: %s", p->cfg->id,
+               type_names[m->type], err.msg);
+        reply_error(&fed->router, rid, "malformed", m->id, "%s", err.msg);
+        return;
+    }
+    if (rc != 0) {
+        cm_log(CM_LOG_WARN, "fed.busy", "%s from %s not recorded: %s", type_names[m->type],
+               p->cfg->id, err.msg);
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    if (dropped)
+        cm_log(CM_LOG_WARN, "fed.directory", "peer %s: %d organization(s) dropped: %s", p->cfg->id,
+               dropped, why);
+    cm_log(CM_LOG_INFO, dir ? "fed.directory" : "fed.indicators", "peer %s shared %d %s",
+           p->cfg->id, kept, dir ? "organization(s)" : "indicator(s)");
+    cm_fed_msg ack;
+    memset(&ack, 0, sizeof(ack));
+    ack.type = CM_FED_ACK;
+    snprintf(ack.id, sizeof(ack.id), "%s", m->id);
+    snprintf(ack.result, sizeof(ack.result), "received");
+    reply(&fed->router, rid, &ack);
+}
+
 static bool said_hello(const fed_peer *p, const zmq_msg_t *rid)
 {
     size_t n = zmq_msg_size((zmq_msg_t *)rid);
@@ -701,6 +769,8 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
         reply_error(s, &parts[0], "hello-required", m.id, "say hello first");
     } else if (m.type == CM_FED_DELIVER) {
         router_deliver(fed, p, &parts[0], &m);
+    } else if (m.type == CM_FED_DIRECTORY || m.type == CM_FED_INDICATORS) {
+        router_share(fed, p, &parts[0], &m);
     } else {
         cm_log(CM_LOG_WARN, "fed.unsupported", "peer %s sent %s, which this node does not take",
                p->cfg->id, type_names[m.type]);
@@ -711,12 +781,16 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 
 /* ---- sending ------------------------------------------------------------- */
 
+static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
+
 static void peer_down(fed_peer *p, const char *why)
 {
     if (p->up)
         cm_log(CM_LOG_WARN, "fed.peer_down", "peer %s is down (%s)", p->cfg->id, why);
     p->up = false;
     p->inflight = 0;
+    p->share_acked[0] = p->share_acked[1] = 0; /* share again once it is back */
+    p->share_due = 0;
     p->hello_ivl = FED_HELLO_MIN_MS;
     p->hello_due = 0;
 }
@@ -952,7 +1026,8 @@ static void dealer_read(fed_sock *s, zmq_msg_t *parts, int n)
         p->inflight = 0;
         send_next(fed, p, false);
     } else if (m.type == CM_FED_ACK) {
-        dealer_ack(fed, p, &m);
+        if (!share_acked(fed, p, &m))
+            dealer_ack(fed, p, &m);
     } else if (m.type == CM_FED_ERROR) {
         cm_log(strcmp(m.code, "version") == 0 ? CM_LOG_ERROR : CM_LOG_WARN,
                strcmp(m.code, "version") == 0 ? "fed.version" : "fed.peer_error",
@@ -1057,6 +1132,61 @@ fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
 }
 
+static uint64_t text_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h | 1; /* never 0, which means "nothing" */
+}
+
+/* Send p our directory (which 0) or indicators (1) when they changed since
+** it last acknowledged them, or when the last send went unanswered. */
+static void share_with(cm_fed *fed, fed_peer *p, int which, uint64_t now)
+{
+    cJSON *list = NULL;
+    cm_err err;
+    int rc = which == 0 ? cm_share_directory(fed->o.store, fed->o.node_id, p->cfg->id, &list, &err)
+                        : cm_share_indicators(fed->o.store, fed->o.clock, fed->o.node_id,
+                                              p->cfg->id, &list, &err);
+    if (rc != 0) {
+        cm_log(CM_LOG_ERROR, "fed.store", "sharing with %s: %s", p->cfg->id, err.msg);
+        return;
+    }
+    cm_fed_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS;
+    m.payload = list;
+    char *text = cm_fed_encode(&m); /* without the id: the content alone is hashed */
+    uint64_t h = text ? text_hash(text) : 0;
+    free(text);
+    if (h && h != p->share_acked[which] && (h != p->share_sent[which] || now >= p->share_due)) {
+        snprintf(m.id, sizeof(m.id), "%s:%s:%016llx", fed->o.node_id, type_names[m.type],
+                 (unsigned long long)h);
+        reply(&p->dealer, NULL, &m);
+        p->share_sent[which] = h;
+    }
+    cm_fed_msg_clear(&m);
+}
+
+/* The ack of a directory or indicators we sent ("NODE:directory:HASH"). */
+static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
+{
+    for (int which = 0; which < 2; which++) {
+        char want[192];
+        snprintf(want, sizeof(want), "%s:%s:%016llx", fed->o.node_id,
+                 type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS],
+                 (unsigned long long)p->share_sent[which]);
+        if (p->share_sent[which] && strcmp(want, m->id) == 0) {
+            p->share_acked[which] = p->share_sent[which];
+            cm_log(CM_LOG_INFO, "fed.shared", "peer %s has our %s", p->cfg->id,
+                   type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS]);
+            return true;
+        }
+    }
+    return false;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     cm_fed *fed = t->data;
@@ -1075,6 +1205,11 @@ static void on_tick(uv_timer_t *t)
             send_next(fed, p, true);
         } else if (p->up && !p->inflight) {
             send_next(fed, p, false);
+        }
+        if (p->up && now >= p->share_due && store_free(fed)) {
+            share_with(fed, p, 0, now);
+            share_with(fed, p, 1, now);
+            p->share_due = now + FED_SHARE_MS;
         }
     }
 }

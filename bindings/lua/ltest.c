@@ -531,6 +531,9 @@ static int open_test_module(lua_State *L)
                 "SELECT receiver AS \"to\", kind, payload, instance, sender AS \"from\", "
                 "purpose, classes, patient, record, reply_to FROM outbox WHERE status <> 'refused' "
                 "ORDER BY seq");
+    add_closure(L, "audit", t_rows,
+                "SELECT actor, action, patient, classes, purpose, outcome, detail FROM audit "
+                "ORDER BY seq");
     add_closure(L, "refused_sends", t_rows,
                 "SELECT receiver AS \"to\", kind, instance, sender AS \"from\", purpose, "
                 "patient, reason FROM outbox WHERE status = 'refused' ORDER BY seq");

@@ -2,7 +2,9 @@
 # workflow two test nodes need so that messages between them are applied.
 # Node A hosts organization "clinic", node B "cardio"; a partnership lets
 # cardio receive notes from clinic for care coordination. On B a workflow
-# "sink" is started by every "test.note" message (one instance each).
+# "sink" is started by every "test.note" message (one instance each) and
+# counts it as the KPI notes_received, which the partnership lists: B shares
+# its directory (cardio, its provider, its service) and that indicator with A.
 # fed_world BIN DIR_A NODE_A DIR_B NODE_B
 fed_world() {
   local bin=$1 a=$2 na=$3 b=$4 nb=$5 dir
@@ -13,10 +15,13 @@ cm.organization.create { id = "clinic", name = "Main St Clinic", kind = "clinic"
 cm.organization.create { id = "cardio", name = "Heart Partners", kind = "specialist_practice",
                          node = "$nb" }
 cm.organization.create { id = "faraway", name = "Far Away Clinic", kind = "clinic", node = "node-z" }
+cm.provider.create { id = "dr-osei", name = { family = "Osei", given = { "Kwame" } },
+                     role = "physician", specialty = "cardiology", organization = "cardio" }
 cm.partnership.create {
   id = "notes", name = "Clinic - cardiology notes", purpose = "care coordination",
-  reviewCadence = "annual",
-  members = { { organization = "clinic" }, { organization = "cardio" } },
+  reviewCadence = "annual", kpis = { { name = "notes_received" } },
+  members = { { organization = "clinic" },
+              { organization = "cardio", offers = { "cardiology consult" } } },
   terms = { { receiver = "cardio", classes = { "notes" }, purposes = { "care_coordination" } } },
 }
 LUA
@@ -30,7 +35,10 @@ return cm.workflow {
   started_by = { "test.note" },
   input = { from = "organization", to = "organization", n = "integer?", x = "string?" },
   start = "got",
-  states = { got = { final = true } },
+  states = {
+    got = { final = true,
+            enter = function(wf) wf:kpi("notes_received", 1, { partner = wf.input.from }) end },
+  },
 }
 LUA
 }

@@ -78,6 +78,28 @@ same "outbox row delivered" "$(sql "$a/caremesh.db" "SELECT status, peer FROM ou
 same "applied: the sink workflow ran once for it" "$(sql "$b/caremesh.db" "SELECT count(*), min(status) FROM instance WHERE workflow = 'sink'")" "1|done"
 same "inbox names the instance it started" "$(sql "$b/caremesh.db" "SELECT i.workflow FROM inbox x JOIN instance i ON i.id = x.instance WHERE x.msg_id = 'node-a:1'")" "sink"
 
+# ---- the directory and indicators B shares with A ----
+check "$tmp/a.log" 'peer node-b shared 1 organization(s)' "B's directory arrives"
+check "$tmp/b.log" 'peer node-a has our directory' "A acknowledged it"
+out=$("$bin" peers --data "$a")
+if grep -qF "org cardio: Heart Partners (specialist_practice), 1 provider(s), offers cardiology consult" <<<"$out"; then ok; else bad "peers shows B's directory: $out"; fi
+same "only organizations of B's node" "$(sql "$a/caremesh.db" "SELECT group_concat(organization) FROM directory WHERE peer = 'node-b'")" "cardio"
+same "no patient data in the directory" "$(sql "$a/caremesh.db" "SELECT count(*) FROM directory WHERE doc LIKE '%pat%' OR doc LIKE '%birthDate%'")" "0"
+cat >"$tmp/dir.lua" <<'LUA'
+local cm = require "caremesh"
+local found = cm.directory.find { service = "cardiology consult" }
+assert(#found == 1 and found[1].id == "cardio" and found[1].peer == "node-b", "directory.find")
+assert(cm.directory.get("cardio").providers[1].specialty == "cardiology", "directory.get")
+assert(#cm.directory.find { service = "dermatology" } == 0, "no such service")
+LUA
+"$bin" lua --data "$a" "$tmp/dir.lua" && ok || bad "the Lua API looks partners up"
+indicators_seen=""
+for _ in $(seq 1 300); do
+  if "$bin" peers --data "$a" | grep -qE 'indicator notes/notes_received: count [1-9]'; then indicators_seen=1; break; fi
+  sleep 0.1
+done
+if [ -n "$indicators_seen" ]; then ok; else bad "B's indicator (notes received) reaches A: $("$bin" peers --data "$a")"; fi
+
 # ---- no peer for the organization's node: refused with a reason ----
 queue "$a" faraway test.note 1
 check "$tmp/a.log" 'outbox 2 refused: organization \"faraway\" is on node \"node-z\"' "unroutable row refused"
@@ -102,7 +124,7 @@ out=$("$probe" "tcp://127.0.0.1:$pb" "$kb" "$a/node.key" \
   '{"type":"hello","proto":"2.0","node":"node-a"}' \
   'not json at all' \
   '{"type":"hello","proto":"1.0","node":"impostor"}' \
-  '{"type":"directory"}' \
+  '{"type":"directory","id":"probe:dir","organizations":[{"id":"evil","name":"Evil Org","node":"node-z"}]}' \
   '{"type":"deliver","id":"node-a:1","kind":"k","to":"cardio","payload":{}}' \
   '{"type":"deliver","id":"probe:2","kind":"test.note","to":"cardio","from":"clinic","purpose":"care_coordination","classes":["notes"],"payload":{"n":7}}' \
   '@big:2000000')
@@ -115,7 +137,8 @@ has_reply 2 "garbage" '"code":"malformed"'
 check "$tmp/b.log" 'peer node-a sent a bad message: not a JSON object' "garbage logged"
 has_reply 3 "hello" '"type":"hello","proto":"1.1","node":"node-b"'
 check "$tmp/b.log" 'says it is node \"impostor\"; attributing to node-a' "attribution by key"
-has_reply 4 "reserved kind" '"code":"unsupported"'
+has_reply 4 "a directory with an organization of another node" '"result":"received"'
+check "$tmp/b.log" 'peer node-a: 1 organization(s) dropped: organization \"evil\" claims node \"node-z\", not node-a' "foreign organization dropped"
 has_reply 5 "duplicate id" '"result":"duplicate"'
 has_reply 6 "a new id" '"result":"received"'
 same "recorded under the key's peer" "$(sql "$b/caremesh.db" "SELECT peer FROM inbox WHERE msg_id = 'probe:2'")" "node-a"

@@ -77,7 +77,8 @@ static const char *REFERRAL =
     "    closed = { final = true, enter = function(wf)\n"
     "      wf:notify { channel = 'sms', to = wf.input.patient, message = 'Your referral is closed' "
     "}\n"
-    "      wf:send('cardio-b', 'referral.closed', { id = wf.id })\n"
+    "      wf:send('cardio-b', 'referral.closed', { id = wf.id },\n"
+    "              { from = 'clinic-a', purpose = 'care_coordination' })\n"
     "    end },\n"
     "  },\n"
     "}\n";
@@ -149,10 +150,17 @@ static void seed(fx *f)
     cm_err err;
     const char *docs[][2] = {
         {"organization", "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}"},
+        {"organization", "{\"id\":\"cardio-b\",\"name\":\"Cardio B\",\"kind\":\"clinic\","
+                         "\"node\":\"node-b\"}"},
+        {"partnership",
+         "{\"id\":\"ab\",\"name\":\"A-B\",\"purpose\":\"coordination\",\"reviewCadence\":"
+         "\"annual\",\"members\":[{\"organization\":\"clinic-a\"},{\"organization\":"
+         "\"cardio-b\"}],\"terms\":[{\"receiver\":\"cardio-b\",\"classes\":[\"notes\"],"
+         "\"purposes\":[\"care_coordination\"]}]}"},
         {"patient", "{\"id\":\"pat-1\",\"name\":{\"family\":\"Rivera\",\"given\":[\"Ana\"]},"
                     "\"birthDate\":\"1958-04-12\",\"gender\":\"female\"}"},
     };
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
         cJSON *doc = cJSON_Parse(docs[i][1]);
         assert_int_equal(
             cm_model_create(f->model, (cm_kind)cm_kind_parse(docs[i][0]), doc, NULL, &err), 0);

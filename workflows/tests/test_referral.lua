@@ -483,6 +483,10 @@ t.test("the request carries the patient's record cut to the terms, purpose refer
   t.eq(rec.generalPractitioner, "riverside-clinic")
   t.eq(rec.meta, nil, "no store metadata leaves")
   t.eq(req.instance, id)
+  local audit = t.audit()
+  t.eq(#audit, 1, "the send is audited")
+  t.eq({ audit[1].action, audit[1].patient, audit[1].classes, audit[1].outcome },
+       { "message.send", "pat-okafor", "demographics,contact,conditions,notes", "ok" })
 end)
 
 t.test("terms that allow less: the fields of the other classes stay home", function()
@@ -518,6 +522,10 @@ t.test("a request no partnership covers is not sent: a task, a KPI, not_sent", f
   t.eq(#open, 1)
   t.ok(open[1].title:find("was not sent", 1, true), open[1].title)
   t.eq(#h.kpis("referral_not_sent"), 1)
+  local audit = t.audit()
+  t.eq(#audit, 1, "the refusal is audited")
+  t.eq({ audit[1].actor, audit[1].action, audit[1].patient, audit[1].purpose, audit[1].outcome },
+       { "instance:" .. id, "message.send", "pat-okafor", "referral", "refused" })
 end)
 
 t.test("a patient who denied consent for referrals: not sent", function()
