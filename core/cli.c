@@ -8,6 +8,7 @@
 
 #include "bench.h"
 #include "bench_api.h"
+#include "fed.h"
 #include "config.h"
 #include "fs.h"
 #include "keys.h"
@@ -613,6 +614,48 @@ static int cmd_lua(int argc, char **argv)
 
 /* ---- bench ------------------------------------------------------------ */
 
+static int bench_federation(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"messages", required_argument, NULL, 'm'},
+        {"window", required_argument, NULL, 'w'},
+        {"batch", required_argument, NULL, 'b'},
+        {"backlog", required_argument, NULL, 'q'},
+        {"size", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL};
+    cm_err err;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "m:w:b:q:s:h", longopts, NULL)) != -1) {
+        char *end = NULL;
+        long v = optarg ? strtol(optarg, &end, 10) : 0;
+        if (c == 'h')
+            return print_help(find_cmd("bench"));
+        if (c == '?' || (optarg && (*end || v < 1 || v > 10000000)) ||
+            (c == 'w' && v > CM_FED_WINDOW_MAX) || (c == 's' && v > 64 * 1024))
+            return usage_error("bench federation", "bad option or value: '%s'", argv[optind - 1]);
+        if (c == 'm')
+            o.messages = v;
+        else if (c == 'w')
+            o.window = (int)v;
+        else if (c == 'b')
+            o.batch = (int)v;
+        else if (c == 'q')
+            o.backlog = (int)v;
+        else
+            o.size = (int)v;
+    }
+    if (optind < argc)
+        return usage_error("bench federation", "unexpected argument '%s'", argv[optind]);
+    if (cm_bench_federation(&o, &err) != 0)
+        return fail("bench federation", &err);
+    return CM_EXIT_OK;
+}
+
 /* bench api: the daemon's HTTP API (bench_api.h) */
 static int bench_api(int argc, char **argv)
 {
@@ -675,13 +718,16 @@ static int cmd_bench(int argc, char **argv)
     cm_bench_opts o = {2000, 25, 256, NULL};
     cm_err err;
     int c;
+    if (argc >= 2 && strcmp(argv[1], "federation") == 0)
+        return bench_federation(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
         return bench_api(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "engine") != 0)
         return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
                    ? print_help(find_cmd("bench"))
                    : usage_error("bench", "%s",
-                                 "missing or unknown benchmark (known: engine, api)");
+                                 "missing or unknown benchmark (known: engine, federation, "
+                                 "api)");
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
@@ -1033,13 +1079,25 @@ static const cli_cmd commands[] = {
      "                          take part in each test",
      "workflow check FILE... | graph FILE [--mermaid] | test [--config FILE] FILE...",
      cmd_workflow},
-    {"bench", "measure the engine",
+    {"bench", "measure the engine, federation or the HTTP API",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
      "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
      "  --instances N   instances (default 2000)\n"
      "  --events N      events per instance (default 25)\n"
      "  --batch N       events per commit (default 256)\n\n"
+     "'federation' runs two nodes in one process (a thread and a loop each), linked over\n"
+     "loopback with CURVE and ZAP, synchronous=FULL on both; rows are queued in the\n"
+     "sender's outbox as an engine batch writes them and recorded in the receiver's inbox\n"
+     "(inbox only, no engine). Prints delivered-and-acknowledged messages/s and the p50/p99\n"
+     "of queued-to-acknowledged latency, checks that every message arrived once and in\n"
+     "order (exit 1 otherwise); the last line is one JSON object. Data in a temporary\n"
+     "directory, removed after.\n\n"
+     "  --messages N    messages measured (default 200000)\n"
+     "  --window N      messages in flight (default 1000)\n"
+     "  --batch N       outbox rows queued per commit (default 256)\n"
+     "  --backlog N     most rows queued and not yet acknowledged (default 4000)\n"
+     "  --size N        payload bytes (default 100)\n\n"
      "'api' drives a running daemon over HTTP keep-alive with pipelined requests: starts\n"
      "instances of --workflow, sends each --events events, and prints durable events/s\n"
      "(each answered after its commit) and request-to-answer p50/p99; last line JSON.\n"
@@ -1048,7 +1106,11 @@ static const cli_cmd commands[] = {
      "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
      "  --workflow NAME   default bench_api; --event NAME: default step\n"
      "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 32)",
-     "bench engine [--instances N] [--events N] [--batch N] | bench api [OPTIONS]", cmd_bench},
+     "bench engine [--instances N] [--events N] [--batch N]\n"
+     "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
+     " [--size N]\n"
+     "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",
+     cmd_bench},
     {"token", "create, list and revoke API bearer tokens",
      "Bearer tokens for the HTTP API (docs/api.md). 'create' prints the token once on\n"
      "stdout; only a hash of it is kept. Scopes are ordered: read < write < admin.\n"

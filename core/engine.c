@@ -72,8 +72,10 @@ typedef struct inst {
     char status[16];
     char parent[CM_NAME_MAX]; /* "" when none */
     long steps;
+    int64_t hist;        /* seq of its latest history row; 0 when none */
+    bool status_changed; /* status differs from the row's (see set_inst_status) */
     cJSON *input;
-    cJSON *ctx;
+    char *ctx; /* the context as stored: a JSON object's text */
 } inst;
 
 struct cm_engine {
@@ -212,8 +214,9 @@ static void work_free(work *w)
 static void inst_clear(inst *in)
 {
     cJSON_Delete(in->input);
-    cJSON_Delete(in->ctx);
-    in->input = in->ctx = NULL;
+    free(in->ctx);
+    in->input = NULL;
+    in->ctx = NULL;
 }
 
 /* ---- the instance cache ---------------------------------------------- */
@@ -262,7 +265,8 @@ static void cache_put(cm_engine *e, inst *in)
         return; /* not kept: the row is the truth */
     cache_free(slot);
     *copy = *in;
-    in->input = in->ctx = NULL;
+    in->input = NULL;
+    in->ctx = NULL;
     *slot = copy;
 }
 
@@ -454,11 +458,21 @@ static cJSON *parse_column(sqlite3_stmt *st, int col)
     return text ? cJSON_Parse(text) : cJSON_CreateObject();
 }
 
+/* A stored context as text (copied), if it is a JSON object; NULL if not. */
+static char *ctx_column(sqlite3_stmt *st, int col)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    cJSON *doc = text ? cJSON_Parse(text) : NULL;
+    bool ok = cJSON_IsObject(doc);
+    cJSON_Delete(doc);
+    return ok ? dup_str(text) : NULL;
+}
+
 static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
-            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx "
-            "FROM instance WHERE id = ?1",
+            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx, "
+            "coalesce(hist, 0) FROM instance WHERE id = ?1",
             err);
     int rc = 0;
     memset(in, 0, sizeof(*in));
@@ -473,7 +487,8 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         copy_str(in->parent, sizeof(in->parent), (const char *)sqlite3_column_text(st, 5));
         in->steps = sqlite3_column_int64(st, 6);
         in->input = parse_column(st, 7);
-        in->ctx = parse_column(st, 8);
+        in->ctx = ctx_column(st, 8);
+        in->hist = sqlite3_column_int64(st, 9);
         if (!in->input || !in->ctx) {
             inst_clear(in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
@@ -487,13 +502,16 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
     return rc;
 }
 
-static int insert_history(cm_engine *e, const inst *in, const char *event, const char *from,
+/* Append a history row chained to the instance's previous one; in->hist
+** names it (saved with the instance row, which every caller writes next). */
+static int insert_history(cm_engine *e, inst *in, const char *event, const char *from,
                           const char *to, const char *note, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
+    int rc;
     PREPARE(e,
-            "INSERT INTO history(instance, step, at, event, from_state, to_state, note) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO history(instance, step, at, event, from_state, to_state, note, prev) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             err);
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
@@ -503,27 +521,51 @@ static int insert_history(cm_engine *e, const inst *in, const char *event, const
     bind_text(st, 5, from);
     sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
     bind_text(st, 7, note);
-    return exec_kept(e, st, "history", err);
+    if (in->hist > 0)
+        sqlite3_bind_int64(st, 8, in->hist);
+    if ((rc = exec_kept(e, st, "history", err)) == 0)
+        in->hist = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
+    return rc;
 }
 
-static int save_instance(cm_engine *e, const inst *in, cm_err *err)
+static void set_inst_status(inst *in, const char *status)
+{
+    copy_str(in->status, sizeof(in->status), status);
+    in->status_changed = true;
+}
+
+/* Write the instance row. Status is written only when it changed: an UPDATE
+** naming it also rewrites the instance_by_workflow entry. */
+static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
-    PREPARE(e,
-            "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, updated = ?6 "
-            "WHERE id = ?1",
-            err);
+    int rc;
+    sqlite3_stmt *st =
+        in->status_changed
+            ? cm_store_prepare(e->o.store,
+                               "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, "
+                               "updated = ?6, hist = ?7 WHERE id = ?1",
+                               err)
+            : cm_store_prepare(
+                  e->o.store,
+                  "UPDATE instance SET state = ?2, ctx = ?4, steps = ?5, updated = ?6, "
+                  "hist = ?7 WHERE id = ?1",
+                  err);
+    if (!st)
+        return err->code;
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 4, in->ctx) != 0) {
-        sqlite3_reset(st);
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
-    }
+    if (in->status_changed)
+        sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, in->ctx, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, in->steps);
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
-    return exec_kept(e, st, "instance", err);
+    if (in->hist > 0)
+        sqlite3_bind_int64(st, 7, in->hist);
+    if ((rc = exec_kept(e, st, "instance", err)) == 0)
+        in->status_changed = false;
+    return rc;
 }
 
 static int insert_instance(cm_engine *e, inst *in, cm_err *err)
@@ -539,10 +581,11 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     sqlite3_bind_int(st, 3, in->rev);
     sqlite3_bind_text(st, 4, in->state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 6, in->input) != 0 || bind_json(st, 7, in->ctx) != 0) {
+    if (bind_json(st, 6, in->input) != 0) {
         sqlite3_reset(st);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
+    sqlite3_bind_text(st, 7, in->ctx, -1, SQLITE_STATIC);
     bind_text(st, 8, in->parent[0] ? in->parent : NULL);
     sqlite3_bind_int64(st, 9, in->steps);
     sqlite3_bind_text(st, 10, now, -1, SQLITE_STATIC);
@@ -986,13 +1029,14 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
     }
     if (!in->parent[0] || !parent_listens(e, in->parent))
         return 0; /* an ended parent hears nothing more */
-    cJSON *payload = cJSON_CreateObject();
-    if (!payload || !cJSON_AddStringToObject(payload, "child", in->id) ||
+    cJSON *payload = cJSON_CreateObject(), *ctx = cJSON_Parse(in->ctx);
+    if (!payload || !ctx || !cJSON_AddStringToObject(payload, "child", in->id) ||
         !cJSON_AddStringToObject(payload, "workflow", in->workflow) ||
         !cJSON_AddStringToObject(payload, "state", in->state) ||
         !cJSON_AddStringToObject(payload, "status", in->status) ||
-        !cJSON_AddItemReferenceToObject(payload, "context", in->ctx)) {
+        !cJSON_AddItemToObject(payload, "context", ctx)) {
         cJSON_Delete(payload);
+        cJSON_Delete(ctx);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     rc =
@@ -1021,10 +1065,12 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     in->steps++;
     copy_str(in->state, sizeof(in->state), sp->next);
     if (sp->final)
-        copy_str(in->status, sizeof(in->status), "done");
-    cJSON_Delete(in->ctx);
-    in->ctx = sp->ctx;
-    sp->ctx = NULL;
+        set_inst_status(in, "done");
+    if (sp->ctx_out) { /* the step changed the context */
+        free(in->ctx);
+        in->ctx = sp->ctx_out;
+        sp->ctx_out = NULL;
+    }
     /* Leaving a state cancels the timers it started, also those its handlers
     ** started in this very step (so after the effects); re-entering the same
     ** state cancels the old visit's timers before the new visit starts its own. */
@@ -1050,9 +1096,10 @@ enum { STEP_UNHANDLED, STEP_GUARDED, STEP_HANDLED };
 
 static void step_clear(cm_step *sp)
 {
-    cJSON_Delete(sp->ctx);
+    free(sp->ctx_out);
     cJSON_Delete(sp->effects);
-    sp->ctx = sp->effects = NULL;
+    sp->ctx_out = NULL;
+    sp->effects = NULL;
 }
 
 /* Run the runtime on in for event (NULL: start) and apply the result. */
@@ -1074,8 +1121,7 @@ static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp.payload = payload;
     sp.is_timer = is_timer;
     sp.now_ms = cm_clock_now_ms(e->o.clock);
-    if (!(sp.ctx = cJSON_Duplicate(in->ctx, true)))
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    sp.ctx = in->ctx;
     rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
     if (rc == CM_ELUA)
         e->stats.lua_errors++;
@@ -1114,7 +1160,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     else if ((rc = make_instance_id(e, workflow, in.id, sizeof(in.id), err)) != 0)
         return rc;
     in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
-    in.ctx = cJSON_CreateObject();
+    in.ctx = dup_str("{}");
     if (!in.input || !in.ctx) {
         inst_clear(&in);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -1275,7 +1321,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
 /* ---- messages from partners ------------------------------------------- */
 
 struct msg_in {
-    char *peer, *id, *kind, *from, *to, *purpose, *patient, *instance, *reply_to;
+    char *peer, *id, *kind, *from, *to, *purpose, *patient, *instance, *reply_to, *prev;
     cJSON *classes, *record; /* owned; NULL when absent */
 };
 
@@ -1283,8 +1329,8 @@ static void msg_free(msg_in *m)
 {
     if (!m)
         return;
-    char **strs[] = {&m->peer,    &m->id,      &m->kind,     &m->from,    &m->to,
-                     &m->purpose, &m->patient, &m->instance, &m->reply_to};
+    char **strs[] = {&m->peer,    &m->id,      &m->kind,     &m->from,     &m->to,
+                     &m->purpose, &m->patient, &m->instance, &m->reply_to, &m->prev};
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
         free(*strs[i]);
     cJSON_Delete(m->classes);
@@ -1525,6 +1571,25 @@ static int msg_refused(cm_engine *e, const msg_in *m, const cJSON *payload, cons
     return rc;
 }
 
+/* Applied in the order sent: the message before it (prev) must be in the
+** inbox, committed or earlier in this batch. CM_ENOTFOUND when it is not. */
+static int msg_follows(cm_engine *e, const msg_in *m, cm_err *err)
+{
+    if (!*m->prev)
+        return 0;
+    PREPARE(e, "SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2", err);
+    sqlite3_bind_text(st, 1, m->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->prev, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc != SQLITE_DONE)
+        return db_fail(e, err, "inbox");
+    return cm_err_set(err, CM_ENOTFOUND, "message %s follows %s, which has not arrived", m->id,
+                      m->prev);
+}
+
 static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
 {
     msg_in *m = w->msg;
@@ -1533,6 +1598,8 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
     bool linked = false;
     int rc;
     if (msg_seen(e, m, oc, &rc, err) || rc != 0)
+        return rc;
+    if ((rc = msg_follows(e, m, err)) != 0)
         return rc;
     if ((rc = msg_check(e, m, why, sizeof(why), err)) != 0)
         return rc;
@@ -1562,7 +1629,7 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
         sp_end(e, rc == 0);
         if (rc != 0 && rc != CM_EDB && rc != CM_ENOMEM) {
             oc->instance[0] = '\0';
-            snprintf(why, sizeof(why), "%s could not start: %s", wf, err->msg);
+            snprintf(why, sizeof(why), "%.128s could not start: %.440s", wf, err->msg);
             cm_err_clear(err);
             rc = msg_refused(e, m, w->data, why, oc, err);
         }
@@ -1937,7 +2004,7 @@ int cm_engine_receive(cm_engine *e, const cm_engine_msg *m, cm_ack_cb cb, void *
         !(g->kind = dup_or_empty(m->kind)) || !(g->from = dup_or_empty(m->from)) ||
         !(g->to = dup_or_empty(m->to)) || !(g->purpose = dup_or_empty(m->purpose)) ||
         !(g->patient = dup_or_empty(m->patient)) || !(g->instance = dup_or_empty(m->instance)) ||
-        !(g->reply_to = dup_or_empty(m->reply_to)) ||
+        !(g->reply_to = dup_or_empty(m->reply_to)) || !(g->prev = dup_or_empty(m->prev)) ||
         (m->classes && !(g->classes = cJSON_Duplicate(m->classes, true))) ||
         (m->record && !(g->record = cJSON_Duplicate(m->record, true)))) {
         if (!w)
@@ -2003,7 +2070,7 @@ static int set_status(cm_engine *e, inst *in, const char *from, const char *to, 
     if ((rc = insert_history(e, in, note, in->state, in->state, NULL, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->status, sizeof(in->status), to);
+    set_inst_status(in, to);
     return save_instance(e, in, err);
 }
 
@@ -2025,7 +2092,7 @@ static int do_cancel(cm_engine *e, inst *in, const char *reason, cm_err *err)
     if ((rc = insert_history(e, in, "cancelled", in->state, in->state, reason, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->status, sizeof(in->status), "cancelled");
+    set_inst_status(in, "cancelled");
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
     return finish_instance(e, in, err);
@@ -2140,8 +2207,11 @@ int cm_engine_get(cm_engine *e, const char *instance, cJSON **out, cm_err *err)
                          "ORDER BY due_ms",
                          err),
         cm_store_prepare(e->o.store,
-                         "SELECT step, at, event, from_state, to_state, note FROM history "
-                         "WHERE instance = ?1 ORDER BY step",
+                         "WITH RECURSIVE chain(seq) AS (SELECT hist FROM instance WHERE id = ?1 "
+                         "UNION ALL SELECT h.prev FROM history h JOIN chain c ON h.seq = c.seq "
+                         "WHERE h.prev IS NOT NULL) SELECT h.step, h.at, h.event, h.from_state, "
+                         "h.to_state, h.note FROM chain c JOIN history h ON h.seq = c.seq "
+                         "ORDER BY h.step",
                          err),
     };
     for (int i = 0; i < 3 && rc == 0; i++) {

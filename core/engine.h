@@ -52,9 +52,10 @@ typedef struct cm_step {
     const cJSON *payload; /* event payload (an object) */
     bool is_timer;        /* the event is a timer firing */
     int64_t now_ms;       /* the engine's clock */
-    /* in/out */
-    cJSON *ctx; /* the context; the runtime may replace it (and frees the old) */
+    const char *ctx;      /* the context as stored: a JSON object's text */
     /* out */
+    char *ctx_out;          /* the context after the step as JSON object text (engine
+                            ** frees), or NULL when the step left it as it was */
     char next[CM_NAME_MAX]; /* the state after the step */
     bool final;             /* next is a final state */
     bool handled;           /* false: the state has no transition for event (nothing changed) */
@@ -95,7 +96,7 @@ typedef struct cm_runtime {
     bool (*installed)(void *ud, const char *name, int rev);
     /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
     ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
-    ** error the step's outputs are unset and ctx is unchanged. */
+    ** error the step's outputs are unset. */
     int (*step)(void *ud, cm_step *step, cm_err *err);
 } cm_runtime;
 
@@ -172,7 +173,9 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
 ** workflow started_by `kind`, with the payload as input plus from, to and
 ** (when shared) patient_record. Both ends' terms are checked again here
 ** (terms.h); what they do not cover is refused, audited, and answered
-** "refused". A duplicate is answered with the first answer. */
+** "refused". A duplicate is answered with the first answer. A message whose
+** prev is not in the inbox yet is not applied: its ack has status CM_ENOTFOUND
+** and no result (federation answers busy; the peer resends in order). */
 typedef struct cm_engine_msg {
     const char *peer;      /* the authenticated sending node */
     const char *id;        /* the message id */
@@ -185,6 +188,7 @@ typedef struct cm_engine_msg {
     const char *instance;  /* the sender's instance ("" when none) */
     const char *reply_to;  /* this node's instance it continues ("" when none) */
     const cJSON *payload;  /* an object */
+    const char *prev;      /* the message the peer sent before it ("" or NULL: none) */
 } cm_engine_msg;
 
 /* Queue m; cb is told (ack.result) after the commit. Strings are copied. */

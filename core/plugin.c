@@ -319,7 +319,8 @@ static int audit(cm_plugin_ctx *ctx, const char *action, const char *patient, co
 /* Audit the reads of recs (an array of records of kind, or one record) in one
 ** scope. Inside the plugin's transaction they are also remembered, to be
 ** written again should that transaction be rolled back: the plugin saw them. */
-static int audit_reads(cm_plugin_ctx *ctx, int kind, const cJSON *recs, cm_err *err)
+static int audit_reads(cm_plugin_ctx *ctx, int kind, const char *what, const cJSON *recs,
+                       cm_err *err)
 {
     cm_store *store = cm_model_store(ctx->host->model);
     tx_scope s;
@@ -334,7 +335,7 @@ static int audit_reads(cm_plugin_ctx *ctx, int kind, const cJSON *recs, cm_err *
         char detail[300];
         if (!patient)
             continue;
-        snprintf(detail, sizeof(detail), "%s %s", cm_kind_name((cm_kind)kind),
+        snprintf(detail, sizeof(detail), "%s %s", what ? what : cm_kind_name((cm_kind)kind),
                  cJSON_IsString(id) ? id->valuestring : "");
         rc = audit(ctx, "patient.read", patient, detail, err);
         if (rc == 0 && ctx->tx.mode != TX_NONE) {
@@ -538,7 +539,7 @@ static char *api_record_find(cm_plugin_ctx *ctx, const char *kind, const char *q
         say(errbuf, errlen, "query: must be a JSON object of find keys to strings");
     } else if (cm_model_find(ctx->host->model, (cm_kind)k, filter, after, limit, &found, &err) !=
                    0 ||
-               audit_reads(ctx, k, found, &err) != 0) {
+               audit_reads(ctx, k, NULL, found, &err) != 0) {
         say(errbuf, errlen, "%s", err.msg);
         cJSON_Delete(found); /* nothing unaudited leaves */
         found = NULL;
@@ -582,6 +583,8 @@ static int instance_filter(const cJSON *filter, const char *vals[3], char *errbu
             vals[2]);
     return vals[2] ? -1 : 0;
 }
+
+static int audit_instances(cm_plugin_ctx *ctx, const cJSON *list, cm_err *err);
 
 /* One instance row as {id, workflow, version, state, status, input, ctx, created, updated}. */
 static cJSON *instance_row(sqlite3_stmt *st)
@@ -651,9 +654,40 @@ static char *api_instances(cm_plugin_ctx *ctx, const char *filter, const char *a
         list = NULL;
     }
     sqlite3_reset(st);
+    if (list && audit_instances(ctx, list, &err) != 0) {
+        say(errbuf, errlen, "instances: %s", err.msg);
+        cJSON_Delete(list);
+        list = NULL;
+    }
 done:
     cJSON_Delete(f);
     return hand_over(list, errbuf, errlen);
+}
+
+/* An instance whose input names a patient is that patient's data: audit its
+** read like a record's. */
+static int audit_instances(cm_plugin_ctx *ctx, const cJSON *list, cm_err *err)
+{
+    cJSON *reads = cJSON_CreateArray();
+    const cJSON *row;
+    int rc = 0;
+    if (!reads)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(row, list)
+    {
+        const cJSON *p = field(field(row, "input"), "patient"), *id = field(row, "id");
+        cJSON *r = cJSON_CreateObject();
+        if (!r || !cJSON_AddItemToArray(reads, r) ||
+            (cJSON_IsString(p) && !cJSON_AddStringToObject(r, "patient", p->valuestring)) ||
+            (cJSON_IsString(id) && !cJSON_AddStringToObject(r, "id", id->valuestring))) {
+            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+            break;
+        }
+    }
+    if (rc == 0)
+        rc = audit_reads(ctx, CM_KIND_TASK, "instance", reads, err);
+    cJSON_Delete(reads);
+    return rc;
 }
 
 /* ---- 1.1: Lua functions ----------------------------------------------- */
@@ -722,7 +756,7 @@ static char *api_record_get(cm_plugin_ctx *ctx, const char *kind, const char *id
     if (k < 0)
         return NULL;
     if (cm_model_get(ctx->host->model, (cm_kind)k, id ? id : "", &rec, &err) != 0 ||
-        audit_reads(ctx, k, rec, &err) != 0) {
+        audit_reads(ctx, k, NULL, rec, &err) != 0) {
         say(errbuf, errlen, "%s", err.msg);
         cJSON_Delete(rec);
         return NULL;

@@ -205,12 +205,23 @@ static int fed_apply(void *ud, const char *peer, const cm_fed_msg *m, void *tick
                         .record = m->record,
                         .instance = m->instance,
                         .reply_to = m->reply_to,
+                        .prev = m->prev,
                         .payload = m->payload};
     if (!cJSON_IsObject(m->payload)) {
         cm_fed_answer(ticket, "refused", "payload: must be a JSON object");
         return 0;
     }
     return cm_engine_receive(sv->engine, &em, fed_msg_acked, ticket, &err);
+}
+
+/* The engine's observer: a queued message wakes federation at once (not at
+** its next poll); every event goes on to the plugins. */
+static void engine_event(void *ud, const cm_engine_event *ev)
+{
+    serve *sv = ud;
+    if (ev->kind == CM_ENGINE_MESSAGE_QUEUED)
+        cm_fed_wake(sv->fed);
+    cm_plugin_host_on_engine_event(sv->plugins, ev);
 }
 
 static int fed_refused(void *ud, const char *instance, const cJSON *event, cm_err *err)
@@ -251,7 +262,10 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       fed_apply,
                       fed_refused,
                       fed_after_refused,
-                      sv};
+                      sv,
+                      0,
+                      NULL,
+                      NULL};
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;
@@ -359,7 +373,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
         (rc = cm_lua_plugins_attach(sb, sv.plugins, err)) != 0)
         goto done;
     sv.sb = sb;
-    cm_engine_observe(sv.engine, cm_plugin_host_on_engine_event, sv.plugins);
+    cm_engine_observe(sv.engine, engine_event, &sv);
     rc = run_loop(&sv, sb, err);
 done:
     cm_engine_destroy(&sv.engine); /* before the API: it acks what never ran */

@@ -247,8 +247,39 @@ static const cm_migration migrations[] = {
      "  received    TEXT NOT NULL,\n"
      "  PRIMARY KEY (peer, partnership, name)\n"
      ") WITHOUT ROWID;\n"},
+    /* Workflow history is written on every step and read one instance at a
+    ** time. Rows keyed by (instance, step) put each step's row on its
+    ** instance's page, so a batch of steps dirtied (and its commit wrote)
+    ** about one page per step. Now rows go in write order (a batch fills the
+    ** last pages), each names the instance's previous row, and the instance
+    ** its latest (instance.hist): reading one instance's history follows the
+    ** chain. */
+    {7, "workflow history in write order, chained per instance",
+     "CREATE TABLE history_chain(\n"
+     "  seq        INTEGER PRIMARY KEY,\n"
+     "  instance   TEXT NOT NULL REFERENCES instance(id),\n"
+     "  step       INTEGER NOT NULL,\n"
+     "  prev       INTEGER,\n"
+     "  at         TEXT NOT NULL,\n"
+     "  event      TEXT NOT NULL,\n"
+     "  from_state TEXT,\n"
+     "  to_state   TEXT NOT NULL,\n"
+     "  note       TEXT\n"
+     ");\n"
+     "INSERT INTO history_chain(instance, step, at, event, from_state, to_state, note)\n"
+     "  SELECT instance, step, at, event, from_state, to_state, note FROM history\n"
+     "  ORDER BY instance, step;\n"
+     "UPDATE history_chain SET prev = seq - 1 WHERE instance =\n"
+     "  (SELECT p.instance FROM history_chain p WHERE p.seq = history_chain.seq - 1);\n"
+     "ALTER TABLE instance ADD COLUMN hist INTEGER;\n"
+     "CREATE INDEX history_chain_migrating ON history_chain(instance);\n"
+     "UPDATE instance SET hist =\n"
+     "  (SELECT max(h.seq) FROM history_chain h WHERE h.instance = instance.id);\n"
+     "DROP INDEX history_chain_migrating;\n"
+     "DROP TABLE history;\n"
+     "ALTER TABLE history_chain RENAME TO history;\n"},
     /* API bearer tokens (token.h): only a hash of each secret is kept. */
-    {7, "API tokens",
+    {8, "API tokens",
      "CREATE TABLE api_token(\n"
      "  id      TEXT PRIMARY KEY,\n"
      "  name    TEXT UNIQUE,\n"

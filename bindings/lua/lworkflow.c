@@ -21,6 +21,17 @@
 
 static const char SPECS_KEY = 's'; /* registry: weak set of tables made by cm.workflow */
 
+/* Copy name into dst (capacity n), cut to fit: the step's hot path copies
+** state names and this is cheaper than snprintf. */
+static void set_name(char *dst, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    if (len >= n)
+        len = n - 1;
+    memcpy(dst, name, len);
+    dst[len] = '\0';
+}
+
 struct cm_lua_runtime {
     cm_runtime seam;
     cm_sandbox *sb;
@@ -363,7 +374,7 @@ static int m_go(lua_State *L)
     lua_getiuservalue(L, 1, UV_STATES); /* the definition's states (stack index 3) */
     if (!state_exists(L, 3, state))
         return luaL_error(L, "wf:go: unknown state \"%s\"", state);
-    snprintf(d->go, sizeof(d->go), "%s", state);
+    set_name(d->go, sizeof(d->go), state);
     d->go_set = true;
     return 0;
 }
@@ -626,6 +637,35 @@ static const luaL_Reg inst_methods[] = {
     {"send", m_send}, {"now", m_now},       {NULL, NULL},
 };
 
+/* Push the step's input as a read-only view (after the raw table when raw). */
+static void push_input(lua_State *L, drv *d, bool raw)
+{
+    cm_ljson_push(L, d->sp->input);
+    cm_sandbox_push_readonly(L, -1, "wf.input"); /* stack: raw, view */
+    if (!raw)
+        lua_remove(L, -2);
+}
+
+/* wf.ctx and wf.input are made on first use: a step whose handlers never
+** look at them neither decodes nor re-encodes them (nor writes the context). */
+static void push_lazy(lua_State *L, drv *d, int uv)
+{
+    if (lua_getiuservalue(L, 1, uv) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    if (uv == UV_INPUT) {
+        push_input(L, d, false);
+    } else {
+        cJSON **box = cm_ljson_box(L);
+        if (!(*box = cJSON_Parse(d->sp->ctx)) || !cJSON_IsObject(*box))
+            luaL_error(L, "%s: the stored context is not a JSON object", d->sp->instance);
+        cm_ljson_push(L, *box);
+        lua_remove(L, -2); /* the box frees the document when collected */
+    }
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, uv);
+}
+
 /* wf.key: fields first, then methods (upvalue 1). */
 static int inst_index(lua_State *L)
 {
@@ -640,9 +680,9 @@ static int inst_index(lua_State *L)
     else if (strcmp(key, "event") == 0)
         d->sp->event ? (void)lua_pushstring(L, d->sp->event) : lua_pushnil(L);
     else if (strcmp(key, "ctx") == 0)
-        lua_getiuservalue(L, 1, UV_CTX);
+        push_lazy(L, d, UV_CTX);
     else if (strcmp(key, "input") == 0)
-        lua_getiuservalue(L, 1, UV_INPUT);
+        push_lazy(L, d, UV_INPUT);
     else
         lua_getfield(L, lua_upvalueindex(1), key);
     return 1;
@@ -759,7 +799,7 @@ static void run_handler(lua_State *L, drv *d, int wf, const char *which)
 static void transition(lua_State *L, drv *d, int wf, const char *to)
 {
     char next[CM_NAME_MAX];
-    snprintf(next, sizeof(next), "%s", to);
+    set_name(next, sizeof(next), to);
     for (int hops = 0;; hops++) {
         if (hops >= MAX_HOPS)
             luaL_error(L, "more than %d transitions in one step (a loop of wf:go?)", MAX_HOPS);
@@ -768,12 +808,12 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
         if (hops > 0 || d->sp->state)
             run_handler(L, d, wf, "exit");
         d->sp->moved = true;
-        snprintf(d->cur, sizeof(d->cur), "%s", next);
+        set_name(d->cur, sizeof(d->cur), next);
         d->go_set = false;
         run_handler(L, d, wf, "enter");
         if (!d->go_set)
             return;
-        snprintf(next, sizeof(next), "%s", d->go);
+        set_name(next, sizeof(next), d->go);
     }
 }
 
@@ -839,12 +879,6 @@ static int step_driver(lua_State *L)
     int wf = lua_gettop(L);
     push_instance_mt(L);
     lua_setmetatable(L, wf);
-    cm_ljson_push(L, sp->ctx);
-    lua_setiuservalue(L, wf, UV_CTX);
-    cm_ljson_push(L, sp->input);
-    int input = lua_gettop(L);
-    cm_sandbox_push_readonly(L, input, "wf.input");
-    lua_setiuservalue(L, wf, UV_INPUT);
     lua_newtable(L);
     lua_setiuservalue(L, wf, UV_EFFECTS);
     lua_pushvalue(L, d->states);
@@ -852,12 +886,14 @@ static int step_driver(lua_State *L)
     u->d = d;
     sp->handled = true;
     if (!sp->state) {
-        check_input(L, d, spec, input);
+        push_input(L, d, true); /* stack: ..., raw input, view */
+        lua_setiuservalue(L, wf, UV_INPUT);
+        check_input(L, d, spec, lua_gettop(L));
         lua_getfield(L, spec, "start");
-        snprintf(d->cur, sizeof(d->cur), "%s", lua_tostring(L, -1));
+        set_name(d->cur, sizeof(d->cur), lua_tostring(L, -1));
         transition(L, d, wf, d->cur);
     } else {
-        snprintf(d->cur, sizeof(d->cur), "%s", sp->state);
+        set_name(d->cur, sizeof(d->cur), sp->state);
         if (!state_exists(L, d->states, d->cur))
             invalid(L, d, "instance %s is in state \"%s\", which workflow %s does not define",
                     sp->instance, d->cur, sp->workflow);
@@ -885,8 +921,9 @@ static int step_driver(lua_State *L)
     lua_getfield(L, d->states, d->cur);
     lua_getfield(L, -1, "final");
     sp->final = lua_toboolean(L, -1);
-    snprintf(sp->next, sizeof(sp->next), "%s", d->cur);
-    /* results stay on the stack for rt_step to convert: ctx, effects */
+    set_name(sp->next, sizeof(sp->next), d->cur);
+    /* results stay on the stack for rt_step to convert: ctx (nil if never
+    ** looked at), effects */
     lua_getiuservalue(L, wf, UV_CTX);
     lua_getiuservalue(L, wf, UV_EFFECTS);
     return 2;
@@ -942,27 +979,28 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         lua_settop(L, top);
         return 0;
     }
-    /* stack: ctx, effects */
-    cJSON *ctx = NULL, *effects = NULL;
-    if ((rc = cm_ljson_from_lua(L, -2, "wf.ctx", &ctx, err)) == 0 &&
-        (rc = cm_ljson_from_lua(L, -1, "effects", &effects, err)) == 0) {
-        if (cJSON_IsObject(effects)) { /* an empty list comes back as {} */
-            cJSON_Delete(effects);
-            effects = cJSON_CreateArray();
-        }
-        if (cJSON_IsArray(ctx)) {
+    /* stack: ctx or nil, effects (a list) */
+    char *ctx = NULL;
+    cJSON *effects = NULL;
+    rc = 0;
+    if (!lua_isnil(L, -2) && (rc = cm_ljson_encode(L, -2, "wf.ctx", &ctx, NULL, err)) == 0) {
+        if (ctx[0] != '{')
             rc = cm_err_set(err, CM_ELUA, "%s: wf.ctx must have named fields, not a list",
                             sp->instance);
+        else if (strcmp(ctx, sp->ctx) == 0) { /* unchanged: nothing to write */
+            free(ctx);
+            ctx = NULL;
         }
     }
+    if (rc == 0 && lua_rawlen(L, -1) > 0)
+        rc = cm_ljson_from_lua(L, -1, "effects", &effects, err);
     lua_settop(L, top);
     if (rc != 0) {
-        cJSON_Delete(ctx);
+        free(ctx);
         cJSON_Delete(effects);
         return rc == CM_EINVAL ? cm_err_recode(err, CM_ELUA) : rc;
     }
-    cJSON_Delete(sp->ctx);
-    sp->ctx = ctx;
+    sp->ctx_out = ctx;
     sp->effects = effects;
     return 0;
 }

@@ -558,7 +558,12 @@ static void test_instances_filter_and_page(void **state)
             " ('out-1', 'outreach', 1, 'calling', 'running', '{}', '{}', 'c3', 'u3')",
             &err),
         0);
+    long before = audits(f, "patient.read", "pat-1");
     assert_int_equal(records(f, out, sizeof(out), "instances", "-", "-", "10", NULL), 0);
+    /* ref-1's input names pat-1: reading it is a read of pat-1's data */
+    assert_int_equal(audits(f, "patient.read", "pat-1"), before + 1);
+    assert_int_equal(count_where(f, "SELECT count(*) FROM audit WHERE detail = 'instance ref-1'"),
+                     1);
     cJSON *list = cJSON_Parse(out);
     assert_int_equal(cJSON_GetArraySize(list), 3);
     assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(list, 0), "id")->valuestring,

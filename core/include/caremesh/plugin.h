@@ -86,8 +86,10 @@ typedef int (*cm_plugin_channel_fn)(void *ud, const cm_plugin_notification *n, c
 ** one JSON array text (args_json, e.g. "[\"pat-1\",{\"dry_run\":true}]"); the
 ** result is JSON text the plugin allocates with malloc and the host frees
 ** (*result NULL means no results); Lua receives it decoded. Return 0, or
-** non-zero with a message in err: Lua raises "MODULE.NAME: message". Runs in
-** the caller's instruction budget, on the loop thread; it must not block. */
+** non-zero with a message in err: Lua raises "MODULE.NAME: message". Runs on
+** the loop thread inside the caller's step: the instruction budget meters Lua
+** only, not the time spent in C, so the function must be quick and must not
+** block (no network, no waiting). */
 typedef int (*cm_plugin_lua_fn)(void *ud, const char *args_json, char **result, char *err,
                                 size_t errlen);
 
