@@ -321,6 +321,13 @@ static void reload_config(serve *sv)
     if (d.restart[0])
         cm_log(CM_LOG_WARN, "config.restart_needed", "%s changed: takes effect at the next start",
                d.restart);
+    cm_log(CM_LOG_DEBUG, "config.current",
+           "workflows %s; api max_connections %d, max_header_bytes %d, max_body_bytes %d, "
+           "max_pipeline %d, timeout_ms %d, open_loopback %s; %d plugin(s)",
+           sv->wf.embedded ? "embedded" : sv->wf.dir, run->api.max_connections,
+           run->api.max_header_bytes, run->api.max_body_bytes, run->api.max_pipeline,
+           run->api.timeout_ms, run->api.open_loopback ? "true" : "false",
+           cJSON_GetArraySize(run->plugins));
 }
 
 static void on_signal(uv_signal_t *h, int signum)
