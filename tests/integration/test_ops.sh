@@ -138,6 +138,7 @@ same "restored patient" "$(req GET /v1/patients/w1)" 200
 same "restored write" "$(req POST /v1/patients '{"id":"after","name":{"family":"After"},"birthDate":"1990-01-01","gender":"male"}')" 201
 kill -TERM "$pid"; wait "$pid"; same "restored serve exit" $? 0
 out=$("$bin" node info --data "$r"); has "restored node id" "ops-node" "$out"
+out=$("$bin" audit verify --data "$r" 2>&1); same "restored audit verify (CLI) exit" $? 0
 
 # a damaged backup is caught by the check a backup passes
 cp "$tmp/b1.db" "$tmp/bad.db"; chmod 600 "$tmp/bad.db"
