@@ -85,11 +85,15 @@ token=$("$bin" token create --scope admin --name ops --data "$d" 2>/dev/null)
 # a database of several backup steps (4 MiB each)
 cat >"$tmp/seed.lua" <<'LUA'
 local cm = require "caremesh"
-for i = 1, tonumber((...)) do
+local from, to = ...
+for i = tonumber(from), tonumber(to) do
   cm.patient.create { id = "s" .. i, name = { family = "Seed" .. i }, birthDate = "1980-01-01", gender = "female" }
 end
 LUA
-"$bin" lua --data "$d" "$tmp/seed.lua" 40000 || bad "seed"
+# (in runs of 5000: a script run has a time limit, and the machine may be busy)
+for i in $(seq 0 7); do
+  "$bin" lua --data "$d" "$tmp/seed.lua" $((i * 5000 + 1)) $((i * 5000 + 5000)) || bad "seed $i"
+done
 
 # ---- backup while the API writes; restore into a fresh data directory ----
 start "$d" "$tmp/log"
