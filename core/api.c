@@ -1570,6 +1570,25 @@ static bool host_is_loopback(const char *host)
     return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
 }
 
+static void limits_of(const cm_api_config *ac, cm_http_limits *lim)
+{
+    cm_http_limits_default(lim);
+    lim->max_connections = ac->max_connections;
+    lim->max_header_bytes = (size_t)ac->max_header_bytes;
+    lim->max_body_bytes = (size_t)ac->max_body_bytes;
+    lim->max_pipeline = ac->max_pipeline;
+    lim->timeout_ms = ac->timeout_ms;
+}
+
+void cm_api_reconfigure(cm_api *api)
+{
+    cm_http_limits lim;
+    if (!api || !api->http || api->stopping)
+        return;
+    limits_of(&api->o.cfg->api, &lim);
+    cm_http_server_set_limits(api->http, &lim);
+}
+
 int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
 {
     const cm_api_config *ac = &o->cfg->api;
@@ -1588,12 +1607,7 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
     if (!api)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
-    cm_http_limits_default(&lim);
-    lim.max_connections = ac->max_connections;
-    lim.max_header_bytes = (size_t)ac->max_header_bytes;
-    lim.max_body_bytes = (size_t)ac->max_body_bytes;
-    lim.max_pipeline = ac->max_pipeline;
-    lim.timeout_ms = ac->timeout_ms;
+    limits_of(ac, &lim);
     if ((rc = cm_http_server_start(o->loop, ac->host, ac->port, &lim, handle, api, &api->http,
                                    err)) != 0) {
         /* the server's handles are open: close them through a stop */

@@ -48,6 +48,10 @@ int cm_api_port(const cm_api *api);
 /* /readyz answers 200 once ready is set (workflows loaded) and until stop. */
 void cm_api_set_ready(cm_api *api, bool ready);
 
+/* The configuration's api limits changed (a reload): apply them. The API
+** reads api.open_loopback at each request. NULL or stopping: nothing. */
+void cm_api_reconfigure(cm_api *api);
+
 /* Stop accepting, answer what was read, then done(ud). Again: force-close. */
 void cm_api_stop(cm_api *api, void (*done)(void *ud), void *ud);
 

@@ -4,6 +4,7 @@
 */
 #include "cli.h"
 
+#include "backup.h"
 #include "audit.h"
 
 #include "bench.h"
@@ -157,7 +158,6 @@ static void node_close(cli_node *n)
 static int load_config(const data_opts *o, cm_config *cfg, cm_err *err)
 {
     char path[CM_PATH_MAX];
-    cJSON *root = NULL;
     int rc;
     cm_config_defaults(cfg);
     if (o->config)
@@ -166,11 +166,7 @@ static int load_config(const data_opts *o, cm_config *cfg, cm_err *err)
         return rc;
     if (!o->config && !cm_fs_exists(path))
         return 0; /* a data dir without a config file runs on the defaults */
-    if ((rc = cm_lconfig_read(path, &root, err)) != 0)
-        return rc;
-    rc = cm_config_apply(cfg, root, path, err);
-    cJSON_Delete(root);
-    return rc;
+    return cm_lconfig_load(path, cfg, err);
 }
 
 /* The key file must be there, private, and the one this database was made with. */
@@ -861,32 +857,184 @@ static int cmd_workflow(int argc, char **argv)
 
 /* ---- serve ------------------------------------------------------------ */
 
+/* serve without --data (nor CAREMESH_DATA) serves CM_DEFAULT_DATA, made on
+** first start: its node id is the host name when that is a valid id. */
+#define CM_DEFAULT_DATA "./caremesh-data"
+
+static bool has_data_option(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strncmp(argv[i], "--data", 6) == 0 || strncmp(argv[i], "-d", 2) == 0)
+            return true;
+    return getenv("CAREMESH_DATA") && *getenv("CAREMESH_DATA");
+}
+
+static int init_default_node(const char *data, cm_err *err)
+{
+    init_paths p;
+    cm_keypair kp;
+    char node_id[129] = "caremesh";
+    bool created = false;
+    int rc;
+    if (gethostname(node_id, sizeof(node_id) - 1) != 0 ||
+        cm_config_check_id("host name", node_id, NULL) != 0)
+        snprintf(node_id, sizeof(node_id), "%s", "caremesh");
+    if ((rc = cm_fs_join(p.db, sizeof(p.db), data, CM_DB_FILE, err)) != 0 ||
+        (rc = cm_fs_join(p.conf, sizeof(p.conf), data, CM_CONFIG_FILE, err)) != 0 ||
+        (rc = cm_fs_join(p.key, sizeof(p.key), data, CM_KEY_FILE, err)) != 0 ||
+        (rc = cm_fs_mkdir_private(data, &created, err)) != 0)
+        return rc;
+    if ((rc = init_write(node_id, &p, &kp, err)) != 0)
+        init_undo(data, created, &p);
+    else
+        cm_log(CM_LOG_INFO, "serve.init", "initialised node %s in %s (public key %s)", node_id,
+               data, kp.public_key);
+    cm_keys_wipe(&kp);
+    return rc;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     data_opts o;
     cli_node n;
     cm_err err;
-    int rc = parse_data_opts("serve", argc, argv, false, &o);
-    if (rc != 0 || o.help)
+    char *args[256], dflt[] = "--data=" CM_DEFAULT_DATA, conf[CM_PATH_MAX];
+    const char *listen = NULL;
+    int nargs = 0, rc;
+    for (int i = 0; i < argc && nargs < 254; i++) { /* --listen is serve's own */
+        if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+            listen = argv[++i];
+        else
+            args[nargs++] = argv[i];
+    }
+    if (!has_data_option(argc, argv))
+        args[nargs++] = dflt;
+    args[nargs] = NULL;
+    if ((rc = parse_data_opts("serve", nargs, args, false, &o)) != 0 || o.help)
         return rc ? rc : print_help(find_cmd("serve"));
-    if (optind < argc)
-        return usage_error("serve", "unexpected argument '%s'", argv[optind]);
+    if (optind < nargs)
+        return usage_error("serve", "unexpected argument '%s'", args[optind]);
+    if (strcmp(o.data, CM_DEFAULT_DATA) == 0 && !cm_fs_exists(o.data) &&
+        init_default_node(o.data, &err) != 0) {
+        cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
+        return CM_EXIT_FAIL;
+    }
     if (node_open(&o, &n, &err) != 0) {
         cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
         return CM_EXIT_FAIL;
+    }
+    if (listen && cm_config_parse_listen(listen, n.cfg.api.host, sizeof(n.cfg.api.host),
+                                         &n.cfg.api.port) != 0) {
+        node_close(&n);
+        return usage_error("serve", "--listen %s: must be ADDRESS:PORT with an IP address", listen);
     }
     char workflows[CM_PATH_MAX];
     if (n.cfg.workflows[0])
         snprintf(workflows, sizeof(workflows), "%s", n.cfg.workflows);
     else
         snprintf(workflows, sizeof(workflows), "%s/workflows", o.data);
-    cm_serve_opts so = {o.data, workflows, &n.cfg, n.store, n.model, n.clock, n.node_id};
+    if (o.config)
+        snprintf(conf, sizeof(conf), "%s", o.config);
+    else if (cm_fs_join(conf, sizeof(conf), o.data, CM_CONFIG_FILE, &err) != 0 ||
+             !cm_fs_exists(conf))
+        conf[0] = '\0';
+    cm_serve_opts so = {.data = o.data,
+                        .workflows = workflows,
+                        .cfg = &n.cfg,
+                        .config_path = conf[0] ? conf : NULL,
+                        .api_listen_fixed = listen != NULL,
+                        .store = n.store,
+                        .model = n.model,
+                        .clock = n.clock,
+                        .node_id = n.node_id};
     rc = cm_serve_run(&so, &err);
     node_close(&n);
     if (rc != 0) {
         cm_log(CM_LOG_ERROR, "serve.fail", "%s", err.msg);
         return CM_EXIT_FAIL;
     }
+    return CM_EXIT_OK;
+}
+
+/* ---- config check ----------------------------------------------------- */
+
+static int cmd_config(int argc, char **argv)
+{
+    cm_config cfg;
+    cm_err err;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return argc < 2 ? usage_error("config", "%s", "missing subcommand (check)")
+                        : print_help(find_cmd("config"));
+    if (strcmp(argv[1], "check") != 0)
+        return usage_error("config", "unknown subcommand '%s' (known: check)", argv[1]);
+    if (argc != 3)
+        return usage_error("config check", "%s", argc < 3 ? "missing FILE" : "one FILE only");
+    int rc = cm_lconfig_load(argv[2], &cfg, &err);
+    cm_config_free(&cfg);
+    if (rc != 0)
+        return fail("config check", &err);
+    printf("%s: ok\n", argv[2]);
+    return CM_EXIT_OK;
+}
+
+/* ---- backup (backup.h) ------------------------------------------------ */
+
+typedef struct backup_progress {
+    bool shown;
+    int last_pct;
+} backup_progress;
+
+/* Progress on stderr for databases that take more than one step. */
+static void show_backup_progress(void *ud, int64_t copied, int64_t total)
+{
+    backup_progress *p = ud;
+    int pct = total > 0 ? (int)(copied * 100 / total) : 100;
+    if (total <= CM_BACKUP_STEP_PAGES || (pct < 100 && pct - p->last_pct < 5))
+        return;
+    fprintf(stderr, "backup: %lld of %lld pages (%d%%)\n", (long long)copied, (long long)total,
+            pct);
+    p->shown = true;
+    p->last_pct = pct;
+}
+
+static int cmd_backup(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"data", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *data = NULL;
+    char db[CM_PATH_MAX];
+    backup_progress progress = {false, 0};
+    cm_backup_info info;
+    cm_err err;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
+        if (c == 'd')
+            data = optarg;
+        else if (c == 'h')
+            return print_help(find_cmd("backup"));
+        else
+            return usage_error("backup", "unknown option or missing value: '%s'", argv[optind - 1]);
+    }
+    if (!data)
+        data = getenv("CAREMESH_DATA");
+    if (!data || !*data)
+        return usage_error("backup", "%s", "--data DIR is required (or set CAREMESH_DATA)");
+    if (optind >= argc)
+        return usage_error("backup", "%s", "missing FILE (where to write the backup)");
+    if (optind + 1 < argc)
+        return usage_error("backup", "unexpected argument '%s'", argv[optind + 1]);
+    if (cm_fs_join(db, sizeof(db), data, CM_DB_FILE, &err) != 0 ||
+        cm_backup_run(db, argv[optind], show_backup_progress, &progress, &info, &err) != 0)
+        return fail("backup", &err);
+    printf("backup of node \"%s\" (schema %d, %lld pages, %lld bytes) written to %s: "
+           "integrity ok\n",
+           info.node_id, info.schema_version, (long long)info.pages, (long long)info.bytes,
+           argv[optind]);
     return CM_EXIT_OK;
 }
 
@@ -1029,16 +1177,21 @@ static const cli_cmd commands[] = {
     {"serve", "run the node: engine, workflows, plugins, federation",
      "Run the node in the foreground: the workflow engine with its durable timers, the\n"
      "workflow files of the workflows directory (config 'workflows', default DIR/workflows;\n"
-     "SIGHUP reloads them), the HTTP API (config 'api', default 127.0.0.1:7600,\n"
-     "docs/api.md), JSON-lines log on stderr; SIGINT or SIGTERM stop accepting API\n"
-     "requests, answer those read, and stop cleanly (exit 0). One serving process per\n"
-     "data directory.\n\n"
-     "  --data DIR      data directory (or CAREMESH_DATA)\n"
+     "without one, the shipped workflows built into caremesh), the HTTP API (config 'api',\n"
+     "default 127.0.0.1:7600, docs/api.md), JSON-lines log on stderr. SIGHUP re-reads the\n"
+     "configuration file (applies what can change while serving, logs what needs a\n"
+     "restart, keeps the running one if the file is broken) and reloads plugins and\n"
+     "workflows. SIGINT or SIGTERM stop accepting API requests, answer those read, and\n"
+     "stop cleanly (exit 0). One serving process per data directory.\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA; default ./caremesh-data, made\n"
+     "                  on first start with the host name as node id)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)\n"
+     "  --listen A:P    the API's address, over api.listen (\"127.0.0.1:0\": a free port)\n"
      "  --virtual-clock TIME  for demos and rehearsals: run on a virtual clock that starts\n"
      "                  at TIME (ISO-8601) and moves only when advanced through the API\n"
      "                  (POST /v1/clock)",
-     "serve --data DIR [--config FILE] [--virtual-clock TIME]", cmd_serve},
+     "serve [--data DIR] [--config FILE] [--listen ADDRESS:PORT] [--virtual-clock TIME]",
+     cmd_serve},
     {"lua", "run an administrative Lua script against the store",
      "Run an administrative Lua script in the sandbox against the node's store. The script\n"
      "gets the `caremesh` module through require and ARGs as `...`; it runs in one\n"
@@ -1111,6 +1264,21 @@ static const cli_cmd commands[] = {
      " [--size N]\n"
      "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",
      cmd_bench},
+    {"config", "check a configuration file",
+     "Read a configuration file as 'caremesh serve' does (docs/configuration.md) and say\n"
+     "whether it is good: 'FILE: ok', or the first problem with its file, line and key\n"
+     "(exit 1). Use it before sending a serving node SIGHUP.",
+     "config check FILE", cmd_config},
+    {"backup", "take a consistent online backup of the node's database",
+     "Copy the node's database to FILE through SQLite's online backup API: one consistent\n"
+     "snapshot, taken while the node serves and writes (from a connection of its own;\n"
+     "nothing waits on it). The copy is written to a temp file beside FILE (mode 0600),\n"
+     "checked (integrity, schema version, node id), fsynced and renamed to FILE; an\n"
+     "existing FILE is never replaced. Progress goes to stderr for large databases.\n"
+     "The key pair (node.key) and the configuration are not in it: keep copies of them\n"
+     "once. Restoring: docs/operations.md.\n\n"
+     "  --data DIR      data directory (or CAREMESH_DATA)",
+     "backup FILE --data DIR", cmd_backup},
     {"token", "create, list and revoke API bearer tokens",
      "Bearer tokens for the HTTP API (docs/api.md). 'create' prints the token once on\n"
      "stdout; only a hash of it is kept. Scopes are ordered: read < write < admin.\n"

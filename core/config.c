@@ -399,6 +399,88 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
     return 0;
 }
 
+/* ---- reload ----------------------------------------------------------------- */
+
+static void diff_add(char *list, size_t listsz, const char *key)
+{
+    size_t n = strlen(list);
+    snprintf(list + n, listsz - n, "%s%s", n ? ", " : "", key);
+}
+
+static bool same_plugins(const cJSON *a, const cJSON *b)
+{
+    if (!a || !b)
+        return cJSON_GetArraySize(a) == 0 && cJSON_GetArraySize(b) == 0;
+    return cJSON_Compare(a, b, true);
+}
+
+static bool same_peers(const cm_config *a, const cm_config *b)
+{
+    if (a->fed_npeers != b->fed_npeers)
+        return false;
+    for (int i = 0; i < a->fed_npeers; i++)
+        if (strcmp(a->fed_peers[i].id, b->fed_peers[i].id) != 0 ||
+            strcmp(a->fed_peers[i].endpoint, b->fed_peers[i].endpoint) != 0 ||
+            strcmp(a->fed_peers[i].public_key, b->fed_peers[i].public_key) != 0)
+            return false;
+    return true;
+}
+
+void cm_config_diff_of(const cm_config *run, const cm_config *next, cm_config_diff *d)
+{
+    const cm_api_config *ra = &run->api, *na = &next->api;
+    struct {
+        bool changed, live;
+        const char *key;
+    } keys[] = {
+        {run->log_level != next->log_level, true, "log.level"},
+        {strcmp(run->workflows, next->workflows) != 0, true, "workflows"},
+        {!same_plugins(run->plugins, next->plugins), true, "plugins"},
+        {ra->max_connections != na->max_connections, true, "api.max_connections"},
+        {ra->max_header_bytes != na->max_header_bytes, true, "api.max_header_bytes"},
+        {ra->max_body_bytes != na->max_body_bytes, true, "api.max_body_bytes"},
+        {ra->max_pipeline != na->max_pipeline, true, "api.max_pipeline"},
+        {ra->timeout_ms != na->timeout_ms, true, "api.timeout_ms"},
+        {ra->open_loopback != na->open_loopback, true, "api.open_loopback"},
+        {ra->enabled != na->enabled, false, "api.enabled"},
+        {strcmp(ra->host, na->host) != 0 || ra->port != na->port, false, "api.listen"},
+        {run->synchronous != next->synchronous, false, "store.synchronous"},
+        {run->busy_timeout_ms != next->busy_timeout_ms, false, "store.busy_timeout_ms"},
+        {run->lua_instructions != next->lua_instructions, false, "lua.instructions"},
+        {run->lua_memory_bytes != next->lua_memory_bytes, false, "lua.memory_mb"},
+        {run->fed_enabled != next->fed_enabled, false, "federation"},
+        {strcmp(run->fed_listen, next->fed_listen) != 0, false, "federation.listen"},
+        {!same_peers(run, next), false, "federation.peers"},
+    };
+    memset(d, 0, sizeof(*d));
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (keys[i].changed)
+            diff_add(keys[i].live ? d->live : d->restart,
+                     keys[i].live ? sizeof(d->live) : sizeof(d->restart), keys[i].key);
+    d->log = keys[0].changed;
+    d->workflows = keys[1].changed;
+    d->plugins = keys[2].changed;
+    d->api = ra->max_connections != na->max_connections ||
+             ra->max_header_bytes != na->max_header_bytes ||
+             ra->max_body_bytes != na->max_body_bytes || ra->max_pipeline != na->max_pipeline ||
+             ra->timeout_ms != na->timeout_ms || ra->open_loopback != na->open_loopback;
+}
+
+void cm_config_take_live(cm_config *run, cm_config *next)
+{
+    run->log_level = next->log_level;
+    snprintf(run->workflows, sizeof(run->workflows), "%s", next->workflows);
+    cJSON_Delete(run->plugins);
+    run->plugins = next->plugins;
+    next->plugins = NULL;
+    run->api.max_connections = next->api.max_connections;
+    run->api.max_header_bytes = next->api.max_header_bytes;
+    run->api.max_body_bytes = next->api.max_body_bytes;
+    run->api.max_pipeline = next->api.max_pipeline;
+    run->api.timeout_ms = next->api.timeout_ms;
+    run->api.open_loopback = next->api.open_loopback;
+}
+
 int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
 {
     static const char *sync_names[] = {"off", "normal", "full", "extra"};

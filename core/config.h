@@ -77,6 +77,26 @@ int cm_config_check_id(const char *what, const char *s, cm_err *err);
 /* Parse "HOST:PORT" or "[V6]:PORT" (HOST an IP literal, PORT 0..65535). */
 int cm_config_parse_listen(const char *s, char *host, size_t hostsz, int *port);
 
+/* ---- reload (SIGHUP) ---- */
+
+/* What a reload changes: the keys that apply while serving (live) and the
+** keys that changed but take effect only at the next start (restart), each a
+** comma-separated list of key names ("" when none). */
+typedef struct cm_config_diff {
+    char live[512];
+    char restart[512];
+    bool log, workflows, plugins, api; /* which live parts changed */
+} cm_config_diff;
+
+/* Compare the running configuration with a newly read one. */
+void cm_config_diff_of(const cm_config *running, const cm_config *next, cm_config_diff *d);
+
+/* Take next's live keys into running (log.level, workflows, plugins, the
+** api limits and api.open_loopback); the others keep their running values.
+** The plugins list moves: next->plugins is NULL afterwards, and running's old
+** list is freed (unload the plugins loaded from it first). */
+void cm_config_take_live(cm_config *running, cm_config *next);
+
 /* The text `caremesh init` writes: every option with its default, commented. */
 int cm_config_render(const cm_config *cfg, char *out, size_t outsz);
 

@@ -377,14 +377,13 @@ static int starters_set(cm_engine *e, const cm_wf_info *wi, cm_err *err)
     return 0;
 }
 
-int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *rev_out, cm_err *err)
+/* path names the source in messages and in workflow_def.origin. */
+int cm_engine_load_source(cm_engine *e, const char *path, const char *text, size_t len,
+                          cm_wf_info *info, int *rev_out, cm_err *err)
 {
-    char *text = NULL, *latest = NULL, now[CM_TIME_BUFSZ];
-    size_t len = 0;
+    char *latest = NULL, now[CM_TIME_BUFSZ];
     cm_wf_info wi;
     int rev = 0, rc;
-    if ((rc = cm_fs_read(path, ENGINE_SOURCE_MAX, &text, &len, err)) != 0)
-        return rc;
     if ((rc = e->o.runtime->compile(e->o.runtime->ud, path, text, len, &wi, err)) != 0)
         goto done;
     if ((rc = latest_rev(e, wi.name, &rev, &latest, err)) != 0)
@@ -420,8 +419,18 @@ int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *r
     if (rev_out)
         *rev_out = rev;
 done:
-    free(text);
     free(latest);
+    return rc;
+}
+
+int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *rev_out, cm_err *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int rc = cm_fs_read(path, ENGINE_SOURCE_MAX, &text, &len, err);
+    if (rc == 0)
+        rc = cm_engine_load_source(e, path, text, len, info, rev_out, err);
+    free(text);
     return rc;
 }
 

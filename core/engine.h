@@ -155,6 +155,10 @@ void cm_engine_destroy(cm_engine **engine_p);
 ** previous revision keeps serving. info (may be NULL) receives what loaded;
 ** *rev the revision now current. */
 int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *rev, cm_err *err);
+/* The same for a source held in memory (text NUL-terminated at len); origin
+** names it in messages and in workflow_def.origin ("embedded:referral.lua"). */
+int cm_engine_load_source(cm_engine *e, const char *origin, const char *text, size_t len,
+                          cm_wf_info *info, int *rev, cm_err *err);
 
 /* Queue the start of an instance of workflow (its current revision) with
 ** input. id may be NULL to have one made. The workflow must be loaded

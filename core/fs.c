@@ -161,3 +161,10 @@ done:
         unlink(tmp);
     return rc;
 }
+
+int cm_fs_fsync_dir(const char *path, cm_err *err)
+{
+    if (fsync_dir_of(path) != 0)
+        return cm_err_set(err, CM_EIO, "%s: fsync of directory failed: %s", path, strerror(errno));
+    return 0;
+}

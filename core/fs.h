@@ -23,6 +23,9 @@ int cm_fs_read(const char *path, size_t max, char **out, size_t *len, cm_err *er
 ** temp file in the same directory, fsync, rename, fsync of the directory. */
 int cm_fs_write_private(const char *path, const char *data, size_t len, cm_err *err);
 
+/* fsync the directory holding path (after a rename into it). */
+int cm_fs_fsync_dir(const char *path, cm_err *err);
+
 /* Join dir and name into out (capacity outsz); CM_EINVAL if it does not fit. */
 int cm_fs_join(char *out, size_t outsz, const char *dir, const char *name, cm_err *err);
 

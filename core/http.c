@@ -757,6 +757,12 @@ int cm_http_server_start(uv_loop_t *loop, const char *host, int port, const cm_h
     return 0;
 }
 
+void cm_http_server_set_limits(cm_http_server *s, const cm_http_limits *limits)
+{
+    s->lim = *limits;
+    http_parser_set_max_header_size((uint32_t)(limits->max_header_bytes + 1024));
+}
+
 int cm_http_server_port(const cm_http_server *s)
 {
     return s->port;

@@ -46,6 +46,11 @@ int cm_http_server_start(uv_loop_t *loop, const char *host, int port, const cm_h
 /* The bound port. */
 int cm_http_server_port(const cm_http_server *s);
 
+/* Change the limits of a running server (a configuration reload): they hold
+** from the next check on; connections beyond a lowered max_connections are
+** not closed; new ones are answered 503 until the count is below it. */
+void cm_http_server_set_limits(cm_http_server *s, const cm_http_limits *limits);
+
 /* Connections open now. */
 int cm_http_server_connections(const cm_http_server *s);
 

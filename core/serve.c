@@ -5,10 +5,12 @@
 #include "serve.h"
 
 #include "api.h"
+#include "embedded.h"
 #include "engine.h"
 #include "fed.h"
 #include "fs.h"
 #include "keys.h"
+#include "lconfig.h"
 #include "lhost.h"
 #include "log.h"
 #include "lplugin.h"
@@ -17,6 +19,7 @@
 #include "sandbox.h"
 
 #include <dirent.h>
+#include <lauxlib.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -43,6 +47,12 @@ typedef struct serve {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t notify; /* hands pending notifications to channel plugins */
     int signum;
+    /* where workflows come from (workflow_source, serve_reload) */
+    struct {
+        char dir[4096]; /* the workflows directory now */
+        bool embedded;  /* the shipped workflows compiled in serve (embedded.h) */
+        cm_sandbox *sb; /* the engine's Lua: its module directories */
+    } wf;
 } serve;
 
 /* Hold DATA/caremesh.lock for as long as fd stays open. */
@@ -68,17 +78,110 @@ static int by_name(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* ---- the embedded default: the shipped workflows compiled in ---- */
+
+static const cm_embedded_file *embedded_module(const char *name)
+{
+    char path[256];
+    if (snprintf(path, sizeof(path), "%s.lua", name) >= (int)sizeof(path))
+        return NULL;
+    for (char *p = path; *p && strcmp(p, ".lua") != 0; p++)
+        if (*p == '.')
+            *p = '/';
+    for (size_t i = 0; i < cm_embedded_workflows_count; i++)
+        if (strcmp(cm_embedded_workflows[i].path, path) == 0)
+            return &cm_embedded_workflows[i];
+    return NULL;
+}
+
+/* require "lib.x" of an embedded workflow: compiled with the sandbox's own
+** load (text only, the sandbox's environment), run once. */
+static int open_embedded_module(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const cm_embedded_file *f = embedded_module(name);
+    if (!f)
+        return luaL_error(L, "module '%s' not found", name);
+    lua_getglobal(L, "load");
+    lua_pushlstring(L, f->text, f->len);
+    lua_pushfstring(L, "@embedded:%s", f->path);
+    lua_call(L, 2, 2); /* stack: name, fn | nil, message */
+    if (lua_isnil(L, -2))
+        return lua_error(L);
+    lua_pop(L, 1);
+    lua_call(L, 0, 1);
+    return 1;
+}
+
+static void preload_embedded_modules(cm_sandbox *sb)
+{
+    char name[256];
+    for (size_t i = 0; i < cm_embedded_workflows_count; i++) {
+        const char *path = cm_embedded_workflows[i].path;
+        size_t len = strlen(path);
+        if (!strchr(path, '/') || len < 5 || len >= sizeof(name))
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(len - 4), path); /* lib/x.lua -> lib.x */
+        for (char *p = name; *p; p++)
+            if (*p == '/')
+                *p = '.';
+        cm_sandbox_preload(sb, name, open_embedded_module);
+    }
+}
+
+static int load_embedded(serve *sv)
+{
+    int refused = 0;
+    for (size_t i = 0; i < cm_embedded_workflows_count; i++) {
+        const cm_embedded_file *f = &cm_embedded_workflows[i];
+        char origin[300];
+        cm_wf_info info;
+        cm_err err;
+        int rev = 0;
+        if (strchr(f->path, '/'))
+            continue; /* a shared module, not a workflow */
+        snprintf(origin, sizeof(origin), "embedded:%s", f->path);
+        if (cm_engine_load_source(sv->engine, origin, f->text, f->len, &info, &rev, &err) == 0) {
+            cm_log(CM_LOG_INFO, "workflow.loaded", "%s version %d is revision %d (%s)", info.name,
+                   info.version, rev, origin);
+        } else {
+            cm_log(CM_LOG_ERROR, "workflow.refused", "%s", err.msg);
+            refused++;
+        }
+    }
+    return refused;
+}
+
+/* The workflows directory, or the embedded default when the configuration
+** names none and DATA/workflows does not exist (decided at start). */
+static int workflow_source(serve *sv, cm_sandbox *sb, cm_err *err)
+{
+    struct stat st;
+    const char *dir = sv->o->cfg->workflows[0] ? sv->o->cfg->workflows : sv->o->workflows;
+    sv->wf.sb = sb;
+    snprintf(sv->wf.dir, sizeof(sv->wf.dir), "%s", dir ? dir : "");
+    sv->wf.embedded = !sv->o->cfg->workflows[0] && (!dir || stat(dir, &st) != 0);
+    if (sv->wf.embedded) {
+        preload_embedded_modules(sb);
+        return 0;
+    }
+    /* workflows share Lua modules kept beside them: require "lib.x" is WORKFLOWS/lib/x.lua */
+    return cm_sandbox_add_module_dir(sb, sv->wf.dir, err);
+}
+
 /* Load every *.lua in the workflows directory, in name order. A refused file
 ** is logged and the revision before it keeps serving. Returns files refused. */
 static int load_workflows(serve *sv)
 {
-    const char *dir = sv->o->workflows;
+    const char *dir = sv->wf.dir;
     char *names[SERVE_MAX_FILES];
     int n = 0, refused = 0;
-    DIR *d = dir ? opendir(dir) : NULL;
+    DIR *d = sv->wf.embedded ? NULL : opendir(dir);
     struct dirent *e;
+    if (sv->wf.embedded)
+        return load_embedded(sv);
     if (!d) {
-        cm_log(CM_LOG_INFO, "workflow.none", "no workflow directory at %s", dir ? dir : "-");
+        cm_log(CM_LOG_INFO, "workflow.none", "no workflow directory at %s", dir);
         return 0;
     }
     while ((e = readdir(d)) != NULL && n < SERVE_MAX_FILES) {
@@ -164,12 +267,79 @@ static int start_api(serve *sv, uv_loop_t *loop, cm_err *err)
 
 /* ---- end of the HTTP API ---- */
 
+/* ---- SIGHUP: the configuration file again ---- */
+
+/* Re-read the configuration file; take what may change while serving, log
+** what needs a restart. A refused file changes nothing. The plugins and
+** workflows are reloaded afterwards by the caller, from what is now current. */
+static void reload_config(serve *sv)
+{
+    cm_config next, *run = sv->o->cfg;
+    cm_config_diff d;
+    cm_err err;
+    if (!sv->o->config_path) {
+        cm_log(CM_LOG_INFO, "config.none", "%s", "no configuration file: the defaults stay");
+        return;
+    }
+    if (cm_lconfig_load(sv->o->config_path, &next, &err) != 0) {
+        cm_log(CM_LOG_ERROR, "config.refused", "%s (the running configuration stays)", err.msg);
+        cm_config_free(&next);
+        return;
+    }
+    if (next.node_id[0] && strcmp(next.node_id, sv->o->node_id) != 0) {
+        cm_log(CM_LOG_ERROR, "config.refused",
+               "%s: node_id \"%s\" is not this node (\"%s\"); the running configuration stays",
+               sv->o->config_path, next.node_id, sv->o->node_id);
+        cm_config_free(&next);
+        return;
+    }
+    if (sv->o->api_listen_fixed) {
+        snprintf(next.api.host, sizeof(next.api.host), "%s", run->api.host);
+        next.api.port = run->api.port;
+    }
+    cm_config_diff_of(run, &next, &d);
+    if (d.workflows && sv->wf.embedded) {
+        cm_log(CM_LOG_WARN, "config.restart_needed",
+               "workflows: the node started on the embedded workflows; a directory takes a "
+               "restart");
+        snprintf(next.workflows, sizeof(next.workflows), "%s", run->workflows);
+    }
+    if (d.plugins)
+        cm_plugin_host_unload_all(sv->plugins); /* before their config list is freed */
+    cm_config_take_live(run, &next);
+    cm_config_free(&next);
+    if (d.log)
+        cm_log_set_level(run->log_level);
+    if (d.api)
+        cm_api_reconfigure(sv->api);
+    if (d.workflows && !sv->wf.embedded) {
+        char dir[sizeof(sv->wf.dir)];
+        snprintf(dir, sizeof(dir), "%s", run->workflows[0] ? run->workflows : sv->o->workflows);
+        if (cm_sandbox_add_module_dir(sv->wf.sb, dir, &err) != 0)
+            cm_log(CM_LOG_ERROR, "config.workflows", "%s", err.msg);
+        snprintf(sv->wf.dir, sizeof(sv->wf.dir), "%s", dir);
+    }
+    cm_log(CM_LOG_INFO, "config.reloaded", "%s: %s%s", sv->o->config_path,
+           d.live[0] ? "applied " : "no change that applies while serving", d.live);
+    if (d.restart[0])
+        cm_log(CM_LOG_WARN, "config.restart_needed", "%s changed: takes effect at the next start",
+               d.restart);
+    cm_log(CM_LOG_DEBUG, "config.current",
+           "workflows %s; api max_connections %d, max_header_bytes %d, max_body_bytes %d, "
+           "max_pipeline %d, timeout_ms %d, open_loopback %s; %d plugin(s)",
+           sv->wf.embedded ? "embedded" : sv->wf.dir, run->api.max_connections,
+           run->api.max_header_bytes, run->api.max_body_bytes, run->api.max_pipeline,
+           run->api.timeout_ms, run->api.open_loopback ? "true" : "false",
+           cJSON_GetArraySize(run->plugins));
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     serve *sv = h->data;
     if (signum == SIGHUP) {
+        reload_config(sv);
         cm_log(CM_LOG_INFO, "serve.reload", "reloading plugins and workflows from %s",
-               sv->o->workflows ? sv->o->workflows : "-");
+               sv->wf.embedded ? "the embedded default" : sv->wf.dir);
         cm_plugin_host_unload_all(sv->plugins);
         cm_plugin_host_load_each(sv->plugins, sv->o->cfg->plugins); /* failures logged */
         cm_err err;
@@ -347,8 +517,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     if ((rc = cm_lua_host_set(cm_sandbox_state(sb), &host, err)) != 0)
         goto done;
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
-    /* workflows share Lua modules kept beside them: require "lib.x" is WORKFLOWS/lib/x.lua */
-    if (o->workflows && (rc = cm_sandbox_add_module_dir(sb, o->workflows, err)) != 0)
+    if ((rc = workflow_source(&sv, sb, err)) != 0)
         goto done;
     if (!(rt = cm_lua_runtime_new(sb, err))) {
         rc = err->code;

@@ -3,7 +3,10 @@
 ** It holds the data directory's lock (one serving process per node), runs
 ** the workflow engine on the loop (batches, timers), loads the workflow
 ** files, reloads them on SIGHUP, and stops cleanly on SIGINT/SIGTERM after
-** the batch in flight. Logs JSON lines. Depends on: engine, the Lua runtime
+** the batch in flight. SIGHUP also re-reads the configuration file and
+** applies what can change while serving (cm_config_take_live), logging what
+** needs a restart; a broken file is refused and the running one stays.
+** Logs JSON lines. Depends on: engine, the Lua runtime
 ** (bindings/lua), config, log. Main thread.
 */
 #ifndef CM_SERVE_H
@@ -16,12 +19,16 @@
 #include "store.h"
 
 typedef struct cm_serve_opts {
-    const char *data;      /* data directory (the lock file lives here) */
-    const char *workflows; /* directory of *.lua workflow files; may not exist */
-    const cm_config *cfg;  /* borrowed */
-    cm_store *store;       /* borrowed */
-    cm_model *model;       /* borrowed */
-    cm_clock *clock;       /* borrowed */
+    const char *data;        /* data directory (the lock file lives here) */
+    const char *workflows;   /* directory of *.lua workflow files; may not exist: then,
+                             ** unless cfg names it, the shipped workflows embedded in
+                             ** the binary serve (embedded.h) */
+    cm_config *cfg;          /* borrowed; a SIGHUP changes its live keys in place */
+    const char *config_path; /* the file cfg was read from, re-read on SIGHUP; NULL: none */
+    bool api_listen_fixed;   /* api.listen came from the command line: a reload keeps it */
+    cm_store *store;         /* borrowed */
+    cm_model *model;         /* borrowed */
+    cm_clock *clock;         /* borrowed */
     const char *node_id;
 } cm_serve_opts;
 

@@ -6,7 +6,14 @@
 #include "ljson.h"
 #include "sandbox.h"
 
+#include <ctype.h>
 #include <lua.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
 
 /* A config file is data: a small budget is plenty and stops a runaway loop. */
 #define LCONFIG_INSTRUCTIONS 1000000
@@ -46,5 +53,75 @@ int cm_lconfig_read(const char *path, cJSON **out, cm_err *err)
     }
 done:
     cm_sandbox_destroy(&sb);
+    return rc;
+}
+
+/* Does line (up to its "--" comment) assign key: `key =`, not `key ==`? */
+static bool line_sets(const char *line, size_t len, const char *key, size_t keylen)
+{
+    for (size_t i = 0; i + keylen <= len; i++) {
+        if (line[i] == '-' && i + 1 < len && line[i + 1] == '-')
+            return false;
+        bool start = i == 0 || !(isalnum((unsigned char)line[i - 1]) || line[i - 1] == '_');
+        if (!start || memcmp(line + i, key, keylen) != 0)
+            continue;
+        size_t j = i + keylen;
+        while (j < len && (line[j] == ' ' || line[j] == '\t'))
+            j++;
+        if (j < len && line[j] == '=' && (j + 1 >= len || line[j + 1] != '='))
+            return true;
+    }
+    return false;
+}
+
+/* "PATH: a.b[2].key: message" -> "PATH:LINE: a.b[2].key: message" when
+** exactly one line of the file sets `key`; otherwise the message stays. */
+static void add_line(const char *path, cm_err *err)
+{
+    size_t plen = strlen(path), keylen;
+    char key[64], *text = NULL;
+    size_t len = 0;
+    int line = 0, found = 0, at = 0;
+    if (strncmp(err->msg, path, plen) != 0 || strncmp(err->msg + plen, ": ", 2) != 0)
+        return;
+    const char *kp = err->msg + plen + 2, *end = strstr(kp, ": "), *leaf = kp;
+    if (!end)
+        return;
+    for (const char *c = kp; c < end; c++)
+        if (*c == '.' || *c == ' ')
+            leaf = c + 1;
+    keylen = (size_t)(end - leaf);
+    const char *br = memchr(leaf, '[', keylen);
+    if (br)
+        keylen = (size_t)(br - leaf);
+    if (keylen == 0 || keylen >= sizeof(key) || cm_fs_read(path, 1 << 20, &text, &len, NULL) != 0)
+        return;
+    memcpy(key, leaf, keylen);
+    key[keylen] = '\0';
+    for (const char *l = text; l < text + len; line++) {
+        const char *nl = memchr(l, '\n', (size_t)(text + len - l));
+        size_t ll = nl ? (size_t)(nl - l) : (size_t)(text + len - l);
+        if (line_sets(l, ll, key, keylen) && found++ == 0)
+            at = line + 1;
+        l += ll + 1;
+    }
+    free(text);
+    if (found == 1) {
+        char rest[CM_ERR_MSG_MAX];
+        snprintf(rest, sizeof(rest), "%s", kp);
+        cm_err_set(err, err->code, "%s:%d: %.900s", path, at, rest);
+    }
+}
+
+int cm_lconfig_load(const char *path, cm_config *cfg, cm_err *err)
+{
+    cJSON *root = NULL;
+    int rc;
+    cm_config_defaults(cfg);
+    if ((rc = cm_lconfig_read(path, &root, err)) != 0)
+        return rc;
+    if ((rc = cm_config_apply(cfg, root, path, err)) != 0 && err)
+        add_line(path, err);
+    cJSON_Delete(root);
     return rc;
 }

@@ -200,6 +200,72 @@ static void test_bad_config_files_are_refused_with_place(void **state)
     expect_file_refusal("os.execute('true') return {}\n", CM_ECONFIG, "bad.conf:1:");
 }
 
+/* ---- reload: what changes live, what needs a restart ---- */
+
+static void test_reload_diff_sorts_live_from_restart(void **state)
+{
+    cm_config run, next;
+    cm_config_diff d;
+    cm_err err;
+    cm_config_defaults(&run);
+    cm_config_defaults(&next);
+    cm_config_diff_of(&run, &next, &d);
+    assert_string_equal(d.live, "");
+    assert_string_equal(d.restart, "");
+    assert_false(d.log || d.workflows || d.plugins || d.api);
+    assert_int_equal(apply_text(&next,
+                                "{\"log\":{\"level\":\"debug\"},\"api\":{\"timeout_ms\":500,"
+                                "\"open_loopback\":true,\"listen\":\"127.0.0.1:9\"},"
+                                "\"lua\":{\"memory_mb\":8},\"workflows\":\"/srv/wf\","
+                                "\"plugins\":[{\"name\":\"p\",\"path\":\"/p.so\"}]}",
+                                &err),
+                     0);
+    cm_config_diff_of(&run, &next, &d);
+    assert_string_equal(d.live, "log.level, workflows, plugins, api.timeout_ms, api.open_loopback");
+    assert_string_equal(d.restart, "api.listen, lua.memory_mb");
+    assert_true(d.log && d.workflows && d.plugins && d.api);
+    cm_config_take_live(&run, &next);
+    assert_int_equal(run.log_level, CM_LOG_DEBUG);
+    assert_int_equal(run.api.timeout_ms, 500);
+    assert_true(run.api.open_loopback);
+    assert_string_equal(run.workflows, "/srv/wf");
+    assert_int_equal(cJSON_GetArraySize(run.plugins), 1);
+    assert_null(next.plugins);                           /* moved */
+    assert_int_equal(run.api.port, CM_API_DEFAULT_PORT); /* restart keys keep running values */
+    assert_int_equal(run.lua_memory_bytes, 64u << 20);
+    cm_config_diff_of(&run, &next, &d); /* next lost its plugins: that is a change again */
+    assert_string_equal(d.live, "plugins");
+    cm_config_free(&run);
+    cm_config_free(&next);
+}
+
+static void expect_load_refusal(const char *text, const char *fragment)
+{
+    char *dir = cm_test_tmpdir();
+    const char *path = cm_test_path(dir, "c.conf");
+    cm_config cfg;
+    cm_err err;
+    cm_test_write(path, text, strlen(text));
+    assert_int_equal(cm_lconfig_load(path, &cfg, &err), CM_ECONFIG);
+    cm_config_free(&cfg);
+    if (!strstr(err.msg, fragment))
+        fail_msg("message '%s' lacks '%s'", err.msg, fragment);
+    cm_test_rmtree(dir);
+    free(dir);
+}
+
+static void test_semantic_errors_name_the_line_that_sets_the_key(void **state)
+{
+    expect_load_refusal("return {\n  store = {\n    synchronous = \"fast\",\n  },\n}\n",
+                        "c.conf:3: store.synchronous: must be one of");
+    expect_load_refusal("return {\n  -- level = \"x\"\n  log = { level = \"loud\" },\n}\n",
+                        "c.conf:3: log.level:");
+    expect_load_refusal("return {\n  stroe = {},\n}\n", "c.conf:2: stroe: unknown key");
+    /* two lines set a key of that name: no line is claimed */
+    expect_load_refusal("return {\n  api = { timeout_ms = 100 },\n  timeout_ms = 2,\n}\n",
+                        "c.conf: timeout_ms: unknown key");
+}
+
 static void test_missing_config_file_is_named(void **state)
 {
     cJSON *root = NULL;
@@ -232,6 +298,8 @@ int main(void)
         cmocka_unit_test(test_bad_config_files_are_refused_with_place),
         cmocka_unit_test(test_missing_config_file_is_named),
         cmocka_unit_test(test_ids_are_checked),
+        cmocka_unit_test(test_reload_diff_sorts_live_from_restart),
+        cmocka_unit_test(test_semantic_errors_name_the_line_that_sets_the_key),
         cmocka_unit_test(test_federation_peers_apply),
         cmocka_unit_test(test_federation_mistakes_are_refused_by_name),
     };

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# test_packaging.sh -- what ships beside the binary: the sample configuration
+# (loads; names every key of docs/configuration.md; a broken copy is refused
+# with its line) and the systemd unit (systemd-analyze verify, with nothing
+# to say, and the hardening and reload keys it must carry).
+# usage: test_packaging.sh CAREMESH SOURCE-DIR
+set -uo pipefail
+bin=$1 src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+ok()  { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+has() { if grep -qF -- "$2" <<<"$3"; then ok; else bad "$1: lacks '$2' in: ${3:0:400}"; fi; }
+
+conf=$src/packaging/caremesh.conf
+out=$("$bin" config check "$conf" 2>&1); same "sample config loads" "$?:$out" "0:$conf: ok"
+# every key of the reference table is in the sample, set (not only mentioned)
+keys=$(sed -n 's/^| `\([a-z_.]*\)` |.*/\1/p' "$src/docs/configuration.md")
+[ "$(wc -w <<<"$keys")" -ge 19 ] && ok || bad "the key table of docs/configuration.md was not found"
+for k in $keys; do
+  if grep -qE "^[^-]*\\b${k##*.}\\b *=" "$conf"; then ok; else bad "sample config lacks $k"; fi
+done
+cp "$conf" "$tmp/broken.conf"
+sed -i 's/synchronous = "full"/synchronous = "fast"/' "$tmp/broken.conf"
+line=$(grep -n 'synchronous = "fast"' "$tmp/broken.conf" | cut -d: -f1)
+out=$("$bin" config check "$tmp/broken.conf" 2>&1); rc=$?
+same "broken sample exit" $rc 1
+has "broken sample named with its line" "$tmp/broken.conf:$line: store.synchronous: must be one of" "$out"
+"$bin" config check >/dev/null 2>&1; same "config check without FILE" $? 2
+
+unit=$src/packaging/caremesh.service
+for kv in 'Type=simple' 'User=caremesh' 'ExecReload=/bin/kill -HUP $MAINPID' 'KillSignal=SIGTERM' \
+  'NoNewPrivileges=yes' 'ProtectSystem=strict' 'ReadWritePaths=/var/lib/caremesh' 'PrivateTmp=yes' \
+  'ExecStart=/usr/bin/caremesh serve --data /var/lib/caremesh --config /etc/caremesh/caremesh.conf'; do
+  if grep -qxF -- "$kv" "$unit"; then ok; else bad "unit lacks $kv"; fi
+done
+# systemd-analyze (the systemd package, .ci/deps) checks every key and the
+# command; it wants the binary where ExecStart says, so point it at ours.
+sed "s|/usr/bin/caremesh|$bin|" "$unit" >"$tmp/caremesh.service"
+out=$(systemd-analyze verify "$tmp/caremesh.service" 2>&1); rc=$?
+same "systemd-analyze verify" "$rc:$out" "0:"
+sed 's/^PrivateTmp=yes/PrivateTemp=yes/' "$tmp/caremesh.service" >"$tmp/typo.service"
+out=$(systemd-analyze verify "$tmp/typo.service" 2>&1)
+has "systemd-analyze catches a misspelt key" "Unknown key 'PrivateTemp'" "$out"
+
+echo "test_packaging: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
