@@ -296,12 +296,12 @@ static int read_answer(cm_httpc *c, reader *r, int64_t deadline, size_t *got, cm
         if (r->too_big)
             return cm_err_set(err, CM_EIO, "%s: the answer is larger than %zu bytes", c->addr,
                               CM_HTTPC_MAX_BODY);
-        if (e != HPE_OK || (n > 0 && used != (size_t)n))
-            return cm_err_set(err, CM_EIO, "%s: malformed HTTP answer: %s", c->addr,
-                              http_errno_description(e));
-        if (n == 0 && !r->done)
+        if (n == 0)
             return cm_err_set(err, CM_EIO, "%s: the connection closed before the answer was whole",
                               c->addr);
+        if (e != HPE_OK || used != (size_t)n)
+            return cm_err_set(err, CM_EIO, "%s: malformed HTTP answer: %s", c->addr,
+                              http_errno_description(e));
     }
     return 0;
 }
