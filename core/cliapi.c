@@ -497,6 +497,22 @@ static int client_open(client *c, const opts *o, why *w)
 enum { UNREACHABLE = -2 };
 
 /* Report an HTTP error answer: the API's code, message and field. */
+/* Print the answer as it came (--json). */
+static void print_raw(const cm_httpc_resp *r)
+{
+    fwrite(r->body, 1, r->len, stdout);
+    if (r->len == 0 || r->body[r->len - 1] != '\n')
+        fputc('\n', stdout);
+}
+
+/* The first line of msg into buf (a handler's traceback stays in --json). */
+static const char *first_line(const char *msg, char *buf, size_t bufsz)
+{
+    size_t n = strcspn(msg, "\n");
+    snprintf(buf, bufsz, "%.*s%s", (int)n, msg, msg[n] ? " [...]" : "");
+    return buf;
+}
+
 static int report_http_error(client *c, const cm_httpc_resp *r)
 {
     cJSON *doc = cJSON_ParseWithLength(r->body, r->len);
@@ -505,6 +521,11 @@ static int report_http_error(client *c, const cm_httpc_resp *r)
     const char *msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "message"));
     const char *field = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "field"));
     const char *addr = cm_httpc_address(c->http);
+    char line[1024];
+    if (c->o->json && code && msg)
+        print_raw(r); /* scripts get the API's error as it came */
+    if (msg)
+        msg = first_line(msg, line, sizeof(line));
     if (!code || !msg)
         say(0, c->o->cmd, "HTTP %d from %s: %.200s", r->status, addr, r->body);
     else if (r->status == 401)
@@ -572,14 +593,6 @@ static cJSON *answer_json(client *c, const cm_httpc_resp *r)
         say(0, c->o->cmd, "the answer from %s is not JSON: %.200s", cm_httpc_address(c->http),
             r->body);
     return doc;
-}
-
-/* Print the answer as it came (--json). */
-static void print_raw(const cm_httpc_resp *r)
-{
-    fwrite(r->body, 1, r->len, stdout);
-    if (r->len == 0 || r->body[r->len - 1] != '\n')
-        fputc('\n', stdout);
 }
 
 /* ---- lists: paging and tables ------------------------------------------- */
@@ -1280,10 +1293,13 @@ static int signal_outcome(client *c, const cm_httpc_resp *r, const char *instanc
     if (cJSON_IsTrue(cJSON_GetObjectItem(doc, "kept")) && e) {
         if (c->o->json)
             print_raw(r);
+        char line[1024];
         rc = say(CM_EXIT_FAIL, c->o->cmd,
-                 "%s: %s: event %s kept for retry, not applied (see 'caremesh failed')",
+                 "%s: %s; event %s kept for retry, not applied (see 'caremesh failed')",
                  or_s(cJSON_GetStringValue(cJSON_GetObjectItem(e, "code")), "handler_failed"),
-                 or_s(cJSON_GetStringValue(cJSON_GetObjectItem(e, "message")), ""), event);
+                 first_line(or_s(cJSON_GetStringValue(cJSON_GetObjectItem(e, "message")), ""), line,
+                            sizeof(line)),
+                 event);
     } else if (c->o->json) {
         print_raw(r);
     } else if (cJSON_IsTrue(cJSON_GetObjectItem(doc, "held"))) {

@@ -272,6 +272,9 @@ cm 1 "start bad input JSON" -- start intake --input '{"patient":' --data "$d"; h
 cm 1 "start unknown workflow" -- start nosuch --data "$d"; has "start unknown workflow" "not_found:" "$err"
 cm 1 "start bad input" -- start intake --input '{"patient":"nobody"}' --data "$d"; has "start bad input" "invalid:" "$err"
 cm 1 "start taken id" -- start intake --input '{"patient":"p1"}' --id i1 --data "$d"; has "start taken id" "exists:" "$err"
+cm 1 "start taken id --json" -- start intake --input '{"patient":"p1"}' --id i1 --data "$d" --json
+same "--json error: the API's on stdout" "$(jq -r .error.code <<<"$out")" exists
+has "--json error: a line on stderr too" "exists:" "$err"
 cm 2 "start without workflow" -- start --data "$d"
 cm 1 "start with a read token" -- start intake --input '{"patient":"p1"}' --data "$d" --token "$reader"
 has "start wrong scope" "forbidden" "$err"
@@ -286,6 +289,7 @@ same "bad payload sent nothing" "$(count "SELECT state FROM instance WHERE id='i
 cm 2 "signal without event" -- signal i2 --data "$d"
 cm 1 "signal handler fails" -- signal i3 boom --data "$d"
 has "handler failed kept" "handler_failed" "$err"; has "kept for retry" "kept for retry" "$err"
+same "handler failure on one line" "$(wc -l <<<"$err")" 1
 cm 0 instances -- instances --data "$d"
 if grep -qE '^ID +WORKFLOW +REV +STATE +STATUS +PATIENT +UPDATED$' <<<"$out"; then ok; else bad "instances header: $out"; fi
 if grep -qE '^i1 +intake +1 +seen +running +p1 ' <<<"$out"; then ok; else bad "instances row: $out"; fi
