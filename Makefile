@@ -32,6 +32,7 @@ demo: build
 # Not part of the tests: figures for docs/PERFORMANCE.md (re-run it there).
 bench: build
 	@$(BUILD)/caremesh bench engine --instances 2000 --events 25 --batch 256
+	@$(BUILD)/caremesh bench federation --messages 200000
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

@@ -1108,6 +1108,62 @@ static void h_kpis(call *c)
     reply_json(c, 200, doc);
 }
 
+/* ---- the clock (virtual clocks only move through here) ------------------------ */
+
+static cJSON *clock_doc(cm_api *api)
+{
+    char now[CM_TIME_BUFSZ];
+    cJSON *doc = cJSON_CreateObject();
+    cm_time_format(cm_clock_now_ms(api->o.clock), now, sizeof(now));
+    cJSON_AddStringToObject(doc, "now", now);
+    cJSON_AddNumberToObject(doc, "now_ms", (double)cm_clock_now_ms(api->o.clock));
+    cJSON_AddBoolToObject(doc, "virtual", cm_clock_is_virtual(api->o.clock));
+    return doc;
+}
+
+static void h_clock_get(call *c)
+{
+    if (check_params(c, NULL, NULL))
+        reply_json(c, 200, clock_doc(c->api));
+}
+
+/* POST /v1/clock {"advance_ms": N}: move a virtual clock (serve --virtual-clock)
+** forward; due timers then run. */
+static void h_clock_advance(call *c)
+{
+    static const int64_t max_ms = 10LL * 366 * 24 * 3600 * 1000;
+    const cJSON *v;
+    if (!check_params(c, NULL, NULL) || !parse_body(c))
+        return;
+    cJSON_ArrayForEach(v, c->body)
+    {
+        if (strcmp(v->string, "advance_ms") != 0) {
+            reply_error(c, 422, "unknown_field", v->string, "%.64s: unknown field (use advance_ms)",
+                        v->string);
+            return;
+        }
+    }
+    v = cJSON_GetObjectItemCaseSensitive(c->body, "advance_ms");
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
+        v->valuedouble < 0 || v->valuedouble > (double)max_ms) {
+        reply_error(c, 422, "invalid", "advance_ms",
+                    "advance_ms: required, a whole number of milliseconds from 0 to %lld",
+                    (long long)max_ms);
+        return;
+    }
+    if (!cm_clock_is_virtual(c->api->o.clock)) {
+        reply_error(c, 409, "not_virtual", NULL,
+                    "the node runs on the system clock (serve --virtual-clock TIME for a "
+                    "virtual one)");
+        return;
+    }
+    cm_clock_advance(c->api->o.clock, (int64_t)v->valuedouble);
+    cm_log(CM_LOG_INFO, "clock.advanced", "%s moved the virtual clock %.0f ms forward",
+           c->tok.actor, v->valuedouble);
+    cm_engine_wake(c->api->o.engine);
+    reply_json(c, 200, clock_doc(c->api));
+}
+
 /* ---- the audit trail (admin) ------------------------------------------------ */
 
 static void h_audit(call *c)
@@ -1422,6 +1478,8 @@ static const route routes[] = {
     {"POST", "/v1/failed-events/{}/discard", CM_SCOPE_WRITE, h_failed_discard, -1},
     {"GET", "/v1/peers", CM_SCOPE_READ, h_peers, -1},
     {"GET", "/v1/kpis", CM_SCOPE_READ, h_kpis, -1},
+    {"GET", "/v1/clock", CM_SCOPE_READ, h_clock_get, -1},
+    {"POST", "/v1/clock", CM_SCOPE_ADMIN, h_clock_advance, -1},
     {"GET", "/v1/audit", CM_SCOPE_ADMIN, h_audit, -1},
     {"GET", "/v1/audit/verify", CM_SCOPE_ADMIN, h_audit_verify, -1},
 };

@@ -4,19 +4,28 @@
 ** batches of `batch`, runs the engine (one commit per batch) and records
 ** submit-to-acknowledgement latency. Then the raw SQLite insert rate with the
 ** same batching and durability. Uses engine, model, store and the Lua runtime.
+** The federation benchmark runs two nodes' federation (fed.h) on two threads,
+** each with its own loop and store, linked over loopback.
 */
 #include "bench.h"
 
 #include "engine.h"
+#include "fed.h"
 #include "fs.h"
+#include "keys.h"
+#include "log.h"
 #include "lhost.h"
 #include "lworkflow.h"
 #include "sandbox.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -251,5 +260,436 @@ done:
     world_close(&w);
     free(l.us);
     free(l.submitted);
+    return rc;
+}
+
+/* ---- federation ------------------------------------------------------- */
+
+/* One node: its store, keys, config and loop (each on its own thread). */
+typedef struct fnode {
+    const char *id;
+    char db[1200];
+    cm_clock *clock;
+    cm_store *store;
+    cm_config cfg;
+    cm_keypair keys;
+    uv_loop_t loop;
+    bool loop_init;
+    cm_fed *fed;
+} fnode;
+
+typedef struct fbench {
+    const cm_bench_fed_opts *o;
+    char dir[1024];
+    fnode a, b; /* a sends (main thread), b receives (its own thread) */
+    char *payload;
+    /* sender side, a's loop */
+    uv_check_t produce;
+    uv_timer_t deadline;
+    bool handles, finished, done, timed_out;
+    long total, queued, settled, refused, strays;
+    int64_t *queued_us; /* by outbox seq: when its commit returned */
+    int64_t *lat;       /* queued-to-acknowledged, measured messages */
+    long nlat;
+    int64_t t0, t1; /* the first measured row queued, the last one acknowledged */
+    /* receiver side, b's loop */
+    uv_async_t stop;
+    long received, last_seq, disorder;
+} fbench;
+
+/* A free loopback TCP port (the kernel's pick), or 0. */
+static int free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static int fnode_open(fbench *fb, fnode *n, const char *id, cm_err *err)
+{
+    cm_store_opts so;
+    int rc;
+    n->id = id;
+    snprintf(n->db, sizeof(n->db), "%s/%s.db", fb->dir, id);
+    cm_store_opts_init(&so);
+    so.path = n->db;
+    so.create = true;
+    so.synchronous = CM_SYNC_FULL;
+    n->clock = cm_clock_new_system();
+    cm_config_defaults(&n->cfg);
+    if ((rc = cm_store_open(&n->store, &so, err)) != 0 || (rc = cm_keys_generate(&n->keys, err)))
+        return rc;
+    if ((rc = uv_loop_init(&n->loop)) != 0)
+        return cm_err_set(err, CM_EIO, "event loop: %s", uv_strerror(rc));
+    n->loop_init = true;
+    return 0;
+}
+
+/* Listen on port; the other node is the one peer. */
+static void fnode_link(fnode *n, int port, const fnode *peer, int peer_port)
+{
+    n->cfg.fed_enabled = true;
+    snprintf(n->cfg.fed_listen, sizeof(n->cfg.fed_listen), "tcp://127.0.0.1:%d", port);
+    n->cfg.fed_npeers = 1;
+    snprintf(n->cfg.fed_peers[0].id, sizeof(n->cfg.fed_peers[0].id), "%s", peer->id);
+    snprintf(n->cfg.fed_peers[0].endpoint, sizeof(n->cfg.fed_peers[0].endpoint),
+             "tcp://127.0.0.1:%d", peer_port);
+    snprintf(n->cfg.fed_peers[0].public_key, sizeof(n->cfg.fed_peers[0].public_key), "%s",
+             peer->keys.public_key);
+}
+
+static void fnode_close(fnode *n)
+{
+    const char *suffix[] = {"", "-wal", "-shm"};
+    char path[1300];
+    cm_fed_destroy(&n->fed);
+    if (n->loop_init)
+        uv_loop_close(&n->loop);
+    cm_store_close(&n->store);
+    cm_clock_destroy(&n->clock);
+    cm_config_free(&n->cfg);
+    cm_keys_wipe(&n->keys);
+    for (int j = 0; j < 3; j++) {
+        snprintf(path, sizeof(path), "%s%s", n->db, suffix[j]);
+        unlink(path);
+    }
+}
+
+/* The receiving organization, hosted on b: what a's outbox rows are routed by. */
+static int fb_world(fbench *fb, cm_err *err)
+{
+    char doc[256];
+    snprintf(doc, sizeof(doc),
+             "{\"id\":\"bench-receiver\",\"name\":\"Bench receiving clinic\",\"kind\":\"clinic\","
+             "\"node\":\"%s\"}",
+             fb->b.id);
+    cJSON *j = cJSON_Parse(doc);
+    cm_model *m = cm_model_new(fb->a.store, fb->a.clock);
+    int rc = j && m ? cm_model_create(m, CM_KIND_ORGANIZATION, j, NULL, err)
+                    : cm_err_set(err, CM_ENOMEM, "out of memory");
+    cJSON_Delete(j);
+    cm_model_destroy(&m);
+    if (rc == 0 && !(fb->payload = malloc((size_t)fb->o->size + 16)))
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+    if (rc == 0) { /* {"x":"xxx..."}: size bytes of JSON */
+        int fill = fb->o->size > 9 ? fb->o->size - 8 : 1;
+        memcpy(fb->payload, "{\"x\":\"", 6);
+        memset(fb->payload + 6, 'x', (size_t)fill);
+        memcpy(fb->payload + 6 + fill, "\"}", 3);
+    }
+    return rc;
+}
+
+/* Queue rows as an engine batch writes them: one transaction, then wake. */
+static int fb_queue(fbench *fb, long n, cm_err *err)
+{
+    int rc = cm_store_begin(fb->a.store, err);
+    sqlite3_stmt *st =
+        rc ? NULL
+           : cm_store_prepare(fb->a.store,
+                              "INSERT INTO outbox(receiver, kind, payload, created, sender, "
+                              "purpose, classes) VALUES ('bench-receiver', 'bench.note', ?1, "
+                              "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'bench-sender', "
+                              "'care_coordination', 'notes')",
+                              err);
+    for (long i = 0; st && rc == 0 && i < n; i++) {
+        sqlite3_bind_text(st, 1, fb->payload, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = cm_store_error(fb->a.store, err, "outbox");
+        sqlite3_reset(st);
+        if (rc == 0 && sqlite3_last_insert_rowid(cm_store_db(fb->a.store)) != fb->queued + i + 1)
+            rc = cm_err_set(err, CM_EIO, "outbox: rows are not numbered from 1");
+    }
+    if (rc == 0 && !st)
+        rc = err->code;
+    if (rc == 0)
+        rc = cm_store_commit(fb->a.store, err);
+    else if (cm_store_in_tx(fb->a.store))
+        cm_store_rollback(fb->a.store);
+    if (rc != 0)
+        return rc;
+    int64_t now = now_us();
+    for (long i = 1; i <= n; i++)
+        fb->queued_us[fb->queued + i] = now;
+    if (fb->queued == 1 && n > 0)
+        fb->t0 = now; /* the first measured row: the link is up */
+    fb->queued += n;
+    cm_fed_wake(fb->a.fed);
+    return 0;
+}
+
+static void fb_on_stop(uv_async_t *h)
+{
+    fbench *fb = h->data;
+    cm_fed_stop(fb->b.fed);
+    uv_close((uv_handle_t *)&fb->stop, NULL);
+}
+
+static void *fb_receiver(void *arg)
+{
+    fbench *fb = arg;
+    uv_run(&fb->b.loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void fb_finish(fbench *fb)
+{
+    if (fb->finished)
+        return;
+    fb->finished = true;
+    cm_fed_stop(fb->a.fed);
+    uv_close((uv_handle_t *)&fb->produce, NULL);
+    uv_close((uv_handle_t *)&fb->deadline, NULL);
+    uv_async_send(&fb->stop);
+}
+
+/* After each turn of a's loop: keep the outbox topped up to the backlog.
+** Row 1 brings the link up; the measured rows follow once it is answered. */
+static void fb_produce(uv_check_t *h)
+{
+    fbench *fb = h->data;
+    cm_err err;
+    long room = fb->o->backlog - (fb->queued - fb->settled), n = fb->total - fb->queued;
+    if (fb->done) {
+        fb_finish(fb);
+        return;
+    }
+    if (fb->queued == 0)
+        n = 1;
+    else if (fb->settled == 0)
+        n = 0;
+    if (n > room)
+        n = room;
+    if (n > fb->o->batch)
+        n = fb->o->batch;
+    if (n > 0 && fb_queue(fb, n, &err) != 0) {
+        fprintf(stderr, "caremesh bench federation: %s\n", err.msg);
+        fb->done = true;
+        fb_finish(fb);
+    }
+}
+
+static void fb_on_deadline(uv_timer_t *t)
+{
+    fbench *fb = t->data;
+    fb->timed_out = fb->done = true;
+    fb_finish(fb);
+}
+
+static void fb_settled(void *ud, const char *peer, int64_t seq, const char *result)
+{
+    fbench *fb = ud;
+    int64_t now = now_us();
+    (void)peer;
+    if (seq < 1 || seq > fb->queued) {
+        fb->strays++;
+        return;
+    }
+    fb->settled++;
+    if (strcmp(result, "refused") == 0)
+        fb->refused++;
+    if (seq > 1 && fb->nlat < fb->total) {
+        fb->lat[fb->nlat++] = now - fb->queued_us[seq];
+        fb->t1 = now;
+    }
+    if (fb->settled >= fb->total)
+        fb->done = true;
+}
+
+/* b's thread: each message recorded, in commit order. */
+static void fb_received(void *ud, const char *peer, const char *id, const char *kind,
+                        const char *receiver)
+{
+    fbench *fb = ud;
+    const char *colon = strrchr(id, ':');
+    long seq = colon ? strtol(colon + 1, NULL, 10) : -1;
+    (void)peer, (void)kind, (void)receiver;
+    if (seq != fb->last_seq + 1)
+        fb->disorder++;
+    fb->last_seq = seq;
+    fb->received++;
+}
+
+static int fb_start(fbench *fb, cm_err *err)
+{
+    int pa = free_port(), pb = free_port(), rc;
+    if (!pa || !pb || pa == pb)
+        return cm_err_set(err, CM_EIO, "no free loopback port");
+    fnode_link(&fb->a, pa, &fb->b, pb);
+    fnode_link(&fb->b, pb, &fb->a, pa);
+    cm_fed_opts ob = {.loop = &fb->b.loop,
+                      .store = fb->b.store,
+                      .clock = fb->b.clock,
+                      .cfg = &fb->b.cfg,
+                      .node_id = fb->b.id,
+                      .keys = &fb->b.keys,
+                      .on_received = fb_received,
+                      .on_received_ud = fb};
+    cm_fed_opts oa = {.loop = &fb->a.loop,
+                      .store = fb->a.store,
+                      .clock = fb->a.clock,
+                      .cfg = &fb->a.cfg,
+                      .node_id = fb->a.id,
+                      .keys = &fb->a.keys,
+                      .window = fb->o->window,
+                      .on_settled = fb_settled,
+                      .on_settled_ud = fb};
+    if ((rc = cm_fed_start(&ob, &fb->b.fed, err)) != 0 ||
+        (rc = cm_fed_start(&oa, &fb->a.fed, err)) != 0)
+        return rc;
+    uv_async_init(&fb->b.loop, &fb->stop, fb_on_stop);
+    uv_check_init(&fb->a.loop, &fb->produce);
+    uv_timer_init(&fb->a.loop, &fb->deadline);
+    fb->stop.data = fb->produce.data = fb->deadline.data = fb;
+    fb->handles = true;
+    uv_check_start(&fb->produce, fb_produce);
+    uv_timer_start(&fb->deadline, fb_on_deadline, 60000 + (uint64_t)fb->o->messages, 0);
+    return 0;
+}
+
+/* Stop what started when the run could not begin; the loops finish the closes. */
+static void fb_abort(fbench *fb)
+{
+    cm_fed_stop(fb->a.fed);
+    cm_fed_stop(fb->b.fed);
+    if (fb->handles) {
+        uv_close((uv_handle_t *)&fb->stop, NULL);
+        uv_close((uv_handle_t *)&fb->produce, NULL);
+        uv_close((uv_handle_t *)&fb->deadline, NULL);
+    }
+    if (fb->a.loop_init)
+        uv_run(&fb->a.loop, UV_RUN_DEFAULT);
+    if (fb->b.loop_init)
+        uv_run(&fb->b.loop, UV_RUN_DEFAULT);
+}
+
+/* What the two databases hold once both loops are done. */
+static void fb_counts(fbench *fb, long *rows, long *distinct, long *delivered, long *sends)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        fb->b.store, "SELECT count(*), count(DISTINCT msg_id) FROM inbox WHERE peer = ?1", NULL);
+    *rows = *distinct = *delivered = *sends = -1;
+    if (st) {
+        sqlite3_bind_text(st, 1, fb->a.id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *rows = sqlite3_column_int64(st, 0);
+            *distinct = sqlite3_column_int64(st, 1);
+        }
+        sqlite3_reset(st);
+    }
+    st = cm_store_prepare(fb->a.store,
+                          "SELECT count(*), sum(attempts) FROM outbox "
+                          "WHERE status = 'delivered' AND peer = ?1",
+                          NULL);
+    if (st) {
+        sqlite3_bind_text(st, 1, fb->b.id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *delivered = sqlite3_column_int64(st, 0);
+            *sends = sqlite3_column_int64(st, 1);
+        }
+        sqlite3_reset(st);
+    }
+}
+
+static int fb_report(fbench *fb, cm_err *err)
+{
+    long rows, distinct, delivered, sends, n = fb->o->messages;
+    fb_counts(fb, &rows, &distinct, &delivered, &sends);
+    qsort(fb->lat, (size_t)fb->nlat, sizeof(*fb->lat), cmp64);
+    int64_t p50 = fb->nlat ? fb->lat[fb->nlat / 2] : 0;
+    int64_t p99 = fb->nlat ? fb->lat[(fb->nlat * 99) / 100] : 0;
+    double secs = fb->t1 > fb->t0 ? (double)(fb->t1 - fb->t0) / 1e6 : 0;
+    double rate = secs > 0 ? (double)fb->nlat / secs : 0;
+    bool once = rows == fb->total && distinct == fb->total && delivered == fb->total;
+    bool in_order = fb->disorder == 0 && fb->received == fb->total;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("delivered and acknowledged: %ld of %ld in %.3f s (%ld refused)%s\n", fb->nlat, n, secs,
+           fb->refused, fb->timed_out ? " -- timed out" : "");
+    printf("federation: %.0f durable msgs/s, queued-to-acked p50 %lld us, p99 %lld us\n", rate,
+           (long long)p50, (long long)p99);
+    printf("receiver inbox: %ld rows, %ld distinct, %s; sender outbox: %ld delivered after %ld "
+           "sends\n",
+           rows, distinct, in_order ? "recorded in the order sent" : "NOT in the order sent",
+           delivered, sends);
+    printf("{\"msgs_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"messages\":%ld,"
+           "\"received\":%ld,\"sends\":%ld,\"once\":%s,\"in_order\":%s,\"window\":%d,\"batch\":%d,"
+           "\"backlog\":%d,\"size\":%d,\"receiver\":\"inbox\",\"cpu_s\":%.2f,\"max_rss_kb\":%ld}\n",
+           rate, (long long)p50, (long long)p99, fb->nlat, fb->received - 1, sends - 1,
+           once ? "true" : "false", in_order ? "true" : "false", fb->o->window, fb->o->batch,
+           fb->o->backlog, fb->o->size,
+           (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
+           ru.ru_maxrss);
+    if (fb->timed_out || !once || !in_order || fb->refused || fb->strays)
+        return cm_err_set(err, CM_EIO,
+                          "%ld of %ld acknowledged, inbox %ld rows (%ld distinct), %ld out of "
+                          "order, %ld refused%s",
+                          fb->nlat, n, rows, distinct, fb->disorder, fb->refused,
+                          fb->timed_out ? ", timed out" : "");
+    return 0;
+}
+
+int cm_bench_federation(const cm_bench_fed_opts *o, cm_err *err)
+{
+    fbench *fb = calloc(1, sizeof(*fb));
+    const char *base = o->dir ? o->dir : getenv("TMPDIR");
+    pthread_t th;
+    int rc;
+    if (!fb)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    fb->o = o;
+    fb->total = o->messages + 1;
+    fb->queued_us = calloc((size_t)fb->total + 1, sizeof(*fb->queued_us));
+    fb->lat = calloc((size_t)fb->total, sizeof(*fb->lat));
+    snprintf(fb->dir, sizeof(fb->dir), "%s/caremesh-fedbench-XXXXXX",
+             base && *base ? base : "/tmp");
+    if (!fb->queued_us || !fb->lat) {
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (!mkdtemp(fb->dir)) {
+        fb->dir[0] = '\0';
+        rc = cm_err_set(err, CM_EIO, "cannot make a directory under %s", base ? base : "/tmp");
+        goto done;
+    }
+    cm_log_set_level(CM_LOG_WARN); /* a line per message would measure the log */
+    if ((rc = fnode_open(fb, &fb->a, "bench-a", err)) != 0 ||
+        (rc = fnode_open(fb, &fb->b, "bench-b", err)) != 0 || (rc = fb_world(fb, err)) != 0)
+        goto done;
+    if ((rc = fb_start(fb, err)) != 0) {
+        fb_abort(fb);
+        goto done;
+    }
+    printf("caremesh bench federation: %ld messages of %d bytes, node to node on loopback "
+           "(CURVE, ZAP), window %d, outbox rows queued %d per commit, at most %d waiting; "
+           "synchronous=FULL on both nodes; receiver: inbox only (no engine)\n",
+           o->messages, o->size, o->window, o->batch, o->backlog);
+    if (pthread_create(&th, NULL, fb_receiver, fb) != 0) {
+        rc = cm_err_set(err, CM_EIO, "cannot start the receiver's thread");
+        fb_abort(fb);
+        goto done;
+    }
+    uv_run(&fb->a.loop, UV_RUN_DEFAULT);
+    pthread_join(th, NULL);
+    rc = fb_report(fb, err);
+done:
+    fnode_close(&fb->a);
+    fnode_close(&fb->b);
+    if (fb->dir[0])
+        rmdir(fb->dir);
+    free(fb->payload);
+    free(fb->queued_us);
+    free(fb->lat);
+    free(fb);
     return rc;
 }

@@ -2,7 +2,10 @@
 ** bench.h -- `caremesh bench engine`: durable events per second through the
 ** in-process engine (Lua handlers, synchronous=FULL), submit-to-commit
 ** latency percentiles, and the same machine's raw SQLite batched-insert rate
-** measured in the same run for comparison. Not part of the tests.
+** measured in the same run for comparison. `caremesh bench federation`:
+** durable messages per second from one node's outbox to another node's
+** inbox over loopback (CURVE, ZAP, synchronous=FULL on both), each node on
+** its own thread and loop, with queued-to-acknowledged latency percentiles.
 */
 #ifndef CM_BENCH_H
 #define CM_BENCH_H
@@ -19,5 +22,20 @@ typedef struct cm_bench_opts {
 /* Run the engine benchmark, printing a report whose last line is one JSON
 ** object: events_per_s, p50_us, p99_us, sqlite_rows_per_s, ... */
 int cm_bench_engine(const cm_bench_opts *opts, cm_err *err);
+
+typedef struct cm_bench_fed_opts {
+    long messages;   /* messages measured (one more brings the link up first) */
+    int window;      /* messages in flight per peer (cm_fed_opts.window) */
+    int batch;       /* outbox rows per producer commit (as an engine batch writes them) */
+    int backlog;     /* most rows queued and not yet acknowledged */
+    int size;        /* payload bytes */
+    const char *dir; /* where the throwaway nodes go (NULL: $TMPDIR or /tmp) */
+} cm_bench_fed_opts;
+
+/* Run the federation benchmark: the receiver records into its inbox only
+** (no engine). The last line printed is one JSON object: msgs_per_s,
+** p50_us, p99_us, messages, received, in_order, ... Fails (CM_EIO) when a
+** message is missing, doubled or out of order. */
+int cm_bench_federation(const cm_bench_fed_opts *opts, cm_err *err);
 
 #endif

@@ -6,13 +6,16 @@
 
 #include "audit.h"
 #include "bench.h"
+#include "bench_api.h"
 #include "cliapi.h"
+#include "fed.h"
 #include "config.h"
 #include "fs.h"
 #include "keys.h"
 #include "lcheck.h"
 #include "lconfig.h"
 #include "lhost.h"
+#include "lplugin.h"
 #include "ltest.h"
 #include "log.h"
 #include "model.h"
@@ -81,6 +84,7 @@ typedef struct data_opts {
     const char *data;
     const char *config;
     const char *node_id;
+    const char *virtual_clock; /* serve: run on a virtual clock from this instant */
     bool help;
 } data_opts;
 
@@ -88,17 +92,15 @@ typedef struct data_opts {
 static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_node_id, data_opts *o)
 {
     static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"node-id", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},    {"config", required_argument, NULL, 'c'},
+        {"node-id", required_argument, NULL, 'n'}, {"virtual-clock", required_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int c;
     memset(o, 0, sizeof(*o));
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "+d:c:n:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+d:c:n:v:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'd':
             o->data = optarg;
@@ -110,6 +112,15 @@ static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_nod
             if (!want_node_id)
                 return usage_error(cmd, "unknown option '%s'", "--node-id");
             o->node_id = optarg;
+            break;
+        case 'v':
+            if (strcmp(cmd, "serve") != 0)
+                return usage_error(cmd, "unknown option '%s'", "--virtual-clock");
+            int64_t ms;
+            if (!cm_time_parse(optarg, &ms))
+                return usage_error(cmd, "--virtual-clock: \"%s\" is not an ISO-8601 instant",
+                                   optarg);
+            o->virtual_clock = optarg;
             break;
         case 'h':
             o->help = true;
@@ -212,7 +223,10 @@ static int node_open(const data_opts *o, cli_node *n, cm_err *err)
     snprintf(n->node_id, sizeof(n->node_id), "%s", stored_id);
     if ((rc = check_node_key(n, o->data, err)) != 0)
         goto done;
-    n->clock = cm_clock_new_system();
+    int64_t start_ms = 0;
+    n->clock = o->virtual_clock && cm_time_parse(o->virtual_clock, &start_ms)
+                   ? cm_clock_new_virtual(start_ms)
+                   : cm_clock_new_system();
     n->model = n->clock ? cm_model_new(n->store, n->clock) : NULL;
     if (!n->model)
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -408,10 +422,50 @@ static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s,
     return rc;
 }
 
+/* Under a peer's line: the organizations and indicators it shared with us. */
+static int peer_shared(cli_node *n, const char *peer, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        n->store,
+        "SELECT organization, json_extract(doc, '$.name'), json_extract(doc, '$.kind'), "
+        "(SELECT group_concat(value, ', ') FROM json_each(doc, '$.services')), "
+        "json_array_length(doc, '$.providers'), received FROM directory WHERE peer = ?1 "
+        "ORDER BY organization",
+        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *services = (const char *)sqlite3_column_text(st, 3);
+        printf("    org %s: %s (%s), %d provider(s)%s%s\n", sqlite3_column_text(st, 0),
+               sqlite3_column_text(st, 1), sqlite3_column_text(st, 2), sqlite3_column_int(st, 4),
+               services ? ", offers " : "", services ? services : "");
+    }
+    sqlite3_reset(st);
+    st = cm_store_prepare(n->store,
+                          "SELECT partnership, name, json_extract(doc, '$.count'), "
+                          "json_extract(doc, '$.median'), json_extract(doc, '$.mean') "
+                          "FROM indicator WHERE peer = ?1 ORDER BY partnership, name",
+                          err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        printf("    indicator %s/%s: count %lld", sqlite3_column_text(st, 0),
+               sqlite3_column_text(st, 1), (long long)sqlite3_column_int64(st, 2));
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            printf(", median %g, mean %g", sqlite3_column_double(st, 3),
+                   sqlite3_column_double(st, 4));
+        printf("\n");
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
 /* The peers from the database, with the node up or down (cliapi.h). */
 static int peers_db(const char *data, const char *config, bool json)
 {
-    data_opts o = {data, config, NULL, false};
+    data_opts o = {.data = data, .config = config};
     cli_node n;
     cm_err err;
     int rc = 0;
@@ -436,6 +490,7 @@ static int peers_db(const char *data, const char *config, bool json)
         if (age >= 0)
             snprintf(agebuf, sizeof(agebuf), "%.1f", age);
         printf("%-24s %-32s %8ld %12s  %s\n", p->id, p->endpoint, depth, agebuf, p->public_key);
+        rc = peer_shared(&n, p->id, &err);
     }
     node_close(&n);
     return rc ? fail("peers", &err) : CM_EXIT_OK;
@@ -452,7 +507,7 @@ static int cmd_peers(int argc, char **argv)
 /* Verify the audit chain in the database, with the node up or down. */
 static int audit_db(const char *data, const char *config, bool json)
 {
-    data_opts o = {data, config, NULL, false};
+    data_opts o = {.data = data, .config = config};
     cli_node n;
     cm_err err;
     long entries = 0;
@@ -510,6 +565,7 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     cm_sandbox_limits limits = {n->cfg.lua_instructions, n->cfg.lua_memory_bytes};
     cm_lua_host host = {n->store, n->model, n->clock, n->node_id};
     cm_sandbox *sb = cm_sandbox_new(&limits, err);
+    cm_plugin_host *plugins = NULL;
     script_args args = {argc - 1, argv + 1};
     char *text = NULL;
     size_t len = 0;
@@ -521,6 +577,14 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
     if ((rc = cm_lua_host_set(L, &host, err)) != 0)
         goto done;
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
+    if (cJSON_GetArraySize(n->cfg.plugins) > 0 && /* their Lua functions, for the script */
+        (!(plugins = cm_plugin_host_new(n->model, err)) ||
+         (rc = cm_lua_plugins_enable(plugins, &limits, err)) != 0 ||
+         (rc = cm_plugin_host_load_list(plugins, n->cfg.plugins, NULL, err)) != 0 ||
+         (rc = cm_lua_plugins_attach(sb, plugins, err)) != 0)) {
+        rc = err->code;
+        goto done;
+    }
     if ((rc = cm_fs_read(argv[0], (size_t)16 << 20, &text, &len, err)) != 0)
         goto done;
     if (len >= 2 && text[0] == '#' && text[1] == '!')
@@ -544,6 +608,7 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
 done:
     free(text);
     cm_sandbox_destroy(&sb);
+    cm_plugin_host_destroy(&plugins);
     return rc;
 }
 
@@ -566,6 +631,98 @@ static int cmd_lua(int argc, char **argv)
 
 /* ---- bench ------------------------------------------------------------ */
 
+static int bench_federation(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"messages", required_argument, NULL, 'm'},
+        {"window", required_argument, NULL, 'w'},
+        {"batch", required_argument, NULL, 'b'},
+        {"backlog", required_argument, NULL, 'q'},
+        {"size", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL};
+    cm_err err;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "m:w:b:q:s:h", longopts, NULL)) != -1) {
+        char *end = NULL;
+        long v = optarg ? strtol(optarg, &end, 10) : 0;
+        if (c == 'h')
+            return print_help(find_cmd("bench"));
+        if (c == '?' || (optarg && (*end || v < 1 || v > 10000000)) ||
+            (c == 'w' && v > CM_FED_WINDOW_MAX) || (c == 's' && v > 64 * 1024))
+            return usage_error("bench federation", "bad option or value: '%s'", argv[optind - 1]);
+        if (c == 'm')
+            o.messages = v;
+        else if (c == 'w')
+            o.window = (int)v;
+        else if (c == 'b')
+            o.batch = (int)v;
+        else if (c == 'q')
+            o.backlog = (int)v;
+        else
+            o.size = (int)v;
+    }
+    if (optind < argc)
+        return usage_error("bench federation", "unexpected argument '%s'", argv[optind]);
+    if (cm_bench_federation(&o, &err) != 0)
+        return fail("bench federation", &err);
+    return CM_EXIT_OK;
+}
+
+/* bench api: the daemon's HTTP API (bench_api.h) */
+static int bench_api(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"api", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {"workflow", required_argument, NULL, 'w'},
+        {"event", required_argument, NULL, 'v'},
+        {"instances", required_argument, NULL, 'i'},
+        {"events", required_argument, NULL, 'e'},
+        {"connections", required_argument, NULL, 'c'},
+        {"pipeline", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char host[64] = "127.0.0.1";
+    cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
+                           4,    32};
+    int *nums[] = {&o.instances, &o.events, &o.connections, &o.pipeline};
+    const char *numopts = "iecp";
+    cm_err err;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "a:t:w:v:i:e:c:p:h", longopts, NULL)) != -1) {
+        const char *slot = c > 0 ? strchr(numopts, c) : NULL;
+        if (c == 'h')
+            return print_help(find_cmd("bench"));
+        if (c == 'a' && cm_config_parse_listen(optarg, host, sizeof(host), &o.port) != 0)
+            return usage_error("bench api", "--api: must be ADDRESS:PORT, got '%s'", optarg);
+        if (c == 't')
+            o.token = optarg;
+        else if (c == 'w')
+            o.workflow = optarg;
+        else if (c == 'v')
+            o.event = optarg;
+        else if (slot) {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 10000000)
+                return usage_error("bench api", "bad value '%s'", optarg);
+            *nums[slot - numopts] = (int)v;
+        } else if (c == '?')
+            return usage_error("bench api", "bad option or value: '%s'", argv[optind - 1]);
+    }
+    if (cm_bench_api(&o, &err) != 0)
+        return fail("bench api", &err);
+    return CM_EXIT_OK;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -578,10 +735,16 @@ static int cmd_bench(int argc, char **argv)
     cm_bench_opts o = {2000, 25, 256, NULL};
     cm_err err;
     int c;
+    if (argc >= 2 && strcmp(argv[1], "federation") == 0)
+        return bench_federation(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "api") == 0)
+        return bench_api(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "engine") != 0)
         return argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
                    ? print_help(find_cmd("bench"))
-                   : usage_error("bench", "%s", "missing or unknown benchmark (known: engine)");
+                   : usage_error("bench", "%s",
+                                 "missing or unknown benchmark (known: engine, federation, "
+                                 "api)");
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
@@ -604,16 +767,50 @@ static int cmd_bench(int argc, char **argv)
 
 /* ---- workflow --------------------------------------------------------- */
 
+/* The plugins of a config file (workflow test --config), loaded with no records:
+** each test lends them its own store. NULL with err on failure. */
+static cm_plugin_host *test_plugins(const char *config, cm_config *cfg, cm_err *err)
+{
+    data_opts o = {.config = config};
+    cm_plugin_host *host = NULL;
+    cm_sandbox_limits limits = {0, 0};
+    if (load_config(&o, cfg, err) != 0 || !(host = cm_plugin_host_new(NULL, err)))
+        return NULL;
+    limits = (cm_sandbox_limits){cfg->lua_instructions, cfg->lua_memory_bytes};
+    if (cm_lua_plugins_enable(host, &limits, err) != 0) {
+        cm_plugin_host_destroy(&host);
+        return NULL;
+    }
+    if (cm_plugin_host_load_list(host, cfg->plugins, NULL, err) != 0)
+        cm_plugin_host_destroy(&host);
+    return host;
+}
+
 static int workflow_test(int argc, char **argv)
 {
     cm_test_counts counts = {0, 0};
-    if (argc < 1)
-        return usage_error("workflow test", "%s", "missing FILE");
-    for (int i = 0; i < argc; i++) {
-        cm_err err;
-        cm_lua_test_file(argv[i], &counts, &err);
+    cm_plugin_host *plugins = NULL;
+    cm_config cfg;
+    cm_err err;
+    int first = 0;
+    cm_config_defaults(&cfg);
+    if (argc >= 2 && strcmp(argv[0], "--config") == 0) {
+        if (!(plugins = test_plugins(argv[1], &cfg, &err))) {
+            cm_config_free(&cfg);
+            return fail("workflow test", &err);
+        }
+        first = 2;
     }
+    if (argc - first < 1) {
+        cm_plugin_host_destroy(&plugins);
+        cm_config_free(&cfg);
+        return usage_error("workflow test", "%s", "missing FILE");
+    }
+    for (int i = first; i < argc; i++)
+        cm_lua_test_file(argv[i], plugins, &counts, &err);
     printf("%d passed, %d failed\n", counts.passed, counts.failed);
+    cm_plugin_host_destroy(&plugins);
+    cm_config_free(&cfg);
     return counts.failed || counts.passed == 0 ? CM_EXIT_FAIL : CM_EXIT_OK;
 }
 
@@ -883,8 +1080,11 @@ static const cli_cmd commands[] = {
      "requests, answer those read, and stop cleanly (exit 0). One serving process per\n"
      "data directory.\n\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
-     "  --config FILE   configuration file (default DIR/caremesh.conf)",
-     "serve --data DIR [--config FILE]", cmd_serve},
+     "  --config FILE   configuration file (default DIR/caremesh.conf)\n"
+     "  --virtual-clock TIME  for demos and rehearsals: run on a virtual clock that starts\n"
+     "                  at TIME (ISO-8601) and moves only when advanced through the API\n"
+     "                  (POST /v1/clock)",
+     "serve --data DIR [--config FILE] [--virtual-clock TIME]", cmd_serve},
     {"lua", "run an administrative Lua script against the store",
      "Run an administrative Lua script in the sandbox against the node's store. The script\n"
      "gets the `caremesh` module through require and ARGs as `...`; it runs in one\n"
@@ -902,7 +1102,8 @@ static const cli_cmd commands[] = {
      "outbox depth (messages pending for them), the age in seconds of the oldest pending one\n"
      "and the public key. Asks the running node's API; when no API address was given and the\n"
      "node of the data directory cannot be reached (or no token is saved there), reads its\n"
-     "database instead (no UP column then) and says so on stderr.\n\n"
+     "database instead and says so on stderr: no UP column then, but under each peer the\n"
+     "organizations (with their services) and the indicators it shared with this node.\n\n"
      "  --data DIR       data directory (or CAREMESH_DATA)\n"
      "  --config FILE    configuration file (default DIR/caremesh.conf)\n"
      "  --offline        read the database, not the API\n"
@@ -933,17 +1134,45 @@ static const cli_cmd commands[] = {
      "                          unreachable states, no final state, unknown effects, bad\n"
      "                          durations); exit 0 only when clean\n"
      "  graph FILE [--mermaid]  the state machine as Graphviz DOT, or Mermaid\n"
-     "  test FILE...            run Lua workflow tests (caremesh.test); a closing line\n"
-     "                          'N passed, N failed'; exit 1 if any failed",
-     "workflow check FILE... | graph FILE [--mermaid] | test FILE...", cmd_workflow},
-    {"bench", "measure the engine",
+     "  test [--config FILE] FILE...\n"
+     "                          run Lua workflow tests (caremesh.test); a closing line\n"
+     "                          'N passed, N failed'; exit 1 if any failed. --config loads\n"
+     "                          the plugins of FILE: their Lua modules and listeners\n"
+     "                          take part in each test",
+     "workflow check FILE... | graph FILE [--mermaid] | test [--config FILE] FILE...",
+     cmd_workflow},
+    {"bench", "measure the engine, federation or the HTTP API",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
      "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
      "  --instances N   instances (default 2000)\n"
      "  --events N      events per instance (default 25)\n"
-     "  --batch N       events per commit (default 256)",
-     "bench engine [--instances N] [--events N] [--batch N]", cmd_bench},
+     "  --batch N       events per commit (default 256)\n\n"
+     "'federation' runs two nodes in one process (a thread and a loop each), linked over\n"
+     "loopback with CURVE and ZAP, synchronous=FULL on both; rows are queued in the\n"
+     "sender's outbox as an engine batch writes them and recorded in the receiver's inbox\n"
+     "(inbox only, no engine). Prints delivered-and-acknowledged messages/s and the p50/p99\n"
+     "of queued-to-acknowledged latency, checks that every message arrived once and in\n"
+     "order (exit 1 otherwise); the last line is one JSON object. Data in a temporary\n"
+     "directory, removed after.\n\n"
+     "  --messages N    messages measured (default 200000)\n"
+     "  --window N      messages in flight (default 1000)\n"
+     "  --batch N       outbox rows queued per commit (default 256)\n"
+     "  --backlog N     most rows queued and not yet acknowledged (default 4000)\n"
+     "  --size N        payload bytes (default 100)\n\n"
+     "'api' drives a running daemon over HTTP keep-alive with pipelined requests: starts\n"
+     "instances of --workflow, sends each --events events, and prints durable events/s\n"
+     "(each answered after its commit) and request-to-answer p50/p99; last line JSON.\n"
+     "The daemon needs the workflow loaded (tests/bench/bench_api.lua) and a write token.\n\n"
+     "  --api ADDR:PORT   the daemon's API (default 127.0.0.1:7600)\n"
+     "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
+     "  --workflow NAME   default bench_api; --event NAME: default step\n"
+     "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 32)",
+     "bench engine [--instances N] [--events N] [--batch N]\n"
+     "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
+     " [--size N]\n"
+     "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",
+     cmd_bench},
     {"token", "create, list and revoke API bearer tokens",
      "Bearer tokens for the HTTP API (docs/api.md). 'create' prints the token once on\n"
      "stdout; only a hash of it is kept. Scopes are ordered: read < write < admin.\n"
@@ -1033,7 +1262,9 @@ static int plugin_command(int argc, char **argv)
     }
     if (node_open(&o, &n, &err) != 0)
         return fail(argv[0], &err);
+    cm_sandbox_limits limits = {n.cfg.lua_instructions, n.cfg.lua_memory_bytes};
     if (!(host = cm_plugin_host_new(n.model, &err)) ||
+        cm_lua_plugins_enable(host, &limits, &err) != 0 ||
         cm_plugin_host_load_list(host, n.cfg.plugins, NULL, &err) != 0) {
         rc = fail(argv[0], &err);
         goto done;

@@ -1822,7 +1822,7 @@ int cm_cliapi_audit(int argc, char **argv, cm_cliapi_offline_fn offline)
     } else if (intact) {
         printf("audit trail intact: %ld entr%s\n", entries, entries == 1 ? "y" : "ies");
     } else {
-        rc = say(CM_EXIT_FAIL, o.cmd, "audit trail broken: %s",
+        rc = say(CM_EXIT_FAIL, o.cmd, "%s",
                  or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "problem"))));
     }
     cJSON_Delete(doc);

@@ -302,7 +302,8 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
                               section);
         if (!cJSON_IsString(path) || path->valuestring[0] != '/')
             return cm_err_set(cx->err, CM_ECONFIG,
-                              "%s: %s.path: required, the absolute path of the plugin's .so file",
+                              "%s: %s.path: required, the absolute path of the plugin's .so "
+                              "file, or of a Lua plugin's directory (or .lua file)",
                               cx->source, section);
         if (opt && !cJSON_IsBool(opt))
             return cm_err_set(cx->err, CM_ECONFIG, "%s: %s.optional: must be true or false",

@@ -6,6 +6,9 @@
 */
 #include "engine.h"
 
+#include "audit.h"
+#include "terms.h"
+
 #include "fs.h"
 #include "text.h"
 
@@ -24,7 +27,9 @@
 #define ENGINE_SOURCE_MAX         ((size_t)4 << 20)
 #define ENGINE_CACHE_SLOTS        4096 /* running instances kept in memory, direct-mapped */
 
-typedef enum { WORK_START, WORK_SIGNAL } work_kind;
+typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
+
+typedef struct msg_in msg_in;
 
 /* A submission waiting for the next batch. */
 typedef struct work {
@@ -33,6 +38,7 @@ typedef struct work {
     char *instance; /* given id (start, may be NULL) or target (signal) */
     char *event;    /* WORK_SIGNAL */
     cJSON *data;    /* start input or event payload (an object) */
+    msg_in *msg;    /* WORK_MESSAGE: the envelope (data is the payload) */
     cm_ack_cb cb;
     void *ud;
     uint64_t submitted_ns; /* uv_hrtime() at submission, for the latency histogram */
@@ -44,6 +50,7 @@ typedef struct outcome {
     work *w;
     int status;
     bool kept;
+    const char *result; /* messages: received | duplicate | refused */
     char instance[CM_NAME_MAX];
     char state[CM_NAME_MAX];
     char message[CM_ERR_MSG_MAX];
@@ -65,8 +72,10 @@ typedef struct inst {
     char status[16];
     char parent[CM_NAME_MAX]; /* "" when none */
     long steps;
+    int64_t hist;        /* seq of its latest history row; 0 when none */
+    bool status_changed; /* status differs from the row's (see set_inst_status) */
     cJSON *input;
-    cJSON *ctx;
+    char *ctx; /* the context as stored: a JSON object's text */
 } inst;
 
 struct cm_engine {
@@ -93,6 +102,11 @@ struct cm_engine {
     ** neither re-reads nor re-parses them. Slot by hash of the id; a newer
     ** instance displaces an older one, so memory is bounded. */
     inst **cache;
+    /* message kinds that start a workflow (started_by), from loaded files */
+    struct starter {
+        char kind[CM_NAME_MAX], workflow[CM_NAME_MAX];
+    } * starters;
+    int nstarters;
     /* for the API and /metrics */
     cm_engine_stats stats;
     cm_engine_work_hook hook;
@@ -183,10 +197,13 @@ static void now_text(cm_engine *e, char *buf)
     memcpy(buf, e->now_buf, sizeof(e->now_buf));
 }
 
+static void msg_free(msg_in *m);
+
 static void work_free(work *w)
 {
     if (!w)
         return;
+    msg_free(w->msg);
     free(w->workflow);
     free(w->instance);
     free(w->event);
@@ -197,8 +214,9 @@ static void work_free(work *w)
 static void inst_clear(inst *in)
 {
     cJSON_Delete(in->input);
-    cJSON_Delete(in->ctx);
-    in->input = in->ctx = NULL;
+    free(in->ctx);
+    in->input = NULL;
+    in->ctx = NULL;
 }
 
 /* ---- the instance cache ---------------------------------------------- */
@@ -247,7 +265,8 @@ static void cache_put(cm_engine *e, inst *in)
         return; /* not kept: the row is the truth */
     cache_free(slot);
     *copy = *in;
-    in->input = in->ctx = NULL;
+    in->input = NULL;
+    in->ctx = NULL;
     *slot = copy;
 }
 
@@ -324,6 +343,40 @@ static int latest_rev(cm_engine *e, const char *name, int *rev, char **source, c
     return rc;
 }
 
+/* May wi claim its started_by kinds? Another workflow's kind is refused. */
+static int starters_check(cm_engine *e, const cm_wf_info *wi, cm_err *err)
+{
+    for (int k = 0; k < wi->nstarted_by; k++)
+        for (int i = 0; i < e->nstarters; i++)
+            if (strcmp(e->starters[i].kind, wi->started_by[k]) == 0 &&
+                strcmp(e->starters[i].workflow, wi->name) != 0)
+                return cm_err_set(err, CM_EINVAL,
+                                  "workflow %s: started_by \"%s\": workflow %s is already "
+                                  "started by that message",
+                                  wi->name, wi->started_by[k], e->starters[i].workflow);
+    return 0;
+}
+
+/* Make wi's started_by kinds the ones that start it (replacing its old ones). */
+static int starters_set(cm_engine *e, const cm_wf_info *wi, cm_err *err)
+{
+    int n = 0;
+    for (int i = 0; i < e->nstarters; i++)
+        if (strcmp(e->starters[i].workflow, wi->name) != 0)
+            e->starters[n++] = e->starters[i];
+    struct starter *grown =
+        realloc(e->starters, (size_t)(n + wi->nstarted_by + 1) * sizeof(*e->starters));
+    if (!grown)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    e->starters = grown;
+    for (int k = 0; k < wi->nstarted_by; k++, n++) {
+        copy_str(e->starters[n].kind, CM_NAME_MAX, wi->started_by[k]);
+        copy_str(e->starters[n].workflow, CM_NAME_MAX, wi->name);
+    }
+    e->nstarters = n;
+    return 0;
+}
+
 int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *rev_out, cm_err *err)
 {
     char *text = NULL, *latest = NULL, now[CM_TIME_BUFSZ];
@@ -356,7 +409,11 @@ int cm_engine_load_file(cm_engine *e, const char *path, cm_wf_info *info, int *r
         if ((rc = exec_kept(e, st, "workflow_def", err)) != 0)
             goto done;
     }
+    if ((rc = starters_check(e, &wi, err)) != 0)
+        goto done;
     if ((rc = e->o.runtime->install(e->o.runtime->ud, wi.name, rev, err)) != 0)
+        goto done;
+    if ((rc = starters_set(e, &wi, err)) != 0)
         goto done;
     if (info)
         *info = wi;
@@ -401,11 +458,21 @@ static cJSON *parse_column(sqlite3_stmt *st, int col)
     return text ? cJSON_Parse(text) : cJSON_CreateObject();
 }
 
+/* A stored context as text (copied), if it is a JSON object; NULL if not. */
+static char *ctx_column(sqlite3_stmt *st, int col)
+{
+    const char *text = (const char *)sqlite3_column_text(st, col);
+    cJSON *doc = text ? cJSON_Parse(text) : NULL;
+    bool ok = cJSON_IsObject(doc);
+    cJSON_Delete(doc);
+    return ok ? dup_str(text) : NULL;
+}
+
 static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
-            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx "
-            "FROM instance WHERE id = ?1",
+            "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx, "
+            "coalesce(hist, 0) FROM instance WHERE id = ?1",
             err);
     int rc = 0;
     memset(in, 0, sizeof(*in));
@@ -420,7 +487,8 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         copy_str(in->parent, sizeof(in->parent), (const char *)sqlite3_column_text(st, 5));
         in->steps = sqlite3_column_int64(st, 6);
         in->input = parse_column(st, 7);
-        in->ctx = parse_column(st, 8);
+        in->ctx = ctx_column(st, 8);
+        in->hist = sqlite3_column_int64(st, 9);
         if (!in->input || !in->ctx) {
             inst_clear(in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
@@ -434,13 +502,16 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
     return rc;
 }
 
-static int insert_history(cm_engine *e, const inst *in, const char *event, const char *from,
+/* Append a history row chained to the instance's previous one; in->hist
+** names it (saved with the instance row, which every caller writes next). */
+static int insert_history(cm_engine *e, inst *in, const char *event, const char *from,
                           const char *to, const char *note, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
+    int rc;
     PREPARE(e,
-            "INSERT INTO history(instance, step, at, event, from_state, to_state, note) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO history(instance, step, at, event, from_state, to_state, note, prev) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             err);
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
@@ -450,27 +521,51 @@ static int insert_history(cm_engine *e, const inst *in, const char *event, const
     bind_text(st, 5, from);
     sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
     bind_text(st, 7, note);
-    return exec_kept(e, st, "history", err);
+    if (in->hist > 0)
+        sqlite3_bind_int64(st, 8, in->hist);
+    if ((rc = exec_kept(e, st, "history", err)) == 0)
+        in->hist = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
+    return rc;
 }
 
-static int save_instance(cm_engine *e, const inst *in, cm_err *err)
+static void set_inst_status(inst *in, const char *status)
+{
+    copy_str(in->status, sizeof(in->status), status);
+    in->status_changed = true;
+}
+
+/* Write the instance row. Status is written only when it changed: an UPDATE
+** naming it also rewrites the instance_by_workflow entry. */
+static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
-    PREPARE(e,
-            "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, updated = ?6 "
-            "WHERE id = ?1",
-            err);
+    int rc;
+    sqlite3_stmt *st =
+        in->status_changed
+            ? cm_store_prepare(e->o.store,
+                               "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, "
+                               "updated = ?6, hist = ?7 WHERE id = ?1",
+                               err)
+            : cm_store_prepare(
+                  e->o.store,
+                  "UPDATE instance SET state = ?2, ctx = ?4, steps = ?5, updated = ?6, "
+                  "hist = ?7 WHERE id = ?1",
+                  err);
+    if (!st)
+        return err->code;
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 4, in->ctx) != 0) {
-        sqlite3_reset(st);
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
-    }
+    if (in->status_changed)
+        sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, in->ctx, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, in->steps);
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
-    return exec_kept(e, st, "instance", err);
+    if (in->hist > 0)
+        sqlite3_bind_int64(st, 7, in->hist);
+    if ((rc = exec_kept(e, st, "instance", err)) == 0)
+        in->status_changed = false;
+    return rc;
 }
 
 static int insert_instance(cm_engine *e, inst *in, cm_err *err)
@@ -486,10 +581,11 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     sqlite3_bind_int(st, 3, in->rev);
     sqlite3_bind_text(st, 4, in->state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 6, in->input) != 0 || bind_json(st, 7, in->ctx) != 0) {
+    if (bind_json(st, 6, in->input) != 0) {
         sqlite3_reset(st);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
+    sqlite3_bind_text(st, 7, in->ctx, -1, SQLITE_STATIC);
     bind_text(st, 8, in->parent[0] ? in->parent : NULL);
     sqlite3_bind_int64(st, 9, in->steps);
     sqlite3_bind_text(st, 10, now, -1, SQLITE_STATIC);
@@ -604,17 +700,215 @@ static int effect_notify(cm_engine *e, const inst *in, const cJSON *fx, cm_err *
                       cJSON_GetObjectItemCaseSensitive(fx, "data"), "notification", err);
 }
 
+/* ---- messages to partners (the send effect) ---- */
+
+static int insert_event(cm_engine *e, const char *instance, const char *name, const cJSON *payload,
+                        bool timer, int64_t due, cm_err *err);
+
+/* "instance:ID" as an audit actor. */
+static const char *actor_of(const char *instance, char *buf, size_t bufsz)
+{
+    snprintf(buf, bufsz, "instance:%s", instance);
+    return buf;
+}
+
+/* A send the terms refuse: an outbox row kept as refused (for the operator),
+** the audit entry, and the event send.refused for the instance. */
+static int send_refused(cm_engine *e, const inst *in, const cJSON *fx, const char *reason,
+                        cm_err *err)
+{
+    char now[CM_TIME_BUFSZ], actor[CM_NAME_MAX + 16], detail[512];
+    const char *to = jstr(fx, "to"), *kind = jstr(fx, "kind"), *purpose = jstr(fx, "purpose");
+    now_text(e, now);
+    PREPARE(e,
+            "INSERT INTO outbox(instance, receiver, kind, payload, created, status, reason, "
+            "done_at, sender, purpose, patient) "
+            "VALUES (?1, ?2, ?3, '{}', ?4, 'refused', ?5, ?4, ?6, ?7, ?8)",
+            err);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, to, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, reason, -1, SQLITE_TRANSIENT);
+    bind_text(st, 6, jstr(fx, "from"));
+    bind_text(st, 7, purpose);
+    bind_text(st, 8, jstr(fx, "patient"));
+    int rc = exec_kept(e, st, "outbox", err);
+    snprintf(detail, sizeof(detail), "%s to %s refused: %s", kind, to, reason);
+    cm_audit_entry a = {.actor = actor_of(in->id, actor, sizeof(actor)),
+                        .action = "message.send",
+                        .patient = jstr(fx, "patient"),
+                        .purpose = purpose,
+                        .outcome = "refused",
+                        .detail = detail};
+    if (rc == 0)
+        rc = cm_audit_append(e->o.store, e->o.clock, &a, err);
+    cJSON *ev = cJSON_CreateObject();
+    if (rc == 0 && (!ev || !cJSON_AddStringToObject(ev, "to", to) ||
+                    !cJSON_AddStringToObject(ev, "kind", kind) ||
+                    !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
+                    !cJSON_AddStringToObject(ev, "reason", reason)))
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = insert_event(e, in->id, "send.refused", ev, false, cm_clock_now_ms(e->o.clock), err);
+    cJSON_Delete(ev);
+    return rc;
+}
+
+/* The node hosting organization org, into node (CM_NAME_MAX); "" with why
+** when there is none. */
+static int org_node(cm_engine *e, const char *org, char *node, char *why, size_t whysz, cm_err *err)
+{
+    cJSON *rec = NULL;
+    cm_err gerr;
+    node[0] = '\0';
+    int rc = cm_model_get(e->o.model, CM_KIND_ORGANIZATION, org, &rec, &gerr);
+    if (rc == CM_ENOTFOUND) {
+        snprintf(why, whysz, "no organization \"%s\" is known here", org);
+        return 0;
+    }
+    if (rc != 0)
+        return cm_err_set(err, rc, "%s", gerr.msg);
+    const char *n = jstr(rec, "node");
+    if (!n || !*n)
+        snprintf(why, whysz, "organization \"%s\" has no node", org);
+    else if (e->o.node_id && strcmp(n, e->o.node_id) == 0)
+        snprintf(why, whysz, "organization \"%s\" is hosted on this node, not a partner's", org);
+    else
+        copy_str(node, CM_NAME_MAX, n);
+    cJSON_Delete(rec);
+    return 0;
+}
+
+/* The patient's record cut to mask, for the wire; *out NULL when the patient
+** is not known here (why says so). */
+static int shared_record(cm_engine *e, const char *patient, unsigned mask, cJSON **out, char *why,
+                         size_t whysz, cm_err *err)
+{
+    cJSON *rec = NULL;
+    cm_err gerr;
+    *out = NULL;
+    int rc = cm_model_get(e->o.model, CM_KIND_PATIENT, patient, &rec, &gerr);
+    if (rc == CM_ENOTFOUND) {
+        snprintf(why, whysz, "no patient \"%s\" is known here", patient);
+        return 0;
+    }
+    if (rc != 0)
+        return cm_err_set(err, rc, "%s", gerr.msg);
+    *out = cm_terms_filter_patient(rec, mask);
+    cJSON_Delete(rec);
+    return *out ? 0 : cm_err_set(err, CM_ENOMEM, "out of memory");
+}
+
+/* The partner's instance this one talks to on node (NULL when it has not
+** answered yet), remembering that this instance talks to that node. */
+static int link_node(cm_engine *e, const char *instance, const char *node, char *remote,
+                     cm_err *err)
+{
+    remote[0] = '\0';
+    PREPARE(e, "INSERT OR IGNORE INTO instance_link(instance, node) VALUES (?1, ?2)", err);
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, node, -1, SQLITE_STATIC);
+    int rc = exec_kept(e, st, "instance_link", err);
+    if (rc != 0)
+        return rc;
+    st = cm_store_prepare(
+        e->o.store, "SELECT remote FROM instance_link WHERE instance = ?1 AND node = ?2", err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, node, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        copy_str(remote, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+    return 0;
+}
+
 static int effect_send(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
 {
-    PREPARE(e,
-            "INSERT INTO outbox(instance, receiver, kind, payload, created) "
-            "VALUES (?1, ?2, ?3, ?4, ?5)",
-            err);
-    int rc = effect_row(e, st, in, jstr(fx, "to"), jstr(fx, "kind"),
-                        cJSON_GetObjectItemCaseSensitive(fx, "payload"), NULL, "outbox", err);
-    if (rc == 0)
-        note_event(e, CM_ENGINE_MESSAGE_QUEUED, in->id, in->workflow, "", in->state,
-                   jstr(fx, "to"));
+    const char *to = jstr(fx, "to"), *kind = jstr(fx, "kind"), *patient = jstr(fx, "patient");
+    char node[CM_NAME_MAX], remote[CM_NAME_MAX], why[512] = "", today[CM_TIME_BUFSZ];
+    char cls[128], actor[CM_NAME_MAX + 16], detail[512], partnership[129];
+    unsigned need = 0, want = 0, allowed = 0;
+    cJSON *record = NULL;
+    cm_err terr;
+    int rc;
+    if ((rc = cm_class_parse(cJSON_GetObjectItemCaseSensitive(fx, "classes"), "send: classes",
+                             &need, err)) != 0 ||
+        (rc = cm_class_parse(cJSON_GetObjectItemCaseSensitive(fx, "share"), "send: share", &want,
+                             err)) != 0)
+        return rc;
+    if (want && !patient)
+        return cm_err_set(err, CM_EINVAL, "send: share needs the patient whose record it is");
+    if ((rc = org_node(e, to, node, why, sizeof(why), err)) != 0)
+        return rc;
+    if (why[0])
+        return send_refused(e, in, fx, why, err);
+    now_text(e, today);
+    today[10] = '\0';
+    cm_terms_req req = {.from = jstr(fx, "from"),
+                        .to = to,
+                        .purpose = jstr(fx, "purpose"),
+                        .patient = patient,
+                        .need = need,
+                        .want = want,
+                        .today = today};
+    rc = cm_terms_check(e->o.model, &req, &allowed, partnership, &terr);
+    if (rc == CM_EPERM)
+        return send_refused(e, in, fx, terr.msg, err);
+    if (rc != 0)
+        return cm_err_set(err, rc, "%s", terr.msg);
+    if (want && (rc = shared_record(e, patient, allowed & want, &record, why, sizeof(why), err)))
+        return rc;
+    if (want && !record)
+        return send_refused(e, in, fx, why, err);
+    unsigned carried = need | (record ? cm_terms_patient_classes(record) : 0);
+    if ((rc = link_node(e, in->id, node, remote, err)) != 0)
+        goto done;
+    sqlite3_stmt *st = cm_store_prepare(
+        e->o.store,
+        "INSERT INTO outbox(instance, receiver, kind, payload, created, sender, purpose, "
+        "classes, patient, record, reply_to) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        err);
+    if (!st) {
+        rc = err->code;
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, to, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_TRANSIENT);
+    now_text(e, today);
+    sqlite3_bind_text(st, 5, today, -1, SQLITE_STATIC);
+    bind_text(st, 6, req.from);
+    bind_text(st, 7, req.purpose);
+    sqlite3_bind_text(st, 8, cm_class_list(carried, cls, sizeof(cls)), -1, SQLITE_STATIC);
+    bind_text(st, 9, patient);
+    bind_text(st, 11, remote[0] ? remote : NULL);
+    if (bind_json(st, 4, cJSON_GetObjectItemCaseSensitive(fx, "payload")) != 0 ||
+        (record && bind_json(st, 10, record) != 0)) {
+        sqlite3_reset(st);
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = exec_kept(e, st, "outbox", err)) != 0)
+        goto done;
+    if (patient || carried) {
+        snprintf(detail, sizeof(detail), "%s to %s (node %s) under partnership %s", kind, to, node,
+                 partnership);
+        cm_audit_entry a = {.actor = actor_of(in->id, actor, sizeof(actor)),
+                            .action = "message.send",
+                            .patient = patient,
+                            .classes = cls,
+                            .purpose = req.purpose,
+                            .outcome = "ok",
+                            .detail = detail};
+        if ((rc = cm_audit_append(e->o.store, e->o.clock, &a, err)) != 0)
+            goto done;
+    }
+    note_event(e, CM_ENGINE_MESSAGE_QUEUED, in->id, in->workflow, "", in->state, to);
+done:
+    cJSON_Delete(record);
     return rc;
 }
 
@@ -735,13 +1029,14 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
     }
     if (!in->parent[0] || !parent_listens(e, in->parent))
         return 0; /* an ended parent hears nothing more */
-    cJSON *payload = cJSON_CreateObject();
-    if (!payload || !cJSON_AddStringToObject(payload, "child", in->id) ||
+    cJSON *payload = cJSON_CreateObject(), *ctx = cJSON_Parse(in->ctx);
+    if (!payload || !ctx || !cJSON_AddStringToObject(payload, "child", in->id) ||
         !cJSON_AddStringToObject(payload, "workflow", in->workflow) ||
         !cJSON_AddStringToObject(payload, "state", in->state) ||
         !cJSON_AddStringToObject(payload, "status", in->status) ||
-        !cJSON_AddItemReferenceToObject(payload, "context", in->ctx)) {
+        !cJSON_AddItemToObject(payload, "context", ctx)) {
         cJSON_Delete(payload);
+        cJSON_Delete(ctx);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     rc =
@@ -770,10 +1065,12 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     in->steps++;
     copy_str(in->state, sizeof(in->state), sp->next);
     if (sp->final)
-        copy_str(in->status, sizeof(in->status), "done");
-    cJSON_Delete(in->ctx);
-    in->ctx = sp->ctx;
-    sp->ctx = NULL;
+        set_inst_status(in, "done");
+    if (sp->ctx_out) { /* the step changed the context */
+        free(in->ctx);
+        in->ctx = sp->ctx_out;
+        sp->ctx_out = NULL;
+    }
     /* Leaving a state cancels the timers it started, also those its handlers
     ** started in this very step (so after the effects); re-entering the same
     ** state cancels the old visit's timers before the new visit starts its own. */
@@ -799,9 +1096,10 @@ enum { STEP_UNHANDLED, STEP_GUARDED, STEP_HANDLED };
 
 static void step_clear(cm_step *sp)
 {
-    cJSON_Delete(sp->ctx);
+    free(sp->ctx_out);
     cJSON_Delete(sp->effects);
-    sp->ctx = sp->effects = NULL;
+    sp->ctx_out = NULL;
+    sp->effects = NULL;
 }
 
 /* Run the runtime on in for event (NULL: start) and apply the result. */
@@ -823,8 +1121,7 @@ static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp.payload = payload;
     sp.is_timer = is_timer;
     sp.now_ms = cm_clock_now_ms(e->o.clock);
-    if (!(sp.ctx = cJSON_Duplicate(in->ctx, true)))
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    sp.ctx = in->ctx;
     rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
     if (rc == CM_ELUA)
         e->stats.lua_errors++;
@@ -863,7 +1160,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     else if ((rc = make_instance_id(e, workflow, in.id, sizeof(in.id), err)) != 0)
         return rc;
     in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
-    in.ctx = cJSON_CreateObject();
+    in.ctx = dup_str("{}");
     if (!in.input || !in.ctx) {
         inst_clear(&in);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -1021,6 +1318,353 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     return rc;
 }
 
+/* ---- messages from partners ------------------------------------------- */
+
+struct msg_in {
+    char *peer, *id, *kind, *from, *to, *purpose, *patient, *instance, *reply_to, *prev;
+    cJSON *classes, *record; /* owned; NULL when absent */
+};
+
+static void msg_free(msg_in *m)
+{
+    if (!m)
+        return;
+    char **strs[] = {&m->peer,    &m->id,      &m->kind,     &m->from,     &m->to,
+                     &m->purpose, &m->patient, &m->instance, &m->reply_to, &m->prev};
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+        free(*strs[i]);
+    cJSON_Delete(m->classes);
+    cJSON_Delete(m->record);
+    free(m);
+}
+
+static const char *or_empty(const char *s)
+{
+    return s ? s : "";
+}
+
+/* The workflow started by message kind, or NULL. */
+static const char *starter_of(cm_engine *e, const char *kind)
+{
+    for (int i = 0; i < e->nstarters; i++)
+        if (strcmp(e->starters[i].kind, kind) == 0)
+            return e->starters[i].workflow;
+    return NULL;
+}
+
+/* Are the organizations where they should be, and do this node's terms
+** cover the message? A refusal leaves its reason in why. */
+static int msg_check(cm_engine *e, const msg_in *m, char *why, size_t whysz, cm_err *err)
+{
+    char node[CM_NAME_MAX], today[CM_TIME_BUFSZ], cls[128], partnership[129];
+    unsigned need = 0, allowed = 0;
+    cm_err terr;
+    int rc;
+    if (!*m->from || !*m->to || !*m->purpose) {
+        snprintf(why, whysz,
+                 "the message does not name its sending organization, its receiving "
+                 "organization and its purpose");
+        return 0;
+    }
+    /* the sender's organization must be one the authenticated peer hosts */
+    if ((rc = org_node(e, m->from, node, why, whysz, err)) != 0 || why[0])
+        return rc;
+    if (strcmp(node, m->peer) != 0) {
+        snprintf(why, whysz, "organization \"%s\" is hosted on node %s, not on %s", m->from, node,
+                 m->peer);
+        return 0;
+    }
+    cJSON *rec = NULL;
+    cm_err gerr;
+    rc = cm_model_get(e->o.model, CM_KIND_ORGANIZATION, m->to, &rec, &gerr);
+    if (rc == CM_ENOTFOUND) {
+        snprintf(why, whysz, "no organization \"%s\" is known here", m->to);
+        return 0;
+    }
+    if (rc != 0)
+        return cm_err_set(err, rc, "%s", gerr.msg);
+    const char *here = jstr(rec, "node");
+    if (e->o.node_id && (!here || strcmp(here, e->o.node_id) != 0))
+        snprintf(why, whysz, "organization \"%s\" is not hosted on this node", m->to);
+    cJSON_Delete(rec);
+    if (why[0])
+        return 0;
+    if (cm_class_parse(m->classes, "classes", &need, &terr) != 0) {
+        copy_str(why, whysz, terr.msg);
+        return 0;
+    }
+    unsigned shared = m->record ? cm_terms_patient_classes(m->record) : 0;
+    if (shared & ~need) {
+        snprintf(why, whysz,
+                 "the shared patient record carries %s, which the message does not "
+                 "declare",
+                 cm_class_list(shared & ~need, cls, sizeof(cls)));
+        return 0;
+    }
+    if (m->record && (!*m->patient || strcmp(or_empty(jstr(m->record, "id")), m->patient) != 0)) {
+        snprintf(why, whysz, "the shared patient record is not the message's patient");
+        return 0;
+    }
+    now_text(e, today);
+    today[10] = '\0';
+    cm_terms_req req = {.from = m->from,
+                        .to = m->to,
+                        .purpose = m->purpose,
+                        .patient = *m->patient ? m->patient : NULL,
+                        .need = need,
+                        .today = today};
+    rc = cm_terms_check(e->o.model, &req, &allowed, partnership, &terr);
+    if (rc == CM_EPERM) {
+        copy_str(why, whysz, terr.msg);
+        return 0;
+    }
+    return rc ? cm_err_set(err, rc, "%s", terr.msg) : 0;
+}
+
+/* Record the message in the inbox: received (with the instance it went
+** to) or refused (with why), and audit it when it carried patient data or
+** was refused. */
+static int msg_record(cm_engine *e, const msg_in *m, const cJSON *payload, const char *instance,
+                      const char *why, cm_err *err)
+{
+    char now[CM_TIME_BUFSZ], actor[CM_NAME_MAX + 8], detail[700], cls[128] = "";
+    unsigned need = 0;
+    cm_err perr;
+    now_text(e, now);
+    PREPARE(e,
+            "INSERT INTO inbox(peer, msg_id, kind, receiver, payload, status, received, sender, "
+            "purpose, classes, patient, instance, reason) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            err);
+    if (cm_class_parse(m->classes, "classes", &need, &perr) == 0)
+        cm_class_list(need, cls, sizeof(cls));
+    sqlite3_bind_text(st, 1, m->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, m->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, m->to, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, why ? "refused" : "received", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, now, -1, SQLITE_STATIC);
+    bind_text(st, 8, m->from);
+    bind_text(st, 9, m->purpose);
+    sqlite3_bind_text(st, 10, cls, -1, SQLITE_STATIC);
+    bind_text(st, 11, *m->patient ? m->patient : NULL);
+    bind_text(st, 12, instance);
+    bind_text(st, 13, why);
+    if (bind_json(st, 5, payload) != 0) {
+        sqlite3_reset(st);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    int rc = exec_kept(e, st, "inbox", err);
+    if (rc != 0 || (!why && !*m->patient && !need))
+        return rc;
+    snprintf(detail, sizeof(detail), "%s %s from %s%s%s", m->kind, m->id, m->from,
+             why ? " refused: " : "", why ? why : "");
+    snprintf(actor, sizeof(actor), "peer:%s", m->peer);
+    cm_audit_entry a = {.actor = actor,
+                        .action = "message.receive",
+                        .patient = m->patient,
+                        .classes = cls,
+                        .purpose = m->purpose,
+                        .outcome = why ? "refused" : "ok",
+                        .detail = detail};
+    return cm_audit_append(e->o.store, e->o.clock, &a, err);
+}
+
+/* Mark message m refused after the fact (its event could not apply). */
+static int msg_refuse_late(cm_engine *e, const msg_in *m, const char *why, cm_err *err)
+{
+    PREPARE(e, "UPDATE inbox SET status = 'refused', reason = ?3 WHERE peer = ?1 AND msg_id = ?2",
+            err);
+    sqlite3_bind_text(st, 1, m->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, why, -1, SQLITE_TRANSIENT);
+    return exec_kept(e, st, "inbox", err);
+}
+
+/* The first answer to a message seen before: true when it was. */
+static bool msg_seen(cm_engine *e, const msg_in *m, outcome *oc, int *rc, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        e->o.store, "SELECT status, reason, instance FROM inbox WHERE peer = ?1 AND msg_id = ?2",
+        err);
+    *rc = st ? 0 : err->code;
+    if (!st)
+        return false;
+    sqlite3_bind_text(st, 1, m->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
+    bool seen = sqlite3_step(st) == SQLITE_ROW;
+    if (seen) {
+        const char *status = (const char *)sqlite3_column_text(st, 0);
+        bool refused = status && strcmp(status, "refused") == 0;
+        oc->result = refused ? "refused" : "duplicate";
+        copy_str(oc->message, sizeof(oc->message),
+                 refused ? or_empty((const char *)sqlite3_column_text(st, 1)) : "");
+        copy_str(oc->instance, sizeof(oc->instance),
+                 or_empty((const char *)sqlite3_column_text(st, 2)));
+    }
+    sqlite3_reset(st);
+    return seen;
+}
+
+/* The payload an instance sees: the message's, plus the shared record. */
+static cJSON *msg_payload(const msg_in *m, const cJSON *payload, bool start)
+{
+    cJSON *p = cJSON_Duplicate(payload, true);
+    if (!p)
+        return NULL;
+    if (start) {
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "from");
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "to");
+        if (!cJSON_AddStringToObject(p, "from", m->from) ||
+            !cJSON_AddStringToObject(p, "to", m->to))
+            goto nomem;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(p, "patient_record");
+    cJSON *rec = m->record ? cJSON_Duplicate(m->record, true) : NULL;
+    if (m->record && (!rec || !cJSON_AddItemToObject(p, "patient_record", rec))) {
+        cJSON_Delete(rec);
+        goto nomem;
+    }
+    return p;
+nomem:
+    cJSON_Delete(p);
+    return NULL;
+}
+
+/* Link instance with the peer's instance remote (both may talk from now on). */
+static int msg_link(cm_engine *e, const char *instance, const msg_in *m, cm_err *err)
+{
+    PREPARE(e,
+            "INSERT INTO instance_link(instance, node, remote) VALUES (?1, ?2, ?3) "
+            "ON CONFLICT(instance, node) DO UPDATE SET remote = coalesce(remote, excluded.remote)",
+            err);
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, m->peer, -1, SQLITE_STATIC);
+    bind_text(st, 3, *m->instance ? m->instance : NULL);
+    return exec_kept(e, st, "instance_link", err);
+}
+
+/* Does instance talk with node (it sent there, or was started from there)? */
+static int msg_linked(cm_engine *e, const char *instance, const char *node, bool *linked,
+                      cm_err *err)
+{
+    PREPARE(e, "SELECT 1 FROM instance_link WHERE instance = ?1 AND node = ?2", err);
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, node, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *linked = rc == SQLITE_ROW;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_fail(e, err, "instance_link");
+}
+
+/* A refusal: recorded in the inbox (in a savepoint of its own). */
+static int msg_refused(cm_engine *e, const msg_in *m, const cJSON *payload, const char *why,
+                       outcome *oc, cm_err *err)
+{
+    int rc = sp_begin(e, err);
+    if (rc == 0) {
+        rc = msg_record(e, m, payload, NULL, why, err);
+        sp_end(e, rc == 0);
+    }
+    oc->result = "refused";
+    copy_str(oc->message, sizeof(oc->message), why);
+    return rc;
+}
+
+/* Applied in the order sent: the message before it (prev) must be in the
+** inbox, committed or earlier in this batch. CM_ENOTFOUND when it is not. */
+static int msg_follows(cm_engine *e, const msg_in *m, cm_err *err)
+{
+    if (!*m->prev)
+        return 0;
+    PREPARE(e, "SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2", err);
+    sqlite3_bind_text(st, 1, m->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->prev, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc != SQLITE_DONE)
+        return db_fail(e, err, "inbox");
+    return cm_err_set(err, CM_ENOTFOUND, "message %s follows %s, which has not arrived", m->id,
+                      m->prev);
+}
+
+static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
+{
+    msg_in *m = w->msg;
+    char why[600] = "";
+    const char *wf = NULL;
+    bool linked = false;
+    int rc;
+    if (msg_seen(e, m, oc, &rc, err) || rc != 0)
+        return rc;
+    if ((rc = msg_follows(e, m, err)) != 0)
+        return rc;
+    if ((rc = msg_check(e, m, why, sizeof(why), err)) != 0)
+        return rc;
+    if (!why[0] && *m->reply_to) {
+        if ((rc = msg_linked(e, m->reply_to, m->peer, &linked, err)) != 0)
+            return rc;
+        if (!linked)
+            snprintf(why, sizeof(why), "instance %s has not exchanged messages with node %s",
+                     m->reply_to, m->peer);
+    } else if (!why[0] && !(wf = starter_of(e, m->kind))) {
+        snprintf(why, sizeof(why), "no workflow on this node is started by \"%s\"", m->kind);
+    }
+    if (why[0])
+        return msg_refused(e, m, w->data, why, oc, err);
+    cJSON *payload = msg_payload(m, w->data, wf != NULL);
+    if (!payload)
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    oc->result = "received";
+    if (wf) { /* a new instance: the start, its link and the inbox row, all or nothing */
+        if ((rc = sp_begin(e, err)) != 0)
+            goto out;
+        rc = start_instance(e, wf, payload, NULL, NULL, 0, oc->instance, oc->state, err);
+        if (rc == 0)
+            rc = msg_link(e, oc->instance, m, err);
+        if (rc == 0)
+            rc = msg_record(e, m, w->data, oc->instance, NULL, err);
+        sp_end(e, rc == 0);
+        if (rc != 0 && rc != CM_EDB && rc != CM_ENOMEM) {
+            oc->instance[0] = '\0';
+            snprintf(why, sizeof(why), "%.128s could not start: %.440s", wf, err->msg);
+            cm_err_clear(err);
+            rc = msg_refused(e, m, w->data, why, oc, err);
+        }
+        goto out;
+    }
+    /* the next event of a linked instance: the inbox row first, then the step */
+    copy_str(oc->instance, sizeof(oc->instance), m->reply_to);
+    if ((rc = sp_begin(e, err)) != 0)
+        goto out;
+    rc = msg_record(e, m, w->data, m->reply_to, NULL, err);
+    if (rc == 0)
+        rc = msg_link(e, m->reply_to, m, err);
+    sp_end(e, rc == 0);
+    if (rc != 0)
+        goto out;
+    rc = deliver(e, 0, m->reply_to, m->kind, payload, false, 0, oc, err);
+    if (rc == 0 || oc->kept) { /* applied, or kept for a retry: received either way */
+        rc = 0;
+        goto out;
+    }
+    if (rc == CM_EDB || rc == CM_ENOMEM)
+        goto out;
+    copy_str(why, sizeof(why), err->msg);
+    cm_err_clear(err);
+    oc->result = "refused";
+    copy_str(oc->message, sizeof(oc->message), why);
+    if ((rc = sp_begin(e, err)) == 0) {
+        rc = msg_refuse_late(e, m, why, err);
+        sp_end(e, rc == 0);
+    }
+out:
+    cJSON_Delete(payload);
+    return rc;
+}
+
 /* A queued submission, in its own savepoint. */
 static void process_work(cm_engine *e, work *w, outcome *oc)
 {
@@ -1028,6 +1672,7 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
     int rc;
     oc->w = w;
     oc->kept = false;
+    oc->result = NULL;
     oc->instance[0] = oc->state[0] = oc->message[0] = '\0';
     cm_err_clear(&err);
     if (w->kind == WORK_START) {
@@ -1039,6 +1684,8 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
         }
         if (rc != 0)
             e->stats.failed++;
+    } else if (w->kind == WORK_MESSAGE) {
+        rc = process_message(e, w, oc, &err);
     } else {
         copy_str(oc->instance, sizeof(oc->instance), w->instance);
         rc = deliver(e, 0, w->instance, w->event, w->data, false, 0, oc, &err);
@@ -1138,9 +1785,12 @@ static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
 
 static cm_ack ack_of(const outcome *oc)
 {
-    cm_ack ack = {oc->status, oc->instance[0] ? oc->instance : NULL,
-                  oc->status == 0 || oc->kept ? oc->state : NULL, oc->status ? oc->message : NULL,
-                  oc->kept};
+    cm_ack ack = {oc->status,
+                  oc->instance[0] ? oc->instance : NULL,
+                  oc->status == 0 || oc->kept ? oc->state : NULL,
+                  oc->status || (oc->result && oc->message[0]) ? oc->message : NULL,
+                  oc->kept,
+                  oc->result};
     return ack;
 }
 
@@ -1334,6 +1984,54 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     return enqueue(e, w, payload, "payload", err);
 }
 
+static char *dup_or_empty(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+int cm_engine_receive(cm_engine *e, const cm_engine_msg *m, cm_ack_cb cb, void *ud, cm_err *err)
+{
+    int rc;
+    if ((rc = check_name("message peer", m->peer, err)) != 0 ||
+        (rc = check_name("message id", m->id, err)) != 0 ||
+        (rc = check_name("message kind", m->kind, err)) != 0)
+        return rc;
+    work *w = calloc(1, sizeof(*w));
+    msg_in *g = calloc(1, sizeof(*g));
+    if (w)
+        w->msg = g;
+    if (!w || !g || !(g->peer = dup_or_empty(m->peer)) || !(g->id = dup_or_empty(m->id)) ||
+        !(g->kind = dup_or_empty(m->kind)) || !(g->from = dup_or_empty(m->from)) ||
+        !(g->to = dup_or_empty(m->to)) || !(g->purpose = dup_or_empty(m->purpose)) ||
+        !(g->patient = dup_or_empty(m->patient)) || !(g->instance = dup_or_empty(m->instance)) ||
+        !(g->reply_to = dup_or_empty(m->reply_to)) || !(g->prev = dup_or_empty(m->prev)) ||
+        (m->classes && !(g->classes = cJSON_Duplicate(m->classes, true))) ||
+        (m->record && !(g->record = cJSON_Duplicate(m->record, true)))) {
+        if (!w)
+            msg_free(g);
+        work_free(w);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    w->kind = WORK_MESSAGE;
+    w->cb = cb;
+    w->ud = ud;
+    return enqueue(e, w, m->payload, "message payload", err);
+}
+
+int cm_engine_post(cm_engine *e, const char *instance, const char *name, const cJSON *payload,
+                   cm_err *err)
+{
+    if (!cm_store_in_tx(e->o.store))
+        return cm_err_set(err, CM_EINVAL, "engine: post needs an open transaction");
+    return insert_event(e, instance, name, payload, false, cm_clock_now_ms(e->o.clock), err);
+}
+
+void cm_engine_wake(cm_engine *e)
+{
+    if (e->attached && !e->in_run)
+        arm_loop(e);
+}
+
 /* ---- operator actions ------------------------------------------------- */
 
 /* Run fn(e, in, arg) on instance id in a transaction of its own. */
@@ -1372,7 +2070,7 @@ static int set_status(cm_engine *e, inst *in, const char *from, const char *to, 
     if ((rc = insert_history(e, in, note, in->state, in->state, NULL, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->status, sizeof(in->status), to);
+    set_inst_status(in, to);
     return save_instance(e, in, err);
 }
 
@@ -1394,7 +2092,7 @@ static int do_cancel(cm_engine *e, inst *in, const char *reason, cm_err *err)
     if ((rc = insert_history(e, in, "cancelled", in->state, in->state, reason, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->status, sizeof(in->status), "cancelled");
+    set_inst_status(in, "cancelled");
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
     return finish_instance(e, in, err);
@@ -1509,8 +2207,11 @@ int cm_engine_get(cm_engine *e, const char *instance, cJSON **out, cm_err *err)
                          "ORDER BY due_ms",
                          err),
         cm_store_prepare(e->o.store,
-                         "SELECT step, at, event, from_state, to_state, note FROM history "
-                         "WHERE instance = ?1 ORDER BY step",
+                         "WITH RECURSIVE chain(seq) AS (SELECT hist FROM instance WHERE id = ?1 "
+                         "UNION ALL SELECT h.prev FROM history h JOIN chain c ON h.seq = c.seq "
+                         "WHERE h.prev IS NOT NULL) SELECT h.step, h.at, h.event, h.from_state, "
+                         "h.to_state, h.note FROM chain c JOIN history h ON h.seq = c.seq "
+                         "ORDER BY h.step",
                          err),
     };
     for (int i = 0; i < 3 && rc == 0; i++) {
@@ -1568,6 +2269,7 @@ int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err)
 
 static void engine_free(cm_engine *e)
 {
+    free(e->starters);
     free(e->events);
     free(e);
 }
@@ -1610,7 +2312,8 @@ void cm_engine_destroy(cm_engine **engine_p)
         work *w = e->head;
         e->head = w->next;
         if (w->cb) {
-            cm_ack ack = {CM_EINVAL, w->instance, NULL, "engine stopped before this ran", false};
+            cm_ack ack = {CM_EINVAL, w->instance, NULL, "engine stopped before this ran",
+                          false,     NULL};
             w->cb(w->ud, &ack);
         }
         work_free(w);

@@ -26,13 +26,17 @@
 #include "model.h"
 #include "store.h"
 
-#define CM_NAME_MAX 128
+#define CM_NAME_MAX        128
+#define CM_WF_STARTERS_MAX 8
 
 /* What compiling a workflow file tells the engine. */
 typedef struct cm_wf_info {
     char name[CM_NAME_MAX];
     int version;             /* the version the file declares */
     char start[CM_NAME_MAX]; /* start state */
+    /* message kinds from partners that start an instance (started_by) */
+    char started_by[CM_WF_STARTERS_MAX][CM_NAME_MAX];
+    int nstarted_by;
 } cm_wf_info;
 
 /* One step of one instance, handed to the runtime. */
@@ -48,9 +52,10 @@ typedef struct cm_step {
     const cJSON *payload; /* event payload (an object) */
     bool is_timer;        /* the event is a timer firing */
     int64_t now_ms;       /* the engine's clock */
-    /* in/out */
-    cJSON *ctx; /* the context; the runtime may replace it (and frees the old) */
+    const char *ctx;      /* the context as stored: a JSON object's text */
     /* out */
+    char *ctx_out;          /* the context after the step as JSON object text (engine
+                            ** frees), or NULL when the step left it as it was */
     char next[CM_NAME_MAX]; /* the state after the step */
     bool final;             /* next is a final state */
     bool handled;           /* false: the state has no transition for event (nothing changed) */
@@ -68,8 +73,12 @@ typedef struct cm_step {
 **   {"type":"notify","channel":C,"to":ID,"message":TEXT,"data":{}}      queue a notification
 **   {"type":"spawn","workflow":W,"input":{},"id":ID|null}              start a child instance
 **   {"type":"kpi","name":N,"value":X,"labels":{}}                       record a KPI observation
-**   {"type":"send","to":ORG,"kind":K,"payload":{}}                      queue a message to a
-*partner
+**   {"type":"send","to":ORG,"kind":K,"payload":{},"from":ORG,"purpose":P,
+**    "patient":ID|null,"share":[classes],"classes":[classes]}             queue a message to a
+**    partner, after checking the partnership's terms and the patient's consent (terms.h):
+**    "classes" the payload carries (all allowed, or refused), "share" the classes of the
+**    patient's record to attach (cut to what is allowed). Refused: no message goes out;
+**    the instance gets the event "send.refused" {to, kind, purpose, reason}.
 ** A timer with "scoped" set is cancelled when the instance leaves that state.
 */
 
@@ -87,7 +96,7 @@ typedef struct cm_runtime {
     bool (*installed)(void *ud, const char *name, int rev);
     /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
     ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
-    ** error the step's outputs are unset and ctx is unchanged. */
+    ** error the step's outputs are unset. */
     int (*step)(void *ud, cm_step *step, cm_err *err);
 } cm_runtime;
 
@@ -99,6 +108,7 @@ typedef struct cm_engine_opts {
     int batch_max;             /* items per commit; 0 selects 256 */
     int max_attempts;          /* failed handler runs before an event is parked; 0 selects 5 */
     int64_t retry_base_ms;     /* first retry delay, doubled each attempt; 0 selects 1000 */
+    const char *node_id;       /* this node: organizations hosted here receive messages */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
@@ -110,6 +120,8 @@ typedef struct cm_ack {
     const char *state;    /* state after the step (NULL on error) */
     const char *message;  /* why it failed (NULL on success) */
     bool kept;            /* on failure: the event was kept for retry (true) or refused (false) */
+    const char *result;   /* messages (cm_engine_receive): "received", "duplicate" or
+                          ** "refused" (message says why); NULL otherwise */
 } cm_ack;
 typedef void (*cm_ack_cb)(void *ud, const cm_ack *ack);
 
@@ -153,6 +165,41 @@ int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, cons
 /* Queue event with payload (an object or NULL) for instance. */
 int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
                      cm_ack_cb cb, void *ud, cm_err *err);
+
+/* A message from a partner node (fed.h), applied once: recorded in the inbox
+** under (peer, id) in the same transaction as its effect. Its effect: the
+** event `kind` for the instance it continues (reply_to, which must have
+** exchanged messages with this peer before), or a new instance of the
+** workflow started_by `kind`, with the payload as input plus from, to and
+** (when shared) patient_record. Both ends' terms are checked again here
+** (terms.h); what they do not cover is refused, audited, and answered
+** "refused". A duplicate is answered with the first answer. A message whose
+** prev is not in the inbox yet is not applied: its ack has status CM_ENOTFOUND
+** and no result (federation answers busy; the peer resends in order). */
+typedef struct cm_engine_msg {
+    const char *peer;      /* the authenticated sending node */
+    const char *id;        /* the message id */
+    const char *kind;      /* e.g. "referral.request" */
+    const char *from, *to; /* sending and receiving organizations */
+    const char *purpose;   /* "referral", "immunization", ... */
+    const cJSON *classes;  /* data classes carried (array of names), or NULL */
+    const char *patient;   /* whose data ("" or NULL when none) */
+    const cJSON *record;   /* the shared patient record, or NULL */
+    const char *instance;  /* the sender's instance ("" when none) */
+    const char *reply_to;  /* this node's instance it continues ("" when none) */
+    const cJSON *payload;  /* an object */
+    const char *prev;      /* the message the peer sent before it ("" or NULL: none) */
+} cm_engine_msg;
+
+/* Queue m; cb is told (ack.result) after the commit. Strings are copied. */
+int cm_engine_receive(cm_engine *e, const cm_engine_msg *m, cm_ack_cb cb, void *ud, cm_err *err);
+
+/* Post event name with payload to instance, inside the caller's open
+** transaction (for federation answers such as send.refused). The engine
+** picks it up as a due event; call cm_engine_wake after the commit. */
+int cm_engine_post(cm_engine *e, const char *instance, const char *name, const cJSON *payload,
+                   cm_err *err);
+void cm_engine_wake(cm_engine *e);
 
 /* Process queued work, due timers and due retries in batches until nothing
 ** is ready. *processed (may be NULL) counts items. */

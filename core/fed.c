@@ -4,6 +4,8 @@
 */
 #include "fed.h"
 
+#include "share.h"
+
 #include "log.h"
 
 #include <errno.h>
@@ -22,8 +24,14 @@
 #define FED_RTO_MAX_MS   30000
 #define FED_HELLO_MIN_MS 500
 #define FED_HELLO_MAX_MS 30000
-#define FED_ROUTE_BATCH  100
+#define FED_ROUTE_BATCH  1024 /* outbox rows routed per transaction */
+#define FED_ROUTE_REFUSE 16   /* unroutable rows refused per pass (each its own transaction) */
 #define FED_HELLO_LINKS  4
+#define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
+#define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
+#define FED_PUMP_ROUNDS  16   /* flush-and-send rounds per turn before yielding the loop */
+#define FED_INBOX_BATCH  1024 /* delivers recorded per transaction (inbox-only receiver) */
+#define FED_SHARE_MS     5000 /* directory and indicators: checked (and resent) this often */
 
 /* ---- messages ------------------------------------------------------------ */
 
@@ -33,6 +41,8 @@ static const char *const type_names[] = {"hello", "deliver",   "ack",
 void cm_fed_msg_clear(cm_fed_msg *m)
 {
     cJSON_Delete(m->payload);
+    cJSON_Delete(m->classes);
+    cJSON_Delete(m->record);
     memset(m, 0, sizeof(*m));
 }
 
@@ -83,10 +93,28 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             (rc = get_str(root, "kind", true, m->kind, sizeof(m->kind), err)) != 0 ||
             (rc = get_str(root, "to", true, m->to, sizeof(m->to), err)) != 0)
             return rc;
+        if ((rc = get_str(root, "from", false, m->from, sizeof(m->from), err)) != 0 ||
+            (rc = get_str(root, "purpose", false, m->purpose, sizeof(m->purpose), err)) != 0 ||
+            (rc = get_str(root, "patient", false, m->patient, sizeof(m->patient), err)) != 0 ||
+            (rc = get_str(root, "instance", false, m->instance, sizeof(m->instance), err)) != 0 ||
+            (rc = get_str(root, "reply_to", false, m->reply_to, sizeof(m->reply_to), err)) != 0 ||
+            (rc = get_str(root, "prev", false, m->prev, sizeof(m->prev), err)) != 0)
+            return rc;
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "payload");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "classes");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "patient_record");
+        const cJSON *it;
         if (!p)
             return cm_err_set(err, CM_EINVAL, "payload: missing (any JSON value)");
-        if (!(m->payload = cJSON_Duplicate(p, true)))
+        if (c && !cJSON_IsArray(c))
+            return cm_err_set(err, CM_EINVAL, "classes: must be an array of data class names");
+        cJSON_ArrayForEach(it, c) if (!cJSON_IsString(it)) return cm_err_set(
+            err, CM_EINVAL, "classes: must be an array of data class names");
+        if (r && !cJSON_IsObject(r))
+            return cm_err_set(err, CM_EINVAL, "patient_record: must be an object");
+        if (!(m->payload = cJSON_Duplicate(p, true)) ||
+            (c && !(m->classes = cJSON_Duplicate(c, true))) ||
+            (r && !(m->record = cJSON_Duplicate(r, true))))
             return cm_err_set(err, CM_ENOMEM, "out of memory");
         return 0;
     }
@@ -94,17 +122,30 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
         if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0 ||
             (rc = get_str(root, "result", true, m->result, sizeof(m->result), err)) != 0)
             return rc;
-        if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0)
-            return cm_err_set(err, CM_EINVAL, "result: must be received or duplicate");
-        return 0;
+        if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0 &&
+            strcmp(m->result, "refused") != 0)
+            return cm_err_set(err, CM_EINVAL, "result: must be received, duplicate or refused");
+        return get_str(root, "reason", false, m->message, sizeof(m->message), err);
     case CM_FED_ERROR:
         if ((rc = get_str(root, "code", true, m->code, sizeof(m->code), err)) != 0 ||
             (rc = get_str(root, "ref", false, m->id, sizeof(m->id), err)) != 0 ||
             (rc = get_str(root, "message", false, m->message, sizeof(m->message), err)) != 0)
             return rc;
         return 0;
+    case CM_FED_DIRECTORY:
+    case CM_FED_INDICATORS: {
+        const char *key = m->type == CM_FED_DIRECTORY ? "organizations" : "indicators";
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
+        if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0)
+            return rc;
+        if (!cJSON_IsArray(list))
+            return cm_err_set(err, CM_EINVAL, "%s: must be an array", key);
+        if (!(m->payload = cJSON_Duplicate(list, true)))
+            return cm_err_set(err, CM_ENOMEM, "out of memory");
+        return 0;
+    }
     default:
-        return 0; /* reserved kinds: the type is enough to refuse them */
+        return 0;
     }
 }
 
@@ -157,23 +198,41 @@ char *cm_fed_encode(const cm_fed_msg *m)
             !(caps = cJSON_AddArrayToObject(o, "caps")))
             goto done;
         cJSON_AddItemToArray(caps, cJSON_CreateString("deliver"));
+        cJSON_AddItemToArray(caps, cJSON_CreateString("directory"));
+        cJSON_AddItemToArray(caps, cJSON_CreateString("indicators"));
         break;
     case CM_FED_DELIVER:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
             !cJSON_AddStringToObject(o, "kind", m->kind) ||
-            !cJSON_AddStringToObject(o, "to", m->to) || !m->payload ||
-            !cJSON_AddItemReferenceToObject(o, "payload", m->payload))
+            !cJSON_AddStringToObject(o, "to", m->to) ||
+            (m->from[0] && !cJSON_AddStringToObject(o, "from", m->from)) ||
+            (m->purpose[0] && !cJSON_AddStringToObject(o, "purpose", m->purpose)) ||
+            (m->patient[0] && !cJSON_AddStringToObject(o, "patient", m->patient)) ||
+            (m->instance[0] && !cJSON_AddStringToObject(o, "instance", m->instance)) ||
+            (m->reply_to[0] && !cJSON_AddStringToObject(o, "reply_to", m->reply_to)) ||
+            (m->prev[0] && !cJSON_AddStringToObject(o, "prev", m->prev)) ||
+            (m->classes && !cJSON_AddItemReferenceToObject(o, "classes", m->classes)) ||
+            (m->record && !cJSON_AddItemReferenceToObject(o, "patient_record", m->record)) ||
+            !m->payload || !cJSON_AddItemReferenceToObject(o, "payload", m->payload))
             goto done;
         break;
     case CM_FED_ACK:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
-            !cJSON_AddStringToObject(o, "result", m->result))
+            !cJSON_AddStringToObject(o, "result", m->result) ||
+            (m->message[0] && !cJSON_AddStringToObject(o, "reason", m->message)))
             goto done;
         break;
     case CM_FED_ERROR:
         if (!cJSON_AddStringToObject(o, "code", m->code) ||
             !cJSON_AddStringToObject(o, "message", m->message) ||
             (m->id[0] && !cJSON_AddStringToObject(o, "ref", m->id)))
+            goto done;
+        break;
+    case CM_FED_DIRECTORY:
+    case CM_FED_INDICATORS:
+        if (!cJSON_AddStringToObject(o, "id", m->id) || !m->payload ||
+            !cJSON_AddItemReferenceToObject(
+                o, m->type == CM_FED_DIRECTORY ? "organizations" : "indicators", m->payload))
             goto done;
         break;
     default:
@@ -211,8 +270,23 @@ struct fed_sock {
     bool polling, draining;
     int peer; /* DEALER and monitor: the peer's index; -1 otherwise */
     fed_reader read;
+    void (*after)(fed_sock *s); /* after a drain that read something; may be NULL */
+    bool (*full)(fed_sock *s);  /* true: stop reading for now (after reads on); may be NULL */
     const char *name;
 };
+
+/* A message sent to a peer whose outbox row is not settled yet. */
+typedef enum { FLIGHT_OPEN = 0, FLIGHT_DELIVERED, FLIGHT_REFUSED, FLIGHT_GONE } flight_state;
+
+typedef struct fed_flight {
+    int64_t seq;
+    int64_t prev;   /* seq of the message before it to this peer (its `prev`); 0: none */
+    uint32_t round; /* the peer's round it was last sent in; another round: (re)send it */
+    int sends;      /* sends not yet counted in outbox.attempts */
+    flight_state state;
+    char result[16]; /* the peer's answer, once settled */
+    char *reason;    /* refused: the peer's reason (owned) */
+} fed_flight;
 
 typedef struct fed_peer {
     const cm_peer_config *cfg;
@@ -221,9 +295,25 @@ typedef struct fed_peer {
     bool refused;       /* it refused our version: back off long */
     uint64_t hello_due; /* loop time of the next hello while down */
     uint64_t hello_ivl;
-    int64_t inflight; /* outbox seq awaiting ack, 0 = none */
-    uint64_t resend_due;
+    /* The window: messages sent and not yet settled in the outbox, in seq
+    ** order. Answers settle entries in memory; a flush writes them, one
+    ** transaction for all, and drops them from the window. */
+    fed_flight *win;
+    int nwin, nsettled;
+    uint32_t round;      /* bumped to send the whole window again (a rewind) */
+    bool reprev;         /* recompute the prevs before sending again */
+    bool pumping, again; /* peer_pump is running / has more to do */
+    uint64_t hold_until; /* no sends before this loop time (busy backoff) */
+    uint64_t busy_ivl;
+    int64_t busy_seq;    /* the oldest unsettled message at the last busy */
+    uint64_t resend_due; /* the oldest still unanswered then: rewind */
+    /* what we share with it (share.h): hash of the text last sent, and of
+    ** the text it acknowledged; resent when they differ */
+    uint64_t share_sent[2], share_acked[2];
+    uint64_t share_due;
     uint64_t rto;
+    int64_t rto_seq;      /* the oldest message resend_due was set for */
+    uint64_t last_answer; /* loop time of the last answer: answers flowing, no timeout */
     /* ROUTER side: routing ids of the latest links that said hello (a
     ** reconnect makes a new one before the old one is noticed gone) */
     uint8_t rid[FED_HELLO_LINKS][256];
@@ -231,8 +321,34 @@ typedef struct fed_peer {
     int rid_next;
 } fed_peer;
 
+/* A delivered message the engine is applying: the ack goes when it answers. */
+typedef struct fed_ticket {
+    cm_fed *fed; /* NULL once the federation is gone */
+    struct fed_ticket *prev, *next;
+    char peer[129], id[192], kind[129], to[129];
+    uint8_t rid[256];
+    size_t rid_len;
+} fed_ticket;
+
+/* A deliver the inbox-only receiver records with the rest of its batch. */
+typedef struct fed_inbound {
+    int peer;
+    uint8_t rid[256];
+    size_t rid_len;
+    char id[192], prev[192], kind[129], to[129];
+    char *payload; /* JSON text, owned */
+} fed_inbound;
+
 struct cm_fed {
     cm_fed_opts o;
+    int window;
+    uint64_t poll_ms;
+    fed_ticket *tickets; /* answers outstanding */
+    /* inbox-only receiver: two batches, one filling while the other commits */
+    fed_inbound *inq[2];
+    int ninq, inq_cur;
+    bool inbox_flushing, inbox_again;
+    bool stopped;
     void *ctx;
     fed_sock router, zap;
     fed_peer peers[CM_FED_MAX_PEERS];
@@ -281,16 +397,20 @@ static void sock_drain(fed_sock *s)
 {
     if (s->draining || !s->zs)
         return;
+    bool any = false;
     s->draining = true;
     for (;;) {
         int ev = 0;
         size_t sz = sizeof(ev);
         if (zmq_getsockopt(s->zs, ZMQ_EVENTS, &ev, &sz) != 0 || !(ev & ZMQ_POLLIN))
             break;
-        if (!sock_read_one(s))
+        if ((s->full && s->full(s)) || !sock_read_one(s))
             break;
+        any = true;
     }
     s->draining = false;
+    if (any && s->after)
+        s->after(s);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -298,14 +418,20 @@ static void on_poll(uv_poll_t *h, int status, int events)
     sock_drain(h->data);
 }
 
-/* Send parts (the last one ends the message); then drain, since a send can
-** consume the edge that announced pending input. */
+/* Send parts (the last one ends the message) without blocking; -1 when the
+** socket would block. A run of sends must end with sock_drain: a send can
+** consume the edge that announced pending input. sock_send does both. */
+static int sock_put(fed_sock *s, const void *const *bufs, const size_t *lens, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (zmq_send(s->zs, bufs[i], lens[i], ZMQ_DONTWAIT | (i + 1 < n ? ZMQ_SNDMORE : 0)) < 0)
+            return -1;
+    return 0;
+}
+
 static int sock_send(fed_sock *s, const void *const *bufs, const size_t *lens, int n)
 {
-    int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++)
-        if (zmq_send(s->zs, bufs[i], lens[i], ZMQ_DONTWAIT | (i + 1 < n ? ZMQ_SNDMORE : 0)) < 0)
-            rc = -1;
+    int rc = sock_put(s, bufs, lens, n);
     sock_drain(s);
     return rc;
 }
@@ -345,7 +471,10 @@ static int link_options(void *zs)
     int rc = set_int(zs, ZMQ_LINGER, 0) | set_int(zs, ZMQ_HANDSHAKE_IVL, 5000) |
              set_int(zs, ZMQ_HEARTBEAT_IVL, 1000) | set_int(zs, ZMQ_HEARTBEAT_TIMEOUT, 3000) |
              set_int(zs, ZMQ_HEARTBEAT_TTL, 6000) | set_int(zs, ZMQ_RECONNECT_IVL, 100) |
-             set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000);
+             set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000) |
+             /* a ROUTER drops what it cannot queue: room for a whole window of answers */
+             set_int(zs, ZMQ_SNDHWM, CM_FED_WINDOW_MAX + 1000) |
+             set_int(zs, ZMQ_RCVHWM, CM_FED_WINDOW_MAX + 1000);
     return rc | zmq_setsockopt(zs, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
 }
 
@@ -450,63 +579,307 @@ static void now_text(cm_fed *fed, char *buf)
     cm_time_format(cm_clock_now_ms(fed->o.clock), buf, CM_TIME_BUFSZ);
 }
 
-/* Record a delivered message once; *dup when it was already there. */
-static int inbox_record(cm_fed *fed, fed_peer *p, const cm_fed_msg *m, bool *dup, cm_err *err)
+/* Send an ack (or "busy") to the link with routing id rid. The caller
+** drains the ROUTER after the last of a run of answers. */
+static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, const char *id,
+                     const char *result, const char *reason)
 {
-    char now[CM_TIME_BUFSZ], *payload = NULL;
-    int rc;
-    sqlite3_stmt *st;
-    if ((rc = cm_store_begin(fed->o.store, err)) != 0)
-        return rc;
-    st = cm_store_prepare(fed->o.store,
-                          "INSERT OR IGNORE INTO inbox(peer, msg_id, kind, receiver, payload, "
-                          "received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                          err);
-    if (!st || !(payload = cJSON_PrintUnformatted(m->payload))) {
-        rc = st ? cm_err_set(err, CM_ENOMEM, "out of memory") : err->code;
-        goto done;
+    cm_fed_msg m;
+    memset(&m, 0, sizeof(m));
+    if (result) {
+        m.type = CM_FED_ACK;
+        snprintf(m.result, sizeof(m.result), "%s", result);
+        snprintf(m.message, sizeof(m.message), "%s", reason ? reason : "");
+    } else {
+        m.type = CM_FED_ERROR;
+        snprintf(m.code, sizeof(m.code), "busy");
+        snprintf(m.message, sizeof(m.message), "not recorded; resend later");
     }
-    now_text(fed, now);
-    sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, m->kind, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, m->to, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, payload, -1, SQLITE_STATIC);
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    char *text = cm_fed_encode(&m);
+    if (!text) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory answering %s", id);
+        return;
+    }
+    const void *bufs[] = {rid, text};
+    size_t lens[] = {rid_len, strlen(text)};
+    sock_put(&fed->router, bufs, lens, 2);
+    free(text);
+}
+
+/* Is (peer, id) in the inbox (received or refused)? -1 on a store error. */
+static int inbox_has(cm_fed *fed, const char *peer, const char *id, cm_err *err)
+{
+    sqlite3_stmt *st =
+        cm_store_prepare(fed->o.store, "SELECT 1 FROM inbox WHERE peer = ?1 AND msg_id = ?2", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        cm_store_error(fed->o.store, err, "inbox");
+        return -1;
+    }
+    return rc == SQLITE_ROW;
+}
+
+typedef enum { IN_RECEIVED, IN_DUPLICATE, IN_BUSY } inbound_result;
+
+/* Record one message of the open transaction: a duplicate is left alone, one
+** whose prev has not been recorded waits (busy), any other is inserted.
+** last: the id recorded just before in this batch from the same peer, or "". */
+static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, const char *now,
+                        inbound_result *res, cm_err *err)
+{
+    const char *peer = fed->peers[in->peer].cfg->id;
+    int has = 1;
+    /* the message before it: most often the one just recorded in this batch */
+    if (in->prev[0] && strcmp(in->prev, last) != 0 &&
+        (has = inbox_has(fed, peer, in->prev, err)) <= 0) {
+        if (has == 0 && (has = inbox_has(fed, peer, in->id, err)) == 0) {
+            *res = IN_BUSY;
+            return 0;
+        }
+        *res = IN_DUPLICATE; /* recorded before: the first answer stands */
+        return has < 0 ? err->code : 0;
+    }
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                        "INSERT OR IGNORE INTO inbox(peer, msg_id, kind, receiver, "
+                                        "payload, received) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, in->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, in->to, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, in->payload, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        rc = cm_store_error(fed->o.store, err, "inbox");
-        goto done;
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return cm_store_error(fed->o.store, err, "inbox");
+    *res = sqlite3_changes(cm_store_db(fed->o.store)) ? IN_RECEIVED : IN_DUPLICATE;
+    return 0;
+}
+
+/* One batch of delivers in one transaction, then their answers in arrival
+** order: nothing is acknowledged before the commit. */
+static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
+{
+    inbound_result res[FED_INBOX_BATCH];
+    char now[CM_TIME_BUFSZ];
+    cm_err err;
+    int rc = -1, busy = 0, first_busy = -1;
+    cm_err_clear(&err);
+    if (!store_free(fed))
+        cm_err_set(&err, CM_EDB, "store busy");
+    else if ((rc = cm_store_begin(fed->o.store, &err)) == 0) {
+        now_text(fed, now);
+        for (int i = 0; i < n && rc == 0; i++) {
+            const fed_inbound *before = i > 0 && res[i - 1] == IN_RECEIVED ? &batch[i - 1] : NULL;
+            rc = inbox_record(fed, &batch[i],
+                              before && before->peer == batch[i].peer ? before->id : "", now,
+                              &res[i], &err);
+        }
+        if (rc == 0)
+            rc = cm_store_commit(fed->o.store, &err);
+        else
+            cm_store_rollback(fed->o.store);
     }
-    *dup = sqlite3_changes(cm_store_db(fed->o.store)) == 0;
-    rc = cm_store_commit(fed->o.store, err);
-done:
-    if (st)
-        sqlite3_reset(st);
-    free(payload);
-    if (rc != 0 && cm_store_in_tx(fed->o.store))
-        cm_store_rollback(fed->o.store);
-    return rc;
+    for (int i = 0; i < n; i++) {
+        fed_inbound *in = &batch[i];
+        const char *peer = fed->peers[in->peer].cfg->id;
+        if (rc != 0)
+            res[i] = IN_BUSY; /* nothing of the batch is recorded */
+        if (res[i] == IN_BUSY) {
+            if (busy++ == 0)
+                first_busy = i;
+            send_ack(fed, in->rid, in->rid_len, in->id, NULL, NULL);
+        } else {
+            bool dup = res[i] == IN_DUPLICATE;
+            cm_log(CM_LOG_INFO, dup ? "fed.duplicate" : "fed.received", "%s %s (%s for %s) from %s",
+                   dup ? "duplicate" : "received", in->id, in->kind, in->to, peer);
+            if (!dup && fed->o.on_received)
+                fed->o.on_received(fed->o.on_received_ud, peer, in->id, in->kind, in->to);
+            send_ack(fed, in->rid, in->rid_len, in->id, dup ? "duplicate" : "received", NULL);
+        }
+        free(in->payload);
+        in->payload = NULL;
+    }
+    sock_drain(&fed->router);
+    if (busy)
+        cm_log(CM_LOG_WARN, "fed.busy",
+               "%d message(s) from %s not recorded (will be resent), the first %s: %s", busy,
+               fed->peers[batch[first_busy].peer].cfg->id, batch[first_busy].id,
+               rc != 0 ? err.msg : "the message sent before it has not arrived");
+}
+
+/* Commit the delivers gathered so far (after a drain of the ROUTER, or when
+** a batch is full). Answers sent meanwhile may read more: they go to the
+** other batch and are committed next. */
+static void inbox_flush(cm_fed *fed)
+{
+    if (fed->inbox_flushing) {
+        fed->inbox_again = true;
+        return;
+    }
+    fed->inbox_flushing = true;
+    do {
+        fed->inbox_again = false;
+        int n = fed->ninq;
+        fed_inbound *batch = fed->inq[fed->inq_cur];
+        fed->inq_cur ^= 1;
+        fed->ninq = 0;
+        if (n > 0)
+            inbox_commit(fed, batch, n);
+    } while ((fed->inbox_again || fed->ninq > 0) && !fed->stopped);
+    fed->inbox_flushing = false;
+}
+
+/* Queue a deliver for the next inbox batch; false when it cannot wait (the
+** batch is full while the other is still being answered, or no memory). */
+static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    size_t n = zmq_msg_size((zmq_msg_t *)rid);
+    if (fed->ninq >= FED_INBOX_BATCH)
+        inbox_flush(fed);
+    if (fed->ninq >= FED_INBOX_BATCH || n > sizeof(fed->inq[0][0].rid))
+        return false;
+    fed_inbound *in = &fed->inq[fed->inq_cur][fed->ninq];
+    if (!(in->payload = cJSON_PrintUnformatted(m->payload)))
+        return false;
+    in->peer = (int)(p - fed->peers);
+    memcpy(in->rid, zmq_msg_data((zmq_msg_t *)rid), n);
+    in->rid_len = n;
+    snprintf(in->id, sizeof(in->id), "%s", m->id);
+    snprintf(in->prev, sizeof(in->prev), "%s", m->prev);
+    snprintf(in->kind, sizeof(in->kind), "%s", m->kind);
+    snprintf(in->to, sizeof(in->to), "%s", m->to);
+    fed->ninq++;
+    return true;
+}
+
+/* The ROUTER's drain: a full batch stops it; the flush commits the batch,
+** and its answers' drain reads on. */
+static void router_after(fed_sock *s)
+{
+    if (s->fed->ninq > 0)
+        inbox_flush(s->fed);
+}
+
+static bool router_full(fed_sock *s)
+{
+    return !s->fed->o.apply && s->fed->ninq >= FED_INBOX_BATCH;
+}
+
+void cm_fed_answer(void *ticket, const char *result, const char *reason)
+{
+    fed_ticket *t = ticket;
+    cm_fed *fed = t->fed;
+    if (fed) {
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            fed->tickets = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+    }
+    if (fed && !fed->stopped) {
+        if (!result)
+            cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
+                   t->id, t->peer, reason ? reason : "");
+        else if (strcmp(result, "refused") == 0)
+            cm_log(CM_LOG_WARN, "fed.refused_receive", "refused %s (%s for %s) from %s: %s", t->id,
+                   t->kind, t->to, t->peer, reason ? reason : "");
+        else
+            cm_log(CM_LOG_INFO, strcmp(result, "duplicate") == 0 ? "fed.duplicate" : "fed.received",
+                   "%s %s (%s for %s) from %s", result, t->id, t->kind, t->to, t->peer);
+        if (result && strcmp(result, "received") == 0 && fed->o.on_received)
+            fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
+        send_ack(fed, t->rid, t->rid_len, t->id, result, reason);
+        sock_drain(&fed->router);
+    }
+    free(t);
+}
+
+/* Hand m to the engine; the ack goes from cm_fed_answer after its commit. */
+static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    fed_ticket *t = calloc(1, sizeof(*t));
+    size_t n = zmq_msg_size((zmq_msg_t *)rid);
+    if (!t || n > sizeof(t->rid)) {
+        free(t);
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    t->fed = fed;
+    memcpy(t->rid, zmq_msg_data((zmq_msg_t *)rid), n);
+    t->rid_len = n;
+    snprintf(t->peer, sizeof(t->peer), "%s", p->cfg->id);
+    snprintf(t->id, sizeof(t->id), "%s", m->id);
+    snprintf(t->kind, sizeof(t->kind), "%s", m->kind);
+    snprintf(t->to, sizeof(t->to), "%s", m->to);
+    t->next = fed->tickets;
+    if (fed->tickets)
+        fed->tickets->prev = t;
+    fed->tickets = t;
+    if (fed->o.apply(fed->o.engine_ud, p->cfg->id, m, t) != 0)
+        cm_fed_answer(t, NULL, "the engine could not take it");
 }
 
 static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
 {
-    cm_fed_msg ack;
-    cm_err err;
-    bool dup = false;
-    if (!store_free(fed) || inbox_record(fed, p, m, &dup, &err) != 0) {
+    if (fed->o.apply) {
+        router_apply(fed, p, rid, m);
+        return;
+    }
+    if (!inbox_queue(fed, p, rid, m)) {
         cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
-               m->id, p->cfg->id, store_free(fed) ? err.msg : "store busy");
+               m->id, p->cfg->id, "too many waiting");
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+    }
+}
+
+/* A partner's directory or indicators: kept (replacing the last), acked. */
+static void router_share(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+{
+    char why[300];
+    cm_err err;
+    int kept = 0, dropped = 0, rc;
+    bool dir = m->type == CM_FED_DIRECTORY;
+    if (!store_free(fed)) {
         reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
         return;
     }
-    cm_log(CM_LOG_INFO, dup ? "fed.duplicate" : "fed.received", "%s %s (%s for %s) from %s",
-           dup ? "duplicate" : "received", m->id, m->kind, m->to, p->cfg->id);
-    if (!dup && fed->o.on_received)
-        fed->o.on_received(fed->o.on_received_ud, p->cfg->id, m->id, m->kind, m->to);
+    rc = dir ? cm_share_directory_keep(fed->o.store, fed->o.clock, p->cfg->id, m->payload, &kept,
+                                       &dropped, why, sizeof(why), &err)
+             : cm_share_indicators_keep(fed->o.store, fed->o.clock, p->cfg->id, m->payload, &kept,
+                                        &err);
+    if (rc == CM_EINVAL) {
+        cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad %s: %s", p->cfg->id,
+               type_names[m->type], err.msg);
+        reply_error(&fed->router, rid, "malformed", m->id, "%s", err.msg);
+        return;
+    }
+    if (rc != 0) {
+        cm_log(CM_LOG_WARN, "fed.busy", "%s from %s not recorded: %s", type_names[m->type],
+               p->cfg->id, err.msg);
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        return;
+    }
+    if (dropped)
+        cm_log(CM_LOG_WARN, "fed.directory", "peer %s: %d organization(s) dropped: %s", p->cfg->id,
+               dropped, why);
+    cm_log(CM_LOG_INFO, dir ? "fed.directory" : "fed.indicators", "peer %s shared %d %s",
+           p->cfg->id, kept, dir ? "organization(s)" : "indicator(s)");
+    cm_fed_msg ack;
     memset(&ack, 0, sizeof(ack));
     ack.type = CM_FED_ACK;
     snprintf(ack.id, sizeof(ack.id), "%s", m->id);
-    snprintf(ack.result, sizeof(ack.result), "%s", dup ? "duplicate" : "received");
+    snprintf(ack.result, sizeof(ack.result), "received");
     reply(&fed->router, rid, &ack);
 }
 
@@ -577,6 +950,8 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
         reply_error(s, &parts[0], "hello-required", m.id, "say hello first");
     } else if (m.type == CM_FED_DELIVER) {
         router_deliver(fed, p, &parts[0], &m);
+    } else if (m.type == CM_FED_DIRECTORY || m.type == CM_FED_INDICATORS) {
+        router_share(fed, p, &parts[0], &m);
     } else {
         cm_log(CM_LOG_WARN, "fed.unsupported", "peer %s sent %s, which this node does not take",
                p->cfg->id, type_names[m.type]);
@@ -587,137 +962,478 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 
 /* ---- sending ------------------------------------------------------------- */
 
+static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
+
 static void peer_down(fed_peer *p, const char *why)
 {
     if (p->up)
         cm_log(CM_LOG_WARN, "fed.peer_down", "peer %s is down (%s)", p->cfg->id, why);
     p->up = false;
-    p->inflight = 0;
+    p->round++;                                /* what was in flight goes again once it is back */
+    p->share_acked[0] = p->share_acked[1] = 0; /* share again once it is back */
+    p->share_due = 0;
     p->hello_ivl = FED_HELLO_MIN_MS;
     p->hello_due = 0;
 }
 
-/* Mark one row refused (autocommit), with the reason in the log too. */
+/* The event send.refused for the instance that queued outbox row seq, in
+** the open transaction (nothing when the row has no instance). */
+static int tell_refused(cm_fed *fed, int64_t seq, const char *reason, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        fed->o.store, "SELECT instance, receiver, kind, purpose FROM outbox WHERE seq = ?1", err);
+    int rc = 0;
+    if (!st)
+        return err->code;
+    sqlite3_bind_int64(st, 1, seq);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) && fed->o.refused) {
+        cJSON *ev = cJSON_CreateObject();
+        const char *purpose = (const char *)sqlite3_column_text(st, 3);
+        char instance[256];
+        snprintf(instance, sizeof(instance), "%s", (const char *)sqlite3_column_text(st, 0));
+        if (!ev || !cJSON_AddStringToObject(ev, "to", (const char *)sqlite3_column_text(st, 1)) ||
+            !cJSON_AddStringToObject(ev, "kind", (const char *)sqlite3_column_text(st, 2)) ||
+            !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
+            !cJSON_AddStringToObject(ev, "reason", reason))
+            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+        sqlite3_reset(st);
+        if (rc == 0)
+            rc = fed->o.refused(fed->o.engine_ud, instance, ev, err);
+        cJSON_Delete(ev);
+        return rc;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Mark one row refused with its reason, and tell the instance that sent it;
+** one transaction. The reason goes to the log too. */
 static void outbox_refuse(cm_fed *fed, int64_t seq, const char *reason)
 {
     char now[CM_TIME_BUFSZ];
     cm_err err;
-    sqlite3_stmt *st = cm_store_prepare(
+    sqlite3_stmt *st;
+    if (cm_store_begin(fed->o.store, &err) != 0)
+        goto fail;
+    st = cm_store_prepare(
         fed->o.store,
         "UPDATE outbox SET status = 'refused', reason = ?2, done_at = ?3 WHERE seq = ?1", &err);
-    if (!st) {
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-        return;
-    }
+    if (!st)
+        goto rollback;
     now_text(fed, now);
     sqlite3_bind_int64(st, 1, seq);
     sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) {
-        cm_store_error(fed->o.store, &err, "outbox");
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-    } else {
-        cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
-    }
-    sqlite3_reset(st);
-}
-
-/* Send the oldest pending row routed to p (one in flight keeps the order). */
-static void send_next(cm_fed *fed, fed_peer *p, bool resend)
-{
-    cm_fed_msg m;
-    cm_err err;
-    sqlite3_stmt *st;
-    char *text = NULL;
-    if (!p->up || (p->inflight && !resend) || !store_free(fed))
-        return;
-    memset(&m, 0, sizeof(m));
-    st = cm_store_prepare(fed->o.store,
-                          "SELECT seq, receiver, kind, payload FROM outbox "
-                          "WHERE status = 'pending' AND peer = ?1 ORDER BY seq LIMIT 1",
-                          &err);
-    if (!st)
-        goto fail;
-    sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_ROW) {
-        p->inflight = 0;
-        sqlite3_reset(st);
-        return;
-    }
-    int64_t seq = sqlite3_column_int64(st, 0);
-    m.type = CM_FED_DELIVER;
-    snprintf(m.id, sizeof(m.id), "%s:%lld", fed->o.node_id, (long long)seq);
-    snprintf(m.to, sizeof(m.to), "%s", (const char *)sqlite3_column_text(st, 1));
-    snprintf(m.kind, sizeof(m.kind), "%s", (const char *)sqlite3_column_text(st, 2));
-    /* the engine keeps a JSON payload as JSON text and a string payload as is */
-    const char *raw = (const char *)sqlite3_column_text(st, 3);
-    if (!(m.payload = cJSON_Parse(raw)))
-        m.payload = cJSON_CreateString(raw);
-    sqlite3_reset(st);
-    if (!m.payload || !(text = cm_fed_encode(&m))) {
-        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld", (long long)seq);
-        goto done;
-    }
-    if (strlen(text) > CM_FED_MAX_MSG) {
-        outbox_refuse(fed, seq, "message larger than the 1 MiB the protocol allows");
-        p->inflight = 0;
-        goto done;
-    }
-    const void *bufs[] = {text};
-    size_t lens[] = {strlen(text)};
-    if (sock_send(&p->dealer, bufs, lens, 1) == 0) {
-        uint64_t now = uv_now(fed->o.loop);
-        if (p->inflight != seq)
-            p->rto = FED_RTO_MIN_MS;
-        else if ((p->rto *= 2) > FED_RTO_MAX_MS)
-            p->rto = FED_RTO_MAX_MS;
-        p->inflight = seq;
-        p->resend_due = now + p->rto;
-        st = cm_store_prepare(fed->o.store,
-                              "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?1", &err);
-        if (st) {
-            sqlite3_bind_int64(st, 1, seq);
-            sqlite3_step(st);
-            sqlite3_reset(st);
-        }
-        cm_log(CM_LOG_DEBUG, "fed.sent", "sent %s to %s", m.id, p->cfg->id);
-    }
-    goto done;
-fail:
-    cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-done:
-    free(text);
-    cm_fed_msg_clear(&m);
-}
-
-static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
-{
-    char want[192], now[CM_TIME_BUFSZ];
-    cm_err err;
-    snprintf(want, sizeof(want), "%s:%lld", fed->o.node_id, (long long)p->inflight);
-    if (!p->inflight || strcmp(want, m->id) != 0 || !store_free(fed))
-        return; /* an ack for a resend already settled */
-    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
-                                        "UPDATE outbox SET status = 'delivered', done_at = ?2 "
-                                        "WHERE seq = ?1 AND status = 'pending'",
-                                        &err);
-    if (!st) {
-        cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
-        return;
-    }
-    now_text(fed, now);
-    sqlite3_bind_int64(st, 1, p->inflight);
-    sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
         cm_store_error(fed->o.store, &err, "outbox");
+        goto rollback;
+    }
+    if (tell_refused(fed, seq, reason, &err) != 0)
+        goto rollback;
+    if (cm_store_commit(fed->o.store, &err) != 0)
+        goto fail;
+    cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seq, reason);
+    if (fed->o.after_refused)
+        fed->o.after_refused(fed->o.engine_ud);
+    return;
+rollback:
+    cm_store_rollback(fed->o.store);
+fail:
+    cm_log(CM_LOG_ERROR, "fed.store", "refusing outbox %lld: %s", (long long)seq, err.msg);
+}
+
+/* Column col as text into out ("" when NULL). */
+static void column_text(sqlite3_stmt *st, int col, char *out, size_t outsz)
+{
+    const unsigned char *v = sqlite3_column_text(st, col);
+    snprintf(out, outsz, "%s", v ? (const char *)v : "");
+}
+
+/* "demographics,notes" as a JSON array; NULL when empty or NULL. */
+static cJSON *class_array(const char *list)
+{
+    if (!list || !*list)
+        return NULL;
+    cJSON *arr = cJSON_CreateArray();
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", list);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); arr && tok;
+         tok = strtok_r(NULL, ",", &save))
+        cJSON_AddItemToArray(arr, cJSON_CreateString(tok));
+    return arr;
+}
+
+#define OUTBOX_COLUMNS                                                                             \
+    "seq, receiver, kind, payload, sender, purpose, classes, patient, record, instance, reply_to"
+
+/* The deliver for the outbox row st is on (columns OUTBOX_COLUMNS), with
+** prev, as JSON text the caller frees; NULL when out of memory. */
+static char *row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev)
+{
+    cm_fed_msg m;
+    char *text = NULL;
+    memset(&m, 0, sizeof(m));
+    m.type = CM_FED_DELIVER;
+    snprintf(m.id, sizeof(m.id), "%s:%lld", fed->o.node_id, (long long)sqlite3_column_int64(st, 0));
+    if (prev > 0)
+        snprintf(m.prev, sizeof(m.prev), "%s:%lld", fed->o.node_id, (long long)prev);
+    column_text(st, 1, m.to, sizeof(m.to));
+    column_text(st, 2, m.kind, sizeof(m.kind));
+    /* the engine keeps a JSON payload as JSON text and a string payload as is */
+    const char *raw = (const char *)sqlite3_column_text(st, 3);
+    if (!(m.payload = cJSON_Parse(raw)))
+        m.payload = cJSON_CreateString(raw);
+    column_text(st, 4, m.from, sizeof(m.from));
+    column_text(st, 5, m.purpose, sizeof(m.purpose));
+    column_text(st, 7, m.patient, sizeof(m.patient));
+    column_text(st, 9, m.instance, sizeof(m.instance));
+    column_text(st, 10, m.reply_to, sizeof(m.reply_to));
+    m.classes = class_array((const char *)sqlite3_column_text(st, 6));
+    if (sqlite3_column_text(st, 8))
+        m.record = cJSON_Parse((const char *)sqlite3_column_text(st, 8));
+    if (m.payload)
+        text = cm_fed_encode(&m);
+    cm_fed_msg_clear(&m);
+    if (!text)
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld",
+               (long long)sqlite3_column_int64(st, 0));
+    return text;
+}
+
+/* Put text on the wire as f; false when the socket would block. */
+static bool flight_send(fed_peer *p, fed_flight *f, const char *text)
+{
+    const void *bufs[] = {text};
+    size_t lens[] = {strlen(text)};
+    if (sock_put(&p->dealer, bufs, lens, 1) != 0)
+        return false;
+    f->round = p->round;
+    f->sends++;
+    return true;
+}
+
+/* The last row delivered to p before seq: the prev of the first message of
+** an empty window or of a window sent again. 0 when none; -1 on error. */
+static int64_t delivered_before(cm_fed *fed, fed_peer *p, int64_t seq)
+{
+    cm_err err;
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                        "SELECT max(seq) FROM outbox WHERE status = 'delivered' "
+                                        "AND peer = ?1 AND seq < ?2",
+                                        &err);
+    int64_t prev = -1;
+    if (!st) {
         cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        prev = sqlite3_column_int64(st, 0); /* NULL reads as 0: none */
+    sqlite3_reset(st);
+    return prev;
+}
+
+/* (Re)arm the resend timer when the oldest message in flight changed. */
+static void peer_arm(cm_fed *fed, fed_peer *p)
+{
+    if (p->nwin == 0 || p->win[0].seq == p->rto_seq)
+        return;
+    p->rto_seq = p->win[0].seq;
+    p->rto = FED_RTO_MIN_MS;
+    p->resend_due = uv_now(fed->o.loop) + p->rto;
+}
+
+/* Send the whole window again from its oldest message. A busy answer
+** resends at once the first time, then backs off while the same oldest
+** message keeps coming back busy. */
+static void peer_rewind(cm_fed *fed, fed_peer *p, bool busy)
+{
+    uint64_t now = uv_now(fed->o.loop);
+    int64_t head = p->nwin ? p->win[0].seq : 0;
+    p->round++;
+    p->reprev = true;
+    if (busy && head != p->busy_seq) {
+        p->busy_seq = head;
+        p->busy_ivl = FED_BUSY_MIN_MS;
+        p->hold_until = now;
+    } else if (busy) {
+        p->hold_until = now + p->busy_ivl;
+        if ((p->busy_ivl *= 2) > FED_RTO_MAX_MS)
+            p->busy_ivl = FED_RTO_MAX_MS;
+    }
+    p->resend_due = (p->hold_until > now ? p->hold_until : now) + p->rto;
+}
+
+/* Send again what the window holds that was not sent in this round, oldest
+** first, reading each row back. False when the socket would block. */
+static bool peer_resend(cm_fed *fed, fed_peer *p)
+{
+    cm_err err;
+    uint32_t round = p->round;
+    int64_t prev = -1;
+    for (int i = 0; i < p->nwin; i++) {
+        fed_flight *f = &p->win[i];
+        if (p->reprev) { /* after a rewind: the chain as it stands now */
+            if (prev < 0 && (prev = delivered_before(fed, p, f->seq)) < 0)
+                return false;
+            f->prev = prev;
+            prev = f->seq;
+        }
+        if (f->round == round)
+            continue;
+        sqlite3_stmt *st = cm_store_prepare(
+            fed->o.store,
+            "SELECT " OUTBOX_COLUMNS " FROM outbox WHERE seq = ?1 AND status = 'pending'", &err);
+        if (!st) {
+            cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
+            return false;
+        }
+        sqlite3_bind_int64(st, 1, f->seq);
+        int step = sqlite3_step(st);
+        char *text = step == SQLITE_ROW ? row_encode(fed, st, f->prev) : NULL;
+        bool gone = step == SQLITE_DONE;
+        sqlite3_reset(st);
+        if (!text && !gone)
+            return false;
+        if (gone) { /* settled by someone else meanwhile: nothing to send */
+            f->state = FLIGHT_GONE;
+            p->nsettled++;
+            continue;
+        }
+        bool sent = flight_send(p, f, text);
+        free(text);
+        if (!sent || p->round != round)
+            return false;
+    }
+    p->reprev = false;
+    return true;
+}
+
+/* Fill the window with pending rows routed to p, in seq order, each sent as
+** it is read. A row too large for the protocol is refused and skipped. */
+static void peer_fill(cm_fed *fed, fed_peer *p)
+{
+    cm_err err;
+    uint32_t round = p->round;
+    for (;;) {
+        int room = fed->window - p->nwin, got = 0;
+        int64_t after = p->nwin ? p->win[p->nwin - 1].seq : 0, big = 0;
+        int64_t prev = p->nwin ? after : -1;
+        bool stop = false;
+        if (room <= 0)
+            return;
+        sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                            "SELECT " OUTBOX_COLUMNS " FROM outbox "
+                                            "WHERE status = 'pending' AND peer = ?1 AND seq > ?2 "
+                                            "ORDER BY seq LIMIT ?3",
+                                            &err);
+        if (!st) {
+            cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
+            return;
+        }
+        sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, after);
+        sqlite3_bind_int(st, 3, room < FED_FILL_CHUNK ? room : FED_FILL_CHUNK);
+        while (!stop && sqlite3_step(st) == SQLITE_ROW) {
+            int64_t seq = sqlite3_column_int64(st, 0);
+            char *text;
+            got++;
+            if ((prev < 0 && (prev = delivered_before(fed, p, seq)) < 0) ||
+                !(text = row_encode(fed, st, prev))) {
+                stop = true;
+                break;
+            }
+            if (strlen(text) > CM_FED_MAX_MSG) {
+                big = seq;
+                free(text);
+                break;
+            }
+            fed_flight *f = &p->win[p->nwin++];
+            memset(f, 0, sizeof(*f));
+            f->seq = seq;
+            f->prev = prev;
+            prev = seq;
+            stop = !flight_send(p, f, text) || p->round != round;
+            free(text);
+        }
+        sqlite3_reset(st);
+        peer_arm(fed, p);
+        if (big) /* the next fill chains the rows after it to the one before it */
+            outbox_refuse(fed, big, "message larger than the 1 MiB the protocol allows");
+        if (stop || (got == 0 && !big))
+            return;
+    }
+}
+
+/* Write the settled answers in one transaction, then tell who listens and
+** drop them from the window. Left for the next try if the store is busy. */
+static void peer_flush(cm_fed *fed, fed_peer *p)
+{
+    char now[CM_TIME_BUFSZ], id[192], reason[1024];
+    cm_err err;
+    int refused = 0, rc = 0;
+    if (p->nsettled == 0 || !store_free(fed))
+        return;
+    if (cm_store_begin(fed->o.store, &err) != 0)
+        goto fail;
+    now_text(fed, now);
+    for (int i = 0, j; i < p->nwin && rc == 0; i = j) {
+        fed_flight *f = &p->win[i];
+        bool ok = f->state == FLIGHT_DELIVERED;
+        /* a run of delivered neighbours sent as often: one statement (the
+        ** window holds every pending row of p between them, in seq order) */
+        for (j = i + 1; ok && j < p->nwin && p->win[j].state == FLIGHT_DELIVERED &&
+                        p->win[j].sends == f->sends;
+             j++)
+            ;
+        if (!ok && f->state != FLIGHT_REFUSED)
+            continue;
+        sqlite3_stmt *st = cm_store_prepare(
+            fed->o.store,
+            ok ? "UPDATE outbox SET status = 'delivered', done_at = ?2, attempts = attempts + ?3 "
+                 "WHERE seq BETWEEN ?1 AND ?4 AND peer = ?5 AND status = 'pending'"
+               : "UPDATE outbox SET status = 'refused', done_at = ?2, "
+                 "attempts = attempts + ?3, reason = ?4 WHERE seq = ?1 AND status = 'pending'",
+            &err);
+        if (!st) {
+            rc = err.code;
+            break;
+        }
+        snprintf(reason, sizeof(reason), "node %s refused it: %s", p->cfg->id,
+                 f->reason && *f->reason ? f->reason : "no reason given");
+        sqlite3_bind_int64(st, 1, f->seq);
+        sqlite3_bind_text(st, 2, now, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, f->sends);
+        if (!ok)
+            sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC);
+        else {
+            sqlite3_bind_int64(st, 4, p->win[j - 1].seq);
+            sqlite3_bind_text(st, 5, p->cfg->id, -1, SQLITE_STATIC);
+        }
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        rc = rc == SQLITE_DONE ? 0 : cm_store_error(fed->o.store, &err, "outbox");
+        if (rc == 0 && !ok)
+            rc = tell_refused(fed, f->seq, reason, &err);
+    }
+    if (rc != 0) {
+        cm_store_rollback(fed->o.store);
+        goto fail;
+    }
+    if (cm_store_commit(fed->o.store, &err) != 0)
+        goto fail;
+    int kept = 0;
+    for (int i = 0; i < p->nwin; i++) {
+        fed_flight *f = &p->win[i];
+        if (f->state == FLIGHT_OPEN) {
+            p->win[kept++] = *f;
+            continue;
+        }
+        snprintf(id, sizeof(id), "%s:%lld", fed->o.node_id, (long long)f->seq);
+        if (f->state == FLIGHT_DELIVERED)
+            cm_log(CM_LOG_INFO, "fed.delivered", "%s delivered to %s (%s)", id, p->cfg->id,
+                   f->result);
+        else if (f->state == FLIGHT_REFUSED && ++refused)
+            cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: node %s refused it: %s",
+                   (long long)f->seq, p->cfg->id,
+                   f->reason && *f->reason ? f->reason : "no reason given");
+        if (f->state != FLIGHT_GONE && fed->o.on_settled)
+            fed->o.on_settled(fed->o.on_settled_ud, p->cfg->id, f->seq, f->result);
+        free(f->reason);
+    }
+    p->nwin = kept;
+    p->nsettled = 0;
+    peer_arm(fed, p);
+    if (refused && fed->o.after_refused)
+        fed->o.after_refused(fed->o.engine_ud);
+    return;
+fail:
+    cm_log(CM_LOG_ERROR, "fed.store", "recording answers from %s: %s", p->cfg->id, err.msg);
+}
+
+/* Record what was answered, then send: first what the window must send
+** again, then new rows. Answers read while sending make another round; a
+** call made meanwhile (from a drain inside a send) only asks for one. */
+static void peer_pump(cm_fed *fed, fed_peer *p)
+{
+    if (p->pumping) {
+        p->again = true;
         return;
     }
-    cm_log(CM_LOG_INFO, "fed.delivered", "%s delivered to %s (%s)", m->id, p->cfg->id, m->result);
-    p->inflight = 0;
-    send_next(fed, p, false);
+    p->pumping = true;
+    int rounds = 0;
+    do {
+        p->again = false;
+        peer_flush(fed, p);
+        if (p->up && !fed->stopped && p->nsettled == 0 && store_free(fed) &&
+            uv_now(fed->o.loop) >= p->hold_until) {
+            if (peer_resend(fed, p))
+                peer_fill(fed, p);
+            sock_drain(&p->dealer); /* after the run of sends: answers set again */
+        }
+    } while (p->again && !fed->stopped && ++rounds < FED_PUMP_ROUNDS);
+    p->pumping = false;
+    if (p->again)
+        cm_fed_wake(fed); /* more answers came: go on next turn, let the loop breathe */
+}
+
+/* The window entry for outbox seq, or NULL (binary search: seq order). */
+static fed_flight *flight_find(cm_fed *fed, fed_peer *p, const char *id)
+{
+    size_t n = strlen(fed->o.node_id);
+    char *end;
+    if (strncmp(id, fed->o.node_id, n) != 0 || id[n] != ':')
+        return NULL;
+    long long seq = strtoll(id + n + 1, &end, 10);
+    if (end == id + n + 1 || *end)
+        return NULL;
+    int lo = 0, hi = p->nwin - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (p->win[mid].seq == seq)
+            return &p->win[mid];
+        if (p->win[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return NULL;
+}
+
+/* An ack settles its message in memory; the flush after the drain writes it. */
+static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
+{
+    fed_flight *f = flight_find(fed, p, m->id);
+    p->last_answer = uv_now(fed->o.loop);
+    if (!f || f->state != FLIGHT_OPEN)
+        return; /* an answer to a resend already settled */
+    bool refused = strcmp(m->result, "refused") == 0;
+    f->state = refused ? FLIGHT_REFUSED : FLIGHT_DELIVERED;
+    snprintf(f->result, sizeof(f->result), "%s", m->result);
+    if (refused && !(f->reason = strdup(m->message)))
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory keeping the reason for %s", m->id);
+    p->nsettled++;
+    p->again = true;
+}
+
+/* busy: the peer did not record a message of this round (its store, or the
+** message before it has not arrived): send the window again from its start. */
+static void dealer_busy(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
+{
+    fed_flight *f = flight_find(fed, p, m->id);
+    if (!f || f->state != FLIGHT_OPEN || f->round != p->round)
+        return; /* the rest of a round already sent again */
+    cm_log(CM_LOG_INFO, "fed.resend", "peer %s did not record %s (%s): sending %d message(s) again",
+           p->cfg->id, m->id, m->message, p->nwin);
+    peer_rewind(fed, p, true);
+}
+
+static void dealer_after(fed_sock *s)
+{
+    peer_pump(s->fed, &s->fed->peers[s->peer]);
 }
 
 /* DEALER: [body], from the peer whose server key we connected with. */
@@ -743,10 +1459,13 @@ static void dealer_read(fed_sock *s, zmq_msg_t *parts, int n)
                    m.major, m.minor);
         p->up = true;
         p->refused = false;
-        p->inflight = 0;
-        send_next(fed, p, false);
+        p->round++; /* a new link: what was in flight goes again */
+        p->again = true;
     } else if (m.type == CM_FED_ACK) {
-        dealer_ack(fed, p, &m);
+        if (!share_acked(fed, p, &m))
+            dealer_ack(fed, p, &m);
+    } else if (m.type == CM_FED_ERROR && strcmp(m.code, "busy") == 0) {
+        dealer_busy(fed, p, &m);
     } else if (m.type == CM_FED_ERROR) {
         cm_log(strcmp(m.code, "version") == 0 ? CM_LOG_ERROR : CM_LOG_WARN,
                strcmp(m.code, "version") == 0 ? "fed.version" : "fed.peer_error",
@@ -771,7 +1490,8 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
     memcpy(&ev, zmq_msg_data(&parts[0]), sizeof(ev));
     cm_log(CM_LOG_DEBUG, "fed.monitor", "peer %s: event 0x%x", p->cfg->id, (unsigned)ev);
     if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
-        p->hello_due = 0; /* say hello on the next tick */
+        p->hello_due = 0; /* say hello on the next turn */
+        cm_fed_wake(fed);
     } else if (ev == ZMQ_EVENT_DISCONNECTED) {
         peer_down(p, "disconnected or heartbeat timed out");
     } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
@@ -782,79 +1502,141 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
     }
 }
 
-/* Route rows not yet routed: organization -> its node -> a configured peer. */
-static void route_pending(cm_fed *fed)
+/* Route rows not yet routed: organization -> its node -> a configured peer.
+** Routable rows of a pass get their peer in one transaction; a row that
+** cannot be routed is refused (its instance told), each in its own. Returns
+** the number of rows looked at (FED_ROUTE_BATCH: there may be more). */
+static int route_pass(cm_fed *fed)
 {
     cm_err err;
-    char now[CM_TIME_BUFSZ];
     int64_t seqs[FED_ROUTE_BATCH];
-    char reasons[FED_ROUTE_BATCH][256];
-    const char *peers[FED_ROUTE_BATCH];
-    int n = 0;
-    if (!store_free(fed))
-        return;
+    int16_t peers[FED_ROUTE_BATCH];
+    struct {
+        int64_t seq;
+        char reason[256];
+    } bad[FED_ROUTE_REFUSE];
+    int n = 0, nbad = 0, seen = 0;
     sqlite3_stmt *st = cm_store_prepare(
         fed->o.store,
         "SELECT o.seq, o.receiver, r.id IS NOT NULL, json_extract(r.doc, '$.node') FROM outbox o "
         "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
-        "WHERE o.status = 'pending' AND o.peer IS NULL ORDER BY o.seq LIMIT 100",
+        "WHERE o.status = 'pending' AND o.peer IS NULL ORDER BY o.seq LIMIT ?1",
         &err);
     if (!st)
         goto fail;
-    while (n < FED_ROUTE_BATCH && sqlite3_step(st) == SQLITE_ROW) {
+    sqlite3_bind_int(st, 1, FED_ROUTE_BATCH);
+    while (nbad < FED_ROUTE_REFUSE && sqlite3_step(st) == SQLITE_ROW) {
         const char *org = (const char *)sqlite3_column_text(st, 1);
         const char *node = (const char *)sqlite3_column_text(st, 3);
         fed_peer *p = peer_by_id(fed, node);
-        seqs[n] = sqlite3_column_int64(st, 0);
-        peers[n] = p ? p->cfg->id : NULL;
-        reasons[n][0] = '\0';
+        char *why = bad[nbad].reason;
+        seen++;
+        if (p) {
+            seqs[n] = sqlite3_column_int64(st, 0);
+            peers[n++] = (int16_t)(p - fed->peers);
+            continue;
+        }
+        bad[nbad].seq = sqlite3_column_int64(st, 0);
         if (!sqlite3_column_int(st, 2))
-            snprintf(reasons[n], sizeof(reasons[n]), "no organization \"%s\"", org);
+            snprintf(why, sizeof(bad[0].reason), "no organization \"%s\"", org);
         else if (!node)
-            snprintf(reasons[n], sizeof(reasons[n]), "organization \"%s\" has no node", org);
-        else if (!p)
-            snprintf(reasons[n], sizeof(reasons[n]),
+            snprintf(why, sizeof(bad[0].reason), "organization \"%s\" has no node", org);
+        else
+            snprintf(why, sizeof(bad[0].reason),
                      "organization \"%s\" is on node \"%.128s\", which is not a configured peer",
                      org, node);
-        n++;
+        nbad++;
     }
     sqlite3_reset(st);
-    if (n == 0)
-        return;
-    if (cm_store_begin(fed->o.store, &err) != 0)
-        goto fail;
-    now_text(fed, now);
-    for (int i = 0; i < n; i++) {
-        st = peers[i] ? cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1",
-                                         &err)
-                      : cm_store_prepare(fed->o.store,
-                                         "UPDATE outbox SET status = 'refused', reason = ?2, "
-                                         "done_at = ?3 WHERE seq = ?1",
-                                         &err);
-        if (!st)
-            goto rollback;
-        sqlite3_bind_int64(st, 1, seqs[i]);
-        sqlite3_bind_text(st, 2, peers[i] ? peers[i] : reasons[i], -1, SQLITE_STATIC);
-        if (!peers[i])
-            sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        if (rc != SQLITE_DONE) {
-            cm_store_error(fed->o.store, &err, "outbox");
-            goto rollback;
+    if (n > 0) {
+        if (cm_store_begin(fed->o.store, &err) != 0)
+            goto fail;
+        for (int i = 0; i < n; i++) {
+            st = cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1", &err);
+            if (!st)
+                goto rollback;
+            sqlite3_bind_int64(st, 1, seqs[i]);
+            sqlite3_bind_text(st, 2, fed->peers[peers[i]].cfg->id, -1, SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            sqlite3_reset(st);
+            if (rc != SQLITE_DONE) {
+                cm_store_error(fed->o.store, &err, "outbox");
+                goto rollback;
+            }
         }
+        if (cm_store_commit(fed->o.store, &err) != 0)
+            goto fail;
     }
-    if (cm_store_commit(fed->o.store, &err) != 0)
-        goto fail;
-    for (int i = 0; i < n; i++)
-        if (!peers[i])
-            cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: %s", (long long)seqs[i],
-                   reasons[i]);
-    return;
+    for (int i = 0; i < nbad; i++)
+        outbox_refuse(fed, bad[i].seq, bad[i].reason);
+    return seen;
 rollback:
     cm_store_rollback(fed->o.store);
 fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
+    return 0;
+}
+
+static void route_pending(cm_fed *fed)
+{
+    /* bounded, so a flood of new rows cannot hold the loop */
+    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed) == FED_ROUTE_BATCH; i++)
+        ;
+}
+
+static uint64_t text_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h | 1; /* never 0, which means "nothing" */
+}
+
+/* Send p our directory (which 0) or indicators (1) when they changed since
+** it last acknowledged them, or when the last send went unanswered. */
+static void share_with(cm_fed *fed, fed_peer *p, int which, uint64_t now)
+{
+    cJSON *list = NULL;
+    cm_err err;
+    int rc = which == 0 ? cm_share_directory(fed->o.store, fed->o.node_id, p->cfg->id, &list, &err)
+                        : cm_share_indicators(fed->o.store, fed->o.clock, fed->o.node_id,
+                                              p->cfg->id, &list, &err);
+    if (rc != 0) {
+        cm_log(CM_LOG_ERROR, "fed.store", "sharing with %s: %s", p->cfg->id, err.msg);
+        return;
+    }
+    cm_fed_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS;
+    m.payload = list;
+    char *text = cm_fed_encode(&m); /* without the id: the content alone is hashed */
+    uint64_t h = text ? text_hash(text) : 0;
+    free(text);
+    if (h && h != p->share_acked[which] && (h != p->share_sent[which] || now >= p->share_due)) {
+        snprintf(m.id, sizeof(m.id), "%s:%s:%016llx", fed->o.node_id, type_names[m.type],
+                 (unsigned long long)h);
+        reply(&p->dealer, NULL, &m);
+        p->share_sent[which] = h;
+    }
+    cm_fed_msg_clear(&m);
+}
+
+/* The ack of a directory or indicators we sent ("NODE:directory:HASH"). */
+static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
+{
+    for (int which = 0; which < 2; which++) {
+        char want[192];
+        snprintf(want, sizeof(want), "%s:%s:%016llx", fed->o.node_id,
+                 type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS],
+                 (unsigned long long)p->share_sent[which]);
+        if (p->share_sent[which] && strcmp(want, m->id) == 0) {
+            p->share_acked[which] = p->share_sent[which];
+            cm_log(CM_LOG_INFO, "fed.shared", "peer %s has our %s", p->cfg->id,
+                   type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS]);
+            return true;
+        }
+    }
+    return false;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -871,12 +1653,28 @@ static void on_tick(uv_timer_t *t)
             p->hello_due = now + (p->refused ? FED_HELLO_MAX_MS : p->hello_ivl);
             if ((p->hello_ivl *= 2) > FED_HELLO_MAX_MS)
                 p->hello_ivl = FED_HELLO_MAX_MS;
-        } else if (p->up && p->inflight && now >= p->resend_due) {
-            send_next(fed, p, true);
-        } else if (p->up && !p->inflight) {
-            send_next(fed, p, false);
+        } else if (p->up) {
+            if (p->nwin > 0 && p->nsettled == 0 && now >= p->resend_due &&
+                now >= p->last_answer + p->rto &&
+                p->win[0].round == p->round) { /* nothing answered for a while: again */
+                if ((p->rto *= 2) > FED_RTO_MAX_MS)
+                    p->rto = FED_RTO_MAX_MS;
+                peer_rewind(fed, p, false);
+            }
+            peer_pump(fed, p);
+        }
+        if (p->up && now >= p->share_due && store_free(fed)) {
+            share_with(fed, p, 0, now);
+            share_with(fed, p, 1, now);
+            p->share_due = now + FED_SHARE_MS;
         }
     }
+}
+
+void cm_fed_wake(cm_fed *fed)
+{
+    if (fed && fed->tick_init && !fed->stopped)
+        uv_timer_start(&fed->tick, on_tick, 0, fed->poll_ms);
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -903,6 +1701,8 @@ static int open_router(cm_fed *fed, cm_err *err)
                "handler, bound before the listener");
     if (zmq_bind(zs, listen) != 0)
         return cm_err_set(err, CM_EIO, "federation.listen %s: %s", listen, zmq_strerror(errno));
+    fed->router.after = router_after;
+    fed->router.full = router_full;
     return sock_watch(fed, &fed->router, "router", router_read, -1, err);
 }
 
@@ -913,6 +1713,10 @@ static int open_peer(cm_fed *fed, int i, cm_err *err)
     void *zs = p->dealer.zs = zmq_socket(fed->ctx, ZMQ_DEALER);
     int rc;
     p->hello_ivl = FED_HELLO_MIN_MS;
+    p->round = 1;
+    p->dealer.after = dealer_after;
+    if (!(p->win = calloc((size_t)fed->window, sizeof(*p->win))))
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
     if (!zs || link_options(zs) != 0 || set_int(zs, ZMQ_IMMEDIATE, 1) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_SERVERKEY, p->cfg->public_key, CM_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_PUBLICKEY, fed->o.keys->public_key, CM_KEY_Z85_LEN) != 0 ||
@@ -942,11 +1746,20 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
     if (!fed)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     fed->o = *o;
+    fed->window = o->window > 0 ? o->window : CM_FED_WINDOW_DEFAULT;
+    if (fed->window > CM_FED_WINDOW_MAX)
+        fed->window = CM_FED_WINDOW_MAX;
+    fed->poll_ms = o->poll_ms > 0 ? (uint64_t)o->poll_ms : 200;
     fed->npeers = o->cfg->fed_npeers;
     for (int i = 0; i < fed->npeers; i++)
         fed->peers[i].cfg = &o->cfg->fed_peers[i];
     if (!(fed->ctx = zmq_ctx_new())) {
         rc = cm_err_set(err, CM_EIO, "zmq context: %s", zmq_strerror(errno));
+        goto done;
+    }
+    if (!o->apply && (!(fed->inq[0] = calloc(FED_INBOX_BATCH, sizeof(*fed->inq[0]))) ||
+                      !(fed->inq[1] = calloc(FED_INBOX_BATCH, sizeof(*fed->inq[1]))))) {
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
         goto done;
     }
     if (!zmq_has("curve")) {
@@ -965,7 +1778,7 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
     }
     fed->tick_init = true;
     fed->tick.data = fed;
-    uv_timer_start(&fed->tick, on_tick, 0, o->poll_ms > 0 ? (uint64_t)o->poll_ms : 200);
+    uv_timer_start(&fed->tick, on_tick, 0, fed->poll_ms);
     cm_log(CM_LOG_INFO, "fed.ready", "federation listening on %s with %d peer(s), protocol %d.%d",
            o->cfg->fed_listen, fed->npeers, CM_FED_PROTO_MAJOR, CM_FED_PROTO_MINOR);
 done:
@@ -984,6 +1797,7 @@ void cm_fed_stop(cm_fed *fed)
 {
     if (!fed)
         return;
+    fed->stopped = true; /* answers still to come are not sent */
     if (fed->tick_init) {
         uv_close((uv_handle_t *)&fed->tick, NULL);
         fed->tick_init = false;
@@ -1001,6 +1815,8 @@ void cm_fed_destroy(cm_fed **fed_p)
     cm_fed *fed = *fed_p;
     if (!fed)
         return;
+    for (fed_ticket *t = fed->tickets; t; t = t->next)
+        t->fed = NULL; /* cm_fed_answer frees them when the engine answers */
     for (int i = 0; i < fed->npeers; i++) {
         if (fed->peers[i].dealer.zs) {
             zmq_socket_monitor(fed->peers[i].dealer.zs, NULL, 0);
@@ -1008,6 +1824,14 @@ void cm_fed_destroy(cm_fed **fed_p)
         }
         if (fed->peers[i].mon.zs)
             zmq_close(fed->peers[i].mon.zs);
+        for (int j = 0; fed->peers[i].win && j < fed->peers[i].nwin; j++)
+            free(fed->peers[i].win[j].reason);
+        free(fed->peers[i].win);
+    }
+    for (int b = 0; b < 2; b++) {
+        for (int j = 0; fed->inq[b] && j < FED_INBOX_BATCH; j++)
+            free(fed->inq[b][j].payload);
+        free(fed->inq[b]);
     }
     if (fed->router.zs)
         zmq_close(fed->router.zs);

@@ -10,7 +10,11 @@
 **
 ** Durable when: an outbox row is 'delivered' once the peer's ack arrived
 ** (the peer acks after its inbox commit); an inbox row is committed before
-** its ack is sent.
+** its ack is sent. A window of messages is in flight per peer; each carries
+** the id of the one sent before it (`prev`), and a receiver applies it only
+** after that one, so order holds across resends, reconnects and crashes.
+** Acks are recorded one transaction per drained batch, and so are messages
+** recorded by the inbox-only receiver (no apply callback).
 */
 #ifndef CM_FED_H
 #define CM_FED_H
@@ -29,7 +33,7 @@
 
 /* Protocol version this node speaks: MAJOR.MINOR. */
 #define CM_FED_PROTO_MAJOR 1
-#define CM_FED_PROTO_MINOR 0
+#define CM_FED_PROTO_MINOR 1
 /* Largest message accepted (ZMQ_MAXMSGSIZE) and largest we send. */
 #define CM_FED_MAX_MSG    (1024 * 1024)
 #define CM_FED_ZAP_DOMAIN "caremesh"
@@ -47,15 +51,23 @@ typedef enum {
 
 typedef struct cm_fed_msg {
     cm_fed_type type;
-    int major, minor;  /* hello: proto */
-    char node[129];    /* hello: the sender's node id (informative only) */
-    char id[192];      /* deliver, ack: "<node>:<seq>"; error: the id it refers to, or "" */
-    char kind[129];    /* deliver: message kind, e.g. "referral.request" */
-    char to[129];      /* deliver: receiving organization id */
-    char result[16];   /* ack: "received" | "duplicate" */
-    char code[32];     /* error: version | malformed | hello-required | unsupported | busy */
-    char message[256]; /* error: text for the operator */
-    cJSON *payload;    /* deliver: owned JSON value; NULL otherwise */
+    int major, minor;   /* hello: proto */
+    char node[129];     /* hello: the sender's node id (informative only) */
+    char id[192];       /* deliver, ack: "<node>:<seq>"; error: the id it refers to, or "" */
+    char kind[129];     /* deliver: message kind, e.g. "referral.request" */
+    char to[129];       /* deliver: receiving organization id */
+    char result[16];    /* ack: "received" | "duplicate" | "refused" */
+    char from[129];     /* deliver: sending organization ("" when not named) */
+    char purpose[64];   /* deliver: the purpose under the partnership's terms */
+    char patient[129];  /* deliver: whose data it carries ("" when none) */
+    char instance[129]; /* deliver: the sender's workflow instance ("" when none) */
+    char reply_to[129]; /* deliver: the receiver's instance it continues ("" when none) */
+    char prev[192];     /* deliver: id of the message sent before it to this peer ("" when none) */
+    cJSON *classes;     /* deliver: data classes carried (array of names); NULL when none */
+    cJSON *record;      /* deliver: the shared patient record (object); NULL when none */
+    char code[32];      /* error: version | malformed | hello-required | unsupported | busy */
+    char message[512];  /* error: text for the operator; ack "refused": why */
+    cJSON *payload;     /* deliver: owned JSON value; NULL otherwise */
 } cm_fed_msg;
 
 /* Parse one message body. Every field is type- and length-checked; on error
@@ -91,12 +103,43 @@ typedef struct cm_fed_opts {
     void (*on_received)(void *ud, const char *peer, const char *id, const char *kind,
                         const char *receiver);
     void *on_received_ud;
+    /* The engine side (serve wires cm_engine_receive/post/wake here; NULL:
+    ** messages are only recorded in the inbox). apply queues a delivered
+    ** message and returns 0, or non-zero when it could not be queued (the
+    ** peer is told "busy" and resends); once it is committed (or refused)
+    ** the engine calls cm_fed_answer(ticket, ...). */
+    int (*apply)(void *ud, const char *peer, const cm_fed_msg *m, void *ticket);
+    /* Inside the transaction that marks an outbox row refused: tell the
+    ** instance that sent it (event send.refused). after: the commit is done. */
+    int (*refused)(void *ud, const char *instance, const cJSON *event, cm_err *err);
+    void (*after_refused)(void *ud);
+    void *engine_ud;
+    /* Messages in flight per peer (sent, not yet acknowledged); 0 selects
+    ** CM_FED_WINDOW_DEFAULT, at most CM_FED_WINDOW_MAX. */
+    int window;
+    /* Told once per outbox row the peer answered, after the commit that
+    ** marked it delivered or refused: its seq and the peer's result
+    ** ("received", "duplicate" or "refused"). May be NULL. */
+    void (*on_settled)(void *ud, const char *peer, int64_t seq, const char *result);
+    void *on_settled_ud;
 } cm_fed_opts;
+
+#define CM_FED_WINDOW_DEFAULT 1000
+#define CM_FED_WINDOW_MAX     100000
 
 /* Bind, connect to every peer and start polling the outbox. On error err
 ** says which endpoint or key; *out is set whenever memory was allocated, and
 ** is stopped and destroyed like a started one (handles may be open). */
 int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err);
+
+/* The answer to a message handed to apply: result "received", "duplicate"
+** or "refused" (reason says why), or NULL when it could not be recorded (the
+** peer is told "busy" and resends). Frees ticket; safe after cm_fed_destroy. */
+void cm_fed_answer(void *ticket, const char *result, const char *reason);
+
+/* Outbox rows were committed: route and send them on the next loop turn
+** instead of at the next poll. Cheap; call after every commit that queued. */
+void cm_fed_wake(cm_fed *fed);
 
 /* Close the loop handles (call from the loop, e.g. on SIGTERM). */
 void cm_fed_stop(cm_fed *fed);

@@ -565,12 +565,15 @@ static int on_message_complete(http_parser *p)
     return 0;
 }
 
+static void read_stop(conn *c);
+
 static void dispatch(conn *c, cm_http_req *r)
 {
     r->dispatched = true;
     if (!r->keep_alive) { /* nothing after this request is read */
         c->rpos = c->rlen = 0;
         c->eof = true;
+        read_stop(c);
     }
     c->srv->handler(c->srv->ud, r);
 }

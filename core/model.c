@@ -1844,6 +1844,16 @@ cm_model *cm_model_new(cm_store *store, const cm_clock *clock)
     return model;
 }
 
+cm_store *cm_model_store(cm_model *model)
+{
+    return model->store;
+}
+
+const cm_clock *cm_model_clock(cm_model *model)
+{
+    return model->clock;
+}
+
 void cm_model_destroy(cm_model **model_p)
 {
     if (model_p && *model_p) {

@@ -35,6 +35,9 @@ typedef struct cm_model cm_model;
 /* A model over store (borrowed) stamping records with clock (borrowed). NULL on OOM. */
 cm_model *cm_model_new(cm_store *store, const cm_clock *clock);
 void cm_model_destroy(cm_model **model_p);
+/* The store and clock the model was made with (borrowed). */
+cm_store *cm_model_store(cm_model *model);
+const cm_clock *cm_model_clock(cm_model *model);
 
 /* "organization", "provider", "patient", "partnership", "consent", "care_team", "task",
 ** "immunization". */

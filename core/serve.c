@@ -11,6 +11,7 @@
 #include "keys.h"
 #include "lhost.h"
 #include "log.h"
+#include "lplugin.h"
 #include "plugin.h"
 #include "lworkflow.h"
 #include "sandbox.h"
@@ -34,6 +35,8 @@ typedef struct serve {
     const cm_serve_opts *o;
     cm_engine *engine;
     cm_plugin_host *plugins;
+    /* the engine's Lua: reaches the plugins' Lua functions */
+    cm_sandbox *sb;
     cm_fed *fed;   /* NULL when federation is not configured */
     cm_api *api;   /* NULL when api.enabled is false */
     bool draining; /* stopping: the API answers what it has read */
@@ -169,11 +172,68 @@ static void on_signal(uv_signal_t *h, int signum)
                sv->o->workflows ? sv->o->workflows : "-");
         cm_plugin_host_unload_all(sv->plugins);
         cm_plugin_host_load_each(sv->plugins, sv->o->cfg->plugins); /* failures logged */
+        cm_err err;
+        if (cm_lua_plugins_attach(sv->sb, sv->plugins, &err) != 0)
+            cm_log(CM_LOG_ERROR, "plugin.lua", "%s", err.msg);
         load_workflows(sv);
         return;
     }
     sv->signum = signum;
     serve_stop(sv);
+}
+
+/* ---- federation <-> engine ---- */
+
+static void fed_msg_acked(void *ticket, const cm_ack *ack)
+{
+    /* status != 0: the batch did not commit; the peer resends */
+    cm_fed_answer(ticket, ack->status == 0 ? ack->result : NULL, ack->message);
+}
+
+static int fed_apply(void *ud, const char *peer, const cm_fed_msg *m, void *ticket)
+{
+    serve *sv = ud;
+    cm_err err;
+    cm_engine_msg em = {.peer = peer,
+                        .id = m->id,
+                        .kind = m->kind,
+                        .from = m->from,
+                        .to = m->to,
+                        .purpose = m->purpose,
+                        .classes = m->classes,
+                        .patient = m->patient,
+                        .record = m->record,
+                        .instance = m->instance,
+                        .reply_to = m->reply_to,
+                        .prev = m->prev,
+                        .payload = m->payload};
+    if (!cJSON_IsObject(m->payload)) {
+        cm_fed_answer(ticket, "refused", "payload: must be a JSON object");
+        return 0;
+    }
+    return cm_engine_receive(sv->engine, &em, fed_msg_acked, ticket, &err);
+}
+
+/* The engine's observer: a queued message wakes federation at once (not at
+** its next poll); every event goes on to the plugins. */
+static void engine_event(void *ud, const cm_engine_event *ev)
+{
+    serve *sv = ud;
+    if (ev->kind == CM_ENGINE_MESSAGE_QUEUED)
+        cm_fed_wake(sv->fed);
+    cm_plugin_host_on_engine_event(sv->plugins, ev);
+}
+
+static int fed_refused(void *ud, const char *instance, const cJSON *event, cm_err *err)
+{
+    serve *sv = ud;
+    return cm_engine_post(sv->engine, instance, "send.refused", event, err);
+}
+
+static void fed_after_refused(void *ud)
+{
+    serve *sv = ud;
+    cm_engine_wake(sv->engine);
 }
 
 /* Federation, when the config has a federation table: the node's key pair
@@ -198,7 +258,14 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       &kp,
                       0,
                       cm_plugin_host_on_message,
-                      sv->plugins};
+                      sv->plugins,
+                      fed_apply,
+                      fed_refused,
+                      fed_after_refused,
+                      sv,
+                      0,
+                      NULL,
+                      NULL};
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;
@@ -292,17 +359,21 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     eo.model = o->model;
     eo.clock = o->clock;
     eo.runtime = cm_lua_runtime_seam(rt);
+    eo.node_id = o->node_id;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;
     }
-    if (!(sv.plugins = cm_plugin_host_new(o->model, err))) {
+    if (!(sv.plugins = cm_plugin_host_new(o->model, err)) ||
+        cm_lua_plugins_enable(sv.plugins, &limits, err) != 0) {
         rc = err->code;
         goto done;
     }
-    if ((rc = cm_plugin_host_load_list(sv.plugins, o->cfg->plugins, NULL, err)) != 0)
+    if ((rc = cm_plugin_host_load_list(sv.plugins, o->cfg->plugins, NULL, err)) != 0 ||
+        (rc = cm_lua_plugins_attach(sb, sv.plugins, err)) != 0)
         goto done;
-    cm_engine_observe(sv.engine, cm_plugin_host_on_engine_event, sv.plugins);
+    sv.sb = sb;
+    cm_engine_observe(sv.engine, engine_event, &sv);
     rc = run_loop(&sv, sb, err);
 done:
     cm_engine_destroy(&sv.engine); /* before the API: it acks what never ran */

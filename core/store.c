@@ -206,8 +206,80 @@ static const cm_migration migrations[] = {
      "  hash     BLOB NOT NULL\n"
      ");\n"
      "CREATE INDEX audit_by_patient ON audit(patient, seq);\n"},
+    /* Partnership terms on the wire: who sends for which purpose, the data
+    ** classes and patient a message carries, the patient record shared (cut
+    ** to the terms), and the instances at both ends a message continues. */
+    {5, "federation: terms, shared records and instance links",
+     "ALTER TABLE outbox ADD COLUMN sender TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN purpose TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN classes TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN patient TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN record TEXT;\n"
+     "ALTER TABLE outbox ADD COLUMN reply_to TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN sender TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN purpose TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN classes TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN patient TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN instance TEXT;\n"
+     "ALTER TABLE inbox ADD COLUMN reason TEXT;\n"
+     "CREATE TABLE instance_link(\n"
+     "  instance TEXT NOT NULL REFERENCES instance(id),\n"
+     "  node     TEXT NOT NULL,\n"
+     "  remote   TEXT,\n"
+     "  PRIMARY KEY (instance, node)\n"
+     ") WITHOUT ROWID;\n"},
+    /* What partner nodes share (share.h): their directory of organizations
+    ** and providers, and aggregate indicators; each replaced when it comes
+    ** again. */
+    {6, "federation: partners' directory and indicators",
+     "CREATE TABLE directory(\n"
+     "  peer         TEXT NOT NULL,\n"
+     "  organization TEXT NOT NULL,\n"
+     "  doc          TEXT NOT NULL,\n"
+     "  received     TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, organization)\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE TABLE indicator(\n"
+     "  peer        TEXT NOT NULL,\n"
+     "  partnership TEXT NOT NULL,\n"
+     "  name        TEXT NOT NULL,\n"
+     "  doc         TEXT NOT NULL,\n"
+     "  received    TEXT NOT NULL,\n"
+     "  PRIMARY KEY (peer, partnership, name)\n"
+     ") WITHOUT ROWID;\n"},
+    /* Workflow history is written on every step and read one instance at a
+    ** time. Rows keyed by (instance, step) put each step's row on its
+    ** instance's page, so a batch of steps dirtied (and its commit wrote)
+    ** about one page per step. Now rows go in write order (a batch fills the
+    ** last pages), each names the instance's previous row, and the instance
+    ** its latest (instance.hist): reading one instance's history follows the
+    ** chain. */
+    {7, "workflow history in write order, chained per instance",
+     "CREATE TABLE history_chain(\n"
+     "  seq        INTEGER PRIMARY KEY,\n"
+     "  instance   TEXT NOT NULL REFERENCES instance(id),\n"
+     "  step       INTEGER NOT NULL,\n"
+     "  prev       INTEGER,\n"
+     "  at         TEXT NOT NULL,\n"
+     "  event      TEXT NOT NULL,\n"
+     "  from_state TEXT,\n"
+     "  to_state   TEXT NOT NULL,\n"
+     "  note       TEXT\n"
+     ");\n"
+     "INSERT INTO history_chain(instance, step, at, event, from_state, to_state, note)\n"
+     "  SELECT instance, step, at, event, from_state, to_state, note FROM history\n"
+     "  ORDER BY instance, step;\n"
+     "UPDATE history_chain SET prev = seq - 1 WHERE instance =\n"
+     "  (SELECT p.instance FROM history_chain p WHERE p.seq = history_chain.seq - 1);\n"
+     "ALTER TABLE instance ADD COLUMN hist INTEGER;\n"
+     "CREATE INDEX history_chain_migrating ON history_chain(instance);\n"
+     "UPDATE instance SET hist =\n"
+     "  (SELECT max(h.seq) FROM history_chain h WHERE h.instance = instance.id);\n"
+     "DROP INDEX history_chain_migrating;\n"
+     "DROP TABLE history;\n"
+     "ALTER TABLE history_chain RENAME TO history;\n"},
     /* API bearer tokens (token.h): only a hash of each secret is kept. */
-    {5, "API tokens",
+    {8, "API tokens",
      "CREATE TABLE api_token(\n"
      "  id      TEXT PRIMARY KEY,\n"
      "  name    TEXT UNIQUE,\n"

@@ -10,7 +10,10 @@
 --   cohort         a patient query: any patient find keys (condition, gender,
 --                  language, generalPractitioner: strings) plus min_age /
 --                  max_age (whole years on the campaign's start date, from
---                  birthDate); e.g. { condition = "E11" }, { min_age = 65 }
+--                  birthDate) and roster (a cohort loaded with `caremesh
+--                  roster import FILE --cohort NAME`, docs/roster_csv.md);
+--                  e.g. { condition = "E11" }, { min_age = 65 },
+--                  { roster = "flu-2026" }
 --   min_age, max_age   the same as cohort.min_age / cohort.max_age
 --   exclude        patient ids the caller already knows are done. Lab results
 --                  are not records yet, so "E11 with no A1c in the last 180

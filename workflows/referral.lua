@@ -31,6 +31,8 @@
 --   closed            final: the loop is closed
 --   declined          final: the specialist declined, with a reason
 --   cancelled         final: cancelled by the clinic or by the specialist
+--   not_sent          final: the host refused the request (no partnership
+--                     covers it, or the patient denied consent)
 --
 -- Events from the specialist (each may carry `referral` = this instance's id;
 -- a message for another referral is refused). Cancellation, by either side,
@@ -41,6 +43,10 @@
 --   referral.no_show       {}
 --   referral.consult_note  {note, summary?}     note required
 --   referral.cancelled     {reason}             reason required
+-- From the host
+--   send.refused           {to, kind, purpose, reason}  a message was not
+--                          sent: a task for the care coordinator; the
+--                          request itself refused ends in not_sent
 -- Local events
 --   cancel                 {reason}             the clinic withdraws the referral
 --   close                  {note?}              the consult note is reviewed:
@@ -51,9 +57,12 @@
 --   outreach_retry  (in no_show) remind the patient again, then escalate
 --
 -- Effects
---   send    to `to`: referral.request {referral = wf.id, patient, reason,
---           priority} on start; referral.cancelled {referral, reason} on a
---           local cancel. Nothing else about the patient leaves the clinic.
+--   send    to `to`, purpose "referral", classes {notes}:
+--           referral.request {referral = wf.id, patient, reason, priority}
+--           on start, sharing the patient's demographics, contact and
+--           conditions as far as the partnership's terms allow;
+--           referral.cancelled {referral, reason} on a local cancel.
+--           Nothing else about the patient leaves the clinic.
 --   tasks   at `from`, for the care coordinator: specialist silent, loop
 --           overdue, referral declined or cancelled by the specialist,
 --           patient to phone after a no-show (no channel, or unreachable);
@@ -121,6 +130,18 @@ local function task(wf, spec)
   }
 end
 
+-- A message to the specialist under the partnership's terms, for the
+-- purpose "referral": the reason and notes are clinical text (class notes);
+-- `share` names the classes of the patient's record to attach, which the
+-- host cuts to what the terms let the specialist receive.
+local function send(wf, kind, payload, share)
+  payload.referral = wf.id
+  wf:send(wf.input.to, kind, payload, {
+    from = wf.input.from, purpose = "referral", patient = wf.input.patient,
+    classes = { "notes" }, share = share,
+  })
+end
+
 local function escalate(wf, why, title, description)
   wf.ctx.escalations[#wf.ctx.escalations + 1] = why
   mark(wf, "escalated_" .. why)
@@ -186,7 +207,7 @@ local function open(own)
       guard = function(wf, ev) return present(ev.reason) end,
       to = function(wf, ev)
         wf.ctx.cancel_reason, wf.ctx.cancelled_by = ev.reason, "clinic"
-        wf:send(wf.input.to, "referral.cancelled", { referral = wf.id, reason = ev.reason })
+        send(wf, "referral.cancelled", { reason = ev.reason })
         return "cancelled"
       end,
     },
@@ -201,6 +222,17 @@ local function open(own)
       end,
     },
     loop_due = loop_overdue,
+    -- the host refused a message (partnership terms, consent, routing)
+    ["send.refused"] = function(wf, ev)
+      wf.ctx.refused = wf.ctx.refused or {}
+      wf.ctx.refused[#wf.ctx.refused + 1] = ev.kind .. ": " .. tostring(ev.reason)
+      task(wf, { title = "Referral message to " .. org_name(wf.input.to) .. " was not sent",
+                 description = "The " .. ev.kind .. " message was refused: " ..
+                               tostring(ev.reason) .. ". Check the partnership and the " ..
+                               "patient's consent, then refer again or call the practice." })
+      kpi(wf, "referral_not_sent", 1, { kind = ev.kind })
+      if ev.kind == "referral.request" then return "not_sent" end
+    end,
   }
   for event, transition in pairs(own) do on[event] = transition end
   return on
@@ -246,8 +278,8 @@ return cm.workflow {
         ctx.escalations = {}
         ctx.milestones = {}
         mark(wf, "requested")
-        wf:send(input.to, "referral.request",
-                { referral = wf.id, patient = input.patient, reason = input.reason, priority = p })
+        send(wf, "referral.request", { patient = input.patient, reason = input.reason, priority = p },
+             { "demographics", "contact", "conditions" })
         wf:after(time.duration(answer), "answer_due")
         wf:after(time.duration(close), "loop_due", nil, { keep = true })
       end,
@@ -350,6 +382,9 @@ return cm.workflow {
       end,
     },
 
+    not_sent = {
+      final = true, description = "The request could not be sent within the partnership's terms",
+    },
     cancelled = {
       final = true, description = "Cancelled by the clinic or the specialist",
       enter = function(wf) mark(wf, "cancelled") end,

@@ -18,6 +18,13 @@
 --                            checked, the patient may not be known here yet
 --   reason     string        the clinical reason
 --   priority   string?       "routine" (default) or "urgent"
+--   patient_record table?    the patient's record as the clinic shared it
+--                            (cut to the partnership's terms by both
+--                            hosts); kept as a local patient record when
+--                            the practice does not know the patient yet
+-- A partner's `referral.request` starts it (started_by): the host passes
+-- the message's payload as input, with from and to set to the sending and
+-- receiving organizations.
 --
 -- States
 --   triage     the care coordinator decides; reminder after 48h (urgent: 24h)
@@ -45,7 +52,8 @@
 --   rebook_due            (no_show) 7 days without a new booking
 --
 -- Effects
---   send    to `from`, each with referral = input.referral:
+--   send    to `from`, purpose "referral", classes {notes}, each with
+--           referral = input.referral:
 --           referral.accepted {}, referral.declined {reason},
 --           referral.scheduled {appointment, site?}, referral.no_show {},
 --           referral.consult_note {note, summary?}, referral.cancelled {reason}
@@ -87,7 +95,23 @@ local function local_patient(wf) return (cm.patient.get(wf.input.patient)) end
 local function reply(wf, kind, payload)
   payload = payload or {}
   payload.referral = wf.input.referral
-  wf:send(wf.input.from, kind, payload)
+  wf:send(wf.input.from, kind, payload, {
+    from = wf.input.to, purpose = "referral", patient = wf.input.patient, classes = { "notes" },
+  })
+end
+
+-- The patient's record as the referring clinic shared it, kept here when
+-- the practice does not know the patient yet (and enough was shared).
+local function keep_shared_patient(wf)
+  local rec = wf.input.patient_record
+  if type(rec) ~= "table" or local_patient(wf) then return end
+  if not (rec.name and rec.birthDate and rec.gender) then return end
+  local copy = {}
+  for k, v in pairs(rec) do copy[k] = v end
+  copy.id = wf.input.patient
+  copy.generalPractitioner = nil -- an organization of the clinic's, maybe not known here
+  cm.patient.create(copy)
+  mark(wf, "patient_recorded")
 end
 
 -- A task for this practice's care coordinator about this referral. Text
@@ -141,6 +165,12 @@ local function open(own)
         return "cancelled"
       end,
     },
+    -- the host refused an answer to the clinic (terms, consent, routing)
+    ["send.refused"] = function(wf, ev)
+      task(wf, { title = "Answer to " .. org_name(wf.input.from) .. " was not sent",
+                 description = "The " .. ev.kind .. " message was refused: " ..
+                               tostring(ev.reason) .. ". Call the referring clinic." })
+    end,
   }
   for event, transition in pairs(own) do on[event] = transition end
   return on
@@ -153,8 +183,9 @@ return cm.workflow {
   description = "The specialist's side of a closed-loop referral: triage, booking, consult note",
   input = {
     referral = "string", from = "organization", to = "organization", patient = "string",
-    reason = "string", priority = "string?",
+    reason = "string", priority = "string?", patient_record = "table?",
   },
+  started_by = { "referral.request" },
   start = "triage",
   states = {
     triage = {
@@ -169,6 +200,7 @@ return cm.workflow {
         wf.ctx.no_shows = 0
         wf.ctx.milestones = {}
         mark(wf, "received")
+        keep_shared_patient(wf)
         task(wf, {
           title = "Triage a" .. (p == "urgent" and "n urgent" or "") .. " referral from " ..
                   org_name(input.from),

@@ -52,7 +52,9 @@
 --              lotNumber, doseNumber, seriesDoses), the KPI
 --              `vaccination_dose_given` (labels drive, dose, site) and, with
 --              primary_care, sends it "immunization.given" { patient,
---              vaccine (code), dose, doses, date, site, immunization }.
+--              vaccine (code), system, display, dose, doses, date, site,
+--              immunization, lot } (purpose immunization, class
+--              immunizations; immunization_report.lua records it there).
 --   declined   { reason? }
 --   remind, due, overdue   its own timers
 --
@@ -225,9 +227,11 @@ local function give_dose(wf, ev)
   wf:kpi("vaccination_dose_given", 1, { drive = input.drive, dose = ctx.dose, site = ev.site })
   if input.primary_care then
     wf:send(input.primary_care, "immunization.given", {
-      patient = input.patient, vaccine = input.vaccine.code, dose = ctx.dose, doses = ctx.doses,
-      date = at, site = ev.site, immunization = id,
-    })
+      patient = input.patient, vaccine = input.vaccine.code, system = input.vaccine.system,
+      display = input.vaccine.display, dose = ctx.dose, doses = ctx.doses, date = at,
+      site = ev.site, immunization = id, lot = ev.lot,
+    }, { from = input.pharmacy, purpose = "immunization", patient = input.patient,
+         classes = { "immunizations" } })
   end
   ctx.given, ctx.last = ctx.dose, format_time(parse_time(at))
   wf:cancel("remind")

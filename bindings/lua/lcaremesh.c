@@ -101,6 +101,7 @@ int cm_lua_open_caremesh(lua_State *L)
     lua_setfield(L, -2, "now");
     cm__lmodel_register(L);
     cm__lworkflow_register(L);
+    cm__lshare_register(L);
     /* Freeze each kind table; the sandbox's require hands the module itself
     ** out as a read-only view. */
     for (int k = 0; k < CM_KIND__COUNT; k++) {

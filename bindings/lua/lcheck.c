@@ -547,7 +547,7 @@ typedef struct site {
 } site;
 
 static const char *const def_fields[] = {"name",  "version", "description", "input",
-                                         "start", "states",  NULL};
+                                         "start", "states",  "started_by",  NULL};
 static const char *const state_fields[] = {"enter", "exit", "on", "final", "description", NULL};
 static const char *const option_fields[] = {"to", "guard", NULL};
 static const char *const effects[] = {"go",    "after", "at",   "cancel", "task", "notify",

@@ -35,5 +35,7 @@ int cm_lua_open_caremesh(lua_State *L);
 
 /* Add the record kinds (cm.organization, cm.patient, ...) to the table on top. */
 void cm__lmodel_register(lua_State *L);
+/* cm.directory and cm.indicators (lshare.c). */
+void cm__lshare_register(lua_State *L);
 
 #endif

@@ -8,7 +8,9 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LJSON_MAX_DEPTH 32
@@ -19,22 +21,42 @@ typedef struct path_buf {
     size_t len;
 } path_buf;
 
+/* Append text to the path, cut to fit (no snprintf: this runs for every field). */
+static size_t path_push(path_buf *p, char lead, const char *text, size_t len, char tail)
+{
+    size_t old = p->len, room = sizeof(p->s) - 1 - p->len;
+    char *at = p->s + p->len;
+    if (room > 0) {
+        *at++ = lead;
+        room--;
+    }
+    if (len > room)
+        len = room;
+    memcpy(at, text, len);
+    at += len;
+    room -= len;
+    if (tail && room > 0)
+        *at++ = tail;
+    *at = '\0';
+    p->len = (size_t)(at - p->s);
+    return old;
+}
+
 static size_t path_push_key(path_buf *p, const char *key)
 {
-    size_t old = p->len;
-    int n = snprintf(p->s + p->len, sizeof(p->s) - p->len, ".%s", key);
-    if (n > 0)
-        p->len = p->len + (size_t)n < sizeof(p->s) ? p->len + (size_t)n : sizeof(p->s) - 1;
-    return old;
+    return path_push(p, '.', key, strlen(key), '\0');
 }
 
 static size_t path_push_index(path_buf *p, lua_Integer i)
 {
-    size_t old = p->len;
-    int n = snprintf(p->s + p->len, sizeof(p->s) - p->len, "[%lld]", (long long)i);
-    if (n > 0)
-        p->len = p->len + (size_t)n < sizeof(p->s) ? p->len + (size_t)n : sizeof(p->s) - 1;
-    return old;
+    char digits[24];
+    size_t n = sizeof(digits);
+    unsigned long long v = (unsigned long long)i; /* array positions are >= 0 */
+    do {
+        digits[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n > 0);
+    return path_push(p, '[', digits + n, sizeof(digits) - n, ']');
 }
 
 static void path_pop(path_buf *p, size_t old)
@@ -42,8 +64,6 @@ static void path_pop(path_buf *p, size_t old)
     p->len = old;
     p->s[old] = '\0';
 }
-
-static int convert(lua_State *L, int idx, path_buf *path, int depth, cJSON **out, cm_err *err);
 
 /* Is the table at idx a sequence 1..n with no other keys? Sets *n. Raw access only. */
 static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array, lua_Integer *n,
@@ -81,12 +101,111 @@ static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array,
     return 0;
 }
 
-static int convert_table(lua_State *L, int idx, path_buf *path, int depth, cJSON **out, cm_err *err)
+/* The text being written: grows by doubling; `failed` once memory ran out. */
+typedef struct out_buf {
+    char *s;
+    size_t len, cap;
+    bool failed;
+} out_buf;
+
+static bool out_room(out_buf *o, size_t n)
+{
+    if (o->failed)
+        return false;
+    if (o->cap - o->len > n)
+        return true;
+    size_t cap = o->cap ? o->cap : 128;
+    while (cap - o->len <= n) {
+        if (cap > SIZE_MAX / 2) {
+            o->failed = true;
+            return false;
+        }
+        cap *= 2;
+    }
+    char *grown = realloc(o->s, cap);
+    if (!grown) {
+        o->failed = true;
+        return false;
+    }
+    o->s = grown;
+    o->cap = cap;
+    return true;
+}
+
+static void out_add(out_buf *o, const char *s, size_t n)
+{
+    if (out_room(o, n)) {
+        memcpy(o->s + o->len, s, n);
+        o->len += n;
+        o->s[o->len] = '\0';
+    }
+}
+
+static void out_char(out_buf *o, char c)
+{
+    out_add(o, &c, 1);
+}
+
+/* A JSON string: quotes, backslashes and control characters escaped. */
+static void out_string(out_buf *o, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    out_char(o, '"');
+    size_t run = 0; /* bytes not yet written that need no escape */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            run++;
+            continue;
+        }
+        out_add(o, s + i - run, run);
+        run = 0;
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        const char *two = c == '"'    ? "\\\""
+                          : c == '\\' ? "\\\\"
+                          : c == '\n' ? "\\n"
+                          : c == '\r' ? "\\r"
+                          : c == '\t' ? "\\t"
+                          : c == '\b' ? "\\b"
+                          : c == '\f' ? "\\f"
+                                      : NULL;
+        if (two)
+            out_add(o, two, 2);
+        else
+            out_add(o, esc, sizeof(esc));
+    }
+    out_add(o, s + len - run, run);
+    out_char(o, '"');
+}
+
+/* A number as cJSON prints one: integers exactly, others in the fewest
+** digits (up to 17) that read back as the same double. */
+static void out_number(out_buf *o, lua_State *L, int idx)
+{
+    char buf[32];
+    int n;
+    if (lua_isinteger(L, idx)) {
+        n = snprintf(buf, sizeof(buf), "%lld", (long long)lua_tointeger(L, idx));
+    } else {
+        double d = lua_tonumber(L, idx);
+        if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
+            n = snprintf(buf, sizeof(buf), "%lld", (long long)d);
+        } else {
+            n = snprintf(buf, sizeof(buf), "%1.15g", d);
+            if (strtod(buf, NULL) != d)
+                n = snprintf(buf, sizeof(buf), "%1.17g", d);
+        }
+    }
+    out_add(o, buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0);
+}
+
+static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, cm_err *err);
+
+static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, cm_err *err)
 {
     bool is_array = false;
     lua_Integer n = 0;
     int rc;
-    cJSON *node = NULL;
     if (depth >= LJSON_MAX_DEPTH)
         return cm_err_set(err, CM_EINVAL, "%s: nested more than %d levels deep (a cycle?)", path->s,
                           LJSON_MAX_DEPTH);
@@ -94,58 +213,58 @@ static int convert_table(lua_State *L, int idx, path_buf *path, int depth, cJSON
         return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
     if ((rc = classify_table(L, idx, path, &is_array, &n, err)) != 0)
         return rc;
-    node = is_array ? cJSON_CreateArray() : cJSON_CreateObject();
-    if (!node)
-        return cm_err_set(err, CM_ENOMEM, "%s: out of memory", path->s);
+    out_char(o, is_array ? '[' : '{');
     if (is_array) {
         for (lua_Integer i = 1; i <= n; i++) {
-            cJSON *child = NULL;
             size_t mark = path_push_index(path, i - 1); /* JSON positions count from 0 */
+            if (i > 1)
+                out_char(o, ',');
             lua_rawgeti(L, idx, i);
-            rc = convert(L, lua_gettop(L), path, depth + 1, &child, err);
+            rc = encode(L, lua_gettop(L), path, depth + 1, o, err);
             lua_pop(L, 1);
             path_pop(path, mark);
-            if (rc != 0 || !cJSON_AddItemToArray(node, child)) {
-                cJSON_Delete(child);
-                rc = rc ? rc : cm_err_set(err, CM_ENOMEM, "%s: out of memory", path->s);
-                goto fail;
-            }
+            if (rc != 0)
+                return rc;
         }
     } else {
+        bool first = true;
         lua_pushnil(L);
         while (lua_next(L, idx) != 0) {
             /* stack: ... key value */
-            cJSON *child = NULL;
-            const char *key = lua_tostring(L, -2); /* a string: classify_table checked */
+            size_t klen;
+            const char *key = lua_tolstring(L, -2, &klen); /* a string: classify_table checked */
             size_t mark = path_push_key(path, key);
-            if (strlen(key) != lua_rawlen(L, -2))
+            if (strlen(key) != klen) {
                 rc = cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
-            else
-                rc = convert(L, lua_gettop(L), path, depth + 1, &child, err);
+            } else {
+                if (!first)
+                    out_char(o, ',');
+                first = false;
+                out_string(o, key, klen);
+                out_char(o, ':');
+                rc = encode(L, lua_gettop(L), path, depth + 1, o, err);
+            }
             path_pop(path, mark);
             lua_pop(L, 1);
-            if (rc != 0 || !cJSON_AddItemToObject(node, key, child)) {
+            if (rc != 0) {
                 lua_pop(L, 1);
-                cJSON_Delete(child);
-                rc = rc ? rc : cm_err_set(err, CM_ENOMEM, "%s: out of memory", path->s);
-                goto fail;
+                return rc;
             }
         }
     }
-    *out = node;
+    out_char(o, is_array ? ']' : '}');
     return 0;
-fail:
-    cJSON_Delete(node);
-    return rc;
 }
 
-static int convert(lua_State *L, int idx, path_buf *path, int depth, cJSON **out, cm_err *err)
+static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, cm_err *err)
 {
-    cJSON *node = NULL;
     switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
-        node = cJSON_CreateBool(lua_toboolean(L, idx));
-        break;
+        if (lua_toboolean(L, idx))
+            out_add(o, "true", 4);
+        else
+            out_add(o, "false", 5);
+        return 0;
     case LUA_TNUMBER: {
         double d = lua_tonumber(L, idx);
         if (!isfinite(d))
@@ -154,8 +273,8 @@ static int convert(lua_State *L, int idx, path_buf *path, int depth, cJSON **out
             (lua_tointeger(L, idx) > (1LL << 53) || lua_tointeger(L, idx) < -(1LL << 53)))
             return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
                               path->s);
-        node = cJSON_CreateNumber(d);
-        break;
+        out_number(o, L, idx);
+        return 0;
     }
     case LUA_TSTRING: {
         size_t len;
@@ -164,37 +283,60 @@ static int convert(lua_State *L, int idx, path_buf *path, int depth, cJSON **out
             return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path->s);
         if (!cm_utf8_valid(s, len))
             return cm_err_set(err, CM_EINVAL, "%s: string is not valid UTF-8", path->s);
-        node = cJSON_CreateString(s);
-        break;
+        out_string(o, s, len);
+        return 0;
     }
     case LUA_TLIGHTUSERDATA:
         if (lua_touserdata(L, idx) == NULL) {
-            node = cJSON_CreateNull();
-            break;
+            out_add(o, "null", 4);
+            return 0;
         }
         return cm_err_set(err, CM_EINVAL, "%s: a userdata cannot be carried", path->s);
     case LUA_TTABLE:
-        return convert_table(L, idx, path, depth, out, err);
+        return encode_table(L, idx, path, depth, o, err);
     default:
         return cm_err_set(err, CM_EINVAL,
                           "%s: a %s cannot be carried (only strings, numbers, "
                           "booleans, tables and cm.null)",
                           path->s, luaL_typename(L, idx));
     }
-    if (!node)
-        return cm_err_set(err, CM_ENOMEM, "%s: out of memory", path->s);
-    *out = node;
+}
+
+int cm_ljson_encode(lua_State *L, int idx, const char *root, char **out, size_t *len, cm_err *err)
+{
+    path_buf path;
+    out_buf o = {NULL, 0, 0, false};
+    const char *name = root ? root : "value";
+    size_t nlen = strlen(name);
+    *out = NULL;
+    path.len = nlen < sizeof(path.s) ? nlen : sizeof(path.s) - 1;
+    memcpy(path.s, name, path.len);
+    path.s[path.len] = '\0';
+    int rc = encode(L, lua_absindex(L, idx), &path, 0, &o, err);
+    if (rc == 0 && o.failed)
+        rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory", name);
+    if (rc != 0) {
+        free(o.s);
+        return rc;
+    }
+    *out = o.s;
+    if (len)
+        *len = o.len;
     return 0;
 }
 
 int cm_ljson_from_lua(lua_State *L, int idx, const char *root, cJSON **out, cm_err *err)
 {
-    path_buf path;
+    char *text;
+    int rc = cm_ljson_encode(L, idx, root, &text, NULL, err);
     *out = NULL;
-    path.len = (size_t)snprintf(path.s, sizeof(path.s), "%s", root ? root : "value");
-    if (path.len >= sizeof(path.s))
-        path.len = sizeof(path.s) - 1;
-    return convert(L, lua_absindex(L, idx), &path, 0, out, err);
+    if (rc != 0)
+        return rc;
+    *out = cJSON_Parse(text);
+    free(text);
+    if (!*out)
+        return cm_err_set(err, CM_ENOMEM, "%s: out of memory", root ? root : "value");
+    return 0;
 }
 
 void cm_ljson_push_null(lua_State *L)

@@ -20,6 +20,10 @@
 ** On success *out is a new document the caller deletes. Never raises. */
 int cm_ljson_from_lua(lua_State *L, int idx, const char *root, cJSON **out, cm_err *err);
 
+/* The same conversion straight to compact JSON text: *out is a NUL-terminated
+** string the caller frees, *len (may be NULL) its length. Never raises. */
+int cm_ljson_encode(lua_State *L, int idx, const char *root, char **out, size_t *len, cm_err *err);
+
 /* Push an empty box and return its slot: store a document there and Lua frees
 ** it if an error unwinds; set the slot to NULL after freeing it yourself.
 ** Raises on out of memory (before anything is owned). */

@@ -10,6 +10,7 @@
 #include "fs.h"
 #include "lhost.h"
 #include "ljson.h"
+#include "lplugin.h"
 #include "lworkflow.h"
 #include "sandbox.h"
 
@@ -39,6 +40,7 @@ typedef struct tctx {
     cm_model *model;
     cm_engine *engine;
     cm_test_counts *counts;
+    cm_plugin_host *plugins; /* borrowed, may be NULL */
 } tctx;
 
 static const char CTX_KEY = 't';
@@ -70,6 +72,8 @@ static void world_close(tctx *t)
 {
     char path[1100];
     cm_engine_destroy(&t->engine);
+    if (t->plugins)
+        cm_plugin_host_set_model(t->plugins, NULL);
     cm_model_destroy(&t->model);
     cm_store_close(&t->store);
     cm_clock_destroy(&t->clock);
@@ -112,6 +116,10 @@ static int world_open(tctx *t, cm_err *err)
     t->host.store = t->store;
     t->host.model = t->model;
     t->host.clock = t->clock;
+    if (t->plugins) {
+        cm_plugin_host_set_model(t->plugins, t->model);
+        cm_engine_observe(t->engine, cm_plugin_host_on_engine_event, t->plugins);
+    }
     for (int i = 0; i < t->nfiles; i++)
         if ((rc = cm_engine_load_file(t->engine, t->files[i], NULL, NULL, err)) != 0)
             return rc;
@@ -195,6 +203,7 @@ typedef struct ack_box {
     char instance[CM_NAME_MAX];
     char state[CM_NAME_MAX];
     char message[CM_ERR_MSG_MAX];
+    char result[16]; /* messages: received | duplicate | refused */
     bool told;
 } ack_box;
 
@@ -207,6 +216,7 @@ static void on_ack(void *ud, const cm_ack *a)
     snprintf(b->instance, sizeof(b->instance), "%s", a->instance ? a->instance : "");
     snprintf(b->state, sizeof(b->state), "%s", a->state ? a->state : "");
     snprintf(b->message, sizeof(b->message), "%s", a->message ? a->message : "");
+    snprintf(b->result, sizeof(b->result), "%s", a->result ? a->result : "");
 }
 
 /* Convert optional table argument arg to JSON, kept in a box on top of the
@@ -290,6 +300,57 @@ static int t_signal(lua_State *L)
         return raise_err(L, &err);
     run_engine(L, t);
     return push_ack(L, &b, false);
+}
+
+static const char *jfield(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* t.receive { peer =, id =, kind =, from =, to =, purpose =, patient =,
+** classes = {}, patient_record = {}, instance =, reply_to =, payload = {} }
+** -> result ("received" | "duplicate" | "refused"), instance, reason: a
+** message from a partner node, as federation hands it to the engine. */
+static int t_receive(lua_State *L)
+{
+    tctx *t = need_world(L);
+    lua_settop(L, 1);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ack_box b = {0};
+    cm_err err;
+    cJSON *m = opt_json(L, 1, "message");
+    const cJSON *payload = cJSON_GetObjectItemCaseSensitive(m, "payload");
+    cm_engine_msg em = {.peer = jfield(m, "peer"),
+                        .id = jfield(m, "id"),
+                        .kind = jfield(m, "kind"),
+                        .from = jfield(m, "from"),
+                        .to = jfield(m, "to"),
+                        .purpose = jfield(m, "purpose"),
+                        .classes = cJSON_GetObjectItemCaseSensitive(m, "classes"),
+                        .patient = jfield(m, "patient"),
+                        .record = cJSON_GetObjectItemCaseSensitive(m, "patient_record"),
+                        .instance = jfield(m, "instance"),
+                        .reply_to = jfield(m, "reply_to"),
+                        .payload = cJSON_IsObject(payload) ? payload : NULL};
+    int rc = cm_engine_receive(t->engine, &em, on_ack, &b, &err);
+    if (rc != 0)
+        return raise_err(L, &err);
+    run_engine(L, t);
+    if (!b.told)
+        return luaL_error(L, "caremesh.test: the engine did not answer");
+    if (b.status != 0)
+        return luaL_error(L, "caremesh.test: receive failed: %s", b.message);
+    lua_pushstring(L, b.result);
+    if (b.instance[0])
+        lua_pushstring(L, b.instance);
+    else
+        lua_pushnil(L);
+    if (b.message[0])
+        lua_pushstring(L, b.message);
+    else
+        lua_pushnil(L);
+    return 3;
 }
 
 /* t.advance("21d"): move the clock, fire what fell due, in order. */
@@ -443,9 +504,10 @@ static const char *ASSERTS =
     "return t\n";
 
 static const luaL_Reg test_funcs[] = {
-    {"load", t_load},       {"test", t_test}, {"start", t_start},       {"signal", t_signal},
-    {"advance", t_advance}, {"now", t_now},   {"instance", t_instance}, {"state", t_state},
-    {"failed", t_failed},   {NULL, NULL},
+    {"load", t_load},         {"test", t_test},       {"start", t_start},
+    {"signal", t_signal},     {"advance", t_advance}, {"now", t_now},
+    {"instance", t_instance}, {"state", t_state},     {"failed", t_failed},
+    {"receive", t_receive},   {NULL, NULL},
 };
 
 static void add_closure(lua_State *L, const char *name, lua_CFunction fn, const char *arg)
@@ -466,7 +528,15 @@ static int open_test_module(lua_State *L)
                 "SELECT channel, recipient AS \"to\", message, data, instance FROM notification "
                 "ORDER BY seq");
     add_closure(L, "sent", t_rows,
-                "SELECT receiver AS \"to\", kind, payload, instance FROM outbox ORDER BY seq");
+                "SELECT receiver AS \"to\", kind, payload, instance, sender AS \"from\", "
+                "purpose, classes, patient, record, reply_to FROM outbox WHERE status <> 'refused' "
+                "ORDER BY seq");
+    add_closure(L, "audit", t_rows,
+                "SELECT actor, action, patient, classes, purpose, outcome, detail FROM audit "
+                "ORDER BY seq");
+    add_closure(L, "refused_sends", t_rows,
+                "SELECT receiver AS \"to\", kind, instance, sender AS \"from\", purpose, "
+                "patient, reason FROM outbox WHERE status = 'refused' ORDER BY seq");
     add_closure(L, "pause", t_operator, "pause");
     add_closure(L, "resume", t_operator, "resume");
     add_closure(L, "cancel", t_operator, "cancel");
@@ -480,7 +550,7 @@ static int open_test_module(lua_State *L)
 
 /* ---- running a file --------------------------------------------------- */
 
-int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
+int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *counts, cm_err *err)
 {
     cm_sandbox_limits limits = {TEST_INSTRUCTIONS, 0};
     tctx t;
@@ -488,6 +558,7 @@ int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
     char copy[1024];
     memset(&t, 0, sizeof(t));
     t.counts = counts;
+    t.plugins = plugins;
     t.host.node_id = "test-node";
     snprintf(copy, sizeof(copy), "%s", path);
     snprintf(t.base, sizeof(t.base), "%s", dirname(copy));
@@ -508,6 +579,8 @@ int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err)
     if ((rc = cm_sandbox_add_module_dir(t.sb, t.base, err)) != 0) /* the tests' own helpers */
         goto done;
     cm_sandbox_preload(t.sb, "caremesh.test", open_test_module);
+    if (plugins && (rc = cm_lua_plugins_attach(t.sb, plugins, err)) != 0)
+        goto done;
     if (!(t.rt = cm_lua_runtime_new(t.sb, err))) {
         rc = err->code;
         goto done;

@@ -10,6 +10,7 @@
 #define CM_LTEST_H
 
 #include "error.h"
+#include "plugin.h"
 
 typedef struct cm_test_counts {
     int passed;
@@ -18,7 +19,11 @@ typedef struct cm_test_counts {
 
 /* Run the test file at path; results are printed as they come ("ok - name",
 ** "FAIL - name: message") and added to counts. A file that cannot be loaded
-** or errors outside a test counts as one failure (err says why, return CM_ELUA). */
-int cm_lua_test_file(const char *path, cm_test_counts *counts, cm_err *err);
+** or errors outside a test counts as one failure (err says why, return CM_ELUA).
+** plugins (borrowed, may be NULL): their Lua modules are required by the
+** tests and workflows, and each test lends them its store and tells them its
+** engine's events. */
+int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *counts,
+                     cm_err *err);
 
 #endif

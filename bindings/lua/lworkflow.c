@@ -7,6 +7,7 @@
 #include "lworkflow.h"
 
 #include "ljson.h"
+#include "terms.h"
 #include "text.h"
 
 #include <lauxlib.h>
@@ -19,6 +20,17 @@
 #define MAX_HOPS    32 /* transitions one step may chain (enter handlers calling go) */
 
 static const char SPECS_KEY = 's'; /* registry: weak set of tables made by cm.workflow */
+
+/* Copy name into dst (capacity n), cut to fit: the step's hot path copies
+** state names and this is cheaper than snprintf. */
+static void set_name(char *dst, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    if (len >= n)
+        len = n - 1;
+    memcpy(dst, name, len);
+    dst[len] = '\0';
+}
 
 struct cm_lua_runtime {
     cm_runtime seam;
@@ -210,14 +222,14 @@ bool cm_workflow_input_type_known(const char *t, size_t len)
 static int l_workflow(lua_State *L)
 {
     static const char *const fields[] = {"name",  "version", "description", "input",
-                                         "start", "states",  NULL};
+                                         "start", "states",  "started_by",  NULL};
     const char *bad;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     if (!only_fields(L, 1, fields, &bad))
         return spec_error(L,
                           "%s: unknown field (use name, version, description, input, start, "
-                          "states)",
+                          "states, started_by)",
                           bad);
     if (lua_getfield(L, 1, "name") != LUA_TSTRING || cm_id_check(lua_tostring(L, -1)) != 0)
         return spec_error(L, "name: required, letters, digits, . _ : - (at most %d)", CM_ID_MAX);
@@ -239,6 +251,22 @@ static int l_workflow(lua_State *L)
         }
     } else if (it != LUA_TNIL) {
         return spec_error(L, "input: must be a table of field = type");
+    }
+    int sb = lua_getfield(L, 1, "started_by");
+    if (sb == LUA_TTABLE) {
+        lua_Integer n = luaL_len(L, -1);
+        if (n < 1 || n > CM_WF_STARTERS_MAX)
+            return spec_error(L, "started_by: a list of 1 to %d message kinds", CM_WF_STARTERS_MAX);
+        for (lua_Integer i = 1; i <= n; i++) {
+            size_t len = 0;
+            if (lua_geti(L, -1, i) != LUA_TSTRING ||
+                (lua_tolstring(L, -1, &len), len == 0 || len >= CM_NAME_MAX))
+                return spec_error(L, "started_by[%d]: a message kind, 1 to %d characters", (int)i,
+                                  CM_NAME_MAX - 1);
+            lua_pop(L, 1);
+        }
+    } else if (sb != LUA_TNIL) {
+        return spec_error(L, "started_by: a list of message kinds (e.g. { \"referral.request\" })");
     }
     if (lua_getfield(L, 1, "states") != LUA_TTABLE)
         return spec_error(L, "states: required, a table of name = { ... }");
@@ -346,7 +374,7 @@ static int m_go(lua_State *L)
     lua_getiuservalue(L, 1, UV_STATES); /* the definition's states (stack index 3) */
     if (!state_exists(L, 3, state))
         return luaL_error(L, "wf:go: unknown state \"%s\"", state);
-    snprintf(d->go, sizeof(d->go), "%s", state);
+    set_name(d->go, sizeof(d->go), state);
     d->go_set = true;
     return 0;
 }
@@ -523,14 +551,67 @@ static int m_kpi(lua_State *L)
     return 0;
 }
 
+/* opts.field (at index opts) as a list of data class names, copied into the
+** effect (on top) when present. */
+static void send_classes(lua_State *L, int opts, const char *field)
+{
+    int t = lua_getfield(L, opts, field);
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (t != LUA_TTABLE)
+        luaL_error(L, "wf:send: %s: must be a list of data classes", field);
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING || cm_class_bit(lua_tostring(L, -1)) == 0)
+            luaL_error(L,
+                       "wf:send: %s[%d]: not a data class (one of demographics, contact, "
+                       "conditions, medications, immunizations, notes)",
+                       field, (int)i);
+        lua_pop(L, 1);
+    }
+    lua_setfield(L, -2, field);
+}
+
+/* opts.field as a non-empty string, copied into the effect; required or not. */
+static void send_text(lua_State *L, int opts, const char *field, bool required)
+{
+    int t = lua_getfield(L, opts, field);
+    if (t == LUA_TNIL && !required) {
+        lua_pop(L, 1);
+        return;
+    }
+    size_t len = 0;
+    if (t != LUA_TSTRING || (lua_tolstring(L, -1, &len), len == 0 || len >= CM_NAME_MAX))
+        luaL_error(L, "wf:send: %s: %s, 1 to %d characters", field,
+                   required ? "required" : "must be a string", CM_NAME_MAX - 1);
+    lua_setfield(L, -2, field);
+}
+
+/* wf:send(to, kind, payload, {from =, purpose =, patient =, share =, classes =}) */
 static int m_send(lua_State *L)
 {
-    lua_settop(L, 4); /* fixed arity: later pushes must not look like arguments */
+    static const char *const fields[] = {"from", "purpose", "patient", "share", "classes", NULL};
+    const char *bad;
+    lua_settop(L, 5); /* fixed arity: later pushes must not look like arguments */
     check_inst(L);
     const char *to = check_name_arg(L, 2, "receiver");
     const char *kind = check_name_arg(L, 3, "message kind");
     luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    if (!only_fields(L, 5, fields, &bad))
+        return luaL_error(L,
+                          "wf:send: %s: unknown option (use from, purpose, patient, share, "
+                          "classes)",
+                          bad);
     new_effect(L, "send", 3);
+    send_text(L, 5, "from", true);
+    send_text(L, 5, "purpose", true);
+    send_text(L, 5, "patient", false);
+    send_classes(L, 5, "share");
+    send_classes(L, 5, "classes");
     lua_pushstring(L, to);
     lua_setfield(L, -2, "to");
     lua_pushstring(L, kind);
@@ -556,6 +637,35 @@ static const luaL_Reg inst_methods[] = {
     {"send", m_send}, {"now", m_now},       {NULL, NULL},
 };
 
+/* Push the step's input as a read-only view (after the raw table when raw). */
+static void push_input(lua_State *L, drv *d, bool raw)
+{
+    cm_ljson_push(L, d->sp->input);
+    cm_sandbox_push_readonly(L, -1, "wf.input"); /* stack: raw, view */
+    if (!raw)
+        lua_remove(L, -2);
+}
+
+/* wf.ctx and wf.input are made on first use: a step whose handlers never
+** look at them neither decodes nor re-encodes them (nor writes the context). */
+static void push_lazy(lua_State *L, drv *d, int uv)
+{
+    if (lua_getiuservalue(L, 1, uv) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    if (uv == UV_INPUT) {
+        push_input(L, d, false);
+    } else {
+        cJSON **box = cm_ljson_box(L);
+        if (!(*box = cJSON_Parse(d->sp->ctx)) || !cJSON_IsObject(*box))
+            luaL_error(L, "%s: the stored context is not a JSON object", d->sp->instance);
+        cm_ljson_push(L, *box);
+        lua_remove(L, -2); /* the box frees the document when collected */
+    }
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, uv);
+}
+
 /* wf.key: fields first, then methods (upvalue 1). */
 static int inst_index(lua_State *L)
 {
@@ -570,9 +680,9 @@ static int inst_index(lua_State *L)
     else if (strcmp(key, "event") == 0)
         d->sp->event ? (void)lua_pushstring(L, d->sp->event) : lua_pushnil(L);
     else if (strcmp(key, "ctx") == 0)
-        lua_getiuservalue(L, 1, UV_CTX);
+        push_lazy(L, d, UV_CTX);
     else if (strcmp(key, "input") == 0)
-        lua_getiuservalue(L, 1, UV_INPUT);
+        push_lazy(L, d, UV_INPUT);
     else
         lua_getfield(L, lua_upvalueindex(1), key);
     return 1;
@@ -689,7 +799,7 @@ static void run_handler(lua_State *L, drv *d, int wf, const char *which)
 static void transition(lua_State *L, drv *d, int wf, const char *to)
 {
     char next[CM_NAME_MAX];
-    snprintf(next, sizeof(next), "%s", to);
+    set_name(next, sizeof(next), to);
     for (int hops = 0;; hops++) {
         if (hops >= MAX_HOPS)
             luaL_error(L, "more than %d transitions in one step (a loop of wf:go?)", MAX_HOPS);
@@ -698,12 +808,12 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
         if (hops > 0 || d->sp->state)
             run_handler(L, d, wf, "exit");
         d->sp->moved = true;
-        snprintf(d->cur, sizeof(d->cur), "%s", next);
+        set_name(d->cur, sizeof(d->cur), next);
         d->go_set = false;
         run_handler(L, d, wf, "enter");
         if (!d->go_set)
             return;
-        snprintf(next, sizeof(next), "%s", d->go);
+        set_name(next, sizeof(next), d->go);
     }
 }
 
@@ -769,12 +879,6 @@ static int step_driver(lua_State *L)
     int wf = lua_gettop(L);
     push_instance_mt(L);
     lua_setmetatable(L, wf);
-    cm_ljson_push(L, sp->ctx);
-    lua_setiuservalue(L, wf, UV_CTX);
-    cm_ljson_push(L, sp->input);
-    int input = lua_gettop(L);
-    cm_sandbox_push_readonly(L, input, "wf.input");
-    lua_setiuservalue(L, wf, UV_INPUT);
     lua_newtable(L);
     lua_setiuservalue(L, wf, UV_EFFECTS);
     lua_pushvalue(L, d->states);
@@ -782,12 +886,14 @@ static int step_driver(lua_State *L)
     u->d = d;
     sp->handled = true;
     if (!sp->state) {
-        check_input(L, d, spec, input);
+        push_input(L, d, true); /* stack: ..., raw input, view */
+        lua_setiuservalue(L, wf, UV_INPUT);
+        check_input(L, d, spec, lua_gettop(L));
         lua_getfield(L, spec, "start");
-        snprintf(d->cur, sizeof(d->cur), "%s", lua_tostring(L, -1));
+        set_name(d->cur, sizeof(d->cur), lua_tostring(L, -1));
         transition(L, d, wf, d->cur);
     } else {
-        snprintf(d->cur, sizeof(d->cur), "%s", sp->state);
+        set_name(d->cur, sizeof(d->cur), sp->state);
         if (!state_exists(L, d->states, d->cur))
             invalid(L, d, "instance %s is in state \"%s\", which workflow %s does not define",
                     sp->instance, d->cur, sp->workflow);
@@ -815,8 +921,9 @@ static int step_driver(lua_State *L)
     lua_getfield(L, d->states, d->cur);
     lua_getfield(L, -1, "final");
     sp->final = lua_toboolean(L, -1);
-    snprintf(sp->next, sizeof(sp->next), "%s", d->cur);
-    /* results stay on the stack for rt_step to convert: ctx, effects */
+    set_name(sp->next, sizeof(sp->next), d->cur);
+    /* results stay on the stack for rt_step to convert: ctx (nil if never
+    ** looked at), effects */
     lua_getiuservalue(L, wf, UV_CTX);
     lua_getiuservalue(L, wf, UV_EFFECTS);
     return 2;
@@ -872,27 +979,28 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         lua_settop(L, top);
         return 0;
     }
-    /* stack: ctx, effects */
-    cJSON *ctx = NULL, *effects = NULL;
-    if ((rc = cm_ljson_from_lua(L, -2, "wf.ctx", &ctx, err)) == 0 &&
-        (rc = cm_ljson_from_lua(L, -1, "effects", &effects, err)) == 0) {
-        if (cJSON_IsObject(effects)) { /* an empty list comes back as {} */
-            cJSON_Delete(effects);
-            effects = cJSON_CreateArray();
-        }
-        if (cJSON_IsArray(ctx)) {
+    /* stack: ctx or nil, effects (a list) */
+    char *ctx = NULL;
+    cJSON *effects = NULL;
+    rc = 0;
+    if (!lua_isnil(L, -2) && (rc = cm_ljson_encode(L, -2, "wf.ctx", &ctx, NULL, err)) == 0) {
+        if (ctx[0] != '{')
             rc = cm_err_set(err, CM_ELUA, "%s: wf.ctx must have named fields, not a list",
                             sp->instance);
+        else if (strcmp(ctx, sp->ctx) == 0) { /* unchanged: nothing to write */
+            free(ctx);
+            ctx = NULL;
         }
     }
+    if (rc == 0 && lua_rawlen(L, -1) > 0)
+        rc = cm_ljson_from_lua(L, -1, "effects", &effects, err);
     lua_settop(L, top);
     if (rc != 0) {
-        cJSON_Delete(ctx);
+        free(ctx);
         cJSON_Delete(effects);
         return rc == CM_EINVAL ? cm_err_recode(err, CM_ELUA) : rc;
     }
-    cJSON_Delete(sp->ctx);
-    sp->ctx = ctx;
+    sp->ctx_out = ctx;
     sp->effects = effects;
     return 0;
 }
@@ -913,6 +1021,12 @@ static int finish_compile(lua_State *L)
     info->version = (int)lua_tointeger(L, -1);
     lua_getfield(L, 4, "start");
     snprintf(info->start, sizeof(info->start), "%s", lua_tostring(L, -1));
+    info->nstarted_by = 0;
+    if (lua_getfield(L, 4, "started_by") == LUA_TTABLE)
+        for (lua_Integer i = 1; i <= CM_WF_STARTERS_MAX && lua_geti(L, -1, i) == LUA_TSTRING; i++) {
+            snprintf(info->started_by[info->nstarted_by++], CM_NAME_MAX, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
     lua_pushfstring(L, "pending:%s", info->name);
     lua_pushvalue(L, 4);

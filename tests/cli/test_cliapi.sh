@@ -386,7 +386,16 @@ if [ $(($(date +%s) - t0)) -lt 20 ]; then ok; else bad "timeout took too long"; 
 kill -CONT "$pid"
 cm 0 "answers again" -- status --data "$d"
 
+# ---- a tampered audit trail: named through the API and from the database ----
+for _ in $(seq 1 50); do sqlite3 "$d/caremesh.db" "UPDATE audit SET action = 'patient.nothing' WHERE seq = 2" 2>/dev/null && break; sleep 0.1; done
+cm 1 "audit verify, tampered, via the API" -- audit verify --data "$d"
+has "tampered entry named" "audit entry 2" "$err"; same "tampered: no fallback" "$(grep -c directly <<<"$err")" 0
+cm 1 "audit verify --json, tampered" -- audit verify --data "$d" --json
+same "tampered json" "$(jq -r .ok <<<"$out")" false
+
 stop; same "serve stopped" $? 0
+cm 1 "audit verify, tampered, node down" -- audit verify --data "$d"
+has "tampered entry named offline" "audit entry 2" "$err"; has "offline note" "reading $d directly" "$err"
 cm 1 "org list, node down" -- org list --data "$d"; has "org list down" "node not reachable" "$err"
 cm 0 "peers, node stopped: the database" -- peers --data "$d"; has "peers stopped fallback" "reading $d directly" "$err"
 if grep -qF -- "${admin:21}" "$tmp/log"; then bad "a token is in the log"; else ok; fi

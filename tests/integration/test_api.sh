@@ -15,6 +15,7 @@ cleanup() {
 }
 trap cleanup EXIT
 passed=0 failed=0
+loaders=()
 ok()  { passed=$((passed + 1)); }
 bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
 same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
@@ -68,7 +69,7 @@ if sqlite3 "$d/caremesh.db" "SELECT hex(hash) FROM api_token" | grep -qi "${admi
 
 start() {
   : >"$tmp/log"
-  $wrap "$bin" serve --data "$d" 2>"$tmp/log" &
+  $wrap "$bin" serve --data "$d" ${start_args:-} 2>"$tmp/log" &
   pid=$!
   wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
   port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
@@ -358,10 +359,28 @@ if [ "$lua_errors" -ge 1 ]; then ok; else bad "lua errors $lua_errors"; fi
 # ---- SIGTERM: stops accepting, answers, exits 0; acknowledged writes are kept ----
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i4"}' "$writer"; expect "last start" 201
 exec 7<>"/dev/tcp/127.0.0.1/$port"   # an idle keep-alive connection must not hold the stop
+# under load: four clients keep starting instances while SIGTERM arrives
+for k in 1 2 3 4; do
+  (for i in $(seq 1 150); do
+     s=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $writer" -H 'Content-Type: application/json' \
+           --data-binary "{\"workflow\":\"intake\",\"input\":{\"patient\":\"p2\"},\"id\":\"load$k-$i\"}" "$base/v1/instances")
+     echo "load$k-$i $s"
+     [ "$s" = 000 ] && break
+   done >"$tmp/load$k") &
+  loaders+=($!)
+done
+for _ in $(seq 1 600); do [ "$(cat "$tmp"/load* 2>/dev/null | grep -c ' 201$')" -ge 40 ] && break; sleep 0.05; done
 stop; same "SIGTERM exit" $? 0
+wait "${loaders[@]}"
 exec 7<&-
 has "drained" '"api.stopped"' "$(cat "$tmp/log")"
 same "acknowledged instance kept" "$(count "SELECT count(*) FROM instance WHERE id IN ('i1','i2','i3pipe','i4')")" 4
+acked=$(cat "$tmp"/load* | awk '$2 == 201 {print "\x27" $1 "\x27"}' | paste -sd, -)
+n_acked=$(cat "$tmp"/load* | grep -c ' 201$')
+if [ "$n_acked" -ge 40 ]; then ok; else bad "only $n_acked starts acknowledged under load"; fi
+same "every start acknowledged under load is kept" "$(count "SELECT count(*) FROM instance WHERE id IN ($acked)")" "$n_acked"
+other=$(cat "$tmp"/load* | awk '$2 != 201 && $2 != 000' | head -3)
+same "under load a request is answered 201 or not at all" "$other" ""
 if grep -qF -- "${admin:21}" "$tmp/log"; then bad "a token is in the log"; else ok; fi
 
 # ---- open_loopback; a write acknowledged survives kill -9 ----
@@ -373,6 +392,37 @@ req POST /v1/patients '{"id":"p9","name":{"family":"Nine"},"birthDate":"1999-09-
 expect "write before kill" 201
 kill -9 "$pid"; wait "$pid" 2>/dev/null; pid=
 same "acknowledged write survives kill -9" "$(count "SELECT count(*) FROM record WHERE kind='patient' AND id='p9'")" 1
+
+# ---- the clock: only a virtual one moves, and due timers then run ----
+start
+req GET /v1/clock "" "$reader"; expect "clock" 200; same "system clock" "$(jq -r .virtual <<<"$body")" false
+req POST /v1/clock '{"advance_ms":1000}'; expect "advance the system clock" 409 not_virtual
+stop; same "stop before the virtual clock" $? 0
+cat >"$d/workflows/reminder.lua" <<'EOF'
+local cm = require "caremesh"
+return cm.workflow {
+  name = "reminder", version = 1, start = "waiting",
+  states = {
+    waiting = { enter = function(wf) wf:after("72h", "late") end, on = { late = "late" } },
+    late = { final = true },
+  },
+}
+EOF
+start_args="--virtual-clock 2026-03-01T00:00:00Z"
+start
+req GET /v1/clock "" "$reader"; same "virtual clock" "$(jq -r '(.virtual|tostring) + " " + .now' <<<"$body")" "true 2026-03-01T00:00:00.000Z"
+req POST /v1/instances '{"workflow":"reminder","id":"r1"}' "$writer"; expect "reminder start" 201
+req POST /v1/clock '{"advance_ms":3600000}' "$writer"; expect "write scope cannot move the clock" 403 forbidden
+req POST /v1/clock '{"advance_ms":-5}'; expect "negative advance" 422 invalid; field "negative advance" advance_ms
+req POST /v1/clock '{"advance_ms":1,"by":"x"}'; expect "clock unknown member" 422 unknown_field
+req POST /v1/clock '{"advance_ms":3600000}'; expect "advance an hour" 200
+same "reminder waits" "$(count "SELECT state FROM instance WHERE id='r1'")" waiting
+req POST /v1/clock '{"advance_ms":259200000}'; expect "advance three days" 200
+same "clock moved" "$(jq -r .now <<<"$body")" "2026-03-04T01:00:00.000Z"
+for _ in $(seq 1 100); do [ "$(count "SELECT state FROM instance WHERE id='r1'")" = late ] && break; sleep 0.05; done
+same "the timer ran" "$(count "SELECT state FROM instance WHERE id='r1'")" late
+stop; same "virtual clock stop" $? 0
+start_args=
 
 # ---- a non-loopback address needs a token ----
 e=$tmp/empty

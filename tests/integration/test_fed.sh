@@ -48,13 +48,8 @@ serve() { # DIR LOG: start serve in the background (under $CM_WRAP, e.g. valgrin
 stop() { # PID NAME: SIGTERM, must exit 0
   kill -TERM "$1"; wait "$1"; same "$2 exits cleanly" "$?" 0
 }
-queue() { # DIR ORG KIND N: N outbox rows, as a workflow's wf:send writes them
-  local values="" i
-  for i in $(seq 1 "$4"); do
-    values+="${values:+,}('$2', '$3', '{\"n\":$i}', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
-  done
-  sql "$1/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUES $values"
-}
+. "$(dirname "$0")/fed_world.sh"
+queue() { fed_queue "$1/caremesh.db" "$2" "$4" "$3"; } # DIR ORG KIND N
 
 a=$tmp/a b=$tmp/b c=$tmp/c
 "$bin" init --data "$a" --node-id node-a >/dev/null
@@ -67,12 +62,7 @@ configure "$b" "$pb" node-a "$pa" "$ka"
 configure "$c" "$pc" node-b "$pb" "$kb" # node-b does not know node-c's key
 same "node info prints the configured endpoint" \
   "$("$bin" node info --data "$a" | sed -n 's/^endpoint: *//p')" "tcp://127.0.0.1:$pa"
-cat >"$tmp/orgs.lua" <<'LUA'
-local cm = require "caremesh"
-cm.organization.create { id = "cardio", name = "Heart Partners", kind = "clinic", node = "node-b" }
-cm.organization.create { id = "faraway", name = "Far Away Clinic", kind = "clinic", node = "node-z" }
-LUA
-"$bin" lua --data "$a" "$tmp/orgs.lua" || bad "creating organizations"
+fed_world "$bin" "$a" node-a "$b" node-b || bad "creating organizations and the sink workflow"
 
 # ---- links come up; one message arrives once ----
 serve "$a" "$tmp/a.log"; apid=$spid
@@ -81,20 +71,44 @@ check "$tmp/a.log" '"event":"serve.ready"' "node a serving"
 check "$tmp/a.log" 'peer node-b is up' "a sees b up"
 check "$tmp/b.log" 'peer node-a is up' "b sees a up"
 check "$tmp/b.log" "admitted peer node-a from 127.0.0.1 (public key $ka)" "b admits a by its key"
-queue "$a" cardio referral.request 1
+queue "$a" cardio test.note 1
 check "$tmp/a.log" 'node-a:1 delivered to node-b (received)' "first message acknowledged"
 same "inbox holds it once" "$(sql "$b/caremesh.db" "SELECT peer, msg_id, kind, receiver, payload, status FROM inbox")" \
-  'node-a|node-a:1|referral.request|cardio|{"n":1}|received'
+  'node-a|node-a:1|test.note|cardio|{"n":1}|received'
 same "outbox row delivered" "$(sql "$a/caremesh.db" "SELECT status, peer FROM outbox WHERE seq = 1")" "delivered|node-b"
+same "applied: the sink workflow ran once for it" "$(sql "$b/caremesh.db" "SELECT count(*), min(status) FROM instance WHERE workflow = 'sink'")" "1|done"
+same "inbox names the instance it started" "$(sql "$b/caremesh.db" "SELECT i.workflow FROM inbox x JOIN instance i ON i.id = x.instance WHERE x.msg_id = 'node-a:1'")" "sink"
+
+# ---- the directory and indicators B shares with A ----
+check "$tmp/a.log" 'peer node-b shared 1 organization(s)' "B's directory arrives"
+check "$tmp/b.log" 'peer node-a has our directory' "A acknowledged it"
+out=$("$bin" peers --data "$a")
+if grep -qF "org cardio: Heart Partners (specialist_practice), 1 provider(s), offers cardiology consult" <<<"$out"; then ok; else bad "peers shows B's directory: $out"; fi
+same "only organizations of B's node" "$(sql "$a/caremesh.db" "SELECT group_concat(organization) FROM directory WHERE peer = 'node-b'")" "cardio"
+same "no patient data in the directory" "$(sql "$a/caremesh.db" "SELECT count(*) FROM directory WHERE doc LIKE '%pat%' OR doc LIKE '%birthDate%'")" "0"
+cat >"$tmp/dir.lua" <<'LUA'
+local cm = require "caremesh"
+local found = cm.directory.find { service = "cardiology consult" }
+assert(#found == 1 and found[1].id == "cardio" and found[1].peer == "node-b", "directory.find")
+assert(cm.directory.get("cardio").providers[1].specialty == "cardiology", "directory.get")
+assert(#cm.directory.find { service = "dermatology" } == 0, "no such service")
+LUA
+"$bin" lua --data "$a" "$tmp/dir.lua" && ok || bad "the Lua API looks partners up"
+indicators_seen=""
+for _ in $(seq 1 300); do
+  if "$bin" peers --data "$a" | grep -qE 'indicator notes/notes_received: count [1-9]'; then indicators_seen=1; break; fi
+  sleep 0.1
+done
+if [ -n "$indicators_seen" ]; then ok; else bad "B's indicator (notes received) reaches A: $("$bin" peers --data "$a")"; fi
 
 # ---- no peer for the organization's node: refused with a reason ----
-queue "$a" faraway referral.request 1
+queue "$a" faraway test.note 1
 check "$tmp/a.log" 'outbox 2 refused: organization \"faraway\" is on node \"node-z\"' "unroutable row refused"
 same "refusal recorded" "$(sql "$a/caremesh.db" "SELECT status, reason FROM outbox WHERE seq = 2")" \
   'refused|organization "faraway" is on node "node-z", which is not a configured peer'
 
 # ---- in order ----
-queue "$a" cardio referral.update 20
+queue "$a" cardio test.note 20
 check "$tmp/a.log" 'node-a:22 delivered to node-b' "a stream of 20 acknowledged"
 got=$(grep -F '"event":"fed.received"' "$tmp/b.log" | sed -n 's/.*received node-a:\([0-9]*\) .*/\1/p' | tr '\n' ' ')
 same "applied in the order sent" "$got" "1 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 "
@@ -111,20 +125,21 @@ out=$("$probe" "tcp://127.0.0.1:$pb" "$kb" "$a/node.key" \
   '{"type":"hello","proto":"2.0","node":"node-a"}' \
   'not json at all' \
   '{"type":"hello","proto":"1.0","node":"impostor"}' \
-  '{"type":"directory"}' \
+  '{"type":"directory","id":"probe:dir","organizations":[{"id":"evil","name":"Evil Org","node":"node-z"}]}' \
   '{"type":"deliver","id":"node-a:1","kind":"k","to":"cardio","payload":{}}' \
-  '{"type":"deliver","id":"probe:2","kind":"k","to":"cardio","payload":{"x":1}}' \
+  '{"type":"deliver","id":"probe:2","kind":"test.note","to":"cardio","from":"clinic","purpose":"care_coordination","classes":["notes"],"payload":{"n":7}}' \
   '@big:2000000')
 mapfile -t replies <<<"$out"
 has_reply() { if grep -qF -- "$3" <<<"${replies[$1]:-}"; then ok; else bad "$2: reply '${replies[$1]:-}' lacks '$3'"; fi; }
 has_reply 0 "deliver before hello" '"code":"hello-required"'
 has_reply 1 "unknown major version" '"code":"version"'
-check "$tmp/b.log" 'peer node-a speaks protocol 2.0; this node speaks 1.0: refused' "version refusal logged"
+check "$tmp/b.log" 'peer node-a speaks protocol 2.0; this node speaks 1.1: refused' "version refusal logged"
 has_reply 2 "garbage" '"code":"malformed"'
 check "$tmp/b.log" 'peer node-a sent a bad message: not a JSON object' "garbage logged"
-has_reply 3 "hello" '"type":"hello","proto":"1.0","node":"node-b"'
+has_reply 3 "hello" '"type":"hello","proto":"1.1","node":"node-b"'
 check "$tmp/b.log" 'says it is node \"impostor\"; attributing to node-a' "attribution by key"
-has_reply 4 "reserved kind" '"code":"unsupported"'
+has_reply 4 "a directory with an organization of another node" '"result":"received"'
+check "$tmp/b.log" 'peer node-a: 1 organization(s) dropped: organization \"evil\" claims node \"node-z\", not node-a' "foreign organization dropped"
 has_reply 5 "duplicate id" '"result":"duplicate"'
 has_reply 6 "a new id" '"result":"received"'
 same "recorded under the key's peer" "$(sql "$b/caremesh.db" "SELECT peer FROM inbox WHERE msg_id = 'probe:2'")" "node-a"
@@ -140,14 +155,14 @@ stop "$cpid" "node c"
 # ---- random bytes on the listen port do no harm ----
 for _ in 1 2 3; do head -c 65536 /dev/urandom >"/dev/tcp/127.0.0.1/$pb" 2>/dev/null; done
 printf 'GET / HTTP/1.0\r\n\r\n' >"/dev/tcp/127.0.0.1/$pb" 2>/dev/null
-queue "$a" cardio referral.note 1
+queue "$a" cardio test.note 1
 check "$tmp/a.log" 'node-a:23 delivered to node-b' "b still serves after garbage"
 kill -0 "$bpid" 2>/dev/null && ok || bad "node b died on random bytes"
 
 # ---- a peer that is down gets the message once it is back ----
 stop "$bpid" "node b"
 check "$tmp/a.log" 'peer node-b is down' "a notices b is down"
-queue "$a" cardio referral.cancel 3
+queue "$a" cardio test.note 3
 check "$tmp/a.log" '"event":"fed.ready"' "a still serving"
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +3 ' <<<"$out"; then ok; else bad "peers shows 3 pending: $out"; fi
@@ -159,9 +174,20 @@ if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else ba
 
 # ---- a row too large for the wire is refused with a reason; the queue moves on ----
 sql "$a/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUES ('cardio', 'big', json_object('x', hex(randomblob(600000))), strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
-queue "$a" cardio referral.after_big 1
+queue "$a" cardio test.note 1
 check "$tmp/a.log" 'outbox 27 refused: message larger than the 1 MiB' "oversized row refused"
 check "$tmp/a.log" 'node-a:28 delivered to node-b' "queue moves on after a refusal"
+
+# ---- outside the partnership's terms: refused on arrival and audited; the sender is told ----
+sql "$a/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created, sender, purpose, classes) VALUES ('cardio', 'test.note', '{\"n\":1}', strftime('%Y-%m-%dT%H:%M:%fZ','now'), 'clinic', 'referral', 'notes')"
+check "$tmp/a.log" 'outbox 29 refused: node node-b refused it: partnership notes has no term letting cardio receive data for the purpose \"referral\"' "terms refused on arrival"
+same "refusal audited on arrival" "$(sql "$b/caremesh.db" "SELECT actor, action, outcome FROM audit WHERE detail LIKE '%node-a:29%'")" "peer:node-a|message.receive|refused"
+same "refused message recorded, not applied" "$(sql "$b/caremesh.db" "SELECT status, instance IS NULL FROM inbox WHERE msg_id = 'node-a:29'")" "refused|1"
+queue "$a" cardio unknown.kind 1
+check "$tmp/a.log" 'outbox 30 refused: node node-b refused it: no workflow on this node is started by \"unknown.kind\"' "a kind no workflow takes is refused"
+queue "$a" cardio test.note 1
+check "$tmp/a.log" 'node-a:31 delivered to node-b (received)' "the queue moves on after refusals"
+same "b's audit chain verifies" "$("$bin" audit verify --data "$b" >/dev/null 2>&1; echo $?)" "0"
 
 # ---- a listen endpoint in use: serve refuses to start, naming it ----
 "$bin" init --data "$tmp/e" --node-id node-e >/dev/null

@@ -79,21 +79,20 @@ ka=$(pubkey "$a") kb=$(pubkey "$b")
 pa=$(free_port) pb=$(free_port)
 configure "$a" "$pa" node-b "$pb" "$kb"
 configure "$b" "$pb" node-a "$pa" "$ka"
-cat >"$tmp/orgs.lua" <<'LUA'
-local cm = require "caremesh"
-cm.organization.create { id = "cardio", name = "Heart Partners", kind = "clinic", node = "node-b" }
-LUA
-"$bin" lua --data "$a" "$tmp/orgs.lua" || bad "creating the organization"
+. "$(dirname "$0")/fed_world.sh"
+fed_world "$bin" "$a" node-a "$b" node-b || bad "creating organizations and the sink workflow"
 
 serve a || exit 1
 serve b || exit 1
 
 # 10,000 rows in one transaction (one statement), as wf:send writes them; the
 # payload carries the sequence number, which is also the outbox seq (a fresh
-# database), so message id node-a:N carries payload {"n":N}.
+# database), so message id node-a:N carries payload {"n":N}. On B each one
+# starts one instance of the sink workflow (fed_world.sh).
 sql "$a/caremesh.db" "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $total)
-  INSERT INTO outbox(receiver, kind, payload, created)
-  SELECT 'cardio', 'stream.item', json_object('n', i), strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM c"
+  INSERT INTO outbox(receiver, kind, payload, created, sender, purpose, classes)
+  SELECT 'cardio', 'test.note', json_object('n', i), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+         'clinic', 'care_coordination', 'notes' FROM c"
 same "queued" "$(sql "$a/caremesh.db" "SELECT count(*), min(seq), max(seq) FROM outbox")" "$total|1|$total"
 
 # Kill A and B alternately when B's inbox passes each threshold. Some
@@ -141,6 +140,12 @@ same "all from node-a, all received" \
 same "each id carries its own payload, 1..$total" \
   "$(sql "$b/caremesh.db" "SELECT count(DISTINCT json_extract(payload, '\$.n')), min(json_extract(payload, '\$.n')), max(json_extract(payload, '\$.n')) FROM inbox WHERE msg_id = 'node-a:' || json_extract(payload, '\$.n')")" \
   "$total|1|$total"
+
+same "applied once each: one sink instance per message, n = 1..$total" \
+  "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT json_extract(input, '\$.n')), min(json_extract(input, '\$.n')), max(json_extract(input, '\$.n')) FROM instance WHERE workflow = 'sink' AND status = 'done'")" \
+  "$total|$total|1|$total"
+same "each inbox row names the instance it started, with its own n" \
+  "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox x JOIN instance i ON i.id = x.instance WHERE json_extract(i.input, '\$.n') = json_extract(x.payload, '\$.n')")" "$total"
 
 # ---- in order ----
 # B's logs in run order: the first fed.received or fed.duplicate line of each

@@ -2,7 +2,8 @@
 ** test_plugin.c -- a real plugin that exercises the ABI, built in variants
 ** that the host must refuse: another ABI major (PLUGIN_BAD_MAJOR), a newer
 ** minor (PLUGIN_NEW_MINOR), no `caremesh_plugin` symbol (PLUGIN_NO_SYMBOL), an init that
-** fails after registering (PLUGIN_FAIL_INIT).
+** fails after registering (PLUGIN_FAIL_INIT); and one that says it was built
+** for ABI 1.0 (PLUGIN_OLD_MINOR), which a 1.1 host must still load.
 */
 #include <caremesh/plugin.h>
 
@@ -13,6 +14,7 @@
 static const cm_plugin_api *api;
 static cm_plugin_ctx *self;
 static char seen[4096];
+static int lua_clash = 1; /* what register_lua said to module "records" (another plugin's) */
 
 static void on_event(void *ud, const cm_plugin_event *ev)
 {
@@ -27,6 +29,7 @@ static int probe(void *ud, int argc, char **argv)
     char err[256];
     printf("events=%s\n", seen);
     printf("config=%s\n", api->config(self));
+    printf("records_module=%d\n", lua_clash);
     if (argc >= 3) {
         char *rec = api->record_get(self, argv[1], argv[2], err, sizeof(err));
         printf("record=%s\n", rec ? rec : err);
@@ -34,6 +37,17 @@ static int probe(void *ud, int argc, char **argv)
     }
     return argc >= 3 ? 0 : 3;
 }
+
+#ifndef PLUGIN_OLD_MINOR
+static int lua_fn(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)args;
+    (void)result;
+    snprintf(err, errlen, "the probe's function should never be reached");
+    return -1;
+}
+#endif
 
 static int probe_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, size_t errlen)
 {
@@ -54,6 +68,9 @@ static int probe_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, 
         return snprintf(err, errlen, "register_command refused"), -1;
     if (api->register_command(ctx, "Bad Name", "x", probe, NULL) == 0)
         return snprintf(err, errlen, "a bad command name was accepted"), -1;
+#ifndef PLUGIN_OLD_MINOR
+    lua_clash = api->register_lua(ctx, "records", "clash", lua_fn, NULL);
+#endif
     api->log(ctx, CM_PLUGIN_LOG_INFO, "probe ready");
 #ifdef PLUGIN_FAIL_INIT
     snprintf(err, errlen, "the database it needs is not configured");
@@ -78,6 +95,8 @@ static void probe_fini(cm_plugin_ctx *ctx)
 #endif
 #if defined(PLUGIN_NEW_MINOR)
 #define MINOR (CM_PLUGIN_ABI_MINOR + 1)
+#elif defined(PLUGIN_OLD_MINOR) /* built against ABI 1.0: uses only the 1.0 functions */
+#define MINOR 0
 #else
 #define MINOR CM_PLUGIN_ABI_MINOR
 #endif

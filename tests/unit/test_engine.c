@@ -77,7 +77,8 @@ static const char *REFERRAL =
     "    closed = { final = true, enter = function(wf)\n"
     "      wf:notify { channel = 'sms', to = wf.input.patient, message = 'Your referral is closed' "
     "}\n"
-    "      wf:send('cardio-b', 'referral.closed', { id = wf.id })\n"
+    "      wf:send('cardio-b', 'referral.closed', { id = wf.id },\n"
+    "              { from = 'clinic-a', purpose = 'care_coordination' })\n"
     "    end },\n"
     "  },\n"
     "}\n";
@@ -149,10 +150,17 @@ static void seed(fx *f)
     cm_err err;
     const char *docs[][2] = {
         {"organization", "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}"},
+        {"organization", "{\"id\":\"cardio-b\",\"name\":\"Cardio B\",\"kind\":\"clinic\","
+                         "\"node\":\"node-b\"}"},
+        {"partnership",
+         "{\"id\":\"ab\",\"name\":\"A-B\",\"purpose\":\"coordination\",\"reviewCadence\":"
+         "\"annual\",\"members\":[{\"organization\":\"clinic-a\"},{\"organization\":"
+         "\"cardio-b\"}],\"terms\":[{\"receiver\":\"cardio-b\",\"classes\":[\"notes\"],"
+         "\"purposes\":[\"care_coordination\"]}]}"},
         {"patient", "{\"id\":\"pat-1\",\"name\":{\"family\":\"Rivera\",\"given\":[\"Ana\"]},"
                     "\"birthDate\":\"1958-04-12\",\"gender\":\"female\"}"},
     };
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
         cJSON *doc = cJSON_Parse(docs[i][1]);
         assert_int_equal(
             cm_model_create(f->model, (cm_kind)cm_kind_parse(docs[i][0]), doc, NULL, &err), 0);
@@ -857,6 +865,203 @@ static void test_observer_hears_committed_events_in_order(void **state)
     assert_string_equal(s.line[4], "3 ref-1 >accepted cancelled");
 }
 
+/* The steps of a history, one line each: "step event from>to". */
+static void history_lines(fx *f, const char *id, char *out, size_t n)
+{
+    cJSON *inst = get(f, id), *h;
+    size_t used = 0;
+    out[0] = '\0';
+    cJSON_ArrayForEach(h, cJSON_GetObjectItem(inst, "history"))
+    {
+        int w =
+            snprintf(out + used, n - used, "%d %s %s>%s;", cJSON_GetObjectItem(h, "step")->valueint,
+                     field(h, "event"), field(h, "from"), field(h, "to"));
+        assert_true(w > 0 && (size_t)w < n - used);
+        used += (size_t)w;
+    }
+    cJSON_Delete(inst);
+}
+
+/* History rows are written in step order across instances and chained per
+** instance; a database from before (rows keyed by instance and step) is
+** chained when it is opened, and its instances go on from there. */
+static void test_history_is_chained_per_instance_and_upgraded(void **state)
+{
+    fx *f = *state;
+    char h1[1024], h2[1024], again[1024];
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    run(f);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    signal_ev(f, "ref-1", "boom", NULL); /* rolled back: no row */
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "ref-1", &err), 0);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    signal_ev(f, "ref-2", "consult_note", NULL);
+    run(f);
+    history_lines(f, "ref-1", h1, sizeof(h1));
+    history_lines(f, "ref-2", h2, sizeof(h2));
+    assert_string_equal(h1, "1 start >requested;2 paused requested>requested;"
+                            "3 resumed requested>requested;4 accepted requested>accepted;");
+    assert_string_equal(h2, "1 start >requested;2 accepted requested>accepted;"
+                            "3 consult_note accepted>closed;");
+    /* the same database as the schema before kept it */
+    assert_int_equal(
+        cm_store_exec(f->store,
+                      "CREATE TABLE h4(instance TEXT NOT NULL REFERENCES instance(id), "
+                      "step INTEGER NOT NULL, at TEXT NOT NULL, event TEXT NOT NULL, "
+                      "from_state TEXT, to_state TEXT NOT NULL, note TEXT, "
+                      "PRIMARY KEY (instance, step)) WITHOUT ROWID;"
+                      "INSERT INTO h4 SELECT instance, step, at, event, from_state, "
+                      "to_state, note FROM history ORDER BY seq DESC;"
+                      "DROP TABLE history; ALTER TABLE h4 RENAME TO history;"
+                      "ALTER TABLE instance DROP COLUMN hist;"
+                      "DROP TABLE api_token;" /* and what later versions made */
+                      "DELETE FROM schema_version WHERE version >= 7;",
+                      &err),
+        0);
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    history_lines(f, "ref-1", again, sizeof(again));
+    assert_string_equal(again, h1);
+    history_lines(f, "ref-2", again, sizeof(again));
+    assert_string_equal(again, h2);
+    signal_ev(f, "ref-1", "consult_note", NULL);
+    run(f);
+    history_lines(f, "ref-1", again, sizeof(again));
+    assert_string_equal(again, "1 start >requested;2 paused requested>requested;"
+                               "3 resumed requested>requested;4 accepted requested>accepted;"
+                               "5 consult_note accepted>closed;");
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), 8);
+}
+
+static void text_of(fx *f, const char *sql, char *out, size_t n)
+{
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+}
+
+/* The context is decoded only when a handler looks at it and written back
+** only when its text changed; what a failing handler or a refusing guard did
+** to it is dropped; a context that is not a JSON object is refused. */
+static void test_context_is_read_on_use_and_written_on_change(void **state)
+{
+    static const char *KEEPER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow {\n"
+        "  name = 'keeper', version = 1, start = 'on',\n"
+        "  input = { who = 'string' },\n"
+        "  states = {\n"
+        "    on = { enter = function(wf) wf.ctx.n = 1 end, on = {\n"
+        "      noop = function(wf) end,\n"
+        "      peek = function(wf) assert(wf.ctx.n >= 1 and wf.input.who == 'x') end,\n"
+        "      inc = function(wf) wf.ctx.n = wf.ctx.n + 1 end,\n"
+        "      guarded = { to = 'off', guard = function(wf) wf.ctx.n = 50; return false end },\n"
+        "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
+        "      list = function(wf) wf.ctx[1] = 'a'; wf.ctx.n = nil end,\n"
+        "      stop = 'off' } },\n"
+        "    off = { final = true },\n"
+        "  },\n"
+        "}\n";
+    fx *f = *state;
+    char ctx[256];
+    cm_err err;
+    cJSON *input = cJSON_Parse("{\"who\":\"x\"}");
+    load_ok(f, "keeper.lua", KEEPER);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", input, "k-1", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    /* the stored text as another writer left it: kept byte for byte until a
+    ** handler looks at the context (pause and resume reload the row) */
+    assert_int_equal(
+        cm_store_exec(f->store, "UPDATE instance SET ctx = '{ \"n\": 1 }' WHERE id = 'k-1'", &err),
+        0);
+    assert_int_equal(cm_engine_pause(f->engine, "k-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "k-1", &err), 0);
+    signal_ev(f, "k-1", "noop", NULL);
+    run(f);
+    text_of(f, "SELECT ctx FROM instance WHERE id = 'k-1'", ctx, sizeof(ctx));
+    assert_string_equal(ctx, "{ \"n\": 1 }");
+    signal_ev(f, "k-1", "peek", NULL);
+    signal_ev(f, "k-1", "guarded", NULL); /* refused: the guard's change is dropped */
+    signal_ev(f, "k-1", "boom", NULL);    /* fails: its change is dropped */
+    signal_ev(f, "k-1", "list", NULL);    /* a list is not a context: fails */
+    signal_ev(f, "k-1", "inc", NULL);
+    signal_ev(f, "k-1", "peek", NULL);
+    run(f);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(f->a.status[3], CM_EINVAL);
+    assert_int_equal(f->a.status[4], CM_ELUA);
+    assert_int_equal(f->a.status[5], CM_ELUA);
+    assert_non_null(strstr(f->a.message[5], "wf.ctx must have named fields"));
+    assert_int_equal(f->a.status[6], 0);
+    assert_int_equal(f->a.status[7], 0);
+    text_of(f, "SELECT ctx FROM instance WHERE id = 'k-1'", ctx, sizeof(ctx));
+    assert_string_equal(ctx, "{\"n\":2}");
+    /* a context that is not a JSON object is refused, and nothing changes */
+    assert_int_equal(
+        cm_store_exec(f->store, "UPDATE instance SET ctx = '[1]' WHERE id = 'k-1'", &err), 0);
+    assert_int_equal(cm_engine_pause(f->engine, "k-1", &err), CM_EDB);
+    assert_non_null(strstr(err.msg, "stored input or context is not JSON"));
+    expect_state(f, "k-1", "on", "running");
+}
+
+/* A message from peer as federation hands it over; prev as the sender sent it. */
+static void receive(fx *f, const char *peer, const char *id, const char *prev)
+{
+    cJSON *payload = cJSON_CreateObject();
+    cm_engine_msg m = {.peer = peer,
+                       .id = id,
+                       .kind = "test.note",
+                       .from = "clinic-x",
+                       .to = "cardio-x",
+                       .purpose = "care_coordination",
+                       .payload = payload,
+                       .prev = prev};
+    cm_err err;
+    assert_int_equal(cm_engine_receive(f->engine, &m, on_ack, &f->a, &err), 0);
+    cJSON_Delete(payload);
+}
+
+static void test_messages_apply_only_after_the_one_sent_before(void **state)
+{
+    fx *f = *state;
+    /* x:2 overtakes x:1 (a window resent after a reconnect): x:2 waits */
+    receive(f, "node-x", "node-x:2", "node-x:1");
+    receive(f, "node-x", "node-x:1", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 2);
+    assert_int_equal(f->a.status[0], CM_ENOTFOUND); /* federation answers busy */
+    assert_non_null(strstr(f->a.message[0], "node-x:2 follows node-x:1"));
+    assert_int_equal(f->a.status[1], 0); /* recorded (refused: no such organizations here) */
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox WHERE msg_id = 'node-x:2'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox WHERE msg_id = 'node-x:1'"), 1);
+    /* resent in order: x:2, then x:3 after it in the same batch */
+    receive(f, "node-x", "node-x:2", "node-x:1");
+    receive(f, "node-x", "node-x:3", "node-x:2");
+    run(f);
+    assert_int_equal(f->a.n, 4);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(f->a.status[3], 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox WHERE peer = 'node-x'"), 3);
+    /* a duplicate is answered even when its prev is named again */
+    receive(f, "node-x", "node-x:3", "node-x:2");
+    /* the message before must be from the same peer */
+    receive(f, "node-y", "node-y:4", "node-x:3");
+    run(f);
+    assert_int_equal(f->a.n, 6);
+    assert_int_equal(f->a.status[4], 0);
+    assert_int_equal(f->a.status[5], CM_ENOTFOUND);
+    assert_int_equal(count(f, "SELECT count(*) FROM inbox"), 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -877,6 +1082,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_recovers_timers_and_kept_events, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_context_is_read_on_use_and_written_on_change, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_observer_hears_committed_events_in_order, setup,
                                         teardown),
@@ -884,6 +1093,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,7 +49,7 @@ static void test_every_kind_round_trips(void **state)
     assert_int_equal(back.major, 1);
     assert_int_equal(back.minor, 3);
     assert_string_equal(back.node, "clinic-a");
-    assert_non_null(strstr(text, "\"caps\":[\"deliver\"]"));
+    assert_non_null(strstr(text, "\"caps\":[\"deliver\",\"directory\",\"indicators\"]"));
     free(text);
     cm_fed_msg_clear(&back);
 
@@ -99,10 +99,33 @@ static void test_every_kind_round_trips(void **state)
     assert_string_equal(cJSON_GetStringValue(back.payload), "plain text");
     cm_fed_msg_clear(&back);
 
-    decode_text("{\"type\":\"directory\"}", &back);
+    decode_text("{\"type\":\"directory\",\"id\":\"b:directory:1\",\"organizations\":[{"
+                "\"id\":\"o\",\"name\":\"O\"}]}",
+                &back);
     assert_int_equal(back.type, CM_FED_DIRECTORY);
-    decode_text("{\"type\":\"indicators\",\"x\":1}", &back);
+    assert_int_equal(cJSON_GetArraySize(back.payload), 1);
+    text = cm_fed_encode(&back);
+    assert_non_null(strstr(text, "\"organizations\":[{\"id\":\"o\",\"name\":\"O\"}]"));
+    free(text);
+    cm_fed_msg_clear(&back);
+    decode_text("{\"type\":\"indicators\",\"id\":\"b:indicators:1\",\"indicators\":[]}", &back);
     assert_int_equal(back.type, CM_FED_INDICATORS);
+    cm_fed_msg_clear(&back);
+    /* 1.1's deliver fields round-trip */
+    decode_text("{\"type\":\"deliver\",\"id\":\"a:2\",\"kind\":\"k\",\"to\":\"o\",\"from\":\"f\","
+                "\"purpose\":\"referral\",\"classes\":[\"notes\"],\"patient\":\"p\",\"instance\":"
+                "\"i\",\"reply_to\":\"r\",\"patient_record\":{\"id\":\"p\"},\"payload\":{}}",
+                &back);
+    text = cm_fed_encode(&back);
+    for (const char *const *frag =
+             (const char *const[]){"\"from\":\"f\"", "\"purpose\":\"referral\"",
+                                   "\"classes\":[\"notes\"]", "\"patient\":\"p\"",
+                                   "\"instance\":\"i\"", "\"reply_to\":\"r\"",
+                                   "\"patient_record\":{\"id\":\"p\"}", NULL};
+         *frag; frag++)
+        assert_non_null(strstr(text, *frag));
+    free(text);
+    cm_fed_msg_clear(&back);
 }
 
 static void test_bad_messages_are_refused_by_field(void **state)

@@ -95,6 +95,31 @@ static void test_utf8_is_carried(void **state)
     expect_json("{name='Jos\\u{e9} \\u{1F600}'}", "{\"name\":\"Jos\xc3\xa9 \xf0\x9f\x98\x80\"}");
 }
 
+/* The text the encoder writes reads back (cJSON) as the same document, also
+** for the characters JSON must escape and numbers that need every digit. */
+static void test_encoded_text_reads_back(void **state)
+{
+    expect_json("{s='q\"b\\\\s\\n\\r\\t\\b\\f\\1\\31 /'}",
+                "{\"s\":\"q\\\"b\\\\s\\n\\r\\t\\b\\f\\u0001\\u001f /\"}");
+    expect_json("{a=0.1, b=1/3, c=-2.5e-300, d=3.0, e=-0.0, f=1e20, g=-(1<<53), h={{}, {1}}}",
+                "{\"a\":0.1,\"b\":0.33333333333333331,\"c\":-2.5e-300,\"d\":3,\"e\":0,"
+                "\"f\":1e20,\"g\":-9007199254740992,\"h\":[{},[1]]}");
+    lua_State *L = luaL_newstate();
+    cm_err err;
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(luaL_dostring(L, "return {list={1, 'two', false}}"), 0);
+    assert_int_equal(cm_ljson_encode(L, -1, "ctx", &text, &len, &err), 0);
+    assert_string_equal(text, "{\"list\":[1,\"two\",false]}");
+    assert_int_equal(len, strlen(text));
+    free(text);
+    assert_int_equal(luaL_dostring(L, "return {x={y=function() end}}"), 0);
+    assert_int_equal(cm_ljson_encode(L, -1, "ctx", &text, &len, &err), CM_EINVAL);
+    assert_null(text);
+    assert_non_null(strstr(err.msg, "ctx.x.y: a function cannot be carried"));
+    lua_close(L);
+}
+
 static void test_push_roundtrip(void **state)
 {
     lua_State *L = luaL_newstate();
@@ -119,6 +144,7 @@ int main(void)
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
         cmocka_unit_test(test_utf8_is_carried),
+        cmocka_unit_test(test_encoded_text_reads_back),
         cmocka_unit_test(test_push_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

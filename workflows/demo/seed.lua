@@ -3,14 +3,25 @@
 -- people, a handful of patients, two partnerships (a closed-loop cardiology
 -- referral agreement and an immunization drive), consents, a care team and
 -- open tasks. Loaded through the Lua API, as a site's admin would.
+--
+-- Each node of the demo runs it with its site (`caremesh lua --data DIR
+-- seed.lua SITE`): every site keeps the organizations, their people and the
+-- partnerships (each node checks the terms itself); the clinic
+-- (riverside-node) has its patients, consents and care team; the pharmacy
+-- (pharmacy-node) has its own records of the clinic's patients aged 65 and
+-- over, the drive's target; the cardiology practice (cardiology-node)
+-- starts with no patients: a referral brings what the terms let it see.
 local cm = require "caremesh"
+local site = ... or "clinic"
+assert(site == "clinic" or site == "cardiology" or site == "pharmacy",
+       "seed.lua: site must be clinic, cardiology or pharmacy")
 
 local orgs = {
   { id = "riverside-clinic", name = "Riverside Family Clinic", kind = "clinic",
-    node = cm.node_id, phone = "+1 555 0100 200",
+    node = "riverside-node", phone = "+1 555 0100 200",
     address = { line = { "12 River Rd" }, city = "Millbrook", state = "OR", postalCode = "97001" } },
   { id = "heart-partners", name = "Heart Partners Cardiology", kind = "specialist_practice",
-    node = "cardiology-node" },
+    node = "cardiology-node", phone = "+1 555 0100 300" },
   { id = "main-st-pharmacy", name = "Main Street Pharmacy", kind = "community_pharmacy",
     node = "pharmacy-node" },
   { id = "county-health", name = "Millbrook County Health Department", kind = "public_health" },
@@ -52,8 +63,13 @@ local patients = {
 }
 for _, p in ipairs(patients) do
   p.generalPractitioner = "riverside-clinic"
-  p.identifiers = { { system = "urn:riverside-clinic:mrn", value = "MRN-" .. p.id:sub(5) } }
-  cm.patient.create(p)
+  if site == "clinic" then
+    p.identifiers = { { system = "urn:riverside-clinic:mrn", value = "MRN-" .. p.id:sub(5) } }
+    cm.patient.create(p)
+  elseif site == "pharmacy" and p.birthDate < "1961-12-01" then
+    p.conditions = nil -- the pharmacy keeps what it needs to vaccinate
+    cm.patient.create(p)
+  end
 end
 
 cm.partnership.create {
@@ -67,7 +83,7 @@ cm.partnership.create {
       requests = { "referral_packet" } },
   },
   terms = {
-    { receiver = "heart-partners", classes = { "demographics", "contact", "conditions", "medications" },
+    { receiver = "heart-partners", classes = { "demographics", "contact", "conditions", "medications", "notes" },
       purposes = { "referral" } },
     { receiver = "riverside-clinic", classes = { "notes" }, purposes = { "referral", "care_coordination" } },
   },
@@ -76,8 +92,8 @@ cm.partnership.create {
     { organization = "heart-partners", champion = "dr-osei", backup = "cc-moreau" },
   },
   kpis = {
-    { name = "loop_closure_rate", description = "referrals with a consult note back", target = 0.9 },
-    { name = "median_days_to_close", description = "request to consult note", target = 21, unit = "d" },
+    { name = "referral_loop_closed", description = "referrals closed with the consult note reviewed", target = 0.9 },
+    { name = "referral_days_to_close", description = "request to loop closed (median)", target = 21, unit = "d" },
   },
   reviewCadence = "quarterly", start = "2026-01-01", nextReview = "2027-01-15",
 }
@@ -100,28 +116,35 @@ cm.partnership.create {
     { organization = "main-st-pharmacy", champion = "rph-tanaka", backup = "rph-adeyemi" },
     { organization = "county-health", champion = "rn-kowalski", backup = "rn-begay" },
   },
-  kpis = { { name = "coverage_65_plus", description = "share of 65+ patients fully vaccinated", target = 0.75 } },
+  kpis = {
+    { name = "vaccination_coverage", description = "share of 65+ patients fully vaccinated", target = 0.75 },
+    { name = "vaccination_dose_given", description = "doses given at the drive's sites" },
+    { name = "immunization_reported", description = "doses recorded at primary care" },
+  },
   reviewCadence = "monthly", start = "2026-10-01", ["end"] = "2027-03-31",
 }
 
-cm.consent.create { id = "consent-okafor-referral", patient = "pat-okafor", purpose = "referral",
-                    organization = "heart-partners", decision = "permit",
-                    period = { start = "2026-11-01", ["end"] = "2027-11-01" } }
-cm.consent.create { id = "consent-johnson-outreach", patient = "pat-johnson", purpose = "outreach",
-                    decision = "deny", period = { start = "2026-06-01" },
-                    note = "Asked not to be contacted for campaigns" }
+if site == "clinic" then
+  cm.consent.create { id = "consent-okafor-referral", patient = "pat-okafor", purpose = "referral",
+                      organization = "heart-partners", decision = "permit",
+                      period = { start = "2026-11-01", ["end"] = "2027-11-01" } }
+  cm.consent.create { id = "consent-johnson-outreach", patient = "pat-johnson", purpose = "outreach",
+                      decision = "deny", period = { start = "2026-06-01" },
+                      note = "Asked not to be contacted for campaigns" }
 
-cm.care_team.create { id = "team-okafor", patient = "pat-okafor", name = "Heart failure team",
-  participants = {
-    { member = "dr-ngata", role = "primary_care_physician" },
-    { member = "dr-osei", role = "cardiologist" },
-    { member = "cc-haddad", role = "care_coordinator" },
-  } }
+  cm.care_team.create { id = "team-okafor", patient = "pat-okafor", name = "Heart failure team",
+    participants = {
+      { member = "dr-ngata", role = "primary_care_physician" },
+      { member = "dr-osei", role = "cardiologist" },
+      { member = "cc-haddad", role = "care_coordinator" },
+    } }
 
-cm.task.create { id = "task-okafor-records", title = "Send the latest echo report to Heart Partners",
-                 organization = "riverside-clinic", patient = "pat-okafor", owner = "cc-haddad",
-                 priority = "urgent", due = "2026-12-03" }
-cm.task.create { id = "task-a1c-list", title = "Review diabetic patients overdue for an A1c",
-                 organization = "riverside-clinic", ownerRole = "nurse_practitioner", due = "2026-12-10" }
-print("seeded " .. cm.organization.count() .. " organizations, " .. cm.provider.count() ..
+  cm.task.create { id = "task-okafor-records", title = "Send the latest echo report to Heart Partners",
+                   organization = "riverside-clinic", patient = "pat-okafor", owner = "cc-haddad",
+                   priority = "urgent", due = "2026-12-03" }
+  cm.task.create { id = "task-a1c-list", title = "Review diabetic patients overdue for an A1c",
+                   organization = "riverside-clinic", ownerRole = "nurse_practitioner", due = "2026-12-10" }
+end
+
+print(site .. ": seeded " .. cm.organization.count() .. " organizations, " .. cm.provider.count() ..
       " providers, " .. cm.patient.count() .. " patients")

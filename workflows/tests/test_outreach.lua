@@ -267,6 +267,39 @@ t.test("stop with nobody contacted yet finishes at once; a cancelled child is no
   t.eq(#kpis("outreach_reach_rate"), 1, "no rate for an empty campaign")
 end)
 
+t.test("a roster cohort: the patients a roster import tagged, and no one else", function()
+  seed()
+  -- What `caremesh roster import FILE --cohort flu-2026` leaves on each
+  -- patient of the file: an identifier of the roster system (the plugin's
+  -- own tests cover the import; tests/plugins/test_roster_outreach.c the
+  -- whole path).
+  local ROSTER = "urn:caremesh:roster"
+  local function tag(id, system, value)
+    local p = cm.patient.get(id)
+    local ids = p.identifiers or {}
+    ids[#ids + 1] = { system = system, value = value }
+    cm.patient.update(id, { identifiers = ids })
+  end
+  tag("pat-lee", ROSTER, "flu-2026")
+  tag("pat-okafor", ROSTER, "flu-2026")
+  tag("pat-nguyen", ROSTER, "flu-2026")          -- opted out: skipped
+  tag("pat-brooks", ROSTER, "flu-2026")          -- inactive
+  tag("pat-rivera", ROSTER, "diabetes-2026")     -- another roster
+  tag("pat-johnson", "urn:oid:2.16.840.1.113883.19.5", "flu-2026") -- an MRN that reads the same
+  local id = campaign("camp-roster", { cohort = { roster = "flu-2026" } })
+  t.eq(active(id), { "pat-lee", "pat-okafor" }, "the roster's active patients who did not opt out")
+  t.eq(ctx(id).cohort, 3, "Lee, Nguyen, Okafor")
+  t.eq(ctx(id).opted_out, 1, "Nguyen")
+  local old = campaign("camp-roster-65", { cohort = { roster = "flu-2026", min_age = 65 } })
+  t.eq(active(old), { "pat-okafor" }, "the roster, 65 and over")
+  local none = campaign("camp-roster-none", { cohort = { roster = "no-such-roster" } })
+  t.expect_state(none, "finished", "done")
+  local bad, msg = t.start("outreach", { organization = "riverside-clinic", message = "hi",
+                                         cohort = { roster = 2026 } })
+  t.eq(bad, nil, "a roster name must be a string")
+  t.ok(msg:find("cohort.roster: expected a string", 1, true), msg)
+end)
+
 t.test("bad campaign input is refused and starts nothing", function()
   seed()
   local base = { organization = "riverside-clinic", message = "hello", cohort = { condition = "E11" } }

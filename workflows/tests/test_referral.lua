@@ -7,6 +7,7 @@
 -- lib/helpers.lua.
 -- Run: caremesh workflow test workflows/tests/test_referral.lua
 local t = require "caremesh.test"
+local cm = require "caremesh"
 local h = require "lib.helpers"
 local world = require "lib.seed"
 t.load("../referral.lua")
@@ -22,6 +23,7 @@ local function seed()
     organizations = { "riverside-clinic", "heart-partners" },
     providers = { "dr-ngata", "cc-haddad", "dr-osei" },
     patients = { "pat-okafor", "pat-rivera", "pat-kaur" },
+    partnerships = { "cardiology-referrals" },
   }
 end
 
@@ -461,4 +463,79 @@ t.test("bad input is refused and nothing starts", function()
   refuse({ reason = 12 }, "input.reason: expected string")
   t.eq(#sent(), 0, "nothing sent")
   t.eq(#t.kpis(), 0, "no KPIs")
+end)
+
+-- ---- the host's terms on what leaves the clinic ---------------------------
+
+t.test("the request carries the patient's record cut to the terms, purpose referral", function()
+  seed()
+  local id = start()
+  local req = t.sent()[1]
+  t.eq(req.kind, "referral.request")
+  t.eq(req["from"], "riverside-clinic")
+  t.eq(req.purpose, "referral")
+  t.eq(req.patient, "pat-okafor")
+  t.eq(req.classes, "demographics,contact,conditions,notes")
+  local rec = decode(req.record)
+  t.eq(rec.id, "pat-okafor")
+  t.eq(rec.birthDate, "1949-09-30")
+  t.eq(rec.email, "chidi.okafor@example.org", "contact is allowed to the specialist")
+  t.eq(rec.generalPractitioner, "riverside-clinic")
+  t.eq(rec.meta, nil, "no store metadata leaves")
+  t.eq(req.instance, id)
+  local audit = t.audit()
+  t.eq(#audit, 1, "the send is audited")
+  t.eq({ audit[1].action, audit[1].patient, audit[1].classes, audit[1].outcome },
+       { "message.send", "pat-okafor", "demographics,contact,conditions,notes", "ok" })
+end)
+
+t.test("terms that allow less: the fields of the other classes stay home", function()
+  seed()
+  cm.partnership.update("cardiology-referrals", { terms = {
+    { receiver = "heart-partners", purposes = { "referral" }, classes = { "demographics", "notes" } },
+    { receiver = "riverside-clinic", purposes = { "referral" }, classes = { "notes" } },
+  } })
+  start()
+  local req = t.sent()[1]
+  t.eq(req.classes, "demographics,notes")
+  local rec = decode(req.record)
+  t.eq(rec.email, nil, "contact left out")
+  t.eq(rec.conditions, nil, "conditions left out")
+  t.eq(rec.birthDate, "1949-09-30")
+end)
+
+t.test("a request no partnership covers is not sent: a task, a KPI, not_sent", function()
+  world.create {
+    organizations = { "riverside-clinic", "heart-partners" },
+    providers = { "dr-ngata", "cc-haddad" },
+    patients = { "pat-okafor" },
+  }
+  local id, state = t.start("referral", input())
+  t.eq(state, "requested", "the start itself succeeds")
+  t.expect_state(id, "not_sent", "done")
+  t.eq(#t.sent(), 0, "nothing went out")
+  local refusals = t.refused_sends()
+  t.eq(#refusals, 1)
+  t.ok(refusals[1].reason:find("no active partnership has both riverside-clinic and heart-partners",
+                               1, true), refusals[1].reason)
+  local open = tasks()
+  t.eq(#open, 1)
+  t.ok(open[1].title:find("was not sent", 1, true), open[1].title)
+  t.eq(#h.kpis("referral_not_sent"), 1)
+  local audit = t.audit()
+  t.eq(#audit, 1, "the refusal is audited")
+  t.eq({ audit[1].actor, audit[1].action, audit[1].patient, audit[1].purpose, audit[1].outcome },
+       { "instance:" .. id, "message.send", "pat-okafor", "referral", "refused" })
+end)
+
+t.test("a patient who denied consent for referrals: not sent", function()
+  seed()
+  cm.consent.create { id = "c-okafor-ref", patient = "pat-okafor", purpose = "referral",
+                      decision = "deny", recorded = "2025-12-01T09:00:00Z" }
+  local id = t.start("referral", input())
+  t.expect_state(id, "not_sent", "done")
+  t.ok(t.refused_sends()[1].reason:find("denied consent", 1, true), t.refused_sends()[1].reason)
+  -- another patient is referred as usual
+  local other = t.start("referral", input { patient = "pat-rivera" })
+  t.expect_state(other, "requested", "running")
 end)

@@ -26,6 +26,7 @@ local function seed()
     organizations = { "heart-partners", "riverside-clinic" },
     providers = { "dr-osei", "cc-moreau", "cc-haddad" },
     patients = { "pat-okafor" },
+    partnerships = { "cardiology-referrals" },
   }
 end
 
@@ -449,4 +450,75 @@ t.test("both sides: the practice declines, the clinic is told and tasked", funct
   t.expect_state(ref, "declined", "done")
   t.eq(ctx(ref).decline_reason, "Outside our catchment area")
   t.eq(#tasks { organization = "riverside-clinic" }, 1, "a task at the clinic")
+end)
+
+-- ---- across nodes: the request arrives as a partner's message ------------
+
+-- The referral.request the clinic's node sends (as referral.lua writes it),
+-- with Rivera's record cut to the partnership's terms.
+local function request_message(id)
+  return {
+    peer = "riverside-node", id = "riverside-node:" .. id, kind = "referral.request",
+    from = "riverside-clinic", to = "heart-partners", purpose = "referral",
+    classes = { "notes", "demographics", "contact", "conditions" }, patient = "pat-rivera",
+    instance = "referral-" .. id,
+    patient_record = { id = "pat-rivera", name = world.person("Rivera", "Ana"),
+                       birthDate = "1958-04-12", gender = "female", phone = "+1 555 0111 001",
+                       conditions = { world.condition("E11") } },
+    payload = { referral = "referral-" .. id, patient = "pat-rivera", reason = REASON,
+                priority = "routine" },
+  }
+end
+
+t.test("a partner's referral.request starts the intake; the shared record becomes a patient here", function()
+  seed()
+  t.eq(cm.patient.get("pat-rivera"), nil, "not known here before")
+  local result, id = t.receive(request_message(1))
+  t.eq(result, "received")
+  t.expect_state(id, "triage", "running")
+  local p = cm.patient.get("pat-rivera")
+  t.ok(p, "the shared record is kept as a local patient")
+  t.eq(p.birthDate, "1958-04-12")
+  t.eq(p.conditions[1].code, "E11")
+  t.eq(t.instance(id).input.from, "riverside-clinic", "from is the sending organization")
+  -- the answer goes back to the clinic's instance (reply_to), under the terms
+  t.eq(t.signal(id, "accept"), "accepted")
+  local answer = t.sent()[#t.sent()]
+  t.eq(answer.kind, "referral.accepted")
+  t.eq(answer.to, "riverside-clinic")
+  t.eq(answer.reply_to, "referral-1", "the answer continues the clinic's instance")
+  t.eq(answer.purpose, "referral")
+  t.eq(answer["from"], "heart-partners")
+  -- the clinic cancels: its message continues this intake (reply_to)
+  local cancel = request_message(1)
+  cancel.id, cancel.kind, cancel.reply_to, cancel.patient_record = "riverside-node:2",
+    "referral.cancelled", id, nil
+  cancel.classes = { "notes" }
+  cancel.payload = { referral = "referral-1", reason = "Patient moved away" }
+  t.eq((t.receive(cancel)), "received")
+  t.expect_state(id, "cancelled", "done")
+end)
+
+t.test("a request the terms do not cover is refused on arrival; an unlinked node cannot reach an intake", function()
+  seed()
+  -- no partnership between the practices here: refused, nothing starts
+  cm.partnership.update("cardiology-referrals", { status = "suspended" })
+  local result, id, reason = t.receive(request_message(1))
+  t.eq(result, "refused")
+  t.eq(id, nil)
+  t.ok(reason:find("no active partnership", 1, true), reason)
+  t.eq(cm.patient.get("pat-rivera"), nil, "nothing of the patient kept")
+  cm.partnership.update("cardiology-referrals", { status = "active" })
+  local ok_result, intake = t.receive(request_message(2))
+  t.eq(ok_result, "received")
+  -- another node may not signal that intake, even naming it
+  world.create { organizations = { "main-st-pharmacy" } }
+  local intruder = request_message(3)
+  intruder.peer, intruder.reply_to, intruder.kind = "pharmacy-node", intake, "referral.cancelled"
+  intruder.from, intruder.patient_record, intruder.classes = "main-st-pharmacy", nil, { "notes" }
+  intruder.payload = { referral = "referral-2", reason = "not yours" }
+  local r2, _, why = t.receive(intruder)
+  t.eq(r2, "refused")
+  t.ok(why, "a reason")
+  t.expect_state(intake, "triage", "running")
 end)

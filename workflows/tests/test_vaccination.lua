@@ -27,6 +27,7 @@ local function seed()
     providers = { "rph-tanaka", "rn-kowalski" },
     patients = { "pat-rivera", "pat-okafor", "pat-nguyen", "pat-schmidt", "pat-walker", "pat-garcia",
                  "pat-johnson", "pat-brooks" },
+    partnerships = { "flu-drive" },
   }
   -- Nguyen refuses immunization by anyone; Schmidt only refused Heart
   -- Partners; Rivera refused outreach, not immunization.

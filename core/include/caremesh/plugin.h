@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 #define CM_PLUGIN_ABI_MAJOR 1
-#define CM_PLUGIN_ABI_MINOR 0
+#define CM_PLUGIN_ABI_MINOR 1
 #define CM_PLUGIN_SYMBOL    "caremesh_plugin"
 
 /* The host's handle for one loaded plugin (opaque). */
@@ -81,6 +81,18 @@ typedef struct cm_plugin_notification {
 typedef int (*cm_plugin_channel_fn)(void *ud, const cm_plugin_notification *n, char *err,
                                     size_t errlen);
 
+/* A function a plugin adds to the Lua of workflows and Lua plugins
+** (`require "MODULE"`, then MODULE.NAME(...)). The Lua arguments arrive as
+** one JSON array text (args_json, e.g. "[\"pat-1\",{\"dry_run\":true}]"); the
+** result is JSON text the plugin allocates with malloc and the host frees
+** (*result NULL means no results); Lua receives it decoded. Return 0, or
+** non-zero with a message in err: Lua raises "MODULE.NAME: message". Runs on
+** the loop thread inside the caller's step: the instruction budget meters Lua
+** only, not the time spent in C, so the function must be quick and must not
+** block (no network, no waiting). */
+typedef int (*cm_plugin_lua_fn)(void *ud, const char *args_json, char **result, char *err,
+                                size_t errlen);
+
 typedef struct cm_plugin_api {
     size_t size;   /* sizeof(cm_plugin_api) as the host built it */
     int abi_major; /* the host's CM_PLUGIN_ABI_MAJOR */
@@ -109,7 +121,8 @@ typedef struct cm_plugin_api {
                             cm_plugin_command_fn fn, void *ud);
 
     /* A record as JSON text ("patient", "pat-1"), in a buffer the caller frees
-    ** with api->free; NULL when there is none (errbuf says why). */
+    ** with api->free; NULL when there is none (errbuf says why). Reads of
+    ** patient data are audited (since 1.1 hosts). */
     char *(*record_get)(cm_plugin_ctx *ctx, const char *kind, const char *id, char *errbuf,
                         size_t errlen);
 
@@ -121,6 +134,47 @@ typedef struct cm_plugin_api {
     ** (at most 63), or the plugin already has 16 channels. */
     int (*register_channel)(cm_plugin_ctx *ctx, const char *name, cm_plugin_channel_fn fn,
                             void *ud);
+
+    /* ---- 1.1 ---- */
+    /* Create the record (kind, its "id") from JSON text, or, when one with that
+    ** id exists, replace it with this one as its next version. 0, or -1 with
+    ** errbuf naming kind.field (e.g. "patient.birthDate: not a date"); a
+    ** refused put writes nothing. "meta" (as record_get gives it) is ignored.
+    ** A write of patient data (a patient, or a record whose "patient" names
+    ** one) is audited with the plugin as actor. Inside tx_begin/tx_commit it
+    ** is part of that transaction; otherwise it commits on its own (or, when
+    ** the host called the plugin inside a transaction of its own, as in a Lua
+    ** function run by a workflow step, it is part of that one). */
+    int (*record_put)(cm_plugin_ctx *ctx, const char *kind, const char *json, char *errbuf,
+                      size_t errlen);
+    /* Records of kind matching query, JSON text of find keys to strings
+    ** ({"condition":"E11"}; NULL or "{}" for all), ordered by id, ids after
+    ** `after` (NULL from the start), at most limit (1..1000): a JSON array text
+    ** the caller frees with api->free; NULL with errbuf on error (an unknown
+    ** key is named, with the keys allowed). Patient reads are audited. */
+    char *(*record_find)(cm_plugin_ctx *ctx, const char *kind, const char *query, const char *after,
+                         int limit, char *errbuf, size_t errlen);
+    /* One transaction around many record_put calls: all or nothing. begin
+    ** refuses a nested begin; commit with none open is -1; rollback is safe to
+    ** call when none is open. A transaction left open when the plugin's call
+    ** returns is rolled back (and logged). Inside a transaction of the host
+    ** it is a savepoint in it. Reads audited inside a transaction that is
+    ** rolled back are audited again: the plugin saw the data. */
+    int (*tx_begin)(cm_plugin_ctx *ctx, char *errbuf, size_t errlen);
+    int (*tx_commit)(cm_plugin_ctx *ctx, char *errbuf, size_t errlen);
+    void (*tx_rollback)(cm_plugin_ctx *ctx);
+    /* Workflow instances as a JSON array text (each {id, workflow, version,
+    ** state, status, input, ctx, created, updated}), filtered by filter JSON
+    ** text {"workflow": W, "state": S, "status": "running"|"done"|...} (NULL
+    ** for all), ordered by id after `after`, at most limit (1..1000). The
+    ** caller frees with api->free; NULL with errbuf on error. */
+    char *(*instances)(cm_plugin_ctx *ctx, const char *filter, const char *after, int limit,
+                       char *errbuf, size_t errlen);
+    /* Add MODULE.NAME to Lua (see cm_plugin_lua_fn). MODULE and NAME are
+    ** [a-z][a-z0-9_]* (at most 63); MODULE may not be a built-in module or
+    ** one of another plugin. 0, or -1 when taken, malformed, or past 64. */
+    int (*register_lua)(cm_plugin_ctx *ctx, const char *module, const char *name,
+                        cm_plugin_lua_fn fn, void *ud);
 } cm_plugin_api;
 
 typedef struct cm_plugin_desc {

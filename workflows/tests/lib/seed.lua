@@ -52,7 +52,8 @@ local ORGANIZATIONS = {
              node = "cardiology-node", phone = "+1 555 0100 300" }
   end,
   ["main-st-pharmacy"] = function()
-    return { id = "main-st-pharmacy", name = "Main Street Pharmacy", kind = "community_pharmacy" }
+    return { id = "main-st-pharmacy", name = "Main Street Pharmacy", kind = "community_pharmacy",
+             node = "pharmacy-node" }
   end,
   ["county-health"] = function()
     return { id = "county-health", name = "Millbrook County Health Department", kind = "public_health" }
@@ -132,6 +133,38 @@ local PATIENTS = {
   end,
 }
 
+-- The partnerships between the organizations above, with the terms the
+-- hosts enforce on every message (who may receive which data classes for
+-- which purpose). Each needs its member organizations.
+local PARTNERSHIPS = {
+  ["cardiology-referrals"] = function()
+    return {
+      id = "cardiology-referrals", name = "Riverside - Heart Partners referrals",
+      purpose = "Closed-loop cardiology referrals", reviewCadence = "quarterly",
+      members = { { organization = "riverside-clinic", requests = { "cardiology consult" } },
+                  { organization = "heart-partners", offers = { "cardiology consult" } } },
+      terms = {
+        { receiver = "heart-partners", purposes = { "referral" },
+          classes = { "demographics", "contact", "conditions", "notes" } },
+        { receiver = "riverside-clinic", purposes = { "referral" }, classes = { "notes" } },
+      },
+    }
+  end,
+  ["flu-drive"] = function()
+    return {
+      id = "flu-drive", name = "Main Street flu drive", purpose = "Seasonal flu vaccination",
+      reviewCadence = "monthly",
+      members = { { organization = "main-st-pharmacy", offers = { "flu vaccination" } },
+                  { organization = "riverside-clinic", requests = { "flu vaccination" } } },
+      terms = {
+        { receiver = "riverside-clinic", purposes = { "immunization" }, classes = { "immunizations" } },
+        { receiver = "main-st-pharmacy", purposes = { "immunization" },
+          classes = { "demographics", "contact" } },
+      },
+    }
+  end,
+}
+
 local function create(kind, catalogue, ids)
   for _, id in ipairs(ids or {}) do
     local make = assert(catalogue[id], "seed: no " .. kind .. " " .. tostring(id))
@@ -142,12 +175,13 @@ local function create(kind, catalogue, ids)
 end
 
 -- Create the records named, in this order: organizations, then providers
--- (they belong to one), then patients. E.g.
+-- (they belong to one), then patients, then partnerships. E.g.
 --   world.create { organizations = { "riverside-clinic" }, patients = { "pat-kaur" } }
 function M.create(names)
   create("organization", ORGANIZATIONS, names.organizations)
   create("provider", PROVIDERS, names.providers)
   create("patient", PATIENTS, names.patients)
+  create("partnership", PARTNERSHIPS, names.partnerships)
 end
 
 return M

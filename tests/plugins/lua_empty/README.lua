@@ -1,0 +1,1 @@
+-- a directory without init.lua
