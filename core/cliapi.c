@@ -69,6 +69,26 @@ typedef struct sbuf {
     bool oom;
 } sbuf;
 
+/* Room for n more bytes and a NUL; false (and b->oom) when there is none. */
+static bool sb_grow(sbuf *b, size_t n)
+{
+    if (b->oom)
+        return false;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return false;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    return true;
+}
+
 static void sb_add(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void sb_add(sbuf *b, const char *fmt, ...)
@@ -77,24 +97,22 @@ static void sb_add(sbuf *b, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (b->oom || n < 0)
+    if (n < 0 || !sb_grow(b, (size_t)n))
         return;
-    if (b->len + (size_t)n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + (size_t)n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
     va_start(ap, fmt);
     vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
+}
+
+/* Append n bytes as they are (NULs too). */
+static void sb_addn(sbuf *b, const char *data, size_t n)
+{
+    if (!sb_grow(b, n))
+        return;
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
 }
 
 /* Percent-encode s as a path segment or query value. */
@@ -755,14 +773,41 @@ static void cell(const cJSON *item, const char *path, char *out, size_t outsz)
     }
 }
 
-/* Make a cell printable on one line and at most CELL_MAX bytes. */
+/* Characters (not bytes) of UTF-8 text: what a terminal's columns show. */
+static size_t text_cols(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* Make a cell printable on one line and at most CELL_MAX characters, cut on
+** a character boundary. */
 static void tidy(char *s)
 {
     for (char *p = s; *p; p++)
         if ((unsigned char)*p < ' ')
             *p = ' ';
-    if (strlen(s) > CELL_MAX)
-        memcpy(s + CELL_MAX - 3, "...", 4);
+    if (text_cols(s) <= CELL_MAX)
+        return;
+    size_t chars = 0;
+    char *p = s;
+    for (; *p; p++)
+        if (((unsigned char)*p & 0xC0) != 0x80 && chars++ == CELL_MAX - 3)
+            break;
+    memcpy(p, "...", 4);
+}
+
+static void print_cell(const char *text, size_t width, bool last)
+{
+    if (last) {
+        printf("%s\n", text);
+        return;
+    }
+    printf("%s", text);
+    for (size_t n = text_cols(text); n < width + 2; n++)
+        putchar(' ');
 }
 
 static void print_table(const cJSON *items, const column *cols)
@@ -779,22 +824,16 @@ static void print_table(const cJSON *items, const column *cols)
     {
         cell(it, cols[j].path, buf, sizeof(buf));
         tidy(buf);
-        if (strlen(buf) > width[j])
-            width[j] = strlen(buf);
+        if (text_cols(buf) > width[j])
+            width[j] = text_cols(buf);
     }
     for (int j = 0; j < ncols; j++)
-        if (j + 1 < ncols)
-            printf("%-*s  ", (int)width[j], cols[j].head);
-        else
-            printf("%s\n", cols[j].head);
+        print_cell(cols[j].head, width[j], j + 1 == ncols);
     cJSON_ArrayForEach(it, items) for (int j = 0; j < ncols; j++)
     {
         cell(it, cols[j].path, buf, sizeof(buf));
         tidy(buf);
-        if (j + 1 < ncols)
-            printf("%-*s  ", (int)width[j], buf);
-        else
-            printf("%s\n", buf);
+        print_cell(buf, width[j], j + 1 == ncols);
     }
 }
 
@@ -858,7 +897,7 @@ static char *read_stdin(size_t *len, const char *cmd)
             say(0, cmd, "stdin: more than %zu bytes", INPUT_MAX);
             return NULL;
         }
-        sb_add(&b, "%.*s", (int)n, chunk);
+        sb_addn(&b, chunk, n);
     }
     if (b.oom || ferror(stdin)) {
         free(b.p);

@@ -174,6 +174,11 @@ cm_in 0 "org add stdin" '{"id":"org3","name":"Town Pharmacy","kind":"community_p
 cm_in 0 "org add stdin without -" '{"id":"org4","name":"Health Dept","kind":"public_health"}' -- org add --data "$d"
 cm 0 "org add inline, flags over it" -- org add '{"id":"org5","name":"Old","kind":"other"}' --name "Community Org" --data "$d"
 same "flags set over the document" "$(count "SELECT json_extract(doc,'$.name') FROM record WHERE kind='organization' AND id='org5'")" "Community Org"
+long_name=$(printf 'é%.0s' $(seq 1 70))
+cm 0 "org add, a long UTF-8 name" -- org add --id org6 --name "$long_name" --kind other --data "$d"
+cm 0 "org list cuts long cells on a character" -- org list --kind other --data "$d"
+has "cut cell" "$(printf 'é%.0s' $(seq 1 57))..." "$out"
+if iconv -f UTF-8 -t UTF-8 <<<"$out" >/dev/null 2>&1; then ok; else bad "a cut cell is not UTF-8: $out"; fi
 cm 0 "org show" -- org show org1 --data "$d"
 has "org show name" "Riverside Clinic" "$out"; has "org show kind" "clinic" "$out"
 cm 0 "org show --json" -- org show org1 --data "$d" --json
@@ -370,9 +375,9 @@ end
 EOF
 for _ in $(seq 1 50); do "$bin" lua --data "$d" "$tmp/many.lua" 2>"$tmp/lua.err" && break; sleep 0.1; done
 cm 0 "org list, every page" -- org list --data "$d" --json --progress
-same "every page followed" "$(jq '.items | length' <<<"$out")" 1010
+same "every page followed" "$(jq '.items | length' <<<"$out")" 1011
 same "no cursor after the last page" "$(jq -r .next_cursor <<<"$out")" null
-has "progress on stderr" "1010 in 2 pages" "$err"
+has "progress on stderr" "1011 in 2 pages" "$err"
 cm 0 "org list --limit 1003" -- org list --data "$d" --limit 1003
 same "limit across pages" "$(($(wc -l <<<"$out") - 1))" 1003
 has "more said on stderr" "--limit stopped the list" "$err"
