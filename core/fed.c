@@ -291,9 +291,11 @@ typedef struct fed_flight {
 typedef struct fed_peer {
     const cm_peer_config *cfg;
     fed_sock dealer, mon;
-    bool up;            /* our DEALER got the peer's hello */
-    bool refused;       /* it refused our version: back off long */
-    uint64_t hello_due; /* loop time of the next hello while down */
+    bool up;               /* our DEALER got the peer's hello */
+    bool shook;            /* the link's CURVE handshake succeeded (since the last disconnect) */
+    bool handshake_warned; /* a failed handshake was logged; quiet until one succeeds */
+    bool refused;          /* it refused our version: back off long */
+    uint64_t hello_due;    /* loop time of the next hello while down */
     uint64_t hello_ivl;
     /* The window: messages sent and not yet settled in the outbox, in seq
     ** order. Answers settle entries in memory; a flush writes them, one
@@ -1490,15 +1492,22 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
     memcpy(&ev, zmq_msg_data(&parts[0]), sizeof(ev));
     cm_log(CM_LOG_DEBUG, "fed.monitor", "peer %s: event 0x%x", p->cfg->id, (unsigned)ev);
     if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+        p->shook = true;
+        p->handshake_warned = false;
         p->hello_due = 0; /* say hello on the next turn */
         cm_fed_wake(fed);
-    } else if (ev == ZMQ_EVENT_DISCONNECTED) {
+    } else if (ev == ZMQ_EVENT_DISCONNECTED && (p->up || p->shook)) {
+        p->shook = false;
         peer_down(p, "disconnected or heartbeat timed out");
-    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
-        cm_log(CM_LOG_WARN, "fed.handshake",
-               "peer %s at %s refused the handshake (check its public key in our config and ours "
-               "in its config)",
-               p->cfg->id, p->cfg->endpoint);
+    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+               ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || ev == ZMQ_EVENT_DISCONNECTED) {
+        /* never got through the CURVE handshake: said once until it does */
+        if (!p->handshake_warned)
+            cm_log(CM_LOG_WARN, "fed.handshake",
+                   "peer %s at %s refused the handshake or closed the connection during it "
+                   "(check its public key in our config and ours in its config)",
+                   p->cfg->id, p->cfg->endpoint);
+        p->handshake_warned = true;
     }
 }
 
@@ -1725,6 +1734,7 @@ static int open_peer(cm_fed *fed, int i, cm_err *err)
     snprintf(mon, sizeof(mon), "inproc://cm-fed-monitor-%d", i);
     if (zmq_socket_monitor(zs, mon,
                            ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0 ||
         !(p->mon.zs = zmq_socket(fed->ctx, ZMQ_PAIR)) || set_int(p->mon.zs, ZMQ_LINGER, 0) ||

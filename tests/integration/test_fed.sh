@@ -152,6 +152,14 @@ check "$tmp/b.log" "public key $kc is not a configured peer" "b refuses c's key 
 if grep -qF 'peer node-b is up' "$tmp/c.log"; then bad "c got a link to b"; else ok; fi
 stop "$cpid" "node c"
 
+# ---- a wrong key: node d has node-b's endpoint with another key (node a's) ----
+"$bin" init --data "$tmp/d" --node-id node-d >/dev/null
+configure "$tmp/d" "$(free_port)" node-b "$pb" "$ka"
+serve "$tmp/d" "$tmp/d.log"; dpid=$spid
+check "$tmp/d.log" "peer node-b at tcp://127.0.0.1:$pb refused the handshake or closed the connection during it" "a wrong key for b is named on d's side"
+if grep -qF 'peer node-b is up' "$tmp/d.log"; then bad "d got a link to b with a wrong key"; else ok; fi
+stop "$dpid" "node d"
+
 # ---- random bytes on the listen port do no harm ----
 for _ in 1 2 3; do head -c 65536 /dev/urandom >"/dev/tcp/127.0.0.1/$pb" 2>/dev/null; done
 printf 'GET / HTTP/1.0\r\n\r\n' >"/dev/tcp/127.0.0.1/$pb" 2>/dev/null
@@ -199,7 +207,7 @@ stop "$apid" "node a"
 stop "$bpid" "node b (restarted)"
 for f in "$tmp"/*.log; do
   if jq -e . "$f" >/dev/null 2>&1; then ok; else bad "$f is not JSON lines"; fi
-  for k in "$a" "$b" "$c"; do
+  for k in "$a" "$b" "$c" "$tmp/d"; do
     sk=$(sed -n 's/^secret-key *= *//p' "$k/node.key" | tr -d '"')
     if [ ${#sk} -eq 40 ] && ! grep -qF -- "$sk" "$f"; then ok; else bad "secret key of $k in $f (or unreadable)"; fi
   done

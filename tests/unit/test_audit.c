@@ -11,40 +11,9 @@
 #include <cmocka.h>
 
 #include "audit.h"
-#include "support.h"
+#include "node.h"
 
-typedef struct fixture {
-    char *dir;
-    cm_store *store;
-    cm_clock *clock;
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    cm_store_opts o;
-    cm_err err = {0};
-    f->dir = cm_test_tmpdir();
-    cm_store_opts_init(&o);
-    o.path = cm_test_path(f->dir, "caremesh.db");
-    o.create = true;
-    if (!f->dir || cm_store_open(&f->store, &o, &err) != 0)
-        return -1;
-    f->clock = cm_clock_new_virtual(1767225600000LL); /* 2026-01-01 */
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    cm_store_close(&f->store);
-    cm_clock_destroy(&f->clock);
-    cm_test_rmtree(f->dir);
-    free(f->dir);
-    free(f);
-    return 0;
-}
+typedef cm_test_node fixture;
 
 static void append(fixture *f, const char *actor, const char *patient)
 {
@@ -176,14 +145,22 @@ static void test_added_entry_named(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_intact_chain_verifies, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_missing_fields_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rolled_back_with_its_transaction, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_altered_entry_named, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_deleted_entry_named, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_truncated_tail_named, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reordered_entries_named, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_added_entry_named, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_intact_chain_verifies, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_missing_fields_refused, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_rolled_back_with_its_transaction, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_altered_entry_named, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_deleted_entry_named, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_truncated_tail_named, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_reordered_entries_named, cm_test_node_setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_added_entry_named, cm_test_node_setup,
+                                        cm_test_node_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

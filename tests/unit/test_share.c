@@ -11,25 +11,14 @@
 
 #include <cmocka.h>
 
-#include "model.h"
+#include "node.h"
 #include "share.h"
-#include "support.h"
 
-typedef struct fixture {
-    char *dir;
-    cm_store *store;
-    cm_clock *clock;
-    cm_model *model;
-} fixture;
+typedef cm_test_node fixture;
 
 static void create(fixture *f, cm_kind kind, const char *json)
 {
-    cm_err err = {0};
-    cJSON *doc = cJSON_Parse(json);
-    assert_non_null(doc);
-    if (cm_model_create(f->model, kind, doc, NULL, &err) != 0)
-        fail_msg("create %s: %s", json, err.msg);
-    cJSON_Delete(doc);
+    cm_test_node_create(f, kind, json);
 }
 
 static void exec(fixture *f, const char *sql)
@@ -41,17 +30,9 @@ static void exec(fixture *f, const char *sql)
 
 static int setup(void **state)
 {
-    fixture *f = calloc(1, sizeof(*f));
-    cm_store_opts o;
-    cm_err err = {0};
-    f->dir = cm_test_tmpdir();
-    cm_store_opts_init(&o);
-    o.path = cm_test_path(f->dir, "caremesh.db");
-    o.create = true;
-    if (!f->dir || cm_store_open(&f->store, &o, &err) != 0)
+    fixture *f = cm_test_node_new();
+    if (!f)
         return -1;
-    f->clock = cm_clock_new_virtual(1767225600000LL); /* 2026-01-01 */
-    f->model = cm_model_new(f->store, f->clock);
     create(f, CM_KIND_ORGANIZATION,
            "{\"id\":\"cardio\",\"name\":\"Heart Partners\",\"kind\":\"specialist_practice\","
            "\"node\":\"b\",\"phone\":\"+1 555 0100 300\"}");
@@ -72,18 +53,6 @@ static int setup(void **state)
            "\"organization\":\"clinic\"},{\"organization\":\"cardio\",\"offers\":[\"cardiology "
            "consult\",\"echocardiogram\"]}]}");
     *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    cm_model_destroy(&f->model);
-    cm_store_close(&f->store);
-    cm_clock_destroy(&f->clock);
-    cm_test_rmtree(f->dir);
-    free(f->dir);
-    free(f);
     return 0;
 }
 
@@ -184,11 +153,14 @@ static void test_indicators_keep_refuses_anything_but_aggregates(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_directory_only_partnership_members, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_directory_keep_drops_foreign_orgs, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_indicators_aggregate_the_listed_kpis, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_directory_only_partnership_members, setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_directory_keep_drops_foreign_orgs, setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_indicators_aggregate_the_listed_kpis, setup,
+                                        cm_test_node_teardown),
         cmocka_unit_test_setup_teardown(test_indicators_keep_refuses_anything_but_aggregates, setup,
-                                        teardown),
+                                        cm_test_node_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,40 +10,21 @@
 
 #include <cmocka.h>
 
-#include "support.h"
+#include "node.h"
 #include "terms.h"
 
-typedef struct fixture {
-    char *dir;
-    cm_store *store;
-    cm_clock *clock;
-    cm_model *model;
-} fixture;
+typedef cm_test_node fixture;
 
 static void create(fixture *f, cm_kind kind, const char *json)
 {
-    cm_err err = {0};
-    cJSON *doc = cJSON_Parse(json);
-    assert_non_null(doc);
-    int rc = cm_model_create(f->model, kind, doc, NULL, &err);
-    if (rc != 0)
-        fail_msg("create %s: %s", json, err.msg);
-    cJSON_Delete(doc);
+    cm_test_node_create(f, kind, json);
 }
 
 static int setup(void **state)
 {
-    fixture *f = calloc(1, sizeof(*f));
-    cm_store_opts o;
-    cm_err err = {0};
-    f->dir = cm_test_tmpdir();
-    cm_store_opts_init(&o);
-    o.path = cm_test_path(f->dir, "caremesh.db");
-    o.create = true;
-    if (!f->dir || cm_store_open(&f->store, &o, &err) != 0)
+    fixture *f = cm_test_node_new();
+    if (!f)
         return -1;
-    f->clock = cm_clock_new_virtual(1767225600000LL); /* 2026-01-01 */
-    f->model = cm_model_new(f->store, f->clock);
     create(f, CM_KIND_ORGANIZATION,
            "{\"id\":\"clinic\",\"name\":\"Main St Clinic\",\"kind\":\"clinic\"}");
     create(f, CM_KIND_ORGANIZATION,
@@ -65,18 +46,6 @@ static int setup(void **state)
            "\"demographics\",\"conditions\",\"notes\"],\"purposes\":[\"referral\"]},"
            "{\"receiver\":\"clinic\",\"classes\":[\"notes\"],\"purposes\":[\"referral\"]}]}");
     *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    cm_model_destroy(&f->model);
-    cm_store_close(&f->store);
-    cm_clock_destroy(&f->clock);
-    cm_test_rmtree(f->dir);
-    free(f->dir);
-    free(f);
     return 0;
 }
 
@@ -244,15 +213,18 @@ static void test_class_parse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_allowed_classes_only, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_needed_class_not_allowed_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_no_partnership_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_wrong_purpose_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_missing_names_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_partnership_out_of_force, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consent_deny_and_specific_permit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_expired_consent_ignored, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_filter_patient, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_allowed_classes_only, setup, cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_needed_class_not_allowed_refused, setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_no_partnership_refused, setup, cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_purpose_refused, setup, cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_missing_names_refused, setup, cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_partnership_out_of_force, setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_consent_deny_and_specific_permit, setup,
+                                        cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_expired_consent_ignored, setup, cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_filter_patient, setup, cm_test_node_teardown),
         cmocka_unit_test(test_class_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

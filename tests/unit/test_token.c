@@ -11,41 +11,10 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "support.h"
+#include "node.h"
 #include "token.h"
 
-typedef struct fixture {
-    char *dir;
-    cm_store *store;
-    cm_clock *clock;
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    cm_store_opts o;
-    cm_err err = {0};
-    f->dir = cm_test_tmpdir();
-    cm_store_opts_init(&o);
-    o.path = cm_test_path(f->dir, "caremesh.db");
-    o.create = true;
-    if (!f->dir || cm_store_open(&f->store, &o, &err) != 0)
-        return -1;
-    f->clock = cm_clock_new_virtual(1767225600000LL);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    cm_store_close(&f->store);
-    cm_clock_destroy(&f->clock);
-    cm_test_rmtree(f->dir);
-    free(f->dir);
-    free(f);
-    return 0;
-}
+typedef cm_test_node fixture;
 
 static void test_token_checks_and_is_stored_as_a_hash(void **state)
 {
@@ -176,8 +145,10 @@ static void test_config_api_section(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_token_checks_and_is_stored_as_a_hash, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_token_names_and_scopes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_checks_and_is_stored_as_a_hash,
+                                        cm_test_node_setup, cm_test_node_teardown),
+        cmocka_unit_test_setup_teardown(test_token_names_and_scopes, cm_test_node_setup,
+                                        cm_test_node_teardown),
         cmocka_unit_test(test_config_api_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
