@@ -1500,6 +1500,65 @@ static int cmd_show(int argc, char **argv)
     return rc;
 }
 
+/* pause, resume, cancel INSTANCE: operator actions. */
+static int instance_action(int argc, char **argv, const char *verb)
+{
+    static const char *const cancel_extra[] = {"reason", NULL};
+    bool cancel = strcmp(verb, "cancel") == 0;
+    opts o;
+    client c;
+    cm_httpc_resp r;
+    int rc = parse_opts(&o, verb, argc, argv, cancel ? cancel_extra : NULL, 0);
+    if (rc != 0 || o.help)
+        return rc ? rc : cm_cliapi_help(cm_cliapi_find(verb));
+    if (o.noperands != 1)
+        return o.noperands ? say(CM_EXIT_USAGE, verb, "unexpected argument '%s'", o.operand[1])
+                           : say(CM_EXIT_USAGE, verb, "give the instance's id");
+    OPEN_CLIENT(c, o);
+    cJSON *body = NULL;
+    if (cancel && opt_val(&o, "reason")) {
+        body = cJSON_CreateObject();
+        cJSON_AddStringToObject(body, "reason", opt_val(&o, "reason"));
+    }
+    sbuf t = {0};
+    sb_add(&t, "/v1/instances/");
+    sb_escape(&t, o.operand[0]);
+    sb_add(&t, "/%s", verb);
+    rc = t.oom ? say(CM_EXIT_FAIL, verb, "out of memory") : call(&c, "POST", t.p, body, &r);
+    free(t.p);
+    cJSON_Delete(body);
+    if (rc == 0) {
+        cJSON *doc = o.json ? NULL : answer_json(&c, &r);
+        if (o.json)
+            print_raw(&r);
+        else if (doc)
+            printf("instance %s: state %s, status %s\n", o.operand[0],
+                   or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "state"))),
+                   or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "status"))));
+        else
+            rc = CM_EXIT_FAIL;
+        cJSON_Delete(doc);
+        cm_httpc_resp_free(&r);
+    }
+    client_close(&c);
+    return rc;
+}
+
+static int cmd_pause(int argc, char **argv)
+{
+    return instance_action(argc, argv, "pause");
+}
+
+static int cmd_resume(int argc, char **argv)
+{
+    return instance_action(argc, argv, "resume");
+}
+
+static int cmd_cancel(int argc, char **argv)
+{
+    return instance_action(argc, argv, "cancel");
+}
+
 /* ---- tasks --------------------------------------------------------------- */
 
 static int tasks_complete(int argc, char **argv)
@@ -1949,6 +2008,17 @@ static const cm_cliapi_cmd api_cmds[] = {
      "Show one workflow instance: its state and status, input, context, pending timers and\n"
      "history.\n\n" CONN_HELP,
      "show INSTANCE [CONNECTION]", cmd_show},
+    {"pause", "pause an instance: its events and timers wait (API)",
+     "Pause INSTANCE: events sent to it and its due timers are kept, not run, until it\n"
+     "resumes. 409 wrong_state (exit 1) when it is not running.\n\n" CONN_HELP,
+     "pause INSTANCE [CONNECTION]", cmd_pause},
+    {"resume", "resume a paused instance (API)",
+     "Resume INSTANCE: what it held runs now.\n\n" CONN_HELP, "resume INSTANCE [CONNECTION]",
+     cmd_resume},
+    {"cancel", "cancel an instance (API)",
+     "Cancel INSTANCE: it ends, its timers are dropped.\n\n"
+     "  --reason TEXT    why (kept in its history)\n" CONN_HELP,
+     "cancel INSTANCE [--reason TEXT] [CONNECTION]", cmd_cancel},
     {"tasks", "list tasks; complete one (API)",
      "List the tasks workflows made, with filters (ANDed), or complete one.\n\n"
      "  --status S  --patient P  --organization ORG  --owner PROVIDER  --role ROLE\n"

@@ -123,7 +123,7 @@ cm 1 "--save into a missing dir" -- token create --scope read --name x1 --save -
 same "a refused --save left no token" "$(count "SELECT count(*) FROM api_token WHERE name='x1'")" 0
 
 # ---- help ----
-for c in status org provider patient partnership consent start signal instances show tasks failed kpi peers audit; do
+for c in status org provider patient partnership consent start signal instances show pause resume cancel tasks failed kpi peers audit; do
   cm 0 "$c --help" -- "$c" --help; has "$c --help" "usage: caremesh $c" "$out"
 done
 cm 0 "overview" -- --help; has "overview lists the API commands" "commands that talk to a running node's API" "$out"
@@ -315,6 +315,23 @@ cm 1 "show unknown instance" -- show nosuch --data "$d"
 has "show unknown message" 'not_found: no instance with id "nosuch"' "$err"
 same "one error line" "$(wc -l <<<"$err")" 1
 
+# ---- pause, resume, cancel ----
+cm 0 pause -- pause i2 --data "$d"; same "pause says" "$out" "instance i2: state open, status paused"
+cm 1 "pause twice" -- pause i2 --data "$d"; has "pause twice" "wrong_state:" "$err"
+cm 0 "signal a paused instance" -- signal i2 seen --data "$d"
+same "held" "$out" "instance i2 is paused: event seen held until it resumes"
+cm 0 resume -- resume i2 --data "$d" --json; same "resume json" "$(jq -r .status <<<"$out")" running
+for _ in $(seq 1 100); do [ "$(count "SELECT state FROM instance WHERE id='i2'")" = seen ] && break; sleep 0.05; done
+same "held event ran after resume" "$(count "SELECT state FROM instance WHERE id='i2'")" seen
+cm 1 "cancel with a read token" -- cancel i2 --data "$d" --token "$reader"; has "cancel scope" "forbidden" "$err"
+same "refused cancel changed nothing" "$(count "SELECT status FROM instance WHERE id='i2'")" running
+cm 0 cancel -- cancel i2 --reason "duplicate referral" --data "$d"
+same "cancel says" "$out" "instance i2: state seen, status cancelled"
+same "cancel reason in history" "$(count "SELECT note FROM history WHERE instance='i2' ORDER BY step DESC LIMIT 1")" "duplicate referral"
+cm 1 "resume unknown" -- resume nosuch --data "$d"; has "resume unknown" "not_found:" "$err"
+cm 2 "pause without id" -- pause --data "$d"
+cm 2 "pause --reason" -- pause i1 --reason x --data "$d"
+
 # ---- tasks ----
 cm 0 tasks -- tasks --patient p1 --data "$d"
 task=$(awk 'NR == 2 {print $1}' <<<"$out")
@@ -349,9 +366,9 @@ cm 0 "failed, none" -- failed --data "$d"; same "no failed events" "$out" "no fa
 
 # ---- KPIs ----
 cm 0 kpi -- kpi --data "$d"
-if grep -qE '^calls_made +1 +2 +2 +2 ' <<<"$out"; then ok; else bad "kpi row: $out"; fi
+if grep -qE '^calls_made +2 +4 +2 +2 ' <<<"$out"; then ok; else bad "kpi row: $out"; fi
 cm 0 "kpi --json --name" -- kpi --name calls_made --data "$d" --json
-same "kpi json" "$(jq -r '.items[0].sum' <<<"$out")" 2
+same "kpi json" "$(jq -r '.items[0].sum' <<<"$out")" 4
 cm 1 "kpi bad since" -- kpi --since soon --data "$d"; has "kpi bad since" "invalid_parameter:" "$err"
 
 # ---- peers and audit through the API ----
