@@ -1016,7 +1016,7 @@ static const flag_def patient_flags[] = {{"id", "id", false},
                                          {"gender", "gender", false},
                                          {"phone", "phone", false},
                                          {"email", "email", false},
-                                         {"lang", "language", false},
+                                         {"language", "language", false},
                                          {"gp", "generalPractitioner", false},
                                          {NULL, NULL, false}};
 static const column patient_cols[] = {{"ID", "id"},
@@ -1970,11 +1970,12 @@ static const cm_cliapi_cmd api_cmds[] = {
                  "[--role ROLE] [--organization ORG]"),
      "provider add [FILE|-|JSON] [FLAGS] | show ID | list [FILTERS]  [CONNECTION]", cmd_provider},
     {"patient", "add, show and list patients (API)",
-     RECORD_HELP("patient",
-                 "[--id ID] [--family NAME] [--given NAME] [--birth-date YYYY-MM-DD]\n"
-                 "                    [--gender G] [--phone P] [--email E] [--lang TAG] [--gp ORG]",
-                 "[--condition CODE] [--identifier V] [--gender G] [--language TAG]\n"
-                 "       [--preferredChannel C] [--generalPractitioner ORG] [--birthDate D]"),
+     RECORD_HELP(
+         "patient",
+         "[--id ID] [--family NAME] [--given NAME] [--birth-date YYYY-MM-DD]\n"
+         "                    [--gender G] [--phone P] [--email E] [--language TAG] [--gp ORG]",
+         "[--condition CODE] [--identifier V] [--gender G] [--language TAG]\n"
+         "       [--preferredChannel C] [--generalPractitioner ORG] [--birthDate D]"),
      "patient add [FILE|-|JSON] [FLAGS] | show ID | list [FILTERS]  [CONNECTION]", cmd_patient},
     {"partnership", "add, show and list partnerships (API)",
      RECORD_HELP("partnership", "(a JSON document only)", "[--member ORG] [--status S]"),
