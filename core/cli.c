@@ -6,9 +6,9 @@
 
 #include "backup.h"
 #include "audit.h"
-
 #include "bench.h"
 #include "bench_api.h"
+#include "cliapi.h"
 #include "fed.h"
 #include "config.h"
 #include "fs.h"
@@ -458,16 +458,17 @@ static int peer_shared(cli_node *n, const char *peer, cm_err *err)
     return 0;
 }
 
-static int cmd_peers(int argc, char **argv)
+/* The peers from the database, with the node up or down (cliapi.h). */
+static int peers_db(const char *data, const char *config, bool json)
 {
-    data_opts o;
+    data_opts o = {.data = data, .config = config};
     cli_node n;
     cm_err err;
-    int rc = parse_data_opts("peers", argc, argv, false, &o);
-    if (rc != 0 || o.help)
-        return rc ? rc : print_help(find_cmd("peers"));
-    if (optind < argc)
-        return usage_error("peers", "unexpected argument '%s'", argv[optind]);
+    int rc = 0;
+    if (json) {
+        fprintf(stderr, "caremesh peers: --json needs the node's API\n");
+        return CM_EXIT_FAIL;
+    }
     if (node_open(&o, &n, &err) != 0)
         return fail("peers", &err);
     if (!n.cfg.fed_enabled)
@@ -491,32 +492,48 @@ static int cmd_peers(int argc, char **argv)
     return rc ? fail("peers", &err) : CM_EXIT_OK;
 }
 
+static int cmd_peers(int argc, char **argv)
+{
+    int rc = cm_cliapi_peers(argc, argv, peers_db);
+    return rc == CM_CLIAPI_HELP ? print_help(find_cmd("peers")) : rc;
+}
+
 /* ---- audit ------------------------------------------------------------ */
 
-static int cmd_audit(int argc, char **argv)
+/* Verify the audit chain in the database, with the node up or down. */
+static int audit_db(const char *data, const char *config, bool json)
 {
-    data_opts o;
+    data_opts o = {.data = data, .config = config};
     cli_node n;
     cm_err err;
     long entries = 0;
-    if (argc < 2 || strcmp(argv[1], "verify") != 0) {
-        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))
-            return print_help(find_cmd("audit"));
-        return usage_error("audit", "expected 'verify'");
-    }
-    int rc = parse_data_opts("audit", argc - 1, argv + 1, false, &o);
-    if (rc != 0 || o.help)
-        return rc ? rc : print_help(find_cmd("audit"));
-    if (optind < argc - 1)
-        return usage_error("audit", "unexpected argument '%s'", argv[optind + 1]);
     if (node_open(&o, &n, &err) != 0)
-        return fail("audit", &err);
-    rc = cm_audit_verify(n.store, &entries, &err);
+        return fail("audit verify", &err);
+    int rc = cm_audit_verify(n.store, &entries, &err);
     node_close(&n);
+    if (json) {
+        cJSON *doc = cJSON_CreateObject();
+        cJSON_AddBoolToObject(doc, "ok", rc == 0);
+        cJSON_AddNumberToObject(doc, "entries", (double)entries);
+        if (rc != 0)
+            cJSON_AddStringToObject(doc, "problem", err.msg);
+        char *text = cJSON_PrintUnformatted(doc);
+        if (text)
+            printf("%s\n", text);
+        free(text);
+        cJSON_Delete(doc);
+    }
     if (rc != 0)
         return fail("audit verify", &err);
-    printf("audit trail intact: %ld entr%s\n", entries, entries == 1 ? "y" : "ies");
+    if (!json)
+        printf("audit trail intact: %ld entr%s\n", entries, entries == 1 ? "y" : "ies");
     return CM_EXIT_OK;
+}
+
+static int cmd_audit(int argc, char **argv)
+{
+    int rc = cm_cliapi_audit(argc, argv, audit_db);
+    return rc == CM_CLIAPI_HELP ? print_help(find_cmd("audit")) : rc;
 }
 
 /* ---- lua -------------------------------------------------------------- */
@@ -1043,12 +1060,17 @@ static int cmd_backup(int argc, char **argv)
 static int token_create(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},  {"config", required_argument, NULL, 'c'},
-        {"scope", required_argument, NULL, 's'}, {"name", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
+        {"scope", required_argument, NULL, 's'},
+        {"name", required_argument, NULL, 'n'},
+        {"save", no_argument, NULL, 'S'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     data_opts o = {0};
     const char *scope = NULL, *name = NULL;
+    bool save = false;
     char text[CM_TOKEN_TEXT_LEN + 1];
     cm_token_info info;
     cli_node n;
@@ -1065,6 +1087,8 @@ static int token_create(int argc, char **argv)
             scope = optarg;
         else if (c == 'n')
             name = optarg;
+        else if (c == 'S')
+            save = true;
         else if (c == 'h')
             return print_help(find_cmd("token"));
         else
@@ -1081,14 +1105,36 @@ static int token_create(int argc, char **argv)
         return usage_error("token create", "%s", "--scope must be read, write or admin");
     if (node_open(&o, &n, &err) != 0)
         return fail("token create", &err);
-    int rc =
-        cm_token_create(n.store, n.clock, (cm_scope)cm_scope_parse(scope), name, text, &info, &err);
+    char path[CM_PATH_MAX];
+    int rc = save ? cm_fs_join(path, sizeof(path), o.data, CM_CLI_TOKEN_FILE, &err) : 0;
+    if (rc == 0)
+        rc = cm_token_create(n.store, n.clock, (cm_scope)cm_scope_parse(scope), name, text, &info,
+                             &err);
+    if (rc == 0 && save) {
+        /* the CLI's token for this node (cliapi.h): 0600, replacing the one there */
+        char line[CM_TOKEN_TEXT_LEN + 2];
+        snprintf(line, sizeof(line), "%s\n", text);
+        rc = cm_fs_write_private(path, line, strlen(line), &err);
+        memset(line, 0, sizeof(line));
+        cm_err err2;
+        char first[CM_ERR_MSG_MAX];
+        if (rc != 0 && cm_token_revoke(n.store, n.clock, info.id, &err2) != 0) {
+            snprintf(first, sizeof(first), "%s", err.msg);
+            cm_err_set(&err, rc, "%.600s; revoking the unsaved token %s failed too: %.300s", first,
+                       info.id, err2.msg);
+        }
+    }
     node_close(&n);
     if (rc != 0)
         return fail("token create", &err);
-    printf("%s\n", text);
-    fprintf(stderr, "token %s (scope %s%s%s) created; it is shown only now: keep it secret\n",
-            info.id, cm_scope_name(info.scope), info.name[0] ? ", name " : "", info.name);
+    if (save)
+        fprintf(stderr, "token %s (scope %s%s%s) created and saved to %s (mode 0600)\n", info.id,
+                cm_scope_name(info.scope), info.name[0] ? ", name " : "", info.name, path);
+    else
+        printf("%s\n", text);
+    if (!save)
+        fprintf(stderr, "token %s (scope %s%s%s) created; it is shown only now: keep it secret\n",
+                info.id, cm_scope_name(info.scope), info.name[0] ? ", name " : "", info.name);
     memset(text, 0, sizeof(text));
     return CM_EXIT_OK;
 }
@@ -1205,20 +1251,36 @@ static const cli_cmd commands[] = {
      "  --data DIR      data directory (or CAREMESH_DATA)",
      "node info --data DIR", cmd_node},
     {"peers", "list federation peers with what is pending for them",
-     "List the configured federation peers with their endpoint, public key, outbox depth\n"
-     "(messages pending for them) and the age in seconds of the oldest pending one, and under\n"
-     "each the organizations (with their services) and the indicators it shared with this\n"
-     "node, from the database (works while the node serves).\n\n"
-     "  --data DIR      data directory (or CAREMESH_DATA)\n"
-     "  --config FILE   configuration file (default DIR/caremesh.conf)",
-     "peers --data DIR [--config FILE]", cmd_peers},
+     "List the configured federation peers with their endpoint, whether the link is up, the\n"
+     "outbox depth (messages pending for them), the age in seconds of the oldest pending one\n"
+     "and the public key. Asks the running node's API; when no API address was given and the\n"
+     "node of the data directory cannot be reached (or no token is saved there), reads its\n"
+     "database instead and says so on stderr: no UP column then, but under each peer the\n"
+     "organizations (with their services) and the indicators it shared with this node.\n\n"
+     "  --data DIR       data directory (or CAREMESH_DATA)\n"
+     "  --config FILE    configuration file (default DIR/caremesh.conf)\n"
+     "  --offline        read the database, not the API\n"
+     "  --api HOST:PORT  the node's API (or CAREMESH_API); no database fallback then\n"
+     "  --token TOKEN    bearer token (or CAREMESH_TOKEN; default DIR/cli.token)\n"
+     "  --timeout S      seconds to wait for the answer (default 30)\n"
+     "  --json           the API's JSON (needs the API)",
+     "peers [--data DIR] [--config FILE] [--offline] [--api HOST:PORT] [--token TOKEN] [--json]",
+     cmd_peers},
     {"audit", "verify the hash-chained audit trail",
-     "Walk the audit trail (every read and change of patient data, every message sent or\n"
-     "received with it) and check its hash chain: exit 0 when intact, 1 naming the first\n"
-     "entry altered, deleted, reordered or added. Works while the node serves.\n\n"
-     "  --data DIR      data directory (or CAREMESH_DATA)\n"
-     "  --config FILE   configuration file (default DIR/caremesh.conf)",
-     "audit verify --data DIR [--config FILE]", cmd_audit},
+     "Walk the audit trail and name the first entry that was altered, deleted or reordered\n"
+     "(exit 1 then). Asks the running node's API (scope admin); when no API address was given\n"
+     "and the node of the data directory cannot be reached (or no token is saved there),\n"
+     "reads its database instead and says so on stderr.\n\n"
+     "  --data DIR       data directory (or CAREMESH_DATA)\n"
+     "  --config FILE    configuration file (default DIR/caremesh.conf)\n"
+     "  --offline        read the database, not the API\n"
+     "  --api HOST:PORT  the node's API (or CAREMESH_API); no database fallback then\n"
+     "  --token TOKEN    bearer token (or CAREMESH_TOKEN; default DIR/cli.token)\n"
+     "  --timeout S      seconds to wait for the answer (default 30)\n"
+     "  --json           {\"ok\", \"entries\", \"problem\"?}",
+     "audit verify [--data DIR] [--config FILE] [--offline] [--api HOST:PORT] [--token TOKEN] "
+     "[--json]",
+     cmd_audit},
     {"workflow", "check, graph and test workflow files",
      "Tools for workflow authors (docs/workflow-tools.md).\n\n"
      "  check FILE...           every problem as file:line: message (undefined or\n"
@@ -1283,12 +1345,15 @@ static const cli_cmd commands[] = {
      "Bearer tokens for the HTTP API (docs/api.md). 'create' prints the token once on\n"
      "stdout; only a hash of it is kept. Scopes are ordered: read < write < admin.\n"
      "Works while the node serves; a revoked token is refused at its next request.\n\n"
-     "  create --scope read|write|admin [--name NAME]   make a token\n"
+     "  create --scope read|write|admin [--name NAME] [--save]\n"
+     "                  make a token; --save writes it to DIR/cli.token (mode 0600, replacing\n"
+     "                  the one there) for the API commands, instead of printing it\n"
      "  list                                          id, name, scope, created, revoked\n"
      "  revoke ID|NAME                                revoke a token\n"
      "  --data DIR      data directory (or CAREMESH_DATA)\n"
      "  --config FILE   configuration file (default DIR/caremesh.conf)",
-     "token create --scope SCOPE [--name NAME] | list | revoke ID|NAME  --data DIR", cmd_token},
+     "token create --scope SCOPE [--name NAME] [--save] | list | revoke ID|NAME  --data DIR",
+     cmd_token},
     {"help", "show the commands, or one command's help",
      "Show the commands, or one command's help.", "help [COMMAND]", cmd_help},
 };
@@ -1310,6 +1375,7 @@ static void print_overview(FILE *out)
                  "commands:\n");
     for (size_t i = 0; i < CM_NCOMMANDS; i++)
         fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].brief);
+    cm_cliapi_overview(out);
     fprintf(out, "\n'caremesh COMMAND --help' shows a command's options; plugins of a node may\n"
                  "add commands ('caremesh NAME --data DIR').\n");
 }
@@ -1323,6 +1389,9 @@ static int cmd_help(int argc, char **argv)
         return CM_EXIT_OK;
     }
     const cli_cmd *cmd = find_cmd(argv[1]);
+    const cm_cliapi_cmd *acmd = cmd ? NULL : cm_cliapi_find(argv[1]);
+    if (acmd)
+        return cm_cliapi_help(acmd);
     if (!cmd)
         return usage_error("help", "unknown command '%s'", argv[1]);
     return print_help(cmd);
@@ -1393,6 +1462,9 @@ int cm_cli_main(int argc, char **argv)
     if (strcmp(argv[1], "--version") == 0)
         return cmd_version(1, argv);
     const cli_cmd *cmd = find_cmd(argv[1]);
+    const cm_cliapi_cmd *acmd = cmd ? NULL : cm_cliapi_find(argv[1]);
+    if (acmd)
+        return acmd->run(argc - 1, argv + 1);
     if (!cmd)
         return plugin_command(argc - 1, argv + 1);
     return cmd->run(argc - 1, argv + 1);
