@@ -114,7 +114,7 @@ until_true "the clinic's links" peers_up
 partners_known() { [ "$(sqlite3 "$tmp/clinic/caremesh.db" 'SELECT count(*) FROM directory')" -ge 2 ]; }
 until_true "the partners' directories" partners_known
 say "The clinic's node now knows its partners from what they shared (no patient data):"
-"$bin" peers --data "$tmp/clinic" | sed 's/^/   /'
+"$bin" peers --offline --data "$tmp/clinic" | sed 's/^/   /'
 
 step "3. A closed-loop referral across sites: Riverside refers Mr Okafor to Heart Partners"
 ref=$(api clinic POST /v1/instances '{"workflow":"referral","input":{"patient":"pat-okafor","from":"riverside-clinic","to":"heart-partners","reason":"Worsening dyspnoea on exertion, BNP 900: cardiology review of heart failure","priority":"urgent"}}' | jq -r .instance)
@@ -170,16 +170,16 @@ step "6. KPIs"
 for s in "${sites[@]}"; do
   api "$s" GET /v1/kpis | jq -r --arg n "${node[$s]}" '.items[] | "   \($n)  \(.name): count \(.count), sum \(.sum)"'
 done
-shared_with() { "$bin" peers --data "$tmp/$1" | grep -q "$2"; }
+shared_with() { "$bin" peers --offline --data "$tmp/$1" | grep -q "$2"; }
 until_true "the clinic's indicators at Heart Partners" shared_with cardiology 'referral_loop_closed: count 1'
 until_true "the pharmacy's indicators at the clinic" shared_with clinic 'vaccination_dose_given: count 4'
 say "What Riverside shared with Heart Partners, and the pharmacy with Riverside (aggregates only):"
-"$bin" peers --data "$tmp/cardiology" | grep -E 'indicator riverside-heart-loop' | sed 's/^ */   at cardiology-node: /'
-"$bin" peers --data "$tmp/clinic" | grep -E 'indicator millbrook-flu-drive' | sed 's/^ */   at riverside-node:  /'
+"$bin" peers --offline --data "$tmp/cardiology" | grep -E 'indicator riverside-heart-loop' | sed 's/^ */   at cardiology-node: /'
+"$bin" peers --offline --data "$tmp/clinic" | grep -E 'indicator millbrook-flu-drive' | sed 's/^ */   at riverside-node:  /'
 
 step "7. Every access to patient data is in each node's hash-chained audit trail"
 for s in "${sites[@]}"; do
-  say "${node[$s]}: $("$bin" audit verify --data "$tmp/$s")"
+  say "${node[$s]}: $("$bin" audit verify --offline --data "$tmp/$s")"
 done
 
 step "Done"
