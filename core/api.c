@@ -1028,6 +1028,23 @@ static int peer_depth(cm_api *api, const char *peer, long *depth, double *age, c
     return rc;
 }
 
+/* What peer shared with this node (share.h): its rows of table (directory or
+** indicator) as an array of their documents under key of row. */
+static int add_shared(call *c, cJSON *row, const char *key, sqlite3_stmt *st, const char *peer,
+                      cm_err *err)
+{
+    cJSON *arr = cJSON_AddArrayToObject(row, key);
+    int rc;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *doc = cJSON_Parse((const char *)sqlite3_column_text(st, 0));
+        if (doc)
+            cJSON_AddItemToArray(arr, doc);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : cm_store_error(c->api->o.store, err, key);
+}
+
 static void h_peers(call *c)
 {
     const cm_config *cfg = c->api->o.cfg;
@@ -1055,6 +1072,20 @@ static void h_peers(call *c)
         cJSON_AddNumberToObject(row, "outbox_depth", (double)depth);
         age < 0 ? cJSON_AddNullToObject(row, "oldest_pending_s")
                 : cJSON_AddNumberToObject(row, "oldest_pending_s", age);
+        sqlite3_stmt *dir = cm_store_prepare(
+            c->api->o.store, "SELECT doc FROM directory WHERE peer = ?1 ORDER BY organization",
+            &err);
+        sqlite3_stmt *ind = dir ? cm_store_prepare(c->api->o.store,
+                                                   "SELECT doc FROM indicator WHERE peer = ?1 "
+                                                   "ORDER BY partnership, name",
+                                                   &err)
+                                : NULL;
+        if (!ind || add_shared(c, row, "organizations", dir, p->id, &err) != 0 ||
+            add_shared(c, row, "indicators", ind, p->id, &err) != 0) {
+            cJSON_Delete(doc);
+            reply_err(c, &err, NULL);
+            return;
+        }
     }
     reply_json(c, 200, doc);
 }
