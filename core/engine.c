@@ -721,6 +721,24 @@ static const char *actor_of(const char *instance, char *buf, size_t bufsz)
     return buf;
 }
 
+/* The event send.refused {to, kind, purpose, reason} for instance, due now:
+** how a workflow hears of a message that did not go, whoever refused it. */
+static int post_refused(cm_engine *e, const char *instance, const char *to, const char *kind,
+                        const char *purpose, const char *reason, cm_err *err)
+{
+    cJSON *ev = cJSON_CreateObject();
+    int rc = 0;
+    if (!ev || !cJSON_AddStringToObject(ev, "to", to) ||
+        !cJSON_AddStringToObject(ev, "kind", kind) ||
+        !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
+        !cJSON_AddStringToObject(ev, "reason", reason))
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = insert_event(e, instance, "send.refused", ev, false, cm_clock_now_ms(e->o.clock), err);
+    cJSON_Delete(ev);
+    return rc;
+}
+
 /* A send the terms refuse: an outbox row kept as refused (for the operator),
 ** the audit entry, and the event send.refused for the instance. */
 static int send_refused(cm_engine *e, const inst *in, const cJSON *fx, const char *reason,
@@ -752,20 +770,15 @@ static int send_refused(cm_engine *e, const inst *in, const cJSON *fx, const cha
                         .detail = detail};
     if (rc == 0)
         rc = cm_audit_append(e->o.store, e->o.clock, &a, err);
-    cJSON *ev = cJSON_CreateObject();
-    if (rc == 0 && (!ev || !cJSON_AddStringToObject(ev, "to", to) ||
-                    !cJSON_AddStringToObject(ev, "kind", kind) ||
-                    !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
-                    !cJSON_AddStringToObject(ev, "reason", reason)))
-        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
     if (rc == 0)
-        rc = insert_event(e, in->id, "send.refused", ev, false, cm_clock_now_ms(e->o.clock), err);
-    cJSON_Delete(ev);
+        rc = post_refused(e, in->id, to, kind, purpose, reason, err);
     return rc;
 }
 
-/* The node hosting organization org, into node (CM_NAME_MAX); "" with why
-** when there is none. */
+#define NODE_BUFSZ (CM_ID_MAX + 1) /* a node id, whole */
+
+/* The node hosting organization org, into node (NODE_BUFSZ; "" when its
+** record names none); why says so when no such organization is known here. */
 static int org_node(cm_engine *e, const char *org, char *node, char *why, size_t whysz, cm_err *err)
 {
     cJSON *rec = NULL;
@@ -778,14 +791,25 @@ static int org_node(cm_engine *e, const char *org, char *node, char *why, size_t
     }
     if (rc != 0)
         return cm_err_set(err, rc, "%s", gerr.msg);
-    const char *n = jstr(rec, "node");
-    if (!n || !*n)
-        snprintf(why, whysz, "organization \"%s\" has no node", org);
-    else if (e->o.node_id && strcmp(n, e->o.node_id) == 0)
-        snprintf(why, whysz, "organization \"%s\" is hosted on this node, not a partner's", org);
-    else
-        copy_str(node, CM_NAME_MAX, n);
+    copy_str(node, NODE_BUFSZ, jstr(rec, "node"));
     cJSON_Delete(rec);
+    return 0;
+}
+
+/* The node of a partner's organization: one known here, with a node that is
+** not this one; "" with why otherwise. */
+static int partner_node(cm_engine *e, const char *org, char *node, char *why, size_t whysz,
+                        cm_err *err)
+{
+    int rc = org_node(e, org, node, why, whysz, err);
+    if (rc != 0 || why[0])
+        return rc;
+    if (!node[0])
+        snprintf(why, whysz, "organization \"%s\" has no node", org);
+    else if (e->o.node_id && strcmp(node, e->o.node_id) == 0)
+        snprintf(why, whysz, "organization \"%s\" is hosted on this node, not a partner's", org);
+    if (why[0])
+        node[0] = '\0';
     return 0;
 }
 
@@ -836,7 +860,7 @@ static int link_node(cm_engine *e, const char *instance, const char *node, char 
 static int effect_send(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
 {
     const char *to = jstr(fx, "to"), *kind = jstr(fx, "kind"), *patient = jstr(fx, "patient");
-    char node[CM_NAME_MAX], remote[CM_NAME_MAX], why[512] = "", today[CM_TIME_BUFSZ];
+    char node[NODE_BUFSZ], remote[CM_NAME_MAX], why[512] = "", today[CM_TIME_BUFSZ];
     char cls[128], actor[CM_NAME_MAX + 16], detail[512], partnership[129];
     unsigned need = 0, want = 0, allowed = 0;
     cJSON *record = NULL;
@@ -849,7 +873,7 @@ static int effect_send(cm_engine *e, const inst *in, const cJSON *fx, cm_err *er
         return rc;
     if (want && !patient)
         return cm_err_set(err, CM_EINVAL, "send: share needs the patient whose record it is");
-    if ((rc = org_node(e, to, node, why, sizeof(why), err)) != 0)
+    if ((rc = partner_node(e, to, node, why, sizeof(why), err)) != 0)
         return rc;
     if (why[0])
         return send_refused(e, in, fx, why, err);
@@ -1365,7 +1389,7 @@ static const char *starter_of(cm_engine *e, const char *kind)
 ** cover the message? A refusal leaves its reason in why. */
 static int msg_check(cm_engine *e, const msg_in *m, char *why, size_t whysz, cm_err *err)
 {
-    char node[CM_NAME_MAX], today[CM_TIME_BUFSZ], cls[128], partnership[129];
+    char node[NODE_BUFSZ], today[CM_TIME_BUFSZ], cls[128], partnership[129];
     unsigned need = 0, allowed = 0;
     cm_err terr;
     int rc;
@@ -1376,28 +1400,19 @@ static int msg_check(cm_engine *e, const msg_in *m, char *why, size_t whysz, cm_
         return 0;
     }
     /* the sender's organization must be one the authenticated peer hosts */
-    if ((rc = org_node(e, m->from, node, why, whysz, err)) != 0 || why[0])
+    if ((rc = partner_node(e, m->from, node, why, whysz, err)) != 0 || why[0])
         return rc;
     if (strcmp(node, m->peer) != 0) {
         snprintf(why, whysz, "organization \"%s\" is hosted on node %s, not on %s", m->from, node,
                  m->peer);
         return 0;
     }
-    cJSON *rec = NULL;
-    cm_err gerr;
-    rc = cm_model_get(e->o.model, CM_KIND_ORGANIZATION, m->to, &rec, &gerr);
-    if (rc == CM_ENOTFOUND) {
-        snprintf(why, whysz, "no organization \"%s\" is known here", m->to);
+    if ((rc = org_node(e, m->to, node, why, whysz, err)) != 0 || why[0])
+        return rc;
+    if (e->o.node_id && strcmp(node, e->o.node_id) != 0) {
+        snprintf(why, whysz, "organization \"%s\" is not hosted on this node", m->to);
         return 0;
     }
-    if (rc != 0)
-        return cm_err_set(err, rc, "%s", gerr.msg);
-    const char *here = jstr(rec, "node");
-    if (e->o.node_id && (!here || strcmp(here, e->o.node_id) != 0))
-        snprintf(why, whysz, "organization \"%s\" is not hosted on this node", m->to);
-    cJSON_Delete(rec);
-    if (why[0])
-        return 0;
     if (cm_class_parse(m->classes, "classes", &need, &terr) != 0) {
         copy_str(why, whysz, terr.msg);
         return 0;
@@ -2027,12 +2042,12 @@ int cm_engine_receive(cm_engine *e, const cm_engine_msg *m, cm_ack_cb cb, void *
     return enqueue(e, w, m->payload, "message payload", err);
 }
 
-int cm_engine_post(cm_engine *e, const char *instance, const char *name, const cJSON *payload,
-                   cm_err *err)
+int cm_engine_post_refused(cm_engine *e, const char *instance, const char *to, const char *kind,
+                           const char *purpose, const char *reason, cm_err *err)
 {
     if (!cm_store_in_tx(e->o.store))
         return cm_err_set(err, CM_EINVAL, "engine: post needs an open transaction");
-    return insert_event(e, instance, name, payload, false, cm_clock_now_ms(e->o.clock), err);
+    return post_refused(e, instance, to, kind, purpose, reason, err);
 }
 
 void cm_engine_wake(cm_engine *e)

@@ -198,11 +198,12 @@ typedef struct cm_engine_msg {
 /* Queue m; cb is told (ack.result) after the commit. Strings are copied. */
 int cm_engine_receive(cm_engine *e, const cm_engine_msg *m, cm_ack_cb cb, void *ud, cm_err *err);
 
-/* Post event name with payload to instance, inside the caller's open
-** transaction (for federation answers such as send.refused). The engine
-** picks it up as a due event; call cm_engine_wake after the commit. */
-int cm_engine_post(cm_engine *e, const char *instance, const char *name, const cJSON *payload,
-                   cm_err *err);
+/* Post send.refused {to, kind, purpose, reason} to instance, inside the
+** caller's open transaction (federation: a route or a partner refused the
+** message). The engine picks it up as a due event; call cm_engine_wake
+** after the commit. */
+int cm_engine_post_refused(cm_engine *e, const char *instance, const char *to, const char *kind,
+                           const char *purpose, const char *reason, cm_err *err);
 void cm_engine_wake(cm_engine *e);
 
 /* Process queued work, due timers and due retries in batches until nothing

@@ -988,22 +988,12 @@ static int tell_refused(cm_fed *fed, int64_t seq, const char *reason, cm_err *er
     if (!st)
         return err->code;
     sqlite3_bind_int64(st, 1, seq);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) && fed->o.refused) {
-        cJSON *ev = cJSON_CreateObject();
-        const char *purpose = (const char *)sqlite3_column_text(st, 3);
-        char instance[256];
-        snprintf(instance, sizeof(instance), "%s", (const char *)sqlite3_column_text(st, 0));
-        if (!ev || !cJSON_AddStringToObject(ev, "to", (const char *)sqlite3_column_text(st, 1)) ||
-            !cJSON_AddStringToObject(ev, "kind", (const char *)sqlite3_column_text(st, 2)) ||
-            !cJSON_AddStringToObject(ev, "purpose", purpose ? purpose : "") ||
-            !cJSON_AddStringToObject(ev, "reason", reason))
-            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
-        sqlite3_reset(st);
-        if (rc == 0)
-            rc = fed->o.refused(fed->o.engine_ud, instance, ev, err);
-        cJSON_Delete(ev);
-        return rc;
-    }
+    /* the column texts stay valid until the reset, after the call */
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) && fed->o.refused)
+        rc = fed->o.refused(fed->o.engine_ud, (const char *)sqlite3_column_text(st, 0),
+                            (const char *)sqlite3_column_text(st, 1),
+                            (const char *)sqlite3_column_text(st, 2),
+                            (const char *)sqlite3_column_text(st, 3), reason, err);
     sqlite3_reset(st);
     return rc;
 }

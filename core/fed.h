@@ -111,7 +111,8 @@ typedef struct cm_fed_opts {
     int (*apply)(void *ud, const char *peer, const cm_fed_msg *m, void *ticket);
     /* Inside the transaction that marks an outbox row refused: tell the
     ** instance that sent it (event send.refused). after: the commit is done. */
-    int (*refused)(void *ud, const char *instance, const cJSON *event, cm_err *err);
+    int (*refused)(void *ud, const char *instance, const char *to, const char *kind,
+                   const char *purpose, const char *reason, cm_err *err);
     void (*after_refused)(void *ud);
     void *engine_ud;
     /* Messages in flight per peer (sent, not yet acknowledged); 0 selects

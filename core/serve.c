@@ -394,10 +394,11 @@ static void engine_event(void *ud, const cm_engine_event *ev)
     cm_plugin_host_on_engine_event(sv->plugins, ev);
 }
 
-static int fed_refused(void *ud, const char *instance, const cJSON *event, cm_err *err)
+static int fed_refused(void *ud, const char *instance, const char *to, const char *kind,
+                       const char *purpose, const char *reason, cm_err *err)
 {
     serve *sv = ud;
-    return cm_engine_post(sv->engine, instance, "send.refused", event, err);
+    return cm_engine_post_refused(sv->engine, instance, to, kind, purpose, reason, err);
 }
 
 static void fed_after_refused(void *ud)
