@@ -276,6 +276,38 @@ static const char *opt_val(const opts *o, const char *name)
     return NULL;
 }
 
+/* What a step answers when the command goes on (every exit code is >= 0). */
+enum { GO = -1 };
+
+/* The arguments a command takes. */
+typedef struct cmd_args {
+    const char *help;         /* the command whose --help is printed; NULL: CM_CLIAPI_HELP */
+    const char *const *extra; /* its options with a value */
+    unsigned allow;           /* ALLOW_* */
+    int min, max;             /* how many operands */
+    const char *missing;      /* what to say when fewer than min are given */
+    const char *known;        /* its subcommands, named after an unexpected argument */
+} cmd_args;
+
+/* Parse a command's arguments as a describes them: GO, or the exit code after
+** its --help or the message saying what is wrong. */
+static int begin(opts *o, const char *cmd, const cmd_args *a, int argc, char **argv)
+{
+    int rc = parse_opts(o, cmd, argc, argv, a->extra, a->allow);
+    if (rc != 0)
+        return rc;
+    if (o->help)
+        return a->help ? cm_cliapi_help(cm_cliapi_find(a->help)) : CM_CLIAPI_HELP;
+    if (o->noperands > a->max && a->known)
+        return say(CM_EXIT_USAGE, cmd, "unexpected argument '%s' (known %s)", o->operand[a->max],
+                   a->known);
+    if (o->noperands > a->max)
+        return say(CM_EXIT_USAGE, cmd, "unexpected argument '%s'", o->operand[a->max]);
+    if (o->noperands < a->min)
+        return say(CM_EXIT_USAGE, cmd, "%s", a->missing);
+    return GO;
+}
+
 /* ---- where the node is, and the token ------------------------------------ */
 
 typedef struct client {
@@ -613,6 +645,93 @@ static cJSON *answer_json(client *c, const cm_httpc_resp *r)
     return doc;
 }
 
+/* Open the client for a command: 0, or the exit code after saying why not. */
+static int open_client(client *c, const opts *o)
+{
+    why w;
+    if (client_open(c, o, &w) != 0)
+        return say(w.exit, o->cmd, "%s", w.msg);
+    return 0;
+}
+
+/* "/v1/COLL[/ID][/SUFFIX]" with the id escaped (the caller frees it); NULL
+** when out of memory. */
+static char *item_target(const char *coll, const char *id, const char *suffix)
+{
+    sbuf t = {0};
+    sb_add(&t, "/v1/%s", coll);
+    if (id) {
+        sb_add(&t, "/");
+        sb_escape(&t, id);
+    }
+    if (suffix)
+        sb_add(&t, "/%s", suffix);
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    return t.p;
+}
+
+/* call, then the 2xx answer: printed as it came with --json; else, when doc
+** is given, its JSON in *doc (the caller deletes it). */
+static int exchange(client *c, const char *method, const char *target, const cJSON *body,
+                    cJSON **doc)
+{
+    cm_httpc_resp r;
+    int rc = call(c, method, target, body, &r);
+    if (rc != 0)
+        return rc;
+    if (c->o->json)
+        print_raw(&r);
+    else if (doc && !(*doc = answer_json(c, &r)))
+        rc = CM_EXIT_FAIL;
+    cm_httpc_resp_free(&r);
+    return rc;
+}
+
+/* A command's one request to item_target(coll, id, suffix) with body (taken;
+** NULL for none): opens the client, exchanges, closes. *doc as for exchange,
+** else NULL. Returns 0 or the exit code after the message. */
+static int send_to(const opts *o, const char *method, const char *coll, const char *id,
+                   const char *suffix, cJSON *body, cJSON **doc)
+{
+    client c;
+    char *target = item_target(coll, id, suffix);
+    if (doc)
+        *doc = NULL;
+    int rc = target ? open_client(&c, o) : say(CM_EXIT_FAIL, o->cmd, "out of memory");
+    if (rc == 0) {
+        rc = exchange(&c, method, target, body, doc);
+        client_close(&c);
+    }
+    free(target);
+    cJSON_Delete(body);
+    return rc;
+}
+
+/* GET the thing named by the command's operand from coll and show it as
+** fields (or JSON). */
+static int show_one(const opts *o, const char *coll, void (*show)(const cJSON *doc))
+{
+    cJSON *doc;
+    int rc = send_to(o, "GET", coll, o->operand[0], NULL, NULL, &doc);
+    if (doc)
+        show(doc);
+    cJSON_Delete(doc);
+    return rc;
+}
+
+/* {name: value} when the extra option name was given, else NULL (no body). */
+static cJSON *body_of_opt(const opts *o, const char *name)
+{
+    const char *v = opt_val(o, name);
+    cJSON *body = v ? cJSON_CreateObject() : NULL;
+    if (body)
+        cJSON_AddStringToObject(body, name, v);
+    return body;
+}
+
 /* ---- lists: paging and tables ------------------------------------------- */
 
 /* GET path?query, following next_cursor until the end or o->limit items.
@@ -837,30 +956,38 @@ static void print_table(const cJSON *items, const column *cols)
     }
 }
 
-/* A list command: GET path with the filters given as extra options (named
-** as the API's query parameters, or mapped by params), as a table or JSON. */
-static int run_list(client *c, const char *path, const char *const *opt_names,
-                    const char *const *params, bool paged, const column *cols, const char *noun)
+/* What a list command lists. */
+typedef struct list_def {
+    const char *path;           /* "/v1/tasks" */
+    const char *const *filters; /* extra options, named as the API's query parameters */
+    const char *const *params;  /* or mapped to these (NULL: the same names) */
+    bool paged;                 /* the API pages it (next_cursor) */
+    const column *cols;         /* the table */
+    const char *noun;           /* "tasks": "no tasks" */
+} list_def;
+
+/* A list command: GET l->path with the filters given, as a table or JSON. */
+static int run_list(client *c, const list_def *l)
 {
     sbuf q = {0};
     cJSON *items = NULL;
     char *next = NULL;
-    for (int i = 0; opt_names && opt_names[i]; i++) {
-        const char *v = opt_val(c->o, opt_names[i]);
+    for (int i = 0; l->filters && l->filters[i]; i++) {
+        const char *v = opt_val(c->o, l->filters[i]);
         if (!v)
             continue;
-        sb_add(&q, "%s%s=", q.len ? "&" : "", params ? params[i] : opt_names[i]);
+        sb_add(&q, "%s%s=", q.len ? "&" : "", l->params ? l->params[i] : l->filters[i]);
         sb_escape(&q, v);
     }
     int rc = q.oom ? say(CM_EXIT_FAIL, c->o->cmd, "out of memory")
-                   : fetch_list(c, path, &q, paged, &items, &next);
+                   : fetch_list(c, l->path, &q, l->paged, &items, &next);
     free(q.p);
     if (rc != 0)
         return rc;
     if (c->o->json) {
         cJSON *doc = cJSON_CreateObject();
         cJSON_AddItemToObject(doc, "items", items);
-        if (paged)
+        if (l->paged)
             next ? cJSON_AddStringToObject(doc, "next_cursor", next)
                  : cJSON_AddNullToObject(doc, "next_cursor");
         char *text = cJSON_PrintUnformatted(doc);
@@ -870,9 +997,9 @@ static int run_list(client *c, const char *path, const char *const *opt_names,
         cJSON_Delete(doc);
     } else {
         if (cJSON_GetArraySize(items) == 0)
-            printf("no %s\n", noun);
+            printf("no %s\n", l->noun);
         else
-            print_table(items, cols);
+            print_table(items, l->cols);
         if (next)
             fprintf(stderr,
                     "(more: --limit stopped the list; the next page starts after cursor %s)\n",
@@ -881,6 +1008,18 @@ static int run_list(client *c, const char *path, const char *const *opt_names,
     }
     free(next);
     return 0;
+}
+
+/* A list command's run after its arguments: open the client, list, close. */
+static int list_cmd(const opts *o, const list_def *l)
+{
+    client c;
+    int rc = open_client(&c, o);
+    if (rc != 0)
+        return rc;
+    rc = run_list(&c, l);
+    client_close(&c);
+    return rc;
 }
 
 /* ---- JSON input ---------------------------------------------------------- */
@@ -1116,18 +1255,16 @@ static int record_add(const kind_def *k, int argc, char **argv)
     const char *names[MAX_EXTRA + 1];
     char cmd[64];
     opts o;
-    client c;
-    why w;
-    cm_httpc_resp r;
-    int n = 0, rc;
+    cJSON *got;
+    int n = 0;
     for (; k->flags[n].opt && n < MAX_EXTRA; n++)
         names[n] = k->flags[n].opt;
     names[n] = NULL;
     snprintf(cmd, sizeof(cmd), "%s add", k->cmd);
-    if ((rc = parse_opts(&o, cmd, argc, argv, names, 0)) != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find(k->cmd));
-    if (o.noperands > 1)
-        return say(CM_EXIT_USAGE, cmd, "unexpected argument '%s'", o.operand[1]);
+    const cmd_args args = {.help = k->cmd, .extra = names, .max = 1};
+    int rc = begin(&o, cmd, &args, argc, argv);
+    if (rc != GO)
+        return rc;
     bool flags = false;
     for (int i = 0; i < n; i++)
         flags = flags || o.val[i];
@@ -1147,104 +1284,49 @@ static int record_add(const kind_def *k, int argc, char **argv)
             cJSON_Delete(doc);
             return say(CM_EXIT_FAIL, cmd, "out of memory");
         }
-    if (client_open(&c, &o, &w) != 0) {
-        cJSON_Delete(doc);
-        return say(w.exit, cmd, "%s", w.msg);
+    rc = send_to(&o, "POST", k->coll, NULL, NULL, doc, &got);
+    if (got) {
+        const cJSON *meta = cJSON_GetObjectItemCaseSensitive(got, "meta");
+        printf("created %s %s (version %s)\n", k->label,
+               or_q(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(got, "id"))),
+               or_q(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "versionId"))));
     }
-    char path[64];
-    snprintf(path, sizeof(path), "/v1/%s", k->coll);
-    rc = call(&c, "POST", path, doc, &r);
-    cJSON_Delete(doc);
-    if (rc == 0) {
-        if (o.json) {
-            print_raw(&r);
-        } else {
-            cJSON *got = answer_json(&c, &r);
-            const cJSON *meta = cJSON_GetObjectItemCaseSensitive(got, "meta");
-            printf("created %s %s (version %s)\n", k->label,
-                   or_q(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(got, "id"))),
-                   or_q(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(meta, "versionId"))));
-            rc = got ? 0 : CM_EXIT_FAIL;
-            cJSON_Delete(got);
-        }
-        cm_httpc_resp_free(&r);
-    }
-    client_close(&c);
+    cJSON_Delete(got);
     return rc;
 }
-
-/* GET one thing by id, print it as fields or JSON. */
-static int get_one(client *c, const char *coll, const char *id, const char *suffix,
-                   void (*show)(const cJSON *doc))
-{
-    sbuf t = {0};
-    cm_httpc_resp r;
-    sb_add(&t, "/v1/%s/", coll);
-    sb_escape(&t, id);
-    sb_add(&t, "%s", suffix ? suffix : "");
-    int rc = t.oom ? say(CM_EXIT_FAIL, c->o->cmd, "out of memory") : call(c, "GET", t.p, NULL, &r);
-    free(t.p);
-    if (rc != 0)
-        return rc;
-    if (c->o->json) {
-        print_raw(&r);
-    } else {
-        cJSON *doc = answer_json(c, &r);
-        if (doc)
-            show(doc);
-        else
-            rc = CM_EXIT_FAIL;
-        cJSON_Delete(doc);
-    }
-    cm_httpc_resp_free(&r);
-    return rc;
-}
-
-/* Open the client for a command, or say why not. */
-#define OPEN_CLIENT(c, o)                                                                          \
-    do {                                                                                           \
-        why w_;                                                                                    \
-        if (client_open(&(c), &(o), &w_) != 0)                                                     \
-            return say(w_.exit, (o).cmd, "%s", w_.msg);                                            \
-    } while (0)
 
 static int record_cmd(const kind_def *k, int argc, char **argv)
 {
-    char cmd[64];
+    char cmd[64], missing[96];
     opts o;
-    client c;
-    int rc;
-    const cm_cliapi_cmd *self = cm_cliapi_find(k->cmd);
     if (argc < 2)
         return say(CM_EXIT_USAGE, k->cmd, "missing subcommand (add, show, list)");
     const char *sub = argv[1];
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0)
-        return cm_cliapi_help(self);
+        return cm_cliapi_help(cm_cliapi_find(k->cmd));
     if (strcmp(sub, "add") == 0)
         return record_add(k, argc - 1, argv + 1);
     bool list = strcmp(sub, "list") == 0;
     if (!list && strcmp(sub, "show") != 0)
         return say(CM_EXIT_USAGE, k->cmd, "unknown subcommand '%s' (known: add, show, list)", sub);
     snprintf(cmd, sizeof(cmd), "%s %s", k->cmd, sub);
-    if ((rc = parse_opts(&o, cmd, argc - 1, argv + 1, list ? k->filters : NULL,
-                         list ? ALLOW_LIST : 0)) != 0 ||
-        o.help)
-        return rc ? rc : cm_cliapi_help(self);
-    if (list ? o.noperands > 0 : o.noperands != 1)
-        return o.noperands
-                   ? say(CM_EXIT_USAGE, cmd, "unexpected argument '%s'", o.operand[list ? 0 : 1])
-                   : say(CM_EXIT_USAGE, cmd, "give the %s's id", k->label);
-    OPEN_CLIENT(c, o);
-    if (list) {
-        char path[64], noun[64];
-        snprintf(path, sizeof(path), "/v1/%s", k->coll);
-        snprintf(noun, sizeof(noun), "%ss", k->label);
-        rc = run_list(&c, path, k->filters, NULL, true, k->cols, noun);
-    } else {
-        rc = get_one(&c, k->coll, o.operand[0], NULL, print_fields);
-    }
-    client_close(&c);
-    return rc;
+    snprintf(missing, sizeof(missing), "give the %s's id", k->label);
+    const cmd_args args = {.help = k->cmd,
+                           .extra = list ? k->filters : NULL,
+                           .allow = list ? ALLOW_LIST : 0,
+                           .min = list ? 0 : 1,
+                           .max = list ? 0 : 1,
+                           .missing = missing};
+    int rc = begin(&o, cmd, &args, argc - 1, argv + 1);
+    if (rc != GO)
+        return rc;
+    if (!list)
+        return show_one(&o, k->coll, print_fields);
+    char path[64], noun[64];
+    snprintf(path, sizeof(path), "/v1/%s", k->coll);
+    snprintf(noun, sizeof(noun), "%ss", k->label);
+    const list_def l = {path, k->filters, NULL, true, k->cols, noun};
+    return list_cmd(&o, &l);
 }
 
 static int cmd_org(int argc, char **argv)
@@ -1277,15 +1359,13 @@ static int cmd_consent(int argc, char **argv)
 static int cmd_start(int argc, char **argv)
 {
     static const char *const extra[] = {"input", "id", NULL};
+    static const cmd_args args = {
+        .help = "start", .extra = extra, .min = 1, .max = 1, .missing = "give the workflow's name"};
     opts o;
-    client c;
-    cm_httpc_resp r;
-    int rc = parse_opts(&o, "start", argc, argv, extra, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("start"));
-    if (o.noperands != 1)
-        return o.noperands ? say(CM_EXIT_USAGE, "start", "unexpected argument '%s'", o.operand[1])
-                           : say(CM_EXIT_USAGE, "start", "give the workflow's name");
+    cJSON *doc;
+    int rc = begin(&o, "start", &args, argc, argv);
+    if (rc != GO)
+        return rc;
     const char *input = opt_val(&o, "input"), *id = opt_val(&o, "id");
     cJSON *in = input ? read_object(input, "--input", "start") : cJSON_CreateObject();
     if (!in)
@@ -1295,27 +1375,12 @@ static int cmd_start(int argc, char **argv)
     cJSON_AddItemToObject(body, "input", in);
     if (id)
         cJSON_AddStringToObject(body, "id", id);
-    why w;
-    if (client_open(&c, &o, &w) != 0) {
-        cJSON_Delete(body);
-        return say(w.exit, "start", "%s", w.msg);
-    }
-    rc = call(&c, "POST", "/v1/instances", body, &r);
-    cJSON_Delete(body);
-    if (rc == 0) {
-        cJSON *doc = o.json ? NULL : answer_json(&c, &r);
-        if (o.json)
-            print_raw(&r);
-        else if (doc)
-            printf("started %s instance %s: state %s\n", o.operand[0],
-                   or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "instance"))),
-                   or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "state"))));
-        else
-            rc = CM_EXIT_FAIL;
-        cJSON_Delete(doc);
-        cm_httpc_resp_free(&r);
-    }
-    client_close(&c);
+    rc = send_to(&o, "POST", "instances", NULL, NULL, body, &doc);
+    if (doc)
+        printf("started %s instance %s: state %s\n", o.operand[0],
+               or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "instance"))),
+               or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "state"))));
+    cJSON_Delete(doc);
     return rc;
 }
 
@@ -1352,16 +1417,14 @@ static int signal_outcome(client *c, const cm_httpc_resp *r, const char *instanc
 
 static int cmd_signal(int argc, char **argv)
 {
+    static const cmd_args args = {
+        .help = "signal", .min = 2, .max = 3, .missing = "give INSTANCE EVENT [JSON]"};
     opts o;
     client c;
     cm_httpc_resp r;
-    int rc = parse_opts(&o, "signal", argc, argv, NULL, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("signal"));
-    if (o.noperands < 2 || o.noperands > 3)
-        return o.noperands > 3
-                   ? say(CM_EXIT_USAGE, "signal", "unexpected argument '%s'", o.operand[3])
-                   : say(CM_EXIT_USAGE, "signal", "give INSTANCE EVENT [JSON]");
+    int rc = begin(&o, "signal", &args, argc, argv);
+    if (rc != GO)
+        return rc;
     cJSON *payload = NULL, *body = cJSON_CreateObject();
     if (o.noperands == 3 && !(payload = read_object(o.operand[2], "the payload", "signal"))) {
         cJSON_Delete(body);
@@ -1370,23 +1433,18 @@ static int cmd_signal(int argc, char **argv)
     cJSON_AddStringToObject(body, "event", o.operand[1]);
     if (payload)
         cJSON_AddItemToObject(body, "payload", payload);
-    why w;
-    if (client_open(&c, &o, &w) != 0) {
-        cJSON_Delete(body);
-        return say(w.exit, "signal", "%s", w.msg);
-    }
-    sbuf t = {0};
-    sb_add(&t, "/v1/instances/");
-    sb_escape(&t, o.operand[0]);
-    sb_add(&t, "/events");
-    rc = t.oom ? say(CM_EXIT_FAIL, "signal", "out of memory") : call(&c, "POST", t.p, body, &r);
-    free(t.p);
-    cJSON_Delete(body);
+    char *target = item_target("instances", o.operand[0], "events");
+    rc = target ? open_client(&c, &o) : say(CM_EXIT_FAIL, "signal", "out of memory");
     if (rc == 0) {
-        rc = signal_outcome(&c, &r, o.operand[0], o.operand[1]);
-        cm_httpc_resp_free(&r);
+        rc = call(&c, "POST", target, body, &r);
+        if (rc == 0) {
+            rc = signal_outcome(&c, &r, o.operand[0], o.operand[1]);
+            cm_httpc_resp_free(&r);
+        }
+        client_close(&c);
     }
-    client_close(&c);
+    free(target);
+    cJSON_Delete(body);
     return rc;
 }
 
@@ -1397,17 +1455,11 @@ static const column instance_cols[] = {
 static int cmd_instances(int argc, char **argv)
 {
     static const char *const filters[] = {"workflow", "state", "status", "patient", NULL};
+    static const cmd_args args = {.help = "instances", .extra = filters, .allow = ALLOW_LIST};
+    static const list_def list = {"/v1/instances", filters, NULL, true, instance_cols, "instances"};
     opts o;
-    client c;
-    int rc = parse_opts(&o, "instances", argc, argv, filters, ALLOW_LIST);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("instances"));
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, "instances", "unexpected argument '%s'", o.operand[0]);
-    OPEN_CLIENT(c, o);
-    rc = run_list(&c, "/v1/instances", filters, NULL, true, instance_cols, "instances");
-    client_close(&c);
-    return rc;
+    int rc = begin(&o, "instances", &args, argc, argv);
+    return rc != GO ? rc : list_cmd(&o, &list);
 }
 
 /* Milliseconds since the epoch as UTC text. */
@@ -1486,61 +1538,33 @@ static void show_instance(const cJSON *doc)
 
 static int cmd_show(int argc, char **argv)
 {
+    static const cmd_args args = {
+        .help = "show", .min = 1, .max = 1, .missing = "give the instance's id"};
     opts o;
-    client c;
-    int rc = parse_opts(&o, "show", argc, argv, NULL, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("show"));
-    if (o.noperands != 1)
-        return o.noperands ? say(CM_EXIT_USAGE, "show", "unexpected argument '%s'", o.operand[1])
-                           : say(CM_EXIT_USAGE, "show", "give the instance's id");
-    OPEN_CLIENT(c, o);
-    rc = get_one(&c, "instances", o.operand[0], NULL, show_instance);
-    client_close(&c);
-    return rc;
+    int rc = begin(&o, "show", &args, argc, argv);
+    return rc != GO ? rc : show_one(&o, "instances", show_instance);
 }
 
 /* pause, resume, cancel INSTANCE: operator actions. */
 static int instance_action(int argc, char **argv, const char *verb)
 {
     static const char *const cancel_extra[] = {"reason", NULL};
-    bool cancel = strcmp(verb, "cancel") == 0;
+    const cmd_args args = {.help = verb,
+                           .extra = strcmp(verb, "cancel") == 0 ? cancel_extra : NULL,
+                           .min = 1,
+                           .max = 1,
+                           .missing = "give the instance's id"};
     opts o;
-    client c;
-    cm_httpc_resp r;
-    int rc = parse_opts(&o, verb, argc, argv, cancel ? cancel_extra : NULL, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find(verb));
-    if (o.noperands != 1)
-        return o.noperands ? say(CM_EXIT_USAGE, verb, "unexpected argument '%s'", o.operand[1])
-                           : say(CM_EXIT_USAGE, verb, "give the instance's id");
-    OPEN_CLIENT(c, o);
-    cJSON *body = NULL;
-    if (cancel && opt_val(&o, "reason")) {
-        body = cJSON_CreateObject();
-        cJSON_AddStringToObject(body, "reason", opt_val(&o, "reason"));
-    }
-    sbuf t = {0};
-    sb_add(&t, "/v1/instances/");
-    sb_escape(&t, o.operand[0]);
-    sb_add(&t, "/%s", verb);
-    rc = t.oom ? say(CM_EXIT_FAIL, verb, "out of memory") : call(&c, "POST", t.p, body, &r);
-    free(t.p);
-    cJSON_Delete(body);
-    if (rc == 0) {
-        cJSON *doc = o.json ? NULL : answer_json(&c, &r);
-        if (o.json)
-            print_raw(&r);
-        else if (doc)
-            printf("instance %s: state %s, status %s\n", o.operand[0],
-                   or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "state"))),
-                   or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "status"))));
-        else
-            rc = CM_EXIT_FAIL;
-        cJSON_Delete(doc);
-        cm_httpc_resp_free(&r);
-    }
-    client_close(&c);
+    cJSON *doc;
+    int rc = begin(&o, verb, &args, argc, argv);
+    if (rc != GO)
+        return rc;
+    rc = send_to(&o, "POST", "instances", o.operand[0], verb, body_of_opt(&o, "reason"), &doc);
+    if (doc)
+        printf("instance %s: state %s, status %s\n", o.operand[0],
+               or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "state"))),
+               or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "status"))));
+    cJSON_Delete(doc);
     return rc;
 }
 
@@ -1564,36 +1588,15 @@ static int cmd_cancel(int argc, char **argv)
 static int tasks_complete(int argc, char **argv)
 {
     static const char *const extra[] = {"note", NULL};
+    static const cmd_args args = {
+        .help = "tasks", .extra = extra, .min = 1, .max = 1, .missing = "give the task's id"};
     opts o;
-    client c;
-    cm_httpc_resp r;
-    int rc = parse_opts(&o, "tasks complete", argc, argv, extra, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("tasks"));
-    if (o.noperands != 1)
-        return o.noperands ? say(CM_EXIT_USAGE, o.cmd, "unexpected argument '%s'", o.operand[1])
-                           : say(CM_EXIT_USAGE, o.cmd, "give the task's id");
-    OPEN_CLIENT(c, o);
-    cJSON *body = NULL;
-    if (opt_val(&o, "note")) {
-        body = cJSON_CreateObject();
-        cJSON_AddStringToObject(body, "note", opt_val(&o, "note"));
-    }
-    sbuf t = {0};
-    sb_add(&t, "/v1/tasks/");
-    sb_escape(&t, o.operand[0]);
-    sb_add(&t, "/complete");
-    rc = t.oom ? say(CM_EXIT_FAIL, o.cmd, "out of memory") : call(&c, "POST", t.p, body, &r);
-    free(t.p);
-    cJSON_Delete(body);
-    if (rc == 0) {
-        if (o.json)
-            print_raw(&r);
-        else
-            printf("task %s completed\n", o.operand[0]);
-        cm_httpc_resp_free(&r);
-    }
-    client_close(&c);
+    int rc = begin(&o, "tasks complete", &args, argc, argv);
+    if (rc != GO)
+        return rc;
+    rc = send_to(&o, "POST", "tasks", o.operand[0], "complete", body_of_opt(&o, "note"), NULL);
+    if (rc == 0 && !o.json)
+        printf("task %s completed\n", o.operand[0]);
     return rc;
 }
 
@@ -1612,54 +1615,37 @@ static int cmd_tasks(int argc, char **argv)
                                   {"ROLE", "ownerRole"},
                                   {"DUE", "due"},
                                   {NULL, NULL}};
+    static const cmd_args args = {
+        .help = "tasks", .extra = filters, .allow = ALLOW_LIST, .known = "subcommand: complete"};
+    static const list_def list = {"/v1/tasks", filters, params, true, cols, "tasks"};
     opts o;
-    client c;
     if (argc >= 2 && strcmp(argv[1], "complete") == 0)
         return tasks_complete(argc - 1, argv + 1);
-    int rc = parse_opts(&o, "tasks", argc, argv, filters, ALLOW_LIST);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("tasks"));
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, "tasks", "unexpected argument '%s' (known subcommand: complete)",
-                   o.operand[0]);
-    OPEN_CLIENT(c, o);
-    rc = run_list(&c, "/v1/tasks", filters, params, true, cols, "tasks");
-    client_close(&c);
-    return rc;
+    int rc = begin(&o, "tasks", &args, argc, argv);
+    return rc != GO ? rc : list_cmd(&o, &list);
 }
 
 /* ---- failed events -------------------------------------------------------- */
 
 static int failed_action(int argc, char **argv, const char *verb)
 {
-    char cmd[32];
+    static const cmd_args args = {
+        .help = "failed", .min = 1, .max = 1, .missing = "give the failed event's SEQ"};
+    char cmd[32], seq_text[32];
     opts o;
-    client c;
-    cm_httpc_resp r;
     long seq;
     snprintf(cmd, sizeof(cmd), "failed %s", verb);
-    int rc = parse_opts(&o, cmd, argc, argv, NULL, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("failed"));
-    if (o.noperands != 1)
-        return o.noperands ? say(CM_EXIT_USAGE, cmd, "unexpected argument '%s'", o.operand[1])
-                           : say(CM_EXIT_USAGE, cmd, "give the failed event's SEQ");
+    int rc = begin(&o, cmd, &args, argc, argv);
+    if (rc != GO)
+        return rc;
     if (!parse_long(o.operand[0], 1, LONG_MAX, &seq))
         return say(CM_EXIT_USAGE, cmd, "\"%s\" is not a SEQ (a positive whole number)",
                    o.operand[0]);
-    OPEN_CLIENT(c, o);
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/failed-events/%ld/%s", seq, verb);
-    rc = call(&c, "POST", path, NULL, &r);
-    if (rc == 0) {
-        if (o.json)
-            print_raw(&r);
-        else
-            printf("failed event %ld: %s\n", seq,
-                   strcmp(verb, "retry") == 0 ? "due now, attempts reset" : "discarded");
-        cm_httpc_resp_free(&r);
-    }
-    client_close(&c);
+    snprintf(seq_text, sizeof(seq_text), "%ld", seq);
+    rc = send_to(&o, "POST", "failed-events", seq_text, verb, NULL, NULL);
+    if (rc == 0 && !o.json)
+        printf("failed event %ld: %s\n", seq,
+               strcmp(verb, "retry") == 0 ? "due now, attempts reset" : "discarded");
     return rc;
 }
 
@@ -1668,20 +1654,14 @@ static int cmd_failed(int argc, char **argv)
     static const column cols[] = {
         {"SEQ", "seq"},       {"INSTANCE", "instance"}, {"EVENT", "name"}, {"ATTEMPTS", "attempts"},
         {"STATUS", "status"}, {"ERROR", "error"},       {NULL, NULL}};
+    static const cmd_args args = {
+        .help = "failed", .allow = ALLOW_LIST, .known = "subcommands: retry, discard"};
+    static const list_def list = {"/v1/failed-events", NULL, NULL, true, cols, "failed events"};
     opts o;
-    client c;
     if (argc >= 2 && (strcmp(argv[1], "retry") == 0 || strcmp(argv[1], "discard") == 0))
         return failed_action(argc - 1, argv + 1, argv[1]);
-    int rc = parse_opts(&o, "failed", argc, argv, NULL, ALLOW_LIST);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("failed"));
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, "failed",
-                   "unexpected argument '%s' (known subcommands: retry, discard)", o.operand[0]);
-    OPEN_CLIENT(c, o);
-    rc = run_list(&c, "/v1/failed-events", NULL, NULL, true, cols, "failed events");
-    client_close(&c);
-    return rc;
+    int rc = begin(&o, "failed", &args, argc, argv);
+    return rc != GO ? rc : list_cmd(&o, &list);
 }
 
 /* ---- kpi ----------------------------------------------------------------- */
@@ -1692,17 +1672,11 @@ static int cmd_kpi(int argc, char **argv)
     static const column cols[] = {{"NAME", "name"}, {"COUNT", "count"}, {"SUM", "sum"},
                                   {"MIN", "min"},   {"MAX", "max"},     {"LAST", "last_at"},
                                   {NULL, NULL}};
+    static const cmd_args args = {.help = "kpi", .extra = filters};
+    static const list_def list = {"/v1/kpis", filters, NULL, false, cols, "KPI observations"};
     opts o;
-    client c;
-    int rc = parse_opts(&o, "kpi", argc, argv, filters, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("kpi"));
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, "kpi", "unexpected argument '%s'", o.operand[0]);
-    OPEN_CLIENT(c, o);
-    rc = run_list(&c, "/v1/kpis", filters, NULL, false, cols, "KPI observations");
-    client_close(&c);
-    return rc;
+    int rc = begin(&o, "kpi", &args, argc, argv);
+    return rc != GO ? rc : list_cmd(&o, &list);
 }
 
 /* ---- status -------------------------------------------------------------- */
@@ -1737,12 +1711,12 @@ static int cmd_status(int argc, char **argv)
     client c;
     cJSON *health = NULL, *ready = NULL, *wfs = NULL, *peers = NULL, *failed = NULL;
     int hs = 0, rs = 0, ws = 0, ps = 0, fs = 0;
-    int rc = parse_opts(&o, "status", argc, argv, NULL, 0);
-    if (rc != 0 || o.help)
-        return rc ? rc : cm_cliapi_help(cm_cliapi_find("status"));
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, "status", "unexpected argument '%s'", o.operand[0]);
-    OPEN_CLIENT(c, o);
+    static const cmd_args args = {.help = "status"};
+    int rc = begin(&o, "status", &args, argc, argv);
+    if (rc != GO)
+        return rc;
+    if ((rc = open_client(&c, &o)) != 0)
+        return rc;
     if ((rc = get_doc(&c, "/healthz", &health, &hs, false)) != 0 ||
         (rc = get_doc(&c, "/readyz", &ready, &rs, false)) != 0 ||
         (rc = get_doc(&c, "/v1/workflows", &wfs, &ws, false)) != 0 ||
@@ -1841,6 +1815,24 @@ static int first_get(client *c, const char *path, cm_httpc_resp *r, bool *offlin
     return call(c, "GET", path, NULL, r); /* again, to report it */
 }
 
+/* The first GET of a command that can read the database instead: GO with
+** *r and the client open, or the exit code (offline's when the database was
+** read). */
+static int get_or_offline(client *c, const opts *o, const char *path, cm_httpc_resp *r,
+                          cm_cliapi_offline_fn offline)
+{
+    bool off;
+    int rc = open_or_fallback(c, o);
+    if (rc != 0)
+        return rc == 1 ? offline(o->data, o->config, o->json) : rc;
+    rc = first_get(c, path, r, &off);
+    if (rc != 0 || off) {
+        client_close(c);
+        return rc != 0 ? rc : offline(o->data, o->config, o->json);
+    }
+    return GO;
+}
+
 int cm_cliapi_peers(int argc, char **argv, cm_cliapi_offline_fn offline)
 {
     static const column cols[] = {{"PEER", "id"},
@@ -1850,22 +1842,14 @@ int cm_cliapi_peers(int argc, char **argv, cm_cliapi_offline_fn offline)
                                   {"OLDEST_S", "oldest_pending_s"},
                                   {"PUBLIC KEY", "public_key"},
                                   {NULL, NULL}};
+    static const cmd_args args = {.allow = ALLOW_OFFLINE};
     opts o;
     client c;
     cm_httpc_resp r;
-    bool off;
-    int rc = parse_opts(&o, "peers", argc, argv, NULL, ALLOW_OFFLINE);
-    if (rc != 0 || o.help)
-        return rc ? rc : CM_CLIAPI_HELP;
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, "peers", "unexpected argument '%s'", o.operand[0]);
-    if ((rc = open_or_fallback(&c, &o)) != 0)
-        return rc == 1 ? offline(o.data, o.config, o.json) : rc;
-    rc = first_get(&c, "/v1/peers", &r, &off);
-    if (rc != 0 || off) {
-        client_close(&c);
-        return rc != 0 ? rc : offline(o.data, o.config, o.json);
-    }
+    int rc = begin(&o, "peers", &args, argc, argv);
+    if (rc != GO || (rc = get_or_offline(&c, &o, "/v1/peers", &r, offline)) != GO)
+        return rc;
+    rc = 0;
     if (o.json) {
         print_raw(&r);
     } else {
@@ -1888,27 +1872,19 @@ int cm_cliapi_peers(int argc, char **argv, cm_cliapi_offline_fn offline)
 
 int cm_cliapi_audit(int argc, char **argv, cm_cliapi_offline_fn offline)
 {
+    static const cmd_args args = {.allow = ALLOW_OFFLINE};
     opts o;
     client c;
     cm_httpc_resp r;
-    bool off;
     if (argc < 2 || strcmp(argv[1], "verify") != 0) {
         if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))
             return CM_CLIAPI_HELP;
         return say(CM_EXIT_USAGE, "audit", "expected 'verify'");
     }
-    int rc = parse_opts(&o, "audit verify", argc - 1, argv + 1, NULL, ALLOW_OFFLINE);
-    if (rc != 0 || o.help)
-        return rc ? rc : CM_CLIAPI_HELP;
-    if (o.noperands)
-        return say(CM_EXIT_USAGE, o.cmd, "unexpected argument '%s'", o.operand[0]);
-    if ((rc = open_or_fallback(&c, &o)) != 0)
-        return rc == 1 ? offline(o.data, o.config, o.json) : rc;
-    rc = first_get(&c, "/v1/audit/verify", &r, &off);
-    if (rc != 0 || off) {
-        client_close(&c);
-        return rc != 0 ? rc : offline(o.data, o.config, o.json);
-    }
+    int rc = begin(&o, "audit verify", &args, argc - 1, argv + 1);
+    if (rc != GO || (rc = get_or_offline(&c, &o, "/v1/audit/verify", &r, offline)) != GO)
+        return rc;
+    rc = 0;
     cJSON *doc = answer_json(&c, &r);
     long entries = (long)cJSON_GetNumberValue(cJSON_GetObjectItem(doc, "entries"));
     bool intact = cJSON_IsTrue(cJSON_GetObjectItem(doc, "ok"));
