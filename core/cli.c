@@ -26,6 +26,7 @@
 #include "store.h"
 #include "token.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -40,8 +41,9 @@
 #include <uv.h>
 #include <zmq.h>
 
-#define CM_DB_FILE  "caremesh.db"
-#define CM_PATH_MAX 4096
+#define CM_DB_FILE      "caremesh.db"
+#define CM_PATH_MAX     4096
+#define BENCH_COUNT_MAX 10000000L
 
 typedef struct cli_cmd {
     const char *name;
@@ -78,6 +80,29 @@ static int print_help(const cli_cmd *cmd)
 {
     printf("usage: caremesh %s\n\n%s\n", cmd->usage, cmd->summary);
     return CM_EXIT_OK;
+}
+
+/* The data directory: *data as given, else CAREMESH_DATA. 0, or the usage
+** error when there is none. */
+static int data_dir(const char *cmd, const char **data)
+{
+    if (!*data)
+        *data = getenv("CAREMESH_DATA");
+    if (!*data || !**data)
+        return usage_error(cmd, "%s", "--data DIR is required (or set CAREMESH_DATA)");
+    return 0;
+}
+
+/* A count given to an option: a whole number from 1 to max. */
+static bool parse_count(const char *text, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (!*text || *end || errno || v < 1 || v > max)
+        return false;
+    *out = v;
+    return true;
 }
 
 /* Options every data-dir command takes. */
@@ -130,11 +155,7 @@ static int parse_data_opts(const char *cmd, int argc, char **argv, bool want_nod
             return usage_error(cmd, "unknown option or missing value: '%s'", argv[optind - 1]);
         }
     }
-    if (!o->data)
-        o->data = getenv("CAREMESH_DATA");
-    if (!o->data || !*o->data)
-        return usage_error(cmd, "%s", "--data DIR is required (or set CAREMESH_DATA)");
-    return 0;
+    return data_dir(cmd, &o->data);
 }
 
 /* An opened node: config, store, clock and model over one data dir. */
@@ -644,12 +665,10 @@ static int bench_federation(int argc, char **argv)
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "m:w:b:q:s:h", longopts, NULL)) != -1) {
-        char *end = NULL;
-        long v = optarg ? strtol(optarg, &end, 10) : 0;
+        long max = c == 'w' ? CM_FED_WINDOW_MAX : c == 's' ? 64 * 1024 : BENCH_COUNT_MAX, v;
         if (c == 'h')
             return print_help(find_cmd("bench"));
-        if (c == '?' || (optarg && (*end || v < 1 || v > 10000000)) ||
-            (c == 'w' && v > CM_FED_WINDOW_MAX) || (c == 's' && v > 64 * 1024))
+        if (c == '?' || !parse_count(optarg, max, &v))
             return usage_error("bench federation", "bad option or value: '%s'", argv[optind - 1]);
         if (c == 'm')
             o.messages = v;
@@ -706,9 +725,8 @@ static int bench_api(int argc, char **argv)
         else if (c == 'v')
             o.event = optarg;
         else if (slot) {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 10000000)
+            long v;
+            if (!parse_count(optarg, BENCH_COUNT_MAX, &v))
                 return usage_error("bench api", "bad value '%s'", optarg);
             *nums[slot - numopts] = (int)v;
         } else if (c == '?')
@@ -744,10 +762,10 @@ static int cmd_bench(int argc, char **argv)
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
-        long v = optarg ? strtol(optarg, NULL, 10) : 0;
+        long v;
         if (c == 'h')
             return print_help(find_cmd("bench"));
-        if (c == '?' || v < 1 || v > 10000000)
+        if (c == '?' || !parse_count(optarg, BENCH_COUNT_MAX, &v))
             return usage_error("bench engine", "bad option or value: '%s'", argv[optind]);
         if (c == 'i')
             o.instances = (int)v;
@@ -1037,10 +1055,8 @@ static int cmd_backup(int argc, char **argv)
         else
             return usage_error("backup", "unknown option or missing value: '%s'", argv[optind - 1]);
     }
-    if (!data)
-        data = getenv("CAREMESH_DATA");
-    if (!data || !*data)
-        return usage_error("backup", "%s", "--data DIR is required (or set CAREMESH_DATA)");
+    if (data_dir("backup", &data) != 0)
+        return CM_EXIT_USAGE;
     if (optind >= argc)
         return usage_error("backup", "%s", "missing FILE (where to write the backup)");
     if (optind + 1 < argc)
@@ -1095,10 +1111,8 @@ static int token_create(int argc, char **argv)
             return usage_error("token create", "unknown option or missing value: '%s'",
                                argv[optind - 1]);
     }
-    if (!o.data)
-        o.data = getenv("CAREMESH_DATA");
-    if (!o.data || !*o.data)
-        return usage_error("token create", "%s", "--data DIR is required (or set CAREMESH_DATA)");
+    if (data_dir("token create", &o.data) != 0)
+        return CM_EXIT_USAGE;
     if (optind < argc)
         return usage_error("token create", "unexpected argument '%s'", argv[optind]);
     if (!scope || cm_scope_parse(scope) < 0)
