@@ -689,20 +689,37 @@ static int step_done(cm_model *m, sqlite3_stmt *st, const char *what, cm_err *er
     return rc;
 }
 
+/* The code of a failed cm_store_prepare (err says why). */
+static int prepare_error(const cm_err *err)
+{
+    return err ? err->code : CM_EDB;
+}
+
 /* Run a kept statement (NULL: its preparation failed and err says why). */
 static int kept_exec(cm_model *m, sqlite3_stmt *st, const char *what, cm_err *err)
 {
-    return st ? step_done(m, st, what, err) : (err ? err->code : CM_EDB);
+    return st ? step_done(m, st, what, err) : prepare_error(err);
+}
+
+/* The kept statement sql with ?1 and ?2 bound to a record's kind and id
+** (borrowed until it is reset); NULL with err when it cannot be prepared. */
+static sqlite3_stmt *prepare_for(cm_model *m, const char *sql, const char *kind, const char *id,
+                                 cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(m->store, sql, err);
+    if (st) {
+        sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    }
+    return st;
 }
 
 static int record_exists(cm_model *m, const kind_def *k, const char *id, bool *found, cm_err *err)
 {
     sqlite3_stmt *st =
-        cm_store_prepare(m->store, "SELECT 1 FROM record WHERE kind = ?1 AND id = ?2", err);
+        prepare_for(m, "SELECT 1 FROM record WHERE kind = ?1 AND id = ?2", k->name, id, err);
     if (!st)
-        return err ? err->code : CM_EDB;
-    sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+        return prepare_error(err);
     int rc = sqlite3_step(st);
     *found = rc == SQLITE_ROW;
     rc = (rc == SQLITE_ROW || rc == SQLITE_DONE) ? 0 : cm_store_error(m->store, err, "record");
@@ -718,7 +735,7 @@ static int provider_org(cm_model *m, const char *provider, char *buf, size_t buf
                                         "WHERE kind = 'provider' AND id = ?1",
                                         err);
     if (!st)
-        return err ? err->code : CM_EDB;
+        return prepare_error(err);
     sqlite3_bind_text(st, 1, provider, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     const unsigned char *org = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
@@ -1202,14 +1219,12 @@ typedef struct wctx {
 
 static int insert_ref(wctx *w, cm_kind to, const char *to_id)
 {
-    sqlite3_stmt *st = cm_store_prepare(w->model->store,
-                                        "INSERT INTO record_ref(kind, id, field, to_kind, to_id) "
-                                        "VALUES (?1, ?2, ?3, ?4, ?5)",
-                                        w->err);
+    sqlite3_stmt *st = prepare_for(w->model,
+                                   "INSERT INTO record_ref(kind, id, field, to_kind, to_id) "
+                                   "VALUES (?1, ?2, ?3, ?4, ?5)",
+                                   w->kind->name, w->id, w->err);
     if (!st)
-        return w->err ? w->err->code : CM_EDB;
-    sqlite3_bind_text(st, 1, w->kind->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, w->id, -1, SQLITE_STATIC);
+        return prepare_error(w->err);
     sqlite3_bind_text(st, 3, w->path.buf, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, kinds[to].name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, to_id, -1, SQLITE_STATIC);
@@ -1221,15 +1236,13 @@ static int insert_ref(wctx *w, cm_kind to, const char *to_id)
 
 static int insert_index(wctx *w, const char *key, const char *value)
 {
-    sqlite3_stmt *st = cm_store_prepare(
-        w->model->store,
+    sqlite3_stmt *st = prepare_for(
+        w->model,
         "INSERT INTO record_index(kind, id, key, value) SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS "
         "(SELECT 1 FROM record_index WHERE kind = ?1 AND id = ?2 AND key = ?3 AND value = ?4)",
-        w->err);
+        w->kind->name, w->id, w->err);
     if (!st)
-        return w->err ? w->err->code : CM_EDB;
-    sqlite3_bind_text(st, 1, w->kind->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, w->id, -1, SQLITE_STATIC);
+        return prepare_error(w->err);
     sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, value, -1, SQLITE_STATIC);
     return step_done(w->model, st, "record_index", w->err);
@@ -1285,18 +1298,10 @@ static int write_links(cm_model *m, const kind_def *k, const char *id, const cJS
     wctx w = {.model = m, .kind = k, .id = id, .err = err};
     sqlite3_stmt *st;
     int rc;
-    st = cm_store_prepare(m->store, "DELETE FROM record_ref WHERE kind = ?1 AND id = ?2", err);
-    if (st) {
-        sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-    }
+    st = prepare_for(m, "DELETE FROM record_ref WHERE kind = ?1 AND id = ?2", k->name, id, err);
     if ((rc = kept_exec(m, st, "record_ref", err)) != 0)
         return rc;
-    st = cm_store_prepare(m->store, "DELETE FROM record_index WHERE kind = ?1 AND id = ?2", err);
-    if (st) {
-        sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-    }
+    st = prepare_for(m, "DELETE FROM record_index WHERE kind = ?1 AND id = ?2", k->name, id, err);
     if ((rc = kept_exec(m, st, "record_index", err)) != 0)
         return rc;
     return emit_object(&w, k->fields, doc);
@@ -1318,19 +1323,14 @@ static int put_record(cm_model *m, const kind_def *k, const char *id, const stor
     int rc;
     if (!text)
         return cm_err_set(err, CM_ENOMEM, "%s %s: out of memory", k->name, id);
-    if (s->version == 1)
-        st = cm_store_prepare(m->store,
-                              "INSERT INTO record(kind, id, doc, version, created, updated) "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                              err);
-    else
-        st = cm_store_prepare(m->store,
-                              "UPDATE record SET doc = ?3, version = ?4, created = ?5, "
-                              "updated = ?6 WHERE kind = ?1 AND id = ?2",
-                              err);
+    st = prepare_for(m,
+                     s->version == 1
+                         ? "INSERT INTO record(kind, id, doc, version, created, updated) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                         : "UPDATE record SET doc = ?3, version = ?4, created = ?5, "
+                           "updated = ?6 WHERE kind = ?1 AND id = ?2",
+                     k->name, id, err);
     if (st) {
-        sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, s->version);
         sqlite3_bind_text(st, 5, s->created, -1, SQLITE_STATIC);
@@ -1360,14 +1360,12 @@ static int read_row(sqlite3_stmt *st, const kind_def *k, stored *s, cm_err *err)
 static int load_record(cm_model *m, const kind_def *k, const char *id, stored *s, cm_err *err)
 {
     char shown[SHOW_BUFSZ];
-    sqlite3_stmt *st = cm_store_prepare(m->store,
-                                        "SELECT doc, version, created, updated, id FROM record "
-                                        "WHERE kind = ?1 AND id = ?2",
-                                        err);
+    sqlite3_stmt *st = prepare_for(m,
+                                   "SELECT doc, version, created, updated, id FROM record "
+                                   "WHERE kind = ?1 AND id = ?2",
+                                   k->name, id, err);
     if (!st)
-        return err ? err->code : CM_EDB;
-    sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+        return prepare_error(err);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         rc = read_row(st, k, s, err);
@@ -1469,6 +1467,30 @@ static int store_validated(cm_model *m, const kind_def *k, const char *id, store
     return rc;
 }
 
+/* Stamp s as updated now (a first version as created now too), store the
+** validated record and commit tx. */
+static int save_record(cm_model *m, wtx *tx, const kind_def *k, const char *id, stored *s,
+                       cJSON **out, cm_err *err)
+{
+    cm_time_format(cm_clock_now_ms(m->clock), s->updated, sizeof(s->updated));
+    if (s->version == 1)
+        memcpy(s->created, s->updated, sizeof(s->created));
+    int rc = store_validated(m, k, id, s, out, err);
+    return rc == 0 ? tx_commit(m, tx, err) : rc;
+}
+
+/* The end of a create or update with rc: roll back what did not commit and
+** drop the *out of a failed one. Returns rc. */
+static int end_write(cm_model *m, wtx *tx, int rc, cJSON **out)
+{
+    tx_abort(m, tx);
+    if (rc != 0 && out) {
+        cJSON_Delete(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 /* ---- public API ---- */
 
 const char *cm_kind_name(cm_kind kind)
@@ -1529,18 +1551,10 @@ int cm_model_create(cm_model *model, cm_kind kind, const cJSON *doc, cJSON **out
                         show(id, shown, sizeof(shown)));
         goto done;
     }
-    cm_time_format(cm_clock_now_ms(model->clock), s.created, sizeof(s.created));
-    memcpy(s.updated, s.created, sizeof(s.updated));
-    if ((rc = store_validated(model, k, id, &s, out, err)) == 0)
-        rc = tx_commit(model, &tx, err);
+    rc = save_record(model, &tx, k, id, &s, out, err);
 done:
-    tx_abort(model, &tx);
     cJSON_Delete(s.doc);
-    if (rc != 0 && out) {
-        cJSON_Delete(*out);
-        *out = NULL;
-    }
-    return rc;
+    return end_write(model, &tx, rc, out);
 }
 
 int cm_model_get(cm_model *model, cm_kind kind, const char *id, cJSON **out, cm_err *err)
@@ -1634,18 +1648,11 @@ int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *
     if ((rc = validate(model, k, s.doc, err)) != 0)
         goto done;
     s.version++;
-    cm_time_format(cm_clock_now_ms(model->clock), s.updated, sizeof(s.updated));
-    if ((rc = store_validated(model, k, id, &s, out, err)) == 0)
-        rc = tx_commit(model, &tx, err);
+    rc = save_record(model, &tx, k, id, &s, out, err);
 done:
-    tx_abort(model, &tx);
     cJSON_Delete(p);
     cJSON_Delete(s.doc);
-    if (rc != 0 && out) {
-        cJSON_Delete(*out);
-        *out = NULL;
-    }
-    return rc;
+    return end_write(model, &tx, rc, out);
 }
 
 /* ---- find ---- */
@@ -1777,7 +1784,7 @@ int cm_model_count(cm_model *model, cm_kind kind, long *out, cm_err *err)
     if (!k)
         return cm_err_set(err, CM_EINVAL, "unknown record kind %d", (int)kind);
     if (!(st = cm_store_prepare(model->store, "SELECT count(*) FROM record WHERE kind = ?1", err)))
-        return err ? err->code : CM_EDB;
+        return prepare_error(err);
     sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
     if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         *out = (long)sqlite3_column_int64(st, 0);
