@@ -6,6 +6,7 @@
 #include "model.h"
 
 #include "text.h"
+#include "valuesets.h"
 
 #include <assert.h>
 #include <math.h>
@@ -119,47 +120,6 @@ static const struct type_info {
     [T_ARRAY] = {"an array", 0, NULL, NULL},
 };
 
-/* ---- value sets ---- */
-
-static const char *const organization_kinds[] = {"clinic",
-                                                 "hospital",
-                                                 "community_pharmacy",
-                                                 "specialist_practice",
-                                                 "public_health",
-                                                 "community_org",
-                                                 "payer",
-                                                 "other",
-                                                 NULL};
-static const char *const provider_roles[] = {"physician",
-                                             "pharmacist",
-                                             "nurse",
-                                             "nurse_practitioner",
-                                             "physician_assistant",
-                                             "dietitian",
-                                             "social_worker",
-                                             "care_coordinator",
-                                             "community_health_worker",
-                                             "pharmacy_technician",
-                                             "medical_assistant",
-                                             "other",
-                                             NULL};
-static const char *const genders[] = {"male", "female", "other", "unknown", NULL};
-static const char *const channels[] = {"phone", "sms", "email", "mail", "portal", NULL};
-static const char *const partnership_statuses[] = {"active", "suspended", "ended", NULL};
-static const char *const data_classes[] = {"demographics",  "contact", "conditions", "medications",
-                                           "immunizations", "notes",   NULL};
-static const char *const purposes[] = {"referral", "outreach", "immunization", "care_coordination",
-                                       NULL};
-static const char *const cadences[] = {"monthly", "quarterly", "semiannual", "annual", NULL};
-static const char *const decisions[] = {"permit", "deny", NULL};
-static const char *const consent_statuses[] = {"active", "inactive", NULL};
-static const char *const care_team_statuses[] = {"proposed", "active", "suspended", "inactive",
-                                                 NULL};
-static const char *const task_statuses[] = {
-    "draft",       "requested", "received", "accepted",  "rejected",         "ready", "cancelled",
-    "in-progress", "on-hold",   "failed",   "completed", "entered-in-error", NULL};
-static const char *const priorities[] = {"routine", "urgent", "asap", "stat", NULL};
-
 /* ---- shared shapes ---- */
 
 static const field string_item = {.name = "item", .type = T_STRING};
@@ -189,7 +149,7 @@ static const field organization_fields[] = {
     {.name = "kind",
      .type = T_ENUM,
      .flags = F_REQUIRED,
-     .values = organization_kinds,
+     .values = cm_values_organization_kinds,
      .index = "kind"},
     {.name = "node", .type = T_STRING, .index = "node"},
     {.name = "active", .type = T_BOOL, .dflt = "true"},
@@ -206,7 +166,7 @@ static const field provider_fields[] = {
     {.name = "role",
      .type = T_ENUM,
      .flags = F_REQUIRED,
-     .values = provider_roles,
+     .values = cm_values_provider_roles,
      .index = "role"},
     {.name = "organization",
      .type = T_REF,
@@ -244,12 +204,19 @@ static const field patient_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
     {.name = "name", .type = T_OBJECT, .flags = F_REQUIRED, .sub = human_name},
     {.name = "birthDate", .type = T_DATE, .flags = F_REQUIRED | F_NOT_FUTURE, .index = "birthDate"},
-    {.name = "gender", .type = T_ENUM, .flags = F_REQUIRED, .values = genders, .index = "gender"},
+    {.name = "gender",
+     .type = T_ENUM,
+     .flags = F_REQUIRED,
+     .values = cm_values_genders,
+     .index = "gender"},
     {.name = "phone", .type = T_PHONE},
     {.name = "email", .type = T_EMAIL},
     {.name = "address", .type = T_OBJECT, .sub = address},
     {.name = "language", .type = T_LANG, .index = "language"},
-    {.name = "preferredChannel", .type = T_ENUM, .values = channels, .index = "preferredChannel"},
+    {.name = "preferredChannel",
+     .type = T_ENUM,
+     .values = cm_values_channels,
+     .index = "preferredChannel"},
     {.name = "conditions", .type = T_ARRAY, .item = &condition_item},
     {.name = "identifiers", .type = T_ARRAY, .item = &identifier_item},
     {.name = "generalPractitioner",
@@ -277,8 +244,8 @@ static const field member_fields[] = {
 };
 static const field member_item = {.name = "member", .type = T_OBJECT, .sub = member_fields};
 
-static const field class_item = {.name = "class", .type = T_ENUM, .values = data_classes};
-static const field purpose_item = {.name = "purpose", .type = T_ENUM, .values = purposes};
+static const field class_item = {.name = "class", .type = T_ENUM, .values = cm_values_data_classes};
+static const field purpose_item = {.name = "purpose", .type = T_ENUM, .values = cm_values_purposes};
 static const field term_fields[] = {
     {.name = "receiver", .type = T_REF, .flags = F_REQUIRED, .ref = CM_KIND_ORGANIZATION},
     {.name = "classes",
@@ -320,7 +287,7 @@ static const field partnership_fields[] = {
     {.name = "purpose", .type = T_TEXT, .flags = F_REQUIRED},
     {.name = "status",
      .type = T_ENUM,
-     .values = partnership_statuses,
+     .values = cm_values_partnership_statuses,
      .dflt = "\"active\"",
      .index = "status"},
     {.name = "members",
@@ -332,7 +299,7 @@ static const field partnership_fields[] = {
     {.name = "terms", .type = T_ARRAY, .item = &term_item},
     {.name = "champions", .type = T_ARRAY, .item = &champion_item},
     {.name = "kpis", .type = T_ARRAY, .item = &kpi_item, .unique_by = "name"},
-    {.name = "reviewCadence", .type = T_ENUM, .flags = F_REQUIRED, .values = cadences},
+    {.name = "reviewCadence", .type = T_ENUM, .flags = F_REQUIRED, .values = cm_values_cadences},
     {.name = "nextReview", .type = T_DATE},
     {.name = "start", .type = T_DATE},
     {.name = "end", .type = T_DATE, .not_before = "start"},
@@ -358,16 +325,16 @@ static const field consent_fields[] = {
     {.name = "purpose",
      .type = T_ENUM,
      .flags = F_REQUIRED,
-     .values = purposes,
+     .values = cm_values_purposes,
      .index = "purpose"},
     {.name = "organization", .type = T_REF, .ref = CM_KIND_ORGANIZATION, .index = "organization"},
     {.name = "decision",
      .type = T_ENUM,
      .flags = F_REQUIRED,
-     .values = decisions,
+     .values = cm_values_decisions,
      .index = "decision"},
     {.name = "period", .type = T_OBJECT, .sub = period_fields},
-    {.name = "status", .type = T_ENUM, .values = consent_statuses, .dflt = "\"active\""},
+    {.name = "status", .type = T_ENUM, .values = cm_values_consent_statuses, .dflt = "\"active\""},
     {.name = "recorded", .type = T_DATETIME},
     {.name = "note", .type = T_TEXT},
     {.name = NULL},
@@ -395,7 +362,10 @@ static const field care_team_fields[] = {
      .ref = CM_KIND_PATIENT,
      .index = "patient"},
     {.name = "name", .type = T_STRING},
-    {.name = "status", .type = T_ENUM, .values = care_team_statuses, .dflt = "\"active\""},
+    {.name = "status",
+     .type = T_ENUM,
+     .values = cm_values_care_team_statuses,
+     .dflt = "\"active\""},
     {.name = "participants",
      .type = T_ARRAY,
      .flags = F_REQUIRED,
@@ -411,10 +381,10 @@ static const field task_fields[] = {
     {.name = "description", .type = T_TEXT},
     {.name = "status",
      .type = T_ENUM,
-     .values = task_statuses,
+     .values = cm_values_task_statuses,
      .dflt = "\"requested\"",
      .index = "status"},
-    {.name = "priority", .type = T_ENUM, .values = priorities, .dflt = "\"routine\""},
+    {.name = "priority", .type = T_ENUM, .values = cm_values_priorities, .dflt = "\"routine\""},
     {.name = "organization",
      .type = T_REF,
      .flags = F_REQUIRED,
@@ -422,7 +392,7 @@ static const field task_fields[] = {
      .index = "organization"},
     {.name = "patient", .type = T_REF, .ref = CM_KIND_PATIENT, .index = "patient"},
     {.name = "owner", .type = T_REF, .ref = CM_KIND_PROVIDER, .index = "owner"},
-    {.name = "ownerRole", .type = T_ENUM, .values = provider_roles, .index = "ownerRole"},
+    {.name = "ownerRole", .type = T_ENUM, .values = cm_values_provider_roles, .index = "ownerRole"},
     {.name = "due", .type = T_DATETIME},
     {.name = "note", .type = T_TEXT},
     {.name = NULL},
@@ -432,8 +402,6 @@ static const char *const task_keys[] = {"status", "patient",   "organization",
 
 /* immunization (FHIR Immunization): one administered (or not given) dose */
 
-static const char *const immunization_statuses[] = {"completed", "entered-in-error", "not-done",
-                                                    NULL};
 static const field vaccine_fields[] = {
     {.name = "code", .type = T_STRING, .flags = F_REQUIRED, .index = "vaccine"},
     {.name = "system", .type = T_STRING},
@@ -444,7 +412,7 @@ static const field immunization_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
     {.name = "status",
      .type = T_ENUM,
-     .values = immunization_statuses,
+     .values = cm_values_immunization_statuses,
      .dflt = "\"completed\"",
      .index = "status"},
     {.name = "patient",
@@ -491,28 +459,6 @@ static const kind_def *kind_get(cm_kind kind)
 
 /* ---- small helpers ---- */
 
-static bool listed(const char *const *list, const char *s)
-{
-    for (size_t i = 0; list && s && list[i]; i++)
-        if (strcmp(list[i], s) == 0)
-            return true;
-    return false;
-}
-
-/* "a, b, c" into buf (truncated to fit). */
-static const char *join(const char *const *list, char *buf, size_t bufsz)
-{
-    size_t len = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; list[i]; i++) {
-        int n = snprintf(buf + len, bufsz - len, "%s%s", i ? ", " : "", list[i]);
-        if (n < 0 || (size_t)n >= bufsz - len)
-            break;
-        len += (size_t)n;
-    }
-    return buf;
-}
-
 /* s quoted for a message: at most SHOW_MAX bytes, control characters as '?'. */
 static const char *show(const char *s, char *buf, size_t bufsz)
 {
@@ -533,23 +479,6 @@ static const char *show(const char *s, char *buf, size_t bufsz)
     buf[n++] = '"';
     buf[n] = '\0';
     return buf;
-}
-
-static const char *json_type_name(const cJSON *v)
-{
-    if (cJSON_IsNull(v))
-        return "null";
-    if (cJSON_IsBool(v))
-        return "a boolean";
-    if (cJSON_IsNumber(v))
-        return "a number";
-    if (cJSON_IsString(v))
-        return "a string";
-    if (cJSON_IsArray(v))
-        return "an array";
-    if (cJSON_IsObject(v))
-        return "an object";
-    return "an invalid value";
 }
 
 static bool ascii_alpha(char c)
@@ -878,10 +807,10 @@ static int check_text(vctx *v, const field *f, const char *s)
 static int check_enum(vctx *v, const field *f, const char *s)
 {
     char shown[SHOW_BUFSZ], list[LIST_BUFSZ];
-    if (listed(f->values, s))
+    if (cm_values_listed(f->values, s))
         return 0;
     return verr(v, CM_EINVAL, "unknown value %s (expected one of: %s)",
-                show(s, shown, sizeof(shown)), join(f->values, list, sizeof(list)));
+                show(s, shown, sizeof(shown)), cm_values_join(f->values, list, sizeof(list)));
 }
 
 static int check_ref(vctx *v, const field *f, const char *id)
@@ -1063,7 +992,8 @@ static int check_value(vctx *v, const field *f, cJSON *val)
     if (f->type == T_OBJECT || f->type == T_ARRAY)
         normalize_empty(val, f->type);
     if (!has_shape(f->type, val))
-        return verr(v, CM_EINVAL, "expected %s, got %s", types[f->type].what, json_type_name(val));
+        return verr(v, CM_EINVAL, "expected %s, got %s", types[f->type].what,
+                    cm_values_type_name(val));
     switch (f->type) {
     case T_OBJECT:
         return check_object(v, f->sub, val);
@@ -1521,7 +1451,7 @@ static int check_kind_doc(const kind_def *k, cm_kind kind, const cJSON *doc, con
         return cm_err_set(err, CM_EINVAL, "unknown record kind %d", (int)kind);
     if (!cJSON_IsObject(doc))
         return cm_err_set(err, CM_EINVAL, "%s: the %s must be a JSON object, got %s", k->name, what,
-                          doc ? json_type_name(doc) : "nothing");
+                          doc ? cm_values_type_name(doc) : "nothing");
     return 0;
 }
 
@@ -1672,17 +1602,17 @@ static int find_parse(const kind_def *k, const cJSON *filter, find_filter *fl, s
         return 0;
     if (!cJSON_IsObject(filter))
         return cm_err_set(err, CM_EINVAL, "find %s: the filter must be an object, got %s", k->name,
-                          json_type_name(filter));
+                          cm_values_type_name(filter));
     cJSON_ArrayForEach(m, filter)
     {
-        if (!listed(k->find_keys, m->string))
+        if (!cm_values_listed(k->find_keys, m->string))
             return cm_err_set(err, CM_EINVAL, "find %s: unknown key %s (expected one of: %s)",
                               k->name, show(m->string, shown, sizeof(shown)),
-                              join(k->find_keys, list, sizeof(list)));
+                              cm_values_join(k->find_keys, list, sizeof(list)));
         if (!cJSON_IsString(m) || !m->valuestring)
             return cm_err_set(err, CM_EINVAL,
                               "find %s: the value of \"%s\" must be a string, got %s", k->name,
-                              m->string, json_type_name(m));
+                              m->string, cm_values_type_name(m));
         if (key_seen_before(filter, m) || *n == FIND_FILTERS_MAX)
             return cm_err_set(err, CM_EINVAL, "find %s: key \"%s\" given twice", k->name,
                               m->string);
@@ -1809,7 +1739,7 @@ static void schema_check_field(const kind_def *k, const field *f, bool *used)
     if (f->dflt) {
         cJSON *d = cJSON_Parse(f->dflt);
         assert(d && has_shape(f->type, d));
-        assert(f->type != T_ENUM || listed(f->values, d->valuestring));
+        assert(f->type != T_ENUM || cm_values_listed(f->values, d->valuestring));
         cJSON_Delete(d);
     }
     if (f->index) {

@@ -5,6 +5,7 @@
 ** See fhir_map.h; docs/fhir.md holds the table this code implements.
 */
 #include "fhir_map.h"
+#include "valuesets.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -206,77 +207,6 @@ static const char *show(const char *s, char *buf, size_t bufsz)
     return buf;
 }
 
-static const char *json_type(const cJSON *v)
-{
-    if (cJSON_IsString(v))
-        return "a string";
-    if (cJSON_IsNumber(v))
-        return "a number";
-    if (cJSON_IsBool(v))
-        return "a boolean";
-    if (cJSON_IsNull(v))
-        return "null";
-    if (cJSON_IsArray(v))
-        return "an array";
-    return "an object";
-}
-
-static bool listed(const char *const *list, const char *s)
-{
-    for (size_t i = 0; list[i]; i++)
-        if (strcmp(list[i], s) == 0)
-            return true;
-    return false;
-}
-
-static void join(const char *const *list, char *buf, size_t bufsz)
-{
-    size_t len = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; list[i]; i++) {
-        int n = snprintf(buf + len, bufsz - len, "%s%s", i ? ", " : "", list[i]);
-        if (n < 0 || (size_t)n >= bufsz - len)
-            break;
-        len += (size_t)n;
-    }
-}
-
-/* ---- value sets ---- */
-
-static const char *const genders[] = {"male", "female", "other", "unknown", NULL};
-static const char *const org_kinds[] = {"clinic",
-                                        "hospital",
-                                        "community_pharmacy",
-                                        "specialist_practice",
-                                        "public_health",
-                                        "community_org",
-                                        "payer",
-                                        "other",
-                                        NULL};
-static const char *const roles[] = {"physician",
-                                    "pharmacist",
-                                    "nurse",
-                                    "nurse_practitioner",
-                                    "physician_assistant",
-                                    "dietitian",
-                                    "social_worker",
-                                    "care_coordinator",
-                                    "community_health_worker",
-                                    "pharmacy_technician",
-                                    "medical_assistant",
-                                    "other",
-                                    NULL};
-static const char *const purposes[] = {"referral", "outreach", "immunization", "care_coordination",
-                                       NULL};
-static const char *const consent_statuses[] = {"active", "inactive", NULL};
-static const char *const decisions[] = {"permit", "deny", NULL};
-static const char *const channels[] = {"phone", "sms", "email", "mail", "portal", NULL};
-static const char *const imm_statuses[] = {"completed", "entered-in-error", "not-done", NULL};
-static const char *const task_statuses[] = {
-    "draft",       "requested", "received", "accepted",  "rejected",         "ready", "cancelled",
-    "in-progress", "on-hold",   "failed",   "completed", "entered-in-error", NULL};
-static const char *const priorities[] = {"routine", "urgent", "asap", "stat", NULL};
-
 /* HL7 code systems and the caremesh values they stand for. */
 #define SYS_ORG_TYPE  "http://terminology.hl7.org/CodeSystem/organization-type"
 #define SYS_PRAC_ROLE "http://terminology.hl7.org/CodeSystem/practitioner-role"
@@ -466,7 +396,7 @@ static const cJSON *get(fhir_in *in, const cJSON *obj, const char *name, int wan
         return NULL;
     }
     if (!is_kind(v, want)) {
-        *bad += problem_at(in, name, "expected %s, got %s", j_names[want], json_type(v));
+        *bad += problem_at(in, name, "expected %s, got %s", j_names[want], cm_values_type_name(v));
         return NULL;
     }
     if (want == J_STRING && v->valuestring[0] == '\0') {
@@ -507,8 +437,8 @@ static void copy_code(fhir_in *in, const cJSON *obj, const char *name, const cha
     const char *s = get_str(in, obj, name, required, bad);
     if (!s)
         return;
-    if (!listed(allowed, s)) {
-        join(allowed, list, sizeof(list));
+    if (!cm_values_listed(allowed, s)) {
+        cm_values_join(allowed, list, sizeof(list));
         *bad += problem_at(in, name, "%s is not one of %s", show(s, shown, sizeof(shown)), list);
         return;
     }
@@ -543,7 +473,7 @@ static int each(fhir_in *in, const cJSON *obj, const char *name, each_fn fn, voi
     {
         size_t before = fhir_path_push(&in->path, ".%s[%d]", name, i);
         if (!cJSON_IsObject(item))
-            *bad += problem_at(in, NULL, "expected an object, got %s", json_type(item));
+            *bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(item));
         else
             fn(in, item, i, ud, bad);
         fhir_path_pop(&in->path, before);
@@ -566,7 +496,8 @@ static void copy_strings(fhir_in *in, const cJSON *obj, const char *name, cJSON 
     {
         if (!cJSON_IsString(item) || !item->valuestring[0]) {
             size_t before = fhir_path_push(&in->path, ".%s[%d]", name, i);
-            *bad += problem_at(in, NULL, "expected a non-empty string, got %s", json_type(item));
+            *bad += problem_at(in, NULL, "expected a non-empty string, got %s",
+                               cm_values_type_name(item));
             fhir_path_pop(&in->path, before);
         } else if (out) {
             cJSON_AddItemToArray(out, cJSON_CreateString(item->valuestring));
@@ -696,7 +627,8 @@ static const char *resolve_ref(fhir_in *in, const cJSON *ref, const char *const 
     char why[256], shown[SHOW_MAX + 8], list[128];
     fhir_target t = {0};
     if (!cJSON_IsObject(ref)) {
-        *bad += problem_at(in, NULL, "expected a Reference (an object), got %s", json_type(ref));
+        *bad += problem_at(in, NULL, "expected a Reference (an object), got %s",
+                           cm_values_type_name(ref));
         return NULL;
     }
     const char *text = get_str(in, ref, "reference", true, bad);
@@ -706,8 +638,8 @@ static const char *resolve_ref(fhir_in *in, const cJSON *ref, const char *const 
         *bad += problem_at(in, "reference", "%s %s", show(text, shown, sizeof(shown)), why);
         return NULL;
     }
-    if (!listed(want, t.type)) {
-        join(want, list, sizeof(list));
+    if (!cm_values_listed(want, t.type)) {
+        cm_values_join(want, list, sizeof(list));
         *bad += problem_at(in, "reference", "%s is a %s, expected %s",
                            show(text, shown, sizeof(shown)), t.type, list);
         return NULL;
@@ -768,7 +700,7 @@ static void check_concept(fhir_in *in, const cJSON *cc, size_t *bad)
     {
         size_t before = fhir_path_push(&in->path, ".coding[%d]", i++);
         if (!cJSON_IsObject(item)) {
-            *bad += problem_at(in, NULL, "expected an object, got %s", json_type(item));
+            *bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(item));
         } else {
             get_str(in, item, "system", false, bad);
             get_str(in, item, "code", false, bad);
@@ -794,10 +726,10 @@ static const char *concept_code(fhir_in *in, const cJSON *cc, const char *cm_sys
     const cJSON *c = coding_in(cc, cm_sys, &i);
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(c, "code");
     if (c && cJSON_IsString(code)) {
-        if (listed(allowed, code->valuestring))
+        if (cm_values_listed(allowed, code->valuestring))
             return code->valuestring;
         size_t before = fhir_path_push(&in->path, ".coding[%d].code", i);
-        join(allowed, list, sizeof(list));
+        cm_values_join(allowed, list, sizeof(list));
         *bad += problem_at(in, NULL, "%s is not one of %s",
                            show(code->valuestring, shown, sizeof(shown)), list);
         fhir_path_pop(&in->path, before);
@@ -822,10 +754,10 @@ size_t fhir_import_organization(fhir_in *in, const cJSON *res, cJSON *doc)
     {
         size_t before = fhir_path_push(&in->path, ".type[%d]", i++);
         if (!cJSON_IsObject(cc))
-            bad += problem_at(in, NULL, "expected an object, got %s", json_type(cc));
+            bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(cc));
         else if (!kind)
-            kind =
-                concept_code(in, cc, FHIR_SYS_ORG_KIND, org_kinds, SYS_ORG_TYPE, org_types, &bad);
+            kind = concept_code(in, cc, FHIR_SYS_ORG_KIND, cm_values_organization_kinds,
+                                SYS_ORG_TYPE, org_types, &bad);
         fhir_path_pop(&in->path, before);
     }
     cJSON_AddStringToObject(doc, "kind", kind ? kind : "other");
@@ -880,12 +812,12 @@ size_t fhir_import_patient(fhir_in *in, const cJSON *res, cJSON *doc)
     size_t bad = 0;
     import_name(in, res, doc, &bad);
     copy_date(in, res, "birthDate", doc, "birthDate", false, true, &bad);
-    copy_code(in, res, "gender", genders, doc, "gender", true, &bad);
+    copy_code(in, res, "gender", cm_values_genders, doc, "gender", true, &bad);
     import_telecom(in, res, doc, &bad);
     import_address(in, res, doc, &bad);
     each(in, res, "communication", read_language, doc, &bad);
     const cJSON *ch = extension(in, res, FHIR_EXT_CHANNEL, "valueCode", J_STRING, &bad);
-    if (ch && listed(channels, ch->valuestring))
+    if (ch && cm_values_listed(cm_values_channels, ch->valuestring))
         cJSON_AddStringToObject(doc, "preferredChannel", ch->valuestring);
     else if (ch)
         bad += problem_at(in, "extension",
@@ -932,9 +864,10 @@ size_t fhir_import_practitioner_role(fhir_in *in, const cJSON *res, cJSON *doc)
     {
         size_t before = fhir_path_push(&in->path, ".code[%d]", i++);
         if (!cJSON_IsObject(cc))
-            bad += problem_at(in, NULL, "expected an object, got %s", json_type(cc));
+            bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(cc));
         else if (!role)
-            role = concept_code(in, cc, FHIR_SYS_ROLE, roles, SYS_PRAC_ROLE, prac_roles, &bad);
+            role = concept_code(in, cc, FHIR_SYS_ROLE, cm_values_provider_roles, SYS_PRAC_ROLE,
+                                prac_roles, &bad);
         fhir_path_pop(&in->path, before);
     }
     if (role) {
@@ -955,7 +888,7 @@ size_t fhir_import_practitioner_role(fhir_in *in, const cJSON *res, cJSON *doc)
     if (spec) {
         size_t before = fhir_path_push(&in->path, ".specialty[0]");
         if (!cJSON_IsObject(spec))
-            bad += problem_at(in, NULL, "expected an object, got %s", json_type(spec));
+            bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(spec));
         else {
             const char *text = get_str(in, spec, "text", false, &bad);
             const cJSON *c0 =
@@ -994,7 +927,7 @@ size_t fhir_import_consent(fhir_in *in, const cJSON *res, cJSON *doc)
     size_t bad = 0;
     const char *id;
     char shown[SHOW_MAX + 8], list[128];
-    copy_code(in, res, "status", consent_statuses, doc, "status", true, &bad);
+    copy_code(in, res, "status", cm_values_consent_statuses, doc, "status", true, &bad);
     if ((id = reference(in, res, "patient", to_patient, true, &bad, NULL)))
         cJSON_AddStringToObject(doc, "patient", id);
     copy_date(in, res, "dateTime", doc, "recorded", true, false, &bad);
@@ -1005,7 +938,7 @@ size_t fhir_import_consent(fhir_in *in, const cJSON *res, cJSON *doc)
     if (!prov)
         return bad;
     size_t before = fhir_path_push(&in->path, ".provision");
-    copy_code(in, prov, "type", decisions, doc, "decision", true, &bad);
+    copy_code(in, prov, "type", cm_values_decisions, doc, "decision", true, &bad);
     /* purpose: a Coding of urn:caremesh:purpose, or a caremesh purpose code */
     const cJSON *items = get(in, prov, "purpose", J_ARRAY, true, &bad), *c;
     const char *purpose = NULL;
@@ -1026,8 +959,8 @@ size_t fhir_import_consent(fhir_in *in, const cJSON *res, cJSON *doc)
                           "required: a Coding of %s (referral, outreach, "
                           "immunization, care_coordination)",
                           FHIR_SYS_PURPOSE);
-    else if (purpose && !listed(purposes, purpose)) {
-        join(purposes, list, sizeof(list));
+    else if (purpose && !cm_values_listed(cm_values_purposes, purpose)) {
+        cm_values_join(cm_values_purposes, list, sizeof(list));
         size_t b2 = fhir_path_push(&in->path, ".purpose[%d].code", at);
         bad +=
             problem_at(in, NULL, "%s is not one of %s", show(purpose, shown, sizeof(shown)), list);
@@ -1043,7 +976,7 @@ size_t fhir_import_consent(fhir_in *in, const cJSON *res, cJSON *doc)
         const char *type = NULL;
         size_t b2 = fhir_path_push(&in->path, ".actor[%d]", i++);
         if (!cJSON_IsObject(a)) {
-            bad += problem_at(in, NULL, "expected an object, got %s", json_type(a));
+            bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(a));
         } else if ((id = reference(in, a, "reference", to_any, true, &bad, &type)) &&
                    strcmp(type, "Organization") == 0 &&
                    !cJSON_GetObjectItemCaseSensitive(doc, "organization")) {
@@ -1110,7 +1043,8 @@ static void import_note(fhir_in *in, const cJSON *res, cJSON *doc, size_t *bad)
         return;
     size_t before = fhir_path_push(&in->path, ".note[0]");
     if (!cJSON_IsObject(n0))
-        *bad += problem_at(in, NULL, "expected an Annotation (an object), got %s", json_type(n0));
+        *bad += problem_at(in, NULL, "expected an Annotation (an object), got %s",
+                           cm_values_type_name(n0));
     else
         copy_str(in, n0, "text", doc, "note", true, bad);
     fhir_path_pop(&in->path, before);
@@ -1120,7 +1054,7 @@ size_t fhir_import_immunization(fhir_in *in, const cJSON *res, cJSON *doc)
 {
     size_t bad = 0;
     const char *id;
-    copy_code(in, res, "status", imm_statuses, doc, "status", true, &bad);
+    copy_code(in, res, "status", cm_values_immunization_statuses, doc, "status", true, &bad);
     const cJSON *vc = get(in, res, "vaccineCode", J_OBJECT, true, &bad);
     if (vc) {
         size_t before = fhir_path_push(&in->path, ".vaccineCode");
@@ -1159,7 +1093,7 @@ size_t fhir_import_immunization(fhir_in *in, const cJSON *res, cJSON *doc)
     if (pa) {
         size_t before = fhir_path_push(&in->path, ".protocolApplied[0]");
         if (!cJSON_IsObject(pa)) {
-            bad += problem_at(in, NULL, "expected an object, got %s", json_type(pa));
+            bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(pa));
         } else {
             copy_dose(in, pa, "doseNumber", doc, "doseNumber", &bad);
             copy_dose(in, pa, "seriesDoses", doc, "seriesDoses", &bad);
@@ -1175,8 +1109,8 @@ size_t fhir_import_task(fhir_in *in, const cJSON *res, cJSON *doc)
 {
     size_t bad = 0;
     const char *id, *type = NULL;
-    copy_code(in, res, "status", task_statuses, doc, "status", true, &bad);
-    copy_code(in, res, "priority", priorities, doc, "priority", false, &bad);
+    copy_code(in, res, "status", cm_values_task_statuses, doc, "status", true, &bad);
+    copy_code(in, res, "priority", cm_values_priorities, doc, "priority", false, &bad);
     const cJSON *code = get(in, res, "code", J_OBJECT, true, &bad);
     if (code) {
         size_t before = fhir_path_push(&in->path, ".code");
@@ -1208,11 +1142,12 @@ size_t fhir_import_task(fhir_in *in, const cJSON *res, cJSON *doc)
     cJSON_ArrayForEach(cc, pts)
     {
         size_t before = fhir_path_push(&in->path, ".performerType[%d]", i++);
-        const char *role = cJSON_IsObject(cc) ? concept_code(in, cc, FHIR_SYS_ROLE, roles,
-                                                             SYS_PRAC_ROLE, prac_roles, &bad)
-                                              : NULL;
+        const char *role = cJSON_IsObject(cc)
+                               ? concept_code(in, cc, FHIR_SYS_ROLE, cm_values_provider_roles,
+                                              SYS_PRAC_ROLE, prac_roles, &bad)
+                               : NULL;
         if (!cJSON_IsObject(cc))
-            bad += problem_at(in, NULL, "expected an object, got %s", json_type(cc));
+            bad += problem_at(in, NULL, "expected an object, got %s", cm_values_type_name(cc));
         if (role && !cJSON_GetObjectItemCaseSensitive(doc, "ownerRole"))
             cJSON_AddStringToObject(doc, "ownerRole", role);
         fhir_path_pop(&in->path, before);
@@ -1662,7 +1597,8 @@ static cJSON *referral_resource(const char *type, const cJSON *inst)
     if (!prio)
         prio = str(input, "priority");
     cJSON_AddStringToObject(res, "intent", "order");
-    cJSON_AddStringToObject(res, "priority", prio && listed(priorities, prio) ? prio : "routine");
+    cJSON_AddStringToObject(
+        res, "priority", prio && cm_values_listed(cm_values_priorities, prio) ? prio : "routine");
     return res;
 }
 
