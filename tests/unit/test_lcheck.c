@@ -16,6 +16,8 @@
 
 typedef struct fx {
     char *dir;
+    char path[1024]; /* the file written last */
+    char *out;       /* the last report or graph; teardown frees it */
 } fx;
 
 static const char *CLEAN =
@@ -95,15 +97,40 @@ static int teardown(void **state)
     fx *f = *state;
     cm_test_rmtree(f->dir);
     free(f->dir);
+    free(f->out);
     free(f);
     return 0;
 }
 
+/* Save text as name in the test's directory; f->path names it. */
 static const char *write_file(fx *f, const char *name, const char *text)
 {
-    const char *path = cm_test_path(f->dir, name);
-    cm_test_write(path, text, strlen(text));
-    return path;
+    snprintf(f->path, sizeof(f->path), "%s", cm_test_path(f->dir, name));
+    cm_test_write(f->path, text, strlen(text));
+    return f->path;
+}
+
+/* Check text saved as name, asserting it has n problems; the report is f->out. */
+static const char *check(fx *f, const char *name, const char *text, int n)
+{
+    cm_err err;
+    write_file(f, name, text);
+    free(f->out);
+    f->out = NULL;
+    assert_int_equal(cm_lua_workflow_check(f->path, &f->out, &err), n);
+    assert_non_null(f->out);
+    return f->out;
+}
+
+/* The graph of the file written last, as DOT or Mermaid; it is f->out. */
+static const char *graph(fx *f, bool mermaid)
+{
+    cm_err err;
+    free(f->out);
+    f->out = NULL;
+    assert_int_equal(cm_lua_workflow_graph(f->path, mermaid, &f->out, &err), 0);
+    assert_non_null(f->out);
+    return f->out;
 }
 
 /* Report line number n (0-based), without its newline, into buf. */
@@ -119,160 +146,130 @@ static const char *report_line(const char *report, int n, char *buf, size_t size
     return buf;
 }
 
-/* Line n of the report starts with "path:line: " and contains fragment. */
-static void expect_problem(const char *report, int n, const char *path, int line,
-                           const char *fragment)
+/* Line n of the last report starts with "path:line: " and contains fragment. */
+static void expect_problem(const fx *f, int n, int line, const char *fragment)
 {
-    char got[1024], want[1024];
-    report_line(report, n, got, sizeof(got));
-    snprintf(want, sizeof(want), "%s:%d: ", path, line);
+    char got[1024], want[sizeof(f->path) + 32];
+    report_line(f->out, n, got, sizeof(got));
+    snprintf(want, sizeof(want), "%s:%d: ", f->path, line);
     if (strncmp(got, want, strlen(want)) != 0 || !strstr(got, fragment))
         fail_msg("problem %d: want \"%s...%s\", got \"%s\"", n, want, fragment, got);
 }
 
 static void test_clean_definition_has_no_problems(void **state)
 {
-    fx *f = *state;
-    const char *path = write_file(f, "referral.lua", CLEAN);
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(path, &report, &err), 0);
-    assert_non_null(report);
-    assert_string_equal(report, "");
-    free(report);
+    assert_string_equal(check(*state, "referral.lua", CLEAN, 0), "");
 }
 
 static void test_every_problem_is_reported_with_its_line(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "broken.lua", BROKEN);
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(path, &report, &err), 7);
-    expect_problem(report, 0, path, 5, "states: no final state");
-    expect_problem(report, 1, path, 8, "wf:after(\"3 days\"): bad duration");
-    expect_problem(report, 2, path, 9, "unknown effect wf:taks");
-    expect_problem(report, 3, path, 12,
-                   "states.new.on[\"remind\"]: transition to unknown state \"reminded\"");
-    expect_problem(report, 4, path, 15, "transition to unknown state \"lost\"");
-    expect_problem(report, 5, path, 18, "states.new.colour: unknown field");
-    expect_problem(report, 6, path, 21, "state \"orphan\" is unreachable from \"new\"");
+    const char *report = check(f, "broken.lua", BROKEN, 7);
+    expect_problem(f, 0, 5, "states: no final state");
+    expect_problem(f, 1, 8, "wf:after(\"3 days\"): bad duration");
+    expect_problem(f, 2, 9, "unknown effect wf:taks");
+    expect_problem(f, 3, 12, "states.new.on[\"remind\"]: transition to unknown state \"reminded\"");
+    expect_problem(f, 4, 15, "transition to unknown state \"lost\"");
+    expect_problem(f, 5, 18, "states.new.colour: unknown field");
+    expect_problem(f, 6, 21, "state \"orphan\" is unreachable from \"new\"");
     /* "done" is reached through the handler's literal: no false report */
     assert_null(strstr(report, "\"done\" is unreachable"));
     assert_int_equal(report[strlen(report) - 1], '\n');
-    free(report);
 }
 
 static void test_definition_level_problems_name_their_field(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "head.lua",
-                                  "local cm = require 'caremesh'\n"
-                                  "return cm.workflow {\n"
-                                  "  name = 'bad name!', version = 0,\n"
-                                  "  descripton = 'typo',\n"
-                                  "  input = { who = 'patient', when = 'dat' },\n"
-                                  "  start = 'nowhere',\n"
-                                  "  states = {\n"
-                                  "    a = { final = true, on = { x = 'a' } },\n"
-                                  "  },\n"
-                                  "}\n");
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(path, &report, &err), 6);
-    expect_problem(report, 0, path, 3, "name: required");
-    expect_problem(report, 1, path, 3, "version: required, a whole number from 1");
-    expect_problem(report, 2, path, 4, "descripton: unknown field");
-    expect_problem(report, 3, path, 5, "input.when: unknown type \"dat\"");
-    expect_problem(report, 4, path, 6, "start: unknown state \"nowhere\"");
-    expect_problem(report, 5, path, 8, "states.a: a final state takes no events");
-    free(report);
+    check(f, "head.lua",
+          "local cm = require 'caremesh'\n"
+          "return cm.workflow {\n"
+          "  name = 'bad name!', version = 0,\n"
+          "  descripton = 'typo',\n"
+          "  input = { who = 'patient', when = 'dat' },\n"
+          "  start = 'nowhere',\n"
+          "  states = {\n"
+          "    a = { final = true, on = { x = 'a' } },\n"
+          "  },\n"
+          "}\n",
+          6);
+    expect_problem(f, 0, 3, "name: required");
+    expect_problem(f, 1, 3, "version: required, a whole number from 1");
+    expect_problem(f, 2, 4, "descripton: unknown field");
+    expect_problem(f, 3, 5, "input.when: unknown type \"dat\"");
+    expect_problem(f, 4, 6, "start: unknown state \"nowhere\"");
+    expect_problem(f, 5, 8, "states.a: a final state takes no events");
 }
 
 static void test_literal_durations_times_and_task_fields_are_checked(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "when.lua",
-                                  "local cm = require 'caremesh'\n"
-                                  "return cm.workflow { name = 'when', version = 1, start = 'a',\n"
-                                  "  states = {\n"
-                                  "    a = { enter = function(w)\n"
-                                  "      w:after('2026-03-01', 'x')\n"
-                                  "      w:at('2026-02-30', 'y')\n"
-                                  "      w:task { title = 't', due = 'soon', owner = 'p' }\n"
-                                  "      w:task { title = 't', due = '2026-03-01' }\n"
-                                  "      w:notify { channel = 'sms', to = 'p', mesage = 'm' }\n"
-                                  "      local s = ('x'):upper()\n"
-                                  "    end, on = { x = 'b' } },\n"
-                                  "    b = { final = true },\n"
-                                  "  },\n"
-                                  "}\n");
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(path, &report, &err), 4);
-    expect_problem(report, 0, path, 5, "w:after(\"2026-03-01\"): a time, not a duration");
-    expect_problem(report, 1, path, 6, "w:at(\"2026-02-30\"): bad time");
-    expect_problem(report, 2, path, 7, "w:task{due = \"soon\"}: neither a duration");
-    expect_problem(report, 3, path, 9, "w:notify{mesage = ...}: unknown field");
-    free(report);
+    check(f, "when.lua",
+          "local cm = require 'caremesh'\n"
+          "return cm.workflow { name = 'when', version = 1, start = 'a',\n"
+          "  states = {\n"
+          "    a = { enter = function(w)\n"
+          "      w:after('2026-03-01', 'x')\n"
+          "      w:at('2026-02-30', 'y')\n"
+          "      w:task { title = 't', due = 'soon', owner = 'p' }\n"
+          "      w:task { title = 't', due = '2026-03-01' }\n"
+          "      w:notify { channel = 'sms', to = 'p', mesage = 'm' }\n"
+          "      local s = ('x'):upper()\n"
+          "    end, on = { x = 'b' } },\n"
+          "    b = { final = true },\n"
+          "  },\n"
+          "}\n",
+          4);
+    expect_problem(f, 0, 5, "w:after(\"2026-03-01\"): a time, not a duration");
+    expect_problem(f, 1, 6, "w:at(\"2026-02-30\"): bad time");
+    expect_problem(f, 2, 7, "w:task{due = \"soon\"}: neither a duration");
+    expect_problem(f, 3, 9, "w:notify{mesage = ...}: unknown field");
 }
 
 static void test_syntax_error_is_one_problem_with_its_line(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "syntax.lua",
-                                  "local cm = require 'caremesh'\n"
-                                  "return cm.workflow {\n"
-                                  "  name = 'x' version = 1, start = 'a',\n"
-                                  "  states = { a = { final = true } },\n"
-                                  "}\n");
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(path, &report, &err), 1);
-    expect_problem(report, 0, path, 3, "'}' expected");
+    const char *report = check(f, "syntax.lua",
+                               "local cm = require 'caremesh'\n"
+                               "return cm.workflow {\n"
+                               "  name = 'x' version = 1, start = 'a',\n"
+                               "  states = { a = { final = true } },\n"
+                               "}\n",
+                               1);
+    expect_problem(f, 0, 3, "'}' expected");
     assert_string_equal(strchr(report, '\n'), "\n"); /* one line, no traceback */
-    free(report);
 }
 
 static void test_load_time_errors_are_one_problem(void **state)
 {
     fx *f = *state;
-    const char *records = write_file(f, "records.lua",
-                                     "local cm = require 'caremesh'\n"
-                                     "local p = cm.patient.get('pat-1')\n"
-                                     "return cm.workflow { name = 'x', version = 1, start = 'a',\n"
-                                     "  states = { a = { final = true } } }\n");
-    const char *plain = write_file(f, "plain.lua", "return 42\n");
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(records, &report, &err), 1);
-    expect_problem(report, 0, records, 2, "records are not available while checking");
+    const char *report = check(f, "records.lua",
+                               "local cm = require 'caremesh'\n"
+                               "local p = cm.patient.get('pat-1')\n"
+                               "return cm.workflow { name = 'x', version = 1, start = 'a',\n"
+                               "  states = { a = { final = true } } }\n",
+                               1);
+    expect_problem(f, 0, 2, "records are not available while checking");
     assert_null(strstr(report, "traceback"));
-    free(report);
-    assert_int_equal(cm_lua_workflow_check(plain, &report, &err), 1);
-    expect_problem(report, 0, plain, 0, "the file must return cm.workflow { ... }");
-    free(report);
+    check(f, "plain.lua", "return 42\n", 1);
+    expect_problem(f, 0, 0, "the file must return cm.workflow { ... }");
 }
 
 static void test_check_never_runs_handlers(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "spin.lua",
-                                  "local cm = require 'caremesh'\n"
-                                  "return cm.workflow { name = 'spin', version = 1, start = 'a',\n"
-                                  "  states = {\n"
-                                  "    a = { enter = function(wf) while true do end end,\n"
-                                  "          exit = function(wf) error('ran exit') end,\n"
-                                  "          on = { go = { to = 'b', guard = function() error('ran "
-                                  "guard') end } } },\n"
-                                  "    b = { final = true },\n"
-                                  "  },\n"
-                                  "}\n");
-    char *report = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_check(path, &report, &err), 0);
+    const char *report = check(f, "spin.lua",
+                               "local cm = require 'caremesh'\n"
+                               "return cm.workflow { name = 'spin', version = 1, start = 'a',\n"
+                               "  states = {\n"
+                               "    a = { enter = function(wf) while true do end end,\n"
+                               "          exit = function(wf) error('ran exit') end,\n"
+                               "          on = { go = { to = 'b', guard = function() error('ran "
+                               "guard') end } } },\n"
+                               "    b = { final = true },\n"
+                               "  },\n"
+                               "}\n",
+                               0);
     assert_string_equal(report, "");
-    free(report);
 }
 
 static void test_missing_file_is_an_error_naming_the_path(void **state)
@@ -291,11 +288,8 @@ static void test_missing_file_is_an_error_naming_the_path(void **state)
 static void test_graph_as_dot(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "referral.lua", CLEAN);
-    char *out = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_graph(path, false, &out, &err), 0);
-    assert_non_null(out);
+    write_file(f, "referral.lua", CLEAN);
+    const char *out = graph(f, false);
     assert_non_null(strstr(out, "digraph \"referral\" {\n    rankdir=LR;\n"));
     assert_non_null(strstr(out, "\"_start\" [shape=point, label=\"\"];"));
     assert_non_null(strstr(out, "\"_start\" -> \"requested\";"));
@@ -311,17 +305,13 @@ static void test_graph_as_dot(void **state)
     assert_non_null(strstr(out, "\"declined\" [shape=doublecircle];"));
     assert_non_null(strstr(out, "    \"escalated\";\n"));
     assert_string_equal(out + strlen(out) - 2, "}\n");
-    free(out);
 }
 
 static void test_graph_as_mermaid(void **state)
 {
     fx *f = *state;
-    const char *path = write_file(f, "referral.lua", CLEAN);
-    char *out = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_graph(path, true, &out, &err), 0);
-    assert_non_null(out);
+    write_file(f, "referral.lua", CLEAN);
+    const char *out = graph(f, true);
     assert_int_equal(strncmp(out, "stateDiagram-v2\n    [*] --> requested\n", 38), 0);
     assert_non_null(strstr(out, "\n    requested --> accepted : accepted\n"));
     assert_non_null(strstr(out, "\n    requested --> declined : declined (guard)\n"));
@@ -329,35 +319,29 @@ static void test_graph_as_mermaid(void **state)
     assert_non_null(strstr(out, "\n    accepted --> closed : consult_note\n"));
     assert_non_null(strstr(out, "\n    closed --> [*]\n"));
     assert_non_null(strstr(out, "\n    declined --> [*]\n"));
-    free(out);
 }
 
 static void test_graph_names_odd_states_and_enter_moves(void **state)
 {
     fx *f = *state;
-    const char *path =
-        write_file(f, "odd.lua",
-                   "local cm = require 'caremesh'\n"
-                   "return cm.workflow { name = 'odd', version = 1, start = 'a',\n"
-                   "  states = {\n"
-                   "    a = { enter = function(wf) if wf.ctx.skip then wf:go('b') end "
-                   "end,\n"
-                   "          on = { ['to.odd'] = 'the \"end\"' } },\n"
-                   "    b = { final = true },\n"
-                   "    ['the \"end\"'] = { final = true },\n"
-                   "  },\n"
-                   "}\n");
-    char *out = NULL;
-    cm_err err;
-    assert_int_equal(cm_lua_workflow_graph(path, false, &out, &err), 0);
+    write_file(f, "odd.lua",
+               "local cm = require 'caremesh'\n"
+               "return cm.workflow { name = 'odd', version = 1, start = 'a',\n"
+               "  states = {\n"
+               "    a = { enter = function(wf) if wf.ctx.skip then wf:go('b') end "
+               "end,\n"
+               "          on = { ['to.odd'] = 'the \"end\"' } },\n"
+               "    b = { final = true },\n"
+               "    ['the \"end\"'] = { final = true },\n"
+               "  },\n"
+               "}\n");
+    const char *out = graph(f, false);
     assert_non_null(strstr(out, "\"a\" -> \"b\" [label=\"(enter)\", style=dashed];"));
     assert_non_null(strstr(out, "\"a\" -> \"the \\\"end\\\"\" [label=\"to.odd\"];"));
-    free(out);
-    assert_int_equal(cm_lua_workflow_graph(path, true, &out, &err), 0);
+    out = graph(f, true);
     assert_non_null(strstr(out, "    state \"the 'end'\" as state_3\n"));
     assert_non_null(strstr(out, "    a --> state_3 : to.odd\n"));
     assert_non_null(strstr(out, "    a --> b : (enter)\n"));
-    free(out);
 }
 
 static void test_graph_refuses_a_broken_file(void **state)
