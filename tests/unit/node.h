@@ -1,13 +1,16 @@
 /*
 ** node.h -- a fresh node for C unit tests: a store in a private temporary
 ** directory, a virtual clock and the record model over them; removed by
-** teardown. Include after <cmocka.h>. Header-only.
+** teardown. Records made from JSON, counts read with SQL. Include after <cmocka.h>. Header-only.
 */
 #ifndef CM_TEST_NODE_H
 #define CM_TEST_NODE_H
 
 #include "model.h"
+#include "store.h"
 #include "support.h"
+
+#include <sqlite3.h>
 
 /* 2026-01-01T00:00:00Z, where the tests' virtual clocks start. */
 #define CM_TEST_EPOCH_MS 1767225600000LL
@@ -32,8 +35,9 @@ static inline void cm_test_node_free(cm_test_node *n)
     free(n);
 }
 
-/* NULL when any part could not be made. */
-static inline cm_test_node *cm_test_node_new(void)
+/* A node whose virtual clock starts at start_ms; NULL when any part could
+** not be made. */
+static inline cm_test_node *cm_test_node_new_at(int64_t start_ms)
 {
     cm_test_node *n = calloc(1, sizeof(*n));
     cm_store_opts o;
@@ -43,14 +47,19 @@ static inline cm_test_node *cm_test_node_new(void)
     cm_store_opts_init(&o);
     o.path = cm_test_path(n->dir, "caremesh.db");
     o.create = true;
-    if (cm_store_open(&n->store, &o, &err) != 0 ||
-        !(n->clock = cm_clock_new_virtual(CM_TEST_EPOCH_MS)) ||
+    if (cm_store_open(&n->store, &o, &err) != 0 || !(n->clock = cm_clock_new_virtual(start_ms)) ||
         !(n->model = cm_model_new(n->store, n->clock)))
         goto fail;
     return n;
 fail:
     cm_test_node_free(n);
     return NULL;
+}
+
+/* A node whose clock starts at CM_TEST_EPOCH_MS. */
+static inline cm_test_node *cm_test_node_new(void)
+{
+    return cm_test_node_new_at(CM_TEST_EPOCH_MS);
 }
 
 /* cmocka setup and teardown with a cm_test_node as the state. */
@@ -75,6 +84,18 @@ static inline void cm_test_node_create(cm_test_node *n, cm_kind kind, const char
     if (cm_model_create(n->model, kind, doc, NULL, &err) != 0)
         fail_msg("create %s: %s", json, err.msg);
     cJSON_Delete(doc);
+}
+
+/* The first column of the first row of sql in store (a count), or -1 for no row. */
+static inline long cm_test_count(cm_store *store, const char *sql)
+{
+    sqlite3_stmt *st;
+    long v = -1;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(store), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = (long)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
 }
 
 #endif

@@ -13,7 +13,7 @@
 #include "engine.h"
 #include "lhost.h"
 #include "lworkflow.h"
-#include "support.h"
+#include "node.h"
 
 #define HOUR (3600 * 1000LL)
 #define DAY  (24 * HOUR)
@@ -254,13 +254,7 @@ static void expect_state(fx *f, const char *id, const char *state, const char *s
 
 static long count(fx *f, const char *sql)
 {
-    sqlite3_stmt *st;
-    long n = -1;
-    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        n = (long)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
+    return cm_test_count(f->store, sql);
 }
 
 static void advance(fx *f, int64_t ms)

@@ -19,16 +19,13 @@
 #include "lplugin.h"
 #include "plugin.h"
 #include "sandbox.h"
-#include "support.h"
+#include "node.h"
 
 #define PLUGIN(name) CM_TEST_PLUGIN_DIR "/" name ".so"
 #define LUA_PLUGINS  CM_TEST_SOURCE_DIR "/plugins"
 
 typedef struct fx {
-    char *dir;
-    cm_store *store;
-    cm_clock *clock;
-    cm_model *model;
+    cm_test_node *n;
     cm_plugin_host *host;
     cm_sandbox *sb;
     cm_lua_host lh;
@@ -37,26 +34,18 @@ typedef struct fx {
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
-    cm_store_opts so;
     cm_err err;
-    f->dir = cm_test_tmpdir();
-    cm_store_opts_init(&so);
-    so.path = cm_test_path(f->dir, "caremesh.db");
-    so.create = true;
-    if (cm_store_open(&f->store, &so, &err) != 0)
+    if (!(f->n = cm_test_node_new_at(1767603600000LL)))
         return -1;
-    f->clock = cm_clock_new_virtual(1767603600000LL);
-    f->model = cm_model_new(f->store, f->clock);
-    cJSON *org = cJSON_Parse("{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
-    cm_model_create(f->model, CM_KIND_ORGANIZATION, org, NULL, &err);
-    cJSON_Delete(org);
+    cm_test_node_create(f->n, CM_KIND_ORGANIZATION,
+                        "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
     cm_sandbox_limits limits = {200000, 16 << 20};
-    f->host = cm_plugin_host_new(f->model, &err);
+    f->host = cm_plugin_host_new(f->n->model, &err);
     cm_plugin_spec spec = {"records", PLUGIN("records"), false, NULL};
     if (!f->host || cm_lua_plugins_enable(f->host, &limits, &err) != 0 ||
         cm_plugin_host_load(f->host, &spec, &err) != 0)
         return -1;
-    f->lh = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
+    f->lh = (cm_lua_host){f->n->store, f->n->model, f->n->clock, "test-node"};
     if (!(f->sb = cm_sandbox_new(NULL, &err)) ||
         cm_lua_host_set(cm_sandbox_state(f->sb), &f->lh, &err) != 0)
         return -1;
@@ -70,11 +59,7 @@ static int teardown(void **state)
     fx *f = *state;
     cm_sandbox_destroy(&f->sb);
     cm_plugin_host_destroy(&f->host);
-    cm_model_destroy(&f->model);
-    cm_store_close(&f->store);
-    cm_clock_destroy(&f->clock);
-    cm_test_rmtree(f->dir);
-    free(f->dir);
+    cm_test_node_free(f->n);
     free(f);
     return 0;
 }
@@ -136,7 +121,7 @@ static void test_a_module_belongs_to_one_plugin(void **state)
     char path[1024], out[2048] = "";
     char *argv[] = {"probe", NULL};
     assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), 0);
-    snprintf(path, sizeof(path), "%s/out.txt", f->dir);
+    snprintf(path, sizeof(path), "%s/out.txt", f->n->dir);
     fflush(stdout);
     int saved = dup(1), fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
     dup2(fd, 1);
@@ -170,13 +155,7 @@ static void test_unloaded_functions_fail_and_a_reload_brings_them_back(void **st
 
 static long count(fx *f, const char *sql)
 {
-    sqlite3_stmt *st;
-    long n = -1;
-    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        n = (long)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
+    return cm_test_count(f->n->store, sql);
 }
 
 #define PUT_PAT1                                                                                   \
@@ -188,19 +167,19 @@ static void test_writes_join_the_callers_transaction(void **state)
     fx *f = *state;
     cm_err err;
     /* a workflow step: the engine's transaction; the step fails, nothing stays */
-    assert_int_equal(cm_store_begin(f->store, &err), 0);
+    assert_int_equal(cm_store_begin(f->n->store, &err), 0);
     run_ok(f, PUT_PAT1);
     assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'pat-1'"), 1);
     run_fails(f,
               "require 'records'.put('patient', { id = 'pat-2', name = { family = 'X' }, "
               "birthDate = 'soon', gender = 'male' })",
               "records.put: patient.birthDate:");
-    cm_store_rollback(f->store);
+    cm_store_rollback(f->n->store);
     assert_int_equal(count(f, "SELECT count(*) FROM record WHERE kind = 'patient'"), 0);
     assert_int_equal(count(f, "SELECT count(*) FROM audit"), 0);
     /* on its own it commits, audited; a find reads it back, audited */
     run_ok(f, PUT_PAT1);
-    assert_false(cm_store_in_tx(f->store));
+    assert_false(cm_store_in_tx(f->n->store));
     run_ok(f, "local found = require 'records'.find('patient', { gender = 'female' })\n"
               "assert(#found == 1 and found[1].id == 'pat-1')");
     assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE actor = 'plugin:records' AND "
@@ -268,7 +247,7 @@ static void test_a_lua_channel_delivers_refuses_raises_and_is_stopped(void **sta
     int sent = -1;
     load_lua(f, "luaprobe", LUA_PLUGINS "/lua_probe", NULL);
     assert_int_equal(
-        cm_store_exec(f->store,
+        cm_store_exec(f->n->store,
                       "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
                       " ('pager', 'dr-1', 'bed 4', '{}', 'x'),"
                       " ('pager', 'dr-2', 'bed 5', '{\"fail\":true}', 'x'),"
@@ -276,7 +255,7 @@ static void test_a_lua_channel_delivers_refuses_raises_and_is_stopped(void **sta
                       " ('pager', 'dr-4', 'bed 7', '{\"spin\":true}', 'x')",
                       &err),
         0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 1);
     assert_int_equal(count(f, "SELECT count(*) FROM notification WHERE status = 'sent' AND "
                               "recipient = 'dr-1'"),
@@ -331,14 +310,14 @@ static void test_phone_tasks_turns_notifications_into_calls_once(void **state)
     run_ok(f, "require 'records'.put('patient', { id = 'pat-1', name = { family = 'Ngata' },\n"
               "  birthDate = '1971-04-02', gender = 'female' })");
     assert_int_equal(
-        cm_store_exec(f->store,
+        cm_store_exec(f->n->store,
                       "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
                       " ('phone', 'pat-1', 'Your referral is booked: 3 May, 10:00', "
                       "'{\"priority\":\"urgent\"}', 'x'),"
                       " ('phone', 'dr-osei', 'Please call the clinic about pat-1', '{}', 'x')",
                       &err),
         0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 2);
     run_ok(f, "local cm = require 'caremesh'\n"
               "local t = cm.task.get('call-1')\n"
@@ -349,10 +328,11 @@ static void test_phone_tasks_turns_notifications_into_calls_once(void **state)
               "assert(t2.patient == nil and t2.title == 'Call dr-osei', t2.title)\n"
               "assert(require 'phone_tasks'.waiting('pat-1') == 1)\n");
     /* delivered again (the host could not record the success): still one task, untouched */
-    assert_int_equal(
-        cm_store_exec(f->store, "UPDATE notification SET status = 'pending' WHERE seq = 1", &err),
-        0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_store_exec(f->n->store,
+                                   "UPDATE notification SET status = 'pending' WHERE seq = 1",
+                                   &err),
+                     0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 1);
     assert_int_equal(count(f, "SELECT count(*) FROM record WHERE kind = 'task'"), 2);
     assert_int_equal(count(f, "SELECT max(version) FROM record WHERE id = 'call-1'"), 1);

@@ -12,7 +12,7 @@
 #include "clock.h"
 #include "model.h"
 #include "store.h"
-#include "support.h"
+#include "node.h"
 
 typedef struct fx {
     char *dir; /* private temp directory, removed by teardown */
@@ -83,14 +83,8 @@ static const char *meta_at(const cJSON *rec, const char *name)
 static long count_rows(fx *f, const char *table)
 {
     char sql[128];
-    sqlite3_stmt *st = NULL;
-    long n = -1;
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
-    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        n = (long)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
+    return cm_test_count(f->store, sql);
 }
 
 /* Rows in the three record tables, to prove a refused write changed nothing. */

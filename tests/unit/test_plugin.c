@@ -15,35 +15,24 @@
 #include "audit.h"
 #include "caremesh/plugin.h"
 #include "plugin.h"
-#include "support.h"
+#include "node.h"
 
 #define PLUGIN(name) CM_TEST_PLUGIN_DIR "/" name ".so"
 
 typedef struct fx {
-    char *dir;
-    cm_store *store;
-    cm_clock *clock;
-    cm_model *model;
+    cm_test_node *n;
     cm_plugin_host *host;
 } fx;
 
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
-    cm_store_opts so;
     cm_err err;
-    f->dir = cm_test_tmpdir();
-    cm_store_opts_init(&so);
-    so.path = cm_test_path(f->dir, "caremesh.db");
-    so.create = true;
-    if (cm_store_open(&f->store, &so, &err) != 0)
+    if (!(f->n = cm_test_node_new_at(1767603600000LL)))
         return -1;
-    f->clock = cm_clock_new_virtual(1767603600000LL);
-    f->model = cm_model_new(f->store, f->clock);
-    cJSON *org = cJSON_Parse("{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
-    cm_model_create(f->model, CM_KIND_ORGANIZATION, org, NULL, &err);
-    cJSON_Delete(org);
-    f->host = cm_plugin_host_new(f->model, &err);
+    cm_test_node_create(f->n, CM_KIND_ORGANIZATION,
+                        "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
+    f->host = cm_plugin_host_new(f->n->model, &err);
     *state = f;
     return f->host ? 0 : -1;
 }
@@ -52,11 +41,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     cm_plugin_host_destroy(&f->host);
-    cm_model_destroy(&f->model);
-    cm_store_close(&f->store);
-    cm_clock_destroy(&f->clock);
-    cm_test_rmtree(f->dir);
-    free(f->dir);
+    cm_test_node_free(f->n);
     free(f);
     return 0;
 }
@@ -65,7 +50,7 @@ static int teardown(void **state)
 static int run_command(fx *f, int argc, char **argv, char *out, size_t outsz, bool *found)
 {
     char path[1024];
-    snprintf(path, sizeof(path), "%s/out.txt", f->dir);
+    snprintf(path, sizeof(path), "%s/out.txt", f->n->dir);
     fflush(stdout);
     int saved = dup(1), fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
     dup2(fd, 1);
@@ -116,7 +101,7 @@ static void test_bad_plugins_are_refused_and_leave_nothing(void **state)
     expect_refused(f, "other", PLUGIN("probe"), CM_EINVAL, "the file is plugin \"probe\"");
     expect_refused(f, "bad name!", PLUGIN("probe"), CM_EINVAL, "plugin name");
     char notso[1024];
-    snprintf(notso, sizeof(notso), "%s/fake.so", f->dir);
+    snprintf(notso, sizeof(notso), "%s/fake.so", f->n->dir);
     cm_test_write(notso, "not an ELF file", 15);
     expect_refused(f, "probe", notso, CM_EINVAL, "cannot load");
 }
@@ -183,13 +168,7 @@ static void test_optional_plugins_do_not_stop_the_rest(void **state)
 
 static long count_where(fx *f, const char *sql)
 {
-    sqlite3_stmt *st;
-    long n = -1;
-    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store), sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        n = (long)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
+    return cm_test_count(f->n->store, sql);
 }
 
 static void test_notify_spool_writes_durable_files_and_retries(void **state)
@@ -198,7 +177,7 @@ static void test_notify_spool_writes_durable_files_and_retries(void **state)
     char spool[900], text[1100], file[1200];
     cm_err err;
     int sent = -1;
-    snprintf(spool, sizeof(spool), "%s/spool", f->dir);
+    snprintf(spool, sizeof(spool), "%s/spool", f->n->dir);
     snprintf(text, sizeof(text), "{\"dir\":\"%s\",\"channels\":[\"sms\",\"email\"]}", spool);
     cJSON *cfg = cJSON_Parse(text);
     cm_plugin_spec spec = {"notify_spool", CM_SHIPPED_PLUGIN_DIR "/notify_spool.so", false, cfg};
@@ -208,13 +187,13 @@ static void test_notify_spool_writes_durable_files_and_retries(void **state)
     assert_int_equal(mkdir(spool, 0700), 0);
     assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), 0);
     assert_int_equal(
-        cm_store_exec(f->store,
+        cm_store_exec(f->n->store,
                       "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
                       " ('sms', 'pat-1', 'Your \"cardiology\" visit: call us', '{\"k\":1}', 'x'),"
                       " ('pager', 'dr-1', 'nobody serves this channel', '{}', 'x')",
                       &err),
         0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 1);
     snprintf(file, sizeof(file), "%s/00000001-sms.json", spool);
     char *json = NULL;
@@ -240,39 +219,39 @@ static void test_notify_spool_writes_durable_files_and_retries(void **state)
     /* the spool goes away: the delivery fails, is kept and retried after a backoff */
     cm_test_rmtree(spool);
     assert_int_equal(
-        cm_store_exec(f->store,
+        cm_store_exec(f->n->store,
                       "INSERT INTO notification(channel, recipient, message, data, created) "
                       "VALUES ('email', 'pat-2', 'Flu shots are here', '{}', 'x')",
                       &err),
         0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 0);
     assert_int_equal(count_where(f, "SELECT attempts FROM notification WHERE channel = 'email' "
                                     "AND status = 'pending' AND error LIKE '%spool%'"),
                      1);
     assert_int_equal(mkdir(spool, 0700), 0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 0); /* not due yet */
-    cm_clock_advance(f->clock, 6000);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    cm_clock_advance(f->n->clock, 6000);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 1);
     snprintf(file, sizeof(file), "%s/00000003-email.json", spool);
     assert_int_equal(access(file, R_OK), 0);
     /* rows of a channel nobody serves never hold the others up; a row written
     ** around the engine with data that is not JSON is parked, not handed on */
     for (int i = 0; i < 70; i++)
-        cm_store_exec(f->store,
+        cm_store_exec(f->n->store,
                       "INSERT INTO notification(channel, recipient, message, data, created) "
                       "VALUES ('SMS', 'pat-9', 'typo channel', '{}', 'x')",
                       &err);
     assert_int_equal(
-        cm_store_exec(f->store,
+        cm_store_exec(f->n->store,
                       "INSERT INTO notification(channel, recipient, message, data, created) VALUES"
                       " ('sms', 'pat-3', 'bad data', 'not json', 'x'),"
                       " ('sms', 'pat-4', 'after the typos', '{}', 'x')",
                       &err),
         0);
-    assert_int_equal(cm_plugin_host_deliver(f->host, f->store, f->clock, 10, &sent, &err), 0);
+    assert_int_equal(cm_plugin_host_deliver(f->host, f->n->store, f->n->clock, 10, &sent, &err), 0);
     assert_int_equal(sent, 1);
     assert_int_equal(count_where(f, "SELECT count(*) FROM notification WHERE recipient = 'pat-4' "
                                     "AND status = 'sent'"),
@@ -353,7 +332,7 @@ static void test_record_put_creates_replaces_and_audits(void **state)
                 "\"birthDate\":\"1971-04-02\",\"gender\":\"female\"}",
                 NULL),
         0);
-    assert_int_equal(cm_model_get(f->model, CM_KIND_PATIENT, "pat-1", &rec, &err), 0);
+    assert_int_equal(cm_model_get(f->n->model, CM_KIND_PATIENT, "pat-1", &rec, &err), 0);
     assert_null(cJSON_GetObjectItem(rec, "phone"));
     assert_null(cJSON_GetObjectItem(rec, "conditions"));
     assert_string_equal(
@@ -381,7 +360,7 @@ static void test_record_put_creates_replaces_and_audits(void **state)
                      0);
     assert_int_equal(audits(f, "patient.write", "pat-1"), 3);
     assert_int_equal(count_where(f, "SELECT count(*) FROM audit"), 3);
-    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
+    assert_int_equal(cm_audit_verify(f->n->store, &entries, &err), 0);
     assert_int_equal(entries, 3);
 }
 
@@ -498,7 +477,7 @@ static void test_transactions_are_all_or_nothing(void **state)
     assert_int_equal(count_where(f, "SELECT count(*) FROM record"), recs);
     /* left open when the call returns: the host rolls it back */
     assert_int_equal(records(f, out, sizeof(out), "leave-open", "patient", PAT1, NULL), 0);
-    assert_false(cm_store_in_tx(f->store));
+    assert_false(cm_store_in_tx(f->n->store));
     assert_int_equal(count_where(f, "SELECT count(*) FROM record"), recs);
     assert_int_equal(count_where(f, "SELECT count(*) FROM audit"), 0);
     /* nested begin refused; commit with none open refused */
@@ -506,7 +485,7 @@ static void test_transactions_are_all_or_nothing(void **state)
     expect_output(out, "refused: a transaction is already open: tx_begin does not nest");
     assert_int_equal(records(f, out, sizeof(out), "commit-none", NULL), 1);
     expect_output(out, "tx_commit: no transaction is open");
-    assert_false(cm_store_in_tx(f->store));
+    assert_false(cm_store_in_tx(f->n->store));
     /* a good batch commits every record */
     assert_int_equal(records(f, out, sizeof(out), "batch", "patient", PAT1, PAT2, NULL), 0);
     assert_int_equal(count_where(f, "SELECT count(*) FROM record"), recs + 2);
@@ -515,12 +494,12 @@ static void test_transactions_are_all_or_nothing(void **state)
     /* inside a transaction the caller holds (a workflow step calling a plugin's
     ** Lua function): the plugin's transaction is a savepoint, undone alone */
     cm_err err;
-    assert_int_equal(cm_store_begin(f->store, &err), 0);
+    assert_int_equal(cm_store_begin(f->n->store, &err), 0);
     assert_int_equal(records(f, out, sizeof(out), "put", "patient", PAT3, NULL), 0);
     assert_int_equal(records(f, out, sizeof(out), "batch", "patient", PAT1, "{\"id\":7}", NULL), 1);
     assert_int_equal(records(f, out, sizeof(out), "leave-open", "patient", PAT1, NULL), 0);
-    assert_true(cm_store_in_tx(f->store));
-    assert_int_equal(cm_store_commit(f->store, &err), 0);
+    assert_true(cm_store_in_tx(f->n->store));
+    assert_int_equal(cm_store_commit(f->n->store, &err), 0);
     assert_int_equal(count_where(f, "SELECT count(*) FROM record"), recs + 3);
     assert_int_equal(
         count_where(f, "SELECT count(*) FROM record WHERE id = 'pat-1' AND version = 2"), 0);
@@ -536,7 +515,7 @@ static void test_reads_in_an_undone_transaction_stay_audited(void **state)
     assert_int_equal(records(f, out, sizeof(out), "put", "patient", PAT1, NULL), 0);
     assert_int_equal(records(f, out, sizeof(out), "read-rollback", "patient", "pat-1", NULL), 0);
     assert_int_equal(audits(f, "patient.read", "pat-1"), 1);
-    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
+    assert_int_equal(cm_audit_verify(f->n->store, &entries, &err), 0);
     assert_int_equal(entries, 2);
 }
 
@@ -548,7 +527,7 @@ static void test_instances_filter_and_page(void **state)
     load_records(f);
     assert_int_equal(
         cm_store_exec(
-            f->store,
+            f->n->store,
             "INSERT INTO workflow_def(name, rev, version, origin, source, loaded_at) VALUES"
             " ('referral', 1, 3, 'referral.lua', '', 'x'), ('outreach', 1, 7, 'o.lua', '', 'x');"
             "INSERT INTO instance(id, workflow, rev, state, status, input, ctx, created, updated)"
