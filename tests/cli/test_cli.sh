@@ -7,27 +7,8 @@ set -uo pipefail
 bin=$1
 template_so=$2
 spool_so=$3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok()   { passed=$((passed + 1)); }
-bad()  { failed=$((failed + 1)); echo "FAIL: $*"; }
-# expect CODE NAME -- CMD...: run CMD, check its exit code, keep output in $out.
-expect() {
-  local want=$1 name=$2; shift 3
-  out=$("$@" 2>&1); local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "$name: exit $got, want $want; output: $out"; fi
-}
-# has NAME TEXT: $out must contain TEXT.
-has() { if grep -qF -- "$2" <<<"$out"; then ok; else bad "$1: output lacks '$2': $out"; fi; }
+. "$(dirname "$0")/../lib/check.sh"
 mode() { stat -c %a "$1"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
-# wait_for FILE TEXT: poll (bounded, 10 s) until FILE contains TEXT.
-wait_for() {
-  for _ in $(seq 1 200); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
 
 # ---- help and usage ----
 expect 0 version -- "$bin" version;               has version "caremesh 0."
@@ -284,5 +265,4 @@ rm -rf "$d/workflows"
 same "serve without a node" "$rc" 1
 if jq -e 'select(.level == "error") | .msg | test("caremesh init")' "$tmp/serve-fail.log" >/dev/null; then ok; else bad "serve failure not logged as JSON error: $(cat "$tmp/serve-fail.log")"; fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done

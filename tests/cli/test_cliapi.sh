@@ -11,17 +11,13 @@
 set -uo pipefail
 bin=$1
 wrap=${CM_WRAP:-}
-tmp=$(mktemp -d)
+. "$(dirname "$0")/../lib/check.sh"
 pid=
 cleanup() {
   [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
 # cm WANT NAME -- ARGS...: run caremesh ARGS; check the exit code; $out (stdout), $err (stderr)
 cm() {
   local want=$1 name=$2; shift 3
@@ -422,5 +418,4 @@ cm 1 "org list, node down" -- org list --data "$d"; has "org list down" "node no
 cm 0 "peers, node stopped: the database" -- peers --data "$d"; has "peers stopped fallback" "reading $d directly" "$err"
 if grep -qF -- "${admin:21}" "$tmp/log"; then bad "a token is in the log"; else ok; fi
 
-echo "test_cliapi: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done test_cliapi

@@ -6,13 +6,7 @@
 # usage: test_packaging.sh CAREMESH SOURCE-DIR
 set -uo pipefail
 bin=$1 src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
-has() { if grep -qF -- "$2" <<<"$3"; then ok; else bad "$1: lacks '$2' in: ${3:0:400}"; fi; }
+. "$(dirname "$0")/../lib/check.sh"
 
 conf=$src/packaging/caremesh.conf
 out=$("$bin" config check "$conf" 2>&1); same "sample config loads" "$?:$out" "0:$conf: ok"
@@ -45,5 +39,4 @@ sed 's/^PrivateTmp=yes/PrivateTemp=yes/' "$tmp/caremesh.service" >"$tmp/typo.ser
 out=$(systemd-analyze verify "$tmp/typo.service" 2>&1)
 has "systemd-analyze catches a misspelt key" "Unknown key 'PrivateTemp'" "$out"
 
-echo "test_packaging: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done test_packaging

@@ -6,19 +6,7 @@
 set -uo pipefail
 bin=$1
 records_so=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok()   { passed=$((passed + 1)); }
-bad()  { failed=$((failed + 1)); echo "FAIL: $*"; }
-expect() {
-  local want=$1 name=$2; shift 3
-  out=$("$@" 2>&1); local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "$name: exit $got, want $want; output: $out"; fi
-}
-has() { if grep -qF -- "$2" <<<"$out"; then ok; else bad "$1: output lacks '$2': $out"; fi; }
-lacks() { if grep -qF -- "$2" <<<"$out"; then bad "$1: output has '$2': $out"; else ok; fi; }
+. "$(dirname "$0")/../lib/check.sh"
 
 d=$tmp/node
 expect 0 init -- "$bin" init --data "$d" --node-id clinic-a
@@ -92,5 +80,4 @@ has "workflow test without plugins" "module 'records' not found"
 expect 1 "workflow test with a missing config" -- "$bin" workflow test --config "$tmp/none.conf" "$tmp/test_enrol.lua"
 has "workflow test with a missing config" "none.conf"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done

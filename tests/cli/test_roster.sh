@@ -8,21 +8,7 @@
 set -uo pipefail
 bin=$1
 so=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok()   { passed=$((passed + 1)); }
-bad()  { failed=$((failed + 1)); echo "FAIL: $*"; }
-# expect CODE NAME -- CMD...: run CMD, check its exit code, keep stdout+stderr in $out.
-expect() {
-  local want=$1 name=$2; shift 3
-  out=$("$@" 2>&1); local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "$name: exit $got, want $want; output: $out"; fi
-}
-has()  { if grep -qF -- "$2" <<<"$out"; then ok; else bad "$1: output lacks '$2': $out"; fi; }
-lacks() { if grep -qF -- "$2" <<<"$out"; then bad "$1: output has '$2': $out"; else ok; fi; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+. "$(dirname "$0")/../lib/check.sh"
 
 d=$tmp/node
 "$bin" init --data "$d" --node-id clinic-a >/dev/null || { echo "FAIL: init"; exit 1; }
@@ -223,5 +209,4 @@ has "progress at 20000" "roster import: 20000 rows read"
 has "large summary" "20001 rows: 20001 created"
 same "large file written" "$(count)" 20006
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done

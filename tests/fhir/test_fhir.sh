@@ -16,22 +16,7 @@ validator=$4
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bundle=$here/clinic_bundle.json
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok()   { passed=$((passed + 1)); }
-bad()  { failed=$((failed + 1)); echo "FAIL: $*"; }
-# expect CODE NAME -- CMD...: run CMD, check its exit code, keep its output in $out.
-expect() {
-  local want=$1 name=$2; shift 3
-  out=$("$@" 2>&1); local got=$?
-  if [ "$got" -eq "$want" ]; then ok; else bad "$name: exit $got, want $want; output: $out"; fi
-}
-# has NAME TEXT / lacks NAME TEXT: $out must (not) contain TEXT.
-has()   { if grep -qF -- "$2" <<<"$out"; then ok; else bad "$1: output lacks '$2': $out"; fi; }
-lacks() { if grep -qF -- "$2" <<<"$out"; then bad "$1: output has '$2': $out"; else ok; fi; }
-same()  { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+. "$(dirname "$0")/../lib/check.sh"
 sql()   { sqlite3 "$1/caremesh.db" "$2"; }
 # A fingerprint of what a node's records hold and its audited writes: changes
 # with any write (reads of patients the import resolved are audited, rightly).
@@ -248,5 +233,4 @@ same "big bundle: written" "$(sql "$a" "SELECT count(*) FROM record")" "$((befor
 jq '.entry[1700].resource.birthDate = "1990-02-31"' "$tmp/big.json" >"$tmp/big-bad.json"
 refuse "big bundle with one bad entry" "$(cat "$tmp/big-bad.json")" 'entry[1700].resource.birthDate: "1990-02-31" is not a date'
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done

@@ -5,6 +5,34 @@
 # "sink" is started by every "test.note" message (one instance each) and
 # counts it as the KPI notes_received, which the partnership lists: B shares
 # its directory (cardio, its provider, its service) and that indicator with A.
+# Also what both tests use to set up their nodes (the caremesh binary in $bin).
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pubkey() { "$bin" node info --data "$1" | sed -n 's/^public key: //p'; }
+sql() { sqlite3 "$1" ".timeout 10000" "$2"; }
+# configure DIR PORT PEER_ID PEER_PORT PEER_KEY
+configure() {
+  sed -i '$d' "$1/caremesh.conf"
+  cat >>"$1/caremesh.conf" <<CONF
+  federation = {
+    listen = "tcp://127.0.0.1:$2",
+    peers = { { id = "$3", endpoint = "tcp://127.0.0.1:$4", public_key = "$5" } },
+  },
+  api = { listen = "127.0.0.1:0" }, -- a port of its own: tests run side by side
+}
+CONF
+}
+# fed_pair DIR_A DIR_B: nodes node-a and node-b, each the other's peer on a
+# free loopback port; sets ka kb (their public keys) and pa pb (their ports).
+fed_pair() {
+  "$bin" init --data "$1" --node-id node-a >/dev/null
+  "$bin" init --data "$2" --node-id node-b >/dev/null
+  ka=$(pubkey "$1") kb=$(pubkey "$2")
+  pa=$(free_port) pb=$(free_port)
+  configure "$1" "$pa" node-b "$pb" "$kb"
+  configure "$2" "$pb" node-a "$pa" "$ka"
+}
+
 # fed_world BIN DIR_A NODE_A DIR_B NODE_B
 fed_world() {
   local bin=$1 a=$2 na=$3 b=$4 nb=$5 dir

@@ -7,24 +7,15 @@
 set -uo pipefail
 bin=$1
 wrap=${CM_WRAP:-}
-tmp=$(mktemp -d)
+. "$(dirname "$0")/../lib/check.sh"
+wait_limit_s=30
 pid=
 cleanup() {
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-passed=0 failed=0
 loaders=()
-ok()  { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
-has() { if grep -qF -- "$2" <<<"$3"; then ok; else bad "$1: lacks '$2' in: ${3:0:600}"; fi; }
-# wait_for FILE TEXT: poll (bounded, 30 s) until FILE contains TEXT.
-wait_for() {
-  for _ in $(seq 1 600); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
 
 d=$tmp/node
 "$bin" init --data "$d" --node-id api-node >/dev/null || { echo "FAIL: init"; exit 1; }
@@ -435,5 +426,4 @@ sed -i 's/0.0.0.0:0/localhost:7600/' "$e/caremesh.conf"
 out=$("$bin" serve --data "$e" 2>&1); rc=$?
 same "bad listen exit" $rc 1; has "bad listen" "api.listen" "$out"
 
-echo "test_api: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done test_api

@@ -12,35 +12,13 @@
 # usage: test_fed.sh CAREMESH FEDPROBE
 set -uo pipefail
 bin=$1 probe=$2
-tmp=$(mktemp -d)
+. "$(dirname "$0")/../lib/check.sh"
+. "$(dirname "$0")/fed_world.sh"
+wait_limit_s=20
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
-# wait_for FILE TEXT: poll (bounded, 20 s) until FILE contains TEXT.
-wait_for() {
-  for _ in $(seq 1 400); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
 check() { if wait_for "$1" "$2"; then ok; else bad "$3: $1 lacks '$2': $(tail -5 "$1")"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pubkey() { "$bin" node info --data "$1" | sed -n 's/^public key: //p'; }
-sql() { sqlite3 "$1" ".timeout 10000" "$2"; }
-# configure DIR PORT PEER_ID PEER_PORT PEER_KEY
-configure() {
-  sed -i '$d' "$1/caremesh.conf"
-  cat >>"$1/caremesh.conf" <<CONF
-  federation = {
-    listen = "tcp://127.0.0.1:$2",
-    peers = { { id = "$3", endpoint = "tcp://127.0.0.1:$4", public_key = "$5" } },
-  },
-  api = { listen = "127.0.0.1:0" }, -- a port of its own: tests run side by side
-}
-CONF
-}
 serve() { # DIR LOG: start serve in the background (under $CM_WRAP, e.g. valgrind); pid in $spid
   ${CM_WRAP:-} "$bin" serve --data "$1" 2>>"$2" &
   spid=$!; pids+=("$spid")
@@ -48,17 +26,12 @@ serve() { # DIR LOG: start serve in the background (under $CM_WRAP, e.g. valgrin
 stop() { # PID NAME: SIGTERM, must exit 0
   kill -TERM "$1"; wait "$1"; same "$2 exits cleanly" "$?" 0
 }
-. "$(dirname "$0")/fed_world.sh"
 queue() { fed_queue "$1/caremesh.db" "$2" "$4" "$3"; } # DIR ORG KIND N
 
 a=$tmp/a b=$tmp/b c=$tmp/c
-"$bin" init --data "$a" --node-id node-a >/dev/null
-"$bin" init --data "$b" --node-id node-b >/dev/null
+fed_pair "$a" "$b"
 "$bin" init --data "$c" --node-id node-c >/dev/null
-ka=$(pubkey "$a") kb=$(pubkey "$b") kc=$(pubkey "$c")
-pa=$(free_port) pb=$(free_port) pc=$(free_port)
-configure "$a" "$pa" node-b "$pb" "$kb"
-configure "$b" "$pb" node-a "$pa" "$ka"
+kc=$(pubkey "$c") pc=$(free_port)
 configure "$c" "$pc" node-b "$pb" "$kb" # node-b does not know node-c's key
 same "node info prints the configured endpoint" \
   "$("$bin" node info --data "$a" | sed -n 's/^endpoint: *//p')" "tcp://127.0.0.1:$pa"
@@ -216,5 +189,4 @@ for f in "$tmp"/*.log; do
     if [ ${#sk} -eq 40 ] && ! grep -qF -- "$sk" "$f"; then ok; else bad "secret key of $k in $f (or unreadable)"; fi
   done
 done
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done

@@ -15,7 +15,8 @@
 set -uo pipefail
 bin=$1
 total=10000
-tmp=$(mktemp -d)
+. "$(dirname "$0")/../lib/check.sh"
+. "$(dirname "$0")/fed_world.sh"
 apid="" bpid=""
 cleanup() {
   for p in $apid $bpid; do kill -KILL "$p" 2>/dev/null; done
@@ -23,25 +24,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-pubkey() { "$bin" node info --data "$1" | sed -n 's/^public key: //p'; }
-sql() { sqlite3 "$1" ".timeout 10000" "$2"; }
-# configure DIR PORT PEER_ID PEER_PORT PEER_KEY
-configure() {
-  sed -i '$d' "$1/caremesh.conf"
-  cat >>"$1/caremesh.conf" <<CONF
-  federation = {
-    listen = "tcp://127.0.0.1:$2",
-    peers = { { id = "$3", endpoint = "tcp://127.0.0.1:$4", public_key = "$5" } },
-  },
-  api = { listen = "127.0.0.1:0" }, -- a port of its own: tests run side by side
-}
-CONF
-}
 runs_a=0 runs_b=0
 # serve NAME: start node NAME (a or b) with a fresh log file for this run and
 # wait (bounded, 20 s) until it is serving; a start that fails (e.g. the port
@@ -73,13 +55,7 @@ inbox_count() { sql "$tmp/b/caremesh.db" "SELECT count(*) FROM inbox"; }
 pending() { sql "$tmp/a/caremesh.db" "SELECT count(*) FROM outbox WHERE status = 'pending'"; }
 
 a=$tmp/a b=$tmp/b
-"$bin" init --data "$a" --node-id node-a >/dev/null
-"$bin" init --data "$b" --node-id node-b >/dev/null
-ka=$(pubkey "$a") kb=$(pubkey "$b")
-pa=$(free_port) pb=$(free_port)
-configure "$a" "$pa" node-b "$pb" "$kb"
-configure "$b" "$pb" node-a "$pa" "$ka"
-. "$(dirname "$0")/fed_world.sh"
+fed_pair "$a" "$b"
 fed_world "$bin" "$a" node-a "$b" node-b || bad "creating organizations and the sink workflow"
 
 serve a || exit 1
@@ -181,5 +157,4 @@ for f in "$tmp"/a.*.log "$tmp"/b.*.log; do
   # a kill -9 can cut a run's last line short; everything before it is JSON
   if head -n -1 "$f" | jq -e . >/dev/null 2>&1; then ok; else bad "$f is not JSON lines"; fi
 done
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done

@@ -9,23 +9,14 @@
 set -uo pipefail
 bin=$(realpath "$1")
 wrap=${CM_WRAP:-}
-tmp=$(mktemp -d)
+. "$(dirname "$0")/../lib/check.sh"
+wait_limit_s=60
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-passed=0 failed=0
-ok()  { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
-has() { if grep -qF -- "$2" <<<"$3"; then ok; else bad "$1: lacks '$2' in: ${3:0:600}"; fi; }
-# wait_for FILE TEXT: poll (bounded, 60 s) until FILE contains TEXT.
-wait_for() {
-  for _ in $(seq 1 1200); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
 # wait_lines FILE N: poll (bounded, 60 s) until FILE has N lines.
 wait_lines() {
   for _ in $(seq 1 1200); do [ "$(wc -l <"$1" 2>/dev/null || echo 0)" -ge "$2" ] && return 0; sleep 0.05; done
@@ -252,5 +243,4 @@ kill -TERM "$pid"; wait "$pid"
 "$bin" serve --data "$tmp/typo" --listen 127.0.0.1:0 2>"$tmp/err"; same "an explicit missing --data is not made" $? 1
 [ -e "$tmp/typo" ] && bad "serve made an explicit --data directory" || ok
 
-echo "test_ops: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check_done test_ops
