@@ -732,6 +732,16 @@ static cJSON *body_of_opt(const opts *o, const char *name)
     return body;
 }
 
+/* Print doc (taken) as one line of JSON. */
+static void print_json(cJSON *doc)
+{
+    char *text = cJSON_PrintUnformatted(doc);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    cJSON_Delete(doc);
+}
+
 /* ---- lists: paging and tables ------------------------------------------- */
 
 /* GET path?query, following next_cursor until the end or o->limit items.
@@ -990,11 +1000,7 @@ static int run_list(client *c, const list_def *l)
         if (l->paged)
             next ? cJSON_AddStringToObject(doc, "next_cursor", next)
                  : cJSON_AddNullToObject(doc, "next_cursor");
-        char *text = cJSON_PrintUnformatted(doc);
-        if (text)
-            printf("%s\n", text);
-        free(text);
-        cJSON_Delete(doc);
+        print_json(doc);
     } else {
         if (cJSON_GetArraySize(items) == 0)
             printf("no %s\n", l->noun);
@@ -1736,11 +1742,7 @@ static int cmd_status(int argc, char **argv)
         cJSON_AddNumberToObject(doc, "failed_events", cJSON_GetArraySize(fl));
         cJSON_AddBoolToObject(doc, "failed_events_more", more_failed);
         health = ready = wfs = peers = NULL;
-        char *text = cJSON_PrintUnformatted(doc);
-        if (text)
-            printf("%s\n", text);
-        free(text);
-        cJSON_Delete(doc);
+        print_json(doc);
     } else {
         printf("node       %s: %s, %s\n", cm_httpc_address(c.http),
                hs == 200 ? "healthy" : "unhealthy", rs == 200 ? "ready" : "not ready");

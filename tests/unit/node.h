@@ -86,6 +86,17 @@ static inline void cm_test_node_create(cm_test_node *n, cm_kind kind, const char
     cJSON_Delete(doc);
 }
 
+/* The plugin tests' node: its clock at 2026-01-05T09:00Z, organization
+** "clinic-a" made; NULL when it could not be made. */
+static inline cm_test_node *cm_test_node_with_clinic(void)
+{
+    cm_test_node *n = cm_test_node_new_at(1767603600000LL);
+    if (n)
+        cm_test_node_create(n, CM_KIND_ORGANIZATION,
+                            "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
+    return n;
+}
+
 /* The first column of the first row of sql in store (a count), or -1 for no row. */
 static inline long cm_test_count(cm_store *store, const char *sql)
 {

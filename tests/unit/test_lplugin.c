@@ -35,10 +35,8 @@ static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
     cm_err err;
-    if (!(f->n = cm_test_node_new_at(1767603600000LL)))
+    if (!(f->n = cm_test_node_with_clinic()))
         return -1;
-    cm_test_node_create(f->n, CM_KIND_ORGANIZATION,
-                        "{\"id\":\"clinic-a\",\"name\":\"Clinic A\",\"kind\":\"clinic\"}");
     cm_sandbox_limits limits = {200000, 16 << 20};
     f->host = cm_plugin_host_new(f->n->model, &err);
     cm_plugin_spec spec = {"records", PLUGIN("records"), false, NULL};
