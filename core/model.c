@@ -122,6 +122,17 @@ static const struct type_info {
 
 /* ---- shared shapes ---- */
 
+/* Two fields most kinds have: a required reference to a record of kind, and
+** a required value from a set; each searchable by key. */
+#define REQUIRED_REF(field_name, kind, key)                                                        \
+    {                                                                                              \
+        .name = field_name, .type = T_REF, .flags = F_REQUIRED, .ref = kind, .index = key          \
+    }
+#define REQUIRED_ENUM(field_name, set, key)                                                        \
+    {                                                                                              \
+        .name = field_name, .type = T_ENUM, .flags = F_REQUIRED, .values = set, .index = key       \
+    }
+
 static const field string_item = {.name = "item", .type = T_STRING};
 
 static const field human_name[] = {
@@ -146,11 +157,7 @@ static const field address[] = {
 static const field organization_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
     {.name = "name", .type = T_STRING, .flags = F_REQUIRED},
-    {.name = "kind",
-     .type = T_ENUM,
-     .flags = F_REQUIRED,
-     .values = cm_values_organization_kinds,
-     .index = "kind"},
+    REQUIRED_ENUM("kind", cm_values_organization_kinds, "kind"),
     {.name = "node", .type = T_STRING, .index = "node"},
     {.name = "active", .type = T_BOOL, .dflt = "true"},
     {.name = "phone", .type = T_PHONE},
@@ -163,16 +170,8 @@ static const char *const organization_keys[] = {"kind", "node", NULL};
 static const field provider_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
     {.name = "name", .type = T_OBJECT, .flags = F_REQUIRED, .sub = human_name},
-    {.name = "role",
-     .type = T_ENUM,
-     .flags = F_REQUIRED,
-     .values = cm_values_provider_roles,
-     .index = "role"},
-    {.name = "organization",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_ORGANIZATION,
-     .index = "organization"},
+    REQUIRED_ENUM("role", cm_values_provider_roles, "role"),
+    REQUIRED_REF("organization", CM_KIND_ORGANIZATION, "organization"),
     {.name = "specialty", .type = T_STRING},
     {.name = "phone", .type = T_PHONE},
     {.name = "email", .type = T_EMAIL},
@@ -204,11 +203,7 @@ static const field patient_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
     {.name = "name", .type = T_OBJECT, .flags = F_REQUIRED, .sub = human_name},
     {.name = "birthDate", .type = T_DATE, .flags = F_REQUIRED | F_NOT_FUTURE, .index = "birthDate"},
-    {.name = "gender",
-     .type = T_ENUM,
-     .flags = F_REQUIRED,
-     .values = cm_values_genders,
-     .index = "gender"},
+    REQUIRED_ENUM("gender", cm_values_genders, "gender"),
     {.name = "phone", .type = T_PHONE},
     {.name = "email", .type = T_EMAIL},
     {.name = "address", .type = T_OBJECT, .sub = address},
@@ -233,11 +228,7 @@ static const char *const patient_keys[] = {
 /* ---- partnership ---- */
 
 static const field member_fields[] = {
-    {.name = "organization",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_ORGANIZATION,
-     .index = "member"},
+    REQUIRED_REF("organization", CM_KIND_ORGANIZATION, "member"),
     {.name = "offers", .type = T_ARRAY, .item = &string_item, .unique_by = ""},
     {.name = "requests", .type = T_ARRAY, .item = &string_item, .unique_by = ""},
     {.name = NULL},
@@ -317,22 +308,10 @@ static const field period_fields[] = {
 
 static const field consent_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
-    {.name = "patient",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_PATIENT,
-     .index = "patient"},
-    {.name = "purpose",
-     .type = T_ENUM,
-     .flags = F_REQUIRED,
-     .values = cm_values_purposes,
-     .index = "purpose"},
+    REQUIRED_REF("patient", CM_KIND_PATIENT, "patient"),
+    REQUIRED_ENUM("purpose", cm_values_purposes, "purpose"),
     {.name = "organization", .type = T_REF, .ref = CM_KIND_ORGANIZATION, .index = "organization"},
-    {.name = "decision",
-     .type = T_ENUM,
-     .flags = F_REQUIRED,
-     .values = cm_values_decisions,
-     .index = "decision"},
+    REQUIRED_ENUM("decision", cm_values_decisions, "decision"),
     {.name = "period", .type = T_OBJECT, .sub = period_fields},
     {.name = "status", .type = T_ENUM, .values = cm_values_consent_statuses, .dflt = "\"active\""},
     {.name = "recorded", .type = T_DATETIME},
@@ -342,11 +321,7 @@ static const field consent_fields[] = {
 static const char *const consent_keys[] = {"patient", "purpose", "organization", "decision", NULL};
 
 static const field participant_fields[] = {
-    {.name = "member",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_PROVIDER,
-     .index = "member"},
+    REQUIRED_REF("member", CM_KIND_PROVIDER, "member"),
     {.name = "role", .type = T_STRING, .flags = F_REQUIRED},
     {.name = "onBehalfOf", .type = T_REF, .ref = CM_KIND_ORGANIZATION},
     {.name = NULL},
@@ -356,11 +331,7 @@ static const field participant_item = {
 
 static const field care_team_fields[] = {
     {.name = "id", .type = T_ID, .flags = F_REQUIRED},
-    {.name = "patient",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_PATIENT,
-     .index = "patient"},
+    REQUIRED_REF("patient", CM_KIND_PATIENT, "patient"),
     {.name = "name", .type = T_STRING},
     {.name = "status",
      .type = T_ENUM,
@@ -385,11 +356,7 @@ static const field task_fields[] = {
      .dflt = "\"requested\"",
      .index = "status"},
     {.name = "priority", .type = T_ENUM, .values = cm_values_priorities, .dflt = "\"routine\""},
-    {.name = "organization",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_ORGANIZATION,
-     .index = "organization"},
+    REQUIRED_REF("organization", CM_KIND_ORGANIZATION, "organization"),
     {.name = "patient", .type = T_REF, .ref = CM_KIND_PATIENT, .index = "patient"},
     {.name = "owner", .type = T_REF, .ref = CM_KIND_PROVIDER, .index = "owner"},
     {.name = "ownerRole", .type = T_ENUM, .values = cm_values_provider_roles, .index = "ownerRole"},
@@ -415,18 +382,10 @@ static const field immunization_fields[] = {
      .values = cm_values_immunization_statuses,
      .dflt = "\"completed\"",
      .index = "status"},
-    {.name = "patient",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_PATIENT,
-     .index = "patient"},
+    REQUIRED_REF("patient", CM_KIND_PATIENT, "patient"),
     {.name = "vaccineCode", .type = T_OBJECT, .flags = F_REQUIRED, .sub = vaccine_fields},
     {.name = "occurrenceDateTime", .type = T_DATETIME, .flags = F_REQUIRED},
-    {.name = "performer",
-     .type = T_REF,
-     .flags = F_REQUIRED,
-     .ref = CM_KIND_ORGANIZATION,
-     .index = "performer"},
+    REQUIRED_REF("performer", CM_KIND_ORGANIZATION, "performer"),
     {.name = "practitioner", .type = T_REF, .ref = CM_KIND_PROVIDER},
     {.name = "doseNumber", .type = T_NUMBER},
     {.name = "seriesDoses", .type = T_NUMBER},
