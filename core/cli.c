@@ -411,19 +411,27 @@ static int cmd_node(int argc, char **argv)
 
 /* ---- peers ------------------------------------------------------------ */
 
+/* The kept statement sql with ?1 bound to peer; NULL with err. */
+static sqlite3_stmt *peer_query(cli_node *n, const char *sql, const char *peer, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(n->store, sql, err);
+    if (st)
+        sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    return st;
+}
+
 /* Pending outbox rows for peer: routed to it, or not yet routed but for an
 ** organization hosted on its node. */
 static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s, cm_err *err)
 {
-    sqlite3_stmt *st = cm_store_prepare(
-        n->store,
+    sqlite3_stmt *st = peer_query(
+        n,
         "SELECT count(*), min(o.created) FROM outbox o "
         "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
         "WHERE o.status = 'pending' AND coalesce(o.peer, json_extract(r.doc, '$.node')) = ?1",
-        err);
+        peer, err);
     if (!st)
         return err->code;
-    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(n->store, err, "outbox");
     if (rc == 0) {
         *depth = sqlite3_column_int64(st, 0);
@@ -442,16 +450,15 @@ static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s,
 /* Under a peer's line: the organizations and indicators it shared with us. */
 static int peer_shared(cli_node *n, const char *peer, cm_err *err)
 {
-    sqlite3_stmt *st = cm_store_prepare(
-        n->store,
-        "SELECT organization, json_extract(doc, '$.name'), json_extract(doc, '$.kind'), "
-        "(SELECT group_concat(value, ', ') FROM json_each(doc, '$.services')), "
-        "json_array_length(doc, '$.providers'), received FROM directory WHERE peer = ?1 "
-        "ORDER BY organization",
-        err);
+    sqlite3_stmt *st =
+        peer_query(n,
+                   "SELECT organization, json_extract(doc, '$.name'), json_extract(doc, '$.kind'), "
+                   "(SELECT group_concat(value, ', ') FROM json_each(doc, '$.services')), "
+                   "json_array_length(doc, '$.providers'), received FROM directory WHERE peer = ?1 "
+                   "ORDER BY organization",
+                   peer, err);
     if (!st)
         return err->code;
-    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
     while (sqlite3_step(st) == SQLITE_ROW) {
         const char *services = (const char *)sqlite3_column_text(st, 3);
         printf("    org %s: %s (%s), %d provider(s)%s%s\n", sqlite3_column_text(st, 0),
@@ -459,14 +466,13 @@ static int peer_shared(cli_node *n, const char *peer, cm_err *err)
                services ? ", offers " : "", services ? services : "");
     }
     sqlite3_reset(st);
-    st = cm_store_prepare(n->store,
-                          "SELECT partnership, name, json_extract(doc, '$.count'), "
-                          "json_extract(doc, '$.median'), json_extract(doc, '$.mean') "
-                          "FROM indicator WHERE peer = ?1 ORDER BY partnership, name",
-                          err);
+    st = peer_query(n,
+                    "SELECT partnership, name, json_extract(doc, '$.count'), "
+                    "json_extract(doc, '$.median'), json_extract(doc, '$.mean') "
+                    "FROM indicator WHERE peer = ?1 ORDER BY partnership, name",
+                    peer, err);
     if (!st)
         return err->code;
-    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
     while (sqlite3_step(st) == SQLITE_ROW) {
         printf("    indicator %s/%s: count %lld", sqlite3_column_text(st, 0),
                sqlite3_column_text(st, 1), (long long)sqlite3_column_int64(st, 2));
