@@ -11,16 +11,19 @@
 #include "token.h"
 
 #include <limits.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#define LIST_DEFAULT 100
-#define LIST_MAX     1000
-#define MAX_COUNTERS 256
-#define PURPOSE_MAX  64
+#define LIST_DEFAULT  100
+#define LIST_MAX      1000
+#define MAX_COUNTERS  256
+#define PURPOSE_MAX   64
+#define TOKEN_SLOTS   64   /* verified tokens kept, direct-mapped by hash */
+#define PATIENT_SLOTS 4096 /* instances' patients kept, direct-mapped by hash of the id */
 
 enum { SCOPE_OPEN_LOOPBACK = 0 }; /* health routes: a token, unless open to loopback */
 
@@ -41,10 +44,33 @@ typedef struct counter {
     uint64_t n;
 } counter;
 
+/* A token that passed cm_token_check, known by the hash of its whole text
+** (the text itself is not kept). */
+typedef struct token_slot {
+    bool used;
+    unsigned char hash[crypto_generichash_BYTES];
+    cm_token_info info;
+} token_slot;
+
+/* The patient an instance's input names ("" for none): inputs never change. */
+typedef struct patient_slot {
+    char instance[CM_NAME_MAX];
+    char patient[CM_ID_MAX + 1];
+} patient_slot;
+
 struct cm_api {
     cm_api_opts o;
     cm_http_server *http;
     bool ready, stopping;
+    /* Verified tokens. Valid while no other connection committed to the
+    ** database (a revocation is made by `caremesh token revoke`, another
+    ** process): PRAGMA data_version is read again at the first request of
+    ** each loop iteration (prepare sets dv_stale) and any change empties it. */
+    token_slot tokens[TOKEN_SLOTS];
+    uv_prepare_t prepare;
+    bool prepare_open, dv_stale;
+    long long dv;
+    patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
     counter counters[MAX_COUNTERS];
     int ncounters;
     void (*done)(void *ud);
@@ -66,10 +92,19 @@ struct call {
     /* engine submissions */
     char patient[CM_ID_MAX + 1];
     const char *action;
-    char instance[CM_NAME_MAX];
+    bool signal;       /* an event for an instance: its patient is the input's */
+    bool patient_read; /* patient was read from the instance in the batch */
 };
 
 /* ---- answers ------------------------------------------------------------ */
+
+/* Append s at buf + n (the caller sized buf); the new length. */
+static size_t text_put(char *buf, size_t n, const char *s)
+{
+    size_t len = strlen(s);
+    memcpy(buf + n, s, len + 1);
+    return n + len;
+}
 
 static void count(cm_api *api, const char *pattern, int status)
 {
@@ -417,6 +452,62 @@ static int audit_reads(call *c, int kind, const cJSON *docs, const char *action,
 
 /* ---- authentication ------------------------------------------------------ */
 
+static void tokens_forget(cm_api *api)
+{
+    sodium_memzero(api->tokens, sizeof(api->tokens));
+}
+
+/* Forget every verified token when another connection committed since the
+** last look (checked once per loop iteration). */
+static int tokens_revalidate(cm_api *api, cm_err *err)
+{
+    if (!api->dv_stale)
+        return 0;
+    sqlite3_stmt *st = cm_store_prepare(api->o.store, "PRAGMA data_version", err);
+    if (!st)
+        return err->code;
+    int s = sqlite3_step(st);
+    long long dv = s == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_reset(st);
+    if (s != SQLITE_ROW)
+        return cm_store_error(api->o.store, err, "data_version");
+    if (dv != api->dv)
+        tokens_forget(api);
+    api->dv = dv;
+    api->dv_stale = false;
+    return 0;
+}
+
+/* cm_token_check, answered from the verified tokens when it can be. */
+static int token_check(cm_api *api, const char *text, cm_token_info *info, cm_err *err)
+{
+    unsigned char hash[crypto_generichash_BYTES];
+    int rc;
+    if ((rc = tokens_revalidate(api, err)) != 0)
+        return rc;
+    size_t len = strlen(text);
+    if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
+        return cm_token_check(api->o.store, text, info, err);
+    crypto_generichash(hash, sizeof(hash), (const unsigned char *)text, len, NULL, 0);
+    token_slot *slot = &api->tokens[(hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS];
+    if (slot->used && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
+        *info = slot->info;
+        return 0;
+    }
+    if ((rc = cm_token_check(api->o.store, text, info, err)) != 0)
+        return rc;
+    slot->used = true;
+    memcpy(slot->hash, hash, sizeof(hash));
+    slot->info = *info;
+    return 0;
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    cm_api *api = h->data;
+    api->dv_stale = true;
+}
+
 static bool authenticate(call *c)
 {
     const char *h = cm_http_req_header(c->req, "Authorization");
@@ -430,7 +521,7 @@ static bool authenticate(call *c)
     const char *t = h + 7;
     while (*t == ' ')
         t++;
-    int rc = cm_token_check(c->api->o.store, t, &c->tok, &err);
+    int rc = token_check(c->api, t, &c->tok, &err);
     if (rc == CM_EPERM) {
         reply_error(c, 401, "unauthorized", NULL, "%s", err.msg);
         return false;
@@ -770,6 +861,49 @@ static void h_instance_history(call *c)
     instance_view(c, true);
 }
 
+static size_t patient_slot_of(const char *instance)
+{
+    size_t h = 5381;
+    for (const unsigned char *p = (const unsigned char *)instance; *p; p++)
+        h = h * 33 + *p;
+    return h % PATIENT_SLOTS;
+}
+
+/* The patient the instance's input names into out ("" for none), read once
+** per instance: an input never changes after the start. */
+static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
+                               cm_err *err)
+{
+    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
+    out[0] = '\0';
+    if (slot && strcmp(slot->instance, instance) == 0) {
+        snprintf(out, outsz, "%s", slot->patient);
+        return 0;
+    }
+    sqlite3_stmt *st = cm_store_prepare(
+        api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1", err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
+        snprintf(out, outsz, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+    return s == SQLITE_ROW || s == SQLITE_DONE ? 0 : cm_store_error(api->o.store, err, "instance");
+}
+
+/* Keep what instance_patient_of read, once the batch that read it committed
+** (a batch rolled back may have started the instance it read). */
+static void instance_patient_keep(cm_api *api, const char *instance, const char *patient)
+{
+    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
+    if (slot && strlen(instance) < sizeof(slot->instance) &&
+        strlen(patient) < sizeof(slot->patient)) {
+        memcpy(slot->instance, instance, strlen(instance) + 1);
+        memcpy(slot->patient, patient, strlen(patient) + 1);
+    }
+}
+
 /* The engine acknowledged a submission: the batch holding it committed. */
 static void on_engine_ack(void *ud, const cm_ack *ack)
 {
@@ -792,12 +926,22 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
         reply_err(c, &err, NULL);
         return;
     }
-    cJSON *doc = cJSON_CreateObject();
-    cJSON_AddStringToObject(doc, "instance", ack->instance ? ack->instance : "");
-    cJSON_AddStringToObject(doc, "state", ack->state ? ack->state : "");
-    if (ack->kept)
-        cJSON_AddTrueToObject(doc, "held"); /* paused: kept until resume */
-    reply_json(c, ack->kept ? 202 : strcmp(c->action, "instance.start") == 0 ? 201 : 200, doc);
+    if (c->patient_read && ack->instance)
+        instance_patient_keep(c->api, ack->instance, c->patient);
+    /* {"instance":I,"state":S} and "held":true when paused (kept until resume) */
+    char inst[6 * CM_NAME_MAX + 1], state[6 * CM_NAME_MAX + 1], text[sizeof(inst) * 2 + 64];
+    cm_json_escape(ack->instance ? ack->instance : "", inst, sizeof(inst));
+    cm_json_escape(ack->state ? ack->state : "", state, sizeof(state));
+    size_t n = text_put(text, 0, "{\"instance\":\"");
+    n = text_put(text, n, inst);
+    n = text_put(text, n, "\",\"state\":\"");
+    n = text_put(text, n, state);
+    n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
+    reply_text(c,
+               ack->kept                                  ? 202
+               : strcmp(c->action, "instance.start") == 0 ? 201
+                                                          : 200,
+               NULL, text, n);
 }
 
 /* In the batch's transaction: the audit entry of an API submission. */
@@ -806,19 +950,15 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
 {
     call *c = submit_ud;
     char patient[CM_ID_MAX + 1];
+    int rc;
     if (cb != on_engine_ack)
         return 0;
     snprintf(patient, sizeof(patient), "%s", c->patient);
-    if (!patient[0] && ack->instance) { /* a signal: the instance's patient */
-        sqlite3_stmt *st = cm_store_prepare(
-            c->api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1",
-            err);
-        if (!st)
-            return err->code;
-        sqlite3_bind_text(st, 1, ack->instance, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
-            snprintf(patient, sizeof(patient), "%s", (const char *)sqlite3_column_text(st, 0));
-        sqlite3_reset(st);
+    if (c->signal && ack->instance) { /* a signal: the instance's patient */
+        if ((rc = instance_patient_of(c->api, ack->instance, patient, sizeof(patient), err)) != 0)
+            return rc;
+        snprintf(c->patient, sizeof(c->patient), "%s", patient);
+        c->patient_read = true;
     }
     if (!patient[0])
         return 0;
@@ -856,6 +996,7 @@ static void h_instance_signal(call *c)
     if (!check_params(c, NULL, NULL) || !parse_body(c) || !check_members(c, m))
         return;
     c->action = "instance.signal";
+    c->signal = true;
     if (cm_engine_signal(c->api->o.engine, c->arg, body_str(c, "event"),
                          cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack, c,
                          &err) != 0)
@@ -1618,6 +1759,7 @@ void cm_api_reconfigure(cm_api *api)
         return;
     limits_of(&api->o.cfg->api, &lim);
     cm_http_server_set_limits(api->http, &lim);
+    tokens_forget(api);
 }
 
 int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
@@ -1647,6 +1789,12 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
         *out = api;
         return rc;
     }
+    api->patients = calloc(PATIENT_SLOTS, sizeof(*api->patients)); /* NULL: looked up each time */
+    uv_prepare_init(o->loop, &api->prepare);
+    api->prepare.data = api;
+    uv_prepare_start(&api->prepare, on_prepare);
+    api->prepare_open = true;
+    api->dv_stale = true;
     cm_engine_set_work_hook(o->engine, on_engine_work, api);
     cm_log(CM_LOG_INFO, "api.listen", "HTTP API on %s%s%s:%d (%ld active token(s))",
            strchr(ac->host, ':') ? "[" : "", ac->host, strchr(ac->host, ':') ? "]" : "",
@@ -1685,6 +1833,10 @@ void cm_api_stop(cm_api *api, void (*done)(void *ud), void *ud)
         api->done_ud = ud;
     }
     api->stopping = true;
+    if (api->prepare_open) {
+        uv_close((uv_handle_t *)&api->prepare, NULL);
+        api->prepare_open = false;
+    }
     cm_http_server_stop(api->http, on_http_stopped, api);
 }
 
@@ -1693,6 +1845,8 @@ void cm_api_destroy(cm_api **api_p)
     if (!api_p || !*api_p)
         return;
     cm_http_server_destroy(&(*api_p)->http);
+    tokens_forget(*api_p);
+    free((*api_p)->patients);
     free(*api_p);
     *api_p = NULL;
 }

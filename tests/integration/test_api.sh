@@ -57,6 +57,7 @@ admin=$("$bin" token create --scope admin --name ops --data "$d" 2>/dev/null)
 writer=$("$bin" token create --scope write --name frontdesk --data "$d" 2>/dev/null)
 reader=$("$bin" token create --scope read --name reader --data "$d" 2>/dev/null)
 revoked=$("$bin" token create --scope admin --name gone --data "$d" 2>/dev/null)
+late=$("$bin" token create --scope read --name late --data "$d" 2>/dev/null)
 same "token text" "${#admin}" 85
 out=$("$bin" token revoke gone --data "$d"); has "token revoke" "revoked" "$out"
 out=$("$bin" token list --data "$d"); has "token list" "frontdesk" "$out"; has "token list revoked" "gone" "$out"
@@ -197,6 +198,13 @@ req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01"
 expect "altered token" 401 unauthorized
 req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$revoked"
 expect "revoked token" 401 unauthorized; has "revoked message" "revoked" "$body"
+# the server keeps verified tokens; a revocation made while it runs still holds at once
+req GET /v1/organizations "" "$late"; expect "token before its revocation" 200
+req GET /v1/organizations "" "$late"; expect "token before its revocation (again)" 200
+"$bin" token revoke late --data "$d" >/dev/null
+req GET /v1/organizations "" "$late"; expect "token revoked while serving" 401 unauthorized
+has "token revoked while serving message" "revoked" "$body"
+req GET /v1/organizations "" "$reader"; expect "other tokens still work" 200
 req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$reader"
 expect "read scope cannot write" 403 forbidden
 req GET /v1/audit "" "$writer"; expect "write scope cannot read the audit" 403 forbidden
