@@ -1003,35 +1003,35 @@ static void h_instance_signal(call *c)
         reply_err(c, &err, NULL);
 }
 
+/* In an operator action's transaction: its audit entry (when the instance's
+** input names a patient), so the change never commits without it. */
+static int audit_action(void *ud, const char *instance, const cJSON *input, cm_err *err)
+{
+    call *c = ud;
+    const char *patient = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient"));
+    return patient ? audit(c, c->action, patient, "workflow", "ok", err) : 0;
+}
+
 /* pause, resume, cancel: operator actions, each its own transaction. */
-static void instance_action(call *c, const char *verb)
+static void instance_action(call *c, cm_engine_action what, const char *action)
 {
     static const member m[] = {{"reason", cJSON_String, false}, {NULL, 0, false}};
     cm_engine *e = c->api->o.engine;
     cJSON *doc = NULL;
     cm_err err;
     size_t len;
-    int rc;
-    char action[32];
     cm_http_req_body(c->req, &len);
     if (!check_params(c, NULL, NULL) || (len > 0 && (!parse_body(c) || !check_members(c, m))))
         return;
-    if (verb[0] == 'p')
-        rc = cm_engine_pause(e, c->arg, &err);
-    else if (verb[0] == 'r')
-        rc = cm_engine_resume(e, c->arg, &err);
-    else
-        rc = cm_engine_cancel(e, c->arg, c->body ? body_str(c, "reason") : NULL, &err);
+    c->action = action;
+    int rc = cm_engine_act(e, c->arg, what, c->body ? body_str(c, "reason") : NULL, audit_action, c,
+                           &err);
     if (rc == CM_EINVAL) {
         reply_error(c, 409, "wrong_state", NULL, "%s", err.msg);
         return;
     }
     if (rc == 0)
         rc = cm_engine_get(e, c->arg, &doc, &err);
-    const char *patient = rc == 0 ? instance_patient(doc) : NULL;
-    snprintf(action, sizeof(action), "instance.%s", verb);
-    if (rc == 0 && patient)
-        rc = audit(c, action, patient, "workflow", "ok", &err);
     if (rc != 0) {
         cJSON_Delete(doc);
         reply_err(c, &err, NULL);
@@ -1054,17 +1054,17 @@ static void instance_action(call *c, const char *verb)
 
 static void h_instance_pause(call *c)
 {
-    instance_action(c, "pause");
+    instance_action(c, CM_ENGINE_PAUSE, "instance.pause");
 }
 
 static void h_instance_resume(call *c)
 {
-    instance_action(c, "resume");
+    instance_action(c, CM_ENGINE_RESUME, "instance.resume");
 }
 
 static void h_instance_cancel(call *c)
 {
-    instance_action(c, "cancel");
+    instance_action(c, CM_ENGINE_CANCEL, "instance.cancel");
 }
 
 /* ---- failed events ------------------------------------------------------- */

@@ -2058,10 +2058,11 @@ void cm_engine_wake(cm_engine *e)
 
 /* ---- operator actions ------------------------------------------------- */
 
-/* Run fn(e, in, arg) on instance id in a transaction of its own. */
+/* Run fn(e, in, arg) on instance id in a transaction of its own, then
+** also(ud, ...) in the same transaction when given. */
 static int with_instance(cm_engine *e, const char *id,
                          int (*fn)(cm_engine *, inst *, const char *, cm_err *), const char *arg,
-                         cm_err *err)
+                         cm_engine_also_fn also, void *ud, cm_err *err)
 {
     inst in;
     int rc = cm_store_begin(e->o.store, err);
@@ -2071,6 +2072,8 @@ static int with_instance(cm_engine *e, const char *id,
     rc = inst_load(e, id, &in, err);
     if (rc == 0)
         rc = fn(e, &in, arg, err);
+    if (rc == 0 && also)
+        rc = also(ud, in.id, in.input, err);
     if (rc == 0)
         rc = cm_store_commit(e->o.store, err);
     else
@@ -2122,19 +2125,32 @@ static int do_cancel(cm_engine *e, inst *in, const char *reason, cm_err *err)
     return finish_instance(e, in, err);
 }
 
+int cm_engine_act(cm_engine *e, const char *instance, cm_engine_action action, const char *reason,
+                  cm_engine_also_fn also, void *ud, cm_err *err)
+{
+    static int (*const fns[])(cm_engine *, inst *, const char *,
+                              cm_err *) = {[CM_ENGINE_PAUSE] = do_pause,
+                                           [CM_ENGINE_RESUME] = do_resume,
+                                           [CM_ENGINE_CANCEL] = do_cancel};
+    if ((int)action < CM_ENGINE_PAUSE || action > CM_ENGINE_CANCEL)
+        return cm_err_set(err, CM_EINVAL, "engine: unknown operator action %d", (int)action);
+    return with_instance(e, instance, fns[action], action == CM_ENGINE_CANCEL ? reason : NULL, also,
+                         ud, err);
+}
+
 int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err)
 {
-    return with_instance(e, instance, do_pause, NULL, err);
+    return cm_engine_act(e, instance, CM_ENGINE_PAUSE, NULL, NULL, NULL, err);
 }
 
 int cm_engine_resume(cm_engine *e, const char *instance, cm_err *err)
 {
-    return with_instance(e, instance, do_resume, NULL, err);
+    return cm_engine_act(e, instance, CM_ENGINE_RESUME, NULL, NULL, NULL, err);
 }
 
 int cm_engine_cancel(cm_engine *e, const char *instance, const char *reason, cm_err *err)
 {
-    return with_instance(e, instance, do_cancel, reason, err);
+    return cm_engine_act(e, instance, CM_ENGINE_CANCEL, reason, NULL, NULL, err);
 }
 
 /* Change a parked event: retry (ready now, attempts reset) or discard (deleted). */

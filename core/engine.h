@@ -219,6 +219,16 @@ int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err);
 int cm_engine_resume(cm_engine *e, const char *instance, cm_err *err);
 int cm_engine_cancel(cm_engine *e, const char *instance, const char *reason, cm_err *err);
 
+/* The same actions with what the caller must write in the action's
+** transaction (an audit entry): also(ud, instance, input) runs after the
+** change and before the commit, with the instance's id and input (borrowed
+** for the call); a non-zero return rolls the action back and is returned.
+** reason is for cancel only. */
+typedef enum { CM_ENGINE_PAUSE, CM_ENGINE_RESUME, CM_ENGINE_CANCEL } cm_engine_action;
+typedef int (*cm_engine_also_fn)(void *ud, const char *instance, const cJSON *input, cm_err *err);
+int cm_engine_act(cm_engine *e, const char *instance, cm_engine_action action, const char *reason,
+                  cm_engine_also_fn also, void *ud, cm_err *err);
+
 /* Parked events: retry now (attempts reset) or discard. */
 int cm_engine_retry_event(cm_engine *e, long seq, cm_err *err);
 int cm_engine_discard_event(cm_engine *e, long seq, cm_err *err);

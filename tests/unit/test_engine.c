@@ -493,6 +493,62 @@ static void test_cancel_ends_and_drops_timers(void **state)
     assert_int_equal(f->a.status[1], CM_EINVAL);
 }
 
+/* An operator action's "also" writes a row in the action's transaction;
+** failing, it takes the action back with it. */
+typedef struct also_probe {
+    fx *f;
+    int rc; /* what to return */
+    char patient[32];
+    int calls;
+} also_probe;
+
+static int also_write(void *ud, const char *instance, const cJSON *input, cm_err *err)
+{
+    also_probe *p = ud;
+    p->calls++;
+    snprintf(p->patient, sizeof(p->patient), "%s",
+             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient")));
+    assert_true(cm_store_in_tx(p->f->store));
+    assert_int_equal(
+        cm_store_exec(p->f->store, "INSERT INTO node_meta(key, value) VALUES ('also', 'x')", err),
+        0);
+    return p->rc ? cm_err_set(err, p->rc, "also: refused") : 0;
+}
+
+static void test_operator_action_writes_with_its_change(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    also_probe p = {f, CM_EDB, "", 0};
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    long hist = count(f, "SELECT count(*) FROM history");
+    /* the caller's write fails: no pause, no history row, no write */
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_PAUSE, NULL, also_write, &p, &err),
+                     CM_EDB);
+    assert_int_equal(p.calls, 1);
+    expect_state(f, "ref-1", "requested", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), hist);
+    assert_int_equal(count(f, "SELECT count(*) FROM node_meta WHERE key = 'also'"), 0);
+    /* it succeeds: both commit, and it saw the instance's input */
+    p.rc = 0;
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_PAUSE, NULL, also_write, &p, &err),
+                     0);
+    assert_string_equal(p.patient, "pat-1");
+    expect_state(f, "ref-1", "requested", "paused");
+    assert_int_equal(count(f, "SELECT count(*) FROM node_meta WHERE key = 'also'"), 1);
+    /* refused for its state: the caller's write does not run */
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_PAUSE, NULL, also_write, &p, &err),
+                     CM_EINVAL);
+    assert_int_equal(p.calls, 2);
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", (cm_engine_action)7, NULL, NULL, NULL, &err),
+                     CM_EINVAL);
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_CANCEL, "moved", NULL, NULL, &err),
+                     0);
+    expect_state(f, "ref-1", "requested", "cancelled");
+}
+
 static const char *PARENT = "local cm = require 'caremesh'\n"
                             "return cm.workflow {\n"
                             "  name = 'campaign', version = 1, start = 'running',\n"
@@ -1066,6 +1122,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_start_runs_enter_and_arms_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_operator_action_writes_with_its_change, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_events_change_state_after_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
