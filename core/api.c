@@ -25,6 +25,8 @@
 #define TOKEN_SLOTS   64   /* verified tokens kept, direct-mapped by hash */
 #define PATIENT_SLOTS 4096 /* instances' patients kept, direct-mapped by hash of the id */
 
+#define METRICS_MAX_AGE_MS 1000 /* the store's gauges are read at most once a second */
+
 enum { SCOPE_OPEN_LOOPBACK = 0 }; /* health routes: a token, unless open to loopback */
 
 typedef struct call call;
@@ -43,6 +45,13 @@ typedef struct counter {
     int status;
     uint64_t n;
 } counter;
+
+/* A growing text buffer for the exposition. */
+typedef struct tbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} tbuf;
 
 /* A token that passed cm_token_check, known by the hash of its whole text
 ** (the text itself is not kept). */
@@ -71,6 +80,11 @@ struct cm_api {
     bool prepare_open, dv_stale;
     long long dv;
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
+    /* the store's gauges for /metrics, read off the loop (see h_metrics) */
+    tbuf gauges;
+    uint64_t gauges_at; /* uv_now when read */
+    bool metrics_running;
+    call *metrics_waiting;
     counter counters[MAX_COUNTERS];
     int ncounters;
     void (*done)(void *ud);
@@ -80,6 +94,7 @@ struct cm_api {
 /* One request being handled. */
 struct call {
     cm_api *api;
+    call *next; /* waiting for the store's gauges */
     cm_http_req *req;
     const route *rt;
     char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
@@ -1144,10 +1159,11 @@ static void h_failed_discard(call *c)
 
 /* Pending outbox rows for peer (routed to it, or for an organization it
 ** hosts) and the age in seconds of the oldest (-1 when none). */
-static int peer_depth(cm_api *api, const char *peer, long *depth, double *age, cm_err *err)
+static int peer_depth(cm_store *store, int64_t now_ms, const char *peer, long *depth, double *age,
+                      cm_err *err)
 {
     sqlite3_stmt *st = cm_store_prepare(
-        api->o.store,
+        store,
         "SELECT count(*), min(o.created) FROM outbox o "
         "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
         "WHERE o.status = 'pending' AND coalesce(o.peer, json_extract(r.doc, '$.node')) = ?1",
@@ -1156,14 +1172,14 @@ static int peer_depth(cm_api *api, const char *peer, long *depth, double *age, c
     if (!st)
         return err->code;
     sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(api->o.store, err, "outbox");
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(store, err, "outbox");
     *depth = 0;
     *age = -1;
     if (rc == 0) {
         *depth = (long)sqlite3_column_int64(st, 0);
         if (sqlite3_column_type(st, 1) == SQLITE_TEXT &&
             cm_time_parse((const char *)sqlite3_column_text(st, 1), &ms))
-            *age = (double)(cm_clock_now_ms(api->o.clock) - ms) / 1000.0;
+            *age = (double)(now_ms - ms) / 1000.0;
     }
     sqlite3_reset(st);
     return rc;
@@ -1198,7 +1214,8 @@ static void h_peers(call *c)
         const cm_peer_config *p = &cfg->fed_peers[i];
         long depth;
         double age;
-        if (peer_depth(c->api, p->id, &depth, &age, &err) != 0) {
+        if (peer_depth(c->api->o.store, cm_clock_now_ms(c->api->o.clock), p->id, &depth, &age,
+                       &err) != 0) {
             cJSON_Delete(doc);
             reply_err(c, &err, NULL);
             return;
@@ -1401,25 +1418,6 @@ static void h_audit(call *c)
     reply_json(c, 200, doc);
 }
 
-static void h_audit_verify(call *c)
-{
-    long entries = 0;
-    cm_err err;
-    if (!check_params(c, NULL, NULL))
-        return;
-    int rc = cm_audit_verify(c->api->o.store, &entries, &err);
-    if (rc != 0 && rc != CM_EAUDIT) {
-        reply_err(c, &err, NULL);
-        return;
-    }
-    cJSON *doc = cJSON_CreateObject();
-    cJSON_AddBoolToObject(doc, "ok", rc == 0);
-    cJSON_AddNumberToObject(doc, "entries", (double)entries);
-    if (rc != 0)
-        cJSON_AddStringToObject(doc, "problem", err.msg);
-    reply_json(c, 200, doc);
-}
-
 /* ---- health and metrics ----------------------------------------------------- */
 
 static void h_healthz(call *c)
@@ -1448,13 +1446,6 @@ static void h_readyz(call *c)
     static const char ok[] = "{\"status\":\"ready\"}";
     reply_text(c, 200, NULL, ok, sizeof(ok) - 1);
 }
-
-/* A growing text buffer for the exposition. */
-typedef struct tbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} tbuf;
 
 static void tprintf(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -1534,10 +1525,30 @@ static void metrics_engine(cm_api *api, tbuf *b)
             (unsigned long long)s.latency_count);
 }
 
-static int metrics_store(cm_api *api, tbuf *b, cm_err *err)
+/* ---- work off the loop: audit verify and the store's gauges -------------------
+** Each runs on libuv's thread pool with a read connection of its own, in one
+** read transaction (a consistent snapshot while the loop goes on writing). */
+
+typedef struct job {
+    uv_work_t w;
+    cm_api *api;
+    call *c;      /* verify: the request; metrics: NULL (the waiters are on the API) */
+    bool metrics; /* else: verify */
+    char *path;   /* the database */
+    int64_t now_ms;
+    int npeers;
+    char (*peers)[CM_ID_MAX + 1];
+    int rc;
+    cm_err err;
+    long entries; /* verify */
+    tbuf out;     /* metrics */
+} job;
+
+/* Instances, timers and outbox gauges, read through store (the job's). */
+static int metrics_store(cm_store *store, job *j, tbuf *b, cm_err *err)
 {
     char l1[2 * CM_NAME_MAX], l2[2 * CM_NAME_MAX], l3[64];
-    sqlite3_stmt *st = cm_store_prepare(api->o.store,
+    sqlite3_stmt *st = cm_store_prepare(store,
                                         "SELECT workflow, state, status, count(*) FROM instance "
                                         "GROUP BY workflow, state, status ORDER BY 1, 2, 3",
                                         err);
@@ -1551,45 +1562,127 @@ static int metrics_store(cm_api *api, tbuf *b, cm_err *err)
                 lv((const char *)sqlite3_column_text(st, 2), l3, sizeof(l3)),
                 (long long)sqlite3_column_int64(st, 3));
     sqlite3_reset(st);
-    if (!(st = cm_store_prepare(api->o.store, "SELECT count(*) FROM timer", err)))
+    if (!(st = cm_store_prepare(store, "SELECT count(*) FROM timer", err)))
         return err->code;
     metric_head(b, "caremesh_timers_pending", "gauge", "Durable timers not yet due or run.");
     if (sqlite3_step(st) == SQLITE_ROW)
         tprintf(b, "caremesh_timers_pending %lld\n", (long long)sqlite3_column_int64(st, 0));
     sqlite3_reset(st);
-    const cm_config *cfg = api->o.cfg;
-    metric_head(b, "caremesh_outbox_depth", "gauge", "Messages pending for a peer.");
-    metric_head(b, "caremesh_outbox_oldest_age_seconds", "gauge",
-                "Age of the oldest message pending for a peer (0 when none).");
-    metric_head(b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
-    for (int i = 0; i < cfg->fed_npeers; i++) {
-        long depth;
-        double age;
-        int rc = peer_depth(api, cfg->fed_peers[i].id, &depth, &age, err);
+    long depth[CM_FED_MAX_PEERS];
+    double age[CM_FED_MAX_PEERS];
+    for (int i = 0; i < j->npeers; i++) {
+        int rc = peer_depth(store, j->now_ms, j->peers[i], &depth[i], &age[i], err);
         if (rc != 0)
             return rc;
-        lv(cfg->fed_peers[i].id, l1, sizeof(l1));
-        tprintf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n", l1, depth);
-        tprintf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n", l1, age < 0 ? 0 : age);
-        int up = cm_fed_peer_up(api->o.fed, cfg->fed_peers[i].id);
-        if (up >= 0)
-            tprintf(b, "caremesh_peer_up{peer=\"%s\"} %d\n", l1, up);
+    }
+    metric_head(b, "caremesh_outbox_depth", "gauge", "Messages pending for a peer.");
+    for (int i = 0; i < j->npeers; i++)
+        tprintf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n", lv(j->peers[i], l1, sizeof(l1)),
+                depth[i]);
+    metric_head(b, "caremesh_outbox_oldest_age_seconds", "gauge",
+                "Age of the oldest message pending for a peer (0 when none).");
+    for (int i = 0; i < j->npeers; i++)
+        tprintf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n",
+                lv(j->peers[i], l1, sizeof(l1)), age[i] < 0 ? 0 : age[i]);
+    return b->oom ? cm_err_set(err, CM_ENOMEM, "out of memory") : 0;
+}
+
+static void job_run(uv_work_t *w)
+{
+    job *j = w->data;
+    cm_store *store = NULL;
+    cm_store_opts o;
+    cm_store_opts_init(&o);
+    o.path = j->path;
+    if ((j->rc = cm_store_open(&store, &o, &j->err)) != 0)
+        return;
+    if ((j->rc = cm_store_exec(store, "BEGIN", &j->err)) == 0) {
+        j->rc = j->metrics ? metrics_store(store, j, &j->out, &j->err)
+                           : cm_audit_verify(store, &j->entries, &j->err);
+        sqlite3_exec(cm_store_db(store), "COMMIT", NULL, NULL, NULL); /* read only */
+    }
+    cm_store_close(&store);
+}
+
+static void job_free(job *j)
+{
+    free(j->path);
+    free(j->peers);
+    free(j->out.p);
+    free(j);
+}
+
+/* Queue a job; on failure it is freed and the error returned. */
+static int job_start(cm_api *api, job *j, void (*after)(uv_work_t *w, int status), cm_err *err)
+{
+    const char *path = sqlite3_db_filename(cm_store_db(api->o.store), "main");
+    j->api = api;
+    j->w.data = j;
+    if (!path || !*path || !(j->path = strdup(path))) {
+        job_free(j);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    int rc = uv_queue_work(api->o.loop, &j->w, job_run, after);
+    if (rc != 0) {
+        job_free(j);
+        return cm_err_set(err, CM_EIO, "cannot queue work: %s", uv_strerror(rc));
     }
     return 0;
 }
 
-static void h_metrics(call *c)
+static void verify_done(uv_work_t *w, int status)
 {
-    tbuf b = {0};
+    job *j = w->data;
+    call *c = j->c;
+    if (status != 0)
+        cm_err_set(&j->err, CM_EIO, "audit verify: %s", uv_strerror(status));
+    if (status != 0 || (j->rc != 0 && j->rc != CM_EAUDIT)) {
+        reply_err(c, &j->err, NULL);
+        job_free(j);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddBoolToObject(doc, "ok", j->rc == 0);
+    cJSON_AddNumberToObject(doc, "entries", (double)j->entries);
+    if (j->rc != 0)
+        cJSON_AddStringToObject(doc, "problem", j->err.msg);
+    reply_json(c, 200, doc);
+    job_free(j);
+}
+
+static void h_audit_verify(call *c)
+{
     cm_err err;
-    cm_api *api = c->api;
+    job *j;
     if (!check_params(c, NULL, NULL))
         return;
-    metrics_engine(api, &b);
-    if (metrics_store(api, &b, &err) != 0) {
-        free(b.p);
-        reply_err(c, &err, NULL);
+    if (!(j = calloc(1, sizeof(*j)))) {
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
         return;
+    }
+    j->c = c;
+    if (job_start(c->api, j, verify_done, &err) != 0)
+        reply_err(c, &err, NULL);
+}
+
+/* The answer: the engine's counters, the store's gauges (text), peers up,
+** the HTTP counters. */
+static void metrics_reply(call *c, const char *gauges, size_t glen)
+{
+    tbuf b = {0};
+    cm_api *api = c->api;
+    const cm_config *cfg = api->o.cfg;
+    metrics_engine(api, &b);
+    if (!b.oom && glen) {
+        tprintf(&b, "%.*s", (int)glen, gauges);
+    }
+    metric_head(&b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
+    for (int i = 0; i < cfg->fed_npeers; i++) {
+        char l1[2 * CM_NAME_MAX];
+        int up = cm_fed_peer_up(api->o.fed, cfg->fed_peers[i].id);
+        if (up >= 0)
+            tprintf(&b, "caremesh_peer_up{peer=\"%s\"} %d\n",
+                    lv(cfg->fed_peers[i].id, l1, sizeof(l1)), up);
     }
     count(api, c->rt->pattern, 200); /* this answer counts itself */
     metric_head(&b, "caremesh_http_requests_total", "counter",
@@ -1602,12 +1695,79 @@ static void h_metrics(call *c)
     tprintf(&b, "caremesh_http_connections %d\n", cm_http_server_connections(api->http));
     if (b.oom) {
         free(b.p);
+        api->counters[api->ncounters - 1].n--; /* not answered 200 after all */
         reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
         return;
     }
     cm_http_respond(c->req, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len);
     free(b.p);
     call_free(c);
+}
+
+static void metrics_done(uv_work_t *w, int status)
+{
+    job *j = w->data;
+    cm_api *api = j->api;
+    call *waiting = api->metrics_waiting;
+    api->metrics_waiting = NULL;
+    api->metrics_running = false;
+    if (status != 0)
+        j->rc = cm_err_set(&j->err, CM_EIO, "metrics: %s", uv_strerror(status));
+    if (j->rc == 0) {
+        free(api->gauges.p);
+        api->gauges = j->out;
+        j->out = (tbuf){0};
+        api->gauges_at = uv_now(api->o.loop);
+    }
+    for (call *c = waiting, *next; c; c = next) {
+        next = c->next;
+        if (j->rc == 0)
+            metrics_reply(c, api->gauges.p, api->gauges.len);
+        else
+            reply_err(c, &j->err, NULL);
+    }
+    job_free(j);
+}
+
+/* The store's gauges are read off the loop and kept for METRICS_MAX_AGE_MS:
+** requests within that age are answered from them, the others wait for the
+** one read that runs at a time. */
+static void h_metrics(call *c)
+{
+    cm_api *api = c->api;
+    const cm_config *cfg = api->o.cfg;
+    cm_err err;
+    if (!check_params(c, NULL, NULL))
+        return;
+    if (api->gauges.p && uv_now(api->o.loop) - api->gauges_at < METRICS_MAX_AGE_MS) {
+        metrics_reply(c, api->gauges.p, api->gauges.len);
+        return;
+    }
+    c->next = api->metrics_waiting;
+    api->metrics_waiting = c;
+    if (api->metrics_running)
+        return;
+    job *j = calloc(1, sizeof(*j));
+    if (j && cfg->fed_npeers > 0 &&
+        !(j->peers = calloc((size_t)cfg->fed_npeers, sizeof(*j->peers)))) {
+        free(j);
+        j = NULL;
+    }
+    if (!j) {
+        api->metrics_waiting = c->next;
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    j->metrics = true;
+    j->now_ms = cm_clock_now_ms(api->o.clock);
+    for (int i = 0; i < cfg->fed_npeers; i++)
+        snprintf(j->peers[j->npeers++], sizeof(j->peers[0]), "%s", cfg->fed_peers[i].id);
+    if (job_start(api, j, metrics_done, &err) != 0) {
+        api->metrics_waiting = c->next;
+        reply_err(c, &err, NULL);
+        return;
+    }
+    api->metrics_running = true;
 }
 
 /* ---- the route table --------------------------------------------------------- */
@@ -1847,6 +2007,7 @@ void cm_api_destroy(cm_api **api_p)
     cm_http_server_destroy(&(*api_p)->http);
     tokens_forget(*api_p);
     free((*api_p)->patients);
+    free((*api_p)->gauges.p);
     free(*api_p);
     *api_p = NULL;
 }

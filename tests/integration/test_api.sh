@@ -364,6 +364,32 @@ if [ "$processed" -ge 6 ]; then ok; else bad "events processed $processed"; fi
 lua_errors=$(sed -n 's/^caremesh_lua_errors_total //p' <<<"$body")
 if [ "$lua_errors" -ge 1 ]; then ok; else bad "lua errors $lua_errors"; fi
 
+# ---- audit verify runs off the loop: other requests are answered meanwhile ----
+# a large audit: 1000 patients, then lists of them (each appends 1000 entries in one transaction)
+lists=${CM_WRAP:+5}; lists=${lists:-150}
+: >"$tmp/curlcfg"
+for i in $(seq 1 1000); do
+  printf 'next\nurl = "%s/v1/patients"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\ndata = "{\\"id\\":\\"bulk%d\\",\\"name\\":{\\"family\\":\\"B\\"},\\"birthDate\\":\\"1990-01-01\\",\\"gender\\":\\"other\\"}"\noutput = "/dev/null"\n' "$base" "$writer" "$i" >>"$tmp/curlcfg"
+done
+curl -s -K "$tmp/curlcfg"
+: >"$tmp/curlcfg"
+for i in $(seq 1 "$lists"); do printf 'url = "%s/v1/patients?limit=1000"\noutput = "/dev/null"\n' "$base" >>"$tmp/curlcfg"; done
+curl -s -H "Authorization: Bearer $reader" -K "$tmp/curlcfg"
+entries=$(count "SELECT count(*) FROM audit")
+if [ "$entries" -ge $((lists * 1000)) ]; then ok; else bad "large audit: only $entries entries"; fi
+curl -s -o "$tmp/verify" -H "Authorization: Bearer $admin" "$base/v1/audit/verify" &
+vpid=$!
+answered=0
+while kill -0 "$vpid" 2>/dev/null; do  # bounded: until the verify is answered
+  req GET /v1/organizations/org1 "" "$reader"
+  if [ "$status" = 200 ] && kill -0 "$vpid" 2>/dev/null; then answered=1; break; fi
+done
+wait "$vpid"
+same "a request answered while audit verify runs" "$answered" 1
+same "the large audit verifies" "$(jq -r '(.ok|tostring) + " " + (.entries|tostring)' "$tmp/verify")" "true $entries"
+req GET /metrics "" "$reader"; expect "metrics after the large audit" 200
+has "metrics count the bulk patients' instances" 'caremesh_timers_pending 0' "$body"
+
 # ---- SIGTERM: stops accepting, answers, exits 0; acknowledged writes are kept ----
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i4"}' "$writer"; expect "last start" 201
 exec 7<>"/dev/tcp/127.0.0.1/$port"   # an idle keep-alive connection must not hold the stop
