@@ -686,7 +686,7 @@ static int bench_api(int argc, char **argv)
     };
     char host[64] = "127.0.0.1";
     cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
-                           4,    32};
+                           4,    64};
     int *nums[] = {&o.instances, &o.events, &o.connections, &o.pipeline};
     const char *numopts = "iecp";
     cm_err err;
@@ -1320,7 +1320,7 @@ static const cli_cmd commands[] = {
      "  --api ADDR:PORT   the daemon's API (default 127.0.0.1:7600)\n"
      "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
      "  --workflow NAME   default bench_api; --event NAME: default step\n"
-     "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 32)",
+     "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
      "bench engine [--instances N] [--events N] [--batch N]\n"
      "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
      " [--size N]\n"
