@@ -1673,9 +1673,8 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
     cm_api *api = c->api;
     const cm_config *cfg = api->o.cfg;
     metrics_engine(api, &b);
-    if (!b.oom && glen) {
+    if (glen)
         tprintf(&b, "%.*s", (int)glen, gauges);
-    }
     metric_head(&b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
     for (int i = 0; i < cfg->fed_npeers; i++) {
         char l1[2 * CM_NAME_MAX];
@@ -1695,7 +1694,6 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
     tprintf(&b, "caremesh_http_connections %d\n", cm_http_server_connections(api->http));
     if (b.oom) {
         free(b.p);
-        api->counters[api->ncounters - 1].n--; /* not answered 200 after all */
         reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
         return;
     }
