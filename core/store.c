@@ -292,6 +292,11 @@ static const cm_migration migrations[] = {
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 
+void cm_store_global_init(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 void cm_store_opts_init(cm_store_opts *opts)
 {
     memset(opts, 0, sizeof(*opts));

@@ -35,6 +35,11 @@ typedef struct cm_store_opts {
 
 typedef struct cm_store cm_store;
 
+/* Process-wide SQLite settings, before any other SQLite call (main() runs
+** it first): no global memory statistics, which would take a mutex on every
+** allocation SQLite makes. Idempotent; a no-op once SQLite is initialized. */
+void cm_store_global_init(void);
+
 /* Defaults: synchronous FULL, busy timeout 5 s, no create. */
 void cm_store_opts_init(cm_store_opts *opts);
 
