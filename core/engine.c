@@ -65,6 +65,7 @@ typedef struct pending_event {
 
 /* A loaded instance row. */
 typedef struct inst {
+    int64_t seq; /* the row's key: the step's UPDATE finds it without the id index */
     char id[CM_NAME_MAX];
     char workflow[CM_NAME_MAX];
     int rev;
@@ -481,7 +482,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
             "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx, "
-            "coalesce(hist, 0) FROM instance WHERE id = ?1",
+            "coalesce(hist, 0), seq FROM instance WHERE id = ?1",
             err);
     int rc = 0;
     memset(in, 0, sizeof(*in));
@@ -498,6 +499,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         in->input = parse_column(st, 7);
         in->ctx = ctx_column(st, 8);
         in->hist = sqlite3_column_int64(st, 9);
+        in->seq = sqlite3_column_int64(st, 10);
         if (!in->input || !in->ctx) {
             inst_clear(in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
@@ -553,17 +555,17 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
         in->status_changed
             ? cm_store_prepare(e->o.store,
                                "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, "
-                               "updated = ?6, hist = ?7 WHERE id = ?1",
+                               "updated = ?6, hist = ?7 WHERE seq = ?1",
                                err)
             : cm_store_prepare(
                   e->o.store,
                   "UPDATE instance SET state = ?2, ctx = ?4, steps = ?5, updated = ?6, "
-                  "hist = ?7 WHERE id = ?1",
+                  "hist = ?7 WHERE seq = ?1",
                   err);
     if (!st)
         return err->code;
     now_text(e, now);
-    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, in->seq);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
     if (in->status_changed)
         sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
@@ -572,7 +574,11 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
     if (in->hist > 0)
         sqlite3_bind_int64(st, 7, in->hist);
-    if ((rc = exec_kept(e, st, "instance", err)) == 0)
+    if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
+        sqlite3_changes(cm_store_db(e->o.store)) != 1)
+        rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,
+                        (long long)in->seq);
+    if (rc == 0)
         in->status_changed = false;
     return rc;
 }
@@ -601,6 +607,8 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     int rc = exec_kept(e, st, "instance", err);
     if (rc == CM_EEXISTS)
         rc = cm_err_set(err, CM_EEXISTS, "an instance with id \"%s\" already exists", in->id);
+    if (rc == 0)
+        in->seq = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
     return rc;
 }
 
