@@ -159,6 +159,7 @@ static int world_open(world *w, const cm_bench_opts *o, cm_err *err)
     eo.clock = w->clock;
     eo.runtime = cm_lua_runtime_seam(w->rt);
     eo.batch_max = o->batch;
+    eo.batch_ms = o->batch_ms;
     if (!(w->engine = cm_engine_new(&eo, err)))
         return err->code;
     return cm_engine_load_file(w->engine, w->wf, NULL, NULL, err);
