@@ -106,12 +106,12 @@ typedef struct cm_engine_opts {
     cm_clock *clock;           /* borrowed */
     const cm_runtime *runtime; /* borrowed */
     int batch_max;             /* items per commit; 0 selects 256 */
-    int batch_ms;          /* a batch takes no more submissions after this much work (ms), so the
-                           ** first acks wait for slow steps only so long; 0 selects 10, negative:
-                           ** by count only */
-    int max_attempts;      /* failed handler runs before an event is parked; 0 selects 5 */
-    int64_t retry_base_ms; /* first retry delay, doubled each attempt; 0 selects 1000 */
-    const char *node_id;   /* this node: organizations hosted here receive messages */
+    int max_attempts;          /* failed handler runs before an event is parked; 0 selects 5 */
+    int64_t retry_base_ms;     /* first retry delay, doubled each attempt; 0 selects 1000 */
+    const char *node_id;       /* this node: organizations hosted here receive messages */
+    int batch_ms; /* a batch takes no more submissions after this much work (ms), so the
+                  ** first acks wait for slow steps only so long; 0 selects 10, negative:
+                  ** by count only */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
