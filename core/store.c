@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -640,10 +641,18 @@ static bool ckpt_start(cm_store *store, cm_ckpt *c)
     if (c->started || c->failed)
         return c->started;
     c->failed = true;
-    if (sqlite3_open_v2(store->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-            SQLITE_OK ||
-        sqlite3_exec(c->db, sync_sql[c->sync], NULL, NULL, NULL) != SQLITE_OK ||
-        pthread_create(&c->thread, NULL, ckpt_main, c) != 0) {
+    sigset_t all, old;
+    int rc = -1;
+    if (sqlite3_open_v2(store->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK &&
+        sqlite3_exec(c->db, sync_sql[c->sync], NULL, NULL, NULL) == SQLITE_OK) {
+        /* signals stay with the threads that expect them (the loop's) */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = pthread_create(&c->thread, NULL, ckpt_main, c);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (rc != 0) {
         sqlite3_close(c->db);
         c->db = NULL;
         return false;
