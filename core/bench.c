@@ -159,6 +159,7 @@ static int world_open(world *w, const cm_bench_opts *o, cm_err *err)
     eo.clock = w->clock;
     eo.runtime = cm_lua_runtime_seam(w->rt);
     eo.batch_max = o->batch;
+    eo.batch_ms = o->batch_ms;
     if (!(w->engine = cm_engine_new(&eo, err)))
         return err->code;
     return cm_engine_load_file(w->engine, w->wf, NULL, NULL, err);
@@ -245,15 +246,18 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     double eps = secs > 0 ? (double)l.n / secs : 0;
     double raw = sqlite_rate(w.raw, events, o->batch);
     struct rusage ru;
+    cm_store_ckpt_stats ck;
     getrusage(RUSAGE_SELF, &ru);
+    cm_store_ckpt_stats_get(w.store, &ck);
     printf("events applied: %ld (%ld failed) in %.3f s\n", l.n, l.failed, secs);
     printf("engine:  %.0f durable events/s, submit-to-commit p50 %lld us, p99 %lld us\n", eps,
            (long long)p50, (long long)p99);
     printf("sqlite:  %.0f rows/s (raw batched inserts, same batching, synchronous=FULL)\n", raw);
     printf("{\"events_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"sqlite_rows_per_s\":%.0f,"
-           "\"instances\":%d,\"events\":%ld,\"batch\":%d,\"failed\":%ld,\"max_rss_kb\":%ld}\n",
+           "\"instances\":%d,\"events\":%ld,\"batch\":%d,\"failed\":%ld,\"max_rss_kb\":%ld,"
+           "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"max_wal_pages\":%d}\n",
            eps, (long long)p50, (long long)p99, raw, o->instances, l.n, o->batch, l.failed,
-           ru.ru_maxrss);
+           ru.ru_maxrss, ck.background, ck.inline_runs, ck.max_wal_pages);
     if (l.failed)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:

@@ -17,6 +17,7 @@ typedef struct cm_bench_opts {
     int rounds;      /* events sent to each instance */
     int batch;       /* events per commit (engine batch size) */
     const char *dir; /* where the throwaway database goes (NULL: $TMPDIR or /tmp) */
+    int batch_ms;    /* cm_engine_opts.batch_ms (0: the engine's default) */
 } cm_bench_opts;
 
 /* Run the engine benchmark, printing a report whose last line is one JSON

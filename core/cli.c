@@ -725,10 +725,11 @@ static int cmd_bench(int argc, char **argv)
         {"instances", required_argument, NULL, 'i'},
         {"events", required_argument, NULL, 'e'},
         {"batch", required_argument, NULL, 'b'},
+        {"batch-ms", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    cm_bench_opts o = {2000, 25, 256, NULL};
+    cm_bench_opts o = {2000, 25, 256, NULL, 0};
     cm_err err;
     int c;
     if (argc >= 2 && strcmp(argv[1], "federation") == 0)
@@ -743,7 +744,7 @@ static int cmd_bench(int argc, char **argv)
                                  "api)");
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:m:h", longopts, NULL)) != -1) {
         long v = optarg ? strtol(optarg, NULL, 10) : 0;
         if (c == 'h')
             return print_help(find_cmd("bench"));
@@ -753,6 +754,8 @@ static int cmd_bench(int argc, char **argv)
             o.instances = (int)v;
         else if (c == 'e')
             o.rounds = (int)v;
+        else if (c == 'm')
+            o.batch_ms = (int)v;
         else
             o.batch = (int)v;
     }
@@ -1300,7 +1303,8 @@ static const cli_cmd commands[] = {
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
      "  --instances N   instances (default 2000)\n"
      "  --events N      events per instance (default 25)\n"
-     "  --batch N       events per commit (default 256)\n\n"
+     "  --batch N       events per commit (default 256)\n"
+     "  --batch-ms N    a batch takes no more events after N ms of work (default 10)\n\n"
      "'federation' runs two nodes in one process (a thread and a loop each), linked over\n"
      "loopback with CURVE and ZAP, synchronous=FULL on both; rows are queued in the\n"
      "sender's outbox as an engine batch writes them and recorded in the receiver's inbox\n"
@@ -1321,7 +1325,7 @@ static const cli_cmd commands[] = {
      "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
      "  --workflow NAME   default bench_api; --event NAME: default step\n"
      "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
-     "bench engine [--instances N] [--events N] [--batch N]\n"
+     "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N]\n"
      "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
      " [--size N]\n"
      "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",

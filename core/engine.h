@@ -109,6 +109,9 @@ typedef struct cm_engine_opts {
     int max_attempts;          /* failed handler runs before an event is parked; 0 selects 5 */
     int64_t retry_base_ms;     /* first retry delay, doubled each attempt; 0 selects 1000 */
     const char *node_id;       /* this node: organizations hosted here receive messages */
+    int batch_ms; /* a batch takes no more submissions after this much work (ms), so the
+                  ** first acks wait for slow steps only so long; 0 selects 10, negative:
+                  ** by count only */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
@@ -259,6 +262,7 @@ typedef struct cm_engine_stats {
     uint64_t failed;       /* runs that failed (refused, kept for retry, parked) */
     uint64_t lua_errors;   /* handler runs that raised */
     uint64_t budget_kills; /* handler runs stopped by the instruction budget or memory cap */
+    uint64_t batches;      /* batches committed */
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */

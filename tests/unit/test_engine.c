@@ -39,6 +39,7 @@ typedef struct fx {
     cm_lua_host host;
     cm_lua_runtime *rt;
     cm_engine *engine;
+    int batch_ms; /* cm_engine_opts.batch_ms; 0: by count only */
     acks a;
 } fx;
 
@@ -132,6 +133,7 @@ static void open_engine(fx *f)
     eo.max_attempts = 3;
     eo.retry_base_ms = 1000;
     eo.batch_max = 16;
+    eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }
@@ -743,6 +745,77 @@ static void test_group_commit_batches_events(void **state)
         assert_int_equal(f->a.status[i], 0);
 }
 
+/* Each submission "takes" 4 ms of the virtual clock (the work hook runs
+** after each one, inside the batch). */
+static int slow_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm_ack *ack, cm_err *err)
+{
+    (void)cb;
+    (void)submit_ud;
+    (void)ack;
+    (void)err;
+    cm_clock_advance((cm_clock *)hook_ud, 4);
+    return 0;
+}
+
+/* A batch takes no more submissions once batch_ms of work is done: the
+** first acks come after their own commit, the rest follow in later batches. */
+static void test_batches_close_by_time_as_well_as_count(void **state)
+{
+    fx *f = *state;
+    char id[32];
+    int commits = 0;
+    long processed = 0;
+    cm_engine_stats st0, st1;
+    cm_err err;
+    close_engine(f);
+    f->batch_ms = 10;
+    open_engine(f);
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 0; i < 12; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        start(f, INPUT, id);
+    }
+    run(f);
+    for (int i = 0; i < 12; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        signal_ev(f, id, "accepted", NULL);
+    }
+    int acked = f->a.n;
+    cm_engine_stats_get(f->engine, &st0);
+    cm_engine_set_work_hook(f->engine, slow_work, f->clock);
+    sqlite3_commit_hook(cm_store_db(f->store), count_commit, &commits);
+    assert_int_equal(cm_engine_run(f->engine, &processed, &err), 0);
+    sqlite3_commit_hook(cm_store_db(f->store), NULL, NULL);
+    cm_engine_set_work_hook(f->engine, NULL, NULL);
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(processed, 12);
+    /* 12 submissions of 4 ms each, 10 ms a batch: 3 per batch (12 ms), four
+    ** batches, where the count alone (16) would have made one */
+    assert_int_equal(commits, 4);
+    assert_int_equal(st1.batches - st0.batches, 4);
+    assert_int_equal(f->a.n - acked, 12);
+    for (int i = acked; i < f->a.n; i++) {
+        assert_int_equal(f->a.status[i], 0);
+        assert_string_equal(f->a.state[i], "accepted");
+    }
+    /* by count only (negative): one batch */
+    close_engine(f);
+    f->batch_ms = -1;
+    open_engine(f);
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 0; i < 12; i++) {
+        snprintf(id, sizeof(id), "late-%d", i);
+        start(f, INPUT, id);
+    }
+    commits = 0;
+    cm_engine_set_work_hook(f->engine, slow_work, f->clock);
+    sqlite3_commit_hook(cm_store_db(f->store), count_commit, &commits);
+    assert_int_equal(cm_engine_run(f->engine, &processed, &err), 0);
+    sqlite3_commit_hook(cm_store_db(f->store), NULL, NULL);
+    assert_int_equal(processed, 12);
+    assert_int_equal(commits, 1);
+}
+
 static const char *GOER =
     "local cm = require 'caremesh'\n"
     "return cm.workflow {\n"
@@ -1140,6 +1213,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_recovers_timers_and_kept_events, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batches_close_by_time_as_well_as_count, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_context_is_read_on_use_and_written_on_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
