@@ -357,6 +357,9 @@ struct cm_fed {
     int npeers;
     uv_timer_t tick;
     bool tick_init;
+    bool woken;         /* cm_fed_wake since the last tick: rows were queued */
+    bool route_now;     /* rows wait to be refused: route on the next tick */
+    uint64_t routed_at; /* loop time of the last routing pass of its own */
 };
 
 static void sock_drain(fed_sock *s);
@@ -965,6 +968,7 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 /* ---- sending ------------------------------------------------------------- */
 
 static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
+static int route_pass(cm_fed *fed, bool in_tx);
 
 static void peer_down(fed_peer *p, const char *why)
 {
@@ -1311,6 +1315,9 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         if (rc == 0 && !ok)
             rc = tell_refused(fed, f->seq, reason, &err);
     }
+    /* rows queued meanwhile get their peer in this commit too */
+    if (rc == 0 && route_pass(fed, true) < 0)
+        rc = cm_err_set(&err, CM_EDB, "routing the outbox failed");
     if (rc != 0) {
         cm_store_rollback(fed->o.store);
         goto fail;
@@ -1502,10 +1509,13 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
 }
 
 /* Route rows not yet routed: organization -> its node -> a configured peer.
-** Routable rows of a pass get their peer in one transaction; a row that
-** cannot be routed is refused (its instance told), each in its own. Returns
-** the number of rows looked at (FED_ROUTE_BATCH: there may be more). */
-static int route_pass(cm_fed *fed)
+** Routable rows of a pass get their peer in one transaction (in_tx: the one
+** the caller has open, e.g. the one that records answers, so routing costs
+** no commit of its own); a row that cannot be routed is refused (its
+** instance told), each in its own transaction -- in_tx leaves it for a pass
+** of its own. Returns the number of rows looked at (FED_ROUTE_BATCH: there
+** may be more), or -1 on a store error (in_tx: the caller rolls back). */
+static int route_pass(cm_fed *fed, bool in_tx)
 {
     cm_err err;
     int64_t seqs[FED_ROUTE_BATCH];
@@ -1547,8 +1557,10 @@ static int route_pass(cm_fed *fed)
         nbad++;
     }
     sqlite3_reset(st);
+    if (in_tx && nbad)
+        fed->route_now = true; /* refused by a pass of its own, on the next turn */
     if (n > 0) {
-        if (cm_store_begin(fed->o.store, &err) != 0)
+        if (!in_tx && cm_store_begin(fed->o.store, &err) != 0)
             goto fail;
         for (int i = 0; i < n; i++) {
             st = cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1", &err);
@@ -1563,23 +1575,39 @@ static int route_pass(cm_fed *fed)
                 goto rollback;
             }
         }
-        if (cm_store_commit(fed->o.store, &err) != 0)
+        if (!in_tx && cm_store_commit(fed->o.store, &err) != 0)
             goto fail;
     }
+    if (in_tx)
+        return seen;
+    fed->routed_at = uv_now(fed->o.loop);
     for (int i = 0; i < nbad; i++)
         outbox_refuse(fed, bad[i].seq, bad[i].reason);
     return seen;
 rollback:
-    cm_store_rollback(fed->o.store);
+    if (!in_tx)
+        cm_store_rollback(fed->o.store);
 fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
-    return 0;
+    return -1;
 }
 
+/* Route what is new. After a wake, while answers are on their way from every
+** peer that is up, the commit that records them routes it (one commit less
+** per round); not for longer than a poll interval, nor when rows wait to be
+** refused. */
 static void route_pending(cm_fed *fed)
 {
+    uint64_t now = uv_now(fed->o.loop);
+    bool defer = fed->woken && !fed->route_now && now < fed->routed_at + fed->poll_ms;
+    for (int i = 0; defer && i < fed->npeers; i++)
+        if (fed->peers[i].up && fed->peers[i].nwin == fed->peers[i].nsettled)
+            defer = false; /* nothing open: no answer will come to route it */
+    fed->woken = fed->route_now = false;
+    if (defer)
+        return;
     /* bounded, so a flood of new rows cannot hold the loop */
-    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed) == FED_ROUTE_BATCH; i++)
+    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed, false) == FED_ROUTE_BATCH; i++)
         ;
 }
 
@@ -1672,8 +1700,10 @@ static void on_tick(uv_timer_t *t)
 
 void cm_fed_wake(cm_fed *fed)
 {
-    if (fed && fed->tick_init && !fed->stopped)
+    if (fed && fed->tick_init && !fed->stopped) {
+        fed->woken = true;
         uv_timer_start(&fed->tick, on_tick, 0, fed->poll_ms);
+    }
 }
 
 /* ---- start and stop ------------------------------------------------------ */
