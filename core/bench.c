@@ -548,7 +548,8 @@ static int fb_start(fbench *fb, cm_err *err)
                       .node_id = fb->b.id,
                       .keys = &fb->b.keys,
                       .on_received = fb_received,
-                      .on_received_ud = fb};
+                      .on_received_ud = fb,
+                      .proto_minor = fb->o->receiver_minor};
     cm_fed_opts oa = {.loop = &fb->a.loop,
                       .store = fb->a.store,
                       .clock = fb->a.clock,
@@ -619,8 +620,9 @@ static void fb_counts(fbench *fb, long *rows, long *distinct, long *delivered, l
 
 static int fb_report(fbench *fb, cm_err *err)
 {
-    long rows, distinct, delivered, sends, n = fb->o->messages;
+    long rows, distinct, delivered, sends, n = fb->o->messages, batches, batched;
     fb_counts(fb, &rows, &distinct, &delivered, &sends);
+    cm_fed_batch_counts(fb->a.fed, &batches, &batched);
     qsort(fb->lat, (size_t)fb->nlat, sizeof(*fb->lat), cmp64);
     int64_t p50 = fb->nlat ? fb->lat[fb->nlat / 2] : 0;
     int64_t p99 = fb->nlat ? fb->lat[(fb->nlat * 99) / 100] : 0;
@@ -635,15 +637,17 @@ static int fb_report(fbench *fb, cm_err *err)
     printf("federation: %.0f durable msgs/s, queued-to-acked p50 %lld us, p99 %lld us\n", rate,
            (long long)p50, (long long)p99);
     printf("receiver inbox: %ld rows, %ld distinct, %s; sender outbox: %ld delivered after %ld "
-           "sends\n",
+           "sends, %ld of them in %ld batches\n",
            rows, distinct, in_order ? "recorded in the order sent" : "NOT in the order sent",
-           delivered, sends);
+           delivered, sends, batched, batches);
     printf("{\"msgs_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"messages\":%ld,"
            "\"received\":%ld,\"sends\":%ld,\"once\":%s,\"in_order\":%s,\"window\":%d,\"batch\":%d,"
-           "\"backlog\":%d,\"size\":%d,\"receiver\":\"inbox\",\"cpu_s\":%.2f,\"max_rss_kb\":%ld}\n",
+           "\"backlog\":%d,\"size\":%d,\"receiver\":\"inbox\",\"receiver_proto\":\"1.%d\","
+           "\"batches\":%ld,\"batched\":%ld,\"cpu_s\":%.2f,\"max_rss_kb\":%ld}\n",
            rate, (long long)p50, (long long)p99, fb->nlat, fb->received - 1, sends - 1,
            once ? "true" : "false", in_order ? "true" : "false", fb->o->window, fb->o->batch,
            fb->o->backlog, fb->o->size,
+           fb->o->receiver_minor ? fb->o->receiver_minor : CM_FED_PROTO_MINOR, batches, batched,
            (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
            ru.ru_maxrss);
