@@ -26,6 +26,7 @@
 #define FED_HELLO_MAX_MS 30000
 #define FED_ROUTE_BATCH  1024 /* outbox rows routed per transaction */
 #define FED_ROUTE_REFUSE 16   /* unroutable rows refused per pass (each its own transaction) */
+#define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
 #define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
 #define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
@@ -1707,7 +1708,7 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
 ** drop them from the window. Left for the next try if the store is busy. */
 static void peer_flush(cm_fed *fed, fed_peer *p)
 {
-    char now[CM_TIME_BUFSZ], id[192], reason[1024];
+    char now[CM_TIME_BUFSZ], reason[1024];
     cm_err err;
     int refused = 0, rc = 0;
     if (p->nsettled == 0 || !store_free(fed))
@@ -1770,10 +1771,9 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
             p->win[kept++] = *f;
             continue;
         }
-        snprintf(id, sizeof(id), "%s:%lld", fed->o.node_id, (long long)f->seq);
         if (f->state == FLIGHT_DELIVERED)
-            cm_log(CM_LOG_INFO, "fed.delivered", "%s delivered to %s (%s)", id, p->cfg->id,
-                   f->result);
+            cm_log(CM_LOG_INFO, "fed.delivered", "%s:%lld delivered to %s (%s)", fed->o.node_id,
+                   (long long)f->seq, p->cfg->id, f->result);
         else if (f->state == FLIGHT_REFUSED && ++refused)
             cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: node %s refused it: %s",
                    (long long)f->seq, p->cfg->id,
@@ -1972,6 +1972,38 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
     }
 }
 
+/* Where organization org is hosted: *peer is the configured peer's index,
+** or -1 with why saying why not. */
+static int route_lookup(cm_fed *fed, const char *org, int16_t *peer, char *why, size_t whysz,
+                        cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        fed->o.store,
+        "SELECT json_extract(doc, '$.node') FROM record WHERE kind = 'organization' AND id = ?1",
+        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, org, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    const char *node = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+    fed_peer *p = peer_by_id(fed, node);
+    *peer = p ? (int16_t)(p - fed->peers) : -1;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        sqlite3_reset(st);
+        return cm_store_error(fed->o.store, err, "record");
+    }
+    if (rc == SQLITE_DONE)
+        snprintf(why, whysz, "no organization \"%s\"", org);
+    else if (!node)
+        snprintf(why, whysz, "organization \"%s\" has no node", org);
+    else if (!p)
+        snprintf(why, whysz,
+                 "organization \"%s\" is on node \"%.128s\", which is not a configured peer", org,
+                 node);
+    sqlite3_reset(st);
+    return 0;
+}
+
 /* Route rows not yet routed: organization -> its node -> a configured peer.
 ** Routable rows of a pass get their peer in one transaction (in_tx: the one
 ** the caller has open, e.g. the one that records answers, so routing costs
@@ -1982,56 +2014,87 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
 static int route_pass(cm_fed *fed, bool in_tx)
 {
     cm_err err;
-    int64_t seqs[FED_ROUTE_BATCH];
-    int16_t peers[FED_ROUTE_BATCH];
+    /* runs of rows in seq order with one receiver: each routed by one UPDATE */
+    struct {
+        int64_t first, last;
+        int16_t peer, org;
+    } runs[FED_ROUTE_BATCH];
     struct {
         int64_t seq;
         char reason[256];
     } bad[FED_ROUTE_REFUSE];
-    int n = 0, nbad = 0, seen = 0;
-    sqlite3_stmt *st = cm_store_prepare(
-        fed->o.store,
-        "SELECT o.seq, o.receiver, r.id IS NOT NULL, json_extract(r.doc, '$.node') FROM outbox o "
-        "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
-        "WHERE o.status = 'pending' AND o.peer IS NULL ORDER BY o.seq LIMIT ?1",
-        &err);
+    /* the receivers met in this pass, each looked up once */
+    struct {
+        char id[129];
+        int16_t peer; /* -1: not routable, why says why */
+        char why[256];
+    } orgs[FED_ROUTE_ORGS];
+    int nruns = 0, nbad = 0, norgs = 0, seen = 0;
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                        "SELECT seq, receiver FROM outbox WHERE status = 'pending' "
+                                        "AND peer IS NULL ORDER BY seq LIMIT ?1",
+                                        &err);
     if (!st)
         goto fail;
     sqlite3_bind_int(st, 1, FED_ROUTE_BATCH);
     while (nbad < FED_ROUTE_REFUSE && sqlite3_step(st) == SQLITE_ROW) {
-        const char *org = (const char *)sqlite3_column_text(st, 1);
-        const char *node = (const char *)sqlite3_column_text(st, 3);
-        fed_peer *p = peer_by_id(fed, node);
-        char *why = bad[nbad].reason;
-        seen++;
-        if (p) {
-            seqs[n] = sqlite3_column_int64(st, 0);
-            peers[n++] = (int16_t)(p - fed->peers);
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *org = column_str(st, 1);
+        int o = 0;
+        while (o < norgs && strcmp(orgs[o].id, org) != 0)
+            o++;
+        if (strlen(org) >= sizeof(orgs[0].id)) {
+            seen++;
+            bad[nbad].seq = seq;
+            snprintf(bad[nbad++].reason, sizeof(bad[0].reason),
+                     "no organization \"%.64s...\" (ids are at most 128 characters)", org);
             continue;
         }
-        bad[nbad].seq = sqlite3_column_int64(st, 0);
-        if (!sqlite3_column_int(st, 2))
-            snprintf(why, sizeof(bad[0].reason), "no organization \"%s\"", org);
-        else if (!node)
-            snprintf(why, sizeof(bad[0].reason), "organization \"%s\" has no node", org);
-        else
-            snprintf(why, sizeof(bad[0].reason),
-                     "organization \"%s\" is on node \"%.128s\", which is not a configured peer",
-                     org, node);
-        nbad++;
+        if (o == norgs) {
+            if (norgs == FED_ROUTE_ORGS)
+                break; /* the rest in the next pass */
+            copy_str(orgs[o].id, sizeof(orgs[o].id), org);
+            if (route_lookup(fed, org, &orgs[o].peer, orgs[o].why, sizeof(orgs[o].why), &err) !=
+                0) {
+                sqlite3_reset(st);
+                goto fail;
+            }
+            norgs++;
+        }
+        seen++;
+        if (orgs[o].peer < 0) {
+            bad[nbad].seq = seq;
+            copy_str(bad[nbad++].reason, sizeof(bad[0].reason), orgs[o].why);
+            continue;
+        }
+        if (nruns > 0 && runs[nruns - 1].org == o &&
+            !(nbad && bad[nbad - 1].seq > runs[nruns - 1].last))
+            runs[nruns - 1].last = seq;
+        else {
+            runs[nruns].first = runs[nruns].last = seq;
+            runs[nruns].org = (int16_t)o;
+            runs[nruns++].peer = orgs[o].peer;
+        }
     }
     sqlite3_reset(st);
     if (in_tx && nbad)
         fed->route_now = true; /* refused by a pass of its own, on the next turn */
-    if (n > 0) {
+    if (nruns > 0) {
         if (!in_tx && cm_store_begin(fed->o.store, &err) != 0)
             goto fail;
-        for (int i = 0; i < n; i++) {
-            st = cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1", &err);
+        for (int i = 0; i < nruns; i++) {
+            /* the receiver is in the condition: whatever else is in the range
+            ** (rows settled, or routed already) is left alone */
+            st = cm_store_prepare(fed->o.store,
+                                  "UPDATE outbox SET peer = ?3 WHERE status = 'pending' AND peer "
+                                  "IS NULL AND seq BETWEEN ?1 AND ?2 AND receiver = ?4",
+                                  &err);
             if (!st)
                 goto rollback;
-            sqlite3_bind_int64(st, 1, seqs[i]);
-            sqlite3_bind_text(st, 2, fed->peers[peers[i]].cfg->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 1, runs[i].first);
+            sqlite3_bind_int64(st, 2, runs[i].last);
+            sqlite3_bind_text(st, 3, fed->peers[runs[i].peer].cfg->id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 4, orgs[runs[i].org].id, -1, SQLITE_STATIC);
             int rc = sqlite3_step(st);
             sqlite3_reset(st);
             if (rc != SQLITE_DONE) {
