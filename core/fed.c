@@ -31,9 +31,12 @@
 #define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
 #define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
 #define FED_PUMP_ROUNDS  16   /* flush-and-send rounds per turn before yielding the loop */
-#define FED_INBOX_BATCH  1024 /* delivers recorded per transaction (inbox-only receiver) */
-#define FED_SHARE_MS     5000 /* directory and indicators: checked (and resent) this often */
-#define FED_BATCH_SEND   256  /* delivers per batch sent (1.2) */
+#define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
+/* ... and records up to this many per transaction: a batch read below the
+** mark fits whole, so none of its entries is turned away busy */
+#define FED_INBOX_CAP  (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
+#define FED_SHARE_MS   5000 /* directory and indicators: checked (and resent) this often */
+#define FED_BATCH_SEND 256  /* delivers per batch sent (1.2) */
 #define FED_BATCH_BYTES                                                                            \
     (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
                   * deliver goes alone */
@@ -986,7 +989,7 @@ static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, co
 ** order: nothing is acknowledged before the commit. */
 static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
 {
-    inbound_result res[FED_INBOX_BATCH];
+    inbound_result res[FED_INBOX_CAP];
     char now[CM_TIME_BUFSZ];
     cm_err err;
     int rc = -1, busy = 0, first_busy = -1;
@@ -1064,9 +1067,9 @@ static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm
                         fed_group *g, int index)
 {
     size_t n = zmq_msg_size((zmq_msg_t *)rid);
-    if (fed->ninq >= FED_INBOX_BATCH)
+    if (fed->ninq >= FED_INBOX_CAP)
         inbox_flush(fed);
-    if (fed->ninq >= FED_INBOX_BATCH || n > sizeof(fed->inq[0][0].rid))
+    if (fed->ninq >= FED_INBOX_CAP || n > sizeof(fed->inq[0][0].rid))
         return false;
     fed_inbound *in = &fed->inq[fed->inq_cur][fed->ninq];
     if (!(in->payload = cJSON_PrintUnformatted(m->payload)))
@@ -2317,8 +2320,8 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
         rc = cm_err_set(err, CM_EIO, "zmq context: %s", zmq_strerror(errno));
         goto done;
     }
-    if (!o->apply && (!(fed->inq[0] = calloc(FED_INBOX_BATCH, sizeof(*fed->inq[0]))) ||
-                      !(fed->inq[1] = calloc(FED_INBOX_BATCH, sizeof(*fed->inq[1]))))) {
+    if (!o->apply && (!(fed->inq[0] = calloc(FED_INBOX_CAP, sizeof(*fed->inq[0]))) ||
+                      !(fed->inq[1] = calloc(FED_INBOX_CAP, sizeof(*fed->inq[1]))))) {
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
         goto done;
     }
@@ -2394,7 +2397,7 @@ void cm_fed_destroy(cm_fed **fed_p)
         free(fed->peers[i].out.p);
     }
     for (int b = 0; b < 2; b++) {
-        for (int j = 0; fed->inq[b] && j < FED_INBOX_BATCH; j++) {
+        for (int j = 0; fed->inq[b] && j < FED_INBOX_CAP; j++) {
             fed_inbound *in = &fed->inq[b][j];
             free(in->payload);
             if (in->group) { /* never answered: the group goes once its last one is */

@@ -35,7 +35,7 @@
 #define CM_FED_PROTO_MAJOR 1
 #define CM_FED_PROTO_MINOR 2
 /* Largest number of messages in one batch (1.2). */
-#define CM_FED_BATCH_MAX 4096
+#define CM_FED_BATCH_MAX 1024
 /* Capabilities a hello announces (caps), as bits. */
 #define CM_FED_CAP_BATCH 1u /* takes "batch" (1.2) */
 /* Largest message accepted (ZMQ_MAXMSGSIZE) and largest we send. */

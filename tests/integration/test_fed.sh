@@ -175,7 +175,7 @@ same "a hello cannot ride in a batch" "$(jq -r '.messages[3].message' <<<"${repl
 same "the answers name their messages" "$(jq -r '[.messages[] | .id // .ref // "-"] | join(" ")' <<<"${replies[2]:-}")" \
   "probe:3 probe:4 - - probe:5"
 same "a resent entry is a duplicate" "$(jq -r '.messages[0].result' <<<"${replies[3]:-}")" "duplicate"
-has_reply 4 "an empty batch is refused whole" '"message":"messages: 0 messages (1 to 4096 allowed)"'
+has_reply 4 "an empty batch is refused whole" '"message":"messages: 0 messages (1 to 1024 allowed)"'
 has_reply 5 "a batch without a list is refused whole" '"message":"messages: must be an array of messages"'
 same "the good entries recorded, the bad one not" \
   "$(sql "$b/caremesh.db" "SELECT group_concat(msg_id, ' ') FROM (SELECT msg_id FROM inbox WHERE msg_id LIKE 'probe:%' ORDER BY msg_id)")" \

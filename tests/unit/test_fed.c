@@ -237,7 +237,7 @@ static void test_bad_batches_are_refused_whole(void **state)
     cm_err err;
     expect_bad("{\"type\":\"batch\"}", "messages: must be an array of messages");
     expect_bad("{\"type\":\"batch\",\"messages\":{}}", "messages: must be an array of messages");
-    expect_bad("{\"type\":\"batch\",\"messages\":[]}", "messages: 0 messages (1 to 4096 allowed)");
+    expect_bad("{\"type\":\"batch\",\"messages\":[]}", "messages: 0 messages (1 to 1024 allowed)");
     many = malloc(8 * (CM_FED_BATCH_MAX + 1) + 64);
     assert_non_null(many);
     len += (size_t)sprintf(many, "{\"type\":\"batch\",\"messages\":[");
@@ -245,7 +245,7 @@ static void test_bad_batches_are_refused_whole(void **state)
         len += (size_t)sprintf(many + len, "%s{}", i ? "," : "");
     len += (size_t)sprintf(many + len, "]}");
     assert_int_equal(cm_fed_decode_any(many, len, &m, &b, &err), CM_EINVAL);
-    assert_string_equal(err.msg, "messages: 4097 messages (1 to 4096 allowed)");
+    assert_string_equal(err.msg, "messages: 1025 messages (1 to 1024 allowed)");
     assert_null(b.root);
     free(many);
     /* a hello's caps must be names */
