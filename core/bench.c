@@ -549,7 +549,7 @@ static int fb_start(fbench *fb, cm_err *err)
                       .keys = &fb->b.keys,
                       .on_received = fb_received,
                       .on_received_ud = fb,
-                      .proto_minor = fb->o->receiver_minor};
+                      .proto_minor = fb->o->proto};
     cm_fed_opts oa = {.loop = &fb->a.loop,
                       .store = fb->a.store,
                       .clock = fb->a.clock,
@@ -646,8 +646,8 @@ static int fb_report(fbench *fb, cm_err *err)
            "\"batches\":%ld,\"batched\":%ld,\"cpu_s\":%.2f,\"max_rss_kb\":%ld}\n",
            rate, (long long)p50, (long long)p99, fb->nlat, fb->received - 1, sends - 1,
            once ? "true" : "false", in_order ? "true" : "false", fb->o->window, fb->o->batch,
-           fb->o->backlog, fb->o->size,
-           fb->o->receiver_minor ? fb->o->receiver_minor : CM_FED_PROTO_MINOR, batches, batched,
+           fb->o->backlog, fb->o->size, fb->o->proto ? fb->o->proto : CM_FED_PROTO_MINOR, batches,
+           batched,
            (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
            ru.ru_maxrss);

@@ -24,13 +24,13 @@ typedef struct cm_bench_opts {
 int cm_bench_engine(const cm_bench_opts *opts, cm_err *err);
 
 typedef struct cm_bench_fed_opts {
-    long messages;      /* messages measured (one more brings the link up first) */
-    int window;         /* messages in flight per peer (cm_fed_opts.window) */
-    int batch;          /* outbox rows per producer commit (as an engine batch writes them) */
-    int backlog;        /* most rows queued and not yet acknowledged */
-    int size;           /* payload bytes */
-    const char *dir;    /* where the throwaway nodes go (NULL: $TMPDIR or /tmp) */
-    int receiver_minor; /* the receiver speaks protocol 1.N (0: the latest); 1: no batches */
+    long messages;   /* messages measured (one more brings the link up first) */
+    int window;      /* messages in flight per peer (cm_fed_opts.window) */
+    int batch;       /* outbox rows per producer commit (as an engine batch writes them) */
+    int backlog;     /* most rows queued and not yet acknowledged */
+    int size;        /* payload bytes */
+    const char *dir; /* where the throwaway nodes go (NULL: $TMPDIR or /tmp) */
+    int proto;       /* the receiver speaks protocol 1.proto (0: the latest; 1: no batches) */
 } cm_bench_fed_opts;
 
 /* Run the federation benchmark: the receiver records into its inbox only

@@ -655,7 +655,7 @@ static int bench_federation(int argc, char **argv)
                                    "--receiver-proto: '%s' is not a version this build speaks "
                                    "(1.1 or 1.2)",
                                    optarg);
-            o.receiver_minor = optarg[2] - '0';
+            o.proto = optarg[2] - '0';
             continue;
         }
         if (c == '?' || (optarg && (*end || v < 1 || v > 10000000)) ||
