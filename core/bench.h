@@ -31,6 +31,7 @@ typedef struct cm_bench_fed_opts {
     int backlog;     /* most rows queued and not yet acknowledged */
     int size;        /* payload bytes */
     const char *dir; /* where the throwaway nodes go (NULL: $TMPDIR or /tmp) */
+    int proto;       /* the receiver speaks protocol 1.proto (0: the latest; 1: no batches) */
 } cm_bench_fed_opts;
 
 /* Run the federation benchmark: the receiver records into its inbox only

@@ -635,19 +635,29 @@ static int bench_federation(int argc, char **argv)
         {"batch", required_argument, NULL, 'b'},
         {"backlog", required_argument, NULL, 'q'},
         {"size", required_argument, NULL, 's'},
+        {"receiver-proto", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL};
+    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL, 0};
     cm_err err;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:w:b:q:s:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:w:b:q:s:p:h", longopts, NULL)) != -1) {
         char *end = NULL;
-        long v = optarg ? strtol(optarg, &end, 10) : 0;
+        long v = optarg && c != 'p' ? strtol(optarg, &end, 10) : 0;
         if (c == 'h')
             return print_help(find_cmd("bench"));
+        if (c == 'p') {
+            if (strcmp(optarg, "1.1") != 0 && strcmp(optarg, "1.2") != 0)
+                return usage_error("bench federation",
+                                   "--receiver-proto: '%s' is not a version this build speaks "
+                                   "(1.1 or 1.2)",
+                                   optarg);
+            o.proto = optarg[2] - '0';
+            continue;
+        }
         if (c == '?' || (optarg && (*end || v < 1 || v > 10000000)) ||
             (c == 'w' && v > CM_FED_WINDOW_MAX) || (c == 's' && v > 64 * 1024))
             return usage_error("bench federation", "bad option or value: '%s'", argv[optind - 1]);
@@ -1316,7 +1326,9 @@ static const cli_cmd commands[] = {
      "  --window N      messages in flight (default 1000)\n"
      "  --batch N       outbox rows queued per commit (default 256)\n"
      "  --backlog N     most rows queued and not yet acknowledged (default 4000)\n"
-     "  --size N        payload bytes (default 100)\n\n"
+     "  --size N        payload bytes (default 100)\n"
+     "  --receiver-proto 1.1|1.2   the protocol the receiver speaks (default 1.2; the\n"
+     "                  sender sends batches of delivers to a 1.2 node, one at a time to 1.1)\n\n"
      "'api' drives a running daemon over HTTP keep-alive with pipelined requests: starts\n"
      "instances of --workflow, sends each --events events, and prints durable events/s\n"
      "(each answered after its commit) and request-to-answer p50/p99; last line JSON.\n"
@@ -1327,7 +1339,7 @@ static const cli_cmd commands[] = {
      "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
      "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N]\n"
      "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
-     " [--size N]\n"
+     " [--size N] [--receiver-proto 1.1|1.2]\n"
      "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",
      cmd_bench},
     {"config", "check a configuration file",
