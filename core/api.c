@@ -11,16 +11,21 @@
 #include "token.h"
 
 #include <limits.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#define LIST_DEFAULT 100
-#define LIST_MAX     1000
-#define MAX_COUNTERS 256
-#define PURPOSE_MAX  64
+#define LIST_DEFAULT  100
+#define LIST_MAX      1000
+#define MAX_COUNTERS  256
+#define PURPOSE_MAX   64
+#define TOKEN_SLOTS   64   /* verified tokens kept, direct-mapped by hash */
+#define PATIENT_SLOTS 4096 /* instances' patients kept, direct-mapped by hash of the id */
+
+#define METRICS_MAX_AGE_MS 1000 /* the store's gauges are read at most once a second */
 
 enum { SCOPE_OPEN_LOOPBACK = 0 }; /* health routes: a token, unless open to loopback */
 
@@ -41,10 +46,45 @@ typedef struct counter {
     uint64_t n;
 } counter;
 
+/* A growing text buffer for the exposition. */
+typedef struct tbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} tbuf;
+
+/* A token that passed cm_token_check, known by the hash of its whole text
+** (the text itself is not kept). */
+typedef struct token_slot {
+    bool used;
+    unsigned char hash[crypto_generichash_BYTES];
+    cm_token_info info;
+} token_slot;
+
+/* The patient an instance's input names ("" for none): inputs never change. */
+typedef struct patient_slot {
+    char instance[CM_NAME_MAX];
+    char patient[CM_ID_MAX + 1];
+} patient_slot;
+
 struct cm_api {
     cm_api_opts o;
     cm_http_server *http;
     bool ready, stopping;
+    /* Verified tokens. Valid while no other connection committed to the
+    ** database (a revocation is made by `caremesh token revoke`, another
+    ** process): PRAGMA data_version is read again at the first request of
+    ** each loop iteration (prepare sets dv_stale) and any change empties it. */
+    token_slot tokens[TOKEN_SLOTS];
+    uv_prepare_t prepare;
+    bool prepare_open, dv_stale;
+    long long dv;
+    patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
+    /* the store's gauges for /metrics, read off the loop (see h_metrics) */
+    tbuf gauges;
+    uint64_t gauges_at; /* uv_now when read */
+    bool metrics_running;
+    call *metrics_waiting;
     counter counters[MAX_COUNTERS];
     int ncounters;
     void (*done)(void *ud);
@@ -54,6 +94,7 @@ struct cm_api {
 /* One request being handled. */
 struct call {
     cm_api *api;
+    call *next; /* waiting for the store's gauges */
     cm_http_req *req;
     const route *rt;
     char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
@@ -66,10 +107,19 @@ struct call {
     /* engine submissions */
     char patient[CM_ID_MAX + 1];
     const char *action;
-    char instance[CM_NAME_MAX];
+    bool signal;       /* an event for an instance: its patient is the input's */
+    bool patient_read; /* patient was read from the instance in the batch */
 };
 
 /* ---- answers ------------------------------------------------------------ */
+
+/* Append s at buf + n (the caller sized buf); the new length. */
+static size_t text_put(char *buf, size_t n, const char *s)
+{
+    size_t len = strlen(s);
+    memcpy(buf + n, s, len + 1);
+    return n + len;
+}
 
 static void count(cm_api *api, const char *pattern, int status)
 {
@@ -417,6 +467,62 @@ static int audit_reads(call *c, int kind, const cJSON *docs, const char *action,
 
 /* ---- authentication ------------------------------------------------------ */
 
+static void tokens_forget(cm_api *api)
+{
+    sodium_memzero(api->tokens, sizeof(api->tokens));
+}
+
+/* Forget every verified token when another connection committed since the
+** last look (checked once per loop iteration). */
+static int tokens_revalidate(cm_api *api, cm_err *err)
+{
+    if (!api->dv_stale)
+        return 0;
+    sqlite3_stmt *st = cm_store_prepare(api->o.store, "PRAGMA data_version", err);
+    if (!st)
+        return err->code;
+    int s = sqlite3_step(st);
+    long long dv = s == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_reset(st);
+    if (s != SQLITE_ROW)
+        return cm_store_error(api->o.store, err, "data_version");
+    if (dv != api->dv)
+        tokens_forget(api);
+    api->dv = dv;
+    api->dv_stale = false;
+    return 0;
+}
+
+/* cm_token_check, answered from the verified tokens when it can be. */
+static int token_check(cm_api *api, const char *text, cm_token_info *info, cm_err *err)
+{
+    unsigned char hash[crypto_generichash_BYTES];
+    int rc;
+    if ((rc = tokens_revalidate(api, err)) != 0)
+        return rc;
+    size_t len = strlen(text);
+    if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
+        return cm_token_check(api->o.store, text, info, err);
+    crypto_generichash(hash, sizeof(hash), (const unsigned char *)text, len, NULL, 0);
+    token_slot *slot = &api->tokens[(hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS];
+    if (slot->used && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
+        *info = slot->info;
+        return 0;
+    }
+    if ((rc = cm_token_check(api->o.store, text, info, err)) != 0)
+        return rc;
+    slot->used = true;
+    memcpy(slot->hash, hash, sizeof(hash));
+    slot->info = *info;
+    return 0;
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    cm_api *api = h->data;
+    api->dv_stale = true;
+}
+
 static bool authenticate(call *c)
 {
     const char *h = cm_http_req_header(c->req, "Authorization");
@@ -430,7 +536,7 @@ static bool authenticate(call *c)
     const char *t = h + 7;
     while (*t == ' ')
         t++;
-    int rc = cm_token_check(c->api->o.store, t, &c->tok, &err);
+    int rc = token_check(c->api, t, &c->tok, &err);
     if (rc == CM_EPERM) {
         reply_error(c, 401, "unauthorized", NULL, "%s", err.msg);
         return false;
@@ -770,6 +876,49 @@ static void h_instance_history(call *c)
     instance_view(c, true);
 }
 
+static size_t patient_slot_of(const char *instance)
+{
+    size_t h = 5381;
+    for (const unsigned char *p = (const unsigned char *)instance; *p; p++)
+        h = h * 33 + *p;
+    return h % PATIENT_SLOTS;
+}
+
+/* The patient the instance's input names into out ("" for none), read once
+** per instance: an input never changes after the start. */
+static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
+                               cm_err *err)
+{
+    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
+    out[0] = '\0';
+    if (slot && strcmp(slot->instance, instance) == 0) {
+        snprintf(out, outsz, "%s", slot->patient);
+        return 0;
+    }
+    sqlite3_stmt *st = cm_store_prepare(
+        api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1", err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
+        snprintf(out, outsz, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+    return s == SQLITE_ROW || s == SQLITE_DONE ? 0 : cm_store_error(api->o.store, err, "instance");
+}
+
+/* Keep what instance_patient_of read, once the batch that read it committed
+** (a batch rolled back may have started the instance it read). */
+static void instance_patient_keep(cm_api *api, const char *instance, const char *patient)
+{
+    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
+    if (slot && strlen(instance) < sizeof(slot->instance) &&
+        strlen(patient) < sizeof(slot->patient)) {
+        memcpy(slot->instance, instance, strlen(instance) + 1);
+        memcpy(slot->patient, patient, strlen(patient) + 1);
+    }
+}
+
 /* The engine acknowledged a submission: the batch holding it committed. */
 static void on_engine_ack(void *ud, const cm_ack *ack)
 {
@@ -792,12 +941,22 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
         reply_err(c, &err, NULL);
         return;
     }
-    cJSON *doc = cJSON_CreateObject();
-    cJSON_AddStringToObject(doc, "instance", ack->instance ? ack->instance : "");
-    cJSON_AddStringToObject(doc, "state", ack->state ? ack->state : "");
-    if (ack->kept)
-        cJSON_AddTrueToObject(doc, "held"); /* paused: kept until resume */
-    reply_json(c, ack->kept ? 202 : strcmp(c->action, "instance.start") == 0 ? 201 : 200, doc);
+    if (c->patient_read && ack->instance)
+        instance_patient_keep(c->api, ack->instance, c->patient);
+    /* {"instance":I,"state":S} and "held":true when paused (kept until resume) */
+    char inst[6 * CM_NAME_MAX + 1], state[6 * CM_NAME_MAX + 1], text[sizeof(inst) * 2 + 64];
+    cm_json_escape(ack->instance ? ack->instance : "", inst, sizeof(inst));
+    cm_json_escape(ack->state ? ack->state : "", state, sizeof(state));
+    size_t n = text_put(text, 0, "{\"instance\":\"");
+    n = text_put(text, n, inst);
+    n = text_put(text, n, "\",\"state\":\"");
+    n = text_put(text, n, state);
+    n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
+    reply_text(c,
+               ack->kept                                  ? 202
+               : strcmp(c->action, "instance.start") == 0 ? 201
+                                                          : 200,
+               NULL, text, n);
 }
 
 /* In the batch's transaction: the audit entry of an API submission. */
@@ -806,19 +965,15 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
 {
     call *c = submit_ud;
     char patient[CM_ID_MAX + 1];
+    int rc;
     if (cb != on_engine_ack)
         return 0;
     snprintf(patient, sizeof(patient), "%s", c->patient);
-    if (!patient[0] && ack->instance) { /* a signal: the instance's patient */
-        sqlite3_stmt *st = cm_store_prepare(
-            c->api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1",
-            err);
-        if (!st)
-            return err->code;
-        sqlite3_bind_text(st, 1, ack->instance, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT)
-            snprintf(patient, sizeof(patient), "%s", (const char *)sqlite3_column_text(st, 0));
-        sqlite3_reset(st);
+    if (c->signal && ack->instance) { /* a signal: the instance's patient */
+        if ((rc = instance_patient_of(c->api, ack->instance, patient, sizeof(patient), err)) != 0)
+            return rc;
+        snprintf(c->patient, sizeof(c->patient), "%s", patient);
+        c->patient_read = true;
     }
     if (!patient[0])
         return 0;
@@ -856,41 +1011,42 @@ static void h_instance_signal(call *c)
     if (!check_params(c, NULL, NULL) || !parse_body(c) || !check_members(c, m))
         return;
     c->action = "instance.signal";
+    c->signal = true;
     if (cm_engine_signal(c->api->o.engine, c->arg, body_str(c, "event"),
                          cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack, c,
                          &err) != 0)
         reply_err(c, &err, NULL);
 }
 
+/* In an operator action's transaction: its audit entry (when the instance's
+** input names a patient), so the change never commits without it. */
+static int audit_action(void *ud, const char *instance, const cJSON *input, cm_err *err)
+{
+    call *c = ud;
+    const char *patient = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient"));
+    return patient ? audit(c, c->action, patient, "workflow", "ok", err) : 0;
+}
+
 /* pause, resume, cancel: operator actions, each its own transaction. */
-static void instance_action(call *c, const char *verb)
+static void instance_action(call *c, cm_engine_action what, const char *action)
 {
     static const member m[] = {{"reason", cJSON_String, false}, {NULL, 0, false}};
     cm_engine *e = c->api->o.engine;
     cJSON *doc = NULL;
     cm_err err;
     size_t len;
-    int rc;
-    char action[32];
     cm_http_req_body(c->req, &len);
     if (!check_params(c, NULL, NULL) || (len > 0 && (!parse_body(c) || !check_members(c, m))))
         return;
-    if (verb[0] == 'p')
-        rc = cm_engine_pause(e, c->arg, &err);
-    else if (verb[0] == 'r')
-        rc = cm_engine_resume(e, c->arg, &err);
-    else
-        rc = cm_engine_cancel(e, c->arg, c->body ? body_str(c, "reason") : NULL, &err);
+    c->action = action;
+    int rc = cm_engine_act(e, c->arg, what, c->body ? body_str(c, "reason") : NULL, audit_action, c,
+                           &err);
     if (rc == CM_EINVAL) {
         reply_error(c, 409, "wrong_state", NULL, "%s", err.msg);
         return;
     }
     if (rc == 0)
         rc = cm_engine_get(e, c->arg, &doc, &err);
-    const char *patient = rc == 0 ? instance_patient(doc) : NULL;
-    snprintf(action, sizeof(action), "instance.%s", verb);
-    if (rc == 0 && patient)
-        rc = audit(c, action, patient, "workflow", "ok", &err);
     if (rc != 0) {
         cJSON_Delete(doc);
         reply_err(c, &err, NULL);
@@ -913,17 +1069,17 @@ static void instance_action(call *c, const char *verb)
 
 static void h_instance_pause(call *c)
 {
-    instance_action(c, "pause");
+    instance_action(c, CM_ENGINE_PAUSE, "instance.pause");
 }
 
 static void h_instance_resume(call *c)
 {
-    instance_action(c, "resume");
+    instance_action(c, CM_ENGINE_RESUME, "instance.resume");
 }
 
 static void h_instance_cancel(call *c)
 {
-    instance_action(c, "cancel");
+    instance_action(c, CM_ENGINE_CANCEL, "instance.cancel");
 }
 
 /* ---- failed events ------------------------------------------------------- */
@@ -1003,10 +1159,11 @@ static void h_failed_discard(call *c)
 
 /* Pending outbox rows for peer (routed to it, or for an organization it
 ** hosts) and the age in seconds of the oldest (-1 when none). */
-static int peer_depth(cm_api *api, const char *peer, long *depth, double *age, cm_err *err)
+static int peer_depth(cm_store *store, int64_t now_ms, const char *peer, long *depth, double *age,
+                      cm_err *err)
 {
     sqlite3_stmt *st = cm_store_prepare(
-        api->o.store,
+        store,
         "SELECT count(*), min(o.created) FROM outbox o "
         "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
         "WHERE o.status = 'pending' AND coalesce(o.peer, json_extract(r.doc, '$.node')) = ?1",
@@ -1015,14 +1172,14 @@ static int peer_depth(cm_api *api, const char *peer, long *depth, double *age, c
     if (!st)
         return err->code;
     sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(api->o.store, err, "outbox");
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(store, err, "outbox");
     *depth = 0;
     *age = -1;
     if (rc == 0) {
         *depth = (long)sqlite3_column_int64(st, 0);
         if (sqlite3_column_type(st, 1) == SQLITE_TEXT &&
             cm_time_parse((const char *)sqlite3_column_text(st, 1), &ms))
-            *age = (double)(cm_clock_now_ms(api->o.clock) - ms) / 1000.0;
+            *age = (double)(now_ms - ms) / 1000.0;
     }
     sqlite3_reset(st);
     return rc;
@@ -1057,7 +1214,8 @@ static void h_peers(call *c)
         const cm_peer_config *p = &cfg->fed_peers[i];
         long depth;
         double age;
-        if (peer_depth(c->api, p->id, &depth, &age, &err) != 0) {
+        if (peer_depth(c->api->o.store, cm_clock_now_ms(c->api->o.clock), p->id, &depth, &age,
+                       &err) != 0) {
             cJSON_Delete(doc);
             reply_err(c, &err, NULL);
             return;
@@ -1260,25 +1418,6 @@ static void h_audit(call *c)
     reply_json(c, 200, doc);
 }
 
-static void h_audit_verify(call *c)
-{
-    long entries = 0;
-    cm_err err;
-    if (!check_params(c, NULL, NULL))
-        return;
-    int rc = cm_audit_verify(c->api->o.store, &entries, &err);
-    if (rc != 0 && rc != CM_EAUDIT) {
-        reply_err(c, &err, NULL);
-        return;
-    }
-    cJSON *doc = cJSON_CreateObject();
-    cJSON_AddBoolToObject(doc, "ok", rc == 0);
-    cJSON_AddNumberToObject(doc, "entries", (double)entries);
-    if (rc != 0)
-        cJSON_AddStringToObject(doc, "problem", err.msg);
-    reply_json(c, 200, doc);
-}
-
 /* ---- health and metrics ----------------------------------------------------- */
 
 static void h_healthz(call *c)
@@ -1307,13 +1446,6 @@ static void h_readyz(call *c)
     static const char ok[] = "{\"status\":\"ready\"}";
     reply_text(c, 200, NULL, ok, sizeof(ok) - 1);
 }
-
-/* A growing text buffer for the exposition. */
-typedef struct tbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} tbuf;
 
 static void tprintf(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -1393,10 +1525,30 @@ static void metrics_engine(cm_api *api, tbuf *b)
             (unsigned long long)s.latency_count);
 }
 
-static int metrics_store(cm_api *api, tbuf *b, cm_err *err)
+/* ---- work off the loop: audit verify and the store's gauges -------------------
+** Each runs on libuv's thread pool with a read connection of its own, in one
+** read transaction (a consistent snapshot while the loop goes on writing). */
+
+typedef struct job {
+    uv_work_t w;
+    cm_api *api;
+    call *c;      /* verify: the request; metrics: NULL (the waiters are on the API) */
+    bool metrics; /* else: verify */
+    char *path;   /* the database */
+    int64_t now_ms;
+    int npeers;
+    char (*peers)[CM_ID_MAX + 1];
+    int rc;
+    cm_err err;
+    long entries; /* verify */
+    tbuf out;     /* metrics */
+} job;
+
+/* Instances, timers and outbox gauges, read through store (the job's). */
+static int metrics_store(cm_store *store, job *j, tbuf *b, cm_err *err)
 {
     char l1[2 * CM_NAME_MAX], l2[2 * CM_NAME_MAX], l3[64];
-    sqlite3_stmt *st = cm_store_prepare(api->o.store,
+    sqlite3_stmt *st = cm_store_prepare(store,
                                         "SELECT workflow, state, status, count(*) FROM instance "
                                         "GROUP BY workflow, state, status ORDER BY 1, 2, 3",
                                         err);
@@ -1410,45 +1562,126 @@ static int metrics_store(cm_api *api, tbuf *b, cm_err *err)
                 lv((const char *)sqlite3_column_text(st, 2), l3, sizeof(l3)),
                 (long long)sqlite3_column_int64(st, 3));
     sqlite3_reset(st);
-    if (!(st = cm_store_prepare(api->o.store, "SELECT count(*) FROM timer", err)))
+    if (!(st = cm_store_prepare(store, "SELECT count(*) FROM timer", err)))
         return err->code;
     metric_head(b, "caremesh_timers_pending", "gauge", "Durable timers not yet due or run.");
     if (sqlite3_step(st) == SQLITE_ROW)
         tprintf(b, "caremesh_timers_pending %lld\n", (long long)sqlite3_column_int64(st, 0));
     sqlite3_reset(st);
-    const cm_config *cfg = api->o.cfg;
-    metric_head(b, "caremesh_outbox_depth", "gauge", "Messages pending for a peer.");
-    metric_head(b, "caremesh_outbox_oldest_age_seconds", "gauge",
-                "Age of the oldest message pending for a peer (0 when none).");
-    metric_head(b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
-    for (int i = 0; i < cfg->fed_npeers; i++) {
-        long depth;
-        double age;
-        int rc = peer_depth(api, cfg->fed_peers[i].id, &depth, &age, err);
+    long depth[CM_FED_MAX_PEERS];
+    double age[CM_FED_MAX_PEERS];
+    for (int i = 0; i < j->npeers; i++) {
+        int rc = peer_depth(store, j->now_ms, j->peers[i], &depth[i], &age[i], err);
         if (rc != 0)
             return rc;
-        lv(cfg->fed_peers[i].id, l1, sizeof(l1));
-        tprintf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n", l1, depth);
-        tprintf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n", l1, age < 0 ? 0 : age);
-        int up = cm_fed_peer_up(api->o.fed, cfg->fed_peers[i].id);
-        if (up >= 0)
-            tprintf(b, "caremesh_peer_up{peer=\"%s\"} %d\n", l1, up);
+    }
+    metric_head(b, "caremesh_outbox_depth", "gauge", "Messages pending for a peer.");
+    for (int i = 0; i < j->npeers; i++)
+        tprintf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n", lv(j->peers[i], l1, sizeof(l1)),
+                depth[i]);
+    metric_head(b, "caremesh_outbox_oldest_age_seconds", "gauge",
+                "Age of the oldest message pending for a peer (0 when none).");
+    for (int i = 0; i < j->npeers; i++)
+        tprintf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n",
+                lv(j->peers[i], l1, sizeof(l1)), age[i] < 0 ? 0 : age[i]);
+    return b->oom ? cm_err_set(err, CM_ENOMEM, "out of memory") : 0;
+}
+
+static void job_run(uv_work_t *w)
+{
+    job *j = w->data;
+    cm_store *store = NULL;
+    cm_store_opts o;
+    cm_store_opts_init(&o);
+    o.path = j->path;
+    if ((j->rc = cm_store_open(&store, &o, &j->err)) != 0)
+        return;
+    if ((j->rc = cm_store_exec(store, "BEGIN", &j->err)) == 0) {
+        j->rc = j->metrics ? metrics_store(store, j, &j->out, &j->err)
+                           : cm_audit_verify(store, &j->entries, &j->err);
+        sqlite3_exec(cm_store_db(store), "COMMIT", NULL, NULL, NULL); /* read only */
+    }
+    cm_store_close(&store);
+}
+
+static void job_free(job *j)
+{
+    free(j->path);
+    free(j->peers);
+    free(j->out.p);
+    free(j);
+}
+
+/* Queue a job; on failure it is freed and the error returned. */
+static int job_start(cm_api *api, job *j, void (*after)(uv_work_t *w, int status), cm_err *err)
+{
+    const char *path = sqlite3_db_filename(cm_store_db(api->o.store), "main");
+    j->api = api;
+    j->w.data = j;
+    if (!path || !*path || !(j->path = strdup(path))) {
+        job_free(j);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    int rc = uv_queue_work(api->o.loop, &j->w, job_run, after);
+    if (rc != 0) {
+        job_free(j);
+        return cm_err_set(err, CM_EIO, "cannot queue work: %s", uv_strerror(rc));
     }
     return 0;
 }
 
-static void h_metrics(call *c)
+static void verify_done(uv_work_t *w, int status)
 {
-    tbuf b = {0};
+    job *j = w->data;
+    call *c = j->c;
+    if (status != 0)
+        cm_err_set(&j->err, CM_EIO, "audit verify: %s", uv_strerror(status));
+    if (status != 0 || (j->rc != 0 && j->rc != CM_EAUDIT)) {
+        reply_err(c, &j->err, NULL);
+        job_free(j);
+        return;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddBoolToObject(doc, "ok", j->rc == 0);
+    cJSON_AddNumberToObject(doc, "entries", (double)j->entries);
+    if (j->rc != 0)
+        cJSON_AddStringToObject(doc, "problem", j->err.msg);
+    reply_json(c, 200, doc);
+    job_free(j);
+}
+
+static void h_audit_verify(call *c)
+{
     cm_err err;
-    cm_api *api = c->api;
+    job *j;
     if (!check_params(c, NULL, NULL))
         return;
-    metrics_engine(api, &b);
-    if (metrics_store(api, &b, &err) != 0) {
-        free(b.p);
-        reply_err(c, &err, NULL);
+    if (!(j = calloc(1, sizeof(*j)))) {
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
         return;
+    }
+    j->c = c;
+    if (job_start(c->api, j, verify_done, &err) != 0)
+        reply_err(c, &err, NULL);
+}
+
+/* The answer: the engine's counters, the store's gauges (text), peers up,
+** the HTTP counters. */
+static void metrics_reply(call *c, const char *gauges, size_t glen)
+{
+    tbuf b = {0};
+    cm_api *api = c->api;
+    const cm_config *cfg = api->o.cfg;
+    metrics_engine(api, &b);
+    if (glen)
+        tprintf(&b, "%.*s", (int)glen, gauges);
+    metric_head(&b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
+    for (int i = 0; i < cfg->fed_npeers; i++) {
+        char l1[2 * CM_NAME_MAX];
+        int up = cm_fed_peer_up(api->o.fed, cfg->fed_peers[i].id);
+        if (up >= 0)
+            tprintf(&b, "caremesh_peer_up{peer=\"%s\"} %d\n",
+                    lv(cfg->fed_peers[i].id, l1, sizeof(l1)), up);
     }
     count(api, c->rt->pattern, 200); /* this answer counts itself */
     metric_head(&b, "caremesh_http_requests_total", "counter",
@@ -1467,6 +1700,72 @@ static void h_metrics(call *c)
     cm_http_respond(c->req, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len);
     free(b.p);
     call_free(c);
+}
+
+static void metrics_done(uv_work_t *w, int status)
+{
+    job *j = w->data;
+    cm_api *api = j->api;
+    call *waiting = api->metrics_waiting;
+    api->metrics_waiting = NULL;
+    api->metrics_running = false;
+    if (status != 0)
+        j->rc = cm_err_set(&j->err, CM_EIO, "metrics: %s", uv_strerror(status));
+    if (j->rc == 0) {
+        free(api->gauges.p);
+        api->gauges = j->out;
+        j->out = (tbuf){0};
+        api->gauges_at = uv_now(api->o.loop);
+    }
+    for (call *c = waiting, *next; c; c = next) {
+        next = c->next;
+        if (j->rc == 0)
+            metrics_reply(c, api->gauges.p, api->gauges.len);
+        else
+            reply_err(c, &j->err, NULL);
+    }
+    job_free(j);
+}
+
+/* The store's gauges are read off the loop and kept for METRICS_MAX_AGE_MS:
+** requests within that age are answered from them, the others wait for the
+** one read that runs at a time. */
+static void h_metrics(call *c)
+{
+    cm_api *api = c->api;
+    const cm_config *cfg = api->o.cfg;
+    cm_err err;
+    if (!check_params(c, NULL, NULL))
+        return;
+    if (api->gauges.p && uv_now(api->o.loop) - api->gauges_at < METRICS_MAX_AGE_MS) {
+        metrics_reply(c, api->gauges.p, api->gauges.len);
+        return;
+    }
+    c->next = api->metrics_waiting;
+    api->metrics_waiting = c;
+    if (api->metrics_running)
+        return;
+    job *j = calloc(1, sizeof(*j));
+    if (j && cfg->fed_npeers > 0 &&
+        !(j->peers = calloc((size_t)cfg->fed_npeers, sizeof(*j->peers)))) {
+        free(j);
+        j = NULL;
+    }
+    if (!j) {
+        api->metrics_waiting = c->next;
+        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
+        return;
+    }
+    j->metrics = true;
+    j->now_ms = cm_clock_now_ms(api->o.clock);
+    for (int i = 0; i < cfg->fed_npeers; i++)
+        snprintf(j->peers[j->npeers++], sizeof(j->peers[0]), "%s", cfg->fed_peers[i].id);
+    if (job_start(api, j, metrics_done, &err) != 0) {
+        api->metrics_waiting = c->next;
+        reply_err(c, &err, NULL);
+        return;
+    }
+    api->metrics_running = true;
 }
 
 /* ---- the route table --------------------------------------------------------- */
@@ -1618,6 +1917,7 @@ void cm_api_reconfigure(cm_api *api)
         return;
     limits_of(&api->o.cfg->api, &lim);
     cm_http_server_set_limits(api->http, &lim);
+    tokens_forget(api);
 }
 
 int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
@@ -1647,6 +1947,12 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
         *out = api;
         return rc;
     }
+    api->patients = calloc(PATIENT_SLOTS, sizeof(*api->patients)); /* NULL: looked up each time */
+    uv_prepare_init(o->loop, &api->prepare);
+    api->prepare.data = api;
+    uv_prepare_start(&api->prepare, on_prepare);
+    api->prepare_open = true;
+    api->dv_stale = true;
     cm_engine_set_work_hook(o->engine, on_engine_work, api);
     cm_log(CM_LOG_INFO, "api.listen", "HTTP API on %s%s%s:%d (%ld active token(s))",
            strchr(ac->host, ':') ? "[" : "", ac->host, strchr(ac->host, ':') ? "]" : "",
@@ -1685,6 +1991,10 @@ void cm_api_stop(cm_api *api, void (*done)(void *ud), void *ud)
         api->done_ud = ud;
     }
     api->stopping = true;
+    if (api->prepare_open) {
+        uv_close((uv_handle_t *)&api->prepare, NULL);
+        api->prepare_open = false;
+    }
     cm_http_server_stop(api->http, on_http_stopped, api);
 }
 
@@ -1693,6 +2003,9 @@ void cm_api_destroy(cm_api **api_p)
     if (!api_p || !*api_p)
         return;
     cm_http_server_destroy(&(*api_p)->http);
+    tokens_forget(*api_p);
+    free((*api_p)->patients);
+    free((*api_p)->gauges.p);
     free(*api_p);
     *api_p = NULL;
 }

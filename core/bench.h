@@ -17,6 +17,7 @@ typedef struct cm_bench_opts {
     int rounds;      /* events sent to each instance */
     int batch;       /* events per commit (engine batch size) */
     const char *dir; /* where the throwaway database goes (NULL: $TMPDIR or /tmp) */
+    int batch_ms;    /* cm_engine_opts.batch_ms (0: the engine's default) */
 } cm_bench_opts;
 
 /* Run the engine benchmark, printing a report whose last line is one JSON
@@ -30,6 +31,7 @@ typedef struct cm_bench_fed_opts {
     int backlog;     /* most rows queued and not yet acknowledged */
     int size;        /* payload bytes */
     const char *dir; /* where the throwaway nodes go (NULL: $TMPDIR or /tmp) */
+    int proto;       /* the receiver speaks protocol 1.proto (0: the latest; 1: no batches) */
 } cm_bench_fed_opts;
 
 /* Run the federation benchmark: the receiver records into its inbox only

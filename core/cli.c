@@ -662,18 +662,28 @@ static int bench_federation(int argc, char **argv)
         {"batch", required_argument, NULL, 'b'},
         {"backlog", required_argument, NULL, 'q'},
         {"size", required_argument, NULL, 's'},
+        {"receiver-proto", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL};
+    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL, 0};
     cm_err err;
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:w:b:q:s:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:w:b:q:s:p:h", longopts, NULL)) != -1) {
         long max = c == 'w' ? CM_FED_WINDOW_MAX : c == 's' ? 64 * 1024 : BENCH_COUNT_MAX, v;
         if (c == 'h')
             return print_help(find_cmd("bench"));
+        if (c == 'p') {
+            if (strcmp(optarg, "1.1") != 0 && strcmp(optarg, "1.2") != 0)
+                return usage_error("bench federation",
+                                   "--receiver-proto: '%s' is not a version this build speaks "
+                                   "(1.1 or 1.2)",
+                                   optarg);
+            o.proto = optarg[2] - '0';
+            continue;
+        }
         if (c == '?' || !parse_count(optarg, max, &v))
             return usage_error("bench federation", "bad option or value: '%s'", argv[optind - 1]);
         if (c == 'm')
@@ -711,7 +721,7 @@ static int bench_api(int argc, char **argv)
     };
     char host[64] = "127.0.0.1";
     cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
-                           4,    32};
+                           4,    64};
     int *nums[] = {&o.instances, &o.events, &o.connections, &o.pipeline};
     const char *numopts = "iecp";
     cm_err err;
@@ -749,10 +759,11 @@ static int cmd_bench(int argc, char **argv)
         {"instances", required_argument, NULL, 'i'},
         {"events", required_argument, NULL, 'e'},
         {"batch", required_argument, NULL, 'b'},
+        {"batch-ms", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    cm_bench_opts o = {2000, 25, 256, NULL};
+    cm_bench_opts o = {2000, 25, 256, NULL, 0};
     cm_err err;
     int c;
     if (argc >= 2 && strcmp(argv[1], "federation") == 0)
@@ -767,7 +778,7 @@ static int cmd_bench(int argc, char **argv)
                                  "api)");
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:m:h", longopts, NULL)) != -1) {
         long v;
         if (c == 'h')
             return print_help(find_cmd("bench"));
@@ -777,6 +788,8 @@ static int cmd_bench(int argc, char **argv)
             o.instances = (int)v;
         else if (c == 'e')
             o.rounds = (int)v;
+        else if (c == 'm')
+            o.batch_ms = (int)v;
         else
             o.batch = (int)v;
     }
@@ -1320,7 +1333,8 @@ static const cli_cmd commands[] = {
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
      "  --instances N   instances (default 2000)\n"
      "  --events N      events per instance (default 25)\n"
-     "  --batch N       events per commit (default 256)\n\n"
+     "  --batch N       events per commit (default 256)\n"
+     "  --batch-ms N    a batch takes no more events after N ms of work (default 10)\n\n"
      "'federation' runs two nodes in one process (a thread and a loop each), linked over\n"
      "loopback with CURVE and ZAP, synchronous=FULL on both; rows are queued in the\n"
      "sender's outbox as an engine batch writes them and recorded in the receiver's inbox\n"
@@ -1332,7 +1346,9 @@ static const cli_cmd commands[] = {
      "  --window N      messages in flight (default 1000)\n"
      "  --batch N       outbox rows queued per commit (default 256)\n"
      "  --backlog N     most rows queued and not yet acknowledged (default 4000)\n"
-     "  --size N        payload bytes (default 100)\n\n"
+     "  --size N        payload bytes (default 100)\n"
+     "  --receiver-proto 1.1|1.2   the protocol the receiver speaks (default 1.2; the\n"
+     "                  sender sends batches of delivers to a 1.2 node, one at a time to 1.1)\n\n"
      "'api' drives a running daemon over HTTP keep-alive with pipelined requests: starts\n"
      "instances of --workflow, sends each --events events, and prints durable events/s\n"
      "(each answered after its commit) and request-to-answer p50/p99; last line JSON.\n"
@@ -1340,10 +1356,10 @@ static const cli_cmd commands[] = {
      "  --api ADDR:PORT   the daemon's API (default 127.0.0.1:7600)\n"
      "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
      "  --workflow NAME   default bench_api; --event NAME: default step\n"
-     "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 32)",
-     "bench engine [--instances N] [--events N] [--batch N]\n"
+     "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
+     "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N]\n"
      "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
-     " [--size N]\n"
+     " [--size N] [--receiver-proto 1.1|1.2]\n"
      "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",
      cmd_bench},
     {"config", "check a configuration file",

@@ -81,8 +81,25 @@ void cm_time_format(int64_t ms, char *buf, size_t bufsz)
     time_t t = (time_t)secs;
     struct tm tm;
     gmtime_r(&t, &tm);
-    snprintf(buf, bufsz, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)msec);
+    int year = tm.tm_year + 1900;
+    if (year < 0 || year > 9999 || bufsz < 25) {
+        snprintf(buf, bufsz, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", year, tm.tm_mon + 1, tm.tm_mday,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)msec);
+        return;
+    }
+    /* the engine stamps every row it writes: digits by hand, not snprintf */
+    const int parts[] = {year,      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                         tm.tm_min, tm.tm_sec,     (int)msec};
+    const int width[] = {4, 2, 2, 2, 2, 2, 3};
+    const char after[] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    char *p = buf;
+    for (int i = 0; i < 7; i++) {
+        for (int k = width[i] - 1, v = parts[i]; k >= 0; k--, v /= 10)
+            p[k] = (char)('0' + v % 10);
+        p += width[i];
+        *p++ = after[i];
+    }
+    *p = '\0';
 }
 
 static bool digits(const char *s, int n, int *out)

@@ -19,6 +19,8 @@
 #include <string.h>
 
 #define ENGINE_BATCH_DEFAULT      256
+#define ENGINE_BATCH_MS_DEFAULT   10
+#define ENGINE_DUE_AFTER_TIME     8 /* due items a batch still takes once its time is up */
 #define ENGINE_ATTEMPTS_DEFAULT   5
 #define ENGINE_RETRY_BASE_DEFAULT 1000
 #define ENGINE_RETRY_MAX_MS       (3600 * 1000LL)
@@ -65,6 +67,7 @@ typedef struct pending_event {
 
 /* A loaded instance row. */
 typedef struct inst {
+    int64_t seq; /* the row's key: the step's UPDATE finds it without the id index */
     char id[CM_NAME_MAX];
     char workflow[CM_NAME_MAX];
     int rev;
@@ -481,7 +484,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
             "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx, "
-            "coalesce(hist, 0) FROM instance WHERE id = ?1",
+            "coalesce(hist, 0), seq FROM instance WHERE id = ?1",
             err);
     int rc = 0;
     memset(in, 0, sizeof(*in));
@@ -498,6 +501,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         in->input = parse_column(st, 7);
         in->ctx = ctx_column(st, 8);
         in->hist = sqlite3_column_int64(st, 9);
+        in->seq = sqlite3_column_int64(st, 10);
         if (!in->input || !in->ctx) {
             inst_clear(in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
@@ -553,17 +557,17 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
         in->status_changed
             ? cm_store_prepare(e->o.store,
                                "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, "
-                               "updated = ?6, hist = ?7 WHERE id = ?1",
+                               "updated = ?6, hist = ?7 WHERE seq = ?1",
                                err)
             : cm_store_prepare(
                   e->o.store,
                   "UPDATE instance SET state = ?2, ctx = ?4, steps = ?5, updated = ?6, "
-                  "hist = ?7 WHERE id = ?1",
+                  "hist = ?7 WHERE seq = ?1",
                   err);
     if (!st)
         return err->code;
     now_text(e, now);
-    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, in->seq);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
     if (in->status_changed)
         sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
@@ -572,7 +576,11 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
     if (in->hist > 0)
         sqlite3_bind_int64(st, 7, in->hist);
-    if ((rc = exec_kept(e, st, "instance", err)) == 0)
+    if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
+        sqlite3_changes(cm_store_db(e->o.store)) != 1)
+        rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,
+                        (long long)in->seq);
+    if (rc == 0)
         in->status_changed = false;
     return rc;
 }
@@ -601,6 +609,8 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     int rc = exec_kept(e, st, "instance", err);
     if (rc == CM_EEXISTS)
         rc = cm_err_set(err, CM_EEXISTS, "an instance with id \"%s\" already exists", in->id);
+    if (rc == 0)
+        in->seq = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
     return rc;
 }
 
@@ -1852,7 +1862,11 @@ static int run_batch(cm_engine *e, cm_err *err)
         free(ocs);
         return rc;
     }
-    while (e->head && n < queued) {
+    /* the engine's clock (virtual in tests): a clock that jumps only cuts a
+    ** batch short or lets it run to its count */
+    int64_t t0 = cm_clock_now_ms(e->o.clock);
+    bool late = false;
+    while (e->head && n < queued && !late) {
         work *w = e->head;
         e->head = w->next;
         if (!e->head)
@@ -1864,8 +1878,11 @@ static int run_batch(cm_engine *e, cm_err *err)
         cm_ack ack = ack_of(&ocs[n - 1]);
         if (e->hook && (rc = e->hook(e->hook_ud, w->cb, w->ud, &ack, err)) != 0)
             break;
+        late = e->o.batch_ms > 0 && cm_clock_now_ms(e->o.clock) - t0 >= e->o.batch_ms;
     }
     int room = e->o.batch_max - n;
+    if (late && room > ENGINE_DUE_AFTER_TIME)
+        room = ENGINE_DUE_AFTER_TIME; /* due work still moves, a little */
     if (rc == 0 && room > 0 && (rc = process_due_timers(e, room, &due_n, err)) == 0) {
         room -= due_n;
         int ev_n = 0;
@@ -1893,8 +1910,10 @@ static int run_batch(cm_engine *e, cm_err *err)
         work_free(ocs[i].w);
     }
     free(ocs);
-    if (rc == 0)
+    if (rc == 0) {
         e->stats.processed += (uint64_t)(n + due_n);
+        e->stats.batches++;
+    }
     return rc != 0 ? rc : n + due_n;
 }
 
@@ -2058,10 +2077,11 @@ void cm_engine_wake(cm_engine *e)
 
 /* ---- operator actions ------------------------------------------------- */
 
-/* Run fn(e, in, arg) on instance id in a transaction of its own. */
+/* Run fn(e, in, arg) on instance id in a transaction of its own, then
+** also(ud, ...) in the same transaction when given. */
 static int with_instance(cm_engine *e, const char *id,
                          int (*fn)(cm_engine *, inst *, const char *, cm_err *), const char *arg,
-                         cm_err *err)
+                         cm_engine_also_fn also, void *ud, cm_err *err)
 {
     inst in;
     int rc = cm_store_begin(e->o.store, err);
@@ -2071,6 +2091,8 @@ static int with_instance(cm_engine *e, const char *id,
     rc = inst_load(e, id, &in, err);
     if (rc == 0)
         rc = fn(e, &in, arg, err);
+    if (rc == 0 && also)
+        rc = also(ud, in.id, in.input, err);
     if (rc == 0)
         rc = cm_store_commit(e->o.store, err);
     else
@@ -2122,19 +2144,32 @@ static int do_cancel(cm_engine *e, inst *in, const char *reason, cm_err *err)
     return finish_instance(e, in, err);
 }
 
+int cm_engine_act(cm_engine *e, const char *instance, cm_engine_action action, const char *reason,
+                  cm_engine_also_fn also, void *ud, cm_err *err)
+{
+    static int (*const fns[])(cm_engine *, inst *, const char *,
+                              cm_err *) = {[CM_ENGINE_PAUSE] = do_pause,
+                                           [CM_ENGINE_RESUME] = do_resume,
+                                           [CM_ENGINE_CANCEL] = do_cancel};
+    if ((int)action < CM_ENGINE_PAUSE || action > CM_ENGINE_CANCEL)
+        return cm_err_set(err, CM_EINVAL, "engine: unknown operator action %d", (int)action);
+    return with_instance(e, instance, fns[action], action == CM_ENGINE_CANCEL ? reason : NULL, also,
+                         ud, err);
+}
+
 int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err)
 {
-    return with_instance(e, instance, do_pause, NULL, err);
+    return cm_engine_act(e, instance, CM_ENGINE_PAUSE, NULL, NULL, NULL, err);
 }
 
 int cm_engine_resume(cm_engine *e, const char *instance, cm_err *err)
 {
-    return with_instance(e, instance, do_resume, NULL, err);
+    return cm_engine_act(e, instance, CM_ENGINE_RESUME, NULL, NULL, NULL, err);
 }
 
 int cm_engine_cancel(cm_engine *e, const char *instance, const char *reason, cm_err *err)
 {
-    return with_instance(e, instance, do_cancel, reason, err);
+    return cm_engine_act(e, instance, CM_ENGINE_CANCEL, reason, NULL, NULL, err);
 }
 
 /* Change a parked event: retry (ready now, attempts reset) or discard (deleted). */
@@ -2317,6 +2352,8 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
     }
     if (e->o.batch_max <= 0)
         e->o.batch_max = ENGINE_BATCH_DEFAULT;
+    if (e->o.batch_ms == 0)
+        e->o.batch_ms = ENGINE_BATCH_MS_DEFAULT;
     if (e->o.max_attempts <= 0)
         e->o.max_attempts = ENGINE_ATTEMPTS_DEFAULT;
     if (e->o.retry_base_ms <= 0)

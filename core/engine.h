@@ -109,6 +109,9 @@ typedef struct cm_engine_opts {
     int max_attempts;          /* failed handler runs before an event is parked; 0 selects 5 */
     int64_t retry_base_ms;     /* first retry delay, doubled each attempt; 0 selects 1000 */
     const char *node_id;       /* this node: organizations hosted here receive messages */
+    int batch_ms; /* a batch takes no more submissions after this much work (ms), so the
+                  ** first acks wait for slow steps only so long; 0 selects 10, negative:
+                  ** by count only */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
@@ -219,6 +222,16 @@ int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err);
 int cm_engine_resume(cm_engine *e, const char *instance, cm_err *err);
 int cm_engine_cancel(cm_engine *e, const char *instance, const char *reason, cm_err *err);
 
+/* The same actions with what the caller must write in the action's
+** transaction (an audit entry): also(ud, instance, input) runs after the
+** change and before the commit, with the instance's id and input (borrowed
+** for the call); a non-zero return rolls the action back and is returned.
+** reason is for cancel only. */
+typedef enum { CM_ENGINE_PAUSE, CM_ENGINE_RESUME, CM_ENGINE_CANCEL } cm_engine_action;
+typedef int (*cm_engine_also_fn)(void *ud, const char *instance, const cJSON *input, cm_err *err);
+int cm_engine_act(cm_engine *e, const char *instance, cm_engine_action action, const char *reason,
+                  cm_engine_also_fn also, void *ud, cm_err *err);
+
 /* Parked events: retry now (attempts reset) or discard. */
 int cm_engine_retry_event(cm_engine *e, long seq, cm_err *err);
 int cm_engine_discard_event(cm_engine *e, long seq, cm_err *err);
@@ -249,6 +262,7 @@ typedef struct cm_engine_stats {
     uint64_t failed;       /* runs that failed (refused, kept for retry, parked) */
     uint64_t lua_errors;   /* handler runs that raised */
     uint64_t budget_kills; /* handler runs stopped by the instruction budget or memory cap */
+    uint64_t batches;      /* batches committed */
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */

@@ -26,17 +26,138 @@
 #define FED_HELLO_MAX_MS 30000
 #define FED_ROUTE_BATCH  1024 /* outbox rows routed per transaction */
 #define FED_ROUTE_REFUSE 16   /* unroutable rows refused per pass (each its own transaction) */
+#define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
 #define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
 #define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
 #define FED_PUMP_ROUNDS  16   /* flush-and-send rounds per turn before yielding the loop */
-#define FED_INBOX_BATCH  1024 /* delivers recorded per transaction (inbox-only receiver) */
-#define FED_SHARE_MS     5000 /* directory and indicators: checked (and resent) this often */
+#define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
+/* ... and records up to this many per transaction: a batch read below the
+** mark fits whole, so none of its entries is turned away busy */
+#define FED_INBOX_CAP  (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
+#define FED_SHARE_MS   5000 /* directory and indicators: checked (and resent) this often */
+#define FED_BATCH_SEND 256  /* delivers per batch sent (1.2) */
+#define FED_BATCH_BYTES                                                                            \
+    (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
+                  * deliver goes alone */
 
 /* ---- messages ------------------------------------------------------------ */
 
-static const char *const type_names[] = {"hello", "deliver",   "ack",
-                                         "error", "directory", "indicators"};
+static const char *const type_names[] = {"hello",     "deliver",    "ack",  "error",
+                                         "directory", "indicators", "batch"};
+
+/* A growing text buffer; oom is set (and sticks) when it could not grow. */
+typedef struct fed_buf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} fed_buf;
+
+static bool buf_room(fed_buf *b, size_t more)
+{
+    if (b->oom)
+        return false;
+    if (b->len + more + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static void buf_put(fed_buf *b, const char *s, size_t n)
+{
+    if (!buf_room(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_puts(fed_buf *b, const char *s)
+{
+    buf_put(b, s, strlen(s));
+}
+
+static void buf_reset(fed_buf *b)
+{
+    b->len = 0;
+    b->oom = false;
+    if (b->p)
+        b->p[0] = '\0';
+}
+
+/* s as a JSON string (RFC 8259 escapes; UTF-8 passes as is). */
+static void buf_json_str(fed_buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    const char *run = s;
+    buf_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        buf_put(b, run, (size_t)(s - run));
+        run = s + 1;
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        if (c < 0x20) {
+            esc[1] = 'u';
+            esc[2] = esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+        }
+        buf_put(b, esc, c < 0x20 ? 6 : 2);
+    }
+    buf_put(b, run, (size_t)(s - run));
+    buf_put(b, "\"", 1);
+}
+
+/* "node:seq" as a JSON string. */
+static void buf_id(fed_buf *b, const char *node, int64_t seq)
+{
+    char num[32];
+    buf_json_str(b, node);
+    if (b->oom)
+        return;
+    b->len--; /* the closing quote: the seq goes on */
+    snprintf(num, sizeof(num), ":%lld\"", (long long)seq);
+    buf_puts(b, num);
+}
+
+/* ,"key":"value" (nothing when value is empty and optional). */
+static void buf_field(fed_buf *b, const char *key, const char *value, bool optional)
+{
+    if (optional && (!value || !*value))
+        return;
+    buf_put(b, ",\"", 2);
+    buf_puts(b, key);
+    buf_put(b, "\":", 2);
+    buf_json_str(b, value ? value : "");
+}
+
+/* An answer to message id: ack with result (and reason when refused), or
+** error busy when result is NULL. */
+static void buf_answer(fed_buf *b, const char *id, const char *result, const char *reason)
+{
+    if (result) {
+        buf_puts(b, "{\"type\":\"ack\"");
+        buf_field(b, "id", id, false);
+        buf_field(b, "result", result, false);
+        buf_field(b, "reason", reason, true);
+    } else {
+        buf_puts(b, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"not recorded; resend "
+                    "later\"");
+        buf_field(b, "ref", id, false);
+    }
+    buf_put(b, "}", 1);
+}
 
 void cm_fed_msg_clear(cm_fed_msg *m)
 {
@@ -44,6 +165,16 @@ void cm_fed_msg_clear(cm_fed_msg *m)
     cJSON_Delete(m->classes);
     cJSON_Delete(m->record);
     memset(m, 0, sizeof(*m));
+}
+
+/* s into out, cut to fit. */
+static void copy_str(char *out, size_t outsz, const char *s)
+{
+    size_t n = strlen(s);
+    if (n >= outsz)
+        n = outsz - 1;
+    memcpy(out, s, n);
+    out[n] = '\0';
 }
 
 /* Copy string field key of obj into out; required or optional; length-checked. */
@@ -57,7 +188,7 @@ static int get_str(const cJSON *obj, const char *key, bool required, char *out, 
         return cm_err_set(err, CM_EINVAL, "%s: must be a non-empty string", key);
     if (strlen(v->valuestring) >= outsz)
         return cm_err_set(err, CM_EINVAL, "%s: longer than %zu characters", key, outsz - 1);
-    snprintf(out, outsz, "%s", v->valuestring);
+    copy_str(out, outsz, v->valuestring);
     return 0;
 }
 
@@ -76,7 +207,7 @@ static int parse_proto(const char *s, int *major, int *minor)
     return 0;
 }
 
-static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
+static int decode_fields(cJSON *root, cm_fed_msg *m, cm_err *err)
 {
     char proto[16] = "";
     int rc;
@@ -87,6 +218,16 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             return rc;
         if (parse_proto(proto, &m->major, &m->minor) != 0)
             return cm_err_set(err, CM_EINVAL, "proto: must be \"MAJOR.MINOR\"");
+        const cJSON *caps = cJSON_GetObjectItemCaseSensitive(root, "caps"), *cap;
+        if (caps && !cJSON_IsArray(caps))
+            return cm_err_set(err, CM_EINVAL, "caps: must be an array of names");
+        cJSON_ArrayForEach(cap, caps)
+        {
+            if (!cJSON_IsString(cap))
+                return cm_err_set(err, CM_EINVAL, "caps: must be an array of names");
+            if (strcmp(cap->valuestring, "batch") == 0)
+                m->caps |= CM_FED_CAP_BATCH;
+        }
         return 0;
     case CM_FED_DELIVER: {
         if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0 ||
@@ -112,10 +253,10 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
             err, CM_EINVAL, "classes: must be an array of data class names");
         if (r && !cJSON_IsObject(r))
             return cm_err_set(err, CM_EINVAL, "patient_record: must be an object");
-        if (!(m->payload = cJSON_Duplicate(p, true)) ||
-            (c && !(m->classes = cJSON_Duplicate(c, true))) ||
-            (r && !(m->record = cJSON_Duplicate(r, true))))
-            return cm_err_set(err, CM_ENOMEM, "out of memory");
+        /* checked: moved out of the parsed tree, not copied */
+        m->payload = cJSON_DetachItemViaPointer(root, (cJSON *)p);
+        m->classes = c ? cJSON_DetachItemViaPointer(root, (cJSON *)c) : NULL;
+        m->record = r ? cJSON_DetachItemViaPointer(root, (cJSON *)r) : NULL;
         return 0;
     }
     case CM_FED_ACK:
@@ -149,12 +290,27 @@ static int decode_fields(const cJSON *root, cm_fed_msg *m, cm_err *err)
     }
 }
 
-int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err)
+/* The type of message object obj; CM_FED_BATCH only when batch is allowed. */
+static int decode_type(const cJSON *obj, cm_fed_msg *m, cm_err *err)
 {
     char type[16] = "";
+    int rc = get_str(obj, "type", true, type, sizeof(type), err);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < sizeof(type_names) / sizeof(type_names[0]); i++)
+        if (strcmp(type, type_names[i]) == 0) {
+            m->type = (cm_fed_type)i;
+            return 0;
+        }
+    return cm_err_set(err, CM_EINVAL, "type: unknown message type \"%s\"", type);
+}
+
+int cm_fed_decode_any(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch *b, cm_err *err)
+{
     cJSON *root = NULL;
     int rc = 0;
     memset(m, 0, sizeof(*m));
+    memset(b, 0, sizeof(*b));
     if (len == 0 || len > CM_FED_MAX_MSG) {
         rc = cm_err_set(err, CM_EINVAL, "message of %zu bytes (1 to %d allowed)", len,
                         CM_FED_MAX_MSG);
@@ -164,24 +320,75 @@ int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err)
         rc = cm_err_set(err, CM_EINVAL, "not a JSON object");
         goto done;
     }
-    if ((rc = get_str(root, "type", true, type, sizeof(type), err)) != 0)
+    if ((rc = decode_type(root, m, err)) != 0)
         goto done;
-    rc = CM_EINVAL;
-    for (size_t i = 0; i < sizeof(type_names) / sizeof(type_names[0]); i++)
-        if (strcmp(type, type_names[i]) == 0) {
-            m->type = (cm_fed_type)i;
-            rc = 0;
-        }
-    if (rc != 0) {
-        cm_err_set(err, rc, "type: unknown message type \"%s\"", type);
+    if (m->type != CM_FED_BATCH) {
+        rc = decode_fields(root, m, err);
         goto done;
     }
-    rc = decode_fields(root, m, err);
+    cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
+    if (n < 0)
+        rc = cm_err_set(err, CM_EINVAL, "messages: must be an array of messages");
+    else if (n < 1 || n > CM_FED_BATCH_MAX)
+        rc = cm_err_set(err, CM_EINVAL, "messages: %d messages (1 to %d allowed)", n,
+                        CM_FED_BATCH_MAX);
+    else {
+        b->root = root;
+        b->messages = list;
+        b->n = n;
+        b->next = list->child;
+        root = NULL;
+    }
 done:
     cJSON_Delete(root);
     if (rc != 0)
         cm_fed_msg_clear(m);
     return rc;
+}
+
+int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err)
+{
+    cm_fed_batch b;
+    int rc = cm_fed_decode_any(buf, len, m, &b, err);
+    cm_fed_batch_free(&b);
+    return rc;
+}
+
+int cm_fed_batch_entry(cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err)
+{
+    cJSON *e;
+    int rc;
+    memset(m, 0, sizeof(*m));
+    id[0] = '\0';
+    if (i < 0 || i >= b->n)
+        return cm_err_set(err, CM_EINVAL, "messages[%d]: no such entry (%d in the batch)", i, b->n);
+    if (i == b->next_i && b->next) /* read in order: no walk from the start */
+        e = b->next;
+    else
+        e = cJSON_GetArrayItem(b->messages, i);
+    b->next = e->next;
+    b->next_i = i + 1;
+    if (!cJSON_IsObject(e))
+        return cm_err_set(err, CM_EINVAL, "messages[%d]: not a JSON object", i);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "id");
+    if (cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) < 192)
+        memcpy(id, v->valuestring, strlen(v->valuestring) + 1);
+    if ((rc = decode_type(e, m, err)) == 0 && m->type == CM_FED_BATCH)
+        rc = cm_err_set(err, CM_EINVAL, "type: a batch cannot hold a batch");
+    if (rc == 0)
+        rc = decode_fields(e, m, err);
+    if (rc != 0) {
+        cm_fed_msg_clear(m);
+        cm_err_prefix(err, "messages[%d]", i);
+    }
+    return rc;
+}
+
+void cm_fed_batch_free(cm_fed_batch *b)
+{
+    cJSON_Delete(b->root);
+    memset(b, 0, sizeof(*b));
 }
 
 char *cm_fed_encode(const cm_fed_msg *m)
@@ -200,6 +407,8 @@ char *cm_fed_encode(const cm_fed_msg *m)
         cJSON_AddItemToArray(caps, cJSON_CreateString("deliver"));
         cJSON_AddItemToArray(caps, cJSON_CreateString("directory"));
         cJSON_AddItemToArray(caps, cJSON_CreateString("indicators"));
+        if (m->caps & CM_FED_CAP_BATCH)
+            cJSON_AddItemToArray(caps, cJSON_CreateString("batch"));
         break;
     case CM_FED_DELIVER:
         if (!cJSON_AddStringToObject(o, "id", m->id) ||
@@ -295,7 +504,10 @@ typedef struct fed_peer {
     bool shook;            /* the link's CURVE handshake succeeded (since the last disconnect) */
     bool handshake_warned; /* a failed handshake was logged; quiet until one succeeds */
     bool refused;          /* it refused our version: back off long */
-    uint64_t hello_due;    /* loop time of the next hello while down */
+    bool batch;            /* its hello announced batches (1.2): delivers go in batches */
+    fed_buf out;           /* the batch being filled, and the window entries it holds */
+    int *out_win, nout;
+    uint64_t hello_due; /* loop time of the next hello while down */
     uint64_t hello_ivl;
     /* The window: messages sent and not yet settled in the outbox, in seq
     ** order. Answers settle entries in memory; a flush writes them, one
@@ -323,9 +535,22 @@ typedef struct fed_peer {
     int rid_next;
 } fed_peer;
 
+/* The answers to a batch (1.2): one per entry, gathered until each has one,
+** then sent back in entry order as one batch (or more, when they would not
+** fit in one message). */
+typedef struct fed_group {
+    cm_fed *fed; /* NULL once the federation is gone: answers are dropped */
+    uint8_t rid[256];
+    size_t rid_len;
+    int n, pending; /* entries, and answers still to come (+1 while it is read) */
+    char **answers; /* each entry's answer as JSON text (owned; NULL: none) */
+} fed_group;
+
 /* A delivered message the engine is applying: the ack goes when it answers. */
 typedef struct fed_ticket {
-    cm_fed *fed; /* NULL once the federation is gone */
+    cm_fed *fed;      /* NULL once the federation is gone */
+    fed_group *group; /* it came in a batch: its answer goes there, as entry index */
+    int index;
     struct fed_ticket *prev, *next;
     char peer[129], id[192], kind[129], to[129];
     uint8_t rid[256];
@@ -335,6 +560,8 @@ typedef struct fed_ticket {
 /* A deliver the inbox-only receiver records with the rest of its batch. */
 typedef struct fed_inbound {
     int peer;
+    fed_group *group; /* it came in a batch: its answer goes there, as entry index */
+    int index;
     uint8_t rid[256];
     size_t rid_len;
     char id[192], prev[192], kind[129], to[129];
@@ -344,6 +571,10 @@ typedef struct fed_inbound {
 struct cm_fed {
     cm_fed_opts o;
     int window;
+    int minor;             /* the protocol minor version spoken (opts.proto_minor) */
+    fed_buf text;          /* scratch: one deliver being encoded */
+    fed_buf ans;           /* scratch: answers being encoded */
+    long batches, batched; /* batches sent to peers, and the delivers they carried */
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
     /* inbox-only receiver: two batches, one filling while the other commits */
@@ -357,6 +588,9 @@ struct cm_fed {
     int npeers;
     uv_timer_t tick;
     bool tick_init;
+    bool woken;         /* cm_fed_wake since the last tick: rows were queued */
+    bool route_now;     /* rows wait to be refused: route on the next tick */
+    uint64_t routed_at; /* loop time of the last routing pass of its own */
 };
 
 static void sock_drain(fed_sock *s);
@@ -530,7 +764,8 @@ static void hello_msg(cm_fed *fed, cm_fed_msg *m)
     memset(m, 0, sizeof(*m));
     m->type = CM_FED_HELLO;
     m->major = CM_FED_PROTO_MAJOR;
-    m->minor = CM_FED_PROTO_MINOR;
+    m->minor = fed->minor;
+    m->caps = fed->minor >= 2 ? CM_FED_CAP_BATCH : 0;
     snprintf(m->node, sizeof(m->node), "%s", fed->o.node_id);
 }
 
@@ -581,32 +816,115 @@ static void now_text(cm_fed *fed, char *buf)
     cm_time_format(cm_clock_now_ms(fed->o.clock), buf, CM_TIME_BUFSZ);
 }
 
-/* Send an ack (or "busy") to the link with routing id rid. The caller
-** drains the ROUTER after the last of a run of answers. */
-static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, const char *id,
-                     const char *result, const char *reason)
+static void group_release(fed_group *g);
+
+/* A group for the n answers to a batch from the link rid; NULL when out of
+** memory. It is held (pending n + 1) until group_release after the read. */
+static fed_group *group_new(cm_fed *fed, const zmq_msg_t *rid, int n)
 {
-    cm_fed_msg m;
-    memset(&m, 0, sizeof(m));
-    if (result) {
-        m.type = CM_FED_ACK;
-        snprintf(m.result, sizeof(m.result), "%s", result);
-        snprintf(m.message, sizeof(m.message), "%s", reason ? reason : "");
-    } else {
-        m.type = CM_FED_ERROR;
-        snprintf(m.code, sizeof(m.code), "busy");
-        snprintf(m.message, sizeof(m.message), "not recorded; resend later");
+    size_t len = zmq_msg_size((zmq_msg_t *)rid);
+    fed_group *g = len <= sizeof(g->rid) ? calloc(1, sizeof(*g)) : NULL;
+    if (g && !(g->answers = calloc((size_t)n, sizeof(*g->answers)))) {
+        free(g);
+        g = NULL;
     }
-    snprintf(m.id, sizeof(m.id), "%s", id);
-    char *text = cm_fed_encode(&m);
-    if (!text) {
+    if (!g)
+        return NULL;
+    g->fed = fed;
+    memcpy(g->rid, zmq_msg_data((zmq_msg_t *)rid), len);
+    g->rid_len = len;
+    g->n = n;
+    g->pending = n + 1;
+    return g;
+}
+
+/* Entry i's answer (text owned; NULL: none, out of memory). */
+static void group_put(fed_group *g, int i, char *text)
+{
+    if (i < 0 || i >= g->n || g->answers[i]) {
+        free(text);
+        return; /* answered already: the first answer stands */
+    }
+    g->answers[i] = text;
+    group_release(g);
+}
+
+/* One answer fewer to wait for; at none, send them (in entry order, as
+** batches of at most CM_FED_MAX_MSG bytes) and free the group. The caller
+** drains the ROUTER after a run of sends. */
+static void group_release(fed_group *g)
+{
+    if (--g->pending > 0)
+        return;
+    cm_fed *fed = g->fed && !g->fed->stopped ? g->fed : NULL;
+    fed_buf *b = fed ? &fed->ans : NULL;
+    for (int i = 0, first = 1; fed && i <= g->n; i++) {
+        const char *a = i < g->n ? g->answers[i] : NULL;
+        size_t alen = a ? strlen(a) : 0;
+        if (!first && (i == g->n || b->len + alen + 3 > CM_FED_MAX_MSG)) {
+            buf_put(b, "]}", 2);
+            if (!b->oom) {
+                const void *bufs[] = {g->rid, b->p};
+                size_t lens[] = {g->rid_len, b->len};
+                sock_put(&fed->router, bufs, lens, 2);
+            } else
+                cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory answering a batch");
+            first = 1;
+        }
+        if (!a)
+            continue;
+        if (first)
+            buf_reset(b), buf_puts(b, "{\"type\":\"batch\",\"messages\":[");
+        else
+            buf_put(b, ",", 1);
+        buf_put(b, a, alen);
+        first = 0;
+    }
+    for (int i = 0; i < g->n; i++)
+        free(g->answers[i]);
+    free(g->answers);
+    free(g);
+}
+
+/* The error answer (code, about ref, message text) for entry i of g. */
+static void group_error(fed_group *g, int i, const char *code, const char *ref, const char *text)
+{
+    fed_buf b = {0};
+    buf_puts(&b, "{\"type\":\"error\"");
+    buf_field(&b, "code", code, false);
+    buf_field(&b, "ref", ref, true);
+    buf_field(&b, "message", text, false);
+    buf_put(&b, "}", 1);
+    if (b.oom) {
+        free(b.p);
+        b.p = NULL;
+    }
+    group_put(g, i, b.p);
+}
+
+/* Answer message id from the link rid: an ack (result, and reason when it
+** was refused), or error busy when result is NULL. Into g's batch as entry
+** index when g; else alone. The caller drains the ROUTER after a run. */
+static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, fed_group *g, int index,
+                     const char *id, const char *result, const char *reason)
+{
+    fed_buf own = {0}, *b = g ? &own : &fed->ans;
+    buf_reset(b);
+    buf_answer(b, id, result, reason);
+    if (b->oom) {
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory answering %s", id);
+        free(own.p);
+        if (g)
+            group_put(g, index, NULL);
         return;
     }
-    const void *bufs[] = {rid, text};
-    size_t lens[] = {rid_len, strlen(text)};
+    if (g) {
+        group_put(g, index, own.p);
+        return;
+    }
+    const void *bufs[] = {rid, b->p};
+    size_t lens[] = {rid_len, b->len};
     sock_put(&fed->router, bufs, lens, 2);
-    free(text);
 }
 
 /* Is (peer, id) in the inbox (received or refused)? -1 on a store error. */
@@ -671,7 +989,7 @@ static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, co
 ** order: nothing is acknowledged before the commit. */
 static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
 {
-    inbound_result res[FED_INBOX_BATCH];
+    inbound_result res[FED_INBOX_CAP];
     char now[CM_TIME_BUFSZ];
     cm_err err;
     int rc = -1, busy = 0, first_busy = -1;
@@ -699,17 +1017,19 @@ static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
         if (res[i] == IN_BUSY) {
             if (busy++ == 0)
                 first_busy = i;
-            send_ack(fed, in->rid, in->rid_len, in->id, NULL, NULL);
+            send_ack(fed, in->rid, in->rid_len, in->group, in->index, in->id, NULL, NULL);
         } else {
             bool dup = res[i] == IN_DUPLICATE;
             cm_log(CM_LOG_INFO, dup ? "fed.duplicate" : "fed.received", "%s %s (%s for %s) from %s",
                    dup ? "duplicate" : "received", in->id, in->kind, in->to, peer);
             if (!dup && fed->o.on_received)
                 fed->o.on_received(fed->o.on_received_ud, peer, in->id, in->kind, in->to);
-            send_ack(fed, in->rid, in->rid_len, in->id, dup ? "duplicate" : "received", NULL);
+            send_ack(fed, in->rid, in->rid_len, in->group, in->index, in->id,
+                     dup ? "duplicate" : "received", NULL);
         }
         free(in->payload);
         in->payload = NULL;
+        in->group = NULL;
     }
     sock_drain(&fed->router);
     if (busy)
@@ -743,23 +1063,26 @@ static void inbox_flush(cm_fed *fed)
 
 /* Queue a deliver for the next inbox batch; false when it cannot wait (the
 ** batch is full while the other is still being answered, or no memory). */
-static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m,
+                        fed_group *g, int index)
 {
     size_t n = zmq_msg_size((zmq_msg_t *)rid);
-    if (fed->ninq >= FED_INBOX_BATCH)
+    if (fed->ninq >= FED_INBOX_CAP)
         inbox_flush(fed);
-    if (fed->ninq >= FED_INBOX_BATCH || n > sizeof(fed->inq[0][0].rid))
+    if (fed->ninq >= FED_INBOX_CAP || n > sizeof(fed->inq[0][0].rid))
         return false;
     fed_inbound *in = &fed->inq[fed->inq_cur][fed->ninq];
     if (!(in->payload = cJSON_PrintUnformatted(m->payload)))
         return false;
     in->peer = (int)(p - fed->peers);
+    in->group = g;
+    in->index = index;
     memcpy(in->rid, zmq_msg_data((zmq_msg_t *)rid), n);
     in->rid_len = n;
-    snprintf(in->id, sizeof(in->id), "%s", m->id);
-    snprintf(in->prev, sizeof(in->prev), "%s", m->prev);
-    snprintf(in->kind, sizeof(in->kind), "%s", m->kind);
-    snprintf(in->to, sizeof(in->to), "%s", m->to);
+    copy_str(in->id, sizeof(in->id), m->id);
+    copy_str(in->prev, sizeof(in->prev), m->prev);
+    copy_str(in->kind, sizeof(in->kind), m->kind);
+    copy_str(in->to, sizeof(in->to), m->to);
     fed->ninq++;
     return true;
 }
@@ -801,29 +1124,36 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
                    "%s %s (%s for %s) from %s", result, t->id, t->kind, t->to, t->peer);
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
-        send_ack(fed, t->rid, t->rid_len, t->id, result, reason);
+        send_ack(fed, t->rid, t->rid_len, t->group, t->index, t->id, result, reason);
         sock_drain(&fed->router);
-    }
+    } else if (t->group)
+        group_put(t->group, t->index, NULL); /* gone: nothing is sent */
     free(t);
 }
 
 /* Hand m to the engine; the ack goes from cm_fed_answer after its commit. */
-static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m,
+                         fed_group *g, int index)
 {
     fed_ticket *t = calloc(1, sizeof(*t));
     size_t n = zmq_msg_size((zmq_msg_t *)rid);
     if (!t || n > sizeof(t->rid)) {
         free(t);
-        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        if (g)
+            send_ack(fed, NULL, 0, g, index, m->id, NULL, NULL);
+        else
+            reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
         return;
     }
     t->fed = fed;
+    t->group = g;
+    t->index = index;
     memcpy(t->rid, zmq_msg_data((zmq_msg_t *)rid), n);
     t->rid_len = n;
-    snprintf(t->peer, sizeof(t->peer), "%s", p->cfg->id);
-    snprintf(t->id, sizeof(t->id), "%s", m->id);
-    snprintf(t->kind, sizeof(t->kind), "%s", m->kind);
-    snprintf(t->to, sizeof(t->to), "%s", m->to);
+    copy_str(t->peer, sizeof(t->peer), p->cfg->id);
+    copy_str(t->id, sizeof(t->id), m->id);
+    copy_str(t->kind, sizeof(t->kind), m->kind);
+    copy_str(t->to, sizeof(t->to), m->to);
     t->next = fed->tickets;
     if (fed->tickets)
         fed->tickets->prev = t;
@@ -832,17 +1162,62 @@ static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
         cm_fed_answer(t, NULL, "the engine could not take it");
 }
 
-static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m)
+/* A deliver (alone, or entry index of the batch g answers). */
+static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m,
+                           fed_group *g, int index)
 {
     if (fed->o.apply) {
-        router_apply(fed, p, rid, m);
+        router_apply(fed, p, rid, m, g, index);
         return;
     }
-    if (!inbox_queue(fed, p, rid, m)) {
+    if (!inbox_queue(fed, p, rid, m, g, index)) {
         cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
                m->id, p->cfg->id, "too many waiting");
-        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
+        if (g)
+            send_ack(fed, NULL, 0, g, index, m->id, NULL, NULL);
+        else
+            reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
     }
+}
+
+/* A batch (1.2): each entry is taken as if it came alone, in order; a bad
+** entry gets its own error answer and its neighbours go on. The answers go
+** back together once each entry has one (group_release). */
+static void router_batch(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, cm_fed_batch *b)
+{
+    fed_group *g = group_new(fed, rid, b->n);
+    cm_fed_msg m;
+    cm_err err;
+    char id[192], text[600];
+    int bad = 0;
+    if (!g) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory taking a batch of %d from %s", b->n,
+               p->cfg->id);
+        reply_error(&fed->router, rid, "busy", NULL, "not recorded; resend later");
+        return;
+    }
+    for (int i = 0; i < b->n; i++) {
+        if (cm_fed_batch_entry(b, i, &m, id, &err) != 0) {
+            if (bad++ == 0)
+                cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad message in a batch: %s",
+                       p->cfg->id, err.msg);
+            group_error(g, i, "malformed", id, err.msg);
+            continue;
+        }
+        if (m.type == CM_FED_DELIVER)
+            router_deliver(fed, p, rid, &m, g, i);
+        else {
+            snprintf(text, sizeof(text), "messages[%d]: %s cannot travel in a batch", i,
+                     type_names[m.type]);
+            cm_log(CM_LOG_WARN, "fed.unsupported", "peer %s sent %s", p->cfg->id, text);
+            group_error(g, i, "unsupported", id, text);
+        }
+        cm_fed_msg_clear(&m);
+    }
+    if (bad > 1)
+        cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent %d bad messages in a batch of %d",
+               p->cfg->id, bad, b->n);
+    group_release(g);
 }
 
 /* A partner's directory or indicators: kept (replacing the last), acked. */
@@ -900,10 +1275,10 @@ static void router_hello(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
     if (m->major != CM_FED_PROTO_MAJOR) {
         cm_log(CM_LOG_ERROR, "fed.version",
                "peer %s speaks protocol %d.%d; this node speaks %d.%d: refused", p->cfg->id,
-               m->major, m->minor, CM_FED_PROTO_MAJOR, CM_FED_PROTO_MINOR);
+               m->major, m->minor, CM_FED_PROTO_MAJOR, fed->minor);
         reply_error(&fed->router, rid, "version", NULL,
                     "protocol %d.%d is not supported (this node speaks %d.%d)", m->major, m->minor,
-                    CM_FED_PROTO_MAJOR, CM_FED_PROTO_MINOR);
+                    CM_FED_PROTO_MAJOR, fed->minor);
         return;
     }
     if (strcmp(m->node, p->cfg->id) != 0)
@@ -939,9 +1314,25 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
         cm_log(CM_LOG_WARN, "fed.malformed", "dropped a message from an unauthenticated link");
         return;
     }
-    if (cm_fed_decode(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), &m, &err) != 0) {
+    cm_fed_batch b;
+    int rc = cm_fed_decode_any(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), &m, &b, &err);
+    if (rc == 0 && m.type == CM_FED_BATCH && fed->minor < 2) { /* as a 1.1 node answers */
+        cm_fed_batch_free(&b);
+        rc = cm_err_set(&err, CM_EINVAL, "type: unknown message type \"batch\"");
+    }
+    if (rc != 0) {
         cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad message: %s", p->cfg->id, err.msg);
         reply_error(s, &parts[0], "malformed", NULL, "%s", err.msg);
+        return;
+    }
+    if (m.type == CM_FED_BATCH) {
+        if (said_hello(p, &parts[0]))
+            router_batch(fed, p, &parts[0], &b);
+        else {
+            cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a batch before hello", p->cfg->id);
+            reply_error(s, &parts[0], "hello-required", NULL, "say hello first");
+        }
+        cm_fed_batch_free(&b);
         return;
     }
     if (m.type == CM_FED_HELLO) {
@@ -951,7 +1342,7 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
                type_names[m.type]);
         reply_error(s, &parts[0], "hello-required", m.id, "say hello first");
     } else if (m.type == CM_FED_DELIVER) {
-        router_deliver(fed, p, &parts[0], &m);
+        router_deliver(fed, p, &parts[0], &m, NULL, 0);
     } else if (m.type == CM_FED_DIRECTORY || m.type == CM_FED_INDICATORS) {
         router_share(fed, p, &parts[0], &m);
     } else {
@@ -965,6 +1356,7 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 /* ---- sending ------------------------------------------------------------- */
 
 static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
+static int route_pass(cm_fed *fed, bool in_tx);
 
 static void peer_down(fed_peer *p, const char *why)
 {
@@ -1036,71 +1428,122 @@ fail:
     cm_log(CM_LOG_ERROR, "fed.store", "refusing outbox %lld: %s", (long long)seq, err.msg);
 }
 
-/* Column col as text into out ("" when NULL). */
-static void column_text(sqlite3_stmt *st, int col, char *out, size_t outsz)
+#define OUTBOX_COLUMNS                                                                             \
+    "seq, receiver, kind, payload, sender, purpose, classes, patient, record, instance, "          \
+    "reply_to, json_valid(payload), "                                                              \
+    "CASE WHEN json_valid(record) THEN json_type(record) = 'object' ELSE 0 END"
+
+/* Column col as text ("" when NULL). */
+static const char *column_str(sqlite3_stmt *st, int col)
 {
     const unsigned char *v = sqlite3_column_text(st, col);
-    snprintf(out, outsz, "%s", v ? (const char *)v : "");
+    return v ? (const char *)v : "";
 }
-
-/* "demographics,notes" as a JSON array; NULL when empty or NULL. */
-static cJSON *class_array(const char *list)
-{
-    if (!list || !*list)
-        return NULL;
-    cJSON *arr = cJSON_CreateArray();
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", list);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); arr && tok;
-         tok = strtok_r(NULL, ",", &save))
-        cJSON_AddItemToArray(arr, cJSON_CreateString(tok));
-    return arr;
-}
-
-#define OUTBOX_COLUMNS                                                                             \
-    "seq, receiver, kind, payload, sender, purpose, classes, patient, record, instance, reply_to"
 
 /* The deliver for the outbox row st is on (columns OUTBOX_COLUMNS), with
-** prev, as JSON text the caller frees; NULL when out of memory. */
-static char *row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev)
+** prev, as JSON text into out (reset first). The stored payload and record
+** go as they are stored (JSON text, checked by SQLite's json_valid); a
+** payload that is not JSON goes as a string, a record that is not a JSON
+** object not at all. Reads out->oom for out of memory. */
+static void row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev, fed_buf *out)
 {
-    cm_fed_msg m;
-    char *text = NULL;
-    memset(&m, 0, sizeof(m));
-    m.type = CM_FED_DELIVER;
-    snprintf(m.id, sizeof(m.id), "%s:%lld", fed->o.node_id, (long long)sqlite3_column_int64(st, 0));
-    if (prev > 0)
-        snprintf(m.prev, sizeof(m.prev), "%s:%lld", fed->o.node_id, (long long)prev);
-    column_text(st, 1, m.to, sizeof(m.to));
-    column_text(st, 2, m.kind, sizeof(m.kind));
-    /* the engine keeps a JSON payload as JSON text and a string payload as is */
-    const char *raw = (const char *)sqlite3_column_text(st, 3);
-    if (!(m.payload = cJSON_Parse(raw)))
-        m.payload = cJSON_CreateString(raw);
-    column_text(st, 4, m.from, sizeof(m.from));
-    column_text(st, 5, m.purpose, sizeof(m.purpose));
-    column_text(st, 7, m.patient, sizeof(m.patient));
-    column_text(st, 9, m.instance, sizeof(m.instance));
-    column_text(st, 10, m.reply_to, sizeof(m.reply_to));
-    m.classes = class_array((const char *)sqlite3_column_text(st, 6));
-    if (sqlite3_column_text(st, 8))
-        m.record = cJSON_Parse((const char *)sqlite3_column_text(st, 8));
-    if (m.payload)
-        text = cm_fed_encode(&m);
-    cm_fed_msg_clear(&m);
-    if (!text)
+    buf_reset(out);
+    buf_puts(out, "{\"type\":\"deliver\",\"id\":");
+    buf_id(out, fed->o.node_id, sqlite3_column_int64(st, 0));
+    buf_field(out, "kind", column_str(st, 2), false);
+    buf_field(out, "to", column_str(st, 1), false);
+    buf_field(out, "from", column_str(st, 4), true);
+    buf_field(out, "purpose", column_str(st, 5), true);
+    buf_field(out, "patient", column_str(st, 7), true);
+    buf_field(out, "instance", column_str(st, 9), true);
+    buf_field(out, "reply_to", column_str(st, 10), true);
+    if (prev > 0) {
+        buf_puts(out, ",\"prev\":");
+        buf_id(out, fed->o.node_id, prev);
+    }
+    const char *classes = column_str(st, 6);
+    if (*classes) { /* "demographics,notes" as an array */
+        bool first = true;
+        buf_puts(out, ",\"classes\":[");
+        for (const char *c = classes, *comma; *c; c = *comma ? comma + 1 : comma) {
+            char name[64];
+            comma = strchr(c, ',');
+            if (!comma)
+                comma = c + strlen(c);
+            size_t n = (size_t)(comma - c) < sizeof(name) ? (size_t)(comma - c) : sizeof(name) - 1;
+            if (n == 0)
+                continue;
+            memcpy(name, c, n);
+            name[n] = '\0';
+            if (!first)
+                buf_put(out, ",", 1);
+            buf_json_str(out, name);
+            first = false;
+        }
+        buf_put(out, "]", 1);
+    }
+    if (sqlite3_column_int(st, 12)) {
+        buf_puts(out, ",\"patient_record\":");
+        buf_put(out, (const char *)sqlite3_column_text(st, 8), (size_t)sqlite3_column_bytes(st, 8));
+    }
+    buf_puts(out, ",\"payload\":");
+    if (sqlite3_column_int(st, 11))
+        buf_put(out, (const char *)sqlite3_column_text(st, 3), (size_t)sqlite3_column_bytes(st, 3));
+    else /* the engine keeps a string payload as is */
+        buf_json_str(out, column_str(st, 3));
+    buf_put(out, "}", 1);
+    if (out->oom)
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld",
                (long long)sqlite3_column_int64(st, 0));
-    return text;
 }
 
-/* Put text on the wire as f; false when the socket would block. */
-static bool flight_send(fed_peer *p, fed_flight *f, const char *text)
+/* Send p's batch (the entries put since the last send); false when the
+** socket would block, and the entries in it count as not sent. */
+static bool batch_send(cm_fed *fed, fed_peer *p)
 {
-    const void *bufs[] = {text};
-    size_t lens[] = {strlen(text)};
-    if (sock_put(&p->dealer, bufs, lens, 1) != 0)
+    if (p->nout == 0)
+        return true;
+    buf_put(&p->out, "]}", 2);
+    const void *bufs[] = {p->out.p};
+    size_t lens[] = {p->out.len};
+    int n = p->nout;
+    p->nout = 0;
+    if (p->out.oom || sock_put(&p->dealer, bufs, lens, 1) != 0) {
+        for (int i = 0; i < n; i++) {
+            fed_flight *f = &p->win[p->out_win[i]];
+            f->round = 0; /* another round sends it */
+            f->sends--;
+        }
         return false;
+    }
+    fed->batches++;
+    fed->batched += n;
+    return true;
+}
+
+/* Put window entry wi (its deliver is text, len bytes) on the wire: into
+** p's batch when p takes batches (sent by batch_send when full, or by the
+** caller after its run), else alone. False when the socket would block. */
+static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size_t len)
+{
+    fed_flight *f = &p->win[wi];
+    if (!p->batch || len > FED_BATCH_BYTES) {
+        const void *bufs[] = {text};
+        size_t lens[] = {len};
+        if (!batch_send(fed, p) || sock_put(&p->dealer, bufs, lens, 1) != 0)
+            return false;
+    } else {
+        if (p->nout > 0 && (p->nout >= FED_BATCH_SEND || p->out.len + len + 3 > FED_BATCH_BYTES) &&
+            !batch_send(fed, p))
+            return false;
+        if (p->nout == 0) {
+            buf_reset(&p->out);
+            buf_puts(&p->out, "{\"type\":\"batch\",\"messages\":[");
+        } else
+            buf_put(&p->out, ",", 1);
+        buf_put(&p->out, text, len);
+        p->out_win[p->nout++] = wi;
+    }
     f->round = p->round;
     f->sends++;
     return true;
@@ -1185,21 +1628,22 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
         }
         sqlite3_bind_int64(st, 1, f->seq);
         int step = sqlite3_step(st);
-        char *text = step == SQLITE_ROW ? row_encode(fed, st, f->prev) : NULL;
-        bool gone = step == SQLITE_DONE;
+        if (step == SQLITE_ROW)
+            row_encode(fed, st, f->prev, &fed->text);
         sqlite3_reset(st);
-        if (!text && !gone)
-            return false;
-        if (gone) { /* settled by someone else meanwhile: nothing to send */
+        if (step == SQLITE_DONE) { /* settled by someone else meanwhile: nothing to send */
             f->state = FLIGHT_GONE;
             p->nsettled++;
             continue;
         }
-        bool sent = flight_send(p, f, text);
-        free(text);
-        if (!sent || p->round != round)
+        if (step != SQLITE_ROW || fed->text.oom ||
+            !flight_send(fed, p, i, fed->text.p, fed->text.len) || p->round != round) {
+            batch_send(fed, p);
             return false;
+        }
     }
+    if (!batch_send(fed, p))
+        return false;
     p->reprev = false;
     return true;
 }
@@ -1231,27 +1675,30 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
         sqlite3_bind_int(st, 3, room < FED_FILL_CHUNK ? room : FED_FILL_CHUNK);
         while (!stop && sqlite3_step(st) == SQLITE_ROW) {
             int64_t seq = sqlite3_column_int64(st, 0);
-            char *text;
             got++;
-            if ((prev < 0 && (prev = delivered_before(fed, p, seq)) < 0) ||
-                !(text = row_encode(fed, st, prev))) {
+            if (prev < 0 && (prev = delivered_before(fed, p, seq)) < 0) {
                 stop = true;
                 break;
             }
-            if (strlen(text) > CM_FED_MAX_MSG) {
-                big = seq;
-                free(text);
+            row_encode(fed, st, prev, &fed->text);
+            if (fed->text.oom) {
+                stop = true;
                 break;
             }
-            fed_flight *f = &p->win[p->nwin++];
+            if (fed->text.len > CM_FED_MAX_MSG) {
+                big = seq;
+                break;
+            }
+            fed_flight *f = &p->win[p->nwin];
             memset(f, 0, sizeof(*f));
             f->seq = seq;
             f->prev = prev;
             prev = seq;
-            stop = !flight_send(p, f, text) || p->round != round;
-            free(text);
+            stop = !flight_send(fed, p, p->nwin++, fed->text.p, fed->text.len) || p->round != round;
         }
         sqlite3_reset(st);
+        if (!batch_send(fed, p)) /* this chunk goes while the next one is read */
+            stop = true;
         peer_arm(fed, p);
         if (big) /* the next fill chains the rows after it to the one before it */
             outbox_refuse(fed, big, "message larger than the 1 MiB the protocol allows");
@@ -1264,7 +1711,7 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
 ** drop them from the window. Left for the next try if the store is busy. */
 static void peer_flush(cm_fed *fed, fed_peer *p)
 {
-    char now[CM_TIME_BUFSZ], id[192], reason[1024];
+    char now[CM_TIME_BUFSZ], reason[1024];
     cm_err err;
     int refused = 0, rc = 0;
     if (p->nsettled == 0 || !store_free(fed))
@@ -1311,6 +1758,9 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         if (rc == 0 && !ok)
             rc = tell_refused(fed, f->seq, reason, &err);
     }
+    /* rows queued meanwhile get their peer in this commit too */
+    if (rc == 0 && route_pass(fed, true) < 0)
+        rc = cm_err_set(&err, CM_EDB, "routing the outbox failed");
     if (rc != 0) {
         cm_store_rollback(fed->o.store);
         goto fail;
@@ -1324,10 +1774,9 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
             p->win[kept++] = *f;
             continue;
         }
-        snprintf(id, sizeof(id), "%s:%lld", fed->o.node_id, (long long)f->seq);
         if (f->state == FLIGHT_DELIVERED)
-            cm_log(CM_LOG_INFO, "fed.delivered", "%s delivered to %s (%s)", id, p->cfg->id,
-                   f->result);
+            cm_log(CM_LOG_INFO, "fed.delivered", "%s:%lld delivered to %s (%s)", fed->o.node_id,
+                   (long long)f->seq, p->cfg->id, f->result);
         else if (f->state == FLIGHT_REFUSED && ++refused)
             cm_log(CM_LOG_WARN, "fed.refused_send", "outbox %lld refused: node %s refused it: %s",
                    (long long)f->seq, p->cfg->id,
@@ -1428,47 +1877,72 @@ static void dealer_after(fed_sock *s)
     peer_pump(s->fed, &s->fed->peers[s->peer]);
 }
 
-/* DEALER: [body], from the peer whose server key we connected with. */
+/* One answer (or hello) from the peer, alone or from a batch. */
+static void dealer_msg(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
+{
+    if (m->type == CM_FED_HELLO && m->major != CM_FED_PROTO_MAJOR) {
+        cm_log(CM_LOG_ERROR, "fed.version",
+               "peer %s speaks protocol %d.%d; this node speaks %d.%d: not sending to it",
+               p->cfg->id, m->major, m->minor, CM_FED_PROTO_MAJOR, fed->minor);
+        p->refused = true;
+    } else if (m->type == CM_FED_HELLO) {
+        bool batch = fed->minor >= 2 && (m->caps & CM_FED_CAP_BATCH);
+        if (!p->up)
+            cm_log(CM_LOG_INFO, "fed.peer_up", "peer %s is up (protocol %d.%d%s)", p->cfg->id,
+                   m->major, m->minor, batch ? ", batches" : "");
+        p->up = true;
+        p->batch = batch;
+        p->refused = false;
+        p->round++; /* a new link: what was in flight goes again */
+        p->again = true;
+    } else if (m->type == CM_FED_ACK) {
+        if (!share_acked(fed, p, m))
+            dealer_ack(fed, p, m);
+    } else if (m->type == CM_FED_ERROR && strcmp(m->code, "busy") == 0) {
+        dealer_busy(fed, p, m);
+    } else if (m->type == CM_FED_ERROR) {
+        cm_log(strcmp(m->code, "version") == 0 ? CM_LOG_ERROR : CM_LOG_WARN,
+               strcmp(m->code, "version") == 0 ? "fed.version" : "fed.peer_error",
+               "peer %s answered error %s%s%s: %s", p->cfg->id, m->code, m->id[0] ? " for " : "",
+               m->id, m->message);
+        if (strcmp(m->code, "version") == 0)
+            p->refused = true;
+        if (strcmp(m->code, "hello-required") == 0)
+            peer_down(p, "it asked for hello");
+    }
+}
+
+/* DEALER: [body], from the peer whose server key we connected with: one
+** message, or a batch of answers (1.2), each taken as if it came alone. */
 static void dealer_read(fed_sock *s, zmq_msg_t *parts, int n)
 {
     cm_fed *fed = s->fed;
     fed_peer *p = &fed->peers[s->peer];
     cm_fed_msg m;
+    cm_fed_batch b;
     cm_err err;
-    if (n != 1 || cm_fed_decode(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), &m, &err) != 0) {
+    char id[192];
+    if (n != 1 ||
+        cm_fed_decode_any(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), &m, &b, &err) != 0) {
         cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad reply: %s", p->cfg->id,
                n != 1 ? "wrong number of frames" : err.msg);
         return;
     }
-    if (m.type == CM_FED_HELLO && m.major != CM_FED_PROTO_MAJOR) {
-        cm_log(CM_LOG_ERROR, "fed.version",
-               "peer %s speaks protocol %d.%d; this node speaks %d.%d: not sending to it",
-               p->cfg->id, m.major, m.minor, CM_FED_PROTO_MAJOR, CM_FED_PROTO_MINOR);
-        p->refused = true;
-    } else if (m.type == CM_FED_HELLO) {
-        if (!p->up)
-            cm_log(CM_LOG_INFO, "fed.peer_up", "peer %s is up (protocol %d.%d)", p->cfg->id,
-                   m.major, m.minor);
-        p->up = true;
-        p->refused = false;
-        p->round++; /* a new link: what was in flight goes again */
-        p->again = true;
-    } else if (m.type == CM_FED_ACK) {
-        if (!share_acked(fed, p, &m))
-            dealer_ack(fed, p, &m);
-    } else if (m.type == CM_FED_ERROR && strcmp(m.code, "busy") == 0) {
-        dealer_busy(fed, p, &m);
-    } else if (m.type == CM_FED_ERROR) {
-        cm_log(strcmp(m.code, "version") == 0 ? CM_LOG_ERROR : CM_LOG_WARN,
-               strcmp(m.code, "version") == 0 ? "fed.version" : "fed.peer_error",
-               "peer %s answered error %s%s%s: %s", p->cfg->id, m.code, m.id[0] ? " for " : "",
-               m.id, m.message);
-        if (strcmp(m.code, "version") == 0)
-            p->refused = true;
-        if (strcmp(m.code, "hello-required") == 0)
-            peer_down(p, "it asked for hello");
+    if (m.type != CM_FED_BATCH) {
+        dealer_msg(fed, p, &m);
+        cm_fed_msg_clear(&m);
+        return;
     }
-    cm_fed_msg_clear(&m);
+    for (int i = 0; i < b.n; i++) {
+        if (cm_fed_batch_entry(&b, i, &m, id, &err) != 0) {
+            cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad reply in a batch: %s",
+                   p->cfg->id, err.msg);
+            continue;
+        }
+        dealer_msg(fed, p, &m);
+        cm_fed_msg_clear(&m);
+    }
+    cm_fed_batch_free(&b);
 }
 
 /* Monitor of a DEALER: [event u16 + value u32][endpoint]. */
@@ -1501,61 +1975,129 @@ static void mon_read(fed_sock *s, zmq_msg_t *parts, int n)
     }
 }
 
+/* Where organization org is hosted: *peer is the configured peer's index,
+** or -1 with why saying why not. */
+static int route_lookup(cm_fed *fed, const char *org, int16_t *peer, char *why, size_t whysz,
+                        cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        fed->o.store,
+        "SELECT json_extract(doc, '$.node') FROM record WHERE kind = 'organization' AND id = ?1",
+        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, org, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    const char *node = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+    fed_peer *p = peer_by_id(fed, node);
+    *peer = p ? (int16_t)(p - fed->peers) : -1;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        sqlite3_reset(st);
+        return cm_store_error(fed->o.store, err, "record");
+    }
+    if (rc == SQLITE_DONE)
+        snprintf(why, whysz, "no organization \"%s\"", org);
+    else if (!node)
+        snprintf(why, whysz, "organization \"%s\" has no node", org);
+    else if (!p)
+        snprintf(why, whysz,
+                 "organization \"%s\" is on node \"%.128s\", which is not a configured peer", org,
+                 node);
+    sqlite3_reset(st);
+    return 0;
+}
+
 /* Route rows not yet routed: organization -> its node -> a configured peer.
-** Routable rows of a pass get their peer in one transaction; a row that
-** cannot be routed is refused (its instance told), each in its own. Returns
-** the number of rows looked at (FED_ROUTE_BATCH: there may be more). */
-static int route_pass(cm_fed *fed)
+** Routable rows of a pass get their peer in one transaction (in_tx: the one
+** the caller has open, e.g. the one that records answers, so routing costs
+** no commit of its own); a row that cannot be routed is refused (its
+** instance told), each in its own transaction -- in_tx leaves it for a pass
+** of its own. Returns the number of rows looked at (FED_ROUTE_BATCH: there
+** may be more), or -1 on a store error (in_tx: the caller rolls back). */
+static int route_pass(cm_fed *fed, bool in_tx)
 {
     cm_err err;
-    int64_t seqs[FED_ROUTE_BATCH];
-    int16_t peers[FED_ROUTE_BATCH];
+    /* runs of rows in seq order with one receiver: each routed by one UPDATE */
+    struct {
+        int64_t first, last;
+        int16_t peer, org;
+    } runs[FED_ROUTE_BATCH];
     struct {
         int64_t seq;
         char reason[256];
     } bad[FED_ROUTE_REFUSE];
-    int n = 0, nbad = 0, seen = 0;
-    sqlite3_stmt *st = cm_store_prepare(
-        fed->o.store,
-        "SELECT o.seq, o.receiver, r.id IS NOT NULL, json_extract(r.doc, '$.node') FROM outbox o "
-        "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
-        "WHERE o.status = 'pending' AND o.peer IS NULL ORDER BY o.seq LIMIT ?1",
-        &err);
+    /* the receivers met in this pass, each looked up once */
+    struct {
+        char id[129];
+        int16_t peer; /* -1: not routable, why says why */
+        char why[256];
+    } orgs[FED_ROUTE_ORGS];
+    int nruns = 0, nbad = 0, norgs = 0, seen = 0;
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                        "SELECT seq, receiver FROM outbox WHERE status = 'pending' "
+                                        "AND peer IS NULL ORDER BY seq LIMIT ?1",
+                                        &err);
     if (!st)
         goto fail;
     sqlite3_bind_int(st, 1, FED_ROUTE_BATCH);
     while (nbad < FED_ROUTE_REFUSE && sqlite3_step(st) == SQLITE_ROW) {
-        const char *org = (const char *)sqlite3_column_text(st, 1);
-        const char *node = (const char *)sqlite3_column_text(st, 3);
-        fed_peer *p = peer_by_id(fed, node);
-        char *why = bad[nbad].reason;
-        seen++;
-        if (p) {
-            seqs[n] = sqlite3_column_int64(st, 0);
-            peers[n++] = (int16_t)(p - fed->peers);
+        int64_t seq = sqlite3_column_int64(st, 0);
+        const char *org = column_str(st, 1);
+        int o = 0;
+        while (o < norgs && strcmp(orgs[o].id, org) != 0)
+            o++;
+        if (strlen(org) >= sizeof(orgs[0].id)) {
+            seen++;
+            bad[nbad].seq = seq;
+            snprintf(bad[nbad++].reason, sizeof(bad[0].reason),
+                     "no organization \"%.64s...\" (ids are at most 128 characters)", org);
             continue;
         }
-        bad[nbad].seq = sqlite3_column_int64(st, 0);
-        if (!sqlite3_column_int(st, 2))
-            snprintf(why, sizeof(bad[0].reason), "no organization \"%s\"", org);
-        else if (!node)
-            snprintf(why, sizeof(bad[0].reason), "organization \"%s\" has no node", org);
-        else
-            snprintf(why, sizeof(bad[0].reason),
-                     "organization \"%s\" is on node \"%.128s\", which is not a configured peer",
-                     org, node);
-        nbad++;
+        if (o == norgs) {
+            if (norgs == FED_ROUTE_ORGS)
+                break; /* the rest in the next pass */
+            copy_str(orgs[o].id, sizeof(orgs[o].id), org);
+            if (route_lookup(fed, org, &orgs[o].peer, orgs[o].why, sizeof(orgs[o].why), &err) !=
+                0) {
+                sqlite3_reset(st);
+                goto fail;
+            }
+            norgs++;
+        }
+        seen++;
+        if (orgs[o].peer < 0) {
+            bad[nbad].seq = seq;
+            copy_str(bad[nbad++].reason, sizeof(bad[0].reason), orgs[o].why);
+            continue;
+        }
+        if (nruns > 0 && runs[nruns - 1].org == o &&
+            !(nbad && bad[nbad - 1].seq > runs[nruns - 1].last))
+            runs[nruns - 1].last = seq;
+        else {
+            runs[nruns].first = runs[nruns].last = seq;
+            runs[nruns].org = (int16_t)o;
+            runs[nruns++].peer = orgs[o].peer;
+        }
     }
     sqlite3_reset(st);
-    if (n > 0) {
-        if (cm_store_begin(fed->o.store, &err) != 0)
+    if (in_tx && nbad)
+        fed->route_now = true; /* refused by a pass of its own, on the next turn */
+    if (nruns > 0) {
+        if (!in_tx && cm_store_begin(fed->o.store, &err) != 0)
             goto fail;
-        for (int i = 0; i < n; i++) {
-            st = cm_store_prepare(fed->o.store, "UPDATE outbox SET peer = ?2 WHERE seq = ?1", &err);
+        for (int i = 0; i < nruns; i++) {
+            /* the receiver is in the condition: whatever else is in the range
+            ** (rows settled, or routed already) is left alone */
+            st = cm_store_prepare(fed->o.store,
+                                  "UPDATE outbox SET peer = ?3 WHERE status = 'pending' AND peer "
+                                  "IS NULL AND seq BETWEEN ?1 AND ?2 AND receiver = ?4",
+                                  &err);
             if (!st)
                 goto rollback;
-            sqlite3_bind_int64(st, 1, seqs[i]);
-            sqlite3_bind_text(st, 2, fed->peers[peers[i]].cfg->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 1, runs[i].first);
+            sqlite3_bind_int64(st, 2, runs[i].last);
+            sqlite3_bind_text(st, 3, fed->peers[runs[i].peer].cfg->id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 4, orgs[runs[i].org].id, -1, SQLITE_STATIC);
             int rc = sqlite3_step(st);
             sqlite3_reset(st);
             if (rc != SQLITE_DONE) {
@@ -1563,23 +2105,39 @@ static int route_pass(cm_fed *fed)
                 goto rollback;
             }
         }
-        if (cm_store_commit(fed->o.store, &err) != 0)
+        if (!in_tx && cm_store_commit(fed->o.store, &err) != 0)
             goto fail;
     }
+    if (in_tx)
+        return seen;
+    fed->routed_at = uv_now(fed->o.loop);
     for (int i = 0; i < nbad; i++)
         outbox_refuse(fed, bad[i].seq, bad[i].reason);
     return seen;
 rollback:
-    cm_store_rollback(fed->o.store);
+    if (!in_tx)
+        cm_store_rollback(fed->o.store);
 fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
-    return 0;
+    return -1;
 }
 
+/* Route what is new. After a wake, while answers are on their way from every
+** peer that is up, the commit that records them routes it (one commit less
+** per round); not for longer than a poll interval, nor when rows wait to be
+** refused. */
 static void route_pending(cm_fed *fed)
 {
+    uint64_t now = uv_now(fed->o.loop);
+    bool defer = fed->woken && !fed->route_now && now < fed->routed_at + fed->poll_ms;
+    for (int i = 0; defer && i < fed->npeers; i++)
+        if (fed->peers[i].up && fed->peers[i].nwin == fed->peers[i].nsettled)
+            defer = false; /* nothing open: no answer will come to route it */
+    fed->woken = fed->route_now = false;
+    if (defer)
+        return;
     /* bounded, so a flood of new rows cannot hold the loop */
-    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed) == FED_ROUTE_BATCH; i++)
+    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed, false) == FED_ROUTE_BATCH; i++)
         ;
 }
 
@@ -1672,8 +2230,10 @@ static void on_tick(uv_timer_t *t)
 
 void cm_fed_wake(cm_fed *fed)
 {
-    if (fed && fed->tick_init && !fed->stopped)
+    if (fed && fed->tick_init && !fed->stopped) {
+        fed->woken = true;
         uv_timer_start(&fed->tick, on_tick, 0, fed->poll_ms);
+    }
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -1714,7 +2274,8 @@ static int open_peer(cm_fed *fed, int i, cm_err *err)
     p->hello_ivl = FED_HELLO_MIN_MS;
     p->round = 1;
     p->dealer.after = dealer_after;
-    if (!(p->win = calloc((size_t)fed->window, sizeof(*p->win))))
+    if (!(p->win = calloc((size_t)fed->window, sizeof(*p->win))) ||
+        !(p->out_win = calloc(FED_BATCH_SEND, sizeof(*p->out_win))))
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     if (!zs || link_options(zs) != 0 || set_int(zs, ZMQ_IMMEDIATE, 1) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_SERVERKEY, p->cfg->public_key, CM_KEY_Z85_LEN) != 0 ||
@@ -1747,6 +2308,8 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     fed->o = *o;
     fed->window = o->window > 0 ? o->window : CM_FED_WINDOW_DEFAULT;
+    fed->minor = o->proto_minor > 0 && o->proto_minor < CM_FED_PROTO_MINOR ? o->proto_minor
+                                                                           : CM_FED_PROTO_MINOR;
     if (fed->window > CM_FED_WINDOW_MAX)
         fed->window = CM_FED_WINDOW_MAX;
     fed->poll_ms = o->poll_ms > 0 ? (uint64_t)o->poll_ms : 200;
@@ -1757,8 +2320,8 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
         rc = cm_err_set(err, CM_EIO, "zmq context: %s", zmq_strerror(errno));
         goto done;
     }
-    if (!o->apply && (!(fed->inq[0] = calloc(FED_INBOX_BATCH, sizeof(*fed->inq[0]))) ||
-                      !(fed->inq[1] = calloc(FED_INBOX_BATCH, sizeof(*fed->inq[1]))))) {
+    if (!o->apply && (!(fed->inq[0] = calloc(FED_INBOX_CAP, sizeof(*fed->inq[0]))) ||
+                      !(fed->inq[1] = calloc(FED_INBOX_CAP, sizeof(*fed->inq[1]))))) {
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
         goto done;
     }
@@ -1780,7 +2343,7 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
     fed->tick.data = fed;
     uv_timer_start(&fed->tick, on_tick, 0, fed->poll_ms);
     cm_log(CM_LOG_INFO, "fed.ready", "federation listening on %s with %d peer(s), protocol %d.%d",
-           o->cfg->fed_listen, fed->npeers, CM_FED_PROTO_MAJOR, CM_FED_PROTO_MINOR);
+           o->cfg->fed_listen, fed->npeers, CM_FED_PROTO_MAJOR, fed->minor);
 done:
     return rc;
 }
@@ -1815,8 +2378,11 @@ void cm_fed_destroy(cm_fed **fed_p)
     cm_fed *fed = *fed_p;
     if (!fed)
         return;
-    for (fed_ticket *t = fed->tickets; t; t = t->next)
+    for (fed_ticket *t = fed->tickets; t; t = t->next) {
         t->fed = NULL; /* cm_fed_answer frees them when the engine answers */
+        if (t->group)
+            t->group->fed = NULL;
+    }
     for (int i = 0; i < fed->npeers; i++) {
         if (fed->peers[i].dealer.zs) {
             zmq_socket_monitor(fed->peers[i].dealer.zs, NULL, 0);
@@ -1827,12 +2393,22 @@ void cm_fed_destroy(cm_fed **fed_p)
         for (int j = 0; fed->peers[i].win && j < fed->peers[i].nwin; j++)
             free(fed->peers[i].win[j].reason);
         free(fed->peers[i].win);
+        free(fed->peers[i].out_win);
+        free(fed->peers[i].out.p);
     }
     for (int b = 0; b < 2; b++) {
-        for (int j = 0; fed->inq[b] && j < FED_INBOX_BATCH; j++)
-            free(fed->inq[b][j].payload);
+        for (int j = 0; fed->inq[b] && j < FED_INBOX_CAP; j++) {
+            fed_inbound *in = &fed->inq[b][j];
+            free(in->payload);
+            if (in->group) { /* never answered: the group goes once its last one is */
+                in->group->fed = NULL;
+                group_put(in->group, in->index, NULL);
+            }
+        }
         free(fed->inq[b]);
     }
+    free(fed->text.p);
+    free(fed->ans.p);
     if (fed->router.zs)
         zmq_close(fed->router.zs);
     if (fed->zap.zs)
@@ -1844,6 +2420,12 @@ void cm_fed_destroy(cm_fed **fed_p)
 }
 
 /* ---- for the API and /metrics ---------------------------------------------- */
+
+void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers)
+{
+    *batches = fed ? fed->batches : 0;
+    *delivers = fed ? fed->batched : 0;
+}
 
 int cm_fed_peer_up(const cm_fed *fed, const char *peer)
 {

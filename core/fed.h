@@ -33,7 +33,11 @@
 
 /* Protocol version this node speaks: MAJOR.MINOR. */
 #define CM_FED_PROTO_MAJOR 1
-#define CM_FED_PROTO_MINOR 1
+#define CM_FED_PROTO_MINOR 2
+/* Largest number of messages in one batch (1.2). */
+#define CM_FED_BATCH_MAX 1024
+/* Capabilities a hello announces (caps), as bits. */
+#define CM_FED_CAP_BATCH 1u /* takes "batch" (1.2) */
 /* Largest message accepted (ZMQ_MAXMSGSIZE) and largest we send. */
 #define CM_FED_MAX_MSG    (1024 * 1024)
 #define CM_FED_ZAP_DOMAIN "caremesh"
@@ -45,13 +49,15 @@ typedef enum {
     CM_FED_DELIVER,
     CM_FED_ACK,
     CM_FED_ERROR,
-    CM_FED_DIRECTORY,  /* reserved */
-    CM_FED_INDICATORS, /* reserved */
+    CM_FED_DIRECTORY,
+    CM_FED_INDICATORS,
+    CM_FED_BATCH, /* 1.2: many messages in one; decoded with cm_fed_batch_* */
 } cm_fed_type;
 
 typedef struct cm_fed_msg {
     cm_fed_type type;
     int major, minor;   /* hello: proto */
+    unsigned caps;      /* hello: CM_FED_CAP_* the sender announced (or announces) */
     char node[129];     /* hello: the sender's node id (informative only) */
     char id[192];       /* deliver, ack: "<node>:<seq>"; error: the id it refers to, or "" */
     char kind[129];     /* deliver: message kind, e.g. "referral.request" */
@@ -71,8 +77,34 @@ typedef struct cm_fed_msg {
 } cm_fed_msg;
 
 /* Parse one message body. Every field is type- and length-checked; on error
-** (CM_EINVAL, err names the field) *m holds nothing to free. */
+** (CM_EINVAL, err names the field) *m holds nothing to free. A batch decodes
+** to type CM_FED_BATCH and nothing else: read it with cm_fed_batch_open. */
 int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err);
+
+/* A batch (1.2): {"type":"batch","messages":[message, ...]}, each entry a
+** whole message as it would travel alone. */
+typedef struct cm_fed_batch {
+    cJSON *root; /* owned */
+    cJSON *messages;
+    int n;
+    cJSON *next; /* the entry after the last one read, and its index */
+    int next_i;
+} cm_fed_batch;
+
+/* Parse buf as a message. A batch: *b holds it (1 to CM_FED_BATCH_MAX
+** entries, else CM_EINVAL naming what is wrong, and *b holds nothing) and
+** *m is left with type CM_FED_BATCH; any other message is decoded into *m
+** as by cm_fed_decode. */
+int cm_fed_decode_any(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch *b, cm_err *err);
+
+/* Decode entry i of b into *m (its payload moves out of the batch). A bad
+** entry is CM_EINVAL with err naming it (messages[i]) and the field; id
+** receives the entry's id when it has a usable one ("" otherwise), so the
+** answer can name it. A batch inside a batch is refused. */
+int cm_fed_batch_entry(cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err);
+
+/* Free what b owns and zero it. */
+void cm_fed_batch_free(cm_fed_batch *b);
 
 /* Encode m as JSON text; the caller frees. NULL when out of memory. */
 char *cm_fed_encode(const cm_fed_msg *m);
@@ -123,6 +155,10 @@ typedef struct cm_fed_opts {
     ** ("received", "duplicate" or "refused"). May be NULL. */
     void (*on_settled)(void *ud, const char *peer, int64_t seq, const char *result);
     void *on_settled_ud;
+    /* The protocol minor version this node speaks: 0 selects
+    ** CM_FED_PROTO_MINOR; 1 speaks 1.1 (no batches: neither announced, sent
+    ** nor taken), as an older node does -- for tests and the benchmark. */
+    int proto_minor;
 } cm_fed_opts;
 
 #define CM_FED_WINDOW_DEFAULT 1000
@@ -151,5 +187,9 @@ void cm_fed_destroy(cm_fed **fed_p);
 /* For the API and /metrics: 1 when our link to peer said hello (up), 0 when
 ** it is down, -1 when fed is NULL or peer is not configured. */
 int cm_fed_peer_up(const cm_fed *fed, const char *peer);
+
+/* Batches sent to peers so far and the delivers they carried (a peer
+** speaking 1.1 gets none). */
+void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers);
 
 #endif

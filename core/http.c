@@ -58,6 +58,7 @@ struct conn {
     cm_http_req *wlist;       /* answers being written (moved off the queue) */
     uv_write_t wreq;
     bool writing, reading, eof, closing, draining, failed, loopback, timing;
+    bool flush_due; /* answers are ready: written by the server's flusher */
     int fail_status;
     const char *fail_code;
     const char *fail_msg;
@@ -70,14 +71,15 @@ struct conn {
 struct cm_http_server {
     uv_loop_t *loop;
     uv_tcp_t listener;
-    uv_timer_t grace; /* forces connections closed when a stop takes too long */
+    uv_timer_t grace;  /* forces connections closed when a stop takes too long */
+    uv_idle_t flusher; /* writes the answers made in one loop iteration together */
     cm_http_limits lim;
     cm_http_handler handler;
     void *ud;
     int port;
     conn *conns;
     int nconns;
-    int open_handles; /* listener, grace */
+    int open_handles; /* listener, grace, flusher */
     bool stopping;
     void (*done)(void *ud);
     void *done_ud;
@@ -107,7 +109,7 @@ static int gbuf_add(gbuf *b, const char *s, size_t n, size_t limit)
     if (n > limit || b->len > limit - n)
         return -1;
     if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
+        size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n + 1)
             cap *= 2;
         char *p = realloc(b->p, cap);
@@ -203,6 +205,8 @@ static void server_maybe_done(cm_http_server *s)
 {
     if (!s->stopping || s->nconns > 0)
         return;
+    if (!uv_is_closing((uv_handle_t *)&s->flusher))
+        uv_close((uv_handle_t *)&s->flusher, on_server_handle_closed);
     if (!uv_is_closing((uv_handle_t *)&s->grace)) {
         uv_close((uv_handle_t *)&s->grace, on_server_handle_closed);
         return;
@@ -288,23 +292,53 @@ static char *error_json(const char *code, const char *message, size_t *len)
     return p;
 }
 
+/* The decimal digits of v at the end of buf[0..cap); returns where they begin. */
+static char *utoa_end(size_t v, char *buf, size_t cap)
+{
+    char *p = buf + cap;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
+}
+
 static int build_response(cm_http_req *r, bool close, int status, const char *ctype,
                           const char *body, size_t len)
 {
-    char head[RESP_HEAD_MAX];
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status,
-                     cm_http_status_text(status), ctype ? ctype : "application/json", len,
-                     close ? "Connection: close\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof(head))
+    char lenbuf[24], code[4];
+    if (status < 100 || status > 999)
+        return -1;
+    code[0] = (char)('0' + status / 100);
+    code[1] = (char)('0' + status / 10 % 10);
+    code[2] = (char)('0' + status % 10);
+    code[3] = '\0';
+    char *digits = utoa_end(len, lenbuf, sizeof(lenbuf));
+    const char *parts[] = {"HTTP/1.1 ",
+                           code,
+                           " ",
+                           cm_http_status_text(status),
+                           "\r\nContent-Type: ",
+                           ctype ? ctype : "application/json",
+                           "\r\nContent-Length: ",
+                           NULL, /* the digits */
+                           close ? "\r\nConnection: close\r\n\r\n" : "\r\n\r\n"};
+    size_t plen[sizeof(parts) / sizeof(parts[0])], head = 0;
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        head += plen[i] = parts[i] ? strlen(parts[i]) : (size_t)(lenbuf + sizeof(lenbuf) - digits);
+    if (head > RESP_HEAD_MAX)
         return -1;
     free(r->resp);
-    if (!(r->resp = malloc((size_t)n + len)))
+    if (!(r->resp = malloc(head + len)))
         return -1;
-    memcpy(r->resp, head, (size_t)n);
+    char *p = r->resp;
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        memcpy(p, parts[i] ? parts[i] : digits, plen[i]);
+        p += plen[i];
+    }
     if (len)
-        memcpy(r->resp + n, body, len);
-    r->resp_len = (size_t)n + len;
+        memcpy(p, body, len);
+    r->resp_len = head + len;
     return 0;
 }
 
@@ -420,6 +454,19 @@ static void conn_flush(conn *c)
     conn_timer(c, false);
 }
 
+static void on_flush(uv_idle_t *h)
+{
+    cm_http_server *s = h->data;
+    uv_idle_stop(h);
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->flush_due) {
+            c->flush_due = false;
+            conn_flush(c);
+        }
+    }
+}
+
 void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
                      size_t len)
 {
@@ -437,7 +484,14 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
     }
     r->close_after = close;
     r->answered = true;
-    conn_flush(c);
+    /* Written by the flusher before the loop polls again: the answers a
+    ** handler gives in one burst (an engine batch) leave in one write, and the
+    ** client's next requests arrive together. */
+    c->flush_due = true;
+    if (!uv_is_closing((uv_handle_t *)&c->srv->flusher))
+        uv_idle_start(&c->srv->flusher, on_flush);
+    else
+        conn_flush(c);
 }
 
 /* ---- parsing ----------------------------------------------------------- */
@@ -743,8 +797,9 @@ int cm_http_server_start(uv_loop_t *loop, const char *host, int port, const cm_h
     http_parser_set_max_header_size((uint32_t)(limits->max_header_bytes + 1024));
     uv_tcp_init(loop, &s->listener);
     uv_timer_init(loop, &s->grace);
-    s->listener.data = s->grace.data = s;
-    s->open_handles = 2;
+    uv_idle_init(loop, &s->flusher);
+    s->listener.data = s->grace.data = s->flusher.data = s;
+    s->open_handles = 3;
     *out = s;
     if ((rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection)) != 0)

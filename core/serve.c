@@ -436,7 +436,8 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       sv,
                       0,
                       NULL,
-                      NULL};
+                      NULL,
+                      0};
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;

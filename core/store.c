@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +22,32 @@ typedef struct cm_stmt_slot {
     sqlite3_stmt *stmt;
 } cm_stmt_slot;
 
+/* Checkpoints off the commit path (see cm_store_opts.checkpoint_pages). The
+** writer's WAL hook decides after each commit; the thread runs PASSIVE
+** checkpoints on its own connection when told. Under mu: busy, stop,
+** done_to, last_wal, stats. */
+typedef struct cm_ckpt {
+    /* WAL pages: checkpoints begin; the thread copies at least this many;
+    ** the writer finishes (the last few, then the WAL starts over); the bound */
+    int start, step, restart, bound;
+    int sync;     /* the writer's synchronous level, for the thread's connection */
+    bool started; /* the thread runs (started on first need) */
+    bool failed;  /* it could not be started: checkpoints stay inline */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    sqlite3 *db; /* the thread's connection */
+    bool busy;   /* a checkpoint was asked for and has not finished */
+    bool stop;
+    int done_to;  /* frames of the WAL the thread's last checkpoint had copied; 0: none */
+    int last_wal; /* the WAL's size after the previous commit (a smaller one: it started over) */
+    cm_store_ckpt_stats stats;
+} cm_ckpt;
+
 struct cm_store {
     sqlite3 *db;
     char *path;
+    cm_ckpt *ckpt; /* NULL: SQLite's own checkpoints, inline */
     int schema_version;
     bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
     cm_stmt_slot stmts[CM_STMT_SLOTS];
@@ -291,6 +316,11 @@ static const cm_migration migrations[] = {
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
+
+void cm_store_global_init(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
 
 void cm_store_opts_init(cm_store_opts *opts)
 {
@@ -576,6 +606,166 @@ static int set_pragmas(cm_store *store, const cm_store_opts *opts, cm_err *err)
     return 0;
 }
 
+/* ---- checkpoints off the commit path ---------------------------------- */
+
+static void *ckpt_main(void *arg)
+{
+    cm_ckpt *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->busy && !c->stop)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->stop)
+            break;
+        pthread_mutex_unlock(&c->mu);
+        int log = 0, copied = 0;
+        int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+        pthread_mutex_lock(&c->mu);
+        if (rc == SQLITE_OK) {
+            /* a WAL that started over meanwhile is not the one copied */
+            c->done_to = log <= c->last_wal ? copied : 0;
+            c->stats.background++;
+        }
+        c->busy = false;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* The thread and its connection, on first need; false if they cannot be had. */
+static bool ckpt_start(cm_store *store, cm_ckpt *c)
+{
+    static const char *sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
+                                     "PRAGMA synchronous=FULL", "PRAGMA synchronous=EXTRA"};
+    if (c->started || c->failed)
+        return c->started;
+    c->failed = true;
+    sigset_t all, old;
+    int rc = -1;
+    if (sqlite3_open_v2(store->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK &&
+        sqlite3_exec(c->db, sync_sql[c->sync], NULL, NULL, NULL) == SQLITE_OK) {
+        /* signals stay with the threads that expect them (the loop's) */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = pthread_create(&c->thread, NULL, ckpt_main, c);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (rc != 0) {
+        sqlite3_close(c->db);
+        c->db = NULL;
+        return false;
+    }
+    c->failed = false;
+    c->started = true;
+    return true;
+}
+
+/* A checkpoint by the writer itself, after its commit. */
+static void ckpt_inline(cm_store *store, cm_ckpt *c)
+{
+    if (sqlite3_wal_checkpoint_v2(store->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) ==
+        SQLITE_OK) {
+        pthread_mutex_lock(&c->mu);
+        c->stats.inline_runs++;
+        c->done_to = 0;
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+/* After each commit of the writer, with the WAL's size in pages. */
+static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    cm_store *store = arg;
+    cm_ckpt *c = store->ckpt;
+    (void)db;
+    (void)name;
+    pthread_mutex_lock(&c->mu);
+    if (pages > c->stats.max_wal_pages)
+        c->stats.max_wal_pages = pages;
+    if (pages < c->last_wal && !c->busy)
+        c->done_to = 0; /* the WAL started over: an earlier copy says nothing now */
+    c->last_wal = pages;
+    if (pages < c->start) {
+        pthread_mutex_unlock(&c->mu);
+        return SQLITE_OK;
+    }
+    if (!ckpt_start(store, c)) {
+        pthread_mutex_unlock(&c->mu);
+        ckpt_inline(store, c);
+        return SQLITE_OK;
+    }
+    if (pages >= c->bound)
+        while (c->busy) /* the bound: wait for the thread, then copy the rest here */
+            pthread_cond_wait(&c->cv, &c->mu);
+    /* Once the WAL is large, the writer copies the last few pages itself when
+    ** the thread has copied the rest (so the whole WAL is in the database and
+    ** the next transaction starts it over); at the bound, whatever is left. */
+    bool finish = !c->busy && (pages >= c->bound || (pages >= c->restart && c->done_to > 0 &&
+                                                     pages - c->done_to <= c->step));
+    if (!finish && !c->busy && pages - c->done_to >= c->step) {
+        c->busy = true;
+        pthread_cond_signal(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (finish)
+        ckpt_inline(store, c);
+    return SQLITE_OK;
+}
+
+static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
+{
+    if (opts->checkpoint_pages < 0)
+        return 0;
+    cm_ckpt *c = calloc(1, sizeof(*c));
+    if (!c)
+        return cm_err_set(err, CM_ENOMEM, "store: out of memory");
+    c->start = opts->checkpoint_pages > 0 ? opts->checkpoint_pages : 1000;
+    c->step = c->start / 4 > 0 ? c->start / 4 : 1;
+    c->restart = c->start * 4;
+    c->bound = c->start * 8;
+    c->sync = (int)opts->synchronous;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    store->ckpt = c;
+    sqlite3_wal_hook(store->db, ckpt_hook, store); /* replaces SQLite's autocheckpoint */
+    return 0;
+}
+
+/* Stop the thread and close its connection (before the writer's, whose close
+** then checkpoints what is left and removes the WAL). */
+static void ckpt_close(cm_store *store)
+{
+    cm_ckpt *c = store->ckpt;
+    if (!c)
+        return;
+    if (store->db)
+        sqlite3_wal_hook(store->db, NULL, NULL);
+    if (c->started) {
+        pthread_mutex_lock(&c->mu);
+        c->stop = true;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->thread, NULL);
+        sqlite3_close(c->db);
+    }
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+    store->ckpt = NULL;
+}
+
+void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!store->ckpt)
+        return;
+    pthread_mutex_lock(&store->ckpt->mu);
+    *out = store->ckpt->stats;
+    pthread_mutex_unlock(&store->ckpt->mu);
+}
+
 static int migrate(cm_store *store, cm_err *err)
 {
     int rc, current = 0;
@@ -656,6 +846,8 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
         goto done;
     if ((rc = migrate(store, err)) != 0)
         goto done;
+    if ((rc = ckpt_setup(store, opts, err)) != 0)
+        goto done;
     *out = store;
 done:
     if (rc != 0)
@@ -668,6 +860,7 @@ void cm_store_close(cm_store **store_p)
     cm_store *store = store_p ? *store_p : NULL;
     if (!store)
         return;
+    ckpt_close(store);
     for (int i = 0; i < CM_STMT_SLOTS; i++)
         sqlite3_finalize(store->stmts[i].stmt);
     if (store->db) {

@@ -1,7 +1,8 @@
 /*
 ** store.h -- the caremesh store: one SQLite database in WAL mode.
 ** One writer connection, owned by the loop thread (no other thread may call
-** these). Versioned migrations are applied once each, in a transaction, when
+** these); a checkpoint thread with its own connection, started when the WAL
+** first needs a checkpoint. Versioned migrations are applied once each, in a transaction, when
 ** the store opens. A change is durable when cm_store_commit() returns 0
 ** (synchronous=FULL by default). Hot statements are prepared once and kept.
 ** Depends on: SQLite, error.h.
@@ -31,9 +32,22 @@ typedef struct cm_store_opts {
     bool create;         /* create the file (mode 0600) if it does not exist */
     cm_sync synchronous; /* durability level; CM_SYNC_FULL is the default */
     int busy_timeout_ms; /* 0 selects 5000 */
+    /* WAL size (pages) at which a checkpoint starts; 0 selects 1000 (SQLite's
+    ** default). Checkpoints run on a thread of the store's own, with a
+    ** connection of their own, so commits do not wait for the database
+    ** file's copy and fsync; the writer finishes the last few pages itself
+    ** (so the WAL starts over) and, past 8x this size, waits for the
+    ** checkpoint thread and finishes it all (so the WAL cannot grow without
+    ** bound). Negative: checkpoints inline in the commit (SQLite's own). */
+    int checkpoint_pages;
 } cm_store_opts;
 
 typedef struct cm_store cm_store;
+
+/* Process-wide SQLite settings, before any other SQLite call (main() runs
+** it first): no global memory statistics, which would take a mutex on every
+** allocation SQLite makes. Idempotent; a no-op once SQLite is initialized. */
+void cm_store_global_init(void);
 
 /* Defaults: synchronous FULL, busy timeout 5 s, no create. */
 void cm_store_opts_init(cm_store_opts *opts);
@@ -67,6 +81,15 @@ bool cm_store_in_tx(cm_store *store);
 /* True when cm_store_begin's transaction was rolled back under the holder
 ** (an I/O error, a full disk): writes must stop, commit will fail. */
 bool cm_store_tx_lost(cm_store *store);
+
+/* Checkpoints so far: on the checkpoint thread, by the writer after the
+** thread (the last pages, or at the bound), and the pages the WAL held after
+** the largest commit. For tests and diagnostics. */
+typedef struct cm_store_ckpt_stats {
+    long background, inline_runs;
+    int max_wal_pages;
+} cm_store_ckpt_stats;
+void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out);
 
 /* Run SQL with no result rows (DDL, PRAGMA, one-off writes). */
 int cm_store_exec(cm_store *store, const char *sql, cm_err *err);

@@ -180,16 +180,32 @@ static void out_string(out_buf *o, const char *s, size_t len)
 
 /* A number as cJSON prints one: integers exactly, others in the fewest
 ** digits (up to 17) that read back as the same double. */
+/* Decimal digits of v into buf (at least 21 bytes); returns the length. */
+static int int_text(char *buf, long long v)
+{
+    char digits[24];
+    int nd = 0, n = 0;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do
+        digits[nd++] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0)
+        buf[n++] = '-';
+    while (nd > 0)
+        buf[n++] = digits[--nd];
+    return n;
+}
+
 static void out_number(out_buf *o, lua_State *L, int idx)
 {
     char buf[32];
     int n;
     if (lua_isinteger(L, idx)) {
-        n = snprintf(buf, sizeof(buf), "%lld", (long long)lua_tointeger(L, idx));
+        n = int_text(buf, (long long)lua_tointeger(L, idx));
     } else {
         double d = lua_tonumber(L, idx);
         if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
-            n = snprintf(buf, sizeof(buf), "%lld", (long long)d);
+            n = int_text(buf, (long long)d);
         } else {
             n = snprintf(buf, sizeof(buf), "%1.15g", d);
             if (strtod(buf, NULL) != d)

@@ -940,9 +940,27 @@ static int get_def(lua_State *L, cm_lua_runtime *rt, const char *key)
     return t;
 }
 
+/* "name@rev" (each step looks its definition up by it: no snprintf). */
 static void def_key(char *buf, size_t n, const char *name, int rev)
 {
-    snprintf(buf, n, "%s@%d", name, rev);
+    char digits[16];
+    int nd = 0;
+    unsigned v = rev < 0 ? 0u - (unsigned)rev : (unsigned)rev;
+    do
+        digits[nd++] = (char)('0' + v % 10);
+    while ((v /= 10) && nd < (int)sizeof(digits));
+    if (rev < 0)
+        digits[nd++] = '-';
+    size_t len = strlen(name);
+    if (len + (size_t)nd + 2 > n) { /* cut to fit, as snprintf would */
+        snprintf(buf, n, "%s@%d", name, rev);
+        return;
+    }
+    memcpy(buf, name, len);
+    buf[len++] = '@';
+    while (nd > 0)
+        buf[len++] = digits[--nd];
+    buf[len] = '\0';
 }
 
 static int rt_step(void *ud, cm_step *sp, cm_err *err)

@@ -88,7 +88,11 @@ int main(int argc, char **argv)
     if (cm_sandbox_add_module_dir(sb, dir, &err) != 0) /* require "lib.x": beside the file */
         die("modules", &err);
     cm_lua_runtime *rt = cm_lua_runtime_new(sb, &err);
-    cm_engine_opts eo = {store, model, clock, cm_lua_runtime_seam(rt), 16, 0, 0, NULL};
+    cm_engine_opts eo = {.store = store,
+                         .model = model,
+                         .clock = clock,
+                         .runtime = cm_lua_runtime_seam(rt),
+                         .batch_max = 16};
     cm_engine *engine = cm_engine_new(&eo, &err);
     if (!engine || cm_engine_load_file(engine, argv[2], NULL, NULL, &err) != 0)
         die("load", &err);

@@ -3,7 +3,8 @@
 ** any moment. It drives one instance of a counting workflow with events
 ** numbered from where the durable state says it stopped, and appends each
 ** event number to an acknowledgement log only after the engine acknowledged
-** it (after the commit). usage: crashee DB WORKFLOW.lua ACKLOG N
+** it (after the commit). Its store checkpoints every few pages, on the
+** checkpoint thread and at the end by the writer. usage: crashee DB WORKFLOW.lua ACKLOG N
 */
 #include "engine.h"
 #include "lhost.h"
@@ -49,6 +50,7 @@ int main(int argc, char **argv)
     cm_store_opts_init(&so);
     so.path = argv[1];
     so.create = true;
+    so.checkpoint_pages = 8; /* checkpoints all the time: kills land during them too */
     if (cm_store_open(&store, &so, &err) != 0)
         die("store", &err);
     cm_clock *clock = cm_clock_new_system();
@@ -59,7 +61,11 @@ int main(int argc, char **argv)
         die("sandbox", &err);
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);
     cm_lua_runtime *rt = cm_lua_runtime_new(sb, &err);
-    cm_engine_opts eo = {store, model, clock, cm_lua_runtime_seam(rt), 16, 0, 0, NULL};
+    cm_engine_opts eo = {.store = store,
+                         .model = model,
+                         .clock = clock,
+                         .runtime = cm_lua_runtime_seam(rt),
+                         .batch_max = 16};
     cm_engine *engine = cm_engine_new(&eo, &err);
     if (!engine || cm_engine_load_file(engine, argv[2], NULL, NULL, &err) != 0)
         die("engine", &err);

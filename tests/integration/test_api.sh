@@ -48,6 +48,7 @@ admin=$("$bin" token create --scope admin --name ops --data "$d" 2>/dev/null)
 writer=$("$bin" token create --scope write --name frontdesk --data "$d" 2>/dev/null)
 reader=$("$bin" token create --scope read --name reader --data "$d" 2>/dev/null)
 revoked=$("$bin" token create --scope admin --name gone --data "$d" 2>/dev/null)
+late=$("$bin" token create --scope read --name late --data "$d" 2>/dev/null)
 same "token text" "${#admin}" 85
 out=$("$bin" token revoke gone --data "$d"); has "token revoke" "revoked" "$out"
 out=$("$bin" token list --data "$d"); has "token list" "frontdesk" "$out"; has "token list revoked" "gone" "$out"
@@ -188,6 +189,13 @@ req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01"
 expect "altered token" 401 unauthorized
 req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$revoked"
 expect "revoked token" 401 unauthorized; has "revoked message" "revoked" "$body"
+# the server keeps verified tokens; a revocation made while it runs still holds at once
+req GET /v1/organizations "" "$late"; expect "token before its revocation" 200
+req GET /v1/organizations "" "$late"; expect "token before its revocation (again)" 200
+"$bin" token revoke late --data "$d" >/dev/null
+req GET /v1/organizations "" "$late"; expect "token revoked while serving" 401 unauthorized
+has "token revoked while serving message" "revoked" "$body"
+req GET /v1/organizations "" "$reader"; expect "other tokens still work" 200
 req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$reader"
 expect "read scope cannot write" 403 forbidden
 req GET /v1/audit "" "$writer"; expect "write scope cannot read the audit" 403 forbidden
@@ -346,6 +354,32 @@ processed=$(sed -n 's/^caremesh_events_processed_total //p' <<<"$body")
 if [ "$processed" -ge 6 ]; then ok; else bad "events processed $processed"; fi
 lua_errors=$(sed -n 's/^caremesh_lua_errors_total //p' <<<"$body")
 if [ "$lua_errors" -ge 1 ]; then ok; else bad "lua errors $lua_errors"; fi
+
+# ---- audit verify runs off the loop: other requests are answered meanwhile ----
+# a large audit: 1000 patients, then lists of them (each appends 1000 entries in one transaction)
+lists=${CM_WRAP:+5}; lists=${lists:-150}
+: >"$tmp/curlcfg"
+for i in $(seq 1 1000); do
+  printf 'next\nurl = "%s/v1/patients"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\ndata = "{\\"id\\":\\"bulk%d\\",\\"name\\":{\\"family\\":\\"B\\"},\\"birthDate\\":\\"1990-01-01\\",\\"gender\\":\\"other\\"}"\noutput = "/dev/null"\n' "$base" "$writer" "$i" >>"$tmp/curlcfg"
+done
+curl -s -K "$tmp/curlcfg"
+: >"$tmp/curlcfg"
+for i in $(seq 1 "$lists"); do printf 'url = "%s/v1/patients?limit=1000"\noutput = "/dev/null"\n' "$base" >>"$tmp/curlcfg"; done
+curl -s -H "Authorization: Bearer $reader" -K "$tmp/curlcfg"
+entries=$(count "SELECT count(*) FROM audit")
+if [ "$entries" -ge $((lists * 1000)) ]; then ok; else bad "large audit: only $entries entries"; fi
+curl -s -o "$tmp/verify" -H "Authorization: Bearer $admin" "$base/v1/audit/verify" &
+vpid=$!
+answered=0
+while kill -0 "$vpid" 2>/dev/null; do  # bounded: until the verify is answered
+  req GET /v1/organizations/org1 "" "$reader"
+  if [ "$status" = 200 ] && kill -0 "$vpid" 2>/dev/null; then answered=1; break; fi
+done
+wait "$vpid"
+same "a request answered while audit verify runs" "$answered" 1
+same "the large audit verifies" "$(jq -r '(.ok|tostring) + " " + (.entries|tostring)' "$tmp/verify")" "true $entries"
+req GET /metrics "" "$reader"; expect "metrics after the large audit" 200
+has "metrics count the bulk patients' instances" 'caremesh_timers_pending 0' "$body"
 
 # ---- SIGTERM: stops accepting, answers, exits 0; acknowledged writes are kept ----
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i4"}' "$writer"; expect "last start" 201

@@ -41,7 +41,7 @@ fed_world "$bin" "$a" node-a "$b" node-b || bad "creating organizations and the 
 serve "$a" "$tmp/a.log"; apid=$spid
 serve "$b" "$tmp/b.log"; bpid=$spid
 check "$tmp/a.log" '"event":"serve.ready"' "node a serving"
-check "$tmp/a.log" 'peer node-b is up' "a sees b up"
+check "$tmp/a.log" 'peer node-b is up (protocol 1.2, batches)' "a sees b up, taking batches"
 check "$tmp/b.log" 'peer node-a is up' "b sees a up"
 check "$tmp/b.log" "admitted peer node-a from 127.0.0.1 (public key $ka)" "b admits a by its key"
 queue "$a" cardio test.note 1
@@ -110,10 +110,10 @@ mapfile -t replies <<<"$out"
 has_reply() { if grep -qF -- "$3" <<<"${replies[$1]:-}"; then ok; else bad "$2: reply '${replies[$1]:-}' lacks '$3'"; fi; }
 has_reply 0 "deliver before hello" '"code":"hello-required"'
 has_reply 1 "unknown major version" '"code":"version"'
-check "$tmp/b.log" 'peer node-a speaks protocol 2.0; this node speaks 1.1: refused' "version refusal logged"
+check "$tmp/b.log" 'peer node-a speaks protocol 2.0; this node speaks 1.2: refused' "version refusal logged"
 has_reply 2 "garbage" '"code":"malformed"'
 check "$tmp/b.log" 'peer node-a sent a bad message: not a JSON object' "garbage logged"
-has_reply 3 "hello" '"type":"hello","proto":"1.1","node":"node-b"'
+has_reply 3 "hello" '"type":"hello","proto":"1.2","node":"node-b"'
 check "$tmp/b.log" 'says it is node \"impostor\"; attributing to node-a' "attribution by key"
 has_reply 4 "a directory with an organization of another node" '"result":"received"'
 check "$tmp/b.log" 'peer node-a: 1 organization(s) dropped: organization \"evil\" claims node \"node-z\", not node-a' "foreign organization dropped"
@@ -122,6 +122,37 @@ has_reply 6 "a new id" '"result":"received"'
 same "recorded under the key's peer" "$(sql "$b/caremesh.db" "SELECT peer FROM inbox WHERE msg_id = 'probe:2'")" "node-a"
 has_reply 7 "oversized message" '(no reply)'
 same "nothing else recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "22"
+
+# ---- batches (1.2): each entry is taken as if it came alone and gets its own
+# answer; the answers come back together, in entry order; a bad entry does not
+# stop its neighbours; a batch wrong as a whole is refused whole ----
+note() { echo '{"type":"deliver","id":"'"$1"'","kind":"test.note","to":"cardio","from":"clinic","purpose":"care_coordination","classes":["notes"],"payload":{"n":'"$2"'}}'; }
+out=$("$probe" "tcp://127.0.0.1:$pb" "$kb" "$a/node.key" \
+  '{"type":"batch","messages":['"$(note probe:3 3)"']}' \
+  '{"type":"hello","proto":"1.2","node":"node-a","caps":["deliver","batch"]}' \
+  '{"type":"batch","messages":['"$(note probe:3 3)"',{"type":"deliver","id":"probe:4","to":"cardio","payload":{}},7,{"type":"hello","proto":"1.2","node":"x"},'"$(note probe:5 5)"']}' \
+  '{"type":"batch","messages":['"$(note probe:3 3)"']}' \
+  '{"type":"batch","messages":[]}' \
+  '{"type":"batch","messages":"x"}')
+mapfile -t replies <<<"$out"
+has_reply 0 "a batch before hello" '"code":"hello-required"'
+has_reply 1 "hello announces batches" '"caps":["deliver","directory","indicators","batch"]'
+same "one answer per entry, in order" "$(jq -r '[.messages[] | .result // .code] | join(" ")' <<<"${replies[2]:-}")" \
+  "received malformed malformed unsupported received"
+same "the bad entry is named, by its id and index" "$(jq -r '.messages[1] | .ref + " " + .message' <<<"${replies[2]:-}")" \
+  "probe:4 messages[1]: kind: must be a non-empty string"
+same "an entry that is not an object is named by index" "$(jq -r '.messages[2].message' <<<"${replies[2]:-}")" \
+  "messages[2]: not a JSON object"
+same "a hello cannot ride in a batch" "$(jq -r '.messages[3].message' <<<"${replies[2]:-}")" \
+  "messages[3]: hello cannot travel in a batch"
+same "the answers name their messages" "$(jq -r '[.messages[] | .id // .ref // "-"] | join(" ")' <<<"${replies[2]:-}")" \
+  "probe:3 probe:4 - - probe:5"
+same "a resent entry is a duplicate" "$(jq -r '.messages[0].result' <<<"${replies[3]:-}")" "duplicate"
+has_reply 4 "an empty batch is refused whole" '"message":"messages: 0 messages (1 to 1024 allowed)"'
+has_reply 5 "a batch without a list is refused whole" '"message":"messages: must be an array of messages"'
+same "the good entries recorded, the bad one not" \
+  "$(sql "$b/caremesh.db" "SELECT group_concat(msg_id, ' ') FROM (SELECT msg_id FROM inbox WHERE msg_id LIKE 'probe:%' ORDER BY msg_id)")" \
+  "probe:2 probe:3 probe:5"
 
 # ---- an unknown key is refused, named on the refusing side ----
 serve "$c" "$tmp/c.log"; cpid=$spid
@@ -153,7 +184,7 @@ out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +3 ' <<<"$out"; then ok; else bad "peers shows 3 pending: $out"; fi
 serve "$b" "$tmp/b2.log"; bpid=$spid
 check "$tmp/a.log" 'node-a:26 delivered to node-b' "queued messages delivered after restart"
-same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "26|26"
+same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox")" "28|28"
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else bad "peers shows nothing pending: $out"; fi
 

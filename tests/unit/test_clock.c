@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -73,6 +75,35 @@ static void test_format_roundtrips(void **state)
     assert_string_equal(buf, "1969-12-31T23:59:59.999Z");
 }
 
+/* The hand-made digits agree with strftime-style formatting across the range. */
+static void test_format_matches_gmtime(void **state)
+{
+    const int64_t samples[] = {0,
+                               999,
+                               1000,
+                               -62135596800000LL, /* 0001-01-01 */
+                               951782400000LL,    /* 2000-02-29 */
+                               1795950000123LL,
+                               253402300799999LL, /* 9999-12-31T23:59:59.999 */
+                               253402300800000LL, /* 10000-01-01: longer than four digits */
+                               4102444799001LL};
+    for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++) {
+        char got[CM_TIME_BUFSZ], want[64];
+        int64_t ms = samples[i], secs = ms / 1000, msec = ms % 1000;
+        if (msec < 0) {
+            msec += 1000;
+            secs -= 1;
+        }
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)msec);
+        cm_time_format(ms, got, sizeof(got));
+        assert_string_equal(got, want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -80,6 +111,7 @@ int main(void)
         cmocka_unit_test(test_dates_follow_the_calendar),
         cmocka_unit_test(test_instants_parse_with_zones),
         cmocka_unit_test(test_format_roundtrips),
+        cmocka_unit_test(test_format_matches_gmtime),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -39,6 +39,7 @@ typedef struct fx {
     cm_lua_host host;
     cm_lua_runtime *rt;
     cm_engine *engine;
+    int batch_ms; /* cm_engine_opts.batch_ms; 0: by count only */
     acks a;
 } fx;
 
@@ -132,6 +133,7 @@ static void open_engine(fx *f)
     eo.max_attempts = 3;
     eo.retry_base_ms = 1000;
     eo.batch_max = 16;
+    eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }
@@ -487,6 +489,62 @@ static void test_cancel_ends_and_drops_timers(void **state)
     assert_int_equal(f->a.status[1], CM_EINVAL);
 }
 
+/* An operator action's "also" writes a row in the action's transaction;
+** failing, it takes the action back with it. */
+typedef struct also_probe {
+    fx *f;
+    int rc; /* what to return */
+    char patient[32];
+    int calls;
+} also_probe;
+
+static int also_write(void *ud, const char *instance, const cJSON *input, cm_err *err)
+{
+    also_probe *p = ud;
+    p->calls++;
+    snprintf(p->patient, sizeof(p->patient), "%s",
+             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient")));
+    assert_true(cm_store_in_tx(p->f->store));
+    assert_int_equal(
+        cm_store_exec(p->f->store, "INSERT INTO node_meta(key, value) VALUES ('also', 'x')", err),
+        0);
+    return p->rc ? cm_err_set(err, p->rc, "also: refused") : 0;
+}
+
+static void test_operator_action_writes_with_its_change(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    also_probe p = {f, CM_EDB, "", 0};
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    long hist = count(f, "SELECT count(*) FROM history");
+    /* the caller's write fails: no pause, no history row, no write */
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_PAUSE, NULL, also_write, &p, &err),
+                     CM_EDB);
+    assert_int_equal(p.calls, 1);
+    expect_state(f, "ref-1", "requested", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), hist);
+    assert_int_equal(count(f, "SELECT count(*) FROM node_meta WHERE key = 'also'"), 0);
+    /* it succeeds: both commit, and it saw the instance's input */
+    p.rc = 0;
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_PAUSE, NULL, also_write, &p, &err),
+                     0);
+    assert_string_equal(p.patient, "pat-1");
+    expect_state(f, "ref-1", "requested", "paused");
+    assert_int_equal(count(f, "SELECT count(*) FROM node_meta WHERE key = 'also'"), 1);
+    /* refused for its state: the caller's write does not run */
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_PAUSE, NULL, also_write, &p, &err),
+                     CM_EINVAL);
+    assert_int_equal(p.calls, 2);
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", (cm_engine_action)7, NULL, NULL, NULL, &err),
+                     CM_EINVAL);
+    assert_int_equal(cm_engine_act(f->engine, "ref-1", CM_ENGINE_CANCEL, "moved", NULL, NULL, &err),
+                     0);
+    expect_state(f, "ref-1", "requested", "cancelled");
+}
+
 static const char *PARENT = "local cm = require 'caremesh'\n"
                             "return cm.workflow {\n"
                             "  name = 'campaign', version = 1, start = 'running',\n"
@@ -679,6 +737,77 @@ static void test_group_commit_batches_events(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM history") - before, 40);
     for (int i = 40; i < 80; i++)
         assert_int_equal(f->a.status[i], 0);
+}
+
+/* Each submission "takes" 4 ms of the virtual clock (the work hook runs
+** after each one, inside the batch). */
+static int slow_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm_ack *ack, cm_err *err)
+{
+    (void)cb;
+    (void)submit_ud;
+    (void)ack;
+    (void)err;
+    cm_clock_advance((cm_clock *)hook_ud, 4);
+    return 0;
+}
+
+/* A batch takes no more submissions once batch_ms of work is done: the
+** first acks come after their own commit, the rest follow in later batches. */
+static void test_batches_close_by_time_as_well_as_count(void **state)
+{
+    fx *f = *state;
+    char id[32];
+    int commits = 0;
+    long processed = 0;
+    cm_engine_stats st0, st1;
+    cm_err err;
+    close_engine(f);
+    f->batch_ms = 10;
+    open_engine(f);
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 0; i < 12; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        start(f, INPUT, id);
+    }
+    run(f);
+    for (int i = 0; i < 12; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        signal_ev(f, id, "accepted", NULL);
+    }
+    int acked = f->a.n;
+    cm_engine_stats_get(f->engine, &st0);
+    cm_engine_set_work_hook(f->engine, slow_work, f->clock);
+    sqlite3_commit_hook(cm_store_db(f->store), count_commit, &commits);
+    assert_int_equal(cm_engine_run(f->engine, &processed, &err), 0);
+    sqlite3_commit_hook(cm_store_db(f->store), NULL, NULL);
+    cm_engine_set_work_hook(f->engine, NULL, NULL);
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(processed, 12);
+    /* 12 submissions of 4 ms each, 10 ms a batch: 3 per batch (12 ms), four
+    ** batches, where the count alone (16) would have made one */
+    assert_int_equal(commits, 4);
+    assert_int_equal(st1.batches - st0.batches, 4);
+    assert_int_equal(f->a.n - acked, 12);
+    for (int i = acked; i < f->a.n; i++) {
+        assert_int_equal(f->a.status[i], 0);
+        assert_string_equal(f->a.state[i], "accepted");
+    }
+    /* by count only (negative): one batch */
+    close_engine(f);
+    f->batch_ms = -1;
+    open_engine(f);
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 0; i < 12; i++) {
+        snprintf(id, sizeof(id), "late-%d", i);
+        start(f, INPUT, id);
+    }
+    commits = 0;
+    cm_engine_set_work_hook(f->engine, slow_work, f->clock);
+    sqlite3_commit_hook(cm_store_db(f->store), count_commit, &commits);
+    assert_int_equal(cm_engine_run(f->engine, &processed, &err), 0);
+    sqlite3_commit_hook(cm_store_db(f->store), NULL, NULL);
+    assert_int_equal(processed, 12);
+    assert_int_equal(commits, 1);
 }
 
 static const char *GOER =
@@ -1060,6 +1189,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_start_runs_enter_and_arms_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_operator_action_writes_with_its_change, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_events_change_state_after_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
@@ -1076,6 +1207,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_recovers_timers_and_kept_events, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_batches_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batches_close_by_time_as_well_as_count, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_context_is_read_on_use_and_written_on_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,

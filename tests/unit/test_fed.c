@@ -50,6 +50,16 @@ static void test_every_kind_round_trips(void **state)
     assert_int_equal(back.minor, 3);
     assert_string_equal(back.node, "clinic-a");
     assert_non_null(strstr(text, "\"caps\":[\"deliver\",\"directory\",\"indicators\"]"));
+    assert_int_equal(back.caps, 0);
+    free(text);
+    cm_fed_msg_clear(&back);
+    /* 1.2 announces batches, and a hello that does is read so */
+    m.minor = 2;
+    m.caps = CM_FED_CAP_BATCH;
+    text = cm_fed_encode(&m);
+    assert_non_null(strstr(text, "\"caps\":[\"deliver\",\"directory\",\"indicators\",\"batch\"]"));
+    decode_text(text, &back);
+    assert_int_equal(back.caps, CM_FED_CAP_BATCH);
     free(text);
     cm_fed_msg_clear(&back);
 
@@ -160,6 +170,91 @@ static void test_bad_messages_are_refused_by_field(void **state)
     assert_int_equal(m.minor, 7);
 }
 
+/* A batch (1.2): entries decode one by one; a bad one is named by its index
+** and field, carries its id when it has one, and leaves its neighbours whole. */
+static void test_batch_entries_decode_each_on_its_own(void **state)
+{
+    const char *text =
+        "{\"type\":\"batch\",\"messages\":["
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":{\"n\":1}},"
+        "{\"type\":\"deliver\",\"id\":\"a:2\",\"to\":\"o\",\"payload\":{}},"
+        "7,"
+        "{\"type\":\"batch\",\"messages\":[]},"
+        "{\"type\":\"ack\",\"id\":\"a:9\",\"result\":\"received\"},"
+        "{\"type\":\"deliver\",\"id\":\"a:3\",\"kind\":\"k\",\"to\":\"o\",\"prev\":\"a:1\","
+        "\"payload\":\"plain\"}]}";
+    cm_fed_msg m;
+    cm_fed_batch b;
+    cm_err err;
+    char id[192];
+    assert_int_equal(cm_fed_decode_any(text, strlen(text), &m, &b, &err), 0);
+    assert_int_equal(m.type, CM_FED_BATCH);
+    assert_int_equal(b.n, 6);
+    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), 0);
+    assert_int_equal(m.type, CM_FED_DELIVER);
+    assert_string_equal(m.id, "a:1");
+    assert_string_equal(id, "a:1");
+    assert_int_equal(cJSON_GetObjectItem(m.payload, "n")->valueint, 1);
+    cm_fed_msg_clear(&m);
+    assert_int_equal(cm_fed_batch_entry(&b, 1, &m, id, &err), CM_EINVAL);
+    assert_string_equal(err.msg, "messages[1]: kind: must be a non-empty string");
+    assert_string_equal(id, "a:2"); /* the answer can name it */
+    assert_null(m.payload);
+    assert_int_equal(cm_fed_batch_entry(&b, 2, &m, id, &err), CM_EINVAL);
+    assert_string_equal(err.msg, "messages[2]: not a JSON object");
+    assert_string_equal(id, "");
+    assert_int_equal(cm_fed_batch_entry(&b, 3, &m, id, &err), CM_EINVAL);
+    assert_string_equal(err.msg, "messages[3]: type: a batch cannot hold a batch");
+    assert_int_equal(cm_fed_batch_entry(&b, 4, &m, id, &err),
+                     0); /* an answer: the reader decides */
+    assert_int_equal(m.type, CM_FED_ACK);
+    cm_fed_msg_clear(&m);
+    assert_int_equal(cm_fed_batch_entry(&b, 5, &m, id, &err), 0);
+    assert_string_equal(m.prev, "a:1");
+    assert_string_equal(m.payload->valuestring, "plain");
+    cm_fed_msg_clear(&m);
+    /* out of order (found by walking) and out of range; a deliver is taken
+    ** once: its payload moved out on the first read */
+    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), CM_EINVAL);
+    assert_string_equal(err.msg, "messages[0]: payload: missing (any JSON value)");
+    assert_string_equal(id, "a:1");
+    assert_int_equal(cm_fed_batch_entry(&b, 4, &m, id, &err), 0);
+    assert_string_equal(m.id, "a:9");
+    cm_fed_msg_clear(&m);
+    assert_int_equal(cm_fed_batch_entry(&b, 6, &m, id, &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "messages[6]: no such entry"));
+    cm_fed_batch_free(&b);
+    assert_null(b.root);
+}
+
+/* A batch that is wrong as a whole is refused whole, naming what is wrong. */
+static void test_bad_batches_are_refused_whole(void **state)
+{
+    char *many;
+    size_t len = 0;
+    cm_fed_msg m;
+    cm_fed_batch b;
+    cm_err err;
+    expect_bad("{\"type\":\"batch\"}", "messages: must be an array of messages");
+    expect_bad("{\"type\":\"batch\",\"messages\":{}}", "messages: must be an array of messages");
+    expect_bad("{\"type\":\"batch\",\"messages\":[]}", "messages: 0 messages (1 to 1024 allowed)");
+    many = malloc(8 * (CM_FED_BATCH_MAX + 1) + 64);
+    assert_non_null(many);
+    len += (size_t)sprintf(many, "{\"type\":\"batch\",\"messages\":[");
+    for (int i = 0; i <= CM_FED_BATCH_MAX; i++)
+        len += (size_t)sprintf(many + len, "%s{}", i ? "," : "");
+    len += (size_t)sprintf(many + len, "]}");
+    assert_int_equal(cm_fed_decode_any(many, len, &m, &b, &err), CM_EINVAL);
+    assert_string_equal(err.msg, "messages: 1025 messages (1 to 1024 allowed)");
+    assert_null(b.root);
+    free(many);
+    /* a hello's caps must be names */
+    expect_bad("{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":\"batch\"}",
+               "caps: must be an array of names");
+    expect_bad("{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":[1]}",
+               "caps: must be an array of names");
+}
+
 static void test_zap_admits_only_configured_curve_keys(void **state)
 {
     cm_peer_config peers[2];
@@ -240,6 +335,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_kind_round_trips),
         cmocka_unit_test(test_bad_messages_are_refused_by_field),
+        cmocka_unit_test(test_batch_entries_decode_each_on_its_own),
+        cmocka_unit_test(test_bad_batches_are_refused_whole),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
     };

@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -248,6 +250,134 @@ static void test_unwritable_location_is_reported(void **state)
     assert_non_null(strstr(err.msg, "file/caremesh.db"));
 }
 
+/* Write `commits` transactions of `rows` rows of ~1 KB each into node_meta. */
+static void write_rows(cm_store *s, int from, int commits, int rows)
+{
+    char value[1024];
+    cm_err err;
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    for (int c = 0; c < commits; c++) {
+        assert_int_equal(cm_store_begin(s, &err), 0);
+        for (int r = 0; r < rows; r++) {
+            char key[32];
+            snprintf(key, sizeof(key), "k%06d", from + c * rows + r);
+            assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
+        }
+        assert_int_equal(cm_store_commit(s, &err), 0);
+    }
+}
+
+static int count_rows(cm_store *s)
+{
+    return pragma_int(s, "SELECT count(*) FROM node_meta WHERE key LIKE 'k%'");
+}
+
+static long file_size(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (long)sb.st_size : -1;
+}
+
+/* Checkpoints run on the store's thread; the writer finishes the last pages
+** so the WAL starts over, and the WAL stays within its bound. */
+static void test_checkpoints_run_off_the_commit_path(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_ckpt_stats ck;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = 16; /* thread from 16 pages, restart from 64, bound 128 */
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    write_rows(s, 0, 300, 4); /* ~1,200 pages through the WAL */
+    cm_store_ckpt_stats_get(s, &ck);
+    assert_true(ck.background > 0);
+    assert_true(ck.inline_runs > 0);     /* the WAL started over */
+    assert_true(ck.max_wal_pages >= 16); /* it did grow to need them */
+    /* the bound (128 pages) plus one commit's pages */
+    assert_true(ck.max_wal_pages <= 128 + 16);
+    long page = pragma_int(s, "PRAGMA page_size");
+    assert_true(file_size(cm_test_path(f->dir, "caremesh.db-wal")) <=
+                (128 + 16) * (page + 24) + 32);
+    assert_int_equal(count_rows(s), 1200);
+    cm_store_close(&s);
+    /* everything is in the database file: the WAL is gone, the rows are there */
+    assert_int_equal(file_size(cm_test_path(f->dir, "caremesh.db-wal")), -1);
+    assert_non_null(s = open_store(f->db, false, &err));
+    assert_int_equal(count_rows(s), 1200);
+    cm_store_close(&s);
+}
+
+/* A reader holding an old snapshot (a backup, an API read) keeps the WAL
+** from starting over; commits go on, nothing waits forever, and once the
+** reader is done the WAL is checkpointed and starts over again. */
+static void test_checkpoints_wait_for_no_reader(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_ckpt_stats ck;
+    cm_err err;
+    sqlite3 *reader = NULL;
+    sqlite3_stmt *st = NULL;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = 16;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    write_rows(s, 0, 10, 4);
+    assert_int_equal(sqlite3_open_v2(f->db, &reader, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(reader, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(reader, "SELECT count(*) FROM node_meta", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int seen = sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    write_rows(s, 40, 100, 4); /* past the bound while the reader holds its snapshot */
+    cm_store_ckpt_stats_get(s, &ck);
+    assert_true(ck.max_wal_pages > 128); /* the reader pins the WAL */
+    /* the reader still sees its snapshot */
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), seen);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(reader, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(reader);
+    long runs = ck.inline_runs;
+    write_rows(s, 440, 40, 4);
+    cm_store_ckpt_stats_get(s, &ck);
+    assert_true(ck.inline_runs > runs);
+    assert_int_equal(count_rows(s), 600);
+    cm_store_close(&s);
+}
+
+/* Negative checkpoint_pages: SQLite's own checkpoints, in the commit. */
+static void test_checkpoints_inline_when_asked(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_ckpt_stats ck;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = -1;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    assert_int_equal(cm_store_exec(s, "PRAGMA wal_autocheckpoint=16", &err), 0);
+    write_rows(s, 0, 100, 4);
+    cm_store_ckpt_stats_get(s, &ck);
+    assert_int_equal(ck.background + ck.inline_runs, 0);
+    long page = pragma_int(s, "PRAGMA page_size");
+    /* ~800 pages were written: without checkpoints the WAL would hold them all */
+    assert_true(file_size(cm_test_path(f->dir, "caremesh.db-wal")) <= 200 * (page + 24) + 32);
+    assert_int_equal(count_rows(s), 400);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +390,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_foreign_sqlite_database_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoints_run_off_the_commit_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_keys_are_enforced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_location_is_reported, setup, teardown),
