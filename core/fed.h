@@ -120,6 +120,12 @@ int cm_fed_zap_decide(const cm_peer_config *peers, int npeers, const char *domai
 
 /* ---- the links ----------------------------------------------------------- */
 
+/* Set up ROUTER socket zs as this node's federation listener before it is
+** bound: the link options, CURVE server with secret_key (Z85), and ZAP domain
+** CM_FED_ZAP_DOMAIN with ZMQ_ZAP_ENFORCE_DOMAIN, so that with no ZAP handler
+** in the process every CURVE client is refused (fail closed). */
+int cm_fed_listener_setup(void *zs, const char *secret_key, cm_err *err);
+
 typedef struct cm_fed cm_fed;
 
 typedef struct cm_fed_opts {
