@@ -2228,6 +2228,11 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+bool cm_fed_has_peer(cm_fed *fed, const char *node)
+{
+    return fed && peer_by_id(fed, node) != NULL;
+}
+
 void cm_fed_wake(cm_fed *fed)
 {
     if (fed && fed->tick_init && !fed->stopped) {

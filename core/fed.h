@@ -184,6 +184,9 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason);
 ** instead of at the next poll. Cheap; call after every commit that queued. */
 void cm_fed_wake(cm_fed *fed);
 
+/* Whether node is one of the configured peers (false when fed is NULL). */
+bool cm_fed_has_peer(cm_fed *fed, const char *node);
+
 /* Close the loop handles (call from the loop, e.g. on SIGTERM). */
 void cm_fed_stop(cm_fed *fed);
 
