@@ -402,12 +402,14 @@ static int fb_queue(fbench *fb, long n, cm_err *err)
         rc ? NULL
            : cm_store_prepare(fb->a.store,
                               "INSERT INTO outbox(receiver, kind, payload, created, sender, "
-                              "purpose, classes) VALUES ('bench-receiver', 'bench.note', ?1, "
-                              "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'bench-sender', "
-                              "'care_coordination', 'notes')",
+                              "purpose, classes, peer) VALUES ('bench-receiver', 'bench.note', "
+                              "?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'bench-sender', "
+                              "'care_coordination', 'notes', ?2)",
                               err);
     for (long i = 0; st && rc == 0 && i < n; i++) {
         sqlite3_bind_text(st, 1, fb->payload, -1, SQLITE_STATIC);
+        /* routed as the engine queues it for an organization on a peer */
+        sqlite3_bind_text(st, 2, fb->b.id, -1, SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_DONE)
             rc = cm_store_error(fb->a.store, err, "outbox");
         sqlite3_reset(st);

@@ -2228,6 +2228,11 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+bool cm_fed_has_peer(cm_fed *fed, const char *node)
+{
+    return fed && peer_by_id(fed, node) != NULL;
+}
+
 void cm_fed_wake(cm_fed *fed)
 {
     if (fed && fed->tick_init && !fed->stopped) {
@@ -2246,18 +2251,28 @@ static int open_zap(cm_fed *fed, cm_err *err)
     return sock_watch(fed, &fed->zap, "zap", zap_read, -1, err);
 }
 
-static int open_router(cm_fed *fed, cm_err *err)
+int cm_fed_listener_setup(void *zs, const char *secret_key, cm_err *err)
 {
-    void *zs = fed->router.zs = zmq_socket(fed->ctx, ZMQ_ROUTER);
-    const char *listen = fed->o.cfg->fed_listen;
-    if (!zs || link_options(zs) != 0 || set_int(zs, ZMQ_CURVE_SERVER, 1) != 0 ||
-        zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, fed->o.keys->secret_key, CM_KEY_Z85_LEN) != 0 ||
+    if (link_options(zs) != 0 || set_int(zs, ZMQ_CURVE_SERVER, 1) != 0 ||
+        zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, secret_key, CM_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(zs, ZMQ_ZAP_DOMAIN, CM_FED_ZAP_DOMAIN, strlen(CM_FED_ZAP_DOMAIN)) != 0)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if (set_int(zs, ZMQ_ZAP_ENFORCE_DOMAIN, 1) != 0)
         cm_log(CM_LOG_WARN, "fed.zap",
                "libzmq lacks ZMQ_ZAP_ENFORCE_DOMAIN; admission relies on this node's own ZAP "
                "handler, bound before the listener");
+    return 0;
+}
+
+static int open_router(cm_fed *fed, cm_err *err)
+{
+    void *zs = fed->router.zs = zmq_socket(fed->ctx, ZMQ_ROUTER);
+    const char *listen = fed->o.cfg->fed_listen;
+    int rc;
+    if (!zs)
+        return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
+    if ((rc = cm_fed_listener_setup(zs, fed->o.keys->secret_key, err)) != 0)
+        return rc;
     if (zmq_bind(zs, listen) != 0)
         return cm_err_set(err, CM_EIO, "federation.listen %s: %s", listen, zmq_strerror(errno));
     fed->router.after = router_after;

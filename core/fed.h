@@ -120,6 +120,12 @@ int cm_fed_zap_decide(const cm_peer_config *peers, int npeers, const char *domai
 
 /* ---- the links ----------------------------------------------------------- */
 
+/* Set up ROUTER socket zs as this node's federation listener before it is
+** bound: the link options, CURVE server with secret_key (Z85), and ZAP domain
+** CM_FED_ZAP_DOMAIN with ZMQ_ZAP_ENFORCE_DOMAIN, so that with no ZAP handler
+** in the process every CURVE client is refused (fail closed). */
+int cm_fed_listener_setup(void *zs, const char *secret_key, cm_err *err);
+
 typedef struct cm_fed cm_fed;
 
 typedef struct cm_fed_opts {
@@ -177,6 +183,9 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason);
 /* Outbox rows were committed: route and send them on the next loop turn
 ** instead of at the next poll. Cheap; call after every commit that queued. */
 void cm_fed_wake(cm_fed *fed);
+
+/* Whether node is one of the configured peers (false when fed is NULL). */
+bool cm_fed_has_peer(cm_fed *fed, const char *node);
 
 /* Close the loop handles (call from the loop, e.g. on SIGTERM). */
 void cm_fed_stop(cm_fed *fed);

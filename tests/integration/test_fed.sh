@@ -9,9 +9,11 @@
 # protocol version, messages before hello, garbage, oversized messages.
 # CM_WRAP (e.g. "valgrind --error-exitcode=99 ...") wraps the serving
 # processes: a leak or memory error makes their exit status fail the test.
-# usage: test_fed.sh CAREMESH FEDPROBE
+# A listener set up by the node's own code but with no ZAP handler in its
+# process (nozap) must refuse a real node rather than admit it.
+# usage: test_fed.sh CAREMESH FEDPROBE NOZAP
 set -uo pipefail
-bin=$1 probe=$2
+bin=$1 probe=$2 nozap=$3
 . "$(dirname "$0")/../lib/check.sh"
 . "$(dirname "$0")/fed_world.sh"
 wait_limit_s=20
@@ -204,6 +206,20 @@ check "$tmp/a.log" 'outbox 30 refused: node node-b refused it: no workflow on th
 queue "$a" cardio test.note 1
 check "$tmp/a.log" 'node-a:31 delivered to node-b (received)' "the queue moves on after refusals"
 same "b's audit chain verifies" "$("$bin" audit verify --data "$b" >/dev/null 2>&1; echo $?)" "0"
+
+# ---- a node with no ZAP handler refuses a real node, whose key it would know ----
+"$bin" init --data "$tmp/z" --node-id node-z >/dev/null
+"$bin" init --data "$tmp/f" --node-id node-f >/dev/null
+pz=$(free_port)
+"$nozap" "$tmp/z/node.key" "tcp://127.0.0.1:$pz" >"$tmp/z.out" 2>&1 &
+zpid=$!; pids+=("$zpid")
+check "$tmp/z.out" listening "the listener without a ZAP handler is up"
+configure "$tmp/f" "$(free_port)" node-z "$pz" "$(pubkey "$tmp/z")"
+serve "$tmp/f" "$tmp/f.log"; fpid=$spid
+check "$tmp/f.log" "peer node-z at tcp://127.0.0.1:$pz refused the handshake" "no ZAP handler: the handshake is refused"
+kill -TERM "$zpid"; wait "$zpid"; same "nothing got through without a ZAP handler" "$?" 0
+same "the listener without a ZAP handler admitted nothing" "$(tail -1 "$tmp/z.out")" "0 admitted"
+stop "$fpid" "node f"
 
 # ---- a listen endpoint in use: serve refuses to start, naming it ----
 "$bin" init --data "$tmp/e" --node-id node-e >/dev/null

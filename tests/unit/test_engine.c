@@ -39,7 +39,8 @@ typedef struct fx {
     cm_lua_host host;
     cm_lua_runtime *rt;
     cm_engine *engine;
-    int batch_ms; /* cm_engine_opts.batch_ms; 0: by count only */
+    int batch_ms;     /* cm_engine_opts.batch_ms; 0: by count only */
+    const char *peer; /* the one configured federation peer, or NULL */
     acks a;
 } fx;
 
@@ -108,6 +109,12 @@ static void on_ack(void *ud, const cm_ack *ack)
     }
 }
 
+static bool is_peer(void *ud, const char *node)
+{
+    fx *f = ud;
+    return f->peer && strcmp(f->peer, node) == 0;
+}
+
 static void open_engine(fx *f)
 {
     cm_store_opts so;
@@ -134,6 +141,8 @@ static void open_engine(fx *f)
     eo.retry_base_ms = 1000;
     eo.batch_max = 16;
     eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
+    eo.is_peer = is_peer;
+    eo.peer_ud = f;
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }
@@ -316,11 +325,32 @@ static void test_events_change_state_after_commit(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM notification WHERE channel = 'sms' AND "
                               "recipient = 'pat-1'"),
                      1);
-    assert_int_equal(count(f, "SELECT count(*) FROM outbox WHERE receiver = 'cardio-b'"), 1);
+    /* node-b is not a configured peer here: federation routes it (or refuses it) */
+    assert_int_equal(
+        count(f, "SELECT count(*) FROM outbox WHERE receiver = 'cardio-b' AND peer IS NULL"), 1);
     signal_ev(f, "ref-1", "accepted", NULL);
     run(f);
     assert_int_equal(f->a.status[3], CM_EINVAL);
     assert_non_null(strstr(f->a.message[3], "is done"));
+}
+
+/* A message to an organization on a configured peer is queued routed. */
+static void test_send_to_a_peer_is_queued_routed(void **state)
+{
+    fx *f = *state;
+    close_engine(f);
+    f->peer = "node-b";
+    open_engine(f);
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    run(f);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    signal_ev(f, "ref-1", "consult_note", "{\"note\":\"echo normal\"}");
+    run(f);
+    expect_state(f, "ref-1", "closed", "done");
+    assert_int_equal(count(f, "SELECT count(*) FROM outbox WHERE receiver = 'cardio-b' AND peer "
+                              "= 'node-b' AND status = 'pending'"),
+                     1);
 }
 
 static void test_timer_fires_on_the_virtual_clock(void **state)
@@ -1192,6 +1222,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_operator_action_writes_with_its_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_events_change_state_after_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_to_a_peer_is_queued_routed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
