@@ -928,7 +928,8 @@ static int effect_send(cm_engine *e, const inst *in, const cJSON *fx, cm_err *er
     sqlite3_bind_text(st, 8, cm_class_list(carried, cls, sizeof(cls)), -1, SQLITE_STATIC);
     bind_text(st, 9, patient);
     bind_text(st, 11, remote[0] ? remote : NULL);
-    bind_text(st, 12, e->o.is_peer && e->o.is_peer(e->o.peer_ud, node) ? node : NULL);
+    bind_text(st, 12,
+              e->o.route_at_insert && e->o.route_at_insert(e->o.route_ud, node) ? node : NULL);
     if (bind_json(st, 4, cJSON_GetObjectItemCaseSensitive(fx, "payload")) != 0 ||
         (record && bind_json(st, 10, record) != 0)) {
         sqlite3_reset(st);

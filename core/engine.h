@@ -112,12 +112,12 @@ typedef struct cm_engine_opts {
     int batch_ms; /* a batch takes no more submissions after this much work (ms), so the
                   ** first acks wait for slow steps only so long; 0 selects 10, negative:
                   ** by count only */
-    /* optional: whether node is a configured federation peer. A message to an
-    ** organization on such a node is queued routed (outbox.peer set), so
-    ** federation sends it without a routing pass of its own; NULL: every
-    ** message is queued for federation to route. */
-    bool (*is_peer)(void *ud, const char *node);
-    void *peer_ud;
+    /* optional: whether a message to an organization on node may be queued
+    ** routed (outbox.peer set at insert, so federation sends it without a
+    ** routing pass of its own); NULL: every message waits for federation to
+    ** route it. */
+    bool (*route_at_insert)(void *ud, const char *node);
+    void *route_ud;
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;

@@ -588,8 +588,13 @@ struct cm_fed {
     int npeers;
     uv_timer_t tick;
     bool tick_init;
-    bool woken;         /* cm_fed_wake since the last tick: rows were queued */
-    bool route_now;     /* rows wait to be refused: route on the next tick */
+    bool woken;     /* cm_fed_wake since the last tick: rows were queued */
+    bool route_now; /* rows wait to be refused: route on the next tick */
+    /* pending rows may wait without a peer: the engine must not queue rows
+    ** routed (past them) until a committed pass has routed or refused them
+    ** all, so rows reach each peer's window in seq order */
+    bool unrouted;
+    bool pass_clean;    /* the last routing pass left no row without a peer */
     uint64_t routed_at; /* loop time of the last routing pass of its own */
 };
 
@@ -1767,6 +1772,7 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     }
     if (cm_store_commit(fed->o.store, &err) != 0)
         goto fail;
+    fed->unrouted = !fed->pass_clean;
     int kept = 0;
     for (int i = 0; i < p->nwin; i++) {
         fed_flight *f = &p->win[i];
@@ -2033,6 +2039,7 @@ static int route_pass(cm_fed *fed, bool in_tx)
         char why[256];
     } orgs[FED_ROUTE_ORGS];
     int nruns = 0, nbad = 0, norgs = 0, seen = 0;
+    bool more = false;
     sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                         "SELECT seq, receiver FROM outbox WHERE status = 'pending' "
                                         "AND peer IS NULL ORDER BY seq LIMIT ?1",
@@ -2047,6 +2054,10 @@ static int route_pass(cm_fed *fed, bool in_tx)
         while (o < norgs && strcmp(orgs[o].id, org) != 0)
             o++;
         if (strlen(org) >= sizeof(orgs[0].id)) {
+            if (in_tx) {
+                nbad++; /* refused by a pass of its own; nothing routed past it */
+                break;
+            }
             seen++;
             bad[nbad].seq = seq;
             snprintf(bad[nbad++].reason, sizeof(bad[0].reason),
@@ -2054,8 +2065,10 @@ static int route_pass(cm_fed *fed, bool in_tx)
             continue;
         }
         if (o == norgs) {
-            if (norgs == FED_ROUTE_ORGS)
+            if (norgs == FED_ROUTE_ORGS) {
+                more = true;
                 break; /* the rest in the next pass */
+            }
             copy_str(orgs[o].id, sizeof(orgs[o].id), org);
             if (route_lookup(fed, org, &orgs[o].peer, orgs[o].why, sizeof(orgs[o].why), &err) !=
                 0) {
@@ -2063,6 +2076,10 @@ static int route_pass(cm_fed *fed, bool in_tx)
                 goto fail;
             }
             norgs++;
+        }
+        if (orgs[o].peer < 0 && in_tx) {
+            nbad++; /* refused by a pass of its own; nothing routed past it */
+            break;
         }
         seen++;
         if (orgs[o].peer < 0) {
@@ -2080,6 +2097,8 @@ static int route_pass(cm_fed *fed, bool in_tx)
         }
     }
     sqlite3_reset(st);
+    /* nothing left without a peer once this pass commits */
+    fed->pass_clean = !more && nbad == 0 && seen < FED_ROUTE_BATCH;
     if (in_tx && nbad)
         fed->route_now = true; /* refused by a pass of its own, on the next turn */
     if (nruns > 0) {
@@ -2109,7 +2128,8 @@ static int route_pass(cm_fed *fed, bool in_tx)
             goto fail;
     }
     if (in_tx)
-        return seen;
+        return seen; /* the caller's commit applies pass_clean */
+    fed->unrouted = !fed->pass_clean;
     fed->routed_at = uv_now(fed->o.loop);
     for (int i = 0; i < nbad; i++)
         outbox_refuse(fed, bad[i].seq, bad[i].reason);
@@ -2228,9 +2248,15 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-bool cm_fed_has_peer(cm_fed *fed, const char *node)
+bool cm_fed_route_at_insert(cm_fed *fed, const char *node)
 {
-    return fed && peer_by_id(fed, node) != NULL;
+    if (!fed)
+        return false;
+    if (!peer_by_id(fed, node)) {
+        fed->unrouted = true; /* a row without a peer is being queued */
+        return false;
+    }
+    return !fed->unrouted;
 }
 
 void cm_fed_wake(cm_fed *fed)
@@ -2322,6 +2348,7 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
     if (!fed)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     fed->o = *o;
+    fed->unrouted = true; /* until a first pass has seen the outbox */
     fed->window = o->window > 0 ? o->window : CM_FED_WINDOW_DEFAULT;
     fed->minor = o->proto_minor > 0 && o->proto_minor < CM_FED_PROTO_MINOR ? o->proto_minor
                                                                            : CM_FED_PROTO_MINOR;

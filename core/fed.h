@@ -184,8 +184,11 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason);
 ** instead of at the next poll. Cheap; call after every commit that queued. */
 void cm_fed_wake(cm_fed *fed);
 
-/* Whether node is one of the configured peers (false when fed is NULL). */
-bool cm_fed_has_peer(cm_fed *fed, const char *node);
+/* Whether an outbox row to an organization on node may be queued routed
+** (its peer set at insert): node is a configured peer and no pending row
+** waits without a peer, so rows reach a peer in seq order. False when fed is
+** NULL; when node is not a peer, the row that will wait is noted. */
+bool cm_fed_route_at_insert(cm_fed *fed, const char *node);
 
 /* Close the loop handles (call from the loop, e.g. on SIGTERM). */
 void cm_fed_stop(cm_fed *fed);

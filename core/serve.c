@@ -384,11 +384,11 @@ static int fed_apply(void *ud, const char *peer, const cm_fed_msg *m, void *tick
     return cm_engine_receive(sv->engine, &em, fed_msg_acked, ticket, &err);
 }
 
-/* The engine asks whether a node is a peer: its messages are queued routed. */
-static bool fed_is_peer(void *ud, const char *node)
+/* The engine asks whether a message may be queued routed (federation says). */
+static bool fed_route_at_insert(void *ud, const char *node)
 {
     serve *sv = ud;
-    return cm_fed_has_peer(sv->fed, node);
+    return cm_fed_route_at_insert(sv->fed, node);
 }
 
 /* The engine's observer: a queued message wakes federation at once (not at
@@ -538,8 +538,8 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     eo.clock = o->clock;
     eo.runtime = cm_lua_runtime_seam(rt);
     eo.node_id = o->node_id;
-    eo.is_peer = fed_is_peer;
-    eo.peer_ud = &sv;
+    eo.route_at_insert = fed_route_at_insert;
+    eo.route_ud = &sv;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;

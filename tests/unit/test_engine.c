@@ -109,7 +109,7 @@ static void on_ack(void *ud, const cm_ack *ack)
     }
 }
 
-static bool is_peer(void *ud, const char *node)
+static bool route_at_insert(void *ud, const char *node)
 {
     fx *f = ud;
     return f->peer && strcmp(f->peer, node) == 0;
@@ -141,8 +141,8 @@ static void open_engine(fx *f)
     eo.retry_base_ms = 1000;
     eo.batch_max = 16;
     eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
-    eo.is_peer = is_peer;
-    eo.peer_ud = f;
+    eo.route_at_insert = route_at_insert;
+    eo.route_ud = f;
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }

@@ -1,7 +1,8 @@
 /*
 ** test_fed.c -- federation messages (every kind round-trips; bad input is
 ** refused by field, never half-parsed), the ZAP admission decision, and the
-** libzmq behaviour the listener relies on to fail closed without a handler.
+** libzmq behaviour the listener relies on to fail closed without a handler,
+** and when the engine may queue a message routed.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "fed.h"
@@ -331,6 +333,90 @@ static void test_without_zap_handler_curve_fails_closed(void **state)
     assert_true(admitted_without_handler(false));
 }
 
+/* Turn the loop (bounded: 5 s) until a message to node-b may be queued routed. */
+static bool turn_until_routable(uv_loop_t *loop, cm_fed *fed)
+{
+    for (int i = 0; i < 500; i++) {
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        if (cm_fed_route_at_insert(fed, "node-b"))
+            return true;
+    }
+    return false;
+}
+
+/* Rows reach a peer's window in seq order: the engine queues a row routed
+** only while no pending row waits for federation to route or refuse it. */
+static void test_route_at_insert_waits_for_rows_without_a_peer(void **state)
+{
+    char dir[] = "/tmp/cm-test-fed-XXXXXX", db[64];
+    cm_store_opts so;
+    cm_store *store = NULL;
+    cm_keypair keys;
+    cm_config cfg;
+    cm_fed_opts fo;
+    cm_fed *fed = NULL;
+    uv_loop_t loop;
+    cm_err err;
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof(db), "%s/fed.db", dir);
+    cm_store_opts_init(&so);
+    so.path = db;
+    so.create = true;
+    assert_int_equal(cm_store_open(&store, &so, &err), 0);
+    assert_int_equal(cm_keys_generate(&keys, &err), 0);
+    cm_config_defaults(&cfg);
+    cfg.fed_enabled = true;
+    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
+    cfg.fed_npeers = 1;
+    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "node-b");
+    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "tcp://127.0.0.1:9");
+    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s",
+             keys.public_key);
+    cm_clock *clock = cm_clock_new_system();
+    assert_int_equal(uv_loop_init(&loop), 0);
+    memset(&fo, 0, sizeof(fo));
+    fo.loop = &loop;
+    fo.store = store;
+    fo.clock = clock;
+    fo.cfg = &cfg;
+    fo.node_id = "node-a";
+    fo.keys = &keys;
+    fo.poll_ms = 10;
+    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
+    assert_false(cm_fed_route_at_insert(fed, "node-b")); /* the outbox not seen yet */
+    assert_true(turn_until_routable(&loop, fed));
+    assert_false(cm_fed_route_at_insert(fed, "node-z")); /* not a peer: its row will wait */
+    assert_false(cm_fed_route_at_insert(fed, "node-b")); /* nothing is routed past it */
+    assert_int_equal(sqlite3_exec(cm_store_db(store),
+                                  "INSERT INTO outbox(receiver, kind, payload, created) VALUES "
+                                  "('faraway', 'test.note', '{}', '2026-11-30T00:00:00.000Z')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_true(turn_until_routable(&loop, fed)); /* a pass refused it: routable again */
+    sqlite3_stmt *st;
+    assert_int_equal(
+        sqlite3_prepare_v2(cm_store_db(store), "SELECT status FROM outbox", -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "refused");
+    sqlite3_finalize(st);
+    cm_fed_stop(fed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&fed);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    cm_clock_destroy(&clock);
+    cm_config_free(&cfg);
+    cm_keys_wipe(&keys);
+    cm_store_close(&store);
+    unlink(db);
+    char side[80];
+    snprintf(side, sizeof(side), "%s-wal", db);
+    unlink(side);
+    snprintf(side, sizeof(side), "%s-shm", db);
+    unlink(side);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_bad_batches_are_refused_whole),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
+        cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
