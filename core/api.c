@@ -73,11 +73,9 @@ struct cm_api {
     bool ready, stopping;
     /* Verified tokens. Valid while no other connection committed to the
     ** database (a revocation is made by `caremesh token revoke`, another
-    ** process): PRAGMA data_version is read again at the first request of
-    ** each loop iteration (prepare sets dv_stale) and any change empties it. */
+    ** process): PRAGMA data_version is read at every token check and any
+    ** change empties it. */
     token_slot tokens[TOKEN_SLOTS];
-    uv_prepare_t prepare;
-    bool prepare_open, dv_stale;
     long long dv;
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
     /* the store's gauges for /metrics, read off the loop (see h_metrics) */
@@ -473,11 +471,9 @@ static void tokens_forget(cm_api *api)
 }
 
 /* Forget every verified token when another connection committed since the
-** last look (checked once per loop iteration). */
+** last look. */
 static int tokens_revalidate(cm_api *api, cm_err *err)
 {
-    if (!api->dv_stale)
-        return 0;
     sqlite3_stmt *st = cm_store_prepare(api->o.store, "PRAGMA data_version", err);
     if (!st)
         return err->code;
@@ -489,7 +485,6 @@ static int tokens_revalidate(cm_api *api, cm_err *err)
     if (dv != api->dv)
         tokens_forget(api);
     api->dv = dv;
-    api->dv_stale = false;
     return 0;
 }
 
@@ -515,12 +510,6 @@ static int token_check(cm_api *api, const char *text, cm_token_info *info, cm_er
     memcpy(slot->hash, hash, sizeof(hash));
     slot->info = *info;
     return 0;
-}
-
-static void on_prepare(uv_prepare_t *h)
-{
-    cm_api *api = h->data;
-    api->dv_stale = true;
 }
 
 static bool authenticate(call *c)
@@ -1948,11 +1937,6 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
         return rc;
     }
     api->patients = calloc(PATIENT_SLOTS, sizeof(*api->patients)); /* NULL: looked up each time */
-    uv_prepare_init(o->loop, &api->prepare);
-    api->prepare.data = api;
-    uv_prepare_start(&api->prepare, on_prepare);
-    api->prepare_open = true;
-    api->dv_stale = true;
     cm_engine_set_work_hook(o->engine, on_engine_work, api);
     cm_log(CM_LOG_INFO, "api.listen", "HTTP API on %s%s%s:%d (%ld active token(s))",
            strchr(ac->host, ':') ? "[" : "", ac->host, strchr(ac->host, ':') ? "]" : "",
@@ -1991,10 +1975,6 @@ void cm_api_stop(cm_api *api, void (*done)(void *ud), void *ud)
         api->done_ud = ud;
     }
     api->stopping = true;
-    if (api->prepare_open) {
-        uv_close((uv_handle_t *)&api->prepare, NULL);
-        api->prepare_open = false;
-    }
     cm_http_server_stop(api->http, on_http_stopped, api);
 }
 
