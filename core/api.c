@@ -1585,9 +1585,10 @@ static void job_run(uv_work_t *w)
     o.path = j->path;
     if ((j->rc = cm_store_open(&store, &o, &j->err)) != 0)
         return;
-    if ((j->rc = cm_store_exec(store, "BEGIN", &j->err)) == 0) {
-        j->rc = j->metrics ? metrics_store(store, j, &j->out, &j->err)
-                           : cm_audit_verify(store, &j->entries, &j->err);
+    if (!j->metrics) /* in chunks, each a short read: the WAL is checkpointed meanwhile */
+        j->rc = cm_audit_verify(store, &j->entries, &j->err);
+    else if ((j->rc = cm_store_exec(store, "BEGIN", &j->err)) == 0) {
+        j->rc = metrics_store(store, j, &j->out, &j->err);
         sqlite3_exec(cm_store_db(store), "COMMIT", NULL, NULL, NULL); /* read only */
     }
     cm_store_close(&store);

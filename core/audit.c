@@ -123,64 +123,136 @@ int cm_audit_append(cm_store *store, const cm_clock *clock, const cm_audit_entry
     return cm_store_commit(store, err);
 }
 
-int cm_audit_verify(cm_store *store, long *entries, cm_err *err)
+/* The recorded head: how many entries caremesh has written. */
+static long long audit_head(cm_store *store)
 {
-    unsigned char prev[HASH_LEN] = {0}, hash[HASH_LEN];
-    long long expect = 1;
-    long n = 0;
-    int rc = 0;
-    *entries = 0;
+    char *last = cm_store_meta_get(store, "audit_head", NULL);
+    long long head = last ? strtoll(last, NULL, 10) : 0;
+    free(last);
+    return head;
+}
+
+/* A read transaction of our own, unless the caller has one open (then its
+** snapshot serves). */
+static bool read_begin(cm_store *store)
+{
+    sqlite3 *db = cm_store_db(store);
+    return sqlite3_get_autocommit(db) && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK;
+}
+
+static void read_end(cm_store *store, bool own)
+{
+    if (own)
+        sqlite3_exec(cm_store_db(store), "COMMIT", NULL, NULL, NULL); /* read only */
+}
+
+/* Check up to chunk entries from *expect on (at most head), carrying the
+** chain in prev. Returns the entries read (chunk: there may be more), or -1
+** with err set. */
+static long verify_chunk(cm_store *store, long long head, long chunk, long long *expect,
+                         unsigned char prev[HASH_LEN], cm_err *err)
+{
+    unsigned char hash[HASH_LEN];
     sqlite3_stmt *st = NULL;
-    if (sodium_init() < 0)
-        return cm_err_set(err, CM_EIO, "audit: libsodium could not initialize");
+    long n = 0;
+    int rc;
     if (sqlite3_prepare_v2(cm_store_db(store),
                            "SELECT seq, at, actor, action, patient, classes, purpose, outcome, "
-                           "detail, hash FROM audit ORDER BY seq",
-                           -1, &st, NULL) != SQLITE_OK)
-        return cm_store_error(store, err, "audit");
+                           "detail, hash FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq "
+                           "LIMIT ?3",
+                           -1, &st, NULL) != SQLITE_OK) {
+        cm_store_error(store, err, "audit");
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, *expect);
+    sqlite3_bind_int64(st, 2, head);
+    sqlite3_bind_int64(st, 3, chunk);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         long long seq = sqlite3_column_int64(st, 0);
         const char *f[AUDIT_NFIELD];
         for (int i = 0; i < AUDIT_NFIELD; i++)
             f[i] = or_empty((const char *)sqlite3_column_text(st, i + 1));
-        if (seq != expect) {
-            rc = cm_err_set(err, CM_EAUDIT,
-                            "audit entry %lld: entries %lld..%lld are missing (deleted)", seq,
-                            expect, seq - 1);
-            goto out;
+        if (seq != *expect) {
+            cm_err_set(err, CM_EAUDIT, "audit entry %lld: entries %lld..%lld are missing (deleted)",
+                       seq, *expect, seq - 1);
+            n = -1;
+            break;
         }
         chain(prev, seq, f, hash);
         if (sqlite3_column_bytes(st, 9) != HASH_LEN ||
             sodium_memcmp(hash, sqlite3_column_blob(st, 9), HASH_LEN) != 0) {
-            rc = cm_err_set(err, CM_EAUDIT,
-                            "audit entry %lld (%s, %s by %s): altered, or the entries before it "
-                            "were changed or reordered",
-                            seq, f[0], f[2], f[1]);
-            goto out;
+            cm_err_set(err, CM_EAUDIT,
+                       "audit entry %lld (%s, %s by %s): altered, or the entries before it "
+                       "were changed or reordered",
+                       seq, f[0], f[2], f[1]);
+            n = -1;
+            break;
         }
         memcpy(prev, hash, HASH_LEN);
-        expect = seq + 1;
+        *expect = seq + 1;
         n++;
     }
-    if (rc != SQLITE_DONE) {
-        rc = cm_store_error(store, err, "audit");
-        goto out;
+    if (n >= 0 && rc != SQLITE_DONE) {
+        cm_store_error(store, err, "audit");
+        n = -1;
     }
-    rc = 0;
-    char *last = cm_store_meta_get(store, "audit_head", NULL);
-    long long recorded = last ? strtoll(last, NULL, 10) : 0;
-    free(last);
-    if (recorded > expect - 1)
-        rc = cm_err_set(err, CM_EAUDIT,
-                        "audit trail ends at entry %lld but %lld were written: entries "
-                        "%lld..%lld are missing (deleted)",
-                        expect - 1, recorded, expect, recorded);
-    else if (recorded < expect - 1)
-        rc = cm_err_set(err, CM_EAUDIT,
-                        "audit entries %lld..%lld were not written by caremesh (added)",
-                        recorded + 1, expect - 1);
-    *entries = n;
-out:
     sqlite3_finalize(st);
+    return n;
+}
+
+/* Entries after the recorded head, in one snapshot: not written by caremesh. */
+static int verify_no_additions(cm_store *store, cm_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    bool own = read_begin(store);
+    long long head = audit_head(store), last = 0;
+    int rc = 0;
+    if (sqlite3_prepare_v2(cm_store_db(store), "SELECT max(seq) FROM audit", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        rc = cm_store_error(store, err, "audit");
+    else
+        last = sqlite3_column_int64(st, 0); /* NULL (empty) reads as 0 */
+    sqlite3_finalize(st);
+    read_end(store, own);
+    if (rc == 0 && last > head)
+        rc = cm_err_set(err, CM_EAUDIT,
+                        "audit entries %lld..%lld were not written by caremesh (added)", head + 1,
+                        last);
     return rc;
+}
+
+int cm_audit_verify_chunked(cm_store *store, long chunk, long *entries, cm_err *err)
+{
+    unsigned char prev[HASH_LEN] = {0};
+    long long expect = 1;
+    long total = 0, got;
+    *entries = 0;
+    if (chunk < 1)
+        return cm_err_set(err, CM_EINVAL, "audit verify: chunk must be at least 1");
+    if (sodium_init() < 0)
+        return cm_err_set(err, CM_EIO, "audit: libsodium could not initialize");
+    long long head = audit_head(store); /* entries written later are for the next verify */
+    do {
+        bool own = read_begin(store);
+        got = verify_chunk(store, head, chunk, &expect, prev, err);
+        read_end(store, own);
+        if (got < 0)
+            return err->code;
+        total += got;
+    } while (got == chunk);
+    if (head > expect - 1)
+        return cm_err_set(err, CM_EAUDIT,
+                          "audit trail ends at entry %lld but %lld were written: entries "
+                          "%lld..%lld are missing (deleted)",
+                          expect - 1, head, expect, head);
+    int rc = verify_no_additions(store, err);
+    if (rc == 0)
+        *entries = total;
+    return rc;
+}
+
+int cm_audit_verify(cm_store *store, long *entries, cm_err *err)
+{
+    return cm_audit_verify_chunked(store, 10000, entries, err);
 }

@@ -40,4 +40,10 @@ int cm_audit_append(cm_store *store, const cm_clock *clock, const cm_audit_entry
 ** (altered, missing before it, out of order). */
 int cm_audit_verify(cm_store *store, long *entries, cm_err *err);
 
+/* cm_audit_verify, reading chunk entries per read transaction (unless the
+** caller has one open), so a long verify holds no snapshot that keeps the
+** WAL from being checkpointed. The entries written when it starts are
+** checked; any entry past the recorded head when it ends is "added". */
+int cm_audit_verify_chunked(cm_store *store, long chunk, long *entries, cm_err *err);
+
 #endif
