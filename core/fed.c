@@ -1617,8 +1617,10 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
     for (int i = 0; i < p->nwin; i++) {
         fed_flight *f = &p->win[i];
         if (p->reprev) { /* after a rewind: the chain as it stands now */
-            if (prev < 0 && (prev = delivered_before(fed, p, f->seq)) < 0)
+            if (prev < 0 && (prev = delivered_before(fed, p, f->seq)) < 0) {
+                batch_send(fed, p); /* what was put in the batch goes (or is undone) */
                 return false;
+            }
             f->prev = prev;
             prev = f->seq;
         }
@@ -1629,6 +1631,7 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
             "SELECT " OUTBOX_COLUMNS " FROM outbox WHERE seq = ?1 AND status = 'pending'", &err);
         if (!st) {
             cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
+            batch_send(fed, p);
             return false;
         }
         sqlite3_bind_int64(st, 1, f->seq);
