@@ -7,6 +7,7 @@
 #include "audit.h"
 #include "http.h"
 #include "log.h"
+#include "strbuf.h"
 #include "text.h"
 #include "token.h"
 
@@ -46,13 +47,6 @@ typedef struct counter {
     uint64_t n;
 } counter;
 
-/* A growing text buffer for the exposition. */
-typedef struct tbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} tbuf;
-
 /* A token that passed cm_token_check, known by the hash of its whole text
 ** (the text itself is not kept). */
 typedef struct token_slot {
@@ -79,7 +73,7 @@ struct cm_api {
     long long dv;
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
     /* the store's gauges for /metrics, read off the loop (see h_metrics) */
-    tbuf gauges;
+    cm_buf gauges;
     uint64_t gauges_at; /* uv_now when read */
     bool metrics_running;
     call *metrics_waiting;
@@ -1436,36 +1430,6 @@ static void h_readyz(call *c)
     reply_text(c, 200, NULL, ok, sizeof(ok) - 1);
 }
 
-static void tprintf(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void tprintf(tbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (int tries = 0; tries < 2 && !b->oom; tries++) {
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = true;
-            return;
-        }
-        if (b->p && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + (size_t)n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-}
-
 /* A label value, escaped for the exposition format. */
 static const char *lv(const char *s, char *buf, size_t bufsz)
 {
@@ -1482,36 +1446,36 @@ static const char *lv(const char *s, char *buf, size_t bufsz)
     return buf;
 }
 
-static void metric_head(tbuf *b, const char *name, const char *type, const char *help)
+static void metric_head(cm_buf *b, const char *name, const char *type, const char *help)
 {
-    tprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    cm_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void metrics_engine(cm_api *api, tbuf *b)
+static void metrics_engine(cm_api *api, cm_buf *b)
 {
     cm_engine_stats s;
     cm_engine_stats_get(api->o.engine, &s);
     metric_head(b, "caremesh_events_processed_total", "counter",
                 "Submissions, due timers and kept events run in committed batches.");
-    tprintf(b, "caremesh_events_processed_total %llu\n", (unsigned long long)s.processed);
+    cm_buf_printf(b, "caremesh_events_processed_total %llu\n", (unsigned long long)s.processed);
     metric_head(b, "caremesh_events_failed_total", "counter",
                 "Runs that failed (refused, kept for retry or parked).");
-    tprintf(b, "caremesh_events_failed_total %llu\n", (unsigned long long)s.failed);
+    cm_buf_printf(b, "caremesh_events_failed_total %llu\n", (unsigned long long)s.failed);
     metric_head(b, "caremesh_lua_errors_total", "counter", "Handler runs that raised an error.");
-    tprintf(b, "caremesh_lua_errors_total %llu\n", (unsigned long long)s.lua_errors);
+    cm_buf_printf(b, "caremesh_lua_errors_total %llu\n", (unsigned long long)s.lua_errors);
     metric_head(b, "caremesh_lua_budget_kills_total", "counter",
                 "Handler runs stopped by the instruction budget or the memory cap.");
-    tprintf(b, "caremesh_lua_budget_kills_total %llu\n", (unsigned long long)s.budget_kills);
+    cm_buf_printf(b, "caremesh_lua_budget_kills_total %llu\n", (unsigned long long)s.budget_kills);
     metric_head(b, "caremesh_event_latency_seconds", "histogram",
                 "From submission to acknowledgement after the commit.");
     for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
-        tprintf(b, "caremesh_event_latency_seconds_bucket{le=\"%g\"} %llu\n",
-                cm_engine_latency_bounds[i], (unsigned long long)s.latency_le[i]);
-    tprintf(b,
-            "caremesh_event_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
-            "caremesh_event_latency_seconds_sum %.6f\ncaremesh_event_latency_seconds_count %llu\n",
-            (unsigned long long)s.latency_count, s.latency_sum,
-            (unsigned long long)s.latency_count);
+        cm_buf_printf(b, "caremesh_event_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                      cm_engine_latency_bounds[i], (unsigned long long)s.latency_le[i]);
+    cm_buf_printf(
+        b,
+        "caremesh_event_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
+        "caremesh_event_latency_seconds_sum %.6f\ncaremesh_event_latency_seconds_count %llu\n",
+        (unsigned long long)s.latency_count, s.latency_sum, (unsigned long long)s.latency_count);
 }
 
 /* ---- work off the loop: audit verify and the store's gauges -------------------
@@ -1530,11 +1494,11 @@ typedef struct job {
     int rc;
     cm_err err;
     long entries; /* verify */
-    tbuf out;     /* metrics */
+    cm_buf out;   /* metrics */
 } job;
 
 /* Instances, timers and outbox gauges, read through store (the job's). */
-static int metrics_store(cm_store *store, job *j, tbuf *b, cm_err *err)
+static int metrics_store(cm_store *store, job *j, cm_buf *b, cm_err *err)
 {
     char l1[2 * CM_NAME_MAX], l2[2 * CM_NAME_MAX], l3[64];
     sqlite3_stmt *st = cm_store_prepare(store,
@@ -1545,17 +1509,17 @@ static int metrics_store(cm_store *store, job *j, tbuf *b, cm_err *err)
         return err->code;
     metric_head(b, "caremesh_instances", "gauge", "Instances by workflow, state and status.");
     while (sqlite3_step(st) == SQLITE_ROW)
-        tprintf(b, "caremesh_instances{workflow=\"%s\",state=\"%s\",status=\"%s\"} %lld\n",
-                lv((const char *)sqlite3_column_text(st, 0), l1, sizeof(l1)),
-                lv((const char *)sqlite3_column_text(st, 1), l2, sizeof(l2)),
-                lv((const char *)sqlite3_column_text(st, 2), l3, sizeof(l3)),
-                (long long)sqlite3_column_int64(st, 3));
+        cm_buf_printf(b, "caremesh_instances{workflow=\"%s\",state=\"%s\",status=\"%s\"} %lld\n",
+                      lv((const char *)sqlite3_column_text(st, 0), l1, sizeof(l1)),
+                      lv((const char *)sqlite3_column_text(st, 1), l2, sizeof(l2)),
+                      lv((const char *)sqlite3_column_text(st, 2), l3, sizeof(l3)),
+                      (long long)sqlite3_column_int64(st, 3));
     sqlite3_reset(st);
     if (!(st = cm_store_prepare(store, "SELECT count(*) FROM timer", err)))
         return err->code;
     metric_head(b, "caremesh_timers_pending", "gauge", "Durable timers not yet due or run.");
     if (sqlite3_step(st) == SQLITE_ROW)
-        tprintf(b, "caremesh_timers_pending %lld\n", (long long)sqlite3_column_int64(st, 0));
+        cm_buf_printf(b, "caremesh_timers_pending %lld\n", (long long)sqlite3_column_int64(st, 0));
     sqlite3_reset(st);
     long depth[CM_FED_MAX_PEERS];
     double age[CM_FED_MAX_PEERS];
@@ -1566,13 +1530,13 @@ static int metrics_store(cm_store *store, job *j, tbuf *b, cm_err *err)
     }
     metric_head(b, "caremesh_outbox_depth", "gauge", "Messages pending for a peer.");
     for (int i = 0; i < j->npeers; i++)
-        tprintf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n", lv(j->peers[i], l1, sizeof(l1)),
-                depth[i]);
+        cm_buf_printf(b, "caremesh_outbox_depth{peer=\"%s\"} %ld\n",
+                      lv(j->peers[i], l1, sizeof(l1)), depth[i]);
     metric_head(b, "caremesh_outbox_oldest_age_seconds", "gauge",
                 "Age of the oldest message pending for a peer (0 when none).");
     for (int i = 0; i < j->npeers; i++)
-        tprintf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n",
-                lv(j->peers[i], l1, sizeof(l1)), age[i] < 0 ? 0 : age[i]);
+        cm_buf_printf(b, "caremesh_outbox_oldest_age_seconds{peer=\"%s\"} %.3f\n",
+                      lv(j->peers[i], l1, sizeof(l1)), age[i] < 0 ? 0 : age[i]);
     return b->oom ? cm_err_set(err, CM_ENOMEM, "out of memory") : 0;
 }
 
@@ -1659,29 +1623,29 @@ static void h_audit_verify(call *c)
 ** the HTTP counters. */
 static void metrics_reply(call *c, const char *gauges, size_t glen)
 {
-    tbuf b = {0};
+    cm_buf b = {0};
     cm_api *api = c->api;
     const cm_config *cfg = api->o.cfg;
     metrics_engine(api, &b);
     if (glen)
-        tprintf(&b, "%.*s", (int)glen, gauges);
+        cm_buf_put(&b, gauges, glen);
     metric_head(&b, "caremesh_peer_up", "gauge", "1 when the link to the peer is up.");
     for (int i = 0; i < cfg->fed_npeers; i++) {
         char l1[2 * CM_NAME_MAX];
         int up = cm_fed_peer_up(api->o.fed, cfg->fed_peers[i].id);
         if (up >= 0)
-            tprintf(&b, "caremesh_peer_up{peer=\"%s\"} %d\n",
-                    lv(cfg->fed_peers[i].id, l1, sizeof(l1)), up);
+            cm_buf_printf(&b, "caremesh_peer_up{peer=\"%s\"} %d\n",
+                          lv(cfg->fed_peers[i].id, l1, sizeof(l1)), up);
     }
     count(api, c->rt->pattern, 200); /* this answer counts itself */
     metric_head(&b, "caremesh_http_requests_total", "counter",
                 "HTTP requests by route and status.");
     for (int i = 0; i < api->ncounters; i++)
-        tprintf(&b, "caremesh_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
-                api->counters[i].route, api->counters[i].status,
-                (unsigned long long)api->counters[i].n);
+        cm_buf_printf(&b, "caremesh_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+                      api->counters[i].route, api->counters[i].status,
+                      (unsigned long long)api->counters[i].n);
     metric_head(&b, "caremesh_http_connections", "gauge", "Open HTTP connections.");
-    tprintf(&b, "caremesh_http_connections %d\n", cm_http_server_connections(api->http));
+    cm_buf_printf(&b, "caremesh_http_connections %d\n", cm_http_server_connections(api->http));
     if (b.oom) {
         free(b.p);
         reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
@@ -1704,7 +1668,7 @@ static void metrics_done(uv_work_t *w, int status)
     if (j->rc == 0) {
         free(api->gauges.p);
         api->gauges = j->out;
-        j->out = (tbuf){0};
+        j->out = (cm_buf){0};
         api->gauges_at = uv_now(api->o.loop);
     }
     for (call *c = waiting, *next; c; c = next) {

@@ -10,6 +10,7 @@
 #include "fs.h"
 #include "httpc.h"
 #include "lconfig.h"
+#include "strbuf.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -61,74 +62,22 @@ static const char *or_q(const char *s)
     return or_s(s, "?");
 }
 
-/* ---- a growing string ---------------------------------------------------- */
-
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-/* Room for n more bytes and a NUL; false (and b->oom) when there is none. */
-static bool sb_grow(sbuf *b, size_t n)
-{
-    if (b->oom)
-        return false;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return false;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    return true;
-}
-
-static void sb_add(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void sb_add(sbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || !sb_grow(b, (size_t)n))
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-/* Append n bytes as they are (NULs too). */
-static void sb_addn(sbuf *b, const char *data, size_t n)
-{
-    if (!sb_grow(b, n))
-        return;
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
+/* ---- text for requests ---------------------------------------------------- */
 
 /* Percent-encode s as a path segment or query value. */
-static void sb_escape(sbuf *b, const char *s)
+static void url_escape(cm_buf *b, const char *s)
 {
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
             strchr("-._~", ch))
-            sb_add(b, "%c", ch);
+            cm_buf_put(b, (const char *)&ch, 1);
         else
-            sb_add(b, "%%%02X", ch);
+            cm_buf_printf(b, "%%%02X", ch);
     }
 }
 
-static const char *sb_str(const sbuf *b)
+static const char *buf_text(const cm_buf *b)
 {
     return b->p ? b->p : "";
 }
@@ -658,14 +607,14 @@ static int open_client(client *c, const opts *o)
 ** when out of memory. */
 static char *item_target(const char *coll, const char *id, const char *suffix)
 {
-    sbuf t = {0};
-    sb_add(&t, "/v1/%s", coll);
+    cm_buf t = {0};
+    cm_buf_printf(&t, "/v1/%s", coll);
     if (id) {
-        sb_add(&t, "/");
-        sb_escape(&t, id);
+        cm_buf_printf(&t, "/");
+        url_escape(&t, id);
     }
     if (suffix)
-        sb_add(&t, "/%s", suffix);
+        cm_buf_printf(&t, "/%s", suffix);
     if (t.oom) {
         free(t.p);
         return NULL;
@@ -746,7 +695,7 @@ static void print_json(cJSON *doc)
 
 /* GET path?query, following next_cursor until the end or o->limit items.
 ** *items receives them all; *next the cursor after the last page (or NULL). */
-static int fetch_list(client *c, const char *path, const sbuf *query, bool paged, cJSON **items,
+static int fetch_list(client *c, const char *path, const cm_buf *query, bool paged, cJSON **items,
                       char **next)
 {
     cJSON *all = cJSON_CreateArray();
@@ -759,15 +708,16 @@ static int fetch_list(client *c, const char *path, const sbuf *query, bool paged
     if (!all)
         return say(CM_EXIT_FAIL, c->o->cmd, "out of memory");
     for (;;) {
-        sbuf t = {0};
+        cm_buf t = {0};
         cm_httpc_resp r;
-        sb_add(&t, "%s?%s", path, sb_str(query));
+        cm_buf_printf(&t, "%s?%s", path, buf_text(query));
         if (paged) {
             long page = want ? want - got : PAGE_MAX;
-            sb_add(&t, "%slimit=%ld", query->len ? "&" : "", page < PAGE_MAX ? page : PAGE_MAX);
+            cm_buf_printf(&t, "%slimit=%ld", query->len ? "&" : "",
+                          page < PAGE_MAX ? page : PAGE_MAX);
             if (cursor) {
-                sb_add(&t, "&cursor=");
-                sb_escape(&t, cursor);
+                cm_buf_printf(&t, "&cursor=");
+                url_escape(&t, cursor);
             }
         }
         if (t.oom) {
@@ -979,15 +929,15 @@ typedef struct list_def {
 /* A list command: GET l->path with the filters given, as a table or JSON. */
 static int run_list(client *c, const list_def *l)
 {
-    sbuf q = {0};
+    cm_buf q = {0};
     cJSON *items = NULL;
     char *next = NULL;
     for (int i = 0; l->filters && l->filters[i]; i++) {
         const char *v = opt_val(c->o, l->filters[i]);
         if (!v)
             continue;
-        sb_add(&q, "%s%s=", q.len ? "&" : "", l->params ? l->params[i] : l->filters[i]);
-        sb_escape(&q, v);
+        cm_buf_printf(&q, "%s%s=", q.len ? "&" : "", l->params ? l->params[i] : l->filters[i]);
+        url_escape(&q, v);
     }
     int rc = q.oom ? say(CM_EXIT_FAIL, c->o->cmd, "out of memory")
                    : fetch_list(c, l->path, &q, l->paged, &items, &next);
@@ -1033,7 +983,7 @@ static int list_cmd(const opts *o, const list_def *l)
 /* Read all of stdin (at most INPUT_MAX bytes). */
 static char *read_stdin(size_t *len, const char *cmd)
 {
-    sbuf b = {0};
+    cm_buf b = {0};
     char chunk[8192];
     size_t n;
     while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0) {
@@ -1042,7 +992,7 @@ static char *read_stdin(size_t *len, const char *cmd)
             say(0, cmd, "stdin: more than %zu bytes", INPUT_MAX);
             return NULL;
         }
-        sb_addn(&b, chunk, n);
+        cm_buf_put(&b, chunk, n);
     }
     if (b.oom || ferror(stdin)) {
         free(b.p);

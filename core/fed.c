@@ -7,6 +7,7 @@
 #include "share.h"
 
 #include "log.h"
+#include "strbuf.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -46,117 +47,44 @@
 static const char *const type_names[] = {"hello",     "deliver",    "ack",  "error",
                                          "directory", "indicators", "batch"};
 
-/* A growing text buffer; oom is set (and sticks) when it could not grow. */
-typedef struct fed_buf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} fed_buf;
-
-static bool buf_room(fed_buf *b, size_t more)
-{
-    if (b->oom)
-        return false;
-    if (b->len + more + 1 <= b->cap)
-        return true;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + more + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = true;
-        return false;
-    }
-    b->p = p;
-    b->cap = cap;
-    return true;
-}
-
-static void buf_put(fed_buf *b, const char *s, size_t n)
-{
-    if (!buf_room(b, n))
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_puts(fed_buf *b, const char *s)
-{
-    buf_put(b, s, strlen(s));
-}
-
-static void buf_reset(fed_buf *b)
-{
-    b->len = 0;
-    b->oom = false;
-    if (b->p)
-        b->p[0] = '\0';
-}
-
-/* s as a JSON string (RFC 8259 escapes; UTF-8 passes as is). */
-static void buf_json_str(fed_buf *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    const char *run = s;
-    buf_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        buf_put(b, run, (size_t)(s - run));
-        run = s + 1;
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        if (c < 0x20) {
-            esc[1] = 'u';
-            esc[2] = esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-        }
-        buf_put(b, esc, c < 0x20 ? 6 : 2);
-    }
-    buf_put(b, run, (size_t)(s - run));
-    buf_put(b, "\"", 1);
-}
-
 /* "node:seq" as a JSON string. */
-static void buf_id(fed_buf *b, const char *node, int64_t seq)
+static void buf_id(cm_buf *b, const char *node, int64_t seq)
 {
     char num[32];
-    buf_json_str(b, node);
+    cm_buf_json_str(b, node);
     if (b->oom)
         return;
     b->len--; /* the closing quote: the seq goes on */
     snprintf(num, sizeof(num), ":%lld\"", (long long)seq);
-    buf_puts(b, num);
+    cm_buf_puts(b, num);
 }
 
 /* ,"key":"value" (nothing when value is empty and optional). */
-static void buf_field(fed_buf *b, const char *key, const char *value, bool optional)
+static void buf_field(cm_buf *b, const char *key, const char *value, bool optional)
 {
     if (optional && (!value || !*value))
         return;
-    buf_put(b, ",\"", 2);
-    buf_puts(b, key);
-    buf_put(b, "\":", 2);
-    buf_json_str(b, value ? value : "");
+    cm_buf_put(b, ",\"", 2);
+    cm_buf_puts(b, key);
+    cm_buf_put(b, "\":", 2);
+    cm_buf_json_str(b, value ? value : "");
 }
 
 /* An answer to message id: ack with result (and reason when refused), or
 ** error busy when result is NULL. */
-static void buf_answer(fed_buf *b, const char *id, const char *result, const char *reason)
+static void buf_answer(cm_buf *b, const char *id, const char *result, const char *reason)
 {
     if (result) {
-        buf_puts(b, "{\"type\":\"ack\"");
+        cm_buf_puts(b, "{\"type\":\"ack\"");
         buf_field(b, "id", id, false);
         buf_field(b, "result", result, false);
         buf_field(b, "reason", reason, true);
     } else {
-        buf_puts(b, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"not recorded; resend "
-                    "later\"");
+        cm_buf_puts(b, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"not recorded; resend "
+                       "later\"");
         buf_field(b, "ref", id, false);
     }
-    buf_put(b, "}", 1);
+    cm_buf_put(b, "}", 1);
 }
 
 void cm_fed_msg_clear(cm_fed_msg *m)
@@ -505,7 +433,7 @@ typedef struct fed_peer {
     bool handshake_warned; /* a failed handshake was logged; quiet until one succeeds */
     bool refused;          /* it refused our version: back off long */
     bool batch;            /* its hello announced batches (1.2): delivers go in batches */
-    fed_buf out;           /* the batch being filled, and the window entries it holds */
+    cm_buf out;            /* the batch being filled, and the window entries it holds */
     int *out_win, nout;
     uint64_t hello_due; /* loop time of the next hello while down */
     uint64_t hello_ivl;
@@ -572,8 +500,8 @@ struct cm_fed {
     cm_fed_opts o;
     int window;
     int minor;             /* the protocol minor version spoken (opts.proto_minor) */
-    fed_buf text;          /* scratch: one deliver being encoded */
-    fed_buf ans;           /* scratch: answers being encoded */
+    cm_buf text;           /* scratch: one deliver being encoded */
+    cm_buf ans;            /* scratch: answers being encoded */
     long batches, batched; /* batches sent to peers, and the delivers they carried */
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
@@ -862,12 +790,12 @@ static void group_release(fed_group *g)
     if (--g->pending > 0)
         return;
     cm_fed *fed = g->fed && !g->fed->stopped ? g->fed : NULL;
-    fed_buf *b = fed ? &fed->ans : NULL;
+    cm_buf *b = fed ? &fed->ans : NULL;
     for (int i = 0, first = 1; fed && i <= g->n; i++) {
         const char *a = i < g->n ? g->answers[i] : NULL;
         size_t alen = a ? strlen(a) : 0;
         if (!first && (i == g->n || b->len + alen + 3 > CM_FED_MAX_MSG)) {
-            buf_put(b, "]}", 2);
+            cm_buf_put(b, "]}", 2);
             if (!b->oom) {
                 const void *bufs[] = {g->rid, b->p};
                 size_t lens[] = {g->rid_len, b->len};
@@ -879,10 +807,10 @@ static void group_release(fed_group *g)
         if (!a)
             continue;
         if (first)
-            buf_reset(b), buf_puts(b, "{\"type\":\"batch\",\"messages\":[");
+            cm_buf_reset(b), cm_buf_puts(b, "{\"type\":\"batch\",\"messages\":[");
         else
-            buf_put(b, ",", 1);
-        buf_put(b, a, alen);
+            cm_buf_put(b, ",", 1);
+        cm_buf_put(b, a, alen);
         first = 0;
     }
     for (int i = 0; i < g->n; i++)
@@ -894,12 +822,12 @@ static void group_release(fed_group *g)
 /* The error answer (code, about ref, message text) for entry i of g. */
 static void group_error(fed_group *g, int i, const char *code, const char *ref, const char *text)
 {
-    fed_buf b = {0};
-    buf_puts(&b, "{\"type\":\"error\"");
+    cm_buf b = {0};
+    cm_buf_puts(&b, "{\"type\":\"error\"");
     buf_field(&b, "code", code, false);
     buf_field(&b, "ref", ref, true);
     buf_field(&b, "message", text, false);
-    buf_put(&b, "}", 1);
+    cm_buf_put(&b, "}", 1);
     if (b.oom) {
         free(b.p);
         b.p = NULL;
@@ -913,8 +841,8 @@ static void group_error(fed_group *g, int i, const char *code, const char *ref, 
 static void send_ack(cm_fed *fed, const uint8_t *rid, size_t rid_len, fed_group *g, int index,
                      const char *id, const char *result, const char *reason)
 {
-    fed_buf own = {0}, *b = g ? &own : &fed->ans;
-    buf_reset(b);
+    cm_buf own = {0}, *b = g ? &own : &fed->ans;
+    cm_buf_reset(b);
     buf_answer(b, id, result, reason);
     if (b->oom) {
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory answering %s", id);
@@ -1450,10 +1378,10 @@ static const char *column_str(sqlite3_stmt *st, int col)
 ** go as they are stored (JSON text, checked by SQLite's json_valid); a
 ** payload that is not JSON goes as a string, a record that is not a JSON
 ** object not at all. Reads out->oom for out of memory. */
-static void row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev, fed_buf *out)
+static void row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev, cm_buf *out)
 {
-    buf_reset(out);
-    buf_puts(out, "{\"type\":\"deliver\",\"id\":");
+    cm_buf_reset(out);
+    cm_buf_puts(out, "{\"type\":\"deliver\",\"id\":");
     buf_id(out, fed->o.node_id, sqlite3_column_int64(st, 0));
     buf_field(out, "kind", column_str(st, 2), false);
     buf_field(out, "to", column_str(st, 1), false);
@@ -1463,13 +1391,13 @@ static void row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev, fed_buf *out
     buf_field(out, "instance", column_str(st, 9), true);
     buf_field(out, "reply_to", column_str(st, 10), true);
     if (prev > 0) {
-        buf_puts(out, ",\"prev\":");
+        cm_buf_puts(out, ",\"prev\":");
         buf_id(out, fed->o.node_id, prev);
     }
     const char *classes = column_str(st, 6);
     if (*classes) { /* "demographics,notes" as an array */
         bool first = true;
-        buf_puts(out, ",\"classes\":[");
+        cm_buf_puts(out, ",\"classes\":[");
         for (const char *c = classes, *comma; *c; c = *comma ? comma + 1 : comma) {
             char name[64];
             comma = strchr(c, ',');
@@ -1481,22 +1409,24 @@ static void row_encode(cm_fed *fed, sqlite3_stmt *st, int64_t prev, fed_buf *out
             memcpy(name, c, n);
             name[n] = '\0';
             if (!first)
-                buf_put(out, ",", 1);
-            buf_json_str(out, name);
+                cm_buf_put(out, ",", 1);
+            cm_buf_json_str(out, name);
             first = false;
         }
-        buf_put(out, "]", 1);
+        cm_buf_put(out, "]", 1);
     }
     if (sqlite3_column_int(st, 12)) {
-        buf_puts(out, ",\"patient_record\":");
-        buf_put(out, (const char *)sqlite3_column_text(st, 8), (size_t)sqlite3_column_bytes(st, 8));
+        cm_buf_puts(out, ",\"patient_record\":");
+        cm_buf_put(out, (const char *)sqlite3_column_text(st, 8),
+                   (size_t)sqlite3_column_bytes(st, 8));
     }
-    buf_puts(out, ",\"payload\":");
+    cm_buf_puts(out, ",\"payload\":");
     if (sqlite3_column_int(st, 11))
-        buf_put(out, (const char *)sqlite3_column_text(st, 3), (size_t)sqlite3_column_bytes(st, 3));
+        cm_buf_put(out, (const char *)sqlite3_column_text(st, 3),
+                   (size_t)sqlite3_column_bytes(st, 3));
     else /* the engine keeps a string payload as is */
-        buf_json_str(out, column_str(st, 3));
-    buf_put(out, "}", 1);
+        cm_buf_json_str(out, column_str(st, 3));
+    cm_buf_put(out, "}", 1);
     if (out->oom)
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory encoding outbox %lld",
                (long long)sqlite3_column_int64(st, 0));
@@ -1508,7 +1438,7 @@ static bool batch_send(cm_fed *fed, fed_peer *p)
 {
     if (p->nout == 0)
         return true;
-    buf_put(&p->out, "]}", 2);
+    cm_buf_put(&p->out, "]}", 2);
     const void *bufs[] = {p->out.p};
     size_t lens[] = {p->out.len};
     int n = p->nout;
@@ -1542,11 +1472,11 @@ static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size
             !batch_send(fed, p))
             return false;
         if (p->nout == 0) {
-            buf_reset(&p->out);
-            buf_puts(&p->out, "{\"type\":\"batch\",\"messages\":[");
+            cm_buf_reset(&p->out);
+            cm_buf_puts(&p->out, "{\"type\":\"batch\",\"messages\":[");
         } else
-            buf_put(&p->out, ",", 1);
-        buf_put(&p->out, text, len);
+            cm_buf_put(&p->out, ",", 1);
+        cm_buf_put(&p->out, text, len);
         p->out_win[p->nout++] = wi;
     }
     f->round = p->round;

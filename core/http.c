@@ -6,6 +6,7 @@
 #include "http.h"
 
 #include "log.h"
+#include "strbuf.h"
 #include "text.h"
 
 #include <http_parser.h>
@@ -25,17 +26,11 @@ typedef struct hdr {
     size_t name, value; /* offsets into the request's hbuf */
 } hdr;
 
-/* A growable byte buffer with a cap. */
-typedef struct gbuf {
-    char *p;
-    size_t len, cap;
-} gbuf;
-
 struct cm_http_req {
     conn *c; /* NULL once the connection is gone (the answer is dropped) */
     cm_http_req *next;
     char method[16];
-    gbuf url, hbuf, body;
+    cm_buf url, hbuf, body;
     hdr headers[MAX_HEADERS];
     int nheaders;
     bool in_value; /* the last header fragment was a value */
@@ -104,24 +99,14 @@ const char *cm_http_status_text(int status)
 
 /* ---- small pieces ------------------------------------------------------ */
 
-static int gbuf_add(gbuf *b, const char *s, size_t n, size_t limit)
+/* Append n bytes unless the text would pass limit; -1 then, or when out of
+** memory. */
+static int add_within(cm_buf *b, const char *s, size_t n, size_t limit)
 {
     if (n > limit || b->len > limit - n)
         return -1;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
+    cm_buf_put(b, s, n);
+    return b->oom ? -1 : 0;
 }
 
 static void req_free(cm_http_req *r)
@@ -518,7 +503,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
     size_t lim = c->srv->lim.max_header_bytes;
-    if (gbuf_add(&c->cur->url, at, len, lim - c->cur->hbuf.len) != 0)
+    if (add_within(&c->cur->url, at, len, lim - c->cur->hbuf.len) != 0)
         return fail_cb(c, 414, "uri_too_long",
                        "the request line is longer than the server accepts");
     return 0;
@@ -531,7 +516,7 @@ static int header_add(conn *c, const char *at, size_t len, bool value)
     if (value != r->in_value || (!value && r->nheaders == 0)) {
         /* a new name (or its value begins): terminate what came before */
         if (r->nheaders > 0 || value) {
-            if (gbuf_add(&r->hbuf, "", 1, lim) != 0)
+            if (add_within(&r->hbuf, "", 1, lim) != 0)
                 goto big;
         }
         if (!value) {
@@ -543,7 +528,7 @@ static int header_add(conn *c, const char *at, size_t len, bool value)
         }
         r->in_value = value;
     }
-    if (gbuf_add(&r->hbuf, at, len, lim) == 0)
+    if (add_within(&r->hbuf, at, len, lim) == 0)
         return 0;
 big:
     return fail_cb(c, 431, "headers_too_large",
@@ -566,7 +551,7 @@ static int on_headers_complete(http_parser *p)
     cm_http_req *r = c->cur;
     if (r->nheaders > 0 && !r->in_value) /* a name with no value at all */
         return fail_cb(c, 400, "bad_request", "a header field has no value");
-    if (gbuf_add(&r->hbuf, "", 1, SIZE_MAX) != 0 || gbuf_add(&r->url, "", 0, SIZE_MAX) != 0)
+    if (add_within(&r->hbuf, "", 1, SIZE_MAX) != 0 || add_within(&r->url, "", 0, SIZE_MAX) != 0)
         return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
     if (!r->url.p)
         return fail_cb(c, 400, "bad_request", "the request has no target");
@@ -587,7 +572,7 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
-    if (gbuf_add(&c->cur->body, at, len, c->srv->lim.max_body_bytes) != 0)
+    if (add_within(&c->cur->body, at, len, c->srv->lim.max_body_bytes) != 0)
         return fail_cb(c, 413, "payload_too_large",
                        "the request body is larger than the server accepts");
     return 0;
