@@ -6,7 +6,7 @@ set -uo pipefail
 bin=$1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-total=600
+total=800 # the last kill lands near 521: the final run has work left, as a rule
 cat >"$tmp/counter.lua" <<'LUA'
 local cm = require "caremesh"
 return cm.workflow { name = "counter", version = 1, start = "counting",
@@ -38,6 +38,7 @@ for target in 40 130 210 333 450 521; do
   acked=$(sort -n "$acks" | tail -1)
   if [ "${acked:-0}" -gt "${durable:-0}" ]; then lost=$((lost + 1)); echo "FAIL: acknowledged $acked but only $durable is durable"; fi
 done
+before=$(sqlite3 "$tmp/node.db" "SELECT coalesce(json_extract(ctx,'$.last'), 0) FROM instance WHERE id='c-1'")
 "$bin" "$tmp/node.db" "$tmp/counter.lua" "$acks" "$total" || { echo "FAIL: final run: $(cat "$tmp/err")"; exit 1; }
 ctx=$(sqlite3 "$tmp/node.db" "SELECT json_extract(ctx,'$.last') || ' ' || json_extract(ctx,'$.count') FROM instance WHERE id='c-1'")
 hist=$(sqlite3 "$tmp/node.db" "SELECT count(*) FROM history WHERE instance='c-1' AND event='inc'")
@@ -49,7 +50,11 @@ check "kills that landed" "$([ "$kills" -ge 3 ] && echo yes)" yes
 check "crashes that lost an acknowledged event" "$lost" 0
 check "last and count (each event applied once)" "$ctx" "$total $total"
 check "history rows" "$hist" "$total"
-check "highest acknowledged" "$maxack" "$total"
+if [ "${before:-0}" -lt "$total" ]; then
+  check "highest acknowledged (by the final run)" "$maxack" "$total"
+else # a killed run committed the last event but died before acknowledging it
+  check "the last event is durable, acknowledged or not" "$before" "$total"
+fi
 check "events acknowledged twice" "$dups" 0
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
