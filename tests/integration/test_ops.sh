@@ -187,8 +187,8 @@ wait_count "$tmp/log" '"serve.reload"' $((reloads + 1)) || bad "reload to info"
 sed 's/level = "info"/level = "debug"/' "$tmp/good.conf" >"$d/caremesh.conf"
 n_before=$(grep -c '"level":"debug"' "$tmp/log")
 kill -HUP "$pid"
-wait_for "$tmp/log" '"level":"debug"' || bad "no debug line after reloading log.level = debug"
-if [ "$(grep -c '"level":"debug"' "$tmp/log")" -gt "$n_before" ]; then ok; else bad "log level not applied"; fi
+# (bounded wait for a debug line beyond those before: the reload is asynchronous)
+if wait_count "$tmp/log" '"level":"debug"' $((n_before + 1)); then ok; else bad "log level not applied: no debug line after reloading log.level = debug"; fi
 cp "$tmp/good.conf" "$d/caremesh.conf"
 # a config for another node is refused
 sed 's/node_id = "ops-node"/node_id = "other"/' "$tmp/good.conf" >"$d/caremesh.conf"; kill -HUP "$pid"
