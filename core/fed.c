@@ -1586,15 +1586,41 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
     return true;
 }
 
+/* Whether the outbox row st is on (OUTBOX_COLUMNS) has a field the protocol
+** does not carry (docs/federation.md, deliver); why says which. */
+static bool row_unfit(sqlite3_stmt *st, char *why, size_t whysz)
+{
+    static const struct {
+        int col;
+        const char *name;
+        int max; /* bytes */
+    } fields[] = {{1, "to", 128},       {2, "kind", 128},    {4, "from", 128},
+                  {5, "purpose", 63},   {7, "patient", 128}, {9, "instance", 128},
+                  {10, "reply_to", 128}};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (sqlite3_column_bytes(st, fields[i].col) > fields[i].max) {
+            snprintf(why, whysz, "%s is longer than the %d characters the protocol allows",
+                     fields[i].name, fields[i].max);
+            return true;
+        }
+    if (sqlite3_column_bytes(st, 2) == 0) {
+        snprintf(why, whysz, "kind is empty");
+        return true;
+    }
+    return false;
+}
+
 /* Fill the window with pending rows routed to p, in seq order, each sent as
-** it is read. A row too large for the protocol is refused and skipped. */
+** it is read. A row the protocol cannot carry (too large, a field too long)
+** is refused with the reason and skipped. */
 static void peer_fill(cm_fed *fed, fed_peer *p)
 {
     cm_err err;
     uint32_t round = p->round;
     for (;;) {
         int room = fed->window - p->nwin, got = 0;
-        int64_t after = p->nwin ? p->win[p->nwin - 1].seq : 0, big = 0;
+        int64_t after = p->nwin ? p->win[p->nwin - 1].seq : 0, bad = 0;
+        char why[128];
         int64_t prev = p->nwin ? after : -1;
         bool stop = false;
         if (room <= 0)
@@ -1618,13 +1644,18 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
                 stop = true;
                 break;
             }
+            if (row_unfit(st, why, sizeof(why))) {
+                bad = seq;
+                break;
+            }
             row_encode(fed, st, prev, &fed->text);
             if (fed->text.oom) {
                 stop = true;
                 break;
             }
             if (fed->text.len > CM_FED_MAX_MSG) {
-                big = seq;
+                snprintf(why, sizeof(why), "message larger than the 1 MiB the protocol allows");
+                bad = seq;
                 break;
             }
             fed_flight *f = &p->win[p->nwin];
@@ -1638,9 +1669,9 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
         if (!batch_send(fed, p)) /* this chunk goes while the next one is read */
             stop = true;
         peer_arm(fed, p);
-        if (big) /* the next fill chains the rows after it to the one before it */
-            outbox_refuse(fed, big, "message larger than the 1 MiB the protocol allows");
-        if (stop || (got == 0 && !big))
+        if (bad) /* the next fill chains the rows after it to the one before it */
+            outbox_refuse(fed, bad, why);
+        if (stop || (got == 0 && !bad))
             return;
     }
 }

@@ -205,6 +205,10 @@ queue "$a" cardio unknown.kind 1
 check "$tmp/a.log" 'outbox 30 refused: node node-b refused it: no workflow on this node is started by \"unknown.kind\"' "a kind no workflow takes is refused"
 queue "$a" cardio test.note 1
 check "$tmp/a.log" 'node-a:31 delivered to node-b (received)' "the queue moves on after refusals"
+sql "$a/caremesh.db" "INSERT INTO outbox(receiver, kind, payload, created) VALUES ('cardio', printf('%.200c', 'k'), '{}', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
+queue "$a" cardio test.note 1
+check "$tmp/a.log" 'outbox 32 refused: kind is longer than the 128 characters the protocol allows' "a field the protocol cannot carry is refused by the sender"
+check "$tmp/a.log" 'node-a:33 delivered to node-b (received)' "the queue moves on after it"
 same "b's audit chain verifies" "$("$bin" audit verify --data "$b" >/dev/null 2>&1; echo $?)" "0"
 
 # ---- a node with no ZAP handler refuses a real node, whose key it would know ----
