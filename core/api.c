@@ -1547,6 +1547,7 @@ static void job_run(uv_work_t *w)
     cm_store_opts o;
     cm_store_opts_init(&o);
     o.path = j->path;
+    o.read_only = true;
     if ((j->rc = cm_store_open(&store, &o, &j->err)) != 0)
         return;
     if (!j->metrics) /* in chunks, each a short read: the WAL is checkpointed meanwhile */

@@ -825,23 +825,30 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
     *out = NULL;
     if (!opts || !opts->path || !*opts->path)
         return cm_err_set(err, CM_EINVAL, "store: no database path given");
-    if ((rc = ensure_file(opts->path, opts->create, err)) != 0)
+    if ((rc = ensure_file(opts->path, opts->create && !opts->read_only, err)) != 0)
         return rc;
     store = calloc(1, sizeof(*store));
     if (!store || !(store->path = strdup(opts->path))) {
         free(store);
         return cm_err_set(err, CM_ENOMEM, "store: out of memory");
     }
-    if (sqlite3_open_v2(opts->path, &store->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
+    int flags =
+        (opts->read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(opts->path, &store->db, flags, NULL) != SQLITE_OK) {
         rc = cm_store_error(store, err, "open");
         goto done;
     }
     sqlite3_extended_result_codes(store->db, 1);
-    if ((rc = check_identity(store, opts->create, err)) != 0)
+    if ((rc = check_identity(store, opts->create && !opts->read_only, err)) != 0)
         goto done;
     if ((rc = check_private(store, err)) != 0)
         goto done;
+    if (opts->read_only) {
+        sqlite3_busy_timeout(store->db, opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : 5000);
+        if ((rc = cm_store_exec(store, "PRAGMA query_only=1", err)) == 0)
+            *out = store;
+        goto done;
+    }
     if ((rc = set_pragmas(store, opts, err)) != 0)
         goto done;
     if ((rc = migrate(store, err)) != 0)

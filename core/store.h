@@ -1,8 +1,10 @@
 /*
 ** store.h -- the caremesh store: one SQLite database in WAL mode.
-** One writer connection, owned by the loop thread (no other thread may call
-** these); a checkpoint thread with its own connection, started when the WAL
-** first needs a checkpoint. Versioned migrations are applied once each, in a transaction, when
+** A cm_store belongs to the thread that opened it: one writer, owned by the
+** loop thread, and read-only stores (opts.read_only) that worker threads open
+** for their reads; the writer's checkpoint thread has a connection of its
+** own, started when the WAL first needs a checkpoint. Versioned migrations are applied once each,
+*in a transaction, when
 ** the store opens. A change is durable when cm_store_commit() returns 0
 ** (synchronous=FULL by default). Hot statements are prepared once and kept.
 ** Depends on: SQLite, error.h.
@@ -40,6 +42,10 @@ typedef struct cm_store_opts {
     ** checkpoint thread and finishes it all (so the WAL cannot grow without
     ** bound). Negative: checkpoints inline in the commit (SQLite's own). */
     int checkpoint_pages;
+    /* A reader for another thread (e.g. a worker's long read): opened read
+    ** only with query_only set, no migrations (the writer applies them), no
+    ** checkpoints of its own. The database must exist. */
+    bool read_only;
 } cm_store_opts;
 
 typedef struct cm_store cm_store;

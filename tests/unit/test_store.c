@@ -213,6 +213,36 @@ static void test_meta_roundtrip_and_rollback(void **state)
     cm_store_close(&s);
 }
 
+/* A reader for another thread reads what the writer committed, and
+** cannot write; it needs the database to exist. */
+static void test_read_only_store_reads_and_cannot_write(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store_opts o;
+    cm_store *r = NULL;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.read_only = true;
+    o.create = true; /* ignored: a reader never creates */
+    assert_int_equal(cm_store_open(&r, &o, &err), CM_ENOTFOUND);
+    assert_null(r);
+    cm_store *w = open_store(f->db, true, &err);
+    assert_non_null(w);
+    assert_int_equal(cm_store_meta_set(w, "node_id", "clinic-a", &err), 0);
+    assert_int_equal(cm_store_open(&r, &o, &err), 0);
+    char *v = cm_store_meta_get(r, "node_id", &err);
+    assert_string_equal(v, "clinic-a");
+    free(v);
+    assert_int_not_equal(cm_store_meta_set(r, "node_id", "changed", &err), 0);
+    assert_int_equal(pragma_int(r, "PRAGMA query_only"), 1);
+    cm_store_close(&r);
+    v = cm_store_meta_get(w, "node_id", &err);
+    assert_string_equal(v, "clinic-a");
+    free(v);
+    cm_store_close(&w);
+}
+
 static void test_foreign_keys_are_enforced(void **state)
 {
     fixture *f = *state;
@@ -394,6 +424,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only_store_reads_and_cannot_write, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_foreign_keys_are_enforced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_location_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_database_readable_by_others_is_refused, setup,
