@@ -771,6 +771,10 @@ static fed_group *group_new(cm_fed *fed, const zmq_msg_t *rid, int n)
     return g;
 }
 
+/* An entry answered with nothing (out of memory, or the federation gone):
+** counted as answered, sent as nothing. */
+static char group_none[1];
+
 /* Entry i's answer (text owned; NULL: none, out of memory). */
 static void group_put(fed_group *g, int i, char *text)
 {
@@ -778,7 +782,7 @@ static void group_put(fed_group *g, int i, char *text)
         free(text);
         return; /* answered already: the first answer stands */
     }
-    g->answers[i] = text;
+    g->answers[i] = text ? text : group_none;
     group_release(g);
 }
 
@@ -792,7 +796,7 @@ static void group_release(fed_group *g)
     cm_fed *fed = g->fed && !g->fed->stopped ? g->fed : NULL;
     cm_buf *b = fed ? &fed->ans : NULL;
     for (int i = 0, first = 1; fed && i <= g->n; i++) {
-        const char *a = i < g->n ? g->answers[i] : NULL;
+        const char *a = i < g->n && g->answers[i] != group_none ? g->answers[i] : NULL;
         size_t alen = a ? strlen(a) : 0;
         if (!first && (i == g->n || b->len + alen + 3 > CM_FED_MAX_MSG)) {
             cm_buf_put(b, "]}", 2);
@@ -814,7 +818,8 @@ static void group_release(fed_group *g)
         first = 0;
     }
     for (int i = 0; i < g->n; i++)
-        free(g->answers[i]);
+        if (g->answers[i] != group_none)
+            free(g->answers[i]);
     free(g->answers);
     free(g);
 }
