@@ -288,6 +288,26 @@ static bool get_limit(call *c, int *limit)
     return true;
 }
 
+/* The since parameter as a stored time stamp in buf (*since NULL when not
+** given); false (answered 400) when it is not a date or date-time. */
+static bool get_since(call *c, char buf[CM_TIME_BUFSZ], const char **since)
+{
+    const char *v = cm_http_query_get(&c->q, "since");
+    int64_t ms;
+    *since = NULL;
+    if (!v)
+        return true;
+    if (!cm_time_parse(v, &ms)) {
+        reply_error(c, 400, "invalid_parameter", "since",
+                    "since: must be a date or date-time (YYYY-MM-DD or "
+                    "YYYY-MM-DDThh:mm:ssZ)");
+        return false;
+    }
+    cm_time_format(ms, buf, CM_TIME_BUFSZ);
+    *since = buf;
+    return true;
+}
+
 /* A cursor that is a sequence number (instances, audit, failed events). */
 static bool get_seq_cursor(call *c, long long *after)
 {
@@ -1235,17 +1255,11 @@ static void h_kpis(call *c)
 {
     static const char *const params[] = {"name", "workflow", "since", NULL};
     static const char *const names[] = {"name", "count", "sum", "min", "max", "last_at"};
+    char sincebuf[CM_TIME_BUFSZ];
+    const char *since;
     cm_err err;
-    int64_t ms;
-    if (!check_params(c, params, NULL))
+    if (!check_params(c, params, NULL) || !get_since(c, sincebuf, &since))
         return;
-    const char *since = cm_http_query_get(&c->q, "since");
-    if (since && !cm_time_parse(since, &ms)) {
-        reply_error(c, 400, "invalid_parameter", "since",
-                    "since: must be a date or date-time (YYYY-MM-DD or "
-                    "YYYY-MM-DDThh:mm:ssZ)");
-        return;
-    }
     sqlite3_stmt *st = cm_store_prepare(
         c->api->o.store,
         "SELECT name, count(*), sum(value), min(value), max(value), max(at) FROM kpi_observation "
@@ -1256,11 +1270,8 @@ static void h_kpis(call *c)
         reply_err(c, &err, NULL);
         return;
     }
-    char sincebuf[CM_TIME_BUFSZ];
-    if (since) {
-        cm_time_format(ms, sincebuf, sizeof(sincebuf));
-        sqlite3_bind_text(st, 3, sincebuf, -1, SQLITE_TRANSIENT);
-    }
+    if (since)
+        sqlite3_bind_text(st, 3, since, -1, SQLITE_TRANSIENT);
     for (int i = 0; i < 2; i++) {
         const char *v = cm_http_query_get(&c->q, params[i]);
         if (v)
@@ -1346,18 +1357,12 @@ static void h_audit(call *c)
                                         "classes", "purpose", "outcome", "detail"};
     long long after;
     int limit, n = 0;
-    int64_t ms;
     cm_err err;
-    if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
-        return;
-    const char *since = cm_http_query_get(&c->q, "since");
     char sincebuf[CM_TIME_BUFSZ];
-    if (since && !cm_time_parse(since, &ms)) {
-        reply_error(c, 400, "invalid_parameter", "since",
-                    "since: must be a date or date-time (YYYY-MM-DD or "
-                    "YYYY-MM-DDThh:mm:ssZ)");
+    const char *since;
+    if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after) ||
+        !get_since(c, sincebuf, &since))
         return;
-    }
     sqlite3_stmt *st = cm_store_prepare(
         c->api->o.store,
         "SELECT seq, at, actor, action, patient, classes, purpose, outcome, detail FROM audit "
@@ -1374,10 +1379,8 @@ static void h_audit(call *c)
         if (v)
             sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
     }
-    if (since) {
-        cm_time_format(ms, sincebuf, sizeof(sincebuf));
-        sqlite3_bind_text(st, 5, sincebuf, -1, SQLITE_TRANSIENT);
-    }
+    if (since)
+        sqlite3_bind_text(st, 5, since, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 6, limit);
     cJSON *doc = cJSON_CreateObject(), *items = cJSON_AddArrayToObject(doc, "items");
     long long last = 0;
