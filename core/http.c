@@ -327,6 +327,17 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
     return 0;
 }
 
+/* Queue r behind the requests c is answering, in order. */
+static void conn_enqueue(conn *c, cm_http_req *r)
+{
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->nqueued++;
+}
+
 /* Stop reading; answer status after what is queued, then close. */
 static void conn_fail(conn *c, int status, const char *code, const char *message)
 {
@@ -355,12 +366,7 @@ static void conn_fail(conn *c, int status, const char *code, const char *message
     cm_log(CM_LOG_INFO, "http.refused", "%d %s: %s", status, code, message);
     r->c = c;
     r->dispatched = r->answered = r->close_after = true;
-    if (c->tail)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
-    c->nqueued++;
+    conn_enqueue(c, r);
     conn_flush(c);
 }
 
@@ -592,12 +598,7 @@ static int on_message_complete(http_parser *p)
     r->query = q ? q : "";
     r->keep_alive = r->keep_alive && http_should_keep_alive(p) != 0;
     r->started = uv_hrtime();
-    if (c->tail)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
-    c->nqueued++;
+    conn_enqueue(c, r);
     c->cur = NULL;
     c->ready = r;
     http_parser_pause(p, 1); /* dispatch before parsing on */
