@@ -7,15 +7,8 @@ bin=$1 src=$2
 tmp=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-d=$tmp/node
-"$bin" init --data "$d" --node-id bench >/dev/null || exit 1
-mkdir "$d/workflows" && cp "$src/tests/bench/bench_api.lua" "$d/workflows/"
-sed -i 's/^}$/  api = { listen = "127.0.0.1:0" },\n}/' "$d/caremesh.conf"
-token=$("$bin" token create --scope write --data "$d" 2>/dev/null)
-"$bin" serve --data "$d" 2>"$tmp/log" &
-pid=$!
-for _ in $(seq 1 200); do grep -qF '"serve.ready"' "$tmp/log" && break; sleep 0.05; done
-port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
+. "$src/tests/bench/bench_node.sh"
+bench_node_start "$bin" "$src" || exit 1
 out=$("$bin" bench api --api "127.0.0.1:$port" --token "$token" --instances 20 --events 5 --connections 2 --pipeline 4) || { echo "FAIL: bench api: $out"; exit 1; }
 echo "$out"
 n=$(sqlite3 "$d/caremesh.db" "SELECT sum(json_extract(ctx, '\$.n')) FROM instance WHERE workflow = 'bench_api'")
