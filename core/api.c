@@ -11,7 +11,9 @@
 #include "text.h"
 #include "token.h"
 
+#include <assert.h>
 #include <limits.h>
+#include <stddef.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +27,7 @@
 #define PURPOSE_MAX   64
 #define TOKEN_SLOTS   64   /* verified tokens kept, direct-mapped by hash */
 #define PATIENT_SLOTS 4096 /* instances' patients kept, direct-mapped by hash of the id */
+#define SPARE_CALLS   256  /* finished calls kept for reuse */
 
 #define METRICS_MAX_AGE_MS 1000 /* the store's gauges are read at most once a second */
 
@@ -40,6 +43,13 @@ typedef struct route {
     route_fn fn;
     int kind; /* record routes: the cm_kind; -1 otherwise */
 } route;
+
+/* A route's pattern split into segments (compiled at start): where each
+** lies in the pattern and how long it is; wild marks the {} segment. */
+typedef struct route_key {
+    int nseg, wild; /* wild: the {} segment's index, or -1 */
+    unsigned char off[CM_HTTP_MAX_SEGMENTS], len[CM_HTTP_MAX_SEGMENTS];
+} route_key;
 
 typedef struct counter {
     const char *route; /* a pattern (static) or "unmatched" */
@@ -71,6 +81,7 @@ struct cm_api {
     ** change empties it. */
     token_slot tokens[TOKEN_SLOTS];
     long long dv;
+    uint64_t dv_pass;       /* the HTTP parse pass data_version was last read in, plus 1 */
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
     /* the store's gauges for /metrics, read off the loop (see h_metrics) */
     cm_buf gauges;
@@ -79,6 +90,9 @@ struct cm_api {
     call *metrics_waiting;
     counter counters[MAX_COUNTERS];
     int ncounters;
+    route_key *keys; /* one per entry of routes[] */
+    call *spare;     /* finished calls, kept for the next requests */
+    int nspare;
     void (*done)(void *ud);
     void *done_ud;
 };
@@ -89,10 +103,8 @@ struct call {
     call *next; /* waiting for the store's gauges */
     cm_http_req *req;
     const route *rt;
-    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
     int nseg;
     const char *arg; /* the {} segment of the route, when it has one */
-    cm_http_query q;
     cm_token_info tok;
     char purpose[PURPOSE_MAX + 1];
     cJSON *body;
@@ -101,6 +113,9 @@ struct call {
     const char *action;
     bool signal;       /* an event for an instance: its patient is the input's */
     bool patient_read; /* patient was read from the instance in the batch */
+    /* Not cleared for a new request (call_new): filled before they are read. */
+    cm_http_query q; /* q.n is cleared */
+    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
 };
 
 /* ---- answers ------------------------------------------------------------ */
@@ -111,6 +126,17 @@ static size_t text_put(char *buf, size_t n, const char *s)
     size_t len = strlen(s);
     memcpy(buf + n, s, len + 1);
     return n + len;
+}
+
+/* snprintf(dst, dstsz, "%s", src) without the format machinery (this runs
+** for every request): src cut to fit, NUL-terminated. */
+static void text_copy(char *dst, size_t dstsz, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= dstsz)
+        n = dstsz - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
 }
 
 static void count(cm_api *api, const char *pattern, int status)
@@ -124,11 +150,36 @@ static void count(cm_api *api, const char *pattern, int status)
         api->counters[api->ncounters++] = (counter){pattern, status, 1};
 }
 
+/* A call in its initial state: a kept one, or a new one. */
+static call *call_new(cm_api *api, cm_http_req *req)
+{
+    call *c = api->spare;
+    if (c) {
+        api->spare = c->next;
+        api->nspare--;
+    } else if (!(c = malloc(sizeof(*c)))) {
+        return NULL;
+    }
+    memset(c, 0, offsetof(call, q));
+    c->q.n = 0;
+    c->api = api;
+    c->req = req;
+    return c;
+}
+
+/* Done with c: kept for the next request while fewer than SPARE_CALLS are. */
 static void call_free(call *c)
 {
+    cm_api *api = c->api;
     cm_http_query_free(&c->q);
     cJSON_Delete(c->body);
-    free(c);
+    if (api->nspare >= SPARE_CALLS) {
+        free(c);
+        return;
+    }
+    c->next = api->spare;
+    api->spare = c;
+    api->nspare++;
 }
 
 static void reply_text(call *c, int status, const char *ctype, const char *text, size_t len)
@@ -502,13 +553,20 @@ static int tokens_revalidate(cm_api *api, cm_err *err)
     return 0;
 }
 
-/* cm_token_check, answered from the verified tokens when it can be. */
-static int token_check(cm_api *api, const char *text, cm_token_info *info, cm_err *err)
+/* cm_token_check, answered from the verified tokens when it can be. The
+** verified tokens are revalidated at the first check of each HTTP parse
+** pass (pass, see cm_http_req_pass): a revocation committed before a
+** request's bytes were read holds for it. */
+static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_info *info,
+                       cm_err *err)
 {
     unsigned char hash[crypto_generichash_BYTES];
     int rc;
-    if ((rc = tokens_revalidate(api, err)) != 0)
-        return rc;
+    if (api->dv_pass != pass + 1) {
+        if ((rc = tokens_revalidate(api, err)) != 0)
+            return rc;
+        api->dv_pass = pass + 1;
+    }
     size_t len = strlen(text);
     if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
         return cm_token_check(api->o.store, text, info, err);
@@ -539,7 +597,7 @@ static bool authenticate(call *c)
     const char *t = h + 7;
     while (*t == ' ')
         t++;
-    int rc = token_check(c->api, t, &c->tok, &err);
+    int rc = token_check(c->api, cm_http_req_pass(c->req), t, &c->tok, &err);
     if (rc == CM_EPERM) {
         reply_error(c, 401, "unauthorized", NULL, "%s", err.msg);
         return false;
@@ -560,7 +618,7 @@ static bool authenticate(call *c)
                     "X-Purpose: use 1 to %d letters, digits, . _ : -", PURPOSE_MAX);
         return false;
     }
-    snprintf(c->purpose, sizeof(c->purpose), "%s", purpose ? purpose : "");
+    text_copy(c->purpose, sizeof(c->purpose), purpose ? purpose : "");
     return true;
 }
 
@@ -895,7 +953,7 @@ static int instance_patient_of(cm_api *api, const char *instance, char *out, siz
     patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
     out[0] = '\0';
     if (slot && strcmp(slot->instance, instance) == 0) {
-        snprintf(out, outsz, "%s", slot->patient);
+        text_copy(out, outsz, slot->patient);
         return 0;
     }
     sqlite3_stmt *st = cm_store_prepare(
@@ -967,20 +1025,18 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
                           cm_err *err)
 {
     call *c = submit_ud;
-    char patient[CM_ID_MAX + 1];
     int rc;
     if (cb != on_engine_ack)
         return 0;
-    snprintf(patient, sizeof(patient), "%s", c->patient);
     if (c->signal && ack->instance) { /* a signal: the instance's patient */
-        if ((rc = instance_patient_of(c->api, ack->instance, patient, sizeof(patient), err)) != 0)
+        if ((rc = instance_patient_of(c->api, ack->instance, c->patient, sizeof(c->patient),
+                                      err)) != 0)
             return rc;
-        snprintf(c->patient, sizeof(c->patient), "%s", patient);
         c->patient_read = true;
     }
-    if (!patient[0])
+    if (!c->patient[0])
         return 0;
-    return audit(c, c->action, patient, "workflow",
+    return audit(c, c->action, c->patient, "workflow",
                  ack->status == 0 ? "ok"
                  : ack->kept      ? "error"
                                   : "refused",
@@ -1776,52 +1832,71 @@ static const route routes[] = {
 
 static const route unmatched = {"", "unmatched", CM_SCOPE_READ, NULL, -1};
 
-/* Does the pattern match the segments? *arg gets the {} segment. */
-static bool pattern_match(const char *pattern, char seg[][CM_HTTP_SEGMENT_MAX], int nseg,
-                          const char **arg)
+/* Split each route's pattern ("/v1/tasks/{}/complete") into keys[]. */
+static route_key *routes_compile(void)
 {
-    const char *p = pattern + 1;
-    int i = 0;
-    *arg = NULL;
-    for (; *p && i < nseg; i++) {
-        size_t len = strcspn(p, "/");
-        if (len == 2 && p[0] == '{' && p[1] == '}')
-            *arg = seg[i];
-        else if (strlen(seg[i]) != len || strncmp(seg[i], p, len) != 0)
-            return false;
-        p += len;
-        if (*p == '/')
-            p++;
+    route_key *keys = calloc(NROUTES, sizeof(*keys));
+    for (size_t i = 0; keys && i < NROUTES; i++) {
+        const char *pat = routes[i].pattern, *p = pat + 1;
+        route_key *k = &keys[i];
+        k->wild = -1;
+        while (*p) {
+            size_t len = strcspn(p, "/");
+            /* the table is ours: short patterns of few segments */
+            assert(k->nseg < CM_HTTP_MAX_SEGMENTS && len < 256 && (size_t)(p - pat) < 256);
+            if (len == 2 && p[0] == '{' && p[1] == '}')
+                k->wild = k->nseg;
+            k->off[k->nseg] = (unsigned char)(p - pat);
+            k->len[k->nseg++] = (unsigned char)len;
+            p += len;
+            if (*p == '/')
+                p++;
+        }
     }
-    return !*p && i == nseg;
+    return keys;
+}
+
+/* Does route i match the call's segments (seglen: their lengths)? c->arg
+** gets the {} segment. */
+static bool route_match(const cm_api *api, size_t i, call *c, const size_t *seglen)
+{
+    const route_key *k = &api->keys[i];
+    if (k->nseg != c->nseg)
+        return false;
+    for (int j = 0; j < k->nseg; j++)
+        if (j != k->wild &&
+            (k->len[j] != seglen[j] || memcmp(routes[i].pattern + k->off[j], c->seg[j], seglen[j])))
+            return false;
+    c->arg = k->wild >= 0 ? c->seg[k->wild] : NULL;
+    return true;
 }
 
 static void handle(void *ud, cm_http_req *req)
 {
     cm_api *api = ud;
     cm_err err;
-    call *c = calloc(1, sizeof(*c));
+    call *c = call_new(api, req);
     if (!c) {
         static const char oom[] =
             "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
         cm_http_respond(req, 503, NULL, oom, sizeof(oom) - 1);
         return;
     }
-    c->api = api;
-    c->req = req;
     const char *method = cm_http_req_method(req);
     c->nseg = cm_http_split_path(cm_http_req_path(req), c->seg, CM_HTTP_MAX_SEGMENTS);
+    size_t seglen[CM_HTTP_MAX_SEGMENTS];
+    for (int i = 0; i < c->nseg; i++)
+        seglen[i] = strlen(c->seg[i]);
     bool path_known = false;
     for (size_t i = 0; c->nseg >= 0 && i < NROUTES && !c->rt; i++) {
-        const char *arg;
-        if (!pattern_match(routes[i].pattern, c->seg, c->nseg, &arg))
+        if (!route_match(api, i, c, seglen))
             continue;
         path_known = true;
-        if (strcmp(routes[i].method, method) == 0) {
+        if (strcmp(routes[i].method, method) == 0)
             c->rt = &routes[i];
-            c->arg = arg;
-        }
     }
+    if (!c->rt)
+        c->arg = NULL;
     bool open = c->rt && c->rt->scope == SCOPE_OPEN_LOOPBACK && api->o.cfg->api.open_loopback &&
                 cm_http_req_loopback(req);
     const route *rt = c->rt;
@@ -1896,6 +1971,10 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
     if (!api)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
+    if (!(api->keys = routes_compile())) {
+        free(api);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
     limits_of(ac, &lim);
     if ((rc = cm_http_server_start(o->loop, ac->host, ac->port, &lim, handle, api, &api->http,
                                    err)) != 0) {
@@ -1953,7 +2032,12 @@ void cm_api_destroy(cm_api **api_p)
         return;
     cm_http_server_destroy(&(*api_p)->http);
     tokens_forget(*api_p);
+    for (call *c = (*api_p)->spare, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
     free((*api_p)->patients);
+    free((*api_p)->keys);
     free((*api_p)->gauges.p);
     free(*api_p);
     *api_p = NULL;

@@ -9,7 +9,9 @@
 #include "strbuf.h"
 #include "text.h"
 
+#include <ctype.h>
 #include <http_parser.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,8 @@
 #define MAX_HEADERS     64
 #define MAX_WRITE_BATCH 64 /* answers written with one uv_write */
 #define RESP_HEAD_MAX   256
+#define SPARE_REQS      256  /* finished requests kept for reuse, with their buffers */
+#define SPARE_BUF_MAX   8192 /* a kept request's buffer larger than this is freed */
 
 typedef struct conn conn;
 
@@ -29,7 +33,8 @@ typedef struct hdr {
 struct cm_http_req {
     conn *c; /* NULL once the connection is gone (the answer is dropped) */
     cm_http_req *next;
-    char method[16];
+    const char *method; /* http_parser's static name */
+    uint64_t pass;      /* the parse pass it completed in */
     cm_buf url, hbuf, body;
     hdr headers[MAX_HEADERS];
     int nheaders;
@@ -37,8 +42,8 @@ struct cm_http_req {
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
     uint64_t started;
-    char *resp;
-    size_t resp_len;
+    char *resp; /* the answer, head and body */
+    size_t resp_len, resp_cap;
 };
 
 struct conn {
@@ -74,7 +79,10 @@ struct cm_http_server {
     int port;
     conn *conns;
     int nconns;
-    int open_handles; /* listener, grace, flusher */
+    int open_handles;   /* listener, grace, flusher */
+    uint64_t passes;    /* parse passes begun (cm_http_req_pass) */
+    cm_http_req *spare; /* finished requests, their buffers kept for the next */
+    int nspare;
     bool stopping;
     void (*done)(void *ud);
     void *done_ud;
@@ -109,15 +117,69 @@ static int add_within(cm_buf *b, const char *s, size_t n, size_t limit)
     return b->oom ? -1 : 0;
 }
 
-static void req_free(cm_http_req *r)
+static void req_destroy(cm_http_req *r)
 {
-    if (!r)
-        return;
     free(r->url.p);
     free(r->hbuf.p);
     free(r->body.p);
     free(r->resp);
     free(r);
+}
+
+/* A buffer kept for the next request: emptied, or freed when it grew large. */
+static void buf_keep(cm_buf *b)
+{
+    if (b->cap > SPARE_BUF_MAX)
+        cm_buf_free(b);
+    else
+        cm_buf_reset(b);
+}
+
+/* Done with r: kept for the next request of s (its buffers too) while
+** fewer than SPARE_REQS are kept, else freed. s NULL: freed. */
+static void req_free(cm_http_server *s, cm_http_req *r)
+{
+    if (!r)
+        return;
+    if (!s || s->nspare >= SPARE_REQS) {
+        req_destroy(r);
+        return;
+    }
+    buf_keep(&r->url);
+    buf_keep(&r->hbuf);
+    buf_keep(&r->body);
+    if (r->resp_cap > SPARE_BUF_MAX) {
+        free(r->resp);
+        r->resp = NULL;
+        r->resp_cap = 0;
+    }
+    r->next = s->spare;
+    s->spare = r;
+    s->nspare++;
+}
+
+/* A request in its initial state for c: a kept one, or a new one. */
+static cm_http_req *req_new(conn *c)
+{
+    cm_http_server *s = c->srv;
+    cm_http_req *r = s->spare;
+    if (!r)
+        return (r = calloc(1, sizeof(*r))) ? (r->c = c, r) : NULL;
+    s->spare = r->next;
+    s->nspare--;
+    /* every field but the kept buffers and headers[] (written before read) */
+    cm_buf url = r->url, hbuf = r->hbuf, body = r->body;
+    char *resp = r->resp;
+    size_t resp_cap = r->resp_cap;
+    memset(r, 0, offsetof(cm_http_req, headers));
+    memset(&r->nheaders, 0, sizeof(*r) - offsetof(cm_http_req, nheaders));
+    r->url = url;
+    r->hbuf = hbuf;
+    r->body = body;
+    r->resp = resp;
+    r->resp_cap = resp_cap;
+    r->c = c;
+    return r;
 }
 
 static bool is_loopback(const struct sockaddr_storage *ss)
@@ -155,9 +217,12 @@ const char *cm_http_req_query(const cm_http_req *r)
 
 const char *cm_http_req_header(const cm_http_req *r, const char *name)
 {
-    for (int i = 0; i < r->nheaders; i++)
-        if (strcasecmp(r->hbuf.p + r->headers[i].name, name) == 0)
+    int first = tolower((unsigned char)name[0]);
+    for (int i = 0; i < r->nheaders; i++) {
+        const char *h = r->hbuf.p + r->headers[i].name;
+        if (tolower((unsigned char)h[0]) == first && strcasecmp(h, name) == 0)
             return r->hbuf.p + r->headers[i].value;
+    }
     return NULL;
 }
 
@@ -175,6 +240,11 @@ bool cm_http_req_loopback(const cm_http_req *r)
 uint64_t cm_http_req_started(const cm_http_req *r)
 {
     return r->started;
+}
+
+uint64_t cm_http_req_pass(const cm_http_req *r)
+{
+    return r->pass;
 }
 
 /* ---- connection life --------------------------------------------------- */
@@ -227,7 +297,7 @@ static void conn_close(conn *c)
     if (c->closing)
         return;
     c->closing = true;
-    req_free(c->cur);
+    req_free(c->srv, c->cur);
     c->cur = NULL;
     for (cm_http_req *r = c->head, *next; r; r = next) {
         next = r->next;
@@ -235,7 +305,7 @@ static void conn_close(conn *c)
         if (r->dispatched && !r->answered)
             r->c = NULL;
         else
-            req_free(r);
+            req_free(c->srv, r);
     }
     c->head = c->tail = c->ready = NULL;
     c->nqueued = 0;
@@ -313,9 +383,14 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
         head += plen[i] = parts[i] ? strlen(parts[i]) : (size_t)(lenbuf + sizeof(lenbuf) - digits);
     if (head > RESP_HEAD_MAX)
         return -1;
-    free(r->resp);
-    if (!(r->resp = malloc(head + len)))
-        return -1;
+    if (head + len > r->resp_cap) {
+        char *grown = malloc(head + len);
+        if (!grown)
+            return -1;
+        free(r->resp);
+        r->resp = grown;
+        r->resp_cap = head + len;
+    }
     char *p = r->resp;
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
         memcpy(p, parts[i] ? parts[i] : digits, plen[i]);
@@ -352,13 +427,13 @@ static void conn_fail(conn *c, int status, const char *code, const char *message
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
     }
-    req_free(c->cur);
+    req_free(c->srv, c->cur);
     c->cur = NULL;
-    r = calloc(1, sizeof(*r));
+    r = req_new(c);
     body = r ? error_json(code, message, &len) : NULL;
     if (!body || build_response(r, true, status, NULL, body, len) != 0) {
         free(body);
-        req_free(r);
+        req_free(c->srv, r);
         conn_close(c);
         return;
     }
@@ -389,7 +464,7 @@ static void after_write(uv_write_t *w, int status)
     for (cm_http_req *r = c->wlist, *next; r; r = next) {
         next = r->next;
         close_after = close_after || r->close_after;
-        req_free(r);
+        req_free(c->srv, r);
     }
     c->wlist = NULL;
     if (c->closing)
@@ -435,7 +510,7 @@ static void conn_flush(conn *c)
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, after_write) != 0) {
         for (cm_http_req *r = c->wlist, *next; r; r = next) {
             next = r->next;
-            req_free(r);
+            req_free(c->srv, r);
         }
         c->wlist = NULL;
         conn_close(c);
@@ -464,7 +539,7 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
     conn *c = r->c;
     if (!c || c->closing || r->answered) {
         if (!c)
-            req_free(r);
+            req_free(NULL, r);
         return;
     }
     /* the last answer of a connection that reads no more says so */
@@ -498,9 +573,8 @@ static int fail_cb(conn *c, int status, const char *code, const char *msg)
 static int on_message_begin(http_parser *p)
 {
     conn *c = p->data;
-    if (!(c->cur = calloc(1, sizeof(*c->cur))))
+    if (!(c->cur = req_new(c)))
         return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
-    c->cur->c = c;
     conn_timer(c, true); /* a request must arrive whole within the timeout */
     return 0;
 }
@@ -564,7 +638,7 @@ static int on_headers_complete(http_parser *p)
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body_bytes)
         return fail_cb(c, 413, "payload_too_large",
                        "the request body is larger than the server accepts");
-    snprintf(r->method, sizeof(r->method), "%s", http_method_str((enum http_method)p->method));
+    r->method = http_method_str((enum http_method)p->method);
     r->keep_alive = http_should_keep_alive(p) != 0;
     const char *expect = cm_http_req_header(r, "Expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && c->nqueued == 0 && !c->writing) {
@@ -598,6 +672,7 @@ static int on_message_complete(http_parser *p)
     r->query = q ? q : "";
     r->keep_alive = r->keep_alive && http_should_keep_alive(p) != 0;
     r->started = uv_hrtime();
+    r->pass = c->srv->passes;
     conn_enqueue(c, r);
     c->cur = NULL;
     c->ready = r;
@@ -643,6 +718,8 @@ static void read_stop(conn *c)
 /* Parse the unparsed bytes of rbuf, dispatching each complete request. */
 static void conn_parse(conn *c)
 {
+    if (c->rpos < c->rlen)
+        c->srv->passes++;
     while (c->rpos < c->rlen && !c->closing && !c->failed && !c->eof && !c->draining) {
         if (c->nqueued >= c->srv->lim.max_pipeline) {
             read_stop(c); /* resumed when answers drain */
@@ -692,7 +769,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             conn_close(c); /* a half-sent request dies with its connection */
             return;
         }
-        req_free(c->cur); /* the client half-closed: answer what is queued, then close */
+        req_free(c->srv, c->cur); /* the client half-closed: answer what is queued, then close */
         c->cur = NULL;
         conn_timer(c, false);
         return;
@@ -842,7 +919,7 @@ void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
         next = c->next;
         c->draining = true;
         read_stop(c);
-        req_free(c->cur);
+        req_free(s, c->cur);
         c->cur = NULL;
         c->rpos = c->rlen = 0;
         if (c->nqueued == 0 && !c->writing)
@@ -855,6 +932,10 @@ void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
 void cm_http_server_destroy(cm_http_server **s_p)
 {
     if (s_p && *s_p) {
+        for (cm_http_req *r = (*s_p)->spare, *next; r; r = next) {
+            next = r->next;
+            req_destroy(r);
+        }
         free(*s_p);
         *s_p = NULL;
     }

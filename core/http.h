@@ -75,6 +75,12 @@ const char *cm_http_req_body(const cm_http_req *r, size_t *len); /* NUL-terminat
 bool cm_http_req_loopback(const cm_http_req *r);
 /* Monotonic time (ns) at which the request was complete. */
 uint64_t cm_http_req_started(const cm_http_req *r);
+/* The parse pass the request was read in: the requests parsed from one read
+** (or from the rest of one, resumed once answers drained) share it, and each
+** pass of any connection has a larger number than every earlier one. So a
+** check made at the first request of each pass (the API's look for revoked
+** tokens) holds for every request whose bytes arrived after what it saw. */
+uint64_t cm_http_req_pass(const cm_http_req *r);
 
 /* Answer r with status and body (copied; content_type NULL means
 ** application/json). r is invalid afterwards. If the client went away

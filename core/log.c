@@ -34,31 +34,34 @@ void cm_log_set_stream(FILE *stream)
 
 void cm_json_escape(const char *s, char *out, size_t outsz)
 {
+    static const char hex[] = "0123456789abcdef";
     size_t n = 0;
     if (outsz == 0)
         return;
     for (; s && *s; s++) {
         unsigned char c = (unsigned char)*s;
-        char esc[8];
-        const char *piece = esc;
-        if (c == '"')
-            piece = "\\\"";
-        else if (c == '\\')
-            piece = "\\\\";
-        else if (c == '\n')
-            piece = "\\n";
-        else if (c == '\t')
-            piece = "\\t";
-        else if (c < 0x20 || c == 0x7f)
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-        else {
-            esc[0] = (char)c;
-            esc[1] = '\0';
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) { /* most text: as it is */
+            if (n + 1 >= outsz)
+                break;
+            out[n++] = (char)c;
+            continue;
         }
-        size_t len = strlen(piece);
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t len = 2;
+        if (c == '\n')
+            esc[1] = 'n';
+        else if (c == '\t')
+            esc[1] = 't';
+        else if (c != '"' && c != '\\') {
+            esc[1] = 'u';
+            esc[2] = esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            len = 6;
+        }
         if (n + len >= outsz)
             break;
-        memcpy(out + n, piece, len);
+        memcpy(out + n, esc, len);
         n += len;
     }
     out[n] = '\0';

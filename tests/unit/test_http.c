@@ -93,6 +93,9 @@ typedef struct env {
     uv_connect_t connect;
     uv_write_t write;
     const char *send;
+    const char *send2, *send2_after; /* sent once got holds send2_after */
+    uv_write_t write2;
+    uint64_t passes[8];
     char got[8192];
     size_t got_len;
     bool eof, stopped;
@@ -112,7 +115,18 @@ static void handler(void *ud, cm_http_req *req)
 {
     env *e = ud;
     const char *path = cm_http_req_path(req);
+    if (e->handled < 8)
+        e->passes[e->handled] = cm_http_req_pass(req);
     e->handled++;
+    if (strcmp(path, "/echo") == 0) { /* what the request carries */
+        char text[512];
+        size_t len;
+        const char *body = cm_http_req_body(req, &len), *tag = cm_http_req_header(req, "X-Tag");
+        int n = snprintf(text, sizeof(text), "[%s ?%s tag=%s body=%zu:%s]", cm_http_req_method(req),
+                         cm_http_req_query(req), tag ? tag : "-", len, body);
+        cm_http_respond(req, 200, "text/plain", text, (size_t)n);
+        return;
+    }
     if (strcmp(path, "/later") == 0) {
         e->deferred.req = req;
         uv_timer_init(&e->loop, &e->deferred.t);
@@ -121,6 +135,11 @@ static void handler(void *ud, cm_http_req *req)
         return;
     }
     cm_http_respond(req, 200, "text/plain", path + 1, strlen(path + 1));
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    assert_int_equal(status, 0);
 }
 
 static void on_alloc(uv_handle_t *h, size_t n, uv_buf_t *b)
@@ -135,15 +154,15 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (n > 0) {
         e->got_len += (size_t)n;
         e->got[e->got_len] = '\0';
+        if (e->send2 && strstr(e->got, e->send2_after)) {
+            uv_buf_t b2 = uv_buf_init((char *)e->send2, (unsigned)strlen(e->send2));
+            e->send2 = NULL;
+            uv_write(&e->write2, s, &b2, 1, on_written);
+        }
     } else if (n < 0) {
         e->eof = true;
         uv_close((uv_handle_t *)s, NULL);
     }
-}
-
-static void on_written(uv_write_t *w, int status)
-{
-    assert_int_equal(status, 0);
 }
 
 static void on_connected(uv_connect_t *c, int status)
@@ -160,12 +179,17 @@ static void on_stopped(void *ud)
     ((env *)ud)->stopped = true;
 }
 
-/* Send text on a fresh connection to a fresh server; run until the server closes it. */
+/* Send text on a fresh connection to a fresh server; run until the server
+** closes it. e->send2 (set before, with send2_after) goes once an answer
+** holding send2_after arrived. */
 static void exchange(env *e, const cm_http_limits *lim, const char *text)
 {
     cm_err err;
     struct sockaddr_in addr;
+    const char *send2 = e->send2, *send2_after = e->send2_after;
     memset(e, 0, sizeof(*e));
+    e->send2 = send2;
+    e->send2_after = send2_after;
     assert_int_equal(uv_loop_init(&e->loop), 0);
     assert_int_equal(cm_http_server_start(&e->loop, "127.0.0.1", 0, lim, handler, e, &e->srv, &err),
                      0);
@@ -202,6 +226,33 @@ static void test_pipelined_answers_keep_request_order(void **state)
     assert_non_null(c);
     assert_true(a < b && b < c);
     assert_non_null(strstr(e->got, "Connection: close\r\n\r\nlast"));
+    free(e);
+}
+
+/* A request read after an earlier one was answered (its memory reused)
+** carries only its own method, query, headers and body; and it was parsed
+** in a later pass. */
+static void test_a_later_request_carries_nothing_of_an_earlier_one(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->send2 = "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"
+               "GET /echo?b=2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    e->send2_after = "[POST";
+    exchange(e, &lim,
+             "POST /echo?a=1 HTTP/1.1\r\nHost: t\r\nX-Tag: first\r\n"
+             "Content-Length: 5\r\n\r\nhello");
+    assert_int_equal(e->handled, 3);
+    const char *a = strstr(e->got, "[POST ?a=1 tag=first body=5:hello]"),
+               *b = strstr(e->got, "[GET ? tag=- body=0:]"),
+               *c = strstr(e->got, "[GET ?b=2 tag=- body=0:]");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_true(a < b && b < c);
+    assert_true(e->passes[1] > e->passes[0]);
+    assert_true(e->passes[2] >= e->passes[1]);
     free(e);
 }
 
@@ -281,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_unescape_bounds),
         cmocka_unit_test(test_split_path_segments),
         cmocka_unit_test(test_pipelined_answers_keep_request_order),
+        cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
         cmocka_unit_test(test_timeout_answers_a_half_sent_request),
