@@ -377,14 +377,12 @@ static bool get_seq_cursor(call *c, long long *after)
     return true;
 }
 
-/* The body as a JSON object. */
-static bool parse_body(call *c)
+/* The body is there, sent as JSON, and UTF-8 text: *text and *len. */
+static bool body_text(call *c, const char **text, size_t *len)
 {
-    size_t len;
-    const char *text = cm_http_req_body(c->req, &len);
     const char *ctype = cm_http_req_header(c->req, "Content-Type");
-    const char *end = NULL;
-    if (len == 0) {
+    *text = cm_http_req_body(c->req, len);
+    if (*len == 0) {
         reply_error(c, 400, "missing_body", NULL, "this request needs a JSON object as its body");
         return false;
     }
@@ -395,10 +393,17 @@ static bool parse_body(call *c)
                     ctype ? ctype : "none");
         return false;
     }
-    if (!cm_utf8_valid(text, len) || strlen(text) != len) {
+    if (!cm_utf8_valid(*text, *len) || strlen(*text) != *len) {
         reply_error(c, 400, "malformed_json", NULL, "the body is not UTF-8 text");
         return false;
     }
+    return true;
+}
+
+/* The body (checked by body_text) as a JSON object in c->body. */
+static bool parse_json(call *c, const char *text, size_t len)
+{
+    const char *end = NULL;
     c->body = cJSON_ParseWithLengthOpts(text, len, &end, false);
     while (c->body && end && end < text + len && strchr(" \t\r\n", *end))
         end++;
@@ -415,6 +420,55 @@ static bool parse_body(call *c)
         reply_error(c, 422, "invalid", NULL, "the body must be a JSON object");
         return false;
     }
+    return true;
+}
+
+/* The body as a JSON object. */
+static bool parse_body(call *c)
+{
+    const char *text;
+    size_t len;
+    return body_text(c, &text, &len) && parse_json(c, text, len);
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* Is text[0..len) exactly {"event":"NAME"} (whitespace around the tokens
+** allowed), NAME of id characters and shorter than outsz? Then NAME is in
+** out: the common event without a payload, read without a cJSON tree. Any
+** other body (a payload, escapes, other members, a mistake) is for
+** parse_json, which says what is wrong. */
+static bool event_only(const char *text, size_t len, char *out, size_t outsz)
+{
+    static const char key[] = "\"event\"";
+    const char *p = text, *end = text + len, *name;
+    p = skip_ws(p, end);
+    if (p == end || *p++ != '{')
+        return false;
+    p = skip_ws(p, end);
+    if ((size_t)(end - p) < sizeof(key) - 1 || memcmp(p, key, sizeof(key) - 1) != 0)
+        return false;
+    p = skip_ws(p + sizeof(key) - 1, end);
+    if (p == end || *p++ != ':')
+        return false;
+    p = skip_ws(p, end);
+    if (p == end || *p++ != '"')
+        return false;
+    for (name = p; p < end && cm_id_char(*p); p++)
+        ;
+    size_t n = (size_t)(p - name);
+    if (n == 0 || n >= outsz || p == end || *p++ != '"')
+        return false;
+    p = skip_ws(p, end);
+    if (p == end || *p++ != '}' || skip_ws(p, end) != end)
+        return false;
+    memcpy(out, name, n);
+    out[n] = '\0';
     return true;
 }
 
@@ -1067,11 +1121,19 @@ static void h_instance_signal(call *c)
     static const member m[] = {
         {"event", cJSON_String, true}, {"payload", cJSON_Object, false}, {NULL, 0, false}};
     cm_err err;
-    if (!check_params(c, NULL, NULL) || !parse_body(c) || !check_members(c, m))
+    char name[CM_NAME_MAX];
+    const char *text, *event = name;
+    size_t len;
+    if (!check_params(c, NULL, NULL) || !body_text(c, &text, &len))
         return;
+    if (!event_only(text, len, name, sizeof(name))) {
+        if (!parse_json(c, text, len) || !check_members(c, m))
+            return;
+        event = body_str(c, "event");
+    }
     c->action = "instance.signal";
     c->signal = true;
-    if (cm_engine_signal(c->api->o.engine, c->arg, body_str(c, "event"),
+    if (cm_engine_signal(c->api->o.engine, c->arg, event,
                          cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack, c,
                          &err) != 0)
         reply_err(c, &err, NULL);

@@ -261,6 +261,16 @@ same "acknowledged event is committed" "$(count "SELECT state FROM instance WHER
 req POST /v1/instances/i1/events '{"event":"nonsense"}' "$writer"; expect "signal no transition" 422 invalid
 req POST /v1/instances/i1/events '{"payload":{}}' "$writer"; expect "signal no event" 422 invalid; field "signal no event" event
 req POST /v1/instances/nosuch/events '{"event":"seen"}' "$writer"; expect "signal missing instance" 404 not_found
+# the event-only body is read without a JSON tree: the same answers as any other body
+req POST /v1/instances/i1/events ' { "event" : "nonsense" } ' "$writer"; expect "signal spaced" 422 invalid
+req POST /v1/instances/i1/events '{"event":"n\u006fnsense"}' "$writer"; expect "signal escaped" 422 invalid
+req POST /v1/instances/i1/events '{"event":"nonsense"' "$writer"; expect "signal unterminated" 400 malformed_json
+req POST /v1/instances/i1/events '{"event":"nonsense"} x' "$writer"; expect "signal trailing" 400 malformed_json
+req POST /v1/instances/i1/events '{"event":"nonsense","x":1}' "$writer"; expect "signal extra" 422 unknown_field
+field "signal extra" x
+req POST /v1/instances/i1/events '{"event":7}' "$writer"; expect "signal event number" 422 invalid
+req POST /v1/instances/i1/events '{"event":"seen"}' "$writer" text/plain; expect "signal not JSON" 415 unsupported_media_type
+same "refused signals change nothing" "$(count "SELECT state FROM instance WHERE id='i1'")" seen
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i5"}' "$writer"; expect "instance 5" 201
 req POST /v1/instances/i5/events '{"event":"boom"}' "$writer"; expect "handler error kept" 202
 same "handler error kept flag" "$(jq -r '.kept' <<<"$body")" true
