@@ -1061,9 +1061,18 @@ int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int ma
         size_t len = strcspn(p, "/");
         if (len == 0)
             return -1; /* "//" */
-        if (n == max || !cm_http_unescape(p, len, false, seg[n], CM_HTTP_SEGMENT_MAX) ||
-            !cm_utf8_valid(seg[n], strlen(seg[n])))
+        if (n == max)
             return -1;
+        size_t plain = 0; /* ASCII without escapes: as it is */
+        while (plain < len && p[plain] != '%' && !(p[plain] & 0x80))
+            plain++;
+        if (plain == len && len < CM_HTTP_SEGMENT_MAX) {
+            memcpy(seg[n], p, len);
+            seg[n][len] = '\0';
+        } else if (!cm_http_unescape(p, len, false, seg[n], CM_HTTP_SEGMENT_MAX) ||
+                   !cm_utf8_valid(seg[n], strlen(seg[n]))) {
+            return -1;
+        }
         n++;
         p += len;
         if (*p == '/')

@@ -77,6 +77,24 @@ static void test_split_path_segments(void **state)
     assert_int_equal(cm_http_split_path("/v1//x", seg, CM_HTTP_MAX_SEGMENTS), -1);
     assert_int_equal(cm_http_split_path("/a%zz", seg, CM_HTTP_MAX_SEGMENTS), -1);
     assert_int_equal(cm_http_split_path("/a/b/c", seg, 2), -1);
+    assert_int_equal(cm_http_split_path("/a+b/\xc3\xa9t\xc3\xa9", seg, CM_HTTP_MAX_SEGMENTS), 2);
+    assert_string_equal(seg[0], "a+b"); /* '+' is a space only in queries */
+    assert_string_equal(seg[1], "\xc3\xa9t\xc3\xa9");
+    assert_int_equal(cm_http_split_path("/a/\xff", seg, CM_HTTP_MAX_SEGMENTS), -1);
+    /* the longest segment, plain and escaped, and one past it */
+    char path[2 * CM_HTTP_SEGMENT_MAX + 8];
+    path[0] = '/';
+    memset(path + 1, 'x', CM_HTTP_SEGMENT_MAX - 1);
+    path[CM_HTTP_SEGMENT_MAX] = '\0';
+    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), 1);
+    assert_int_equal(strlen(seg[0]), CM_HTTP_SEGMENT_MAX - 1);
+    memcpy(path + CM_HTTP_SEGMENT_MAX, "x", 2);
+    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), -1);
+    memcpy(path + CM_HTTP_SEGMENT_MAX - 1, "%41", 4);
+    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), 1);
+    assert_int_equal(seg[0][CM_HTTP_SEGMENT_MAX - 2], 'A');
+    memcpy(path + CM_HTTP_SEGMENT_MAX - 1, "x%41", 5);
+    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), -1);
 }
 
 /* ---- the server on a loop ---- */
