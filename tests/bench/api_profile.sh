@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# api_profile.sh -- instructions per API request, exact where wall-clock
+# figures swing with the machine's load: a bench node (bench_node.sh) under
+# valgrind's callgrind, driven by `caremesh bench api` (default 200
+# instances x 25 events, 4 x 64 in flight), then the loop thread's
+# instructions per request (starts and events), split into the engine's
+# (cm_engine_run without the API's ack and audit hooks) and the API's
+# (HTTP reading and parsing, routing, authentication, the body, the answer
+# and the audit hook). Under valgrind the engine's batches are cut short by
+# their time limit, so compare the API's share between builds, and the
+# engine's only roughly.
+# usage: api_profile.sh CAREMESH [bench api options...]
+set -euo pipefail
+bin=$(realpath "$1")
+shift
+src=$(cd "$(dirname "$0")/../.." && pwd)
+tmp=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null ||
+  { echo "api_profile.sh: needs valgrind and callgrind_annotate" >&2; exit 1; }
+BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$tmp/callgrind.out"
+. "$src/tests/bench/bench_node.sh"
+bench_node_start "$bin" "$src" || exit 1
+[ $# -gt 0 ] || set -- --instances 200 --events 25
+json=$("$bin" bench api --api "127.0.0.1:$port" --token "$token" "$@" | tail -1)
+kill -TERM "$pid"
+wait "$pid" || { echo "api_profile.sh: the node did not stop cleanly" >&2; exit 1; }
+pid=
+n=$(sed -n 's/.*"events":\([0-9]*\),"instances":\([0-9]*\).*/\1 + \2/p' <<<"$json")
+callgrind_annotate --inclusive=yes --tree=calling --auto=no "$tmp/callgrind.out" >"$tmp/tree" 2>/dev/null
+# the inclusive count of a function's own entry ("* name [lib]"), or of the
+# calls to it ("> name (Nx)"), first found
+ir() { awk -v f="$2" -v m="$1" 'index($0, ")  " m " ") && index($0, f) { gsub(",", "", $1); print $1; exit }' "$tmp/tree"; }
+loop=$(ir '*' '???:uv_run [')
+engine=$(ir '*' 'core/engine.c:cm_engine_run [')
+hooks=$(($(ir '>' 'core/api.c:on_engine_ack (') + $(ir '>' 'core/api.c:on_engine_work (')))
+echo "$((n)) requests; instructions per request: loop $((loop / (n))), engine $(((engine - hooks) / (n))), API $(((loop - engine + hooks) / (n)))"
