@@ -49,6 +49,7 @@ writer=$("$bin" token create --scope write --name frontdesk --data "$d" 2>/dev/n
 reader=$("$bin" token create --scope read --name reader --data "$d" 2>/dev/null)
 revoked=$("$bin" token create --scope admin --name gone --data "$d" 2>/dev/null)
 late=$("$bin" token create --scope read --name late --data "$d" 2>/dev/null)
+kept=$("$bin" token create --scope read --name kept --data "$d" 2>/dev/null)
 same "token text" "${#admin}" 85
 out=$("$bin" token revoke gone --data "$d"); has "token revoke" "revoked" "$out"
 out=$("$bin" token list --data "$d"); has "token list" "frontdesk" "$out"; has "token list revoked" "gone" "$out"
@@ -195,6 +196,24 @@ req GET /v1/organizations "" "$late"; expect "token before its revocation (again
 "$bin" token revoke late --data "$d" >/dev/null
 req GET /v1/organizations "" "$late"; expect "token revoked while serving" 401 unauthorized
 has "token revoked while serving message" "revoked" "$body"
+# the same on one keep-alive connection: the request read after the revocation is refused
+# ka_get: GET /v1/organizations with $kept on fd 3; $ka_status
+ka_get() {
+  local line len=0
+  printf 'GET /v1/organizations HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n' "$kept" >&3
+  IFS= read -r -t 10 line <&3 || { ka_status=none; return; }
+  ka_status=${line:9:3}
+  while IFS= read -r -t 10 line <&3 && [ -n "${line%$'\r'}" ]; do
+    case ${line,,} in content-length:*) len=${line#*: } len=${len%$'\r'} ;; esac
+  done
+  head -c "$len" <&3 >/dev/null
+}
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+ka_get; same "keep-alive token before its revocation" "$ka_status" 200
+ka_get; same "keep-alive token before its revocation (again)" "$ka_status" 200
+"$bin" token revoke kept --data "$d" >/dev/null
+ka_get; same "keep-alive token revoked between requests" "$ka_status" 401
+exec 3>&-
 req GET /v1/organizations "" "$reader"; expect "other tokens still work" 200
 req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' "$reader"
 expect "read scope cannot write" 403 forbidden
