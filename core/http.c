@@ -163,8 +163,11 @@ static cm_http_req *req_new(conn *c)
 {
     cm_http_server *s = c->srv;
     cm_http_req *r = s->spare;
-    if (!r)
-        return (r = calloc(1, sizeof(*r))) ? (r->c = c, r) : NULL;
+    if (!r) {
+        if ((r = calloc(1, sizeof(*r))))
+            r->c = c;
+        return r;
+    }
     s->spare = r->next;
     s->nspare--;
     /* every field but the kept buffers and headers[] (written before read) */
