@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include "clock.h"
+#include "text.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -34,34 +35,18 @@ void cm_log_set_stream(FILE *stream)
 
 void cm_json_escape(const char *s, char *out, size_t outsz)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t n = 0;
     if (outsz == 0)
         return;
     for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) { /* most text: as it is */
-            if (n + 1 >= outsz)
-                break;
-            out[n++] = (char)c;
-            continue;
-        }
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t len = 2;
-        if (c == '\n')
-            esc[1] = 'n';
-        else if (c == '\t')
-            esc[1] = 't';
-        else if (c != '"' && c != '\\') {
-            esc[1] = 'u';
-            esc[2] = esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            len = 6;
-        }
+        char esc[6];
+        size_t len = cm_json_escape_byte((unsigned char)*s, esc);
+        const char *piece = len ? esc : s;
+        if (len == 0)
+            len = 1;
         if (n + len >= outsz)
             break;
-        memcpy(out + n, esc, len);
+        memcpy(out + n, piece, len);
         n += len;
     }
     out[n] = '\0';
