@@ -41,12 +41,15 @@ void cm_json_escape(const char *s, char *out, size_t outsz)
     for (; s && *s; s++) {
         char esc[6];
         size_t len = cm_json_escape_byte((unsigned char)*s, esc);
-        const char *piece = len ? esc : s;
-        if (len == 0)
-            len = 1;
+        if (len == 0) { /* most bytes: as they are, without a memcpy each */
+            if (n + 1 >= outsz)
+                break;
+            out[n++] = *s;
+            continue;
+        }
         if (n + len >= outsz)
             break;
-        memcpy(out + n, piece, len);
+        memcpy(out + n, esc, len);
         n += len;
     }
     out[n] = '\0';
