@@ -656,11 +656,8 @@ static void push_lazy(lua_State *L, drv *d, int uv)
     if (uv == UV_INPUT) {
         push_input(L, d, false);
     } else {
-        cJSON **box = cm_ljson_box(L);
-        if (!(*box = cJSON_Parse(d->sp->ctx)) || !cJSON_IsObject(*box))
+        if (!cm_ljson_push_object_text(L, d->sp->ctx))
             luaL_error(L, "%s: the stored context is not a JSON object", d->sp->instance);
-        cm_ljson_push(L, *box);
-        lua_remove(L, -2); /* the box frees the document when collected */
     }
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, 1, uv);
