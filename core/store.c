@@ -313,6 +313,29 @@ static const cm_migration migrations[] = {
      "  created TEXT NOT NULL,\n"
      "  revoked TEXT\n"
      ") WITHOUT ROWID;\n"},
+    /* History rows are written on every step, by the engine only, for an
+    ** instance it has just read or written in the same transaction, and
+    ** instances are never deleted; the foreign key made SQLite look the
+    ** instance up in its id index on every row. The table is the same
+    ** without it (rows and seq kept: instance.hist and prev name them). */
+    {9, "workflow history without the per-row instance lookup",
+     "CREATE TABLE history_unchecked(\n"
+     "  seq        INTEGER PRIMARY KEY,\n"
+     "  instance   TEXT NOT NULL,\n"
+     "  step       INTEGER NOT NULL,\n"
+     "  prev       INTEGER,\n"
+     "  at         TEXT NOT NULL,\n"
+     "  event      TEXT NOT NULL,\n"
+     "  from_state TEXT,\n"
+     "  to_state   TEXT NOT NULL,\n"
+     "  note       TEXT\n"
+     ");\n"
+     "INSERT INTO history_unchecked(seq, instance, step, prev, at, event, from_state, to_state,\n"
+     "                              note)\n"
+     "  SELECT seq, instance, step, prev, at, event, from_state, to_state, note FROM history\n"
+     "  ORDER BY seq;\n"
+     "DROP TABLE history;\n"
+     "ALTER TABLE history_unchecked RENAME TO history;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

@@ -1037,7 +1037,8 @@ static void history_lines(fx *f, const char *id, char *out, size_t n)
 
 /* History rows are written in step order across instances and chained per
 ** instance; a database from before (rows keyed by instance and step) is
-** chained when it is opened, and its instances go on from there. */
+** chained when it is opened, and its instances go on from there; every row
+** names an instance. */
 static void test_history_is_chained_per_instance_and_upgraded(void **state)
 {
     fx *f = *state;
@@ -1090,6 +1091,12 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
                                "3 resumed requested>requested;4 accepted requested>accepted;"
                                "5 consult_note accepted>closed;");
     assert_int_equal(count(f, "SELECT count(*) FROM history"), 8);
+    /* history has no foreign key (SQLite would look the instance up for
+    ** every row); the engine writes rows only for instances it holds */
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('history')"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM history h WHERE NOT EXISTS "
+                              "(SELECT 1 FROM instance i WHERE i.id = h.instance)"),
+                     0);
 }
 
 static void text_of(fx *f, const char *sql, char *out, size_t n)
