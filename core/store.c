@@ -347,12 +347,13 @@ static const cm_migration migrations[] = {
 ** records, bound text, savepoint bitmaps) is a malloc and a free, several
 ** per statement. Freed blocks of up to 512 bytes, in 64-byte classes, are
 ** kept per thread (at most MEM_KEEP of a class) for the next request of
-** their class, and so is the last freed block of up to 128 KB (the in-memory
+** their class, and so is the last freed block of 32 to 128 KB (the in-memory
 ** statement journal takes one such chunk per savepoint) for the next request
 ** of its size. A thread's blocks are freed when it ends. */
 #define MEM_CLASS   64
 #define MEM_CLASSES 8
 #define MEM_KEEP    64
+#define MEM_BIG_MIN (32 * 1024)
 #define MEM_BIG_MAX (128 * 1024)
 
 typedef struct mem_pool {
@@ -436,7 +437,7 @@ static void mem_free(void *b)
         *(void **)b = p->free[c];
         p->free[c] = b;
         p->n[c]++;
-    } else if (p && c < 0 && size > MEM_CLASS * MEM_CLASSES && size <= MEM_BIG_MAX) {
+    } else if (p && size >= MEM_BIG_MIN && size <= MEM_BIG_MAX) {
         if (p->big)
             mem_base.xFree(p->big);
         p->big = b;

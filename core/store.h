@@ -53,7 +53,7 @@ typedef struct cm_store cm_store;
 /* Process-wide SQLite settings, before any other SQLite call (main() runs
 ** it first): no global memory statistics, which would take a mutex on every
 ** allocation SQLite makes; and SQLite's blocks of up to 512 bytes (and the
-** last freed one of up to 128 KB) kept per thread for reuse, as SQLite's
+** last freed one of 32 to 128 KB) kept per thread for reuse, as SQLite's
 ** lookaside would (Debian's SQLite is built without it); a thread's kept
 ** blocks are freed when it ends. Idempotent; a no-op once SQLite is
 ** initialized. */
