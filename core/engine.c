@@ -1180,6 +1180,25 @@ static int cancel_scoped(cm_engine *e, inst *in, scopes *had, const char *state,
     return rc;
 }
 
+/* A step that passed through a state (an enter handler's wf:go) left it:
+** the timers that visit started go too, as leaving `from` cancels its own. */
+static int cancel_passed(cm_engine *e, inst *in, scopes *had, const cm_step *sp, const char *left,
+                         cm_err *err)
+{
+    const cJSON *fx;
+    cJSON_ArrayForEach(fx, sp->effects)
+    {
+        const char *type = jstr(fx, "type"), *scope = jstr(fx, "scoped");
+        int rc;
+        if (!type || strcmp(type, "timer") != 0 || !scope || strcmp(scope, sp->next) == 0 ||
+            (left && strcmp(scope, left) == 0))
+            continue;
+        if ((rc = cancel_scoped(e, in, had, scope, err)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* Record a step's outcome: instance row, history, scoped timers, effects, end. */
 static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, int depth,
                       cm_err *err)
@@ -1212,6 +1231,8 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     if ((rc = apply_effects(e, in, sp->effects, depth, err)) != 0)
         return rc;
     if (left && (rc = cancel_scoped(e, in, &had, from, err)) != 0)
+        return rc;
+    if (sp->moved && (rc = cancel_passed(e, in, &had, sp, left ? from : NULL, err)) != 0)
         return rc;
     scopes_union(&in->scoped, &had);
     if (!sp->state)
