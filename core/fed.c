@@ -910,6 +910,9 @@ typedef struct fed_peer {
     ** transaction for all, and drops them from the window. */
     fed_flight *win;
     int nwin, nsettled;
+    /* the largest outbox seq delivered to it (fed_delivered), once read */
+    int64_t delivered;
+    bool delivered_known;
     uint32_t round;      /* bumped to send the whole window again (a rewind) */
     bool reprev;         /* recompute the prevs before sending again */
     bool pumping, again; /* peer_pump is running / has more to do */
@@ -993,7 +996,6 @@ struct cm_fed {
     ** routed (past them) until a committed pass has routed or refused them
     ** all, so rows reach each peer's window in seq order */
     bool unrouted;
-    bool pass_clean;    /* the last routing pass left no row without a peer */
     uint64_t routed_at; /* loop time of the last routing pass of its own */
 };
 
@@ -1773,7 +1775,7 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 /* ---- sending ------------------------------------------------------------- */
 
 static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
-static int route_pass(cm_fed *fed, bool in_tx);
+static int route_in_tx(cm_fed *fed, cm_err *err);
 
 static void peer_down(fed_peer *p, const char *why)
 {
@@ -1968,26 +1970,49 @@ static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size
     return true;
 }
 
-/* The last row delivered to p before seq: the prev of the first message of
-** an empty window or of a window sent again. 0 when none; -1 on error. */
-static int64_t delivered_before(cm_fed *fed, fed_peer *p, int64_t seq)
+/* One int64 from st with p's id as ?1 (and arg as ?2 when it has one);
+** none when no row (0), -1 on error. */
+static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql, int64_t arg)
 {
     cm_err err;
-    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
-                                        "SELECT max(seq) FROM outbox WHERE status = 'delivered' "
-                                        "AND peer = ?1 AND seq < ?2",
-                                        &err);
-    int64_t prev = -1;
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store, sql, &err);
+    int64_t v = -1;
     if (!st) {
         cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
         return -1;
     }
     sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        prev = sqlite3_column_int64(st, 0); /* NULL reads as 0: none */
+    if (sqlite3_bind_parameter_count(st) > 1)
+        sqlite3_bind_int64(st, 2, arg);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_DONE)
+        v = 0;
+    else
+        cm_log(CM_LOG_ERROR, "fed.store", "%s", sqlite3_errmsg(cm_store_db(fed->o.store)));
     sqlite3_reset(st);
-    return prev;
+    return v;
+}
+
+/* The last row delivered to p before seq: the prev of the first message of
+** an empty window or of a window sent again. 0 when none; -1 on error. */
+static int64_t delivered_before(cm_fed *fed, fed_peer *p, int64_t seq)
+{
+    if (!p->delivered_known) {
+        int64_t d = peer_query(fed, p, "SELECT seq FROM fed_delivered WHERE peer = ?1", 0);
+        if (d < 0)
+            return -1;
+        p->delivered = d;
+        p->delivered_known = true;
+    }
+    if (p->delivered < seq) /* rows reach p in seq order: the last delivered is before it */
+        return p->delivered;
+    /* answered out of order (a later row delivered first): look back from it */
+    return peer_query(fed, p,
+                      "SELECT seq FROM outbox WHERE seq < ?2 AND peer = ?1 AND "
+                      "status = 'delivered' ORDER BY seq DESC LIMIT 1",
+                      seq);
 }
 
 /* (Re)arm the resend timer when the oldest message in flight changed. */
@@ -2160,13 +2185,32 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
     }
 }
 
+/* Keep seq as the last row delivered to p (fed_delivered) when it is
+** past the one kept; in the open transaction. */
+static int mark_delivered(cm_fed *fed, fed_peer *p, int64_t seq, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                        "INSERT INTO fed_delivered(peer, seq) VALUES (?1, ?2) "
+                                        "ON CONFLICT(peer) DO UPDATE SET seq = excluded.seq "
+                                        "WHERE excluded.seq > seq",
+                                        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : cm_store_error(fed->o.store, err, "fed_delivered");
+}
+
 /* Write the settled answers in one transaction, then tell who listens and
 ** drop them from the window. Left for the next try if the store is busy. */
 static void peer_flush(cm_fed *fed, fed_peer *p)
 {
     char now[CM_TIME_BUFSZ], reason[1024];
     cm_err err;
-    int refused = 0, rc = 0;
+    int refused = 0, rc = 0, clean = 0;
+    int64_t mark = 0; /* the last row of p this flush marks delivered */
     if (p->nsettled == 0 || !store_free(fed))
         return;
     if (cm_store_begin(fed->o.store, &err) != 0)
@@ -2204,6 +2248,7 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         else {
             sqlite3_bind_int64(st, 4, p->win[j - 1].seq);
             sqlite3_bind_text(st, 5, p->cfg->id, -1, SQLITE_STATIC);
+            mark = p->win[j - 1].seq > mark ? p->win[j - 1].seq : mark;
         }
         rc = sqlite3_step(st);
         sqlite3_reset(st);
@@ -2211,16 +2256,20 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         if (rc == 0 && !ok)
             rc = tell_refused(fed, f->seq, reason, &err);
     }
+    if (rc == 0 && mark > 0)
+        rc = mark_delivered(fed, p, mark, &err);
     /* rows queued meanwhile get their peer in this commit too */
-    if (rc == 0 && route_pass(fed, true) < 0)
-        rc = cm_err_set(&err, CM_EDB, "routing the outbox failed");
+    if (rc == 0 && (clean = route_in_tx(fed, &err)) < 0)
+        rc = clean;
     if (rc != 0) {
         cm_store_rollback(fed->o.store);
         goto fail;
     }
     if (cm_store_commit(fed->o.store, &err) != 0)
         goto fail;
-    fed->unrouted = !fed->pass_clean;
+    fed->unrouted = !clean;
+    if (p->delivered_known && mark > p->delivered)
+        p->delivered = mark;
     int kept = 0;
     for (int i = 0; i < p->nwin; i++) {
         fed_flight *f = &p->win[i];
@@ -2461,17 +2510,10 @@ static int route_lookup(cm_fed *fed, const char *org, int16_t *peer, char *why, 
     return 0;
 }
 
-/* Route rows not yet routed: organization -> its node -> a configured peer.
-** Routable rows of a pass get their peer in one transaction (in_tx: the one
-** the caller has open, e.g. the one that records answers, so routing costs
-** no commit of its own); a row that cannot be routed is refused (its
-** instance told), each in its own transaction -- in_tx leaves it for a pass
-** of its own. Returns the number of rows looked at (FED_ROUTE_BATCH: there
-** may be more), or -1 on a store error (in_tx: the caller rolls back). */
-static int route_pass(cm_fed *fed, bool in_tx)
-{
-    cm_err err;
-    /* runs of rows in seq order with one receiver: each routed by one UPDATE */
+/* The rows without a peer read by a routing pass: runs of rows in seq
+** order with one receiver (each routed by one UPDATE), rows to refuse, and
+** the receivers met, each looked up once. */
+typedef struct route_plan {
     struct {
         int64_t first, last;
         int16_t peer, org;
@@ -2480,111 +2522,156 @@ static int route_pass(cm_fed *fed, bool in_tx)
         int64_t seq;
         char reason[256];
     } bad[FED_ROUTE_REFUSE];
-    /* the receivers met in this pass, each looked up once */
     struct {
         char id[129];
         int16_t peer; /* -1: not routable, why says why */
         char why[256];
     } orgs[FED_ROUTE_ORGS];
-    int nruns = 0, nbad = 0, norgs = 0, seen = 0;
-    bool more = false;
+    int nruns, nbad, norgs, seen;
+    bool blocked; /* stopped at a row to refuse past max_bad: it waits */
+    bool more;    /* stopped for a receiver past FED_ROUTE_ORGS */
+} route_plan;
+
+/* Read up to FED_ROUTE_BATCH rows without a peer, in seq order, into pl:
+** organization -> its node -> a configured peer. Up to max_bad rows that
+** cannot be routed are noted to refuse; at the next one the read stops. */
+static int route_read(cm_fed *fed, route_plan *pl, int max_bad, cm_err *err)
+{
     sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                         "SELECT seq, receiver FROM outbox WHERE status = 'pending' "
                                         "AND peer IS NULL ORDER BY seq LIMIT ?1",
-                                        &err);
+                                        err);
+    pl->nruns = pl->nbad = pl->norgs = pl->seen = 0;
+    pl->blocked = pl->more = false;
     if (!st)
-        goto fail;
+        return err->code;
     sqlite3_bind_int(st, 1, FED_ROUTE_BATCH);
-    while (nbad < FED_ROUTE_REFUSE && sqlite3_step(st) == SQLITE_ROW) {
+    while (sqlite3_step(st) == SQLITE_ROW) {
         int64_t seq = sqlite3_column_int64(st, 0);
-        const char *org = column_str(st, 1);
+        const char *org = column_str(st, 1), *why = NULL;
+        char toolong[256];
         int o = 0;
-        while (o < norgs && strcmp(orgs[o].id, org) != 0)
+        while (o < pl->norgs && strcmp(pl->orgs[o].id, org) != 0)
             o++;
-        if (strlen(org) >= sizeof(orgs[0].id)) {
-            if (in_tx) {
-                nbad++; /* refused by a pass of its own; nothing routed past it */
-                break;
-            }
-            seen++;
-            bad[nbad].seq = seq;
-            snprintf(bad[nbad++].reason, sizeof(bad[0].reason),
+        if (strlen(org) >= sizeof(pl->orgs[0].id)) {
+            snprintf(toolong, sizeof(toolong),
                      "no organization \"%.64s...\" (ids are at most 128 characters)", org);
-            continue;
-        }
-        if (o == norgs) {
-            if (norgs == FED_ROUTE_ORGS) {
-                more = true;
+            why = toolong;
+        } else if (o == pl->norgs) {
+            if (pl->norgs == FED_ROUTE_ORGS) {
+                pl->more = true;
                 break; /* the rest in the next pass */
             }
-            copy_str(orgs[o].id, sizeof(orgs[o].id), org);
-            if (route_lookup(fed, org, &orgs[o].peer, orgs[o].why, sizeof(orgs[o].why), &err) !=
-                0) {
+            copy_str(pl->orgs[o].id, sizeof(pl->orgs[o].id), org);
+            if (route_lookup(fed, org, &pl->orgs[o].peer, pl->orgs[o].why, sizeof(pl->orgs[o].why),
+                             err) != 0) {
                 sqlite3_reset(st);
-                goto fail;
+                return err->code;
             }
-            norgs++;
+            pl->norgs++;
         }
-        if (orgs[o].peer < 0 && in_tx) {
-            nbad++; /* refused by a pass of its own; nothing routed past it */
+        if (!why && pl->orgs[o].peer < 0)
+            why = pl->orgs[o].why;
+        if (why && pl->nbad == max_bad) {
+            pl->blocked = true; /* nothing routed past it */
             break;
         }
-        seen++;
-        if (orgs[o].peer < 0) {
-            bad[nbad].seq = seq;
-            copy_str(bad[nbad++].reason, sizeof(bad[0].reason), orgs[o].why);
+        pl->seen++;
+        if (why) {
+            pl->bad[pl->nbad].seq = seq;
+            copy_str(pl->bad[pl->nbad++].reason, sizeof(pl->bad[0].reason), why);
             continue;
         }
-        if (nruns > 0 && runs[nruns - 1].org == o &&
-            !(nbad && bad[nbad - 1].seq > runs[nruns - 1].last))
-            runs[nruns - 1].last = seq;
+        int n = pl->nruns;
+        if (n > 0 && pl->runs[n - 1].org == o &&
+            !(pl->nbad && pl->bad[pl->nbad - 1].seq > pl->runs[n - 1].last))
+            pl->runs[n - 1].last = seq;
         else {
-            runs[nruns].first = runs[nruns].last = seq;
-            runs[nruns].org = (int16_t)o;
-            runs[nruns++].peer = orgs[o].peer;
+            pl->runs[n].first = pl->runs[n].last = seq;
+            pl->runs[n].org = (int16_t)o;
+            pl->runs[n].peer = pl->orgs[o].peer;
+            pl->nruns++;
         }
     }
     sqlite3_reset(st);
-    /* nothing left without a peer once this pass commits */
-    fed->pass_clean = !more && nbad == 0 && seen < FED_ROUTE_BATCH;
-    if (in_tx && nbad)
-        fed->route_now = true; /* refused by a pass of its own, on the next turn */
-    if (nruns > 0) {
-        if (!in_tx && cm_store_begin(fed->o.store, &err) != 0)
+    return 0;
+}
+
+/* Give the runs of pl their peer, in the open transaction. */
+static int route_write(cm_fed *fed, const route_plan *pl, cm_err *err)
+{
+    for (int i = 0; i < pl->nruns; i++) {
+        /* the receiver is in the condition: whatever else is in the range
+        ** (rows settled, or routed already) is left alone */
+        sqlite3_stmt *st =
+            cm_store_prepare(fed->o.store,
+                             "UPDATE outbox SET peer = ?3 WHERE status = 'pending' AND peer "
+                             "IS NULL AND seq BETWEEN ?1 AND ?2 AND receiver = ?4",
+                             err);
+        if (!st)
+            return err->code;
+        sqlite3_bind_int64(st, 1, pl->runs[i].first);
+        sqlite3_bind_int64(st, 2, pl->runs[i].last);
+        sqlite3_bind_text(st, 3, fed->peers[pl->runs[i].peer].cfg->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, pl->orgs[pl->runs[i].org].id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return cm_store_error(fed->o.store, err, "outbox");
+    }
+    return 0;
+}
+
+/* Whether no row is left without a peer once pl's pass commits. */
+static bool route_clean(const route_plan *pl)
+{
+    return !pl->more && !pl->blocked && pl->nbad == 0 && pl->seen < FED_ROUTE_BATCH;
+}
+
+/* Route rows queued meanwhile in the caller's open transaction (the one
+** that records answers, so routing costs no commit of its own), up to the
+** first row that cannot be routed: that one is left for a pass of its own
+** (route_pass, on the next turn). 1 when no row is left without a peer
+** once the caller commits, 0 when some are; a CM_E code on a store error
+** (the caller rolls back). */
+static int route_in_tx(cm_fed *fed, cm_err *err)
+{
+    route_plan pl;
+    int rc = route_read(fed, &pl, 0, err);
+    if (rc == 0)
+        rc = route_write(fed, &pl, err);
+    if (rc != 0)
+        return rc;
+    if (pl.blocked)
+        fed->route_now = true;
+    return route_clean(&pl) ? 1 : 0;
+}
+
+/* A routing pass of its own: routable rows get their peer in one
+** transaction, then each row that cannot be routed is refused (its
+** instance told) in its own. Returns the number of rows looked at
+** (FED_ROUTE_BATCH: there may be more), or -1 on a store error. */
+static int route_pass(cm_fed *fed)
+{
+    route_plan pl;
+    cm_err err;
+    if (route_read(fed, &pl, FED_ROUTE_REFUSE, &err) != 0)
+        goto fail;
+    if (pl.nruns > 0) {
+        if (cm_store_begin(fed->o.store, &err) != 0)
             goto fail;
-        for (int i = 0; i < nruns; i++) {
-            /* the receiver is in the condition: whatever else is in the range
-            ** (rows settled, or routed already) is left alone */
-            st = cm_store_prepare(fed->o.store,
-                                  "UPDATE outbox SET peer = ?3 WHERE status = 'pending' AND peer "
-                                  "IS NULL AND seq BETWEEN ?1 AND ?2 AND receiver = ?4",
-                                  &err);
-            if (!st)
-                goto rollback;
-            sqlite3_bind_int64(st, 1, runs[i].first);
-            sqlite3_bind_int64(st, 2, runs[i].last);
-            sqlite3_bind_text(st, 3, fed->peers[runs[i].peer].cfg->id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 4, orgs[runs[i].org].id, -1, SQLITE_STATIC);
-            int rc = sqlite3_step(st);
-            sqlite3_reset(st);
-            if (rc != SQLITE_DONE) {
-                cm_store_error(fed->o.store, &err, "outbox");
-                goto rollback;
-            }
+        if (route_write(fed, &pl, &err) != 0) {
+            cm_store_rollback(fed->o.store);
+            goto fail;
         }
-        if (!in_tx && cm_store_commit(fed->o.store, &err) != 0)
+        if (cm_store_commit(fed->o.store, &err) != 0)
             goto fail;
     }
-    if (in_tx)
-        return seen; /* the caller's commit applies pass_clean */
-    fed->unrouted = !fed->pass_clean;
+    fed->unrouted = !route_clean(&pl);
     fed->routed_at = uv_now(fed->o.loop);
-    for (int i = 0; i < nbad; i++)
-        outbox_refuse(fed, bad[i].seq, bad[i].reason);
-    return seen;
-rollback:
-    if (!in_tx)
-        cm_store_rollback(fed->o.store);
+    for (int i = 0; i < pl.nbad; i++)
+        outbox_refuse(fed, pl.bad[i].seq, pl.bad[i].reason);
+    return pl.seen;
 fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
     return -1;
@@ -2605,7 +2692,7 @@ static void route_pending(cm_fed *fed)
     if (defer)
         return;
     /* bounded, so a flood of new rows cannot hold the loop */
-    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed, false) == FED_ROUTE_BATCH; i++)
+    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed) == FED_ROUTE_BATCH; i++)
         ;
 }
 
