@@ -2229,8 +2229,10 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
             continue;
         sqlite3_stmt *st = cm_store_prepare(
             fed->o.store,
+            /* by seq (the rows of the run are neighbours there), not through
+            ** outbox_pending: one lookup a row fewer */
             ok ? "UPDATE outbox SET status = 'delivered', done_at = ?2, attempts = attempts + ?3 "
-                 "WHERE seq BETWEEN ?1 AND ?4 AND peer = ?5 AND status = 'pending'"
+                 "WHERE seq BETWEEN ?1 AND ?4 AND +peer = ?5 AND +status = 'pending'"
                : "UPDATE outbox SET status = 'refused', done_at = ?2, "
                  "attempts = attempts + ?3, reason = ?4 WHERE seq = ?1 AND status = 'pending'",
             &err);
