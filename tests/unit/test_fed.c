@@ -325,6 +325,80 @@ static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
                "id: must not hold \\u0000");
 }
 
+/* Mutations of good messages (bytes changed, cut short, spliced): reading
+** one never touches a byte past its end (each is copied into a buffer of
+** its own length, without a NUL), and whatever is taken, cJSON parses too,
+** with the same id and payload. Deterministic: a fixed seed. */
+static void test_mutated_messages_are_read_safely(void **state)
+{
+    static const char *const good[] = {
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\","
+        "\"to\":\"o\",\"payload\":{\"n\":[1,-2.5e+3,\"\\u00e9\\\\\"]}},{\"type\":\"ack\",\"id\":"
+        "\"a:2\",\"result\":\"received\"}]}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"prev\":\"a:0\","
+        "\"classes\":[\"notes\"],\"patient_record\":{\"id\":\"p\"},\"payload\":\"\\ud83d\\ude00\"}",
+        "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":[\"batch\"]}",
+    };
+    const char alphabet[] = "{}[]\",:\\u0123456789abcdefABCDEF.-+eE truenlfs\x01\x7f\xc3\xa9";
+    uint32_t seed = 12345;
+    int taken = 0, refused = 0;
+    for (int round = 0; round < 30000; round++) {
+        const char *g = good[round % 3];
+        size_t len = strlen(g), n = len;
+        char text[512];
+        memcpy(text, g, len);
+        for (int k = 0; k < 1 + round % 3; k++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % n;
+            switch ((seed >> 4) % 3) {
+            case 0: /* a byte changed */
+                text[at] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+                break;
+            case 1: /* cut short */
+                n = at + 1;
+                break;
+            default: /* a span doubled */
+                if (n + 8 < sizeof(text)) {
+                    memmove(text + at + 8, text + at, n - at);
+                    n += 8;
+                }
+            }
+        }
+        char *buf = malloc(n);
+        assert_non_null(buf);
+        memcpy(buf, text, n);
+        cm_fed_msg m;
+        cm_fed_batch b;
+        cm_err err;
+        char id[192];
+        if (cm_fed_decode_any(buf, n, &m, &b, &err) != 0)
+            refused++;
+        else {
+            cJSON *tree = cJSON_ParseWithLength(buf, n);
+            taken++;
+            assert_non_null(tree);
+            for (int i = 0; i < b.n; i++) {
+                cm_fed_msg e;
+                if (cm_fed_batch_entry(&b, i, &e, id, &err) == 0) {
+                    cJSON *it = cJSON_GetArrayItem(cJSON_GetObjectItem(tree, "messages"), i);
+                    assert_string_equal(e.id, cJSON_GetStringValue(cJSON_GetObjectItem(it, "id")));
+                    if (e.payload)
+                        assert_true(
+                            cJSON_Compare(e.payload, cJSON_GetObjectItem(it, "payload"), 1));
+                    cm_fed_msg_clear(&e);
+                }
+            }
+            if (m.type == CM_FED_DELIVER)
+                assert_true(cJSON_Compare(m.payload, cJSON_GetObjectItem(tree, "payload"), 1));
+            cJSON_Delete(tree);
+            cm_fed_msg_clear(&m);
+            cm_fed_batch_free(&b);
+        }
+        free(buf);
+    }
+    assert_true(taken > 1000 && refused > 1000); /* both sides were tried */
+}
+
 static void test_zap_admits_only_configured_curve_keys(void **state)
 {
     cm_peer_config peers[2];
@@ -493,6 +567,7 @@ int main(void)
         cmocka_unit_test(test_batch_entries_decode_each_on_its_own),
         cmocka_unit_test(test_bad_batches_are_refused_whole),
         cmocka_unit_test(test_scanned_text_is_checked_and_kept_as_sent),
+        cmocka_unit_test(test_mutated_messages_are_read_safely),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
