@@ -2303,8 +2303,8 @@ fail:
 /* Whether the answers settled in memory are to be written now: when none
 ** is still open (nothing more is coming soon), or once half the window is
 ** answered. In between, more answers join the same commit: under load a
-** commit (an fsync) per answer batch, not per a few dozen rows. The tick
-** writes whatever is settled. */
+** commit (an fsync) per few answer batches, not per a few dozen rows. The
+** tick writes whatever is settled once answers stop coming. */
 static bool flush_due(const cm_fed *fed, const fed_peer *p)
 {
     return p->nsettled > 0 && (p->nsettled == p->nwin || 2 * p->nsettled >= fed->window);
@@ -2769,7 +2769,10 @@ static void on_tick(uv_timer_t *t)
     route_pending(fed);
     for (int i = 0; i < fed->npeers; i++) {
         fed_peer *p = &fed->peers[i];
-        peer_flush(fed, p); /* what was answered since the last commit, however little */
+        /* what was answered, however little, once answers have stopped coming */
+        if (p->nsettled > 0 &&
+            (flush_due(fed, p) || !p->up || now >= p->last_answer + fed->poll_ms))
+            peer_flush(fed, p);
         if (!p->up && now >= p->hello_due) {
             hello_msg(fed, &h);
             reply(&p->dealer, NULL, &h); /* EAGAIN while not connected: retried later */
