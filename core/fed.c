@@ -2063,7 +2063,7 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
             f->prev = prev;
             prev = f->seq;
         }
-        if (f->round == round || f->state != FLIGHT_OPEN) /* answered: not again */
+        if (f->round == round)
             continue;
         sqlite3_stmt *st = cm_store_prepare(
             fed->o.store,
@@ -2300,16 +2300,6 @@ fail:
     cm_log(CM_LOG_ERROR, "fed.store", "recording answers from %s: %s", p->cfg->id, err.msg);
 }
 
-/* Whether the answers settled in memory are to be written now: when none
-** is still open (nothing more is coming soon), or once half the window is
-** answered. In between, more answers join the same commit: under load a
-** commit (an fsync) per few answer batches, not per a few dozen rows. The
-** tick writes whatever is settled once answers stop coming. */
-static bool flush_due(const cm_fed *fed, const fed_peer *p)
-{
-    return p->nsettled > 0 && (p->nsettled == p->nwin || 2 * p->nsettled >= fed->window);
-}
-
 /* Record what was answered, then send: first what the window must send
 ** again, then new rows. Answers read while sending make another round; a
 ** call made meanwhile (from a drain inside a send) only asks for one. */
@@ -2323,9 +2313,8 @@ static void peer_pump(cm_fed *fed, fed_peer *p)
     int rounds = 0;
     do {
         p->again = false;
-        if (flush_due(fed, p))
-            peer_flush(fed, p);
-        if (p->up && !fed->stopped && !flush_due(fed, p) && store_free(fed) &&
+        peer_flush(fed, p);
+        if (p->up && !fed->stopped && p->nsettled == 0 && store_free(fed) &&
             uv_now(fed->o.loop) >= p->hold_until) {
             if (peer_resend(fed, p))
                 peer_fill(fed, p);
@@ -2769,10 +2758,6 @@ static void on_tick(uv_timer_t *t)
     route_pending(fed);
     for (int i = 0; i < fed->npeers; i++) {
         fed_peer *p = &fed->peers[i];
-        /* what was answered, however little, once answers have stopped coming */
-        if (p->nsettled > 0 &&
-            (flush_due(fed, p) || !p->up || now >= p->last_answer + fed->poll_ms))
-            peer_flush(fed, p);
         if (!p->up && now >= p->hello_due) {
             hello_msg(fed, &h);
             reply(&p->dealer, NULL, &h); /* EAGAIN while not connected: retried later */
