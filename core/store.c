@@ -336,6 +336,21 @@ static const cm_migration migrations[] = {
      "  ORDER BY seq;\n"
      "DROP TABLE history;\n"
      "ALTER TABLE history_unchecked RENAME TO history;\n"},
+    /* Marking a row delivered rewrote its entry in outbox_by_peer(status,
+    ** peer, seq) -- deleted and inserted again -- on every delivery. Only
+    ** pending rows are looked up by peer and seq, so the index now holds
+    ** them alone: a delivery deletes one entry. The last row delivered to
+    ** each peer (the prev of the next message sent) is kept per peer. */
+    {10, "federation: pending outbox rows indexed alone, the last delivered per peer",
+     "CREATE TABLE fed_delivered(\n"
+     "  peer TEXT PRIMARY KEY,\n"
+     "  seq  INTEGER NOT NULL\n"
+     ") WITHOUT ROWID;\n"
+     "INSERT INTO fed_delivered(peer, seq)\n"
+     "  SELECT peer, max(seq) FROM outbox WHERE status = 'delivered' AND peer IS NOT NULL\n"
+     "  GROUP BY peer;\n"
+     "DROP INDEX outbox_by_peer;\n"
+     "CREATE INDEX outbox_pending ON outbox(peer, seq) WHERE status = 'pending';\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

@@ -215,18 +215,18 @@ static void test_batch_entries_decode_each_on_its_own(void **state)
     assert_string_equal(m.prev, "a:1");
     assert_string_equal(m.payload->valuestring, "plain");
     cm_fed_msg_clear(&m);
-    /* out of order (found by walking) and out of range; a deliver is taken
-    ** once: its payload moved out on the first read */
-    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), CM_EINVAL);
-    assert_string_equal(err.msg, "messages[0]: payload: missing (any JSON value)");
+    /* out of order and out of range; an entry read again reads the same */
+    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), 0);
     assert_string_equal(id, "a:1");
+    assert_int_equal(cJSON_GetObjectItem(m.payload, "n")->valueint, 1);
+    cm_fed_msg_clear(&m);
     assert_int_equal(cm_fed_batch_entry(&b, 4, &m, id, &err), 0);
     assert_string_equal(m.id, "a:9");
     cm_fed_msg_clear(&m);
     assert_int_equal(cm_fed_batch_entry(&b, 6, &m, id, &err), CM_EINVAL);
     assert_non_null(strstr(err.msg, "messages[6]: no such entry"));
     cm_fed_batch_free(&b);
-    assert_null(b.root);
+    assert_null(b.entries);
 }
 
 /* A batch that is wrong as a whole is refused whole, naming what is wrong. */
@@ -248,13 +248,155 @@ static void test_bad_batches_are_refused_whole(void **state)
     len += (size_t)sprintf(many + len, "]}");
     assert_int_equal(cm_fed_decode_any(many, len, &m, &b, &err), CM_EINVAL);
     assert_string_equal(err.msg, "messages: 1025 messages (1 to 1024 allowed)");
-    assert_null(b.root);
+    assert_null(b.entries);
     free(many);
     /* a hello's caps must be names */
     expect_bad("{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":\"batch\"}",
                "caps: must be an array of names");
     expect_bad("{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":[1]}",
                "caps: must be an array of names");
+}
+
+/* Messages are read in one pass without a tree: the text must be exactly
+** one JSON object, strings decode their escapes, and a batch entry's
+** payload is kept as the text it came as (what the inbox stores). */
+static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
+{
+    const char *text = "{\"type\":\"batch\",\"messages\":[ {\"typ\\u0065\":\"deliver\","
+                       "\"id\":\"a:1\",\"kind\":\"caf\\u00e9 \\ud83d\\ude00\\n\",\"to\":\"o\","
+                       "\"kind\":\"ignored\",\"payload\" : { \"n\" : [1, 2.5e3, -0, true, null]}"
+                       "} ]}";
+    cm_fed_msg m;
+    cm_fed_batch b;
+    cm_err err;
+    char id[192], deep[3000];
+    assert_int_equal(cm_fed_decode_any(text, strlen(text), &m, &b, &err), 0);
+    assert_int_equal(b.n, 1);
+    assert_int_equal(cm_fed_batch_scan(&b, 0, &m, id, &err), 0);
+    assert_int_equal(m.type, CM_FED_DELIVER);
+    assert_string_equal(m.kind, "caf\xc3\xa9 \xf0\x9f\x98\x80\n"); /* the first of a name */
+    assert_null(m.payload);                                        /* no tree */
+    assert_int_equal(m.raw_payload.len, strlen("{ \"n\" : [1, 2.5e3, -0, true, null]}"));
+    assert_memory_equal(m.raw_payload.p, "{ \"n\" : [1, 2.5e3, -0, true, null]}",
+                        m.raw_payload.len);
+    cm_fed_msg_clear(&m);
+    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), 0); /* with the tree */
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(m.payload, "n")), 5);
+    cm_fed_msg_clear(&m);
+    cm_fed_batch_free(&b);
+
+    /* anything that is not exactly one JSON object is refused whole */
+    const char *bad[] = {
+        "{\"type\":\"ack\",\"id\":\"a:1\",\"result\":\"received\"} x",
+        "{\"type\":\"ack\",\"id\":\"a:1\",\"result\":\"received\"",
+        "{\"type\":\"ack\",\"id\":\"a:1\",\"result\":\"received\",}",
+        "{\"type\":\"ack\" \"id\":\"a:1\"}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":01}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":1.}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":tru}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":[1 2]}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":\"\\x\"}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":\"\\ud800\"}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":\"a\tb\"}",
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"ack\"},]}",
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"ack\"}]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_bad(bad[i], "not a JSON object");
+    /* nesting deeper than 1000 is refused; 999 levels are read */
+    memset(deep, '[', 1000);
+    snprintf(deep, sizeof(deep),
+             "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+             "\"payload\":");
+    size_t len = strlen(deep);
+    for (int i = 0; i < 1000; i++)
+        deep[len + (size_t)i] = '[';
+    for (int i = 0; i < 1000; i++)
+        deep[len + 1000 + (size_t)i] = ']';
+    memcpy(deep + len + 2000, "}", 2);
+    expect_bad(deep, "not a JSON object");
+    memmove(deep + len, deep + len + 1, strlen(deep + len + 1) + 1); /* 999 [ */
+    memmove(deep + len + 999, deep + len + 1000, strlen(deep + len + 1000) + 1);
+    decode_text(deep, &m);
+    assert_true(cJSON_IsArray(m.payload));
+    cm_fed_msg_clear(&m);
+    /* a string field must not hide a NUL */
+    expect_bad("{\"type\":\"ack\",\"id\":\"a:\\u0000\",\"result\":\"received\"}",
+               "id: must not hold \\u0000");
+}
+
+/* Mutations of good messages (bytes changed, cut short, spliced): reading
+** one never touches a byte past its end (each is copied into a buffer of
+** its own length, without a NUL), and whatever is taken, cJSON parses too,
+** with the same id and payload. Deterministic: a fixed seed. */
+static void test_mutated_messages_are_read_safely(void **state)
+{
+    static const char *const good[] = {
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\","
+        "\"to\":\"o\",\"payload\":{\"n\":[1,-2.5e+3,\"\\u00e9\\\\\"]}},{\"type\":\"ack\",\"id\":"
+        "\"a:2\",\"result\":\"received\"}]}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"prev\":\"a:0\","
+        "\"classes\":[\"notes\"],\"patient_record\":{\"id\":\"p\"},\"payload\":\"\\ud83d\\ude00\"}",
+        "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":[\"batch\"]}",
+    };
+    const char alphabet[] = "{}[]\",:\\u0123456789abcdefABCDEF.-+eE truenlfs\x01\x7f\xc3\xa9";
+    uint32_t seed = 12345;
+    int taken = 0, refused = 0;
+    for (int round = 0; round < 30000; round++) {
+        const char *g = good[round % 3];
+        size_t len = strlen(g), n = len;
+        char text[512];
+        memcpy(text, g, len);
+        for (int k = 0; k < 1 + round % 3; k++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % n;
+            switch ((seed >> 4) % 3) {
+            case 0: /* a byte changed */
+                text[at] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+                break;
+            case 1: /* cut short */
+                n = at + 1;
+                break;
+            default: /* a span doubled */
+                if (n + 8 < sizeof(text)) {
+                    memmove(text + at + 8, text + at, n - at);
+                    n += 8;
+                }
+            }
+        }
+        char *buf = malloc(n);
+        assert_non_null(buf);
+        memcpy(buf, text, n);
+        cm_fed_msg m;
+        cm_fed_batch b;
+        cm_err err;
+        char id[192];
+        if (cm_fed_decode_any(buf, n, &m, &b, &err) != 0)
+            refused++;
+        else {
+            cJSON *tree = cJSON_ParseWithLength(buf, n);
+            taken++;
+            assert_non_null(tree);
+            for (int i = 0; i < b.n; i++) {
+                cm_fed_msg e;
+                if (cm_fed_batch_entry(&b, i, &e, id, &err) == 0) {
+                    cJSON *it = cJSON_GetArrayItem(cJSON_GetObjectItem(tree, "messages"), i);
+                    assert_string_equal(e.id, cJSON_GetStringValue(cJSON_GetObjectItem(it, "id")));
+                    if (e.payload)
+                        assert_true(
+                            cJSON_Compare(e.payload, cJSON_GetObjectItem(it, "payload"), 1));
+                    cm_fed_msg_clear(&e);
+                }
+            }
+            if (m.type == CM_FED_DELIVER)
+                assert_true(cJSON_Compare(m.payload, cJSON_GetObjectItem(tree, "payload"), 1));
+            cJSON_Delete(tree);
+            cm_fed_msg_clear(&m);
+            cm_fed_batch_free(&b);
+        }
+        free(buf);
+    }
+    assert_true(taken > 1000 && refused > 1000); /* both sides were tried */
 }
 
 static void test_zap_admits_only_configured_curve_keys(void **state)
@@ -424,6 +566,8 @@ int main(void)
         cmocka_unit_test(test_bad_messages_are_refused_by_field),
         cmocka_unit_test(test_batch_entries_decode_each_on_its_own),
         cmocka_unit_test(test_bad_batches_are_refused_whole),
+        cmocka_unit_test(test_scanned_text_is_checked_and_kept_as_sent),
+        cmocka_unit_test(test_mutated_messages_are_read_safely),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),

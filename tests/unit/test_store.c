@@ -447,6 +447,48 @@ static void test_small_blocks_are_kept_per_thread(void **state)
     assert_int_equal(pthread_join(t, NULL), 0);
 }
 
+/* Migration 10: a database whose outbox was indexed by (status, peer, seq)
+** keeps the last row delivered to each peer, and indexes pending rows
+** alone; what the rows say is unchanged. */
+static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(
+        cm_store_exec(s,
+                      "DROP TABLE fed_delivered; DROP INDEX outbox_pending;"
+                      "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
+                      "DELETE FROM schema_version WHERE version >= 10;"
+                      "INSERT INTO outbox(seq, receiver, kind, payload, created, status, peer) "
+                      "VALUES (1, 'o', 'k', '{}', 't', 'delivered', 'b'),"
+                      " (2, 'o', 'k', '{}', 't', 'delivered', 'c'),"
+                      " (3, 'o', 'k', '{}', 't', 'delivered', 'b'),"
+                      " (4, 'o', 'k', '{}', 't', 'refused', 'b'),"
+                      " (5, 'o', 'k', '{}', 't', 'pending', 'b'),"
+                      " (6, 'o', 'k', '{}', 't', 'pending', NULL);",
+                      &err),
+        0);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_schema_version(s), CM_SCHEMA_VERSION);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'b'"), 3);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'c'"), 2);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM fed_delivered"), 2);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM sqlite_master WHERE name = "
+                                   "'outbox_by_peer'"),
+                     0);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox WHERE status = 'pending' AND "
+                                   "peer = 'b' AND seq > 0"),
+                     1);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox WHERE status = 'pending' AND "
+                                   "peer IS NULL"),
+                     1);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -457,6 +499,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_migrations_apply_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_index_migration_keeps_the_last_delivered, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_foreign_sqlite_database_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
