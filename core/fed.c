@@ -505,6 +505,11 @@ struct cm_fed {
     long batches, batched; /* batches sent to peers, and the delivers they carried */
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
+    /* apply mode: messages handed to the engine and not yet answered (the
+    ** tickets), the most at once, and the times the ROUTER stopped reading
+    ** at the mark (router_full) */
+    long applying, applying_max, apply_pauses;
+    bool apply_paused;
     /* inbox-only receiver: two batches, one filling while the other commits */
     fed_inbound *inq[2];
     int ninq, inq_cur;
@@ -1033,9 +1038,25 @@ static void router_after(fed_sock *s)
         inbox_flush(s->fed);
 }
 
+/* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
+** full batch. Apply mode: when the message read next, a batch of up to
+** CM_FED_BATCH_MAX delivers, could take the messages with the engine past
+** CM_FED_APPLY_MAX; what is not read waits in ZeroMQ's queue (and, past its
+** HWM, the peer's TCP window). Answers read on (cm_fed_answer drains). */
 static bool router_full(fed_sock *s)
 {
-    return !s->fed->o.apply && s->fed->ninq >= FED_INBOX_BATCH;
+    cm_fed *fed = s->fed;
+    if (!fed->o.apply)
+        return fed->ninq >= FED_INBOX_BATCH;
+    bool full = fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+    if (full && !fed->apply_paused) {
+        fed->apply_pauses++;
+        cm_log(CM_LOG_DEBUG, "fed.paused",
+               "%ld messages with the engine: reading from peers paused until it answers",
+               fed->applying);
+    }
+    fed->apply_paused = full;
+    return full;
 }
 
 void cm_fed_answer(void *ticket, const char *result, const char *reason)
@@ -1049,6 +1070,7 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
             fed->tickets = t->next;
         if (t->next)
             t->next->prev = t->prev;
+        fed->applying--;
     }
     if (fed && !fed->stopped) {
         if (!result)
@@ -1063,6 +1085,8 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
         send_ack(fed, t->rid, t->rid_len, t->group, t->index, t->id, result, reason);
+        /* after the send, and to read on when this answer brought the engine
+        ** under the mark: ZMQ_FD gave its edge while reading was paused */
         sock_drain(&fed->router);
     } else if (t->group)
         group_put(t->group, t->index, NULL); /* gone: nothing is sent */
@@ -1096,6 +1120,8 @@ static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
     if (fed->tickets)
         fed->tickets->prev = t;
     fed->tickets = t;
+    if (++fed->applying > fed->applying_max)
+        fed->applying_max = fed->applying;
     if (fed->o.apply(fed->o.engine_ud, p->cfg->id, m, t) != 0)
         cm_fed_answer(t, NULL, "the engine could not take it");
 }
@@ -2436,6 +2462,28 @@ void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers)
 {
     *batches = fed ? fed->batches : 0;
     *delivers = fed ? fed->batched : 0;
+}
+
+void cm_fed_apply_stats_get(const cm_fed *fed, cm_fed_apply_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (!fed)
+        return;
+    st->applying = fed->applying;
+    st->applying_max = fed->applying_max;
+    st->pauses = fed->apply_pauses;
+    st->paused = fed->apply_paused;
+}
+
+int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size)
+{
+    if (!fed || !fed->router.zs || size == 0 ||
+        zmq_getsockopt(fed->router.zs, ZMQ_LAST_ENDPOINT, buf, &size) != 0) {
+        if (size)
+            buf[0] = '\0';
+        return -1;
+    }
+    return 0;
 }
 
 int cm_fed_peer_up(const cm_fed *fed, const char *peer)
