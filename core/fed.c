@@ -35,9 +35,10 @@
 #define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
 /* ... and records up to this many per transaction: a batch read below the
 ** mark fits whole, so none of its entries is turned away busy */
-#define FED_INBOX_CAP  (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
-#define FED_SHARE_MS   5000 /* directory and indicators: checked (and resent) this often */
-#define FED_BATCH_SEND 256  /* delivers per batch sent (1.2) */
+#define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
+#define FED_ROUTER_RCVHWM 1024 /* messages a link may queue unread at the ROUTER */
+#define FED_SHARE_MS      5000 /* directory and indicators: checked (and resent) this often */
+#define FED_BATCH_SEND    256  /* delivers per batch sent (1.2) */
 #define FED_BATCH_BYTES                                                                            \
     (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
                   * deliver goes alone */
@@ -2294,6 +2295,8 @@ static int open_router(cm_fed *fed, cm_err *err)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if ((rc = cm_fed_listener_setup(zs, fed->o.keys->secret_key, err)) != 0)
         return rc;
+    if (set_int(zs, ZMQ_RCVHWM, FED_ROUTER_RCVHWM) != 0)
+        return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if (zmq_bind(zs, listen) != 0)
         return cm_err_set(err, CM_EIO, "federation.listen %s: %s", listen, zmq_strerror(errno));
     fed->router.after = router_after;

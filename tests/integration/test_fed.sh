@@ -73,6 +73,10 @@ tok=$("$bin" token create --scope read --name fedtest --data "$a" 2>/dev/null)
 port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/a.log" | head -1)
 peers_json=$(curl -sf -H "Authorization: Bearer $tok" "http://127.0.0.1:$port/v1/peers")
 same "the API shows B's directory" "$(jq -r '.items[0] | .id + " " + .organizations[0].id + " " + .organizations[0].services[0]' <<<"$peers_json")" "node-b cardio cardiology consult"
+metrics=$(curl -sf -H "Authorization: Bearer $tok" "http://127.0.0.1:$port/metrics")
+same "metrics: nothing from peers waits in the engine, reading never paused" \
+  "$(grep -E '^caremesh_fed_(applying|apply_pauses_total) ' <<<"$metrics" | tr '\n' ' ')" \
+  "caremesh_fed_applying 0 caremesh_fed_apply_pauses_total 0 "
 indicators_seen=""
 for _ in $(seq 1 300); do
   if "$bin" peers --data "$a" | grep -qE 'indicator notes/notes_received: count [1-9]'; then indicators_seen=1; break; fi

@@ -425,7 +425,7 @@ static void test_route_at_insert_waits_for_rows_without_a_peer(void **state)
 /* ---- apply mode under load ------------------------------------------------ */
 
 #define LOAD_BATCHES 5    /* batches of CM_FED_BATCH_MAX delivers the peer sends */
-#define LOAD_SINGLES 1000 /* and delivers alone, between the second and third */
+#define LOAD_SINGLES 1500 /* and delivers alone, between the second and third */
 #define LOAD_N       (LOAD_BATCHES * CM_FED_BATCH_MAX + LOAD_SINGLES)
 #define LOAD_ENGINE  256 /* answers per turn of the loop: the engine's batch */
 
