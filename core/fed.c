@@ -1039,6 +1039,12 @@ static void router_after(fed_sock *s)
         inbox_flush(s->fed);
 }
 
+/* Apply mode: no room under CM_FED_APPLY_MAX for a whole batch more. */
+static bool apply_full(const cm_fed *fed)
+{
+    return fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+}
+
 /* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
 ** full batch. Apply mode: when the message read next, a batch of up to
 ** CM_FED_BATCH_MAX delivers, could take the messages with the engine past
@@ -1049,7 +1055,7 @@ static bool router_full(fed_sock *s)
     cm_fed *fed = s->fed;
     if (!fed->o.apply)
         return fed->ninq >= FED_INBOX_BATCH;
-    bool full = fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+    bool full = apply_full(fed);
     if (full && !fed->apply_paused) {
         fed->apply_pauses++;
         cm_log(CM_LOG_DEBUG, "fed.paused",
@@ -1072,6 +1078,8 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (t->next)
             t->next->prev = t->prev;
         fed->applying--;
+        if (fed->apply_paused && !apply_full(fed))
+            fed->apply_paused = false; /* read on, even if nothing waits */
     }
     if (fed && !fed->stopped) {
         if (!result)
