@@ -1647,6 +1647,9 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
         metric_head(&b, "caremesh_fed_applying", "gauge",
                     "Messages from peers with the engine, not yet answered.");
         cm_buf_printf(&b, "caremesh_fed_applying %ld\n", as.applying);
+        metric_head(&b, "caremesh_fed_applying_max", "gauge",
+                    "The most messages from peers with the engine at once since start.");
+        cm_buf_printf(&b, "caremesh_fed_applying_max %ld\n", as.applying_max);
         metric_head(&b, "caremesh_fed_apply_pauses_total", "counter",
                     "Times reading from peers paused until the engine answered.");
         cm_buf_printf(&b, "caremesh_fed_apply_pauses_total %ld\n", as.pauses);
