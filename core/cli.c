@@ -654,51 +654,79 @@ static int cmd_lua(int argc, char **argv)
 
 /* ---- bench ------------------------------------------------------------ */
 
-static int bench_federation(int argc, char **argv)
+/* One option of a benchmark: a count (1..max) into an int or a long, or a
+** text kept as given. */
+typedef enum { BENCH_INT, BENCH_LONG, BENCH_TEXT } bench_kind;
+typedef struct bench_opt {
+    const char *name; /* the long option, without -- */
+    bench_kind kind;
+    void *dst;
+    long max; /* counts */
+} bench_opt;
+
+#define BENCH_OPTS_MAX 12
+#define BENCH_GO       -1 /* bench_parse: the options are good, run */
+
+/* Parse argv (argv[0] names the benchmark) against opts: BENCH_GO, or the
+** exit code of --help or of a usage error naming the option at fault. */
+static int bench_parse(const char *cmd, const bench_opt *opts, int nopts, int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"messages", required_argument, NULL, 'm'},
-        {"window", required_argument, NULL, 'w'},
-        {"batch", required_argument, NULL, 'b'},
-        {"backlog", required_argument, NULL, 'q'},
-        {"size", required_argument, NULL, 's'},
-        {"receiver-proto", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL, 0};
-    cm_err err;
-    int c;
+    struct option longopts[BENCH_OPTS_MAX + 2];
+    int c, i;
+    for (i = 0; i < nopts && i < BENCH_OPTS_MAX; i++)
+        longopts[i] = (struct option){opts[i].name, required_argument, NULL, 256 + i};
+    longopts[i] = (struct option){"help", no_argument, NULL, 'h'};
+    longopts[i + 1] = (struct option){NULL, 0, NULL, 0};
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:w:b:q:s:p:h", longopts, NULL)) != -1) {
-        long max = c == 'w' ? CM_FED_WINDOW_MAX : c == 's' ? 64 * 1024 : BENCH_COUNT_MAX, v;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (c == 'h')
             return print_help(find_cmd("bench"));
-        if (c == 'p') {
-            if (strcmp(optarg, "1.1") != 0 && strcmp(optarg, "1.2") != 0)
-                return usage_error("bench federation",
-                                   "--receiver-proto: '%s' is not a version this build speaks "
-                                   "(1.1 or 1.2)",
-                                   optarg);
-            o.proto = optarg[2] - '0';
+        if (c < 256 || c >= 256 + nopts)
+            return usage_error(cmd, "bad option or missing value: '%s'", argv[optind - 1]);
+        const bench_opt *b = &opts[c - 256];
+        long v;
+        if (b->kind == BENCH_TEXT) {
+            *(const char **)b->dst = optarg;
             continue;
         }
-        if (c == '?' || !parse_count(optarg, max, &v))
-            return usage_error("bench federation", "bad option or value: '%s'", argv[optind - 1]);
-        if (c == 'm')
-            o.messages = v;
-        else if (c == 'w')
-            o.window = (int)v;
-        else if (c == 'b')
-            o.batch = (int)v;
-        else if (c == 'q')
-            o.backlog = (int)v;
+        if (!parse_count(optarg, b->max, &v))
+            return usage_error(cmd, "--%s: must be a count from 1 to %ld, got '%s'", b->name,
+                               b->max, optarg);
+        if (b->kind == BENCH_LONG)
+            *(long *)b->dst = v;
         else
-            o.size = (int)v;
+            *(int *)b->dst = (int)v;
     }
     if (optind < argc)
-        return usage_error("bench federation", "unexpected argument '%s'", argv[optind]);
+        return usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    return BENCH_GO;
+}
+
+static int bench_federation(int argc, char **argv)
+{
+    cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL, 0};
+    const char *proto = NULL;
+    const bench_opt opts[] = {
+        {"messages", BENCH_LONG, &o.messages, BENCH_COUNT_MAX},
+        {"window", BENCH_INT, &o.window, CM_FED_WINDOW_MAX},
+        {"batch", BENCH_INT, &o.batch, BENCH_COUNT_MAX},
+        {"backlog", BENCH_INT, &o.backlog, BENCH_COUNT_MAX},
+        {"size", BENCH_INT, &o.size, 64 * 1024},
+        {"receiver-proto", BENCH_TEXT, &proto, 0},
+    };
+    cm_err err;
+    int rc =
+        bench_parse("bench federation", opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv);
+    if (rc != BENCH_GO)
+        return rc;
+    if (proto && strcmp(proto, "1.1") != 0 && strcmp(proto, "1.2") != 0)
+        return usage_error("bench federation",
+                           "--receiver-proto: '%s' is not a version this build speaks "
+                           "(1.1 or 1.2)",
+                           proto);
+    if (proto)
+        o.proto = proto[2] - '0';
     if (cm_bench_federation(&o, &err) != 0)
         return fail("bench federation", &err);
     return CM_EXIT_OK;
@@ -707,47 +735,26 @@ static int bench_federation(int argc, char **argv)
 /* bench api: the daemon's HTTP API (bench_api.h) */
 static int bench_api(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"api", required_argument, NULL, 'a'},
-        {"token", required_argument, NULL, 't'},
-        {"workflow", required_argument, NULL, 'w'},
-        {"event", required_argument, NULL, 'v'},
-        {"instances", required_argument, NULL, 'i'},
-        {"events", required_argument, NULL, 'e'},
-        {"connections", required_argument, NULL, 'c'},
-        {"pipeline", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     char host[64] = "127.0.0.1";
+    const char *api = NULL;
     cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
                            4,    64};
-    int *nums[] = {&o.instances, &o.events, &o.connections, &o.pipeline};
-    const char *numopts = "iecp";
+    const bench_opt opts[] = {
+        {"api", BENCH_TEXT, &api, 0},
+        {"token", BENCH_TEXT, &o.token, 0},
+        {"workflow", BENCH_TEXT, &o.workflow, 0},
+        {"event", BENCH_TEXT, &o.event, 0},
+        {"instances", BENCH_INT, &o.instances, BENCH_COUNT_MAX},
+        {"events", BENCH_INT, &o.events, BENCH_COUNT_MAX},
+        {"connections", BENCH_INT, &o.connections, BENCH_COUNT_MAX},
+        {"pipeline", BENCH_INT, &o.pipeline, BENCH_COUNT_MAX},
+    };
     cm_err err;
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "a:t:w:v:i:e:c:p:h", longopts, NULL)) != -1) {
-        const char *slot = c > 0 ? strchr(numopts, c) : NULL;
-        if (c == 'h')
-            return print_help(find_cmd("bench"));
-        if (c == 'a' && cm_config_parse_listen(optarg, host, sizeof(host), &o.port) != 0)
-            return usage_error("bench api", "--api: must be ADDRESS:PORT, got '%s'", optarg);
-        if (c == 't')
-            o.token = optarg;
-        else if (c == 'w')
-            o.workflow = optarg;
-        else if (c == 'v')
-            o.event = optarg;
-        else if (slot) {
-            long v;
-            if (!parse_count(optarg, BENCH_COUNT_MAX, &v))
-                return usage_error("bench api", "bad value '%s'", optarg);
-            *nums[slot - numopts] = (int)v;
-        } else if (c == '?')
-            return usage_error("bench api", "bad option or value: '%s'", argv[optind - 1]);
-    }
+    int rc = bench_parse("bench api", opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv);
+    if (rc != BENCH_GO)
+        return rc;
+    if (api && cm_config_parse_listen(api, host, sizeof(host), &o.port) != 0)
+        return usage_error("bench api", "--api: must be ADDRESS:PORT, got '%s'", api);
     if (cm_bench_api(&o, &err) != 0)
         return fail("bench api", &err);
     return CM_EXIT_OK;
@@ -755,17 +762,14 @@ static int bench_api(int argc, char **argv)
 
 static int cmd_bench(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"instances", required_argument, NULL, 'i'},
-        {"events", required_argument, NULL, 'e'},
-        {"batch", required_argument, NULL, 'b'},
-        {"batch-ms", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     cm_bench_opts o = {2000, 25, 256, NULL, 0};
+    const bench_opt opts[] = {
+        {"instances", BENCH_INT, &o.instances, BENCH_COUNT_MAX},
+        {"events", BENCH_INT, &o.rounds, BENCH_COUNT_MAX},
+        {"batch", BENCH_INT, &o.batch, BENCH_COUNT_MAX},
+        {"batch-ms", BENCH_INT, &o.batch_ms, BENCH_COUNT_MAX},
+    };
     cm_err err;
-    int c;
     if (argc >= 2 && strcmp(argv[1], "federation") == 0)
         return bench_federation(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
@@ -776,23 +780,10 @@ static int cmd_bench(int argc, char **argv)
                    : usage_error("bench", "%s",
                                  "missing or unknown benchmark (known: engine, federation, "
                                  "api)");
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc - 1, argv + 1, "i:e:b:m:h", longopts, NULL)) != -1) {
-        long v;
-        if (c == 'h')
-            return print_help(find_cmd("bench"));
-        if (c == '?' || !parse_count(optarg, BENCH_COUNT_MAX, &v))
-            return usage_error("bench engine", "bad option or value: '%s'", argv[optind]);
-        if (c == 'i')
-            o.instances = (int)v;
-        else if (c == 'e')
-            o.rounds = (int)v;
-        else if (c == 'm')
-            o.batch_ms = (int)v;
-        else
-            o.batch = (int)v;
-    }
+    int rc = bench_parse("bench engine", opts, (int)(sizeof(opts) / sizeof(opts[0])), argc - 1,
+                         argv + 1);
+    if (rc != BENCH_GO)
+        return rc;
     if (cm_bench_engine(&o, &err) != 0)
         return fail("bench engine", &err);
     return CM_EXIT_OK;

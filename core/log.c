@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include "clock.h"
+#include "text.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -38,24 +39,11 @@ void cm_json_escape(const char *s, char *out, size_t outsz)
     if (outsz == 0)
         return;
     for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        const char *piece = esc;
-        if (c == '"')
-            piece = "\\\"";
-        else if (c == '\\')
-            piece = "\\\\";
-        else if (c == '\n')
-            piece = "\\n";
-        else if (c == '\t')
-            piece = "\\t";
-        else if (c < 0x20 || c == 0x7f)
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-        else {
-            esc[0] = (char)c;
-            esc[1] = '\0';
-        }
-        size_t len = strlen(piece);
+        char esc[6];
+        size_t len = cm_json_escape_byte((unsigned char)*s, esc);
+        const char *piece = len ? esc : s;
+        if (len == 0)
+            len = 1;
         if (n + len >= outsz)
             break;
         memcpy(out + n, piece, len);

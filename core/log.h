@@ -22,8 +22,9 @@ void cm_log_set_stream(FILE *stream);
 void cm_log(cm_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Append s to out (capacity outsz, always NUL-terminated) as a JSON string
-** body (no quotes), escaping quotes, backslashes and control bytes. */
+/* Write s to out (capacity outsz, always NUL-terminated) as a JSON string
+** body, no quotes, escaped as cm_json_escape_byte says (text.h); a text too
+** long for out is cut before the escape that would not fit whole. */
 void cm_json_escape(const char *s, char *out, size_t outsz);
 
 #endif

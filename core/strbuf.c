@@ -3,6 +3,8 @@
 */
 #include "strbuf.h"
 
+#include "text.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,23 +69,16 @@ void cm_buf_printf(cm_buf *b, const char *fmt, ...)
 
 void cm_buf_json_str(cm_buf *b, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
     const char *run = s;
+    char esc[6];
     cm_buf_put(b, "\"", 1);
     for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c != '"' && c != '\\')
+        size_t n = cm_json_escape_byte((unsigned char)*s, esc);
+        if (n == 0)
             continue;
         cm_buf_put(b, run, (size_t)(s - run));
+        cm_buf_put(b, esc, n);
         run = s + 1;
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        if (c < 0x20) {
-            esc[1] = 'u';
-            esc[2] = esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-        }
-        cm_buf_put(b, esc, c < 0x20 ? 6 : 2);
     }
     cm_buf_put(b, run, (size_t)(s - run));
     cm_buf_put(b, "\"", 1);

@@ -1,6 +1,7 @@
 /*
 ** text.h -- checks on text that crosses into the host: UTF-8 validity and
-** the shape of ids (node ids, record ids). No dependencies; any thread.
+** the shape of ids (node ids, record ids), and how a byte is written inside
+** a JSON string. No dependencies; any thread.
 */
 #ifndef CM_TEXT_H
 #define CM_TEXT_H
@@ -21,5 +22,11 @@ bool cm_id_char(char c);
 ** position of the first character that may not appear, or -1 when the length
 ** is wrong. */
 long cm_id_check(const char *s);
+
+/* How byte c is written inside a JSON string (RFC 8259): 0 when as itself;
+** otherwise the length (2 or 6) of its escape, written to esc without a NUL.
+** Quote, backslash and control bytes are escaped (\n \r \t short, the rest
+** as \u00XX, DEL too); UTF-8 passes as is. */
+size_t cm_json_escape_byte(unsigned char c, char esc[6]);
 
 #endif

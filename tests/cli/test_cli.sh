@@ -25,6 +25,17 @@ expect 2 "init bad option" -- "$bin" init --data "$tmp/x" --node-id a --colour; 
 expect 2 "init bad node id" -- "$bin" init --data "$tmp/x" --node-id "a b"; has "init bad node id" "character 2"
 [ ! -e "$tmp/x" ] && ok || bad "a refused init created $tmp/x"
 expect 2 "lua without data" -- env -u CAREMESH_DATA "$bin" lua script.lua; has "lua without data" "--data DIR is required"
+# benchmark options: one parser; each bad option or value is named, nothing runs
+expect 0 "bench --help" -- "$bin" bench --help;   has "bench --help" "usage: caremesh bench engine"
+expect 2 "bench unknown" -- "$bin" bench disks;   has "bench unknown" "known: engine, federation, api"
+expect 2 "bench engine zero" -- "$bin" bench engine --instances 0; has "bench engine zero" "--instances: must be a count from 1 to 10000000, got '0'"
+expect 2 "bench engine no value" -- "$bin" bench engine --batch; has "bench engine no value" "missing value: '--batch'"
+expect 2 "bench engine extra" -- "$bin" bench engine surplus; has "bench engine extra" "unexpected argument 'surplus'"
+expect 2 "bench federation window" -- "$bin" bench federation --window 99999999; has "bench federation window" "--window: must be a count from 1 to 100000"
+expect 2 "bench federation proto" -- "$bin" bench federation --receiver-proto 2.0; has "bench federation proto" "'2.0' is not a version this build speaks"
+expect 2 "bench federation option" -- "$bin" bench federation --colour 3; has "bench federation option" "bad option or missing value: '--colour'"
+expect 2 "bench api count" -- "$bin" bench api --pipeline 4x; has "bench api count" "--pipeline: must be a count from 1 to 10000000, got '4x'"
+expect 2 "bench api address" -- "$bin" bench api --api nowhere; has "bench api address" "--api: must be ADDRESS:PORT, got 'nowhere'"
 
 # ---- init ----
 d=$tmp/clinic
