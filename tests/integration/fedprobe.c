@@ -4,10 +4,11 @@
 ** each MESSAGE as one frame and prints the reply (or "(no reply)" after 3 s).
 ** A MESSAGE "@big:N" is N bytes of 'x'. Lets the test speak what a real node
 ** never would: another protocol version, garbage, oversized messages.
-** A MESSAGE "@flood:N" sends N test.note delivers from clinic to cardio
-** (ids flood:1.., each naming the one before as prev) in batches of
-** CM_FED_BATCH_MAX, all at once without waiting, then reads the answers
-** until each has one (or none came for 60 s) and prints their count by result.
+** A MESSAGE "@flood:N[:B]" sends N test.note delivers from clinic to cardio
+** (ids flood:1.., each naming the one before as prev) in batches of B
+** (default and most CM_FED_BATCH_MAX), all at once without waiting, then
+** reads the answers until each has one (or none came for 60 s) and prints
+** their count by result.
 ** usage: fedprobe ENDPOINT SERVER_PUBLIC_KEY KEYFILE MESSAGE...
 */
 #include "fed.h"
@@ -46,15 +47,19 @@ static long flood_count(zmq_msg_t *msg, long *received, long *duplicate, long *b
     return n;
 }
 
-/* @flood:N (see the top). 0, or -1 when a send failed. */
-static int flood(void *s, long n)
+/* @flood:N[:B] (see the top). 0, or -1 when a send failed. */
+static int flood(void *s, const char *arg)
 {
+    char *end;
+    long n = strtol(arg, &end, 10), per = *end == ':' ? strtol(end + 1, NULL, 10) : 0;
+    if (per <= 0 || per > CM_FED_BATCH_MAX)
+        per = CM_FED_BATCH_MAX;
     cm_buf b = {0};
     long received = 0, duplicate = 0, busy = 0, answers = 0;
     for (long seq = 1; seq <= n;) {
         cm_buf_reset(&b);
         cm_buf_puts(&b, "{\"type\":\"batch\",\"messages\":[");
-        for (int i = 0; i < CM_FED_BATCH_MAX && seq <= n; i++, seq++) {
+        for (int i = 0; i < per && seq <= n; i++, seq++) {
             cm_buf_printf(&b,
                           "%s{\"type\":\"deliver\",\"id\":\"flood:%ld\",\"kind\":\"test.note\","
                           "\"to\":\"cardio\",\"from\":\"clinic\",\"purpose\":"
@@ -114,7 +119,7 @@ int main(int argc, char **argv)
         size_t len = strlen(argv[i]);
         const char *body = argv[i];
         if (strncmp(argv[i], "@flood:", 7) == 0) {
-            if (flood(s, strtol(argv[i] + 7, NULL, 10)) != 0)
+            if (flood(s, argv[i] + 7) != 0)
                 goto done;
             fflush(stdout);
             continue;
