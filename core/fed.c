@@ -35,9 +35,10 @@
 #define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
 /* ... and records up to this many per transaction: a batch read below the
 ** mark fits whole, so none of its entries is turned away busy */
-#define FED_INBOX_CAP  (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
-#define FED_SHARE_MS   5000 /* directory and indicators: checked (and resent) this often */
-#define FED_BATCH_SEND 256  /* delivers per batch sent (1.2) */
+#define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
+#define FED_ROUTER_RCVHWM 1024 /* messages a link may queue unread at the ROUTER */
+#define FED_SHARE_MS      5000 /* directory and indicators: checked (and resent) this often */
+#define FED_BATCH_SEND    256  /* delivers per batch sent (1.2) */
 #define FED_BATCH_BYTES                                                                            \
     (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
                   * deliver goes alone */
@@ -977,6 +978,11 @@ struct cm_fed {
     long batches, batched; /* batches sent to peers, and the delivers they carried */
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
+    /* apply mode: messages handed to the engine and not yet answered (the
+    ** tickets), the most at once, and the times the ROUTER stopped reading
+    ** at the mark (router_full) */
+    long applying, applying_max, apply_pauses;
+    bool apply_paused;
     /* inbox-only receiver: two batches, one filling while the other commits,
     ** and the payloads' text of each */
     fed_inbound *inq[2];
@@ -1510,9 +1516,31 @@ static void router_after(fed_sock *s)
         inbox_flush(s->fed);
 }
 
+/* Apply mode: no room under CM_FED_APPLY_MAX for a whole batch more. */
+static bool apply_full(const cm_fed *fed)
+{
+    return fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+}
+
+/* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
+** full batch. Apply mode: when the message read next, a batch of up to
+** CM_FED_BATCH_MAX delivers, could take the messages with the engine past
+** CM_FED_APPLY_MAX; what is not read waits in ZeroMQ's queue (and, past its
+** HWM, the peer's TCP window). Answers read on (cm_fed_answer drains). */
 static bool router_full(fed_sock *s)
 {
-    return !s->fed->o.apply && s->fed->ninq >= FED_INBOX_BATCH;
+    cm_fed *fed = s->fed;
+    if (!fed->o.apply)
+        return fed->ninq >= FED_INBOX_BATCH;
+    bool full = apply_full(fed);
+    if (full && !fed->apply_paused) {
+        fed->apply_pauses++;
+        cm_log(CM_LOG_DEBUG, "fed.paused",
+               "%ld messages with the engine: reading from peers paused until it answers",
+               fed->applying);
+    }
+    fed->apply_paused = full;
+    return full;
 }
 
 void cm_fed_answer(void *ticket, const char *result, const char *reason)
@@ -1526,6 +1554,9 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
             fed->tickets = t->next;
         if (t->next)
             t->next->prev = t->prev;
+        fed->applying--;
+        if (fed->apply_paused && !apply_full(fed))
+            fed->apply_paused = false; /* read on, even if nothing waits */
     }
     if (fed && !fed->stopped) {
         if (!result)
@@ -1540,6 +1571,8 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
         send_ack(fed, t->rid, t->rid_len, t->group, t->index, t->id, result, reason);
+        /* after the send, and to read on when this answer brought the engine
+        ** under the mark: ZMQ_FD gave its edge while reading was paused */
         sock_drain(&fed->router);
     } else if (t->group)
         group_put(t->group, t->index, NULL); /* gone: nothing is sent */
@@ -1573,6 +1606,8 @@ static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
     if (fed->tickets)
         fed->tickets->prev = t;
     fed->tickets = t;
+    if (++fed->applying > fed->applying_max)
+        fed->applying_max = fed->applying;
     if (fed->o.apply(fed->o.engine_ud, p->cfg->id, m, t) != 0)
         cm_fed_answer(t, NULL, "the engine could not take it");
 }
@@ -2833,6 +2868,8 @@ static int open_router(cm_fed *fed, cm_err *err)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if ((rc = cm_fed_listener_setup(zs, fed->o.keys->secret_key, err)) != 0)
         return rc;
+    if (set_int(zs, ZMQ_RCVHWM, FED_ROUTER_RCVHWM) != 0)
+        return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if (zmq_bind(zs, listen) != 0)
         return cm_err_set(err, CM_EIO, "federation.listen %s: %s", listen, zmq_strerror(errno));
     fed->router.after = router_after;
@@ -3001,6 +3038,28 @@ void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers)
 {
     *batches = fed ? fed->batches : 0;
     *delivers = fed ? fed->batched : 0;
+}
+
+void cm_fed_apply_stats_get(const cm_fed *fed, cm_fed_apply_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (!fed)
+        return;
+    st->applying = fed->applying;
+    st->applying_max = fed->applying_max;
+    st->pauses = fed->apply_pauses;
+    st->paused = fed->apply_paused;
+}
+
+int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size)
+{
+    if (!fed || !fed->router.zs || size == 0 ||
+        zmq_getsockopt(fed->router.zs, ZMQ_LAST_ENDPOINT, buf, &size) != 0) {
+        if (size)
+            buf[0] = '\0';
+        return -1;
+    }
+    return 0;
 }
 
 int cm_fed_peer_up(const cm_fed *fed, const char *peer)

@@ -185,6 +185,11 @@ typedef struct cm_fed_opts {
 
 #define CM_FED_WINDOW_DEFAULT 1000
 #define CM_FED_WINDOW_MAX     100000
+/* Apply mode: the most delivered messages handed to the engine and not yet
+** answered, from all peers together (eight engine batches of 256). The
+** ROUTER reads a message only while a whole batch (CM_FED_BATCH_MAX) fits
+** under it, and reads on as the engine's answers make room. */
+#define CM_FED_APPLY_MAX 2048
 
 /* Bind, connect to every peer and start polling the outbox. On error err
 ** says which endpoint or key; *out is set whenever memory was allocated, and
@@ -215,6 +220,21 @@ void cm_fed_destroy(cm_fed **fed_p);
 /* For the API and /metrics: 1 when our link to peer said hello (up), 0 when
 ** it is down, -1 when fed is NULL or peer is not configured. */
 int cm_fed_peer_up(const cm_fed *fed, const char *peer);
+
+/* The apply path's load: messages handed to the engine and not answered
+** yet (never past CM_FED_APPLY_MAX), the most at once since start, the
+** times reading from peers paused at the mark, and whether it is paused. */
+typedef struct cm_fed_apply_stats {
+    long applying, applying_max, pauses;
+    bool paused;
+} cm_fed_apply_stats;
+
+/* Fill *st (zeros when fed is NULL). */
+void cm_fed_apply_stats_get(const cm_fed *fed, cm_fed_apply_stats *st);
+
+/* The endpoint the ROUTER is bound to (the port chosen when
+** federation.listen asked for any, "tcp://127.0.0.1:*"). -1, buf "": none. */
+int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size);
 
 /* Batches sent to peers so far and the delivers they carried (a peer
 ** speaking 1.1 gets none). */
