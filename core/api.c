@@ -1759,6 +1759,19 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
             cm_buf_printf(&b, "caremesh_peer_up{peer=\"%s\"} %d\n",
                           lv(cfg->fed_peers[i].id, l1, sizeof(l1)), up);
     }
+    if (api->o.fed) {
+        cm_fed_apply_stats as;
+        cm_fed_apply_stats_get(api->o.fed, &as);
+        metric_head(&b, "caremesh_fed_applying", "gauge",
+                    "Messages from peers with the engine, not yet answered.");
+        cm_buf_printf(&b, "caremesh_fed_applying %ld\n", as.applying);
+        metric_head(&b, "caremesh_fed_applying_max", "gauge",
+                    "The most messages from peers with the engine at once since start.");
+        cm_buf_printf(&b, "caremesh_fed_applying_max %ld\n", as.applying_max);
+        metric_head(&b, "caremesh_fed_apply_pauses_total", "counter",
+                    "Times reading from peers paused until the engine answered.");
+        cm_buf_printf(&b, "caremesh_fed_apply_pauses_total %ld\n", as.pauses);
+    }
     count(api, c->rt->pattern, 200); /* this answer counts itself */
     metric_head(&b, "caremesh_http_requests_total", "counter",
                 "HTTP requests by route and status.");

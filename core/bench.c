@@ -394,19 +394,22 @@ static int fb_world(fbench *fb, cm_err *err)
     return rc;
 }
 
-/* Queue rows as an engine batch writes them: one transaction, then wake. */
+/* Queue rows as an engine batch writes them (its send step binds the time
+** it formats, engine.c): one transaction, then wake. */
 static int fb_queue(fbench *fb, long n, cm_err *err)
 {
+    char at[CM_TIME_BUFSZ];
     int rc = cm_store_begin(fb->a.store, err);
     sqlite3_stmt *st =
         rc ? NULL
            : cm_store_prepare(fb->a.store,
                               "INSERT INTO outbox(receiver, kind, payload, created, sender, "
                               "purpose, classes, peer) VALUES ('bench-receiver', 'bench.note', "
-                              "?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'bench-sender', "
-                              "'care_coordination', 'notes', ?2)",
+                              "?1, ?3, 'bench-sender', 'care_coordination', 'notes', ?2)",
                               err);
     for (long i = 0; st && rc == 0 && i < n; i++) {
+        cm_time_format(cm_clock_now_ms(fb->a.clock), at, sizeof(at));
+        sqlite3_bind_text(st, 3, at, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 1, fb->payload, -1, SQLITE_STATIC);
         /* routed as the engine queues it for an organization on a peer */
         sqlite3_bind_text(st, 2, fb->b.id, -1, SQLITE_STATIC);

@@ -65,6 +65,15 @@ typedef struct pending_event {
     char from[CM_NAME_MAX], to[CM_NAME_MAX], detail[CM_NAME_MAX];
 } pending_event;
 
+/* What is known of the scopes of an instance's timers: when known, every
+** timer it has with a scope has the scope `one` (and none when !any); when
+** not, any may have any scope. Leaving a state deletes its timers only when
+** some may have its scope (see apply_step). */
+typedef struct scopes {
+    bool known, any;
+    char one[CM_NAME_MAX];
+} scopes;
+
 /* A loaded instance row. */
 typedef struct inst {
     int64_t seq; /* the row's key: the step's UPDATE finds it without the id index */
@@ -77,6 +86,7 @@ typedef struct inst {
     long steps;
     int64_t hist;        /* seq of its latest history row; 0 when none */
     bool status_changed; /* status differs from the row's (see set_inst_status) */
+    scopes scoped;       /* of its timers */
     cJSON *input;
     char *ctx; /* the context as stored: a JSON object's text */
 } inst;
@@ -480,6 +490,63 @@ static char *ctx_column(sqlite3_stmt *st, int col)
     return ok ? dup_str(text) : NULL;
 }
 
+/* ---- what is known of scoped timers ---------------------------------- */
+
+/* s gains scope (NULL: a timer without one). */
+static void scopes_add(scopes *s, const char *scope)
+{
+    if (!s->known || !scope || (s->any && strcmp(s->one, scope) == 0))
+        return;
+    if (!s->any && strlen(scope) < sizeof(s->one)) {
+        s->any = true;
+        copy_str(s->one, sizeof(s->one), scope);
+    } else {
+        s->known = false; /* two scopes (or a name too long to hold) */
+    }
+}
+
+/* May a timer of s have scope? */
+static bool scopes_may_have(const scopes *s, const char *scope)
+{
+    return !s->known || (s->any && strcmp(s->one, scope) == 0);
+}
+
+/* The timers of scope are gone. */
+static void scopes_drop(scopes *s, const char *scope)
+{
+    if (s->known && s->any && strcmp(s->one, scope) == 0)
+        s->any = false;
+}
+
+/* s gains what t holds. */
+static void scopes_union(scopes *s, const scopes *t)
+{
+    if (!t->known)
+        s->known = false;
+    else if (t->any)
+        scopes_add(s, t->one);
+}
+
+/* Read what scopes the instance's timers have (see inst.scoped). */
+static int scoped_load(cm_engine *e, inst *in, cm_err *err)
+{
+    PREPARE(e, "SELECT min(scope), max(scope) FROM timer WHERE instance = ?1", err);
+    int rc = 0;
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *lo = (const char *)sqlite3_column_text(st, 0);
+        const char *hi = (const char *)sqlite3_column_text(st, 1);
+        /* none, or one scope that fits: known */
+        in->scoped.known = !hi || (strcmp(lo, hi) == 0 && strlen(hi) < CM_NAME_MAX);
+        in->scoped.any = hi != NULL;
+        copy_str(in->scoped.one, sizeof(in->scoped.one), hi);
+    } else {
+        rc = db_fail(e, err, "timer");
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
 static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 {
     PREPARE(e,
@@ -512,6 +579,8 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         rc = db_fail(e, err, "instance");
     }
     sqlite3_reset(st);
+    if (rc == 0 && (rc = scoped_load(e, in, err)) != 0)
+        inst_clear(in);
     return rc;
 }
 
@@ -636,8 +705,10 @@ static const char *jstr(const cJSON *obj, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static int effect_timer(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err)
+static int effect_timer(cm_engine *e, inst *in, const cJSON *fx, cm_err *err)
 {
+    const char *scope = jstr(fx, "scoped");
+    int rc;
     PREPARE(e,
             "INSERT INTO timer(instance, name, due_ms, payload, scope) VALUES (?1, ?2, ?3, ?4, ?5) "
             "ON CONFLICT(instance, name) DO UPDATE SET due_ms = excluded.due_ms, "
@@ -651,8 +722,10 @@ static int effect_timer(cm_engine *e, const inst *in, const cJSON *fx, cm_err *e
         sqlite3_reset(st);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
-    bind_text(st, 5, jstr(fx, "scoped"));
-    return exec_kept(e, st, "timer", err);
+    bind_text(st, 5, scope);
+    if ((rc = exec_kept(e, st, "timer", err)) == 0)
+        scopes_add(&in->scoped, scope);
+    return rc;
 }
 
 static int delete_timer(cm_engine *e, const char *instance, const char *name, cm_err *err)
@@ -980,9 +1053,9 @@ static int effect_kpi(cm_engine *e, const inst *in, const cJSON *fx, cm_err *err
 
 static int start_instance(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
                           const char *parent, int depth, char *out_id, char *out_state,
-                          cm_err *err);
+                          inst *started, cm_err *err);
 
-static int apply_effects(cm_engine *e, const inst *in, const cJSON *effects, int depth, cm_err *err)
+static int apply_effects(cm_engine *e, inst *in, const cJSON *effects, int depth, cm_err *err)
 {
     const cJSON *fx;
     int rc = 0, index = 0;
@@ -1008,7 +1081,7 @@ static int apply_effects(cm_engine *e, const inst *in, const cJSON *effects, int
         else if (strcmp(type, "spawn") == 0)
             rc = start_instance(e, jstr(fx, "workflow"),
                                 cJSON_GetObjectItemCaseSensitive(fx, "input"), jstr(fx, "id"),
-                                in->id, depth + 1, child, child_state, err);
+                                in->id, depth + 1, child, child_state, NULL, err);
         else
             rc = cm_err_set(err, CM_EINVAL, "effect %d: unknown type \"%s\"", index, type);
         if (rc != 0)
@@ -1090,12 +1163,40 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
     return rc;
 }
 
-static int cancel_scoped(cm_engine *e, const inst *in, const char *state, cm_err *err)
+/* Cancel the instance's timers scoped to state (had: what is known of the
+** timers it had before this step, in->scoped: of those this step added);
+** no DELETE when neither may have that scope. */
+static int cancel_scoped(cm_engine *e, inst *in, scopes *had, const char *state, cm_err *err)
 {
-    PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND scope = ?2", err);
-    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
-    return exec_kept(e, st, "timer", err);
+    int rc = 0;
+    if (scopes_may_have(had, state) || scopes_may_have(&in->scoped, state)) {
+        PREPARE(e, "DELETE FROM timer WHERE instance = ?1 AND scope = ?2", err);
+        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+        rc = exec_kept(e, st, "timer", err);
+    }
+    scopes_drop(had, state);
+    scopes_drop(&in->scoped, state);
+    return rc;
+}
+
+/* A step that passed through a state (an enter handler's wf:go) left it:
+** the timers that visit started go too, as leaving `from` cancels its own. */
+static int cancel_passed(cm_engine *e, inst *in, scopes *had, const cm_step *sp, const char *left,
+                         cm_err *err)
+{
+    const cJSON *fx;
+    cJSON_ArrayForEach(fx, sp->effects)
+    {
+        const char *type = jstr(fx, "type"), *scope = jstr(fx, "scoped");
+        int rc;
+        if (!type || strcmp(type, "timer") != 0 || !scope || strcmp(scope, sp->next) == 0 ||
+            (left && strcmp(scope, left) == 0))
+            continue;
+        if ((rc = cancel_scoped(e, in, had, scope, err)) != 0)
+            return rc;
+    }
+    return 0;
 }
 
 /* Record a step's outcome: instance row, history, scoped timers, effects, end. */
@@ -1121,14 +1222,19 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
     ** state cancels the old visit's timers before the new visit starts its own. */
     bool left = sp->state && sp->moved && strcmp(from, sp->next) != 0;
     bool reentered = sp->state && sp->moved && !left;
-    if (reentered && (rc = cancel_scoped(e, in, from, err)) != 0)
+    scopes had = in->scoped;
+    in->scoped = (scopes){true, false, ""}; /* the effects note what they add */
+    if (reentered && (rc = cancel_scoped(e, in, &had, from, err)) != 0)
         return rc;
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
     if ((rc = apply_effects(e, in, sp->effects, depth, err)) != 0)
         return rc;
-    if (left && (rc = cancel_scoped(e, in, from, err)) != 0)
+    if (left && (rc = cancel_scoped(e, in, &had, from, err)) != 0)
         return rc;
+    if (sp->moved && (rc = cancel_passed(e, in, &had, sp, left ? from : NULL, err)) != 0)
+        return rc;
+    scopes_union(&in->scoped, &had);
     if (!sp->state)
         note_event(e, CM_ENGINE_STARTED, in->id, in->workflow, "", sp->next, "");
     else if (sp->moved)
@@ -1181,8 +1287,11 @@ static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payl
     return rc;
 }
 
+/* Start an instance of workflow (its latest revision). On success *started
+** (may be NULL) is the instance as written, which the caller clears. */
 static int start_instance(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
-                          const char *parent, int depth, char *out_id, char *out_state, cm_err *err)
+                          const char *parent, int depth, char *out_id, char *out_state,
+                          inst *started, cm_err *err)
 {
     inst in;
     int handled = STEP_UNHANDLED;
@@ -1196,6 +1305,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     copy_str(in.workflow, sizeof(in.workflow), workflow);
     copy_str(in.parent, sizeof(in.parent), parent);
     copy_str(in.status, sizeof(in.status), "running");
+    in.scoped.known = true; /* a new instance has no timers */
     if ((rc = latest_rev(e, workflow, &in.rev, NULL, err)) != 0)
         return rc;
     if (in.rev == 0)
@@ -1218,6 +1328,10 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     if (rc == 0) {
         copy_str(out_id, CM_NAME_MAX, in.id);
         copy_str(out_state, CM_NAME_MAX, in.state);
+        if (started) {
+            *started = in; /* moved: its input and ctx are the caller's now */
+            return 0;
+        }
     }
     inst_clear(&in);
     return rc;
@@ -1657,7 +1771,7 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
     if (wf) { /* a new instance: the start, its link and the inbox row, all or nothing */
         if ((rc = sp_begin(e, err)) != 0)
             goto out;
-        rc = start_instance(e, wf, payload, NULL, NULL, 0, oc->instance, oc->state, err);
+        rc = start_instance(e, wf, payload, NULL, NULL, 0, oc->instance, oc->state, NULL, err);
         if (rc == 0)
             rc = msg_link(e, oc->instance, m, err);
         if (rc == 0)
@@ -1712,11 +1826,16 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
     oc->instance[0] = oc->state[0] = oc->message[0] = '\0';
     cm_err_clear(&err);
     if (w->kind == WORK_START) {
+        inst in;
         rc = sp_begin(e, &err);
         if (rc == 0) {
             rc = start_instance(e, w->workflow, w->data, w->instance, NULL, 0, oc->instance,
-                                oc->state, &err);
+                                oc->state, &in, &err);
             sp_end(e, rc == 0); /* a start that fails is refused: nothing is kept */
+            if (rc == 0) {      /* its first event need not read it back */
+                cache_put(e, &in);
+                inst_clear(&in);
+            }
         }
         if (rc != 0)
             e->stats.failed++;

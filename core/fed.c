@@ -35,9 +35,10 @@
 #define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
 /* ... and records up to this many per transaction: a batch read below the
 ** mark fits whole, so none of its entries is turned away busy */
-#define FED_INBOX_CAP  (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
-#define FED_SHARE_MS   5000 /* directory and indicators: checked (and resent) this often */
-#define FED_BATCH_SEND 256  /* delivers per batch sent (1.2) */
+#define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
+#define FED_ROUTER_RCVHWM 1024 /* messages a link may queue unread at the ROUTER */
+#define FED_SHARE_MS      5000 /* directory and indicators: checked (and resent) this often */
+#define FED_BATCH_SEND    256  /* delivers per batch sent (1.2) */
 #define FED_BATCH_BYTES                                                                            \
     (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
                   * deliver goes alone */
@@ -50,13 +51,20 @@ static const char *const type_names[] = {"hello",     "deliver",    "ack",  "err
 /* "node:seq" as a JSON string. */
 static void buf_id(cm_buf *b, const char *node, int64_t seq)
 {
-    char num[32];
+    char num[32], *d = num + sizeof(num);
+    uint64_t v = seq < 0 ? 0 - (uint64_t)seq : (uint64_t)seq;
     cm_buf_json_str(b, node);
     if (b->oom)
         return;
     b->len--; /* the closing quote: the seq goes on */
-    snprintf(num, sizeof(num), ":%lld\"", (long long)seq);
-    cm_buf_puts(b, num);
+    *--d = '"';
+    do
+        *--d = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    if (seq < 0)
+        *--d = '-';
+    *--d = ':';
+    cm_buf_put(b, d, (size_t)(num + sizeof(num) - d));
 }
 
 /* ,"key":"value" (nothing when value is empty and optional). */
@@ -105,18 +113,435 @@ static void copy_str(char *out, size_t outsz, const char *s)
     out[n] = '\0';
 }
 
-/* Copy string field key of obj into out; required or optional; length-checked. */
-static int get_str(const cJSON *obj, const char *key, bool required, char *out, size_t outsz,
-                   cm_err *err)
+/* ---- reading messages: one pass over the text, no tree ---------------------
+** The envelope (type, ids, names) is read straight from the text; the
+** payload, classes and record are checked as JSON and kept as the text
+** they came as (cm_fed_text, borrowed from the buffer). Trees are built
+** only for whoever asks (msg_trees): the inbox-only receiver stores the
+** payload's text as it came. */
+
+#define SCAN_DEPTH 1000 /* nesting allowed in a value (as cJSON's parser) */
+
+/* The keys a message may carry; any other is skipped. */
+enum {
+    K_TYPE = 0,
+    K_ID,
+    K_KIND,
+    K_TO,
+    K_FROM,
+    K_PURPOSE,
+    K_PATIENT,
+    K_INSTANCE,
+    K_REPLY_TO,
+    K_PREV,
+    K_PAYLOAD,
+    K_CLASSES,
+    K_RECORD,
+    K_PROTO,
+    K_NODE,
+    K_CAPS,
+    K_RESULT,
+    K_REASON,
+    K_CODE,
+    K_REF,
+    K_MESSAGE,
+    K_ORGS,
+    K_INDICATORS,
+    K_MESSAGES,
+    K_N
+};
+#define KEY(name)                                                                                  \
+    {                                                                                              \
+        name, sizeof(name) - 1                                                                     \
+    }
+static const struct {
+    const char *name;
+    size_t len;
+} keys[K_N] = {KEY("type"),           KEY("id"),
+               KEY("kind"),           KEY("to"),
+               KEY("from"),           KEY("purpose"),
+               KEY("patient"),        KEY("instance"),
+               KEY("reply_to"),       KEY("prev"),
+               KEY("payload"),        KEY("classes"),
+               KEY("patient_record"), KEY("proto"),
+               KEY("node"),           KEY("caps"),
+               KEY("result"),         KEY("reason"),
+               KEY("code"),           KEY("ref"),
+               KEY("message"),        KEY("organizations"),
+               KEY("indicators"),     KEY("messages")};
+#undef KEY
+
+/* Each known key's value in one message object (the first of its name);
+** p is NULL for a key that is absent. */
+typedef struct msg_fields {
+    cm_fed_text v[K_N];
+} msg_fields;
+
+typedef struct scan {
+    const char *p, *end;
+    bool checked; /* the text was checked already: step over values, look no closer */
+} scan;
+
+/* Bytes a string cannot hold as they are: the quote, the backslash and
+** control characters. */
+static const unsigned char str_stop[256] = {
+    [0] = 1,  [1] = 1,  [2] = 1,  [3] = 1,  [4] = 1,  [5] = 1,   [6] = 1,   [7] = 1,  [8] = 1,
+    [9] = 1,  [10] = 1, [11] = 1, [12] = 1, [13] = 1, [14] = 1,  [15] = 1,  [16] = 1, [17] = 1,
+    [18] = 1, [19] = 1, [20] = 1, [21] = 1, [22] = 1, [23] = 1,  [24] = 1,  [25] = 1, [26] = 1,
+    [27] = 1, [28] = 1, [29] = 1, [30] = 1, [31] = 1, ['"'] = 1, ['\\'] = 1};
+
+static int scan_value(scan *s, int depth);
+
+static void scan_ws(scan *s)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!v && !required)
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+static int hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* \uXXXX at p (end bounds it), a surrogate pair taken whole: the code point
+** and the bytes read; -1 when malformed or an unpaired surrogate. */
+static int scan_uescape(const char *p, const char *end, unsigned *cp, int *used)
+{
+    unsigned hi, lo;
+    if (end - p < 6 || hex4(p + 2, &hi) != 0)
+        return -1;
+    *used = 6;
+    if (hi >= 0xDC00 && hi <= 0xDFFF)
+        return -1;
+    if (hi >= 0xD800 && hi <= 0xDBFF) {
+        if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || hex4(p + 8, &lo) != 0 || lo < 0xDC00 ||
+            lo > 0xDFFF)
+            return -1;
+        hi = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+        *used = 12;
+    }
+    *cp = hi;
+    return 0;
+}
+
+/* A string at s->p ('"'): escapes checked, no raw control characters. */
+static int scan_string(scan *s)
+{
+    const char *p = s->p + 1;
+    if (s->checked) { /* the closing quote: the first one not escaped */
+        for (const char *q;; p = q + 1) {
+            if (!(q = memchr(p, '"', (size_t)(s->end - p))))
+                return -1;
+            const char *b = q;
+            while (b[-1] == '\\')
+                b--;
+            if ((q - b) % 2 == 0) {
+                s->p = q + 1;
+                return 0;
+            }
+        }
+    }
+    while (p < s->end) {
+        while (p < s->end && !str_stop[(unsigned char)*p])
+            p++;
+        if (p >= s->end)
+            return -1;
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            s->p = p + 1;
+            return 0;
+        }
+        if (c < 0x20)
+            return -1;
+        if (p + 1 >= s->end)
+            return -1;
+        if (p[1] == 'u') {
+            unsigned cp;
+            int used;
+            if (scan_uescape(p, s->end, &cp, &used) != 0)
+                return -1;
+            p += used;
+        } else if (strchr("\"\\/bfnrt", p[1]) && p[1]) {
+            p += 2;
+        } else
+            return -1;
+    }
+    return -1;
+}
+
+static int scan_number(scan *s)
+{
+    const char *p = s->p, *e = s->end;
+    if (p < e && *p == '-')
+        p++;
+    if (p >= e || *p < '0' || *p > '9')
+        return -1;
+    if (*p == '0')
+        p++;
+    else
+        while (p < e && *p >= '0' && *p <= '9')
+            p++;
+    if (p < e && *p == '.') {
+        if (++p >= e || *p < '0' || *p > '9')
+            return -1;
+        while (p < e && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        if (++p < e && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= e || *p < '0' || *p > '9')
+            return -1;
+        while (p < e && *p >= '0' && *p <= '9')
+            p++;
+    }
+    s->p = p;
+    return 0;
+}
+
+static int scan_word(scan *s, const char *w, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
+        return -1;
+    s->p += n;
+    return 0;
+}
+
+/* An object or array at s->p; each member's value checked in turn. */
+static int scan_container(scan *s, int depth)
+{
+    char close = *s->p == '{' ? '}' : ']';
+    s->p++;
+    scan_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
         return 0;
-    if (!cJSON_IsString(v) || (required && !v->valuestring[0]))
-        return cm_err_set(err, CM_EINVAL, "%s: must be a non-empty string", key);
-    if (strlen(v->valuestring) >= outsz)
-        return cm_err_set(err, CM_EINVAL, "%s: longer than %zu characters", key, outsz - 1);
-    copy_str(out, outsz, v->valuestring);
+    }
+    for (;;) {
+        if (close == '}') {
+            if (s->p >= s->end || *s->p != '"' || scan_string(s) != 0)
+                return -1;
+            scan_ws(s);
+            if (s->p >= s->end || *s->p != ':')
+                return -1;
+            s->p++;
+            scan_ws(s);
+        }
+        if (scan_value(s, depth) != 0)
+            return -1;
+        scan_ws(s);
+        if (s->p >= s->end)
+            return -1;
+        if (*s->p == close) {
+            s->p++;
+            return 0;
+        }
+        if (*s->p != ',')
+            return -1;
+        s->p++;
+        scan_ws(s);
+    }
+}
+
+/* One JSON value at s->p (no leading space), checked and stepped over. */
+static int scan_value(scan *s, int depth)
+{
+    if (s->p >= s->end)
+        return -1;
+    switch (*s->p) {
+    case '"':
+        return scan_string(s);
+    case '{':
+    case '[':
+        return depth >= SCAN_DEPTH ? -1 : scan_container(s, depth + 1);
+    case 't':
+        return scan_word(s, "true", 4);
+    case 'f':
+        return scan_word(s, "false", 5);
+    case 'n':
+        return scan_word(s, "null", 4);
+    default:
+        return scan_number(s);
+    }
+}
+
+/* The JSON string t (quotes included, checked by a scan) decoded into out;
+** -1 when it does not fit in outsz bytes with its NUL, -2 when it holds
+** \u0000. */
+static int text_str(cm_fed_text t, char *out, size_t outsz)
+{
+    const char *p = t.p + 1, *end = t.p + t.len - 1;
+    size_t n = 0;
+    while (p < end) {
+        const char *run = p;
+        while (p < end && *p != '\\')
+            p++;
+        if ((size_t)(p - run) >= outsz - n)
+            return -1;
+        memcpy(out + n, run, (size_t)(p - run));
+        n += (size_t)(p - run);
+        if (p >= end)
+            break;
+        char u[4];
+        size_t ulen = 1;
+        unsigned cp;
+        int used = 2;
+        switch (p[1]) {
+        case 'b':
+            u[0] = '\b';
+            break;
+        case 'f':
+            u[0] = '\f';
+            break;
+        case 'n':
+            u[0] = '\n';
+            break;
+        case 'r':
+            u[0] = '\r';
+            break;
+        case 't':
+            u[0] = '\t';
+            break;
+        case 'u':
+            if (scan_uescape(p, end, &cp, &used) != 0)
+                return -1; /* cannot happen: t was checked */
+            if (cp == 0)
+                return -2;
+            if (cp < 0x80)
+                u[0] = (char)cp;
+            else if (cp < 0x800)
+                u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), ulen = 2;
+            else if (cp < 0x10000)
+                u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)),
+                u[2] = (char)(0x80 | (cp & 0x3F)), ulen = 3;
+            else
+                u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)),
+                u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)),
+                ulen = 4;
+            break;
+        default:
+            u[0] = p[1];
+            break; /* " \ / */
+        }
+        if (ulen >= outsz - n)
+            return -1;
+        memcpy(out + n, u, ulen);
+        n += ulen;
+        p += used;
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+/* Which known key the member name t (a checked JSON string) is; -1: none. */
+static int key_of(cm_fed_text t)
+{
+    char name[24];
+    const char *k = t.p + 1;
+    size_t n = t.len - 2;
+    if (memchr(k, '\\', n)) { /* spelled with escapes: compare it decoded */
+        if (text_str(t, name, sizeof(name)) != 0)
+            return -1;
+        k = name;
+        n = strlen(name);
+    }
+    for (int i = 0; i < K_N; i++)
+        if (keys[i].len == n && memcmp(keys[i].name, k, n) == 0)
+            return i;
+    return -1;
+}
+
+/* The text of s as one JSON object (space around it allowed), every value
+** checked (unless s.checked); the known keys' values into f. -1 when it is
+** not. */
+static int scan_object(scan s, msg_fields *f)
+{
+    memset(f, 0, sizeof(*f));
+    scan_ws(&s);
+    if (s.p >= s.end || *s.p != '{')
+        return -1;
+    s.p++;
+    scan_ws(&s);
+    if (s.p < s.end && *s.p == '}')
+        s.p++;
+    else
+        for (;;) {
+            const char *k = s.p, *v;
+            if (s.p >= s.end || *s.p != '"' || scan_string(&s) != 0)
+                return -1;
+            int key = key_of((cm_fed_text){k, (size_t)(s.p - k)});
+            scan_ws(&s);
+            if (s.p >= s.end || *s.p != ':')
+                return -1;
+            s.p++;
+            scan_ws(&s);
+            v = s.p;
+            if (scan_value(&s, 1) != 0)
+                return -1;
+            if (key >= 0 && !f->v[key].p)
+                f->v[key] = (cm_fed_text){v, (size_t)(s.p - v)};
+            scan_ws(&s);
+            if (s.p < s.end && *s.p == '}') {
+                s.p++;
+                break;
+            }
+            if (s.p >= s.end || *s.p != ',')
+                return -1;
+            s.p++;
+            scan_ws(&s);
+        }
+    scan_ws(&s);
+    return s.p == s.end ? 0 : -1;
+}
+
+/* The elements of the checked array t, one per call: 1 and *e, or 0 at
+** the end. *at starts at 0. */
+static int array_next(cm_fed_text t, size_t *at, cm_fed_text *e)
+{
+    scan s = {t.p + (*at ? *at : 1), t.p + t.len, true};
+    scan_ws(&s);
+    if (s.p < s.end && *s.p == ',')
+        s.p++, scan_ws(&s);
+    if (s.p >= s.end || *s.p == ']')
+        return 0;
+    const char *v = s.p;
+    if (scan_value(&s, 1) != 0)
+        return 0; /* cannot happen: t was checked */
+    *e = (cm_fed_text){v, (size_t)(s.p - v)};
+    *at = (size_t)(s.p - t.p);
+    return 1;
+}
+
+/* String field key into out; required or optional; length-checked. */
+static int field_str(const msg_fields *f, int key, bool required, char *out, size_t outsz,
+                     cm_err *err)
+{
+    cm_fed_text v = f->v[key];
+    if (!v.p && !required)
+        return 0;
+    if (!v.p || *v.p != '"' || (required && v.len == 2))
+        return cm_err_set(err, CM_EINVAL, "%s: must be a non-empty string", keys[key].name);
+    int rc = text_str(v, out, outsz);
+    if (rc != 0) {
+        out[0] = '\0';
+        return rc == -2 ? cm_err_set(err, CM_EINVAL, "%s: must not hold \\u0000", keys[key].name)
+                        : cm_err_set(err, CM_EINVAL, "%s: longer than %zu characters",
+                                     keys[key].name, outsz - 1);
+    }
     return 0;
 }
 
@@ -135,82 +560,84 @@ static int parse_proto(const char *s, int *major, int *minor)
     return 0;
 }
 
-static int decode_fields(cJSON *root, cm_fed_msg *m, cm_err *err)
+/* Whether t is an array whose elements are all strings. */
+static bool text_strings(cm_fed_text t)
+{
+    cm_fed_text e;
+    size_t at = 0;
+    if (!t.p || *t.p != '[')
+        return false;
+    while (array_next(t, &at, &e))
+        if (*e.p != '"')
+            return false;
+    return true;
+}
+
+/* The fields of message type m->type from f; the payload, classes, record
+** and shared lists left as their text (m->raw_*). */
+static int decode_fields(const msg_fields *f, cm_fed_msg *m, cm_err *err)
 {
     char proto[16] = "";
     int rc;
     switch (m->type) {
-    case CM_FED_HELLO:
-        if ((rc = get_str(root, "proto", true, proto, sizeof(proto), err)) != 0 ||
-            (rc = get_str(root, "node", true, m->node, sizeof(m->node), err)) != 0)
+    case CM_FED_HELLO: {
+        cm_fed_text caps = f->v[K_CAPS], e;
+        size_t at = 0;
+        if ((rc = field_str(f, K_PROTO, true, proto, sizeof(proto), err)) != 0 ||
+            (rc = field_str(f, K_NODE, true, m->node, sizeof(m->node), err)) != 0)
             return rc;
         if (parse_proto(proto, &m->major, &m->minor) != 0)
             return cm_err_set(err, CM_EINVAL, "proto: must be \"MAJOR.MINOR\"");
-        const cJSON *caps = cJSON_GetObjectItemCaseSensitive(root, "caps"), *cap;
-        if (caps && !cJSON_IsArray(caps))
+        if (caps.p && !text_strings(caps))
             return cm_err_set(err, CM_EINVAL, "caps: must be an array of names");
-        cJSON_ArrayForEach(cap, caps)
-        {
-            if (!cJSON_IsString(cap))
-                return cm_err_set(err, CM_EINVAL, "caps: must be an array of names");
-            if (strcmp(cap->valuestring, "batch") == 0)
+        while (caps.p && array_next(caps, &at, &e))
+            if (e.len == 7 && memcmp(e.p, "\"batch\"", 7) == 0)
                 m->caps |= CM_FED_CAP_BATCH;
-        }
-        return 0;
-    case CM_FED_DELIVER: {
-        if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0 ||
-            (rc = get_str(root, "kind", true, m->kind, sizeof(m->kind), err)) != 0 ||
-            (rc = get_str(root, "to", true, m->to, sizeof(m->to), err)) != 0)
-            return rc;
-        if ((rc = get_str(root, "from", false, m->from, sizeof(m->from), err)) != 0 ||
-            (rc = get_str(root, "purpose", false, m->purpose, sizeof(m->purpose), err)) != 0 ||
-            (rc = get_str(root, "patient", false, m->patient, sizeof(m->patient), err)) != 0 ||
-            (rc = get_str(root, "instance", false, m->instance, sizeof(m->instance), err)) != 0 ||
-            (rc = get_str(root, "reply_to", false, m->reply_to, sizeof(m->reply_to), err)) != 0 ||
-            (rc = get_str(root, "prev", false, m->prev, sizeof(m->prev), err)) != 0)
-            return rc;
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "payload");
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "classes");
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "patient_record");
-        const cJSON *it;
-        if (!p)
-            return cm_err_set(err, CM_EINVAL, "payload: missing (any JSON value)");
-        if (c && !cJSON_IsArray(c))
-            return cm_err_set(err, CM_EINVAL, "classes: must be an array of data class names");
-        cJSON_ArrayForEach(it, c) if (!cJSON_IsString(it)) return cm_err_set(
-            err, CM_EINVAL, "classes: must be an array of data class names");
-        if (r && !cJSON_IsObject(r))
-            return cm_err_set(err, CM_EINVAL, "patient_record: must be an object");
-        /* checked: moved out of the parsed tree, not copied */
-        m->payload = cJSON_DetachItemViaPointer(root, (cJSON *)p);
-        m->classes = c ? cJSON_DetachItemViaPointer(root, (cJSON *)c) : NULL;
-        m->record = r ? cJSON_DetachItemViaPointer(root, (cJSON *)r) : NULL;
         return 0;
     }
+    case CM_FED_DELIVER:
+        if ((rc = field_str(f, K_ID, true, m->id, sizeof(m->id), err)) != 0 ||
+            (rc = field_str(f, K_KIND, true, m->kind, sizeof(m->kind), err)) != 0 ||
+            (rc = field_str(f, K_TO, true, m->to, sizeof(m->to), err)) != 0 ||
+            (rc = field_str(f, K_FROM, false, m->from, sizeof(m->from), err)) != 0 ||
+            (rc = field_str(f, K_PURPOSE, false, m->purpose, sizeof(m->purpose), err)) != 0 ||
+            (rc = field_str(f, K_PATIENT, false, m->patient, sizeof(m->patient), err)) != 0 ||
+            (rc = field_str(f, K_INSTANCE, false, m->instance, sizeof(m->instance), err)) != 0 ||
+            (rc = field_str(f, K_REPLY_TO, false, m->reply_to, sizeof(m->reply_to), err)) != 0 ||
+            (rc = field_str(f, K_PREV, false, m->prev, sizeof(m->prev), err)) != 0)
+            return rc;
+        if (!f->v[K_PAYLOAD].p)
+            return cm_err_set(err, CM_EINVAL, "payload: missing (any JSON value)");
+        if (f->v[K_CLASSES].p && !text_strings(f->v[K_CLASSES]))
+            return cm_err_set(err, CM_EINVAL, "classes: must be an array of data class names");
+        if (f->v[K_RECORD].p && *f->v[K_RECORD].p != '{')
+            return cm_err_set(err, CM_EINVAL, "patient_record: must be an object");
+        m->raw_payload = f->v[K_PAYLOAD];
+        m->raw_classes = f->v[K_CLASSES];
+        m->raw_record = f->v[K_RECORD];
+        return 0;
     case CM_FED_ACK:
-        if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0 ||
-            (rc = get_str(root, "result", true, m->result, sizeof(m->result), err)) != 0)
+        if ((rc = field_str(f, K_ID, true, m->id, sizeof(m->id), err)) != 0 ||
+            (rc = field_str(f, K_RESULT, true, m->result, sizeof(m->result), err)) != 0)
             return rc;
         if (strcmp(m->result, "received") != 0 && strcmp(m->result, "duplicate") != 0 &&
             strcmp(m->result, "refused") != 0)
             return cm_err_set(err, CM_EINVAL, "result: must be received, duplicate or refused");
-        return get_str(root, "reason", false, m->message, sizeof(m->message), err);
+        return field_str(f, K_REASON, false, m->message, sizeof(m->message), err);
     case CM_FED_ERROR:
-        if ((rc = get_str(root, "code", true, m->code, sizeof(m->code), err)) != 0 ||
-            (rc = get_str(root, "ref", false, m->id, sizeof(m->id), err)) != 0 ||
-            (rc = get_str(root, "message", false, m->message, sizeof(m->message), err)) != 0)
+        if ((rc = field_str(f, K_CODE, true, m->code, sizeof(m->code), err)) != 0 ||
+            (rc = field_str(f, K_REF, false, m->id, sizeof(m->id), err)) != 0 ||
+            (rc = field_str(f, K_MESSAGE, false, m->message, sizeof(m->message), err)) != 0)
             return rc;
         return 0;
     case CM_FED_DIRECTORY:
     case CM_FED_INDICATORS: {
-        const char *key = m->type == CM_FED_DIRECTORY ? "organizations" : "indicators";
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
-        if ((rc = get_str(root, "id", true, m->id, sizeof(m->id), err)) != 0)
+        int key = m->type == CM_FED_DIRECTORY ? K_ORGS : K_INDICATORS;
+        if ((rc = field_str(f, K_ID, true, m->id, sizeof(m->id), err)) != 0)
             return rc;
-        if (!cJSON_IsArray(list))
-            return cm_err_set(err, CM_EINVAL, "%s: must be an array", key);
-        if (!(m->payload = cJSON_Duplicate(list, true)))
-            return cm_err_set(err, CM_ENOMEM, "out of memory");
+        if (!f->v[key].p || *f->v[key].p != '[')
+            return cm_err_set(err, CM_EINVAL, "%s: must be an array", keys[key].name);
+        m->raw_payload = f->v[key];
         return 0;
     }
     default:
@@ -218,11 +645,11 @@ static int decode_fields(cJSON *root, cm_fed_msg *m, cm_err *err)
     }
 }
 
-/* The type of message object obj; CM_FED_BATCH only when batch is allowed. */
-static int decode_type(const cJSON *obj, cm_fed_msg *m, cm_err *err)
+/* The message's type; CM_FED_BATCH included (the caller decides). */
+static int decode_type(const msg_fields *f, cm_fed_msg *m, cm_err *err)
 {
     char type[16] = "";
-    int rc = get_str(obj, "type", true, type, sizeof(type), err);
+    int rc = field_str(f, K_TYPE, true, type, sizeof(type), err);
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < sizeof(type_names) / sizeof(type_names[0]); i++)
@@ -233,44 +660,82 @@ static int decode_type(const cJSON *obj, cm_fed_msg *m, cm_err *err)
     return cm_err_set(err, CM_EINVAL, "type: unknown message type \"%s\"", type);
 }
 
-int cm_fed_decode_any(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch *b, cm_err *err)
+/* Parse m's raw texts into trees: payload (a deliver's, or a directory's
+** or indicators' list), classes and record. */
+static int msg_trees(cm_fed_msg *m, cm_err *err)
 {
-    cJSON *root = NULL;
-    int rc = 0;
+    const struct {
+        cm_fed_text t;
+        cJSON **out;
+    } parts[] = {
+        {m->raw_payload, &m->payload}, {m->raw_classes, &m->classes}, {m->raw_record, &m->record}};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        if (parts[i].t.p && !*parts[i].out &&
+            !(*parts[i].out = cJSON_ParseWithLength(parts[i].t.p, parts[i].t.len)))
+            return cm_err_set(err, CM_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* As cm_fed_decode_any, the payload, classes and record left as text. */
+static int decode_scan(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch *b, cm_err *err)
+{
+    msg_fields f;
+    cm_fed_text e;
+    size_t at = 0;
+    int rc = 0, n = 0, cap = 0;
     memset(m, 0, sizeof(*m));
     memset(b, 0, sizeof(*b));
-    if (len == 0 || len > CM_FED_MAX_MSG) {
-        rc = cm_err_set(err, CM_EINVAL, "message of %zu bytes (1 to %d allowed)", len,
-                        CM_FED_MAX_MSG);
-        goto done;
-    }
-    if (!(root = cJSON_ParseWithLength(buf, len)) || !cJSON_IsObject(root)) {
-        rc = cm_err_set(err, CM_EINVAL, "not a JSON object");
-        goto done;
-    }
-    if ((rc = decode_type(root, m, err)) != 0)
+    if (len == 0 || len > CM_FED_MAX_MSG)
+        return cm_err_set(err, CM_EINVAL, "message of %zu bytes (1 to %d allowed)", len,
+                          CM_FED_MAX_MSG);
+    if (scan_object((scan){buf, (const char *)buf + len, false}, &f) != 0)
+        return cm_err_set(err, CM_EINVAL, "not a JSON object");
+    if ((rc = decode_type(&f, m, err)) != 0)
         goto done;
     if (m->type != CM_FED_BATCH) {
-        rc = decode_fields(root, m, err);
+        rc = decode_fields(&f, m, err);
         goto done;
     }
-    cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
-    if (n < 0)
+    cm_fed_text list = f.v[K_MESSAGES];
+    if (!list.p || *list.p != '[') {
         rc = cm_err_set(err, CM_EINVAL, "messages: must be an array of messages");
-    else if (n < 1 || n > CM_FED_BATCH_MAX)
+        goto done;
+    }
+    while (array_next(list, &at, &e)) {
+        if (n == cap) {
+            cm_fed_text *more =
+                n < CM_FED_BATCH_MAX
+                    ? realloc(b->entries, (size_t)(cap = cap ? cap * 4 : 64) * sizeof(*more))
+                    : NULL;
+            if (!more) {
+                n++; /* past the cap (or out of memory): counted, not kept */
+                while (array_next(list, &at, &e))
+                    n++;
+                break;
+            }
+            b->entries = more;
+        }
+        b->entries[n++] = e;
+    }
+    if (n < 1 || n > CM_FED_BATCH_MAX)
         rc = cm_err_set(err, CM_EINVAL, "messages: %d messages (1 to %d allowed)", n,
                         CM_FED_BATCH_MAX);
-    else {
-        b->root = root;
-        b->messages = list;
+    else if (n > cap)
+        rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+    else
         b->n = n;
-        b->next = list->child;
-        root = NULL;
-    }
 done:
-    cJSON_Delete(root);
-    if (rc != 0)
+    if (rc != 0) {
+        cm_fed_batch_free(b);
+        cm_fed_msg_clear(m);
+    }
+    return rc;
+}
+
+int cm_fed_decode_any(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch *b, cm_err *err)
+{
+    int rc = decode_scan(buf, len, m, b, err);
+    if (rc == 0 && m->type != CM_FED_BATCH && (rc = msg_trees(m, err)) != 0)
         cm_fed_msg_clear(m);
     return rc;
 }
@@ -283,30 +748,34 @@ int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err)
     return rc;
 }
 
-int cm_fed_batch_entry(cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err)
+int cm_fed_batch_scan(const cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err)
 {
-    cJSON *e;
+    msg_fields f;
     int rc;
     memset(m, 0, sizeof(*m));
     id[0] = '\0';
     if (i < 0 || i >= b->n)
         return cm_err_set(err, CM_EINVAL, "messages[%d]: no such entry (%d in the batch)", i, b->n);
-    if (i == b->next_i && b->next) /* read in order: no walk from the start */
-        e = b->next;
-    else
-        e = cJSON_GetArrayItem(b->messages, i);
-    b->next = e->next;
-    b->next_i = i + 1;
-    if (!cJSON_IsObject(e))
+    cm_fed_text e = b->entries[i];
+    if (*e.p != '{' || scan_object((scan){e.p, e.p + e.len, true}, &f) != 0)
         return cm_err_set(err, CM_EINVAL, "messages[%d]: not a JSON object", i);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "id");
-    if (cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) < 192)
-        memcpy(id, v->valuestring, strlen(v->valuestring) + 1);
-    if ((rc = decode_type(e, m, err)) == 0 && m->type == CM_FED_BATCH)
+    if (f.v[K_ID].p && *f.v[K_ID].p == '"' && text_str(f.v[K_ID], id, 192) != 0)
+        id[0] = '\0';
+    if ((rc = decode_type(&f, m, err)) == 0 && m->type == CM_FED_BATCH)
         rc = cm_err_set(err, CM_EINVAL, "type: a batch cannot hold a batch");
     if (rc == 0)
-        rc = decode_fields(e, m, err);
+        rc = decode_fields(&f, m, err);
     if (rc != 0) {
+        cm_fed_msg_clear(m);
+        cm_err_prefix(err, "messages[%d]", i);
+    }
+    return rc;
+}
+
+int cm_fed_batch_entry(const cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err)
+{
+    int rc = cm_fed_batch_scan(b, i, m, id, err);
+    if (rc == 0 && (rc = msg_trees(m, err)) != 0) {
         cm_fed_msg_clear(m);
         cm_err_prefix(err, "messages[%d]", i);
     }
@@ -315,7 +784,7 @@ int cm_fed_batch_entry(cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_e
 
 void cm_fed_batch_free(cm_fed_batch *b)
 {
-    cJSON_Delete(b->root);
+    free(b->entries);
     memset(b, 0, sizeof(*b));
 }
 
@@ -442,6 +911,9 @@ typedef struct fed_peer {
     ** transaction for all, and drops them from the window. */
     fed_flight *win;
     int nwin, nsettled;
+    /* the largest outbox seq delivered to it (fed_delivered), once read */
+    int64_t delivered;
+    bool delivered_known;
     uint32_t round;      /* bumped to send the whole window again (a rewind) */
     bool reprev;         /* recompute the prevs before sending again */
     bool pumping, again; /* peer_pump is running / has more to do */
@@ -452,6 +924,7 @@ typedef struct fed_peer {
     /* what we share with it (share.h): hash of the text last sent, and of
     ** the text it acknowledged; resent when they differ */
     uint64_t share_sent[2], share_acked[2];
+    char share_id[2][192]; /* the id of the last sent, which its ack names */
     uint64_t share_due;
     uint64_t rto;
     int64_t rto_seq;      /* the oldest message resend_due was set for */
@@ -493,7 +966,7 @@ typedef struct fed_inbound {
     uint8_t rid[256];
     size_t rid_len;
     char id[192], prev[192], kind[129], to[129];
-    char *payload; /* JSON text, owned */
+    size_t payload, payload_len; /* the payload's text as it came: where in inq_text */
 } fed_inbound;
 
 struct cm_fed {
@@ -505,8 +978,15 @@ struct cm_fed {
     long batches, batched; /* batches sent to peers, and the delivers they carried */
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
-    /* inbox-only receiver: two batches, one filling while the other commits */
+    /* apply mode: messages handed to the engine and not yet answered (the
+    ** tickets), the most at once, and the times the ROUTER stopped reading
+    ** at the mark (router_full) */
+    long applying, applying_max, apply_pauses;
+    bool apply_paused;
+    /* inbox-only receiver: two batches, one filling while the other commits,
+    ** and the payloads' text of each */
     fed_inbound *inq[2];
+    cm_buf inq_text[2];
     int ninq, inq_cur;
     bool inbox_flushing, inbox_again;
     bool stopped;
@@ -522,7 +1002,6 @@ struct cm_fed {
     ** routed (past them) until a committed pass has routed or refused them
     ** all, so rows reach each peer's window in seq order */
     bool unrouted;
-    bool pass_clean;    /* the last routing pass left no row without a peer */
     uint64_t routed_at; /* loop time of the last routing pass of its own */
 };
 
@@ -888,8 +1367,8 @@ typedef enum { IN_RECEIVED, IN_DUPLICATE, IN_BUSY } inbound_result;
 /* Record one message of the open transaction: a duplicate is left alone, one
 ** whose prev has not been recorded waits (busy), any other is inserted.
 ** last: the id recorded just before in this batch from the same peer, or "". */
-static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, const char *now,
-                        inbound_result *res, cm_err *err)
+static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *text, const char *last,
+                        const char *now, inbound_result *res, cm_err *err)
 {
     const char *peer = fed->peers[in->peer].cfg->id;
     int has = 1;
@@ -913,7 +1392,7 @@ static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, co
     sqlite3_bind_text(st, 2, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, in->kind, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, in->to, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, in->payload, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, text + in->payload, (int)in->payload_len, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
@@ -925,7 +1404,7 @@ static int inbox_record(cm_fed *fed, const fed_inbound *in, const char *last, co
 
 /* One batch of delivers in one transaction, then their answers in arrival
 ** order: nothing is acknowledged before the commit. */
-static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
+static void inbox_commit(cm_fed *fed, fed_inbound *batch, const char *text, int n)
 {
     inbound_result res[FED_INBOX_CAP];
     char now[CM_TIME_BUFSZ];
@@ -938,7 +1417,7 @@ static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
         now_text(fed, now);
         for (int i = 0; i < n && rc == 0; i++) {
             const fed_inbound *before = i > 0 && res[i - 1] == IN_RECEIVED ? &batch[i - 1] : NULL;
-            rc = inbox_record(fed, &batch[i],
+            rc = inbox_record(fed, &batch[i], text,
                               before && before->peer == batch[i].peer ? before->id : "", now,
                               &res[i], &err);
         }
@@ -965,8 +1444,6 @@ static void inbox_commit(cm_fed *fed, fed_inbound *batch, int n)
             send_ack(fed, in->rid, in->rid_len, in->group, in->index, in->id,
                      dup ? "duplicate" : "received", NULL);
         }
-        free(in->payload);
-        in->payload = NULL;
         in->group = NULL;
     }
     sock_drain(&fed->router);
@@ -989,12 +1466,12 @@ static void inbox_flush(cm_fed *fed)
     fed->inbox_flushing = true;
     do {
         fed->inbox_again = false;
-        int n = fed->ninq;
-        fed_inbound *batch = fed->inq[fed->inq_cur];
+        int n = fed->ninq, side = fed->inq_cur;
         fed->inq_cur ^= 1;
         fed->ninq = 0;
         if (n > 0)
-            inbox_commit(fed, batch, n);
+            inbox_commit(fed, fed->inq[side], fed->inq_text[side].p, n);
+        cm_buf_reset(&fed->inq_text[side]);
     } while ((fed->inbox_again || fed->ninq > 0) && !fed->stopped);
     fed->inbox_flushing = false;
 }
@@ -1010,8 +1487,14 @@ static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm
     if (fed->ninq >= FED_INBOX_CAP || n > sizeof(fed->inq[0][0].rid))
         return false;
     fed_inbound *in = &fed->inq[fed->inq_cur][fed->ninq];
-    if (!(in->payload = cJSON_PrintUnformatted(m->payload)))
+    cm_buf *text = &fed->inq_text[fed->inq_cur];
+    if (!cm_buf_room(text, m->raw_payload.len)) {
+        text->oom = false; /* what the batch holds so far stays whole */
         return false;
+    }
+    in->payload = text->len;
+    in->payload_len = m->raw_payload.len;                   /* at most a message: CM_FED_MAX_MSG */
+    cm_buf_put(text, m->raw_payload.p, m->raw_payload.len); /* stored as it came */
     in->peer = (int)(p - fed->peers);
     in->group = g;
     in->index = index;
@@ -1033,9 +1516,31 @@ static void router_after(fed_sock *s)
         inbox_flush(s->fed);
 }
 
+/* Apply mode: no room under CM_FED_APPLY_MAX for a whole batch more. */
+static bool apply_full(const cm_fed *fed)
+{
+    return fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+}
+
+/* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
+** full batch. Apply mode: when the message read next, a batch of up to
+** CM_FED_BATCH_MAX delivers, could take the messages with the engine past
+** CM_FED_APPLY_MAX; what is not read waits in ZeroMQ's queue (and, past its
+** HWM, the peer's TCP window). Answers read on (cm_fed_answer drains). */
 static bool router_full(fed_sock *s)
 {
-    return !s->fed->o.apply && s->fed->ninq >= FED_INBOX_BATCH;
+    cm_fed *fed = s->fed;
+    if (!fed->o.apply)
+        return fed->ninq >= FED_INBOX_BATCH;
+    bool full = apply_full(fed);
+    if (full && !fed->apply_paused) {
+        fed->apply_pauses++;
+        cm_log(CM_LOG_DEBUG, "fed.paused",
+               "%ld messages with the engine: reading from peers paused until it answers",
+               fed->applying);
+    }
+    fed->apply_paused = full;
+    return full;
 }
 
 void cm_fed_answer(void *ticket, const char *result, const char *reason)
@@ -1049,6 +1554,9 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
             fed->tickets = t->next;
         if (t->next)
             t->next->prev = t->prev;
+        fed->applying--;
+        if (fed->apply_paused && !apply_full(fed))
+            fed->apply_paused = false; /* read on, even if nothing waits */
     }
     if (fed && !fed->stopped) {
         if (!result)
@@ -1063,6 +1571,8 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
         send_ack(fed, t->rid, t->rid_len, t->group, t->index, t->id, result, reason);
+        /* after the send, and to read on when this answer brought the engine
+        ** under the mark: ZMQ_FD gave its edge while reading was paused */
         sock_drain(&fed->router);
     } else if (t->group)
         group_put(t->group, t->index, NULL); /* gone: nothing is sent */
@@ -1096,26 +1606,30 @@ static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
     if (fed->tickets)
         fed->tickets->prev = t;
     fed->tickets = t;
+    if (++fed->applying > fed->applying_max)
+        fed->applying_max = fed->applying;
     if (fed->o.apply(fed->o.engine_ud, p->cfg->id, m, t) != 0)
         cm_fed_answer(t, NULL, "the engine could not take it");
 }
 
 /* A deliver (alone, or entry index of the batch g answers). */
-static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm_fed_msg *m,
+static void router_deliver(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, cm_fed_msg *m,
                            fed_group *g, int index)
 {
     if (fed->o.apply) {
-        router_apply(fed, p, rid, m, g, index);
+        cm_err err;
+        if (msg_trees(m, &err) == 0) {
+            router_apply(fed, p, rid, m, g, index);
+            return;
+        }
+    } else if (inbox_queue(fed, p, rid, m, g, index))
         return;
-    }
-    if (!inbox_queue(fed, p, rid, m, g, index)) {
-        cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s",
-               m->id, p->cfg->id, "too many waiting");
-        if (g)
-            send_ack(fed, NULL, 0, g, index, m->id, NULL, NULL);
-        else
-            reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
-    }
+    cm_log(CM_LOG_WARN, "fed.busy", "message %s from %s not recorded (will be resent): %s", m->id,
+           p->cfg->id, fed->o.apply ? "out of memory" : "too many waiting");
+    if (g)
+        send_ack(fed, NULL, 0, g, index, m->id, NULL, NULL);
+    else
+        reply_error(&fed->router, rid, "busy", m->id, "not recorded; resend later");
 }
 
 /* A batch (1.2): each entry is taken as if it came alone, in order; a bad
@@ -1135,7 +1649,7 @@ static void router_batch(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, cm_fed_
         return;
     }
     for (int i = 0; i < b->n; i++) {
-        if (cm_fed_batch_entry(b, i, &m, id, &err) != 0) {
+        if (cm_fed_batch_scan(b, i, &m, id, &err) != 0) {
             if (bad++ == 0)
                 cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad message in a batch: %s",
                        p->cfg->id, err.msg);
@@ -1253,7 +1767,9 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
         return;
     }
     cm_fed_batch b;
-    int rc = cm_fed_decode_any(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), &m, &b, &err);
+    int rc = decode_scan(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), &m, &b, &err);
+    if (rc == 0 && (m.type == CM_FED_DIRECTORY || m.type == CM_FED_INDICATORS))
+        rc = msg_trees(&m, &err);
     if (rc == 0 && m.type == CM_FED_BATCH && fed->minor < 2) { /* as a 1.1 node answers */
         cm_fed_batch_free(&b);
         rc = cm_err_set(&err, CM_EINVAL, "type: unknown message type \"batch\"");
@@ -1294,7 +1810,7 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
 /* ---- sending ------------------------------------------------------------- */
 
 static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m);
-static int route_pass(cm_fed *fed, bool in_tx);
+static int route_in_tx(cm_fed *fed, cm_err *err);
 
 static void peer_down(fed_peer *p, const char *why)
 {
@@ -1489,26 +2005,49 @@ static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size
     return true;
 }
 
-/* The last row delivered to p before seq: the prev of the first message of
-** an empty window or of a window sent again. 0 when none; -1 on error. */
-static int64_t delivered_before(cm_fed *fed, fed_peer *p, int64_t seq)
+/* One int64 from st with p's id as ?1 (and arg as ?2 when it has one);
+** none when no row (0), -1 on error. */
+static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql, int64_t arg)
 {
     cm_err err;
-    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
-                                        "SELECT max(seq) FROM outbox WHERE status = 'delivered' "
-                                        "AND peer = ?1 AND seq < ?2",
-                                        &err);
-    int64_t prev = -1;
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store, sql, &err);
+    int64_t v = -1;
     if (!st) {
         cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
         return -1;
     }
     sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        prev = sqlite3_column_int64(st, 0); /* NULL reads as 0: none */
+    if (sqlite3_bind_parameter_count(st) > 1)
+        sqlite3_bind_int64(st, 2, arg);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_DONE)
+        v = 0;
+    else
+        cm_log(CM_LOG_ERROR, "fed.store", "%s", sqlite3_errmsg(cm_store_db(fed->o.store)));
     sqlite3_reset(st);
-    return prev;
+    return v;
+}
+
+/* The last row delivered to p before seq: the prev of the first message of
+** an empty window or of a window sent again. 0 when none; -1 on error. */
+static int64_t delivered_before(cm_fed *fed, fed_peer *p, int64_t seq)
+{
+    if (!p->delivered_known) {
+        int64_t d = peer_query(fed, p, "SELECT seq FROM fed_delivered WHERE peer = ?1", 0);
+        if (d < 0)
+            return -1;
+        p->delivered = d;
+        p->delivered_known = true;
+    }
+    if (p->delivered < seq) /* rows reach p in seq order: the last delivered is before it */
+        return p->delivered;
+    /* answered out of order (a later row delivered first): look back from it */
+    return peer_query(fed, p,
+                      "SELECT seq FROM outbox WHERE seq < ?2 AND peer = ?1 AND "
+                      "status = 'delivered' ORDER BY seq DESC LIMIT 1",
+                      seq);
 }
 
 /* (Re)arm the resend timer when the oldest message in flight changed. */
@@ -1681,13 +2220,32 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
     }
 }
 
+/* Keep seq as the last row delivered to p (fed_delivered) when it is
+** past the one kept; in the open transaction. */
+static int mark_delivered(cm_fed *fed, fed_peer *p, int64_t seq, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(fed->o.store,
+                                        "INSERT INTO fed_delivered(peer, seq) VALUES (?1, ?2) "
+                                        "ON CONFLICT(peer) DO UPDATE SET seq = excluded.seq "
+                                        "WHERE excluded.seq > seq",
+                                        err);
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : cm_store_error(fed->o.store, err, "fed_delivered");
+}
+
 /* Write the settled answers in one transaction, then tell who listens and
 ** drop them from the window. Left for the next try if the store is busy. */
 static void peer_flush(cm_fed *fed, fed_peer *p)
 {
     char now[CM_TIME_BUFSZ], reason[1024];
     cm_err err;
-    int refused = 0, rc = 0;
+    int refused = 0, rc = 0, clean = 0;
+    int64_t mark = 0; /* the last row of p this flush marks delivered */
     if (p->nsettled == 0 || !store_free(fed))
         return;
     if (cm_store_begin(fed->o.store, &err) != 0)
@@ -1706,8 +2264,10 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
             continue;
         sqlite3_stmt *st = cm_store_prepare(
             fed->o.store,
+            /* by seq (the rows of the run are neighbours there), not through
+            ** outbox_pending: one lookup a row fewer */
             ok ? "UPDATE outbox SET status = 'delivered', done_at = ?2, attempts = attempts + ?3 "
-                 "WHERE seq BETWEEN ?1 AND ?4 AND peer = ?5 AND status = 'pending'"
+                 "WHERE seq BETWEEN ?1 AND ?4 AND +peer = ?5 AND +status = 'pending'"
                : "UPDATE outbox SET status = 'refused', done_at = ?2, "
                  "attempts = attempts + ?3, reason = ?4 WHERE seq = ?1 AND status = 'pending'",
             &err);
@@ -1725,6 +2285,7 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         else {
             sqlite3_bind_int64(st, 4, p->win[j - 1].seq);
             sqlite3_bind_text(st, 5, p->cfg->id, -1, SQLITE_STATIC);
+            mark = p->win[j - 1].seq > mark ? p->win[j - 1].seq : mark;
         }
         rc = sqlite3_step(st);
         sqlite3_reset(st);
@@ -1732,16 +2293,20 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         if (rc == 0 && !ok)
             rc = tell_refused(fed, f->seq, reason, &err);
     }
+    if (rc == 0 && mark > 0)
+        rc = mark_delivered(fed, p, mark, &err);
     /* rows queued meanwhile get their peer in this commit too */
-    if (rc == 0 && route_pass(fed, true) < 0)
-        rc = cm_err_set(&err, CM_EDB, "routing the outbox failed");
+    if (rc == 0 && (clean = route_in_tx(fed, &err)) < 0)
+        rc = clean;
     if (rc != 0) {
         cm_store_rollback(fed->o.store);
         goto fail;
     }
     if (cm_store_commit(fed->o.store, &err) != 0)
         goto fail;
-    fed->unrouted = !fed->pass_clean;
+    fed->unrouted = !clean;
+    if (p->delivered_known && mark > p->delivered)
+        p->delivered = mark;
     int kept = 0;
     for (int i = 0; i < p->nwin; i++) {
         fed_flight *f = &p->win[i];
@@ -1828,7 +2393,7 @@ static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
         return; /* an answer to a resend already settled */
     bool refused = strcmp(m->result, "refused") == 0;
     f->state = refused ? FLIGHT_REFUSED : FLIGHT_DELIVERED;
-    snprintf(f->result, sizeof(f->result), "%s", m->result);
+    copy_str(f->result, sizeof(f->result), m->result);
     if (refused && !(f->reason = strdup(m->message)))
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory keeping the reason for %s", m->id);
     p->nsettled++;
@@ -1898,7 +2463,7 @@ static void dealer_read(fed_sock *s, zmq_msg_t *parts, int n)
     cm_err err;
     char id[192];
     if (n != 1 ||
-        cm_fed_decode_any(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), &m, &b, &err) != 0) {
+        decode_scan(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), &m, &b, &err) != 0) {
         cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad reply: %s", p->cfg->id,
                n != 1 ? "wrong number of frames" : err.msg);
         return;
@@ -1909,7 +2474,7 @@ static void dealer_read(fed_sock *s, zmq_msg_t *parts, int n)
         return;
     }
     for (int i = 0; i < b.n; i++) {
-        if (cm_fed_batch_entry(&b, i, &m, id, &err) != 0) {
+        if (cm_fed_batch_scan(&b, i, &m, id, &err) != 0) {
             cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad reply in a batch: %s",
                    p->cfg->id, err.msg);
             continue;
@@ -1982,17 +2547,10 @@ static int route_lookup(cm_fed *fed, const char *org, int16_t *peer, char *why, 
     return 0;
 }
 
-/* Route rows not yet routed: organization -> its node -> a configured peer.
-** Routable rows of a pass get their peer in one transaction (in_tx: the one
-** the caller has open, e.g. the one that records answers, so routing costs
-** no commit of its own); a row that cannot be routed is refused (its
-** instance told), each in its own transaction -- in_tx leaves it for a pass
-** of its own. Returns the number of rows looked at (FED_ROUTE_BATCH: there
-** may be more), or -1 on a store error (in_tx: the caller rolls back). */
-static int route_pass(cm_fed *fed, bool in_tx)
-{
-    cm_err err;
-    /* runs of rows in seq order with one receiver: each routed by one UPDATE */
+/* The rows without a peer read by a routing pass: runs of rows in seq
+** order with one receiver (each routed by one UPDATE), rows to refuse, and
+** the receivers met, each looked up once. */
+typedef struct route_plan {
     struct {
         int64_t first, last;
         int16_t peer, org;
@@ -2001,111 +2559,156 @@ static int route_pass(cm_fed *fed, bool in_tx)
         int64_t seq;
         char reason[256];
     } bad[FED_ROUTE_REFUSE];
-    /* the receivers met in this pass, each looked up once */
     struct {
         char id[129];
         int16_t peer; /* -1: not routable, why says why */
         char why[256];
     } orgs[FED_ROUTE_ORGS];
-    int nruns = 0, nbad = 0, norgs = 0, seen = 0;
-    bool more = false;
+    int nruns, nbad, norgs, seen;
+    bool blocked; /* stopped at a row to refuse past max_bad: it waits */
+    bool more;    /* stopped for a receiver past FED_ROUTE_ORGS */
+} route_plan;
+
+/* Read up to FED_ROUTE_BATCH rows without a peer, in seq order, into pl:
+** organization -> its node -> a configured peer. Up to max_bad rows that
+** cannot be routed are noted to refuse; at the next one the read stops. */
+static int route_read(cm_fed *fed, route_plan *pl, int max_bad, cm_err *err)
+{
     sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                         "SELECT seq, receiver FROM outbox WHERE status = 'pending' "
                                         "AND peer IS NULL ORDER BY seq LIMIT ?1",
-                                        &err);
+                                        err);
+    pl->nruns = pl->nbad = pl->norgs = pl->seen = 0;
+    pl->blocked = pl->more = false;
     if (!st)
-        goto fail;
+        return err->code;
     sqlite3_bind_int(st, 1, FED_ROUTE_BATCH);
-    while (nbad < FED_ROUTE_REFUSE && sqlite3_step(st) == SQLITE_ROW) {
+    while (sqlite3_step(st) == SQLITE_ROW) {
         int64_t seq = sqlite3_column_int64(st, 0);
-        const char *org = column_str(st, 1);
+        const char *org = column_str(st, 1), *why = NULL;
+        char toolong[256];
         int o = 0;
-        while (o < norgs && strcmp(orgs[o].id, org) != 0)
+        while (o < pl->norgs && strcmp(pl->orgs[o].id, org) != 0)
             o++;
-        if (strlen(org) >= sizeof(orgs[0].id)) {
-            if (in_tx) {
-                nbad++; /* refused by a pass of its own; nothing routed past it */
-                break;
-            }
-            seen++;
-            bad[nbad].seq = seq;
-            snprintf(bad[nbad++].reason, sizeof(bad[0].reason),
+        if (strlen(org) >= sizeof(pl->orgs[0].id)) {
+            snprintf(toolong, sizeof(toolong),
                      "no organization \"%.64s...\" (ids are at most 128 characters)", org);
-            continue;
-        }
-        if (o == norgs) {
-            if (norgs == FED_ROUTE_ORGS) {
-                more = true;
+            why = toolong;
+        } else if (o == pl->norgs) {
+            if (pl->norgs == FED_ROUTE_ORGS) {
+                pl->more = true;
                 break; /* the rest in the next pass */
             }
-            copy_str(orgs[o].id, sizeof(orgs[o].id), org);
-            if (route_lookup(fed, org, &orgs[o].peer, orgs[o].why, sizeof(orgs[o].why), &err) !=
-                0) {
+            copy_str(pl->orgs[o].id, sizeof(pl->orgs[o].id), org);
+            if (route_lookup(fed, org, &pl->orgs[o].peer, pl->orgs[o].why, sizeof(pl->orgs[o].why),
+                             err) != 0) {
                 sqlite3_reset(st);
-                goto fail;
+                return err->code;
             }
-            norgs++;
+            pl->norgs++;
         }
-        if (orgs[o].peer < 0 && in_tx) {
-            nbad++; /* refused by a pass of its own; nothing routed past it */
+        if (!why && pl->orgs[o].peer < 0)
+            why = pl->orgs[o].why;
+        if (why && pl->nbad == max_bad) {
+            pl->blocked = true; /* nothing routed past it */
             break;
         }
-        seen++;
-        if (orgs[o].peer < 0) {
-            bad[nbad].seq = seq;
-            copy_str(bad[nbad++].reason, sizeof(bad[0].reason), orgs[o].why);
+        pl->seen++;
+        if (why) {
+            pl->bad[pl->nbad].seq = seq;
+            copy_str(pl->bad[pl->nbad++].reason, sizeof(pl->bad[0].reason), why);
             continue;
         }
-        if (nruns > 0 && runs[nruns - 1].org == o &&
-            !(nbad && bad[nbad - 1].seq > runs[nruns - 1].last))
-            runs[nruns - 1].last = seq;
+        int n = pl->nruns;
+        if (n > 0 && pl->runs[n - 1].org == o &&
+            !(pl->nbad && pl->bad[pl->nbad - 1].seq > pl->runs[n - 1].last))
+            pl->runs[n - 1].last = seq;
         else {
-            runs[nruns].first = runs[nruns].last = seq;
-            runs[nruns].org = (int16_t)o;
-            runs[nruns++].peer = orgs[o].peer;
+            pl->runs[n].first = pl->runs[n].last = seq;
+            pl->runs[n].org = (int16_t)o;
+            pl->runs[n].peer = pl->orgs[o].peer;
+            pl->nruns++;
         }
     }
     sqlite3_reset(st);
-    /* nothing left without a peer once this pass commits */
-    fed->pass_clean = !more && nbad == 0 && seen < FED_ROUTE_BATCH;
-    if (in_tx && nbad)
-        fed->route_now = true; /* refused by a pass of its own, on the next turn */
-    if (nruns > 0) {
-        if (!in_tx && cm_store_begin(fed->o.store, &err) != 0)
+    return 0;
+}
+
+/* Give the runs of pl their peer, in the open transaction. */
+static int route_write(cm_fed *fed, const route_plan *pl, cm_err *err)
+{
+    for (int i = 0; i < pl->nruns; i++) {
+        /* the receiver is in the condition: whatever else is in the range
+        ** (rows settled, or routed already) is left alone */
+        sqlite3_stmt *st =
+            cm_store_prepare(fed->o.store,
+                             "UPDATE outbox SET peer = ?3 WHERE status = 'pending' AND peer "
+                             "IS NULL AND seq BETWEEN ?1 AND ?2 AND receiver = ?4",
+                             err);
+        if (!st)
+            return err->code;
+        sqlite3_bind_int64(st, 1, pl->runs[i].first);
+        sqlite3_bind_int64(st, 2, pl->runs[i].last);
+        sqlite3_bind_text(st, 3, fed->peers[pl->runs[i].peer].cfg->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, pl->orgs[pl->runs[i].org].id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return cm_store_error(fed->o.store, err, "outbox");
+    }
+    return 0;
+}
+
+/* Whether no row is left without a peer once pl's pass commits. */
+static bool route_clean(const route_plan *pl)
+{
+    return !pl->more && !pl->blocked && pl->nbad == 0 && pl->seen < FED_ROUTE_BATCH;
+}
+
+/* Route rows queued meanwhile in the caller's open transaction (the one
+** that records answers, so routing costs no commit of its own), up to the
+** first row that cannot be routed: that one is left for a pass of its own
+** (route_pass, on the next turn). 1 when no row is left without a peer
+** once the caller commits, 0 when some are; a CM_E code on a store error
+** (the caller rolls back). */
+static int route_in_tx(cm_fed *fed, cm_err *err)
+{
+    route_plan pl;
+    int rc = route_read(fed, &pl, 0, err);
+    if (rc == 0)
+        rc = route_write(fed, &pl, err);
+    if (rc != 0)
+        return rc;
+    if (pl.blocked)
+        fed->route_now = true;
+    return route_clean(&pl) ? 1 : 0;
+}
+
+/* A routing pass of its own: routable rows get their peer in one
+** transaction, then each row that cannot be routed is refused (its
+** instance told) in its own. Returns the number of rows looked at
+** (FED_ROUTE_BATCH: there may be more), or -1 on a store error. */
+static int route_pass(cm_fed *fed)
+{
+    route_plan pl;
+    cm_err err;
+    if (route_read(fed, &pl, FED_ROUTE_REFUSE, &err) != 0)
+        goto fail;
+    if (pl.nruns > 0) {
+        if (cm_store_begin(fed->o.store, &err) != 0)
             goto fail;
-        for (int i = 0; i < nruns; i++) {
-            /* the receiver is in the condition: whatever else is in the range
-            ** (rows settled, or routed already) is left alone */
-            st = cm_store_prepare(fed->o.store,
-                                  "UPDATE outbox SET peer = ?3 WHERE status = 'pending' AND peer "
-                                  "IS NULL AND seq BETWEEN ?1 AND ?2 AND receiver = ?4",
-                                  &err);
-            if (!st)
-                goto rollback;
-            sqlite3_bind_int64(st, 1, runs[i].first);
-            sqlite3_bind_int64(st, 2, runs[i].last);
-            sqlite3_bind_text(st, 3, fed->peers[runs[i].peer].cfg->id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 4, orgs[runs[i].org].id, -1, SQLITE_STATIC);
-            int rc = sqlite3_step(st);
-            sqlite3_reset(st);
-            if (rc != SQLITE_DONE) {
-                cm_store_error(fed->o.store, &err, "outbox");
-                goto rollback;
-            }
+        if (route_write(fed, &pl, &err) != 0) {
+            cm_store_rollback(fed->o.store);
+            goto fail;
         }
-        if (!in_tx && cm_store_commit(fed->o.store, &err) != 0)
+        if (cm_store_commit(fed->o.store, &err) != 0)
             goto fail;
     }
-    if (in_tx)
-        return seen; /* the caller's commit applies pass_clean */
-    fed->unrouted = !fed->pass_clean;
+    fed->unrouted = !route_clean(&pl);
     fed->routed_at = uv_now(fed->o.loop);
-    for (int i = 0; i < nbad; i++)
-        outbox_refuse(fed, bad[i].seq, bad[i].reason);
-    return seen;
-rollback:
-    if (!in_tx)
-        cm_store_rollback(fed->o.store);
+    for (int i = 0; i < pl.nbad; i++)
+        outbox_refuse(fed, pl.bad[i].seq, pl.bad[i].reason);
+    return pl.seen;
 fail:
     cm_log(CM_LOG_ERROR, "fed.store", "routing the outbox: %s", err.msg);
     return -1;
@@ -2126,7 +2729,7 @@ static void route_pending(cm_fed *fed)
     if (defer)
         return;
     /* bounded, so a flood of new rows cannot hold the loop */
-    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed, false) == FED_ROUTE_BATCH; i++)
+    for (int i = 0; i < 8 && store_free(fed) && route_pass(fed) == FED_ROUTE_BATCH; i++)
         ;
 }
 
@@ -2163,6 +2766,7 @@ static void share_with(cm_fed *fed, fed_peer *p, int which, uint64_t now)
                  (unsigned long long)h);
         reply(&p->dealer, NULL, &m);
         p->share_sent[which] = h;
+        copy_str(p->share_id[which], sizeof(p->share_id[which]), m.id);
     }
     cm_fed_msg_clear(&m);
 }
@@ -2171,11 +2775,7 @@ static void share_with(cm_fed *fed, fed_peer *p, int which, uint64_t now)
 static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
 {
     for (int which = 0; which < 2; which++) {
-        char want[192];
-        snprintf(want, sizeof(want), "%s:%s:%016llx", fed->o.node_id,
-                 type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS],
-                 (unsigned long long)p->share_sent[which]);
-        if (p->share_sent[which] && strcmp(want, m->id) == 0) {
+        if (p->share_sent[which] && strcmp(p->share_id[which], m->id) == 0) {
             p->share_acked[which] = p->share_sent[which];
             cm_log(CM_LOG_INFO, "fed.shared", "peer %s has our %s", p->cfg->id,
                    type_names[which == 0 ? CM_FED_DIRECTORY : CM_FED_INDICATORS]);
@@ -2268,6 +2868,8 @@ static int open_router(cm_fed *fed, cm_err *err)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if ((rc = cm_fed_listener_setup(zs, fed->o.keys->secret_key, err)) != 0)
         return rc;
+    if (set_int(zs, ZMQ_RCVHWM, FED_ROUTER_RCVHWM) != 0)
+        return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
     if (zmq_bind(zs, listen) != 0)
         return cm_err_set(err, CM_EIO, "federation.listen %s: %s", listen, zmq_strerror(errno));
     fed->router.after = router_after;
@@ -2410,13 +3012,13 @@ void cm_fed_destroy(cm_fed **fed_p)
     for (int b = 0; b < 2; b++) {
         for (int j = 0; fed->inq[b] && j < FED_INBOX_CAP; j++) {
             fed_inbound *in = &fed->inq[b][j];
-            free(in->payload);
             if (in->group) { /* never answered: the group goes once its last one is */
                 in->group->fed = NULL;
                 group_put(in->group, in->index, NULL);
             }
         }
         free(fed->inq[b]);
+        cm_buf_free(&fed->inq_text[b]);
     }
     free(fed->text.p);
     free(fed->ans.p);
@@ -2436,6 +3038,28 @@ void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers)
 {
     *batches = fed ? fed->batches : 0;
     *delivers = fed ? fed->batched : 0;
+}
+
+void cm_fed_apply_stats_get(const cm_fed *fed, cm_fed_apply_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (!fed)
+        return;
+    st->applying = fed->applying;
+    st->applying_max = fed->applying_max;
+    st->pauses = fed->apply_pauses;
+    st->paused = fed->apply_paused;
+}
+
+int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size)
+{
+    if (!fed || !fed->router.zs || size == 0 ||
+        zmq_getsockopt(fed->router.zs, ZMQ_LAST_ENDPOINT, buf, &size) != 0) {
+        if (size)
+            buf[0] = '\0';
+        return -1;
+    }
+    return 0;
 }
 
 int cm_fed_peer_up(const cm_fed *fed, const char *peer)

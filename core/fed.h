@@ -54,6 +54,12 @@ typedef enum {
     CM_FED_BATCH, /* 1.2: many messages in one; decoded with cm_fed_batch_* */
 } cm_fed_type;
 
+/* A span of the text a message was decoded from (borrowed; not NUL-ended). */
+typedef struct cm_fed_text {
+    const char *p; /* NULL: absent */
+    size_t len;
+} cm_fed_text;
+
 typedef struct cm_fed_msg {
     cm_fed_type type;
     int major, minor;   /* hello: proto */
@@ -73,22 +79,27 @@ typedef struct cm_fed_msg {
     cJSON *record;      /* deliver: the shared patient record (object); NULL when none */
     char code[32];      /* error: version | malformed | hello-required | unsupported | busy */
     char message[512];  /* error: text for the operator; ack "refused": why */
-    cJSON *payload;     /* deliver: owned JSON value; NULL otherwise */
+    cJSON *payload;     /* deliver: owned JSON value; directory, indicators: the list */
+    /* deliver: the payload, classes and record as the JSON text they came
+    ** as (directory, indicators: the list as raw_payload), checked; borrowed
+    ** from the buffer decoded, valid while it is */
+    cm_fed_text raw_payload, raw_classes, raw_record;
 } cm_fed_msg;
 
-/* Parse one message body. Every field is type- and length-checked; on error
-** (CM_EINVAL, err names the field) *m holds nothing to free. A batch decodes
-** to type CM_FED_BATCH and nothing else: read it with cm_fed_batch_open. */
+/* Parse one message body. The whole text must be one JSON object; every
+** field is type- and length-checked; on error (CM_EINVAL, err names the
+** field) *m holds nothing to free. The payload, classes and record come
+** as trees (and as raw_* text, borrowed from buf). A batch decodes to type
+** CM_FED_BATCH and nothing else: read it with cm_fed_decode_any. */
 int cm_fed_decode(const void *buf, size_t len, cm_fed_msg *m, cm_err *err);
 
 /* A batch (1.2): {"type":"batch","messages":[message, ...]}, each entry a
-** whole message as it would travel alone. */
+** whole message as it would travel alone. Read in one pass over the text,
+** without a tree: the entries are spans of buf (borrowed: b is valid while
+** buf is). */
 typedef struct cm_fed_batch {
-    cJSON *root; /* owned */
-    cJSON *messages;
+    cm_fed_text *entries; /* owned array; each entry's text */
     int n;
-    cJSON *next; /* the entry after the last one read, and its index */
-    int next_i;
 } cm_fed_batch;
 
 /* Parse buf as a message. A batch: *b holds it (1 to CM_FED_BATCH_MAX
@@ -97,11 +108,16 @@ typedef struct cm_fed_batch {
 ** as by cm_fed_decode. */
 int cm_fed_decode_any(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch *b, cm_err *err);
 
-/* Decode entry i of b into *m (its payload moves out of the batch). A bad
-** entry is CM_EINVAL with err naming it (messages[i]) and the field; id
-** receives the entry's id when it has a usable one ("" otherwise), so the
-** answer can name it. A batch inside a batch is refused. */
-int cm_fed_batch_entry(cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err);
+/* Decode entry i of b into *m, as cm_fed_decode would. A bad entry is
+** CM_EINVAL with err naming it (messages[i]) and the field; id receives the
+** entry's id when it has a usable one ("" otherwise), so the answer can
+** name it. A batch inside a batch is refused. */
+int cm_fed_batch_entry(const cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err);
+
+/* As cm_fed_batch_entry, without the trees: the payload, classes and
+** record only as their checked text (m->raw_*), as a receiver that stores
+** them needs them. */
+int cm_fed_batch_scan(const cm_fed_batch *b, int i, cm_fed_msg *m, char id[192], cm_err *err);
 
 /* Free what b owns and zero it. */
 void cm_fed_batch_free(cm_fed_batch *b);
@@ -169,6 +185,11 @@ typedef struct cm_fed_opts {
 
 #define CM_FED_WINDOW_DEFAULT 1000
 #define CM_FED_WINDOW_MAX     100000
+/* Apply mode: the most delivered messages handed to the engine and not yet
+** answered, from all peers together (eight engine batches of 256). The
+** ROUTER reads a message only while a whole batch (CM_FED_BATCH_MAX) fits
+** under it, and reads on as the engine's answers make room. */
+#define CM_FED_APPLY_MAX 2048
 
 /* Bind, connect to every peer and start polling the outbox. On error err
 ** says which endpoint or key; *out is set whenever memory was allocated, and
@@ -199,6 +220,21 @@ void cm_fed_destroy(cm_fed **fed_p);
 /* For the API and /metrics: 1 when our link to peer said hello (up), 0 when
 ** it is down, -1 when fed is NULL or peer is not configured. */
 int cm_fed_peer_up(const cm_fed *fed, const char *peer);
+
+/* The apply path's load: messages handed to the engine and not answered
+** yet (never past CM_FED_APPLY_MAX), the most at once since start, the
+** times reading from peers paused at the mark, and whether it is paused. */
+typedef struct cm_fed_apply_stats {
+    long applying, applying_max, pauses;
+    bool paused;
+} cm_fed_apply_stats;
+
+/* Fill *st (zeros when fed is NULL). */
+void cm_fed_apply_stats_get(const cm_fed *fed, cm_fed_apply_stats *st);
+
+/* The endpoint the ROUTER is bound to (the port chosen when
+** federation.listen asked for any, "tcp://127.0.0.1:*"). -1, buf "": none. */
+int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size);
 
 /* Batches sent to peers so far and the delivers they carried (a peer
 ** speaking 1.1 gets none). */

@@ -313,13 +313,171 @@ static const cm_migration migrations[] = {
      "  created TEXT NOT NULL,\n"
      "  revoked TEXT\n"
      ") WITHOUT ROWID;\n"},
+    /* History rows are written on every step, by the engine only, for an
+    ** instance it has just read or written in the same transaction, and
+    ** instances are never deleted; the foreign key made SQLite look the
+    ** instance up in its id index on every row. The table is the same
+    ** without it (rows and seq kept: instance.hist and prev name them). */
+    {9, "workflow history without the per-row instance lookup",
+     "CREATE TABLE history_unchecked(\n"
+     "  seq        INTEGER PRIMARY KEY,\n"
+     "  instance   TEXT NOT NULL,\n"
+     "  step       INTEGER NOT NULL,\n"
+     "  prev       INTEGER,\n"
+     "  at         TEXT NOT NULL,\n"
+     "  event      TEXT NOT NULL,\n"
+     "  from_state TEXT,\n"
+     "  to_state   TEXT NOT NULL,\n"
+     "  note       TEXT\n"
+     ");\n"
+     "INSERT INTO history_unchecked(seq, instance, step, prev, at, event, from_state, to_state,\n"
+     "                              note)\n"
+     "  SELECT seq, instance, step, prev, at, event, from_state, to_state, note FROM history\n"
+     "  ORDER BY seq;\n"
+     "DROP TABLE history;\n"
+     "ALTER TABLE history_unchecked RENAME TO history;\n"},
+    /* Marking a row delivered rewrote its entry in outbox_by_peer(status,
+    ** peer, seq) -- deleted and inserted again -- on every delivery. Only
+    ** pending rows are looked up by peer and seq, so the index now holds
+    ** them alone: a delivery deletes one entry. The last row delivered to
+    ** each peer (the prev of the next message sent) is kept per peer. */
+    {10, "federation: pending outbox rows indexed alone, the last delivered per peer",
+     "CREATE TABLE fed_delivered(\n"
+     "  peer TEXT PRIMARY KEY,\n"
+     "  seq  INTEGER NOT NULL\n"
+     ") WITHOUT ROWID;\n"
+     "INSERT INTO fed_delivered(peer, seq)\n"
+     "  SELECT peer, max(seq) FROM outbox WHERE status = 'delivered' AND peer IS NOT NULL\n"
+     "  GROUP BY peer;\n"
+     "DROP INDEX outbox_by_peer;\n"
+     "CREATE INDEX outbox_pending ON outbox(peer, seq) WHERE status = 'pending';\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
 
+/* ---- SQLite's small blocks ---------------------------------------------- */
+
+/* Debian's SQLite is built without its lookaside allocator
+** (SQLITE_OMIT_LOOKASIDE), so every small block a statement uses (cursors,
+** records, bound text, savepoint bitmaps) is a malloc and a free, several
+** per statement. Freed blocks of up to 512 bytes, in 64-byte classes, are
+** kept per thread (at most MEM_KEEP of a class) for the next request of
+** their class, and so is the last freed block of 32 to 128 KB (the in-memory
+** statement journal takes one such chunk per savepoint) for the next request
+** of its size. A thread's blocks are freed when it ends. */
+#define MEM_CLASS   64
+#define MEM_CLASSES 8
+#define MEM_KEEP    64
+#define MEM_BIG_MIN (32 * 1024)
+#define MEM_BIG_MAX (128 * 1024)
+
+typedef struct mem_pool {
+    void *free[MEM_CLASSES]; /* lists linked through each block's first word */
+    int n[MEM_CLASSES];
+    void *big;
+    bool registered; /* its thread drains it on exit (mem_key) */
+} mem_pool;
+
+static sqlite3_mem_methods mem_base;
+static _Thread_local mem_pool mem_local;
+static pthread_key_t mem_key;
+static pthread_once_t mem_once = PTHREAD_ONCE_INIT;
+static bool mem_keyed;
+
+static void mem_drain(void *arg)
+{
+    mem_pool *p = arg;
+    for (int c = 0; c < MEM_CLASSES; c++) {
+        while (p->free[c]) {
+            void *b = p->free[c];
+            p->free[c] = *(void **)b;
+            mem_base.xFree(b);
+        }
+        p->n[c] = 0;
+    }
+    if (p->big) /* SQLite's own xFree takes no NULL */
+        mem_base.xFree(p->big);
+    p->big = NULL;
+}
+
+static void mem_key_make(void)
+{
+    mem_keyed = pthread_key_create(&mem_key, mem_drain) == 0;
+}
+
+/* This thread's pool, or NULL when its blocks could not be freed at its end. */
+static mem_pool *mem_pool_get(void)
+{
+    mem_pool *p = &mem_local;
+    if (!p->registered) {
+        pthread_once(&mem_once, mem_key_make);
+        if (!mem_keyed || pthread_setspecific(mem_key, p) != 0)
+            return NULL;
+        p->registered = true;
+    }
+    return p;
+}
+
+static int mem_class(int n)
+{
+    return n > 0 && n <= MEM_CLASS * MEM_CLASSES ? (n - 1) / MEM_CLASS : -1;
+}
+
+static void *mem_malloc(int n)
+{
+    mem_pool *p = mem_pool_get();
+    int c = mem_class(n);
+    if (c >= 0) {
+        void *b = p ? p->free[c] : NULL;
+        if (!b)
+            return mem_base.xMalloc((c + 1) * MEM_CLASS);
+        p->free[c] = *(void **)b;
+        p->n[c]--;
+        return b;
+    }
+    if (p && p->big && mem_base.xSize(p->big) == mem_base.xRoundup(n)) {
+        void *b = p->big;
+        p->big = NULL;
+        return b;
+    }
+    return mem_base.xMalloc(n);
+}
+
+static void mem_free(void *b)
+{
+    mem_pool *p = b ? mem_pool_get() : NULL;
+    int size = b ? mem_base.xSize(b) : 0;
+    int c = size % MEM_CLASS == 0 ? mem_class(size) : -1;
+    if (p && c >= 0 && p->n[c] < MEM_KEEP) {
+        *(void **)b = p->free[c];
+        p->free[c] = b;
+        p->n[c]++;
+    } else if (p && size >= MEM_BIG_MIN && size <= MEM_BIG_MAX) {
+        if (p->big)
+            mem_base.xFree(p->big);
+        p->big = b;
+    } else if (b) {
+        mem_base.xFree(b);
+    }
+}
+
+static int mem_roundup(int n)
+{
+    int c = mem_class(n);
+    return c >= 0 ? (c + 1) * MEM_CLASS : mem_base.xRoundup(n);
+}
+
 void cm_store_global_init(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    if (!mem_base.xMalloc && sqlite3_config(SQLITE_CONFIG_GETMALLOC, &mem_base) == SQLITE_OK) {
+        sqlite3_mem_methods m = mem_base;
+        m.xMalloc = mem_malloc;
+        m.xFree = mem_free;
+        m.xRoundup = mem_roundup;
+        if (sqlite3_config(SQLITE_CONFIG_MALLOC, &m) != SQLITE_OK)
+            memset(&mem_base, 0, sizeof(mem_base));
+    }
 }
 
 void cm_store_opts_init(cm_store_opts *opts)

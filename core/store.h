@@ -18,7 +18,7 @@
 #include "error.h"
 
 /* Highest schema version this binary knows. */
-#define CM_SCHEMA_VERSION 8
+#define CM_SCHEMA_VERSION 10
 /* PRAGMA application_id of a caremesh database ("CMSH"). */
 #define CM_APPLICATION_ID 0x434d5348
 
@@ -52,7 +52,11 @@ typedef struct cm_store cm_store;
 
 /* Process-wide SQLite settings, before any other SQLite call (main() runs
 ** it first): no global memory statistics, which would take a mutex on every
-** allocation SQLite makes. Idempotent; a no-op once SQLite is initialized. */
+** allocation SQLite makes; and SQLite's blocks of up to 512 bytes (and the
+** last freed one of 32 to 128 KB) kept per thread for reuse, as SQLite's
+** lookaside would (Debian's SQLite is built without it); a thread's kept
+** blocks are freed when it ends. Idempotent; a no-op once SQLite is
+** initialized. */
 void cm_store_global_init(void);
 
 /* Defaults: synchronous FULL, busy timeout 5 s, no create. */

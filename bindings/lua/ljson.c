@@ -6,8 +6,10 @@
 #include "text.h"
 
 #include <lauxlib.h>
+#include <locale.h>
 #include <math.h>
 #include <stdbool.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -392,6 +394,280 @@ static void push_value(lua_State *L, const cJSON *j, int depth)
     } else {
         cm_ljson_push_null(L);
     }
+}
+
+/* ---- JSON text straight to Lua ------------------------------------------ */
+
+/* The reader below turns JSON text into Lua values without a cJSON tree in
+** between, and builds exactly the tables push_value builds from cJSON_Parse's
+** tree (same sizes, same insertion order, same numbers and strings). It takes
+** only what it is sure of: well-formed JSON without \u0000 or surrogate
+** escapes, numbers up to 62 characters, nesting within push_value's limit, no
+** byte-order mark, nothing after the value. Anything else returns false, and
+** cm_ljson_push_object_text lets cJSON read it, so the two routes never differ. */
+
+static void rd_space(const char **pp)
+{
+    const char *p = *pp;
+    while (*p && (unsigned char)*p <= 32) /* cJSON skips every control byte */
+        p++;
+    *pp = p;
+}
+
+static bool rd_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool rd_value(lua_State *L, const char **pp, int depth);
+
+/* A string (*pp at its opening quote). */
+static bool rd_string(lua_State *L, const char **pp)
+{
+    const char *p = *pp + 1, *start = p;
+    while (*p != '"' && *p != '\\') {
+        if (*p == '\0')
+            return false;
+        p++;
+    }
+    if (*p == '"') {
+        lua_pushlstring(L, start, (size_t)(p - start));
+        *pp = p + 1;
+        return true;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, start, (size_t)(p - start));
+    while (*p != '"') {
+        char c = *p;
+        if (c == '\0')
+            return false;
+        if (c != '\\') {
+            luaL_addchar(&b, c);
+            p++;
+            continue;
+        }
+        switch (p[1]) {
+        case '"':
+        case '\\':
+        case '/':
+            luaL_addchar(&b, p[1]);
+            break;
+        case 'b':
+            luaL_addchar(&b, '\b');
+            break;
+        case 'f':
+            luaL_addchar(&b, '\f');
+            break;
+        case 'n':
+            luaL_addchar(&b, '\n');
+            break;
+        case 'r':
+            luaL_addchar(&b, '\r');
+            break;
+        case 't':
+            luaL_addchar(&b, '\t');
+            break;
+        case 'u': {
+            unsigned v = 0;
+            for (int i = 2; i < 6; i++) {
+                char h = p[i];
+                unsigned x = rd_digit(h)              ? (unsigned)(h - '0')
+                             : (h >= 'a' && h <= 'f') ? (unsigned)(h - 'a' + 10)
+                             : (h >= 'A' && h <= 'F') ? (unsigned)(h - 'A' + 10)
+                                                      : 16u;
+                if (x == 16u)
+                    return false;
+                v = v * 16 + x;
+            }
+            if (v == 0 || (v >= 0xD800 && v <= 0xDFFF))
+                return false; /* cut strings and surrogate pairs: cJSON's to read */
+            if (v < 0x80) {
+                luaL_addchar(&b, (char)v);
+            } else if (v < 0x800) {
+                luaL_addchar(&b, (char)(0xC0 | (v >> 6)));
+                luaL_addchar(&b, (char)(0x80 | (v & 0x3F)));
+            } else {
+                luaL_addchar(&b, (char)(0xE0 | (v >> 12)));
+                luaL_addchar(&b, (char)(0x80 | ((v >> 6) & 0x3F)));
+                luaL_addchar(&b, (char)(0x80 | (v & 0x3F)));
+            }
+            p += 6;
+            continue;
+        }
+        default:
+            return false;
+        }
+        p += 2;
+    }
+    luaL_pushresult(&b);
+    *pp = p + 1;
+    return true;
+}
+
+/* A number in JSON's grammar, pushed as push_value pushes cJSON's double. */
+static bool rd_number(lua_State *L, const char **pp)
+{
+    const char *p = *pp, *s = p;
+    bool neg = *p == '-', whole = true;
+    if (neg)
+        p++;
+    if (*p == '0')
+        p++;
+    else if (rd_digit(*p))
+        while (rd_digit(*p))
+            p++;
+    else
+        return false;
+    if (*p == '.') {
+        whole = false;
+        if (!rd_digit(*++p))
+            return false;
+        while (rd_digit(*p))
+            p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        whole = false;
+        p++;
+        if (*p == '+' || *p == '-')
+            p++;
+        if (!rd_digit(*p))
+            return false;
+        while (rd_digit(*p))
+            p++;
+    }
+    size_t n = (size_t)(p - s);
+    if (n > 62) /* cJSON reads at most 63 characters of a number */
+        return false;
+    if (whole && n - neg <= 15) { /* below 2^53: exact without strtod */
+        lua_Integer v = 0;
+        for (const char *q = s + neg; q < p; q++)
+            v = v * 10 + (*q - '0');
+        lua_pushinteger(L, neg ? -v : v);
+    } else {
+        char buf[64], *end;
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        char *dot = memchr(buf, '.', n);
+        if (dot) /* as cJSON does: strtod reads the locale's decimal point */
+            *dot = localeconv()->decimal_point[0];
+        double d = strtod(buf, &end);
+        if (end != buf + n)
+            return false;
+        if (d == floor(d) && fabs(d) <= 9007199254740992.0)
+            lua_pushinteger(L, (lua_Integer)d);
+        else
+            lua_pushnumber(L, d);
+    }
+    *pp = p;
+    return true;
+}
+
+/* An object or array: its items go on the stack first, so the table is made
+** at its final size and filled in document order, as push_value does. */
+static bool rd_container(lua_State *L, const char **pp, int depth)
+{
+    bool obj = **pp == '{';
+    char close = obj ? '}' : ']';
+    const char *p = *pp + 1;
+    int base = lua_gettop(L), n = 0;
+    rd_space(&p);
+    if (*p != close) {
+        for (;;) {
+            if (!lua_checkstack(L, 4) || n == INT_MAX / 2)
+                return false;
+            if (obj) {
+                if (*p != '"' || !rd_string(L, &p))
+                    return false;
+                rd_space(&p);
+                if (*p++ != ':')
+                    return false;
+                rd_space(&p);
+            }
+            if (!rd_value(L, &p, depth + 1))
+                return false;
+            n++;
+            rd_space(&p);
+            if (*p != ',')
+                break;
+            p++;
+            rd_space(&p);
+        }
+        if (*p != close)
+            return false;
+    }
+    lua_createtable(L, obj ? 0 : n, obj ? n : 0);
+    for (int i = 0; i < n; i++) {
+        if (obj) {
+            lua_pushvalue(L, base + 2 * i + 1);
+            lua_pushvalue(L, base + 2 * i + 2);
+            lua_rawset(L, -3);
+        } else {
+            lua_pushvalue(L, base + i + 1);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+    }
+    if (n > 0) { /* the table where its first item was; the items go */
+        lua_replace(L, base + 1);
+        lua_settop(L, base + 1);
+    }
+    *pp = p + 1;
+    return true;
+}
+
+static bool rd_value(lua_State *L, const char **pp, int depth)
+{
+    const char *p = *pp;
+    if (depth > LJSON_MAX_DEPTH * 4) /* push_value's limit: its error, by the other route */
+        return false;
+    switch (*p) {
+    case '{':
+    case '[':
+        return rd_container(L, pp, depth);
+    case '"':
+        return rd_string(L, pp);
+    case 't':
+        if (strncmp(p, "true", 4) != 0)
+            return false;
+        lua_pushboolean(L, 1);
+        *pp = p + 4;
+        return true;
+    case 'f':
+        if (strncmp(p, "false", 5) != 0)
+            return false;
+        lua_pushboolean(L, 0);
+        *pp = p + 5;
+        return true;
+    case 'n':
+        if (strncmp(p, "null", 4) != 0)
+            return false;
+        cm_ljson_push_null(L);
+        *pp = p + 4;
+        return true;
+    default:
+        return rd_number(L, pp);
+    }
+}
+
+bool cm_ljson_push_object_text(lua_State *L, const char *text)
+{
+    int top = lua_gettop(L);
+    const char *p = text;
+    rd_space(&p);
+    if (*p == '{' && lua_checkstack(L, 4) && rd_value(L, &p, 0)) {
+        rd_space(&p);
+        if (*p == '\0')
+            return true;
+    }
+    lua_settop(L, top); /* not what the reader takes: cJSON decides */
+    cJSON **box = cm_ljson_box(L);
+    if (!(*box = cJSON_Parse(text)) || !cJSON_IsObject(*box)) {
+        lua_settop(L, top); /* the box frees what was parsed */
+        return false;
+    }
+    cm_ljson_push(L, *box);
+    lua_remove(L, -2); /* the box frees the document when collected */
+    return true;
 }
 
 static int box_gc(lua_State *L)

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <lua.h>
+#include <stdbool.h>
 
 #include "error.h"
 
@@ -32,6 +33,12 @@ cJSON **cm_ljson_box(lua_State *L);
 /* Push doc as a Lua value (may raise a memory error; doc stays the caller's,
 ** so keep it in a box). */
 void cm_ljson_push(lua_State *L, const cJSON *doc);
+
+/* Push the JSON object in text (NUL-terminated) as a Lua table, read straight
+** from the text; the same tables as cm_ljson_push of cJSON_Parse(text). False,
+** with nothing pushed, if text is not a JSON object. May raise a memory error
+** or push_value's nesting error (nothing is left to free). */
+bool cm_ljson_push_object_text(lua_State *L, const char *text);
 
 /* Push the JSON null sentinel (a light userdata NULL, exposed as cm.null). */
 void cm_ljson_push_null(lua_State *L);

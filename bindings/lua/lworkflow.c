@@ -330,10 +330,15 @@ static drv *check_inst(lua_State *L)
     return u->d;
 }
 
-/* Append the table on top to the effects list; pops it. */
+/* Append the table on top to the effects list (made with the first); pops it. */
 static void add_effect(lua_State *L)
 {
-    lua_getiuservalue(L, 1, UV_EFFECTS);
+    if (lua_getiuservalue(L, 1, UV_EFFECTS) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, 1, UV_EFFECTS); /* stack: effect, list */
+    }
     lua_insert(L, -2);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
     lua_pop(L, 1);
@@ -656,11 +661,8 @@ static void push_lazy(lua_State *L, drv *d, int uv)
     if (uv == UV_INPUT) {
         push_input(L, d, false);
     } else {
-        cJSON **box = cm_ljson_box(L);
-        if (!(*box = cJSON_Parse(d->sp->ctx)) || !cJSON_IsObject(*box))
+        if (!cm_ljson_push_object_text(L, d->sp->ctx))
             luaL_error(L, "%s: the stored context is not a JSON object", d->sp->instance);
-        cm_ljson_push(L, *box);
-        lua_remove(L, -2); /* the box frees the document when collected */
     }
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, 1, uv);
@@ -879,8 +881,6 @@ static int step_driver(lua_State *L)
     int wf = lua_gettop(L);
     push_instance_mt(L);
     lua_setmetatable(L, wf);
-    lua_newtable(L);
-    lua_setiuservalue(L, wf, UV_EFFECTS);
     lua_pushvalue(L, d->states);
     lua_setiuservalue(L, wf, UV_STATES);
     u->d = d;
@@ -923,7 +923,7 @@ static int step_driver(lua_State *L)
     sp->final = lua_toboolean(L, -1);
     set_name(sp->next, sizeof(sp->next), d->cur);
     /* results stay on the stack for rt_step to convert: ctx (nil if never
-    ** looked at), effects */
+    ** looked at), effects (nil if none) */
     lua_getiuservalue(L, wf, UV_CTX);
     lua_getiuservalue(L, wf, UV_EFFECTS);
     return 2;
@@ -997,7 +997,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         lua_settop(L, top);
         return 0;
     }
-    /* stack: ctx or nil, effects (a list) */
+    /* stack: ctx or nil, effects (a list) or nil */
     char *ctx = NULL;
     cJSON *effects = NULL;
     rc = 0;

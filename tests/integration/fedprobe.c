@@ -4,14 +4,91 @@
 ** each MESSAGE as one frame and prints the reply (or "(no reply)" after 3 s).
 ** A MESSAGE "@big:N" is N bytes of 'x'. Lets the test speak what a real node
 ** never would: another protocol version, garbage, oversized messages.
+** A MESSAGE "@flood:N[:B]" sends N test.note delivers from clinic to cardio
+** (ids flood:1.., each naming the one before as prev) in batches of B
+** (default and most CM_FED_BATCH_MAX), all at once without waiting, then
+** reads the answers until each has one (or none came for 60 s) and prints
+** their count by result.
 ** usage: fedprobe ENDPOINT SERVER_PUBLIC_KEY KEYFILE MESSAGE...
 */
+#include "fed.h"
 #include "keys.h"
+#include "strbuf.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
+
+/* One reply (a message or a batch of them): count each answer by result. */
+static long flood_count(zmq_msg_t *msg, long *received, long *duplicate, long *busy)
+{
+    cm_fed_msg m;
+    cm_fed_batch b;
+    cm_err err;
+    char id[192];
+    if (cm_fed_decode_any(zmq_msg_data(msg), zmq_msg_size(msg), &m, &b, &err) != 0)
+        return 1; /* counted as other */
+    bool batch = m.type == CM_FED_BATCH;
+    int n = batch ? b.n : 1;
+    for (int i = 0; i < n; i++) {
+        if (batch && cm_fed_batch_entry(&b, i, &m, id, &err) != 0)
+            continue;
+        if (m.type == CM_FED_ACK && strcmp(m.result, "received") == 0)
+            (*received)++;
+        else if (m.type == CM_FED_ACK && strcmp(m.result, "duplicate") == 0)
+            (*duplicate)++;
+        else if (m.type == CM_FED_ERROR && strcmp(m.code, "busy") == 0)
+            (*busy)++;
+        cm_fed_msg_clear(&m);
+    }
+    if (batch)
+        cm_fed_batch_free(&b);
+    return n;
+}
+
+/* @flood:N[:B] (see the top). 0, or -1 when a send failed. */
+static int flood(void *s, const char *arg)
+{
+    char *end;
+    long n = strtol(arg, &end, 10), per = *end == ':' ? strtol(end + 1, NULL, 10) : 0;
+    if (per <= 0 || per > CM_FED_BATCH_MAX)
+        per = CM_FED_BATCH_MAX;
+    cm_buf b = {0};
+    long received = 0, duplicate = 0, busy = 0, answers = 0;
+    for (long seq = 1; seq <= n;) {
+        cm_buf_reset(&b);
+        cm_buf_puts(&b, "{\"type\":\"batch\",\"messages\":[");
+        for (int i = 0; i < per && seq <= n; i++, seq++) {
+            cm_buf_printf(&b,
+                          "%s{\"type\":\"deliver\",\"id\":\"flood:%ld\",\"kind\":\"test.note\","
+                          "\"to\":\"cardio\",\"from\":\"clinic\",\"purpose\":"
+                          "\"care_coordination\",\"classes\":[\"notes\"],\"payload\":{\"n\":%ld}",
+                          i ? "," : "", seq, seq);
+            if (seq > 1)
+                cm_buf_printf(&b, ",\"prev\":\"flood:%ld\"", seq - 1);
+            cm_buf_put(&b, "}", 1);
+        }
+        cm_buf_puts(&b, "]}");
+        if (b.oom || zmq_send(s, b.p, b.len, 0) < 0) {
+            free(b.p);
+            return -1;
+        }
+    }
+    free(b.p);
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    while (answers < n) {
+        zmq_pollitem_t item = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 60000) != 1 || zmq_msg_recv(&msg, s, 0) < 0)
+            break;
+        answers += flood_count(&msg, &received, &duplicate, &busy);
+    }
+    zmq_msg_close(&msg);
+    printf("flood: %ld sent, %ld received, %ld duplicate, %ld busy, %ld other\n", n, received,
+           duplicate, busy, answers - received - duplicate - busy);
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -41,6 +118,12 @@ int main(int argc, char **argv)
         char *big = NULL, buf[4096];
         size_t len = strlen(argv[i]);
         const char *body = argv[i];
+        if (strncmp(argv[i], "@flood:", 7) == 0) {
+            if (flood(s, argv[i] + 7) != 0)
+                goto done;
+            fflush(stdout);
+            continue;
+        }
         if (strncmp(argv[i], "@big:", 5) == 0) {
             len = strtoul(argv[i] + 5, NULL, 10);
             if (!(big = malloc(len ? len : 1)))

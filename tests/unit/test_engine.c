@@ -1037,7 +1037,8 @@ static void history_lines(fx *f, const char *id, char *out, size_t n)
 
 /* History rows are written in step order across instances and chained per
 ** instance; a database from before (rows keyed by instance and step) is
-** chained when it is opened, and its instances go on from there. */
+** chained when it is opened, and its instances go on from there; every row
+** names an instance. */
 static void test_history_is_chained_per_instance_and_upgraded(void **state)
 {
     fx *f = *state;
@@ -1073,6 +1074,8 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
                       "DROP TABLE history; ALTER TABLE h4 RENAME TO history;"
                       "ALTER TABLE instance DROP COLUMN hist;"
                       "DROP TABLE api_token;" /* and what later versions made */
+                      "DROP TABLE fed_delivered; DROP INDEX outbox_pending;"
+                      "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
                       "DELETE FROM schema_version WHERE version >= 7;",
                       &err),
         0);
@@ -1090,6 +1093,12 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
                                "3 resumed requested>requested;4 accepted requested>accepted;"
                                "5 consult_note accepted>closed;");
     assert_int_equal(count(f, "SELECT count(*) FROM history"), 8);
+    /* history has no foreign key (SQLite would look the instance up for
+    ** every row); the engine writes rows only for instances it holds */
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('history')"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM history h WHERE NOT EXISTS "
+                              "(SELECT 1 FROM instance i WHERE i.id = h.instance)"),
+                     0);
 }
 
 static void text_of(fx *f, const char *sql, char *out, size_t n)
@@ -1215,6 +1224,94 @@ static void test_messages_apply_only_after_the_one_sent_before(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM inbox"), 3);
 }
 
+/* Timer names of instance id, sorted and joined with ',' ("" when none). */
+static void timers_of(fx *f, const char *id, char *out, size_t n)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(group_concat(name, ','), '') FROM "
+             "(SELECT name FROM timer WHERE instance = '%s' ORDER BY name)",
+             id);
+    text_of(f, sql, out, n);
+}
+
+/* How often the engine ran its scoped-timer DELETE (the same kept statement). */
+static int scoped_deletes(fx *f)
+{
+    cm_err err;
+    sqlite3_stmt *st =
+        cm_store_prepare(f->store, "DELETE FROM timer WHERE instance = ?1 AND scope = ?2", &err);
+    assert_non_null(st);
+    return sqlite3_stmt_status(st, SQLITE_STMTSTATUS_RUN, 0);
+}
+
+static void step_and_expect_timers(fx *f, const char *event, const char *timers, int deletes)
+{
+    char got[256];
+    int before = scoped_deletes(f);
+    signal_ev(f, "s-1", event, NULL);
+    run(f);
+    if (f->a.status[f->a.n - 1] != 0)
+        fail_msg("%s: %s", event, f->a.message[f->a.n - 1]);
+    timers_of(f, "s-1", got, sizeof(got));
+    if (strcmp(got, timers) != 0)
+        fail_msg("after %s: timers %s, want %s", event, got, timers);
+    if (scoped_deletes(f) - before != deletes)
+        fail_msg("after %s (%d): %d scoped-timer DELETEs, want %d", event, f->a.n,
+                 scoped_deletes(f) - before, deletes);
+}
+
+/* Leaving a state cancels its timers; the DELETE is skipped only when the
+** engine knows the instance has no timer of that scope: started here, read
+** back after the cache lost it, or with timers of two scopes at once. */
+static void test_leaving_skips_the_delete_only_when_no_timer_has_that_scope(void **state)
+{
+    static const char *SCOPER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow {\n"
+        "  name = 'scoper', version = 1, start = 'a',\n"
+        "  states = {\n"
+        "    a = { enter = function(wf) wf:after('1h', 'ta') end,\n"
+        "          on = { next = 'b', jump = 'g' } },\n"
+        "    b = { enter = function(wf) wf:after('9h', 'tk', nil, { keep = true }) end,\n"
+        "          on = { next = 'c' } },\n"
+        "    c = { enter = function(wf) wf:after('1h', 'tc') end,\n"
+        "          on = { next = 'd', stay = function(wf) wf:after('2h', 'tc2') end,\n"
+        "                 poke = function(wf) end } },\n"
+        "    d = { on = { next = 'a', finish = 'z' } },\n"
+        "    z = { final = true },\n"
+        "    g = { enter = function(wf) wf:after('1h', 'tg'); wf:go('c') end },\n"
+        "  },\n"
+        "}\n";
+    fx *f = *state;
+    cm_err err;
+    char got[256];
+    load_ok(f, "scoper.lua", SCOPER);
+    assert_int_equal(cm_engine_start(f->engine, "scoper", NULL, "s-1", on_ack, &f->a, &err), 0);
+    run(f);
+    timers_of(f, "s-1", got, sizeof(got));
+    assert_string_equal(got, "ta");
+    step_and_expect_timers(f, "next", "tk", 1);    /* a had one: deleted */
+    step_and_expect_timers(f, "next", "tc,tk", 0); /* b had none (tk is kept): no DELETE */
+    step_and_expect_timers(f, "poke", "tc,tk", 0); /* no move, no timer */
+    step_and_expect_timers(f, "next", "tk", 1);    /* c's timer is still known */
+    step_and_expect_timers(f, "next", "ta,tk", 0); /* d had none */
+    step_and_expect_timers(f, "next", "tk", 1);
+    step_and_expect_timers(f, "next", "tc,tk", 0);
+    step_and_expect_timers(f, "stay", "tc,tc2,tk", 0);
+    /* pause and resume drop the kept copy: the scopes are read back */
+    assert_int_equal(cm_engine_pause(f->engine, "s-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "s-1", &err), 0);
+    step_and_expect_timers(f, "next", "tk", 1); /* both of c's go */
+    step_and_expect_timers(f, "next", "ta,tk", 0);
+    /* a jump through g (its enter goes on to c): a's and g's timers go, c's stays */
+    step_and_expect_timers(f, "jump", "tc,tk", 2);
+    step_and_expect_timers(f, "next", "tk", 1);
+    assert_int_equal(cm_engine_pause(f->engine, "s-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "s-1", &err), 0);
+    step_and_expect_timers(f, "next", "ta,tk", 0); /* read back: no scoped timer, not d */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1251,6 +1348,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
                                         teardown),
     };

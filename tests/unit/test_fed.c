@@ -2,7 +2,9 @@
 ** test_fed.c -- federation messages (every kind round-trips; bad input is
 ** refused by field, never half-parsed), the ZAP admission decision, and the
 ** libzmq behaviour the listener relies on to fail closed without a handler,
-** and when the engine may queue a message routed.
+** when the engine may queue a message routed, and that a peer sending far
+** more than the engine has taken cannot grow what waits in it past
+** CM_FED_APPLY_MAX.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,9 @@
 #include <zmq.h>
 
 #include "fed.h"
+#include "log.h"
+#include "node.h"
+#include "strbuf.h"
 
 static void decode_text(const char *text, cm_fed_msg *m)
 {
@@ -215,18 +220,18 @@ static void test_batch_entries_decode_each_on_its_own(void **state)
     assert_string_equal(m.prev, "a:1");
     assert_string_equal(m.payload->valuestring, "plain");
     cm_fed_msg_clear(&m);
-    /* out of order (found by walking) and out of range; a deliver is taken
-    ** once: its payload moved out on the first read */
-    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), CM_EINVAL);
-    assert_string_equal(err.msg, "messages[0]: payload: missing (any JSON value)");
+    /* out of order and out of range; an entry read again reads the same */
+    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), 0);
     assert_string_equal(id, "a:1");
+    assert_int_equal(cJSON_GetObjectItem(m.payload, "n")->valueint, 1);
+    cm_fed_msg_clear(&m);
     assert_int_equal(cm_fed_batch_entry(&b, 4, &m, id, &err), 0);
     assert_string_equal(m.id, "a:9");
     cm_fed_msg_clear(&m);
     assert_int_equal(cm_fed_batch_entry(&b, 6, &m, id, &err), CM_EINVAL);
     assert_non_null(strstr(err.msg, "messages[6]: no such entry"));
     cm_fed_batch_free(&b);
-    assert_null(b.root);
+    assert_null(b.entries);
 }
 
 /* A batch that is wrong as a whole is refused whole, naming what is wrong. */
@@ -248,13 +253,155 @@ static void test_bad_batches_are_refused_whole(void **state)
     len += (size_t)sprintf(many + len, "]}");
     assert_int_equal(cm_fed_decode_any(many, len, &m, &b, &err), CM_EINVAL);
     assert_string_equal(err.msg, "messages: 1025 messages (1 to 1024 allowed)");
-    assert_null(b.root);
+    assert_null(b.entries);
     free(many);
     /* a hello's caps must be names */
     expect_bad("{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":\"batch\"}",
                "caps: must be an array of names");
     expect_bad("{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":[1]}",
                "caps: must be an array of names");
+}
+
+/* Messages are read in one pass without a tree: the text must be exactly
+** one JSON object, strings decode their escapes, and a batch entry's
+** payload is kept as the text it came as (what the inbox stores). */
+static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
+{
+    const char *text = "{\"type\":\"batch\",\"messages\":[ {\"typ\\u0065\":\"deliver\","
+                       "\"id\":\"a:1\",\"kind\":\"caf\\u00e9 \\ud83d\\ude00\\n\",\"to\":\"o\","
+                       "\"kind\":\"ignored\",\"payload\" : { \"n\" : [1, 2.5e3, -0, true, null]}"
+                       "} ]}";
+    cm_fed_msg m;
+    cm_fed_batch b;
+    cm_err err;
+    char id[192], deep[3000];
+    assert_int_equal(cm_fed_decode_any(text, strlen(text), &m, &b, &err), 0);
+    assert_int_equal(b.n, 1);
+    assert_int_equal(cm_fed_batch_scan(&b, 0, &m, id, &err), 0);
+    assert_int_equal(m.type, CM_FED_DELIVER);
+    assert_string_equal(m.kind, "caf\xc3\xa9 \xf0\x9f\x98\x80\n"); /* the first of a name */
+    assert_null(m.payload);                                        /* no tree */
+    assert_int_equal(m.raw_payload.len, strlen("{ \"n\" : [1, 2.5e3, -0, true, null]}"));
+    assert_memory_equal(m.raw_payload.p, "{ \"n\" : [1, 2.5e3, -0, true, null]}",
+                        m.raw_payload.len);
+    cm_fed_msg_clear(&m);
+    assert_int_equal(cm_fed_batch_entry(&b, 0, &m, id, &err), 0); /* with the tree */
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(m.payload, "n")), 5);
+    cm_fed_msg_clear(&m);
+    cm_fed_batch_free(&b);
+
+    /* anything that is not exactly one JSON object is refused whole */
+    const char *bad[] = {
+        "{\"type\":\"ack\",\"id\":\"a:1\",\"result\":\"received\"} x",
+        "{\"type\":\"ack\",\"id\":\"a:1\",\"result\":\"received\"",
+        "{\"type\":\"ack\",\"id\":\"a:1\",\"result\":\"received\",}",
+        "{\"type\":\"ack\" \"id\":\"a:1\"}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":01}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":1.}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":tru}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":[1 2]}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":\"\\x\"}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":\"\\ud800\"}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"payload\":\"a\tb\"}",
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"ack\"},]}",
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"ack\"}]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_bad(bad[i], "not a JSON object");
+    /* nesting deeper than 1000 is refused; 999 levels are read */
+    memset(deep, '[', 1000);
+    snprintf(deep, sizeof(deep),
+             "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+             "\"payload\":");
+    size_t len = strlen(deep);
+    for (int i = 0; i < 1000; i++)
+        deep[len + (size_t)i] = '[';
+    for (int i = 0; i < 1000; i++)
+        deep[len + 1000 + (size_t)i] = ']';
+    memcpy(deep + len + 2000, "}", 2);
+    expect_bad(deep, "not a JSON object");
+    memmove(deep + len, deep + len + 1, strlen(deep + len + 1) + 1); /* 999 [ */
+    memmove(deep + len + 999, deep + len + 1000, strlen(deep + len + 1000) + 1);
+    decode_text(deep, &m);
+    assert_true(cJSON_IsArray(m.payload));
+    cm_fed_msg_clear(&m);
+    /* a string field must not hide a NUL */
+    expect_bad("{\"type\":\"ack\",\"id\":\"a:\\u0000\",\"result\":\"received\"}",
+               "id: must not hold \\u0000");
+}
+
+/* Mutations of good messages (bytes changed, cut short, spliced): reading
+** one never touches a byte past its end (each is copied into a buffer of
+** its own length, without a NUL), and whatever is taken, cJSON parses too,
+** with the same id and payload. Deterministic: a fixed seed. */
+static void test_mutated_messages_are_read_safely(void **state)
+{
+    static const char *const good[] = {
+        "{\"type\":\"batch\",\"messages\":[{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\","
+        "\"to\":\"o\",\"payload\":{\"n\":[1,-2.5e+3,\"\\u00e9\\\\\"]}},{\"type\":\"ack\",\"id\":"
+        "\"a:2\",\"result\":\"received\"}]}",
+        "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\",\"prev\":\"a:0\","
+        "\"classes\":[\"notes\"],\"patient_record\":{\"id\":\"p\"},\"payload\":\"\\ud83d\\ude00\"}",
+        "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"a\",\"caps\":[\"batch\"]}",
+    };
+    const char alphabet[] = "{}[]\",:\\u0123456789abcdefABCDEF.-+eE truenlfs\x01\x7f\xc3\xa9";
+    uint32_t seed = 12345;
+    int taken = 0, refused = 0;
+    for (int round = 0; round < 30000; round++) {
+        const char *g = good[round % 3];
+        size_t len = strlen(g), n = len;
+        char text[512];
+        memcpy(text, g, len);
+        for (int k = 0; k < 1 + round % 3; k++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % n;
+            switch ((seed >> 4) % 3) {
+            case 0: /* a byte changed */
+                text[at] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+                break;
+            case 1: /* cut short */
+                n = at + 1;
+                break;
+            default: /* a span doubled */
+                if (n + 8 < sizeof(text)) {
+                    memmove(text + at + 8, text + at, n - at);
+                    n += 8;
+                }
+            }
+        }
+        char *buf = malloc(n);
+        assert_non_null(buf);
+        memcpy(buf, text, n);
+        cm_fed_msg m;
+        cm_fed_batch b;
+        cm_err err;
+        char id[192];
+        if (cm_fed_decode_any(buf, n, &m, &b, &err) != 0)
+            refused++;
+        else {
+            cJSON *tree = cJSON_ParseWithLength(buf, n);
+            taken++;
+            assert_non_null(tree);
+            for (int i = 0; i < b.n; i++) {
+                cm_fed_msg e;
+                if (cm_fed_batch_entry(&b, i, &e, id, &err) == 0) {
+                    cJSON *it = cJSON_GetArrayItem(cJSON_GetObjectItem(tree, "messages"), i);
+                    assert_string_equal(e.id, cJSON_GetStringValue(cJSON_GetObjectItem(it, "id")));
+                    if (e.payload)
+                        assert_true(
+                            cJSON_Compare(e.payload, cJSON_GetObjectItem(it, "payload"), 1));
+                    cm_fed_msg_clear(&e);
+                }
+            }
+            if (m.type == CM_FED_DELIVER)
+                assert_true(cJSON_Compare(m.payload, cJSON_GetObjectItem(tree, "payload"), 1));
+            cJSON_Delete(tree);
+            cm_fed_msg_clear(&m);
+            cm_fed_batch_free(&b);
+        }
+        free(buf);
+    }
+    assert_true(taken > 1000 && refused > 1000); /* both sides were tried */
 }
 
 static void test_zap_admits_only_configured_curve_keys(void **state)
@@ -417,6 +564,279 @@ static void test_route_at_insert_waits_for_rows_without_a_peer(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* ---- apply mode under load ------------------------------------------------ */
+
+#define LOAD_BATCHES 5    /* batches of CM_FED_BATCH_MAX delivers the peer sends */
+#define LOAD_SINGLES 1500 /* and delivers alone, between the second and third */
+#define LOAD_N       (LOAD_BATCHES * CM_FED_BATCH_MAX + LOAD_SINGLES)
+#define LOAD_ENGINE  256 /* answers per turn of the loop: the engine's batch */
+
+/* A stand-in engine: the tickets handed to it, answered in arrival order,
+** LOAD_ENGINE a turn, with the real engine's rule (the next message of the
+** peer is applied, an earlier one is a duplicate, a later one waits busy). */
+typedef struct load_world {
+    cm_fed *fed;
+    uv_idle_t engine;
+    void **tickets;
+    long *seqs, head, tail, cap;
+    long handed, answered, peak, stats_off;
+    long next_seq, dups, busy;
+    bool answered_seq[LOAD_N + 1];
+    int acked[LOAD_N + 1];
+    long early_acks, other_answers, hellos;
+} load_world;
+
+static void load_engine_turn(uv_idle_t *h)
+{
+    load_world *w = h->data;
+    /* an answer may read more from the peer, which lands at the tail */
+    for (int i = 0; i < LOAD_ENGINE && w->head < w->tail; i++) {
+        long seq = w->seqs[w->head];
+        void *t = w->tickets[w->head++];
+        w->answered++;
+        if (seq == w->next_seq) {
+            w->next_seq++;
+            w->answered_seq[seq] = true;
+            cm_fed_answer(t, "received", NULL);
+        } else if (seq < w->next_seq) {
+            w->dups++;
+            cm_fed_answer(t, "duplicate", NULL);
+        } else {
+            w->busy++;
+            cm_fed_answer(t, NULL, "out of order");
+        }
+    }
+    if (w->head == w->tail)
+        uv_idle_stop(h);
+}
+
+static int load_apply(void *ud, const char *peer, const cm_fed_msg *m, void *ticket)
+{
+    load_world *w = ud;
+    cm_fed_apply_stats st;
+    const char *colon = strrchr(m->id, ':');
+    if (w->tail == w->cap) {
+        long cap = w->cap ? 2 * w->cap : 1024;
+        void **t = realloc(w->tickets, (size_t)cap * sizeof(*t));
+        if (t)
+            w->tickets = t;
+        long *s = realloc(w->seqs, (size_t)cap * sizeof(*s));
+        if (s)
+            w->seqs = s;
+        if (!t || !s)
+            return -1;
+        w->cap = cap;
+    }
+    w->tickets[w->tail] = ticket;
+    w->seqs[w->tail++] = colon ? strtol(colon + 1, NULL, 10) : -1;
+    w->handed++;
+    if (w->handed - w->answered > w->peak)
+        w->peak = w->handed - w->answered;
+    cm_fed_apply_stats_get(w->fed, &st);
+    if (st.applying != w->handed - w->answered)
+        w->stats_off++;
+    uv_idle_start(&w->engine, load_engine_turn);
+    return 0;
+}
+
+/* One deliver from the peer as JSON text, appended to b. */
+static void load_deliver(cm_buf *b, long seq)
+{
+    cm_buf_printf(b,
+                  "{\"type\":\"deliver\",\"id\":\"peer-x:%ld\",\"kind\":\"test.note\","
+                  "\"to\":\"org-b\",\"payload\":{\"n\":%ld}",
+                  seq, seq);
+    if (seq > 1)
+        cm_buf_printf(b, ",\"prev\":\"peer-x:%ld\"", seq - 1);
+    cm_buf_put(b, "}", 1);
+}
+
+static void load_send(void *d, cm_buf *b)
+{
+    assert_false(b->oom);
+    assert_int_equal(zmq_send(d, b->p, b->len, 0), (int)b->len);
+    cm_buf_reset(b);
+}
+
+/* Read the answers waiting at the peer: count acks by message, and note any
+** ack for a message the engine had not answered. */
+static void load_read_answers(load_world *w, void *d)
+{
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    while (zmq_msg_recv(&msg, d, ZMQ_DONTWAIT) >= 0) {
+        cm_fed_msg m;
+        cm_fed_batch b;
+        cm_err err;
+        char id[192];
+        if (cm_fed_decode_any(zmq_msg_data(&msg), zmq_msg_size(&msg), &m, &b, &err) != 0)
+            fail_msg("the peer got a bad answer: %s", err.msg);
+        bool batch = m.type == CM_FED_BATCH;
+        int entries = batch ? b.n : 1;
+        for (int i = 0; i < entries; i++) {
+            if (batch && cm_fed_batch_entry(&b, i, &m, id, &err) != 0)
+                fail_msg("the peer got a bad answer: %s", err.msg);
+            const char *colon = strrchr(m.id, ':');
+            long seq = colon ? strtol(colon + 1, NULL, 10) : 0;
+            if (m.type == CM_FED_HELLO)
+                w->hellos++;
+            else if (m.type == CM_FED_ACK && strcmp(m.result, "received") == 0 && seq >= 1 &&
+                     seq <= LOAD_N) {
+                w->acked[seq]++;
+                if (!w->answered_seq[seq])
+                    w->early_acks++;
+            } else
+                w->other_answers++;
+            cm_fed_msg_clear(&m);
+        }
+        if (batch)
+            cm_fed_batch_free(&b);
+    }
+    zmq_msg_close(&msg);
+}
+
+/* Turn the loop and read the peer's answers until done() or 60 s pass. */
+static bool load_turn_until(uv_loop_t *loop, load_world *w, void *d, bool (*done)(load_world *))
+{
+    uv_update_time(loop);
+    uint64_t until = uv_now(loop) + 60000;
+    while (!done(w)) {
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        load_read_answers(w, d);
+        if (uv_now(loop) > until)
+            return false;
+    }
+    return true;
+}
+
+static bool load_said_hello(load_world *w)
+{
+    return w->hellos > 0;
+}
+
+static bool load_all_acked(load_world *w)
+{
+    for (long i = 1; i <= LOAD_N; i++)
+        if (w->acked[i] == 0)
+            return false;
+    return true;
+}
+
+/* A peer sends several times what may wait in the engine, without waiting
+** for answers: the ROUTER stops reading past the mark (the rest waits in
+** ZeroMQ) and reads on as the engine answers, though no new edge comes. No
+** more than CM_FED_APPLY_MAX are ever with the engine unanswered; each is
+** applied once, in order, and acked only after the engine answered it. */
+static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
+{
+    cm_test_node *n = cm_test_node_new();
+    load_world *w = calloc(1, sizeof(*w));
+    char pub[41], sec[41], ep[256];
+    cm_keypair keys;
+    cm_config cfg;
+    cm_fed_apply_stats st;
+    uv_loop_t loop;
+    cm_err err;
+    cm_buf b = {0};
+    int zero = 0;
+    assert_non_null(n);
+    assert_non_null(w);
+    cm_log_set_level(CM_LOG_WARN); /* a line per message otherwise */
+    assert_int_equal(cm_keys_generate(&keys, &err), 0);
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    cm_config_defaults(&cfg);
+    cfg.fed_enabled = true;
+    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
+    cfg.fed_npeers = 1;
+    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "peer-x");
+    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "tcp://127.0.0.1:9");
+    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s", pub);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(uv_idle_init(&loop, &w->engine), 0);
+    w->engine.data = w;
+    w->next_seq = 1;
+    cm_fed_opts fo = {.loop = &loop,
+                      .store = n->store,
+                      .clock = n->clock,
+                      .cfg = &cfg,
+                      .node_id = "node-b",
+                      .keys = &keys,
+                      .poll_ms = 10,
+                      .apply = load_apply,
+                      .engine_ud = w};
+    assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
+    assert_int_equal(cm_fed_listen_endpoint(w->fed, ep, sizeof(ep)), 0);
+    assert_non_null(strstr(ep, "tcp://127.0.0.1:"));
+
+    /* the peer: a bare DEALER with the configured key */
+    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(d);
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(d, ZMQ_SNDHWM, &zero, sizeof(zero)); /* it never waits to send */
+    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, keys.public_key, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, pub, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, sec, 40);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
+                    "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(d, &b);
+    assert_true(load_turn_until(&loop, w, d, load_said_hello));
+
+    /* everything at once: batches, then delivers alone, then batches */
+    long seq = 1;
+    for (int k = 0; k < LOAD_BATCHES; k++) {
+        if (k == 2)
+            for (int i = 0; i < LOAD_SINGLES; i++) {
+                load_deliver(&b, seq++);
+                load_send(d, &b);
+            }
+        cm_buf_puts(&b, "{\"type\":\"batch\",\"messages\":[");
+        for (int i = 0; i < CM_FED_BATCH_MAX; i++) {
+            if (i)
+                cm_buf_put(&b, ",", 1);
+            load_deliver(&b, seq++);
+        }
+        cm_buf_puts(&b, "]}");
+        load_send(d, &b);
+    }
+    assert_int_equal(seq, LOAD_N + 1);
+    assert_true(load_turn_until(&loop, w, d, load_all_acked));
+
+    /* never past the bound, and the bound was reached: reading paused */
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(w->peak <= CM_FED_APPLY_MAX);
+    assert_true(w->peak > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX);
+    assert_int_equal(st.applying_max, w->peak);
+    assert_true(st.pauses > 0);
+    assert_int_equal(w->stats_off, 0);
+    /* each applied once, in order; acked once, after the engine's answer */
+    assert_int_equal(w->next_seq, LOAD_N + 1);
+    assert_int_equal(w->busy, 0); /* nothing reached the engine out of order */
+    for (long i = 1; i <= LOAD_N; i++)
+        if (w->acked[i] != 1)
+            fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
+    assert_int_equal(w->early_acks, 0);
+    assert_int_equal(w->other_answers, 0);
+    assert_int_equal(w->dups, 0); /* nothing was dropped, so nothing was resent */
+    assert_int_equal(st.applying, 0);
+    assert_false(st.paused);
+
+    free(b.p);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    cm_fed_stop(w->fed);
+    uv_close((uv_handle_t *)&w->engine, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&w->fed);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    cm_config_free(&cfg);
+    cm_keys_wipe(&keys);
+    free(w->tickets);
+    free(w->seqs);
+    free(w);
+    cm_test_node_free(n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -424,9 +844,12 @@ int main(void)
         cmocka_unit_test(test_bad_messages_are_refused_by_field),
         cmocka_unit_test(test_batch_entries_decode_each_on_its_own),
         cmocka_unit_test(test_bad_batches_are_refused_whole),
+        cmocka_unit_test(test_scanned_text_is_checked_and_kept_as_sent),
+        cmocka_unit_test(test_mutated_messages_are_read_safely),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
+        cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -141,6 +141,169 @@ static void test_push_roundtrip(void **state)
     lua_close(L); /* the box frees doc */
 }
 
+/* ---- object text read straight into Lua ---------------------------------- */
+
+static int cjson_mallocs;
+static void *counting_malloc(size_t n)
+{
+    cjson_mallocs++;
+    return malloc(n);
+}
+
+/* The value cm_ljson_push_object_text pushes for the text (light userdata 1), or nil. */
+static int l_read_text(lua_State *L)
+{
+    if (!cm_ljson_push_object_text(L, lua_touserdata(L, 1)))
+        lua_pushnil(L);
+    return 1;
+}
+
+/* The value of the old route: cJSON_Parse, then cm_ljson_push; nil if not an object. */
+static int l_read_cjson(lua_State *L)
+{
+    cJSON **box = cm_ljson_box(L);
+    *box = cJSON_Parse(lua_touserdata(L, 1));
+    if (!cJSON_IsObject(*box))
+        lua_pushnil(L);
+    else
+        cm_ljson_push(L, *box);
+    return 1;
+}
+
+/* Same types (integer or float too), values and iteration order: the same tables. */
+static const char SAME_LUA[] =
+    "local function same(a, b)\n"
+    "  if type(a) ~= type(b) then return false end\n"
+    "  if type(a) == 'number' then return math.type(a) == math.type(b) and a == b end\n"
+    "  if type(a) ~= 'table' then return a == b end\n"
+    "  local k1, v1 = next(a)\n"
+    "  local k2, v2 = next(b)\n"
+    "  while k1 ~= nil or k2 ~= nil do\n"
+    "    if k1 ~= k2 or not same(v1, v2) then return false end\n"
+    "    k1, v1 = next(a, k1)\n"
+    "    k2, v2 = next(b, k2)\n"
+    "  end\n"
+    "  return true\n"
+    "end\n"
+    "return same";
+
+/* Read text both ways (each in a protected call) and check they agree. */
+static void expect_same_read(lua_State *L, const char *text)
+{
+    int top = lua_gettop(L);
+    int rc1 = (lua_pushcfunction(L, l_read_text), lua_pushlightuserdata(L, (void *)text),
+               lua_pcall(L, 1, 1, 0));
+    int rc2 = (lua_pushcfunction(L, l_read_cjson), lua_pushlightuserdata(L, (void *)text),
+               lua_pcall(L, 1, 1, 0));
+    /* stack: result or error of each */
+    if (rc1 != rc2)
+        fail_msg("%s: read %s, cJSON route %s", text, rc1 ? lua_tostring(L, -2) : "ok",
+                 rc2 ? lua_tostring(L, -1) : "ok");
+    if (rc1 != LUA_OK) {
+        assert_string_equal(lua_tostring(L, -2), lua_tostring(L, -1));
+    } else {
+        lua_getglobal(L, "same");
+        lua_pushvalue(L, -3);
+        lua_pushvalue(L, -3);
+        lua_call(L, 2, 1);
+        if (!lua_toboolean(L, -1))
+            fail_msg("%s: the two routes give different tables", text);
+    }
+    lua_settop(L, top);
+}
+
+static void test_object_text_reads_as_cjson_would(void **state)
+{
+    static const char *texts[] = {
+        "{}",
+        " {\"a\":1} ",
+        "{\"n\":3,\"x\":1.5,\"s\":\"t\",\"b\":true,\"f\":false,\"z\":null}",
+        "{\"a\":[1,2,[3,{\"b\":[]}]],\"c\":{\"d\":{\"e\":\"f\"}},\"g\":[]}",
+        "{\"a\":1,\"a\":2,\"b\":[1],\"b\":{\"c\":3}}",
+        "{\"s\":\"q\\\"b\\\\s\\/n\\nr\\rt\\tb\\bf\\f\",\"e\":\"\"}",
+        "{\"s\":\"\\u00e9\\u4e2d\\u0041\\u007f\\u0080\\u07FF\\u0800\\uFFFF\",\"k\\u00e9\":1}",
+        "{\"s\":\"\\ud83d\\ude00\",\"lone\":\"\\ud83d\",\"low\":\"\\ude00\"}",
+        "{\"s\":\"\\u0000x\",\"t\":\"a\\u00zzb\",\"u\":\"a\\qb\"}",
+        "{\"raw\":\"x\x01y\x7f\xc3\xa9\",\"k\":\"\xff\xfe\"}",
+        "{\"a\":-0,\"b\":0.5,\"c\":1e3,\"d\":1E-2,\"e\":123456789012345,\"f\":1234567890123456,"
+        "\"g\":12345678901234567890,\"h\":-9007199254740993,\"i\":1.0,\"j\":2.5e300,"
+        "\"k\":-123456789012345,\"l\":1e400,\"m\":-1e-400,\"n\":0.1,\"o\":3.0e0,\"p\":9e15}",
+        "{\"long\":1.00000000000000000000000000000000000000000000000000000000000001}",
+        "{\"long\":100000000000000000000000000000000000000000000000000000000000000000000}",
+        "{\"k\":01}",
+        "{\"k\":+1}",
+        "{\"k\":1.}",
+        "{\"k\":.5}",
+        "{\"k\":1e}",
+        "{\"k\":0x10}",
+        "{\"k\":-}",
+        "{\"a\":1}x",
+        "{\"a\":1}  \n",
+        "\xef\xbb\xbf{\"a\":1}",
+        "{\t\"a\"\n:\r1 ,\x01\"b\" : [ 1 , 2 ] }",
+        "[1,2]",
+        "\"s\"",
+        "3",
+        "",
+        "   ",
+        "{",
+        "{\"a\":}",
+        "{\"a\" 1}",
+        "{a:1}",
+        "{\"a\":1,}",
+        "{\"a\":[1,]}",
+        "{\"a\":tru}",
+        "{\"a\":nul}",
+        "{\"a\":fals}",
+        "{\"a\":\"unterminated}",
+        "{\"a\":[1,2}",
+        "{\"a\":{\"b\":1]}",
+    };
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    cm_ljson_init(L);
+    assert_int_equal(luaL_dostring(L, SAME_LUA), 0);
+    lua_setglobal(L, "same");
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        expect_same_read(L, texts[i]);
+    /* nesting at push_value's limit (128 below the root) and past it */
+    for (int levels = 126; levels <= 130; levels++) {
+        char text[400];
+        int n = snprintf(text, sizeof(text), "{\"a\":");
+        for (int k = 0; k < levels; k++)
+            text[n++] = '[';
+        for (int k = 0; k < levels; k++)
+            text[n++] = ']';
+        text[n++] = '}';
+        text[n] = '\0';
+        expect_same_read(L, text);
+    }
+    /* many fields and items */
+    size_t cap = 64 * 1024, n = 0;
+    char *big = malloc(cap);
+    assert_non_null(big);
+    n += (size_t)snprintf(big + n, cap - n, "{");
+    for (int k = 0; k < 500; k++)
+        n += (size_t)snprintf(big + n, cap - n, "\"f%d\":%d,", k, k * 7 - 1000);
+    n += (size_t)snprintf(big + n, cap - n, "\"list\":[");
+    for (int k = 0; k < 2000; k++)
+        n += (size_t)snprintf(big + n, cap - n, "%s%d.25", k ? "," : "", k);
+    snprintf(big + n, cap - n, "]}");
+    expect_same_read(L, big);
+    free(big);
+    /* an ordinary context is read without a cJSON document */
+    cJSON_Hooks hooks = {counting_malloc, free};
+    cJSON_InitHooks(&hooks);
+    cjson_mallocs = 0;
+    assert_true(cm_ljson_push_object_text(
+        L, "{\"n\":12,\"appointment\":\"2026-12-01T09:00:00Z\",\"tags\":[\"a\",\"b\"],\"x\":0.5}"));
+    assert_int_equal(cjson_mallocs, 0);
+    assert_false(cm_ljson_push_object_text(L, "[1]"));
+    assert_true(cjson_mallocs > 0); /* what the reader does not take, cJSON reads */
+    cJSON_InitHooks(NULL);
+    lua_close(L);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -149,6 +312,7 @@ int main(void)
         cmocka_unit_test(test_utf8_is_carried),
         cmocka_unit_test(test_encoded_text_reads_back),
         cmocka_unit_test(test_push_roundtrip),
+        cmocka_unit_test(test_object_text_reads_as_cjson_would),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

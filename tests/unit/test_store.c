@@ -2,6 +2,7 @@
 ** test_store.c -- the SQLite store: creation modes, pragmas, migrations,
 ** refusal of foreign, corrupt and newer databases, kept statements.
 */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -408,8 +409,89 @@ static void test_checkpoints_inline_when_asked(void **state)
     cm_store_close(&s);
 }
 
+/* Blocks freed on a thread stay in its pool until the thread ends, and are
+** freed then (valgrind and LeakSanitizer would report them otherwise). */
+static void *pool_thread(void *arg)
+{
+    void *b[10];
+    for (int i = 0; i < 10; i++)
+        b[i] = sqlite3_malloc(40 * (i + 1));
+    for (int i = 0; i < 10; i++)
+        sqlite3_free(b[i]);
+    sqlite3_free(sqlite3_malloc(65544));
+    return arg;
+}
+
+/* SQLite's small blocks (and the last big one) are kept per thread for the
+** next request of their class (main() set the allocator up first). */
+static void test_small_blocks_are_kept_per_thread(void **state)
+{
+    void *a = sqlite3_malloc(100);
+    assert_non_null(a);
+    assert_int_equal(sqlite3_msize(a), 128); /* its class */
+    sqlite3_free(a);
+    void *b = sqlite3_malloc(120);
+    assert_ptr_equal(b, a); /* the same block, from this thread's pool */
+    void *c = sqlite3_malloc(100);
+    assert_ptr_not_equal(c, b);
+    sqlite3_free(b);
+    sqlite3_free(c);
+    void *big = sqlite3_malloc(65544);
+    assert_non_null(big);
+    sqlite3_free(big);
+    void *again = sqlite3_malloc(65544);
+    assert_ptr_equal(again, big);
+    sqlite3_free(again);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pool_thread, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+/* Migration 10: a database whose outbox was indexed by (status, peer, seq)
+** keeps the last row delivered to each peer, and indexes pending rows
+** alone; what the rows say is unchanged. */
+static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(
+        cm_store_exec(s,
+                      "DROP TABLE fed_delivered; DROP INDEX outbox_pending;"
+                      "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
+                      "DELETE FROM schema_version WHERE version >= 10;"
+                      "INSERT INTO outbox(seq, receiver, kind, payload, created, status, peer) "
+                      "VALUES (1, 'o', 'k', '{}', 't', 'delivered', 'b'),"
+                      " (2, 'o', 'k', '{}', 't', 'delivered', 'c'),"
+                      " (3, 'o', 'k', '{}', 't', 'delivered', 'b'),"
+                      " (4, 'o', 'k', '{}', 't', 'refused', 'b'),"
+                      " (5, 'o', 'k', '{}', 't', 'pending', 'b'),"
+                      " (6, 'o', 'k', '{}', 't', 'pending', NULL);",
+                      &err),
+        0);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_schema_version(s), CM_SCHEMA_VERSION);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'b'"), 3);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'c'"), 2);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM fed_delivered"), 2);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM sqlite_master WHERE name = "
+                                   "'outbox_by_peer'"),
+                     0);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox WHERE status = 'pending' AND "
+                                   "peer = 'b' AND seq > 0"),
+                     1);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox WHERE status = 'pending' AND "
+                                   "peer IS NULL"),
+                     1);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
+    cm_store_global_init(); /* as main() does: every test here runs on its allocator */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
         cmocka_unit_test_setup_teardown(test_synchronous_is_configurable, setup, teardown),
@@ -417,6 +499,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_migrations_apply_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox_index_migration_keeps_the_last_delivered, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_foreign_sqlite_database_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
@@ -430,6 +514,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unwritable_location_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_database_readable_by_others_is_refused, setup,
                                         teardown),
+        cmocka_unit_test(test_small_blocks_are_kept_per_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
