@@ -30,6 +30,7 @@
 #define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
 #define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
+#define FED_NUMBER_MAX   63   /* characters of a number in a message: what cJSON reads as one */
 #define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
 #define FED_PUMP_ROUNDS  16   /* flush-and-send rounds per turn before yielding the loop */
 #define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
@@ -309,6 +310,8 @@ static int scan_number(scan *s)
         while (p < e && *p >= '0' && *p <= '9')
             p++;
     }
+    if (p - s->p > FED_NUMBER_MAX)
+        return -1; /* cJSON, which reads it later, takes no longer number */
     s->p = p;
     return 0;
 }
@@ -703,11 +706,12 @@ static int decode_scan(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch 
     }
     while (array_next(list, &at, &e)) {
         if (n == cap) {
+            int ncap = cap ? cap * 4 : 64;
             cm_fed_text *more =
-                n < CM_FED_BATCH_MAX
-                    ? realloc(b->entries, (size_t)(cap = cap ? cap * 4 : 64) * sizeof(*more))
-                    : NULL;
-            if (!more) {
+                n < CM_FED_BATCH_MAX ? realloc(b->entries, (size_t)ncap * sizeof(*more)) : NULL;
+            if (more)
+                cap = ncap;
+            else {
                 n++; /* past the cap (or out of memory): counted, not kept */
                 while (array_next(list, &at, &e))
                     n++;

@@ -308,6 +308,23 @@ static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         expect_bad(bad[i], "not a JSON object");
+    /* a number of 63 characters is read (as cJSON reads it later), 64 are
+    ** refused here rather than taken and failed by cJSON afterwards */
+    char num[256], digits[65];
+    memset(digits, '7', 64);
+    digits[64] = '\0';
+    snprintf(num, sizeof(num),
+             "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+             "\"payload\":{\"n\":-%.62s}}",
+             digits);
+    decode_text(num, &m);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(m.payload, "n")));
+    cm_fed_msg_clear(&m);
+    snprintf(num, sizeof(num),
+             "{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+             "\"payload\":{\"n\":-%.63s}}",
+             digits);
+    expect_bad(num, "not a JSON object");
     /* nesting deeper than 1000 is refused; 999 levels are read */
     memset(deep, '[', 1000);
     snprintf(deep, sizeof(deep),
