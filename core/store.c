@@ -398,6 +398,9 @@ static void mem_drain(void *arg)
     if (p->big) /* SQLite's own xFree takes no NULL */
         mem_base.xFree(p->big);
     p->big = NULL;
+    /* a block freed later on this thread (another key's destructor) keys
+    ** the pool again, and POSIX runs this destructor once more */
+    p->registered = false;
 }
 
 static void mem_key_make(void)
