@@ -655,12 +655,12 @@ static int cmd_lua(int argc, char **argv)
 /* ---- bench ------------------------------------------------------------ */
 
 /* One option of a benchmark: a count (1..max) into an int or a long, or a
-** text kept as given. */
-typedef enum { BENCH_INT, BENCH_LONG, BENCH_TEXT } bench_kind;
+** text kept as given; exactly one of the three places is set. */
 typedef struct bench_opt {
     const char *name; /* the long option, without -- */
-    bench_kind kind;
-    void *dst;
+    int *count;
+    long *lcount;
+    const char **text;
     long max; /* counts */
 } bench_opt;
 
@@ -686,17 +686,17 @@ static int bench_parse(const char *cmd, const bench_opt *opts, int nopts, int ar
             return usage_error(cmd, "bad option or missing value: '%s'", argv[optind - 1]);
         const bench_opt *b = &opts[c - 256];
         long v;
-        if (b->kind == BENCH_TEXT) {
-            *(const char **)b->dst = optarg;
+        if (b->text) {
+            *b->text = optarg;
             continue;
         }
         if (!parse_count(optarg, b->max, &v))
             return usage_error(cmd, "--%s: must be a count from 1 to %ld, got '%s'", b->name,
                                b->max, optarg);
-        if (b->kind == BENCH_LONG)
-            *(long *)b->dst = v;
+        if (b->lcount)
+            *b->lcount = v;
         else
-            *(int *)b->dst = (int)v;
+            *b->count = (int)v;
     }
     if (optind < argc)
         return usage_error(cmd, "unexpected argument '%s'", argv[optind]);
@@ -708,12 +708,12 @@ static int bench_federation(int argc, char **argv)
     cm_bench_fed_opts o = {200000, CM_FED_WINDOW_DEFAULT, 256, 4000, 100, NULL, 0};
     const char *proto = NULL;
     const bench_opt opts[] = {
-        {"messages", BENCH_LONG, &o.messages, BENCH_COUNT_MAX},
-        {"window", BENCH_INT, &o.window, CM_FED_WINDOW_MAX},
-        {"batch", BENCH_INT, &o.batch, BENCH_COUNT_MAX},
-        {"backlog", BENCH_INT, &o.backlog, BENCH_COUNT_MAX},
-        {"size", BENCH_INT, &o.size, 64 * 1024},
-        {"receiver-proto", BENCH_TEXT, &proto, 0},
+        {"messages", NULL, &o.messages, NULL, BENCH_COUNT_MAX},
+        {"window", &o.window, NULL, NULL, CM_FED_WINDOW_MAX},
+        {"batch", &o.batch, NULL, NULL, BENCH_COUNT_MAX},
+        {"backlog", &o.backlog, NULL, NULL, BENCH_COUNT_MAX},
+        {"size", &o.size, NULL, NULL, 64 * 1024},
+        {"receiver-proto", NULL, NULL, &proto, 0},
     };
     cm_err err;
     int rc =
@@ -740,14 +740,14 @@ static int bench_api(int argc, char **argv)
     cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
                            4,    64};
     const bench_opt opts[] = {
-        {"api", BENCH_TEXT, &api, 0},
-        {"token", BENCH_TEXT, &o.token, 0},
-        {"workflow", BENCH_TEXT, &o.workflow, 0},
-        {"event", BENCH_TEXT, &o.event, 0},
-        {"instances", BENCH_INT, &o.instances, BENCH_COUNT_MAX},
-        {"events", BENCH_INT, &o.events, BENCH_COUNT_MAX},
-        {"connections", BENCH_INT, &o.connections, BENCH_COUNT_MAX},
-        {"pipeline", BENCH_INT, &o.pipeline, BENCH_COUNT_MAX},
+        {"api", NULL, NULL, &api, 0},
+        {"token", NULL, NULL, &o.token, 0},
+        {"workflow", NULL, NULL, &o.workflow, 0},
+        {"event", NULL, NULL, &o.event, 0},
+        {"instances", &o.instances, NULL, NULL, BENCH_COUNT_MAX},
+        {"events", &o.events, NULL, NULL, BENCH_COUNT_MAX},
+        {"connections", &o.connections, NULL, NULL, BENCH_COUNT_MAX},
+        {"pipeline", &o.pipeline, NULL, NULL, BENCH_COUNT_MAX},
     };
     cm_err err;
     int rc = bench_parse("bench api", opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv);
@@ -764,10 +764,10 @@ static int cmd_bench(int argc, char **argv)
 {
     cm_bench_opts o = {2000, 25, 256, NULL, 0};
     const bench_opt opts[] = {
-        {"instances", BENCH_INT, &o.instances, BENCH_COUNT_MAX},
-        {"events", BENCH_INT, &o.rounds, BENCH_COUNT_MAX},
-        {"batch", BENCH_INT, &o.batch, BENCH_COUNT_MAX},
-        {"batch-ms", BENCH_INT, &o.batch_ms, BENCH_COUNT_MAX},
+        {"instances", &o.instances, NULL, NULL, BENCH_COUNT_MAX},
+        {"events", &o.rounds, NULL, NULL, BENCH_COUNT_MAX},
+        {"batch", &o.batch, NULL, NULL, BENCH_COUNT_MAX},
+        {"batch-ms", &o.batch_ms, NULL, NULL, BENCH_COUNT_MAX},
     };
     cm_err err;
     if (argc >= 2 && strcmp(argv[1], "federation") == 0)
