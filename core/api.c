@@ -128,17 +128,6 @@ static size_t text_put(char *buf, size_t n, const char *s)
     return n + len;
 }
 
-/* snprintf(dst, dstsz, "%s", src) without the format machinery (this runs
-** for every request): src cut to fit, NUL-terminated. */
-static void text_copy(char *dst, size_t dstsz, const char *src)
-{
-    size_t n = strlen(src);
-    if (n >= dstsz)
-        n = dstsz - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 static void count(cm_api *api, const char *pattern, int status)
 {
     for (int i = 0; i < api->ncounters; i++)
@@ -672,7 +661,7 @@ static bool authenticate(call *c)
                     "X-Purpose: use 1 to %d letters, digits, . _ : -", PURPOSE_MAX);
         return false;
     }
-    text_copy(c->purpose, sizeof(c->purpose), purpose ? purpose : "");
+    cm_copy_str(c->purpose, sizeof(c->purpose), purpose ? purpose : "");
     return true;
 }
 
@@ -1007,7 +996,7 @@ static int instance_patient_of(cm_api *api, const char *instance, char *out, siz
     patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
     out[0] = '\0';
     if (slot && strcmp(slot->instance, instance) == 0) {
-        text_copy(out, outsz, slot->patient);
+        cm_copy_str(out, outsz, slot->patient);
         return 0;
     }
     sqlite3_stmt *st = cm_store_prepare(

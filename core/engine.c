@@ -138,16 +138,6 @@ static char *dup_str(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-/* Copy src into dst (capacity n), cut to fit, always terminated. */
-static void copy_str(char *dst, size_t n, const char *src)
-{
-    size_t len = src ? strlen(src) : 0;
-    if (len >= n)
-        len = n - 1;
-    memcpy(dst, src ? src : "", len);
-    dst[len] = '\0';
-}
-
 /* Remember an event of the open transaction (only when someone observes). */
 static void note_event(cm_engine *e, cm_engine_event_kind kind, const char *instance,
                        const char *workflow, const char *from, const char *to, const char *detail)
@@ -164,11 +154,11 @@ static void note_event(cm_engine *e, cm_engine_event_kind kind, const char *inst
     }
     pending_event *pe = &e->events[e->nevents++];
     pe->kind = kind;
-    copy_str(pe->instance, sizeof(pe->instance), instance);
-    copy_str(pe->workflow, sizeof(pe->workflow), workflow);
-    copy_str(pe->from, sizeof(pe->from), from);
-    copy_str(pe->to, sizeof(pe->to), to);
-    copy_str(pe->detail, sizeof(pe->detail), detail);
+    cm_copy_str(pe->instance, sizeof(pe->instance), instance);
+    cm_copy_str(pe->workflow, sizeof(pe->workflow), workflow);
+    cm_copy_str(pe->from, sizeof(pe->from), from);
+    cm_copy_str(pe->to, sizeof(pe->to), to);
+    cm_copy_str(pe->detail, sizeof(pe->detail), detail);
 }
 
 /* The transaction committed: tell the observer, in order. */
@@ -383,8 +373,8 @@ static int starters_set(cm_engine *e, const cm_wf_info *wi, cm_err *err)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     e->starters = grown;
     for (int k = 0; k < wi->nstarted_by; k++, n++) {
-        copy_str(e->starters[n].kind, CM_NAME_MAX, wi->started_by[k]);
-        copy_str(e->starters[n].workflow, CM_NAME_MAX, wi->name);
+        cm_copy_str(e->starters[n].kind, CM_NAME_MAX, wi->started_by[k]);
+        cm_copy_str(e->starters[n].workflow, CM_NAME_MAX, wi->name);
     }
     e->nstarters = n;
     return 0;
@@ -499,7 +489,7 @@ static void scopes_add(scopes *s, const char *scope)
         return;
     if (!s->any && strlen(scope) < sizeof(s->one)) {
         s->any = true;
-        copy_str(s->one, sizeof(s->one), scope);
+        cm_copy_str(s->one, sizeof(s->one), scope);
     } else {
         s->known = false; /* two scopes (or a name too long to hold) */
     }
@@ -539,7 +529,7 @@ static int scoped_load(cm_engine *e, inst *in, cm_err *err)
         /* none, or one scope that fits: known */
         in->scoped.known = !hi || (strcmp(lo, hi) == 0 && strlen(hi) < CM_NAME_MAX);
         in->scoped.any = hi != NULL;
-        copy_str(in->scoped.one, sizeof(in->scoped.one), hi);
+        cm_copy_str(in->scoped.one, sizeof(in->scoped.one), hi);
     } else {
         rc = db_fail(e, err, "timer");
     }
@@ -558,12 +548,12 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     int s = sqlite3_step(st);
     if (s == SQLITE_ROW) {
-        copy_str(in->id, sizeof(in->id), (const char *)sqlite3_column_text(st, 0));
-        copy_str(in->workflow, sizeof(in->workflow), (const char *)sqlite3_column_text(st, 1));
+        cm_copy_str(in->id, sizeof(in->id), (const char *)sqlite3_column_text(st, 0));
+        cm_copy_str(in->workflow, sizeof(in->workflow), (const char *)sqlite3_column_text(st, 1));
         in->rev = sqlite3_column_int(st, 2);
-        copy_str(in->state, sizeof(in->state), (const char *)sqlite3_column_text(st, 3));
-        copy_str(in->status, sizeof(in->status), (const char *)sqlite3_column_text(st, 4));
-        copy_str(in->parent, sizeof(in->parent), (const char *)sqlite3_column_text(st, 5));
+        cm_copy_str(in->state, sizeof(in->state), (const char *)sqlite3_column_text(st, 3));
+        cm_copy_str(in->status, sizeof(in->status), (const char *)sqlite3_column_text(st, 4));
+        cm_copy_str(in->parent, sizeof(in->parent), (const char *)sqlite3_column_text(st, 5));
         in->steps = sqlite3_column_int64(st, 6);
         in->input = parse_column(st, 7);
         in->ctx = ctx_column(st, 8);
@@ -612,7 +602,7 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
 
 static void set_inst_status(inst *in, const char *status)
 {
-    copy_str(in->status, sizeof(in->status), status);
+    cm_copy_str(in->status, sizeof(in->status), status);
     in->status_changed = true;
 }
 
@@ -874,7 +864,7 @@ static int org_node(cm_engine *e, const char *org, char *node, char *why, size_t
     }
     if (rc != 0)
         return cm_err_set(err, rc, "%s", gerr.msg);
-    copy_str(node, NODE_BUFSZ, jstr(rec, "node"));
+    cm_copy_str(node, NODE_BUFSZ, jstr(rec, "node"));
     cJSON_Delete(rec);
     return 0;
 }
@@ -935,7 +925,7 @@ static int link_node(cm_engine *e, const char *instance, const char *node, char 
     sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, node, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-        copy_str(remote, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 0));
+        cm_copy_str(remote, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 0));
     sqlite3_reset(st);
     return 0;
 }
@@ -1205,11 +1195,11 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
 {
     char from[CM_NAME_MAX];
     int rc;
-    copy_str(from, sizeof(from), sp->state);
+    cm_copy_str(from, sizeof(from), sp->state);
     if ((rc = insert_history(e, in, event, sp->state, sp->next, NULL, err)) != 0)
         return rc;
     in->steps++;
-    copy_str(in->state, sizeof(in->state), sp->next);
+    cm_copy_str(in->state, sizeof(in->state), sp->next);
     if (sp->final)
         set_inst_status(in, "done");
     if (sp->ctx_out) { /* the step changed the context */
@@ -1302,16 +1292,16 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     if (!workflow)
         return cm_err_set(err, CM_EINVAL, "spawn: no workflow named");
     memset(&in, 0, sizeof(in));
-    copy_str(in.workflow, sizeof(in.workflow), workflow);
-    copy_str(in.parent, sizeof(in.parent), parent);
-    copy_str(in.status, sizeof(in.status), "running");
+    cm_copy_str(in.workflow, sizeof(in.workflow), workflow);
+    cm_copy_str(in.parent, sizeof(in.parent), parent);
+    cm_copy_str(in.status, sizeof(in.status), "running");
     in.scoped.known = true; /* a new instance has no timers */
     if ((rc = latest_rev(e, workflow, &in.rev, NULL, err)) != 0)
         return rc;
     if (in.rev == 0)
         return cm_err_set(err, CM_ENOTFOUND, "no workflow named \"%s\" is loaded", workflow);
     if (id)
-        copy_str(in.id, sizeof(in.id), id);
+        cm_copy_str(in.id, sizeof(in.id), id);
     else if ((rc = make_instance_id(e, workflow, in.id, sizeof(in.id), err)) != 0)
         return rc;
     in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
@@ -1320,14 +1310,14 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
         inst_clear(&in);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
-    copy_str(in.state, sizeof(in.state), "");
+    cm_copy_str(in.state, sizeof(in.state), "");
     /* The row first (effects reference it), then the start step fills it in. */
     rc = insert_instance(e, &in, err);
     if (rc == 0)
         rc = run_step(e, &in, NULL, NULL, false, depth, &handled, err);
     if (rc == 0) {
-        copy_str(out_id, CM_NAME_MAX, in.id);
-        copy_str(out_state, CM_NAME_MAX, in.state);
+        cm_copy_str(out_id, CM_NAME_MAX, in.id);
+        cm_copy_str(out_state, CM_NAME_MAX, in.state);
         if (started) {
             *started = in; /* moved: its input and ctx are the caller's now */
             return 0;
@@ -1415,7 +1405,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         rc = seq ? 0 : insert_event(e, in.id, name, payload, is_timer, 0, err);
         if (rc == 0 && oc) {
             oc->kept = true;
-            copy_str(oc->state, sizeof(oc->state), in.state);
+            cm_copy_str(oc->state, sizeof(oc->state), in.state);
         }
         sp_end(e, rc == 0);
         inst_clear(&in);
@@ -1451,13 +1441,13 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         rc = exec_kept(e, st, "event", err);
     }
     if (oc)
-        copy_str(oc->state, sizeof(oc->state), in.state);
+        cm_copy_str(oc->state, sizeof(oc->state), in.state);
     sp_end(e, rc == 0);
     if (rc != 0 && failure_is_kept(rc) && in.id[0]) {
         bool parked = false;
         cm_err kerr;
         char msg[CM_ERR_MSG_MAX];
-        copy_str(msg, sizeof(msg), err->msg);
+        cm_copy_str(msg, sizeof(msg), err->msg);
         if (keep_failure(e, seq, in.id, name, payload, is_timer, attempts + 1, msg, &parked,
                          &kerr) == 0 &&
             oc)
@@ -1466,7 +1456,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         /* a kept event that can never apply (instance gone or ended): park it */
         cm_err kerr;
         char msg[CM_ERR_MSG_MAX];
-        copy_str(msg, sizeof(msg), err->msg);
+        cm_copy_str(msg, sizeof(msg), err->msg);
         park_event(e, seq, msg, &kerr);
     }
     if (rc == 0)
@@ -1540,7 +1530,7 @@ static int msg_check(cm_engine *e, const msg_in *m, char *why, size_t whysz, cm_
         return 0;
     }
     if (cm_class_parse(m->classes, "classes", &need, &terr) != 0) {
-        copy_str(why, whysz, terr.msg);
+        cm_copy_str(why, whysz, terr.msg);
         return 0;
     }
     unsigned shared = m->record ? cm_terms_patient_classes(m->record) : 0;
@@ -1565,7 +1555,7 @@ static int msg_check(cm_engine *e, const msg_in *m, char *why, size_t whysz, cm_
                         .today = today};
     rc = cm_terms_check(e->o.model, &req, &allowed, partnership, &terr);
     if (rc == CM_EPERM) {
-        copy_str(why, whysz, terr.msg);
+        cm_copy_str(why, whysz, terr.msg);
         return 0;
     }
     return rc ? cm_err_set(err, rc, "%s", terr.msg) : 0;
@@ -1647,10 +1637,10 @@ static bool msg_seen(cm_engine *e, const msg_in *m, outcome *oc, int *rc, cm_err
         const char *status = (const char *)sqlite3_column_text(st, 0);
         bool refused = status && strcmp(status, "refused") == 0;
         oc->result = refused ? "refused" : "duplicate";
-        copy_str(oc->message, sizeof(oc->message),
-                 refused ? or_empty((const char *)sqlite3_column_text(st, 1)) : "");
-        copy_str(oc->instance, sizeof(oc->instance),
-                 or_empty((const char *)sqlite3_column_text(st, 2)));
+        cm_copy_str(oc->message, sizeof(oc->message),
+                    refused ? or_empty((const char *)sqlite3_column_text(st, 1)) : "");
+        cm_copy_str(oc->instance, sizeof(oc->instance),
+                    or_empty((const char *)sqlite3_column_text(st, 2)));
     }
     sqlite3_reset(st);
     return seen;
@@ -1717,7 +1707,7 @@ static int msg_refused(cm_engine *e, const msg_in *m, const cJSON *payload, cons
         sp_end(e, rc == 0);
     }
     oc->result = "refused";
-    copy_str(oc->message, sizeof(oc->message), why);
+    cm_copy_str(oc->message, sizeof(oc->message), why);
     return rc;
 }
 
@@ -1786,7 +1776,7 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
         goto out;
     }
     /* the next event of a linked instance: the inbox row first, then the step */
-    copy_str(oc->instance, sizeof(oc->instance), m->reply_to);
+    cm_copy_str(oc->instance, sizeof(oc->instance), m->reply_to);
     if ((rc = sp_begin(e, err)) != 0)
         goto out;
     rc = msg_record(e, m, w->data, m->reply_to, NULL, err);
@@ -1802,10 +1792,10 @@ static int process_message(cm_engine *e, work *w, outcome *oc, cm_err *err)
     }
     if (rc == CM_EDB || rc == CM_ENOMEM)
         goto out;
-    copy_str(why, sizeof(why), err->msg);
+    cm_copy_str(why, sizeof(why), err->msg);
     cm_err_clear(err);
     oc->result = "refused";
-    copy_str(oc->message, sizeof(oc->message), why);
+    cm_copy_str(oc->message, sizeof(oc->message), why);
     if ((rc = sp_begin(e, err)) == 0) {
         rc = msg_refuse_late(e, m, why, err);
         sp_end(e, rc == 0);
@@ -1842,12 +1832,12 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
     } else if (w->kind == WORK_MESSAGE) {
         rc = process_message(e, w, oc, &err);
     } else {
-        copy_str(oc->instance, sizeof(oc->instance), w->instance);
+        cm_copy_str(oc->instance, sizeof(oc->instance), w->instance);
         rc = deliver(e, 0, w->instance, w->event, w->data, false, 0, oc, &err);
     }
     oc->status = rc;
     if (rc != 0)
-        copy_str(oc->message, sizeof(oc->message), err.msg);
+        cm_copy_str(oc->message, sizeof(oc->message), err.msg);
 }
 
 /* Due timers: each becomes its event, the timer row gone in the same savepoint. */
@@ -1869,8 +1859,8 @@ static int process_due_timers(cm_engine *e, int room, int *done, cm_err *err)
         sqlite3_bind_int64(st, 1, cm_clock_now_ms(e->o.clock));
         sqlite3_bind_int(st, 2, room);
         while (n < room && sqlite3_step(st) == SQLITE_ROW) {
-            copy_str(items[n].instance, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 0));
-            copy_str(items[n].name, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 1));
+            cm_copy_str(items[n].instance, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 0));
+            cm_copy_str(items[n].name, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 1));
             items[n].payload = parse_column(st, 2);
             n++;
         }
@@ -1918,8 +1908,8 @@ static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
         sqlite3_bind_int(st, 2, room);
         while (n < room && sqlite3_step(st) == SQLITE_ROW) {
             items[n].seq = (long)sqlite3_column_int64(st, 0);
-            copy_str(items[n].instance, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 1));
-            copy_str(items[n].name, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 2));
+            cm_copy_str(items[n].instance, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 1));
+            cm_copy_str(items[n].name, CM_NAME_MAX, (const char *)sqlite3_column_text(st, 2));
             items[n].payload = parse_column(st, 3);
             items[n].timer = sqlite3_column_int(st, 4) != 0;
             items[n].attempts = sqlite3_column_int(st, 5);
@@ -2025,7 +2015,7 @@ static int run_batch(cm_engine *e, cm_err *err)
         if (rc != 0) { /* nothing of the batch is durable: say so to everyone */
             ocs[i].status = rc;
             ocs[i].kept = false;
-            copy_str(ocs[i].message, sizeof(ocs[i].message), err->msg);
+            cm_copy_str(ocs[i].message, sizeof(ocs[i].message), err->msg);
         }
         tell(e, &ocs[i]);
         work_free(ocs[i].w);

@@ -8,6 +8,7 @@
 
 #include "log.h"
 #include "strbuf.h"
+#include "text.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -102,16 +103,6 @@ void cm_fed_msg_clear(cm_fed_msg *m)
     cJSON_Delete(m->classes);
     cJSON_Delete(m->record);
     memset(m, 0, sizeof(*m));
-}
-
-/* s into out, cut to fit. */
-static void copy_str(char *out, size_t outsz, const char *s)
-{
-    size_t n = strlen(s);
-    if (n >= outsz)
-        n = outsz - 1;
-    memcpy(out, s, n);
-    out[n] = '\0';
 }
 
 /* ---- reading messages: one pass over the text, no tree ---------------------
@@ -1504,10 +1495,10 @@ static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm
     in->index = index;
     memcpy(in->rid, zmq_msg_data((zmq_msg_t *)rid), n);
     in->rid_len = n;
-    copy_str(in->id, sizeof(in->id), m->id);
-    copy_str(in->prev, sizeof(in->prev), m->prev);
-    copy_str(in->kind, sizeof(in->kind), m->kind);
-    copy_str(in->to, sizeof(in->to), m->to);
+    cm_copy_str(in->id, sizeof(in->id), m->id);
+    cm_copy_str(in->prev, sizeof(in->prev), m->prev);
+    cm_copy_str(in->kind, sizeof(in->kind), m->kind);
+    cm_copy_str(in->to, sizeof(in->to), m->to);
     fed->ninq++;
     return true;
 }
@@ -1602,10 +1593,10 @@ static void router_apply(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const c
     t->index = index;
     memcpy(t->rid, zmq_msg_data((zmq_msg_t *)rid), n);
     t->rid_len = n;
-    copy_str(t->peer, sizeof(t->peer), p->cfg->id);
-    copy_str(t->id, sizeof(t->id), m->id);
-    copy_str(t->kind, sizeof(t->kind), m->kind);
-    copy_str(t->to, sizeof(t->to), m->to);
+    cm_copy_str(t->peer, sizeof(t->peer), p->cfg->id);
+    cm_copy_str(t->id, sizeof(t->id), m->id);
+    cm_copy_str(t->kind, sizeof(t->kind), m->kind);
+    cm_copy_str(t->to, sizeof(t->to), m->to);
     t->next = fed->tickets;
     if (fed->tickets)
         fed->tickets->prev = t;
@@ -2397,7 +2388,7 @@ static void dealer_ack(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
         return; /* an answer to a resend already settled */
     bool refused = strcmp(m->result, "refused") == 0;
     f->state = refused ? FLIGHT_REFUSED : FLIGHT_DELIVERED;
-    copy_str(f->result, sizeof(f->result), m->result);
+    cm_copy_str(f->result, sizeof(f->result), m->result);
     if (refused && !(f->reason = strdup(m->message)))
         cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory keeping the reason for %s", m->id);
     p->nsettled++;
@@ -2603,7 +2594,7 @@ static int route_read(cm_fed *fed, route_plan *pl, int max_bad, cm_err *err)
                 pl->more = true;
                 break; /* the rest in the next pass */
             }
-            copy_str(pl->orgs[o].id, sizeof(pl->orgs[o].id), org);
+            cm_copy_str(pl->orgs[o].id, sizeof(pl->orgs[o].id), org);
             if (route_lookup(fed, org, &pl->orgs[o].peer, pl->orgs[o].why, sizeof(pl->orgs[o].why),
                              err) != 0) {
                 sqlite3_reset(st);
@@ -2620,7 +2611,7 @@ static int route_read(cm_fed *fed, route_plan *pl, int max_bad, cm_err *err)
         pl->seen++;
         if (why) {
             pl->bad[pl->nbad].seq = seq;
-            copy_str(pl->bad[pl->nbad++].reason, sizeof(pl->bad[0].reason), why);
+            cm_copy_str(pl->bad[pl->nbad++].reason, sizeof(pl->bad[0].reason), why);
             continue;
         }
         int n = pl->nruns;
@@ -2770,7 +2761,7 @@ static void share_with(cm_fed *fed, fed_peer *p, int which, uint64_t now)
                  (unsigned long long)h);
         reply(&p->dealer, NULL, &m);
         p->share_sent[which] = h;
-        copy_str(p->share_id[which], sizeof(p->share_id[which]), m.id);
+        cm_copy_str(p->share_id[which], sizeof(p->share_id[which]), m.id);
     }
     cm_fed_msg_clear(&m);
 }

@@ -1,13 +1,14 @@
 /*
 ** text.h -- checks on text that crosses into the host: UTF-8 validity and
-** the shape of ids (node ids, record ids), and how a byte is written inside
-** a JSON string. No dependencies; any thread.
+** the shape of ids (node ids, record ids), how a byte is written inside a
+** JSON string, and a bounded copy. No dependencies; any thread.
 */
 #ifndef CM_TEXT_H
 #define CM_TEXT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 #define CM_ID_MAX 128
 
@@ -28,5 +29,16 @@ long cm_id_check(const char *s);
 ** Quote, backslash and control bytes are escaped (\n \r \t short, the rest
 ** as \u00XX, DEL too); UTF-8 passes as is. */
 size_t cm_json_escape_byte(unsigned char c, char esc[6]);
+
+/* src (NULL: "") into dst of capacity n > 0, cut to fit, NUL-terminated:
+** the hot paths copy names with it, cheaper than snprintf. */
+static inline void cm_copy_str(char *dst, size_t n, const char *src)
+{
+    size_t len = src ? strlen(src) : 0;
+    if (len >= n)
+        len = n - 1;
+    memcpy(dst, src ? src : "", len);
+    dst[len] = '\0';
+}
 
 #endif

@@ -21,17 +21,6 @@
 
 static const char SPECS_KEY = 's'; /* registry: weak set of tables made by cm.workflow */
 
-/* Copy name into dst (capacity n), cut to fit: the step's hot path copies
-** state names and this is cheaper than snprintf. */
-static void set_name(char *dst, size_t n, const char *name)
-{
-    size_t len = strlen(name);
-    if (len >= n)
-        len = n - 1;
-    memcpy(dst, name, len);
-    dst[len] = '\0';
-}
-
 struct cm_lua_runtime {
     cm_runtime seam;
     cm_sandbox *sb;
@@ -379,7 +368,7 @@ static int m_go(lua_State *L)
     lua_getiuservalue(L, 1, UV_STATES); /* the definition's states (stack index 3) */
     if (!state_exists(L, 3, state))
         return luaL_error(L, "wf:go: unknown state \"%s\"", state);
-    set_name(d->go, sizeof(d->go), state);
+    cm_copy_str(d->go, sizeof(d->go), state);
     d->go_set = true;
     return 0;
 }
@@ -801,7 +790,7 @@ static void run_handler(lua_State *L, drv *d, int wf, const char *which)
 static void transition(lua_State *L, drv *d, int wf, const char *to)
 {
     char next[CM_NAME_MAX];
-    set_name(next, sizeof(next), to);
+    cm_copy_str(next, sizeof(next), to);
     for (int hops = 0;; hops++) {
         if (hops >= MAX_HOPS)
             luaL_error(L, "more than %d transitions in one step (a loop of wf:go?)", MAX_HOPS);
@@ -810,12 +799,12 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
         if (hops > 0 || d->sp->state)
             run_handler(L, d, wf, "exit");
         d->sp->moved = true;
-        set_name(d->cur, sizeof(d->cur), next);
+        cm_copy_str(d->cur, sizeof(d->cur), next);
         d->go_set = false;
         run_handler(L, d, wf, "enter");
         if (!d->go_set)
             return;
-        set_name(next, sizeof(next), d->go);
+        cm_copy_str(next, sizeof(next), d->go);
     }
 }
 
@@ -890,10 +879,10 @@ static int step_driver(lua_State *L)
         lua_setiuservalue(L, wf, UV_INPUT);
         check_input(L, d, spec, lua_gettop(L));
         lua_getfield(L, spec, "start");
-        set_name(d->cur, sizeof(d->cur), lua_tostring(L, -1));
+        cm_copy_str(d->cur, sizeof(d->cur), lua_tostring(L, -1));
         transition(L, d, wf, d->cur);
     } else {
-        set_name(d->cur, sizeof(d->cur), sp->state);
+        cm_copy_str(d->cur, sizeof(d->cur), sp->state);
         if (!state_exists(L, d->states, d->cur))
             invalid(L, d, "instance %s is in state \"%s\", which workflow %s does not define",
                     sp->instance, d->cur, sp->workflow);
@@ -921,7 +910,7 @@ static int step_driver(lua_State *L)
     lua_getfield(L, d->states, d->cur);
     lua_getfield(L, -1, "final");
     sp->final = lua_toboolean(L, -1);
-    set_name(sp->next, sizeof(sp->next), d->cur);
+    cm_copy_str(sp->next, sizeof(sp->next), d->cur);
     /* results stay on the stack for rt_step to convert: ctx (nil if never
     ** looked at), effects (nil if none) */
     lua_getiuservalue(L, wf, UV_CTX);
