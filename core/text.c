@@ -1,5 +1,5 @@
 /*
-** text.c -- UTF-8 and id checks, JSON string escapes.
+** text.c -- UTF-8 and id checks.
 */
 #include "text.h"
 
@@ -58,33 +58,4 @@ long cm_id_check(const char *s)
         if (!cm_id_char(s[i]))
             return (long)i + 1;
     return 0;
-}
-
-size_t cm_json_escape_byte(unsigned char c, char esc[6])
-{
-    static const char hex[] = "0123456789abcdef";
-    esc[0] = '\\';
-    switch (c) {
-    case '"':
-    case '\\':
-        esc[1] = (char)c;
-        return 2;
-    case '\n':
-        esc[1] = 'n';
-        return 2;
-    case '\r':
-        esc[1] = 'r';
-        return 2;
-    case '\t':
-        esc[1] = 't';
-        return 2;
-    default:
-        break;
-    }
-    if (c >= 0x20 && c != 0x7f)
-        return 0;
-    memcpy(esc + 1, "u00", 3);
-    esc[4] = hex[c >> 4];
-    esc[5] = hex[c & 15];
-    return 6;
 }

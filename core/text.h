@@ -27,8 +27,36 @@ long cm_id_check(const char *s);
 /* How byte c is written inside a JSON string (RFC 8259): 0 when as itself;
 ** otherwise the length (2 or 6) of its escape, written to esc without a NUL.
 ** Quote, backslash and control bytes are escaped (\n \r \t short, the rest
-** as \u00XX, DEL too); UTF-8 passes as is. */
-size_t cm_json_escape_byte(unsigned char c, char esc[6]);
+** as \u00XX, DEL too); UTF-8 passes as is.
+** Inline: the federation sender and the API escape every string they write. */
+static inline size_t cm_json_escape_byte(unsigned char c, char esc[6])
+{
+    static const char hex[] = "0123456789abcdef";
+    if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f)
+        return 0; /* most bytes */
+    esc[0] = '\\';
+    switch (c) {
+    case '"':
+    case '\\':
+        esc[1] = (char)c;
+        return 2;
+    case '\n':
+        esc[1] = 'n';
+        return 2;
+    case '\r':
+        esc[1] = 'r';
+        return 2;
+    case '\t':
+        esc[1] = 't';
+        return 2;
+    default:
+        break;
+    }
+    memcpy(esc + 1, "u00", 3);
+    esc[4] = hex[c >> 4];
+    esc[5] = hex[c & 15];
+    return 6;
+}
 
 /* src (NULL: "") into dst of capacity n > 0, cut to fit, NUL-terminated:
 ** the hot paths copy names with it, cheaper than snprintf. */
