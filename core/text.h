@@ -26,7 +26,7 @@ long cm_id_check(const char *s);
 
 /* How byte c is written inside a JSON string (RFC 8259): 0 when as itself;
 ** otherwise the length (2 or 6) of its escape, written to esc without a NUL.
-** Quote, backslash and control bytes are escaped (\n \r \t short, the rest
+** Quote, backslash and control bytes are escaped (\b \f \n \r \t short, the rest
 ** as \u00XX, DEL too); UTF-8 passes as is.
 ** Inline: the federation sender and the API escape every string they write. */
 static inline size_t cm_json_escape_byte(unsigned char c, char esc[6])
@@ -39,6 +39,12 @@ static inline size_t cm_json_escape_byte(unsigned char c, char esc[6])
     case '"':
     case '\\':
         esc[1] = (char)c;
+        return 2;
+    case '\b':
+        esc[1] = 'b';
+        return 2;
+    case '\f':
+        esc[1] = 'f';
         return 2;
     case '\n':
         esc[1] = 'n';

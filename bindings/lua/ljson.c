@@ -148,33 +148,21 @@ static void out_char(out_buf *o, char c)
     out_add(o, &c, 1);
 }
 
-/* A JSON string: quotes, backslashes and control characters escaped. */
+/* A JSON string, escaped as cm_json_escape_byte says (text.h). */
 static void out_string(out_buf *o, const char *s, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
     out_char(o, '"');
     size_t run = 0; /* bytes not yet written that need no escape */
     for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
+        char esc[6];
+        size_t n = cm_json_escape_byte((unsigned char)s[i], esc);
+        if (n == 0) {
             run++;
             continue;
         }
         out_add(o, s + i - run, run);
         run = 0;
-        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-        const char *two = c == '"'    ? "\\\""
-                          : c == '\\' ? "\\\\"
-                          : c == '\n' ? "\\n"
-                          : c == '\r' ? "\\r"
-                          : c == '\t' ? "\\t"
-                          : c == '\b' ? "\\b"
-                          : c == '\f' ? "\\f"
-                                      : NULL;
-        if (two)
-            out_add(o, two, 2);
-        else
-            out_add(o, esc, sizeof(esc));
+        out_add(o, esc, n);
     }
     out_add(o, s + len - run, run);
     out_char(o, '"');

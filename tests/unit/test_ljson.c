@@ -96,11 +96,12 @@ static void test_utf8_is_carried(void **state)
 }
 
 /* The text the encoder writes reads back (cJSON) as the same document, also
-** for the characters JSON must escape and numbers that need every digit. */
+** for the characters JSON must escape (and DEL, as every escaper here does)
+** and numbers that need every digit. */
 static void test_encoded_text_reads_back(void **state)
 {
-    expect_json("{s='q\"b\\\\s\\n\\r\\t\\b\\f\\1\\31 /'}",
-                "{\"s\":\"q\\\"b\\\\s\\n\\r\\t\\b\\f\\u0001\\u001f /\"}");
+    expect_json("{s='q\"b\\\\s\\n\\r\\t\\b\\f\\1\\31 /\\127'}",
+                "{\"s\":\"q\\\"b\\\\s\\n\\r\\t\\b\\f\\u0001\\u001f /\\u007f\"}");
     expect_json("{a=0.1, b=1/3, c=-2.5e-300, d=3.0, e=-0.0, f=1e20, g=-(1<<53), h={{}, {1}}}",
                 "{\"a\":0.1,\"b\":0.33333333333333331,\"c\":-2.5e-300,\"d\":3,\"e\":0,"
                 "\"f\":1e20,\"g\":-9007199254740992,\"h\":[{},[1]]}");

@@ -1,7 +1,6 @@
 /*
 ** test_strbuf.c -- the growing text buffer: appends grow it and keep it
-** NUL-terminated, printf past the first allocation, JSON string escapes
-** (and the log's fixed-buffer escaper agreeing with them),
+** NUL-terminated, printf past the first allocation, JSON string escapes,
 ** reset keeps the memory.
 */
 #include <setjmp.h>
@@ -12,7 +11,6 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "log.h"
 #include "strbuf.h"
 
 static void test_appends_grow_and_stay_terminated(void **state)
@@ -40,23 +38,9 @@ static void test_appends_grow_and_stay_terminated(void **state)
 static void test_json_strings_are_escaped(void **state)
 {
     cm_buf b = {0};
-    cm_buf_json_str(&b, "a\"b\\c\n\x01 é\x7f\t");
-    assert_string_equal(b.p, "\"a\\\"b\\\\c\\n\\u0001 é\\u007f\\t\"");
+    cm_buf_json_str(&b, "a\"b\\c\n\x01 é\x7f\t\b");
+    assert_string_equal(b.p, "\"a\\\"b\\\\c\\n\\u0001 é\\u007f\\t\\b\"");
     cm_buf_free(&b);
-}
-
-/* The fixed-buffer escaper of the log writes the same escapes, and cuts a
-** long text before an escape that would not fit whole. */
-static void test_fixed_buffer_escapes_match_and_cut_whole(void **state)
-{
-    char out[64];
-    cm_json_escape("a\"b\\c\n\x01 é\x7f\t", out, sizeof(out));
-    assert_string_equal(out, "a\\\"b\\\\c\\n\\u0001 é\\u007f\\t");
-    char small[6];
-    cm_json_escape("ab\x01", small, sizeof(small)); /* \u0001 needs 6 more: cut */
-    assert_string_equal(small, "ab");
-    cm_json_escape("abcdefgh", small, sizeof(small));
-    assert_string_equal(small, "abcde");
 }
 
 int main(void)
@@ -64,7 +48,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_appends_grow_and_stay_terminated),
         cmocka_unit_test(test_json_strings_are_escaped),
-        cmocka_unit_test(test_fixed_buffer_escapes_match_and_cut_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
