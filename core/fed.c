@@ -190,43 +190,24 @@ static void scan_ws(scan *s)
         s->p++;
 }
 
-static int hex4(const char *p, unsigned *out)
-{
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* \uXXXX at p (end bounds it), a surrogate pair taken whole: the code point
 ** and the bytes read; -1 when malformed or an unpaired surrogate. */
 static int scan_uescape(const char *p, const char *end, unsigned *cp, int *used)
 {
-    unsigned hi, lo;
-    if (end - p < 6 || hex4(p + 2, &hi) != 0)
+    long hi, lo;
+    if (end - p < 6 || (hi = cm_hex4(p + 2)) < 0)
         return -1;
     *used = 6;
     if (hi >= 0xDC00 && hi <= 0xDFFF)
         return -1;
     if (hi >= 0xD800 && hi <= 0xDBFF) {
-        if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || hex4(p + 8, &lo) != 0 || lo < 0xDC00 ||
+        if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || (lo = cm_hex4(p + 8)) < 0xDC00 ||
             lo > 0xDFFF)
             return -1;
         hi = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
         *used = 12;
     }
-    *cp = hi;
+    *cp = (unsigned)hi;
     return 0;
 }
 
@@ -415,17 +396,7 @@ static int text_str(cm_fed_text t, char *out, size_t outsz)
                 return -1; /* cannot happen: t was checked */
             if (cp == 0)
                 return -2;
-            if (cp < 0x80)
-                u[0] = (char)cp;
-            else if (cp < 0x800)
-                u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), ulen = 2;
-            else if (cp < 0x10000)
-                u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)),
-                u[2] = (char)(0x80 | (cp & 0x3F)), ulen = 3;
-            else
-                u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)),
-                u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)),
-                ulen = 4;
+            ulen = cm_utf8_put(cp, u);
             break;
         default:
             u[0] = p[1];

@@ -1,7 +1,7 @@
 /*
 ** text.h -- checks on text that crosses into the host: UTF-8 validity and
-** the shape of ids (node ids, record ids), how a byte is written inside a
-** JSON string, and a bounded copy. No dependencies; any thread.
+** the shape of ids (node ids, record ids), JSON's \u escapes both ways, and
+** a bounded copy. No dependencies; any thread.
 */
 #ifndef CM_TEXT_H
 #define CM_TEXT_H
@@ -23,6 +23,13 @@ bool cm_id_char(char c);
 ** position of the first character that may not appear, or -1 when the length
 ** is wrong. */
 long cm_id_check(const char *s);
+
+/* The four hex digits at p as a number, or -1 at the first byte that is not
+** one (a NUL stops it: p may be shorter than four bytes). */
+long cm_hex4(const char *p);
+
+/* Code point cp (below 0x110000) as UTF-8 into out: the byte count, 1 to 4. */
+size_t cm_utf8_put(unsigned cp, char out[4]);
 
 /* How byte c is written inside a JSON string (RFC 8259): 0 when as itself;
 ** otherwise the length (2 or 6) of its escape, written to esc without a NUL.

@@ -457,29 +457,11 @@ static bool rd_string(lua_State *L, const char **pp)
             luaL_addchar(&b, '\t');
             break;
         case 'u': {
-            unsigned v = 0;
-            for (int i = 2; i < 6; i++) {
-                char h = p[i];
-                unsigned x = rd_digit(h)              ? (unsigned)(h - '0')
-                             : (h >= 'a' && h <= 'f') ? (unsigned)(h - 'a' + 10)
-                             : (h >= 'A' && h <= 'F') ? (unsigned)(h - 'A' + 10)
-                                                      : 16u;
-                if (x == 16u)
-                    return false;
-                v = v * 16 + x;
-            }
-            if (v == 0 || (v >= 0xD800 && v <= 0xDFFF))
-                return false; /* cut strings and surrogate pairs: cJSON's to read */
-            if (v < 0x80) {
-                luaL_addchar(&b, (char)v);
-            } else if (v < 0x800) {
-                luaL_addchar(&b, (char)(0xC0 | (v >> 6)));
-                luaL_addchar(&b, (char)(0x80 | (v & 0x3F)));
-            } else {
-                luaL_addchar(&b, (char)(0xE0 | (v >> 12)));
-                luaL_addchar(&b, (char)(0x80 | ((v >> 6) & 0x3F)));
-                luaL_addchar(&b, (char)(0x80 | (v & 0x3F)));
-            }
+            long v = cm_hex4(p + 2);
+            char u[4];
+            if (v <= 0 || (v >= 0xD800 && v <= 0xDFFF))
+                return false; /* bad, cut strings and surrogate pairs: cJSON's to read */
+            luaL_addlstring(&b, u, cm_utf8_put((unsigned)v, u));
             p += 6;
             continue;
         }

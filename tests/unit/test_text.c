@@ -1,5 +1,6 @@
 /*
-** test_text.c -- UTF-8 validity and id shape.
+** test_text.c -- UTF-8 validity, id shape, and the pieces of JSON's \u
+** escapes (four hex digits, a code point as UTF-8).
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -54,12 +55,33 @@ static void test_ids(void **state)
     assert_int_equal(cm_id_check(longid), -1);
 }
 
+static void test_hex4_and_utf8_put(void **state)
+{
+    char u[4];
+    assert_int_equal(cm_hex4("00e9"), 0xe9);
+    assert_int_equal(cm_hex4("FfFf"), 0xffff);
+    assert_int_equal(cm_hex4("12g4"), -1);
+    assert_int_equal(cm_hex4("12"), -1); /* stops at the NUL */
+    assert_int_equal(cm_utf8_put(0x41, u), 1);
+    assert_memory_equal(u, "A", 1);
+    assert_int_equal(cm_utf8_put(0xe9, u), 2);
+    assert_memory_equal(u, "\xc3\xa9", 2);
+    assert_int_equal(cm_utf8_put(0x4e2d, u), 3);
+    assert_memory_equal(u, "\xe4\xb8\xad", 3);
+    assert_int_equal(cm_utf8_put(0x1f600, u), 4);
+    assert_memory_equal(u, "\xf0\x9f\x98\x80", 4);
+    for (unsigned cp = 1; cp < 0x110000; cp += 97) /* what it writes is UTF-8 */
+        if (cp < 0xd800 || cp > 0xdfff)
+            assert_true(cm_utf8_valid(u, cm_utf8_put(cp, u)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8_accepts_every_plane),
         cmocka_unit_test(test_utf8_refuses_malformed_sequences),
         cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_hex4_and_utf8_put),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
