@@ -2214,7 +2214,16 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     int64_t mark = 0; /* the last row of p this flush marks delivered */
     if (p->nsettled == 0 || !store_free(fed))
         return;
-    if (cm_store_begin(fed->o.store, &err) != 0)
+    /* Delivered marks alone commit without waiting for their own fsync
+    ** (docs/federation.md, "Durability of the sender's marks"): nothing is
+    ** acknowledged on them, the next synced commit makes them durable, and
+    ** one lost in an OS crash is a resend the peer answers as a duplicate.
+    ** A refusal tells the instance that sent the row: synced, as before. */
+    bool marks_only = true;
+    for (int i = 0; i < p->nwin && marks_only; i++)
+        marks_only = p->win[i].state != FLIGHT_REFUSED;
+    if ((marks_only ? cm_store_begin_nosync(fed->o.store, &err)
+                    : cm_store_begin(fed->o.store, &err)) != 0)
         goto fail;
     now_text(fed, now);
     for (int i = 0, j; i < p->nwin && rc == 0; i = j) {

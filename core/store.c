@@ -50,6 +50,8 @@ struct cm_store {
     cm_ckpt *ckpt; /* NULL: SQLite's own checkpoints, inline */
     int schema_version;
     bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
+    int sync;     /* the synchronous level it was opened with (cm_sync) */
+    bool nosync;  /* the open transaction is cm_store_begin_nosync's: NORMAL until it ends */
     cm_stmt_slot stmts[CM_STMT_SLOTS];
     /* by the address of the caller's literal: the slot it was last found in,
     ** so a kept statement is found without hashing its text */
@@ -530,6 +532,10 @@ int cm_store_error(cm_store *store, cm_err *err, const char *what)
     return cm_err_set(err, code, "%s: %s: %s", store->path, what, sqlite3_errmsg(store->db));
 }
 
+/* The statement setting each cm_sync level, by level. */
+static const char *const sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
+                                       "PRAGMA synchronous=FULL", "PRAGMA synchronous=EXTRA"};
+
 int cm_store_exec(cm_store *store, const char *sql, cm_err *err)
 {
     char *msg = NULL;
@@ -592,13 +598,57 @@ bool cm_store_tx_lost(cm_store *store)
     return store->tx_held && sqlite3_get_autocommit(store->db);
 }
 
-int cm_store_begin(cm_store *store, cm_err *err)
+static int tx_begin(cm_store *store, cm_err *err)
 {
     int rc = cm_store_exec(store, "BEGIN IMMEDIATE", err);
     if (rc == CM_EDB && sqlite3_errcode(store->db) == SQLITE_BUSY)
         rc = cm_err_set(err, CM_EDB, "%s: another caremesh process holds the write lock",
                         store->path);
     store->tx_held = rc == 0;
+    return rc;
+}
+
+/* Set the connection's synchronous level: a PRAGMA prepared anew each time
+** (SQLite applies it while preparing, so a kept statement would not). */
+static int pragma_run(cm_store *store, const char *sql, cm_err *err)
+{
+    int rc = cm_store_exec(store, sql, err);
+    return rc == 0 ? 0 : cm_err_prefix(err, "synchronous");
+}
+
+/* Back to the level the store was opened with after a nosync transaction,
+** outside any transaction (SQLite refuses the change inside one). While it
+** fails, store->nosync stays set and cm_store_begin tries again first. */
+static int nosync_end(cm_store *store, cm_err *err)
+{
+    if (!store->nosync || cm_store_in_tx(store))
+        return 0;
+    int rc = pragma_run(store, sync_sql[store->sync], err);
+    if (rc == 0)
+        store->nosync = false;
+    return rc;
+}
+
+int cm_store_begin(cm_store *store, cm_err *err)
+{
+    int rc = nosync_end(store, err); /* never a synced transaction at a lower level */
+    if (rc != 0)
+        return rc;
+    return tx_begin(store, err);
+}
+
+int cm_store_begin_nosync(cm_store *store, cm_err *err)
+{
+    int rc;
+    if (store->sync >= CM_SYNC_FULL && !store->nosync) {
+        if ((rc = pragma_run(store, "PRAGMA synchronous=NORMAL", err)) != 0)
+            return rc;
+        store->nosync = true;
+    }
+    if ((rc = tx_begin(store, err)) != 0) {
+        cm_err ignored;
+        nosync_end(store, &ignored);
+    }
     return rc;
 }
 
@@ -615,6 +665,8 @@ int cm_store_commit(cm_store *store, cm_err *err)
     if (rc != 0 && cm_store_in_tx(store))
         cm_store_rollback(store);
     store->tx_held = false;
+    cm_err ignored; /* cm_store_begin tries again */
+    nosync_end(store, &ignored);
     return rc;
 }
 
@@ -623,6 +675,8 @@ void cm_store_rollback(cm_store *store)
     if (cm_store_in_tx(store))
         sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
     store->tx_held = false;
+    cm_err ignored; /* cm_store_begin tries again */
+    nosync_end(store, &ignored);
 }
 
 int cm_store_meta_set(cm_store *store, const char *key, const char *value, cm_err *err)
@@ -743,8 +797,6 @@ static int check_private(cm_store *store, cm_err *err)
 
 static int set_pragmas(cm_store *store, const cm_store_opts *opts, cm_err *err)
 {
-    static const char *sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
-                                     "PRAGMA synchronous=FULL", "PRAGMA synchronous=EXTRA"};
     int rc;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(store->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
@@ -797,8 +849,6 @@ static void *ckpt_main(void *arg)
 /* The thread and its connection, on first need; false if they cannot be had. */
 static bool ckpt_start(cm_store *store, cm_ckpt *c)
 {
-    static const char *sync_sql[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
-                                     "PRAGMA synchronous=FULL", "PRAGMA synchronous=EXTRA"};
     if (c->started || c->failed)
         return c->started;
     c->failed = true;
@@ -1010,6 +1060,7 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
             *out = store;
         goto done;
     }
+    store->sync = (int)opts->synchronous;
     if ((rc = set_pragmas(store, opts, err)) != 0)
         goto done;
     if ((rc = migrate(store, err)) != 0)

@@ -88,6 +88,15 @@ int cm_store_begin(cm_store *store, cm_err *err);
 int cm_store_commit(cm_store *store, cm_err *err);
 void cm_store_rollback(cm_store *store);
 bool cm_store_in_tx(cm_store *store);
+/* A transaction whose commit does not wait for its own fsync (SQLite's
+** synchronous=NORMAL for it alone, when the store is at FULL or EXTRA; the
+** level is back when it ends). Its pages are in the WAL when commit returns,
+** so a killed process keeps it; they reach the disk with the next synced
+** commit on this database (a WAL sync covers every frame before it) or a
+** checkpoint, and an OS crash or power loss before that loses it -- whole.
+** Only for records that redoing repairs and that nothing acknowledged to
+** anyone depends on (federation's delivered marks: fed.c, peer_flush). */
+int cm_store_begin_nosync(cm_store *store, cm_err *err);
 /* True when cm_store_begin's transaction was rolled back under the holder
 ** (an I/O error, a full disk): writes must stop, commit will fail. */
 bool cm_store_tx_lost(cm_store *store);

@@ -101,6 +101,59 @@ static void test_synchronous_is_configurable(void **state)
     assert_int_equal(cm_sync_parse("fast"), -1);
 }
 
+/* A nosync transaction commits at NORMAL (no fsync of its own) and keeps
+** what it wrote; the level the store was opened with is back after its
+** commit, its rollback, and a begin that failed; a store opened below FULL
+** is left as it is. */
+static void test_nosync_transaction_is_the_only_one_below_full(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.synchronous = CM_SYNC_EXTRA;
+    o.busy_timeout_ms = 50;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    assert_int_equal(cm_store_begin_nosync(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
+    assert_int_equal(cm_store_meta_set(s, "k", "kept", &err), 0);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 3);
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 3);
+    cm_store_rollback(s);
+    assert_int_equal(cm_store_begin_nosync(s, &err), 0);
+    assert_int_equal(cm_store_meta_set(s, "k", "rolled back", &err), 0);
+    cm_store_rollback(s);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 3);
+    /* another connection holds the write lock: begin fails, level back */
+    sqlite3 *other = NULL;
+    assert_int_equal(sqlite3_open(f->db, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(cm_store_begin_nosync(s, &err), CM_EDB);
+    assert_non_null(strstr(err.msg, "write lock"));
+    assert_false(cm_store_in_tx(s));
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 3);
+    sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(other);
+    char *v = cm_store_meta_get(s, "k", &err);
+    assert_string_equal(v, "kept");
+    free(v);
+    cm_store_close(&s);
+    /* opened at NORMAL: nosync changes nothing, and the level stays */
+    o.synchronous = CM_SYNC_NORMAL;
+    o.create = false;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    assert_int_equal(cm_store_begin_nosync(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
+    cm_store_close(&s);
+}
+
 static void test_missing_database_without_create_is_not_found(void **state)
 {
     fixture *f = *state;
@@ -495,6 +548,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
         cmocka_unit_test_setup_teardown(test_synchronous_is_configurable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nosync_transaction_is_the_only_one_below_full, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_missing_database_without_create_is_not_found, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_migrations_apply_once, setup, teardown),
