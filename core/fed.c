@@ -1971,9 +1971,8 @@ static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size
     return true;
 }
 
-/* One int64 from st with p's id as ?1 (and arg as ?2 when it has one);
-** none when no row (0), -1 on error. */
-static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql, int64_t arg)
+/* One int64 from sql with p's id as ?1; 0 when no row, -1 on error. */
+static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql)
 {
     cm_err err;
     sqlite3_stmt *st = cm_store_prepare(fed->o.store, sql, &err);
@@ -1983,8 +1982,6 @@ static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql, int64_t arg
         return -1;
     }
     sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
-    if (sqlite3_bind_parameter_count(st) > 1)
-        sqlite3_bind_int64(st, 2, arg);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         v = sqlite3_column_int64(st, 0);
@@ -1996,24 +1993,23 @@ static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql, int64_t arg
     return v;
 }
 
-/* The last row delivered to p before seq: the prev of the first message of
-** an empty window or of a window sent again. 0 when none; -1 on error. */
-static int64_t delivered_before(cm_fed *fed, fed_peer *p, int64_t seq)
+/* The prev of the first message of an empty window or of a window sent
+** again: the last row delivered to p (fed_delivered, the largest seq; in
+** p's inbox, so p applies the message after it). Rows reach p in seq
+** order, so that is the row before it -- except for a row routed to p only
+** after later rows were delivered to it, which is sent after them and so
+** names the last of them (docs/federation.md, prev). 0 when none; -1 on
+** error. */
+static int64_t delivered_before(cm_fed *fed, fed_peer *p)
 {
     if (!p->delivered_known) {
-        int64_t d = peer_query(fed, p, "SELECT seq FROM fed_delivered WHERE peer = ?1", 0);
+        int64_t d = peer_query(fed, p, "SELECT seq FROM fed_delivered WHERE peer = ?1");
         if (d < 0)
             return -1;
         p->delivered = d;
         p->delivered_known = true;
     }
-    if (p->delivered < seq) /* rows reach p in seq order: the last delivered is before it */
-        return p->delivered;
-    /* answered out of order (a later row delivered first): look back from it */
-    return peer_query(fed, p,
-                      "SELECT seq FROM outbox WHERE seq < ?2 AND peer = ?1 AND "
-                      "status = 'delivered' ORDER BY seq DESC LIMIT 1",
-                      seq);
+    return p->delivered;
 }
 
 /* (Re)arm the resend timer when the oldest message in flight changed. */
@@ -2057,7 +2053,7 @@ static bool peer_resend(cm_fed *fed, fed_peer *p)
     for (int i = 0; i < p->nwin; i++) {
         fed_flight *f = &p->win[i];
         if (p->reprev) { /* after a rewind: the chain as it stands now */
-            if (prev < 0 && (prev = delivered_before(fed, p, f->seq)) < 0) {
+            if (prev < 0 && (prev = delivered_before(fed, p)) < 0) {
                 batch_send(fed, p); /* what was put in the batch goes (or is undone) */
                 return false;
             }
@@ -2150,7 +2146,7 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
         while (!stop && sqlite3_step(st) == SQLITE_ROW) {
             int64_t seq = sqlite3_column_int64(st, 0);
             got++;
-            if (prev < 0 && (prev = delivered_before(fed, p, seq)) < 0) {
+            if (prev < 0 && (prev = delivered_before(fed, p)) < 0) {
                 stop = true;
                 break;
             }

@@ -102,6 +102,14 @@ sql "$a/caremesh.db" "UPDATE outbox SET status = 'pending' WHERE seq = 3"
 check "$tmp/a.log" 'node-a:3 delivered to node-b (duplicate)' "resend acknowledged as duplicate"
 same "duplicate not recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "21"
 
+# ---- a row routed to the peer after later rows were delivered to it ----
+# (row 2, refused above for want of a peer, made a pending row for cardio:
+# sent after rows up to 22, naming the last delivered one as prev)
+sql "$a/caremesh.db" "UPDATE outbox SET status = 'pending', receiver = 'cardio', peer = NULL, reason = NULL, done_at = NULL WHERE seq = 2"
+check "$tmp/a.log" 'node-a:2 delivered to node-b (received)' "a row routed late is delivered"
+same "received once, after the rows before it" \
+  "$(sql "$b/caremesh.db" "SELECT count(*), max(received) = (SELECT max(received) FROM inbox) FROM inbox WHERE msg_id = 'node-a:2'")" "1|1"
+
 # ---- what a real node never sends (with node-a's key: admitted, attributed to node-a) ----
 out=$("$probe" "tcp://127.0.0.1:$pb" "$kb" "$a/node.key" \
   '{"type":"deliver","id":"probe:1","kind":"k","to":"cardio","payload":{}}' \
@@ -127,7 +135,7 @@ has_reply 5 "duplicate id" '"result":"duplicate"'
 has_reply 6 "a new id" '"result":"received"'
 same "recorded under the key's peer" "$(sql "$b/caremesh.db" "SELECT peer FROM inbox WHERE msg_id = 'probe:2'")" "node-a"
 has_reply 7 "oversized message" '(no reply)'
-same "nothing else recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "22"
+same "nothing else recorded" "$(sql "$b/caremesh.db" "SELECT count(*) FROM inbox")" "23"
 
 # ---- batches (1.2): each entry is taken as if it came alone and gets its own
 # answer; the answers come back together, in entry order; a bad entry does not
@@ -214,7 +222,7 @@ out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +3 ' <<<"$out"; then ok; else bad "peers shows 3 pending: $out"; fi
 serve "$b" "$tmp/b2.log"; bpid=$spid
 check "$tmp/a.log" 'node-a:26 delivered to node-b' "queued messages delivered after restart"
-same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox WHERE msg_id NOT LIKE 'flood:%'")" "28|28"
+same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox WHERE msg_id NOT LIKE 'flood:%'")" "29|29"
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else bad "peers shows nothing pending: $out"; fi
 
