@@ -1274,9 +1274,15 @@ static int peer_depth(cm_store *store, int64_t now_ms, const char *peer, long *d
 {
     sqlite3_stmt *st = cm_store_prepare(
         store,
-        "SELECT count(*), min(o.created) FROM outbox o "
-        "LEFT JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
-        "WHERE o.status = 'pending' AND coalesce(o.peer, json_extract(r.doc, '$.node')) = ?1",
+        /* routed to it and past the last row delivered to it (those up to
+        ** it are delivered: docs/store.md), or not routed yet but for an
+        ** organization on its node; both read through outbox_pending */
+        "SELECT count(*), min(created) FROM ("
+        "SELECT o.created FROM outbox o WHERE o.status = 'pending' AND o.peer = ?1 "
+        "AND o.seq > coalesce((SELECT d.seq FROM fed_delivered d WHERE d.peer = ?1), 0) "
+        "UNION ALL SELECT o.created FROM outbox o "
+        "JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
+        "WHERE o.status = 'pending' AND o.peer IS NULL AND json_extract(r.doc, '$.node') = ?1)",
         err);
     int64_t ms;
     if (!st)

@@ -613,18 +613,16 @@ static void fb_counts(fbench *fb, long *rows, long *distinct, long *delivered, l
         }
         sqlite3_reset(st);
     }
-    st = cm_store_prepare(fb->a.store,
-                          "SELECT count(*), sum(attempts) FROM outbox "
-                          "WHERE status = 'delivered' AND peer = ?1",
-                          NULL);
+    st = cm_store_prepare(
+        fb->a.store, "SELECT count(*) FROM outbox_state WHERE status = 'delivered' AND peer = ?1",
+        NULL);
     if (st) {
         sqlite3_bind_text(st, 1, fb->b.id, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW) {
+        if (sqlite3_step(st) == SQLITE_ROW)
             *delivered = sqlite3_column_int64(st, 0);
-            *sends = sqlite3_column_int64(st, 1);
-        }
         sqlite3_reset(st);
     }
+    *sends = cm_fed_sent(fb->a.fed);
 }
 
 static int fb_report(fbench *fb, cm_err *err)

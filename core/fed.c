@@ -942,6 +942,7 @@ struct cm_fed {
     cm_buf text;           /* scratch: one deliver being encoded */
     cm_buf ans;            /* scratch: answers being encoded */
     long batches, batched; /* batches sent to peers, and the delivers they carried */
+    long sent;             /* delivers sent to peers, alone or in batches (resends too) */
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
     /* apply mode: messages handed to the engine and not yet answered (the
@@ -1940,6 +1941,7 @@ static bool batch_send(cm_fed *fed, fed_peer *p)
     }
     fed->batches++;
     fed->batched += n;
+    fed->sent += n;
     return true;
 }
 
@@ -1954,6 +1956,7 @@ static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size
         size_t lens[] = {len};
         if (!batch_send(fed, p) || sock_put(&p->dealer, bufs, lens, 1) != 0)
             return false;
+        fed->sent++;
     } else {
         if (p->nout > 0 && (p->nout >= FED_BATCH_SEND || p->out.len + len + 3 > FED_BATCH_BYTES) &&
             !batch_send(fed, p))
@@ -1971,7 +1974,8 @@ static bool flight_send(cm_fed *fed, fed_peer *p, int wi, const char *text, size
     return true;
 }
 
-/* One int64 from sql with p's id as ?1; 0 when no row, -1 on error. */
+/* One int64 from sql with p's id as ?1 (if sql has it); 0 when no row, -1 on
+** error. */
 static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql)
 {
     cm_err err;
@@ -2125,11 +2129,14 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
     uint32_t round = p->round;
     for (;;) {
         int room = fed->window - p->nwin, got = 0;
-        int64_t after = p->nwin ? p->win[p->nwin - 1].seq : 0, bad = 0;
+        /* after the window, or (empty) after the last row delivered to p:
+        ** the rows of p up to it are delivered (fed_delivered), the first
+        ** message names it as prev */
+        int64_t after = p->nwin ? p->win[p->nwin - 1].seq : delivered_before(fed, p), bad = 0;
         char why[128];
-        int64_t prev = p->nwin ? after : -1;
+        int64_t prev = after;
         bool stop = false;
-        if (room <= 0)
+        if (room <= 0 || after < 0)
             return;
         sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                             "SELECT " OUTBOX_COLUMNS " FROM outbox "
@@ -2146,10 +2153,6 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
         while (!stop && sqlite3_step(st) == SQLITE_ROW) {
             int64_t seq = sqlite3_column_int64(st, 0);
             got++;
-            if (prev < 0 && (prev = delivered_before(fed, p)) < 0) {
-                stop = true;
-                break;
-            }
             if (row_unfit(st, why, sizeof(why))) {
                 bad = seq;
                 break;
@@ -2207,9 +2210,13 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     char now[CM_TIME_BUFSZ], reason[1024];
     cm_err err;
     int refused = 0, rc = 0, clean = 0;
-    int64_t mark = 0; /* the last row of p this flush marks delivered */
+    int64_t mark = 0; /* the last delivered row of the settled head of the window */
+    int head = 0;     /* the settled entries before the first open one */
     if (p->nsettled == 0 || !store_free(fed))
         return;
+    while (head < p->nwin && p->win[head].state != FLIGHT_OPEN)
+        if (p->win[head++].state == FLIGHT_DELIVERED)
+            mark = p->win[head - 1].seq;
     /* Delivered marks alone commit without waiting for their own fsync
     ** (docs/federation.md, "Durability of the sender's marks"): nothing is
     ** acknowledged on them, the next synced commit makes them durable, and
@@ -2232,6 +2239,10 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
              j++)
             ;
         if (!ok && f->state != FLIGHT_REFUSED)
+            continue;
+        /* delivered before the first open entry: fed_delivered moving past
+        ** it says so, the row is not written (docs/store.md, outbox) */
+        if (ok && i < head)
             continue;
         sqlite3_stmt *st = cm_store_prepare(
             fed->o.store,
@@ -2256,7 +2267,6 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
         else {
             sqlite3_bind_int64(st, 4, p->win[j - 1].seq);
             sqlite3_bind_text(st, 5, p->cfg->id, -1, SQLITE_STATIC);
-            mark = p->win[j - 1].seq > mark ? p->win[j - 1].seq : mark;
         }
         rc = sqlite3_step(st);
         sqlite3_reset(st);
@@ -2606,9 +2616,50 @@ static int route_read(cm_fed *fed, route_plan *pl, int max_bad, cm_err *err)
 }
 
 /* Give the runs of pl their peer, in the open transaction. */
+/* Rows of run i of pl at or below the last row delivered to its peer take
+** the next seqs, in order, as they are routed: fed_delivered says every
+** pending row of the peer up to it is delivered, and these never went. A
+** row without a peer was never sent, so its seq was never seen outside. */
+static int route_late(cm_fed *fed, const route_plan *pl, int i, cm_err *err)
+{
+    fed_peer *p = &fed->peers[pl->runs[i].peer];
+    int64_t d = delivered_before(fed, p);
+    if (d < 0)
+        return cm_err_set(err, CM_EDB, "fed_delivered: cannot be read");
+    while (pl->runs[i].first <= d) {
+        sqlite3_stmt *st = cm_store_prepare(
+            fed->o.store,
+            "UPDATE outbox SET peer = ?3, seq = (SELECT max(seq) + 1 FROM outbox) "
+            "WHERE seq = (SELECT min(seq) FROM outbox WHERE status = 'pending' AND peer IS NULL "
+            "AND seq BETWEEN ?1 AND ?2 AND receiver = ?4)",
+            err);
+        if (!st)
+            return err->code;
+        sqlite3_bind_int64(st, 1, pl->runs[i].first);
+        sqlite3_bind_int64(st, 2, pl->runs[i].last < d ? pl->runs[i].last : d);
+        sqlite3_bind_text(st, 3, p->cfg->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, pl->orgs[pl->runs[i].org].id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return cm_store_error(fed->o.store, err, "outbox");
+        if (sqlite3_changes(cm_store_db(fed->o.store)) == 0)
+            break;
+        cm_log(CM_LOG_INFO, "fed.routed_late",
+               "a row for %s routed to %s after later rows were delivered to it: queued as "
+               "outbox %lld",
+               pl->orgs[pl->runs[i].org].id, p->cfg->id,
+               (long long)peer_query(fed, p, "SELECT max(seq) FROM outbox"));
+    }
+    return 0;
+}
+
 static int route_write(cm_fed *fed, const route_plan *pl, cm_err *err)
 {
     for (int i = 0; i < pl->nruns; i++) {
+        int late = route_late(fed, pl, i, err);
+        if (late != 0)
+            return late;
         /* the receiver is in the condition: whatever else is in the range
         ** (rows settled, or routed already) is left alone */
         sqlite3_stmt *st =
@@ -3009,6 +3060,11 @@ void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers)
 {
     *batches = fed ? fed->batches : 0;
     *delivers = fed ? fed->batched : 0;
+}
+
+long cm_fed_sent(const cm_fed *fed)
+{
+    return fed ? fed->sent : 0;
 }
 
 void cm_fed_apply_stats_get(const cm_fed *fed, cm_fed_apply_stats *st)

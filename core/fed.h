@@ -240,4 +240,8 @@ int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size);
 ** speaking 1.1 gets none). */
 void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers);
 
+/* Delivers sent to peers so far, alone or in batches, resends included
+** (outbox.attempts no longer counts the sends of a row delivered in order). */
+long cm_fed_sent(const cm_fed *fed);
+
 #endif

@@ -353,6 +353,25 @@ static const cm_migration migrations[] = {
      "  GROUP BY peer;\n"
      "DROP INDEX outbox_by_peer;\n"
      "CREATE INDEX outbox_pending ON outbox(peer, seq) WHERE status = 'pending';\n"},
+    /* A delivered row is no longer written: fed_delivered moving past it
+    ** says so (every pending row of a peer up to its seq is delivered), and
+    ** outbox_state shows each row's status read that way. Before, a row
+    ** answered out of order could be pending below the last delivered; the
+    ** mark goes back to the last delivered row before the first such one. */
+    {11, "federation: delivered rows told by the peer's last delivered, not written",
+     "UPDATE fed_delivered SET seq = coalesce((\n"
+     "    SELECT max(o.seq) FROM outbox o\n"
+     "    WHERE o.peer = fed_delivered.peer AND o.status = 'delivered' AND o.seq < (\n"
+     "      SELECT min(q.seq) FROM outbox q\n"
+     "      WHERE q.peer = fed_delivered.peer AND q.status = 'pending')), 0)\n"
+     "  WHERE EXISTS (SELECT 1 FROM outbox q WHERE q.peer = fed_delivered.peer\n"
+     "                AND q.status = 'pending' AND q.seq <= fed_delivered.seq);\n"
+     "CREATE VIEW outbox_state AS\n"
+     "  SELECT o.seq AS seq, o.peer AS peer,\n"
+     "         CASE WHEN o.status = 'pending' AND o.seq <= (SELECT d.seq FROM fed_delivered d\n"
+     "                                                       WHERE d.peer = o.peer)\n"
+     "              THEN 'delivered' ELSE o.status END AS status\n"
+     "  FROM outbox o;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

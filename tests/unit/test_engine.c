@@ -1074,7 +1074,8 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
                       "DROP TABLE history; ALTER TABLE h4 RENAME TO history;"
                       "ALTER TABLE instance DROP COLUMN hist;"
                       "DROP TABLE api_token;" /* and what later versions made */
-                      "DROP TABLE fed_delivered; DROP INDEX outbox_pending;"
+                      "DROP VIEW outbox_state; DROP TABLE fed_delivered;"
+                      "DROP INDEX outbox_pending;"
                       "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
                       "DELETE FROM schema_version WHERE version >= 7;",
                       &err),

@@ -511,6 +511,7 @@ static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
     assert_non_null(s);
     assert_int_equal(
         cm_store_exec(s,
+                      "DROP VIEW outbox_state;" /* what later versions made */
                       "DROP TABLE fed_delivered; DROP INDEX outbox_pending;"
                       "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
                       "DELETE FROM schema_version WHERE version >= 10;"
@@ -542,6 +543,58 @@ static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
     cm_store_close(&s);
 }
 
+/* Migration 11: a peer's last delivered row is moved back below a row
+** left pending under it (answered out of order before), to the last row
+** delivered before that one; outbox_state tells a pending row at or below
+** its peer's mark as delivered. */
+static void test_delivered_mark_migration_keeps_rows_answered_out_of_order(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(
+        cm_store_exec(s,
+                      "DROP VIEW outbox_state;"
+                      "DELETE FROM schema_version WHERE version >= 11;"
+                      "INSERT INTO outbox(seq, receiver, kind, payload, created, status, peer) "
+                      "VALUES (1, 'o', 'k', '{}', 't', 'delivered', 'b'),"
+                      " (2, 'o', 'k', '{}', 't', 'pending', 'b'),"
+                      " (3, 'o', 'k', '{}', 't', 'delivered', 'b'),"
+                      " (4, 'o', 'k', '{}', 't', 'pending', 'b'),"
+                      " (5, 'o', 'k', '{}', 't', 'delivered', 'c'),"
+                      " (6, 'o', 'k', '{}', 't', 'pending', 'c'),"
+                      " (7, 'o', 'k', '{}', 't', 'refused', 'd'),"
+                      " (8, 'o', 'k', '{}', 't', 'pending', 'd');"
+                      "INSERT INTO fed_delivered(peer, seq) VALUES ('b', 3), ('c', 5), ('d', 9);",
+                      &err),
+        0);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_schema_version(s), CM_SCHEMA_VERSION);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'b'"), 1);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'c'"), 5);
+    assert_int_equal(pragma_int(s, "SELECT seq FROM fed_delivered WHERE peer = 'd'"), 0);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s),
+                                        "SELECT group_concat(status, ' ') FROM "
+                                        "(SELECT status FROM outbox_state ORDER BY seq)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0),
+                        "delivered pending delivered pending delivered pending refused pending");
+    sqlite3_finalize(st);
+    /* a pending row at or below its peer's mark reads as delivered */
+    assert_int_equal(cm_store_exec(s, "UPDATE fed_delivered SET seq = 6 WHERE peer = 'c'", &err),
+                     0);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox_state WHERE seq = 6 AND "
+                                   "status = 'delivered'"),
+                     1);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -554,6 +607,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_migrations_apply_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_schema_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_delivered_mark_migration_keeps_rows_answered_out_of_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outbox_index_migration_keeps_the_last_delivered, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_foreign_sqlite_database_is_refused, setup, teardown),
