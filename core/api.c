@@ -1267,40 +1267,6 @@ static void h_failed_discard(call *c)
 
 /* ---- peers, KPIs ------------------------------------------------------------ */
 
-/* Pending outbox rows for peer (routed to it, or for an organization it
-** hosts) and the age in seconds of the oldest (-1 when none). */
-static int peer_depth(cm_store *store, int64_t now_ms, const char *peer, long *depth, double *age,
-                      cm_err *err)
-{
-    sqlite3_stmt *st = cm_store_prepare(
-        store,
-        /* routed to it and past the last row delivered to it (those up to
-        ** it are delivered: docs/store.md), or not routed yet but for an
-        ** organization on its node; both read through outbox_pending */
-        "SELECT count(*), min(created) FROM ("
-        "SELECT o.created FROM outbox o WHERE o.status = 'pending' AND o.peer = ?1 "
-        "AND o.seq > coalesce((SELECT d.seq FROM fed_delivered d WHERE d.peer = ?1), 0) "
-        "UNION ALL SELECT o.created FROM outbox o "
-        "JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
-        "WHERE o.status = 'pending' AND o.peer IS NULL AND json_extract(r.doc, '$.node') = ?1)",
-        err);
-    int64_t ms;
-    if (!st)
-        return err->code;
-    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(store, err, "outbox");
-    *depth = 0;
-    *age = -1;
-    if (rc == 0) {
-        *depth = (long)sqlite3_column_int64(st, 0);
-        if (sqlite3_column_type(st, 1) == SQLITE_TEXT &&
-            cm_time_parse((const char *)sqlite3_column_text(st, 1), &ms))
-            *age = (double)(now_ms - ms) / 1000.0;
-    }
-    sqlite3_reset(st);
-    return rc;
-}
-
 /* What peer shared with this node (share.h): its rows of table (directory or
 ** indicator) as an array of their documents under key of row. */
 static int add_shared(call *c, cJSON *row, const char *key, sqlite3_stmt *st, const char *peer,
@@ -1330,8 +1296,8 @@ static void h_peers(call *c)
         const cm_peer_config *p = &cfg->fed_peers[i];
         long depth;
         double age;
-        if (peer_depth(c->api->o.store, cm_clock_now_ms(c->api->o.clock), p->id, &depth, &age,
-                       &err) != 0) {
+        if (cm_fed_outbox_depth(c->api->o.store, p->id, cm_clock_now_ms(c->api->o.clock), &depth,
+                                &age, &err) != 0) {
             cJSON_Delete(doc);
             reply_err(c, &err, NULL);
             return;
@@ -1640,7 +1606,7 @@ static int metrics_store(cm_store *store, job *j, cm_buf *b, cm_err *err)
     long depth[CM_FED_MAX_PEERS];
     double age[CM_FED_MAX_PEERS];
     for (int i = 0; i < j->npeers; i++) {
-        int rc = peer_depth(store, j->now_ms, j->peers[i], &depth[i], &age[i], err);
+        int rc = cm_fed_outbox_depth(store, j->peers[i], j->now_ms, &depth[i], &age[i], err);
         if (rc != 0)
             return rc;
     }

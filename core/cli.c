@@ -420,39 +420,6 @@ static sqlite3_stmt *peer_query(cli_node *n, const char *sql, const char *peer, 
     return st;
 }
 
-/* Pending outbox rows for peer: routed to it, or not yet routed but for an
-** organization hosted on its node. */
-static int peer_depth(cli_node *n, const char *peer, long *depth, double *age_s, cm_err *err)
-{
-    sqlite3_stmt *st = peer_query(
-        n,
-        /* routed to it and past the last row delivered to it (those up to
-        ** it are delivered: docs/store.md), or not routed yet but for an
-        ** organization on its node; both read through outbox_pending */
-        "SELECT count(*), min(created) FROM ("
-        "SELECT o.created FROM outbox o WHERE o.status = 'pending' AND o.peer = ?1 "
-        "AND o.seq > coalesce((SELECT d.seq FROM fed_delivered d WHERE d.peer = ?1), 0) "
-        "UNION ALL SELECT o.created FROM outbox o "
-        "JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
-        "WHERE o.status = 'pending' AND o.peer IS NULL AND json_extract(r.doc, '$.node') = ?1)",
-        peer, err);
-    if (!st)
-        return err->code;
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(n->store, err, "outbox");
-    if (rc == 0) {
-        *depth = sqlite3_column_int64(st, 0);
-        *age_s = -1;
-        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
-            const char *oldest = (const char *)sqlite3_column_text(st, 1);
-            int64_t ms;
-            if (cm_time_parse(oldest, &ms))
-                *age_s = (double)(cm_clock_now_ms(n->clock) - ms) / 1000.0;
-        }
-    }
-    sqlite3_reset(st);
-    return rc;
-}
-
 /* Under a peer's line: the organizations and indicators it shared with us. */
 static int peer_shared(cli_node *n, const char *peer, cm_err *err)
 {
@@ -513,7 +480,8 @@ static int peers_db(const char *data, const char *config, bool json)
         const cm_peer_config *p = &n.cfg.fed_peers[i];
         long depth = 0;
         double age = -1;
-        if ((rc = peer_depth(&n, p->id, &depth, &age, &err)) != 0)
+        if ((rc = cm_fed_outbox_depth(n.store, p->id, cm_clock_now_ms(n.clock), &depth, &age,
+                                      &err)) != 0)
             break;
         char agebuf[32] = "-";
         if (age >= 0)

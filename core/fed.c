@@ -3062,6 +3062,38 @@ void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers)
     *delivers = fed ? fed->batched : 0;
 }
 
+int cm_fed_outbox_depth(cm_store *store, const char *peer, int64_t now_ms, long *depth,
+                        double *age_s, cm_err *err)
+{
+    sqlite3_stmt *st = cm_store_prepare(
+        store,
+        /* routed to it and past its mark (the rows up to it are delivered:
+        ** docs/store.md), or not routed yet but for an organization on its
+        ** node; both read through outbox_pending, a seek each */
+        "SELECT count(*), min(created) FROM ("
+        "SELECT o.created FROM outbox o WHERE o.status = 'pending' AND o.peer = ?1 "
+        "AND o.seq > coalesce((SELECT d.seq FROM fed_delivered d WHERE d.peer = ?1), 0) "
+        "UNION ALL SELECT o.created FROM outbox o "
+        "JOIN record r ON r.kind = 'organization' AND r.id = o.receiver "
+        "WHERE o.status = 'pending' AND o.peer IS NULL AND json_extract(r.doc, '$.node') = ?1)",
+        err);
+    int64_t ms;
+    *depth = 0;
+    *age_s = -1;
+    if (!st)
+        return err->code;
+    sqlite3_bind_text(st, 1, peer, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : cm_store_error(store, err, "outbox");
+    if (rc == 0) {
+        *depth = (long)sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 1) == SQLITE_TEXT &&
+            cm_time_parse((const char *)sqlite3_column_text(st, 1), &ms))
+            *age_s = (double)(now_ms - ms) / 1000.0;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
 long cm_fed_sent(const cm_fed *fed)
 {
     return fed ? fed->sent : 0;

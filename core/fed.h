@@ -240,6 +240,13 @@ int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size);
 ** speaking 1.1 gets none). */
 void cm_fed_batch_counts(const cm_fed *fed, long *batches, long *delivers);
 
+/* The outbox rows pending for peer (routed to it and past its mark, or not
+** routed yet but for an organization on its node) and the age in seconds of
+** the oldest at now_ms (-1 when none), read through store (any thread's
+** own). The CLI's `peers`, the API's /v1/peers and its metrics. */
+int cm_fed_outbox_depth(cm_store *store, const char *peer, int64_t now_ms, long *depth,
+                        double *age_s, cm_err *err);
+
 /* Delivers sent to peers so far, alone or in batches, resends included
 ** (outbox.attempts no longer counts the sends of a row delivered in order). */
 long cm_fed_sent(const cm_fed *fed);
