@@ -1997,13 +1997,10 @@ static int64_t peer_query(cm_fed *fed, fed_peer *p, const char *sql)
     return v;
 }
 
-/* The prev of the first message of an empty window or of a window sent
-** again: the last row delivered to p (fed_delivered, the largest seq; in
-** p's inbox, so p applies the message after it). Rows reach p in seq
-** order, so that is the row before it -- except for a row routed to p only
-** after later rows were delivered to it, which is sent after them and so
-** names the last of them (docs/federation.md, prev). 0 when none; -1 on
-** error. */
+/* The peer's mark (fed_delivered): every pending row of p up to it is
+** delivered; the window fills after it, and its first message names it as
+** prev (p has it in its inbox). Rows reach p in seq order (route_late), so
+** it is the message before that one. 0 when none; -1 on error. */
 static int64_t delivered_before(cm_fed *fed, fed_peer *p)
 {
     if (!p->delivered_known) {
