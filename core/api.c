@@ -97,8 +97,17 @@ struct cm_api {
     void *done_ud;
 };
 
+/* What a call keeps when it is reused for the next request (call_new): the
+** query, emptied by call_free, and the path's segments, written before they
+** are read. Every field of call outside it is cleared for each request. */
+typedef struct call_mem {
+    cm_http_query q;
+    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
+} call_mem;
+
 /* One request being handled. */
 struct call {
+    call_mem mem; /* first: call_new clears what follows it */
     cm_api *api;
     call *next; /* waiting for the store's gauges */
     cm_http_req *req;
@@ -113,10 +122,8 @@ struct call {
     const char *action;
     bool signal;       /* an event for an instance: its patient is the input's */
     bool patient_read; /* patient was read from the instance in the batch */
-    /* Not cleared for a new request (call_new): filled before they are read. */
-    cm_http_query q; /* q.n is cleared */
-    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
 };
+_Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
 /* ---- answers ------------------------------------------------------------ */
 
@@ -146,11 +153,10 @@ static call *call_new(cm_api *api, cm_http_req *req)
     if (c) {
         api->spare = c->next;
         api->nspare--;
-    } else if (!(c = malloc(sizeof(*c)))) {
+        memset((char *)c + sizeof(c->mem), 0, sizeof(*c) - sizeof(c->mem));
+    } else if (!(c = calloc(1, sizeof(*c)))) {
         return NULL;
     }
-    memset(c, 0, offsetof(call, q));
-    c->q.n = 0;
     c->api = api;
     c->req = req;
     return c;
@@ -160,7 +166,7 @@ static call *call_new(cm_api *api, cm_http_req *req)
 static void call_free(call *c)
 {
     cm_api *api = c->api;
-    cm_http_query_free(&c->q);
+    cm_http_query_free(&c->mem.q);
     cJSON_Delete(c->body);
     if (api->nspare >= SPARE_CALLS) {
         free(c);
@@ -289,20 +295,20 @@ static void reply_err(call *c, const cm_err *err, const char *kind)
 /* Only the listed query parameters (NULL-terminated, plus extra if given). */
 static bool check_params(call *c, const char *const *allowed, const char *const *extra)
 {
-    for (int i = 0; i < c->q.n; i++) {
+    for (int i = 0; i < c->mem.q.n; i++) {
         bool ok = false;
         for (const char *const *a = allowed; a && *a && !ok; a++)
-            ok = strcmp(*a, c->q.p[i].name) == 0;
+            ok = strcmp(*a, c->mem.q.p[i].name) == 0;
         for (const char *const *a = extra; a && *a && !ok; a++)
-            ok = strcmp(*a, c->q.p[i].name) == 0;
+            ok = strcmp(*a, c->mem.q.p[i].name) == 0;
         if (!ok) {
             char list[512] = "";
             for (int pass = 0; pass < 2; pass++)
                 for (const char *const *a = pass ? extra : allowed; a && *a; a++)
                     snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
                              list[0] ? ", " : "", *a);
-            reply_error(c, 400, "unknown_parameter", c->q.p[i].name,
-                        "unknown query parameter \"%.64s\" (allowed: %s)", c->q.p[i].name,
+            reply_error(c, 400, "unknown_parameter", c->mem.q.p[i].name,
+                        "unknown query parameter \"%.64s\" (allowed: %s)", c->mem.q.p[i].name,
                         list[0] ? list : "none");
             return false;
         }
@@ -313,7 +319,7 @@ static bool check_params(call *c, const char *const *allowed, const char *const 
 /* limit=1..1000 (default 100). */
 static bool get_limit(call *c, int *limit)
 {
-    const char *v = cm_http_query_get(&c->q, "limit");
+    const char *v = cm_http_query_get(&c->mem.q, "limit");
     char *end;
     *limit = LIST_DEFAULT;
     if (!v)
@@ -332,7 +338,7 @@ static bool get_limit(call *c, int *limit)
 ** given); false (answered 400) when it is not a date or date-time. */
 static bool get_since(call *c, char buf[CM_TIME_BUFSZ], const char **since)
 {
-    const char *v = cm_http_query_get(&c->q, "since");
+    const char *v = cm_http_query_get(&c->mem.q, "since");
     int64_t ms;
     *since = NULL;
     if (!v)
@@ -351,7 +357,7 @@ static bool get_since(call *c, char buf[CM_TIME_BUFSZ], const char **since)
 /* A cursor that is a sequence number (instances, audit, failed events). */
 static bool get_seq_cursor(call *c, long long *after)
 {
-    const char *v = cm_http_query_get(&c->q, "cursor");
+    const char *v = cm_http_query_get(&c->mem.q, "cursor");
     char *end;
     *after = 0;
     if (!v)
@@ -677,12 +683,12 @@ static void h_record_list(call *c)
         return;
     if (!(filter = cJSON_CreateObject()))
         goto oom;
-    for (int i = 0; i < c->q.n; i++)
-        if (strcmp(c->q.p[i].name, "limit") != 0 && strcmp(c->q.p[i].name, "cursor") != 0 &&
-            !cJSON_AddStringToObject(filter, c->q.p[i].name, c->q.p[i].value))
+    for (int i = 0; i < c->mem.q.n; i++)
+        if (strcmp(c->mem.q.p[i].name, "limit") != 0 && strcmp(c->mem.q.p[i].name, "cursor") != 0 &&
+            !cJSON_AddStringToObject(filter, c->mem.q.p[i].name, c->mem.q.p[i].value))
             goto oom;
     int rc = cm_model_find(c->api->o.model, (cm_kind)kind, filter,
-                           cm_http_query_get(&c->q, "cursor"), limit, &items, &err);
+                           cm_http_query_get(&c->mem.q, "cursor"), limit, &items, &err);
     cJSON_Delete(filter);
     filter = NULL;
     if (rc == 0) {
@@ -889,7 +895,7 @@ static void h_instance_list(call *c)
     }
     sqlite3_bind_int64(st, 1, after);
     for (int i = 0; i < 4; i++) {
-        const char *v = cm_http_query_get(&c->q, cols[i]);
+        const char *v = cm_http_query_get(&c->mem.q, cols[i]);
         if (v)
             sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
     }
@@ -1380,7 +1386,7 @@ static void h_kpis(call *c)
     if (since)
         sqlite3_bind_text(st, 3, since, -1, SQLITE_TRANSIENT);
     for (int i = 0; i < 2; i++) {
-        const char *v = cm_http_query_get(&c->q, params[i]);
+        const char *v = cm_http_query_get(&c->mem.q, params[i]);
         if (v)
             sqlite3_bind_text(st, i + 1, v, -1, SQLITE_TRANSIENT);
     }
@@ -1482,7 +1488,7 @@ static void h_audit(call *c)
     }
     sqlite3_bind_int64(st, 1, after);
     for (int i = 0; i < 3; i++) {
-        const char *v = cm_http_query_get(&c->q, params[i]);
+        const char *v = cm_http_query_get(&c->mem.q, params[i]);
         if (v)
             sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
     }
@@ -1928,10 +1934,10 @@ static bool route_match(const cm_api *api, size_t i, call *c, const size_t *segl
     if (k->nseg != c->nseg)
         return false;
     for (int j = 0; j < k->nseg; j++)
-        if (j != k->wild &&
-            (k->len[j] != seglen[j] || memcmp(routes[i].pattern + k->off[j], c->seg[j], seglen[j])))
+        if (j != k->wild && (k->len[j] != seglen[j] ||
+                             memcmp(routes[i].pattern + k->off[j], c->mem.seg[j], seglen[j])))
             return false;
-    c->arg = k->wild >= 0 ? c->seg[k->wild] : NULL;
+    c->arg = k->wild >= 0 ? c->mem.seg[k->wild] : NULL;
     return true;
 }
 
@@ -1947,10 +1953,10 @@ static void handle(void *ud, cm_http_req *req)
         return;
     }
     const char *method = cm_http_req_method(req);
-    c->nseg = cm_http_split_path(cm_http_req_path(req), c->seg, CM_HTTP_MAX_SEGMENTS);
+    c->nseg = cm_http_split_path(cm_http_req_path(req), c->mem.seg, CM_HTTP_MAX_SEGMENTS);
     size_t seglen[CM_HTTP_MAX_SEGMENTS];
     for (int i = 0; i < c->nseg; i++)
-        seglen[i] = strlen(c->seg[i]);
+        seglen[i] = strlen(c->mem.seg[i]);
     bool path_known = false;
     for (size_t i = 0; c->nseg >= 0 && i < NROUTES && !c->rt; i++) {
         if (!route_match(api, i, c, seglen))
@@ -1978,7 +1984,7 @@ static void handle(void *ud, cm_http_req *req)
                         cm_http_req_path(req));
         return;
     }
-    if (cm_http_query_parse(cm_http_req_query(req), &c->q, &err) != 0) {
+    if (cm_http_query_parse(cm_http_req_query(req), &c->mem.q, &err) != 0) {
         reply_error(c, 400, "invalid_parameter", NULL, "%s", err.msg);
         return;
     }

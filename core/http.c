@@ -30,21 +30,29 @@ typedef struct hdr {
     size_t name, value; /* offsets into the request's hbuf */
 } hdr;
 
+/* What a request keeps when it is reused for the next one (req_new): its
+** buffers, emptied by req_free, and headers[], written before it is read.
+** Every field of cm_http_req outside it is cleared for each request. */
+typedef struct req_mem {
+    cm_buf url, hbuf, body;
+    char *resp; /* the answer, head and body */
+    size_t resp_cap;
+    hdr headers[MAX_HEADERS];
+} req_mem;
+
 struct cm_http_req {
-    conn *c; /* NULL once the connection is gone (the answer is dropped) */
+    req_mem mem; /* first: req_new clears what follows it */
+    conn *c;     /* NULL once the connection is gone (the answer is dropped) */
     cm_http_req *next;
     const char *method; /* http_parser's static name */
     uint64_t pass;      /* the parse pass it completed in */
-    cm_buf url, hbuf, body;
-    hdr headers[MAX_HEADERS];
     int nheaders;
     bool in_value; /* the last header fragment was a value */
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
-    uint64_t started;
-    char *resp; /* the answer, head and body */
-    size_t resp_len, resp_cap;
+    size_t resp_len;
 };
+_Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
 
 struct conn {
     uv_tcp_t tcp; /* first: the handle's address is the connection's */
@@ -119,10 +127,10 @@ static int add_within(cm_buf *b, const char *s, size_t n, size_t limit)
 
 static void req_destroy(cm_http_req *r)
 {
-    free(r->url.p);
-    free(r->hbuf.p);
-    free(r->body.p);
-    free(r->resp);
+    free(r->mem.url.p);
+    free(r->mem.hbuf.p);
+    free(r->mem.body.p);
+    free(r->mem.resp);
     free(r);
 }
 
@@ -145,13 +153,13 @@ static void req_free(cm_http_server *s, cm_http_req *r)
         req_destroy(r);
         return;
     }
-    buf_keep(&r->url);
-    buf_keep(&r->hbuf);
-    buf_keep(&r->body);
-    if (r->resp_cap > SPARE_BUF_MAX) {
-        free(r->resp);
-        r->resp = NULL;
-        r->resp_cap = 0;
+    buf_keep(&r->mem.url);
+    buf_keep(&r->mem.hbuf);
+    buf_keep(&r->mem.body);
+    if (r->mem.resp_cap > SPARE_BUF_MAX) {
+        free(r->mem.resp);
+        r->mem.resp = NULL;
+        r->mem.resp_cap = 0;
     }
     r->next = s->spare;
     s->spare = r;
@@ -170,17 +178,7 @@ static cm_http_req *req_new(conn *c)
     }
     s->spare = r->next;
     s->nspare--;
-    /* every field but the kept buffers and headers[] (written before read) */
-    cm_buf url = r->url, hbuf = r->hbuf, body = r->body;
-    char *resp = r->resp;
-    size_t resp_cap = r->resp_cap;
-    memset(r, 0, offsetof(cm_http_req, headers));
-    memset(&r->nheaders, 0, sizeof(*r) - offsetof(cm_http_req, nheaders));
-    r->url = url;
-    r->hbuf = hbuf;
-    r->body = body;
-    r->resp = resp;
-    r->resp_cap = resp_cap;
+    memset((char *)r + sizeof(r->mem), 0, sizeof(*r) - sizeof(r->mem));
     r->c = c;
     return r;
 }
@@ -222,27 +220,22 @@ const char *cm_http_req_header(const cm_http_req *r, const char *name)
 {
     int first = tolower((unsigned char)name[0]);
     for (int i = 0; i < r->nheaders; i++) {
-        const char *h = r->hbuf.p + r->headers[i].name;
+        const char *h = r->mem.hbuf.p + r->mem.headers[i].name;
         if (tolower((unsigned char)h[0]) == first && strcasecmp(h, name) == 0)
-            return r->hbuf.p + r->headers[i].value;
+            return r->mem.hbuf.p + r->mem.headers[i].value;
     }
     return NULL;
 }
 
 const char *cm_http_req_body(const cm_http_req *r, size_t *len)
 {
-    *len = r->body.len;
-    return r->body.p ? r->body.p : "";
+    *len = r->mem.body.len;
+    return r->mem.body.p ? r->mem.body.p : "";
 }
 
 bool cm_http_req_loopback(const cm_http_req *r)
 {
     return r->c && r->c->loopback;
-}
-
-uint64_t cm_http_req_started(const cm_http_req *r)
-{
-    return r->started;
 }
 
 uint64_t cm_http_req_pass(const cm_http_req *r)
@@ -386,15 +379,15 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
         head += plen[i] = parts[i] ? strlen(parts[i]) : (size_t)(lenbuf + sizeof(lenbuf) - digits);
     if (head > RESP_HEAD_MAX)
         return -1;
-    if (head + len > r->resp_cap) {
+    if (head + len > r->mem.resp_cap) {
         char *grown = malloc(head + len);
         if (!grown)
             return -1;
-        free(r->resp);
-        r->resp = grown;
-        r->resp_cap = head + len;
+        free(r->mem.resp);
+        r->mem.resp = grown;
+        r->mem.resp_cap = head + len;
     }
-    char *p = r->resp;
+    char *p = r->mem.resp;
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
         memcpy(p, parts[i] ? parts[i] : digits, plen[i]);
         p += plen[i];
@@ -496,7 +489,7 @@ static void conn_flush(conn *c)
         return;
     cm_http_req *last = NULL;
     for (cm_http_req *r = c->head; r && r->answered && n < MAX_WRITE_BATCH; r = r->next) {
-        bufs[n++] = uv_buf_init(r->resp, (unsigned)r->resp_len);
+        bufs[n++] = uv_buf_init(r->mem.resp, (unsigned)r->resp_len);
         last = r;
         if (r->close_after)
             break;
@@ -586,7 +579,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
     size_t lim = c->srv->lim.max_header_bytes;
-    if (add_within(&c->cur->url, at, len, lim - c->cur->hbuf.len) != 0)
+    if (add_within(&c->cur->mem.url, at, len, lim - c->cur->mem.hbuf.len) != 0)
         return fail_cb(c, 414, "uri_too_long",
                        "the request line is longer than the server accepts");
     return 0;
@@ -595,23 +588,23 @@ static int on_url(http_parser *p, const char *at, size_t len)
 static int header_add(conn *c, const char *at, size_t len, bool value)
 {
     cm_http_req *r = c->cur;
-    size_t lim = c->srv->lim.max_header_bytes - r->url.len;
+    size_t lim = c->srv->lim.max_header_bytes - r->mem.url.len;
     if (value != r->in_value || (!value && r->nheaders == 0)) {
         /* a new name (or its value begins): terminate what came before */
         if (r->nheaders > 0 || value) {
-            if (add_within(&r->hbuf, "", 1, lim) != 0)
+            if (add_within(&r->mem.hbuf, "", 1, lim) != 0)
                 goto big;
         }
         if (!value) {
             if (r->nheaders == MAX_HEADERS)
                 return fail_cb(c, 431, "headers_too_large", "too many header fields (most 64)");
-            r->headers[r->nheaders++].name = r->hbuf.len;
+            r->mem.headers[r->nheaders++].name = r->mem.hbuf.len;
         } else {
-            r->headers[r->nheaders - 1].value = r->hbuf.len;
+            r->mem.headers[r->nheaders - 1].value = r->mem.hbuf.len;
         }
         r->in_value = value;
     }
-    if (add_within(&r->hbuf, at, len, lim) == 0)
+    if (add_within(&r->mem.hbuf, at, len, lim) == 0)
         return 0;
 big:
     return fail_cb(c, 431, "headers_too_large",
@@ -634,9 +627,10 @@ static int on_headers_complete(http_parser *p)
     cm_http_req *r = c->cur;
     if (r->nheaders > 0 && !r->in_value) /* a name with no value at all */
         return fail_cb(c, 400, "bad_request", "a header field has no value");
-    if (add_within(&r->hbuf, "", 1, SIZE_MAX) != 0 || add_within(&r->url, "", 0, SIZE_MAX) != 0)
+    if (add_within(&r->mem.hbuf, "", 1, SIZE_MAX) != 0 ||
+        add_within(&r->mem.url, "", 0, SIZE_MAX) != 0)
         return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
-    if (!r->url.p)
+    if (!r->mem.url.p)
         return fail_cb(c, 400, "bad_request", "the request has no target");
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body_bytes)
         return fail_cb(c, 413, "payload_too_large",
@@ -655,7 +649,7 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
-    if (add_within(&c->cur->body, at, len, c->srv->lim.max_body_bytes) != 0)
+    if (add_within(&c->cur->mem.body, at, len, c->srv->lim.max_body_bytes) != 0)
         return fail_cb(c, 413, "payload_too_large",
                        "the request body is larger than the server accepts");
     return 0;
@@ -665,16 +659,15 @@ static int on_message_complete(http_parser *p)
 {
     conn *c = p->data;
     cm_http_req *r = c->cur;
-    char *q = strchr(r->url.p, '?');
+    char *q = strchr(r->mem.url.p, '?');
     if (q)
         *q++ = '\0';
-    char *frag = strchr(q ? q : r->url.p, '#');
+    char *frag = strchr(q ? q : r->mem.url.p, '#');
     if (frag)
         *frag = '\0';
-    r->path = r->url.p;
+    r->path = r->mem.url.p;
     r->query = q ? q : "";
     r->keep_alive = r->keep_alive && http_should_keep_alive(p) != 0;
-    r->started = uv_hrtime();
     r->pass = c->srv->passes;
     conn_enqueue(c, r);
     c->cur = NULL;
