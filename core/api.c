@@ -57,11 +57,13 @@ typedef struct counter {
     uint64_t n;
 } counter;
 
-/* A token that passed cm_token_check, known by the hash of its whole text
-** (the text itself is not kept). */
+/* A token that passed cm_token_check, known by a keyed hash of its whole
+** text (the text itself is not kept): SipHash-2-4 with 128-bit output
+** under a random key of this process, so without the key no other text of
+** the token's length can be found that meets the same slot's hash. */
 typedef struct token_slot {
     bool used;
-    unsigned char hash[crypto_generichash_BYTES];
+    unsigned char hash[crypto_shorthash_siphashx24_BYTES];
     cm_token_info info;
 } token_slot;
 
@@ -80,6 +82,7 @@ struct cm_api {
     ** process): PRAGMA data_version is read at every token check and any
     ** change empties it. */
     token_slot tokens[TOKEN_SLOTS];
+    unsigned char token_key[crypto_shorthash_siphashx24_KEYBYTES]; /* random, for the slots */
     long long dv;
     uint64_t dv_pass;       /* the HTTP parse pass data_version was last read in, plus 1 */
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
@@ -133,6 +136,14 @@ static size_t text_put(char *buf, size_t n, const char *s)
     size_t len = strlen(s);
     memcpy(buf + n, s, len + 1);
     return n + len;
+}
+
+/* Append s escaped as a JSON string body at buf + n in at most room bytes
+** (cm_json_escape: cut before an escape that would not fit); the new length. */
+static size_t json_put(char *buf, size_t n, size_t room, const char *s)
+{
+    cm_json_escape(s, buf + n, room);
+    return n + strlen(buf + n);
 }
 
 static void count(cm_api *api, const char *pattern, int status)
@@ -609,7 +620,7 @@ static int tokens_revalidate(cm_api *api, cm_err *err)
 static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_info *info,
                        cm_err *err)
 {
-    unsigned char hash[crypto_generichash_BYTES];
+    unsigned char hash[crypto_shorthash_siphashx24_BYTES];
     int rc;
     if (api->dv_pass != pass + 1) {
         if ((rc = tokens_revalidate(api, err)) != 0)
@@ -619,7 +630,7 @@ static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_in
     size_t len = strlen(text);
     if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
         return cm_token_check(api->o.store, text, info, err);
-    crypto_generichash(hash, sizeof(hash), (const unsigned char *)text, len, NULL, 0);
+    crypto_shorthash_siphashx24(hash, (const unsigned char *)text, len, api->token_key);
     token_slot *slot = &api->tokens[(hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS];
     if (slot->used && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
         *info = slot->info;
@@ -1054,13 +1065,11 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
     if (c->patient_read && ack->instance)
         instance_patient_keep(c->api, ack->instance, c->patient);
     /* {"instance":I,"state":S} and "held":true when paused (kept until resume) */
-    char inst[6 * CM_NAME_MAX + 1], state[6 * CM_NAME_MAX + 1], text[sizeof(inst) * 2 + 64];
-    cm_json_escape(ack->instance ? ack->instance : "", inst, sizeof(inst));
-    cm_json_escape(ack->state ? ack->state : "", state, sizeof(state));
+    char text[2 * 6 * CM_NAME_MAX + 64];
     size_t n = text_put(text, 0, "{\"instance\":\"");
-    n = text_put(text, n, inst);
+    n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->instance ? ack->instance : "");
     n = text_put(text, n, "\",\"state\":\"");
-    n = text_put(text, n, state);
+    n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->state ? ack->state : "");
     n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
     reply_text(c,
                ack->kept                                  ? 202
@@ -2037,10 +2046,13 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
                           "api.listen %s is not a loopback address and no API token exists: "
                           "create one first (caremesh token create --scope admin)",
                           ac->host);
+    if (sodium_init() < 0)
+        return cm_err_set(err, CM_EIO, "api: libsodium could not be initialized");
     cm_api *api = calloc(1, sizeof(*api));
     if (!api)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
+    randombytes_buf(api->token_key, sizeof(api->token_key));
     if (!(api->keys = routes_compile())) {
         free(api);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -2102,6 +2114,7 @@ void cm_api_destroy(cm_api **api_p)
         return;
     cm_http_server_destroy(&(*api_p)->http);
     tokens_forget(*api_p);
+    sodium_memzero((*api_p)->token_key, sizeof((*api_p)->token_key));
     for (call *c = (*api_p)->spare, *next; c; c = next) {
         next = c->next;
         free(c);

@@ -23,6 +23,7 @@
 #define RESP_HEAD_MAX   256
 #define SPARE_REQS      256  /* finished requests kept for reuse, with their buffers */
 #define SPARE_BUF_MAX   8192 /* a kept request's buffer larger than this is freed */
+#define HEAD_MEMO_SLOTS 8    /* answer heads kept, by status */
 
 typedef struct conn conn;
 
@@ -65,8 +66,10 @@ struct conn {
     cm_http_req *ready;       /* just completed: dispatch after the parser paused */
     cm_http_req *wlist;       /* answers being written (moved off the queue) */
     uv_write_t wreq;
-    bool writing, reading, eof, closing, draining, failed, loopback, timing;
-    bool flush_due; /* answers are ready: written by the server's flusher */
+    bool writing, reading, eof, closing, draining, failed, loopback;
+    uint64_t deadline; /* uv_now by which the client must act, or 0 (conn_timer) */
+    uint64_t armed;    /* when the timer is armed to fire, or 0 */
+    bool flush_due;    /* answers are ready: written by the server's flusher */
     int fail_status;
     const char *fail_code;
     const char *fail_msg;
@@ -75,6 +78,13 @@ struct conn {
     int open_handles;
     conn *prev, *next;
 };
+
+/* The head of a JSON answer up to the length's digits (build_response). */
+typedef struct head_memo {
+    int status; /* 0: empty */
+    size_t len;
+    char text[RESP_HEAD_MAX];
+} head_memo;
 
 struct cm_http_server {
     uv_loop_t *loop;
@@ -91,6 +101,7 @@ struct cm_http_server {
     uint64_t passes;    /* parse passes begun (cm_http_req_pass) */
     cm_http_req *spare; /* finished requests, their buffers kept for the next */
     int nspare;
+    head_memo heads[HEAD_MEMO_SLOTS]; /* by status, direct-mapped */
     bool stopping;
     void (*done)(void *ud);
     void *done_ud;
@@ -115,14 +126,21 @@ const char *cm_http_status_text(int status)
 
 /* ---- small pieces ------------------------------------------------------ */
 
-/* Append n bytes unless the text would pass limit; -1 then, or when out of
-** memory. */
-static int add_within(cm_buf *b, const char *s, size_t n, size_t limit)
+/* Append nul NUL bytes (0 or 1: one ends the text before, a header's name
+** or value), then n bytes, unless the text would pass limit; -1 then, or
+** when out of memory. */
+static int add_within(cm_buf *b, size_t nul, const char *s, size_t n, size_t limit)
 {
-    if (n > limit || b->len > limit - n)
+    size_t more = n + nul;
+    if (nul > 1 || more > limit || b->len > limit - more || !cm_buf_room(b, more))
         return -1;
-    cm_buf_put(b, s, n);
-    return b->oom ? -1 : 0;
+    b->p[b->len] = '\0';
+    b->len += nul;
+    if (n)
+        memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
 }
 
 static void req_destroy(cm_http_req *r)
@@ -311,24 +329,29 @@ static void conn_close(conn *c)
 
 static void on_timeout(uv_timer_t *t);
 
-/* Run the timer while the client is expected to act (send a request, finish
-** one, read what we wrote); stop it while every request is with the handler.
-** restart: from now, even if it runs already (a new request begins). */
+/* A deadline while the client is expected to act (send a request, finish
+** one, read what we wrote), none while every request is with the handler.
+** restart: from now, even if one runs already (a new request begins). The
+** libuv timer is moved only when the deadline comes earlier than it is
+** armed for: on_timeout re-arms for a later one and ignores none, so a
+** pipelined request costs no timer start or stop. */
 static void conn_timer(conn *c, bool restart)
 {
     if (c->closing)
         return;
     bool waiting = c->cur != NULL || c->writing || c->nqueued == 0;
     if (!waiting) {
-        if (c->timing)
-            uv_timer_stop(&c->timer);
-        c->timing = false;
+        c->deadline = 0;
         return;
     }
-    if (c->timing && !restart)
+    if (c->deadline && !restart)
         return;
-    uv_timer_start(&c->timer, on_timeout, (uint64_t)c->srv->lim.timeout_ms, 0);
-    c->timing = true;
+    uint64_t ms = (uint64_t)c->srv->lim.timeout_ms;
+    c->deadline = uv_now(c->srv->loop) + ms;
+    if (!c->armed || c->armed > c->deadline) {
+        uv_timer_start(&c->timer, on_timeout, ms, 0);
+        c->armed = c->deadline;
+    }
 }
 
 static char *error_json(const char *code, const char *message, size_t *len)
@@ -354,30 +377,49 @@ static char *utoa_end(size_t v, char *buf, size_t cap)
     return p;
 }
 
+/* "HTTP/1.1 S REASON\r\nContent-Type: T\r\nContent-Length: " into out
+** (RESP_HEAD_MAX); its length, or 0 when it does not fit. */
+static size_t head_prefix(int status, const char *ctype, char *out)
+{
+    int n = snprintf(out, RESP_HEAD_MAX,
+                     "HTTP/1.1 %03d %s\r\nContent-Type: %s\r\nContent-Length: ", status,
+                     cm_http_status_text(status), ctype ? ctype : "application/json");
+    return n > 0 && n < RESP_HEAD_MAX ? (size_t)n : 0;
+}
+
+/* The head prefix of a JSON answer of status, made once per status while it
+** stays in its slot of the server's memo. */
+static const head_memo *json_head(cm_http_server *s, int status)
+{
+    head_memo *m = &s->heads[status % HEAD_MEMO_SLOTS];
+    if (m->status != status) {
+        m->len = head_prefix(status, NULL, m->text);
+        m->status = m->len ? status : 0;
+    }
+    return m;
+}
+
 static int build_response(cm_http_req *r, bool close, int status, const char *ctype,
                           const char *body, size_t len)
 {
-    char lenbuf[24], code[4];
+    static const char end_close[] = "\r\nConnection: close\r\n\r\n", end[] = "\r\n\r\n";
+    char lenbuf[24], other[RESP_HEAD_MAX];
+    const char *prefix = other;
+    size_t plen;
     if (status < 100 || status > 999)
         return -1;
-    code[0] = (char)('0' + status / 100);
-    code[1] = (char)('0' + status / 10 % 10);
-    code[2] = (char)('0' + status % 10);
-    code[3] = '\0';
+    if (!ctype && r->c) {
+        const head_memo *m = json_head(r->c->srv, status);
+        prefix = m->text;
+        plen = m->len;
+    } else {
+        plen = head_prefix(status, ctype, other);
+    }
     char *digits = utoa_end(len, lenbuf, sizeof(lenbuf));
-    const char *parts[] = {"HTTP/1.1 ",
-                           code,
-                           " ",
-                           cm_http_status_text(status),
-                           "\r\nContent-Type: ",
-                           ctype ? ctype : "application/json",
-                           "\r\nContent-Length: ",
-                           NULL, /* the digits */
-                           close ? "\r\nConnection: close\r\n\r\n" : "\r\n\r\n"};
-    size_t plen[sizeof(parts) / sizeof(parts[0])], head = 0;
-    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-        head += plen[i] = parts[i] ? strlen(parts[i]) : (size_t)(lenbuf + sizeof(lenbuf) - digits);
-    if (head > RESP_HEAD_MAX)
+    size_t dlen = (size_t)(lenbuf + sizeof(lenbuf) - digits);
+    size_t elen = close ? sizeof(end_close) - 1 : sizeof(end) - 1;
+    size_t head = plen + dlen + elen;
+    if (plen == 0 || head > RESP_HEAD_MAX)
         return -1;
     if (head + len > r->mem.resp_cap) {
         char *grown = malloc(head + len);
@@ -388,12 +430,11 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
         r->mem.resp_cap = head + len;
     }
     char *p = r->mem.resp;
-    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-        memcpy(p, parts[i] ? parts[i] : digits, plen[i]);
-        p += plen[i];
-    }
+    memcpy(p, prefix, plen);
+    memcpy(p + plen, digits, dlen);
+    memcpy(p + plen + dlen, close ? end_close : end, elen);
     if (len)
-        memcpy(p, body, len);
+        memcpy(p + head, body, len);
     r->resp_len = head + len;
     return 0;
 }
@@ -444,7 +485,16 @@ static void conn_fail(conn *c, int status, const char *code, const char *message
 static void on_timeout(uv_timer_t *t)
 {
     conn *c = t->data;
-    c->timing = false;
+    uint64_t now = uv_now(c->srv->loop);
+    c->armed = 0;
+    if (!c->deadline) /* the handler has every request: nothing is due */
+        return;
+    if (now < c->deadline) { /* moved later since the timer was armed */
+        uv_timer_start(&c->timer, on_timeout, c->deadline - now, 0);
+        c->armed = c->deadline;
+        return;
+    }
+    c->deadline = 0;
     if (c->cur && !c->failed)
         conn_fail(c, 408, "request_timeout",
                   "the request did not arrive in time; the connection is closed");
@@ -579,7 +629,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
     size_t lim = c->srv->lim.max_header_bytes;
-    if (add_within(&c->cur->mem.url, at, len, lim - c->cur->mem.hbuf.len) != 0)
+    if (add_within(&c->cur->mem.url, 0, at, len, lim - c->cur->mem.hbuf.len) != 0)
         return fail_cb(c, 414, "uri_too_long",
                        "the request line is longer than the server accepts");
     return 0;
@@ -589,24 +639,22 @@ static int header_add(conn *c, const char *at, size_t len, bool value)
 {
     cm_http_req *r = c->cur;
     size_t lim = c->srv->lim.max_header_bytes - r->mem.url.len;
+    size_t nul = 0;
     if (value != r->in_value || (!value && r->nheaders == 0)) {
-        /* a new name (or its value begins): terminate what came before */
-        if (r->nheaders > 0 || value) {
-            if (add_within(&r->mem.hbuf, "", 1, lim) != 0)
-                goto big;
-        }
+        /* a new name (or its value begins): a NUL ends what came before */
+        nul = r->nheaders > 0 || value ? 1 : 0;
+        size_t start = r->mem.hbuf.len + nul;
         if (!value) {
             if (r->nheaders == MAX_HEADERS)
                 return fail_cb(c, 431, "headers_too_large", "too many header fields (most 64)");
-            r->mem.headers[r->nheaders++].name = r->mem.hbuf.len;
+            r->mem.headers[r->nheaders++].name = start;
         } else {
-            r->mem.headers[r->nheaders - 1].value = r->mem.hbuf.len;
+            r->mem.headers[r->nheaders - 1].value = start;
         }
         r->in_value = value;
     }
-    if (add_within(&r->mem.hbuf, at, len, lim) == 0)
+    if (add_within(&r->mem.hbuf, nul, at, len, lim) == 0)
         return 0;
-big:
     return fail_cb(c, 431, "headers_too_large",
                    "the request headers are larger than the server accepts");
 }
@@ -627,8 +675,8 @@ static int on_headers_complete(http_parser *p)
     cm_http_req *r = c->cur;
     if (r->nheaders > 0 && !r->in_value) /* a name with no value at all */
         return fail_cb(c, 400, "bad_request", "a header field has no value");
-    if (add_within(&r->mem.hbuf, "", 1, SIZE_MAX) != 0 ||
-        add_within(&r->mem.url, "", 0, SIZE_MAX) != 0)
+    if (add_within(&r->mem.hbuf, 1, "", 0, SIZE_MAX) != 0 ||
+        add_within(&r->mem.url, 0, "", 0, SIZE_MAX) != 0)
         return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
     if (!r->mem.url.p)
         return fail_cb(c, 400, "bad_request", "the request has no target");
@@ -649,7 +697,7 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
-    if (add_within(&c->cur->mem.body, at, len, c->srv->lim.max_body_bytes) != 0)
+    if (add_within(&c->cur->mem.body, 0, at, len, c->srv->lim.max_body_bytes) != 0)
         return fail_cb(c, 413, "payload_too_large",
                        "the request body is larger than the server accepts");
     return 0;
