@@ -93,8 +93,8 @@ struct cm_api {
     call *metrics_waiting;
     counter counters[MAX_COUNTERS];
     int ncounters;
-    route_key *keys; /* one per entry of routes[] */
-    call *spare;     /* finished calls, kept for the next requests */
+    struct route_index *routing; /* routes[] compiled (routes_compile) */
+    call *spare;                 /* finished calls, kept for the next requests */
     int nspare;
     void (*done)(void *ud);
     void *done_ud;
@@ -124,7 +124,7 @@ struct call {
     char patient[CM_ID_MAX + 1];
     const char *action;
     bool signal;       /* an event for an instance: its patient is the input's */
-    bool patient_read; /* patient was read from the instance in the batch */
+    bool patient_read; /* patient was read from the store in the batch: kept once it commits */
 };
 _Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
@@ -1006,16 +1006,19 @@ static size_t patient_slot_of(const char *instance)
 }
 
 /* The patient the instance's input names into out ("" for none), read once
-** per instance: an input never changes after the start. */
+** per instance: an input never changes after the start. *from_store: it was
+** read from the store, not known (instance_patient_keep it after commit). */
 static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
-                               cm_err *err)
+                               bool *from_store, cm_err *err)
 {
     patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
     out[0] = '\0';
+    *from_store = false;
     if (slot && strcmp(slot->instance, instance) == 0) {
         cm_copy_str(out, outsz, slot->patient);
         return 0;
     }
+    *from_store = true;
     sqlite3_stmt *st = cm_store_prepare(
         api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1", err);
     if (!st)
@@ -1088,9 +1091,8 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
         return 0;
     if (c->signal && ack->instance) { /* a signal: the instance's patient */
         if ((rc = instance_patient_of(c->api, ack->instance, c->patient, sizeof(c->patient),
-                                      err)) != 0)
+                                      &c->patient_read, err)) != 0)
             return rc;
-        c->patient_read = true;
     }
     if (!c->patient[0])
         return 0;
@@ -1911,13 +1913,26 @@ static const route routes[] = {
 
 static const route unmatched = {"", "unmatched", CM_SCOPE_READ, NULL, -1};
 
-/* Split each route's pattern ("/v1/tasks/{}/complete") into keys[]. */
-static route_key *routes_compile(void)
+/* routes[] compiled at start: each pattern's key, and the routes by their
+** count of segments, in table order, so a path is matched only against the
+** routes of its length. */
+typedef struct route_index {
+    route_key key[NROUTES];
+    unsigned char order[NROUTES];
+    unsigned char first[CM_HTTP_MAX_SEGMENTS + 2]; /* n segments: order[first[n]..first[n+1]) */
+} route_index;
+
+_Static_assert(NROUTES < 256, "route_index counts routes in bytes");
+
+/* Split each route's pattern ("/v1/tasks/{}/complete") into its key, then
+** order the routes by their count of segments. */
+static route_index *routes_compile(void)
 {
-    route_key *keys = calloc(NROUTES, sizeof(*keys));
-    for (size_t i = 0; keys && i < NROUTES; i++) {
+    route_index *ri = calloc(1, sizeof(*ri));
+    int count[CM_HTTP_MAX_SEGMENTS + 1] = {0};
+    for (size_t i = 0; ri && i < NROUTES; i++) {
         const char *pat = routes[i].pattern, *p = pat + 1;
-        route_key *k = &keys[i];
+        route_key *k = &ri->key[i];
         k->wild = -1;
         while (*p) {
             size_t len = strcspn(p, "/");
@@ -1931,15 +1946,24 @@ static route_key *routes_compile(void)
             if (*p == '/')
                 p++;
         }
+        count[k->nseg]++;
     }
-    return keys;
+    if (!ri)
+        return NULL;
+    for (int n = 0; n <= CM_HTTP_MAX_SEGMENTS; n++)
+        ri->first[n + 1] = (unsigned char)(ri->first[n] + count[n]);
+    unsigned char next[CM_HTTP_MAX_SEGMENTS + 1];
+    memcpy(next, ri->first, sizeof(next));
+    for (size_t i = 0; i < NROUTES; i++)
+        ri->order[next[ri->key[i].nseg]++] = (unsigned char)i;
+    return ri;
 }
 
 /* Does route i match the call's segments (seglen: their lengths)? c->arg
 ** gets the {} segment. */
 static bool route_match(const cm_api *api, size_t i, call *c, const size_t *seglen)
 {
-    const route_key *k = &api->keys[i];
+    const route_key *k = &api->routing->key[i];
     if (k->nseg != c->nseg)
         return false;
     for (int j = 0; j < k->nseg; j++)
@@ -1967,7 +1991,10 @@ static void handle(void *ud, cm_http_req *req)
     for (int i = 0; i < c->nseg; i++)
         seglen[i] = strlen(c->mem.seg[i]);
     bool path_known = false;
-    for (size_t i = 0; c->nseg >= 0 && i < NROUTES && !c->rt; i++) {
+    const route_index *ri = api->routing;
+    int o = c->nseg >= 0 ? ri->first[c->nseg] : 0, end = c->nseg >= 0 ? ri->first[c->nseg + 1] : 0;
+    for (; o < end && !c->rt; o++) {
+        size_t i = ri->order[o];
         if (!route_match(api, i, c, seglen))
             continue;
         path_known = true;
@@ -2053,7 +2080,7 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
     randombytes_buf(api->token_key, sizeof(api->token_key));
-    if (!(api->keys = routes_compile())) {
+    if (!(api->routing = routes_compile())) {
         free(api);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
@@ -2120,7 +2147,7 @@ void cm_api_destroy(cm_api **api_p)
         free(c);
     }
     free((*api_p)->patients);
-    free((*api_p)->keys);
+    free((*api_p)->routing);
     free((*api_p)->gauges.p);
     free(*api_p);
     *api_p = NULL;

@@ -1102,15 +1102,17 @@ int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int ma
         return -1;
     const char *p = path + 1;
     while (*p) {
-        size_t len = strcspn(p, "/");
+        /* one pass to the segment's end: plain ASCII without escapes is
+        ** copied as it is, the rest decoded and checked for UTF-8 */
+        size_t len = 0;
+        bool plain = true;
+        for (char ch; (ch = p[len]) != '\0' && ch != '/'; len++)
+            plain = plain && ch != '%' && !(ch & 0x80);
         if (len == 0)
             return -1; /* "//" */
         if (n == max)
             return -1;
-        size_t plain = 0; /* ASCII without escapes: as it is */
-        while (plain < len && p[plain] != '%' && !(p[plain] & 0x80))
-            plain++;
-        if (plain == len && len < CM_HTTP_SEGMENT_MAX) {
+        if (plain && len < CM_HTTP_SEGMENT_MAX) {
             memcpy(seg[n], p, len);
             seg[n][len] = '\0';
         } else if (!cm_http_unescape(p, len, false, seg[n], CM_HTTP_SEGMENT_MAX) ||
