@@ -21,6 +21,7 @@
 #define MAX_HEADERS     64
 #define MAX_WRITE_BATCH 64 /* answers written with one uv_write */
 #define RESP_HEAD_MAX   256
+#define RESP_ROUND      256  /* answer buffers are allocated in multiples of it */
 #define SPARE_REQS      256  /* finished requests kept for reuse, with their buffers */
 #define SPARE_BUF_MAX   8192 /* a kept request's buffer larger than this is freed */
 #define HEAD_MEMO_SLOTS 8    /* answer heads kept, by status */
@@ -419,15 +420,18 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
     size_t dlen = (size_t)(lenbuf + sizeof(lenbuf) - digits);
     size_t elen = close ? sizeof(end_close) - 1 : sizeof(end) - 1;
     size_t head = plen + dlen + elen;
-    if (plen == 0 || head > RESP_HEAD_MAX)
+    if (plen == 0 || head > RESP_HEAD_MAX || len > SIZE_MAX - RESP_HEAD_MAX - RESP_ROUND)
         return -1;
     if (head + len > r->mem.resp_cap) {
-        char *grown = malloc(head + len);
+        /* rounded up, so a reused request's next answer, a few bytes
+        ** longer (a longer id), fits without another allocation */
+        size_t cap = (head + len + RESP_ROUND - 1) / RESP_ROUND * RESP_ROUND;
+        char *grown = malloc(cap);
         if (!grown)
             return -1;
         free(r->mem.resp);
         r->mem.resp = grown;
-        r->mem.resp_cap = head + len;
+        r->mem.resp_cap = cap;
     }
     char *p = r->mem.resp;
     memcpy(p, prefix, plen);
