@@ -1045,17 +1045,34 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
                           const char *parent, int depth, char *out_id, char *out_state,
                           inst *started, cm_err *err);
 
-static int apply_effects(cm_engine *e, inst *in, const cJSON *effects, int depth, cm_err *err)
+/* Was the timer effect fx started in a state that the step then left (a
+** visit before its last, or the state it left)? Such a timer is started and
+** cancelled within the step. A handler's timer (visit 0) in a state the step
+** re-enters belongs to the new visit. */
+static bool timer_passed(const cm_step *sp, const cJSON *fx)
+{
+    const char *scope = jstr(fx, "scoped");
+    const cJSON *visit = cJSON_GetObjectItemCaseSensitive(fx, "visit");
+    if (!scope)
+        return false;
+    if (strcmp(scope, sp->next) != 0)
+        return true;
+    return cJSON_IsNumber(visit) && visit->valueint != 0 && visit->valueint != sp->visit;
+}
+
+static int apply_effects(cm_engine *e, inst *in, const cm_step *sp, int depth, cm_err *err)
 {
     const cJSON *fx;
     int rc = 0, index = 0;
-    cJSON_ArrayForEach(fx, effects)
+    cJSON_ArrayForEach(fx, sp->effects)
     {
         const char *type = jstr(fx, "type");
         char child[CM_NAME_MAX], child_state[CM_NAME_MAX];
         index++;
         if (!type)
             rc = cm_err_set(err, CM_EINVAL, "effect %d has no type", index);
+        else if (strcmp(type, "timer") == 0 && timer_passed(sp, fx))
+            rc = delete_timer(e, in->id, jstr(fx, "name"), err); /* as if started, then left */
         else if (strcmp(type, "timer") == 0)
             rc = effect_timer(e, in, fx, err);
         else if (strcmp(type, "cancel") == 0)
@@ -1170,23 +1187,27 @@ static int cancel_scoped(cm_engine *e, inst *in, scopes *had, const char *state,
     return rc;
 }
 
-/* A step that passed through a state (an enter handler's wf:go) left it:
-** the timers that visit started go too, as leaving `from` cancels its own. */
-static int cancel_passed(cm_engine *e, inst *in, scopes *had, const cm_step *sp, const char *left,
-                         cm_err *err)
+/* Leaving states cancels their timers: the state the step left (left, or
+** NULL), and the states it passed through (an enter handler's wf:go), whose
+** timers started in this step were never written (timer_passed). */
+static int cancel_left(cm_engine *e, inst *in, scopes *had, const cm_step *sp, const char *left,
+                       cm_err *err)
 {
-    const cJSON *fx;
-    cJSON_ArrayForEach(fx, sp->effects)
-    {
-        const char *type = jstr(fx, "type"), *scope = jstr(fx, "scoped");
-        int rc;
-        if (!type || strcmp(type, "timer") != 0 || !scope || strcmp(scope, sp->next) == 0 ||
-            (left && strcmp(scope, left) == 0))
-            continue;
-        if ((rc = cancel_scoped(e, in, had, scope, err)) != 0)
+    const cJSON *fx = sp->effects ? sp->effects->child : NULL;
+    const char *scope = left;
+    int rc = 0;
+    for (;;) {
+        if (scope && (rc = cancel_scoped(e, in, had, scope, err)) != 0)
             return rc;
+        for (scope = NULL; fx && !scope; fx = fx->next) {
+            const char *type = jstr(fx, "type"), *s = jstr(fx, "scoped");
+            if (type && strcmp(type, "timer") == 0 && s && strcmp(s, sp->next) != 0 &&
+                (!left || strcmp(s, left) != 0))
+                scope = s;
+        }
+        if (!scope)
+            return 0;
     }
-    return 0;
 }
 
 /* Record a step's outcome: instance row, history, scoped timers, effects, end. */
@@ -1218,11 +1239,9 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
         return rc;
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
-    if ((rc = apply_effects(e, in, sp->effects, depth, err)) != 0)
+    if ((rc = apply_effects(e, in, sp, depth, err)) != 0)
         return rc;
-    if (left && (rc = cancel_scoped(e, in, &had, from, err)) != 0)
-        return rc;
-    if (sp->moved && (rc = cancel_passed(e, in, &had, sp, left ? from : NULL, err)) != 0)
+    if (sp->moved && (rc = cancel_left(e, in, &had, sp, left ? from : NULL, err)) != 0)
         return rc;
     scopes_union(&in->scoped, &had);
     if (!sp->state)

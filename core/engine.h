@@ -61,13 +61,15 @@ typedef struct cm_step {
     bool handled;           /* false: the state has no transition for event (nothing changed) */
     bool guarded;           /* with !handled: transitions exist but every guard refused */
     bool moved;             /* a transition ran (exit/enter), possibly back to the same state */
+    int visit;              /* states entered in this step (0: none; next is the last of them) */
     cJSON *effects;         /* array of effect objects (see below), or NULL; engine frees */
 } cm_step;
 
 /*
 ** Effects a step may ask for (objects in cm_step.effects, applied by the
 ** engine in the step's transaction, in order):
-**   {"type":"timer","name":N,"due":MS,"payload":{},"scoped":STATE|null}  start/replace timer N
+**   {"type":"timer","name":N,"due":MS,"payload":{},"scoped":STATE|null,"visit":V}
+**                                 start/replace timer N; V: states entered before it in the step
 **   {"type":"cancel","name":N}                                           cancel timer N
 **   {"type":"task","task":{task record without id}}                      create a human task
 **   {"type":"notify","channel":C,"to":ID,"message":TEXT,"data":{}}      queue a notification
@@ -79,7 +81,9 @@ typedef struct cm_step {
 **    "classes" the payload carries (all allowed, or refused), "share" the classes of the
 **    patient's record to attach (cut to what is allowed). Refused: no message goes out;
 **    the instance gets the event "send.refused" {to, kind, purpose, reason}.
-** A timer with "scoped" set is cancelled when the instance leaves that state.
+** A timer with "scoped" set is cancelled when the instance leaves that state, also
+** within the step that started it (its visit is not the step's last, save a handler's
+** timer when the step re-enters the state it started in).
 */
 
 /* The seam to the language runtime: a struct of function pointers with contracts. */
