@@ -1364,6 +1364,128 @@ test_a_state_left_and_reentered_in_one_step_keeps_only_the_last_visits_timers(vo
     assert_string_equal(got, "kept1,kept2");
 }
 
+static const char *MID = "local cm = require 'caremesh'\n"
+                         "return cm.workflow {\n"
+                         "  name = 'mid', version = 1, start = 's',\n"
+                         "  states = {\n"
+                         "    s = { on = {\n"
+                         "      tick = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 1 end,\n"
+                         "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
+                         "      spin = function(wf) wf.ctx.n = 98; while true do end end,\n"
+                         "      stop = 'z' } },\n"
+                         "    z = { final = true },\n"
+                         "  },\n"
+                         "}\n";
+
+static long ctx_n(fx *f, const char *id)
+{
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(json_extract(ctx, '$.n'), 0) FROM instance WHERE id = '%s'", id);
+    return count(f, sql);
+}
+
+/* One batch: steps that write no effect go without a savepoint, so a handler
+** that raises or runs out of budget in the middle of it must leave its
+** instance as it was, its event kept with the error, and the steps around it
+** (one instance twice) commit with the batch. */
+static void test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cm_engine_stats st0, st1;
+    char id[16];
+    load_ok(f, "mid.lua", MID);
+    for (int i = 1; i <= 4; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+    }
+    run(f);
+    cm_engine_stats_get(f->engine, &st0);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-2", "boom", NULL);
+    signal_ev(f, "m-3", "spin", NULL);
+    signal_ev(f, "m-4", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(st1.batches - st0.batches, 1);
+    assert_int_equal(f->a.status[4], 0);
+    assert_int_equal(f->a.status[5], CM_ELUA);
+    assert_true(f->a.kept[5]);
+    assert_int_equal(f->a.status[6], CM_EBUDGET);
+    assert_true(f->a.kept[6]);
+    assert_int_equal(f->a.status[7], 0);
+    assert_int_equal(f->a.status[8], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 2);
+    assert_int_equal(ctx_n(f, "m-2"), 0);
+    assert_int_equal(ctx_n(f, "m-3"), 0);
+    assert_int_equal(ctx_n(f, "m-4"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance IN ('m-2', 'm-3')"), 2);
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'm-2'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-2' AND "
+                              "error LIKE '%kaput%' AND attempts = 1"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-3' AND attempts = 1"),
+                     1);
+    /* the next step of each starts from what was committed */
+    signal_ev(f, "m-2", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(ctx_n(f, "m-2"), 1);
+    assert_int_equal(ctx_n(f, "m-1"), 3);
+    cJSON *inst = get(f, "m-1");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(inst, "history")), 4);
+    cJSON_Delete(inst);
+}
+
+/* A step's own rows go without a savepoint: when the database refuses one
+** of them, nothing of the batch commits and every submitter hears why. */
+static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "mid.lua", MID);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    long history = count(f, "SELECT count(*) FROM history");
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-2", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    assert_int_not_equal(cm_engine_run(f->engine, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "history refused"));
+    /* the batch stopped at the refused step: the two it ran are told, the
+    ** third waits for the next batch */
+    assert_int_equal(f->a.n, 5);
+    for (int i = 3; i < 5; i++) {
+        assert_int_not_equal(f->a.status[i], 0);
+        assert_false(f->a.kept[i]);
+        assert_non_null(strstr(f->a.message[i], "history refused"));
+    }
+    assert_int_equal(ctx_n(f, "m-1"), 1);
+    assert_int_equal(ctx_n(f, "m-2"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    /* the steps that did not commit are not remembered either */
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 7);
+    assert_int_equal(f->a.status[5], 0);
+    assert_int_equal(f->a.status[6], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1405,6 +1527,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_state_left_and_reentered_in_one_step_keeps_only_the_last_visits_timers, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
                                         teardown),
     };
