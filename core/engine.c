@@ -128,9 +128,13 @@ struct cm_engine {
     ** commit; every submitter of it hears this error. */
     int broken;
     cm_err broken_err;
+    bool step_sp; /* a handler wrote (a plugin): the step's savepoint opened before it */
 };
 
 static void arm_loop(cm_engine *e);
+
+static int sp_begin(cm_engine *e, cm_err *err);
+static void sp_end(cm_engine *e, bool keep);
 
 /* The open batch cannot commit (the first cause is kept). */
 static void break_batch(cm_engine *e, const cm_err *err)
@@ -1275,6 +1279,16 @@ static void step_clear(cm_step *sp)
     sp->effects = NULL;
 }
 
+/* A handler is about to write (a plugin's savepoint): the step's own
+** savepoint opens first, so that a failing step keeps none of it. */
+static int open_step_sp(void *ud, cm_err *err)
+{
+    cm_engine *e = ud;
+    int rc = sp_begin(e, err);
+    e->step_sp = rc == 0;
+    return rc;
+}
+
 /* Run the runtime on in for event (NULL: start): *sp receives what the step
 ** did (the caller clears it). Nothing is written: a handler that fails
 ** leaves nothing to roll back. A runtime that wrote to the store anyway
@@ -1299,12 +1313,15 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp->ctx = in->ctx;
     sqlite3 *db = cm_store_db(e->o.store);
     sqlite3_int64 changes = sqlite3_total_changes64(db);
+    e->step_sp = false;
+    cm_store_on_nested_write(e->o.store, open_step_sp, e);
     rc = e->o.runtime->step(e->o.runtime->ud, sp, err);
+    cm_store_on_nested_write(e->o.store, NULL, NULL);
     if (rc == CM_ELUA)
         e->stats.lua_errors++;
     else if (rc == CM_EBUDGET || rc == CM_EMEMCAP)
         e->stats.budget_kills++;
-    if (sqlite3_total_changes64(db) != changes) {
+    if (!e->step_sp && sqlite3_total_changes64(db) != changes) {
         step_clear(sp);
         rc = cm_err_set(err, CM_EDB, "instance %s: the runtime wrote to the store during a step",
                         in->id);
@@ -1318,9 +1335,12 @@ static int run_start(cm_engine *e, inst *in, int depth, cm_err *err)
 {
     cm_step sp;
     int rc = step_run(e, in, NULL, NULL, false, &sp, err);
+    bool nested = e->step_sp;
     if (rc == 0 && sp.handled)
         rc = apply_step(e, in, &sp, "start", depth, err);
     step_clear(&sp);
+    if (nested)
+        sp_end(e, rc == 0);
     return rc;
 }
 
@@ -1464,7 +1484,9 @@ static int write_step(cm_engine *e, long seq, inst *in, cm_step *sp, const char 
                       bool *bare, cm_err *err)
 {
     int rc = 0;
-    if (sp->handled && (sp->effects || sp->final)) {
+    if (*open) {
+        /* already in the savepoint the handler's writes opened */
+    } else if (sp->handled && (sp->effects || sp->final)) {
         if ((rc = sp_begin(e, err)) != 0)
             return rc;
         *open = true;
@@ -1543,12 +1565,15 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     if (rc == 0 && strcmp(in.status, "running") != 0)
         rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
                         in.status);
-    if (rc == 0)
+    if (rc == 0) {
         rc = step_run(e, &in, name, payload, is_timer, &sp, err);
+        open = e->step_sp; /* the handler wrote: its savepoint holds the step */
+    }
     if (rc == 0 && !sp.handled && !is_timer)
         rc = unhandled(&in, &sp, name, err);
     if (rc == 0) {
-        e->events_mark = e->nevents;
+        if (!open)
+            e->events_mark = e->nevents;
         rc = write_step(e, seq, &in, &sp, name, &open, &bare, err);
     }
     step_clear(&sp);
