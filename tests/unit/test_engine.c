@@ -1428,15 +1428,29 @@ static void test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing(void
                      1);
     assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-3' AND attempts = 1"),
                      1);
-    /* the next step of each starts from what was committed */
+    /* the next step of each starts from what was committed; a step that ends
+    ** (in a savepoint) among them */
     signal_ev(f, "m-2", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-4", "stop", NULL);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
     assert_int_equal(ctx_n(f, "m-2"), 1);
-    assert_int_equal(ctx_n(f, "m-1"), 3);
+    assert_int_equal(ctx_n(f, "m-1"), 4);
+    expect_state(f, "m-4", "z", "done");
     cJSON *inst = get(f, "m-1");
-    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(inst, "history")), 4);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(inst, "history")), 5);
     cJSON_Delete(inst);
+    /* every row names its instance's previous step, every instance its last */
+    assert_int_equal(count(f, "SELECT count(*) FROM history h LEFT JOIN history p ON "
+                              "p.seq = h.prev WHERE (h.step = 1) <> (h.prev IS NULL) OR "
+                              "(h.prev IS NOT NULL AND (p.instance IS NOT h.instance OR "
+                              "p.step <> h.step - 1 OR p.seq > h.seq))"),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance i JOIN history h ON h.seq = i.hist "
+                              "WHERE h.instance <> i.id OR h.step <> i.steps"),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE hist IS NULL"), 0);
 }
 
 /* A step's own rows go without a savepoint: when the database refuses one
