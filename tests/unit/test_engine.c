@@ -1385,6 +1385,41 @@ static long ctx_n(fx *f, const char *id)
     return count(f, sql);
 }
 
+/* A handler that writes records gets its step's savepoint before the first
+** write: when it then fails, none of it is kept; when not, all of it is. */
+static void test_a_handler_that_writes_and_fails_keeps_none_of_it(void **state)
+{
+    static const char *WRITER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow {\n"
+        "  name = 'writer', version = 1, start = 's',\n"
+        "  states = {\n"
+        "    s = { on = { make = function(wf, ev)\n"
+        "            cm.organization.create { id = ev.id, name = 'Org', kind = 'clinic' }\n"
+        "            wf.ctx.made = ev.id\n"
+        "            if ev.fail then error('after the write') end end,\n"
+        "          stop = 'z' } },\n"
+        "    z = { final = true },\n"
+        "  },\n"
+        "}\n";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "writer.lua", WRITER);
+    assert_int_equal(cm_engine_start(f->engine, "writer", NULL, "w-1", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "w-1", "make", "{\"id\":\"org-1\",\"fail\":true}");
+    signal_ev(f, "w-1", "make", "{\"id\":\"org-2\"}");
+    run(f);
+    assert_int_equal(f->a.status[1], CM_ELUA);
+    assert_true(f->a.kept[1]);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-1'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-2'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id = 'w-1' AND "
+                              "json_extract(ctx, '$.made') = 'org-2' AND steps = 2"),
+                     1);
+}
+
 /* One batch: steps that write no effect go without a savepoint, so a handler
 ** that raises or runs out of budget in the middle of it must leave its
 ** instance as it was, its event kept with the error, and the steps around it
@@ -1543,6 +1578,8 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(
             test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_handler_that_writes_and_fails_keeps_none_of_it,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
