@@ -1298,6 +1298,7 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
 {
     int rc;
     memset(sp, 0, sizeof(*sp));
+    e->step_sp = false;
     if ((rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
         return rc;
     sp->workflow = in->workflow;
@@ -1313,7 +1314,6 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp->ctx = in->ctx;
     sqlite3 *db = cm_store_db(e->o.store);
     sqlite3_int64 changes = sqlite3_total_changes64(db);
-    e->step_sp = false;
     cm_store_on_nested_write(e->o.store, open_step_sp, e);
     rc = e->o.runtime->step(e->o.runtime->ud, sp, err);
     cm_store_on_nested_write(e->o.store, NULL, NULL);
