@@ -3,9 +3,12 @@
 ** machines start with an input, receive named events with JSON payloads, and
 ** change state, context and effects in one transaction per event. Ready work
 ** (new instances, submitted events, due timers, retries) is processed in
-** batches: one SAVEPOINT per item, one COMMIT per batch, and only then is
-** each submitter told the outcome (group commit). A handler that fails rolls
-** back to its savepoint; the event is kept with its error and retried with
+** batches: one COMMIT per batch, and only then is each submitter told the
+** outcome (group commit). A step's handler runs before anything of it is
+** written; a step with effects, an end or a handler that writes is written
+** in a SAVEPOINT of its own, the others (their own rows only) without one,
+** so a database error in those fails the whole batch. A handler that fails
+** leaves nothing; the event is kept with its error and retried with
 ** backoff, then parked as failed for an operator. Timers and retries live in
 ** the database, so nothing is lost across a crash.
 **
@@ -100,7 +103,9 @@ typedef struct cm_runtime {
     bool (*installed)(void *ud, const char *name, int rev);
     /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
     ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
-    ** error the step's outputs are unset. */
+    ** error the step's outputs are unset. A handler writes to the store only
+    ** in a nested scope opened after cm_store_nested_write (model.c, plugin.c
+    ** do); any other write fails the batch. */
     int (*step)(void *ud, cm_step *step, cm_err *err);
 } cm_runtime;
 
