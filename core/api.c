@@ -57,11 +57,13 @@ typedef struct counter {
     uint64_t n;
 } counter;
 
-/* A token that passed cm_token_check, known by the hash of its whole text
-** (the text itself is not kept). */
+/* A token that passed cm_token_check, known by a keyed hash of its whole
+** text (the text itself is not kept): SipHash-2-4 with 128-bit output
+** under a random key of this process, so without the key no other text of
+** the token's length can be found that meets the same slot's hash. */
 typedef struct token_slot {
     bool used;
-    unsigned char hash[crypto_generichash_BYTES];
+    unsigned char hash[crypto_shorthash_siphashx24_BYTES];
     cm_token_info info;
 } token_slot;
 
@@ -80,6 +82,7 @@ struct cm_api {
     ** process): PRAGMA data_version is read at every token check and any
     ** change empties it. */
     token_slot tokens[TOKEN_SLOTS];
+    unsigned char token_key[crypto_shorthash_siphashx24_KEYBYTES]; /* random, for the slots */
     long long dv;
     uint64_t dv_pass;       /* the HTTP parse pass data_version was last read in, plus 1 */
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
@@ -90,15 +93,24 @@ struct cm_api {
     call *metrics_waiting;
     counter counters[MAX_COUNTERS];
     int ncounters;
-    route_key *keys; /* one per entry of routes[] */
-    call *spare;     /* finished calls, kept for the next requests */
+    struct route_index *routing; /* routes[] compiled (routes_compile) */
+    call *spare;                 /* finished calls, kept for the next requests */
     int nspare;
     void (*done)(void *ud);
     void *done_ud;
 };
 
+/* What a call keeps when it is reused for the next request (call_new): the
+** query, emptied by call_free, and the path's segments, written before they
+** are read. Every field of call outside it is cleared for each request. */
+typedef struct call_mem {
+    cm_http_query q;
+    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
+} call_mem;
+
 /* One request being handled. */
 struct call {
+    call_mem mem; /* first: call_new clears what follows it */
     cm_api *api;
     call *next; /* waiting for the store's gauges */
     cm_http_req *req;
@@ -112,11 +124,9 @@ struct call {
     char patient[CM_ID_MAX + 1];
     const char *action;
     bool signal;       /* an event for an instance: its patient is the input's */
-    bool patient_read; /* patient was read from the instance in the batch */
-    /* Not cleared for a new request (call_new): filled before they are read. */
-    cm_http_query q; /* q.n is cleared */
-    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
+    bool patient_read; /* patient was read from the store in the batch: kept once it commits */
 };
+_Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
 /* ---- answers ------------------------------------------------------------ */
 
@@ -126,6 +136,14 @@ static size_t text_put(char *buf, size_t n, const char *s)
     size_t len = strlen(s);
     memcpy(buf + n, s, len + 1);
     return n + len;
+}
+
+/* Append s escaped as a JSON string body at buf + n in at most room bytes
+** (cm_json_escape: cut before an escape that would not fit); the new length. */
+static size_t json_put(char *buf, size_t n, size_t room, const char *s)
+{
+    cm_json_escape(s, buf + n, room);
+    return n + strlen(buf + n);
 }
 
 static void count(cm_api *api, const char *pattern, int status)
@@ -146,11 +164,10 @@ static call *call_new(cm_api *api, cm_http_req *req)
     if (c) {
         api->spare = c->next;
         api->nspare--;
-    } else if (!(c = malloc(sizeof(*c)))) {
+        memset((char *)c + sizeof(c->mem), 0, sizeof(*c) - sizeof(c->mem));
+    } else if (!(c = calloc(1, sizeof(*c)))) {
         return NULL;
     }
-    memset(c, 0, offsetof(call, q));
-    c->q.n = 0;
     c->api = api;
     c->req = req;
     return c;
@@ -160,7 +177,7 @@ static call *call_new(cm_api *api, cm_http_req *req)
 static void call_free(call *c)
 {
     cm_api *api = c->api;
-    cm_http_query_free(&c->q);
+    cm_http_query_free(&c->mem.q);
     cJSON_Delete(c->body);
     if (api->nspare >= SPARE_CALLS) {
         free(c);
@@ -289,20 +306,20 @@ static void reply_err(call *c, const cm_err *err, const char *kind)
 /* Only the listed query parameters (NULL-terminated, plus extra if given). */
 static bool check_params(call *c, const char *const *allowed, const char *const *extra)
 {
-    for (int i = 0; i < c->q.n; i++) {
+    for (int i = 0; i < c->mem.q.n; i++) {
         bool ok = false;
         for (const char *const *a = allowed; a && *a && !ok; a++)
-            ok = strcmp(*a, c->q.p[i].name) == 0;
+            ok = strcmp(*a, c->mem.q.p[i].name) == 0;
         for (const char *const *a = extra; a && *a && !ok; a++)
-            ok = strcmp(*a, c->q.p[i].name) == 0;
+            ok = strcmp(*a, c->mem.q.p[i].name) == 0;
         if (!ok) {
             char list[512] = "";
             for (int pass = 0; pass < 2; pass++)
                 for (const char *const *a = pass ? extra : allowed; a && *a; a++)
                     snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
                              list[0] ? ", " : "", *a);
-            reply_error(c, 400, "unknown_parameter", c->q.p[i].name,
-                        "unknown query parameter \"%.64s\" (allowed: %s)", c->q.p[i].name,
+            reply_error(c, 400, "unknown_parameter", c->mem.q.p[i].name,
+                        "unknown query parameter \"%.64s\" (allowed: %s)", c->mem.q.p[i].name,
                         list[0] ? list : "none");
             return false;
         }
@@ -313,7 +330,7 @@ static bool check_params(call *c, const char *const *allowed, const char *const 
 /* limit=1..1000 (default 100). */
 static bool get_limit(call *c, int *limit)
 {
-    const char *v = cm_http_query_get(&c->q, "limit");
+    const char *v = cm_http_query_get(&c->mem.q, "limit");
     char *end;
     *limit = LIST_DEFAULT;
     if (!v)
@@ -332,7 +349,7 @@ static bool get_limit(call *c, int *limit)
 ** given); false (answered 400) when it is not a date or date-time. */
 static bool get_since(call *c, char buf[CM_TIME_BUFSZ], const char **since)
 {
-    const char *v = cm_http_query_get(&c->q, "since");
+    const char *v = cm_http_query_get(&c->mem.q, "since");
     int64_t ms;
     *since = NULL;
     if (!v)
@@ -351,7 +368,7 @@ static bool get_since(call *c, char buf[CM_TIME_BUFSZ], const char **since)
 /* A cursor that is a sequence number (instances, audit, failed events). */
 static bool get_seq_cursor(call *c, long long *after)
 {
-    const char *v = cm_http_query_get(&c->q, "cursor");
+    const char *v = cm_http_query_get(&c->mem.q, "cursor");
     char *end;
     *after = 0;
     if (!v)
@@ -603,7 +620,7 @@ static int tokens_revalidate(cm_api *api, cm_err *err)
 static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_info *info,
                        cm_err *err)
 {
-    unsigned char hash[crypto_generichash_BYTES];
+    unsigned char hash[crypto_shorthash_siphashx24_BYTES];
     int rc;
     if (api->dv_pass != pass + 1) {
         if ((rc = tokens_revalidate(api, err)) != 0)
@@ -613,7 +630,7 @@ static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_in
     size_t len = strlen(text);
     if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
         return cm_token_check(api->o.store, text, info, err);
-    crypto_generichash(hash, sizeof(hash), (const unsigned char *)text, len, NULL, 0);
+    crypto_shorthash_siphashx24(hash, (const unsigned char *)text, len, api->token_key);
     token_slot *slot = &api->tokens[(hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS];
     if (slot->used && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
         *info = slot->info;
@@ -677,12 +694,12 @@ static void h_record_list(call *c)
         return;
     if (!(filter = cJSON_CreateObject()))
         goto oom;
-    for (int i = 0; i < c->q.n; i++)
-        if (strcmp(c->q.p[i].name, "limit") != 0 && strcmp(c->q.p[i].name, "cursor") != 0 &&
-            !cJSON_AddStringToObject(filter, c->q.p[i].name, c->q.p[i].value))
+    for (int i = 0; i < c->mem.q.n; i++)
+        if (strcmp(c->mem.q.p[i].name, "limit") != 0 && strcmp(c->mem.q.p[i].name, "cursor") != 0 &&
+            !cJSON_AddStringToObject(filter, c->mem.q.p[i].name, c->mem.q.p[i].value))
             goto oom;
     int rc = cm_model_find(c->api->o.model, (cm_kind)kind, filter,
-                           cm_http_query_get(&c->q, "cursor"), limit, &items, &err);
+                           cm_http_query_get(&c->mem.q, "cursor"), limit, &items, &err);
     cJSON_Delete(filter);
     filter = NULL;
     if (rc == 0) {
@@ -889,7 +906,7 @@ static void h_instance_list(call *c)
     }
     sqlite3_bind_int64(st, 1, after);
     for (int i = 0; i < 4; i++) {
-        const char *v = cm_http_query_get(&c->q, cols[i]);
+        const char *v = cm_http_query_get(&c->mem.q, cols[i]);
         if (v)
             sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
     }
@@ -989,16 +1006,19 @@ static size_t patient_slot_of(const char *instance)
 }
 
 /* The patient the instance's input names into out ("" for none), read once
-** per instance: an input never changes after the start. */
+** per instance: an input never changes after the start. *from_store: it was
+** read from the store, not known (instance_patient_keep it after commit). */
 static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
-                               cm_err *err)
+                               bool *from_store, cm_err *err)
 {
     patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
     out[0] = '\0';
+    *from_store = false;
     if (slot && strcmp(slot->instance, instance) == 0) {
         cm_copy_str(out, outsz, slot->patient);
         return 0;
     }
+    *from_store = true;
     sqlite3_stmt *st = cm_store_prepare(
         api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1", err);
     if (!st)
@@ -1048,13 +1068,11 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
     if (c->patient_read && ack->instance)
         instance_patient_keep(c->api, ack->instance, c->patient);
     /* {"instance":I,"state":S} and "held":true when paused (kept until resume) */
-    char inst[6 * CM_NAME_MAX + 1], state[6 * CM_NAME_MAX + 1], text[sizeof(inst) * 2 + 64];
-    cm_json_escape(ack->instance ? ack->instance : "", inst, sizeof(inst));
-    cm_json_escape(ack->state ? ack->state : "", state, sizeof(state));
+    char text[2 * 6 * CM_NAME_MAX + 64];
     size_t n = text_put(text, 0, "{\"instance\":\"");
-    n = text_put(text, n, inst);
+    n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->instance ? ack->instance : "");
     n = text_put(text, n, "\",\"state\":\"");
-    n = text_put(text, n, state);
+    n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->state ? ack->state : "");
     n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
     reply_text(c,
                ack->kept                                  ? 202
@@ -1073,9 +1091,8 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
         return 0;
     if (c->signal && ack->instance) { /* a signal: the instance's patient */
         if ((rc = instance_patient_of(c->api, ack->instance, c->patient, sizeof(c->patient),
-                                      err)) != 0)
+                                      &c->patient_read, err)) != 0)
             return rc;
-        c->patient_read = true;
     }
     if (!c->patient[0])
         return 0;
@@ -1352,7 +1369,7 @@ static void h_kpis(call *c)
     if (since)
         sqlite3_bind_text(st, 3, since, -1, SQLITE_TRANSIENT);
     for (int i = 0; i < 2; i++) {
-        const char *v = cm_http_query_get(&c->q, params[i]);
+        const char *v = cm_http_query_get(&c->mem.q, params[i]);
         if (v)
             sqlite3_bind_text(st, i + 1, v, -1, SQLITE_TRANSIENT);
     }
@@ -1454,7 +1471,7 @@ static void h_audit(call *c)
     }
     sqlite3_bind_int64(st, 1, after);
     for (int i = 0; i < 3; i++) {
-        const char *v = cm_http_query_get(&c->q, params[i]);
+        const char *v = cm_http_query_get(&c->mem.q, params[i]);
         if (v)
             sqlite3_bind_text(st, i + 2, v, -1, SQLITE_TRANSIENT);
     }
@@ -1868,13 +1885,26 @@ static const route routes[] = {
 
 static const route unmatched = {"", "unmatched", CM_SCOPE_READ, NULL, -1};
 
-/* Split each route's pattern ("/v1/tasks/{}/complete") into keys[]. */
-static route_key *routes_compile(void)
+/* routes[] compiled at start: each pattern's key, and the routes by their
+** count of segments, in table order, so a path is matched only against the
+** routes of its length. */
+typedef struct route_index {
+    route_key key[NROUTES];
+    unsigned char order[NROUTES];
+    unsigned char first[CM_HTTP_MAX_SEGMENTS + 2]; /* n segments: order[first[n]..first[n+1]) */
+} route_index;
+
+_Static_assert(NROUTES < 256, "route_index counts routes in bytes");
+
+/* Split each route's pattern ("/v1/tasks/{}/complete") into its key, then
+** order the routes by their count of segments. */
+static route_index *routes_compile(void)
 {
-    route_key *keys = calloc(NROUTES, sizeof(*keys));
-    for (size_t i = 0; keys && i < NROUTES; i++) {
+    route_index *ri = calloc(1, sizeof(*ri));
+    int count[CM_HTTP_MAX_SEGMENTS + 1] = {0};
+    for (size_t i = 0; ri && i < NROUTES; i++) {
         const char *pat = routes[i].pattern, *p = pat + 1;
-        route_key *k = &keys[i];
+        route_key *k = &ri->key[i];
         k->wild = -1;
         while (*p) {
             size_t len = strcspn(p, "/");
@@ -1888,22 +1918,31 @@ static route_key *routes_compile(void)
             if (*p == '/')
                 p++;
         }
+        count[k->nseg]++;
     }
-    return keys;
+    if (!ri)
+        return NULL;
+    for (int n = 0; n <= CM_HTTP_MAX_SEGMENTS; n++)
+        ri->first[n + 1] = (unsigned char)(ri->first[n] + count[n]);
+    unsigned char next[CM_HTTP_MAX_SEGMENTS + 1];
+    memcpy(next, ri->first, sizeof(next));
+    for (size_t i = 0; i < NROUTES; i++)
+        ri->order[next[ri->key[i].nseg]++] = (unsigned char)i;
+    return ri;
 }
 
 /* Does route i match the call's segments (seglen: their lengths)? c->arg
 ** gets the {} segment. */
 static bool route_match(const cm_api *api, size_t i, call *c, const size_t *seglen)
 {
-    const route_key *k = &api->keys[i];
+    const route_key *k = &api->routing->key[i];
     if (k->nseg != c->nseg)
         return false;
     for (int j = 0; j < k->nseg; j++)
-        if (j != k->wild &&
-            (k->len[j] != seglen[j] || memcmp(routes[i].pattern + k->off[j], c->seg[j], seglen[j])))
+        if (j != k->wild && (k->len[j] != seglen[j] ||
+                             memcmp(routes[i].pattern + k->off[j], c->mem.seg[j], seglen[j])))
             return false;
-    c->arg = k->wild >= 0 ? c->seg[k->wild] : NULL;
+    c->arg = k->wild >= 0 ? c->mem.seg[k->wild] : NULL;
     return true;
 }
 
@@ -1919,12 +1958,15 @@ static void handle(void *ud, cm_http_req *req)
         return;
     }
     const char *method = cm_http_req_method(req);
-    c->nseg = cm_http_split_path(cm_http_req_path(req), c->seg, CM_HTTP_MAX_SEGMENTS);
+    c->nseg = cm_http_split_path(cm_http_req_path(req), c->mem.seg, CM_HTTP_MAX_SEGMENTS);
     size_t seglen[CM_HTTP_MAX_SEGMENTS];
     for (int i = 0; i < c->nseg; i++)
-        seglen[i] = strlen(c->seg[i]);
+        seglen[i] = strlen(c->mem.seg[i]);
     bool path_known = false;
-    for (size_t i = 0; c->nseg >= 0 && i < NROUTES && !c->rt; i++) {
+    const route_index *ri = api->routing;
+    int o = c->nseg >= 0 ? ri->first[c->nseg] : 0, end = c->nseg >= 0 ? ri->first[c->nseg + 1] : 0;
+    for (; o < end && !c->rt; o++) {
+        size_t i = ri->order[o];
         if (!route_match(api, i, c, seglen))
             continue;
         path_known = true;
@@ -1950,7 +1992,7 @@ static void handle(void *ud, cm_http_req *req)
                         cm_http_req_path(req));
         return;
     }
-    if (cm_http_query_parse(cm_http_req_query(req), &c->q, &err) != 0) {
+    if (cm_http_query_parse(cm_http_req_query(req), &c->mem.q, &err) != 0) {
         reply_error(c, 400, "invalid_parameter", NULL, "%s", err.msg);
         return;
     }
@@ -2003,11 +2045,14 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
                           "api.listen %s is not a loopback address and no API token exists: "
                           "create one first (caremesh token create --scope admin)",
                           ac->host);
+    if (sodium_init() < 0)
+        return cm_err_set(err, CM_EIO, "api: libsodium could not be initialized");
     cm_api *api = calloc(1, sizeof(*api));
     if (!api)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
-    if (!(api->keys = routes_compile())) {
+    randombytes_buf(api->token_key, sizeof(api->token_key));
+    if (!(api->routing = routes_compile())) {
         free(api);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
@@ -2068,12 +2113,13 @@ void cm_api_destroy(cm_api **api_p)
         return;
     cm_http_server_destroy(&(*api_p)->http);
     tokens_forget(*api_p);
+    sodium_memzero((*api_p)->token_key, sizeof((*api_p)->token_key));
     for (call *c = (*api_p)->spare, *next; c; c = next) {
         next = c->next;
         free(c);
     }
     free((*api_p)->patients);
-    free((*api_p)->keys);
+    free((*api_p)->routing);
     free((*api_p)->gauges.p);
     free(*api_p);
     *api_p = NULL;

@@ -41,6 +41,9 @@ struct bench {
     int64_t *lat;
     long nlat;
     char fail[CM_ERR_MSG_MAX];
+    /* an event's request around its instance number, made once (event_parts) */
+    char ev_head[REQ_MAX], ev_tail[REQ_MAX];
+    size_t ev_head_len, ev_tail_len;
 };
 
 static void stop_all(bench *b)
@@ -66,24 +69,50 @@ static void on_written(uv_write_t *w, int status)
         fail(c->b, uv_strerror(status));
 }
 
-/* One request (the next of the phase) appended to buf. */
+/* The event request of every instance but its number: "POST
+** /v1/instances/bench-RUN-" before it, the rest of the request after it. */
+static int event_parts(bench *b)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"event\":\"%s\"}", b->o->event);
+    int h = snprintf(b->ev_head, sizeof(b->ev_head), "POST /v1/instances/bench-%lu-", b->run);
+    int t = snprintf(b->ev_tail, sizeof(b->ev_tail),
+                     "/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer %s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                     b->o->token, n, body);
+    if (n < 0 || (size_t)n >= sizeof(body) || h < 0 || (size_t)h >= sizeof(b->ev_head) || t < 0 ||
+        (size_t)t >= sizeof(b->ev_tail) || (size_t)h + (size_t)t + 24 > REQ_MAX)
+        return -1;
+    b->ev_head_len = (size_t)h;
+    b->ev_tail_len = (size_t)t;
+    return 0;
+}
+
+/* One request (the next of the phase) written at buf (REQ_MAX bytes); its
+** length, or -1 when it does not fit. */
 static int build(bench *b, char *buf, size_t cap)
 {
-    char body[256], path[256];
     long i = b->next++;
-    if (!b->events_phase) {
-        snprintf(path, sizeof(path), "/v1/instances");
-        snprintf(body, sizeof(body), "{\"workflow\":\"%s\",\"id\":\"bench-%lu-%ld\"}",
-                 b->o->workflow, b->run, i);
-    } else {
-        snprintf(path, sizeof(path), "/v1/instances/bench-%lu-%ld/events", b->run,
-                 i % b->o->instances);
-        snprintf(body, sizeof(body), "{\"event\":\"%s\"}", b->o->event);
+    if (b->events_phase) { /* the parts, with the instance's number between */
+        char digits[24], *d = digits + sizeof(digits);
+        unsigned long v = (unsigned long)(i % b->o->instances);
+        do {
+            *--d = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        size_t dlen = (size_t)(digits + sizeof(digits) - d);
+        memcpy(buf, b->ev_head, b->ev_head_len);
+        memcpy(buf + b->ev_head_len, d, dlen);
+        memcpy(buf + b->ev_head_len + dlen, b->ev_tail, b->ev_tail_len);
+        return (int)(b->ev_head_len + dlen + b->ev_tail_len);
     }
+    char body[256];
+    snprintf(body, sizeof(body), "{\"workflow\":\"%s\",\"id\":\"bench-%lu-%ld\"}", b->o->workflow,
+             b->run, i);
     int n = snprintf(buf, cap,
-                     "POST %s HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer %s\r\n"
+                     "POST /v1/instances HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer %s\r\n"
                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     path, b->o->token, strlen(body), body);
+                     b->o->token, strlen(body), body);
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
@@ -125,6 +154,10 @@ static void start_events(bench *b)
 {
     b->events_phase = true;
     b->next = b->done = 0;
+    if (event_parts(b) != 0) {
+        fail(b, "request too long (event or token)");
+        return;
+    }
     b->total = (long)b->o->instances * b->o->events;
     b->t0 = uv_hrtime();
     for (int i = 0; i < b->o->connections; i++)

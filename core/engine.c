@@ -124,9 +124,26 @@ struct cm_engine {
     cm_engine_stats stats;
     cm_engine_work_hook hook;
     void *hook_ud;
+    /* A write outside a savepoint failed (see deliver): the batch cannot
+    ** commit; every submitter of it hears this error. */
+    int broken;
+    cm_err broken_err;
+    bool step_sp; /* a handler wrote (a plugin): the step's savepoint opened before it */
 };
 
 static void arm_loop(cm_engine *e);
+
+static int sp_begin(cm_engine *e, cm_err *err);
+static void sp_end(cm_engine *e, bool keep);
+
+/* The open batch cannot commit (the first cause is kept). */
+static void break_batch(cm_engine *e, const cm_err *err)
+{
+    if (!e->broken) {
+        e->broken = err->code ? err->code : CM_EDB;
+        e->broken_err = *err;
+    }
+}
 
 /* The idle handle only keeps uv_run from blocking in poll while work is queued. */
 static void noop_idle(uv_idle_t *h) {}
@@ -1045,17 +1062,34 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
                           const char *parent, int depth, char *out_id, char *out_state,
                           inst *started, cm_err *err);
 
-static int apply_effects(cm_engine *e, inst *in, const cJSON *effects, int depth, cm_err *err)
+/* Was the timer effect fx started in a state that the step then left (a
+** visit before its last, or the state it left)? Such a timer is started and
+** cancelled within the step. A handler's timer (visit 0) in a state the step
+** re-enters belongs to the new visit. */
+static bool timer_passed(const cm_step *sp, const cJSON *fx)
+{
+    const char *scope = jstr(fx, "scoped");
+    const cJSON *visit = cJSON_GetObjectItemCaseSensitive(fx, "visit");
+    if (!scope)
+        return false;
+    if (strcmp(scope, sp->next) != 0)
+        return true;
+    return cJSON_IsNumber(visit) && visit->valueint != 0 && visit->valueint != sp->visit;
+}
+
+static int apply_effects(cm_engine *e, inst *in, const cm_step *sp, int depth, cm_err *err)
 {
     const cJSON *fx;
     int rc = 0, index = 0;
-    cJSON_ArrayForEach(fx, effects)
+    cJSON_ArrayForEach(fx, sp->effects)
     {
         const char *type = jstr(fx, "type");
         char child[CM_NAME_MAX], child_state[CM_NAME_MAX];
         index++;
         if (!type)
             rc = cm_err_set(err, CM_EINVAL, "effect %d has no type", index);
+        else if (strcmp(type, "timer") == 0 && timer_passed(sp, fx))
+            rc = delete_timer(e, in->id, jstr(fx, "name"), err); /* as if started, then left */
         else if (strcmp(type, "timer") == 0)
             rc = effect_timer(e, in, fx, err);
         else if (strcmp(type, "cancel") == 0)
@@ -1170,23 +1204,27 @@ static int cancel_scoped(cm_engine *e, inst *in, scopes *had, const char *state,
     return rc;
 }
 
-/* A step that passed through a state (an enter handler's wf:go) left it:
-** the timers that visit started go too, as leaving `from` cancels its own. */
-static int cancel_passed(cm_engine *e, inst *in, scopes *had, const cm_step *sp, const char *left,
-                         cm_err *err)
+/* Leaving states cancels their timers: the state the step left (left, or
+** NULL), and the states it passed through (an enter handler's wf:go), whose
+** timers started in this step were never written (timer_passed). */
+static int cancel_left(cm_engine *e, inst *in, scopes *had, const cm_step *sp, const char *left,
+                       cm_err *err)
 {
-    const cJSON *fx;
-    cJSON_ArrayForEach(fx, sp->effects)
-    {
-        const char *type = jstr(fx, "type"), *scope = jstr(fx, "scoped");
-        int rc;
-        if (!type || strcmp(type, "timer") != 0 || !scope || strcmp(scope, sp->next) == 0 ||
-            (left && strcmp(scope, left) == 0))
-            continue;
-        if ((rc = cancel_scoped(e, in, had, scope, err)) != 0)
+    const cJSON *fx = sp->effects ? sp->effects->child : NULL;
+    const char *scope = left;
+    int rc = 0;
+    for (;;) {
+        if (scope && (rc = cancel_scoped(e, in, had, scope, err)) != 0)
             return rc;
+        for (scope = NULL; fx && !scope; fx = fx->next) {
+            const char *type = jstr(fx, "type"), *s = jstr(fx, "scoped");
+            if (type && strcmp(type, "timer") == 0 && s && strcmp(s, sp->next) != 0 &&
+                (!left || strcmp(s, left) != 0))
+                scope = s;
+        }
+        if (!scope)
+            return 0;
     }
-    return 0;
 }
 
 /* Record a step's outcome: instance row, history, scoped timers, effects, end. */
@@ -1218,11 +1256,9 @@ static int apply_step(cm_engine *e, inst *in, cm_step *sp, const char *event, in
         return rc;
     if ((rc = save_instance(e, in, err)) != 0)
         return rc;
-    if ((rc = apply_effects(e, in, sp->effects, depth, err)) != 0)
+    if ((rc = apply_effects(e, in, sp, depth, err)) != 0)
         return rc;
-    if (left && (rc = cancel_scoped(e, in, &had, from, err)) != 0)
-        return rc;
-    if (sp->moved && (rc = cancel_passed(e, in, &had, sp, left ? from : NULL, err)) != 0)
+    if (sp->moved && (rc = cancel_left(e, in, &had, sp, left ? from : NULL, err)) != 0)
         return rc;
     scopes_union(&in->scoped, &had);
     if (!sp->state)
@@ -1243,37 +1279,68 @@ static void step_clear(cm_step *sp)
     sp->effects = NULL;
 }
 
-/* Run the runtime on in for event (NULL: start) and apply the result. */
-static int run_step(cm_engine *e, inst *in, const char *event, const cJSON *payload, bool is_timer,
-                    int depth, int *handled, cm_err *err)
+/* A handler is about to write (a plugin's savepoint): the step's own
+** savepoint opens first, so that a failing step keeps none of it. */
+static int open_step_sp(void *ud, cm_err *err)
 {
-    cm_step sp;
+    cm_engine *e = ud;
+    int rc = sp_begin(e, err);
+    e->step_sp = rc == 0;
+    return rc;
+}
+
+/* Run the runtime on in for event (NULL: start): *sp receives what the step
+** did (the caller clears it). Nothing is written: a handler that fails
+** leaves nothing to roll back. A runtime that wrote to the store anyway
+** breaks the batch (see cm_engine.broken). */
+static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payload, bool is_timer,
+                    cm_step *sp, cm_err *err)
+{
     int rc;
+    memset(sp, 0, sizeof(*sp));
+    e->step_sp = false;
     if ((rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
         return rc;
-    memset(&sp, 0, sizeof(sp));
-    sp.workflow = in->workflow;
-    sp.rev = in->rev;
-    sp.instance = in->id;
-    sp.seq = in->steps + 1;
-    sp.state = event ? in->state : NULL;
-    sp.input = in->input;
-    sp.event = event;
-    sp.payload = payload;
-    sp.is_timer = is_timer;
-    sp.now_ms = cm_clock_now_ms(e->o.clock);
-    sp.ctx = in->ctx;
-    rc = e->o.runtime->step(e->o.runtime->ud, &sp, err);
+    sp->workflow = in->workflow;
+    sp->rev = in->rev;
+    sp->instance = in->id;
+    sp->seq = in->steps + 1;
+    sp->state = event ? in->state : NULL;
+    sp->input = in->input;
+    sp->event = event;
+    sp->payload = payload;
+    sp->is_timer = is_timer;
+    sp->now_ms = cm_clock_now_ms(e->o.clock);
+    sp->ctx = in->ctx;
+    sqlite3 *db = cm_store_db(e->o.store);
+    sqlite3_int64 changes = sqlite3_total_changes64(db);
+    cm_store_on_nested_write(e->o.store, open_step_sp, e);
+    rc = e->o.runtime->step(e->o.runtime->ud, sp, err);
+    cm_store_on_nested_write(e->o.store, NULL, NULL);
     if (rc == CM_ELUA)
         e->stats.lua_errors++;
     else if (rc == CM_EBUDGET || rc == CM_EMEMCAP)
         e->stats.budget_kills++;
-    if (rc == 0) {
-        *handled = sp.handled ? STEP_HANDLED : sp.guarded ? STEP_GUARDED : STEP_UNHANDLED;
-        if (sp.handled)
-            rc = apply_step(e, in, &sp, event ? event : "start", depth, err);
+    if (!e->step_sp && sqlite3_total_changes64(db) != changes) {
+        step_clear(sp);
+        rc = cm_err_set(err, CM_EDB, "instance %s: the runtime wrote to the store during a step",
+                        in->id);
+        break_batch(e, err);
     }
+    return rc;
+}
+
+/* Run the start step of a new instance and apply it (in the caller's savepoint). */
+static int run_start(cm_engine *e, inst *in, int depth, cm_err *err)
+{
+    cm_step sp;
+    int rc = step_run(e, in, NULL, NULL, false, &sp, err);
+    bool nested = e->step_sp;
+    if (rc == 0 && sp.handled)
+        rc = apply_step(e, in, &sp, "start", depth, err);
     step_clear(&sp);
+    if (nested)
+        sp_end(e, rc == 0);
     return rc;
 }
 
@@ -1284,7 +1351,6 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
                           inst *started, cm_err *err)
 {
     inst in;
-    int handled = STEP_UNHANDLED;
     int rc;
     if (depth > ENGINE_SPAWN_DEPTH)
         return cm_err_set(err, CM_EINVAL, "spawn: more than %d nested child instances",
@@ -1314,7 +1380,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     /* The row first (effects reference it), then the start step fills it in. */
     rc = insert_instance(e, &in, err);
     if (rc == 0)
-        rc = run_step(e, &in, NULL, NULL, false, depth, &handled, err);
+        rc = run_start(e, &in, depth, err);
     if (rc == 0) {
         cm_copy_str(out_id, CM_NAME_MAX, in.id);
         cm_copy_str(out_state, CM_NAME_MAX, in.state);
@@ -1390,49 +1456,50 @@ static int park_event(cm_engine *e, long seq, const char *msg, cm_err *err)
     return exec_kept(e, st, "event", err);
 }
 
-/* Deliver event to instance in its own savepoint. seq > 0: a kept event row. */
-static int deliver(cm_engine *e, long seq, const char *instance, const char *name,
-                   const cJSON *payload, bool is_timer, int attempts, outcome *oc, cm_err *err)
+/* Hold event for a paused instance: kept as a ready event that the due
+** query skips until resume. */
+static int hold_event(cm_engine *e, long seq, const inst *in, const char *name,
+                      const cJSON *payload, bool is_timer, outcome *oc, cm_err *err)
 {
-    inst in;
-    int handled = STEP_HANDLED;
     int rc = sp_begin(e, err);
     if (rc != 0)
         return rc;
-    rc = cache_take(e, instance, &in) ? 0 : inst_load(e, instance, &in, err);
-    if (rc == 0 && strcmp(in.status, "paused") == 0) {
-        /* held until resume: kept as a ready event that the due query skips */
-        rc = seq ? 0 : insert_event(e, in.id, name, payload, is_timer, 0, err);
-        if (rc == 0 && oc) {
-            oc->kept = true;
-            cm_copy_str(oc->state, sizeof(oc->state), in.state);
-        }
-        sp_end(e, rc == 0);
-        inst_clear(&in);
-        return rc;
+    rc = seq ? 0 : insert_event(e, in->id, name, payload, is_timer, 0, err);
+    if (rc == 0 && oc) {
+        oc->kept = true;
+        cm_copy_str(oc->state, sizeof(oc->state), in->state);
     }
-    if (rc == 0 && strcmp(in.status, "running") != 0)
-        rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
-                        in.status);
-    if (rc == 0)
-        rc = run_step(e, &in, name, payload, is_timer, 0, &handled, err);
-    if (rc == 0 && handled != STEP_HANDLED) {
-        if (is_timer) /* a timer nobody listens for in this state: noted, not an error */
-            rc = insert_history(e, &in, name, in.state, in.state, "timer ignored: no transition",
-                                err);
-        else if (handled == STEP_GUARDED)
-            rc = cm_err_set(err, CM_EINVAL,
-                            "instance %s: in state \"%s\" of workflow %s every transition for "
-                            "event \"%s\" was refused by its guard",
-                            in.id, in.state, in.workflow, name);
-        else
-            rc = cm_err_set(err, CM_EINVAL,
-                            "instance %s: state \"%s\" of workflow %s has no transition for "
-                            "event \"%s\"",
-                            in.id, in.state, in.workflow, name);
-        if (rc == 0 && is_timer) {
-            in.steps++;
-            rc = save_instance(e, &in, err);
+    sp_end(e, rc == 0);
+    return rc;
+}
+
+/* Write what a step did with event (handled: apply it; a timer nobody
+** listens for: note it) and drop its kept row (seq > 0). The handler has
+** already run, so a step with no effect and no end writes only its own rows
+** (history, instance, the timers of a state left), which fail only when the
+** database does: those go without a savepoint, and their failure breaks the
+** batch (*bare). Effects may fail for the event alone: a savepoint holds
+** them (*open). */
+static int write_step(cm_engine *e, long seq, inst *in, cm_step *sp, const char *name, bool *open,
+                      bool *bare, cm_err *err)
+{
+    int rc = 0;
+    if (*open) {
+        /* already in the savepoint the handler's writes opened */
+    } else if (sp->handled && (sp->effects || sp->final)) {
+        if ((rc = sp_begin(e, err)) != 0)
+            return rc;
+        *open = true;
+    } else {
+        *bare = true;
+    }
+    if (sp->handled) {
+        rc = apply_step(e, in, sp, name, 0, err);
+    } else { /* a timer nobody listens for in this state: noted, not an error */
+        rc = insert_history(e, in, name, in->state, in->state, "timer ignored: no transition", err);
+        if (rc == 0) {
+            in->steps++;
+            rc = save_instance(e, in, err);
         }
     }
     if (rc == 0 && seq > 0) {
@@ -1440,25 +1507,84 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         sqlite3_bind_int64(st, 1, seq);
         rc = exec_kept(e, st, "event", err);
     }
-    if (oc)
-        cm_copy_str(oc->state, sizeof(oc->state), in.state);
-    sp_end(e, rc == 0);
-    if (rc != 0 && failure_is_kept(rc) && in.id[0]) {
+    return rc;
+}
+
+/* Why an event was not handled (the state has no transition for it, or every
+** guard refused). */
+static int unhandled(const inst *in, const cm_step *sp, const char *name, cm_err *err)
+{
+    if (sp->guarded)
+        return cm_err_set(err, CM_EINVAL,
+                          "instance %s: in state \"%s\" of workflow %s every transition for "
+                          "event \"%s\" was refused by its guard",
+                          in->id, in->state, in->workflow, name);
+    return cm_err_set(err, CM_EINVAL,
+                      "instance %s: state \"%s\" of workflow %s has no transition for "
+                      "event \"%s\"",
+                      in->id, in->state, in->workflow, name);
+}
+
+/* After a failed delivery: keep the event for retry, or park a kept one
+** that can never apply (instance gone or ended). */
+static void keep_or_park(cm_engine *e, long seq, const inst *in, const char *name,
+                         const cJSON *payload, bool is_timer, int attempts, int rc, outcome *oc,
+                         const cm_err *err)
+{
+    cm_err kerr;
+    char msg[CM_ERR_MSG_MAX];
+    cm_copy_str(msg, sizeof(msg), err->msg);
+    if (failure_is_kept(rc) && in->id[0]) {
         bool parked = false;
-        cm_err kerr;
-        char msg[CM_ERR_MSG_MAX];
-        cm_copy_str(msg, sizeof(msg), err->msg);
-        if (keep_failure(e, seq, in.id, name, payload, is_timer, attempts + 1, msg, &parked,
+        if (keep_failure(e, seq, in->id, name, payload, is_timer, attempts + 1, msg, &parked,
                          &kerr) == 0 &&
             oc)
             oc->kept = true;
-    } else if (rc != 0 && seq > 0 && rc != CM_EDB) {
-        /* a kept event that can never apply (instance gone or ended): park it */
-        cm_err kerr;
-        char msg[CM_ERR_MSG_MAX];
-        cm_copy_str(msg, sizeof(msg), err->msg);
+    } else if (seq > 0 && rc != CM_EDB) {
         park_event(e, seq, msg, &kerr);
     }
+}
+
+/* Deliver event to instance. seq > 0: a kept event row. The handler runs
+** before anything is written; what it did is written in a savepoint when it
+** may fail for the event alone (write_step). */
+static int deliver(cm_engine *e, long seq, const char *instance, const char *name,
+                   const cJSON *payload, bool is_timer, int attempts, outcome *oc, cm_err *err)
+{
+    inst in;
+    cm_step sp;
+    bool open = false, bare = false;
+    memset(&in, 0, sizeof(in));
+    memset(&sp, 0, sizeof(sp));
+    int rc = cache_take(e, instance, &in) ? 0 : inst_load(e, instance, &in, err);
+    if (rc == 0 && strcmp(in.status, "paused") == 0) {
+        rc = hold_event(e, seq, &in, name, payload, is_timer, oc, err);
+        inst_clear(&in);
+        return rc;
+    }
+    if (rc == 0 && strcmp(in.status, "running") != 0)
+        rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
+                        in.status);
+    if (rc == 0) {
+        rc = step_run(e, &in, name, payload, is_timer, &sp, err);
+        open = e->step_sp; /* the handler wrote: its savepoint holds the step */
+    }
+    if (rc == 0 && !sp.handled && !is_timer)
+        rc = unhandled(&in, &sp, name, err);
+    if (rc == 0) {
+        if (!open)
+            e->events_mark = e->nevents;
+        rc = write_step(e, seq, &in, &sp, name, &open, &bare, err);
+    }
+    step_clear(&sp);
+    if (oc)
+        cm_copy_str(oc->state, sizeof(oc->state), in.state);
+    if (open)
+        sp_end(e, rc == 0);
+    else if (rc != 0 && bare)
+        break_batch(e, err); /* part of the step may be written: nothing of the batch commits */
+    if (rc != 0 && !bare)
+        keep_or_park(e, seq, &in, name, payload, is_timer, attempts, rc, oc, err);
     if (rc == 0)
         cache_put(e, &in); /* a failed step's changes were rolled back: not kept */
     else
@@ -1868,7 +1994,7 @@ static int process_due_timers(cm_engine *e, int room, int *done, cm_err *err)
     }
     for (int i = 0; i < n; i++) {
         cm_err derr;
-        if (rc == 0) {
+        if (rc == 0 && !e->broken) {
             rc = delete_timer(e, items[i].instance, items[i].name, err);
             if (rc == 0) {
                 int drc = deliver(e, 0, items[i].instance, items[i].name, items[i].payload, true, 0,
@@ -1919,8 +2045,9 @@ static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
     }
     for (int i = 0; i < n; i++) {
         cm_err derr;
-        if (rc == 0 && deliver(e, items[i].seq, items[i].instance, items[i].name, items[i].payload,
-                               items[i].timer, items[i].attempts, NULL, &derr) == CM_EDB)
+        if (rc == 0 && !e->broken &&
+            deliver(e, items[i].seq, items[i].instance, items[i].name, items[i].payload,
+                    items[i].timer, items[i].attempts, NULL, &derr) == CM_EDB)
             rc = cm_err_set(err, CM_EDB, "%s", derr.msg);
         cJSON_Delete(items[i].payload);
     }
@@ -1969,6 +2096,7 @@ static int run_batch(cm_engine *e, cm_err *err)
     outcome *ocs = malloc((size_t)(queued ? queued : 1) * sizeof(*ocs));
     if (!ocs)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
+    e->broken = 0;
     if ((rc = cm_store_begin(e->o.store, err)) != 0) {
         free(ocs);
         return rc;
@@ -1984,6 +2112,10 @@ static int run_batch(cm_engine *e, cm_err *err)
             e->tail = NULL;
         w->next = NULL;
         process_work(e, w, &ocs[n++]);
+        if (e->broken) {
+            rc = cm_err_set(err, e->broken, "%s", e->broken_err.msg);
+            break;
+        }
         if (ocs[n - 1].status == CM_EDB)
             break;
         cm_ack ack = ack_of(&ocs[n - 1]);
@@ -2001,6 +2133,8 @@ static int run_batch(cm_engine *e, cm_err *err)
             rc = process_due_events(e, room, &ev_n, err);
         due_n += ev_n;
     }
+    if (rc == 0 && e->broken)
+        rc = cm_err_set(err, e->broken, "%s", e->broken_err.msg);
     if (rc == 0)
         rc = cm_store_commit(e->o.store, err);
     else

@@ -3,9 +3,12 @@
 ** machines start with an input, receive named events with JSON payloads, and
 ** change state, context and effects in one transaction per event. Ready work
 ** (new instances, submitted events, due timers, retries) is processed in
-** batches: one SAVEPOINT per item, one COMMIT per batch, and only then is
-** each submitter told the outcome (group commit). A handler that fails rolls
-** back to its savepoint; the event is kept with its error and retried with
+** batches: one COMMIT per batch, and only then is each submitter told the
+** outcome (group commit). A step's handler runs before anything of it is
+** written; a step with effects, an end or a handler that writes is written
+** in a SAVEPOINT of its own, the others (their own rows only) without one,
+** so a database error in those fails the whole batch. A handler that fails
+** leaves nothing; the event is kept with its error and retried with
 ** backoff, then parked as failed for an operator. Timers and retries live in
 ** the database, so nothing is lost across a crash.
 **
@@ -61,13 +64,15 @@ typedef struct cm_step {
     bool handled;           /* false: the state has no transition for event (nothing changed) */
     bool guarded;           /* with !handled: transitions exist but every guard refused */
     bool moved;             /* a transition ran (exit/enter), possibly back to the same state */
+    int visit;              /* states entered in this step (0: none; next is the last of them) */
     cJSON *effects;         /* array of effect objects (see below), or NULL; engine frees */
 } cm_step;
 
 /*
 ** Effects a step may ask for (objects in cm_step.effects, applied by the
 ** engine in the step's transaction, in order):
-**   {"type":"timer","name":N,"due":MS,"payload":{},"scoped":STATE|null}  start/replace timer N
+**   {"type":"timer","name":N,"due":MS,"payload":{},"scoped":STATE|null,"visit":V}
+**                                 start/replace timer N; V: states entered before it in the step
 **   {"type":"cancel","name":N}                                           cancel timer N
 **   {"type":"task","task":{task record without id}}                      create a human task
 **   {"type":"notify","channel":C,"to":ID,"message":TEXT,"data":{}}      queue a notification
@@ -79,7 +84,9 @@ typedef struct cm_step {
 **    "classes" the payload carries (all allowed, or refused), "share" the classes of the
 **    patient's record to attach (cut to what is allowed). Refused: no message goes out;
 **    the instance gets the event "send.refused" {to, kind, purpose, reason}.
-** A timer with "scoped" set is cancelled when the instance leaves that state.
+** A timer with "scoped" set is cancelled when the instance leaves that state, also
+** within the step that started it (its visit is not the step's last, save a handler's
+** timer when the step re-enters the state it started in).
 */
 
 /* The seam to the language runtime: a struct of function pointers with contracts. */
@@ -96,7 +103,9 @@ typedef struct cm_runtime {
     bool (*installed)(void *ud, const char *name, int rev);
     /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
     ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
-    ** error the step's outputs are unset. */
+    ** error the step's outputs are unset. A handler writes to the store only
+    ** in a nested scope opened after cm_store_nested_write (model.c, plugin.c
+    ** do); any other write fails the batch. */
     int (*step)(void *ud, cm_step *step, cm_err *err);
 } cm_runtime;
 

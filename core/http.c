@@ -21,8 +21,10 @@
 #define MAX_HEADERS     64
 #define MAX_WRITE_BATCH 64 /* answers written with one uv_write */
 #define RESP_HEAD_MAX   256
+#define RESP_ROUND      256  /* answer buffers are allocated in multiples of it */
 #define SPARE_REQS      256  /* finished requests kept for reuse, with their buffers */
 #define SPARE_BUF_MAX   8192 /* a kept request's buffer larger than this is freed */
+#define HEAD_MEMO_SLOTS 8    /* answer heads kept, by status */
 
 typedef struct conn conn;
 
@@ -30,21 +32,29 @@ typedef struct hdr {
     size_t name, value; /* offsets into the request's hbuf */
 } hdr;
 
+/* What a request keeps when it is reused for the next one (req_new): its
+** buffers, emptied by req_free, and headers[], written before it is read.
+** Every field of cm_http_req outside it is cleared for each request. */
+typedef struct req_mem {
+    cm_buf url, hbuf, body;
+    char *resp; /* the answer, head and body */
+    size_t resp_cap;
+    hdr headers[MAX_HEADERS];
+} req_mem;
+
 struct cm_http_req {
-    conn *c; /* NULL once the connection is gone (the answer is dropped) */
+    req_mem mem; /* first: req_new clears what follows it */
+    conn *c;     /* NULL once the connection is gone (the answer is dropped) */
     cm_http_req *next;
     const char *method; /* http_parser's static name */
     uint64_t pass;      /* the parse pass it completed in */
-    cm_buf url, hbuf, body;
-    hdr headers[MAX_HEADERS];
     int nheaders;
     bool in_value; /* the last header fragment was a value */
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
-    uint64_t started;
-    char *resp; /* the answer, head and body */
-    size_t resp_len, resp_cap;
+    size_t resp_len;
 };
+_Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
 
 struct conn {
     uv_tcp_t tcp; /* first: the handle's address is the connection's */
@@ -57,8 +67,10 @@ struct conn {
     cm_http_req *ready;       /* just completed: dispatch after the parser paused */
     cm_http_req *wlist;       /* answers being written (moved off the queue) */
     uv_write_t wreq;
-    bool writing, reading, eof, closing, draining, failed, loopback, timing;
-    bool flush_due; /* answers are ready: written by the server's flusher */
+    bool writing, reading, eof, closing, draining, failed, loopback;
+    uint64_t deadline; /* uv_now by which the client must act, or 0 (conn_timer) */
+    uint64_t armed;    /* when the timer is armed to fire, or 0 */
+    bool flush_due;    /* answers are ready: written by the server's flusher */
     int fail_status;
     const char *fail_code;
     const char *fail_msg;
@@ -67,6 +79,13 @@ struct conn {
     int open_handles;
     conn *prev, *next;
 };
+
+/* The head of a JSON answer up to the length's digits (build_response). */
+typedef struct head_memo {
+    int status; /* 0: empty */
+    size_t len;
+    char text[RESP_HEAD_MAX];
+} head_memo;
 
 struct cm_http_server {
     uv_loop_t *loop;
@@ -83,6 +102,7 @@ struct cm_http_server {
     uint64_t passes;    /* parse passes begun (cm_http_req_pass) */
     cm_http_req *spare; /* finished requests, their buffers kept for the next */
     int nspare;
+    head_memo heads[HEAD_MEMO_SLOTS]; /* by status, direct-mapped */
     bool stopping;
     void (*done)(void *ud);
     void *done_ud;
@@ -107,22 +127,29 @@ const char *cm_http_status_text(int status)
 
 /* ---- small pieces ------------------------------------------------------ */
 
-/* Append n bytes unless the text would pass limit; -1 then, or when out of
-** memory. */
-static int add_within(cm_buf *b, const char *s, size_t n, size_t limit)
+/* Append nul NUL bytes (0 or 1: one ends the text before, a header's name
+** or value), then n bytes, unless the text would pass limit; -1 then, or
+** when out of memory. */
+static int add_within(cm_buf *b, size_t nul, const char *s, size_t n, size_t limit)
 {
-    if (n > limit || b->len > limit - n)
+    size_t more = n + nul;
+    if (nul > 1 || more > limit || b->len > limit - more || !cm_buf_room(b, more))
         return -1;
-    cm_buf_put(b, s, n);
-    return b->oom ? -1 : 0;
+    b->p[b->len] = '\0';
+    b->len += nul;
+    if (n)
+        memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
 }
 
 static void req_destroy(cm_http_req *r)
 {
-    free(r->url.p);
-    free(r->hbuf.p);
-    free(r->body.p);
-    free(r->resp);
+    free(r->mem.url.p);
+    free(r->mem.hbuf.p);
+    free(r->mem.body.p);
+    free(r->mem.resp);
     free(r);
 }
 
@@ -145,13 +172,13 @@ static void req_free(cm_http_server *s, cm_http_req *r)
         req_destroy(r);
         return;
     }
-    buf_keep(&r->url);
-    buf_keep(&r->hbuf);
-    buf_keep(&r->body);
-    if (r->resp_cap > SPARE_BUF_MAX) {
-        free(r->resp);
-        r->resp = NULL;
-        r->resp_cap = 0;
+    buf_keep(&r->mem.url);
+    buf_keep(&r->mem.hbuf);
+    buf_keep(&r->mem.body);
+    if (r->mem.resp_cap > SPARE_BUF_MAX) {
+        free(r->mem.resp);
+        r->mem.resp = NULL;
+        r->mem.resp_cap = 0;
     }
     r->next = s->spare;
     s->spare = r;
@@ -170,17 +197,7 @@ static cm_http_req *req_new(conn *c)
     }
     s->spare = r->next;
     s->nspare--;
-    /* every field but the kept buffers and headers[] (written before read) */
-    cm_buf url = r->url, hbuf = r->hbuf, body = r->body;
-    char *resp = r->resp;
-    size_t resp_cap = r->resp_cap;
-    memset(r, 0, offsetof(cm_http_req, headers));
-    memset(&r->nheaders, 0, sizeof(*r) - offsetof(cm_http_req, nheaders));
-    r->url = url;
-    r->hbuf = hbuf;
-    r->body = body;
-    r->resp = resp;
-    r->resp_cap = resp_cap;
+    memset((char *)r + sizeof(r->mem), 0, sizeof(*r) - sizeof(r->mem));
     r->c = c;
     return r;
 }
@@ -222,27 +239,22 @@ const char *cm_http_req_header(const cm_http_req *r, const char *name)
 {
     int first = tolower((unsigned char)name[0]);
     for (int i = 0; i < r->nheaders; i++) {
-        const char *h = r->hbuf.p + r->headers[i].name;
+        const char *h = r->mem.hbuf.p + r->mem.headers[i].name;
         if (tolower((unsigned char)h[0]) == first && strcasecmp(h, name) == 0)
-            return r->hbuf.p + r->headers[i].value;
+            return r->mem.hbuf.p + r->mem.headers[i].value;
     }
     return NULL;
 }
 
 const char *cm_http_req_body(const cm_http_req *r, size_t *len)
 {
-    *len = r->body.len;
-    return r->body.p ? r->body.p : "";
+    *len = r->mem.body.len;
+    return r->mem.body.p ? r->mem.body.p : "";
 }
 
 bool cm_http_req_loopback(const cm_http_req *r)
 {
     return r->c && r->c->loopback;
-}
-
-uint64_t cm_http_req_started(const cm_http_req *r)
-{
-    return r->started;
 }
 
 uint64_t cm_http_req_pass(const cm_http_req *r)
@@ -318,24 +330,29 @@ static void conn_close(conn *c)
 
 static void on_timeout(uv_timer_t *t);
 
-/* Run the timer while the client is expected to act (send a request, finish
-** one, read what we wrote); stop it while every request is with the handler.
-** restart: from now, even if it runs already (a new request begins). */
+/* A deadline while the client is expected to act (send a request, finish
+** one, read what we wrote), none while every request is with the handler.
+** restart: from now, even if one runs already (a new request begins). The
+** libuv timer is moved only when the deadline comes earlier than it is
+** armed for: on_timeout re-arms for a later one and ignores none, so a
+** pipelined request costs no timer start or stop. */
 static void conn_timer(conn *c, bool restart)
 {
     if (c->closing)
         return;
     bool waiting = c->cur != NULL || c->writing || c->nqueued == 0;
     if (!waiting) {
-        if (c->timing)
-            uv_timer_stop(&c->timer);
-        c->timing = false;
+        c->deadline = 0;
         return;
     }
-    if (c->timing && !restart)
+    if (c->deadline && !restart)
         return;
-    uv_timer_start(&c->timer, on_timeout, (uint64_t)c->srv->lim.timeout_ms, 0);
-    c->timing = true;
+    uint64_t ms = (uint64_t)c->srv->lim.timeout_ms;
+    c->deadline = uv_now(c->srv->loop) + ms;
+    if (!c->armed || c->armed > c->deadline) {
+        uv_timer_start(&c->timer, on_timeout, ms, 0);
+        c->armed = c->deadline;
+    }
 }
 
 static char *error_json(const char *code, const char *message, size_t *len)
@@ -361,46 +378,67 @@ static char *utoa_end(size_t v, char *buf, size_t cap)
     return p;
 }
 
+/* "HTTP/1.1 S REASON\r\nContent-Type: T\r\nContent-Length: " into out
+** (RESP_HEAD_MAX); its length, or 0 when it does not fit. */
+static size_t head_prefix(int status, const char *ctype, char *out)
+{
+    int n = snprintf(out, RESP_HEAD_MAX,
+                     "HTTP/1.1 %03d %s\r\nContent-Type: %s\r\nContent-Length: ", status,
+                     cm_http_status_text(status), ctype ? ctype : "application/json");
+    return n > 0 && n < RESP_HEAD_MAX ? (size_t)n : 0;
+}
+
+/* The head prefix of a JSON answer of status, made once per status while it
+** stays in its slot of the server's memo. */
+static const head_memo *json_head(cm_http_server *s, int status)
+{
+    head_memo *m = &s->heads[status % HEAD_MEMO_SLOTS];
+    if (m->status != status) {
+        m->len = head_prefix(status, NULL, m->text);
+        m->status = m->len ? status : 0;
+    }
+    return m;
+}
+
 static int build_response(cm_http_req *r, bool close, int status, const char *ctype,
                           const char *body, size_t len)
 {
-    char lenbuf[24], code[4];
+    static const char end_close[] = "\r\nConnection: close\r\n\r\n", end[] = "\r\n\r\n";
+    char lenbuf[24], other[RESP_HEAD_MAX];
+    const char *prefix = other;
+    size_t plen;
     if (status < 100 || status > 999)
         return -1;
-    code[0] = (char)('0' + status / 100);
-    code[1] = (char)('0' + status / 10 % 10);
-    code[2] = (char)('0' + status % 10);
-    code[3] = '\0';
+    if (!ctype && r->c) {
+        const head_memo *m = json_head(r->c->srv, status);
+        prefix = m->text;
+        plen = m->len;
+    } else {
+        plen = head_prefix(status, ctype, other);
+    }
     char *digits = utoa_end(len, lenbuf, sizeof(lenbuf));
-    const char *parts[] = {"HTTP/1.1 ",
-                           code,
-                           " ",
-                           cm_http_status_text(status),
-                           "\r\nContent-Type: ",
-                           ctype ? ctype : "application/json",
-                           "\r\nContent-Length: ",
-                           NULL, /* the digits */
-                           close ? "\r\nConnection: close\r\n\r\n" : "\r\n\r\n"};
-    size_t plen[sizeof(parts) / sizeof(parts[0])], head = 0;
-    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-        head += plen[i] = parts[i] ? strlen(parts[i]) : (size_t)(lenbuf + sizeof(lenbuf) - digits);
-    if (head > RESP_HEAD_MAX)
+    size_t dlen = (size_t)(lenbuf + sizeof(lenbuf) - digits);
+    size_t elen = close ? sizeof(end_close) - 1 : sizeof(end) - 1;
+    size_t head = plen + dlen + elen;
+    if (plen == 0 || head > RESP_HEAD_MAX || len > SIZE_MAX - RESP_HEAD_MAX - RESP_ROUND)
         return -1;
-    if (head + len > r->resp_cap) {
-        char *grown = malloc(head + len);
+    if (head + len > r->mem.resp_cap) {
+        /* rounded up, so a reused request's next answer, a few bytes
+        ** longer (a longer id), fits without another allocation */
+        size_t cap = (head + len + RESP_ROUND - 1) / RESP_ROUND * RESP_ROUND;
+        char *grown = malloc(cap);
         if (!grown)
             return -1;
-        free(r->resp);
-        r->resp = grown;
-        r->resp_cap = head + len;
+        free(r->mem.resp);
+        r->mem.resp = grown;
+        r->mem.resp_cap = cap;
     }
-    char *p = r->resp;
-    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-        memcpy(p, parts[i] ? parts[i] : digits, plen[i]);
-        p += plen[i];
-    }
+    char *p = r->mem.resp;
+    memcpy(p, prefix, plen);
+    memcpy(p + plen, digits, dlen);
+    memcpy(p + plen + dlen, close ? end_close : end, elen);
     if (len)
-        memcpy(p, body, len);
+        memcpy(p + head, body, len);
     r->resp_len = head + len;
     return 0;
 }
@@ -451,7 +489,16 @@ static void conn_fail(conn *c, int status, const char *code, const char *message
 static void on_timeout(uv_timer_t *t)
 {
     conn *c = t->data;
-    c->timing = false;
+    uint64_t now = uv_now(c->srv->loop);
+    c->armed = 0;
+    if (!c->deadline) /* the handler has every request: nothing is due */
+        return;
+    if (now < c->deadline) { /* moved later since the timer was armed */
+        uv_timer_start(&c->timer, on_timeout, c->deadline - now, 0);
+        c->armed = c->deadline;
+        return;
+    }
+    c->deadline = 0;
     if (c->cur && !c->failed)
         conn_fail(c, 408, "request_timeout",
                   "the request did not arrive in time; the connection is closed");
@@ -496,7 +543,7 @@ static void conn_flush(conn *c)
         return;
     cm_http_req *last = NULL;
     for (cm_http_req *r = c->head; r && r->answered && n < MAX_WRITE_BATCH; r = r->next) {
-        bufs[n++] = uv_buf_init(r->resp, (unsigned)r->resp_len);
+        bufs[n++] = uv_buf_init(r->mem.resp, (unsigned)r->resp_len);
         last = r;
         if (r->close_after)
             break;
@@ -586,7 +633,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
     size_t lim = c->srv->lim.max_header_bytes;
-    if (add_within(&c->cur->url, at, len, lim - c->cur->hbuf.len) != 0)
+    if (add_within(&c->cur->mem.url, 0, at, len, lim - c->cur->mem.hbuf.len) != 0)
         return fail_cb(c, 414, "uri_too_long",
                        "the request line is longer than the server accepts");
     return 0;
@@ -595,25 +642,23 @@ static int on_url(http_parser *p, const char *at, size_t len)
 static int header_add(conn *c, const char *at, size_t len, bool value)
 {
     cm_http_req *r = c->cur;
-    size_t lim = c->srv->lim.max_header_bytes - r->url.len;
+    size_t lim = c->srv->lim.max_header_bytes - r->mem.url.len;
+    size_t nul = 0;
     if (value != r->in_value || (!value && r->nheaders == 0)) {
-        /* a new name (or its value begins): terminate what came before */
-        if (r->nheaders > 0 || value) {
-            if (add_within(&r->hbuf, "", 1, lim) != 0)
-                goto big;
-        }
+        /* a new name (or its value begins): a NUL ends what came before */
+        nul = r->nheaders > 0 || value ? 1 : 0;
+        size_t start = r->mem.hbuf.len + nul;
         if (!value) {
             if (r->nheaders == MAX_HEADERS)
                 return fail_cb(c, 431, "headers_too_large", "too many header fields (most 64)");
-            r->headers[r->nheaders++].name = r->hbuf.len;
+            r->mem.headers[r->nheaders++].name = start;
         } else {
-            r->headers[r->nheaders - 1].value = r->hbuf.len;
+            r->mem.headers[r->nheaders - 1].value = start;
         }
         r->in_value = value;
     }
-    if (add_within(&r->hbuf, at, len, lim) == 0)
+    if (add_within(&r->mem.hbuf, nul, at, len, lim) == 0)
         return 0;
-big:
     return fail_cb(c, 431, "headers_too_large",
                    "the request headers are larger than the server accepts");
 }
@@ -634,9 +679,10 @@ static int on_headers_complete(http_parser *p)
     cm_http_req *r = c->cur;
     if (r->nheaders > 0 && !r->in_value) /* a name with no value at all */
         return fail_cb(c, 400, "bad_request", "a header field has no value");
-    if (add_within(&r->hbuf, "", 1, SIZE_MAX) != 0 || add_within(&r->url, "", 0, SIZE_MAX) != 0)
+    if (add_within(&r->mem.hbuf, 1, "", 0, SIZE_MAX) != 0 ||
+        add_within(&r->mem.url, 0, "", 0, SIZE_MAX) != 0)
         return fail_cb(c, 503, "out_of_memory", "the server is out of memory");
-    if (!r->url.p)
+    if (!r->mem.url.p)
         return fail_cb(c, 400, "bad_request", "the request has no target");
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body_bytes)
         return fail_cb(c, 413, "payload_too_large",
@@ -655,7 +701,7 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
-    if (add_within(&c->cur->body, at, len, c->srv->lim.max_body_bytes) != 0)
+    if (add_within(&c->cur->mem.body, 0, at, len, c->srv->lim.max_body_bytes) != 0)
         return fail_cb(c, 413, "payload_too_large",
                        "the request body is larger than the server accepts");
     return 0;
@@ -665,16 +711,15 @@ static int on_message_complete(http_parser *p)
 {
     conn *c = p->data;
     cm_http_req *r = c->cur;
-    char *q = strchr(r->url.p, '?');
+    char *q = strchr(r->mem.url.p, '?');
     if (q)
         *q++ = '\0';
-    char *frag = strchr(q ? q : r->url.p, '#');
+    char *frag = strchr(q ? q : r->mem.url.p, '#');
     if (frag)
         *frag = '\0';
-    r->path = r->url.p;
+    r->path = r->mem.url.p;
     r->query = q ? q : "";
     r->keep_alive = r->keep_alive && http_should_keep_alive(p) != 0;
-    r->started = uv_hrtime();
     r->pass = c->srv->passes;
     conn_enqueue(c, r);
     c->cur = NULL;
@@ -1061,15 +1106,17 @@ int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int ma
         return -1;
     const char *p = path + 1;
     while (*p) {
-        size_t len = strcspn(p, "/");
+        /* one pass to the segment's end: plain ASCII without escapes is
+        ** copied as it is, the rest decoded and checked for UTF-8 */
+        size_t len = 0;
+        bool plain = true;
+        for (char ch; (ch = p[len]) != '\0' && ch != '/'; len++)
+            plain = plain && ch != '%' && !(ch & 0x80);
         if (len == 0)
             return -1; /* "//" */
         if (n == max)
             return -1;
-        size_t plain = 0; /* ASCII without escapes: as it is */
-        while (plain < len && p[plain] != '%' && !(p[plain] & 0x80))
-            plain++;
-        if (plain == len && len < CM_HTTP_SEGMENT_MAX) {
+        if (plain && len < CM_HTTP_SEGMENT_MAX) {
             memcpy(seg[n], p, len);
             seg[n][len] = '\0';
         } else if (!cm_http_unescape(p, len, false, seg[n], CM_HTTP_SEGMENT_MAX) ||

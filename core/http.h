@@ -73,8 +73,6 @@ const char *cm_http_req_header(const cm_http_req *r, const char *name);
 const char *cm_http_req_body(const cm_http_req *r, size_t *len); /* NUL-terminated */
 /* The peer connected from a loopback address. */
 bool cm_http_req_loopback(const cm_http_req *r);
-/* Monotonic time (ns) at which the request was complete. */
-uint64_t cm_http_req_started(const cm_http_req *r);
 /* The parse pass the request was read in: the requests parsed from one read
 ** (or from the rest of one, resumed once answers drained) share it, and each
 ** pass of any connection has a larger number than every earlier one. So a

@@ -1312,7 +1312,7 @@ static int tx_begin(cm_model *m, wtx *tx, cm_err *err)
     tx->own = !cm_store_in_tx(m->store);
     if (tx->own)
         rc = cm_store_begin(m->store, err);
-    else
+    else if ((rc = cm_store_nested_write(m->store, err)) == 0)
         rc = kept_exec(m, cm_store_prepare(m->store, "SAVEPOINT cm_model", err), "savepoint", err);
     tx->active = rc == 0;
     return rc;

@@ -266,6 +266,8 @@ static int scope_begin(cm_store *store, tx_scope *s, const char *savepoint, cm_e
             s->mode = TX_OWN;
         return rc;
     }
+    if ((rc = cm_store_nested_write(store, err)) != 0)
+        return rc;
     snprintf(s->savepoint, sizeof(s->savepoint), "%s", savepoint);
     snprintf(sql, sizeof(sql), "SAVEPOINT %s", s->savepoint);
     if ((rc = cm_store_exec(store, sql, err)) == 0)

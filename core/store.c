@@ -52,6 +52,8 @@ struct cm_store {
     bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
     int sync;     /* the synchronous level it was opened with (cm_sync) */
     bool nosync;  /* the open transaction is cm_store_begin_nosync's: NORMAL until it ends */
+    cm_store_nested_fn nested_fn; /* see cm_store_on_nested_write */
+    void *nested_ud;
     cm_stmt_slot stmts[CM_STMT_SLOTS];
     /* by the address of the caller's literal: the slot it was last found in,
     ** so a kept statement is found without hashing its text */
@@ -610,6 +612,19 @@ sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
 bool cm_store_in_tx(cm_store *store)
 {
     return !sqlite3_get_autocommit(store->db);
+}
+
+void cm_store_on_nested_write(cm_store *store, cm_store_nested_fn fn, void *ud)
+{
+    store->nested_fn = fn;
+    store->nested_ud = ud;
+}
+
+int cm_store_nested_write(cm_store *store, cm_err *err)
+{
+    cm_store_nested_fn fn = store->nested_fn;
+    store->nested_fn = NULL;
+    return fn ? fn(store->nested_ud, err) : 0;
 }
 
 bool cm_store_tx_lost(cm_store *store)

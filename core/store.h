@@ -97,6 +97,13 @@ bool cm_store_in_tx(cm_store *store);
 ** Only for records that redoing repairs and that nothing acknowledged to
 ** anyone depends on (federation's delivered marks: fed.c, peer_flush). */
 int cm_store_begin_nosync(cm_store *store, cm_err *err);
+/* Who writes inside an open transaction in a scope of its own (a plugin's
+** savepoint) calls cm_store_nested_write first: it runs the one armed
+** callback (the engine opens a step's savepoint only when the step's handler
+** writes), which disarms itself. fn NULL disarms. */
+typedef int (*cm_store_nested_fn)(void *ud, cm_err *err);
+void cm_store_on_nested_write(cm_store *store, cm_store_nested_fn fn, void *ud);
+int cm_store_nested_write(cm_store *store, cm_err *err);
 /* True when cm_store_begin's transaction was rolled back under the holder
 ** (an I/O error, a full disk): writes must stop, commit will fail. */
 bool cm_store_tx_lost(cm_store *store);

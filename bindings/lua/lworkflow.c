@@ -302,6 +302,7 @@ typedef struct drv {
     char go[CM_NAME_MAX];  /* set by wf:go */
     bool go_set;
     int spawned;
+    int visit;    /* states entered so far in this step (timers note theirs) */
     bool invalid; /* the request itself is wrong (CM_EINVAL) */
 } drv;
 
@@ -395,6 +396,8 @@ static int add_timer(lua_State *L, int64_t due)
     if (!keep) {
         lua_pushstring(L, d->cur);
         lua_setfield(L, -2, "scoped");
+        lua_pushinteger(L, d->visit);
+        lua_setfield(L, -2, "visit");
     }
     add_effect(L);
     return 0;
@@ -799,6 +802,7 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
         if (hops > 0 || d->sp->state)
             run_handler(L, d, wf, "exit");
         d->sp->moved = true;
+        d->visit++;
         cm_copy_str(d->cur, sizeof(d->cur), next);
         d->go_set = false;
         run_handler(L, d, wf, "enter");
@@ -910,6 +914,7 @@ static int step_driver(lua_State *L)
     lua_getfield(L, d->states, d->cur);
     lua_getfield(L, -1, "final");
     sp->final = lua_toboolean(L, -1);
+    sp->visit = d->visit;
     cm_copy_str(sp->next, sizeof(sp->next), d->cur);
     /* results stay on the stack for rt_step to convert: ctx (nil if never
     ** looked at), effects (nil if none) */

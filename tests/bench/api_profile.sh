@@ -8,9 +8,14 @@
 # (HTTP reading and parsing, routing, authentication, the body, the answer
 # and the audit hook). Under valgrind the engine's batches are cut short by
 # their time limit, so compare the API's share between builds, and the
-# engine's only roughly.
-# usage: api_profile.sh CAREMESH [bench api options...]
+# engine's only roughly. With --client first, the node runs as it is and
+# the client (`caremesh bench api`) under callgrind instead: its
+# instructions per request, the CPU it takes from the cores it shares with
+# the node.
+# usage: api_profile.sh [--client] CAREMESH [bench api options...]
 set -euo pipefail
+client=
+[ "${1:-}" = --client ] && { client=1; shift; }
 bin=$(realpath "$1")
 shift
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,10 +24,18 @@ pid=
 trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null ||
   { echo "api_profile.sh: needs valgrind and callgrind_annotate" >&2; exit 1; }
-BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=$tmp/callgrind.out"
+cg="valgrind --tool=callgrind --callgrind-out-file=$tmp/callgrind.out"
+[ -n "$client" ] || BENCH_WRAP=$cg
 . "$src/tests/bench/bench_node.sh"
 bench_node_start "$bin" "$src" || exit 1
 [ $# -gt 0 ] || set -- --instances 200 --events 25
+if [ -n "$client" ]; then
+  json=$($cg "$bin" bench api --api "127.0.0.1:$port" --token "$token" "$@" 2>/dev/null | tail -1)
+  n=$(sed -n 's/.*"events":\([0-9]*\),"instances":\([0-9]*\).*/\1 + \2/p' <<<"$json")
+  total=$(callgrind_annotate "$tmp/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(",", "", $1); t = $1 } END { print t }')
+  echo "$((n)) requests; client instructions per request (whole process): $((total / (n)))"
+  exit 0
+fi
 json=$("$bin" bench api --api "127.0.0.1:$port" --token "$token" "$@" | tail -1)
 kill -TERM "$pid"
 wait "$pid" || { echo "api_profile.sh: the node did not stop cleanly" >&2; exit 1; }

@@ -3,7 +3,8 @@
 # serving tests/bench/bench_api.lua on a free loopback port, driven by
 # `caremesh bench api` with the given options (defaults: the figures of
 # docs/PERFORMANCE.md), then stopped and removed. The node's CPU per request
-# (read from /proc around the run) is printed and added to the JSON line.
+# (read from /proc around the run) and the client's (bash's time) are
+# printed per request and added to the JSON line.
 # usage: bench_api.sh CAREMESH [bench api options...]
 set -euo pipefail
 bin=$(realpath "$1")
@@ -18,11 +19,18 @@ bench_node_start "$bin" "$src" || exit 1
 # request (the starts and the events): added to the JSON line
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"; }
 before=$(cpu)
-out=$("$bin" bench api --api "127.0.0.1:$port" --token "$token" "$@") || { echo "$out"; exit 1; }
+# the client's CPU too (user and system, bash's time): it shares the cores
+TIMEFORMAT='%3U %3S'
+{ time "$bin" bench api --api "127.0.0.1:$port" --token "$token" "$@" >"$tmp/out" 2>&4; } 4>&2 2>"$tmp/time" ||
+  { cat "$tmp/out"; exit 1; }
 after=$(cpu)
+out=$(cat "$tmp/out")
 head -n -1 <<<"$out"
 json=$(tail -1 <<<"$out")
 n=$(sed -n 's/.*"events":\([0-9]*\),"instances":\([0-9]*\).*/\1 + \2/p' <<<"$json")
-us=$(awk -v a="$after" -v b="$before" -v n="$((n))" 'BEGIN { printf "%.1f", (a - b) * 1e6 / n }')
-echo "daemon CPU: $(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }') s for $((n)) requests: $us us per request"
-echo "${json%\}},\"daemon_cpu_s\":$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }'),\"daemon_cpu_us_per_request\":$us}"
+dcpu=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')
+us=$(awk -v c="$dcpu" -v n="$((n))" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+ccpu=$(awk '{ printf "%.3f", $1 + $2 }' "$tmp/time")
+cus=$(awk -v c="$ccpu" -v n="$((n))" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+echo "daemon CPU: $dcpu s for $((n)) requests: $us us per request; client CPU: $ccpu s, $cus us per request"
+echo "${json%\}},\"daemon_cpu_s\":$dcpu,\"daemon_cpu_us_per_request\":$us,\"client_cpu_s\":$ccpu,\"client_cpu_us_per_request\":$cus}"

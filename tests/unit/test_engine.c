@@ -1305,12 +1305,235 @@ static void test_leaving_skips_the_delete_only_when_no_timer_has_that_scope(void
     assert_int_equal(cm_engine_resume(f->engine, "s-1", &err), 0);
     step_and_expect_timers(f, "next", "tk", 1); /* both of c's go */
     step_and_expect_timers(f, "next", "ta,tk", 0);
-    /* a jump through g (its enter goes on to c): a's and g's timers go, c's stays */
-    step_and_expect_timers(f, "jump", "tc,tk", 2);
+    /* a jump through g (its enter goes on to c): a's and g's timers go, c's
+    ** stays; g's, started and left in the same step, is never written */
+    step_and_expect_timers(f, "jump", "tc,tk", 1);
     step_and_expect_timers(f, "next", "tk", 1);
     assert_int_equal(cm_engine_pause(f->engine, "s-1", &err), 0);
     assert_int_equal(cm_engine_resume(f->engine, "s-1", &err), 0);
     step_and_expect_timers(f, "next", "ta,tk", 0); /* read back: no scoped timer, not d */
+}
+
+/* A step that passes through a state twice (b -> c -> b by enter handlers'
+** wf:go) left b once: the timers of that first visit go, as a left state's
+** do, and only the last visit's stay (also one of the same name). */
+static void
+test_a_state_left_and_reentered_in_one_step_keeps_only_the_last_visits_timers(void **state)
+{
+    static const char *LOOPER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow {\n"
+        "  name = 'looper', version = 1, start = 'a',\n"
+        "  states = {\n"
+        "    a = { on = { loop = 'b' } },\n"
+        "    b = { enter = function(wf) wf.ctx.v = (wf.ctx.v or 0) + 1\n"
+        "            wf:after(wf.ctx.v .. 'h', 'tb' .. wf.ctx.v)\n"
+        "            wf:after(wf.ctx.v .. 'h', 'same')\n"
+        "            wf:after('9h', 'kept' .. wf.ctx.v, nil, { keep = true })\n"
+        "            if wf.ctx.v == 1 then wf:go('c') end end,\n"
+        "          on = { go = 'd', stay = function(wf) end } },\n"
+        "    c = { enter = function(wf) wf:after('2h', 'tc'); wf:go('b') end },\n"
+        "    d = { final = true },\n"
+        "  },\n"
+        "}\n";
+    fx *f = *state;
+    cm_err err;
+    char got[256];
+    load_ok(f, "looper.lua", LOOPER);
+    assert_int_equal(cm_engine_start(f->engine, "looper", NULL, "l-1", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "l-1", "loop", NULL); /* a -> b -> c -> b in one step */
+    run(f);
+    assert_int_equal(f->a.status[1], 0);
+    assert_string_equal(f->a.state[1], "b");
+    timers_of(f, "l-1", got, sizeof(got));
+    assert_string_equal(got, "kept1,kept2,same,tb2");
+    /* the timer of the name both visits started is the second visit's (2h) */
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE name = 'same' AND due_ms = "
+                              "(SELECT due_ms FROM timer WHERE name = 'tb2')"),
+                     1);
+    /* the same again with the instance read back from its row */
+    assert_int_equal(cm_engine_pause(f->engine, "l-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "l-1", &err), 0);
+    signal_ev(f, "l-1", "stay", NULL);
+    run(f);
+    timers_of(f, "l-1", got, sizeof(got));
+    assert_string_equal(got, "kept1,kept2,same,tb2");
+    advance(f, 3 * HOUR); /* b has no transition for them: noted, not an error */
+    expect_state(f, "l-1", "b", "running");
+    timers_of(f, "l-1", got, sizeof(got));
+    assert_string_equal(got, "kept1,kept2");
+}
+
+static const char *MID = "local cm = require 'caremesh'\n"
+                         "return cm.workflow {\n"
+                         "  name = 'mid', version = 1, start = 's',\n"
+                         "  states = {\n"
+                         "    s = { on = {\n"
+                         "      tick = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 1 end,\n"
+                         "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
+                         "      spin = function(wf) wf.ctx.n = 98; while true do end end,\n"
+                         "      stop = 'z' } },\n"
+                         "    z = { final = true },\n"
+                         "  },\n"
+                         "}\n";
+
+static long ctx_n(fx *f, const char *id)
+{
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(json_extract(ctx, '$.n'), 0) FROM instance WHERE id = '%s'", id);
+    return count(f, sql);
+}
+
+/* A handler that writes records gets its step's savepoint before the first
+** write: when it then fails, none of it is kept; when not, all of it is. */
+static void test_a_handler_that_writes_and_fails_keeps_none_of_it(void **state)
+{
+    static const char *WRITER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow {\n"
+        "  name = 'writer', version = 1, start = 's',\n"
+        "  states = {\n"
+        "    s = { on = { make = function(wf, ev)\n"
+        "            cm.organization.create { id = ev.id, name = 'Org', kind = 'clinic' }\n"
+        "            wf.ctx.made = ev.id\n"
+        "            if ev.fail then error('after the write') end end,\n"
+        "          stop = 'z' } },\n"
+        "    z = { final = true },\n"
+        "  },\n"
+        "}\n";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "writer.lua", WRITER);
+    assert_int_equal(cm_engine_start(f->engine, "writer", NULL, "w-1", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "w-1", "make", "{\"id\":\"org-1\",\"fail\":true}");
+    signal_ev(f, "w-1", "make", "{\"id\":\"org-2\"}");
+    run(f);
+    assert_int_equal(f->a.status[1], CM_ELUA);
+    assert_true(f->a.kept[1]);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-1'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-2'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id = 'w-1' AND "
+                              "json_extract(ctx, '$.made') = 'org-2' AND steps = 2"),
+                     1);
+}
+
+/* One batch: steps that write no effect go without a savepoint, so a handler
+** that raises or runs out of budget in the middle of it must leave its
+** instance as it was, its event kept with the error, and the steps around it
+** (one instance twice) commit with the batch. */
+static void test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cm_engine_stats st0, st1;
+    char id[16];
+    load_ok(f, "mid.lua", MID);
+    for (int i = 1; i <= 4; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+    }
+    run(f);
+    cm_engine_stats_get(f->engine, &st0);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-2", "boom", NULL);
+    signal_ev(f, "m-3", "spin", NULL);
+    signal_ev(f, "m-4", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(st1.batches - st0.batches, 1);
+    assert_int_equal(f->a.status[4], 0);
+    assert_int_equal(f->a.status[5], CM_ELUA);
+    assert_true(f->a.kept[5]);
+    assert_int_equal(f->a.status[6], CM_EBUDGET);
+    assert_true(f->a.kept[6]);
+    assert_int_equal(f->a.status[7], 0);
+    assert_int_equal(f->a.status[8], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 2);
+    assert_int_equal(ctx_n(f, "m-2"), 0);
+    assert_int_equal(ctx_n(f, "m-3"), 0);
+    assert_int_equal(ctx_n(f, "m-4"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance IN ('m-2', 'm-3')"), 2);
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'm-2'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-2' AND "
+                              "error LIKE '%kaput%' AND attempts = 1"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-3' AND attempts = 1"),
+                     1);
+    /* the next step of each starts from what was committed; a step that ends
+    ** (in a savepoint) among them */
+    signal_ev(f, "m-2", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-4", "stop", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(ctx_n(f, "m-2"), 1);
+    assert_int_equal(ctx_n(f, "m-1"), 4);
+    expect_state(f, "m-4", "z", "done");
+    cJSON *inst = get(f, "m-1");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(inst, "history")), 5);
+    cJSON_Delete(inst);
+    /* every row names its instance's previous step, every instance its last */
+    assert_int_equal(count(f, "SELECT count(*) FROM history h LEFT JOIN history p ON "
+                              "p.seq = h.prev WHERE (h.step = 1) <> (h.prev IS NULL) OR "
+                              "(h.prev IS NOT NULL AND (p.instance IS NOT h.instance OR "
+                              "p.step <> h.step - 1 OR p.seq > h.seq))"),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance i JOIN history h ON h.seq = i.hist "
+                              "WHERE h.instance <> i.id OR h.step <> i.steps"),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE hist IS NULL"), 0);
+}
+
+/* A step's own rows go without a savepoint: when the database refuses one
+** of them, nothing of the batch commits and every submitter hears why. */
+static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "mid.lua", MID);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    long history = count(f, "SELECT count(*) FROM history");
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-2", "tick", NULL);
+    signal_ev(f, "m-1", "tick", NULL);
+    assert_int_not_equal(cm_engine_run(f->engine, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "history refused"));
+    /* the batch stopped at the refused step: the two it ran are told, the
+    ** third waits for the next batch */
+    assert_int_equal(f->a.n, 5);
+    for (int i = 3; i < 5; i++) {
+        assert_int_not_equal(f->a.status[i], 0);
+        assert_false(f->a.kept[i]);
+        assert_non_null(strstr(f->a.message[i], "history refused"));
+    }
+    assert_int_equal(ctx_n(f, "m-1"), 1);
+    assert_int_equal(ctx_n(f, "m-2"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    /* the steps that did not commit are not remembered either */
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 7);
+    assert_int_equal(f->a.status[5], 0);
+    assert_int_equal(f->a.status[6], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 2);
 }
 
 int main(void)
@@ -1351,6 +1574,15 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_state_left_and_reentered_in_one_step_keeps_only_the_last_visits_timers, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_handler_that_writes_and_fails_keeps_none_of_it,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
                                         teardown),
     };

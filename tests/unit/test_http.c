@@ -112,11 +112,14 @@ typedef struct env {
     uv_write_t write;
     const char *send;
     const char *send2, *send2_after; /* sent once got holds send2_after */
+    int send2_delay_ms;              /* that long after it, when > 0 */
+    uv_timer_t delay;
     uv_write_t write2;
     uint64_t passes[8];
     char got[8192];
     size_t got_len;
     bool eof, stopped;
+    uint64_t t_start, t_eof; /* uv_now at the connect and at the end */
     int handled;
     later deferred;
 } env;
@@ -166,16 +169,32 @@ static void on_alloc(uv_handle_t *h, size_t n, uv_buf_t *b)
     *b = uv_buf_init(e->got + e->got_len, (unsigned)(sizeof(e->got) - e->got_len - 1));
 }
 
+static void send_second(env *e)
+{
+    uv_buf_t b2 = uv_buf_init((char *)e->send2, (unsigned)strlen(e->send2));
+    e->send2 = NULL;
+    uv_write(&e->write2, (uv_stream_t *)&e->client, &b2, 1, on_written);
+}
+
+static void on_delay(uv_timer_t *t)
+{
+    send_second(t->data);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     env *e = s->data;
     if (n > 0) {
         e->got_len += (size_t)n;
         e->got[e->got_len] = '\0';
-        if (e->send2 && strstr(e->got, e->send2_after)) {
-            uv_buf_t b2 = uv_buf_init((char *)e->send2, (unsigned)strlen(e->send2));
-            e->send2 = NULL;
-            uv_write(&e->write2, s, &b2, 1, on_written);
+        if (e->send2 && e->send2_delay_ms > 0 && strstr(e->got, e->send2_after)) {
+            uv_timer_init(&e->loop, &e->delay);
+            e->delay.data = e;
+            uv_timer_start(&e->delay, on_delay, (uint64_t)e->send2_delay_ms, 0);
+            e->send2_delay_ms = 0;
+        } else if (e->send2 && e->send2_delay_ms == 0 && strstr(e->got, e->send2_after)) {
+            send_second(e);
         }
     } else if (n < 0) {
         e->eof = true;
@@ -205,9 +224,11 @@ static void exchange(env *e, const cm_http_limits *lim, const char *text)
     cm_err err;
     struct sockaddr_in addr;
     const char *send2 = e->send2, *send2_after = e->send2_after;
+    int send2_delay_ms = e->send2_delay_ms;
     memset(e, 0, sizeof(*e));
     e->send2 = send2;
     e->send2_after = send2_after;
+    e->send2_delay_ms = send2_delay_ms;
     assert_int_equal(uv_loop_init(&e->loop), 0);
     assert_int_equal(cm_http_server_start(&e->loop, "127.0.0.1", 0, lim, handler, e, &e->srv, &err),
                      0);
@@ -217,9 +238,11 @@ static void exchange(env *e, const cm_http_limits *lim, const char *text)
     e->client.data = e->connect.data = e;
     e->send = text;
     uv_tcp_connect(&e->connect, &e->client, (const struct sockaddr *)&addr, on_connected);
+    e->t_start = uv_now(&e->loop);
     while (!e->eof && uv_run(&e->loop, UV_RUN_ONCE))
         ;
     assert_true(e->eof);
+    e->t_eof = uv_now(&e->loop);
     cm_http_server_stop(e->srv, on_stopped, e);
     uv_run(&e->loop, UV_RUN_DEFAULT);
     assert_true(e->stopped);
@@ -327,6 +350,39 @@ static void test_timeout_answers_a_half_sent_request(void **state)
     free(e);
 }
 
+/* The timeout of a request runs from its own first byte: a half-sent request
+** that begins after the connection idled a while still gets all of it. */
+static void test_timeout_runs_from_the_request_that_began_last(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.timeout_ms = 150;
+    e->send2 = "GET /half HTTP/1.1\r\nHost: t\r\n";
+    e->send2_after = "first";
+    e->send2_delay_ms = 100;
+    exchange(e, &lim, "GET /first HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(e->handled, 1);
+    assert_non_null(strstr(e->got, "HTTP/1.1 408 "));
+    assert_true(e->t_eof - e->t_start >= 250);
+    free(e);
+}
+
+/* While the handler holds every request of a connection no timeout runs:
+** an answer slower than the timeout still arrives. */
+static void test_no_timeout_while_the_handler_holds_the_requests(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.timeout_ms = 5; /* /later answers after 20 ms */
+    exchange(e, &lim, "GET /later HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_int_equal(e->handled, 1);
+    assert_non_null(strstr(e->got, "HTTP/1.1 200 OK"));
+    assert_non_null(strstr(e->got, "\r\n\r\nlater"));
+    free(e);
+}
+
 static void test_bad_address_is_refused(void **state)
 {
     uv_loop_t loop;
@@ -354,6 +410,8 @@ int main(void)
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
         cmocka_unit_test(test_timeout_answers_a_half_sent_request),
+        cmocka_unit_test(test_timeout_runs_from_the_request_that_began_last),
+        cmocka_unit_test(test_no_timeout_while_the_handler_holds_the_requests),
         cmocka_unit_test(test_bad_address_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -230,6 +230,36 @@ static void test_corrupt_file_is_refused(void **state)
     assert_non_null(strstr(err.msg, "not a caremesh database"));
 }
 
+static int count_nested(void *ud, cm_err *err)
+{
+    int *n = ud;
+    return ++*n == 2 ? cm_err_set(err, CM_EDB, "refused") : 0;
+}
+
+/* The armed callback runs once, at the first nested write, and its error is
+** the writer's. */
+static void test_nested_write_runs_the_armed_callback_once(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    int n = 0;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_nested_write(s, &err), 0); /* nothing armed */
+    cm_store_on_nested_write(s, count_nested, &n);
+    assert_int_equal(cm_store_nested_write(s, &err), 0);
+    assert_int_equal(cm_store_nested_write(s, &err), 0);
+    assert_int_equal(n, 1);
+    cm_store_on_nested_write(s, count_nested, &n);
+    assert_int_equal(cm_store_nested_write(s, &err), CM_EDB);
+    assert_string_equal(err.msg, "refused");
+    cm_store_on_nested_write(s, count_nested, &n);
+    cm_store_on_nested_write(s, NULL, NULL); /* disarmed */
+    assert_int_equal(cm_store_nested_write(s, &err), 0);
+    assert_int_equal(n, 2);
+    cm_store_close(&s);
+}
+
 static void test_prepared_statements_are_kept(void **state)
 {
     fixture *f = *state;
@@ -613,6 +643,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_foreign_sqlite_database_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_file_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nested_write_runs_the_armed_callback_once, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_run_off_the_commit_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
