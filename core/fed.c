@@ -880,6 +880,7 @@ typedef struct fed_peer {
     /* the largest outbox seq delivered to it (fed_delivered), once read */
     int64_t delivered;
     bool delivered_known;
+    int64_t sent_max;    /* the highest seq put in the window since start (route_late) */
     uint32_t round;      /* bumped to send the whole window again (a rewind) */
     bool reprev;         /* recompute the prevs before sending again */
     bool pumping, again; /* peer_pump is running / has more to do */
@@ -2168,6 +2169,8 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
             memset(f, 0, sizeof(*f));
             f->seq = seq;
             f->prev = prev;
+            if (seq > p->sent_max)
+                p->sent_max = seq;
             prev = seq;
             stop = !flight_send(fed, p, p->nwin++, fed->text.p, fed->text.len) || p->round != round;
         }
@@ -2219,7 +2222,10 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     ** acknowledged on them, the next synced commit makes them durable, and
     ** one lost in an OS crash is a resend the peer answers as a duplicate.
     ** A refusal tells the instance that sent the row: synced, as before. */
-    bool marks_only = true;
+    /* Routing may renumber a row (route_late) and sends what it routes: it
+    ** goes only in a synced commit, so a row never goes out under a seq
+    ** that an OS crash could give to another row. */
+    bool marks_only = !fed->unrouted;
     for (int i = 0; i < p->nwin && marks_only; i++)
         marks_only = p->win[i].state != FLIGHT_REFUSED;
     if ((marks_only ? cm_store_begin_nosync(fed->o.store, &err)
@@ -2274,7 +2280,7 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     if (rc == 0 && mark > 0)
         rc = mark_delivered(fed, p, mark, &err);
     /* rows queued meanwhile get their peer in this commit too */
-    if (rc == 0 && (clean = route_in_tx(fed, &err)) < 0)
+    if (rc == 0 && !marks_only && (clean = route_in_tx(fed, &err)) < 0)
         rc = clean;
     if (rc != 0) {
         cm_store_rollback(fed->o.store);
@@ -2282,7 +2288,8 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     }
     if (cm_store_commit(fed->o.store, &err) != 0)
         goto fail;
-    fed->unrouted = !clean;
+    if (!marks_only)
+        fed->unrouted = !clean;
     if (p->delivered_known && mark > p->delivered)
         p->delivered = mark;
     int kept = 0;
@@ -2612,17 +2619,20 @@ static int route_read(cm_fed *fed, route_plan *pl, int max_bad, cm_err *err)
     return 0;
 }
 
-/* Give the runs of pl their peer, in the open transaction. */
-/* Rows of run i of pl at or below the last row delivered to its peer take
-** the next seqs, in order, as they are routed: fed_delivered says every
-** pending row of the peer up to it is delivered, and these never went. A
-** row without a peer was never sent, so its seq was never seen outside. */
+/* Rows of run i of pl at or below a row of its peer that was sent (or is
+** delivered) take the next seqs, in order, as they are routed: the window
+** fills after its last row and fed_delivered says every pending row of the
+** peer up to it is delivered, so these would never go. A row without a peer
+** was never sent, so its seq was never seen outside; the caller's commit is
+** synced (peer_flush), so no crash gives the seq to another row. */
 static int route_late(cm_fed *fed, const route_plan *pl, int i, cm_err *err)
 {
     fed_peer *p = &fed->peers[pl->runs[i].peer];
     int64_t d = delivered_before(fed, p);
     if (d < 0)
         return cm_err_set(err, CM_EDB, "fed_delivered: cannot be read");
+    if (p->sent_max > d) /* the window's rows, and those settled in this process */
+        d = p->sent_max;
     while (pl->runs[i].first <= d) {
         sqlite3_stmt *st = cm_store_prepare(
             fed->o.store,
@@ -2651,6 +2661,7 @@ static int route_late(cm_fed *fed, const route_plan *pl, int i, cm_err *err)
     return 0;
 }
 
+/* Give the runs of pl their peer, in the open transaction. */
 static int route_write(cm_fed *fed, const route_plan *pl, cm_err *err)
 {
     for (int i = 0; i < pl->nruns; i++) {

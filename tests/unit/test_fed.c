@@ -4,7 +4,7 @@
 ** libzmq behaviour the listener relies on to fail closed without a handler,
 ** when the engine may queue a message routed, and that a peer sending far
 ** more than the engine has taken cannot grow what waits in it past
-** CM_FED_APPLY_MAX.
+** CM_FED_APPLY_MAX; a row routed late goes after the rows in flight.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -854,6 +854,136 @@ static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
     cm_test_node_free(n);
 }
 
+/* ---- a row routed late, while rows after it are in flight ----------------- */
+
+/* Turn the loop, reading what reaches the bare peer (answering its hello),
+** until the text of a message it got holds want, or 10 s pass. */
+static bool late_turn_until_sent(uv_loop_t *loop, void *r, const char *want)
+{
+    uv_update_time(loop);
+    uint64_t until = uv_now(loop) + 10000;
+    static const char hello[] = "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"node-b\","
+                                "\"caps\":[\"deliver\",\"batch\"]}";
+    while (uv_now(loop) < until) {
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        zmq_msg_t rid, body;
+        zmq_msg_init(&rid);
+        zmq_msg_init(&body);
+        while (zmq_msg_recv(&rid, r, ZMQ_DONTWAIT) >= 0 && zmq_msg_recv(&body, r, 0) >= 0) {
+            size_t n = zmq_msg_size(&body);
+            char *text = strndup(zmq_msg_data(&body), n);
+            assert_non_null(text);
+            bool found = strstr(text, want) != NULL;
+            if (strstr(text, "\"hello\"")) {
+                assert_int_equal(zmq_send(r, zmq_msg_data(&rid), zmq_msg_size(&rid), ZMQ_SNDMORE),
+                                 (int)zmq_msg_size(&rid));
+                assert_int_equal(zmq_send(r, hello, sizeof(hello) - 1, 0), (int)sizeof(hello) - 1);
+            }
+            free(text);
+            if (found) {
+                zmq_msg_close(&rid);
+                zmq_msg_close(&body);
+                return true;
+            }
+        }
+        zmq_msg_close(&rid);
+        zmq_msg_close(&body);
+    }
+    return false;
+}
+
+static int64_t late_query(cm_test_node *n, const char *sql)
+{
+    sqlite3_stmt *st;
+    int64_t v = -1;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(n->store), sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Rows 10-12 are in flight to a peer that does not answer; a row queued
+** earlier (seq 5) is routed to that peer only now. The window fills after
+** its last row, so row 5 would never go, and once 10-12 were delivered
+** the peer's mark would count it as delivered: it takes the next seq and
+** goes after them. */
+static void test_a_row_routed_late_goes_after_rows_in_flight(void **state)
+{
+    cm_test_node *n = cm_test_node_new();
+    char pub[41], sec[41], ep[256];
+    size_t eplen = sizeof(ep);
+    cm_keypair keys;
+    cm_config cfg;
+    cm_fed *fed = NULL;
+    uv_loop_t loop;
+    cm_err err;
+    int zero = 0, one = 1;
+    assert_non_null(n);
+    cm_log_set_level(CM_LOG_WARN);
+    assert_int_equal(cm_keys_generate(&keys, &err), 0);
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+
+    /* the peer: a bare ROUTER with the configured key, that never acks */
+    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_non_null(r);
+    zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, sec, 40);
+    assert_int_equal(zmq_bind(r, "tcp://127.0.0.1:*"), 0);
+    assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
+
+    cm_config_defaults(&cfg);
+    cfg.fed_enabled = true;
+    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
+    cfg.fed_npeers = 1;
+    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "node-b");
+    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "%s", ep);
+    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s", pub);
+    assert_int_equal(sqlite3_exec(cm_store_db(n->store),
+                                  "INSERT INTO record(kind, id, doc, created, updated) VALUES "
+                                  "('organization', 'cardio', '{\"node\":\"node-b\"}', 'now', "
+                                  "'now');"
+                                  "INSERT INTO outbox(seq, receiver, peer, kind, payload, created) "
+                                  "VALUES (10, 'cardio', 'node-b', 'test.note', '{}', 'now'), "
+                                  "(11, 'cardio', 'node-b', 'test.note', '{}', 'now'), "
+                                  "(12, 'cardio', 'node-b', 'test.note', '{}', 'now')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    cm_fed_opts fo = {.loop = &loop,
+                      .store = n->store,
+                      .clock = n->clock,
+                      .cfg = &cfg,
+                      .node_id = "node-a",
+                      .keys = &keys,
+                      .poll_ms = 10};
+    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
+    assert_true(late_turn_until_sent(&loop, r, "\"node-a:12\""));
+
+    assert_int_equal(sqlite3_exec(cm_store_db(n->store),
+                                  "INSERT INTO outbox(seq, receiver, kind, payload, created) "
+                                  "VALUES (5, 'cardio', 'late.note', '{}', 'now')",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    cm_fed_wake(fed);
+    assert_true(late_turn_until_sent(&loop, r, "\"late.note\""));
+    assert_int_equal(late_query(n, "SELECT count(*) FROM outbox WHERE seq = 5"), 0);
+    int64_t seq = late_query(n, "SELECT seq FROM outbox WHERE kind = 'late.note' AND peer = "
+                                "'node-b' AND status = 'pending'");
+    assert_int_equal(seq, 13);
+
+    cm_fed_stop(fed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&fed);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+    cm_config_free(&cfg);
+    cm_keys_wipe(&keys);
+    cm_test_node_free(n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -867,6 +997,7 @@ int main(void)
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
         cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
+        cmocka_unit_test(test_a_row_routed_late_goes_after_rows_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
