@@ -25,9 +25,12 @@
 #define ENGINE_RETRY_BASE_DEFAULT 1000
 #define ENGINE_RETRY_MAX_MS       (3600 * 1000LL)
 #define ENGINE_SPAWN_DEPTH        8
-#define ENGINE_RUN_BATCHES        1000
-#define ENGINE_SOURCE_MAX         ((size_t)4 << 20)
-#define ENGINE_CACHE_SLOTS        4096 /* running instances kept in memory, direct-mapped */
+/* savepoints open at once: an event's, and per level of spawned children
+** the start's and the one a writing handler opens (open_step_sp) */
+#define ENGINE_SP_MAX      (2 * ENGINE_SPAWN_DEPTH + 4)
+#define ENGINE_RUN_BATCHES 1000
+#define ENGINE_SOURCE_MAX  ((size_t)4 << 20)
+#define ENGINE_CACHE_SLOTS 4096 /* running instances kept in memory, direct-mapped */
 
 typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
 
@@ -106,7 +109,8 @@ struct cm_engine {
     cm_engine_observer observe;
     void *observe_ud;
     pending_event *events;
-    int nevents, events_cap, events_mark; /* mark: where the open savepoint began */
+    int nevents, events_cap;
+    int sp_marks[ENGINE_SP_MAX], nsp; /* where each open savepoint's events began */
     /* the clock's time last formatted: every row of a step carries it */
     bool now_set;
     int64_t now_ms;
@@ -186,7 +190,7 @@ static void tell_events(cm_engine *e)
     pending_event *events = e->events;
     int n = e->nevents, cap = e->events_cap;
     e->events = NULL;
-    e->nevents = e->events_cap = e->events_mark = 0;
+    e->nevents = e->events_cap = 0;
     for (int i = 0; i < n && e->observe; i++) {
         const pending_event *pe = &events[i];
         cm_engine_event ev = {pe->kind, pe->instance, pe->workflow, pe->from, pe->to, pe->detail};
@@ -1395,18 +1399,25 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
 
 /* ---- savepoints ------------------------------------------------------- */
 
+/* Savepoints nest (a spawned child's start inside its parent's step): each
+** keeps where its events began, so a rollback drops only its own. */
 static int sp_begin(cm_engine *e, cm_err *err)
 {
-    e->events_mark = e->nevents;
+    if (e->nsp == ENGINE_SP_MAX)
+        return cm_err_set(err, CM_EINVAL, "more than %d savepoints open at once", ENGINE_SP_MAX);
     PREPARE(e, "SAVEPOINT step", err);
-    return exec_kept(e, st, "savepoint", err);
+    int rc = exec_kept(e, st, "savepoint", err);
+    if (rc == 0)
+        e->sp_marks[e->nsp++] = e->nevents;
+    return rc;
 }
 
 static void sp_end(cm_engine *e, bool keep)
 {
     sqlite3_stmt *st;
+    int mark = e->sp_marks[--e->nsp];
     if (!keep)
-        e->nevents = e->events_mark; /* rolled back: those events never happened */
+        e->nevents = mark; /* rolled back: those events never happened */
     if (!keep && (st = cm_store_prepare(e->o.store, "ROLLBACK TO step", NULL)))
         exec_kept(e, st, "rollback", NULL);
     if ((st = cm_store_prepare(e->o.store, "RELEASE step", NULL)))
@@ -1571,11 +1582,8 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     }
     if (rc == 0 && !sp.handled && !is_timer)
         rc = unhandled(&in, &sp, name, err);
-    if (rc == 0) {
-        if (!open)
-            e->events_mark = e->nevents;
+    if (rc == 0)
         rc = write_step(e, seq, &in, &sp, name, &open, &bare, err);
-    }
     step_clear(&sp);
     if (oc)
         cm_copy_str(oc->state, sizeof(oc->state), in.state);
@@ -2144,7 +2152,7 @@ static int run_batch(cm_engine *e, cm_err *err)
     if (rc == 0)
         tell_events(e);
     else
-        e->nevents = e->events_mark = 0;
+        e->nevents = 0;
     for (int i = 0; i < n; i++) {
         if (rc != 0) { /* nothing of the batch is durable: say so to everyone */
             ocs[i].status = rc;
@@ -2345,7 +2353,7 @@ static int with_instance(cm_engine *e, const char *id,
     if (rc == 0)
         tell_events(e);
     else
-        e->nevents = e->events_mark = 0;
+        e->nevents = 0;
     inst_clear(&in);
     if (rc == 0 && e->attached)
         arm_loop(e);

@@ -1421,6 +1421,47 @@ static void test_a_handler_that_writes_and_fails_keeps_none_of_it(void **state)
                      1);
 }
 
+/* A step that spawns children rolls back whole when a later effect fails,
+** though a child's start handler wrote and so opened a savepoint of its own
+** inside the step's: the observer is told of no child, and none is kept. */
+static void test_a_rolled_back_spawn_tells_of_no_child(void **state)
+{
+    static const char *QUIET =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow { name = 'quiet', version = 1, start = 'q',\n"
+        "  states = { q = { on = { stop = 'z' } }, z = { final = true } } }\n";
+    static const char *MAKER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow { name = 'maker', version = 1, start = 'm',\n"
+        "  states = { m = { enter = function(wf)\n"
+        "      cm.organization.create { id = 'org-m', name = 'Org', kind = 'clinic' } end,\n"
+        "    on = { stop = 'z' } }, z = { final = true } } }\n";
+    static const char *SPAWNER =
+        "local cm = require 'caremesh'\n"
+        "return cm.workflow { name = 'spawner', version = 1, start = 's',\n"
+        "  states = { s = { on = { go = function(wf)\n"
+        "      wf:spawn('quiet', {}); wf:spawn('maker', {}); wf:spawn('nosuch', {}) end,\n"
+        "    stop = 'z' } }, z = { final = true } } }\n";
+    fx *f = *state;
+    seen s = {0};
+    cm_err err;
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    load_ok(f, "quiet.lua", QUIET);
+    load_ok(f, "maker.lua", MAKER);
+    load_ok(f, "spawner.lua", SPAWNER);
+    assert_int_equal(cm_engine_start(f->engine, "spawner", NULL, "sp-1", on_ack, &f->a, &err), 0);
+    run(f);
+    cm_engine_observe(f->engine, observe, &s);
+    signal_ev(f, "sp-1", "go", NULL);
+    run(f);
+    sqlite3_close(s.db);
+    assert_int_not_equal(f->a.status[1], 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id <> 'sp-1'"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-m'"), 0);
+    assert_int_equal(s.n, 0);
+    assert_int_equal(s.committed_mismatch, 0);
+}
+
 /* One batch: steps that write no effect go without a savepoint, so a handler
 ** that raises or runs out of budget in the middle of it must leave its
 ** instance as it was, its event kept with the error, and the steps around it
@@ -1567,6 +1608,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_observer_hears_committed_events_in_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_rolled_back_spawn_tells_of_no_child, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_kept_instances_follow_failures_and_operator_actions,
                                         setup, teardown),
