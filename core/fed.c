@@ -248,7 +248,7 @@ static int scan_string(scan *s)
             if (scan_uescape(p, s->end, &cp, &used) != 0)
                 return -1;
             p += used;
-        } else if (strchr("\"\\/bfnrt", p[1]) && p[1]) {
+        } else if (cm_json_unescape_short(p[1]) >= 0) {
             p += 2;
         } else
             return -1;
@@ -374,33 +374,15 @@ static int text_str(cm_fed_text t, char *out, size_t outsz)
         char u[4];
         size_t ulen = 1;
         unsigned cp;
-        int used = 2;
-        switch (p[1]) {
-        case 'b':
-            u[0] = '\b';
-            break;
-        case 'f':
-            u[0] = '\f';
-            break;
-        case 'n':
-            u[0] = '\n';
-            break;
-        case 'r':
-            u[0] = '\r';
-            break;
-        case 't':
-            u[0] = '\t';
-            break;
-        case 'u':
+        int used = 2, e = cm_json_unescape_short(p[1]);
+        if (e >= 0) {
+            u[0] = (char)e;
+        } else {
             if (scan_uescape(p, end, &cp, &used) != 0)
                 return -1; /* cannot happen: t was checked */
             if (cp == 0)
                 return -2;
             ulen = cm_utf8_put(cp, u);
-            break;
-        default:
-            u[0] = p[1];
-            break; /* " \ / */
         }
         if (ulen >= outsz - n)
             return -1;

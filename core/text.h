@@ -71,6 +71,31 @@ static inline size_t cm_json_escape_byte(unsigned char c, char esc[6])
     return 6;
 }
 
+/* The byte a JSON short escape stands for: c is the character after the
+** backslash (" \\ / b f n r t); -1 for any other (\\u is read with cm_hex4,
+** anything else is not JSON). The reverse of cm_json_escape_byte's short forms. */
+static inline int cm_json_unescape_short(char c)
+{
+    switch (c) {
+    case '"':
+    case '\\':
+    case '/':
+        return c;
+    case 'b':
+        return '\b';
+    case 'f':
+        return '\f';
+    case 'n':
+        return '\n';
+    case 'r':
+        return '\r';
+    case 't':
+        return '\t';
+    default:
+        return -1;
+    }
+}
+
 /* src (NULL: "") into dst of capacity n > 0, cut to fit, NUL-terminated:
 ** the hot paths copy names with it, cheaper than snprintf. */
 static inline void cm_copy_str(char *dst, size_t n, const char *src)

@@ -435,28 +435,10 @@ static bool rd_string(lua_State *L, const char **pp)
             p++;
             continue;
         }
-        switch (p[1]) {
-        case '"':
-        case '\\':
-        case '/':
-            luaL_addchar(&b, p[1]);
-            break;
-        case 'b':
-            luaL_addchar(&b, '\b');
-            break;
-        case 'f':
-            luaL_addchar(&b, '\f');
-            break;
-        case 'n':
-            luaL_addchar(&b, '\n');
-            break;
-        case 'r':
-            luaL_addchar(&b, '\r');
-            break;
-        case 't':
-            luaL_addchar(&b, '\t');
-            break;
-        case 'u': {
+        int e = cm_json_unescape_short(p[1]);
+        if (e >= 0) {
+            luaL_addchar(&b, (char)e);
+        } else if (p[1] == 'u') {
             long v = cm_hex4(p + 2);
             char u[4];
             if (v <= 0 || (v >= 0xD800 && v <= 0xDFFF))
@@ -464,8 +446,7 @@ static bool rd_string(lua_State *L, const char **pp)
             luaL_addlstring(&b, u, cm_utf8_put((unsigned)v, u));
             p += 6;
             continue;
-        }
-        default:
+        } else {
             return false;
         }
         p += 2;

@@ -75,6 +75,26 @@ static void test_hex4_and_utf8_put(void **state)
             assert_true(cm_utf8_valid(u, cm_utf8_put(cp, u)));
 }
 
+/* Every short escape cm_json_escape_byte writes reads back to its byte, and
+** the two characters JSON allows that it never writes (\/ and the quote's
+** own) too; \u and anything else are not short escapes. */
+static void test_short_escapes_read_back(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        char esc[6];
+        size_t n = cm_json_escape_byte((unsigned char)c, esc);
+        if (n == 2)
+            assert_int_equal(cm_json_unescape_short(esc[1]), c);
+    }
+    assert_int_equal(cm_json_unescape_short('/'), '/');
+    assert_int_equal(cm_json_unescape_short('"'), '"');
+    assert_int_equal(cm_json_unescape_short('u'), -1);
+    assert_int_equal(cm_json_unescape_short('a'), -1);
+    assert_int_equal(cm_json_unescape_short('\0'), -1);
+    assert_int_equal(cm_json_unescape_short('\''), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -82,6 +102,7 @@ int main(void)
         cmocka_unit_test(test_utf8_refuses_malformed_sequences),
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_hex4_and_utf8_put),
+        cmocka_unit_test(test_short_escapes_read_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
