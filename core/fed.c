@@ -2203,10 +2203,9 @@ static void peer_flush(cm_fed *fed, fed_peer *p)
     ** (docs/federation.md, "Durability of the sender's marks"): nothing is
     ** acknowledged on them, the next synced commit makes them durable, and
     ** one lost in an OS crash is a resend the peer answers as a duplicate.
-    ** A refusal tells the instance that sent the row: synced, as before. */
-    /* Routing may renumber a row (route_late) and sends what it routes: it
-    ** goes only in a synced commit, so a row never goes out under a seq
-    ** that an OS crash could give to another row. */
+    ** A refusal tells the instance that sent the row, and routing may
+    ** renumber a row (route_late) and sends what it routes: both synced, so
+    ** no OS crash gives a seq that went out to another row. */
     bool marks_only = !fed->unrouted;
     for (int i = 0; i < p->nwin && marks_only; i++)
         marks_only = p->win[i].state != FLIGHT_REFUSED;
