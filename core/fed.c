@@ -2634,7 +2634,7 @@ static int route_late(cm_fed *fed, const route_plan *pl, int i, cm_err *err)
         if (sqlite3_changes(cm_store_db(fed->o.store)) == 0)
             break;
         cm_log(CM_LOG_INFO, "fed.routed_late",
-               "a row for %s routed to %s after later rows were delivered to it: queued as "
+               "a row for %s routed to %s after later rows were sent to it: queued as "
                "outbox %lld",
                pl->orgs[pl->runs[i].org].id, p->cfg->id,
                (long long)peer_query(fed, p, "SELECT max(seq) FROM outbox"));

@@ -252,7 +252,7 @@ same "b applied none of them again" "$(grep -cF '"event":"fed.received"' "$tmp/b
 # (row 2, refused above for want of a peer, made a pending row for cardio):
 # it takes the next seq and goes after them ----
 sql "$a/caremesh.db" "UPDATE outbox SET status = 'pending', receiver = 'cardio', peer = NULL, reason = NULL, done_at = NULL WHERE seq = 2"
-check "$tmp/a2.log" 'a row for cardio routed to node-b after later rows were delivered to it: queued as outbox 34' "a row routed late is queued after them"
+check "$tmp/a2.log" 'a row for cardio routed to node-b after later rows were sent to it: queued as outbox 34' "a row routed late is queued after them"
 check "$tmp/a2.log" 'node-a:34 delivered to node-b (received)' "and delivered"
 same "received once" "$(sql "$b/caremesh.db" "SELECT count(*), json_extract(payload, '\$.n') FROM inbox WHERE msg_id = 'node-a:34'")" "1|1"
 same "nothing left pending" "$(sql "$a/caremesh.db" "SELECT count(*) FROM outbox_state WHERE status = 'pending'")" 0
