@@ -127,6 +127,8 @@ typedef struct cm_engine_opts {
     ** route it. */
     bool (*route_at_insert)(void *ud, const char *node);
     void *route_ud;
+    int cache_max; /* running instances kept in memory between steps (the one stepped
+                   ** longest ago goes when full); 0 selects 16384, negative: none */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
@@ -281,6 +283,10 @@ typedef struct cm_engine_stats {
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */
+    uint64_t cache_hits;                            /* events whose instance was in memory */
+    uint64_t cache_misses;    /* events whose instance was read from its row */
+    uint64_t cache_evictions; /* entries dropped to make room (the cache was full) */
+    uint64_t cache_entries;   /* running instances in memory now */
 } cm_engine_stats;
 void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out);
 

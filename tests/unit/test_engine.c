@@ -40,6 +40,7 @@ typedef struct fx {
     cm_lua_runtime *rt;
     cm_engine *engine;
     int batch_ms;     /* cm_engine_opts.batch_ms; 0: by count only */
+    int cache_max;    /* cm_engine_opts.cache_max; 0: the default */
     const char *peer; /* the one configured federation peer, or NULL */
     acks a;
 } fx;
@@ -143,6 +144,7 @@ static void open_engine(fx *f)
     eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
     eo.route_at_insert = route_at_insert;
     eo.route_ud = f;
+    eo.cache_max = f->cache_max;
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }
@@ -1380,7 +1382,7 @@ static const char *MID = "local cm = require 'caremesh'\n"
 
 static long ctx_n(fx *f, const char *id)
 {
-    char sql[160];
+    char sql[256];
     snprintf(sql, sizeof(sql),
              "SELECT coalesce(json_extract(ctx, '$.n'), 0) FROM instance WHERE id = '%s'", id);
     return count(f, sql);
@@ -1460,6 +1462,115 @@ static void test_a_rolled_back_spawn_tells_of_no_child(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-m'"), 0);
     assert_int_equal(s.n, 0);
     assert_int_equal(s.committed_mismatch, 0);
+}
+
+/* FNV-1a, as the engine's cache and its former direct-mapped table hashed ids. */
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Instances whose ids hash alike in their low 16 bits (one slot of a table of
+** up to 65536, one bucket of the cache) each stay in memory between steps:
+** every event after the first round finds its instance there. */
+static void test_instances_whose_ids_collide_all_stay_in_memory(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    char ids[8][16];
+    int n = 0;
+    uint32_t want = fnv1a("m-0") & 0xffff;
+    for (long i = 0; n < 8 && i < 10000000; i++) {
+        snprintf(ids[n], sizeof(ids[n]), "m-%ld", i);
+        if ((fnv1a(ids[n]) & 0xffff) == want)
+            n++;
+    }
+    assert_int_equal(n, 8);
+    load_ok(f, "mid.lua", MID);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, ids[i], on_ack, &f->a, &err), 0);
+    run(f);
+    cm_engine_stats st0, st1;
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(st0.cache_entries, 8);
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 8; i++)
+            signal_ev(f, ids[i], "tick", NULL);
+        run(f);
+    }
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(st1.cache_hits - st0.cache_hits, 24);
+    assert_int_equal(st1.cache_misses - st0.cache_misses, 0);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(ctx_n(f, ids[i]), 3);
+}
+
+/* At most cache_max running instances stay in memory: a new one makes room
+** by dropping the one stepped longest ago, which is then read from its row;
+** instances that end or pause are not kept. */
+static void test_the_cache_is_bounded_and_drops_the_longest_idle(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    char id[16];
+    cm_engine_stats st0, st;
+    close_engine(f);
+    f->cache_max = 4;
+    open_engine(f);
+    load_ok(f, "mid.lua", MID);
+    for (int i = 1; i <= 6; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+    }
+    run(f);
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(st0.cache_entries, 4); /* m-3 .. m-6: m-1 and m-2 made room */
+    assert_int_equal(st0.cache_evictions, 2);
+    signal_ev(f, "m-3", "tick", NULL); /* kept: now the last stepped */
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL); /* read from its row; m-4 makes room */
+    run(f);
+    signal_ev(f, "m-3", "tick", NULL);
+    run(f);
+    signal_ev(f, "m-4", "tick", NULL); /* read again; m-5 makes room */
+    run(f);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_hits - st0.cache_hits, 2);
+    assert_int_equal(st.cache_misses - st0.cache_misses, 2);
+    assert_int_equal(st.cache_evictions, 4);
+    assert_int_equal(st.cache_entries, 4);
+    assert_int_equal(ctx_n(f, "m-3"), 2);
+    assert_int_equal(ctx_n(f, "m-1"), 1);
+    assert_int_equal(ctx_n(f, "m-4"), 1);
+    /* many more instances than room: the cache never holds more */
+    for (int i = 7; i <= 40; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+        signal_ev(f, id, "tick", NULL);
+        run(f);
+        cm_engine_stats_get(f->engine, &st);
+        assert_true(st.cache_entries <= 4);
+    }
+    for (int i = 1; i <= 40; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        signal_ev(f, id, "tick", NULL);
+        run(f);
+        assert_int_equal(ctx_n(f, id), i == 3 ? 3 : i >= 7 || i == 1 || i == 4 ? 2 : 1);
+    }
+    /* ended and paused instances are not kept */
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_entries, 4);
+    assert_int_equal(cm_engine_pause(f->engine, "m-40", &err), 0);
+    for (int i = 37; i <= 39; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        signal_ev(f, id, "stop", NULL);
+    }
+    run(f);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_entries, 0);
 }
 
 /* One batch: steps that write no effect go without a savepoint, so a handler
@@ -1567,6 +1678,9 @@ static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM history"), history);
     assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
     /* the steps that did not commit are not remembered either */
+    cm_engine_stats st;
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_entries, 0);
     assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
@@ -1627,6 +1741,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_instances_whose_ids_collide_all_stay_in_memory, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_the_cache_is_bounded_and_drops_the_longest_idle, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
