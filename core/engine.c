@@ -92,7 +92,8 @@ typedef struct inst {
     bool status_changed; /* status differs from the row's (see set_inst_status) */
     scopes scoped;       /* of its timers */
     cJSON *input;
-    char *ctx; /* the context as stored: a JSON object's text */
+    char *ctx;        /* the context as stored: a JSON object's text */
+    int64_t ctx_held; /* the runtime's own copy of ctx (cm_step.ctx_held); 0: none */
 } inst;
 
 /* A running instance kept in memory (see the instance cache). */
@@ -253,12 +254,21 @@ static void work_free(work *w)
     free(w);
 }
 
-static void inst_clear(inst *in)
+/* The runtime's copy of a context goes with the text it equals. */
+static void held_release(cm_engine *e, int64_t *held)
+{
+    if (*held && e->o.runtime->release)
+        e->o.runtime->release(e->o.runtime->ud, *held);
+    *held = 0;
+}
+
+static void inst_clear(cm_engine *e, inst *in)
 {
     cJSON_Delete(in->input);
     free(in->ctx);
     in->input = NULL;
     in->ctx = NULL;
+    held_release(e, &in->ctx_held);
 }
 
 /* ---- the instance cache ---------------------------------------------- */
@@ -311,9 +321,9 @@ static cache_ent *cache_unlink(inst_cache *c, cache_ent **link)
     return ent;
 }
 
-static void cache_ent_free(cache_ent *ent)
+static void cache_ent_free(cm_engine *e, cache_ent *ent)
 {
-    inst_clear(&ent->in);
+    inst_clear(e, &ent->in);
     free(ent);
 }
 
@@ -360,7 +370,7 @@ static void cache_drop(cm_engine *e, const char *id)
     inst_cache *c = &e->cache;
     cache_ent **link = c->n ? cache_find(c, id, cache_hash(id)) : NULL;
     if (link && *link)
-        cache_ent_free(cache_unlink(c, link));
+        cache_ent_free(e, cache_unlink(c, link));
 }
 
 /* Keep in (moved: its input and ctx become the cache's) if it is running. */
@@ -369,10 +379,13 @@ static void cache_put(cm_engine *e, inst *in)
     inst_cache *c = &e->cache;
     if (strcmp(in->status, "running") != 0 || c->max <= 0)
         return; /* ended or paused: read back from the row when needed */
-    cache_drop(e, in->id);
+    uint32_t h = cache_hash(in->id);
+    cache_ent **link = c->n ? cache_find(c, in->id, h) : NULL;
+    if (link && *link) /* not expected: a step takes its entry out first */
+        cache_ent_free(e, cache_unlink(c, link));
     if (c->n >= c->max) {
         cache_ent *old = c->oldest;
-        cache_ent_free(cache_unlink(c, cache_find(c, old->in.id, old->hash)));
+        cache_ent_free(e, cache_unlink(c, cache_find(c, old->in.id, old->hash)));
         e->stats.cache_evictions++;
     }
     if ((size_t)c->n >= c->nbuckets)
@@ -383,7 +396,8 @@ static void cache_put(cm_engine *e, inst *in)
     ent->in = *in;
     in->input = NULL;
     in->ctx = NULL;
-    ent->hash = cache_hash(in->id);
+    in->ctx_held = 0;
+    ent->hash = h;
     cache_ent **head = &c->buckets[ent->hash & (c->nbuckets - 1)];
     ent->next = *head;
     *head = ent;
@@ -402,7 +416,7 @@ static void cache_clear(cm_engine *e)
     inst_cache *c = &e->cache;
     for (cache_ent *ent = c->oldest, *newer; ent; ent = newer) {
         newer = ent->newer;
-        cache_ent_free(ent);
+        cache_ent_free(e, ent);
     }
     if (c->buckets)
         memset(c->buckets, 0, c->nbuckets * sizeof(*c->buckets));
@@ -684,7 +698,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         in->hist = sqlite3_column_int64(st, 9);
         in->seq = sqlite3_column_int64(st, 10);
         if (!in->input || !in->ctx) {
-            inst_clear(in);
+            inst_clear(e, in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
         }
     } else if (s == SQLITE_DONE) {
@@ -694,7 +708,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
     }
     sqlite3_reset(st);
     if (rc == 0 && (rc = scoped_load(e, in, err)) != 0)
-        inst_clear(in);
+        inst_clear(e, in);
     return rc;
 }
 
@@ -1419,6 +1433,9 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp->is_timer = is_timer;
     sp->now_ms = cm_clock_now_ms(e->o.clock);
     sp->ctx = in->ctx;
+    sp->ctx_held = in->ctx_held; /* the step's now; what it hands back equals the ctx the
+                                 ** instance has once the step is applied */
+    in->ctx_held = 0;
     sqlite3 *db = cm_store_db(e->o.store);
     sqlite3_int64 changes = sqlite3_total_changes64(db);
     cm_store_on_nested_write(e->o.store, open_step_sp, e);
@@ -1428,8 +1445,11 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
         e->stats.lua_errors++;
     else if (rc == CM_EBUDGET || rc == CM_EMEMCAP)
         e->stats.budget_kills++;
+    in->ctx_held = sp->ctx_held;
+    sp->ctx_held = 0;
     if (!e->step_sp && sqlite3_total_changes64(db) != changes) {
         step_clear(sp);
+        held_release(e, &in->ctx_held);
         rc = cm_err_set(err, CM_EDB, "instance %s: the runtime wrote to the store during a step",
                         in->id);
         break_batch(e, err);
@@ -1480,7 +1500,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
     in.ctx = dup_str("{}");
     if (!in.input || !in.ctx) {
-        inst_clear(&in);
+        inst_clear(e, &in);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     cm_copy_str(in.state, sizeof(in.state), "");
@@ -1496,7 +1516,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
             return 0;
         }
     }
-    inst_clear(&in);
+    inst_clear(e, &in);
     return rc;
 }
 
@@ -1673,7 +1693,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     int rc = cache_take(e, instance, &in) ? 0 : inst_load(e, instance, &in, err);
     if (rc == 0 && strcmp(in.status, "paused") == 0) {
         rc = hold_event(e, seq, &in, name, payload, is_timer, oc, err);
-        inst_clear(&in);
+        inst_clear(e, &in);
         return rc;
     }
     if (rc == 0 && strcmp(in.status, "running") != 0)
@@ -1700,7 +1720,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         cache_put(e, &in); /* a failed step's changes were rolled back: not kept */
     else
         e->stats.failed++;
-    inst_clear(&in);
+    inst_clear(e, &in);
     return rc;
 }
 
@@ -2061,7 +2081,7 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
             sp_end(e, rc == 0); /* a start that fails is refused: nothing is kept */
             if (rc == 0) {      /* its first event need not read it back */
                 cache_put(e, &in);
-                inst_clear(&in);
+                inst_clear(e, &in);
             }
         }
         if (rc != 0)
@@ -2457,7 +2477,7 @@ static int with_instance(cm_engine *e, const char *id,
         tell_events(e);
     else
         e->nevents = 0;
-    inst_clear(&in);
+    inst_clear(e, &in);
     if (rc == 0 && e->attached)
         arm_loop(e);
     return rc;

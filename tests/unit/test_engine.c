@@ -39,9 +39,10 @@ typedef struct fx {
     cm_lua_host host;
     cm_lua_runtime *rt;
     cm_engine *engine;
-    int batch_ms;     /* cm_engine_opts.batch_ms; 0: by count only */
-    int cache_max;    /* cm_engine_opts.cache_max; 0: the default */
-    const char *peer; /* the one configured federation peer, or NULL */
+    int batch_ms;      /* cm_engine_opts.batch_ms; 0: by count only */
+    int cache_max;     /* cm_engine_opts.cache_max; 0: the default */
+    size_t lua_memory; /* the sandbox's memory cap; 0: the default */
+    const char *peer;  /* the one configured federation peer, or NULL */
     acks a;
 } fx;
 
@@ -126,7 +127,8 @@ static void open_engine(fx *f)
     so.create = true;
     assert_int_equal(cm_store_open(&f->store, &so, &err), 0);
     f->model = cm_model_new(f->store, f->clock);
-    f->sb = cm_sandbox_new(NULL, &err);
+    cm_sandbox_limits limits = {0, f->lua_memory};
+    f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
     f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
@@ -1573,6 +1575,117 @@ static void test_the_cache_is_bounded_and_drops_the_longest_idle(void **state)
     assert_int_equal(st.cache_entries, 0);
 }
 
+static const char *KEEPER =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'keeper', version = 1, start = 's',\n"
+    "  states = {\n"
+    "    s = { on = {\n"
+    "      tick = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 1 end,\n"
+    "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
+    "      float = function(wf) wf.ctx.f = 2.0 end,\n"
+    "      ftype = function(wf) wf.ctx.ft = math.type(wf.ctx.f) end,\n"
+    "      alias = function(wf) local t = { v = 1 }; wf.ctx.a = t; wf.ctx.b = t end,\n"
+    "      bump = function(wf) wf.ctx.a.v = 2 end,\n"
+    "      meta = function(wf)\n"
+    "        wf.ctx.m = setmetatable({}, { __index = function() return 'x' end }) end,\n"
+    "      look = function(wf) wf.ctx.bv = wf.ctx.b.v; wf.ctx.mz = wf.ctx.m.z or 'none' end,\n"
+    "      arm = function(wf) wf:after('1h', 'peek') end,\n"
+    "      peek = { to = 'z', guard = function(wf) wf.ctx.n = 77; return false end },\n"
+    "      hog = function(wf) wf.ctx.n = 55; local t = {}\n"
+    "        for i = 1, 100000000 do t[i] = i end end,\n"
+    "      stop = 'z' } },\n"
+    "    z = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void keeper_step(fx *f, const char *id, const char *event)
+{
+    signal_ev(f, id, event, NULL);
+    run(f);
+}
+
+static void expect_ctx(fx *f, const char *id, const char *path, const char *want)
+{
+    char sql[300], got[128];
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(json_extract(ctx, '%s'), '') FROM instance WHERE id = '%s'", path,
+             id);
+    text_of(f, sql, got, sizeof(got));
+    assert_string_equal(got, want);
+}
+
+/* A running instance's wf.ctx stays a table between its steps, so a step
+** reads no text; a step that fails drops it, and so does one whose context
+** would read back as something else (a float with an integral value, one
+** table in two places, a metatable): the next step sees its row. */
+static void test_a_kept_context_behaves_as_its_row(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "keeper.lua", KEEPER);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", NULL, "k-1", on_ack, &f->a, &err), 0);
+    run(f);
+    unsigned long reads = cm_lua_runtime_ctx_reads(f->rt);
+    for (int i = 0; i < 3; i++)
+        keeper_step(f, "k-1", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1); /* the first tick only */
+    keeper_step(f, "k-1", "boom");
+    assert_int_equal(f->a.status[4], CM_ELUA);
+    keeper_step(f, "k-1", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 2);
+    assert_int_equal(ctx_n(f, "k-1"), 4);
+    /* its event, kept for retry, would come back with the clock */
+    assert_int_equal(cm_store_exec(f->store, "DELETE FROM event WHERE instance = 'k-1'", &err), 0);
+    keeper_step(f, "k-1", "float");
+    keeper_step(f, "k-1", "ftype");
+    expect_ctx(f, "k-1", "$.ft", "integer");
+    keeper_step(f, "k-1", "alias");
+    keeper_step(f, "k-1", "bump");
+    keeper_step(f, "k-1", "meta");
+    keeper_step(f, "k-1", "look");
+    expect_ctx(f, "k-1", "$.bv", "1");
+    expect_ctx(f, "k-1", "$.mz", "none");
+    /* a timer whose guard changed wf.ctx and refused: nothing is written, and
+    ** nothing of it stays */
+    keeper_step(f, "k-1", "tick");
+    keeper_step(f, "k-1", "arm");
+    reads = cm_lua_runtime_ctx_reads(f->rt);
+    advance(f, HOUR);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance = 'k-1' AND "
+                              "note LIKE 'timer ignored%'"),
+                     1);
+    keeper_step(f, "k-1", "tick");
+    assert_int_equal(ctx_n(f, "k-1"), 6);
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1);
+}
+
+/* A memory kill drops every kept context, so that the retry has the room
+** the cap gives: the other instances read theirs from the text again. */
+static void test_a_memory_kill_drops_every_kept_context(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    close_engine(f);
+    f->lua_memory = (size_t)16 << 20;
+    open_engine(f);
+    load_ok(f, "keeper.lua", KEEPER);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", NULL, "k-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", NULL, "k-2", on_ack, &f->a, &err), 0);
+    run(f);
+    keeper_step(f, "k-1", "tick");
+    keeper_step(f, "k-2", "tick");
+    unsigned long reads = cm_lua_runtime_ctx_reads(f->rt);
+    keeper_step(f, "k-2", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt), reads); /* kept */
+    keeper_step(f, "k-1", "hog");
+    assert_int_equal(f->a.status[f->a.n - 1], CM_EMEMCAP);
+    keeper_step(f, "k-2", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1);
+    assert_int_equal(ctx_n(f, "k-2"), 3);
+    assert_int_equal(ctx_n(f, "k-1"), 1);
+}
+
 /* One batch: steps that write no effect go without a savepoint, so a handler
 ** that raises or runs out of budget in the middle of it must leave its
 ** instance as it was, its event kept with the error, and the steps around it
@@ -1745,6 +1858,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_instances_whose_ids_collide_all_stay_in_memory, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_the_cache_is_bounded_and_drops_the_longest_idle, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_context_behaves_as_its_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_memory_kill_drops_every_kept_context, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
