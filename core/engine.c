@@ -94,6 +94,7 @@ typedef struct inst {
     cJSON *input;
     char *ctx;        /* the context as stored: a JSON object's text */
     int64_t ctx_held; /* the runtime's own copy of ctx (cm_step.ctx_held); 0: none */
+    bool installed;   /* its definition is installed in the runtime (never undone) */
 } inst;
 
 /* A running instance kept in memory (see the instance cache). */
@@ -1420,8 +1421,9 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     int rc;
     memset(sp, 0, sizeof(*sp));
     e->step_sp = false;
-    if ((rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
+    if (!in->installed && (rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
         return rc;
+    in->installed = true; /* a kept instance's next step asks no more */
     sp->workflow = in->workflow;
     sp->rev = in->rev;
     sp->instance = in->id;

@@ -39,10 +39,12 @@ typedef struct fx {
     cm_lua_host host;
     cm_lua_runtime *rt;
     cm_engine *engine;
-    int batch_ms;      /* cm_engine_opts.batch_ms; 0: by count only */
-    int cache_max;     /* cm_engine_opts.cache_max; 0: the default */
-    size_t lua_memory; /* the sandbox's memory cap; 0: the default */
-    const char *peer;  /* the one configured federation peer, or NULL */
+    int batch_ms;         /* cm_engine_opts.batch_ms; 0: by count only */
+    int cache_max;        /* cm_engine_opts.cache_max; 0: the default */
+    size_t lua_memory;    /* the sandbox's memory cap; 0: the default */
+    bool count_installed; /* the engine asks through counting_installed */
+    cm_runtime seam;
+    const char *peer; /* the one configured federation peer, or NULL */
     acks a;
 } fx;
 
@@ -117,6 +119,15 @@ static bool route_at_insert(void *ud, const char *node)
     return f->peer && strcmp(f->peer, node) == 0;
 }
 
+static const cm_runtime *real_seam;
+static int installed_calls;
+
+static bool counting_installed(void *ud, const char *name, int rev)
+{
+    installed_calls++;
+    return real_seam->installed(ud, name, rev);
+}
+
 static void open_engine(fx *f)
 {
     cm_store_opts so;
@@ -140,6 +151,12 @@ static void open_engine(fx *f)
     eo.model = f->model;
     eo.clock = f->clock;
     eo.runtime = cm_lua_runtime_seam(f->rt);
+    if (f->count_installed) {
+        real_seam = eo.runtime;
+        f->seam = *real_seam;
+        f->seam.installed = counting_installed;
+        eo.runtime = &f->seam;
+    }
     eo.max_attempts = 3;
     eo.retry_base_ms = 1000;
     eo.batch_max = 16;
@@ -1686,6 +1703,35 @@ static void test_a_memory_kill_drops_every_kept_context(void **state)
     assert_int_equal(ctx_n(f, "k-1"), 1);
 }
 
+/* An instance kept in memory has run a step: its definition is installed,
+** and its next steps do not ask the runtime again; one read from its row
+** asks once. */
+static void test_a_kept_instance_does_not_ask_for_its_definition_again(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    close_engine(f);
+    f->count_installed = true;
+    open_engine(f);
+    load_ok(f, "mid.lua", MID);
+    installed_calls = 0;
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    run(f);
+    for (int i = 0; i < 3; i++) {
+        signal_ev(f, "m-1", "tick", NULL);
+        run(f);
+    }
+    assert_int_equal(installed_calls, 1);
+    assert_int_equal(cm_engine_pause(f->engine, "m-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "m-1", &err), 0);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(installed_calls, 2);
+    assert_int_equal(ctx_n(f, "m-1"), 5);
+}
+
 /* One batch: steps that write no effect go without a savepoint, so a handler
 ** that raises or runs out of budget in the middle of it must leave its
 ** instance as it was, its event kept with the error, and the steps around it
@@ -1862,6 +1908,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_kept_context_behaves_as_its_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_memory_kill_drops_every_kept_context, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_instance_does_not_ask_for_its_definition_again,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
