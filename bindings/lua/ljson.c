@@ -135,18 +135,19 @@ static bool out_room(out_buf *o, size_t n)
     return true;
 }
 
-static void out_add(out_buf *o, const char *s, size_t n)
+/* The text is NUL-terminated once, at the end (out_room leaves a byte for it). */
+static inline void out_add(out_buf *o, const char *s, size_t n)
 {
-    if (out_room(o, n)) {
+    if (o->cap - o->len > n || out_room(o, n)) {
         memcpy(o->s + o->len, s, n);
         o->len += n;
-        o->s[o->len] = '\0';
     }
 }
 
-static void out_char(out_buf *o, char c)
+static inline void out_char(out_buf *o, char c)
 {
-    out_add(o, &c, 1);
+    if (o->cap - o->len > 1 || out_room(o, 1))
+        o->s[o->len++] = c;
 }
 
 /* A JSON string, escaped as cm_json_escape_byte says (text.h). */
@@ -368,6 +369,8 @@ int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, si
         *same = rc == 0 && sc.same;
     if (rc == 0 && o.failed)
         rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory", name);
+    if (rc == 0)
+        o.s[o.len] = '\0';
     if (rc != 0) {
         free(o.s);
         return rc;
