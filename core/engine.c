@@ -30,8 +30,8 @@
 #define ENGINE_SP_MAX      (2 * ENGINE_SPAWN_DEPTH + 4)
 #define ENGINE_RUN_BATCHES 1000
 #define ENGINE_SOURCE_MAX  ((size_t)4 << 20)
-#define ENGINE_CACHE_MAX   16384 /* running instances kept in memory (cm_engine_opts.cache_max) */
-#define ENGINE_CACHE_MIN   64    /* the cache's first bucket array */
+#define ENGINE_CACHE_MAX   4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
+#define ENGINE_CACHE_MIN   64   /* the cache's first bucket array */
 
 typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
 

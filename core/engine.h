@@ -138,7 +138,7 @@ typedef struct cm_engine_opts {
     bool (*route_at_insert)(void *ud, const char *node);
     void *route_ud;
     int cache_max; /* running instances kept in memory between steps (the one stepped
-                   ** longest ago goes when full); 0 selects 16384, negative: none */
+                   ** longest ago goes when full); 0 selects 4096, negative: none */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
