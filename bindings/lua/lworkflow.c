@@ -955,7 +955,10 @@ static int step_driver(lua_State *L)
     ** looked at), effects (nil if none) */
     lua_getiuservalue(L, wf, UV_CTX);
     lua_getiuservalue(L, wf, UV_EFFECTS);
-    if (d->ctx_read && !d->held_used) { /* kept for the next step (rt_step may drop it) */
+    /* kept for the next step (rt_step may drop it), while there is room: the
+    ** kept table's growth never meets the cap */
+    if (d->ctx_read && !d->held_used &&
+        cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
         lua_pushvalue(L, -3);
         lua_rawseti(L, -2, d->rt->kept_last + 1);
@@ -1293,4 +1296,20 @@ const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt)
 unsigned long cm_lua_runtime_ctx_reads(const cm_lua_runtime *rt)
 {
     return rt->ctx_reads;
+}
+
+size_t cm_lua_runtime_ctx_kept(cm_lua_runtime *rt)
+{
+    lua_State *L = cm_sandbox_state(rt->sb);
+    size_t n = 0;
+    if (!lua_checkstack(L, 3))
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->kept_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    lua_pop(L, 1);
+    return n;
 }

@@ -29,6 +29,8 @@ const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt);
 
 /* Contexts read from their JSON text so far (steps that found none kept). */
 unsigned long cm_lua_runtime_ctx_reads(const cm_lua_runtime *rt);
+/* Contexts kept now (for tests: never more than the engine's cache holds). */
+size_t cm_lua_runtime_ctx_kept(cm_lua_runtime *rt);
 
 /* Add cm.workflow to the module table on top of the stack. */
 void cm__lworkflow_register(lua_State *L);

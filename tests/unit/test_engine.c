@@ -1572,6 +1572,7 @@ static void test_the_cache_is_bounded_and_drops_the_longest_idle(void **state)
         run(f);
         cm_engine_stats_get(f->engine, &st);
         assert_true(st.cache_entries <= 4);
+        assert_true(cm_lua_runtime_ctx_kept(f->rt) <= 4); /* no more Lua tables either */
     }
     for (int i = 1; i <= 40; i++) {
         snprintf(id, sizeof(id), "m-%d", i);
@@ -1590,6 +1591,7 @@ static void test_the_cache_is_bounded_and_drops_the_longest_idle(void **state)
     run(f);
     cm_engine_stats_get(f->engine, &st);
     assert_int_equal(st.cache_entries, 0);
+    assert_int_equal(cm_lua_runtime_ctx_kept(f->rt), 0);
 }
 
 static const char *KEEPER =
@@ -1840,6 +1842,7 @@ static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
     cm_engine_stats st;
     cm_engine_stats_get(f->engine, &st);
     assert_int_equal(st.cache_entries, 0);
+    assert_int_equal(cm_lua_runtime_ctx_kept(f->rt), 0);
     assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
