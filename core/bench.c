@@ -253,11 +253,18 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     printf("engine:  %.0f durable events/s, submit-to-commit p50 %lld us, p99 %lld us\n", eps,
            (long long)p50, (long long)p99);
     printf("sqlite:  %.0f rows/s (raw batched inserts, same batching, synchronous=FULL)\n", raw);
+    cm_engine_stats es;
+    cm_engine_stats_get(w.engine, &es);
+    printf("instance cache: %llu hits, %llu misses, %llu evictions\n",
+           (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses,
+           (unsigned long long)es.cache_evictions);
     printf("{\"events_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"sqlite_rows_per_s\":%.0f,"
            "\"instances\":%d,\"events\":%ld,\"batch\":%d,\"failed\":%ld,\"max_rss_kb\":%ld,"
-           "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"max_wal_pages\":%d}\n",
+           "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"max_wal_pages\":%d,"
+           "\"cache_hits\":%llu,\"cache_misses\":%llu}\n",
            eps, (long long)p50, (long long)p99, raw, o->instances, l.n, o->batch, l.failed,
-           ru.ru_maxrss, ck.background, ck.inline_runs, ck.max_wal_pages);
+           ru.ru_maxrss, ck.background, ck.inline_runs, ck.max_wal_pages,
+           (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses);
     if (l.failed)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:

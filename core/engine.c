@@ -30,7 +30,8 @@
 #define ENGINE_SP_MAX      (2 * ENGINE_SPAWN_DEPTH + 4)
 #define ENGINE_RUN_BATCHES 1000
 #define ENGINE_SOURCE_MAX  ((size_t)4 << 20)
-#define ENGINE_CACHE_SLOTS 4096 /* running instances kept in memory, direct-mapped */
+#define ENGINE_CACHE_MAX   4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
+#define ENGINE_CACHE_MIN   64   /* the cache's first bucket array */
 
 typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
 
@@ -91,8 +92,28 @@ typedef struct inst {
     bool status_changed; /* status differs from the row's (see set_inst_status) */
     scopes scoped;       /* of its timers */
     cJSON *input;
-    char *ctx; /* the context as stored: a JSON object's text */
+    char *ctx;        /* the context as stored: a JSON object's text */
+    int64_t ctx_held; /* the runtime's own copy of ctx (cm_step.ctx_held); 0: none */
+    bool installed;   /* its definition is installed in the runtime (never undone) */
 } inst;
+
+/* A running instance kept in memory (see the instance cache). */
+typedef struct cache_ent {
+    inst in;
+    uint32_t hash;                   /* of in.id */
+    struct cache_ent *next;          /* in its bucket */
+    struct cache_ent *newer, *older; /* in the order they were last stepped */
+} cache_ent;
+
+/* Running instances as last written (see cache_take): chained buckets by
+** hash of the id, at most max entries; when full, the one stepped longest
+** ago makes room. */
+typedef struct inst_cache {
+    cache_ent **buckets;
+    size_t nbuckets; /* a power of two, grown with n up to about max; 0 before the first */
+    int n, max;
+    cache_ent *newest, *oldest;
+} inst_cache;
 
 struct cm_engine {
     cm_engine_opts o;
@@ -116,9 +137,8 @@ struct cm_engine {
     int64_t now_ms;
     char now_buf[CM_TIME_BUFSZ];
     /* Running instances as last written in a batch (see cache_take): a step
-    ** neither re-reads nor re-parses them. Slot by hash of the id; a newer
-    ** instance displaces an older one, so memory is bounded. */
-    inst **cache;
+    ** neither re-reads nor re-parses them. */
+    inst_cache cache;
     /* message kinds that start a workflow (started_by), from loaded files */
     struct starter {
         char kind[CM_NAME_MAX], workflow[CM_NAME_MAX];
@@ -235,76 +255,174 @@ static void work_free(work *w)
     free(w);
 }
 
-static void inst_clear(inst *in)
+/* The runtime's copy of a context goes with the text it equals. */
+static void held_release(cm_engine *e, int64_t *held)
+{
+    if (*held && e->o.runtime->release)
+        e->o.runtime->release(e->o.runtime->ud, *held);
+    *held = 0;
+}
+
+static void inst_clear(cm_engine *e, inst *in)
 {
     cJSON_Delete(in->input);
     free(in->ctx);
     in->input = NULL;
     in->ctx = NULL;
+    held_release(e, &in->ctx_held);
 }
 
 /* ---- the instance cache ---------------------------------------------- */
 
 /* Invariant: an entry equals its row as of the end of the last step that
 ** touched it. Whoever changes a row otherwise drops the entry; a batch that
-** fails to commit clears them all. */
+** fails to commit clears them all. A step takes its instance's entry out
+** (cache_take) and puts it back only when the step succeeded, so a failed
+** step leaves none behind.
+**
+** Bounded: at most cache.max entries (cm_engine_opts.cache_max), only
+** running instances (an ended or paused one is read from its row). When full,
+** the entry stepped longest ago goes: the instance likeliest to take its next
+** event soon is one that took one recently (a reply, the next message of an
+** exchange), while one idle longest is likeliest to wait on a timer of hours
+** or days. */
 
-static inst **cache_slot(cm_engine *e, const char *id)
+static uint32_t cache_hash(const char *id)
 {
     uint32_t h = 2166136261u;
     for (const char *p = id; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
-    return &e->cache[h % ENGINE_CACHE_SLOTS];
+    return h;
+}
+
+/* Where the entry for id (hash h) is linked in its bucket, or where it would
+** be (*link NULL). */
+static cache_ent **cache_find(inst_cache *c, const char *id, uint32_t h)
+{
+    cache_ent **link = &c->buckets[h & (c->nbuckets - 1)];
+    while (*link && ((*link)->hash != h || strcmp((*link)->in.id, id) != 0))
+        link = &(*link)->next;
+    return link;
+}
+
+/* Unlink the entry at *link from its bucket and the order of use. */
+static cache_ent *cache_unlink(inst_cache *c, cache_ent **link)
+{
+    cache_ent *ent = *link;
+    *link = ent->next;
+    if (ent->newer)
+        ent->newer->older = ent->older;
+    else
+        c->newest = ent->older;
+    if (ent->older)
+        ent->older->newer = ent->newer;
+    else
+        c->oldest = ent->newer;
+    c->n--;
+    return ent;
+}
+
+static void cache_ent_free(cm_engine *e, cache_ent *ent)
+{
+    inst_clear(e, &ent->in);
+    free(ent);
 }
 
 /* Move the entry for id into *out (the caller owns it now); false if none. */
 static bool cache_take(cm_engine *e, const char *id, inst *out)
 {
-    inst **slot = cache_slot(e, id);
-    if (!*slot || strcmp((*slot)->id, id) != 0)
+    inst_cache *c = &e->cache;
+    cache_ent **link = c->n ? cache_find(c, id, cache_hash(id)) : NULL;
+    if (!link || !*link) {
+        e->stats.cache_misses++;
         return false;
-    *out = **slot;
-    free(*slot);
-    *slot = NULL;
+    }
+    cache_ent *ent = cache_unlink(c, link);
+    *out = ent->in;
+    free(ent);
+    e->stats.cache_hits++;
     return true;
 }
 
-static void cache_free(inst **slot)
+/* Twice the buckets (rehashed), while there are fewer than about max; a
+** failed allocation only leaves the chains longer. */
+static void cache_grow(inst_cache *c)
 {
-    if (*slot) {
-        inst_clear(*slot);
-        free(*slot);
-        *slot = NULL;
+    size_t nb = c->nbuckets ? c->nbuckets * 2 : ENGINE_CACHE_MIN;
+    if (c->nbuckets && c->nbuckets >= (size_t)c->max)
+        return;
+    cache_ent **b = calloc(nb, sizeof(*b));
+    if (!b)
+        return;
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        for (cache_ent *ent = c->buckets[i], *next; ent; ent = next) {
+            next = ent->next;
+            ent->next = b[ent->hash & (nb - 1)];
+            b[ent->hash & (nb - 1)] = ent;
+        }
     }
+    free(c->buckets);
+    c->buckets = b;
+    c->nbuckets = nb;
+}
+
+static void cache_drop(cm_engine *e, const char *id)
+{
+    inst_cache *c = &e->cache;
+    cache_ent **link = c->n ? cache_find(c, id, cache_hash(id)) : NULL;
+    if (link && *link)
+        cache_ent_free(e, cache_unlink(c, link));
 }
 
 /* Keep in (moved: its input and ctx become the cache's) if it is running. */
 static void cache_put(cm_engine *e, inst *in)
 {
-    if (strcmp(in->status, "running") != 0)
+    inst_cache *c = &e->cache;
+    if (strcmp(in->status, "running") != 0 || c->max <= 0)
         return; /* ended or paused: read back from the row when needed */
-    inst **slot = cache_slot(e, in->id);
-    inst *copy = malloc(sizeof(*copy));
-    if (!copy)
+    uint32_t h = cache_hash(in->id);
+    cache_ent **link = c->n ? cache_find(c, in->id, h) : NULL;
+    if (link && *link) /* not expected: a step takes its entry out first */
+        cache_ent_free(e, cache_unlink(c, link));
+    if (c->n >= c->max) {
+        cache_ent *old = c->oldest;
+        cache_ent_free(e, cache_unlink(c, cache_find(c, old->in.id, old->hash)));
+        e->stats.cache_evictions++;
+    }
+    if ((size_t)c->n >= c->nbuckets)
+        cache_grow(c);
+    cache_ent *ent = c->nbuckets ? malloc(sizeof(*ent)) : NULL;
+    if (!ent)
         return; /* not kept: the row is the truth */
-    cache_free(slot);
-    *copy = *in;
+    ent->in = *in;
     in->input = NULL;
     in->ctx = NULL;
-    *slot = copy;
-}
-
-static void cache_drop(cm_engine *e, const char *id)
-{
-    inst **slot = cache_slot(e, id);
-    if (*slot && strcmp((*slot)->id, id) == 0)
-        cache_free(slot);
+    in->ctx_held = 0;
+    ent->hash = h;
+    cache_ent **head = &c->buckets[ent->hash & (c->nbuckets - 1)];
+    ent->next = *head;
+    *head = ent;
+    ent->newer = NULL;
+    ent->older = c->newest;
+    if (c->newest)
+        c->newest->newer = ent;
+    else
+        c->oldest = ent;
+    c->newest = ent;
+    c->n++;
 }
 
 static void cache_clear(cm_engine *e)
 {
-    for (int i = 0; i < ENGINE_CACHE_SLOTS; i++)
-        cache_free(&e->cache[i]);
+    inst_cache *c = &e->cache;
+    for (cache_ent *ent = c->oldest, *newer; ent; ent = newer) {
+        newer = ent->newer;
+        cache_ent_free(e, ent);
+    }
+    if (c->buckets)
+        memset(c->buckets, 0, c->nbuckets * sizeof(*c->buckets));
+    c->n = 0;
+    c->newest = c->oldest = NULL;
 }
 
 static int db_fail(cm_engine *e, cm_err *err, const char *what)
@@ -581,7 +699,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
         in->hist = sqlite3_column_int64(st, 9);
         in->seq = sqlite3_column_int64(st, 10);
         if (!in->input || !in->ctx) {
-            inst_clear(in);
+            inst_clear(e, in);
             rc = cm_err_set(err, CM_EDB, "instance %s: stored input or context is not JSON", id);
         }
     } else if (s == SQLITE_DONE) {
@@ -591,7 +709,7 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
     }
     sqlite3_reset(st);
     if (rc == 0 && (rc = scoped_load(e, in, err)) != 0)
-        inst_clear(in);
+        inst_clear(e, in);
     return rc;
 }
 
@@ -1303,8 +1421,9 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     int rc;
     memset(sp, 0, sizeof(*sp));
     e->step_sp = false;
-    if ((rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
+    if (!in->installed && (rc = ensure_installed(e, in->workflow, in->rev, err)) != 0)
         return rc;
+    in->installed = true; /* a kept instance's next step asks no more */
     sp->workflow = in->workflow;
     sp->rev = in->rev;
     sp->instance = in->id;
@@ -1316,6 +1435,9 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     sp->is_timer = is_timer;
     sp->now_ms = cm_clock_now_ms(e->o.clock);
     sp->ctx = in->ctx;
+    sp->ctx_held = in->ctx_held; /* the step's now; what it hands back equals the ctx the
+                                 ** instance has once the step is applied */
+    in->ctx_held = 0;
     sqlite3 *db = cm_store_db(e->o.store);
     sqlite3_int64 changes = sqlite3_total_changes64(db);
     cm_store_on_nested_write(e->o.store, open_step_sp, e);
@@ -1325,8 +1447,11 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
         e->stats.lua_errors++;
     else if (rc == CM_EBUDGET || rc == CM_EMEMCAP)
         e->stats.budget_kills++;
+    in->ctx_held = sp->ctx_held;
+    sp->ctx_held = 0;
     if (!e->step_sp && sqlite3_total_changes64(db) != changes) {
         step_clear(sp);
+        held_release(e, &in->ctx_held);
         rc = cm_err_set(err, CM_EDB, "instance %s: the runtime wrote to the store during a step",
                         in->id);
         break_batch(e, err);
@@ -1377,7 +1502,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
     in.input = input ? cJSON_Duplicate(input, true) : cJSON_CreateObject();
     in.ctx = dup_str("{}");
     if (!in.input || !in.ctx) {
-        inst_clear(&in);
+        inst_clear(e, &in);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     cm_copy_str(in.state, sizeof(in.state), "");
@@ -1393,7 +1518,7 @@ static int start_instance(cm_engine *e, const char *workflow, const cJSON *input
             return 0;
         }
     }
-    inst_clear(&in);
+    inst_clear(e, &in);
     return rc;
 }
 
@@ -1570,7 +1695,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     int rc = cache_take(e, instance, &in) ? 0 : inst_load(e, instance, &in, err);
     if (rc == 0 && strcmp(in.status, "paused") == 0) {
         rc = hold_event(e, seq, &in, name, payload, is_timer, oc, err);
-        inst_clear(&in);
+        inst_clear(e, &in);
         return rc;
     }
     if (rc == 0 && strcmp(in.status, "running") != 0)
@@ -1597,7 +1722,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         cache_put(e, &in); /* a failed step's changes were rolled back: not kept */
     else
         e->stats.failed++;
-    inst_clear(&in);
+    inst_clear(e, &in);
     return rc;
 }
 
@@ -1958,7 +2083,7 @@ static void process_work(cm_engine *e, work *w, outcome *oc)
             sp_end(e, rc == 0); /* a start that fails is refused: nothing is kept */
             if (rc == 0) {      /* its first event need not read it back */
                 cache_put(e, &in);
-                inst_clear(&in);
+                inst_clear(e, &in);
             }
         }
         if (rc != 0)
@@ -2354,7 +2479,7 @@ static int with_instance(cm_engine *e, const char *id,
         tell_events(e);
     else
         e->nevents = 0;
-    inst_clear(&in);
+    inst_clear(e, &in);
     if (rc == 0 && e->attached)
         arm_loop(e);
     return rc;
@@ -2598,11 +2723,7 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
         return NULL;
     }
     e->o = *opts;
-    if (!(e->cache = calloc(ENGINE_CACHE_SLOTS, sizeof(*e->cache)))) {
-        engine_free(e);
-        cm_err_set(err, CM_ENOMEM, "out of memory");
-        return NULL;
-    }
+    e->cache.max = e->o.cache_max ? e->o.cache_max : ENGINE_CACHE_MAX;
     if (e->o.batch_max <= 0)
         e->o.batch_max = ENGINE_BATCH_DEFAULT;
     if (e->o.batch_ms == 0)
@@ -2633,8 +2754,8 @@ void cm_engine_destroy(cm_engine **engine_p)
         work_free(w);
     }
     cache_clear(e);
-    free(e->cache);
-    e->cache = NULL;
+    free(e->cache.buckets);
+    e->cache.buckets = NULL;
     if (e->closing > 0)
         e->doomed = true; /* freed by the last close callback */
     else
@@ -2715,6 +2836,7 @@ const double cm_engine_latency_bounds[CM_ENGINE_LATENCY_BUCKETS] = {
 void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out)
 {
     *out = e->stats;
+    out->cache_entries = (uint64_t)e->cache.n;
 }
 
 void cm_engine_set_work_hook(cm_engine *e, cm_engine_work_hook fn, void *ud)

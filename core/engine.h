@@ -56,6 +56,12 @@ typedef struct cm_step {
     bool is_timer;        /* the event is a timer firing */
     int64_t now_ms;       /* the engine's clock */
     const char *ctx;      /* the context as stored: a JSON object's text */
+    /* in and out: the runtime's own copy of ctx, kept from the instance's last
+    ** step so that the next need not read the text again (0: none). The step
+    ** takes over the one it is given; what it leaves here (0: none) equals the
+    ** context after the step (ctx_out, or ctx when that is NULL) and is the
+    ** caller's, to hand to the instance's next step or to release. */
+    int64_t ctx_held;
     /* out */
     char *ctx_out;          /* the context after the step as JSON object text (engine
                             ** frees), or NULL when the step left it as it was */
@@ -107,6 +113,10 @@ typedef struct cm_runtime {
     ** in a nested scope opened after cm_store_nested_write (model.c, plugin.c
     ** do); any other write fails the batch. */
     int (*step)(void *ud, cm_step *step, cm_err *err);
+    /* Drop a copy of a context that a step left in cm_step.ctx_held (the
+    ** caller's copy of the instance is gone or no longer equals its row).
+    ** May be NULL when step never leaves one. */
+    void (*release)(void *ud, int64_t held);
 } cm_runtime;
 
 typedef struct cm_engine_opts {
@@ -127,6 +137,8 @@ typedef struct cm_engine_opts {
     ** route it. */
     bool (*route_at_insert)(void *ud, const char *node);
     void *route_ud;
+    int cache_max; /* running instances kept in memory between steps (the one stepped
+                   ** longest ago goes when full); 0 selects 4096, negative: none */
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
@@ -281,6 +293,10 @@ typedef struct cm_engine_stats {
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */
+    uint64_t cache_hits;                            /* events whose instance was in memory */
+    uint64_t cache_misses;    /* events whose instance was read from its row */
+    uint64_t cache_evictions; /* entries dropped to make room (the cache was full) */
+    uint64_t cache_entries;   /* running instances in memory now */
 } cm_engine_stats;
 void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out);
 

@@ -15,8 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LJSON_MAX_DEPTH 32
-#define LJSON_BOX       "caremesh.json"
+#define LJSON_MAX_DEPTH   32
+#define LJSON_BOX         "caremesh.json"
+#define LJSON_SAME_TABLES 64 /* tables cm_ljson_encode_same tells apart */
 
 typedef struct path_buf {
     char s[512];
@@ -134,18 +135,19 @@ static bool out_room(out_buf *o, size_t n)
     return true;
 }
 
-static void out_add(out_buf *o, const char *s, size_t n)
+/* The text is NUL-terminated once, at the end (out_room leaves a byte for it). */
+static inline void out_add(out_buf *o, const char *s, size_t n)
 {
-    if (out_room(o, n)) {
+    if (o->cap - o->len > n || out_room(o, n)) {
         memcpy(o->s + o->len, s, n);
         o->len += n;
-        o->s[o->len] = '\0';
     }
 }
 
-static void out_char(out_buf *o, char c)
+static inline void out_char(out_buf *o, char c)
 {
-    out_add(o, &c, 1);
+    if (o->cap - o->len > 1 || out_room(o, 1))
+        o->s[o->len++] = c;
 }
 
 /* A JSON string, escaped as cm_json_escape_byte says (text.h). */
@@ -205,9 +207,42 @@ static void out_number(out_buf *o, lua_State *L, int idx)
     out_add(o, buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0);
 }
 
-static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, cm_err *err);
+/* Whether the text, read back, gives tables that behave as the value written
+** (see cm_ljson_encode_same); NULL when nobody asks. */
+typedef struct same_check {
+    bool same;
+    int ntables;
+    const void *tables[LJSON_SAME_TABLES];
+} same_check;
 
-static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, cm_err *err)
+/* A table met while writing: one with a metatable, or met before, reads
+** back as something else. */
+static void same_table(lua_State *L, int idx, same_check *sc)
+{
+    if (!sc || !sc->same)
+        return;
+    if (lua_getmetatable(L, idx)) {
+        lua_pop(L, 1);
+        sc->same = false;
+        return;
+    }
+    const void *t = lua_topointer(L, idx);
+    for (int i = 0; i < sc->ntables; i++)
+        if (sc->tables[i] == t) {
+            sc->same = false; /* two places, one table: read back, two */
+            return;
+        }
+    if (sc->ntables == LJSON_SAME_TABLES)
+        sc->same = false; /* too many to tell */
+    else
+        sc->tables[sc->ntables++] = t;
+}
+
+static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, same_check *sc,
+                  cm_err *err);
+
+static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+                        same_check *sc, cm_err *err)
 {
     bool is_array = false;
     lua_Integer n = 0;
@@ -217,6 +252,7 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
                           LJSON_MAX_DEPTH);
     if (!lua_checkstack(L, 4))
         return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+    same_table(L, idx, sc);
     if ((rc = classify_table(L, idx, path, &is_array, &n, err)) != 0)
         return rc;
     out_char(o, is_array ? '[' : '{');
@@ -226,7 +262,7 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
             if (i > 1)
                 out_char(o, ',');
             lua_rawgeti(L, idx, i);
-            rc = encode(L, lua_gettop(L), path, depth + 1, o, err);
+            rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
             lua_pop(L, 1);
             path_pop(path, mark);
             if (rc != 0)
@@ -248,7 +284,7 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
                 first = false;
                 out_string(o, key, klen);
                 out_char(o, ':');
-                rc = encode(L, lua_gettop(L), path, depth + 1, o, err);
+                rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
             }
             path_pop(path, mark);
             lua_pop(L, 1);
@@ -262,7 +298,8 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
     return 0;
 }
 
-static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, cm_err *err)
+static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, same_check *sc,
+                  cm_err *err)
 {
     switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
@@ -279,6 +316,8 @@ static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, 
             (lua_tointeger(L, idx) > (1LL << 53) || lua_tointeger(L, idx) < -(1LL << 53)))
             return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
                               path->s);
+        if (sc && !lua_isinteger(L, idx) && d == floor(d) && fabs(d) <= 9007199254740992.0)
+            sc->same = false; /* written as an integer, read back as one */
         out_number(o, L, idx);
         return 0;
     }
@@ -299,7 +338,7 @@ static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, 
         }
         return cm_err_set(err, CM_EINVAL, "%s: a userdata cannot be carried", path->s);
     case LUA_TTABLE:
-        return encode_table(L, idx, path, depth, o, err);
+        return encode_table(L, idx, path, depth, o, sc, err);
     default:
         return cm_err_set(err, CM_EINVAL,
                           "%s: a %s cannot be carried (only strings, numbers, "
@@ -310,17 +349,28 @@ static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, 
 
 int cm_ljson_encode(lua_State *L, int idx, const char *root, char **out, size_t *len, cm_err *err)
 {
+    return cm_ljson_encode_same(L, idx, root, out, len, NULL, err);
+}
+
+int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, size_t *len,
+                         bool *same, cm_err *err)
+{
     path_buf path;
     out_buf o = {NULL, 0, 0, false};
+    same_check sc = {true, 0, {NULL}};
     const char *name = root ? root : "value";
     size_t nlen = strlen(name);
     *out = NULL;
     path.len = nlen < sizeof(path.s) ? nlen : sizeof(path.s) - 1;
     memcpy(path.s, name, path.len);
     path.s[path.len] = '\0';
-    int rc = encode(L, lua_absindex(L, idx), &path, 0, &o, err);
+    int rc = encode(L, lua_absindex(L, idx), &path, 0, &o, same ? &sc : NULL, err);
+    if (same)
+        *same = rc == 0 && sc.same;
     if (rc == 0 && o.failed)
         rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory", name);
+    if (rc == 0)
+        o.s[o.len] = '\0';
     if (rc != 0) {
         free(o.s);
         return rc;

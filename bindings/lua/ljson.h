@@ -25,6 +25,14 @@ int cm_ljson_from_lua(lua_State *L, int idx, const char *root, cJSON **out, cm_e
 ** string the caller frees, *len (may be NULL) its length. Never raises. */
 int cm_ljson_encode(lua_State *L, int idx, const char *root, char **out, size_t *len, cm_err *err);
 
+/* cm_ljson_encode, and *same: whether reading the text back
+** (cm_ljson_push_object_text) gives tables that behave as the value did.
+** Not when a table has a metatable or is reached twice (read back: two
+** tables), when a float with an integral value is written (read back: an
+** integer), or when there are more than 64 tables to tell apart. */
+int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, size_t *len,
+                         bool *same, cm_err *err);
+
 /* Push an empty box and return its slot: store a document there and Lua frees
 ** it if an error unwinds; set the slot to NULL after freeing it yourself.
 ** Raises on out of memory (before anything is owned). */

@@ -25,7 +25,17 @@ struct cm_lua_runtime {
     cm_runtime seam;
     cm_sandbox *sb;
     int defs_ref; /* registry ref: "name@rev" -> spec; "pending:name" -> spec */
+    /* Contexts kept as tables between steps (cm_step.ctx_held): registry ref
+    ** to id -> table. Ids are never reused, so one dropped (released, or all
+    ** of them after a memory kill) is only a miss: the step reads the text. */
+    int kept_ref;
+    lua_Integer kept_last;
+    unsigned long ctx_reads; /* contexts read from their text */
 };
+
+/* Keep contexts only while the state holds less than this share of its cap:
+** the handlers' room stays the cap less a quarter at most. */
+#define KEPT_CAP_SHARE 4
 
 /* ---- durations -------------------------------------------------------- */
 
@@ -297,6 +307,10 @@ void cm__lworkflow_register(lua_State *L)
 /* What one step's handlers share. Lives on the C stack of rt_step. */
 typedef struct drv {
     cm_step *sp;
+    cm_lua_runtime *rt;
+    bool ctx_read;         /* wf.ctx was made in this step */
+    bool held_used;        /* ... from the table kept under sp->ctx_held */
+    lua_Integer stored;    /* ... from its text, and kept under this id (0: not kept) */
     int states;            /* stack index of the definition's states table */
     char cur[CM_NAME_MAX]; /* the state handlers run in */
     char go[CM_NAME_MAX];  /* set by wf:go */
@@ -643,8 +657,25 @@ static void push_input(lua_State *L, drv *d, bool raw)
         lua_remove(L, -2);
 }
 
+/* Push the context kept from the instance's last step; false (nothing
+** pushed) when there is none. */
+static bool push_held(lua_State *L, drv *d)
+{
+    if (!d->sp->ctx_held)
+        return false;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
+    if (lua_rawgeti(L, -1, (lua_Integer)d->sp->ctx_held) != LUA_TTABLE) {
+        lua_pop(L, 2);
+        return false;
+    }
+    lua_remove(L, -2);
+    d->held_used = true;
+    return true;
+}
+
 /* wf.ctx and wf.input are made on first use: a step whose handlers never
-** look at them neither decodes nor re-encodes them (nor writes the context). */
+** look at them neither decodes nor re-encodes them (nor writes the context).
+** wf.ctx is the table kept from the instance's last step when there is one. */
 static void push_lazy(lua_State *L, drv *d, int uv)
 {
     if (lua_getiuservalue(L, 1, uv) != LUA_TNIL)
@@ -653,8 +684,12 @@ static void push_lazy(lua_State *L, drv *d, int uv)
     if (uv == UV_INPUT) {
         push_input(L, d, false);
     } else {
-        if (!cm_ljson_push_object_text(L, d->sp->ctx))
-            luaL_error(L, "%s: the stored context is not a JSON object", d->sp->instance);
+        d->ctx_read = true;
+        if (!push_held(L, d)) {
+            if (!cm_ljson_push_object_text(L, d->sp->ctx))
+                luaL_error(L, "%s: the stored context is not a JSON object", d->sp->instance);
+            d->rt->ctx_reads++;
+        }
     }
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, 1, uv);
@@ -920,6 +955,16 @@ static int step_driver(lua_State *L)
     ** looked at), effects (nil if none) */
     lua_getiuservalue(L, wf, UV_CTX);
     lua_getiuservalue(L, wf, UV_EFFECTS);
+    /* kept for the next step (rt_step may drop it), while there is room: the
+    ** kept table's growth never meets the cap */
+    if (d->ctx_read && !d->held_used &&
+        cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
+        lua_pushvalue(L, -3);
+        lua_rawseti(L, -2, d->rt->kept_last + 1);
+        lua_pop(L, 1);
+        d->stored = ++d->rt->kept_last;
+    }
     return 2;
 }
 
@@ -957,6 +1002,70 @@ static void def_key(char *buf, size_t n, const char *name, int rev)
     buf[len] = '\0';
 }
 
+/* Drop kept[id]; setting an existing field to nil allocates nothing. */
+static void kept_drop(lua_State *L, cm_lua_runtime *rt, lua_Integer id)
+{
+    if (!id || !lua_checkstack(L, 3))
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->kept_ref);
+    if (lua_rawgeti(L, -1, id) != LUA_TNIL) {
+        lua_pushnil(L);
+        lua_rawseti(L, -3, id);
+    }
+    lua_pop(L, 2);
+}
+
+/* After a memory kill: every kept context goes, to give the handlers their room. */
+static void kept_drop_all(lua_State *L, cm_lua_runtime *rt)
+{
+    if (!lua_checkstack(L, 4))
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->kept_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* stack: kept, id, table */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+}
+
+static void rt_release(void *ud, int64_t held)
+{
+    cm_lua_runtime *rt = ud;
+    kept_drop(cm_sandbox_state(rt->sb), rt, (lua_Integer)held);
+}
+
+/* What the step hands back in sp->ctx_held: the table wf.ctx was, when its
+** text (ctx) reads back as the same and there is room; the one it was given
+** when wf.ctx was never made. */
+static void keep_result(lua_State *L, cm_lua_runtime *rt, drv *d, bool same)
+{
+    cm_step *sp = d->sp;
+    if (!d->ctx_read)
+        return; /* untouched: what it was given still equals the context */
+    lua_Integer id = d->held_used ? (lua_Integer)sp->ctx_held : d->stored;
+    if (!d->held_used)
+        kept_drop(L, rt, (lua_Integer)sp->ctx_held); /* not found: gone already */
+    if (!same || cm_sandbox_memory(rt->sb) > cm_sandbox_memory_cap(rt->sb) / KEPT_CAP_SHARE) {
+        kept_drop(L, rt, id);
+        id = 0;
+    }
+    sp->ctx_held = (int64_t)id;
+}
+
+/* A step that failed, or ran guards only, may have changed wf.ctx: what it
+** kept or was given goes (the one given stays when wf.ctx was never made). */
+static void keep_none(lua_State *L, cm_lua_runtime *rt, drv *d, bool failed)
+{
+    kept_drop(L, rt, d->stored);
+    if (failed || d->ctx_read) {
+        kept_drop(L, rt, (lua_Integer)d->sp->ctx_held);
+        d->sp->ctx_held = 0;
+    }
+}
+
 static int rt_step(void *ud, cm_step *sp, cm_err *err)
 {
     cm_lua_runtime *rt = ud;
@@ -966,18 +1075,25 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     int top = lua_gettop(L), rc;
     memset(&d, 0, sizeof(d));
     d.sp = sp;
+    d.rt = rt;
     def_key(key, sizeof(key), sp->workflow, sp->rev);
-    if (!lua_checkstack(L, 8))
+    if (!lua_checkstack(L, 8)) {
+        keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
+    }
     lua_pushcfunction(L, step_driver);
     lua_pushlightuserdata(L, &d);
     if (get_def(L, rt, key) != LUA_TTABLE) {
         lua_settop(L, top);
+        keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
     }
     rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
     if (rc != 0) {
         lua_settop(L, top);
+        keep_none(L, rt, &d, true);
+        if (rc == CM_EMEMCAP)
+            kept_drop_all(L, rt);
         if (d.invalid) { /* keep the plain message, without the traceback */
             char *nl = strchr(err->msg, '\n');
             if (nl)
@@ -989,13 +1105,16 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     }
     if (!sp->handled) {
         lua_settop(L, top);
+        keep_none(L, rt, &d, false); /* a guard may have changed wf.ctx: nothing is written */
         return 0;
     }
     /* stack: ctx or nil, effects (a list) or nil */
     char *ctx = NULL;
     cJSON *effects = NULL;
+    bool same = false;
     rc = 0;
-    if (!lua_isnil(L, -2) && (rc = cm_ljson_encode(L, -2, "wf.ctx", &ctx, NULL, err)) == 0) {
+    if (!lua_isnil(L, -2) &&
+        (rc = cm_ljson_encode_same(L, -2, "wf.ctx", &ctx, NULL, &same, err)) == 0) {
         if (ctx[0] != '{')
             rc = cm_err_set(err, CM_ELUA, "%s: wf.ctx must have named fields, not a list",
                             sp->instance);
@@ -1010,8 +1129,10 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     if (rc != 0) {
         free(ctx);
         cJSON_Delete(effects);
+        keep_none(L, rt, &d, true);
         return rc == CM_EINVAL ? cm_err_recode(err, CM_ELUA) : rc;
     }
+    keep_result(L, rt, &d, same);
     sp->ctx_out = ctx;
     sp->effects = effects;
     return 0;
@@ -1124,6 +1245,8 @@ static int make_defs(lua_State *L)
     cm_lua_runtime *rt = lua_touserdata(L, 1);
     lua_newtable(L);
     rt->defs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    rt->kept_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     push_instance_mt(L);
     return 0;
 }
@@ -1137,6 +1260,7 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     }
     rt->sb = sb;
     rt->defs_ref = LUA_NOREF;
+    rt->kept_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
     lua_pushlightuserdata(L, rt);
@@ -1149,6 +1273,7 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->seam.install = rt_install;
     rt->seam.installed = rt_installed;
     rt->seam.step = rt_step;
+    rt->seam.release = rt_release;
     return rt;
 }
 
@@ -1158,6 +1283,7 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
     if (!rt)
         return;
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->defs_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
     free(rt);
     *rt_p = NULL;
 }
@@ -1165,4 +1291,25 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
 const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt)
 {
     return &rt->seam;
+}
+
+unsigned long cm_lua_runtime_ctx_reads(const cm_lua_runtime *rt)
+{
+    return rt->ctx_reads;
+}
+
+size_t cm_lua_runtime_ctx_kept(cm_lua_runtime *rt)
+{
+    lua_State *L = cm_sandbox_state(rt->sb);
+    size_t n = 0;
+    if (!lua_checkstack(L, 3))
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->kept_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    lua_pop(L, 1);
+    return n;
 }

@@ -21,8 +21,16 @@ typedef struct cm_lua_runtime cm_lua_runtime;
 ** host attached). NULL on out of memory. */
 cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err);
 void cm_lua_runtime_destroy(cm_lua_runtime **rt_p);
-/* The engine seam (borrowed; valid while rt lives). */
+/* The engine seam (borrowed; valid while rt lives). A step keeps the
+** instance's wf.ctx as a table for its next step (cm_step.ctx_held) when its
+** text reads back as the same, while the state holds less than a quarter of
+** its memory cap; a memory kill drops them all. */
 const cm_runtime *cm_lua_runtime_seam(cm_lua_runtime *rt);
+
+/* Contexts read from their JSON text so far (steps that found none kept). */
+unsigned long cm_lua_runtime_ctx_reads(const cm_lua_runtime *rt);
+/* Contexts kept now (for tests: never more than the engine's cache holds). */
+size_t cm_lua_runtime_ctx_kept(cm_lua_runtime *rt);
 
 /* Add cm.workflow to the module table on top of the stack. */
 void cm__lworkflow_register(lua_State *L);

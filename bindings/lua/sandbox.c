@@ -1121,6 +1121,11 @@ size_t cm_sandbox_memory(cm_sandbox *sb)
     return sb->mem_used;
 }
 
+size_t cm_sandbox_memory_cap(cm_sandbox *sb)
+{
+    return sb->mem_cap;
+}
+
 struct preload_args {
     const char *name;
     lua_CFunction open;

@@ -87,4 +87,7 @@ int cm_sandbox_dofile(cm_sandbox *sb, const char *path, int nresults, cm_err *er
 /* Bytes the state holds now (for tests and metrics). */
 size_t cm_sandbox_memory(cm_sandbox *sb);
 
+/* The memory cap in bytes (cm_sandbox_limits.memory_bytes or the default). */
+size_t cm_sandbox_memory_cap(cm_sandbox *sb);
+
 #endif

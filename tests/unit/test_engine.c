@@ -39,7 +39,11 @@ typedef struct fx {
     cm_lua_host host;
     cm_lua_runtime *rt;
     cm_engine *engine;
-    int batch_ms;     /* cm_engine_opts.batch_ms; 0: by count only */
+    int batch_ms;         /* cm_engine_opts.batch_ms; 0: by count only */
+    int cache_max;        /* cm_engine_opts.cache_max; 0: the default */
+    size_t lua_memory;    /* the sandbox's memory cap; 0: the default */
+    bool count_installed; /* the engine asks through counting_installed */
+    cm_runtime seam;
     const char *peer; /* the one configured federation peer, or NULL */
     acks a;
 } fx;
@@ -115,6 +119,15 @@ static bool route_at_insert(void *ud, const char *node)
     return f->peer && strcmp(f->peer, node) == 0;
 }
 
+static const cm_runtime *real_seam;
+static int installed_calls;
+
+static bool counting_installed(void *ud, const char *name, int rev)
+{
+    installed_calls++;
+    return real_seam->installed(ud, name, rev);
+}
+
 static void open_engine(fx *f)
 {
     cm_store_opts so;
@@ -125,7 +138,8 @@ static void open_engine(fx *f)
     so.create = true;
     assert_int_equal(cm_store_open(&f->store, &so, &err), 0);
     f->model = cm_model_new(f->store, f->clock);
-    f->sb = cm_sandbox_new(NULL, &err);
+    cm_sandbox_limits limits = {0, f->lua_memory};
+    f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
     f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
@@ -137,12 +151,19 @@ static void open_engine(fx *f)
     eo.model = f->model;
     eo.clock = f->clock;
     eo.runtime = cm_lua_runtime_seam(f->rt);
+    if (f->count_installed) {
+        real_seam = eo.runtime;
+        f->seam = *real_seam;
+        f->seam.installed = counting_installed;
+        eo.runtime = &f->seam;
+    }
     eo.max_attempts = 3;
     eo.retry_base_ms = 1000;
     eo.batch_max = 16;
     eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
     eo.route_at_insert = route_at_insert;
     eo.route_ud = f;
+    eo.cache_max = f->cache_max;
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }
@@ -1380,7 +1401,7 @@ static const char *MID = "local cm = require 'caremesh'\n"
 
 static long ctx_n(fx *f, const char *id)
 {
-    char sql[160];
+    char sql[256];
     snprintf(sql, sizeof(sql),
              "SELECT coalesce(json_extract(ctx, '$.n'), 0) FROM instance WHERE id = '%s'", id);
     return count(f, sql);
@@ -1460,6 +1481,257 @@ static void test_a_rolled_back_spawn_tells_of_no_child(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM record WHERE id = 'org-m'"), 0);
     assert_int_equal(s.n, 0);
     assert_int_equal(s.committed_mismatch, 0);
+}
+
+/* FNV-1a, as the engine's cache and its former direct-mapped table hashed ids. */
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Instances whose ids hash alike in their low 16 bits (one slot of a table of
+** up to 65536, one bucket of the cache) each stay in memory between steps:
+** every event after the first round finds its instance there. */
+static void test_instances_whose_ids_collide_all_stay_in_memory(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    char ids[8][16];
+    int n = 0;
+    uint32_t want = fnv1a("m-0") & 0xffff;
+    for (long i = 0; n < 8 && i < 10000000; i++) {
+        snprintf(ids[n], sizeof(ids[n]), "m-%ld", i);
+        if ((fnv1a(ids[n]) & 0xffff) == want)
+            n++;
+    }
+    assert_int_equal(n, 8);
+    load_ok(f, "mid.lua", MID);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, ids[i], on_ack, &f->a, &err), 0);
+    run(f);
+    cm_engine_stats st0, st1;
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(st0.cache_entries, 8);
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 8; i++)
+            signal_ev(f, ids[i], "tick", NULL);
+        run(f);
+    }
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(st1.cache_hits - st0.cache_hits, 24);
+    assert_int_equal(st1.cache_misses - st0.cache_misses, 0);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(ctx_n(f, ids[i]), 3);
+}
+
+/* At most cache_max running instances stay in memory: a new one makes room
+** by dropping the one stepped longest ago, which is then read from its row;
+** instances that end or pause are not kept. */
+static void test_the_cache_is_bounded_and_drops_the_longest_idle(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    char id[16];
+    cm_engine_stats st0, st;
+    close_engine(f);
+    f->cache_max = 4;
+    open_engine(f);
+    load_ok(f, "mid.lua", MID);
+    for (int i = 1; i <= 6; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+    }
+    run(f);
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(st0.cache_entries, 4); /* m-3 .. m-6: m-1 and m-2 made room */
+    assert_int_equal(st0.cache_evictions, 2);
+    signal_ev(f, "m-3", "tick", NULL); /* kept: now the last stepped */
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL); /* read from its row; m-4 makes room */
+    run(f);
+    signal_ev(f, "m-3", "tick", NULL);
+    run(f);
+    signal_ev(f, "m-4", "tick", NULL); /* read again; m-5 makes room */
+    run(f);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_hits - st0.cache_hits, 2);
+    assert_int_equal(st.cache_misses - st0.cache_misses, 2);
+    assert_int_equal(st.cache_evictions, 4);
+    assert_int_equal(st.cache_entries, 4);
+    assert_int_equal(ctx_n(f, "m-3"), 2);
+    assert_int_equal(ctx_n(f, "m-1"), 1);
+    assert_int_equal(ctx_n(f, "m-4"), 1);
+    /* many more instances than room: the cache never holds more */
+    for (int i = 7; i <= 40; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+        signal_ev(f, id, "tick", NULL);
+        run(f);
+        cm_engine_stats_get(f->engine, &st);
+        assert_true(st.cache_entries <= 4);
+        assert_true(cm_lua_runtime_ctx_kept(f->rt) <= 4); /* no more Lua tables either */
+    }
+    for (int i = 1; i <= 40; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        signal_ev(f, id, "tick", NULL);
+        run(f);
+        assert_int_equal(ctx_n(f, id), i == 3 ? 3 : i >= 7 || i == 1 || i == 4 ? 2 : 1);
+    }
+    /* ended and paused instances are not kept */
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_entries, 4);
+    assert_int_equal(cm_engine_pause(f->engine, "m-40", &err), 0);
+    for (int i = 37; i <= 39; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        signal_ev(f, id, "stop", NULL);
+    }
+    run(f);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_entries, 0);
+    assert_int_equal(cm_lua_runtime_ctx_kept(f->rt), 0);
+}
+
+static const char *KEEPER =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'keeper', version = 1, start = 's',\n"
+    "  states = {\n"
+    "    s = { on = {\n"
+    "      tick = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 1 end,\n"
+    "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
+    "      float = function(wf) wf.ctx.f = 2.0 end,\n"
+    "      ftype = function(wf) wf.ctx.ft = math.type(wf.ctx.f) end,\n"
+    "      alias = function(wf) local t = { v = 1 }; wf.ctx.a = t; wf.ctx.b = t end,\n"
+    "      bump = function(wf) wf.ctx.a.v = 2 end,\n"
+    "      meta = function(wf)\n"
+    "        wf.ctx.m = setmetatable({}, { __index = function() return 'x' end }) end,\n"
+    "      look = function(wf) wf.ctx.bv = wf.ctx.b.v; wf.ctx.mz = wf.ctx.m.z or 'none' end,\n"
+    "      arm = function(wf) wf:after('1h', 'peek') end,\n"
+    "      peek = { to = 'z', guard = function(wf) wf.ctx.n = 77; return false end },\n"
+    "      hog = function(wf) wf.ctx.n = 55; local t = {}\n"
+    "        for i = 1, 100000000 do t[i] = i end end,\n"
+    "      stop = 'z' } },\n"
+    "    z = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void keeper_step(fx *f, const char *id, const char *event)
+{
+    signal_ev(f, id, event, NULL);
+    run(f);
+}
+
+static void expect_ctx(fx *f, const char *id, const char *path, const char *want)
+{
+    char sql[300], got[128];
+    snprintf(sql, sizeof(sql),
+             "SELECT coalesce(json_extract(ctx, '%s'), '') FROM instance WHERE id = '%s'", path,
+             id);
+    text_of(f, sql, got, sizeof(got));
+    assert_string_equal(got, want);
+}
+
+/* A running instance's wf.ctx stays a table between its steps, so a step
+** reads no text; a step that fails drops it, and so does one whose context
+** would read back as something else (a float with an integral value, one
+** table in two places, a metatable): the next step sees its row. */
+static void test_a_kept_context_behaves_as_its_row(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "keeper.lua", KEEPER);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", NULL, "k-1", on_ack, &f->a, &err), 0);
+    run(f);
+    unsigned long reads = cm_lua_runtime_ctx_reads(f->rt);
+    for (int i = 0; i < 3; i++)
+        keeper_step(f, "k-1", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1); /* the first tick only */
+    keeper_step(f, "k-1", "boom");
+    assert_int_equal(f->a.status[4], CM_ELUA);
+    keeper_step(f, "k-1", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 2);
+    assert_int_equal(ctx_n(f, "k-1"), 4);
+    /* its event, kept for retry, would come back with the clock */
+    assert_int_equal(cm_store_exec(f->store, "DELETE FROM event WHERE instance = 'k-1'", &err), 0);
+    keeper_step(f, "k-1", "float");
+    keeper_step(f, "k-1", "ftype");
+    expect_ctx(f, "k-1", "$.ft", "integer");
+    keeper_step(f, "k-1", "alias");
+    keeper_step(f, "k-1", "bump");
+    keeper_step(f, "k-1", "meta");
+    keeper_step(f, "k-1", "look");
+    expect_ctx(f, "k-1", "$.bv", "1");
+    expect_ctx(f, "k-1", "$.mz", "none");
+    /* a timer whose guard changed wf.ctx and refused: nothing is written, and
+    ** nothing of it stays */
+    keeper_step(f, "k-1", "tick");
+    keeper_step(f, "k-1", "arm");
+    reads = cm_lua_runtime_ctx_reads(f->rt);
+    advance(f, HOUR);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance = 'k-1' AND "
+                              "note LIKE 'timer ignored%'"),
+                     1);
+    keeper_step(f, "k-1", "tick");
+    assert_int_equal(ctx_n(f, "k-1"), 6);
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1);
+}
+
+/* A memory kill drops every kept context, so that the retry has the room
+** the cap gives: the other instances read theirs from the text again. */
+static void test_a_memory_kill_drops_every_kept_context(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    close_engine(f);
+    f->lua_memory = (size_t)16 << 20;
+    open_engine(f);
+    load_ok(f, "keeper.lua", KEEPER);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", NULL, "k-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "keeper", NULL, "k-2", on_ack, &f->a, &err), 0);
+    run(f);
+    keeper_step(f, "k-1", "tick");
+    keeper_step(f, "k-2", "tick");
+    unsigned long reads = cm_lua_runtime_ctx_reads(f->rt);
+    keeper_step(f, "k-2", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt), reads); /* kept */
+    keeper_step(f, "k-1", "hog");
+    assert_int_equal(f->a.status[f->a.n - 1], CM_EMEMCAP);
+    keeper_step(f, "k-2", "tick");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1);
+    assert_int_equal(ctx_n(f, "k-2"), 3);
+    assert_int_equal(ctx_n(f, "k-1"), 1);
+}
+
+/* An instance kept in memory has run a step: its definition is installed,
+** and its next steps do not ask the runtime again; one read from its row
+** asks once. */
+static void test_a_kept_instance_does_not_ask_for_its_definition_again(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    close_engine(f);
+    f->count_installed = true;
+    open_engine(f);
+    load_ok(f, "mid.lua", MID);
+    installed_calls = 0;
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    run(f);
+    for (int i = 0; i < 3; i++) {
+        signal_ev(f, "m-1", "tick", NULL);
+        run(f);
+    }
+    assert_int_equal(installed_calls, 1);
+    assert_int_equal(cm_engine_pause(f->engine, "m-1", &err), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "m-1", &err), 0);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(installed_calls, 2);
+    assert_int_equal(ctx_n(f, "m-1"), 5);
 }
 
 /* One batch: steps that write no effect go without a savepoint, so a handler
@@ -1567,6 +1839,10 @@ static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM history"), history);
     assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
     /* the steps that did not commit are not remembered either */
+    cm_engine_stats st;
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.cache_entries, 0);
+    assert_int_equal(cm_lua_runtime_ctx_kept(f->rt), 0);
     assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
@@ -1628,6 +1904,15 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_instances_whose_ids_collide_all_stay_in_memory, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_the_cache_is_bounded_and_drops_the_longest_idle, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_context_behaves_as_its_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_memory_kill_drops_every_kept_context, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_instance_does_not_ask_for_its_definition_again,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -305,6 +305,52 @@ static void test_object_text_reads_as_cjson_would(void **state)
     lua_close(L);
 }
 
+/* Does expr's text read back as the same? (cm_ljson_encode_same) */
+static bool reads_back_same(const char *expr)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    cm_ljson_init(L);
+    cm_ljson_push_null(L);
+    lua_setglobal(L, "null");
+    char code[1024], *text = NULL;
+    cm_err err;
+    bool same = true;
+    snprintf(code, sizeof(code), "return %s", expr);
+    assert_int_equal(luaL_dostring(L, code), 0);
+    assert_int_equal(cm_ljson_encode_same(L, -1, "wf.ctx", &text, NULL, &same, &err), 0);
+    free(text);
+    lua_close(L);
+    return same;
+}
+
+/* What a kept context must not hold: what its text would read back as
+** something else. */
+static void test_encode_tells_what_reads_back_the_same(void **state)
+{
+    assert_true(reads_back_same("{}"));
+    assert_true(reads_back_same("{n = 3, s = 'x', b = true, z = null, f = 1.5, big = 2^60}"));
+    assert_true(reads_back_same("{list = {1, 2, {a = {}}}, sub = {deep = {deeper = {}}}}"));
+    assert_false(reads_back_same("{f = 2.0}"));
+    assert_false(reads_back_same("{f = -0.0}"));
+    assert_false(reads_back_same("{list = {1, 2.0}}"));
+    assert_false(reads_back_same("(function() local t = {} return {a = t, b = t} end)()"));
+    assert_false(reads_back_same("(function() local t = {} return {a = {t}, b = {x = t}} end)()"));
+    assert_false(reads_back_same("{m = setmetatable({}, {})}"));
+    assert_false(reads_back_same("setmetatable({}, {})"));
+    char many[900];
+    size_t n = (size_t)snprintf(many, sizeof(many), "{");
+    for (int i = 0; i < 70; i++)
+        n += (size_t)snprintf(many + n, sizeof(many) - n, "{},");
+    snprintf(many + n, sizeof(many) - n, "}");
+    assert_false(reads_back_same(many)); /* more tables than it tells apart */
+    n = (size_t)snprintf(many, sizeof(many), "{");
+    for (int i = 0; i < 60; i++)
+        n += (size_t)snprintf(many + n, sizeof(many) - n, "{},");
+    snprintf(many + n, sizeof(many) - n, "}");
+    assert_true(reads_back_same(many));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -314,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_encoded_text_reads_back),
         cmocka_unit_test(test_push_roundtrip),
         cmocka_unit_test(test_object_text_reads_as_cjson_would),
+        cmocka_unit_test(test_encode_tells_what_reads_back_the_same),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
