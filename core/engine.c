@@ -2802,7 +2802,8 @@ int cm_engine_attach(cm_engine *e, uv_loop_t *loop, cm_err *err)
     uv_timer_init(loop, &e->timer);
     uv_async_init(loop, &e->synced, on_synced);
     e->idle.data = e->check.data = e->timer.data = e->synced.data = e;
-    cm_store_on_synced(e->o.store, sync_notify, e);
+    if (e->o.pipeline)
+        cm_store_on_synced(e->o.store, sync_notify, e);
     uv_check_start(&e->check, on_check);
     e->attached = true;
     uv_idle_start(&e->idle, noop_idle);
@@ -2821,7 +2822,8 @@ void cm_engine_detach(cm_engine *e)
 {
     if (!e->attached)
         return;
-    cm_store_on_synced(e->o.store, NULL, NULL); /* the sync thread no longer wakes us */
+    if (e->o.pipeline)
+        cm_store_on_synced(e->o.store, NULL, NULL); /* the sync thread no longer wakes us */
     sync_drain(e);
     e->attached = false;
     e->closing = 4;
