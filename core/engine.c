@@ -114,6 +114,9 @@ struct cm_engine {
     uv_timer_t timer;                   /* armed for the earliest due timer or retry */
     uv_async_t synced;                  /* the store's sync thread: the watermark moved */
     synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
+    uint64_t telling;                   /* the commit of the batch being told, or 0 */
+    void (*durable_fn)(void *ud);       /* cm_engine_on_durable */
+    void *durable_ud;
     bool attached;
     int closing; /* handles still closing after detach */
     bool doomed; /* destroyed while handles close: the last close frees */
@@ -2149,6 +2152,7 @@ static void sync_release(cm_engine *e)
         e->wait_head = sw->next; /* unlinked first: an ack may submit more work */
         if (!e->wait_head)
             e->wait_tail = NULL;
+        e->telling = sw->seq; /* what the outputs made now show (cm_engine_output_seq) */
         if (!failed)
             tell_list(e, sw->events, sw->nevents);
         e->stats.sync_waits++;
@@ -2161,6 +2165,7 @@ static void sync_release(cm_engine *e)
             tell(e, &sw->ocs[i]);
             work_free(sw->ocs[i].w);
         }
+        e->telling = 0;
         free(sw->events);
         free(sw->ocs);
         free(sw);
@@ -2187,7 +2192,21 @@ static void sync_notify(void *ud)
 
 static void on_synced(uv_async_t *h)
 {
-    sync_release(h->data);
+    cm_engine *e = h->data;
+    sync_release(e);
+    if (e->durable_fn)
+        e->durable_fn(e->durable_ud);
+}
+
+uint64_t cm_engine_output_seq(const cm_engine *e)
+{
+    return e->telling ? e->telling : cm_store_commit_seq(e->o.store);
+}
+
+void cm_engine_on_durable(cm_engine *e, void (*fn)(void *ud), void *ud)
+{
+    e->durable_fn = fn;
+    e->durable_ud = ud;
 }
 
 /* One batch: up to batch_max items, one commit, then the acks. Returns the
@@ -2253,7 +2272,11 @@ static int run_batch(cm_engine *e, cm_err *err)
         e->stats.processed += (uint64_t)(n + due_n);
         e->stats.batches++;
     }
-    if (rc == 0 && deferred && sync_park(e, ocs, n))
+    /* a batch that wrote nothing has nothing to wait for, unless batches
+    ** before it still wait (the acks go in commit order) */
+    if (rc == 0 && deferred &&
+        (e->wait_head || cm_store_commit_seq(e->o.store) > cm_store_synced_seq(e->o.store)) &&
+        sync_park(e, ocs, n))
         return n + due_n;    /* told when the sync covers it */
     if (rc == 0 && deferred) /* no memory to wait in: wait here */
         rc = cm_store_sync_wait(e->o.store, cm_store_commit_seq(e->o.store), err);

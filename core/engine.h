@@ -270,6 +270,16 @@ int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err);
 /* Set (or clear, with NULL) the one observer of instance events. */
 void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 
+/* The commit an output made now may show (the output-commit rule, store.h):
+** while the acks and observer events of a pipelined batch are told, that
+** batch's commit; otherwise the store's latest (cm_store_commit_seq). */
+uint64_t cm_engine_output_seq(const cm_engine *e);
+/* fn(ud) runs on the loop each time a pipelined engine learns that the
+** store's watermark moved or a sync failed, after it told what that
+** released: others holding outputs for the watermark (HTTP answers,
+** federation's sends) go on from there. NULL removes it. */
+void cm_engine_on_durable(cm_engine *e, void (*fn)(void *ud), void *ud);
+
 /* Run on loop: process work when it is queued and arm one uv timer for the
 ** earliest due item. Detach (or destroy) before closing the loop; detach
 ** waits for the sync of every pipelined batch and tells its acks. */

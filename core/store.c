@@ -857,6 +857,38 @@ void cm_store_on_synced(cm_store *store, void (*fn)(void *ud), void *ud)
     pthread_mutex_unlock(&store->sy.mu);
 }
 
+int64_t cm_store_rowmark_update(cm_store *store, cm_store_rowmark *m, int64_t max_key)
+{
+    uint64_t made = cm_store_commit_seq(store), durable = cm_store_synced_seq(store);
+    if (made <= durable) { /* every commit is durable: every row there is */
+        m->n = 0;
+        if (max_key > m->durable)
+            m->durable = max_key;
+        return m->durable;
+    }
+    int k = 0;
+    while (k < m->n && m->commit[k] <= durable) {
+        if (m->row[k] > m->durable)
+            m->durable = m->row[k];
+        k++;
+    }
+    memmove(m->commit, m->commit + k, (size_t)(m->n - k) * sizeof(m->commit[0]));
+    memmove(m->row, m->row + k, (size_t)(m->n - k) * sizeof(m->row[0]));
+    m->n -= k;
+    if (max_key > m->durable) {
+        if (m->n > 0 && m->commit[m->n - 1] == made)
+            m->row[m->n - 1] = max_key;
+        else if (m->n < CM_STORE_ROWMARK_MAX) {
+            m->commit[m->n] = made;
+            m->row[m->n++] = max_key;
+        } else { /* full: the last entry waits for the later commit, which covers it */
+            m->commit[m->n - 1] = made;
+            m->row[m->n - 1] = max_key;
+        }
+    }
+    return m->durable;
+}
+
 /* ---- transactions ------------------------------------------------------ */
 
 static int tx_begin(cm_store *store, cm_err *err)

@@ -138,6 +138,20 @@ int cm_store_sync_status(cm_store *store, cm_err *err);
 ** it is not called). */
 void cm_store_on_synced(cm_store *store, void (*fn)(void *ud), void *ud);
 
+/* Which rows of a table (by their increasing key) an output may show: the
+** rows at or below a key read when the commit counter was c are durable
+** once the watermark reaches c. Call cm_store_rowmark_update with the
+** table's largest key now (outside a transaction); it returns the largest
+** key known durable. Starts zeroed. Writer's thread. */
+#define CM_STORE_ROWMARK_MAX 8
+typedef struct cm_store_rowmark {
+    uint64_t commit[CM_STORE_ROWMARK_MAX];
+    int64_t row[CM_STORE_ROWMARK_MAX];
+    int n;
+    int64_t durable; /* the largest key known durable */
+} cm_store_rowmark;
+int64_t cm_store_rowmark_update(cm_store *store, cm_store_rowmark *m, int64_t max_key);
+
 /* Who writes inside an open transaction in a scope of its own (a plugin's
 ** savepoint) calls cm_store_nested_write first: it runs the one armed
 ** callback (the engine opens a step's savepoint only when the step's handler

@@ -1698,6 +1698,27 @@ static void test_a_synced_commit_releases_earlier_pipelined_acks(void **state)
     expect_state(f, "t-1", "waiting", "paused");
 }
 
+/* A pipelined batch that wrote nothing (an event for no instance) asks no
+** sync: its ack goes at once, the sync thread never involved. */
+static void test_a_pipelined_batch_that_wrote_nothing_is_told_at_once(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_err err;
+    reopen_pipelined(f);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    cm_test_gate_hold(&f->gate, true); /* a sync asked would hold the ack */
+    signal_ev(f, "nobody", "poke", NULL);
+    for (int i = 0; i < 10 && f->a.n == 0; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(f->a.n, 1);
+    assert_int_equal(f->a.status[0], CM_ENOTFOUND);
+    assert_int_equal(cm_test_gate_started(&f->gate), 0);
+    cm_test_gate_hold(&f->gate, false);
+    loop_end(f, &loop);
+}
+
 /* Detaching waits for the sync of what was committed and tells its acks. */
 static void test_detach_tells_the_acks_of_committed_batches(void **state)
 {
@@ -1823,6 +1844,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_detach_tells_the_acks_of_committed_batches, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_batch_that_wrote_nothing_is_told_at_once,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_failed_sync_acknowledges_nothing_and_stops_the_engine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_engine_without_a_loop_commits_synced,
