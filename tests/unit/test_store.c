@@ -802,6 +802,34 @@ static void test_failed_sync_stops_the_store(void **state)
     cm_test_gate_destroy(&g);
 }
 
+/* Rows read at commit counter c are durable once the watermark reaches c:
+** while a deferred commit's sync is held, its rows are not; a second
+** deferred commit's rows wait for their own sync, not the first one's. */
+static void test_rowmark_names_the_rows_of_durable_commits(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    cm_store_rowmark m;
+    cm_err err;
+    memset(&m, 0, sizeof(m));
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_rowmark_update(s, &m, 10), 10); /* all durable */
+    cm_test_gate_hold(&g, true);
+    uint64_t a = deferred_write(s, "a"); /* rows 11..20 */
+    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_int_equal(cm_store_rowmark_update(s, &m, 20), 10);
+    uint64_t b = deferred_write(s, "b"); /* rows 21..30 */
+    assert_int_equal(cm_store_rowmark_update(s, &m, 30), 10);
+    cm_test_gate_hold(&g, false);
+    assert_int_equal(cm_store_sync_wait(s, b, &err), 0);
+    assert_true(cm_store_synced_seq(s) >= a);
+    assert_int_equal(cm_store_rowmark_update(s, &m, 30), 30);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
 /* Below FULL the store wants no sync: a deferred commit counts as synced at
 ** once, and no sync thread runs. */
 static void test_deferred_commit_below_full_needs_no_sync(void **state)
@@ -859,6 +887,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_synced_commit_covers_earlier_deferred_ones, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rowmark_names_the_rows_of_durable_commits, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_deferred_commit_below_full_needs_no_sync, setup,
                                         teardown),
     };
