@@ -2085,6 +2085,18 @@ void cm_api_set_ready(cm_api *api, bool ready)
         api->ready = ready;
 }
 
+void cm_api_set_gate(cm_api *api, const cm_http_gate *gate)
+{
+    if (api && api->http)
+        cm_http_server_set_gate(api->http, gate);
+}
+
+void cm_api_durable(cm_api *api)
+{
+    if (api && api->http)
+        cm_http_server_durable(api->http);
+}
+
 static void on_http_stopped(void *ud)
 {
     cm_api *api = ud;

@@ -20,6 +20,7 @@
 #include "engine.h"
 #include "error.h"
 #include "fed.h"
+#include "http.h"
 #include "model.h"
 #include "store.h"
 
@@ -47,6 +48,11 @@ int cm_api_port(const cm_api *api);
 
 /* /readyz answers 200 once ready is set (workflows loaded) and until stop. */
 void cm_api_set_ready(cm_api *api, bool ready);
+
+/* The output-commit rule for every answer (http.h, cm_http_gate; NULL: none)
+** and the call that writes what a moved watermark releases. */
+void cm_api_set_gate(cm_api *api, const cm_http_gate *gate);
+void cm_api_durable(cm_api *api);
 
 /* The configuration's api limits changed (a reload): apply them. The API
 ** reads api.open_loopback at each request. NULL or stopping: nothing. */

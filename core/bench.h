@@ -1,7 +1,8 @@
 /*
 ** bench.h -- `caremesh bench engine`: durable events per second through the
-** in-process engine (Lua handlers, synchronous=FULL), submit-to-commit
-** latency percentiles, and the same machine's raw SQLite batched-insert rate
+** in-process engine (Lua handlers, synchronous=FULL), submit-to-acknowledgement
+** latency percentiles (an ack comes after the sync that covers its commit), and the same machine's
+*raw SQLite batched-insert rate
 ** measured in the same run for comparison. `caremesh bench federation`:
 ** durable messages per second from one node's outbox to another node's
 ** inbox over loopback (CURVE, ZAP, synchronous=FULL on both), each node on
@@ -9,6 +10,8 @@
 */
 #ifndef CM_BENCH_H
 #define CM_BENCH_H
+
+#include <stdbool.h>
 
 #include "error.h"
 
@@ -18,6 +21,12 @@ typedef struct cm_bench_opts {
     int batch;       /* events per commit (engine batch size) */
     const char *dir; /* where the throwaway database goes (NULL: $TMPDIR or /tmp) */
     int batch_ms;    /* cm_engine_opts.batch_ms (0: the engine's default) */
+    /* false (the default, "loop"): the engine pipelined on a uv loop, the
+    ** driver keeping at most `outstanding` events unacknowledged and
+    ** submitting more as acks come; true ("run"): submit a batch, call
+    ** cm_engine_run, repeat (nothing overlaps the fsync) */
+    bool run_mode;
+    int outstanding; /* loop mode: events submitted and not yet acknowledged (0: 2 x batch) */
 } cm_bench_opts;
 
 /* Run the engine benchmark, printing a report whose last line is one JSON

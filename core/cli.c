@@ -736,12 +736,15 @@ static int bench_api(int argc, char **argv)
 
 static int cmd_bench(int argc, char **argv)
 {
-    cm_bench_opts o = {2000, 25, 256, NULL, 0};
+    cm_bench_opts o = {2000, 25, 256, NULL, 0, false, 0};
+    const char *mode = NULL;
     const bench_opt opts[] = {
         {"instances", &o.instances, NULL, NULL, BENCH_COUNT_MAX},
         {"events", &o.rounds, NULL, NULL, BENCH_COUNT_MAX},
         {"batch", &o.batch, NULL, NULL, BENCH_COUNT_MAX},
         {"batch-ms", &o.batch_ms, NULL, NULL, BENCH_COUNT_MAX},
+        {"mode", NULL, NULL, &mode, 0},
+        {"outstanding", &o.outstanding, NULL, NULL, BENCH_COUNT_MAX},
     };
     cm_err err;
     if (argc >= 2 && strcmp(argv[1], "federation") == 0)
@@ -758,6 +761,9 @@ static int cmd_bench(int argc, char **argv)
                          argv + 1);
     if (rc != BENCH_GO)
         return rc;
+    if (mode && strcmp(mode, "loop") != 0 && strcmp(mode, "run") != 0)
+        return usage_error("bench engine", "--mode: must be loop or run, got '%s'", mode);
+    o.run_mode = mode && strcmp(mode, "run") == 0;
     if (cm_bench_engine(&o, &err) != 0)
         return fail("bench engine", &err);
     return CM_EXIT_OK;
@@ -1294,12 +1300,17 @@ static const cli_cmd commands[] = {
      cmd_workflow},
     {"bench", "measure the engine, federation or the HTTP API",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"
-     "in-process engine at synchronous=FULL and prints events/s, submit-to-commit p50/p99\n"
+     "in-process engine at synchronous=FULL and prints events/s, submit-to-ack p50/p99\n"
      "and the raw SQLite batched-insert rate; the last line is one JSON object.\n\n"
      "  --instances N   instances (default 2000)\n"
      "  --events N      events per instance (default 25)\n"
      "  --batch N       events per commit (default 256)\n"
-     "  --batch-ms N    a batch takes no more events after N ms of work (default 10)\n\n"
+     "  --batch-ms N    a batch takes no more events after N ms of work (default 10)\n"
+     "  --mode loop|run loop (default): the engine on a loop with group commit pipelined\n"
+     "                  (the next batch runs during the previous one's fsync; acks after\n"
+     "                  it); run: submit a batch, run it, wait for its fsync, repeat\n"
+     "  --outstanding N loop mode: events submitted and not yet acknowledged\n"
+     "                  (default 2 x batch, at most the instances)\n\n"
      "'federation' runs two nodes in one process (a thread and a loop each), linked over\n"
      "loopback with CURVE and ZAP, synchronous=FULL on both; rows are queued in the\n"
      "sender's outbox as an engine batch writes them and recorded in the receiver's inbox\n"
@@ -1322,7 +1333,8 @@ static const cli_cmd commands[] = {
      "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
      "  --workflow NAME   default bench_api; --event NAME: default step\n"
      "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
-     "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N]\n"
+     "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N] [--mode loop|run]"
+     " [--outstanding N]\n"
      "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
      " [--size N] [--receiver-proto 1.1|1.2]\n"
      "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",

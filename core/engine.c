@@ -78,6 +78,17 @@ typedef struct scopes {
     char one[CM_NAME_MAX];
 } scopes;
 
+/* A pipelined batch: committed, its acks and observer events waiting for the
+** store's watermark to reach its commit (see cm_engine_opts.pipeline). */
+typedef struct synced_wait {
+    uint64_t seq; /* the batch's commit number (cm_store_commit_seq) */
+    outcome *ocs;
+    int n;
+    pending_event *events;
+    int nevents;
+    struct synced_wait *next;
+} synced_wait;
+
 /* A loaded instance row. */
 typedef struct inst {
     int64_t seq; /* the row's key: the step's UPDATE finds it without the id index */
@@ -119,9 +130,14 @@ struct cm_engine {
     cm_engine_opts o;
     work *head, *tail;
     uv_loop_t *loop;
-    uv_idle_t idle;   /* keeps the loop from blocking while work is queued */
-    uv_check_t check; /* runs batches after each loop iteration's I/O */
-    uv_timer_t timer; /* armed for the earliest due timer or retry */
+    uv_idle_t idle;                     /* keeps the loop from blocking while work is queued */
+    uv_check_t check;                   /* runs batches after each loop iteration's I/O */
+    uv_timer_t timer;                   /* armed for the earliest due timer or retry */
+    uv_async_t synced;                  /* the store's sync thread: the watermark moved */
+    synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
+    uint64_t telling;                   /* the commit of the batch being told, or 0 */
+    void (*durable_fn)(void *ud);       /* cm_engine_on_durable */
+    void *durable_ud;
     bool attached;
     int closing; /* handles still closing after detach */
     bool doomed; /* destroyed while handles close: the last close frees */
@@ -202,6 +218,16 @@ static void note_event(cm_engine *e, cm_engine_event_kind kind, const char *inst
     cm_copy_str(pe->detail, sizeof(pe->detail), detail);
 }
 
+/* Tell the observer events of a durable transaction, in order. */
+static void tell_list(cm_engine *e, const pending_event *events, int n)
+{
+    for (int i = 0; i < n && e->observe; i++) {
+        const pending_event *pe = &events[i];
+        cm_engine_event ev = {pe->kind, pe->instance, pe->workflow, pe->from, pe->to, pe->detail};
+        e->observe(e->observe_ud, &ev);
+    }
+}
+
 /* The transaction committed: tell the observer, in order. */
 static void tell_events(cm_engine *e)
 {
@@ -211,11 +237,7 @@ static void tell_events(cm_engine *e)
     int n = e->nevents, cap = e->events_cap;
     e->events = NULL;
     e->nevents = e->events_cap = 0;
-    for (int i = 0; i < n && e->observe; i++) {
-        const pending_event *pe = &events[i];
-        cm_engine_event ev = {pe->kind, pe->instance, pe->workflow, pe->from, pe->to, pe->detail};
-        e->observe(e->observe_ud, &ev);
-    }
+    tell_list(e, events, n);
     if (!e->events) { /* keep the buffer for the next batch */
         e->events = events;
         e->events_cap = cap;
@@ -2217,6 +2239,101 @@ static void tell(cm_engine *e, outcome *oc)
         oc->w->cb(oc->w->ud, &ack);
 }
 
+/* ---- pipelined group commit ------------------------------------------- */
+
+/* Keep a committed batch's outcomes and events until its sync; false when
+** memory is short (the caller waits for the sync instead). */
+static bool sync_park(cm_engine *e, outcome *ocs, int n)
+{
+    synced_wait *sw = malloc(sizeof(*sw));
+    if (!sw)
+        return false;
+    sw->seq = cm_store_commit_seq(e->o.store);
+    sw->ocs = ocs;
+    sw->n = n;
+    sw->events = e->events; /* the next transaction's events start a new list */
+    sw->nevents = e->nevents;
+    e->events = NULL;
+    e->nevents = e->events_cap = 0;
+    sw->next = NULL;
+    if (e->wait_tail)
+        e->wait_tail->next = sw;
+    else
+        e->wait_head = sw;
+    e->wait_tail = sw;
+    return true;
+}
+
+/* Tell every parked batch the store's watermark covers, in commit order;
+** after a failed sync, tell every parked submitter the error instead (and
+** the observer nothing: none of it is known durable). */
+static void sync_release(cm_engine *e)
+{
+    cm_err err;
+    int failed = cm_store_sync_status(e->o.store, &err);
+    uint64_t synced = cm_store_synced_seq(e->o.store);
+    while (e->wait_head && (failed || e->wait_head->seq <= synced)) {
+        synced_wait *sw = e->wait_head;
+        e->wait_head = sw->next; /* unlinked first: an ack may submit more work */
+        if (!e->wait_head)
+            e->wait_tail = NULL;
+        e->telling = sw->seq; /* what the outputs made now show (cm_engine_output_seq) */
+        if (!failed)
+            tell_list(e, sw->events, sw->nevents);
+        e->stats.sync_waits++;
+        for (int i = 0; i < sw->n; i++) {
+            if (failed) {
+                sw->ocs[i].status = failed;
+                sw->ocs[i].kept = false;
+                cm_copy_str(sw->ocs[i].message, sizeof(sw->ocs[i].message), err.msg);
+            }
+            tell(e, &sw->ocs[i]);
+            work_free(sw->ocs[i].w);
+        }
+        e->telling = 0;
+        free(sw->events);
+        free(sw->ocs);
+        free(sw);
+    }
+    if (failed)
+        cache_clear(e); /* its entries hold steps not known durable */
+}
+
+/* Wait for every parked batch's sync and tell them (detach, destroy). */
+static void sync_drain(cm_engine *e)
+{
+    cm_err ignored;
+    if (e->wait_tail)
+        cm_store_sync_wait(e->o.store, e->wait_tail->seq, &ignored);
+    sync_release(e);
+}
+
+/* On the sync thread: wake the loop. */
+static void sync_notify(void *ud)
+{
+    cm_engine *e = ud;
+    uv_async_send(&e->synced);
+}
+
+static void on_synced(uv_async_t *h)
+{
+    cm_engine *e = h->data;
+    sync_release(e);
+    if (e->durable_fn)
+        e->durable_fn(e->durable_ud);
+}
+
+uint64_t cm_engine_output_seq(const cm_engine *e)
+{
+    return e->telling ? e->telling : cm_store_commit_seq(e->o.store);
+}
+
+void cm_engine_on_durable(cm_engine *e, void (*fn)(void *ud), void *ud)
+{
+    e->durable_fn = fn;
+    e->durable_ud = ud;
+}
+
 /* One batch: up to batch_max items, one commit, then the acks. Returns the
 ** number of items, or a negative code when the batch could not commit. */
 static int run_batch(cm_engine *e, cm_err *err)
@@ -2230,7 +2347,9 @@ static int run_batch(cm_engine *e, cm_err *err)
     if (!ocs)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     e->broken = 0;
-    if ((rc = cm_store_begin(e->o.store, err)) != 0) {
+    bool deferred = e->o.pipeline && e->attached;
+    if ((rc = deferred ? cm_store_begin_deferred(e->o.store, err)
+                       : cm_store_begin(e->o.store, err)) != 0) {
         free(ocs);
         return rc;
     }
@@ -2274,6 +2393,18 @@ static int run_batch(cm_engine *e, cm_err *err)
         cm_store_rollback(e->o.store);
     if (rc != 0)
         cache_clear(e); /* entries may hold steps that never became durable */
+    if (rc == 0) {
+        e->stats.processed += (uint64_t)(n + due_n);
+        e->stats.batches++;
+    }
+    /* a batch that wrote nothing has nothing to wait for, unless batches
+    ** before it still wait (the acks go in commit order) */
+    if (rc == 0 && deferred &&
+        (e->wait_head || cm_store_commit_seq(e->o.store) > cm_store_synced_seq(e->o.store)) &&
+        sync_park(e, ocs, n))
+        return n + due_n;    /* told when the sync covers it */
+    if (rc == 0 && deferred) /* no memory to wait in: wait here */
+        rc = cm_store_sync_wait(e->o.store, cm_store_commit_seq(e->o.store), err);
     if (rc == 0)
         tell_events(e);
     else
@@ -2288,11 +2419,23 @@ static int run_batch(cm_engine *e, cm_err *err)
         work_free(ocs[i].w);
     }
     free(ocs);
-    if (rc == 0) {
-        e->stats.processed += (uint64_t)(n + due_n);
-        e->stats.batches++;
-    }
     return rc != 0 ? rc : n + due_n;
+}
+
+/* Tell every queued submitter err: its work will not run. */
+static void fail_queued(cm_engine *e, const cm_err *err)
+{
+    while (e->head) {
+        work *w = e->head;
+        e->head = w->next;
+        if (!e->head)
+            e->tail = NULL;
+        if (w->cb) {
+            cm_ack ack = {err->code, w->instance, NULL, err->msg, false, NULL};
+            w->cb(w->ud, &ack);
+        }
+        work_free(w);
+    }
 }
 
 int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
@@ -2301,6 +2444,10 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
     int rc = 0;
     if (e->in_run)
         return cm_err_set(err, CM_EINVAL, "engine: run called from inside a batch");
+    if ((rc = cm_store_sync_status(e->o.store, err)) != 0) {
+        fail_queued(e, err); /* the store takes no more writes: the engine has stopped */
+        return rc;
+    }
     e->in_run = true;
     /* Bounded, so a workflow that keeps making due work cannot hold the loop. */
     for (int batches = 0; batches < ENGINE_RUN_BATCHES; batches++) {
@@ -2475,10 +2622,12 @@ static int with_instance(cm_engine *e, const char *id,
         rc = cm_store_commit(e->o.store, err);
     else
         cm_store_rollback(e->o.store);
-    if (rc == 0)
+    if (rc == 0) {
+        sync_release(e); /* a synced commit covers the batches before it: theirs first */
         tell_events(e);
-    else
+    } else {
         e->nevents = 0;
+    }
     inst_clear(e, &in);
     if (rc == 0 && e->attached)
         arm_loop(e);
@@ -2743,16 +2892,9 @@ void cm_engine_destroy(cm_engine **engine_p)
     *engine_p = NULL;
     cm_engine_detach(e);
     /* Work never committed is never acknowledged as done: tell the submitters. */
-    while (e->head) {
-        work *w = e->head;
-        e->head = w->next;
-        if (w->cb) {
-            cm_ack ack = {CM_EINVAL, w->instance, NULL, "engine stopped before this ran",
-                          false,     NULL};
-            w->cb(w->ud, &ack);
-        }
-        work_free(w);
-    }
+    cm_err stopped;
+    cm_err_set(&stopped, CM_EINVAL, "engine stopped before this ran");
+    fail_queued(e, &stopped);
     cache_clear(e);
     free(e->cache.buckets);
     e->cache.buckets = NULL;
@@ -2802,7 +2944,10 @@ int cm_engine_attach(cm_engine *e, uv_loop_t *loop, cm_err *err)
     uv_idle_init(loop, &e->idle);
     uv_check_init(loop, &e->check);
     uv_timer_init(loop, &e->timer);
-    e->idle.data = e->check.data = e->timer.data = e;
+    uv_async_init(loop, &e->synced, on_synced);
+    e->idle.data = e->check.data = e->timer.data = e->synced.data = e;
+    if (e->o.pipeline)
+        cm_store_on_synced(e->o.store, sync_notify, e);
     uv_check_start(&e->check, on_check);
     e->attached = true;
     uv_idle_start(&e->idle, noop_idle);
@@ -2821,11 +2966,15 @@ void cm_engine_detach(cm_engine *e)
 {
     if (!e->attached)
         return;
+    if (e->o.pipeline)
+        cm_store_on_synced(e->o.store, NULL, NULL); /* the sync thread no longer wakes us */
+    sync_drain(e);
     e->attached = false;
-    e->closing = 3;
+    e->closing = 4;
     uv_close((uv_handle_t *)&e->idle, on_closed);
     uv_close((uv_handle_t *)&e->check, on_closed);
     uv_close((uv_handle_t *)&e->timer, on_closed);
+    uv_close((uv_handle_t *)&e->synced, on_closed);
 }
 
 /* ---- for the API and /metrics ------------------------------------------ */

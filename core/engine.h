@@ -139,6 +139,14 @@ typedef struct cm_engine_opts {
     void *route_ud;
     int cache_max; /* running instances kept in memory between steps (the one stepped
                    ** longest ago goes when full); 0 selects 4096, negative: none */
+    /* Pipelined group commit, only while attached to a loop: a batch commits
+    ** deferred (cm_store_begin_deferred: its fsync on the store's sync
+    ** thread) and the loop goes on to the next batch; the batch's acks and
+    ** observer events wait until the store's watermark covers its commit. A
+    ** failed sync acknowledges nothing: every waiting submitter is told
+    ** CM_EIO and the engine stops (the store takes no more writes).
+    ** Unattached, cm_engine_run commits synced as always. */
+    bool pipeline;
 } cm_engine_opts;
 
 typedef struct cm_engine cm_engine;
@@ -237,7 +245,8 @@ int cm_engine_post_refused(cm_engine *e, const char *instance, const char *to, c
 void cm_engine_wake(cm_engine *e);
 
 /* Process queued work, due timers and due retries in batches until nothing
-** is ready. *processed (may be NULL) counts items. */
+** is ready. *processed (may be NULL) counts items. Unless pipelined on a
+** loop, every ack of what it committed is told before it returns. */
 int cm_engine_run(cm_engine *e, long *processed, cm_err *err);
 
 /* Earliest time (ms) at which a timer or retry falls due; INT64_MAX if none. */
@@ -273,15 +282,26 @@ int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err);
 /* Set (or clear, with NULL) the one observer of instance events. */
 void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 
+/* The commit an output made now may show (the output-commit rule, store.h):
+** while the acks and observer events of a pipelined batch are told, that
+** batch's commit; otherwise the store's latest (cm_store_commit_seq). */
+uint64_t cm_engine_output_seq(const cm_engine *e);
+/* fn(ud) runs on the loop each time a pipelined engine learns that the
+** store's watermark moved or a sync failed, after it told what that
+** released: others holding outputs for the watermark (HTTP answers,
+** federation's sends) go on from there. NULL removes it. */
+void cm_engine_on_durable(cm_engine *e, void (*fn)(void *ud), void *ud);
+
 /* Run on loop: process work when it is queued and arm one uv timer for the
-** earliest due item. Detach (or destroy) before closing the loop. */
+** earliest due item. Detach (or destroy) before closing the loop; detach
+** waits for the sync of every pipelined batch and tells its acks. */
 int cm_engine_attach(cm_engine *e, uv_loop_t *loop, cm_err *err);
 void cm_engine_detach(cm_engine *e);
 
 /* ---- for the API and /metrics ------------------------------------------ */
 
 /* Cumulative since cm_engine_new. Latency: from cm_engine_start/signal to the
-** submitter's acknowledgement (after the commit), in seconds. */
+** submitter's acknowledgement (after the commit is durable), in seconds. */
 #define CM_ENGINE_LATENCY_BUCKETS 12
 extern const double cm_engine_latency_bounds[CM_ENGINE_LATENCY_BUCKETS];
 typedef struct cm_engine_stats {
@@ -290,6 +310,7 @@ typedef struct cm_engine_stats {
     uint64_t lua_errors;   /* handler runs that raised */
     uint64_t budget_kills; /* handler runs stopped by the instruction budget or memory cap */
     uint64_t batches;      /* batches committed */
+    uint64_t sync_waits;   /* pipelined batches whose acks waited for the sync thread */
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */

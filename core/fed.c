@@ -920,6 +920,7 @@ typedef struct fed_inbound {
 
 struct cm_fed {
     cm_fed_opts o;
+    cm_store_rowmark mark; /* durable_only: the outbox rows known durable */
     int window;
     int minor;             /* the protocol minor version spoken (opts.proto_minor) */
     cm_buf text;           /* scratch: one deliver being encoded */
@@ -2107,6 +2108,15 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
 {
     cm_err err;
     uint32_t round = p->round;
+    int64_t durable = INT64_MAX; /* rows above it wait for the sync of their commit */
+    if (fed->o.durable_only) {
+        if (cm_store_in_tx(fed->o.store)) /* rows of an open transaction are not even committed */
+            return;
+        int64_t top = peer_query(fed, p, "SELECT coalesce(max(seq), 0) FROM outbox");
+        if (top < 0)
+            return;
+        durable = cm_store_rowmark_update(fed->o.store, &fed->mark, top);
+    }
     for (;;) {
         int room = fed->window - p->nwin, got = 0;
         /* after the window, or (empty) after the last row delivered to p:
@@ -2121,7 +2131,7 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
         sqlite3_stmt *st = cm_store_prepare(fed->o.store,
                                             "SELECT " OUTBOX_COLUMNS " FROM outbox "
                                             "WHERE status = 'pending' AND peer = ?1 AND seq > ?2 "
-                                            "ORDER BY seq LIMIT ?3",
+                                            "AND seq <= ?4 ORDER BY seq LIMIT ?3",
                                             &err);
         if (!st) {
             cm_log(CM_LOG_ERROR, "fed.store", "%s", err.msg);
@@ -2130,6 +2140,7 @@ static void peer_fill(cm_fed *fed, fed_peer *p)
         sqlite3_bind_text(st, 1, p->cfg->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, after);
         sqlite3_bind_int(st, 3, room < FED_FILL_CHUNK ? room : FED_FILL_CHUNK);
+        sqlite3_bind_int64(st, 4, durable);
         while (!stop && sqlite3_step(st) == SQLITE_ROW) {
             int64_t seq = sqlite3_column_int64(st, 0);
             got++;

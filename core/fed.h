@@ -181,6 +181,11 @@ typedef struct cm_fed_opts {
     ** CM_FED_PROTO_MINOR; 1 speaks 1.1 (no batches: neither announced, sent
     ** nor taken), as an older node does -- for tests and the benchmark. */
     int proto_minor;
+    /* The output-commit rule (store.h): send only outbox rows of commits the
+    ** store's watermark covers (a row written in a deferred commit waits for
+    ** its sync); call cm_fed_wake when the watermark moves. false: every
+    ** committed row may go (a store with no deferred commits). */
+    bool durable_only;
 } cm_fed_opts;
 
 #define CM_FED_WINDOW_DEFAULT 1000

@@ -53,6 +53,7 @@ struct cm_http_req {
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
     size_t resp_len;
+    uint64_t needs; /* the commit the answer may show: written once it is durable */
 };
 _Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
 
@@ -106,6 +107,7 @@ struct cm_http_server {
     bool stopping;
     void (*done)(void *ud);
     void *done_ud;
+    cm_http_gate gate; /* made NULL: none */
 };
 
 static http_parser_settings parser_settings;
@@ -542,7 +544,10 @@ static void conn_flush(conn *c)
     if (c->writing || c->closing)
         return;
     cm_http_req *last = NULL;
-    for (cm_http_req *r = c->head; r && r->answered && n < MAX_WRITE_BATCH; r = r->next) {
+    const cm_http_gate *g = &c->srv->gate;
+    uint64_t durable = g->made ? g->durable(g->ud) : UINT64_MAX;
+    for (cm_http_req *r = c->head; r && r->answered && r->needs <= durable && n < MAX_WRITE_BATCH;
+         r = r->next) {
         bufs[n++] = uv_buf_init(r->mem.resp, (unsigned)r->resp_len);
         last = r;
         if (r->close_after)
@@ -600,6 +605,7 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
     }
     r->close_after = close;
     r->answered = true;
+    r->needs = c->srv->gate.made ? c->srv->gate.made(c->srv->gate.ud) : 0;
     /* Written by the flusher before the loop polls again: the answers a
     ** handler gives in one burst (an engine batch) leave in one write, and the
     ** client's next requests arrive together. */
@@ -608,6 +614,24 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
         uv_idle_start(&c->srv->flusher, on_flush);
     else
         conn_flush(c);
+}
+
+void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate)
+{
+    if (gate)
+        s->gate = *gate;
+    else
+        memset(&s->gate, 0, sizeof(s->gate));
+    cm_http_server_durable(s); /* without a gate nothing is held */
+}
+
+void cm_http_server_durable(cm_http_server *s)
+{
+    for (conn *c = s->conns, *next; c; c = next) {
+        next = c->next; /* a failed write closes c */
+        if (c->head && c->head->answered)
+            conn_flush(c);
+    }
 }
 
 /* ---- parsing ----------------------------------------------------------- */

@@ -86,6 +86,21 @@ uint64_t cm_http_req_pass(const cm_http_req *r);
 void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
                      size_t len);
 
+/* The output-commit rule for answers (store.h, deferred commits): with a
+** gate, an answer is written only once the watermark reaches the commit
+** counter as it was when the answer was made, so no answer, a read's
+** included, shows a state an OS crash can still take back. A connection's
+** answers keep their order: one held holds those after it. */
+typedef struct cm_http_gate {
+    uint64_t (*made)(void *ud);    /* the commit counter now (cm_store_commit_seq) */
+    uint64_t (*durable)(void *ud); /* the watermark (cm_store_synced_seq) */
+    void *ud;
+} cm_http_gate;
+/* Set (gate NULL: remove) the server's gate; answers made before keep theirs. */
+void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate);
+/* The watermark moved: write the answers it releases. */
+void cm_http_server_durable(cm_http_server *s);
+
 /* Reason phrase of a status ("Not Found"); "Unknown" for others. */
 const char *cm_http_status_text(int status);
 

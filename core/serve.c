@@ -47,6 +47,7 @@ typedef struct serve {
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t notify; /* hands pending notifications to channel plugins */
     int signum;
+    bool sync_failed; /* the store's WAL fsync failed: the node stops (store.h) */
     /* where workflows come from (workflow_source, serve_reload) */
     struct {
         char dir[4096]; /* the workflows directory now */
@@ -214,6 +215,10 @@ static void on_notify_tick(uv_timer_t *h)
     serve *sv = h->data;
     cm_err err;
     int sent = 0;
+    /* the output-commit rule: no notification of a commit not yet durable
+    ** leaves; waits for the sync in flight, at most one fsync per tick */
+    if (cm_store_sync_wait(sv->o->store, cm_store_commit_seq(sv->o->store), &err) != 0)
+        return; /* the node is stopping (serve_durable) */
     if (cm_plugin_host_deliver(sv->plugins, sv->o->store, sv->o->clock, 64, &sent, &err) != 0)
         cm_log(CM_LOG_ERROR, "notify.fail", "%s", err.msg);
     else if (sent > 0)
@@ -254,6 +259,20 @@ static void serve_stop(serve *sv)
     cm_api_stop(sv->api, on_api_drained, sv);
 }
 
+/* The output-commit rule for API answers: what an answer made now may show
+** (inside a pipelined batch's acks, that batch), and what is durable. */
+static uint64_t api_made(void *ud)
+{
+    serve *sv = ud;
+    return cm_engine_output_seq(sv->engine);
+}
+
+static uint64_t api_durable(void *ud)
+{
+    serve *sv = ud;
+    return cm_store_synced_seq(sv->o->store);
+}
+
 static int start_api(serve *sv, uv_loop_t *loop, cm_err *err)
 {
     cm_api_opts ao = {loop,       sv->o->store, sv->o->model, sv->o->clock,
@@ -262,7 +281,31 @@ static int start_api(serve *sv, uv_loop_t *loop, cm_err *err)
         cm_log(CM_LOG_INFO, "api.off", "%s", "the HTTP API is disabled (api.enabled = false)");
         return 0;
     }
-    return cm_api_start(&ao, &sv->api, err);
+    int rc = cm_api_start(&ao, &sv->api, err);
+    if (rc == 0) {
+        cm_http_gate gate = {api_made, api_durable, sv};
+        cm_api_set_gate(sv->api, &gate);
+    }
+    return rc;
+}
+
+/* The engine learned that the store's watermark moved (or a sync failed):
+** the API's answers and federation's sends waiting for it go on. A failed
+** fsync is not retried (store.h): the node is not ready and stops; answers
+** held for the lost syncs are never written. */
+static void serve_durable(void *ud)
+{
+    serve *sv = ud;
+    cm_err err;
+    if (!sv->sync_failed && cm_store_sync_status(sv->o->store, &err) != 0) {
+        sv->sync_failed = true;
+        cm_log(CM_LOG_ERROR, "store.sync_failed", "%s; the node stops", err.msg);
+        cm_api_set_ready(sv->api, false);
+        serve_stop(sv);
+        return;
+    }
+    cm_api_durable(sv->api);
+    cm_fed_wake(sv->fed);
 }
 
 /* ---- end of the HTTP API ---- */
@@ -444,7 +487,8 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       0,
                       NULL,
                       NULL,
-                      0};
+                      0,
+                      true}; /* the engine's batches are pipelined: rows wait for their sync */
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;
@@ -485,8 +529,11 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
                sv->o->node_id, sv->o->data, cm_store_schema_version(sv->o->store), (long)getpid(),
                refused);
         uv_run(&loop, UV_RUN_DEFAULT);
-        cm_log(CM_LOG_INFO, "serve.stop", "node %s stopped on %s", sv->o->node_id,
-               sv->signum == SIGINT ? "SIGINT" : "SIGTERM");
+        if (sv->sync_failed)
+            rc = cm_store_sync_status(sv->o->store, err);
+        else
+            cm_log(CM_LOG_INFO, "serve.stop", "node %s stopped on %s", sv->o->node_id,
+                   sv->signum == SIGINT ? "SIGINT" : "SIGTERM");
     } else {
         /* close what was opened, then let the loop finish the closes */
         uv_signal_t *hs[] = {&sv->sigint, &sv->sigterm, &sv->sighup};
@@ -540,6 +587,9 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     eo.node_id = o->node_id;
     eo.route_at_insert = fed_route_at_insert;
     eo.route_ud = &sv;
+    /* group commit pipelined: a batch's fsync overlaps the next batch; every
+    ** output waits for the sync that covers it (api, fed, notifications) */
+    eo.pipeline = true;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;
@@ -554,6 +604,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
         goto done;
     sv.sb = sb;
     cm_engine_observe(sv.engine, engine_event, &sv);
+    cm_engine_on_durable(sv.engine, serve_durable, &sv);
     rc = run_loop(&sv, sb, err);
 done:
     cm_engine_destroy(&sv.engine); /* before the API: it acks what never ran */

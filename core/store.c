@@ -44,14 +44,42 @@ typedef struct cm_ckpt {
     cm_store_ckpt_stats stats;
 } cm_ckpt;
 
+/* Deferred commits' syncs (see store.h): the thread fdatasyncs the WAL on an
+** fd of its own. Under mu: want, synced, busy, stop, failed, why, notify. */
+typedef struct cm_syncer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* the thread waits for work, waiters for the watermark */
+    pthread_t thread;
+    bool started;     /* the thread runs (started on the first deferred commit) */
+    bool unavailable; /* it could not be started: deferred commits are synced inline */
+    bool stop;
+    int fd;    /* the WAL, opened by the thread's starter; -1 when none */
+    dev_t dev; /* the WAL's inode as opened: checked before each sync */
+    ino_t ino;
+    char *wal_path;
+    uint64_t want;   /* the highest commit number asked to be synced */
+    uint64_t synced; /* the watermark */
+    int failed;      /* the errno of a failed sync (or EIO: the WAL was replaced); 0: none */
+    char why[512];
+    void (*notify)(void *ud);
+    void *notify_ud;
+    int (*fn)(void *ud, int fd);
+    void *fn_ud;
+} cm_syncer;
+
 struct cm_store {
     sqlite3 *db;
     char *path;
     cm_ckpt *ckpt; /* NULL: SQLite's own checkpoints, inline */
     int schema_version;
-    bool tx_held; /* cm_store_begin ran and neither commit nor rollback since */
-    int sync;     /* the synchronous level it was opened with (cm_sync) */
-    bool nosync;  /* the open transaction is cm_store_begin_nosync's: NORMAL until it ends */
+    bool tx_held;     /* cm_store_begin ran and neither commit nor rollback since */
+    int sync;         /* the synchronous level it was opened with (cm_sync) */
+    bool nosync;      /* the open transaction is cm_store_begin_nosync's: NORMAL until it ends */
+    bool deferred;    /* the open transaction is cm_store_begin_deferred's */
+    bool writer;      /* opened to write: sy is initialized */
+    uint64_t commits; /* deferred and synced commits that wrote (cm_store_commit_seq) */
+    bool wrote;       /* the WAL hook saw the last commit write frames */
+    cm_syncer sy;
     cm_store_nested_fn nested_fn; /* see cm_store_on_nested_write */
     void *nested_ud;
     cm_stmt_slot stmts[CM_STMT_SLOTS];
@@ -632,9 +660,243 @@ bool cm_store_tx_lost(cm_store *store)
     return store->tx_held && sqlite3_get_autocommit(store->db);
 }
 
+/* ---- deferred commits' syncs -------------------------------------------- */
+
+static void sync_notify(cm_syncer *sy)
+{
+    if (sy->notify)
+        sy->notify(sy->notify_ud);
+}
+
+/* Sync the WAL once: the inode opened must still be the WAL's (SQLite never
+** replaces or deletes it while the writer's connection is open; a check that
+** costs a stat against a sync of milliseconds). 0 or an errno. */
+static int sync_once(cm_syncer *sy, char *why, size_t whysz)
+{
+    struct stat sb;
+    if (stat(sy->wal_path, &sb) != 0 || sb.st_dev != sy->dev || sb.st_ino != sy->ino) {
+        snprintf(why, whysz, "%s: the WAL file was replaced or removed under the store",
+                 sy->wal_path);
+        return EIO;
+    }
+    int rc = sy->fn ? sy->fn(sy->fn_ud, sy->fd) : (fdatasync(sy->fd) == 0 ? 0 : errno);
+    if (rc != 0)
+        snprintf(why, whysz, "%s: fdatasync failed: %s", sy->wal_path, strerror(rc));
+    return rc;
+}
+
+static void *sync_main(void *arg)
+{
+    cm_syncer *sy = arg;
+    char why[sizeof(sy->why)];
+    pthread_mutex_lock(&sy->mu);
+    for (;;) {
+        while (!sy->stop && (sy->failed || sy->want <= sy->synced))
+            pthread_cond_wait(&sy->cv, &sy->mu);
+        if (sy->stop)
+            break;
+        /* every frame of commits up to want is written: one sync covers them all */
+        uint64_t target = sy->want;
+        pthread_mutex_unlock(&sy->mu);
+        int rc = sync_once(sy, why, sizeof(why));
+        pthread_mutex_lock(&sy->mu);
+        if (rc != 0) {
+            sy->failed = rc;
+            memcpy(sy->why, why, sizeof(why));
+        } else if (target > sy->synced) {
+            sy->synced = target;
+        }
+        pthread_cond_broadcast(&sy->cv);
+        sync_notify(sy);
+    }
+    pthread_mutex_unlock(&sy->mu);
+    return NULL;
+}
+
+/* The thread and its fd of the WAL, on the first deferred commit; false if
+** they cannot be had (deferred commits then commit synced). */
+static bool sync_start(cm_store *store)
+{
+    cm_syncer *sy = &store->sy;
+    if (sy->started || sy->unavailable)
+        return sy->started;
+    sy->unavailable = true;
+    size_t n = strlen(store->path) + sizeof("-wal");
+    struct stat sb;
+    if (!(sy->wal_path = malloc(n)))
+        return false;
+    snprintf(sy->wal_path, n, "%s-wal", store->path);
+    /* the writer's connection holds the WAL open from its first read on */
+    sy->fd = open(sy->wal_path, O_RDONLY | O_CLOEXEC);
+    if (sy->fd < 0 || fstat(sy->fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        goto fail;
+    sy->dev = sb.st_dev;
+    sy->ino = sb.st_ino;
+    sigset_t all, old;
+    sigfillset(&all); /* signals stay with the threads that expect them (the loop's) */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&sy->thread, NULL, sync_main, sy);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        goto fail;
+    sy->unavailable = false;
+    sy->started = true;
+    return true;
+fail:
+    if (sy->fd >= 0)
+        close(sy->fd);
+    sy->fd = -1;
+    return false;
+}
+
+/* After a commit that wrote: a deferred one asks the thread for a sync, a
+** synced one moves the watermark (its WAL sync covered every earlier frame). */
+static void sync_after_commit(cm_store *store, bool deferred)
+{
+    cm_syncer *sy = &store->sy;
+    store->commits++;
+    pthread_mutex_lock(&sy->mu);
+    if (deferred) {
+        sy->want = store->commits;
+        pthread_cond_broadcast(&sy->cv);
+    } else if (store->commits > sy->synced && !sy->failed) {
+        sy->synced = store->commits;
+        pthread_cond_broadcast(&sy->cv);
+        sync_notify(sy);
+    }
+    pthread_mutex_unlock(&sy->mu);
+}
+
+static void sync_init(cm_store *store)
+{
+    store->sy.fd = -1;
+    pthread_mutex_init(&store->sy.mu, NULL);
+    pthread_cond_init(&store->sy.cv, NULL);
+    store->writer = true;
+}
+
+/* Finish what was asked (its waiters are gone; a close wants it durable),
+** stop the thread, close the fd. */
+static void sync_close(cm_store *store)
+{
+    cm_syncer *sy = &store->sy;
+    if (!store->writer)
+        return;
+    if (sy->started) {
+        cm_err ignored;
+        cm_store_sync_wait(store, store->commits, &ignored);
+        pthread_mutex_lock(&sy->mu);
+        sy->stop = true;
+        pthread_cond_broadcast(&sy->cv);
+        pthread_mutex_unlock(&sy->mu);
+        pthread_join(sy->thread, NULL);
+    }
+    if (sy->fd >= 0)
+        close(sy->fd);
+    free(sy->wal_path);
+    pthread_cond_destroy(&sy->cv);
+    pthread_mutex_destroy(&sy->mu);
+    store->writer = false;
+}
+
+static int sync_failed(cm_syncer *sy, cm_err *err)
+{
+    return cm_err_set(err, CM_EIO,
+                      "%s; nothing committed since the last good sync is known durable, so "
+                      "the store takes no more writes (restart to recover from the WAL)",
+                      sy->why);
+}
+
+int cm_store_sync_status(cm_store *store, cm_err *err)
+{
+    cm_syncer *sy = &store->sy;
+    if (!store->writer)
+        return 0;
+    pthread_mutex_lock(&sy->mu);
+    int rc = sy->failed ? sync_failed(sy, err) : 0;
+    pthread_mutex_unlock(&sy->mu);
+    return rc;
+}
+
+uint64_t cm_store_commit_seq(cm_store *store)
+{
+    return store->commits;
+}
+
+uint64_t cm_store_synced_seq(cm_store *store)
+{
+    if (!store->writer)
+        return 0;
+    pthread_mutex_lock(&store->sy.mu);
+    uint64_t v = store->sy.synced;
+    pthread_mutex_unlock(&store->sy.mu);
+    return v;
+}
+
+int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err)
+{
+    cm_syncer *sy = &store->sy;
+    if (!store->writer)
+        return 0;
+    pthread_mutex_lock(&sy->mu);
+    /* every number above the watermark was asked of the thread at its commit */
+    while (!sy->failed && sy->synced < seq && sy->started)
+        pthread_cond_wait(&sy->cv, &sy->mu);
+    int rc = sy->failed ? sync_failed(sy, err) : 0;
+    pthread_mutex_unlock(&sy->mu);
+    return rc;
+}
+
+void cm_store_on_synced(cm_store *store, void (*fn)(void *ud), void *ud)
+{
+    if (!store->writer)
+        return;
+    pthread_mutex_lock(&store->sy.mu);
+    store->sy.notify = fn;
+    store->sy.notify_ud = ud;
+    pthread_mutex_unlock(&store->sy.mu);
+}
+
+int64_t cm_store_rowmark_update(cm_store *store, cm_store_rowmark *m, int64_t max_key)
+{
+    uint64_t made = cm_store_commit_seq(store), durable = cm_store_synced_seq(store);
+    if (made <= durable) { /* every commit is durable: every row there is */
+        m->n = 0;
+        if (max_key > m->durable)
+            m->durable = max_key;
+        return m->durable;
+    }
+    int k = 0;
+    while (k < m->n && m->commit[k] <= durable) {
+        if (m->row[k] > m->durable)
+            m->durable = m->row[k];
+        k++;
+    }
+    memmove(m->commit, m->commit + k, (size_t)(m->n - k) * sizeof(m->commit[0]));
+    memmove(m->row, m->row + k, (size_t)(m->n - k) * sizeof(m->row[0]));
+    m->n -= k;
+    if (max_key > m->durable) {
+        if (m->n > 0 && m->commit[m->n - 1] == made)
+            m->row[m->n - 1] = max_key;
+        else if (m->n < CM_STORE_ROWMARK_MAX) {
+            m->commit[m->n] = made;
+            m->row[m->n++] = max_key;
+        } else { /* full: the last entry waits for the later commit, which covers it */
+            m->commit[m->n - 1] = made;
+            m->row[m->n - 1] = max_key;
+        }
+    }
+    return m->durable;
+}
+
+/* ---- transactions ------------------------------------------------------ */
+
 static int tx_begin(cm_store *store, cm_err *err)
 {
-    int rc = cm_store_exec(store, "BEGIN IMMEDIATE", err);
+    int rc = cm_store_sync_status(store, err); /* no writes once a sync failed */
+    if (rc != 0)
+        return rc;
+    rc = cm_store_exec(store, "BEGIN IMMEDIATE", err);
     if (rc == CM_EDB && sqlite3_errcode(store->db) == SQLITE_BUSY)
         rc = cm_err_set(err, CM_EDB, "%s: another caremesh process holds the write lock",
                         store->path);
@@ -689,6 +951,7 @@ int cm_store_begin_nosync(cm_store *store, cm_err *err)
 int cm_store_commit(cm_store *store, cm_err *err)
 {
     int rc;
+    store->wrote = false;
     if (cm_store_tx_lost(store))
         rc = cm_err_set(err, CM_EDB,
                         "%s: the transaction was rolled back by an earlier error; "
@@ -698,9 +961,23 @@ int cm_store_commit(cm_store *store, cm_err *err)
         rc = cm_store_exec(store, "COMMIT", err);
     if (rc != 0 && cm_store_in_tx(store))
         cm_store_rollback(store);
+    /* a commit that wrote nothing synced nothing and needs no sync */
+    if (rc == 0 && store->writer && store->wrote && (store->deferred || !store->nosync))
+        sync_after_commit(store, store->deferred && store->sync >= CM_SYNC_FULL);
+    store->deferred = false;
     store->tx_held = false;
     cm_err ignored; /* cm_store_begin tries again */
     nosync_end(store, &ignored);
+    return rc;
+}
+
+int cm_store_begin_deferred(cm_store *store, cm_err *err)
+{
+    /* no thread for the syncs: the transaction commits synced, as begin's */
+    if (store->sync >= CM_SYNC_FULL && !sync_start(store))
+        return cm_store_begin(store, err);
+    int rc = cm_store_begin_nosync(store, err);
+    store->deferred = rc == 0;
     return rc;
 }
 
@@ -708,6 +985,7 @@ void cm_store_rollback(cm_store *store)
 {
     if (cm_store_in_tx(store))
         sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+    store->deferred = false;
     store->tx_held = false;
     cm_err ignored; /* cm_store_begin tries again */
     nosync_end(store, &ignored);
@@ -924,8 +1202,9 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     cm_store *store = arg;
     cm_ckpt *c = store->ckpt;
-    (void)db;
-    (void)name;
+    store->wrote = true;
+    if (!c) /* SQLite's own checkpoints, as its default hook runs them */
+        return pages >= 1000 ? sqlite3_wal_checkpoint(db, name) : SQLITE_OK;
     pthread_mutex_lock(&c->mu);
     if (pages > c->stats.max_wal_pages)
         c->stats.max_wal_pages = pages;
@@ -961,6 +1240,8 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
 
 static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
 {
+    /* the hook also tells commits that wrote (sync_after_commit) */
+    sqlite3_wal_hook(store->db, ckpt_hook, store); /* replaces SQLite's autocheckpoint */
     if (opts->checkpoint_pages < 0)
         return 0;
     cm_ckpt *c = calloc(1, sizeof(*c));
@@ -974,7 +1255,6 @@ static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     store->ckpt = c;
-    sqlite3_wal_hook(store->db, ckpt_hook, store); /* replaces SQLite's autocheckpoint */
     return 0;
 }
 
@@ -983,10 +1263,10 @@ static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
 static void ckpt_close(cm_store *store)
 {
     cm_ckpt *c = store->ckpt;
-    if (!c)
-        return;
     if (store->db)
         sqlite3_wal_hook(store->db, NULL, NULL);
+    if (!c)
+        return;
     if (c->started) {
         pthread_mutex_lock(&c->mu);
         c->stop = true;
@@ -1095,6 +1375,9 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
         goto done;
     }
     store->sync = (int)opts->synchronous;
+    sync_init(store);
+    store->sy.fn = opts->sync_fn;
+    store->sy.fn_ud = opts->sync_ud;
     if ((rc = set_pragmas(store, opts, err)) != 0)
         goto done;
     if ((rc = migrate(store, err)) != 0)
@@ -1113,6 +1396,7 @@ void cm_store_close(cm_store **store_p)
     cm_store *store = store_p ? *store_p : NULL;
     if (!store)
         return;
+    sync_close(store);
     ckpt_close(store);
     for (int i = 0; i < CM_STMT_SLOTS; i++)
         sqlite3_finalize(store->stmts[i].stmt);

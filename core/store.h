@@ -14,6 +14,7 @@
 
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "error.h"
 
@@ -46,6 +47,13 @@ typedef struct cm_store_opts {
     ** only with query_only set, no migrations (the writer applies them), no
     ** checkpoints of its own. The database must exist. */
     bool read_only;
+    /* Deferred commits (cm_store_begin_deferred) are made durable by a sync
+    ** thread of the store's own that calls this on its own fd of the WAL
+    ** file; NULL selects fdatasync. Returns 0 or an errno. A test hook: a
+    ** function that blocks holds every deferred commit unsynced, one that
+    ** fails injects an fsync error. */
+    int (*sync_fn)(void *ud, int fd);
+    void *sync_ud;
 } cm_store_opts;
 
 typedef struct cm_store cm_store;
@@ -97,6 +105,53 @@ bool cm_store_in_tx(cm_store *store);
 ** Only for records that redoing repairs and that nothing acknowledged to
 ** anyone depends on (federation's delivered marks: fed.c, peer_flush). */
 int cm_store_begin_nosync(cm_store *store, cm_err *err);
+/*
+** Deferred commits: group commit with the fsync off the writer's thread.
+** cm_store_begin_deferred opens a transaction like cm_store_begin_nosync
+** (SQLite's synchronous=NORMAL for it: its frames are written to the WAL at
+** COMMIT, not synced), and its commit hands the sync to the store's sync
+** thread, which fdatasyncs the WAL on an fd of its own: one sync covers
+** every frame written before it starts, so syncs coalesce (at most one in
+** flight; the next covers every commit made meanwhile). Each deferred or
+** synced commit takes the next number of a counter; the watermark is the
+** highest number known durable: the last finished sync's, or a synced
+** commit's (its own WAL sync covers every earlier frame). Nothing that
+** depends on a commit may leave the process before the watermark reaches
+** it (the output-commit rule). A failed sync is never retried (Linux may
+** have dropped the pages): the watermark stops, every waiter gets CM_EIO,
+** and every later begin fails with CM_EIO. At a level below FULL the store
+** wants no sync: deferred commits count as synced at once.
+*/
+int cm_store_begin_deferred(cm_store *store, cm_err *err);
+/* The number of the latest deferred or synced commit: what an output made
+** now depends on. */
+uint64_t cm_store_commit_seq(cm_store *store);
+/* The watermark: every commit numbered at or below it is durable. Any thread. */
+uint64_t cm_store_synced_seq(cm_store *store);
+/* Block until commit seq is durable: 0, or CM_EIO when the sync failed. */
+int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err);
+/* 0 while syncs succeed; CM_EIO (err says why) once one failed. Any thread. */
+int cm_store_sync_status(cm_store *store, cm_err *err);
+/* fn(ud) is called when the watermark moves or a sync fails: on the sync
+** thread (so it must be thread-safe: uv_async_send), or on the writer's
+** thread after a synced commit. One listener; NULL removes it (after which
+** it is not called). */
+void cm_store_on_synced(cm_store *store, void (*fn)(void *ud), void *ud);
+
+/* Which rows of a table (by their increasing key) an output may show: the
+** rows at or below a key read when the commit counter was c are durable
+** once the watermark reaches c. Call cm_store_rowmark_update with the
+** table's largest key now (outside a transaction); it returns the largest
+** key known durable. Starts zeroed. Writer's thread. */
+#define CM_STORE_ROWMARK_MAX 8
+typedef struct cm_store_rowmark {
+    uint64_t commit[CM_STORE_ROWMARK_MAX];
+    int64_t row[CM_STORE_ROWMARK_MAX];
+    int n;
+    int64_t durable; /* the largest key known durable */
+} cm_store_rowmark;
+int64_t cm_store_rowmark_update(cm_store *store, cm_store_rowmark *m, int64_t max_key);
+
 /* Who writes inside an open transaction in a scope of its own (a plugin's
 ** savepoint) calls cm_store_nested_write first: it runs the one armed
 ** callback (the engine opens a step's savepoint only when the step's handler

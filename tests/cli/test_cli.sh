@@ -31,6 +31,7 @@ expect 2 "bench unknown" -- "$bin" bench disks;   has "bench unknown" "known: en
 expect 2 "bench engine zero" -- "$bin" bench engine --instances 0; has "bench engine zero" "--instances: must be a count from 1 to 10000000, got '0'"
 expect 2 "bench engine no value" -- "$bin" bench engine --batch; has "bench engine no value" "missing value: '--batch'"
 expect 2 "bench engine extra" -- "$bin" bench engine surplus; has "bench engine extra" "unexpected argument 'surplus'"
+expect 2 "bench engine mode" -- "$bin" bench engine --mode fast; has "bench engine mode" "--mode: must be loop or run, got 'fast'"
 expect 2 "bench federation window" -- "$bin" bench federation --window 99999999; has "bench federation window" "--window: must be a count from 1 to 100000"
 expect 2 "bench federation proto" -- "$bin" bench federation --receiver-proto 2.0; has "bench federation proto" "'2.0' is not a version this build speaks"
 expect 2 "bench federation option" -- "$bin" bench federation --colour 3; has "bench federation option" "bad option or missing value: '--colour'"

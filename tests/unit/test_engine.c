@@ -14,6 +14,7 @@
 #include "lhost.h"
 #include "lworkflow.h"
 #include "node.h"
+#include "syncgate.h"
 
 #define HOUR (3600 * 1000LL)
 #define DAY  (24 * HOUR)
@@ -45,6 +46,8 @@ typedef struct fx {
     bool count_installed; /* the engine asks through counting_installed */
     cm_runtime seam;
     const char *peer; /* the one configured federation peer, or NULL */
+    bool pipeline;    /* cm_engine_opts.pipeline, the store's syncs through gate */
+    cm_test_gate gate;
     acks a;
 } fx;
 
@@ -136,6 +139,10 @@ static void open_engine(fx *f)
     cm_store_opts_init(&so);
     so.path = f->db;
     so.create = true;
+    if (f->pipeline) {
+        so.sync_fn = cm_test_gate_sync;
+        so.sync_ud = &f->gate;
+    }
     assert_int_equal(cm_store_open(&f->store, &so, &err), 0);
     f->model = cm_model_new(f->store, f->clock);
     cm_sandbox_limits limits = {0, f->lua_memory};
@@ -164,6 +171,7 @@ static void open_engine(fx *f)
     eo.route_at_insert = route_at_insert;
     eo.route_ud = f;
     eo.cache_max = f->cache_max;
+    eo.pipeline = f->pipeline;
     f->engine = cm_engine_new(&eo, &err);
     assert_non_null(f->engine);
 }
@@ -216,6 +224,8 @@ static int teardown(void **state)
 {
     fx *f = *state;
     close_engine(f);
+    if (f->pipeline)
+        cm_test_gate_destroy(&f->gate);
     cm_clock_destroy(&f->clock);
     cm_test_rmtree(f->dir);
     free(f->dir);
@@ -1853,6 +1863,208 @@ static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 2);
 }
 
+/* ---- pipelined group commit ------------------------------------------- */
+
+/* The same database, the engine pipelined and its store's syncs through the gate. */
+static void reopen_pipelined(fx *f)
+{
+    close_engine(f);
+    cm_test_gate_init(&f->gate);
+    f->pipeline = true;
+    open_engine(f);
+    load_ok(f, "ticker.lua", TICKER);
+}
+
+static void start_ticker(fx *f, const char *id)
+{
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "ticker", NULL, id, on_ack, &f->a, &err), 0);
+}
+
+/* Run the loop until n acks have come (bounded: each turn waits at most for
+** the ticker's 1 s timer). */
+static void loop_until_acks(fx *f, uv_loop_t *loop, int n)
+{
+    for (int i = 0; i < 100 && f->a.n < n; i++)
+        uv_run(loop, UV_RUN_ONCE);
+    assert_int_equal(f->a.n, n);
+}
+
+static void loop_end(fx *f, uv_loop_t *loop)
+{
+    cm_engine_detach(f->engine);
+    uv_run(loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(loop), 0);
+}
+
+/* Attached and pipelined, a batch commits and the loop goes on to the next
+** one while its sync runs; no ack nor observer event leaves before the sync
+** that covers it: nothing while the sync is held, everything after, in
+** order. The second batch, committed while the first one's sync was in
+** flight, is covered by the next one sync. */
+static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    seen s = {0};
+    cm_err err;
+    cm_engine_stats st;
+    reopen_pipelined(f);
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    cm_engine_observe(f->engine, observe, &s);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    cm_test_gate_hold(&f->gate, true);
+    start_ticker(f, "t-1");
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id LIKE 't-%'"), 2);
+    start_ticker(f, "t-3");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the next batch commits meanwhile */
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id LIKE 't-%'"), 3);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(f->a.n, 0);
+    assert_int_equal(s.n, 0);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.batches, 2);
+    cm_test_gate_hold(&f->gate, false);
+    loop_until_acks(f, &loop, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(f->a.status[i], 0);
+        assert_string_equal(f->a.state[i], "waiting");
+    }
+    assert_string_equal(f->a.instance[0], "t-1");
+    assert_string_equal(f->a.instance[2], "t-3");
+    assert_int_equal(s.n, 3);
+    assert_string_equal(s.line[0], "1 t-1 >waiting ");
+    assert_string_equal(s.line[2], "1 t-3 >waiting ");
+    assert_int_equal(s.committed_mismatch, 0);
+    assert_int_equal(cm_test_gate_started(&f->gate), 2);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.sync_waits, 2);
+    sqlite3_close(s.db);
+    loop_end(f, &loop);
+}
+
+/* A synced commit by anyone (here an operator action) syncs every frame
+** before it: acks of batches still waiting for the sync thread go out
+** before the action's own events. */
+static void test_a_synced_commit_releases_earlier_pipelined_acks(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_err err;
+    reopen_pipelined(f);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    cm_test_gate_hold(&f->gate, true);
+    start_ticker(f, "t-1");
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    assert_int_equal(f->a.n, 0);
+    assert_int_equal(cm_engine_pause(f->engine, "t-1", &err), 0);
+    assert_int_equal(f->a.n, 2); /* told before the pause returned, the sync still held */
+    assert_int_equal(f->a.status[0], 0);
+    assert_int_equal(f->a.status[1], 0);
+    assert_int_equal(f->gate.done, 0);
+    cm_test_gate_hold(&f->gate, false);
+    loop_end(f, &loop);
+    expect_state(f, "t-1", "waiting", "paused");
+}
+
+/* A pipelined batch that wrote nothing (an event for no instance) asks no
+** sync: its ack goes at once, the sync thread never involved. */
+static void test_a_pipelined_batch_that_wrote_nothing_is_told_at_once(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_err err;
+    reopen_pipelined(f);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    cm_test_gate_hold(&f->gate, true); /* a sync asked would hold the ack */
+    signal_ev(f, "nobody", "poke", NULL);
+    for (int i = 0; i < 10 && f->a.n == 0; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(f->a.n, 1);
+    assert_int_equal(f->a.status[0], CM_ENOTFOUND);
+    assert_int_equal(cm_test_gate_started(&f->gate), 0);
+    cm_test_gate_hold(&f->gate, false);
+    loop_end(f, &loop);
+}
+
+/* Detaching waits for the sync of what was committed and tells its acks. */
+static void test_detach_tells_the_acks_of_committed_batches(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_err err;
+    reopen_pipelined(f);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    cm_test_gate_hold(&f->gate, true);
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    cm_test_gate_hold(&f->gate, false);
+    cm_engine_detach(f->engine);
+    assert_int_equal(f->a.n, 1);
+    assert_int_equal(f->a.status[0], 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A failed sync acknowledges nothing: every submitter of the batches it
+** would have covered hears CM_EIO, the observer hears nothing, and the
+** engine stops: later work is refused with the same error, not run. */
+static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    seen s = {0};
+    cm_err err;
+    reopen_pipelined(f);
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    cm_engine_observe(f->engine, observe, &s);
+    f->gate.fail = EIO;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    start_ticker(f, "t-1");
+    start_ticker(f, "t-2");
+    loop_until_acks(f, &loop, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(f->a.status[i], CM_EIO);
+        assert_false(f->a.kept[i]);
+        assert_non_null(strstr(f->a.message[i], "fdatasync failed"));
+    }
+    assert_int_equal(s.n, 0);
+    start_ticker(f, "t-3");
+    loop_until_acks(f, &loop, 3);
+    assert_int_equal(f->a.status[2], CM_EIO);
+    assert_non_null(strstr(f->a.message[2], "takes no more writes"));
+    assert_int_equal(cm_engine_run(f->engine, NULL, &err), CM_EIO);
+    assert_int_equal(cm_engine_pause(f->engine, "t-1", &err), CM_EIO);
+    sqlite3_close(s.db);
+    loop_end(f, &loop);
+}
+
+/* Without a loop a pipelined engine commits synced: every ack is told when
+** cm_engine_run returns, and the sync thread is never asked. */
+static void test_a_pipelined_engine_without_a_loop_commits_synced(void **state)
+{
+    fx *f = *state;
+    reopen_pipelined(f);
+    cm_test_gate_hold(&f->gate, true); /* a sync asked of the thread would hang the run */
+    start_ticker(f, "t-1");
+    run(f);
+    assert_int_equal(f->a.n, 1);
+    assert_int_equal(f->a.status[0], 0);
+    assert_int_equal(cm_test_gate_started(&f->gate), 0);
+    cm_test_gate_hold(&f->gate, false);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1901,6 +2113,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_handler_that_writes_and_fails_keeps_none_of_it,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_acks_wait_for_the_sync_that_covers_them,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_synced_commit_releases_earlier_pipelined_acks, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_detach_tells_the_acks_of_committed_batches, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_batch_that_wrote_nothing_is_told_at_once,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_sync_acknowledges_nothing_and_stops_the_engine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_engine_without_a_loop_commits_synced,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
                                         teardown),

@@ -122,7 +122,32 @@ typedef struct env {
     uint64_t t_start, t_eof; /* uv_now at the connect and at the end */
     int handled;
     later deferred;
+    /* the output gate (cm_http_gate): the commit counter and the watermark */
+    bool gated;
+    uint64_t made, durable;
+    size_t got_at_release; /* bytes the client had when the watermark moved */
+    uv_timer_t release;
 } env;
+
+static uint64_t gate_made(void *ud)
+{
+    return ((env *)ud)->made;
+}
+
+static uint64_t gate_durable(void *ud)
+{
+    return ((env *)ud)->durable;
+}
+
+/* The watermark reaches the commit the answers were made at. */
+static void release_answers(uv_timer_t *t)
+{
+    env *e = t->data;
+    e->got_at_release = e->got_len;
+    e->durable = e->made;
+    cm_http_server_durable(e->srv);
+    uv_close((uv_handle_t *)t, NULL);
+}
 
 static void answer_later(uv_timer_t *t)
 {
@@ -147,6 +172,15 @@ static void handler(void *ud, cm_http_req *req)
                          cm_http_req_query(req), tag ? tag : "-", len, body);
         cm_http_respond(req, 200, "text/plain", text, (size_t)n);
         return;
+    }
+    if (strcmp(path, "/gated") == 0 && e->handled == 1) {
+        /* answered now, after commit 5 while only 3 is durable; the
+        ** watermark moves 30 ms later */
+        e->made = 5;
+        e->durable = 3;
+        uv_timer_init(&e->loop, &e->release);
+        e->release.data = e;
+        uv_timer_start(&e->release, release_answers, 30, 0);
     }
     if (strcmp(path, "/later") == 0) {
         e->deferred.req = req;
@@ -225,7 +259,9 @@ static void exchange(env *e, const cm_http_limits *lim, const char *text)
     struct sockaddr_in addr;
     const char *send2 = e->send2, *send2_after = e->send2_after;
     int send2_delay_ms = e->send2_delay_ms;
+    bool gated = e->gated;
     memset(e, 0, sizeof(*e));
+    e->gated = gated;
     e->send2 = send2;
     e->send2_after = send2_after;
     e->send2_delay_ms = send2_delay_ms;
@@ -233,6 +269,10 @@ static void exchange(env *e, const cm_http_limits *lim, const char *text)
     assert_int_equal(cm_http_server_start(&e->loop, "127.0.0.1", 0, lim, handler, e, &e->srv, &err),
                      0);
     assert_true(cm_http_server_port(e->srv) > 0);
+    if (e->gated) {
+        cm_http_gate g = {gate_made, gate_durable, e};
+        cm_http_server_set_gate(e->srv, &g);
+    }
     uv_ip4_addr("127.0.0.1", cm_http_server_port(e->srv), &addr);
     uv_tcp_init(&e->loop, &e->client);
     e->client.data = e->connect.data = e;
@@ -267,6 +307,27 @@ static void test_pipelined_answers_keep_request_order(void **state)
     assert_non_null(c);
     assert_true(a < b && b < c);
     assert_non_null(strstr(e->got, "Connection: close\r\n\r\nlast"));
+    free(e);
+}
+
+/* With an output gate, answers made after a commit that is not durable yet
+** are not written, nor those after them on the connection; once the
+** watermark reaches it they go, in order. */
+static void test_answers_wait_for_the_commit_they_may_show(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->gated = true;
+    exchange(e, &lim,
+             "GET /gated HTTP/1.1\r\nHost: t\r\n\r\n"
+             "GET /next HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_int_equal(e->handled, 2);
+    assert_int_equal(e->got_at_release, 0); /* nothing written while held */
+    const char *a = strstr(e->got, "gated"), *b = strstr(e->got, "next");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(a < b);
     free(e);
 }
 
@@ -406,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_unescape_bounds),
         cmocka_unit_test(test_split_path_segments),
         cmocka_unit_test(test_pipelined_answers_keep_request_order),
+        cmocka_unit_test(test_answers_wait_for_the_commit_they_may_show),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),

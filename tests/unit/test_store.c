@@ -14,6 +14,7 @@
 
 #include "store.h"
 #include "support.h"
+#include "syncgate.h"
 
 typedef struct fixture {
     char *dir;
@@ -625,6 +626,228 @@ static void test_delivered_mark_migration_keeps_rows_answered_out_of_order(void 
     cm_store_close(&s);
 }
 
+/* ---- deferred commits: the fsync on the store's sync thread ------------ */
+
+static cm_store *open_gated(const char *path, cm_sync level, cm_test_gate *g, cm_err *err)
+{
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_opts_init(&o);
+    o.path = path;
+    o.create = true;
+    o.synchronous = level;
+    o.sync_fn = cm_test_gate_sync;
+    o.sync_ud = g;
+    cm_store_open(&s, &o, err);
+    return s;
+}
+
+typedef struct notes {
+    pthread_mutex_t mu;
+    int n;
+} notes;
+
+static void count_note(void *ud)
+{
+    notes *c = ud;
+    pthread_mutex_lock(&c->mu);
+    c->n++;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int notes_n(notes *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int n = c->n;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+static uint64_t deferred_write(cm_store *s, const char *value)
+{
+    cm_err err;
+    assert_int_equal(cm_store_begin_deferred(s, &err), 0);
+    assert_int_equal(cm_store_meta_set(s, "k", value, &err), 0);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    return cm_store_commit_seq(s);
+}
+
+/* A deferred commit is not durable until the sync thread's sync of it ends:
+** held, the watermark stays below it; released, it passes it, and the
+** listener hears. Its transaction ran at NORMAL; the level is back after. */
+static void test_deferred_commit_is_durable_only_after_its_sync(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_err err;
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    cm_store_on_synced(s, count_note, &c);
+    cm_test_gate_hold(&g, true);
+    uint64_t before = cm_store_commit_seq(s);
+    assert_int_equal(cm_store_begin_deferred(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
+    assert_int_equal(cm_store_meta_set(s, "k", "v1", &err), 0);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 2);
+    uint64_t seq = cm_store_commit_seq(s);
+    assert_int_equal(seq, before + 1);
+    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_true(cm_store_synced_seq(s) < seq);
+    assert_int_equal(notes_n(&c), 0);
+    cm_test_gate_hold(&g, false);
+    assert_int_equal(cm_store_sync_wait(s, seq, &err), 0);
+    assert_true(cm_store_synced_seq(s) >= seq);
+    assert_int_equal(notes_n(&c), 1);
+    assert_int_equal(cm_test_gate_started(&g), 1);
+    char *v = cm_store_meta_get(s, "k", &err);
+    assert_string_equal(v, "v1");
+    free(v);
+    cm_store_on_synced(s, NULL, NULL);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
+/* Syncs coalesce: two commits made while one sync is in flight are both
+** covered by the next one sync. */
+static void test_commits_during_a_sync_share_the_next_one(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    cm_err err;
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    cm_test_gate_hold(&g, true);
+    uint64_t a = deferred_write(s, "a");
+    assert_true(cm_test_gate_wait_held(&g, 1)); /* the sync covering a is in flight */
+    uint64_t b = deferred_write(s, "b");
+    uint64_t c = deferred_write(s, "c");
+    assert_true(a < b && b < c);
+    assert_true(cm_store_synced_seq(s) < a);
+    cm_test_gate_hold(&g, false);
+    assert_int_equal(cm_store_sync_wait(s, c, &err), 0);
+    assert_int_equal(cm_test_gate_started(&g), 2);
+    assert_true(cm_store_synced_seq(s) >= c);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
+/* A synced commit (FULL) syncs the WAL with every earlier frame: the
+** watermark passes deferred commits still waiting for the thread. A commit
+** that wrote nothing synced nothing and takes no number. */
+static void test_synced_commit_covers_earlier_deferred_ones(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_err err;
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    cm_store_on_synced(s, count_note, &c);
+    cm_test_gate_hold(&g, true);
+    uint64_t a = deferred_write(s, "a");
+    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_true(cm_store_synced_seq(s) < a);
+    assert_int_equal(cm_store_begin(s, &err), 0); /* reads only */
+    char *v = cm_store_meta_get(s, "k", &err);
+    free(v);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(cm_store_commit_seq(s), a);
+    assert_true(cm_store_synced_seq(s) < a);
+    assert_int_equal(cm_store_begin(s, &err), 0); /* a write */
+    assert_int_equal(cm_store_meta_set(s, "k2", "synced", &err), 0);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(cm_store_commit_seq(s), a + 1);
+    assert_int_equal(cm_store_synced_seq(s), a + 1); /* the held sync has not ended */
+    assert_int_equal(notes_n(&c), 1);
+    assert_int_equal(g.done, 0);
+    cm_test_gate_hold(&g, false);
+    cm_store_on_synced(s, NULL, NULL);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
+/* A failed sync is never taken for durable: waiters get CM_EIO naming the
+** WAL and the error, the watermark stays, and the store takes no more
+** writes (every begin fails the same way). */
+static void test_failed_sync_stops_the_store(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_err err;
+    cm_test_gate_init(&g);
+    g.fail = EIO;
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    cm_store_on_synced(s, count_note, &c);
+    uint64_t before = cm_store_synced_seq(s);
+    uint64_t a = deferred_write(s, "lost?");
+    assert_int_equal(cm_store_sync_wait(s, a, &err), CM_EIO);
+    assert_non_null(strstr(err.msg, "-wal: fdatasync failed"));
+    assert_non_null(strstr(err.msg, "takes no more writes"));
+    assert_int_equal(cm_store_synced_seq(s), before);
+    assert_int_equal(notes_n(&c), 1);
+    assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+    assert_int_equal(cm_store_begin(s, &err), CM_EIO);
+    assert_int_equal(cm_store_begin_deferred(s, &err), CM_EIO);
+    assert_int_equal(cm_store_begin_nosync(s, &err), CM_EIO);
+    assert_false(cm_store_in_tx(s));
+    cm_store_on_synced(s, NULL, NULL);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
+/* Rows read at commit counter c are durable once the watermark reaches c:
+** while a deferred commit's sync is held, its rows are not; a second
+** deferred commit's rows wait for their own sync, not the first one's. */
+static void test_rowmark_names_the_rows_of_durable_commits(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    cm_store_rowmark m;
+    cm_err err;
+    memset(&m, 0, sizeof(m));
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_rowmark_update(s, &m, 10), 10); /* all durable */
+    cm_test_gate_hold(&g, true);
+    uint64_t a = deferred_write(s, "a"); /* rows 11..20 */
+    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_int_equal(cm_store_rowmark_update(s, &m, 20), 10);
+    uint64_t b = deferred_write(s, "b"); /* rows 21..30 */
+    assert_int_equal(cm_store_rowmark_update(s, &m, 30), 10);
+    cm_test_gate_hold(&g, false);
+    assert_int_equal(cm_store_sync_wait(s, b, &err), 0);
+    assert_true(cm_store_synced_seq(s) >= a);
+    assert_int_equal(cm_store_rowmark_update(s, &m, 30), 30);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
+/* Below FULL the store wants no sync: a deferred commit counts as synced at
+** once, and no sync thread runs. */
+static void test_deferred_commit_below_full_needs_no_sync(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    cm_err err;
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_NORMAL, &g, &err);
+    assert_non_null(s);
+    uint64_t a = deferred_write(s, "a");
+    assert_int_equal(cm_store_synced_seq(s), a);
+    assert_int_equal(cm_store_sync_wait(s, a, &err), 0);
+    assert_int_equal(cm_test_gate_started(&g), 0);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -657,6 +880,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_database_readable_by_others_is_refused, setup,
                                         teardown),
         cmocka_unit_test(test_small_blocks_are_kept_per_thread),
+        cmocka_unit_test_setup_teardown(test_deferred_commit_is_durable_only_after_its_sync, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_commits_during_a_sync_share_the_next_one, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_synced_commit_covers_earlier_deferred_ones, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rowmark_names_the_rows_of_durable_commits, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_commit_below_full_needs_no_sync, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

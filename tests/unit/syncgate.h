@@ -1,0 +1,88 @@
+/*
+** syncgate.h -- a test stand-in for the store's WAL sync (cm_store_opts.sync_fn):
+** it counts syncs, can hold them (the sync thread blocks until released) and
+** can fail them with an errno. Header-only, for the unit tests.
+*/
+#ifndef CM_TEST_SYNCGATE_H
+#define CM_TEST_SYNCGATE_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct cm_test_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool held;   /* syncs wait while set */
+    int waiting; /* syncs blocked on held now */
+    int fail;    /* an errno to return instead of syncing; 0: sync */
+    int started; /* syncs begun */
+    int done;    /* syncs finished */
+} cm_test_gate;
+
+static inline void cm_test_gate_init(cm_test_gate *g)
+{
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->held = false;
+    g->waiting = g->fail = g->started = g->done = 0;
+}
+
+static inline void cm_test_gate_destroy(cm_test_gate *g)
+{
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+}
+
+/* The sync function (cm_store_opts.sync_fn, ud the gate). */
+static inline int cm_test_gate_sync(void *ud, int fd)
+{
+    cm_test_gate *g = ud;
+    pthread_mutex_lock(&g->mu);
+    g->started++;
+    g->waiting++;
+    pthread_cond_broadcast(&g->cv);
+    while (g->held)
+        pthread_cond_wait(&g->cv, &g->mu);
+    g->waiting--;
+    int rc = g->fail ? g->fail : (fdatasync(fd) == 0 ? 0 : errno);
+    g->done++;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+static inline void cm_test_gate_hold(cm_test_gate *g, bool held)
+{
+    pthread_mutex_lock(&g->mu);
+    g->held = held;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Wait (at most 10 s) until at least n syncs have begun and are held; false on timeout. */
+static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 10;
+    pthread_mutex_lock(&g->mu);
+    int rc = 0;
+    while (g->waiting < n && rc == 0)
+        rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
+    bool ok = g->waiting >= n;
+    pthread_mutex_unlock(&g->mu);
+    return ok;
+}
+
+static inline int cm_test_gate_started(cm_test_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    int n = g->started;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+#endif
