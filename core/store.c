@@ -1203,8 +1203,12 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
     cm_store *store = arg;
     cm_ckpt *c = store->ckpt;
     store->wrote = true;
-    if (!c) /* SQLite's own checkpoints, as its default hook runs them */
-        return pages >= 1000 ? sqlite3_wal_checkpoint(db, name) : SQLITE_OK;
+    if (!c) { /* SQLite's own checkpoints, as its default hook runs them: what the
+              ** checkpoint returns is not the commit's (it is done) */
+        if (pages >= 1000)
+            sqlite3_wal_checkpoint(db, name);
+        return SQLITE_OK;
+    }
     pthread_mutex_lock(&c->mu);
     if (pages > c->stats.max_wal_pages)
         c->stats.max_wal_pages = pages;

@@ -493,6 +493,41 @@ static void test_checkpoints_inline_when_asked(void **state)
     cm_store_close(&s);
 }
 
+/* With SQLite's own checkpoints, a commit that makes the WAL large enough
+** checkpoints after it; a checkpoint that cannot run (here: a statement of
+** the writer's still reads) changes nothing of the commit, which succeeded
+** and counts, as with SQLite's default hook. */
+static void test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = -1;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    sqlite3_stmt *reading;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT version FROM schema_version", -1,
+                                        &reading, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(reading), SQLITE_ROW); /* a read stays open */
+    uint64_t before = cm_store_commit_seq(s);
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    assert_int_equal(cm_store_exec(s,
+                                   "CREATE TABLE big(b BLOB);"
+                                   "INSERT INTO big VALUES (zeroblob(6000000))",
+                                   &err),
+                     0); /* ~1500 pages: over SQLite's 1000 */
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(cm_store_commit_seq(s), before + 1);
+    assert_int_equal(cm_store_synced_seq(s), before + 1);
+    sqlite3_finalize(reading);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM big"), 1);
+    cm_store_close(&s);
+}
+
 /* Blocks freed on a thread stay in its pool until the thread ends, and are
 ** freed then (valgrind and LeakSanitizer would report them otherwise). */
 static void *pool_thread(void *arg)
@@ -872,6 +907,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoints_run_off_the_commit_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_only_store_reads_and_cannot_write, setup,
                                         teardown),
