@@ -1903,6 +1903,7 @@ static void reopen_pipelined(fx *f)
     cm_test_gate_init(&f->gate);
     f->pipeline = true;
     open_engine(f);
+    cm_test_gate_zero(&f->gate); /* the open's sync of the WAL it found */
     load_ok(f, "ticker.lua", TICKER);
 }
 
