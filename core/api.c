@@ -142,8 +142,7 @@ static size_t text_put(char *buf, size_t n, const char *s)
 ** (cm_json_escape: cut before an escape that would not fit); the new length. */
 static size_t json_put(char *buf, size_t n, size_t room, const char *s)
 {
-    cm_json_escape(s, buf + n, room);
-    return n + strlen(buf + n);
+    return n + cm_json_escape(s, buf + n, room);
 }
 
 static void count(cm_api *api, const char *pattern, int status)
