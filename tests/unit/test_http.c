@@ -384,6 +384,21 @@ static void test_a_later_request_carries_nothing_of_an_earlier_one(void **state)
     free(e);
 }
 
+/* A header is found by its whole name in any case, not by a name of the
+** same length or one that begins with it. */
+static void test_a_header_is_found_by_its_whole_name(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    exchange(e, &lim,
+             "GET /echo HTTP/1.1\r\nHost: t\r\nX-Tax: no\r\nX-Tagged: no\r\nX-Ta: no\r\n"
+             "x-tAG: yes\r\nConnection: close\r\n\r\n");
+    assert_int_equal(e->handled, 1);
+    assert_non_null(strstr(e->got, "[GET ? tag=yes body=0:]"));
+    free(e);
+}
+
 static void test_limits_are_answered_with_their_status(void **state)
 {
     env *e = calloc(1, sizeof(*e));
@@ -495,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_pipelined_answers_keep_request_order),
         cmocka_unit_test(test_answers_wait_for_the_commit_they_may_show),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
+        cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
         cmocka_unit_test(test_timeout_answers_a_half_sent_request),
