@@ -29,7 +29,7 @@
 typedef struct conn conn;
 
 typedef struct hdr {
-    size_t name, value; /* offsets into the request's hbuf: the value begins after the name's NUL */
+    size_t name, value; /* offsets into the request's hbuf */
 } hdr;
 
 /* What a request keeps when it is reused for the next one (req_new): its
@@ -242,13 +242,11 @@ const char *cm_http_req_query(const cm_http_req *r)
 
 const char *cm_http_req_header(const cm_http_req *r, const char *name)
 {
-    /* a name's length is where its value begins, less its NUL: only the
-    ** names of that length are compared */
-    size_t len = strlen(name);
+    int first = tolower((unsigned char)name[0]);
     for (int i = 0; i < r->nheaders; i++) {
-        const hdr *h = &r->mem.headers[i];
-        if (h->value - h->name == len + 1 && strcasecmp(r->mem.hbuf.p + h->name, name) == 0)
-            return r->mem.hbuf.p + h->value;
+        const char *h = r->mem.hbuf.p + r->mem.headers[i].name;
+        if (tolower((unsigned char)h[0]) == first && strcasecmp(h, name) == 0)
+            return r->mem.hbuf.p + r->mem.headers[i].value;
     }
     return NULL;
 }
