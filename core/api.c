@@ -104,8 +104,8 @@ struct cm_api {
 ** query, emptied by call_free, and the path's segments, written before they
 ** are read. Every field of call outside it is cleared for each request. */
 typedef struct call_mem {
+    cm_http_path path; /* the request's path, split (its segments packed) */
     cm_http_query q;
-    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
 } call_mem;
 
 /* One request being handled. */
@@ -142,8 +142,7 @@ static size_t text_put(char *buf, size_t n, const char *s)
 ** (cm_json_escape: cut before an escape that would not fit); the new length. */
 static size_t json_put(char *buf, size_t n, size_t room, const char *s)
 {
-    cm_json_escape(s, buf + n, room);
-    return n + strlen(buf + n);
+    return n + cm_json_escape(s, buf + n, room);
 }
 
 static void count(cm_api *api, const char *pattern, int status)
@@ -1931,18 +1930,19 @@ static route_index *routes_compile(void)
     return ri;
 }
 
-/* Does route i match the call's segments (seglen: their lengths)? c->arg
+/* Does route i match the call's path segments? c->arg
 ** gets the {} segment. */
-static bool route_match(const cm_api *api, size_t i, call *c, const size_t *seglen)
+static bool route_match(const cm_api *api, size_t i, call *c)
 {
     const route_key *k = &api->routing->key[i];
+    const cm_http_path *pa = &c->mem.path;
     if (k->nseg != c->nseg)
         return false;
     for (int j = 0; j < k->nseg; j++)
-        if (j != k->wild && (k->len[j] != seglen[j] ||
-                             memcmp(routes[i].pattern + k->off[j], c->mem.seg[j], seglen[j])))
+        if (j != k->wild && (k->len[j] != pa->len[j] ||
+                             memcmp(routes[i].pattern + k->off[j], pa->seg[j], pa->len[j])))
             return false;
-    c->arg = k->wild >= 0 ? c->mem.seg[k->wild] : NULL;
+    c->arg = k->wild >= 0 ? pa->seg[k->wild] : NULL;
     return true;
 }
 
@@ -1958,16 +1958,13 @@ static void handle(void *ud, cm_http_req *req)
         return;
     }
     const char *method = cm_http_req_method(req);
-    c->nseg = cm_http_split_path(cm_http_req_path(req), c->mem.seg, CM_HTTP_MAX_SEGMENTS);
-    size_t seglen[CM_HTTP_MAX_SEGMENTS];
-    for (int i = 0; i < c->nseg; i++)
-        seglen[i] = strlen(c->mem.seg[i]);
+    c->nseg = cm_http_split_path(cm_http_req_path(req), &c->mem.path, CM_HTTP_MAX_SEGMENTS);
     bool path_known = false;
     const route_index *ri = api->routing;
     int o = c->nseg >= 0 ? ri->first[c->nseg] : 0, end = c->nseg >= 0 ? ri->first[c->nseg + 1] : 0;
     for (; o < end && !c->rt; o++) {
         size_t i = ri->order[o];
-        if (!route_match(api, i, c, seglen))
+        if (!route_match(api, i, c))
             continue;
         path_known = true;
         if (strcmp(routes[i].method, method) == 0)

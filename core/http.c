@@ -135,7 +135,10 @@ const char *cm_http_status_text(int status)
 static int add_within(cm_buf *b, size_t nul, const char *s, size_t n, size_t limit)
 {
     size_t more = n + nul;
-    if (nul > 1 || more > limit || b->len > limit - more || !cm_buf_room(b, more))
+    if (nul > 1 || more > limit || b->len > limit - more)
+        return -1;
+    /* room already (a reused request's buffer, most often): no call */
+    if ((b->oom || b->len + more >= b->cap) && !cm_buf_room(b, more))
         return -1;
     b->p[b->len] = '\0';
     b->len += nul;
@@ -1123,34 +1126,50 @@ int cm_http_query_parse(const char *qs, cm_http_query *q, cm_err *err)
     return 0;
 }
 
-int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int max)
+/* What a path byte is to cm_http_split_path: 0 plain, 1 the end of a
+** segment ('/' or NUL), 2 to be decoded ('%' or not ASCII). */
+#define PATH_2X16 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2
+static const unsigned char path_byte[256] = {[0] = 1,   ['/'] = 1, ['%'] = 2, [0x80] = PATH_2X16,
+                                             PATH_2X16, PATH_2X16, PATH_2X16, PATH_2X16,
+                                             PATH_2X16, PATH_2X16, PATH_2X16};
+
+int cm_http_split_path(const char *path, cm_http_path *out, int max)
 {
     int n = 0;
-    if (!path || path[0] != '/')
+    char *to = out->text;
+    out->n = 0;
+    if (!path || path[0] != '/' || max > CM_HTTP_MAX_SEGMENTS)
         return -1;
     const char *p = path + 1;
     while (*p) {
         /* one pass to the segment's end: plain ASCII without escapes is
         ** copied as it is, the rest decoded and checked for UTF-8 */
         size_t len = 0;
-        bool plain = true;
-        for (char ch; (ch = p[len]) != '\0' && ch != '/'; len++)
-            plain = plain && ch != '%' && !(ch & 0x80);
+        while (path_byte[(unsigned char)p[len]] == 0)
+            len++;
+        bool plain = path_byte[(unsigned char)p[len]] == 1;
+        for (char ch; (ch = p[len]) != '\0' && ch != '/';) /* an escape or UTF-8 */
+            len++;
         if (len == 0)
             return -1; /* "//" */
         if (n == max)
             return -1;
+        size_t dlen = len;
         if (plain && len < CM_HTTP_SEGMENT_MAX) {
-            memcpy(seg[n], p, len);
-            seg[n][len] = '\0';
-        } else if (!cm_http_unescape(p, len, false, seg[n], CM_HTTP_SEGMENT_MAX) ||
-                   !cm_utf8_valid(seg[n], strlen(seg[n]))) {
+            memcpy(to, p, len);
+            to[len] = '\0';
+        } else if (!cm_http_unescape(p, len, false, to, CM_HTTP_SEGMENT_MAX) ||
+                   !cm_utf8_valid(to, dlen = strlen(to))) {
             return -1;
         }
+        out->seg[n] = to;
+        out->len[n] = dlen;
+        to += dlen + 1;
         n++;
         p += len;
         if (*p == '/')
             p++;
     }
+    out->n = n;
     return n;
 }

@@ -132,9 +132,20 @@ bool cm_http_unescape(const char *src, size_t len, bool plus_space, char *out, s
 #define CM_HTTP_MAX_SEGMENTS 8
 #define CM_HTTP_SEGMENT_MAX  256
 
-/* Split path "/v1/patients/p%201" into decoded segments {"v1","patients","p 1"}.
-** A trailing slash is ignored. Returns the count, or -1 when the path does
-** not start with '/', has an empty or malformed segment, or too many. */
-int cm_http_split_path(const char *path, char seg[][CM_HTTP_SEGMENT_MAX], int max);
+/* A path's decoded segments, packed one after the other in text (each
+** NUL-terminated, at most CM_HTTP_SEGMENT_MAX - 1 bytes): a short path
+** touches one or two cache lines. seg[i] points into text: not to be copied. */
+typedef struct cm_http_path {
+    int n;
+    const char *seg[CM_HTTP_MAX_SEGMENTS];
+    size_t len[CM_HTTP_MAX_SEGMENTS]; /* strlen(seg[i]) */
+    char text[CM_HTTP_MAX_SEGMENTS * CM_HTTP_SEGMENT_MAX];
+} cm_http_path;
+
+/* Split path "/v1/patients/p%201" into decoded segments {"v1","patients","p 1"}
+** in out (out->n of them, at most max). A trailing slash is ignored. Returns
+** the count, or -1 when the path does not start with '/', has an empty or
+** malformed segment, or too many. */
+int cm_http_split_path(const char *path, cm_http_path *out, int max);
 
 #endif

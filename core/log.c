@@ -33,26 +33,49 @@ void cm_log_set_stream(FILE *stream)
     log_stream = stream;
 }
 
-void cm_json_escape(const char *s, char *out, size_t outsz)
+/* 1 for a byte cm_json_escape_byte writes as itself (not a control byte,
+** quote, backslash or DEL; NUL ends the text), 0 for the others. */
+#define ONE16 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+static const unsigned char json_plain[256] = {
+    [0x20] = 1, 1,     0 /* " */, 1,     1,         1,     1,     1,
+    1,          1,     1,         1,     1,         1,     1,     1, /* 0x20 */
+    ONE16,      ONE16,                                               /* 0x30, 0x40 */
+    1,          1,     1,         1,     1,         1,     1,     1,
+    1,          1,     1,         1,     0 /* \ */, 1,     1,     1, /* 0x50 */
+    ONE16,                                                           /* 0x60 */
+    1,          1,     1,         1,     1,         1,     1,     1,
+    1,          1,     1,         1,     1,         1,     1,     0 /* DEL */, /* 0x70 */
+    ONE16,      ONE16, ONE16,     ONE16, ONE16,     ONE16, ONE16, ONE16};      /* UTF-8 */
+
+size_t cm_json_escape(const char *s, char *out, size_t outsz)
 {
     size_t n = 0;
     if (outsz == 0)
-        return;
-    for (; s && *s; s++) {
-        char esc[6];
-        size_t len = cm_json_escape_byte((unsigned char)*s, esc);
-        if (len == 0) { /* most bytes: as they are, without a memcpy each */
+        return 0;
+    while (s && *s) {
+        size_t run = 0; /* most text: runs of bytes as they are, one memcpy each */
+        while (json_plain[(unsigned char)s[run]])
+            run++;
+        if (run) {
+            if (run > outsz - 1 - n)
+                run = outsz - 1 - n;
+            memcpy(out + n, s, run);
+            n += run;
+            s += run;
             if (n + 1 >= outsz)
                 break;
-            out[n++] = *s;
             continue;
         }
+        char esc[6];
+        size_t len = cm_json_escape_byte((unsigned char)*s, esc);
         if (n + len >= outsz)
             break;
         memcpy(out + n, esc, len);
         n += len;
+        s++;
     }
     out[n] = '\0';
+    return n;
 }
 
 void cm_log(cm_log_level level, const char *event, const char *fmt, ...)

@@ -24,7 +24,8 @@ void cm_log(cm_log_level level, const char *event, const char *fmt, ...)
 
 /* Write s to out (capacity outsz, always NUL-terminated) as a JSON string
 ** body, no quotes, escaped as cm_json_escape_byte says (text.h); a text too
-** long for out is cut before the escape that would not fit whole. */
-void cm_json_escape(const char *s, char *out, size_t outsz);
+** long for out is cut before the escape that would not fit whole. Returns
+** the length written (strlen(out)). */
+size_t cm_json_escape(const char *s, char *out, size_t outsz);
 
 #endif

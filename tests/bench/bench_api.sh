@@ -16,14 +16,19 @@ trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "
 . "$src/tests/bench/bench_node.sh"
 bench_node_start "$bin" "$src" || exit 1
 # the node's CPU (all its threads, user and system) around the run, per
-# request (the starts and the events): added to the JSON line
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat"; }
-before=$(cpu)
+# request (the starts and the events): added to the JSON line; and its loop
+# thread's (the main thread, which runs the loop: HTTP, API, engine), with
+# the share of the run's wall time it was busy, which says whether the loop
+# thread bounds the run
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "$1"; }
+before=$(cpu "/proc/$pid/stat")
+lbefore=$(cpu "/proc/$pid/task/$pid/stat")
 # the client's CPU too (user and system, bash's time): it shares the cores
-TIMEFORMAT='%3U %3S'
+TIMEFORMAT='%3U %3S %3R'
 { time "$bin" bench api --api "127.0.0.1:$port" --token "$token" "$@" >"$tmp/out" 2>&4; } 4>&2 2>"$tmp/time" ||
   { cat "$tmp/out"; exit 1; }
-after=$(cpu)
+after=$(cpu "/proc/$pid/stat")
+lafter=$(cpu "/proc/$pid/task/$pid/stat")
 out=$(cat "$tmp/out")
 head -n -1 <<<"$out"
 json=$(tail -1 <<<"$out")
@@ -32,5 +37,8 @@ dcpu=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')
 us=$(awk -v c="$dcpu" -v n="$((n))" 'BEGIN { printf "%.1f", c * 1e6 / n }')
 ccpu=$(awk '{ printf "%.3f", $1 + $2 }' "$tmp/time")
 cus=$(awk -v c="$ccpu" -v n="$((n))" 'BEGIN { printf "%.1f", c * 1e6 / n }')
-echo "daemon CPU: $dcpu s for $((n)) requests: $us us per request; client CPU: $ccpu s, $cus us per request"
-echo "${json%\}},\"daemon_cpu_s\":$dcpu,\"daemon_cpu_us_per_request\":$us,\"client_cpu_s\":$ccpu,\"client_cpu_us_per_request\":$cus}"
+lcpu=$(awk -v a="$lafter" -v b="$lbefore" 'BEGIN { printf "%.2f", a - b }')
+lus=$(awk -v c="$lcpu" -v n="$((n))" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+busy=$(awk -v c="$lcpu" '{ printf "%.2f", ($3 > 0 ? c / $3 : 0) }' "$tmp/time")
+echo "daemon CPU: $dcpu s for $((n)) requests: $us us per request (loop thread $lus us, busy $busy of the run); client CPU: $ccpu s, $cus us per request"
+echo "${json%\}},\"daemon_cpu_s\":$dcpu,\"daemon_cpu_us_per_request\":$us,\"loop_cpu_us_per_request\":$lus,\"loop_busy\":$busy,\"client_cpu_s\":$ccpu,\"client_cpu_us_per_request\":$cus}"

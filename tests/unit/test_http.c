@@ -67,34 +67,60 @@ static void test_unescape_bounds(void **state)
 
 static void test_split_path_segments(void **state)
 {
-    char seg[CM_HTTP_MAX_SEGMENTS][CM_HTTP_SEGMENT_MAX];
-    assert_int_equal(cm_http_split_path("/v1/patients/p%201", seg, CM_HTTP_MAX_SEGMENTS), 3);
-    assert_string_equal(seg[0], "v1");
-    assert_string_equal(seg[2], "p 1");
-    assert_int_equal(cm_http_split_path("/v1/patients/", seg, CM_HTTP_MAX_SEGMENTS), 2);
-    assert_int_equal(cm_http_split_path("/", seg, CM_HTTP_MAX_SEGMENTS), 0);
-    assert_int_equal(cm_http_split_path("v1", seg, CM_HTTP_MAX_SEGMENTS), -1);
-    assert_int_equal(cm_http_split_path("/v1//x", seg, CM_HTTP_MAX_SEGMENTS), -1);
-    assert_int_equal(cm_http_split_path("/a%zz", seg, CM_HTTP_MAX_SEGMENTS), -1);
-    assert_int_equal(cm_http_split_path("/a/b/c", seg, 2), -1);
-    assert_int_equal(cm_http_split_path("/a+b/\xc3\xa9t\xc3\xa9", seg, CM_HTTP_MAX_SEGMENTS), 2);
-    assert_string_equal(seg[0], "a+b"); /* '+' is a space only in queries */
-    assert_string_equal(seg[1], "\xc3\xa9t\xc3\xa9");
-    assert_int_equal(cm_http_split_path("/a/\xff", seg, CM_HTTP_MAX_SEGMENTS), -1);
+    cm_http_path pa;
+    assert_int_equal(cm_http_split_path("/v1/patients/p%201", &pa, CM_HTTP_MAX_SEGMENTS), 3);
+    assert_string_equal(pa.seg[0], "v1");
+    assert_string_equal(pa.seg[2], "p 1");
+    assert_int_equal(pa.n, 3);
+    assert_int_equal(pa.len[0], 2);
+    assert_int_equal(pa.len[1], 8);
+    assert_int_equal(pa.len[2], 3);             /* the decoded length */
+    assert_ptr_equal(pa.seg[1], pa.seg[0] + 3); /* packed, each after the last's NUL */
+    assert_ptr_equal(pa.seg[2], pa.seg[1] + 9);
+    assert_int_equal(cm_http_split_path("/v1/patients/", &pa, CM_HTTP_MAX_SEGMENTS), 2);
+    assert_int_equal(cm_http_split_path("/", &pa, CM_HTTP_MAX_SEGMENTS), 0);
+    assert_int_equal(cm_http_split_path("v1", &pa, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path("/v1//x", &pa, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path("/a%zz", &pa, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path("/a/b/c", &pa, 2), -1);
+    assert_int_equal(cm_http_split_path("/a+b/\xc3\xa9t\xc3\xa9", &pa, CM_HTTP_MAX_SEGMENTS), 2);
+    assert_string_equal(pa.seg[0], "a+b"); /* '+' is a space only in queries */
+    assert_string_equal(pa.seg[1], "\xc3\xa9t\xc3\xa9");
+    assert_int_equal(cm_http_split_path("/a/\xff", &pa, CM_HTTP_MAX_SEGMENTS), -1);
     /* the longest segment, plain and escaped, and one past it */
     char path[2 * CM_HTTP_SEGMENT_MAX + 8];
     path[0] = '/';
     memset(path + 1, 'x', CM_HTTP_SEGMENT_MAX - 1);
     path[CM_HTTP_SEGMENT_MAX] = '\0';
-    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), 1);
-    assert_int_equal(strlen(seg[0]), CM_HTTP_SEGMENT_MAX - 1);
+    assert_int_equal(cm_http_split_path(path, &pa, CM_HTTP_MAX_SEGMENTS), 1);
+    assert_int_equal(strlen(pa.seg[0]), CM_HTTP_SEGMENT_MAX - 1);
     memcpy(path + CM_HTTP_SEGMENT_MAX, "x", 2);
-    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path(path, &pa, CM_HTTP_MAX_SEGMENTS), -1);
     memcpy(path + CM_HTTP_SEGMENT_MAX - 1, "%41", 4);
-    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), 1);
-    assert_int_equal(seg[0][CM_HTTP_SEGMENT_MAX - 2], 'A');
+    assert_int_equal(cm_http_split_path(path, &pa, CM_HTTP_MAX_SEGMENTS), 1);
+    assert_int_equal(pa.seg[0][CM_HTTP_SEGMENT_MAX - 2], 'A');
     memcpy(path + CM_HTTP_SEGMENT_MAX - 1, "x%41", 5);
-    assert_int_equal(cm_http_split_path(path, seg, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(cm_http_split_path(path, &pa, CM_HTTP_MAX_SEGMENTS), -1);
+    assert_int_equal(pa.n, 0); /* a refused path leaves no segments */
+    /* the most segments, each the longest, fit the packed text; one more does not */
+    char full[CM_HTTP_MAX_SEGMENTS * (CM_HTTP_SEGMENT_MAX + 3) + 4], *f = full;
+    for (int i = 0; i < CM_HTTP_MAX_SEGMENTS; i++) {
+        *f++ = '/';
+        memset(f, 'a' + i, CM_HTTP_SEGMENT_MAX - 2);
+        f += CM_HTTP_SEGMENT_MAX - 2;
+        memcpy(f, "%41", 3); /* decoded: CM_HTTP_SEGMENT_MAX - 1 bytes */
+        f += 3;
+    }
+    *f = '\0';
+    assert_int_equal(cm_http_split_path(full, &pa, CM_HTTP_MAX_SEGMENTS), CM_HTTP_MAX_SEGMENTS);
+    for (int i = 0; i < CM_HTTP_MAX_SEGMENTS; i++) {
+        assert_int_equal(pa.len[i], CM_HTTP_SEGMENT_MAX - 1);
+        assert_int_equal(pa.seg[i][0], 'a' + i);
+        assert_int_equal(pa.seg[i][CM_HTTP_SEGMENT_MAX - 2], 'A');
+        assert_int_equal(pa.seg[i][CM_HTTP_SEGMENT_MAX - 1], '\0');
+    }
+    memcpy(f, "/z", 3);
+    assert_int_equal(cm_http_split_path(full, &pa, CM_HTTP_MAX_SEGMENTS), -1);
 }
 
 /* ---- the server on a loop ---- */
@@ -358,6 +384,21 @@ static void test_a_later_request_carries_nothing_of_an_earlier_one(void **state)
     free(e);
 }
 
+/* A header is found by its whole name in any case, not by a name of the
+** same length or one that begins with it. */
+static void test_a_header_is_found_by_its_whole_name(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    exchange(e, &lim,
+             "GET /echo HTTP/1.1\r\nHost: t\r\nX-Tax: no\r\nX-Tagged: no\r\nX-Ta: no\r\n"
+             "x-tAG: yes\r\nConnection: close\r\n\r\n");
+    assert_int_equal(e->handled, 1);
+    assert_non_null(strstr(e->got, "[GET ? tag=yes body=0:]"));
+    free(e);
+}
+
 static void test_limits_are_answered_with_their_status(void **state)
 {
     env *e = calloc(1, sizeof(*e));
@@ -469,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_pipelined_answers_keep_request_order),
         cmocka_unit_test(test_answers_wait_for_the_commit_they_may_show),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
+        cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
         cmocka_unit_test(test_timeout_answers_a_half_sent_request),
