@@ -511,6 +511,52 @@ static void test_budget_exhaustion_is_a_kept_failure(void **state)
     assert_int_equal(f->a.status[2], 0);
 }
 
+/* In its step a handle reads its fields (ctx, id, workflow, state, event,
+** input, methods); one kept past its step reads none of them. */
+static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "kept.lua",
+            "local cm = require 'caremesh'\n"
+            "local kept\n"
+            "return cm.workflow {\n"
+            "  name = 'kept', version = 1, input = { n = 'integer' }, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) kept = wf\n"
+            "            wf.ctx.seen = table.concat({wf.id, wf.workflow, wf.state,\n"
+            "              tostring(wf.input.n), type(wf.go), tostring(wf.nope)}, ' ') end,\n"
+            "          on = { next = function(wf, ev, name) wf.ctx.ev = wf.event .. '/' .. name\n"
+            "                   return 'b' end } },\n"
+            "    b = { on = { [\"ctx\"] = function() return kept.ctx end,\n"
+            "                 [\"state\"] = function() return kept.state end,\n"
+            "                 [\"go\"] = function() kept:go('a') end, done = 'c' } },\n"
+            "    c = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    cJSON *input = cJSON_Parse("{\"n\":7}");
+    assert_int_equal(cm_engine_start(f->engine, "kept", input, "k-1", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    signal_ev(f, "k-1", "next", NULL);
+    run(f);
+    cJSON *inst = get(f, "k-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "seen")),
+                        "k-1 kept a 7 function nil");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "ev")), "next/next");
+    cJSON_Delete(inst);
+    const char *events[] = {"ctx", "state", "go"};
+    for (int i = 0; i < 3; i++) {
+        signal_ev(f, "k-1", events[i], NULL);
+        run(f);
+        assert_int_equal(f->a.status[2 + i], CM_ELUA);
+        assert_non_null(strstr(f->a.message[2 + i], "belongs to a step that is over"));
+    }
+    expect_state(f, "k-1", "b", "running");
+}
+
 static void test_pause_holds_and_resume_applies(void **state)
 {
     fx *f = *state;
@@ -2077,6 +2123,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_budget_exhaustion_is_a_kept_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_holds_and_resume_applies, setup, teardown),
