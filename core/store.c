@@ -403,6 +403,37 @@ static const cm_migration migrations[] = {
      "                                                       WHERE d.peer = o.peer)\n"
      "              THEN 'delivered' ELSE o.status END AS status\n"
      "  FROM outbox o;\n"},
+    /* A step changed the instance row, and SQLite rebuilt all of it (input,
+    ** id, workflow, created...) on every step. What a step changes (state,
+    ** context, steps, updated, the latest history row) now has a row of its
+    ** own, keyed by the instance's seq; what it does not (the rest, and
+    ** status, which changes only when an instance ends, pauses or resumes)
+    ** stays in instance_base, which the other tables' foreign keys name
+    ** after the rename. The view `instance` shows the row as it was, for
+    ** every reader; writers write the two tables. */
+    {12, "workflow instances: what a step changes in a row of its own",
+     "CREATE TABLE instance_step(\n"
+     "  seq     INTEGER PRIMARY KEY,\n"
+     "  state   TEXT NOT NULL,\n"
+     "  ctx     TEXT NOT NULL,\n"
+     "  steps   INTEGER NOT NULL DEFAULT 0,\n"
+     "  updated TEXT NOT NULL,\n"
+     "  hist    INTEGER\n"
+     ");\n"
+     "INSERT INTO instance_step(seq, state, ctx, steps, updated, hist)\n"
+     "  SELECT seq, state, ctx, steps, updated, hist FROM instance ORDER BY seq;\n"
+     "ALTER TABLE instance DROP COLUMN state;\n"
+     "ALTER TABLE instance DROP COLUMN ctx;\n"
+     "ALTER TABLE instance DROP COLUMN steps;\n"
+     "ALTER TABLE instance DROP COLUMN updated;\n"
+     "ALTER TABLE instance DROP COLUMN hist;\n"
+     "ALTER TABLE instance RENAME TO instance_base;\n"
+     "CREATE VIEW instance AS\n"
+     "  SELECT b.seq AS seq, b.id AS id, b.workflow AS workflow, b.rev AS rev,\n"
+     "         s.state AS state, b.status AS status, b.input AS input, s.ctx AS ctx,\n"
+     "         b.parent AS parent, s.steps AS steps, b.created AS created,\n"
+     "         s.updated AS updated, s.hist AS hist\n"
+     "  FROM instance_base b JOIN instance_step s ON s.seq = b.seq;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

@@ -547,7 +547,8 @@ static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
     assert_non_null(s);
     assert_int_equal(
         cm_store_exec(s,
-                      "DROP VIEW outbox_state;" /* what later versions made */
+                      CM_TEST_UNDO_INSTANCE_STEP /* what later versions made */
+                      "DROP VIEW outbox_state;"
                       "DROP TABLE fed_delivered; DROP INDEX outbox_pending;"
                       "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
                       "DELETE FROM schema_version WHERE version >= 10;"
@@ -591,6 +592,7 @@ static void test_delivered_mark_migration_keeps_rows_answered_out_of_order(void 
     assert_non_null(s);
     assert_int_equal(
         cm_store_exec(s,
+                      CM_TEST_UNDO_INSTANCE_STEP /* what later versions made */
                       "DROP VIEW outbox_state;"
                       "DELETE FROM schema_version WHERE version >= 11;"
                       "INSERT INTO outbox(seq, receiver, kind, payload, created, status, peer) "
