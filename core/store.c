@@ -831,6 +831,28 @@ static void sync_close(cm_store *store)
     store->writer = false;
 }
 
+/* At open: a WAL left by a process killed between a deferred commit and its
+** sync holds that commit in the page cache only, and the counter starts with
+** every commit durable; sync it before anything reads it (the test hook
+** too). No WAL: a clean close left nothing. */
+static int sync_recovered(cm_store *store, cm_err *err)
+{
+    cm_syncer *sy = &store->sy;
+    char path[4096];
+    if (store->sync < CM_SYNC_FULL)
+        return 0;
+    if (snprintf(path, sizeof(path), "%s-wal", store->path) >= (int)sizeof(path))
+        return cm_err_set(err, CM_EINVAL, "%s: path too long", store->path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT
+                   ? 0
+                   : cm_err_set(err, CM_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int rc = sy->fn ? sy->fn(sy->fn_ud, fd) : (fdatasync(fd) == 0 ? 0 : errno);
+    close(fd);
+    return rc == 0 ? 0 : cm_err_set(err, CM_EIO, "%s: fdatasync failed: %s", path, strerror(rc));
+}
+
 static int sync_failed(cm_syncer *sy, cm_err *err)
 {
     return cm_err_set(err, CM_EIO,
@@ -1247,8 +1269,12 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
     cm_store *store = arg;
     cm_ckpt *c = store->ckpt;
     store->wrote = true;
-    if (!c) /* SQLite's own checkpoints, as its default hook runs them */
-        return pages >= 1000 ? sqlite3_wal_checkpoint(db, name) : SQLITE_OK;
+    if (!c) { /* SQLite's own checkpoints, as its default hook runs them: what the
+              ** checkpoint returns is not the commit's (it is done) */
+        if (pages >= 1000)
+            sqlite3_wal_checkpoint(db, name);
+        return SQLITE_OK;
+    }
     pthread_mutex_lock(&c->mu);
     if (pages > c->stats.max_wal_pages)
         c->stats.max_wal_pages = pages;
@@ -1426,6 +1452,8 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
     store->sy.fn = opts->sync_fn;
     store->sy.fn_ud = opts->sync_ud;
     if ((rc = set_pragmas(store, opts, err)) != 0)
+        goto done;
+    if ((rc = sync_recovered(store, err)) != 0)
         goto done;
     if ((rc = migrate(store, err)) != 0)
         goto done;

@@ -658,13 +658,25 @@ static void push_input(lua_State *L, drv *d, bool raw)
 }
 
 /* Push the context kept from the instance's last step; false (nothing
-** pushed) when there is none. */
+** pushed) when there is none, or when it no longer writes as the stored
+** text: a handler may have put a table of its own in wf.ctx (a chunk-level
+** local) that a later step, of any instance, changed since. */
 static bool push_held(lua_State *L, drv *d)
 {
-    if (!d->sp->ctx_held)
+    if (!d->sp->ctx_held || !d->sp->ctx)
         return false;
     lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
     if (lua_rawgeti(L, -1, (lua_Integer)d->sp->ctx_held) != LUA_TTABLE) {
+        lua_pop(L, 2);
+        return false;
+    }
+    /* stack: kept, table */
+    char *text = NULL;
+    cm_err err;
+    bool same =
+        cm_ljson_encode(L, -1, "wf.ctx", &text, NULL, &err) == 0 && strcmp(text, d->sp->ctx) == 0;
+    free(text);
+    if (!same) { /* dropped with the one given (keep_result, keep_none) */
         lua_pop(L, 2);
         return false;
     }

@@ -1872,6 +1872,37 @@ static void test_a_kept_instance_does_not_ask_for_its_definition_again(void **st
     assert_int_equal(ctx_n(f, "m-1"), 5);
 }
 
+/* A table the workflow keeps outside wf.ctx (a chunk-level local) and puts
+** in it: another instance's step that changes that table must not change
+** what this instance's next step sees, which is its row. */
+static const char *SHARER = "local cm = require 'caremesh'\n"
+                            "local shared = { v = 1 }\n"
+                            "return cm.workflow {\n"
+                            "  name = 'sharer', version = 1, start = 's',\n"
+                            "  states = { s = { on = {\n"
+                            "    share = function(wf) wf.ctx.s = shared end,\n"
+                            "    poke = function(wf) shared.v = 5 end,\n"
+                            "    look = function(wf) wf.ctx.seen = wf.ctx.s.v end,\n"
+                            "    stop = 'z' } },\n"
+                            "    z = { final = true } },\n"
+                            "}\n";
+
+static void test_a_kept_context_is_not_changed_by_another_instance(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "sharer.lua", SHARER);
+    assert_int_equal(cm_engine_start(f->engine, "sharer", NULL, "s-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "sharer", NULL, "s-2", on_ack, &f->a, &err), 0);
+    run(f);
+    keeper_step(f, "s-1", "share");
+    expect_ctx(f, "s-1", "$.s.v", "1");
+    keeper_step(f, "s-2", "poke"); /* s-2's handler, s-1's context untouched */
+    keeper_step(f, "s-1", "look");
+    expect_ctx(f, "s-1", "$.seen", "1");
+    expect_ctx(f, "s-1", "$.s.v", "1");
+}
+
 /* One batch: steps that write no effect go without a savepoint, so a handler
 ** that raises or runs out of budget in the middle of it must leave its
 ** instance as it was, its event kept with the error, and the steps around it
@@ -2000,6 +2031,7 @@ static void reopen_pipelined(fx *f)
     cm_test_gate_init(&f->gate);
     f->pipeline = true;
     open_engine(f);
+    cm_test_gate_zero(&f->gate); /* the open's sync of the WAL it found */
     load_ok(f, "ticker.lua", TICKER);
 }
 
@@ -2266,6 +2298,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_kept_context_behaves_as_its_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_memory_kill_drops_every_kept_context, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_context_is_not_changed_by_another_instance,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_kept_instance_does_not_ask_for_its_definition_again,
                                         setup, teardown),
     };

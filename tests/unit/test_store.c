@@ -8,7 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -498,6 +501,41 @@ static void test_checkpoints_inline_when_asked(void **state)
     cm_store_close(&s);
 }
 
+/* With SQLite's own checkpoints, a commit that makes the WAL large enough
+** checkpoints after it; a checkpoint that cannot run (here: a statement of
+** the writer's still reads) changes nothing of the commit, which succeeded
+** and counts, as with SQLite's default hook. */
+static void test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = -1;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    sqlite3_stmt *reading;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT version FROM schema_version", -1,
+                                        &reading, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(reading), SQLITE_ROW); /* a read stays open */
+    uint64_t before = cm_store_commit_seq(s);
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    assert_int_equal(cm_store_exec(s,
+                                   "CREATE TABLE big(b BLOB);"
+                                   "INSERT INTO big VALUES (zeroblob(6000000))",
+                                   &err),
+                     0); /* ~1500 pages: over SQLite's 1000 */
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(cm_store_commit_seq(s), before + 1);
+    assert_int_equal(cm_store_synced_seq(s), before + 1);
+    sqlite3_finalize(reading);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM big"), 1);
+    cm_store_close(&s);
+}
+
 /* Blocks freed on a thread stay in its pool until the thread ends, and are
 ** freed then (valgrind and LeakSanitizer would report them otherwise). */
 static void *pool_thread(void *arg)
@@ -717,6 +755,48 @@ static void test_deferred_commit_is_durable_only_after_its_sync(void **state)
     cm_test_gate_destroy(&g);
 }
 
+/* A process killed between a deferred commit and its sync leaves the commit
+** in the WAL file, in the page cache only. The next open starts with every
+** commit counted durable (no output waits), so it syncs the WAL it found
+** before anything reads it: else a read, a send or an ack made from that
+** commit could outlive it in a power loss. */
+static void test_open_syncs_a_wal_left_by_a_killed_process(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    cm_err err;
+    cm_test_gate_init(&g);
+    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err); /* created, closed cleanly */
+    assert_non_null(s);
+    cm_store_close(&s);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        cm_store *k = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+        cm_test_gate_hold(&g, true); /* the deferred commit's sync never ends */
+        if (!k || cm_store_begin_deferred(k, &err) != 0 ||
+            cm_store_meta_set(k, "k", "unsynced", &err) != 0 || cm_store_commit(k, &err) != 0)
+            _exit(1);
+        cm_test_gate_wait_held(&g, 1);
+        kill(getpid(), SIGKILL);
+        _exit(2);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    int syncs = cm_test_gate_started(&g); /* the parent's own: the child's are its */
+    s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_test_gate_started(&g), syncs + 1); /* before the open returned */
+    assert_int_equal(cm_store_synced_seq(s), cm_store_commit_seq(s));
+    char *v = cm_store_meta_get(s, "k", &err);
+    assert_non_null(v);
+    assert_string_equal(v, "unsynced");
+    free(v);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
 /* Syncs coalesce: two commits made while one sync is in flight are both
 ** covered by the next one sync. */
 static void test_commits_during_a_sync_share_the_next_one(void **state)
@@ -879,6 +959,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoints_run_off_the_commit_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_only_store_reads_and_cannot_write, setup,
                                         teardown),
@@ -895,6 +977,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rowmark_names_the_rows_of_durable_commits, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_open_syncs_a_wal_left_by_a_killed_process, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deferred_commit_below_full_needs_no_sync, setup,
                                         teardown),
