@@ -344,10 +344,11 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            (unsigned long long)es.cache_evictions);
     printf("{\"events_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"sqlite_rows_per_s\":%.0f,"
            "\"instances\":%d,\"events\":%ld,\"batch\":%d,\"failed\":%ld,\"max_rss_kb\":%ld,"
-           "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"max_wal_pages\":%d,"
+           "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"checkpoint_db_syncs\":%ld,"
+           "\"max_wal_pages\":%d,"
            "\"mode\":\"%s\",\"outstanding\":%d,\"cache_hits\":%llu,\"cache_misses\":%llu}\n",
            eps, (long long)p50, (long long)p99, raw, o->instances, l.n, o->batch, l.failed,
-           ru.ru_maxrss, ck.background, ck.inline_runs, ck.max_wal_pages,
+           ru.ru_maxrss, ck.background, ck.inline_runs, ck.db_syncs, ck.max_wal_pages,
            o->run_mode ? "run" : "loop", o->run_mode ? o->batch : window,
            (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses);
     if (l.failed)

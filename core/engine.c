@@ -767,35 +767,35 @@ static void set_inst_status(inst *in, const char *status)
     in->status_changed = true;
 }
 
-/* Write the instance row. Status is written only when it changed: an UPDATE
-** naming it also rewrites the instance_by_workflow entry. */
+static int save_status(cm_engine *e, const inst *in, cm_err *err)
+{
+    PREPARE(e, "UPDATE instance_base SET status = ?2 WHERE seq = ?1", err);
+    sqlite3_bind_int64(st, 1, in->seq);
+    sqlite3_bind_text(st, 2, in->status, -1, SQLITE_STATIC);
+    return exec_kept(e, st, "instance", err);
+}
+
+/* Write what the step changed: the instance_step row, and status (in
+** instance_base) only when it changed, which also rewrites its
+** instance_by_workflow entry. */
 static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
     int rc;
-    sqlite3_stmt *st =
-        in->status_changed
-            ? cm_store_prepare(e->o.store,
-                               "UPDATE instance SET state = ?2, status = ?3, ctx = ?4, steps = ?5, "
-                               "updated = ?6, hist = ?7 WHERE seq = ?1",
-                               err)
-            : cm_store_prepare(
-                  e->o.store,
-                  "UPDATE instance SET state = ?2, ctx = ?4, steps = ?5, updated = ?6, "
-                  "hist = ?7 WHERE seq = ?1",
-                  err);
-    if (!st)
-        return err->code;
+    if (in->status_changed && (rc = save_status(e, in, err)) != 0)
+        return rc;
+    PREPARE(e,
+            "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, hist = ?6 "
+            "WHERE seq = ?1",
+            err);
     now_text(e, now);
     sqlite3_bind_int64(st, 1, in->seq);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
-    if (in->status_changed)
-        sqlite3_bind_text(st, 3, in->status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, in->ctx, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, in->steps);
-    sqlite3_bind_text(st, 6, now, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, in->ctx, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, in->steps);
+    sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
     if (in->hist > 0)
-        sqlite3_bind_int64(st, 7, in->hist);
+        sqlite3_bind_int64(st, 6, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
         rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,
@@ -805,40 +805,52 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     return rc;
 }
 
+static int insert_instance_step(cm_engine *e, const inst *in, const char *now, cm_err *err)
+{
+    PREPARE(
+        e, "INSERT INTO instance_step(seq, state, ctx, steps, updated) VALUES (?1, ?2, ?3, ?4, ?5)",
+        err);
+    sqlite3_bind_int64(st, 1, in->seq);
+    sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, in->ctx, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, in->steps);
+    sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
+    return exec_kept(e, st, "instance", err);
+}
+
+/* The instance's two rows (instance_base, instance_step); in->seq names them. */
 static int insert_instance(cm_engine *e, inst *in, cm_err *err)
 {
     char now[CM_TIME_BUFSZ];
     PREPARE(e,
-            "INSERT INTO instance(id, workflow, rev, state, status, input, ctx, parent, steps, "
-            "created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+            "INSERT INTO instance_base(id, workflow, rev, status, input, parent, created) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             err);
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->workflow, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 3, in->rev);
-    sqlite3_bind_text(st, 4, in->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, in->status, -1, SQLITE_STATIC);
-    if (bind_json(st, 6, in->input) != 0) {
+    sqlite3_bind_text(st, 4, in->status, -1, SQLITE_STATIC);
+    if (bind_json(st, 5, in->input) != 0) {
         sqlite3_reset(st);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
-    sqlite3_bind_text(st, 7, in->ctx, -1, SQLITE_STATIC);
-    bind_text(st, 8, in->parent[0] ? in->parent : NULL);
-    sqlite3_bind_int64(st, 9, in->steps);
-    sqlite3_bind_text(st, 10, now, -1, SQLITE_STATIC);
+    bind_text(st, 6, in->parent[0] ? in->parent : NULL);
+    sqlite3_bind_text(st, 7, now, -1, SQLITE_STATIC);
     int rc = exec_kept(e, st, "instance", err);
     if (rc == CM_EEXISTS)
-        rc = cm_err_set(err, CM_EEXISTS, "an instance with id \"%s\" already exists", in->id);
-    if (rc == 0)
-        in->seq = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
-    return rc;
+        return cm_err_set(err, CM_EEXISTS, "an instance with id \"%s\" already exists", in->id);
+    if (rc != 0)
+        return rc;
+    in->seq = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
+    return insert_instance_step(e, in, now, err);
 }
 
 /* "<workflow>-<n>", n one past the highest instance number so far. */
 static int make_instance_id(cm_engine *e, const char *workflow, char *out, size_t outsz,
                             cm_err *err)
 {
-    PREPARE(e, "SELECT coalesce(max(seq), 0) + 1 FROM instance", err);
+    PREPARE(e, "SELECT coalesce(max(seq), 0) + 1 FROM instance_base", err);
     int rc = 0;
     if (sqlite3_step(st) == SQLITE_ROW)
         snprintf(out, outsz, "%s-%lld", workflow, (long long)sqlite3_column_int64(st, 0));
@@ -1283,7 +1295,7 @@ static int insert_event(cm_engine *e, const char *instance, const char *name, co
 static bool parent_listens(cm_engine *e, const char *parent)
 {
     sqlite3_stmt *st = cm_store_prepare(e->o.store,
-                                        "SELECT status IN ('running','paused') FROM instance "
+                                        "SELECT status IN ('running','paused') FROM instance_base "
                                         "WHERE id = ?1",
                                         NULL);
     bool yes = false;
@@ -2134,7 +2146,7 @@ static int process_due_timers(cm_engine *e, int room, int *done, cm_err *err)
         room = 64;
     {
         PREPARE(e,
-                "SELECT t.instance, t.name, t.payload FROM timer t JOIN instance i ON "
+                "SELECT t.instance, t.name, t.payload FROM timer t JOIN instance_base i ON "
                 "i.id = t.instance WHERE t.due_ms <= ?1 ORDER BY t.due_ms, t.instance LIMIT ?2",
                 err);
         sqlite3_bind_int64(st, 1, cm_clock_now_ms(e->o.clock));
@@ -2181,7 +2193,7 @@ static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
     {
         PREPARE(e,
                 "SELECT v.seq, v.instance, v.name, v.payload, v.timer, v.attempts FROM event v "
-                "LEFT JOIN instance i ON i.id = v.instance WHERE v.status = 'ready' AND "
+                "LEFT JOIN instance_base i ON i.id = v.instance WHERE v.status = 'ready' AND "
                 "v.due_ms <= ?1 AND coalesce(i.status, '') <> 'paused' "
                 "ORDER BY v.due_ms, v.seq LIMIT ?2",
                 err);
@@ -2469,9 +2481,9 @@ int64_t cm_engine_next_due(cm_engine *e)
     int64_t next = INT64_MAX;
     sqlite3_stmt *st = cm_store_prepare(
         e->o.store,
-        "SELECT min(d) FROM (SELECT min(t.due_ms) AS d FROM timer t JOIN instance i ON "
+        "SELECT min(d) FROM (SELECT min(t.due_ms) AS d FROM timer t JOIN instance_base i ON "
         "i.id = t.instance WHERE i.status = 'running' UNION ALL SELECT min(v.due_ms) FROM event "
-        "v LEFT JOIN instance i ON i.id = v.instance WHERE v.status = 'ready' AND "
+        "v LEFT JOIN instance_base i ON i.id = v.instance WHERE v.status = 'ready' AND "
         "coalesce(i.status, '') <> 'paused')",
         NULL);
     if (st && sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)

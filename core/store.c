@@ -37,6 +37,7 @@ typedef struct cm_ckpt {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     sqlite3 *db; /* the thread's connection */
+    int dbfd;    /* the database file, for the thread's own syncs of it; -1 when none */
     bool busy;   /* a checkpoint was asked for and has not finished */
     bool stop;
     int done_to;  /* frames of the WAL the thread's last checkpoint had copied; 0: none */
@@ -402,6 +403,37 @@ static const cm_migration migrations[] = {
      "                                                       WHERE d.peer = o.peer)\n"
      "              THEN 'delivered' ELSE o.status END AS status\n"
      "  FROM outbox o;\n"},
+    /* A step changed the instance row, and SQLite rebuilt all of it (input,
+    ** id, workflow, created...) on every step. What a step changes (state,
+    ** context, steps, updated, the latest history row) now has a row of its
+    ** own, keyed by the instance's seq; what it does not (the rest, and
+    ** status, which changes only when an instance ends, pauses or resumes)
+    ** stays in instance_base, which the other tables' foreign keys name
+    ** after the rename. The view `instance` shows the row as it was, for
+    ** every reader; writers write the two tables. */
+    {12, "workflow instances: what a step changes in a row of its own",
+     "CREATE TABLE instance_step(\n"
+     "  seq     INTEGER PRIMARY KEY,\n"
+     "  state   TEXT NOT NULL,\n"
+     "  ctx     TEXT NOT NULL,\n"
+     "  steps   INTEGER NOT NULL DEFAULT 0,\n"
+     "  updated TEXT NOT NULL,\n"
+     "  hist    INTEGER\n"
+     ");\n"
+     "INSERT INTO instance_step(seq, state, ctx, steps, updated, hist)\n"
+     "  SELECT seq, state, ctx, steps, updated, hist FROM instance ORDER BY seq;\n"
+     "ALTER TABLE instance DROP COLUMN state;\n"
+     "ALTER TABLE instance DROP COLUMN ctx;\n"
+     "ALTER TABLE instance DROP COLUMN steps;\n"
+     "ALTER TABLE instance DROP COLUMN updated;\n"
+     "ALTER TABLE instance DROP COLUMN hist;\n"
+     "ALTER TABLE instance RENAME TO instance_base;\n"
+     "CREATE VIEW instance AS\n"
+     "  SELECT b.seq AS seq, b.id AS id, b.workflow AS workflow, b.rev AS rev,\n"
+     "         s.state AS state, b.status AS status, b.input AS input, s.ctx AS ctx,\n"
+     "         b.parent AS parent, s.steps AS steps, b.created AS created,\n"
+     "         s.updated AS updated, s.hist AS hist\n"
+     "  FROM instance_base b JOIN instance_step s ON s.seq = b.seq;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))
@@ -1167,7 +1199,15 @@ static void *ckpt_main(void *arg)
         pthread_mutex_unlock(&c->mu);
         int log = 0, copied = 0;
         int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+        /* SQLite syncs the database file only after a checkpoint that copied
+        ** the whole WAL, which is the writer's (ckpt_hook): without this sync
+        ** the writer's would flush every page copied here since the last one,
+        ** megabytes, on the loop thread. */
+        bool partial = rc == SQLITE_OK && copied > 0 && copied < log;
+        bool synced = partial && c->dbfd >= 0 && c->sync > CM_SYNC_OFF && fdatasync(c->dbfd) == 0;
         pthread_mutex_lock(&c->mu);
+        c->stats.partial += partial;
+        c->stats.db_syncs += synced;
         if (rc == SQLITE_OK) {
             /* a WAL that started over meanwhile is not the one copied */
             c->done_to = log <= c->last_wal ? copied : 0;
@@ -1194,10 +1234,14 @@ static bool ckpt_start(cm_store *store, cm_ckpt *c)
         /* signals stay with the threads that expect them (the loop's) */
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
+        c->dbfd = open(store->path, O_RDONLY | O_CLOEXEC); /* none: SQLite's sync alone */
         rc = pthread_create(&c->thread, NULL, ckpt_main, c);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     if (rc != 0) {
+        if (c->dbfd >= 0)
+            close(c->dbfd);
+        c->dbfd = -1;
         sqlite3_close(c->db);
         c->db = NULL;
         return false;
@@ -1278,6 +1322,7 @@ static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
     c->restart = c->start * 4;
     c->bound = c->start * 8;
     c->sync = (int)opts->synchronous;
+    c->dbfd = -1;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     store->ckpt = c;
@@ -1300,6 +1345,8 @@ static void ckpt_close(cm_store *store)
         pthread_mutex_unlock(&c->mu);
         pthread_join(c->thread, NULL);
         sqlite3_close(c->db);
+        if (c->dbfd >= 0)
+            close(c->dbfd);
     }
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);

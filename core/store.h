@@ -19,7 +19,7 @@
 #include "error.h"
 
 /* Highest schema version this binary knows. */
-#define CM_SCHEMA_VERSION 11
+#define CM_SCHEMA_VERSION 12
 /* PRAGMA application_id of a caremesh database ("CMSH"). */
 #define CM_APPLICATION_ID 0x434d5348
 
@@ -165,9 +165,12 @@ bool cm_store_tx_lost(cm_store *store);
 
 /* Checkpoints so far: on the checkpoint thread, by the writer after the
 ** thread (the last pages, or at the bound), and the pages the WAL held after
-** the largest commit. For tests and diagnostics. */
+** the largest commit; the thread's checkpoints that copied part of the WAL,
+** and its syncs of the database file after them (SQLite syncs it only after
+** a whole WAL is copied, mostly the writer's finishing checkpoint, which
+** then has only its own pages to sync). For tests and diagnostics. */
 typedef struct cm_store_ckpt_stats {
-    long background, inline_runs;
+    long background, inline_runs, partial, db_syncs;
     int max_wal_pages;
 } cm_store_ckpt_stats;
 void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out);

@@ -707,25 +707,62 @@ static void push_lazy(lua_State *L, drv *d, int uv)
     lua_setiuservalue(L, 1, uv);
 }
 
+/* The handle inst_index is called for: reached only as the metamethod of
+** the (hidden) metatable, upvalue 2, but checked all the same, without
+** luaL_checkudata's lookup of the metatable by name on every wf.key. */
+static drv *index_inst(lua_State *L)
+{
+    inst_ud *u = lua_touserdata(L, 1);
+    if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(2)))
+        luaL_typeerror(L, 1, INSTANCE_MT);
+    lua_pop(L, 1);
+    if (!u->d)
+        luaL_error(L, "this instance handle belongs to a step that is over");
+    return u->d;
+}
+
 /* wf.key: fields first, then methods (upvalue 1). */
 static int inst_index(lua_State *L)
 {
-    drv *d = check_inst(L);
+    drv *d = index_inst(L);
     const char *key = luaL_checkstring(L, 2);
-    if (strcmp(key, "id") == 0)
-        lua_pushstring(L, d->sp->instance);
-    else if (strcmp(key, "workflow") == 0)
-        lua_pushstring(L, d->sp->workflow);
-    else if (strcmp(key, "state") == 0)
-        lua_pushstring(L, d->cur);
-    else if (strcmp(key, "event") == 0)
-        d->sp->event ? (void)lua_pushstring(L, d->sp->event) : lua_pushnil(L);
-    else if (strcmp(key, "ctx") == 0)
-        push_lazy(L, d, UV_CTX);
-    else if (strcmp(key, "input") == 0)
-        push_lazy(L, d, UV_INPUT);
-    else
-        lua_getfield(L, lua_upvalueindex(1), key);
+    switch (key[0]) { /* one strcmp per key: ctx is read on most steps */
+    case 'c':
+        if (strcmp(key, "ctx") == 0) {
+            push_lazy(L, d, UV_CTX);
+            return 1;
+        }
+        break;
+    case 'i':
+        if (strcmp(key, "id") == 0) {
+            lua_pushstring(L, d->sp->instance);
+            return 1;
+        }
+        if (strcmp(key, "input") == 0) {
+            push_lazy(L, d, UV_INPUT);
+            return 1;
+        }
+        break;
+    case 'w':
+        if (strcmp(key, "workflow") == 0) {
+            lua_pushstring(L, d->sp->workflow);
+            return 1;
+        }
+        break;
+    case 's':
+        if (strcmp(key, "state") == 0) {
+            lua_pushstring(L, d->cur);
+            return 1;
+        }
+        break;
+    case 'e':
+        if (strcmp(key, "event") == 0) {
+            d->sp->event ? (void)lua_pushstring(L, d->sp->event) : lua_pushnil(L);
+            return 1;
+        }
+        break;
+    }
+    lua_getfield(L, lua_upvalueindex(1), key);
     return 1;
 }
 
@@ -735,18 +772,26 @@ static int inst_newindex(lua_State *L)
                       luaL_checkstring(L, 2));
 }
 
+/* The handles' metatable, made once (make_defs) and found by address. */
+static const char instance_mt_key = 'i';
+
 static void push_instance_mt(lua_State *L)
 {
-    if (luaL_newmetatable(L, INSTANCE_MT)) {
-        lua_newtable(L);
-        luaL_setfuncs(L, inst_methods, 0);
-        lua_pushcclosure(L, inst_index, 1);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, inst_newindex);
-        lua_setfield(L, -2, "__newindex");
-        lua_pushboolean(L, 0);
-        lua_setfield(L, -2, "__metatable");
-    }
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &instance_mt_key) == LUA_TTABLE)
+        return;
+    lua_pop(L, 1);
+    luaL_newmetatable(L, INSTANCE_MT); /* stack: mt */
+    lua_newtable(L);
+    luaL_setfuncs(L, inst_methods, 0);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, inst_index, 2); /* upvalues: methods, mt */
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, inst_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &instance_mt_key);
 }
 
 /* ---- one step --------------------------------------------------------- */

@@ -13,6 +13,20 @@
 #include <unistd.h>
 
 /* mkdtemp under $TMPDIR or /tmp; the caller frees and removes. */
+/* SQL that takes a database back from schema 12 to the single instance
+** table of schemas 2 to 11, for tests of the migrations before it. */
+#define CM_TEST_UNDO_INSTANCE_STEP                                                                 \
+    "DROP VIEW instance;"                                                                          \
+    "ALTER TABLE instance_base ADD COLUMN state TEXT NOT NULL DEFAULT '';"                         \
+    "ALTER TABLE instance_base ADD COLUMN ctx TEXT NOT NULL DEFAULT '{}';"                         \
+    "ALTER TABLE instance_base ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;"                       \
+    "ALTER TABLE instance_base ADD COLUMN updated TEXT NOT NULL DEFAULT '';"                       \
+    "ALTER TABLE instance_base ADD COLUMN hist INTEGER;"                                           \
+    "UPDATE instance_base SET (state, ctx, steps, updated, hist) = (SELECT s.state, s.ctx, "       \
+    "s.steps, s.updated, s.hist FROM instance_step s WHERE s.seq = instance_base.seq);"            \
+    "DROP TABLE instance_step;"                                                                    \
+    "ALTER TABLE instance_base RENAME TO instance;"
+
 static inline char *cm_test_tmpdir(void)
 {
     const char *base = getenv("TMPDIR");

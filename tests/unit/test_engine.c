@@ -14,6 +14,7 @@
 #include "lhost.h"
 #include "lworkflow.h"
 #include "node.h"
+#include "support.h"
 #include "syncgate.h"
 
 #define HOUR (3600 * 1000LL)
@@ -509,6 +510,52 @@ static void test_budget_exhaustion_is_a_kept_failure(void **state)
     signal_ev(f, "ref-1", "accepted", NULL);
     run(f);
     assert_int_equal(f->a.status[2], 0);
+}
+
+/* In its step a handle reads its fields (ctx, id, workflow, state, event,
+** input, methods); one kept past its step reads none of them. */
+static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "kept.lua",
+            "local cm = require 'caremesh'\n"
+            "local kept\n"
+            "return cm.workflow {\n"
+            "  name = 'kept', version = 1, input = { n = 'integer' }, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) kept = wf\n"
+            "            wf.ctx.seen = table.concat({wf.id, wf.workflow, wf.state,\n"
+            "              tostring(wf.input.n), type(wf.go), tostring(wf.nope)}, ' ') end,\n"
+            "          on = { next = function(wf, ev, name) wf.ctx.ev = wf.event .. '/' .. name\n"
+            "                   return 'b' end } },\n"
+            "    b = { on = { [\"ctx\"] = function() return kept.ctx end,\n"
+            "                 [\"state\"] = function() return kept.state end,\n"
+            "                 [\"go\"] = function() kept:go('a') end, done = 'c' } },\n"
+            "    c = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    cJSON *input = cJSON_Parse("{\"n\":7}");
+    assert_int_equal(cm_engine_start(f->engine, "kept", input, "k-1", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    signal_ev(f, "k-1", "next", NULL);
+    run(f);
+    cJSON *inst = get(f, "k-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "seen")),
+                        "k-1 kept a 7 function nil");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "ev")), "next/next");
+    cJSON_Delete(inst);
+    const char *events[] = {"ctx", "state", "go"};
+    for (int i = 0; i < 3; i++) {
+        signal_ev(f, "k-1", events[i], NULL);
+        run(f);
+        assert_int_equal(f->a.status[2 + i], CM_ELUA);
+        assert_non_null(strstr(f->a.message[2 + i], "belongs to a step that is over"));
+    }
+    expect_state(f, "k-1", "b", "running");
 }
 
 static void test_pause_holds_and_resume_applies(void **state)
@@ -1096,6 +1143,7 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
     /* the same database as the schema before kept it */
     assert_int_equal(
         cm_store_exec(f->store,
+                      CM_TEST_UNDO_INSTANCE_STEP /* and what later versions made */
                       "CREATE TABLE h4(instance TEXT NOT NULL REFERENCES instance(id), "
                       "step INTEGER NOT NULL, at TEXT NOT NULL, event TEXT NOT NULL, "
                       "from_state TEXT, to_state TEXT NOT NULL, note TEXT, "
@@ -1104,7 +1152,7 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
                       "to_state, note FROM history ORDER BY seq DESC;"
                       "DROP TABLE history; ALTER TABLE h4 RENAME TO history;"
                       "ALTER TABLE instance DROP COLUMN hist;"
-                      "DROP TABLE api_token;" /* and what later versions made */
+                      "DROP TABLE api_token;"
                       "DROP VIEW outbox_state; DROP TABLE fed_delivered;"
                       "DROP INDEX outbox_pending;"
                       "CREATE INDEX outbox_by_peer ON outbox(status, peer, seq);"
@@ -1131,6 +1179,81 @@ static void test_history_is_chained_per_instance_and_upgraded(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM history h WHERE NOT EXISTS "
                               "(SELECT 1 FROM instance i WHERE i.id = h.instance)"),
                      0);
+}
+
+/* The rows of every instance as the view shows them, one line each. */
+static void instance_rows(fx *f, char *out, size_t n)
+{
+    sqlite3_stmt *st;
+    size_t len = 0;
+    out[0] = '\0';
+    assert_int_equal(
+        sqlite3_prepare_v2(cm_store_db(f->store),
+                           "SELECT seq || ' ' || id || ' ' || workflow || ' ' || rev "
+                           "|| ' ' || state || ' ' || status || ' ' || input || ' ' || "
+                           "ctx || ' ' || coalesce(parent, '-') || ' ' || steps || ' ' "
+                           "|| created || ' ' || updated || ' ' || hist FROM instance "
+                           "ORDER BY seq",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW && len < n)
+        len +=
+            (size_t)snprintf(out + len, n - len, "%s;", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+}
+
+/* Schema 12 splits the instance row (what a step changes in instance_step):
+** after the upgrade the view shows every row as it was, the other tables'
+** foreign keys name instance_base, and the engine goes on from there. */
+static void test_instance_rows_are_split_and_upgraded(void **state)
+{
+    fx *f = *state;
+    char before[4096], after[4096];
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    run(f);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
+    instance_rows(f, before, sizeof(before));
+    assert_non_null(strstr(before, " ref-1 referral 1 requested paused "));
+    assert_non_null(strstr(before, " ref-2 referral 1 accepted running "));
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 3); /* 2 kept + 1 scoped */
+    assert_int_equal(cm_store_exec(f->store,
+                                   CM_TEST_UNDO_INSTANCE_STEP
+                                   "DELETE FROM schema_version WHERE version >= 12;",
+                                   &err),
+                     0);
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    instance_rows(f, after, sizeof(after));
+    assert_string_equal(after, before);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer') "
+                              "WHERE \"table\" = 'instance_base'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_base') "
+                              "WHERE name IN ('state', 'ctx', 'steps', 'updated', 'hist')"),
+                     0);
+    /* the engine reads, steps, ends and starts instances on the new rows */
+    assert_int_equal(cm_engine_resume(f->engine, "ref-1", &err), 0);
+    signal_ev(f, "ref-1", "accepted", NULL);
+    signal_ev(f, "ref-2", "consult_note", NULL);
+    start(f, INPUT, "ref-3");
+    run(f);
+    expect_state(f, "ref-1", "accepted", "running");
+    expect_state(f, "ref-2", "closed", "done");
+    expect_state(f, "ref-3", "requested", "running");
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-2'"), 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance_base b WHERE NOT EXISTS "
+                              "(SELECT 1 FROM instance_step s WHERE s.seq = b.seq)"),
+                     0);
+    /* the view is read-only: a write to it is refused, and changes nothing */
+    assert_int_not_equal(cm_store_exec(f->store, "UPDATE instance SET state = 'x'", &err), 0);
+    expect_state(f, "ref-1", "accepted", "running");
 }
 
 static void text_of(fx *f, const char *sql, char *out, size_t n)
@@ -1174,9 +1297,11 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
     run(f);
     /* the stored text as another writer left it: kept byte for byte until a
     ** handler looks at the context (pause and resume reload the row) */
-    assert_int_equal(
-        cm_store_exec(f->store, "UPDATE instance SET ctx = '{ \"n\": 1 }' WHERE id = 'k-1'", &err),
-        0);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "UPDATE instance_step SET ctx = '{ \"n\": 1 }' WHERE seq = "
+                                   "(SELECT seq FROM instance_base WHERE id = 'k-1')",
+                                   &err),
+                     0);
     assert_int_equal(cm_engine_pause(f->engine, "k-1", &err), 0);
     assert_int_equal(cm_engine_resume(f->engine, "k-1", &err), 0);
     signal_ev(f, "k-1", "noop", NULL);
@@ -1200,8 +1325,11 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
     text_of(f, "SELECT ctx FROM instance WHERE id = 'k-1'", ctx, sizeof(ctx));
     assert_string_equal(ctx, "{\"n\":2}");
     /* a context that is not a JSON object is refused, and nothing changes */
-    assert_int_equal(
-        cm_store_exec(f->store, "UPDATE instance SET ctx = '[1]' WHERE id = 'k-1'", &err), 0);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "UPDATE instance_step SET ctx = '[1]' WHERE seq = "
+                                   "(SELECT seq FROM instance_base WHERE id = 'k-1')",
+                                   &err),
+                     0);
     assert_int_equal(cm_engine_pause(f->engine, "k-1", &err), CM_EDB);
     assert_non_null(strstr(err.msg, "stored input or context is not JSON"));
     expect_state(f, "k-1", "on", "running");
@@ -2110,6 +2238,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_budget_exhaustion_is_a_kept_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_holds_and_resume_applies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_ends_and_drops_timers, setup, teardown),
@@ -2124,6 +2254,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_context_is_read_on_use_and_written_on_change, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_instance_rows_are_split_and_upgraded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),

@@ -528,11 +528,13 @@ static void test_instances_filter_and_page(void **state)
             f->n->store,
             "INSERT INTO workflow_def(name, rev, version, origin, source, loaded_at) VALUES"
             " ('referral', 1, 3, 'referral.lua', '', 'x'), ('outreach', 1, 7, 'o.lua', '', 'x');"
-            "INSERT INTO instance(id, workflow, rev, state, status, input, ctx, created, updated)"
-            " VALUES ('ref-1', 'referral', 1, 'requested', 'running', '{\"patient\":\"pat-1\"}',"
-            " '{\"n\":1}', 'c1', 'u1'),"
-            " ('ref-2', 'referral', 1, 'closed', 'done', '{}', '{}', 'c2', 'u2'),"
-            " ('out-1', 'outreach', 1, 'calling', 'running', '{}', '{}', 'c3', 'u3')",
+            "INSERT INTO instance_base(seq, id, workflow, rev, status, input, created)"
+            " VALUES (1, 'ref-1', 'referral', 1, 'running', '{\"patient\":\"pat-1\"}', 'c1'),"
+            " (2, 'ref-2', 'referral', 1, 'done', '{}', 'c2'),"
+            " (3, 'out-1', 'outreach', 1, 'running', '{}', 'c3');"
+            "INSERT INTO instance_step(seq, state, ctx, updated) VALUES"
+            " (1, 'requested', '{\"n\":1}', 'u1'), (2, 'closed', '{}', 'u2'),"
+            " (3, 'calling', '{}', 'u3')",
             &err),
         0);
     long before = audits(f, "patient.read", "pat-1");
