@@ -2035,6 +2035,17 @@ static void reopen_pipelined(fx *f)
     load_ok(f, "ticker.lua", TICKER);
 }
 
+/* Attach the pipelined engine to loop; hold: the sync thread's syncs wait
+** for the test (cm_test_gate_hold). */
+static void attach_pipelined(fx *f, uv_loop_t *loop, bool hold)
+{
+    cm_err err;
+    assert_int_equal(uv_loop_init(loop), 0);
+    assert_int_equal(cm_engine_attach(f->engine, loop, &err), 0);
+    if (hold)
+        cm_test_gate_hold(&f->gate, true);
+}
+
 static void start_ticker(fx *f, const char *id)
 {
     cm_err err;
@@ -2067,14 +2078,11 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
     fx *f = *state;
     uv_loop_t loop;
     seen s = {0};
-    cm_err err;
     cm_engine_stats st;
     reopen_pipelined(f);
     sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
     cm_engine_observe(f->engine, observe, &s);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
-    cm_test_gate_hold(&f->gate, true);
+    attach_pipelined(f, &loop, true);
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
     uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
@@ -2116,9 +2124,7 @@ static void test_a_synced_commit_releases_earlier_pipelined_acks(void **state)
     uv_loop_t loop;
     cm_err err;
     reopen_pipelined(f);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
-    cm_test_gate_hold(&f->gate, true);
+    attach_pipelined(f, &loop, true);
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
     uv_run(&loop, UV_RUN_NOWAIT);
@@ -2140,11 +2146,8 @@ static void test_a_pipelined_batch_that_wrote_nothing_is_told_at_once(void **sta
 {
     fx *f = *state;
     uv_loop_t loop;
-    cm_err err;
     reopen_pipelined(f);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
-    cm_test_gate_hold(&f->gate, true); /* a sync asked would hold the ack */
+    attach_pipelined(f, &loop, true); /* a sync asked would hold the ack */
     signal_ev(f, "nobody", "poke", NULL);
     for (int i = 0; i < 10 && f->a.n == 0; i++)
         uv_run(&loop, UV_RUN_NOWAIT);
@@ -2160,11 +2163,8 @@ static void test_detach_tells_the_acks_of_committed_batches(void **state)
 {
     fx *f = *state;
     uv_loop_t loop;
-    cm_err err;
     reopen_pipelined(f);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
-    cm_test_gate_hold(&f->gate, true);
+    attach_pipelined(f, &loop, true);
     start_ticker(f, "t-1");
     uv_run(&loop, UV_RUN_NOWAIT);
     assert_true(cm_test_gate_wait_held(&f->gate, 1));
@@ -2189,8 +2189,7 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
     cm_engine_observe(f->engine, observe, &s);
     f->gate.fail = EIO;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(cm_engine_attach(f->engine, &loop, &err), 0);
+    attach_pipelined(f, &loop, false);
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
     loop_until_acks(f, &loop, 2);
