@@ -2251,6 +2251,21 @@ static void tell(cm_engine *e, outcome *oc)
         oc->w->cb(oc->w->ud, &ack);
 }
 
+/* Tell a batch's submitters and free their work; rc != 0: nothing of the
+** batch is durable, and each hears rc and msg instead of its outcome. */
+static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *msg)
+{
+    for (int i = 0; i < n; i++) {
+        if (rc != 0) {
+            ocs[i].status = rc;
+            ocs[i].kept = false;
+            cm_copy_str(ocs[i].message, sizeof(ocs[i].message), msg);
+        }
+        tell(e, &ocs[i]);
+        work_free(ocs[i].w);
+    }
+}
+
 /* ---- pipelined group commit ------------------------------------------- */
 
 /* Keep a committed batch's outcomes and events until its sync; false when
@@ -2293,15 +2308,7 @@ static void sync_release(cm_engine *e)
         if (!failed)
             tell_list(e, sw->events, sw->nevents);
         e->stats.sync_waits++;
-        for (int i = 0; i < sw->n; i++) {
-            if (failed) {
-                sw->ocs[i].status = failed;
-                sw->ocs[i].kept = false;
-                cm_copy_str(sw->ocs[i].message, sizeof(sw->ocs[i].message), err.msg);
-            }
-            tell(e, &sw->ocs[i]);
-            work_free(sw->ocs[i].w);
-        }
+        tell_batch(e, sw->ocs, sw->n, failed, err.msg);
         e->telling = 0;
         free(sw->events);
         free(sw->ocs);
@@ -2421,15 +2428,7 @@ static int run_batch(cm_engine *e, cm_err *err)
         tell_events(e);
     else
         e->nevents = 0;
-    for (int i = 0; i < n; i++) {
-        if (rc != 0) { /* nothing of the batch is durable: say so to everyone */
-            ocs[i].status = rc;
-            ocs[i].kept = false;
-            cm_copy_str(ocs[i].message, sizeof(ocs[i].message), err->msg);
-        }
-        tell(e, &ocs[i]);
-        work_free(ocs[i].w);
-    }
+    tell_batch(e, ocs, n, rc, err->msg); /* rc: nothing of the batch is durable */
     free(ocs);
     return rc != 0 ? rc : n + due_n;
 }
