@@ -433,6 +433,48 @@ static void test_checkpoints_run_off_the_commit_path(void **state)
     cm_store_close(&s);
 }
 
+/* Descriptors open on path's file, as /proc/self/fd shows them. */
+static int fds_on(const char *path)
+{
+    struct stat want, got;
+    char link[64];
+    int n = 0;
+    if (stat(path, &want) != 0)
+        return -1;
+    for (int fd = 0; fd < 1024; fd++) {
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        n += stat(link, &got) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino;
+    }
+    return n;
+}
+
+/* The checkpoint thread syncs the database file through its connection's
+** own file, not a descriptor of the store's: closing one (the store's
+** close, a thread that could not start) drops every POSIX lock the process
+** holds on the file, SQLite's too, and another process closing its last
+** connection then checkpoints and deletes the WAL this one still writes. */
+static void test_checkpoint_thread_opens_no_descriptor_of_its_own(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_ckpt_stats ck;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = 16;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    int writer = fds_on(f->db); /* the writer's connection */
+    assert_true(writer >= 1);
+    write_rows(s, 0, 300, 4);
+    cm_store_ckpt_stats_get(s, &ck);
+    assert_true(ck.background > 0);
+    assert_int_equal(ck.db_syncs, ck.partial);
+    assert_int_equal(fds_on(f->db), writer + 1); /* and the thread's connection: no other */
+    cm_store_close(&s);
+}
+
 /* A reader holding an old snapshot (a backup, an API read) keeps the WAL
 ** from starting over; commits go on, nothing waits forever, and once the
 ** reader is done the WAL is checkpointed and starts over again. */
@@ -958,6 +1000,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_run_off_the_commit_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_thread_opens_no_descriptor_of_its_own,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good, setup, teardown),
