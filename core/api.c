@@ -83,6 +83,7 @@ struct cm_api {
     ** change empties it. */
     token_slot tokens[TOKEN_SLOTS];
     unsigned char token_key[crypto_shorthash_siphashx24_KEYBYTES]; /* random, for the slots */
+    uint64_t token_gen; /* changes whenever a slot does: a connection's memo of it is stale */
     long long dv;
     uint64_t dv_pass;       /* the HTTP parse pass data_version was last read in, plus 1 */
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
@@ -592,6 +593,40 @@ static int audit_reads(call *c, int kind, const cJSON *docs, const char *action,
 static void tokens_forget(cm_api *api)
 {
     sodium_memzero(api->tokens, sizeof(api->tokens));
+    api->token_gen++;
+}
+
+/* A connection's memo (cm_http_req_memo) of the token last verified on it:
+** the generation of the verified tokens it was read in (0: none), the
+** slot, and the token's text. While the generation holds, the same text
+** presented again on that connection is the slot's token without a hash;
+** any change of the slots (a revocation seen, a token verified into a slot)
+** makes every connection's memo stale. The text is the connection's own
+** (the client sent it on it) and is wiped with the connection. */
+enum { MEMO_GEN = 0, MEMO_SLOT = 8, MEMO_TEXT = 16 };
+_Static_assert(MEMO_TEXT + CM_TOKEN_TEXT_LEN <= CM_HTTP_MEMO_BYTES, "a token fits the memo");
+_Static_assert(TOKEN_SLOTS <= 65536, "a slot's index fits the memo");
+
+static bool memo_token(const cm_api *api, const cm_http_memo *m, const char *text, size_t len,
+                       cm_token_info *info)
+{
+    uint64_t gen;
+    uint16_t slot;
+    memcpy(&gen, m->bytes + MEMO_GEN, sizeof(gen));
+    if (gen == 0 || gen != api->token_gen || len != CM_TOKEN_TEXT_LEN ||
+        memcmp(m->bytes + MEMO_TEXT, text, len) != 0)
+        return false;
+    memcpy(&slot, m->bytes + MEMO_SLOT, sizeof(slot));
+    *info = api->tokens[slot].info;
+    return true;
+}
+
+static void memo_keep(const cm_api *api, cm_http_memo *m, const char *text, size_t slot)
+{
+    uint16_t s = (uint16_t)slot;
+    memcpy(m->bytes + MEMO_GEN, &api->token_gen, sizeof(api->token_gen));
+    memcpy(m->bytes + MEMO_SLOT, &s, sizeof(s));
+    memcpy(m->bytes + MEMO_TEXT, text, CM_TOKEN_TEXT_LEN);
 }
 
 /* Forget every verified token when another connection committed since the
@@ -612,14 +647,16 @@ static int tokens_revalidate(cm_api *api, cm_err *err)
     return 0;
 }
 
-/* cm_token_check, answered from the verified tokens when it can be. The
-** verified tokens are revalidated at the first check of each HTTP parse
-** pass (pass, see cm_http_req_pass): a revocation committed before a
-** request's bytes were read holds for it. */
-static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_info *info,
+/* cm_token_check, answered from the connection's memo or the verified
+** tokens when it can be. The verified tokens are revalidated at the first
+** check of each HTTP parse pass (see cm_http_req_pass): a revocation
+** committed before a request's bytes were read holds for it. */
+static int token_check(cm_api *api, cm_http_req *req, const char *text, cm_token_info *info,
                        cm_err *err)
 {
     unsigned char hash[crypto_shorthash_siphashx24_BYTES];
+    uint64_t pass = cm_http_req_pass(req);
+    cm_http_memo *memo = cm_http_req_memo(req);
     int rc;
     if (api->dv_pass != pass + 1) {
         if ((rc = tokens_revalidate(api, err)) != 0)
@@ -629,17 +666,22 @@ static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_in
     size_t len = strlen(text);
     if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
         return cm_token_check(api->o.store, text, info, err);
-    crypto_shorthash_siphashx24(hash, (const unsigned char *)text, len, api->token_key);
-    token_slot *slot = &api->tokens[(hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS];
-    if (slot->used && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
-        *info = slot->info;
+    if (memo && memo_token(api, memo, text, len, info))
         return 0;
+    crypto_shorthash_siphashx24(hash, (const unsigned char *)text, len, api->token_key);
+    size_t i = (hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS;
+    token_slot *slot = &api->tokens[i];
+    if (!slot->used || sodium_memcmp(slot->hash, hash, sizeof(hash)) != 0) {
+        if ((rc = cm_token_check(api->o.store, text, info, err)) != 0)
+            return rc;
+        slot->used = true;
+        memcpy(slot->hash, hash, sizeof(hash));
+        slot->info = *info;
+        api->token_gen++; /* the slot changed: memos of what it held are stale */
     }
-    if ((rc = cm_token_check(api->o.store, text, info, err)) != 0)
-        return rc;
-    slot->used = true;
-    memcpy(slot->hash, hash, sizeof(hash));
-    slot->info = *info;
+    *info = slot->info;
+    if (memo)
+        memo_keep(api, memo, text, i);
     return 0;
 }
 
@@ -656,7 +698,7 @@ static bool authenticate(call *c)
     const char *t = h + 7;
     while (*t == ' ')
         t++;
-    int rc = token_check(c->api, cm_http_req_pass(c->req), t, &c->tok, &err);
+    int rc = token_check(c->api, c->req, t, &c->tok, &err);
     if (rc == CM_EPERM) {
         reply_error(c, 401, "unauthorized", NULL, "%s", err.msg);
         return false;
