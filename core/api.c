@@ -124,8 +124,10 @@ struct call {
     /* engine submissions */
     char patient[CM_ID_MAX + 1];
     const char *action;
-    bool signal;       /* an event for an instance: its patient is the input's */
-    bool patient_read; /* patient was read from the store in the batch: kept once it commits */
+    bool signal; /* an event for an instance: its patient is the input's */
+    /* patient is the instance's as the store has it (read in the batch, or
+    ** the input of a start): kept once the batch commits */
+    bool patient_keep;
 };
 _Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
@@ -1106,7 +1108,7 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
         reply_err(c, &err, NULL);
         return;
     }
-    if (c->patient_read && ack->instance)
+    if (c->patient_keep && ack->instance)
         instance_patient_keep(c->api, ack->instance, c->patient);
     /* {"instance":I,"state":S} and "held":true when paused (kept until resume) */
     char text[2 * 6 * CM_NAME_MAX + 64];
@@ -1132,7 +1134,7 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
         return 0;
     if (c->signal && ack->instance) { /* a signal: the instance's patient */
         if ((rc = instance_patient_of(c->api, ack->instance, c->patient, sizeof(c->patient),
-                                      &c->patient_read, err)) != 0)
+                                      &c->patient_keep, err)) != 0)
             return rc;
     }
     if (!c->patient[0])
@@ -1157,6 +1159,9 @@ static void h_instance_start(call *c)
     const char *patient = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient"));
     snprintf(c->patient, sizeof(c->patient), "%s",
              patient && cm_id_check(patient) == 0 ? patient : "");
+    /* what instance_patient_of would read once it commits: the instance's
+    ** first event then needs no lookup (not a patient that is no id) */
+    c->patient_keep = !patient || c->patient[0];
     c->action = "instance.start";
     if (cm_engine_start(c->api->o.engine, body_str(c, "workflow"), input, body_str(c, "id"),
                         on_engine_ack, c, &err) != 0)

@@ -285,6 +285,8 @@ req GET "/v1/instances?shape=round"; expect "instances unknown filter" 400 unkno
 req POST /v1/instances/i1/events '{"event":"seen","payload":{"by":"dr1"}}' "$writer"; expect "signal" 200
 same "signal state" "$(jq -r .state <<<"$body")" seen
 same "acknowledged event is committed" "$(count "SELECT state FROM instance WHERE id='i1'")" seen
+# the first event of an instance started through the API: its patient from the start (not read again)
+same "signal audited with the start's patient" "$(count "SELECT patient FROM audit WHERE action='instance.signal' ORDER BY seq LIMIT 1")" p1
 req POST /v1/instances/i1/events '{"event":"nonsense"}' "$writer"; expect "signal no transition" 422 invalid
 req POST /v1/instances/i1/events '{"payload":{}}' "$writer"; expect "signal no event" 422 invalid; field "signal no event" event
 req POST /v1/instances/nosuch/events '{"event":"seen"}' "$writer"; expect "signal missing instance" 404 not_found
