@@ -242,6 +242,64 @@ static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, 
 static int encode_value(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
                         same_check *sc, cm_err *err);
 
+/* A table with a string key first: an object, written in one walk. A key
+** of another kind later is an error, as classify_table would say. With
+** copy, the fields' copies gather on the stack and go into a table sized
+** for them at the end (pushed). Entered with the first key and value on
+** the stack. */
+static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+                         same_check *sc, cm_err *err)
+{
+    bool copy = sc && sc->copy;
+    int fields = 0, rc = 0;
+    out_char(o, '{');
+    do {
+        /* stack: ... [key, copy of value]..., key, value */
+        int kt = lua_type(L, -2);
+        if (kt != LUA_TSTRING) {
+            bool item = kt == LUA_TNUMBER && lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1;
+            return item ? cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields",
+                                     path->s)
+                        : cm_err_set(err, CM_EINVAL,
+                                     "%s: a key of type %s cannot be carried (keys are "
+                                     "names or array positions 1..n)",
+                                     path->s, lua_typename(L, kt));
+        }
+        size_t klen;
+        const char *key = lua_tolstring(L, -2, &klen);
+        size_t mark = path_push_key(path, key);
+        if (strlen(key) != klen)
+            return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
+        if (!lua_checkstack(L, 4))
+            return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+        if (fields++)
+            out_char(o, ',');
+        out_string(o, key, klen);
+        out_char(o, ':');
+        if ((rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err)) != 0)
+            return rc;
+        path_pop(path, mark);
+        if (copy) { /* stack: key, value, its copy -> key, its copy, key */
+            lua_pushvalue(L, -3);
+            lua_copy(L, -2, -3);
+            lua_remove(L, -2);
+        } else {
+            lua_pop(L, 1);
+        }
+    } while (lua_next(L, idx) != 0);
+    out_char(o, '}');
+    if (copy) { /* stack: key, copy, ... (fields pairs) */
+        lua_createtable(L, 0, fields);
+        lua_insert(L, -2 * fields - 1);
+        int t = lua_gettop(L) - 2 * fields;
+        for (int i = 0; i < fields; i++)
+            lua_rawset(L, t);
+    }
+    return 0;
+}
+
+/* A table: an object when its first key is a name (encode_object), else an
+** array of 1..n (or {} when empty), as classify_table tells. */
 static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
                         same_check *sc, cm_err *err)
 {
@@ -254,6 +312,12 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
     if (!lua_checkstack(L, 6))
         return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
     same_table(L, idx, sc);
+    lua_pushnil(L);
+    if (lua_next(L, idx) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING) /* a name first: an object, in one walk */
+            return encode_object(L, idx, path, depth, o, sc, err);
+        lua_pop(L, 2); /* array items first: counted before they are written in order */
+    }
     if ((rc = classify_table(L, idx, path, &is_array, &n, &fields, err)) != 0)
         return rc;
     if (sc && sc->copy) { /* sized as the original: no rehash while it fills */
@@ -276,39 +340,9 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
             if (rc != 0)
                 return rc;
         }
-    } else {
-        bool first = true;
-        lua_pushnil(L);
-        while (lua_next(L, idx) != 0) {
-            /* stack: ... key value (its copy on top with copy) */
-            size_t klen;
-            const char *key = lua_tolstring(L, -2, &klen); /* a string: classify_table checked */
-            size_t mark = path_push_key(path, key);
-            if (strlen(key) != klen) {
-                rc = cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
-            } else {
-                if (!first)
-                    out_char(o, ',');
-                first = false;
-                out_string(o, key, klen);
-                out_char(o, ':');
-                rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
-                if (rc == 0 && copy) { /* stack: key, value, value's copy */
-                    lua_pushvalue(L, -3);
-                    lua_insert(L, -2);
-                    lua_rawset(L, copy);
-                }
-            }
-            path_pop(path, mark);
-            lua_pop(L, 1);
-            if (rc != 0) {
-                lua_pop(L, 1);
-                return rc;
-            }
-        }
     }
-    out_char(o, is_array ? ']' : '}');
-    return 0; /* with copy, the copy is on top */
+    out_char(o, is_array ? ']' : '}'); /* no field: an empty object */
+    return 0;                          /* with copy, the copy is on top */
 }
 
 /* A table pushes its own copy; any other value is its copy. */
@@ -382,10 +416,13 @@ static int encode_root(lua_State *L, int idx, const char *root, out_buf *o, same
     path_buf path;
     const char *name = root ? root : "value";
     size_t nlen = strlen(name);
+    int top = lua_gettop(L);
     path.len = nlen < sizeof(path.s) ? nlen : sizeof(path.s) - 1;
     memcpy(path.s, name, path.len);
     path.s[path.len] = '\0';
     int rc = encode(L, idx, &path, 0, o, sc, err);
+    if (rc != 0)
+        lua_settop(L, top); /* what an error left on the stack */
     if (rc == 0 && o->failed)
         rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory", name);
     if (rc == 0)

@@ -6,10 +6,11 @@
 #                               events were driven, and the share of that
 #                               time it was on a core (loop_cpu_us_per_event,
 #                               loop_busy in the JSON line)
-#   calib_ms                    how long a fixed single-threaded loop (awk,
-#                               nothing of caremesh) takes just before and
-#                               just after the run: the same instructions
-#                               every time, so a slower machine shows there
+#   calib_ms                    the CPU time a fixed single-threaded loop
+#                               (awk, nothing of caremesh) takes just before
+#                               and just after the run: the same
+#                               instructions every time, so a slower
+#                               machine shows there
 #   steal_ticks                 CPU the hypervisor gave to others during
 #                               the run (/proc/stat, both cores)
 #   migrations, switches        CPU migrations and context switches (perf
@@ -26,11 +27,10 @@ out=$(mktemp)
 ps=$(mktemp)
 trap 'rm -f "$out" "$ps"' EXIT
 steal() { awk '/^cpu /{ print $9 }' /proc/stat; }
-calib() {
-  local t0
-  t0=$(date +%s%N)
-  awk 'BEGIN { s = 0; for (i = 0; i < 3000000; i++) s += i % 7; exit s < 0 }'
-  echo $((($(date +%s%N) - t0) / 1000000))
+calib() { # the loop's CPU time (user + system), in ms: not its wait for a core
+  local TIMEFORMAT=%3U+%3S t
+  t=$({ time awk 'BEGIN { s = 0; for (i = 0; i < 3000000; i++) s += i % 7; exit s < 0 }'; } 2>&1)
+  awk -v t="$t" 'BEGIN { split(t, p, "+"); printf "%d", (p[1] + p[2]) * 1000 }'
 }
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 perf_ok=false
