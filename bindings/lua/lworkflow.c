@@ -1004,25 +1004,28 @@ static int step_driver(lua_State *L)
     sp->visit = d->visit;
     cm_copy_str(sp->next, sizeof(sp->next), d->cur);
     /* wf.ctx written (when it was looked at) and, while there is room, copied
-    ** for the next step: the copy is what is kept, never the handler's table.
-    ** Below a quarter of the cap the copy cannot meet it. Results stay on the
-    ** stack for rt_step: effects (nil if none), the copy (nil if none). */
+    ** and kept for the next step (rt_step may drop it): the copy, never the
+    ** handler's table. Below a quarter of the cap neither the copy nor the
+    ** kept table's growth can meet it; both happen here, protected. The
+    ** result stays on the stack for rt_step: effects (nil if none). */
     lua_getiuservalue(L, wf, UV_EFFECTS);
+    int effects = lua_gettop(L);
     if (lua_getiuservalue(L, wf, UV_CTX) != LUA_TNIL) {
         if (cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
-            int at = lua_gettop(L);
-            d->ctx_rc = cm_ljson_encode_copy(L, at, "wf.ctx", &d->ctx_text, &d->ctx_same, d->err);
-            if (!d->ctx_same)
-                lua_pushnil(L); /* not kept */
-            lua_replace(L, at);
+            d->ctx_rc = cm_ljson_encode_copy(L, -1, "wf.ctx", &d->ctx_text, &d->ctx_same, d->err);
+            if (d->ctx_rc == 0 && d->ctx_same) { /* stack: effects, ctx, its copy */
+                lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
+                lua_insert(L, -2);
+                lua_rawseti(L, -2, d->rt->kept_last + 1);
+                d->stored = ++d->rt->kept_last;
+            }
         } else {
             size_t len = 0;
             d->ctx_rc = cm_ljson_encode(L, -1, "wf.ctx", &d->ctx_text.s, &len, d->err);
-            lua_pop(L, 1);
-            lua_pushnil(L);
         }
     }
-    return 2;
+    lua_settop(L, effects);
+    return 1;
 }
 
 /* ---- the seam --------------------------------------------------------- */
@@ -1117,16 +1120,6 @@ static void keep_none(lua_State *L, cm_lua_runtime *rt, drv *d, bool failed)
     }
 }
 
-/* Keep the copy of wf.ctx on top of the stack (popped) for the next step. */
-static void keep_copy(lua_State *L, cm_lua_runtime *rt, drv *d)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->kept_ref);
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, rt->kept_last + 1);
-    lua_pop(L, 1);
-    d->stored = ++rt->kept_last;
-}
-
 static int rt_step(void *ud, cm_step *sp, cm_err *err)
 {
     cm_lua_runtime *rt = ud;
@@ -1171,8 +1164,8 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, false); /* a guard may have changed wf.ctx: nothing is written */
         return 0;
     }
-    /* stack: effects (a list) or nil, the copy of wf.ctx or nil; wf.ctx
-    ** written in d.ctx_text (when ctx_read) */
+    /* stack: effects (a list) or nil; wf.ctx written in d.ctx_text (when
+    ** it was looked at), its copy kept under d.stored */
     char *ctx = d.ctx_text.s;
     cJSON *effects = NULL;
     rc = d.ctx_rc;
@@ -1185,10 +1178,6 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
             ctx = NULL;
         }
     }
-    if (rc == 0 && !lua_isnil(L, -1))
-        keep_copy(L, rt, &d);
-    else
-        lua_pop(L, 1);
     if (rc == 0 && lua_rawlen(L, -1) > 0)
         rc = cm_ljson_from_lua(L, -1, "effects", &effects, err);
     lua_settop(L, top);
