@@ -7,6 +7,7 @@
 ** The federation benchmark runs two nodes' federation (fed.h) on two threads,
 ** each with its own loop and store, linked over loopback.
 */
+#define _GNU_SOURCE /* RUSAGE_THREAD */
 #include "bench.h"
 
 #include "engine.h"
@@ -52,6 +53,14 @@ static int64_t now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* CPU time of the calling thread. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
@@ -321,10 +330,16 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
         rc = cm_engine_run(w.engine, NULL, err);
     if (rc != 0)
         goto done;
-    int64_t t0 = now_us();
+    cm_engine_stats es0;
+    cm_engine_stats_get(w.engine, &es0);
+    struct rusage th0, th1;
+    getrusage(RUSAGE_THREAD, &th0);
+    int64_t cpu0 = thread_cpu_us(), t0 = now_us();
     if ((rc = o->run_mode ? drive(&w, o, &l, err) : drive_loop(&w, o, &l, err)) != 0)
         goto done;
-    double secs = (double)(now_us() - t0) / 1e6;
+    int64_t drive_us = now_us() - t0, loop_cpu_us = thread_cpu_us() - cpu0;
+    getrusage(RUSAGE_THREAD, &th1);
+    double secs = (double)drive_us / 1e6;
     qsort(l.us, (size_t)l.n, sizeof(*l.us), cmp64);
     int64_t p50 = l.n ? l.us[l.n / 2] : 0, p99 = l.n ? l.us[(l.n * 99) / 100] : 0;
     double eps = secs > 0 ? (double)l.n / secs : 0;
@@ -342,15 +357,30 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     printf("instance cache: %llu hits, %llu misses, %llu evictions\n",
            (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses,
            (unsigned long long)es.cache_evictions);
+    /* while the events were driven: the loop thread's CPU (how busy it was,
+    ** how often the scheduler took its core) and the batches it committed */
+    uint64_t batches = es.batches - es0.batches;
+    printf("drive: loop thread %.0f ms of CPU in %.0f ms (%.0f%% busy), %ld involuntary "
+           "switches; %llu batches, %.1f events each, %llu waited for their sync\n",
+           (double)loop_cpu_us / 1e3, (double)drive_us / 1e3,
+           drive_us > 0 ? 100.0 * (double)loop_cpu_us / (double)drive_us : 0.0,
+           th1.ru_nivcsw - th0.ru_nivcsw, (unsigned long long)batches,
+           batches ? (double)l.n / (double)batches : 0.0,
+           (unsigned long long)(es.sync_waits - es0.sync_waits));
     printf("{\"events_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"sqlite_rows_per_s\":%.0f,"
            "\"instances\":%d,\"events\":%ld,\"batch\":%d,\"failed\":%ld,\"max_rss_kb\":%ld,"
            "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"checkpoint_db_syncs\":%ld,"
            "\"max_wal_pages\":%d,"
-           "\"mode\":\"%s\",\"outstanding\":%d,\"cache_hits\":%llu,\"cache_misses\":%llu}\n",
+           "\"mode\":\"%s\",\"outstanding\":%d,\"cache_hits\":%llu,\"cache_misses\":%llu,"
+           "\"loop_cpu_us_per_event\":%.2f,\"loop_busy\":%.3f,\"loop_nivcsw\":%ld,"
+           "\"events_per_batch\":%.1f}\n",
            eps, (long long)p50, (long long)p99, raw, o->instances, l.n, o->batch, l.failed,
            ru.ru_maxrss, ck.background, ck.inline_runs, ck.db_syncs, ck.max_wal_pages,
            o->run_mode ? "run" : "loop", o->run_mode ? o->batch : window,
-           (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses);
+           (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses,
+           l.n ? (double)loop_cpu_us / (double)l.n : 0.0,
+           drive_us > 0 ? (double)loop_cpu_us / (double)drive_us : 0.0,
+           th1.ru_nivcsw - th0.ru_nivcsw, batches ? (double)l.n / (double)batches : 0.0);
     if (l.failed)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:

@@ -70,7 +70,7 @@ static void path_pop(path_buf *p, size_t old)
 
 /* Is the table at idx a sequence 1..n with no other keys? Sets *n. Raw access only. */
 static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array, lua_Integer *n,
-                          cm_err *err)
+                          lua_Integer *fields, cm_err *err)
 {
     lua_Integer count = 0, max = 0;
     bool has_string = false, has_int = false;
@@ -101,15 +101,12 @@ static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array,
                           path->s, (long long)count, (long long)max);
     *is_array = has_int;
     *n = max;
+    *fields = count;
     return 0;
 }
 
 /* The text being written: grows by doubling; `failed` once memory ran out. */
-typedef struct out_buf {
-    char *s;
-    size_t len, cap;
-    bool failed;
-} out_buf;
+typedef cm_ljson_buf out_buf;
 
 static bool out_room(out_buf *o, size_t n)
 {
@@ -208,9 +205,11 @@ static void out_number(out_buf *o, lua_State *L, int idx)
 }
 
 /* Whether the text, read back, gives tables that behave as the value written
-** (see cm_ljson_encode_same); NULL when nobody asks. */
+** (see cm_ljson_encode_same); NULL when nobody asks. With copy, each value
+** written is also pushed as its copy (cm_ljson_encode_copy). */
 typedef struct same_check {
     bool same;
+    bool copy;
     int ntables;
     const void *tables[LJSON_SAME_TABLES];
 } same_check;
@@ -240,21 +239,92 @@ static void same_table(lua_State *L, int idx, same_check *sc)
 
 static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, same_check *sc,
                   cm_err *err);
+static int encode_value(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+                        same_check *sc, cm_err *err);
 
+/* A table with a string key first: an object, written in one walk. A key
+** of another kind later is an error, as classify_table would say. With
+** copy, the fields' copies gather on the stack and go into a table sized
+** for them at the end (pushed). Entered with the first key and value on
+** the stack. */
+static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+                         same_check *sc, cm_err *err)
+{
+    bool copy = sc && sc->copy;
+    int fields = 0, rc = 0;
+    out_char(o, '{');
+    do {
+        /* stack: ... [key, copy of value]..., key, value */
+        int kt = lua_type(L, -2);
+        if (kt != LUA_TSTRING) {
+            bool item = kt == LUA_TNUMBER && lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1;
+            return item ? cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields",
+                                     path->s)
+                        : cm_err_set(err, CM_EINVAL,
+                                     "%s: a key of type %s cannot be carried (keys are "
+                                     "names or array positions 1..n)",
+                                     path->s, lua_typename(L, kt));
+        }
+        size_t klen;
+        const char *key = lua_tolstring(L, -2, &klen);
+        size_t mark = path_push_key(path, key);
+        if (strlen(key) != klen)
+            return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
+        if (!lua_checkstack(L, 4))
+            return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+        if (fields++)
+            out_char(o, ',');
+        out_string(o, key, klen);
+        out_char(o, ':');
+        if ((rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err)) != 0)
+            return rc;
+        path_pop(path, mark);
+        if (copy) { /* stack: key, value, its copy -> key, its copy, key */
+            lua_pushvalue(L, -3);
+            lua_copy(L, -2, -3);
+            lua_remove(L, -2);
+        } else {
+            lua_pop(L, 1);
+        }
+    } while (lua_next(L, idx) != 0);
+    out_char(o, '}');
+    if (copy) { /* stack: key, copy, ... (fields pairs) */
+        lua_createtable(L, 0, fields);
+        lua_insert(L, -2 * fields - 1);
+        int t = lua_gettop(L) - 2 * fields;
+        for (int i = 0; i < fields; i++)
+            lua_rawset(L, t);
+    }
+    return 0;
+}
+
+/* A table: an object when its first key is a name (encode_object), else an
+** array of 1..n (or {} when empty), as classify_table tells. */
 static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
                         same_check *sc, cm_err *err)
 {
     bool is_array = false;
-    lua_Integer n = 0;
-    int rc;
+    lua_Integer n = 0, fields = 0;
+    int rc, copy = 0;
     if (depth >= LJSON_MAX_DEPTH)
         return cm_err_set(err, CM_EINVAL, "%s: nested more than %d levels deep (a cycle?)", path->s,
                           LJSON_MAX_DEPTH);
-    if (!lua_checkstack(L, 4))
+    if (!lua_checkstack(L, 6))
         return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
     same_table(L, idx, sc);
-    if ((rc = classify_table(L, idx, path, &is_array, &n, err)) != 0)
+    lua_pushnil(L);
+    if (lua_next(L, idx) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING) /* a name first: an object, in one walk */
+            return encode_object(L, idx, path, depth, o, sc, err);
+        lua_pop(L, 2); /* array items first: counted before they are written in order */
+    }
+    if ((rc = classify_table(L, idx, path, &is_array, &n, &fields, err)) != 0)
         return rc;
+    if (sc && sc->copy) { /* sized as the original: no rehash while it fills */
+        int size = fields <= INT_MAX ? (int)fields : 0;
+        lua_createtable(L, is_array ? size : 0, is_array ? 0 : size);
+        copy = lua_gettop(L);
+    }
     out_char(o, is_array ? '[' : '{');
     if (is_array) {
         for (lua_Integer i = 1; i <= n; i++) {
@@ -263,43 +333,30 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
                 out_char(o, ',');
             lua_rawgeti(L, idx, i);
             rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
+            if (rc == 0 && copy)
+                lua_rawseti(L, copy, i); /* stack: copy, value */
             lua_pop(L, 1);
             path_pop(path, mark);
             if (rc != 0)
                 return rc;
         }
-    } else {
-        bool first = true;
-        lua_pushnil(L);
-        while (lua_next(L, idx) != 0) {
-            /* stack: ... key value */
-            size_t klen;
-            const char *key = lua_tolstring(L, -2, &klen); /* a string: classify_table checked */
-            size_t mark = path_push_key(path, key);
-            if (strlen(key) != klen) {
-                rc = cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
-            } else {
-                if (!first)
-                    out_char(o, ',');
-                first = false;
-                out_string(o, key, klen);
-                out_char(o, ':');
-                rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
-            }
-            path_pop(path, mark);
-            lua_pop(L, 1);
-            if (rc != 0) {
-                lua_pop(L, 1);
-                return rc;
-            }
-        }
     }
-    out_char(o, is_array ? ']' : '}');
-    return 0;
+    out_char(o, is_array ? ']' : '}'); /* no field: an empty object */
+    return 0;                          /* with copy, the copy is on top */
 }
 
+/* A table pushes its own copy; any other value is its copy. */
 static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, same_check *sc,
                   cm_err *err)
+{
+    int rc = encode_value(L, idx, path, depth, o, sc, err);
+    if (rc == 0 && sc && sc->copy && lua_type(L, idx) != LUA_TTABLE)
+        lua_pushvalue(L, idx);
+    return rc;
+}
+
+static int encode_value(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+                        same_check *sc, cm_err *err)
 {
     switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
@@ -352,25 +409,36 @@ int cm_ljson_encode(lua_State *L, int idx, const char *root, char **out, size_t 
     return cm_ljson_encode_same(L, idx, root, out, len, NULL, err);
 }
 
-int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, size_t *len,
-                         bool *same, cm_err *err)
+/* Encode the value at idx into o (NUL-terminated on success); sc may be NULL. */
+static int encode_root(lua_State *L, int idx, const char *root, out_buf *o, same_check *sc,
+                       cm_err *err)
 {
     path_buf path;
-    out_buf o = {NULL, 0, 0, false};
-    same_check sc = {true, 0, {NULL}};
     const char *name = root ? root : "value";
     size_t nlen = strlen(name);
-    *out = NULL;
+    int top = lua_gettop(L);
     path.len = nlen < sizeof(path.s) ? nlen : sizeof(path.s) - 1;
     memcpy(path.s, name, path.len);
     path.s[path.len] = '\0';
-    int rc = encode(L, lua_absindex(L, idx), &path, 0, &o, same ? &sc : NULL, err);
-    if (same)
-        *same = rc == 0 && sc.same;
-    if (rc == 0 && o.failed)
+    int rc = encode(L, idx, &path, 0, o, sc, err);
+    if (rc != 0)
+        lua_settop(L, top); /* what an error left on the stack */
+    if (rc == 0 && o->failed)
         rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory", name);
     if (rc == 0)
-        o.s[o.len] = '\0';
+        o->s[o->len] = '\0';
+    return rc;
+}
+
+int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, size_t *len,
+                         bool *same, cm_err *err)
+{
+    out_buf o = {NULL, 0, 0, false};
+    same_check sc = {true, false, 0, {NULL}};
+    *out = NULL;
+    int rc = encode_root(L, lua_absindex(L, idx), root, &o, same ? &sc : NULL, err);
+    if (same)
+        *same = rc == 0 && sc.same;
     if (rc != 0) {
         free(o.s);
         return rc;
@@ -379,6 +447,18 @@ int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, si
     if (len)
         *len = o.len;
     return 0;
+}
+
+int cm_ljson_encode_copy(lua_State *L, int idx, const char *root, cm_ljson_buf *buf, bool *same,
+                         cm_err *err)
+{
+    same_check sc = {true, true, 0, {NULL}};
+    int top = lua_gettop(L);
+    int rc = encode_root(L, lua_absindex(L, idx), root, buf, &sc, err);
+    *same = rc == 0 && sc.same;
+    if (!*same)
+        lua_settop(L, top); /* an error's leftovers, or a copy that would not behave the same */
+    return rc;
 }
 
 int cm_ljson_from_lua(lua_State *L, int idx, const char *root, cJSON **out, cm_err *err)

@@ -33,6 +33,23 @@ int cm_ljson_encode(lua_State *L, int idx, const char *root, char **out, size_t 
 int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, size_t *len,
                          bool *same, cm_err *err);
 
+/* Text being written by cm_ljson_encode_copy: in the caller's frame, so that
+** the caller frees s (free) even when a Lua error unwound the call. Start
+** it as {0}; reuse it only after freeing s. */
+typedef struct cm_ljson_buf {
+    char *s;
+    size_t len, cap;
+    bool failed;
+} cm_ljson_buf;
+
+/* cm_ljson_encode_same into buf (buf->s, NUL-terminated, when it returns 0)
+** and, in the same walk, a copy of the value: new tables of the same fields
+** (strings shared), which no Lua code has seen. The copy is pushed when it
+** returns 0 with *same, nothing otherwise. May raise a memory error while
+** it makes the tables: call it protected. */
+int cm_ljson_encode_copy(lua_State *L, int idx, const char *root, cm_ljson_buf *buf, bool *same,
+                         cm_err *err);
+
 /* Push an empty box and return its slot: store a document there and Lua frees
 ** it if an error unwinds; set the slot to NULL after freeing it yourself.
 ** Raises on out of memory (before anything is owned). */

@@ -310,7 +310,11 @@ typedef struct drv {
     cm_lua_runtime *rt;
     bool ctx_read;         /* wf.ctx was made in this step */
     bool held_used;        /* ... from the table kept under sp->ctx_held */
-    lua_Integer stored;    /* ... from its text, and kept under this id (0: not kept) */
+    lua_Integer stored;    /* the copy of wf.ctx kept under this id (0: not kept) */
+    cm_ljson_buf ctx_text; /* wf.ctx written (ctx_rc 0), freed by rt_step */
+    int ctx_rc;
+    bool ctx_same;         /* ... and read back it behaves as the table did */
+    cm_err *err;           /* ctx_rc's message */
     int states;            /* stack index of the definition's states table */
     char cur[CM_NAME_MAX]; /* the state handlers run in */
     char go[CM_NAME_MAX];  /* set by wf:go */
@@ -658,25 +662,16 @@ static void push_input(lua_State *L, drv *d, bool raw)
 }
 
 /* Push the context kept from the instance's last step; false (nothing
-** pushed) when there is none, or when it no longer writes as the stored
-** text: a handler may have put a table of its own in wf.ctx (a chunk-level
-** local) that a later step, of any instance, changed since. */
+** pushed) when there is none. What is kept is the copy the step before made
+** while it wrote wf.ctx (step_driver), which no handler has seen: no table a
+** handler holds (a chunk-level local put in wf.ctx, a reference to wf.ctx
+** kept past its step) is part of it. */
 static bool push_held(lua_State *L, drv *d)
 {
     if (!d->sp->ctx_held || !d->sp->ctx)
         return false;
     lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
     if (lua_rawgeti(L, -1, (lua_Integer)d->sp->ctx_held) != LUA_TTABLE) {
-        lua_pop(L, 2);
-        return false;
-    }
-    /* stack: kept, table */
-    char *text = NULL;
-    cm_err err;
-    bool same =
-        cm_ljson_encode(L, -1, "wf.ctx", &text, NULL, &err) == 0 && strcmp(text, d->sp->ctx) == 0;
-    free(text);
-    if (!same) { /* dropped with the one given (keep_result, keep_none) */
         lua_pop(L, 2);
         return false;
     }
@@ -1008,21 +1003,29 @@ static int step_driver(lua_State *L)
     sp->final = lua_toboolean(L, -1);
     sp->visit = d->visit;
     cm_copy_str(sp->next, sizeof(sp->next), d->cur);
-    /* results stay on the stack for rt_step to convert: ctx (nil if never
-    ** looked at), effects (nil if none) */
-    lua_getiuservalue(L, wf, UV_CTX);
+    /* wf.ctx written (when it was looked at) and, while there is room, copied
+    ** and kept for the next step (rt_step may drop it): the copy, never the
+    ** handler's table. Below a quarter of the cap neither the copy nor the
+    ** kept table's growth can meet it; both happen here, protected. The
+    ** result stays on the stack for rt_step: effects (nil if none). */
     lua_getiuservalue(L, wf, UV_EFFECTS);
-    /* kept for the next step (rt_step may drop it), while there is room: the
-    ** kept table's growth never meets the cap */
-    if (d->ctx_read && !d->held_used &&
-        cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
-        lua_pushvalue(L, -3);
-        lua_rawseti(L, -2, d->rt->kept_last + 1);
-        lua_pop(L, 1);
-        d->stored = ++d->rt->kept_last;
+    int effects = lua_gettop(L);
+    if (lua_getiuservalue(L, wf, UV_CTX) != LUA_TNIL) {
+        if (cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
+            d->ctx_rc = cm_ljson_encode_copy(L, -1, "wf.ctx", &d->ctx_text, &d->ctx_same, d->err);
+            if (d->ctx_rc == 0 && d->ctx_same) { /* stack: effects, ctx, its copy */
+                lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
+                lua_insert(L, -2);
+                lua_rawseti(L, -2, d->rt->kept_last + 1);
+                d->stored = ++d->rt->kept_last;
+            }
+        } else {
+            size_t len = 0;
+            d->ctx_rc = cm_ljson_encode(L, -1, "wf.ctx", &d->ctx_text.s, &len, d->err);
+        }
     }
-    return 2;
+    lua_settop(L, effects);
+    return 1;
 }
 
 /* ---- the seam --------------------------------------------------------- */
@@ -1094,22 +1097,16 @@ static void rt_release(void *ud, int64_t held)
     kept_drop(cm_sandbox_state(rt->sb), rt, (lua_Integer)held);
 }
 
-/* What the step hands back in sp->ctx_held: the table wf.ctx was, when its
-** text (ctx) reads back as the same and there is room; the one it was given
-** when wf.ctx was never made. */
-static void keep_result(lua_State *L, cm_lua_runtime *rt, drv *d, bool same)
+/* What the step hands back in sp->ctx_held: the copy of wf.ctx made while
+** it was written (d->stored, 0 when none); the one it was given when wf.ctx
+** was never made (no handler saw it). One a handler saw goes. */
+static void keep_result(lua_State *L, cm_lua_runtime *rt, drv *d)
 {
     cm_step *sp = d->sp;
     if (!d->ctx_read)
         return; /* untouched: what it was given still equals the context */
-    lua_Integer id = d->held_used ? (lua_Integer)sp->ctx_held : d->stored;
-    if (!d->held_used)
-        kept_drop(L, rt, (lua_Integer)sp->ctx_held); /* not found: gone already */
-    if (!same || cm_sandbox_memory(rt->sb) > cm_sandbox_memory_cap(rt->sb) / KEPT_CAP_SHARE) {
-        kept_drop(L, rt, id);
-        id = 0;
-    }
-    sp->ctx_held = (int64_t)id;
+    kept_drop(L, rt, (lua_Integer)sp->ctx_held); /* seen by the handler, or gone already */
+    sp->ctx_held = (int64_t)d->stored;
 }
 
 /* A step that failed, or ran guards only, may have changed wf.ctx: what it
@@ -1133,6 +1130,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     memset(&d, 0, sizeof(d));
     d.sp = sp;
     d.rt = rt;
+    d.err = err;
     def_key(key, sizeof(key), sp->workflow, sp->rev);
     if (!lua_checkstack(L, 8)) {
         keep_none(L, rt, &d, true);
@@ -1147,6 +1145,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     }
     rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
     if (rc != 0) {
+        free(d.ctx_text.s);
         lua_settop(L, top);
         keep_none(L, rt, &d, true);
         if (rc == CM_EMEMCAP)
@@ -1165,13 +1164,12 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, false); /* a guard may have changed wf.ctx: nothing is written */
         return 0;
     }
-    /* stack: ctx or nil, effects (a list) or nil */
-    char *ctx = NULL;
+    /* stack: effects (a list) or nil; wf.ctx written in d.ctx_text (when
+    ** it was looked at), its copy kept under d.stored */
+    char *ctx = d.ctx_text.s;
     cJSON *effects = NULL;
-    bool same = false;
-    rc = 0;
-    if (!lua_isnil(L, -2) &&
-        (rc = cm_ljson_encode_same(L, -2, "wf.ctx", &ctx, NULL, &same, err)) == 0) {
+    rc = d.ctx_rc;
+    if (rc == 0 && ctx) {
         if (ctx[0] != '{')
             rc = cm_err_set(err, CM_ELUA, "%s: wf.ctx must have named fields, not a list",
                             sp->instance);
@@ -1189,7 +1187,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, true);
         return rc == CM_EINVAL ? cm_err_recode(err, CM_ELUA) : rc;
     }
-    keep_result(L, rt, &d, same);
+    keep_result(L, rt, &d);
     sp->ctx_out = ctx;
     sp->effects = effects;
     return 0;

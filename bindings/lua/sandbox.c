@@ -80,6 +80,10 @@
 #define SANDBOX_FRAME_BYTES          48    /* less than any call frame costs (CallInfo + slot) */
 #define SANDBOX_NS_PER_INSTRUCTION   1000  /* wall-time backstop: ~100x an instruction */
 #define SANDBOX_MIN_TIME_NS          1000000000u /* ... but never less than 1 s */
+#define SANDBOX_POOL_STEP            16          /* size classes of the small-block lists */
+#define SANDBOX_POOL_MAX             256         /* largest block kept in them */
+#define SANDBOX_POOL_CLASSES         (SANDBOX_POOL_MAX / SANDBOX_POOL_STEP)
+#define SANDBOX_POOL_KEEP            ((size_t)1 << 20) /* bytes they hold at most */
 
 /* Why a call is being killed. Every error the hook raises is a kill: Lua
 ** leaves hooks off after it until a pcall boundary, so nothing may catch it
@@ -104,6 +108,9 @@ struct cm_sandbox {
     void *pending_ptr;
     size_t pending_osize, pending_nsize;
     unsigned long refusals; /* growths refused at the cap, ever */
+    /* Freed small blocks kept for reuse, one list per size class (pool_*). */
+    void *pool[SANDBOX_POOL_CLASSES];
+    size_t pool_bytes;
     /* Directories `require` looks in for Lua modules ("lib.x" -> DIR/lib/x.lua). */
     char moddirs[SANDBOX_MODDIRS][512];
     int nmoddirs;
@@ -124,6 +131,80 @@ static cm_sandbox *sandbox_of(lua_State *L)
 /* ---------------------------------------------------------------------------
 ** Memory
 */
+
+/* Lua's small blocks (tables, strings, closures, userdata of a step) come
+** and go by the thousand a second: freed ones of up to SANDBOX_POOL_MAX
+** bytes are kept in lists by size class (16-byte steps) and handed out
+** again before asking malloc. A block of a class is always as large as
+** its class, so a resize within the class keeps its block. What the lists
+** hold is bounded (SANDBOX_POOL_KEEP) and freed with the sandbox; it is
+** outside mem_used, which counts what Lua asked for, as before. */
+static size_t pool_class(size_t n)
+{
+    return (n + SANDBOX_POOL_STEP - 1) / SANDBOX_POOL_STEP - 1;
+}
+
+static void *pool_get(cm_sandbox *sb, size_t n)
+{
+    size_t c = pool_class(n);
+    void *block = sb->pool[c];
+    if (block) {
+        sb->pool[c] = *(void **)block;
+        sb->pool_bytes -= (c + 1) * SANDBOX_POOL_STEP;
+        return block;
+    }
+    return malloc((c + 1) * SANDBOX_POOL_STEP);
+}
+
+static void pool_put(cm_sandbox *sb, void *block, size_t n)
+{
+    size_t c = pool_class(n);
+    if (sb->pool_bytes >= SANDBOX_POOL_KEEP) {
+        free(block);
+        return;
+    }
+    *(void **)block = sb->pool[c];
+    sb->pool[c] = block;
+    sb->pool_bytes += (c + 1) * SANDBOX_POOL_STEP;
+}
+
+static void pool_drain(cm_sandbox *sb)
+{
+    for (size_t c = 0; c < SANDBOX_POOL_CLASSES; c++)
+        while (sb->pool[c]) {
+            void *block = sb->pool[c];
+            sb->pool[c] = *(void **)block;
+            free(block);
+        }
+    sb->pool_bytes = 0;
+}
+
+/* Free a block of old bytes (old > 0). */
+static void block_free(cm_sandbox *sb, void *ptr, size_t old)
+{
+    if (old <= SANDBOX_POOL_MAX)
+        pool_put(sb, ptr, old);
+    else
+        free(ptr);
+}
+
+/* realloc for Lua's blocks: ptr holds old bytes (0: none), nsize > 0. */
+static void *block_resize(cm_sandbox *sb, void *ptr, size_t old, size_t nsize)
+{
+    bool small_old = old > 0 && old <= SANDBOX_POOL_MAX, small_new = nsize <= SANDBOX_POOL_MAX;
+    if (!ptr)
+        return small_new ? pool_get(sb, nsize) : malloc(nsize);
+    if (!small_old && !small_new)
+        return realloc(ptr, nsize);
+    if (small_old && small_new && pool_class(old) == pool_class(nsize))
+        return ptr; /* its class's size holds both */
+    void *block = small_new ? pool_get(sb, nsize) : malloc(nsize);
+    if (!block)
+        return nsize < old ? ptr : NULL; /* a shrink never fails: the larger block serves */
+    memcpy(block, ptr, old < nsize ? old : nsize);
+    block_free(sb, ptr, old);
+    return block;
+}
 
 static void kill_for_memory(cm_sandbox *sb)
 {
@@ -148,7 +229,8 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     void *block;
 
     if (nsize == 0) { /* frees always succeed, whatever the cap */
-        free(ptr);
+        if (ptr)
+            block_free(sb, ptr, old);
         sb->mem_used -= old;
         return NULL;
     }
@@ -172,7 +254,7 @@ static void *sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         }
         return NULL;
     }
-    block = realloc(ptr, nsize);
+    block = block_resize(sb, ptr, old, nsize);
     if (block)
         sb->mem_used = sb->mem_used - old + nsize;
     return block;
@@ -1094,6 +1176,7 @@ void cm_sandbox_destroy(cm_sandbox **sb_p)
     sb->mem_cap = SIZE_MAX; /* nothing may fail while closing */
     if (sb->L)
         lua_close(sb->L);
+    pool_drain(sb);
     free(sb);
     *sb_p = NULL;
 }

@@ -1897,10 +1897,69 @@ static void test_a_kept_context_is_not_changed_by_another_instance(void **state)
     run(f);
     keeper_step(f, "s-1", "share");
     expect_ctx(f, "s-1", "$.s.v", "1");
+    unsigned long reads = cm_lua_runtime_ctx_reads(f->rt);
     keeper_step(f, "s-2", "poke"); /* s-2's handler, s-1's context untouched */
     keeper_step(f, "s-1", "look");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 0); /* its kept copy */
     expect_ctx(f, "s-1", "$.seen", "1");
     expect_ctx(f, "s-1", "$.s.v", "1");
+}
+
+/* What is kept between steps is a copy made while wf.ctx was written, which
+** no handler has seen: a handler that keeps a reference to wf.ctx, changes
+** it in a later step of another instance, or changes it and then raises or
+** runs out of budget, changes nothing the next step sees (its row). */
+static const char *HOLDER =
+    "local cm = require 'caremesh'\n"
+    "local held\n"
+    "return cm.workflow {\n"
+    "  name = 'holder', version = 1, start = 's',\n"
+    "  states = { s = { on = {\n"
+    "    set = function(wf) wf.ctx.v = 1; wf.ctx.t = { w = 1 } end,\n"
+    "    hold = function(wf) held = wf.ctx end,\n"
+    "    mess = function(wf) held.v = 9; held.t.w = 9 end,\n"
+    "    bust = function(wf) wf.ctx.v = 3; wf.ctx.t.w = 3; error('bust') end,\n"
+    "    spin = function(wf) wf.ctx.v = 4; while true do end end,\n"
+    "    look = function(wf) wf.ctx.seen = wf.ctx.v * 10 + wf.ctx.t.w end,\n"
+    "    stop = 'z' } },\n"
+    "    z = { final = true } },\n"
+    "}\n";
+
+static void test_a_kept_context_is_a_copy_no_handler_holds(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "holder.lua", HOLDER);
+    assert_int_equal(cm_engine_start(f->engine, "holder", NULL, "h-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "holder", NULL, "h-2", on_ack, &f->a, &err), 0);
+    run(f);
+    keeper_step(f, "h-1", "set");
+    keeper_step(f, "h-1", "hold");
+    unsigned long reads = cm_lua_runtime_ctx_reads(f->rt);
+    keeper_step(f, "h-2", "mess"); /* the table h-1's handler saw */
+    keeper_step(f, "h-1", "look");
+    expect_ctx(f, "h-1", "$.seen", "11");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 0); /* its copy, not its text */
+    /* the same in one batch */
+    signal_ev(f, "h-1", "hold", NULL);
+    signal_ev(f, "h-2", "mess", NULL);
+    signal_ev(f, "h-1", "look", NULL);
+    run(f);
+    expect_ctx(f, "h-1", "$.seen", "11");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 0);
+    /* changed and then raised, or killed by the budget: the copy it was
+    ** handed goes, and the next step reads the row */
+    keeper_step(f, "h-1", "bust");
+    assert_int_equal(f->a.status[f->a.n - 1], CM_ELUA);
+    keeper_step(f, "h-1", "look");
+    expect_ctx(f, "h-1", "$.seen", "11");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 1);
+    keeper_step(f, "h-1", "spin");
+    assert_int_equal(f->a.status[f->a.n - 1], CM_EBUDGET);
+    keeper_step(f, "h-1", "look");
+    expect_ctx(f, "h-1", "$.seen", "11");
+    expect_ctx(f, "h-1", "$.v", "1");
+    assert_int_equal(cm_lua_runtime_ctx_reads(f->rt) - reads, 2);
 }
 
 /* One batch: steps that write no effect go without a savepoint, so a handler
@@ -2296,6 +2355,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_kept_context_behaves_as_its_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_memory_kill_drops_every_kept_context, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_context_is_a_copy_no_handler_holds, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_kept_context_is_not_changed_by_another_instance,
                                         setup, teardown),

@@ -79,6 +79,18 @@ static void test_uncarriable_values_name_their_path(void **state)
     expect_refusal("{[1]='a', [3]='c'}", "patient: array has holes");
     expect_refusal("{[true]=1}", "patient: a key of type boolean");
     expect_refusal("{[2.5]=1}", "patient: a key of type number");
+    /* a name met first, then a key of another kind (objects are written in one walk) */
+    for (int i = 0; i < 8; i++) { /* hash order varies with the keys: several tables */
+        char expr[160];
+        snprintf(expr, sizeof(expr),
+                 "(function() local t = {a%d = 1, b = 2}; t[%d] = 3 return t end)()", i, 10 + i);
+        expect_refusal(expr, "patient: table mixes array items and named fields");
+        snprintf(expr, sizeof(expr),
+                 "(function() local t = {a%d = 1, b = 2}; t[%d.5] = 3 return t end)()", i, i);
+        expect_refusal(expr, "patient: a key of type number");
+        snprintf(expr, sizeof(expr), "{a%d = 1, b = {c = 1, [true] = 2}}", i);
+        expect_refusal(expr, "patient.b: a key of type boolean");
+    }
     expect_refusal("{x=0/0}", "patient.x: number is not finite");
     expect_refusal("{x=math.huge}", "patient.x: number is not finite");
     expect_refusal("{x=1<<60}", "patient.x: integer too large");
@@ -351,10 +363,66 @@ static void test_encode_tells_what_reads_back_the_same(void **state)
     assert_true(reads_back_same(many));
 }
 
+/* cm_ljson_encode_copy writes what cm_ljson_encode writes and pushes a copy
+** that shares no table with the value; nothing is pushed when the text would
+** not read back the same or the value cannot be carried, and the stack is
+** as it was. */
+static void test_encode_copy_is_a_private_copy(void **state)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    cm_ljson_init(L);
+    cm_err err;
+    cm_ljson_buf buf = {0};
+    bool same = false;
+    char *plain = NULL;
+    assert_int_equal(luaL_dostring(L, "return {n = 3, s = 'x', t = {w = 1, list = {1, 'two', {}}}, "
+                                      "e = {}}"),
+                     0);
+    int top = lua_gettop(L);
+    assert_int_equal(cm_ljson_encode(L, top, "ctx", &plain, NULL, &err), 0);
+    assert_int_equal(cm_ljson_encode_copy(L, top, "ctx", &buf, &same, &err), 0);
+    assert_true(same);
+    assert_int_equal(lua_gettop(L), top + 1);
+    assert_string_equal(buf.s, plain);
+    assert_int_equal(buf.len, strlen(plain));
+    free(buf.s);
+    free(plain);
+    lua_setglobal(L, "copy");
+    lua_setglobal(L, "orig");
+    assert_int_equal(luaL_dostring(L,
+                                   "orig.n = 4; orig.t.w = 2; orig.t.list[3].x = 1; orig.e.y = 1\n"
+                                   "return copy ~= orig and copy.t ~= orig.t and copy.n == 3\n"
+                                   "  and copy.s == 'x' and copy.t.w == 1 and #copy.t.list == 3\n"
+                                   "  and copy.t.list[2] == 'two' and next(copy.t.list[3]) == nil\n"
+                                   "  and next(copy.e) == nil and getmetatable(copy) == nil"),
+                     0);
+    assert_true(lua_toboolean(L, -1));
+    lua_settop(L, 0);
+    /* would read back as something else: the text, no copy */
+    buf = (cm_ljson_buf){0};
+    assert_int_equal(luaL_dostring(L, "return {f = 2.0}"), 0);
+    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
+    assert_false(same);
+    assert_int_equal(lua_gettop(L), 1);
+    assert_string_equal(buf.s, "{\"f\":2}");
+    free(buf.s);
+    /* cannot be carried: the error, no copy, nothing left on the stack */
+    buf = (cm_ljson_buf){0};
+    assert_int_equal(luaL_dostring(L, "return {a = {b = 1, c = {d = print}}}"), 0);
+    assert_int_equal(cm_ljson_encode_copy(L, 2, "ctx", &buf, &same, &err), CM_EINVAL);
+    assert_false(same);
+    assert_int_equal(lua_gettop(L), 2);
+    assert_non_null(strstr(err.msg, "ctx.a.c.d: a function cannot be carried"));
+    free(buf.s);
+    lua_close(L);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shapes),
+        cmocka_unit_test(test_encode_copy_is_a_private_copy),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
         cmocka_unit_test(test_utf8_is_carried),
         cmocka_unit_test(test_encoded_text_reads_back),

@@ -651,6 +651,48 @@ static void test_memory_returns_to_baseline_after_a_bomb(void **state)
         fail_msg("memory after the bomb: %zu bytes, baseline %zu", after, baseline);
 }
 
+/* Freed small blocks are handed out again (sandbox.c, the size-class
+** lists): tables that grow through every class and past the largest, and
+** shrink, keep what they hold, also when their blocks come from the lists;
+** what Lua uses goes back to its baseline once they are collected. */
+static void test_reused_blocks_keep_what_they_hold(void **state)
+{
+    cm_sandbox *sb = *state;
+    lua_State *L = cm_sandbox_state(sb);
+    static const char *code =
+        "local ts, want, sum = {}, 0, 0\n"
+        "for n = 1, 80 do\n"
+        "  local t = {}\n"
+        "  for i = 1, n do t[i] = i * 3 end\n"
+        "  for i = 1, n, 2 do t['k' .. i] = ('v'):rep(i) end\n"
+        "  ts[n] = t\n"
+        "end\n"
+        "for n = 1, 80, 3 do ts[n] = nil end\n"
+        "for n = 1, 80 do\n"
+        "  local t = ts[n]\n"
+        "  if t then\n"
+        "    for i = n, 1, -1 do sum = sum + t[i]; t[i] = nil end\n"
+        "    for i = 1, n, 2 do sum = sum + #t['k' .. i] end\n"
+        "    for i = 1, 40 do t['z' .. i] = i end\n"
+        "    for i = 1, 40 do sum = sum + t['z' .. i] end\n"
+        "    for i = 1, n do want = want + i * 3 end\n"
+        "    for i = 1, n, 2 do want = want + i end\n"
+        "    want = want + 820\n"
+        "  end\n"
+        "end\n"
+        "return sum == want and 'same' or ('sum ' .. sum .. ' want ' .. want)";
+    lua_gc(L, LUA_GCCOLLECT);
+    size_t baseline = cm_sandbox_memory(sb);
+    for (int round = 0; round < 3; round++) {
+        expect_result(sb, code, "same");
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    lua_gc(L, LUA_GCCOLLECT);
+    size_t after = cm_sandbox_memory(sb);
+    if (after > baseline + 16 * 1024)
+        fail_msg("memory after the rounds: %zu bytes, baseline %zu", after, baseline);
+}
+
 static void test_memory_cap_too_small_for_a_state(void **state)
 {
     cm_sandbox_limits limits = {.memory_bytes = 2048};
@@ -1018,6 +1060,7 @@ int main(void)
         SMALL_MEMORY_TEST(test_table_bomb_hits_the_memory_cap),
         SMALL_MEMORY_TEST(test_pcall_cannot_swallow_the_memory_cap),
         SMALL_MEMORY_TEST(test_memory_returns_to_baseline_after_a_bomb),
+        SMALL_MEMORY_TEST(test_reused_blocks_keep_what_they_hold),
         cmocka_unit_test(test_memory_cap_too_small_for_a_state),
         DEFAULT_TEST(test_deep_recursion_is_a_stack_overflow),
         DEFAULT_TEST(test_huge_unpack_is_refused),
