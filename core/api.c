@@ -83,6 +83,7 @@ struct cm_api {
     ** change empties it. */
     token_slot tokens[TOKEN_SLOTS];
     unsigned char token_key[crypto_shorthash_siphashx24_KEYBYTES]; /* random, for the slots */
+    uint64_t token_gen; /* changes whenever a slot does: a connection's memo of it is stale */
     long long dv;
     uint64_t dv_pass;       /* the HTTP parse pass data_version was last read in, plus 1 */
     patient_slot *patients; /* PATIENT_SLOTS, or NULL (then always looked up) */
@@ -123,8 +124,10 @@ struct call {
     /* engine submissions */
     char patient[CM_ID_MAX + 1];
     const char *action;
-    bool signal;       /* an event for an instance: its patient is the input's */
-    bool patient_read; /* patient was read from the store in the batch: kept once it commits */
+    bool signal; /* an event for an instance: its patient is the input's */
+    /* patient is the instance's as the store has it (read in the batch, or
+    ** the input of a start): kept once the batch commits */
+    bool patient_keep;
 };
 _Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
@@ -592,6 +595,40 @@ static int audit_reads(call *c, int kind, const cJSON *docs, const char *action,
 static void tokens_forget(cm_api *api)
 {
     sodium_memzero(api->tokens, sizeof(api->tokens));
+    api->token_gen++;
+}
+
+/* A connection's memo (cm_http_req_memo) of the token last verified on it:
+** the generation of the verified tokens it was read in (0: none), the
+** slot, and the token's text. While the generation holds, the same text
+** presented again on that connection is the slot's token without a hash;
+** any change of the slots (a revocation seen, a token verified into a slot)
+** makes every connection's memo stale. The text is the connection's own
+** (the client sent it on it) and is wiped with the connection. */
+enum { MEMO_GEN = 0, MEMO_SLOT = 8, MEMO_TEXT = 16 };
+_Static_assert(MEMO_TEXT + CM_TOKEN_TEXT_LEN <= CM_HTTP_MEMO_BYTES, "a token fits the memo");
+_Static_assert(TOKEN_SLOTS <= 65536, "a slot's index fits the memo");
+
+static bool memo_token(const cm_api *api, const cm_http_memo *m, const char *text, size_t len,
+                       cm_token_info *info)
+{
+    uint64_t gen;
+    uint16_t slot;
+    memcpy(&gen, m->bytes + MEMO_GEN, sizeof(gen));
+    if (gen == 0 || gen != api->token_gen || len != CM_TOKEN_TEXT_LEN ||
+        memcmp(m->bytes + MEMO_TEXT, text, len) != 0)
+        return false;
+    memcpy(&slot, m->bytes + MEMO_SLOT, sizeof(slot));
+    *info = api->tokens[slot].info;
+    return true;
+}
+
+static void memo_keep(const cm_api *api, cm_http_memo *m, const char *text, size_t slot)
+{
+    uint16_t s = (uint16_t)slot;
+    memcpy(m->bytes + MEMO_GEN, &api->token_gen, sizeof(api->token_gen));
+    memcpy(m->bytes + MEMO_SLOT, &s, sizeof(s));
+    memcpy(m->bytes + MEMO_TEXT, text, CM_TOKEN_TEXT_LEN);
 }
 
 /* Forget every verified token when another connection committed since the
@@ -612,14 +649,16 @@ static int tokens_revalidate(cm_api *api, cm_err *err)
     return 0;
 }
 
-/* cm_token_check, answered from the verified tokens when it can be. The
-** verified tokens are revalidated at the first check of each HTTP parse
-** pass (pass, see cm_http_req_pass): a revocation committed before a
-** request's bytes were read holds for it. */
-static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_info *info,
+/* cm_token_check, answered from the connection's memo or the verified
+** tokens when it can be. The verified tokens are revalidated at the first
+** check of each HTTP parse pass (see cm_http_req_pass): a revocation
+** committed before a request's bytes were read holds for it. */
+static int token_check(cm_api *api, cm_http_req *req, const char *text, cm_token_info *info,
                        cm_err *err)
 {
     unsigned char hash[crypto_shorthash_siphashx24_BYTES];
+    uint64_t pass = cm_http_req_pass(req);
+    cm_http_memo *memo = cm_http_req_memo(req);
     int rc;
     if (api->dv_pass != pass + 1) {
         if ((rc = tokens_revalidate(api, err)) != 0)
@@ -629,17 +668,22 @@ static int token_check(cm_api *api, uint64_t pass, const char *text, cm_token_in
     size_t len = strlen(text);
     if (len != CM_TOKEN_TEXT_LEN) /* not a token: cm_token_check says why */
         return cm_token_check(api->o.store, text, info, err);
-    crypto_shorthash_siphashx24(hash, (const unsigned char *)text, len, api->token_key);
-    token_slot *slot = &api->tokens[(hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS];
-    if (slot->used && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
-        *info = slot->info;
+    if (memo && memo_token(api, memo, text, len, info))
         return 0;
+    crypto_shorthash_siphashx24(hash, (const unsigned char *)text, len, api->token_key);
+    size_t i = (hash[0] | (unsigned)hash[1] << 8) % TOKEN_SLOTS;
+    token_slot *slot = &api->tokens[i];
+    if (!slot->used || sodium_memcmp(slot->hash, hash, sizeof(hash)) != 0) {
+        if ((rc = cm_token_check(api->o.store, text, info, err)) != 0)
+            return rc;
+        slot->used = true;
+        memcpy(slot->hash, hash, sizeof(hash));
+        slot->info = *info;
+        api->token_gen++; /* the slot changed: memos of what it held are stale */
     }
-    if ((rc = cm_token_check(api->o.store, text, info, err)) != 0)
-        return rc;
-    slot->used = true;
-    memcpy(slot->hash, hash, sizeof(hash));
-    slot->info = *info;
+    *info = slot->info;
+    if (memo)
+        memo_keep(api, memo, text, i);
     return 0;
 }
 
@@ -656,7 +700,7 @@ static bool authenticate(call *c)
     const char *t = h + 7;
     while (*t == ' ')
         t++;
-    int rc = token_check(c->api, cm_http_req_pass(c->req), t, &c->tok, &err);
+    int rc = token_check(c->api, c->req, t, &c->tok, &err);
     if (rc == CM_EPERM) {
         reply_error(c, 401, "unauthorized", NULL, "%s", err.msg);
         return false;
@@ -1064,7 +1108,7 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
         reply_err(c, &err, NULL);
         return;
     }
-    if (c->patient_read && ack->instance)
+    if (c->patient_keep && ack->instance)
         instance_patient_keep(c->api, ack->instance, c->patient);
     /* {"instance":I,"state":S} and "held":true when paused (kept until resume) */
     char text[2 * 6 * CM_NAME_MAX + 64];
@@ -1090,7 +1134,7 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
         return 0;
     if (c->signal && ack->instance) { /* a signal: the instance's patient */
         if ((rc = instance_patient_of(c->api, ack->instance, c->patient, sizeof(c->patient),
-                                      &c->patient_read, err)) != 0)
+                                      &c->patient_keep, err)) != 0)
             return rc;
     }
     if (!c->patient[0])
@@ -1115,6 +1159,9 @@ static void h_instance_start(call *c)
     const char *patient = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(input, "patient"));
     snprintf(c->patient, sizeof(c->patient), "%s",
              patient && cm_id_check(patient) == 0 ? patient : "");
+    /* what instance_patient_of would read once it commits: the instance's
+    ** first event then needs no lookup (not a patient that is no id) */
+    c->patient_keep = !patient || c->patient[0];
     c->action = "instance.start";
     if (cm_engine_start(c->api->o.engine, body_str(c, "workflow"), input, body_str(c, "id"),
                         on_engine_ack, c, &err) != 0)

@@ -1,16 +1,20 @@
 /*
 ** bench_api.c -- the API benchmark (see bench_api.h): a libuv client with
-** keep-alive connections and pipelined requests; answers parsed with
-** http_parser; each event's latency from its request's write to its answer.
+** keep-alive connections and pipelined requests, written in one write per
+** connection per turn; answers read with cm_bench_api_answer (status,
+** length, body); each event's latency from its request's write to its
+** answer.
 */
+#define _GNU_SOURCE /* memmem */
 #include "bench_api.h"
 
-#include <http_parser.h>
 #include <stdbool.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <uv.h>
 
 #define PIPE_MAX 256
@@ -22,12 +26,10 @@ typedef struct bconn {
     uv_tcp_t tcp;
     uv_connect_t connect;
     bench *b;
-    http_parser parser;
     uint64_t sent[PIPE_MAX]; /* write time of the requests in flight, a ring */
     int head, inflight;
     char rbuf[65536];
-    char body[512];
-    size_t blen;
+    size_t rlen; /* bytes of rbuf read and not yet an answer */
 } bconn;
 
 struct bench {
@@ -164,33 +166,74 @@ static void start_events(bench *b)
         send_more(&b->conns[i]);
 }
 
-static int on_body(http_parser *p, const char *at, size_t len)
+/* A header line of p[0..len) named name (lower case, with its colon)? */
+static bool header_is(const char *line, size_t len, const char *name, size_t nlen)
 {
-    bconn *c = p->data;
-    size_t room = sizeof(c->body) - 1 - c->blen;
-    if (len > room)
-        len = room;
-    memcpy(c->body + c->blen, at, len);
-    c->blen += len;
-    c->body[c->blen] = '\0';
-    return 0;
+    return len > nlen && (line[0] | 0x20) == name[0] && strncasecmp(line, name, nlen) == 0;
 }
 
-static int on_complete(http_parser *p)
+long cm_bench_api_answer(const char *p, size_t n, int *status, size_t *body, size_t *body_len)
 {
-    bconn *c = p->data;
+    static const char cl[] = "content-length:", te[] = "transfer-encoding:";
+    const char *end =
+        memmem(p, n < CM_BENCH_API_HEAD_MAX ? n : CM_BENCH_API_HEAD_MAX, "\r\n\r\n", 4);
+    if (!end)
+        return n >= CM_BENCH_API_HEAD_MAX ? -1 : 0;
+    size_t head = (size_t)(end - p) + 4, clen = 0;
+    bool have_len = false;
+    if (head < 16 || memcmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ' || p[9] < '1' || p[9] > '9' ||
+        p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' || (p[12] != ' ' && p[12] != '\r'))
+        return -1;
+    *status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    const char *line = memchr(p, '\n', head) + 1, *stop = p + head - 2; /* the last CRLF */
+    while (line < stop) {
+        const char *eol = memchr(line, '\n', (size_t)(stop + 2 - line));
+        size_t len = (size_t)(eol - line);
+        if (header_is(line, len, cl, sizeof(cl) - 1)) {
+            const char *d = line + sizeof(cl) - 1;
+            while (*d == ' ' || *d == '\t')
+                d++;
+            if (have_len || *d < '0' || *d > '9')
+                return -1;
+            for (; *d >= '0' && *d <= '9'; d++) {
+                if (clen > (SIZE_MAX - 9) / 10)
+                    return -1;
+                clen = clen * 10 + (size_t)(*d - '0');
+            }
+            while (*d == ' ' || *d == '\t')
+                d++;
+            if (*d != '\r')
+                return -1;
+            have_len = true;
+        } else if (header_is(line, len, te, sizeof(te) - 1)) {
+            return -1;
+        }
+        line = eol + 1;
+    }
+    if (!have_len || clen > (size_t)LONG_MAX - head)
+        return -1;
+    if (n - head < clen)
+        return 0;
+    *body = head;
+    *body_len = clen;
+    return (long)(head + clen);
+}
+
+/* The answer to c's oldest request in flight: status and body. -1 when
+** the benchmark failed or ended. */
+static int answered(bconn *c, int status, const char *body, size_t len)
+{
     bench *b = c->b;
     uint64_t sent = c->sent[c->head];
     c->head = (c->head + 1) % PIPE_MAX;
     c->inflight--;
-    if (p->status_code != 200 && p->status_code != 201) {
+    if (c->inflight < 0 || (status != 200 && status != 201)) {
         char msg[CM_ERR_MSG_MAX];
-        snprintf(msg, sizeof(msg), "the daemon answered %u: %s", p->status_code, c->body);
-        fail(b, msg);
+        snprintf(msg, sizeof(msg), "the daemon answered %d: %.*s", status,
+                 (int)(len < 400 ? len : 400), body);
+        fail(b, c->inflight < 0 ? "the daemon answered more than it was asked" : msg);
         return -1;
     }
-    c->blen = 0;
-    c->body[0] = '\0';
     if (b->events_phase)
         b->lat[b->nlat++] = (int64_t)((uv_hrtime() - sent) / 1000);
     if (++b->done == b->total) {
@@ -200,32 +243,45 @@ static int on_complete(http_parser *p)
             b->t1 = uv_hrtime();
             b->finished = true;
             stop_all(b);
+            return -1;
         }
     }
-    return 0;
+    return b->failed ? -1 : 0;
 }
-
-static http_parser_settings settings = {.on_body = on_body, .on_message_complete = on_complete};
 
 static void on_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf)
 {
     bconn *c = h->data;
-    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+    *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(sizeof(c->rbuf) - c->rlen));
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     bconn *c = s->data;
+    size_t pos = 0, body, blen;
+    int status;
     if (n < 0) {
         if (!c->b->finished)
             fail(c->b, "the daemon closed the connection");
         return;
     }
-    size_t done = http_parser_execute(&c->parser, &settings, buf->base, (size_t)n);
-    if (c->b->failed || c->b->finished)
-        return;
-    if (done != (size_t)n || HTTP_PARSER_ERRNO(&c->parser) != HPE_OK) {
-        fail(c->b, "malformed answer from the daemon");
+    c->rlen += (size_t)n;
+    for (;;) {
+        long k = cm_bench_api_answer(c->rbuf + pos, c->rlen - pos, &status, &body, &blen);
+        if (k < 0) {
+            fail(c->b, "malformed answer from the daemon");
+            return;
+        }
+        if (k == 0)
+            break;
+        if (answered(c, status, c->rbuf + pos + body, blen) != 0)
+            return;
+        pos += (size_t)k;
+    }
+    memmove(c->rbuf, c->rbuf + pos, c->rlen - pos); /* the start of the next answer */
+    c->rlen -= pos;
+    if (c->rlen == sizeof(c->rbuf)) {
+        fail(c->b, "an answer from the daemon is larger than the client reads");
         return;
     }
     send_more(c);
@@ -297,8 +353,6 @@ int cm_bench_api(const cm_bench_api_opts *o, cm_err *err)
         uv_tcp_init(&b.loop, &c->tcp);
         uv_tcp_nodelay(&c->tcp, 1);
         c->tcp.data = c->connect.data = c;
-        http_parser_init(&c->parser, HTTP_RESPONSE);
-        c->parser.data = c;
         if (uv_tcp_connect(&c->connect, &c->tcp, (const struct sockaddr *)&addr, on_connect) != 0)
             fail(&b, "cannot connect");
     }

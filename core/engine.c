@@ -49,6 +49,7 @@ typedef struct work {
     void *ud;
     uint64_t submitted_ns; /* uv_hrtime() at submission, for the latency histogram */
     struct work *next;
+    bool names_inline; /* instance and event lie in w's own allocation (cm_engine_signal) */
 } work;
 
 /* The outcome of one work item, told after the commit. */
@@ -271,8 +272,10 @@ static void work_free(work *w)
         return;
     msg_free(w->msg);
     free(w->workflow);
-    free(w->instance);
-    free(w->event);
+    if (!w->names_inline) {
+        free(w->instance);
+        free(w->event);
+    }
     cJSON_Delete(w->data);
     free(w);
 }
@@ -2566,11 +2569,14 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     if ((rc = check_name("instance", instance, err)) != 0 ||
         (rc = check_name("event", event, err)) != 0)
         return rc;
-    work *w = calloc(1, sizeof(*w));
-    if (!w || !(w->instance = strdup(instance)) || !(w->event = strdup(event))) {
-        work_free(w);
+    /* one allocation: the item, then its two names */
+    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1;
+    work *w = calloc(1, sizeof(*w) + ilen + elen);
+    if (!w)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
-    }
+    w->instance = memcpy((char *)(w + 1), instance, ilen);
+    w->event = memcpy(w->instance + ilen, event, elen);
+    w->names_inline = true;
     w->kind = WORK_SIGNAL;
     w->cb = cb;
     w->ud = ud;

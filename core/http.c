@@ -11,6 +11,7 @@
 
 #include <ctype.h>
 #include <http_parser.h>
+#include <sodium.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +80,7 @@ struct conn {
     size_t rpos, rlen; /* unparsed bytes of rbuf */
     int open_handles;
     conn *prev, *next;
+    cm_http_memo memo; /* the handler's (cm_http_req_memo) */
 };
 
 /* The head of a JSON answer up to the length's digits (build_response). */
@@ -267,6 +269,11 @@ uint64_t cm_http_req_pass(const cm_http_req *r)
     return r->pass;
 }
 
+cm_http_memo *cm_http_req_memo(cm_http_req *r)
+{
+    return r->c ? &r->c->memo : NULL;
+}
+
 /* ---- connection life --------------------------------------------------- */
 
 static void conn_flush(conn *c);
@@ -306,6 +313,7 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    sodium_memzero(&c->memo, sizeof(c->memo)); /* it may hold a bearer token */
     free(c);
     server_maybe_done(s);
 }

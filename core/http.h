@@ -80,6 +80,18 @@ bool cm_http_req_loopback(const cm_http_req *r);
 ** tokens) holds for every request whose bytes arrived after what it saw. */
 uint64_t cm_http_req_pass(const cm_http_req *r);
 
+/* A connection's memo for the handler: what it learned from one request
+** and may reuse for the next ones of the same connection (the API: the
+** token it last verified there). All zero when the connection opens, kept
+** across its requests, wiped when it closes. */
+#define CM_HTTP_MEMO_BYTES 128
+typedef union cm_http_memo {
+    unsigned char bytes[CM_HTTP_MEMO_BYTES];
+    uint64_t align;
+} cm_http_memo;
+/* r's connection's memo, or NULL once the connection is gone. */
+cm_http_memo *cm_http_req_memo(cm_http_req *r);
+
 /* Answer r with status and body (copied; content_type NULL means
 ** application/json). r is invalid afterwards. If the client went away
 ** meanwhile the answer is dropped. */

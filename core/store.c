@@ -37,8 +37,11 @@ typedef struct cm_ckpt {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     sqlite3 *db; /* the thread's connection */
-    int dbfd;    /* the database file, for the thread's own syncs of it; -1 when none */
-    bool busy;   /* a checkpoint was asked for and has not finished */
+    /* the connection's database file, for the thread's own syncs of it:
+    ** SQLite's, never a descriptor of ours, whose close would drop every
+    ** POSIX lock the process holds on the file (SQLite's too) */
+    sqlite3_file *dbfile;
+    bool busy; /* a checkpoint was asked for and has not finished */
     bool stop;
     int done_to;  /* frames of the WAL the thread's last checkpoint had copied; 0: none */
     int last_wal; /* the WAL's size after the previous commit (a smaller one: it started over) */
@@ -1256,13 +1259,14 @@ static void *ckpt_main(void *arg)
         ** the writer's would flush every page copied here since the last one,
         ** megabytes, on the loop thread. */
         bool partial = rc == SQLITE_OK && copied > 0 && copied < log;
-        bool want = partial && c->dbfd >= 0 && c->sync > CM_SYNC_OFF;
-        bool synced = want && fdatasync(c->dbfd) == 0;
+        bool want = partial && c->dbfile && c->sync > CM_SYNC_OFF;
+        int src = want ? c->dbfile->pMethods->xSync(c->dbfile, SQLITE_SYNC_NORMAL) : SQLITE_OK;
+        bool synced = want && src == SQLITE_OK;
         /* SQLite counts the copied frames as in the database whether or not
         ** this sync worked, and a failed sync is never retried (store.h) */
         if (want && !synced)
-            ckpt_sync_failed(c->store, "fdatasync of the database file after a checkpoint",
-                             strerror(errno));
+            ckpt_sync_failed(c->store, "the database file's sync after a checkpoint",
+                             sqlite3_errstr(src));
         else if (rc != SQLITE_OK && sqlite_sync_failed(sqlite3_extended_errcode(c->db)))
             ckpt_sync_failed(c->store, "a checkpoint's fsync", sqlite3_errmsg(c->db));
         pthread_mutex_lock(&c->mu);
@@ -1294,14 +1298,15 @@ static bool ckpt_start(cm_store *store, cm_ckpt *c)
         /* signals stay with the threads that expect them (the loop's) */
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
-        c->dbfd = open(store->path, O_RDONLY | O_CLOEXEC); /* none: SQLite's sync alone */
+        if (sqlite3_file_control(c->db, "main", SQLITE_FCNTL_FILE_POINTER, &c->dbfile) !=
+                SQLITE_OK ||
+            !c->dbfile->pMethods)
+            c->dbfile = NULL; /* none: SQLite's sync alone */
         rc = pthread_create(&c->thread, NULL, ckpt_main, c);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     if (rc != 0) {
-        if (c->dbfd >= 0)
-            close(c->dbfd);
-        c->dbfd = -1;
+        c->dbfile = NULL;
         sqlite3_close(c->db);
         c->db = NULL;
         return false;
@@ -1403,7 +1408,6 @@ static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
     c->restart = c->start * 4;
     c->bound = c->start * 8;
     c->sync = (int)opts->synchronous;
-    c->dbfd = -1;
     c->store = store;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
@@ -1427,8 +1431,6 @@ static void ckpt_close(cm_store *store)
         pthread_mutex_unlock(&c->mu);
         pthread_join(c->thread, NULL);
         sqlite3_close(c->db);
-        if (c->dbfd >= 0)
-            close(c->dbfd);
     }
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);

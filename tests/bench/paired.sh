@@ -9,8 +9,8 @@
 #   paired.sh /tmp/base/caremesh build/caremesh 6 @BIN@ bench engine --instances 2000
 #   paired.sh /tmp/base/caremesh build/caremesh 4 bash tests/bench/bench_api.sh @BIN@
 # Figures reported: events_per_s or msgs_per_s, p99_us, and the API script's
-# daemon_cpu_us_per_request, loop_cpu_us_per_request and loop_busy, whichever
-# the JSON line has.
+# daemon_cpu_us_per_request, loop_cpu_us_per_request, loop_busy and
+# client_cpu_us_per_request, whichever the JSON line has.
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: paired.sh A_BIN B_BIN PAIRS CMD [ARGS...]" >&2; exit 2; }
 a=$1 b=$2 pairs=$3
@@ -19,7 +19,7 @@ shift 3
 for bin in "$a" "$b"; do
   [ -x "$bin" ] || { echo "paired.sh: $bin is not an executable" >&2; exit 2; }
 done
-keys="events_per_s msgs_per_s p99_us daemon_cpu_us_per_request loop_cpu_us_per_request loop_busy"
+keys="events_per_s msgs_per_s p99_us daemon_cpu_us_per_request loop_cpu_us_per_request loop_busy client_cpu_us_per_request"
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 declare -A got
 run() { # run BIN LABEL PAIR

@@ -197,10 +197,12 @@ req GET /v1/organizations "" "$late"; expect "token before its revocation (again
 req GET /v1/organizations "" "$late"; expect "token revoked while serving" 401 unauthorized
 has "token revoked while serving message" "revoked" "$body"
 # the same on one keep-alive connection: the request read after the revocation is refused
-# ka_get: GET /v1/organizations with $kept on fd 3; $ka_status
+# (the connection remembers the token it last verified: another token, an
+# altered one, or a revocation takes effect at once)
+# ka_get [TOKEN]: GET /v1/organizations with TOKEN (default $kept) on fd 3; $ka_status
 ka_get() {
   local line len=0
-  printf 'GET /v1/organizations HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n' "$kept" >&3
+  printf 'GET /v1/organizations HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n\r\n' "${1:-$kept}" >&3
   IFS= read -r -t 10 line <&3 || { ka_status=none; return; }
   ka_status=${line:9:3}
   while IFS= read -r -t 10 line <&3 && [ -n "${line%$'\r'}" ]; do
@@ -211,6 +213,12 @@ ka_get() {
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 ka_get; same "keep-alive token before its revocation" "$ka_status" 200
 ka_get; same "keep-alive token before its revocation (again)" "$ka_status" 200
+last=${kept: -1}; [ "$last" = 0 ] && flip=1 || flip=0
+ka_get "${kept%?}$flip"; same "keep-alive altered token after a verified one" "$ka_status" 401
+ka_get; same "keep-alive token again after an altered one" "$ka_status" 200
+ka_get "$writer"; same "keep-alive another valid token after the first" "$ka_status" 200
+ka_get "$revoked"; same "keep-alive revoked token after a valid one" "$ka_status" 401
+ka_get; same "keep-alive token before its revocation (third)" "$ka_status" 200
 "$bin" token revoke kept --data "$d" >/dev/null
 ka_get; same "keep-alive token revoked between requests" "$ka_status" 401
 exec 3>&-
@@ -277,6 +285,8 @@ req GET "/v1/instances?shape=round"; expect "instances unknown filter" 400 unkno
 req POST /v1/instances/i1/events '{"event":"seen","payload":{"by":"dr1"}}' "$writer"; expect "signal" 200
 same "signal state" "$(jq -r .state <<<"$body")" seen
 same "acknowledged event is committed" "$(count "SELECT state FROM instance WHERE id='i1'")" seen
+# the first event of an instance started through the API: its patient from the start (not read again)
+same "signal audited with the start's patient" "$(count "SELECT patient FROM audit WHERE action='instance.signal' ORDER BY seq LIMIT 1")" p1
 req POST /v1/instances/i1/events '{"event":"nonsense"}' "$writer"; expect "signal no transition" 422 invalid
 req POST /v1/instances/i1/events '{"payload":{}}' "$writer"; expect "signal no event" 422 invalid; field "signal no event" event
 req POST /v1/instances/nosuch/events '{"event":"seen"}' "$writer"; expect "signal missing instance" 404 not_found

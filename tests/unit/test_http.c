@@ -199,6 +199,15 @@ static void handler(void *ud, cm_http_req *req)
         cm_http_respond(req, 200, "text/plain", text, (size_t)n);
         return;
     }
+    if (strcmp(path, "/memo") == 0) { /* the connection's memo: its first byte, then one more */
+        cm_http_memo *m = cm_http_req_memo(req);
+        char text[32];
+        int n = snprintf(text, sizeof(text), "[memo %d]", m ? m->bytes[0] : -1);
+        if (m)
+            m->bytes[0]++;
+        cm_http_respond(req, 200, "text/plain", text, (size_t)n);
+        return;
+    }
     if (strcmp(path, "/gated") == 0 && e->handled == 1) {
         /* answered now, after commit 5 while only 3 is durable; the
         ** watermark moves 30 ms later */
@@ -384,6 +393,28 @@ static void test_a_later_request_carries_nothing_of_an_earlier_one(void **state)
     free(e);
 }
 
+/* A connection's memo starts all zero and keeps what the handler wrote in
+** it for the connection's later requests, pipelined or read later. */
+static void test_a_connection_memo_lasts_across_its_requests(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->send2 = "GET /memo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    e->send2_after = "[memo 1]";
+    exchange(e, &lim,
+             "GET /memo HTTP/1.1\r\nHost: t\r\n\r\n"
+             "GET /memo HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(e->handled, 3);
+    const char *a = strstr(e->got, "[memo 0]"), *b = strstr(e->got, "[memo 1]"),
+               *c = strstr(e->got, "[memo 2]");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_true(a < b && b < c);
+    free(e);
+}
+
 /* A header is found by its whole name in any case, not by a name of the
 ** same length or one that begins with it. */
 static void test_a_header_is_found_by_its_whole_name(void **state)
@@ -511,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_answers_wait_for_the_commit_they_may_show),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
+        cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
         cmocka_unit_test(test_timeout_answers_a_half_sent_request),

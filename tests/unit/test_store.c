@@ -443,6 +443,48 @@ static void test_checkpoints_run_off_the_commit_path(void **state)
     cm_store_close(&s);
 }
 
+/* Descriptors open on path's file, as /proc/self/fd shows them. */
+static int fds_on(const char *path)
+{
+    struct stat want, got;
+    char link[64];
+    int n = 0;
+    if (stat(path, &want) != 0)
+        return -1;
+    for (int fd = 0; fd < 1024; fd++) {
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        n += stat(link, &got) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino;
+    }
+    return n;
+}
+
+/* The checkpoint thread syncs the database file through its connection's
+** own file, not a descriptor of the store's: closing one (the store's
+** close, a thread that could not start) drops every POSIX lock the process
+** holds on the file, SQLite's too, and another process closing its last
+** connection then checkpoints and deletes the WAL this one still writes. */
+static void test_checkpoint_thread_opens_no_descriptor_of_its_own(void **state)
+{
+    fixture *f = *state;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_ckpt_stats ck;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = 16;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    int writer = fds_on(f->db); /* the writer's connection */
+    assert_true(writer >= 1);
+    write_rows(s, 0, 300, 4);
+    cm_store_ckpt_stats_get(s, &ck);
+    assert_true(ck.background > 0);
+    assert_int_equal(ck.db_syncs, ck.partial);
+    assert_int_equal(fds_on(f->db), writer + 1); /* and the thread's connection: no other */
+    cm_store_close(&s);
+}
+
 /* A reader holding an old snapshot (a backup, an API read) keeps the WAL
 ** from starting over; commits go on, nothing waits forever, and once the
 ** reader is done the WAL is checkpointed and starts over again. */
@@ -1008,10 +1050,11 @@ static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **st
 /* A checkpoint's failed fsync of the database file is the same: SQLite has
 ** counted the copied frames as in the database, and the WAL may start over
 ** on the next checkpoint that seems to work. The commit that ran it stays
-** good; the store takes no more writes. */
-static void test_a_failed_checkpoint_fsync_stops_the_store(void **state)
+** good; the store takes no more writes. With checkpoint_pages: inline
+** (SQLite's, in the commit) or off the commit path (the thread's sync after a
+** partial copy, or the writer's finishing checkpoint). */
+static void checkpoint_fsync_fails(fixture *f, int checkpoint_pages)
 {
-    fixture *f = *state;
     cm_test_failvfs *fv = &failvfs;
     cm_store_opts o;
     cm_store *s = NULL;
@@ -1020,7 +1063,7 @@ static void test_a_failed_checkpoint_fsync_stops_the_store(void **state)
     cm_store_opts_init(&o);
     o.path = f->db;
     o.create = true;
-    o.checkpoint_pages = -1; /* SQLite's checkpoints, in the commit, from 1,000 pages */
+    o.checkpoint_pages = checkpoint_pages;
     assert_int_equal(cm_store_open(&s, &o, &err), 0);
     fv->suffix = "caremesh.db";
     int commits = 0;
@@ -1031,10 +1074,21 @@ static void test_a_failed_checkpoint_fsync_stops_the_store(void **state)
     fv->suffix = NULL;
     assert_true(fv->failed > 0);
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
-    assert_non_null(strstr(err.msg, "a checkpoint's fsync failed"));
+    assert_non_null(strstr(err.msg, "checkpoint"));
+    assert_non_null(strstr(err.msg, "takes no more writes"));
     assert_int_equal(cm_store_begin(s, &err), CM_EIO);
     assert_int_equal(count_rows(s), commits * 4);
     cm_store_close(&s);
+}
+
+static void test_a_failed_checkpoint_fsync_stops_the_store(void **state)
+{
+    checkpoint_fsync_fails(*state, -1);
+}
+
+static void test_a_failed_fsync_of_a_background_checkpoint_stops_the_store(void **state)
+{
+    checkpoint_fsync_fails(*state, 16);
 }
 
 int main(void)
@@ -1060,6 +1114,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prepared_statements_are_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_run_off_the_commit_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_wait_for_no_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_thread_opens_no_descriptor_of_its_own,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wal_autocheckpoint_cannot_replace_the_store_hook,
                                         setup, teardown),
@@ -1084,6 +1140,8 @@ int main(void)
                                         setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_a_failed_checkpoint_fsync_stops_the_store, setup,
                                         teardown_vfs),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_fsync_of_a_background_checkpoint_stops_the_store, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_rowmark_names_the_rows_of_durable_commits, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_syncs_a_wal_left_by_a_killed_process, setup,
