@@ -3,7 +3,8 @@
 ** (sqlite3_backup_*), from a connection of its own: the node may serve and
 ** write meanwhile (WAL lets a reader keep one snapshot while the writer goes
 ** on). The copy is one consistent snapshot taken in steps, so progress can
-** be shown; it is written to a temp file (0600) beside the target, checked
+** be shown, of durable commits only (the source's WAL is synced once the
+** snapshot is fixed); it is written to a temp file (0600) beside the target, checked
 ** (integrity_check, application id, schema version and node id equal to the
 ** source's), fsynced and renamed into place. The source is only read: never
 ** migrated, never locked against writers. Depends on SQLite, fs, store.
@@ -35,6 +36,13 @@ typedef struct cm_backup_info {
 ** CM_EEXISTS (dst exists), CM_EPERM/CM_EIO (dst cannot be created). On
 ** failure *out is NULL and nothing is left behind. */
 int cm_backup_begin(const char *src, const char *dst, cm_backup **out, cm_err *err);
+/* The snapshot holds only durable commits: after it is fixed, begin syncs
+** the source's WAL (a node's deferred commits may not be synced yet, and
+** one sync covers every frame written before it); CM_EIO when that fails.
+** This variant syncs through sync_fn (returns 0 or an errno; NULL:
+** fdatasync): a test hook, as cm_store_opts.sync_fn. */
+int cm_backup_begin_with_sync(const char *src, const char *dst, int (*sync_fn)(void *ud, int fd),
+                              void *sync_ud, cm_backup **out, cm_err *err);
 
 /* Copy up to pages pages (-1: all that remain). *done is set once every page
 ** is copied; *copied and *total (may be NULL) say where it stands. */

@@ -2254,16 +2254,23 @@ static void tell(cm_engine *e, outcome *oc)
         oc->w->cb(oc->w->ud, &ack);
 }
 
-/* Tell a batch's submitters and free their work; rc != 0: nothing of the
-** batch is durable, and each hears rc and msg instead of its outcome. */
-static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *msg)
+/* A batch that failed: nothing of it is durable, and each submitter hears
+** rc and msg instead of its outcome. */
+static void fail_outcomes(outcome *ocs, int n, int rc, const char *msg)
 {
     for (int i = 0; i < n; i++) {
-        if (rc != 0) {
-            ocs[i].status = rc;
-            ocs[i].kept = false;
-            cm_copy_str(ocs[i].message, sizeof(ocs[i].message), msg);
-        }
+        ocs[i].status = rc;
+        ocs[i].kept = false;
+        cm_copy_str(ocs[i].message, sizeof(ocs[i].message), msg);
+    }
+}
+
+/* Tell a batch's submitters and free their work; rc != 0: see fail_outcomes. */
+static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *msg)
+{
+    if (rc != 0)
+        fail_outcomes(ocs, n, rc, msg);
+    for (int i = 0; i < n; i++) {
         tell(e, &ocs[i]);
         work_free(ocs[i].w);
     }
@@ -2427,6 +2434,12 @@ static int run_batch(cm_engine *e, cm_err *err)
         return n + due_n;    /* told when the sync covers it */
     if (rc == 0 && deferred) /* no memory to wait in: wait here */
         rc = cm_store_sync_wait(e->o.store, cm_store_commit_seq(e->o.store), err);
+    if (rc != 0 && e->wait_head) { /* its errors wait behind earlier batches' acks */
+        e->nevents = 0;
+        fail_outcomes(ocs, n, rc, err->msg);
+        if (sync_park(e, ocs, n))
+            return rc;
+    }
     if (rc == 0)
         tell_events(e);
     else
@@ -2459,6 +2472,7 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
     if (e->in_run)
         return cm_err_set(err, CM_EINVAL, "engine: run called from inside a batch");
     if ((rc = cm_store_sync_status(e->o.store, err)) != 0) {
+        sync_release(e);     /* parked batches first: the acks go in order */
         fail_queued(e, err); /* the store takes no more writes: the engine has stopped */
         return rc;
     }

@@ -1132,14 +1132,14 @@ static int settle(cm_store *store, const cm_clock *clock, const pending_note *n,
 
 /* Up to max due notifications of channel (exact name), their text copied:
 ** channels run with no statement open. */
-static int due_notes(cm_store *store, const cm_clock *clock, const char *chan, pending_note *notes,
-                     int max, int *n, cm_err *err)
+static int due_notes(cm_store *store, const cm_clock *clock, const char *chan, int64_t upto,
+                     pending_note *notes, int max, int *n, cm_err *err)
 {
     sqlite3_stmt *st = cm_store_prepare(
         store,
         "SELECT seq, channel, recipient, message, data, coalesce(instance, ''), attempts "
         "FROM notification WHERE status = 'pending' AND channel = ?3 AND next_ms <= ?1 "
-        "ORDER BY seq LIMIT ?2",
+        "AND seq <= ?4 ORDER BY seq LIMIT ?2",
         err);
     *n = 0;
     if (!st)
@@ -1147,6 +1147,7 @@ static int due_notes(cm_store *store, const cm_clock *clock, const char *chan, p
     sqlite3_bind_int64(st, 1, cm_clock_now_ms(clock));
     sqlite3_bind_int(st, 2, max);
     sqlite3_bind_text(st, 3, chan, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, upto);
     while (*n < max && sqlite3_step(st) == SQLITE_ROW) {
         pending_note *p = &notes[(*n)++];
         p->id = (long)sqlite3_column_int64(st, 0);
@@ -1190,11 +1191,11 @@ static int park(cm_store *store, const pending_note *p, const char *why, cm_err 
 
 /* Hand one channel's due notifications to it; stop at the first row whose
 ** outcome cannot be recorded (handing on would send it again next time). */
-static int deliver_channel(channel *c, cm_store *store, const cm_clock *clock, int max, int *sent,
-                           cm_err *err)
+static int deliver_channel(channel *c, cm_store *store, const cm_clock *clock, int64_t upto,
+                           int max, int *sent, cm_err *err)
 {
     pending_note notes[64];
-    int n = 0, rc = due_notes(store, clock, c->name, notes, max, &n, err);
+    int n = 0, rc = due_notes(store, clock, c->name, upto, notes, max, &n, err);
     for (int i = 0; i < n; i++) {
         pending_note *p = &notes[i];
         char why[512] = "";
@@ -1220,19 +1221,47 @@ static int deliver_channel(channel *c, cm_store *store, const cm_clock *clock, i
     return rc;
 }
 
-int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
-                           int *delivered, cm_err *err)
+/* The largest notification seq whose commit is known durable (the
+** output-commit rule, store.h), or -1 when none can be told now. */
+static int64_t durable_notes(cm_store *store, cm_store_rowmark *mark, cm_err *err)
+{
+    if (cm_store_in_tx(store)) /* rows of an open transaction are not even committed */
+        return -1;
+    sqlite3_stmt *st =
+        cm_store_prepare(store, "SELECT coalesce(max(seq), 0) FROM notification", err);
+    if (!st)
+        return -1;
+    int64_t top = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    if (top < 0)
+        cm_store_error(store, err, "notification");
+    sqlite3_reset(st);
+    return top < 0 ? -1 : cm_store_rowmark_update(store, mark, top);
+}
+
+int cm_plugin_host_deliver_durable(cm_plugin_host *host, cm_store *store, const cm_clock *clock,
+                                   int max, cm_store_rowmark *mark, int *delivered, cm_err *err)
 {
     int sent = 0, rc = 0;
+    int64_t upto = INT64_MAX;
     if (max > 64)
         max = 64;
+    if (delivered)
+        *delivered = 0;
+    if (mark && (upto = durable_notes(store, mark, err)) < 0)
+        return cm_store_in_tx(store) ? 0 : err->code;
     /* channel by channel: rows of a channel nobody serves never hold the others up */
     for (cm_plugin_ctx *p = host->plugins; p && rc == 0; p = p->next)
         for (int i = 0; i < p->nchannels && rc == 0; i++)
-            rc = deliver_channel(&p->channels[i], store, clock, max, &sent, err);
+            rc = deliver_channel(&p->channels[i], store, clock, upto, max, &sent, err);
     if (delivered)
         *delivered = sent;
     return rc;
+}
+
+int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
+                           int *delivered, cm_err *err)
+{
+    return cm_plugin_host_deliver_durable(host, store, clock, max, NULL, delivered, err);
 }
 
 /* ---- Lua functions ---------------------------------------------------- */

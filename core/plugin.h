@@ -79,6 +79,13 @@ int cm_plugin_host_command(cm_plugin_host *host, int argc, char **argv, bool *fo
 ** counts the ones sent. Uses store and clock (borrowed). */
 int cm_plugin_host_deliver(cm_plugin_host *host, cm_store *store, const cm_clock *clock, int max,
                            int *delivered, cm_err *err);
+/* The same for a store with deferred commits (the daemon's): only the
+** notifications of commits known durable are handed on (the output-commit
+** rule), told by mark (the caller's, zeroed once, kept across calls: see
+** cm_store_rowmark); rows of later commits wait for a later call. Never
+** waits for a sync; inside an open transaction it hands on nothing. */
+int cm_plugin_host_deliver_durable(cm_plugin_host *host, cm_store *store, const cm_clock *clock,
+                                   int max, cm_store_rowmark *mark, int *delivered, cm_err *err);
 
 /* Use loader (static, borrowed) with ud (owned from now: loader->destroy frees it). */
 void cm_plugin_host_set_loader(cm_plugin_host *host, const cm_plugin_loader *loader, void *ud);

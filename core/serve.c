@@ -45,7 +45,8 @@ typedef struct serve {
     cm_api *api;   /* NULL when api.enabled is false */
     bool draining; /* stopping: the API answers what it has read */
     uv_signal_t sigint, sigterm, sighup;
-    uv_timer_t notify; /* hands pending notifications to channel plugins */
+    uv_timer_t notify;      /* hands pending notifications to channel plugins */
+    cm_store_rowmark notes; /* the notifications known durable (on_notify_tick) */
     int signum;
     bool sync_failed; /* the store's WAL fsync failed: the node stops (store.h) */
     /* where workflows come from (workflow_source, serve_reload) */
@@ -215,11 +216,12 @@ static void on_notify_tick(uv_timer_t *h)
     serve *sv = h->data;
     cm_err err;
     int sent = 0;
-    /* the output-commit rule: no notification of a commit not yet durable
-    ** leaves; waits for the sync in flight, at most one fsync per tick */
-    if (cm_store_sync_wait(sv->o->store, cm_store_commit_seq(sv->o->store), &err) != 0)
+    /* the output-commit rule: only notifications of commits already durable
+    ** leave, without waiting on the loop; the rest go on a later tick */
+    if (cm_store_sync_status(sv->o->store, &err) != 0)
         return; /* the node is stopping (serve_durable) */
-    if (cm_plugin_host_deliver(sv->plugins, sv->o->store, sv->o->clock, 64, &sent, &err) != 0)
+    if (cm_plugin_host_deliver_durable(sv->plugins, sv->o->store, sv->o->clock, 64, &sv->notes,
+                                       &sent, &err) != 0)
         cm_log(CM_LOG_ERROR, "notify.fail", "%s", err.msg);
     else if (sent > 0)
         cm_log(CM_LOG_DEBUG, "notify.sent", "%d notification(s) handed to their channels", sent);

@@ -46,6 +46,7 @@ typedef struct cm_ckpt {
     int done_to;  /* frames of the WAL the thread's last checkpoint had copied; 0: none */
     int last_wal; /* the WAL's size after the previous commit (a smaller one: it started over) */
     cm_store_ckpt_stats stats;
+    struct cm_store *store; /* whose syncer hears a failed fsync (sync_fail) */
 } cm_ckpt;
 
 /* Deferred commits' syncs (see store.h): the thread fdatasyncs the WAL on an
@@ -83,6 +84,7 @@ struct cm_store {
     bool writer;      /* opened to write: sy is initialized */
     uint64_t commits; /* deferred and synced commits that wrote (cm_store_commit_seq) */
     bool wrote;       /* the WAL hook saw the last commit write frames */
+    bool refused;     /* the authorizer refused a PRAGMA (store_authorize) */
     cm_syncer sy;
     cm_store_nested_fn nested_fn; /* see cm_store_on_nested_write */
     void *nested_ud;
@@ -595,10 +597,35 @@ int cm_store_schema_version(cm_store *store)
     return store->schema_version;
 }
 
+static void sync_fail(cm_store *store, const char *why);
+static int sync_failed(cm_syncer *sy, cm_err *err);
+
+/* An fsync that failed inside SQLite (a synced commit's WAL sync, a
+** checkpoint's): the same as the sync thread's failure (store.h). */
+static bool sqlite_sync_failed(int xrc)
+{
+    return xrc == SQLITE_IOERR_FSYNC || xrc == SQLITE_IOERR_DIR_FSYNC;
+}
+
 int cm_store_error(cm_store *store, cm_err *err, const char *what)
 {
     int rc = sqlite3_extended_errcode(store->db);
     int code = CM_EDB;
+    if (store->writer && sqlite_sync_failed(rc)) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s: %s: an fsync inside SQLite failed: %s", store->path, what,
+                 sqlite3_errmsg(store->db));
+        sync_fail(store, why);
+        return sync_failed(&store->sy, err);
+    }
+    if (rc == SQLITE_AUTH && store->refused) {
+        store->refused = false;
+        return cm_err_set(err, CM_EINVAL,
+                          "%s: %s: PRAGMA wal_autocheckpoint cannot be set on the store's "
+                          "writer: it would replace the store's WAL hook, which counts deferred "
+                          "commits and runs checkpoints (use cm_store_opts.checkpoint_pages)",
+                          store->path, what);
+    }
     if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT)
         code = CM_ENOTCM;
     else if ((rc & 0xff) == SQLITE_READONLY || (rc & 0xff) == SQLITE_PERM ||
@@ -701,6 +728,23 @@ static void sync_notify(cm_syncer *sy)
 {
     if (sy->notify)
         sy->notify(sy->notify_ud);
+}
+
+/* An fsync of the store's files failed outside the sync thread (inside
+** SQLite's synced commit, a checkpoint): never retried, the same as the
+** thread's failure: the watermark stops, waiters get CM_EIO, writes are
+** refused, the listener hears. The first failure's why is kept. Any thread. */
+static void sync_fail(cm_store *store, const char *why)
+{
+    cm_syncer *sy = &store->sy;
+    pthread_mutex_lock(&sy->mu);
+    if (!sy->failed) {
+        sy->failed = EIO;
+        snprintf(sy->why, sizeof(sy->why), "%s", why);
+    }
+    pthread_cond_broadcast(&sy->cv);
+    sync_notify(sy);
+    pthread_mutex_unlock(&sy->mu);
 }
 
 /* Sync the WAL once: the inode opened must still be the WAL's (SQLite never
@@ -1190,6 +1234,14 @@ static int set_pragmas(cm_store *store, const cm_store_opts *opts, cm_err *err)
 
 /* ---- checkpoints off the commit path ---------------------------------- */
 
+/* An fsync of a checkpoint failed: the store stops (sync_fail). */
+static void ckpt_sync_failed(cm_store *store, const char *what, const char *msg)
+{
+    char why[512];
+    snprintf(why, sizeof(why), "%s: %s failed: %s", store->path, what, msg);
+    sync_fail(store, why);
+}
+
 static void *ckpt_main(void *arg)
 {
     cm_ckpt *c = arg;
@@ -1207,8 +1259,16 @@ static void *ckpt_main(void *arg)
         ** the writer's would flush every page copied here since the last one,
         ** megabytes, on the loop thread. */
         bool partial = rc == SQLITE_OK && copied > 0 && copied < log;
-        bool synced = partial && c->dbfile && c->sync > CM_SYNC_OFF &&
-                      c->dbfile->pMethods->xSync(c->dbfile, SQLITE_SYNC_NORMAL) == SQLITE_OK;
+        bool want = partial && c->dbfile && c->sync > CM_SYNC_OFF;
+        int src = want ? c->dbfile->pMethods->xSync(c->dbfile, SQLITE_SYNC_NORMAL) : SQLITE_OK;
+        bool synced = want && src == SQLITE_OK;
+        /* SQLite counts the copied frames as in the database whether or not
+        ** this sync worked, and a failed sync is never retried (store.h) */
+        if (want && !synced)
+            ckpt_sync_failed(c->store, "the database file's sync after a checkpoint",
+                             sqlite3_errstr(src));
+        else if (rc != SQLITE_OK && sqlite_sync_failed(sqlite3_extended_errcode(c->db)))
+            ckpt_sync_failed(c->store, "a checkpoint's fsync", sqlite3_errmsg(c->db));
         pthread_mutex_lock(&c->mu);
         c->stats.partial += partial;
         c->stats.db_syncs += synced;
@@ -1265,6 +1325,8 @@ static void ckpt_inline(cm_store *store, cm_ckpt *c)
         c->stats.inline_runs++;
         c->done_to = 0;
         pthread_mutex_unlock(&c->mu);
+    } else if (sqlite_sync_failed(sqlite3_extended_errcode(store->db))) {
+        ckpt_sync_failed(store, "a checkpoint's fsync", sqlite3_errmsg(store->db));
     }
 }
 
@@ -1276,8 +1338,9 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
     store->wrote = true;
     if (!c) { /* SQLite's own checkpoints, as its default hook runs them: what the
               ** checkpoint returns is not the commit's (it is done) */
-        if (pages >= 1000)
-            sqlite3_wal_checkpoint(db, name);
+        if (pages >= 1000 && sqlite3_wal_checkpoint(db, name) != SQLITE_OK &&
+            sqlite_sync_failed(sqlite3_extended_errcode(db)))
+            ckpt_sync_failed(store, "a checkpoint's fsync", sqlite3_errmsg(db));
         return SQLITE_OK;
     }
     pthread_mutex_lock(&c->mu);
@@ -1313,10 +1376,28 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages)
     return SQLITE_OK;
 }
 
+/* PRAGMA wal_autocheckpoint = N would replace the store's WAL hook with
+** SQLite's own (sqlite3_wal_autocheckpoint installs one), and deferred
+** commits would go uncounted: setting it is refused (cm_store_error names
+** it); reading it is harmless. */
+static int store_authorize(void *ud, int action, const char *a, const char *b, const char *db,
+                           const char *trigger)
+{
+    cm_store *store = ud;
+    (void)db;
+    (void)trigger;
+    if (action == SQLITE_PRAGMA && a && b && sqlite3_stricmp(a, "wal_autocheckpoint") == 0) {
+        store->refused = true;
+        return SQLITE_DENY;
+    }
+    return SQLITE_OK;
+}
+
 static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
 {
     /* the hook also tells commits that wrote (sync_after_commit) */
     sqlite3_wal_hook(store->db, ckpt_hook, store); /* replaces SQLite's autocheckpoint */
+    sqlite3_set_authorizer(store->db, store_authorize, store); /* ... and keeps it so */
     if (opts->checkpoint_pages < 0)
         return 0;
     cm_ckpt *c = calloc(1, sizeof(*c));
@@ -1327,6 +1408,7 @@ static int ckpt_setup(cm_store *store, const cm_store_opts *opts, cm_err *err)
     c->restart = c->start * 4;
     c->bound = c->start * 8;
     c->sync = (int)opts->synchronous;
+    c->store = store;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     store->ckpt = c;

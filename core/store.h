@@ -119,8 +119,12 @@ int cm_store_begin_nosync(cm_store *store, cm_err *err);
 ** depends on a commit may leave the process before the watermark reaches
 ** it (the output-commit rule). A failed sync is never retried (Linux may
 ** have dropped the pages): the watermark stops, every waiter gets CM_EIO,
-** and every later begin fails with CM_EIO. At a level below FULL the store
-** wants no sync: deferred commits count as synced at once.
+** and every later begin fails with CM_EIO. The same holds for every fsync
+** of the writer's files that fails: a synced commit's own WAL sync inside
+** SQLite (that commit fails with CM_EIO), a checkpoint's sync of the WAL or
+** the database file (on the writer or the checkpoint thread; the commit
+** that ran it stays good). At a level below FULL the store wants no sync:
+** deferred commits count as synced at once.
 */
 int cm_store_begin_deferred(cm_store *store, cm_err *err);
 /* The number of the latest deferred or synced commit: what an output made
@@ -133,9 +137,10 @@ int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err);
 /* 0 while syncs succeed; CM_EIO (err says why) once one failed. Any thread. */
 int cm_store_sync_status(cm_store *store, cm_err *err);
 /* fn(ud) is called when the watermark moves or a sync fails: on the sync
-** thread (so it must be thread-safe: uv_async_send), or on the writer's
-** thread after a synced commit. One listener; NULL removes it (after which
-** it is not called). */
+** thread or the checkpoint thread (so it must be thread-safe:
+** uv_async_send), or on the writer's thread after a synced commit or a
+** failed fsync. One listener; NULL removes it (after which it is not
+** called). */
 void cm_store_on_synced(cm_store *store, void (*fn)(void *ud), void *ud);
 
 /* Which rows of a table (by their increasing key) an output may show: the
@@ -175,7 +180,11 @@ typedef struct cm_store_ckpt_stats {
 } cm_store_ckpt_stats;
 void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out);
 
-/* Run SQL with no result rows (DDL, PRAGMA, one-off writes). */
+/* Run SQL with no result rows (DDL, PRAGMA, one-off writes). Setting PRAGMA
+** wal_autocheckpoint is refused on the writer (CM_EINVAL, here and in
+** cm_store_prepare): SQLite would replace the store's WAL hook, which counts
+** deferred commits; never call sqlite3_wal_autocheckpoint or
+** sqlite3_wal_hook on cm_store_db for the same reason. */
 int cm_store_exec(cm_store *store, const char *sql, cm_err *err);
 
 /* Fill err from the connection's last error; returns CM_EDB (or a more precise code). */

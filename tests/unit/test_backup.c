@@ -14,11 +14,14 @@
 #include "backup.h"
 #include "store.h"
 #include "support.h"
+#include "syncgate.h"
 
 typedef struct fixture {
     char *dir;
     char db[1024];
     cm_store *store;
+    cm_test_gate gate; /* the store's syncs, once reopen_gated */
+    bool gated;
 } fixture;
 
 static void exec_ok(cm_store *s, const char *sql)
@@ -52,6 +55,8 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     cm_store_close(&f->store);
+    if (f->gated)
+        cm_test_gate_destroy(&f->gate);
     cm_test_rmtree(f->dir);
     free(f->dir);
     free(f);
@@ -199,6 +204,126 @@ static void test_a_foreign_or_damaged_source_leaves_nothing(void **state)
     closedir(d);
 }
 
+/* The node's store again, its WAL syncs through f->gate (in the fixture:
+** the store's sync thread may still use it when a failed assertion leaves). */
+static void reopen_gated(fixture *f)
+{
+    cm_store_opts o;
+    cm_err err;
+    cm_test_gate *g = &f->gate;
+    cm_store_close(&f->store);
+    cm_test_gate_init(g);
+    f->gated = true;
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.sync_fn = cm_test_gate_sync;
+    o.sync_ud = g;
+    assert_int_equal(cm_store_open(&f->store, &o, &err), 0);
+}
+
+static void deferred_set(cm_store *s, const char *value)
+{
+    cm_err err;
+    assert_int_equal(cm_store_begin_deferred(s, &err), 0);
+    assert_int_equal(cm_store_meta_set(s, "k", value, &err), 0);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+}
+
+/* The backup's sync of the source's WAL (cm_backup_begin_with_sync): counts,
+** then (write set) the node commits once more, after the sync began. */
+typedef struct wal_sync {
+    int syncs, fail;
+    cm_store *write; /* the node's store, or NULL */
+} wal_sync;
+
+static int sync_then_commit(void *ud, int fd)
+{
+    wal_sync *w = ud;
+    w->syncs++;
+    int rc = w->fail ? w->fail : (fdatasync(fd) == 0 ? 0 : errno);
+    if (w->write)
+        deferred_set(w->write, "v3");
+    return rc;
+}
+
+static char *copy_meta(const char *path, const char *key)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char *v = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT value FROM node_meta WHERE key = ?1", -1, &st, NULL) ==
+            SQLITE_OK) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            v = strdup((const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* A node's deferred commit whose sync is held is in the WAL file but maybe
+** not on disk: a backup taken then syncs the WAL itself once its snapshot is
+** fixed, so what it copies is durable (the commit made after that sync
+** began is not in the copy), and it never waits for the node's sync. */
+static void test_a_backup_holds_only_commits_made_durable(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate *g = &f->gate;
+    cm_backup *b = NULL;
+    cm_backup_info info;
+    cm_err err;
+    int64_t copied, total;
+    int done = 0;
+    reopen_gated(f);
+    cm_test_gate_hold(g, true);
+    deferred_set(f->store, "v2"); /* its sync is held */
+    bool held = cm_test_gate_wait_held(g, 1);
+    uint64_t v2 = cm_store_commit_seq(f->store);
+    wal_sync w = {0, 0, f->store};
+    const char *dst = cm_test_path(f->dir, "held.db");
+    int rc = cm_backup_begin_with_sync(f->db, dst, sync_then_commit, &w, &b, &err);
+    while (rc == 0 && !done)
+        rc = cm_backup_step(b, -1, &copied, &total, &done, &err);
+    if (rc == 0)
+        rc = cm_backup_finish(b, &info, &err);
+    cm_backup_destroy(&b);
+    bool node_synced = cm_store_synced_seq(f->store) >= v2;
+    cm_test_gate_hold(g, false); /* before any assertion: a held sync hangs the close */
+    assert_true(held);
+    assert_int_equal(rc, 0);
+    assert_false(node_synced); /* the backup did not wait for the node's sync */
+    assert_int_equal(w.syncs, 1);
+    char *v = copy_meta(dst, "k");
+    assert_non_null(v);
+    assert_string_equal(v, "v2");
+    free(v);
+}
+
+/* A backup whose sync of the source's WAL fails takes nothing: CM_EIO naming
+** the WAL, no file at the target, no temp file left. */
+static void test_a_backup_whose_wal_sync_fails_leaves_nothing(void **state)
+{
+    fixture *f = *state;
+    cm_backup *b = NULL;
+    cm_err err;
+    wal_sync w = {0, EIO, NULL};
+    const char *dst = cm_test_path(f->dir, "eio.db");
+    assert_int_equal(cm_backup_begin_with_sync(f->db, dst, sync_then_commit, &w, &b, &err), CM_EIO);
+    assert_null(b);
+    assert_int_equal(w.syncs, 1);
+    assert_non_null(strstr(err.msg, "caremesh.db-wal: fdatasync failed"));
+    assert_non_null(strstr(err.msg, "no backup was taken"));
+    assert_int_equal(cm_test_mode(dst), 0xffffu);
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strstr(e->d_name, ".tmp."))
+            fail_msg("a temp file is left: %s", e->d_name);
+    closedir(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -208,6 +333,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_targets_that_exist_or_are_the_database_are_refused,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_foreign_or_damaged_source_leaves_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_backup_holds_only_commits_made_durable, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_backup_whose_wal_sync_fails_leaves_nothing, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

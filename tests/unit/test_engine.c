@@ -2268,6 +2268,47 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     loop_end(f, &loop);
 }
 
+/* A work hook (the API's audit entry) that cannot write for instance t-2. */
+static int refuse_t2(void *ud, cm_ack_cb cb, void *submit_ud, const cm_ack *ack, cm_err *err)
+{
+    (void)ud;
+    (void)cb;
+    (void)submit_ud;
+    if (ack->instance && strcmp(ack->instance, "t-2") == 0)
+        return cm_err_set(err, CM_EDB, "refused by the test's work hook");
+    return 0;
+}
+
+/* A pipelined batch that fails (its work hook refuses: the batch rolls
+** back) tells its submitters the error only after the acks of the batches
+** before it, still waiting for their sync: answers go in submission order. */
+static void test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_sync(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    reopen_pipelined(f);
+    attach_pipelined(f, &loop, true);
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    cm_engine_set_work_hook(f->engine, refuse_t2, NULL);
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the second batch fails and rolls back */
+    int told_while_held = f->a.n;
+    cm_test_gate_hold(&f->gate, false); /* before any assertion: a held sync hangs the close */
+    assert_int_equal(told_while_held, 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id = 't-2'"), 0);
+    loop_until_acks(f, &loop, 2);
+    assert_string_equal(f->a.instance[0], "t-1");
+    assert_int_equal(f->a.status[0], 0);
+    assert_string_equal(f->a.instance[1], "t-2");
+    assert_int_equal(f->a.status[1], CM_EDB);
+    assert_false(f->a.kept[1]);
+    assert_non_null(strstr(f->a.message[1], "refused by the test's work hook"));
+    cm_engine_set_work_hook(f->engine, NULL, NULL);
+    loop_end(f, &loop);
+}
+
 /* Without a loop a pipelined engine commits synced: every ack is told when
 ** cm_engine_run returns, and the sync thread is never asked. */
 static void test_a_pipelined_engine_without_a_loop_commits_synced(void **state)
@@ -2345,6 +2386,9 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_failed_sync_acknowledges_nothing_and_stops_the_engine, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_sync, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_engine_without_a_loop_commits_synced,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,

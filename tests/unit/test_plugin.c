@@ -16,6 +16,7 @@
 #include "caremesh/plugin.h"
 #include "plugin.h"
 #include "node.h"
+#include "syncgate.h"
 
 #define PLUGIN(name) CM_TEST_PLUGIN_DIR "/" name ".so"
 
@@ -257,6 +258,71 @@ static void test_notify_spool_writes_durable_files_and_retries(void **state)
     assert_int_equal(count_where(f, "SELECT count(*) FROM notification WHERE recipient = 'pat-3' "
                                     "AND status = 'failed' AND error LIKE '%not a JSON object%'"),
                      1);
+    cJSON_Delete(cfg);
+}
+
+/* The daemon's notifications (cm_plugin_host_deliver_durable): a
+** notification written by a deferred commit whose sync is held is not handed
+** to its channel, and the call returns at once (it never waits for the
+** sync: the loop goes on); once the sync ends it is handed on, once. */
+static void test_notifications_of_a_commit_not_yet_durable_wait_without_blocking(void **state)
+{
+    fx *f = *state;
+    char spool[900], text[1100], file[1200];
+    cm_test_gate g;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_store_rowmark mark;
+    cm_err err;
+    int sent = -1;
+    memset(&mark, 0, sizeof(mark));
+    cm_test_gate_init(&g);
+    snprintf(spool, sizeof(spool), "%s/spool", f->n->dir);
+    assert_int_equal(mkdir(spool, 0700), 0);
+    snprintf(text, sizeof(text), "{\"dir\":\"%s\",\"channels\":[\"sms\"]}", spool);
+    cJSON *cfg = cJSON_Parse(text);
+    cm_plugin_spec spec = {"notify_spool", CM_SHIPPED_PLUGIN_DIR "/notify_spool.so", false, cfg};
+    assert_int_equal(cm_plugin_host_load(f->host, &spec, &err), 0);
+    cm_store_opts_init(&o);
+    o.path = cm_test_path(f->n->dir, "gated.db");
+    o.create = true;
+    o.sync_fn = cm_test_gate_sync;
+    o.sync_ud = &g;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    cm_test_gate_hold(&g, true);
+    assert_int_equal(cm_store_begin_deferred(s, &err), 0);
+    assert_int_equal(
+        cm_store_exec(s,
+                      "INSERT INTO notification(channel, recipient, message, data, created) "
+                      "VALUES ('sms', 'pat-1', 'Your visit is booked', '{}', 'x')",
+                      &err),
+        0);
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    bool held = cm_test_gate_wait_held(&g, 1);
+    int rc = cm_plugin_host_deliver_durable(f->host, s, f->n->clock, 10, &mark, &sent, &err);
+    int sent_while_held = sent;
+    snprintf(file, sizeof(file), "%s/00000001-sms.json", spool);
+    int spooled_while_held = access(file, F_OK) == 0;
+    cm_test_gate_hold(&g, false); /* before any assertion: a held sync hangs the close */
+    assert_true(held);
+    assert_int_equal(rc, 0);
+    assert_int_equal(sent_while_held, 0);
+    assert_false(spooled_while_held);
+    assert_int_equal(cm_test_count(s, "SELECT count(*) FROM notification WHERE status = 'pending'"),
+                     1);
+    assert_int_equal(cm_store_sync_wait(s, cm_store_commit_seq(s), &err), 0);
+    assert_int_equal(
+        cm_plugin_host_deliver_durable(f->host, s, f->n->clock, 10, &mark, &sent, &err), 0);
+    assert_int_equal(sent, 1);
+    assert_int_equal(access(file, F_OK), 0);
+    assert_int_equal(
+        cm_plugin_host_deliver_durable(f->host, s, f->n->clock, 10, &mark, &sent, &err), 0);
+    assert_int_equal(sent, 0);
+    assert_int_equal(cm_test_count(s, "SELECT count(*) FROM notification WHERE status = 'sent'"),
+                     1);
+    cm_plugin_host_unload_all(f->host);
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
     cJSON_Delete(cfg);
 }
 
@@ -607,6 +673,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_optional_plugins_do_not_stop_the_rest, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_notifications_of_a_commit_not_yet_durable_wait_without_blocking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notify_spool_writes_durable_files_and_retries, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_record_put_creates_replaces_and_audits, setup,

@@ -17,6 +17,7 @@
 
 #include "store.h"
 #include "support.h"
+#include "failvfs.h"
 #include "syncgate.h"
 
 typedef struct fixture {
@@ -41,6 +42,15 @@ static int teardown(void **state)
     free(f->db);
     free(f);
     return 0;
+}
+
+/* The VFS whose syncs fail on demand (failvfs.h): static, removed in teardown. */
+static cm_test_failvfs failvfs;
+
+static int teardown_vfs(void **state)
+{
+    cm_test_failvfs_remove(&failvfs);
+    return teardown(state);
 }
 
 static cm_store *open_store(const char *path, bool create, cm_err *err)
@@ -519,7 +529,8 @@ static void test_checkpoints_wait_for_no_reader(void **state)
     cm_store_close(&s);
 }
 
-/* Negative checkpoint_pages: SQLite's own checkpoints, in the commit. */
+/* Negative checkpoint_pages: SQLite's own checkpoints (from 1,000 pages),
+** in the commit. */
 static void test_checkpoints_inline_when_asked(void **state)
 {
     fixture *f = *state;
@@ -532,14 +543,38 @@ static void test_checkpoints_inline_when_asked(void **state)
     o.create = true;
     o.checkpoint_pages = -1;
     assert_int_equal(cm_store_open(&s, &o, &err), 0);
-    assert_int_equal(cm_store_exec(s, "PRAGMA wal_autocheckpoint=16", &err), 0);
-    write_rows(s, 0, 100, 4);
+    uint64_t before = cm_store_commit_seq(s);
+    write_rows(s, 0, 400, 4);
+    assert_int_equal(cm_store_commit_seq(s), before + 400); /* the store's hook counted them */
     cm_store_ckpt_stats_get(s, &ck);
     assert_int_equal(ck.background + ck.inline_runs, 0);
     long page = pragma_int(s, "PRAGMA page_size");
-    /* ~800 pages were written: without checkpoints the WAL would hold them all */
-    assert_true(file_size(cm_test_path(f->dir, "caremesh.db-wal")) <= 200 * (page + 24) + 32);
-    assert_int_equal(count_rows(s), 400);
+    /* ~3,200 pages were written: without checkpoints the WAL would hold them all */
+    assert_true(file_size(cm_test_path(f->dir, "caremesh.db-wal")) <= 1200 * (page + 24) + 32);
+    assert_int_equal(count_rows(s), 1600);
+    cm_store_close(&s);
+}
+
+/* PRAGMA wal_autocheckpoint = N on the writer would replace the store's WAL
+** hook with SQLite's own, and deferred commits would go uncounted (their
+** acks never told, or told before their sync): refused, naming it, however
+** spelled; reading it is harmless, and commits still count after. */
+static void test_wal_autocheckpoint_cannot_replace_the_store_hook(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_exec(s, "PRAGMA wal_autocheckpoint=16", &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "PRAGMA wal_autocheckpoint cannot be set"));
+    assert_non_null(strstr(err.msg, "WAL hook"));
+    assert_int_equal(cm_store_exec(s, "pragma main.WAL_AUTOCHECKPOINT(0)", &err), CM_EINVAL);
+    assert_null(cm_store_prepare(s, "PRAGMA wal_autocheckpoint = 1", &err));
+    assert_int_equal(err.code, CM_EINVAL);
+    assert_true(pragma_int(s, "PRAGMA wal_autocheckpoint") >= 0);
+    uint64_t before = cm_store_commit_seq(s);
+    write_rows(s, 0, 2, 1);
+    assert_int_equal(cm_store_commit_seq(s), before + 2);
     cm_store_close(&s);
 }
 
@@ -977,6 +1012,85 @@ static void test_deferred_commit_below_full_needs_no_sync(void **state)
     cm_test_gate_destroy(&g);
 }
 
+/* An fsync that fails inside SQLite's own synced commit (the WAL's, at FULL:
+** the non-pipelined path) takes the sync thread's path: the commit fails
+** with CM_EIO naming it, waiters get CM_EIO, the listener hears (the daemon
+** stops there), the watermark stays, and every later transaction is
+** refused, even once the disk's syncs work again: never retried. */
+static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_err err;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    cm_store_on_synced(s, count_note, &c);
+    uint64_t before = cm_store_synced_seq(s);
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    assert_int_equal(cm_store_meta_set(s, "k", "lost?", &err), 0);
+    fv->suffix = "-wal";
+    assert_int_equal(cm_store_commit(s, &err), CM_EIO);
+    fv->suffix = NULL;
+    assert_true(fv->failed > 0);
+    assert_non_null(strstr(err.msg, "an fsync inside SQLite failed"));
+    assert_non_null(strstr(err.msg, "takes no more writes"));
+    assert_int_equal(notes_n(&c), 1);
+    assert_int_equal(cm_store_synced_seq(s), before);
+    assert_int_equal(cm_store_sync_wait(s, before + 1, &err), CM_EIO);
+    assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+    assert_int_equal(cm_store_begin(s, &err), CM_EIO);
+    assert_int_equal(cm_store_begin_deferred(s, &err), CM_EIO);
+    assert_false(cm_store_in_tx(s));
+    cm_store_on_synced(s, NULL, NULL);
+    cm_store_close(&s);
+}
+
+/* A checkpoint's failed fsync of the database file is the same: SQLite has
+** counted the copied frames as in the database, and the WAL may start over
+** on the next checkpoint that seems to work. The commit that ran it stays
+** good; the store takes no more writes. With checkpoint_pages: inline
+** (SQLite's, in the commit) or off the commit path (the thread's sync after a
+** partial copy, or the writer's finishing checkpoint). */
+static void checkpoint_fsync_fails(fixture *f, int checkpoint_pages)
+{
+    cm_test_failvfs *fv = &failvfs;
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_err err;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store_opts_init(&o);
+    o.path = f->db;
+    o.create = true;
+    o.checkpoint_pages = checkpoint_pages;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    fv->suffix = "caremesh.db";
+    int commits = 0;
+    while (commits < 1000 && cm_store_sync_status(s, &err) == 0) {
+        write_rows(s, commits * 4, 1, 4);
+        commits++;
+    }
+    fv->suffix = NULL;
+    assert_true(fv->failed > 0);
+    assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+    assert_non_null(strstr(err.msg, "checkpoint"));
+    assert_non_null(strstr(err.msg, "takes no more writes"));
+    assert_int_equal(cm_store_begin(s, &err), CM_EIO);
+    assert_int_equal(count_rows(s), commits * 4);
+    cm_store_close(&s);
+}
+
+static void test_a_failed_checkpoint_fsync_stops_the_store(void **state)
+{
+    checkpoint_fsync_fails(*state, -1);
+}
+
+static void test_a_failed_fsync_of_a_background_checkpoint_stops_the_store(void **state)
+{
+    checkpoint_fsync_fails(*state, 16);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -1003,6 +1117,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_checkpoint_thread_opens_no_descriptor_of_its_own,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoints_inline_when_asked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wal_autocheckpoint_cannot_replace_the_store_hook,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta_roundtrip_and_rollback, setup, teardown),
@@ -1020,6 +1136,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_synced_commit_covers_earlier_deferred_ones, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_failed_fsync_inside_a_synced_commit_stops_the_store,
+                                        setup, teardown_vfs),
+        cmocka_unit_test_setup_teardown(test_a_failed_checkpoint_fsync_stops_the_store, setup,
+                                        teardown_vfs),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_fsync_of_a_background_checkpoint_stops_the_store, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_rowmark_names_the_rows_of_durable_commits, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_syncs_a_wal_left_by_a_killed_process, setup,
