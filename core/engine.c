@@ -487,6 +487,31 @@ static int exec_kept(cm_engine *e, sqlite3_stmt *st, const char *what, cm_err *e
     if (!st)                                                                                       \
         return (err) ? (err)->code : CM_EDB;
 
+/* The same for a statement whose caller binds every parameter, NULLs
+** included, before each step (its last bindings are not cleared). */
+#define PREPARE_BOUND(e, sql, err)                                                                 \
+    sqlite3_stmt *st = cm_store_prepare_bound((e)->o.store, sql, err);                             \
+    if (!st)                                                                                       \
+        return (err) ? (err)->code : CM_EDB;
+
+/* Bind text (NULL: SQL NULL) that outlives the statement's step. */
+static void bind_static(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Bind an id of a row, 0 (none) as NULL. */
+static void bind_id(sqlite3_stmt *st, int i, int64_t id)
+{
+    if (id > 0)
+        sqlite3_bind_int64(st, i, id);
+    else
+        sqlite3_bind_null(st, i);
+}
+
 /* ---- definitions ------------------------------------------------------ */
 
 static int latest_rev(cm_engine *e, const char *name, int *rev, char **source, cm_err *err)
@@ -745,20 +770,19 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
 {
     char now[CM_TIME_BUFSZ];
     int rc;
-    PREPARE(e,
-            "INSERT INTO history(instance, step, at, event, from_state, to_state, note, prev) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            err);
+    PREPARE_BOUND(e,
+                  "INSERT INTO history(instance, step, at, event, from_state, to_state, note, "
+                  "prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                  err);
     now_text(e, now);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, in->steps + 1);
     sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, event, -1, SQLITE_STATIC);
-    bind_text(st, 5, from);
+    bind_static(st, 4, event);
+    bind_static(st, 5, from);
     sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
-    bind_text(st, 7, note);
-    if (in->hist > 0)
-        sqlite3_bind_int64(st, 8, in->hist);
+    bind_static(st, 7, note);
+    bind_id(st, 8, in->hist);
     if ((rc = exec_kept(e, st, "history", err)) == 0)
         in->hist = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
     return rc;
@@ -787,18 +811,17 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     int rc;
     if (in->status_changed && (rc = save_status(e, in, err)) != 0)
         return rc;
-    PREPARE(e,
-            "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, hist = ?6 "
-            "WHERE seq = ?1",
-            err);
+    PREPARE_BOUND(e,
+                  "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, "
+                  "hist = ?6 WHERE seq = ?1",
+                  err);
     now_text(e, now);
     sqlite3_bind_int64(st, 1, in->seq);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, in->ctx, -1, SQLITE_STATIC);
+    bind_static(st, 3, in->ctx);
     sqlite3_bind_int64(st, 4, in->steps);
     sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
-    if (in->hist > 0)
-        sqlite3_bind_int64(st, 6, in->hist);
+    bind_id(st, 6, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
         rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,

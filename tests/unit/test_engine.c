@@ -409,6 +409,15 @@ static void test_timer_fires_on_the_virtual_clock(void **state)
     advance(f, 30 * DAY);
     expect_state(f, "ref-1", "escalated", "running");
     assert_int_equal(count(f, "SELECT count(*) FROM history WHERE note LIKE 'timer ignored%'"), 1);
+    /* the history statement keeps its last bindings (cm_store_prepare_bound):
+    ** the next row, a start's, has no note, no from_state and no prev */
+    start(f, INPUT, "ref-2");
+    run(f);
+    expect_state(f, "ref-2", "requested", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE note IS NOT NULL"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance = 'ref-2' AND "
+                              "note IS NULL AND from_state IS NULL AND prev IS NULL"),
+                     1);
 }
 
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
