@@ -494,13 +494,16 @@ static int exec_kept(cm_engine *e, sqlite3_stmt *st, const char *what, cm_err *e
     if (!st)                                                                                       \
         return (err) ? (err)->code : CM_EDB;
 
-/* Bind text (NULL: SQL NULL) that outlives the statement's step. */
+/* Bind text (NULL: SQL NULL) that outlives the statement's step, with its
+** length (given -1, SQLite counts the bytes one at a time). */
 static void bind_static(sqlite3_stmt *st, int i, const char *s)
 {
-    if (s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
-    else
+    if (s) {
+        size_t len = strlen(s);
+        sqlite3_bind_text(st, i, s, len > INT_MAX ? -1 : (int)len, SQLITE_STATIC);
+    } else {
         sqlite3_bind_null(st, i);
+    }
 }
 
 /* Bind an id of a row, 0 (none) as NULL. */
@@ -775,12 +778,12 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
                   "prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                   err);
     now_text(e, now);
-    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    bind_static(st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
-    sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
+    bind_static(st, 3, now);
     bind_static(st, 4, event);
     bind_static(st, 5, from);
-    sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
+    bind_static(st, 6, to);
     bind_static(st, 7, note);
     bind_id(st, 8, in->hist);
     if ((rc = exec_kept(e, st, "history", err)) == 0)
@@ -817,10 +820,10 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
                   err);
     now_text(e, now);
     sqlite3_bind_int64(st, 1, in->seq);
-    sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
+    bind_static(st, 2, in->state);
     bind_static(st, 3, in->ctx);
     sqlite3_bind_int64(st, 4, in->steps);
-    sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
+    bind_static(st, 5, now);
     bind_id(st, 6, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
