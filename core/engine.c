@@ -257,7 +257,18 @@ static void now_text(cm_engine *e, char *buf)
 {
     int64_t ms = cm_clock_now_ms(e->o.clock);
     if (!e->now_set || ms != e->now_ms) {
-        cm_time_format(ms, e->now_buf, sizeof(e->now_buf));
+        char *b = e->now_buf;
+        if (e->now_set && ms >= 0 && e->now_ms >= 0 && ms / 1000 == e->now_ms / 1000 &&
+            b[19] == '.' && b[23] == 'Z' && b[24] == '\0') {
+            /* the same second ("YYYY-MM-DDTHH:MM:SS.mmmZ"): only the
+            ** milliseconds change, without gmtime for the rest */
+            int m = (int)(ms % 1000);
+            b[20] = (char)('0' + m / 100);
+            b[21] = (char)('0' + m / 10 % 10);
+            b[22] = (char)('0' + m % 10);
+        } else {
+            cm_time_format(ms, b, sizeof(e->now_buf));
+        }
         e->now_ms = ms;
         e->now_set = true;
     }
