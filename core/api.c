@@ -294,6 +294,10 @@ static void reply_err(call *c, const cm_err *err, const char *kind)
         status = 503;
         code = "unavailable";
         break;
+    case CM_EINDOUBT: /* committed, but its fsync failed: the node is stopping */
+        status = 503;
+        code = "outcome_unknown";
+        break;
     default:
         break;
     }
