@@ -620,7 +620,7 @@ static bool memo_token(const cm_api *api, const cm_http_memo *m, const char *tex
     uint16_t slot;
     memcpy(&gen, m->bytes + MEMO_GEN, sizeof(gen));
     if (gen == 0 || gen != api->token_gen || len != CM_TOKEN_TEXT_LEN ||
-        memcmp(m->bytes + MEMO_TEXT, text, len) != 0)
+        sodium_memcmp(m->bytes + MEMO_TEXT, text, len) != 0) /* in constant time */
         return false;
     memcpy(&slot, m->bytes + MEMO_SLOT, sizeof(slot));
     *info = api->tokens[slot].info;
