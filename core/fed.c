@@ -30,11 +30,14 @@
 #define FED_ROUTE_REFUSE 16   /* unroutable rows refused per pass (each its own transaction) */
 #define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
-#define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
-#define FED_NUMBER_MAX   63   /* characters of a number in a message: what cJSON reads as one */
-#define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
-#define FED_PUMP_ROUNDS  16   /* flush-and-send rounds per turn before yielding the loop */
-#define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
+#define FED_BUSY_MIN_MS  100   /* a second busy for the same message: wait, doubling */
+#define FED_NUMBER_MAX   63    /* characters of a number in a message: what cJSON reads as one */
+#define FED_FILL_CHUNK   256   /* outbox rows read per query when filling a window */
+#define FED_PUMP_ROUNDS  16    /* flush-and-send rounds per turn before yielding the loop */
+#define FED_INBOX_BATCH  1024  /* the inbox-only receiver stops reading at this many waiting */
+#define FED_SWEEP_CHUNK  256   /* rows under a peer's mark written delivered per transaction */
+#define FED_SWEEP_IDLE   4     /* sweep transactions per tick for a peer with nothing in flight */
+#define FED_SWEEP_LAG    65536 /* seqs under the mark unswept: sweep even while sending */
 /* ... and records up to this many per transaction: a batch read below the
 ** mark fits whole, so none of its entries is turned away busy */
 #define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
@@ -862,6 +865,7 @@ typedef struct fed_peer {
     /* the largest outbox seq delivered to it (fed_delivered), once read */
     int64_t delivered;
     bool delivered_known;
+    int64_t swept;       /* the rows of p up to it are written delivered (sweep_peer); 0: unknown */
     int64_t sent_max;    /* the highest seq put in the window since start (route_late) */
     uint32_t round;      /* bumped to send the whole window again (a rewind) */
     bool reprev;         /* recompute the prevs before sending again */
@@ -2807,6 +2811,75 @@ static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
     return false;
 }
 
+/* Write the pending rows of p under its mark delivered (with done_at, the
+** time of the sweep: no earlier than their delivery), the oldest first,
+** FED_SWEEP_CHUNK a transaction, at most rounds transactions. Rows under
+** the mark are delivered already (docs/store.md, outbox): this changes no
+** row's state, only takes them out of outbox_pending, which otherwise would
+** keep an entry for every message ever delivered under the mark. The mark
+** is read in the same transaction, so no row above it is touched. Commits
+** without waiting for its own fsync: a sweep lost in an OS crash leaves the
+** rows pending under the mark, delivered as before, and the WAL keeps
+** commits in order, so no sweep outlives the mark it read. */
+static void sweep_peer(cm_fed *fed, fed_peer *p, int rounds)
+{
+    char now[CM_TIME_BUFSZ];
+    cm_err err;
+    int64_t mark = delivered_before(fed, p);
+    for (int r = 0; r < rounds && mark > p->swept && store_free(fed); r++) {
+        if (cm_store_begin_nosync(fed->o.store, &err) != 0)
+            goto fail;
+        /* through outbox_pending: the oldest rows of p still pending */
+        sqlite3_stmt *last = cm_store_prepare(
+            fed->o.store,
+            "SELECT max(seq), count(*) FROM (SELECT seq FROM outbox WHERE peer = ?1 AND "
+            "status = 'pending' AND seq <= (SELECT d.seq FROM fed_delivered d WHERE d.peer = ?1) "
+            "ORDER BY seq LIMIT ?2)",
+            &err);
+        sqlite3_stmt *up =
+            last ? cm_store_prepare(fed->o.store,
+                                    "UPDATE outbox SET status = 'delivered', done_at = ?3 "
+                                    "WHERE peer = ?1 AND status = 'pending' AND seq <= ?2",
+                                    &err)
+                 : NULL;
+        if (!up) {
+            cm_store_rollback(fed->o.store);
+            goto fail;
+        }
+        sqlite3_bind_text(last, 1, p->cfg->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int(last, 2, FED_SWEEP_CHUNK);
+        int rc = sqlite3_step(last);
+        int64_t upto = rc == SQLITE_ROW ? sqlite3_column_int64(last, 0) : 0;
+        int n = rc == SQLITE_ROW ? sqlite3_column_int(last, 1) : 0;
+        sqlite3_reset(last);
+        if (rc != SQLITE_ROW) {
+            cm_store_error(fed->o.store, &err, "outbox");
+            cm_store_rollback(fed->o.store);
+            goto fail;
+        }
+        if (n > 0) {
+            now_text(fed, now);
+            sqlite3_bind_text(up, 1, p->cfg->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(up, 2, upto);
+            sqlite3_bind_text(up, 3, now, -1, SQLITE_STATIC);
+            rc = sqlite3_step(up);
+            sqlite3_reset(up);
+            if (rc != SQLITE_DONE) {
+                cm_store_error(fed->o.store, &err, "outbox");
+                cm_store_rollback(fed->o.store);
+                goto fail;
+            }
+        }
+        if (cm_store_commit(fed->o.store, &err) != 0)
+            goto fail;
+        /* fewer than a chunk: every row of p up to the mark is written */
+        p->swept = n < FED_SWEEP_CHUNK ? mark : upto;
+    }
+    return;
+fail:
+    cm_log(CM_LOG_ERROR, "fed.store", "sweeping the rows delivered to %s: %s", p->cfg->id, err.msg);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     cm_fed *fed = t->data;
@@ -2836,6 +2909,12 @@ static void on_tick(uv_timer_t *t)
             share_with(fed, p, 1, now);
             p->share_due = now + FED_SHARE_MS;
         }
+        /* off the hot path: while nothing is in flight to p, or when the
+        ** rows under its mark have run far ahead of the sweep */
+        if (p->nwin == 0)
+            sweep_peer(fed, p, FED_SWEEP_IDLE);
+        else if (p->delivered_known && p->delivered - p->swept > FED_SWEEP_LAG)
+            sweep_peer(fed, p, 1);
     }
 }
 
