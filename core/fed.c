@@ -42,6 +42,11 @@
 ** mark fits whole, so none of its entries is turned away busy */
 #define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
 #define FED_ROUTER_RCVHWM 1024 /* messages a link may queue unread at the ROUTER */
+/* apply mode: delivers read past CM_FED_APPLY_MAX wait parked in memory,
+** at most this many from one peer and this many bytes from all; past
+** either, the ROUTER stops reading (router_full) */
+#define FED_PARK_PEER_MAX 8192
+#define FED_PARK_BYTES    (64u * 1024 * 1024)
 #define FED_SHARE_MS      5000 /* directory and indicators: checked (and resent) this often */
 #define FED_BATCH_SEND    256  /* delivers per batch sent (1.2) */
 #define FED_BATCH_BYTES                                                                            \
@@ -887,6 +892,7 @@ typedef struct fed_peer {
     uint8_t rid[FED_HELLO_LINKS][256];
     size_t rid_len[FED_HELLO_LINKS];
     int rid_next;
+    long parked; /* apply mode: its delivers parked (batch entries count each) */
 } fed_peer;
 
 /* The answers to a batch (1.2): one per entry, gathered until each has one,
@@ -910,6 +916,15 @@ typedef struct fed_ticket {
     uint8_t rid[256];
     size_t rid_len;
 } fed_ticket;
+
+/* Apply mode: a deliver (or batch) read while the engine held all it may,
+** kept as it came until the engine's answers make room (fed_unpark). */
+typedef struct fed_parked {
+    struct fed_parked *next;
+    zmq_msg_t parts[2]; /* routing id, body */
+    int peer;
+    long delivers;
+} fed_parked;
 
 /* A deliver the inbox-only receiver records with the rest of its batch. */
 typedef struct fed_inbound {
@@ -938,6 +953,12 @@ struct cm_fed {
     ** at the mark (router_full) */
     long applying, applying_max, apply_pauses;
     bool apply_paused;
+    /* apply mode: delivers read while the engine was full, oldest first,
+    ** their bytes, whether one is being taken now (fed_unpark), and
+    ** whether a bound was reached (FED_PARK_*: reading stops) */
+    fed_parked *park_head, *park_tail;
+    size_t park_bytes;
+    bool unparking, park_full;
     /* inbox-only receiver: two batches, one filling while the other commits,
     ** and the payloads' text of each */
     fed_inbound *inq[2];
@@ -1463,18 +1484,23 @@ static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm
     return true;
 }
 
-/* The ROUTER's drain: a full batch stops it; the flush commits the batch,
-** and its answers' drain reads on. */
-static void router_after(fed_sock *s)
-{
-    if (s->fed->ninq > 0)
-        inbox_flush(s->fed);
-}
-
 /* Apply mode: no room under CM_FED_APPLY_MAX for a whole batch more. */
 static bool apply_full(const cm_fed *fed)
 {
     return fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+}
+
+/* The ROUTER's drain: a full batch stops it; the flush commits the batch,
+** and its answers' drain reads on. */
+static void fed_unpark(cm_fed *fed);
+
+static void router_after(fed_sock *s)
+{
+    if (s->fed->ninq > 0)
+        inbox_flush(s->fed);
+    /* answers given during the drain made room for what it parked */
+    if (s->fed->park_head && !apply_full(s->fed))
+        fed_unpark(s->fed);
 }
 
 /* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
@@ -1487,15 +1513,85 @@ static bool router_full(fed_sock *s)
     cm_fed *fed = s->fed;
     if (!fed->o.apply)
         return fed->ninq >= FED_INBOX_BATCH;
-    bool full = apply_full(fed);
-    if (full && !fed->apply_paused) {
+    return fed->park_full;
+}
+
+/* Apply mode: park the deliver or batch just read (parts, its entries
+** delivers) from p behind those parked before, when the engine holds all
+** it may or others wait already: it goes to the engine in its turn
+** (fed_unpark). Hellos, directories and indicators read meanwhile are
+** answered at once. False: not parked (take it now). */
+static bool router_park(cm_fed *fed, fed_peer *p, zmq_msg_t *parts, long delivers)
+{
+    if (!fed->o.apply || fed->unparking || (!fed->park_head && !apply_full(fed)))
+        return false;
+    fed_parked *k = calloc(1, sizeof(*k));
+    if (!k) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory keeping a message from %s", p->cfg->id);
+        reply_error(&fed->router, &parts[0], "busy", NULL, "not recorded; resend later");
+        return true;
+    }
+    for (int i = 0; i < 2; i++) {
+        zmq_msg_init(&k->parts[i]);
+        zmq_msg_move(&k->parts[i], &parts[i]);
+    }
+    k->peer = (int)(p - fed->peers);
+    k->delivers = delivers;
+    if (fed->park_tail)
+        fed->park_tail->next = k;
+    else
+        fed->park_head = k;
+    fed->park_tail = k;
+    fed->park_bytes += sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+    p->parked += delivers;
+    if (!fed->apply_paused) {
         fed->apply_pauses++;
         cm_log(CM_LOG_DEBUG, "fed.paused",
-               "%ld messages with the engine: reading from peers paused until it answers",
+               "%ld messages with the engine: delivers from peers wait until it answers",
                fed->applying);
     }
-    fed->apply_paused = full;
-    return full;
+    fed->apply_paused = true;
+    if (!fed->park_full && (p->parked >= FED_PARK_PEER_MAX || fed->park_bytes >= FED_PARK_BYTES)) {
+        fed->park_full = true;
+        cm_log(CM_LOG_WARN, "fed.paused",
+               "%ld delivers from %s (%zu bytes from all peers) wait for the engine: reading "
+               "from peers paused until it answers",
+               p->parked, p->cfg->id, fed->park_bytes);
+    }
+    return true;
+}
+
+static void router_read(fed_sock *s, zmq_msg_t *parts, int n);
+
+/* Hand the parked delivers to the engine, oldest first, while it has room
+** for a whole batch more; then read on from the ROUTER. Not while the
+** ROUTER is being read (its drain ends by calling here). */
+static void fed_unpark(cm_fed *fed)
+{
+    if (fed->router.draining || fed->stopped)
+        return;
+    fed->router.draining = true; /* what arrives meanwhile waits in ZeroMQ */
+    while (fed->park_head && !apply_full(fed) && !fed->stopped) {
+        fed_parked *k = fed->park_head;
+        if (!(fed->park_head = k->next))
+            fed->park_tail = NULL;
+        fed->park_bytes -= sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+        fed->peers[k->peer].parked -= k->delivers;
+        fed->unparking = true;
+        router_read(&fed->router, k->parts, 2);
+        fed->unparking = false;
+        msgs_close(k->parts, 2);
+        free(k);
+    }
+    if (fed->park_full && fed->park_bytes < FED_PARK_BYTES) {
+        fed->park_full = false;
+        for (int i = 0; i < fed->npeers; i++)
+            fed->park_full |= fed->peers[i].parked >= FED_PARK_PEER_MAX;
+    }
+    if (!fed->park_head && !apply_full(fed))
+        fed->apply_paused = false;
+    fed->router.draining = false;
+    sock_drain(&fed->router); /* the edge came while reading was held */
 }
 
 void cm_fed_answer(void *ticket, const char *result, const char *reason)
@@ -1510,8 +1606,6 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (t->next)
             t->next->prev = t->prev;
         fed->applying--;
-        if (fed->apply_paused && !apply_full(fed))
-            fed->apply_paused = false; /* read on, even if nothing waits */
     }
     if (fed && !fed->stopped) {
         if (!result)
@@ -1526,9 +1620,10 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
         send_ack(fed, t->rid, t->rid_len, t->group, t->index, t->id, result, reason);
-        /* after the send, and to read on when this answer brought the engine
-        ** under the mark: ZMQ_FD gave its edge while reading was paused */
-        sock_drain(&fed->router);
+        /* after the send, and to take what waits when this answer brought
+        ** the engine under the mark, then read on: ZMQ_FD gave its edge
+        ** while reading was paused */
+        fed_unpark(fed);
     } else if (t->group)
         group_put(t->group, t->index, NULL); /* gone: nothing is sent */
     free(t);
@@ -1732,6 +1827,14 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
     if (rc != 0) {
         cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad message: %s", p->cfg->id, err.msg);
         reply_error(s, &parts[0], "malformed", NULL, "%s", err.msg);
+        return;
+    }
+    if ((m.type == CM_FED_BATCH || m.type == CM_FED_DELIVER) && said_hello(p, &parts[0]) &&
+        router_park(fed, p, parts, m.type == CM_FED_BATCH ? b.n : 1)) {
+        if (m.type == CM_FED_BATCH)
+            cm_fed_batch_free(&b);
+        else
+            cm_fed_msg_clear(&m);
         return;
     }
     if (m.type == CM_FED_BATCH) {
@@ -2886,6 +2989,8 @@ static void on_tick(uv_timer_t *t)
     uint64_t now = uv_now(fed->o.loop);
     cm_fed_msg h;
     route_pending(fed);
+    if (fed->park_head && !apply_full(fed))
+        fed_unpark(fed);
     for (int i = 0; i < fed->npeers; i++) {
         fed_peer *p = &fed->peers[i];
         if (!p->up && now >= p->hello_due) {
@@ -3120,6 +3225,12 @@ void cm_fed_destroy(cm_fed **fed_p)
         }
         free(fed->inq[b]);
         cm_buf_free(&fed->inq_text[b]);
+    }
+    while (fed->park_head) {
+        fed_parked *k = fed->park_head;
+        fed->park_head = k->next;
+        msgs_close(k->parts, 2);
+        free(k);
     }
     free(fed->text.p);
     free(fed->ans.p);

@@ -875,6 +875,145 @@ static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
     cm_test_node_free(n);
 }
 
+static bool load_engine_held_full(load_world *w)
+{
+    return w->handed > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+}
+
+/* Turn the loop until the bare peer at d gets an answer of type want, or
+** 10 s pass; the other answers it reads are dropped. */
+static bool load_turn_until_answer(uv_loop_t *loop, void *d, cm_fed_type want)
+{
+    uv_update_time(loop);
+    uint64_t until = uv_now(loop) + 10000;
+    while (uv_now(loop) <= until) {
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        while (zmq_msg_recv(&msg, d, ZMQ_DONTWAIT) >= 0) {
+            cm_fed_msg m;
+            cm_err err;
+            if (cm_fed_decode(zmq_msg_data(&msg), zmq_msg_size(&msg), &m, &err) == 0) {
+                bool found = m.type == want;
+                cm_fed_msg_clear(&m);
+                if (found) {
+                    zmq_msg_close(&msg);
+                    return true;
+                }
+            }
+        }
+        zmq_msg_close(&msg);
+    }
+    return false;
+}
+
+/* One peer floods the node while its engine answers nothing, so what the
+** engine holds reaches the mark; another peer then says hello and is
+** answered at once, and a directory it shares is recorded, while the
+** first peer's delivers still wait. Once the engine answers, each of them
+** is applied once, in order, never more than CM_FED_APPLY_MAX at once. */
+static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
+{
+    cm_test_node *n = cm_test_node_new();
+    load_world *w = calloc(1, sizeof(*w));
+    char pub[2][41], sec[2][41], ep[256];
+    cm_keypair keys;
+    cm_config cfg;
+    cm_fed_apply_stats st;
+    uv_loop_t loop;
+    cm_err err;
+    cm_buf b = {0};
+    assert_non_null(n);
+    assert_non_null(w);
+    cm_log_set_level(CM_LOG_WARN);
+    assert_int_equal(cm_keys_generate(&keys, &err), 0);
+    cm_config_defaults(&cfg);
+    cfg.fed_enabled = true;
+    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
+    cfg.fed_npeers = 2;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(zmq_curve_keypair(pub[i], sec[i]), 0);
+        snprintf(cfg.fed_peers[i].id, sizeof(cfg.fed_peers[i].id), "peer-%c", "xy"[i]);
+        snprintf(cfg.fed_peers[i].endpoint, sizeof(cfg.fed_peers[i].endpoint), "tcp://127.0.0.1:9");
+        snprintf(cfg.fed_peers[i].public_key, sizeof(cfg.fed_peers[i].public_key), "%.40s", pub[i]);
+    }
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(uv_idle_init(&loop, &w->engine), 0);
+    w->engine.data = w;
+    w->next_seq = 1;
+    w->hold = true;
+    cm_fed_opts fo = {.loop = &loop,
+                      .store = n->store,
+                      .clock = n->clock,
+                      .cfg = &cfg,
+                      .node_id = "node-b",
+                      .keys = &keys,
+                      .poll_ms = 10,
+                      .apply = load_apply,
+                      .engine_ud = w};
+    assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
+    assert_int_equal(cm_fed_listen_endpoint(w->fed, ep, sizeof(ep)), 0);
+
+    void *ctx = zmq_ctx_new();
+    void *dx = load_peer(ctx, ep, keys.public_key, pub[0], sec[0]);
+    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
+                    "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dx, &b);
+    assert_true(load_turn_until(&loop, w, dx, load_said_hello));
+    load_flood(dx, &b);
+    assert_true(load_turn_until(&loop, w, dx, load_engine_held_full));
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(st.paused);
+
+    /* peer-y comes while the engine holds all it may */
+    void *dy = load_peer(ctx, ep, keys.public_key, pub[1], sec[1]);
+    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-y\","
+                    "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dy, &b);
+    assert_true(load_turn_until_answer(&loop, dy, CM_FED_HELLO));
+    cm_buf_puts(&b, "{\"type\":\"directory\",\"id\":\"peer-y:directory:1\",\"organizations\":"
+                    "[{\"id\":\"org-y\",\"name\":\"Y\",\"node\":\"peer-y\"}]}");
+    load_send(dy, &b);
+    assert_true(load_turn_until_answer(&loop, dy, CM_FED_ACK));
+    assert_int_equal(w->answered, 0); /* the engine still held everything */
+    assert_true(w->handed <= CM_FED_APPLY_MAX);
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(st.paused);
+
+    /* the engine answers: each of peer-x's applied once, in order */
+    w->hold = false;
+    uv_idle_start(&w->engine, load_engine_turn);
+    assert_true(load_turn_until(&loop, w, dx, load_all_acked));
+    assert_true(w->peak <= CM_FED_APPLY_MAX);
+    assert_int_equal(w->next_seq, LOAD_N + 1);
+    assert_int_equal(w->busy, 0);
+    assert_int_equal(w->dups, 0);
+    for (long i = 1; i <= LOAD_N; i++)
+        if (w->acked[i] != 1)
+            fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
+    assert_int_equal(w->early_acks, 0);
+    assert_int_equal(w->other_answers, 0);
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_int_equal(st.applying, 0);
+    assert_false(st.paused);
+
+    free(b.p);
+    zmq_close(dx);
+    zmq_close(dy);
+    zmq_ctx_term(ctx);
+    cm_fed_stop(w->fed);
+    uv_close((uv_handle_t *)&w->engine, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&w->fed);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    cm_config_free(&cfg);
+    cm_keys_wipe(&keys);
+    free(w->tickets);
+    free(w->seqs);
+    free(w);
+    cm_test_node_free(n);
+}
+
 /* ---- a row routed late, while rows after it are in flight ----------------- */
 
 /* Turn the loop, reading what reaches the bare peer (answering its hello),
@@ -1243,6 +1382,7 @@ int main(void)
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
         cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
+        cmocka_unit_test(test_a_full_engine_does_not_hold_another_peers_hello),
         cmocka_unit_test(test_a_row_routed_late_goes_after_rows_in_flight),
         cmocka_unit_test(test_the_sweep_writes_rows_under_the_mark_delivered),
     };
