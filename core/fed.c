@@ -949,8 +949,8 @@ struct cm_fed {
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
     /* apply mode: messages handed to the engine and not yet answered (the
-    ** tickets), the most at once, and the times the ROUTER stopped reading
-    ** at the mark (router_full) */
+    ** tickets), the most at once, the times delivers began to wait parked
+    ** at the mark (router_park), and whether they wait now */
     long applying, applying_max, apply_pauses;
     bool apply_paused;
     /* apply mode: delivers read while the engine was full, oldest first,
@@ -1504,10 +1504,10 @@ static void router_after(fed_sock *s)
 }
 
 /* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
-** full batch. Apply mode: when the message read next, a batch of up to
-** CM_FED_BATCH_MAX delivers, could take the messages with the engine past
-** CM_FED_APPLY_MAX; what is not read waits in ZeroMQ's queue (and, past its
-** HWM, the peer's TCP window). Answers read on (cm_fed_answer drains). */
+** full batch. Apply mode: only when the delivers parked at the mark
+** (router_park) reach a bound; what is not read waits in ZeroMQ's queue
+** (and, past its HWM, the peer's TCP window). Answers read on
+** (cm_fed_answer drains). */
 static bool router_full(fed_sock *s)
 {
     cm_fed *fed = s->fed;
