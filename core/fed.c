@@ -30,14 +30,14 @@
 #define FED_ROUTE_REFUSE 16   /* unroutable rows refused per pass (each its own transaction) */
 #define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
-#define FED_BUSY_MIN_MS  100   /* a second busy for the same message: wait, doubling */
-#define FED_NUMBER_MAX   63    /* characters of a number in a message: what cJSON reads as one */
-#define FED_FILL_CHUNK   256   /* outbox rows read per query when filling a window */
-#define FED_PUMP_ROUNDS  16    /* flush-and-send rounds per turn before yielding the loop */
-#define FED_INBOX_BATCH  1024  /* the inbox-only receiver stops reading at this many waiting */
-#define FED_SWEEP_CHUNK  256   /* rows under a peer's mark written delivered per transaction */
-#define FED_SWEEP_IDLE   4     /* sweep transactions per tick for a peer with nothing in flight */
-#define FED_SWEEP_LAG    65536 /* seqs under the mark unswept: sweep even while sending */
+#define FED_BUSY_MIN_MS  100     /* a second busy for the same message: wait, doubling */
+#define FED_NUMBER_MAX   63      /* characters of a number in a message: what cJSON reads as one */
+#define FED_FILL_CHUNK   256     /* outbox rows read per query when filling a window */
+#define FED_PUMP_ROUNDS  16      /* flush-and-send rounds per turn before yielding the loop */
+#define FED_INBOX_BATCH  1024    /* the inbox-only receiver stops reading at this many waiting */
+#define FED_SWEEP_CHUNK  256     /* rows under a peer's mark written delivered per transaction */
+#define FED_SWEEP_IDLE   4       /* sweep transactions per tick for a peer with nothing in flight */
+#define FED_SWEEP_LAG    1048576 /* seqs under the mark unswept: sweep even while sending */
 /* ... and records up to this many per transaction: a batch read below the
 ** mark fits whole, so none of its entries is turned away busy */
 #define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
@@ -871,6 +871,7 @@ typedef struct fed_peer {
     int64_t delivered;
     bool delivered_known;
     int64_t swept;       /* the rows of p up to it are written delivered (sweep_peer); 0: unknown */
+    bool idle;           /* nothing was in flight to p at the last tick */
     int64_t sent_max;    /* the highest seq put in the window since start (route_late) */
     uint32_t round;      /* bumped to send the whole window again (a rewind) */
     bool reprev;         /* recompute the prevs before sending again */
@@ -3014,12 +3015,14 @@ static void on_tick(uv_timer_t *t)
             share_with(fed, p, 1, now);
             p->share_due = now + FED_SHARE_MS;
         }
-        /* off the hot path: while nothing is in flight to p, or when the
-        ** rows under its mark have run far ahead of the sweep */
-        if (p->nwin == 0)
+        /* off the hot path: while nothing has been in flight to p for a
+        ** tick, or when the rows under its mark have run far ahead of the
+        ** sweep */
+        if (p->nwin == 0 && p->idle)
             sweep_peer(fed, p, FED_SWEEP_IDLE);
         else if (p->delivered_known && p->delivered - p->swept > FED_SWEEP_LAG)
             sweep_peer(fed, p, 1);
+        p->idle = p->nwin == 0;
     }
 }
 
