@@ -1797,7 +1797,7 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
                     "The most messages from peers with the engine at once since start.");
         cm_buf_printf(&b, "caremesh_fed_applying_max %ld\n", as.applying_max);
         metric_head(&b, "caremesh_fed_apply_pauses_total", "counter",
-                    "Times reading from peers paused until the engine answered.");
+                    "Times delivers from peers began to wait until the engine answered.");
         cm_buf_printf(&b, "caremesh_fed_apply_pauses_total %ld\n", as.pauses);
     }
     count(api, c->rt->pattern, 200); /* this answer counts itself */
