@@ -294,6 +294,10 @@ static void reply_err(call *c, const cm_err *err, const char *kind)
         status = 503;
         code = "unavailable";
         break;
+    case CM_EINDOUBT: /* committed, but its fsync failed: the node is stopping */
+        status = 503;
+        code = "outcome_unknown";
+        break;
     default:
         break;
     }
@@ -616,7 +620,7 @@ static bool memo_token(const cm_api *api, const cm_http_memo *m, const char *tex
     uint16_t slot;
     memcpy(&gen, m->bytes + MEMO_GEN, sizeof(gen));
     if (gen == 0 || gen != api->token_gen || len != CM_TOKEN_TEXT_LEN ||
-        memcmp(m->bytes + MEMO_TEXT, text, len) != 0)
+        sodium_memcmp(m->bytes + MEMO_TEXT, text, len) != 0) /* in constant time */
         return false;
     memcpy(&slot, m->bytes + MEMO_SLOT, sizeof(slot));
     *info = api->tokens[slot].info;
@@ -1793,7 +1797,7 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
                     "The most messages from peers with the engine at once since start.");
         cm_buf_printf(&b, "caremesh_fed_applying_max %ld\n", as.applying_max);
         metric_head(&b, "caremesh_fed_apply_pauses_total", "counter",
-                    "Times reading from peers paused until the engine answered.");
+                    "Times delivers from peers began to wait until the engine answered.");
         cm_buf_printf(&b, "caremesh_fed_apply_pauses_total %ld\n", as.pauses);
     }
     count(api, c->rt->pattern, 200); /* this answer counts itself */

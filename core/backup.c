@@ -129,9 +129,12 @@ static int check_target(const char *src, const char *dst, cm_err *err)
 ** or not. No WAL: the snapshot reads only the database file. */
 static int sync_source_wal(cm_backup *b, const char *src, cm_err *err)
 {
-    char path[BACKUP_PATH_MAX];
-    if (snprintf(path, sizeof(path), "%s-wal", src) >= (int)sizeof(path))
-        return cm_err_set(err, CM_EINVAL, "%s: path too long", src);
+    /* the WAL SQLite reads, beside the file a symlinked src names, never
+    ** "<src>-wal" (which would not exist: taken for no WAL, and no sync) */
+    const char *db = sqlite3_db_filename(b->src, "main");
+    const char *path = db && *db ? sqlite3_filename_wal(db) : NULL;
+    if (!path || !*path)
+        return cm_err_set(err, CM_EIO, "%s: SQLite names no WAL file for it", src);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT

@@ -2291,8 +2291,9 @@ static void tell(cm_engine *e, outcome *oc)
         oc->w->cb(oc->w->ud, &ack);
 }
 
-/* A batch that failed: nothing of it is durable, and each submitter hears
-** rc and msg instead of its outcome. */
+/* A batch that failed: none of it is known durable (rolled back, or
+** CM_EINDOUBT: committed but its sync failed), and each submitter hears rc
+** and msg instead of its outcome. */
 static void fail_outcomes(outcome *ocs, int n, int rc, const char *msg)
 {
     for (int i = 0; i < n; i++) {
@@ -2339,8 +2340,10 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
 }
 
 /* Tell every parked batch the store's watermark covers, in commit order;
-** after a failed sync, tell every parked submitter the error instead (and
-** the observer nothing: none of it is known durable). */
+** after a failed sync, tell every submitter of a batch it did not cover
+** CM_EINDOUBT instead (and the observer nothing: none of it is known
+** durable, yet it reached the WAL). A batch covered before the failure is
+** durable and told so. */
 static void sync_release(cm_engine *e)
 {
     cm_err err;
@@ -2351,11 +2354,12 @@ static void sync_release(cm_engine *e)
         e->wait_head = sw->next; /* unlinked first: an ack may submit more work */
         if (!e->wait_head)
             e->wait_tail = NULL;
+        int rc = sw->seq <= synced ? 0 : CM_EINDOUBT;
         e->telling = sw->seq; /* what the outputs made now show (cm_engine_output_seq) */
-        if (!failed)
+        if (rc == 0)
             tell_list(e, sw->events, sw->nevents);
         e->stats.sync_waits++;
-        tell_batch(e, sw->ocs, sw->n, failed, err.msg);
+        tell_batch(e, sw->ocs, sw->n, rc, err.msg);
         e->telling = 0;
         free(sw->events);
         free(sw->ocs);
@@ -2468,9 +2472,11 @@ static int run_batch(cm_engine *e, cm_err *err)
     if (rc == 0 && deferred &&
         (e->wait_head || cm_store_commit_seq(e->o.store) > cm_store_synced_seq(e->o.store)) &&
         sync_park(e, ocs, n))
-        return n + due_n;    /* told when the sync covers it */
-    if (rc == 0 && deferred) /* no memory to wait in: wait here */
+        return n + due_n;      /* told when the sync covers it */
+    if (rc == 0 && deferred) { /* no memory to wait in: wait here */
         rc = cm_store_sync_wait(e->o.store, cm_store_commit_seq(e->o.store), err);
+        sync_release(e); /* the batches parked before it are told first */
+    }
     if (rc != 0 && e->wait_head) { /* its errors wait behind earlier batches' acks */
         e->nevents = 0;
         fail_outcomes(ocs, n, rc, err->msg);
@@ -2481,7 +2487,7 @@ static int run_batch(cm_engine *e, cm_err *err)
         tell_events(e);
     else
         e->nevents = 0;
-    tell_batch(e, ocs, n, rc, err->msg); /* rc: nothing of the batch is durable */
+    tell_batch(e, ocs, n, rc, err->msg); /* rc: the batch is not known durable */
     free(ocs);
     return rc != 0 ? rc : n + due_n;
 }

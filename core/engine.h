@@ -143,8 +143,10 @@ typedef struct cm_engine_opts {
     ** deferred (cm_store_begin_deferred: its fsync on the store's sync
     ** thread) and the loop goes on to the next batch; the batch's acks and
     ** observer events wait until the store's watermark covers its commit. A
-    ** failed sync acknowledges nothing: every waiting submitter is told
-    ** CM_EIO and the engine stops (the store takes no more writes).
+    ** failed sync acknowledges nothing it did not cover: every submitter
+    ** whose batch it left not known durable is told CM_EINDOUBT (the batch
+    ** may or may not be there after a restart), work not yet run CM_EIO, and
+    ** the engine stops (the store takes no more writes).
     ** Unattached, cm_engine_run commits synced as always. */
     bool pipeline;
 } cm_engine_opts;

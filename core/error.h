@@ -26,7 +26,8 @@
     XX(BUDGET, "instruction budget exhausted")                                                     \
     XX(MEMCAP, "memory cap exceeded")                                                              \
     XX(USAGE, "bad command line")                                                                  \
-    XX(AUDIT, "audit trail broken")
+    XX(AUDIT, "audit trail broken")                                                                \
+    XX(INDOUBT, "outcome in doubt: the change may or may not be kept")
 
 typedef enum {
     CM_OK = 0,

@@ -30,15 +30,23 @@
 #define FED_ROUTE_REFUSE 16   /* unroutable rows refused per pass (each its own transaction) */
 #define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
-#define FED_BUSY_MIN_MS  100  /* a second busy for the same message: wait, doubling */
-#define FED_NUMBER_MAX   63   /* characters of a number in a message: what cJSON reads as one */
-#define FED_FILL_CHUNK   256  /* outbox rows read per query when filling a window */
-#define FED_PUMP_ROUNDS  16   /* flush-and-send rounds per turn before yielding the loop */
-#define FED_INBOX_BATCH  1024 /* the inbox-only receiver stops reading at this many waiting */
+#define FED_BUSY_MIN_MS  100     /* a second busy for the same message: wait, doubling */
+#define FED_NUMBER_MAX   63      /* characters of a number in a message: what cJSON reads as one */
+#define FED_FILL_CHUNK   256     /* outbox rows read per query when filling a window */
+#define FED_PUMP_ROUNDS  16      /* flush-and-send rounds per turn before yielding the loop */
+#define FED_INBOX_BATCH  1024    /* the inbox-only receiver stops reading at this many waiting */
+#define FED_SWEEP_CHUNK  256     /* rows under a peer's mark written delivered per transaction */
+#define FED_SWEEP_IDLE   4       /* sweep transactions per tick for a peer with nothing in flight */
+#define FED_SWEEP_LAG    1048576 /* seqs under the mark unswept: sweep even while sending */
 /* ... and records up to this many per transaction: a batch read below the
 ** mark fits whole, so none of its entries is turned away busy */
 #define FED_INBOX_CAP     (FED_INBOX_BATCH + CM_FED_BATCH_MAX)
 #define FED_ROUTER_RCVHWM 1024 /* messages a link may queue unread at the ROUTER */
+/* apply mode: delivers read past CM_FED_APPLY_MAX wait parked in memory,
+** at most this many from one peer and this many bytes from all; past
+** either, the ROUTER stops reading (router_full) */
+#define FED_PARK_PEER_MAX 8192
+#define FED_PARK_BYTES    (64u * 1024 * 1024)
 #define FED_SHARE_MS      5000 /* directory and indicators: checked (and resent) this often */
 #define FED_BATCH_SEND    256  /* delivers per batch sent (1.2) */
 #define FED_BATCH_BYTES                                                                            \
@@ -862,6 +870,8 @@ typedef struct fed_peer {
     /* the largest outbox seq delivered to it (fed_delivered), once read */
     int64_t delivered;
     bool delivered_known;
+    int64_t swept;       /* the rows of p up to it are written delivered (sweep_peer); 0: unknown */
+    bool idle;           /* nothing was in flight to p at the last tick */
     int64_t sent_max;    /* the highest seq put in the window since start (route_late) */
     uint32_t round;      /* bumped to send the whole window again (a rewind) */
     bool reprev;         /* recompute the prevs before sending again */
@@ -883,6 +893,7 @@ typedef struct fed_peer {
     uint8_t rid[FED_HELLO_LINKS][256];
     size_t rid_len[FED_HELLO_LINKS];
     int rid_next;
+    long parked; /* apply mode: its delivers parked (batch entries count each) */
 } fed_peer;
 
 /* The answers to a batch (1.2): one per entry, gathered until each has one,
@@ -907,6 +918,15 @@ typedef struct fed_ticket {
     size_t rid_len;
 } fed_ticket;
 
+/* Apply mode: a deliver (or batch) read while the engine held all it may,
+** kept as it came until the engine's answers make room (fed_unpark). */
+typedef struct fed_parked {
+    struct fed_parked *next;
+    zmq_msg_t parts[2]; /* routing id, body */
+    int peer;
+    long delivers;
+} fed_parked;
+
 /* A deliver the inbox-only receiver records with the rest of its batch. */
 typedef struct fed_inbound {
     int peer;
@@ -930,10 +950,16 @@ struct cm_fed {
     uint64_t poll_ms;
     fed_ticket *tickets; /* answers outstanding */
     /* apply mode: messages handed to the engine and not yet answered (the
-    ** tickets), the most at once, and the times the ROUTER stopped reading
-    ** at the mark (router_full) */
+    ** tickets), the most at once, the times delivers began to wait parked
+    ** at the mark (router_park), and whether they wait now */
     long applying, applying_max, apply_pauses;
     bool apply_paused;
+    /* apply mode: delivers read while the engine was full, oldest first,
+    ** their bytes, whether one is being taken now (fed_unpark), and
+    ** whether a bound was reached (FED_PARK_*: reading stops) */
+    fed_parked *park_head, *park_tail;
+    size_t park_bytes;
+    bool unparking, park_full;
     /* inbox-only receiver: two batches, one filling while the other commits,
     ** and the payloads' text of each */
     fed_inbound *inq[2];
@@ -1459,39 +1485,114 @@ static bool inbox_queue(cm_fed *fed, fed_peer *p, const zmq_msg_t *rid, const cm
     return true;
 }
 
-/* The ROUTER's drain: a full batch stops it; the flush commits the batch,
-** and its answers' drain reads on. */
-static void router_after(fed_sock *s)
-{
-    if (s->fed->ninq > 0)
-        inbox_flush(s->fed);
-}
-
 /* Apply mode: no room under CM_FED_APPLY_MAX for a whole batch more. */
 static bool apply_full(const cm_fed *fed)
 {
     return fed->applying > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
 }
 
+/* The ROUTER's drain: a full batch stops it; the flush commits the batch,
+** and its answers' drain reads on. */
+static void fed_unpark(cm_fed *fed);
+
+static void router_after(fed_sock *s)
+{
+    if (s->fed->ninq > 0)
+        inbox_flush(s->fed);
+    /* answers given during the drain made room for what it parked */
+    if (s->fed->park_head && !apply_full(s->fed))
+        fed_unpark(s->fed);
+}
+
 /* Whether the ROUTER stops reading for now. The inbox-only receiver: at a
-** full batch. Apply mode: when the message read next, a batch of up to
-** CM_FED_BATCH_MAX delivers, could take the messages with the engine past
-** CM_FED_APPLY_MAX; what is not read waits in ZeroMQ's queue (and, past its
-** HWM, the peer's TCP window). Answers read on (cm_fed_answer drains). */
+** full batch. Apply mode: only when the delivers parked at the mark
+** (router_park) reach a bound; what is not read waits in ZeroMQ's queue
+** (and, past its HWM, the peer's TCP window). Answers read on
+** (cm_fed_answer drains). */
 static bool router_full(fed_sock *s)
 {
     cm_fed *fed = s->fed;
     if (!fed->o.apply)
         return fed->ninq >= FED_INBOX_BATCH;
-    bool full = apply_full(fed);
-    if (full && !fed->apply_paused) {
+    return fed->park_full;
+}
+
+/* Apply mode: park the deliver or batch just read (parts, its entries
+** delivers) from p behind those parked before, when the engine holds all
+** it may or others wait already: it goes to the engine in its turn
+** (fed_unpark). Hellos, directories and indicators read meanwhile are
+** answered at once. False: not parked (take it now). */
+static bool router_park(cm_fed *fed, fed_peer *p, zmq_msg_t *parts, long delivers)
+{
+    if (!fed->o.apply || fed->unparking || (!fed->park_head && !apply_full(fed)))
+        return false;
+    fed_parked *k = calloc(1, sizeof(*k));
+    if (!k) {
+        cm_log(CM_LOG_ERROR, "fed.nomem", "out of memory keeping a message from %s", p->cfg->id);
+        reply_error(&fed->router, &parts[0], "busy", NULL, "not recorded; resend later");
+        return true;
+    }
+    for (int i = 0; i < 2; i++) {
+        zmq_msg_init(&k->parts[i]);
+        zmq_msg_move(&k->parts[i], &parts[i]);
+    }
+    k->peer = (int)(p - fed->peers);
+    k->delivers = delivers;
+    if (fed->park_tail)
+        fed->park_tail->next = k;
+    else
+        fed->park_head = k;
+    fed->park_tail = k;
+    fed->park_bytes += sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+    p->parked += delivers;
+    if (!fed->apply_paused) {
         fed->apply_pauses++;
         cm_log(CM_LOG_DEBUG, "fed.paused",
-               "%ld messages with the engine: reading from peers paused until it answers",
+               "%ld messages with the engine: delivers from peers wait until it answers",
                fed->applying);
     }
-    fed->apply_paused = full;
-    return full;
+    fed->apply_paused = true;
+    if (!fed->park_full && (p->parked >= FED_PARK_PEER_MAX || fed->park_bytes >= FED_PARK_BYTES)) {
+        fed->park_full = true;
+        cm_log(CM_LOG_WARN, "fed.paused",
+               "%ld delivers from %s (%zu bytes from all peers) wait for the engine: reading "
+               "from peers paused until it answers",
+               p->parked, p->cfg->id, fed->park_bytes);
+    }
+    return true;
+}
+
+static void router_read(fed_sock *s, zmq_msg_t *parts, int n);
+
+/* Hand the parked delivers to the engine, oldest first, while it has room
+** for a whole batch more; then read on from the ROUTER. Not while the
+** ROUTER is being read (its drain ends by calling here). */
+static void fed_unpark(cm_fed *fed)
+{
+    if (fed->router.draining || fed->stopped)
+        return;
+    fed->router.draining = true; /* what arrives meanwhile waits in ZeroMQ */
+    while (fed->park_head && !apply_full(fed) && !fed->stopped) {
+        fed_parked *k = fed->park_head;
+        if (!(fed->park_head = k->next))
+            fed->park_tail = NULL;
+        fed->park_bytes -= sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+        fed->peers[k->peer].parked -= k->delivers;
+        fed->unparking = true;
+        router_read(&fed->router, k->parts, 2);
+        fed->unparking = false;
+        msgs_close(k->parts, 2);
+        free(k);
+    }
+    if (fed->park_full && fed->park_bytes < FED_PARK_BYTES) {
+        fed->park_full = false;
+        for (int i = 0; i < fed->npeers; i++)
+            fed->park_full |= fed->peers[i].parked >= FED_PARK_PEER_MAX;
+    }
+    if (!fed->park_head && !apply_full(fed))
+        fed->apply_paused = false;
+    fed->router.draining = false;
+    sock_drain(&fed->router); /* the edge came while reading was held */
 }
 
 void cm_fed_answer(void *ticket, const char *result, const char *reason)
@@ -1506,8 +1607,6 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (t->next)
             t->next->prev = t->prev;
         fed->applying--;
-        if (fed->apply_paused && !apply_full(fed))
-            fed->apply_paused = false; /* read on, even if nothing waits */
     }
     if (fed && !fed->stopped) {
         if (!result)
@@ -1522,9 +1621,10 @@ void cm_fed_answer(void *ticket, const char *result, const char *reason)
         if (result && strcmp(result, "received") == 0 && fed->o.on_received)
             fed->o.on_received(fed->o.on_received_ud, t->peer, t->id, t->kind, t->to);
         send_ack(fed, t->rid, t->rid_len, t->group, t->index, t->id, result, reason);
-        /* after the send, and to read on when this answer brought the engine
-        ** under the mark: ZMQ_FD gave its edge while reading was paused */
-        sock_drain(&fed->router);
+        /* after the send, and to take what waits when this answer brought
+        ** the engine under the mark, then read on: ZMQ_FD gave its edge
+        ** while reading was paused */
+        fed_unpark(fed);
     } else if (t->group)
         group_put(t->group, t->index, NULL); /* gone: nothing is sent */
     free(t);
@@ -1728,6 +1828,14 @@ static void router_read(fed_sock *s, zmq_msg_t *parts, int n)
     if (rc != 0) {
         cm_log(CM_LOG_WARN, "fed.malformed", "peer %s sent a bad message: %s", p->cfg->id, err.msg);
         reply_error(s, &parts[0], "malformed", NULL, "%s", err.msg);
+        return;
+    }
+    if ((m.type == CM_FED_BATCH || m.type == CM_FED_DELIVER) && said_hello(p, &parts[0]) &&
+        router_park(fed, p, parts, m.type == CM_FED_BATCH ? b.n : 1)) {
+        if (m.type == CM_FED_BATCH)
+            cm_fed_batch_free(&b);
+        else
+            cm_fed_msg_clear(&m);
         return;
     }
     if (m.type == CM_FED_BATCH) {
@@ -2807,12 +2915,83 @@ static bool share_acked(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
     return false;
 }
 
+/* Write the pending rows of p under its mark delivered (with done_at, the
+** time of the sweep: no earlier than their delivery), the oldest first,
+** FED_SWEEP_CHUNK a transaction, at most rounds transactions. Rows under
+** the mark are delivered already (docs/store.md, outbox): this changes no
+** row's state, only takes them out of outbox_pending, which otherwise would
+** keep an entry for every message ever delivered under the mark. The mark
+** is read in the same transaction, so no row above it is touched. Commits
+** without waiting for its own fsync: a sweep lost in an OS crash leaves the
+** rows pending under the mark, delivered as before, and the WAL keeps
+** commits in order, so no sweep outlives the mark it read. */
+static void sweep_peer(cm_fed *fed, fed_peer *p, int rounds)
+{
+    char now[CM_TIME_BUFSZ];
+    cm_err err;
+    int64_t mark = delivered_before(fed, p);
+    for (int r = 0; r < rounds && mark > p->swept && store_free(fed); r++) {
+        if (cm_store_begin_nosync(fed->o.store, &err) != 0)
+            goto fail;
+        /* through outbox_pending: the oldest rows of p still pending */
+        sqlite3_stmt *last = cm_store_prepare(
+            fed->o.store,
+            "SELECT max(seq), count(*) FROM (SELECT seq FROM outbox WHERE peer = ?1 AND "
+            "status = 'pending' AND seq <= (SELECT d.seq FROM fed_delivered d WHERE d.peer = ?1) "
+            "ORDER BY seq LIMIT ?2)",
+            &err);
+        sqlite3_stmt *up =
+            last ? cm_store_prepare(fed->o.store,
+                                    "UPDATE outbox SET status = 'delivered', done_at = ?3 "
+                                    "WHERE peer = ?1 AND status = 'pending' AND seq <= ?2",
+                                    &err)
+                 : NULL;
+        if (!up) {
+            cm_store_rollback(fed->o.store);
+            goto fail;
+        }
+        sqlite3_bind_text(last, 1, p->cfg->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int(last, 2, FED_SWEEP_CHUNK);
+        int rc = sqlite3_step(last);
+        int64_t upto = rc == SQLITE_ROW ? sqlite3_column_int64(last, 0) : 0;
+        int n = rc == SQLITE_ROW ? sqlite3_column_int(last, 1) : 0;
+        sqlite3_reset(last);
+        if (rc != SQLITE_ROW) {
+            cm_store_error(fed->o.store, &err, "outbox");
+            cm_store_rollback(fed->o.store);
+            goto fail;
+        }
+        if (n > 0) {
+            now_text(fed, now);
+            sqlite3_bind_text(up, 1, p->cfg->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(up, 2, upto);
+            sqlite3_bind_text(up, 3, now, -1, SQLITE_STATIC);
+            rc = sqlite3_step(up);
+            sqlite3_reset(up);
+            if (rc != SQLITE_DONE) {
+                cm_store_error(fed->o.store, &err, "outbox");
+                cm_store_rollback(fed->o.store);
+                goto fail;
+            }
+        }
+        if (cm_store_commit(fed->o.store, &err) != 0)
+            goto fail;
+        /* fewer than a chunk: every row of p up to the mark is written */
+        p->swept = n < FED_SWEEP_CHUNK ? mark : upto;
+    }
+    return;
+fail:
+    cm_log(CM_LOG_ERROR, "fed.store", "sweeping the rows delivered to %s: %s", p->cfg->id, err.msg);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     cm_fed *fed = t->data;
     uint64_t now = uv_now(fed->o.loop);
     cm_fed_msg h;
     route_pending(fed);
+    if (fed->park_head && !apply_full(fed))
+        fed_unpark(fed);
     for (int i = 0; i < fed->npeers; i++) {
         fed_peer *p = &fed->peers[i];
         if (!p->up && now >= p->hello_due) {
@@ -2836,6 +3015,14 @@ static void on_tick(uv_timer_t *t)
             share_with(fed, p, 1, now);
             p->share_due = now + FED_SHARE_MS;
         }
+        /* off the hot path: while nothing has been in flight to p for a
+        ** tick, or when the rows under its mark have run far ahead of the
+        ** sweep */
+        if (p->nwin == 0 && p->idle)
+            sweep_peer(fed, p, FED_SWEEP_IDLE);
+        else if (p->delivered_known && p->delivered - p->swept > FED_SWEEP_LAG)
+            sweep_peer(fed, p, 1);
+        p->idle = p->nwin == 0;
     }
 }
 
@@ -3041,6 +3228,12 @@ void cm_fed_destroy(cm_fed **fed_p)
         }
         free(fed->inq[b]);
         cm_buf_free(&fed->inq_text[b]);
+    }
+    while (fed->park_head) {
+        fed_parked *k = fed->park_head;
+        fed->park_head = k->next;
+        msgs_close(k->parts, 2);
+        free(k);
     }
     free(fed->text.p);
     free(fed->ans.p);

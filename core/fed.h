@@ -228,7 +228,8 @@ int cm_fed_peer_up(const cm_fed *fed, const char *peer);
 
 /* The apply path's load: messages handed to the engine and not answered
 ** yet (never past CM_FED_APPLY_MAX), the most at once since start, the
-** times reading from peers paused at the mark, and whether it is paused. */
+** times delivers from peers began to wait (parked) at the mark, and
+** whether they wait now. */
 typedef struct cm_fed_apply_stats {
     long applying, applying_max, pauses;
     bool paused;

@@ -151,8 +151,19 @@ static int add_within(cm_buf *b, size_t nul, const char *s, size_t n, size_t lim
     return 0;
 }
 
+/* The headers (a bearer token) and the body (patient data) of a request
+** done with: wiped before their memory is freed or kept for another. */
+static void req_wipe(cm_http_req *r)
+{
+    if (r->mem.hbuf.p)
+        sodium_memzero(r->mem.hbuf.p, r->mem.hbuf.len);
+    if (r->mem.body.p)
+        sodium_memzero(r->mem.body.p, r->mem.body.len);
+}
+
 static void req_destroy(cm_http_req *r)
 {
+    req_wipe(r);
     free(r->mem.url.p);
     free(r->mem.hbuf.p);
     free(r->mem.body.p);
@@ -179,6 +190,7 @@ static void req_free(cm_http_server *s, cm_http_req *r)
         req_destroy(r);
         return;
     }
+    req_wipe(r);
     buf_keep(&r->mem.url);
     buf_keep(&r->mem.hbuf);
     buf_keep(&r->mem.body);
@@ -313,7 +325,9 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
-    sodium_memzero(&c->memo, sizeof(c->memo)); /* it may hold a bearer token */
+    /* both may hold a bearer token, the read buffer patient data too */
+    sodium_memzero(&c->memo, sizeof(c->memo));
+    sodium_memzero(c->rbuf, sizeof(c->rbuf));
     free(c);
     server_maybe_done(s);
 }

@@ -598,7 +598,7 @@ int cm_store_schema_version(cm_store *store)
 }
 
 static void sync_fail(cm_store *store, const char *why);
-static int sync_failed(cm_syncer *sy, cm_err *err);
+static int sync_failed(cm_syncer *sy, int code, cm_err *err);
 
 /* An fsync that failed inside SQLite (a synced commit's WAL sync, a
 ** checkpoint's): the same as the sync thread's failure (store.h). */
@@ -616,7 +616,7 @@ int cm_store_error(cm_store *store, cm_err *err, const char *what)
         snprintf(why, sizeof(why), "%s: %s: an fsync inside SQLite failed: %s", store->path, what,
                  sqlite3_errmsg(store->db));
         sync_fail(store, why);
-        return sync_failed(&store->sy, err);
+        return sync_failed(&store->sy, CM_EINDOUBT, err);
     }
     if (rc == SQLITE_AUTH && store->refused) {
         store->refused = false;
@@ -912,9 +912,12 @@ static int sync_recovered(cm_store *store, cm_err *err)
     return rc == 0 ? 0 : cm_err_set(err, CM_EIO, "%s: fdatasync failed: %s", path, strerror(rc));
 }
 
-static int sync_failed(cm_syncer *sy, cm_err *err)
+/* code: CM_EIO for what the failure refuses (a write not begun), or
+** CM_EINDOUBT for a commit it leaves not known durable: the commit reached
+** the WAL, so a restart may or may not find it there. */
+static int sync_failed(cm_syncer *sy, int code, cm_err *err)
 {
-    return cm_err_set(err, CM_EIO,
+    return cm_err_set(err, code,
                       "%s; nothing committed since the last good sync is known durable, so "
                       "the store takes no more writes (restart to recover from the WAL)",
                       sy->why);
@@ -926,7 +929,7 @@ int cm_store_sync_status(cm_store *store, cm_err *err)
     if (!store->writer)
         return 0;
     pthread_mutex_lock(&sy->mu);
-    int rc = sy->failed ? sync_failed(sy, err) : 0;
+    int rc = sy->failed ? sync_failed(sy, CM_EIO, err) : 0;
     pthread_mutex_unlock(&sy->mu);
     return rc;
 }
@@ -955,7 +958,8 @@ int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err)
     /* every number above the watermark was asked of the thread at its commit */
     while (!sy->failed && sy->synced < seq && sy->started)
         pthread_cond_wait(&sy->cv, &sy->mu);
-    int rc = sy->failed ? sync_failed(sy, err) : 0;
+    /* a commit synced before the failure is durable all the same */
+    int rc = sy->failed && sy->synced < seq ? sync_failed(sy, CM_EINDOUBT, err) : 0;
     pthread_mutex_unlock(&sy->mu);
     return rc;
 }

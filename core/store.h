@@ -123,10 +123,12 @@ int cm_store_begin_nosync(cm_store *store, cm_err *err);
 ** commit's (its own WAL sync covers every earlier frame). Nothing that
 ** depends on a commit may leave the process before the watermark reaches
 ** it (the output-commit rule). A failed sync is never retried (Linux may
-** have dropped the pages): the watermark stops, every waiter gets CM_EIO,
-** and every later begin fails with CM_EIO. The same holds for every fsync
-** of the writer's files that fails: a synced commit's own WAL sync inside
-** SQLite (that commit fails with CM_EIO), a checkpoint's sync of the WAL or
+** have dropped the pages): the watermark stops, every waiter on a commit
+** above it gets CM_EINDOUBT (the commit reached the WAL: a restart may or
+** may not find it), and every later begin fails with CM_EIO. The same holds
+** for every fsync of the writer's files that fails: a synced commit's own
+** WAL sync inside SQLite (that commit fails with CM_EINDOUBT), a
+** checkpoint's sync of the WAL or
 ** the database file (on the writer or the checkpoint thread; the commit
 ** that ran it stays good). At a level below FULL the store wants no sync:
 ** deferred commits count as synced at once.
@@ -137,7 +139,8 @@ int cm_store_begin_deferred(cm_store *store, cm_err *err);
 uint64_t cm_store_commit_seq(cm_store *store);
 /* The watermark: every commit numbered at or below it is durable. Any thread. */
 uint64_t cm_store_synced_seq(cm_store *store);
-/* Block until commit seq is durable: 0, or CM_EIO when the sync failed. */
+/* Block until commit seq is durable: 0, or CM_EINDOUBT when a sync failed
+** before it was (a commit the watermark covered stays 0). */
 int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err);
 /* 0 while syncs succeed; CM_EIO (err says why) once one failed. Any thread. */
 int cm_store_sync_status(cm_store *store, cm_err *err);

@@ -83,7 +83,15 @@
 #define SANDBOX_POOL_STEP            16          /* size classes of the small-block lists */
 #define SANDBOX_POOL_MAX             256         /* largest block kept in them */
 #define SANDBOX_POOL_CLASSES         (SANDBOX_POOL_MAX / SANDBOX_POOL_STEP)
-#define SANDBOX_POOL_KEEP            ((size_t)1 << 20) /* bytes they hold at most */
+/* Under AddressSanitizer every block goes to malloc and free, so that a
+** use after free or an overrun in Lua's blocks is seen, not hidden by the
+** lists or a class's slack. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANDBOX_POOL_LIMIT 0
+#else
+#define SANDBOX_POOL_LIMIT SANDBOX_POOL_MAX
+#endif
+#define SANDBOX_POOL_KEEP ((size_t)1 << 20) /* bytes they hold at most */
 
 /* Why a call is being killed. Every error the hook raises is a kill: Lua
 ** leaves hooks off after it until a pcall boundary, so nothing may catch it
@@ -182,7 +190,7 @@ static void pool_drain(cm_sandbox *sb)
 /* Free a block of old bytes (old > 0). */
 static void block_free(cm_sandbox *sb, void *ptr, size_t old)
 {
-    if (old <= SANDBOX_POOL_MAX)
+    if (old <= SANDBOX_POOL_LIMIT)
         pool_put(sb, ptr, old);
     else
         free(ptr);
@@ -191,7 +199,7 @@ static void block_free(cm_sandbox *sb, void *ptr, size_t old)
 /* realloc for Lua's blocks: ptr holds old bytes (0: none), nsize > 0. */
 static void *block_resize(cm_sandbox *sb, void *ptr, size_t old, size_t nsize)
 {
-    bool small_old = old > 0 && old <= SANDBOX_POOL_MAX, small_new = nsize <= SANDBOX_POOL_MAX;
+    bool small_old = old > 0 && old <= SANDBOX_POOL_LIMIT, small_new = nsize <= SANDBOX_POOL_LIMIT;
     if (!ptr)
         return small_new ? pool_get(sb, nsize) : malloc(nsize);
     if (!small_old && !small_new)

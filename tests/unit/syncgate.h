@@ -18,6 +18,7 @@ typedef struct cm_test_gate {
     bool held;   /* syncs wait while set */
     int waiting; /* syncs blocked on held now */
     int fail;    /* an errno to return instead of syncing; 0: sync */
+    int fail_at; /* with fail: only syncs numbered (by started) from this one fail */
     int started; /* syncs begun */
     int done;    /* syncs finished */
 } cm_test_gate;
@@ -27,7 +28,7 @@ static inline void cm_test_gate_init(cm_test_gate *g)
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     g->held = false;
-    g->waiting = g->fail = g->started = g->done = 0;
+    g->waiting = g->fail = g->fail_at = g->started = g->done = 0;
 }
 
 static inline void cm_test_gate_destroy(cm_test_gate *g)
@@ -41,13 +42,13 @@ static inline int cm_test_gate_sync(void *ud, int fd)
 {
     cm_test_gate *g = ud;
     pthread_mutex_lock(&g->mu);
-    g->started++;
+    int nth = ++g->started;
     g->waiting++;
     pthread_cond_broadcast(&g->cv);
     while (g->held)
         pthread_cond_wait(&g->cv, &g->mu);
     g->waiting--;
-    int rc = g->fail ? g->fail : (fdatasync(fd) == 0 ? 0 : errno);
+    int rc = g->fail && nth >= g->fail_at ? g->fail : (fdatasync(fd) == 0 ? 0 : errno);
     g->done++;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
@@ -73,6 +74,21 @@ static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
     while (g->waiting < n && rc == 0)
         rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
     bool ok = g->waiting >= n;
+    pthread_mutex_unlock(&g->mu);
+    return ok;
+}
+
+/* Wait (at most 10 s) until at least n syncs have finished; false on timeout. */
+static inline bool cm_test_gate_wait_done(cm_test_gate *g, int n)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 10;
+    pthread_mutex_lock(&g->mu);
+    int rc = 0;
+    while (g->done < n && rc == 0)
+        rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
+    bool ok = g->done >= n;
     pthread_mutex_unlock(&g->mu);
     return ok;
 }

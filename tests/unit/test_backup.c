@@ -324,6 +324,34 @@ static void test_a_backup_whose_wal_sync_fails_leaves_nothing(void **state)
     closedir(d);
 }
 
+/* A source named through a symlink: SQLite keeps its WAL beside the file the
+** link names, and that WAL is the one synced (not a "<link>-wal" that does
+** not exist, which would take the backup for one of a source with no WAL). */
+static void test_a_backup_through_a_symlink_syncs_the_sources_wal(void **state)
+{
+    fixture *f = *state;
+    cm_backup *b = NULL;
+    cm_backup_info info;
+    cm_err err;
+    int done = 0;
+    char *ldir = cm_test_tmpdir();
+    char link_path[1100];
+    snprintf(link_path, sizeof(link_path), "%s/node.db", ldir);
+    assert_int_equal(symlink(f->db, link_path), 0);
+    wal_sync w = {0, 0, NULL};
+    const char *dst = cm_test_path(f->dir, "via-link.db");
+    int rc = cm_backup_begin_with_sync(link_path, dst, sync_then_commit, &w, &b, &err);
+    while (rc == 0 && !done)
+        rc = cm_backup_step(b, -1, NULL, NULL, &done, &err);
+    if (rc == 0)
+        rc = cm_backup_finish(b, &info, &err);
+    cm_backup_destroy(&b);
+    cm_test_rmtree(ldir);
+    free(ldir);
+    assert_int_equal(rc, 0);
+    assert_int_equal(w.syncs, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +366,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_backup_whose_wal_sync_fails_leaves_nothing, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_backup_through_a_symlink_syncs_the_sources_wal,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

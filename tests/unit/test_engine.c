@@ -2274,8 +2274,9 @@ static void test_detach_tells_the_acks_of_committed_batches(void **state)
 }
 
 /* A failed sync acknowledges nothing: every submitter of the batches it
-** would have covered hears CM_EIO, the observer hears nothing, and the
-** engine stops: later work is refused with the same error, not run. */
+** would have covered hears CM_EINDOUBT (committed, not known durable), the
+** observer hears nothing, and the engine stops: later work is refused with
+** CM_EIO, not run. */
 static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **state)
 {
     fx *f = *state;
@@ -2291,7 +2292,7 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     start_ticker(f, "t-2");
     loop_until_acks(f, &loop, 2);
     for (int i = 0; i < 2; i++) {
-        assert_int_equal(f->a.status[i], CM_EIO);
+        assert_int_equal(f->a.status[i], CM_EINDOUBT);
         assert_false(f->a.kept[i]);
         assert_non_null(strstr(f->a.message[i], "fdatasync failed"));
     }
@@ -2302,6 +2303,42 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     assert_non_null(strstr(f->a.message[2], "takes no more writes"));
     assert_int_equal(cm_engine_run(f->engine, NULL, &err), CM_EIO);
     assert_int_equal(cm_engine_pause(f->engine, "t-1", &err), CM_EIO);
+    sqlite3_close(s.db);
+    loop_end(f, &loop);
+}
+
+/* A sync that fails after an earlier one succeeded, both seen by the loop
+** at once: the batch the good sync covered is durable and acknowledged as
+** such (its observer events told); only the next one is in doubt. */
+static void test_a_batch_synced_before_a_failed_sync_is_acknowledged(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    seen s = {0};
+    cm_err err;
+    reopen_pipelined(f);
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    cm_engine_observe(f->engine, observe, &s);
+    f->gate.fail = EIO;
+    f->gate.fail_at = 2; /* the first sync succeeds, the second fails */
+    attach_pipelined(f, &loop, true);
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_true(cm_test_gate_wait_held(&f->gate, 1)); /* t-1's sync, held */
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* t-2's batch commits and waits for the next */
+    assert_int_equal(f->a.n, 0);
+    cm_test_gate_hold(&f->gate, false);
+    assert_true(cm_test_gate_wait_done(&f->gate, 2)); /* both, before the loop looks */
+    assert_int_equal(cm_store_sync_status(f->store, &err), CM_EIO);
+    loop_until_acks(f, &loop, 2);
+    assert_string_equal(f->a.instance[0], "t-1");
+    assert_int_equal(f->a.status[0], 0);
+    assert_int_equal(f->a.status[1], CM_EINDOUBT);
+    assert_non_null(strstr(f->a.message[1], "fdatasync failed"));
+    assert_true(s.n >= 1); /* t-1's start, told to the observer; nothing of t-2's */
+    for (int i = 0; i < s.n; i++)
+        assert_non_null(strstr(s.line[i], " t-1 "));
     sqlite3_close(s.db);
     loop_end(f, &loop);
 }
@@ -2425,6 +2462,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_failed_sync_acknowledges_nothing_and_stops_the_engine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_batch_synced_before_a_failed_sync_is_acknowledged,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_sync, setup,
             teardown),

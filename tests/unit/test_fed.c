@@ -4,7 +4,8 @@
 ** libzmq behaviour the listener relies on to fail closed without a handler,
 ** when the engine may queue a message routed, and that a peer sending far
 ** more than the engine has taken cannot grow what waits in it past
-** CM_FED_APPLY_MAX; a row routed late goes after the rows in flight.
+** CM_FED_APPLY_MAX; a row routed late goes after the rows in flight; the
+** rows delivered under a peer's mark are swept out of outbox_pending.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -601,11 +602,16 @@ typedef struct load_world {
     bool answered_seq[LOAD_N + 1];
     int acked[LOAD_N + 1];
     long early_acks, other_answers, hellos;
+    bool hold; /* the engine answers nothing while set */
 } load_world;
 
 static void load_engine_turn(uv_idle_t *h)
 {
     load_world *w = h->data;
+    if (w->hold) {
+        uv_idle_stop(h);
+        return;
+    }
     /* an answer may read more from the peer, which lands at the tail */
     for (int i = 0; i < LOAD_ENGINE && w->head < w->tail; i++) {
         long seq = w->seqs[w->head];
@@ -739,6 +745,46 @@ static bool load_all_acked(load_world *w)
     return true;
 }
 
+/* Everything at once from the peer at d: batches, then delivers alone,
+** then batches; LOAD_N in all. */
+static void load_flood(void *d, cm_buf *b)
+{
+    long seq = 1;
+    for (int k = 0; k < LOAD_BATCHES; k++) {
+        if (k == 2)
+            for (int i = 0; i < LOAD_SINGLES; i++) {
+                load_deliver(b, seq++);
+                load_send(d, b);
+            }
+        cm_buf_puts(b, "{\"type\":\"batch\",\"messages\":[");
+        for (int i = 0; i < CM_FED_BATCH_MAX; i++) {
+            if (i)
+                cm_buf_put(b, ",", 1);
+            load_deliver(b, seq++);
+        }
+        cm_buf_puts(b, "]}");
+        load_send(d, b);
+    }
+    assert_int_equal(seq, LOAD_N + 1);
+}
+
+/* A bare peer: a DEALER with the key pair pub/sec, connected to the node
+** at ep whose public key is server. */
+static void *load_peer(void *ctx, const char *ep, const char *server, const char *pub,
+                       const char *sec)
+{
+    int zero = 0;
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(d);
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(d, ZMQ_SNDHWM, &zero, sizeof(zero)); /* it never waits to send */
+    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, server, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, pub, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, sec, 40);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    return d;
+}
+
 /* A peer sends several times what may wait in the engine, without waiting
 ** for answers: the ROUTER stops reading past the mark (the rest waits in
 ** ZeroMQ) and reads on as the engine answers, though no new edge comes. No
@@ -755,7 +801,6 @@ static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
     uv_loop_t loop;
     cm_err err;
     cm_buf b = {0};
-    int zero = 0;
     assert_non_null(n);
     assert_non_null(w);
     cm_log_set_level(CM_LOG_WARN); /* a line per message otherwise */
@@ -786,37 +831,13 @@ static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
     assert_non_null(strstr(ep, "tcp://127.0.0.1:"));
 
     /* the peer: a bare DEALER with the configured key */
-    void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
-    assert_non_null(d);
-    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
-    zmq_setsockopt(d, ZMQ_SNDHWM, &zero, sizeof(zero)); /* it never waits to send */
-    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, keys.public_key, 40);
-    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, pub, 40);
-    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, sec, 40);
-    assert_int_equal(zmq_connect(d, ep), 0);
+    void *ctx = zmq_ctx_new(), *d = load_peer(ctx, ep, keys.public_key, pub, sec);
     cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
                     "\"caps\":[\"deliver\",\"batch\"]}");
     load_send(d, &b);
     assert_true(load_turn_until(&loop, w, d, load_said_hello));
 
-    /* everything at once: batches, then delivers alone, then batches */
-    long seq = 1;
-    for (int k = 0; k < LOAD_BATCHES; k++) {
-        if (k == 2)
-            for (int i = 0; i < LOAD_SINGLES; i++) {
-                load_deliver(&b, seq++);
-                load_send(d, &b);
-            }
-        cm_buf_puts(&b, "{\"type\":\"batch\",\"messages\":[");
-        for (int i = 0; i < CM_FED_BATCH_MAX; i++) {
-            if (i)
-                cm_buf_put(&b, ",", 1);
-            load_deliver(&b, seq++);
-        }
-        cm_buf_puts(&b, "]}");
-        load_send(d, &b);
-    }
-    assert_int_equal(seq, LOAD_N + 1);
+    load_flood(d, &b);
     assert_true(load_turn_until(&loop, w, d, load_all_acked));
 
     /* never past the bound, and the bound was reached: reading paused */
@@ -840,6 +861,145 @@ static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
 
     free(b.p);
     zmq_close(d);
+    zmq_ctx_term(ctx);
+    cm_fed_stop(w->fed);
+    uv_close((uv_handle_t *)&w->engine, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&w->fed);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    cm_config_free(&cfg);
+    cm_keys_wipe(&keys);
+    free(w->tickets);
+    free(w->seqs);
+    free(w);
+    cm_test_node_free(n);
+}
+
+static bool load_engine_held_full(load_world *w)
+{
+    return w->handed > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX;
+}
+
+/* Turn the loop until the bare peer at d gets an answer of type want, or
+** 10 s pass; the other answers it reads are dropped. */
+static bool load_turn_until_answer(uv_loop_t *loop, void *d, cm_fed_type want)
+{
+    uv_update_time(loop);
+    uint64_t until = uv_now(loop) + 10000;
+    while (uv_now(loop) <= until) {
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        while (zmq_msg_recv(&msg, d, ZMQ_DONTWAIT) >= 0) {
+            cm_fed_msg m;
+            cm_err err;
+            if (cm_fed_decode(zmq_msg_data(&msg), zmq_msg_size(&msg), &m, &err) == 0) {
+                bool found = m.type == want;
+                cm_fed_msg_clear(&m);
+                if (found) {
+                    zmq_msg_close(&msg);
+                    return true;
+                }
+            }
+        }
+        zmq_msg_close(&msg);
+    }
+    return false;
+}
+
+/* One peer floods the node while its engine answers nothing, so what the
+** engine holds reaches the mark; another peer then says hello and is
+** answered at once, and a directory it shares is recorded, while the
+** first peer's delivers still wait. Once the engine answers, each of them
+** is applied once, in order, never more than CM_FED_APPLY_MAX at once. */
+static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
+{
+    cm_test_node *n = cm_test_node_new();
+    load_world *w = calloc(1, sizeof(*w));
+    char pub[2][41], sec[2][41], ep[256];
+    cm_keypair keys;
+    cm_config cfg;
+    cm_fed_apply_stats st;
+    uv_loop_t loop;
+    cm_err err;
+    cm_buf b = {0};
+    assert_non_null(n);
+    assert_non_null(w);
+    cm_log_set_level(CM_LOG_WARN);
+    assert_int_equal(cm_keys_generate(&keys, &err), 0);
+    cm_config_defaults(&cfg);
+    cfg.fed_enabled = true;
+    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
+    cfg.fed_npeers = 2;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(zmq_curve_keypair(pub[i], sec[i]), 0);
+        snprintf(cfg.fed_peers[i].id, sizeof(cfg.fed_peers[i].id), "peer-%c", "xy"[i]);
+        snprintf(cfg.fed_peers[i].endpoint, sizeof(cfg.fed_peers[i].endpoint), "tcp://127.0.0.1:9");
+        snprintf(cfg.fed_peers[i].public_key, sizeof(cfg.fed_peers[i].public_key), "%.40s", pub[i]);
+    }
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(uv_idle_init(&loop, &w->engine), 0);
+    w->engine.data = w;
+    w->next_seq = 1;
+    w->hold = true;
+    cm_fed_opts fo = {.loop = &loop,
+                      .store = n->store,
+                      .clock = n->clock,
+                      .cfg = &cfg,
+                      .node_id = "node-b",
+                      .keys = &keys,
+                      .poll_ms = 10,
+                      .apply = load_apply,
+                      .engine_ud = w};
+    assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
+    assert_int_equal(cm_fed_listen_endpoint(w->fed, ep, sizeof(ep)), 0);
+
+    void *ctx = zmq_ctx_new();
+    void *dx = load_peer(ctx, ep, keys.public_key, pub[0], sec[0]);
+    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
+                    "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dx, &b);
+    assert_true(load_turn_until(&loop, w, dx, load_said_hello));
+    load_flood(dx, &b);
+    assert_true(load_turn_until(&loop, w, dx, load_engine_held_full));
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(st.paused);
+
+    /* peer-y comes while the engine holds all it may */
+    void *dy = load_peer(ctx, ep, keys.public_key, pub[1], sec[1]);
+    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-y\","
+                    "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dy, &b);
+    assert_true(load_turn_until_answer(&loop, dy, CM_FED_HELLO));
+    cm_buf_puts(&b, "{\"type\":\"directory\",\"id\":\"peer-y:directory:1\",\"organizations\":"
+                    "[{\"id\":\"org-y\",\"name\":\"Y\",\"node\":\"peer-y\"}]}");
+    load_send(dy, &b);
+    assert_true(load_turn_until_answer(&loop, dy, CM_FED_ACK));
+    assert_int_equal(w->answered, 0); /* the engine still held everything */
+    assert_true(w->handed <= CM_FED_APPLY_MAX);
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(st.paused);
+
+    /* the engine answers: each of peer-x's applied once, in order */
+    w->hold = false;
+    uv_idle_start(&w->engine, load_engine_turn);
+    assert_true(load_turn_until(&loop, w, dx, load_all_acked));
+    assert_true(w->peak <= CM_FED_APPLY_MAX);
+    assert_int_equal(w->next_seq, LOAD_N + 1);
+    assert_int_equal(w->busy, 0);
+    assert_int_equal(w->dups, 0);
+    for (long i = 1; i <= LOAD_N; i++)
+        if (w->acked[i] != 1)
+            fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
+    assert_int_equal(w->early_acks, 0);
+    assert_int_equal(w->other_answers, 0);
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_int_equal(st.applying, 0);
+    assert_false(st.paused);
+
+    free(b.p);
+    zmq_close(dx);
+    zmq_close(dy);
     zmq_ctx_term(ctx);
     cm_fed_stop(w->fed);
     uv_close((uv_handle_t *)&w->engine, NULL);
@@ -984,6 +1144,231 @@ static void test_a_row_routed_late_goes_after_rows_in_flight(void **state)
     cm_test_node_free(n);
 }
 
+/* ---- the sweep of rows delivered under a peer's mark ---------------------- */
+
+#define SWEEP_UNDER 3000 /* rows of node-b under its mark: seqs 2, 4, ... 6000 */
+#define SWEEP_MARK  (2 * SWEEP_UNDER)
+#define SWEEP_ABOVE 3 /* rows of node-b above it: SWEEP_MARK + 2, + 4, + 6 */
+
+/* The bare peer: a ROUTER that answers hello (announcing single delivers
+** only) when answer is set, and acks every deliver received; counts by seq
+** what reached it. */
+typedef struct sweep_peer {
+    void *r;
+    bool answer;
+    int got[SWEEP_MARK + 2 * SWEEP_ABOVE + 1];
+    long out_of_range;
+} sweep_peer;
+
+static void sweep_peer_read(sweep_peer *sp)
+{
+    static const char hello[] = "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"node-b\","
+                                "\"caps\":[\"deliver\"]}";
+    zmq_msg_t rid, body;
+    zmq_msg_init(&rid);
+    zmq_msg_init(&body);
+    while (zmq_msg_recv(&rid, sp->r, ZMQ_DONTWAIT) >= 0 && zmq_msg_recv(&body, sp->r, 0) >= 0) {
+        cm_fed_msg m, ack;
+        cm_err err;
+        assert_int_equal(cm_fed_decode(zmq_msg_data(&body), zmq_msg_size(&body), &m, &err), 0);
+        const char *text = NULL;
+        char *own = NULL;
+        if (m.type == CM_FED_HELLO && sp->answer)
+            text = hello;
+        else if (m.type == CM_FED_DELIVER) {
+            const char *colon = strrchr(m.id, ':');
+            long seq = colon ? strtol(colon + 1, NULL, 10) : 0;
+            if (seq >= 1 && seq <= SWEEP_MARK + 2 * SWEEP_ABOVE)
+                sp->got[seq]++;
+            else
+                sp->out_of_range++;
+            memset(&ack, 0, sizeof(ack));
+            ack.type = CM_FED_ACK;
+            snprintf(ack.id, sizeof(ack.id), "%s", m.id);
+            snprintf(ack.result, sizeof(ack.result), "received");
+            text = own = cm_fed_encode(&ack);
+            assert_non_null(own);
+        }
+        if (text) {
+            assert_int_equal(zmq_send(sp->r, zmq_msg_data(&rid), zmq_msg_size(&rid), ZMQ_SNDMORE),
+                             (int)zmq_msg_size(&rid));
+            assert_int_equal(zmq_send(sp->r, text, strlen(text), 0), (int)strlen(text));
+        }
+        free(own);
+        cm_fed_msg_clear(&m);
+    }
+    zmq_msg_close(&rid);
+    zmq_msg_close(&body);
+}
+
+/* The rows of peer still pending, counted through outbox_pending. */
+static int64_t sweep_pending(cm_test_node *n, const char *peer)
+{
+    char sql[200];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM outbox INDEXED BY outbox_pending "
+             "WHERE peer = '%s' AND status = 'pending'",
+             peer);
+    return late_query(n, sql);
+}
+
+/* Turn the loop (serving the bare peer) until node-b's pending rows in
+** the index are at most want, or 10 s pass. */
+static bool sweep_turn_until(uv_loop_t *loop, cm_test_node *n, sweep_peer *sp, int64_t want)
+{
+    uv_update_time(loop);
+    uint64_t until = uv_now(loop) + 10000;
+    while (sweep_pending(n, "node-b") > want) {
+        if (uv_now(loop) > until)
+            return false;
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        sweep_peer_read(sp);
+    }
+    return true;
+}
+
+static void sweep_depth(cm_test_node *n, long want, double want_age)
+{
+    long depth;
+    double age;
+    cm_err err;
+    assert_int_equal(
+        cm_fed_outbox_depth(n->store, "node-b", cm_clock_now_ms(n->clock), &depth, &age, &err), 0);
+    assert_int_equal(depth, want);
+    assert_true(age == want_age);
+}
+
+/* A database as schema 11 leaves it: node-b's rows under its mark still
+** pending (delivered, each an entry in outbox_pending), node-c's rows
+** between them pending (no mark), three of node-b's above the mark. The
+** sweep writes node-b's rows under the mark delivered, FED_SWEEP_CHUNK a
+** transaction; stopped between two (as a crash would), nothing under the
+** mark is sent again on restart, and nothing above it is touched; once all
+** are answered and swept, the index holds no delivered row. The depth and
+** oldest age of node-b's outbox are the same throughout until the rows
+** above the mark are delivered. */
+static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
+{
+    cm_test_node *n = cm_test_node_new();
+    sweep_peer *sp = calloc(1, sizeof(*sp));
+    char pub[41], sec[41], ep[256], sql[1024], old[CM_TIME_BUFSZ], older[CM_TIME_BUFSZ];
+    size_t eplen = sizeof(ep);
+    cm_keypair keys;
+    cm_config cfg;
+    cm_fed *fed = NULL;
+    uv_loop_t loop;
+    cm_err err;
+    int zero = 0, one = 1;
+    assert_non_null(n);
+    assert_non_null(sp);
+    cm_log_set_level(CM_LOG_WARN);
+    assert_int_equal(cm_keys_generate(&keys, &err), 0);
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    void *ctx = zmq_ctx_new();
+    sp->r = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_non_null(sp->r);
+    zmq_setsockopt(sp->r, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(sp->r, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(sp->r, ZMQ_CURVE_SECRETKEY, sec, 40);
+    assert_int_equal(zmq_bind(sp->r, "tcp://127.0.0.1:*"), 0);
+    assert_int_equal(zmq_getsockopt(sp->r, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
+    cm_config_defaults(&cfg);
+    cfg.fed_enabled = true;
+    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
+    cfg.fed_npeers = 1;
+    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "node-b");
+    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "%s", ep);
+    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s", pub);
+
+    cm_time_format(CM_TEST_EPOCH_MS - 3600000, older, sizeof(older));
+    cm_time_format(CM_TEST_EPOCH_MS - 60000, old, sizeof(old));
+    snprintf(sql, sizeof(sql),
+             "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %d) "
+             "INSERT INTO outbox(seq, receiver, peer, kind, payload, created) "
+             "SELECT i, 'org', CASE WHEN i %% 2 = 0 THEN 'node-b' ELSE 'node-c' END, "
+             "'test.note', '{}', '%s' FROM s;"
+             "INSERT INTO fed_delivered(peer, seq) VALUES ('node-b', %d);"
+             "UPDATE outbox SET created = '%s' WHERE seq = %d;",
+             SWEEP_MARK + 2 * SWEEP_ABOVE, old, SWEEP_MARK, older, SWEEP_MARK + 2);
+    assert_int_equal(sqlite3_exec(cm_store_db(n->store), sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sweep_pending(n, "node-b"), SWEEP_UNDER + SWEEP_ABOVE);
+    sweep_depth(n, SWEEP_ABOVE, 3600.0);
+
+    /* the peer does not answer hello: down, nothing in flight; the sweep
+    ** runs. Stopped after its first tick, between two transactions. */
+    assert_int_equal(uv_loop_init(&loop), 0);
+    cm_fed_opts fo = {.loop = &loop,
+                      .store = n->store,
+                      .clock = n->clock,
+                      .cfg = &cfg,
+                      .node_id = "node-a",
+                      .keys = &keys,
+                      .poll_ms = 10};
+    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
+    assert_true(sweep_turn_until(&loop, n, sp, SWEEP_UNDER + SWEEP_ABOVE - 1));
+    cm_fed_stop(fed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&fed);
+    int64_t left = sweep_pending(n, "node-b") - SWEEP_ABOVE;
+    assert_true(left > 0);                           /* stopped before the end */
+    assert_int_equal(left % 256, SWEEP_UNDER % 256); /* whole chunks, the oldest first */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM outbox WHERE peer = 'node-b' AND status = 'delivered' "
+             "AND done_at IS NOT NULL AND seq <= (SELECT min(seq) FROM outbox INDEXED BY "
+             "outbox_pending WHERE peer = 'node-b' AND status = 'pending')");
+    assert_int_equal(late_query(n, sql), SWEEP_UNDER - left);
+    sweep_depth(n, SWEEP_ABOVE, 3600.0);
+    assert_int_equal(late_query(n, "SELECT count(*) FROM outbox_state WHERE peer = 'node-b' AND "
+                                   "status = 'delivered'"),
+                     SWEEP_UNDER);
+
+    /* restart with the peer answering: only the rows above the mark go,
+    ** once each; the sweep finishes once they are delivered */
+    sp->answer = true;
+    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
+    assert_true(sweep_turn_until(&loop, n, sp, 0));
+    cm_fed_stop(fed);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&fed);
+    for (int i = 1; i <= SWEEP_MARK; i++)
+        if (sp->got[i] != 0)
+            fail_msg("node-a:%d, under the mark, was sent again", i);
+    for (int i = 1; i <= SWEEP_ABOVE; i++)
+        assert_int_equal(sp->got[SWEEP_MARK + 2 * i], 1);
+    assert_int_equal(sp->out_of_range, 0);
+    sweep_depth(n, 0, -1.0);
+    assert_int_equal(late_query(n, "SELECT seq FROM fed_delivered WHERE peer = 'node-b'"),
+                     SWEEP_MARK + 2 * SWEEP_ABOVE);
+    assert_int_equal(late_query(n, "SELECT count(*) FROM outbox WHERE peer = 'node-b' AND "
+                                   "(status != 'delivered' OR done_at IS NULL)"),
+                     0);
+    /* node-c's rows, between node-b's, untouched */
+    assert_int_equal(sweep_pending(n, "node-c"), SWEEP_UNDER + SWEEP_ABOVE);
+    assert_int_equal(late_query(n, "SELECT count(*) FROM outbox WHERE peer = 'node-c' AND "
+                                   "done_at IS NULL"),
+                     SWEEP_UNDER + SWEEP_ABOVE);
+    /* the depth query reads through the index */
+    sqlite3_stmt *st;
+    bool indexed = false;
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(n->store),
+                                        "EXPLAIN QUERY PLAN SELECT count(*) FROM outbox WHERE "
+                                        "peer = 'node-b' AND status = 'pending'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        indexed |= strstr((const char *)sqlite3_column_text(st, 3), "outbox_pending") != NULL;
+    sqlite3_finalize(st);
+    assert_true(indexed);
+
+    assert_int_equal(uv_loop_close(&loop), 0);
+    zmq_close(sp->r);
+    zmq_ctx_term(ctx);
+    free(sp);
+    cm_config_free(&cfg);
+    cm_keys_wipe(&keys);
+    cm_test_node_free(n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -997,7 +1382,9 @@ int main(void)
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
         cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
+        cmocka_unit_test(test_a_full_engine_does_not_hold_another_peers_hello),
         cmocka_unit_test(test_a_row_routed_late_goes_after_rows_in_flight),
+        cmocka_unit_test(test_the_sweep_writes_rows_under_the_mark_delivered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

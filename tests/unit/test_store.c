@@ -935,9 +935,10 @@ static void test_synced_commit_covers_earlier_deferred_ones(void **state)
     cm_test_gate_destroy(&g);
 }
 
-/* A failed sync is never taken for durable: waiters get CM_EIO naming the
-** WAL and the error, the watermark stays, and the store takes no more
-** writes (every begin fails the same way). */
+/* A failed sync is never taken for durable: waiters on a commit above the
+** watermark get CM_EINDOUBT naming the WAL and the error (the commit is in
+** the WAL, its fate unknown), a commit below it stays good, the watermark
+** stays, and the store takes no more writes (every begin fails, CM_EIO). */
 static void test_failed_sync_stops_the_store(void **state)
 {
     fixture *f = *state;
@@ -951,9 +952,10 @@ static void test_failed_sync_stops_the_store(void **state)
     cm_store_on_synced(s, count_note, &c);
     uint64_t before = cm_store_synced_seq(s);
     uint64_t a = deferred_write(s, "lost?");
-    assert_int_equal(cm_store_sync_wait(s, a, &err), CM_EIO);
+    assert_int_equal(cm_store_sync_wait(s, a, &err), CM_EINDOUBT);
     assert_non_null(strstr(err.msg, "-wal: fdatasync failed"));
     assert_non_null(strstr(err.msg, "takes no more writes"));
+    assert_int_equal(cm_store_sync_wait(s, before, &err), 0); /* durable before it */
     assert_int_equal(cm_store_synced_seq(s), before);
     assert_int_equal(notes_n(&c), 1);
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
@@ -1014,7 +1016,8 @@ static void test_deferred_commit_below_full_needs_no_sync(void **state)
 
 /* An fsync that fails inside SQLite's own synced commit (the WAL's, at FULL:
 ** the non-pipelined path) takes the sync thread's path: the commit fails
-** with CM_EIO naming it, waiters get CM_EIO, the listener hears (the daemon
+** with CM_EINDOUBT naming it (it is in the WAL), waiters get CM_EINDOUBT, the listener hears (the
+*daemon
 ** stops there), the watermark stays, and every later transaction is
 ** refused, even once the disk's syncs work again: never retried. */
 static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **state)
@@ -1031,14 +1034,14 @@ static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **st
     assert_int_equal(cm_store_begin(s, &err), 0);
     assert_int_equal(cm_store_meta_set(s, "k", "lost?", &err), 0);
     fv->suffix = "-wal";
-    assert_int_equal(cm_store_commit(s, &err), CM_EIO);
+    assert_int_equal(cm_store_commit(s, &err), CM_EINDOUBT);
     fv->suffix = NULL;
     assert_true(fv->failed > 0);
     assert_non_null(strstr(err.msg, "an fsync inside SQLite failed"));
     assert_non_null(strstr(err.msg, "takes no more writes"));
     assert_int_equal(notes_n(&c), 1);
     assert_int_equal(cm_store_synced_seq(s), before);
-    assert_int_equal(cm_store_sync_wait(s, before + 1, &err), CM_EIO);
+    assert_int_equal(cm_store_sync_wait(s, before + 1, &err), CM_EINDOUBT);
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
     assert_int_equal(cm_store_begin(s, &err), CM_EIO);
     assert_int_equal(cm_store_begin_deferred(s, &err), CM_EIO);
