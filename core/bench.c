@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <limits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,8 +69,42 @@ typedef struct lat {
     int64_t *us;
     long n, cap;
     int64_t *submitted; /* per instance: when its pending event was submitted */
+    long instances;     /* submitted's length */
     long failed;
 } lat;
+
+/* "b-<i>", instance i's id (id holds 24 bytes at least): written by hand,
+** as the driver names an instance with every event it submits on the loop
+** thread, where snprintf took ~700 instructions an event. */
+static void bench_id(char *id, long i)
+{
+    char digits[20];
+    int n = 0;
+    unsigned long v = (unsigned long)i;
+    do
+        digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    id[0] = 'b';
+    id[1] = '-';
+    int k = 2;
+    while (n > 0)
+        id[k++] = digits[--n];
+    id[k] = '\0';
+}
+
+/* i of "b-<i>" (bench_id's); -1 for another id. */
+static long bench_index(const char *id)
+{
+    if (!id || id[0] != 'b' || id[1] != '-' || !id[2])
+        return -1;
+    long i = 0;
+    for (const char *p = id + 2; *p; p++) {
+        if (*p < '0' || *p > '9' || i > (LONG_MAX - 9) / 10)
+            return -1;
+        i = i * 10 + (*p - '0');
+    }
+    return i;
+}
 
 static void on_ack(void *ud, const cm_ack *ack)
 {
@@ -78,7 +113,11 @@ static void on_ack(void *ud, const cm_ack *ack)
         l->failed++;
         return;
     }
-    long idx = strtol(strrchr(ack->instance, '-') + 1, NULL, 10);
+    long idx = bench_index(ack->instance);
+    if (idx < 0 || idx >= l->instances) {
+        l->failed++;
+        return;
+    }
     if (l->n < l->cap)
         l->us[l->n++] = now_us() - l->submitted[idx];
 }
@@ -204,7 +243,7 @@ static int drive(world *w, const cm_bench_opts *o, lat *l, cm_err *err)
     for (int r = 0; r < o->rounds && rc == 0; r++) {
         for (long i = 0; i < o->instances && rc == 0;) {
             for (int j = 0; j < o->batch && i < o->instances && rc == 0; j++, i++) {
-                snprintf(id, sizeof(id), "b-%ld", i);
+                bench_id(id, i);
                 l->submitted[i] = now_us();
                 rc = cm_engine_signal(w->engine, id, "step", r == o->rounds - 1 ? last : step,
                                       on_ack, l, err);
@@ -241,7 +280,7 @@ static void top_up(driver *d)
     char id[64];
     while (d->rc == 0 && d->outstanding < d->window && d->next < d->total) {
         long i = d->next % d->o->instances, r = d->next / d->o->instances;
-        snprintf(id, sizeof(id), "b-%ld", i);
+        bench_id(id, i);
         d->l->submitted[i] = now_us();
         d->rc = cm_engine_signal(d->w->engine, id, "step",
                                  r == d->o->rounds - 1 ? d->last : d->step, on_loop_ack, d, d->err);
@@ -303,6 +342,7 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     l.cap = events;
     l.us = calloc((size_t)events, sizeof(*l.us));
     l.submitted = calloc((size_t)o->instances, sizeof(*l.submitted));
+    l.instances = o->instances;
     if (!l.us || !l.submitted) {
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
         goto done;
@@ -321,7 +361,7 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
                "mode loop (pipelined on a loop, %d events outstanding, acks after their fsync)\n",
                o->instances, o->rounds, o->batch, window);
     for (long i = 0; i < o->instances && rc == 0; i++) {
-        snprintf(id, sizeof(id), "b-%ld", i);
+        bench_id(id, i);
         rc = cm_engine_start(w.engine, "bench_referral", NULL, id, NULL, NULL, err);
         if (rc == 0 && (i + 1) % o->batch == 0)
             rc = cm_engine_run(w.engine, NULL, err);

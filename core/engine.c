@@ -257,7 +257,18 @@ static void now_text(cm_engine *e, char *buf)
 {
     int64_t ms = cm_clock_now_ms(e->o.clock);
     if (!e->now_set || ms != e->now_ms) {
-        cm_time_format(ms, e->now_buf, sizeof(e->now_buf));
+        char *b = e->now_buf;
+        if (e->now_set && ms >= 0 && e->now_ms >= 0 && ms / 1000 == e->now_ms / 1000 &&
+            b[19] == '.' && b[23] == 'Z' && b[24] == '\0') {
+            /* the same second ("YYYY-MM-DDTHH:MM:SS.mmmZ"): only the
+            ** milliseconds change, without gmtime for the rest */
+            int m = (int)(ms % 1000);
+            b[20] = (char)('0' + m / 100);
+            b[21] = (char)('0' + m / 10 % 10);
+            b[22] = (char)('0' + m % 10);
+        } else {
+            cm_time_format(ms, b, sizeof(e->now_buf));
+        }
         e->now_ms = ms;
         e->now_set = true;
     }
@@ -486,6 +497,34 @@ static int exec_kept(cm_engine *e, sqlite3_stmt *st, const char *what, cm_err *e
     sqlite3_stmt *st = cm_store_prepare((e)->o.store, sql, err);                                   \
     if (!st)                                                                                       \
         return (err) ? (err)->code : CM_EDB;
+
+/* The same for a statement whose caller binds every parameter, NULLs
+** included, before each step (its last bindings are not cleared). */
+#define PREPARE_BOUND(e, sql, err)                                                                 \
+    sqlite3_stmt *st = cm_store_prepare_bound((e)->o.store, sql, err);                             \
+    if (!st)                                                                                       \
+        return (err) ? (err)->code : CM_EDB;
+
+/* Bind text (NULL: SQL NULL) that outlives the statement's step, with its
+** length (given -1, SQLite counts the bytes one at a time). */
+static void bind_static(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s) {
+        size_t len = strlen(s);
+        sqlite3_bind_text(st, i, s, len > INT_MAX ? -1 : (int)len, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, i);
+    }
+}
+
+/* Bind an id of a row, 0 (none) as NULL. */
+static void bind_id(sqlite3_stmt *st, int i, int64_t id)
+{
+    if (id > 0)
+        sqlite3_bind_int64(st, i, id);
+    else
+        sqlite3_bind_null(st, i);
+}
 
 /* ---- definitions ------------------------------------------------------ */
 
@@ -745,20 +784,19 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
 {
     char now[CM_TIME_BUFSZ];
     int rc;
-    PREPARE(e,
-            "INSERT INTO history(instance, step, at, event, from_state, to_state, note, prev) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            err);
+    PREPARE_BOUND(e,
+                  "INSERT INTO history(instance, step, at, event, from_state, to_state, note, "
+                  "prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                  err);
     now_text(e, now);
-    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    bind_static(st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
-    sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, event, -1, SQLITE_STATIC);
-    bind_text(st, 5, from);
-    sqlite3_bind_text(st, 6, to, -1, SQLITE_STATIC);
-    bind_text(st, 7, note);
-    if (in->hist > 0)
-        sqlite3_bind_int64(st, 8, in->hist);
+    bind_static(st, 3, now);
+    bind_static(st, 4, event);
+    bind_static(st, 5, from);
+    bind_static(st, 6, to);
+    bind_static(st, 7, note);
+    bind_id(st, 8, in->hist);
     if ((rc = exec_kept(e, st, "history", err)) == 0)
         in->hist = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
     return rc;
@@ -787,18 +825,17 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     int rc;
     if (in->status_changed && (rc = save_status(e, in, err)) != 0)
         return rc;
-    PREPARE(e,
-            "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, hist = ?6 "
-            "WHERE seq = ?1",
-            err);
+    PREPARE_BOUND(e,
+                  "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, "
+                  "hist = ?6 WHERE seq = ?1",
+                  err);
     now_text(e, now);
     sqlite3_bind_int64(st, 1, in->seq);
-    sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, in->ctx, -1, SQLITE_STATIC);
+    bind_static(st, 2, in->state);
+    bind_static(st, 3, in->ctx);
     sqlite3_bind_int64(st, 4, in->steps);
-    sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
-    if (in->hist > 0)
-        sqlite3_bind_int64(st, 6, in->hist);
+    bind_static(st, 5, now);
+    bind_id(st, 6, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
         rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,

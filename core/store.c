@@ -666,13 +666,14 @@ static uint32_t sql_hash(const char *s)
     return h;
 }
 
-sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
+static sqlite3_stmt *prepare(cm_store *store, const char *sql, bool clear, cm_err *err)
 {
     uint8_t *hint = &store->hint[((uintptr_t)sql >> 3) % CM_STMT_SLOTS];
     cm_stmt_slot *known = &store->stmts[*hint];
     if (known->sql == sql) {
         sqlite3_reset(known->stmt);
-        sqlite3_clear_bindings(known->stmt);
+        if (clear)
+            sqlite3_clear_bindings(known->stmt);
         return known->stmt;
     }
     uint32_t h = sql_hash(sql);
@@ -680,7 +681,8 @@ sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
         cm_stmt_slot *slot = &store->stmts[(h + i) % CM_STMT_SLOTS];
         if (slot->sql && (slot->sql == sql || strcmp(slot->sql, sql) == 0)) {
             sqlite3_reset(slot->stmt);
-            sqlite3_clear_bindings(slot->stmt);
+            if (clear)
+                sqlite3_clear_bindings(slot->stmt);
             *hint = (uint8_t)((h + i) % CM_STMT_SLOTS);
             return slot->stmt;
         }
@@ -697,6 +699,16 @@ sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
     }
     cm_err_set(err, CM_ENOMEM, "statement cache full (%d statements)", CM_STMT_SLOTS);
     return NULL;
+}
+
+sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err)
+{
+    return prepare(store, sql, true, err);
+}
+
+sqlite3_stmt *cm_store_prepare_bound(cm_store *store, const char *sql, cm_err *err)
+{
+    return prepare(store, sql, false, err);
 }
 
 bool cm_store_in_tx(cm_store *store)

@@ -89,6 +89,11 @@ int cm_store_schema_version(cm_store *store);
 ** reset with its bindings cleared. Borrowed: do not finalize. NULL on error. */
 sqlite3_stmt *cm_store_prepare(cm_store *store, const char *sql, cm_err *err);
 
+/* The same, reset but with the last use's bindings left in place (clearing
+** them is ~170 instructions a statement): for a caller that binds every
+** parameter of sql before each step, NULLs included. */
+sqlite3_stmt *cm_store_prepare_bound(cm_store *store, const char *sql, cm_err *err);
+
 /* Transactions: BEGIN IMMEDIATE / COMMIT / ROLLBACK. begin fails with CM_EDB
 ** when another process holds the write lock past the busy timeout; commit
 ** fails (and rolls back) when SQLite already rolled the transaction back. */

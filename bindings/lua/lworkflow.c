@@ -952,7 +952,7 @@ static int step_driver(lua_State *L)
 {
     drv *d = lua_touserdata(L, 1);
     cm_step *sp = d->sp;
-    int spec = 2;
+    int spec = 2, st = 0; /* st: the stack index of sp->state's table (0: a start) */
     lua_getfield(L, spec, "states");
     d->states = lua_gettop(L);
     /* the handle, with ctx, input view and effects as user values */
@@ -974,17 +974,19 @@ static int step_driver(lua_State *L)
         transition(L, d, wf, d->cur);
     } else {
         cm_copy_str(d->cur, sizeof(d->cur), sp->state);
-        if (!state_exists(L, d->states, d->cur))
+        /* the state's table, looked up once: a step that does not move reads
+        ** its "final" from it too */
+        if (lua_getfield(L, d->states, d->cur) != LUA_TTABLE)
             invalid(L, d, "instance %s is in state \"%s\", which workflow %s does not define",
                     sp->instance, d->cur, sp->workflow);
+        st = lua_gettop(L);
         if (sp->payload)
             cm_ljson_push(L, sp->payload);
         else
             lua_newtable(L);
         int payload = lua_gettop(L);
-        lua_getfield(L, d->states, d->cur);
         bool has =
-            lua_getfield(L, -1, "on") == LUA_TTABLE && lua_getfield(L, -1, sp->event) != LUA_TNIL;
+            lua_getfield(L, st, "on") == LUA_TTABLE && lua_getfield(L, -1, sp->event) != LUA_TNIL;
         if (!has || !resolve(L, d, wf, payload)) {
             sp->handled = false;
             sp->guarded = has;
@@ -998,7 +1000,10 @@ static int step_driver(lua_State *L)
             transition(L, d, wf, lua_tostring(L, -1));
     }
     u->d = NULL;
-    lua_getfield(L, d->states, d->cur);
+    if (st && !sp->moved)
+        lua_pushvalue(L, st); /* still in sp->state */
+    else
+        lua_getfield(L, d->states, d->cur);
     lua_getfield(L, -1, "final");
     sp->final = lua_toboolean(L, -1);
     sp->visit = d->visit;

@@ -409,6 +409,44 @@ static void test_timer_fires_on_the_virtual_clock(void **state)
     advance(f, 30 * DAY);
     expect_state(f, "ref-1", "escalated", "running");
     assert_int_equal(count(f, "SELECT count(*) FROM history WHERE note LIKE 'timer ignored%'"), 1);
+    /* the history statement keeps its last bindings (cm_store_prepare_bound):
+    ** the next row, a start's, has no note, no from_state and no prev */
+    start(f, INPUT, "ref-2");
+    run(f);
+    expect_state(f, "ref-2", "requested", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE note IS NOT NULL"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance = 'ref-2' AND "
+                              "note IS NULL AND from_state IS NULL AND prev IS NULL"),
+                     1);
+}
+
+/* A row's time is the clock's: within one second the engine writes only the
+** new milliseconds of the time it formatted last, a new second in full. */
+static void test_history_times_follow_the_clock(void **state)
+{
+    fx *f = *state;
+    static const struct {
+        int64_t advance;
+        const char *at;
+    } rows[] = {
+        {0, "2026-11-29T11:00:00.000Z"},       {7, "2026-11-29T11:00:00.007Z"},
+        {93, "2026-11-29T11:00:00.100Z"},      {900, "2026-11-29T11:00:01.000Z"},
+        {1, "2026-11-29T11:00:01.001Z"},       {998, "2026-11-29T11:00:01.999Z"},
+        {1, "2026-11-29T11:00:02.000Z"},       {HOUR + 999, "2026-11-29T12:00:02.999Z"},
+        {DAY + 1, "2026-11-30T12:00:03.000Z"},
+    };
+    load_ok(f, "referral.lua", REFERRAL);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        char id[16], sql[160];
+        snprintf(id, sizeof(id), "t-%zu", i);
+        assert_int_equal(cm_clock_advance(f->clock, rows[i].advance), 0);
+        start(f, INPUT, id);
+        run(f);
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM history WHERE instance = '%s' AND step = 1 AND at = '%s'",
+                 id, rows[i].at);
+        assert_int_equal(count(f, sql), 1);
+    }
 }
 
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
@@ -2370,6 +2408,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_events_change_state_after_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_send_to_a_peer_is_queued_routed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_times_follow_the_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
