@@ -785,6 +785,70 @@ static void *load_peer(void *ctx, const char *ep, const char *server, const char
     return d;
 }
 
+/* A node in apply mode whose engine is a load_world, listening on
+** 127.0.0.1 at a port it picked (ep), with npeers bare peers configured
+** (peer-x, peer-y; their keys in pub and sec). */
+typedef struct load_node {
+    cm_test_node *n;
+    uv_loop_t loop;
+    cm_config cfg;
+    cm_keypair keys;
+    char pub[2][41], sec[2][41], ep[256];
+} load_node;
+
+static void load_node_start(load_node *ln, load_world *w, int npeers)
+{
+    cm_err err;
+    ln->n = cm_test_node_new();
+    assert_non_null(ln->n);
+    assert_non_null(w);
+    cm_log_set_level(CM_LOG_WARN); /* a line per message otherwise */
+    assert_int_equal(cm_keys_generate(&ln->keys, &err), 0);
+    cm_config_defaults(&ln->cfg);
+    ln->cfg.fed_enabled = true;
+    snprintf(ln->cfg.fed_listen, sizeof(ln->cfg.fed_listen), "tcp://127.0.0.1:*");
+    ln->cfg.fed_npeers = npeers;
+    for (int i = 0; i < npeers; i++) {
+        cm_peer_config *p = &ln->cfg.fed_peers[i];
+        assert_int_equal(zmq_curve_keypair(ln->pub[i], ln->sec[i]), 0);
+        snprintf(p->id, sizeof(p->id), "peer-%c", "xy"[i]);
+        snprintf(p->endpoint, sizeof(p->endpoint), "tcp://127.0.0.1:9");
+        snprintf(p->public_key, sizeof(p->public_key), "%.40s", ln->pub[i]);
+    }
+    assert_int_equal(uv_loop_init(&ln->loop), 0);
+    assert_int_equal(uv_idle_init(&ln->loop, &w->engine), 0);
+    w->engine.data = w;
+    w->next_seq = 1;
+    cm_fed_opts fo = {.loop = &ln->loop,
+                      .store = ln->n->store,
+                      .clock = ln->n->clock,
+                      .cfg = &ln->cfg,
+                      .node_id = "node-b",
+                      .keys = &ln->keys,
+                      .poll_ms = 10,
+                      .apply = load_apply,
+                      .engine_ud = w};
+    assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
+    assert_int_equal(cm_fed_listen_endpoint(w->fed, ln->ep, sizeof(ln->ep)), 0);
+    assert_non_null(strstr(ln->ep, "tcp://127.0.0.1:"));
+}
+
+/* Stop and free what load_node_start made, and w. */
+static void load_node_stop(load_node *ln, load_world *w)
+{
+    cm_fed_stop(w->fed);
+    uv_close((uv_handle_t *)&w->engine, NULL);
+    uv_run(&ln->loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&w->fed);
+    assert_int_equal(uv_loop_close(&ln->loop), 0);
+    cm_config_free(&ln->cfg);
+    cm_keys_wipe(&ln->keys);
+    free(w->tickets);
+    free(w->seqs);
+    free(w);
+    cm_test_node_free(ln->n);
+}
+
 /* A peer sends several times what may wait in the engine, without waiting
 ** for answers: the ROUTER stops reading past the mark (the rest waits in
 ** ZeroMQ) and reads on as the engine answers, though no new edge comes. No
@@ -792,53 +856,21 @@ static void *load_peer(void *ctx, const char *ep, const char *server, const char
 ** applied once, in order, and acked only after the engine answered it. */
 static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
 {
-    cm_test_node *n = cm_test_node_new();
     load_world *w = calloc(1, sizeof(*w));
-    char pub[41], sec[41], ep[256];
-    cm_keypair keys;
-    cm_config cfg;
+    load_node ln;
     cm_fed_apply_stats st;
-    uv_loop_t loop;
-    cm_err err;
     cm_buf b = {0};
-    assert_non_null(n);
-    assert_non_null(w);
-    cm_log_set_level(CM_LOG_WARN); /* a line per message otherwise */
-    assert_int_equal(cm_keys_generate(&keys, &err), 0);
-    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
-    cm_config_defaults(&cfg);
-    cfg.fed_enabled = true;
-    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
-    cfg.fed_npeers = 1;
-    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "peer-x");
-    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "tcp://127.0.0.1:9");
-    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s", pub);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(uv_idle_init(&loop, &w->engine), 0);
-    w->engine.data = w;
-    w->next_seq = 1;
-    cm_fed_opts fo = {.loop = &loop,
-                      .store = n->store,
-                      .clock = n->clock,
-                      .cfg = &cfg,
-                      .node_id = "node-b",
-                      .keys = &keys,
-                      .poll_ms = 10,
-                      .apply = load_apply,
-                      .engine_ud = w};
-    assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
-    assert_int_equal(cm_fed_listen_endpoint(w->fed, ep, sizeof(ep)), 0);
-    assert_non_null(strstr(ep, "tcp://127.0.0.1:"));
+    load_node_start(&ln, w, 1);
 
     /* the peer: a bare DEALER with the configured key */
-    void *ctx = zmq_ctx_new(), *d = load_peer(ctx, ep, keys.public_key, pub, sec);
+    void *ctx = zmq_ctx_new(), *d = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[0], ln.sec[0]);
     cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
                     "\"caps\":[\"deliver\",\"batch\"]}");
     load_send(d, &b);
-    assert_true(load_turn_until(&loop, w, d, load_said_hello));
+    assert_true(load_turn_until(&ln.loop, w, d, load_said_hello));
 
     load_flood(d, &b);
-    assert_true(load_turn_until(&loop, w, d, load_all_acked));
+    assert_true(load_turn_until(&ln.loop, w, d, load_all_acked));
 
     /* never past the bound, and the bound was reached: reading paused */
     cm_fed_apply_stats_get(w->fed, &st);
@@ -862,17 +894,7 @@ static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
     free(b.p);
     zmq_close(d);
     zmq_ctx_term(ctx);
-    cm_fed_stop(w->fed);
-    uv_close((uv_handle_t *)&w->engine, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cm_fed_destroy(&w->fed);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    cm_config_free(&cfg);
-    cm_keys_wipe(&keys);
-    free(w->tickets);
-    free(w->seqs);
-    free(w);
-    cm_test_node_free(n);
+    load_node_stop(&ln, w);
 }
 
 static bool load_engine_held_full(load_world *w)
@@ -914,67 +936,34 @@ static bool load_turn_until_answer(uv_loop_t *loop, void *d, cm_fed_type want)
 ** is applied once, in order, never more than CM_FED_APPLY_MAX at once. */
 static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
 {
-    cm_test_node *n = cm_test_node_new();
     load_world *w = calloc(1, sizeof(*w));
-    char pub[2][41], sec[2][41], ep[256];
-    cm_keypair keys;
-    cm_config cfg;
+    load_node ln;
     cm_fed_apply_stats st;
-    uv_loop_t loop;
-    cm_err err;
     cm_buf b = {0};
-    assert_non_null(n);
-    assert_non_null(w);
-    cm_log_set_level(CM_LOG_WARN);
-    assert_int_equal(cm_keys_generate(&keys, &err), 0);
-    cm_config_defaults(&cfg);
-    cfg.fed_enabled = true;
-    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
-    cfg.fed_npeers = 2;
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(zmq_curve_keypair(pub[i], sec[i]), 0);
-        snprintf(cfg.fed_peers[i].id, sizeof(cfg.fed_peers[i].id), "peer-%c", "xy"[i]);
-        snprintf(cfg.fed_peers[i].endpoint, sizeof(cfg.fed_peers[i].endpoint), "tcp://127.0.0.1:9");
-        snprintf(cfg.fed_peers[i].public_key, sizeof(cfg.fed_peers[i].public_key), "%.40s", pub[i]);
-    }
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(uv_idle_init(&loop, &w->engine), 0);
-    w->engine.data = w;
-    w->next_seq = 1;
+    load_node_start(&ln, w, 2);
     w->hold = true;
-    cm_fed_opts fo = {.loop = &loop,
-                      .store = n->store,
-                      .clock = n->clock,
-                      .cfg = &cfg,
-                      .node_id = "node-b",
-                      .keys = &keys,
-                      .poll_ms = 10,
-                      .apply = load_apply,
-                      .engine_ud = w};
-    assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
-    assert_int_equal(cm_fed_listen_endpoint(w->fed, ep, sizeof(ep)), 0);
 
     void *ctx = zmq_ctx_new();
-    void *dx = load_peer(ctx, ep, keys.public_key, pub[0], sec[0]);
+    void *dx = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[0], ln.sec[0]);
     cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
                     "\"caps\":[\"deliver\",\"batch\"]}");
     load_send(dx, &b);
-    assert_true(load_turn_until(&loop, w, dx, load_said_hello));
+    assert_true(load_turn_until(&ln.loop, w, dx, load_said_hello));
     load_flood(dx, &b);
-    assert_true(load_turn_until(&loop, w, dx, load_engine_held_full));
+    assert_true(load_turn_until(&ln.loop, w, dx, load_engine_held_full));
     cm_fed_apply_stats_get(w->fed, &st);
     assert_true(st.paused);
 
     /* peer-y comes while the engine holds all it may */
-    void *dy = load_peer(ctx, ep, keys.public_key, pub[1], sec[1]);
+    void *dy = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[1], ln.sec[1]);
     cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-y\","
                     "\"caps\":[\"deliver\",\"batch\"]}");
     load_send(dy, &b);
-    assert_true(load_turn_until_answer(&loop, dy, CM_FED_HELLO));
+    assert_true(load_turn_until_answer(&ln.loop, dy, CM_FED_HELLO));
     cm_buf_puts(&b, "{\"type\":\"directory\",\"id\":\"peer-y:directory:1\",\"organizations\":"
                     "[{\"id\":\"org-y\",\"name\":\"Y\",\"node\":\"peer-y\"}]}");
     load_send(dy, &b);
-    assert_true(load_turn_until_answer(&loop, dy, CM_FED_ACK));
+    assert_true(load_turn_until_answer(&ln.loop, dy, CM_FED_ACK));
     assert_int_equal(w->answered, 0); /* the engine still held everything */
     assert_true(w->handed <= CM_FED_APPLY_MAX);
     cm_fed_apply_stats_get(w->fed, &st);
@@ -983,7 +972,7 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     /* the engine answers: each of peer-x's applied once, in order */
     w->hold = false;
     uv_idle_start(&w->engine, load_engine_turn);
-    assert_true(load_turn_until(&loop, w, dx, load_all_acked));
+    assert_true(load_turn_until(&ln.loop, w, dx, load_all_acked));
     assert_true(w->peak <= CM_FED_APPLY_MAX);
     assert_int_equal(w->next_seq, LOAD_N + 1);
     assert_int_equal(w->busy, 0);
@@ -1001,17 +990,7 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     zmq_close(dx);
     zmq_close(dy);
     zmq_ctx_term(ctx);
-    cm_fed_stop(w->fed);
-    uv_close((uv_handle_t *)&w->engine, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cm_fed_destroy(&w->fed);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    cm_config_free(&cfg);
-    cm_keys_wipe(&keys);
-    free(w->tickets);
-    free(w->seqs);
-    free(w);
-    cm_test_node_free(n);
+    load_node_stop(&ln, w);
 }
 
 /* ---- a row routed late, while rows after it are in flight ----------------- */
