@@ -78,21 +78,6 @@ static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
     return ok;
 }
 
-/* Wait (at most 10 s) until at least n syncs have finished; false on timeout. */
-static inline bool cm_test_gate_wait_done(cm_test_gate *g, int n)
-{
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += 10;
-    pthread_mutex_lock(&g->mu);
-    int rc = 0;
-    while (g->done < n && rc == 0)
-        rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
-    bool ok = g->done >= n;
-    pthread_mutex_unlock(&g->mu);
-    return ok;
-}
-
 /* Count from here (the syncs an open made are not the test's). */
 static inline void cm_test_gate_zero(cm_test_gate *g)
 {

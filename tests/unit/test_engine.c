@@ -2329,7 +2329,11 @@ static void test_a_batch_synced_before_a_failed_sync_is_acknowledged(void **stat
     uv_run(&loop, UV_RUN_NOWAIT); /* t-2's batch commits and waits for the next */
     assert_int_equal(f->a.n, 0);
     cm_test_gate_hold(&f->gate, false);
-    assert_true(cm_test_gate_wait_done(&f->gate, 2)); /* both, before the loop looks */
+    /* both syncs end (the second failing) before the loop looks: the wait
+    ** returns once the store has taken in the failure */
+    assert_int_equal(cm_store_sync_wait(f->store, cm_store_commit_seq(f->store), &err),
+                     CM_EINDOUBT);
+    assert_int_equal(cm_test_gate_started(&f->gate), 2);
     assert_int_equal(cm_store_sync_status(f->store, &err), CM_EIO);
     loop_until_acks(f, &loop, 2);
     assert_string_equal(f->a.instance[0], "t-1");
