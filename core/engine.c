@@ -87,6 +87,7 @@ typedef struct synced_wait {
     int n;
     pending_event *events;
     int nevents;
+    bool failed; /* rolled back: its outcomes hold its own error, told as they are */
     struct synced_wait *next;
 } synced_wait;
 
@@ -2328,6 +2329,7 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
     sw->n = n;
     sw->events = e->events; /* the next transaction's events start a new list */
     sw->nevents = e->nevents;
+    sw->failed = false;
     e->events = NULL;
     e->nevents = e->events_cap = 0;
     sw->next = NULL;
@@ -2343,7 +2345,7 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
 ** after a failed sync, tell every submitter of a batch it did not cover
 ** CM_EINDOUBT instead (and the observer nothing: none of it is known
 ** durable, yet it reached the WAL). A batch covered before the failure is
-** durable and told so. */
+** durable and told so; one that rolled back keeps its own error. */
 static void sync_release(cm_engine *e)
 {
     cm_err err;
@@ -2354,7 +2356,8 @@ static void sync_release(cm_engine *e)
         e->wait_head = sw->next; /* unlinked first: an ack may submit more work */
         if (!e->wait_head)
             e->wait_tail = NULL;
-        int rc = sw->seq <= synced ? 0 : CM_EINDOUBT;
+        /* a batch that rolled back is known not to be there: its own error */
+        int rc = sw->failed || sw->seq <= synced ? 0 : CM_EINDOUBT;
         e->telling = sw->seq; /* what the outputs made now show (cm_engine_output_seq) */
         if (rc == 0)
             tell_list(e, sw->events, sw->nevents);
@@ -2480,8 +2483,10 @@ static int run_batch(cm_engine *e, cm_err *err)
     if (rc != 0 && e->wait_head) { /* its errors wait behind earlier batches' acks */
         e->nevents = 0;
         fail_outcomes(ocs, n, rc, err->msg);
-        if (sync_park(e, ocs, n))
+        if (sync_park(e, ocs, n)) {
+            e->wait_tail->failed = true;
             return rc;
+        }
     }
     if (rc == 0)
         tell_events(e);

@@ -2384,6 +2384,35 @@ static void test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_
     loop_end(f, &loop);
 }
 
+/* The same, but the sync the first batch waits for fails: the first batch
+** is in doubt (committed, not known durable), while the second, rolled
+** back, is told its own error: it is known not to be there. */
+static void test_a_rolled_back_batch_behind_a_failed_sync_keeps_its_error(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    reopen_pipelined(f);
+    f->gate.fail = EIO;
+    attach_pipelined(f, &loop, true);
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    cm_engine_set_work_hook(f->engine, refuse_t2, NULL);
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the second batch fails and rolls back */
+    int told_while_held = f->a.n;
+    cm_test_gate_hold(&f->gate, false); /* the sync fails */
+    assert_int_equal(told_while_held, 0);
+    loop_until_acks(f, &loop, 2);
+    assert_string_equal(f->a.instance[0], "t-1");
+    assert_int_equal(f->a.status[0], CM_EINDOUBT);
+    assert_string_equal(f->a.instance[1], "t-2");
+    assert_int_equal(f->a.status[1], CM_EDB);
+    assert_non_null(strstr(f->a.message[1], "refused by the test's work hook"));
+    cm_engine_set_work_hook(f->engine, NULL, NULL);
+    loop_end(f, &loop);
+}
+
 /* Without a loop a pipelined engine commits synced: every ack is told when
 ** cm_engine_run returns, and the sync thread is never asked. */
 static void test_a_pipelined_engine_without_a_loop_commits_synced(void **state)
@@ -2467,6 +2496,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_sync, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_rolled_back_batch_behind_a_failed_sync_keeps_its_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_engine_without_a_loop_commits_synced,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,
