@@ -2330,6 +2330,10 @@ static void test_a_batch_synced_before_a_failed_sync_is_acknowledged(void **stat
     assert_int_equal(f->a.n, 0);
     cm_test_gate_hold(&f->gate, false);
     assert_true(cm_test_gate_wait_done(&f->gate, 2)); /* both, before the loop looks */
+    /* the gate counts a sync done before the store's thread records it:
+    ** wait for the store itself (it wakes on the failure) */
+    assert_int_equal(cm_store_sync_wait(f->store, cm_store_commit_seq(f->store), &err),
+                     CM_EINDOUBT);
     assert_int_equal(cm_store_sync_status(f->store, &err), CM_EIO);
     loop_until_acks(f, &loop, 2);
     assert_string_equal(f->a.instance[0], "t-1");
