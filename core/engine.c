@@ -138,7 +138,8 @@ struct cm_engine {
     uv_async_t synced;                  /* the store's sync thread: the watermark moved */
     synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
     uint64_t telling;                   /* the commit of the batch being told, or 0 */
-    void (*durable_fn)(void *ud);       /* cm_engine_on_durable */
+    bool telling_doubt;           /* telling CM_EINDOUBT: outputs show no commit (the watermark) */
+    void (*durable_fn)(void *ud); /* cm_engine_on_durable */
     void *durable_ud;
     bool attached;
     int closing; /* handles still closing after detach */
@@ -2304,15 +2305,21 @@ static void fail_outcomes(outcome *ocs, int n, int rc, const char *msg)
     }
 }
 
-/* Tell a batch's submitters and free their work; rc != 0: see fail_outcomes. */
+/* Tell a batch's submitters and free their work; rc != 0: see fail_outcomes.
+** An answer in doubt (CM_EINDOUBT) says nothing of what any commit holds,
+** so what it makes waits for no sync (cm_engine_output_seq): the watermark
+** will never reach the commit it is about. */
 static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *msg)
 {
     if (rc != 0)
         fail_outcomes(ocs, n, rc, msg);
+    bool doubt = e->telling_doubt; /* an ack may run a batch of its own */
+    e->telling_doubt = rc == CM_EINDOUBT;
     for (int i = 0; i < n; i++) {
         tell(e, &ocs[i]);
         work_free(ocs[i].w);
     }
+    e->telling_doubt = doubt;
 }
 
 /* ---- pipelined group commit ------------------------------------------- */
@@ -2398,6 +2405,8 @@ static void on_synced(uv_async_t *h)
 
 uint64_t cm_engine_output_seq(const cm_engine *e)
 {
+    if (e->telling_doubt) /* an answer in doubt shows nothing: it need wait for no sync */
+        return cm_store_synced_seq(e->o.store);
     return e->telling ? e->telling : cm_store_commit_seq(e->o.store);
 }
 

@@ -29,6 +29,10 @@ typedef struct acks {
     char message[256][512];
     const char *db_path; /* when set, each ack checks the state is already on disk */
     int on_disk_mismatch;
+    /* when set, each ack notes what an answer made now may show, and the watermark */
+    cm_engine *engine;
+    cm_store *store;
+    uint64_t output[256], synced[256];
 } acks;
 
 typedef struct fx {
@@ -102,6 +106,10 @@ static void on_ack(void *ud, const cm_ack *ack)
     snprintf(a->state[i], sizeof(a->state[i]), "%s", ack->state ? ack->state : "");
     snprintf(a->instance[i], sizeof(a->instance[i]), "%s", ack->instance ? ack->instance : "");
     snprintf(a->message[i], sizeof(a->message[i]), "%s", ack->message ? ack->message : "");
+    if (a->engine) {
+        a->output[i] = cm_engine_output_seq(a->engine);
+        a->synced[i] = cm_store_synced_seq(a->store);
+    }
     if (a->db_path && ack->status == 0 && ack->instance) {
         /* A second connection sees the acknowledged state: the commit came first. */
         sqlite3 *db;
@@ -2288,6 +2296,8 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     cm_engine_observe(f->engine, observe, &s);
     f->gate.fail = EIO;
     attach_pipelined(f, &loop, false);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
     loop_until_acks(f, &loop, 2);
@@ -2295,6 +2305,9 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
         assert_int_equal(f->a.status[i], CM_EINDOUBT);
         assert_false(f->a.kept[i]);
         assert_non_null(strstr(f->a.message[i], "fdatasync failed"));
+        /* the API's answer (503 outcome_unknown) waits for no sync: the
+        ** watermark will never reach the commit it is about */
+        assert_true(f->a.output[i] <= f->a.synced[i]);
     }
     assert_int_equal(s.n, 0);
     start_ticker(f, "t-3");
@@ -2398,6 +2411,8 @@ static void test_a_rolled_back_batch_behind_a_failed_sync_keeps_its_error(void *
     reopen_pipelined(f);
     f->gate.fail = EIO;
     attach_pipelined(f, &loop, true);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
     start_ticker(f, "t-1");
     uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
     assert_true(cm_test_gate_wait_held(&f->gate, 1));
@@ -2410,6 +2425,7 @@ static void test_a_rolled_back_batch_behind_a_failed_sync_keeps_its_error(void *
     loop_until_acks(f, &loop, 2);
     assert_string_equal(f->a.instance[0], "t-1");
     assert_int_equal(f->a.status[0], CM_EINDOUBT);
+    assert_true(f->a.output[0] <= f->a.synced[0]); /* its 503 waits for no sync */
     assert_string_equal(f->a.instance[1], "t-2");
     assert_int_equal(f->a.status[1], CM_EDB);
     assert_non_null(strstr(f->a.message[1], "refused by the test's work hook"));
