@@ -138,7 +138,7 @@ struct cm_engine {
     uv_async_t synced;                  /* the store's sync thread: the watermark moved */
     synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
     uint64_t telling;                   /* the commit of the batch being told, or 0 */
-    bool telling_doubt;           /* telling CM_EINDOUBT: outputs show no commit (the watermark) */
+    bool telling_none;            /* telling answers that show no commit (in doubt, never run) */
     void (*durable_fn)(void *ud); /* cm_engine_on_durable */
     void *durable_ud;
     bool attached;
@@ -2313,13 +2313,13 @@ static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *ms
 {
     if (rc != 0)
         fail_outcomes(ocs, n, rc, msg);
-    bool doubt = e->telling_doubt; /* an ack may run a batch of its own */
-    e->telling_doubt = rc == CM_EINDOUBT;
+    bool none = e->telling_none; /* an ack may run a batch of its own */
+    e->telling_none = rc == CM_EINDOUBT;
     for (int i = 0; i < n; i++) {
         tell(e, &ocs[i]);
         work_free(ocs[i].w);
     }
-    e->telling_doubt = doubt;
+    e->telling_none = none;
 }
 
 /* ---- pipelined group commit ------------------------------------------- */
@@ -2405,7 +2405,7 @@ static void on_synced(uv_async_t *h)
 
 uint64_t cm_engine_output_seq(const cm_engine *e)
 {
-    if (e->telling_doubt) /* an answer in doubt shows nothing: it need wait for no sync */
+    if (e->telling_none) /* an answer that shows nothing need wait for no sync */
         return cm_store_synced_seq(e->o.store);
     return e->telling ? e->telling : cm_store_commit_seq(e->o.store);
 }
@@ -2509,6 +2509,8 @@ static int run_batch(cm_engine *e, cm_err *err)
 /* Tell every queued submitter err: its work will not run. */
 static void fail_queued(cm_engine *e, const cm_err *err)
 {
+    bool none = e->telling_none;
+    e->telling_none = true; /* never run: the answers wait for no sync */
     while (e->head) {
         work *w = e->head;
         e->head = w->next;
@@ -2520,6 +2522,7 @@ static void fail_queued(cm_engine *e, const cm_err *err)
         }
         work_free(w);
     }
+    e->telling_none = none;
 }
 
 int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
