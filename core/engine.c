@@ -87,6 +87,7 @@ typedef struct synced_wait {
     int n;
     pending_event *events;
     int nevents;
+    bool failed; /* rolled back: its outcomes hold its own error, told as they are */
     struct synced_wait *next;
 } synced_wait;
 
@@ -137,7 +138,8 @@ struct cm_engine {
     uv_async_t synced;                  /* the store's sync thread: the watermark moved */
     synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
     uint64_t telling;                   /* the commit of the batch being told, or 0 */
-    void (*durable_fn)(void *ud);       /* cm_engine_on_durable */
+    bool telling_none;            /* telling answers that show no commit (in doubt, never run) */
+    void (*durable_fn)(void *ud); /* cm_engine_on_durable */
     void *durable_ud;
     bool attached;
     int closing; /* handles still closing after detach */
@@ -2303,15 +2305,21 @@ static void fail_outcomes(outcome *ocs, int n, int rc, const char *msg)
     }
 }
 
-/* Tell a batch's submitters and free their work; rc != 0: see fail_outcomes. */
+/* Tell a batch's submitters and free their work; rc != 0: see fail_outcomes.
+** An answer in doubt (CM_EINDOUBT) says nothing of what any commit holds,
+** so what it makes waits for no sync (cm_engine_output_seq): the watermark
+** will never reach the commit it is about. */
 static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *msg)
 {
     if (rc != 0)
         fail_outcomes(ocs, n, rc, msg);
+    bool none = e->telling_none; /* an ack may run a batch of its own */
+    e->telling_none = rc == CM_EINDOUBT;
     for (int i = 0; i < n; i++) {
         tell(e, &ocs[i]);
         work_free(ocs[i].w);
     }
+    e->telling_none = none;
 }
 
 /* ---- pipelined group commit ------------------------------------------- */
@@ -2328,6 +2336,7 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
     sw->n = n;
     sw->events = e->events; /* the next transaction's events start a new list */
     sw->nevents = e->nevents;
+    sw->failed = false;
     e->events = NULL;
     e->nevents = e->events_cap = 0;
     sw->next = NULL;
@@ -2343,7 +2352,7 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
 ** after a failed sync, tell every submitter of a batch it did not cover
 ** CM_EINDOUBT instead (and the observer nothing: none of it is known
 ** durable, yet it reached the WAL). A batch covered before the failure is
-** durable and told so. */
+** durable and told so; one that rolled back keeps its own error. */
 static void sync_release(cm_engine *e)
 {
     cm_err err;
@@ -2354,7 +2363,8 @@ static void sync_release(cm_engine *e)
         e->wait_head = sw->next; /* unlinked first: an ack may submit more work */
         if (!e->wait_head)
             e->wait_tail = NULL;
-        int rc = sw->seq <= synced ? 0 : CM_EINDOUBT;
+        /* a batch that rolled back is known not to be there: its own error */
+        int rc = sw->failed || sw->seq <= synced ? 0 : CM_EINDOUBT;
         e->telling = sw->seq; /* what the outputs made now show (cm_engine_output_seq) */
         if (rc == 0)
             tell_list(e, sw->events, sw->nevents);
@@ -2395,6 +2405,8 @@ static void on_synced(uv_async_t *h)
 
 uint64_t cm_engine_output_seq(const cm_engine *e)
 {
+    if (e->telling_none) /* an answer that shows nothing need wait for no sync */
+        return cm_store_synced_seq(e->o.store);
     return e->telling ? e->telling : cm_store_commit_seq(e->o.store);
 }
 
@@ -2480,8 +2492,10 @@ static int run_batch(cm_engine *e, cm_err *err)
     if (rc != 0 && e->wait_head) { /* its errors wait behind earlier batches' acks */
         e->nevents = 0;
         fail_outcomes(ocs, n, rc, err->msg);
-        if (sync_park(e, ocs, n))
+        if (sync_park(e, ocs, n)) {
+            e->wait_tail->failed = true;
             return rc;
+        }
     }
     if (rc == 0)
         tell_events(e);
@@ -2495,6 +2509,8 @@ static int run_batch(cm_engine *e, cm_err *err)
 /* Tell every queued submitter err: its work will not run. */
 static void fail_queued(cm_engine *e, const cm_err *err)
 {
+    bool none = e->telling_none;
+    e->telling_none = true; /* never run: the answers wait for no sync */
     while (e->head) {
         work *w = e->head;
         e->head = w->next;
@@ -2506,6 +2522,7 @@ static void fail_queued(cm_engine *e, const cm_err *err)
         }
         work_free(w);
     }
+    e->telling_none = none;
 }
 
 int cm_engine_run(cm_engine *e, long *processed, cm_err *err)

@@ -286,7 +286,9 @@ void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 
 /* The commit an output made now may show (the output-commit rule, store.h):
 ** while the acks and observer events of a pipelined batch are told, that
-** batch's commit; otherwise the store's latest (cm_store_commit_seq). */
+** batch's commit; while acks in doubt (CM_EINDOUBT) or of work that never
+** ran are told, the watermark (they show nothing, and must not wait for a
+** sync that failed); otherwise the store's latest (cm_store_commit_seq). */
 uint64_t cm_engine_output_seq(const cm_engine *e);
 /* fn(ud) runs on the loop each time a pipelined engine learns that the
 ** store's watermark moved or a sync failed, after it told what that

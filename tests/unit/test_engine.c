@@ -29,6 +29,10 @@ typedef struct acks {
     char message[256][512];
     const char *db_path; /* when set, each ack checks the state is already on disk */
     int on_disk_mismatch;
+    /* when set, each ack notes what an answer made now may show, and the watermark */
+    cm_engine *engine;
+    cm_store *store;
+    uint64_t output[256], synced[256];
 } acks;
 
 typedef struct fx {
@@ -102,6 +106,10 @@ static void on_ack(void *ud, const cm_ack *ack)
     snprintf(a->state[i], sizeof(a->state[i]), "%s", ack->state ? ack->state : "");
     snprintf(a->instance[i], sizeof(a->instance[i]), "%s", ack->instance ? ack->instance : "");
     snprintf(a->message[i], sizeof(a->message[i]), "%s", ack->message ? ack->message : "");
+    if (a->engine) {
+        a->output[i] = cm_engine_output_seq(a->engine);
+        a->synced[i] = cm_store_synced_seq(a->store);
+    }
     if (a->db_path && ack->status == 0 && ack->instance) {
         /* A second connection sees the acknowledged state: the commit came first. */
         sqlite3 *db;
@@ -2288,6 +2296,8 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     cm_engine_observe(f->engine, observe, &s);
     f->gate.fail = EIO;
     attach_pipelined(f, &loop, false);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
     loop_until_acks(f, &loop, 2);
@@ -2295,12 +2305,16 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
         assert_int_equal(f->a.status[i], CM_EINDOUBT);
         assert_false(f->a.kept[i]);
         assert_non_null(strstr(f->a.message[i], "fdatasync failed"));
+        /* the API's answer (503 outcome_unknown) waits for no sync: the
+        ** watermark will never reach the commit it is about */
+        assert_true(f->a.output[i] <= f->a.synced[i]);
     }
     assert_int_equal(s.n, 0);
     start_ticker(f, "t-3");
     loop_until_acks(f, &loop, 3);
     assert_int_equal(f->a.status[2], CM_EIO);
     assert_non_null(strstr(f->a.message[2], "takes no more writes"));
+    assert_true(f->a.output[2] <= f->a.synced[2]); /* never run: its 503 waits for nothing */
     assert_int_equal(cm_engine_run(f->engine, NULL, &err), CM_EIO);
     assert_int_equal(cm_engine_pause(f->engine, "t-1", &err), CM_EIO);
     sqlite3_close(s.db);
@@ -2383,6 +2397,38 @@ static void test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_
     assert_string_equal(f->a.instance[1], "t-2");
     assert_int_equal(f->a.status[1], CM_EDB);
     assert_false(f->a.kept[1]);
+    assert_non_null(strstr(f->a.message[1], "refused by the test's work hook"));
+    cm_engine_set_work_hook(f->engine, NULL, NULL);
+    loop_end(f, &loop);
+}
+
+/* The same, but the sync the first batch waits for fails: the first batch
+** is in doubt (committed, not known durable), while the second, rolled
+** back, is told its own error: it is known not to be there. */
+static void test_a_rolled_back_batch_behind_a_failed_sync_keeps_its_error(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    reopen_pipelined(f);
+    f->gate.fail = EIO;
+    attach_pipelined(f, &loop, true);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    cm_engine_set_work_hook(f->engine, refuse_t2, NULL);
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the second batch fails and rolls back */
+    int told_while_held = f->a.n;
+    cm_test_gate_hold(&f->gate, false); /* the sync fails */
+    assert_int_equal(told_while_held, 0);
+    loop_until_acks(f, &loop, 2);
+    assert_string_equal(f->a.instance[0], "t-1");
+    assert_int_equal(f->a.status[0], CM_EINDOUBT);
+    assert_true(f->a.output[0] <= f->a.synced[0]); /* its 503 waits for no sync */
+    assert_string_equal(f->a.instance[1], "t-2");
+    assert_int_equal(f->a.status[1], CM_EDB);
     assert_non_null(strstr(f->a.message[1], "refused by the test's work hook"));
     cm_engine_set_work_hook(f->engine, NULL, NULL);
     loop_end(f, &loop);
@@ -2471,6 +2517,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_failed_batch_is_told_after_earlier_batches_waiting_for_their_sync, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_rolled_back_batch_behind_a_failed_sync_keeps_its_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_engine_without_a_loop_commits_synced,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_messages_apply_only_after_the_one_sent_before, setup,

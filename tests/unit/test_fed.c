@@ -993,6 +993,54 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     load_node_stop(&ln, w);
 }
 
+/* A node stopped and destroyed while its engine holds all it may and more
+** of a peer's delivers wait parked: the parked ones are freed with it, and
+** the engine's answers that come after the federation is gone free their
+** tickets and batches and send nothing (ASan: no leak, no use after free). */
+static void test_a_federation_destroyed_with_delivers_parked_frees_them(void **state)
+{
+    load_world *w = calloc(1, sizeof(*w));
+    load_node ln;
+    cm_fed_apply_stats st;
+    cm_buf b = {0};
+    load_node_start(&ln, w, 1);
+    w->hold = true;
+
+    void *ctx = zmq_ctx_new();
+    void *dx = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[0], ln.sec[0]);
+    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
+                    "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dx, &b);
+    assert_true(load_turn_until(&ln.loop, w, dx, load_said_hello));
+    load_flood(dx, &b);
+    assert_true(load_turn_until(&ln.loop, w, dx, load_engine_held_full));
+    for (int i = 0; i < 20; i++) /* the rest of the flood read and parked */
+        uv_run(&ln.loop, UV_RUN_ONCE);
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(st.paused);
+    assert_true(w->handed <= CM_FED_APPLY_MAX);
+    assert_true(w->handed < LOAD_N); /* the others wait parked (or in ZeroMQ) */
+
+    cm_fed_stop(w->fed);
+    uv_close((uv_handle_t *)&w->engine, NULL);
+    uv_run(&ln.loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(&w->fed);
+    /* the engine answers after the federation is gone */
+    for (long i = w->head; i < w->tail; i++)
+        cm_fed_answer(w->tickets[i], "received", NULL);
+    w->head = w->tail;
+    assert_int_equal(uv_loop_close(&ln.loop), 0);
+    cm_config_free(&ln.cfg);
+    cm_keys_wipe(&ln.keys);
+    free(w->tickets);
+    free(w->seqs);
+    free(w);
+    cm_test_node_free(ln.n);
+    free(b.p);
+    zmq_close(dx);
+    zmq_ctx_term(ctx);
+}
+
 /* ---- a row routed late, while rows after it are in flight ----------------- */
 
 /* Turn the loop, reading what reaches the bare peer (answering its hello),
@@ -1362,6 +1410,7 @@ int main(void)
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
         cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
         cmocka_unit_test(test_a_full_engine_does_not_hold_another_peers_hello),
+        cmocka_unit_test(test_a_federation_destroyed_with_delivers_parked_frees_them),
         cmocka_unit_test(test_a_row_routed_late_goes_after_rows_in_flight),
         cmocka_unit_test(test_the_sweep_writes_rows_under_the_mark_delivered),
     };
