@@ -1016,10 +1016,10 @@ static void test_deferred_commit_below_full_needs_no_sync(void **state)
 
 /* An fsync that fails inside SQLite's own synced commit (the WAL's, at FULL:
 ** the non-pipelined path) takes the sync thread's path: the commit fails
-** with CM_EINDOUBT naming it (it is in the WAL), waiters get CM_EINDOUBT, the listener hears (the
-*daemon
-** stops there), the watermark stays, and every later transaction is
-** refused, even once the disk's syncs work again: never retried. */
+** with CM_EINDOUBT naming it (it is in the WAL), waiters get CM_EINDOUBT,
+** the listener hears (the daemon stops there), the watermark stays, and
+** every later transaction is refused, even once the disk's syncs work
+** again: never retried. */
 static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **state)
 {
     fixture *f = *state;
