@@ -929,6 +929,20 @@ static bool load_turn_until_answer(uv_loop_t *loop, void *d, cm_fed_type want)
     return false;
 }
 
+/* peer-x says hello and floods the node, whose engine answers nothing,
+** until the engine holds all it may: peer-x's DEALER. */
+static void *load_fill_engine(load_node *ln, load_world *w, void *ctx, cm_buf *b)
+{
+    void *dx = load_peer(ctx, ln->ep, ln->keys.public_key, ln->pub[0], ln->sec[0]);
+    cm_buf_puts(b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
+                   "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dx, b);
+    assert_true(load_turn_until(&ln->loop, w, dx, load_said_hello));
+    load_flood(dx, b);
+    assert_true(load_turn_until(&ln->loop, w, dx, load_engine_held_full));
+    return dx;
+}
+
 /* One peer floods the node while its engine answers nothing, so what the
 ** engine holds reaches the mark; another peer then says hello and is
 ** answered at once, and a directory it shares is recorded, while the
@@ -944,13 +958,7 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     w->hold = true;
 
     void *ctx = zmq_ctx_new();
-    void *dx = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[0], ln.sec[0]);
-    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
-                    "\"caps\":[\"deliver\",\"batch\"]}");
-    load_send(dx, &b);
-    assert_true(load_turn_until(&ln.loop, w, dx, load_said_hello));
-    load_flood(dx, &b);
-    assert_true(load_turn_until(&ln.loop, w, dx, load_engine_held_full));
+    void *dx = load_fill_engine(&ln, w, ctx, &b);
     cm_fed_apply_stats_get(w->fed, &st);
     assert_true(st.paused);
 
@@ -1007,13 +1015,7 @@ static void test_a_federation_destroyed_with_delivers_parked_frees_them(void **s
     w->hold = true;
 
     void *ctx = zmq_ctx_new();
-    void *dx = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[0], ln.sec[0]);
-    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
-                    "\"caps\":[\"deliver\",\"batch\"]}");
-    load_send(dx, &b);
-    assert_true(load_turn_until(&ln.loop, w, dx, load_said_hello));
-    load_flood(dx, &b);
-    assert_true(load_turn_until(&ln.loop, w, dx, load_engine_held_full));
+    void *dx = load_fill_engine(&ln, w, ctx, &b);
     for (int i = 0; i < 20; i++) /* the rest of the flood read and parked */
         uv_run(&ln.loop, UV_RUN_ONCE);
     cm_fed_apply_stats_get(w->fed, &st);
