@@ -64,6 +64,21 @@ static cm_store *open_store(const char *path, bool create, cm_err *err)
     return s;
 }
 
+/* A new store at path whose checkpoints are set by checkpoint_pages
+** (cm_store_opts). */
+static cm_store *open_checkpointing(const char *path, int checkpoint_pages)
+{
+    cm_store_opts o;
+    cm_store *s = NULL;
+    cm_err err;
+    cm_store_opts_init(&o);
+    o.path = path;
+    o.create = true;
+    o.checkpoint_pages = checkpoint_pages;
+    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    return s;
+}
+
 static int pragma_int(cm_store *s, const char *sql)
 {
     sqlite3_stmt *st;
@@ -412,16 +427,11 @@ static long file_size(const char *path)
 static void test_checkpoints_run_off_the_commit_path(void **state)
 {
     fixture *f = *state;
-    cm_store_opts o;
     cm_store *s = NULL;
     cm_store_ckpt_stats ck;
     cm_err err;
-    cm_store_opts_init(&o);
-    o.path = f->db;
-    o.create = true;
-    o.checkpoint_pages = 16; /* thread from 16 pages, restart from 64, bound 128 */
-    assert_int_equal(cm_store_open(&s, &o, &err), 0);
-    write_rows(s, 0, 300, 4); /* ~1,200 pages through the WAL */
+    s = open_checkpointing(f->db, 16); /* thread from 16 pages, restart from 64, bound 128 */
+    write_rows(s, 0, 300, 4);          /* ~1,200 pages through the WAL */
     cm_store_ckpt_stats_get(s, &ck);
     assert_true(ck.background > 0);
     assert_true(ck.inline_runs > 0); /* the WAL started over */
@@ -466,15 +476,9 @@ static int fds_on(const char *path)
 static void test_checkpoint_thread_opens_no_descriptor_of_its_own(void **state)
 {
     fixture *f = *state;
-    cm_store_opts o;
     cm_store *s = NULL;
     cm_store_ckpt_stats ck;
-    cm_err err;
-    cm_store_opts_init(&o);
-    o.path = f->db;
-    o.create = true;
-    o.checkpoint_pages = 16;
-    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    s = open_checkpointing(f->db, 16);
     int writer = fds_on(f->db); /* the writer's connection */
     assert_true(writer >= 1);
     write_rows(s, 0, 300, 4);
@@ -491,17 +495,11 @@ static void test_checkpoint_thread_opens_no_descriptor_of_its_own(void **state)
 static void test_checkpoints_wait_for_no_reader(void **state)
 {
     fixture *f = *state;
-    cm_store_opts o;
     cm_store *s = NULL;
     cm_store_ckpt_stats ck;
-    cm_err err;
     sqlite3 *reader = NULL;
     sqlite3_stmt *st = NULL;
-    cm_store_opts_init(&o);
-    o.path = f->db;
-    o.create = true;
-    o.checkpoint_pages = 16;
-    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    s = open_checkpointing(f->db, 16);
     write_rows(s, 0, 10, 4);
     assert_int_equal(sqlite3_open_v2(f->db, &reader, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(reader, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
@@ -534,15 +532,9 @@ static void test_checkpoints_wait_for_no_reader(void **state)
 static void test_checkpoints_inline_when_asked(void **state)
 {
     fixture *f = *state;
-    cm_store_opts o;
     cm_store *s = NULL;
     cm_store_ckpt_stats ck;
-    cm_err err;
-    cm_store_opts_init(&o);
-    o.path = f->db;
-    o.create = true;
-    o.checkpoint_pages = -1;
-    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    s = open_checkpointing(f->db, -1);
     uint64_t before = cm_store_commit_seq(s);
     write_rows(s, 0, 400, 4);
     assert_int_equal(cm_store_commit_seq(s), before + 400); /* the store's hook counted them */
@@ -585,14 +577,9 @@ static void test_wal_autocheckpoint_cannot_replace_the_store_hook(void **state)
 static void test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good(void **state)
 {
     fixture *f = *state;
-    cm_store_opts o;
     cm_store *s = NULL;
     cm_err err;
-    cm_store_opts_init(&o);
-    o.path = f->db;
-    o.create = true;
-    o.checkpoint_pages = -1;
-    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    s = open_checkpointing(f->db, -1);
     sqlite3_stmt *reading;
     assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT version FROM schema_version", -1,
                                         &reading, NULL),
@@ -1059,15 +1046,10 @@ static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **st
 static void checkpoint_fsync_fails(fixture *f, int checkpoint_pages)
 {
     cm_test_failvfs *fv = &failvfs;
-    cm_store_opts o;
     cm_store *s = NULL;
     cm_err err;
     assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
-    cm_store_opts_init(&o);
-    o.path = f->db;
-    o.create = true;
-    o.checkpoint_pages = checkpoint_pages;
-    assert_int_equal(cm_store_open(&s, &o, &err), 0);
+    s = open_checkpointing(f->db, checkpoint_pages);
     fv->suffix = "caremesh.db";
     int commits = 0;
     while (commits < 1000 && cm_store_sync_status(s, &err) == 0) {
