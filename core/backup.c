@@ -129,24 +129,16 @@ static int check_target(const char *src, const char *dst, cm_err *err)
 ** or not. No WAL: the snapshot reads only the database file. */
 static int sync_source_wal(cm_backup *b, const char *src, cm_err *err)
 {
-    /* the WAL SQLite reads, beside the file a symlinked src names, never
-    ** "<src>-wal" (which would not exist: taken for no WAL, and no sync) */
-    const char *db = sqlite3_db_filename(b->src, "main");
-    const char *path = db && *db ? sqlite3_filename_wal(db) : NULL;
-    if (!path || !*path)
+    const char *path;
+    int rc = cm_store_sync_wal_file(b->src, b->sync_fn, b->sync_ud, &path);
+    if (rc == 0)
+        return 0;
+    if (!path)
         return cm_err_set(err, CM_EIO, "%s: SQLite names no WAL file for it", src);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT
-                   ? 0
-                   : cm_err_set(err, CM_EIO, "%s: cannot open: %s", path, strerror(errno));
-    int rc = b->sync_fn ? b->sync_fn(b->sync_ud, fd) : (fdatasync(fd) == 0 ? 0 : errno);
-    close(fd);
-    return rc == 0 ? 0
-                   : cm_err_set(err, CM_EIO,
-                                "%s: fdatasync failed: %s (the node's latest commits may not be "
-                                "on disk; no backup was taken)",
-                                path, strerror(rc));
+    return cm_err_set(err, CM_EIO,
+                      "%s: fdatasync failed: %s (the node's latest commits may not be on disk; "
+                      "no backup was taken)",
+                      path, strerror(rc));
 }
 
 /* Open the source read-only and hold one read snapshot for the whole copy,

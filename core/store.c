@@ -804,6 +804,28 @@ static void *sync_main(void *arg)
     return NULL;
 }
 
+/* The WAL file SQLite uses for db's main database: beside the file a
+** symlinked path names, not "<path>-wal". NULL if it names none. */
+static const char *wal_file_of(sqlite3 *db)
+{
+    const char *main = sqlite3_db_filename(db, "main");
+    const char *wal = main && *main ? sqlite3_filename_wal(main) : NULL;
+    return wal && *wal ? wal : NULL;
+}
+
+int cm_store_sync_wal_file(sqlite3 *db, int (*fn)(void *ud, int fd), void *ud, const char **path)
+{
+    *path = wal_file_of(db);
+    if (!*path)
+        return ENOENT;
+    int fd = open(*path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : errno;
+    int rc = fn ? fn(ud, fd) : (fdatasync(fd) == 0 ? 0 : errno);
+    close(fd);
+    return rc;
+}
+
 /* The thread and its fd of the WAL, on the first deferred commit; false if
 ** they cannot be had (deferred commits then commit synced). */
 static bool sync_start(cm_store *store)
@@ -812,11 +834,10 @@ static bool sync_start(cm_store *store)
     if (sy->started || sy->unavailable)
         return sy->started;
     sy->unavailable = true;
-    size_t n = strlen(store->path) + sizeof("-wal");
     struct stat sb;
-    if (!(sy->wal_path = malloc(n)))
+    const char *wal = wal_file_of(store->db);
+    if (!wal || !(sy->wal_path = strdup(wal)))
         return false;
-    snprintf(sy->wal_path, n, "%s-wal", store->path);
     /* the writer's connection holds the WAL open from its first read on */
     sy->fd = open(sy->wal_path, O_RDONLY | O_CLOEXEC);
     if (sy->fd < 0 || fstat(sy->fd, &sb) != 0 || !S_ISREG(sb.st_mode))
@@ -897,19 +918,15 @@ static void sync_close(cm_store *store)
 static int sync_recovered(cm_store *store, cm_err *err)
 {
     cm_syncer *sy = &store->sy;
-    char path[4096];
+    const char *path;
     if (store->sync < CM_SYNC_FULL)
         return 0;
-    if (snprintf(path, sizeof(path), "%s-wal", store->path) >= (int)sizeof(path))
-        return cm_err_set(err, CM_EINVAL, "%s: path too long", store->path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT
-                   ? 0
-                   : cm_err_set(err, CM_EIO, "%s: cannot open: %s", path, strerror(errno));
-    int rc = sy->fn ? sy->fn(sy->fn_ud, fd) : (fdatasync(fd) == 0 ? 0 : errno);
-    close(fd);
-    return rc == 0 ? 0 : cm_err_set(err, CM_EIO, "%s: fdatasync failed: %s", path, strerror(rc));
+    int rc = cm_store_sync_wal_file(store->db, sy->fn, sy->fn_ud, &path);
+    if (rc == 0)
+        return 0;
+    if (!path)
+        return cm_err_set(err, CM_EIO, "%s: SQLite names no WAL file for it", store->path);
+    return cm_err_set(err, CM_EIO, "%s: fdatasync failed: %s", path, strerror(rc));
 }
 
 /* code: CM_EIO for what the failure refuses (a write not begun), or

@@ -139,6 +139,10 @@ int cm_store_begin_deferred(cm_store *store, cm_err *err);
 uint64_t cm_store_commit_seq(cm_store *store);
 /* The watermark: every commit numbered at or below it is durable. Any thread. */
 uint64_t cm_store_synced_seq(cm_store *store);
+/* fdatasync (or fn(ud, fd), a test's) the WAL file SQLite uses for db's
+** main database, named in *path (NULL: SQLite names none, ENOENT). 0 also
+** when there is no WAL file; else the errno. Any connection, any thread. */
+int cm_store_sync_wal_file(sqlite3 *db, int (*fn)(void *ud, int fd), void *ud, const char **path);
 /* Block until commit seq is durable: 0, or CM_EINDOUBT when a sync failed
 ** before it was (a commit the watermark covered stays 0). */
 int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err);

@@ -781,6 +781,31 @@ static uint64_t deferred_write(cm_store *s, const char *value)
     return cm_store_commit_seq(s);
 }
 
+/* A store opened through a symlink: its WAL is beside the real file, and
+** the sync thread syncs that one (before, it looked for "<link>-wal", found
+** none, and every deferred commit fell back to a synced one). */
+static void test_a_symlinked_store_syncs_the_wal_sqlite_uses(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate g;
+    cm_err err;
+    char link[1100];
+    snprintf(link, sizeof(link), "%s/link.db", f->dir);
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    cm_store_close(&s);
+    assert_int_equal(symlink(f->db, link), 0);
+    cm_test_gate_init(&g);
+    s = open_gated(link, CM_SYNC_FULL, &g, &err);
+    assert_non_null(s);
+    cm_test_gate_zero(&g);
+    uint64_t a = deferred_write(s, "v");
+    assert_int_equal(cm_store_sync_wait(s, a, &err), 0);
+    assert_int_equal(cm_test_gate_started(&g), 1); /* by the thread, through the gate */
+    cm_store_close(&s);
+    cm_test_gate_destroy(&g);
+}
+
 /* A deferred commit is not durable until the sync thread's sync of it ends:
 ** held, the watermark stays below it; released, it passes it, and the
 ** listener hears. Its transaction ran at NORMAL; the level is back after. */
@@ -1114,6 +1139,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_database_readable_by_others_is_refused, setup,
                                         teardown),
         cmocka_unit_test(test_small_blocks_are_kept_per_thread),
+        cmocka_unit_test_setup_teardown(test_a_symlinked_store_syncs_the_wal_sqlite_uses, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_deferred_commit_is_durable_only_after_its_sync, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_commits_during_a_sync_share_the_next_one, setup,
