@@ -943,11 +943,19 @@ static void *load_fill_engine(load_node *ln, load_world *w, void *ctx, cm_buf *b
     return dx;
 }
 
+static bool load_x_parked(load_world *w)
+{
+    long n;
+    size_t bytes;
+    return cm_fed_peer_parked(w->fed, "peer-x", &n, &bytes) == 0 && n > 0;
+}
+
 /* One peer floods the node while its engine answers nothing, so what the
 ** engine holds reaches the mark; another peer then says hello and is
 ** answered at once, and a directory it shares is recorded, while the
-** first peer's delivers still wait. Once the engine answers, each of them
-** is applied once, in order, never more than CM_FED_APPLY_MAX at once. */
+** first peer's delivers still wait, parked, and counted as its own. Once
+** the engine answers, each of them is applied once, in order, never more
+** than CM_FED_APPLY_MAX at once, and none is parked any more. */
 static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
 {
     load_world *w = calloc(1, sizeof(*w));
@@ -961,6 +969,7 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     void *dx = load_fill_engine(&ln, w, ctx, &b);
     cm_fed_apply_stats_get(w->fed, &st);
     assert_true(st.paused);
+    assert_true(load_turn_until(&ln.loop, w, dx, load_x_parked));
 
     /* peer-y comes while the engine holds all it may */
     void *dy = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[1], ln.sec[1]);
@@ -976,6 +985,17 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     assert_true(w->handed <= CM_FED_APPLY_MAX);
     cm_fed_apply_stats_get(w->fed, &st);
     assert_true(st.paused);
+    /* peer-x's delivers not handed over wait parked, each counted with its
+    ** bytes (a deliver's text is more than 60); none of peer-y's */
+    long parked;
+    size_t parked_bytes;
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-x", &parked, &parked_bytes), 0);
+    assert_true(parked > 0 && parked <= LOAD_N - w->handed);
+    assert_true(parked_bytes > (size_t)parked * 60);
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-y", &parked, &parked_bytes), 0);
+    assert_int_equal(parked, 0);
+    assert_int_equal(parked_bytes, 0);
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-z", &parked, &parked_bytes), -1);
 
     /* the engine answers: each of peer-x's applied once, in order */
     w->hold = false;
@@ -993,6 +1013,9 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
     cm_fed_apply_stats_get(w->fed, &st);
     assert_int_equal(st.applying, 0);
     assert_false(st.paused);
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-x", &parked, &parked_bytes), 0);
+    assert_int_equal(parked, 0);
+    assert_int_equal(parked_bytes, 0);
 
     free(b.p);
     zmq_close(dx);
