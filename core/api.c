@@ -1377,6 +1377,15 @@ static void h_peers(call *c)
         int up = cm_fed_peer_up(c->api->o.fed, p->id);
         up < 0 ? cJSON_AddNullToObject(row, "up") : cJSON_AddBoolToObject(row, "up", up == 1);
         cJSON_AddNumberToObject(row, "outbox_depth", (double)depth);
+        long parked;
+        size_t parked_bytes;
+        if (cm_fed_peer_parked(c->api->o.fed, p->id, &parked, &parked_bytes) == 0) {
+            cJSON_AddNumberToObject(row, "parked", (double)parked);
+            cJSON_AddNumberToObject(row, "parked_bytes", (double)parked_bytes);
+        } else {
+            cJSON_AddNullToObject(row, "parked");
+            cJSON_AddNullToObject(row, "parked_bytes");
+        }
         age < 0 ? cJSON_AddNullToObject(row, "oldest_pending_s")
                 : cJSON_AddNumberToObject(row, "oldest_pending_s", age);
         sqlite3_stmt *dir = cm_store_prepare(
@@ -1769,6 +1778,29 @@ static void h_audit_verify(call *c)
         reply_err(c, &err, NULL);
 }
 
+/* Per peer: the delivers parked until the engine has room, and their bytes. */
+static void metrics_parked(cm_api *api, cm_buf *b)
+{
+    const cm_config *cfg = api->o.cfg;
+    static const char *const names[] = {"caremesh_peer_parked_messages",
+                                        "caremesh_peer_parked_bytes"};
+    static const char *const helps[] = {
+        "Delivers from the peer parked in memory until the engine has room.",
+        "Bytes of the delivers from the peer parked in memory."};
+    for (int k = 0; k < 2; k++) {
+        metric_head(b, names[k], "gauge", helps[k]);
+        for (int i = 0; i < cfg->fed_npeers; i++) {
+            char l1[2 * CM_NAME_MAX];
+            long n;
+            size_t bytes;
+            if (cm_fed_peer_parked(api->o.fed, cfg->fed_peers[i].id, &n, &bytes) == 0)
+                cm_buf_printf(b, "%s{peer=\"%s\"} %lld\n", names[k],
+                              lv(cfg->fed_peers[i].id, l1, sizeof(l1)),
+                              k == 0 ? (long long)n : (long long)bytes);
+        }
+    }
+}
+
 /* The answer: the engine's counters, the store's gauges (text), peers up,
 ** the HTTP counters. */
 static void metrics_reply(call *c, const char *gauges, size_t glen)
@@ -1799,6 +1831,7 @@ static void metrics_reply(call *c, const char *gauges, size_t glen)
         metric_head(&b, "caremesh_fed_apply_pauses_total", "counter",
                     "Times delivers from peers began to wait until the engine answered.");
         cm_buf_printf(&b, "caremesh_fed_apply_pauses_total %ld\n", as.pauses);
+        metrics_parked(api, &b);
     }
     count(api, c->rt->pattern, 200); /* this answer counts itself */
     metric_head(&b, "caremesh_http_requests_total", "counter",

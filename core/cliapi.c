@@ -1792,6 +1792,7 @@ int cm_cliapi_peers(int argc, char **argv, cm_cliapi_offline_fn offline)
                                   {"UP", "up"},
                                   {"PENDING", "outbox_depth"},
                                   {"OLDEST_S", "oldest_pending_s"},
+                                  {"PARKED", "parked"},
                                   {"PUBLIC KEY", "public_key"},
                                   {NULL, NULL}};
     static const cmd_args args = {.allow = ALLOW_OFFLINE};

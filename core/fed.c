@@ -893,7 +893,8 @@ typedef struct fed_peer {
     uint8_t rid[FED_HELLO_LINKS][256];
     size_t rid_len[FED_HELLO_LINKS];
     int rid_next;
-    long parked; /* apply mode: its delivers parked (batch entries count each) */
+    long parked;        /* apply mode: its delivers parked (batch entries count each) */
+    size_t parked_size; /* and the bytes they hold (counted as in park_bytes) */
 } fed_peer;
 
 /* The answers to a batch (1.2): one per entry, gathered until each has one,
@@ -1517,6 +1518,12 @@ static bool router_full(fed_sock *s)
     return fed->park_full;
 }
 
+/* What a parked message counts against FED_PARK_BYTES. */
+static size_t parked_bytes(fed_parked *k)
+{
+    return sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+}
+
 /* Apply mode: park the deliver or batch just read (parts, its entries
 ** delivers) from p behind those parked before, when the engine holds all
 ** it may or others wait already: it goes to the engine in its turn
@@ -1543,8 +1550,10 @@ static bool router_park(cm_fed *fed, fed_peer *p, zmq_msg_t *parts, long deliver
     else
         fed->park_head = k;
     fed->park_tail = k;
-    fed->park_bytes += sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+    size_t bytes = parked_bytes(k);
+    fed->park_bytes += bytes;
     p->parked += delivers;
+    p->parked_size += bytes;
     if (!fed->apply_paused) {
         fed->apply_pauses++;
         cm_log(CM_LOG_DEBUG, "fed.paused",
@@ -1576,8 +1585,10 @@ static void fed_unpark(cm_fed *fed)
         fed_parked *k = fed->park_head;
         if (!(fed->park_head = k->next))
             fed->park_tail = NULL;
-        fed->park_bytes -= sizeof(*k) + zmq_msg_size(&k->parts[0]) + zmq_msg_size(&k->parts[1]);
+        size_t bytes = parked_bytes(k);
+        fed->park_bytes -= bytes;
         fed->peers[k->peer].parked -= k->delivers;
+        fed->peers[k->peer].parked_size -= bytes;
         fed->unparking = true;
         router_read(&fed->router, k->parts, 2);
         fed->unparking = false;
@@ -3312,6 +3323,19 @@ int cm_fed_listen_endpoint(const cm_fed *fed, char *buf, size_t size)
         return -1;
     }
     return 0;
+}
+
+int cm_fed_peer_parked(const cm_fed *fed, const char *peer, long *delivers, size_t *bytes)
+{
+    *delivers = 0;
+    *bytes = 0;
+    for (int i = 0; fed && peer && i < fed->npeers; i++)
+        if (strcmp(fed->peers[i].cfg->id, peer) == 0) {
+            *delivers = fed->peers[i].parked;
+            *bytes = fed->peers[i].parked_size;
+            return 0;
+        }
+    return -1;
 }
 
 int cm_fed_peer_up(const cm_fed *fed, const char *peer)

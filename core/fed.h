@@ -226,6 +226,12 @@ void cm_fed_destroy(cm_fed **fed_p);
 ** it is down, -1 when fed is NULL or peer is not configured. */
 int cm_fed_peer_up(const cm_fed *fed, const char *peer);
 
+/* Apply mode: the delivers from peer parked in memory until the engine
+** has room (batch entries count each; docs/federation.md, "Under load")
+** and the bytes they hold. 0; -1 (zeros) when fed is NULL or peer is not
+** configured. */
+int cm_fed_peer_parked(const cm_fed *fed, const char *peer, long *delivers, size_t *bytes);
+
 /* The apply path's load: messages handed to the engine and not answered
 ** yet (never past CM_FED_APPLY_MAX), the most at once since start, the
 ** times delivers from peers began to wait (parked) at the mark, and

@@ -177,6 +177,13 @@ bmetrics=$(curl -sf -H "Authorization: Bearer $btok" "http://127.0.0.1:$bport/me
 applying_max=$(sed -n 's/^caremesh_fed_applying_max //p' <<<"$bmetrics")
 if [ "${applying_max:-0}" -gt 0 ] && [ "$applying_max" -le 2048 ]; then ok; else bad "B's engine held $applying_max messages at once (at most 2048)"; fi
 same "nothing left with B's engine" "$(sed -n 's/^caremesh_fed_applying //p' <<<"$bmetrics")" 0
+same "nothing of A's left parked at B" \
+  "$(grep -E '^caremesh_peer_parked_(messages|bytes)[{]peer="node-a"[}] ' <<<"$bmetrics" | tr '\n' ' ')" \
+  'caremesh_peer_parked_messages{peer="node-a"} 0 caremesh_peer_parked_bytes{peer="node-a"} 0 '
+bpeers=$(curl -sf -H "Authorization: Bearer $btok" "http://127.0.0.1:$bport/v1/peers")
+same "the API shows A's parked delivers at B" "$(jq -r '.items[0] | .id + " " + (.parked|tostring) + " " + (.parked_bytes|tostring)' <<<"$bpeers")" "node-a 0 0"
+out=$("$bin" peers --api "127.0.0.1:$bport" --token "$btok")
+if grep -qE '^PEER +ENDPOINT +UP +PENDING +OLDEST_S +PARKED +PUBLIC KEY' <<<"$out" && grep -qE '^node-a .* 0 +[^ ]+$' <<<"$out"; then ok; else bad "peers shows what is parked: $out"; fi
 echo "flood of $flood_n: at most $applying_max with the engine, reading paused $(sed -n 's/^caremesh_fed_apply_pauses_total //p' <<<"$bmetrics") time(s)"
 
 # ---- an unknown key is refused, named on the refusing side ----

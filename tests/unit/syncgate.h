@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +22,8 @@ typedef struct cm_test_gate {
     int fail_at; /* with fail: only syncs numbered (by started) from this one fail */
     int started; /* syncs begun */
     int done;    /* syncs finished */
+    dev_t dev;   /* the file the last sync was of */
+    ino_t ino;
 } cm_test_gate;
 
 static inline void cm_test_gate_init(cm_test_gate *g)
@@ -29,6 +32,8 @@ static inline void cm_test_gate_init(cm_test_gate *g)
     pthread_cond_init(&g->cv, NULL);
     g->held = false;
     g->waiting = g->fail = g->fail_at = g->started = g->done = 0;
+    g->dev = 0;
+    g->ino = 0;
 }
 
 static inline void cm_test_gate_destroy(cm_test_gate *g)
@@ -43,6 +48,11 @@ static inline int cm_test_gate_sync(void *ud, int fd)
     cm_test_gate *g = ud;
     pthread_mutex_lock(&g->mu);
     int nth = ++g->started;
+    struct stat sb;
+    if (fstat(fd, &sb) == 0) {
+        g->dev = sb.st_dev;
+        g->ino = sb.st_ino;
+    }
     g->waiting++;
     pthread_cond_broadcast(&g->cv);
     while (g->held)
@@ -84,6 +94,18 @@ static inline void cm_test_gate_zero(cm_test_gate *g)
     pthread_mutex_lock(&g->mu);
     g->started = g->done = 0;
     pthread_mutex_unlock(&g->mu);
+}
+
+/* Whether the last sync was of the file at path (followed if a link). */
+static inline bool cm_test_gate_synced(cm_test_gate *g, const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return false;
+    pthread_mutex_lock(&g->mu);
+    bool same = g->started > 0 && g->dev == sb.st_dev && g->ino == sb.st_ino;
+    pthread_mutex_unlock(&g->mu);
+    return same;
 }
 
 static inline int cm_test_gate_started(cm_test_gate *g)

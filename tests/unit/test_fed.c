@@ -787,21 +787,29 @@ static void *load_peer(void *ctx, const char *ep, const char *server, const char
 
 /* A node in apply mode whose engine is a load_world, listening on
 ** 127.0.0.1 at a port it picked (ep), with npeers bare peers configured
-** (peer-x, peer-y; their keys in pub and sec). */
+** (peer-x, peer-y; their keys in pub and sec), the ZeroMQ context of the
+** bare peers (each closed by its test before load_node_stop) and a buffer
+** for what they send. */
 typedef struct load_node {
     cm_test_node *n;
     uv_loop_t loop;
     cm_config cfg;
     cm_keypair keys;
     char pub[2][41], sec[2][41], ep[256];
+    void *ctx;
+    cm_buf b;
 } load_node;
 
-static void load_node_start(load_node *ln, load_world *w, int npeers)
+/* Start the node; its engine, the load_world (freed by load_node_free). */
+static load_world *load_node_start(load_node *ln, int npeers)
 {
     cm_err err;
+    load_world *w = calloc(1, sizeof(*w));
+    memset(ln, 0, sizeof(*ln));
     ln->n = cm_test_node_new();
     assert_non_null(ln->n);
     assert_non_null(w);
+    assert_non_null(ln->ctx = zmq_ctx_new());
     cm_log_set_level(CM_LOG_WARN); /* a line per message otherwise */
     assert_int_equal(cm_keys_generate(&ln->keys, &err), 0);
     cm_config_defaults(&ln->cfg);
@@ -831,15 +839,21 @@ static void load_node_start(load_node *ln, load_world *w, int npeers)
     assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
     assert_int_equal(cm_fed_listen_endpoint(w->fed, ln->ep, sizeof(ln->ep)), 0);
     assert_non_null(strstr(ln->ep, "tcp://127.0.0.1:"));
+    return w;
 }
 
-/* Stop and free what load_node_start made, and w. */
-static void load_node_stop(load_node *ln, load_world *w)
+/* Stop and destroy the node's federation and its engine's handle. */
+static void load_fed_stop(load_node *ln, load_world *w)
 {
     cm_fed_stop(w->fed);
     uv_close((uv_handle_t *)&w->engine, NULL);
     uv_run(&ln->loop, UV_RUN_DEFAULT);
     cm_fed_destroy(&w->fed);
+}
+
+/* After load_fed_stop: free the rest of what load_node_start made, and w. */
+static void load_node_free(load_node *ln, load_world *w)
+{
     assert_int_equal(uv_loop_close(&ln->loop), 0);
     cm_config_free(&ln->cfg);
     cm_keys_wipe(&ln->keys);
@@ -847,6 +861,43 @@ static void load_node_stop(load_node *ln, load_world *w)
     free(w->seqs);
     free(w);
     cm_test_node_free(ln->n);
+    free(ln->b.p);
+    zmq_ctx_term(ln->ctx);
+}
+
+/* Stop and free what load_node_start made, and w. */
+static void load_node_stop(load_node *ln, load_world *w)
+{
+    load_fed_stop(ln, w);
+    load_node_free(ln, w);
+}
+
+/* peer-x (a bare DEALER with its configured key) says hello to the node
+** and is answered: its DEALER. */
+static void *load_peer_hello(load_node *ln, load_world *w)
+{
+    cm_buf *b = &ln->b;
+    void *dx = load_peer(ln->ctx, ln->ep, ln->keys.public_key, ln->pub[0], ln->sec[0]);
+    cm_buf_puts(b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
+                   "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dx, b);
+    assert_true(load_turn_until(&ln->loop, w, dx, load_said_hello));
+    return dx;
+}
+
+/* Once the engine answered all the flood: never more than the bound with
+** it; each applied once, in order, and acked once, after its answer. */
+static void load_check_each_applied_once_in_order(load_world *w)
+{
+    assert_true(w->peak <= CM_FED_APPLY_MAX);
+    assert_int_equal(w->next_seq, LOAD_N + 1);
+    assert_int_equal(w->busy, 0); /* nothing reached the engine out of order */
+    for (long i = 1; i <= LOAD_N; i++)
+        if (w->acked[i] != 1)
+            fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
+    assert_int_equal(w->early_acks, 0);
+    assert_int_equal(w->other_answers, 0);
+    assert_int_equal(w->dups, 0); /* nothing was dropped, so nothing was resent */
 }
 
 /* A peer sends several times what may wait in the engine, without waiting
@@ -856,44 +907,24 @@ static void load_node_stop(load_node *ln, load_world *w)
 ** applied once, in order, and acked only after the engine answered it. */
 static void test_apply_mode_bounds_what_waits_in_the_engine(void **state)
 {
-    load_world *w = calloc(1, sizeof(*w));
     load_node ln;
     cm_fed_apply_stats st;
-    cm_buf b = {0};
-    load_node_start(&ln, w, 1);
-
-    /* the peer: a bare DEALER with the configured key */
-    void *ctx = zmq_ctx_new(), *d = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[0], ln.sec[0]);
-    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
-                    "\"caps\":[\"deliver\",\"batch\"]}");
-    load_send(d, &b);
-    assert_true(load_turn_until(&ln.loop, w, d, load_said_hello));
-
-    load_flood(d, &b);
+    load_world *w = load_node_start(&ln, 1);
+    void *d = load_peer_hello(&ln, w);
+    load_flood(d, &ln.b);
     assert_true(load_turn_until(&ln.loop, w, d, load_all_acked));
 
     /* never past the bound, and the bound was reached: reading paused */
     cm_fed_apply_stats_get(w->fed, &st);
-    assert_true(w->peak <= CM_FED_APPLY_MAX);
     assert_true(w->peak > CM_FED_APPLY_MAX - CM_FED_BATCH_MAX);
     assert_int_equal(st.applying_max, w->peak);
     assert_true(st.pauses > 0);
     assert_int_equal(w->stats_off, 0);
-    /* each applied once, in order; acked once, after the engine's answer */
-    assert_int_equal(w->next_seq, LOAD_N + 1);
-    assert_int_equal(w->busy, 0); /* nothing reached the engine out of order */
-    for (long i = 1; i <= LOAD_N; i++)
-        if (w->acked[i] != 1)
-            fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
-    assert_int_equal(w->early_acks, 0);
-    assert_int_equal(w->other_answers, 0);
-    assert_int_equal(w->dups, 0); /* nothing was dropped, so nothing was resent */
+    load_check_each_applied_once_in_order(w);
     assert_int_equal(st.applying, 0);
     assert_false(st.paused);
 
-    free(b.p);
     zmq_close(d);
-    zmq_ctx_term(ctx);
     load_node_stop(&ln, w);
 }
 
@@ -929,75 +960,81 @@ static bool load_turn_until_answer(uv_loop_t *loop, void *d, cm_fed_type want)
     return false;
 }
 
-/* peer-x says hello and floods the node, whose engine answers nothing,
-** until the engine holds all it may: peer-x's DEALER. */
-static void *load_fill_engine(load_node *ln, load_world *w, void *ctx, cm_buf *b)
+/* peer-x says hello and floods the node, whose engine answers nothing
+** (w->hold) until the test lets it, until the engine holds all it may:
+** peer-x's DEALER. */
+static void *load_fill_engine(load_node *ln, load_world *w)
 {
-    void *dx = load_peer(ctx, ln->ep, ln->keys.public_key, ln->pub[0], ln->sec[0]);
-    cm_buf_puts(b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-x\","
-                   "\"caps\":[\"deliver\",\"batch\"]}");
-    load_send(dx, b);
-    assert_true(load_turn_until(&ln->loop, w, dx, load_said_hello));
-    load_flood(dx, b);
+    w->hold = true;
+    void *dx = load_peer_hello(ln, w);
+    load_flood(dx, &ln->b);
     assert_true(load_turn_until(&ln->loop, w, dx, load_engine_held_full));
     return dx;
+}
+
+static bool load_x_parked(load_world *w)
+{
+    long n;
+    size_t bytes;
+    return cm_fed_peer_parked(w->fed, "peer-x", &n, &bytes) == 0 && n > 0;
 }
 
 /* One peer floods the node while its engine answers nothing, so what the
 ** engine holds reaches the mark; another peer then says hello and is
 ** answered at once, and a directory it shares is recorded, while the
-** first peer's delivers still wait. Once the engine answers, each of them
-** is applied once, in order, never more than CM_FED_APPLY_MAX at once. */
+** first peer's delivers still wait, parked, and counted as its own. Once
+** the engine answers, each of them is applied once, in order, never more
+** than CM_FED_APPLY_MAX at once, and none is parked any more. */
 static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
 {
-    load_world *w = calloc(1, sizeof(*w));
     load_node ln;
     cm_fed_apply_stats st;
-    cm_buf b = {0};
-    load_node_start(&ln, w, 2);
-    w->hold = true;
-
-    void *ctx = zmq_ctx_new();
-    void *dx = load_fill_engine(&ln, w, ctx, &b);
+    load_world *w = load_node_start(&ln, 2);
+    void *dx = load_fill_engine(&ln, w);
     cm_fed_apply_stats_get(w->fed, &st);
     assert_true(st.paused);
+    assert_true(load_turn_until(&ln.loop, w, dx, load_x_parked));
 
     /* peer-y comes while the engine holds all it may */
-    void *dy = load_peer(ctx, ln.ep, ln.keys.public_key, ln.pub[1], ln.sec[1]);
-    cm_buf_puts(&b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-y\","
-                    "\"caps\":[\"deliver\",\"batch\"]}");
-    load_send(dy, &b);
+    void *dy = load_peer(ln.ctx, ln.ep, ln.keys.public_key, ln.pub[1], ln.sec[1]);
+    cm_buf_puts(&ln.b, "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"peer-y\","
+                       "\"caps\":[\"deliver\",\"batch\"]}");
+    load_send(dy, &ln.b);
     assert_true(load_turn_until_answer(&ln.loop, dy, CM_FED_HELLO));
-    cm_buf_puts(&b, "{\"type\":\"directory\",\"id\":\"peer-y:directory:1\",\"organizations\":"
-                    "[{\"id\":\"org-y\",\"name\":\"Y\",\"node\":\"peer-y\"}]}");
-    load_send(dy, &b);
+    cm_buf_puts(&ln.b, "{\"type\":\"directory\",\"id\":\"peer-y:directory:1\",\"organizations\":"
+                       "[{\"id\":\"org-y\",\"name\":\"Y\",\"node\":\"peer-y\"}]}");
+    load_send(dy, &ln.b);
     assert_true(load_turn_until_answer(&ln.loop, dy, CM_FED_ACK));
     assert_int_equal(w->answered, 0); /* the engine still held everything */
     assert_true(w->handed <= CM_FED_APPLY_MAX);
     cm_fed_apply_stats_get(w->fed, &st);
     assert_true(st.paused);
+    /* peer-x's delivers not handed over wait parked, each counted with its
+    ** bytes (a deliver's text is more than 60); none of peer-y's */
+    long parked;
+    size_t parked_bytes;
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-x", &parked, &parked_bytes), 0);
+    assert_true(parked > 0 && parked <= LOAD_N - w->handed);
+    assert_true(parked_bytes > (size_t)parked * 60);
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-y", &parked, &parked_bytes), 0);
+    assert_int_equal(parked, 0);
+    assert_int_equal(parked_bytes, 0);
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-z", &parked, &parked_bytes), -1);
 
     /* the engine answers: each of peer-x's applied once, in order */
     w->hold = false;
     uv_idle_start(&w->engine, load_engine_turn);
     assert_true(load_turn_until(&ln.loop, w, dx, load_all_acked));
-    assert_true(w->peak <= CM_FED_APPLY_MAX);
-    assert_int_equal(w->next_seq, LOAD_N + 1);
-    assert_int_equal(w->busy, 0);
-    assert_int_equal(w->dups, 0);
-    for (long i = 1; i <= LOAD_N; i++)
-        if (w->acked[i] != 1)
-            fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
-    assert_int_equal(w->early_acks, 0);
-    assert_int_equal(w->other_answers, 0);
+    load_check_each_applied_once_in_order(w);
     cm_fed_apply_stats_get(w->fed, &st);
     assert_int_equal(st.applying, 0);
     assert_false(st.paused);
+    assert_int_equal(cm_fed_peer_parked(w->fed, "peer-x", &parked, &parked_bytes), 0);
+    assert_int_equal(parked, 0);
+    assert_int_equal(parked_bytes, 0);
 
-    free(b.p);
     zmq_close(dx);
     zmq_close(dy);
-    zmq_ctx_term(ctx);
     load_node_stop(&ln, w);
 }
 
@@ -1007,15 +1044,10 @@ static void test_a_full_engine_does_not_hold_another_peers_hello(void **state)
 ** tickets and batches and send nothing (ASan: no leak, no use after free). */
 static void test_a_federation_destroyed_with_delivers_parked_frees_them(void **state)
 {
-    load_world *w = calloc(1, sizeof(*w));
     load_node ln;
     cm_fed_apply_stats st;
-    cm_buf b = {0};
-    load_node_start(&ln, w, 1);
-    w->hold = true;
-
-    void *ctx = zmq_ctx_new();
-    void *dx = load_fill_engine(&ln, w, ctx, &b);
+    load_world *w = load_node_start(&ln, 1);
+    void *dx = load_fill_engine(&ln, w);
     for (int i = 0; i < 20; i++) /* the rest of the flood read and parked */
         uv_run(&ln.loop, UV_RUN_ONCE);
     cm_fed_apply_stats_get(w->fed, &st);
@@ -1023,24 +1055,84 @@ static void test_a_federation_destroyed_with_delivers_parked_frees_them(void **s
     assert_true(w->handed <= CM_FED_APPLY_MAX);
     assert_true(w->handed < LOAD_N); /* the others wait parked (or in ZeroMQ) */
 
-    cm_fed_stop(w->fed);
-    uv_close((uv_handle_t *)&w->engine, NULL);
-    uv_run(&ln.loop, UV_RUN_DEFAULT);
-    cm_fed_destroy(&w->fed);
+    load_fed_stop(&ln, w);
     /* the engine answers after the federation is gone */
     for (long i = w->head; i < w->tail; i++)
         cm_fed_answer(w->tickets[i], "received", NULL);
     w->head = w->tail;
-    assert_int_equal(uv_loop_close(&ln.loop), 0);
-    cm_config_free(&ln.cfg);
-    cm_keys_wipe(&ln.keys);
-    free(w->tickets);
-    free(w->seqs);
-    free(w);
-    cm_test_node_free(ln.n);
-    free(b.p);
     zmq_close(dx);
-    zmq_ctx_term(ctx);
+    load_node_free(&ln, w);
+}
+
+/* ---- a sending node and a bare peer ---------------------------------------- */
+
+/* A node "node-a" whose one peer "node-b" is a bare ROUTER (r) on
+** 127.0.0.1 at a port it picked, with the key configured for node-b. The
+** test starts its federation (fo, poll 10 ms) once its rows are in. */
+typedef struct send_node {
+    cm_test_node *n;
+    void *ctx, *r;
+    cm_keypair keys;
+    cm_config cfg;
+    uv_loop_t loop;
+    cm_fed_opts fo;
+} send_node;
+
+static void send_node_start(send_node *sn)
+{
+    char pub[41], sec[41], ep[256];
+    size_t eplen = sizeof(ep);
+    cm_err err;
+    int zero = 0, one = 1;
+    memset(sn, 0, sizeof(*sn));
+    sn->n = cm_test_node_new();
+    assert_non_null(sn->n);
+    cm_log_set_level(CM_LOG_WARN);
+    assert_int_equal(cm_keys_generate(&sn->keys, &err), 0);
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    sn->ctx = zmq_ctx_new();
+    sn->r = zmq_socket(sn->ctx, ZMQ_ROUTER);
+    assert_non_null(sn->r);
+    zmq_setsockopt(sn->r, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(sn->r, ZMQ_CURVE_SERVER, &one, sizeof(one));
+    zmq_setsockopt(sn->r, ZMQ_CURVE_SECRETKEY, sec, 40);
+    assert_int_equal(zmq_bind(sn->r, "tcp://127.0.0.1:*"), 0);
+    assert_int_equal(zmq_getsockopt(sn->r, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
+    cm_config_defaults(&sn->cfg);
+    sn->cfg.fed_enabled = true;
+    snprintf(sn->cfg.fed_listen, sizeof(sn->cfg.fed_listen), "tcp://127.0.0.1:*");
+    sn->cfg.fed_npeers = 1;
+    cm_peer_config *p = &sn->cfg.fed_peers[0];
+    snprintf(p->id, sizeof(p->id), "node-b");
+    snprintf(p->endpoint, sizeof(p->endpoint), "%s", ep);
+    snprintf(p->public_key, sizeof(p->public_key), "%s", pub);
+    assert_int_equal(uv_loop_init(&sn->loop), 0);
+    sn->fo = (cm_fed_opts){.loop = &sn->loop,
+                           .store = sn->n->store,
+                           .clock = sn->n->clock,
+                           .cfg = &sn->cfg,
+                           .node_id = "node-a",
+                           .keys = &sn->keys,
+                           .poll_ms = 10};
+}
+
+/* Stop and destroy *fed, running its closes on the loop. */
+static void send_fed_stop(send_node *sn, cm_fed **fed)
+{
+    cm_fed_stop(*fed);
+    uv_run(&sn->loop, UV_RUN_DEFAULT);
+    cm_fed_destroy(fed);
+}
+
+/* After send_fed_stop: free what send_node_start made. */
+static void send_node_stop(send_node *sn)
+{
+    assert_int_equal(uv_loop_close(&sn->loop), 0);
+    zmq_close(sn->r);
+    zmq_ctx_term(sn->ctx);
+    cm_config_free(&sn->cfg);
+    cm_keys_wipe(&sn->keys);
+    cm_test_node_free(sn->n);
 }
 
 /* ---- a row routed late, while rows after it are in flight ----------------- */
@@ -1099,36 +1191,11 @@ static int64_t late_query(cm_test_node *n, const char *sql)
 ** goes after them. */
 static void test_a_row_routed_late_goes_after_rows_in_flight(void **state)
 {
-    cm_test_node *n = cm_test_node_new();
-    char pub[41], sec[41], ep[256];
-    size_t eplen = sizeof(ep);
-    cm_keypair keys;
-    cm_config cfg;
+    send_node sn;
     cm_fed *fed = NULL;
-    uv_loop_t loop;
     cm_err err;
-    int zero = 0, one = 1;
-    assert_non_null(n);
-    cm_log_set_level(CM_LOG_WARN);
-    assert_int_equal(cm_keys_generate(&keys, &err), 0);
-    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
-
-    /* the peer: a bare ROUTER with the configured key, that never acks */
-    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
-    assert_non_null(r);
-    zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof(zero));
-    zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof(one));
-    zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, sec, 40);
-    assert_int_equal(zmq_bind(r, "tcp://127.0.0.1:*"), 0);
-    assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
-
-    cm_config_defaults(&cfg);
-    cfg.fed_enabled = true;
-    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
-    cfg.fed_npeers = 1;
-    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "node-b");
-    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "%s", ep);
-    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s", pub);
+    send_node_start(&sn); /* the peer never acks */
+    cm_test_node *n = sn.n;
     assert_int_equal(sqlite3_exec(cm_store_db(n->store),
                                   "INSERT INTO record(kind, id, doc, created, updated) VALUES "
                                   "('organization', 'cardio', '{\"node\":\"node-b\"}', 'now', "
@@ -1139,16 +1206,8 @@ static void test_a_row_routed_late_goes_after_rows_in_flight(void **state)
                                   "(12, 'cardio', 'node-b', 'test.note', '{}', 'now')",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    cm_fed_opts fo = {.loop = &loop,
-                      .store = n->store,
-                      .clock = n->clock,
-                      .cfg = &cfg,
-                      .node_id = "node-a",
-                      .keys = &keys,
-                      .poll_ms = 10};
-    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
-    assert_true(late_turn_until_sent(&loop, r, "\"node-a:12\""));
+    assert_int_equal(cm_fed_start(&sn.fo, &fed, &err), 0);
+    assert_true(late_turn_until_sent(&sn.loop, sn.r, "\"node-a:12\""));
 
     assert_int_equal(sqlite3_exec(cm_store_db(n->store),
                                   "INSERT INTO outbox(seq, receiver, kind, payload, created) "
@@ -1156,21 +1215,14 @@ static void test_a_row_routed_late_goes_after_rows_in_flight(void **state)
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     cm_fed_wake(fed);
-    assert_true(late_turn_until_sent(&loop, r, "\"late.note\""));
+    assert_true(late_turn_until_sent(&sn.loop, sn.r, "\"late.note\""));
     assert_int_equal(late_query(n, "SELECT count(*) FROM outbox WHERE seq = 5"), 0);
     int64_t seq = late_query(n, "SELECT seq FROM outbox WHERE kind = 'late.note' AND peer = "
                                 "'node-b' AND status = 'pending'");
     assert_int_equal(seq, 13);
 
-    cm_fed_stop(fed);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cm_fed_destroy(&fed);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    zmq_close(r);
-    zmq_ctx_term(ctx);
-    cm_config_free(&cfg);
-    cm_keys_wipe(&keys);
-    cm_test_node_free(n);
+    send_fed_stop(&sn, &fed);
+    send_node_stop(&sn);
 }
 
 /* ---- the sweep of rows delivered under a peer's mark ---------------------- */
@@ -1278,36 +1330,15 @@ static void sweep_depth(cm_test_node *n, long want, double want_age)
 ** above the mark are delivered. */
 static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
 {
-    cm_test_node *n = cm_test_node_new();
+    send_node sn;
     sweep_peer *sp = calloc(1, sizeof(*sp));
-    char pub[41], sec[41], ep[256], sql[1024], old[CM_TIME_BUFSZ], older[CM_TIME_BUFSZ];
-    size_t eplen = sizeof(ep);
-    cm_keypair keys;
-    cm_config cfg;
+    char sql[1024], old[CM_TIME_BUFSZ], older[CM_TIME_BUFSZ];
     cm_fed *fed = NULL;
-    uv_loop_t loop;
     cm_err err;
-    int zero = 0, one = 1;
-    assert_non_null(n);
     assert_non_null(sp);
-    cm_log_set_level(CM_LOG_WARN);
-    assert_int_equal(cm_keys_generate(&keys, &err), 0);
-    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
-    void *ctx = zmq_ctx_new();
-    sp->r = zmq_socket(ctx, ZMQ_ROUTER);
-    assert_non_null(sp->r);
-    zmq_setsockopt(sp->r, ZMQ_LINGER, &zero, sizeof(zero));
-    zmq_setsockopt(sp->r, ZMQ_CURVE_SERVER, &one, sizeof(one));
-    zmq_setsockopt(sp->r, ZMQ_CURVE_SECRETKEY, sec, 40);
-    assert_int_equal(zmq_bind(sp->r, "tcp://127.0.0.1:*"), 0);
-    assert_int_equal(zmq_getsockopt(sp->r, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
-    cm_config_defaults(&cfg);
-    cfg.fed_enabled = true;
-    snprintf(cfg.fed_listen, sizeof(cfg.fed_listen), "tcp://127.0.0.1:*");
-    cfg.fed_npeers = 1;
-    snprintf(cfg.fed_peers[0].id, sizeof(cfg.fed_peers[0].id), "node-b");
-    snprintf(cfg.fed_peers[0].endpoint, sizeof(cfg.fed_peers[0].endpoint), "%s", ep);
-    snprintf(cfg.fed_peers[0].public_key, sizeof(cfg.fed_peers[0].public_key), "%s", pub);
+    send_node_start(&sn);
+    cm_test_node *n = sn.n;
+    sp->r = sn.r;
 
     cm_time_format(CM_TEST_EPOCH_MS - 3600000, older, sizeof(older));
     cm_time_format(CM_TEST_EPOCH_MS - 60000, old, sizeof(old));
@@ -1325,19 +1356,9 @@ static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
 
     /* the peer does not answer hello: down, nothing in flight; the sweep
     ** runs. Stopped after its first tick, between two transactions. */
-    assert_int_equal(uv_loop_init(&loop), 0);
-    cm_fed_opts fo = {.loop = &loop,
-                      .store = n->store,
-                      .clock = n->clock,
-                      .cfg = &cfg,
-                      .node_id = "node-a",
-                      .keys = &keys,
-                      .poll_ms = 10};
-    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
-    assert_true(sweep_turn_until(&loop, n, sp, SWEEP_UNDER + SWEEP_ABOVE - 1));
-    cm_fed_stop(fed);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cm_fed_destroy(&fed);
+    assert_int_equal(cm_fed_start(&sn.fo, &fed, &err), 0);
+    assert_true(sweep_turn_until(&sn.loop, n, sp, SWEEP_UNDER + SWEEP_ABOVE - 1));
+    send_fed_stop(&sn, &fed);
     int64_t left = sweep_pending(n, "node-b") - SWEEP_ABOVE;
     assert_true(left > 0);                           /* stopped before the end */
     assert_int_equal(left % 256, SWEEP_UNDER % 256); /* whole chunks, the oldest first */
@@ -1354,11 +1375,9 @@ static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
     /* restart with the peer answering: only the rows above the mark go,
     ** once each; the sweep finishes once they are delivered */
     sp->answer = true;
-    assert_int_equal(cm_fed_start(&fo, &fed, &err), 0);
-    assert_true(sweep_turn_until(&loop, n, sp, 0));
-    cm_fed_stop(fed);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    cm_fed_destroy(&fed);
+    assert_int_equal(cm_fed_start(&sn.fo, &fed, &err), 0);
+    assert_true(sweep_turn_until(&sn.loop, n, sp, 0));
+    send_fed_stop(&sn, &fed);
     for (int i = 1; i <= SWEEP_MARK; i++)
         if (sp->got[i] != 0)
             fail_msg("node-a:%d, under the mark, was sent again", i);
@@ -1389,13 +1408,8 @@ static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
     sqlite3_finalize(st);
     assert_true(indexed);
 
-    assert_int_equal(uv_loop_close(&loop), 0);
-    zmq_close(sp->r);
-    zmq_ctx_term(ctx);
     free(sp);
-    cm_config_free(&cfg);
-    cm_keys_wipe(&keys);
-    cm_test_node_free(n);
+    send_node_stop(&sn);
 }
 
 int main(void)

@@ -20,14 +20,31 @@
 #include "failvfs.h"
 #include "syncgate.h"
 
+/* What a store's sync thread told its listener (cm_store_on_synced). */
+typedef struct notes {
+    pthread_mutex_t mu;
+    int n;
+} notes;
+
+/* The gated tests' store, its sync gate and its listener's notes live
+** here, not on a test's stack: a failed assertion leaves the test while the
+** sync thread may wait on the gate, and teardown releases the gate and
+** closes the store (joining the thread) before any of it is freed. */
 typedef struct fixture {
     char *dir;
     char *db;
+    cm_store *gated; /* open_gated's store, closed by close_gated or teardown */
+    cm_test_gate gate;
+    bool gate_init;
+    notes notes;
 } fixture;
 
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
+    if (!f)
+        return -1;
+    pthread_mutex_init(&f->notes.mu, NULL);
     f->dir = cm_test_tmpdir();
     f->db = strdup(cm_test_path(f->dir, "caremesh.db"));
     *state = f;
@@ -37,6 +54,12 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
+    if (f->gate_init)
+        cm_test_gate_hold(&f->gate, false); /* a held sync would hang the close */
+    cm_store_close(&f->gated);
+    if (f->gate_init)
+        cm_test_gate_destroy(&f->gate);
+    pthread_mutex_destroy(&f->notes.mu);
     cm_test_rmtree(f->dir);
     free(f->dir);
     free(f->db);
@@ -737,24 +760,36 @@ static void test_delivered_mark_migration_keeps_rows_answered_out_of_order(void 
 
 /* ---- deferred commits: the fsync on the store's sync thread ------------ */
 
-static cm_store *open_gated(const char *path, cm_sync level, cm_test_gate *g, cm_err *err)
+/* The fixture's sync gate, made ready on first use. */
+static cm_test_gate *gate_of(fixture *f)
+{
+    if (!f->gate_init) {
+        cm_test_gate_init(&f->gate);
+        f->gate_init = true;
+    }
+    return &f->gate;
+}
+
+/* Open (creating) the store at path as f->gated, its WAL synced through
+** f's gate; NULL with *err on failure. One at a time: close_gated first. */
+static cm_store *open_gated(fixture *f, const char *path, cm_sync level, cm_err *err)
 {
     cm_store_opts o;
-    cm_store *s = NULL;
+    assert_null(f->gated);
     cm_store_opts_init(&o);
     o.path = path;
     o.create = true;
     o.synchronous = level;
     o.sync_fn = cm_test_gate_sync;
-    o.sync_ud = g;
-    cm_store_open(&s, &o, err);
-    return s;
+    o.sync_ud = gate_of(f);
+    cm_store_open(&f->gated, &o, err);
+    return f->gated;
 }
 
-typedef struct notes {
-    pthread_mutex_t mu;
-    int n;
-} notes;
+static void close_gated(fixture *f)
+{
+    cm_store_close(&f->gated);
+}
 
 static void count_note(void *ud)
 {
@@ -787,7 +822,7 @@ static uint64_t deferred_write(cm_store *s, const char *value)
 static void test_a_symlinked_store_syncs_the_wal_sqlite_uses(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
+    cm_test_gate *g = gate_of(f);
     cm_err err;
     char link[1100];
     snprintf(link, sizeof(link), "%s/link.db", f->dir);
@@ -795,15 +830,13 @@ static void test_a_symlinked_store_syncs_the_wal_sqlite_uses(void **state)
     assert_non_null(s);
     cm_store_close(&s);
     assert_int_equal(symlink(f->db, link), 0);
-    cm_test_gate_init(&g);
-    s = open_gated(link, CM_SYNC_FULL, &g, &err);
+    s = open_gated(f, link, CM_SYNC_FULL, &err);
     assert_non_null(s);
-    cm_test_gate_zero(&g);
+    cm_test_gate_zero(g);
     uint64_t a = deferred_write(s, "v");
     assert_int_equal(cm_store_sync_wait(s, a, &err), 0);
-    assert_int_equal(cm_test_gate_started(&g), 1); /* by the thread, through the gate */
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    assert_int_equal(cm_test_gate_started(g), 1); /* by the thread, through the gate */
+    close_gated(f);
 }
 
 /* A deferred commit is not durable until the sync thread's sync of it ends:
@@ -812,14 +845,13 @@ static void test_a_symlinked_store_syncs_the_wal_sqlite_uses(void **state)
 static void test_deferred_commit_is_durable_only_after_its_sync(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
-    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_test_gate *g = gate_of(f);
+    notes *c = &f->notes;
     cm_err err;
-    cm_test_gate_init(&g);
-    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
     assert_non_null(s);
-    cm_store_on_synced(s, count_note, &c);
-    cm_test_gate_hold(&g, true);
+    cm_store_on_synced(s, count_note, c);
+    cm_test_gate_hold(g, true);
     uint64_t before = cm_store_commit_seq(s);
     assert_int_equal(cm_store_begin_deferred(s, &err), 0);
     assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
@@ -828,20 +860,63 @@ static void test_deferred_commit_is_durable_only_after_its_sync(void **state)
     assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 2);
     uint64_t seq = cm_store_commit_seq(s);
     assert_int_equal(seq, before + 1);
-    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_true(cm_test_gate_wait_held(g, 1));
     assert_true(cm_store_synced_seq(s) < seq);
-    assert_int_equal(notes_n(&c), 0);
-    cm_test_gate_hold(&g, false);
+    assert_int_equal(notes_n(c), 0);
+    cm_test_gate_hold(g, false);
     assert_int_equal(cm_store_sync_wait(s, seq, &err), 0);
     assert_true(cm_store_synced_seq(s) >= seq);
-    assert_int_equal(notes_n(&c), 1);
-    assert_int_equal(cm_test_gate_started(&g), 1);
+    assert_int_equal(notes_n(c), 1);
+    assert_int_equal(cm_test_gate_started(g), 1);
     char *v = cm_store_meta_get(s, "k", &err);
     assert_string_equal(v, "v1");
     free(v);
     cm_store_on_synced(s, NULL, NULL);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    close_gated(f);
+}
+
+/* A process killed between a deferred commit and its sync through the
+** store at path: the commit is left in the WAL, unsynced. */
+static void leave_an_unsynced_wal(fixture *f, const char *path)
+{
+    cm_err err;
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err); /* created, closed cleanly */
+    assert_non_null(s);
+    close_gated(f);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        cm_store *k = open_gated(f, path, CM_SYNC_FULL, &err);
+        cm_test_gate_hold(&f->gate, true); /* the deferred commit's sync never ends */
+        if (!k || cm_store_begin_deferred(k, &err) != 0 ||
+            cm_store_meta_set(k, "k", "unsynced", &err) != 0 || cm_store_commit(k, &err) != 0)
+            _exit(1);
+        cm_test_gate_wait_held(&f->gate, 1);
+        kill(getpid(), SIGKILL);
+        _exit(2);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+/* Open the store at path after leave_an_unsynced_wal: the WAL it found is
+** synced (the file at wal) before the open returns, and the commit reads. */
+static void open_syncs_the_leftover_wal(fixture *f, const char *path, const char *wal)
+{
+    cm_test_gate *g = gate_of(f);
+    cm_err err;
+    int syncs = cm_test_gate_started(g); /* the parent's own: the child's are its */
+    cm_store *s = open_gated(f, path, CM_SYNC_FULL, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_test_gate_started(g), syncs + 1); /* before the open returned */
+    assert_true(cm_test_gate_synced(g, wal));
+    assert_int_equal(cm_store_synced_seq(s), cm_store_commit_seq(s));
+    char *v = cm_store_meta_get(s, "k", &err);
+    assert_non_null(v);
+    assert_string_equal(v, "unsynced");
+    free(v);
+    close_gated(f);
 }
 
 /* A process killed between a deferred commit and its sync leaves the commit
@@ -852,38 +927,28 @@ static void test_deferred_commit_is_durable_only_after_its_sync(void **state)
 static void test_open_syncs_a_wal_left_by_a_killed_process(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
-    cm_err err;
-    cm_test_gate_init(&g);
-    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err); /* created, closed cleanly */
-    assert_non_null(s);
-    cm_store_close(&s);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        cm_store *k = open_gated(f->db, CM_SYNC_FULL, &g, &err);
-        cm_test_gate_hold(&g, true); /* the deferred commit's sync never ends */
-        if (!k || cm_store_begin_deferred(k, &err) != 0 ||
-            cm_store_meta_set(k, "k", "unsynced", &err) != 0 || cm_store_commit(k, &err) != 0)
-            _exit(1);
-        cm_test_gate_wait_held(&g, 1);
-        kill(getpid(), SIGKILL);
-        _exit(2);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    int syncs = cm_test_gate_started(&g); /* the parent's own: the child's are its */
-    s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
-    assert_non_null(s);
-    assert_int_equal(cm_test_gate_started(&g), syncs + 1); /* before the open returned */
-    assert_int_equal(cm_store_synced_seq(s), cm_store_commit_seq(s));
-    char *v = cm_store_meta_get(s, "k", &err);
-    assert_non_null(v);
-    assert_string_equal(v, "unsynced");
-    free(v);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    char wal[1100];
+    snprintf(wal, sizeof(wal), "%s-wal", f->db);
+    leave_an_unsynced_wal(f, f->db);
+    open_syncs_the_leftover_wal(f, f->db, wal);
+}
+
+/* The same through a symlinked path: the WAL left is beside the real file,
+** and that one is synced at open, not a file named "<link>-wal" (one is
+** put there: a store that looked beside the link would sync it instead). */
+static void test_open_through_a_symlink_syncs_the_wal_beside_the_real_file(void **state)
+{
+    fixture *f = *state;
+    char link[1100], wal[1100], decoy[1200];
+    snprintf(link, sizeof(link), "%s/link.db", f->dir);
+    snprintf(wal, sizeof(wal), "%s-wal", f->db);
+    snprintf(decoy, sizeof(decoy), "%s-wal", link);
+    assert_int_equal(symlink(f->db, link), 0);
+    leave_an_unsynced_wal(f, link);
+    FILE *fp = fopen(decoy, "w");
+    assert_non_null(fp);
+    assert_int_equal(fclose(fp), 0);
+    open_syncs_the_leftover_wal(f, link, wal);
 }
 
 /* Syncs coalesce: two commits made while one sync is in flight are both
@@ -891,24 +956,22 @@ static void test_open_syncs_a_wal_left_by_a_killed_process(void **state)
 static void test_commits_during_a_sync_share_the_next_one(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
+    cm_test_gate *g = gate_of(f);
     cm_err err;
-    cm_test_gate_init(&g);
-    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
     assert_non_null(s);
-    cm_test_gate_hold(&g, true);
+    cm_test_gate_hold(g, true);
     uint64_t a = deferred_write(s, "a");
-    assert_true(cm_test_gate_wait_held(&g, 1)); /* the sync covering a is in flight */
+    assert_true(cm_test_gate_wait_held(g, 1)); /* the sync covering a is in flight */
     uint64_t b = deferred_write(s, "b");
     uint64_t c = deferred_write(s, "c");
     assert_true(a < b && b < c);
     assert_true(cm_store_synced_seq(s) < a);
-    cm_test_gate_hold(&g, false);
+    cm_test_gate_hold(g, false);
     assert_int_equal(cm_store_sync_wait(s, c, &err), 0);
-    assert_int_equal(cm_test_gate_started(&g), 2);
+    assert_int_equal(cm_test_gate_started(g), 2);
     assert_true(cm_store_synced_seq(s) >= c);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    close_gated(f);
 }
 
 /* A synced commit (FULL) syncs the WAL with every earlier frame: the
@@ -917,16 +980,15 @@ static void test_commits_during_a_sync_share_the_next_one(void **state)
 static void test_synced_commit_covers_earlier_deferred_ones(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
-    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_test_gate *g = gate_of(f);
+    notes *c = &f->notes;
     cm_err err;
-    cm_test_gate_init(&g);
-    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
     assert_non_null(s);
-    cm_store_on_synced(s, count_note, &c);
-    cm_test_gate_hold(&g, true);
+    cm_store_on_synced(s, count_note, c);
+    cm_test_gate_hold(g, true);
     uint64_t a = deferred_write(s, "a");
-    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_true(cm_test_gate_wait_held(g, 1));
     assert_true(cm_store_synced_seq(s) < a);
     assert_int_equal(cm_store_begin(s, &err), 0); /* reads only */
     char *v = cm_store_meta_get(s, "k", &err);
@@ -939,12 +1001,11 @@ static void test_synced_commit_covers_earlier_deferred_ones(void **state)
     assert_int_equal(cm_store_commit(s, &err), 0);
     assert_int_equal(cm_store_commit_seq(s), a + 1);
     assert_int_equal(cm_store_synced_seq(s), a + 1); /* the held sync has not ended */
-    assert_int_equal(notes_n(&c), 1);
-    assert_int_equal(g.done, 0);
-    cm_test_gate_hold(&g, false);
+    assert_int_equal(notes_n(c), 1);
+    assert_int_equal(g->done, 0);
+    cm_test_gate_hold(g, false);
     cm_store_on_synced(s, NULL, NULL);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    close_gated(f);
 }
 
 /* A failed sync is never taken for durable: waiters on a commit above the
@@ -954,14 +1015,13 @@ static void test_synced_commit_covers_earlier_deferred_ones(void **state)
 static void test_failed_sync_stops_the_store(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
-    notes c = {PTHREAD_MUTEX_INITIALIZER, 0};
+    cm_test_gate *g = gate_of(f);
+    notes *c = &f->notes;
     cm_err err;
-    cm_test_gate_init(&g);
-    g.fail = EIO;
-    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    g->fail = EIO;
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
     assert_non_null(s);
-    cm_store_on_synced(s, count_note, &c);
+    cm_store_on_synced(s, count_note, c);
     uint64_t before = cm_store_synced_seq(s);
     uint64_t a = deferred_write(s, "lost?");
     assert_int_equal(cm_store_sync_wait(s, a, &err), CM_EINDOUBT);
@@ -969,15 +1029,14 @@ static void test_failed_sync_stops_the_store(void **state)
     assert_non_null(strstr(err.msg, "takes no more writes"));
     assert_int_equal(cm_store_sync_wait(s, before, &err), 0); /* durable before it */
     assert_int_equal(cm_store_synced_seq(s), before);
-    assert_int_equal(notes_n(&c), 1);
+    assert_int_equal(notes_n(c), 1);
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
     assert_int_equal(cm_store_begin(s, &err), CM_EIO);
     assert_int_equal(cm_store_begin_deferred(s, &err), CM_EIO);
     assert_int_equal(cm_store_begin_nosync(s, &err), CM_EIO);
     assert_false(cm_store_in_tx(s));
     cm_store_on_synced(s, NULL, NULL);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    close_gated(f);
 }
 
 /* Rows read at commit counter c are durable once the watermark reaches c:
@@ -986,26 +1045,24 @@ static void test_failed_sync_stops_the_store(void **state)
 static void test_rowmark_names_the_rows_of_durable_commits(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
+    cm_test_gate *g = gate_of(f);
     cm_store_rowmark m;
     cm_err err;
     memset(&m, 0, sizeof(m));
-    cm_test_gate_init(&g);
-    cm_store *s = open_gated(f->db, CM_SYNC_FULL, &g, &err);
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
     assert_non_null(s);
     assert_int_equal(cm_store_rowmark_update(s, &m, 10), 10); /* all durable */
-    cm_test_gate_hold(&g, true);
+    cm_test_gate_hold(g, true);
     uint64_t a = deferred_write(s, "a"); /* rows 11..20 */
-    assert_true(cm_test_gate_wait_held(&g, 1));
+    assert_true(cm_test_gate_wait_held(g, 1));
     assert_int_equal(cm_store_rowmark_update(s, &m, 20), 10);
     uint64_t b = deferred_write(s, "b"); /* rows 21..30 */
     assert_int_equal(cm_store_rowmark_update(s, &m, 30), 10);
-    cm_test_gate_hold(&g, false);
+    cm_test_gate_hold(g, false);
     assert_int_equal(cm_store_sync_wait(s, b, &err), 0);
     assert_true(cm_store_synced_seq(s) >= a);
     assert_int_equal(cm_store_rowmark_update(s, &m, 30), 30);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    close_gated(f);
 }
 
 /* Below FULL the store wants no sync: a deferred commit counts as synced at
@@ -1013,17 +1070,15 @@ static void test_rowmark_names_the_rows_of_durable_commits(void **state)
 static void test_deferred_commit_below_full_needs_no_sync(void **state)
 {
     fixture *f = *state;
-    cm_test_gate g;
+    cm_test_gate *g = gate_of(f);
     cm_err err;
-    cm_test_gate_init(&g);
-    cm_store *s = open_gated(f->db, CM_SYNC_NORMAL, &g, &err);
+    cm_store *s = open_gated(f, f->db, CM_SYNC_NORMAL, &err);
     assert_non_null(s);
     uint64_t a = deferred_write(s, "a");
     assert_int_equal(cm_store_synced_seq(s), a);
     assert_int_equal(cm_store_sync_wait(s, a, &err), 0);
-    assert_int_equal(cm_test_gate_started(&g), 0);
-    cm_store_close(&s);
-    cm_test_gate_destroy(&g);
+    assert_int_equal(cm_test_gate_started(g), 0);
+    close_gated(f);
 }
 
 /* An fsync that fails inside SQLite's own synced commit (the WAL's, at FULL:
@@ -1156,6 +1211,8 @@ int main(void)
             test_a_failed_fsync_of_a_background_checkpoint_stops_the_store, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_rowmark_names_the_rows_of_durable_commits, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_open_through_a_symlink_syncs_the_wal_beside_the_real_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_syncs_a_wal_left_by_a_killed_process, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deferred_commit_below_full_needs_no_sync, setup,
