@@ -155,6 +155,16 @@ struct cm_engine {
     bool now_set;
     int64_t now_ms;
     char now_buf[CM_TIME_BUFSZ];
+    size_t now_len; /* of now_buf's text */
+    /* the step's two statements with their row time bound to now_buf, of
+    ** now_len bytes: bound once, read by SQLite at each step (one engine
+    ** per store, as the instance cache already assumes) */
+    sqlite3_stmt *now_bound[2];
+    size_t now_bound_len[2];
+    /* what cm_engine_next_due read at the end of this run's last batch, for
+    ** arm_loop right after it (nothing runs in between) */
+    bool due_read;
+    int64_t due_next;
     /* Running instances as last written in a batch (see cache_take): a step
     ** neither re-reads nor re-parses them. */
     inst_cache cache;
@@ -255,7 +265,9 @@ void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud)
     e->observe_ud = ud;
 }
 
-static void now_text(cm_engine *e, char *buf)
+/* Bring e->now_buf to the clock's time (formatted again only when the
+** second changes). */
+static void now_update(cm_engine *e)
 {
     int64_t ms = cm_clock_now_ms(e->o.clock);
     if (!e->now_set || ms != e->now_ms) {
@@ -270,11 +282,32 @@ static void now_text(cm_engine *e, char *buf)
             b[22] = (char)('0' + m % 10);
         } else {
             cm_time_format(ms, b, sizeof(e->now_buf));
+            e->now_len = strlen(b);
         }
         e->now_ms = ms;
         e->now_set = true;
     }
+}
+
+static void now_text(cm_engine *e, char *buf)
+{
+    now_update(e);
     memcpy(buf, e->now_buf, sizeof(e->now_buf));
+}
+
+/* Parameter i of st (slot k of now_bound) is the clock's time now: the
+** text stays bound to e->now_buf, which SQLite reads when the statement
+** steps, so it is bound again only for a statement not seen before or a
+** text of another length. The two statements are kept for the store's
+** life and their bindings are never cleared (cm_store_prepare_bound). */
+static void bind_now(cm_engine *e, sqlite3_stmt *st, int k, int i)
+{
+    now_update(e);
+    if (e->now_bound[k] != st || e->now_bound_len[k] != e->now_len) {
+        sqlite3_bind_text(st, i, e->now_buf, (int)e->now_len, SQLITE_STATIC);
+        e->now_bound[k] = st;
+        e->now_bound_len[k] = e->now_len;
+    }
 }
 
 static void msg_free(msg_in *m);
@@ -784,16 +817,14 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 static int insert_history(cm_engine *e, inst *in, const char *event, const char *from,
                           const char *to, const char *note, cm_err *err)
 {
-    char now[CM_TIME_BUFSZ];
     int rc;
     PREPARE_BOUND(e,
                   "INSERT INTO history(instance, step, at, event, from_state, to_state, note, "
                   "prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                   err);
-    now_text(e, now);
     bind_static(st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
-    bind_static(st, 3, now);
+    bind_now(e, st, 0, 3);
     bind_static(st, 4, event);
     bind_static(st, 5, from);
     bind_static(st, 6, to);
@@ -823,7 +854,6 @@ static int save_status(cm_engine *e, const inst *in, cm_err *err)
 ** instance_by_workflow entry. */
 static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
-    char now[CM_TIME_BUFSZ];
     int rc;
     if (in->status_changed && (rc = save_status(e, in, err)) != 0)
         return rc;
@@ -831,12 +861,11 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
                   "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, "
                   "hist = ?6 WHERE seq = ?1",
                   err);
-    now_text(e, now);
     sqlite3_bind_int64(st, 1, in->seq);
     bind_static(st, 2, in->state);
     bind_static(st, 3, in->ctx);
     sqlite3_bind_int64(st, 4, in->steps);
-    bind_static(st, 5, now);
+    bind_now(e, st, 1, 5);
     bind_id(st, 6, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
@@ -2423,8 +2452,13 @@ static int run_batch(cm_engine *e, cm_err *err)
     int queued = 0, n = 0, due_n = 0, rc;
     for (work *w = e->head; w && queued < e->o.batch_max; w = w->next)
         queued++;
-    if (queued == 0 && cm_engine_next_due(e) > cm_clock_now_ms(e->o.clock))
-        return 0; /* nothing ready: no transaction at all */
+    if (queued == 0) {
+        e->due_next = cm_engine_next_due(e);
+        if (e->due_next > cm_clock_now_ms(e->o.clock)) {
+            e->due_read = true; /* for arm_loop: nothing writes before it */
+            return 0;           /* nothing ready: no transaction at all */
+        }
+    }
     outcome *ocs = malloc((size_t)(queued ? queued : 1) * sizeof(*ocs));
     if (!ocs)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -2537,6 +2571,7 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
         return rc;
     }
     e->in_run = true;
+    e->due_read = false;
     /* Bounded, so a workflow that keeps making due work cannot hold the loop. */
     for (int batches = 0; batches < ENGINE_RUN_BATCHES; batches++) {
         rc = run_batch(e, err);
@@ -2549,6 +2584,7 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
         *processed = total;
     if (e->attached)
         arm_loop(e);
+    e->due_read = false;
     return rc < 0 ? rc : 0;
 }
 
@@ -3016,7 +3052,8 @@ static void on_timer(uv_timer_t *h)
 /* Arm the uv timer for the earliest due item (virtual clocks: fire at once). */
 static void arm_loop(cm_engine *e)
 {
-    int64_t next = cm_engine_next_due(e);
+    int64_t next = e->due_read ? e->due_next : cm_engine_next_due(e);
+    e->due_read = false;
     if (e->head)
         uv_idle_start(&e->idle, noop_idle);
     if (next == INT64_MAX) {

@@ -455,6 +455,31 @@ static void test_history_times_follow_the_clock(void **state)
                  id, rows[i].at);
         assert_int_equal(count(f, sql), 1);
     }
+    /* the step's two statements keep the row time bound to the engine's
+    ** buffer, which SQLite reads at each step: a step's history row and its
+    ** instance's updated have the clock's time, also when the text grows a
+    ** byte (year 10000: bound again with its new length; the jump also fires
+    ** the instances' 72h timers, in the same run and at the same time) */
+    static const struct {
+        int64_t advance;
+        const char *at;
+    } steps[] = {
+        {5, "2026-11-30T12:00:03.005Z"},   {0, "2026-11-30T12:00:03.005Z"},
+        {995, "2026-11-30T12:00:04.000Z"}, {251606260796005LL, "10000-01-01T00:00:00.005Z"},
+        {1, "10000-01-01T00:00:00.006Z"},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        char id[16], sql[240];
+        snprintf(id, sizeof(id), "t-%zu", i);
+        assert_int_equal(cm_clock_advance(f->clock, steps[i].advance), 0);
+        signal_ev(f, id, "accepted", NULL);
+        run(f);
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM instance i JOIN history h ON h.seq = i.hist WHERE "
+                 "i.id = '%s' AND h.step > 1 AND h.at = '%s' AND i.updated = h.at",
+                 id, steps[i].at);
+        assert_int_equal(count(f, sql), 1);
+    }
 }
 
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
