@@ -29,9 +29,14 @@
 ** the start's and the one a writing handler opens (open_step_sp) */
 #define ENGINE_SP_MAX      (2 * ENGINE_SPAWN_DEPTH + 4)
 #define ENGINE_RUN_BATCHES 1000
-#define ENGINE_SOURCE_MAX  ((size_t)4 << 20)
-#define ENGINE_CACHE_MAX   4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
-#define ENGINE_CACHE_MIN   64   /* the cache's first bucket array */
+/* A signal's work item, told, is kept for the next signal (at most this
+** many: two default batches in flight), with room for names of at least
+** ENGINE_WORK_NAMES bytes, so that most items fit any pair of names. */
+#define ENGINE_WORK_SPARE 512
+#define ENGINE_WORK_NAMES 64
+#define ENGINE_SOURCE_MAX ((size_t)4 << 20)
+#define ENGINE_CACHE_MAX  4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
+#define ENGINE_CACHE_MIN  64   /* the cache's first bucket array */
 
 typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
 
@@ -50,6 +55,7 @@ typedef struct work {
     uint64_t submitted_ns; /* uv_hrtime() at submission, for the latency histogram */
     struct work *next;
     bool names_inline; /* instance and event lie in w's own allocation (cm_engine_signal) */
+    size_t names_cap;  /* bytes for them there */
 } work;
 
 /* The outcome of one work item, told after the commit. */
@@ -126,11 +132,14 @@ typedef struct inst_cache {
     size_t nbuckets; /* a power of two, grown with n up to about max; 0 before the first */
     int n, max;
     cache_ent *newest, *oldest;
+    cache_ent *spare; /* the last entry taken, its memory kept for the next put */
 } inst_cache;
 
 struct cm_engine {
     cm_engine_opts o;
     work *head, *tail;
+    work *spare; /* told signal items kept for the next signals (ENGINE_WORK_SPARE) */
+    int nspare;
     uv_loop_t *loop;
     uv_idle_t idle;                     /* keeps the loop from blocking while work is queued */
     uv_check_t check;                   /* runs batches after each loop iteration's I/O */
@@ -326,6 +335,23 @@ static void work_free(work *w)
     free(w);
 }
 
+/* A told item: a signal's is kept for the next signal while there are
+** fewer than ENGINE_WORK_SPARE (its payload freed now), any other freed. */
+static void work_done(cm_engine *e, work *w)
+{
+    if (!w)
+        return;
+    if (!w->names_inline || w->msg || w->workflow || e->nspare >= ENGINE_WORK_SPARE) {
+        work_free(w);
+        return;
+    }
+    cJSON_Delete(w->data);
+    w->data = NULL;
+    w->next = e->spare;
+    e->spare = w;
+    e->nspare++;
+}
+
 /* The runtime's copy of a context goes with the text it equals. */
 static void held_release(cm_engine *e, int64_t *held)
 {
@@ -410,7 +436,10 @@ static bool cache_take(cm_engine *e, const char *id, inst *out)
     }
     cache_ent *ent = cache_unlink(c, link);
     *out = ent->in;
-    free(ent);
+    if (c->spare)
+        free(ent);
+    else
+        c->spare = ent; /* nothing in it is owned any more */
     e->stats.cache_hits++;
     return true;
 }
@@ -462,7 +491,11 @@ static void cache_put(cm_engine *e, inst *in)
     }
     if ((size_t)c->n >= c->nbuckets)
         cache_grow(c);
-    cache_ent *ent = c->nbuckets ? malloc(sizeof(*ent)) : NULL;
+    cache_ent *ent = NULL;
+    if (c->nbuckets && (ent = c->spare) != NULL)
+        c->spare = NULL;
+    else if (c->nbuckets)
+        ent = malloc(sizeof(*ent));
     if (!ent)
         return; /* not kept: the row is the truth */
     ent->in = *in;
@@ -494,6 +527,8 @@ static void cache_clear(cm_engine *e)
         memset(c->buckets, 0, c->nbuckets * sizeof(*c->buckets));
     c->n = 0;
     c->newest = c->oldest = NULL;
+    free(c->spare);
+    c->spare = NULL;
 }
 
 static int db_fail(cm_engine *e, cm_err *err, const char *what)
@@ -2346,7 +2381,7 @@ static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *ms
     e->telling_none = rc == CM_EINDOUBT;
     for (int i = 0; i < n; i++) {
         tell(e, &ocs[i]);
-        work_free(ocs[i].w);
+        work_done(e, ocs[i].w);
     }
     e->telling_none = none;
 }
@@ -2665,11 +2700,22 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     if ((rc = check_name("instance", instance, err)) != 0 ||
         (rc = check_name("event", event, err)) != 0)
         return rc;
-    /* one allocation: the item, then its two names */
-    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1;
-    work *w = calloc(1, sizeof(*w) + ilen + elen);
-    if (!w)
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    /* one allocation: the item, then its two names; a told item's kept
+    ** (work_done) when its room fits them */
+    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1, cap = ilen + elen;
+    work *w = e->spare;
+    if (w && w->names_cap >= cap) {
+        e->spare = w->next;
+        e->nspare--;
+        cap = w->names_cap;
+        memset(w, 0, sizeof(*w));
+    } else {
+        if (cap < ENGINE_WORK_NAMES)
+            cap = ENGINE_WORK_NAMES;
+        if (!(w = calloc(1, sizeof(*w) + cap)))
+            return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    w->names_cap = cap;
     w->instance = memcpy((char *)(w + 1), instance, ilen);
     w->event = memcpy(w->instance + ilen, event, elen);
     w->names_inline = true;
@@ -2982,6 +3028,10 @@ int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err)
 
 static void engine_free(cm_engine *e)
 {
+    for (work *w = e->spare, *next; w; w = next) {
+        next = w->next;
+        free(w);
+    }
     free(e->starters);
     free(e->events);
     free(e);

@@ -482,6 +482,57 @@ static void test_history_times_follow_the_clock(void **state)
     }
 }
 
+/* A told signal's work item is kept for the next signal (cm_engine_signal):
+** each reused item carries its own names and payload, never the last
+** one's; names longer than a kept item has room for get an item of their
+** own. */
+static void test_signal_items_are_reused_with_their_own_names_and_payload(void **state)
+{
+    fx *f = *state;
+    char lid[101];
+    memset(lid, 'l', sizeof(lid) - 1);
+    lid[sizeof(lid) - 1] = '\0';
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "s");
+    start(f, INPUT, lid);
+    start(f, INPUT, "m-1");
+    start(f, INPUT, "m-2");
+    run(f);
+    assert_int_equal(f->a.n, 4);
+    signal_ev(f, "s", "bogus", NULL); /* refused; its item is kept */
+    run(f);
+    assert_int_equal(f->a.status[4], CM_EINVAL);
+    assert_string_equal(f->a.instance[4], "s");
+    signal_ev(f, lid, "accepted", NULL); /* longer than the kept item's room */
+    run(f);
+    assert_int_equal(f->a.status[5], 0);
+    assert_string_equal(f->a.instance[5], lid);
+    assert_string_equal(f->a.state[5], "accepted");
+    signal_ev(f, "s", "accepted", NULL);     /* the long one's item, reused */
+    signal_ev(f, lid, "consult_note", NULL); /* the short one's is too small */
+    signal_ev(f, "m-1", "declined", "{\"reason\":\"r\"}");
+    run(f);
+    signal_ev(f, "m-2", "declined", NULL); /* m-1's item: its payload is gone */
+    run(f);
+    assert_int_equal(f->a.n, 10);
+    for (int i = 6; i < 9; i++)
+        assert_int_equal(f->a.status[i], 0);
+    assert_string_equal(f->a.instance[6], "s");
+    assert_string_equal(f->a.instance[7], lid);
+    assert_string_equal(f->a.instance[8], "m-1");
+    assert_string_equal(f->a.instance[9], "m-2");
+    assert_int_equal(f->a.status[9], CM_EINVAL); /* the guard wants a reason */
+    expect_state(f, "s", "accepted", "running");
+    expect_state(f, "m-1", "declined", "done");
+    expect_state(f, "m-2", "requested", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance = 's' AND "
+                              "event = 'accepted'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE event = 'consult_note' AND "
+                              "length(instance) = 100 AND to_state = 'closed'"),
+                     1);
+}
+
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
 {
     fx *f = *state;
@@ -2484,6 +2535,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_to_a_peer_is_queued_routed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_times_follow_the_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_signal_items_are_reused_with_their_own_names_and_payload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
