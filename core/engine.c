@@ -56,6 +56,7 @@ typedef struct work {
     struct work *next;
     bool names_inline; /* instance and event lie in w's own allocation (cm_engine_signal) */
     size_t names_cap;  /* bytes for them there */
+    bool data_shared;  /* data is the engine's empty object (a signal without payload) */
 } work;
 
 /* The outcome of one work item, told after the commit. */
@@ -140,6 +141,7 @@ struct cm_engine {
     work *head, *tail;
     work *spare; /* told signal items kept for the next signals (ENGINE_WORK_SPARE) */
     int nspare;
+    cJSON *empty; /* {}: the payload of every signal without one (steps only read it) */
     uv_loop_t *loop;
     uv_idle_t idle;                     /* keeps the loop from blocking while work is queued */
     uv_check_t check;                   /* runs batches after each loop iteration's I/O */
@@ -331,7 +333,8 @@ static void work_free(work *w)
         free(w->instance);
         free(w->event);
     }
-    cJSON_Delete(w->data);
+    if (!w->data_shared)
+        cJSON_Delete(w->data);
     free(w);
 }
 
@@ -345,7 +348,8 @@ static void work_done(cm_engine *e, work *w)
         work_free(w);
         return;
     }
-    cJSON_Delete(w->data);
+    if (!w->data_shared)
+        cJSON_Delete(w->data);
     w->data = NULL;
     w->next = e->spare;
     e->spare = w;
@@ -2656,7 +2660,12 @@ static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, c
         work_free(w);
         return cm_err_set(err, CM_EINVAL, "%s: must be an object", what);
     }
-    w->data = data ? cJSON_Duplicate(data, true) : cJSON_CreateObject();
+    if (!data && w->kind == WORK_SIGNAL) { /* a signal's payload is only read */
+        w->data = e->empty;
+        w->data_shared = true;
+    } else {
+        w->data = data ? cJSON_Duplicate(data, true) : cJSON_CreateObject();
+    }
     if (!w->data) {
         work_free(w);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -3032,6 +3041,7 @@ static void engine_free(cm_engine *e)
         next = w->next;
         free(w);
     }
+    cJSON_Delete(e->empty);
     free(e->starters);
     free(e->events);
     free(e);
@@ -3045,6 +3055,11 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
     }
     cm_engine *e = calloc(1, sizeof(*e));
     if (!e) {
+        cm_err_set(err, CM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (!(e->empty = cJSON_CreateObject())) {
+        free(e);
         cm_err_set(err, CM_ENOMEM, "out of memory");
         return NULL;
     }

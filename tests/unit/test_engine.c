@@ -485,7 +485,8 @@ static void test_history_times_follow_the_clock(void **state)
 /* A told signal's work item is kept for the next signal (cm_engine_signal):
 ** each reused item carries its own names and payload, never the last
 ** one's; names longer than a kept item has room for get an item of their
-** own. */
+** own. A signal without payload reads the engine's one empty object, which
+** a payload before it does not fill. */
 static void test_signal_items_are_reused_with_their_own_names_and_payload(void **state)
 {
     fx *f = *state;
