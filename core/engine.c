@@ -29,9 +29,14 @@
 ** the start's and the one a writing handler opens (open_step_sp) */
 #define ENGINE_SP_MAX      (2 * ENGINE_SPAWN_DEPTH + 4)
 #define ENGINE_RUN_BATCHES 1000
-#define ENGINE_SOURCE_MAX  ((size_t)4 << 20)
-#define ENGINE_CACHE_MAX   4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
-#define ENGINE_CACHE_MIN   64   /* the cache's first bucket array */
+/* A signal's work item, told, is kept for the next signal (at most this
+** many: two default batches in flight), with room for names of at least
+** ENGINE_WORK_NAMES bytes, so that most items fit any pair of names. */
+#define ENGINE_WORK_SPARE 512
+#define ENGINE_WORK_NAMES 64
+#define ENGINE_SOURCE_MAX ((size_t)4 << 20)
+#define ENGINE_CACHE_MAX  4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
+#define ENGINE_CACHE_MIN  64   /* the cache's first bucket array */
 
 typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
 
@@ -50,6 +55,8 @@ typedef struct work {
     uint64_t submitted_ns; /* uv_hrtime() at submission, for the latency histogram */
     struct work *next;
     bool names_inline; /* instance and event lie in w's own allocation (cm_engine_signal) */
+    size_t names_cap;  /* bytes for them there */
+    bool data_shared;  /* data is the engine's empty object (a signal without payload) */
 } work;
 
 /* The outcome of one work item, told after the commit. */
@@ -126,11 +133,15 @@ typedef struct inst_cache {
     size_t nbuckets; /* a power of two, grown with n up to about max; 0 before the first */
     int n, max;
     cache_ent *newest, *oldest;
+    cache_ent *spare; /* the last entry taken, its memory kept for the next put */
 } inst_cache;
 
 struct cm_engine {
     cm_engine_opts o;
     work *head, *tail;
+    work *spare; /* told signal items kept for the next signals (ENGINE_WORK_SPARE) */
+    int nspare;
+    cJSON *empty; /* {}: the payload of every signal without one (steps only read it) */
     uv_loop_t *loop;
     uv_idle_t idle;                     /* keeps the loop from blocking while work is queued */
     uv_check_t check;                   /* runs batches after each loop iteration's I/O */
@@ -155,6 +166,16 @@ struct cm_engine {
     bool now_set;
     int64_t now_ms;
     char now_buf[CM_TIME_BUFSZ];
+    size_t now_len; /* of now_buf's text */
+    /* the step's two statements with their row time bound to now_buf, of
+    ** now_len bytes: bound once, read by SQLite at each step (one engine
+    ** per store, as the instance cache already assumes) */
+    sqlite3_stmt *now_bound[2];
+    size_t now_bound_len[2];
+    /* what cm_engine_next_due read at the end of this run's last batch, for
+    ** arm_loop right after it (nothing runs in between) */
+    bool due_read;
+    int64_t due_next;
     /* Running instances as last written in a batch (see cache_take): a step
     ** neither re-reads nor re-parses them. */
     inst_cache cache;
@@ -255,7 +276,9 @@ void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud)
     e->observe_ud = ud;
 }
 
-static void now_text(cm_engine *e, char *buf)
+/* Bring e->now_buf to the clock's time (formatted again only when the
+** second changes). */
+static void now_update(cm_engine *e)
 {
     int64_t ms = cm_clock_now_ms(e->o.clock);
     if (!e->now_set || ms != e->now_ms) {
@@ -270,11 +293,32 @@ static void now_text(cm_engine *e, char *buf)
             b[22] = (char)('0' + m % 10);
         } else {
             cm_time_format(ms, b, sizeof(e->now_buf));
+            e->now_len = strlen(b);
         }
         e->now_ms = ms;
         e->now_set = true;
     }
+}
+
+static void now_text(cm_engine *e, char *buf)
+{
+    now_update(e);
     memcpy(buf, e->now_buf, sizeof(e->now_buf));
+}
+
+/* Parameter i of st (slot k of now_bound) is the clock's time now: the
+** text stays bound to e->now_buf, which SQLite reads when the statement
+** steps, so it is bound again only for a statement not seen before or a
+** text of another length. The two statements are kept for the store's
+** life and their bindings are never cleared (cm_store_prepare_bound). */
+static void bind_now(cm_engine *e, sqlite3_stmt *st, int k, int i)
+{
+    now_update(e);
+    if (e->now_bound[k] != st || e->now_bound_len[k] != e->now_len) {
+        sqlite3_bind_text(st, i, e->now_buf, (int)e->now_len, SQLITE_STATIC);
+        e->now_bound[k] = st;
+        e->now_bound_len[k] = e->now_len;
+    }
 }
 
 static void msg_free(msg_in *m);
@@ -289,8 +333,27 @@ static void work_free(work *w)
         free(w->instance);
         free(w->event);
     }
-    cJSON_Delete(w->data);
+    if (!w->data_shared)
+        cJSON_Delete(w->data);
     free(w);
+}
+
+/* A told item: a signal's is kept for the next signal while there are
+** fewer than ENGINE_WORK_SPARE (its payload freed now), any other freed. */
+static void work_done(cm_engine *e, work *w)
+{
+    if (!w)
+        return;
+    if (!w->names_inline || w->msg || w->workflow || e->nspare >= ENGINE_WORK_SPARE) {
+        work_free(w);
+        return;
+    }
+    if (!w->data_shared)
+        cJSON_Delete(w->data);
+    w->data = NULL;
+    w->next = e->spare;
+    e->spare = w;
+    e->nspare++;
 }
 
 /* The runtime's copy of a context goes with the text it equals. */
@@ -377,7 +440,10 @@ static bool cache_take(cm_engine *e, const char *id, inst *out)
     }
     cache_ent *ent = cache_unlink(c, link);
     *out = ent->in;
-    free(ent);
+    if (c->spare)
+        free(ent);
+    else
+        c->spare = ent; /* nothing in it is owned any more */
     e->stats.cache_hits++;
     return true;
 }
@@ -429,7 +495,11 @@ static void cache_put(cm_engine *e, inst *in)
     }
     if ((size_t)c->n >= c->nbuckets)
         cache_grow(c);
-    cache_ent *ent = c->nbuckets ? malloc(sizeof(*ent)) : NULL;
+    cache_ent *ent = NULL;
+    if (c->nbuckets && (ent = c->spare) != NULL)
+        c->spare = NULL;
+    else if (c->nbuckets)
+        ent = malloc(sizeof(*ent));
     if (!ent)
         return; /* not kept: the row is the truth */
     ent->in = *in;
@@ -461,6 +531,8 @@ static void cache_clear(cm_engine *e)
         memset(c->buckets, 0, c->nbuckets * sizeof(*c->buckets));
     c->n = 0;
     c->newest = c->oldest = NULL;
+    free(c->spare);
+    c->spare = NULL;
 }
 
 static int db_fail(cm_engine *e, cm_err *err, const char *what)
@@ -784,16 +856,14 @@ static int inst_load(cm_engine *e, const char *id, inst *in, cm_err *err)
 static int insert_history(cm_engine *e, inst *in, const char *event, const char *from,
                           const char *to, const char *note, cm_err *err)
 {
-    char now[CM_TIME_BUFSZ];
     int rc;
     PREPARE_BOUND(e,
                   "INSERT INTO history(instance, step, at, event, from_state, to_state, note, "
                   "prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                   err);
-    now_text(e, now);
     bind_static(st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
-    bind_static(st, 3, now);
+    bind_now(e, st, 0, 3);
     bind_static(st, 4, event);
     bind_static(st, 5, from);
     bind_static(st, 6, to);
@@ -823,7 +893,6 @@ static int save_status(cm_engine *e, const inst *in, cm_err *err)
 ** instance_by_workflow entry. */
 static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
-    char now[CM_TIME_BUFSZ];
     int rc;
     if (in->status_changed && (rc = save_status(e, in, err)) != 0)
         return rc;
@@ -831,12 +900,11 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
                   "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, "
                   "hist = ?6 WHERE seq = ?1",
                   err);
-    now_text(e, now);
     sqlite3_bind_int64(st, 1, in->seq);
     bind_static(st, 2, in->state);
     bind_static(st, 3, in->ctx);
     sqlite3_bind_int64(st, 4, in->steps);
-    bind_static(st, 5, now);
+    bind_now(e, st, 1, 5);
     bind_id(st, 6, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
@@ -2317,7 +2385,7 @@ static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *ms
     e->telling_none = rc == CM_EINDOUBT;
     for (int i = 0; i < n; i++) {
         tell(e, &ocs[i]);
-        work_free(ocs[i].w);
+        work_done(e, ocs[i].w);
     }
     e->telling_none = none;
 }
@@ -2423,8 +2491,13 @@ static int run_batch(cm_engine *e, cm_err *err)
     int queued = 0, n = 0, due_n = 0, rc;
     for (work *w = e->head; w && queued < e->o.batch_max; w = w->next)
         queued++;
-    if (queued == 0 && cm_engine_next_due(e) > cm_clock_now_ms(e->o.clock))
-        return 0; /* nothing ready: no transaction at all */
+    if (queued == 0) {
+        e->due_next = cm_engine_next_due(e);
+        if (e->due_next > cm_clock_now_ms(e->o.clock)) {
+            e->due_read = true; /* for arm_loop: nothing writes before it */
+            return 0;           /* nothing ready: no transaction at all */
+        }
+    }
     outcome *ocs = malloc((size_t)(queued ? queued : 1) * sizeof(*ocs));
     if (!ocs)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -2537,6 +2610,7 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
         return rc;
     }
     e->in_run = true;
+    e->due_read = false;
     /* Bounded, so a workflow that keeps making due work cannot hold the loop. */
     for (int batches = 0; batches < ENGINE_RUN_BATCHES; batches++) {
         rc = run_batch(e, err);
@@ -2549,6 +2623,7 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
         *processed = total;
     if (e->attached)
         arm_loop(e);
+    e->due_read = false;
     return rc < 0 ? rc : 0;
 }
 
@@ -2585,7 +2660,12 @@ static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, c
         work_free(w);
         return cm_err_set(err, CM_EINVAL, "%s: must be an object", what);
     }
-    w->data = data ? cJSON_Duplicate(data, true) : cJSON_CreateObject();
+    if (!data && w->kind == WORK_SIGNAL) { /* a signal's payload is only read */
+        w->data = e->empty;
+        w->data_shared = true;
+    } else {
+        w->data = data ? cJSON_Duplicate(data, true) : cJSON_CreateObject();
+    }
     if (!w->data) {
         work_free(w);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
@@ -2629,11 +2709,22 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     if ((rc = check_name("instance", instance, err)) != 0 ||
         (rc = check_name("event", event, err)) != 0)
         return rc;
-    /* one allocation: the item, then its two names */
-    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1;
-    work *w = calloc(1, sizeof(*w) + ilen + elen);
-    if (!w)
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    /* one allocation: the item, then its two names; a told item's kept
+    ** (work_done) when its room fits them */
+    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1, cap = ilen + elen;
+    work *w = e->spare;
+    if (w && w->names_cap >= cap) {
+        e->spare = w->next;
+        e->nspare--;
+        cap = w->names_cap;
+        memset(w, 0, sizeof(*w));
+    } else {
+        if (cap < ENGINE_WORK_NAMES)
+            cap = ENGINE_WORK_NAMES;
+        if (!(w = calloc(1, sizeof(*w) + cap)))
+            return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    w->names_cap = cap;
     w->instance = memcpy((char *)(w + 1), instance, ilen);
     w->event = memcpy(w->instance + ilen, event, elen);
     w->names_inline = true;
@@ -2946,6 +3037,11 @@ int cm_engine_failed(cm_engine *e, cJSON **out, cm_err *err)
 
 static void engine_free(cm_engine *e)
 {
+    for (work *w = e->spare, *next; w; w = next) {
+        next = w->next;
+        free(w);
+    }
+    cJSON_Delete(e->empty);
     free(e->starters);
     free(e->events);
     free(e);
@@ -2959,6 +3055,11 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
     }
     cm_engine *e = calloc(1, sizeof(*e));
     if (!e) {
+        cm_err_set(err, CM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (!(e->empty = cJSON_CreateObject())) {
+        free(e);
         cm_err_set(err, CM_ENOMEM, "out of memory");
         return NULL;
     }
@@ -3016,7 +3117,8 @@ static void on_timer(uv_timer_t *h)
 /* Arm the uv timer for the earliest due item (virtual clocks: fire at once). */
 static void arm_loop(cm_engine *e)
 {
-    int64_t next = cm_engine_next_due(e);
+    int64_t next = e->due_read ? e->due_next : cm_engine_next_due(e);
+    e->due_read = false;
     if (e->head)
         uv_idle_start(&e->idle, noop_idle);
     if (next == INT64_MAX) {

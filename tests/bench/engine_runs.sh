@@ -53,6 +53,6 @@ for ((r = 1; r <= runs; r++)); do
     cs=$(awk -F, '$3 == "context-switches" { print $1 }' "$ps")
   fi
   echo "run $r load $load events_per_s $(field events_per_s "$line") p99_us $(field p99_us "$line")" \
-    "cpu_us_ev $(field loop_cpu_us_per_event "$line") busy $(field loop_busy "$line")" \
+    "cpu_us_ev $(field loop_cpu_us_per_event "$line") sys_us_ev $(field loop_sys_us_per_event "$line") busy $(field loop_busy "$line")" \
     "calib_ms $c0/$c1 steal_ticks $((st1 - st0)) migrations $mig switches $cs"
 done

@@ -8,7 +8,8 @@
 #   CMD and ARGS may name @BIN@, replaced by the build's binary, e.g.
 #   paired.sh /tmp/base/caremesh build/caremesh 6 @BIN@ bench engine --instances 2000
 #   paired.sh /tmp/base/caremesh build/caremesh 4 bash tests/bench/bench_api.sh @BIN@
-# Figures reported: events_per_s or msgs_per_s, p99_us, and the API script's
+# Figures reported: events_per_s or msgs_per_s, p99_us, the engine bench's
+# loop_cpu_us_per_event and loop_sys_us_per_event, and the API script's
 # daemon_cpu_us_per_request, loop_cpu_us_per_request, loop_busy and
 # client_cpu_us_per_request, whichever the JSON line has.
 set -euo pipefail
@@ -19,7 +20,7 @@ shift 3
 for bin in "$a" "$b"; do
   [ -x "$bin" ] || { echo "paired.sh: $bin is not an executable" >&2; exit 2; }
 done
-keys="events_per_s msgs_per_s p99_us daemon_cpu_us_per_request loop_cpu_us_per_request loop_busy client_cpu_us_per_request"
+keys="events_per_s msgs_per_s p99_us loop_cpu_us_per_event loop_sys_us_per_event daemon_cpu_us_per_request loop_cpu_us_per_request loop_busy client_cpu_us_per_request"
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 declare -A got
 run() { # run BIN LABEL PAIR

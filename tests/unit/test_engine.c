@@ -455,6 +455,83 @@ static void test_history_times_follow_the_clock(void **state)
                  id, rows[i].at);
         assert_int_equal(count(f, sql), 1);
     }
+    /* the step's two statements keep the row time bound to the engine's
+    ** buffer, which SQLite reads at each step: a step's history row and its
+    ** instance's updated have the clock's time, also when the text grows a
+    ** byte (year 10000: bound again with its new length; the jump also fires
+    ** the instances' 72h timers, in the same run and at the same time) */
+    static const struct {
+        int64_t advance;
+        const char *at;
+    } steps[] = {
+        {5, "2026-11-30T12:00:03.005Z"},   {0, "2026-11-30T12:00:03.005Z"},
+        {995, "2026-11-30T12:00:04.000Z"}, {251606260796005LL, "10000-01-01T00:00:00.005Z"},
+        {1, "10000-01-01T00:00:00.006Z"},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        char id[16], sql[240];
+        snprintf(id, sizeof(id), "t-%zu", i);
+        assert_int_equal(cm_clock_advance(f->clock, steps[i].advance), 0);
+        signal_ev(f, id, "accepted", NULL);
+        run(f);
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM instance i JOIN history h ON h.seq = i.hist WHERE "
+                 "i.id = '%s' AND h.step > 1 AND h.at = '%s' AND i.updated = h.at",
+                 id, steps[i].at);
+        assert_int_equal(count(f, sql), 1);
+    }
+}
+
+/* A told signal's work item is kept for the next signal (cm_engine_signal):
+** each reused item carries its own names and payload, never the last
+** one's; names longer than a kept item has room for get an item of their
+** own. A signal without payload reads the engine's one empty object, which
+** a payload before it does not fill. */
+static void test_signal_items_are_reused_with_their_own_names_and_payload(void **state)
+{
+    fx *f = *state;
+    char lid[101];
+    memset(lid, 'l', sizeof(lid) - 1);
+    lid[sizeof(lid) - 1] = '\0';
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "s");
+    start(f, INPUT, lid);
+    start(f, INPUT, "m-1");
+    start(f, INPUT, "m-2");
+    run(f);
+    assert_int_equal(f->a.n, 4);
+    signal_ev(f, "s", "bogus", NULL); /* refused; its item is kept */
+    run(f);
+    assert_int_equal(f->a.status[4], CM_EINVAL);
+    assert_string_equal(f->a.instance[4], "s");
+    signal_ev(f, lid, "accepted", NULL); /* longer than the kept item's room */
+    run(f);
+    assert_int_equal(f->a.status[5], 0);
+    assert_string_equal(f->a.instance[5], lid);
+    assert_string_equal(f->a.state[5], "accepted");
+    signal_ev(f, "s", "accepted", NULL);     /* the long one's item, reused */
+    signal_ev(f, lid, "consult_note", NULL); /* the short one's is too small */
+    signal_ev(f, "m-1", "declined", "{\"reason\":\"r\"}");
+    run(f);
+    signal_ev(f, "m-2", "declined", NULL); /* m-1's item: its payload is gone */
+    run(f);
+    assert_int_equal(f->a.n, 10);
+    for (int i = 6; i < 9; i++)
+        assert_int_equal(f->a.status[i], 0);
+    assert_string_equal(f->a.instance[6], "s");
+    assert_string_equal(f->a.instance[7], lid);
+    assert_string_equal(f->a.instance[8], "m-1");
+    assert_string_equal(f->a.instance[9], "m-2");
+    assert_int_equal(f->a.status[9], CM_EINVAL); /* the guard wants a reason */
+    expect_state(f, "s", "accepted", "running");
+    expect_state(f, "m-1", "declined", "done");
+    expect_state(f, "m-2", "requested", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE instance = 's' AND "
+                              "event = 'accepted'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM history WHERE event = 'consult_note' AND "
+                              "length(instance) = 100 AND to_state = 'closed'"),
+                     1);
 }
 
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
@@ -2459,6 +2536,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_to_a_peer_is_queued_routed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_times_follow_the_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_signal_items_are_reused_with_their_own_names_and_payload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
