@@ -102,6 +102,50 @@ static void test_uncarriable_values_name_their_path(void **state)
                    "nested more than 32 levels deep");
 }
 
+/* The exact text of the value expr returns (cm_ljson_encode). */
+static void expect_text(const char *expr, const char *want)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    char code[1024], *text = NULL;
+    size_t len = 0;
+    cm_err err;
+    snprintf(code, sizeof(code), "return %s", expr);
+    assert_int_equal(luaL_dostring(L, code), 0);
+    assert_int_equal(cm_ljson_encode(L, -1, "ctx", &text, &len, &err), 0);
+    if (strcmp(text, want) != 0)
+        fail_msg("got %s, want %s", text, want);
+    assert_int_equal(len, strlen(want));
+    free(text);
+    lua_close(L);
+}
+
+/* Names and strings of plain ASCII are copied whole; any other byte takes
+** the checked, escaped path, in a name as in a value, at any position. */
+static void test_names_and_strings_written_exactly(void **state)
+{
+    (void)state;
+    expect_text("{['a\"b\\\\c\\n'] = 'x\\1y'}", "{\"a\\\"b\\\\c\\n\":\"x\\u0001y\"}");
+    expect_text("{['\\u{e9}t\\u{e9}'] = 'ok\\127'}", "{\"\xc3\xa9t\xc3\xa9\":\"ok\\u007f\"}");
+    expect_text("{m = -(1 << 53)}", "{\"m\":-9007199254740992}");
+    expect_text("{m = 1 << 53}", "{\"m\":9007199254740992}");
+    expect_text("{m = 3.0}", "{\"m\":3}");
+    /* a plain string longer than the text's first buffer, then one with a
+    ** byte to escape at its end */
+    char want[400];
+    size_t n = 0;
+    n += (size_t)snprintf(want + n, sizeof(want) - n, "{\"s\":\"");
+    for (int i = 0; i < 40; i++)
+        n += (size_t)snprintf(want + n, sizeof(want) - n, "abcdefgh");
+    snprintf(want + n, sizeof(want) - n, "\"}");
+    expect_text("{s = string.rep('abcdefgh', 40)}", want);
+    snprintf(want + n, sizeof(want) - n, "\\\"\"}");
+    expect_text("{s = string.rep('abcdefgh', 40) .. '\"'}", want);
+    expect_refusal("{['k\\0z'] = 1}", "patient.k: field name contains a NUL byte");
+    expect_refusal("{['ok'] = 'plain' .. '\\0'}", "patient.ok: string contains a NUL byte");
+    expect_refusal("{['ok'] = 'plain\\xe9'}", "patient.ok: string is not valid UTF-8");
+}
+
 static void test_utf8_is_carried(void **state)
 {
     expect_json("{name='Jos\\u{e9} \\u{1F600}'}", "{\"name\":\"Jos\xc3\xa9 \xf0\x9f\x98\x80\"}");
@@ -425,6 +469,7 @@ int main(void)
         cmocka_unit_test(test_encode_copy_is_a_private_copy),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
         cmocka_unit_test(test_utf8_is_carried),
+        cmocka_unit_test(test_names_and_strings_written_exactly),
         cmocka_unit_test(test_encoded_text_reads_back),
         cmocka_unit_test(test_push_roundtrip),
         cmocka_unit_test(test_object_text_reads_as_cjson_would),
