@@ -30,6 +30,7 @@ struct cm_lua_runtime {
     ** of them after a memory kill) is only a miss: the step reads the text. */
     int kept_ref;
     lua_Integer kept_last;
+    int mt_ref;              /* registry ref: the handles' metatable (push_instance_mt) */
     unsigned long ctx_reads; /* contexts read from their text */
 };
 
@@ -325,8 +326,12 @@ typedef struct drv {
 } drv;
 
 typedef struct inst_ud {
-    drv *d; /* NULL once the step is over: a kept handle does nothing */
+    const void *tag; /* &instance_mt_key: what index_inst checks */
+    drv *d;          /* NULL once the step is over: a kept handle does nothing */
 } inst_ud;
+
+/* The handles' metatable, made once (make_defs) and found by address. */
+static const char instance_mt_key = 'i';
 
 enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
 
@@ -703,14 +708,15 @@ static void push_lazy(lua_State *L, drv *d, int uv)
 }
 
 /* The handle inst_index is called for: reached only as the metamethod of
-** the (hidden) metatable, upvalue 2, but checked all the same, without
+** the (hidden) metatable, but checked all the same, by its size and tag
+** (only step_driver makes a userdata of that size with that tag), without
 ** luaL_checkudata's lookup of the metatable by name on every wf.key. */
 static drv *index_inst(lua_State *L)
 {
     inst_ud *u = lua_touserdata(L, 1);
-    if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(2)))
+    if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
+        u->tag != &instance_mt_key)
         luaL_typeerror(L, 1, INSTANCE_MT);
-    lua_pop(L, 1);
     if (!u->d)
         luaL_error(L, "this instance handle belongs to a step that is over");
     return u->d;
@@ -767,9 +773,6 @@ static int inst_newindex(lua_State *L)
                       luaL_checkstring(L, 2));
 }
 
-/* The handles' metatable, made once (make_defs) and found by address. */
-static const char instance_mt_key = 'i';
-
 static void push_instance_mt(lua_State *L)
 {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &instance_mt_key) == LUA_TTABLE)
@@ -778,8 +781,7 @@ static void push_instance_mt(lua_State *L)
     luaL_newmetatable(L, INSTANCE_MT); /* stack: mt */
     lua_newtable(L);
     luaL_setfuncs(L, inst_methods, 0);
-    lua_pushvalue(L, -2);
-    lua_pushcclosure(L, inst_index, 2); /* upvalues: methods, mt */
+    lua_pushcclosure(L, inst_index, 1); /* upvalue: methods */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, inst_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -957,9 +959,10 @@ static int step_driver(lua_State *L)
     d->states = lua_gettop(L);
     /* the handle, with ctx, input view and effects as user values */
     inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
+    u->tag = &instance_mt_key;
     u->d = NULL;
     int wf = lua_gettop(L);
-    push_instance_mt(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->mt_ref);
     lua_setmetatable(L, wf);
     lua_pushvalue(L, d->states);
     lua_setiuservalue(L, wf, UV_STATES);
@@ -1308,6 +1311,7 @@ static int make_defs(lua_State *L)
     lua_newtable(L);
     rt->kept_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     push_instance_mt(L);
+    rt->mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
@@ -1321,6 +1325,7 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->sb = sb;
     rt->defs_ref = LUA_NOREF;
     rt->kept_ref = LUA_NOREF;
+    rt->mt_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
     lua_pushlightuserdata(L, rt);
@@ -1344,6 +1349,7 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
         return;
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->defs_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->mt_ref);
     free(rt);
     *rt_p = NULL;
 }
