@@ -147,7 +147,21 @@ static inline void out_char(out_buf *o, char c)
 ** such a string needs no NUL, UTF-8 or escape check and is copied whole. */
 static size_t plain_prefix(const char *s, size_t len)
 {
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t i = 0;
+    for (; i + 8 <= len; i += 8) { /* eight bytes at a time while all are plain */
+        uint64_t x, q, b;
+        memcpy(&x, s + i, 8);
+        q = x ^ (ones * '"');
+        b = x ^ (ones * '\\');
+        /* a byte >= 0x80, < 0x20, equal to 0x7f, to '"' or to '\\' (exact
+        ** for whether there is one: (v - ones) & ~v & highs has a zero byte's
+        ** high bit set, and a set bit only where some byte is zero or below) */
+        if ((x | ((x - ones * 0x20) & ~x) | (((x ^ (ones * 0x7f)) - ones) & ~(x ^ (ones * 0x7f))) |
+             ((q - ones) & ~q) | ((b - ones) & ~b)) &
+            highs)
+            break;
+    }
     for (; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
@@ -489,8 +503,11 @@ int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, si
 int cm_ljson_encode_copy(lua_State *L, int idx, const char *root, cm_ljson_buf *buf, bool *same,
                          cm_err *err)
 {
-    same_check sc = {true, true, 0, {NULL}};
+    same_check sc; /* tables[] is filled as far as ntables says */
     int top = lua_gettop(L);
+    sc.same = true;
+    sc.copy = true;
+    sc.ntables = 0;
     int rc = encode_root(L, lua_absindex(L, idx), root, buf, &sc, err);
     *same = rc == 0 && sc.same;
     if (!*same)

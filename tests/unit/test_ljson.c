@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "ljson.h"
+#include "text.h"
 
 /* Evaluate expr (with `null` bound to the sentinel) and convert it. */
 static int convert(const char *expr, char **json, cm_err *err)
@@ -144,6 +145,53 @@ static void test_names_and_strings_written_exactly(void **state)
     expect_refusal("{['k\\0z'] = 1}", "patient.k: field name contains a NUL byte");
     expect_refusal("{['ok'] = 'plain' .. '\\0'}", "patient.ok: string contains a NUL byte");
     expect_refusal("{['ok'] = 'plain\\xe9'}", "patient.ok: string is not valid UTF-8");
+}
+
+/* Each byte that needs a check or an escape, at every position of strings
+** up to 20 bytes long (the plain scan reads 8 bytes at a time), between
+** plain bytes of both edges of the plain range (' ' and '~'): the text is
+** the string escaped byte by byte. */
+static void test_every_byte_position_is_seen(void **state)
+{
+    (void)state;
+    static const char *const specials[] = {"\"", "\\", "\x01", "\x1f", "\x7f", "\xc3\xa9", "\n"};
+    lua_State *L = luaL_newstate();
+    for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++)
+        for (size_t len = 1; len <= 20; len++)
+            for (size_t at = 0; at + strlen(specials[k]) <= len; at++) {
+                char str[32], want[160];
+                size_t n = 0, w = 0;
+                for (size_t i = 0; i < at; i++)
+                    str[n++] = i % 2 ? '~' : ' ';
+                memcpy(str + n, specials[k], strlen(specials[k]));
+                n += strlen(specials[k]);
+                for (; n < len; n++)
+                    str[n] = n % 2 ? ' ' : '~';
+                want[w++] = '"';
+                for (size_t i = 0; i < n; i++) {
+                    char esc[6];
+                    size_t e = cm_json_escape_byte((unsigned char)str[i], esc);
+                    if (e) {
+                        memcpy(want + w, esc, e);
+                        w += e;
+                    } else {
+                        want[w++] = str[i];
+                    }
+                }
+                want[w++] = '"';
+                want[w] = '\0';
+                lua_pushlstring(L, str, n);
+                char *text = NULL;
+                size_t tlen = 0;
+                cm_err err;
+                assert_int_equal(cm_ljson_encode(L, -1, "s", &text, &tlen, &err), 0);
+                if (strcmp(text, want) != 0)
+                    fail_msg("special %zu at %zu of %zu: got %s, want %s", k, at, len, text, want);
+                assert_int_equal(tlen, w);
+                free(text);
+                lua_pop(L, 1);
+            }
+    lua_close(L);
 }
 
 static void test_utf8_is_carried(void **state)
@@ -470,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_uncarriable_values_name_their_path),
         cmocka_unit_test(test_utf8_is_carried),
         cmocka_unit_test(test_names_and_strings_written_exactly),
+        cmocka_unit_test(test_every_byte_position_is_seen),
         cmocka_unit_test(test_encoded_text_reads_back),
         cmocka_unit_test(test_push_roundtrip),
         cmocka_unit_test(test_object_text_reads_as_cjson_would),
