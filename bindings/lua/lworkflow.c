@@ -26,8 +26,11 @@ struct cm_lua_runtime {
     cm_sandbox *sb;
     int defs_ref; /* registry ref: "name@rev" -> spec; "pending:name" -> spec */
     /* Contexts kept as tables between steps (cm_step.ctx_held): registry ref
-    ** to id -> table. Ids are never reused, so one dropped (released, or all
-    ** of them after a memory kill) is only a miss: the step reads the text. */
+    ** to id -> table. An id belongs to one instance: a step keeps its copy
+    ** under the id it was given (the engine hands an id to that instance's
+    ** next step only), a new one when it was given none; ids never pass to
+    ** another instance, so one dropped (released, or all of them after a
+    ** memory kill) is only a miss: the step reads the text. */
     int kept_ref;
     lua_Integer kept_last;
     int mt_ref;              /* registry ref: the handles' metatable (push_instance_mt) */
@@ -1022,10 +1025,16 @@ static int step_driver(lua_State *L)
         if (cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
             d->ctx_rc = cm_ljson_encode_copy(L, -1, "wf.ctx", &d->ctx_text, &d->ctx_same, d->err);
             if (d->ctx_rc == 0 && d->ctx_same) { /* stack: effects, ctx, its copy */
+                /* under the id the step was given (this instance's: the
+                ** table there, the handler's wf.ctx or none, goes), else a
+                ** new one: an existing slot is set without growing kept */
+                lua_Integer id = sp->ctx_held ? (lua_Integer)sp->ctx_held : d->rt->kept_last + 1;
                 lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
                 lua_insert(L, -2);
-                lua_rawseti(L, -2, d->rt->kept_last + 1);
-                d->stored = ++d->rt->kept_last;
+                lua_rawseti(L, -2, id);
+                if (id > d->rt->kept_last)
+                    d->rt->kept_last = id;
+                d->stored = id;
             }
         } else {
             size_t len = 0;
@@ -1113,7 +1122,8 @@ static void keep_result(lua_State *L, cm_lua_runtime *rt, drv *d)
     cm_step *sp = d->sp;
     if (!d->ctx_read)
         return; /* untouched: what it was given still equals the context */
-    kept_drop(L, rt, (lua_Integer)sp->ctx_held); /* seen by the handler, or gone already */
+    if ((lua_Integer)sp->ctx_held != d->stored) /* seen by the handler, or gone already */
+        kept_drop(L, rt, (lua_Integer)sp->ctx_held);
     sp->ctx_held = (int64_t)d->stored;
 }
 
