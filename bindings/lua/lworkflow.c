@@ -33,7 +33,13 @@ struct cm_lua_runtime {
     ** memory kill) is only a miss: the step reads the text. */
     int kept_ref;
     lua_Integer kept_last;
-    int mt_ref;              /* registry ref: the handles' metatable (push_instance_mt) */
+    int mt_ref; /* registry ref: the handles' metatable (push_instance_mt) */
+    /* The definition the last step looked up (steps of one workflow follow
+    ** each other): its spec in the registry slot def_ref, for def_name and
+    ** def_rev; def_name "" when none (and after every install). */
+    int def_ref;
+    char def_name[CM_NAME_MAX];
+    int def_rev;
     unsigned long ctx_reads; /* contexts read from their text */
 };
 
@@ -1056,6 +1062,29 @@ static int get_def(lua_State *L, cm_lua_runtime *rt, const char *key)
     return t;
 }
 
+static void def_key(char *buf, size_t n, const char *name, int rev);
+
+/* Push the step's definition (spec) and return its type: the one the last
+** step looked up when it is the same, else defs["name@rev"] (written to
+** key, which then names it), kept for the next step. Allocates nothing:
+** setting the registry slot make_defs made does not. */
+static int push_def(lua_State *L, cm_lua_runtime *rt, const cm_step *sp, char *key, size_t n)
+{
+    if (rt->def_name[0] && sp->rev == rt->def_rev && strcmp(sp->workflow, rt->def_name) == 0)
+        return lua_rawgeti(L, LUA_REGISTRYINDEX, rt->def_ref);
+    def_key(key, n, sp->workflow, sp->rev);
+    int t = get_def(L, rt, key);
+    size_t len = strlen(sp->workflow);
+    rt->def_name[0] = '\0';
+    if (t == LUA_TTABLE && len > 0 && len < sizeof(rt->def_name)) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, LUA_REGISTRYINDEX, rt->def_ref);
+        memcpy(rt->def_name, sp->workflow, len + 1);
+        rt->def_rev = sp->rev;
+    }
+    return t;
+}
+
 /* "name@rev" (each step looks its definition up by it: no snprintf). */
 static void def_key(char *buf, size_t n, const char *name, int rev)
 {
@@ -1149,14 +1178,14 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     d.sp = sp;
     d.rt = rt;
     d.err = err;
-    def_key(key, sizeof(key), sp->workflow, sp->rev);
+    key[0] = '\0';
     if (!lua_checkstack(L, 8)) {
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
     }
     lua_pushcfunction(L, step_driver);
     lua_pushlightuserdata(L, &d);
-    if (get_def(L, rt, key) != LUA_TTABLE) {
+    if (push_def(L, rt, sp, key, sizeof(key)) != LUA_TTABLE) {
         lua_settop(L, top);
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
@@ -1284,6 +1313,7 @@ static int finish_install(lua_State *L)
     lua_pushfstring(L, "pending:%s", lua_tostring(L, 2));
     lua_pushnil(L);
     lua_rawset(L, -3);
+    rt->def_name[0] = '\0'; /* defs changed: look the next step's up */
     return 0;
 }
 
@@ -1322,6 +1352,8 @@ static int make_defs(lua_State *L)
     rt->kept_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     push_instance_mt(L);
     rt->mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0); /* the slot push_def sets */
+    rt->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
@@ -1336,6 +1368,7 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->defs_ref = LUA_NOREF;
     rt->kept_ref = LUA_NOREF;
     rt->mt_ref = LUA_NOREF;
+    rt->def_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
     lua_pushlightuserdata(L, rt);
@@ -1360,6 +1393,7 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->defs_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->mt_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->def_ref);
     free(rt);
     *rt_p = NULL;
 }
