@@ -564,22 +564,23 @@ static void test_budget_exhaustion_is_a_kept_failure(void **state)
 static void test_steps_alternating_definitions_run_their_own(void **state)
 {
     fx *f = *state;
-    static const char *const src =
-        "local cm = require 'caremesh'\n"
-        "return cm.workflow {\n"
-        "  name = '%s', version = 1, start = 'a',\n"
-        "  states = {\n"
-        "    a = { on = { tick = function(wf) wf.ctx.seen = (wf.ctx.seen or '') .. '%s' end,\n"
-        "                 done = 'b' } },\n"
-        "    b = { final = true },\n"
-        "  },\n"
-        "}\n";
     char text[600];
     const char *ids[] = {"alt-1", "alt-2", "oth-1"};
-    const char *wfs[] = {"alt", "alt", "oth"};
+    const char *wfs[] = {"alt", "alt", "oth"}, *tags[] = {"1", "2", "o"};
     cm_err err;
     for (int i = 0; i < 3; i++) {
-        snprintf(text, sizeof(text), src, wfs[i], i == 0 ? "1" : i == 1 ? "2" : "o");
+        snprintf(
+            text, sizeof(text),
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = '%s', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { on = { tick = function(wf) wf.ctx.seen = (wf.ctx.seen or '') .. '%s' end,\n"
+            "                 done = 'b' } },\n"
+            "    b = { final = true },\n"
+            "  },\n"
+            "}\n",
+            wfs[i], tags[i]);
         load_ok(f, i == 2 ? "oth.lua" : "alt.lua", text);
         assert_int_equal(cm_engine_start(f->engine, wfs[i], NULL, ids[i], on_ack, &f->a, &err), 0);
         run(f);
