@@ -45,11 +45,6 @@ static size_t path_push(path_buf *p, char lead, const char *text, size_t len, ch
     return old;
 }
 
-static size_t path_push_key(path_buf *p, const char *key)
-{
-    return path_push(p, '.', key, strlen(key), '\0');
-}
-
 static size_t path_push_index(path_buf *p, lua_Integer i)
 {
     char digits[24];
@@ -147,6 +142,46 @@ static inline void out_char(out_buf *o, char c)
         o->s[o->len++] = c;
 }
 
+/* How many bytes of s, from the start, are printable ASCII that JSON takes
+** as they are (no quote, backslash, control byte, DEL or byte above 0x7f):
+** such a string needs no NUL, UTF-8 or escape check and is copied whole. */
+static size_t plain_prefix(const char *s, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) { /* eight bytes at a time while all are plain */
+        uint64_t x, q, b;
+        memcpy(&x, s + i, 8);
+        q = x ^ (ones * '"');
+        b = x ^ (ones * '\\');
+        /* a byte >= 0x80, < 0x20, equal to 0x7f, to '"' or to '\\' (exact
+        ** for whether there is one: (v - ones) & ~v & highs has a zero byte's
+        ** high bit set, and a set bit only where some byte is zero or below) */
+        if ((x | ((x - ones * 0x20) & ~x) | (((x ^ (ones * 0x7f)) - ones) & ~(x ^ (ones * 0x7f))) |
+             ((q - ones) & ~q) | ((b - ones) & ~b)) &
+            highs)
+            break;
+    }
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+            break;
+    }
+    return i;
+}
+
+/* A string of plain bytes only (plain_prefix is len): quotes and the bytes. */
+static void out_plain(out_buf *o, const char *s, size_t len)
+{
+    if (o->cap - o->len > len + 2 || out_room(o, len + 2)) {
+        char *at = o->s + o->len;
+        at[0] = '"';
+        memcpy(at + 1, s, len);
+        at[len + 1] = '"';
+        o->len += len + 2;
+    }
+}
+
 /* A JSON string, escaped as cm_json_escape_byte says (text.h). */
 static void out_string(out_buf *o, const char *s, size_t len)
 {
@@ -185,22 +220,25 @@ static int int_text(char *buf, long long v)
     return n;
 }
 
-static void out_number(out_buf *o, lua_State *L, int idx)
+/* An integer, written straight into the text. */
+static void out_int(out_buf *o, long long v)
+{
+    if (o->cap - o->len > 21 || out_room(o, 21))
+        o->len += (size_t)int_text(o->s + o->len, v);
+}
+
+/* A float (finite). */
+static void out_double(out_buf *o, double d)
 {
     char buf[32];
     int n;
-    if (lua_isinteger(L, idx)) {
-        n = int_text(buf, (long long)lua_tointeger(L, idx));
-    } else {
-        double d = lua_tonumber(L, idx);
-        if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
-            n = int_text(buf, (long long)d);
-        } else {
-            n = snprintf(buf, sizeof(buf), "%1.15g", d);
-            if (strtod(buf, NULL) != d)
-                n = snprintf(buf, sizeof(buf), "%1.17g", d);
-        }
+    if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
+        out_int(o, (long long)d);
+        return;
     }
+    n = snprintf(buf, sizeof(buf), "%1.15g", d);
+    if (strtod(buf, NULL) != d)
+        n = snprintf(buf, sizeof(buf), "%1.17g", d);
     out_add(o, buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0);
 }
 
@@ -239,7 +277,7 @@ static void same_table(lua_State *L, int idx, same_check *sc)
 
 static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, same_check *sc,
                   cm_err *err);
-static int encode_value(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+static int encode_value(lua_State *L, int idx, int type, path_buf *path, int depth, out_buf *o,
                         same_check *sc, cm_err *err);
 
 /* A table with a string key first: an object, written in one walk. A key
@@ -267,22 +305,25 @@ static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_b
         }
         size_t klen;
         const char *key = lua_tolstring(L, -2, &klen);
-        size_t mark = path_push_key(path, key);
-        if (strlen(key) != klen)
+        size_t mark = path_push(path, '.', key, klen, '\0');
+        bool plain = plain_prefix(key, klen) == klen;
+        if (!plain && strlen(key) != klen)
             return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
         if (!lua_checkstack(L, 4))
             return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
         if (fields++)
             out_char(o, ',');
-        out_string(o, key, klen);
+        if (plain)
+            out_plain(o, key, klen);
+        else
+            out_string(o, key, klen);
         out_char(o, ':');
         if ((rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err)) != 0)
             return rc;
         path_pop(path, mark);
         if (copy) { /* stack: key, value, its copy -> key, its copy, key */
-            lua_pushvalue(L, -3);
-            lua_copy(L, -2, -3);
-            lua_remove(L, -2);
+            lua_replace(L, -2);
+            lua_pushvalue(L, -2);
         } else {
             lua_pop(L, 1);
         }
@@ -349,16 +390,17 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
 static int encode(lua_State *L, int idx, path_buf *path, int depth, out_buf *o, same_check *sc,
                   cm_err *err)
 {
-    int rc = encode_value(L, idx, path, depth, o, sc, err);
-    if (rc == 0 && sc && sc->copy && lua_type(L, idx) != LUA_TTABLE)
+    int type = lua_type(L, idx);
+    int rc = encode_value(L, idx, type, path, depth, o, sc, err);
+    if (rc == 0 && sc && sc->copy && type != LUA_TTABLE)
         lua_pushvalue(L, idx);
     return rc;
 }
 
-static int encode_value(lua_State *L, int idx, path_buf *path, int depth, out_buf *o,
+static int encode_value(lua_State *L, int idx, int type, path_buf *path, int depth, out_buf *o,
                         same_check *sc, cm_err *err)
 {
-    switch (lua_type(L, idx)) {
+    switch (type) {
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx))
             out_add(o, "true", 4);
@@ -366,21 +408,30 @@ static int encode_value(lua_State *L, int idx, path_buf *path, int depth, out_bu
             out_add(o, "false", 5);
         return 0;
     case LUA_TNUMBER: {
+        int isint;
+        lua_Integer i = lua_tointegerx(L, idx, &isint);
+        if (isint && lua_isinteger(L, idx)) { /* an integer, not a float of integral value */
+            if (i > (1LL << 53) || i < -(1LL << 53))
+                return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
+                                  path->s);
+            out_int(o, (long long)i);
+            return 0;
+        }
         double d = lua_tonumber(L, idx);
         if (!isfinite(d))
             return cm_err_set(err, CM_EINVAL, "%s: number is not finite", path->s);
-        if (lua_isinteger(L, idx) &&
-            (lua_tointeger(L, idx) > (1LL << 53) || lua_tointeger(L, idx) < -(1LL << 53)))
-            return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
-                              path->s);
-        if (sc && !lua_isinteger(L, idx) && d == floor(d) && fabs(d) <= 9007199254740992.0)
+        if (sc && d == floor(d) && fabs(d) <= 9007199254740992.0)
             sc->same = false; /* written as an integer, read back as one */
-        out_number(o, L, idx);
+        out_double(o, d);
         return 0;
     }
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
+        if (plain_prefix(s, len) == len) { /* no NUL, all ASCII, nothing to escape */
+            out_plain(o, s, len);
+            return 0;
+        }
         if (strlen(s) != len)
             return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path->s);
         if (!cm_utf8_valid(s, len))
@@ -452,8 +503,11 @@ int cm_ljson_encode_same(lua_State *L, int idx, const char *root, char **out, si
 int cm_ljson_encode_copy(lua_State *L, int idx, const char *root, cm_ljson_buf *buf, bool *same,
                          cm_err *err)
 {
-    same_check sc = {true, true, 0, {NULL}};
+    same_check sc; /* tables[] is filled as far as ntables says */
     int top = lua_gettop(L);
+    sc.same = true;
+    sc.copy = true;
+    sc.ntables = 0;
     int rc = encode_root(L, lua_absindex(L, idx), root, buf, &sc, err);
     *same = rc == 0 && sc.same;
     if (!*same)

@@ -26,10 +26,20 @@ struct cm_lua_runtime {
     cm_sandbox *sb;
     int defs_ref; /* registry ref: "name@rev" -> spec; "pending:name" -> spec */
     /* Contexts kept as tables between steps (cm_step.ctx_held): registry ref
-    ** to id -> table. Ids are never reused, so one dropped (released, or all
-    ** of them after a memory kill) is only a miss: the step reads the text. */
+    ** to id -> table. An id belongs to one instance: a step keeps its copy
+    ** under the id it was given (the engine hands an id to that instance's
+    ** next step only), a new one when it was given none; ids never pass to
+    ** another instance, so one dropped (released, or all of them after a
+    ** memory kill) is only a miss: the step reads the text. */
     int kept_ref;
     lua_Integer kept_last;
+    int mt_ref; /* registry ref: the handles' metatable (push_instance_mt) */
+    /* The definition the last step looked up (steps of one workflow follow
+    ** each other): its spec in the registry slot def_ref, for def_name and
+    ** def_rev; def_name "" when none (and after every install). */
+    int def_ref;
+    char def_name[CM_NAME_MAX];
+    int def_rev;
     unsigned long ctx_reads; /* contexts read from their text */
 };
 
@@ -325,8 +335,12 @@ typedef struct drv {
 } drv;
 
 typedef struct inst_ud {
-    drv *d; /* NULL once the step is over: a kept handle does nothing */
+    const void *tag; /* &instance_mt_key: what index_inst checks */
+    drv *d;          /* NULL once the step is over: a kept handle does nothing */
 } inst_ud;
+
+/* The handles' metatable, made once (make_defs) and found by address. */
+static const char instance_mt_key = 'i';
 
 enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
 
@@ -703,14 +717,15 @@ static void push_lazy(lua_State *L, drv *d, int uv)
 }
 
 /* The handle inst_index is called for: reached only as the metamethod of
-** the (hidden) metatable, upvalue 2, but checked all the same, without
+** the (hidden) metatable, but checked all the same, by its size and tag
+** (only step_driver makes a userdata of that size with that tag), without
 ** luaL_checkudata's lookup of the metatable by name on every wf.key. */
 static drv *index_inst(lua_State *L)
 {
     inst_ud *u = lua_touserdata(L, 1);
-    if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(2)))
+    if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
+        u->tag != &instance_mt_key)
         luaL_typeerror(L, 1, INSTANCE_MT);
-    lua_pop(L, 1);
     if (!u->d)
         luaL_error(L, "this instance handle belongs to a step that is over");
     return u->d;
@@ -767,9 +782,6 @@ static int inst_newindex(lua_State *L)
                       luaL_checkstring(L, 2));
 }
 
-/* The handles' metatable, made once (make_defs) and found by address. */
-static const char instance_mt_key = 'i';
-
 static void push_instance_mt(lua_State *L)
 {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &instance_mt_key) == LUA_TTABLE)
@@ -778,8 +790,7 @@ static void push_instance_mt(lua_State *L)
     luaL_newmetatable(L, INSTANCE_MT); /* stack: mt */
     lua_newtable(L);
     luaL_setfuncs(L, inst_methods, 0);
-    lua_pushvalue(L, -2);
-    lua_pushcclosure(L, inst_index, 2); /* upvalues: methods, mt */
+    lua_pushcclosure(L, inst_index, 1); /* upvalue: methods */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, inst_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -957,9 +968,10 @@ static int step_driver(lua_State *L)
     d->states = lua_gettop(L);
     /* the handle, with ctx, input view and effects as user values */
     inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
+    u->tag = &instance_mt_key;
     u->d = NULL;
     int wf = lua_gettop(L);
-    push_instance_mt(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->mt_ref);
     lua_setmetatable(L, wf);
     lua_pushvalue(L, d->states);
     lua_setiuservalue(L, wf, UV_STATES);
@@ -1019,10 +1031,16 @@ static int step_driver(lua_State *L)
         if (cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
             d->ctx_rc = cm_ljson_encode_copy(L, -1, "wf.ctx", &d->ctx_text, &d->ctx_same, d->err);
             if (d->ctx_rc == 0 && d->ctx_same) { /* stack: effects, ctx, its copy */
+                /* under the id the step was given (this instance's: the
+                ** table there, the handler's wf.ctx or none, goes), else a
+                ** new one: an existing slot is set without growing kept */
+                lua_Integer id = sp->ctx_held ? (lua_Integer)sp->ctx_held : d->rt->kept_last + 1;
                 lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->kept_ref);
                 lua_insert(L, -2);
-                lua_rawseti(L, -2, d->rt->kept_last + 1);
-                d->stored = ++d->rt->kept_last;
+                lua_rawseti(L, -2, id);
+                if (id > d->rt->kept_last)
+                    d->rt->kept_last = id;
+                d->stored = id;
             }
         } else {
             size_t len = 0;
@@ -1041,6 +1059,29 @@ static int get_def(lua_State *L, cm_lua_runtime *rt, const char *key)
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
     int t = lua_getfield(L, -1, key);
     lua_remove(L, -2);
+    return t;
+}
+
+static void def_key(char *buf, size_t n, const char *name, int rev);
+
+/* Push the step's definition (spec) and return its type: the one the last
+** step looked up when it is the same, else defs["name@rev"] (written to
+** key, which then names it), kept for the next step. Allocates nothing:
+** setting the registry slot make_defs made does not. */
+static int push_def(lua_State *L, cm_lua_runtime *rt, const cm_step *sp, char *key, size_t n)
+{
+    if (rt->def_name[0] && sp->rev == rt->def_rev && strcmp(sp->workflow, rt->def_name) == 0)
+        return lua_rawgeti(L, LUA_REGISTRYINDEX, rt->def_ref);
+    def_key(key, n, sp->workflow, sp->rev);
+    int t = get_def(L, rt, key);
+    size_t len = strlen(sp->workflow);
+    rt->def_name[0] = '\0';
+    if (t == LUA_TTABLE && len > 0 && len < sizeof(rt->def_name)) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, LUA_REGISTRYINDEX, rt->def_ref);
+        memcpy(rt->def_name, sp->workflow, len + 1);
+        rt->def_rev = sp->rev;
+    }
     return t;
 }
 
@@ -1110,7 +1151,8 @@ static void keep_result(lua_State *L, cm_lua_runtime *rt, drv *d)
     cm_step *sp = d->sp;
     if (!d->ctx_read)
         return; /* untouched: what it was given still equals the context */
-    kept_drop(L, rt, (lua_Integer)sp->ctx_held); /* seen by the handler, or gone already */
+    if ((lua_Integer)sp->ctx_held != d->stored) /* seen by the handler, or gone already */
+        kept_drop(L, rt, (lua_Integer)sp->ctx_held);
     sp->ctx_held = (int64_t)d->stored;
 }
 
@@ -1136,14 +1178,14 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     d.sp = sp;
     d.rt = rt;
     d.err = err;
-    def_key(key, sizeof(key), sp->workflow, sp->rev);
+    key[0] = '\0';
     if (!lua_checkstack(L, 8)) {
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
     }
     lua_pushcfunction(L, step_driver);
     lua_pushlightuserdata(L, &d);
-    if (get_def(L, rt, key) != LUA_TTABLE) {
+    if (push_def(L, rt, sp, key, sizeof(key)) != LUA_TTABLE) {
         lua_settop(L, top);
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
@@ -1271,6 +1313,7 @@ static int finish_install(lua_State *L)
     lua_pushfstring(L, "pending:%s", lua_tostring(L, 2));
     lua_pushnil(L);
     lua_rawset(L, -3);
+    rt->def_name[0] = '\0'; /* defs changed: look the next step's up */
     return 0;
 }
 
@@ -1308,6 +1351,9 @@ static int make_defs(lua_State *L)
     lua_newtable(L);
     rt->kept_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     push_instance_mt(L);
+    rt->mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0); /* the slot push_def sets */
+    rt->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
@@ -1321,6 +1367,8 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->sb = sb;
     rt->defs_ref = LUA_NOREF;
     rt->kept_ref = LUA_NOREF;
+    rt->mt_ref = LUA_NOREF;
+    rt->def_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
     lua_pushlightuserdata(L, rt);
@@ -1344,6 +1392,8 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
         return;
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->defs_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->mt_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->def_ref);
     free(rt);
     *rt_p = NULL;
 }

@@ -635,6 +635,51 @@ static void test_budget_exhaustion_is_a_kept_failure(void **state)
     assert_int_equal(f->a.status[2], 0);
 }
 
+/* Steps of two revisions of a workflow and of another workflow, one after
+** the other, each run their own definition (the runtime keeps the last one
+** it looked up for the next step). */
+static void test_steps_alternating_definitions_run_their_own(void **state)
+{
+    fx *f = *state;
+    char text[600];
+    const char *ids[] = {"alt-1", "alt-2", "oth-1"};
+    const char *wfs[] = {"alt", "alt", "oth"}, *tags[] = {"1", "2", "o"};
+    cm_err err;
+    for (int i = 0; i < 3; i++) {
+        snprintf(
+            text, sizeof(text),
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = '%s', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { on = { tick = function(wf) wf.ctx.seen = (wf.ctx.seen or '') .. '%s' end,\n"
+            "                 done = 'b' } },\n"
+            "    b = { final = true },\n"
+            "  },\n"
+            "}\n",
+            wfs[i], tags[i]);
+        load_ok(f, i == 2 ? "oth.lua" : "alt.lua", text);
+        assert_int_equal(cm_engine_start(f->engine, wfs[i], NULL, ids[i], on_ack, &f->a, &err), 0);
+        run(f);
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 3; i++) /* in one batch */
+            signal_ev(f, ids[i], "tick", NULL);
+        run(f);
+        for (int i = 2; i >= 0; i--) { /* one at a time, the other way round */
+            signal_ev(f, ids[i], "tick", NULL);
+            run(f);
+        }
+    }
+    const char *want[] = {"111111", "222222", "oooooo"};
+    for (int i = 0; i < 3; i++) {
+        cJSON *inst = get(f, ids[i]);
+        cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "seen")), want[i]);
+        cJSON_Delete(inst);
+    }
+}
+
 /* In its step a handle reads its fields (ctx, id, workflow, state, event,
 ** input, methods); one kept past its step reads none of them. */
 static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
@@ -2541,6 +2586,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
                                         teardown),

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "ljson.h"
+#include "text.h"
 
 /* Evaluate expr (with `null` bound to the sentinel) and convert it. */
 static int convert(const char *expr, char **json, cm_err *err)
@@ -100,6 +101,97 @@ static void test_uncarriable_values_name_their_path(void **state)
     expect_refusal("{x=io.stdout}", "patient.x: a userdata cannot be carried");
     expect_refusal("(function() local t = {} t.self = t return t end)()",
                    "nested more than 32 levels deep");
+}
+
+/* The exact text of the value expr returns (cm_ljson_encode). */
+static void expect_text(const char *expr, const char *want)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    char code[1024], *text = NULL;
+    size_t len = 0;
+    cm_err err;
+    snprintf(code, sizeof(code), "return %s", expr);
+    assert_int_equal(luaL_dostring(L, code), 0);
+    assert_int_equal(cm_ljson_encode(L, -1, "ctx", &text, &len, &err), 0);
+    if (strcmp(text, want) != 0)
+        fail_msg("got %s, want %s", text, want);
+    assert_int_equal(len, strlen(want));
+    free(text);
+    lua_close(L);
+}
+
+/* Names and strings of plain ASCII are copied whole; any other byte takes
+** the checked, escaped path, in a name as in a value, at any position. */
+static void test_names_and_strings_written_exactly(void **state)
+{
+    (void)state;
+    expect_text("{['a\"b\\\\c\\n'] = 'x\\1y'}", "{\"a\\\"b\\\\c\\n\":\"x\\u0001y\"}");
+    expect_text("{['\\u{e9}t\\u{e9}'] = 'ok\\127'}", "{\"\xc3\xa9t\xc3\xa9\":\"ok\\u007f\"}");
+    expect_text("{m = -(1 << 53)}", "{\"m\":-9007199254740992}");
+    expect_text("{m = 1 << 53}", "{\"m\":9007199254740992}");
+    expect_text("{m = 3.0}", "{\"m\":3}");
+    /* a plain string longer than the text's first buffer, then one with a
+    ** byte to escape at its end */
+    char want[400];
+    size_t n = 0;
+    n += (size_t)snprintf(want + n, sizeof(want) - n, "{\"s\":\"");
+    for (int i = 0; i < 40; i++)
+        n += (size_t)snprintf(want + n, sizeof(want) - n, "abcdefgh");
+    snprintf(want + n, sizeof(want) - n, "\"}");
+    expect_text("{s = string.rep('abcdefgh', 40)}", want);
+    snprintf(want + n, sizeof(want) - n, "\\\"\"}");
+    expect_text("{s = string.rep('abcdefgh', 40) .. '\"'}", want);
+    expect_refusal("{['k\\0z'] = 1}", "patient.k: field name contains a NUL byte");
+    expect_refusal("{['ok'] = 'plain' .. '\\0'}", "patient.ok: string contains a NUL byte");
+    expect_refusal("{['ok'] = 'plain\\xe9'}", "patient.ok: string is not valid UTF-8");
+}
+
+/* Each byte that needs a check or an escape, at every position of strings
+** up to 20 bytes long (the plain scan reads 8 bytes at a time), between
+** plain bytes of both edges of the plain range (' ' and '~'): the text is
+** the string escaped byte by byte. */
+static void test_every_byte_position_is_seen(void **state)
+{
+    (void)state;
+    static const char *const specials[] = {"\"", "\\", "\x01", "\x1f", "\x7f", "\xc3\xa9", "\n"};
+    lua_State *L = luaL_newstate();
+    for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++)
+        for (size_t len = 1; len <= 20; len++)
+            for (size_t at = 0; at + strlen(specials[k]) <= len; at++) {
+                char str[32], want[160];
+                size_t n = 0, w = 0;
+                for (size_t i = 0; i < at; i++)
+                    str[n++] = i % 2 ? '~' : ' ';
+                memcpy(str + n, specials[k], strlen(specials[k]));
+                n += strlen(specials[k]);
+                for (; n < len; n++)
+                    str[n] = n % 2 ? ' ' : '~';
+                want[w++] = '"';
+                for (size_t i = 0; i < n; i++) {
+                    char esc[6];
+                    size_t e = cm_json_escape_byte((unsigned char)str[i], esc);
+                    if (e) {
+                        memcpy(want + w, esc, e);
+                        w += e;
+                    } else {
+                        want[w++] = str[i];
+                    }
+                }
+                want[w++] = '"';
+                want[w] = '\0';
+                lua_pushlstring(L, str, n);
+                char *text = NULL;
+                size_t tlen = 0;
+                cm_err err;
+                assert_int_equal(cm_ljson_encode(L, -1, "s", &text, &tlen, &err), 0);
+                if (strcmp(text, want) != 0)
+                    fail_msg("special %zu at %zu of %zu: got %s, want %s", k, at, len, text, want);
+                assert_int_equal(tlen, w);
+                free(text);
+                lua_pop(L, 1);
+            }
+    lua_close(L);
 }
 
 static void test_utf8_is_carried(void **state)
@@ -425,6 +517,8 @@ int main(void)
         cmocka_unit_test(test_encode_copy_is_a_private_copy),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
         cmocka_unit_test(test_utf8_is_carried),
+        cmocka_unit_test(test_names_and_strings_written_exactly),
+        cmocka_unit_test(test_every_byte_position_is_seen),
         cmocka_unit_test(test_encoded_text_reads_back),
         cmocka_unit_test(test_push_roundtrip),
         cmocka_unit_test(test_object_text_reads_as_cjson_would),
