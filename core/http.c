@@ -210,8 +210,11 @@ static cm_http_req *req_new(conn *c)
     cm_http_server *s = c->srv;
     cm_http_req *r = s->spare;
     if (!r) {
-        if ((r = calloc(1, sizeof(*r))))
+        if ((r = calloc(1, sizeof(*r)))) {
             r->c = c;
+            /* a bearer token, patient data: wiped when they grow, too */
+            r->mem.hbuf.wipe = r->mem.body.wipe = true;
+        }
         return r;
     }
     s->spare = r->next;
