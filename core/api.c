@@ -193,7 +193,10 @@ static void call_free(call *c)
 static void reply_text(call *c, int status, const char *ctype, const char *text, size_t len)
 {
     count(c->api, c->rt ? c->rt->pattern : "unmatched", status);
-    cm_http_respond(c->req, status, ctype, text, len);
+    if (status == 503 && !ctype) /* shows nothing: not held behind a sync (http.h) */
+        cm_http_refuse(c->req, status, text, len);
+    else
+        cm_http_respond(c->req, status, ctype, text, len);
     call_free(c);
 }
 
@@ -2005,7 +2008,7 @@ static void handle(void *ud, cm_http_req *req)
     if (!c) {
         static const char oom[] =
             "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
-        cm_http_respond(req, 503, NULL, oom, sizeof(oom) - 1);
+        cm_http_refuse(req, 503, oom, sizeof(oom) - 1);
         return;
     }
     const char *method = cm_http_req_method(req);
@@ -2143,6 +2146,12 @@ void cm_api_durable(cm_api *api)
 {
     if (api && api->http)
         cm_http_server_durable(api->http);
+}
+
+void cm_api_sync_lost(cm_api *api)
+{
+    if (api && api->http)
+        cm_http_server_sync_lost(api->http);
 }
 
 static void on_http_stopped(void *ud)

@@ -54,6 +54,7 @@ struct cm_http_req {
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
     size_t resp_len;
+    int status;     /* the answer's */
     uint64_t needs; /* the commit the answer may show: written once it is durable */
 };
 _Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
@@ -110,6 +111,7 @@ struct cm_http_server {
     void (*done)(void *ud);
     void *done_ud;
     cm_http_gate gate; /* made NULL: none */
+    bool sync_lost;    /* the watermark will not move again (cm_http_server_sync_lost) */
 };
 
 static http_parser_settings parser_settings;
@@ -564,6 +566,29 @@ static void after_write(uv_write_t *w, int status)
     conn_timer(c, c->nqueued == 0 && !c->writing && !c->cur);
 }
 
+/* After a lost sync (cm_http_server_sync_lost): r's answer, held for a
+** commit that will never be known durable, replaced by a 503 that shows
+** nothing: outcome_unknown for a write told it succeeded, unavailable for
+** a read or a refusal (which changed nothing). -1 when out of memory. */
+static int answer_lost(cm_http_req *r)
+{
+    static const char doubt[] =
+        "{\"error\":{\"code\":\"outcome_unknown\",\"message\":\"an fsync of the store "
+        "failed before this write was known durable: it may or may not be there when the "
+        "node restarts; look before retrying\"}}";
+    static const char gone[] =
+        "{\"error\":{\"code\":\"unavailable\",\"message\":\"an fsync of the store failed "
+        "before this answer could be given; nothing was changed by this request\"}}";
+    bool ok = r->status >= 200 && r->status < 300;
+    bool write = r->method && strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0;
+    const char *body = ok && write ? doubt : gone;
+    size_t len = ok && write ? sizeof(doubt) - 1 : sizeof(gone) - 1;
+    if (build_response(r, r->close_after, 503, NULL, body, len) != 0)
+        return -1;
+    r->needs = 0;
+    return 0;
+}
+
 /* Write the answered requests at the head of the queue, in order. */
 static void conn_flush(conn *c)
 {
@@ -574,6 +599,12 @@ static void conn_flush(conn *c)
     cm_http_req *last = NULL;
     const cm_http_gate *g = &c->srv->gate;
     uint64_t durable = g->made ? g->durable(g->ud) : UINT64_MAX;
+    if (c->srv->sync_lost)
+        for (cm_http_req *r = c->head; r && r->answered; r = r->next)
+            if (r->needs > durable && answer_lost(r) != 0) {
+                conn_close(c); /* out of memory: the client sees the connection end */
+                return;
+            }
     for (cm_http_req *r = c->head; r && r->answered && r->needs <= durable && n < MAX_WRITE_BATCH;
          r = r->next) {
         bufs[n++] = uv_buf_init(r->mem.resp, (unsigned)r->resp_len);
@@ -616,8 +647,10 @@ static void on_flush(uv_idle_t *h)
     }
 }
 
-void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
-                     size_t len)
+/* Answer r; gated: held until the gate's watermark reaches the commit
+** counter as it is now, else only behind the answers before it. */
+static void answer(cm_http_req *r, int status, const char *content_type, const char *body,
+                   size_t len, bool gated)
 {
     conn *c = r->c;
     if (!c || c->closing || r->answered) {
@@ -633,7 +666,8 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
     }
     r->close_after = close;
     r->answered = true;
-    r->needs = c->srv->gate.made ? c->srv->gate.made(c->srv->gate.ud) : 0;
+    r->status = status;
+    r->needs = gated && c->srv->gate.made ? c->srv->gate.made(c->srv->gate.ud) : 0;
     /* Written by the flusher before the loop polls again: the answers a
     ** handler gives in one burst (an engine batch) leave in one write, and the
     ** client's next requests arrive together. */
@@ -644,6 +678,17 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
         conn_flush(c);
 }
 
+void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
+                     size_t len)
+{
+    answer(r, status, content_type, body, len, true);
+}
+
+void cm_http_refuse(cm_http_req *r, int status, const char *body, size_t len)
+{
+    answer(r, status, NULL, body, len, false);
+}
+
 void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate)
 {
     if (gate)
@@ -651,6 +696,12 @@ void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate)
     else
         memset(&s->gate, 0, sizeof(s->gate));
     cm_http_server_durable(s); /* without a gate nothing is held */
+}
+
+void cm_http_server_sync_lost(cm_http_server *s)
+{
+    s->sync_lost = true;
+    cm_http_server_durable(s);
 }
 
 void cm_http_server_durable(cm_http_server *s)
