@@ -1573,6 +1573,10 @@ static void h_readyz(call *c)
                     c->api->stopping ? "the node is shutting down" : "the node is starting");
         return;
     }
+    if (cm_store_sync_status(c->api->o.store, &err) != 0) { /* before the node hears of it */
+        reply_error(c, 503, "not_ready", NULL, "%s", err.msg);
+        return;
+    }
     if (!(id = cm_store_meta_get(c->api->o.store, "node_id", &err))) {
         reply_err(c, &err, NULL);
         return;

@@ -150,7 +150,7 @@ typedef struct env {
     later deferred;
     /* the output gate (cm_http_gate): the commit counter and the watermark */
     bool gated;
-    bool lose; /* the watermark never moves: the sync is lost once an answer came */
+    bool lose; /* the watermark never moves: the sync is lost once a refusal came */
     uint64_t made, durable;
     size_t got_at_release; /* bytes the client had when the watermark moved */
     uv_timer_t release;
