@@ -114,6 +114,8 @@ if kill -0 "$pid" 2>/dev/null; then bad "the node did not stop after the failed 
 wait "$pid"; rc=$?; pid=
 if [ "$rc" -ne 0 ]; then ok; else bad "the node exited 0 after a failed fsync"; fi
 has "sync failure logged" '"store.sync_failed"' "$(cat "$tmp/log")"
+# its exit status is not 0 either way: a sanitizer's report must not hide in it
+if grep -qE 'Sanitizer|runtime error:' "$tmp/log"; then bad "sanitizer report: $(cat "$tmp/log")"; else ok; fi
 
 # A restart without the shim: what was answered 2xx is there, what was
 # refused is not; the outcome-unknown ones may be either.
