@@ -616,6 +616,24 @@ enum { MEMO_GEN = 0, MEMO_SLOT = 8, MEMO_TEXT = 16 };
 _Static_assert(MEMO_TEXT + CM_TOKEN_TEXT_LEN <= CM_HTTP_MEMO_BYTES, "a token fits the memo");
 _Static_assert(TOKEN_SLOTS <= 65536, "a slot's index fits the memo");
 
+/* a and b (len bytes each) are equal, in a time that depends on len only:
+** the XOR of each 8-byte word, ORed together (sodium_memcmp goes a byte at
+** a time: ~700 instructions for a token's text, ~80 here). */
+static bool same_secret(const unsigned char *a, const unsigned char *b, size_t len)
+{
+    uint64_t diff = 0, x, y;
+    size_t i = 0;
+    for (; i + sizeof(x) <= len; i += sizeof(x)) {
+        memcpy(&x, a + i, sizeof(x));
+        memcpy(&y, b + i, sizeof(y));
+        diff |= x ^ y;
+        __asm__("" : "+r"(diff)); /* no early exit on a difference */
+    }
+    for (; i < len; i++)
+        diff |= (uint64_t)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
 static bool memo_token(const cm_api *api, const cm_http_memo *m, const char *text, size_t len,
                        cm_token_info *info)
 {
@@ -623,7 +641,7 @@ static bool memo_token(const cm_api *api, const cm_http_memo *m, const char *tex
     uint16_t slot;
     memcpy(&gen, m->bytes + MEMO_GEN, sizeof(gen));
     if (gen == 0 || gen != api->token_gen || len != CM_TOKEN_TEXT_LEN ||
-        sodium_memcmp(m->bytes + MEMO_TEXT, text, len) != 0) /* in constant time */
+        !same_secret(m->bytes + MEMO_TEXT, (const unsigned char *)text, len))
         return false;
     memcpy(&slot, m->bytes + MEMO_SLOT, sizeof(slot));
     *info = api->tokens[slot].info;

@@ -9,7 +9,6 @@
 #include "strbuf.h"
 #include "text.h"
 
-#include <ctype.h>
 #include <http_parser.h>
 #include <sodium.h>
 #include <stddef.h>
@@ -50,7 +49,8 @@ struct cm_http_req {
     const char *method; /* http_parser's static name */
     uint64_t pass;      /* the parse pass it completed in */
     int nheaders;
-    bool in_value; /* the last header fragment was a value */
+    uint64_t names; /* name_bit of each header name: a lookup of an absent one is one test */
+    bool in_value;  /* the last header fragment was a value */
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
     size_t resp_len;
@@ -259,13 +259,25 @@ const char *cm_http_req_query(const cm_http_req *r)
     return r->query;
 }
 
+/* A header name's bit in cm_http_req.names, by its first byte in any case
+** and its length: names that differ in case share it. */
+static uint64_t name_bit(unsigned char first, size_t len)
+{
+    return (uint64_t)1 << (((first | 0x20u) + len) & 63);
+}
+
 const char *cm_http_req_header(const cm_http_req *r, const char *name)
 {
-    int first = tolower((unsigned char)name[0]);
+    size_t len = strlen(name);
+    if (len == 0 || !(r->names & name_bit((unsigned char)name[0], len)))
+        return NULL;                                 /* no header of that first letter and length */
+    unsigned first = (unsigned char)name[0] | 0x20u; /* equal in any case: equal here */
     for (int i = 0; i < r->nheaders; i++) {
-        const char *h = r->mem.hbuf.p + r->mem.headers[i].name;
-        if (tolower((unsigned char)h[0]) == first && strcasecmp(h, name) == 0)
-            return r->mem.hbuf.p + r->mem.headers[i].value;
+        const hdr *h = &r->mem.headers[i];
+        const char *text = r->mem.hbuf.p + h->name;
+        if (h->value - h->name - 1 == len && ((unsigned char)text[0] | 0x20u) == first &&
+            strcasecmp(text, name) == 0)
+            return r->mem.hbuf.p + h->value;
     }
     return NULL;
 }
@@ -756,7 +768,9 @@ static int header_add(conn *c, const char *at, size_t len, bool value)
                 return fail_cb(c, 431, "headers_too_large", "too many header fields (most 64)");
             r->mem.headers[r->nheaders++].name = start;
         } else {
-            r->mem.headers[r->nheaders - 1].value = start;
+            hdr *h = &r->mem.headers[r->nheaders - 1];
+            h->value = start;
+            r->names |= name_bit((unsigned char)r->mem.hbuf.p[h->name], start - h->name - 1);
         }
         r->in_value = value;
     }

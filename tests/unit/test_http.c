@@ -491,6 +491,20 @@ static void test_a_header_is_found_by_its_whole_name(void **state)
     free(e);
 }
 
+/* A header name that arrives in two reads is found by its whole name. */
+static void test_a_header_split_across_reads_is_found(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->send2 = "ag: split\r\nConnection: close\r\n\r\n";
+    e->send2_after = "first";
+    exchange(e, &lim, "GET /first HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\nX-T");
+    assert_int_equal(e->handled, 2);
+    assert_non_null(strstr(e->got, "[GET ? tag=split body=0:]"));
+    free(e);
+}
+
 static void test_limits_are_answered_with_their_status(void **state)
 {
     env *e = calloc(1, sizeof(*e));
@@ -604,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_a_lost_sync_answers_every_held_request_in_order),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
+        cmocka_unit_test(test_a_header_split_across_reads_is_found),
         cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
