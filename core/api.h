@@ -53,6 +53,9 @@ void cm_api_set_ready(cm_api *api, bool ready);
 ** and the call that writes what a moved watermark releases. */
 void cm_api_set_gate(cm_api *api, const cm_http_gate *gate);
 void cm_api_durable(cm_api *api);
+/* A sync failed (store.h): the answers held for commits it left in doubt
+** are replaced by 503s and written (cm_http_server_sync_lost). */
+void cm_api_sync_lost(cm_api *api);
 
 /* The configuration's api limits changed (a reload): apply them. The API
 ** reads api.open_loopback at each request. NULL or stopping: nothing. */

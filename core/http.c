@@ -9,7 +9,6 @@
 #include "strbuf.h"
 #include "text.h"
 
-#include <ctype.h>
 #include <http_parser.h>
 #include <sodium.h>
 #include <stddef.h>
@@ -50,10 +49,12 @@ struct cm_http_req {
     const char *method; /* http_parser's static name */
     uint64_t pass;      /* the parse pass it completed in */
     int nheaders;
-    bool in_value; /* the last header fragment was a value */
+    uint64_t names; /* name_bit of each header name: a lookup of an absent one is one test */
+    bool in_value;  /* the last header fragment was a value */
     const char *path, *query;
     bool keep_alive, dispatched, answered, close_after;
     size_t resp_len;
+    int status;     /* the answer's */
     uint64_t needs; /* the commit the answer may show: written once it is durable */
 };
 _Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
@@ -110,6 +111,7 @@ struct cm_http_server {
     void (*done)(void *ud);
     void *done_ud;
     cm_http_gate gate; /* made NULL: none */
+    bool sync_lost;    /* the watermark will not move again (cm_http_server_sync_lost) */
 };
 
 static http_parser_settings parser_settings;
@@ -133,8 +135,11 @@ const char *cm_http_status_text(int status)
 
 /* Append nul NUL bytes (0 or 1: one ends the text before, a header's name
 ** or value), then n bytes, unless the text would pass limit; -1 then, or
-** when out of memory. */
-static int add_within(cm_buf *b, size_t nul, const char *s, size_t n, size_t limit)
+** when out of memory. Inlined: it runs for every fragment the parser hands
+** over (eight for a request's four headers), and its call cost about as
+** much as its work. */
+static inline __attribute__((always_inline)) int add_within(cm_buf *b, size_t nul, const char *s,
+                                                            size_t n, size_t limit)
 {
     size_t more = n + nul;
     if (nul > 1 || more > limit || b->len > limit - more)
@@ -210,8 +215,11 @@ static cm_http_req *req_new(conn *c)
     cm_http_server *s = c->srv;
     cm_http_req *r = s->spare;
     if (!r) {
-        if ((r = calloc(1, sizeof(*r))))
+        if ((r = calloc(1, sizeof(*r)))) {
             r->c = c;
+            /* a bearer token, patient data: wiped when they grow, too */
+            r->mem.hbuf.wipe = r->mem.body.wipe = true;
+        }
         return r;
     }
     s->spare = r->next;
@@ -254,13 +262,25 @@ const char *cm_http_req_query(const cm_http_req *r)
     return r->query;
 }
 
+/* A header name's bit in cm_http_req.names, by its first byte in any case
+** and its length: names that differ in case share it. */
+static uint64_t name_bit(unsigned char first, size_t len)
+{
+    return (uint64_t)1 << (((first | 0x20u) + len) & 63);
+}
+
 const char *cm_http_req_header(const cm_http_req *r, const char *name)
 {
-    int first = tolower((unsigned char)name[0]);
+    size_t len = strlen(name);
+    if (len == 0 || !(r->names & name_bit((unsigned char)name[0], len)))
+        return NULL;                                 /* no header of that first letter and length */
+    unsigned first = (unsigned char)name[0] | 0x20u; /* equal in any case: equal here */
     for (int i = 0; i < r->nheaders; i++) {
-        const char *h = r->mem.hbuf.p + r->mem.headers[i].name;
-        if (tolower((unsigned char)h[0]) == first && strcasecmp(h, name) == 0)
-            return r->mem.hbuf.p + r->mem.headers[i].value;
+        const hdr *h = &r->mem.headers[i];
+        const char *text = r->mem.hbuf.p + h->name;
+        if (h->value - h->name - 1 == len && ((unsigned char)text[0] | 0x20u) == first &&
+            strcasecmp(text, name) == 0)
+            return r->mem.hbuf.p + h->value;
     }
     return NULL;
 }
@@ -561,6 +581,29 @@ static void after_write(uv_write_t *w, int status)
     conn_timer(c, c->nqueued == 0 && !c->writing && !c->cur);
 }
 
+/* After a lost sync (cm_http_server_sync_lost): r's answer, held for a
+** commit that will never be known durable, replaced by a 503 that shows
+** nothing: outcome_unknown for a write told it succeeded, unavailable for
+** a read or a refusal (which changed nothing). -1 when out of memory. */
+static int answer_lost(cm_http_req *r)
+{
+    static const char doubt[] =
+        "{\"error\":{\"code\":\"outcome_unknown\",\"message\":\"an fsync of the store "
+        "failed before this write was known durable: it may or may not be there when the "
+        "node restarts; look before retrying\"}}";
+    static const char gone[] =
+        "{\"error\":{\"code\":\"unavailable\",\"message\":\"an fsync of the store failed "
+        "before this answer could be given; nothing was changed by this request\"}}";
+    bool ok = r->status >= 200 && r->status < 300;
+    bool write = r->method && strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0;
+    const char *body = ok && write ? doubt : gone;
+    size_t len = ok && write ? sizeof(doubt) - 1 : sizeof(gone) - 1;
+    if (build_response(r, r->close_after, 503, NULL, body, len) != 0)
+        return -1;
+    r->needs = 0;
+    return 0;
+}
+
 /* Write the answered requests at the head of the queue, in order. */
 static void conn_flush(conn *c)
 {
@@ -571,6 +614,12 @@ static void conn_flush(conn *c)
     cm_http_req *last = NULL;
     const cm_http_gate *g = &c->srv->gate;
     uint64_t durable = g->made ? g->durable(g->ud) : UINT64_MAX;
+    if (c->srv->sync_lost)
+        for (cm_http_req *r = c->head; r && r->answered; r = r->next)
+            if (r->needs > durable && answer_lost(r) != 0) {
+                conn_close(c); /* out of memory: the client sees the connection end */
+                return;
+            }
     for (cm_http_req *r = c->head; r && r->answered && r->needs <= durable && n < MAX_WRITE_BATCH;
          r = r->next) {
         bufs[n++] = uv_buf_init(r->mem.resp, (unsigned)r->resp_len);
@@ -613,8 +662,10 @@ static void on_flush(uv_idle_t *h)
     }
 }
 
-void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
-                     size_t len)
+/* Answer r; gated: held until the gate's watermark reaches the commit
+** counter as it is now, else only behind the answers before it. */
+static void answer(cm_http_req *r, int status, const char *content_type, const char *body,
+                   size_t len, bool gated)
 {
     conn *c = r->c;
     if (!c || c->closing || r->answered) {
@@ -630,7 +681,8 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
     }
     r->close_after = close;
     r->answered = true;
-    r->needs = c->srv->gate.made ? c->srv->gate.made(c->srv->gate.ud) : 0;
+    r->status = status;
+    r->needs = gated && c->srv->gate.made ? c->srv->gate.made(c->srv->gate.ud) : 0;
     /* Written by the flusher before the loop polls again: the answers a
     ** handler gives in one burst (an engine batch) leave in one write, and the
     ** client's next requests arrive together. */
@@ -641,6 +693,17 @@ void cm_http_respond(cm_http_req *r, int status, const char *content_type, const
         conn_flush(c);
 }
 
+void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
+                     size_t len)
+{
+    answer(r, status, content_type, body, len, true);
+}
+
+void cm_http_refuse(cm_http_req *r, int status, const char *body, size_t len)
+{
+    answer(r, status, NULL, body, len, false);
+}
+
 void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate)
 {
     if (gate)
@@ -648,6 +711,12 @@ void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate)
     else
         memset(&s->gate, 0, sizeof(s->gate));
     cm_http_server_durable(s); /* without a gate nothing is held */
+}
+
+void cm_http_server_sync_lost(cm_http_server *s)
+{
+    s->sync_lost = true;
+    cm_http_server_durable(s);
 }
 
 void cm_http_server_durable(cm_http_server *s)
@@ -702,7 +771,9 @@ static int header_add(conn *c, const char *at, size_t len, bool value)
                 return fail_cb(c, 431, "headers_too_large", "too many header fields (most 64)");
             r->mem.headers[r->nheaders++].name = start;
         } else {
-            r->mem.headers[r->nheaders - 1].value = start;
+            hdr *h = &r->mem.headers[r->nheaders - 1];
+            h->value = start;
+            r->names |= name_bit((unsigned char)r->mem.hbuf.p[h->name], start - h->name - 1);
         }
         r->in_value = value;
     }

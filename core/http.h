@@ -98,6 +98,12 @@ cm_http_memo *cm_http_req_memo(cm_http_req *r);
 void cm_http_respond(cm_http_req *r, int status, const char *content_type, const char *body,
                      size_t len);
 
+/* Answer r with a JSON error that shows no state of the store (a 503: a
+** refusal that changed nothing, or a write whose outcome is unknown): the
+** gate does not hold it, only the answers before it on its connection do.
+** r is invalid afterwards. */
+void cm_http_refuse(cm_http_req *r, int status, const char *body, size_t len);
+
 /* The output-commit rule for answers (store.h, deferred commits): with a
 ** gate, an answer is written only once the watermark reaches the commit
 ** counter as it was when the answer was made, so no answer, a read's
@@ -112,6 +118,12 @@ typedef struct cm_http_gate {
 void cm_http_server_set_gate(cm_http_server *s, const cm_http_gate *gate);
 /* The watermark moved: write the answers it releases. */
 void cm_http_server_durable(cm_http_server *s);
+/* A sync failed: the watermark will never move again. Every answer held for
+** a commit above it, now or made later, is replaced by a 503 that shows
+** nothing and written in its turn: outcome_unknown for a 2xx to a method
+** other than GET or HEAD (a write told it succeeded), unavailable for the
+** rest (a read, a refusal: nothing was changed). */
+void cm_http_server_sync_lost(cm_http_server *s);
 
 /* Reason phrase of a status ("Not Found"); "Unknown" for others. */
 const char *cm_http_status_text(int status);

@@ -294,7 +294,8 @@ static int start_api(serve *sv, uv_loop_t *loop, cm_err *err)
 /* The engine learned that the store's watermark moved (or a sync failed):
 ** the API's answers and federation's sends waiting for it go on. A failed
 ** fsync is not retried (store.h): the node is not ready and stops; answers
-** held for the lost syncs are never written. */
+** held for the lost syncs are replaced by 503s (outcome_unknown for a write
+** told it succeeded) and written in their turn before it does. */
 static void serve_durable(void *ud)
 {
     serve *sv = ud;
@@ -303,6 +304,7 @@ static void serve_durable(void *ud)
         sv->sync_failed = true;
         cm_log(CM_LOG_ERROR, "store.sync_failed", "%s; the node stops", err.msg);
         cm_api_set_ready(sv->api, false);
+        cm_api_sync_lost(sv->api);
         serve_stop(sv);
         return;
     }

@@ -5,6 +5,7 @@
 
 #include "text.h"
 
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,10 +20,16 @@ bool cm_buf_room(cm_buf *b, size_t more)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + more + 1)
         cap *= 2;
-    char *p = realloc(b->p, cap);
+    char *p = b->wipe ? malloc(cap) : realloc(b->p, cap);
     if (!p) {
         b->oom = true;
         return false;
+    }
+    if (b->wipe && b->p) {
+        memcpy(p, b->p, b->len);
+        p[b->len] = '\0';
+        sodium_memzero(b->p, b->cap);
+        free(b->p);
     }
     b->p = p;
     b->cap = cap;
@@ -94,8 +101,10 @@ void cm_buf_reset(cm_buf *b)
 
 void cm_buf_free(cm_buf *b)
 {
+    if (b->wipe && b->p)
+        sodium_memzero(b->p, b->cap);
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
-    b->oom = false;
+    b->oom = false; /* b->wipe stays: the owner's, for the next text */
 }

@@ -14,9 +14,12 @@ typedef struct cm_buf {
     char *p;         /* NULL until the first append */
     size_t len, cap; /* bytes of text; bytes allocated */
     bool oom;        /* an append ran out of memory: the text is incomplete */
+    bool wipe;       /* it may hold a secret or patient data: set by its owner */
 } cm_buf;
 
-/* Room for more bytes and a NUL; false (and oom set) when there is none. */
+/* Room for more bytes and a NUL; false (and oom set) when there is none.
+** A buffer with wipe set grows by allocate, copy, wipe the old block, free
+** (never realloc, which would leave the old block unwiped in freed memory). */
 bool cm_buf_room(cm_buf *b, size_t more);
 
 /* Append n bytes as they are (NULs too). */
@@ -35,7 +38,7 @@ void cm_buf_json_str(cm_buf *b, const char *s);
 /* Empty the text (and clear oom), keeping the memory. */
 void cm_buf_reset(cm_buf *b);
 
-/* Free the memory and zero b. */
+/* Free the memory (its text wiped first when b->wipe) and empty b; wipe stays. */
 void cm_buf_free(cm_buf *b);
 
 #endif

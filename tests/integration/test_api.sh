@@ -216,6 +216,9 @@ ka_get; same "keep-alive token before its revocation (again)" "$ka_status" 200
 last=${kept: -1}; [ "$last" = 0 ] && flip=1 || flip=0
 ka_get "${kept%?}$flip"; same "keep-alive altered token after a verified one" "$ka_status" 401
 ka_get; same "keep-alive token again after an altered one" "$ka_status" 200
+mid=${kept:40:1}; [ "$mid" = a ] && flipm=b || flipm=a
+ka_get "${kept:0:40}$flipm${kept:41}"; same "keep-alive token altered mid-text after a verified one" "$ka_status" 401
+ka_get; same "keep-alive token again after one altered mid-text" "$ka_status" 200
 ka_get "$writer"; same "keep-alive another valid token after the first" "$ka_status" 200
 ka_get "$revoked"; same "keep-alive revoked token after a valid one" "$ka_status" 401
 ka_get; same "keep-alive token before its revocation (third)" "$ka_status" 200

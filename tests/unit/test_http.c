@@ -150,6 +150,7 @@ typedef struct env {
     later deferred;
     /* the output gate (cm_http_gate): the commit counter and the watermark */
     bool gated;
+    bool lose; /* the watermark never moves: the sync is lost once a refusal came */
     uint64_t made, durable;
     size_t got_at_release; /* bytes the client had when the watermark moved */
     uv_timer_t release;
@@ -208,7 +209,7 @@ static void handler(void *ud, cm_http_req *req)
         cm_http_respond(req, 200, "text/plain", text, (size_t)n);
         return;
     }
-    if (strcmp(path, "/gated") == 0 && e->handled == 1) {
+    if (strcmp(path, "/gated") == 0 && e->made == 0) {
         /* answered now, after commit 5 while only 3 is durable; the
         ** watermark moves 30 ms later */
         e->made = 5;
@@ -216,6 +217,15 @@ static void handler(void *ud, cm_http_req *req)
         uv_timer_init(&e->loop, &e->release);
         e->release.data = e;
         uv_timer_start(&e->release, release_answers, 30, 0);
+    }
+    if (strcmp(path, "/refused") == 0) { /* shows nothing: not held by the gate */
+        static const char text[] = "{\"error\":{\"code\":\"refused\"}}";
+        cm_http_refuse(req, 503, text, sizeof(text) - 1);
+        return;
+    }
+    if (strcmp(path, "/wrote") == 0) { /* a write told it succeeded */
+        cm_http_respond(req, 201, NULL, "{}", 2);
+        return;
     }
     if (strcmp(path, "/later") == 0) {
         e->deferred.req = req;
@@ -257,6 +267,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (n > 0) {
         e->got_len += (size_t)n;
         e->got[e->got_len] = '\0';
+        if (e->lose && !e->got_at_release && strstr(e->got, "\"refused\"")) {
+            e->got_at_release = e->got_len;
+            cm_http_server_sync_lost(e->srv);
+        }
         if (e->send2 && e->send2_delay_ms > 0 && strstr(e->got, e->send2_after)) {
             uv_timer_init(&e->loop, &e->delay);
             e->delay.data = e;
@@ -294,9 +308,14 @@ static void exchange(env *e, const cm_http_limits *lim, const char *text)
     struct sockaddr_in addr;
     const char *send2 = e->send2, *send2_after = e->send2_after;
     int send2_delay_ms = e->send2_delay_ms;
-    bool gated = e->gated;
+    bool gated = e->gated, lose = e->lose;
     memset(e, 0, sizeof(*e));
     e->gated = gated;
+    e->lose = lose;
+    if (lose) { /* every gated answer shows commit 5; 3 is durable, and stays */
+        e->made = 5;
+        e->durable = 3;
+    }
     e->send2 = send2;
     e->send2_after = send2_after;
     e->send2_delay_ms = send2_delay_ms;
@@ -366,6 +385,48 @@ static void test_answers_wait_for_the_commit_they_may_show(void **state)
     free(e);
 }
 
+/* A refusal (cm_http_refuse) waits for no sync, only for the answers before
+** it. When the sync is lost (cm_http_server_sync_lost), every held answer
+** becomes a 503 in its turn: outcome_unknown for a write told it succeeded,
+** unavailable for a read; a refusal stays as it was. */
+static void test_a_lost_sync_answers_every_held_request_in_order(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->gated = e->lose = true;
+    exchange(e, &lim,
+             "POST /refused HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+             "GET /gated HTTP/1.1\r\nHost: t\r\n\r\n"
+             "POST /wrote HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+             "POST /refused HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+             "GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_int_equal(e->handled, 5);
+    /* only the first refusal left before the loss: the rest waited behind /gated */
+    assert_true(e->got_at_release > 0);
+    char before[8192];
+    memcpy(before, e->got, e->got_at_release);
+    before[e->got_at_release] = '\0';
+    assert_non_null(strstr(before, "\"refused\""));
+    assert_null(strstr(strstr(before, "\"refused\"") + 1, "HTTP/1.1"));
+    /* then, in request order: unavailable (the read), outcome_unknown (the
+    ** write), the second refusal, unavailable (the last read) */
+    const char *p = e->got + e->got_at_release;
+    const char *want[] = {
+        "503 Service Unavailable", "\"unavailable\"",         "503 Service Unavailable",
+        "\"outcome_unknown\"",     "503 Service Unavailable", "\"refused\"",
+        "503 Service Unavailable", "Connection: close",       "\"unavailable\""};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        const char *q = strstr(p, want[i]);
+        if (!q)
+            fail_msg("missing %s after %s in %s", want[i], p, e->got);
+        p = q + strlen(want[i]);
+    }
+    assert_null(strstr(e->got, "201 Created"));
+    assert_null(strstr(e->got, "gated"));
+    free(e);
+}
+
 /* A request read after an earlier one was answered (its memory reused)
 ** carries only its own method, query, headers and body; and it was parsed
 ** in a later pass. */
@@ -427,6 +488,20 @@ static void test_a_header_is_found_by_its_whole_name(void **state)
              "x-tAG: yes\r\nConnection: close\r\n\r\n");
     assert_int_equal(e->handled, 1);
     assert_non_null(strstr(e->got, "[GET ? tag=yes body=0:]"));
+    free(e);
+}
+
+/* A header name that arrives in two reads is found by its whole name. */
+static void test_a_header_split_across_reads_is_found(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->send2 = "ag: split\r\nConnection: close\r\n\r\n";
+    e->send2_after = "first";
+    exchange(e, &lim, "GET /first HTTP/1.1\r\nHost: t\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\nX-T");
+    assert_int_equal(e->handled, 2);
+    assert_non_null(strstr(e->got, "[GET ? tag=split body=0:]"));
     free(e);
 }
 
@@ -540,8 +615,10 @@ int main(void)
         cmocka_unit_test(test_split_path_segments),
         cmocka_unit_test(test_pipelined_answers_keep_request_order),
         cmocka_unit_test(test_answers_wait_for_the_commit_they_may_show),
+        cmocka_unit_test(test_a_lost_sync_answers_every_held_request_in_order),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
+        cmocka_unit_test(test_a_header_split_across_reads_is_found),
         cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),
         cmocka_unit_test(test_limits_are_answered_with_their_status),
         cmocka_unit_test(test_chunked_body_counts_against_the_limit),
