@@ -186,7 +186,14 @@ typedef struct cm_engine_event {
 ** borrowed for the call. */
 typedef void (*cm_engine_observer)(void *ud, const cm_engine_event *ev);
 
+/* A new engine on opts->store; NULL with *err on failure. At most one engine
+** per store at a time (another after the first is destroyed is fine): the
+** instance cache assumes it, and the step's kept statements stay bound to
+** the engine's time buffer, so a second live engine's steps could write
+** the other's time or, once that one is freed, read freed memory. */
 cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err);
+/* Detach, tell queued work it will not run, free the engine (when it was
+** attached, in its handles' last close callback); NULL *engine_p. */
 void cm_engine_destroy(cm_engine **engine_p);
 
 /* Load a workflow file: compiled and checked first; a file whose text differs
