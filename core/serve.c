@@ -242,11 +242,11 @@ static void serve_finish(serve *sv)
 static void on_api_drained(void *ud)
 {
     serve *sv = ud;
-    cm_log(CM_LOG_INFO, "api.stopped", "%s", "every API request read was answered");
+    cm_log(CM_LOG_INFO, "api.stopped", "%s", "every API request taken up was answered");
     serve_finish(sv);
 }
 
-/* Stop: the API stops accepting and answers what it read (the engine runs on
+/* Stop: the API stops accepting and answers what it took up (the engine runs on
 ** meanwhile, so submissions are committed and acknowledged), then the rest
 ** stops. A second signal while draining closes the API's connections. */
 static void serve_stop(serve *sv)

@@ -12,6 +12,7 @@
 
 #include <lauxlib.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,9 @@ struct cm_lua_runtime {
     char def_name[CM_NAME_MAX];
     int def_rev;
     unsigned long ctx_reads; /* contexts read from their text */
+    /* Steps begun, and the number of the one under way (0: none): a handle
+    ** reads only while its step's number is live_gen (inst_drv). */
+    uint64_t step_gen, live_gen;
 };
 
 /* Keep contexts only while the state holds less than this share of its cap:
@@ -335,8 +339,10 @@ typedef struct drv {
 } drv;
 
 typedef struct inst_ud {
-    const void *tag; /* &instance_mt_key: what index_inst checks */
-    drv *d;          /* NULL once the step is over: a kept handle does nothing */
+    const void *tag;    /* &instance_mt_key: what index_inst checks */
+    drv *d;             /* NULL once the step is over: a kept handle does nothing */
+    cm_lua_runtime *rt; /* outlives every handle */
+    uint64_t gen;       /* its step's number (cm_lua_runtime.live_gen while it runs) */
 } inst_ud;
 
 /* The handles' metatable, made once (make_defs) and found by address. */
@@ -344,12 +350,19 @@ static const char instance_mt_key = 'i';
 
 enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
 
-static drv *check_inst(lua_State *L)
+/* The step driver of u; an error once its step is over: ended, or failed
+** (a handler's raise unwinds past the u->d = NULL of step_driver, leaving
+** u->d at a frame that is gone: the step's number tells). */
+static drv *inst_drv(lua_State *L, const inst_ud *u)
 {
-    inst_ud *u = luaL_checkudata(L, 1, INSTANCE_MT);
-    if (!u->d)
+    if (!u->d || u->gen != u->rt->live_gen)
         luaL_error(L, "this instance handle belongs to a step that is over");
     return u->d;
+}
+
+static drv *check_inst(lua_State *L)
+{
+    return inst_drv(L, luaL_checkudata(L, 1, INSTANCE_MT));
 }
 
 /* Append the table on top to the effects list (made with the first); pops it. */
@@ -726,9 +739,7 @@ static drv *index_inst(lua_State *L)
     if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
         u->tag != &instance_mt_key)
         luaL_typeerror(L, 1, INSTANCE_MT);
-    if (!u->d)
-        luaL_error(L, "this instance handle belongs to a step that is over");
-    return u->d;
+    return inst_drv(L, u);
 }
 
 /* wf.key: fields first, then methods (upvalue 1). */
@@ -970,6 +981,8 @@ static int step_driver(lua_State *L)
     inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
     u->tag = &instance_mt_key;
     u->d = NULL;
+    u->rt = d->rt;
+    u->gen = d->rt->live_gen;
     int wf = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->mt_ref);
     lua_setmetatable(L, wf);
@@ -1190,7 +1203,10 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
     }
+    uint64_t outer = rt->live_gen; /* a step's handles read only while it runs */
+    rt->live_gen = ++rt->step_gen;
     rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
+    rt->live_gen = outer;
     if (rc != 0) {
         free(d.ctx_text.s);
         lua_settop(L, top);

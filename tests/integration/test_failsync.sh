@@ -52,12 +52,18 @@ start() {
 }
 # req METHOD PATH [BODY]: $status and $body
 req() {
-  local args=(-s -o "$tmp/body" -w '%{http_code}' -X "$1" -H 'Expect:' -H "Authorization: Bearer $admin")
+  local args=(-s -m "$wait_limit_s" -o "$tmp/body" -w '%{http_code}' -X "$1" -H 'Expect:' -H "Authorization: Bearer $admin")
   [ -n "${3-}" ] && args+=(-H "Content-Type: application/json" --data-binary "$3")
   status=$(curl "${args[@]}" "$base$2")
   body=$(cat "$tmp/body")
 }
 code() { jq -r .error.code <<<"$1" 2>/dev/null; }
+# gone: poll (bounded) until the node $pid has exited; else kill it (-9), 1
+gone() {
+  for _ in $(seq 1 $((wait_limit_s * 20))); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  kill -9 "$pid" 2>/dev/null
+  return 1
+}
 # wait_file FILE: poll (bounded) until FILE exists
 wait_file() {
   for _ in $(seq 1 $((wait_limit_s * 20))); do [ -e "$1" ] && return 0; sleep 0.05; done
@@ -73,7 +79,7 @@ req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1"},"id":"i1"}
 # Armed: every sync of the WAL fails; the sync thread's first is held.
 touch "$tmp/arm.hold" "$tmp/arm"
 # An engine event: its batch commits and waits for the held sync.
-curl -s -o "$tmp/event.body" -w '%{http_code}' -X POST -H 'Expect:' -H "Authorization: Bearer $admin" \
+curl -s -m "$wait_limit_s" -o "$tmp/event.body" -w '%{http_code}' -X POST -H 'Expect:' -H "Authorization: Bearer $admin" \
   -H "Content-Type: application/json" --data-binary '{"event":"seen"}' "$base/v1/instances/i1/events" \
   >"$tmp/event.status" &
 event_curl=$!
@@ -109,8 +115,7 @@ same "event code" "$(code "$(cat "$tmp/event.body")")" outcome_unknown
 
 # The held sync goes on (and fails); the node stops, not with 0.
 rm -f "$tmp/arm.hold"
-for _ in $(seq 1 $((wait_limit_s * 20))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-if kill -0 "$pid" 2>/dev/null; then bad "the node did not stop after the failed fsync"; fi
+gone || bad "the node did not stop after the failed fsync"
 wait "$pid"; rc=$?; pid=
 if [ "$rc" -ne 0 ]; then ok; else bad "the node exited 0 after a failed fsync"; fi
 has "sync failure logged" '"store.sync_failed"' "$(cat "$tmp/log")"
@@ -127,6 +132,8 @@ req GET /v1/patients/p3; same "the refused write is not there" "$status" 404
 req GET /v1/patients/p2
 case $status in 200 | 404) ok ;; *) bad "p2 after restart: $status" ;; esac
 req GET /readyz; same "ready after restart" "$status" 200
-kill -TERM "$pid"; wait "$pid"; same "serve stopped" $? 0; pid=
+kill -TERM "$pid"
+gone || bad "the node did not stop on SIGTERM"
+wait "$pid"; same "serve stopped" $? 0; pid=
 expect 0 "audit verify" -- "$bin" audit verify --data "$d"
 check_done test_failsync

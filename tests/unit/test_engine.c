@@ -726,6 +726,39 @@ static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
     expect_state(f, "k-1", "b", "running");
 }
 
+/* A handle kept by a handler that then raised is over as well: read in a
+** later step (another instance's), it reads nothing of that step. */
+static void test_a_handle_kept_by_a_failed_step_reads_nothing(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "stale.lua",
+            "local cm = require 'caremesh'\n"
+            "local kept\n"
+            "return cm.workflow {\n"
+            "  name = 'stale', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { on = { keep = function(wf) kept = wf; error('boom') end,\n"
+            "                 peek = function(wf) wf.ctx.seen = kept.id end, done = 'b' } },\n"
+            "    b = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "stale", NULL, "s-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "stale", NULL, "s-2", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "s-1", "keep", NULL);
+    run(f);
+    assert_int_equal(f->a.status[2], CM_ELUA);
+    assert_non_null(strstr(f->a.message[2], "boom"));
+    signal_ev(f, "s-2", "peek", NULL);
+    run(f);
+    assert_int_equal(f->a.status[3], CM_ELUA);
+    assert_non_null(strstr(f->a.message[3], "belongs to a step that is over"));
+    cJSON *inst = get(f, "s-2");
+    assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(inst, "context"), "seen"));
+    cJSON_Delete(inst);
+}
+
 static void test_pause_holds_and_resume_applies(void **state)
 {
     fx *f = *state;
@@ -2590,6 +2623,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_handle_kept_by_a_failed_step_reads_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_budget_exhaustion_is_a_kept_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_holds_and_resume_applies, setup, teardown),
