@@ -1319,6 +1319,9 @@ static int rt_compile(void *ud, const char *origin, const char *source, size_t l
 static int finish_install(lua_State *L)
 {
     cm_lua_runtime *rt = lua_touserdata(L, 1);
+    /* defs changes below: the next step looks its definition up, also when
+    ** a later allocation here raises */
+    rt->def_name[0] = '\0';
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->defs_ref);
     lua_pushfstring(L, "pending:%s", lua_tostring(L, 2));
     if (lua_rawget(L, -2) != LUA_TTABLE)
@@ -1329,7 +1332,6 @@ static int finish_install(lua_State *L)
     lua_pushfstring(L, "pending:%s", lua_tostring(L, 2));
     lua_pushnil(L);
     lua_rawset(L, -3);
-    rt->def_name[0] = '\0'; /* defs changed: look the next step's up */
     return 0;
 }
 
