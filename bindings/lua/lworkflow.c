@@ -12,6 +12,7 @@
 
 #include <lauxlib.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,12 @@ struct cm_lua_runtime {
     char def_name[CM_NAME_MAX];
     int def_rev;
     unsigned long ctx_reads; /* contexts read from their text */
+    /* The step whose handlers run now (NULL between steps) and its number:
+    ** a handle is live only while it carries that number (inst_live). Set by
+    ** step_driver, cleared by rt_step however the step ended (a failed or
+    ** killed one does not reach the end of step_driver). */
+    struct drv *live;
+    uint64_t live_step;
 };
 
 /* Keep contexts only while the state holds less than this share of its cap:
@@ -335,8 +342,9 @@ typedef struct drv {
 } drv;
 
 typedef struct inst_ud {
-    const void *tag; /* &instance_mt_key: what index_inst checks */
-    drv *d;          /* NULL once the step is over: a kept handle does nothing */
+    const void *tag;    /* &instance_mt_key: what index_inst checks */
+    cm_lua_runtime *rt; /* the runtime whose state made it */
+    uint64_t step;      /* the step it belongs to (rt->live_step then) */
 } inst_ud;
 
 /* The handles' metatable, made once (make_defs) and found by address. */
@@ -344,12 +352,18 @@ static const char instance_mt_key = 'i';
 
 enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
 
+/* The step of handle u while it runs; raises once it is over (a kept
+** handle does nothing, whether its step ended well, failed or was killed). */
+static drv *inst_live(lua_State *L, const inst_ud *u)
+{
+    if (!u->rt->live || u->step != u->rt->live_step)
+        luaL_error(L, "this instance handle belongs to a step that is over");
+    return u->rt->live;
+}
+
 static drv *check_inst(lua_State *L)
 {
-    inst_ud *u = luaL_checkudata(L, 1, INSTANCE_MT);
-    if (!u->d)
-        luaL_error(L, "this instance handle belongs to a step that is over");
-    return u->d;
+    return inst_live(L, luaL_checkudata(L, 1, INSTANCE_MT));
 }
 
 /* Append the table on top to the effects list (made with the first); pops it. */
@@ -726,9 +740,7 @@ static drv *index_inst(lua_State *L)
     if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
         u->tag != &instance_mt_key)
         luaL_typeerror(L, 1, INSTANCE_MT);
-    if (!u->d)
-        luaL_error(L, "this instance handle belongs to a step that is over");
-    return u->d;
+    return inst_live(L, u);
 }
 
 /* wf.key: fields first, then methods (upvalue 1). */
@@ -969,13 +981,14 @@ static int step_driver(lua_State *L)
     /* the handle, with ctx, input view and effects as user values */
     inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
     u->tag = &instance_mt_key;
-    u->d = NULL;
+    u->rt = d->rt;
+    u->step = ++d->rt->live_step;
     int wf = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->mt_ref);
     lua_setmetatable(L, wf);
     lua_pushvalue(L, d->states);
     lua_setiuservalue(L, wf, UV_STATES);
-    u->d = d;
+    d->rt->live = d;
     sp->handled = true;
     if (!sp->state) {
         push_input(L, d, true); /* stack: ..., raw input, view */
@@ -1002,7 +1015,7 @@ static int step_driver(lua_State *L)
         if (!has || !resolve(L, d, wf, payload)) {
             sp->handled = false;
             sp->guarded = has;
-            u->d = NULL;
+            d->rt->live = NULL;
             return 0;
         }
         /* stack: ..., target or nil */
@@ -1011,7 +1024,7 @@ static int step_driver(lua_State *L)
         else if (!lua_isnil(L, -1))
             transition(L, d, wf, lua_tostring(L, -1));
     }
-    u->d = NULL;
+    d->rt->live = NULL;
     if (st && !sp->moved)
         lua_pushvalue(L, st); /* still in sp->state */
     else
@@ -1191,6 +1204,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
     }
     rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
+    rt->live = NULL; /* over, however it ended: every handle of it refuses */
     if (rc != 0) {
         free(d.ctx_text.s);
         lua_settop(L, top);

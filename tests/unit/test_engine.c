@@ -726,6 +726,57 @@ static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
     expect_state(f, "k-1", "b", "running");
 }
 
+/* A handle kept by a step that failed, or that was killed, refuses every use
+** after it, as one kept past a step that ended well does: it must not read
+** the step that runs when it is used (nor what is left of the failed one). */
+static void test_a_handle_kept_past_a_failed_step_reads_nothing(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "keptf.lua",
+            "local cm = require 'caremesh'\n"
+            "local kept\n"
+            "return cm.workflow {\n"
+            "  name = 'keptf', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) wf.ctx.n = 1 end,\n"
+            "          on = { fail = function(wf) kept = wf; local _ = wf.ctx.n\n"
+            "                   error('failed on purpose') end,\n"
+            "                 loop = function(wf) kept = wf; local _ = wf.ctx.n\n"
+            "                   while true do end end,\n"
+            "                 ctx = function(wf) wf.ctx.seen = tostring(kept.ctx.n) end,\n"
+            "                 id = function(wf) wf.ctx.seen = tostring(kept.id) end,\n"
+            "                 go = function(wf) kept:go('b') end } },\n"
+            "    b = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "keptf", NULL, "kf-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    const char *fails[] = {"fail", "loop"};
+    const char *uses[] = {"ctx", "id", "go"};
+    int n = 1;
+    for (int i = 0; i < 2; i++) {
+        signal_ev(f, "kf-1", fails[i], NULL);
+        run(f);
+        assert_int_not_equal(f->a.status[n], 0);
+        n++;
+        for (int j = 0; j < 3; j++) {
+            signal_ev(f, "kf-1", uses[j], NULL);
+            run(f);
+            assert_int_equal(f->a.status[n], CM_ELUA);
+            assert_non_null(strstr(f->a.message[n], "belongs to a step that is over"));
+            n++;
+        }
+    }
+    cJSON *inst = get(f, "kf-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_null(cJSON_GetObjectItem(ctx, "seen"));
+    assert_int_equal(cJSON_GetObjectItem(ctx, "n")->valueint, 1);
+    cJSON_Delete(inst);
+    expect_state(f, "kf-1", "a", "running");
+}
+
 static void test_pause_holds_and_resume_applies(void **state)
 {
     fx *f = *state;
@@ -2588,6 +2639,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_handle_kept_past_a_failed_step_reads_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
                                         teardown),
