@@ -12,6 +12,7 @@
 
 #include <lauxlib.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,8 +34,7 @@ struct cm_lua_runtime {
     ** memory kill) is only a miss: the step reads the text. */
     int kept_ref;
     lua_Integer kept_last;
-    int mt_ref;  /* registry ref: the handles' metatable (push_instance_mt) */
-    int box_ref; /* registry slot: the live step's box (false between steps) */
+    int mt_ref; /* registry ref: the handles' metatable (push_instance_mt) */
     /* The definition the last step looked up (steps of one workflow follow
     ** each other): its spec in the registry slot def_ref, for def_name and
     ** def_rev; def_name "" when none (and after every install). */
@@ -47,7 +47,7 @@ struct cm_lua_runtime {
     ** step_driver, cleared by rt_step however the step ended (a failed or
     ** killed one does not reach the end of step_driver). */
     struct drv *live;
-    const void *live_handle;
+    uint64_t live_step;
 };
 
 /* Keep contexts only while the state holds less than this share of its cap:
@@ -341,40 +341,29 @@ typedef struct drv {
     bool invalid; /* the request itself is wrong (CM_EINVAL) */
 } drv;
 
-/* The handle wf is a table with the (hidden) handles' metatable; it holds
-** no field but "ctx", set on the first read of wf.ctx in its step (a read
-** after it is a plain field, no call) and cleared when the step is over,
-** however it ended. What the step's methods share lives in its box, a
-** userdata no handler sees (the registry slot box_ref while the step runs):
-** wf.ctx, the input view, the effects, the states, the handle. */
-enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4, UV_WF = 5, UV_N = 5 };
+typedef struct inst_ud {
+    const void *tag;    /* &instance_mt_key: what index_inst checks */
+    cm_lua_runtime *rt; /* the runtime whose state made it */
+    uint64_t step;      /* the step it belongs to (rt->live_step then) */
+} inst_ud;
 
-/* The step of the handle at index 1 while it runs; raises once it is over
-** (a kept handle does nothing, whether its step ended well, failed or was
-** killed). The live handle is the one table at that address: a kept one
-** is a table still alive beside it, so never at the same address. */
-static drv *inst_live(lua_State *L, cm_lua_runtime *rt)
+/* The handles' metatable, made once (make_defs) and found by address. */
+static const char instance_mt_key = 'i';
+
+enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
+
+/* The step of handle u while it runs; raises once it is over (a kept
+** handle does nothing, whether its step ended well, failed or was killed). */
+static drv *inst_live(lua_State *L, const inst_ud *u)
 {
-    if (rt->live && lua_topointer(L, 1) == rt->live_handle && lua_type(L, 1) == LUA_TTABLE)
-        return rt->live;
-    if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1)) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->mt_ref);
-        if (lua_rawequal(L, -1, -2))
-            luaL_error(L, "this instance handle belongs to a step that is over");
-    }
-    luaL_typeerror(L, 1, INSTANCE_MT);
-    return NULL;
+    if (!u->rt->live || u->step != u->rt->live_step)
+        luaL_error(L, "this instance handle belongs to a step that is over");
+    return u->rt->live;
 }
 
-/* A method's handle (argument 1), replaced by its step's box; upvalue 1 is
-** the runtime. */
 static drv *check_inst(lua_State *L)
 {
-    cm_lua_runtime *rt = lua_touserdata(L, lua_upvalueindex(1));
-    drv *d = inst_live(L, rt);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->box_ref);
-    lua_replace(L, 1);
-    return d;
+    return inst_live(L, luaL_checkudata(L, 1, INSTANCE_MT));
 }
 
 /* Append the table on top to the effects list (made with the first); pops it. */
@@ -432,9 +421,10 @@ static int m_go(lua_State *L)
 }
 
 /* wf:after(duration, name [, payload [, {keep=true}]]) and wf:at(time, ...) */
-static int add_timer(lua_State *L, drv *d, int64_t due)
+static int add_timer(lua_State *L, int64_t due)
 {
     lua_settop(L, 5); /* fixed arity: later pushes must not look like arguments */
+    drv *d = check_inst(L);
     const char *name = check_name_arg(L, 3, "timer name");
     bool keep = false;
     if (!lua_isnoneornil(L, 4))
@@ -465,16 +455,16 @@ static int m_after(lua_State *L)
     int64_t ms;
     if (!cm_duration_parse(luaL_checkstring(L, 2), &ms))
         return luaL_argerror(L, 2, "bad duration (use e.g. \"30m\", \"72h\", \"21d\", \"1d12h\")");
-    return add_timer(L, d, d->sp->now_ms + ms);
+    return add_timer(L, d->sp->now_ms + ms);
 }
 
 static int m_at(lua_State *L)
 {
     int64_t ms;
-    drv *d = check_inst(L);
+    check_inst(L);
     if (!cm_time_parse(luaL_checkstring(L, 2), &ms))
         return luaL_argerror(L, 2, "bad time (use an ISO-8601 date or date-time with a zone)");
-    return add_timer(L, d, ms);
+    return add_timer(L, ms);
 }
 
 static int m_cancel(lua_State *L)
@@ -721,9 +711,9 @@ static bool push_held(lua_State *L, drv *d)
 /* wf.ctx and wf.input are made on first use: a step whose handlers never
 ** look at them neither decodes nor re-encodes them (nor writes the context).
 ** wf.ctx is the table kept from the instance's last step when there is one. */
-static void push_lazy(lua_State *L, drv *d, int box, int uv)
+static void push_lazy(lua_State *L, drv *d, int uv)
 {
-    if (lua_getiuservalue(L, box, uv) != LUA_TNIL)
+    if (lua_getiuservalue(L, 1, uv) != LUA_TNIL)
         return;
     lua_pop(L, 1);
     if (uv == UV_INPUT) {
@@ -737,39 +727,31 @@ static void push_lazy(lua_State *L, drv *d, int box, int uv)
         }
     }
     lua_pushvalue(L, -1);
-    lua_setiuservalue(L, box, uv);
+    lua_setiuservalue(L, 1, uv);
 }
 
-static int read_only(lua_State *L, const char *key)
+/* The handle inst_index is called for: reached only as the metamethod of
+** the (hidden) metatable, but checked all the same, by its size and tag
+** (only step_driver makes a userdata of that size with that tag), without
+** luaL_checkudata's lookup of the metatable by name on every wf.key. */
+static drv *index_inst(lua_State *L)
 {
-    return luaL_error(L, "wf.%s: the instance handle is read-only (keep data in wf.ctx)", key);
+    inst_ud *u = lua_touserdata(L, 1);
+    if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
+        u->tag != &instance_mt_key)
+        luaL_typeerror(L, 1, INSTANCE_MT);
+    return inst_live(L, u);
 }
 
-/* wf.ctx on its first read in a step: made (push_lazy) and set as the
-** handle's field, so that later reads find it without a call. Once made, a
-** read that reaches here finds the field gone: wf.ctx = nil, refused. */
-static void first_ctx(lua_State *L, drv *d)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->box_ref);
-    int box = lua_gettop(L);
-    if (lua_getiuservalue(L, box, UV_CTX) != LUA_TNIL)
-        read_only(L, "ctx");
-    lua_pop(L, 1);
-    push_lazy(L, d, box, UV_CTX);
-    lua_pushliteral(L, "ctx");
-    lua_pushvalue(L, -2);
-    lua_rawset(L, 1); /* into the slot the handle was made with */
-}
-
-/* wf.key: fields first, then methods (upvalue 1); upvalue 2 is the runtime. */
+/* wf.key: fields first, then methods (upvalue 1). */
 static int inst_index(lua_State *L)
 {
-    drv *d = inst_live(L, lua_touserdata(L, lua_upvalueindex(2)));
+    drv *d = index_inst(L);
     const char *key = luaL_checkstring(L, 2);
     switch (key[0]) { /* one strcmp per key: ctx is read on most steps */
     case 'c':
         if (strcmp(key, "ctx") == 0) {
-            first_ctx(L, d);
+            push_lazy(L, d, UV_CTX);
             return 1;
         }
         break;
@@ -779,8 +761,7 @@ static int inst_index(lua_State *L)
             return 1;
         }
         if (strcmp(key, "input") == 0) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->box_ref);
-            push_lazy(L, d, lua_gettop(L), UV_INPUT);
+            push_lazy(L, d, UV_INPUT);
             return 1;
         }
         break;
@@ -809,25 +790,26 @@ static int inst_index(lua_State *L)
 
 static int inst_newindex(lua_State *L)
 {
-    return read_only(L, luaL_checkstring(L, 2));
+    return luaL_error(L, "wf.%s: the instance handle is read-only (keep data in wf.ctx)",
+                      luaL_checkstring(L, 2));
 }
 
-/* The handles' metatable of runtime rt (one each: its functions know rt). */
-static void push_instance_mt(lua_State *L, cm_lua_runtime *rt)
+static void push_instance_mt(lua_State *L)
 {
-    lua_newtable(L); /* stack: mt */
-    lua_pushstring(L, INSTANCE_MT);
-    lua_setfield(L, -2, "__name");
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &instance_mt_key) == LUA_TTABLE)
+        return;
+    lua_pop(L, 1);
+    luaL_newmetatable(L, INSTANCE_MT); /* stack: mt */
     lua_newtable(L);
-    lua_pushlightuserdata(L, rt);
-    luaL_setfuncs(L, inst_methods, 1);
-    lua_pushlightuserdata(L, rt);
-    lua_pushcclosure(L, inst_index, 2); /* upvalues: methods, rt */
+    luaL_setfuncs(L, inst_methods, 0);
+    lua_pushcclosure(L, inst_index, 1); /* upvalue: methods */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, inst_newindex);
     lua_setfield(L, -2, "__newindex");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &instance_mt_key);
 }
 
 /* ---- one step --------------------------------------------------------- */
@@ -988,31 +970,6 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
     return false;
 }
 
-/* Clear the handle's field (none set, or an existing one set to nil:
-** allocates nothing). */
-static void clear_handle(lua_State *L, int wf)
-{
-    lua_pushliteral(L, "ctx");
-    lua_pushnil(L);
-    lua_rawset(L, wf);
-}
-
-/* The handlers are done: the handle's wf.ctx must still be the one made
-** (a plain field after its first read: wf.ctx = x finds no __newindex);
-** then the handle is cleared and over. */
-static void step_over(lua_State *L, drv *d, int box, int wf)
-{
-    lua_getiuservalue(L, box, UV_CTX);
-    lua_pushliteral(L, "ctx");
-    lua_rawget(L, wf);
-    bool same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!same)
-        read_only(L, "ctx");
-    clear_handle(L, wf);
-    d->rt->live = NULL;
-}
-
 /* The step, run by cm_sandbox_pcall. Upvalue-free; args: lightuserdata drv, spec. */
 static int step_driver(lua_State *L)
 {
@@ -1021,26 +978,21 @@ static int step_driver(lua_State *L)
     int spec = 2, st = 0; /* st: the stack index of sp->state's table (0: a start) */
     lua_getfield(L, spec, "states");
     d->states = lua_gettop(L);
-    /* the box, with ctx, input view, effects, states and the handle as user
-    ** values; the handle, with room for its one field */
-    lua_newuserdatauv(L, 0, UV_N);
-    int box = lua_gettop(L);
-    lua_createtable(L, 0, 1);
+    /* the handle, with ctx, input view and effects as user values */
+    inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
+    u->tag = &instance_mt_key;
+    u->rt = d->rt;
+    u->step = ++d->rt->live_step;
     int wf = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, d->rt->mt_ref);
     lua_setmetatable(L, wf);
-    lua_pushvalue(L, wf);
-    lua_setiuservalue(L, box, UV_WF);
     lua_pushvalue(L, d->states);
-    lua_setiuservalue(L, box, UV_STATES);
-    lua_pushvalue(L, box);
-    lua_rawseti(L, LUA_REGISTRYINDEX, d->rt->box_ref); /* an existing slot */
-    d->rt->live_handle = lua_topointer(L, wf);
+    lua_setiuservalue(L, wf, UV_STATES);
     d->rt->live = d;
     sp->handled = true;
     if (!sp->state) {
         push_input(L, d, true); /* stack: ..., raw input, view */
-        lua_setiuservalue(L, box, UV_INPUT);
+        lua_setiuservalue(L, wf, UV_INPUT);
         check_input(L, d, spec, lua_gettop(L));
         lua_getfield(L, spec, "start");
         cm_copy_str(d->cur, sizeof(d->cur), lua_tostring(L, -1));
@@ -1063,7 +1015,7 @@ static int step_driver(lua_State *L)
         if (!has || !resolve(L, d, wf, payload)) {
             sp->handled = false;
             sp->guarded = has;
-            step_over(L, d, box, wf);
+            d->rt->live = NULL;
             return 0;
         }
         /* stack: ..., target or nil */
@@ -1072,7 +1024,7 @@ static int step_driver(lua_State *L)
         else if (!lua_isnil(L, -1))
             transition(L, d, wf, lua_tostring(L, -1));
     }
-    step_over(L, d, box, wf);
+    d->rt->live = NULL;
     if (st && !sp->moved)
         lua_pushvalue(L, st); /* still in sp->state */
     else
@@ -1086,9 +1038,9 @@ static int step_driver(lua_State *L)
     ** handler's table. Below a quarter of the cap neither the copy nor the
     ** kept table's growth can meet it; both happen here, protected. The
     ** result stays on the stack for rt_step: effects (nil if none). */
-    lua_getiuservalue(L, box, UV_EFFECTS);
+    lua_getiuservalue(L, wf, UV_EFFECTS);
     int effects = lua_gettop(L);
-    if (lua_getiuservalue(L, box, UV_CTX) != LUA_TNIL) {
+    if (lua_getiuservalue(L, wf, UV_CTX) != LUA_TNIL) {
         if (cm_sandbox_memory(d->rt->sb) <= cm_sandbox_memory_cap(d->rt->sb) / KEPT_CAP_SHARE) {
             d->ctx_rc = cm_ljson_encode_copy(L, -1, "wf.ctx", &d->ctx_text, &d->ctx_same, d->err);
             if (d->ctx_rc == 0 && d->ctx_same) { /* stack: effects, ctx, its copy */
@@ -1228,22 +1180,6 @@ static void keep_none(lua_State *L, cm_lua_runtime *rt, drv *d, bool failed)
     }
 }
 
-/* After the step, however it ended (a failed or killed one did not reach
-** step_over): its handle holds nothing and refuses every use; its box goes
-** from the registry slot. Allocates nothing. */
-static void step_cleared(lua_State *L, cm_lua_runtime *rt)
-{
-    rt->live = NULL;
-    rt->live_handle = NULL;
-    int top = lua_gettop(L);
-    if (lua_rawgeti(L, LUA_REGISTRYINDEX, rt->box_ref) == LUA_TUSERDATA &&
-        lua_getiuservalue(L, -1, UV_WF) == LUA_TTABLE)
-        clear_handle(L, lua_gettop(L));
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, LUA_REGISTRYINDEX, rt->box_ref);
-    lua_settop(L, top);
-}
-
 static int rt_step(void *ud, cm_step *sp, cm_err *err)
 {
     cm_lua_runtime *rt = ud;
@@ -1268,7 +1204,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
     }
     rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
-    step_cleared(L, rt);
+    rt->live = NULL; /* over, however it ended: every handle of it refuses */
     if (rc != 0) {
         free(d.ctx_text.s);
         lua_settop(L, top);
@@ -1428,10 +1364,8 @@ static int make_defs(lua_State *L)
     rt->defs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     rt->kept_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    push_instance_mt(L, rt);
+    push_instance_mt(L);
     rt->mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushboolean(L, 0); /* the slot step_driver sets */
-    rt->box_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0); /* the slot push_def sets */
     rt->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
@@ -1448,7 +1382,6 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->defs_ref = LUA_NOREF;
     rt->kept_ref = LUA_NOREF;
     rt->mt_ref = LUA_NOREF;
-    rt->box_ref = LUA_NOREF;
     rt->def_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
@@ -1474,7 +1407,6 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->defs_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->mt_ref);
-    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->box_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->def_ref);
     free(rt);
     *rt_p = NULL;
