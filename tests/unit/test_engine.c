@@ -726,6 +726,123 @@ static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
     expect_state(f, "k-1", "b", "running");
 }
 
+/* The handle is read-only, before and after wf.ctx is first read: replacing
+** or removing wf.ctx (in a handler or a guard), setting any field, rawset:
+** each fails the step, and neither the row nor the copy kept for the next
+** step sees what the failed step did (a handle that cached wf.ctx as a
+** plain field would have to keep all of this). */
+static void test_the_handle_stays_read_only_after_wf_ctx_is_read(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "ro.lua",
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = 'ro', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) wf.ctx.n = 1 end,\n"
+            "          on = { twice = function(wf) local c = wf.ctx\n"
+            "                   wf.ctx.n = wf.ctx.n + 1\n"
+            "                   wf.ctx.same = tostring(c == wf.ctx) end,\n"
+            "                 replace = function(wf) wf.ctx.n = 50; wf.ctx = { n = 99 } end,\n"
+            "                 replace_first = function(wf) wf.ctx = { n = 99 } end,\n"
+            "                 drop = function(wf) local c = wf.ctx; wf.ctx = nil; c.n = 51 end,\n"
+            "                 drop_read = function(wf) wf.ctx.n = 52; wf.ctx = nil\n"
+            "                   wf.ctx.n = 53 end,\n"
+            "                 id = function(wf) wf.ctx.n = 54; wf.id = 'x' end,\n"
+            "                 raw = function(wf) wf.ctx.n = 55; rawset(wf, 'ctx', {}) end,\n"
+            "                 guarded = { guard = function(wf) wf.ctx.n = 56\n"
+            "                   wf.ctx = { n = 57 }; return false end, to = 'a' },\n"
+            "                 check = function(wf) wf.ctx.seen = wf.ctx.n end } },\n"
+            "    z = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "ro", NULL, "ro-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    signal_ev(f, "ro-1", "twice", NULL);
+    run(f);
+    assert_int_equal(f->a.status[1], 0);
+    const char *bad[] = {"replace", "replace_first", "drop", "drop_read", "id", "raw", "guarded"};
+    const char *says[] = {
+        "wf.ctx: the instance handle is read-only", "wf.ctx: the instance handle is read-only",
+        "wf.ctx: the instance handle is read-only", "wf.ctx: the instance handle is read-only",
+        "wf.id: the instance handle is read-only",  "bad argument #1 to 'rawset'",
+        "wf.ctx: the instance handle is read-only"};
+    int n = 2;
+    for (int i = 0; i < 7; i++, n++) {
+        signal_ev(f, "ro-1", bad[i], NULL);
+        run(f);
+        assert_int_equal(f->a.status[n], CM_ELUA);
+        if (!strstr(f->a.message[n], says[i]))
+            fail_msg("%s: %s", bad[i], f->a.message[n]);
+        /* the next step reads the context its row holds (from the kept copy
+        ** or the text): the failed step's n is in neither */
+        signal_ev(f, "ro-1", "check", NULL);
+        run(f);
+        n++;
+        assert_int_equal(f->a.status[n], 0);
+        cJSON *inst = get(f, "ro-1");
+        cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+        assert_int_equal(cJSON_GetObjectItem(ctx, "n")->valueint, 2);
+        assert_int_equal(cJSON_GetObjectItem(ctx, "seen")->valueint, 2);
+        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "same")), "true");
+        cJSON_Delete(inst);
+    }
+    expect_state(f, "ro-1", "a", "running");
+}
+
+/* A handle kept by a step that failed, or that was killed, refuses every use
+** after it, as one kept past a step that ended well does: it must not read
+** the step that runs when it is used (nor what is left of the failed one). */
+static void test_a_handle_kept_past_a_failed_step_reads_nothing(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "keptf.lua",
+            "local cm = require 'caremesh'\n"
+            "local kept\n"
+            "return cm.workflow {\n"
+            "  name = 'keptf', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) wf.ctx.n = 1 end,\n"
+            "          on = { fail = function(wf) kept = wf; local _ = wf.ctx.n\n"
+            "                   error('failed on purpose') end,\n"
+            "                 loop = function(wf) kept = wf; local _ = wf.ctx.n\n"
+            "                   while true do end end,\n"
+            "                 ctx = function(wf) wf.ctx.seen = tostring(kept.ctx.n) end,\n"
+            "                 id = function(wf) wf.ctx.seen = tostring(kept.id) end,\n"
+            "                 go = function(wf) kept:go('b') end } },\n"
+            "    b = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "keptf", NULL, "kf-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    const char *fails[] = {"fail", "loop"};
+    const char *uses[] = {"ctx", "id", "go"};
+    int n = 1;
+    for (int i = 0; i < 2; i++) {
+        signal_ev(f, "kf-1", fails[i], NULL);
+        run(f);
+        assert_int_not_equal(f->a.status[n], 0);
+        n++;
+        for (int j = 0; j < 3; j++) {
+            signal_ev(f, "kf-1", uses[j], NULL);
+            run(f);
+            assert_int_equal(f->a.status[n], CM_ELUA);
+            assert_non_null(strstr(f->a.message[n], "belongs to a step that is over"));
+            n++;
+        }
+    }
+    cJSON *inst = get(f, "kf-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_null(cJSON_GetObjectItem(ctx, "seen"));
+    assert_int_equal(cJSON_GetObjectItem(ctx, "n")->valueint, 1);
+    cJSON_Delete(inst);
+    expect_state(f, "kf-1", "a", "running");
+}
+
 /* A handle kept by a handler that then raised is over as well: read in a
 ** later step (another instance's), it reads nothing of that step. */
 static void test_a_handle_kept_by_a_failed_step_reads_nothing(void **state)
@@ -2623,6 +2740,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_the_handle_stays_read_only_after_wf_ctx_is_read, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_handle_kept_past_a_failed_step_reads_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_by_a_failed_step_reads_nothing, setup,
                                         teardown),
