@@ -65,7 +65,7 @@ start() {
   $wrap "$bin" serve --data "$d" ${start_args:-} 2>"$tmp/log" &
   pid=$!
   wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
-  port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
+  port=$(serve_port "$tmp/log")
   base="http://127.0.0.1:$port"
 }
 stop() {

@@ -47,7 +47,7 @@ start() {
   env "$@" "$bin" serve --data "$d" 2>"$tmp/log" &
   pid=$!
   wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
-  port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
+  port=$(serve_port "$tmp/log")
   base="http://127.0.0.1:$port"
 }
 # req METHOD PATH [BODY]: $status and $body

@@ -70,7 +70,7 @@ assert(#cm.directory.find { service = "dermatology" } == 0, "no such service")
 LUA
 "$bin" lua --data "$a" "$tmp/dir.lua" && ok || bad "the Lua API looks partners up"
 tok=$("$bin" token create --scope read --name fedtest --data "$a" 2>/dev/null)
-port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/a.log" | head -1)
+port=$(serve_port "$tmp/a.log" | head -1)
 peers_json=$(curl -sf -H "Authorization: Bearer $tok" "http://127.0.0.1:$port/v1/peers")
 same "the API shows B's directory" "$(jq -r '.items[0] | .id + " " + .organizations[0].id + " " + .organizations[0].services[0]' <<<"$peers_json")" "node-b cardio cardiology consult"
 metrics=$(curl -sf -H "Authorization: Bearer $tok" "http://127.0.0.1:$port/metrics")
@@ -172,7 +172,7 @@ same "each started its sink, in the order sent" \
   "$(sql "$b/caremesh.db" "SELECT count(*), sum(p IS NOT NULL AND n <> p + 1) FROM (SELECT CAST(substr(x.msg_id, 7) AS INTEGER) AS n, lag(CAST(substr(x.msg_id, 7) AS INTEGER)) OVER (ORDER BY i.seq) AS p FROM inbox x JOIN instance i ON i.id = x.instance WHERE x.msg_id LIKE 'flood:%' AND i.workflow = 'sink')")" \
   "$flood_n|0"
 btok=$("$bin" token create --scope read --name fedtest --data "$b" 2>/dev/null)
-bport=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/b.log" | head -1)
+bport=$(serve_port "$tmp/b.log" | head -1)
 bmetrics=$(curl -sf -H "Authorization: Bearer $btok" "http://127.0.0.1:$bport/metrics")
 applying_max=$(sed -n 's/^caremesh_fed_applying_max //p' <<<"$bmetrics")
 if [ "${applying_max:-0}" -gt 0 ] && [ "$applying_max" -le 2048 ]; then ok; else bad "B's engine held $applying_max messages at once (at most 2048)"; fi

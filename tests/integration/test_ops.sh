@@ -36,7 +36,7 @@ start() {
   pid=$!
   pids+=("$pid")
   wait_for "$2" '"serve.ready"' || { bad "serve did not start: $(cat "$2")"; exit 1; }
-  base="http://127.0.0.1:$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$2")"
+  base="http://127.0.0.1:$(serve_port "$2")"
 }
 req() { # METHOD PATH [BODY]: prints the status, body in $tmp/body
   curl -s -o "$tmp/body" -w '%{http_code}' -X "$1" -H "Authorization: Bearer $token" \
@@ -221,7 +221,7 @@ e=$tmp/empty; mkdir "$e"
 (cd "$e" && exec $wrap "$bin" serve --listen 127.0.0.1:0) 2>"$tmp/log3" &
 pid=$!; pids+=("$pid")
 wait_for "$tmp/log3" '"serve.ready"' || bad "serve from an empty directory: $(cat "$tmp/log3")"
-base="http://127.0.0.1:$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log3")"
+base="http://127.0.0.1:$(serve_port "$tmp/log3")"
 same "data dir mode" "$(mode "$e/caremesh-data")" 700
 same "database mode" "$(mode "$e/caremesh-data/caremesh.db")" 600
 same "key pair mode" "$(mode "$e/caremesh-data/node.key")" 600

@@ -31,6 +31,9 @@ wait_for() {
   done
   return 1
 }
+# serve_port LOG: the HTTP API's port in the log of a `caremesh serve` that
+# listens on 127.0.0.1 (a port it picked: `listen = "127.0.0.1:0"`).
+serve_port() { sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$1"; }
 # check_done [NAME]: the closing line; the status is the test's (1 on a failure).
 check_done() {
   echo "${1:+$1: }$passed passed, $failed failed"
