@@ -345,7 +345,7 @@ typedef struct inst_ud {
     uint64_t gen;       /* its step's number (cm_lua_runtime.live_gen while it runs) */
 } inst_ud;
 
-/* The handles' metatable, made once (make_defs) and found by address. */
+/* The handles' tag: its address marks an inst_ud (index_inst checks it). */
 static const char instance_mt_key = 'i';
 
 enum { UV_CTX = 1, UV_INPUT = 2, UV_EFFECTS = 3, UV_STATES = 4 };
@@ -793,12 +793,12 @@ static int inst_newindex(lua_State *L)
                       luaL_checkstring(L, 2));
 }
 
+/* The handles' metatable, made once per Lua state (a runtime keeps it in
+** mt_ref, make_defs). */
 static void push_instance_mt(lua_State *L)
 {
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &instance_mt_key) == LUA_TTABLE)
-        return;
-    lua_pop(L, 1);
-    luaL_newmetatable(L, INSTANCE_MT); /* stack: mt */
+    if (!luaL_newmetatable(L, INSTANCE_MT)) /* stack: mt */
+        return;                             /* made already */
     lua_newtable(L);
     luaL_setfuncs(L, inst_methods, 0);
     lua_pushcclosure(L, inst_index, 1); /* upvalue: methods */
@@ -807,8 +807,6 @@ static void push_instance_mt(lua_State *L)
     lua_setfield(L, -2, "__newindex");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &instance_mt_key);
 }
 
 /* ---- one step --------------------------------------------------------- */
