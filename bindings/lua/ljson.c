@@ -408,9 +408,8 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
             out_add(o, "false", 5);
         return 0;
     case LUA_TNUMBER: {
-        int isint;
-        lua_Integer i = lua_tointegerx(L, idx, &isint);
-        if (isint && lua_isinteger(L, idx)) { /* an integer, not a float of integral value */
+        if (lua_isinteger(L, idx)) { /* an integer, not a float of integral value */
+            lua_Integer i = lua_tointeger(L, idx);
             if (i > (1LL << 53) || i < -(1LL << 53))
                 return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
                                   path->s);
