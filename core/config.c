@@ -290,7 +290,7 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
     {
         char section[32];
         int rc;
-        snprintf(section, sizeof(section), "plugins[%d]", i++);
+        snprintf(section, sizeof(section), "plugins[%d]", ++i);
         if ((rc = only_keys(cx, p, section, keys)) != 0)
             return rc;
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(p, "name");
