@@ -94,6 +94,13 @@ static void test_federation_mistakes_are_refused_by_name(void **state)
     expect_refusal("{\"federation\":{\"listne\":1}}", "federation.listne: unknown key");
     expect_refusal("{\"federation\":{\"listen\":\"udp://x:1\"}}",
                    "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"listen\":\"tcp://0.0.0.0\"}}",
+                   "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"listen\":\"tcp://:7601\"}}",
+                   "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\",\"endpoint\":\"tcp://h:70000\","
+                   "\"public_key\":\"" KEY_A "\"}]}}",
+                   "federation.peers[1].endpoint: must be a tcp://HOST:PORT endpoint");
     expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\",\"endpoint\":\"tcp://h:1\","
                    "\"public_key\":\"short\"}]}}",
                    "federation.peers[1].public_key: must be a CURVE public key");
