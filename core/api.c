@@ -961,6 +961,15 @@ static void h_instance_list(call *c)
     cm_err err;
     if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
         return;
+    const char *status = cm_http_query_get(&c->mem.q, "status");
+    if (status && strcmp(status, "running") != 0 && strcmp(status, "paused") != 0 &&
+        strcmp(status, "done") != 0 && strcmp(status, "cancelled") != 0) {
+        reply_error(c, 422, "invalid", "status",
+                    "status: unknown value \"%.64s\" (expected one of: running, paused, done, "
+                    "cancelled)",
+                    status);
+        return;
+    }
     sqlite3_stmt *st = cm_store_prepare(
         c->api->o.store,
         "SELECT seq, id, workflow, rev, state, status, json_extract(input, '$.patient'), created, "

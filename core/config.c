@@ -111,11 +111,24 @@ static int get_choice(cfg_ctx *cx, const cJSON *obj, const char *section, const 
     return 0;
 }
 
-/* A tcp:// endpoint that fits. */
+/* Does s end in ":PORT", PORT 1..65535 or "*" (any, for a listener), after a host? */
+static bool endpoint_port_ok(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    char *end;
+    if (!colon || colon == s)
+        return false;
+    if (strcmp(colon + 1, "*") == 0)
+        return true;
+    long port = strtol(colon + 1, &end, 10);
+    return colon[1] >= '0' && colon[1] <= '9' && !*end && port >= 1 && port <= 65535;
+}
+
+/* A tcp://HOST:PORT endpoint that fits. */
 static int get_endpoint(cfg_ctx *cx, const cJSON *v, const char *what, char *out, size_t outsz)
 {
     if (!cJSON_IsString(v) || strncmp(v->valuestring, "tcp://", 6) != 0 ||
-        strlen(v->valuestring) <= 6 || strlen(v->valuestring) >= outsz)
+        !endpoint_port_ok(v->valuestring + 6) || strlen(v->valuestring) >= outsz)
         return cm_err_set(cx->err, CM_ECONFIG,
                           "%s: %s: must be a tcp://HOST:PORT endpoint (under %zu characters)",
                           cx->source, what, outsz);
@@ -290,7 +303,7 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
     {
         char section[32];
         int rc;
-        snprintf(section, sizeof(section), "plugins[%d]", i++);
+        snprintf(section, sizeof(section), "plugins[%d]", ++i);
         if ((rc = only_keys(cx, p, section, keys)) != 0)
             return rc;
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(p, "name");

@@ -1551,6 +1551,23 @@ typedef struct find_filter {
     const char *value;
 } find_filter;
 
+/* The field indexed under find key `key`, looked for through objects and arrays. */
+static const field *index_field(const field *fs, const char *key)
+{
+    for (const field *f = fs; f && f->name; f++) {
+        const field *hit = NULL;
+        if (f->index && strcmp(f->index, key) == 0)
+            return f;
+        if (f->sub && (hit = index_field(f->sub, key)) != NULL)
+            return hit;
+        if (f->item && f->item->index && strcmp(f->item->index, key) == 0)
+            return f->item;
+        if (f->item && f->item->sub && (hit = index_field(f->item->sub, key)) != NULL)
+            return hit;
+    }
+    return NULL;
+}
+
 static int find_parse(const kind_def *k, const cJSON *filter, find_filter *fl, size_t *n,
                       cm_err *err)
 {
@@ -1572,6 +1589,11 @@ static int find_parse(const kind_def *k, const cJSON *filter, find_filter *fl, s
             return cm_err_set(err, CM_EINVAL,
                               "find %s: the value of \"%s\" must be a string, got %s", k->name,
                               m->string, cm_values_type_name(m));
+        const field *f = index_field(k->fields, m->string);
+        if (f && f->type == T_ENUM && !cm_values_listed(f->values, m->valuestring))
+            return cm_err_set(err, CM_EINVAL, "find %s: %s: unknown value %s (expected one of: %s)",
+                              k->name, m->string, show(m->valuestring, shown, sizeof(shown)),
+                              cm_values_join(f->values, list, sizeof(list)));
         if (key_seen_before(filter, m) || *n == FIND_FILTERS_MAX)
             return cm_err_set(err, CM_EINVAL, "find %s: key \"%s\" given twice", k->name,
                               m->string);

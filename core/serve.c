@@ -183,7 +183,11 @@ static int load_workflows(serve *sv)
     if (sv->wf.embedded)
         return load_embedded(sv);
     if (!d) {
-        cm_log(CM_LOG_INFO, "workflow.none", "no workflow directory at %s", dir);
+        /* only a directory the configuration names (or one gone since the
+        ** start) is missing here: the node serves without its workflows */
+        cm_log(CM_LOG_WARN, "workflow.none",
+               "cannot open the workflows directory %s: %s; no workflow is loaded from it", dir,
+               strerror(errno));
         return 0;
     }
     while ((e = readdir(d)) != NULL && n < SERVE_MAX_FILES) {

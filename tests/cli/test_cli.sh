@@ -152,6 +152,22 @@ expect 0 "workflow graph mermaid" -- "$bin" workflow graph "$tmp/wf-good.lua" --
 expect 1 "workflow graph of a broken file" -- "$bin" workflow graph "$tmp/wf-bad.lua"
 expect 2 "workflow without subcommand" -- "$bin" workflow
 expect 1 "workflow test of a missing file" -- "$bin" workflow test "$tmp/none.lua"; has "workflow test of a missing file" "0 passed, 1 failed"
+# a start refused (input missing) and then asserted on: the failure says why
+cat >"$tmp/wf-in.lua" <<'LUA'
+local cm = require "caremesh"
+return cm.workflow { name = "win", version = 1, input = { reason = "string" }, start = "a",
+  states = { a = { on = { done = "b" } }, b = { final = true } } }
+LUA
+cat >"$tmp/test_win.lua" <<'LUA'
+local t = require "caremesh.test"
+t.load("wf-in.lua")
+t.test("a refused start", function()
+  local id = t.start("win", {})
+  t.expect_state(id, "a")
+end)
+LUA
+expect 1 "expect_state of a refused start" -- "$bin" workflow test "$tmp/test_win.lua"
+has "expect_state of a refused start" "test_win.lua:5: expect_state: the instance id is nil (t.start returns nil and the reason when it refuses)"
 
 # ---- plugins ----
 p=$tmp/plugged

@@ -22,6 +22,12 @@ line=$(grep -n 'synchronous = "fast"' "$tmp/broken.conf" | cut -d: -f1)
 out=$("$bin" config check "$tmp/broken.conf" 2>&1); rc=$?
 same "broken sample exit" $rc 1
 has "broken sample named with its line" "$tmp/broken.conf:$line: store.synchronous: must be one of" "$out"
+# the sample sets listen twice (federation, api): the error names the api's line
+cp "$conf" "$tmp/broken2.conf"
+sed -i 's/listen = "127.0.0.1:7600"/listen = "127.0.0.1:76000"/' "$tmp/broken2.conf"
+line=$(grep -n 'listen = "127.0.0.1:76000"' "$tmp/broken2.conf" | cut -d: -f1)
+out=$("$bin" config check "$tmp/broken2.conf" 2>&1)
+has "broken api.listen named with its line" "$tmp/broken2.conf:$line: api.listen: must be" "$out"
 "$bin" config check >/dev/null 2>&1; same "config check without FILE" $? 2
 
 unit=$src/packaging/caremesh.service

@@ -126,6 +126,8 @@ same "org page 2 id" "$(jq -r '.items[0].id' <<<"$body")" org2
 req GET "/v1/organizations?limit=0"; expect "limit 0" 400 invalid_parameter; field "limit 0" limit
 req GET "/v1/organizations?limit=abc"; expect "limit abc" 400 invalid_parameter
 req GET "/v1/organizations?kind=%zz"; expect "bad escape" 400 invalid_parameter
+req GET "/v1/organizations?kind=clinicx"; expect "org filter outside the kind's values" 422 invalid
+has "org filter outside the kind's values" 'kind: unknown value \"clinicx\" (expected one of: clinic,' "$body"
 req PATCH /v1/organizations/org1 '{"phone":"+1 555 0100 22"}' "$writer"; expect "org patch" 200
 same "org patch version" "$(jq -r .meta.versionId <<<"$body")" 2
 req PATCH /v1/organizations/org1 '{"phone":"x"}'; expect "org patch invalid" 422 invalid; field "org patch invalid" phone
@@ -285,6 +287,9 @@ same "instances page" "$(jq -r '.items[0].id + " " + .next_cursor' <<<"$body")" 
 req GET "/v1/instances?limit=1&cursor=1" "" "$reader"; same "instances page 2" "$(jq -r '.items[0].id' <<<"$body")" i2
 req GET "/v1/instances?cursor=x"; expect "instances bad cursor" 400 invalid_parameter
 req GET "/v1/instances?shape=round"; expect "instances unknown filter" 400 unknown_parameter
+req GET "/v1/instances?status=runing"; expect "instances status outside its values" 422 invalid
+field "instances status outside its values" status
+req GET "/v1/tasks?status=open"; expect "tasks status outside its values" 422 invalid
 req POST /v1/instances/i1/events '{"event":"seen","payload":{"by":"dr1"}}' "$writer"; expect "signal" 200
 same "signal state" "$(jq -r .state <<<"$body")" seen
 same "acknowledged event is committed" "$(count "SELECT state FROM instance WHERE id='i1'")" seen

@@ -241,6 +241,17 @@ wait_for "$tmp/log4" '"serve.ready"' || bad "second start: $(cat "$tmp/log4")"
 if grep -qF '"serve.init"' "$tmp/log4"; then bad "initialised twice"; else ok; fi
 has "same workflows, no new revision" "referral version 1 is revision 1" "$(cat "$tmp/log4")"
 kill -TERM "$pid"; wait "$pid"
+# a workflows directory the configuration names but that is missing: no
+# built-in workflows instead, and a warning that says so
+printf 'return { workflows = "%s" }\n' "$e/nosuch" >"$tmp/nowf.conf"
+(cd "$e" && exec "$bin" serve --config "$tmp/nowf.conf" --listen 127.0.0.1:0) 2>"$tmp/log5" &
+pid=$!; pids+=("$pid")
+wait_for "$tmp/log5" '"serve.ready"' || bad "start with a missing workflows dir: $(cat "$tmp/log5")"
+has "missing workflows dir warned" \
+  "\"level\":\"warn\",\"event\":\"workflow.none\",\"msg\":\"cannot open the workflows directory $e/nosuch: No such file or directory" \
+  "$(cat "$tmp/log5")"
+if grep -qF 'embedded:' "$tmp/log5"; then bad "embedded workflows for a named directory"; else ok; fi
+kill -TERM "$pid"; wait "$pid"
 "$bin" serve --data "$tmp/typo" --listen 127.0.0.1:0 2>"$tmp/err"; same "an explicit missing --data is not made" $? 1
 [ -e "$tmp/typo" ] && bad "serve made an explicit --data directory" || ok
 

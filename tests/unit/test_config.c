@@ -94,6 +94,13 @@ static void test_federation_mistakes_are_refused_by_name(void **state)
     expect_refusal("{\"federation\":{\"listne\":1}}", "federation.listne: unknown key");
     expect_refusal("{\"federation\":{\"listen\":\"udp://x:1\"}}",
                    "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"listen\":\"tcp://0.0.0.0\"}}",
+                   "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"listen\":\"tcp://:7601\"}}",
+                   "federation.listen: must be a tcp://HOST:PORT endpoint");
+    expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\",\"endpoint\":\"tcp://h:70000\","
+                   "\"public_key\":\"" KEY_A "\"}]}}",
+                   "federation.peers[1].endpoint: must be a tcp://HOST:PORT endpoint");
     expect_refusal("{\"federation\":{\"peers\":[{\"id\":\"a\",\"endpoint\":\"tcp://h:1\","
                    "\"public_key\":\"short\"}]}}",
                    "federation.peers[1].public_key: must be a CURVE public key");
@@ -125,14 +132,14 @@ static void test_bad_values_are_refused_by_name(void **state)
     expect_refusal("{\"node_id\":7}", "node_id: must be a string");
     expect_refusal("{\"store\":5}", "test.conf: store: must be a table");
     expect_refusal("{\"plugins\":5}", "plugins: must be a list");
-    expect_refusal("{\"plugins\":[{\"path\":\"/x.so\"}]}", "plugins[0].name: required");
-    expect_refusal("{\"plugins\":[{\"name\":\"x\"}]}", "plugins[0].path: required");
+    expect_refusal("{\"plugins\":[{\"path\":\"/x.so\"}]}", "plugins[1].name: required");
+    expect_refusal("{\"plugins\":[{\"name\":\"x\"}]}", "plugins[1].path: required");
     expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"libm.so.6\"}]}",
-                   "plugins[0].path: required, the absolute path");
+                   "plugins[1].path: required, the absolute path");
     expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"/x.so\",\"optinal\":true}]}",
-                   "plugins[0].optinal: unknown key");
+                   "plugins[1].optinal: unknown key");
     expect_refusal("{\"plugins\":[{\"name\":\"x\",\"path\":\"/x.so\",\"config\":3}]}",
-                   "plugins[0].config: must be a table");
+                   "plugins[1].config: must be a table");
 }
 
 static void test_plugins_list_is_kept(void **state)
@@ -261,9 +268,26 @@ static void test_semantic_errors_name_the_line_that_sets_the_key(void **state)
     expect_load_refusal("return {\n  -- level = \"x\"\n  log = { level = \"loud\" },\n}\n",
                         "c.conf:3: log.level:");
     expect_load_refusal("return {\n  stroe = {},\n}\n", "c.conf:2: stroe: unknown key");
-    /* two lines set a key of that name: no line is claimed */
+    /* two lines set a key of that name: the one in the key's own table */
     expect_load_refusal("return {\n  api = { timeout_ms = 100 },\n  timeout_ms = 2,\n}\n",
-                        "c.conf: timeout_ms: unknown key");
+                        "c.conf:3: timeout_ms: unknown key");
+    expect_load_refusal("return {\n  federation = {\n    listen = \"tcp://127.0.0.1:7601\",\n"
+                        "  },\n  api = {\n    -- listen = \"x\", a comment\n"
+                        "    listen = \"127.0.0.1:76000\",\n  },\n}\n",
+                        "c.conf:7: api.listen: must be");
+    /* a list's tables counted from 1, as Lua does; strings and comments skipped */
+    expect_load_refusal("return {\n  federation = { peers = {\n"
+                        "    { id = \"a\", endpoint = \"tcp://h:1\", "
+                        "public_key = \"" KEY_A "\" },\n"
+                        "    --[[ { endpont = 1 }, ]]\n"
+                        "    { id = \"b\", endpont = \"tcp://h:2\" },\n  } },\n}\n",
+                        "c.conf:5: federation.peers[2].endpont: unknown key");
+    expect_load_refusal("return { plugins = {\n  { name = \"a\", path = \"/a.so\" },\n"
+                        "  { name = \"b\", path = \"/b.so\", optinal = true },\n} }\n",
+                        "c.conf:3: plugins[2].optinal: unknown key");
+    /* the same key twice in one table: no line is claimed */
+    expect_load_refusal("return {\n  log = { level = \"info\",\n    level = \"loud\" },\n}\n",
+                        "c.conf: log.level:");
 }
 
 static void test_missing_config_file_is_named(void **state)

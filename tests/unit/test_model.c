@@ -928,6 +928,13 @@ static void test_find_refuses_bad_filters_and_limits(void **state)
                 "find patient: the value of \"gender\" must be a string, got a number");
     refuse_find(f, CM_KIND_TASK, "{'status':true}", 10, CM_EINVAL,
                 "find task: the value of \"status\" must be a string, got a boolean");
+    refuse_find(f, CM_KIND_TASK, "{'status':'open'}", 10, CM_EINVAL,
+                "find task: status: unknown value \"open\" (expected one of: draft, requested, "
+                "received, accepted, rejected, ready, cancelled, in-progress, on-hold, failed, "
+                "completed, entered-in-error)");
+    refuse_find(f, CM_KIND_CONSENT, "{'patient':'p1','decision':'Permit'}", 10, CM_EINVAL,
+                "find consent: decision: unknown value \"Permit\" (expected one of: permit, "
+                "deny)");
     refuse_find(f, CM_KIND_PATIENT, "{'gender':'male','gender':'female'}", 10, CM_EINVAL,
                 "find patient: key \"gender\" given twice");
     refuse_find(f, CM_KIND_PATIENT, "'E11'", 10, CM_EINVAL,
@@ -943,7 +950,7 @@ static void test_find_binds_values_instead_of_pasting_them(void **state)
     fx *f = *state;
     cJSON *filter = cJSON_CreateObject(), *out = NULL;
     cm_err err = {0};
-    assert_non_null(cJSON_AddStringToObject(filter, "gender", "x' OR '1'='1"));
+    assert_non_null(cJSON_AddStringToObject(filter, "identifier", "x' OR '1'='1"));
     assert_int_equal(cm_model_find(f->model, CM_KIND_PATIENT, filter, NULL, 10, &out, &err), 0);
     assert_int_equal(cJSON_GetArraySize(out), 0);
     cJSON_Delete(out);
