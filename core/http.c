@@ -156,14 +156,17 @@ static inline __attribute__((always_inline)) int add_within(cm_buf *b, size_t nu
     return 0;
 }
 
-/* The headers (a bearer token) and the body (patient data) of a request
-** done with: wiped before their memory is freed or kept for another. */
+/* The headers (a bearer token), the body (patient data) and the answer (a
+** patient's record) of a request done with: wiped before their memory is
+** freed or kept for another. */
 static void req_wipe(cm_http_req *r)
 {
     if (r->mem.hbuf.p)
         sodium_memzero(r->mem.hbuf.p, r->mem.hbuf.len);
     if (r->mem.body.p)
         sodium_memzero(r->mem.body.p, r->mem.body.len);
+    if (r->mem.resp)
+        sodium_memzero(r->mem.resp, r->resp_len);
 }
 
 static void req_destroy(cm_http_req *r)
@@ -476,6 +479,8 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
         char *grown = malloc(cap);
         if (!grown)
             return -1;
+        if (r->mem.resp) /* an answer built before (answer_lost rebuilds one) */
+            sodium_memzero(r->mem.resp, r->resp_len);
         free(r->mem.resp);
         r->mem.resp = grown;
         r->mem.resp_cap = cap;

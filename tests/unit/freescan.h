@@ -1,0 +1,49 @@
+/*
+** freescan.h -- for a unit test linked with -Wl,--wrap=free
+** (tests/CMakeLists.txt): every block the test's own code and the core
+** library free passes through __wrap_free, which, while a marker is set,
+** counts the blocks that still hold it when they are freed. Patient data
+** wiped before its memory goes leaves none. Include once, after <cmocka.h>.
+** Header-only.
+*/
+#ifndef CM_TEST_FREESCAN_H
+#define CM_TEST_FREESCAN_H
+
+#include <malloc.h>
+#include <stddef.h>
+#include <string.h>
+
+void __real_free(void *p);
+void __wrap_free(void *p);
+
+static const char *freescan_marker; /* NULL: not looking */
+static long freescan_frees;         /* blocks freed while looking */
+static long freescan_dirty;         /* of them, those that held the marker */
+
+/* mark occurs in p[0..n) */
+static int freescan_holds(const unsigned char *p, size_t n, const char *mark)
+{
+    size_t m = strlen(mark);
+    for (size_t i = 0; i + m <= n; i++)
+        if (p[i] == (unsigned char)mark[0] && memcmp(p + i, mark, m) == 0)
+            return 1;
+    return 0;
+}
+
+void __wrap_free(void *p)
+{
+    if (p && freescan_marker) {
+        freescan_frees++;
+        freescan_dirty += freescan_holds(p, malloc_usable_size(p), freescan_marker);
+    }
+    __real_free(p);
+}
+
+/* Look for marker in every block freed from now on (NULL: stop looking). */
+static inline void freescan_start(const char *marker)
+{
+    freescan_marker = marker;
+    freescan_frees = freescan_dirty = 0;
+}
+
+#endif
