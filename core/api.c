@@ -103,7 +103,8 @@ struct cm_api {
 
 /* What a call keeps when it is reused for the next request (call_new): the
 ** query, emptied by call_free, and the path's segments, written before they
-** are read. Every field of call outside it is cleared for each request. */
+** are read. Every field of call outside it, before or after, is cleared for
+** each request. */
 typedef struct call_mem {
     cm_http_path path; /* the request's path, split (its segments packed) */
     cm_http_query q;
@@ -111,7 +112,7 @@ typedef struct call_mem {
 
 /* One request being handled. */
 struct call {
-    call_mem mem; /* first: call_new clears what follows it */
+    call_mem mem; /* kept across requests; call_new clears the rest */
     cm_api *api;
     call *next; /* waiting for the store's gauges */
     cm_http_req *req;
@@ -129,7 +130,6 @@ struct call {
     ** the input of a start): kept once the batch commits */
     bool patient_keep;
 };
-_Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
 /* ---- answers ------------------------------------------------------------ */
 
@@ -166,7 +166,10 @@ static call *call_new(cm_api *api, cm_http_req *req)
     if (c) {
         api->spare = c->next;
         api->nspare--;
-        memset((char *)c + sizeof(c->mem), 0, sizeof(*c) - sizeof(c->mem));
+        /* every field but mem, wherever it sits */
+        size_t at = offsetof(call, mem), after = at + sizeof(c->mem);
+        memset(c, 0, at);
+        memset((char *)c + after, 0, sizeof(*c) - after);
     } else if (!(c = calloc(1, sizeof(*c)))) {
         return NULL;
     }

@@ -34,7 +34,8 @@ typedef struct hdr {
 
 /* What a request keeps when it is reused for the next one (req_new): its
 ** buffers, emptied by req_free, and headers[], written before it is read.
-** Every field of cm_http_req outside it is cleared for each request. */
+** Every field of cm_http_req outside it, before or after, is cleared for
+** each request. */
 typedef struct req_mem {
     cm_buf url, hbuf, body;
     char *resp; /* the answer, head and body */
@@ -43,7 +44,7 @@ typedef struct req_mem {
 } req_mem;
 
 struct cm_http_req {
-    req_mem mem; /* first: req_new clears what follows it */
+    req_mem mem; /* kept across requests; req_new clears the rest */
     conn *c;     /* NULL once the connection is gone (the answer is dropped) */
     cm_http_req *next;
     const char *method; /* http_parser's static name */
@@ -57,7 +58,6 @@ struct cm_http_req {
     int status;     /* the answer's */
     uint64_t needs; /* the commit the answer may show: written once it is durable */
 };
-_Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
 
 struct conn {
     uv_tcp_t tcp; /* first: the handle's address is the connection's */
@@ -227,7 +227,10 @@ static cm_http_req *req_new(conn *c)
     }
     s->spare = r->next;
     s->nspare--;
-    memset((char *)r + sizeof(r->mem), 0, sizeof(*r) - sizeof(r->mem));
+    /* every field but mem, wherever it sits */
+    size_t at = offsetof(cm_http_req, mem), after = at + sizeof(r->mem);
+    memset(r, 0, at);
+    memset((char *)r + after, 0, sizeof(*r) - after);
     r->c = c;
     return r;
 }
