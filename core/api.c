@@ -1806,7 +1806,8 @@ static void h_audit_verify(call *c)
         reply_err(c, &err, NULL);
 }
 
-/* Per peer: the delivers parked until the engine has room, and their bytes. */
+/* Per peer: the delivers parked until the engine has room, and their bytes
+** (each peer asked once, for both). */
 static void metrics_parked(cm_api *api, cm_buf *b)
 {
     const cm_config *cfg = api->o.cfg;
@@ -1815,16 +1816,22 @@ static void metrics_parked(cm_api *api, cm_buf *b)
     static const char *const helps[] = {
         "Delivers from the peer parked in memory until the engine has room.",
         "Bytes of the delivers from the peer parked in memory."};
+    long long v[2][CM_FED_MAX_PEERS];
+    bool known[CM_FED_MAX_PEERS];
+    for (int i = 0; i < cfg->fed_npeers; i++) {
+        long n;
+        size_t bytes;
+        known[i] = cm_fed_peer_parked(api->o.fed, cfg->fed_peers[i].id, &n, &bytes) == 0;
+        v[0][i] = known[i] ? (long long)n : 0;
+        v[1][i] = known[i] ? (long long)bytes : 0;
+    }
     for (int k = 0; k < 2; k++) {
         metric_head(b, names[k], "gauge", helps[k]);
         for (int i = 0; i < cfg->fed_npeers; i++) {
             char l1[2 * CM_NAME_MAX];
-            long n;
-            size_t bytes;
-            if (cm_fed_peer_parked(api->o.fed, cfg->fed_peers[i].id, &n, &bytes) == 0)
+            if (known[i])
                 cm_buf_printf(b, "%s{peer=\"%s\"} %lld\n", names[k],
-                              lv(cfg->fed_peers[i].id, l1, sizeof(l1)),
-                              k == 0 ? (long long)n : (long long)bytes);
+                              lv(cfg->fed_peers[i].id, l1, sizeof(l1)), v[k][i]);
         }
     }
 }
