@@ -96,6 +96,7 @@ struct cm_api {
     int ncounters;
     struct route_index *routing; /* routes[] compiled (routes_compile) */
     call *spare;                 /* finished calls, kept for the next requests */
+    cm_buf out;                  /* an answer's text (a record: wiped once sent on) */
     int nspare;
     void (*done)(void *ud);
     void *done_ud;
@@ -183,7 +184,7 @@ static void call_free(call *c)
 {
     cm_api *api = c->api;
     cm_http_query_free(&c->mem.q);
-    cJSON_Delete(c->body);
+    cm_model_doc_free(c->body);
     if (api->nspare >= SPARE_CALLS) {
         free(c);
         return;
@@ -206,16 +207,17 @@ static void reply_text(call *c, int status, const char *ctype, const char *text,
 /* Answer with doc (consumed). */
 static void reply_json(call *c, int status, cJSON *doc)
 {
-    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
-    cJSON_Delete(doc);
-    if (!text) {
+    cm_buf *out = &c->api->out;
+    int rc = cm_model_print(doc, out);
+    cm_model_doc_free(doc);
+    if (rc != 0) {
         static const char oom[] =
             "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
         reply_text(c, 503, NULL, oom, sizeof(oom) - 1);
         return;
     }
-    reply_text(c, status, NULL, text, strlen(text));
-    free(text);
+    reply_text(c, status, NULL, out->p, out->len); /* copied: out is free again */
+    cm_buf_wipe(out);
 }
 
 static void reply_error(call *c, int status, const char *code, const char *field, const char *fmt,
@@ -426,7 +428,7 @@ static bool parse_json(call *c, const char *text, size_t len)
     while (c->body && end && end < text + len && strchr(" \t\r\n", *end))
         end++;
     if (c->body && end != text + len) {
-        cJSON_Delete(c->body);
+        cm_model_doc_free(c->body);
         c->body = NULL;
     }
     if (!c->body) {
@@ -771,7 +773,7 @@ static void h_record_list(call *c)
             goto oom;
     int rc = cm_model_find(c->api->o.model, (cm_kind)kind, filter,
                            cm_http_query_get(&c->mem.q, "cursor"), limit, &items, &err);
-    cJSON_Delete(filter);
+    cm_model_doc_free(filter);
     filter = NULL;
     if (rc == 0) {
         char action[64];
@@ -779,14 +781,14 @@ static void h_record_list(call *c)
         rc = audit_reads(c, kind, items, action, &err);
     }
     if (rc != 0) {
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         reply_err(c, &err, NULL);
         return;
     }
     int n = cJSON_GetArraySize(items);
     cJSON *doc = cJSON_CreateObject(), *last = n == limit ? cJSON_GetArrayItem(items, n - 1) : NULL;
     if (!doc) {
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         goto oom;
     }
     cJSON_AddItemToObject(doc, "items", items);
@@ -796,7 +798,7 @@ static void h_record_list(call *c)
     reply_json(c, 200, doc);
     return;
 oom:
-    cJSON_Delete(filter);
+    cm_model_doc_free(filter);
     reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
 }
 
@@ -813,7 +815,7 @@ static void h_record_get(call *c)
     if (rc == 0)
         rc = audit_reads(c, kind, doc, action, &err);
     if (rc != 0) {
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         reply_err(c, &err, cm_kind_name((cm_kind)kind));
         return;
     }
@@ -849,7 +851,7 @@ static void record_write(call *c, int kind, const char *id, const cJSON *doc, co
             audit(c, action, patient, kind_classes(kind, doc, classes, sizeof(classes)), "refused",
                   &aerr) != 0)
             cm_log(CM_LOG_ERROR, "api.audit", "audit of a refused write: %s", aerr.msg);
-        cJSON_Delete(out);
+        cm_model_doc_free(out);
         reply_err(c, &err, kname);
         return;
     }
@@ -882,12 +884,12 @@ static void h_task_complete(call *c)
     const char *note = c->body ? body_str(c, "note") : NULL;
     if (!patch || !cJSON_AddStringToObject(patch, "status", "completed") ||
         (note && !cJSON_AddStringToObject(patch, "note", note))) {
-        cJSON_Delete(patch);
+        cm_model_doc_free(patch);
         reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
         return;
     }
     record_write(c, CM_KIND_TASK, c->arg, patch, "complete", 200);
-    cJSON_Delete(patch);
+    cm_model_doc_free(patch);
 }
 
 /* ---- workflows ----------------------------------------------------------- */
@@ -937,7 +939,7 @@ static void h_workflows(call *c)
     }
     if (c->arg) {
         cJSON *one = cJSON_DetachItemFromArray(items, 0);
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         if (!one)
             reply_error(c, 404, "not_found", NULL, "no workflow named \"%.128s\" is loaded",
                         c->arg);
@@ -1006,7 +1008,7 @@ static void h_instance_list(call *c)
         return;
     }
     if (audit_reads(c, -1, items, "instance.read", &err) != 0) {
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         reply_err(c, &err, NULL);
         return;
     }
@@ -1041,10 +1043,10 @@ static void instance_view(call *c, bool history_only)
         cJSON *one = cJSON_CreateObject();
         cJSON_AddStringToObject(one, "patient", patient);
         rc = one ? audit_reads(c, -1, one, "instance.read", &err) : CM_ENOMEM;
-        cJSON_Delete(one);
+        cm_model_doc_free(one);
     }
     if (rc != 0) {
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         reply_err(c, &err, NULL);
         return;
     }
@@ -1052,7 +1054,7 @@ static void instance_view(call *c, bool history_only)
         cJSON *h = cJSON_DetachItemFromObject(doc, "history"), *out = cJSON_CreateObject();
         cJSON_AddStringToObject(out, "instance", c->arg);
         cJSON_AddItemToObject(out, "items", h);
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         doc = out;
     }
     reply_json(c, 200, doc);
@@ -1249,7 +1251,7 @@ static void instance_action(call *c, cm_engine_action what, const char *action)
     if (rc == 0)
         rc = cm_engine_get(e, c->arg, &doc, &err);
     if (rc != 0) {
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         reply_err(c, &err, NULL);
         return;
     }
@@ -1257,15 +1259,8 @@ static void instance_action(call *c, cm_engine_action what, const char *action)
     cJSON_AddStringToObject(out, "instance", c->arg);
     cJSON_AddItemReferenceToObject(out, "state", cJSON_GetObjectItem(doc, "state"));
     cJSON_AddItemReferenceToObject(out, "status", cJSON_GetObjectItem(doc, "status"));
-    char *text = cJSON_PrintUnformatted(out);
-    cJSON_Delete(out);
-    cJSON_Delete(doc);
-    if (!text) {
-        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
-        return;
-    }
-    reply_text(c, 200, NULL, text, strlen(text));
-    free(text);
+    reply_json(c, 200, out);
+    cm_model_doc_free(doc);
 }
 
 static void h_instance_pause(call *c)
@@ -1309,7 +1304,7 @@ static void h_failed_list(call *c)
         last = seq;
         n++;
     }
-    cJSON_Delete(all);
+    cm_model_doc_free(all);
     cJSON *doc = cJSON_CreateObject();
     cJSON_AddItemToObject(doc, "items", items);
     if (n == limit) {
@@ -1389,7 +1384,7 @@ static void h_peers(call *c)
         double age;
         if (cm_fed_outbox_depth(c->api->o.store, p->id, cm_clock_now_ms(c->api->o.clock), &depth,
                                 &age, &err) != 0) {
-            cJSON_Delete(doc);
+            cm_model_doc_free(doc);
             reply_err(c, &err, NULL);
             return;
         }
@@ -1422,7 +1417,7 @@ static void h_peers(call *c)
                                 : NULL;
         if (!ind || add_shared(c, row, "organizations", dir, p->id, &err) != 0 ||
             add_shared(c, row, "indicators", ind, p->id, &err) != 0) {
-            cJSON_Delete(doc);
+            cm_model_doc_free(doc);
             reply_err(c, &err, NULL);
             return;
         }
@@ -2167,6 +2162,7 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
     if (!api)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
+    api->out.wipe = true;
     randombytes_buf(api->token_key, sizeof(api->token_key));
     if (!(api->routing = routes_compile())) {
         free(api);
@@ -2255,6 +2251,7 @@ void cm_api_destroy(cm_api **api_p)
     free((*api_p)->patients);
     free((*api_p)->routing);
     free((*api_p)->gauges.p);
+    cm_buf_free(&(*api_p)->out);
     free(*api_p);
     *api_p = NULL;
 }
