@@ -1428,6 +1428,7 @@ int __wrap_zmq_msg_close(zmq_msg_t *msg);
 int __wrap_zmq_msg_close(zmq_msg_t *msg)
 {
     if (freescan_marker) {
+        VALGRIND_MAKE_MEM_DEFINED(zmq_msg_data(msg), zmq_msg_size(msg));
         freescan_frees++;
         freescan_dirty += freescan_holds(zmq_msg_data(msg), zmq_msg_size(msg), freescan_marker);
     }
