@@ -1076,6 +1076,46 @@ static void on_grace(uv_timer_t *t)
         uv_close((uv_handle_t *)&s->grace, on_server_handle_closed);
 }
 
+/* Stopping: the complete requests still in c's read buffer, read but never
+** handed to the handler (they waited behind max_pipeline), are answered
+** 503 unavailable in their turn after the answers before them, the last
+** with "Connection: close"; a partly read request at the end is dropped. */
+static void conn_refuse_unread(conn *c)
+{
+    static const char gone[] =
+        "{\"error\":{\"code\":\"unavailable\",\"message\":\"the server is stopping: this "
+        "request was read but not taken up, and nothing was changed by it; retry once the "
+        "server is back\"}}";
+    cm_http_req *first = NULL;
+    int n = 0;
+    while (c->rpos < c->rlen && !c->closing && !c->failed && !c->eof) {
+        size_t used =
+            http_parser_execute(&c->parser, &parser_settings, c->rbuf + c->rpos, c->rlen - c->rpos);
+        c->rpos += used;
+        if (HTTP_PARSER_ERRNO(&c->parser) != HPE_PAUSED)
+            break; /* the end of what was read, mid-request, or bytes that are no request */
+        http_parser_pause(&c->parser, 0);
+        cm_http_req *r = c->ready;
+        c->ready = NULL;
+        r->dispatched = true; /* the handler never sees it */
+        first = first ? first : r;
+        n++;
+        if (!r->keep_alive)
+            break; /* nothing after it is read */
+    }
+    req_free(c->srv, c->cur); /* a partly read request */
+    c->cur = NULL;
+    if (n > 0)
+        cm_log(CM_LOG_INFO, "http.refused",
+               "503 unavailable: %d request(s) read on a connection but not taken up before the "
+               "server stopped",
+               n);
+    for (cm_http_req *r = first, *next; r && !c->closing; r = next) {
+        next = r->next;
+        answer(r, 503, NULL, gone, sizeof(gone) - 1, false);
+    }
+}
+
 void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
 {
     if (!s)
@@ -1095,8 +1135,7 @@ void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
         next = c->next;
         c->draining = true;
         read_stop(c);
-        req_free(s, c->cur);
-        c->cur = NULL;
+        conn_refuse_unread(c);
         c->rpos = c->rlen = 0;
         if (c->nqueued == 0 && !c->writing)
             conn_close(c);

@@ -189,6 +189,8 @@ static void answer_later(uv_timer_t *t)
 /* /later answers after a timer; anything else answers at once with its path. */
 #define RECORD_MARK "Rivera-Ana-1958-04-12"
 
+static void on_stopped(void *ud);
+
 static void handler(void *ud, cm_http_req *req)
 {
     env *e = ud;
@@ -240,6 +242,11 @@ static void handler(void *ud, cm_http_req *req)
         if (path[1] == 'r')
             memcpy(text + 100, RECORD_MARK, strlen(RECORD_MARK));
         cm_http_respond(req, 200, NULL, text, n);
+        return;
+    }
+    if (strcmp(path, "/stop") == 0) { /* the server stops while this request is with it */
+        cm_http_server_stop(e->srv, on_stopped, e);
+        cm_http_respond(req, 200, "text/plain", "stopping", 8);
         return;
     }
     if (strcmp(path, "/later") == 0) {
@@ -439,6 +446,43 @@ static void test_a_lost_sync_answers_every_held_request_in_order(void **state)
     }
     assert_null(strstr(e->got, "201 Created"));
     assert_null(strstr(e->got, "gated"));
+    free(e);
+}
+
+/* Requests read but waiting behind max_pipeline when the server stops are
+** answered 503 unavailable in their turn, after the answer of the one the
+** handler had, the last with "Connection: close"; a request read only in
+** part is dropped; the handler never sees the refused ones. */
+static void test_a_stop_answers_requests_read_but_not_taken_up(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.max_pipeline = 1;
+    exchange(e, &lim,
+             "GET /stop HTTP/1.1\r\nHost: t\r\n\r\n"
+             "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+             "GET /b HTTP/1.1\r\nHost: t\r\n\r\n"
+             "POST /partial HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{\"a\"");
+    assert_int_equal(e->handled, 1);
+    const char *p = e->got;
+    const char *want[] = {"HTTP/1.1 200 OK",
+                          "stopping",
+                          "HTTP/1.1 503 Service Unavailable",
+                          "\"unavailable\"",
+                          "HTTP/1.1 503 Service Unavailable",
+                          "Connection: close",
+                          "\"unavailable\""};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        const char *q = strstr(p, want[i]);
+        if (!q)
+            fail_msg("missing %s after %s in %s", want[i], p, e->got);
+        p = q + strlen(want[i]);
+    }
+    assert_null(strstr(p, "HTTP/1.1")); /* nothing for the partial request */
+    /* only the last answer closes */
+    const char *close = strstr(e->got, "Connection: close");
+    assert_null(strstr(close + 1, "Connection: close"));
     free(e);
 }
 
@@ -655,6 +699,7 @@ int main(void)
         cmocka_unit_test(test_a_lost_sync_answers_every_held_request_in_order),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_an_answer_leaves_no_record_in_freed_memory),
+        cmocka_unit_test(test_a_stop_answers_requests_read_but_not_taken_up),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
         cmocka_unit_test(test_a_header_split_across_reads_is_found),
         cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),
