@@ -1228,7 +1228,7 @@ static int put_record(cm_model *m, const kind_def *k, const char *id, const stor
         sqlite3_bind_text(st, 5, s->created, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, s->updated, -1, SQLITE_STATIC);
     }
-    rc = kept_exec(m, st, "record", err); /* resets st: text is no longer bound */
+    rc = kept_exec(m, st, "record", err); /* st reset: text is not read before a new bind */
     cm_buf_wipe(&m->text);
     return rc;
 }
