@@ -96,6 +96,7 @@ struct cm_api {
     int ncounters;
     struct route_index *routing; /* routes[] compiled (routes_compile) */
     call *spare;                 /* finished calls, kept for the next requests */
+    cm_buf out;                  /* an answer's text (a record: wiped once sent on) */
     int nspare;
     void (*done)(void *ud);
     void *done_ud;
@@ -103,7 +104,8 @@ struct cm_api {
 
 /* What a call keeps when it is reused for the next request (call_new): the
 ** query, emptied by call_free, and the path's segments, written before they
-** are read. Every field of call outside it is cleared for each request. */
+** are read. Every field of call outside it, before or after, is cleared for
+** each request. */
 typedef struct call_mem {
     cm_http_path path; /* the request's path, split (its segments packed) */
     cm_http_query q;
@@ -111,7 +113,7 @@ typedef struct call_mem {
 
 /* One request being handled. */
 struct call {
-    call_mem mem; /* first: call_new clears what follows it */
+    call_mem mem; /* kept across requests; call_new clears the rest */
     cm_api *api;
     call *next; /* waiting for the store's gauges */
     cm_http_req *req;
@@ -129,7 +131,6 @@ struct call {
     ** the input of a start): kept once the batch commits */
     bool patient_keep;
 };
-_Static_assert(offsetof(call, mem) == 0, "call_new clears what follows mem");
 
 /* ---- answers ------------------------------------------------------------ */
 
@@ -166,7 +167,10 @@ static call *call_new(cm_api *api, cm_http_req *req)
     if (c) {
         api->spare = c->next;
         api->nspare--;
-        memset((char *)c + sizeof(c->mem), 0, sizeof(*c) - sizeof(c->mem));
+        /* every field but mem, wherever it sits */
+        size_t at = offsetof(call, mem), after = at + sizeof(c->mem);
+        memset(c, 0, at);
+        memset((char *)c + after, 0, sizeof(*c) - after);
     } else if (!(c = calloc(1, sizeof(*c)))) {
         return NULL;
     }
@@ -180,7 +184,7 @@ static void call_free(call *c)
 {
     cm_api *api = c->api;
     cm_http_query_free(&c->mem.q);
-    cJSON_Delete(c->body);
+    cm_model_doc_free(c->body);
     if (api->nspare >= SPARE_CALLS) {
         free(c);
         return;
@@ -203,16 +207,17 @@ static void reply_text(call *c, int status, const char *ctype, const char *text,
 /* Answer with doc (consumed). */
 static void reply_json(call *c, int status, cJSON *doc)
 {
-    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
-    cJSON_Delete(doc);
-    if (!text) {
+    cm_buf *out = &c->api->out;
+    int rc = cm_model_print(doc, out);
+    cm_model_doc_free(doc);
+    if (rc != 0) {
         static const char oom[] =
             "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"the server is out of memory\"}}";
         reply_text(c, 503, NULL, oom, sizeof(oom) - 1);
         return;
     }
-    reply_text(c, status, NULL, text, strlen(text));
-    free(text);
+    reply_text(c, status, NULL, out->p, out->len); /* copied: out is free again */
+    cm_buf_wipe(out);
 }
 
 static void reply_error(call *c, int status, const char *code, const char *field, const char *fmt,
@@ -423,7 +428,7 @@ static bool parse_json(call *c, const char *text, size_t len)
     while (c->body && end && end < text + len && strchr(" \t\r\n", *end))
         end++;
     if (c->body && end != text + len) {
-        cJSON_Delete(c->body);
+        cm_model_doc_free(c->body);
         c->body = NULL;
     }
     if (!c->body) {
@@ -768,7 +773,7 @@ static void h_record_list(call *c)
             goto oom;
     int rc = cm_model_find(c->api->o.model, (cm_kind)kind, filter,
                            cm_http_query_get(&c->mem.q, "cursor"), limit, &items, &err);
-    cJSON_Delete(filter);
+    cm_model_doc_free(filter);
     filter = NULL;
     if (rc == 0) {
         char action[64];
@@ -776,14 +781,14 @@ static void h_record_list(call *c)
         rc = audit_reads(c, kind, items, action, &err);
     }
     if (rc != 0) {
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         reply_err(c, &err, NULL);
         return;
     }
     int n = cJSON_GetArraySize(items);
     cJSON *doc = cJSON_CreateObject(), *last = n == limit ? cJSON_GetArrayItem(items, n - 1) : NULL;
     if (!doc) {
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         goto oom;
     }
     cJSON_AddItemToObject(doc, "items", items);
@@ -793,7 +798,7 @@ static void h_record_list(call *c)
     reply_json(c, 200, doc);
     return;
 oom:
-    cJSON_Delete(filter);
+    cm_model_doc_free(filter);
     reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
 }
 
@@ -810,7 +815,7 @@ static void h_record_get(call *c)
     if (rc == 0)
         rc = audit_reads(c, kind, doc, action, &err);
     if (rc != 0) {
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         reply_err(c, &err, cm_kind_name((cm_kind)kind));
         return;
     }
@@ -846,7 +851,7 @@ static void record_write(call *c, int kind, const char *id, const cJSON *doc, co
             audit(c, action, patient, kind_classes(kind, doc, classes, sizeof(classes)), "refused",
                   &aerr) != 0)
             cm_log(CM_LOG_ERROR, "api.audit", "audit of a refused write: %s", aerr.msg);
-        cJSON_Delete(out);
+        cm_model_doc_free(out);
         reply_err(c, &err, kname);
         return;
     }
@@ -879,12 +884,12 @@ static void h_task_complete(call *c)
     const char *note = c->body ? body_str(c, "note") : NULL;
     if (!patch || !cJSON_AddStringToObject(patch, "status", "completed") ||
         (note && !cJSON_AddStringToObject(patch, "note", note))) {
-        cJSON_Delete(patch);
+        cm_model_doc_free(patch);
         reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
         return;
     }
     record_write(c, CM_KIND_TASK, c->arg, patch, "complete", 200);
-    cJSON_Delete(patch);
+    cm_model_doc_free(patch);
 }
 
 /* ---- workflows ----------------------------------------------------------- */
@@ -934,7 +939,7 @@ static void h_workflows(call *c)
     }
     if (c->arg) {
         cJSON *one = cJSON_DetachItemFromArray(items, 0);
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         if (!one)
             reply_error(c, 404, "not_found", NULL, "no workflow named \"%.128s\" is loaded",
                         c->arg);
@@ -1012,7 +1017,7 @@ static void h_instance_list(call *c)
         return;
     }
     if (audit_reads(c, -1, items, "instance.read", &err) != 0) {
-        cJSON_Delete(items);
+        cm_model_doc_free(items);
         reply_err(c, &err, NULL);
         return;
     }
@@ -1047,10 +1052,10 @@ static void instance_view(call *c, bool history_only)
         cJSON *one = cJSON_CreateObject();
         cJSON_AddStringToObject(one, "patient", patient);
         rc = one ? audit_reads(c, -1, one, "instance.read", &err) : CM_ENOMEM;
-        cJSON_Delete(one);
+        cm_model_doc_free(one);
     }
     if (rc != 0) {
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         reply_err(c, &err, NULL);
         return;
     }
@@ -1058,7 +1063,7 @@ static void instance_view(call *c, bool history_only)
         cJSON *h = cJSON_DetachItemFromObject(doc, "history"), *out = cJSON_CreateObject();
         cJSON_AddStringToObject(out, "instance", c->arg);
         cJSON_AddItemToObject(out, "items", h);
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         doc = out;
     }
     reply_json(c, 200, doc);
@@ -1255,7 +1260,7 @@ static void instance_action(call *c, cm_engine_action what, const char *action)
     if (rc == 0)
         rc = cm_engine_get(e, c->arg, &doc, &err);
     if (rc != 0) {
-        cJSON_Delete(doc);
+        cm_model_doc_free(doc);
         reply_err(c, &err, NULL);
         return;
     }
@@ -1263,15 +1268,8 @@ static void instance_action(call *c, cm_engine_action what, const char *action)
     cJSON_AddStringToObject(out, "instance", c->arg);
     cJSON_AddItemReferenceToObject(out, "state", cJSON_GetObjectItem(doc, "state"));
     cJSON_AddItemReferenceToObject(out, "status", cJSON_GetObjectItem(doc, "status"));
-    char *text = cJSON_PrintUnformatted(out);
-    cJSON_Delete(out);
-    cJSON_Delete(doc);
-    if (!text) {
-        reply_error(c, 503, "out_of_memory", NULL, "the server is out of memory");
-        return;
-    }
-    reply_text(c, 200, NULL, text, strlen(text));
-    free(text);
+    reply_json(c, 200, out);
+    cm_model_doc_free(doc);
 }
 
 static void h_instance_pause(call *c)
@@ -1315,7 +1313,7 @@ static void h_failed_list(call *c)
         last = seq;
         n++;
     }
-    cJSON_Delete(all);
+    cm_model_doc_free(all);
     cJSON *doc = cJSON_CreateObject();
     cJSON_AddItemToObject(doc, "items", items);
     if (n == limit) {
@@ -1395,7 +1393,7 @@ static void h_peers(call *c)
         double age;
         if (cm_fed_outbox_depth(c->api->o.store, p->id, cm_clock_now_ms(c->api->o.clock), &depth,
                                 &age, &err) != 0) {
-            cJSON_Delete(doc);
+            cm_model_doc_free(doc);
             reply_err(c, &err, NULL);
             return;
         }
@@ -1428,7 +1426,7 @@ static void h_peers(call *c)
                                 : NULL;
         if (!ind || add_shared(c, row, "organizations", dir, p->id, &err) != 0 ||
             add_shared(c, row, "indicators", ind, p->id, &err) != 0) {
-            cJSON_Delete(doc);
+            cm_model_doc_free(doc);
             reply_err(c, &err, NULL);
             return;
         }
@@ -1812,7 +1810,8 @@ static void h_audit_verify(call *c)
         reply_err(c, &err, NULL);
 }
 
-/* Per peer: the delivers parked until the engine has room, and their bytes. */
+/* Per peer: the delivers parked until the engine has room, and their bytes
+** (each peer asked once, for both). */
 static void metrics_parked(cm_api *api, cm_buf *b)
 {
     const cm_config *cfg = api->o.cfg;
@@ -1821,16 +1820,22 @@ static void metrics_parked(cm_api *api, cm_buf *b)
     static const char *const helps[] = {
         "Delivers from the peer parked in memory until the engine has room.",
         "Bytes of the delivers from the peer parked in memory."};
+    long long v[2][CM_FED_MAX_PEERS];
+    bool known[CM_FED_MAX_PEERS];
+    for (int i = 0; i < cfg->fed_npeers; i++) {
+        long n;
+        size_t bytes;
+        known[i] = cm_fed_peer_parked(api->o.fed, cfg->fed_peers[i].id, &n, &bytes) == 0;
+        v[0][i] = known[i] ? (long long)n : 0;
+        v[1][i] = known[i] ? (long long)bytes : 0;
+    }
     for (int k = 0; k < 2; k++) {
         metric_head(b, names[k], "gauge", helps[k]);
         for (int i = 0; i < cfg->fed_npeers; i++) {
             char l1[2 * CM_NAME_MAX];
-            long n;
-            size_t bytes;
-            if (cm_fed_peer_parked(api->o.fed, cfg->fed_peers[i].id, &n, &bytes) == 0)
+            if (known[i])
                 cm_buf_printf(b, "%s{peer=\"%s\"} %lld\n", names[k],
-                              lv(cfg->fed_peers[i].id, l1, sizeof(l1)),
-                              k == 0 ? (long long)n : (long long)bytes);
+                              lv(cfg->fed_peers[i].id, l1, sizeof(l1)), v[k][i]);
         }
     }
 }
@@ -2166,6 +2171,7 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
     if (!api)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     api->o = *o;
+    api->out.wipe = true;
     randombytes_buf(api->token_key, sizeof(api->token_key));
     if (!(api->routing = routes_compile())) {
         free(api);
@@ -2254,6 +2260,7 @@ void cm_api_destroy(cm_api **api_p)
     free((*api_p)->patients);
     free((*api_p)->routing);
     free((*api_p)->gauges.p);
+    cm_buf_free(&(*api_p)->out);
     free(*api_p);
     *api_p = NULL;
 }

@@ -2392,11 +2392,20 @@ static void tell_batch(cm_engine *e, outcome *ocs, int n, int rc, const char *ms
 
 /* ---- pipelined group commit ------------------------------------------- */
 
+/* The allocation of a parked batch's wait: malloc; in test_engine's own
+** build of this file (tests/CMakeLists.txt) the test's, which can fail it. */
+#ifdef CM_TEST_PARK_ALLOC
+void *cm__test_park_alloc(size_t size);
+#define park_alloc cm__test_park_alloc
+#else
+#define park_alloc malloc
+#endif
+
 /* Keep a committed batch's outcomes and events until its sync; false when
 ** memory is short (the caller waits for the sync instead). */
 static bool sync_park(cm_engine *e, outcome *ocs, int n)
 {
-    synced_wait *sw = malloc(sizeof(*sw));
+    synced_wait *sw = park_alloc(sizeof(*sw));
     if (!sw)
         return false;
     sw->seq = cm_store_commit_seq(e->o.store);

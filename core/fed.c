@@ -11,6 +11,7 @@
 #include "text.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -985,10 +986,14 @@ struct cm_fed {
 
 static void sock_drain(fed_sock *s);
 
+/* Close the parts of a message read, each wiped first: a deliver carries a
+** patient's record (libzmq frees the memory without looking). */
 static void msgs_close(zmq_msg_t *parts, int n)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        sodium_memzero(zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]));
         zmq_msg_close(&parts[i]);
+    }
 }
 
 /* Read one whole message (all parts) without blocking; hand it to s->read.
@@ -1449,7 +1454,7 @@ static void inbox_flush(cm_fed *fed)
         fed->ninq = 0;
         if (n > 0)
             inbox_commit(fed, fed->inq[side], fed->inq_text[side].p, n);
-        cm_buf_reset(&fed->inq_text[side]);
+        cm_buf_wipe(&fed->inq_text[side]); /* the payloads: patient data */
     } while ((fed->inbox_again || fed->ninq > 0) && !fed->stopped);
     fed->inbox_flushing = false;
 }
@@ -3139,6 +3144,9 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
     if (!fed)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     fed->o = *o;
+    /* delivers are encoded, batched and kept in these: patient data, wiped
+    ** when they grow and when they go */
+    fed->text.wipe = fed->inq_text[0].wipe = fed->inq_text[1].wipe = true;
     fed->unrouted = true; /* until a first pass has seen the outbox */
     fed->window = o->window > 0 ? o->window : CM_FED_WINDOW_DEFAULT;
     fed->minor = o->proto_minor > 0 && o->proto_minor < CM_FED_PROTO_MINOR ? o->proto_minor
@@ -3147,8 +3155,10 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
         fed->window = CM_FED_WINDOW_MAX;
     fed->poll_ms = o->poll_ms > 0 ? (uint64_t)o->poll_ms : 200;
     fed->npeers = o->cfg->fed_npeers;
-    for (int i = 0; i < fed->npeers; i++)
+    for (int i = 0; i < fed->npeers; i++) {
         fed->peers[i].cfg = &o->cfg->fed_peers[i];
+        fed->peers[i].out.wipe = true;
+    }
     if (!(fed->ctx = zmq_ctx_new())) {
         rc = cm_err_set(err, CM_EIO, "zmq context: %s", zmq_strerror(errno));
         goto done;
@@ -3227,7 +3237,7 @@ void cm_fed_destroy(cm_fed **fed_p)
             free(fed->peers[i].win[j].reason);
         free(fed->peers[i].win);
         free(fed->peers[i].out_win);
-        free(fed->peers[i].out.p);
+        cm_buf_free(&fed->peers[i].out);
     }
     for (int b = 0; b < 2; b++) {
         for (int j = 0; fed->inq[b] && j < FED_INBOX_CAP; j++) {
@@ -3246,7 +3256,7 @@ void cm_fed_destroy(cm_fed **fed_p)
         msgs_close(k->parts, 2);
         free(k);
     }
-    free(fed->text.p);
+    cm_buf_free(&fed->text);
     free(fed->ans.p);
     if (fed->router.zs)
         zmq_close(fed->router.zs);

@@ -34,7 +34,8 @@ typedef struct hdr {
 
 /* What a request keeps when it is reused for the next one (req_new): its
 ** buffers, emptied by req_free, and headers[], written before it is read.
-** Every field of cm_http_req outside it is cleared for each request. */
+** Every field of cm_http_req outside it, before or after, is cleared for
+** each request. */
 typedef struct req_mem {
     cm_buf url, hbuf, body;
     char *resp; /* the answer, head and body */
@@ -43,7 +44,7 @@ typedef struct req_mem {
 } req_mem;
 
 struct cm_http_req {
-    req_mem mem; /* first: req_new clears what follows it */
+    req_mem mem; /* kept across requests; req_new clears the rest */
     conn *c;     /* NULL once the connection is gone (the answer is dropped) */
     cm_http_req *next;
     const char *method; /* http_parser's static name */
@@ -57,7 +58,6 @@ struct cm_http_req {
     int status;     /* the answer's */
     uint64_t needs; /* the commit the answer may show: written once it is durable */
 };
-_Static_assert(offsetof(cm_http_req, mem) == 0, "req_new clears what follows mem");
 
 struct conn {
     uv_tcp_t tcp; /* first: the handle's address is the connection's */
@@ -156,14 +156,17 @@ static inline __attribute__((always_inline)) int add_within(cm_buf *b, size_t nu
     return 0;
 }
 
-/* The headers (a bearer token) and the body (patient data) of a request
-** done with: wiped before their memory is freed or kept for another. */
+/* The headers (a bearer token), the body (patient data) and the answer (a
+** patient's record) of a request done with: wiped before their memory is
+** freed or kept for another. */
 static void req_wipe(cm_http_req *r)
 {
     if (r->mem.hbuf.p)
         sodium_memzero(r->mem.hbuf.p, r->mem.hbuf.len);
     if (r->mem.body.p)
         sodium_memzero(r->mem.body.p, r->mem.body.len);
+    if (r->mem.resp)
+        sodium_memzero(r->mem.resp, r->resp_len);
 }
 
 static void req_destroy(cm_http_req *r)
@@ -224,7 +227,10 @@ static cm_http_req *req_new(conn *c)
     }
     s->spare = r->next;
     s->nspare--;
-    memset((char *)r + sizeof(r->mem), 0, sizeof(*r) - sizeof(r->mem));
+    /* every field but mem, wherever it sits */
+    size_t at = offsetof(cm_http_req, mem), after = at + sizeof(r->mem);
+    memset(r, 0, at);
+    memset((char *)r + after, 0, sizeof(*r) - after);
     r->c = c;
     return r;
 }
@@ -476,6 +482,8 @@ static int build_response(cm_http_req *r, bool close, int status, const char *ct
         char *grown = malloc(cap);
         if (!grown)
             return -1;
+        if (r->mem.resp) /* an answer built before (answer_lost rebuilds one) */
+            sodium_memzero(r->mem.resp, r->resp_len);
         free(r->mem.resp);
         r->mem.resp = grown;
         r->mem.resp_cap = cap;
@@ -1068,6 +1076,46 @@ static void on_grace(uv_timer_t *t)
         uv_close((uv_handle_t *)&s->grace, on_server_handle_closed);
 }
 
+/* Stopping: the complete requests still in c's read buffer, read but never
+** handed to the handler (they waited behind max_pipeline), are answered
+** 503 unavailable in their turn after the answers before them, the last
+** with "Connection: close"; a partly read request at the end is dropped. */
+static void conn_refuse_unread(conn *c)
+{
+    static const char gone[] =
+        "{\"error\":{\"code\":\"unavailable\",\"message\":\"the server is stopping: this "
+        "request was read but not taken up, and nothing was changed by it; retry once the "
+        "server is back\"}}";
+    cm_http_req *first = NULL;
+    int n = 0;
+    while (c->rpos < c->rlen && !c->closing && !c->failed && !c->eof) {
+        size_t used =
+            http_parser_execute(&c->parser, &parser_settings, c->rbuf + c->rpos, c->rlen - c->rpos);
+        c->rpos += used;
+        if (HTTP_PARSER_ERRNO(&c->parser) != HPE_PAUSED)
+            break; /* the end of what was read, mid-request, or bytes that are no request */
+        http_parser_pause(&c->parser, 0);
+        cm_http_req *r = c->ready;
+        c->ready = NULL;
+        r->dispatched = true; /* the handler never sees it */
+        first = first ? first : r;
+        n++;
+        if (!r->keep_alive)
+            break; /* nothing after it is read */
+    }
+    req_free(c->srv, c->cur); /* a partly read request */
+    c->cur = NULL;
+    if (n > 0)
+        cm_log(CM_LOG_INFO, "http.refused",
+               "503 unavailable: %d request(s) read on a connection but not taken up before the "
+               "server stopped",
+               n);
+    for (cm_http_req *r = first, *next; r && !c->closing; r = next) {
+        next = r->next;
+        answer(r, 503, NULL, gone, sizeof(gone) - 1, false);
+    }
+}
+
 void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
 {
     if (!s)
@@ -1087,8 +1135,7 @@ void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
         next = c->next;
         c->draining = true;
         read_stop(c);
-        req_free(s, c->cur);
-        c->cur = NULL;
+        conn_refuse_unread(c);
         c->rpos = c->rlen = 0;
         if (c->nqueued == 0 && !c->writing)
             conn_close(c);

@@ -9,7 +9,9 @@
 #include "valuesets.h"
 
 #include <assert.h>
+#include <limits.h>
 #include <math.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -32,6 +34,7 @@
 struct cm_model {
     cm_store *store;       /* borrowed */
     const cm_clock *clock; /* borrowed */
+    cm_buf text;           /* a record's text being stored (wiped after: patient data) */
 };
 
 /* ---- the schema language ---- */
@@ -1207,11 +1210,11 @@ typedef struct stored {
 /* Insert (s->version == 1) or update the record row from s. */
 static int put_record(cm_model *m, const kind_def *k, const char *id, const stored *s, cm_err *err)
 {
-    char *text = cJSON_PrintUnformatted(s->doc);
     sqlite3_stmt *st = NULL;
     int rc;
-    if (!text)
+    if (cm_model_print(s->doc, &m->text) != 0)
         return cm_err_set(err, CM_ENOMEM, "%s %s: out of memory", k->name, id);
+    const char *text = m->text.p;
     st = prepare_for(m,
                      s->version == 1
                          ? "INSERT INTO record(kind, id, doc, version, created, updated) "
@@ -1225,8 +1228,8 @@ static int put_record(cm_model *m, const kind_def *k, const char *id, const stor
         sqlite3_bind_text(st, 5, s->created, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, s->updated, -1, SQLITE_STATIC);
     }
-    rc = kept_exec(m, st, "record", err);
-    cJSON_free(text);
+    rc = kept_exec(m, st, "record", err); /* st reset: text is not read before a new bind */
+    cm_buf_wipe(&m->text);
     return rc;
 }
 
@@ -1759,6 +1762,7 @@ cm_model *cm_model_new(cm_store *store, const cm_clock *clock)
         return NULL;
     model->store = store;
     model->clock = clock;
+    model->text.wipe = true;
     return model;
 }
 
@@ -1775,7 +1779,51 @@ const cm_clock *cm_model_clock(cm_model *model)
 void cm_model_destroy(cm_model **model_p)
 {
     if (model_p && *model_p) {
+        cm_buf_free(&(*model_p)->text);
         free(*model_p);
         *model_p = NULL;
     }
+}
+
+/* ---- documents that hold patient data ---- */
+
+int cm_model_print(const cJSON *doc, cm_buf *b)
+{
+    cm_buf_reset(b);
+    if (!doc) { /* what a failed cJSON_Create... leaves */
+        b->oom = true;
+        return CM_ENOMEM;
+    }
+    for (size_t want = b->cap > 256 ? b->cap : 256;; want = b->cap * 2) {
+        if (want > INT_MAX || !cm_buf_room(b, want - 1)) {
+            b->oom = true;
+            return CM_ENOMEM;
+        }
+        /* fills what it is given, never allocating; false when it does not fit */
+        if (cJSON_PrintPreallocated((cJSON *)doc, b->p, (int)b->cap, false)) {
+            b->len = strlen(b->p);
+            return 0;
+        }
+    }
+}
+
+/* Zero the strings and numbers of d, its siblings after it and their
+** children (what cJSON_Delete(d) frees). */
+static void doc_wipe(cJSON *d)
+{
+    for (; d; d = d->next) {
+        if (d->type & cJSON_IsReference)
+            continue;
+        if (d->valuestring)
+            sodium_memzero(d->valuestring, strlen(d->valuestring));
+        d->valuedouble = 0;
+        d->valueint = 0;
+        doc_wipe(d->child);
+    }
+}
+
+void cm_model_doc_free(cJSON *doc)
+{
+    doc_wipe(doc);
+    cJSON_Delete(doc);
 }

@@ -17,6 +17,7 @@
 #include "clock.h"
 #include "error.h"
 #include "store.h"
+#include "strbuf.h"
 
 typedef enum {
     CM_KIND_ORGANIZATION,
@@ -72,5 +73,17 @@ int cm_model_find(cm_model *model, cm_kind kind, const cJSON *filter, const char
 
 /* Number of records of kind (for summaries). */
 int cm_model_count(cm_model *model, cm_kind kind, long *out, cm_err *err);
+
+/* ---- documents that hold patient data, and their memory ---- */
+
+/* Print doc unformatted into b, emptied first, growing b as needed (b->wipe,
+** set by its owner, wipes the blocks it leaves): none of the blocks a
+** cJSON print would grow and free unwiped. 0, or CM_ENOMEM (b->oom). The
+** owner empties b with cm_buf_wipe once the text is used. */
+int cm_model_print(const cJSON *doc, cm_buf *b);
+
+/* cJSON_Delete(doc) after its strings and numbers are zeroed (not those of
+** references, which it does not own). NULL is fine. */
+void cm_model_doc_free(cJSON *doc);
 
 #endif

@@ -99,6 +99,13 @@ void cm_buf_reset(cm_buf *b)
         b->p[0] = '\0';
 }
 
+void cm_buf_wipe(cm_buf *b)
+{
+    if (b->p)
+        sodium_memzero(b->p, b->len);
+    cm_buf_reset(b);
+}
+
 void cm_buf_free(cm_buf *b)
 {
     if (b->wipe && b->p)

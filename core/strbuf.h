@@ -38,6 +38,9 @@ void cm_buf_json_str(cm_buf *b, const char *s);
 /* Empty the text (and clear oom), keeping the memory. */
 void cm_buf_reset(cm_buf *b);
 
+/* Empty the text, its bytes zeroed first, keeping the memory. */
+void cm_buf_wipe(cm_buf *b);
+
 /* Free the memory (its text wiped first when b->wipe) and empty b; wipe stays. */
 void cm_buf_free(cm_buf *b);
 

@@ -2509,6 +2509,71 @@ static void test_a_pipelined_batch_that_wrote_nothing_is_told_at_once(void **sta
     loop_end(f, &loop);
 }
 
+/* core/engine.c's allocation of a parked batch's wait (CM_TEST_PARK_ALLOC):
+** while park_fail is set it fails, once, first releasing the gate it holds
+** (the engine then waits for the sync on the loop thread). */
+static cm_test_gate *park_fail;
+static int park_failed;
+
+void *cm__test_park_alloc(size_t size);
+
+void *cm__test_park_alloc(size_t size)
+{
+    if (!park_fail)
+        return malloc(size);
+    cm_test_gate_hold(park_fail, false);
+    park_fail = NULL;
+    park_failed++;
+    return NULL;
+}
+
+/* A batch committed while an earlier one waits for its sync, when there is
+** no memory to park it in, waits for its own sync where it is and then
+** tells the parked batch's submitters first, then its own: each once, in
+** commit order, with its outcome; the observer too. */
+static void test_a_batch_with_no_memory_to_wait_in_is_told_after_those_parked(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    seen s = {0};
+    reopen_pipelined(f);
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    cm_engine_observe(f->engine, observe, &s);
+    attach_pipelined(f, &loop, true);
+    start_ticker(f, "t-1");
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits and parks; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    start_ticker(f, "t-3");
+    signal_ev(f, "nobody", "poke", NULL);
+    park_fail = &f->gate;
+    park_failed = 0;
+    uv_run(&loop, UV_RUN_NOWAIT); /* the second batch commits: no memory to park it */
+    assert_int_equal(park_failed, 1);
+    assert_null(park_fail);
+    /* told before the loop turned again: the sync was waited for inline */
+    assert_int_equal(f->a.n, 4);
+    for (int i = 0; i < 10; i++)
+        uv_run(&loop, UV_RUN_NOWAIT); /* the sync thread's wakeups: nothing more to tell */
+    assert_int_equal(f->a.n, 4);
+    static const char *const ids[] = {"t-1", "t-2", "t-3", "nobody"};
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(f->a.instance[i], ids[i]);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(f->a.status[i], 0);
+        assert_string_equal(f->a.state[i], "waiting");
+    }
+    assert_int_equal(f->a.status[3], CM_ENOTFOUND);
+    assert_int_equal(s.n, 3);
+    assert_string_equal(s.line[0], "1 t-1 >waiting ");
+    assert_string_equal(s.line[1], "1 t-2 >waiting ");
+    assert_string_equal(s.line[2], "1 t-3 >waiting ");
+    assert_int_equal(s.committed_mismatch, 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE id LIKE 't-%'"), 3);
+    sqlite3_close(s.db);
+    loop_end(f, &loop);
+}
+
 /* Detaching waits for the sync of what was committed and tells its acks. */
 static void test_detach_tells_the_acks_of_committed_batches(void **state)
 {
@@ -2760,6 +2825,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_synced_commit_releases_earlier_pipelined_acks, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_batch_with_no_memory_to_wait_in_is_told_after_those_parked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_detach_tells_the_acks_of_committed_batches, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_batch_that_wrote_nothing_is_told_at_once,

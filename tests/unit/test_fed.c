@@ -5,7 +5,10 @@
 ** when the engine may queue a message routed, and that a peer sending far
 ** more than the engine has taken cannot grow what waits in it past
 ** CM_FED_APPLY_MAX; a row routed late goes after the rows in flight; the
-** rows delivered under a peer's mark are swept out of outbox_pending.
+** rows delivered under a peer's mark are swept out of outbox_pending; a
+** patient's record sent or read leaves nothing of itself in the memory
+** federation frees or the message parts it closes. Linked with
+** -Wl,--wrap=free,--wrap=realloc (freescan.h) and --wrap=zmq_msg_close.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +23,7 @@
 #include <zmq.h>
 
 #include "fed.h"
+#include "freescan.h"
 #include "log.h"
 #include "node.h"
 #include "strbuf.h"
@@ -1412,6 +1416,132 @@ static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
     send_node_stop(&sn);
 }
 
+/* ---- a patient's record leaves nothing behind ------------------------------ */
+
+#define WIPE_MARK "Okonkwo-Chidinma-1961"
+
+int __real_zmq_msg_close(zmq_msg_t *msg);
+int __wrap_zmq_msg_close(zmq_msg_t *msg);
+
+/* A part closed while freescan looks counts as a freed block (libzmq frees
+** its memory without looking). */
+int __wrap_zmq_msg_close(zmq_msg_t *msg)
+{
+    if (freescan_marker) {
+        VALGRIND_MAKE_MEM_DEFINED(zmq_msg_data(msg), zmq_msg_size(msg));
+        freescan_frees++;
+        freescan_dirty += freescan_holds(zmq_msg_data(msg), zmq_msg_size(msg), freescan_marker);
+    }
+    return __real_zmq_msg_close(msg);
+}
+
+static bool wipe_three_acked(load_world *w)
+{
+    return w->acked[1] && w->acked[2] && w->acked[3];
+}
+
+/* Delivers carrying a record, alone and in a batch, read by a node in apply
+** mode: the parts it closes and the blocks it frees, up to its destroy,
+** hold nothing of the record. */
+static void test_a_record_read_leaves_nothing_in_memory_federation_frees(void **state)
+{
+    static const char deliver[] =
+        "{\"type\":\"deliver\",\"id\":\"peer-x:%d\",\"kind\":\"test.note\",\"to\":\"org-b\","
+        "\"patient\":\"p-1\",\"classes\":[\"notes\"],\"patient_record\":{\"id\":\"p-1\","
+        "\"family\":\"" WIPE_MARK "\"},\"payload\":{\"note\":\"" WIPE_MARK "\"}%s}";
+    load_node ln;
+    load_world *w = load_node_start(&ln, 1);
+    void *d = load_peer_hello(&ln, w);
+    cm_buf *b = &ln.b;
+    cm_buf_printf(b, deliver, 1, "");
+    load_send(d, b);
+    cm_buf_puts(b, "{\"type\":\"batch\",\"messages\":[");
+    cm_buf_printf(b, deliver, 2, ",\"prev\":\"peer-x:1\"");
+    cm_buf_put(b, ",", 1);
+    cm_buf_printf(b, deliver, 3, ",\"prev\":\"peer-x:2\"");
+    cm_buf_puts(b, "]}");
+    load_send(d, b);
+    freescan_start(WIPE_MARK);
+    assert_true(load_turn_until(&ln.loop, w, d, wipe_three_acked));
+    load_fed_stop(&ln, w);
+    long frees = freescan_frees, dirty = freescan_dirty;
+    freescan_start(NULL);
+    assert_int_equal(w->next_seq, 4); /* all three applied */
+    assert_true(frees > 0);
+    if (dirty != 0)
+        fail_msg("%ld of %ld freed blocks or closed parts held the record", dirty, frees);
+    zmq_close(d);
+    load_node_free(&ln, w);
+}
+
+/* Turn the node's loop (freescan looking) and read, not looking, what
+** reaches the bare peer r, answering its hello, until count delivers
+** holding mark arrived or 10 s pass. */
+static bool wipe_turn_until_sent(uv_loop_t *loop, void *r, const char *mark, int count)
+{
+    static const char hello[] = "{\"type\":\"hello\",\"proto\":\"1.2\",\"node\":\"node-b\","
+                                "\"caps\":[\"deliver\",\"batch\"]}";
+    int seen = 0;
+    uv_update_time(loop);
+    uint64_t until = uv_now(loop) + 10000;
+    while (seen < count && uv_now(loop) < until) {
+        freescan_marker = mark;
+        uv_run(loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        freescan_marker = NULL;
+        zmq_msg_t rid, body;
+        zmq_msg_init(&rid);
+        zmq_msg_init(&body);
+        while (zmq_msg_recv(&rid, r, ZMQ_DONTWAIT) >= 0 && zmq_msg_recv(&body, r, 0) >= 0) {
+            const char *p = zmq_msg_data(&body), *end = p + zmq_msg_size(&body);
+            if (freescan_holds((const unsigned char *)p, (size_t)(end - p), "\"hello\"")) {
+                assert_int_equal(zmq_send(r, zmq_msg_data(&rid), zmq_msg_size(&rid), ZMQ_SNDMORE),
+                                 (int)zmq_msg_size(&rid));
+                assert_int_equal(zmq_send(r, hello, sizeof(hello) - 1, 0), (int)sizeof(hello) - 1);
+            }
+            for (size_t m = strlen(mark); p + m <= end; p++)
+                if (memcmp(p, mark, m) == 0)
+                    seen++;
+        }
+        zmq_msg_close(&rid);
+        zmq_msg_close(&body);
+    }
+    freescan_marker = mark;
+    return seen >= count;
+}
+
+/* Rows carrying a record, longer than the encoder's first buffer, sent to
+** a peer that announced batches: the blocks federation leaves as its
+** buffers grow, and those it frees when it goes, hold nothing of it. */
+static void test_a_record_sent_leaves_nothing_in_memory_federation_frees(void **state)
+{
+    send_node sn;
+    cm_fed *fed = NULL;
+    cm_err err;
+    char sql[16384], pad[3001];
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    send_node_start(&sn);
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO record(kind, id, doc, created, updated) VALUES ('organization', "
+             "'cardio', '{\"node\":\"node-b\"}', 'now', 'now');"
+             "INSERT INTO outbox(seq, receiver, peer, kind, payload, created) VALUES "
+             "(1, 'cardio', 'node-b', 'test.note', '{\"note\":\"%s%s\"}', 'now'), "
+             "(2, 'cardio', 'node-b', 'test.note', '{\"note\":\"%s%s\"}', 'now'), "
+             "(3, 'cardio', 'node-b', 'test.note', '{\"note\":\"%s%s\"}', 'now')",
+             WIPE_MARK, pad, WIPE_MARK, pad, WIPE_MARK, pad);
+    assert_int_equal(sqlite3_exec(cm_store_db(sn.n->store), sql, NULL, NULL, NULL), SQLITE_OK);
+    freescan_start(WIPE_MARK);
+    assert_int_equal(cm_fed_start(&sn.fo, &fed, &err), 0);
+    assert_true(wipe_turn_until_sent(&sn.loop, sn.r, WIPE_MARK, 3));
+    send_fed_stop(&sn, &fed);
+    long frees = freescan_frees, dirty = freescan_dirty;
+    freescan_start(NULL);
+    assert_true(frees > 0);
+    if (dirty != 0)
+        fail_msg("%ld of %ld freed blocks held the record", dirty, frees);
+    send_node_stop(&sn);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1429,6 +1559,8 @@ int main(void)
         cmocka_unit_test(test_a_federation_destroyed_with_delivers_parked_frees_them),
         cmocka_unit_test(test_a_row_routed_late_goes_after_rows_in_flight),
         cmocka_unit_test(test_the_sweep_writes_rows_under_the_mark_delivered),
+        cmocka_unit_test(test_a_record_read_leaves_nothing_in_memory_federation_frees),
+        cmocka_unit_test(test_a_record_sent_leaves_nothing_in_memory_federation_frees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,9 @@
 ** test_http.c -- the HTTP server's pure pieces (query strings, escapes, path
 ** segments) and the server on a real loop: pipelined requests answered in
 ** order whatever order the handler answers them in, limits answered with
-** their status, and a stop that waits for the answers of what was read.
+** their status, and a stop that waits for the answers of what was read; an
+** answer (a patient's record) leaves nothing of itself in freed memory.
+** Linked with -Wl,--wrap=free (freescan.h).
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "freescan.h"
 #include "http.h"
 
 #include <stdio.h>
@@ -184,6 +187,10 @@ static void answer_later(uv_timer_t *t)
 }
 
 /* /later answers after a timer; anything else answers at once with its path. */
+#define RECORD_MARK "Rivera-Ana-1958-04-12"
+
+static void on_stopped(void *ud);
+
 static void handler(void *ud, cm_http_req *req)
 {
     env *e = ud;
@@ -225,6 +232,21 @@ static void handler(void *ud, cm_http_req *req)
     }
     if (strcmp(path, "/wrote") == 0) { /* a write told it succeeded */
         cm_http_respond(req, 201, NULL, "{}", 2);
+        return;
+    }
+    if (strcmp(path, "/record") == 0 || strcmp(path, "/large") == 0) {
+        /* a record with the marker; a larger answer without it */
+        char text[3000];
+        size_t n = path[1] == 'r' ? 300 : sizeof(text);
+        memset(text, 'x', n);
+        if (path[1] == 'r')
+            memcpy(text + 100, RECORD_MARK, strlen(RECORD_MARK));
+        cm_http_respond(req, 200, NULL, text, n);
+        return;
+    }
+    if (strcmp(path, "/stop") == 0) { /* the server stops while this request is with it */
+        cm_http_server_stop(e->srv, on_stopped, e);
+        cm_http_respond(req, 200, "text/plain", "stopping", 8);
         return;
     }
     if (strcmp(path, "/later") == 0) {
@@ -427,6 +449,65 @@ static void test_a_lost_sync_answers_every_held_request_in_order(void **state)
     free(e);
 }
 
+/* Requests read but waiting behind max_pipeline when the server stops are
+** answered 503 unavailable in their turn, after the answer of the one the
+** handler had, the last with "Connection: close"; a request read only in
+** part is dropped; the handler never sees the refused ones. */
+static void test_a_stop_answers_requests_read_but_not_taken_up(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.max_pipeline = 1;
+    exchange(e, &lim,
+             "GET /stop HTTP/1.1\r\nHost: t\r\n\r\n"
+             "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+             "GET /b HTTP/1.1\r\nHost: t\r\n\r\n"
+             "POST /partial HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{\"a\"");
+    assert_int_equal(e->handled, 1);
+    const char *p = e->got;
+    const char *want[] = {"HTTP/1.1 200 OK",
+                          "stopping",
+                          "HTTP/1.1 503 Service Unavailable",
+                          "\"unavailable\"",
+                          "HTTP/1.1 503 Service Unavailable",
+                          "Connection: close",
+                          "\"unavailable\""};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        const char *q = strstr(p, want[i]);
+        if (!q)
+            fail_msg("missing %s after %s in %s", want[i], p, e->got);
+        p = q + strlen(want[i]);
+    }
+    assert_null(strstr(p, "HTTP/1.1")); /* nothing for the partial request */
+    /* only the last answer closes */
+    const char *close = strstr(e->got, "Connection: close");
+    assert_null(strstr(close + 1, "Connection: close"));
+    free(e);
+}
+
+/* An answer's buffer holds a patient's record: the block it leaves when a
+** reused request's next answer needs more room, and the blocks freed when
+** the server goes, hold nothing of it. */
+static void test_an_answer_leaves_no_record_in_freed_memory(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    e->send2 = "GET /large HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    e->send2_after = RECORD_MARK;
+    freescan_start(RECORD_MARK);
+    exchange(e, &lim, "GET /record HTTP/1.1\r\nHost: t\r\n\r\n");
+    long frees = freescan_frees, dirty = freescan_dirty;
+    freescan_start(NULL);
+    assert_int_equal(e->handled, 2);
+    assert_non_null(strstr(e->got, RECORD_MARK)); /* the record went out, */
+    assert_non_null(strstr(e->got, "Content-Length: 3000"));
+    assert_true(frees > 0);     /* its request's buffers were freed (grown, then destroyed), */
+    assert_int_equal(dirty, 0); /* none holding it */
+    free(e);
+}
+
 /* A request read after an earlier one was answered (its memory reused)
 ** carries only its own method, query, headers and body; and it was parsed
 ** in a later pass. */
@@ -617,6 +698,8 @@ int main(void)
         cmocka_unit_test(test_answers_wait_for_the_commit_they_may_show),
         cmocka_unit_test(test_a_lost_sync_answers_every_held_request_in_order),
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
+        cmocka_unit_test(test_an_answer_leaves_no_record_in_freed_memory),
+        cmocka_unit_test(test_a_stop_answers_requests_read_but_not_taken_up),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
         cmocka_unit_test(test_a_header_split_across_reads_is_found),
         cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),
