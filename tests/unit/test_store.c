@@ -1320,6 +1320,7 @@ static void test_a_reader_sees_only_whole_transactions_while_the_writer_commits(
         memset(value, 'a' + c % 26, sizeof(value) - 1);
         snprintf(value, 16, "%05d", c); /* a value of its own per transaction */
         value[5] = '-';
+        value[sizeof(value) - 1] = '\0';
         assert_int_equal(cm_store_begin(s, &err), 0);
         for (int r2 = 0; r2 < 20; r2++) {
             char key[32];
