@@ -372,12 +372,15 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
         goto done;
     cm_engine_stats es0;
     cm_engine_stats_get(w.engine, &es0);
+    uint64_t frames0, writes0, frames1, writes1;
+    cm_store_wal_writes(w.store, &frames0, &writes0);
     struct rusage th0, th1;
     getrusage(RUSAGE_THREAD, &th0);
     int64_t cpu0 = thread_cpu_us(), t0 = now_us();
     if ((rc = o->run_mode ? drive(&w, o, &l, err) : drive_loop(&w, o, &l, err)) != 0)
         goto done;
     int64_t drive_us = now_us() - t0, loop_cpu_us = thread_cpu_us() - cpu0;
+    cm_store_wal_writes(w.store, &frames1, &writes1);
     getrusage(RUSAGE_THREAD, &th1);
     double secs = (double)drive_us / 1e6;
     /* of the loop thread's CPU, what the kernel spent for it (the WAL's writes,
@@ -418,7 +421,8 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            "\"mode\":\"%s\",\"outstanding\":%d,\"cache_hits\":%llu,\"cache_misses\":%llu,"
            "\"loop_cpu_us_per_event\":%.2f,\"loop_sys_us_per_event\":%.2f,\"loop_busy\":%.3f,"
            "\"loop_nivcsw\":%ld,"
-           "\"events_per_batch\":%.1f}\n",
+           "\"events_per_batch\":%.1f,\"wal_frames_per_batch\":%.1f,"
+           "\"wal_writes_per_batch\":%.1f}\n",
            eps, (long long)p50, (long long)p99, raw, o->instances, l.n, o->batch, l.failed,
            ru.ru_maxrss, ck.background, ck.inline_runs, ck.db_syncs, ck.max_wal_pages,
            o->run_mode ? "run" : "loop", o->run_mode ? o->batch : window,
@@ -426,7 +430,9 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            l.n ? (double)loop_cpu_us / (double)l.n : 0.0,
            l.n ? (double)loop_sys_us / (double)l.n : 0.0,
            drive_us > 0 ? (double)loop_cpu_us / (double)drive_us : 0.0,
-           th1.ru_nivcsw - th0.ru_nivcsw, batches ? (double)l.n / (double)batches : 0.0);
+           th1.ru_nivcsw - th0.ru_nivcsw, batches ? (double)l.n / (double)batches : 0.0,
+           batches ? (double)(frames1 - frames0) / (double)batches : 0.0,
+           batches ? (double)(writes1 - writes0) / (double)batches : 0.0);
     if (l.failed)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:

@@ -72,6 +72,17 @@ typedef struct cm_syncer {
     void *fn_ud;
 } cm_syncer;
 
+/* The writer's VFS, the shim that gathers its WAL writes (see "the
+** writer's WAL writes, gathered"): registered under a name of its own for
+** the store's life, over the VFS that was the default at open. */
+typedef struct cm_gather_vfs {
+    sqlite3_vfs vfs;        /* pAppData: this */
+    sqlite3_vfs *base;      /* the VFS it forwards to */
+    struct cm_store *store; /* whose syncer hears a write it could not report */
+    bool registered;
+    char name[48];
+} cm_gather_vfs;
+
 struct cm_store {
     sqlite3 *db;
     char *path;
@@ -86,6 +97,7 @@ struct cm_store {
     bool wrote;       /* the WAL hook saw the last commit write frames */
     bool refused;     /* the authorizer refused a PRAGMA (store_authorize) */
     cm_syncer sy;
+    cm_gather_vfs gv;
     cm_store_nested_fn nested_fn; /* see cm_store_on_nested_write */
     void *nested_ud;
     cm_stmt_slot stmts[CM_STMT_SLOTS];
@@ -1481,6 +1493,428 @@ void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out)
     pthread_mutex_unlock(&store->ckpt->mu);
 }
 
+/* ---- the writer's WAL writes, gathered ---------------------------------- */
+
+/* SQLite writes each WAL frame as two writes (its 24-byte header, then the
+** page), so a commit of k frames costs the loop thread 2k pwrite64 calls.
+** The writer's connection opens its files through "caremesh-wal", a shim
+** over "unix" that forwards every call except the WAL's xWrite: while
+** SQLite appends frames, they are copied to a buffer, and the buffer goes
+** out as one write (the unix file's xWrite: one pwrite64, retried on a
+** short write) at the first of:
+**
+**   - the commit frame's page: SQLite marks a transaction's last frame
+**     by a nonzero "database size after commit" in its header (bytes 4-7),
+**     and writes the header, then the page. The write of that page
+**     returns the gathered write's result, so a failed write fails the
+**     commit as SQLite's own failed pwrite would: wal.c's walFrames
+**     returns the error before walIndexWriteHdr publishes the new
+**     mxFrame, the transaction rolls back, and the frames are past any
+**     published mxFrame, which every reader (this process or another,
+**     through the -shm) reads up to and never past;
+**   - anything that reads, measures, truncates or syncs the WAL (xRead,
+**     xFileSize, xTruncate, xSync, xFileControl, xClose), a write that
+**     does not follow the buffer (SQLite rewriting a frame of its
+**     transaction in place), a buffer past CM_GATHER_MAX;
+**   - the database file's xShmBarrier, xShmLock and xShmUnmap: walIndex-
+**     WriteHdr calls xShmBarrier between its two copies of the new header
+**     and readers take a header only when both copies agree; the write
+**     lock is released through xShmLock. By the first rule nothing of a
+**     commit is still gathered there; a transaction's earlier frames
+**     (SQLite spills pages of a large transaction to the WAL before its
+**     commit, unpublished) may be, and go out first.
+**
+** So no reader can see a frame before its bytes are in the file, and a
+** commit returns only after its bytes are: the sync thread's fdatasync,
+** asked for after the commit returned (sync_after_commit), covers them. A
+** gathered write that fails where no error can be returned (xShmBarrier,
+** xShmUnmap: only unpublished frames) leaves the WAL failed: every later
+** read, write, sync or size of it returns SQLITE_IOERR_WRITE, so the
+** transaction cannot commit and the store takes no writes. Other
+** connections (the checkpoint thread's, `caremesh backup`, other
+** processes) use "unix" and share the files, locks and -shm with it. */
+
+/* Bytes gathered at most before they go out: one write of the unix VFS
+** (its unixWrite passes at most 128 KiB - 1 bytes to a pwrite64 and fails
+** a longer write as a short one), 30 frames of 4 KiB pages */
+#define CM_GATHER_MAX (124 * 1024)
+#define WAL_FRAME_HDR 24
+
+typedef struct gfile gfile;
+struct gfile {
+    sqlite3_file base; /* pMethods: gather_methods; NULL if the open failed */
+    sqlite3_file *real;
+    gfile *wal;        /* the database file: its WAL while open (and gathering) */
+    gfile *db;         /* the WAL: its database file */
+    cm_gather_vfs *gv; /* the VFS that opened it */
+    bool is_wal;       /* opened with SQLITE_OPEN_WAL: its writes are gathered */
+    bool commit;       /* the last write gathered was a commit frame's header */
+    int failed;        /* a gathered write that failed unreported: the WAL is failed */
+    unsigned char *buf;
+    size_t len, cap;
+    sqlite3_int64 off;       /* the file offset of buf[0] */
+    uint64_t writes, frames; /* gathered writes made, frames they held */
+};
+
+static const sqlite3_io_methods gather_methods;
+
+#define REAL(f) (((gfile *)(f))->real)
+
+/* The gathered bytes to the file, one write. */
+static int gather_flush(gfile *g)
+{
+    if (g->failed)
+        return SQLITE_IOERR_WRITE;
+    if (g->len == 0)
+        return SQLITE_OK;
+    int rc = g->real->pMethods->xWrite(g->real, g->buf, (int)g->len, g->off);
+    g->writes++;
+    g->len = 0;
+    return rc;
+}
+
+/* A flush where its error cannot be returned: it fails the WAL and stops
+** the store's writes, as a failed sync does. */
+static void gather_flush_or_fail(gfile *g)
+{
+    if (!g || g->len == 0 || gather_flush(g) == SQLITE_OK)
+        return;
+    g->failed = SQLITE_IOERR_WRITE;
+    char why[512];
+    snprintf(why, sizeof(why), "%s: a write of the WAL failed",
+             g->gv->store->path ? g->gv->store->path : "store");
+    sync_fail(g->gv->store, why);
+}
+
+static int gather_write(gfile *g, const void *p, int n, sqlite3_int64 off)
+{
+    int rc;
+    if (g->failed)
+        return g->failed;
+    if (g->len > 0 && (off != g->off + (sqlite3_int64)g->len || g->len + (size_t)n > CM_GATHER_MAX))
+        if ((rc = gather_flush(g)) != SQLITE_OK)
+            return rc;
+    if ((size_t)n > CM_GATHER_MAX)
+        return g->real->pMethods->xWrite(g->real, p, n, off);
+    if (g->len + (size_t)n > g->cap) {
+        size_t cap = g->cap ? g->cap : 64 * 1024;
+        while (cap < g->len + (size_t)n)
+            cap *= 2;
+        unsigned char *b = realloc(g->buf, cap);
+        if (!b)
+            return SQLITE_IOERR_NOMEM;
+        g->buf = b;
+        g->cap = cap;
+    }
+    if (g->len == 0)
+        g->off = off;
+    memcpy(g->buf + g->len, p, (size_t)n);
+    g->len += (size_t)n;
+    if (n == WAL_FRAME_HDR) { /* a frame's header: bytes 4-7 nonzero on a commit frame */
+        const unsigned char *h = p;
+        g->frames++;
+        g->commit = (h[4] | h[5] | h[6] | h[7]) != 0;
+        return SQLITE_OK;
+    }
+    if (!g->commit)
+        return SQLITE_OK;
+    g->commit = false; /* the commit frame's page: the transaction's last write */
+    return gather_flush(g);
+}
+
+static int gather_close(sqlite3_file *f)
+{
+    gfile *g = (gfile *)f;
+    int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    if (g->is_wal && g->db && g->db->wal == g)
+        g->db->wal = NULL;
+    if (!g->is_wal && g->wal)
+        g->wal->db = NULL;
+    int rc2 = g->real->pMethods->xClose(g->real);
+    free(g->buf);
+    g->buf = NULL;
+    return rc != SQLITE_OK ? rc : rc2;
+}
+
+static int gather_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
+{
+    gfile *g = (gfile *)f;
+    int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    return rc != SQLITE_OK ? rc : g->real->pMethods->xRead(g->real, p, n, off);
+}
+
+static int gather_xwrite(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
+{
+    gfile *g = (gfile *)f;
+    return g->is_wal ? gather_write(g, p, n, off) : g->real->pMethods->xWrite(g->real, p, n, off);
+}
+
+static int gather_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+    gfile *g = (gfile *)f;
+    int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    return rc != SQLITE_OK ? rc : g->real->pMethods->xTruncate(g->real, size);
+}
+
+static int gather_sync(sqlite3_file *f, int flags)
+{
+    gfile *g = (gfile *)f;
+    int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    return rc != SQLITE_OK ? rc : g->real->pMethods->xSync(g->real, flags);
+}
+
+static int gather_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+    gfile *g = (gfile *)f;
+    int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    return rc != SQLITE_OK ? rc : g->real->pMethods->xFileSize(g->real, size);
+}
+
+static int gather_lock(sqlite3_file *f, int lock)
+{
+    return REAL(f)->pMethods->xLock(REAL(f), lock);
+}
+
+static int gather_unlock(sqlite3_file *f, int lock)
+{
+    return REAL(f)->pMethods->xUnlock(REAL(f), lock);
+}
+
+static int gather_reserved(sqlite3_file *f, int *out)
+{
+    return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+
+static int gather_fcntl(sqlite3_file *f, int op, void *arg)
+{
+    gfile *g = (gfile *)f;
+    int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    return rc != SQLITE_OK ? rc : g->real->pMethods->xFileControl(g->real, op, arg);
+}
+
+static int gather_sector(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+
+static int gather_device(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+
+static int gather_shm_map(sqlite3_file *f, int page, int size, int extend, void volatile **out)
+{
+    return REAL(f)->pMethods->xShmMap(REAL(f), page, size, extend, out);
+}
+
+static int gather_shm_lock(sqlite3_file *f, int offset, int n, int flags)
+{
+    gfile *g = (gfile *)f;
+    if (g->wal && g->wal->len > 0) {
+        int rc = gather_flush(g->wal);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return g->real->pMethods->xShmLock(g->real, offset, n, flags);
+}
+
+static void gather_shm_barrier(sqlite3_file *f)
+{
+    gfile *g = (gfile *)f;
+    gather_flush_or_fail(g->wal);
+    g->real->pMethods->xShmBarrier(g->real);
+}
+
+static int gather_shm_unmap(sqlite3_file *f, int del)
+{
+    gfile *g = (gfile *)f;
+    gather_flush_or_fail(g->wal);
+    return g->real->pMethods->xShmUnmap(g->real, del);
+}
+
+static int gather_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **out)
+{
+    return REAL(f)->pMethods->xFetch(REAL(f), off, n, out);
+}
+
+static int gather_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
+{
+    return REAL(f)->pMethods->xUnfetch(REAL(f), off, p);
+}
+
+static const sqlite3_io_methods gather_methods = {
+    3,
+    gather_close,
+    gather_read,
+    gather_xwrite,
+    gather_truncate,
+    gather_sync,
+    gather_size,
+    gather_lock,
+    gather_unlock,
+    gather_reserved,
+    gather_fcntl,
+    gather_sector,
+    gather_device,
+    gather_shm_map,
+    gather_shm_lock,
+    gather_shm_barrier,
+    gather_shm_unmap,
+    gather_fetch,
+    gather_unfetch,
+};
+
+static int gather_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int flags,
+                       int *out_flags)
+{
+    sqlite3_vfs *unix_vfs = ((cm_gather_vfs *)vfs->pAppData)->base;
+    gfile *g = (gfile *)f;
+    memset(g, 0, sizeof(*g));
+    g->real = (sqlite3_file *)(g + 1);
+    g->gv = vfs->pAppData;
+    int rc = unix_vfs->xOpen(unix_vfs, name, g->real, flags, out_flags);
+    if (rc != SQLITE_OK || !g->real->pMethods) {
+        if (g->real->pMethods) /* SQLite closes nothing whose open failed */
+            g->real->pMethods->xClose(g->real);
+        g->base.pMethods = NULL;
+        return rc != SQLITE_OK ? rc : SQLITE_CANTOPEN;
+    }
+    if ((flags & SQLITE_OPEN_WAL) && name) {
+        sqlite3_file *db = sqlite3_database_file_object(name);
+        if (db && db->pMethods == &gather_methods) {
+            g->is_wal = true;
+            g->db = (gfile *)db;
+            g->db->wal = g;
+        }
+    }
+    g->base.pMethods = &gather_methods;
+    return SQLITE_OK;
+}
+
+/* The other calls of the VFS are the unix VFS's own. */
+static int gather_delete(sqlite3_vfs *v, const char *n, int s)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xDelete(u, n, s);
+}
+static int gather_access(sqlite3_vfs *v, const char *n, int fl, int *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xAccess(u, n, fl, out);
+}
+static int gather_fullpath(sqlite3_vfs *v, const char *n, int sz, char *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xFullPathname(u, n, sz, out);
+}
+static void *gather_dlopen(sqlite3_vfs *v, const char *n)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xDlOpen(u, n);
+}
+static void gather_dlerror(sqlite3_vfs *v, int n, char *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    u->xDlError(u, n, out);
+}
+static void (*gather_dlsym(sqlite3_vfs *v, void *h, const char *s))(void)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xDlSym(u, h, s);
+}
+static void gather_dlclose(sqlite3_vfs *v, void *h)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    u->xDlClose(u, h);
+}
+static int gather_random(sqlite3_vfs *v, int n, char *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xRandomness(u, n, out);
+}
+static int gather_sleep(sqlite3_vfs *v, int us)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xSleep(u, us);
+}
+static int gather_time(sqlite3_vfs *v, double *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xCurrentTime(u, out);
+}
+static int gather_lasterr(sqlite3_vfs *v, int n, char *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xGetLastError(u, n, out);
+}
+static int gather_time64(sqlite3_vfs *v, sqlite3_int64 *out)
+{
+    sqlite3_vfs *u = ((cm_gather_vfs *)v->pAppData)->base;
+    return u->xCurrentTimeInt64(u, out);
+}
+
+/* Register the store's shim over the default VFS (SQLite's list of VFSes
+** is the process's: a name of its own, never the default). Its name for
+** the writer's open, or NULL (the default VFS, no gathering) if the default
+** cannot be wrapped or registered. */
+static const char *gather_vfs_open(cm_store *store)
+{
+    cm_gather_vfs *gv = &store->gv;
+    sqlite3_vfs *base = sqlite3_vfs_find(NULL);
+    if (!base || base->iVersion < 2)
+        return NULL;
+    snprintf(gv->name, sizeof(gv->name), "caremesh-wal-%p", (void *)store);
+    gv->base = base;
+    gv->store = store;
+    gv->vfs = (sqlite3_vfs){
+        .iVersion = 2,
+        .szOsFile = (int)sizeof(gfile) + base->szOsFile,
+        .mxPathname = base->mxPathname,
+        .zName = gv->name,
+        .pAppData = gv,
+        .xOpen = gather_open,
+        .xDelete = gather_delete,
+        .xAccess = gather_access,
+        .xFullPathname = gather_fullpath,
+        .xDlOpen = gather_dlopen,
+        .xDlError = gather_dlerror,
+        .xDlSym = gather_dlsym,
+        .xDlClose = gather_dlclose,
+        .xRandomness = gather_random,
+        .xSleep = gather_sleep,
+        .xCurrentTime = gather_time,
+        .xGetLastError = gather_lasterr,
+        .xCurrentTimeInt64 = gather_time64,
+    };
+    gv->registered = sqlite3_vfs_register(&gv->vfs, 0) == SQLITE_OK;
+    return gv->registered ? gv->name : NULL;
+}
+
+/* After the writer's connection closed. */
+static void gather_vfs_close(cm_store *store)
+{
+    if (store->gv.registered)
+        sqlite3_vfs_unregister(&store->gv.vfs);
+    store->gv.registered = false;
+}
+
+/* The writer's WAL as the shim opened it, or NULL. */
+static gfile *gather_wal_of(sqlite3 *db)
+{
+    sqlite3_file *f = NULL;
+    if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || !f ||
+        f->pMethods != &gather_methods)
+        return NULL;
+    return ((gfile *)f)->wal;
+}
+
+void cm_store_wal_writes(cm_store *store, uint64_t *frames, uint64_t *writes)
+{
+    gfile *w = store->writer ? gather_wal_of(store->db) : NULL;
+    *frames = w ? w->frames : 0;
+    *writes = w ? w->writes : 0;
+}
+
 static int migrate(cm_store *store, cm_err *err)
 {
     int rc, current = 0;
@@ -1549,7 +1983,9 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
     }
     int flags =
         (opts->read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(opts->path, &store->db, flags, NULL) != SQLITE_OK) {
+    /* the writer's WAL writes go through the shim (gathered, above) */
+    const char *vfs = opts->read_only ? NULL : gather_vfs_open(store);
+    if (sqlite3_open_v2(opts->path, &store->db, flags, vfs) != SQLITE_OK) {
         rc = cm_store_error(store, err, "open");
         goto done;
     }
@@ -1596,6 +2032,7 @@ void cm_store_close(cm_store **store_p)
         cm_store_rollback(store);
         sqlite3_close(store->db);
     }
+    gather_vfs_close(store);
     free(store->path);
     free(store);
     *store_p = NULL;

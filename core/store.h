@@ -192,6 +192,11 @@ typedef struct cm_store_ckpt_stats {
 } cm_store_ckpt_stats;
 void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out);
 
+/* The writer's WAL frames written since open and the writes they took: the
+** store gathers a commit's frames into one write (store.c); 0 and 0 for a
+** read-only store. Loop thread. */
+void cm_store_wal_writes(cm_store *store, uint64_t *frames, uint64_t *writes);
+
 /* Run SQL with no result rows (DDL, PRAGMA, one-off writes). Setting PRAGMA
 ** wal_autocheckpoint is refused on the writer (CM_EINVAL, here and in
 ** cm_store_prepare): SQLite would replace the store's WAL hook, which counts

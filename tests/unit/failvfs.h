@@ -2,8 +2,11 @@
 ** failvfs.h -- a test VFS over the default one whose fsyncs of chosen files
 ** fail (SQLITE_IOERR_FSYNC), as a disk that lost writes would make them:
 ** for the fsyncs SQLite makes itself (a synced commit's WAL sync, a
-** checkpoint's), which cm_store_opts.sync_fn does not see. Registered as
-** the default VFS while a test needs it. Header-only, for the unit tests.
+** checkpoint's), which cm_store_opts.sync_fn does not see; whose writes of
+** chosen files fail (SQLITE_IOERR_WRITE); and that counts the writes that
+** reach chosen files. Registered as the default VFS while a test needs it
+** (the store's writer wraps the default VFS at open). Header-only, for the
+** unit tests.
 */
 #ifndef CM_TEST_FAILVFS_H
 #define CM_TEST_FAILVFS_H
@@ -16,8 +19,12 @@
 typedef struct cm_test_failvfs {
     sqlite3_vfs vfs;
     sqlite3_vfs *base;
-    const char *suffix; /* files whose name ends so fail their syncs; NULL: none */
-    int failed;         /* syncs failed so far */
+    const char *suffix;       /* files whose name ends so fail their syncs; NULL: none */
+    int failed;               /* syncs failed so far */
+    const char *write_suffix; /* files whose name ends so fail their writes; NULL: none */
+    int write_failed;         /* writes failed so far */
+    const char *count_suffix; /* files whose name ends so have their writes counted */
+    int writes;               /* writes counted so far */
     bool installed;
 } cm_test_failvfs;
 
@@ -43,8 +50,21 @@ static inline int cm_failvfs_read(sqlite3_file *f, void *b, int n, sqlite3_int64
 {
     return CM_FAILVFS_BASE(f)->pMethods->xRead(CM_FAILVFS_BASE(f), b, n, o);
 }
+/* The file's name ends with sfx (NULL: no file's does). */
+static inline bool cm_failvfs_named(cm_test_failfile *ff, const char *sfx)
+{
+    size_t n = strlen(ff->name), m = sfx ? strlen(sfx) : 0;
+    return sfx && n >= m && strcmp(ff->name + n - m, sfx) == 0;
+}
 static inline int cm_failvfs_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
 {
+    cm_test_failfile *ff = (cm_test_failfile *)f;
+    if (cm_failvfs_named(ff, ff->fv->count_suffix))
+        ff->fv->writes++;
+    if (cm_failvfs_named(ff, ff->fv->write_suffix)) {
+        ff->fv->write_failed++;
+        return SQLITE_IOERR_WRITE;
+    }
     return CM_FAILVFS_BASE(f)->pMethods->xWrite(CM_FAILVFS_BASE(f), b, n, o);
 }
 static inline int cm_failvfs_truncate(sqlite3_file *f, sqlite3_int64 n)
@@ -54,9 +74,7 @@ static inline int cm_failvfs_truncate(sqlite3_file *f, sqlite3_int64 n)
 static inline int cm_failvfs_sync(sqlite3_file *f, int flags)
 {
     cm_test_failfile *ff = (cm_test_failfile *)f;
-    const char *sfx = ff->fv->suffix;
-    size_t n = strlen(ff->name), m = sfx ? strlen(sfx) : 0;
-    if (sfx && n >= m && strcmp(ff->name + n - m, sfx) == 0) {
+    if (cm_failvfs_named(ff, ff->fv->suffix)) {
         ff->fv->failed++;
         return SQLITE_IOERR_FSYNC;
     }

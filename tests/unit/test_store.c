@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1156,11 +1157,240 @@ static void test_a_failed_fsync_of_a_background_checkpoint_stops_the_store(void 
     checkpoint_fsync_fails(*state, 16);
 }
 
+/* ---- the writer's WAL writes, gathered (store.c) ---- */
+
+/* A plain connection of its own (the default VFS, as `caremesh backup` and
+** other processes open the database): the rows written so far. */
+static int rows_seen_by_another(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM node_meta WHERE key LIKE 'k%'", -1, &st,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* A commit's frames (a header and a page each) reach the WAL file in one
+** write, synced and deferred commits alike; the store counts them. */
+static void test_a_commits_wal_frames_reach_the_file_in_one_write(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    cm_err err;
+    uint64_t frames0, writes0, frames1, writes1;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    fv->count_suffix = "-wal";
+    for (int c = 0; c < 5; c++) {
+        int before = fv->writes;
+        cm_store_wal_writes(s, &frames0, &writes0);
+        write_rows(s, c * 20, 1, 20); /* 20 rows of 1 KiB: 5 pages and more */
+        cm_store_wal_writes(s, &frames1, &writes1);
+        assert_int_equal(fv->writes - before, 1);
+        assert_int_equal(writes1 - writes0, 1);
+        assert_true(frames1 - frames0 >= 5);
+    }
+    /* a larger commit: a write per 124 KiB gathered (30 frames of 4 KiB pages) */
+    int before_big = fv->writes;
+    cm_store_wal_writes(s, &frames0, &writes0);
+    write_rows(s, 100, 1, 100);
+    cm_store_wal_writes(s, &frames1, &writes1);
+    assert_true(frames1 - frames0 >= 60);
+    assert_int_equal((uint64_t)(fv->writes - before_big), writes1 - writes0);
+    assert_true(writes1 - writes0 <= (frames1 - frames0) / 30 + 1);
+    int before = fv->writes;
+    assert_int_equal(cm_store_begin_deferred(s, &err), 0);
+    for (int r = 0; r < 20; r++) {
+        char key[32];
+        snprintf(key, sizeof(key), "k%06d", 1000 + r);
+        assert_int_equal(cm_store_meta_set(s, key, "deferred", &err), 0);
+    }
+    assert_int_equal(cm_store_commit(s, &err), 0);
+    assert_int_equal(fv->writes - before, 1);
+    assert_int_equal(cm_store_sync_wait(s, cm_store_commit_seq(s), &err), 0);
+    fv->count_suffix = NULL;
+    assert_int_equal(rows_seen_by_another(f->db), 220);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(count_rows(s), 220);
+    cm_store_close(&s);
+}
+
+/* The gathered write failing fails its commit: nothing of the transaction
+** is seen (by the writer, by another connection, after a reopen), what was
+** committed before stays, and the store goes on committing. */
+static void test_a_failed_gathered_write_fails_its_commit_and_loses_nothing(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    cm_err err;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    write_rows(s, 0, 2, 4);
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    for (int r = 0; r < 40; r++) {
+        char key[32];
+        snprintf(key, sizeof(key), "k%06d", 100 + r);
+        assert_int_equal(cm_store_meta_set(s, key, "never", &err), 0);
+    }
+    fv->write_suffix = "-wal";
+    assert_int_not_equal(cm_store_commit(s, &err), 0);
+    fv->write_suffix = NULL;
+    assert_int_equal(fv->write_failed, 1); /* the commit's one write */
+    assert_non_null(strstr(err.msg, f->db));
+    assert_non_null(strstr(err.msg, "I/O error"));
+    assert_false(cm_store_in_tx(s));
+    assert_int_equal(count_rows(s), 8);
+    assert_int_equal(rows_seen_by_another(f->db), 8);
+    write_rows(s, 200, 1, 4);
+    assert_int_equal(count_rows(s), 12);
+    assert_int_equal(rows_seen_by_another(f->db), 12);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(count_rows(s), 12);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM node_meta WHERE value = 'never'"), 0);
+    cm_store_close(&s);
+}
+
+typedef struct reader_run {
+    const char *path;
+    atomic_bool done;
+    int reads;
+    int torn; /* reads that saw part of a transaction */
+    int failed;
+} reader_run;
+
+static void *reader_main(void *arg)
+{
+    reader_run *r = arg;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_open_v2(r->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "SELECT count(*), count(DISTINCT value) FROM node_meta "
+                           "WHERE key LIKE 'k%'",
+                           -1, &st, NULL) != SQLITE_OK) {
+        r->failed++;
+        goto done;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    while (!atomic_load(&r->done)) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            int n = sqlite3_column_int(st, 0), values = sqlite3_column_int(st, 1);
+            /* each transaction writes 20 rows with a value of its own */
+            if (n % 20 != 0 || values != n / 20)
+                r->torn++;
+            r->reads++;
+        } else {
+            r->failed++;
+        }
+        sqlite3_reset(st);
+    }
+done:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return NULL;
+}
+
+/* Another connection reading while the writer commits sees whole
+** transactions only: no frame is published before its bytes are written. */
+static void test_a_reader_sees_only_whole_transactions_while_the_writer_commits(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_checkpointing(f->db, 64);
+    write_rows(s, 0, 1, 0);
+    reader_run r = {.path = f->db};
+    atomic_init(&r.done, false);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, reader_main, &r), 0);
+    char value[600];
+    for (int c = 0; c < 150; c++) {
+        memset(value, 'a' + c % 26, sizeof(value) - 1);
+        snprintf(value, 16, "%05d", c); /* a value of its own per transaction */
+        value[5] = '-';
+        value[sizeof(value) - 1] = '\0';
+        assert_int_equal(cm_store_begin(s, &err), 0);
+        for (int r2 = 0; r2 < 20; r2++) {
+            char key[32];
+            snprintf(key, sizeof(key), "k%06d", c * 20 + r2);
+            assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
+        }
+        assert_int_equal(cm_store_commit(s, &err), 0);
+    }
+    atomic_store(&r.done, true);
+    pthread_join(t, NULL);
+    assert_int_equal(r.failed, 0);
+    assert_true(r.reads > 0);
+    assert_int_equal(r.torn, 0);
+    assert_int_equal(rows_seen_by_another(f->db), 3000);
+    cm_store_close(&s);
+}
+
+/* A transaction larger than the writer's page cache spills frames to the
+** WAL before its commit (gathered, unpublished): read back within it,
+** rolled back it leaves nothing, committed it is whole. */
+static void test_a_transaction_that_spills_to_the_wal_commits_whole(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_exec(s, "PRAGMA cache_size=8", &err), 0);
+    write_rows(s, 0, 1, 4);
+    for (int pass = 0; pass < 2; pass++) {
+        char value[1024];
+        memset(value, pass ? 'c' : 'r', sizeof(value) - 1);
+        value[sizeof(value) - 1] = '\0';
+        assert_int_equal(cm_store_begin(s, &err), 0);
+        for (int r = 0; r < 300; r++) {
+            char key[32];
+            snprintf(key, sizeof(key), "k%06d", 100 + r);
+            assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
+        }
+        assert_int_equal(count_rows(s), 304);
+        if (pass == 0)
+            cm_store_rollback(s);
+        else
+            assert_int_equal(cm_store_commit(s, &err), 0);
+        assert_int_equal(count_rows(s), pass ? 304 : 4);
+        assert_int_equal(rows_seen_by_another(f->db), pass ? 304 : 4);
+    }
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM node_meta WHERE value LIKE 'r%'"), 0);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(count_rows(s), 304);
+    assert_int_equal(pragma_int(s, "SELECT count(*) FROM pragma_integrity_check "
+                                   "WHERE integrity_check <> 'ok'"),
+                     0);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_commits_wal_frames_reach_the_file_in_one_write,
+                                        setup, teardown_vfs),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_gathered_write_fails_its_commit_and_loses_nothing, setup, teardown_vfs),
+        cmocka_unit_test_setup_teardown(
+            test_a_reader_sees_only_whole_transactions_while_the_writer_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_transaction_that_spills_to_the_wal_commits_whole,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_synchronous_is_configurable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nosync_transaction_is_the_only_one_below_full, setup,
                                         teardown),
