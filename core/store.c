@@ -1528,7 +1528,7 @@ void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out)
 ** commit returns only after its bytes are: the sync thread's fdatasync,
 ** asked for after the commit returned (sync_after_commit), covers them. A
 ** gathered write that fails where no error can be returned (xShmBarrier,
-** xShmUnmap: only unpublished frames) leaves the WAL failed: every later
+** xShmUnmap, an xShmLock that unlocks: only unpublished frames) leaves the WAL failed: every later
 ** read, write, sync or size of it returns SQLITE_IOERR_WRITE, so the
 ** transaction cannot commit and the store takes no writes. Other
 ** connections (the checkpoint thread's, `caremesh backup`, other
@@ -1710,7 +1710,13 @@ static int gather_shm_map(sqlite3_file *f, int page, int size, int extend, void 
 static int gather_shm_lock(sqlite3_file *f, int offset, int n, int flags)
 {
     gfile *g = (gfile *)f;
-    if (g->wal && g->wal->len > 0) {
+    if (flags & SQLITE_SHM_UNLOCK) {
+        /* SQLite ignores an unlock's result (walUnlockExclusive): the lock
+        ** goes all the same, or no other connection could ever write; a
+        ** failed write fails the WAL. (A rollback after a spill leaves its
+        ** frames gathered until the write lock's release.) */
+        gather_flush_or_fail(g->wal);
+    } else if (g->wal && g->wal->len > 0) {
         int rc = gather_flush(g->wal);
         if (rc != SQLITE_OK)
             return rc;

@@ -1378,6 +1378,59 @@ static void test_a_transaction_that_spills_to_the_wal_commits_whole(void **state
     cm_store_close(&s);
 }
 
+/* A transaction that spilled frames (gathered) rolled back while the WAL
+** fails its writes: the gathered write goes out as SQLite releases the
+** WAL's write lock and fails there, where SQLite hears nothing. The lock
+** is released all the same (another connection writes at once), and the
+** write that no one heard of fails the store as a failed sync does. */
+static void test_a_failed_gathered_write_at_a_lock_release_releases_the_lock(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    cm_err err;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    write_rows(s, 0, 1, 300);
+    /* the pages in the database file (a close checkpoints them): the
+    ** transaction reads them from there, not from the WAL */
+    cm_store_close(&s);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(f->db, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_exec(s, "PRAGMA cache_size=8", &err), 0);
+    /* new pages past the database's end: spilled, never read back */
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    assert_int_equal(cm_store_exec(s,
+                                   "INSERT INTO node_meta(key, value) "
+                                   "VALUES ('kblob', printf('r%.300000c', 'r'))",
+                                   &err),
+                     0);
+    fv->write_suffix = "-wal";
+    cm_store_rollback(s);
+    fv->write_suffix = NULL;
+    assert_true(fv->write_failed > 0); /* the spilled frames, gathered */
+    assert_int_equal(sqlite3_open_v2(f->db, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "BEGIN IMMEDIATE; INSERT INTO node_meta(key, value) "
+                                  "VALUES ('k999999', 'x'); COMMIT",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    /* the write no one heard of fails the store */
+    assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+    cm_store_close(&s);
+    assert_int_equal(rows_seen_by_another(f->db), 301); /* no 'kblob' */
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(count_rows(s), 301);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -1391,6 +1444,8 @@ int main(void)
             test_a_reader_sees_only_whole_transactions_while_the_writer_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_transaction_that_spills_to_the_wal_commits_whole,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_gathered_write_at_a_lock_release_releases_the_lock, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_synchronous_is_configurable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nosync_transaction_is_the_only_one_below_full, setup,
                                         teardown),
