@@ -36,6 +36,11 @@ for kv in 'Type=simple' 'User=caremesh' 'ExecReload=/bin/kill -HUP $MAINPID' 'Ki
   'ExecStart=/usr/bin/caremesh serve --data /var/lib/caremesh --config /etc/caremesh/caremesh.conf'; do
   if grep -qxF -- "$kv" "$unit"; then ok; else bad "unit lacks $kv"; fi
 done
+# the unit's Documentation= names a page the operator guide installs there
+doc=$(sed -n 's|^Documentation=file:/usr/share/doc/caremesh/||p' "$unit")
+[ -n "$doc" ] && [ -f "$src/docs/$doc" ] && ok || bad "unit Documentation= names no page of docs/: '$doc'"
+grep -qF 'install -D -m 0644 -t /usr/share/doc/caremesh docs/*.md' "$src/docs/operations.md" && ok ||
+  bad "the operator guide does not install docs/ where the unit's Documentation= points"
 # systemd-analyze (the systemd package, .ci/deps) checks every key and the
 # command; it wants the binary where ExecStart says, so point it at ours.
 sed "s|/usr/bin/caremesh|$bin|" "$unit" >"$tmp/caremesh.service"
