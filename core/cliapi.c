@@ -861,14 +861,15 @@ static size_t text_cols(const char *s)
     return n;
 }
 
-/* Make a cell printable on one line and at most CELL_MAX characters, cut on
-** a character boundary. */
-static void tidy(char *s)
+/* Make a cell printable on one line and, unless it is the row's last (which
+** pushes no column right: an error's file:line stays whole), at most
+** CELL_MAX characters, cut on a character boundary. */
+static void tidy(char *s, bool last)
 {
     for (char *p = s; *p; p++)
         if ((unsigned char)*p < ' ')
             *p = ' ';
-    if (text_cols(s) <= CELL_MAX)
+    if (last || text_cols(s) <= CELL_MAX)
         return;
     size_t chars = 0;
     char *p = s;
@@ -902,7 +903,7 @@ static void print_table(const cJSON *items, const column *cols)
     cJSON_ArrayForEach(it, items) for (int j = 0; j < ncols; j++)
     {
         cell(it, cols[j].path, buf, sizeof(buf));
-        tidy(buf);
+        tidy(buf, j + 1 == ncols);
         if (text_cols(buf) > width[j])
             width[j] = text_cols(buf);
     }
@@ -911,7 +912,7 @@ static void print_table(const cJSON *items, const column *cols)
     cJSON_ArrayForEach(it, items) for (int j = 0; j < ncols; j++)
     {
         cell(it, cols[j].path, buf, sizeof(buf));
-        tidy(buf);
+        tidy(buf, j + 1 == ncols);
         print_cell(buf, width[j], j + 1 == ncols);
     }
 }

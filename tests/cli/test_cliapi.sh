@@ -354,6 +354,10 @@ cm 0 "failed retry" -- failed retry "$seq" --data "$d"; has "retry says" "failed
 park
 cm 0 "failed --json" -- failed --data "$d" --json
 same "failed parked" "$(jq -r '.items[0].status' <<<"$out")" failed
+full=$(jq -r '.items[0].error' <<<"$out")
+[ "${#full}" -gt 60 ] && ok || bad "the failed event's error is short ($full): the check below shows nothing"
+cm 0 "failed, the error whole" -- failed --data "$d"
+has "the table's last column is not cut (file:line kept)" "$full" "$out"
 cm 0 "failed discard" -- failed discard "$seq" --data "$d"; has "discard says" "discarded" "$out"
 same "discarded" "$(count "SELECT count(*) FROM event WHERE seq=$seq")" 0
 cm 1 "discard unknown" -- failed discard 999999 --data "$d"; has "discard unknown" "not_found:" "$err"
