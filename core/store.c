@@ -1514,8 +1514,11 @@ void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out)
 **     through the -shm) reads up to and never past;
 **   - anything that reads, measures, truncates or syncs the WAL (xRead,
 **     xFileSize, xTruncate, xSync, xFileControl, xClose), a write that
-**     does not follow the buffer (SQLite rewriting a frame of its
-**     transaction in place), a buffer past CM_GATHER_MAX;
+**     does not follow the buffer, a buffer past CM_GATHER_MAX; a write
+**     of bytes already written (SQLite rewriting a frame's page of its
+**     transaction, then the frames' checksums from there to the commit
+**     frame) is not gathered at all: it goes straight out after the
+**     buffer, and a failure fails the commit;
 **   - the database file's xShmBarrier, xShmLock and xShmUnmap: walIndex-
 **     WriteHdr calls xShmBarrier between its two copies of the new header
 **     and readers take a header only when both copies agree; the write
@@ -1553,6 +1556,7 @@ struct gfile {
     unsigned char *buf;
     size_t len, cap;
     sqlite3_int64 off;       /* the file offset of buf[0] */
+    sqlite3_int64 end;       /* past the last byte SQLite appended (0 from a new WAL header) */
     uint64_t writes, frames; /* gathered writes made, frames they held */
 };
 
@@ -1591,10 +1595,20 @@ static int gather_write(gfile *g, const void *p, int n, sqlite3_int64 off)
     int rc;
     if (g->failed)
         return g->failed;
-    if (g->len > 0 && (off != g->off + (sqlite3_int64)g->len || g->len + (size_t)n > CM_GATHER_MAX))
+    if (off == 0)
+        g->end = 0; /* a new WAL header: the frames start again */
+    /* Bytes rewritten in place (a frame's page written again in its
+    ** transaction; walRewriteChecksums's headers after it, the commit
+    ** frame's last, with no page write after it to send it out) go straight
+    ** to the file, their error to SQLite, never taken for a new frame. */
+    bool in_place = off + n <= g->end;
+    if (g->len > 0 &&
+        (in_place || off != g->off + (sqlite3_int64)g->len || g->len + (size_t)n > CM_GATHER_MAX))
         if ((rc = gather_flush(g)) != SQLITE_OK)
             return rc;
-    if ((size_t)n > CM_GATHER_MAX)
+    if (off + n > g->end)
+        g->end = off + n;
+    if (in_place || (size_t)n > CM_GATHER_MAX)
         return g->real->pMethods->xWrite(g->real, p, n, off);
     if (g->len + (size_t)n > g->cap) {
         size_t cap = g->cap ? g->cap : 64 * 1024;
@@ -1653,6 +1667,8 @@ static int gather_truncate(sqlite3_file *f, sqlite3_int64 size)
 {
     gfile *g = (gfile *)f;
     int rc = g->is_wal ? gather_flush(g) : SQLITE_OK;
+    if (g->end > size)
+        g->end = size;
     return rc != SQLITE_OK ? rc : g->real->pMethods->xTruncate(g->real, size);
 }
 

@@ -25,6 +25,7 @@ typedef struct cm_test_failvfs {
     int write_failed;         /* writes failed so far */
     const char *count_suffix; /* files whose name ends so have their writes counted */
     int writes;               /* writes counted so far */
+    bool fail_commit_hdr;     /* fail a WAL write of a commit frame's header alone */
     bool installed;
 } cm_test_failvfs;
 
@@ -61,6 +62,12 @@ static inline int cm_failvfs_write(sqlite3_file *f, const void *b, int n, sqlite
     cm_test_failfile *ff = (cm_test_failfile *)f;
     if (cm_failvfs_named(ff, ff->fv->count_suffix))
         ff->fv->writes++;
+    const unsigned char *h = b;
+    if (ff->fv->fail_commit_hdr && n == 24 && cm_failvfs_named(ff, "-wal") &&
+        (h[4] | h[5] | h[6] | h[7]) != 0) {
+        ff->fv->write_failed++;
+        return SQLITE_IOERR_WRITE;
+    }
     if (cm_failvfs_named(ff, ff->fv->write_suffix)) {
         ff->fv->write_failed++;
         return SQLITE_IOERR_WRITE;

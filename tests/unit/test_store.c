@@ -1431,6 +1431,47 @@ static void test_a_failed_gathered_write_at_a_lock_release_releases_the_lock(voi
     cm_store_close(&s);
 }
 
+/* A page spilled to the WAL and changed again in its transaction is
+** rewritten in place, and at the commit SQLite rewrites the frames'
+** checksums from there to the commit frame, whose header comes last with
+** no page after it. That rewrite goes straight to the file: when it fails
+** the commit fails (even one that waits for no sync), and the store, told
+** nothing it must stop for, commits the next transaction. */
+static void test_a_failed_checksum_rewrite_fails_its_commit(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    cm_err err;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    write_rows(s, 0, 1, 4);
+    assert_int_equal(cm_store_exec(s, "PRAGMA cache_size=8", &err), 0);
+    char value[1024];
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    assert_int_equal(cm_store_begin_nosync(s, &err), 0);
+    for (int r = 0; r < 300; r++) {
+        char key[32];
+        snprintf(key, sizeof(key), "k%06d", 100 + r);
+        assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
+    }
+    fv->fail_commit_hdr = true;
+    assert_int_not_equal(cm_store_commit(s, &err), 0);
+    fv->fail_commit_hdr = false;
+    assert_true(fv->write_failed > 0); /* the commit frame's header, rewritten */
+    assert_int_equal(cm_store_sync_status(s, &err), 0);
+    assert_int_equal(count_rows(s), 4);
+    assert_int_equal(rows_seen_by_another(f->db), 4);
+    write_rows(s, 4, 1, 1);
+    assert_int_equal(count_rows(s), 5);
+    cm_store_close(&s);
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(count_rows(s), 5);
+    cm_store_close(&s);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -1442,6 +1483,8 @@ int main(void)
             test_a_failed_gathered_write_fails_its_commit_and_loses_nothing, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(
             test_a_reader_sees_only_whole_transactions_while_the_writer_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_failed_checksum_rewrite_fails_its_commit, setup,
+                                        teardown_vfs),
         cmocka_unit_test_setup_teardown(test_a_transaction_that_spills_to_the_wal_commits_whole,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
