@@ -10,6 +10,7 @@
 #include "strbuf.h"
 #include "text.h"
 #include "token.h"
+#include "valuesets.h"
 
 #include <assert.h>
 #include <limits.h>
@@ -967,12 +968,11 @@ static void h_instance_list(call *c)
     if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
         return;
     const char *status = cm_http_query_get(&c->mem.q, "status");
-    if (status && strcmp(status, "running") != 0 && strcmp(status, "paused") != 0 &&
-        strcmp(status, "done") != 0 && strcmp(status, "cancelled") != 0) {
+    if (status && !cm_values_listed(cm_values_instance_statuses, status)) {
+        char list[64];
         reply_error(c, 422, "invalid", "status",
-                    "status: unknown value \"%.64s\" (expected one of: running, paused, done, "
-                    "cancelled)",
-                    status);
+                    "status: unknown value \"%.64s\" (expected one of: %s)", status,
+                    cm_values_join(cm_values_instance_statuses, list, sizeof(list)));
         return;
     }
     sqlite3_stmt *st = cm_store_prepare(

@@ -11,6 +11,7 @@
 #include "clock.h"
 #include "log.h"
 #include "text.h"
+#include "valuesets.h"
 
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -550,8 +551,6 @@ static char *api_record_find(cm_plugin_ctx *ctx, const char *kind, const char *q
     return hand_over(found, errbuf, errlen);
 }
 
-static const char *const instance_statuses[] = {"running", "paused", "done", "cancelled", NULL};
-
 /* The filter's values by column (workflow, state, status), checked. */
 static int instance_filter(const cJSON *filter, const char *vals[3], char *errbuf, size_t errlen)
 {
@@ -577,13 +576,10 @@ static int instance_filter(const cJSON *filter, const char *vals[3], char *errbu
         }
         vals[i] = item->valuestring;
     }
-    for (int i = 0; vals[2] && instance_statuses[i]; i++)
-        if (strcmp(vals[2], instance_statuses[i]) == 0)
-            return 0;
-    if (vals[2])
-        say(errbuf, errlen, "filter.status: \"%s\" is not running, paused, done or cancelled",
-            vals[2]);
-    return vals[2] ? -1 : 0;
+    if (!vals[2] || cm_values_listed(cm_values_instance_statuses, vals[2]))
+        return 0;
+    say(errbuf, errlen, "filter.status: \"%s\" is not running, paused, done or cancelled", vals[2]);
+    return -1;
 }
 
 static int audit_instances(cm_plugin_ctx *ctx, const cJSON *list, cm_err *err);

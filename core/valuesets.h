@@ -54,6 +54,10 @@ static const char *const cm_values_task_statuses[] = {
 static const char *const cm_values_priorities[] = {"routine", "urgent", "asap", "stat", NULL};
 static const char *const cm_values_immunization_statuses[] = {"completed", "entered-in-error",
                                                               "not-done", NULL};
+/* Not a record's: a workflow instance's status (the engine's instance rows),
+** for the filters of the API and the plugins' instance queries. */
+static const char *const cm_values_instance_statuses[] = {"running", "paused", "done", "cancelled",
+                                                          NULL};
 
 /* Whether s is in list (false for a NULL list or s). */
 static inline bool cm_values_listed(const char *const *list, const char *s)
