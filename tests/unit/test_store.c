@@ -417,20 +417,34 @@ static void test_unwritable_location_is_reported(void **state)
     assert_non_null(strstr(err.msg, "file/caremesh.db"));
 }
 
+/* Set node_meta's keys k<from> to k<from + rows - 1> to value, in the
+** transaction the caller opened. */
+static void put_rows(cm_store *s, int from, int rows, const char *value)
+{
+    cm_err err;
+    for (int r = 0; r < rows; r++) {
+        char key[32];
+        snprintf(key, sizeof(key), "k%06d", from + r);
+        assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
+    }
+}
+
+/* A value of ~1 KB, every byte c. */
+static void fill_kb(char value[1024], char c)
+{
+    memset(value, c, 1023);
+    value[1023] = '\0';
+}
+
 /* Write `commits` transactions of `rows` rows of ~1 KB each into node_meta. */
 static void write_rows(cm_store *s, int from, int commits, int rows)
 {
     char value[1024];
     cm_err err;
-    memset(value, 'v', sizeof(value) - 1);
-    value[sizeof(value) - 1] = '\0';
+    fill_kb(value, 'v');
     for (int c = 0; c < commits; c++) {
         assert_int_equal(cm_store_begin(s, &err), 0);
-        for (int r = 0; r < rows; r++) {
-            char key[32];
-            snprintf(key, sizeof(key), "k%06d", from + c * rows + r);
-            assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
-        }
+        put_rows(s, from + c * rows, rows, value);
         assert_int_equal(cm_store_commit(s, &err), 0);
     }
 }
@@ -438,6 +452,17 @@ static void write_rows(cm_store *s, int from, int commits, int rows)
 static int count_rows(cm_store *s)
 {
     return pragma_int(s, "SELECT count(*) FROM node_meta WHERE key LIKE 'k%'");
+}
+
+/* count_rows of the database at path, opened anew (and closed). */
+static int rows_after_reopen(const char *path)
+{
+    cm_err err;
+    cm_store *s = open_store(path, false, &err);
+    assert_non_null(s);
+    int n = count_rows(s);
+    cm_store_close(&s);
+    return n;
 }
 
 static long file_size(const char *path)
@@ -1207,21 +1232,14 @@ static void test_a_commits_wal_frames_reach_the_file_in_one_write(void **state)
     assert_true(writes1 - writes0 <= (frames1 - frames0) / 30 + 1);
     int before = fv->writes;
     assert_int_equal(cm_store_begin_deferred(s, &err), 0);
-    for (int r = 0; r < 20; r++) {
-        char key[32];
-        snprintf(key, sizeof(key), "k%06d", 1000 + r);
-        assert_int_equal(cm_store_meta_set(s, key, "deferred", &err), 0);
-    }
+    put_rows(s, 1000, 20, "deferred");
     assert_int_equal(cm_store_commit(s, &err), 0);
     assert_int_equal(fv->writes - before, 1);
     assert_int_equal(cm_store_sync_wait(s, cm_store_commit_seq(s), &err), 0);
     fv->count_suffix = NULL;
     assert_int_equal(rows_seen_by_another(f->db), 220);
     cm_store_close(&s);
-    s = open_store(f->db, false, &err);
-    assert_non_null(s);
-    assert_int_equal(count_rows(s), 220);
-    cm_store_close(&s);
+    assert_int_equal(rows_after_reopen(f->db), 220);
 }
 
 /* The gathered write failing fails its commit: nothing of the transaction
@@ -1237,11 +1255,7 @@ static void test_a_failed_gathered_write_fails_its_commit_and_loses_nothing(void
     assert_non_null(s);
     write_rows(s, 0, 2, 4);
     assert_int_equal(cm_store_begin(s, &err), 0);
-    for (int r = 0; r < 40; r++) {
-        char key[32];
-        snprintf(key, sizeof(key), "k%06d", 100 + r);
-        assert_int_equal(cm_store_meta_set(s, key, "never", &err), 0);
-    }
+    put_rows(s, 100, 40, "never");
     fv->write_suffix = "-wal";
     assert_int_not_equal(cm_store_commit(s, &err), 0);
     fv->write_suffix = NULL;
@@ -1322,11 +1336,7 @@ static void test_a_reader_sees_only_whole_transactions_while_the_writer_commits(
         value[5] = '-';
         value[sizeof(value) - 1] = '\0';
         assert_int_equal(cm_store_begin(s, &err), 0);
-        for (int r2 = 0; r2 < 20; r2++) {
-            char key[32];
-            snprintf(key, sizeof(key), "k%06d", c * 20 + r2);
-            assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
-        }
+        put_rows(s, c * 20, 20, value);
         assert_int_equal(cm_store_commit(s, &err), 0);
     }
     atomic_store(&r.done, true);
@@ -1351,14 +1361,9 @@ static void test_a_transaction_that_spills_to_the_wal_commits_whole(void **state
     write_rows(s, 0, 1, 4);
     for (int pass = 0; pass < 2; pass++) {
         char value[1024];
-        memset(value, pass ? 'c' : 'r', sizeof(value) - 1);
-        value[sizeof(value) - 1] = '\0';
+        fill_kb(value, pass ? 'c' : 'r');
         assert_int_equal(cm_store_begin(s, &err), 0);
-        for (int r = 0; r < 300; r++) {
-            char key[32];
-            snprintf(key, sizeof(key), "k%06d", 100 + r);
-            assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
-        }
+        put_rows(s, 100, 300, value);
         assert_int_equal(count_rows(s), 304);
         if (pass == 0)
             cm_store_rollback(s);
@@ -1425,10 +1430,7 @@ static void test_a_failed_gathered_write_at_a_lock_release_releases_the_lock(voi
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
     cm_store_close(&s);
     assert_int_equal(rows_seen_by_another(f->db), 301); /* no 'kblob' */
-    s = open_store(f->db, false, &err);
-    assert_non_null(s);
-    assert_int_equal(count_rows(s), 301);
-    cm_store_close(&s);
+    assert_int_equal(rows_after_reopen(f->db), 301);
 }
 
 /* A page spilled to the WAL and changed again in its transaction is
@@ -1448,14 +1450,9 @@ static void test_a_failed_checksum_rewrite_fails_its_commit(void **state)
     write_rows(s, 0, 1, 4);
     assert_int_equal(cm_store_exec(s, "PRAGMA cache_size=8", &err), 0);
     char value[1024];
-    memset(value, 'v', sizeof(value) - 1);
-    value[sizeof(value) - 1] = '\0';
+    fill_kb(value, 'v');
     assert_int_equal(cm_store_begin_nosync(s, &err), 0);
-    for (int r = 0; r < 300; r++) {
-        char key[32];
-        snprintf(key, sizeof(key), "k%06d", 100 + r);
-        assert_int_equal(cm_store_meta_set(s, key, value, &err), 0);
-    }
+    put_rows(s, 100, 300, value);
     fv->fail_commit_hdr = true;
     assert_int_not_equal(cm_store_commit(s, &err), 0);
     fv->fail_commit_hdr = false;
@@ -1466,10 +1463,7 @@ static void test_a_failed_checksum_rewrite_fails_its_commit(void **state)
     write_rows(s, 4, 1, 1);
     assert_int_equal(count_rows(s), 5);
     cm_store_close(&s);
-    s = open_store(f->db, false, &err);
-    assert_non_null(s);
-    assert_int_equal(count_rows(s), 5);
-    cm_store_close(&s);
+    assert_int_equal(rows_after_reopen(f->db), 5);
 }
 
 int main(void)
