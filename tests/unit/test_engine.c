@@ -2386,6 +2386,15 @@ static void reopen_pipelined(fx *f)
     load_ok(f, "ticker.lua", TICKER);
 }
 
+/* reopen_pipelined, with the engine's events told to s (which reads the
+** database through a connection of its own). */
+static void reopen_pipelined_observed(fx *f, seen *s)
+{
+    reopen_pipelined(f);
+    sqlite3_open_v2(f->db, &s->db, SQLITE_OPEN_READONLY, NULL);
+    cm_engine_observe(f->engine, observe, s);
+}
+
 /* Attach the pipelined engine to loop; hold: the sync thread's syncs wait
 ** for the test (cm_test_gate_hold). */
 static void attach_pipelined(fx *f, uv_loop_t *loop, bool hold)
@@ -2430,9 +2439,7 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
     uv_loop_t loop;
     seen s = {0};
     cm_engine_stats st;
-    reopen_pipelined(f);
-    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
-    cm_engine_observe(f->engine, observe, &s);
+    reopen_pipelined_observed(f, &s);
     attach_pipelined(f, &loop, true);
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
@@ -2536,9 +2543,7 @@ static void test_a_batch_with_no_memory_to_wait_in_is_told_after_those_parked(vo
     fx *f = *state;
     uv_loop_t loop;
     seen s = {0};
-    reopen_pipelined(f);
-    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
-    cm_engine_observe(f->engine, observe, &s);
+    reopen_pipelined_observed(f, &s);
     attach_pipelined(f, &loop, true);
     start_ticker(f, "t-1");
     start_ticker(f, "t-2");
@@ -2602,9 +2607,7 @@ static void test_a_failed_sync_acknowledges_nothing_and_stops_the_engine(void **
     uv_loop_t loop;
     seen s = {0};
     cm_err err;
-    reopen_pipelined(f);
-    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
-    cm_engine_observe(f->engine, observe, &s);
+    reopen_pipelined_observed(f, &s);
     f->gate.fail = EIO;
     attach_pipelined(f, &loop, false);
     f->a.engine = f->engine;
@@ -2641,9 +2644,7 @@ static void test_a_batch_synced_before_a_failed_sync_is_acknowledged(void **stat
     uv_loop_t loop;
     seen s = {0};
     cm_err err;
-    reopen_pipelined(f);
-    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
-    cm_engine_observe(f->engine, observe, &s);
+    reopen_pipelined_observed(f, &s);
     f->gate.fail = EIO;
     f->gate.fail_at = 2; /* the first sync succeeds, the second fails */
     attach_pipelined(f, &loop, true);
