@@ -20,6 +20,7 @@
 
 #include "clock.h"
 #include "fs.h"
+#include "lscan.h"
 #include "lworkflow.h"
 #include "model.h"
 #include "sandbox.h"
@@ -157,57 +158,6 @@ static int push_token(source *src, tk_type type, int line, const char *s, size_t
     return 0;
 }
 
-/* At a line break at i: the index after it ("\r\n" and "\n\r" count once, as in Lua). */
-static size_t line_break(const char *t, size_t len, size_t i)
-{
-    if (i + 1 < len && (t[i + 1] == '\n' || t[i + 1] == '\r') && t[i + 1] != t[i])
-        return i + 2;
-    return i + 1;
-}
-
-/* The level of a long bracket opening at i ("[[" 0, "[==[" 2); -1 if none. */
-static int long_level(const char *t, size_t len, size_t i)
-{
-    size_t j = i + 1;
-    while (j < len && t[j] == '=')
-        j++;
-    return j < len && t[j] == '[' && j - i - 1 < INT_MAX ? (int)(j - i - 1) : -1;
-}
-
-/* From i, the index of the long bracket's closing "]=*]" of level lvl (len if none). */
-static size_t long_close(const char *t, size_t len, size_t i, int lvl, int *line)
-{
-    while (i < len) {
-        if (t[i] == '\n' || t[i] == '\r') {
-            i = line_break(t, len, i);
-            (*line)++;
-            continue;
-        }
-        if (t[i] == ']') {
-            size_t j = i + 1;
-            while (j < len && t[j] == '=')
-                j++;
-            if (j < len && t[j] == ']' && j - i - 1 == (size_t)lvl)
-                return i;
-        }
-        i++;
-    }
-    return len;
-}
-
-/* A comment after its "--": the index where it ends. */
-static size_t skip_comment(const char *t, size_t len, size_t i, int *line)
-{
-    int lvl;
-    if (i < len && t[i] == '[' && (lvl = long_level(t, len, i)) >= 0) {
-        size_t end = long_close(t, len, i + (size_t)lvl + 2, lvl, line);
-        return end < len ? end + (size_t)lvl + 2 : len;
-    }
-    while (i < len && t[i] != '\n' && t[i] != '\r')
-        i++;
-    return i;
-}
-
 /* A quoted string at i: pushes it, returns the index after it. */
 static size_t lex_quoted(source *src, size_t i, int *line, int *rc)
 {
@@ -222,7 +172,7 @@ static size_t lex_quoted(source *src, size_t i, int *line, int *rc)
             j++;
         }
         if (t[j] == '\n' || t[j] == '\r') { /* escaped, or after \z */
-            j = line_break(t, src->len, j);
+            j = cm_lscan_line_break(t, src->len, j);
             (*line)++;
         } else {
             j++;
@@ -239,10 +189,10 @@ static size_t lex_long(source *src, size_t i, int lvl, int *line, int *rc)
     size_t from = i + (size_t)lvl + 2, end;
     int first = *line;
     if (from < src->len && (t[from] == '\n' || t[from] == '\r')) { /* a first newline is dropped */
-        from = line_break(t, src->len, from);
+        from = cm_lscan_line_break(t, src->len, from);
         (*line)++;
     }
-    end = long_close(t, src->len, from, lvl, line);
+    end = cm_lscan_long_close(t, src->len, from, lvl, line);
     *rc = push_token(src, TK_STRING, first, t + from, end - from, true);
     return end < src->len ? end + (size_t)lvl + 2 : src->len;
 }
@@ -286,12 +236,12 @@ static int lex(source *src)
     while (i < src->len && rc == 0) {
         char ch = t[i];
         if (ch == '\n' || ch == '\r') {
-            i = line_break(t, src->len, i);
+            i = cm_lscan_line_break(t, src->len, i);
             line++;
         } else if (ch == ' ' || ch == '\t' || ch == '\f' || ch == '\v') {
             i++;
         } else if (ch == '-' && i + 1 < src->len && t[i + 1] == '-') {
-            i = skip_comment(t, src->len, i + 2, &line);
+            i = cm_lscan_skip_comment(t, src->len, i + 2, &line);
         } else if (name_start(ch)) {
             size_t j = i;
             while (j < src->len && name_char(t[j]))
@@ -303,7 +253,7 @@ static int lex(source *src)
             i = lex_number(src, i, line, &rc);
         } else if (ch == '"' || ch == '\'') {
             i = lex_quoted(src, i, &line, &rc);
-        } else if (ch == '[' && (lvl = long_level(t, src->len, i)) >= 0) {
+        } else if (ch == '[' && (lvl = cm_lscan_long_level(t, src->len, i)) >= 0) {
             i = lex_long(src, i, lvl, &line, &rc);
         } else {
             i = lex_operator(src, i, line, &rc);

@@ -4,6 +4,7 @@
 #include "lconfig.h"
 
 #include "ljson.h"
+#include "lscan.h"
 #include "sandbox.h"
 
 #include <ctype.h>
@@ -132,30 +133,6 @@ static int keypath_split(const char *s, size_t len, keypart *parts, int max)
     return n;
 }
 
-/* Skip a Lua long bracket at s ("[[", "[==["); NULL when s does not open one. */
-static const char *skip_long(const char *s, const char *end, int *line)
-{
-    int level = 0;
-    const char *p = s + 1;
-    while (p < end && *p == '=')
-        level++, p++;
-    if (p >= end || *p != '[')
-        return NULL;
-    for (p++; p < end; p++) {
-        if (*p == '\n')
-            (*line)++;
-        if (*p != ']')
-            continue;
-        const char *q = p + 1;
-        int l = 0;
-        while (q < end && *q == '=')
-            l++, q++;
-        if (l == level && q < end && *q == ']')
-            return q + 1;
-    }
-    return end;
-}
-
 /* Walk the tables of a config file's text and return the one line that sets
 ** the key path `want` (n parts; a table's `key =`, or the opening brace of the
 ** index-th table of a list), or 0 when none or several do. */
@@ -168,21 +145,17 @@ static int keypath_line(const char *text, size_t len, const keypart *want, int n
     const char *p = text, *end = text + len;
     while (p < end) {
         char c = *p;
-        if (c == '\n') {
-            line++, p++;
+        if (c == '\n' || c == '\r') {
+            p = text + cm_lscan_line_break(text, len, (size_t)(p - text));
+            line++;
             continue;
         }
-        if (c == ' ' || c == '\t' || c == '\r') {
+        if (c == ' ' || c == '\t') {
             p++;
             continue;
         }
         if (c == '-' && p + 1 < end && p[1] == '-') {
-            const char *q = p + 2 < end && p[2] == '[' ? skip_long(p + 2, end, &line) : NULL;
-            if (q)
-                p = q;
-            else
-                while (p < end && *p != '\n')
-                    p++;
+            p = text + cm_lscan_skip_comment(text, len, (size_t)(p - text) + 2, &line);
             continue;
         }
         if (c == '"' || c == '\'') {
@@ -194,8 +167,14 @@ static int keypath_line(const char *text, size_t len, const keypart *want, int n
             continue;
         }
         if (c == '[') {
-            const char *q = skip_long(p, end, &line);
-            p = q ? q : p + 1;
+            size_t i = (size_t)(p - text), close;
+            int lvl = cm_lscan_long_level(text, len, i);
+            if (lvl < 0) {
+                p++;
+            } else {
+                close = cm_lscan_long_close(text, len, i + (size_t)lvl + 2, lvl, &line);
+                p = close < len ? text + close + lvl + 2 : end;
+            }
             pending[0] = '\0';
             continue;
         }

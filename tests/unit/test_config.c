@@ -285,6 +285,13 @@ static void test_semantic_errors_name_the_line_that_sets_the_key(void **state)
     expect_load_refusal("return { plugins = {\n  { name = \"a\", path = \"/a.so\" },\n"
                         "  { name = \"b\", path = \"/b.so\", optinal = true },\n} }\n",
                         "c.conf:3: plugins[2].optinal: unknown key");
+    /* lines counted as Lua counts them: "\r\n" once, a lone "\r" as well,
+    ** and those inside a long comment too */
+    expect_load_refusal("return {\r\n  --[==[\r\n  log = { level = \"x\" },\r\n  ]==]\r\n"
+                        "  log = { level = \"loud\" },\r\n}\r\n",
+                        "c.conf:5: log.level:");
+    expect_load_refusal("return {\r  --[[ a\r  ]]\r  log = { level = \"loud\" },\r}\r",
+                        "c.conf:4: log.level:");
     /* the same key twice in one table: no line is claimed */
     expect_load_refusal("return {\n  log = { level = \"info\",\n    level = \"loud\" },\n}\n",
                         "c.conf: log.level:");
