@@ -12,12 +12,6 @@ set -uo pipefail
 bin=$1
 wrap=${CM_WRAP:-}
 . "$(dirname "$0")/../lib/check.sh"
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 # cm WANT NAME -- ARGS...: run caremesh ARGS; check the exit code; $out (stdout), $err (stderr)
 cm() {
   local want=$1 name=$2; shift 3
@@ -89,20 +83,10 @@ set_listen() {
 }
 start() {
   set_listen 0
-  : >"$tmp/log"
-  $wrap "$bin" serve --data "$d" 2>"$tmp/log" &
-  pid=$!
-  wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
-  port=$(serve_port "$tmp/log")
+  serve_start "$tmp/log"
   set_listen "$port"
 }
-stop() {
-  kill -TERM "$pid"
-  wait "$pid"
-  local rc=$?
-  pid=
-  return $rc
-}
+stop() { serve_stop; }
 
 # ---- tokens: --save writes DIR/cli.token 0600 and prints nothing secret ----
 cm 0 "token create --save" -- token create --scope admin --name ops --save --data "$d"

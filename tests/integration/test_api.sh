@@ -9,12 +9,6 @@ bin=$1
 wrap=${CM_WRAP:-}
 . "$(dirname "$0")/../lib/check.sh"
 wait_limit_s=30
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 loaders=()
 
 d=$tmp/node
@@ -60,21 +54,8 @@ if grep -qF "$admin" <<<"$out"; then bad "token list shows a secret"; else ok; f
 if sqlite3 "$d/caremesh.db" "SELECT hex(hash) FROM api_token" | grep -qi "${admin:21}"; then
   bad "a token secret is stored in clear"; else ok; fi
 
-start() {
-  : >"$tmp/log"
-  $wrap "$bin" serve --data "$d" ${start_args:-} 2>"$tmp/log" &
-  pid=$!
-  wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
-  port=$(serve_port "$tmp/log")
-  base="http://127.0.0.1:$port"
-}
-stop() {
-  kill -TERM "$pid"
-  wait "$pid"
-  local rc=$?
-  pid=
-  return $rc
-}
+start() { serve_start "$tmp/log" ${start_args:-}; }
+stop() { serve_stop; }
 start
 
 # req METHOD PATH [BODY [TOKEN [CONTENT-TYPE]]]: $status and $body

@@ -12,13 +12,6 @@ bin=$1
 shim=$2
 . "$(dirname "$0")/../lib/check.sh"
 wait_limit_s=30
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-  rm -f "$tmp/arm.hold"
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 # an ASan build: the shim comes before the sanitizer's runtime
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
 
@@ -41,15 +34,9 @@ LUA
 sed -i "s/^}\$/  api = { listen = \"127.0.0.1:0\" },\n}/" "$d/caremesh.conf"
 admin=$("$bin" token create --scope admin --name ops --data "$d" 2>/dev/null)
 
-# start [ENV...]: serve in the background; $pid, $port, $base
-start() {
-  : >"$tmp/log"
-  env "$@" "$bin" serve --data "$d" 2>"$tmp/log" &
-  pid=$!
-  wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
-  port=$(serve_port "$tmp/log")
-  base="http://127.0.0.1:$port"
-}
+# start [ENV=VALUE...]: serve in the background with ENV (no spaces in
+# the values); $pid, $port, $base
+start() { wrap="env $*" serve_start "$tmp/log"; }
 # req METHOD PATH [BODY]: $status and $body
 req() {
   local args=(-s -m "$wait_limit_s" -o "$tmp/body" -w '%{http_code}' -X "$1" -H 'Expect:' -H "Authorization: Bearer $admin")

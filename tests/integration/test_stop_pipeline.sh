@@ -10,12 +10,6 @@ bin=$1
 wrap=${CM_WRAP:-}
 . "$(dirname "$0")/../lib/check.sh"
 wait_limit_s=60
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 d=$tmp/node
 "$bin" init --data "$d" --node-id stop-node >/dev/null || { echo "FAIL: init"; exit 1; }
@@ -43,10 +37,7 @@ EOF
 sed -i 's/^}$/  api = { listen = "127.0.0.1:0", max_pipeline = 2, timeout_ms = 20000 },\n  lua = { instructions = 100000000 },\n}/' "$d/caremesh.conf"
 writer=$("$bin" token create --scope write --name w --data "$d" 2>/dev/null)
 
-$wrap "$bin" serve --data "$d" 2>"$tmp/log" &
-pid=$!
-wait_for "$tmp/log" '"serve.ready"' || { bad "serve did not start: $(cat "$tmp/log")"; exit 1; }
-port=$(serve_port "$tmp/log")
+serve_start "$tmp/log"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $writer" \
   -H 'Content-Type: application/json' \
   --data-binary '{"id":"p1","name":{"family":"One"},"birthDate":"1970-01-01","gender":"other"}' \
@@ -68,9 +59,7 @@ reader=$!
 printf '%s' "$reqs" >"$tmp/reqs"
 cat "$tmp/reqs" >&3 # one write
 wait_for "$tmp/answers" 'HTTP/1.1 201' || bad "no start was answered"
-kill -TERM "$pid"
-wait "$pid"; same "serve exits 0 after SIGTERM" $? 0
-pid=
+serve_stop; same "serve exits 0 after SIGTERM" $? 0
 wait "$reader"; same "the connection was closed by the node" $? 0
 exec 3>&-
 
@@ -93,16 +82,12 @@ want=$(for i in $(seq 1 "$n201"); do echo "pipe-$i"; done | sort)
 same "each start answered 201 is in the store, none answered 503" "$started" "$want"
 
 # the node starts again on the same store and shows the same
-$wrap "$bin" serve --data "$d" 2>"$tmp/log2" &
-pid=$!
-wait_for "$tmp/log2" '"serve.ready"' || { bad "serve did not restart: $(cat "$tmp/log2")"; exit 1; }
-port=$(serve_port "$tmp/log2")
+serve_start "$tmp/log2"
 for i in 1 "$n201" "$((n201 + 1))" "$n"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $writer" \
     "http://127.0.0.1:$port/v1/instances/pipe-$i")
   if [ "$i" -le "$n201" ]; then same "pipe-$i there after restart" "$code" 200
   else same "pipe-$i not there after restart" "$code" 404; fi
 done
-kill -TERM "$pid"; wait "$pid"; same "restarted serve exits 0" $? 0
-pid=
+serve_stop; same "restarted serve exits 0" $? 0
 check_done test_stop_pipeline
