@@ -133,6 +133,16 @@ static int keypath_split(const char *s, size_t len, keypart *parts, int max)
     return n;
 }
 
+/* Are the tables open below the file's own (stack[1..depth-1]) the path's
+** first depth-1 parts? */
+static bool within(const keypart *stack, int depth, const keypart *want)
+{
+    for (int i = 1; i < depth; i++)
+        if (strcmp(stack[i].name, want[i - 1].name) != 0 || stack[i].index != want[i - 1].index)
+            return false;
+    return true;
+}
+
 /* Walk the tables of a config file's text and return the one line that sets
 ** the key path `want` (n parts; a table's `key =`, or the opening brace of the
 ** index-th table of a list), or 0 when none or several do. */
@@ -187,11 +197,8 @@ static int keypath_line(const char *text, size_t len, const keypart *want, int n
                 snprintf(k->name, sizeof(k->name), "%s", pending);
             } else if (depth > 0) {
                 k->index = ++count[depth - 1];
-                bool match = depth == n; /* stack[1..depth-1] + [index] == want */
-                for (int i = 1; match && i < depth; i++)
-                    match = strcmp(stack[i].name, want[i - 1].name) == 0 &&
-                            stack[i].index == want[i - 1].index;
-                if (match && !want[n - 1].name[0] && want[n - 1].index == k->index && found++ == 0)
+                if (depth == n && within(stack, depth, want) && !want[n - 1].name[0] &&
+                    want[n - 1].index == k->index && found++ == 0)
                     at = line;
             }
             count[depth] = 0;
@@ -217,11 +224,8 @@ static int keypath_line(const char *text, size_t len, const keypart *want, int n
             if (q < end && *q == '=' && (q + 1 >= end || q[1] != '=') && klen < sizeof(pending)) {
                 memcpy(pending, s, klen);
                 pending[klen] = '\0';
-                bool match = depth == n && depth > 0;
-                for (int i = 1; match && i < depth; i++)
-                    match = strcmp(stack[i].name, want[i - 1].name) == 0 &&
-                            stack[i].index == want[i - 1].index;
-                if (match && strcmp(want[n - 1].name, pending) == 0 && found++ == 0)
+                if (depth == n && depth > 0 && within(stack, depth, want) &&
+                    strcmp(want[n - 1].name, pending) == 0 && found++ == 0)
                     at = line;
                 p = q + 1;
             }
