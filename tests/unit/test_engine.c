@@ -1824,6 +1824,8 @@ static const char *MID = "local cm = require 'caremesh'\n"
                          "      tick = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 1 end,\n"
                          "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
                          "      spin = function(wf) wf.ctx.n = 98; while true do end end,\n"
+                         "      arm = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 10;\n"
+                         "        wf:after('1h', 'tick') end,\n"
                          "      stop = 'z' } },\n"
                          "    z = { final = true },\n"
                          "  },\n"
@@ -2323,8 +2325,81 @@ static void test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing(void
 }
 
 /* A step's own rows go without a savepoint: when the database refuses one
-** of them, nothing of the batch commits and every submitter hears why. */
-static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
+** of them, the batch runs again with a savepoint around every step. The
+** refused step is kept alone with its error and attempt count, retried
+** later; every other step commits once (no history, timer or context
+** twice) and its submitter is acknowledged. */
+static void test_a_database_error_in_a_bare_step_fails_that_step_alone(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cm_engine_stats st0, st;
+    load_ok(f, "mid.lua", MID);
+    const char *ids[] = {"m-1", "m-2", "m-3", "m-4"};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, ids[i], on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    long history = count(f, "SELECT count(*) FROM history");
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "m-1", "tick", NULL); /* 5 */
+    signal_ev(f, "m-3", "arm", NULL);  /* 6: a step with an effect (a timer) */
+    signal_ev(f, "m-2", "tick", NULL); /* 7: refused */
+    signal_ev(f, "m-1", "tick", NULL); /* 8 */
+    signal_ev(f, "m-4", "stop", NULL); /* 9: ends, in a savepoint */
+    assert_int_equal(cm_engine_run(f->engine, NULL, &err), 0);
+    assert_int_equal(f->a.n, 10);
+    for (int i = 5; i < 10; i++) {
+        if (i == 7)
+            continue;
+        assert_int_equal(f->a.status[i], 0);
+        assert_false(f->a.kept[i]);
+    }
+    assert_int_not_equal(f->a.status[7], 0);
+    assert_true(f->a.kept[7]);
+    assert_non_null(strstr(f->a.message[7], "history refused"));
+    assert_int_equal(ctx_n(f, "m-1"), 3);
+    assert_int_equal(ctx_n(f, "m-2"), 0);
+    assert_int_equal(ctx_n(f, "m-3"), 10);
+    expect_state(f, "m-4", "z", "done");
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 4);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE instance = 'm-3'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-2' AND "
+                              "error LIKE '%history refused%' AND attempts = 1 AND "
+                              "status = 'ready'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 1);
+    /* counted once, not once per run of the batch; the runtime keeps no
+    ** context of a step that did not commit */
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.failed - st0.failed, 1);
+    assert_int_equal(st.batches - st0.batches, 1);
+    assert_int_equal(st.processed - st0.processed, 5);
+    assert_true(cm_lua_runtime_ctx_kept(f->rt) <= st.cache_entries);
+    /* the kept event is retried when due and, the database willing, applies once */
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    advance(f, 1000);
+    assert_int_equal(ctx_n(f, "m-2"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 5);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(ctx_n(f, "m-1"), 4);
+}
+
+/* When the refused write takes the whole transaction with it (the store
+** failing: SQLITE_FULL or an I/O error may, as RAISE(ROLLBACK) does here),
+** no step can be kept apart: nothing of the batch commits and every
+** submitter hears why. */
+static void test_a_store_failure_in_a_step_fails_the_whole_batch(void **state)
 {
     fx *f = *state;
     cm_err err;
@@ -2337,7 +2412,7 @@ static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
     long history = count(f, "SELECT count(*) FROM history");
     assert_int_equal(cm_store_exec(f->store,
                                    "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ROLLBACK, 'history "
                                    "refused'); END",
                                    &err),
                      0);
@@ -2820,8 +2895,10 @@ int main(void)
             test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_handler_that_writes_and_fails_keeps_none_of_it,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
+        cmocka_unit_test_setup_teardown(test_a_database_error_in_a_bare_step_fails_that_step_alone,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_acks_wait_for_the_sync_that_covers_them,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_synced_commit_releases_earlier_pipelined_acks, setup,
