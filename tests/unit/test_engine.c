@@ -2395,6 +2395,39 @@ static void test_a_database_error_in_a_bare_step_fails_that_step_alone(void **st
     assert_int_equal(ctx_n(f, "m-1"), 4);
 }
 
+/* The same for a due timer: its refused step is kept as its event (the
+** timer's row gone with the step that took it), retried when due. */
+static void test_a_refused_timer_step_is_kept_as_its_event(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "mid.lua", MID);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "m-1", "arm", NULL);
+    signal_ev(f, "m-2", "arm", NULL);
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 2);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
+                                   "NEW.instance = 'm-1' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    advance(f, 3600 * 1000);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
+    assert_int_equal(ctx_n(f, "m-1"), 10);
+    assert_int_equal(ctx_n(f, "m-2"), 11);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-1' AND timer = 1 AND "
+                              "attempts = 1 AND error LIKE '%history refused%'"),
+                     1);
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    advance(f, 1000);
+    assert_int_equal(ctx_n(f, "m-1"), 11);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+}
+
 /* When the refused write takes the whole transaction with it (the store
 ** failing: SQLITE_FULL or an I/O error may, as RAISE(ROLLBACK) does here),
 ** no step can be kept apart: nothing of the batch commits and every
@@ -2544,6 +2577,65 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
     assert_int_equal(cm_test_gate_started(&f->gate), 2);
     cm_engine_stats_get(f->engine, &st);
     assert_int_equal(st.sync_waits, 2);
+    sqlite3_close(s.db);
+    loop_end(f, &loop);
+}
+
+/* Pipelined, a batch that runs again because a step without a savepoint
+** was refused tells the observer and the submitters only what its second
+** run committed, once, after the sync that covers it. */
+static void test_a_pipelined_batch_run_again_tells_each_event_once(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    seen s = {0};
+    cm_err err;
+    reopen_pipelined_observed(f, &s);
+    load_ok(f, "mid.lua", MID);
+    attach_pipelined(f, &loop, false);
+    const char *ids[] = {"m-1", "m-2", "m-3"};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, ids[i], on_ack, &f->a, &err), 0);
+    loop_until_acks(f, &loop, 3);
+    int told = s.n;
+    cm_engine_stats st0, st;
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "m-3", "stop", NULL); /* 3: ends; its events are told */
+    signal_ev(f, "m-2", "tick", NULL); /* 4: refused, kept */
+    signal_ev(f, "m-1", "tick", NULL); /* 5 */
+    loop_until_acks(f, &loop, 6);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.batches - st0.batches, 1); /* the three in one batch */
+    assert_int_equal(st.failed - st0.failed, 1);
+    assert_int_equal(f->a.status[3], 0);
+    assert_true(f->a.kept[4]);
+    assert_non_null(strstr(f->a.message[4], "history refused"));
+    assert_int_equal(f->a.status[5], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 1);
+    expect_state(f, "m-3", "z", "done");
+    /* what the observer heard of m-3's end, once: as many lines as an end
+    ** makes in a batch that ran once */
+    int ended = 0;
+    for (int i = told; i < s.n; i++) {
+        assert_null(strstr(s.line[i], "m-2"));
+        if (strstr(s.line[i], "m-3"))
+            ended++;
+    }
+    assert_true(ended >= 1);
+    assert_int_equal(s.committed_mismatch, 0);
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-4", on_ack, &f->a, &err), 0);
+    loop_until_acks(f, &loop, 7);
+    told = s.n;
+    signal_ev(f, "m-4", "stop", NULL);
+    loop_until_acks(f, &loop, 8);
+    assert_int_equal(s.n - told, ended);
     sqlite3_close(s.db);
     loop_end(f, &loop);
 }
@@ -2897,8 +2989,12 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_database_error_in_a_bare_step_fails_that_step_alone,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_refused_timer_step_is_kept_as_its_event, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_batch_run_again_tells_each_event_once,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_acks_wait_for_the_sync_that_covers_them,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_synced_commit_releases_earlier_pipelined_acks, setup,
