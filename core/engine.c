@@ -1830,23 +1830,31 @@ static bool store_failing(cm_engine *e, int rc)
 
 /* After a failed delivery: keep the event for retry (a failure that may
 ** pass: a handler's, or the database refusing the step's own rows, kept),
-** or park a kept one that can never apply (instance gone or ended). */
-static void keep_or_park(cm_engine *e, long seq, const inst *in, const char *name,
-                         const cJSON *payload, bool is_timer, int attempts, int rc, bool kept,
+** or park a kept one that can never apply (instance gone or ended).
+** Returns whether the event is kept. */
+static bool keep_or_park(cm_engine *e, long seq, const inst *in, const char *name,
+                         const cJSON *payload, bool is_timer, int attempts, int rc, bool db_step,
                          outcome *oc, const cm_err *err)
 {
     cm_err kerr;
     char msg[CM_ERR_MSG_MAX];
+    bool kept = false;
     cm_copy_str(msg, sizeof(msg), err->msg);
-    if ((kept || failure_is_kept(rc)) && in->id[0]) {
+    if ((db_step || failure_is_kept(rc)) && in->id[0]) {
         bool parked = false;
-        if (keep_failure(e, seq, in->id, name, payload, is_timer, attempts + 1, msg, &parked,
-                         &kerr) == 0 &&
-            oc)
+        /* in a savepoint: an event half kept would be retried, its
+        ** submitter told it was not */
+        if (sp_begin(e, &kerr) == 0) {
+            kept = keep_failure(e, seq, in->id, name, payload, is_timer, attempts + 1, msg, &parked,
+                                &kerr) == 0;
+            sp_end(e, kept);
+        }
+        if (kept && oc)
             oc->kept = true;
     } else if (seq > 0 && rc != CM_EDB) {
         park_event(e, seq, msg, &kerr);
     }
+    return kept;
 }
 
 /* Deliver event to instance. seq > 0: a kept event row. The handler runs
@@ -1895,8 +1903,11 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         ** commit, but the store is sound: it runs again (run_batch) */
         e->rerun = true;
         break_batch(e, err);
-    } else if (rc != 0) {
-        keep_or_park(e, seq, &in, name, payload, is_timer, attempts, rc, own_failed, oc, err);
+    } else if (rc != 0 &&
+               !keep_or_park(e, seq, &in, name, payload, is_timer, attempts, rc, own_failed, oc,
+                             err) &&
+               own_failed) {
+        break_batch(e, err); /* the refused step cannot even be kept: the batch fails */
     }
     if (rc == 0)
         cache_put(e, &in); /* a failed step's changes were rolled back: not kept */

@@ -2428,6 +2428,40 @@ static void test_a_refused_timer_step_is_kept_as_its_event(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
 }
 
+/* A refused step that cannot even be kept (its event row refused too)
+** fails the batch: nothing is lost quietly, every submitter hears why. */
+static void test_a_refused_step_that_cannot_be_kept_fails_the_batch(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "mid.lua", MID);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    run(f);
+    long history = count(f, "SELECT count(*) FROM history");
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "refused'); END; "
+                                   "CREATE TRIGGER refuse_kept BEFORE INSERT ON event WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'event "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-2", "tick", NULL);
+    assert_int_not_equal(cm_engine_run(f->engine, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "history refused"));
+    assert_int_equal(f->a.n, 4);
+    for (int i = 2; i < 4; i++) {
+        assert_int_not_equal(f->a.status[i], 0);
+        assert_false(f->a.kept[i]);
+    }
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    assert_int_equal(ctx_n(f, "m-1"), 0);
+}
+
 /* When the refused write takes the whole transaction with it (the store
 ** failing: SQLITE_FULL or an I/O error may, as RAISE(ROLLBACK) does here),
 ** no step can be kept apart: nothing of the batch commits and every
@@ -2991,6 +3025,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_refused_timer_step_is_kept_as_its_event, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_refused_step_that_cannot_be_kept_fails_the_batch,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_batch_run_again_tells_each_event_once,
