@@ -2324,6 +2324,31 @@ static void test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing(void
     assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE hist IS NULL"), 0);
 }
 
+/* Load mid.lua and start m-1 .. m-n in one batch. */
+static void start_mids(fx *f, int n)
+{
+    cm_err err;
+    char id[16];
+    load_ok(f, "mid.lua", MID);
+    for (int i = 1; i <= n; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+    }
+}
+
+/* From now on the database refuses instance's history rows with
+** RAISE(how, 'history refused') (a trigger named refuse). */
+static void refuse_history(fx *f, const char *instance, const char *how)
+{
+    cm_err err;
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN NEW.instance = '%s' BEGIN "
+             "SELECT RAISE(%s, 'history refused'); END",
+             instance, how);
+    assert_int_equal(cm_store_exec(f->store, sql, &err), 0);
+}
+
 /* A step's own rows go without a savepoint: when the database refuses one
 ** of them, the batch runs again with a savepoint around every step. The
 ** refused step is kept alone with its error and attempt count, retried
@@ -2334,21 +2359,13 @@ static void test_a_database_error_in_a_bare_step_fails_that_step_alone(void **st
     fx *f = *state;
     cm_err err;
     cm_engine_stats st0, st;
-    load_ok(f, "mid.lua", MID);
-    const char *ids[] = {"m-1", "m-2", "m-3", "m-4"};
-    for (int i = 0; i < 4; i++)
-        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, ids[i], on_ack, &f->a, &err), 0);
+    start_mids(f, 4);
     run(f);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
     long history = count(f, "SELECT count(*) FROM history");
     cm_engine_stats_get(f->engine, &st0);
-    assert_int_equal(cm_store_exec(f->store,
-                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
-                                   "refused'); END",
-                                   &err),
-                     0);
+    refuse_history(f, "m-2", "ABORT");
     signal_ev(f, "m-1", "tick", NULL); /* 5 */
     signal_ev(f, "m-3", "arm", NULL);  /* 6: a step with an effect (a timer) */
     signal_ev(f, "m-2", "tick", NULL); /* 7: refused */
@@ -2401,20 +2418,13 @@ static void test_a_refused_timer_step_is_kept_as_its_event(void **state)
 {
     fx *f = *state;
     cm_err err;
-    load_ok(f, "mid.lua", MID);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    start_mids(f, 2);
     run(f);
     signal_ev(f, "m-1", "arm", NULL);
     signal_ev(f, "m-2", "arm", NULL);
     run(f);
     assert_int_equal(count(f, "SELECT count(*) FROM timer"), 2);
-    assert_int_equal(cm_store_exec(f->store,
-                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-1' BEGIN SELECT RAISE(ABORT, 'history "
-                                   "refused'); END",
-                                   &err),
-                     0);
+    refuse_history(f, "m-1", "ABORT");
     advance(f, 3600 * 1000);
     assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
     assert_int_equal(ctx_n(f, "m-1"), 10);
@@ -2434,15 +2444,11 @@ static void test_a_refused_step_that_cannot_be_kept_fails_the_batch(void **state
 {
     fx *f = *state;
     cm_err err;
-    load_ok(f, "mid.lua", MID);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    start_mids(f, 2);
     run(f);
     long history = count(f, "SELECT count(*) FROM history");
+    refuse_history(f, "m-2", "ABORT");
     assert_int_equal(cm_store_exec(f->store,
-                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
-                                   "refused'); END; "
                                    "CREATE TRIGGER refuse_kept BEFORE INSERT ON event WHEN "
                                    "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'event "
                                    "refused'); END",
@@ -2470,19 +2476,12 @@ static void test_a_store_failure_in_a_step_fails_the_whole_batch(void **state)
 {
     fx *f = *state;
     cm_err err;
-    load_ok(f, "mid.lua", MID);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    start_mids(f, 2);
     run(f);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
     long history = count(f, "SELECT count(*) FROM history");
-    assert_int_equal(cm_store_exec(f->store,
-                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ROLLBACK, 'history "
-                                   "refused'); END",
-                                   &err),
-                     0);
+    refuse_history(f, "m-2", "ROLLBACK");
     signal_ev(f, "m-1", "tick", NULL);
     signal_ev(f, "m-2", "tick", NULL);
     signal_ev(f, "m-1", "tick", NULL);
@@ -2625,21 +2624,13 @@ static void test_a_pipelined_batch_run_again_tells_each_event_once(void **state)
     seen s = {0};
     cm_err err;
     reopen_pipelined_observed(f, &s);
-    load_ok(f, "mid.lua", MID);
     attach_pipelined(f, &loop, false);
-    const char *ids[] = {"m-1", "m-2", "m-3"};
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, ids[i], on_ack, &f->a, &err), 0);
+    start_mids(f, 3);
     loop_until_acks(f, &loop, 3);
     int told = s.n;
     cm_engine_stats st0, st;
     cm_engine_stats_get(f->engine, &st0);
-    assert_int_equal(cm_store_exec(f->store,
-                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
-                                   "refused'); END",
-                                   &err),
-                     0);
+    refuse_history(f, "m-2", "ABORT");
     signal_ev(f, "m-3", "stop", NULL); /* 3: ends; its events are told */
     signal_ev(f, "m-2", "tick", NULL); /* 4: refused, kept */
     signal_ev(f, "m-1", "tick", NULL); /* 5 */
