@@ -189,9 +189,12 @@ struct cm_engine {
     cm_engine_work_hook hook;
     void *hook_ud;
     /* A write outside a savepoint failed (see deliver): the batch cannot
-    ** commit; every submitter of it hears this error. */
+    ** commit; every submitter of it hears this error, unless rerun: the
+    ** store is sound and the batch runs again with every step in a
+    ** savepoint of its own (every_sp), the failing step alone kept. */
     int broken;
     cm_err broken_err;
+    bool rerun, every_sp;
     bool step_sp; /* a handler wrote (a plugin): the step's savepoint opened before it */
 };
 
@@ -1584,7 +1587,10 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
     in->ctx_held = 0;
     sqlite3 *db = cm_store_db(e->o.store);
     sqlite3_int64 changes = sqlite3_total_changes64(db);
-    cm_store_on_nested_write(e->o.store, open_step_sp, e);
+    /* in a re-run (every_sp) a savepoint already holds the step and what
+    ** its handler writes */
+    if (!e->every_sp)
+        cm_store_on_nested_write(e->o.store, open_step_sp, e);
     rc = e->o.runtime->step(e->o.runtime->ud, sp, err);
     cm_store_on_nested_write(e->o.store, NULL, NULL);
     if (rc == CM_ELUA)
@@ -1593,7 +1599,7 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
         e->stats.budget_kills++;
     in->ctx_held = sp->ctx_held;
     sp->ctx_held = 0;
-    if (!e->step_sp && sqlite3_total_changes64(db) != changes) {
+    if (!e->step_sp && !e->every_sp && sqlite3_total_changes64(db) != changes) {
         step_clear(sp);
         held_release(e, &in->ctx_held);
         rc = cm_err_set(err, CM_EDB, "instance %s: the runtime wrote to the store during a step",
@@ -1753,20 +1759,27 @@ static int hold_event(cm_engine *e, long seq, const inst *in, const char *name,
     return rc;
 }
 
+/* Does the step write only its own rows (history, instance, the timers of
+** a state left, its kept event row)? Those fail only when the database does. */
+static bool own_rows_only(const cm_step *sp)
+{
+    return !(sp->handled && (sp->effects || sp->final));
+}
+
 /* Write what a step did with event (handled: apply it; a timer nobody
 ** listens for: note it) and drop its kept row (seq > 0). The handler has
-** already run, so a step with no effect and no end writes only its own rows
-** (history, instance, the timers of a state left), which fail only when the
-** database does: those go without a savepoint, and their failure breaks the
-** batch (*bare). Effects may fail for the event alone: a savepoint holds
-** them (*open). */
+** already run, so a step that writes only its own rows goes without a
+** savepoint (*bare) unless one is open already (a handler that wrote, a
+** re-run): its failure breaks the batch, which runs again with a savepoint
+** per step (see run_batch). Effects may fail for the event alone: a
+** savepoint holds them (*open). */
 static int write_step(cm_engine *e, long seq, inst *in, cm_step *sp, const char *name, bool *open,
                       bool *bare, cm_err *err)
 {
     int rc = 0;
     if (*open) {
         /* already in the savepoint the handler's writes opened */
-    } else if (sp->handled && (sp->effects || sp->final)) {
+    } else if (!own_rows_only(sp)) {
         if ((rc = sp_begin(e, err)) != 0)
             return rc;
         *open = true;
@@ -1805,35 +1818,56 @@ static int unhandled(const inst *in, const cm_step *sp, const char *name, cm_err
                       in->id, in->state, in->workflow, name);
 }
 
-/* After a failed delivery: keep the event for retry, or park a kept one
-** that can never apply (instance gone or ended). */
-static void keep_or_park(cm_engine *e, long seq, const inst *in, const char *name,
-                         const cJSON *payload, bool is_timer, int attempts, int rc, outcome *oc,
-                         const cm_err *err)
+/* Is the store itself failing after a write of the open transaction
+** returned rc: its sync failed, it is corrupt or read-only, or SQLite
+** rolled the whole transaction back (SQLITE_FULL, an I/O error or
+** RAISE(ROLLBACK) may)? Then no step can be kept apart from its batch. */
+static bool store_failing(cm_engine *e, int rc)
+{
+    return rc == CM_EINDOUBT || rc == CM_ENOTCM || rc == CM_EPERM || !cm_store_in_tx(e->o.store) ||
+           cm_store_sync_status(e->o.store, NULL) != 0;
+}
+
+/* After a failed delivery: keep the event for retry (a failure that may
+** pass: a handler's, or the database refusing the step's own rows, kept),
+** or park a kept one that can never apply (instance gone or ended).
+** Returns whether the event is kept. */
+static bool keep_or_park(cm_engine *e, long seq, const inst *in, const char *name,
+                         const cJSON *payload, bool is_timer, int attempts, int rc, bool db_step,
+                         outcome *oc, const cm_err *err)
 {
     cm_err kerr;
     char msg[CM_ERR_MSG_MAX];
+    bool kept = false;
     cm_copy_str(msg, sizeof(msg), err->msg);
-    if (failure_is_kept(rc) && in->id[0]) {
+    if ((db_step || failure_is_kept(rc)) && in->id[0]) {
         bool parked = false;
-        if (keep_failure(e, seq, in->id, name, payload, is_timer, attempts + 1, msg, &parked,
-                         &kerr) == 0 &&
-            oc)
+        /* in a savepoint: an event half kept would be retried, its
+        ** submitter told it was not */
+        if (sp_begin(e, &kerr) == 0) {
+            kept = keep_failure(e, seq, in->id, name, payload, is_timer, attempts + 1, msg, &parked,
+                                &kerr) == 0;
+            sp_end(e, kept);
+        }
+        if (kept && oc)
             oc->kept = true;
     } else if (seq > 0 && rc != CM_EDB) {
         park_event(e, seq, msg, &kerr);
     }
+    return kept;
 }
 
 /* Deliver event to instance. seq > 0: a kept event row. The handler runs
 ** before anything is written; what it did is written in a savepoint when it
-** may fail for the event alone (write_step). */
+** may fail for the event alone (write_step), or, in a re-run (every_sp),
+** always: then a step whose own rows the database refuses is rolled back
+** alone and kept with its error like a handler's failure. */
 static int deliver(cm_engine *e, long seq, const char *instance, const char *name,
                    const cJSON *payload, bool is_timer, int attempts, outcome *oc, cm_err *err)
 {
     inst in;
     cm_step sp;
-    bool open = false, bare = false;
+    bool open = false, bare = false, own_failed = false;
     memset(&in, 0, sizeof(in));
     memset(&sp, 0, sizeof(sp));
     int rc = cache_take(e, instance, &in) ? 0 : inst_load(e, instance, &in, err);
@@ -1845,23 +1879,36 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     if (rc == 0 && strcmp(in.status, "running") != 0)
         rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
                         in.status);
+    if (rc == 0 && e->every_sp && (rc = sp_begin(e, err)) == 0)
+        open = true;
     if (rc == 0) {
         rc = step_run(e, &in, name, payload, is_timer, &sp, err);
-        open = e->step_sp; /* the handler wrote: its savepoint holds the step */
+        open = open || e->step_sp; /* the handler wrote: its savepoint holds the step */
     }
     if (rc == 0 && !sp.handled && !is_timer)
         rc = unhandled(&in, &sp, name, err);
-    if (rc == 0)
+    if (rc == 0) {
         rc = write_step(e, seq, &in, &sp, name, &open, &bare, err);
+        own_failed = rc != 0 && own_rows_only(&sp);
+    }
     step_clear(&sp);
     if (oc)
         cm_copy_str(oc->state, sizeof(oc->state), in.state);
     if (open)
         sp_end(e, rc == 0);
-    else if (rc != 0 && bare)
-        break_batch(e, err); /* part of the step may be written: nothing of the batch commits */
-    if (rc != 0 && !bare)
-        keep_or_park(e, seq, &in, name, payload, is_timer, attempts, rc, oc, err);
+    if (own_failed && store_failing(e, rc)) {
+        break_batch(e, err); /* the store fails: nothing of the batch commits */
+    } else if (rc != 0 && bare) {
+        /* part of the step may be written: this run of the batch cannot
+        ** commit, but the store is sound: it runs again (run_batch) */
+        e->rerun = true;
+        break_batch(e, err);
+    } else if (rc != 0 &&
+               !keep_or_park(e, seq, &in, name, payload, is_timer, attempts, rc, own_failed, oc,
+                             err) &&
+               own_failed) {
+        break_batch(e, err); /* the refused step cannot even be kept: the batch fails */
+    }
     if (rc == 0)
         cache_put(e, &in); /* a failed step's changes were rolled back: not kept */
     else
@@ -2274,9 +2321,11 @@ static int process_due_timers(cm_engine *e, int room, int *done, cm_err *err)
         if (rc == 0 && !e->broken) {
             rc = delete_timer(e, items[i].instance, items[i].name, err);
             if (rc == 0) {
+                outcome doc;
+                doc.kept = false;
                 int drc = deliver(e, 0, items[i].instance, items[i].name, items[i].payload, true, 0,
-                                  NULL, &derr);
-                if (drc == CM_EDB)
+                                  &doc, &derr);
+                if (drc == CM_EDB && !doc.kept) /* the timer's row is gone with it */
                     rc = cm_err_set(err, drc, "%s", "timer delivery failed");
             }
         }
@@ -2322,9 +2371,12 @@ static int process_due_events(cm_engine *e, int room, int *done, cm_err *err)
     }
     for (int i = 0; i < n; i++) {
         cm_err derr;
+        outcome doc;
+        doc.kept = false;
         if (rc == 0 && !e->broken &&
             deliver(e, items[i].seq, items[i].instance, items[i].name, items[i].payload,
-                    items[i].timer, items[i].attempts, NULL, &derr) == CM_EDB)
+                    items[i].timer, items[i].attempts, &doc, &derr) == CM_EDB &&
+            !doc.kept)
             rc = cm_err_set(err, CM_EDB, "%s", derr.msg);
         cJSON_Delete(items[i].payload);
     }
@@ -2493,8 +2545,85 @@ void cm_engine_on_durable(cm_engine *e, void (*fn)(void *ud), void *ud)
     e->durable_ud = ud;
 }
 
+static int batch_begin(cm_engine *e, bool deferred, cm_err *err)
+{
+    e->broken = 0;
+    e->rerun = false;
+    return deferred ? cm_store_begin_deferred(e->o.store, err) : cm_store_begin(e->o.store, err);
+}
+
+/* One run of a batch's work in the open transaction: up to queued items
+** (outcomes in ocs, *n of them), then due timers and kept events (*due_n).
+** Returns 0 or why the transaction cannot commit (the caller commits or
+** rolls back). */
+static int batch_pass(cm_engine *e, outcome *ocs, int queued, int *n, int *due_n, cm_err *err)
+{
+    int rc = 0;
+    *n = *due_n = 0;
+    /* the engine's clock (virtual in tests): a clock that jumps only cuts a
+    ** batch short or lets it run to its count */
+    int64_t t0 = cm_clock_now_ms(e->o.clock);
+    bool late = false;
+    while (e->head && *n < queued && !late) {
+        work *w = e->head;
+        e->head = w->next;
+        if (!e->head)
+            e->tail = NULL;
+        w->next = NULL;
+        outcome *oc = &ocs[(*n)++];
+        process_work(e, w, oc);
+        if (e->broken) {
+            rc = cm_err_set(err, e->broken, "%s", e->broken_err.msg);
+            break;
+        }
+        if (oc->status == CM_EDB && !oc->kept)
+            break;
+        cm_ack ack = ack_of(oc);
+        if (e->hook && (rc = e->hook(e->hook_ud, w->cb, w->ud, &ack, err)) != 0)
+            break;
+        late = e->o.batch_ms > 0 && cm_clock_now_ms(e->o.clock) - t0 >= e->o.batch_ms;
+    }
+    int room = e->o.batch_max - *n;
+    if (late && room > ENGINE_DUE_AFTER_TIME)
+        room = ENGINE_DUE_AFTER_TIME; /* due work still moves, a little */
+    if (rc == 0 && room > 0 && (rc = process_due_timers(e, room, due_n, err)) == 0) {
+        room -= *due_n;
+        int ev_n = 0;
+        if (room > 0)
+            rc = process_due_events(e, room, &ev_n, err);
+        *due_n += ev_n;
+    }
+    if (rc == 0 && e->broken)
+        rc = cm_err_set(err, e->broken, "%s", e->broken_err.msg);
+    return rc;
+}
+
+/* Undo a run of a batch that cannot commit but may run again: the
+** transaction, what memory holds of its steps (cached instances with the
+** runtime's context copies, observer events, counts), and its n items go
+** back to the head of the queue in their order. */
+static void batch_undo(cm_engine *e, outcome *ocs, int n, const cm_engine_stats *before)
+{
+    cm_store_rollback(e->o.store);
+    cache_clear(e);
+    e->nevents = 0;
+    e->stats.failed = before->failed;
+    e->stats.lua_errors = before->lua_errors;
+    e->stats.budget_kills = before->budget_kills;
+    for (int i = n - 1; i >= 0; i--) {
+        work *w = ocs[i].w;
+        w->next = e->head;
+        e->head = w;
+        if (!e->tail)
+            e->tail = w;
+    }
+}
+
 /* One batch: up to batch_max items, one commit, then the acks. Returns the
-** number of items, or a negative code when the batch could not commit. */
+** number of items, or a negative code when the batch could not commit. A
+** step without a savepoint whose own rows the database refused makes the
+** batch run once more with a savepoint around every step: the step fails
+** alone, the others commit (a store that fails still fails the batch). */
 static int run_batch(cm_engine *e, cm_err *err)
 {
     int queued = 0, n = 0, due_n = 0, rc;
@@ -2510,44 +2639,20 @@ static int run_batch(cm_engine *e, cm_err *err)
     outcome *ocs = malloc((size_t)(queued ? queued : 1) * sizeof(*ocs));
     if (!ocs)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
-    e->broken = 0;
     bool deferred = e->o.pipeline && e->attached;
-    if ((rc = deferred ? cm_store_begin_deferred(e->o.store, err)
-                       : cm_store_begin(e->o.store, err)) != 0) {
+    cm_engine_stats before = e->stats;
+    if ((rc = batch_begin(e, deferred, err)) != 0) {
         free(ocs);
         return rc;
     }
-    /* the engine's clock (virtual in tests): a clock that jumps only cuts a
-    ** batch short or lets it run to its count */
-    int64_t t0 = cm_clock_now_ms(e->o.clock);
-    bool late = false;
-    while (e->head && n < queued && !late) {
-        work *w = e->head;
-        e->head = w->next;
-        if (!e->head)
-            e->tail = NULL;
-        w->next = NULL;
-        process_work(e, w, &ocs[n++]);
-        if (e->broken) {
-            rc = cm_err_set(err, e->broken, "%s", e->broken_err.msg);
-            break;
-        }
-        if (ocs[n - 1].status == CM_EDB)
-            break;
-        cm_ack ack = ack_of(&ocs[n - 1]);
-        if (e->hook && (rc = e->hook(e->hook_ud, w->cb, w->ud, &ack, err)) != 0)
-            break;
-        late = e->o.batch_ms > 0 && cm_clock_now_ms(e->o.clock) - t0 >= e->o.batch_ms;
-    }
-    int room = e->o.batch_max - n;
-    if (late && room > ENGINE_DUE_AFTER_TIME)
-        room = ENGINE_DUE_AFTER_TIME; /* due work still moves, a little */
-    if (rc == 0 && room > 0 && (rc = process_due_timers(e, room, &due_n, err)) == 0) {
-        room -= due_n;
-        int ev_n = 0;
-        if (room > 0)
-            rc = process_due_events(e, room, &ev_n, err);
-        due_n += ev_n;
+    rc = batch_pass(e, ocs, queued, &n, &due_n, err);
+    if (rc != 0 && e->rerun) {
+        batch_undo(e, ocs, n, &before);
+        n = due_n = 0; /* back in the queue: told by the run that takes them */
+        e->every_sp = true;
+        if ((rc = batch_begin(e, deferred, err)) == 0)
+            rc = batch_pass(e, ocs, queued, &n, &due_n, err);
+        e->every_sp = false;
     }
     if (rc == 0 && e->broken)
         rc = cm_err_set(err, e->broken, "%s", e->broken_err.msg);

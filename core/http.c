@@ -21,10 +21,12 @@
 #define MAX_HEADERS     64
 #define MAX_WRITE_BATCH 64 /* answers written with one uv_write */
 #define RESP_HEAD_MAX   256
-#define RESP_ROUND      256  /* answer buffers are allocated in multiples of it */
-#define SPARE_REQS      256  /* finished requests kept for reuse, with their buffers */
-#define SPARE_BUF_MAX   8192 /* a kept request's buffer larger than this is freed */
-#define HEAD_MEMO_SLOTS 8    /* answer heads kept, by status */
+#define RESP_ROUND      256          /* answer buffers are allocated in multiples of it */
+#define SPARE_REQS      256          /* finished requests kept for reuse, with their buffers */
+#define SPARE_BUF_MAX   8192         /* a kept request's buffer larger than this is freed */
+#define HEAD_MEMO_SLOTS 8            /* answer heads kept, by status */
+#define LINGER_MS       2000         /* a closing connection drops what comes at most this long */
+#define LINGER_BYTES    (256 * 1024) /* or until this much came */
 
 typedef struct conn conn;
 
@@ -70,7 +72,9 @@ struct conn {
     cm_http_req *ready;       /* just completed: dispatch after the parser paused */
     cm_http_req *wlist;       /* answers being written (moved off the queue) */
     uv_write_t wreq;
-    bool writing, reading, eof, closing, draining, failed, loopback;
+    uv_shutdown_t shut; /* the lingering close's (conn_linger) */
+    size_t lingered;    /* bytes read and dropped while lingering */
+    bool writing, reading, eof, closing, draining, failed, loopback, lingering;
     uint64_t deadline; /* uv_now by which the client must act, or 0 (conn_timer) */
     uint64_t armed;    /* when the timer is armed to fire, or 0 */
     bool flush_due;    /* answers are ready: written by the server's flusher */
@@ -382,6 +386,7 @@ static void conn_close(conn *c)
 }
 
 static void on_timeout(uv_timer_t *t);
+static void conn_linger(conn *c);
 
 /* A deadline while the client is expected to act (send a request, finish
 ** one, read what we wrote), none while every request is with the handler.
@@ -391,7 +396,7 @@ static void on_timeout(uv_timer_t *t);
 ** pipelined request costs no timer start or stop. */
 static void conn_timer(conn *c, bool restart)
 {
-    if (c->closing)
+    if (c->closing || c->lingering)
         return;
     bool waiting = c->cur != NULL || c->writing || c->nqueued == 0;
     if (!waiting) {
@@ -574,15 +579,19 @@ static void after_write(uv_write_t *w, int status)
     c->wlist = NULL;
     if (c->closing)
         return;
-    if (status < 0 || close_after) {
+    if (status < 0) {
         conn_close(c);
+        return;
+    }
+    if (close_after) {
+        conn_linger(c);
         return;
     }
     conn_flush(c);
     if (c->closing)
         return;
     if (c->nqueued == 0 && (c->eof || c->draining)) {
-        conn_close(c);
+        conn_linger(c);
         return;
     }
     conn_parse(c); /* go on with what was read ahead, or read again */
@@ -877,6 +886,52 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
+/* ---- the lingering close ------------------------------------------------
+** Closing a socket whose kernel buffer still holds unread bytes makes TCP
+** send a reset, which can destroy answers the client has not read yet. So
+** after its last answer a connection sends its FIN (uv_shutdown, once the
+** writes are out), then reads and drops what comes until the client
+** closes, LINGER_BYTES have come or LINGER_MS (at most the server's
+** timeout) have passed; only then is the socket closed. A stop's grace
+** timer closes it sooner if it runs out first. */
+
+static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    conn *c = st->data;
+    if (nread < 0 || (c->lingered += (size_t)nread) > LINGER_BYTES)
+        conn_close(c); /* the client closed (or reset), or sends too much */
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+    conn_close(t->data); /* the client did not close in time */
+}
+
+static void on_linger_shutdown(uv_shutdown_t *req, int status)
+{
+    if (status < 0)
+        conn_close(req->data);
+}
+
+static void conn_linger(conn *c)
+{
+    if (c->closing || c->lingering)
+        return;
+    c->lingering = true;
+    read_stop(c);
+    c->rpos = c->rlen = 0;
+    c->deadline = c->armed = 0;
+    c->shut.data = c;
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_linger_shutdown) != 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_linger_read) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->reading = true;
+    uint64_t ms = (uint64_t)c->srv->lim.timeout_ms;
+    uv_timer_start(&c->timer, on_linger_timeout, ms < LINGER_MS ? ms : LINGER_MS, 0);
+}
+
 static void read_start(conn *c)
 {
     if (!c->reading && !c->eof && !c->failed && !c->draining && !c->closing &&
@@ -1133,12 +1188,14 @@ void cm_http_server_stop(cm_http_server *s, void (*done)(void *ud), void *ud)
     uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
     for (conn *c = s->conns, *next; c; c = next) {
         next = c->next;
+        if (c->lingering || c->closing)
+            continue; /* on its way out already */
         c->draining = true;
         read_stop(c);
         conn_refuse_unread(c);
         c->rpos = c->rlen = 0;
         if (c->nqueued == 0 && !c->writing)
-            conn_close(c);
+            conn_linger(c);
     }
     uv_timer_start(&s->grace, on_grace, (uint64_t)s->lim.timeout_ms, 0);
     server_maybe_done(s);

@@ -1824,6 +1824,8 @@ static const char *MID = "local cm = require 'caremesh'\n"
                          "      tick = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 1 end,\n"
                          "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
                          "      spin = function(wf) wf.ctx.n = 98; while true do end end,\n"
+                         "      arm = function(wf) wf.ctx.n = (wf.ctx.n or 0) + 10;\n"
+                         "        wf:after('1h', 'tick') end,\n"
                          "      stop = 'z' } },\n"
                          "    z = { final = true },\n"
                          "  },\n"
@@ -2322,25 +2324,164 @@ static void test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing(void
     assert_int_equal(count(f, "SELECT count(*) FROM instance WHERE hist IS NULL"), 0);
 }
 
+/* Load mid.lua and start m-1 .. m-n in one batch. */
+static void start_mids(fx *f, int n)
+{
+    cm_err err;
+    char id[16];
+    load_ok(f, "mid.lua", MID);
+    for (int i = 1; i <= n; i++) {
+        snprintf(id, sizeof(id), "m-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "mid", NULL, id, on_ack, &f->a, &err), 0);
+    }
+}
+
+/* From now on the database refuses instance's history rows with
+** RAISE(how, 'history refused') (a trigger named refuse). */
+static void refuse_history(fx *f, const char *instance, const char *how)
+{
+    cm_err err;
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN NEW.instance = '%s' BEGIN "
+             "SELECT RAISE(%s, 'history refused'); END",
+             instance, how);
+    assert_int_equal(cm_store_exec(f->store, sql, &err), 0);
+}
+
 /* A step's own rows go without a savepoint: when the database refuses one
-** of them, nothing of the batch commits and every submitter hears why. */
-static void test_a_database_error_in_a_step_fails_the_whole_batch(void **state)
+** of them, the batch runs again with a savepoint around every step. The
+** refused step is kept alone with its error and attempt count, retried
+** later; every other step commits once (no history, timer or context
+** twice) and its submitter is acknowledged. */
+static void test_a_database_error_in_a_bare_step_fails_that_step_alone(void **state)
 {
     fx *f = *state;
     cm_err err;
-    load_ok(f, "mid.lua", MID);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
-    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    cm_engine_stats st0, st;
+    start_mids(f, 4);
     run(f);
     signal_ev(f, "m-1", "tick", NULL);
     run(f);
     long history = count(f, "SELECT count(*) FROM history");
+    cm_engine_stats_get(f->engine, &st0);
+    refuse_history(f, "m-2", "ABORT");
+    signal_ev(f, "m-1", "tick", NULL); /* 5 */
+    signal_ev(f, "m-3", "arm", NULL);  /* 6: a step with an effect (a timer) */
+    signal_ev(f, "m-2", "tick", NULL); /* 7: refused */
+    signal_ev(f, "m-1", "tick", NULL); /* 8 */
+    signal_ev(f, "m-4", "stop", NULL); /* 9: ends, in a savepoint */
+    assert_int_equal(cm_engine_run(f->engine, NULL, &err), 0);
+    assert_int_equal(f->a.n, 10);
+    for (int i = 5; i < 10; i++) {
+        if (i == 7)
+            continue;
+        assert_int_equal(f->a.status[i], 0);
+        assert_false(f->a.kept[i]);
+    }
+    assert_int_not_equal(f->a.status[7], 0);
+    assert_true(f->a.kept[7]);
+    assert_non_null(strstr(f->a.message[7], "history refused"));
+    assert_int_equal(ctx_n(f, "m-1"), 3);
+    assert_int_equal(ctx_n(f, "m-2"), 0);
+    assert_int_equal(ctx_n(f, "m-3"), 10);
+    expect_state(f, "m-4", "z", "done");
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 4);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE instance = 'm-3'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-2' AND "
+                              "error LIKE '%history refused%' AND attempts = 1 AND "
+                              "status = 'ready'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 1);
+    /* counted once, not once per run of the batch; the runtime keeps no
+    ** context of a step that did not commit */
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.failed - st0.failed, 1);
+    assert_int_equal(st.batches - st0.batches, 1);
+    assert_int_equal(st.processed - st0.processed, 5);
+    assert_true(cm_lua_runtime_ctx_kept(f->rt) <= st.cache_entries);
+    /* the kept event is retried when due and, the database willing, applies once */
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    advance(f, 1000);
+    assert_int_equal(ctx_n(f, "m-2"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history + 5);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(ctx_n(f, "m-1"), 4);
+}
+
+/* The same for a due timer: its refused step is kept as its event (the
+** timer's row gone with the step that took it), retried when due. */
+static void test_a_refused_timer_step_is_kept_as_its_event(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    start_mids(f, 2);
+    run(f);
+    signal_ev(f, "m-1", "arm", NULL);
+    signal_ev(f, "m-2", "arm", NULL);
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 2);
+    refuse_history(f, "m-1", "ABORT");
+    advance(f, 3600 * 1000);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
+    assert_int_equal(ctx_n(f, "m-1"), 10);
+    assert_int_equal(ctx_n(f, "m-2"), 11);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-1' AND timer = 1 AND "
+                              "attempts = 1 AND error LIKE '%history refused%'"),
+                     1);
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    advance(f, 1000);
+    assert_int_equal(ctx_n(f, "m-1"), 11);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+}
+
+/* A refused step that cannot even be kept (its event row refused too)
+** fails the batch: nothing is lost quietly, every submitter hears why. */
+static void test_a_refused_step_that_cannot_be_kept_fails_the_batch(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    start_mids(f, 2);
+    run(f);
+    long history = count(f, "SELECT count(*) FROM history");
+    refuse_history(f, "m-2", "ABORT");
     assert_int_equal(cm_store_exec(f->store,
-                                   "CREATE TRIGGER refuse BEFORE INSERT ON history WHEN "
-                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'history "
+                                   "CREATE TRIGGER refuse_kept BEFORE INSERT ON event WHEN "
+                                   "NEW.instance = 'm-2' BEGIN SELECT RAISE(ABORT, 'event "
                                    "refused'); END",
                                    &err),
                      0);
+    signal_ev(f, "m-1", "tick", NULL);
+    signal_ev(f, "m-2", "tick", NULL);
+    assert_int_not_equal(cm_engine_run(f->engine, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "history refused"));
+    assert_int_equal(f->a.n, 4);
+    for (int i = 2; i < 4; i++) {
+        assert_int_not_equal(f->a.status[i], 0);
+        assert_false(f->a.kept[i]);
+    }
+    assert_int_equal(count(f, "SELECT count(*) FROM history"), history);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    assert_int_equal(ctx_n(f, "m-1"), 0);
+}
+
+/* When the refused write takes the whole transaction with it (the store
+** failing: SQLITE_FULL or an I/O error may, as RAISE(ROLLBACK) does here),
+** no step can be kept apart: nothing of the batch commits and every
+** submitter hears why. */
+static void test_a_store_failure_in_a_step_fails_the_whole_batch(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    start_mids(f, 2);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    long history = count(f, "SELECT count(*) FROM history");
+    refuse_history(f, "m-2", "ROLLBACK");
     signal_ev(f, "m-1", "tick", NULL);
     signal_ev(f, "m-2", "tick", NULL);
     signal_ev(f, "m-1", "tick", NULL);
@@ -2469,6 +2610,57 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
     assert_int_equal(cm_test_gate_started(&f->gate), 2);
     cm_engine_stats_get(f->engine, &st);
     assert_int_equal(st.sync_waits, 2);
+    sqlite3_close(s.db);
+    loop_end(f, &loop);
+}
+
+/* Pipelined, a batch that runs again because a step without a savepoint
+** was refused tells the observer and the submitters only what its second
+** run committed, once, after the sync that covers it. */
+static void test_a_pipelined_batch_run_again_tells_each_event_once(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    seen s = {0};
+    cm_err err;
+    reopen_pipelined_observed(f, &s);
+    attach_pipelined(f, &loop, false);
+    start_mids(f, 3);
+    loop_until_acks(f, &loop, 3);
+    int told = s.n;
+    cm_engine_stats st0, st;
+    cm_engine_stats_get(f->engine, &st0);
+    refuse_history(f, "m-2", "ABORT");
+    signal_ev(f, "m-3", "stop", NULL); /* 3: ends; its events are told */
+    signal_ev(f, "m-2", "tick", NULL); /* 4: refused, kept */
+    signal_ev(f, "m-1", "tick", NULL); /* 5 */
+    loop_until_acks(f, &loop, 6);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.batches - st0.batches, 1); /* the three in one batch */
+    assert_int_equal(st.failed - st0.failed, 1);
+    assert_int_equal(f->a.status[3], 0);
+    assert_true(f->a.kept[4]);
+    assert_non_null(strstr(f->a.message[4], "history refused"));
+    assert_int_equal(f->a.status[5], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 1);
+    expect_state(f, "m-3", "z", "done");
+    /* what the observer heard of m-3's end, once: as many lines as an end
+    ** makes in a batch that ran once */
+    int ended = 0;
+    for (int i = told; i < s.n; i++) {
+        assert_null(strstr(s.line[i], "m-2"));
+        if (strstr(s.line[i], "m-3"))
+            ended++;
+    }
+    assert_true(ended >= 1);
+    assert_int_equal(s.committed_mismatch, 0);
+    assert_int_equal(cm_store_exec(f->store, "DROP TRIGGER refuse", &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-4", on_ack, &f->a, &err), 0);
+    loop_until_acks(f, &loop, 7);
+    told = s.n;
+    signal_ev(f, "m-4", "stop", NULL);
+    loop_until_acks(f, &loop, 8);
+    assert_int_equal(s.n - told, ended);
     sqlite3_close(s.db);
     loop_end(f, &loop);
 }
@@ -2820,7 +3012,15 @@ int main(void)
             test_a_failing_handler_in_the_middle_of_a_batch_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_handler_that_writes_and_fails_keeps_none_of_it,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_database_error_in_a_step_fails_the_whole_batch,
+        cmocka_unit_test_setup_teardown(test_a_database_error_in_a_bare_step_fails_that_step_alone,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_refused_timer_step_is_kept_as_its_event, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_refused_step_that_cannot_be_kept_fails_the_batch,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_batch_run_again_tells_each_event_once,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_acks_wait_for_the_sync_that_covers_them,
                                         setup, teardown),

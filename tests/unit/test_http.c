@@ -16,9 +16,13 @@
 #include "freescan.h"
 #include "http.h"
 
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ---- pure pieces ---- */
 
@@ -486,6 +490,111 @@ static void test_a_stop_answers_requests_read_but_not_taken_up(void **state)
     free(e);
 }
 
+/* A client that sends far more than the server reads, and reads nothing
+** until the server is done with it: first (the server stops on /stop, or
+** refuses a body too large), then pipelined requests of about 1 KiB up to
+** `bytes`. Runs the server until it stopped, then reads what the socket
+** holds into e->got; returns the errno of the read that ended it (0: a
+** clean end of stream) and the loop time the stop took in *stop_ms. */
+static int lingering_exchange(env *e, const cm_http_limits *lim, const char *first, size_t bytes,
+                              uint64_t *stop_ms)
+{
+    cm_err err;
+    memset(e, 0, sizeof(*e));
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(cm_http_server_start(&e->loop, "127.0.0.1", 0, lim, handler, e, &e->srv, &err),
+                     0);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", cm_http_server_port(e->srv), &addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    char *text = malloc(bytes + 1);
+    assert_non_null(text);
+    size_t len = strlen(first);
+    memcpy(text, first, len);
+    while (len + 1100 < bytes) {
+        char pad[900];
+        memset(pad, 'p', sizeof(pad) - 1);
+        pad[sizeof(pad) - 1] = '\0';
+        len += (size_t)snprintf(text + len, bytes + 1 - len,
+                                "GET /b HTTP/1.1\r\nHost: t\r\nX-Pad: %s\r\n\r\n", pad);
+    }
+    /* the kernel's buffers take it all: nobody reads yet */
+    assert_int_equal(send(fd, text, len, 0), (ssize_t)len);
+    free(text);
+    uint64_t t0 = uv_now(&e->loop);
+    if (strncmp(first, "GET /stop", 9) != 0) { /* the connection closes on its own: stop after */
+        bool seen = false;
+        while (!(seen && cm_http_server_connections(e->srv) == 0) && uv_run(&e->loop, UV_RUN_ONCE))
+            seen = seen || cm_http_server_connections(e->srv) > 0;
+    } else
+        while (!e->stopped && uv_run(&e->loop, UV_RUN_ONCE))
+            ;
+    *stop_ms = uv_now(&e->loop) - t0;
+    cm_http_server_stop(e->srv, on_stopped, e);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    assert_true(e->stopped);
+    cm_http_server_destroy(&e->srv);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+    int rc = 0;
+    for (;;) {
+        ssize_t n = recv(fd, e->got + e->got_len, sizeof(e->got) - 1 - e->got_len, 0);
+        if (n <= 0) {
+            rc = n < 0 ? errno : 0;
+            break;
+        }
+        e->got_len += (size_t)n;
+        e->got[e->got_len] = '\0';
+    }
+    close(fd);
+    return rc;
+}
+
+static int count_of(const char *text, const char *what)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, what)) != NULL; p += strlen(what))
+        n++;
+    return n;
+}
+
+/* The server closes a connection with unread input (a stop, a 413) without
+** a reset: it sends its FIN, drops what still comes until the client
+** closes or a bound passes, then closes. The client, reading only then,
+** gets every answer and a clean end of stream, and the bound holds the
+** stop no longer than the server's timeout. */
+static void test_a_closing_connection_lingers_so_answers_survive(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    cm_http_limits lim;
+    cm_http_limits_default(&lim);
+    lim.max_pipeline = 1;
+    lim.timeout_ms = 300; /* the client never closes: the bound ends the linger */
+    uint64_t ms;
+    /* 16 KiB read at a time: 14 or so requests are read behind /stop, 48 KiB not */
+    assert_int_equal(
+        lingering_exchange(e, &lim, "GET /stop HTTP/1.1\r\nHost: t\r\n\r\n", 64 * 1024, &ms), 0);
+    assert_int_equal(e->handled, 1);
+    assert_non_null(strstr(e->got, "stopping"));
+    int refused = count_of(e->got, "HTTP/1.1 503 ");
+    assert_true(refused >= 10);
+    assert_int_equal(count_of(e->got, "\"unavailable\""), refused);
+    assert_int_equal(count_of(e->got, "Connection: close"), 1);
+    assert_true(ms < 300 + 200);
+    /* a body too large: answered 413, the rest of what was sent dropped */
+    lim.max_body_bytes = 10;
+    assert_int_equal(lingering_exchange(e, &lim,
+                                        "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n",
+                                        64 * 1024, &ms),
+                     0);
+    assert_int_equal(e->handled, 0);
+    assert_int_equal(count_of(e->got, "HTTP/1.1 413 "), 1);
+    assert_int_equal(count_of(e->got, "HTTP/1.1 "), 1);
+    assert_true(ms < 300 + 200);
+    free(e);
+}
+
 /* An answer's buffer holds a patient's record: the block it leaves when a
 ** reused request's next answer needs more room, and the blocks freed when
 ** the server goes, hold nothing of it. */
@@ -700,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_a_later_request_carries_nothing_of_an_earlier_one),
         cmocka_unit_test(test_an_answer_leaves_no_record_in_freed_memory),
         cmocka_unit_test(test_a_stop_answers_requests_read_but_not_taken_up),
+        cmocka_unit_test(test_a_closing_connection_lingers_so_answers_survive),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
         cmocka_unit_test(test_a_header_split_across_reads_is_found),
         cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),
