@@ -344,6 +344,23 @@ sqlite3 "$d/caremesh.db" "UPDATE event SET status='failed' WHERE seq=$seq" 2>/de
   for _ in $(seq 1 50); do sqlite3 "$d/caremesh.db" "UPDATE event SET status='failed' WHERE seq=$seq" 2>/dev/null && break; sleep 0.1; done
 req POST "/v1/failed-events/$seq/discard" "" "$writer"; expect "discard" 200
 same "discarded" "$(count "SELECT count(*) FROM event WHERE seq=$seq")" 0
+# an event waiting for its retry when its instance ends is parked, listed and logged, not dropped
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i6"}' "$writer"; expect "instance 6" 201
+req POST /v1/instances/i6/events '{"event":"boom","payload":{"secret":"do-not-log"}}' "$writer"; expect "i6 boom kept" 202
+req POST /v1/instances/i6/events '{"event":"close"}' "$writer"; expect "i6 closed" 200
+req GET /v1/failed-events "" "$reader"
+parked=$(jq -c '[.items[] | select(.instance == "i6")]' <<<"$body")
+same "ended instance's kept event parked" "$(jq -r '.[0].name + " " + .[0].status' <<<"$parked")" "boom failed"
+has "parked event says why" "instance i6 ended (done, in state closed) before the retry of this event" "$(jq -r '.[0].error' <<<"$parked")"
+wait_for "$tmp/log" '"engine.event_parked"' || bad "no engine.event_parked log line: $(tail -5 "$tmp/log")"
+line=$(grep -F '"engine.event_parked"' "$tmp/log")
+has "parked log names instance and event" "instance i6 (intake) ended in state closed before its event boom" "$line"
+has "parked log is a warning" '"level":"warn' "$line"
+if grep -qF do-not-log <<<"$line"; then bad "a payload reached the log: $line"; else ok; fi
+seq6=$(jq -r '.[0].seq' <<<"$parked")
+req POST "/v1/failed-events/$seq6/retry" "" "$writer"; expect "retry of an ended instance's event" 409 wrong_state
+same "refused retry changed nothing" "$(count "SELECT status || attempts FROM event WHERE seq=$seq6")" failed1
+req POST "/v1/failed-events/$seq6/discard" "" "$writer"; expect "discard of an ended instance's event" 200
 
 # ---- peers, KPIs ----
 req GET /v1/peers "" "$reader"; expect peers 200; same "no federation" "$(jq -r .federation <<<"$body")" false
@@ -387,7 +404,7 @@ for i in $(seq 10 30); do eval "exec $i<&-"; done
 # ---- metrics ----
 req GET /metrics "" "$reader"; expect metrics 200
 for m in 'caremesh_events_processed_total ' 'caremesh_events_failed_total ' 'caremesh_event_latency_seconds_bucket{le="+Inf"}' \
-  'caremesh_instances{workflow="intake",state="closed",status="done"} 1' 'caremesh_timers_pending 0' \
+  'caremesh_instances{workflow="intake",state="closed",status="done"} 2' 'caremesh_timers_pending 0' \
   'caremesh_lua_budget_kills_total 0' \
   'caremesh_http_requests_total{route="/v1/patients",status="201"} 2' \
   'caremesh_http_requests_total{route="unmatched",status="401"}' 'caremesh_http_connections'; do
