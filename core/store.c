@@ -2041,21 +2041,59 @@ done:
     return rc;
 }
 
-void cm_store_close(cm_store **store_p)
+/* Close the connection whole. Statements a caller left unfinalized keep
+** it open (SQLITE_BUSY), and with it files opened through the shim that is
+** about to be unregistered and freed: they are named in err (their SQL),
+** then finalized here, and the connection is closed with sqlite3_close_v2,
+** so none of it outlives the store. */
+static int db_close(cm_store *store, cm_err *err)
+{
+    char list[CM_ERR_MSG_MAX / 2] = "";
+    size_t used = 0;
+    int left = 0, rc = 0;
+    if (sqlite3_close(store->db) == SQLITE_BUSY) {
+        for (sqlite3_stmt *st = sqlite3_next_stmt(store->db, NULL); st;
+             st = sqlite3_next_stmt(store->db, st), left++) {
+            int n = used < sizeof(list) ? snprintf(list + used, sizeof(list) - used, "%s\"%.96s\"",
+                                                   left ? ", " : "", sqlite3_sql(st))
+                                        : 0;
+            used += n > 0 ? (size_t)n : 0;
+        }
+        rc = cm_err_set(err, CM_EDB,
+                        "%s: closed with %d statement(s) not finalized, finalized by the close "
+                        "(a caller's leak): %s",
+                        store->path, left, list);
+        for (sqlite3_stmt *st; (st = sqlite3_next_stmt(store->db, NULL)) != NULL;)
+            sqlite3_finalize(st);
+        if (sqlite3_close_v2(store->db) != SQLITE_OK && rc == 0)
+            rc = cm_store_error(store, err, "close");
+    }
+    store->db = NULL;
+    return rc;
+}
+
+int cm_store_close_v2(cm_store **store_p, cm_err *err)
 {
     cm_store *store = store_p ? *store_p : NULL;
+    int rc = 0;
     if (!store)
-        return;
+        return 0;
     sync_close(store);
     ckpt_close(store);
     for (int i = 0; i < CM_STMT_SLOTS; i++)
         sqlite3_finalize(store->stmts[i].stmt);
     if (store->db) {
         cm_store_rollback(store);
-        sqlite3_close(store->db);
+        rc = db_close(store, err);
     }
-    gather_vfs_close(store);
+    gather_vfs_close(store); /* after the connection: none of its files is open now */
     free(store->path);
     free(store);
     *store_p = NULL;
+    return rc;
+}
+
+void cm_store_close(cm_store **store_p)
+{
+    cm_store_close_v2(store_p, NULL);
 }

@@ -1466,11 +1466,45 @@ static void test_a_failed_checksum_rewrite_fails_its_commit(void **state)
     assert_int_equal(rows_after_reopen(f->db), 5);
 }
 
+/* A statement left unfinalized on the store's connection: the close says
+** which (its SQL), finalizes it, and closes the connection whole before its
+** VFS shim goes: the store opens again at once, and nothing leaks (the
+** valgrind twin and the ASan build check that). */
+static void test_a_close_with_a_statement_left_names_it_and_leaks_nothing(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    sqlite3_stmt *left = NULL, *idle = NULL;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    put_rows(s, 0, 3, "x");
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT key FROM node_meta ORDER BY key",
+                                        -1, &left, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(left), SQLITE_ROW); /* a read in progress */
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT 17", -1, &idle, NULL), SQLITE_OK);
+    assert_int_equal(cm_store_close_v2(&s, &err), CM_EDB);
+    assert_null(s);
+    if (!strstr(err.msg, "2 statement(s) not finalized") ||
+        !strstr(err.msg, "\"SELECT key FROM node_meta ORDER BY key\"") ||
+        !strstr(err.msg, "\"SELECT 17\""))
+        fail_msg("got: %s", err.msg);
+    /* the connection is closed: the store opens again and its rows are there */
+    assert_int_equal(rows_after_reopen(f->db), 3);
+    /* a close with nothing left answers 0 */
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_close_v2(&s, &err), 0);
+    assert_int_equal(cm_store_close_v2(&s, &err), 0); /* closed already: nothing */
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_close_with_a_statement_left_names_it_and_leaks_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_commits_wal_frames_reach_the_file_in_one_write,
                                         setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(
