@@ -366,10 +366,10 @@ static bool bad_param(call *c, const char *name, const char *fmt, ...)
     return false;
 }
 
-/* Parameter name, when given, is one of values (NULL: any value is). */
-static bool param_in(call *c, const char *name, const char *const *values)
+/* Parameter name's value v, when given (not NULL), is one of values (NULL:
+** any value is). */
+static bool param_in(call *c, const char *name, const char *v, const char *const *values)
 {
-    const char *v = cm_http_query_get(&c->mem.q, name);
     char list[512];
     if (!v || !values || cm_values_listed(values, v))
         return true;
@@ -792,11 +792,11 @@ static void h_record_list(call *c)
     int kind = c->rt->kind, limit;
     cJSON *filter = NULL, *items = NULL;
     cm_err err;
-    const char *const *keys = cm_model_find_keys((cm_kind)kind);
-    if (!check_params(c, paging, keys) || !get_limit(c, &limit))
+    if (!check_params(c, paging, cm_model_find_keys((cm_kind)kind)) || !get_limit(c, &limit))
         return;
-    for (const char *const *k = keys; *k; k++)
-        if (!param_in(c, *k, cm_model_find_values((cm_kind)kind, *k)))
+    for (int i = 0; i < c->mem.q.n; i++) /* the filters given: within their values */
+        if (!param_in(c, c->mem.q.p[i].name, c->mem.q.p[i].value,
+                      cm_model_find_values((cm_kind)kind, c->mem.q.p[i].name)))
             return;
     if (!(filter = cJSON_CreateObject()))
         goto oom;
@@ -999,7 +999,7 @@ static void h_instance_list(call *c)
     cm_err err;
     if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
         return;
-    if (!param_in(c, "status", cm_values_instance_statuses))
+    if (!param_in(c, "status", cm_http_query_get(&c->mem.q, "status"), cm_values_instance_statuses))
         return;
     sqlite3_stmt *st = cm_store_prepare(
         c->api->o.store,
