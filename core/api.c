@@ -287,6 +287,10 @@ static void reply_err(call *c, const cm_err *err, const char *kind)
         status = 422;
         code = "missing_reference";
         break;
+    case CM_ESTATE:
+        status = 409;
+        code = "wrong_state";
+        break;
     case CM_EPERM:
         status = 403;
         code = "forbidden";
@@ -342,6 +346,37 @@ static bool check_params(call *c, const char *const *allowed, const char *const 
     return true;
 }
 
+/* The one answer to a malformed query parameter: 400 invalid_parameter,
+** the field naming it (NULL: none to name), the message "NAME: why".
+** Returns false, for the callers' checks. */
+static bool bad_param(call *c, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static bool bad_param(call *c, const char *name, const char *fmt, ...)
+{
+    char why[CM_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (name)
+        reply_error(c, 400, "invalid_parameter", name, "%s: %s", name, why);
+    else
+        reply_error(c, 400, "invalid_parameter", NULL, "%s", why);
+    return false;
+}
+
+/* Parameter name's value v, when given (not NULL), is one of values (NULL:
+** any value is). */
+static bool param_in(call *c, const char *name, const char *v, const char *const *values)
+{
+    char list[512];
+    if (!v || !values || cm_values_listed(values, v))
+        return true;
+    return bad_param(c, name, "unknown value \"%.64s\" (expected one of: %s)", v,
+                     cm_values_join(values, list, sizeof(list)));
+}
+
 /* limit=1..1000 (default 100). */
 static bool get_limit(call *c, int *limit)
 {
@@ -351,11 +386,8 @@ static bool get_limit(call *c, int *limit)
     if (!v)
         return true;
     long n = strtol(v, &end, 10);
-    if (!*v || *end || n < 1 || n > LIST_MAX) {
-        reply_error(c, 400, "invalid_parameter", "limit",
-                    "limit: must be a whole number from 1 to %d", LIST_MAX);
-        return false;
-    }
+    if (!*v || *end || n < 1 || n > LIST_MAX)
+        return bad_param(c, "limit", "must be a whole number from 1 to %d", LIST_MAX);
     *limit = (int)n;
     return true;
 }
@@ -369,12 +401,10 @@ static bool get_since(call *c, char buf[CM_TIME_BUFSZ], const char **since)
     *since = NULL;
     if (!v)
         return true;
-    if (!cm_time_parse(v, &ms)) {
-        reply_error(c, 400, "invalid_parameter", "since",
-                    "since: must be a date or date-time (YYYY-MM-DD or "
-                    "YYYY-MM-DDThh:mm:ssZ)");
-        return false;
-    }
+    if (!cm_time_parse(v, &ms))
+        return bad_param(c, "since",
+                         "must be a date or date-time (YYYY-MM-DD or "
+                         "YYYY-MM-DDThh:mm:ssZ)");
     cm_time_format(ms, buf, CM_TIME_BUFSZ);
     *since = buf;
     return true;
@@ -389,11 +419,9 @@ static bool get_seq_cursor(call *c, long long *after)
     if (!v)
         return true;
     long long n = strtoll(v, &end, 10);
-    if (!*v || *end || n < 0) {
-        reply_error(c, 400, "invalid_parameter", "cursor",
-                    "cursor: not a cursor this list gave (expected the next_cursor of a page)");
-        return false;
-    }
+    if (!*v || *end || n < 0)
+        return bad_param(c, "cursor",
+                         "not a cursor this list gave (expected the next_cursor of a page)");
     *after = n;
     return true;
 }
@@ -766,6 +794,10 @@ static void h_record_list(call *c)
     cm_err err;
     if (!check_params(c, paging, cm_model_find_keys((cm_kind)kind)) || !get_limit(c, &limit))
         return;
+    for (int i = 0; i < c->mem.q.n; i++) /* the filters given: within their values */
+        if (!param_in(c, c->mem.q.p[i].name, c->mem.q.p[i].value,
+                      cm_model_find_values((cm_kind)kind, c->mem.q.p[i].name)))
+            return;
     if (!(filter = cJSON_CreateObject()))
         goto oom;
     for (int i = 0; i < c->mem.q.n; i++)
@@ -967,14 +999,8 @@ static void h_instance_list(call *c)
     cm_err err;
     if (!check_params(c, params, NULL) || !get_limit(c, &limit) || !get_seq_cursor(c, &after))
         return;
-    const char *status = cm_http_query_get(&c->mem.q, "status");
-    if (status && !cm_values_listed(cm_values_instance_statuses, status)) {
-        char list[64];
-        reply_error(c, 422, "invalid", "status",
-                    "status: unknown value \"%.64s\" (expected one of: %s)", status,
-                    cm_values_join(cm_values_instance_statuses, list, sizeof(list)));
+    if (!param_in(c, "status", cm_http_query_get(&c->mem.q, "status"), cm_values_instance_statuses))
         return;
-    }
     sqlite3_stmt *st = cm_store_prepare(
         c->api->o.store,
         "SELECT seq, id, workflow, rev, state, status, json_extract(input, '$.patient'), created, "
@@ -1257,8 +1283,12 @@ static void instance_action(call *c, cm_engine_action what, const char *action)
         reply_error(c, 409, "wrong_state", NULL, "%s", err.msg);
         return;
     }
+    long queued = 0;
     if (rc == 0)
         rc = cm_engine_get(e, c->arg, &doc, &err);
+    /* the held events run in the batches after this answer: say how many */
+    if (rc == 0 && what == CM_ENGINE_RESUME)
+        rc = cm_engine_queued(e, c->arg, &queued, &err);
     if (rc != 0) {
         cm_model_doc_free(doc);
         reply_err(c, &err, NULL);
@@ -1268,6 +1298,8 @@ static void instance_action(call *c, cm_engine_action what, const char *action)
     cJSON_AddStringToObject(out, "instance", c->arg);
     cJSON_AddItemReferenceToObject(out, "state", cJSON_GetObjectItem(doc, "state"));
     cJSON_AddItemReferenceToObject(out, "status", cJSON_GetObjectItem(doc, "status"));
+    if (what == CM_ENGINE_RESUME)
+        cJSON_AddNumberToObject(out, "queued", (double)queued);
     reply_json(c, 200, out);
     cm_model_doc_free(doc);
 }
@@ -1334,8 +1366,8 @@ static void failed_action(call *c, bool retry)
     if (!check_params(c, NULL, NULL))
         return;
     if (!*c->arg || *end || seq < 1 || seq > LONG_MAX) {
-        reply_error(c, 400, "invalid_parameter", "seq",
-                    "\"%.64s\" is not a failed event's seq (a positive whole number)", c->arg);
+        bad_param(c, "seq", "\"%.64s\" is not a failed event's seq (a positive whole number)",
+                  c->arg);
         return;
     }
     int rc = retry ? cm_engine_retry_event(c->api->o.engine, (long)seq, &err)
@@ -2113,7 +2145,7 @@ static void handle(void *ud, cm_http_req *req)
         return;
     }
     if (cm_http_query_parse(cm_http_req_query(req), &c->mem.q, &err) != 0) {
-        reply_error(c, 400, "invalid_parameter", NULL, "%s", err.msg);
+        bad_param(c, NULL, "%s", err.msg);
         return;
     }
     if (rt->kind >= 0 && c->arg && cm_id_check(c->arg) != 0) {

@@ -170,8 +170,10 @@ typedef struct cli_node {
 
 static void node_close(cli_node *n)
 {
+    cm_err err;
     cm_model_destroy(&n->model);
-    cm_store_close(&n->store);
+    if (cm_store_close_v2(&n->store, &err) != 0)
+        cm_log(CM_LOG_WARN, "store.close", "%s", err.msg);
     cm_clock_destroy(&n->clock);
     cm_config_free(&n->cfg);
 }

@@ -1517,10 +1517,15 @@ static int instance_action(int argc, char **argv, const char *verb)
     if (rc != GO)
         return rc;
     rc = send_to(&o, "POST", "instances", o.operand[0], verb, body_of_opt(&o, "reason"), &doc);
+    const cJSON *queued = doc ? cJSON_GetObjectItem(doc, "queued") : NULL;
     if (doc)
         printf("instance %s: state %s, status %s\n", o.operand[0],
                or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "state"))),
                or_q(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "status"))));
+    if (cJSON_IsNumber(queued) && queued->valuedouble > 0) /* the state is from before them */
+        printf("%.0f held event(s) queued to run now; 'caremesh show %s' shows the state after "
+               "them\n",
+               queued->valuedouble, o.operand[0]);
     cJSON_Delete(doc);
     return rc;
 }

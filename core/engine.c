@@ -1420,8 +1420,38 @@ static bool parent_listens(cm_engine *e, const char *parent)
     return yes;
 }
 
-/* An instance ended (final state or cancelled): drop its timers and pending
-** events, and tell its parent. */
+/* An instance ended: the events still kept for it (waiting for a retry,
+** held while it was paused, queued) can no longer apply. None is dropped
+** unseen: each is parked as failed, its error saying why, for the operator
+** to see and discard (a retry of it is refused: cm_engine_retry_event), and
+** noted to the observer (CM_ENGINE_EVENT_PARKED). The step's own kept event
+** is gone by then (write_step). */
+static int park_unapplied(cm_engine *e, const inst *in, cm_err *err)
+{
+    char detail[CM_ERR_MSG_MAX];
+    int s;
+    PREPARE(e,
+            "UPDATE event SET status = 'failed', error = 'instance ' || instance || ' ended (' || "
+            "?2 || ', in state ' || ?3 || ') before ' || CASE WHEN attempts > 0 THEN "
+            "'the retry of this event; it had failed: ' || coalesce(error, '') ELSE "
+            "'this event ran' END || '; it was not applied' "
+            "WHERE instance = ?1 AND status = 'ready' RETURNING seq, name",
+            err);
+    sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, in->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, in->state, -1, SQLITE_STATIC);
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        snprintf(detail, sizeof(detail), "%s (seq %lld)", (const char *)sqlite3_column_text(st, 1),
+                 (long long)sqlite3_column_int64(st, 0));
+        note_event(e, CM_ENGINE_EVENT_PARKED, in->id, in->workflow, "", in->state, detail);
+    }
+    int rc = s == SQLITE_DONE ? 0 : db_fail(e, err, "event");
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* An instance ended (final state or cancelled): drop its timers, park its
+** pending events (park_unapplied), and tell its parent. */
 static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
 {
     int rc;
@@ -1432,12 +1462,8 @@ static int finish_instance(cm_engine *e, const inst *in, cm_err *err)
         if ((rc = exec_kept(e, st, "timer", err)) != 0)
             return rc;
     }
-    {
-        PREPARE(e, "DELETE FROM event WHERE instance = ?1 AND status = 'ready'", err);
-        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
-        if ((rc = exec_kept(e, st, "event", err)) != 0)
-            return rc;
-    }
+    if ((rc = park_unapplied(e, in, err)) != 0)
+        return rc;
     if (!in->parent[0] || !parent_listens(e, in->parent))
         return 0; /* an ended parent hears nothing more */
     cJSON *payload = cJSON_CreateObject(), *ctx = cJSON_Parse(in->ctx);
@@ -1786,19 +1812,19 @@ static int write_step(cm_engine *e, long seq, inst *in, cm_step *sp, const char 
     } else {
         *bare = true;
     }
-    if (sp->handled) {
+    if (seq > 0) { /* first: a step that ends the instance parks what is left kept */
+        PREPARE(e, "DELETE FROM event WHERE seq = ?1", err);
+        sqlite3_bind_int64(st, 1, seq);
+        rc = exec_kept(e, st, "event", err);
+    }
+    if (rc == 0 && sp->handled) {
         rc = apply_step(e, in, sp, name, 0, err);
-    } else { /* a timer nobody listens for in this state: noted, not an error */
+    } else if (rc == 0) { /* a timer nobody listens for in this state: noted, not an error */
         rc = insert_history(e, in, name, in->state, in->state, "timer ignored: no transition", err);
         if (rc == 0) {
             in->steps++;
             rc = save_instance(e, in, err);
         }
-    }
-    if (rc == 0 && seq > 0) {
-        PREPARE(e, "DELETE FROM event WHERE seq = ?1", err);
-        sqlite3_bind_int64(st, 1, seq);
-        rc = exec_kept(e, st, "event", err);
     }
     return rc;
 }
@@ -2980,6 +3006,20 @@ int cm_engine_act(cm_engine *e, const char *instance, cm_engine_action action, c
                          ud, err);
 }
 
+int cm_engine_queued(cm_engine *e, const char *instance, long *n, cm_err *err)
+{
+    *n = 0;
+    PREPARE(e, "SELECT count(*) FROM event WHERE instance = ?1 AND status = 'ready'", err);
+    sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
+    int rc = 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *n = (long)sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(e, err, "event");
+    sqlite3_reset(st);
+    return rc;
+}
+
 int cm_engine_pause(cm_engine *e, const char *instance, cm_err *err)
 {
     return cm_engine_act(e, instance, CM_ENGINE_PAUSE, NULL, NULL, NULL, err);
@@ -3020,8 +3060,34 @@ static int change_event(cm_engine *e, long seq, const char *sql, cm_err *err)
     return rc;
 }
 
+/* A parked event of an instance that ended cannot apply: its retry is
+** refused (CM_ESTATE), nothing changed. */
+static int check_retriable(cm_engine *e, long seq, cm_err *err)
+{
+    int rc = 0;
+    PREPARE(e,
+            "SELECT i.id, i.status FROM event ev JOIN instance_base i ON i.id = ev.instance "
+            "WHERE ev.seq = ?1 AND ev.status = 'failed' AND i.status NOT IN ('running', 'paused')",
+            err);
+    sqlite3_bind_int64(st, 1, seq);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        rc = cm_err_set(err, CM_ESTATE,
+                        "failed event %ld: instance %s has ended (%s); the event can no longer "
+                        "apply: discard it",
+                        seq, (const char *)sqlite3_column_text(st, 0),
+                        (const char *)sqlite3_column_text(st, 1));
+    else if (s != SQLITE_DONE)
+        rc = db_fail(e, err, "event");
+    sqlite3_reset(st);
+    return rc;
+}
+
 int cm_engine_retry_event(cm_engine *e, long seq, cm_err *err)
 {
+    int rc = check_retriable(e, seq, err);
+    if (rc != 0)
+        return rc;
     return change_event(e, seq,
                         "UPDATE event SET status = 'ready', attempts = 0, due_ms = ?2 "
                         "WHERE seq = ?1 AND status = 'failed'",

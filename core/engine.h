@@ -167,11 +167,14 @@ typedef void (*cm_ack_cb)(void *ud, const cm_ack *ack);
 
 /* What happened to an instance, told to the observer after it is durable. */
 typedef enum {
-    CM_ENGINE_STARTED = 1,   /* an instance started (to: its first state) */
-    CM_ENGINE_STATE_CHANGED, /* from -> to */
-    CM_ENGINE_ENDED,         /* final state reached or cancelled (to: state, detail: status) */
-    CM_ENGINE_TASK_CREATED,  /* detail: the task's id */
-    CM_ENGINE_MESSAGE_QUEUED /* a message to a partner was queued (detail: receiver) */
+    CM_ENGINE_STARTED = 1,    /* an instance started (to: its first state) */
+    CM_ENGINE_STATE_CHANGED,  /* from -> to */
+    CM_ENGINE_ENDED,          /* final state reached or cancelled (to: state, detail: status) */
+    CM_ENGINE_TASK_CREATED,   /* detail: the task's id */
+    CM_ENGINE_MESSAGE_QUEUED, /* a message to a partner was queued (detail: receiver) */
+    CM_ENGINE_EVENT_PARKED    /* the instance ended with an event kept for it (held, queued or
+                              ** waiting for a retry): parked as failed, never applied (to: the
+                              ** state it ended in, detail: "NAME (seq N)") */
 } cm_engine_event_kind;
 
 typedef struct cm_engine_event {
@@ -277,7 +280,14 @@ typedef int (*cm_engine_also_fn)(void *ud, const char *instance, const cJSON *in
 int cm_engine_act(cm_engine *e, const char *instance, cm_engine_action action, const char *reason,
                   cm_engine_also_fn also, void *ud, cm_err *err);
 
-/* Parked events: retry now (attempts reset) or discard. */
+/* How many events are kept for instance to run (held while it was paused,
+** queued, waiting for a retry) in *n. After a resume these run in the
+** batches that follow, not in the resume's transaction. */
+int cm_engine_queued(cm_engine *e, const char *instance, long *n, cm_err *err);
+
+/* Parked events: retry now (attempts reset) or discard. CM_ENOTFOUND when
+** seq is not a parked event; a retry of one whose instance ended is refused
+** (CM_ESTATE), nothing changed. */
 int cm_engine_retry_event(cm_engine *e, long seq, cm_err *err);
 int cm_engine_discard_event(cm_engine *e, long seq, cm_err *err);
 

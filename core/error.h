@@ -27,7 +27,8 @@
     XX(MEMCAP, "memory cap exceeded")                                                              \
     XX(USAGE, "bad command line")                                                                  \
     XX(AUDIT, "audit trail broken")                                                                \
-    XX(INDOUBT, "outcome in doubt: the change may or may not be kept")
+    XX(INDOUBT, "outcome in doubt: the change may or may not be kept")                             \
+    XX(STATE, "not in a state that allows it")
 
 typedef enum {
     CM_OK = 0,

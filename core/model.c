@@ -1516,6 +1516,20 @@ static int check_patch(const kind_def *k, cm_kind kind, const char *id, const cJ
     return 0;
 }
 
+/* A task that is completed or cancelled is done with: no change of it is
+** taken (CM_ESTATE, naming the task and its status). */
+static int check_changeable(const kind_def *k, const char *id, const cJSON *doc, cm_err *err)
+{
+    static const char *const ended[] = {"completed", "cancelled", NULL};
+    const char *status = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, "status"));
+    if (k != &kinds[CM_KIND_TASK] || !status || !cm_values_listed(ended, status))
+        return 0;
+    return cm_err_set(err, CM_ESTATE,
+                      "task.status: task \"%s\" is already %s; a completed or cancelled task "
+                      "takes no more changes",
+                      id, status);
+}
+
 int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *patch, cJSON **out,
                     cm_err *err)
 {
@@ -1531,7 +1545,8 @@ int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *
     if (!(p = cJSON_Duplicate(patch, true)))
         return cm_err_set(err, CM_ENOMEM, "%s: out of memory", k->name);
     strip_meta(p);
-    if ((rc = tx_begin(model, &tx, err)) != 0 || (rc = load_record(model, k, id, &s, err)) != 0)
+    if ((rc = tx_begin(model, &tx, err)) != 0 || (rc = load_record(model, k, id, &s, err)) != 0 ||
+        (rc = check_changeable(k, id, s.doc, err)) != 0)
         goto done;
     if (!(s.doc = merge_patch(s.doc, p))) {
         rc = cm_err_set(err, CM_ENOMEM, "%s: out of memory", k->name);
@@ -1569,6 +1584,13 @@ static const field *index_field(const field *fs, const char *key)
             return hit;
     }
     return NULL;
+}
+
+const char *const *cm_model_find_values(cm_kind kind, const char *key)
+{
+    const kind_def *k = kind_get(kind);
+    const field *f = k && cm_values_listed(k->find_keys, key) ? index_field(k->fields, key) : NULL;
+    return f && f->type == T_ENUM ? f->values : NULL;
 }
 
 static int find_parse(const kind_def *k, const cJSON *filter, find_filter *fl, size_t *n,

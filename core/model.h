@@ -47,6 +47,9 @@ const char *cm_kind_name(cm_kind kind);
 int cm_kind_parse(const char *name);
 /* NULL-terminated list of the keys cm_model_find accepts for kind. */
 const char *const *cm_model_find_keys(cm_kind kind);
+/* NULL-terminated list of the values find key `key` of kind may take; NULL
+** when it is not a field of fixed values (or not a find key). */
+const char *const *cm_model_find_values(cm_kind kind, const char *key);
 
 /* Validate doc and insert it. doc must carry "id". On success *out (if not
 ** NULL) receives the stored record with "meta" (caller frees with cJSON_Delete).
@@ -60,7 +63,8 @@ int cm_model_get(cm_model *model, cm_kind kind, const char *id, cJSON **out, cm_
 /* Apply patch (JSON merge patch, RFC 7386: null removes a field) to record id,
 ** validate the result as a whole and store it as the next version. "id" may
 ** appear only with the same value; "meta" is ignored. Same errors as create,
-** plus CM_ENOTFOUND. */
+** plus CM_ENOTFOUND, and CM_ESTATE for a task already completed or cancelled
+** (nothing is changed). */
 int cm_model_update(cm_model *model, cm_kind kind, const char *id, const cJSON *patch, cJSON **out,
                     cm_err *err);
 

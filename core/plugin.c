@@ -1022,6 +1022,8 @@ static int plugin_kind(cm_engine_event_kind kind)
         return CM_PLUGIN_EVENT_TASK_CREATED;
     case CM_ENGINE_MESSAGE_QUEUED:
         return CM_PLUGIN_EVENT_MESSAGE_SENT;
+    case CM_ENGINE_EVENT_PARKED:
+        break;
     }
     return 0;
 }
@@ -1041,7 +1043,8 @@ void cm_plugin_host_on_engine_event(void *ud, const cm_engine_event *ev)
     cm_plugin_event pe = {
         sizeof(pe), plugin_kind(ev->kind), ev->instance, ev->workflow, ev->from, ev->to,
         ev->detail};
-    tell_subscribers(ud, &pe);
+    if (pe.kind != 0) /* a kind the plugin ABI does not have */
+        tell_subscribers(ud, &pe);
 }
 
 void cm_plugin_host_on_message(void *ud, const char *peer, const char *id, const char *kind,

@@ -449,6 +449,11 @@ static void engine_event(void *ud, const cm_engine_event *ev)
     serve *sv = ud;
     if (ev->kind == CM_ENGINE_MESSAGE_QUEUED)
         cm_fed_wake(sv->fed);
+    if (ev->kind == CM_ENGINE_EVENT_PARKED) /* names only: payloads stay out of logs */
+        cm_log(CM_LOG_WARN, "engine.event_parked",
+               "instance %s (%s) ended in state %s before its event %s could apply: parked as "
+               "failed (caremesh failed)",
+               ev->instance, ev->workflow, ev->to, ev->detail);
     cm_plugin_host_on_engine_event(sv->plugins, ev);
 }
 

@@ -1503,10 +1503,15 @@ void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out)
 ** out as one write (the unix file's xWrite: one pwrite64, retried on a
 ** short write) at the first of:
 **
-**   - the commit frame's page: SQLite marks a transaction's last frame
+**   - the commit frame's end: SQLite marks a transaction's last frame
 **     by a nonzero "database size after commit" in its header (bytes 4-7),
-**     and writes the header, then the page. The write of that page
-**     returns the gathered write's result, so a failed write fails the
+**     and writes the header, then the page. Frames are found by their
+**     place in the file, never by the size of a write (gather_frame): on a
+**     device without powersafe overwrite SQLite pads a synced commit to
+**     the sector's end with copies of the commit frame and splits the
+**     write that crosses it, so a piece of a page may be 24 bytes long.
+**     The write that ends the commit frame returns the gathered write's
+**     result, so a failed write fails the
 **     commit as SQLite's own failed pwrite would: wal.c's walFrames
 **     returns the error before walIndexWriteHdr publishes the new
 **     mxFrame, the transaction rolls back, and the frames are past any
@@ -1541,18 +1546,21 @@ void cm_store_ckpt_stats_get(cm_store *store, cm_store_ckpt_stats *out)
 ** (its unixWrite passes at most 128 KiB - 1 bytes to a pwrite64 and fails
 ** a longer write as a short one), 30 frames of 4 KiB pages */
 #define CM_GATHER_MAX (124 * 1024)
+#define WAL_HDR       32 /* the WAL's header; frames follow it */
 #define WAL_FRAME_HDR 24
 
 typedef struct gfile gfile;
 struct gfile {
     sqlite3_file base; /* pMethods: gather_methods; NULL if the open failed */
     sqlite3_file *real;
-    gfile *wal;        /* the database file: its WAL while open (and gathering) */
-    gfile *db;         /* the WAL: its database file */
-    cm_gather_vfs *gv; /* the VFS that opened it */
-    bool is_wal;       /* opened with SQLITE_OPEN_WAL: its writes are gathered */
-    bool commit;       /* the last write gathered was a commit frame's header */
-    int failed;        /* a gathered write that failed unreported: the WAL is failed */
+    gfile *wal;            /* the database file: its WAL while open (and gathering) */
+    gfile *db;             /* the WAL: its database file */
+    cm_gather_vfs *gv;     /* the VFS that opened it */
+    bool is_wal;           /* opened with SQLITE_OPEN_WAL: its writes are gathered */
+    uint32_t page;         /* the WAL's page size (its header's bytes 8-11); 0: not known */
+    unsigned char mark[4]; /* bytes 4-7 of the header of the frame being written:
+                           ** nonzero on a commit frame */
+    int failed;            /* a gathered write that failed unreported: the WAL is failed */
     unsigned char *buf;
     size_t len, cap;
     sqlite3_int64 off;       /* the file offset of buf[0] */
@@ -1590,13 +1598,63 @@ static void gather_flush_or_fail(gfile *g)
     sync_fail(g->gv->store, why);
 }
 
+static uint32_t be32(const unsigned char *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* The WAL's page size from its header (hdr: its first 32 bytes); 0 when
+** the header is not a WAL's. */
+static uint32_t wal_page_size(const unsigned char *hdr)
+{
+    uint32_t page = be32(hdr + 8), magic = be32(hdr);
+    bool pow2 = page >= 512 && page <= 65536 && (page & (page - 1)) == 0;
+    return (magic == 0x377f0682 || magic == 0x377f0683) && pow2 ? page : 0;
+}
+
+/* The page size of a WAL this connection appends to but did not start
+** (its header is on disk: one this shim writes is read as it goes by). */
+static uint32_t wal_page_known(gfile *g)
+{
+    unsigned char hdr[WAL_HDR];
+    if (g->page == 0 && g->real->pMethods->xRead(g->real, hdr, WAL_HDR, 0) == SQLITE_OK)
+        g->page = wal_page_size(hdr);
+    return g->page;
+}
+
+/* Frames by where they are, not by the size of a write: frame k's header
+** is at WAL_HDR + k * (24 + page). SQLite writes a frame as its header and
+** its page, but a write that crosses the point a commit must be synced to
+** (padding the last sector on a device without powersafe overwrite) is
+** split there, so a piece of a page may be 24 bytes and a header may come
+** in two pieces. For the write [off, off + n) (within one frame, as SQLite
+** writes): a frame is counted where its header's first byte is written,
+** its commit mark (header bytes 4-7) is kept as its bytes go by, and true
+** is returned when the write ends the frame and the frame is a commit
+** frame: the transaction's last write (or a padding copy of it). */
+static bool gather_frame(gfile *g, const unsigned char *p, int n, sqlite3_int64 off)
+{
+    sqlite3_int64 size = WAL_FRAME_HDR + (sqlite3_int64)g->page;
+    sqlite3_int64 rel = (off - WAL_HDR) % size; /* where in its frame the write begins */
+    if (rel == 0) {
+        g->frames++;
+        memset(g->mark, 0, sizeof(g->mark));
+    }
+    for (int i = 4; i < 8; i++)
+        if (rel <= i && i < rel + n)
+            g->mark[i - 4] = p[i - rel];
+    return rel + n == size && (g->mark[0] | g->mark[1] | g->mark[2] | g->mark[3]) != 0;
+}
+
 static int gather_write(gfile *g, const void *p, int n, sqlite3_int64 off)
 {
     int rc;
     if (g->failed)
         return g->failed;
-    if (off == 0)
+    if (off == 0) {
         g->end = 0; /* a new WAL header: the frames start again */
+        g->page = n >= WAL_HDR ? wal_page_size(p) : 0;
+    }
     /* Bytes rewritten in place (a frame's page written again in its
     ** transaction; walRewriteChecksums's headers after it, the commit
     ** frame's last, with no page write after it to send it out) go straight
@@ -1608,7 +1666,10 @@ static int gather_write(gfile *g, const void *p, int n, sqlite3_int64 off)
             return rc;
     if (off + n > g->end)
         g->end = off + n;
-    if (in_place || (size_t)n > CM_GATHER_MAX)
+    /* neither a WAL header nor a frame of a WAL whose page size is known:
+    ** straight out, not gathered */
+    bool frame = off >= WAL_HDR && wal_page_known(g);
+    if (in_place || (size_t)n > CM_GATHER_MAX || !(frame || (off == 0 && g->page)))
         return g->real->pMethods->xWrite(g->real, p, n, off);
     if (g->len + (size_t)n > g->cap) {
         size_t cap = g->cap ? g->cap : 64 * 1024;
@@ -1624,16 +1685,8 @@ static int gather_write(gfile *g, const void *p, int n, sqlite3_int64 off)
         g->off = off;
     memcpy(g->buf + g->len, p, (size_t)n);
     g->len += (size_t)n;
-    if (n == WAL_FRAME_HDR) { /* a frame's header: bytes 4-7 nonzero on a commit frame */
-        const unsigned char *h = p;
-        g->frames++;
-        g->commit = (h[4] | h[5] | h[6] | h[7]) != 0;
-        return SQLITE_OK;
-    }
-    if (!g->commit)
-        return SQLITE_OK;
-    g->commit = false; /* the commit frame's page: the transaction's last write */
-    return gather_flush(g);
+    /* the commit frame's end: the transaction's last write goes out now */
+    return frame && gather_frame(g, p, n, off) ? gather_flush(g) : SQLITE_OK;
 }
 
 static int gather_close(sqlite3_file *f)
@@ -2041,21 +2094,59 @@ done:
     return rc;
 }
 
-void cm_store_close(cm_store **store_p)
+/* Close the connection whole. Statements a caller left unfinalized keep
+** it open (SQLITE_BUSY), and with it files opened through the shim that is
+** about to be unregistered and freed: they are named in err (their SQL),
+** then finalized here, and the connection is closed with sqlite3_close_v2,
+** so none of it outlives the store. */
+static int db_close(cm_store *store, cm_err *err)
+{
+    char list[CM_ERR_MSG_MAX / 2] = "";
+    size_t used = 0;
+    int left = 0, rc = 0;
+    if (sqlite3_close(store->db) == SQLITE_BUSY) {
+        for (sqlite3_stmt *st = sqlite3_next_stmt(store->db, NULL); st;
+             st = sqlite3_next_stmt(store->db, st), left++) {
+            int n = used < sizeof(list) ? snprintf(list + used, sizeof(list) - used, "%s\"%.96s\"",
+                                                   left ? ", " : "", sqlite3_sql(st))
+                                        : 0;
+            used += n > 0 ? (size_t)n : 0;
+        }
+        rc = cm_err_set(err, CM_EDB,
+                        "%s: closed with %d statement(s) not finalized, finalized by the close "
+                        "(a caller's leak): %s",
+                        store->path, left, list);
+        for (sqlite3_stmt *st; (st = sqlite3_next_stmt(store->db, NULL)) != NULL;)
+            sqlite3_finalize(st);
+        if (sqlite3_close_v2(store->db) != SQLITE_OK && rc == 0)
+            rc = cm_store_error(store, err, "close");
+    }
+    store->db = NULL;
+    return rc;
+}
+
+int cm_store_close_v2(cm_store **store_p, cm_err *err)
 {
     cm_store *store = store_p ? *store_p : NULL;
+    int rc = 0;
     if (!store)
-        return;
+        return 0;
     sync_close(store);
     ckpt_close(store);
     for (int i = 0; i < CM_STMT_SLOTS; i++)
         sqlite3_finalize(store->stmts[i].stmt);
     if (store->db) {
         cm_store_rollback(store);
-        sqlite3_close(store->db);
+        rc = db_close(store, err);
     }
-    gather_vfs_close(store);
+    gather_vfs_close(store); /* after the connection: none of its files is open now */
     free(store->path);
     free(store);
     *store_p = NULL;
+    return rc;
+}
+
+void cm_store_close(cm_store **store_p)
+{
+    cm_store_close_v2(store_p, NULL);
 }

@@ -77,6 +77,11 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err);
 
 /* Finalize kept statements, close the connection, NULL *store_p. */
 void cm_store_close(cm_store **store_p);
+/* cm_store_close with its result: CM_EDB when statements were left
+** unfinalized on the connection (err names their SQL; they are finalized
+** by the close, so their handles are invalid after it, and the store is
+** closed and freed all the same). 0 otherwise; NULL or closed: 0. */
+int cm_store_close_v2(cm_store **store_p, cm_err *err);
 
 /* The connection (borrowed; valid until close). */
 sqlite3 *cm_store_db(cm_store *store);

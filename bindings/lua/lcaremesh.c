@@ -55,6 +55,8 @@ static const char *code_name(int code)
         return "invalid";
     case CM_EPERM:
         return "refused";
+    case CM_ESTATE:
+        return "wrong_state";
     default:
         return "error";
     }

@@ -89,7 +89,7 @@ static int l_update(lua_State *L)
     int rc = cm_model_update(host->model, kind, id, *in, out, &err);
     cJSON_Delete(*in);
     *in = NULL;
-    if (rc == CM_ENOTFOUND)
+    if (rc == CM_ENOTFOUND || rc == CM_ESTATE) /* expected: no such record, a task done with */
         return cm_lua_fail(L, &err);
     if (rc != 0)
         return cm_lua_raise(L, &err);

@@ -300,9 +300,14 @@ cm 0 pause -- pause i2 --data "$d"; same "pause says" "$out" "instance i2: state
 cm 1 "pause twice" -- pause i2 --data "$d"; has "pause twice" "wrong_state:" "$err"
 cm 0 "signal a paused instance" -- signal i2 seen --data "$d"
 same "held" "$out" "instance i2 is paused: event seen held until it resumes"
-cm 0 resume -- resume i2 --data "$d" --json; same "resume json" "$(jq -r .status <<<"$out")" running
+cm 0 resume -- resume i2 --data "$d"
+same "resume says the held events it queued" "$out" "instance i2: state open, status running
+1 held event(s) queued to run now; 'caremesh show i2' shows the state after them"
 for _ in $(seq 1 100); do [ "$(count "SELECT state FROM instance WHERE id='i2'")" = seen ] && break; sleep 0.05; done
 same "held event ran after resume" "$(count "SELECT state FROM instance WHERE id='i2'")" seen
+cm 0 "pause again" -- pause i2 --data "$d"
+cm 0 "resume, nothing held" -- resume i2 --data "$d" --json; same "resume json" "$(jq -r .status <<<"$out")" running
+same "resume json queued none" "$(jq -r .queued <<<"$out")" 0
 cm 1 "cancel with a read token" -- cancel i2 --data "$d" --token "$reader"; has "cancel scope" "forbidden" "$err"
 same "refused cancel changed nothing" "$(count "SELECT status FROM instance WHERE id='i2'")" running
 cm 0 cancel -- cancel i2 --reason "duplicate referral" --data "$d"
@@ -321,6 +326,8 @@ cm 0 "tasks complete" -- tasks complete "$task" --note "left a message" --data "
 same "complete says" "$out" "task $task completed"
 cm 0 "tasks --status completed" -- tasks --status completed --data "$d" --json
 same "completed task" "$(jq -r '.items[0].id' <<<"$out")" "$task"
+cm 1 "complete a completed task" -- tasks complete "$task" --data "$d"
+has "complete twice says why" "wrong_state: task.status: task \"$task\" is already completed" "$err"
 cm 1 "complete unknown task" -- tasks complete nosuch --data "$d"; has "complete unknown" "not_found:" "$err"
 cm 2 "complete without id" -- tasks complete --data "$d"
 cm 1 "complete with a read token" -- tasks complete "$task" --data "$d" --token "$reader"

@@ -107,7 +107,9 @@ same "org page 2 id" "$(jq -r '.items[0].id' <<<"$body")" org2
 req GET "/v1/organizations?limit=0"; expect "limit 0" 400 invalid_parameter; field "limit 0" limit
 req GET "/v1/organizations?limit=abc"; expect "limit abc" 400 invalid_parameter
 req GET "/v1/organizations?kind=%zz"; expect "bad escape" 400 invalid_parameter
-req GET "/v1/organizations?kind=clinicx"; expect "org filter outside the kind's values" 422 invalid
+req GET "/v1/organizations?kind=clinicx"; expect "org filter outside the kind's values" 400 invalid_parameter
+field "org filter outside the kind's values" kind
+has "org filter lists the values" "expected one of: clinic," "$(jq -r .error.message <<<"$body")"
 has "org filter outside the kind's values" 'kind: unknown value \"clinicx\" (expected one of: clinic,' "$body"
 req PATCH /v1/organizations/org1 '{"phone":"+1 555 0100 22"}' "$writer"; expect "org patch" 200
 same "org patch version" "$(jq -r .meta.versionId <<<"$body")" 2
@@ -268,9 +270,11 @@ same "instances page" "$(jq -r '.items[0].id + " " + .next_cursor' <<<"$body")" 
 req GET "/v1/instances?limit=1&cursor=1" "" "$reader"; same "instances page 2" "$(jq -r '.items[0].id' <<<"$body")" i2
 req GET "/v1/instances?cursor=x"; expect "instances bad cursor" 400 invalid_parameter
 req GET "/v1/instances?shape=round"; expect "instances unknown filter" 400 unknown_parameter
-req GET "/v1/instances?status=runing"; expect "instances status outside its values" 422 invalid
+req GET "/v1/instances?status=runing"; expect "instances status outside its values" 400 invalid_parameter
 field "instances status outside its values" status
-req GET "/v1/tasks?status=open"; expect "tasks status outside its values" 422 invalid
+has "instances status lists the values" "expected one of: running, paused, done, cancelled" "$(jq -r .error.message <<<"$body")"
+req GET "/v1/tasks?status=open"; expect "tasks status outside its values" 400 invalid_parameter
+field "tasks status outside its values" status
 req POST /v1/instances/i1/events '{"event":"seen","payload":{"by":"dr1"}}' "$writer"; expect "signal" 200
 same "signal state" "$(jq -r .state <<<"$body")" seen
 same "acknowledged event is committed" "$(count "SELECT state FROM instance WHERE id='i1'")" seen
@@ -300,6 +304,7 @@ req POST /v1/instances/i1/pause "" "$writer"; expect "pause twice" 409 wrong_sta
 req POST /v1/instances/i1/events '{"event":"close"}' "$writer"; expect "signal paused is held" 202
 same "held" "$(jq -r .held <<<"$body")" true
 req POST /v1/instances/i1/resume "" "$writer"; expect resume 200
+same "resume answers the held events it queued" "$(jq -r .queued <<<"$body")" 1
 for _ in $(seq 1 100); do
   [ "$(count "SELECT status FROM instance WHERE id='i1'")" = done ] && break; sleep 0.05
 done
@@ -319,6 +324,16 @@ same "task completed" "$(jq -r .status <<<"$body")" completed
 req GET "/v1/tasks?status=completed" "" "$reader"; same "completed filter" "$(jq -r '.items[0].id' <<<"$body")" "$task"
 req POST "/v1/tasks/nosuch/complete" "" "$writer"; expect "complete missing" 404 not_found
 req POST "/v1/tasks/$task/complete" '{"note":7}' "$writer"; expect "complete bad note" 422 invalid
+# a completed task takes no more changes: 409, nothing written, no second "ok" audit entry
+task_version=$(count "SELECT version FROM record WHERE kind='task' AND id='$task'")
+req POST "/v1/tasks/$task/complete" '{"note":"again"}' "$writer"; expect "complete twice" 409 wrong_state
+field "complete twice" status
+has "complete twice names the task and its status" "task \"$task\" is already completed" "$(jq -r .error.message <<<"$body")"
+req PATCH "/v1/tasks/$task" '{"status":"in-progress"}' "$writer" application/merge-patch+json
+expect "patch a completed task" 409 wrong_state
+same "refused task changes write nothing" "$(count "SELECT version FROM record WHERE kind='task' AND id='$task'")" "$task_version"
+same "one task.complete audited ok" "$(count "SELECT count(*) FROM audit WHERE action='task.complete' AND outcome='ok'")" 1
+
 
 # ---- failed events ----
 req GET /v1/failed-events "" "$reader"; expect "failed list" 200
@@ -329,6 +344,23 @@ sqlite3 "$d/caremesh.db" "UPDATE event SET status='failed' WHERE seq=$seq" 2>/de
   for _ in $(seq 1 50); do sqlite3 "$d/caremesh.db" "UPDATE event SET status='failed' WHERE seq=$seq" 2>/dev/null && break; sleep 0.1; done
 req POST "/v1/failed-events/$seq/discard" "" "$writer"; expect "discard" 200
 same "discarded" "$(count "SELECT count(*) FROM event WHERE seq=$seq")" 0
+# an event waiting for its retry when its instance ends is parked, listed and logged, not dropped
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i6"}' "$writer"; expect "instance 6" 201
+req POST /v1/instances/i6/events '{"event":"boom","payload":{"secret":"do-not-log"}}' "$writer"; expect "i6 boom kept" 202
+req POST /v1/instances/i6/events '{"event":"close"}' "$writer"; expect "i6 closed" 200
+req GET /v1/failed-events "" "$reader"
+parked=$(jq -c '[.items[] | select(.instance == "i6")]' <<<"$body")
+same "ended instance's kept event parked" "$(jq -r '.[0].name + " " + .[0].status' <<<"$parked")" "boom failed"
+has "parked event says why" "instance i6 ended (done, in state closed) before the retry of this event" "$(jq -r '.[0].error' <<<"$parked")"
+wait_for "$tmp/log" '"engine.event_parked"' || bad "no engine.event_parked log line: $(tail -5 "$tmp/log")"
+line=$(grep -F '"engine.event_parked"' "$tmp/log")
+has "parked log names instance and event" "instance i6 (intake) ended in state closed before its event boom" "$line"
+has "parked log is a warning" '"level":"warn' "$line"
+if grep -qF do-not-log <<<"$line"; then bad "a payload reached the log: $line"; else ok; fi
+seq6=$(jq -r '.[0].seq' <<<"$parked")
+req POST "/v1/failed-events/$seq6/retry" "" "$writer"; expect "retry of an ended instance's event" 409 wrong_state
+same "refused retry changed nothing" "$(count "SELECT status || attempts FROM event WHERE seq=$seq6")" failed1
+req POST "/v1/failed-events/$seq6/discard" "" "$writer"; expect "discard of an ended instance's event" 200
 
 # ---- peers, KPIs ----
 req GET /v1/peers "" "$reader"; expect peers 200; same "no federation" "$(jq -r .federation <<<"$body")" false
@@ -372,7 +404,7 @@ for i in $(seq 10 30); do eval "exec $i<&-"; done
 # ---- metrics ----
 req GET /metrics "" "$reader"; expect metrics 200
 for m in 'caremesh_events_processed_total ' 'caremesh_events_failed_total ' 'caremesh_event_latency_seconds_bucket{le="+Inf"}' \
-  'caremesh_instances{workflow="intake",state="closed",status="done"} 1' 'caremesh_timers_pending 0' \
+  'caremesh_instances{workflow="intake",state="closed",status="done"} 2' 'caremesh_timers_pending 0' \
   'caremesh_lua_budget_kills_total 0' \
   'caremesh_http_requests_total{route="/v1/patients",status="201"} 2' \
   'caremesh_http_requests_total{route="unmatched",status="401"}' 'caremesh_http_connections'; do

@@ -215,8 +215,14 @@ test("consent, care team and task", function()
                              organization = "clinic-a", patient = "pat-1",
                              ownerRole = "care_coordinator", due = "2026-12-02" }
   eq(t.status, "requested")
-  eq(cm.task.update("task-1", { status = "completed" }).status, "completed")
   raises(function() cm.task.update("task-1", { status = "done" }) end, "task.status", "done")
+  eq(cm.task.update("task-1", { status = "completed" }).status, "completed")
+  -- a completed task takes no more changes: an expected failure, nothing written
+  local again, msg, code = cm.task.update("task-1", { status = "in-progress" })
+  eq(again, nil)
+  eq(code, "wrong_state")
+  eq(msg:find('task "task-1" is already completed', 1, true) ~= nil, true, msg)
+  eq(cm.task.get("task-1").meta.versionId, "2")
   eq(#cm.task.find { status = "completed" }, 1)
 end)
 

@@ -26,6 +26,11 @@ typedef struct cm_test_failvfs {
     const char *count_suffix; /* files whose name ends so have their writes counted */
     int writes;               /* writes counted so far */
     bool fail_commit_hdr;     /* fail a WAL write of a commit frame's header alone */
+    /* a device without powersafe overwrite (SQLITE_IOCAP_POWERSAFE_OVERWRITE
+    ** cleared), of this sector size (0: the base VFS's): SQLite pads a synced
+    ** commit's WAL to the sector's end, splitting the write that crosses it */
+    bool no_psow;
+    int sector;
     bool installed;
 } cm_test_failvfs;
 
@@ -109,11 +114,15 @@ static inline int cm_failvfs_fcntl(sqlite3_file *f, int op, void *arg)
 }
 static inline int cm_failvfs_sector(sqlite3_file *f)
 {
-    return CM_FAILVFS_BASE(f)->pMethods->xSectorSize(CM_FAILVFS_BASE(f));
+    cm_test_failfile *ff = (cm_test_failfile *)f;
+    return ff->fv->sector ? ff->fv->sector
+                          : CM_FAILVFS_BASE(f)->pMethods->xSectorSize(CM_FAILVFS_BASE(f));
 }
 static inline int cm_failvfs_devchar(sqlite3_file *f)
 {
-    return CM_FAILVFS_BASE(f)->pMethods->xDeviceCharacteristics(CM_FAILVFS_BASE(f));
+    cm_test_failfile *ff = (cm_test_failfile *)f;
+    int dc = CM_FAILVFS_BASE(f)->pMethods->xDeviceCharacteristics(CM_FAILVFS_BASE(f));
+    return ff->fv->no_psow ? dc & ~SQLITE_IOCAP_POWERSAFE_OVERWRITE : dc;
 }
 static inline int cm_failvfs_shmmap(sqlite3_file *f, int pg, int sz, int ext, void volatile **p)
 {

@@ -1388,6 +1388,70 @@ static void test_observer_hears_committed_events_in_order(void **state)
     assert_string_equal(s.line[4], "3 ref-1 >accepted cancelled");
 }
 
+static void text_of(fx *f, const char *sql, char *out, size_t n);
+
+/* An instance that ends (through another event, or cancelled while
+** paused) with events still kept for it parks each as failed, saying why,
+** and the observer hears of each; a retry of one is refused, changing
+** nothing; a discard takes it. */
+static void test_events_kept_when_an_instance_ends_are_parked_not_dropped(void **state)
+{
+    fx *f = *state;
+    seen s = {0};
+    cm_err err;
+    char sql[128];
+    sqlite3_open_v2(f->db, &s.db, SQLITE_OPEN_READONLY, NULL);
+    load_ok(f, "referral.lua", REFERRAL);
+    cm_engine_observe(f->engine, observe, &s);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    run(f);
+    signal_ev(f, "ref-1", "boom", NULL); /* kept, waiting for its retry */
+    run(f);
+    long seq = count(f, "SELECT seq FROM event WHERE instance = 'ref-1'");
+    signal_ev(f, "ref-1", "declined", "{\"reason\":\"full\"}"); /* final before the retry */
+    run(f);
+    expect_state(f, "ref-1", "declined", "done");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM event WHERE seq = %ld AND status = 'failed'",
+             seq);
+    assert_int_equal(count(f, sql), 1);
+    char why[1024];
+    text_of(f, "SELECT error FROM event WHERE instance = 'ref-1'", why, sizeof(why));
+    if (!strstr(why, "instance ref-1 ended (done, in state declined) before the retry of this "
+                     "event; it had failed: ") ||
+        !strstr(why, "kaput"))
+        fail_msg("got: %s", why);
+    /* held while paused, then the instance is cancelled */
+    assert_int_equal(cm_engine_pause(f->engine, "ref-2", &err), 0);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    run(f);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-2", "moved away", &err), 0);
+    text_of(f, "SELECT error FROM event WHERE instance = 'ref-2' AND status = 'failed'", why,
+            sizeof(why));
+    assert_string_equal(why, "instance ref-2 ended (cancelled, in state requested) before this "
+                             "event ran; it was not applied");
+    sqlite3_close(s.db);
+    int parked = 0;
+    for (int i = 0; i < s.n; i++)
+        parked += strncmp(s.line[i], "6 ", 2) == 0;
+    assert_int_equal(parked, 2);
+    char want[160];
+    snprintf(want, sizeof(want), "6 ref-1 >declined boom (seq %ld)", seq);
+    bool heard = false;
+    for (int i = 0; i < s.n; i++)
+        heard = heard || strcmp(s.line[i], want) == 0;
+    assert_true(heard);
+    /* a retry is refused and changes nothing; a discard takes it */
+    long before = count(f, "SELECT total(attempts) + count(*) FROM event WHERE status = 'failed'");
+    assert_int_equal(cm_engine_retry_event(f->engine, seq, &err), CM_ESTATE);
+    assert_non_null(strstr(err.msg, "instance ref-1 has ended (done)"));
+    run(f);
+    assert_int_equal(
+        count(f, "SELECT total(attempts) + count(*) FROM event WHERE status = 'failed'"), before);
+    assert_int_equal(cm_engine_discard_event(f->engine, seq, &err), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 1);
+}
+
 /* The steps of a history, one line each: "step event from>to". */
 static void history_lines(fx *f, const char *id, char *out, size_t n)
 {
@@ -2995,6 +3059,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_events_kept_when_an_instance_ends_are_parked_not_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_observer_hears_committed_events_in_order, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_rolled_back_spawn_tells_of_no_child, setup,

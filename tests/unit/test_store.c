@@ -1466,11 +1466,83 @@ static void test_a_failed_checksum_rewrite_fails_its_commit(void **state)
     assert_int_equal(rows_after_reopen(f->db), 5);
 }
 
+/* On a device without powersafe overwrite SQLite pads a synced commit's
+** WAL to the end of a sector with copies of its commit frame, splitting the
+** write that crosses the sector's end: a header may come in two pieces, a
+** page in a piece of any size (24 bytes too). The store counts frames by
+** where they are: as many as the WAL grew by, over commits that split
+** every which way (a 512-byte sector: the split falls anywhere in a frame). */
+#define WAL_HEADER_BYTES 32
+
+static void test_wal_frames_are_counted_by_place_when_commits_pad_a_sector(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    uint64_t frames0, writes0, frames1, writes1;
+    const long frame = 24 + 4096;
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    fv->no_psow = true;
+    fv->sector = 512;
+    const char *wal = cm_test_path(f->dir, "caremesh.db-wal");
+    cm_store *s = open_checkpointing(f->db, 1000000); /* no checkpoint: the WAL only grows */
+    put_rows(s, 0, 1, "first");
+    long size0 = file_size(wal);
+    cm_store_wal_writes(s, &frames0, &writes0);
+    for (int c = 1; c <= 400; c++) {
+        char value[64];
+        snprintf(value, sizeof(value), "%0*d", 1 + c % 40, c); /* rows of varied sizes */
+        put_rows(s, c, 1, value);
+    }
+    cm_store_wal_writes(s, &frames1, &writes1);
+    long size1 = file_size(wal);
+    assert_int_equal((size1 - WAL_HEADER_BYTES) % frame, 0);
+    assert_true(size1 - size0 >= 400 * frame);
+    assert_int_equal(frames1 - frames0, (uint64_t)((size1 - size0) / frame));
+    cm_store_close(&s);
+    assert_int_equal(rows_after_reopen(f->db), 401);
+}
+
+/* A statement left unfinalized on the store's connection: the close says
+** which (its SQL), finalizes it, and closes the connection whole before its
+** VFS shim goes: the store opens again at once, and nothing leaks (the
+** valgrind twin and the ASan build check that). */
+static void test_a_close_with_a_statement_left_names_it_and_leaks_nothing(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    sqlite3_stmt *left = NULL, *idle = NULL;
+    cm_store *s = open_store(f->db, true, &err);
+    assert_non_null(s);
+    put_rows(s, 0, 3, "x");
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT key FROM node_meta ORDER BY key",
+                                        -1, &left, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(left), SQLITE_ROW); /* a read in progress */
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT 17", -1, &idle, NULL), SQLITE_OK);
+    assert_int_equal(cm_store_close_v2(&s, &err), CM_EDB);
+    assert_null(s);
+    if (!strstr(err.msg, "2 statement(s) not finalized") ||
+        !strstr(err.msg, "\"SELECT key FROM node_meta ORDER BY key\"") ||
+        !strstr(err.msg, "\"SELECT 17\""))
+        fail_msg("got: %s", err.msg);
+    /* the connection is closed: the store opens again and its rows are there */
+    assert_int_equal(rows_after_reopen(f->db), 3);
+    /* a close with nothing left answers 0 */
+    s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_close_v2(&s, &err), 0);
+    assert_int_equal(cm_store_close_v2(&s, &err), 0); /* closed already: nothing */
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_close_with_a_statement_left_names_it_and_leaks_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_wal_frames_are_counted_by_place_when_commits_pad_a_sector, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_a_commits_wal_frames_reach_the_file_in_one_write,
                                         setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(
