@@ -96,6 +96,7 @@ struct cm_api {
     counter counters[MAX_COUNTERS];
     int ncounters;
     struct route_index *routing; /* routes[] compiled (routes_compile) */
+    size_t route_last;           /* the last route found, when alone in it; else NROUTES */
     call *spare;                 /* finished calls, kept for the next requests */
     cm_buf out;                  /* an answer's text (a record: wiped once sent on) */
     int nspare;
@@ -2014,12 +2015,31 @@ typedef struct route_index {
     route_key key[NROUTES];
     unsigned char order[NROUTES];
     unsigned char first[CM_HTTP_MAX_SEGMENTS + 2]; /* n segments: order[first[n]..first[n+1]) */
+    /* no other route of its method matches a path it matches: when it
+    ** matches, it is what the scan would find (route_memo) */
+    bool alone[NROUTES];
 } route_index;
 
 _Static_assert(NROUTES < 256, "route_index counts routes in bytes");
 
+/* Can a request match both route i and route j: the same method, as many
+** segments, and each segment the same text or a {} in either? */
+static bool routes_overlap(const route_index *ri, size_t i, size_t j)
+{
+    const route_key *a = &ri->key[i], *b = &ri->key[j];
+    if (a->nseg != b->nseg || strcmp(routes[i].method, routes[j].method) != 0)
+        return false;
+    for (int s = 0; s < a->nseg; s++)
+        if (s != a->wild && s != b->wild &&
+            (a->len[s] != b->len[s] ||
+             memcmp(routes[i].pattern + a->off[s], routes[j].pattern + b->off[s], a->len[s]) != 0))
+            return false;
+    return true;
+}
+
 /* Split each route's pattern ("/v1/tasks/{}/complete") into its key, then
-** order the routes by their count of segments. */
+** order the routes by their count of segments; mark the routes no other
+** route of their method overlaps. */
 static route_index *routes_compile(void)
 {
     route_index *ri = calloc(1, sizeof(*ri));
@@ -2050,6 +2070,11 @@ static route_index *routes_compile(void)
     memcpy(next, ri->first, sizeof(next));
     for (size_t i = 0; i < NROUTES; i++)
         ri->order[next[ri->key[i].nseg]++] = (unsigned char)i;
+    for (size_t i = 0; i < NROUTES; i++) {
+        ri->alone[i] = true;
+        for (size_t j = 0; j < NROUTES && ri->alone[i]; j++)
+            ri->alone[i] = j == i || !routes_overlap(ri, i, j);
+    }
     return ri;
 }
 
@@ -2084,14 +2109,24 @@ static void handle(void *ud, cm_http_req *req)
     c->nseg = cm_http_split_path(cm_http_req_path(req), &c->mem.path, CM_HTTP_MAX_SEGMENTS);
     bool path_known = false;
     const route_index *ri = api->routing;
+    size_t last = api->route_last;
+    /* the route of the request before, when it matches and no other route
+    ** of the method could: what the scan would find, without the scan */
+    if (last < NROUTES && c->nseg >= 0 && route_match(api, last, c) &&
+        strcmp(routes[last].method, method) == 0) {
+        path_known = true;
+        c->rt = &routes[last];
+    }
     int o = c->nseg >= 0 ? ri->first[c->nseg] : 0, end = c->nseg >= 0 ? ri->first[c->nseg + 1] : 0;
     for (; o < end && !c->rt; o++) {
         size_t i = ri->order[o];
         if (!route_match(api, i, c))
             continue;
         path_known = true;
-        if (strcmp(routes[i].method, method) == 0)
+        if (strcmp(routes[i].method, method) == 0) {
             c->rt = &routes[i];
+            api->route_last = ri->alone[i] ? i : NROUTES;
+        }
     }
     if (!c->rt)
         c->arg = NULL;
@@ -2173,6 +2208,7 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
     api->o = *o;
     api->out.wipe = true;
     randombytes_buf(api->token_key, sizeof(api->token_key));
+    api->route_last = NROUTES;
     if (!(api->routing = routes_compile())) {
         free(api);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
