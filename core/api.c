@@ -1080,12 +1080,22 @@ static void h_instance_history(call *c)
     instance_view(c, true);
 }
 
+/* The slot of an instance's id: its bytes hashed 8 at a time (a byte at a
+** time cost ~150 instructions an event for ids of ~15 bytes). */
 static size_t patient_slot_of(const char *instance)
 {
-    size_t h = 5381;
-    for (const unsigned char *p = (const unsigned char *)instance; *p; p++)
-        h = h * 33 + *p;
-    return h % PATIENT_SLOTS;
+    size_t len = strlen(instance), i = 0;
+    uint64_t h = len, w;
+    for (; i + sizeof(w) <= len; i += sizeof(w)) {
+        memcpy(&w, instance + i, sizeof(w));
+        h = (h ^ w) * 0x9e3779b97f4a7c15u;
+        h ^= h >> 29;
+    }
+    w = 0;
+    memcpy(&w, instance + i, len - i);
+    h = (h ^ w) * 0x9e3779b97f4a7c15u;
+    h ^= h >> 32;
+    return (size_t)(h % PATIENT_SLOTS);
 }
 
 /* The patient the instance's input names into out ("" for none), read once
