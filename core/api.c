@@ -186,7 +186,8 @@ static void call_free(call *c)
 {
     cm_api *api = c->api;
     cm_http_query_free(&c->mem.q);
-    cm_model_doc_free(c->body);
+    if (c->body) /* none for an event without a payload (event_only) */
+        cm_model_doc_free(c->body);
     if (api->nspare >= SPARE_CALLS) {
         free(c);
         return;
@@ -1136,6 +1137,8 @@ static void instance_patient_keep(cm_api *api, const char *instance, const char 
     }
 }
 
+static const char start_action[] = "instance.start"; /* c->action of a start: 201 */
+
 /* The engine acknowledged a submission: the batch holding it committed. */
 static void on_engine_ack(void *ud, const cm_ack *ack)
 {
@@ -1167,11 +1170,7 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
     n = text_put(text, n, "\",\"state\":\"");
     n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->state ? ack->state : "");
     n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
-    reply_text(c,
-               ack->kept                                  ? 202
-               : strcmp(c->action, "instance.start") == 0 ? 201
-                                                          : 200,
-               NULL, text, n);
+    reply_text(c, ack->kept ? 202 : c->action == start_action ? 201 : 200, NULL, text, n);
 }
 
 /* In the batch's transaction: the audit entry of an API submission. */
@@ -1212,7 +1211,7 @@ static void h_instance_start(call *c)
     /* what instance_patient_of would read once it commits: the instance's
     ** first event then needs no lookup (not a patient that is no id) */
     c->patient_keep = !patient || c->patient[0];
-    c->action = "instance.start";
+    c->action = start_action;
     if (cm_engine_start(c->api->o.engine, body_str(c, "workflow"), input, body_str(c, "id"),
                         on_engine_ack, c, &err) != 0)
         reply_err(c, &err, NULL);
