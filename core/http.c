@@ -275,9 +275,8 @@ static uint64_t name_bit(unsigned char first, size_t len)
     return (uint64_t)1 << (((first | 0x20u) + len) & 63);
 }
 
-const char *cm_http_req_header(const cm_http_req *r, const char *name)
+const char *cm_http_req_header_n(const cm_http_req *r, const char *name, size_t len)
 {
-    size_t len = strlen(name);
     if (len == 0 || !(r->names & name_bit((unsigned char)name[0], len)))
         return NULL;                                 /* no header of that first letter and length */
     unsigned first = (unsigned char)name[0] | 0x20u; /* equal in any case: equal here */
@@ -285,7 +284,7 @@ const char *cm_http_req_header(const cm_http_req *r, const char *name)
         const hdr *h = &r->mem.headers[i];
         const char *text = r->mem.hbuf.p + h->name;
         if (h->value - h->name - 1 == len && ((unsigned char)text[0] | 0x20u) == first &&
-            strcasecmp(text, name) == 0)
+            strncasecmp(text, name, len) == 0)
             return r->mem.hbuf.p + h->value;
     }
     return NULL;
