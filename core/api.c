@@ -27,7 +27,8 @@
 #define MAX_COUNTERS  256
 #define PURPOSE_MAX   64
 #define TOKEN_SLOTS   64   /* verified tokens kept, direct-mapped by hash */
-#define PATIENT_SLOTS 4096 /* instances' patients kept, direct-mapped by hash of the id */
+#define PATIENT_SLOTS 4096 /* instances' patients kept, by hash of the id */
+#define PATIENT_PROBE 8    /* slots an id may take, from the one its hash names */
 #define SPARE_CALLS   256  /* finished calls kept for reuse */
 
 #define METRICS_MAX_AGE_MS 1000 /* the store's gauges are read at most once a second */
@@ -70,6 +71,7 @@ typedef struct token_slot {
 
 /* The patient an instance's input names ("" for none): inputs never change. */
 typedef struct patient_slot {
+    uint64_t tag; /* the instance id's hash (patient_hash), never 0; 0: empty */
     char instance[CM_NAME_MAX];
     char patient[CM_ID_MAX + 1];
 } patient_slot;
@@ -1081,9 +1083,9 @@ static void h_instance_history(call *c)
     instance_view(c, true);
 }
 
-/* The slot of an instance's id: its bytes hashed 8 at a time (a byte at a
-** time cost ~150 instructions an event for ids of ~15 bytes). */
-static size_t patient_slot_of(const char *instance)
+/* The hash of an instance's id, never 0: its bytes 8 at a time (a byte at
+** a time cost ~150 instructions an event for ids of ~15 bytes). */
+static uint64_t patient_hash(const char *instance)
 {
     size_t len = strlen(instance), i = 0;
     uint64_t h = len, w;
@@ -1095,8 +1097,30 @@ static size_t patient_slot_of(const char *instance)
     w = 0;
     memcpy(&w, instance + i, len - i);
     h = (h ^ w) * 0x9e3779b97f4a7c15u;
-    h ^= h >> 32;
-    return (size_t)(h % PATIENT_SLOTS);
+    return (h ^ (h >> 32)) | 1;
+}
+
+/* The slot that keeps the instance's patient: the first of the
+** PATIENT_PROBE slots from the one its hash names that holds it, or (keep)
+** else the first empty one, else the first; NULL when none holds it (not
+** keep) or there is no memo. Slots are never emptied, so an id is found
+** before the first empty slot of its probe when it is kept at all; ids
+** that share a slot (~5 pairs for 200 ids in 4096 slots) do not push each
+** other out until eight do. */
+static patient_slot *patient_slot_of(cm_api *api, const char *instance, bool keep)
+{
+    if (!api->patients)
+        return NULL;
+    uint64_t tag = patient_hash(instance);
+    size_t home = (size_t)(tag % PATIENT_SLOTS);
+    for (size_t k = 0; k < PATIENT_PROBE; k++) {
+        patient_slot *slot = &api->patients[(home + k) % PATIENT_SLOTS];
+        if (!slot->tag)
+            return keep ? slot : NULL;
+        if (slot->tag == tag && strcmp(slot->instance, instance) == 0)
+            return slot;
+    }
+    return keep ? &api->patients[home] : NULL;
 }
 
 /* The patient the instance's input names into out ("" for none), read once
@@ -1105,10 +1129,10 @@ static size_t patient_slot_of(const char *instance)
 static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
                                bool *from_store, cm_err *err)
 {
-    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
+    patient_slot *slot = patient_slot_of(api, instance, false);
     out[0] = '\0';
     *from_store = false;
-    if (slot && strcmp(slot->instance, instance) == 0) {
+    if (slot) {
         cm_copy_str(out, outsz, slot->patient);
         return 0;
     }
@@ -1129,9 +1153,10 @@ static int instance_patient_of(cm_api *api, const char *instance, char *out, siz
 ** (a batch rolled back may have started the instance it read). */
 static void instance_patient_keep(cm_api *api, const char *instance, const char *patient)
 {
-    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
-    if (slot && strlen(instance) < sizeof(slot->instance) &&
-        strlen(patient) < sizeof(slot->patient)) {
+    patient_slot *slot = NULL;
+    if (strlen(instance) < sizeof(slot->instance) && strlen(patient) < sizeof(slot->patient) &&
+        (slot = patient_slot_of(api, instance, true))) {
+        slot->tag = patient_hash(instance);
         memcpy(slot->instance, instance, strlen(instance) + 1);
         memcpy(slot->patient, patient, strlen(patient) + 1);
     }
