@@ -27,7 +27,8 @@
 #define MAX_COUNTERS  256
 #define PURPOSE_MAX   64
 #define TOKEN_SLOTS   64   /* verified tokens kept, direct-mapped by hash */
-#define PATIENT_SLOTS 4096 /* instances' patients kept, direct-mapped by hash of the id */
+#define PATIENT_SLOTS 4096 /* instances' patients kept, by hash of the id */
+#define PATIENT_PROBE 8    /* slots an id may take, from the one its hash names */
 #define SPARE_CALLS   256  /* finished calls kept for reuse */
 
 #define METRICS_MAX_AGE_MS 1000 /* the store's gauges are read at most once a second */
@@ -70,6 +71,7 @@ typedef struct token_slot {
 
 /* The patient an instance's input names ("" for none): inputs never change. */
 typedef struct patient_slot {
+    uint64_t tag; /* the instance id's hash (patient_hash), never 0; 0: empty */
     char instance[CM_NAME_MAX];
     char patient[CM_ID_MAX + 1];
 } patient_slot;
@@ -96,6 +98,7 @@ struct cm_api {
     counter counters[MAX_COUNTERS];
     int ncounters;
     struct route_index *routing; /* routes[] compiled (routes_compile) */
+    size_t route_last;           /* the last route found, when alone in it; else NROUTES */
     call *spare;                 /* finished calls, kept for the next requests */
     cm_buf out;                  /* an answer's text (a record: wiped once sent on) */
     int nspare;
@@ -185,7 +188,8 @@ static void call_free(call *c)
 {
     cm_api *api = c->api;
     cm_http_query_free(&c->mem.q);
-    cm_model_doc_free(c->body);
+    if (c->body) /* none for an event without a payload (event_only) */
+        cm_model_doc_free(c->body);
     if (api->nspare >= SPARE_CALLS) {
         free(c);
         return;
@@ -1105,12 +1109,44 @@ static void h_instance_history(call *c)
     instance_view(c, true);
 }
 
-static size_t patient_slot_of(const char *instance)
+/* The hash of an instance's id, never 0: its bytes 8 at a time (a byte at
+** a time cost ~150 instructions an event for ids of ~15 bytes). */
+static uint64_t patient_hash(const char *instance)
 {
-    size_t h = 5381;
-    for (const unsigned char *p = (const unsigned char *)instance; *p; p++)
-        h = h * 33 + *p;
-    return h % PATIENT_SLOTS;
+    size_t len = strlen(instance), i = 0;
+    uint64_t h = len, w;
+    for (; i + sizeof(w) <= len; i += sizeof(w)) {
+        memcpy(&w, instance + i, sizeof(w));
+        h = (h ^ w) * 0x9e3779b97f4a7c15u;
+        h ^= h >> 29;
+    }
+    w = 0;
+    memcpy(&w, instance + i, len - i);
+    h = (h ^ w) * 0x9e3779b97f4a7c15u;
+    return (h ^ (h >> 32)) | 1;
+}
+
+/* The slot that keeps the instance's patient: the first of the
+** PATIENT_PROBE slots from the one its hash names that holds it, or (keep)
+** else the first empty one, else the first; NULL when none holds it (not
+** keep) or there is no memo. Slots are never emptied, so an id is found
+** before the first empty slot of its probe when it is kept at all; ids
+** that share a slot (~5 pairs for 200 ids in 4096 slots) do not push each
+** other out until eight do. */
+static patient_slot *patient_slot_of(cm_api *api, const char *instance, bool keep)
+{
+    if (!api->patients)
+        return NULL;
+    uint64_t tag = patient_hash(instance);
+    size_t home = (size_t)(tag % PATIENT_SLOTS);
+    for (size_t k = 0; k < PATIENT_PROBE; k++) {
+        patient_slot *slot = &api->patients[(home + k) % PATIENT_SLOTS];
+        if (!slot->tag)
+            return keep ? slot : NULL;
+        if (slot->tag == tag && strcmp(slot->instance, instance) == 0)
+            return slot;
+    }
+    return keep ? &api->patients[home] : NULL;
 }
 
 /* The patient the instance's input names into out ("" for none), read once
@@ -1119,10 +1155,10 @@ static size_t patient_slot_of(const char *instance)
 static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
                                bool *from_store, cm_err *err)
 {
-    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
+    patient_slot *slot = patient_slot_of(api, instance, false);
     out[0] = '\0';
     *from_store = false;
-    if (slot && strcmp(slot->instance, instance) == 0) {
+    if (slot) {
         cm_copy_str(out, outsz, slot->patient);
         return 0;
     }
@@ -1143,13 +1179,16 @@ static int instance_patient_of(cm_api *api, const char *instance, char *out, siz
 ** (a batch rolled back may have started the instance it read). */
 static void instance_patient_keep(cm_api *api, const char *instance, const char *patient)
 {
-    patient_slot *slot = api->patients ? &api->patients[patient_slot_of(instance)] : NULL;
-    if (slot && strlen(instance) < sizeof(slot->instance) &&
-        strlen(patient) < sizeof(slot->patient)) {
+    patient_slot *slot = NULL;
+    if (strlen(instance) < sizeof(slot->instance) && strlen(patient) < sizeof(slot->patient) &&
+        (slot = patient_slot_of(api, instance, true))) {
+        slot->tag = patient_hash(instance);
         memcpy(slot->instance, instance, strlen(instance) + 1);
         memcpy(slot->patient, patient, strlen(patient) + 1);
     }
 }
+
+static const char start_action[] = "instance.start"; /* c->action of a start: 201 */
 
 /* The engine acknowledged a submission: the batch holding it committed. */
 static void on_engine_ack(void *ud, const cm_ack *ack)
@@ -1182,11 +1221,7 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
     n = text_put(text, n, "\",\"state\":\"");
     n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->state ? ack->state : "");
     n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
-    reply_text(c,
-               ack->kept                                  ? 202
-               : strcmp(c->action, "instance.start") == 0 ? 201
-                                                          : 200,
-               NULL, text, n);
+    reply_text(c, ack->kept ? 202 : c->action == start_action ? 201 : 200, NULL, text, n);
 }
 
 /* In the batch's transaction: the audit entry of an API submission. */
@@ -1227,7 +1262,7 @@ static void h_instance_start(call *c)
     /* what instance_patient_of would read once it commits: the instance's
     ** first event then needs no lookup (not a patient that is no id) */
     c->patient_keep = !patient || c->patient[0];
-    c->action = "instance.start";
+    c->action = start_action;
     if (cm_engine_start(c->api->o.engine, body_str(c, "workflow"), input, body_str(c, "id"),
                         on_engine_ack, c, &err) != 0)
         reply_err(c, &err, NULL);
@@ -2046,12 +2081,31 @@ typedef struct route_index {
     route_key key[NROUTES];
     unsigned char order[NROUTES];
     unsigned char first[CM_HTTP_MAX_SEGMENTS + 2]; /* n segments: order[first[n]..first[n+1]) */
+    /* no other route of its method matches a path it matches: when it
+    ** matches, it is what the scan would find (route_memo) */
+    bool alone[NROUTES];
 } route_index;
 
 _Static_assert(NROUTES < 256, "route_index counts routes in bytes");
 
+/* Can a request match both route i and route j: the same method, as many
+** segments, and each segment the same text or a {} in either? */
+static bool routes_overlap(const route_index *ri, size_t i, size_t j)
+{
+    const route_key *a = &ri->key[i], *b = &ri->key[j];
+    if (a->nseg != b->nseg || strcmp(routes[i].method, routes[j].method) != 0)
+        return false;
+    for (int s = 0; s < a->nseg; s++)
+        if (s != a->wild && s != b->wild &&
+            (a->len[s] != b->len[s] ||
+             memcmp(routes[i].pattern + a->off[s], routes[j].pattern + b->off[s], a->len[s]) != 0))
+            return false;
+    return true;
+}
+
 /* Split each route's pattern ("/v1/tasks/{}/complete") into its key, then
-** order the routes by their count of segments. */
+** order the routes by their count of segments; mark the routes no other
+** route of their method overlaps. */
 static route_index *routes_compile(void)
 {
     route_index *ri = calloc(1, sizeof(*ri));
@@ -2082,6 +2136,11 @@ static route_index *routes_compile(void)
     memcpy(next, ri->first, sizeof(next));
     for (size_t i = 0; i < NROUTES; i++)
         ri->order[next[ri->key[i].nseg]++] = (unsigned char)i;
+    for (size_t i = 0; i < NROUTES; i++) {
+        ri->alone[i] = true;
+        for (size_t j = 0; j < NROUTES && ri->alone[i]; j++)
+            ri->alone[i] = j == i || !routes_overlap(ri, i, j);
+    }
     return ri;
 }
 
@@ -2116,14 +2175,24 @@ static void handle(void *ud, cm_http_req *req)
     c->nseg = cm_http_split_path(cm_http_req_path(req), &c->mem.path, CM_HTTP_MAX_SEGMENTS);
     bool path_known = false;
     const route_index *ri = api->routing;
+    size_t last = api->route_last;
+    /* the route of the request before, when it matches and no other route
+    ** of the method could: what the scan would find, without the scan */
+    if (last < NROUTES && c->nseg >= 0 && route_match(api, last, c) &&
+        strcmp(routes[last].method, method) == 0) {
+        path_known = true;
+        c->rt = &routes[last];
+    }
     int o = c->nseg >= 0 ? ri->first[c->nseg] : 0, end = c->nseg >= 0 ? ri->first[c->nseg + 1] : 0;
     for (; o < end && !c->rt; o++) {
         size_t i = ri->order[o];
         if (!route_match(api, i, c))
             continue;
         path_known = true;
-        if (strcmp(routes[i].method, method) == 0)
+        if (strcmp(routes[i].method, method) == 0) {
             c->rt = &routes[i];
+            api->route_last = ri->alone[i] ? i : NROUTES;
+        }
     }
     if (!c->rt)
         c->arg = NULL;
@@ -2205,6 +2274,7 @@ int cm_api_start(const cm_api_opts *o, cm_api **out, cm_err *err)
     api->o = *o;
     api->out.wipe = true;
     randombytes_buf(api->token_key, sizeof(api->token_key));
+    api->route_last = NROUTES;
     if (!(api->routing = routes_compile())) {
         free(api);
         return cm_err_set(err, CM_ENOMEM, "out of memory");

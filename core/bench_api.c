@@ -5,7 +5,6 @@
 ** length, body); each event's latency from its request's write to its
 ** answer.
 */
-#define _GNU_SOURCE /* memmem */
 #include "bench_api.h"
 
 #include <stdbool.h>
@@ -172,11 +171,24 @@ static bool header_is(const char *line, size_t len, const char *name, size_t nle
     return len > nlen && (line[0] | 0x20) == name[0] && strncasecmp(line, name, nlen) == 0;
 }
 
+/* The first "\r\n\r\n" in p[0..n), or NULL: each CR found by memchr, then
+** the three bytes after it compared (glibc's memmem cost ~490 instructions
+** an answer here, more than the rest of the reading). */
+static const char *head_end(const char *p, size_t n)
+{
+    const char *q = p, *e = p + n;
+    while (e - q >= 4 && (q = memchr(q, '\r', (size_t)(e - q) - 3)) != NULL) {
+        if (memcmp(q, "\r\n\r\n", 4) == 0)
+            return q;
+        q++;
+    }
+    return NULL;
+}
+
 long cm_bench_api_answer(const char *p, size_t n, int *status, size_t *body, size_t *body_len)
 {
     static const char cl[] = "content-length:", te[] = "transfer-encoding:";
-    const char *end =
-        memmem(p, n < CM_BENCH_API_HEAD_MAX ? n : CM_BENCH_API_HEAD_MAX, "\r\n\r\n", 4);
+    const char *end = head_end(p, n < CM_BENCH_API_HEAD_MAX ? n : CM_BENCH_API_HEAD_MAX);
     if (!end)
         return n >= CM_BENCH_API_HEAD_MAX ? -1 : 0;
     size_t head = (size_t)(end - p) + 4, clen = 0;

@@ -137,19 +137,11 @@ const char *cm_http_status_text(int status)
 
 /* ---- small pieces ------------------------------------------------------ */
 
-/* Append nul NUL bytes (0 or 1: one ends the text before, a header's name
-** or value), then n bytes, unless the text would pass limit; -1 then, or
-** when out of memory. Inlined: it runs for every fragment the parser hands
-** over (eight for a request's four headers), and its call cost about as
-** much as its work. */
-static inline __attribute__((always_inline)) int add_within(cm_buf *b, size_t nul, const char *s,
-                                                            size_t n, size_t limit)
+/* The append of add_within once b must grow: out of line, so the path
+** that does not grow keeps no registers across a call. */
+static __attribute__((noinline)) int add_grow(cm_buf *b, size_t nul, const char *s, size_t n)
 {
-    size_t more = n + nul;
-    if (nul > 1 || more > limit || b->len > limit - more)
-        return -1;
-    /* room already (a reused request's buffer, most often): no call */
-    if ((b->oom || b->len + more >= b->cap) && !cm_buf_room(b, more))
+    if (!cm_buf_room(b, n + nul))
         return -1;
     b->p[b->len] = '\0';
     b->len += nul;
@@ -157,6 +149,28 @@ static inline __attribute__((always_inline)) int add_within(cm_buf *b, size_t nu
         memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
+    return 0;
+}
+
+/* Append nul NUL bytes (0 or 1: one ends the text before, a header's name
+** or value), then n bytes, unless the text would pass limit; -1 then, or
+** when out of memory. Inlined: it runs for every fragment the parser hands
+** over (eight for a request's four headers), and its call cost about as
+** much as its work. Where the buffer has room (a reused request's, most
+** often) the length and the NULs are set first and the copy comes last. */
+static inline __attribute__((always_inline)) int add_within(cm_buf *b, size_t nul, const char *s,
+                                                            size_t n, size_t limit)
+{
+    size_t more = n + nul;
+    if (nul > 1 || more > limit || b->len > limit - more)
+        return -1;
+    if (b->oom || b->len + more >= b->cap)
+        return add_grow(b, nul, s, n);
+    char *to = b->p + b->len + nul;
+    b->p[b->len] = '\0';
+    b->len += more;
+    to[n] = '\0';
+    memcpy(to, s, n);
     return 0;
 }
 
@@ -279,9 +293,8 @@ static uint64_t name_bit(unsigned char first, size_t len)
     return (uint64_t)1 << (((first | 0x20u) + len) & 63);
 }
 
-const char *cm_http_req_header(const cm_http_req *r, const char *name)
+const char *cm_http_req_header_n(const cm_http_req *r, const char *name, size_t len)
 {
-    size_t len = strlen(name);
     if (len == 0 || !(r->names & name_bit((unsigned char)name[0], len)))
         return NULL;                                 /* no header of that first letter and length */
     unsigned first = (unsigned char)name[0] | 0x20u; /* equal in any case: equal here */
@@ -289,7 +302,7 @@ const char *cm_http_req_header(const cm_http_req *r, const char *name)
         const hdr *h = &r->mem.headers[i];
         const char *text = r->mem.hbuf.p + h->name;
         if (h->value - h->name - 1 == len && ((unsigned char)text[0] | 0x20u) == first &&
-            strcasecmp(text, name) == 0)
+            strncasecmp(text, name, len) == 0)
             return r->mem.hbuf.p + h->value;
     }
     return NULL;
@@ -747,7 +760,8 @@ void cm_http_server_durable(cm_http_server *s)
 
 /* ---- parsing ----------------------------------------------------------- */
 
-static int fail_cb(conn *c, int status, const char *code, const char *msg)
+static __attribute__((cold, noinline)) int fail_cb(conn *c, int status, const char *code,
+                                                   const char *msg)
 {
     c->fail_status = status;
     c->fail_code = code;

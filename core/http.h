@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 
 #include "error.h"
@@ -68,8 +69,14 @@ void cm_http_server_destroy(cm_http_server **s_p);
 const char *cm_http_req_method(const cm_http_req *r); /* "GET", "POST", ... */
 const char *cm_http_req_path(const cm_http_req *r);   /* raw path, without the query */
 const char *cm_http_req_query(const cm_http_req *r);  /* raw query after '?', or "" */
-/* The value of header name (case-insensitive), or NULL. */
-const char *cm_http_req_header(const cm_http_req *r, const char *name);
+/* The value of the header named name[0..len) (case-insensitive), or NULL. */
+const char *cm_http_req_header_n(const cm_http_req *r, const char *name, size_t len);
+/* The value of header name (case-insensitive), or NULL. Inline: a literal
+** name's length is known when compiled. */
+static inline const char *cm_http_req_header(const cm_http_req *r, const char *name)
+{
+    return cm_http_req_header_n(r, name, strlen(name));
+}
 const char *cm_http_req_body(const cm_http_req *r, size_t *len); /* NUL-terminated */
 /* The peer connected from a loopback address. */
 bool cm_http_req_loopback(const cm_http_req *r);

@@ -482,6 +482,22 @@ same "acknowledged write survives kill -9" "$(count "SELECT count(*) FROM record
 start
 req GET /v1/clock "" "$reader"; expect "clock" 200; same "system clock" "$(jq -r .virtual <<<"$body")" false
 req POST /v1/clock '{"advance_ms":1000}'; expect "advance the system clock" 409 not_virtual
+# ---- many instances: each event audited with its own instance's patient ----
+# 300 instances started through the API (their patients kept in the API's
+# memo, where some ids share a slot) and one event each, on one keep-alive
+# connection per phase
+: >"$tmp/starts"; : >"$tmp/events"
+for k in $(seq 1 300); do
+  printf 'url = "%s/v1/instances"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\nheader = "Expect:"\ndata = "{\\"workflow\\":\\"intake\\",\\"id\\":\\"m%d\\",\\"input\\":{\\"patient\\":\\"p%d\\"}}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nnext\n' \
+    "$base" "$writer" "$k" $((k % 2 + 1)) >>"$tmp/starts"
+  printf 'url = "%s/v1/instances/m%d/events"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\nheader = "Expect:"\ndata = "{\\"event\\":\\"seen\\"}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nnext\n' \
+    "$base" "$k" "$writer" >>"$tmp/events"
+done
+same "300 starts" "$(curl -s -K "$tmp/starts" | sort | uniq -c | tr -s ' ')" " 300 201"
+same "300 events" "$(curl -s -K "$tmp/events" | sort | uniq -c | tr -s ' ')" " 300 200"
+same "each event audited with its instance's patient" "$(count "SELECT count(*) FROM audit a JOIN instance i
+  ON a.detail = 'api POST /v1/instances/' || i.id || '/events'
+  WHERE a.action = 'instance.signal' AND i.id LIKE 'm%' AND a.patient = json_extract(i.input, '$.patient')")" 300
 stop; same "stop before the virtual clock" $? 0
 cat >"$d/workflows/reminder.lua" <<'EOF'
 local cm = require "caremesh"

@@ -269,11 +269,74 @@ static void test_a_record_leaves_nothing_in_memory_the_api_frees(void **state)
     world_free(w);
 }
 
+/* The codes of the answers in got, in order ("404 no_route", "200 -" for
+** an answer without an error), joined by spaces into out. */
+static void answer_codes(const char *got, char *out, size_t outsz)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (const char *p = strstr(got, "HTTP/1.1 "); p; p = strstr(p + 1, "HTTP/1.1 ")) {
+        const char *body = strstr(p, "\r\n\r\n"), *next = strstr(p + 1, "HTTP/1.1 ");
+        const char *code = body ? strstr(body, "\"code\":\"") : NULL;
+        int len = 1;
+        if (code && (!next || code < next)) {
+            code += 8;
+            len = (int)strcspn(code, "\"");
+        } else {
+            code = "-";
+        }
+        n += (size_t)snprintf(out + n, outsz - n, "%s%.3s %.*s", n ? " " : "", p + 9, len, code);
+        assert_true(n < outsz);
+    }
+}
+
+/* Requests of one connection whose paths have as many segments, each
+** after a request of another route: each is routed as on its own (the
+** route found for the request before is tried first). */
+static void test_a_route_is_found_whatever_the_route_before(void **state)
+{
+    static const char *const lines[] = {
+        "GET /v1/patients/p1",
+        "GET /v1/patients/p1",
+        "PATCH /v1/patients/p1",
+        "DELETE /v1/patients/p1",
+        "GET /v1/tasks/t1",
+        "GET /v1/patients/p1",
+        "GET /v1/instances/i1/history",
+        "GET /v1/instances/i1/events",
+        "POST /v1/instances/i1/pause",
+        "GET /v1/instances/i1/history",
+        "GET /v1/nothing/p1",
+        "GET /v1/patients",
+    };
+    static const char want[] =
+        "404 not_found 404 not_found 400 missing_body 405 method_not_allowed "
+        "404 not_found 404 not_found 404 not_found 405 method_not_allowed "
+        "404 not_found 404 not_found 404 no_route 200 -";
+    world *w = world_new();
+    char req[4000], codes[512];
+    size_t n = 0, count = sizeof(lines) / sizeof(lines[0]);
+    for (size_t i = 0; i < count; i++)
+        n += (size_t)snprintf(req + n, sizeof(req) - n,
+                              "%s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n%s\r\n",
+                              lines[i], w->token, i + 1 == count ? "Connection: close\r\n" : "");
+    assert_true(n < sizeof(req));
+    client *c = exchange(w, req);
+    answer_codes(c->got, codes, sizeof(codes));
+    if (strcmp(codes, want) != 0)
+        fail_msg("answers: %s\nwanted:  %s\n%s", codes, want, c->got);
+    assert_non_null(strstr(c->got, "task \\\"t1\\\" not found"));    /* by the task route */
+    assert_non_null(strstr(c->got, "patient \\\"p1\\\" not found")); /* by the patient route */
+    free(c);
+    world_free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metrics_ask_each_peer_once_for_what_is_parked),
         cmocka_unit_test(test_a_record_leaves_nothing_in_memory_the_api_frees),
+        cmocka_unit_test(test_a_route_is_found_whatever_the_route_before),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

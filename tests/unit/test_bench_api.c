@@ -49,6 +49,20 @@ static void test_an_answer_cut_anywhere_waits_for_its_end(void **state)
         assert_int_equal(cm_bench_api_answer(two, cut, &status, &body, &len), whole);
 }
 
+/* The head ends at the first CR LF CR LF, not at a CR, a CR LF or a
+** CR LF CR before it. */
+static void test_the_head_ends_at_its_blank_line(void **state)
+{
+    static const char a[] = "HTTP/1.1 200 OK\r\nX: a\rb\r\nY: \r\n\rc\r\nContent-Length: 2\r\n\r\n"
+                            "\r\n";
+    int status;
+    size_t body, len;
+    assert_int_equal(cm_bench_api_answer(a, sizeof(a) - 1, &status, &body, &len), sizeof(a) - 1);
+    assert_int_equal(status, 200);
+    assert_int_equal(body, sizeof(a) - 3);
+    assert_int_equal(len, 2);
+}
+
 /* What the benchmark does not read is refused, not guessed at. */
 static void test_what_it_cannot_read_is_refused(void **state)
 {
@@ -83,6 +97,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answers_are_read_with_status_and_body),
         cmocka_unit_test(test_an_answer_cut_anywhere_waits_for_its_end),
+        cmocka_unit_test(test_the_head_ends_at_its_blank_line),
         cmocka_unit_test(test_what_it_cannot_read_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

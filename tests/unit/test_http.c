@@ -206,6 +206,8 @@ static void handler(void *ud, cm_http_req *req)
         char text[512];
         size_t len;
         const char *body = cm_http_req_body(req, &len), *tag = cm_http_req_header(req, "X-Tag");
+        /* a name given by its length: the bytes after it are no part of it */
+        assert_ptr_equal(cm_http_req_header_n(req, "x-tAgged", 5), tag);
         int n = snprintf(text, sizeof(text), "[%s ?%s tag=%s body=%zu:%s]", cm_http_req_method(req),
                          cm_http_req_query(req), tag ? tag : "-", len, body);
         cm_http_respond(req, 200, "text/plain", text, (size_t)n);

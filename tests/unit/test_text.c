@@ -39,6 +39,26 @@ static void test_utf8_refuses_malformed_sequences(void **state)
     assert_false(cm_utf8_valid("\xe2\x82\xac", 2)); /* cut by the length */
 }
 
+/* ASCII is read 8 bytes at a time: a character of two bytes, a byte that
+** begins none, or a sequence cut by the length, at every offset of a longer
+** text (within a word, across two, in the bytes after the last whole one)
+** are judged as on their own. */
+static void test_utf8_judges_a_character_at_every_offset(void **state)
+{
+    char t[40];
+    for (size_t at = 0; at + 2 <= sizeof(t); at++) {
+        memset(t, 'a', sizeof(t));
+        memcpy(t + at, "\xc3\xa9", 2);
+        assert_true(cm_utf8_valid(t, sizeof(t)));
+        assert_false(cm_utf8_valid(t, at + 1)); /* cut after its first byte */
+        t[at + 1] = 'a';                        /* no continuation */
+        assert_false(cm_utf8_valid(t, sizeof(t)));
+        t[at] = '\xff';
+        assert_false(cm_utf8_valid(t, sizeof(t)));
+        assert_true(cm_utf8_valid(t, at)); /* the ASCII before it */
+    }
+}
+
 static void test_ids(void **state)
 {
     assert_int_equal(cm_id_check("riverside-clinic.north:2_a"), 0);
@@ -100,6 +120,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8_accepts_every_plane),
         cmocka_unit_test(test_utf8_refuses_malformed_sequences),
+        cmocka_unit_test(test_utf8_judges_a_character_at_every_offset),
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_hex4_and_utf8_put),
         cmocka_unit_test(test_short_escapes_read_back),
