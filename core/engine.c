@@ -167,11 +167,11 @@ struct cm_engine {
     int64_t now_ms;
     char now_buf[CM_TIME_BUFSZ];
     size_t now_len; /* of now_buf's text */
-    /* the step's two statements with their row time bound to now_buf, of
+    /* the step's history INSERT with its row time bound to now_buf, of
     ** now_len bytes: bound once, read by SQLite at each step (one engine
     ** per store, as the instance cache already assumes) */
-    sqlite3_stmt *now_bound[2];
-    size_t now_bound_len[2];
+    sqlite3_stmt *now_bound;
+    size_t now_bound_len;
     /* what cm_engine_next_due read at the end of this run's last batch, for
     ** arm_loop right after it (nothing runs in between) */
     bool due_read;
@@ -306,18 +306,18 @@ static void now_text(cm_engine *e, char *buf)
     memcpy(buf, e->now_buf, sizeof(e->now_buf));
 }
 
-/* Parameter i of st (slot k of now_bound) is the clock's time now: the
+/* Parameter i of st (the history INSERT) is the clock's time now: the
 ** text stays bound to e->now_buf, which SQLite reads when the statement
 ** steps, so it is bound again only for a statement not seen before or a
-** text of another length. The two statements are kept for the store's
-** life and their bindings are never cleared (cm_store_prepare_bound). */
-static void bind_now(cm_engine *e, sqlite3_stmt *st, int k, int i)
+** text of another length. The statement is kept for the store's life and
+** its bindings are never cleared (cm_store_prepare_bound). */
+static void bind_now(cm_engine *e, sqlite3_stmt *st, int i)
 {
     now_update(e);
-    if (e->now_bound[k] != st || e->now_bound_len[k] != e->now_len) {
+    if (e->now_bound != st || e->now_bound_len != e->now_len) {
         sqlite3_bind_text(st, i, e->now_buf, (int)e->now_len, SQLITE_STATIC);
-        e->now_bound[k] = st;
-        e->now_bound_len[k] = e->now_len;
+        e->now_bound = st;
+        e->now_bound_len = e->now_len;
     }
 }
 
@@ -863,7 +863,7 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
                   err);
     bind_static(st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
-    bind_now(e, st, 0, 3);
+    bind_now(e, st, 3);
     bind_static(st, 4, event);
     bind_static(st, 5, from);
     bind_static(st, 6, to);
@@ -888,24 +888,20 @@ static int save_status(cm_engine *e, const inst *in, cm_err *err)
     return exec_kept(e, st, "instance", err);
 }
 
-/* Write what the step changed: the instance_step row, and status (in
-** instance_base) only when it changed, which also rewrites its
-** instance_by_workflow entry. */
+/* Write what the step changed: the instance_step row (its count and time
+** are the history row's, which hist names), and status (in instance_base)
+** only when it changed, which also rewrites its instance_by_workflow entry. */
 static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
     int rc;
     if (in->status_changed && (rc = save_status(e, in, err)) != 0)
         return rc;
-    PREPARE_BOUND(e,
-                  "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, "
-                  "hist = ?6 WHERE seq = ?1",
+    PREPARE_BOUND(e, "UPDATE instance_step SET state = ?2, ctx = ?3, hist = ?4 WHERE seq = ?1",
                   err);
     sqlite3_bind_int64(st, 1, in->seq);
     bind_static(st, 2, in->state);
     bind_static(st, 3, in->ctx);
-    sqlite3_bind_int64(st, 4, in->steps);
-    bind_now(e, st, 1, 5);
-    bind_id(st, 6, in->hist);
+    bind_id(st, 4, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
         rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,
@@ -915,16 +911,12 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     return rc;
 }
 
-static int insert_instance_step(cm_engine *e, const inst *in, const char *now, cm_err *err)
+static int insert_instance_step(cm_engine *e, const inst *in, cm_err *err)
 {
-    PREPARE(
-        e, "INSERT INTO instance_step(seq, state, ctx, steps, updated) VALUES (?1, ?2, ?3, ?4, ?5)",
-        err);
+    PREPARE(e, "INSERT INTO instance_step(seq, state, ctx) VALUES (?1, ?2, ?3)", err);
     sqlite3_bind_int64(st, 1, in->seq);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, in->ctx, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, in->steps);
-    sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
     return exec_kept(e, st, "instance", err);
 }
 
@@ -953,7 +945,7 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     if (rc != 0)
         return rc;
     in->seq = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
-    return insert_instance_step(e, in, now, err);
+    return insert_instance_step(e, in, err);
 }
 
 /* "<workflow>-<n>", n one past the highest instance number so far. */

@@ -1479,15 +1479,15 @@ static void instance_rows(fx *f, char *out, size_t n)
     sqlite3_stmt *st;
     size_t len = 0;
     out[0] = '\0';
-    assert_int_equal(
-        sqlite3_prepare_v2(cm_store_db(f->store),
-                           "SELECT seq || ' ' || id || ' ' || workflow || ' ' || rev "
-                           "|| ' ' || state || ' ' || status || ' ' || input || ' ' || "
-                           "ctx || ' ' || coalesce(parent, '-') || ' ' || steps || ' ' "
-                           "|| created || ' ' || updated || ' ' || hist FROM instance "
-                           "ORDER BY seq",
-                           -1, &st, NULL),
-        SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(
+                         cm_store_db(f->store),
+                         "SELECT seq || ' ' || id || ' ' || workflow || ' ' || rev "
+                         "|| ' ' || state || ' ' || status || ' ' || input || ' ' || "
+                         "ctx || ' ' || coalesce(parent, '-') || ' ' || steps || ' ' "
+                         "|| created || ' ' || updated || ' ' || coalesce(hist, '-') FROM instance "
+                         "ORDER BY seq",
+                         -1, &st, NULL),
+                     SQLITE_OK);
     while (sqlite3_step(st) == SQLITE_ROW && len < n)
         len +=
             (size_t)snprintf(out + len, n - len, "%s;", (const char *)sqlite3_column_text(st, 0));
@@ -1546,6 +1546,107 @@ static void test_instance_rows_are_split_and_upgraded(void **state)
     /* the view is read-only: a write to it is refused, and changes nothing */
     assert_int_not_equal(cm_store_exec(f->store, "UPDATE instance SET state = 'x'", &err), 0);
     expect_state(f, "ref-1", "accepted", "running");
+}
+
+/* Every instance as the API answers for it, in seq order: its row in the
+** view (the list's columns and the rest) and GET /instances/{id}
+** (cm_engine_get: the row, its timers and its history), one line each. */
+static void instance_answers(fx *f, char *out, size_t n)
+{
+    sqlite3_stmt *st;
+    size_t len = 0;
+    instance_rows(f, out, n);
+    len = strlen(out);
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store),
+                                        "SELECT id FROM instance ORDER BY seq", -1, &st, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        cJSON *doc = get(f, (const char *)sqlite3_column_text(st, 0));
+        char *text = cJSON_PrintUnformatted(doc);
+        int w = snprintf(out + len, n - len, "\n%s", text);
+        assert_true(w > 0 && (size_t)w < n - len);
+        len += (size_t)w;
+        cJSON_free(text);
+        cJSON_Delete(doc);
+    }
+    sqlite3_finalize(st);
+}
+
+/* Schema 13 drops instance_step's steps and updated, which repeated the
+** latest history row's step and at: after the upgrade from schema 12 every
+** instance -- running, paused, done, cancelled, and one that nothing has
+** stepped (no history: 0 steps, updated at its creation) -- reads as it
+** did, in the view and through the API, history and all; the engine goes
+** on from there. */
+static void test_step_row_without_count_and_time_upgraded(void **state)
+{
+    fx *f = *state;
+    static char before[16384], after[16384];
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    start(f, INPUT, "ref-3");
+    start(f, INPUT, "ref-4");
+    run(f);
+    assert_int_equal(cm_clock_advance(f->clock, 1234), 0);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    signal_ev(f, "ref-3", "accepted", NULL);
+    run(f);
+    assert_int_equal(cm_clock_advance(f->clock, HOUR + 7), 0);
+    signal_ev(f, "ref-3", "consult_note", NULL);
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
+    assert_int_equal(cm_clock_advance(f->clock, 5), 0);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-4", "duplicate", &err), 0);
+    /* back to schema 12, and an instance without history as it wrote one */
+    assert_int_equal(cm_store_exec(f->store,
+                                   CM_TEST_UNDO_NARROW_STEP
+                                   "DELETE FROM schema_version WHERE version >= 13;"
+                                   "INSERT INTO instance_base(seq, id, workflow, rev, status, "
+                                   "input, created) VALUES (9, 'ref-9', 'referral', 1, "
+                                   "'running', '{\"patient\":\"pat-1\"}', "
+                                   "'2026-01-01T00:00:00.250Z');"
+                                   "INSERT INTO instance_step(seq, state, ctx, steps, updated) "
+                                   "VALUES (9, 'requested', '{}', 0, '2026-01-01T00:00:00.250Z');",
+                                   &err),
+                     0);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 12);
+    instance_answers(f, before, sizeof(before));
+    assert_non_null(strstr(before, " ref-1 referral 1 requested paused "));
+    assert_non_null(strstr(before, " ref-2 referral 1 accepted running "));
+    assert_non_null(strstr(before, " ref-3 referral 1 closed done "));
+    assert_non_null(strstr(before, " ref-4 referral 1 requested cancelled "));
+    assert_non_null(strstr(before, "9 ref-9 referral 1 requested running {\"patient\":\"pat-1\"} "
+                                   "{} - 0 2026-01-01T00:00:00.250Z 2026-01-01T00:00:00.250Z -;"));
+    assert_non_null(strstr(before, "\"updated\":\"2026-11-29T12:00:01.246Z\""));
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 13);
+    instance_answers(f, after, sizeof(after));
+    assert_string_equal(after, before);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_step')"), 4);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_step') "
+                              "WHERE name IN ('steps', 'updated')"),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
+    /* the engine steps on the narrow row: count and time from the new row */
+    assert_int_equal(cm_clock_advance(f->clock, 3), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "ref-1", &err), 0);
+    signal_ev(f, "ref-9", "accepted", NULL);
+    signal_ev(f, "ref-2", "consult_note", NULL);
+    run(f);
+    expect_state(f, "ref-1", "requested", "running");
+    expect_state(f, "ref-9", "accepted", "running");
+    expect_state(f, "ref-2", "closed", "done");
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-9'"), 1);
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-1'"), 3);
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-2'"), 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance i JOIN history h ON h.seq = i.hist "
+                              "WHERE i.id IN ('ref-1', 'ref-2', 'ref-9') AND i.updated = h.at "
+                              "AND h.at = '2026-11-29T12:00:01.249Z' AND i.steps = h.step"),
+                     3);
 }
 
 static void text_of(fx *f, const char *sql, char *out, size_t n)
@@ -2800,6 +2901,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_context_is_read_on_use_and_written_on_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_instance_rows_are_split_and_upgraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_row_without_count_and_time_upgraded, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),
