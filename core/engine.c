@@ -31,9 +31,12 @@
 #define ENGINE_RUN_BATCHES 1000
 /* A signal's work item, told, is kept for the next signal (at most this
 ** many: two default batches in flight), with room for names of at least
-** ENGINE_WORK_NAMES bytes, so that most items fit any pair of names. */
+** ENGINE_WORK_NAMES bytes, so that most items fit any pair of names; an
+** item with room for more than ENGINE_WORK_KEEP (a long payload's text) is
+** freed. */
 #define ENGINE_WORK_SPARE 512
 #define ENGINE_WORK_NAMES 64
+#define ENGINE_WORK_KEEP  1024
 #define ENGINE_SOURCE_MAX ((size_t)4 << 20)
 #define ENGINE_CACHE_MAX  4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
 #define ENGINE_CACHE_MIN  64   /* the cache's first bucket array */
@@ -56,7 +59,9 @@ typedef struct work {
     struct work *next;
     bool names_inline; /* instance and event lie in w's own allocation (cm_engine_signal) */
     size_t names_cap;  /* bytes for them there */
-    bool data_shared;  /* data is the engine's empty object (a signal without payload) */
+    bool data_shared;  /* data is the engine's empty object (a signal without payload)
+                       ** or raw, not to be freed */
+    cJSON raw;         /* cm_engine_signal_text: data, its text after the names */
 } work;
 
 /* The outcome of one work item, told after the commit. */
@@ -339,12 +344,14 @@ static void work_free(work *w)
 }
 
 /* A told item: a signal's is kept for the next signal while there are
-** fewer than ENGINE_WORK_SPARE (its payload freed now), any other freed. */
+** fewer than ENGINE_WORK_SPARE (its payload freed now) if its room for
+** names and payload text is at most ENGINE_WORK_KEEP; any other freed. */
 static void work_done(cm_engine *e, work *w)
 {
     if (!w)
         return;
-    if (!w->names_inline || w->msg || w->workflow || e->nspare >= ENGINE_WORK_SPARE) {
+    if (!w->names_inline || w->msg || w->workflow || e->nspare >= ENGINE_WORK_SPARE ||
+        w->names_cap > ENGINE_WORK_KEEP) {
         work_free(w);
         return;
     }
@@ -2655,6 +2662,19 @@ static int check_name(const char *what, const char *s, cm_err *err)
     return 0;
 }
 
+/* w, its data set, at the end of the queue. */
+static void queue_work(cm_engine *e, work *w)
+{
+    w->submitted_ns = uv_hrtime();
+    if (e->tail)
+        e->tail->next = w;
+    else
+        e->head = w;
+    e->tail = w;
+    if (e->attached)
+        uv_idle_start(&e->idle, noop_idle);
+}
+
 static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, cm_err *err)
 {
     if (data && !cJSON_IsObject(data)) {
@@ -2671,14 +2691,7 @@ static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, c
         work_free(w);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
-    w->submitted_ns = uv_hrtime();
-    if (e->tail)
-        e->tail->next = w;
-    else
-        e->head = w;
-    e->tail = w;
-    if (e->attached)
-        uv_idle_start(&e->idle, noop_idle);
+    queue_work(e, w);
     return 0;
 }
 
@@ -2703,16 +2716,17 @@ int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, cons
     return enqueue(e, w, input, "input", err);
 }
 
-int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
-                     cm_ack_cb cb, void *ud, cm_err *err)
+/* A signal's item: one allocation, the item, then its two names and `more`
+** bytes after them (*rest); a told item's kept (work_done) when its room
+** fits them. */
+static int signal_item(cm_engine *e, const char *instance, const char *event, size_t more,
+                       cm_ack_cb cb, void *ud, work **out, char **rest, cm_err *err)
 {
     int rc;
     if ((rc = check_name("instance", instance, err)) != 0 ||
         (rc = check_name("event", event, err)) != 0)
         return rc;
-    /* one allocation: the item, then its two names; a told item's kept
-    ** (work_done) when its room fits them */
-    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1, cap = ilen + elen;
+    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1, cap = ilen + elen + more;
     work *w = e->spare;
     if (w && w->names_cap >= cap) {
         e->spare = w->next;
@@ -2722,7 +2736,7 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     } else {
         if (cap < ENGINE_WORK_NAMES)
             cap = ENGINE_WORK_NAMES;
-        if (!(w = calloc(1, sizeof(*w) + cap)))
+        if (cap > SIZE_MAX - sizeof(*w) || !(w = calloc(1, sizeof(*w) + cap)))
             return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     w->names_cap = cap;
@@ -2732,7 +2746,45 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     w->kind = WORK_SIGNAL;
     w->cb = cb;
     w->ud = ud;
-    return enqueue(e, w, payload, "payload", err);
+    *out = w;
+    *rest = w->event + elen;
+    return 0;
+}
+
+int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
+                     cm_ack_cb cb, void *ud, cm_err *err)
+{
+    work *w;
+    char *rest;
+    int rc = signal_item(e, instance, event, 0, cb, ud, &w, &rest, err);
+    return rc != 0 ? rc : enqueue(e, w, payload, "payload", err);
+}
+
+int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
+                          const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err)
+{
+    size_t at = cm_json_object_check(payload, len);
+    if (at != 0) {
+        size_t i = 0;
+        while (i < len && payload[i] != '\0' && strchr(" \t\r\n", payload[i]))
+            i++;
+        if (i == len || payload[i] != '{')
+            return cm_err_set(err, CM_EINVAL, "payload: must be an object");
+        return cm_err_set(err, CM_EINVAL, "payload: not valid JSON (at byte %zu)", at);
+    }
+    work *w;
+    char *text;
+    int rc = signal_item(e, instance, event, len + 1, cb, ud, &w, &text, err);
+    if (rc != 0)
+        return rc;
+    memcpy(text, payload, len);
+    text[len] = '\0';
+    w->raw.type = cJSON_Raw;
+    w->raw.valuestring = text;
+    w->data = &w->raw;
+    w->data_shared = true;
+    queue_work(e, w);
+    return 0;
 }
 
 static char *dup_or_empty(const char *s)

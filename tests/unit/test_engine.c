@@ -534,6 +534,84 @@ static void test_signal_items_are_reused_with_their_own_names_and_payload(void *
                      1);
 }
 
+static int signal_text(fx *f, const char *id, const char *event, const char *text, cm_err *err)
+{
+    return cm_engine_signal_text(f->engine, id, event, text, strlen(text), on_ack, &f->a, err);
+}
+
+/* A payload given as text (cm_engine_signal_text, the HTTP API's route)
+** reaches the handlers as the same table, also when held for a paused
+** instance and read back from its row, also in a reused item after a long
+** one; text that is not one JSON object is refused with a message naming
+** what is wrong, and nothing is queued. */
+static void test_payload_text_is_read_and_bad_text_refused(void **state)
+{
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"", "payload: must be an object"},
+        {"[{\"reason\":\"r\"}]", "payload: must be an object"},
+        {" \"r\"", "payload: must be an object"},
+        {"{\"reason\":}", "payload: not valid JSON (at byte 11)"},
+        {"{\"reason\":\"r\",}", "payload: not valid JSON (at byte 15)"},
+        {"{\"reason\":\"r\"} {}", "payload: not valid JSON (at byte 16)"},
+        {"{\"reason\":\"\\ud800\"}", "payload: not valid JSON (at byte 18)"},
+        {"{\"reason\":\"\\u0000\"}", "payload: not valid JSON (at byte 18)"},
+    };
+    fx *f = *state;
+    cm_err err;
+    char big[2048];
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "p-1");
+    start(f, INPUT, "p-2");
+    start(f, INPUT, "p-3");
+    run(f);
+    int acked = f->a.n;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(signal_text(f, "p-1", "declined", bad[i].text, &err), CM_EINVAL);
+        assert_string_equal(err.msg, bad[i].msg);
+    }
+    assert_int_equal(signal_text(f, "", "declined", "{}", &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "instance: must be"));
+    assert_int_equal(signal_text(f, "p-1", "", "{}", &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "event: must be"));
+    run(f);
+    assert_int_equal(f->a.n, acked); /* nothing was queued */
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    expect_state(f, "p-1", "requested", "running");
+    /* the guard reads ev.reason: the text's table has it */
+    assert_int_equal(signal_text(f, "p-1", "declined",
+                                 " {\"x\":[1,{\"y\":null}], \"reason\" : "
+                                 "\"\\u00e9t\\u00e9\"} ",
+                                 &err),
+                     0);
+    /* held for a paused instance: kept in its row as text, read back on resume */
+    assert_int_equal(cm_engine_pause(f->engine, "p-2", &err), 0);
+    assert_int_equal(signal_text(f, "p-2", "declined", "{\"reason\":\"held\"}", &err), 0);
+    /* a long payload's item is not kept; the next reuses a short one */
+    memset(big, ' ', sizeof(big));
+    memcpy(big, "{\"reason\":\"long\"", 16);
+    big[sizeof(big) - 2] = '}';
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(signal_text(f, "p-3", "accepted", big, &err), 0);
+    run(f);
+    assert_int_equal(f->a.n, acked + 3);
+    assert_int_equal(f->a.status[acked], 0);
+    assert_int_equal(f->a.status[acked + 1], 0);
+    assert_true(f->a.kept[acked + 1]);
+    assert_int_equal(f->a.status[acked + 2], 0);
+    expect_state(f, "p-1", "declined", "done");
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE payload = '{\"reason\":\"held\"}'"),
+                     1);
+    assert_int_equal(cm_engine_resume(f->engine, "p-2", &err), 0);
+    run(f);
+    expect_state(f, "p-2", "declined", "done");
+    assert_int_equal(signal_text(f, "p-3", "declined", "{}", &err), 0); /* refused by the guard */
+    run(f);
+    assert_int_equal(f->a.status[f->a.n - 1], CM_EINVAL);
+    expect_state(f, "p-3", "accepted", "running");
+}
+
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
 {
     fx *f = *state;
@@ -2902,6 +2980,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_instance_rows_are_split_and_upgraded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_row_without_count_and_time_upgraded, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
                                         teardown),
