@@ -491,34 +491,59 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
-/* Is text[0..len) exactly {"event":"NAME"} (whitespace around the tokens
-** allowed), NAME of id characters and shorter than outsz? Then NAME is in
-** out: the common event without a payload, read without a cJSON tree. Any
-** other body (a payload, escapes, other members, a mistake) is for
-** parse_json, which says what is wrong. */
-static bool event_only(const char *text, size_t len, char *out, size_t outsz)
+/* Is text[0..len) exactly {"event":"NAME"} or {"event":"NAME","payload":
+** {...}} (the two members in either order, whitespace around the tokens
+** allowed), NAME of id characters and shorter than outsz, the payload one
+** JSON object (cm_json_object_len)? Then NAME is in out and the payload's
+** text in *payload, *plen (NULL when there is none): an event read without
+** a cJSON tree. Any other body (escapes in the names, other members, a
+** mistake) is for parse_json and check_members, which say what is wrong. */
+static bool event_body(const char *text, size_t len, char *out, size_t outsz, const char **payload,
+                       size_t *plen)
 {
-    static const char key[] = "\"event\"";
-    const char *p = text, *end = text + len, *name;
+    static const char ekey[] = "\"event\"", pkey[] = "\"payload\"";
+    const char *p = text, *end = text + len, *name = NULL;
+    size_t n = 0;
+    *payload = NULL;
+    *plen = 0;
     p = skip_ws(p, end);
     if (p == end || *p++ != '{')
         return false;
-    p = skip_ws(p, end);
-    if ((size_t)(end - p) < sizeof(key) - 1 || memcmp(p, key, sizeof(key) - 1) != 0)
-        return false;
-    p = skip_ws(p + sizeof(key) - 1, end);
-    if (p == end || *p++ != ':')
-        return false;
-    p = skip_ws(p, end);
-    if (p == end || *p++ != '"')
-        return false;
-    for (name = p; p < end && cm_id_char(*p); p++)
-        ;
-    size_t n = (size_t)(p - name);
-    if (n == 0 || n >= outsz || p == end || *p++ != '"')
-        return false;
-    p = skip_ws(p, end);
-    if (p == end || *p++ != '}' || skip_ws(p, end) != end)
+    for (int member = 0; member < 2; member++) {
+        p = skip_ws(p, end);
+        bool is_event = (size_t)(end - p) >= sizeof(ekey) - 1 &&
+                        memcmp(p, ekey, sizeof(ekey) - 1) == 0 && !name;
+        bool is_payload = !is_event && (size_t)(end - p) >= sizeof(pkey) - 1 &&
+                          memcmp(p, pkey, sizeof(pkey) - 1) == 0 && !*payload;
+        if (!is_event && !is_payload)
+            return false;
+        p = skip_ws(p + (is_event ? sizeof(ekey) : sizeof(pkey)) - 1, end);
+        if (p == end || *p++ != ':')
+            return false;
+        p = skip_ws(p, end);
+        if (is_event) {
+            if (p == end || *p++ != '"')
+                return false;
+            for (name = p; p < end && cm_id_char(*p); p++)
+                ;
+            n = (size_t)(p - name);
+            if (n == 0 || n >= outsz || p == end || *p++ != '"')
+                return false;
+        } else {
+            if ((*plen = cm_json_object_len(p, (size_t)(end - p))) == 0)
+                return false;
+            *payload = p;
+            p += *plen;
+        }
+        p = skip_ws(p, end);
+        if (p == end)
+            return false;
+        if (*p == '}')
+            break;
+        if (*p++ != ',')
+            return false;
+    }
+    if (!name || p == end || *p++ != '}' || skip_ws(p, end) != end)
         return false;
     memcpy(out, name, n);
     out[n] = '\0';
@@ -1274,20 +1299,26 @@ static void h_instance_signal(call *c)
         {"event", cJSON_String, true}, {"payload", cJSON_Object, false}, {NULL, 0, false}};
     cm_err err;
     char name[CM_NAME_MAX];
-    const char *text, *event = name;
-    size_t len;
+    const char *text, *event = name, *payload = NULL;
+    size_t len, plen = 0;
+    int rc;
     if (!check_params(c, NULL, NULL) || !body_text(c, &text, &len))
         return;
-    if (!event_only(text, len, name, sizeof(name))) {
+    if (!event_body(text, len, name, sizeof(name), &payload, &plen)) {
         if (!parse_json(c, text, len) || !check_members(c, m))
             return;
         event = body_str(c, "event");
     }
     c->action = "instance.signal";
     c->signal = true;
-    if (cm_engine_signal(c->api->o.engine, c->arg, event,
-                         cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack, c,
-                         &err) != 0)
+    if (payload) /* its text straight to the step, as read */
+        rc = cm_engine_signal_text(c->api->o.engine, c->arg, event, payload, plen, on_engine_ack, c,
+                                   &err);
+    else
+        rc = cm_engine_signal(c->api->o.engine, c->arg, event,
+                              cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack,
+                              c, &err);
+    if (rc != 0)
         reply_err(c, &err, NULL);
 }
 

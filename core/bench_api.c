@@ -74,8 +74,10 @@ static void on_written(uv_write_t *w, int status)
 ** /v1/instances/bench-RUN-" before it, the rest of the request after it. */
 static int event_parts(bench *b)
 {
-    char body[256];
-    int n = snprintf(body, sizeof(body), "{\"event\":\"%s\"}", b->o->event);
+    char body[512];
+    int n = b->o->payload ? snprintf(body, sizeof(body), "{\"event\":\"%s\",\"payload\":%s}",
+                                     b->o->event, b->o->payload)
+                          : snprintf(body, sizeof(body), "{\"event\":\"%s\"}", b->o->event);
     int h = snprintf(b->ev_head, sizeof(b->ev_head), "POST /v1/instances/bench-%lu-", b->run);
     int t = snprintf(b->ev_tail, sizeof(b->ev_tail),
                      "/events HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer %s\r\n"
@@ -156,7 +158,7 @@ static void start_events(bench *b)
     b->events_phase = true;
     b->next = b->done = 0;
     if (event_parts(b) != 0) {
-        fail(b, "request too long (event or token)");
+        fail(b, "request too long (event, payload or token)");
         return;
     }
     b->total = (long)b->o->instances * b->o->events;

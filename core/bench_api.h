@@ -23,8 +23,9 @@ typedef struct cm_bench_api_opts {
     const char *event;    /* the event sent */
     int instances;        /* instances started, then each sent `events` events */
     int events;
-    int connections; /* keep-alive connections */
-    int pipeline;    /* requests in flight per connection */
+    int connections;     /* keep-alive connections */
+    int pipeline;        /* requests in flight per connection */
+    const char *payload; /* the text of a JSON object sent as every event's payload, or NULL */
 } cm_bench_api_opts;
 
 /* Run; print a report whose last line is one JSON object with events_per_s,

@@ -713,8 +713,8 @@ static int bench_api(int argc, char **argv)
 {
     char host[64] = "127.0.0.1";
     const char *api = NULL;
-    cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20,
-                           4,    64};
+    cm_bench_api_opts o = {host, 7600, getenv("CAREMESH_TOKEN"), "bench_api", "step", 1000, 20, 4,
+                           64,   NULL};
     const bench_opt opts[] = {
         {"api", NULL, NULL, &api, 0},
         {"token", NULL, NULL, &o.token, 0},
@@ -724,6 +724,7 @@ static int bench_api(int argc, char **argv)
         {"events", &o.events, NULL, NULL, BENCH_COUNT_MAX},
         {"connections", &o.connections, NULL, NULL, BENCH_COUNT_MAX},
         {"pipeline", &o.pipeline, NULL, NULL, BENCH_COUNT_MAX},
+        {"payload", NULL, NULL, &o.payload, 0},
     };
     cm_err err;
     int rc = bench_parse("bench api", opts, (int)(sizeof(opts) / sizeof(opts[0])), argc, argv);
@@ -1334,6 +1335,7 @@ static const cli_cmd commands[] = {
      "  --api ADDR:PORT   the daemon's API (default 127.0.0.1:7600)\n"
      "  --token TOKEN     a write token (or CAREMESH_TOKEN)\n"
      "  --workflow NAME   default bench_api; --event NAME: default step\n"
+     "  --payload JSON    an object every event carries as its payload (default none)\n"
      "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
      "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N] [--mode loop|run]"
      " [--outstanding N]\n"

@@ -31,9 +31,12 @@
 #define ENGINE_RUN_BATCHES 1000
 /* A signal's work item, told, is kept for the next signal (at most this
 ** many: two default batches in flight), with room for names of at least
-** ENGINE_WORK_NAMES bytes, so that most items fit any pair of names. */
+** ENGINE_WORK_NAMES bytes, so that most items fit any pair of names; an
+** item with room for more than ENGINE_WORK_KEEP (a long payload's text) is
+** freed. */
 #define ENGINE_WORK_SPARE 512
 #define ENGINE_WORK_NAMES 64
+#define ENGINE_WORK_KEEP  1024
 #define ENGINE_SOURCE_MAX ((size_t)4 << 20)
 #define ENGINE_CACHE_MAX  4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
 #define ENGINE_CACHE_MIN  64   /* the cache's first bucket array */
@@ -56,7 +59,9 @@ typedef struct work {
     struct work *next;
     bool names_inline; /* instance and event lie in w's own allocation (cm_engine_signal) */
     size_t names_cap;  /* bytes for them there */
-    bool data_shared;  /* data is the engine's empty object (a signal without payload) */
+    bool data_shared;  /* data is the engine's empty object (a signal without payload)
+                       ** or raw, not to be freed */
+    cJSON raw;         /* cm_engine_signal_text: data, its text after the names */
 } work;
 
 /* The outcome of one work item, told after the commit. */
@@ -167,11 +172,11 @@ struct cm_engine {
     int64_t now_ms;
     char now_buf[CM_TIME_BUFSZ];
     size_t now_len; /* of now_buf's text */
-    /* the step's two statements with their row time bound to now_buf, of
+    /* the step's history INSERT with its row time bound to now_buf, of
     ** now_len bytes: bound once, read by SQLite at each step (one engine
     ** per store, as the instance cache already assumes) */
-    sqlite3_stmt *now_bound[2];
-    size_t now_bound_len[2];
+    sqlite3_stmt *now_bound;
+    size_t now_bound_len;
     /* what cm_engine_next_due read at the end of this run's last batch, for
     ** arm_loop right after it (nothing runs in between) */
     bool due_read;
@@ -309,18 +314,18 @@ static void now_text(cm_engine *e, char *buf)
     memcpy(buf, e->now_buf, sizeof(e->now_buf));
 }
 
-/* Parameter i of st (slot k of now_bound) is the clock's time now: the
+/* Parameter i of st (the history INSERT) is the clock's time now: the
 ** text stays bound to e->now_buf, which SQLite reads when the statement
 ** steps, so it is bound again only for a statement not seen before or a
-** text of another length. The two statements are kept for the store's
-** life and their bindings are never cleared (cm_store_prepare_bound). */
-static void bind_now(cm_engine *e, sqlite3_stmt *st, int k, int i)
+** text of another length. The statement is kept for the store's life and
+** its bindings are never cleared (cm_store_prepare_bound). */
+static void bind_now(cm_engine *e, sqlite3_stmt *st, int i)
 {
     now_update(e);
-    if (e->now_bound[k] != st || e->now_bound_len[k] != e->now_len) {
+    if (e->now_bound != st || e->now_bound_len != e->now_len) {
         sqlite3_bind_text(st, i, e->now_buf, (int)e->now_len, SQLITE_STATIC);
-        e->now_bound[k] = st;
-        e->now_bound_len[k] = e->now_len;
+        e->now_bound = st;
+        e->now_bound_len = e->now_len;
     }
 }
 
@@ -342,12 +347,14 @@ static void work_free(work *w)
 }
 
 /* A told item: a signal's is kept for the next signal while there are
-** fewer than ENGINE_WORK_SPARE (its payload freed now), any other freed. */
+** fewer than ENGINE_WORK_SPARE (its payload freed now) if its room for
+** names and payload text is at most ENGINE_WORK_KEEP; any other freed. */
 static void work_done(cm_engine *e, work *w)
 {
     if (!w)
         return;
-    if (!w->names_inline || w->msg || w->workflow || e->nspare >= ENGINE_WORK_SPARE) {
+    if (!w->names_inline || w->msg || w->workflow || e->nspare >= ENGINE_WORK_SPARE ||
+        w->names_cap > ENGINE_WORK_KEEP) {
         work_free(w);
         return;
     }
@@ -866,7 +873,7 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
                   err);
     bind_static(st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
-    bind_now(e, st, 0, 3);
+    bind_now(e, st, 3);
     bind_static(st, 4, event);
     bind_static(st, 5, from);
     bind_static(st, 6, to);
@@ -891,24 +898,20 @@ static int save_status(cm_engine *e, const inst *in, cm_err *err)
     return exec_kept(e, st, "instance", err);
 }
 
-/* Write what the step changed: the instance_step row, and status (in
-** instance_base) only when it changed, which also rewrites its
-** instance_by_workflow entry. */
+/* Write what the step changed: the instance_step row (its count and time
+** are the history row's, which hist names), and status (in instance_base)
+** only when it changed, which also rewrites its instance_by_workflow entry. */
 static int save_instance(cm_engine *e, inst *in, cm_err *err)
 {
     int rc;
     if (in->status_changed && (rc = save_status(e, in, err)) != 0)
         return rc;
-    PREPARE_BOUND(e,
-                  "UPDATE instance_step SET state = ?2, ctx = ?3, steps = ?4, updated = ?5, "
-                  "hist = ?6 WHERE seq = ?1",
+    PREPARE_BOUND(e, "UPDATE instance_step SET state = ?2, ctx = ?3, hist = ?4 WHERE seq = ?1",
                   err);
     sqlite3_bind_int64(st, 1, in->seq);
     bind_static(st, 2, in->state);
     bind_static(st, 3, in->ctx);
-    sqlite3_bind_int64(st, 4, in->steps);
-    bind_now(e, st, 1, 5);
-    bind_id(st, 6, in->hist);
+    bind_id(st, 4, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)
         rc = cm_err_set(err, CM_EDB, "instance %s: its row (%lld) is gone", in->id,
@@ -918,16 +921,12 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     return rc;
 }
 
-static int insert_instance_step(cm_engine *e, const inst *in, const char *now, cm_err *err)
+static int insert_instance_step(cm_engine *e, const inst *in, cm_err *err)
 {
-    PREPARE(
-        e, "INSERT INTO instance_step(seq, state, ctx, steps, updated) VALUES (?1, ?2, ?3, ?4, ?5)",
-        err);
+    PREPARE(e, "INSERT INTO instance_step(seq, state, ctx) VALUES (?1, ?2, ?3)", err);
     sqlite3_bind_int64(st, 1, in->seq);
     sqlite3_bind_text(st, 2, in->state, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, in->ctx, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, in->steps);
-    sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
     return exec_kept(e, st, "instance", err);
 }
 
@@ -956,7 +955,7 @@ static int insert_instance(cm_engine *e, inst *in, cm_err *err)
     if (rc != 0)
         return rc;
     in->seq = sqlite3_last_insert_rowid(cm_store_db(e->o.store));
-    return insert_instance_step(e, in, now, err);
+    return insert_instance_step(e, in, err);
 }
 
 /* "<workflow>-<n>", n one past the highest instance number so far. */
@@ -2794,6 +2793,19 @@ static int check_name(const char *what, const char *s, cm_err *err)
     return 0;
 }
 
+/* w, its data set, at the end of the queue. */
+static void queue_work(cm_engine *e, work *w)
+{
+    w->submitted_ns = uv_hrtime();
+    if (e->tail)
+        e->tail->next = w;
+    else
+        e->head = w;
+    e->tail = w;
+    if (e->attached)
+        uv_idle_start(&e->idle, noop_idle);
+}
+
 static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, cm_err *err)
 {
     if (data && !cJSON_IsObject(data)) {
@@ -2810,14 +2822,7 @@ static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, c
         work_free(w);
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
-    w->submitted_ns = uv_hrtime();
-    if (e->tail)
-        e->tail->next = w;
-    else
-        e->head = w;
-    e->tail = w;
-    if (e->attached)
-        uv_idle_start(&e->idle, noop_idle);
+    queue_work(e, w);
     return 0;
 }
 
@@ -2842,16 +2847,17 @@ int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, cons
     return enqueue(e, w, input, "input", err);
 }
 
-int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
-                     cm_ack_cb cb, void *ud, cm_err *err)
+/* A signal's item: one allocation, the item, then its two names and `more`
+** bytes after them (*rest); a told item's kept (work_done) when its room
+** fits them. */
+static int signal_item(cm_engine *e, const char *instance, const char *event, size_t more,
+                       cm_ack_cb cb, void *ud, work **out, char **rest, cm_err *err)
 {
     int rc;
     if ((rc = check_name("instance", instance, err)) != 0 ||
         (rc = check_name("event", event, err)) != 0)
         return rc;
-    /* one allocation: the item, then its two names; a told item's kept
-    ** (work_done) when its room fits them */
-    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1, cap = ilen + elen;
+    size_t ilen = strlen(instance) + 1, elen = strlen(event) + 1, cap = ilen + elen + more;
     work *w = e->spare;
     if (w && w->names_cap >= cap) {
         e->spare = w->next;
@@ -2861,7 +2867,7 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     } else {
         if (cap < ENGINE_WORK_NAMES)
             cap = ENGINE_WORK_NAMES;
-        if (!(w = calloc(1, sizeof(*w) + cap)))
+        if (cap > SIZE_MAX - sizeof(*w) || !(w = calloc(1, sizeof(*w) + cap)))
             return cm_err_set(err, CM_ENOMEM, "out of memory");
     }
     w->names_cap = cap;
@@ -2871,7 +2877,45 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
     w->kind = WORK_SIGNAL;
     w->cb = cb;
     w->ud = ud;
-    return enqueue(e, w, payload, "payload", err);
+    *out = w;
+    *rest = w->event + elen;
+    return 0;
+}
+
+int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
+                     cm_ack_cb cb, void *ud, cm_err *err)
+{
+    work *w;
+    char *rest;
+    int rc = signal_item(e, instance, event, 0, cb, ud, &w, &rest, err);
+    return rc != 0 ? rc : enqueue(e, w, payload, "payload", err);
+}
+
+int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
+                          const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err)
+{
+    size_t at = cm_json_object_check(payload, len);
+    if (at != 0) {
+        size_t i = 0;
+        while (i < len && payload[i] != '\0' && strchr(" \t\r\n", payload[i]))
+            i++;
+        if (i == len || payload[i] != '{')
+            return cm_err_set(err, CM_EINVAL, "payload: must be an object");
+        return cm_err_set(err, CM_EINVAL, "payload: not valid JSON (at byte %zu)", at);
+    }
+    work *w;
+    char *text;
+    int rc = signal_item(e, instance, event, len + 1, cb, ud, &w, &text, err);
+    if (rc != 0)
+        return rc;
+    memcpy(text, payload, len);
+    text[len] = '\0';
+    w->raw.type = cJSON_Raw;
+    w->raw.valuestring = text;
+    w->data = &w->raw;
+    w->data_shared = true;
+    queue_work(e, w);
+    return 0;
 }
 
 static char *dup_or_empty(const char *s)

@@ -52,7 +52,8 @@ typedef struct cm_step {
     const char *state;    /* current state; NULL: start the instance */
     const cJSON *input;   /* the instance's input */
     const char *event;    /* event name; NULL when starting */
-    const cJSON *payload; /* event payload (an object) */
+    const cJSON *payload; /* event payload: an object, or a cJSON_Raw item whose
+                          ** valuestring is an object's JSON text (cm_engine_signal_text) */
     bool is_timer;        /* the event is a timer firing */
     int64_t now_ms;       /* the engine's clock */
     const char *ctx;      /* the context as stored: a JSON object's text */
@@ -219,6 +220,15 @@ int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, cons
 /* Queue event with payload (an object or NULL) for instance. */
 int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
                      cm_ack_cb cb, void *ud, cm_err *err);
+
+/* The same with the payload as the text of one JSON object, payload[0..len)
+** (copied): the step reads it into Lua straight from the text, with no cJSON
+** tree. Text that is not one (cm_json_object_check) is refused, CM_EINVAL:
+** "payload: must be an object" when it does not open with '{' (as
+** cm_engine_signal says of other JSON), else "payload: not valid JSON (at
+** byte N)". */
+int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
+                          const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err);
 
 /* A message from a partner node (fed.h), applied once: recorded in the inbox
 ** under (peer, id) in the same transaction as its effect. Its effect: the

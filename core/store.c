@@ -451,6 +451,31 @@ static const cm_migration migrations[] = {
      "         b.parent AS parent, s.steps AS steps, b.created AS created,\n"
      "         s.updated AS updated, s.hist AS hist\n"
      "  FROM instance_base b JOIN instance_step s ON s.seq = b.seq;\n"},
+    /* A step wrote its count and time twice: in instance_step (steps,
+    ** updated) and in the history row it adds (step, at), which
+    ** instance_step.hist names. The step row keeps state, context and hist
+    ** only; the view reads steps and updated from that history row, and for
+    ** an instance with none (nothing has stepped it) what the row held then:
+    ** 0 steps, updated at its creation. */
+    {13, "workflow instances: steps and updated read from the latest history row",
+     "DROP VIEW instance;\n"
+     "CREATE TABLE instance_step_narrow(\n"
+     "  seq   INTEGER PRIMARY KEY,\n"
+     "  state TEXT NOT NULL,\n"
+     "  ctx   TEXT NOT NULL,\n"
+     "  hist  INTEGER\n"
+     ");\n"
+     "INSERT INTO instance_step_narrow(seq, state, ctx, hist)\n"
+     "  SELECT seq, state, ctx, hist FROM instance_step ORDER BY seq;\n"
+     "DROP TABLE instance_step;\n"
+     "ALTER TABLE instance_step_narrow RENAME TO instance_step;\n"
+     "CREATE VIEW instance AS\n"
+     "  SELECT b.seq AS seq, b.id AS id, b.workflow AS workflow, b.rev AS rev,\n"
+     "         s.state AS state, b.status AS status, b.input AS input, s.ctx AS ctx,\n"
+     "         b.parent AS parent, coalesce(h.step, 0) AS steps, b.created AS created,\n"
+     "         coalesce(h.at, b.created) AS updated, s.hist AS hist\n"
+     "  FROM instance_base b JOIN instance_step s ON s.seq = b.seq\n"
+     "  LEFT JOIN history h ON h.seq = s.hist;\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

@@ -101,3 +101,181 @@ size_t cm_utf8_put(unsigned cp, char out[4])
     out[3] = (char)(0x80 | (cp & 0x3F));
     return 4;
 }
+
+/* ---- a JSON object's text, checked ------------------------------------- */
+
+typedef struct jscan {
+    const char *p, *end;
+} jscan;
+
+static void js_space(jscan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n'))
+        s->p++;
+}
+
+static bool js_digits(jscan *s)
+{
+    const char *start = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        s->p++;
+    return s->p > start;
+}
+
+/* \uXXXX at s->p (past the backslash's 'u'): its code unit, or -1. */
+static long js_unit(jscan *s)
+{
+    if (s->end - s->p < 4)
+        return -1;
+    long v = cm_hex4(s->p);
+    if (v >= 0)
+        s->p += 4;
+    return v;
+}
+
+static bool js_string(jscan *s)
+{
+    s->p++; /* the opening quote */
+    while (s->p < s->end) {
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            s->p++;
+            return true;
+        }
+        if (c < 0x20)
+            return false;
+        s->p++;
+        if (c != '\\')
+            continue;
+        if (s->p == s->end)
+            return false;
+        c = (unsigned char)*s->p;
+        if (c != 'u') {
+            if (c == '\0' || !strchr("\"\\/bfnrt", c))
+                return false;
+            s->p++;
+            continue;
+        }
+        s->p++;
+        long u = js_unit(s);
+        if (u <= 0 || (u >= 0xDC00 && u <= 0xDFFF))
+            return false; /* bad, \u0000 (cJSON would cut the string there), a lone low half */
+        if (u >= 0xD800 && u <= 0xDBFF) {
+            if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u')
+                return false;
+            s->p += 2;
+            long low = js_unit(s);
+            if (low < 0xDC00 || low > 0xDFFF)
+                return false;
+        }
+    }
+    return false;
+}
+
+static bool js_number(jscan *s)
+{
+    if (s->p < s->end && *s->p == '-')
+        s->p++;
+    if (s->p < s->end && *s->p == '0')
+        s->p++;
+    else if (s->p == s->end || *s->p < '1' || *s->p > '9' || !js_digits(s))
+        return false;
+    if (s->p < s->end && *s->p == '.' && (s->p++, !js_digits(s)))
+        return false;
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+            s->p++;
+        if (!js_digits(s))
+            return false;
+    }
+    return true;
+}
+
+static bool js_word(jscan *s, const char *w)
+{
+    size_t n = strlen(w);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
+        return false;
+    s->p += n;
+    return true;
+}
+
+static bool js_value(jscan *s, int depth);
+
+/* An object or array (s->p at its opening bracket), depth its nesting. */
+static bool js_container(jscan *s, int depth)
+{
+    char close = *s->p == '{' ? '}' : ']';
+    if (depth > CM_JSON_DEPTH_MAX)
+        return false;
+    s->p++;
+    js_space(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return true;
+    }
+    for (;;) {
+        if (close == '}') {
+            if (s->p == s->end || *s->p != '"' || !js_string(s))
+                return false;
+            js_space(s);
+            if (s->p == s->end || *s->p != ':')
+                return false;
+            s->p++;
+            js_space(s);
+        }
+        if (!js_value(s, depth))
+            return false;
+        js_space(s);
+        if (s->p == s->end)
+            return false;
+        if (*s->p == close) {
+            s->p++;
+            return true;
+        }
+        if (*s->p != ',')
+            return false;
+        s->p++;
+        js_space(s);
+    }
+}
+
+static bool js_value(jscan *s, int depth)
+{
+    if (s->p == s->end)
+        return false;
+    switch (*s->p) {
+    case '{':
+    case '[':
+        return js_container(s, depth + 1);
+    case '"':
+        return js_string(s);
+    case 't':
+        return js_word(s, "true");
+    case 'f':
+        return js_word(s, "false");
+    case 'n':
+        return js_word(s, "null");
+    default:
+        return js_number(s);
+    }
+}
+
+size_t cm_json_object_len(const char *text, size_t len)
+{
+    jscan s = {text, text + len};
+    return len > 0 && *text == '{' && js_container(&s, 1) ? (size_t)(s.p - text) : 0;
+}
+
+size_t cm_json_object_check(const char *text, size_t len)
+{
+    jscan s = {text, text + len};
+    js_space(&s);
+    if (s.p < s.end && *s.p == '{' && js_container(&s, 1)) {
+        js_space(&s);
+        if (s.p == s.end)
+            return 0;
+    }
+    return (size_t)(s.p - text) + 1;
+}

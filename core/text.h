@@ -1,7 +1,7 @@
 /*
 ** text.h -- checks on text that crosses into the host: UTF-8 validity and
-** the shape of ids (node ids, record ids), JSON's \u escapes both ways, and
-** a bounded copy. No dependencies; any thread.
+** the shape of ids (node ids, record ids), JSON's \u escapes both ways, a
+** JSON object's text checked without a tree, and a bounded copy. No dependencies; any thread.
 */
 #ifndef CM_TEXT_H
 #define CM_TEXT_H
@@ -32,6 +32,23 @@ long cm_id_check(const char *s);
 /* The four hex digits at p as a number, or -1 at the first byte that is not
 ** one (a NUL stops it: p may be shorter than four bytes). */
 long cm_hex4(const char *p);
+
+/* Nesting of arrays and objects that cm_json_object_check takes: cJSON's
+** own limit (CJSON_NESTING_LIMIT), so that what it takes cJSON reads. */
+#define CM_JSON_DEPTH_MAX 1000
+
+/* Is text[0..len) one JSON object (RFC 8259; space, tab, CR and LF around
+** the tokens), nested at most CM_JSON_DEPTH_MAX deep, with no \u0000 and no
+** unpaired surrogate escape -- text that cJSON_Parse reads as that object?
+** Reads it without building anything. 0 if so; otherwise the 1-based
+** position of the first byte that does not fit (len + 1 when the text ends
+** too early). */
+size_t cm_json_object_check(const char *text, size_t len);
+
+/* The length of the JSON object that text[0..len) opens with ('{' its first
+** byte), checked as cm_json_object_check checks one; 0 when it opens with
+** none. What follows it is not looked at. */
+size_t cm_json_object_len(const char *text, size_t len);
 
 /* Code point cp (below 0x110000) as UTF-8 into out: the byte count, 1 to 4. */
 size_t cm_utf8_put(unsigned cp, char out[4]);

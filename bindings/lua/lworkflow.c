@@ -1003,7 +1003,11 @@ static int step_driver(lua_State *L)
             invalid(L, d, "instance %s is in state \"%s\", which workflow %s does not define",
                     sp->instance, d->cur, sp->workflow);
         st = lua_gettop(L);
-        if (sp->payload)
+        if (cJSON_IsRaw(sp->payload)) { /* an object's text (cm_engine_signal_text) */
+            if (!cm_ljson_push_object_text(L, sp->payload->valuestring))
+                invalid(L, d, "instance %s: the payload of event \"%s\" is not a JSON object",
+                        sp->instance, sp->event);
+        } else if (sp->payload)
             cm_ljson_push(L, sp->payload);
         else
             lua_newtable(L);

@@ -27,7 +27,8 @@ return cm.workflow {
       end,
       on = { seen = "seen", boom = function(wf) error("boom") end, close = "closed" },
     },
-    seen = { on = { close = "closed" } },
+    seen = { on = { close = "closed",
+                    note = function(wf, ev) wf.ctx.by = ev.by; wf.ctx.n = ev.n; wf.ctx.tags = ev.tags end } },
     closed = { final = true },
   },
 }
@@ -291,6 +292,32 @@ req POST /v1/instances/i1/events '{"event":"nonsense"} x' "$writer"; expect "sig
 req POST /v1/instances/i1/events '{"event":"nonsense","x":1}' "$writer"; expect "signal extra" 422 unknown_field
 field "signal extra" x
 req POST /v1/instances/i1/events '{"event":7}' "$writer"; expect "signal event number" 422 invalid
+# a body of the event and its payload is read without a JSON tree, the
+# payload's text handed to the engine: the same answers as any other body
+payload='{"by":"dr\u0032","n":-1.5e1,"tags":["a",{"b":null,"c":[true,false,0.25]}]}'
+req POST /v1/instances/i1/events "{\"event\":\"n\\u006fte\",\"payload\":$payload}" "$writer"
+expect "signal payload through a tree" 200 # the escaped name: parsed whole
+from_tree=$(count "SELECT ctx FROM instance WHERE id='i1'")
+req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"z"}}' "$writer"; expect "signal payload other" 200
+same "payload other read" "$(count "SELECT ctx->>'by' FROM instance WHERE id='i1'")" z
+req POST /v1/instances/i1/events " { \"payload\" : $payload , \"event\" : \"note\" } " "$writer"
+expect "signal payload as text" 200
+same "payload text read as the tree is" "$(count "SELECT ctx FROM instance WHERE id='i1'")" "$from_tree"
+same "payload text read into the step" "$(count "SELECT ctx->>'by' || ' ' || (ctx->>'n') FROM instance WHERE id='i1'")" 'dr2 -15'
+# refused as before: NAME|BODY|STATUS|CODE|FIELD
+while IFS='|' read -r name body want code fld; do
+  req POST /v1/instances/i1/events "$body" "$writer"; expect "$name" "$want" "$code"
+  [ -z "$fld" ] || field "$name" "$fld"
+done <<'BAD'
+signal payload bad value|{"event":"note","payload":{"by":}}|400|malformed_json|
+signal payload trailing comma|{"event":"note","payload":{"by":"x",}}|400|malformed_json|
+signal payload unterminated|{"event":"note","payload":{"by":"x"}|400|malformed_json|
+signal payload lone surrogate|{"event":"note","payload":{"by":"\ud800"}}|400|malformed_json|
+signal payload array|{"event":"note","payload":[1]}|422|invalid|payload
+signal payload string|{"event":"note","payload":"x"}|422|invalid|payload
+signal payload without event|{"payload":{"by":"x"}}|422|invalid|event
+BAD
+same "refused payloads change nothing" "$(count "SELECT ctx->>'by' FROM instance WHERE id='i1'")" dr2
 req POST /v1/instances/i1/events '{"event":"seen"}' "$writer" text/plain; expect "signal not JSON" 415 unsupported_media_type
 same "refused signals change nothing" "$(count "SELECT state FROM instance WHERE id='i1'")" seen
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i5"}' "$writer"; expect "instance 5" 201
@@ -298,7 +325,7 @@ req POST /v1/instances/i5/events '{"event":"boom"}' "$writer"; expect "handler e
 same "handler error kept flag" "$(jq -r '.kept' <<<"$body")" true
 same "handler error code" "$(jq -r '.error.code' <<<"$body")" handler_failed
 req GET /v1/instances/i1/history "" "$reader"; expect history 200
-same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen"
+same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note"
 req POST /v1/instances/i1/pause "" "$writer"; expect pause 200; same "paused" "$(jq -r .status <<<"$body")" paused
 req POST /v1/instances/i1/pause "" "$writer"; expect "pause twice" 409 wrong_state
 req POST /v1/instances/i1/events '{"event":"close"}' "$writer"; expect "signal paused is held" 202

@@ -12,10 +12,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* mkdtemp under $TMPDIR or /tmp; the caller frees and removes. */
-/* SQL that takes a database back from schema 12 to the single instance
+/* SQL that takes a database back from schema 13 to schema 12's
+** instance_step, with the steps and updated columns that schema 13 reads
+** from the latest history row (0 and created for an instance without one),
+** and schema 12's view. */
+#define CM_TEST_UNDO_NARROW_STEP                                                                   \
+    "DROP VIEW instance;"                                                                          \
+    "CREATE TABLE instance_step12(seq INTEGER PRIMARY KEY, state TEXT NOT NULL, "                  \
+    "ctx TEXT NOT NULL, steps INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL, hist INTEGER);"   \
+    "INSERT INTO instance_step12(seq, state, ctx, steps, updated, hist) SELECT s.seq, s.state, "   \
+    "s.ctx, coalesce(h.step, 0), coalesce(h.at, b.created), s.hist FROM instance_step s "          \
+    "JOIN instance_base b ON b.seq = s.seq LEFT JOIN history h ON h.seq = s.hist;"                 \
+    "DROP TABLE instance_step;"                                                                    \
+    "ALTER TABLE instance_step12 RENAME TO instance_step;"                                         \
+    "CREATE VIEW instance AS SELECT b.seq AS seq, b.id AS id, b.workflow AS workflow, "            \
+    "b.rev AS rev, s.state AS state, b.status AS status, b.input AS input, s.ctx AS ctx, "         \
+    "b.parent AS parent, s.steps AS steps, b.created AS created, s.updated AS updated, "           \
+    "s.hist AS hist FROM instance_base b JOIN instance_step s ON s.seq = b.seq;"
+
+/* SQL that takes a database back from schema 13 to the single instance
 ** table of schemas 2 to 11, for tests of the migrations before it. */
 #define CM_TEST_UNDO_INSTANCE_STEP                                                                 \
+    CM_TEST_UNDO_NARROW_STEP                                                                       \
     "DROP VIEW instance;"                                                                          \
     "ALTER TABLE instance_base ADD COLUMN state TEXT NOT NULL DEFAULT '';"                         \
     "ALTER TABLE instance_base ADD COLUMN ctx TEXT NOT NULL DEFAULT '{}';"                         \
@@ -26,6 +44,8 @@
     "s.steps, s.updated, s.hist FROM instance_step s WHERE s.seq = instance_base.seq);"            \
     "DROP TABLE instance_step;"                                                                    \
     "ALTER TABLE instance_base RENAME TO instance;"
+
+/* mkdtemp under $TMPDIR or /tmp; the caller frees and removes. */
 
 static inline char *cm_test_tmpdir(void)
 {

@@ -534,6 +534,84 @@ static void test_signal_items_are_reused_with_their_own_names_and_payload(void *
                      1);
 }
 
+static int signal_text(fx *f, const char *id, const char *event, const char *text, cm_err *err)
+{
+    return cm_engine_signal_text(f->engine, id, event, text, strlen(text), on_ack, &f->a, err);
+}
+
+/* A payload given as text (cm_engine_signal_text, the HTTP API's route)
+** reaches the handlers as the same table, also when held for a paused
+** instance and read back from its row, also in a reused item after a long
+** one; text that is not one JSON object is refused with a message naming
+** what is wrong, and nothing is queued. */
+static void test_payload_text_is_read_and_bad_text_refused(void **state)
+{
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"", "payload: must be an object"},
+        {"[{\"reason\":\"r\"}]", "payload: must be an object"},
+        {" \"r\"", "payload: must be an object"},
+        {"{\"reason\":}", "payload: not valid JSON (at byte 11)"},
+        {"{\"reason\":\"r\",}", "payload: not valid JSON (at byte 15)"},
+        {"{\"reason\":\"r\"} {}", "payload: not valid JSON (at byte 16)"},
+        {"{\"reason\":\"\\ud800\"}", "payload: not valid JSON (at byte 18)"},
+        {"{\"reason\":\"\\u0000\"}", "payload: not valid JSON (at byte 18)"},
+    };
+    fx *f = *state;
+    cm_err err;
+    char big[2048];
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "p-1");
+    start(f, INPUT, "p-2");
+    start(f, INPUT, "p-3");
+    run(f);
+    int acked = f->a.n;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(signal_text(f, "p-1", "declined", bad[i].text, &err), CM_EINVAL);
+        assert_string_equal(err.msg, bad[i].msg);
+    }
+    assert_int_equal(signal_text(f, "", "declined", "{}", &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "instance: must be"));
+    assert_int_equal(signal_text(f, "p-1", "", "{}", &err), CM_EINVAL);
+    assert_non_null(strstr(err.msg, "event: must be"));
+    run(f);
+    assert_int_equal(f->a.n, acked); /* nothing was queued */
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 0);
+    expect_state(f, "p-1", "requested", "running");
+    /* the guard reads ev.reason: the text's table has it */
+    assert_int_equal(signal_text(f, "p-1", "declined",
+                                 " {\"x\":[1,{\"y\":null}], \"reason\" : "
+                                 "\"\\u00e9t\\u00e9\"} ",
+                                 &err),
+                     0);
+    /* held for a paused instance: kept in its row as text, read back on resume */
+    assert_int_equal(cm_engine_pause(f->engine, "p-2", &err), 0);
+    assert_int_equal(signal_text(f, "p-2", "declined", "{\"reason\":\"held\"}", &err), 0);
+    /* a long payload's item is not kept; the next reuses a short one */
+    memset(big, ' ', sizeof(big));
+    memcpy(big, "{\"reason\":\"long\"", 16);
+    big[sizeof(big) - 2] = '}';
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(signal_text(f, "p-3", "accepted", big, &err), 0);
+    run(f);
+    assert_int_equal(f->a.n, acked + 3);
+    assert_int_equal(f->a.status[acked], 0);
+    assert_int_equal(f->a.status[acked + 1], 0);
+    assert_true(f->a.kept[acked + 1]);
+    assert_int_equal(f->a.status[acked + 2], 0);
+    expect_state(f, "p-1", "declined", "done");
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE payload = '{\"reason\":\"held\"}'"),
+                     1);
+    assert_int_equal(cm_engine_resume(f->engine, "p-2", &err), 0);
+    run(f);
+    expect_state(f, "p-2", "declined", "done");
+    assert_int_equal(signal_text(f, "p-3", "declined", "{}", &err), 0); /* refused by the guard */
+    run(f);
+    assert_int_equal(f->a.status[f->a.n - 1], CM_EINVAL);
+    expect_state(f, "p-3", "accepted", "running");
+}
+
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
 {
     fx *f = *state;
@@ -1543,15 +1621,15 @@ static void instance_rows(fx *f, char *out, size_t n)
     sqlite3_stmt *st;
     size_t len = 0;
     out[0] = '\0';
-    assert_int_equal(
-        sqlite3_prepare_v2(cm_store_db(f->store),
-                           "SELECT seq || ' ' || id || ' ' || workflow || ' ' || rev "
-                           "|| ' ' || state || ' ' || status || ' ' || input || ' ' || "
-                           "ctx || ' ' || coalesce(parent, '-') || ' ' || steps || ' ' "
-                           "|| created || ' ' || updated || ' ' || hist FROM instance "
-                           "ORDER BY seq",
-                           -1, &st, NULL),
-        SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(
+                         cm_store_db(f->store),
+                         "SELECT seq || ' ' || id || ' ' || workflow || ' ' || rev "
+                         "|| ' ' || state || ' ' || status || ' ' || input || ' ' || "
+                         "ctx || ' ' || coalesce(parent, '-') || ' ' || steps || ' ' "
+                         "|| created || ' ' || updated || ' ' || coalesce(hist, '-') FROM instance "
+                         "ORDER BY seq",
+                         -1, &st, NULL),
+                     SQLITE_OK);
     while (sqlite3_step(st) == SQLITE_ROW && len < n)
         len +=
             (size_t)snprintf(out + len, n - len, "%s;", (const char *)sqlite3_column_text(st, 0));
@@ -1610,6 +1688,107 @@ static void test_instance_rows_are_split_and_upgraded(void **state)
     /* the view is read-only: a write to it is refused, and changes nothing */
     assert_int_not_equal(cm_store_exec(f->store, "UPDATE instance SET state = 'x'", &err), 0);
     expect_state(f, "ref-1", "accepted", "running");
+}
+
+/* Every instance as the API answers for it, in seq order: its row in the
+** view (the list's columns and the rest) and GET /instances/{id}
+** (cm_engine_get: the row, its timers and its history), one line each. */
+static void instance_answers(fx *f, char *out, size_t n)
+{
+    sqlite3_stmt *st;
+    size_t len = 0;
+    instance_rows(f, out, n);
+    len = strlen(out);
+    assert_int_equal(sqlite3_prepare_v2(cm_store_db(f->store),
+                                        "SELECT id FROM instance ORDER BY seq", -1, &st, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        cJSON *doc = get(f, (const char *)sqlite3_column_text(st, 0));
+        char *text = cJSON_PrintUnformatted(doc);
+        int w = snprintf(out + len, n - len, "\n%s", text);
+        assert_true(w > 0 && (size_t)w < n - len);
+        len += (size_t)w;
+        cJSON_free(text);
+        cJSON_Delete(doc);
+    }
+    sqlite3_finalize(st);
+}
+
+/* Schema 13 drops instance_step's steps and updated, which repeated the
+** latest history row's step and at: after the upgrade from schema 12 every
+** instance -- running, paused, done, cancelled, and one that nothing has
+** stepped (no history: 0 steps, updated at its creation) -- reads as it
+** did, in the view and through the API, history and all; the engine goes
+** on from there. */
+static void test_step_row_without_count_and_time_upgraded(void **state)
+{
+    fx *f = *state;
+    static char before[16384], after[16384];
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    start(f, INPUT, "ref-3");
+    start(f, INPUT, "ref-4");
+    run(f);
+    assert_int_equal(cm_clock_advance(f->clock, 1234), 0);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    signal_ev(f, "ref-3", "accepted", NULL);
+    run(f);
+    assert_int_equal(cm_clock_advance(f->clock, HOUR + 7), 0);
+    signal_ev(f, "ref-3", "consult_note", NULL);
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
+    assert_int_equal(cm_clock_advance(f->clock, 5), 0);
+    assert_int_equal(cm_engine_cancel(f->engine, "ref-4", "duplicate", &err), 0);
+    /* back to schema 12, and an instance without history as it wrote one */
+    assert_int_equal(cm_store_exec(f->store,
+                                   CM_TEST_UNDO_NARROW_STEP
+                                   "DELETE FROM schema_version WHERE version >= 13;"
+                                   "INSERT INTO instance_base(seq, id, workflow, rev, status, "
+                                   "input, created) VALUES (9, 'ref-9', 'referral', 1, "
+                                   "'running', '{\"patient\":\"pat-1\"}', "
+                                   "'2026-01-01T00:00:00.250Z');"
+                                   "INSERT INTO instance_step(seq, state, ctx, steps, updated) "
+                                   "VALUES (9, 'requested', '{}', 0, '2026-01-01T00:00:00.250Z');",
+                                   &err),
+                     0);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 12);
+    instance_answers(f, before, sizeof(before));
+    assert_non_null(strstr(before, " ref-1 referral 1 requested paused "));
+    assert_non_null(strstr(before, " ref-2 referral 1 accepted running "));
+    assert_non_null(strstr(before, " ref-3 referral 1 closed done "));
+    assert_non_null(strstr(before, " ref-4 referral 1 requested cancelled "));
+    assert_non_null(strstr(before, "9 ref-9 referral 1 requested running {\"patient\":\"pat-1\"} "
+                                   "{} - 0 2026-01-01T00:00:00.250Z 2026-01-01T00:00:00.250Z -;"));
+    assert_non_null(strstr(before, "\"updated\":\"2026-11-29T12:00:01.246Z\""));
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 13);
+    instance_answers(f, after, sizeof(after));
+    assert_string_equal(after, before);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_step')"), 4);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_step') "
+                              "WHERE name IN ('steps', 'updated')"),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
+    /* the engine steps on the narrow row: count and time from the new row */
+    assert_int_equal(cm_clock_advance(f->clock, 3), 0);
+    assert_int_equal(cm_engine_resume(f->engine, "ref-1", &err), 0);
+    signal_ev(f, "ref-9", "accepted", NULL);
+    signal_ev(f, "ref-2", "consult_note", NULL);
+    run(f);
+    expect_state(f, "ref-1", "requested", "running");
+    expect_state(f, "ref-9", "accepted", "running");
+    expect_state(f, "ref-2", "closed", "done");
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-9'"), 1);
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-1'"), 3);
+    assert_int_equal(count(f, "SELECT steps FROM instance WHERE id = 'ref-2'"), 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM instance i JOIN history h ON h.seq = i.hist "
+                              "WHERE i.id IN ('ref-1', 'ref-2', 'ref-9') AND i.updated = h.at "
+                              "AND h.at = '2026-11-29T12:00:01.249Z' AND i.steps = h.step"),
+                     3);
 }
 
 static void text_of(fx *f, const char *sql, char *out, size_t n)
@@ -3056,6 +3235,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_context_is_read_on_use_and_written_on_change, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_instance_rows_are_split_and_upgraded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_row_without_count_and_time_upgraded, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_attached_engine_runs_on_the_loop, setup, teardown),

@@ -601,9 +601,11 @@ static void test_instances_filter_and_page(void **state)
             " VALUES (1, 'ref-1', 'referral', 1, 'running', '{\"patient\":\"pat-1\"}', 'c1'),"
             " (2, 'ref-2', 'referral', 1, 'done', '{}', 'c2'),"
             " (3, 'out-1', 'outreach', 1, 'running', '{}', 'c3');"
-            "INSERT INTO instance_step(seq, state, ctx, updated) VALUES"
-            " (1, 'requested', '{\"n\":1}', 'u1'), (2, 'closed', '{}', 'u2'),"
-            " (3, 'calling', '{}', 'u3')",
+            "INSERT INTO history(seq, instance, step, at, event, to_state) VALUES"
+            " (1, 'ref-1', 1, 'u1', 'start', 'requested');"
+            "INSERT INTO instance_step(seq, state, ctx, hist) VALUES"
+            " (1, 'requested', '{\"n\":1}', 1), (2, 'closed', '{}', NULL),"
+            " (3, 'calling', '{}', NULL)",
             &err),
         0);
     long before = audits(f, "patient.read", "pat-1");

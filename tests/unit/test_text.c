@@ -1,6 +1,6 @@
 /*
 ** test_text.c -- UTF-8 validity, id shape, and the pieces of JSON's \u
-** escapes (four hex digits, a code point as UTF-8).
+** escapes (four hex digits, a code point as UTF-8), a JSON object's text checked.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "text.h"
+
+#include <cjson/cJSON.h>
 
 static bool valid(const char *s)
 {
@@ -115,6 +117,97 @@ static void test_short_escapes_read_back(void **state)
     assert_int_equal(cm_json_unescape_short('\''), -1);
 }
 
+/* cm_json_object_check takes one JSON object as RFC 8259 spells it, and
+** only what cJSON reads as that object; it names the first byte that does
+** not fit. cm_json_object_len finds the object that text opens with. */
+static void test_json_object_text_is_checked(void **state)
+{
+    (void)state;
+    static const char *const good[] = {
+        "{}",
+        " \t\r\n{ } \n",
+        "{\"a\":1}",
+        "{\"a\":-0.5e+10,\"b\":0,\"c\":12E-3,\"d\":-7}",
+        "{\"a\":[true,false,null,\"x\",{},[]]}",
+        "{\"a\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}",
+        "{\"\xc3\xa9\":\"\xe2\x82\xac\"}",
+        "{\"a\":{\"a\":{\"a\":{}}}, \"a\" : 2}",
+    };
+    static const struct {
+        const char *text;
+        size_t at;
+    } bad[] = {
+        {"", 1},
+        {"   ", 4},
+        {"[]", 1},
+        {"\"x\"", 1},
+        {"{", 2},
+        {"{\"a\"}", 5},
+        {"{\"a\":}", 6},
+        {"{\"a\":1,}", 8},
+        {"{\"a\":1 \"b\":2}", 8},
+        {"{a:1}", 2},
+        {"{\"a\":01}", 7},
+        {"{\"a\":1.}", 8},
+        {"{\"a\":.5}", 6},
+        {"{\"a\":+1}", 6},
+        {"{\"a\":1e}", 8},
+        {"{\"a\":tru}", 6},
+        {"{\"a\":nul}", 6},
+        {"{\"a\":\"x}", 9},
+        {"{\"a\":\"\\x\"}", 8},
+        {"{\"a\":\"\\u00\"}", 9},
+        {"{\"a\":\"\\u0000\"}", 13},
+        {"{\"a\":\"\\ud800\"}", 13},
+        {"{\"a\":\"\\udc00\"}", 13},
+        {"{\"a\":\"\\ud800\\u0041\"}", 19},
+        {"{\"a\":\"\x01\"}", 7},
+        {"{} x", 4},
+        {"{}{}", 3},
+        {"{\"a\":[1,]}", 9},
+        {"\xef\xbb\xbf{}", 1},
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        size_t len = strlen(good[i]);
+        assert_int_equal(cm_json_object_check(good[i], len), 0);
+        cJSON *doc = cJSON_ParseWithLength(good[i], len);
+        assert_true(cJSON_IsObject(doc)); /* what it takes, cJSON reads */
+        cJSON_Delete(doc);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        size_t at = cm_json_object_check(bad[i].text, strlen(bad[i].text));
+        if (at != bad[i].at)
+            fail_msg("\"%s\": at %zu, expected %zu", bad[i].text, at, bad[i].at);
+    }
+    /* a NUL inside is no JSON, and the length bounds the read */
+    assert_int_equal(cm_json_object_check("{\"a\":\"\0\"}", 8), 7);
+    assert_int_equal(cm_json_object_check("{\"a\":1}", 6), 7);
+    /* nesting up to cJSON's limit, not past it */
+    char deep[2 * CM_JSON_DEPTH_MAX + 8];
+    size_t n = 0;
+    deep[n++] = '{';
+    memcpy(deep + n, "\"a\":", 4);
+    n += 4;
+    for (int i = 1; i < CM_JSON_DEPTH_MAX; i++)
+        deep[n++] = '[';
+    size_t open = n;
+    for (int i = 1; i < CM_JSON_DEPTH_MAX; i++)
+        deep[n++] = ']';
+    deep[n++] = '}';
+    assert_int_equal(cm_json_object_check(deep, n), 0);
+    char deeper[sizeof(deep) + 2];
+    memcpy(deeper, deep, open);
+    deeper[open] = '[';
+    memcpy(deeper + open + 1, deep + open, n - open);
+    deeper[open + 1 + (n - open) - 1] = ']';
+    deeper[open + 1 + (n - open)] = '}';
+    assert_int_equal(cm_json_object_check(deeper, n + 1), open + 1);
+    /* the object text opens with, what follows not looked at */
+    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12), 8);
+    assert_int_equal(cm_json_object_len(" {}", 3), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":", 5), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -124,6 +217,7 @@ int main(void)
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_hex4_and_utf8_put),
         cmocka_unit_test(test_short_escapes_read_back),
+        cmocka_unit_test(test_json_object_text_is_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
