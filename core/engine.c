@@ -1428,25 +1428,35 @@ static bool parent_listens(cm_engine *e, const char *parent)
 static int park_unapplied(cm_engine *e, const inst *in, cm_err *err)
 {
     char detail[CM_ERR_MSG_MAX];
-    int s;
+    int s, n = 0, rc;
+    /* Most instances end with nothing kept: a plain read answers that for
+    ** ~1/10 of what the UPDATE's RETURNING cost when it had no row. */
+    {
+        PREPARE(e, "SELECT seq, name FROM event WHERE instance = ?1 AND status = 'ready'", err);
+        sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
+        while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+            snprintf(detail, sizeof(detail), "%s (seq %lld)",
+                     (const char *)sqlite3_column_text(st, 1),
+                     (long long)sqlite3_column_int64(st, 0));
+            note_event(e, CM_ENGINE_EVENT_PARKED, in->id, in->workflow, "", in->state, detail);
+            n++;
+        }
+        rc = s == SQLITE_DONE ? 0 : db_fail(e, err, "event");
+        sqlite3_reset(st);
+        if (rc != 0 || n == 0)
+            return rc;
+    }
     PREPARE(e,
             "UPDATE event SET status = 'failed', error = 'instance ' || instance || ' ended (' || "
             "?2 || ', in state ' || ?3 || ') before ' || CASE WHEN attempts > 0 THEN "
             "'the retry of this event; it had failed: ' || coalesce(error, '') ELSE "
             "'this event ran' END || '; it was not applied' "
-            "WHERE instance = ?1 AND status = 'ready' RETURNING seq, name",
+            "WHERE instance = ?1 AND status = 'ready'",
             err);
     sqlite3_bind_text(st, 1, in->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, in->status, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, in->state, -1, SQLITE_STATIC);
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        snprintf(detail, sizeof(detail), "%s (seq %lld)", (const char *)sqlite3_column_text(st, 1),
-                 (long long)sqlite3_column_int64(st, 0));
-        note_event(e, CM_ENGINE_EVENT_PARKED, in->id, in->workflow, "", in->state, detail);
-    }
-    int rc = s == SQLITE_DONE ? 0 : db_fail(e, err, "event");
-    sqlite3_reset(st);
-    return rc;
+    return exec_kept(e, st, "event", err);
 }
 
 /* An instance ended (final state or cancelled): drop its timers, park its
