@@ -1904,6 +1904,8 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     if (rc == 0 && strcmp(in.status, "running") != 0)
         rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
                         in.status);
+    if (oc) /* a step that fails leaves the instance in this state (apply_step moves in.state) */
+        cm_copy_str(oc->state, sizeof(oc->state), in.state);
     if (rc == 0 && e->every_sp && (rc = sp_begin(e, err)) == 0)
         open = true;
     if (rc == 0) {
@@ -1917,7 +1919,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         own_failed = rc != 0 && own_rows_only(&sp);
     }
     step_clear(&sp);
-    if (oc)
+    if (oc && rc == 0)
         cm_copy_str(oc->state, sizeof(oc->state), in.state);
     if (open)
         sp_end(e, rc == 0);

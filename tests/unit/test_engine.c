@@ -2655,6 +2655,39 @@ static void test_a_database_error_in_a_bare_step_fails_that_step_alone(void **st
     assert_int_equal(ctx_n(f, "m-1"), 4);
 }
 
+/* A refused step's kept event is acknowledged with the state its instance
+** is in, not the one the rolled-back step would have reached. */
+static void test_a_kept_step_is_acknowledged_in_the_state_it_left(void **state)
+{
+    static const char *MOVER = "local cm = require 'caremesh'\n"
+                               "return cm.workflow {\n"
+                               "  name = 'mover', version = 1, start = 'a',\n"
+                               "  states = {\n"
+                               "    a = { on = { go = 'b' } },\n"
+                               "    b = { on = { stop = 'z' } },\n"
+                               "    z = { final = true },\n"
+                               "  },\n"
+                               "}\n";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "mover.lua", MOVER);
+    assert_int_equal(cm_engine_start(f->engine, "mover", NULL, "mv-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse_step BEFORE UPDATE ON instance_step "
+                                   "WHEN NEW.state = 'b' BEGIN SELECT RAISE(ABORT, 'step "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "mv-1", "go", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 2);
+    assert_true(f->a.kept[1]);
+    assert_non_null(strstr(f->a.message[1], "step refused"));
+    expect_state(f, "mv-1", "a", "running");
+    assert_string_equal(f->a.state[1], "a");
+}
+
 /* The same for a due timer: its refused step is kept as its event (the
 ** timer's row gone with the step that took it), retried when due. */
 static void test_a_refused_timer_step_is_kept_as_its_event(void **state)
@@ -3265,6 +3298,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_refused_timer_step_is_kept_as_its_event, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_step_is_acknowledged_in_the_state_it_left,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_refused_step_that_cannot_be_kept_fails_the_batch,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
