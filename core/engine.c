@@ -2637,6 +2637,8 @@ static void batch_undo(cm_engine *e, outcome *ocs, int n, const cm_engine_stats 
     e->stats.failed = before->failed;
     e->stats.lua_errors = before->lua_errors;
     e->stats.budget_kills = before->budget_kills;
+    e->stats.cache_hits = before->cache_hits; /* the run again looks each instance up anew */
+    e->stats.cache_misses = before->cache_misses;
     for (int i = n - 1; i >= 0; i--) {
         work *w = ocs[i].w;
         w->next = e->head;
