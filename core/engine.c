@@ -1914,6 +1914,8 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
     if (rc == 0 && strcmp(in.status, "running") != 0)
         rc = cm_err_set(err, CM_EINVAL, "instance %s is %s; it takes no more events", in.id,
                         in.status);
+    if (oc) /* a step that fails leaves the instance in this state (apply_step moves in.state) */
+        cm_copy_str(oc->state, sizeof(oc->state), in.state);
     if (rc == 0 && e->every_sp && (rc = sp_begin(e, err)) == 0)
         open = true;
     if (rc == 0) {
@@ -1927,7 +1929,7 @@ static int deliver(cm_engine *e, long seq, const char *instance, const char *nam
         own_failed = rc != 0 && own_rows_only(&sp);
     }
     step_clear(&sp);
-    if (oc)
+    if (oc && rc == 0)
         cm_copy_str(oc->state, sizeof(oc->state), in.state);
     if (open)
         sp_end(e, rc == 0);
@@ -2645,6 +2647,8 @@ static void batch_undo(cm_engine *e, outcome *ocs, int n, const cm_engine_stats 
     e->stats.failed = before->failed;
     e->stats.lua_errors = before->lua_errors;
     e->stats.budget_kills = before->budget_kills;
+    e->stats.cache_hits = before->cache_hits; /* the run again looks each instance up anew */
+    e->stats.cache_misses = before->cache_misses;
     for (int i = n - 1; i >= 0; i--) {
         work *w = ocs[i].w;
         w->next = e->head;

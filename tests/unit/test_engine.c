@@ -2655,6 +2655,80 @@ static void test_a_database_error_in_a_bare_step_fails_that_step_alone(void **st
     assert_int_equal(ctx_n(f, "m-1"), 4);
 }
 
+/* A refused step's kept event is acknowledged with the state its instance
+** is in, not the one the rolled-back step would have reached. */
+static void test_a_kept_step_is_acknowledged_in_the_state_it_left(void **state)
+{
+    static const char *MOVER = "local cm = require 'caremesh'\n"
+                               "return cm.workflow {\n"
+                               "  name = 'mover', version = 1, start = 'a',\n"
+                               "  states = {\n"
+                               "    a = { on = { go = 'b' } },\n"
+                               "    b = { on = { stop = 'z' } },\n"
+                               "    z = { final = true },\n"
+                               "  },\n"
+                               "}\n";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "mover.lua", MOVER);
+    assert_int_equal(cm_engine_start(f->engine, "mover", NULL, "mv-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(cm_store_exec(f->store,
+                                   "CREATE TRIGGER refuse_step BEFORE UPDATE ON instance_step "
+                                   "WHEN NEW.state = 'b' BEGIN SELECT RAISE(ABORT, 'step "
+                                   "refused'); END",
+                                   &err),
+                     0);
+    signal_ev(f, "mv-1", "go", NULL);
+    run(f);
+    assert_int_equal(f->a.n, 2);
+    assert_true(f->a.kept[1]);
+    assert_non_null(strstr(f->a.message[1], "step refused"));
+    expect_state(f, "mv-1", "a", "running");
+    assert_string_equal(f->a.state[1], "a");
+}
+
+/* A batch run again keeps a paused instance's event held once, a text
+** payload of its refused step kept as given, and counts each instance
+** taken from memory once. */
+static void test_a_batch_run_again_holds_and_keeps_each_event_once(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cm_engine_stats st0, st;
+    start_mids(f, 3);
+    run(f);
+    signal_ev(f, "m-1", "tick", NULL);
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "m-3", &err), 0);
+    refuse_history(f, "m-2", "ABORT");
+    cm_engine_stats_get(f->engine, &st0);
+    assert_int_equal(signal_text(f, "m-1", "tick", "{\"k\": \"v\"}", &err), 0);
+    assert_int_equal(signal_text(f, "m-3", "tick", "{\"held\": 1}", &err), 0);
+    assert_int_equal(signal_text(f, "m-2", "tick", " {\"x\": [1, 2]} ", &err), 0);
+    run(f);
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(f->a.n, 7);
+    assert_int_equal(f->a.status[4], 0);
+    assert_true(f->a.kept[5]);
+    assert_true(f->a.kept[6]);
+    assert_int_not_equal(f->a.status[6], 0);
+    assert_int_equal(ctx_n(f, "m-1"), 2);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-3' AND "
+                              "status = 'ready' AND json_extract(payload, '$.held') = 1"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-2' AND "
+                              "json_extract(payload, '$.x[1]') = 2 AND attempts = 1"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event"), 2);
+    assert_int_equal((st.cache_hits + st.cache_misses) - (st0.cache_hits + st0.cache_misses), 3);
+    /* cancelled, the paused instance's held event is parked, once */
+    assert_int_equal(cm_engine_cancel(f->engine, "m-3", "test", &err), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'm-3' AND "
+                              "status = 'failed'"),
+                     1);
+}
+
 /* The same for a due timer: its refused step is kept as its event (the
 ** timer's row gone with the step that took it), retried when due. */
 static void test_a_refused_timer_step_is_kept_as_its_event(void **state)
@@ -3265,6 +3339,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_refused_timer_step_is_kept_as_its_event, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_kept_step_is_acknowledged_in_the_state_it_left,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_batch_run_again_holds_and_keeps_each_event_once,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_refused_step_that_cannot_be_kept_fails_the_batch,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
