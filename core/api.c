@@ -1189,7 +1189,8 @@ static int instance_patient_of(cm_api *api, const char *instance, char *out, siz
     }
     *from_store = true;
     sqlite3_stmt *st = cm_store_prepare(
-        api->o.store, "SELECT json_extract(input, '$.patient') FROM instance WHERE id = ?1", err);
+        api->o.store, "SELECT json_extract(input, '$.patient') FROM instance_base WHERE id = ?1",
+        err);
     if (!st)
         return err->code;
     sqlite3_bind_text(st, 1, instance, -1, SQLITE_STATIC);
@@ -1790,8 +1791,9 @@ static int metrics_store(cm_store *store, job *j, cm_buf *b, cm_err *err)
 {
     char l1[2 * CM_NAME_MAX], l2[2 * CM_NAME_MAX], l3[64];
     sqlite3_stmt *st = cm_store_prepare(store,
-                                        "SELECT workflow, state, status, count(*) FROM instance "
-                                        "GROUP BY workflow, state, status ORDER BY 1, 2, 3",
+                                        "SELECT b.workflow, s.state, b.status, count(*) "
+                                        "FROM instance_base b JOIN instance_step s ON s.seq = "
+                                        "b.seq GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
                                         err);
     if (!st)
         return err->code;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # view_reads.sh -- what the `instance` view costs its readers: the API's
 # instance list (a status filter, 1000 rows), one instance's get, the
-# engine's load of one instance and the /metrics count by workflow, state
-# and status, each as instructions (callgrind, the sqlite3 shell's run of
-# the query less its run of `SELECT 1`), on a database `caremesh init`
+# engine's load of one instance and the count by workflow, state and
+# status (through the view, and as /metrics reads it: from the tables),
+# each as instructions (callgrind, the sqlite3 shell's run of the query
+# less its run of `SELECT 1`), on a database `caremesh init`
 # made (the schema as built) filled with N instances of one history row
 # each, and on a copy shaped as schema 12 (steps and updated kept in
 # instance_step, the view reading them there).
@@ -49,12 +50,13 @@ ir() {
   valgrind --tool=callgrind --callgrind-out-file=/dev/null sqlite3 "$1" "$2" 2>&1 >/dev/null |
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
-names=("list" "get" "engine load" "metrics count")
+names=("list" "get" "engine load" "count (view)" "count (tables)")
 queries=(
   "SELECT seq, id, workflow, rev, state, status, json_extract(input, '\$.patient'), created, updated FROM instance WHERE seq > 0 AND status = 'done' ORDER BY seq LIMIT 1000"
   "SELECT id, workflow, rev, state, status, input, ctx, parent, created, updated FROM instance WHERE id = 'w-777'"
   "SELECT id, workflow, rev, state, status, coalesce(parent, ''), steps, input, ctx, coalesce(hist, 0), seq FROM instance WHERE id = 'w-777'"
   "SELECT workflow, state, status, count(*) FROM instance GROUP BY workflow, state, status ORDER BY 1, 2, 3"
+  "SELECT b.workflow, s.state, b.status, count(*) FROM instance_base b JOIN instance_step s ON s.seq = b.seq GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
 )
 base_old=$(ir "$old" "SELECT 1")
 base_new=$(ir "$db" "SELECT 1")
