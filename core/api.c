@@ -530,7 +530,9 @@ static bool event_body(const char *text, size_t len, char *out, size_t outsz, co
             if (n == 0 || n >= outsz || p == end || *p++ != '"')
                 return false;
         } else {
-            if ((*plen = cm_json_object_len(p, (size_t)(end - p))) == 0)
+            /* the payload sits in the body's object: cJSON counts its
+            ** nesting from the body's top */
+            if ((*plen = cm_json_object_len(p, (size_t)(end - p), 2)) == 0)
                 return false;
             *payload = p;
             p += *plen;

@@ -603,7 +603,10 @@ static void after_write(uv_write_t *w, int status)
     conn_flush(c);
     if (c->closing)
         return;
-    if (c->nqueued == 0 && (c->eof || c->draining)) {
+    /* the last answers, once written: a write still going (conn_flush
+    ** started it) is waited for, else a client that closed its side would
+    ** lose what the socket has not taken yet */
+    if (c->nqueued == 0 && !c->writing && (c->eof || c->draining)) {
         conn_linger(c);
         return;
     }

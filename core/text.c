@@ -262,10 +262,10 @@ static bool js_value(jscan *s, int depth)
     }
 }
 
-size_t cm_json_object_len(const char *text, size_t len)
+size_t cm_json_object_len(const char *text, size_t len, int depth)
 {
     jscan s = {text, text + len};
-    return len > 0 && *text == '{' && js_container(&s, 1) ? (size_t)(s.p - text) : 0;
+    return len > 0 && *text == '{' && js_container(&s, depth) ? (size_t)(s.p - text) : 0;
 }
 
 size_t cm_json_object_check(const char *text, size_t len)

@@ -47,8 +47,11 @@ size_t cm_json_object_check(const char *text, size_t len);
 
 /* The length of the JSON object that text[0..len) opens with ('{' its first
 ** byte), checked as cm_json_object_check checks one; 0 when it opens with
-** none. What follows it is not looked at. */
-size_t cm_json_object_len(const char *text, size_t len);
+** none. depth: the nesting it sits at in its document (1: the document
+** itself, 2: a member of the document's object), so that nothing in it is
+** nested past CM_JSON_DEPTH_MAX counted from the document's top, as cJSON
+** counts. What follows it is not looked at. */
+size_t cm_json_object_len(const char *text, size_t len, int depth);
 
 /* Code point cp (below 0x110000) as UTF-8 into out: the byte count, 1 to 4. */
 size_t cm_utf8_put(unsigned cp, char out[4]);

@@ -317,6 +317,11 @@ signal payload array|{"event":"note","payload":[1]}|422|invalid|payload
 signal payload string|{"event":"note","payload":"x"}|422|invalid|payload
 signal payload without event|{"payload":{"by":"x"}}|422|invalid|event
 BAD
+# nested past cJSON's limit (1000) counted from the body, not the payload:
+# the body, the payload and 999 arrays
+deep="$(printf '[%.0s' $(seq 999))$(printf ']%.0s' $(seq 999))"
+req POST /v1/instances/i1/events "{\"event\":\"note\",\"payload\":{\"by\":$deep}}" "$writer"
+expect "signal payload nested too deep" 400 malformed_json
 same "refused payloads change nothing" "$(count "SELECT ctx->>'by' FROM instance WHERE id='i1'")" dr2
 req POST /v1/instances/i1/events '{"event":"seen"}' "$writer" text/plain; expect "signal not JSON" 415 unsupported_media_type
 same "refused signals change nothing" "$(count "SELECT state FROM instance WHERE id='i1'")" seen

@@ -193,6 +193,8 @@ static void answer_later(uv_timer_t *t)
 /* /later answers after a timer; anything else answers at once with its path. */
 #define RECORD_MARK "Rivera-Ana-1958-04-12"
 
+#define HUGE_ANSWER (4u << 20) /* /huge's body: 'z' bytes */
+
 static void on_stopped(void *ud);
 
 static void handler(void *ud, cm_http_req *req)
@@ -248,6 +250,14 @@ static void handler(void *ud, cm_http_req *req)
         if (path[1] == 'r')
             memcpy(text + 100, RECORD_MARK, strlen(RECORD_MARK));
         cm_http_respond(req, 200, NULL, text, n);
+        return;
+    }
+    if (strcmp(path, "/huge") == 0) { /* more than the socket's buffers take at once */
+        char *text = malloc(HUGE_ANSWER);
+        assert_non_null(text);
+        memset(text, 'z', HUGE_ANSWER);
+        cm_http_respond(req, 200, NULL, text, HUGE_ANSWER);
+        free(text);
         return;
     }
     if (strcmp(path, "/stop") == 0) { /* the server stops while this request is with it */
@@ -597,6 +607,80 @@ static void test_a_closing_connection_lingers_so_answers_survive(void **state)
     free(e);
 }
 
+/* A client reading what comes until the end, counting the 'z's. */
+typedef struct counter {
+    uv_tcp_t tcp;
+    char buf[65536];
+    size_t zs;
+    bool eof;
+} counter;
+
+static void on_count_alloc(uv_handle_t *h, size_t n, uv_buf_t *b)
+{
+    counter *k = h->data;
+    *b = uv_buf_init(k->buf, sizeof(k->buf));
+}
+
+static void on_count_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    counter *k = s->data;
+    for (ssize_t i = 0; i < n; i++)
+        k->zs += b->base[i] == 'z';
+    if (n < 0) {
+        k->eof = true;
+        uv_close((uv_handle_t *)s, NULL);
+    }
+}
+
+/* A client that sends more requests than one write answers, the last one
+** asking for an answer larger than the socket takes at once, and closes its
+** side: the server reads the requests and the end together, so the last
+** answer is written after the others while the connection closes. Every
+** byte of it arrives before the end of the stream. */
+static void test_a_half_closed_client_gets_its_last_large_answer_whole(void **state)
+{
+    env *e = calloc(1, sizeof(*e));
+    counter *k = calloc(1, sizeof(*k));
+    cm_http_limits lim;
+    cm_err err;
+    cm_http_limits_default(&lim);
+    lim.max_pipeline = 128; /* all taken up at once: answered together */
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(
+        cm_http_server_start(&e->loop, "127.0.0.1", 0, &lim, handler, e, &e->srv, &err), 0);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in addr;
+    uv_ip4_addr("127.0.0.1", cm_http_server_port(e->srv), &addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    char text[8192];
+    size_t len = 0;
+    for (int i = 0; i < 70; i++) /* more than one write's 64 answers */
+        len +=
+            (size_t)snprintf(text + len, sizeof(text) - len, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
+    len +=
+        (size_t)snprintf(text + len, sizeof(text) - len, "GET /huge HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(len < sizeof(text));
+    assert_int_equal(send(fd, text, len, 0), (ssize_t)len);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0); /* both wait in the kernel for the server */
+    assert_int_equal(uv_tcp_init(&e->loop, &k->tcp), 0);
+    k->tcp.data = k;
+    assert_int_equal(uv_tcp_open(&k->tcp, fd), 0);
+    assert_int_equal(uv_read_start((uv_stream_t *)&k->tcp, on_count_alloc, on_count_read), 0);
+    while (!k->eof && uv_run(&e->loop, UV_RUN_ONCE))
+        ;
+    assert_true(k->eof);
+    assert_int_equal(e->handled, 71);
+    assert_int_equal(k->zs, HUGE_ANSWER);
+    cm_http_server_stop(e->srv, on_stopped, e);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    assert_true(e->stopped);
+    cm_http_server_destroy(&e->srv);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+    free(k);
+    free(e);
+}
+
 /* An answer's buffer holds a patient's record: the block it leaves when a
 ** reused request's next answer needs more room, and the blocks freed when
 ** the server goes, hold nothing of it. */
@@ -812,6 +896,7 @@ int main(void)
         cmocka_unit_test(test_an_answer_leaves_no_record_in_freed_memory),
         cmocka_unit_test(test_a_stop_answers_requests_read_but_not_taken_up),
         cmocka_unit_test(test_a_closing_connection_lingers_so_answers_survive),
+        cmocka_unit_test(test_a_half_closed_client_gets_its_last_large_answer_whole),
         cmocka_unit_test(test_a_header_is_found_by_its_whole_name),
         cmocka_unit_test(test_a_header_split_across_reads_is_found),
         cmocka_unit_test(test_a_connection_memo_lasts_across_its_requests),

@@ -202,10 +202,13 @@ static void test_json_object_text_is_checked(void **state)
     deeper[open + 1 + (n - open) - 1] = ']';
     deeper[open + 1 + (n - open)] = '}';
     assert_int_equal(cm_json_object_check(deeper, n + 1), open + 1);
+    /* one level deeper in its document, the deepest that fits does not */
+    assert_int_equal(cm_json_object_len(deep, n, 1), n);
+    assert_int_equal(cm_json_object_len(deep, n, 2), 0);
     /* the object text opens with, what follows not looked at */
-    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12), 8);
-    assert_int_equal(cm_json_object_len(" {}", 3), 0);
-    assert_int_equal(cm_json_object_len("{\"a\":", 5), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12, 1), 8);
+    assert_int_equal(cm_json_object_len(" {}", 3, 1), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":", 5, 1), 0);
 }
 
 int main(void)
