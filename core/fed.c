@@ -121,8 +121,6 @@ void cm_fed_msg_clear(cm_fed_msg *m)
 ** only for whoever asks (msg_trees): the inbox-only receiver stores the
 ** payload's text as it came. */
 
-#define SCAN_DEPTH 1000 /* nesting allowed in a value (as cJSON's parser) */
-
 /* The keys a message may carry; any other is skipped. */
 enum {
     K_TYPE = 0,
@@ -178,191 +176,6 @@ typedef struct msg_fields {
     cm_fed_text v[K_N];
 } msg_fields;
 
-typedef struct scan {
-    const char *p, *end;
-    bool checked; /* the text was checked already: step over values, look no closer */
-} scan;
-
-/* Bytes a string cannot hold as they are: the quote, the backslash and
-** control characters. */
-static const unsigned char str_stop[256] = {
-    [0] = 1,  [1] = 1,  [2] = 1,  [3] = 1,  [4] = 1,  [5] = 1,   [6] = 1,   [7] = 1,  [8] = 1,
-    [9] = 1,  [10] = 1, [11] = 1, [12] = 1, [13] = 1, [14] = 1,  [15] = 1,  [16] = 1, [17] = 1,
-    [18] = 1, [19] = 1, [20] = 1, [21] = 1, [22] = 1, [23] = 1,  [24] = 1,  [25] = 1, [26] = 1,
-    [27] = 1, [28] = 1, [29] = 1, [30] = 1, [31] = 1, ['"'] = 1, ['\\'] = 1};
-
-static int scan_value(scan *s, int depth);
-
-static void scan_ws(scan *s)
-{
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
-        s->p++;
-}
-
-/* \uXXXX at p (end bounds it), a surrogate pair taken whole: the code point
-** and the bytes read; -1 when malformed or an unpaired surrogate. */
-static int scan_uescape(const char *p, const char *end, unsigned *cp, int *used)
-{
-    long hi, lo;
-    if (end - p < 6 || (hi = cm_hex4(p + 2)) < 0)
-        return -1;
-    *used = 6;
-    if (hi >= 0xDC00 && hi <= 0xDFFF)
-        return -1;
-    if (hi >= 0xD800 && hi <= 0xDBFF) {
-        if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || (lo = cm_hex4(p + 8)) < 0xDC00 ||
-            lo > 0xDFFF)
-            return -1;
-        hi = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-        *used = 12;
-    }
-    *cp = (unsigned)hi;
-    return 0;
-}
-
-/* A string at s->p ('"'): escapes checked, no raw control characters. */
-static int scan_string(scan *s)
-{
-    const char *p = s->p + 1;
-    if (s->checked) { /* the closing quote: the first one not escaped */
-        for (const char *q;; p = q + 1) {
-            if (!(q = memchr(p, '"', (size_t)(s->end - p))))
-                return -1;
-            const char *b = q;
-            while (b[-1] == '\\')
-                b--;
-            if ((q - b) % 2 == 0) {
-                s->p = q + 1;
-                return 0;
-            }
-        }
-    }
-    while (p < s->end) {
-        while (p < s->end && !str_stop[(unsigned char)*p])
-            p++;
-        if (p >= s->end)
-            return -1;
-        unsigned char c = (unsigned char)*p;
-        if (c == '"') {
-            s->p = p + 1;
-            return 0;
-        }
-        if (c < 0x20)
-            return -1;
-        if (p + 1 >= s->end)
-            return -1;
-        if (p[1] == 'u') {
-            unsigned cp;
-            int used;
-            if (scan_uescape(p, s->end, &cp, &used) != 0)
-                return -1;
-            p += used;
-        } else if (cm_json_unescape_short(p[1]) >= 0) {
-            p += 2;
-        } else
-            return -1;
-    }
-    return -1;
-}
-
-static int scan_number(scan *s)
-{
-    const char *p = s->p, *e = s->end;
-    if (p < e && *p == '-')
-        p++;
-    if (p >= e || *p < '0' || *p > '9')
-        return -1;
-    if (*p == '0')
-        p++;
-    else
-        while (p < e && *p >= '0' && *p <= '9')
-            p++;
-    if (p < e && *p == '.') {
-        if (++p >= e || *p < '0' || *p > '9')
-            return -1;
-        while (p < e && *p >= '0' && *p <= '9')
-            p++;
-    }
-    if (p < e && (*p == 'e' || *p == 'E')) {
-        if (++p < e && (*p == '+' || *p == '-'))
-            p++;
-        if (p >= e || *p < '0' || *p > '9')
-            return -1;
-        while (p < e && *p >= '0' && *p <= '9')
-            p++;
-    }
-    if (p - s->p > FED_NUMBER_MAX)
-        return -1; /* cJSON, which reads it later, takes no longer number */
-    s->p = p;
-    return 0;
-}
-
-static int scan_word(scan *s, const char *w, size_t n)
-{
-    if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
-        return -1;
-    s->p += n;
-    return 0;
-}
-
-/* An object or array at s->p; each member's value checked in turn. */
-static int scan_container(scan *s, int depth)
-{
-    char close = *s->p == '{' ? '}' : ']';
-    s->p++;
-    scan_ws(s);
-    if (s->p < s->end && *s->p == close) {
-        s->p++;
-        return 0;
-    }
-    for (;;) {
-        if (close == '}') {
-            if (s->p >= s->end || *s->p != '"' || scan_string(s) != 0)
-                return -1;
-            scan_ws(s);
-            if (s->p >= s->end || *s->p != ':')
-                return -1;
-            s->p++;
-            scan_ws(s);
-        }
-        if (scan_value(s, depth) != 0)
-            return -1;
-        scan_ws(s);
-        if (s->p >= s->end)
-            return -1;
-        if (*s->p == close) {
-            s->p++;
-            return 0;
-        }
-        if (*s->p != ',')
-            return -1;
-        s->p++;
-        scan_ws(s);
-    }
-}
-
-/* One JSON value at s->p (no leading space), checked and stepped over. */
-static int scan_value(scan *s, int depth)
-{
-    if (s->p >= s->end)
-        return -1;
-    switch (*s->p) {
-    case '"':
-        return scan_string(s);
-    case '{':
-    case '[':
-        return depth >= SCAN_DEPTH ? -1 : scan_container(s, depth + 1);
-    case 't':
-        return scan_word(s, "true", 4);
-    case 'f':
-        return scan_word(s, "false", 5);
-    case 'n':
-        return scan_word(s, "null", 4);
-    default:
-        return scan_number(s);
-    }
-}
-
 /* The JSON string t (quotes included, checked by a scan) decoded into out;
 ** -1 when it does not fit in outsz bytes with its NUL, -2 when it holds
 ** \u0000. */
@@ -383,11 +196,12 @@ static int text_str(cm_fed_text t, char *out, size_t outsz)
         char u[4];
         size_t ulen = 1;
         unsigned cp;
-        int used = 2, e = cm_json_unescape_short(p[1]);
+        const char *next = p + 2;
+        int e = cm_json_unescape_short(p[1]);
         if (e >= 0) {
             u[0] = (char)e;
         } else {
-            if (scan_uescape(p, end, &cp, &used) != 0)
+            if (cm_json_uescape(p, end, &cp, &next) != 0)
                 return -1; /* cannot happen: t was checked */
             if (cp == 0)
                 return -2;
@@ -397,7 +211,7 @@ static int text_str(cm_fed_text t, char *out, size_t outsz)
             return -1;
         memcpy(out + n, u, ulen);
         n += ulen;
-        p += used;
+        p = next;
     }
     out[n] = '\0';
     return 0;
@@ -424,33 +238,33 @@ static int key_of(cm_fed_text t)
 /* The text of s as one JSON object (space around it allowed), every value
 ** checked (unless s.checked); the known keys' values into f. -1 when it is
 ** not. */
-static int scan_object(scan s, msg_fields *f)
+static int scan_object(cm_json_scan s, msg_fields *f)
 {
     memset(f, 0, sizeof(*f));
-    scan_ws(&s);
+    cm_json_scan_space(&s);
     if (s.p >= s.end || *s.p != '{')
         return -1;
     s.p++;
-    scan_ws(&s);
+    cm_json_scan_space(&s);
     if (s.p < s.end && *s.p == '}')
         s.p++;
     else
         for (;;) {
             const char *k = s.p, *v;
-            if (s.p >= s.end || *s.p != '"' || scan_string(&s) != 0)
+            if (s.p >= s.end || *s.p != '"' || cm_json_scan_string(&s) != 0)
                 return -1;
             int key = key_of((cm_fed_text){k, (size_t)(s.p - k)});
-            scan_ws(&s);
+            cm_json_scan_space(&s);
             if (s.p >= s.end || *s.p != ':')
                 return -1;
             s.p++;
-            scan_ws(&s);
+            cm_json_scan_space(&s);
             v = s.p;
-            if (scan_value(&s, 1) != 0)
+            if (cm_json_scan_value(&s, 1) != 0)
                 return -1;
             if (key >= 0 && !f->v[key].p)
                 f->v[key] = (cm_fed_text){v, (size_t)(s.p - v)};
-            scan_ws(&s);
+            cm_json_scan_space(&s);
             if (s.p < s.end && *s.p == '}') {
                 s.p++;
                 break;
@@ -458,9 +272,9 @@ static int scan_object(scan s, msg_fields *f)
             if (s.p >= s.end || *s.p != ',')
                 return -1;
             s.p++;
-            scan_ws(&s);
+            cm_json_scan_space(&s);
         }
-    scan_ws(&s);
+    cm_json_scan_space(&s);
     return s.p == s.end ? 0 : -1;
 }
 
@@ -468,14 +282,17 @@ static int scan_object(scan s, msg_fields *f)
 ** the end. *at starts at 0. */
 static int array_next(cm_fed_text t, size_t *at, cm_fed_text *e)
 {
-    scan s = {t.p + (*at ? *at : 1), t.p + t.len, true};
-    scan_ws(&s);
+    cm_json_scan s = {.p = t.p + (*at ? *at : 1),
+                      .end = t.p + t.len,
+                      .checked = true,
+                      .number_max = FED_NUMBER_MAX};
+    cm_json_scan_space(&s);
     if (s.p < s.end && *s.p == ',')
-        s.p++, scan_ws(&s);
+        s.p++, cm_json_scan_space(&s);
     if (s.p >= s.end || *s.p == ']')
         return 0;
     const char *v = s.p;
-    if (scan_value(&s, 1) != 0)
+    if (cm_json_scan_value(&s, 1) != 0)
         return 0; /* cannot happen: t was checked */
     *e = (cm_fed_text){v, (size_t)(s.p - v)};
     *at = (size_t)(s.p - t.p);
@@ -644,7 +461,9 @@ static int decode_scan(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch 
     if (len == 0 || len > CM_FED_MAX_MSG)
         return cm_err_set(err, CM_EINVAL, "message of %zu bytes (1 to %d allowed)", len,
                           CM_FED_MAX_MSG);
-    if (scan_object((scan){buf, (const char *)buf + len, false}, &f) != 0)
+    if (scan_object(
+            (cm_json_scan){.p = buf, .end = (const char *)buf + len, .number_max = FED_NUMBER_MAX},
+            &f) != 0)
         return cm_err_set(err, CM_EINVAL, "not a JSON object");
     if ((rc = decode_type(&f, m, err)) != 0)
         goto done;
@@ -714,7 +533,11 @@ int cm_fed_batch_scan(const cm_fed_batch *b, int i, cm_fed_msg *m, char id[192],
     if (i < 0 || i >= b->n)
         return cm_err_set(err, CM_EINVAL, "messages[%d]: no such entry (%d in the batch)", i, b->n);
     cm_fed_text e = b->entries[i];
-    if (*e.p != '{' || scan_object((scan){e.p, e.p + e.len, true}, &f) != 0)
+    if (*e.p != '{' || scan_object((cm_json_scan){.p = e.p,
+                                                  .end = e.p + e.len,
+                                                  .checked = true,
+                                                  .number_max = FED_NUMBER_MAX},
+                                   &f) != 0)
         return cm_err_set(err, CM_EINVAL, "messages[%d]: not a JSON object", i);
     if (f.v[K_ID].p && *f.v[K_ID].p == '"' && text_str(f.v[K_ID], id, 192) != 0)
         id[0] = '\0';

@@ -102,178 +102,207 @@ size_t cm_utf8_put(unsigned cp, char out[4])
     return 4;
 }
 
-/* ---- a JSON object's text, checked ------------------------------------- */
+/* ---- a JSON scanner: values checked and stepped over, nothing built ---- */
 
-typedef struct jscan {
-    const char *p, *end;
-} jscan;
+/* Bytes a string cannot hold as they are: the quote, the backslash and
+** control characters. */
+static const unsigned char str_stop[256] = {
+    [0] = 1,  [1] = 1,  [2] = 1,  [3] = 1,  [4] = 1,  [5] = 1,   [6] = 1,   [7] = 1,  [8] = 1,
+    [9] = 1,  [10] = 1, [11] = 1, [12] = 1, [13] = 1, [14] = 1,  [15] = 1,  [16] = 1, [17] = 1,
+    [18] = 1, [19] = 1, [20] = 1, [21] = 1, [22] = 1, [23] = 1,  [24] = 1,  [25] = 1, [26] = 1,
+    [27] = 1, [28] = 1, [29] = 1, [30] = 1, [31] = 1, ['"'] = 1, ['\\'] = 1};
 
-static void js_space(jscan *s)
+void cm_json_scan_space(cm_json_scan *s)
 {
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n'))
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
         s->p++;
 }
 
-static bool js_digits(jscan *s)
+int cm_json_uescape(const char *p, const char *end, unsigned *cp, const char **next)
 {
-    const char *start = s->p;
-    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
-        s->p++;
-    return s->p > start;
-}
-
-/* \uXXXX at s->p (past the backslash's 'u'): its code unit, or -1. */
-static long js_unit(jscan *s)
-{
-    if (s->end - s->p < 4)
+    long hi, lo;
+    *next = p + 2;
+    if (end - p < 6 || (hi = cm_hex4(p + 2)) < 0)
         return -1;
-    long v = cm_hex4(s->p);
-    if (v >= 0)
-        s->p += 4;
-    return v;
+    *next = p + 6;
+    if (hi >= 0xDC00 && hi <= 0xDFFF)
+        return -1;
+    if (hi >= 0xD800 && hi <= 0xDBFF) {
+        if (end - p < 8 || p[6] != '\\' || p[7] != 'u')
+            return -1;
+        *next = p + 8;
+        if (end - p < 12 || (lo = cm_hex4(p + 8)) < 0)
+            return -1;
+        *next = p + 12;
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return -1;
+        hi = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+    }
+    *cp = (unsigned)hi;
+    return 0;
 }
 
-static bool js_string(jscan *s)
+int cm_json_scan_string(cm_json_scan *s)
 {
-    s->p++; /* the opening quote */
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p;
+    const char *p = s->p + 1;
+    if (s->checked) { /* the closing quote: the first one not escaped */
+        for (const char *q;; p = q + 1) {
+            if (!(q = memchr(p, '"', (size_t)(s->end - p))))
+                return -1;
+            const char *b = q;
+            while (b[-1] == '\\')
+                b--;
+            if ((q - b) % 2 == 0) {
+                s->p = q + 1;
+                return 0;
+            }
+        }
+    }
+    while (p < s->end) {
+        while (p < s->end && !str_stop[(unsigned char)*p])
+            p++;
+        if (p >= s->end)
+            break;
+        unsigned char c = (unsigned char)*p;
         if (c == '"') {
-            s->p++;
-            return true;
+            s->p = p + 1;
+            return 0;
         }
         if (c < 0x20)
-            return false;
-        s->p++;
-        if (c != '\\')
-            continue;
-        if (s->p == s->end)
-            return false;
-        c = (unsigned char)*s->p;
-        if (c != 'u') {
-            if (c == '\0' || !strchr("\"\\/bfnrt", c))
-                return false;
-            s->p++;
-            continue;
-        }
-        s->p++;
-        long u = js_unit(s);
-        if (u <= 0 || (u >= 0xDC00 && u <= 0xDFFF))
-            return false; /* bad, \u0000 (cJSON would cut the string there), a lone low half */
-        if (u >= 0xD800 && u <= 0xDBFF) {
-            if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u')
-                return false;
-            s->p += 2;
-            long low = js_unit(s);
-            if (low < 0xDC00 || low > 0xDFFF)
-                return false;
+            break;
+        if (p + 1 < s->end && p[1] == 'u') { /* p at a backslash */
+            unsigned cp;
+            const char *next;
+            int rc = cm_json_uescape(p, s->end, &cp, &next);
+            p = next;
+            if (rc != 0 || (cp == 0 && s->no_nul))
+                break;
+        } else {
+            p++; /* the escaped character */
+            if (p >= s->end || cm_json_unescape_short(*p) < 0)
+                break;
+            p++;
         }
     }
-    return false;
+    s->p = p;
+    return -1;
 }
 
-static bool js_number(jscan *s)
+static int scan_number(cm_json_scan *s)
 {
-    if (s->p < s->end && *s->p == '-')
-        s->p++;
-    if (s->p < s->end && *s->p == '0')
-        s->p++;
-    else if (s->p == s->end || *s->p < '1' || *s->p > '9' || !js_digits(s))
-        return false;
-    if (s->p < s->end && *s->p == '.' && (s->p++, !js_digits(s)))
-        return false;
-    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
-        s->p++;
-        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
-            s->p++;
-        if (!js_digits(s))
-            return false;
+    const char *p = s->p, *e = s->end;
+    int rc = -1;
+    if (p < e && *p == '-')
+        p++;
+    if (p >= e || *p < '0' || *p > '9')
+        goto done;
+    if (*p == '0')
+        p++;
+    else
+        while (p < e && *p >= '0' && *p <= '9')
+            p++;
+    if (p < e && *p == '.') {
+        if (++p >= e || *p < '0' || *p > '9')
+            goto done;
+        while (p < e && *p >= '0' && *p <= '9')
+            p++;
     }
-    return true;
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        if (++p < e && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= e || *p < '0' || *p > '9')
+            goto done;
+        while (p < e && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (s->number_max > 0 && (size_t)(p - s->p) > s->number_max) {
+        p = s->p;
+        goto done;
+    }
+    rc = 0;
+done:
+    s->p = p;
+    return rc;
 }
 
-static bool js_word(jscan *s, const char *w)
+static int scan_word(cm_json_scan *s, const char *w, size_t n)
 {
-    size_t n = strlen(w);
     if ((size_t)(s->end - s->p) < n || memcmp(s->p, w, n) != 0)
-        return false;
+        return -1;
     s->p += n;
-    return true;
+    return 0;
 }
 
-static bool js_value(jscan *s, int depth);
-
-/* An object or array (s->p at its opening bracket), depth its nesting. */
-static bool js_container(jscan *s, int depth)
+/* An object or array at s->p; each member's value checked in turn. */
+static int scan_container(cm_json_scan *s, int depth)
 {
     char close = *s->p == '{' ? '}' : ']';
-    if (depth > CM_JSON_DEPTH_MAX)
-        return false;
     s->p++;
-    js_space(s);
+    cm_json_scan_space(s);
     if (s->p < s->end && *s->p == close) {
         s->p++;
-        return true;
+        return 0;
     }
     for (;;) {
         if (close == '}') {
-            if (s->p == s->end || *s->p != '"' || !js_string(s))
-                return false;
-            js_space(s);
-            if (s->p == s->end || *s->p != ':')
-                return false;
+            if (s->p >= s->end || *s->p != '"' || cm_json_scan_string(s) != 0)
+                return -1;
+            cm_json_scan_space(s);
+            if (s->p >= s->end || *s->p != ':')
+                return -1;
             s->p++;
-            js_space(s);
+            cm_json_scan_space(s);
         }
-        if (!js_value(s, depth))
-            return false;
-        js_space(s);
-        if (s->p == s->end)
-            return false;
+        if (cm_json_scan_value(s, depth) != 0)
+            return -1;
+        cm_json_scan_space(s);
+        if (s->p >= s->end)
+            return -1;
         if (*s->p == close) {
             s->p++;
-            return true;
+            return 0;
         }
         if (*s->p != ',')
-            return false;
+            return -1;
         s->p++;
-        js_space(s);
+        cm_json_scan_space(s);
     }
 }
 
-static bool js_value(jscan *s, int depth)
+int cm_json_scan_value(cm_json_scan *s, int depth)
 {
-    if (s->p == s->end)
-        return false;
+    if (s->p >= s->end)
+        return -1;
     switch (*s->p) {
+    case '"':
+        return cm_json_scan_string(s);
     case '{':
     case '[':
-        return js_container(s, depth + 1);
-    case '"':
-        return js_string(s);
+        return depth >= CM_JSON_DEPTH_MAX ? -1 : scan_container(s, depth + 1);
     case 't':
-        return js_word(s, "true");
+        return scan_word(s, "true", 4);
     case 'f':
-        return js_word(s, "false");
+        return scan_word(s, "false", 5);
     case 'n':
-        return js_word(s, "null");
+        return scan_word(s, "null", 4);
     default:
-        return js_number(s);
+        return scan_number(s);
     }
 }
 
 size_t cm_json_object_len(const char *text, size_t len, int depth)
 {
-    jscan s = {text, text + len};
-    return len > 0 && *text == '{' && js_container(&s, depth) ? (size_t)(s.p - text) : 0;
+    cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
+    return len > 0 && *text == '{' && cm_json_scan_value(&s, depth - 1) == 0 ? (size_t)(s.p - text)
+                                                                             : 0;
 }
 
 size_t cm_json_object_check(const char *text, size_t len)
 {
-    jscan s = {text, text + len};
-    js_space(&s);
-    if (s.p < s.end && *s.p == '{' && js_container(&s, 1)) {
-        js_space(&s);
+    cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
+    cm_json_scan_space(&s);
+    if (s.p < s.end && *s.p == '{' && cm_json_scan_value(&s, 0) == 0) {
+        cm_json_scan_space(&s);
         if (s.p == s.end)
             return 0;
     }

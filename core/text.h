@@ -33,16 +33,43 @@ long cm_id_check(const char *s);
 ** one (a NUL stops it: p may be shorter than four bytes). */
 long cm_hex4(const char *p);
 
-/* Nesting of arrays and objects that cm_json_object_check takes: cJSON's
-** own limit (CJSON_NESTING_LIMIT), so that what it takes cJSON reads. */
+/* Nesting of arrays and objects that the JSON scanner takes: cJSON's own
+** limit (CJSON_NESTING_LIMIT), so that what it takes cJSON reads. */
 #define CM_JSON_DEPTH_MAX 1000
 
-/* Is text[0..len) one JSON object (RFC 8259; space, tab, CR and LF around
-** the tokens), nested at most CM_JSON_DEPTH_MAX deep, with no \u0000 and no
-** unpaired surrogate escape -- text that cJSON_Parse reads as that object?
-** Reads it without building anything. 0 if so; otherwise the 1-based
-** position of the first byte that does not fit (len + 1 when the text ends
-** too early). */
+/* A JSON scanner: steps over the values of text [p, end) as RFC 8259 spells
+** them (space, tab, CR and LF between tokens), checking them, building
+** nothing; what it takes, cJSON_Parse reads as the same. On a fault its
+** functions return -1 with p at the first byte that does not fit (end when
+** the text ends too early); on success 0 with p past what they read. */
+typedef struct cm_json_scan {
+    const char *p, *end;
+    bool checked;      /* the text was checked already: strings stepped over by their quotes */
+    bool no_nul;       /* refuse the escape \u0000 (cJSON would end its string there) */
+    size_t number_max; /* the longest number taken, in characters; 0: any */
+} cm_json_scan;
+
+/* Spaces at p stepped over. */
+void cm_json_scan_space(cm_json_scan *s);
+
+/* The string at p (its opening quote): escapes checked (no unpaired
+** surrogate), no raw control characters. */
+int cm_json_scan_string(cm_json_scan *s);
+
+/* The value at p (no space before it); depth: the nesting of the array or
+** object holding it (0: none), so that nothing is nested past
+** CM_JSON_DEPTH_MAX counted from the document's top. */
+int cm_json_scan_value(cm_json_scan *s, int depth);
+
+/* The escape \uXXXX at p (its backslash; end bounds it), a surrogate pair
+** taken whole: 0 and its code point, or -1 when malformed or an unpaired
+** surrogate; *next: where the escape ends, or where it stops fitting. */
+int cm_json_uescape(const char *p, const char *end, unsigned *cp, const char **next);
+
+/* Is text[0..len) one JSON object, nested at most CM_JSON_DEPTH_MAX deep,
+** with no \u0000 -- text that cJSON_Parse reads as that object? 0 if so;
+** otherwise the 1-based position of the first byte that does not fit
+** (len + 1 when the text ends too early). */
 size_t cm_json_object_check(const char *text, size_t len);
 
 /* The length of the JSON object that text[0..len) opens with ('{' its first
