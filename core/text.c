@@ -1,5 +1,5 @@
 /*
-** text.c -- UTF-8 and id checks, JSON's \u escapes.
+** text.c -- UTF-8 and id checks, JSON's \u escapes, a JSON scanner that builds nothing.
 */
 #include "text.h"
 
