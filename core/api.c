@@ -1153,18 +1153,17 @@ static uint64_t patient_hash(const char *instance)
     return (h ^ (h >> 32)) | 1;
 }
 
-/* The slot that keeps the instance's patient: the first of the
-** PATIENT_PROBE slots from the one its hash names that holds it, or (keep)
-** else the first empty one, else the first; NULL when none holds it (not
-** keep) or there is no memo. Slots are never emptied, so an id is found
-** before the first empty slot of its probe when it is kept at all; ids
-** that share a slot (~5 pairs for 200 ids in 4096 slots) do not push each
-** other out until eight do. */
-static patient_slot *patient_slot_of(cm_api *api, const char *instance, bool keep)
+/* The slot that keeps the instance's patient (tag: its id's patient_hash):
+** the first of the PATIENT_PROBE slots from the one its hash names that
+** holds it, or (keep) else the first empty one, else the first; NULL when
+** none holds it (not keep) or there is no memo. Slots are never emptied, so
+** an id is found before the first empty slot of its probe when it is kept
+** at all; ids that share a slot (~5 pairs for 200 ids in 4096 slots) do not
+** push each other out until eight do. */
+static patient_slot *patient_slot_of(cm_api *api, const char *instance, uint64_t tag, bool keep)
 {
     if (!api->patients)
         return NULL;
-    uint64_t tag = patient_hash(instance);
     size_t home = (size_t)(tag % PATIENT_SLOTS);
     for (size_t k = 0; k < PATIENT_PROBE; k++) {
         patient_slot *slot = &api->patients[(home + k) % PATIENT_SLOTS];
@@ -1182,7 +1181,7 @@ static patient_slot *patient_slot_of(cm_api *api, const char *instance, bool kee
 static int instance_patient_of(cm_api *api, const char *instance, char *out, size_t outsz,
                                bool *from_store, cm_err *err)
 {
-    patient_slot *slot = patient_slot_of(api, instance, false);
+    patient_slot *slot = patient_slot_of(api, instance, patient_hash(instance), false);
     out[0] = '\0';
     *from_store = false;
     if (slot) {
@@ -1208,11 +1207,13 @@ static int instance_patient_of(cm_api *api, const char *instance, char *out, siz
 static void instance_patient_keep(cm_api *api, const char *instance, const char *patient)
 {
     patient_slot *slot = NULL;
-    if (strlen(instance) < sizeof(slot->instance) && strlen(patient) < sizeof(slot->patient) &&
-        (slot = patient_slot_of(api, instance, true))) {
-        slot->tag = patient_hash(instance);
-        memcpy(slot->instance, instance, strlen(instance) + 1);
-        memcpy(slot->patient, patient, strlen(patient) + 1);
+    size_t ilen = strlen(instance), plen = strlen(patient);
+    uint64_t tag = patient_hash(instance);
+    if (ilen < sizeof(slot->instance) && plen < sizeof(slot->patient) &&
+        (slot = patient_slot_of(api, instance, tag, true))) {
+        slot->tag = tag;
+        memcpy(slot->instance, instance, ilen + 1);
+        memcpy(slot->patient, patient, plen + 1);
     }
 }
 
