@@ -559,10 +559,20 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_null(st, i);
 }
 
-/* Bind a JSON document as compact text ("{}" for NULL). */
+/* Bind a JSON document as compact text ("{}" for NULL). A raw node (a
+** payload's text from cm_engine_signal_text, checked) is parsed and printed
+** again: kept, it is stored as the same text as a payload given as cJSON,
+** never with the client's spacing or spelling of numbers and escapes. */
 static int bind_json(sqlite3_stmt *st, int i, const cJSON *j)
 {
-    char *text = j ? cJSON_PrintUnformatted(j) : strdup("{}");
+    char *text;
+    if (cJSON_IsRaw(j)) {
+        cJSON *doc = cJSON_Parse(j->valuestring);
+        text = doc ? cJSON_PrintUnformatted(doc) : NULL;
+        cJSON_Delete(doc);
+    } else {
+        text = j ? cJSON_PrintUnformatted(j) : strdup("{}");
+    }
     if (!text)
         return CM_ENOMEM;
     sqlite3_bind_text(st, i, text, -1, free);

@@ -713,6 +713,45 @@ static void test_budget_exhaustion_is_a_kept_failure(void **state)
     assert_int_equal(f->a.status[2], 0);
 }
 
+/* A payload given as text (the API's route) and kept (its handler failed,
+** or held for a paused instance) is stored compact, as the same text as the
+** same payload given as cJSON: not with the client's spacing, nor its
+** spelling of numbers and escapes; parked, it stays so. */
+static void test_a_kept_text_payload_is_stored_as_the_cjson_path_stores_it(void **state)
+{
+    static const char spaced[] = " { \"reason\" : \"x y\" ,\n\t\"n\" : [ 1 , 2 ] } ";
+    static const char spelled[] = "{\"n\": [1.50, 2E1, -0.0], \"s\": \"a\\/b\\u00e9\"}";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    start(f, INPUT, "ref-3");
+    start(f, INPUT, "ref-4");
+    run(f);
+    assert_int_equal(cm_engine_pause(f->engine, "ref-3", &err), 0);
+    assert_int_equal(signal_text(f, "ref-1", "boom", spaced, &err), 0);
+    assert_int_equal(signal_text(f, "ref-2", "boom", spelled, &err), 0);
+    assert_int_equal(signal_text(f, "ref-3", "declined", spaced, &err), 0);
+    signal_ev(f, "ref-4", "boom", spelled);
+    run(f);
+    assert_true(f->a.kept[4] && f->a.kept[5] && f->a.kept[6] && f->a.kept[7]);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance IN ('ref-1', 'ref-3') "
+                              "AND payload = '{\"reason\":\"x y\",\"n\":[1,2]}'"),
+                     2);
+    assert_int_equal(count(f, "SELECT count(*) FROM event a JOIN event b ON b.payload = a.payload "
+                              "WHERE a.instance = 'ref-2' AND b.instance = 'ref-4' "
+                              "AND a.payload NOT LIKE '% %' AND a.payload NOT LIKE '%1.50%'"),
+                     1);
+    advance(f, DAY); /* retried until parked: the payload read back and kept as it is */
+    advance(f, DAY);
+    advance(f, DAY);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'ref-1' AND "
+                              "status = 'failed' AND "
+                              "payload = '{\"reason\":\"x y\",\"n\":[1,2]}'"),
+                     1);
+}
+
 /* Steps of two revisions of a workflow and of another workflow, one after
 ** the other, each run their own definition (the runtime keeps the last one
 ** it looked up for the next step). */
@@ -3284,6 +3323,8 @@ int main(void)
             test_signal_items_are_reused_with_their_own_names_and_payload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_kept_text_payload_is_stored_as_the_cjson_path_stores_it, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
