@@ -1810,6 +1810,14 @@ static int gather_shm_lock(sqlite3_file *f, int offset, int n, int flags)
         ** failed write fails the WAL. (A rollback after a spill leaves its
         ** frames gathered until the write lock's release.) */
         gather_flush_or_fail(g->wal);
+        /* The write transaction ends (lock 0 is WAL_WRITE_LOCK): the next
+        ** one appends after the published frames and rewrites only its
+        ** own, so nothing before it is bytes "already written". After a
+        ** rollback that spilled, its frames lie past the published end,
+        ** and the next transaction's frames go over them: without this,
+        ** they were taken for rewrites and never gathered. */
+        if (g->wal && offset == 0 && (flags & SQLITE_SHM_EXCLUSIVE))
+            g->wal->end = 0;
     } else if (g->wal && g->wal->len > 0) {
         int rc = gather_flush(g->wal);
         if (rc != SQLITE_OK)

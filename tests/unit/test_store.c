@@ -1383,6 +1383,42 @@ static void test_a_transaction_that_spills_to_the_wal_commits_whole(void **state
     cm_store_close(&s);
 }
 
+/* After a transaction that spilled frames to the WAL rolled back, the next
+** commit's frames go over them (past the WAL's published end): they are
+** new frames, gathered and counted, one write for the commit. */
+static void test_frames_over_a_rolled_back_spill_are_gathered(void **state)
+{
+    fixture *f = *state;
+    cm_test_failvfs *fv = &failvfs;
+    cm_err err;
+    uint64_t frames0, writes0, frames1, writes1;
+    char value[1024];
+    assert_int_equal(cm_test_failvfs_install(fv), SQLITE_OK);
+    cm_store *s = open_checkpointing(f->db, 1000000); /* no checkpoint: the WAL only grows */
+    write_rows(s, 0, 1, 4);
+    assert_int_equal(cm_store_exec(s, "PRAGMA cache_size=8", &err), 0);
+    fill_kb(value, 'r');
+    assert_int_equal(cm_store_begin(s, &err), 0);
+    put_rows(s, 100, 300, value); /* past the page cache: spilled */
+    cm_store_rollback(s);
+    assert_int_equal(count_rows(s), 4);
+    assert_int_equal(cm_store_exec(s, "PRAGMA cache_size=-2000", &err), 0); /* as it was */
+    fv->count_suffix = "-wal";
+    for (int c = 0; c < 3; c++) {
+        int before = fv->writes;
+        cm_store_wal_writes(s, &frames0, &writes0);
+        write_rows(s, 4 + c * 20, 1, 20); /* 20 rows of 1 KiB: 5 pages and more */
+        cm_store_wal_writes(s, &frames1, &writes1);
+        assert_int_equal(fv->writes - before, 1);
+        assert_int_equal(writes1 - writes0, 1);
+        assert_true(frames1 - frames0 >= 5);
+    }
+    fv->count_suffix = NULL;
+    assert_int_equal(rows_seen_by_another(f->db), 64);
+    assert_int_equal(cm_store_close_v2(&s, &err), 0);
+    assert_int_equal(rows_after_reopen(f->db), 64);
+}
+
 /* A transaction that spilled frames (gathered) rolled back while the WAL
 ** fails its writes: the gathered write goes out as SQLite releases the
 ** WAL's write lock and fails there, where SQLite hears nothing. The lock
@@ -1550,6 +1586,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_reader_sees_only_whole_transactions_while_the_writer_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_checksum_rewrite_fails_its_commit, setup,
+                                        teardown_vfs),
+        cmocka_unit_test_setup_teardown(test_frames_over_a_rolled_back_spill_are_gathered, setup,
                                         teardown_vfs),
         cmocka_unit_test_setup_teardown(test_a_transaction_that_spills_to_the_wal_commits_whole,
                                         setup, teardown),
