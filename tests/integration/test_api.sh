@@ -378,7 +378,8 @@ req POST "/v1/failed-events/$seq/discard" "" "$writer"; expect "discard" 200
 same "discarded" "$(count "SELECT count(*) FROM event WHERE seq=$seq")" 0
 # an event waiting for its retry when its instance ends is parked, listed and logged, not dropped
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p2"},"id":"i6"}' "$writer"; expect "instance 6" 201
-req POST /v1/instances/i6/events '{"event":"boom","payload":{"secret":"do-not-log"}}' "$writer"; expect "i6 boom kept" 202
+req POST /v1/instances/i6/events '{"event":"boom","payload": { "secret" : "do-not-log" } }' "$writer"; expect "i6 boom kept" 202
+same "a kept payload is stored compact, not as the client spaced it" "$(count "SELECT payload FROM event WHERE instance='i6'")" '{"secret":"do-not-log"}'
 req POST /v1/instances/i6/events '{"event":"close"}' "$writer"; expect "i6 closed" 200
 req GET /v1/failed-events "" "$reader"
 parked=$(jq -c '[.items[] | select(.instance == "i6")]' <<<"$body")
