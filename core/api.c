@@ -115,6 +115,11 @@ typedef struct call_mem {
     cm_http_query q;
 } call_mem;
 
+/* What a request submits to the engine: its acknowledgement's status on
+** success (a start's 201 Created, a signal's 200) and where its audit
+** entry's patient comes from (a start's input, a signal's instance). */
+typedef enum { SUBMIT_NONE, SUBMIT_START, SUBMIT_SIGNAL } submit_kind;
+
 /* One request being handled. */
 struct call {
     call_mem mem; /* kept across requests; call_new clears the rest */
@@ -130,7 +135,7 @@ struct call {
     /* engine submissions */
     char patient[CM_ID_MAX + 1];
     const char *action;
-    bool signal; /* an event for an instance: its patient is the input's */
+    submit_kind submit; /* set where the route is chosen */
     /* patient is the instance's as the store has it (read in the batch, or
     ** the input of a start): kept once the batch commits */
     bool patient_keep;
@@ -1217,8 +1222,6 @@ static void instance_patient_keep(cm_api *api, const char *instance, const char 
     }
 }
 
-static const char start_action[] = "instance.start"; /* c->action of a start: 201 */
-
 /* The engine acknowledged a submission: the batch holding it committed. */
 static void on_engine_ack(void *ud, const cm_ack *ack)
 {
@@ -1250,7 +1253,7 @@ static void on_engine_ack(void *ud, const cm_ack *ack)
     n = text_put(text, n, "\",\"state\":\"");
     n = json_put(text, n, 6 * CM_NAME_MAX + 1, ack->state ? ack->state : "");
     n = text_put(text, n, ack->kept ? "\",\"held\":true}" : "\"}");
-    reply_text(c, ack->kept ? 202 : c->action == start_action ? 201 : 200, NULL, text, n);
+    reply_text(c, ack->kept ? 202 : c->submit == SUBMIT_START ? 201 : 200, NULL, text, n);
 }
 
 /* In the batch's transaction: the audit entry of an API submission. */
@@ -1261,7 +1264,7 @@ static int on_engine_work(void *hook_ud, cm_ack_cb cb, void *submit_ud, const cm
     int rc;
     if (cb != on_engine_ack)
         return 0;
-    if (c->signal && ack->instance) { /* a signal: the instance's patient */
+    if (c->submit == SUBMIT_SIGNAL && ack->instance) { /* the instance's patient */
         if ((rc = instance_patient_of(c->api, ack->instance, c->patient, sizeof(c->patient),
                                       &c->patient_keep, err)) != 0)
             return rc;
@@ -1291,7 +1294,8 @@ static void h_instance_start(call *c)
     /* what instance_patient_of would read once it commits: the instance's
     ** first event then needs no lookup (not a patient that is no id) */
     c->patient_keep = !patient || c->patient[0];
-    c->action = start_action;
+    c->action = "instance.start";
+    c->submit = SUBMIT_START;
     if (cm_engine_start(c->api->o.engine, body_str(c, "workflow"), input, body_str(c, "id"),
                         on_engine_ack, c, &err) != 0)
         reply_err(c, &err, NULL);
@@ -1314,7 +1318,7 @@ static void h_instance_signal(call *c)
         event = body_str(c, "event");
     }
     c->action = "instance.signal";
-    c->signal = true;
+    c->submit = SUBMIT_SIGNAL;
     if (payload) /* its text straight to the step, as read */
         rc = cm_engine_signal_text(c->api->o.engine, c->arg, event, payload, plen, on_engine_ack, c,
                                    &err);
