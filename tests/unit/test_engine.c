@@ -191,7 +191,7 @@ static void close_engine(fx *f)
     cm_lua_runtime_destroy(&f->rt);
     cm_sandbox_destroy(&f->sb);
     cm_model_destroy(&f->model);
-    cm_store_close(&f->store);
+    cm_test_store_close(&f->store);
 }
 
 static void seed(fx *f)
@@ -315,6 +315,18 @@ static void advance(fx *f, int64_t ms)
 }
 
 static const char *INPUT = "{\"patient\":\"pat-1\",\"reason\":\"chest pain on exertion\"}";
+
+/* The referral workflow loaded, instances ref-1 to ref-n started and run. */
+static void start_referrals(fx *f, int n)
+{
+    char id[16];
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 1; i <= n; i++) {
+        snprintf(id, sizeof(id), "ref-%d", i);
+        start(f, INPUT, id);
+    }
+    run(f);
+}
 
 static void test_start_runs_enter_and_arms_timers(void **state)
 {
@@ -723,12 +735,7 @@ static void test_a_kept_text_payload_is_stored_as_the_cjson_path_stores_it(void 
     static const char spelled[] = "{\"n\": [1.50, 2E1, -0.0], \"s\": \"a\\/b\\u00e9\"}";
     fx *f = *state;
     cm_err err;
-    load_ok(f, "referral.lua", REFERRAL);
-    start(f, INPUT, "ref-1");
-    start(f, INPUT, "ref-2");
-    start(f, INPUT, "ref-3");
-    start(f, INPUT, "ref-4");
-    run(f);
+    start_referrals(f, 4);
     assert_int_equal(cm_engine_pause(f->engine, "ref-3", &err), 0);
     assert_int_equal(signal_text(f, "ref-1", "boom", spaced, &err), 0);
     assert_int_equal(signal_text(f, "ref-2", "boom", spelled, &err), 0);
@@ -1764,12 +1771,7 @@ static void test_step_row_without_count_and_time_upgraded(void **state)
     fx *f = *state;
     static char before[16384], after[16384];
     cm_err err;
-    load_ok(f, "referral.lua", REFERRAL);
-    start(f, INPUT, "ref-1");
-    start(f, INPUT, "ref-2");
-    start(f, INPUT, "ref-3");
-    start(f, INPUT, "ref-4");
-    run(f);
+    start_referrals(f, 4);
     assert_int_equal(cm_clock_advance(f->clock, 1234), 0);
     signal_ev(f, "ref-2", "accepted", NULL);
     signal_ev(f, "ref-3", "accepted", NULL);
