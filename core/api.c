@@ -1853,7 +1853,7 @@ static void job_run(uv_work_t *w)
         j->rc = metrics_store(store, j, &j->out, &j->err);
         sqlite3_exec(cm_store_db(store), "COMMIT", NULL, NULL, NULL); /* read only */
     }
-    cm_store_close(&store);
+    j->rc = cm_store_close_after(&store, j->rc, &j->err);
 }
 
 static void job_free(job *j)

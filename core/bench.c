@@ -214,7 +214,8 @@ static int world_open(world *w, const cm_bench_opts *o, cm_err *err)
     return cm_engine_load_file(w->engine, w->wf, NULL, NULL, err);
 }
 
-static void world_close(world *w)
+/* Close the world after a run that returned rc: rc, else the store's close. */
+static int world_close(world *w, int rc, cm_err *err)
 {
     const char *files[] = {w->db, w->raw, w->wf};
     char path[1200];
@@ -222,7 +223,7 @@ static void world_close(world *w)
     cm_lua_runtime_destroy(&w->rt);
     cm_sandbox_destroy(&w->sb);
     cm_model_destroy(&w->model);
-    cm_store_close(&w->store);
+    rc = cm_store_close_after(&w->store, rc, err);
     cm_clock_destroy(&w->clock);
     for (int i = 0; i < 3; i++) {
         const char *suffix[] = {"", "-wal", "-shm"};
@@ -232,6 +233,7 @@ static void world_close(world *w)
         }
     }
     rmdir(w->dir);
+    return rc;
 }
 
 /* Event "step" of round r to instance i, its payload given as text as the
@@ -430,7 +432,7 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     if (l.failed)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:
-    world_close(&w);
+    rc = world_close(&w, rc, err);
     free(l.us);
     free(l.submitted);
     return rc;
@@ -521,14 +523,15 @@ static void fnode_link(fnode *n, int port, const fnode *peer, int peer_port)
              peer->keys.public_key);
 }
 
-static void fnode_close(fnode *n)
+/* Close node n after a run that returned rc: rc, else its store's close. */
+static int fnode_close(fnode *n, int rc, cm_err *err)
 {
     const char *suffix[] = {"", "-wal", "-shm"};
     char path[1300];
     cm_fed_destroy(&n->fed);
     if (n->loop_init)
         uv_loop_close(&n->loop);
-    cm_store_close(&n->store);
+    rc = cm_store_close_after(&n->store, rc, err);
     cm_clock_destroy(&n->clock);
     cm_config_free(&n->cfg);
     cm_keys_wipe(&n->keys);
@@ -536,6 +539,7 @@ static void fnode_close(fnode *n)
         snprintf(path, sizeof(path), "%s%s", n->db, suffix[j]);
         unlink(path);
     }
+    return rc;
 }
 
 /* The receiving organization, hosted on b: what a's outbox rows are routed by. */
@@ -880,8 +884,8 @@ int cm_bench_federation(const cm_bench_fed_opts *o, cm_err *err)
     pthread_join(th, NULL);
     rc = fb_report(fb, err);
 done:
-    fnode_close(&fb->a);
-    fnode_close(&fb->b);
+    rc = fnode_close(&fb->a, rc, err);
+    rc = fnode_close(&fb->b, rc, err);
     if (fb->dir[0])
         rmdir(fb->dir);
     free(fb->payload);

@@ -302,8 +302,7 @@ static int init_write(const char *node_id, const init_paths *p, cm_keypair *kp, 
         (rc = cm_store_meta_set(store, "node_id", node_id, err)) == 0 &&
         (rc = cm_store_meta_set(store, "public_key", kp->public_key, err)) == 0)
         rc = cm_store_commit(store, err);
-    cm_store_close(&store);
-    return rc;
+    return cm_store_close_after(&store, rc, err);
 }
 
 static void init_undo(const char *data, bool created_dir, const init_paths *p)

@@ -2122,9 +2122,8 @@ int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err)
         goto done;
     *out = store;
 done:
-    if (rc != 0)
-        cm_store_close(&store);
-    return rc;
+    return rc != 0 ? cm_store_close_after(&store, rc, err)
+                   : 0; /* the open's error, not the close's */
 }
 
 /* Close the connection whole. Statements a caller left unfinalized keep
@@ -2179,7 +2178,8 @@ int cm_store_close_v2(cm_store **store_p, cm_err *err)
     return rc;
 }
 
-void cm_store_close(cm_store **store_p)
+int cm_store_close_after(cm_store **store_p, int rc, cm_err *err)
 {
-    cm_store_close_v2(store_p, NULL);
+    int crc = cm_store_close_v2(store_p, rc ? NULL : err);
+    return rc ? rc : crc;
 }

@@ -75,13 +75,15 @@ void cm_store_opts_init(cm_store_opts *opts);
 ** CM_ESCHEMA (newer than this binary), CM_EPERM/CM_EIO, CM_EDB. */
 int cm_store_open(cm_store **out, const cm_store_opts *opts, cm_err *err);
 
-/* Finalize kept statements, close the connection, NULL *store_p. */
-void cm_store_close(cm_store **store_p);
-/* cm_store_close with its result: CM_EDB when statements were left
+/* Finalize kept statements, close the connection, NULL *store_p: CM_EDB
+** when statements were left
 ** unfinalized on the connection (err names their SQL; they are finalized
 ** by the close, so their handles are invalid after it, and the store is
 ** closed and freed all the same). 0 otherwise; NULL or closed: 0. */
 int cm_store_close_v2(cm_store **store_p, cm_err *err);
+/* Close after work that returned rc: rc when nonzero (err as the work left
+** it), else cm_store_close_v2's result. Closed and NULLed either way. */
+int cm_store_close_after(cm_store **store_p, int rc, cm_err *err);
 
 /* The connection (borrowed; valid until close). */
 sqlite3 *cm_store_db(cm_store *store);

@@ -68,14 +68,15 @@ static int raise_err(lua_State *L, const cm_err *err)
 
 /* ---- the world of one test -------------------------------------------- */
 
-static void world_close(tctx *t)
+/* Close the test's world: 0, or the store's close's error (err). */
+static int world_close(tctx *t, cm_err *err)
 {
     char path[1100];
     cm_engine_destroy(&t->engine);
     if (t->plugins)
         cm_plugin_host_set_model(t->plugins, NULL);
     cm_model_destroy(&t->model);
-    cm_store_close(&t->store);
+    int rc = cm_store_close_v2(&t->store, err);
     cm_clock_destroy(&t->clock);
     t->host.store = NULL;
     t->host.model = NULL;
@@ -85,6 +86,7 @@ static void world_close(tctx *t)
         snprintf(path, sizeof(path), "%s/test-%d.db%s", t->dir, t->seq, suffix[i]);
         unlink(path);
     }
+    return rc;
 }
 
 static int world_open(tctx *t, cm_err *err)
@@ -173,24 +175,26 @@ static int t_test(lua_State *L)
     cm_err err;
     if (t->engine)
         return luaL_error(L, "t.test: tests do not nest (\"%s\")", name);
-    int rc = world_open(t, &err);
-    if (rc == 0) {
+    const char *why = NULL;
+    if (world_open(t, &err) == 0) {
         lua_pushcfunction(L, traceback);
         lua_pushvalue(L, 2);
-        rc = lua_pcall(L, 0, 0, -2);
-        if (rc != LUA_OK) {
-            printf("FAIL - %s: %s\n", name, lua_tostring(L, -1));
-            t->counts->failed++;
-        } else {
-            printf("ok - %s\n", name);
-            t->counts->passed++;
-        }
-        lua_settop(L, 2);
+        if (lua_pcall(L, 0, 0, -2) != LUA_OK)
+            why = lua_tostring(L, -1); /* stack: name, fn, traceback */
     } else {
-        printf("FAIL - %s: %s\n", name, err.msg);
-        t->counts->failed++;
+        why = err.msg;
     }
-    world_close(t);
+    cm_err cerr;
+    if (world_close(t, &cerr) != 0 && !why)
+        why = cerr.msg; /* the test left the store's statements unfinished */
+    if (why) {
+        printf("FAIL - %s: %s\n", name, why);
+        t->counts->failed++;
+    } else {
+        printf("ok - %s\n", name);
+        t->counts->passed++;
+    }
+    lua_settop(L, 2);
     fflush(stdout);
     return 0;
 }
@@ -560,6 +564,7 @@ int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *
     tctx t;
     int rc;
     char copy[1024];
+    cm_err cerr;
     memset(&t, 0, sizeof(t));
     t.counts = counts;
     t.plugins = plugins;
@@ -596,7 +601,11 @@ int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *
         rc = cm_err_recode(err, CM_ELUA);
     }
 done:
-    world_close(&t);
+    if (world_close(&t, &cerr) != 0 && rc == 0) {
+        counts->failed++;
+        printf("FAIL - %s: %s\n", path, cerr.msg);
+        rc = cm_err_set(err, cerr.code, "%s", cerr.msg);
+    }
     cm_lua_runtime_destroy(&t.rt);
     cm_sandbox_destroy(&t.sb);
     for (int i = 0; i < t.nfiles; i++)

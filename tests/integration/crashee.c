@@ -142,7 +142,8 @@ int main(int argc, char **argv)
     cm_lua_runtime_destroy(&rt);
     cm_sandbox_destroy(&sb);
     cm_model_destroy(&model);
-    cm_store_close(&store);
+    if (cm_store_close_v2(&store, &err) != 0)
+        die("close", &err);
     cm_clock_destroy(&clock);
     return 0;
 }

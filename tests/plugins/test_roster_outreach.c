@@ -21,7 +21,7 @@
 #include "sandbox.h"
 #include "store.h"
 
-#include "../unit/support.h"
+#include "../unit/node.h"
 
 #define T0 1767603600000LL /* 2026-01-05T09:00:00Z */
 
@@ -85,7 +85,7 @@ static int teardown(void **state)
     cm_lua_runtime_destroy(&w->rt);
     cm_sandbox_destroy(&w->sb);
     cm_model_destroy(&w->model);
-    cm_store_close(&w->store);
+    cm_test_store_close(&w->store);
     cm_clock_destroy(&w->clock);
     cm_test_rmtree(w->dir);
     free(w->dir);

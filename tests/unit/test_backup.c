@@ -14,6 +14,7 @@
 #include "backup.h"
 #include "store.h"
 #include "support.h"
+#include "node.h"
 #include "syncgate.h"
 
 typedef struct fixture {
@@ -54,7 +55,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    cm_store_close(&f->store);
+    cm_test_store_close(&f->store);
     if (f->gated)
         cm_test_gate_destroy(&f->gate);
     cm_test_rmtree(f->dir);
@@ -103,7 +104,7 @@ static void test_backup_is_a_checked_private_snapshot_while_writes_go_on(void **
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(st, 0), 12000);
     sqlite3_finalize(st);
-    cm_store_close(&copy);
+    cm_test_store_close(&copy);
     /* and the source has them all */
     assert_int_equal(
         sqlite3_prepare_v2(cm_store_db(f->store), "SELECT count(*) FROM filler", -1, &st, NULL),
@@ -182,7 +183,7 @@ static void test_a_foreign_or_damaged_source_leaves_nothing(void **state)
                      CM_ENOTCM);
     assert_int_equal(cm_test_mode(cm_test_path(f->dir, "f.db")), 0xffffu);
     /* a copy of the database with a page overwritten */
-    cm_store_close(&f->store);
+    cm_test_store_close(&f->store);
     const char *dst = cm_test_path(f->dir, "ok.db");
     assert_int_equal(cm_backup_run(f->db, dst, NULL, NULL, &info, &err), 0);
     FILE *fp = fopen(dst, "r+b");
@@ -211,7 +212,7 @@ static void reopen_gated(fixture *f)
     cm_store_opts o;
     cm_err err;
     cm_test_gate *g = &f->gate;
-    cm_store_close(&f->store);
+    cm_test_store_close(&f->store);
     cm_test_gate_init(g);
     f->gated = true;
     cm_store_opts_init(&o);

@@ -576,7 +576,7 @@ static void test_route_at_insert_waits_for_rows_without_a_peer(void **state)
     cm_clock_destroy(&clock);
     cm_config_free(&cfg);
     cm_keys_wipe(&keys);
-    cm_store_close(&store);
+    cm_test_store_close(&store);
     unlink(db);
     char side[80];
     snprintf(side, sizeof(side), "%s-wal", db);

@@ -280,7 +280,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     cm_model_destroy(&f->model);
-    cm_store_close(&f->store);
+    cm_test_store_close(&f->store);
     cm_clock_destroy(&f->clock);
     cm_test_rmtree(f->dir);
     free(f->dir);

@@ -324,7 +324,7 @@ static void test_notifications_of_a_commit_not_yet_durable_wait_without_blocking
     assert_int_equal(cm_test_count(s, "SELECT count(*) FROM notification WHERE status = 'sent'"),
                      1);
     cm_plugin_host_unload_all(f->host);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     cm_test_gate_destroy(&g);
     cJSON_Delete(cfg);
 }

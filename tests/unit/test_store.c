@@ -19,6 +19,7 @@
 #include "store.h"
 #include "support.h"
 #include "failvfs.h"
+#include "node.h"
 #include "syncgate.h"
 
 /* What a store's sync thread told its listener (cm_store_on_synced). */
@@ -57,7 +58,7 @@ static int teardown(void **state)
     fixture *f = *state;
     if (f->gate_init)
         cm_test_gate_hold(&f->gate, false); /* a held sync would hang the close */
-    cm_store_close(&f->gated);
+    cm_test_store_close(&f->gated);
     if (f->gate_init)
         cm_test_gate_destroy(&f->gate);
     pthread_mutex_destroy(&f->notes.mu);
@@ -133,7 +134,7 @@ static void test_create_makes_private_wal_database(void **state)
     /* The WAL file inherits the database's private mode. */
     assert_int_equal(cm_store_exec(s, "INSERT INTO node_meta VALUES ('k','v')", &err), 0);
     assert_int_equal(cm_test_mode(cm_test_path(f->dir, "caremesh.db-wal")), 0600);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_null(s);
 }
 
@@ -149,7 +150,7 @@ static void test_synchronous_is_configurable(void **state)
     o.synchronous = CM_SYNC_NORMAL;
     assert_int_equal(cm_store_open(&s, &o, &err), 0);
     assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_int_equal(cm_sync_parse("extra"), CM_SYNC_EXTRA);
     assert_int_equal(cm_sync_parse("fast"), -1);
 }
@@ -195,7 +196,7 @@ static void test_nosync_transaction_is_the_only_one_below_full(void **state)
     char *v = cm_store_meta_get(s, "k", &err);
     assert_string_equal(v, "kept");
     free(v);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     /* opened at NORMAL: nosync changes nothing, and the level stays */
     o.synchronous = CM_SYNC_NORMAL;
     o.create = false;
@@ -204,7 +205,7 @@ static void test_nosync_transaction_is_the_only_one_below_full(void **state)
     assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
     assert_int_equal(cm_store_commit(s, &err), 0);
     assert_int_equal(pragma_int(s, "PRAGMA synchronous"), 1);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 static void test_missing_database_without_create_is_not_found(void **state)
@@ -223,12 +224,12 @@ static void test_migrations_apply_once(void **state)
     cm_err err;
     cm_store *s = open_store(f->db, true, &err);
     assert_non_null(s);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     s = open_store(f->db, false, &err);
     assert_non_null(s);
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM schema_version"), CM_SCHEMA_VERSION);
     assert_int_equal(pragma_int(s, "SELECT max(version) FROM schema_version"), CM_SCHEMA_VERSION);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 static void test_newer_schema_is_refused(void **state)
@@ -241,7 +242,7 @@ static void test_newer_schema_is_refused(void **state)
                                    "VALUES (99, 'from the future')",
                                    &err),
                      0);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_null(open_store(f->db, false, &err));
     assert_int_equal(err.code, CM_ESCHEMA);
     assert_non_null(strstr(err.msg, "schema version 99 is newer"));
@@ -310,7 +311,7 @@ static void test_nested_write_runs_the_armed_callback_once(void **state)
     cm_store_on_nested_write(s, NULL, NULL); /* disarmed */
     assert_int_equal(cm_store_nested_write(s, &err), 0);
     assert_int_equal(n, 2);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 static void test_prepared_statements_are_kept(void **state)
@@ -325,7 +326,7 @@ static void test_prepared_statements_are_kept(void **state)
     assert_null(cm_store_prepare(s, "SELEKT nonsense", &err));
     assert_int_equal(err.code, CM_EDB);
     assert_non_null(strstr(err.msg, "syntax error"));
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 static void test_meta_roundtrip_and_rollback(void **state)
@@ -347,7 +348,7 @@ static void test_meta_roundtrip_and_rollback(void **state)
     free(v);
     assert_null(cm_store_meta_get(s, "absent", &err));
     assert_int_equal(err.code, CM_ENOTFOUND);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* A reader for another thread reads what the writer committed, and
@@ -373,11 +374,11 @@ static void test_read_only_store_reads_and_cannot_write(void **state)
     free(v);
     assert_int_not_equal(cm_store_meta_set(r, "node_id", "changed", &err), 0);
     assert_int_equal(pragma_int(r, "PRAGMA query_only"), 1);
-    cm_store_close(&r);
+    cm_test_store_close(&r);
     v = cm_store_meta_get(w, "node_id", &err);
     assert_string_equal(v, "clinic-a");
     free(v);
-    cm_store_close(&w);
+    cm_test_store_close(&w);
 }
 
 static void test_foreign_keys_are_enforced(void **state)
@@ -391,7 +392,7 @@ static void test_foreign_keys_are_enforced(void **state)
                                        &err),
                          0);
     assert_int_equal(err.code, CM_EREF);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 static void test_database_readable_by_others_is_refused(void **state)
@@ -399,7 +400,7 @@ static void test_database_readable_by_others_is_refused(void **state)
     fixture *f = *state;
     cm_err err;
     cm_store *s = open_store(f->db, true, &err);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     chmod(f->db, 0644);
     assert_null(open_store(f->db, false, &err));
     assert_int_equal(err.code, CM_EPERM);
@@ -461,7 +462,7 @@ static int rows_after_reopen(const char *path)
     cm_store *s = open_store(path, false, &err);
     assert_non_null(s);
     int n = count_rows(s);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     return n;
 }
 
@@ -494,12 +495,12 @@ static void test_checkpoints_run_off_the_commit_path(void **state)
     assert_true(file_size(cm_test_path(f->dir, "caremesh.db-wal")) <=
                 (128 + 16) * (page + 24) + 32);
     assert_int_equal(count_rows(s), 1200);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     /* everything is in the database file: the WAL is gone, the rows are there */
     assert_int_equal(file_size(cm_test_path(f->dir, "caremesh.db-wal")), -1);
     assert_non_null(s = open_store(f->db, false, &err));
     assert_int_equal(count_rows(s), 1200);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* Descriptors open on path's file, as /proc/self/fd shows them. */
@@ -535,7 +536,7 @@ static void test_checkpoint_thread_opens_no_descriptor_of_its_own(void **state)
     assert_true(ck.background > 0);
     assert_int_equal(ck.db_syncs, ck.partial);
     assert_int_equal(fds_on(f->db), writer + 1); /* and the thread's connection: no other */
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* A reader holding an old snapshot (a backup, an API read) keeps the WAL
@@ -573,7 +574,7 @@ static void test_checkpoints_wait_for_no_reader(void **state)
     cm_store_ckpt_stats_get(s, &ck);
     assert_true(ck.inline_runs > runs);
     assert_int_equal(count_rows(s), 600);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* Negative checkpoint_pages: SQLite's own checkpoints (from 1,000 pages),
@@ -593,7 +594,7 @@ static void test_checkpoints_inline_when_asked(void **state)
     /* ~3,200 pages were written: without checkpoints the WAL would hold them all */
     assert_true(file_size(cm_test_path(f->dir, "caremesh.db-wal")) <= 1200 * (page + 24) + 32);
     assert_int_equal(count_rows(s), 1600);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* PRAGMA wal_autocheckpoint = N on the writer would replace the store's WAL
@@ -616,7 +617,7 @@ static void test_wal_autocheckpoint_cannot_replace_the_store_hook(void **state)
     uint64_t before = cm_store_commit_seq(s);
     write_rows(s, 0, 2, 1);
     assert_int_equal(cm_store_commit_seq(s), before + 2);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* With SQLite's own checkpoints, a commit that makes the WAL large enough
@@ -646,7 +647,7 @@ static void test_an_inline_checkpoint_that_cannot_run_leaves_the_commit_good(voi
     assert_int_equal(cm_store_synced_seq(s), before + 1);
     sqlite3_finalize(reading);
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM big"), 1);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* Blocks freed on a thread stay in its pool until the thread ends, and are
@@ -712,7 +713,7 @@ static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
                       " (6, 'o', 'k', '{}', 't', 'pending', NULL);",
                       &err),
         0);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     s = open_store(f->db, false, &err);
     assert_non_null(s);
     assert_int_equal(cm_store_schema_version(s), CM_SCHEMA_VERSION);
@@ -728,7 +729,7 @@ static void test_outbox_index_migration_keeps_the_last_delivered(void **state)
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox WHERE status = 'pending' AND "
                                    "peer IS NULL"),
                      1);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* Migration 11: a peer's last delivered row is moved back below a row
@@ -758,7 +759,7 @@ static void test_delivered_mark_migration_keeps_rows_answered_out_of_order(void 
                       "INSERT INTO fed_delivered(peer, seq) VALUES ('b', 3), ('c', 5), ('d', 9);",
                       &err),
         0);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     s = open_store(f->db, false, &err);
     assert_non_null(s);
     assert_int_equal(cm_store_schema_version(s), CM_SCHEMA_VERSION);
@@ -781,7 +782,7 @@ static void test_delivered_mark_migration_keeps_rows_answered_out_of_order(void 
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM outbox_state WHERE seq = 6 AND "
                                    "status = 'delivered'"),
                      1);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* ---- deferred commits: the fsync on the store's sync thread ------------ */
@@ -814,7 +815,7 @@ static cm_store *open_gated(fixture *f, const char *path, cm_sync level, cm_err 
 
 static void close_gated(fixture *f)
 {
-    cm_store_close(&f->gated);
+    cm_test_store_close(&f->gated);
 }
 
 static void count_note(void *ud)
@@ -854,7 +855,7 @@ static void test_a_symlinked_store_syncs_the_wal_sqlite_uses(void **state)
     snprintf(link, sizeof(link), "%s/link.db", f->dir);
     cm_store *s = open_store(f->db, true, &err);
     assert_non_null(s);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_int_equal(symlink(f->db, link), 0);
     s = open_gated(f, link, CM_SYNC_FULL, &err);
     assert_non_null(s);
@@ -1140,7 +1141,7 @@ static void test_a_failed_fsync_inside_a_synced_commit_stops_the_store(void **st
     assert_int_equal(cm_store_begin_deferred(s, &err), CM_EIO);
     assert_false(cm_store_in_tx(s));
     cm_store_on_synced(s, NULL, NULL);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* A checkpoint's failed fsync of the database file is the same: SQLite has
@@ -1169,7 +1170,7 @@ static void checkpoint_fsync_fails(fixture *f, int checkpoint_pages)
     assert_non_null(strstr(err.msg, "takes no more writes"));
     assert_int_equal(cm_store_begin(s, &err), CM_EIO);
     assert_int_equal(count_rows(s), commits * 4);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 static void test_a_failed_checkpoint_fsync_stops_the_store(void **state)
@@ -1238,7 +1239,7 @@ static void test_a_commits_wal_frames_reach_the_file_in_one_write(void **state)
     assert_int_equal(cm_store_sync_wait(s, cm_store_commit_seq(s), &err), 0);
     fv->count_suffix = NULL;
     assert_int_equal(rows_seen_by_another(f->db), 220);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_int_equal(rows_after_reopen(f->db), 220);
 }
 
@@ -1268,12 +1269,12 @@ static void test_a_failed_gathered_write_fails_its_commit_and_loses_nothing(void
     write_rows(s, 200, 1, 4);
     assert_int_equal(count_rows(s), 12);
     assert_int_equal(rows_seen_by_another(f->db), 12);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     s = open_store(f->db, false, &err);
     assert_non_null(s);
     assert_int_equal(count_rows(s), 12);
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM node_meta WHERE value = 'never'"), 0);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 typedef struct reader_run {
@@ -1345,7 +1346,7 @@ static void test_a_reader_sees_only_whole_transactions_while_the_writer_commits(
     assert_true(r.reads > 0);
     assert_int_equal(r.torn, 0);
     assert_int_equal(rows_seen_by_another(f->db), 3000);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* A transaction larger than the writer's page cache spills frames to the
@@ -1373,14 +1374,14 @@ static void test_a_transaction_that_spills_to_the_wal_commits_whole(void **state
         assert_int_equal(rows_seen_by_another(f->db), pass ? 304 : 4);
     }
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM node_meta WHERE value LIKE 'r%'"), 0);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     s = open_store(f->db, false, &err);
     assert_non_null(s);
     assert_int_equal(count_rows(s), 304);
     assert_int_equal(pragma_int(s, "SELECT count(*) FROM pragma_integrity_check "
                                    "WHERE integrity_check <> 'ok'"),
                      0);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
 }
 
 /* After a transaction that spilled frames to the WAL rolled back, the next
@@ -1435,7 +1436,7 @@ static void test_a_failed_gathered_write_at_a_lock_release_releases_the_lock(voi
     write_rows(s, 0, 1, 300);
     /* the pages in the database file (a close checkpoints them): the
     ** transaction reads them from there, not from the WAL */
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(f->db, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL),
@@ -1464,7 +1465,7 @@ static void test_a_failed_gathered_write_at_a_lock_release_releases_the_lock(voi
     sqlite3_close(db);
     /* the write no one heard of fails the store */
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_int_equal(rows_seen_by_another(f->db), 301); /* no 'kblob' */
     assert_int_equal(rows_after_reopen(f->db), 301);
 }
@@ -1498,7 +1499,7 @@ static void test_a_failed_checksum_rewrite_fails_its_commit(void **state)
     assert_int_equal(rows_seen_by_another(f->db), 4);
     write_rows(s, 4, 1, 1);
     assert_int_equal(count_rows(s), 5);
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_int_equal(rows_after_reopen(f->db), 5);
 }
 
@@ -1534,7 +1535,7 @@ static void test_wal_frames_are_counted_by_place_when_commits_pad_a_sector(void 
     assert_int_equal((size1 - WAL_HEADER_BYTES) % frame, 0);
     assert_true(size1 - size0 >= 400 * frame);
     assert_int_equal(frames1 - frames0, (uint64_t)((size1 - size0) / frame));
-    cm_store_close(&s);
+    cm_test_store_close(&s);
     assert_int_equal(rows_after_reopen(f->db), 401);
 }
 
@@ -1570,6 +1571,30 @@ static void test_a_close_with_a_statement_left_names_it_and_leaks_nothing(void *
     assert_int_equal(cm_store_close_v2(&s, &err), 0); /* closed already: nothing */
 }
 
+/* cm_store_close_after, the close of the callers that did work first: the
+** work's error stands (its message kept) over the close's, and work that
+** succeeded returns the close's error, naming the statement left. */
+static void test_a_close_after_work_reports_the_first_error(void **state)
+{
+    fixture *f = *state;
+    cm_err err;
+    sqlite3_stmt *left = NULL;
+    for (int failed = 0; failed < 2; failed++) {
+        cm_store *s = open_store(f->db, true, &err);
+        assert_non_null(s);
+        assert_int_equal(sqlite3_prepare_v2(cm_store_db(s), "SELECT 42", -1, &left, NULL),
+                         SQLITE_OK);
+        int rc = failed ? cm_err_set(&err, CM_ENOTFOUND, "the work's own error") : 0;
+        assert_int_equal(cm_store_close_after(&s, rc, &err), failed ? CM_ENOTFOUND : CM_EDB);
+        assert_null(s);
+        if (!strstr(err.msg, failed ? "the work's own error" : "1 statement(s) not finalized"))
+            fail_msg("got: %s", err.msg);
+    }
+    cm_store *s = open_store(f->db, false, &err);
+    assert_non_null(s);
+    assert_int_equal(cm_store_close_after(&s, 0, &err), 0);
+}
+
 int main(void)
 {
     cm_store_global_init(); /* as main() does: every test here runs on its allocator */
@@ -1577,6 +1602,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_makes_private_wal_database, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_close_with_a_statement_left_names_it_and_leaks_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_close_after_work_reports_the_first_error, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(
             test_wal_frames_are_counted_by_place_when_commits_pad_a_sector, setup, teardown_vfs),
         cmocka_unit_test_setup_teardown(test_a_commits_wal_frames_reach_the_file_in_one_write,
