@@ -100,6 +100,7 @@ typedef struct synced_wait {
     pending_event *events;
     int nevents;
     bool failed; /* rolled back: its outcomes hold its own error, told as they are */
+    int64_t begun_ns, committed_ns; /* uv_hrtime at its begin and after its commit */
     struct synced_wait *next;
 } synced_wait;
 
@@ -154,6 +155,9 @@ struct cm_engine {
     uv_async_t synced;                  /* the store's sync thread: the watermark moved */
     synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
     uint64_t telling;                   /* the commit of the batch being told, or 0 */
+    cm_engine_ack_times times;          /* of the ack being told (cm_engine_ack_times_get) */
+    bool times_set;
+    int64_t begun_ns;             /* uv_hrtime at the open batch's begin (pipelined) */
     bool telling_none;            /* telling answers that show no commit (in doubt, never run) */
     void (*durable_fn)(void *ud); /* cm_engine_on_durable */
     void *durable_ud;
@@ -2445,6 +2449,7 @@ static void count_latency(cm_engine *e, uint64_t submitted_ns)
 static void tell(cm_engine *e, outcome *oc)
 {
     cm_ack ack = ack_of(oc);
+    e->times.submitted = (int64_t)oc->w->submitted_ns;
     count_latency(e, oc->w->submitted_ns);
     if (oc->w->cb)
         oc->w->cb(oc->w->ud, &ack);
@@ -2497,6 +2502,8 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
     synced_wait *sw = park_alloc(sizeof(*sw));
     if (!sw)
         return false;
+    sw->begun_ns = e->begun_ns;
+    sw->committed_ns = (int64_t)uv_hrtime();
     sw->seq = cm_store_commit_seq(e->o.store);
     sw->ocs = ocs;
     sw->n = n;
@@ -2535,7 +2542,13 @@ static void sync_release(cm_engine *e)
         if (rc == 0)
             tell_list(e, sw->events, sw->nevents);
         e->stats.sync_waits++;
+        e->times.begun = sw->begun_ns;
+        e->times.committed = sw->committed_ns;
+        e->times.released = (int64_t)uv_hrtime();
+        e->times_set =
+            cm_store_sync_span(e->o.store, sw->seq, &e->times.sync_start, &e->times.sync_end) == 0;
         tell_batch(e, sw->ocs, sw->n, rc, err.msg);
+        e->times_set = false;
         e->telling = 0;
         free(sw->events);
         free(sw->ocs);
@@ -2567,6 +2580,14 @@ static void on_synced(uv_async_t *h)
     sync_release(e);
     if (e->durable_fn)
         e->durable_fn(e->durable_ud);
+}
+
+int cm_engine_ack_times_get(const cm_engine *e, cm_engine_ack_times *out)
+{
+    if (!e->times_set)
+        return -1;
+    *out = e->times;
+    return 0;
 }
 
 uint64_t cm_engine_output_seq(const cm_engine *e)
@@ -2680,6 +2701,8 @@ static int run_batch(cm_engine *e, cm_err *err)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     bool deferred = e->o.pipeline && e->attached;
     cm_engine_stats before = e->stats;
+    if (deferred)
+        e->begun_ns = (int64_t)uv_hrtime();
     if ((rc = batch_begin(e, deferred, err)) != 0) {
         free(ocs);
         return rc;

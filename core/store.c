@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CM_STMT_SLOTS 128
@@ -49,6 +50,15 @@ typedef struct cm_ckpt {
     struct cm_store *store; /* whose syncer hears a failed fsync (sync_fail) */
 } cm_ckpt;
 
+#define CM_SYNC_SPANS 16
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* Deferred commits' syncs (see store.h): the thread fdatasyncs the WAL on an
 ** fd of its own. Under mu: want, synced, busy, stop, failed, why, notify. */
 typedef struct cm_syncer {
@@ -70,6 +80,13 @@ typedef struct cm_syncer {
     void *notify_ud;
     int (*fn)(void *ud, int fd);
     void *fn_ud;
+    /* the latest syncs, oldest overwritten: what each covered and when it
+    ** ran (CLOCK_MONOTONIC ns, uv_hrtime's clock), for cm_store_sync_span */
+    struct {
+        uint64_t target;
+        int64_t start_ns, end_ns;
+    } spans[CM_SYNC_SPANS];
+    unsigned nspans; /* syncs finished, the next span's slot modulo CM_SYNC_SPANS */
 } cm_syncer;
 
 /* The writer's VFS, the shim that gathers its WAL writes (see "the
@@ -826,13 +843,19 @@ static void *sync_main(void *arg)
         /* every frame of commits up to want is written: one sync covers them all */
         uint64_t target = sy->want;
         pthread_mutex_unlock(&sy->mu);
+        int64_t start = mono_ns();
         int rc = sync_once(sy, why, sizeof(why));
+        int64_t end = mono_ns();
         pthread_mutex_lock(&sy->mu);
         if (rc != 0) {
             sy->failed = rc;
             memcpy(sy->why, why, sizeof(why));
         } else if (target > sy->synced) {
             sy->synced = target;
+            unsigned k = sy->nspans++ % CM_SYNC_SPANS;
+            sy->spans[k].target = target;
+            sy->spans[k].start_ns = start;
+            sy->spans[k].end_ns = end;
         }
         pthread_cond_broadcast(&sy->cv);
         sync_notify(sy);
@@ -1014,6 +1037,27 @@ int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err)
         pthread_cond_wait(&sy->cv, &sy->mu);
     /* a commit synced before the failure is durable all the same */
     int rc = sy->failed && sy->synced < seq ? sync_failed(sy, CM_EINDOUBT, err) : 0;
+    pthread_mutex_unlock(&sy->mu);
+    return rc;
+}
+
+int cm_store_sync_span(cm_store *store, uint64_t seq, int64_t *start_ns, int64_t *end_ns)
+{
+    cm_syncer *sy = &store->sy;
+    int rc = -1;
+    if (!store->writer)
+        return rc;
+    pthread_mutex_lock(&sy->mu);
+    unsigned n = sy->nspans < CM_SYNC_SPANS ? sy->nspans : CM_SYNC_SPANS;
+    for (unsigned i = 0; i < n; i++) { /* oldest first: the first to reach seq covered it */
+        unsigned k = (sy->nspans - n + i) % CM_SYNC_SPANS;
+        if (sy->spans[k].target >= seq) {
+            *start_ns = sy->spans[k].start_ns;
+            *end_ns = sy->spans[k].end_ns;
+            rc = 0;
+            break;
+        }
+    }
     pthread_mutex_unlock(&sy->mu);
     return rc;
 }

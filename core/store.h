@@ -153,6 +153,10 @@ int cm_store_sync_wal_file(sqlite3 *db, int (*fn)(void *ud, int fd), void *ud, c
 int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err);
 /* 0 while syncs succeed; CM_EIO (err says why) once one failed. Any thread. */
 int cm_store_sync_status(cm_store *store, cm_err *err);
+/* When the sync thread's sync that covered commit seq ran (CLOCK_MONOTONIC
+** ns), if it is among the last 16; -1 if not (covered by a synced commit,
+** or long ago). Any thread; for measurements. */
+int cm_store_sync_span(cm_store *store, uint64_t seq, int64_t *start_ns, int64_t *end_ns);
 /* fn(ud) is called when the watermark moves or a sync fails: on the sync
 ** thread or the checkpoint thread (so it must be thread-safe:
 ** uv_async_send), or on the writer's thread after a synced commit or a

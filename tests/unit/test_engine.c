@@ -33,6 +33,9 @@ typedef struct acks {
     cm_engine *engine;
     cm_store *store;
     uint64_t output[256], synced[256];
+    /* ... and the times of its event (cm_engine_ack_times_get), times_rc its answer */
+    cm_engine_ack_times times[256];
+    int times_rc[256];
 } acks;
 
 typedef struct fx {
@@ -109,6 +112,7 @@ static void on_ack(void *ud, const cm_ack *ack)
     if (a->engine) {
         a->output[i] = cm_engine_output_seq(a->engine);
         a->synced[i] = cm_store_synced_seq(a->store);
+        a->times_rc[i] = cm_engine_ack_times_get(a->engine, &a->times[i]);
     }
     if (a->db_path && ack->status == 0 && ack->instance) {
         /* A second connection sees the acknowledged state: the commit came first. */
@@ -2931,6 +2935,54 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
     loop_end(f, &loop);
 }
 
+/* An ack of a pipelined batch tells when its event was submitted, its
+** batch began and committed, the sync that covered it ran and its acks were
+** released, in that order: the held sync ends after the test let it go, and
+** the second batch, committed while the first one's sync was held, is
+** covered by a sync that began after its commit. Outside an ack, and for an
+** ack of an unpipelined batch, there is nothing to tell. */
+static void test_a_pipelined_ack_tells_where_its_latency_went(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_engine_ack_times t;
+    reopen_pipelined(f);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
+    assert_int_equal(cm_engine_ack_times_get(f->engine, &t), -1);
+    attach_pipelined(f, &loop, true);
+    int64_t before = (int64_t)uv_hrtime();
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the second commits while the first one's sync is held */
+    int64_t released = (int64_t)uv_hrtime();
+    cm_test_gate_hold(&f->gate, false);
+    loop_until_acks(f, &loop, 2);
+    for (int i = 0; i < 2; i++) {
+        const cm_engine_ack_times *x = &f->a.times[i];
+        assert_int_equal(f->a.status[i], 0);
+        assert_int_equal(f->a.times_rc[i], 0);
+        assert_true(before <= x->submitted);
+        assert_true(x->submitted <= x->begun);
+        assert_true(x->begun <= x->committed);
+        assert_true(x->sync_start <= x->sync_end);
+        assert_true(x->committed <= x->sync_end);
+        assert_true(x->sync_end <= x->released);
+    }
+    assert_true(f->a.times[0].sync_end >= released); /* the held sync */
+    assert_true(f->a.times[1].submitted >= f->a.times[0].committed);
+    assert_true(f->a.times[1].sync_start >= f->a.times[1].committed);
+    assert_int_equal(cm_engine_ack_times_get(f->engine, &t), -1);
+    loop_end(f, &loop);
+    start_ticker(f, "t-3"); /* detached: committed synced, nothing to tell */
+    run(f);
+    assert_int_equal(f->a.n, 3);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(f->a.times_rc[2], -1);
+}
+
 /* Pipelined, a batch that runs again because a step without a savepoint
 ** was refused tells the observer and the submitters only what its second
 ** run committed, once, after the sync that covers it. */
@@ -3349,6 +3401,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_batch_run_again_tells_each_event_once,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_ack_tells_where_its_latency_went, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_acks_wait_for_the_sync_that_covers_them,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_synced_commit_releases_earlier_pipelined_acks, setup,
