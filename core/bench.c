@@ -118,9 +118,9 @@ static long bench_index(const char *id)
     return i;
 }
 
-static void on_ack(void *ud, const cm_ack *ack)
+/* An ack at now (us, now_us's clock): its latency noted. */
+static void lat_note(lat *l, const cm_ack *ack, int64_t now)
 {
-    lat *l = ud;
     if (ack->status != 0) {
         l->failed++;
         return;
@@ -131,7 +131,12 @@ static void on_ack(void *ud, const cm_ack *ack)
         return;
     }
     if (l->n < l->cap)
-        l->us[l->n++] = now_us() - l->submitted[idx];
+        l->us[l->n++] = now - l->submitted[idx];
+}
+
+static void on_ack(void *ud, const cm_ack *ack)
+{
+    lat_note(ud, ack, now_us());
 }
 
 static int cmp64(const void *a, const void *b)
@@ -304,13 +309,13 @@ static void top_up(driver *d)
         uv_stop(&d->loop);
 }
 
-/* The parts of an acked event's latency, from the engine's times of it. */
-static void split_of(lat *l, cm_engine *e)
+/* The parts of an acked event's latency, from the engine's times of it;
+** now: the ack's time (uv_hrtime). */
+static void split_of(lat *l, cm_engine *e, int64_t now)
 {
     cm_engine_ack_times t;
     if (l->nparts >= l->cap || cm_engine_ack_times_get(e, &t) != 0)
         return;
-    int64_t now = (int64_t)uv_hrtime();
     int64_t sync_start = t.sync_start > t.committed ? t.sync_start : t.committed;
     int64_t ns[LAT_PARTS] = {t.begun - t.submitted, t.committed - t.begun, sync_start - t.committed,
                              t.sync_end - sync_start, now - t.sync_end};
@@ -354,8 +359,9 @@ static bool split_means(lat *l, double all[LAT_PARTS], double tail[LAT_PARTS])
 static void on_loop_ack(void *ud, const cm_ack *ack)
 {
     driver *d = ud;
-    on_ack(d->l, ack);
-    split_of(d->l, d->w->engine);
+    int64_t now = (int64_t)uv_hrtime(); /* CLOCK_MONOTONIC, as now_us */
+    lat_note(d->l, ack, now / 1000);
+    split_of(d->l, d->w->engine, now);
     d->acked++;
     d->outstanding--;
     if (d->acked == d->total)

@@ -195,6 +195,7 @@ struct cm_engine {
     int nstarters;
     /* for the API and /metrics */
     cm_engine_stats stats;
+    uint64_t latency_in[CM_ENGINE_LATENCY_BUCKETS]; /* acks above bound i-1, within bound i */
     cm_engine_work_hook hook;
     void *hook_ud;
     /* A write outside a savepoint failed (see deliver): the batch cannot
@@ -2442,8 +2443,10 @@ static void count_latency(cm_engine *e, uint64_t submitted_ns)
     e->stats.latency_count++;
     e->stats.latency_sum += s;
     for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
-        if (s <= cm_engine_latency_bounds[i])
-            e->stats.latency_le[i]++;
+        if (s <= cm_engine_latency_bounds[i]) {
+            e->latency_in[i]++; /* summed up to each bound by cm_engine_stats_get */
+            break;
+        }
 }
 
 static void tell(cm_engine *e, outcome *oc)
@@ -2789,6 +2792,11 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
     e->due_read = false;
     /* Bounded, so a workflow that keeps making due work cannot hold the loop. */
     for (int batches = 0; batches < ENGINE_RUN_BATCHES; batches++) {
+        /* acks of parked batches whose sync ended while the last one ran go
+        ** out now, not after a turn of the loop: their submitters' next work
+        ** joins the next batch (the sync thread's wakeup finds them told) */
+        if (batches > 0 && e->wait_head)
+            sync_release(e);
         rc = run_batch(e, err);
         if (rc <= 0)
             break;
@@ -3440,6 +3448,9 @@ void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out)
 {
     *out = e->stats;
     out->cache_entries = (uint64_t)e->cache.n;
+    uint64_t within = 0;
+    for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
+        out->latency_le[i] = within += e->latency_in[i];
 }
 
 void cm_engine_set_work_hook(cm_engine *e, cm_engine_work_hook fn, void *ud)
