@@ -316,11 +316,14 @@ static void split_of(lat *l, cm_engine *e, int64_t now)
     cm_engine_ack_times t;
     if (l->nparts >= l->cap || cm_engine_ack_times_get(e, &t) != 0)
         return;
-    int64_t sync_start = t.sync_start > t.committed ? t.sync_start : t.committed;
-    int64_t ns[LAT_PARTS] = {t.begun - t.submitted, t.committed - t.begun, sync_start - t.committed,
-                             t.sync_end - sync_start, now - t.sync_end};
-    for (int i = 0; i < LAT_PARTS; i++)
-        l->parts[l->nparts][i] = (int32_t)(ns[i] / 1000);
+    /* the points in order (a sync may begin just before the commit's time is
+    ** read, and end before it): each part at least 0, their sum the latency */
+    int64_t at[LAT_PARTS + 1] = {t.submitted, t.begun, t.committed, t.sync_start, t.sync_end, now};
+    for (int i = 0; i < LAT_PARTS; i++) {
+        if (at[i + 1] < at[i])
+            at[i + 1] = at[i];
+        l->parts[l->nparts][i] = (int32_t)((at[i + 1] - at[i]) / 1000);
+    }
     l->nparts++;
 }
 

@@ -318,8 +318,10 @@ void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 ** sync that failed); otherwise the store's latest (cm_store_commit_seq). */
 uint64_t cm_engine_output_seq(const cm_engine *e);
 /* Inside the ack callback of an event in a pipelined batch: when (uv_hrtime
-** ns) the event was submitted, its batch began and committed, the store's
-** sync that covered the commit ran, and the batch's acks were released.
+** ns) the event was submitted, its batch began and committed (read just
+** after the commit returned: the sync may have begun a little before), the
+** store's sync that covered the commit ran, and the batch's acks were
+** released.
 ** 0, or -1 elsewhere (and when the store no longer knows that sync). For
 ** measurements: `caremesh bench engine` splits its latency with it. */
 typedef struct cm_engine_ack_times {
