@@ -74,34 +74,31 @@ static inline void cm_test_gate_hold(cm_test_gate *g, bool held)
     pthread_mutex_unlock(&g->mu);
 }
 
-/* Wait (at most 10 s) until at least n syncs have begun and are held; false on timeout. */
-static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
+/* Wait (at most 10 s) until *count (a field of g) is at least n; false on timeout. */
+static inline bool cm_test_gate_wait_for(cm_test_gate *g, const int *count, int n)
 {
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += 10;
     pthread_mutex_lock(&g->mu);
     int rc = 0;
-    while (g->waiting < n && rc == 0)
+    while (*count < n && rc == 0)
         rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
-    bool ok = g->waiting >= n;
+    bool ok = *count >= n;
     pthread_mutex_unlock(&g->mu);
     return ok;
+}
+
+/* Wait (at most 10 s) until at least n syncs have begun and are held; false on timeout. */
+static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
+{
+    return cm_test_gate_wait_for(g, &g->waiting, n);
 }
 
 /* Wait (at most 10 s) until at least n syncs have ended; false on timeout. */
 static inline bool cm_test_gate_wait_done(cm_test_gate *g, int n)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += 10;
-    pthread_mutex_lock(&g->mu);
-    int rc = 0;
-    while (g->done < n && rc == 0)
-        rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
-    bool ok = g->done >= n;
-    pthread_mutex_unlock(&g->mu);
-    return ok;
+    return cm_test_gate_wait_for(g, &g->done, n);
 }
 
 /* Count from here (the syncs an open made are not the test's). */

@@ -1003,6 +1003,24 @@ static void test_commits_during_two_syncs_share_the_next_one(void **state)
     close_gated(f);
 }
 
+/* A gated store with two deferred commits, *a and then *b, the sync of *a
+** held (only that one); the second sync fails with EIO when fail is set. */
+static cm_store *first_sync_held(fixture *f, bool fail, uint64_t *a, uint64_t *b)
+{
+    cm_test_gate *g = gate_of(f);
+    cm_err err;
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
+    assert_non_null(s);
+    g->hold_only = 1;
+    g->fail = fail ? EIO : 0;
+    g->fail_at = 2;
+    cm_test_gate_hold(g, true);
+    *a = deferred_write(s, "a");
+    assert_true(cm_test_gate_wait_held(g, 1));
+    *b = deferred_write(s, "b");
+    return s;
+}
+
 /* A sync begun after an earlier one that ends first moves the watermark
 ** past both commits: its fdatasync covered every frame written before it
 ** began, the earlier commit's too. */
@@ -1011,13 +1029,8 @@ static void test_a_later_sync_that_ends_first_covers_the_earlier_commit(void **s
     fixture *f = *state;
     cm_test_gate *g = gate_of(f);
     cm_err err;
-    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
-    assert_non_null(s);
-    g->hold_only = 1;
-    cm_test_gate_hold(g, true);
-    uint64_t a = deferred_write(s, "a");
-    assert_true(cm_test_gate_wait_held(g, 1));
-    uint64_t b = deferred_write(s, "b");
+    uint64_t a, b;
+    cm_store *s = first_sync_held(f, false, &a, &b);
     assert_int_equal(cm_store_sync_wait(s, b, &err), 0); /* the first still held */
     assert_true(cm_store_synced_seq(s) >= b && b > a);
     assert_int_equal(cm_test_gate_started(g), 2);
@@ -1035,15 +1048,8 @@ static void test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it(void 
     fixture *f = *state;
     cm_test_gate *g = gate_of(f);
     cm_err err;
-    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
-    assert_non_null(s);
-    g->hold_only = 1;
-    g->fail = EIO;
-    g->fail_at = 2;
-    cm_test_gate_hold(g, true);
-    uint64_t a = deferred_write(s, "a");
-    assert_true(cm_test_gate_wait_held(g, 1));
-    uint64_t b = deferred_write(s, "b");
+    uint64_t a, b;
+    cm_store *s = first_sync_held(f, true, &a, &b);
     assert_true(cm_test_gate_wait_done(g, 1)); /* b's sync failed; a's is held */
     assert_int_equal(cm_store_sync_status(s, &err), 0);
     assert_true(cm_store_synced_seq(s) < a);
