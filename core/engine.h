@@ -352,7 +352,7 @@ typedef struct cm_engine_stats {
     uint64_t lua_errors;   /* handler runs that raised */
     uint64_t budget_kills; /* handler runs stopped by the instruction budget or memory cap */
     uint64_t batches;      /* batches committed */
-    uint64_t sync_waits;   /* pipelined batches whose acks waited for the sync thread */
+    uint64_t sync_waits;   /* pipelined batches whose acks waited for a sync thread */
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */
