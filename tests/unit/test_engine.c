@@ -2951,7 +2951,7 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
 ** batch began and committed, the sync that covered it ran and its acks were
 ** released, in that order: the held sync ends after the test let it go, and
 ** the second batch, committed while the first one's sync was held, is
-** covered by a sync of its own. Outside an ack, and for an
+** covered by a sync begun after it. Outside an ack, and for an
 ** ack of an unpipelined batch, there is nothing to tell. */
 static void test_a_pipelined_ack_tells_where_its_latency_went(void **state)
 {
@@ -2985,10 +2985,10 @@ static void test_a_pipelined_ack_tells_where_its_latency_went(void **state)
     }
     assert_true(f->a.times[0].sync_end >= released); /* the held sync */
     assert_true(f->a.times[1].submitted >= f->a.times[0].committed);
-    /* not the held sync (begun before t-2 was submitted): one begun at its
-    ** commit, whose time is read just after the commit returned */
+    /* a sync begun at or after its commit (whose time is read just after the
+    ** commit returned), not the held one; t-1's may be told as covered by
+    ** either sync, whichever ended first */
     assert_true(f->a.times[1].sync_start >= f->a.times[1].begun);
-    assert_true(f->a.times[0].sync_start < f->a.times[1].submitted);
     assert_int_equal(cm_engine_ack_times_get(f->engine, &t), -1);
     loop_end(f, &loop);
     start_ticker(f, "t-3"); /* detached: committed synced, nothing to tell */
