@@ -65,12 +65,24 @@ static int64_t thread_cpu_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* An event's submit-to-ack time in loop mode, in its parts (us): waiting for
+** its batch to begin, its batch's run and commit on the loop thread, waiting
+** for the sync thread (a sync of earlier commits still running), the fsync
+** that covered it, and from the fsync's end to its ack (the loop busy with
+** the next batch, the acks told before it). */
+enum { LAT_QUEUE, LAT_BATCH, LAT_SYNC_WAIT, LAT_FSYNC, LAT_ACK, LAT_PARTS };
+static const char *const lat_part_names[LAT_PARTS] = {"queue", "batch", "sync_wait", "fsync",
+                                                      "ack"};
+
 typedef struct lat {
     int64_t *us;
     long n, cap;
     int64_t *submitted; /* per instance: when its pending event was submitted */
     long instances;     /* submitted's length */
     long failed;
+    /* loop mode: each acked event's latency in its parts (split_of), n of them */
+    int32_t (*parts)[LAT_PARTS];
+    long nparts;
 } lat;
 
 /* "b-<i>", instance i's id (id holds 24 bytes at least): written by hand,
@@ -106,9 +118,9 @@ static long bench_index(const char *id)
     return i;
 }
 
-static void on_ack(void *ud, const cm_ack *ack)
+/* An ack at now (us, now_us's clock): its latency noted. */
+static void lat_note(lat *l, const cm_ack *ack, int64_t now)
 {
-    lat *l = ud;
     if (ack->status != 0) {
         l->failed++;
         return;
@@ -119,7 +131,12 @@ static void on_ack(void *ud, const cm_ack *ack)
         return;
     }
     if (l->n < l->cap)
-        l->us[l->n++] = now_us() - l->submitted[idx];
+        l->us[l->n++] = now - l->submitted[idx];
+}
+
+static void on_ack(void *ud, const cm_ack *ack)
+{
+    lat_note(ud, ack, now_us());
 }
 
 static int cmp64(const void *a, const void *b)
@@ -294,10 +311,62 @@ static void top_up(driver *d)
         uv_stop(&d->loop);
 }
 
+/* The parts of an acked event's latency, from the engine's times of it;
+** now: the ack's time (uv_hrtime). */
+static void split_of(lat *l, cm_engine *e, int64_t now)
+{
+    cm_engine_ack_times t;
+    if (l->nparts >= l->cap || cm_engine_ack_times_get(e, &t) != 0)
+        return;
+    /* the points in order (a sync may begin just before the commit's time is
+    ** read, and end before it): each part at least 0, their sum the latency */
+    int64_t at[LAT_PARTS + 1] = {t.submitted, t.begun, t.committed, t.sync_start, t.sync_end, now};
+    for (int i = 0; i < LAT_PARTS; i++) {
+        if (at[i + 1] < at[i])
+            at[i + 1] = at[i];
+        l->parts[l->nparts][i] = (int32_t)((at[i + 1] - at[i]) / 1000);
+    }
+    l->nparts++;
+}
+
+static int cmp_total(const void *a, const void *b)
+{
+    const int32_t *x = a, *y = b;
+    int64_t sx = 0, sy = 0;
+    for (int i = 0; i < LAT_PARTS; i++) {
+        sx += x[i];
+        sy += y[i];
+    }
+    return sx < sy ? -1 : sx > sy;
+}
+
+/* The mean of each part over all split events (all) and over the slowest
+** 1 % of them by their sum (tail); false when none was split. */
+static bool split_means(lat *l, double all[LAT_PARTS], double tail[LAT_PARTS])
+{
+    if (l->nparts == 0)
+        return false;
+    qsort(l->parts, (size_t)l->nparts, sizeof(*l->parts), cmp_total);
+    long from = (l->nparts * 99) / 100;
+    for (int i = 0; i < LAT_PARTS; i++) {
+        all[i] = tail[i] = 0;
+        for (long k = 0; k < l->nparts; k++) {
+            all[i] += l->parts[k][i];
+            if (k >= from)
+                tail[i] += l->parts[k][i];
+        }
+        all[i] /= (double)l->nparts;
+        tail[i] /= (double)(l->nparts - from);
+    }
+    return true;
+}
+
 static void on_loop_ack(void *ud, const cm_ack *ack)
 {
     driver *d = ud;
-    on_ack(d->l, ack);
+    int64_t now = (int64_t)uv_hrtime(); /* CLOCK_MONOTONIC, as now_us */
+    lat_note(d->l, ack, now / 1000);
+    split_of(d->l, d->w->engine, now);
     d->acked++;
     d->outstanding--;
     if (d->acked == d->total)
@@ -306,7 +375,7 @@ static void on_loop_ack(void *ud, const cm_ack *ack)
         top_up(d);
 }
 
-static int drive_loop(world *w, const cm_bench_opts *o, lat *l, cm_err *err)
+static int drive_loop(world *w, const cm_bench_opts *o, lat *l, uint64_t *idle_ns, cm_err *err)
 {
     driver d = {.w = w, .o = o, .l = l, .err = err};
     d.total = (long)o->instances * o->rounds;
@@ -315,12 +384,14 @@ static int drive_loop(world *w, const cm_bench_opts *o, lat *l, cm_err *err)
         d.window = o->instances;
     if (uv_loop_init(&d.loop) != 0)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
+    uv_loop_configure(&d.loop, UV_METRICS_IDLE_TIME); /* the loop's time blocked in its poll */
     d.rc = cm_engine_attach(w->engine, &d.loop, err);
     top_up(&d);
     if (d.rc == 0)
         uv_run(&d.loop, UV_RUN_DEFAULT);
-    cm_engine_detach(w->engine);     /* waits for the last sync: every ack told */
-    uv_run(&d.loop, UV_RUN_DEFAULT); /* the engine's handles close */
+    *idle_ns = uv_metrics_idle_time(&d.loop); /* the drive: before detach's wait */
+    cm_engine_detach(w->engine);              /* waits for the last sync: every ack told */
+    uv_run(&d.loop, UV_RUN_DEFAULT);          /* the engine's handles close */
     uv_loop_close(&d.loop);
     if (d.rc == 0 && d.acked != d.total)
         d.rc = cm_err_set(err, CM_EIO, "%ld of %ld events acknowledged", d.acked, d.total);
@@ -338,8 +409,9 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     l.cap = events;
     l.us = calloc((size_t)events, sizeof(*l.us));
     l.submitted = calloc((size_t)o->instances, sizeof(*l.submitted));
+    l.parts = o->run_mode ? NULL : calloc((size_t)events, sizeof(*l.parts));
     l.instances = o->instances;
-    if (!l.us || !l.submitted) {
+    if (!l.us || !l.submitted || (!o->run_mode && !l.parts)) {
         rc = cm_err_set(err, CM_ENOMEM, "out of memory");
         goto done;
     }
@@ -373,7 +445,8 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     struct rusage th0, th1;
     getrusage(RUSAGE_THREAD, &th0);
     int64_t cpu0 = thread_cpu_us(), t0 = now_us();
-    if ((rc = o->run_mode ? drive(&w, o, &l, err) : drive_loop(&w, o, &l, err)) != 0)
+    uint64_t idle_ns = 0;
+    if ((rc = o->run_mode ? drive(&w, o, &l, err) : drive_loop(&w, o, &l, &idle_ns, err)) != 0)
         goto done;
     int64_t drive_us = now_us() - t0, loop_cpu_us = thread_cpu_us() - cpu0;
     cm_store_wal_writes(w.store, &frames1, &writes1);
@@ -410,6 +483,14 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            th1.ru_nivcsw - th0.ru_nivcsw, (unsigned long long)batches,
            batches ? (double)l.n / (double)batches : 0.0,
            (unsigned long long)(es.sync_waits - es0.sync_waits));
+    double all[LAT_PARTS], tail[LAT_PARTS];
+    bool split = split_means(&l, all, tail);
+    if (split) {
+        printf("submit-to-ack in parts, us (mean / slowest 1%%):");
+        for (int i = 0; i < LAT_PARTS; i++)
+            printf(" %s %.0f / %.0f", lat_part_names[i], all[i], tail[i]);
+        printf("; loop idle %.0f ms (waiting for syncs)\n", (double)idle_ns / 1e6);
+    }
     printf("{\"events_per_s\":%.0f,\"p50_us\":%lld,\"p99_us\":%lld,\"sqlite_rows_per_s\":%.0f,"
            "\"instances\":%d,\"events\":%ld,\"batch\":%d,\"failed\":%ld,\"max_rss_kb\":%ld,"
            "\"checkpoints\":%ld,\"checkpoints_inline\":%ld,\"checkpoint_db_syncs\":%ld,"
@@ -418,7 +499,7 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            "\"loop_cpu_us_per_event\":%.2f,\"loop_sys_us_per_event\":%.2f,\"loop_busy\":%.3f,"
            "\"loop_nivcsw\":%ld,"
            "\"events_per_batch\":%.1f,\"wal_frames_per_batch\":%.1f,"
-           "\"wal_writes_per_batch\":%.1f}\n",
+           "\"wal_writes_per_batch\":%.1f",
            eps, (long long)p50, (long long)p99, raw, o->instances, l.n, o->batch, l.failed,
            ru.ru_maxrss, ck.background, ck.inline_runs, ck.db_syncs, ck.max_wal_pages,
            o->run_mode ? "run" : "loop", o->run_mode ? o->batch : window,
@@ -429,12 +510,21 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            th1.ru_nivcsw - th0.ru_nivcsw, batches ? (double)l.n / (double)batches : 0.0,
            batches ? (double)(frames1 - frames0) / (double)batches : 0.0,
            batches ? (double)(writes1 - writes0) / (double)batches : 0.0);
+    /* loop mode: the parts of the latency, their means over every event
+    ** (lat_<part>_us) and over the slowest 1 % (p99_<part>_us) */
+    for (int i = 0; split && i < LAT_PARTS; i++)
+        printf(",\"lat_%s_us\":%.0f,\"p99_%s_us\":%.0f", lat_part_names[i], all[i],
+               lat_part_names[i], tail[i]);
+    if (!o->run_mode)
+        printf(",\"loop_idle_ms\":%.1f", (double)idle_ns / 1e6);
+    printf("}\n");
     if (l.failed)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:
     rc = world_close(&w, rc, err);
     free(l.us);
     free(l.submitted);
+    free(l.parts);
     return rc;
 }
 

@@ -100,6 +100,7 @@ typedef struct synced_wait {
     pending_event *events;
     int nevents;
     bool failed; /* rolled back: its outcomes hold its own error, told as they are */
+    int64_t begun_ns, committed_ns; /* uv_hrtime at its begin and after its commit */
     struct synced_wait *next;
 } synced_wait;
 
@@ -154,6 +155,9 @@ struct cm_engine {
     uv_async_t synced;                  /* the store's sync thread: the watermark moved */
     synced_wait *wait_head, *wait_tail; /* pipelined batches, in commit order */
     uint64_t telling;                   /* the commit of the batch being told, or 0 */
+    cm_engine_ack_times times;          /* of the ack being told (cm_engine_ack_times_get) */
+    bool times_set;
+    int64_t begun_ns;             /* uv_hrtime at the open batch's begin (pipelined) */
     bool telling_none;            /* telling answers that show no commit (in doubt, never run) */
     void (*durable_fn)(void *ud); /* cm_engine_on_durable */
     void *durable_ud;
@@ -191,6 +195,7 @@ struct cm_engine {
     int nstarters;
     /* for the API and /metrics */
     cm_engine_stats stats;
+    uint64_t latency_in[CM_ENGINE_LATENCY_BUCKETS]; /* acks above bound i-1, within bound i */
     cm_engine_work_hook hook;
     void *hook_ud;
     /* A write outside a savepoint failed (see deliver): the batch cannot
@@ -2448,13 +2453,16 @@ static void count_latency(cm_engine *e, uint64_t submitted_ns)
     e->stats.latency_count++;
     e->stats.latency_sum += s;
     for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
-        if (s <= cm_engine_latency_bounds[i])
-            e->stats.latency_le[i]++;
+        if (s <= cm_engine_latency_bounds[i]) {
+            e->latency_in[i]++; /* summed up to each bound by cm_engine_stats_get */
+            break;
+        }
 }
 
 static void tell(cm_engine *e, outcome *oc)
 {
     cm_ack ack = ack_of(oc);
+    e->times.submitted = (int64_t)oc->w->submitted_ns;
     count_latency(e, oc->w->submitted_ns);
     if (oc->w->cb)
         oc->w->cb(oc->w->ud, &ack);
@@ -2507,6 +2515,8 @@ static bool sync_park(cm_engine *e, outcome *ocs, int n)
     synced_wait *sw = park_alloc(sizeof(*sw));
     if (!sw)
         return false;
+    sw->begun_ns = e->begun_ns;
+    sw->committed_ns = (int64_t)uv_hrtime();
     sw->seq = cm_store_commit_seq(e->o.store);
     sw->ocs = ocs;
     sw->n = n;
@@ -2545,7 +2555,13 @@ static void sync_release(cm_engine *e)
         if (rc == 0)
             tell_list(e, sw->events, sw->nevents);
         e->stats.sync_waits++;
+        e->times.begun = sw->begun_ns;
+        e->times.committed = sw->committed_ns;
+        e->times.released = (int64_t)uv_hrtime();
+        e->times_set =
+            cm_store_sync_span(e->o.store, sw->seq, &e->times.sync_start, &e->times.sync_end) == 0;
         tell_batch(e, sw->ocs, sw->n, rc, err.msg);
+        e->times_set = false;
         e->telling = 0;
         free(sw->events);
         free(sw->ocs);
@@ -2577,6 +2593,14 @@ static void on_synced(uv_async_t *h)
     sync_release(e);
     if (e->durable_fn)
         e->durable_fn(e->durable_ud);
+}
+
+int cm_engine_ack_times_get(const cm_engine *e, cm_engine_ack_times *out)
+{
+    if (!e->times_set)
+        return -1;
+    *out = e->times;
+    return 0;
 }
 
 uint64_t cm_engine_output_seq(const cm_engine *e)
@@ -2690,6 +2714,8 @@ static int run_batch(cm_engine *e, cm_err *err)
         return cm_err_set(err, CM_ENOMEM, "out of memory");
     bool deferred = e->o.pipeline && e->attached;
     cm_engine_stats before = e->stats;
+    if (deferred)
+        e->begun_ns = (int64_t)uv_hrtime();
     if ((rc = batch_begin(e, deferred, err)) != 0) {
         free(ocs);
         return rc;
@@ -2776,6 +2802,11 @@ int cm_engine_run(cm_engine *e, long *processed, cm_err *err)
     e->due_read = false;
     /* Bounded, so a workflow that keeps making due work cannot hold the loop. */
     for (int batches = 0; batches < ENGINE_RUN_BATCHES; batches++) {
+        /* acks of parked batches whose sync ended while the last one ran go
+        ** out now, not after a turn of the loop: their submitters' next work
+        ** joins the next batch (the sync thread's wakeup finds them told) */
+        if (batches > 0 && e->wait_head)
+            sync_release(e);
         rc = run_batch(e, err);
         if (rc <= 0)
             break;
@@ -3427,6 +3458,9 @@ void cm_engine_stats_get(const cm_engine *e, cm_engine_stats *out)
 {
     *out = e->stats;
     out->cache_entries = (uint64_t)e->cache.n;
+    uint64_t within = 0;
+    for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)
+        out->latency_le[i] = within += e->latency_in[i];
 }
 
 void cm_engine_set_work_hook(cm_engine *e, cm_engine_work_hook fn, void *ud)

@@ -317,6 +317,17 @@ void cm_engine_observe(cm_engine *e, cm_engine_observer fn, void *ud);
 ** ran are told, the watermark (they show nothing, and must not wait for a
 ** sync that failed); otherwise the store's latest (cm_store_commit_seq). */
 uint64_t cm_engine_output_seq(const cm_engine *e);
+/* Inside the ack callback of an event in a pipelined batch: when (uv_hrtime
+** ns) the event was submitted, its batch began and committed (read just
+** after the commit returned: the sync may have begun a little before), the
+** store's sync that covered the commit ran, and the batch's acks were
+** released.
+** 0, or -1 elsewhere (and when the store no longer knows that sync). For
+** measurements: `caremesh bench engine` splits its latency with it. */
+typedef struct cm_engine_ack_times {
+    int64_t submitted, begun, committed, sync_start, sync_end, released;
+} cm_engine_ack_times;
+int cm_engine_ack_times_get(const cm_engine *e, cm_engine_ack_times *out);
 /* fn(ud) runs on the loop each time a pipelined engine learns that the
 ** store's watermark moved or a sync failed, after it told what that
 ** released: others holding outputs for the watermark (HTTP answers,
@@ -341,7 +352,7 @@ typedef struct cm_engine_stats {
     uint64_t lua_errors;   /* handler runs that raised */
     uint64_t budget_kills; /* handler runs stopped by the instruction budget or memory cap */
     uint64_t batches;      /* batches committed */
-    uint64_t sync_waits;   /* pipelined batches whose acks waited for the sync thread */
+    uint64_t sync_waits;   /* pipelined batches whose acks waited for a sync thread */
     uint64_t latency_count;
     double latency_sum;
     uint64_t latency_le[CM_ENGINE_LATENCY_BUCKETS]; /* acks within bound i (cumulative) */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CM_STMT_SLOTS 128
@@ -49,27 +50,53 @@ typedef struct cm_ckpt {
     struct cm_store *store; /* whose syncer hears a failed fsync (sync_fail) */
 } cm_ckpt;
 
-/* Deferred commits' syncs (see store.h): the thread fdatasyncs the WAL on an
-** fd of its own. Under mu: want, synced, busy, stop, failed, why, notify. */
+#define CM_SYNC_SPANS   16
+#define CM_SYNC_THREADS 2
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Deferred commits' syncs (see store.h): the threads fdatasync the WAL on an
+** fd of the store's own. Under mu: want, asked, synced, running, stop,
+** failed, why, notify, spans. */
 typedef struct cm_syncer {
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* the thread waits for work, waiters for the watermark */
-    pthread_t thread;
-    bool started;     /* the thread runs (started on the first deferred commit) */
+    pthread_cond_t cv; /* the threads wait for work, waiters for the watermark */
+    pthread_t thread[CM_SYNC_THREADS];
+    int nthreads;
+    bool started;     /* the threads run (started on the first deferred commit) */
     bool unavailable; /* it could not be started: deferred commits are synced inline */
     bool stop;
     int fd;    /* the WAL, opened by the thread's starter; -1 when none */
     dev_t dev; /* the WAL's inode as opened: checked before each sync */
     ino_t ino;
     char *wal_path;
-    uint64_t want;   /* the highest commit number asked to be synced */
-    uint64_t synced; /* the watermark */
-    int failed;      /* the errno of a failed sync (or EIO: the WAL was replaced); 0: none */
+    uint64_t want;                     /* the highest commit number asked to be synced */
+    uint64_t asked;                    /* the highest commit number a sync begun covers */
+    uint64_t synced;                   /* the watermark */
+    uint64_t tickets;                  /* syncs begun */
+    uint64_t running[CM_SYNC_THREADS]; /* the ticket of each thread's sync in flight; 0: none */
+    int failed; /* the errno of a failed sync (or EIO: the WAL was replaced); 0: none */
     char why[512];
     void (*notify)(void *ud);
     void *notify_ud;
     int (*fn)(void *ud, int fd);
     void *fn_ud;
+    /* the latest syncs, oldest overwritten: what each covered and when it
+    ** ran (CLOCK_MONOTONIC ns, uv_hrtime's clock), for cm_store_sync_span */
+    struct {
+        uint64_t target;
+        int64_t start_ns, end_ns;
+    } spans[CM_SYNC_SPANS];
+    unsigned nspans; /* syncs finished, the next span's slot modulo CM_SYNC_SPANS */
+    struct sync_arg {
+        struct cm_syncer *sy;
+        int slot;
+    } args[CM_SYNC_THREADS];
 } cm_syncer;
 
 /* The writer's VFS, the shim that gathers its WAL writes (see "the
@@ -813,26 +840,57 @@ static int sync_once(cm_syncer *sy, char *why, size_t whysz)
     return rc;
 }
 
+/* Whether a sync begun before ticket is still in flight. Under mu. */
+static bool sync_earlier_running(const cm_syncer *sy, uint64_t ticket)
+{
+    for (int i = 0; i < sy->nthreads; i++)
+        if (sy->running[i] && sy->running[i] < ticket)
+            return true;
+    return false;
+}
+
+/* One of the sync threads (the slot-th). A commit made while a sync is in
+** flight need not wait for it: another thread syncs at once, and its
+** fdatasync covers every frame written before it began, the earlier
+** commits' too, so whichever sync ends first moves the watermark to what it
+** covers. More commits than threads share the next sync. A failure is
+** taken in only after every sync begun before it has ended, so the
+** watermark and the failure come in the order of a single thread. */
 static void *sync_main(void *arg)
 {
-    cm_syncer *sy = arg;
+    cm_syncer *sy = ((struct sync_arg *)arg)->sy;
+    int slot = ((struct sync_arg *)arg)->slot;
     char why[sizeof(sy->why)];
     pthread_mutex_lock(&sy->mu);
     for (;;) {
-        while (!sy->stop && (sy->failed || sy->want <= sy->synced))
+        /* a synced commit may have moved the watermark past what was asked */
+        while (!sy->stop && (sy->failed || sy->want <= sy->asked || sy->want <= sy->synced))
             pthread_cond_wait(&sy->cv, &sy->mu);
         if (sy->stop)
             break;
         /* every frame of commits up to want is written: one sync covers them all */
-        uint64_t target = sy->want;
+        uint64_t target = sy->want, ticket = ++sy->tickets;
+        sy->asked = target;
+        sy->running[slot] = ticket;
         pthread_mutex_unlock(&sy->mu);
+        int64_t start = mono_ns();
         int rc = sync_once(sy, why, sizeof(why));
+        int64_t end = mono_ns();
         pthread_mutex_lock(&sy->mu);
+        while (rc != 0 && sync_earlier_running(sy, ticket))
+            pthread_cond_wait(&sy->cv, &sy->mu);
+        sy->running[slot] = 0;
         if (rc != 0) {
-            sy->failed = rc;
-            memcpy(sy->why, why, sizeof(why));
+            if (!sy->failed) {
+                sy->failed = rc;
+                memcpy(sy->why, why, sizeof(why));
+            }
         } else if (target > sy->synced) {
             sy->synced = target;
+            unsigned k = sy->nspans++ % CM_SYNC_SPANS;
+            sy->spans[k].target = target;
+            sy->spans[k].start_ns = start;
+            sy->spans[k].end_ns = end;
         }
         pthread_cond_broadcast(&sy->cv);
         sync_notify(sy);
@@ -863,8 +921,8 @@ int cm_store_sync_wal_file(sqlite3 *db, int (*fn)(void *ud, int fd), void *ud, c
     return rc;
 }
 
-/* The thread and its fd of the WAL, on the first deferred commit; false if
-** they cannot be had (deferred commits then commit synced). */
+/* The threads and their fd of the WAL, on the first deferred commit; false
+** if none can be had (deferred commits then commit synced). */
 static bool sync_start(cm_store *store)
 {
     cm_syncer *sy = &store->sy;
@@ -884,9 +942,15 @@ static bool sync_start(cm_store *store)
     sigset_t all, old;
     sigfillset(&all); /* signals stay with the threads that expect them (the loop's) */
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&sy->thread, NULL, sync_main, sy);
+    for (int i = 0; i < CM_SYNC_THREADS; i++) {
+        sy->args[i].sy = sy;
+        sy->args[i].slot = i;
+        if (pthread_create(&sy->thread[i], NULL, sync_main, &sy->args[i]) != 0)
+            break; /* fewer threads: the later commits share the next sync */
+        sy->nthreads++;
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0)
+    if (sy->nthreads == 0)
         goto fail;
     sy->unavailable = false;
     sy->started = true;
@@ -938,7 +1002,8 @@ static void sync_close(cm_store *store)
         sy->stop = true;
         pthread_cond_broadcast(&sy->cv);
         pthread_mutex_unlock(&sy->mu);
-        pthread_join(sy->thread, NULL);
+        for (int i = 0; i < sy->nthreads; i++)
+            pthread_join(sy->thread[i], NULL);
     }
     if (sy->fd >= 0)
         close(sy->fd);
@@ -1014,6 +1079,27 @@ int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err)
         pthread_cond_wait(&sy->cv, &sy->mu);
     /* a commit synced before the failure is durable all the same */
     int rc = sy->failed && sy->synced < seq ? sync_failed(sy, CM_EINDOUBT, err) : 0;
+    pthread_mutex_unlock(&sy->mu);
+    return rc;
+}
+
+int cm_store_sync_span(cm_store *store, uint64_t seq, int64_t *start_ns, int64_t *end_ns)
+{
+    cm_syncer *sy = &store->sy;
+    int rc = -1;
+    if (!store->writer)
+        return rc;
+    pthread_mutex_lock(&sy->mu);
+    unsigned n = sy->nspans < CM_SYNC_SPANS ? sy->nspans : CM_SYNC_SPANS;
+    for (unsigned i = 0; i < n; i++) { /* oldest first: the first to reach seq covered it */
+        unsigned k = (sy->nspans - n + i) % CM_SYNC_SPANS;
+        if (sy->spans[k].target >= seq) {
+            *start_ns = sy->spans[k].start_ns;
+            *end_ns = sy->spans[k].end_ns;
+            rc = 0;
+            break;
+        }
+    }
     pthread_mutex_unlock(&sy->mu);
     return rc;
 }

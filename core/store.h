@@ -121,12 +121,14 @@ int cm_store_begin_nosync(cm_store *store, cm_err *err);
 ** Deferred commits: group commit with the fsync off the writer's thread.
 ** cm_store_begin_deferred opens a transaction like cm_store_begin_nosync
 ** (SQLite's synchronous=NORMAL for it: its frames are written to the WAL at
-** COMMIT, not synced), and its commit hands the sync to the store's sync
-** thread, which fdatasyncs the WAL on an fd of its own: one sync covers
-** every frame written before it starts, so syncs coalesce (at most one in
-** flight; the next covers every commit made meanwhile). Each deferred or
+** COMMIT, not synced), and its commit hands the sync to the store's two
+** sync threads, which fdatasync the WAL on an fd of its own: one sync
+** covers every frame written before it starts, so syncs coalesce (at most
+** two in flight, a commit made during one synced at once by the other;
+** the next covers every commit made while both run). Each deferred or
 ** synced commit takes the next number of a counter; the watermark is the
-** highest number known durable: the last finished sync's, or a synced
+** highest number known durable: the highest a finished sync covered (a
+** failure taken in only after the syncs begun before it), or a synced
 ** commit's (its own WAL sync covers every earlier frame). Nothing that
 ** depends on a commit may leave the process before the watermark reaches
 ** it (the output-commit rule). A failed sync is never retried (Linux may
@@ -155,6 +157,10 @@ int cm_store_sync_wal_file(sqlite3 *db, int (*fn)(void *ud, int fd), void *ud, c
 int cm_store_sync_wait(cm_store *store, uint64_t seq, cm_err *err);
 /* 0 while syncs succeed; CM_EIO (err says why) once one failed. Any thread. */
 int cm_store_sync_status(cm_store *store, cm_err *err);
+/* When the sync threads' first sync to cover commit seq ran (CLOCK_MONOTONIC
+** ns), if it is among the last 16; -1 if not (covered by a synced commit,
+** or long ago). Any thread; for measurements. */
+int cm_store_sync_span(cm_store *store, uint64_t seq, int64_t *start_ns, int64_t *end_ns);
 /* fn(ud) is called when the watermark moves or a sync fails: on the sync
 ** thread or the checkpoint thread (so it must be thread-safe:
 ** uv_async_send), or on the writer's thread after a synced commit or a

@@ -16,13 +16,14 @@
 typedef struct cm_test_gate {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool held;   /* syncs wait while set */
-    int waiting; /* syncs blocked on held now */
-    int fail;    /* an errno to return instead of syncing; 0: sync */
-    int fail_at; /* with fail: only syncs numbered (by started) from this one fail */
-    int started; /* syncs begun */
-    int done;    /* syncs finished */
-    dev_t dev;   /* the file the last sync was of */
+    bool held;     /* syncs wait while set */
+    int hold_only; /* with held: only the sync numbered (by started) this one waits; 0: all */
+    int waiting;   /* syncs blocked on held now */
+    int fail;      /* an errno to return instead of syncing; 0: sync */
+    int fail_at;   /* with fail: only syncs numbered (by started) from this one fail */
+    int started;   /* syncs begun */
+    int done;      /* syncs finished */
+    dev_t dev;     /* the file the last sync was of */
     ino_t ino;
 } cm_test_gate;
 
@@ -31,7 +32,7 @@ static inline void cm_test_gate_init(cm_test_gate *g)
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     g->held = false;
-    g->waiting = g->fail = g->fail_at = g->started = g->done = 0;
+    g->waiting = g->fail = g->fail_at = g->started = g->done = g->hold_only = 0;
     g->dev = 0;
     g->ino = 0;
 }
@@ -55,7 +56,7 @@ static inline int cm_test_gate_sync(void *ud, int fd)
     }
     g->waiting++;
     pthread_cond_broadcast(&g->cv);
-    while (g->held)
+    while (g->held && (!g->hold_only || nth == g->hold_only))
         pthread_cond_wait(&g->cv, &g->mu);
     g->waiting--;
     int rc = g->fail && nth >= g->fail_at ? g->fail : (fdatasync(fd) == 0 ? 0 : errno);
@@ -73,19 +74,31 @@ static inline void cm_test_gate_hold(cm_test_gate *g, bool held)
     pthread_mutex_unlock(&g->mu);
 }
 
-/* Wait (at most 10 s) until at least n syncs have begun and are held; false on timeout. */
-static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
+/* Wait (at most 10 s) until *count (a field of g) is at least n; false on timeout. */
+static inline bool cm_test_gate_wait_for(cm_test_gate *g, const int *count, int n)
 {
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
     dl.tv_sec += 10;
     pthread_mutex_lock(&g->mu);
     int rc = 0;
-    while (g->waiting < n && rc == 0)
+    while (*count < n && rc == 0)
         rc = pthread_cond_timedwait(&g->cv, &g->mu, &dl);
-    bool ok = g->waiting >= n;
+    bool ok = *count >= n;
     pthread_mutex_unlock(&g->mu);
     return ok;
+}
+
+/* Wait (at most 10 s) until at least n syncs have begun and are held; false on timeout. */
+static inline bool cm_test_gate_wait_held(cm_test_gate *g, int n)
+{
+    return cm_test_gate_wait_for(g, &g->waiting, n);
+}
+
+/* Wait (at most 10 s) until at least n syncs have ended; false on timeout. */
+static inline bool cm_test_gate_wait_done(cm_test_gate *g, int n)
+{
+    return cm_test_gate_wait_for(g, &g->done, n);
 }
 
 /* Count from here (the syncs an open made are not the test's). */

@@ -33,6 +33,10 @@ typedef struct acks {
     cm_engine *engine;
     cm_store *store;
     uint64_t output[256], synced[256];
+    /* ... and the times of its event (cm_engine_ack_times_get), times_rc its answer */
+    cm_engine_ack_times times[256];
+    int times_rc[256];
+    uint64_t batches[256]; /* batches committed when it was told */
 } acks;
 
 typedef struct fx {
@@ -46,6 +50,7 @@ typedef struct fx {
     cm_lua_runtime *rt;
     cm_engine *engine;
     int batch_ms;         /* cm_engine_opts.batch_ms; 0: by count only */
+    int batch_max;        /* cm_engine_opts.batch_max; 0: 16 */
     int cache_max;        /* cm_engine_opts.cache_max; 0: the default */
     size_t lua_memory;    /* the sandbox's memory cap; 0: the default */
     bool count_installed; /* the engine asks through counting_installed */
@@ -109,6 +114,10 @@ static void on_ack(void *ud, const cm_ack *ack)
     if (a->engine) {
         a->output[i] = cm_engine_output_seq(a->engine);
         a->synced[i] = cm_store_synced_seq(a->store);
+        a->times_rc[i] = cm_engine_ack_times_get(a->engine, &a->times[i]);
+        cm_engine_stats st;
+        cm_engine_stats_get(a->engine, &st);
+        a->batches[i] = st.batches;
     }
     if (a->db_path && ack->status == 0 && ack->instance) {
         /* A second connection sees the acknowledged state: the commit came first. */
@@ -175,7 +184,7 @@ static void open_engine(fx *f)
     }
     eo.max_attempts = 3;
     eo.retry_base_ms = 1000;
-    eo.batch_max = 16;
+    eo.batch_max = f->batch_max ? f->batch_max : 16;
     eo.batch_ms = f->batch_ms ? f->batch_ms : -1; /* by count unless a test says */
     eo.route_at_insert = route_at_insert;
     eo.route_ud = f;
@@ -1261,6 +1270,13 @@ static void test_group_commit_batches_events(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM history") - before, 40);
     for (int i = 40; i < 80; i++)
         assert_int_equal(f->a.status[i], 0);
+    /* every ack counted once, in each latency bound at or above its own */
+    cm_engine_stats st;
+    cm_engine_stats_get(f->engine, &st);
+    assert_int_equal(st.latency_count, 80);
+    for (int i = 1; i < CM_ENGINE_LATENCY_BUCKETS; i++)
+        assert_true(st.latency_le[i] >= st.latency_le[i - 1]);
+    assert_int_equal(st.latency_le[CM_ENGINE_LATENCY_BUCKETS - 1], 80); /* none over 2.5 s */
 }
 
 /* Each submission "takes" 4 ms of the virtual clock (the work hook runs
@@ -2972,6 +2988,91 @@ static void test_pipelined_acks_wait_for_the_sync_that_covers_them(void **state)
     loop_end(f, &loop);
 }
 
+/* An ack of a pipelined batch tells when its event was submitted, its
+** batch began and committed, the sync that covered it ran and its acks were
+** released, in that order: the held sync ends after the test let it go, and
+** the second batch, committed while the first one's sync was held, is
+** covered by a sync begun after it. Outside an ack, and for an
+** ack of an unpipelined batch, there is nothing to tell. */
+static void test_a_pipelined_ack_tells_where_its_latency_went(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_engine_ack_times t;
+    reopen_pipelined(f);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
+    assert_int_equal(cm_engine_ack_times_get(f->engine, &t), -1);
+    attach_pipelined(f, &loop, true);
+    int64_t before = (int64_t)uv_hrtime();
+    start_ticker(f, "t-1");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the first batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    start_ticker(f, "t-2");
+    uv_run(&loop, UV_RUN_NOWAIT); /* the second commits while the first one's sync is held */
+    int64_t released = (int64_t)uv_hrtime();
+    cm_test_gate_hold(&f->gate, false);
+    loop_until_acks(f, &loop, 2);
+    for (int i = 0; i < 2; i++) {
+        const cm_engine_ack_times *x = &f->a.times[i];
+        assert_int_equal(f->a.status[i], 0);
+        assert_int_equal(f->a.times_rc[i], 0);
+        assert_true(before <= x->submitted);
+        assert_true(x->submitted <= x->begun);
+        assert_true(x->begun <= x->committed);
+        assert_true(x->sync_start <= x->sync_end);
+        assert_true(x->committed <= x->sync_end);
+        assert_true(x->sync_end <= x->released);
+    }
+    assert_true(f->a.times[0].sync_end >= released); /* the held sync */
+    assert_true(f->a.times[1].submitted >= f->a.times[0].committed);
+    /* a sync begun at or after its commit (whose time is read just after the
+    ** commit returned), not the held one; t-1's may be told as covered by
+    ** either sync, whichever ended first */
+    assert_true(f->a.times[1].sync_start >= f->a.times[1].begun);
+    assert_int_equal(cm_engine_ack_times_get(f->engine, &t), -1);
+    loop_end(f, &loop);
+    start_ticker(f, "t-3"); /* detached: committed synced, nothing to tell */
+    run(f);
+    assert_int_equal(f->a.n, 3);
+    assert_int_equal(f->a.status[2], 0);
+    assert_int_equal(f->a.times_rc[2], -1);
+}
+
+/* Acks whose sync ended while a later batch ran are told before the next
+** batch begins, inside the same run, not after a turn of the loop; and
+** still in commit order, and only after their sync. */
+static void test_acks_synced_during_a_run_are_told_between_its_batches(void **state)
+{
+    fx *f = *state;
+    uv_loop_t loop;
+    cm_err err;
+    f->batch_max = 1;
+    reopen_pipelined(f);
+    f->a.engine = f->engine;
+    f->a.store = f->store;
+    attach_pipelined(f, &loop, true);
+    start_ticker(f, "t-1");
+    run(f); /* t-1's batch commits; its sync is held */
+    assert_true(cm_test_gate_wait_held(&f->gate, 1));
+    start_ticker(f, "t-2");
+    start_ticker(f, "t-3");
+    cm_test_gate_hold(&f->gate, false);
+    assert_int_equal(cm_store_sync_wait(f->store, cm_store_commit_seq(f->store), &err), 0);
+    assert_int_equal(f->a.n, 0); /* the loop has not looked yet */
+    run(f);                      /* t-2's batch, then t-1's ack, then t-3's batch */
+    assert_true(f->a.n >= 1);
+    assert_string_equal(f->a.instance[0], "t-1");
+    assert_int_equal(f->a.status[0], 0);
+    assert_int_equal(f->a.batches[0], 2);
+    loop_until_acks(f, &loop, 3);
+    assert_string_equal(f->a.instance[1], "t-2");
+    assert_string_equal(f->a.instance[2], "t-3");
+    for (int i = 0; i < 3; i++)
+        assert_true(f->a.synced[i] >= f->a.output[i]); /* each told after its sync */
+    loop_end(f, &loop);
+}
+
 /* Pipelined, a batch that runs again because a step without a savepoint
 ** was refused tells the observer and the submitters only what its second
 ** run committed, once, after the sync that covers it. */
@@ -3391,6 +3492,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_store_failure_in_a_step_fails_the_whole_batch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_pipelined_batch_run_again_tells_each_event_once,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_pipelined_ack_tells_where_its_latency_went, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_acks_synced_during_a_run_are_told_between_its_batches,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_acks_wait_for_the_sync_that_covers_them,
                                         setup, teardown),

@@ -978,9 +978,10 @@ static void test_open_through_a_symlink_syncs_the_wal_beside_the_real_file(void 
     open_syncs_the_leftover_wal(f, link, wal);
 }
 
-/* Syncs coalesce: two commits made while one sync is in flight are both
+/* A commit made while a sync is in flight does not wait for it: a second
+** sync begins at once. Commits made while both are in flight are all
 ** covered by the next one sync. */
-static void test_commits_during_a_sync_share_the_next_one(void **state)
+static void test_commits_during_two_syncs_share_the_next_one(void **state)
 {
     fixture *f = *state;
     cm_test_gate *g = gate_of(f);
@@ -991,13 +992,74 @@ static void test_commits_during_a_sync_share_the_next_one(void **state)
     uint64_t a = deferred_write(s, "a");
     assert_true(cm_test_gate_wait_held(g, 1)); /* the sync covering a is in flight */
     uint64_t b = deferred_write(s, "b");
+    assert_true(cm_test_gate_wait_held(g, 2)); /* b's began beside it */
     uint64_t c = deferred_write(s, "c");
-    assert_true(a < b && b < c);
+    uint64_t d = deferred_write(s, "d");
+    assert_true(a < b && b < c && c < d);
     assert_true(cm_store_synced_seq(s) < a);
     cm_test_gate_hold(g, false);
-    assert_int_equal(cm_store_sync_wait(s, c, &err), 0);
+    assert_int_equal(cm_store_sync_wait(s, d, &err), 0);
+    assert_int_equal(cm_test_gate_started(g), 3);
+    assert_true(cm_store_synced_seq(s) >= d);
+    close_gated(f);
+}
+
+/* A gated store with two deferred commits, *a and then *b, the sync of *a
+** held (only that one); the second sync fails with EIO when fail is set. */
+static cm_store *first_sync_held(fixture *f, bool fail, uint64_t *a, uint64_t *b)
+{
+    cm_test_gate *g = gate_of(f);
+    cm_err err;
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
+    assert_non_null(s);
+    g->hold_only = 1;
+    g->fail = fail ? EIO : 0;
+    g->fail_at = 2;
+    cm_test_gate_hold(g, true);
+    *a = deferred_write(s, "a");
+    assert_true(cm_test_gate_wait_held(g, 1));
+    *b = deferred_write(s, "b");
+    return s;
+}
+
+/* A sync begun after an earlier one that ends first moves the watermark
+** past both commits: its fdatasync covered every frame written before it
+** began, the earlier commit's too. */
+static void test_a_later_sync_that_ends_first_covers_the_earlier_commit(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate *g = gate_of(f);
+    cm_err err;
+    uint64_t a, b;
+    cm_store *s = first_sync_held(f, false, &a, &b);
+    assert_int_equal(cm_store_sync_wait(s, b, &err), 0); /* the first still held */
+    assert_true(cm_store_synced_seq(s) >= b && b > a);
     assert_int_equal(cm_test_gate_started(g), 2);
-    assert_true(cm_store_synced_seq(s) >= c);
+    cm_test_gate_hold(g, false);
+    assert_true(cm_test_gate_wait_done(g, 2));
+    assert_true(cm_store_synced_seq(s) >= b);
+    close_gated(f);
+}
+
+/* A sync that fails while one begun before it is in flight is taken in
+** only after that one ended: its commit is durable (told 0), the failed
+** sync's in doubt, and then every begin is refused, as with one thread. */
+static void test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate *g = gate_of(f);
+    cm_err err;
+    uint64_t a, b;
+    cm_store *s = first_sync_held(f, true, &a, &b);
+    assert_true(cm_test_gate_wait_done(g, 1)); /* b's sync failed; a's is held */
+    assert_int_equal(cm_store_sync_status(s, &err), 0);
+    assert_true(cm_store_synced_seq(s) < a);
+    cm_test_gate_hold(g, false);
+    assert_int_equal(cm_store_sync_wait(s, a, &err), 0);
+    assert_int_equal(cm_store_sync_wait(s, b, &err), CM_EINDOUBT);
+    assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+    assert_non_null(strstr(err.msg, "fdatasync failed"));
+    assert_int_equal(cm_store_begin_deferred(s, &err), CM_EIO);
     close_gated(f);
 }
 
@@ -1657,8 +1719,12 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deferred_commit_is_durable_only_after_its_sync, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_commits_during_a_sync_share_the_next_one, setup,
+        cmocka_unit_test_setup_teardown(test_commits_during_two_syncs_share_the_next_one, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_later_sync_that_ends_first_covers_the_earlier_commit,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it, setup, teardown),
         cmocka_unit_test_setup_teardown(test_synced_commit_covers_earlier_deferred_ones, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
