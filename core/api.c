@@ -1315,9 +1315,9 @@ static void h_instance_signal(call *c)
     }
     c->action = "instance.signal";
     c->signal = true;
-    if (payload) /* its text straight to the step, as read */
-        rc = cm_engine_signal_text(c->api->o.engine, c->arg, event, payload, plen, on_engine_ack, c,
-                                   &err);
+    if (payload) /* its text straight to the step, as read and checked (event_body) */
+        rc = cm_engine_signal_checked(c->api->o.engine, c->arg, event, payload, plen, on_engine_ack,
+                                      c, &err);
     else
         rc = cm_engine_signal(c->api->o.engine, c->arg, event,
                               cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack,
