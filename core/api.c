@@ -1319,9 +1319,9 @@ static void h_instance_signal(call *c)
     }
     c->action = "instance.signal";
     c->submit = SUBMIT_SIGNAL;
-    if (payload) /* its text straight to the step, as read */
-        rc = cm_engine_signal_text(c->api->o.engine, c->arg, event, payload, plen, on_engine_ack, c,
-                                   &err);
+    if (payload) /* its text straight to the step, as read and checked (event_body) */
+        rc = cm_engine_signal_checked(c->api->o.engine, c->arg, event, payload, plen, on_engine_ack,
+                                      c, &err);
     else
         rc = cm_engine_signal(c->api->o.engine, c->arg, event,
                               cJSON_GetObjectItemCaseSensitive(c->body, "payload"), on_engine_ack,
@@ -2200,6 +2200,34 @@ static bool route_match(const cm_api *api, size_t i, call *c)
     return true;
 }
 
+/* Does path match route i as its text stands: the pattern's text before
+** and after its {} the same bytes, the {} one segment of plain bytes
+** (cm_http_plain_run: no escape, nothing past ASCII) shorter than a
+** segment's most? Then c->arg is that segment, copied into the call: what
+** cm_http_split_path and route_match would find, without the split. A path
+** it does not take (escapes, a trailing slash, another route) is for them. */
+static bool route_match_text(const cm_api *api, size_t i, call *c, const char *path)
+{
+    const route_key *k = &api->routing->key[i];
+    const char *pat = routes[i].pattern;
+    if (k->wild < 0)
+        return strcmp(path, pat) == 0;
+    size_t pre = k->off[k->wild], len;
+    if (strncmp(path, pat, pre) != 0)
+        return false;
+    path += pre;
+    len = cm_http_plain_run(path);
+    /* the rest: "" or "/name...", which no escape or UTF-8 byte begins */
+    if (len == 0 || len >= CM_HTTP_SEGMENT_MAX || strcmp(path + len, pat + pre + 2) != 0)
+        return false;
+    char *arg = c->mem.path.text;
+    memcpy(arg, path, len);
+    arg[len] = '\0';
+    c->arg = arg;
+    c->nseg = k->nseg;
+    return true;
+}
+
 static void handle(void *ud, cm_http_req *req)
 {
     cm_api *api = ud;
@@ -2211,17 +2239,18 @@ static void handle(void *ud, cm_http_req *req)
         cm_http_refuse(req, 503, oom, sizeof(oom) - 1);
         return;
     }
-    const char *method = cm_http_req_method(req);
-    c->nseg = cm_http_split_path(cm_http_req_path(req), &c->mem.path, CM_HTTP_MAX_SEGMENTS);
+    const char *method = cm_http_req_method(req), *path = cm_http_req_path(req);
     bool path_known = false;
     const route_index *ri = api->routing;
     size_t last = api->route_last;
-    /* the route of the request before, when it matches and no other route
-    ** of the method could: what the scan would find, without the scan */
-    if (last < NROUTES && c->nseg >= 0 && route_match(api, last, c) &&
-        strcmp(routes[last].method, method) == 0) {
+    /* the route of the request before, when its text matches and no other
+    ** route of the method could: what the split and the scan would find */
+    if (last < NROUTES && strcmp(routes[last].method, method) == 0 &&
+        route_match_text(api, last, c, path)) {
         path_known = true;
         c->rt = &routes[last];
+    } else {
+        c->nseg = cm_http_split_path(path, &c->mem.path, CM_HTTP_MAX_SEGMENTS);
     }
     int o = c->nseg >= 0 ? ri->first[c->nseg] : 0, end = c->nseg >= 0 ? ri->first[c->nseg + 1] : 0;
     for (; o < end && !c->rt; o++) {

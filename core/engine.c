@@ -2958,6 +2958,12 @@ int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
             return cm_err_set(err, CM_EINVAL, "payload: must be an object");
         return cm_err_set(err, CM_EINVAL, "payload: not valid JSON (at byte %zu)", at);
     }
+    return cm_engine_signal_checked(e, instance, event, payload, len, cb, ud, err);
+}
+
+int cm_engine_signal_checked(cm_engine *e, const char *instance, const char *event,
+                             const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err)
+{
     work *w;
     char *text;
     int rc = signal_item(e, instance, event, len + 1, cb, ud, &w, &text, err);

@@ -229,6 +229,12 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
 ** byte N)". */
 int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
                           const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err);
+/* The same for text the caller has already checked to be one JSON object
+** (cm_json_object_check gave 0, or cm_json_object_len its length): queued
+** without checking it again (the HTTP API's event route, whose body reader
+** checks the payload as it finds it). Only the names are checked here. */
+int cm_engine_signal_checked(cm_engine *e, const char *instance, const char *event,
+                             const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err);
 
 /* A message from a partner node (fed.h), applied once: recorded in the inbox
 ** under (peer, id) in the same transaction as its effect. Its effect: the

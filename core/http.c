@@ -1340,12 +1340,10 @@ int cm_http_query_parse(const char *qs, cm_http_query *q, cm_err *err)
     return 0;
 }
 
-/* What a path byte is to cm_http_split_path: 0 plain, 1 the end of a
-** segment ('/' or NUL), 2 to be decoded ('%' or not ASCII). */
 #define PATH_2X16 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2
-static const unsigned char path_byte[256] = {[0] = 1,   ['/'] = 1, ['%'] = 2, [0x80] = PATH_2X16,
-                                             PATH_2X16, PATH_2X16, PATH_2X16, PATH_2X16,
-                                             PATH_2X16, PATH_2X16, PATH_2X16};
+const unsigned char cm__http_path_byte[256] = {[0] = 1,   ['/'] = 1, ['%'] = 2, [0x80] = PATH_2X16,
+                                               PATH_2X16, PATH_2X16, PATH_2X16, PATH_2X16,
+                                               PATH_2X16, PATH_2X16, PATH_2X16};
 
 int cm_http_split_path(const char *path, cm_http_path *out, int max)
 {
@@ -1358,10 +1356,8 @@ int cm_http_split_path(const char *path, cm_http_path *out, int max)
     while (*p) {
         /* one pass to the segment's end: plain ASCII without escapes is
         ** copied as it is, the rest decoded and checked for UTF-8 */
-        size_t len = 0;
-        while (path_byte[(unsigned char)p[len]] == 0)
-            len++;
-        bool plain = path_byte[(unsigned char)p[len]] == 1;
+        size_t len = cm_http_plain_run(p);
+        bool plain = cm__http_path_byte[(unsigned char)p[len]] == 1;
         for (char ch; (ch = p[len]) != '\0' && ch != '/';) /* an escape or UTF-8 */
             len++;
         if (len == 0)

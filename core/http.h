@@ -173,6 +173,20 @@ typedef struct cm_http_path {
     char text[CM_HTTP_MAX_SEGMENTS * CM_HTTP_SEGMENT_MAX];
 } cm_http_path;
 
+/* What a path byte is to cm_http_split_path: 0 plain, 1 the end of a
+** segment ('/' or NUL), 2 to be decoded ('%' or not ASCII). */
+extern const unsigned char cm__http_path_byte[256];
+
+/* The count of plain bytes at p (cm__http_path_byte 0): a segment's text
+** as it stands up to p[n], when that ends it ('/' or NUL). */
+static inline size_t cm_http_plain_run(const char *p)
+{
+    size_t n = 0;
+    while (cm__http_path_byte[(unsigned char)p[n]] == 0)
+        n++;
+    return n;
+}
+
 /* Split path "/v1/patients/p%201" into decoded segments {"v1","patients","p 1"}
 ** in out (out->n of them, at most max). A trailing slash is ignored. Returns
 ** the count, or -1 when the path does not start with '/', has an empty or

@@ -3,6 +3,7 @@
 */
 #include "text.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -112,6 +113,34 @@ static const unsigned char str_stop[256] = {
     [18] = 1, [19] = 1, [20] = 1, [21] = 1, [22] = 1, [23] = 1,  [24] = 1,  [25] = 1, [26] = 1,
     [27] = 1, [28] = 1, [29] = 1, [30] = 1, [31] = 1, ['"'] = 1, ['\\'] = 1};
 
+/* The bytes of w (8 bytes of text, the first in the lowest: read on a
+** little-endian machine) that str_stop holds, each marked by its high bit;
+** the lowest mark is the first such byte exactly (one above it may be a
+** borrow's). 0 when none. A byte past ASCII is never marked. */
+static inline uint64_t str_stops8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+    /* a byte below 0x20, or 0 after the XOR; ~w: its high bit, for all three */
+    return ((w - ones * 0x20) | (quote - ones) | (backslash - ones)) & ~w & highs;
+}
+
+/* p stepped over the bytes str_stop does not hold, to the first it holds
+** or to end: 8 bytes at a time (most of a string's text), then one. */
+static const char *str_run(const char *p, const char *end)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (uint64_t w, stops; end - p >= (ptrdiff_t)sizeof(w); p += sizeof(w)) {
+        memcpy(&w, p, sizeof(w));
+        if ((stops = str_stops8(w)) != 0)
+            return p + __builtin_ctzll(stops) / 8;
+    }
+#endif
+    while (p < end && !str_stop[(unsigned char)*p])
+        p++;
+    return p;
+}
+
 void cm_json_scan_space(cm_json_scan *s)
 {
     while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
@@ -142,27 +171,29 @@ int cm_json_uescape(const char *p, const char *end, unsigned *cp, const char **n
     return 0;
 }
 
-int cm_json_scan_string(cm_json_scan *s)
+/* The closing quote of a string already checked: the first one not
+** escaped. */
+static __attribute__((noinline)) int string_checked(cm_json_scan *s)
 {
-    const char *p = s->p + 1;
-    if (s->checked) { /* the closing quote: the first one not escaped */
-        for (const char *q;; p = q + 1) {
-            if (!(q = memchr(p, '"', (size_t)(s->end - p))))
-                return -1;
-            const char *b = q;
-            while (b[-1] == '\\')
-                b--;
-            if ((q - b) % 2 == 0) {
-                s->p = q + 1;
-                return 0;
-            }
+    for (const char *p = s->p + 1, *q;; p = q + 1) {
+        if (!(q = memchr(p, '"', (size_t)(s->end - p))))
+            return -1;
+        const char *b = q;
+        while (b[-1] == '\\')
+            b--;
+        if ((q - b) % 2 == 0) {
+            s->p = q + 1;
+            return 0;
         }
     }
+}
+
+/* A string from p, at the first byte of it that str_stop holds (or its
+** end): its escapes stepped over and checked, to the closing quote. Out of
+** line: the text of most strings needs none of it. */
+static __attribute__((noinline)) int string_rest(cm_json_scan *s, const char *p)
+{
     while (p < s->end) {
-        while (p < s->end && !str_stop[(unsigned char)*p])
-            p++;
-        if (p >= s->end)
-            break;
         unsigned char c = (unsigned char)*p;
         if (c == '"') {
             s->p = p + 1;
@@ -183,9 +214,22 @@ int cm_json_scan_string(cm_json_scan *s)
                 break;
             p++;
         }
+        p = str_run(p, s->end);
     }
     s->p = p;
     return -1;
+}
+
+int cm_json_scan_string(cm_json_scan *s)
+{
+    if (s->checked)
+        return string_checked(s);
+    const char *p = str_run(s->p + 1, s->end);
+    if (p < s->end && *p == '"') { /* plain text to the closing quote */
+        s->p = p + 1;
+        return 0;
+    }
+    return string_rest(s, p);
 }
 
 static int scan_number(cm_json_scan *s)

@@ -331,12 +331,63 @@ static void test_a_route_is_found_whatever_the_route_before(void **state)
     world_free(w);
 }
 
+/* Requests of one connection to a route found before, whose path's text
+** is matched as it stands when it can be (route_match_text): each answered
+** as the split and the scan answer it, with its {} segment as the split
+** decodes it; escapes, a trailing slash, an empty or long segment, other
+** text around the segment and another method are left to the split. */
+static void test_a_path_matched_by_its_text_is_answered_as_split(void **state)
+{
+    static const char *const lines[] = {
+        "GET /v1/patients/p1",      "GET /v1/patients/p2",        "GET /v1/patients/p%33",
+        "GET /v1/patients/p4/",     "GET /v1/patients/",          "GET /v1/patients/p5",
+        "GET /v1/patientsx/p6",     "GET /v1/patients/p7/x",      "GET /v1/patients//p8",
+        "GET /v1/patients/p%C3%A9", "POST /v1/patients/p9",       "GET /v1/patients/p10",
+        "GET /v1/patients/@LONG@",  "GET /v1/patients/@LONGEST@",
+    };
+    static const char want[] =
+        "404 not_found 404 not_found 404 not_found 404 not_found 200 - 404 not_found "
+        "404 no_route 404 no_route 404 no_route 404 not_found 405 method_not_allowed "
+        "404 not_found 404 not_found 404 no_route";
+    static const char *const found[] = {"p1", "p2", "p3", "p4", "p5", "p10"};
+    world *w = world_new();
+    char req[8000], codes[512], longest[CM_HTTP_SEGMENT_MAX + 1], seen[64];
+    size_t n = 0, count = sizeof(lines) / sizeof(lines[0]);
+    /* a segment of the most bytes a segment takes (not a valid id: 404
+    ** not_found), and one byte more (refused by the split: 404 no_route) */
+    memset(longest, 'q', sizeof(longest) - 1);
+    longest[sizeof(longest) - 1] = '\0';
+    for (size_t i = 0; i < count; i++) {
+        const char *line = lines[i], *at = strchr(line, '@');
+        int seg =
+            at ? (strstr(line, "@LONGEST@") ? CM_HTTP_SEGMENT_MAX : CM_HTTP_SEGMENT_MAX - 1) : 0;
+        n += (size_t)snprintf(req + n, sizeof(req) - n,
+                              "%.*s%.*s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n%s\r\n",
+                              at ? (int)(at - line) : (int)strlen(line), line, seg, longest,
+                              w->token, i + 1 == count ? "Connection: close\r\n" : "");
+    }
+    assert_true(n < sizeof(req));
+    client *c = exchange(w, req);
+    answer_codes(c->got, codes, sizeof(codes));
+    if (strcmp(codes, want) != 0)
+        fail_msg("answers: %s\nwanted:  %s\n%s", codes, want, c->got);
+    for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++) {
+        snprintf(seen, sizeof(seen), "patient \\\"%s\\\" not found", found[i]);
+        if (!strstr(c->got, seen))
+            fail_msg("no answer says %s:\n%s", seen, c->got);
+    }
+    assert_non_null(strstr(c->got, "(not a valid id)")); /* p\u00e9, decoded */
+    free(c);
+    world_free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metrics_ask_each_peer_once_for_what_is_parked),
         cmocka_unit_test(test_a_record_leaves_nothing_in_memory_the_api_frees),
         cmocka_unit_test(test_a_route_is_found_whatever_the_route_before),
+        cmocka_unit_test(test_a_path_matched_by_its_text_is_answered_as_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -633,6 +633,36 @@ static void test_payload_text_is_read_and_bad_text_refused(void **state)
     expect_state(f, "p-3", "accepted", "running");
 }
 
+/* A payload's text already checked by its caller (cm_engine_signal_checked,
+** the HTTP API's event route) is queued as given and reaches the handlers as
+** the same table: here the guard reads its reason; its names are still
+** checked, and a name refused queues nothing. */
+static void test_payload_checked_text_is_queued_as_given(void **state)
+{
+    static const char text[] = "{\"reason\":\"r\"} trailing bytes not given";
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "p-1");
+    run(f);
+    int acked = f->a.n;
+    assert_int_equal(
+        cm_engine_signal_checked(f->engine, "", "declined", text, 14, on_ack, &f->a, &err),
+        CM_EINVAL);
+    assert_non_null(strstr(err.msg, "instance: must be"));
+    assert_int_equal(cm_engine_signal_checked(f->engine, "p-1", "", text, 14, on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_non_null(strstr(err.msg, "event: must be"));
+    run(f);
+    assert_int_equal(f->a.n, acked); /* nothing was queued */
+    assert_int_equal(
+        cm_engine_signal_checked(f->engine, "p-1", "declined", text, 14, on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(f->a.n, acked + 1);
+    assert_int_equal(f->a.status[acked], 0);
+    expect_state(f, "p-1", "declined", "done");
+}
+
 static void test_bad_requests_are_refused_and_change_nothing(void **state)
 {
     fx *f = *state;
@@ -3456,6 +3486,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_step_row_without_count_and_time_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_payload_checked_text_is_queued_as_given, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,
                                         teardown),

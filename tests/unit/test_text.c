@@ -120,6 +120,47 @@ static void test_short_escapes_read_back(void **state)
 /* cm_json_object_check takes one JSON object as RFC 8259 spells it, and
 ** only what cJSON reads as that object; it names the first byte that does
 ** not fit. cm_json_object_len finds the object that text opens with. */
+/* A string's text is stepped over 8 bytes at a time: a quote, a control
+** byte or an escape at every offset of a 40-byte string (within a word,
+** across two, in the bytes after the last whole one) is found where it is,
+** and the bytes beside those that stop (space, '!', '#', '[', ']', DEL, past
+** ASCII) are stepped over as text. */
+static void test_json_string_stops_at_every_offset(void **state)
+{
+    (void)state;
+    static const char plain[] = " !#[]\x7f\x80\xa9\xff", stops[] = "\x00\x01\x1f";
+    char t[42];
+    for (size_t at = 1; at + 1 < sizeof(t); at++) {
+        cm_json_scan s = {.end = t + sizeof(t)};
+        memset(t, 'a', sizeof(t));
+        t[0] = t[sizeof(t) - 1] = '"';
+        for (size_t k = 0; k < sizeof(plain) - 1; k++) { /* text to the closing quote */
+            t[at] = plain[k];
+            s.p = t;
+            assert_int_equal(cm_json_scan_string(&s), 0);
+            assert_ptr_equal(s.p, t + sizeof(t));
+        }
+        t[at] = '"'; /* the quote ends it there */
+        s.p = t;
+        assert_int_equal(cm_json_scan_string(&s), 0);
+        assert_ptr_equal(s.p, t + at + 1);
+        for (size_t k = 0; k < sizeof(stops) - 1; k++) { /* a fault there, with a quote after */
+            t[at] = stops[k];
+            t[at + 1] = '"';
+            s.p = t;
+            assert_int_equal(cm_json_scan_string(&s), -1);
+            assert_ptr_equal(s.p, t + at);
+            t[at + 1] = 'a';
+        }
+        if (at + 2 < sizeof(t)) { /* an escape there: stepped over whole */
+            memcpy(t + at, "\\\"", 2);
+            s.p = t;
+            assert_int_equal(cm_json_scan_string(&s), 0);
+            assert_ptr_equal(s.p, t + sizeof(t));
+        }
+    }
+}
+
 static void test_json_object_text_is_checked(void **state)
 {
     (void)state;
@@ -221,6 +262,7 @@ int main(void)
         cmocka_unit_test(test_hex4_and_utf8_put),
         cmocka_unit_test(test_short_escapes_read_back),
         cmocka_unit_test(test_json_object_text_is_checked),
+        cmocka_unit_test(test_json_string_stops_at_every_offset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
