@@ -482,6 +482,56 @@ static void test_history_times_follow_the_clock(void **state)
     }
 }
 
+static void text_of(fx *f, const char *sql, char *out, size_t n);
+
+/* The step's short texts (the history row's instance, event and states,
+** the step row's state and context) stay bound to the engine's buffers,
+** which each step overwrites: in one batch, rows whose texts have the same
+** lengths but other bytes, other lengths, and a context too long for a
+** buffer (bound where it is) between two of the same length each get
+** their own texts. */
+static void test_kept_texts_hold_each_steps_own_values(void **state)
+{
+    fx *f = *state;
+    static const char *KEPT =
+        "local cm = require 'caremesh'\n"
+        "local function go(wf, ev) wf.ctx.v = ev.v; return ev.to end\n"
+        "local function st() return { on = { go = go, gx = go,\n"
+        "  ['go.by.a.much.longer.name'] = go } } end\n"
+        "return cm.workflow { name = 'kept', version = 1, start = 'aa',\n"
+        "  states = { aa = st(), bb = st(), cc = st(), dddd = st(), done = { final = true } } }\n";
+    char longv[260], payload[320], got[1024], want[1024];
+    cm_err err;
+    memset(longv, 'q', sizeof(longv) - 1);
+    longv[sizeof(longv) - 1] = '\0';
+    load_ok(f, "kept.lua", KEPT);
+    for (int i = 1; i <= 3; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "k-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "kept", NULL, id, on_ack, &f->a, &err), 0);
+    }
+    run(f);
+    snprintf(payload, sizeof(payload), "{\"to\":\"dddd\",\"v\":\"%s\"}", longv);
+    signal_ev(f, "k-1", "go", "{\"to\":\"bb\",\"v\":\"x\"}");
+    signal_ev(f, "k-2", "gx", "{\"to\":\"cc\",\"v\":\"y\"}");
+    signal_ev(f, "k-3", "go.by.a.much.longer.name", payload);
+    signal_ev(f, "k-1", "go", "{\"to\":\"aa\",\"v\":\"z\"}");
+    int commits = f->a.n;
+    run(f);
+    assert_int_equal(f->a.n, commits + 4);
+    text_of(f,
+            "SELECT group_concat(instance || ' ' || event || ' ' || from_state || ' ' || "
+            "to_state, '|') FROM (SELECT * FROM history WHERE event LIKE 'g%' ORDER BY seq)",
+            got, sizeof(got));
+    assert_string_equal(got, "k-1 go aa bb|k-2 gx aa cc|k-3 go.by.a.much.longer.name aa dddd|"
+                             "k-1 go bb aa");
+    text_of(f, "SELECT group_concat(id || ' ' || state || ' ' || ctx, '|') FROM instance", got,
+            sizeof(got));
+    snprintf(want, sizeof(want),
+             "k-1 aa {\"v\":\"z\"}|k-2 cc {\"v\":\"y\"}|k-3 dddd {\"v\":\"%s\"}", longv);
+    assert_string_equal(got, want);
+}
+
 /* A told signal's work item is kept for the next signal (cm_engine_signal):
 ** each reused item carries its own names and payload, never the last
 ** one's; names longer than a kept item has room for get an item of their
@@ -1465,8 +1515,6 @@ static void test_observer_hears_committed_events_in_order(void **state)
     assert_string_equal(s.line[3], "2 ref-1 escalated>accepted ");
     assert_string_equal(s.line[4], "3 ref-1 >accepted cancelled");
 }
-
-static void text_of(fx *f, const char *sql, char *out, size_t n);
 
 /* An instance that ends (through another event, or cancelled while
 ** paused) with events still kept for it parks each as failed, saying why,
@@ -3280,6 +3328,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_to_a_peer_is_queued_routed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_times_follow_the_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_texts_hold_each_steps_own_values, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(
             test_signal_items_are_reused_with_their_own_names_and_payload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
