@@ -1713,7 +1713,7 @@ static void test_instance_rows_are_split_and_upgraded(void **state)
     assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
     instance_rows(f, after, sizeof(after));
     assert_string_equal(after, before);
-    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer') "
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('event') "
                               "WHERE \"table\" = 'instance_base'"),
                      1);
     assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
@@ -1813,7 +1813,7 @@ static void test_step_row_without_count_and_time_upgraded(void **state)
     close_engine(f);
     open_engine(f);
     assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
-    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 13);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), CM_SCHEMA_VERSION);
     instance_answers(f, after, sizeof(after));
     assert_string_equal(after, before);
     assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_step')"), 4);
@@ -1846,6 +1846,66 @@ static void text_of(fx *f, const char *sql, char *out, size_t n)
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_finalize(st);
+}
+
+static void timer_rows(fx *f, char *out, size_t n)
+{
+    text_of(f,
+            "SELECT group_concat(r, ';') FROM (SELECT rowid || ' ' || instance || ' ' || name || "
+            "' ' || due_ms || ' ' || payload || ' ' || coalesce(scope, '-') AS r FROM timer "
+            "ORDER BY rowid)",
+            out, n);
+}
+
+/* Schema 14 drops the timer table's foreign key on the instance (as 9 did
+** history's): a database of schema 13 is upgraded with every timer row and
+** rowid kept, and its timers still fire and are cancelled as before. */
+static void test_timers_without_the_instance_lookup_upgraded(void **state)
+{
+    fx *f = *state;
+    char before[4096], after[4096];
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "ref-1");
+    start(f, INPUT, "ref-2");
+    start(f, INPUT, "ref-3");
+    run(f);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 5); /* 3 kept + 2 scoped */
+    assert_int_equal(cm_store_exec(f->store,
+                                   CM_TEST_UNDO_UNCHECKED_TIMER
+                                   "DELETE FROM schema_version WHERE version >= 14;",
+                                   &err),
+                     0);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer') "
+                              "WHERE \"table\" = 'instance_base'"),
+                     1);
+    timer_rows(f, before, sizeof(before));
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 14);
+    timer_rows(f, after, sizeof(after));
+    assert_string_equal(after, before);
+    assert_non_null(strstr(after, " ref-3 no_response "));
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer')"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_index_list('timer')"), 2);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_index_info('timer_by_due') "
+                              "WHERE name = 'due_ms'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
+    /* leaving a state deletes its timers; the others fire when due */
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE instance = 'ref-1'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE scope IS NOT NULL"), 1);
+    advance(f, 73 * HOUR);
+    expect_state(f, "ref-3", "escalated", "running");
+    expect_state(f, "ref-1", "accepted", "running");
+    expect_state(f, "ref-2", "accepted", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE scope IS NOT NULL"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 3);
 }
 
 /* The context is decoded only when a handler looks at it and written back
@@ -3360,6 +3420,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_instance_rows_are_split_and_upgraded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_row_without_count_and_time_upgraded, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_timers_without_the_instance_lookup_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
                                         teardown),
