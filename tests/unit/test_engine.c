@@ -1684,6 +1684,29 @@ static void instance_rows(fx *f, char *out, size_t n)
     sqlite3_finalize(st);
 }
 
+/* SQL run on the engine's store, which must take it. */
+static void exec_ok(fx *f, const char *sql)
+{
+    cm_err err;
+    if (cm_store_exec(f->store, sql, &err) != 0)
+        fail_msg("%s", err.msg);
+}
+
+/* Referrals ref-1 to ref-n started, and ref-2 then accepted: instances
+** with kept and scoped timers, in two states, for the upgrade tests. */
+static void referrals_one_accepted(fx *f, int n)
+{
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 1; i <= n; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "ref-%d", i);
+        start(f, INPUT, id);
+    }
+    run(f);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    run(f);
+}
+
 /* Schema 12 splits the instance row (what a step changes in instance_step):
 ** after the upgrade the view shows every row as it was, the other tables'
 ** foreign keys name instance_base, and the engine goes on from there. */
@@ -1692,22 +1715,13 @@ static void test_instance_rows_are_split_and_upgraded(void **state)
     fx *f = *state;
     char before[4096], after[4096];
     cm_err err;
-    load_ok(f, "referral.lua", REFERRAL);
-    start(f, INPUT, "ref-1");
-    start(f, INPUT, "ref-2");
-    run(f);
-    signal_ev(f, "ref-2", "accepted", NULL);
-    run(f);
+    referrals_one_accepted(f, 2);
     assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
     instance_rows(f, before, sizeof(before));
     assert_non_null(strstr(before, " ref-1 referral 1 requested paused "));
     assert_non_null(strstr(before, " ref-2 referral 1 accepted running "));
     assert_int_equal(count(f, "SELECT count(*) FROM timer"), 3); /* 2 kept + 1 scoped */
-    assert_int_equal(cm_store_exec(f->store,
-                                   CM_TEST_UNDO_INSTANCE_STEP
-                                   "DELETE FROM schema_version WHERE version >= 12;",
-                                   &err),
-                     0);
+    exec_ok(f, CM_TEST_UNDO_INSTANCE_STEP "DELETE FROM schema_version WHERE version >= 12;");
     close_engine(f);
     open_engine(f);
     assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
@@ -1864,20 +1878,9 @@ static void test_timers_without_the_instance_lookup_upgraded(void **state)
 {
     fx *f = *state;
     char before[4096], after[4096];
-    cm_err err;
-    load_ok(f, "referral.lua", REFERRAL);
-    start(f, INPUT, "ref-1");
-    start(f, INPUT, "ref-2");
-    start(f, INPUT, "ref-3");
-    run(f);
-    signal_ev(f, "ref-2", "accepted", NULL);
-    run(f);
+    referrals_one_accepted(f, 3);
     assert_int_equal(count(f, "SELECT count(*) FROM timer"), 5); /* 3 kept + 2 scoped */
-    assert_int_equal(cm_store_exec(f->store,
-                                   CM_TEST_UNDO_UNCHECKED_TIMER
-                                   "DELETE FROM schema_version WHERE version >= 14;",
-                                   &err),
-                     0);
+    exec_ok(f, CM_TEST_UNDO_UNCHECKED_TIMER "DELETE FROM schema_version WHERE version >= 14;");
     assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer') "
                               "WHERE \"table\" = 'instance_base'"),
                      1);
