@@ -142,6 +142,35 @@ typedef struct inst_cache {
     cache_ent *spare; /* the last entry taken, its memory kept for the next put */
 } inst_cache;
 
+/* A text parameter of a kept statement bound SQLITE_STATIC to a buffer of
+** the engine's (bind_kept_at): which statement it is bound in, and the
+** length it was bound with. SQLite reads the buffer when the statement
+** steps, so a text of the same length is written into the buffer and
+** needs no bind. */
+typedef struct kept_bind {
+    sqlite3_stmt *st; /* NULL: not bound (yet, or something else was) */
+    size_t len;
+} kept_bind;
+
+/* The step's short texts that way (ids, event and state names, a small
+** context): longer ones are bound where they are. */
+#define KEPT_TEXT_MAX 192
+typedef struct kept_text {
+    kept_bind b;
+    char buf[KEPT_TEXT_MAX];
+} kept_text;
+
+/* Which text each kept_text slot holds, one parameter of one statement. */
+enum {
+    KEPT_HIST_INSTANCE,
+    KEPT_HIST_EVENT,
+    KEPT_HIST_FROM,
+    KEPT_HIST_TO,
+    KEPT_STEP_STATE,
+    KEPT_STEP_CTX,
+    KEPT_NTEXTS
+};
+
 struct cm_engine {
     cm_engine_opts o;
     work *head, *tail;
@@ -176,11 +205,12 @@ struct cm_engine {
     int64_t now_ms;
     char now_buf[CM_TIME_BUFSZ];
     size_t now_len; /* of now_buf's text */
-    /* the step's history INSERT with its row time bound to now_buf, of
-    ** now_len bytes: bound once, read by SQLite at each step (one engine
-    ** per store, as the instance cache already assumes) */
-    sqlite3_stmt *now_bound;
-    size_t now_bound_len;
+    /* the step's history INSERT with its row time bound to now_buf: bound
+    ** once, read by SQLite at each step (one engine per store, as the
+    ** instance cache already assumes) */
+    kept_bind now_bound;
+    /* the step's other short texts, bound the same way (bind_kept) */
+    kept_text kept[KEPT_NTEXTS];
     /* what cm_engine_next_due read at the end of this run's last batch, for
     ** arm_loop right after it (nothing runs in between) */
     bool due_read;
@@ -319,19 +349,26 @@ static void now_text(cm_engine *e, char *buf)
     memcpy(buf, e->now_buf, sizeof(e->now_buf));
 }
 
-/* Parameter i of st (the history INSERT) is the clock's time now: the
-** text stays bound to e->now_buf, which SQLite reads when the statement
-** steps, so it is bound again only for a statement not seen before or a
-** text of another length. The statement is kept for the store's life and
-** its bindings are never cleared (cm_store_prepare_bound). */
+/* Parameter i of st is buf's len bytes, which the caller has just written:
+** the text stays bound to buf, which SQLite reads when the statement steps,
+** so it is bound again only in a statement not seen before (by kb) or with
+** another length. The statement is kept for the store's life and its
+** bindings are never cleared (cm_store_prepare_bound); one kb per
+** parameter of one statement. */
+static void bind_kept_at(kept_bind *kb, sqlite3_stmt *st, int i, const char *buf, size_t len)
+{
+    if (kb->st != st || kb->len != len) {
+        sqlite3_bind_text(st, i, buf, (int)len, SQLITE_STATIC);
+        kb->st = st;
+        kb->len = len;
+    }
+}
+
+/* Parameter i of st (the history INSERT) is the clock's time now. */
 static void bind_now(cm_engine *e, sqlite3_stmt *st, int i)
 {
     now_update(e);
-    if (e->now_bound != st || e->now_bound_len != e->now_len) {
-        sqlite3_bind_text(st, i, e->now_buf, (int)e->now_len, SQLITE_STATIC);
-        e->now_bound = st;
-        e->now_bound_len = e->now_len;
-    }
+    bind_kept_at(&e->now_bound, st, i, e->now_buf, e->now_len);
 }
 
 static void msg_free(msg_in *m);
@@ -584,10 +621,15 @@ static int bind_json(sqlite3_stmt *st, int i, const cJSON *j)
     return 0;
 }
 
-/* Step a kept write statement to completion. */
+/* Step a kept write statement to completion. A statement that is done is
+** left as it is: its cursors are closed and its changes counted when it
+** halts, and the next cm_store_prepare of it resets it (a second reset
+** here cost ~70 instructions a statement); one that failed is reset now. */
 static int exec_kept(cm_engine *e, sqlite3_stmt *st, const char *what, cm_err *err)
 {
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(e, err, what);
+    if (sqlite3_step(st) == SQLITE_DONE)
+        return 0;
+    int rc = db_fail(e, err, what);
     sqlite3_reset(st);
     return rc;
 }
@@ -614,6 +656,23 @@ static void bind_static(sqlite3_stmt *st, int i, const char *s)
     } else {
         sqlite3_bind_null(st, i);
     }
+}
+
+/* Parameter i of st is s (NULL: SQL NULL), which outlives the statement's
+** step: a short text is copied into the engine's slot k and bound there
+** once (bind_kept_at); a longer one or NULL is bound as it is
+** (bind_static), and the slot binds again next time. */
+static void bind_kept(cm_engine *e, int k, sqlite3_stmt *st, int i, const char *s)
+{
+    kept_text *kt = &e->kept[k];
+    size_t len = s ? strlen(s) : 0;
+    if (!s || len > sizeof(kt->buf)) {
+        kt->b.st = NULL;
+        bind_static(st, i, s);
+        return;
+    }
+    memcpy(kt->buf, s, len);
+    bind_kept_at(&kt->b, st, i, kt->buf, len);
 }
 
 /* Bind an id of a row, 0 (none) as NULL. */
@@ -886,12 +945,12 @@ static int insert_history(cm_engine *e, inst *in, const char *event, const char 
                   "INSERT INTO history(instance, step, at, event, from_state, to_state, note, "
                   "prev) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                   err);
-    bind_static(st, 1, in->id);
+    bind_kept(e, KEPT_HIST_INSTANCE, st, 1, in->id);
     sqlite3_bind_int64(st, 2, in->steps + 1);
     bind_now(e, st, 3);
-    bind_static(st, 4, event);
-    bind_static(st, 5, from);
-    bind_static(st, 6, to);
+    bind_kept(e, KEPT_HIST_EVENT, st, 4, event);
+    bind_kept(e, KEPT_HIST_FROM, st, 5, from);
+    bind_kept(e, KEPT_HIST_TO, st, 6, to);
     bind_static(st, 7, note);
     bind_id(st, 8, in->hist);
     if ((rc = exec_kept(e, st, "history", err)) == 0)
@@ -924,8 +983,8 @@ static int save_instance(cm_engine *e, inst *in, cm_err *err)
     PREPARE_BOUND(e, "UPDATE instance_step SET state = ?2, ctx = ?3, hist = ?4 WHERE seq = ?1",
                   err);
     sqlite3_bind_int64(st, 1, in->seq);
-    bind_static(st, 2, in->state);
-    bind_static(st, 3, in->ctx);
+    bind_kept(e, KEPT_STEP_STATE, st, 2, in->state);
+    bind_kept(e, KEPT_STEP_CTX, st, 3, in->ctx);
     bind_id(st, 4, in->hist);
     if ((rc = exec_kept(e, st, "instance", err)) == 0 &&
         sqlite3_changes(cm_store_db(e->o.store)) != 1)

@@ -503,6 +503,26 @@ static const cm_migration migrations[] = {
      "         coalesce(h.at, b.created) AS updated, s.hist AS hist\n"
      "  FROM instance_base b JOIN instance_step s ON s.seq = b.seq\n"
      "  LEFT JOIN history h ON h.seq = s.hist;\n"},
+    /* As history in 9: timers are written and deleted by the engine only,
+    ** for an instance it has just read or written in the same transaction,
+    ** and instances are never deleted. The foreign key made SQLite look the
+    ** instance up in its id index for every timer written, and made each
+    ** DELETE of an instance's timers (every state left that had one) a
+    ** two-pass delete through a row set. Rows and rowids are kept. */
+    {14, "workflow timers without the per-row instance lookup",
+     "CREATE TABLE timer_unchecked(\n"
+     "  instance TEXT NOT NULL,\n"
+     "  name     TEXT NOT NULL,\n"
+     "  due_ms   INTEGER NOT NULL,\n"
+     "  payload  TEXT NOT NULL,\n"
+     "  scope    TEXT,\n"
+     "  UNIQUE (instance, name)\n"
+     ");\n"
+     "INSERT INTO timer_unchecked(rowid, instance, name, due_ms, payload, scope)\n"
+     "  SELECT rowid, instance, name, due_ms, payload, scope FROM timer ORDER BY rowid;\n"
+     "DROP TABLE timer;\n"
+     "ALTER TABLE timer_unchecked RENAME TO timer;\n"
+     "CREATE INDEX timer_by_due ON timer(due_ms);\n"},
 };
 
 #define CM_NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

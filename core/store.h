@@ -19,7 +19,7 @@
 #include "error.h"
 
 /* Highest schema version this binary knows. */
-#define CM_SCHEMA_VERSION 13
+#define CM_SCHEMA_VERSION 14
 /* PRAGMA application_id of a caremesh database ("CMSH"). */
 #define CM_APPLICATION_ID 0x434d5348
 

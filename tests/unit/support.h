@@ -12,11 +12,24 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* SQL that takes a database back from schema 13 to schema 12's
-** instance_step, with the steps and updated columns that schema 13 reads
-** from the latest history row (0 and created for an instance without one),
-** and schema 12's view. */
+/* SQL that takes a database back from schema 14 to 13: the timer table
+** with its foreign key on the instance (rows and rowids kept). */
+#define CM_TEST_UNDO_UNCHECKED_TIMER                                                               \
+    "CREATE TABLE timer13(instance TEXT NOT NULL REFERENCES instance_base(id), "                   \
+    "name TEXT NOT NULL, due_ms INTEGER NOT NULL, payload TEXT NOT NULL, scope TEXT, "             \
+    "UNIQUE (instance, name));"                                                                    \
+    "INSERT INTO timer13(rowid, instance, name, due_ms, payload, scope) SELECT rowid, instance, "  \
+    "name, due_ms, payload, scope FROM timer;"                                                     \
+    "DROP TABLE timer;"                                                                            \
+    "ALTER TABLE timer13 RENAME TO timer;"                                                         \
+    "CREATE INDEX timer_by_due ON timer(due_ms);"
+
+/* SQL that takes a database back from schema 14 (through 13) to schema
+** 12's instance_step, with the steps and updated columns that schema 13
+** reads from the latest history row (0 and created for an instance without
+** one), and schema 12's view. */
 #define CM_TEST_UNDO_NARROW_STEP                                                                   \
+    CM_TEST_UNDO_UNCHECKED_TIMER                                                                   \
     "DROP VIEW instance;"                                                                          \
     "CREATE TABLE instance_step12(seq INTEGER PRIMARY KEY, state TEXT NOT NULL, "                  \
     "ctx TEXT NOT NULL, steps INTEGER NOT NULL DEFAULT 0, updated TEXT NOT NULL, hist INTEGER);"   \
@@ -30,7 +43,7 @@
     "b.parent AS parent, s.steps AS steps, b.created AS created, s.updated AS updated, "           \
     "s.hist AS hist FROM instance_base b JOIN instance_step s ON s.seq = b.seq;"
 
-/* SQL that takes a database back from schema 13 to the single instance
+/* SQL that takes a database back from schema 14 to the single instance
 ** table of schemas 2 to 11, for tests of the migrations before it. */
 #define CM_TEST_UNDO_INSTANCE_STEP                                                                 \
     CM_TEST_UNDO_NARROW_STEP                                                                       \

@@ -503,6 +503,56 @@ static void test_history_times_follow_the_clock(void **state)
     }
 }
 
+static void text_of(fx *f, const char *sql, char *out, size_t n);
+
+/* The step's short texts (the history row's instance, event and states,
+** the step row's state and context) stay bound to the engine's buffers,
+** which each step overwrites: in one batch, rows whose texts have the same
+** lengths but other bytes, other lengths, and a context too long for a
+** buffer (bound where it is) between two of the same length each get
+** their own texts. */
+static void test_kept_texts_hold_each_steps_own_values(void **state)
+{
+    fx *f = *state;
+    static const char *KEPT =
+        "local cm = require 'caremesh'\n"
+        "local function go(wf, ev) wf.ctx.v = ev.v; return ev.to end\n"
+        "local function st() return { on = { go = go, gx = go,\n"
+        "  ['go.by.a.much.longer.name'] = go } } end\n"
+        "return cm.workflow { name = 'kept', version = 1, start = 'aa',\n"
+        "  states = { aa = st(), bb = st(), cc = st(), dddd = st(), done = { final = true } } }\n";
+    char longv[260], payload[320], got[1024], want[1024];
+    cm_err err;
+    memset(longv, 'q', sizeof(longv) - 1);
+    longv[sizeof(longv) - 1] = '\0';
+    load_ok(f, "kept.lua", KEPT);
+    for (int i = 1; i <= 3; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "k-%d", i);
+        assert_int_equal(cm_engine_start(f->engine, "kept", NULL, id, on_ack, &f->a, &err), 0);
+    }
+    run(f);
+    snprintf(payload, sizeof(payload), "{\"to\":\"dddd\",\"v\":\"%s\"}", longv);
+    signal_ev(f, "k-1", "go", "{\"to\":\"bb\",\"v\":\"x\"}");
+    signal_ev(f, "k-2", "gx", "{\"to\":\"cc\",\"v\":\"y\"}");
+    signal_ev(f, "k-3", "go.by.a.much.longer.name", payload);
+    signal_ev(f, "k-1", "go", "{\"to\":\"aa\",\"v\":\"z\"}");
+    int commits = f->a.n;
+    run(f);
+    assert_int_equal(f->a.n, commits + 4);
+    text_of(f,
+            "SELECT group_concat(instance || ' ' || event || ' ' || from_state || ' ' || "
+            "to_state, '|') FROM (SELECT * FROM history WHERE event LIKE 'g%' ORDER BY seq)",
+            got, sizeof(got));
+    assert_string_equal(got, "k-1 go aa bb|k-2 gx aa cc|k-3 go.by.a.much.longer.name aa dddd|"
+                             "k-1 go bb aa");
+    text_of(f, "SELECT group_concat(id || ' ' || state || ' ' || ctx, '|') FROM instance", got,
+            sizeof(got));
+    snprintf(want, sizeof(want),
+             "k-1 aa {\"v\":\"z\"}|k-2 cc {\"v\":\"y\"}|k-3 dddd {\"v\":\"%s\"}", longv);
+    assert_string_equal(got, want);
+}
+
 /* A told signal's work item is kept for the next signal (cm_engine_signal):
 ** each reused item carries its own names and payload, never the last
 ** one's; names longer than a kept item has room for get an item of their
@@ -1558,8 +1608,6 @@ static void test_observer_hears_committed_events_in_order(void **state)
     assert_string_equal(s.line[4], "3 ref-1 >accepted cancelled");
 }
 
-static void text_of(fx *f, const char *sql, char *out, size_t n);
-
 /* An instance that ends (through another event, or cancelled while
 ** paused) with events still kept for it parks each as failed, saying why,
 ** and the observer hears of each; a retry of one is refused, changing
@@ -1728,6 +1776,29 @@ static void instance_rows(fx *f, char *out, size_t n)
     sqlite3_finalize(st);
 }
 
+/* SQL run on the engine's store, which must take it. */
+static void exec_ok(fx *f, const char *sql)
+{
+    cm_err err;
+    if (cm_store_exec(f->store, sql, &err) != 0)
+        fail_msg("%s", err.msg);
+}
+
+/* Referrals ref-1 to ref-n started, and ref-2 then accepted: instances
+** with kept and scoped timers, in two states, for the upgrade tests. */
+static void referrals_one_accepted(fx *f, int n)
+{
+    load_ok(f, "referral.lua", REFERRAL);
+    for (int i = 1; i <= n; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "ref-%d", i);
+        start(f, INPUT, id);
+    }
+    run(f);
+    signal_ev(f, "ref-2", "accepted", NULL);
+    run(f);
+}
+
 /* Schema 12 splits the instance row (what a step changes in instance_step):
 ** after the upgrade the view shows every row as it was, the other tables'
 ** foreign keys name instance_base, and the engine goes on from there. */
@@ -1736,28 +1807,19 @@ static void test_instance_rows_are_split_and_upgraded(void **state)
     fx *f = *state;
     char before[4096], after[4096];
     cm_err err;
-    load_ok(f, "referral.lua", REFERRAL);
-    start(f, INPUT, "ref-1");
-    start(f, INPUT, "ref-2");
-    run(f);
-    signal_ev(f, "ref-2", "accepted", NULL);
-    run(f);
+    referrals_one_accepted(f, 2);
     assert_int_equal(cm_engine_pause(f->engine, "ref-1", &err), 0);
     instance_rows(f, before, sizeof(before));
     assert_non_null(strstr(before, " ref-1 referral 1 requested paused "));
     assert_non_null(strstr(before, " ref-2 referral 1 accepted running "));
     assert_int_equal(count(f, "SELECT count(*) FROM timer"), 3); /* 2 kept + 1 scoped */
-    assert_int_equal(cm_store_exec(f->store,
-                                   CM_TEST_UNDO_INSTANCE_STEP
-                                   "DELETE FROM schema_version WHERE version >= 12;",
-                                   &err),
-                     0);
+    exec_ok(f, CM_TEST_UNDO_INSTANCE_STEP "DELETE FROM schema_version WHERE version >= 12;");
     close_engine(f);
     open_engine(f);
     assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
     instance_rows(f, after, sizeof(after));
     assert_string_equal(after, before);
-    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer') "
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('event') "
                               "WHERE \"table\" = 'instance_base'"),
                      1);
     assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
@@ -1852,7 +1914,7 @@ static void test_step_row_without_count_and_time_upgraded(void **state)
     close_engine(f);
     open_engine(f);
     assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
-    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 13);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), CM_SCHEMA_VERSION);
     instance_answers(f, after, sizeof(after));
     assert_string_equal(after, before);
     assert_int_equal(count(f, "SELECT count(*) FROM pragma_table_info('instance_step')"), 4);
@@ -1885,6 +1947,55 @@ static void text_of(fx *f, const char *sql, char *out, size_t n)
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     snprintf(out, n, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_finalize(st);
+}
+
+static void timer_rows(fx *f, char *out, size_t n)
+{
+    text_of(f,
+            "SELECT group_concat(r, ';') FROM (SELECT rowid || ' ' || instance || ' ' || name || "
+            "' ' || due_ms || ' ' || payload || ' ' || coalesce(scope, '-') AS r FROM timer "
+            "ORDER BY rowid)",
+            out, n);
+}
+
+/* Schema 14 drops the timer table's foreign key on the instance (as 9 did
+** history's): a database of schema 13 is upgraded with every timer row and
+** rowid kept, and its timers still fire and are cancelled as before. */
+static void test_timers_without_the_instance_lookup_upgraded(void **state)
+{
+    fx *f = *state;
+    char before[4096], after[4096];
+    referrals_one_accepted(f, 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 5); /* 3 kept + 2 scoped */
+    exec_ok(f, CM_TEST_UNDO_UNCHECKED_TIMER "DELETE FROM schema_version WHERE version >= 14;");
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer') "
+                              "WHERE \"table\" = 'instance_base'"),
+                     1);
+    timer_rows(f, before, sizeof(before));
+    close_engine(f);
+    open_engine(f);
+    assert_int_equal(cm_store_schema_version(f->store), CM_SCHEMA_VERSION);
+    assert_int_equal(count(f, "SELECT max(version) FROM schema_version"), 14);
+    timer_rows(f, after, sizeof(after));
+    assert_string_equal(after, before);
+    assert_non_null(strstr(after, " ref-3 no_response "));
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_list('timer')"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_index_list('timer')"), 2);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_index_info('timer_by_due') "
+                              "WHERE name = 'due_ms'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM pragma_foreign_key_check"), 0);
+    /* leaving a state deletes its timers; the others fire when due */
+    signal_ev(f, "ref-1", "accepted", NULL);
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE instance = 'ref-1'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE scope IS NOT NULL"), 1);
+    advance(f, 73 * HOUR);
+    expect_state(f, "ref-3", "escalated", "running");
+    expect_state(f, "ref-1", "accepted", "running");
+    expect_state(f, "ref-2", "accepted", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM timer WHERE scope IS NOT NULL"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM timer"), 3);
 }
 
 /* The context is decoded only when a handler looks at it and written back
@@ -3452,6 +3563,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_to_a_peer_is_queued_routed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_fires_on_the_virtual_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_times_follow_the_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kept_texts_hold_each_steps_own_values, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(
             test_signal_items_are_reused_with_their_own_names_and_payload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests_are_refused_and_change_nothing, setup,
@@ -3484,6 +3597,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_instance_rows_are_split_and_upgraded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_row_without_count_and_time_upgraded, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_timers_without_the_instance_lookup_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
                                         teardown),
