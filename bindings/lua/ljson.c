@@ -785,6 +785,10 @@ static bool rd_value(lua_State *L, const char **pp, int depth)
 
 bool cm_ljson_push_object_text(lua_State *L, const char *text)
 {
+    if (text[0] == '{' && text[1] == '}' && text[2] == '\0') {
+        lua_createtable(L, 0, 0); /* an event's usual payload: what rd_container makes */
+        return true;
+    }
     int top = lua_gettop(L);
     const char *p = text;
     rd_space(&p);

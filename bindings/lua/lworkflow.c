@@ -919,9 +919,10 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
     }
 }
 
-/* Resolve the transition at the top of the stack for the event: returns the
-** target name pushed (or nil pushed: stay); false when nothing matched. */
-static bool resolve(lua_State *L, drv *d, int wf, int payload)
+/* Resolve the transition at the top of the stack for the event (its name at
+** stack index ev): returns the target name pushed (or nil pushed: stay);
+** false when nothing matched. */
+static bool resolve(lua_State *L, drv *d, int wf, int payload, int ev)
 {
     int t = lua_gettop(L);
     if (lua_type(L, t) == LUA_TSTRING) {
@@ -932,7 +933,7 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
         lua_pushvalue(L, t);
         lua_pushvalue(L, wf);
         lua_pushvalue(L, payload);
-        lua_pushstring(L, d->sp->event);
+        lua_pushvalue(L, ev);
         lua_call(L, 3, 1);
         if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "the handler for \"%s\" must return a state name or nil", d->sp->event);
@@ -950,7 +951,7 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
         if (lua_getfield(L, opt, "guard") == LUA_TFUNCTION) {
             lua_pushvalue(L, wf);
             lua_pushvalue(L, payload);
-            lua_pushstring(L, d->sp->event);
+            lua_pushvalue(L, ev);
             lua_call(L, 3, 1);
             pass = lua_toboolean(L, -1);
         }
@@ -959,7 +960,7 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
             lua_getfield(L, opt, "to");
             if (n > 0)
                 lua_remove(L, opt);
-            return resolve(L, d, wf, payload) ? (lua_remove(L, -2), true) : false;
+            return resolve(L, d, wf, payload, ev) ? (lua_remove(L, -2), true) : false;
         }
         if (n > 0)
             lua_pop(L, 1);
@@ -1012,9 +1013,13 @@ static int step_driver(lua_State *L)
         else
             lua_newtable(L);
         int payload = lua_gettop(L);
-        bool has =
-            lua_getfield(L, st, "on") == LUA_TTABLE && lua_getfield(L, -1, sp->event) != LUA_TNIL;
-        if (!has || !resolve(L, d, wf, payload)) {
+        /* the event's name made a Lua string once: the key of on[] and the
+        ** handlers' third argument (what lua_getfield would make again) */
+        lua_pushstring(L, sp->event);
+        int ev = lua_gettop(L);
+        bool has = lua_getfield(L, st, "on") == LUA_TTABLE &&
+                   (lua_pushvalue(L, ev), lua_gettable(L, -2) != LUA_TNIL);
+        if (!has || !resolve(L, d, wf, payload, ev)) {
             sp->handled = false;
             sp->guarded = has;
             u->d = NULL;
