@@ -19,15 +19,39 @@
 #define LJSON_BOX         "caremesh.json"
 #define LJSON_SAME_TABLES 64 /* tables cm_ljson_encode_same tells apart */
 
+/* Where the walk is: the root's name and a segment per level, a field's
+** name (borrowed from the Lua stack, where the walk keeps each key while it
+** writes its value) or an array position. The text ("wf.ctx.a[0].b") is
+** written only for an error (path_text): the walk itself copies nothing. */
+typedef struct path_seg {
+    const char *key; /* NULL: an array position */
+    size_t len;      /* the name's length, or the position */
+} path_seg;
+
 typedef struct path_buf {
+    const char *root;
+    size_t nsegs;
+    path_seg segs[LJSON_MAX_DEPTH + 1]; /* encode_table stops deeper walks */
     char s[512];
     size_t len;
 } path_buf;
 
-/* Append text to the path, cut to fit (no snprintf: this runs for every field). */
-static size_t path_push(path_buf *p, char lead, const char *text, size_t len, char tail)
+static inline void path_push(path_buf *p, const char *key, size_t len)
 {
-    size_t old = p->len, room = sizeof(p->s) - 1 - p->len;
+    if (p->nsegs < sizeof(p->segs) / sizeof(p->segs[0]))
+        p->segs[p->nsegs] = (path_seg){key, len};
+    p->nsegs++;
+}
+
+static inline void path_pop(path_buf *p)
+{
+    p->nsegs--;
+}
+
+/* Append text to the path's text, cut to fit. */
+static void path_add(path_buf *p, char lead, const char *text, size_t len, char tail)
+{
+    size_t room = sizeof(p->s) - 1 - p->len;
     char *at = p->s + p->len;
     if (room > 0) {
         *at++ = lead;
@@ -42,25 +66,34 @@ static size_t path_push(path_buf *p, char lead, const char *text, size_t len, ch
         *at++ = tail;
     *at = '\0';
     p->len = (size_t)(at - p->s);
-    return old;
 }
 
-static size_t path_push_index(path_buf *p, lua_Integer i)
+/* The path as text, for an error message: the root, ".name" for a field
+** (cut at a NUL in the name, as %s cuts it), "[i]" for a position. */
+static const char *path_text(path_buf *p)
 {
-    char digits[24];
-    size_t n = sizeof(digits);
-    unsigned long long v = (unsigned long long)i; /* array positions are >= 0 */
-    do {
-        digits[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v && n > 0);
-    return path_push(p, '[', digits + n, sizeof(digits) - n, ']');
-}
-
-static void path_pop(path_buf *p, size_t old)
-{
-    p->len = old;
-    p->s[old] = '\0';
+    size_t nlen = strlen(p->root), n = p->nsegs;
+    p->len = nlen < sizeof(p->s) ? nlen : sizeof(p->s) - 1;
+    memcpy(p->s, p->root, p->len);
+    p->s[p->len] = '\0';
+    if (n > sizeof(p->segs) / sizeof(p->segs[0]))
+        n = sizeof(p->segs) / sizeof(p->segs[0]);
+    for (size_t i = 0; i < n; i++) {
+        const path_seg *g = &p->segs[i];
+        if (g->key) {
+            path_add(p, '.', g->key, g->len, '\0');
+            continue;
+        }
+        char digits[24];
+        size_t nd = sizeof(digits);
+        size_t v = g->len;
+        do {
+            digits[--nd] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v && nd > 0);
+        path_add(p, '[', digits + nd, sizeof(digits) - nd, ']');
+    }
+    return p->s;
 }
 
 /* Is the table at idx a sequence 1..n with no other keys? Sets *n. Raw access only. */
@@ -84,16 +117,17 @@ static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array,
             return cm_err_set(err, CM_EINVAL,
                               "%s: a key of type %s cannot be carried (keys are "
                               "names or array positions 1..n)",
-                              path->s, lua_typename(L, kt));
+                              path_text(path), lua_typename(L, kt));
         }
         count++;
         lua_pop(L, 1);
     }
     if (has_string && has_int)
-        return cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields", path->s);
+        return cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields",
+                          path_text(path));
     if (has_int && max != count)
         return cm_err_set(err, CM_EINVAL, "%s: array has holes (%lld items, highest index %lld)",
-                          path->s, (long long)count, (long long)max);
+                          path_text(path), (long long)count, (long long)max);
     *is_array = has_int;
     *n = max;
     *fields = count;
@@ -297,20 +331,21 @@ static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_b
         if (kt != LUA_TSTRING) {
             bool item = kt == LUA_TNUMBER && lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1;
             return item ? cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields",
-                                     path->s)
+                                     path_text(path))
                         : cm_err_set(err, CM_EINVAL,
                                      "%s: a key of type %s cannot be carried (keys are "
                                      "names or array positions 1..n)",
-                                     path->s, lua_typename(L, kt));
+                                     path_text(path), lua_typename(L, kt));
         }
         size_t klen;
         const char *key = lua_tolstring(L, -2, &klen);
-        size_t mark = path_push(path, '.', key, klen, '\0');
+        path_push(path, key, klen);
         bool plain = plain_prefix(key, klen) == klen;
         if (!plain && strlen(key) != klen)
-            return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte",
+                              path_text(path));
         if (!lua_checkstack(L, 4))
-            return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+            return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path_text(path));
         if (fields++)
             out_char(o, ',');
         if (plain)
@@ -318,11 +353,13 @@ static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_b
         else
             out_string(o, key, klen);
         out_char(o, ':');
-        if ((rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err)) != 0)
+        int vt = lua_type(L, -1);
+        if ((rc = encode_value(L, lua_gettop(L), vt, path, depth + 1, o, sc, err)) != 0)
             return rc;
-        path_pop(path, mark);
-        if (copy) { /* stack: key, value, its copy -> key, its copy, key */
-            lua_replace(L, -2);
+        path_pop(path);
+        if (copy) { /* stack: key, value[, a table's copy] -> key, its copy, key */
+            if (vt == LUA_TTABLE)
+                lua_replace(L, -2); /* any other value is its own copy */
             lua_pushvalue(L, -2);
         } else {
             lua_pop(L, 1);
@@ -348,10 +385,10 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
     lua_Integer n = 0, fields = 0;
     int rc, copy = 0;
     if (depth >= LJSON_MAX_DEPTH)
-        return cm_err_set(err, CM_EINVAL, "%s: nested more than %d levels deep (a cycle?)", path->s,
-                          LJSON_MAX_DEPTH);
+        return cm_err_set(err, CM_EINVAL, "%s: nested more than %d levels deep (a cycle?)",
+                          path_text(path), LJSON_MAX_DEPTH);
     if (!lua_checkstack(L, 6))
-        return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+        return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path_text(path));
     same_table(L, idx, sc);
     lua_pushnil(L);
     if (lua_next(L, idx) != 0) {
@@ -369,17 +406,18 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
     out_char(o, is_array ? '[' : '{');
     if (is_array) {
         for (lua_Integer i = 1; i <= n; i++) {
-            size_t mark = path_push_index(path, i - 1); /* JSON positions count from 0 */
+            path_push(path, NULL, (size_t)(i - 1)); /* JSON positions count from 0 */
             if (i > 1)
                 out_char(o, ',');
-            lua_rawgeti(L, idx, i);
-            rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
-            if (rc == 0 && copy)
-                lua_rawseti(L, copy, i); /* stack: copy, value */
-            lua_pop(L, 1);
-            path_pop(path, mark);
+            int vt = lua_rawgeti(L, idx, i);
+            rc = encode_value(L, lua_gettop(L), vt, path, depth + 1, o, sc, err);
+            path_pop(path);
             if (rc != 0)
-                return rc;
+                return rc;               /* encode_root drops what is on the stack */
+            if (copy)                    /* stack: copy, value[, a table's copy] */
+                lua_rawseti(L, copy, i); /* any other value is its own copy */
+            if (!copy || vt == LUA_TTABLE)
+                lua_pop(L, 1);
         }
     }
     out_char(o, is_array ? ']' : '}'); /* no field: an empty object */
@@ -412,13 +450,13 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
             lua_Integer i = lua_tointeger(L, idx);
             if (i > (1LL << 53) || i < -(1LL << 53))
                 return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
-                                  path->s);
+                                  path_text(path));
             out_int(o, (long long)i);
             return 0;
         }
         double d = lua_tonumber(L, idx);
         if (!isfinite(d))
-            return cm_err_set(err, CM_EINVAL, "%s: number is not finite", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: number is not finite", path_text(path));
         if (sc && d == floor(d) && fabs(d) <= 9007199254740992.0)
             sc->same = false; /* written as an integer, read back as one */
         out_double(o, d);
@@ -432,9 +470,9 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
             return 0;
         }
         if (strlen(s) != len)
-            return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path_text(path));
         if (!cm_utf8_valid(s, len))
-            return cm_err_set(err, CM_EINVAL, "%s: string is not valid UTF-8", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: string is not valid UTF-8", path_text(path));
         out_string(o, s, len);
         return 0;
     }
@@ -443,14 +481,14 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
             out_add(o, "null", 4);
             return 0;
         }
-        return cm_err_set(err, CM_EINVAL, "%s: a userdata cannot be carried", path->s);
+        return cm_err_set(err, CM_EINVAL, "%s: a userdata cannot be carried", path_text(path));
     case LUA_TTABLE:
         return encode_table(L, idx, path, depth, o, sc, err);
     default:
         return cm_err_set(err, CM_EINVAL,
                           "%s: a %s cannot be carried (only strings, numbers, "
                           "booleans, tables and cm.null)",
-                          path->s, luaL_typename(L, idx));
+                          path_text(path), luaL_typename(L, idx));
     }
 }
 
@@ -465,11 +503,9 @@ static int encode_root(lua_State *L, int idx, const char *root, out_buf *o, same
 {
     path_buf path;
     const char *name = root ? root : "value";
-    size_t nlen = strlen(name);
     int top = lua_gettop(L);
-    path.len = nlen < sizeof(path.s) ? nlen : sizeof(path.s) - 1;
-    memcpy(path.s, name, path.len);
-    path.s[path.len] = '\0';
+    path.root = name;
+    path.nsegs = 0;
     int rc = encode(L, idx, &path, 0, o, sc, err);
     if (rc != 0)
         lua_settop(L, top); /* what an error left on the stack */

@@ -103,6 +103,36 @@ static void test_uncarriable_values_name_their_path(void **state)
                    "nested more than 32 levels deep");
 }
 
+/* The path of an error is written only when there is one: fields and
+** positions at every level, a name cut at its NUL, the whole cut to 511
+** characters as before. */
+static void test_error_paths_name_every_level(void **state)
+{
+    (void)state;
+    expect_refusal("{a = {{b = {1, 2, {c = print}}}}}", "patient.a[0].b[2].c: a function cannot");
+    expect_refusal("{list = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, print}}",
+                   "patient.list[11]: a function cannot");
+    expect_refusal("{a = {['x\\0y'] = 1}}", "patient.a.x: field name contains a NUL byte");
+    expect_refusal("{a = {b = 1, c = {d = 1, [true] = 2}}}", "patient.a.c: a key of type boolean");
+    /* a cycle of arrays: 32 positions, then the error */
+    char want[200];
+    size_t n = (size_t)snprintf(want, sizeof(want), "patient");
+    for (int i = 0; i < 32; i++)
+        n += (size_t)snprintf(want + n, sizeof(want) - n, "[0]");
+    snprintf(want + n, sizeof(want) - n, ": nested more than 32 levels deep");
+    expect_refusal("(function() local t = {} t[1] = t return t end)()", want);
+    /* a path longer than 511 characters is cut there: no ".x" after the name */
+    char *json = NULL;
+    cm_err err;
+    assert_int_equal(convert("{[string.rep('k', 600)] = {x = print}}", &json, &err), CM_EINVAL);
+    char cut[600];
+    n = (size_t)snprintf(cut, sizeof(cut), "patient.");
+    memset(cut + n, 'k', 511 - n);
+    snprintf(cut + 511, sizeof(cut) - 511, ": a function cannot");
+    if (strncmp(err.msg, cut, strlen(cut)) != 0)
+        fail_msg("message '%s' does not start with '%s'", err.msg, cut);
+}
+
 /* The exact text of the value expr returns (cm_ljson_encode). */
 static void expect_text(const char *expr, const char *want)
 {
@@ -516,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_encode_copy_is_a_private_copy),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
+        cmocka_unit_test(test_error_paths_name_every_level),
         cmocka_unit_test(test_utf8_is_carried),
         cmocka_unit_test(test_names_and_strings_written_exactly),
         cmocka_unit_test(test_every_byte_position_is_seen),
