@@ -41,6 +41,7 @@ struct cm_lua_runtime {
     int def_ref;
     char def_name[CM_NAME_MAX];
     int def_rev;
+    int driver_ref;          /* registry ref: step_driver's closure, its names as upvalues */
     unsigned long ctx_reads; /* contexts read from their text */
     /* Steps begun, and the number of the one under way (0: none): a handle
     ** reads only while its step's number is live_gen (inst_drv). */
@@ -883,11 +884,28 @@ static void check_input(lua_State *L, drv *d, int spec, int input)
     lua_pop(L, 1);
 }
 
-/* Call the state's handler `which` (enter/exit) if it has one. */
-static void run_handler(lua_State *L, drv *d, int wf, const char *which)
+/* The field names a step looks up in its definition, made Lua strings once:
+** the upvalues of step_driver's closure (make_defs). A lookup by one is a
+** lua_gettable (metamethods as lua_getfield), without making a Lua string
+** of a C string every time. Only step_driver's frame reaches them: it and
+** the functions it calls (resolve, transition, run_handler). */
+enum { DRV_STATES = 1, DRV_ON, DRV_FINAL, DRV_ENTER, DRV_EXIT, DRV_NAMES = DRV_EXIT };
+
+static const char *const drv_names[DRV_NAMES] = {"states", "on", "final", "enter", "exit"};
+
+/* Push t[name] for the driver's name number n (t: an absolute index, or -1
+** for the top); returns its type. */
+static int drv_get(lua_State *L, int t, int n)
+{
+    lua_pushvalue(L, lua_upvalueindex(n));
+    return lua_gettable(L, t == -1 ? -2 : t);
+}
+
+/* Call the state's handler (DRV_ENTER, DRV_EXIT) if it has one. */
+static void run_handler(lua_State *L, drv *d, int wf, int which)
 {
     lua_getfield(L, d->states, d->cur);
-    if (lua_getfield(L, -1, which) == LUA_TFUNCTION) {
+    if (drv_get(L, -1, which) == LUA_TFUNCTION) {
         lua_pushvalue(L, wf);
         lua_call(L, 1, 0);
         lua_pop(L, 1);
@@ -907,12 +925,12 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
         if (!state_exists(L, d->states, next))
             luaL_error(L, "transition to unknown state \"%s\"", next);
         if (hops > 0 || d->sp->state)
-            run_handler(L, d, wf, "exit");
+            run_handler(L, d, wf, DRV_EXIT);
         d->sp->moved = true;
         d->visit++;
         cm_copy_str(d->cur, sizeof(d->cur), next);
         d->go_set = false;
-        run_handler(L, d, wf, "enter");
+        run_handler(L, d, wf, DRV_ENTER);
         if (!d->go_set)
             return;
         cm_copy_str(next, sizeof(next), d->go);
@@ -968,13 +986,14 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload, int ev)
     return false;
 }
 
-/* The step, run by cm_sandbox_pcall. Upvalue-free; args: lightuserdata drv, spec. */
+/* The step, run by cm_sandbox_pcall. Upvalues: the names of drv_names;
+** args: lightuserdata drv, spec. */
 static int step_driver(lua_State *L)
 {
     drv *d = lua_touserdata(L, 1);
     cm_step *sp = d->sp;
     int spec = 2, st = 0; /* st: the stack index of sp->state's table (0: a start) */
-    lua_getfield(L, spec, "states");
+    drv_get(L, spec, DRV_STATES);
     d->states = lua_gettop(L);
     /* the handle, with ctx, input view and effects as user values */
     inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
@@ -1017,7 +1036,7 @@ static int step_driver(lua_State *L)
         ** handlers' third argument (what lua_getfield would make again) */
         lua_pushstring(L, sp->event);
         int ev = lua_gettop(L);
-        bool has = lua_getfield(L, st, "on") == LUA_TTABLE &&
+        bool has = drv_get(L, st, DRV_ON) == LUA_TTABLE &&
                    (lua_pushvalue(L, ev), lua_gettable(L, -2) != LUA_TNIL);
         if (!has || !resolve(L, d, wf, payload, ev)) {
             sp->handled = false;
@@ -1036,7 +1055,7 @@ static int step_driver(lua_State *L)
         lua_pushvalue(L, st); /* still in sp->state */
     else
         lua_getfield(L, d->states, d->cur);
-    lua_getfield(L, -1, "final");
+    drv_get(L, -1, DRV_FINAL);
     sp->final = lua_toboolean(L, -1);
     sp->visit = d->visit;
     cm_copy_str(sp->next, sizeof(sp->next), d->cur);
@@ -1203,7 +1222,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
     }
-    lua_pushcfunction(L, step_driver);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->driver_ref);
     lua_pushlightuserdata(L, &d);
     if (push_def(L, rt, sp, key, sizeof(key)) != LUA_TTABLE) {
         lua_settop(L, top);
@@ -1379,6 +1398,10 @@ static int make_defs(lua_State *L)
     rt->mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0); /* the slot push_def sets */
     rt->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int i = 0; i < DRV_NAMES; i++)
+        lua_pushstring(L, drv_names[i]);
+    lua_pushcclosure(L, step_driver, DRV_NAMES);
+    rt->driver_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
@@ -1394,6 +1417,7 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->kept_ref = LUA_NOREF;
     rt->mt_ref = LUA_NOREF;
     rt->def_ref = LUA_NOREF;
+    rt->driver_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
     lua_pushlightuserdata(L, rt);
@@ -1419,6 +1443,7 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->mt_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->def_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->driver_ref);
     free(rt);
     *rt_p = NULL;
 }
