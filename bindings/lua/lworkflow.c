@@ -736,17 +736,22 @@ static void push_lazy(lua_State *L, drv *d, int uv)
 ** luaL_checkudata's lookup of the metatable by name on every wf.key. */
 static drv *index_inst(lua_State *L)
 {
-    inst_ud *u = lua_touserdata(L, 1);
-    if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
-        u->tag != &instance_mt_key)
+    inst_ud *u = lua_touserdata(L, 1); /* NULL unless a userdata; a light one's length is 0 */
+    if (!u || lua_rawlen(L, 1) != sizeof(*u) || u->tag != &instance_mt_key)
         luaL_typeerror(L, 1, INSTANCE_MT);
     return inst_drv(L, u);
 }
 
-/* wf.key: fields first, then methods (upvalue 1). */
+/* wf.key: fields first, then methods (upvalue 1). wf.ctx, read on most
+** steps and often more than once, is told by its Lua string (upvalue 2)
+** before the key is looked at as text. */
 static int inst_index(lua_State *L)
 {
     drv *d = index_inst(L);
+    if (lua_rawequal(L, 2, lua_upvalueindex(2))) {
+        push_lazy(L, d, UV_CTX);
+        return 1;
+    }
     const char *key = luaL_checkstring(L, 2);
     switch (key[0]) { /* one strcmp per key: ctx is read on most steps */
     case 'c':
@@ -802,7 +807,8 @@ static void push_instance_mt(lua_State *L)
         return;                             /* made already */
     lua_newtable(L);
     luaL_setfuncs(L, inst_methods, 0);
-    lua_pushcclosure(L, inst_index, 1); /* upvalue: methods */
+    lua_pushstring(L, "ctx");
+    lua_pushcclosure(L, inst_index, 2); /* upvalues: methods, "ctx" */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, inst_newindex);
     lua_setfield(L, -2, "__newindex");
