@@ -1228,6 +1228,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
     }
+    cm_sandbox_push_msgh(rt->sb); /* stays under the results: dropped with them */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->driver_ref);
     lua_pushlightuserdata(L, &d);
     if (push_def(L, rt, sp, key, sizeof(key)) != LUA_TTABLE) {
@@ -1237,7 +1238,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     }
     uint64_t outer = rt->live_gen; /* a step's handles read only while it runs */
     rt->live_gen = ++rt->step_gen;
-    rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
+    rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
     rt->live_gen = outer;
     if (rc != 0) {
         free(d.ctx_text.s);
