@@ -42,6 +42,7 @@ struct cm_lua_runtime {
     char def_name[CM_NAME_MAX];
     int def_rev;
     int driver_ref;          /* registry ref: step_driver's closure, its names as upvalues */
+    const char *ctx_key;     /* the Lua string "ctx", kept as its upvalue DRV_CTX (inst_index) */
     unsigned long ctx_reads; /* contexts read from their text */
     /* Steps begun, and the number of the one under way (0: none): a handle
     ** reads only while its step's number is live_gen (inst_drv). */
@@ -743,16 +744,17 @@ static drv *index_inst(lua_State *L)
 }
 
 /* wf.key: fields first, then methods (upvalue 1). wf.ctx, read on most
-** steps and often more than once, is told by its Lua string (upvalue 2)
-** before the key is looked at as text. */
+** steps and often more than once, is told by the address of the Lua
+** string "ctx" (Lua keeps one of each short string) before the key is
+** looked at as text; any other "ctx" takes the strcmp below. */
 static int inst_index(lua_State *L)
 {
     drv *d = index_inst(L);
-    if (lua_rawequal(L, 2, lua_upvalueindex(2))) {
+    const char *key = luaL_checkstring(L, 2);
+    if (key == d->rt->ctx_key) {
         push_lazy(L, d, UV_CTX);
         return 1;
     }
-    const char *key = luaL_checkstring(L, 2);
     switch (key[0]) { /* one strcmp per key: ctx is read on most steps */
     case 'c':
         if (strcmp(key, "ctx") == 0) {
@@ -807,8 +809,7 @@ static void push_instance_mt(lua_State *L)
         return;                             /* made already */
     lua_newtable(L);
     luaL_setfuncs(L, inst_methods, 0);
-    lua_pushstring(L, "ctx");
-    lua_pushcclosure(L, inst_index, 2); /* upvalues: methods, "ctx" */
+    lua_pushcclosure(L, inst_index, 1); /* upvalue: methods */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, inst_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -895,9 +896,9 @@ static void check_input(lua_State *L, drv *d, int spec, int input)
 ** lua_gettable (metamethods as lua_getfield), without making a Lua string
 ** of a C string every time. Only step_driver's frame reaches them: it and
 ** the functions it calls (resolve, transition, run_handler). */
-enum { DRV_STATES = 1, DRV_ON, DRV_FINAL, DRV_ENTER, DRV_EXIT, DRV_NAMES = DRV_EXIT };
+enum { DRV_STATES = 1, DRV_ON, DRV_FINAL, DRV_ENTER, DRV_EXIT, DRV_CTX, DRV_NAMES = DRV_CTX };
 
-static const char *const drv_names[DRV_NAMES] = {"states", "on", "final", "enter", "exit"};
+static const char *const drv_names[DRV_NAMES] = {"states", "on", "final", "enter", "exit", "ctx"};
 
 /* Push t[name] for the driver's name number n (t: an absolute index, or -1
 ** for the top); returns its type. */
@@ -1407,6 +1408,7 @@ static int make_defs(lua_State *L)
     rt->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     for (int i = 0; i < DRV_NAMES; i++)
         lua_pushstring(L, drv_names[i]);
+    rt->ctx_key = lua_tostring(L, -1); /* DRV_CTX: the closure keeps it */
     lua_pushcclosure(L, step_driver, DRV_NAMES);
     rt->driver_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
