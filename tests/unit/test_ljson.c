@@ -541,11 +541,72 @@ static void test_encode_copy_is_a_private_copy(void **state)
     lua_close(L);
 }
 
+/* The copy of values at the edges: floats and integers at 2^53, a float
+** beyond it, names and strings needing escapes, arrays holding scalars and
+** tables; -0.0 (written as 0, read back an integer) makes no copy, and an
+** integer past 2^53 is refused with nothing left on the stack. */
+static void test_encode_copy_of_edge_values(void **state)
+{
+    (void)state;
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    cm_ljson_init(L);
+    cm_err err;
+    cm_ljson_buf buf = {0};
+    bool same = false;
+    char *plain = NULL;
+    assert_int_equal(luaL_dostring(L, "return {big = 1e300, top = 1 << 53, low = -(1 << 53), "
+                                      "half = 0.5, list = {1, 2.5, 's', true, {x = {}}}, "
+                                      "['a\"b\\\\c'] = 'e\\n', u = '\\u{e9}'}"),
+                     0);
+    assert_int_equal(cm_ljson_encode(L, 1, "ctx", &plain, NULL, &err), 0);
+    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
+    assert_true(same);
+    assert_int_equal(lua_gettop(L), 2);
+    assert_string_equal(buf.s, plain);
+    assert_non_null(strstr(buf.s, "\"big\":1e+300"));
+    assert_non_null(strstr(buf.s, "\"top\":9007199254740992"));
+    assert_non_null(strstr(buf.s, "\"low\":-9007199254740992"));
+    assert_non_null(strstr(buf.s, "\"a\\\"b\\\\c\":\"e\\n\""));
+    free(buf.s);
+    free(plain);
+    lua_setglobal(L, "copy");
+    lua_setglobal(L, "orig");
+    assert_int_equal(
+        luaL_dostring(L, "orig.list[5].x.y = 1; orig.list[1] = 9\n"
+                         "return copy.big == 1e300 and math.type(copy.big) == 'float'\n"
+                         "  and math.type(copy.top) == 'integer' and copy.top == 1 << 53\n"
+                         "  and copy.low == -(1 << 53) and copy.half == 0.5\n"
+                         "  and copy.list ~= orig.list and copy.list[1] == 1\n"
+                         "  and math.type(copy.list[2]) == 'float' and copy.list[3] == 's'\n"
+                         "  and copy.list[4] == true and copy.list[5].x.y == nil\n"
+                         "  and copy['a\"b\\\\c'] == 'e\\n' and copy.u == '\\u{e9}'"),
+        0);
+    assert_true(lua_toboolean(L, -1));
+    lua_settop(L, 0);
+    buf = (cm_ljson_buf){0};
+    assert_int_equal(luaL_dostring(L, "return {z = -0.0, list = {1, 2}}"), 0);
+    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
+    assert_false(same);
+    assert_int_equal(lua_gettop(L), 1);
+    assert_non_null(strstr(buf.s, "\"z\":0"));
+    free(buf.s);
+    buf = (cm_ljson_buf){0};
+    assert_int_equal(luaL_dostring(L, "return {a = {1, (1 << 53) + 1}}"), 0);
+    assert_int_equal(cm_ljson_encode_copy(L, 2, "ctx", &buf, &same, &err), CM_EINVAL);
+    assert_false(same);
+    assert_int_equal(lua_gettop(L), 2);
+    assert_non_null(strstr(err.msg, "ctx.a[1]: integer too large"));
+    free(buf.s);
+    lua_close(L);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_encode_copy_is_a_private_copy),
+        cmocka_unit_test(test_encode_copy_of_edge_values),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
         cmocka_unit_test(test_error_paths_name_every_level),
         cmocka_unit_test(test_utf8_is_carried),
