@@ -486,58 +486,86 @@ static void test_encode_tells_what_reads_back_the_same(void **state)
     assert_true(reads_back_same(many));
 }
 
-/* cm_ljson_encode_copy writes what cm_ljson_encode writes and pushes a copy
-** that shares no table with the value; nothing is pushed when the text would
-** not read back the same or the value cannot be carried, and the stack is
-** as it was. */
-static void test_encode_copy_is_a_private_copy(void **state)
+/* A Lua state for the copy's tests. */
+static lua_State *copy_state(void)
 {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     cm_ljson_init(L);
+    return L;
+}
+
+/* Push what expr returns and cm_ljson_encode_copy it as "ctx" (buf fresh). */
+static int copy_expr(lua_State *L, const char *expr, cm_ljson_buf *buf, bool *same, cm_err *err)
+{
+    char code[1024];
+    snprintf(code, sizeof(code), "return %s", expr);
+    assert_int_equal(luaL_dostring(L, code), 0);
+    *buf = (cm_ljson_buf){0};
+    return cm_ljson_encode_copy(L, lua_gettop(L), "ctx", buf, same, err);
+}
+
+/* expr is copied: the same text as cm_ljson_encode, the copy pushed above
+** the value; then the two are the globals orig and copy, and check (Lua)
+** must return true. The stack is emptied. */
+static void expect_copy(lua_State *L, const char *expr, const char *check)
+{
     cm_err err;
-    cm_ljson_buf buf = {0};
+    cm_ljson_buf buf;
     bool same = false;
     char *plain = NULL;
-    assert_int_equal(luaL_dostring(L, "return {n = 3, s = 'x', t = {w = 1, list = {1, 'two', {}}}, "
-                                      "e = {}}"),
-                     0);
+    assert_int_equal(copy_expr(L, expr, &buf, &same, &err), 0);
     int top = lua_gettop(L);
-    assert_int_equal(cm_ljson_encode(L, top, "ctx", &plain, NULL, &err), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, top, "ctx", &buf, &same, &err), 0);
     assert_true(same);
-    assert_int_equal(lua_gettop(L), top + 1);
+    assert_int_equal(cm_ljson_encode(L, top - 1, "ctx", &plain, NULL, &err), 0);
     assert_string_equal(buf.s, plain);
     assert_int_equal(buf.len, strlen(plain));
     free(buf.s);
     free(plain);
     lua_setglobal(L, "copy");
     lua_setglobal(L, "orig");
-    assert_int_equal(luaL_dostring(L,
-                                   "orig.n = 4; orig.t.w = 2; orig.t.list[3].x = 1; orig.e.y = 1\n"
-                                   "return copy ~= orig and copy.t ~= orig.t and copy.n == 3\n"
-                                   "  and copy.s == 'x' and copy.t.w == 1 and #copy.t.list == 3\n"
-                                   "  and copy.t.list[2] == 'two' and next(copy.t.list[3]) == nil\n"
-                                   "  and next(copy.e) == nil and getmetatable(copy) == nil"),
-                     0);
+    assert_int_equal(luaL_dostring(L, check), 0);
     assert_true(lua_toboolean(L, -1));
     lua_settop(L, 0);
-    /* would read back as something else: the text, no copy */
-    buf = (cm_ljson_buf){0};
-    assert_int_equal(luaL_dostring(L, "return {f = 2.0}"), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
+}
+
+/* expr is not copied: it fails with rc, its message containing want, or
+** (rc 0) its text, containing want, reads back as something else; nothing
+** is left on the stack but the value. */
+static void expect_no_copy(lua_State *L, const char *expr, int rc, const char *want)
+{
+    cm_err err;
+    cm_ljson_buf buf;
+    bool same = true;
+    assert_int_equal(copy_expr(L, expr, &buf, &same, &err), rc);
     assert_false(same);
     assert_int_equal(lua_gettop(L), 1);
-    assert_string_equal(buf.s, "{\"f\":2}");
+    const char *got = rc ? err.msg : buf.s;
+    if (!strstr(got, want))
+        fail_msg("'%s' lacks '%s'", got, want);
     free(buf.s);
+    lua_settop(L, 0);
+}
+
+/* cm_ljson_encode_copy writes what cm_ljson_encode writes and pushes a copy
+** that shares no table with the value; nothing is pushed when the text would
+** not read back the same or the value cannot be carried, and the stack is
+** as it was. */
+static void test_encode_copy_is_a_private_copy(void **state)
+{
+    (void)state;
+    lua_State *L = copy_state();
+    expect_copy(L, "{n = 3, s = 'x', t = {w = 1, list = {1, 'two', {}}}, e = {}}",
+                "orig.n = 4; orig.t.w = 2; orig.t.list[3].x = 1; orig.e.y = 1\n"
+                "return copy ~= orig and copy.t ~= orig.t and copy.n == 3\n"
+                "  and copy.s == 'x' and copy.t.w == 1 and #copy.t.list == 3\n"
+                "  and copy.t.list[2] == 'two' and next(copy.t.list[3]) == nil\n"
+                "  and next(copy.e) == nil and getmetatable(copy) == nil");
+    /* would read back as something else: the text, no copy */
+    expect_no_copy(L, "{f = 2.0}", 0, "{\"f\":2}");
     /* cannot be carried: the error, no copy, nothing left on the stack */
-    buf = (cm_ljson_buf){0};
-    assert_int_equal(luaL_dostring(L, "return {a = {b = 1, c = {d = print}}}"), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 2, "ctx", &buf, &same, &err), CM_EINVAL);
-    assert_false(same);
-    assert_int_equal(lua_gettop(L), 2);
-    assert_non_null(strstr(err.msg, "ctx.a.c.d: a function cannot be carried"));
-    free(buf.s);
+    expect_no_copy(L, "{a = {b = 1, c = {d = print}}}", CM_EINVAL,
+                   "ctx.a.c.d: a function cannot be carried");
     lua_close(L);
 }
 
@@ -548,56 +576,20 @@ static void test_encode_copy_is_a_private_copy(void **state)
 static void test_encode_copy_of_edge_values(void **state)
 {
     (void)state;
-    lua_State *L = luaL_newstate();
-    luaL_openlibs(L);
-    cm_ljson_init(L);
-    cm_err err;
-    cm_ljson_buf buf = {0};
-    bool same = false;
-    char *plain = NULL;
-    assert_int_equal(luaL_dostring(L, "return {big = 1e300, top = 1 << 53, low = -(1 << 53), "
-                                      "half = 0.5, list = {1, 2.5, 's', true, {x = {}}}, "
-                                      "['a\"b\\\\c'] = 'e\\n', u = '\\u{e9}'}"),
-                     0);
-    assert_int_equal(cm_ljson_encode(L, 1, "ctx", &plain, NULL, &err), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
-    assert_true(same);
-    assert_int_equal(lua_gettop(L), 2);
-    assert_string_equal(buf.s, plain);
-    assert_non_null(strstr(buf.s, "\"big\":1e+300"));
-    assert_non_null(strstr(buf.s, "\"top\":9007199254740992"));
-    assert_non_null(strstr(buf.s, "\"low\":-9007199254740992"));
-    assert_non_null(strstr(buf.s, "\"a\\\"b\\\\c\":\"e\\n\""));
-    free(buf.s);
-    free(plain);
-    lua_setglobal(L, "copy");
-    lua_setglobal(L, "orig");
-    assert_int_equal(
-        luaL_dostring(L, "orig.list[5].x.y = 1; orig.list[1] = 9\n"
-                         "return copy.big == 1e300 and math.type(copy.big) == 'float'\n"
-                         "  and math.type(copy.top) == 'integer' and copy.top == 1 << 53\n"
-                         "  and copy.low == -(1 << 53) and copy.half == 0.5\n"
-                         "  and copy.list ~= orig.list and copy.list[1] == 1\n"
-                         "  and math.type(copy.list[2]) == 'float' and copy.list[3] == 's'\n"
-                         "  and copy.list[4] == true and copy.list[5].x.y == nil\n"
-                         "  and copy['a\"b\\\\c'] == 'e\\n' and copy.u == '\\u{e9}'"),
-        0);
-    assert_true(lua_toboolean(L, -1));
-    lua_settop(L, 0);
-    buf = (cm_ljson_buf){0};
-    assert_int_equal(luaL_dostring(L, "return {z = -0.0, list = {1, 2}}"), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
-    assert_false(same);
-    assert_int_equal(lua_gettop(L), 1);
-    assert_non_null(strstr(buf.s, "\"z\":0"));
-    free(buf.s);
-    buf = (cm_ljson_buf){0};
-    assert_int_equal(luaL_dostring(L, "return {a = {1, (1 << 53) + 1}}"), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 2, "ctx", &buf, &same, &err), CM_EINVAL);
-    assert_false(same);
-    assert_int_equal(lua_gettop(L), 2);
-    assert_non_null(strstr(err.msg, "ctx.a[1]: integer too large"));
-    free(buf.s);
+    lua_State *L = copy_state();
+    expect_copy(L,
+                "{big = 1e300, top = 1 << 53, low = -(1 << 53), half = 0.5, "
+                "list = {1, 2.5, 's', true, {x = {}}}, ['a\"b\\\\c'] = 'e\\n', u = '\\u{e9}'}",
+                "orig.list[5].x.y = 1; orig.list[1] = 9\n"
+                "return copy.big == 1e300 and math.type(copy.big) == 'float'\n"
+                "  and math.type(copy.top) == 'integer' and copy.top == 1 << 53\n"
+                "  and copy.low == -(1 << 53) and copy.half == 0.5\n"
+                "  and copy.list ~= orig.list and copy.list[1] == 1\n"
+                "  and math.type(copy.list[2]) == 'float' and copy.list[3] == 's'\n"
+                "  and copy.list[4] == true and copy.list[5].x.y == nil\n"
+                "  and copy['a\"b\\\\c'] == 'e\\n' and copy.u == '\\u{e9}'");
+    expect_no_copy(L, "{z = -0.0, list = {1, 2}}", 0, "\"z\":0");
+    expect_no_copy(L, "{a = {1, (1 << 53) + 1}}", CM_EINVAL, "ctx.a[1]: integer too large");
     lua_close(L);
 }
 
