@@ -14,20 +14,47 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define LJSON_MAX_DEPTH   32
 #define LJSON_BOX         "caremesh.json"
 #define LJSON_SAME_TABLES 64 /* tables cm_ljson_encode_same tells apart */
 
+/* Where the walk is: the root's name and a segment per level, a field's
+** name (borrowed from the Lua stack, where the walk keeps each key while it
+** writes its value) or an array position. The text ("wf.ctx.a[0].b") is
+** written only for an error (path_text): the walk itself copies nothing. */
+typedef struct path_seg {
+    const char *key; /* NULL: an array position */
+    size_t len;      /* the name's length, or the position */
+} path_seg;
+
 typedef struct path_buf {
+    const char *root;
+    size_t nsegs;
+    path_seg segs[LJSON_MAX_DEPTH + 1]; /* encode_table stops deeper walks */
     char s[512];
     size_t len;
 } path_buf;
 
-/* Append text to the path, cut to fit (no snprintf: this runs for every field). */
-static size_t path_push(path_buf *p, char lead, const char *text, size_t len, char tail)
+static inline void path_push(path_buf *p, const char *key, size_t len)
 {
-    size_t old = p->len, room = sizeof(p->s) - 1 - p->len;
+    if (p->nsegs < sizeof(p->segs) / sizeof(p->segs[0]))
+        p->segs[p->nsegs] = (path_seg){key, len};
+    p->nsegs++;
+}
+
+static inline void path_pop(path_buf *p)
+{
+    p->nsegs--;
+}
+
+/* Append text to the path's text, cut to fit. */
+static void path_add(path_buf *p, char lead, const char *text, size_t len, char tail)
+{
+    size_t room = sizeof(p->s) - 1 - p->len;
     char *at = p->s + p->len;
     if (room > 0) {
         *at++ = lead;
@@ -42,25 +69,34 @@ static size_t path_push(path_buf *p, char lead, const char *text, size_t len, ch
         *at++ = tail;
     *at = '\0';
     p->len = (size_t)(at - p->s);
-    return old;
 }
 
-static size_t path_push_index(path_buf *p, lua_Integer i)
+/* The path as text, for an error message: the root, ".name" for a field
+** (cut at a NUL in the name, as %s cuts it), "[i]" for a position. */
+static const char *path_text(path_buf *p)
 {
-    char digits[24];
-    size_t n = sizeof(digits);
-    unsigned long long v = (unsigned long long)i; /* array positions are >= 0 */
-    do {
-        digits[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v && n > 0);
-    return path_push(p, '[', digits + n, sizeof(digits) - n, ']');
-}
-
-static void path_pop(path_buf *p, size_t old)
-{
-    p->len = old;
-    p->s[old] = '\0';
+    size_t nlen = strlen(p->root), n = p->nsegs;
+    p->len = nlen < sizeof(p->s) ? nlen : sizeof(p->s) - 1;
+    memcpy(p->s, p->root, p->len);
+    p->s[p->len] = '\0';
+    if (n > sizeof(p->segs) / sizeof(p->segs[0]))
+        n = sizeof(p->segs) / sizeof(p->segs[0]);
+    for (size_t i = 0; i < n; i++) {
+        const path_seg *g = &p->segs[i];
+        if (g->key) {
+            path_add(p, '.', g->key, g->len, '\0');
+            continue;
+        }
+        char digits[24];
+        size_t nd = sizeof(digits);
+        size_t v = g->len;
+        do {
+            digits[--nd] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v && nd > 0);
+        path_add(p, '[', digits + nd, sizeof(digits) - nd, ']');
+    }
+    return p->s;
 }
 
 /* Is the table at idx a sequence 1..n with no other keys? Sets *n. Raw access only. */
@@ -84,16 +120,17 @@ static int classify_table(lua_State *L, int idx, path_buf *path, bool *is_array,
             return cm_err_set(err, CM_EINVAL,
                               "%s: a key of type %s cannot be carried (keys are "
                               "names or array positions 1..n)",
-                              path->s, lua_typename(L, kt));
+                              path_text(path), lua_typename(L, kt));
         }
         count++;
         lua_pop(L, 1);
     }
     if (has_string && has_int)
-        return cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields", path->s);
+        return cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields",
+                          path_text(path));
     if (has_int && max != count)
         return cm_err_set(err, CM_EINVAL, "%s: array has holes (%lld items, highest index %lld)",
-                          path->s, (long long)count, (long long)max);
+                          path_text(path), (long long)count, (long long)max);
     *is_array = has_int;
     *n = max;
     *fields = count;
@@ -142,14 +179,35 @@ static inline void out_char(out_buf *o, char c)
         o->s[o->len++] = c;
 }
 
-/* How many bytes of s, from the start, are printable ASCII that JSON takes
-** as they are (no quote, backslash, control byte, DEL or byte above 0x7f):
-** such a string needs no NUL, UTF-8 or escape check and is copied whole. */
-static size_t plain_prefix(const char *s, size_t len)
+/* Whether every byte of s is printable ASCII that JSON takes as it is (no
+** quote, backslash, control byte, DEL or byte above 0x7f): such a string
+** needs no NUL, UTF-8 or escape check and is copied whole. Sixteen bytes at
+** a time where SSE2 is (every x86-64), the last sixteen read again when
+** the length is not a multiple: they were plain or the answer is given. */
+static bool all_plain(const char *s, size_t len)
 {
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t i = 0;
-    for (; i + 8 <= len; i += 8) { /* eight bytes at a time while all are plain */
+#if defined(__SSE2__)
+    if (len >= 16) {
+        const __m128i space = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7f),
+                      quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+        for (;; i += 16) {
+            if (i + 16 > len)
+                i = len - 16;
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+            /* signed: a byte above 0x7f is below 0x20 */
+            __m128i bad =
+                _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(x, space), _mm_cmpeq_epi8(x, del)),
+                             _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)));
+            if (_mm_movemask_epi8(bad))
+                return false;
+            if (i + 16 == len)
+                return true;
+        }
+    }
+#endif
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    for (; i + 8 <= len; i += 8) { /* eight bytes at a time */
         uint64_t x, q, b;
         memcpy(&x, s + i, 8);
         q = x ^ (ones * '"');
@@ -160,17 +218,17 @@ static size_t plain_prefix(const char *s, size_t len)
         if ((x | ((x - ones * 0x20) & ~x) | (((x ^ (ones * 0x7f)) - ones) & ~(x ^ (ones * 0x7f))) |
              ((q - ones) & ~q) | ((b - ones) & ~b)) &
             highs)
-            break;
+            return false;
     }
     for (; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
-            break;
+            return false;
     }
-    return i;
+    return true;
 }
 
-/* A string of plain bytes only (plain_prefix is len): quotes and the bytes. */
+/* A string of plain bytes only (all_plain): quotes and the bytes. */
 static void out_plain(out_buf *o, const char *s, size_t len)
 {
     if (o->cap - o->len > len + 2 || out_room(o, len + 2)) {
@@ -297,20 +355,21 @@ static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_b
         if (kt != LUA_TSTRING) {
             bool item = kt == LUA_TNUMBER && lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1;
             return item ? cm_err_set(err, CM_EINVAL, "%s: table mixes array items and named fields",
-                                     path->s)
+                                     path_text(path))
                         : cm_err_set(err, CM_EINVAL,
                                      "%s: a key of type %s cannot be carried (keys are "
                                      "names or array positions 1..n)",
-                                     path->s, lua_typename(L, kt));
+                                     path_text(path), lua_typename(L, kt));
         }
         size_t klen;
         const char *key = lua_tolstring(L, -2, &klen);
-        size_t mark = path_push(path, '.', key, klen, '\0');
-        bool plain = plain_prefix(key, klen) == klen;
+        path_push(path, key, klen);
+        bool plain = all_plain(key, klen);
         if (!plain && strlen(key) != klen)
-            return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: field name contains a NUL byte",
+                              path_text(path));
         if (!lua_checkstack(L, 4))
-            return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+            return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path_text(path));
         if (fields++)
             out_char(o, ',');
         if (plain)
@@ -318,11 +377,13 @@ static int encode_object(lua_State *L, int idx, path_buf *path, int depth, out_b
         else
             out_string(o, key, klen);
         out_char(o, ':');
-        if ((rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err)) != 0)
+        int vt = lua_type(L, -1);
+        if ((rc = encode_value(L, lua_gettop(L), vt, path, depth + 1, o, sc, err)) != 0)
             return rc;
-        path_pop(path, mark);
-        if (copy) { /* stack: key, value, its copy -> key, its copy, key */
-            lua_replace(L, -2);
+        path_pop(path);
+        if (copy) { /* stack: key, value[, a table's copy] -> key, its copy, key */
+            if (vt == LUA_TTABLE)
+                lua_replace(L, -2); /* any other value is its own copy */
             lua_pushvalue(L, -2);
         } else {
             lua_pop(L, 1);
@@ -348,10 +409,10 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
     lua_Integer n = 0, fields = 0;
     int rc, copy = 0;
     if (depth >= LJSON_MAX_DEPTH)
-        return cm_err_set(err, CM_EINVAL, "%s: nested more than %d levels deep (a cycle?)", path->s,
-                          LJSON_MAX_DEPTH);
+        return cm_err_set(err, CM_EINVAL, "%s: nested more than %d levels deep (a cycle?)",
+                          path_text(path), LJSON_MAX_DEPTH);
     if (!lua_checkstack(L, 6))
-        return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path->s);
+        return cm_err_set(err, CM_ENOMEM, "%s: Lua stack exhausted", path_text(path));
     same_table(L, idx, sc);
     lua_pushnil(L);
     if (lua_next(L, idx) != 0) {
@@ -369,17 +430,18 @@ static int encode_table(lua_State *L, int idx, path_buf *path, int depth, out_bu
     out_char(o, is_array ? '[' : '{');
     if (is_array) {
         for (lua_Integer i = 1; i <= n; i++) {
-            size_t mark = path_push_index(path, i - 1); /* JSON positions count from 0 */
+            path_push(path, NULL, (size_t)(i - 1)); /* JSON positions count from 0 */
             if (i > 1)
                 out_char(o, ',');
-            lua_rawgeti(L, idx, i);
-            rc = encode(L, lua_gettop(L), path, depth + 1, o, sc, err);
-            if (rc == 0 && copy)
-                lua_rawseti(L, copy, i); /* stack: copy, value */
-            lua_pop(L, 1);
-            path_pop(path, mark);
+            int vt = lua_rawgeti(L, idx, i);
+            rc = encode_value(L, lua_gettop(L), vt, path, depth + 1, o, sc, err);
+            path_pop(path);
             if (rc != 0)
-                return rc;
+                return rc;               /* encode_root drops what is on the stack */
+            if (copy)                    /* stack: copy, value[, a table's copy] */
+                lua_rawseti(L, copy, i); /* any other value is its own copy */
+            if (!copy || vt == LUA_TTABLE)
+                lua_pop(L, 1);
         }
     }
     out_char(o, is_array ? ']' : '}'); /* no field: an empty object */
@@ -412,13 +474,13 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
             lua_Integer i = lua_tointeger(L, idx);
             if (i > (1LL << 53) || i < -(1LL << 53))
                 return cm_err_set(err, CM_EINVAL, "%s: integer too large for JSON (over 2^53)",
-                                  path->s);
+                                  path_text(path));
             out_int(o, (long long)i);
             return 0;
         }
         double d = lua_tonumber(L, idx);
         if (!isfinite(d))
-            return cm_err_set(err, CM_EINVAL, "%s: number is not finite", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: number is not finite", path_text(path));
         if (sc && d == floor(d) && fabs(d) <= 9007199254740992.0)
             sc->same = false; /* written as an integer, read back as one */
         out_double(o, d);
@@ -427,14 +489,14 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
-        if (plain_prefix(s, len) == len) { /* no NUL, all ASCII, nothing to escape */
+        if (all_plain(s, len)) { /* no NUL, all ASCII, nothing to escape */
             out_plain(o, s, len);
             return 0;
         }
         if (strlen(s) != len)
-            return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: string contains a NUL byte", path_text(path));
         if (!cm_utf8_valid(s, len))
-            return cm_err_set(err, CM_EINVAL, "%s: string is not valid UTF-8", path->s);
+            return cm_err_set(err, CM_EINVAL, "%s: string is not valid UTF-8", path_text(path));
         out_string(o, s, len);
         return 0;
     }
@@ -443,14 +505,14 @@ static int encode_value(lua_State *L, int idx, int type, path_buf *path, int dep
             out_add(o, "null", 4);
             return 0;
         }
-        return cm_err_set(err, CM_EINVAL, "%s: a userdata cannot be carried", path->s);
+        return cm_err_set(err, CM_EINVAL, "%s: a userdata cannot be carried", path_text(path));
     case LUA_TTABLE:
         return encode_table(L, idx, path, depth, o, sc, err);
     default:
         return cm_err_set(err, CM_EINVAL,
                           "%s: a %s cannot be carried (only strings, numbers, "
                           "booleans, tables and cm.null)",
-                          path->s, luaL_typename(L, idx));
+                          path_text(path), luaL_typename(L, idx));
     }
 }
 
@@ -465,11 +527,9 @@ static int encode_root(lua_State *L, int idx, const char *root, out_buf *o, same
 {
     path_buf path;
     const char *name = root ? root : "value";
-    size_t nlen = strlen(name);
     int top = lua_gettop(L);
-    path.len = nlen < sizeof(path.s) ? nlen : sizeof(path.s) - 1;
-    memcpy(path.s, name, path.len);
-    path.s[path.len] = '\0';
+    path.root = name;
+    path.nsegs = 0;
     int rc = encode(L, idx, &path, 0, o, sc, err);
     if (rc != 0)
         lua_settop(L, top); /* what an error left on the stack */
@@ -785,6 +845,10 @@ static bool rd_value(lua_State *L, const char **pp, int depth)
 
 bool cm_ljson_push_object_text(lua_State *L, const char *text)
 {
+    if (text[0] == '{' && text[1] == '}' && text[2] == '\0') {
+        lua_createtable(L, 0, 0); /* an event's usual payload: what rd_container makes */
+        return true;
+    }
     int top = lua_gettop(L);
     const char *p = text;
     rd_space(&p);

@@ -41,6 +41,8 @@ struct cm_lua_runtime {
     int def_ref;
     char def_name[CM_NAME_MAX];
     int def_rev;
+    int driver_ref;          /* registry ref: step_driver's closure, its names as upvalues */
+    const char *ctx_key;     /* the Lua string "ctx", kept as its upvalue DRV_CTX (inst_index) */
     unsigned long ctx_reads; /* contexts read from their text */
     /* Steps begun, and the number of the one under way (0: none): a handle
     ** reads only while its step's number is live_gen (inst_drv). */
@@ -735,18 +737,24 @@ static void push_lazy(lua_State *L, drv *d, int uv)
 ** luaL_checkudata's lookup of the metatable by name on every wf.key. */
 static drv *index_inst(lua_State *L)
 {
-    inst_ud *u = lua_touserdata(L, 1);
-    if (lua_type(L, 1) != LUA_TUSERDATA || lua_rawlen(L, 1) != sizeof(*u) ||
-        u->tag != &instance_mt_key)
+    inst_ud *u = lua_touserdata(L, 1); /* NULL unless a userdata; a light one's length is 0 */
+    if (!u || lua_rawlen(L, 1) != sizeof(*u) || u->tag != &instance_mt_key)
         luaL_typeerror(L, 1, INSTANCE_MT);
     return inst_drv(L, u);
 }
 
-/* wf.key: fields first, then methods (upvalue 1). */
+/* wf.key: fields first, then methods (upvalue 1). wf.ctx, read on most
+** steps and often more than once, is told by the address of the Lua
+** string "ctx" (Lua keeps one of each short string) before the key is
+** looked at as text; any other "ctx" takes the strcmp below. */
 static int inst_index(lua_State *L)
 {
     drv *d = index_inst(L);
     const char *key = luaL_checkstring(L, 2);
+    if (key == d->rt->ctx_key) {
+        push_lazy(L, d, UV_CTX);
+        return 1;
+    }
     switch (key[0]) { /* one strcmp per key: ctx is read on most steps */
     case 'c':
         if (strcmp(key, "ctx") == 0) {
@@ -883,11 +891,28 @@ static void check_input(lua_State *L, drv *d, int spec, int input)
     lua_pop(L, 1);
 }
 
-/* Call the state's handler `which` (enter/exit) if it has one. */
-static void run_handler(lua_State *L, drv *d, int wf, const char *which)
+/* The field names a step looks up in its definition, made Lua strings once:
+** the upvalues of step_driver's closure (make_defs). A lookup by one is a
+** lua_gettable (metamethods as lua_getfield), without making a Lua string
+** of a C string every time. Only step_driver's frame reaches them: it and
+** the functions it calls (resolve, transition, run_handler). */
+enum { DRV_STATES = 1, DRV_ON, DRV_FINAL, DRV_ENTER, DRV_EXIT, DRV_CTX, DRV_NAMES = DRV_CTX };
+
+static const char *const drv_names[DRV_NAMES] = {"states", "on", "final", "enter", "exit", "ctx"};
+
+/* Push t[name] for the driver's name number n (t: an absolute index, or -1
+** for the top); returns its type. */
+static int drv_get(lua_State *L, int t, int n)
+{
+    lua_pushvalue(L, lua_upvalueindex(n));
+    return lua_gettable(L, t == -1 ? -2 : t);
+}
+
+/* Call the state's handler (DRV_ENTER, DRV_EXIT) if it has one. */
+static void run_handler(lua_State *L, drv *d, int wf, int which)
 {
     lua_getfield(L, d->states, d->cur);
-    if (lua_getfield(L, -1, which) == LUA_TFUNCTION) {
+    if (drv_get(L, -1, which) == LUA_TFUNCTION) {
         lua_pushvalue(L, wf);
         lua_call(L, 1, 0);
         lua_pop(L, 1);
@@ -907,21 +932,22 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
         if (!state_exists(L, d->states, next))
             luaL_error(L, "transition to unknown state \"%s\"", next);
         if (hops > 0 || d->sp->state)
-            run_handler(L, d, wf, "exit");
+            run_handler(L, d, wf, DRV_EXIT);
         d->sp->moved = true;
         d->visit++;
         cm_copy_str(d->cur, sizeof(d->cur), next);
         d->go_set = false;
-        run_handler(L, d, wf, "enter");
+        run_handler(L, d, wf, DRV_ENTER);
         if (!d->go_set)
             return;
         cm_copy_str(next, sizeof(next), d->go);
     }
 }
 
-/* Resolve the transition at the top of the stack for the event: returns the
-** target name pushed (or nil pushed: stay); false when nothing matched. */
-static bool resolve(lua_State *L, drv *d, int wf, int payload)
+/* Resolve the transition at the top of the stack for the event (its name at
+** stack index ev): returns the target name pushed (or nil pushed: stay);
+** false when nothing matched. */
+static bool resolve(lua_State *L, drv *d, int wf, int payload, int ev)
 {
     int t = lua_gettop(L);
     if (lua_type(L, t) == LUA_TSTRING) {
@@ -932,7 +958,7 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
         lua_pushvalue(L, t);
         lua_pushvalue(L, wf);
         lua_pushvalue(L, payload);
-        lua_pushstring(L, d->sp->event);
+        lua_pushvalue(L, ev);
         lua_call(L, 3, 1);
         if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "the handler for \"%s\" must return a state name or nil", d->sp->event);
@@ -950,7 +976,7 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
         if (lua_getfield(L, opt, "guard") == LUA_TFUNCTION) {
             lua_pushvalue(L, wf);
             lua_pushvalue(L, payload);
-            lua_pushstring(L, d->sp->event);
+            lua_pushvalue(L, ev);
             lua_call(L, 3, 1);
             pass = lua_toboolean(L, -1);
         }
@@ -959,7 +985,7 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
             lua_getfield(L, opt, "to");
             if (n > 0)
                 lua_remove(L, opt);
-            return resolve(L, d, wf, payload) ? (lua_remove(L, -2), true) : false;
+            return resolve(L, d, wf, payload, ev) ? (lua_remove(L, -2), true) : false;
         }
         if (n > 0)
             lua_pop(L, 1);
@@ -967,13 +993,14 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload)
     return false;
 }
 
-/* The step, run by cm_sandbox_pcall. Upvalue-free; args: lightuserdata drv, spec. */
+/* The step, run by cm_sandbox_pcall. Upvalues: the names of drv_names;
+** args: lightuserdata drv, spec. */
 static int step_driver(lua_State *L)
 {
     drv *d = lua_touserdata(L, 1);
     cm_step *sp = d->sp;
     int spec = 2, st = 0; /* st: the stack index of sp->state's table (0: a start) */
-    lua_getfield(L, spec, "states");
+    drv_get(L, spec, DRV_STATES);
     d->states = lua_gettop(L);
     /* the handle, with ctx, input view and effects as user values */
     inst_ud *u = lua_newuserdatauv(L, sizeof(*u), 4);
@@ -1012,9 +1039,13 @@ static int step_driver(lua_State *L)
         else
             lua_newtable(L);
         int payload = lua_gettop(L);
-        bool has =
-            lua_getfield(L, st, "on") == LUA_TTABLE && lua_getfield(L, -1, sp->event) != LUA_TNIL;
-        if (!has || !resolve(L, d, wf, payload)) {
+        /* the event's name made a Lua string once: the key of on[] and the
+        ** handlers' third argument (what lua_getfield would make again) */
+        lua_pushstring(L, sp->event);
+        int ev = lua_gettop(L);
+        bool has = drv_get(L, st, DRV_ON) == LUA_TTABLE &&
+                   (lua_pushvalue(L, ev), lua_gettable(L, -2) != LUA_TNIL);
+        if (!has || !resolve(L, d, wf, payload, ev)) {
             sp->handled = false;
             sp->guarded = has;
             u->d = NULL;
@@ -1031,7 +1062,7 @@ static int step_driver(lua_State *L)
         lua_pushvalue(L, st); /* still in sp->state */
     else
         lua_getfield(L, d->states, d->cur);
-    lua_getfield(L, -1, "final");
+    drv_get(L, -1, DRV_FINAL);
     sp->final = lua_toboolean(L, -1);
     sp->visit = d->visit;
     cm_copy_str(sp->next, sizeof(sp->next), d->cur);
@@ -1198,7 +1229,8 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOMEM, "Lua stack exhausted");
     }
-    lua_pushcfunction(L, step_driver);
+    cm_sandbox_push_msgh(rt->sb); /* stays under the results: dropped with them */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->driver_ref);
     lua_pushlightuserdata(L, &d);
     if (push_def(L, rt, sp, key, sizeof(key)) != LUA_TTABLE) {
         lua_settop(L, top);
@@ -1207,7 +1239,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     }
     uint64_t outer = rt->live_gen; /* a step's handles read only while it runs */
     rt->live_gen = ++rt->step_gen;
-    rc = cm_sandbox_pcall(rt->sb, 2, LUA_MULTRET, err);
+    rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
     rt->live_gen = outer;
     if (rc != 0) {
         free(d.ctx_text.s);
@@ -1374,6 +1406,11 @@ static int make_defs(lua_State *L)
     rt->mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 0); /* the slot push_def sets */
     rt->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int i = 0; i < DRV_NAMES; i++)
+        lua_pushstring(L, drv_names[i]);
+    rt->ctx_key = lua_tostring(L, -1); /* DRV_CTX: the closure keeps it */
+    lua_pushcclosure(L, step_driver, DRV_NAMES);
+    rt->driver_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
@@ -1389,6 +1426,7 @@ cm_lua_runtime *cm_lua_runtime_new(cm_sandbox *sb, cm_err *err)
     rt->kept_ref = LUA_NOREF;
     rt->mt_ref = LUA_NOREF;
     rt->def_ref = LUA_NOREF;
+    rt->driver_ref = LUA_NOREF;
     lua_State *L = cm_sandbox_state(sb);
     lua_pushcfunction(L, make_defs);
     lua_pushlightuserdata(L, rt);
@@ -1414,6 +1452,7 @@ void cm_lua_runtime_destroy(cm_lua_runtime **rt_p)
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->kept_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->mt_ref);
     luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->def_ref);
+    luaL_unref(cm_sandbox_state(rt->sb), LUA_REGISTRYINDEX, rt->driver_ref);
     free(rt);
     *rt_p = NULL;
 }

@@ -1370,13 +1370,36 @@ static int call_result(cm_sandbox *sb, int status, unsigned long refusals, cm_er
     return cm_err_set(err, CM_ELUA, "%s", msg ? msg : "(error object is not a string)");
 }
 
+/* lua_pcall of the function above the traceback handler at stack index h,
+** the budget armed when it is the outermost call; on failure the stack is
+** cut below h. */
+static int pcall_at(cm_sandbox *sb, int h, int nargs, int nresults, cm_err *err)
+{
+    lua_State *L = sb->L;
+    bool outer = sb->depth == 0;
+    unsigned long refusals = sb->refusals;
+    int status, rc;
+
+    if (outer)
+        arm(sb);
+    sb->depth++;
+    status = lua_pcall(L, nargs, nresults, h);
+    sb->depth--;
+    if (sb->armed)
+        settle_refusal(sb);
+    rc = call_result(sb, status, refusals, err);
+    if (rc != 0)
+        lua_settop(L, h - 1); /* also drops results of a call that swallowed a kill */
+    if (outer)
+        disarm(sb);
+    return rc;
+}
+
 int cm_sandbox_pcall(cm_sandbox *sb, int nargs, int nresults, cm_err *err)
 {
     lua_State *L = sb->L;
     int base = lua_gettop(L) - nargs; /* the function */
-    bool outer = sb->depth == 0;
-    unsigned long refusals = sb->refusals;
-    int status, rc;
+    int rc;
 
     if (!lua_checkstack(L, 1)) {
         lua_settop(L, base - 1);
@@ -1384,21 +1407,20 @@ int cm_sandbox_pcall(cm_sandbox *sb, int nargs, int nresults, cm_err *err)
     }
     lua_pushcfunction(L, traceback_handler);
     lua_insert(L, base); /* stack: handler, function, args */
-    if (outer)
-        arm(sb);
-    sb->depth++;
-    status = lua_pcall(L, nargs, nresults, base);
-    sb->depth--;
-    if (sb->armed)
-        settle_refusal(sb);
-    rc = call_result(sb, status, refusals, err);
-    if (rc != 0)
-        lua_settop(L, base - 1); /* also drops results of a call that swallowed a kill */
-    else
+    rc = pcall_at(sb, base, nargs, nresults, err);
+    if (rc == 0)
         lua_remove(L, base);
-    if (outer)
-        disarm(sb);
     return rc;
+}
+
+void cm_sandbox_push_msgh(cm_sandbox *sb)
+{
+    lua_pushcfunction(sb->L, traceback_handler);
+}
+
+int cm_sandbox_pcall_msgh(cm_sandbox *sb, int nargs, int nresults, cm_err *err)
+{
+    return pcall_at(sb, lua_gettop(sb->L) - nargs - 1, nargs, nresults, err);
 }
 
 /* Read the whole file at path (a regular file: never a FIFO or a device that

@@ -79,6 +79,15 @@ int cm_sandbox_load(cm_sandbox *sb, const char *chunkname, const char *buf, size
 ** code that a script called (nested) shares the outer call's budget. */
 int cm_sandbox_pcall(cm_sandbox *sb, int nargs, int nresults, cm_err *err);
 
+/* cm_sandbox_pcall for a caller that runs many calls and clears its stack
+** after each: push the handler (cm_sandbox_push_msgh), then the function and
+** its nargs arguments (room for them checked by the caller). On success the
+** handler stays below the results, for the caller to drop with them; on
+** failure the stack is cut below it, as cm_sandbox_pcall cuts it. Spares
+** moving the handler under the function and out again. */
+void cm_sandbox_push_msgh(cm_sandbox *sb);
+int cm_sandbox_pcall_msgh(cm_sandbox *sb, int nargs, int nresults, cm_err *err);
+
 /* Load and run a file (the file's own errors name it: "path:line: ..."); a
 ** first line starting with '#' is skipped. CM_EIO ("path: No such file or
 ** directory") when it cannot be read, CM_EMEMCAP when larger than the memory cap. */

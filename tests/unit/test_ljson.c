@@ -103,6 +103,36 @@ static void test_uncarriable_values_name_their_path(void **state)
                    "nested more than 32 levels deep");
 }
 
+/* The path of an error is written only when there is one: fields and
+** positions at every level, a name cut at its NUL, the whole cut to 511
+** characters as before. */
+static void test_error_paths_name_every_level(void **state)
+{
+    (void)state;
+    expect_refusal("{a = {{b = {1, 2, {c = print}}}}}", "patient.a[0].b[2].c: a function cannot");
+    expect_refusal("{list = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, print}}",
+                   "patient.list[11]: a function cannot");
+    expect_refusal("{a = {['x\\0y'] = 1}}", "patient.a.x: field name contains a NUL byte");
+    expect_refusal("{a = {b = 1, c = {d = 1, [true] = 2}}}", "patient.a.c: a key of type boolean");
+    /* a cycle of arrays: 32 positions, then the error */
+    char want[200];
+    size_t n = (size_t)snprintf(want, sizeof(want), "patient");
+    for (int i = 0; i < 32; i++)
+        n += (size_t)snprintf(want + n, sizeof(want) - n, "[0]");
+    snprintf(want + n, sizeof(want) - n, ": nested more than 32 levels deep");
+    expect_refusal("(function() local t = {} t[1] = t return t end)()", want);
+    /* a path longer than 511 characters is cut there: no ".x" after the name */
+    char *json = NULL;
+    cm_err err;
+    assert_int_equal(convert("{[string.rep('k', 600)] = {x = print}}", &json, &err), CM_EINVAL);
+    char cut[600];
+    n = (size_t)snprintf(cut, sizeof(cut), "patient.");
+    memset(cut + n, 'k', 511 - n);
+    snprintf(cut + 511, sizeof(cut) - 511, ": a function cannot");
+    if (strncmp(err.msg, cut, strlen(cut)) != 0)
+        fail_msg("message '%s' does not start with '%s'", err.msg, cut);
+}
+
 /* The exact text of the value expr returns (cm_ljson_encode). */
 static void expect_text(const char *expr, const char *want)
 {
@@ -148,18 +178,19 @@ static void test_names_and_strings_written_exactly(void **state)
 }
 
 /* Each byte that needs a check or an escape, at every position of strings
-** up to 20 bytes long (the plain scan reads 8 bytes at a time), between
-** plain bytes of both edges of the plain range (' ' and '~'): the text is
-** the string escaped byte by byte. */
+** up to 40 bytes long (the plain scan reads 16 bytes at a time with SSE2,
+** the last 16 again when they overlap, 8 at a time without), between plain
+** bytes of both edges of the plain range (' ' and '~'): the text is the
+** string escaped byte by byte. */
 static void test_every_byte_position_is_seen(void **state)
 {
     (void)state;
     static const char *const specials[] = {"\"", "\\", "\x01", "\x1f", "\x7f", "\xc3\xa9", "\n"};
     lua_State *L = luaL_newstate();
     for (size_t k = 0; k < sizeof(specials) / sizeof(specials[0]); k++)
-        for (size_t len = 1; len <= 20; len++)
+        for (size_t len = 1; len <= 40; len++) /* past two of SSE2's sixteen bytes */
             for (size_t at = 0; at + strlen(specials[k]) <= len; at++) {
-                char str[32], want[160];
+                char str[48], want[320];
                 size_t n = 0, w = 0;
                 for (size_t i = 0; i < at; i++)
                     str[n++] = i % 2 ? '~' : ' ';
@@ -455,58 +486,110 @@ static void test_encode_tells_what_reads_back_the_same(void **state)
     assert_true(reads_back_same(many));
 }
 
-/* cm_ljson_encode_copy writes what cm_ljson_encode writes and pushes a copy
-** that shares no table with the value; nothing is pushed when the text would
-** not read back the same or the value cannot be carried, and the stack is
-** as it was. */
-static void test_encode_copy_is_a_private_copy(void **state)
+/* A Lua state for the copy's tests. */
+static lua_State *copy_state(void)
 {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     cm_ljson_init(L);
+    return L;
+}
+
+/* Push what expr returns and cm_ljson_encode_copy it as "ctx" (buf fresh). */
+static int copy_expr(lua_State *L, const char *expr, cm_ljson_buf *buf, bool *same, cm_err *err)
+{
+    char code[1024];
+    snprintf(code, sizeof(code), "return %s", expr);
+    assert_int_equal(luaL_dostring(L, code), 0);
+    *buf = (cm_ljson_buf){0};
+    return cm_ljson_encode_copy(L, lua_gettop(L), "ctx", buf, same, err);
+}
+
+/* expr is copied: the same text as cm_ljson_encode, the copy pushed above
+** the value; then the two are the globals orig and copy, and check (Lua)
+** must return true. The stack is emptied. */
+static void expect_copy(lua_State *L, const char *expr, const char *check)
+{
     cm_err err;
-    cm_ljson_buf buf = {0};
+    cm_ljson_buf buf;
     bool same = false;
     char *plain = NULL;
-    assert_int_equal(luaL_dostring(L, "return {n = 3, s = 'x', t = {w = 1, list = {1, 'two', {}}}, "
-                                      "e = {}}"),
-                     0);
+    assert_int_equal(copy_expr(L, expr, &buf, &same, &err), 0);
     int top = lua_gettop(L);
-    assert_int_equal(cm_ljson_encode(L, top, "ctx", &plain, NULL, &err), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, top, "ctx", &buf, &same, &err), 0);
     assert_true(same);
-    assert_int_equal(lua_gettop(L), top + 1);
+    assert_int_equal(cm_ljson_encode(L, top - 1, "ctx", &plain, NULL, &err), 0);
     assert_string_equal(buf.s, plain);
     assert_int_equal(buf.len, strlen(plain));
     free(buf.s);
     free(plain);
     lua_setglobal(L, "copy");
     lua_setglobal(L, "orig");
-    assert_int_equal(luaL_dostring(L,
-                                   "orig.n = 4; orig.t.w = 2; orig.t.list[3].x = 1; orig.e.y = 1\n"
-                                   "return copy ~= orig and copy.t ~= orig.t and copy.n == 3\n"
-                                   "  and copy.s == 'x' and copy.t.w == 1 and #copy.t.list == 3\n"
-                                   "  and copy.t.list[2] == 'two' and next(copy.t.list[3]) == nil\n"
-                                   "  and next(copy.e) == nil and getmetatable(copy) == nil"),
-                     0);
+    assert_int_equal(luaL_dostring(L, check), 0);
     assert_true(lua_toboolean(L, -1));
     lua_settop(L, 0);
-    /* would read back as something else: the text, no copy */
-    buf = (cm_ljson_buf){0};
-    assert_int_equal(luaL_dostring(L, "return {f = 2.0}"), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 1, "ctx", &buf, &same, &err), 0);
+}
+
+/* expr is not copied: it fails with rc, its message containing want, or
+** (rc 0) its text, containing want, reads back as something else; nothing
+** is left on the stack but the value. */
+static void expect_no_copy(lua_State *L, const char *expr, int rc, const char *want)
+{
+    cm_err err;
+    cm_ljson_buf buf;
+    bool same = true;
+    assert_int_equal(copy_expr(L, expr, &buf, &same, &err), rc);
     assert_false(same);
     assert_int_equal(lua_gettop(L), 1);
-    assert_string_equal(buf.s, "{\"f\":2}");
+    const char *got = rc ? err.msg : buf.s;
+    if (!strstr(got, want))
+        fail_msg("'%s' lacks '%s'", got, want);
     free(buf.s);
+    lua_settop(L, 0);
+}
+
+/* cm_ljson_encode_copy writes what cm_ljson_encode writes and pushes a copy
+** that shares no table with the value; nothing is pushed when the text would
+** not read back the same or the value cannot be carried, and the stack is
+** as it was. */
+static void test_encode_copy_is_a_private_copy(void **state)
+{
+    (void)state;
+    lua_State *L = copy_state();
+    expect_copy(L, "{n = 3, s = 'x', t = {w = 1, list = {1, 'two', {}}}, e = {}}",
+                "orig.n = 4; orig.t.w = 2; orig.t.list[3].x = 1; orig.e.y = 1\n"
+                "return copy ~= orig and copy.t ~= orig.t and copy.n == 3\n"
+                "  and copy.s == 'x' and copy.t.w == 1 and #copy.t.list == 3\n"
+                "  and copy.t.list[2] == 'two' and next(copy.t.list[3]) == nil\n"
+                "  and next(copy.e) == nil and getmetatable(copy) == nil");
+    /* would read back as something else: the text, no copy */
+    expect_no_copy(L, "{f = 2.0}", 0, "{\"f\":2}");
     /* cannot be carried: the error, no copy, nothing left on the stack */
-    buf = (cm_ljson_buf){0};
-    assert_int_equal(luaL_dostring(L, "return {a = {b = 1, c = {d = print}}}"), 0);
-    assert_int_equal(cm_ljson_encode_copy(L, 2, "ctx", &buf, &same, &err), CM_EINVAL);
-    assert_false(same);
-    assert_int_equal(lua_gettop(L), 2);
-    assert_non_null(strstr(err.msg, "ctx.a.c.d: a function cannot be carried"));
-    free(buf.s);
+    expect_no_copy(L, "{a = {b = 1, c = {d = print}}}", CM_EINVAL,
+                   "ctx.a.c.d: a function cannot be carried");
+    lua_close(L);
+}
+
+/* The copy of values at the edges: floats and integers at 2^53, a float
+** beyond it, names and strings needing escapes, arrays holding scalars and
+** tables; -0.0 (written as 0, read back an integer) makes no copy, and an
+** integer past 2^53 is refused with nothing left on the stack. */
+static void test_encode_copy_of_edge_values(void **state)
+{
+    (void)state;
+    lua_State *L = copy_state();
+    expect_copy(L,
+                "{big = 1e300, top = 1 << 53, low = -(1 << 53), half = 0.5, "
+                "list = {1, 2.5, 's', true, {x = {}}}, ['a\"b\\\\c'] = 'e\\n', u = '\\u{e9}'}",
+                "orig.list[5].x.y = 1; orig.list[1] = 9\n"
+                "return copy.big == 1e300 and math.type(copy.big) == 'float'\n"
+                "  and math.type(copy.top) == 'integer' and copy.top == 1 << 53\n"
+                "  and copy.low == -(1 << 53) and copy.half == 0.5\n"
+                "  and copy.list ~= orig.list and copy.list[1] == 1\n"
+                "  and math.type(copy.list[2]) == 'float' and copy.list[3] == 's'\n"
+                "  and copy.list[4] == true and copy.list[5].x.y == nil\n"
+                "  and copy['a\"b\\\\c'] == 'e\\n' and copy.u == '\\u{e9}'");
+    expect_no_copy(L, "{z = -0.0, list = {1, 2}}", 0, "\"z\":0");
+    expect_no_copy(L, "{a = {1, (1 << 53) + 1}}", CM_EINVAL, "ctx.a[1]: integer too large");
     lua_close(L);
 }
 
@@ -515,7 +598,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_encode_copy_is_a_private_copy),
+        cmocka_unit_test(test_encode_copy_of_edge_values),
         cmocka_unit_test(test_uncarriable_values_name_their_path),
+        cmocka_unit_test(test_error_paths_name_every_level),
         cmocka_unit_test(test_utf8_is_carried),
         cmocka_unit_test(test_names_and_strings_written_exactly),
         cmocka_unit_test(test_every_byte_position_is_seen),

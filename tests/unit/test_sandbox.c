@@ -777,6 +777,51 @@ static void test_runtime_error_has_location_and_traceback(void **state)
                    CM_ELUA, "custom\nstack traceback:");
 }
 
+/* Load code as chunk "=test" above the handler, push the integer args
+** 2, 3, ..., and call it through cm_sandbox_pcall_msgh. */
+static int run_msgh(cm_sandbox *sb, const char *code, int nargs, int nresults, cm_err *err)
+{
+    lua_State *L = cm_sandbox_state(sb);
+    cm_sandbox_push_msgh(sb);
+    int rc = cm_sandbox_load(sb, "=test", code, strlen(code), err);
+    if (rc != 0)
+        return rc;
+    for (int i = 0; i < nargs; i++)
+        lua_pushinteger(L, i + 2);
+    return cm_sandbox_pcall_msgh(sb, nargs, nresults, err);
+}
+
+/* The handler pushed by the caller stays under the results on success and
+** goes with everything above it on failure; errors keep their traceback,
+** and neither the budget nor a script's pcall changes that. */
+static void test_pcall_msgh_leaves_its_handler_under_the_results(void **state)
+{
+    cm_sandbox *sb = *state;
+    lua_State *L = cm_sandbox_state(sb);
+    int top = lua_gettop(L);
+    cm_err err = {0};
+
+    assert_int_equal(run_msgh(sb, "local a, b = ... return a + b, 'two'", 2, 2, &err), 0);
+    assert_int_equal(lua_gettop(L), top + 3);
+    assert_int_equal(lua_type(L, top + 1), LUA_TFUNCTION);
+    assert_int_equal(lua_tointeger(L, top + 2), 5);
+    assert_string_equal(lua_tostring(L, top + 3), "two");
+    lua_settop(L, top);
+    assert_int_equal(run_msgh(sb, "local function boom() error('boom') end\nboom()", 0, 0, &err),
+                     CM_ELUA);
+    assert_true(strncmp(err.msg, "test:1: boom\nstack traceback:", 29) == 0);
+    assert_int_equal(lua_gettop(L), top);
+    assert_int_equal(run_msgh(sb, "while true do end", 0, 1, &err), CM_EBUDGET);
+    assert_int_equal(lua_gettop(L), top);
+    assert_int_equal(
+        run_msgh(sb, "pcall(function() while true do end end) return 'kept'", 0, 1, &err),
+        CM_EBUDGET);
+    assert_int_equal(lua_gettop(L), top);
+    assert_int_equal(run_msgh(sb, "return 'again'", 0, 1, &err), 0); /* the budget is rearmed */
+    assert_string_equal(lua_tostring(L, -1), "again");
+    lua_settop(L, top);
+}
+
 /* ---------------------------------------------------------------------------
 ** Modules, host globals, print, files
 */
@@ -1046,6 +1091,7 @@ int main(void)
         SMALL_TEST(test_gc_metamethods_are_refused),
         DEFAULT_TEST(test_infinite_loop_exhausts_the_budget),
         SMALL_TEST(test_pcall_cannot_swallow_the_budget),
+        SMALL_TEST(test_pcall_msgh_leaves_its_handler_under_the_results),
         SMALL_TEST(test_xpcall_handlers_cannot_swallow_the_budget),
         SMALL_TEST(test_coroutines_cannot_escape_the_budget),
         SMALL_TEST(test_budget_counts_instructions_inside_coroutines),
