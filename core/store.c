@@ -905,7 +905,10 @@ static void *sync_main(void *arg)
                 sy->failed = rc;
                 memcpy(sy->why, why, sizeof(why));
             }
-        } else if (target > sy->synced) {
+        } else if (!sy->failed && target > sy->synced) {
+            /* once a sync failed, a later one's 0 proves nothing of the
+            ** failed one's frames: Linux tells a writeback error once and
+            ** drops the pages clean, so the watermark stays */
             sy->synced = target;
             unsigned k = sy->nspans++ % CM_SYNC_SPANS;
             sy->spans[k].target = target;

@@ -128,7 +128,8 @@ int cm_store_begin_nosync(cm_store *store, cm_err *err);
 ** the next covers every commit made while both run). Each deferred or
 ** synced commit takes the next number of a counter; the watermark is the
 ** highest number known durable: the highest a finished sync covered (a
-** failure taken in only after the syncs begun before it), or a synced
+** failure taken in only after the syncs begun before it, and no sync's
+** success taken in after a failure), or a synced
 ** commit's (its own WAL sync covers every earlier frame). Nothing that
 ** depends on a commit may leave the process before the watermark reaches
 ** it (the output-commit rule). A failed sync is never retried (Linux may

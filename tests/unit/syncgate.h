@@ -21,9 +21,18 @@ typedef struct cm_test_gate {
     int waiting;   /* syncs blocked on held now */
     int fail;      /* an errno to return instead of syncing; 0: sync */
     int fail_at;   /* with fail: only syncs numbered (by started) from this one fail */
-    int started;   /* syncs begun */
-    int done;      /* syncs finished */
-    dev_t dev;     /* the file the last sync was of */
+    int fail_only; /* with fail: only the sync numbered this one fails; 0: any from fail_at */
+    int released;  /* with held: syncs numbered up to this one pass all the same */
+    /* with fail: the error is the kernel's writeback error, reported once
+    ** per open file (errseq_t): told at a sync's start, before any hold, to
+    ** the first sync through each descriptor, and a later one through the
+    ** same descriptor syncs and gets 0 */
+    bool errseq;
+    int seen[8]; /* errseq: the descriptors told so far */
+    int nseen;
+    int started; /* syncs begun */
+    int done;    /* syncs finished */
+    dev_t dev;   /* the file the last sync was of */
     ino_t ino;
 } cm_test_gate;
 
@@ -33,6 +42,8 @@ static inline void cm_test_gate_init(cm_test_gate *g)
     pthread_cond_init(&g->cv, NULL);
     g->held = false;
     g->waiting = g->fail = g->fail_at = g->started = g->done = g->hold_only = 0;
+    g->fail_only = g->released = g->nseen = 0;
+    g->errseq = false;
     g->dev = 0;
     g->ino = 0;
 }
@@ -43,12 +54,28 @@ static inline void cm_test_gate_destroy(cm_test_gate *g)
     pthread_mutex_destroy(&g->mu);
 }
 
+/* Whether the nth sync (through fd) is to fail; errseq: fd is told now. Under mu. */
+static inline bool cm_test_gate_fails(cm_test_gate *g, int nth, int fd)
+{
+    if (!g->fail || nth < g->fail_at || (g->fail_only && nth != g->fail_only))
+        return false;
+    if (!g->errseq)
+        return true;
+    for (int i = 0; i < g->nseen; i++)
+        if (g->seen[i] == fd)
+            return false;
+    if (g->nseen < (int)(sizeof(g->seen) / sizeof(g->seen[0])))
+        g->seen[g->nseen++] = fd;
+    return true;
+}
+
 /* The sync function (cm_store_opts.sync_fn, ud the gate). */
 static inline int cm_test_gate_sync(void *ud, int fd)
 {
     cm_test_gate *g = ud;
     pthread_mutex_lock(&g->mu);
     int nth = ++g->started;
+    bool told = g->errseq && cm_test_gate_fails(g, nth, fd);
     struct stat sb;
     if (fstat(fd, &sb) == 0) {
         g->dev = sb.st_dev;
@@ -56,10 +83,11 @@ static inline int cm_test_gate_sync(void *ud, int fd)
     }
     g->waiting++;
     pthread_cond_broadcast(&g->cv);
-    while (g->held && (!g->hold_only || nth == g->hold_only))
+    while (g->held && nth > g->released && (!g->hold_only || nth == g->hold_only))
         pthread_cond_wait(&g->cv, &g->mu);
     g->waiting--;
-    int rc = g->fail && nth >= g->fail_at ? g->fail : (fdatasync(fd) == 0 ? 0 : errno);
+    bool fails = g->errseq ? told : cm_test_gate_fails(g, nth, fd);
+    int rc = fails ? g->fail : (fdatasync(fd) == 0 ? 0 : errno);
     g->done++;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
@@ -70,6 +98,15 @@ static inline void cm_test_gate_hold(cm_test_gate *g, bool held)
 {
     pthread_mutex_lock(&g->mu);
     g->held = held;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Let the held syncs numbered up to nth go on. */
+static inline void cm_test_gate_release(cm_test_gate *g, int nth)
+{
+    pthread_mutex_lock(&g->mu);
+    g->released = nth;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
 }

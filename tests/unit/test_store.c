@@ -1063,6 +1063,57 @@ static void test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it(void 
     close_gated(f);
 }
 
+/* A gated store with two deferred commits, *a and then *b, both syncs
+** begun and held; the first fails with EIO when it goes on (errseq: the
+** error is told at its start, once per descriptor, as Linux does). */
+static cm_store *two_syncs_held(fixture *f, bool errseq, uint64_t *a, uint64_t *b)
+{
+    cm_test_gate *g = gate_of(f);
+    cm_err err;
+    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
+    assert_non_null(s);
+    cm_test_gate_zero(g);
+    g->fail = EIO;
+    g->fail_only = 1;
+    g->errseq = errseq;
+    g->hold_only = errseq ? 1 : 0;
+    cm_test_gate_hold(g, true);
+    *a = deferred_write(s, "a");
+    assert_true(cm_test_gate_wait_held(g, 1));
+    *b = deferred_write(s, "b");
+    assert_true(cm_test_gate_wait_for(g, &g->started, 2));
+    return s;
+}
+
+/* Neither commit known durable, the watermark below both, writes refused. */
+static void assert_both_in_doubt(cm_store *s, uint64_t a, uint64_t b)
+{
+    cm_err err;
+    assert_int_equal(cm_store_sync_wait(s, a, &err), CM_EINDOUBT);
+    assert_int_equal(cm_store_sync_wait(s, b, &err), CM_EINDOUBT);
+    assert_true(cm_store_synced_seq(s) < a);
+    assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+}
+
+/* The first of two syncs in flight fails, and then the second ends well:
+** the watermark stays below both commits. On one file Linux tells a
+** writeback error to one sync only, so the second's 0 does not say that
+** the first commit's pages reached the disk (they were dropped clean). */
+static void test_a_good_sync_after_a_failed_one_moves_no_watermark(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate *g = gate_of(f);
+    uint64_t a, b;
+    cm_store *s = two_syncs_held(f, false, &a, &b);
+    assert_true(cm_test_gate_wait_held(g, 2));
+    cm_test_gate_release(g, 1);
+    assert_true(cm_test_gate_wait_done(g, 1)); /* the first failed, the second is held */
+    cm_test_gate_hold(g, false);
+    assert_true(cm_test_gate_wait_done(g, 2));
+    assert_both_in_doubt(s, a, b);
+    close_gated(f);
+}
+
 /* A synced commit (FULL) syncs the WAL with every earlier frame: the
 ** watermark passes deferred commits still waiting for the thread. A commit
 ** that wrote nothing synced nothing and takes no number. */
@@ -1725,6 +1776,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_good_sync_after_a_failed_one_moves_no_watermark,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_synced_commit_covers_earlier_deferred_ones, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
