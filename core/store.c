@@ -71,8 +71,11 @@ typedef struct cm_syncer {
     bool started;     /* the threads run (started on the first deferred commit) */
     bool unavailable; /* it could not be started: deferred commits are synced inline */
     bool stop;
-    int fd;    /* the WAL, opened by the thread's starter; -1 when none */
-    dev_t dev; /* the WAL's inode as opened: checked before each sync */
+    /* the WAL, opened by the threads' starter, one open file each: Linux
+    ** tells a writeback error once per open file, so through a shared one
+    ** a sync could take the error and another, ending first, get 0 */
+    int fd[CM_SYNC_THREADS]; /* -1 when none */
+    dev_t dev;               /* the WAL's inode as opened: checked before each sync */
     ino_t ino;
     char *wal_path;
     uint64_t want;                     /* the highest commit number asked to be synced */
@@ -846,7 +849,7 @@ static void sync_fail(cm_store *store, const char *why)
 /* Sync the WAL once: the inode opened must still be the WAL's (SQLite never
 ** replaces or deletes it while the writer's connection is open; a check that
 ** costs a stat against a sync of milliseconds). 0 or an errno. */
-static int sync_once(cm_syncer *sy, char *why, size_t whysz)
+static int sync_once(cm_syncer *sy, int fd, char *why, size_t whysz)
 {
     struct stat sb;
     if (stat(sy->wal_path, &sb) != 0 || sb.st_dev != sy->dev || sb.st_ino != sy->ino) {
@@ -854,7 +857,7 @@ static int sync_once(cm_syncer *sy, char *why, size_t whysz)
                  sy->wal_path);
         return EIO;
     }
-    int rc = sy->fn ? sy->fn(sy->fn_ud, sy->fd) : (fdatasync(sy->fd) == 0 ? 0 : errno);
+    int rc = sy->fn ? sy->fn(sy->fn_ud, fd) : (fdatasync(fd) == 0 ? 0 : errno);
     if (rc != 0)
         snprintf(why, whysz, "%s: fdatasync failed: %s", sy->wal_path, strerror(rc));
     return rc;
@@ -894,7 +897,7 @@ static void *sync_main(void *arg)
         sy->running[slot] = ticket;
         pthread_mutex_unlock(&sy->mu);
         int64_t start = mono_ns();
-        int rc = sync_once(sy, why, sizeof(why));
+        int rc = sync_once(sy, sy->fd[slot], why, sizeof(why));
         int64_t end = mono_ns();
         pthread_mutex_lock(&sy->mu);
         while (rc != 0 && sync_earlier_running(sy, ticket))
@@ -944,7 +947,16 @@ int cm_store_sync_wal_file(sqlite3 *db, int (*fn)(void *ud, int fd), void *ud, c
     return rc;
 }
 
-/* The threads and their fd of the WAL, on the first deferred commit; false
+static void sync_close_fds(cm_syncer *sy)
+{
+    for (int i = 0; i < CM_SYNC_THREADS; i++) {
+        if (sy->fd[i] >= 0)
+            close(sy->fd[i]);
+        sy->fd[i] = -1;
+    }
+}
+
+/* The threads and their fds of the WAL, on the first deferred commit; false
 ** if none can be had (deferred commits then commit synced). */
 static bool sync_start(cm_store *store)
 {
@@ -957,11 +969,14 @@ static bool sync_start(cm_store *store)
     if (!wal || !(sy->wal_path = strdup(wal)))
         return false;
     /* the writer's connection holds the WAL open from its first read on */
-    sy->fd = open(sy->wal_path, O_RDONLY | O_CLOEXEC);
-    if (sy->fd < 0 || fstat(sy->fd, &sb) != 0 || !S_ISREG(sb.st_mode))
-        goto fail;
-    sy->dev = sb.st_dev;
-    sy->ino = sb.st_ino;
+    for (int i = 0; i < CM_SYNC_THREADS; i++) {
+        sy->fd[i] = open(sy->wal_path, O_RDONLY | O_CLOEXEC);
+        if (sy->fd[i] < 0 || fstat(sy->fd[i], &sb) != 0 || !S_ISREG(sb.st_mode) ||
+            (i > 0 && (sb.st_dev != sy->dev || sb.st_ino != sy->ino)))
+            goto fail;
+        sy->dev = sb.st_dev;
+        sy->ino = sb.st_ino;
+    }
     sigset_t all, old;
     sigfillset(&all); /* signals stay with the threads that expect them (the loop's) */
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -979,9 +994,7 @@ static bool sync_start(cm_store *store)
     sy->started = true;
     return true;
 fail:
-    if (sy->fd >= 0)
-        close(sy->fd);
-    sy->fd = -1;
+    sync_close_fds(sy);
     return false;
 }
 
@@ -1005,7 +1018,8 @@ static void sync_after_commit(cm_store *store, bool deferred)
 
 static void sync_init(cm_store *store)
 {
-    store->sy.fd = -1;
+    for (int i = 0; i < CM_SYNC_THREADS; i++)
+        store->sy.fd[i] = -1;
     pthread_mutex_init(&store->sy.mu, NULL);
     pthread_cond_init(&store->sy.cv, NULL);
     store->writer = true;
@@ -1028,8 +1042,7 @@ static void sync_close(cm_store *store)
         for (int i = 0; i < sy->nthreads; i++)
             pthread_join(sy->thread[i], NULL);
     }
-    if (sy->fd >= 0)
-        close(sy->fd);
+    sync_close_fds(sy);
     free(sy->wal_path);
     pthread_cond_destroy(&sy->cv);
     pthread_mutex_destroy(&sy->mu);

@@ -122,7 +122,8 @@ int cm_store_begin_nosync(cm_store *store, cm_err *err);
 ** cm_store_begin_deferred opens a transaction like cm_store_begin_nosync
 ** (SQLite's synchronous=NORMAL for it: its frames are written to the WAL at
 ** COMMIT, not synced), and its commit hands the sync to the store's two
-** sync threads, which fdatasync the WAL on an fd of its own: one sync
+** sync threads, which fdatasync the WAL each on an fd of its own (a
+** writeback error is told once per open file): one sync
 ** covers every frame written before it starts, so syncs coalesce (at most
 ** two in flight, a commit made during one synced at once by the other;
 ** the next covers every commit made while both run). Each deferred or

@@ -1074,7 +1074,7 @@ static cm_store *two_syncs_held(fixture *f, bool errseq, uint64_t *a, uint64_t *
     assert_non_null(s);
     cm_test_gate_zero(g);
     g->fail = EIO;
-    g->fail_only = 1;
+    g->fail_only = errseq ? 0 : 1; /* errseq: the error is told to each descriptor */
     g->errseq = errseq;
     g->hold_only = errseq ? 1 : 0;
     cm_test_gate_hold(g, true);
@@ -1108,6 +1108,22 @@ static void test_a_good_sync_after_a_failed_one_moves_no_watermark(void **state)
     assert_true(cm_test_gate_wait_held(g, 2));
     cm_test_gate_release(g, 1);
     assert_true(cm_test_gate_wait_done(g, 1)); /* the first failed, the second is held */
+    cm_test_gate_hold(g, false);
+    assert_true(cm_test_gate_wait_done(g, 2));
+    assert_both_in_doubt(s, a, b);
+    close_gated(f);
+}
+
+/* The two sync threads each sync through a descriptor of their own: a
+** writeback error is told once per open file, so through a shared one the
+** first sync takes it and the second, ending first, got 0 and moved the
+** watermark past the commit whose pages were lost. */
+static void test_each_sync_thread_is_told_a_writeback_error(void **state)
+{
+    fixture *f = *state;
+    cm_test_gate *g = gate_of(f);
+    uint64_t a, b;
+    cm_store *s = two_syncs_held(f, true, &a, &b);
     cm_test_gate_hold(g, false);
     assert_true(cm_test_gate_wait_done(g, 2));
     assert_both_in_doubt(s, a, b);
@@ -1778,6 +1794,8 @@ int main(void)
             test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_good_sync_after_a_failed_one_moves_no_watermark,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_each_sync_thread_is_told_a_writeback_error, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_synced_commit_covers_earlier_deferred_ones, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failed_sync_stops_the_store, setup, teardown),
