@@ -1004,22 +1004,39 @@ static void test_commits_during_two_syncs_share_the_next_one(void **state)
     close_gated(f);
 }
 
-/* A gated store with two deferred commits, *a and then *b, the sync of *a
-** held (only that one); the second sync fails with EIO when fail is set. */
-static cm_store *first_sync_held(fixture *f, bool fail, uint64_t *a, uint64_t *b)
+/* A gated store at FULL, the gate counting its syncs from here. */
+static cm_store *open_gated_full(fixture *f)
 {
-    cm_test_gate *g = gate_of(f);
     cm_err err;
     cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
     assert_non_null(s);
-    g->hold_only = 1;
-    g->fail = fail ? EIO : 0;
-    g->fail_at = 2;
+    cm_test_gate_zero(gate_of(f));
+    return s;
+}
+
+/* Two deferred commits on s, *a and then *b, the gate holding (as set up)
+** from the first sync on; returns once both syncs have begun. */
+static cm_store *two_deferred_writes(fixture *f, cm_store *s, uint64_t *a, uint64_t *b)
+{
+    cm_test_gate *g = gate_of(f);
     cm_test_gate_hold(g, true);
     *a = deferred_write(s, "a");
     assert_true(cm_test_gate_wait_held(g, 1));
     *b = deferred_write(s, "b");
+    assert_true(cm_test_gate_wait_for(g, &g->started, 2));
     return s;
+}
+
+/* A gated store with two deferred commits, *a and then *b, the sync of *a
+** held (only that one); the second sync fails with EIO when fail is set. */
+static cm_store *first_sync_held(fixture *f, bool fail, uint64_t *a, uint64_t *b)
+{
+    cm_store *s = open_gated_full(f);
+    cm_test_gate *g = gate_of(f);
+    g->hold_only = 1;
+    g->fail = fail ? EIO : 0;
+    g->fail_at = 2;
+    return two_deferred_writes(f, s, a, b);
 }
 
 /* A sync begun after an earlier one that ends first moves the watermark
@@ -1065,34 +1082,32 @@ static void test_a_failed_sync_is_taken_in_after_the_syncs_begun_before_it(void 
 
 /* A gated store with two deferred commits, *a and then *b, both syncs
 ** begun and held; the first fails with EIO when it goes on (errseq: the
-** error is told at its start, once per descriptor, as Linux does). */
+** error is told at its start, once per descriptor, as Linux does, and the
+** second is not held). */
 static cm_store *two_syncs_held(fixture *f, bool errseq, uint64_t *a, uint64_t *b)
 {
+    cm_store *s = open_gated_full(f);
     cm_test_gate *g = gate_of(f);
-    cm_err err;
-    cm_store *s = open_gated(f, f->db, CM_SYNC_FULL, &err);
-    assert_non_null(s);
-    cm_test_gate_zero(g);
     g->fail = EIO;
     g->fail_only = errseq ? 0 : 1; /* errseq: the error is told to each descriptor */
     g->errseq = errseq;
     g->hold_only = errseq ? 1 : 0;
-    cm_test_gate_hold(g, true);
-    *a = deferred_write(s, "a");
-    assert_true(cm_test_gate_wait_held(g, 1));
-    *b = deferred_write(s, "b");
-    assert_true(cm_test_gate_wait_for(g, &g->started, 2));
-    return s;
+    return two_deferred_writes(f, s, a, b);
 }
 
-/* Neither commit known durable, the watermark below both, writes refused. */
-static void assert_both_in_doubt(cm_store *s, uint64_t a, uint64_t b)
+/* Let every held sync go on and end; then neither commit is known durable,
+** the watermark is below both, and writes are refused. */
+static void end_both_in_doubt(fixture *f, cm_store *s, uint64_t a, uint64_t b)
 {
+    cm_test_gate *g = gate_of(f);
     cm_err err;
+    cm_test_gate_hold(g, false);
+    assert_true(cm_test_gate_wait_done(g, 2));
     assert_int_equal(cm_store_sync_wait(s, a, &err), CM_EINDOUBT);
     assert_int_equal(cm_store_sync_wait(s, b, &err), CM_EINDOUBT);
     assert_true(cm_store_synced_seq(s) < a);
     assert_int_equal(cm_store_sync_status(s, &err), CM_EIO);
+    close_gated(f);
 }
 
 /* The first of two syncs in flight fails, and then the second ends well:
@@ -1108,10 +1123,7 @@ static void test_a_good_sync_after_a_failed_one_moves_no_watermark(void **state)
     assert_true(cm_test_gate_wait_held(g, 2));
     cm_test_gate_release(g, 1);
     assert_true(cm_test_gate_wait_done(g, 1)); /* the first failed, the second is held */
-    cm_test_gate_hold(g, false);
-    assert_true(cm_test_gate_wait_done(g, 2));
-    assert_both_in_doubt(s, a, b);
-    close_gated(f);
+    end_both_in_doubt(f, s, a, b);
 }
 
 /* The two sync threads each sync through a descriptor of their own: a
@@ -1121,13 +1133,9 @@ static void test_a_good_sync_after_a_failed_one_moves_no_watermark(void **state)
 static void test_each_sync_thread_is_told_a_writeback_error(void **state)
 {
     fixture *f = *state;
-    cm_test_gate *g = gate_of(f);
     uint64_t a, b;
     cm_store *s = two_syncs_held(f, true, &a, &b);
-    cm_test_gate_hold(g, false);
-    assert_true(cm_test_gate_wait_done(g, 2));
-    assert_both_in_doubt(s, a, b);
-    close_gated(f);
+    end_both_in_doubt(f, s, a, b); /* the first held, the second told the error */
 }
 
 /* A synced commit (FULL) syncs the WAL with every earlier frame: the
