@@ -1273,6 +1273,16 @@ typedef struct sweep_peer {
     int64_t want; /* sweep_turn_until: node-b's pending rows at most this */
 } sweep_peer;
 
+/* The sending node (send_node_start) and its bare peer (free it). */
+static sweep_peer *sweep_start(send_node *sn)
+{
+    sweep_peer *sp = calloc(1, sizeof(*sp));
+    assert_non_null(sp);
+    send_node_start(sn);
+    sp->r = sn->r;
+    return sp;
+}
+
 /* Send text to the node on the link the peer last read from. */
 static void sweep_peer_send(sweep_peer *sp, const char *text)
 {
@@ -1387,14 +1397,11 @@ static void sweep_depth(cm_test_node *n, long want, double want_age)
 static void test_the_sweep_writes_rows_under_the_mark_delivered(void **state)
 {
     send_node sn;
-    sweep_peer *sp = calloc(1, sizeof(*sp));
     char sql[1024], old[CM_TIME_BUFSZ], older[CM_TIME_BUFSZ];
     cm_fed *fed = NULL;
     cm_err err;
-    assert_non_null(sp);
-    send_node_start(&sn);
+    sweep_peer *sp = sweep_start(&sn);
     cm_test_node *n = sn.n;
-    sp->r = sn.r;
 
     cm_time_format(CM_TEST_EPOCH_MS - 3600000, older, sizeof(older));
     cm_time_format(CM_TEST_EPOCH_MS - 60000, old, sizeof(old));
@@ -1500,13 +1507,10 @@ static bool hello_first_delivered(cm_test_node *n, sweep_peer *sp)
 static void test_a_second_hello_answer_does_not_send_the_window_again(void **state)
 {
     send_node sn;
-    sweep_peer *sp = calloc(1, sizeof(*sp));
     cm_fed *fed = NULL;
     cm_err err;
-    assert_non_null(sp);
-    send_node_start(&sn);
+    sweep_peer *sp = sweep_start(&sn);
     cm_test_node *n = sn.n;
-    sp->r = sn.r;
     sp->hold_acks = true;
     sn.fo.resend_ms = 30000;
     assert_int_equal(sqlite3_exec(cm_store_db(n->store),
