@@ -773,6 +773,7 @@ struct cm_fed {
     long batches, batched; /* batches sent to peers, and the delivers they carried */
     long sent;             /* delivers sent to peers, alone or in batches (resends too) */
     uint64_t poll_ms;
+    uint64_t rto_min;    /* the first ack timeout (cm_fed_opts.resend_ms) */
     fed_ticket *tickets; /* answers outstanding */
     /* apply mode: messages handed to the engine and not yet answered (the
     ** tickets), the most at once, the times delivers began to wait parked
@@ -1950,7 +1951,7 @@ static void peer_arm(cm_fed *fed, fed_peer *p)
     if (p->nwin == 0 || p->win[0].seq == p->rto_seq)
         return;
     p->rto_seq = p->win[0].seq;
-    p->rto = FED_RTO_MIN_MS;
+    p->rto = fed->rto_min;
     p->resend_due = uv_now(fed->o.loop) + p->rto;
 }
 
@@ -2354,11 +2355,19 @@ static void dealer_msg(cm_fed *fed, fed_peer *p, const cm_fed_msg *m)
         if (!p->up)
             cm_log(CM_LOG_INFO, "fed.peer_up", "peer %s is up (protocol %d.%d%s)", p->cfg->id,
                    m->major, m->minor, batch ? ", batches" : "");
+        /* A new link: what was in flight goes again. An answer to a hello
+        ** sent again before the first answer came (each is answered) finds
+        ** the peer up on the same link: what is in flight was sent on it
+        ** and is waiting for its acks, so it does not go again (a link
+        ** that dropped was marked down, and its round moved, by the
+        ** monitor). */
+        if (!p->up) {
+            p->round++;
+            p->again = true;
+        }
         p->up = true;
         p->batch = batch;
         p->refused = false;
-        p->round++; /* a new link: what was in flight goes again */
-        p->again = true;
     } else if (m->type == CM_FED_ACK) {
         if (!share_acked(fed, p, m))
             dealer_ack(fed, p, m);
@@ -2977,6 +2986,9 @@ int cm_fed_start(const cm_fed_opts *o, cm_fed **out, cm_err *err)
     if (fed->window > CM_FED_WINDOW_MAX)
         fed->window = CM_FED_WINDOW_MAX;
     fed->poll_ms = o->poll_ms > 0 ? (uint64_t)o->poll_ms : 200;
+    fed->rto_min = o->resend_ms > 0 ? (uint64_t)o->resend_ms : FED_RTO_MIN_MS;
+    if (fed->rto_min > FED_RTO_MAX_MS)
+        fed->rto_min = FED_RTO_MAX_MS;
     fed->npeers = o->cfg->fed_npeers;
     for (int i = 0; i < fed->npeers; i++) {
         fed->peers[i].cfg = &o->cfg->fed_peers[i];

@@ -186,6 +186,10 @@ typedef struct cm_fed_opts {
     ** its sync); call cm_fed_wake when the watermark moves. false: every
     ** committed row may go (a store with no deferred commits). */
     bool durable_only;
+    /* The first ack timeout: a window whose oldest message has had no
+    ** answer this long, while no answer at all came, is sent again (the
+    ** timeout doubling to 30 s). 0 selects 1000; at most 30000. */
+    int resend_ms;
 } cm_fed_opts;
 
 #define CM_FED_WINDOW_DEFAULT 1000

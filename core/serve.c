@@ -501,7 +501,8 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       NULL,
                       NULL,
                       0,
-                      true}; /* the engine's batches are pipelined: rows wait for their sync */
+                      true, /* the engine's batches are pipelined: rows wait for their sync */
+                      0};   /* the default ack timeout */
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;
