@@ -117,9 +117,6 @@ static void test_short_escapes_read_back(void **state)
     assert_int_equal(cm_json_unescape_short('\''), -1);
 }
 
-/* cm_json_object_check takes one JSON object as RFC 8259 spells it, and
-** only what cJSON reads as that object; it names the first byte that does
-** not fit. cm_json_object_len finds the object that text opens with. */
 /* A string's text is stepped over 8 bytes at a time: a quote, a control
 ** byte or an escape at every offset of a 40-byte string (within a word,
 ** across two, in the bytes after the last whole one) is found where it is,
@@ -161,6 +158,9 @@ static void test_json_string_stops_at_every_offset(void **state)
     }
 }
 
+/* cm_json_object_check takes one JSON object as RFC 8259 spells it, and
+** only what cJSON reads as that object; it names the first byte that does
+** not fit. cm_json_object_len finds the object that text opens with. */
 static void test_json_object_text_is_checked(void **state)
 {
     (void)state;
