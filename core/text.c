@@ -113,18 +113,6 @@ static const unsigned char str_stop[256] = {
     [18] = 1, [19] = 1, [20] = 1, [21] = 1, [22] = 1, [23] = 1,  [24] = 1,  [25] = 1, [26] = 1,
     [27] = 1, [28] = 1, [29] = 1, [30] = 1, [31] = 1, ['"'] = 1, ['\\'] = 1};
 
-/* The bytes of w (8 bytes of text, the first in the lowest: read on a
-** little-endian machine) that str_stop holds, each marked by its high bit;
-** the lowest mark is the first such byte exactly (one above it may be a
-** borrow's). 0 when none. A byte past ASCII is never marked. */
-static inline uint64_t str_stops8(uint64_t w)
-{
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
-    /* a byte below 0x20, or 0 after the XOR; ~w: its high bit, for all three */
-    return ((w - ones * 0x20) | (quote - ones) | (backslash - ones)) & ~w & highs;
-}
-
 /* p stepped over the bytes str_stop does not hold, to the first it holds
 ** or to end: 8 bytes at a time (most of a string's text), then one. */
 static const char *str_run(const char *p, const char *end)
@@ -132,7 +120,7 @@ static const char *str_run(const char *p, const char *end)
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     for (uint64_t w, stops; end - p >= (ptrdiff_t)sizeof(w); p += sizeof(w)) {
         memcpy(&w, p, sizeof(w));
-        if ((stops = str_stops8(w)) != 0)
+        if ((stops = cm_json_stops8(w)) != 0) /* str_stop's bytes */
             return p + __builtin_ctzll(stops) / 8;
     }
 #endif

@@ -8,9 +8,23 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #define CM_ID_MAX 128
+
+/* The bytes of w (8 bytes of text read as one word) that end a JSON
+** string's plain text: a control byte (below 0x20), '"' or '\\', each marked
+** by its high bit; a byte past ASCII is never marked. Read on a
+** little-endian machine (the first byte the lowest), the lowest mark is the
+** first such byte exactly (one above it may be a borrow's); 0 when none. */
+static inline uint64_t cm_json_stops8(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+    /* a byte below 0x20, or 0 after the XOR; ~w: its high bit, for all three */
+    return ((w - ones * 0x20) | (quote - ones) | (backslash - ones)) & ~w & highs;
+}
 
 /* Is s[0..len) well-formed UTF-8 (no overlongs, surrogates or code points
 ** past U+10FFFF)? */

@@ -208,16 +208,14 @@ static bool all_plain(const char *s, size_t len)
 #endif
     const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     for (; i + 8 <= len; i += 8) { /* eight bytes at a time */
-        uint64_t x, q, b;
+        uint64_t x, del;
         memcpy(&x, s + i, 8);
-        q = x ^ (ones * '"');
-        b = x ^ (ones * '\\');
-        /* a byte >= 0x80, < 0x20, equal to 0x7f, to '"' or to '\\' (exact
-        ** for whether there is one: (v - ones) & ~v & highs has a zero byte's
-        ** high bit set, and a set bit only where some byte is zero or below) */
-        if ((x | ((x - ones * 0x20) & ~x) | (((x ^ (ones * 0x7f)) - ones) & ~(x ^ (ones * 0x7f))) |
-             ((q - ones) & ~q) | ((b - ones) & ~b)) &
-            highs)
+        del = x ^ (ones * 0x7f);
+        /* a byte that ends a string's plain text (cm_json_stops8), one
+        ** >= 0x80 (its high bit) or one equal to 0x7f ((v - ones) & ~v &
+        ** highs: a zero byte's high bit, and a set bit only where some byte
+        ** is zero or below): exact for whether there is one */
+        if (cm_json_stops8(x) | ((x | ((del - ones) & ~del)) & highs))
             return false;
     }
     for (; i < len; i++) {
