@@ -16,6 +16,8 @@
 #   default, fsync, the script checks that the server's WAL file is open
 #   with O_SYNC (how Tarantool 2.6's wal_mode = 'fsync' syncs every write)
 #   and fails if it is not.
+# BENCH_SYNCS=1 (either side): strace counts the server's synced writes
+# during the run and how long they took (tests/bench/sync_trace.sh).
 #   BIN: a tarantool binary (default: tarantool on the PATH), or a caremesh
 #   binary, for which the script runs tests/bench/bench_api.sh BIN with the
 #   same options instead, so that tests/bench/paired.sh can alternate them:
@@ -63,9 +65,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+. "$src/tests/bench/sync_trace.sh"
 tmp=$(mktemp -d)
 pid=
-trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'sync_trace_stop; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 mkdir "$tmp/server"
 "$bin" "$src/tests/bench/tarantool_server.lua" "$tmp/server" "$wal_mode" >"$tmp/server.out" 2>&1 &
 pid=$!
@@ -80,28 +83,30 @@ done
   exit 1
 }
 port=$(cat "$tmp/server/port")
-
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "$1"; }
-before=$(cpu "/proc/$pid/stat")
-TIMEFORMAT='%3U %3S %3R'
-{ time "$bin" "$src/tests/bench/tarantool_client.lua" "$port" "$instances" "$events" \
-  "$connections" "$pipeline" >"$tmp/out" 2>&4; } 4>&2 2>"$tmp/time" ||
-  { cat "$tmp/out"; exit 1; }
-after=$(cpu "/proc/$pid/stat")
-out=$(cat "$tmp/out")
-head -n -1 <<<"$out"
 # the server's open WAL file and its open flags (octal, from /proc): with
 # wal_mode = 'fsync' they must hold O_SYNC (04010000: __O_SYNC | O_DSYNC)
 xlog= flags=
 for fd in /proc/$pid/fd/*; do
   case $(readlink "$fd") in
   *.xlog | *.xlog.inprogress)
-    xlog=$(basename "$(readlink "$fd")")
+    xlog=$(basename "$(readlink "$fd")") xlog_fd=${fd##*/}
     flags=$(sed -n 's/^flags:[[:space:]]*//p' "/proc/$pid/fdinfo/${fd##*/}")
     ;;
   esac
 done
 [ -n "$xlog" ] || { echo "compare_tarantool.sh: the server has no WAL file (.xlog) open" >&2; exit 1; }
+
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "$1"; }
+before=$(cpu "/proc/$pid/stat")
+[ "${BENCH_SYNCS:-}" = 1 ] && { sync_trace_start "$pid" "$tmp" writev,fsync,fdatasync || exit 1; }
+TIMEFORMAT='%3U %3S %3R'
+{ time "$bin" "$src/tests/bench/tarantool_client.lua" "$port" "$instances" "$events" \
+  "$connections" "$pipeline" >"$tmp/out" 2>&4; } 4>&2 2>"$tmp/time" ||
+  { cat "$tmp/out"; exit 1; }
+after=$(cpu "/proc/$pid/stat")
+sync_trace_stop
+out=$(cat "$tmp/out")
+head -n -1 <<<"$out"
 if [ "$wal_mode" = fsync ]; then
   (((8#$flags & 8#4010000) == 8#4010000)) || {
     echo "compare_tarantool.sh: the server's WAL $xlog is open without O_SYNC (flags $flags)" >&2
@@ -111,6 +116,12 @@ if [ "$wal_mode" = fsync ]; then
 fi
 json=$(tail -1 <<<"$out")
 n=$((instances + instances * events))
+if [ "${BENCH_SYNCS:-}" = 1 ]; then
+  # the WAL's fds opened with O_SYNC: their writes are the synced ones
+  sync_fds=
+  [ "$wal_mode" = fsync ] && sync_fds=$xlog_fd
+  sync_trace_report "$tmp/syncs" "$n" $sync_fds
+fi
 dcpu=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')
 us=$(awk -v c="$dcpu" -v n="$n" 'BEGIN { printf "%.1f", c * 1e6 / n }')
 ccpu=$(awk '{ printf "%.3f", $1 + $2 }' "$tmp/time")
