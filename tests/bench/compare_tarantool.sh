@@ -79,7 +79,7 @@ for _ in $(seq 1 400); do
 done
 [ -s "$tmp/server/port" ] || {
   echo "compare_tarantool.sh: the Tarantool server did not start within 20 s:" >&2
-  tail -5 "$tmp/server.out" "$tmp/server/tarantool.log" >&2 2>/dev/null || true
+  tail -n 5 "$tmp/server.out" "$tmp/server/tarantool.log" >&2 2>/dev/null || true
   exit 1
 }
 port=$(cat "$tmp/server/port")
