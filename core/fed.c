@@ -32,7 +32,6 @@
 #define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
 #define FED_BUSY_MIN_MS  100     /* a second busy for the same message: wait, doubling */
-#define FED_NUMBER_MAX   63      /* characters of a number in a message: what cJSON reads as one */
 #define FED_FILL_CHUNK   256     /* outbox rows read per query when filling a window */
 #define FED_PUMP_ROUNDS  16      /* flush-and-send rounds per turn before yielding the loop */
 #define FED_INBOX_BATCH  1024    /* the inbox-only receiver stops reading at this many waiting */
@@ -53,6 +52,12 @@
 #define FED_BATCH_BYTES                                                                            \
     (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
                   * deliver goes alone */
+/* Characters of a number in a message. Upstream cJSON up to 1.7.15 read at
+** most 63 (a fixed buffer), and this refused longer numbers rather than let
+** cJSON fail on them afterwards. Debian's cJSON, the one we build with, reads
+** any length, so no parser needs the limit now; it is kept only so that what
+** a node accepts from its peers does not change unannounced. */
+#define FED_NUMBER_MAX 63
 
 /* ---- messages ------------------------------------------------------------ */
 

@@ -313,8 +313,7 @@ static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         expect_bad(bad[i], "not a JSON object");
-    /* a number of 63 characters is read (as cJSON reads it later), 64 are
-    ** refused here rather than taken and failed by cJSON afterwards */
+    /* a number of 63 characters is read, 64 are refused (FED_NUMBER_MAX) */
     char num[256], digits[65];
     memset(digits, '7', 64);
     digits[64] = '\0';
