@@ -939,6 +939,40 @@ static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
     expect_state(f, "k-1", "b", "running");
 }
 
+/* wf.ctx is told by the interned string "ctx": a key built at run time
+** (concatenated, from bytes, cut from a longer string) is that string and
+** reads the context; a key that only starts with "ctx" and a NUL is
+** another key, and reads nothing. */
+static void test_wf_ctx_is_read_by_any_key_spelled_ctx(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "ctxkey.lua",
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = 'ctxkey', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) wf.ctx.n = 1\n"
+            "            local c, b = 'c', 'tx'\n"
+            "            local keys = { c .. b, string.char(99, 116, 120), ('xctx'):sub(2),\n"
+            "                           table.concat({ 'ct', 'x' }) }\n"
+            "            local seen = {}\n"
+            "            for i, k in ipairs(keys) do seen[i] = tostring(wf[k] == wf.ctx) end\n"
+            "            seen[#seen + 1] = tostring(wf['ctx\\0x'])\n"
+            "            wf.ctx.seen = table.concat(seen, ' ') end },\n"
+            "    z = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "ctxkey", NULL, "c-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    cJSON *inst = get(f, "c-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "seen")),
+                        "true true true true nil");
+    cJSON_Delete(inst);
+}
+
 /* The handle is read-only, before and after wf.ctx is first read: replacing
 ** or removing wf.ctx (in a handler or a guard), setting any field, rawset:
 ** each fails the step, and neither the row nor the copy kept for the next
@@ -3574,6 +3608,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failing_handler_is_kept_retried_and_parked, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_wf_ctx_is_read_by_any_key_spelled_ctx, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
                                         teardown),
