@@ -478,6 +478,13 @@ static bool parse_json(call *c, const char *text, size_t len)
         reply_error(c, 422, "invalid", NULL, "the body must be a JSON object");
         return false;
     }
+    cm_err err;
+    if (cm_model_doc_finite(c->body, "", &err) != 0) { /* 1e999: read as inf, printed as null */
+        char field[128];
+        field_of(err.msg, NULL, field, sizeof(field));
+        reply_error(c, 400, "number_out_of_range", field, "%s", err.msg);
+        return false;
+    }
     return true;
 }
 

@@ -7,6 +7,7 @@
 #include "share.h"
 
 #include "log.h"
+#include "model.h"
 #include "strbuf.h"
 #include "text.h"
 
@@ -469,7 +470,9 @@ static int decode_scan(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch 
     if (scan_object(
             (cm_json_scan){.p = buf, .end = (const char *)buf + len, .number_max = FED_NUMBER_MAX},
             &f) != 0)
-        return cm_err_set(err, CM_EINVAL, "not a JSON object");
+        return (rc = cm_model_text_finite(buf, len, "", err)) != 0 /* 1e999: named */
+                   ? rc
+                   : cm_err_set(err, CM_EINVAL, "not a JSON object");
     if ((rc = decode_type(&f, m, err)) != 0)
         goto done;
     if (m->type != CM_FED_BATCH) {

@@ -53,7 +53,10 @@ long cm_hex4(const char *p);
 
 /* A JSON scanner: steps over the values of text [p, end) as RFC 8259 spells
 ** them (space, tab, CR and LF between tokens), checking them, building
-** nothing; what it takes, cJSON_Parse reads as the same. On a fault its
+** nothing; what it takes, cJSON_Parse reads as the same. A number past a
+** double's range (1e999, which cJSON reads as infinity and prints as null)
+** is refused, p at its first byte (RFC 8259 section 6 lets a reader set
+** the range). On a fault its
 ** functions return -1 with p at the first byte that does not fit (end when
 ** the text ends too early); on success 0 with p past what they read. */
 typedef struct cm_json_scan {
@@ -81,7 +84,8 @@ int cm_json_scan_value(cm_json_scan *s, int depth);
 int cm_json_uescape(const char *p, const char *end, unsigned *cp, const char **next);
 
 /* Is text[0..len) one JSON object, nested at most CM_JSON_DEPTH_MAX deep,
-** with no \u0000 -- text that cJSON_Parse reads as that object? 0 if so;
+** with no \u0000 and no number past a double's range -- text that
+** cJSON_Parse reads as that object, every number finite? 0 if so;
 ** otherwise the 1-based position of the first byte that does not fit
 ** (len + 1 when the text ends too early). */
 size_t cm_json_object_check(const char *text, size_t len);

@@ -226,6 +226,11 @@ req POST /v1/instances '{"workflow":5}'; expect "instance wrong type" 422 invali
 req POST /v1/instances '{"input":{}}'; expect "instance no workflow" 422 invalid; field "instance no workflow" workflow
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"nosuch"}}'; expect "instance bad input" 422 invalid
 req POST /v1/instances '{"workflow":"nosuch"}'; expect "instance unknown workflow" 404 not_found
+# a number past a double's range (1e999) would be read as infinity: refused, named
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1","note":"x","n":[1,1e999]}}'
+expect "instance input number out of range" 400 number_out_of_range
+field "instance input number out of range" "input.n[1]"
+has "number out of range says so" "input.n[1]: number out of range" "$(jq -r .error.message <<<"$body")"
 same "bad input changed no record" "$(count "SELECT count(*) || '/' || sum(version) FROM record")" "$before"
 same "bad input started no instance" "$(count "SELECT count(*) FROM instance")" 0
 # the only audit entries since: one read of p1 and the refusals of attempted patient writes
@@ -316,7 +321,14 @@ signal payload lone surrogate|{"event":"note","payload":{"by":"\ud800"}}|400|mal
 signal payload array|{"event":"note","payload":[1]}|422|invalid|payload
 signal payload string|{"event":"note","payload":"x"}|422|invalid|payload
 signal payload without event|{"payload":{"by":"x"}}|422|invalid|event
+signal payload number out of range|{"event":"note","payload":{"by":"x","n":1e999}}|400|number_out_of_range|payload.n
+signal payload number out of range, negative|{"payload":{"by":"x","n":-1.8e308},"event":"note"}|400|number_out_of_range|payload.n
+signal payload number out of range, escaped name|{"event":"n\u006fte","payload":{"tags":[{"c":[1E+400]}]}}|400|number_out_of_range|payload.tags[0].c[0]
 BAD
+req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"x","n":1.7976931348623157e308}}' "$writer"
+expect "signal payload number at the edge of a double" 200
+same "edge number read" "$(count "SELECT ctx->>'n' FROM instance WHERE id='i1'")" 1.79769313486232e+308
+req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"dr2","n":-15}}' "$writer"; expect "signal payload back" 200
 # nested past cJSON's limit (1000) counted from the body, not the payload:
 # the body, the payload and 999 arrays
 deep="$(printf '[%.0s' $(seq 999))$(printf ']%.0s' $(seq 999))"
@@ -330,7 +342,7 @@ req POST /v1/instances/i5/events '{"event":"boom"}' "$writer"; expect "handler e
 same "handler error kept flag" "$(jq -r '.kept' <<<"$body")" true
 same "handler error code" "$(jq -r '.error.code' <<<"$body")" handler_failed
 req GET /v1/instances/i1/history "" "$reader"; expect history 200
-same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note"
+same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note,note,note"
 req POST /v1/instances/i1/pause "" "$writer"; expect pause 200; same "paused" "$(jq -r .status <<<"$body")" paused
 req POST /v1/instances/i1/pause "" "$writer"; expect "pause twice" 409 wrong_state
 req POST /v1/instances/i1/events '{"event":"close"}' "$writer"; expect "signal paused is held" 202

@@ -628,6 +628,11 @@ static void test_payload_text_is_read_and_bad_text_refused(void **state)
         {"{\"reason\":\"r\"} {}", "payload: not valid JSON (at byte 16)"},
         {"{\"reason\":\"\\ud800\"}", "payload: not valid JSON (at byte 18)"},
         {"{\"reason\":\"\\u0000\"}", "payload: not valid JSON (at byte 18)"},
+        {"{\"reason\":\"r\",\"n\":[0,{\"m\":1e999}]}",
+         "payload.n[1].m: number out of range (beyond +-1.7976931348623157e308)"},
+        {"{\"n\":-1e309} x", /* the first fault is the one named */
+         "payload.n: number out of range (beyond +-1.7976931348623157e308)"},
+        {"{\"a\":tru,\"n\":-1e309}", "payload: not valid JSON (at byte 6)"},
     };
     fx *f = *state;
     cm_err err;
@@ -681,6 +686,35 @@ static void test_payload_text_is_read_and_bad_text_refused(void **state)
     run(f);
     assert_int_equal(f->a.status[f->a.n - 1], CM_EINVAL);
     expect_state(f, "p-3", "accepted", "running");
+}
+
+/* A number past a double's range (1e999: infinity in a cJSON tree, null
+** when printed, inf in Lua) is refused in a start's input and in a
+** signal's payload given as a tree, named by its path; nothing is queued. */
+static void test_numbers_past_a_double_are_refused(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "p-1");
+    run(f);
+    int acked = f->a.n;
+    cJSON *input = cJSON_Parse(INPUT);
+    cJSON_AddItemToObject(input, "extra", cJSON_Parse("{\"k\":[1e999]}"));
+    assert_int_equal(cm_engine_start(f->engine, "referral", input, "p-2", on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_string_equal(err.msg,
+                        "input.extra.k[0]: number out of range (beyond +-1.7976931348623157e308)");
+    cJSON_Delete(input);
+    cJSON *payload = cJSON_Parse("{\"reason\":\"r\",\"n\":-1e999}");
+    assert_int_equal(cm_engine_signal(f->engine, "p-1", "declined", payload, on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_non_null(strstr(err.msg, "payload.n: number out of range"));
+    cJSON_Delete(payload);
+    run(f);
+    assert_int_equal(f->a.n, acked); /* nothing was queued */
+    assert_int_equal(count(f, "SELECT count(*) FROM instance"), 1);
+    expect_state(f, "p-1", "requested", "running");
 }
 
 /* A payload's text already checked by its caller (cm_engine_signal_checked,
@@ -3638,6 +3672,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_numbers_past_a_double_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_payload_checked_text_is_queued_as_given, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,

@@ -329,6 +329,19 @@ static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
              "\"payload\":{\"n\":-%.63s}}",
              digits);
     expect_bad(num, "not a JSON object");
+    /* a number past a double's range (cJSON would read infinity) is refused,
+    ** named by its path, also in a batch's entry; one just inside is read */
+    expect_bad("{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+               "\"payload\":{\"n\":[1,-1e309]}}",
+               "payload.n[1]: number out of range");
+    expect_bad("{\"type\":\"batch\",\"messages\":[{\"type\":\"deliver\",\"id\":\"a:1\","
+               "\"kind\":\"k\",\"to\":\"o\",\"payload\":{\"n\":1E999}}]}",
+               "messages[0].payload.n: number out of range");
+    decode_text("{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+                "\"payload\":{\"n\":-1.7976931348623157e308}}",
+                &m);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(m.payload, "n")));
+    cm_fed_msg_clear(&m);
     /* nesting deeper than 1000 is refused; 999 levels are read */
     memset(deep, '[', 1000);
     snprintf(deep, sizeof(deep),
