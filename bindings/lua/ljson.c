@@ -591,9 +591,13 @@ void cm_ljson_push_null(lua_State *L)
     lua_pushlightuserdata(L, NULL);
 }
 
+/* Documents are read as deep as cJSON reads them (CM_JSON_DEPTH_MAX, the
+** root counted): an event's payload that the API or the engine took is
+** never refused here (written back, a context still stops at
+** LJSON_MAX_DEPTH). */
 static void push_value(lua_State *L, const cJSON *j, int depth)
 {
-    if (depth > LJSON_MAX_DEPTH * 4)
+    if (depth >= CM_JSON_DEPTH_MAX)
         luaL_error(L, "JSON document nested too deeply");
     luaL_checkstack(L, 3, "JSON document nested too deeply");
     if (cJSON_IsObject(j) || cJSON_IsArray(j)) {
@@ -813,7 +817,7 @@ static bool rd_container(lua_State *L, const char **pp, int depth)
 static bool rd_value(lua_State *L, const char **pp, int depth)
 {
     const char *p = *pp;
-    if (depth > LJSON_MAX_DEPTH * 4) /* push_value's limit: its error, by the other route */
+    if (depth >= CM_JSON_DEPTH_MAX) /* push_value's limit: its error, by the other route */
         return false;
     switch (*p) {
     case '{':
