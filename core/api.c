@@ -543,8 +543,8 @@ static bool event_body(const char *text, size_t len, char *out, size_t outsz, co
                 return false;
         } else {
             /* the payload sits in the body's object: cJSON counts its
-            ** nesting from the body's top */
-            if ((*plen = cm_json_object_len(p, (size_t)(end - p), 2)) == 0)
+            ** nesting from the body's top (CM_JSON_PAYLOAD_DEPTH_MAX) */
+            if ((*plen = cm_json_object_len(p, (size_t)(end - p), CM_JSON_PAYLOAD_DEPTH_MAX)) == 0)
                 return false;
             *payload = p;
             p += *plen;

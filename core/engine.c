@@ -3011,7 +3011,7 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
 int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
                           const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err)
 {
-    size_t at = cm_json_object_check(payload, len);
+    size_t at = cm_json_object_check(payload, len, CM_JSON_PAYLOAD_DEPTH_MAX); /* as the API */
     if (at != 0) {
         size_t i = 0;
         while (i < len && payload[i] != '\0' && strchr(" \t\r\n", payload[i]))

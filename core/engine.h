@@ -225,8 +225,9 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
 
 /* The same with the payload as the text of one JSON object, payload[0..len)
 ** (copied): the step reads it into Lua straight from the text, with no cJSON
-** tree. Text that is not one (cm_json_object_check) is refused, CM_EINVAL:
-** "payload: must be an object" when it does not open with '{' (as
+** tree. Text that is not one, nested at most CM_JSON_PAYLOAD_DEPTH_MAX deep
+** as the API's event route takes one (cm_json_object_check), is refused,
+** CM_EINVAL: "payload: must be an object" when it does not open with '{' (as
 ** cm_engine_signal says of other JSON), "payload.PATH: number out of range"
 ** when its first fault is a number past a double's range (as
 ** cm_engine_signal and cm_engine_start say of a tree's), else "payload: not

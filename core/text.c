@@ -372,18 +372,28 @@ int cm_json_scan_value(cm_json_scan *s, int depth)
     }
 }
 
-size_t cm_json_object_len(const char *text, size_t len, int depth)
+/* The depth the scanner starts an object at for it to hold depth_max
+** nestings, itself counted, and no more. */
+static int object_depth(int depth_max)
 {
-    cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
-    return len > 0 && *text == '{' && cm_json_scan_value(&s, depth - 1) == 0 ? (size_t)(s.p - text)
-                                                                             : 0;
+    return depth_max < 1                   ? CM_JSON_DEPTH_MAX
+           : depth_max > CM_JSON_DEPTH_MAX ? 0
+                                           : CM_JSON_DEPTH_MAX - depth_max;
 }
 
-size_t cm_json_object_check(const char *text, size_t len)
+size_t cm_json_object_len(const char *text, size_t len, int depth_max)
+{
+    cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
+    return len > 0 && *text == '{' && cm_json_scan_value(&s, object_depth(depth_max)) == 0
+               ? (size_t)(s.p - text)
+               : 0;
+}
+
+size_t cm_json_object_check(const char *text, size_t len, int depth_max)
 {
     cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
     cm_json_scan_space(&s);
-    if (s.p < s.end && *s.p == '{' && cm_json_scan_value(&s, 0) == 0) {
+    if (s.p < s.end && *s.p == '{' && cm_json_scan_value(&s, object_depth(depth_max)) == 0) {
         cm_json_scan_space(&s);
         if (s.p == s.end)
             return 0;

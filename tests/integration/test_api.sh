@@ -28,7 +28,10 @@ return cm.workflow {
       on = { seen = "seen", boom = function(wf) error("boom") end, close = "closed" },
     },
     seen = { on = { close = "closed",
-                    note = function(wf, ev) wf.ctx.by = ev.by; wf.ctx.n = ev.n; wf.ctx.tags = ev.tags end } },
+                    note = function(wf, ev) wf.ctx.by = ev.by; wf.ctx.n = ev.n; wf.ctx.tags = ev.tags end,
+                    depth = function(wf, ev) local n, t = 1, ev.by
+                      while type(t) == "table" do n, t = n + 1, t[1] end
+                      wf.ctx.depth = n end } },
     closed = { final = true },
   },
 }
@@ -329,10 +332,15 @@ req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"x","n":1.7976
 expect "signal payload number at the edge of a double" 200
 same "edge number read" "$(count "SELECT ctx->>'n' FROM instance WHERE id='i1'")" 1.79769313486232e+308
 req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"dr2","n":-15}}' "$writer"; expect "signal payload back" 200
-# nested past cJSON's limit (1000) counted from the body, not the payload:
-# the body, the payload and 999 arrays
-deep="$(printf '[%.0s' $(seq 999))$(printf ']%.0s' $(seq 999))"
-req POST /v1/instances/i1/events "{\"event\":\"note\",\"payload\":{\"by\":$deep}}" "$writer"
+# a payload nests at most 999 deep (CM_JSON_PAYLOAD_DEPTH_MAX), itself
+# counted: cJSON's limit (1000) counted from the body. At the limit: the
+# payload and 998 arrays, each read into the step; one past: 999 arrays
+deep="$(printf '[%.0s' $(seq 998))$(printf ']%.0s' $(seq 998))"
+req POST /v1/instances/i1/events "{\"event\":\"depth\",\"payload\":{\"by\":$deep}}" "$writer"
+expect "signal payload nested at the limit" 200
+same "payload at the limit read whole" "$(count "SELECT ctx->>'depth' FROM instance WHERE id='i1'")" 999
+deep="[$deep]"
+req POST /v1/instances/i1/events "{\"event\":\"depth\",\"payload\":{\"by\":$deep}}" "$writer"
 expect "signal payload nested too deep" 400 malformed_json
 same "refused payloads change nothing" "$(count "SELECT ctx->>'by' FROM instance WHERE id='i1'")" dr2
 req POST /v1/instances/i1/events '{"event":"seen"}' "$writer" text/plain; expect "signal not JSON" 415 unsupported_media_type
@@ -342,7 +350,7 @@ req POST /v1/instances/i5/events '{"event":"boom"}' "$writer"; expect "handler e
 same "handler error kept flag" "$(jq -r '.kept' <<<"$body")" true
 same "handler error code" "$(jq -r '.error.code' <<<"$body")" handler_failed
 req GET /v1/instances/i1/history "" "$reader"; expect history 200
-same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note,note,note"
+same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note,note,note,depth"
 req POST /v1/instances/i1/pause "" "$writer"; expect pause 200; same "paused" "$(jq -r .status <<<"$body")" paused
 req POST /v1/instances/i1/pause "" "$writer"; expect "pause twice" 409 wrong_state
 req POST /v1/instances/i1/events '{"event":"close"}' "$writer"; expect "signal paused is held" 202

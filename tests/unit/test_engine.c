@@ -16,6 +16,7 @@
 #include "node.h"
 #include "support.h"
 #include "syncgate.h"
+#include "text.h"
 
 #define HOUR (3600 * 1000LL)
 #define DAY  (24 * HOUR)
@@ -686,6 +687,61 @@ static void test_payload_text_is_read_and_bad_text_refused(void **state)
     run(f);
     assert_int_equal(f->a.status[f->a.n - 1], CM_EINVAL);
     expect_state(f, "p-3", "accepted", "running");
+}
+
+/* {"a":[[...]]} with `arrays` arrays into text: its length. */
+static size_t nested_payload(char *text, int arrays)
+{
+    size_t n = 5;
+    memcpy(text, "{\"a\":", 5);
+    for (int i = 0; i < arrays; i++)
+        text[n++] = '[';
+    for (int i = 0; i < arrays; i++)
+        text[n++] = ']';
+    text[n++] = '}';
+    return n;
+}
+
+/* A payload given as text nests at most CM_JSON_PAYLOAD_DEPTH_MAX deep, its
+** object counted, as the API takes one: at the limit it is queued and read
+** whole into the step; one level past, refused and nothing queued. */
+static void test_payload_text_nests_as_deep_as_the_api_takes(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "deep.lua",
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = 'deep', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { on = { depth = function(wf, ev) local n, t = 1, ev.a\n"
+            "            while type(t) == 'table' do n, t = n + 1, t[1] end\n"
+            "            wf.ctx.depth = n end } },\n"
+            "    z = { final = true },\n"
+            "  },\n"
+            "}\n");
+    assert_int_equal(cm_engine_start(f->engine, "deep", NULL, "d-1", on_ack, &f->a, &err), 0);
+    run(f);
+    int acked = f->a.n;
+    char *text = malloc(2 * CM_JSON_DEPTH_MAX + 16);
+    assert_non_null(text);
+    /* one past the limit: the object and CM_JSON_PAYLOAD_DEPTH_MAX arrays */
+    size_t n = nested_payload(text, CM_JSON_PAYLOAD_DEPTH_MAX);
+    assert_int_equal(cm_engine_signal_text(f->engine, "d-1", "depth", text, n, on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_non_null(strstr(err.msg, "payload: not valid JSON (at byte"));
+    run(f);
+    assert_int_equal(f->a.n, acked);
+    /* at the limit: one array less */
+    n = nested_payload(text, CM_JSON_PAYLOAD_DEPTH_MAX - 1);
+    assert_int_equal(cm_engine_signal_text(f->engine, "d-1", "depth", text, n, on_ack, &f->a, &err),
+                     0);
+    free(text);
+    run(f);
+    assert_int_equal(f->a.n, acked + 1);
+    assert_int_equal(f->a.status[acked], 0);
+    assert_int_equal(count(f, "SELECT ctx->>'depth' FROM instance WHERE id = 'd-1'"),
+                     CM_JSON_PAYLOAD_DEPTH_MAX);
 }
 
 /* A number past a double's range (1e999: infinity in a cJSON tree, null
@@ -3671,6 +3727,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timers_without_the_instance_lookup_upgraded, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_payload_text_nests_as_deep_as_the_api_takes, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_numbers_past_a_double_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_payload_checked_text_is_queued_as_given, setup,

@@ -214,19 +214,19 @@ static void test_json_object_text_is_checked(void **state)
     };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         size_t len = strlen(good[i]);
-        assert_int_equal(cm_json_object_check(good[i], len), 0);
+        assert_int_equal(cm_json_object_check(good[i], len, CM_JSON_DEPTH_MAX), 0);
         cJSON *doc = cJSON_ParseWithLength(good[i], len);
         assert_true(cJSON_IsObject(doc)); /* what it takes, cJSON reads */
         cJSON_Delete(doc);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        size_t at = cm_json_object_check(bad[i].text, strlen(bad[i].text));
+        size_t at = cm_json_object_check(bad[i].text, strlen(bad[i].text), CM_JSON_DEPTH_MAX);
         if (at != bad[i].at)
             fail_msg("\"%s\": at %zu, expected %zu", bad[i].text, at, bad[i].at);
     }
     /* a NUL inside is no JSON, and the length bounds the read */
-    assert_int_equal(cm_json_object_check("{\"a\":\"\0\"}", 8), 7);
-    assert_int_equal(cm_json_object_check("{\"a\":1}", 6), 7);
+    assert_int_equal(cm_json_object_check("{\"a\":\"\0\"}", 8, CM_JSON_DEPTH_MAX), 7);
+    assert_int_equal(cm_json_object_check("{\"a\":1}", 6, CM_JSON_DEPTH_MAX), 7);
     /* nesting up to cJSON's limit, not past it */
     char deep[2 * CM_JSON_DEPTH_MAX + 8];
     size_t n = 0;
@@ -239,21 +239,24 @@ static void test_json_object_text_is_checked(void **state)
     for (int i = 1; i < CM_JSON_DEPTH_MAX; i++)
         deep[n++] = ']';
     deep[n++] = '}';
-    assert_int_equal(cm_json_object_check(deep, n), 0);
+    assert_int_equal(cm_json_object_check(deep, n, CM_JSON_DEPTH_MAX), 0);
     char deeper[sizeof(deep) + 2];
     memcpy(deeper, deep, open);
     deeper[open] = '[';
     memcpy(deeper + open + 1, deep + open, n - open);
     deeper[open + 1 + (n - open) - 1] = ']';
     deeper[open + 1 + (n - open)] = '}';
-    assert_int_equal(cm_json_object_check(deeper, n + 1), open + 1);
-    /* one level deeper in its document, the deepest that fits does not */
-    assert_int_equal(cm_json_object_len(deep, n, 1), n);
-    assert_int_equal(cm_json_object_len(deep, n, 2), 0);
+    assert_int_equal(cm_json_object_check(deeper, n + 1, CM_JSON_DEPTH_MAX), open + 1);
+    /* as an event's payload, one level less fits, as the API's body holds it */
+    assert_int_equal(cm_json_object_len(deep, n, CM_JSON_DEPTH_MAX), n);
+    assert_int_equal(cm_json_object_len(deep, n, CM_JSON_PAYLOAD_DEPTH_MAX), 0);
+    assert_int_equal(cm_json_object_check(deep, n, CM_JSON_PAYLOAD_DEPTH_MAX), open);
+    assert_int_equal(cm_json_object_check("{\"a\":[{}]}", 10, 3), 0);
+    assert_int_equal(cm_json_object_check("{\"a\":[{}]}", 10, 2), 7);
     /* the object text opens with, what follows not looked at */
-    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12, 1), 8);
-    assert_int_equal(cm_json_object_len(" {}", 3, 1), 0);
-    assert_int_equal(cm_json_object_len("{\"a\":", 5, 1), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12, CM_JSON_DEPTH_MAX), 8);
+    assert_int_equal(cm_json_object_len(" {}", 3, CM_JSON_DEPTH_MAX), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":", 5, CM_JSON_DEPTH_MAX), 0);
 }
 
 /* A number past a double's range, which cJSON reads as infinity (and
@@ -327,11 +330,11 @@ static void test_json_numbers_past_a_double_are_refused(void **state)
         num[n] = '\0';
         bool inf = isinf(strtod(num, NULL));
         snprintf(text, sizeof(text), "{\"a\":%s}", num);
-        size_t at = cm_json_object_check(text, strlen(text));
+        size_t at = cm_json_object_check(text, strlen(text), CM_JSON_DEPTH_MAX);
         if (at != (inf ? 6 : 0))
             fail_msg("%s: at %zu, strtod reads %s", nums[i], at, inf ? "inf" : "a finite number");
         snprintf(text, sizeof(text), "{\"a\":[1,{\"b\":%s}]}", num);
-        assert_int_equal(cm_json_object_check(text, strlen(text)), inf ? 14 : 0);
+        assert_int_equal(cm_json_object_check(text, strlen(text), CM_JSON_DEPTH_MAX), inf ? 14 : 0);
     }
 }
 
