@@ -478,6 +478,13 @@ static bool parse_json(call *c, const char *text, size_t len)
         reply_error(c, 422, "invalid", NULL, "the body must be a JSON object");
         return false;
     }
+    cm_err err;
+    if (cm_model_doc_finite(c->body, "", &err) != 0) { /* 1e999: read as inf, printed as null */
+        char field[128];
+        field_of(err.msg, NULL, field, sizeof(field));
+        reply_error(c, 400, "number_out_of_range", field, "%s", err.msg);
+        return false;
+    }
     return true;
 }
 
@@ -536,8 +543,8 @@ static bool event_body(const char *text, size_t len, char *out, size_t outsz, co
                 return false;
         } else {
             /* the payload sits in the body's object: cJSON counts its
-            ** nesting from the body's top */
-            if ((*plen = cm_json_object_len(p, (size_t)(end - p), 2)) == 0)
+            ** nesting from the body's top (CM_JSON_PAYLOAD_DEPTH_MAX) */
+            if ((*plen = cm_json_object_len(p, (size_t)(end - p), CM_JSON_PAYLOAD_DEPTH_MAX)) == 0)
                 return false;
             *payload = p;
             p += *plen;

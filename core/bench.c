@@ -10,6 +10,7 @@
 #define _GNU_SOURCE /* RUSAGE_THREAD */
 #include "bench.h"
 
+#include "clock.h"
 #include "engine.h"
 #include "fed.h"
 #include "fs.h"
@@ -49,13 +50,6 @@ static const char *BENCH_WORKFLOW =
     "    closed = { final = true },\n"
     "  },\n"
     "}\n";
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /* CPU time of the calling thread. */
 static int64_t thread_cpu_us(void)
@@ -136,7 +130,7 @@ static void lat_note(lat *l, const cm_ack *ack, int64_t now)
 
 static void on_ack(void *ud, const cm_ack *ack)
 {
-    lat_note(ud, ack, now_us());
+    lat_note(ud, ack, cm_mono_ns() / 1000);
 }
 
 static int cmp64(const void *a, const void *b)
@@ -160,7 +154,7 @@ static double sqlite_rate(const char *path, long rows, int batch)
                  "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v TEXT)",
                  NULL, NULL, NULL);
     sqlite3_prepare_v2(db, "INSERT INTO t(k, v) VALUES (?1, ?2)", -1, &st, NULL);
-    int64_t t0 = now_us();
+    int64_t t0 = cm_mono_ns() / 1000;
     for (long i = 0; i < rows;) {
         sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
         for (int j = 0; j < batch && i < rows; j++, i++) {
@@ -171,7 +165,7 @@ static double sqlite_rate(const char *path, long rows, int batch)
         }
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     }
-    double secs = (double)(now_us() - t0) / 1e6;
+    double secs = (double)(cm_mono_ns() / 1000 - t0) / 1e6;
     sqlite3_finalize(st);
     sqlite3_close(db);
     return secs > 0 ? (double)rows / secs : 0;
@@ -261,7 +255,7 @@ static int submit_step(world *w, const cm_bench_opts *o, long i, long r, cm_ack_
     static const char step[] = "{}", last[] = "{\"last\":true}";
     char id[64];
     bench_id(id, i);
-    l->submitted[i] = now_us();
+    l->submitted[i] = cm_mono_ns() / 1000;
     if (r == o->rounds - 1)
         return cm_engine_signal_text(w->engine, id, "step", last, sizeof(last) - 1, cb, ud, err);
     return cm_engine_signal_text(w->engine, id, "step", step, sizeof(step) - 1, cb, ud, err);
@@ -364,7 +358,7 @@ static bool split_means(lat *l, double all[LAT_PARTS], double tail[LAT_PARTS])
 static void on_loop_ack(void *ud, const cm_ack *ack)
 {
     driver *d = ud;
-    int64_t now = (int64_t)uv_hrtime(); /* CLOCK_MONOTONIC, as now_us */
+    int64_t now = (int64_t)uv_hrtime(); /* CLOCK_MONOTONIC, as cm_mono_ns */
     lat_note(d->l, ack, now / 1000);
     split_of(d->l, d->w->engine, now);
     d->acked++;
@@ -444,11 +438,11 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     cm_store_wal_writes(w.store, &frames0, &writes0);
     struct rusage th0, th1;
     getrusage(RUSAGE_THREAD, &th0);
-    int64_t cpu0 = thread_cpu_us(), t0 = now_us();
+    int64_t cpu0 = thread_cpu_us(), t0 = cm_mono_ns() / 1000;
     uint64_t idle_ns = 0;
     if ((rc = o->run_mode ? drive(&w, o, &l, err) : drive_loop(&w, o, &l, &idle_ns, err)) != 0)
         goto done;
-    int64_t drive_us = now_us() - t0, loop_cpu_us = thread_cpu_us() - cpu0;
+    int64_t drive_us = cm_mono_ns() / 1000 - t0, loop_cpu_us = thread_cpu_us() - cpu0;
     cm_store_wal_writes(w.store, &frames1, &writes1);
     getrusage(RUSAGE_THREAD, &th1);
     double secs = (double)drive_us / 1e6;
@@ -690,7 +684,7 @@ static int fb_queue(fbench *fb, long n, cm_err *err)
         cm_store_rollback(fb->a.store);
     if (rc != 0)
         return rc;
-    int64_t now = now_us();
+    int64_t now = cm_mono_ns() / 1000;
     for (long i = 1; i <= n; i++)
         fb->queued_us[fb->queued + i] = now;
     if (fb->queued == 1 && n > 0)
@@ -775,7 +769,7 @@ static void fb_on_deadline(uv_timer_t *t)
 static void fb_settled(void *ud, const char *peer, int64_t seq, const char *result)
 {
     fbench *fb = ud;
-    int64_t now = now_us();
+    int64_t now = cm_mono_ns() / 1000;
     (void)peer;
     if (seq < 1 || seq > fb->queued) {
         fb->strays++;

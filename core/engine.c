@@ -2922,9 +2922,12 @@ static void queue_work(cm_engine *e, work *w)
 
 static int enqueue(cm_engine *e, work *w, const cJSON *data, const char *what, cm_err *err)
 {
-    if (data && !cJSON_IsObject(data)) {
+    int rc = data && !cJSON_IsObject(data)
+                 ? cm_err_set(err, CM_EINVAL, "%s: must be an object", what)
+                 : cm_model_doc_finite(data, what, err);
+    if (rc != 0) {
         work_free(w);
-        return cm_err_set(err, CM_EINVAL, "%s: must be an object", what);
+        return rc;
     }
     if (!data && w->kind == WORK_SIGNAL) { /* a signal's payload is only read */
         w->data = e->empty;
@@ -3008,14 +3011,16 @@ int cm_engine_signal(cm_engine *e, const char *instance, const char *event, cons
 int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
                           const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err)
 {
-    size_t at = cm_json_object_check(payload, len);
+    size_t at = cm_json_object_check(payload, len, CM_JSON_PAYLOAD_DEPTH_MAX); /* as the API */
     if (at != 0) {
         size_t i = 0;
         while (i < len && payload[i] != '\0' && strchr(" \t\r\n", payload[i]))
             i++;
         if (i == len || payload[i] != '{')
             return cm_err_set(err, CM_EINVAL, "payload: must be an object");
-        return cm_err_set(err, CM_EINVAL, "payload: not valid JSON (at byte %zu)", at);
+        int rc = cm_model_text_finite(payload, len, "payload", err); /* 1e999: named */
+        return rc != 0 ? rc
+                       : cm_err_set(err, CM_EINVAL, "payload: not valid JSON (at byte %zu)", at);
     }
     return cm_engine_signal_checked(e, instance, event, payload, len, cb, ud, err);
 }

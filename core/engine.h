@@ -217,16 +217,21 @@ int cm_engine_load_source(cm_engine *e, const char *origin, const char *text, si
 int cm_engine_start(cm_engine *e, const char *workflow, const cJSON *input, const char *id,
                     cm_ack_cb cb, void *ud, cm_err *err);
 
-/* Queue event with payload (an object or NULL) for instance. */
+/* Queue event with payload (an object or NULL) for instance. A payload or
+** input holding a number that is not finite (cJSON's reading of 1e999) is
+** refused, CM_EINVAL naming its path (cm_model_doc_finite). */
 int cm_engine_signal(cm_engine *e, const char *instance, const char *event, const cJSON *payload,
                      cm_ack_cb cb, void *ud, cm_err *err);
 
 /* The same with the payload as the text of one JSON object, payload[0..len)
 ** (copied): the step reads it into Lua straight from the text, with no cJSON
-** tree. Text that is not one (cm_json_object_check) is refused, CM_EINVAL:
-** "payload: must be an object" when it does not open with '{' (as
-** cm_engine_signal says of other JSON), else "payload: not valid JSON (at
-** byte N)". */
+** tree. Text that is not one, nested at most CM_JSON_PAYLOAD_DEPTH_MAX deep
+** as the API's event route takes one (cm_json_object_check), is refused,
+** CM_EINVAL: "payload: must be an object" when it does not open with '{' (as
+** cm_engine_signal says of other JSON), "payload.PATH: number out of range"
+** when its first fault is a number past a double's range (as
+** cm_engine_signal and cm_engine_start say of a tree's), else "payload: not
+** valid JSON (at byte N)". */
 int cm_engine_signal_text(cm_engine *e, const char *instance, const char *event,
                           const char *payload, size_t len, cm_ack_cb cb, void *ud, cm_err *err);
 /* The same for text the caller has already checked to be one JSON object

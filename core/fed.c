@@ -7,6 +7,7 @@
 #include "share.h"
 
 #include "log.h"
+#include "model.h"
 #include "strbuf.h"
 #include "text.h"
 
@@ -32,7 +33,6 @@
 #define FED_ROUTE_ORGS   16   /* receiving organizations looked up per routing pass */
 #define FED_HELLO_LINKS  4
 #define FED_BUSY_MIN_MS  100     /* a second busy for the same message: wait, doubling */
-#define FED_NUMBER_MAX   63      /* characters of a number in a message: what cJSON reads as one */
 #define FED_FILL_CHUNK   256     /* outbox rows read per query when filling a window */
 #define FED_PUMP_ROUNDS  16      /* flush-and-send rounds per turn before yielding the loop */
 #define FED_INBOX_BATCH  1024    /* the inbox-only receiver stops reading at this many waiting */
@@ -53,6 +53,12 @@
 #define FED_BATCH_BYTES                                                                            \
     (512 * 1024) /* a batch is sent before it grows past this; a larger                            \
                   * deliver goes alone */
+/* Characters of a number in a message. Upstream cJSON up to 1.7.15 read at
+** most 63 (a fixed buffer), and this refused longer numbers rather than let
+** cJSON fail on them afterwards. Debian's cJSON, the one we build with, reads
+** any length, so no parser needs the limit now; it is kept only so that what
+** a node accepts from its peers does not change unannounced. */
+#define FED_NUMBER_MAX 63
 
 /* ---- messages ------------------------------------------------------------ */
 
@@ -464,7 +470,9 @@ static int decode_scan(const void *buf, size_t len, cm_fed_msg *m, cm_fed_batch 
     if (scan_object(
             (cm_json_scan){.p = buf, .end = (const char *)buf + len, .number_max = FED_NUMBER_MAX},
             &f) != 0)
-        return cm_err_set(err, CM_EINVAL, "not a JSON object");
+        return (rc = cm_model_text_finite(buf, len, "", err)) != 0 /* 1e999: named */
+                   ? rc
+                   : cm_err_set(err, CM_EINVAL, "not a JSON object");
     if ((rc = decode_type(&f, m, err)) != 0)
         goto done;
     if (m->type != CM_FED_BATCH) {

@@ -4,6 +4,8 @@
 */
 #include "httpc.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <http_parser.h>
@@ -74,19 +76,12 @@ void cm_httpc_resp_free(cm_httpc_resp *r)
 
 /* ---- time and waiting ---------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Wait until fd is ready for events or the deadline passes: 0, or -1 on
 ** timeout (errno ETIMEDOUT) or a poll error. */
 static int wait_fd(int fd, short events, int64_t deadline)
 {
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - cm_mono_ns() / 1000000;
         if (left <= 0) {
             errno = ETIMEDOUT;
             return -1;
@@ -113,7 +108,7 @@ static int connect_one(const struct addrinfo *ai, int connect_ms)
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
         if (errno != EINPROGRESS)
             goto fail;
-        if (wait_fd(fd, POLLOUT, now_ms() + connect_ms) != 0)
+        if (wait_fd(fd, POLLOUT, cm_mono_ns() / 1000000 + connect_ms) != 0)
             goto fail;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
             goto fail;
@@ -349,7 +344,7 @@ int cm_httpc_request(cm_httpc *c, const char *method, const char *target, const 
             *fail = CM_HTTPC_UNREACHABLE;
             break;
         }
-        int64_t deadline = now_ms() + c->io_ms;
+        int64_t deadline = cm_mono_ns() / 1000000 + c->io_ms;
         reader r;
         size_t got = 0;
         memset(&r, 0, sizeof(r));

@@ -1849,3 +1849,58 @@ void cm_model_doc_free(cJSON *doc)
     doc_wipe(doc);
     cJSON_Delete(doc);
 }
+
+/* ---- numbers past a double's range ---- */
+
+/* A member on the way down to a number: its item, its position in its
+** parent, and the member above it (NULL at the document's top). Kept on the
+** C stack while the walk is below it: the path is written only for an error. */
+typedef struct doc_seg {
+    const struct doc_seg *up;
+    const cJSON *item;
+    int index;
+} doc_seg;
+
+/* The path of s after root into out[0..cap) from n: ".name" for a member
+** (no dot first when root is ""), "[i]" for an element; cut to fit. */
+static size_t seg_put(const doc_seg *s, char *out, size_t cap, size_t n)
+{
+    if (s->up)
+        n = seg_put(s->up, out, cap, n);
+    int w = s->item->string ? snprintf(out + n, cap - n, "%s%s", n ? "." : "", s->item->string)
+                            : snprintf(out + n, cap - n, "[%d]", s->index);
+    return w < 0 || (size_t)w >= cap - n ? cap - 1 : n + (size_t)w;
+}
+
+static int doc_finite(const cJSON *j, const doc_seg *up, const char *root, cm_err *err)
+{
+    int i = 0;
+    for (const cJSON *c = j->child; c; c = c->next, i++) {
+        doc_seg seg = {up, c, i};
+        if (c->child && doc_finite(c, &seg, root, err) != 0)
+            return CM_EINVAL;
+        if (cJSON_IsNumber(c) && !isfinite(c->valuedouble)) {
+            char path[256];
+            size_t n = (size_t)snprintf(path, sizeof(path), "%.64s", root);
+            seg_put(&seg, path, sizeof(path), n);
+            return cm_err_set(err, CM_EINVAL,
+                              "%s: number out of range (beyond +-1.7976931348623157e308)", path);
+        }
+    }
+    return 0;
+}
+
+int cm_model_doc_finite(const cJSON *doc, const char *root, cm_err *err)
+{
+    if (cJSON_IsNumber(doc) && !isfinite(doc->valuedouble))
+        return cm_err_set(err, CM_EINVAL, "%s: number out of range", *root ? root : "value");
+    return doc ? doc_finite(doc, NULL, root, err) : 0;
+}
+
+int cm_model_text_finite(const char *text, size_t len, const char *root, cm_err *err)
+{
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    int rc = doc ? cm_model_doc_finite(doc, root, err) : 0;
+    cm_model_doc_free(doc);
+    return rc;
+}

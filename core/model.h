@@ -90,4 +90,15 @@ int cm_model_print(const cJSON *doc, cm_buf *b);
 ** references, which it does not own). NULL is fine. */
 void cm_model_doc_free(cJSON *doc);
 
+/* Is every number in doc finite? cJSON reads a number past a double's
+** range (1e999) as infinity, which it prints as null and Lua sees as inf.
+** 0 if so (NULL too); otherwise CM_EINVAL naming the first that is not by
+** its path after root ("payload.a[2]: number out of range ..."; root ""
+** starts the path at the member's name). Any thread. */
+int cm_model_doc_finite(const cJSON *doc, const char *root, cm_err *err);
+/* For text that the JSON scanner (text.h) refused: CM_EINVAL naming the
+** number as cm_model_doc_finite does when cJSON reads the text and a
+** number in it is out of range; 0 when the text's fault is another. */
+int cm_model_text_finite(const char *text, size_t len, const char *root, cm_err *err);
+
 #endif

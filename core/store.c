@@ -4,6 +4,8 @@
 */
 #include "store.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -52,13 +54,6 @@ typedef struct cm_ckpt {
 
 #define CM_SYNC_SPANS   16
 #define CM_SYNC_THREADS 2
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* Deferred commits' syncs (see store.h): the threads fdatasync the WAL on an
 ** fd of the store's own. Under mu: want, asked, synced, running, stop,
@@ -896,9 +891,9 @@ static void *sync_main(void *arg)
         sy->asked = target;
         sy->running[slot] = ticket;
         pthread_mutex_unlock(&sy->mu);
-        int64_t start = mono_ns();
+        int64_t start = cm_mono_ns();
         int rc = sync_once(sy, sy->fd[slot], why, sizeof(why));
-        int64_t end = mono_ns();
+        int64_t end = cm_mono_ns();
         pthread_mutex_lock(&sy->mu);
         while (rc != 0 && sync_earlier_running(sy, ticket))
             pthread_cond_wait(&sy->cv, &sy->mu);

@@ -220,12 +220,59 @@ int cm_json_scan_string(cm_json_scan *s)
     return string_rest(s, p);
 }
 
+/* The least magnitude that a double rounds to infinity: 2^1024 - 2^970,
+** half an ulp past DBL_MAX (the tie rounds to the even 2^1024). 309 digits. */
+static const char dbl_overflow[] =
+    "17976931348623158079372897140530341507993413271003782693617377898044496829276475094"
+    "66490179775872070963302864166928879109465555478519404026306574886715058206819089020"
+    "00708383676273854845817711531764475730270069855571366959622842914819860834936475292"
+    "719074168444365510704342711559699508093042880177904174497792";
+
+/* Is the number whose digits run from p (after any '-') to end, its
+** exponent at exp (NULL: none), too large for a double -- what strtod, and
+** so cJSON, reads as +-inf? Decided on the digits, without strtod, whose
+** decimal point is the locale's. Cold: only numbers with an exponent or
+** more than 308 integer digits come here. */
+static __attribute__((noinline)) bool number_huge(const char *p, const char *exp, const char *end)
+{
+    const char *digits_end = exp ? exp : end, *q = p;
+    long long e10 = 0; /* the value is 0.DDD... x 10^e10, D the first digit not 0 */
+    while (q < digits_end && (*q == '0' || *q == '.'))
+        q++;
+    if (q == digits_end)
+        return false; /* zero */
+    const char *dot = memchr(p, '.', (size_t)(digits_end - p));
+    e10 = dot && dot < q ? -(long long)(q - dot - 1) : (dot ? dot : digits_end) - q;
+    if (exp) {
+        const char *x = exp + 1;
+        bool minus = *x == '-';
+        long long n = 0;
+        x += *x == '-' || *x == '+';
+        for (; x < end; x++)
+            if (n < 1000000) /* far past either side's decision */
+                n = n * 10 + (*x - '0');
+        e10 += minus ? -n : n;
+    }
+    if (e10 != (long long)sizeof(dbl_overflow) - 1)
+        return e10 > (long long)sizeof(dbl_overflow) - 1;
+    /* as many integer digits as the threshold: compare digit by digit */
+    for (const char *t = dbl_overflow; *t; t++, q++) {
+        while (q < digits_end && *q == '.')
+            q++;
+        char d = q < digits_end ? *q : '0';
+        if (d != *t)
+            return d > *t;
+    }
+    return true; /* the threshold itself or more */
+}
+
 static int scan_number(cm_json_scan *s)
 {
-    const char *p = s->p, *e = s->end;
+    const char *p = s->p, *e = s->end, *digits, *exp = NULL;
     int rc = -1;
     if (p < e && *p == '-')
         p++;
+    digits = p;
     if (p >= e || *p < '0' || *p > '9')
         goto done;
     if (*p == '0')
@@ -233,6 +280,7 @@ static int scan_number(cm_json_scan *s)
     else
         while (p < e && *p >= '0' && *p <= '9')
             p++;
+    bool long_int = p - digits > (ptrdiff_t)sizeof(dbl_overflow) - 2; /* 309 digits or more */
     if (p < e && *p == '.') {
         if (++p >= e || *p < '0' || *p > '9')
             goto done;
@@ -240,6 +288,7 @@ static int scan_number(cm_json_scan *s)
             p++;
     }
     if (p < e && (*p == 'e' || *p == 'E')) {
+        exp = p;
         if (++p < e && (*p == '+' || *p == '-'))
             p++;
         if (p >= e || *p < '0' || *p > '9')
@@ -247,7 +296,8 @@ static int scan_number(cm_json_scan *s)
         while (p < e && *p >= '0' && *p <= '9')
             p++;
     }
-    if (s->number_max > 0 && (size_t)(p - s->p) > s->number_max) {
+    if ((s->number_max > 0 && (size_t)(p - s->p) > s->number_max) ||
+        ((exp || long_int) && number_huge(digits, exp, p))) {
         p = s->p;
         goto done;
     }
@@ -322,18 +372,28 @@ int cm_json_scan_value(cm_json_scan *s, int depth)
     }
 }
 
-size_t cm_json_object_len(const char *text, size_t len, int depth)
+/* The depth the scanner starts an object at for it to hold depth_max
+** nestings, itself counted, and no more. */
+static int object_depth(int depth_max)
 {
-    cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
-    return len > 0 && *text == '{' && cm_json_scan_value(&s, depth - 1) == 0 ? (size_t)(s.p - text)
-                                                                             : 0;
+    return depth_max < 1                   ? CM_JSON_DEPTH_MAX
+           : depth_max > CM_JSON_DEPTH_MAX ? 0
+                                           : CM_JSON_DEPTH_MAX - depth_max;
 }
 
-size_t cm_json_object_check(const char *text, size_t len)
+size_t cm_json_object_len(const char *text, size_t len, int depth_max)
+{
+    cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
+    return len > 0 && *text == '{' && cm_json_scan_value(&s, object_depth(depth_max)) == 0
+               ? (size_t)(s.p - text)
+               : 0;
+}
+
+size_t cm_json_object_check(const char *text, size_t len, int depth_max)
 {
     cm_json_scan s = {.p = text, .end = text + len, .no_nul = true};
     cm_json_scan_space(&s);
-    if (s.p < s.end && *s.p == '{' && cm_json_scan_value(&s, 0) == 0) {
+    if (s.p < s.end && *s.p == '{' && cm_json_scan_value(&s, object_depth(depth_max)) == 0) {
         cm_json_scan_space(&s);
         if (s.p == s.end)
             return 0;

@@ -51,9 +51,18 @@ long cm_hex4(const char *p);
 ** limit (CJSON_NESTING_LIMIT), so that what it takes cJSON reads. */
 #define CM_JSON_DEPTH_MAX 1000
 
+/* Nesting of an event's payload, the payload's object counted, by every
+** route: the API's event body holds it as a member, and cJSON counts the
+** nesting from the body's top, so one level less than CM_JSON_DEPTH_MAX;
+** cm_engine_signal_text, given the payload alone, takes no more. */
+#define CM_JSON_PAYLOAD_DEPTH_MAX (CM_JSON_DEPTH_MAX - 1)
+
 /* A JSON scanner: steps over the values of text [p, end) as RFC 8259 spells
 ** them (space, tab, CR and LF between tokens), checking them, building
-** nothing; what it takes, cJSON_Parse reads as the same. On a fault its
+** nothing; what it takes, cJSON_Parse reads as the same. A number past a
+** double's range (1e999, which cJSON reads as infinity and prints as null)
+** is refused, p at its first byte (RFC 8259 section 6 lets a reader set
+** the range). On a fault its
 ** functions return -1 with p at the first byte that does not fit (end when
 ** the text ends too early); on success 0 with p past what they read. */
 typedef struct cm_json_scan {
@@ -80,19 +89,18 @@ int cm_json_scan_value(cm_json_scan *s, int depth);
 ** surrogate; *next: where the escape ends, or where it stops fitting. */
 int cm_json_uescape(const char *p, const char *end, unsigned *cp, const char **next);
 
-/* Is text[0..len) one JSON object, nested at most CM_JSON_DEPTH_MAX deep,
-** with no \u0000 -- text that cJSON_Parse reads as that object? 0 if so;
-** otherwise the 1-based position of the first byte that does not fit
-** (len + 1 when the text ends too early). */
-size_t cm_json_object_check(const char *text, size_t len);
+/* Is text[0..len) one JSON object, nested at most depth_max deep (the
+** object counted: CM_JSON_DEPTH_MAX for a document of its own,
+** CM_JSON_PAYLOAD_DEPTH_MAX for an event's payload), with no \u0000 and no
+** number past a double's range -- text that cJSON_Parse reads as that
+** object, every number finite? 0 if so; otherwise the 1-based position of
+** the first byte that does not fit (len + 1 when the text ends too early). */
+size_t cm_json_object_check(const char *text, size_t len, int depth_max);
 
 /* The length of the JSON object that text[0..len) opens with ('{' its first
-** byte), checked as cm_json_object_check checks one; 0 when it opens with
-** none. depth: the nesting it sits at in its document (1: the document
-** itself, 2: a member of the document's object), so that nothing in it is
-** nested past CM_JSON_DEPTH_MAX counted from the document's top, as cJSON
-** counts. What follows it is not looked at. */
-size_t cm_json_object_len(const char *text, size_t len, int depth);
+** byte), checked as cm_json_object_check checks one (depth_max the same);
+** 0 when it opens with none. What follows it is not looked at. */
+size_t cm_json_object_len(const char *text, size_t len, int depth_max);
 
 /* Code point cp (below 0x110000) as UTF-8 into out: the byte count, 1 to 4. */
 size_t cm_utf8_put(unsigned cp, char out[4]);

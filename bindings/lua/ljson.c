@@ -591,9 +591,13 @@ void cm_ljson_push_null(lua_State *L)
     lua_pushlightuserdata(L, NULL);
 }
 
+/* Documents are read as deep as cJSON reads them (CM_JSON_DEPTH_MAX, the
+** root counted): an event's payload that the API or the engine took is
+** never refused here (written back, a context still stops at
+** LJSON_MAX_DEPTH). */
 static void push_value(lua_State *L, const cJSON *j, int depth)
 {
-    if (depth > LJSON_MAX_DEPTH * 4)
+    if (depth >= CM_JSON_DEPTH_MAX)
         luaL_error(L, "JSON document nested too deeply");
     luaL_checkstack(L, 3, "JSON document nested too deeply");
     if (cJSON_IsObject(j) || cJSON_IsArray(j)) {
@@ -631,9 +635,10 @@ static void push_value(lua_State *L, const cJSON *j, int depth)
 ** between, and builds exactly the tables push_value builds from cJSON_Parse's
 ** tree (same sizes, same insertion order, same numbers and strings). It takes
 ** only what it is sure of: well-formed JSON without \u0000 or surrogate
-** escapes, numbers up to 62 characters, nesting within push_value's limit, no
-** byte-order mark, nothing after the value. Anything else returns false, and
-** cm_ljson_push_object_text lets cJSON read it, so the two routes never differ. */
+** escapes, numbers up to 62 characters (rd_number's buffer), nesting within
+** push_value's limit, no byte-order mark, nothing after the value. Anything
+** else returns false, and cm_ljson_push_object_text lets cJSON read it, so
+** the two routes never differ. */
 
 static void rd_space(const char **pp)
 {
@@ -729,7 +734,9 @@ static bool rd_number(lua_State *L, const char **pp)
             p++;
     }
     size_t n = (size_t)(p - s);
-    if (n > 62) /* cJSON reads at most 63 characters of a number */
+    /* buf below holds the number and a NUL; a longer number goes to
+    ** cJSON (which reads any length), so both routes push the same value */
+    if (n > 62)
         return false;
     if (whole && n - neg <= 15) { /* below 2^53: exact without strtod */
         lua_Integer v = 0;
@@ -810,7 +817,7 @@ static bool rd_container(lua_State *L, const char **pp, int depth)
 static bool rd_value(lua_State *L, const char **pp, int depth)
 {
     const char *p = *pp;
-    if (depth > LJSON_MAX_DEPTH * 4) /* push_value's limit: its error, by the other route */
+    if (depth >= CM_JSON_DEPTH_MAX) /* push_value's limit: its error, by the other route */
         return false;
     switch (*p) {
     case '{':

@@ -9,6 +9,7 @@
 #include "lplugin.h"
 
 #include "ljson.h"
+#include "model.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
@@ -79,6 +80,8 @@ static int call_export(lua_State *L)
     free(result);
     if (!*box)
         return luaL_error(L, "%s: the plugin's result is not JSON", fname);
+    if (cm_model_doc_finite(*box, "result", &err) != 0) /* 1e999: inf, never a JSON value */
+        return luaL_error(L, "%s: %s", fname, err.msg);
     cm_ljson_push(L, *box); /* the box frees the document if this raises */
     cJSON_Delete(*box);
     *box = NULL;

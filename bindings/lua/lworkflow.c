@@ -745,8 +745,10 @@ static drv *index_inst(lua_State *L)
 
 /* wf.key: fields first, then methods (upvalue 1). wf.ctx, read on most
 ** steps and often more than once, is told by the address of the Lua
-** string "ctx" (Lua keeps one of each short string) before the key is
-** looked at as text; any other "ctx" takes the strcmp below. */
+** string "ctx" alone: Lua 5.4 interns every short string (lstring.c,
+** luaS_newlstr: up to LUAI_MAXSHORTLEN, 40 bytes), so every "ctx" in the
+** state, however made, is that one string, kept alive by the driver's
+** upvalue. A key that only starts "ctx\0" is not it. */
 static int inst_index(lua_State *L)
 {
     drv *d = index_inst(L);
@@ -755,13 +757,7 @@ static int inst_index(lua_State *L)
         push_lazy(L, d, UV_CTX);
         return 1;
     }
-    switch (key[0]) { /* one strcmp per key: ctx is read on most steps */
-    case 'c':
-        if (strcmp(key, "ctx") == 0) {
-            push_lazy(L, d, UV_CTX);
-            return 1;
-        }
-        break;
+    switch (key[0]) { /* one strcmp per key */
     case 'i':
         if (strcmp(key, "id") == 0) {
             lua_pushstring(L, d->sp->instance);

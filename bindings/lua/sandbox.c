@@ -57,6 +57,7 @@
 */
 #include "sandbox.h"
 
+#include "clock.h"
 #include "fs.h"
 
 #include <errno.h>
@@ -317,14 +318,6 @@ static int kill_raise(lua_State *L, int level)
     return lua_error(L);
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Every `step` instructions: charge them, and kill the call past its budget,
 ** past its wall-time backstop (some instructions, such as a call with a
 ** million arguments, cost far more than others), or too deep. */
@@ -342,7 +335,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         sb->used += (uint64_t)count;
         if (sb->used >= sb->budget)
             sb->kill = KILL_BUDGET;
-        else if (now_ns() > sb->deadline)
+        else if ((uint64_t)cm_mono_ns() > sb->deadline)
             sb->kill = KILL_TIME;
         else if (too_deep(sb, L))
             sb->kill = KILL_DEPTH;
@@ -1325,7 +1318,7 @@ static void arm(cm_sandbox *sb)
 {
     sb->armed = true;
     sb->used = 0;
-    sb->deadline = now_ns() + sb->time_limit;
+    sb->deadline = (uint64_t)cm_mono_ns() + sb->time_limit;
     sb->kill = KILL_NONE;
     sb->kill_where[0] = '\0';
     sb->pending = false;

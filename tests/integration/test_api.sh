@@ -28,7 +28,10 @@ return cm.workflow {
       on = { seen = "seen", boom = function(wf) error("boom") end, close = "closed" },
     },
     seen = { on = { close = "closed",
-                    note = function(wf, ev) wf.ctx.by = ev.by; wf.ctx.n = ev.n; wf.ctx.tags = ev.tags end } },
+                    note = function(wf, ev) wf.ctx.by = ev.by; wf.ctx.n = ev.n; wf.ctx.tags = ev.tags end,
+                    depth = function(wf, ev) local n, t = 1, ev.by
+                      while type(t) == "table" do n, t = n + 1, t[1] end
+                      wf.ctx.depth = n end } },
     closed = { final = true },
   },
 }
@@ -226,6 +229,11 @@ req POST /v1/instances '{"workflow":5}'; expect "instance wrong type" 422 invali
 req POST /v1/instances '{"input":{}}'; expect "instance no workflow" 422 invalid; field "instance no workflow" workflow
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"nosuch"}}'; expect "instance bad input" 422 invalid
 req POST /v1/instances '{"workflow":"nosuch"}'; expect "instance unknown workflow" 404 not_found
+# a number past a double's range (1e999) would be read as infinity: refused, named
+req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1","note":"x","n":[1,1e999]}}'
+expect "instance input number out of range" 400 number_out_of_range
+field "instance input number out of range" "input.n[1]"
+has "number out of range says so" "input.n[1]: number out of range" "$(jq -r .error.message <<<"$body")"
 same "bad input changed no record" "$(count "SELECT count(*) || '/' || sum(version) FROM record")" "$before"
 same "bad input started no instance" "$(count "SELECT count(*) FROM instance")" 0
 # the only audit entries since: one read of p1 and the refusals of attempted patient writes
@@ -316,11 +324,23 @@ signal payload lone surrogate|{"event":"note","payload":{"by":"\ud800"}}|400|mal
 signal payload array|{"event":"note","payload":[1]}|422|invalid|payload
 signal payload string|{"event":"note","payload":"x"}|422|invalid|payload
 signal payload without event|{"payload":{"by":"x"}}|422|invalid|event
+signal payload number out of range|{"event":"note","payload":{"by":"x","n":1e999}}|400|number_out_of_range|payload.n
+signal payload number out of range, negative|{"payload":{"by":"x","n":-1.8e308},"event":"note"}|400|number_out_of_range|payload.n
+signal payload number out of range, escaped name|{"event":"n\u006fte","payload":{"tags":[{"c":[1E+400]}]}}|400|number_out_of_range|payload.tags[0].c[0]
 BAD
-# nested past cJSON's limit (1000) counted from the body, not the payload:
-# the body, the payload and 999 arrays
-deep="$(printf '[%.0s' $(seq 999))$(printf ']%.0s' $(seq 999))"
-req POST /v1/instances/i1/events "{\"event\":\"note\",\"payload\":{\"by\":$deep}}" "$writer"
+req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"x","n":1.7976931348623157e308}}' "$writer"
+expect "signal payload number at the edge of a double" 200
+same "edge number read" "$(count "SELECT ctx->>'n' FROM instance WHERE id='i1'")" 1.79769313486232e+308
+req POST /v1/instances/i1/events '{"event":"note","payload":{"by":"dr2","n":-15}}' "$writer"; expect "signal payload back" 200
+# a payload nests at most 999 deep (CM_JSON_PAYLOAD_DEPTH_MAX), itself
+# counted: cJSON's limit (1000) counted from the body. At the limit: the
+# payload and 998 arrays, each read into the step; one past: 999 arrays
+deep="$(printf '[%.0s' $(seq 998))$(printf ']%.0s' $(seq 998))"
+req POST /v1/instances/i1/events "{\"event\":\"depth\",\"payload\":{\"by\":$deep}}" "$writer"
+expect "signal payload nested at the limit" 200
+same "payload at the limit read whole" "$(count "SELECT ctx->>'depth' FROM instance WHERE id='i1'")" 999
+deep="[$deep]"
+req POST /v1/instances/i1/events "{\"event\":\"depth\",\"payload\":{\"by\":$deep}}" "$writer"
 expect "signal payload nested too deep" 400 malformed_json
 same "refused payloads change nothing" "$(count "SELECT ctx->>'by' FROM instance WHERE id='i1'")" dr2
 req POST /v1/instances/i1/events '{"event":"seen"}' "$writer" text/plain; expect "signal not JSON" 415 unsupported_media_type
@@ -330,7 +350,7 @@ req POST /v1/instances/i5/events '{"event":"boom"}' "$writer"; expect "handler e
 same "handler error kept flag" "$(jq -r '.kept' <<<"$body")" true
 same "handler error code" "$(jq -r '.error.code' <<<"$body")" handler_failed
 req GET /v1/instances/i1/history "" "$reader"; expect history 200
-same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note"
+same "history events" "$(jq -r '[.items[].event] | join(",")' <<<"$body")" "start,seen,note,note,note,note,note,depth"
 req POST /v1/instances/i1/pause "" "$writer"; expect pause 200; same "paused" "$(jq -r .status <<<"$body")" paused
 req POST /v1/instances/i1/pause "" "$writer"; expect "pause twice" 409 wrong_state
 req POST /v1/instances/i1/events '{"event":"close"}' "$writer"; expect "signal paused is held" 202

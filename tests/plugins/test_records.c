@@ -3,7 +3,7 @@
 ** record_put, record_find, tx_begin/tx_commit/tx_rollback and instances, each
 ** through `caremesh records OP ...`, printing what the host answered. Its
 ** init checks that register_lua refuses what it must, then adds Lua functions
-** records.echo, .fail, .nothing, .garbage, .put and .find.
+** records.echo, .fail, .nothing, .garbage, .huge, .put and .find.
 */
 #include <caremesh/plugin.h>
 
@@ -149,6 +149,17 @@ static int garbage(void *ud, const char *args, char **result, char *err, size_t 
 }
 
 /* records.put(kind, record): true */
+/* A number that cJSON reads as infinity. */
+static int huge(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)args;
+    (void)err;
+    (void)errlen;
+    *result = strdup("{\"n\":[1,-1e999]}");
+    return *result ? 0 : -1;
+}
+
 static int put(void *ud, const char *args, char **result, char *err, size_t errlen)
 {
     cJSON *a = cJSON_Parse(args);
@@ -204,6 +215,7 @@ static int records_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err
     if (api->register_lua(ctx, "records", "fail", fail, NULL) != 0 ||
         api->register_lua(ctx, "records", "nothing", nothing, NULL) != 0 ||
         api->register_lua(ctx, "records", "garbage", garbage, NULL) != 0 ||
+        api->register_lua(ctx, "records", "huge", huge, NULL) != 0 ||
         api->register_lua(ctx, "records", "put", put, NULL) != 0 ||
         api->register_lua(ctx, "records", "find", find, NULL) != 0)
         return snprintf(err, errlen, "register_lua refused a good name"), -1;

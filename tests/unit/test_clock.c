@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <uv.h>
 
 #include "clock.h"
 #include "error.h"
@@ -104,6 +105,20 @@ static void test_format_matches_gmtime(void **state)
     }
 }
 
+/* cm_mono_ns reads uv_hrtime's clock (CLOCK_MONOTONIC) in nanoseconds:
+** between two reads of uv_hrtime, and never going back. */
+static void test_mono_ns_is_uv_hrtime_clock(void **state)
+{
+    (void)state;
+    int64_t last = 0;
+    for (int i = 0; i < 1000; i++) {
+        int64_t before = (int64_t)uv_hrtime(), now = cm_mono_ns(), after = (int64_t)uv_hrtime();
+        assert_true(before <= now && now <= after);
+        assert_true(now >= last);
+        last = now;
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -112,6 +127,7 @@ int main(void)
         cmocka_unit_test(test_instants_parse_with_zones),
         cmocka_unit_test(test_format_roundtrips),
         cmocka_unit_test(test_format_matches_gmtime),
+        cmocka_unit_test(test_mono_ns_is_uv_hrtime_clock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,7 @@
 #include "node.h"
 #include "support.h"
 #include "syncgate.h"
+#include "text.h"
 
 #define HOUR (3600 * 1000LL)
 #define DAY  (24 * HOUR)
@@ -628,6 +629,11 @@ static void test_payload_text_is_read_and_bad_text_refused(void **state)
         {"{\"reason\":\"r\"} {}", "payload: not valid JSON (at byte 16)"},
         {"{\"reason\":\"\\ud800\"}", "payload: not valid JSON (at byte 18)"},
         {"{\"reason\":\"\\u0000\"}", "payload: not valid JSON (at byte 18)"},
+        {"{\"reason\":\"r\",\"n\":[0,{\"m\":1e999}]}",
+         "payload.n[1].m: number out of range (beyond +-1.7976931348623157e308)"},
+        {"{\"n\":-1e309} x", /* the first fault is the one named */
+         "payload.n: number out of range (beyond +-1.7976931348623157e308)"},
+        {"{\"a\":tru,\"n\":-1e309}", "payload: not valid JSON (at byte 6)"},
     };
     fx *f = *state;
     cm_err err;
@@ -681,6 +687,90 @@ static void test_payload_text_is_read_and_bad_text_refused(void **state)
     run(f);
     assert_int_equal(f->a.status[f->a.n - 1], CM_EINVAL);
     expect_state(f, "p-3", "accepted", "running");
+}
+
+/* {"a":[[...]]} with `arrays` arrays into text: its length. */
+static size_t nested_payload(char *text, int arrays)
+{
+    size_t n = 5;
+    memcpy(text, "{\"a\":", 5);
+    for (int i = 0; i < arrays; i++)
+        text[n++] = '[';
+    for (int i = 0; i < arrays; i++)
+        text[n++] = ']';
+    text[n++] = '}';
+    return n;
+}
+
+/* A payload given as text nests at most CM_JSON_PAYLOAD_DEPTH_MAX deep, its
+** object counted, as the API takes one: at the limit it is queued and read
+** whole into the step; one level past, refused and nothing queued. */
+static void test_payload_text_nests_as_deep_as_the_api_takes(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "deep.lua",
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = 'deep', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { on = { depth = function(wf, ev) local n, t = 1, ev.a\n"
+            "            while type(t) == 'table' do n, t = n + 1, t[1] end\n"
+            "            wf.ctx.depth = n end } },\n"
+            "    z = { final = true },\n"
+            "  },\n"
+            "}\n");
+    assert_int_equal(cm_engine_start(f->engine, "deep", NULL, "d-1", on_ack, &f->a, &err), 0);
+    run(f);
+    int acked = f->a.n;
+    char *text = malloc(2 * CM_JSON_DEPTH_MAX + 16);
+    assert_non_null(text);
+    /* one past the limit: the object and CM_JSON_PAYLOAD_DEPTH_MAX arrays */
+    size_t n = nested_payload(text, CM_JSON_PAYLOAD_DEPTH_MAX);
+    assert_int_equal(cm_engine_signal_text(f->engine, "d-1", "depth", text, n, on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_non_null(strstr(err.msg, "payload: not valid JSON (at byte"));
+    run(f);
+    assert_int_equal(f->a.n, acked);
+    /* at the limit: one array less */
+    n = nested_payload(text, CM_JSON_PAYLOAD_DEPTH_MAX - 1);
+    assert_int_equal(cm_engine_signal_text(f->engine, "d-1", "depth", text, n, on_ack, &f->a, &err),
+                     0);
+    free(text);
+    run(f);
+    assert_int_equal(f->a.n, acked + 1);
+    assert_int_equal(f->a.status[acked], 0);
+    assert_int_equal(count(f, "SELECT ctx->>'depth' FROM instance WHERE id = 'd-1'"),
+                     CM_JSON_PAYLOAD_DEPTH_MAX);
+}
+
+/* A number past a double's range (1e999: infinity in a cJSON tree, null
+** when printed, inf in Lua) is refused in a start's input and in a
+** signal's payload given as a tree, named by its path; nothing is queued. */
+static void test_numbers_past_a_double_are_refused(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "referral.lua", REFERRAL);
+    start(f, INPUT, "p-1");
+    run(f);
+    int acked = f->a.n;
+    cJSON *input = cJSON_Parse(INPUT);
+    cJSON_AddItemToObject(input, "extra", cJSON_Parse("{\"k\":[1e999]}"));
+    assert_int_equal(cm_engine_start(f->engine, "referral", input, "p-2", on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_string_equal(err.msg,
+                        "input.extra.k[0]: number out of range (beyond +-1.7976931348623157e308)");
+    cJSON_Delete(input);
+    cJSON *payload = cJSON_Parse("{\"reason\":\"r\",\"n\":-1e999}");
+    assert_int_equal(cm_engine_signal(f->engine, "p-1", "declined", payload, on_ack, &f->a, &err),
+                     CM_EINVAL);
+    assert_non_null(strstr(err.msg, "payload.n: number out of range"));
+    cJSON_Delete(payload);
+    run(f);
+    assert_int_equal(f->a.n, acked); /* nothing was queued */
+    assert_int_equal(count(f, "SELECT count(*) FROM instance"), 1);
+    expect_state(f, "p-1", "requested", "running");
 }
 
 /* A payload's text already checked by its caller (cm_engine_signal_checked,
@@ -937,6 +1027,40 @@ static void test_a_handle_kept_past_its_step_reads_nothing(void **state)
         assert_non_null(strstr(f->a.message[2 + i], "belongs to a step that is over"));
     }
     expect_state(f, "k-1", "b", "running");
+}
+
+/* wf.ctx is told by the interned string "ctx": a key built at run time
+** (concatenated, from bytes, cut from a longer string) is that string and
+** reads the context; a key that only starts with "ctx" and a NUL is
+** another key, and reads nothing. */
+static void test_wf_ctx_is_read_by_any_key_spelled_ctx(void **state)
+{
+    fx *f = *state;
+    load_ok(f, "ctxkey.lua",
+            "local cm = require 'caremesh'\n"
+            "return cm.workflow {\n"
+            "  name = 'ctxkey', version = 1, start = 'a',\n"
+            "  states = {\n"
+            "    a = { enter = function(wf) wf.ctx.n = 1\n"
+            "            local c, b = 'c', 'tx'\n"
+            "            local keys = { c .. b, string.char(99, 116, 120), ('xctx'):sub(2),\n"
+            "                           table.concat({ 'ct', 'x' }) }\n"
+            "            local seen = {}\n"
+            "            for i, k in ipairs(keys) do seen[i] = tostring(wf[k] == wf.ctx) end\n"
+            "            seen[#seen + 1] = tostring(wf['ctx\\0x'])\n"
+            "            wf.ctx.seen = table.concat(seen, ' ') end },\n"
+            "    z = { final = true },\n"
+            "  },\n"
+            "}\n");
+    cm_err err;
+    assert_int_equal(cm_engine_start(f->engine, "ctxkey", NULL, "c-1", on_ack, &f->a, &err), 0);
+    run(f);
+    assert_int_equal(f->a.status[0], 0);
+    cJSON *inst = get(f, "c-1");
+    cJSON *ctx = cJSON_GetObjectItem(inst, "context");
+    assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "seen")),
+                        "true true true true nil");
+    cJSON_Delete(inst);
 }
 
 /* The handle is read-only, before and after wf.ctx is first read: replacing
@@ -3575,6 +3699,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_steps_alternating_definitions_run_their_own, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_wf_ctx_is_read_by_any_key_spelled_ctx, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_a_handle_kept_past_its_step_reads_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_the_handle_stays_read_only_after_wf_ctx_is_read, setup,
@@ -3602,6 +3728,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_payload_text_is_read_and_bad_text_refused, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_payload_text_nests_as_deep_as_the_api_takes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_numbers_past_a_double_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_payload_checked_text_is_queued_as_given, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_is_chained_per_instance_and_upgraded, setup,

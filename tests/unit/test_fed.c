@@ -313,8 +313,7 @@ static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         expect_bad(bad[i], "not a JSON object");
-    /* a number of 63 characters is read (as cJSON reads it later), 64 are
-    ** refused here rather than taken and failed by cJSON afterwards */
+    /* a number of 63 characters is read, 64 are refused (FED_NUMBER_MAX) */
     char num[256], digits[65];
     memset(digits, '7', 64);
     digits[64] = '\0';
@@ -330,6 +329,19 @@ static void test_scanned_text_is_checked_and_kept_as_sent(void **state)
              "\"payload\":{\"n\":-%.63s}}",
              digits);
     expect_bad(num, "not a JSON object");
+    /* a number past a double's range (cJSON would read infinity) is refused,
+    ** named by its path, also in a batch's entry; one just inside is read */
+    expect_bad("{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+               "\"payload\":{\"n\":[1,-1e309]}}",
+               "payload.n[1]: number out of range");
+    expect_bad("{\"type\":\"batch\",\"messages\":[{\"type\":\"deliver\",\"id\":\"a:1\","
+               "\"kind\":\"k\",\"to\":\"o\",\"payload\":{\"n\":1E999}}]}",
+               "messages[0].payload.n: number out of range");
+    decode_text("{\"type\":\"deliver\",\"id\":\"a:1\",\"kind\":\"k\",\"to\":\"o\","
+                "\"payload\":{\"n\":-1.7976931348623157e308}}",
+                &m);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(m.payload, "n")));
+    cm_fed_msg_clear(&m);
     /* nesting deeper than 1000 is refused; 999 levels are read */
     memset(deep, '[', 1000);
     snprintf(deep, sizeof(deep),

@@ -402,9 +402,10 @@ static void test_object_text_reads_as_cjson_would(void **state)
     lua_setglobal(L, "same");
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
         expect_same_read(L, texts[i]);
-    /* nesting at push_value's limit (128 below the root) and past it */
-    for (int levels = 126; levels <= 130; levels++) {
-        char text[400];
+    /* nesting at cJSON's limit (the root and 999 below it) and past it:
+    ** what cJSON reads is pushed, by either route */
+    for (int levels = CM_JSON_DEPTH_MAX - 3; levels <= CM_JSON_DEPTH_MAX + 1; levels++) {
+        char text[2 * CM_JSON_DEPTH_MAX + 16];
         int n = snprintf(text, sizeof(text), "{\"a\":");
         for (int k = 0; k < levels; k++)
             text[n++] = '[';
@@ -413,6 +414,11 @@ static void test_object_text_reads_as_cjson_would(void **state)
         text[n++] = '}';
         text[n] = '\0';
         expect_same_read(L, text);
+        lua_pushcfunction(L, l_read_text);
+        lua_pushlightuserdata(L, text);
+        assert_int_equal(lua_pcall(L, 1, 1, 0), LUA_OK);
+        assert_int_equal(lua_type(L, -1), levels < CM_JSON_DEPTH_MAX ? LUA_TTABLE : LUA_TNIL);
+        lua_pop(L, 1);
     }
     /* many fields and items */
     size_t cap = 64 * 1024, n = 0;

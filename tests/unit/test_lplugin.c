@@ -104,6 +104,9 @@ static void test_errors_name_the_function_and_the_caller(void **state)
               "test:3: records.fail: no cohort [\"diabetes\"]");
     run_fails(f, "local r = require 'records'\nr.garbage()",
               "test:2: records.garbage: the plugin's result is not JSON");
+    run_fails(f, "local r = require 'records'\nr.huge()",
+              "test:2: records.huge: result.n[1]: number out of range "
+              "(beyond +-1.7976931348623157e308)");
     run_fails(f, "local r = require 'records'\nr.echo(1, print)", "records.echo: argument #2");
     run_fails(f, "local r = require 'records'\nr.echo = nil", "read-only");
     run_fails(f, "local r = require 'records'\nr.nosuch()", "nosuch");

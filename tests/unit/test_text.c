@@ -8,6 +8,10 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "text.h"
@@ -210,19 +214,19 @@ static void test_json_object_text_is_checked(void **state)
     };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         size_t len = strlen(good[i]);
-        assert_int_equal(cm_json_object_check(good[i], len), 0);
+        assert_int_equal(cm_json_object_check(good[i], len, CM_JSON_DEPTH_MAX), 0);
         cJSON *doc = cJSON_ParseWithLength(good[i], len);
         assert_true(cJSON_IsObject(doc)); /* what it takes, cJSON reads */
         cJSON_Delete(doc);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        size_t at = cm_json_object_check(bad[i].text, strlen(bad[i].text));
+        size_t at = cm_json_object_check(bad[i].text, strlen(bad[i].text), CM_JSON_DEPTH_MAX);
         if (at != bad[i].at)
             fail_msg("\"%s\": at %zu, expected %zu", bad[i].text, at, bad[i].at);
     }
     /* a NUL inside is no JSON, and the length bounds the read */
-    assert_int_equal(cm_json_object_check("{\"a\":\"\0\"}", 8), 7);
-    assert_int_equal(cm_json_object_check("{\"a\":1}", 6), 7);
+    assert_int_equal(cm_json_object_check("{\"a\":\"\0\"}", 8, CM_JSON_DEPTH_MAX), 7);
+    assert_int_equal(cm_json_object_check("{\"a\":1}", 6, CM_JSON_DEPTH_MAX), 7);
     /* nesting up to cJSON's limit, not past it */
     char deep[2 * CM_JSON_DEPTH_MAX + 8];
     size_t n = 0;
@@ -235,21 +239,103 @@ static void test_json_object_text_is_checked(void **state)
     for (int i = 1; i < CM_JSON_DEPTH_MAX; i++)
         deep[n++] = ']';
     deep[n++] = '}';
-    assert_int_equal(cm_json_object_check(deep, n), 0);
+    assert_int_equal(cm_json_object_check(deep, n, CM_JSON_DEPTH_MAX), 0);
     char deeper[sizeof(deep) + 2];
     memcpy(deeper, deep, open);
     deeper[open] = '[';
     memcpy(deeper + open + 1, deep + open, n - open);
     deeper[open + 1 + (n - open) - 1] = ']';
     deeper[open + 1 + (n - open)] = '}';
-    assert_int_equal(cm_json_object_check(deeper, n + 1), open + 1);
-    /* one level deeper in its document, the deepest that fits does not */
-    assert_int_equal(cm_json_object_len(deep, n, 1), n);
-    assert_int_equal(cm_json_object_len(deep, n, 2), 0);
+    assert_int_equal(cm_json_object_check(deeper, n + 1, CM_JSON_DEPTH_MAX), open + 1);
+    /* as an event's payload, one level less fits, as the API's body holds it */
+    assert_int_equal(cm_json_object_len(deep, n, CM_JSON_DEPTH_MAX), n);
+    assert_int_equal(cm_json_object_len(deep, n, CM_JSON_PAYLOAD_DEPTH_MAX), 0);
+    assert_int_equal(cm_json_object_check(deep, n, CM_JSON_PAYLOAD_DEPTH_MAX), open);
+    assert_int_equal(cm_json_object_check("{\"a\":[{}]}", 10, 3), 0);
+    assert_int_equal(cm_json_object_check("{\"a\":[{}]}", 10, 2), 7);
     /* the object text opens with, what follows not looked at */
-    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12, 1), 8);
-    assert_int_equal(cm_json_object_len(" {}", 3, 1), 0);
-    assert_int_equal(cm_json_object_len("{\"a\":", 5, 1), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":{}} , x", 12, CM_JSON_DEPTH_MAX), 8);
+    assert_int_equal(cm_json_object_len(" {}", 3, CM_JSON_DEPTH_MAX), 0);
+    assert_int_equal(cm_json_object_len("{\"a\":", 5, CM_JSON_DEPTH_MAX), 0);
+}
+
+/* A number past a double's range, which cJSON reads as infinity (and
+** prints as null), is refused at its first byte; every other is taken. The
+** judge is strtod, as cJSON calls it: near the edge, at the least value
+** that rounds to infinity (2^1024 - 2^970) and just under it, spelled with
+** and without exponents and fractions, and far past it either way. */
+static void test_json_numbers_past_a_double_are_refused(void **state)
+{
+    (void)state;
+    static const char *const nums[] = {
+        "1e308",
+        "1e309",
+        "-1e999",
+        "1E+308",
+        "1e0000308",
+        "1e0000309",
+        "10e308",
+        "0.1e310",
+        "0.01e310",
+        "1.7976931348623157e308",
+        "1.7976931348623158e308",
+        "1.7976931348623159e308",
+        "-1.7976931348623159e308",
+        "1e-99999",
+        "0e99999",
+        "0.0e999999999999999999999",
+        "0.000001e314",
+        "0.000001e315",
+        "1e99999999999999999999999999",
+        "123456789e300",
+        "123456789e301",
+        "T",
+        "-T",
+        "T.0",
+        "T0e-1",
+        "M",
+        "M.999999999999999999999999",
+        "0.0000M9e314",
+        "0.0000Te314",
+        "1Z",
+        "9Z",
+        "1Ze-1",
+        "1Ze-10",
+    };
+    static const char t_digits[] = /* 2^1024 - 2^970 */
+        "17976931348623158079372897140530341507993413271003782693617377898044496829276475"
+        "09466490179775872070963302864166928879109465555478519404026306574886715058206819"
+        "08902000708383676273854845817711531764475730270069855571366959622842914819860834"
+        "936475292719074168444365510704342711559699508093042880177904174497792";
+    static const char m_digits[] = /* one less */
+        "17976931348623158079372897140530341507993413271003782693617377898044496829276475"
+        "09466490179775872070963302864166928879109465555478519404026306574886715058206819"
+        "08902000708383676273854845817711531764475730270069855571366959622842914819860834"
+        "936475292719074168444365510704342711559699508093042880177904174497791";
+    char num[1024], text[1100];
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        size_t n = 0; /* T: the threshold's digits, M: one less, Z: 308 zeros */
+        for (const char *c = nums[i]; *c; c++) {
+            const char *put = *c == 'T' ? t_digits : *c == 'M' ? m_digits : NULL;
+            if (*c == 'Z') {
+                memset(num + n, '0', 308);
+                n += 308;
+            } else if (put) {
+                memcpy(num + n, put, strlen(put));
+                n += strlen(put);
+            } else {
+                num[n++] = *c;
+            }
+        }
+        num[n] = '\0';
+        bool inf = isinf(strtod(num, NULL));
+        snprintf(text, sizeof(text), "{\"a\":%s}", num);
+        size_t at = cm_json_object_check(text, strlen(text), CM_JSON_DEPTH_MAX);
+        if (at != (inf ? 6 : 0))
+            fail_msg("%s: at %zu, strtod reads %s", nums[i], at, inf ? "inf" : "a finite number");
+        snprintf(text, sizeof(text), "{\"a\":[1,{\"b\":%s}]}", num);
+        assert_int_equal(cm_json_object_check(text, strlen(text), CM_JSON_DEPTH_MAX), inf ? 14 : 0);
+    }
 }
 
 int main(void)
@@ -262,6 +348,7 @@ int main(void)
         cmocka_unit_test(test_hex4_and_utf8_put),
         cmocka_unit_test(test_short_escapes_read_back),
         cmocka_unit_test(test_json_object_text_is_checked),
+        cmocka_unit_test(test_json_numbers_past_a_double_are_refused),
         cmocka_unit_test(test_json_string_stops_at_every_offset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
