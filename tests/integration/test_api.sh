@@ -248,6 +248,19 @@ same "purpose recorded" "$(count "SELECT purpose FROM audit ORDER BY seq DESC LI
 status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $reader" -H "X-Purpose: no way" "$base/v1/patients/p2")
 same "bad purpose" "$status" 400
 req GET /v1/audit/verify; expect "audit verify" 200; same "audit verify ok" "$(jq -r .ok <<<"$body")" true
+# the audit cannot be switched off, rewritten or cut through the API, not even
+# by an admin token: no route changes it, and a patient read after the
+# attempts is audited as before
+entries=$(count "SELECT count(*) FROM audit")
+for m in POST PUT PATCH DELETE; do
+  req $m /v1/audit '{"enabled":false}'; expect "$m /v1/audit" 405 method_not_allowed
+done
+req DELETE /v1/audit/1; expect "DELETE one audit entry" 404 no_route
+req POST /v1/audit/verify '{"enabled":false}'; expect "POST /v1/audit/verify" 405 method_not_allowed
+same "the attempts changed no entry" "$(count "SELECT count(*) FROM audit")" "$entries"
+req GET /v1/patients/p2 "" "$reader"; expect "a read after the attempts" 200
+same "still audited" "$(count "SELECT count(*) || ' ' || (SELECT action || ':' || actor FROM audit ORDER BY seq DESC LIMIT 1) FROM audit")" \
+  "$((entries + 1)) patient.read:token:reader"
 
 # ---- workflows ----
 req GET /v1/workflows "" "$reader"; expect workflows 200
