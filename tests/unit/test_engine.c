@@ -799,16 +799,24 @@ static void test_failing_handler_is_kept_retried_and_parked(void **state)
     expect_state(f, "ref-1", "requested", "running");
 }
 
+/* A handler stopped by the instruction budget is a kept failure, counted
+** as a budget kill and not as a Lua error (caremesh_lua_budget_kills_total,
+** caremesh_lua_errors_total in /metrics). */
 static void test_budget_exhaustion_is_a_kept_failure(void **state)
 {
     fx *f = *state;
+    cm_engine_stats st0, st1;
     load_ok(f, "referral.lua", REFERRAL);
     start(f, INPUT, "ref-1");
     run(f);
+    cm_engine_stats_get(f->engine, &st0);
     signal_ev(f, "ref-1", "spin", NULL);
     run(f);
     assert_int_equal(f->a.status[1], CM_EBUDGET);
     assert_true(f->a.kept[1]);
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(st1.budget_kills, st0.budget_kills + 1);
+    assert_int_equal(st1.lua_errors, st0.lua_errors);
     signal_ev(f, "ref-1", "accepted", NULL);
     run(f);
     assert_int_equal(f->a.status[2], 0);
