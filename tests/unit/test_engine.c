@@ -1477,6 +1477,57 @@ static void test_go_moves_on_and_leaving_cancels_the_state_timers(void **state)
     expect_state(f, "g-1", "c", "running");
 }
 
+/* A state's exit handler runs when the instance leaves it, before the next
+** state's enter (also for a state an enter's wf:go moves on from), never at
+** the start nor when a handler stays; an exit that raises fails the step
+** like any handler: the event is kept and the instance is unchanged. */
+static const char *EXITER =
+    "local cm = require 'caremesh'\n"
+    "local function log(wf, s) wf.ctx.log = (wf.ctx.log or '') .. s end\n"
+    "return cm.workflow {\n"
+    "  name = 'exiter', version = 1, start = 'a',\n"
+    "  states = {\n"
+    "    a = { enter = function(wf) log(wf, 'A') end, exit = function(wf) log(wf, 'a') end,\n"
+    "          on = { stay = function(wf) log(wf, '-') end, next = 'b' } },\n"
+    "    b = { enter = function(wf) log(wf, 'B'); wf:go('c') end,\n"
+    "          exit = function(wf) log(wf, 'b') end },\n"
+    "    c = { enter = function(wf) log(wf, 'C') end,\n"
+    "          exit = function(wf) if wf.ctx.boom then error('exit of c failed') end end,\n"
+    "          on = { arm = function(wf) wf.ctx.boom = true end, finish = 'done' } },\n"
+    "    done = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_exit_runs_on_leaving_before_the_next_enter(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "exiter.lua", EXITER);
+    assert_int_equal(cm_engine_start(f->engine, "exiter", NULL, "x-1", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "x-1", "stay", NULL);
+    run(f);
+    cJSON *inst = get(f, "x-1");
+    assert_string_equal(field(cJSON_GetObjectItem(inst, "context"), "log"), "A-");
+    cJSON_Delete(inst);
+    signal_ev(f, "x-1", "next", NULL);
+    run(f);
+    inst = get(f, "x-1");
+    assert_string_equal(field(inst, "state"), "c");
+    assert_string_equal(field(cJSON_GetObjectItem(inst, "context"), "log"), "A-aBbC");
+    cJSON_Delete(inst);
+    signal_ev(f, "x-1", "arm", NULL);
+    signal_ev(f, "x-1", "finish", NULL);
+    run(f);
+    assert_int_equal(f->a.status[3], 0);
+    assert_int_not_equal(f->a.status[4], 0);
+    assert_true(f->a.kept[4]);
+    expect_state(f, "x-1", "c", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'x-1' AND name = "
+                              "'finish' AND error LIKE '%exit of c failed%'"),
+                     1);
+}
+
 static const char *TICKER = "local cm = require 'caremesh'\n"
                             "return cm.workflow {\n"
                             "  name = 'ticker', version = 1, start = 'waiting',\n"
@@ -3625,6 +3676,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exit_runs_on_leaving_before_the_next_enter, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(
             test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
         cmocka_unit_test_setup_teardown(
