@@ -544,6 +544,27 @@ same "300 events" "$(curl -s -K "$tmp/events" | sort | uniq -c | tr -s ' ')" " 3
 same "each event audited with its instance's patient" "$(count "SELECT count(*) FROM audit a JOIN instance i
   ON a.detail = 'api POST /v1/instances/' || i.id || '/events'
   WHERE a.action = 'instance.signal' AND i.id LIKE 'm%' AND a.patient = json_extract(i.input, '$.patient')")" 300
+# ---- hot reload on SIGHUP: a changed file is a new revision for new
+# instances, running ones stay on theirs; a broken file is refused and the
+# previous revision keeps serving ----
+cp "$d/workflows/intake.lua" "$tmp/intake.v1"
+req POST /v1/instances '{"workflow":"intake","id":"hr1","input":{"patient":"p1"}}' "$writer"; expect "start on revision 1" 201
+sed 's/version = 1/version = 2/' "$tmp/intake.v1" >"$d/workflows/intake.lua"
+kill -HUP "$pid"
+if wait_for "$tmp/log" 'intake version 2 is revision 2'; then ok; else bad "SIGHUP did not load intake version 2: $(tail -3 "$tmp/log")"; fi
+req POST /v1/instances '{"workflow":"intake","id":"hr2","input":{"patient":"p1"}}' "$writer"; expect "start on revision 2" 201
+req GET /v1/instances/hr1 "" "$reader"; same "a running instance stays on its revision" "$(jq .rev <<<"$body")" 1
+req GET /v1/instances/hr2 "" "$reader"; same "a new instance runs the new revision" "$(jq .rev <<<"$body")" 2
+req POST /v1/instances/hr1/events '{"event":"seen"}' "$writer"; expect "revision 1 still takes events" 200
+printf 'local cm = require "caremesh"\nreturn cm.workflow { name = "intake", version = 3,\n  start = "open", states = { open = { on = { x = "nowhere" } } } }\n' >"$d/workflows/intake.lua"
+kill -HUP "$pid"
+if wait_for "$tmp/log" 'intake.lua:2: workflow: states.open.on[\"x\"]: transition to unknown state'; then ok
+else bad "a broken intake.lua not refused with its line: $(tail -3 "$tmp/log")"; fi
+has "the refusal is a workflow.refused entry" '"event":"workflow.refused"' "$(grep -F 'intake.lua:2:' "$tmp/log")"
+req GET /v1/workflows/intake "" "$reader"; same "the previous revision stays current" "$(jq .current_rev <<<"$body")" 2
+req POST /v1/instances '{"workflow":"intake","id":"hr3","input":{"patient":"p1"}}' "$writer"; expect "start after the refused file" 201
+req GET /v1/instances/hr3 "" "$reader"; same "it runs the previous revision" "$(jq .rev <<<"$body")" 2
+sed 's/version = 1/version = 2/' "$tmp/intake.v1" >"$d/workflows/intake.lua"
 stop; same "stop before the virtual clock" $? 0
 cat >"$d/workflows/reminder.lua" <<'EOF'
 local cm = require "caremesh"
