@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "audit.h"
 #include "engine.h"
 #include "lhost.h"
 #include "lworkflow.h"
@@ -166,7 +167,7 @@ static void open_engine(fx *f)
     cm_sandbox_limits limits = {0, f->lua_memory};
     f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
-    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
+    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
     cm_sandbox_preload(f->sb, "caremesh", cm_lua_open_caremesh);
     f->rt = cm_lua_runtime_new(f->sb, &err);
@@ -1526,6 +1527,58 @@ static void test_exit_runs_on_leaving_before_the_next_enter(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'x-1' AND name = "
                               "'finish' AND error LIKE '%exit of c failed%'"),
                      1);
+}
+
+/* What a handler reads or writes of a patient through cm.<kind> is in the
+** audit trail as the instance's ("instance:ID", the kind's action and data
+** classes), in the step's transaction: a record that is no patient's leaves
+** no entry, and a step that fails leaves none of its entries either. */
+static const char *AUDITED =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'audited', version = 1, start = 'a', input = { patient = 'patient' },\n"
+    "  states = {\n"
+    "    a = { enter = function(wf) wf.ctx.g = cm.patient.get(wf.input.patient).gender end,\n"
+    "          on = { find = function(wf) wf.ctx.n = #cm.patient.find { gender = 'female' } end,\n"
+    "                 write = function(wf) cm.patient.update(wf.input.patient, { gender = 'other' "
+    "}) "
+    "end,\n"
+    "                 orgs = function(wf) wf.ctx.o = #cm.organization.list() end,\n"
+    "                 fail = function(wf) cm.patient.get(wf.input.patient); error('after a read') "
+    "end,\n"
+    "                 done = 'z' } },\n"
+    "    z = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
+    load_ok(f, "audited.lua", AUDITED);
+    assert_int_equal(cm_engine_start(f->engine, "audited", input, "au-1", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    signal_ev(f, "au-1", "find", NULL);
+    signal_ev(f, "au-1", "orgs", NULL);
+    signal_ev(f, "au-1", "write", NULL);
+    signal_ev(f, "au-1", "fail", NULL);
+    run(f);
+    assert_true(f->a.kept[4]);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 3);
+    assert_int_equal(
+        count(f,
+              "SELECT count(*) FROM audit WHERE actor = 'instance:au-1' AND patient = 'pat-1' "
+              "AND outcome = 'ok' AND classes = 'demographics' AND ("
+              "(seq = 1 AND action = 'patient.read' AND detail = 'lua cm.patient.get pat-1') OR "
+              "(seq = 2 AND action = 'patient.read' AND detail = 'lua cm.patient.find pat-1') OR "
+              "(seq = 3 AND action = 'patient.update' AND detail = 'lua cm.patient.update "
+              "pat-1'))"),
+        3);
+    long entries = 0;
+    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
+    assert_int_equal(entries, 3);
 }
 
 static const char *TICKER = "local cm = require 'caremesh'\n"
@@ -3678,6 +3731,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_exit_runs_on_leaving_before_the_next_enter, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
         cmocka_unit_test_setup_teardown(
