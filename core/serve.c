@@ -604,6 +604,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     /* group commit pipelined: a batch's fsync overlaps the next batch; every
     ** output waits for the sync that covers it (api, fed, notifications) */
     eo.pipeline = true;
+    eo.max_attempts = o->cfg->engine_max_attempts;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;

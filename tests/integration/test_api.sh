@@ -576,8 +576,17 @@ return cm.workflow {
   },
 }
 EOF
+# engine.max_attempts from the configuration (a restart applies it): at 1 a
+# failing event is parked at its first failure (the default, 5, keeps it
+# ready for a retry)
+sed -i 's/^}$/  engine = { max_attempts = 1 },\n}/' "$d/caremesh.conf"
 start_args="--virtual-clock 2026-03-01T00:00:00Z"
 start
+req POST /v1/instances '{"workflow":"intake","id":"ma1","input":{"patient":"p1"}}' "$writer"; expect "start ma1" 201
+req POST /v1/instances/ma1/events '{"event":"boom"}' "$writer"; expect "ma1 boom kept" 202
+req GET /v1/failed-events "" "$reader"
+same "engine.max_attempts = 1 parks at the first failure" \
+  "$(jq -r '.items[] | select(.instance == "ma1") | .status + " " + (.attempts|tostring)' <<<"$body")" "failed 1"
 req GET /v1/clock "" "$reader"; same "virtual clock" "$(jq -r '(.virtual|tostring) + " " + .now' <<<"$body")" "true 2026-03-01T00:00:00.000Z"
 req POST /v1/instances '{"workflow":"reminder","id":"r1"}' "$writer"; expect "reminder start" 201
 req POST /v1/clock '{"advance_ms":3600000}' "$writer"; expect "write scope cannot move the clock" 403 forbidden
