@@ -34,6 +34,7 @@ bench: build
 	@$(BUILD)/caremesh bench engine --instances 2000 --events 25 --batch 256
 	@$(BUILD)/caremesh bench federation --messages 200000
 	@bash tests/bench/bench_api.sh $(BUILD)/caremesh
+	@bash tests/bench/memory_finished.sh $(BUILD)/caremesh
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

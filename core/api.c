@@ -604,39 +604,6 @@ static const char *body_str(call *c, const char *name)
 
 /* ---- the audit ------------------------------------------------------------ */
 
-/* The patient a record is about (NULL when none). */
-static const char *record_patient(int kind, const cJSON *doc)
-{
-    const char *key = kind == CM_KIND_PATIENT ? "id" : "patient";
-    if (kind == CM_KIND_ORGANIZATION || kind == CM_KIND_PROVIDER || kind == CM_KIND_PARTNERSHIP)
-        return NULL;
-    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, key));
-}
-
-static const char *kind_classes(int kind, const cJSON *doc, char *buf, size_t bufsz)
-{
-    switch (kind) {
-    case CM_KIND_PATIENT:
-        snprintf(buf, bufsz, "demographics%s%s",
-                 cJSON_HasObjectItem(doc, "phone") || cJSON_HasObjectItem(doc, "email") ||
-                         cJSON_HasObjectItem(doc, "address")
-                     ? ",contact"
-                     : "",
-                 cJSON_HasObjectItem(doc, "conditions") ? ",conditions" : "");
-        return buf;
-    case CM_KIND_CONSENT:
-        return "consent";
-    case CM_KIND_CARE_TEAM:
-        return "care_team";
-    case CM_KIND_TASK:
-        return "tasks";
-    case CM_KIND_IMMUNIZATION:
-        return "immunizations";
-    default:
-        return "workflow";
-    }
-}
-
 static int audit(call *c, const char *action, const char *patient, const char *classes,
                  const char *outcome, cm_err *err)
 {
@@ -656,7 +623,7 @@ static int audit_reads(call *c, int kind, const cJSON *docs, const char *action,
     bool any = false;
     for (const cJSON *d = one; d && !any; d = cJSON_IsArray(docs) ? d->next : NULL)
         any = kind < 0 ? cJSON_IsString(cJSON_GetObjectItemCaseSensitive(d, "patient"))
-                       : record_patient(kind, d) != NULL;
+                       : cm_model_record_patient(kind, d) != NULL;
     if (!any)
         return 0;
     int rc = cm_store_begin(store, err);
@@ -664,9 +631,10 @@ static int audit_reads(call *c, int kind, const cJSON *docs, const char *action,
         char classes[64];
         const char *p = kind < 0
                             ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "patient"))
-                            : record_patient(kind, d);
+                            : cm_model_record_patient(kind, d);
         if (p)
-            rc = audit(c, action, p, kind_classes(kind, d, classes, sizeof(classes)), "ok", err);
+            rc = audit(c, action, p, cm_model_record_classes(kind, d, classes, sizeof(classes)),
+                       "ok", err);
     }
     if (rc == 0)
         return cm_store_commit(store, err);
@@ -908,15 +876,15 @@ static void record_write(call *c, int kind, const char *id, const cJSON *doc, co
     cm_err err;
     char action[64], classes[64];
     const char *kname = cm_kind_name((cm_kind)kind);
-    const char *patient = kind == CM_KIND_PATIENT && id ? id : record_patient(kind, doc);
+    const char *patient = kind == CM_KIND_PATIENT && id ? id : cm_model_record_patient(kind, doc);
     snprintf(action, sizeof(action), "%s.%s", kname, verb);
     int rc = cm_store_begin(store, &err);
     if (rc == 0)
         rc = id ? cm_model_update(c->api->o.model, (cm_kind)kind, id, doc, &out, &err)
                 : cm_model_create(c->api->o.model, (cm_kind)kind, doc, &out, &err);
-    if (rc == 0 && (patient = out ? record_patient(kind, out) : patient))
-        rc = audit(c, action, patient, kind_classes(kind, out, classes, sizeof(classes)), "ok",
-                   &err);
+    if (rc == 0 && (patient = out ? cm_model_record_patient(kind, out) : patient))
+        rc = audit(c, action, patient, cm_model_record_classes(kind, out, classes, sizeof(classes)),
+                   "ok", &err);
     if (rc == 0)
         rc = cm_store_commit(store, &err);
     else
@@ -924,8 +892,8 @@ static void record_write(call *c, int kind, const char *id, const cJSON *doc, co
     if (rc != 0) {
         cm_err aerr;
         if (patient && cm_id_check(patient) == 0 && rc != CM_EDB &&
-            audit(c, action, patient, kind_classes(kind, doc, classes, sizeof(classes)), "refused",
-                  &aerr) != 0)
+            audit(c, action, patient, cm_model_record_classes(kind, doc, classes, sizeof(classes)),
+                  "refused", &aerr) != 0)
             cm_log(CM_LOG_ERROR, "api.audit", "audit of a refused write: %s", aerr.msg);
         cm_model_doc_free(out);
         reply_err(c, &err, kname);

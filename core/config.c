@@ -20,6 +20,7 @@ void cm_config_defaults(cm_config *cfg)
     cfg->busy_timeout_ms = 5000;
     cfg->lua_instructions = 10000000;
     cfg->lua_memory_bytes = (size_t)64 << 20;
+    cfg->engine_max_attempts = 5;
     cfg->log_level = CM_LOG_INFO;
     snprintf(cfg->fed_listen, sizeof(cfg->fed_listen), "%s", CM_FED_DEFAULT_LISTEN);
     /* api */
@@ -330,11 +331,12 @@ static int check_plugins(cfg_ctx *cx, const cJSON *plugins)
 
 int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_err *err)
 {
-    static const char *const top[] = {"node_id",    "store",   "lua", "log", "workflows",
-                                      "federation", "plugins", "api", NULL};
+    static const char *const top[] = {"node_id",   "store",      "lua",     "engine", "log",
+                                      "workflows", "federation", "plugins", "api",    NULL};
     static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
     static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
     static const char *const log_keys[] = {"level", NULL};
+    static const char *const engine_keys[] = {"max_attempts", NULL};
     cfg_ctx cx = {source, err};
     cm_config next = *cfg;
     const cJSON *sec;
@@ -384,6 +386,14 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
         if ((rc = get_int(&cx, sec, "lua", "memory_mb", 1, 16384, &num)) != 0)
             return rc;
         next.lua_memory_bytes = (size_t)num << 20;
+    }
+    if ((sec = cJSON_GetObjectItemCaseSensitive(root, "engine"))) {
+        if ((rc = only_keys(&cx, sec, "engine", engine_keys)) != 0)
+            return rc;
+        num = next.engine_max_attempts;
+        if ((rc = get_int(&cx, sec, "engine", "max_attempts", 1, 100, &num)) != 0)
+            return rc;
+        next.engine_max_attempts = (int)num;
     }
     if ((sec = cJSON_GetObjectItemCaseSensitive(root, "log"))) {
         if ((rc = only_keys(&cx, sec, "log", log_keys)) != 0)
@@ -461,6 +471,7 @@ void cm_config_diff_of(const cm_config *run, const cm_config *next, cm_config_di
         {run->busy_timeout_ms != next->busy_timeout_ms, false, "store.busy_timeout_ms"},
         {run->lua_instructions != next->lua_instructions, false, "lua.instructions"},
         {run->lua_memory_bytes != next->lua_memory_bytes, false, "lua.memory_mb"},
+        {run->engine_max_attempts != next->engine_max_attempts, false, "engine.max_attempts"},
         {run->fed_enabled != next->fed_enabled, false, "federation"},
         {strcmp(run->fed_listen, next->fed_listen) != 0, false, "federation.listen"},
         {!same_peers(run, next), false, "federation.peers"},
@@ -514,6 +525,10 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
                      "    -- memory cap of one Lua state, in MiB\n"
                      "    memory_mb = %zu,\n"
                      "  },\n"
+                     "  engine = {\n"
+                     "    -- runs of a failing event (retried with backoff) before it is parked\n"
+                     "    max_attempts = %d,\n"
+                     "  },\n"
                      "  log = { level = \"%s\" }, -- debug | info | warn | error\n"
                      "  -- workflows = \"/path/to/workflows\", -- default: DATA/workflows\n"
                      "  -- plugins = { { name = \"template\", path = \"/path/template.so\",\n"
@@ -531,6 +546,6 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
                      "}\n",
                      cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
                      (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,
-                     level_names[cfg->log_level]);
+                     cfg->engine_max_attempts, level_names[cfg->log_level]);
     return n < 0 || (size_t)n >= outsz ? CM_EINVAL : 0;
 }

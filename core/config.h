@@ -52,6 +52,7 @@ typedef struct cm_config {
     int busy_timeout_ms;       /* store.busy_timeout_ms, default 5000 */
     uint64_t lua_instructions; /* lua.instructions per handler call, default 10,000,000 */
     size_t lua_memory_bytes;   /* lua.memory_mb, default 64 MiB */
+    int engine_max_attempts;   /* engine.max_attempts: failed runs before an event is parked, 5 */
     cm_log_level log_level;    /* log.level, default info */
     char workflows[1024];      /* workflows: directory of workflow files; "" = DATA/workflows */
     cJSON *plugins;            /* plugins: the checked list (owned; NULL when none) */

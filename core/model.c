@@ -1391,6 +1391,38 @@ const char *cm_kind_name(cm_kind kind)
     return k ? k->name : NULL;
 }
 
+const char *cm_model_record_patient(int kind, const cJSON *doc)
+{
+    const char *key = kind == CM_KIND_PATIENT ? "id" : "patient";
+    if (kind == CM_KIND_ORGANIZATION || kind == CM_KIND_PROVIDER || kind == CM_KIND_PARTNERSHIP)
+        return NULL;
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, key));
+}
+
+const char *cm_model_record_classes(int kind, const cJSON *doc, char *buf, size_t bufsz)
+{
+    switch (kind) {
+    case CM_KIND_PATIENT:
+        snprintf(buf, bufsz, "demographics%s%s",
+                 cJSON_HasObjectItem(doc, "phone") || cJSON_HasObjectItem(doc, "email") ||
+                         cJSON_HasObjectItem(doc, "address")
+                     ? ",contact"
+                     : "",
+                 cJSON_HasObjectItem(doc, "conditions") ? ",conditions" : "");
+        return buf;
+    case CM_KIND_CONSENT:
+        return "consent";
+    case CM_KIND_CARE_TEAM:
+        return "care_team";
+    case CM_KIND_TASK:
+        return "tasks";
+    case CM_KIND_IMMUNIZATION:
+        return "immunizations";
+    default:
+        return "workflow";
+    }
+}
+
 int cm_kind_parse(const char *name)
 {
     for (int i = 0; name && i < CM_KIND__COUNT; i++)

@@ -43,6 +43,16 @@ const cm_clock *cm_model_clock(cm_model *model);
 /* "organization", "provider", "patient", "partnership", "consent", "care_team", "task",
 ** "immunization". */
 const char *cm_kind_name(cm_kind kind);
+/* The patient a record of kind is about, for the audit trail: a patient's
+** own id, the "patient" of the other kinds that name one; NULL for
+** organizations, providers and partnerships, and when doc names none
+** (borrowed from doc). kind < 0: the doc's "patient" (an instance). */
+const char *cm_model_record_patient(int kind, const cJSON *doc);
+/* The data classes an audit entry names for a record of kind: for a patient
+** "demographics" with ",contact" and ",conditions" when doc has them (written
+** in buf), "consent", "care_team", "tasks", "immunizations"; "workflow" for
+** kind < 0 (an instance). */
+const char *cm_model_record_classes(int kind, const cJSON *doc, char *buf, size_t bufsz);
 /* Kind by name; -1 if unknown. */
 int cm_kind_parse(const char *name);
 /* NULL-terminated list of the keys cm_model_find accepts for kind. */

@@ -570,7 +570,7 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
 int cm_serve_run(const cm_serve_opts *o, cm_err *err)
 {
     cm_sandbox_limits limits = {o->cfg->lua_instructions, o->cfg->lua_memory_bytes};
-    cm_lua_host host = {o->store, o->model, o->clock, o->node_id};
+    cm_lua_host host = {o->store, o->model, o->clock, o->node_id, NULL};
     cm_engine_opts eo;
     cm_sandbox *sb = NULL;
     cm_lua_runtime *rt = NULL;
@@ -604,6 +604,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     /* group commit pipelined: a batch's fsync overlaps the next batch; every
     ** output waits for the sync that covers it (api, fed, notifications) */
     eo.pipeline = true;
+    eo.max_attempts = o->cfg->engine_max_attempts;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;

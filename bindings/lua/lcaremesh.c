@@ -32,11 +32,17 @@ int cm_lua_host_set(lua_State *L, cm_lua_host *host, cm_err *err)
     return 0;
 }
 
-cm_lua_host *cm_lua_host_get(lua_State *L)
+cm_lua_host *cm_lua_host_peek(lua_State *L)
 {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
     cm_lua_host *host = lua_touserdata(L, -1);
     lua_pop(L, 1);
+    return host;
+}
+
+cm_lua_host *cm_lua_host_get(lua_State *L)
+{
+    cm_lua_host *host = cm_lua_host_peek(L);
     if (!host || !host->model)
         luaL_error(L, "caremesh: records are not available here (no store attached)");
     return host;

@@ -18,12 +18,18 @@ typedef struct cm_lua_host {
     cm_model *model;     /* borrowed */
     cm_clock *clock;     /* borrowed */
     const char *node_id; /* borrowed */
+    /* borrowed: who the records Lua reads and writes about a patient are
+    ** audited as ("instance:ID" while a workflow step runs, "cli" for
+    ** `caremesh lua`); NULL: not audited (a workflow test's own set-up) */
+    const char *actor;
 } cm_lua_host;
 
 /* Attach host to L (stored in the registry; borrowed). CM_ENOMEM if Lua cannot. */
 int cm_lua_host_set(lua_State *L, cm_lua_host *host, cm_err *err);
 /* The host attached to L; raises a Lua error when there is none. */
 cm_lua_host *cm_lua_host_get(lua_State *L);
+/* The host attached to L, or NULL; never raises. */
+cm_lua_host *cm_lua_host_peek(lua_State *L);
 
 /* Raise err as a Lua error located at the calling Lua code ("file:line: msg"). */
 int cm_lua_raise(lua_State *L, const cm_err *err);

@@ -3,8 +3,10 @@
 ** Each function carries its kind as upvalue 1. Arguments are converted to JSON
 ** first (never raising), results are pushed from a box so a memory error
 ** cannot leak them. Invalid records raise, naming the field; "not found" is
-** the expected failure nil, message, "not_found".
+** the expected failure nil, message, "not_found". What is read or written of
+** a patient is audited as the host's actor (a workflow instance, the CLI).
 */
+#include "audit.h"
 #include "lhost.h"
 #include "ljson.h"
 
@@ -43,6 +45,41 @@ static int push_result(lua_State *L, cJSON **box)
     return 1;
 }
 
+/* Audit the records about a patient in recs (one record or an array) that
+** cm.<kind>.<fn> handed to Lua or wrote, as the host's actor (none: not
+** audited), in the caller's transaction (a workflow step's, a script's): a
+** step that fails leaves neither its changes nor their entries, and what it
+** read went nowhere (handlers do no I/O). Raises when an entry cannot be
+** written: no entry, no record. */
+static void audit_records(lua_State *L, const cm_lua_host *host, cm_kind kind, const char *fn,
+                          const char *action, const cJSON *recs)
+{
+    if (!host->actor || !recs)
+        return;
+    const char *kname = cm_kind_name(kind);
+    char act[48], classes[64], detail[320];
+    snprintf(act, sizeof(act), "%s.%s", kname, action);
+    const cJSON *one = cJSON_IsArray(recs) ? recs->child : recs;
+    for (const cJSON *r = one; r; r = cJSON_IsArray(recs) ? r->next : NULL) {
+        const char *patient = cm_model_record_patient((int)kind, r);
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(r, "id"));
+        cm_err err;
+        if (!patient)
+            continue;
+        snprintf(detail, sizeof(detail), "lua cm.%s.%s %.200s", kname, fn, id ? id : "");
+        cm_audit_entry e = {
+            host->actor, act,
+            patient,     cm_model_record_classes((int)kind, r, classes, sizeof(classes)),
+            "",          "ok",
+            detail};
+        /* in a step: its savepoint opens first (cm_store_nested_write), so
+        ** that the entry goes with the step */
+        if ((cm_store_in_tx(host->store) && cm_store_nested_write(host->store, &err) != 0) ||
+            cm_audit_append(host->store, host->clock, &e, &err) != 0)
+            cm_lua_raise(L, &err);
+    }
+}
+
 static int l_create(lua_State *L)
 {
     cm_lua_host *host = cm_lua_host_get(L);
@@ -58,6 +95,7 @@ static int l_create(lua_State *L)
     *in = NULL;
     if (rc != 0)
         return cm_lua_raise(L, &err);
+    audit_records(L, host, kind, "create", "create", *out);
     return push_result(L, out);
 }
 
@@ -73,6 +111,7 @@ static int l_get(lua_State *L)
         return cm_lua_fail(L, &err);
     if (rc != 0)
         return cm_lua_raise(L, &err);
+    audit_records(L, host, kind, "get", "read", *out);
     return push_result(L, out);
 }
 
@@ -93,6 +132,7 @@ static int l_update(lua_State *L)
         return cm_lua_fail(L, &err);
     if (rc != 0)
         return cm_lua_raise(L, &err);
+    audit_records(L, host, kind, "update", "update", *out);
     return push_result(L, out);
 }
 
@@ -129,6 +169,7 @@ static int l_find(lua_State *L)
     *in = NULL;
     if (rc != 0)
         return cm_lua_raise(L, &err);
+    audit_records(L, host, kind, "find", "read", *out);
     return push_result(L, out);
 }
 

@@ -1235,7 +1235,16 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     }
     uint64_t outer = rt->live_gen; /* a step's handles read only while it runs */
     rt->live_gen = ++rt->step_gen;
+    /* the records its handlers read and write are audited as the instance's */
+    cm_lua_host *host = cm_lua_host_peek(L);
+    const char *outer_actor = host ? host->actor : NULL;
+    char actor[CM_ID_MAX + 16];
+    snprintf(actor, sizeof(actor), "instance:%s", sp->instance);
+    if (host)
+        host->actor = actor;
     rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
+    if (host)
+        host->actor = outer_actor;
     rt->live_gen = outer;
     if (rc != 0) {
         free(d.ctx_text.s);

@@ -16,7 +16,7 @@ bench_node_start() {
   [ -n "${BENCH_WRAP:-}" ] && wait=2400
   ${BENCH_WRAP:-} "$bin" serve --data "$d" 2>"$tmp/log" &
   pid=$!
-  for _ in $(seq 1 $wait); do grep -qF '"serve.ready"' "$tmp/log" && break; sleep 0.05; done
+  for _ in $(seq 1 $wait); do grep -qsF '"serve.ready"' "$tmp/log" && break; sleep 0.05; done
   port=$(sed -n 's/.*HTTP API on 127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/log")
   [ -n "$port" ] || { echo "the bench node did not start: $(tail -3 "$tmp/log")" >&2; return 1; }
 }

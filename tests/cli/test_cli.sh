@@ -96,6 +96,21 @@ expect 1 "lua runtime error" -- "$bin" lua --data "$d" "$tmp/half.lua"
 has "lua runtime error" "half.lua:3:"; has "lua runtime error" "organization.kind"
 expect 0 "count after refusals" -- "$bin" lua --data "$d" "$tmp/count.lua"
 has "nothing half-written" "organizations=1"
+# a script's reads and writes of patient data are audited as the CLI's, and
+# go with the script: one that fails leaves no entry
+cat >"$tmp/pat.lua" <<'LUA'
+local cm = require "caremesh"
+cm.patient.create { id = "pa1", name = { family = "Audit" }, birthDate = "1950-01-01", gender = "female" }
+assert(cm.patient.get("pa1"))
+assert(#cm.organization.list() == 1)
+if ... == "fail" then error("after the reads") end
+LUA
+expect 1 "lua patient script that fails" -- "$bin" lua --data "$d" "$tmp/pat.lua" fail
+same "a failed script leaves no audit entry" "$(sqlite3 "$d/caremesh.db" "SELECT count(*) FROM audit")" 0
+expect 0 "lua patient script" -- "$bin" lua --data "$d" "$tmp/pat.lua"
+same "a script's patient access is audited as cli" \
+  "$(sqlite3 "$d/caremesh.db" "SELECT group_concat(actor || ' ' || action || ' ' || patient || ' ' || detail, '; ') FROM audit")" \
+  "cli patient.create pa1 lua cm.patient.create pa1; cli patient.read pa1 lua cm.patient.get pa1"
 printf 'while true do end\n' >"$tmp/spin.lua"
 expect 1 "runaway script" -- "$bin" lua --data "$d" "$tmp/spin.lua"; has "runaway script" "instruction budget"
 printf 'local io = io\nio.open("/etc/passwd")\n' >"$tmp/io.lua"

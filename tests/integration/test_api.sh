@@ -256,6 +256,19 @@ same "purpose recorded" "$(count "SELECT purpose FROM audit ORDER BY seq DESC LI
 status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $reader" -H "X-Purpose: no way" "$base/v1/patients/p2")
 same "bad purpose" "$status" 400
 req GET /v1/audit/verify; expect "audit verify" 200; same "audit verify ok" "$(jq -r .ok <<<"$body")" true
+# the audit cannot be switched off, rewritten or cut through the API, not even
+# by an admin token: no route changes it, and a patient read after the
+# attempts is audited as before
+entries=$(count "SELECT count(*) FROM audit")
+for m in POST PUT PATCH DELETE; do
+  req $m /v1/audit '{"enabled":false}'; expect "$m /v1/audit" 405 method_not_allowed
+done
+req DELETE /v1/audit/1; expect "DELETE one audit entry" 404 no_route
+req POST /v1/audit/verify '{"enabled":false}'; expect "POST /v1/audit/verify" 405 method_not_allowed
+same "the attempts changed no entry" "$(count "SELECT count(*) FROM audit")" "$entries"
+req GET /v1/patients/p2 "" "$reader"; expect "a read after the attempts" 200
+same "still audited" "$(count "SELECT count(*) || ' ' || (SELECT action || ':' || actor FROM audit ORDER BY seq DESC LIMIT 1) FROM audit")" \
+  "$((entries + 1)) patient.read:token:reader"
 
 # ---- workflows ----
 req GET /v1/workflows "" "$reader"; expect workflows 200
@@ -546,11 +559,33 @@ for k in $(seq 1 300); do
   printf 'url = "%s/v1/instances/m%d/events"\nrequest = "POST"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\nheader = "Expect:"\ndata = "{\\"event\\":\\"seen\\"}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nnext\n' \
     "$base" "$k" "$writer" >>"$tmp/events"
 done
+sed -i '$d' "$tmp/starts" "$tmp/events" # no "next" after the last request (curl: no URL specified)
 same "300 starts" "$(curl -s -K "$tmp/starts" | sort | uniq -c | tr -s ' ')" " 300 201"
 same "300 events" "$(curl -s -K "$tmp/events" | sort | uniq -c | tr -s ' ')" " 300 200"
 same "each event audited with its instance's patient" "$(count "SELECT count(*) FROM audit a JOIN instance i
   ON a.detail = 'api POST /v1/instances/' || i.id || '/events'
   WHERE a.action = 'instance.signal' AND i.id LIKE 'm%' AND a.patient = json_extract(i.input, '$.patient')")" 300
+# ---- hot reload on SIGHUP: a changed file is a new revision for new
+# instances, running ones stay on theirs; a broken file is refused and the
+# previous revision keeps serving ----
+cp "$d/workflows/intake.lua" "$tmp/intake.v1"
+req POST /v1/instances '{"workflow":"intake","id":"hr1","input":{"patient":"p1"}}' "$writer"; expect "start on revision 1" 201
+sed 's/version = 1/version = 2/' "$tmp/intake.v1" >"$d/workflows/intake.lua"
+kill -HUP "$pid"
+if wait_for "$tmp/log" 'intake version 2 is revision 2'; then ok; else bad "SIGHUP did not load intake version 2: $(tail -3 "$tmp/log")"; fi
+req POST /v1/instances '{"workflow":"intake","id":"hr2","input":{"patient":"p1"}}' "$writer"; expect "start on revision 2" 201
+req GET /v1/instances/hr1 "" "$reader"; same "a running instance stays on its revision" "$(jq .rev <<<"$body")" 1
+req GET /v1/instances/hr2 "" "$reader"; same "a new instance runs the new revision" "$(jq .rev <<<"$body")" 2
+req POST /v1/instances/hr1/events '{"event":"seen"}' "$writer"; expect "revision 1 still takes events" 200
+printf 'local cm = require "caremesh"\nreturn cm.workflow { name = "intake", version = 3,\n  start = "open", states = { open = { on = { x = "nowhere" } } } }\n' >"$d/workflows/intake.lua"
+kill -HUP "$pid"
+if wait_for "$tmp/log" 'intake.lua:2: workflow: states.open.on[\"x\"]: transition to unknown state'; then ok
+else bad "a broken intake.lua not refused with its line: $(tail -3 "$tmp/log")"; fi
+has "the refusal is a workflow.refused entry" '"event":"workflow.refused"' "$(grep -F 'intake.lua:2:' "$tmp/log")"
+req GET /v1/workflows/intake "" "$reader"; same "the previous revision stays current" "$(jq .current_rev <<<"$body")" 2
+req POST /v1/instances '{"workflow":"intake","id":"hr3","input":{"patient":"p1"}}' "$writer"; expect "start after the refused file" 201
+req GET /v1/instances/hr3 "" "$reader"; same "it runs the previous revision" "$(jq .rev <<<"$body")" 2
+sed 's/version = 1/version = 2/' "$tmp/intake.v1" >"$d/workflows/intake.lua"
 stop; same "stop before the virtual clock" $? 0
 cat >"$d/workflows/reminder.lua" <<'EOF'
 local cm = require "caremesh"
@@ -562,8 +597,17 @@ return cm.workflow {
   },
 }
 EOF
+# engine.max_attempts from the configuration (a restart applies it): at 1 a
+# failing event is parked at its first failure (the default, 5, keeps it
+# ready for a retry)
+sed -i 's/^}$/  engine = { max_attempts = 1 },\n}/' "$d/caremesh.conf"
 start_args="--virtual-clock 2026-03-01T00:00:00Z"
 start
+req POST /v1/instances '{"workflow":"intake","id":"ma1","input":{"patient":"p1"}}' "$writer"; expect "start ma1" 201
+req POST /v1/instances/ma1/events '{"event":"boom"}' "$writer"; expect "ma1 boom kept" 202
+req GET /v1/failed-events "" "$reader"
+same "engine.max_attempts = 1 parks at the first failure" \
+  "$(jq -r '.items[] | select(.instance == "ma1") | .status + " " + (.attempts|tostring)' <<<"$body")" "failed 1"
 req GET /v1/clock "" "$reader"; same "virtual clock" "$(jq -r '(.virtual|tostring) + " " + .now' <<<"$body")" "true 2026-03-01T00:00:00.000Z"
 req POST /v1/instances '{"workflow":"reminder","id":"r1"}' "$writer"; expect "reminder start" 201
 req POST /v1/clock '{"advance_ms":3600000}' "$writer"; expect "write scope cannot move the clock" 403 forbidden

@@ -214,8 +214,25 @@ queue "$a" cardio test.note 3
 check "$tmp/a.log" '"event":"fed.ready"' "a still serving"
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +3 ' <<<"$out"; then ok; else bad "peers shows 3 pending: $out"; fi
+# /metrics says the same to a scraper: the link down, 3 pending, the oldest aged
+metrics=$(curl -sf -H "Authorization: Bearer $tok" "http://127.0.0.1:$port/metrics")
+same "metrics: b down, 3 pending for it" \
+  "$(grep -E '^caremesh_(peer_up|outbox_depth)\{peer="node-b"\} ' <<<"$metrics" | sort | tr '\n' ' ')" \
+  'caremesh_outbox_depth{peer="node-b"} 3 caremesh_peer_up{peer="node-b"} 0 '
+age=$(sed -n 's/^caremesh_outbox_oldest_age_seconds{peer="node-b"} //p' <<<"$metrics")
+if awk -v a="$age" 'BEGIN { exit !(a > 0) }'; then ok; else bad "metrics: the oldest pending message's age: '$age'"; fi
 serve "$b" "$tmp/b2.log"; bpid=$spid
 check "$tmp/a.log" 'node-a:26 delivered to node-b' "queued messages delivered after restart"
+# (bounded wait: the link coming up queues this node's directory and
+# indicators for b, acknowledged a moment later)
+for _ in $(seq 1 200); do
+  metrics=$(curl -sf -H "Authorization: Bearer $tok" "http://127.0.0.1:$port/metrics")
+  grep -qxF 'caremesh_outbox_depth{peer="node-b"} 0' <<<"$metrics" && break
+  sleep 0.05
+done
+same "metrics: b up, nothing pending" \
+  "$(grep -E '^caremesh_(peer_up|outbox_depth|outbox_oldest_age_seconds)\{peer="node-b"\} ' <<<"$metrics" | sort | tr '\n' ' ')" \
+  'caremesh_outbox_depth{peer="node-b"} 0 caremesh_outbox_oldest_age_seconds{peer="node-b"} 0.000 caremesh_peer_up{peer="node-b"} 1 '
 same "nothing twice after restart" "$(sql "$b/caremesh.db" "SELECT count(*), count(DISTINCT msg_id) FROM inbox WHERE msg_id NOT LIKE 'flood:%'")" "28|28"
 out=$("$bin" peers --data "$a")
 if grep -qE '^node-b +tcp://127.0.0.1:[0-9]+ +0 +- ' <<<"$out"; then ok; else bad "peers shows nothing pending: $out"; fi

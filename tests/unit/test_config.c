@@ -30,6 +30,7 @@ static void test_defaults_are_durable_and_bounded(void **state)
     assert_int_equal(cfg.busy_timeout_ms, 5000);
     assert_int_equal(cfg.lua_instructions, 10000000);
     assert_int_equal(cfg.lua_memory_bytes, 64u << 20);
+    assert_int_equal(cfg.engine_max_attempts, 5);
     assert_int_equal(cfg.log_level, CM_LOG_INFO);
 }
 
@@ -41,7 +42,8 @@ static void test_every_key_applies(void **state)
     assert_int_equal(apply_text(&cfg,
                                 "{\"node_id\":\"pharm-1\",\"store\":{\"synchronous\":\"extra\","
                                 "\"busy_timeout_ms\":250},\"lua\":{\"instructions\":5000,"
-                                "\"memory_mb\":8},\"log\":{\"level\":\"debug\"}}",
+                                "\"memory_mb\":8},\"engine\":{\"max_attempts\":2},"
+                                "\"log\":{\"level\":\"debug\"}}",
                                 &err),
                      0);
     assert_string_equal(cfg.node_id, "pharm-1");
@@ -49,6 +51,7 @@ static void test_every_key_applies(void **state)
     assert_int_equal(cfg.busy_timeout_ms, 250);
     assert_int_equal(cfg.lua_instructions, 5000);
     assert_int_equal(cfg.lua_memory_bytes, 8u << 20);
+    assert_int_equal(cfg.engine_max_attempts, 2);
     assert_int_equal(cfg.log_level, CM_LOG_DEBUG);
 }
 
@@ -127,6 +130,10 @@ static void test_bad_values_are_refused_by_name(void **state)
     expect_refusal("{\"lua\":{\"instructions\":\"lots\"}}", "lua.instructions: must be a whole");
     expect_refusal("{\"lua\":{\"memory_mb\":0}}", "lua.memory_mb: must be a whole number");
     expect_refusal("{\"lua\":{\"memroy_mb\":1}}", "lua.memroy_mb: unknown key");
+    expect_refusal("{\"engine\":{\"max_attempts\":0}}",
+                   "engine.max_attempts: must be a whole number from 1 to 100");
+    expect_refusal("{\"engine\":{\"max_attempts\":2.5}}", "engine.max_attempts: must be a");
+    expect_refusal("{\"engine\":{\"attempts\":3}}", "engine.attempts: unknown key");
     expect_refusal("{\"log\":{\"level\":\"loud\"}}", "log.level: must be one of debug");
     expect_refusal("{\"node_id\":\"has space\"}", "node_id: character 4 (' ') is not allowed");
     expect_refusal("{\"node_id\":7}", "node_id: must be a string");
@@ -223,13 +230,14 @@ static void test_reload_diff_sorts_live_from_restart(void **state)
     assert_int_equal(apply_text(&next,
                                 "{\"log\":{\"level\":\"debug\"},\"api\":{\"timeout_ms\":500,"
                                 "\"open_loopback\":true,\"listen\":\"127.0.0.1:9\"},"
-                                "\"lua\":{\"memory_mb\":8},\"workflows\":\"/srv/wf\","
+                                "\"lua\":{\"memory_mb\":8},\"engine\":{\"max_attempts\":9},"
+                                "\"workflows\":\"/srv/wf\","
                                 "\"plugins\":[{\"name\":\"p\",\"path\":\"/p.so\"}]}",
                                 &err),
                      0);
     cm_config_diff_of(&run, &next, &d);
     assert_string_equal(d.live, "log.level, workflows, plugins, api.timeout_ms, api.open_loopback");
-    assert_string_equal(d.restart, "api.listen, lua.memory_mb");
+    assert_string_equal(d.restart, "api.listen, lua.memory_mb, engine.max_attempts");
     assert_true(d.log && d.workflows && d.plugins && d.api);
     cm_config_take_live(&run, &next);
     assert_int_equal(run.log_level, CM_LOG_DEBUG);

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "audit.h"
 #include "engine.h"
 #include "lhost.h"
 #include "lworkflow.h"
@@ -167,7 +168,7 @@ static void open_engine(fx *f)
     cm_sandbox_limits limits = {0, f->lua_memory};
     f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
-    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node"};
+    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
     cm_sandbox_preload(f->sb, "caremesh", cm_lua_open_caremesh);
     f->rt = cm_lua_runtime_new(f->sb, &err);
@@ -889,16 +890,24 @@ static void test_failing_handler_is_kept_retried_and_parked(void **state)
     expect_state(f, "ref-1", "requested", "running");
 }
 
+/* A handler stopped by the instruction budget is a kept failure, counted
+** as a budget kill and not as a Lua error (caremesh_lua_budget_kills_total,
+** caremesh_lua_errors_total in /metrics). */
 static void test_budget_exhaustion_is_a_kept_failure(void **state)
 {
     fx *f = *state;
+    cm_engine_stats st0, st1;
     load_ok(f, "referral.lua", REFERRAL);
     start(f, INPUT, "ref-1");
     run(f);
+    cm_engine_stats_get(f->engine, &st0);
     signal_ev(f, "ref-1", "spin", NULL);
     run(f);
     assert_int_equal(f->a.status[1], CM_EBUDGET);
     assert_true(f->a.kept[1]);
+    cm_engine_stats_get(f->engine, &st1);
+    assert_int_equal(st1.budget_kills, st0.budget_kills + 1);
+    assert_int_equal(st1.lua_errors, st0.lua_errors);
     signal_ev(f, "ref-1", "accepted", NULL);
     run(f);
     assert_int_equal(f->a.status[2], 0);
@@ -1591,6 +1600,109 @@ static void test_go_moves_on_and_leaving_cancels_the_state_timers(void **state)
     assert_int_equal(count(f, "SELECT count(*) FROM timer"), 0);
     advance(f, 6 * HOUR);
     expect_state(f, "g-1", "c", "running");
+}
+
+/* A state's exit handler runs when the instance leaves it, before the next
+** state's enter (also for a state an enter's wf:go moves on from), never at
+** the start nor when a handler stays; an exit that raises fails the step
+** like any handler: the event is kept and the instance is unchanged. */
+static const char *EXITER =
+    "local cm = require 'caremesh'\n"
+    "local function log(wf, s) wf.ctx.log = (wf.ctx.log or '') .. s end\n"
+    "return cm.workflow {\n"
+    "  name = 'exiter', version = 1, start = 'a',\n"
+    "  states = {\n"
+    "    a = { enter = function(wf) log(wf, 'A') end, exit = function(wf) log(wf, 'a') end,\n"
+    "          on = { stay = function(wf) log(wf, '-') end, next = 'b' } },\n"
+    "    b = { enter = function(wf) log(wf, 'B'); wf:go('c') end,\n"
+    "          exit = function(wf) log(wf, 'b') end },\n"
+    "    c = { enter = function(wf) log(wf, 'C') end,\n"
+    "          exit = function(wf) if wf.ctx.boom then error('exit of c failed') end end,\n"
+    "          on = { arm = function(wf) wf.ctx.boom = true end, finish = 'done' } },\n"
+    "    done = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_exit_runs_on_leaving_before_the_next_enter(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    load_ok(f, "exiter.lua", EXITER);
+    assert_int_equal(cm_engine_start(f->engine, "exiter", NULL, "x-1", on_ack, &f->a, &err), 0);
+    run(f);
+    signal_ev(f, "x-1", "stay", NULL);
+    run(f);
+    cJSON *inst = get(f, "x-1");
+    assert_string_equal(field(cJSON_GetObjectItem(inst, "context"), "log"), "A-");
+    cJSON_Delete(inst);
+    signal_ev(f, "x-1", "next", NULL);
+    run(f);
+    inst = get(f, "x-1");
+    assert_string_equal(field(inst, "state"), "c");
+    assert_string_equal(field(cJSON_GetObjectItem(inst, "context"), "log"), "A-aBbC");
+    cJSON_Delete(inst);
+    signal_ev(f, "x-1", "arm", NULL);
+    signal_ev(f, "x-1", "finish", NULL);
+    run(f);
+    assert_int_equal(f->a.status[3], 0);
+    assert_int_not_equal(f->a.status[4], 0);
+    assert_true(f->a.kept[4]);
+    expect_state(f, "x-1", "c", "running");
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE instance = 'x-1' AND name = "
+                              "'finish' AND error LIKE '%exit of c failed%'"),
+                     1);
+}
+
+/* What a handler reads or writes of a patient through cm.<kind> is in the
+** audit trail as the instance's ("instance:ID", the kind's action and data
+** classes), in the step's transaction: a record that is no patient's leaves
+** no entry, and a step that fails leaves none of its entries either. */
+static const char *AUDITED =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'audited', version = 1, start = 'a', input = { patient = 'patient' },\n"
+    "  states = {\n"
+    "    a = { enter = function(wf) wf.ctx.g = cm.patient.get(wf.input.patient).gender end,\n"
+    "          on = { find = function(wf) wf.ctx.n = #cm.patient.find { gender = 'female' } end,\n"
+    "                 write = function(wf) cm.patient.update(wf.input.patient, { gender = 'other' "
+    "}) "
+    "end,\n"
+    "                 orgs = function(wf) wf.ctx.o = #cm.organization.list() end,\n"
+    "                 fail = function(wf) cm.patient.get(wf.input.patient); error('after a read') "
+    "end,\n"
+    "                 done = 'z' } },\n"
+    "    z = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
+    load_ok(f, "audited.lua", AUDITED);
+    assert_int_equal(cm_engine_start(f->engine, "audited", input, "au-1", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    signal_ev(f, "au-1", "find", NULL);
+    signal_ev(f, "au-1", "orgs", NULL);
+    signal_ev(f, "au-1", "write", NULL);
+    signal_ev(f, "au-1", "fail", NULL);
+    run(f);
+    assert_true(f->a.kept[4]);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 3);
+    assert_int_equal(
+        count(f,
+              "SELECT count(*) FROM audit WHERE actor = 'instance:au-1' AND patient = 'pat-1' "
+              "AND outcome = 'ok' AND classes = 'demographics' AND ("
+              "(seq = 1 AND action = 'patient.read' AND detail = 'lua cm.patient.get pat-1') OR "
+              "(seq = 2 AND action = 'patient.read' AND detail = 'lua cm.patient.find pat-1') OR "
+              "(seq = 3 AND action = 'patient.update' AND detail = 'lua cm.patient.update "
+              "pat-1'))"),
+        3);
+    long entries = 0;
+    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
+    assert_int_equal(entries, 3);
 }
 
 static const char *TICKER = "local cm = require 'caremesh'\n"
@@ -3746,6 +3858,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_go_moves_on_and_leaving_cancels_the_state_timers,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exit_runs_on_leaving_before_the_next_enter, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
         cmocka_unit_test_setup_teardown(
