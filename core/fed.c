@@ -60,6 +60,10 @@
 ** a node accepts from its peers does not change unannounced. */
 #define FED_NUMBER_MAX 63
 
+/* the ZMTP heartbeat: a PING on every link this often (cm_fed_opts.heartbeat_ms) */
+#define FED_HEARTBEAT_MS     1000
+#define FED_HEARTBEAT_MAX_MS 30000
+
 /* ---- messages ------------------------------------------------------------ */
 
 static const char *const type_names[] = {"hello",     "deliver",    "ack",  "error",
@@ -927,13 +931,27 @@ static int set_int(void *zs, int opt, int v)
     return zmq_setsockopt(zs, opt, &v, sizeof(v));
 }
 
-/* Options every federation socket gets. */
-static int link_options(void *zs)
+/* The PING interval heartbeat_ms asked for (cm_fed_opts.heartbeat_ms). */
+static int heartbeat_interval(int heartbeat_ms)
+{
+    if (heartbeat_ms <= 0)
+        return FED_HEARTBEAT_MS;
+    return heartbeat_ms < FED_HEARTBEAT_MAX_MS ? heartbeat_ms : FED_HEARTBEAT_MAX_MS;
+}
+
+/* Options every federation socket gets: a PING every heartbeat_ms (see
+** heartbeat_interval), and no TTL in it. A TTL would have the ROUTER at
+** the other end drop the link when it reads nothing from it for that long,
+** and a ROUTER does that on purpose while its engine is behind
+** (router_full): ZeroMQ then stops reading the connection, PINGs too. Who
+** times out a link on its heartbeats is set by each side: the DEALER
+** (open_peer), never the ROUTER (cm_fed_listener_setup). */
+static int link_options(void *zs, int heartbeat_ms)
 {
     int64_t maxmsg = CM_FED_MAX_MSG + 4096;
     int rc = set_int(zs, ZMQ_LINGER, 0) | set_int(zs, ZMQ_HANDSHAKE_IVL, 5000) |
-             set_int(zs, ZMQ_HEARTBEAT_IVL, 1000) | set_int(zs, ZMQ_HEARTBEAT_TIMEOUT, 3000) |
-             set_int(zs, ZMQ_HEARTBEAT_TTL, 6000) | set_int(zs, ZMQ_RECONNECT_IVL, 100) |
+             set_int(zs, ZMQ_HEARTBEAT_IVL, heartbeat_interval(heartbeat_ms)) |
+             set_int(zs, ZMQ_HEARTBEAT_TTL, 0) | set_int(zs, ZMQ_RECONNECT_IVL, 100) |
              set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000) |
              /* a ROUTER drops what it cannot queue: room for a whole window of answers */
              set_int(zs, ZMQ_SNDHWM, CM_FED_WINDOW_MAX + 1000) |
@@ -2911,9 +2929,15 @@ static int open_zap(cm_fed *fed, cm_err *err)
     return sock_watch(fed, &fed->zap, "zap", zap_read, -1, err);
 }
 
-int cm_fed_listener_setup(void *zs, const char *secret_key, cm_err *err)
+int cm_fed_listener_setup(void *zs, const char *secret_key, int heartbeat_ms, cm_err *err)
 {
-    if (link_options(zs) != 0 || set_int(zs, ZMQ_CURVE_SERVER, 1) != 0 ||
+    /* No heartbeat timeout here: while the reader holds back (router_full)
+    ** ZeroMQ reads nothing from a link, the peer's PONGs included, and the
+    ** timeout would drop a healthy link whose messages then wait for the
+    ** peer's resend. The peer's DEALER times the link out instead (it gets
+    ** this side's PINGs, which go on), and a link that closes is seen gone. */
+    if (link_options(zs, heartbeat_ms) != 0 || set_int(zs, ZMQ_HEARTBEAT_TIMEOUT, 0) != 0 ||
+        set_int(zs, ZMQ_CURVE_SERVER, 1) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, secret_key, CM_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(zs, ZMQ_ZAP_DOMAIN, CM_FED_ZAP_DOMAIN, strlen(CM_FED_ZAP_DOMAIN)) != 0)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
@@ -2931,7 +2955,7 @@ static int open_router(cm_fed *fed, cm_err *err)
     int rc;
     if (!zs)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
-    if ((rc = cm_fed_listener_setup(zs, fed->o.keys->secret_key, err)) != 0)
+    if ((rc = cm_fed_listener_setup(zs, fed->o.keys->secret_key, fed->o.heartbeat_ms, err)) != 0)
         return rc;
     if (set_int(zs, ZMQ_RCVHWM, FED_ROUTER_RCVHWM) != 0)
         return cm_err_set(err, CM_EIO, "federation ROUTER: %s", zmq_strerror(errno));
@@ -2954,7 +2978,10 @@ static int open_peer(cm_fed *fed, int i, cm_err *err)
     if (!(p->win = calloc((size_t)fed->window, sizeof(*p->win))) ||
         !(p->out_win = calloc(FED_BATCH_SEND, sizeof(*p->out_win))))
         return cm_err_set(err, CM_ENOMEM, "out of memory");
-    if (!zs || link_options(zs) != 0 || set_int(zs, ZMQ_IMMEDIATE, 1) != 0 ||
+    /* a peer that sends nothing, not even a PONG, for three PINGs is gone */
+    int hb = heartbeat_interval(fed->o.heartbeat_ms);
+    if (!zs || link_options(zs, hb) != 0 || set_int(zs, ZMQ_HEARTBEAT_TIMEOUT, 3 * hb) != 0 ||
+        set_int(zs, ZMQ_IMMEDIATE, 1) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_SERVERKEY, p->cfg->public_key, CM_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_PUBLICKEY, fed->o.keys->public_key, CM_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, fed->o.keys->secret_key, CM_KEY_Z85_LEN) != 0)

@@ -137,10 +137,11 @@ int cm_fed_zap_decide(const cm_peer_config *peers, int npeers, const char *domai
 /* ---- the links ----------------------------------------------------------- */
 
 /* Set up ROUTER socket zs as this node's federation listener before it is
-** bound: the link options, CURVE server with secret_key (Z85), and ZAP domain
+** bound: the link options (a PING every heartbeat_ms, as in cm_fed_opts; no
+** heartbeat timeout), CURVE server with secret_key (Z85), and ZAP domain
 ** CM_FED_ZAP_DOMAIN with ZMQ_ZAP_ENFORCE_DOMAIN, so that with no ZAP handler
 ** in the process every CURVE client is refused (fail closed). */
-int cm_fed_listener_setup(void *zs, const char *secret_key, cm_err *err);
+int cm_fed_listener_setup(void *zs, const char *secret_key, int heartbeat_ms, cm_err *err);
 
 typedef struct cm_fed cm_fed;
 
@@ -190,6 +191,11 @@ typedef struct cm_fed_opts {
     ** answer this long, while no answer at all came, is sent again (the
     ** timeout doubling to 30 s). 0 selects 1000; at most 30000. */
     int resend_ms;
+    /* The ZMTP heartbeat: every link sends a PING this often, and a DEALER
+    ** whose peer sends nothing for three of them drops the link (the
+    ** ROUTER never does: its reader may hold back longer). 0 selects 1000;
+    ** at most 30000. */
+    int heartbeat_ms;
 } cm_fed_opts;
 
 #define CM_FED_WINDOW_DEFAULT 1000

@@ -502,7 +502,8 @@ static int start_fed(serve *sv, uv_loop_t *loop, cm_err *err)
                       NULL,
                       0,
                       true, /* the engine's batches are pipelined: rows wait for their sync */
-                      0};   /* the default ack timeout */
+                      0,    /* the default ack timeout */
+                      0};   /* and heartbeat */
     rc = cm_fed_start(&fo, &sv->fed, err);
     cm_keys_wipe(&kp);
     return rc;

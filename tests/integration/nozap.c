@@ -34,7 +34,7 @@ int main(int argc, char **argv)
     signal(SIGTERM, on_term);
     void *ctx = zmq_ctx_new();
     void *r = zmq_socket(ctx, ZMQ_ROUTER);
-    if (cm_fed_listener_setup(r, kp.secret_key, &err) != 0)
+    if (cm_fed_listener_setup(r, kp.secret_key, 0, &err) != 0)
         return fprintf(stderr, "nozap: %s\n", err.msg), 2;
     cm_keys_wipe(&kp);
     if (zmq_bind(r, argv[2]) != 0)

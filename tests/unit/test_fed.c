@@ -483,7 +483,7 @@ static bool admitted_without_handler(bool ours)
     zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
     if (ours) {
         cm_err err;
-        assert_int_equal(cm_fed_listener_setup(r, sec, &err), 0);
+        assert_int_equal(cm_fed_listener_setup(r, sec, 0, &err), 0);
     } else { /* the same, without ZMQ_ZAP_ENFORCE_DOMAIN */
         assert_int_equal(zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof(one)), 0);
         assert_int_equal(zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, sec, 40), 0);
@@ -603,7 +603,14 @@ static void test_route_at_insert_waits_for_rows_without_a_peer(void **state)
 #define LOAD_BATCHES 5    /* batches of CM_FED_BATCH_MAX delivers the peer sends */
 #define LOAD_SINGLES 1500 /* and delivers alone, between the second and third */
 #define LOAD_N       (LOAD_BATCHES * CM_FED_BATCH_MAX + LOAD_SINGLES)
-#define LOAD_ENGINE  256 /* answers per turn of the loop: the engine's batch */
+/* A flood past what the node parks from one peer (8,192 delivers, beside
+** the engine's 2,048), and then more messages than ZeroMQ queues unread
+** for a link (1,024): batches, then delivers alone. */
+#define STALL_BATCHES 12
+#define STALL_SINGLES 3000
+#define STALL_N       (STALL_BATCHES * CM_FED_BATCH_MAX + STALL_SINGLES)
+#define LOAD_CAP      STALL_N /* the most delivers a test's flood sends */
+#define LOAD_ENGINE   256     /* answers per turn of the loop: the engine's batch */
 
 /* A stand-in engine: the tickets handed to it, answered in arrival order,
 ** LOAD_ENGINE a turn, with the real engine's rule (the next message of the
@@ -615,8 +622,9 @@ typedef struct load_world {
     long *seqs, head, tail, cap;
     long handed, answered, peak, stats_off;
     long next_seq, dups, busy;
-    bool answered_seq[LOAD_N + 1];
-    int acked[LOAD_N + 1];
+    long n; /* the delivers the flood sends: LOAD_N unless the test says */
+    bool answered_seq[LOAD_CAP + 1];
+    int acked[LOAD_CAP + 1];
     long early_acks, other_answers, hellos;
     bool hold; /* the engine answers nothing while set */
 } load_world;
@@ -720,7 +728,7 @@ static void load_read_answers(load_world *w, void *d)
             if (m.type == CM_FED_HELLO)
                 w->hellos++;
             else if (m.type == CM_FED_ACK && strcmp(m.result, "received") == 0 && seq >= 1 &&
-                     seq <= LOAD_N) {
+                     seq <= w->n) {
                 w->acked[seq]++;
                 if (!w->answered_seq[seq])
                     w->early_acks++;
@@ -755,23 +763,26 @@ static bool load_said_hello(load_world *w)
 
 static bool load_all_acked(load_world *w)
 {
-    for (long i = 1; i <= LOAD_N; i++)
+    for (long i = 1; i <= w->n; i++)
         if (w->acked[i] == 0)
             return false;
     return true;
 }
 
-/* Everything at once from the peer at d: batches, then delivers alone,
-** then batches; LOAD_N in all. */
-static void load_flood(void *d, cm_buf *b)
+/* Everything at once from the peer at d: batches of CM_FED_BATCH_MAX
+** delivers, and singles delivers alone before batch at (after the last
+** when at is batches); seqs from 1. */
+static void load_flood_as(void *d, cm_buf *b, int batches, int singles, int at)
 {
     long seq = 1;
-    for (int k = 0; k < LOAD_BATCHES; k++) {
-        if (k == 2)
-            for (int i = 0; i < LOAD_SINGLES; i++) {
+    for (int k = 0; k <= batches; k++) {
+        if (k == at)
+            for (int i = 0; i < singles; i++) {
                 load_deliver(b, seq++);
                 load_send(d, b);
             }
+        if (k == batches)
+            break;
         cm_buf_puts(b, "{\"type\":\"batch\",\"messages\":[");
         for (int i = 0; i < CM_FED_BATCH_MAX; i++) {
             if (i)
@@ -781,7 +792,13 @@ static void load_flood(void *d, cm_buf *b)
         cm_buf_puts(b, "]}");
         load_send(d, b);
     }
-    assert_int_equal(seq, LOAD_N + 1);
+    assert_int_equal(seq, (long)batches * CM_FED_BATCH_MAX + singles + 1);
+}
+
+/* Batches, then delivers alone, then batches; LOAD_N in all. */
+static void load_flood(void *d, cm_buf *b)
+{
+    load_flood_as(d, b, LOAD_BATCHES, LOAD_SINGLES, 2);
 }
 
 /* A bare peer: a DEALER with the key pair pub/sec, connected to the node
@@ -816,8 +833,9 @@ typedef struct load_node {
     cm_buf b;
 } load_node;
 
-/* Start the node; its engine, the load_world (freed by load_node_free). */
-static load_world *load_node_start(load_node *ln, int npeers)
+/* Start the node, its links' heartbeat every heartbeat_ms (0: the
+** default); its engine, the load_world (freed by load_node_free). */
+static load_world *load_node_start_beating(load_node *ln, int npeers, int heartbeat_ms)
 {
     cm_err err;
     load_world *w = calloc(1, sizeof(*w));
@@ -843,6 +861,7 @@ static load_world *load_node_start(load_node *ln, int npeers)
     assert_int_equal(uv_idle_init(&ln->loop, &w->engine), 0);
     w->engine.data = w;
     w->next_seq = 1;
+    w->n = LOAD_N;
     cm_fed_opts fo = {.loop = &ln->loop,
                       .store = ln->n->store,
                       .clock = ln->n->clock,
@@ -851,11 +870,17 @@ static load_world *load_node_start(load_node *ln, int npeers)
                       .keys = &ln->keys,
                       .poll_ms = 10,
                       .apply = load_apply,
-                      .engine_ud = w};
+                      .engine_ud = w,
+                      .heartbeat_ms = heartbeat_ms};
     assert_int_equal(cm_fed_start(&fo, &w->fed, &err), 0);
     assert_int_equal(cm_fed_listen_endpoint(w->fed, ln->ep, sizeof(ln->ep)), 0);
     assert_non_null(strstr(ln->ep, "tcp://127.0.0.1:"));
     return w;
+}
+
+static load_world *load_node_start(load_node *ln, int npeers)
+{
+    return load_node_start_beating(ln, npeers, 0);
 }
 
 /* Stop and destroy the node's federation and its engine's handle. */
@@ -906,9 +931,9 @@ static void *load_peer_hello(load_node *ln, load_world *w)
 static void load_check_each_applied_once_in_order(load_world *w)
 {
     assert_true(w->peak <= CM_FED_APPLY_MAX);
-    assert_int_equal(w->next_seq, LOAD_N + 1);
+    assert_int_equal(w->next_seq, w->n + 1);
     assert_int_equal(w->busy, 0); /* nothing reached the engine out of order */
-    for (long i = 1; i <= LOAD_N; i++)
+    for (long i = 1; i <= w->n; i++)
         if (w->acked[i] != 1)
             fail_msg("peer-x:%ld acked %d times", i, w->acked[i]);
     assert_int_equal(w->early_acks, 0);
@@ -1099,6 +1124,91 @@ static void test_a_federation_destroyed_with_delivers_parked_frees_them(void **s
     w->head = w->tail;
     zmq_close(dx);
     load_node_free(&ln, w);
+}
+
+/* peer-x's delivers parked reached the bound of one peer (FED_PARK_PEER_MAX,
+** core/fed.c; docs/federation.md): the node reads no more. */
+#define LOAD_PARK_PEER_MAX 8192
+
+static bool load_x_parked_to_the_bound(load_world *w)
+{
+    return load_x_parked_now(w) >= LOAD_PARK_PEER_MAX;
+}
+
+/* A monitor of the bare peer's DEALER d that reports its link dropping:
+** a PAIR socket to read with load_link_dropped, closed by the test. */
+static void *load_peer_monitor(load_node *ln, void *d)
+{
+    int zero = 0;
+    void *mon = zmq_socket(ln->ctx, ZMQ_PAIR);
+    assert_non_null(mon);
+    zmq_setsockopt(mon, ZMQ_LINGER, &zero, sizeof(zero));
+    assert_int_equal(zmq_socket_monitor(d, "inproc://load-peer-monitor", ZMQ_EVENT_DISCONNECTED),
+                     0);
+    assert_int_equal(zmq_connect(mon, "inproc://load-peer-monitor"), 0);
+    return mon;
+}
+
+/* Whether the monitor mon has reported the link dropped (read without
+** waiting: an event is its number and value, then its endpoint). */
+static bool load_link_dropped(void *mon)
+{
+    bool dropped = false;
+    uint16_t event;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    while (zmq_msg_recv(&m, mon, ZMQ_DONTWAIT) >= 0)
+        if (zmq_msg_more(&m) && zmq_msg_size(&m) >= sizeof(event)) {
+            memcpy(&event, zmq_msg_data(&m), sizeof(event));
+            dropped |= event == ZMQ_EVENT_DISCONNECTED;
+        }
+    zmq_msg_close(&m);
+    return dropped;
+}
+
+/* A peer floods the node while its engine answers nothing, past what the
+** node parks from one peer, so the node stops reading; and with more
+** unread than ZeroMQ queues for a link (1,024), ZeroMQ stops reading the
+** connection, the peer's PONGs with the rest. The link stays up through
+** 20 heartbeats of that (100 ms each here): the ROUTER used to drop it
+** after 3 unanswered PINGs, and every answer then went to a link that was
+** gone (none of the flood was ever acked). Once the engine answers, each
+** deliver is applied once, in order, and acked once, on the same link. */
+static void test_a_router_that_stops_reading_keeps_the_link(void **state)
+{
+    load_node ln;
+    cm_fed_apply_stats st;
+    load_world *w = load_node_start_beating(&ln, 1, 100);
+    w->n = STALL_N;
+    w->hold = true;
+    void *dx = load_peer_hello(&ln, w);
+    void *mon = load_peer_monitor(&ln, dx);
+    load_flood_as(dx, &ln.b, STALL_BATCHES, STALL_SINGLES, STALL_BATCHES);
+    assert_true(load_turn_until(&ln.loop, w, dx, load_x_parked_to_the_bound));
+
+    /* 20 heartbeats with reading stopped: what is under test is that
+    ** nothing happens in that time, so it is a time, not a condition */
+    uv_update_time(&ln.loop);
+    for (uint64_t until = uv_now(&ln.loop) + 20 * 100; uv_now(&ln.loop) < until;) {
+        uv_run(&ln.loop, UV_RUN_ONCE); /* the 10 ms tick at least */
+        load_read_answers(w, dx);
+    }
+    cm_fed_apply_stats_get(w->fed, &st);
+    assert_true(st.paused);
+    assert_int_equal(load_x_parked_now(w), LOAD_PARK_PEER_MAX); /* no more was read */
+    assert_int_equal(w->handed, CM_FED_APPLY_MAX);
+    assert_false(load_link_dropped(mon));
+
+    w->hold = false;
+    uv_idle_start(&w->engine, load_engine_turn);
+    assert_true(load_turn_until(&ln.loop, w, dx, load_all_acked));
+    assert_false(load_link_dropped(mon));
+    load_check_each_applied_once_in_order(w);
+    assert_int_equal(w->hellos, 1);
+
+    zmq_close(mon);
+    zmq_close(dx);
+    load_node_stop(&ln, w);
 }
 
 /* ---- a sending node and a bare peer ---------------------------------------- */
@@ -1702,6 +1812,7 @@ int main(void)
         cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
         cmocka_unit_test(test_a_full_engine_does_not_hold_another_peers_hello),
         cmocka_unit_test(test_a_federation_destroyed_with_delivers_parked_frees_them),
+        cmocka_unit_test(test_a_router_that_stops_reading_keeps_the_link),
         cmocka_unit_test(test_a_row_routed_late_goes_after_rows_in_flight),
         cmocka_unit_test(test_the_sweep_writes_rows_under_the_mark_delivered),
         cmocka_unit_test(test_a_second_hello_answer_does_not_send_the_window_again),
