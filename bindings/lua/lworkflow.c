@@ -1238,13 +1238,18 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     /* the records its handlers read and write are audited as the instance's */
     cm_lua_host *host = cm_lua_host_peek(L);
     const char *outer_actor = host ? host->actor : NULL;
+    cJSON **outer_audited = host ? host->audited : NULL;
     char actor[CM_ID_MAX + 16];
     snprintf(actor, sizeof(actor), "instance:%s", sp->instance);
-    if (host)
+    if (host) {
         host->actor = actor;
+        host->audited = &sp->audited; /* the engine's, even when the step fails */
+    }
     rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
-    if (host)
+    if (host) {
         host->actor = outer_actor;
+        host->audited = outer_audited;
+    }
     rt->live_gen = outer;
     if (rc != 0) {
         free(d.ctx_text.s);
