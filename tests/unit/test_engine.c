@@ -1680,15 +1680,30 @@ static const char *AUDITED =
     "  },\n"
     "}\n";
 
-static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance(void **state)
+/* AUDITED loaded, au-1 started on pat-1 and run. */
+static void start_audited(fx *f)
 {
-    fx *f = *state;
     cm_err err;
     cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
     load_ok(f, "audited.lua", AUDITED);
     assert_int_equal(cm_engine_start(f->engine, "audited", input, "au-1", on_ack, &f->a, &err), 0);
     cJSON_Delete(input);
     run(f);
+}
+
+/* The audit chain verifies and holds n entries. */
+static void expect_chain(fx *f, long n)
+{
+    cm_err err;
+    long entries = 0;
+    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
+    assert_int_equal(entries, n);
+}
+
+static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance(void **state)
+{
+    fx *f = *state;
+    start_audited(f);
     signal_ev(f, "au-1", "find", NULL);
     signal_ev(f, "au-1", "orgs", NULL);
     signal_ev(f, "au-1", "write", NULL);
@@ -1703,9 +1718,7 @@ static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance
               "(seq = 3 AND action = 'patient.update' AND detail = 'lua cm.patient.update "
               "pat-1'))"),
         3);
-    long entries = 0;
-    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
-    assert_int_equal(entries, 3);
+    expect_chain(f, 3);
 }
 
 /* A step that fails (its handler raises, or the budget stops it) is rolled
@@ -1716,12 +1729,7 @@ static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance
 static void test_a_failed_steps_reads_are_audited_again_as_failed(void **state)
 {
     fx *f = *state;
-    cm_err err;
-    cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
-    load_ok(f, "audited.lua", AUDITED);
-    assert_int_equal(cm_engine_start(f->engine, "audited", input, "au-1", on_ack, &f->a, &err), 0);
-    cJSON_Delete(input);
-    run(f);
+    start_audited(f);
     signal_ev(f, "au-1", "fail", NULL);
     run(f);
     assert_int_equal(f->a.status[1], CM_ELUA);
@@ -1754,9 +1762,7 @@ static void test_a_failed_steps_reads_are_audited_again_as_failed(void **state)
                               "action = 'patient.read' AND outcome = 'error'"),
                      1);
     assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE outcome = 'ok'"), 1);
-    long entries = 0;
-    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
-    assert_int_equal(entries, 4);
+    expect_chain(f, 4);
 }
 
 static const char *TICKER = "local cm = require 'caremesh'\n"
