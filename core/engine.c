@@ -200,6 +200,12 @@ struct cm_engine {
     pending_event *events;
     int nevents, events_cap;
     int sp_marks[ENGINE_SP_MAX], nsp; /* where each open savepoint's events began */
+    /* The audit entries handlers appended in the open savepoints (objects
+    ** from cm_step.audited, the outermost's first), and where each open
+    ** savepoint's began: a savepoint rolled back writes its own again (see
+    ** sp_end). Emptied when an outermost savepoint opens. */
+    cJSON *audited;
+    int audit_marks[ENGINE_SP_MAX];
     /* the clock's time last formatted: every row of a step carries it */
     bool now_set;
     int64_t now_ms;
@@ -1702,6 +1708,13 @@ static int step_run(cm_engine *e, inst *in, const char *event, const cJSON *payl
         cm_store_on_nested_write(e->o.store, open_step_sp, e);
     rc = e->o.runtime->step(e->o.runtime->ud, sp, err);
     cm_store_on_nested_write(e->o.store, NULL, NULL);
+    if (sp->audited) { /* in the savepoint the first of them opened (open_step_sp) */
+        cJSON *a;
+        while ((a = cJSON_DetachItemFromArray(sp->audited, 0)))
+            cJSON_AddItemToArray(e->audited, a);
+        cJSON_Delete(sp->audited);
+        sp->audited = NULL;
+    }
     if (rc == CM_ELUA)
         e->stats.lua_errors++;
     else if (rc == CM_EBUDGET || rc == CM_EMEMCAP)
@@ -1791,9 +1804,47 @@ static int sp_begin(cm_engine *e, cm_err *err)
         return cm_err_set(err, CM_EINVAL, "more than %d savepoints open at once", ENGINE_SP_MAX);
     PREPARE(e, "SAVEPOINT step", err);
     int rc = exec_kept(e, st, "savepoint", err);
-    if (rc == 0)
-        e->sp_marks[e->nsp++] = e->nevents;
-    return rc;
+    if (rc != 0)
+        return rc;
+    if (e->nsp == 0) /* the savepoints that held these ended: nothing to write again */
+        while (cJSON_GetArraySize(e->audited) > 0)
+            cJSON_DeleteItemFromArray(e->audited, 0);
+    e->audit_marks[e->nsp] = cJSON_GetArraySize(e->audited);
+    e->sp_marks[e->nsp++] = e->nevents;
+    return 0;
+}
+
+/* A savepoint was rolled back, and with it the audit entries its handlers
+** appended from index mark on: what they read still reached them, and what
+** a failed step read can leave the node in its error, which is kept with
+** the event. So each is written again, in the transaction that encloses
+** the savepoint, with outcome "error": the read happened in a step that
+** failed. Writes (create, update) are written again too, as attempts that
+** did not stay: their call handed the record as written to the handler
+** (an update returns the whole record, not the change), and a reader of
+** the trail asking who touched a patient's record must find the instance
+** that tried. An entry that cannot be written fails the batch: no entry,
+** no kept error. */
+static void audit_rolled_back(cm_engine *e, int mark)
+{
+    int n = cJSON_GetArraySize(e->audited);
+    for (int i = mark; i < n && !e->broken; i++) {
+        const cJSON *a = cJSON_GetArrayItem(e->audited, i);
+        char detail[400];
+        cm_err err;
+        snprintf(detail, sizeof(detail), "%s (rolled back: the step failed)",
+                 cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "detail")));
+        cm_audit_entry entry = {
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "actor")),
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "action")),
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "patient")),
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "classes")),
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "purpose")),
+            "error",
+            detail};
+        if (cm_audit_append(e->o.store, e->o.clock, &entry, &err) != 0)
+            break_batch(e, &err);
+    }
 }
 
 static void sp_end(cm_engine *e, bool keep)
@@ -1806,6 +1857,8 @@ static void sp_end(cm_engine *e, bool keep)
         exec_kept(e, st, "rollback", NULL);
     if ((st = cm_store_prepare(e->o.store, "RELEASE step", NULL)))
         exec_kept(e, st, "release", NULL);
+    if (!keep)
+        audit_rolled_back(e, e->audit_marks[e->nsp]);
 }
 
 /* ---- the work of one batch -------------------------------------------- */
@@ -3393,6 +3446,7 @@ static void engine_free(cm_engine *e)
     cJSON_Delete(e->empty);
     free(e->starters);
     free(e->events);
+    cJSON_Delete(e->audited);
     free(e);
 }
 
@@ -3407,7 +3461,8 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
         cm_err_set(err, CM_ENOMEM, "out of memory");
         return NULL;
     }
-    if (!(e->empty = cJSON_CreateObject())) {
+    if (!(e->empty = cJSON_CreateObject()) || !(e->audited = cJSON_CreateArray())) {
+        cJSON_Delete(e->empty);
         free(e);
         cm_err_set(err, CM_ENOMEM, "out of memory");
         return NULL;

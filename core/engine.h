@@ -73,6 +73,12 @@ typedef struct cm_step {
     bool moved;             /* a transition ran (exit/enter), possibly back to the same state */
     int visit;              /* states entered in this step (0: none; next is the last of them) */
     cJSON *effects;         /* array of effect objects (see below), or NULL; engine frees */
+    /* out, set on error too: the audit entries the step's handlers appended
+    ** (in the savepoint cm_store_nested_write opened), as an array of objects
+    ** {actor, action, patient, classes, purpose, detail}, or NULL; the engine
+    ** takes it, to write them again (outcome "error") if it rolls the step
+    ** back: what a handler read reached it all the same */
+    cJSON *audited;
 } cm_step;
 
 /*
@@ -110,7 +116,7 @@ typedef struct cm_runtime {
     bool (*installed)(void *ud, const char *name, int rev);
     /* Run one step. CM_EINVAL: the request is wrong (bad input, unknown state)
     ** and changes nothing; CM_ELUA/CM_EBUDGET/CM_EMEMCAP: a handler failed. On
-    ** error the step's outputs are unset. A handler writes to the store only
+    ** error the step's outputs are unset but audited. A handler writes to the store only
     ** in a nested scope opened after cm_store_nested_write (model.c, plugin.c
     ** do); any other write fails the batch. */
     int (*step)(void *ud, cm_step *step, cm_err *err);

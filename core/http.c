@@ -81,6 +81,7 @@ struct conn {
     int fail_status;
     const char *fail_code;
     const char *fail_msg;
+    char fail_buf[128]; /* fail_msg when it was made for the request (too_large) */
     char rbuf[CONN_RBUF];
     size_t rpos, rlen; /* unparsed bytes of rbuf */
     int open_handles;
@@ -827,6 +828,15 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     return header_add(p->data, at, len, true);
 }
 
+/* 413, stating the limit: a client learns how much it may send. */
+static int too_large(conn *c)
+{
+    snprintf(c->fail_buf, sizeof(c->fail_buf),
+             "the request body is larger than the server accepts (at most %zu bytes)",
+             c->srv->lim.max_body_bytes);
+    return fail_cb(c, 413, "payload_too_large", c->fail_buf);
+}
+
 static int on_headers_complete(http_parser *p)
 {
     conn *c = p->data;
@@ -839,8 +849,7 @@ static int on_headers_complete(http_parser *p)
     if (!r->mem.url.p)
         return fail_cb(c, 400, "bad_request", "the request has no target");
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body_bytes)
-        return fail_cb(c, 413, "payload_too_large",
-                       "the request body is larger than the server accepts");
+        return too_large(c);
     r->method = http_method_str((enum http_method)p->method);
     r->keep_alive = http_should_keep_alive(p) != 0;
     const char *expect = cm_http_req_header(r, "Expect");
@@ -856,8 +865,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
 {
     conn *c = p->data;
     if (add_within(&c->cur->mem.body, 0, at, len, c->srv->lim.max_body_bytes) != 0)
-        return fail_cb(c, 413, "payload_too_large",
-                       "the request body is larger than the server accepts");
+        return too_large(c);
     return 0;
 }
 

@@ -22,6 +22,10 @@ typedef struct cm_lua_host {
     ** audited as ("instance:ID" while a workflow step runs, "cli" for
     ** `caremesh lua`); NULL: not audited (a workflow test's own set-up) */
     const char *actor;
+    /* borrowed: while a workflow step runs, where the entries audited for
+    ** actor are also collected (cm_step.audited: written again should the
+    ** step be rolled back); NULL: not collected */
+    cJSON **audited;
 } cm_lua_host;
 
 /* Attach host to L (stored in the registry; borrowed). CM_ENOMEM if Lua cannot. */

@@ -829,6 +829,52 @@ static int invalid(lua_State *L, drv *d, const char *fmt, ...)
     return lua_error(L);
 }
 
+enum { INPUT_MISSING_MAX = 32 }; /* required fields a message names, past: "and N more" */
+
+typedef struct missing_field {
+    const char *name, *type; /* borrowed from the schema table */
+} missing_field;
+
+static int missing_cmp(const void *a, const void *b)
+{
+    return strcmp(((const missing_field *)a)->name, ((const missing_field *)b)->name);
+}
+
+/* Raise when input (stack index) lacks required fields of schema (stack
+** index), naming all of them in name order: the first leads the message
+** ("input.NAME: required (TYPE)"), the API's error field, the others follow. */
+static void check_required(lua_State *L, drv *d, int schema, int input)
+{
+    missing_field miss[INPUT_MISSING_MAX];
+    int n = 0, more = 0;
+    lua_pushnil(L);
+    while (lua_next(L, schema)) {
+        const char *field = lua_tostring(L, -2), *type = lua_tostring(L, -1);
+        size_t tlen = strlen(type);
+        int vt = lua_getfield(L, input, field);
+        bool absent = vt == LUA_TNIL || (vt == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1));
+        if (absent && !(tlen > 0 && type[tlen - 1] == '?')) {
+            if (n < INPUT_MISSING_MAX)
+                miss[n++] = (missing_field){field, type};
+            else
+                more++;
+        }
+        lua_pop(L, 2);
+    }
+    if (n == 0)
+        return;
+    qsort(miss, (size_t)n, sizeof(miss[0]), missing_cmp);
+    char msg[CM_ERR_MSG_MAX];
+    size_t len =
+        (size_t)snprintf(msg, sizeof(msg), "input.%s: required (%s)", miss[0].name, miss[0].type);
+    for (int i = 1; i < n && len < sizeof(msg); i++)
+        len += (size_t)snprintf(msg + len, sizeof(msg) - len, "%sinput.%s (%s)",
+                                i == 1 ? "; also required: " : ", ", miss[i].name, miss[i].type);
+    if (more > 0 && len < sizeof(msg))
+        snprintf(msg + len, sizeof(msg) - len, " and %d more", more);
+    invalid(L, d, "%s", msg);
+}
+
 /* Check the input (stack index input) against the definition's schema (spec.input). */
 static void check_input(lua_State *L, drv *d, int spec, int input)
 {
@@ -846,6 +892,7 @@ static void check_input(lua_State *L, drv *d, int spec, int input)
                     d->sp->workflow);
         lua_pop(L, 2);
     }
+    check_required(L, d, schema, input);
     lua_pushnil(L);
     while (lua_next(L, schema)) {
         const char *field = lua_tostring(L, -2), *type = lua_tostring(L, -1);
@@ -1238,13 +1285,18 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     /* the records its handlers read and write are audited as the instance's */
     cm_lua_host *host = cm_lua_host_peek(L);
     const char *outer_actor = host ? host->actor : NULL;
+    cJSON **outer_audited = host ? host->audited : NULL;
     char actor[CM_ID_MAX + 16];
     snprintf(actor, sizeof(actor), "instance:%s", sp->instance);
-    if (host)
+    if (host) {
         host->actor = actor;
+        host->audited = &sp->audited; /* the engine's, even when the step fails */
+    }
     rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
-    if (host)
+    if (host) {
         host->actor = outer_actor;
+        host->audited = outer_audited;
+    }
     rt->live_gen = outer;
     if (rc != 0) {
         free(d.ctx_text.s);

@@ -39,6 +39,16 @@ return cm.workflow {
   },
 }
 EOF
+# a workflow with several required input fields (and an optional one)
+cat >"$d/workflows/triage.lua" <<'EOF'
+local cm = require "caremesh"
+return cm.workflow {
+  name = "triage", version = 1,
+  input = { patient = "patient", to = "organization", reason = "string", note = "string?" },
+  start = "open",
+  states = { open = { on = { close = "closed" } }, closed = { final = true } },
+}
+EOF
 # api settings for the test: a port the system picks, small limits, short timeout
 conf() {
   sed -i '/^  api = /d' "$d/caremesh.conf"
@@ -169,6 +179,10 @@ body=$(cat "$tmp/body"); expect "not UTF-8" 400 malformed_json
 head -c 70000 /dev/zero | tr '\0' 'a' | sed 's/^/{"id":"p3","note":"/; s/$/"}/' >"$tmp/huge"
 status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H 'Expect:' -H "Authorization: Bearer $writer" -H 'Content-Type: application/json' --data-binary "@$tmp/huge" "$base/v1/patients")
 body=$(cat "$tmp/body"); expect "huge body" 413 payload_too_large
+has "huge body: the limit in bytes" "(at most 65536 bytes)" "$(jq -r .error.message <<<"$body")"
+status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H 'Expect:' -H 'Transfer-Encoding: chunked' -H "Authorization: Bearer $writer" -H 'Content-Type: application/json' --data-binary "@$tmp/huge" "$base/v1/patients")
+body=$(cat "$tmp/body"); expect "huge chunked body" 413 payload_too_large
+has "huge chunked body: the limit in bytes" "(at most 65536 bytes)" "$(jq -r .error.message <<<"$body")"
 status=$(curl -s -o "$tmp/body" -w '%{http_code}' -H "Authorization: Bearer $writer" -H "X-Pad: $(head -c 9000 /dev/zero | tr '\0' 'b')" "$base/v1/patients")
 body=$(cat "$tmp/body"); expect "huge header" 431 headers_too_large
 req POST /v1/patients '{"id":"p3","name":{"family":"X"},"birthDate":"1990-01-01","gender":"male"}' ""
@@ -232,6 +246,15 @@ req POST /v1/instances '{"workflow":5}'; expect "instance wrong type" 422 invali
 req POST /v1/instances '{"input":{}}'; expect "instance no workflow" 422 invalid; field "instance no workflow" workflow
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"nosuch"}}'; expect "instance bad input" 422 invalid
 req POST /v1/instances '{"workflow":"nosuch"}'; expect "instance unknown workflow" 404 not_found
+# several required input fields missing: all named, the first (by name) is the field
+req POST /v1/instances '{"workflow":"triage","input":{"note":"x"}}'; expect "instance inputs missing" 422 invalid
+field "instance inputs missing" input.patient
+has "instance inputs missing: all named" \
+  "input.patient: required (patient); also required: input.reason (string), input.to (organization)" \
+  "$(jq -r .error.message <<<"$body")"
+req POST /v1/instances '{"workflow":"triage","input":{"patient":"p1","to":"org1"}}'; expect "instance one input missing" 422 invalid
+field "instance one input missing" input.reason
+same "instance one input missing: named alone" "$(jq -r .error.message <<<"$body")" "input.reason: required (string)"
 # a number past a double's range (1e999) would be read as infinity: refused, named
 req POST /v1/instances '{"workflow":"intake","input":{"patient":"p1","note":"x","n":[1,1e999]}}'
 expect "instance input number out of range" 400 number_out_of_range
@@ -239,9 +262,10 @@ field "instance input number out of range" "input.n[1]"
 has "number out of range says so" "input.n[1]: number out of range" "$(jq -r .error.message <<<"$body")"
 same "bad input changed no record" "$(count "SELECT count(*) || '/' || sum(version) FROM record")" "$before"
 same "bad input started no instance" "$(count "SELECT count(*) FROM instance")" 0
-# the only audit entries since: one read of p1 and the refusals of attempted patient writes
+# the only audit entries since: one read of p1, the refusals of attempted
+# patient writes and of the starts whose input names a patient
 same "audit since the matrix" "$(count "SELECT group_concat(action || ':' || outcome) FROM audit WHERE seq > $audit_before")" \
-  "patient.create:refused,patient.create:refused,patient.create:refused,patient.read:ok,instance.start:refused"
+  "patient.create:refused,patient.create:refused,patient.create:refused,patient.read:ok,instance.start:refused,instance.start:refused"
 
 # ---- audit: reads and changes of patient data, by token ----
 req GET "/v1/audit?patient=p1&action=patient.read"; expect "audit query" 200

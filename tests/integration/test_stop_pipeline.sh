@@ -3,7 +3,9 @@
 # requests than `api.max_pipeline`: every complete request read is answered
 # in order (those the API took up as usual, those still in the read buffer
 # 503 `unavailable`, the last with `Connection: close`); each start answered
-# 201 is in the store after the node exits, none answered 503 is.
+# 201 is in the store after the node exits, none answered 503 is. /readyz
+# while stopping: pipelined last, it is answered 503 `unavailable`; a probe
+# on a new connection after SIGTERM is refused (the listener is closed).
 # usage: test_stop_pipeline.sh CAREMESH   (CM_WRAP: a command to run serve under)
 set -uo pipefail
 bin=$1
@@ -53,25 +55,33 @@ for i in $(seq 1 $n); do
   reqs+="POST /v1/instances HTTP/1.1"$'\r\n'"Host: t"$'\r\n'"Authorization: Bearer $writer"$'\r\n'
   reqs+="Content-Type: application/json"$'\r\n'"Content-Length: ${#body}"$'\r\n\r\n'"$body"
 done
+reqs+="GET /readyz HTTP/1.1"$'\r\n'"Host: t"$'\r\n\r\n' # a probe behind the starts
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 (timeout 120 cat <&3 >"$tmp/answers") &
 reader=$!
 printf '%s' "$reqs" >"$tmp/reqs"
 cat "$tmp/reqs" >&3 # one write
 wait_for "$tmp/answers" 'HTTP/1.1 201' || bad "no start was answered"
+kill -TERM "$pid"
+wait_for "$tmp/log" '"api.draining"' || bad "the node did not start draining"
+probe=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz")
+same "a /readyz probe after SIGTERM is refused" "$probe" 000
 serve_stop; same "serve exits 0 after SIGTERM" $? 0
 wait "$reader"; same "the connection was closed by the node" $? 0
 exec 3>&-
 
 statuses=$(grep -ao 'HTTP/1.1 [0-9]*' "$tmp/answers" | cut -d' ' -f2)
-same "every request answered" "$(wc -l <<<"$statuses")" "$n"
+same "every request answered" "$(wc -l <<<"$statuses")" "$((n + 1))"
+same "the /readyz behind them is answered 503 while stopping" "$(tail -n 1 <<<"$statuses")" 503
+has "the /readyz says unavailable" '"code":"unavailable"' "$(tail -c 400 "$tmp/answers")"
+statuses=$(head -n "$n" <<<"$statuses") # the starts
 n201=$(grep -c '^201$' <<<"$statuses")
 n503=$(grep -c '^503$' <<<"$statuses")
 echo "stop_pipeline: $n201 answered 201, $n503 answered 503"
 same "each answered 201 or 503" "$((n201 + n503))" "$n"
 if [ "$n503" -ge 1 ]; then ok; else bad "no request was still waiting when the node stopped"; fi
 same "201s first, then the 503s in their turn" "$(uniq <<<"$statuses" | tr '\n' ' ')" "201 503 "
-same "each 503 says unavailable" "$(grep -o '"code":"unavailable"' "$tmp/answers" | wc -l)" "$n503"
+same "each 503 says unavailable" "$(grep -o '"code":"unavailable"' "$tmp/answers" | wc -l)" "$((n503 + 1))"
 same "only the last answer closes" "$(grep -c 'Connection: close' "$tmp/answers")" 1
 has "the last answer closes" "Connection: close" "$(tail -c 400 "$tmp/answers")"
 has "the log tells of the refusals" '"http.refused"' "$(cat "$tmp/log")"

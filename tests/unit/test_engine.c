@@ -168,7 +168,7 @@ static void open_engine(fx *f)
     cm_sandbox_limits limits = {0, f->lua_memory};
     f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
-    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL};
+    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL, NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
     cm_sandbox_preload(f->sb, "caremesh", cm_lua_open_caremesh);
     f->rt = cm_lua_runtime_new(f->sb, &err);
@@ -1656,7 +1656,7 @@ static void test_exit_runs_on_leaving_before_the_next_enter(void **state)
 /* What a handler reads or writes of a patient through cm.<kind> is in the
 ** audit trail as the instance's ("instance:ID", the kind's action and data
 ** classes), in the step's transaction: a record that is no patient's leaves
-** no entry, and a step that fails leaves none of its entries either. */
+** no entry. (A step that fails: see the test after this one.) */
 static const char *AUDITED =
     "local cm = require 'caremesh'\n"
     "return cm.workflow {\n"
@@ -1670,26 +1670,44 @@ static const char *AUDITED =
     "                 orgs = function(wf) wf.ctx.o = #cm.organization.list() end,\n"
     "                 fail = function(wf) cm.patient.get(wf.input.patient); error('after a read') "
     "end,\n"
+    "                 failwrite = function(wf)\n"
+    "                   cm.patient.update(wf.input.patient, { gender = 'unknown' })\n"
+    "                   error('after a write') end,\n"
+    "                 spin = function(wf) cm.patient.get(wf.input.patient); while true do end "
+    "end,\n"
     "                 done = 'z' } },\n"
     "    z = { final = true },\n"
     "  },\n"
     "}\n";
 
-static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance(void **state)
+/* AUDITED loaded, au-1 started on pat-1 and run. */
+static void start_audited(fx *f)
 {
-    fx *f = *state;
     cm_err err;
     cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
     load_ok(f, "audited.lua", AUDITED);
     assert_int_equal(cm_engine_start(f->engine, "audited", input, "au-1", on_ack, &f->a, &err), 0);
     cJSON_Delete(input);
     run(f);
+}
+
+/* The audit chain verifies and holds n entries. */
+static void expect_chain(fx *f, long n)
+{
+    cm_err err;
+    long entries = 0;
+    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
+    assert_int_equal(entries, n);
+}
+
+static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance(void **state)
+{
+    fx *f = *state;
+    start_audited(f);
     signal_ev(f, "au-1", "find", NULL);
     signal_ev(f, "au-1", "orgs", NULL);
     signal_ev(f, "au-1", "write", NULL);
-    signal_ev(f, "au-1", "fail", NULL);
     run(f);
-    assert_true(f->a.kept[4]);
     assert_int_equal(count(f, "SELECT count(*) FROM audit"), 3);
     assert_int_equal(
         count(f,
@@ -1700,9 +1718,51 @@ static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance
               "(seq = 3 AND action = 'patient.update' AND detail = 'lua cm.patient.update "
               "pat-1'))"),
         3);
-    long entries = 0;
-    assert_int_equal(cm_audit_verify(f->store, &entries, &err), 0);
-    assert_int_equal(entries, 3);
+    expect_chain(f, 3);
+}
+
+/* A step that fails (its handler raises, or the budget stops it) is rolled
+** back with the entries its handlers' reads and writes appended, but what
+** it read reached it (and may be in its error, kept with the event): each
+** is written again, outcome "error", the detail saying so; a write that did
+** not stay is not claimed as done. The chain verifies. */
+static void test_a_failed_steps_reads_are_audited_again_as_failed(void **state)
+{
+    fx *f = *state;
+    start_audited(f);
+    signal_ev(f, "au-1", "fail", NULL);
+    run(f);
+    assert_int_equal(f->a.status[1], CM_ELUA);
+    assert_true(f->a.kept[1]);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 2);
+    assert_int_equal(
+        count(f, "SELECT count(*) FROM audit WHERE seq = 2 AND actor = 'instance:au-1' AND "
+                 "action = 'patient.read' AND patient = 'pat-1' AND classes = 'demographics' "
+                 "AND outcome = 'error' AND detail = 'lua cm.patient.get pat-1 (rolled back: "
+                 "the step failed)'"),
+        1);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE error LIKE '%after a read%'"), 1);
+
+    signal_ev(f, "au-1", "failwrite", NULL);
+    signal_ev(f, "au-1", "spin", NULL);
+    run(f);
+    assert_int_equal(f->a.status[2], CM_ELUA);
+    assert_int_equal(f->a.status[3], CM_EBUDGET);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 4);
+    /* the update did not stay: an attempt, not a change */
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE seq = 3 AND "
+                              "action = 'patient.update' AND outcome = 'error' AND detail = "
+                              "'lua cm.patient.update pat-1 (rolled back: the step failed)'"),
+                     1);
+    assert_int_equal(
+        count(f, "SELECT count(*) FROM record WHERE kind = 'patient' AND id = 'pat-1' AND "
+                 "json_extract(doc, '$.gender') = 'female'"),
+        1);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE seq = 4 AND "
+                              "action = 'patient.read' AND outcome = 'error'"),
+                     1);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE outcome = 'ok'"), 1);
+    expect_chain(f, 4);
 }
 
 static const char *TICKER = "local cm = require 'caremesh'\n"
@@ -3862,6 +3922,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_failed_steps_reads_are_audited_again_as_failed,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
         cmocka_unit_test_setup_teardown(
