@@ -23,6 +23,9 @@ static int set_host(lua_State *L)
 
 int cm_lua_host_set(lua_State *L, cm_lua_host *host, cm_err *err)
 {
+    cm_lua_host *had = cm_lua_host_peek(L);
+    if (had && had != host) /* the workflow runtime keeps the first (lworkflow.c) */
+        return cm_err_set(err, CM_EINVAL, "a host is already attached to this Lua state");
     lua_pushcfunction(L, set_host);
     lua_pushlightuserdata(L, host);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

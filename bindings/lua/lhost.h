@@ -28,7 +28,8 @@ typedef struct cm_lua_host {
     cJSON **audited;
 } cm_lua_host;
 
-/* Attach host to L (stored in the registry; borrowed). CM_ENOMEM if Lua cannot. */
+/* Attach host to L (stored in the registry; borrowed). Once per state: CM_EINVAL
+** when another host is attached already; CM_ENOMEM if Lua cannot. */
 int cm_lua_host_set(lua_State *L, cm_lua_host *host, cm_err *err);
 /* The host attached to L; raises a Lua error when there is none. */
 cm_lua_host *cm_lua_host_get(lua_State *L);

@@ -47,6 +47,10 @@ struct cm_lua_runtime {
     /* Steps begun, and the number of the one under way (0: none): a handle
     ** reads only while its step's number is live_gen (inst_drv). */
     uint64_t step_gen, live_gen;
+    /* The host attached to the state (lhost.h), looked up until one is found,
+    ** then kept: a state's host is attached once (cm_lua_host_set refuses
+    ** another), and the registry lookup is a cost every step would pay. */
+    cm_lua_host *host;
 };
 
 /* Keep contexts only while the state holds less than this share of its cap:
@@ -1283,11 +1287,18 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     uint64_t outer = rt->live_gen; /* a step's handles read only while it runs */
     rt->live_gen = ++rt->step_gen;
     /* the records its handlers read and write are audited as the instance's */
-    cm_lua_host *host = cm_lua_host_peek(L);
+    if (!rt->host)
+        rt->host = cm_lua_host_peek(L);
+    cm_lua_host *host = rt->host;
     const char *outer_actor = host ? host->actor : NULL;
     cJSON **outer_audited = host ? host->audited : NULL;
-    char actor[CM_ID_MAX + 16];
-    snprintf(actor, sizeof(actor), "instance:%s", sp->instance);
+    /* "instance:ID", put together without snprintf: this runs every step */
+    static const char actor_prefix[] = "instance:";
+    char actor[sizeof(actor_prefix) + CM_ID_MAX];
+    size_t idlen = strnlen(sp->instance, CM_ID_MAX);
+    memcpy(actor, actor_prefix, sizeof(actor_prefix) - 1);
+    memcpy(actor + sizeof(actor_prefix) - 1, sp->instance, idlen);
+    actor[sizeof(actor_prefix) - 1 + idlen] = '\0';
     if (host) {
         host->actor = actor;
         host->audited = &sp->audited; /* the engine's, even when the step fails */
