@@ -973,8 +973,14 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload, int ev)
             lua_pushvalue(L, wf);
             lua_pushvalue(L, payload);
             lua_pushvalue(L, ev);
-            lua_call(L, 3, 1);
-            pass = lua_toboolean(L, -1);
+            lua_call(L, 3, 2);
+            pass = lua_toboolean(L, -2);
+            /* a refusing guard may say why: false, "slot full" */
+            if (!pass && lua_type(L, -1) == LUA_TSTRING)
+                cm_copy_str(d->sp->refusal, sizeof(d->sp->refusal), lua_tostring(L, -1));
+            else if (!pass)
+                d->sp->refusal[0] = '\0';
+            lua_pop(L, 1);
         }
         lua_pop(L, 1);
         if (pass) {
