@@ -2253,6 +2253,8 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
         "                  { to = 'off', guard = function(wf) wf.ctx.n = 50; return false end } "
         "},\n"
         "      why = { to = 'off', guard = function(wf) return false, 'the slot is full' end },\n"
+        "      long = { to = 'off', guard = function(wf) return false, string.rep('\\u{e9}', 200) "
+        "end },\n"
         "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
         "      list = function(wf) wf.ctx[1] = 'a'; wf.ctx.n = nil end,\n"
         "      stop = 'off' } },\n"
@@ -2286,7 +2288,8 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
     signal_ev(f, "k-1", "list", NULL);    /* a list is not a context: fails */
     signal_ev(f, "k-1", "inc", NULL);
     signal_ev(f, "k-1", "peek", NULL);
-    signal_ev(f, "k-1", "why", NULL); /* refused with the guard's reason */
+    signal_ev(f, "k-1", "why", NULL);  /* refused with the guard's reason */
+    signal_ev(f, "k-1", "long", NULL); /* ... cut to fit, between characters */
     run(f);
     assert_int_equal(f->a.status[2], 0);
     assert_int_equal(f->a.status[3], CM_EINVAL);
@@ -2301,6 +2304,11 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
     assert_int_equal(f->a.status[8], CM_EINVAL);
     assert_non_null(
         strstr(f->a.message[8], "event \"why\" was refused by its guard: the slot is full"));
+    assert_int_equal(f->a.status[9], CM_EINVAL);
+    const char *cut = strstr(f->a.message[9], "guard: \xc3\xa9");
+    assert_non_null(cut);
+    assert_true(strlen(cut) < 200 * 2); /* cut */
+    assert_true(cm_utf8_valid(f->a.message[9], strlen(f->a.message[9])));
     text_of(f, "SELECT ctx FROM instance WHERE id = 'k-1'", ctx, sizeof(ctx));
     assert_string_equal(ctx, "{\"n\":2}");
     /* a context that is not a JSON object is refused, and nothing changes */
