@@ -1972,8 +1972,9 @@ static int unhandled(const inst *in, const cm_step *sp, const char *name, cm_err
     if (sp->guarded)
         return cm_err_set(err, CM_EINVAL,
                           "instance %s: in state \"%s\" of workflow %s every transition for "
-                          "event \"%s\" was refused by its guard",
-                          in->id, in->state, in->workflow, name);
+                          "event \"%s\" was refused by its guard%s%s",
+                          in->id, in->state, in->workflow, name, sp->refusal[0] ? ": " : "",
+                          sp->refusal);
     return cm_err_set(err, CM_EINVAL,
                       "instance %s: state \"%s\" of workflow %s has no transition for "
                       "event \"%s\"",

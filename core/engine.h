@@ -70,6 +70,8 @@ typedef struct cm_step {
     bool final;             /* next is a final state */
     bool handled;           /* false: the state has no transition for event (nothing changed) */
     bool guarded;           /* with !handled: transitions exist but every guard refused */
+    char refusal[160];      /* with guarded: the reason the last guard to refuse gave (its
+                            ** second result), cut to fit; "" when it gave none */
     bool moved;             /* a transition ran (exit/enter), possibly back to the same state */
     int visit;              /* states entered in this step (0: none; next is the last of them) */
     cJSON *effects;         /* array of effect objects (see below), or NULL; engine frees */

@@ -62,96 +62,20 @@
 -- given, enrolled, last (the last dose's time), due_at, overdue_at,
 -- reminded, reason.
 --
--- Uses lib/time.lua (the calendar's day count, durations) and
+-- Uses lib/series.lua (the schedule, dose windows, times) and
 -- lib/checks.lua (input checks).
 local cm = require "caremesh"
 local checks = require "lib.checks"
-local time = require "lib.time"
 
-local DAY = 86400000
-local MAX_DOSES = 10
+local series = require "lib.series"
 
 local check = checks.checker("vaccination_course")
-local days_from_civil, civil_from_days = time.days_from_civil, time.civil_from_days
-
--- "1d12h" -> milliseconds (the engine's duration grammar), nil when bad.
-local function duration_ms(s)
-  local secs = time.seconds(s)
-  return secs and secs * 1000
-end
-
--- ISO-8601 date or date-time with a zone -> milliseconds, nil when bad.
-local function parse_time(s)
-  if type(s) ~= "string" then return nil end
-  local y, mo, d, rest = s:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
-  if not y then return nil end
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  if mo < 1 or mo > 12 or d < 1 then return nil end
-  local ms = days_from_civil(y, mo, d) * DAY
-  if select(2, civil_from_days(ms // DAY)) ~= mo then return nil end -- e.g. 02-30
-  if rest == "" then return ms end
-  local h, mi, tail = rest:match("^T(%d%d):(%d%d)(.*)$")
-  if not h then return nil end
-  local sec, frac, off = 0, 0, 0
-  local ss, after_s = tail:match("^:(%d%d)(.*)$")
-  if ss then
-    sec, tail = tonumber(ss), after_s
-    local f, after_f = tail:match("^%.(%d+)(.*)$")
-    if f then frac, tail = tonumber((f .. "00"):sub(1, 3)), after_f end
-  end
-  if tail ~= "Z" then
-    local sign, oh, om = tail:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then return nil end
-    off = (tonumber(oh) * 60 + tonumber(om)) * 60000 * (sign == "-" and -1 or 1)
-  end
-  h, mi = tonumber(h), tonumber(mi)
-  if h > 23 or mi > 59 or sec > 59 then return nil end
-  return ms + ((h * 60 + mi) * 60 + sec) * 1000 + frac - off
-end
-
-local function format_time(ms)
-  local y, m, d = civil_from_days(ms // DAY)
-  local rem = ms % DAY
-  return string.format("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", y, m, d, rem // 3600000,
-                       rem // 60000 % 60, rem // 1000 % 60, rem % 1000)
-end
+local duration_ms, parse_time, format_time = series.duration_ms, series.parse_time, series.format_time
 
 local function now_ms(wf) return parse_time(wf:now()) end
 
 -- The schedule as one { min_interval?, max_interval? } per dose.
-local function doses_of(s)
-  local list = {}
-  if s[1] ~= nil then
-    for i, e in ipairs(s) do
-      check(type(e) == "table", "schedule[" .. i .. "]: expected { min_interval?, max_interval? }")
-      for k in pairs(e) do
-        check(k == "min_interval" or k == "max_interval",
-              "schedule[" .. i .. "]." .. tostring(k) .. ": unknown field")
-      end
-      list[i] = e
-    end
-  else
-    for k in pairs(s) do
-      check(k == "doses" or k == "min_interval" or k == "max_interval",
-            "schedule." .. tostring(k) .. ": unknown field (use doses, min_interval, max_interval)")
-    end
-    check(math.type(s.doses) == "integer" and s.doses >= 1, "schedule.doses: a whole number from 1")
-    list[1] = {}
-    for i = 2, math.min(s.doses, MAX_DOSES + 1) do
-      list[i] = { min_interval = s.min_interval, max_interval = s.max_interval }
-    end
-  end
-  check(#list <= MAX_DOSES, "schedule: at most " .. MAX_DOSES .. " doses")
-  for i, e in ipairs(list) do
-    local where = "schedule[" .. i .. "]."
-    check(i > 1 or e.min_interval == nil, where .. "min_interval: dose 1 is due at once")
-    local min, max = duration_ms(e.min_interval or "0s"), duration_ms(e.max_interval or "0s")
-    check(min, where .. "min_interval: bad duration " .. tostring(e.min_interval))
-    check(max, where .. "max_interval: bad duration " .. tostring(e.max_interval))
-    check(e.max_interval == nil or max > min, where .. "max_interval: must be longer than min_interval")
-  end
-  return list
-end
+local function doses_of(s) return series.doses(s, check) end
 
 local function vaccine_name(wf)
   return wf.input.vaccine.display or wf.input.vaccine.code
@@ -190,10 +114,8 @@ end
 -- Set the due and overdue times of dose ctx.dose; returns the state it is in now.
 local function plan_next(wf)
   local ctx = wf.ctx
-  local entry = doses_of(wf.input.schedule)[ctx.dose]
   local base = parse_time(ctx.dose == 1 and ctx.enrolled or ctx.last)
-  local due = ctx.dose == 1 and base or base + duration_ms(entry.min_interval or "0s")
-  local overdue = entry.max_interval and base + duration_ms(entry.max_interval)
+  local due, overdue = series.window(doses_of(wf.input.schedule), ctx.dose, base)
   ctx.due_at, ctx.overdue_at, ctx.reminded = format_time(due), overdue and format_time(overdue), false
   local now = now_ms(wf)
   if overdue and now >= overdue then return "overdue" end

@@ -991,6 +991,20 @@ static void transition(lua_State *L, drv *d, int wf, const char *to)
     }
 }
 
+/* A guard's reason src into dst of capacity n, cut to fit at a character's
+** start: the message that carries it stays UTF-8 when src is. */
+static void copy_reason(char *dst, size_t n, const char *src)
+{
+    size_t len = strlen(src);
+    if (len >= n) {
+        len = n - 1;
+        while (len > 0 && ((unsigned char)src[len] & 0xC0) == 0x80)
+            len--; /* src[len], the first byte left out, continues a character */
+    }
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
 /* Resolve the transition at the top of the stack for the event (its name at
 ** stack index ev): returns the target name pushed (or nil pushed: stay);
 ** false when nothing matched. */
@@ -1024,8 +1038,14 @@ static bool resolve(lua_State *L, drv *d, int wf, int payload, int ev)
             lua_pushvalue(L, wf);
             lua_pushvalue(L, payload);
             lua_pushvalue(L, ev);
-            lua_call(L, 3, 1);
-            pass = lua_toboolean(L, -1);
+            lua_call(L, 3, 2);
+            pass = lua_toboolean(L, -2);
+            /* a refusing guard may say why: false, "slot full" */
+            if (!pass && lua_type(L, -1) == LUA_TSTRING)
+                copy_reason(d->sp->refusal, sizeof(d->sp->refusal), lua_tostring(L, -1));
+            else if (!pass)
+                d->sp->refusal[0] = '\0';
+            lua_pop(L, 1);
         }
         lua_pop(L, 1);
         if (pass) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_demo.sh -- `make demo` works as shown: three nodes as separate
-# processes, the cross-site referral closes, both doses of both patients are
-# recorded at primary care, the partners' indicators arrive, every node's
+# processes, the cross-site referral closes, appointment slots are booked
+# (the last place refused, a no-show counted), both doses of both patients
+# are recorded at primary care, the partners' indicators arrive, every node's
 # audit trail verifies, and nothing is left behind.
 # usage: test_demo.sh CAREMESH
 set -uo pipefail
@@ -15,6 +16,12 @@ has() { if grep -qF -- "$1" <<<"$out"; then passed=$((passed + 1)); else failed=
 has "cardiology: intake referral_intake-1 started by the partner's message, in triage"
 has "clinic: referral referral-1 is scheduled"
 has "clinic: the consult note is in; Dr Ngata reviews it -> closed"
+has "pharmacy: pat-schmidt asks for the same slot -> book: slot main-st-pharmacy@"
+has "is full (2 of 2 places taken)"
+has "pharmacy: pat-schmidt books 20 minutes later -> running"
+has "pharmacy: pat-rivera books dose 2 on"
+has "pharmacy: pat-schmidt did not come: no-shows 1"
+has "pharmacy-node  vaccination_no_show: count 1, sum 1"
 has "pharmacy: pat-okafor dose 2 -> completed"
 has "pharmacy: pat-rivera dose 2 -> completed"
 has "riverside-node  immunization_reported: count 4, sum 4"

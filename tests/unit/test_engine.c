@@ -2309,7 +2309,12 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
         "      noop = function(wf) end,\n"
         "      peek = function(wf) assert(wf.ctx.n >= 1 and wf.input.who == 'x') end,\n"
         "      inc = function(wf) wf.ctx.n = wf.ctx.n + 1 end,\n"
-        "      guarded = { to = 'off', guard = function(wf) wf.ctx.n = 50; return false end },\n"
+        "      guarded = { { to = 'off', guard = function(wf) return false, 'stale' end },\n"
+        "                  { to = 'off', guard = function(wf) wf.ctx.n = 50; return false end } "
+        "},\n"
+        "      why = { to = 'off', guard = function(wf) return false, 'the slot is full' end },\n"
+        "      long = { to = 'off', guard = function(wf) return false, string.rep('\\u{e9}', 200) "
+        "end },\n"
         "      boom = function(wf) wf.ctx.n = 99; error('kaput') end,\n"
         "      list = function(wf) wf.ctx[1] = 'a'; wf.ctx.n = nil end,\n"
         "      stop = 'off' } },\n"
@@ -2343,14 +2348,27 @@ static void test_context_is_read_on_use_and_written_on_change(void **state)
     signal_ev(f, "k-1", "list", NULL);    /* a list is not a context: fails */
     signal_ev(f, "k-1", "inc", NULL);
     signal_ev(f, "k-1", "peek", NULL);
+    signal_ev(f, "k-1", "why", NULL);  /* refused with the guard's reason */
+    signal_ev(f, "k-1", "long", NULL); /* ... cut to fit, between characters */
     run(f);
     assert_int_equal(f->a.status[2], 0);
     assert_int_equal(f->a.status[3], CM_EINVAL);
+    /* the last guard to refuse gave no reason: the first one's is not shown */
+    assert_non_null(strstr(f->a.message[3], "was refused by its guard"));
+    assert_null(strstr(f->a.message[3], "stale"));
     assert_int_equal(f->a.status[4], CM_ELUA);
     assert_int_equal(f->a.status[5], CM_ELUA);
     assert_non_null(strstr(f->a.message[5], "wf.ctx must have named fields"));
     assert_int_equal(f->a.status[6], 0);
     assert_int_equal(f->a.status[7], 0);
+    assert_int_equal(f->a.status[8], CM_EINVAL);
+    assert_non_null(
+        strstr(f->a.message[8], "event \"why\" was refused by its guard: the slot is full"));
+    assert_int_equal(f->a.status[9], CM_EINVAL);
+    const char *cut = strstr(f->a.message[9], "guard: \xc3\xa9");
+    assert_non_null(cut);
+    assert_true(strlen(cut) < 200 * 2); /* cut */
+    assert_true(cm_utf8_valid(f->a.message[9], strlen(f->a.message[9])));
     text_of(f, "SELECT ctx FROM instance WHERE id = 'k-1'", ctx, sizeof(ctx));
     assert_string_equal(ctx, "{\"n\":2}");
     /* a context that is not a JSON object is refused, and nothing changes */

@@ -6,7 +6,8 @@
 #   1. a closed-loop cardiology referral across sites, from the request to
 #      the loop closed (referral.lua at the clinic, referral_intake.lua at the
 #      cardiology practice, exchanging messages under the partnership's terms);
-#   2. a two-dose vaccination drive at the pharmacy (vaccination.lua), each
+#   2. a two-dose vaccination drive at the pharmacy (vaccination.lua) with
+#      appointment slots (booked, the last place refused, a no-show), each
 #      dose reported back to primary care and recorded there
 #      (immunization_report.lua);
 # the clocks skipping the weeks between. It prints a timeline merged from
@@ -137,18 +138,35 @@ until_true "the consult note at the clinic" state_is clinic "$ref" consult_recei
 advance 3
 say "clinic: the consult note is in; Dr Ngata reviews it -> $(signal clinic "$ref" close '{"note":"Reviewed; plan agreed"}')"
 
-step "4. A two-dose vaccination drive at Main Street Pharmacy, doses reported to Riverside"
-drive=$(api pharmacy POST /v1/instances '{"workflow":"vaccination","input":{"pharmacy":"main-st-pharmacy","primary_care":"riverside-clinic","vaccine":{"code":"208","system":"http://hl7.org/fhir/sid/cvx","display":"COVID-19, mRNA"},"schedule":{"doses":2,"min_interval":"21d","max_interval":"42d"},"target":{"min_age":65}}}' | jq -r .instance)
-say "pharmacy: drive $drive enrolls $(api pharmacy GET "/v1/instances/$drive" | jq '.context.enrolled') patients aged 65 and over"
+step "4. A two-dose vaccination drive at Main Street Pharmacy with appointment slots, doses reported to Riverside"
+# slots: two places every 20 minutes for two hours from 2 hours from now,
+# and the same 21 days later, when dose 2 is due
+iso_in() { # HOURS: the virtual clock plus HOURS, to the minute
+  date -u -d "@$(($(date -u -d "$(api pharmacy GET /v1/clock | jq -r .now)" +%s) + $1 * 3600))" +%Y-%m-%dT%H:%M
+}
+dose1=$(iso_in 2) dose2=$(iso_in 506)
+range() { echo "{\"day\":\"${1:0:10}\",\"from\":\"${1:11:5}\",\"to\":\"$(date -u -d "${1}Z + 2 hours" +%H:%M)\",\"length\":\"20m\",\"capacity\":2}"; }
+drive=$(api pharmacy POST /v1/instances '{"workflow":"vaccination","input":{"pharmacy":"main-st-pharmacy","primary_care":"riverside-clinic","vaccine":{"code":"208","system":"http://hl7.org/fhir/sid/cvx","display":"COVID-19, mRNA"},"schedule":{"doses":2,"min_interval":"21d","max_interval":"42d"},"target":{"min_age":65},"slots":{"main-st-pharmacy":['"$(range "$dose1"),$(range "$dose2")"']}}}' | jq -r .instance)
+say "pharmacy: drive $drive enrolls $(api pharmacy GET "/v1/instances/$drive" | jq '.context.enrolled') patients aged 65 and over, $(api pharmacy GET "/v1/instances/$drive" | jq '.context.slots | length') slots of 2 places"
+book() { # PATIENT AT: the state after, or the refusal's reason
+  api pharmacy POST "/v1/instances/$drive/events" "{\"event\":\"book\",\"payload\":{\"patient\":\"$1\",\"site\":\"main-st-pharmacy\",\"at\":\"$2:00Z\"}}" 2>/dev/null |
+    jq -r '.state // .error.message' || true
+}
+for p in pat-okafor pat-rivera; do say "pharmacy: $p books ${dose1/T/ } UTC -> $(book "$p" "$dose1")"; done
+say "pharmacy: pat-schmidt asks for the same slot -> $(book pat-schmidt "$dose1" | sed 's/.*guard: //')"
+say "pharmacy: pat-schmidt books 20 minutes later -> $(book pat-schmidt "$(date -u -d "${dose1}Z + 20 minutes" +%Y-%m-%dT%H:%M)")"
 advance 2
 for p in pat-okafor pat-rivera; do
   course=$(api pharmacy GET "/v1/instances/$drive" | jq -r ".context.courses[\"$p\"]")
   say "pharmacy: $p dose 1 -> $(signal pharmacy "$course" dose_given '{"site":"main-st-pharmacy","practitioner":"rph-tanaka","lot":"FK1234"}')"
+  say "pharmacy: $p books dose 2 on ${dose2/T/ } UTC -> $(book "$p" "$dose2")"
 done
+advance 1
+say "pharmacy: pat-schmidt did not come: no-shows $(api pharmacy GET "/v1/instances/$drive" | jq '.context.no_shows'), the place freed and Ms Schmidt told"
 doses_at_clinic() { [ "$(api clinic GET '/v1/immunizations' | jq '.items | length')" -ge "$1" ]; }
 until_true "dose 1 at the clinic" doses_at_clinic 2
 say "clinic: $(api clinic GET /v1/immunizations | jq '.items | length') doses recorded from the pharmacy's reports"
-advance 504
+advance 503
 for p in pat-okafor pat-rivera; do
   course=$(api pharmacy GET "/v1/instances/$drive" | jq -r ".context.courses[\"$p\"]")
   say "pharmacy: $p dose 2 -> $(signal pharmacy "$course" dose_given '{"site":"main-st-pharmacy","practitioner":"rph-adeyemi","lot":"FK2001"}')"

@@ -4,8 +4,8 @@
 -- proleptic Gregorian day count these rest on. Pure functions: no records,
 -- no instance.
 --
--- Used by referral.lua, referral_intake.lua, outreach.lua and
--- vaccination_course.lua.
+-- Used by referral.lua, referral_intake.lua, outreach.lua and lib/series.lua
+-- (vaccination_course.lua, vaccination.lua).
 local M = {}
 
 local UNIT = { s = 1, m = 60, h = 3600, d = 86400, w = 604800 }

@@ -1,7 +1,8 @@
 -- test_vaccination.lua -- the vaccination drive (vaccination.lua) and one
 -- patient's series (vaccination_course.lua): the target, consents, due /
 -- overdue / completed, reminders, doses refused and recorded, reports to
--- primary care and coverage. The test clock starts on 2026-01-05T09:00:00Z.
+-- primary care and coverage; appointment slots (booked, refused with a
+-- reason, cancelled, kept, missed; the last place; bad slot input). The test clock starts on 2026-01-05T09:00:00Z.
 -- Seed data and helpers shared with the other workflow tests: lib/seed.lua,
 -- lib/helpers.lua.
 local t = require "caremesh.test"
@@ -327,4 +328,234 @@ t.test("bad drive input is refused and starts nothing", function()
   refused({ primary_care = "no-such-clinic" }, "primary_care")
   t.eq(#t.notifications(), 0)
   t.eq(cm.immunization.count(), 0)
+end)
+
+-- Slots: Main Street Pharmacy opens 09:00-10:00 on 2026-01-29 in 20-minute
+-- slots of two; County Health has one place at 10:00 on 2026-01-06, three
+-- at 14:00 New York time (19:00 UTC) on 2026-01-07 for 30 minutes, and
+-- two on 2026-02-20, after a dose 2 window opened on 2026-01-05 closes.
+local SLOTS = {
+  ["main-st-pharmacy"] = { { day = "2026-01-29", from = "09:00", to = "10:00", length = "20m", capacity = 2 } },
+  ["county-health"] = { { at = "2026-01-06T10:00:00Z", capacity = 1 },
+                        { at = "2026-01-07T14:00:00-05:00", capacity = 3, length = "30m" },
+                        { at = "2026-02-20T10:00:00Z", capacity = 2 } },
+}
+local JAN6, JAN7 = "2026-01-06T10:00:00Z", "2026-01-07T19:00:00Z"
+
+local function slot_drive(extra)
+  return drive("drive-slots", h.with({ slots = SLOTS }, extra))
+end
+
+-- The last vaccination_slot_use value recorded for site.
+local function use_of(site)
+  local rows = kpis("vaccination_slot_use", '"site":"' .. site .. '"')
+  return rows[#rows] and rows[#rows].value
+end
+
+t.test("slots: the input spelled out one slot at a time, in UTC, with places", function()
+  seed()
+  local id = slot_drive()
+  local s = ctx(id).slots
+  t.eq(h.sorted_keys(s), {
+    "county-health@2026-01-06T10:00:00.000Z", "county-health@2026-01-07T19:00:00.000Z",
+    "county-health@2026-02-20T10:00:00.000Z", "main-st-pharmacy@2026-01-29T09:00:00.000Z",
+    "main-st-pharmacy@2026-01-29T09:20:00.000Z", "main-st-pharmacy@2026-01-29T09:40:00.000Z" })
+  local ny = s["county-health@2026-01-07T19:00:00.000Z"]
+  t.eq({ ny.site, ny.at, ny.ends, ny.capacity, ny.booked },
+       { "county-health", "2026-01-07T19:00:00.000Z", "2026-01-07T19:30:00.000Z", 3, 0 })
+  t.eq(s["county-health@2026-01-06T10:00:00.000Z"].ends, "2026-01-06T10:15:00.000Z", "15 minutes by default")
+end)
+
+t.test("slots: booked, reminded with the site and time, kept by the dose, then dose 2 booked", function()
+  seed()
+  local id = slot_drive { target = { condition = "E11", min_age = 65, max_age = 65 } } -- Walker
+  local kid = course(id, "pat-walker")
+  t.eq(t.signal(id, "book", { patient = "pat-walker", site = "county-health", at = "2026-01-07T14:00:00-05:00" }),
+       "running")
+  local b = ctx(id).bookings["pat-walker"]
+  t.eq({ b.slot, b.dose, b.course }, { "county-health@2026-01-07T19:00:00.000Z", 1, kid })
+  local booked = sent_to("pat-walker", "booked")
+  t.eq(#booked, 1, "a confirmation")
+  t.ok(booked[1].message:find("Millbrook County Health Department on 2026-01-07 19:00 UTC", 1, true),
+       booked[1].message)
+  t.eq(booked[1].channel, "phone")
+  t.eq(ctx(id).slots[b.slot].booked, 1)
+  near(use_of("county-health"), 1 / 6, "1 of 6 places at County Health")
+  t.ok(kpis("vaccination_slot_use")[1].labels:find('"drive":"drive-slots"', 1, true), "labelled with the drive")
+  t.advance("9h59m")
+  t.eq(#sent_to("pat-walker", "appointment"), 0, "no reminder yet")
+  t.advance("1m") -- 2026-01-05T19:00: two days before
+  local rem = sent_to("pat-walker", "appointment")
+  t.eq(#rem, 1, "the appointment reminder")
+  t.ok(rem[1].message:find("dose 1 of 2", 1, true)
+       and rem[1].message:find("Millbrook County Health Department on 2026-01-07 19:00 UTC", 1, true),
+       rem[1].message)
+  t.advance("2d5m") -- 19:05 on the day
+  t.eq(t.signal(kid, "dose_given", { site = "county-health" }), "waiting")
+  t.advance("1h")
+  t.eq(ctx(id).bookings["pat-walker"], nil, "the booking closed")
+  t.eq({ ctx(id).kept, ctx(id).no_shows }, { 1, 0 })
+  t.eq(ctx(id).slots[b.slot].booked, 1, "a kept place stays taken")
+  t.eq(#sent_to("pat-walker", "missed"), 0)
+  -- dose 2 is due 2026-01-28T19:05
+  t.eq(t.signal(id, "book", { patient = "pat-walker", site = "main-st-pharmacy", at = "2026-01-29T09:20:00Z" }),
+       "running")
+  t.eq(ctx(id).bookings["pat-walker"].dose, 2)
+  near(use_of("main-st-pharmacy"), 1 / 6)
+  t.advance("21d13h20m") -- 2026-01-29T09:20, the appointment
+  t.eq(t.signal(kid, "dose_given", { site = "main-st-pharmacy" }), "completed")
+  t.eq(#kpis("vaccination_no_show"), 0)
+  t.expect_state(id, "finished", "done")
+  t.eq(ctx(id).kept, 2, "the course's end closed the kept booking")
+end)
+
+t.test("slots: a booking is refused with its reason, and nothing changes", function()
+  seed()
+  local id = slot_drive()
+  local function refused(payload, fragment) h.refused(id, "book", payload, fragment) end
+  refused({ patient = "pat-walker", site = "county-health", at = "2026-01-06T11:00:00Z" },
+          "no slot at county-health starting 2026-01-06T11:00:00.000Z")
+  refused({ patient = "pat-walker", site = "heart-partners", at = JAN6 }, "site heart-partners is not in this drive")
+  refused({ patient = "pat-walker", site = "county-health", at = "tomorrow" }, "at: expected")
+  refused({ patient = "pat-nguyen", site = "county-health", at = JAN6 }, "pat-nguyen has no course")
+  refused({ site = "county-health", at = JAN6 }, "patient: required")
+  -- Rivera's dose 1 today: dose 2 is due 2026-01-26, overdue 2026-02-16T09:00
+  t.signal(course(id, "pat-rivera"), "dose_given", { site = "main-st-pharmacy" })
+  refused({ patient = "pat-rivera", site = "county-health", at = JAN7 },
+          "is before dose 2's due date 2026-01-26")
+  refused({ patient = "pat-rivera", site = "county-health", at = "2026-02-20T10:00:00Z" },
+          "is after dose 2's window closed at 2026-02-16T09:00:00.000Z")
+  t.eq(t.signal(id, "book", { patient = "pat-rivera", site = "main-st-pharmacy", at = "2026-01-29T09:00:00Z" }),
+       "running", "inside the window")
+  -- a second booking replaces nothing
+  t.eq(t.signal(id, "book", { patient = "pat-okafor", site = "county-health", at = JAN6 }), "running")
+  refused({ patient = "pat-okafor", site = "county-health", at = JAN7 },
+          "pat-okafor already holds slot county-health@2026-01-06T10:00:00.000Z (cancel it first)")
+  t.eq(ctx(id).bookings["pat-okafor"].slot, "county-health@2026-01-06T10:00:00.000Z", "still the first")
+  t.advance("1d2h") -- 2026-01-06T11:00
+  refused({ patient = "pat-walker", site = "county-health", at = JAN6 }, "has begun")
+  t.eq(#sent_to("pat-walker"), 1, "only the invitation: no confirmation")
+  t.eq(#sent_to("pat-okafor", "booked"), 1)
+end)
+
+t.test("slots: the last place, asked for by two patients: one gets it, the other is refused", function()
+  seed()
+  local id = slot_drive()
+  local slot = "county-health@2026-01-06T10:00:00.000Z"
+  t.eq(t.signal(id, "book", { patient = "pat-okafor", site = "county-health", at = JAN6 }), "running")
+  h.refused(id, "book", { patient = "pat-walker", site = "county-health", at = JAN6 },
+            "slot " .. slot .. " is full (1 of 1 places taken)")
+  t.eq(ctx(id).slots[slot].booked, 1, "capacity not exceeded")
+  t.eq(ctx(id).bookings["pat-walker"], nil)
+  t.eq(#sent_to("pat-walker", "booked"), 0)
+  -- two places left on the evening of 2026-01-07: three asking, the third refused
+  t.signal(id, "book", { patient = "pat-walker", site = "county-health", at = JAN7 })
+  t.signal(id, "book", { patient = "pat-rivera", site = "county-health", at = JAN7 })
+  t.signal(id, "book", { patient = "pat-schmidt", site = "county-health", at = JAN7 })
+  h.refused(id, "book", { patient = "pat-garcia", site = "county-health", at = JAN7 }, "pat-garcia has no course")
+  t.eq(ctx(id).slots["county-health@2026-01-07T19:00:00.000Z"].booked, 3)
+  near(use_of("county-health"), 4 / 6)
+end)
+
+t.test("slots: cancelling frees the place for someone else; nothing left to cancel is refused", function()
+  seed()
+  local id = slot_drive()
+  local slot = "county-health@2026-01-06T10:00:00.000Z"
+  t.signal(id, "book", { patient = "pat-okafor", site = "county-health", at = JAN6 })
+  near(use_of("county-health"), 1 / 6)
+  t.eq(t.signal(id, "cancel_booking", { patient = "pat-okafor" }), "running")
+  t.eq({ ctx(id).slots[slot].booked, ctx(id).cancelled_bookings }, { 0, 1 })
+  t.eq(ctx(id).bookings["pat-okafor"], nil)
+  t.eq(use_of("county-health"), 0)
+  local n = sent_to("pat-okafor", "cancelled")
+  t.eq(#n, 1)
+  t.ok(n[1].message:find("2026-01-06 10:00 UTC", 1, true), n[1].message)
+  h.refused(id, "cancel_booking", { patient = "pat-okafor" }, "pat-okafor holds no slot")
+  t.eq(t.signal(id, "book", { patient = "pat-walker", site = "county-health", at = JAN6 }), "running",
+       "the freed place")
+  -- a booking whose dose was recorded is kept, not cancelled
+  t.signal(course(id, "pat-walker"), "dose_given", { site = "main-st-pharmacy" })
+  h.refused(id, "cancel_booking", { patient = "pat-walker" }, "was booked for is recorded")
+  t.eq(#t.instance(id).timers, 1, "the appointments timer")
+end)
+
+t.test("slots: a missed appointment frees the place, counts a no-show and tells the patient", function()
+  seed()
+  local id = slot_drive()
+  local kid = course(id, "pat-okafor")
+  local slot = "county-health@2026-01-06T10:00:00.000Z"
+  t.signal(id, "book", { patient = "pat-okafor", site = "county-health", at = JAN6 })
+  t.advance("1d1h14m") -- 10:14, the slot's last minute
+  t.eq(ctx(id).slots[slot].booked, 1)
+  t.advance("1m")
+  local c = ctx(id)
+  t.eq({ c.slots[slot].booked, c.no_shows, c.bookings["pat-okafor"] }, { 0, 1, nil })
+  local ns = kpis("vaccination_no_show")
+  t.eq(#ns, 1)
+  t.ok(ns[1].labels:find('"site":"county-health"', 1, true) and ns[1].labels:find('"dose":1', 1, true), ns[1].labels)
+  t.eq(use_of("county-health"), 0, "the place freed")
+  local m = sent_to("pat-okafor", "missed")
+  t.eq(#m, 1, "the patient told")
+  t.eq(m[1].channel, "email")
+  t.ok(m[1].message:find("You missed your appointment for dose 1 of 2", 1, true)
+       and m[1].message:find("2026-01-06 10:00 UTC", 1, true)
+       and m[1].message:find("Book another slot", 1, true), m[1].message)
+  t.expect_state(kid, "due", "running")
+  t.eq(t.signal(id, "book", { patient = "pat-okafor", site = "county-health", at = JAN7 }), "running",
+       "a missed booking is no longer held")
+end)
+
+t.test("slots: a missed appointment at the end of the window says the dose is overdue", function()
+  seed()
+  local id = slot_drive { slots = { ["county-health"] = { { at = "2026-02-16T08:50:00Z", length = "20m", capacity = 1 } } } }
+  local kid = course(id, "pat-schmidt")
+  t.signal(kid, "dose_given", { site = "main-st-pharmacy" }) -- dose 2 overdue 2026-02-16T09:00
+  t.eq(t.signal(id, "book", { patient = "pat-schmidt", site = "county-health", at = "2026-02-16T08:50:00Z" }),
+       "running")
+  t.advance("42d10m")
+  t.expect_state(kid, "overdue")
+  local m = sent_to("pat-schmidt", "missed")
+  t.eq(#m, 1)
+  t.ok(m[1].message:find("overdue", 1, true), m[1].message)
+end)
+
+t.test("slots: a course that ends frees the place it will not use", function()
+  seed()
+  local id = slot_drive()
+  t.signal(id, "book", { patient = "pat-okafor", site = "county-health", at = JAN6 })
+  t.eq(t.signal(course(id, "pat-okafor"), "declined"), "declined")
+  t.eq(ctx(id).slots["county-health@2026-01-06T10:00:00.000Z"].booked, 0)
+  t.eq(ctx(id).bookings["pat-okafor"], nil)
+  t.eq(#t.instance(id).timers, 0, "no appointment left to watch")
+end)
+
+t.test("bad slot input is refused at start, naming the field", function()
+  seed()
+  local function refused(spec, fragment)
+    local input = { pharmacy = "main-st-pharmacy", vaccine = COVID, schedule = TWO_DOSES,
+                    target = { min_age = 65 }, sites = { "county-health" }, slots = spec }
+    local id, msg = t.start("vaccination", input)
+    t.eq(id, nil, fragment)
+    t.ok(msg:find(fragment, 1, true), "message " .. tostring(msg) .. " lacks " .. fragment)
+  end
+  local function at(slot) return { ["county-health"] = { slot } } end
+  refused({ ["heart-partners"] = { { at = JAN6, capacity = 1 } } }, "slots.heart-partners: not a site of this drive")
+  refused({ ["county-health"] = {} }, "slots.county-health: expected a list of slots")
+  refused(at { at = JAN6 }, "slots.county-health[1].capacity: expected a whole number")
+  refused(at { at = JAN6, capacity = 0 }, "capacity")
+  refused(at { at = JAN6, capacity = 1.5 }, "capacity")
+  refused(at { at = "2026-01-06", capacity = 1 }, "slots.county-health[1].at: expected an ISO-8601 date-time")
+  refused(at { at = "2026-01-06T25:00:00Z", capacity = 1 }, ".at:")
+  refused(at { at = JAN6, capacity = 1, seats = 3 }, "slots.county-health[1].seats: unknown field")
+  refused(at { at = JAN6, day = "2026-01-06", capacity = 1 }, "give at, or day with from and to")
+  refused(at { day = "06/01/2026", from = "09:00", to = "10:00", capacity = 1 }, ".day: expected a date")
+  refused(at { day = "2026-01-06", from = "9am", to = "10:00", capacity = 1 }, ".from: expected a time of day")
+  refused(at { day = "2026-01-06", from = "09:00", capacity = 1 }, ".to: expected a time of day")
+  refused(at { day = "2026-01-06", from = "10:00", to = "09:00", capacity = 1 }, ".to: must leave at least one slot")
+  refused(at { day = "2026-01-06", from = "09:00", to = "10:00", length = "a while", capacity = 1 }, ".length: bad duration")
+  refused(at { day = "2026-01-06", from = "09:00", to = "10:00", zone = "EST", capacity = 1 }, ".zone: expected Z")
+  refused(at { day = "2026-01-06", from = "00:00", to = "23:59", length = "1m", capacity = 1 }, "more than 500 slots")
+  refused({ ["county-health"] = { { at = JAN6, capacity = 1 }, { at = "2026-01-06T05:00:00-05:00", capacity = 2 } } },
+          "slot county-health@2026-01-06T10:00:00.000Z given twice")
+  t.eq(#t.notifications(), 0, "nobody invited")
 end)
