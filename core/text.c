@@ -3,6 +3,7 @@
 */
 #include "text.h"
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -233,6 +234,8 @@ static const char dbl_overflow[] =
 ** so cJSON, reads as +-inf? Decided on the digits, without strtod, whose
 ** decimal point is the locale's. Cold: only numbers with an exponent or
 ** more than 308 integer digits come here. */
+#define NUMBER_EXP_SATURATE (LLONG_MAX / 20) /* n * 10 + 9 stays below LLONG_MAX */
+
 static __attribute__((noinline)) bool number_huge(const char *p, const char *exp, const char *end)
 {
     const char *digits_end = exp ? exp : end, *q = p;
@@ -248,8 +251,11 @@ static __attribute__((noinline)) bool number_huge(const char *p, const char *exp
         bool minus = *x == '-';
         long long n = 0;
         x += *x == '-' || *x == '+';
+        /* saturates far past any count of digits the text can hold, so
+        ** that a mantissa of a million zeros cannot offset an exponent cut
+        ** short (0.<10^6 zeros>1e10000000 is inf), and cannot overflow */
         for (; x < end; x++)
-            if (n < 1000000) /* far past either side's decision */
+            if (n < NUMBER_EXP_SATURATE)
                 n = n * 10 + (*x - '0');
         e10 += minus ? -n : n;
     }

@@ -338,6 +338,45 @@ static void test_json_numbers_past_a_double_are_refused(void **state)
     }
 }
 
+/* A number's exponent is read in full, however many digits its mantissa
+** has: 0.<a million zeros>1e10000000 is past a double's range (strtod:
+** inf), 1<two million zeros>e-10000000 underflows to 0 (taken). Both fit in
+** the API's default body of 1 MiB or its largest; the exponent once stopped
+** counting at a million, so the first was taken and the second refused. */
+static void test_json_number_exponents_are_weighed_against_long_mantissas(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *head;
+        size_t zeros;
+        const char *tail;
+    } nums[] = {
+        {"0.", 1000000, "1e10000000"}, {"-0.", 1000000, "1e+10000000"},
+        {"0.", 1000000, "1e1000309"},  {"0.", 1000000, "1e1000310"},
+        {"1", 2000000, "e-10000000"},  {"1", 1000000, "e-999692"},
+        {"1", 1000000, "e-999691"},
+    };
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        size_t hl = strlen(nums[i].head), tl = strlen(nums[i].tail);
+        size_t len = 5 + hl + nums[i].zeros + tl + 1;
+        char *text = malloc(len + 1);
+        assert_non_null(text);
+        memcpy(text, "{\"a\":", 5);
+        memcpy(text + 5, nums[i].head, hl);
+        memset(text + 5 + hl, '0', nums[i].zeros);
+        memcpy(text + 5 + hl + nums[i].zeros, nums[i].tail, tl);
+        memcpy(text + len - 1, "}", 2);
+        text[len - 1] = '\0';
+        bool inf = isinf(strtod(text + 5, NULL));
+        text[len - 1] = '}';
+        size_t at = cm_json_object_check(text, len, CM_JSON_DEPTH_MAX);
+        if (at != (inf ? 6 : 0))
+            fail_msg("%s<%zu zeros>%s: at %zu, strtod reads %s", nums[i].head, nums[i].zeros,
+                     nums[i].tail, at, inf ? "inf" : "a finite number");
+        free(text);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -349,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_short_escapes_read_back),
         cmocka_unit_test(test_json_object_text_is_checked),
         cmocka_unit_test(test_json_numbers_past_a_double_are_refused),
+        cmocka_unit_test(test_json_number_exponents_are_weighed_against_long_mantissas),
         cmocka_unit_test(test_json_string_stops_at_every_offset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
