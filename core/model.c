@@ -1391,10 +1391,15 @@ const char *cm_kind_name(cm_kind kind)
     return k ? k->name : NULL;
 }
 
+bool cm_kind_names_patient(int kind)
+{
+    return kind != CM_KIND_ORGANIZATION && kind != CM_KIND_PROVIDER && kind != CM_KIND_PARTNERSHIP;
+}
+
 const char *cm_model_record_patient(int kind, const cJSON *doc)
 {
     const char *key = kind == CM_KIND_PATIENT ? "id" : "patient";
-    if (kind == CM_KIND_ORGANIZATION || kind == CM_KIND_PROVIDER || kind == CM_KIND_PARTNERSHIP)
+    if (!cm_kind_names_patient(kind))
         return NULL;
     return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, key));
 }

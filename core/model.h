@@ -48,6 +48,9 @@ const char *cm_kind_name(cm_kind kind);
 ** organizations, providers and partnerships, and when doc names none
 ** (borrowed from doc). kind < 0: the doc's "patient" (an instance). */
 const char *cm_model_record_patient(int kind, const cJSON *doc);
+/* Do records of kind name a patient (patients, consents, care teams, tasks,
+** immunizations)? */
+bool cm_kind_names_patient(int kind);
 /* The data classes an audit entry names for a record of kind: for a patient
 ** "demographics" with ",contact" and ",conditions" when doc has them (written
 ** in buf), "consent", "care_team", "tasks", "immunizations"; "workflow" for

@@ -26,6 +26,10 @@ typedef struct cm_lua_host {
     ** actor are also collected (cm_step.audited: written again should the
     ** step be rolled back); NULL: not collected */
     cJSON **audited;
+    /* borrowed: the workflow file whose top level runs as it loads, or NULL.
+    ** There records about patients are refused: a load has no instance to
+    ** audit them as, and runs again at every start and reload */
+    const char *loading;
 } cm_lua_host;
 
 /* Attach host to L (stored in the registry; borrowed). Once per state: CM_EINVAL

@@ -28,6 +28,19 @@ static void need_table(lua_State *L, int arg, const char *fn, const char *what)
                    luaL_typename(L, arg));
 }
 
+/* The host, raising when kind names patients and a workflow file is
+** loading (see cm_lua_host.loading). */
+static cm_lua_host *host_for(lua_State *L, cm_kind kind, const char *fn)
+{
+    cm_lua_host *host = cm_lua_host_get(L);
+    if (host->loading && cm_kind_names_patient((int)kind))
+        luaL_error(L,
+                   "cm.%s.%s: no records about patients while workflow file %s loads (its top "
+                   "level runs at every start and reload, for no instance): read them in handlers",
+                   cm_kind_name(kind), fn, host->loading);
+    return host;
+}
+
 /* Convert argument arg (a table, checked) to JSON into *box; raises naming the field. */
 static void check_doc(lua_State *L, int arg, const char *what, cJSON **box)
 {
@@ -106,8 +119,8 @@ static void audit_records(lua_State *L, const cm_lua_host *host, cm_kind kind, c
 
 static int l_create(lua_State *L)
 {
-    cm_lua_host *host = cm_lua_host_get(L);
     cm_kind kind = check_kind(L);
+    cm_lua_host *host = host_for(L, kind, "create");
     cm_err err;
     lua_settop(L, 1);
     need_table(L, 1, "create", "the record");
@@ -125,8 +138,8 @@ static int l_create(lua_State *L)
 
 static int l_get(lua_State *L)
 {
-    cm_lua_host *host = cm_lua_host_get(L);
     cm_kind kind = check_kind(L);
+    cm_lua_host *host = host_for(L, kind, "get");
     const char *id = luaL_checkstring(L, 1);
     cm_err err;
     cJSON **out = cm_ljson_box(L);
@@ -141,8 +154,8 @@ static int l_get(lua_State *L)
 
 static int l_update(lua_State *L)
 {
-    cm_lua_host *host = cm_lua_host_get(L);
     cm_kind kind = check_kind(L);
+    cm_lua_host *host = host_for(L, kind, "update");
     lua_settop(L, 2);
     const char *id = luaL_checkstring(L, 1);
     cm_err err;
@@ -163,8 +176,8 @@ static int l_update(lua_State *L)
 /* find([filter [, {after=, limit=}]]) */
 static int l_find(lua_State *L)
 {
-    cm_lua_host *host = cm_lua_host_get(L);
     cm_kind kind = check_kind(L);
+    cm_lua_host *host = host_for(L, kind, "find");
     cm_err err;
     const char *after = NULL;
     lua_Integer limit = LMODEL_DEFAULT_LIMIT;

@@ -1417,7 +1417,15 @@ static int rt_compile(void *ud, const char *origin, const char *source, size_t l
     snprintf(chunkname, sizeof(chunkname), "@%s", origin);
     if ((rc = cm_sandbox_load(rt->sb, chunkname, source, len, err)) != 0)
         return rc;
-    if ((rc = cm_sandbox_pcall(rt->sb, 0, 1, err)) != 0) {
+    /* the file's top level reads no patient's records (cm_lua_host.loading) */
+    cm_lua_host *host = cm_lua_host_peek(L);
+    const char *outer_loading = host ? host->loading : NULL;
+    if (host)
+        host->loading = origin;
+    rc = cm_sandbox_pcall(rt->sb, 0, 1, err);
+    if (host)
+        host->loading = outer_loading;
+    if (rc != 0) {
         lua_settop(L, top);
         return rc;
     }

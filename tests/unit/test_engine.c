@@ -168,7 +168,7 @@ static void open_engine(fx *f)
     cm_sandbox_limits limits = {0, f->lua_memory};
     f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
-    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL, NULL};
+    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL, NULL, NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
     cm_sandbox_preload(f->sb, "caremesh", cm_lua_open_caremesh);
     f->rt = cm_lua_runtime_new(f->sb, &err);
@@ -1763,6 +1763,46 @@ static void test_a_failed_steps_reads_are_audited_again_as_failed(void **state)
                      1);
     assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE outcome = 'ok'"), 1);
     expect_chain(f, 4);
+}
+
+/* A workflow file's top level, which runs at every load on every node for
+** no instance, reads no record about a patient: the load fails naming the
+** call and the file, and leaves no audit entry; records about no patient
+** (organizations) and counts stay open to it. */
+static void test_a_workflow_files_top_level_reads_no_patient(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    static const char *const calls[] = {"cm.patient.get('pat-1')", "cm.patient.list()",
+                                        "cm.consent.find { patient = 'pat-1' }",
+                                        "cm.task.create { patient = 'pat-1' }"};
+    static const char *const names[] = {"cm.patient.get", "cm.patient.find", "cm.consent.find",
+                                        "cm.task.create"};
+    char text[512];
+    for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
+        snprintf(text, sizeof(text),
+                 "local cm = require 'caremesh'\nlocal p = %s\n"
+                 "return cm.workflow { name = 'loader', version = 1, start = 'a',\n"
+                 "  states = { a = { final = true } } }\n",
+                 calls[i]);
+        assert_int_not_equal(load(f, "loader.lua", text, NULL, &err), 0);
+        if (!strstr(err.msg, names[i]) || !strstr(err.msg, "loader.lua") ||
+            !strstr(err.msg, "no records about patients"))
+            fail_msg("%s: %s", calls[i], err.msg);
+    }
+    load_ok(f, "loader.lua",
+            "local cm = require 'caremesh'\nlocal n = #cm.organization.list() + "
+            "cm.patient.count()\n"
+            "return cm.workflow { name = 'loader', version = 1, start = 'a',\n"
+            "  states = { a = { final = true } } }\n");
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 0);
+    /* a handler of the same file reads them, audited */
+    load_ok(f, "audited.lua", AUDITED);
+    cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
+    assert_int_equal(cm_engine_start(f->engine, "audited", input, "au-2", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE actor = 'instance:au-2'"), 1);
 }
 
 static const char *TICKER = "local cm = require 'caremesh'\n"
@@ -3942,6 +3982,8 @@ int main(void)
             test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_steps_reads_are_audited_again_as_failed,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_workflow_files_top_level_reads_no_patient, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(
             test_leaving_skips_the_delete_only_when_no_timer_has_that_scope, setup, teardown),
         cmocka_unit_test_setup_teardown(
