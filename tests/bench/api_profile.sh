@@ -25,7 +25,7 @@ shift
 src=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 pid=
-trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null ||
   { echo "api_profile.sh: needs valgrind and callgrind_annotate" >&2; exit 1; }
 cg="valgrind --tool=callgrind ${cache:+--cache-sim=yes }--callgrind-out-file=$tmp/callgrind.out"

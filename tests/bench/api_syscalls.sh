@@ -13,7 +13,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 pid=
 spid=
-trap '[ -n "$spid" ] && kill -INT "$spid" 2>/dev/null; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+trap '[ -n "$spid" ] && kill -INT "$spid" 2>/dev/null || true; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 command -v strace >/dev/null || { echo "api_syscalls.sh: needs strace" >&2; exit 1; }
 . "$src/tests/bench/bench_node.sh"
 bench_node_start "$bin" "$src" || exit 1

@@ -15,7 +15,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 pid=
 . "$src/tests/bench/sync_trace.sh"
-trap 'sync_trace_stop; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'sync_trace_stop; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 . "$src/tests/bench/bench_node.sh"
 bench_node_start "$bin" "$src" || exit 1
 # the node's CPU (all its threads, user and system) around the run, per

@@ -68,7 +68,7 @@ done
 . "$src/tests/bench/sync_trace.sh"
 tmp=$(mktemp -d)
 pid=
-trap 'sync_trace_stop; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'sync_trace_stop; [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 mkdir "$tmp/server"
 "$bin" "$src/tests/bench/tarantool_server.lua" "$tmp/server" "$wal_mode" >"$tmp/server.out" 2>&1 &
 pid=$!

@@ -33,7 +33,9 @@ sync_trace_start() {
 }
 sync_trace_stop() {
   [ -n "$sync_strace" ] || return 0
-  kill -INT "$sync_strace" 2>/dev/null
+  # the EXIT traps of scripts under set -e call this: a tracer already gone
+  # must not stop the cleanup after it
+  kill -INT "$sync_strace" 2>/dev/null || true
   wait "$sync_strace" || true
   sync_strace=
 }
