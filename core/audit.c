@@ -124,6 +124,52 @@ int cm_audit_append(cm_store *store, const cm_clock *clock, const cm_audit_entry
 }
 
 /* The recorded head: how many entries caremesh has written. */
+int cm_audit_collect(cJSON **list, const cm_audit_entry *e, cm_err *err)
+{
+    if (!*list && !(*list = cJSON_CreateArray()))
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "actor", or_empty(e->actor)) ||
+        !cJSON_AddStringToObject(o, "action", or_empty(e->action)) ||
+        !cJSON_AddStringToObject(o, "patient", or_empty(e->patient)) ||
+        !cJSON_AddStringToObject(o, "classes", or_empty(e->classes)) ||
+        !cJSON_AddStringToObject(o, "purpose", or_empty(e->purpose)) ||
+        !cJSON_AddStringToObject(o, "detail", or_empty(e->detail)) ||
+        !cJSON_AddItemToArray(*list, o)) {
+        cJSON_Delete(o);
+        return cm_err_set(err, CM_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static const char *text_of(const cJSON *o, const char *key)
+{
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
+}
+
+int cm_audit_append_again(cm_store *store, const cm_clock *clock, const cJSON *list, int from,
+                          const char *why, cm_err *err)
+{
+    int n = cJSON_GetArraySize(list);
+    for (int i = from; i < n; i++) {
+        const cJSON *a = cJSON_GetArrayItem(list, i);
+        char detail[400];
+        snprintf(detail, sizeof(detail), "%s (rolled back: %s)", or_empty(text_of(a, "detail")),
+                 why);
+        cm_audit_entry e = {text_of(a, "actor"),
+                            text_of(a, "action"),
+                            text_of(a, "patient"),
+                            text_of(a, "classes"),
+                            text_of(a, "purpose"),
+                            "error",
+                            detail};
+        int rc = cm_audit_append(store, clock, &e, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 static long long audit_head(cm_store *store)
 {
     char *last = cm_store_meta_get(store, "audit_head", NULL);

@@ -14,6 +14,8 @@
 #ifndef CM_AUDIT_H
 #define CM_AUDIT_H
 
+#include <cjson/cJSON.h>
+
 #include "clock.h"
 #include "error.h"
 #include "store.h"
@@ -34,6 +36,19 @@ typedef struct cm_audit_entry {
 ** transaction when one is open, else in one of its own. CM_EINVAL when actor,
 ** action or outcome is missing. */
 int cm_audit_append(cm_store *store, const cm_clock *clock, const cm_audit_entry *e, cm_err *err);
+
+/* Add a copy of e, without its outcome, to the array *list (created when
+** NULL; the caller frees it) as an object {actor, action, patient, classes,
+** purpose, detail}: an entry written in a transaction that may be rolled
+** back, kept to be written again (cm_audit_append_again). CM_ENOMEM. */
+int cm_audit_collect(cJSON **list, const cm_audit_entry *e, cm_err *err);
+
+/* Write again the entries list[from..] (cm_audit_collect's), whose writes a
+** rollback undid, with outcome "error" and detail "DETAIL (rolled back:
+** why)": what they read reached the reader all the same. Stops at the first
+** that cannot be written, with its error. */
+int cm_audit_append_again(cm_store *store, const cm_clock *clock, const cJSON *list, int from,
+                          const char *why, cm_err *err);
 
 /* Check the whole chain. 0 when intact (*entries receives the count); CM_EAUDIT
 ** with err naming the first bad entry by seq and what is wrong with it

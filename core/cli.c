@@ -558,10 +558,33 @@ static int call_with_args(lua_State *L)
     return 0;
 }
 
+/* The script failed and its transaction was rolled back, with the entries
+** of what it read and wrote of patients (audited: cm_audit_collect's). It
+** may have printed what it read: write them again, in one transaction, with
+** outcome "error" (as the engine does for a failed step). err keeps the
+** script's error; one that cannot be written is added to it. */
+static void audit_script_again(cli_node *n, const cJSON *audited, cm_err *err)
+{
+    cm_err aerr;
+    int rc = cm_store_begin(n->store, &aerr);
+    if (rc == 0 && (rc = cm_audit_append_again(n->store, n->clock, audited, 0, "the script failed",
+                                               &aerr)) != 0)
+        cm_store_rollback(n->store);
+    else if (rc == 0)
+        rc = cm_store_commit(n->store, &aerr);
+    if (rc != 0) {
+        char msg[sizeof(err->msg)];
+        snprintf(msg, sizeof(msg), "%s", err->msg);
+        cm_err_set(err, err->code, "%s (and its audit entries could not be written again: %s)", msg,
+                   aerr.msg);
+    }
+}
+
 static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
 {
     cm_sandbox_limits limits = {n->cfg.lua_instructions, n->cfg.lua_memory_bytes};
-    cm_lua_host host = {n->store, n->model, n->clock, n->node_id, "cli", NULL, NULL};
+    cJSON *audited = NULL; /* the script's entries, to write again if it is rolled back */
+    cm_lua_host host = {n->store, n->model, n->clock, n->node_id, "cli", &audited, NULL};
     cm_sandbox *sb = cm_sandbox_new(&limits, err);
     cm_plugin_host *plugins = NULL;
     script_args args = {argc - 1, argv + 1};
@@ -600,10 +623,13 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
         goto done;
     rc = cm_sandbox_pcall(sb, 2, 0, err);
     if (rc == 0)
-        rc = cm_store_commit(n->store, err);
+        rc = cm_store_commit(n->store, err); /* rolls back itself on failure */
     else
         cm_store_rollback(n->store);
+    if (rc != 0 && audited)
+        audit_script_again(n, audited, err);
 done:
+    cJSON_Delete(audited);
     free(text);
     cm_sandbox_destroy(&sb);
     cm_plugin_host_destroy(&plugins);

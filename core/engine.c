@@ -1827,24 +1827,10 @@ static int sp_begin(cm_engine *e, cm_err *err)
 ** no kept error. */
 static void audit_rolled_back(cm_engine *e, int mark)
 {
-    int n = cJSON_GetArraySize(e->audited);
-    for (int i = mark; i < n && !e->broken; i++) {
-        const cJSON *a = cJSON_GetArrayItem(e->audited, i);
-        char detail[400];
-        cm_err err;
-        snprintf(detail, sizeof(detail), "%s (rolled back: the step failed)",
-                 cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "detail")));
-        cm_audit_entry entry = {
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "actor")),
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "action")),
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "patient")),
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "classes")),
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(a, "purpose")),
-            "error",
-            detail};
-        if (cm_audit_append(e->o.store, e->o.clock, &entry, &err) != 0)
-            break_batch(e, &err);
-    }
+    cm_err err;
+    if (!e->broken && cm_audit_append_again(e->o.store, e->o.clock, e->audited, mark,
+                                            "the step failed", &err) != 0)
+        break_batch(e, &err);
 }
 
 static void sp_end(cm_engine *e, bool keep)

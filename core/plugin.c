@@ -91,6 +91,7 @@ struct cm_plugin_host {
     cm_plugin_ctx *plugins; /* in load order */
     const cm_plugin_loader *loader;
     void *loader_ud;
+    cJSON **audited; /* borrowed: cm_plugin_host_lua_call's, during the call */
 };
 
 /* ---- the api table ---------------------------------------------------- */
@@ -309,14 +310,26 @@ static const char *record_patient(int kind, const cJSON *rec)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* Hand a read to the caller of cm_plugin_host_lua_call, whose rollback
+** would undo its entry: the plugin saw the data all the same. A read in the
+** plugin's own transaction waits for its end (api_tx_commit hands it on, a
+** rollback writes it again: see replay_reads), so that it is handed once. */
+static int collect_read(cm_plugin_ctx *ctx, const cm_audit_entry *e, cm_err *err)
+{
+    if (!ctx->host->audited || ctx->tx.mode != TX_NONE || strcmp(e->action, "patient.read") != 0)
+        return 0;
+    return cm_audit_collect(ctx->host->audited, e, err);
+}
+
 static int audit(cm_plugin_ctx *ctx, const char *action, const char *patient, const char *detail,
                  cm_err *err)
 {
     char actor[PLUGIN_NAME_MAX + 8];
     snprintf(actor, sizeof(actor), "plugin:%s", ctx->name);
     cm_audit_entry e = {actor, action, patient, "", "", "ok", detail};
-    return cm_audit_append(cm_model_store(ctx->host->model), cm_model_clock(ctx->host->model), &e,
-                           err);
+    int rc = cm_audit_append(cm_model_store(ctx->host->model), cm_model_clock(ctx->host->model), &e,
+                             err);
+    return rc ? rc : collect_read(ctx, &e, err);
 }
 
 /* Audit the reads of recs (an array of records of kind, or one record) in one
@@ -369,6 +382,26 @@ static void replay_reads(cm_plugin_ctx *ctx)
     forget_reads(ctx);
 }
 
+/* The plugin's transaction was kept: in the caller's transaction (a
+** savepoint in it), its reads are the caller's to write again should it
+** roll back (collect_read). */
+static void handover_reads(cm_plugin_ctx *ctx)
+{
+    const cJSON *pair;
+    char actor[PLUGIN_NAME_MAX + 8];
+    snprintf(actor, sizeof(actor), "plugin:%s", ctx->name);
+    cJSON_ArrayForEach(pair, ctx->reads)
+    {
+        cm_audit_entry e = {actor, "patient.read", cJSON_GetArrayItem(pair, 0)->valuestring, "",
+                            "",    "ok",           cJSON_GetArrayItem(pair, 1)->valuestring};
+        cm_err err;
+        if (collect_read(ctx, &e, &err) != 0)
+            cm_log(CM_LOG_ERROR, "audit.fail", "plugin %s: a read kept for its caller: %s",
+                   ctx->name, err.msg);
+    }
+    forget_reads(ctx);
+}
+
 static void api_tx_rollback(cm_plugin_ctx *ctx)
 {
     if (ctx->tx.mode == TX_NONE)
@@ -408,7 +441,7 @@ static int api_tx_commit(cm_plugin_ctx *ctx, char *errbuf, size_t errlen)
         replay_reads(ctx);
         return -1;
     }
-    forget_reads(ctx);
+    handover_reads(ctx);
     return 0;
 }
 
@@ -1293,7 +1326,7 @@ void cm_plugin_host_lua_names(cm_plugin_host *host, const char *module,
 }
 
 int cm_plugin_host_lua_call(cm_plugin_host *host, const char *module, const char *name,
-                            const char *args_json, char **result, cm_err *err)
+                            const char *args_json, cJSON **audited, char **result, cm_err *err)
 {
     char msg[512] = "";
     *result = NULL;
@@ -1302,8 +1335,12 @@ int cm_plugin_host_lua_call(cm_plugin_host *host, const char *module, const char
             lua_export *x = &p->exports[i];
             if (strcmp(x->module, module) != 0 || strcmp(x->name, name) != 0)
                 continue;
+            cJSON **outer = host->audited;
+            if (audited)
+                host->audited = audited;
             int rc = x->fn(x->ud, args_json, result, msg, sizeof(msg));
-            call_returned(p);
+            call_returned(p); /* its reads, written again, are collected too */
+            host->audited = outer;
             if (rc == 0)
                 return 0;
             free(*result);

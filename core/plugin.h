@@ -110,9 +110,13 @@ void cm_plugin_host_lua_names(cm_plugin_host *host, const char *module,
 /* Call MODULE.NAME with its arguments as a JSON array text. 0 with *result the
 ** JSON text of its result (malloc'd, the caller frees; NULL: no result), or
 ** CM_ENOTFOUND (no plugin has it now) / CM_EINVAL (the function failed) with
-** err "MODULE.NAME: message". A transaction the plugin left open is undone. */
+** err "MODULE.NAME: message". A transaction the plugin left open is undone.
+** audited (borrowed, may be NULL: that of the call this one is inside, if
+** any): where the patient reads the plugins audit during the call in the
+** caller's transaction, and that stay in it, are also collected
+** (cm_audit_collect), to be written again should the caller roll back. */
 int cm_plugin_host_lua_call(cm_plugin_host *host, const char *module, const char *name,
-                            const char *args_json, char **result, cm_err *err);
+                            const char *args_json, cJSON **audited, char **result, cm_err *err);
 
 /* Commands plugins registered, for --help: calls fn(ud, name, summary) for each. */
 void cm_plugin_host_commands(cm_plugin_host *host,

@@ -22,9 +22,11 @@ typedef struct cm_lua_host {
     ** audited as ("instance:ID" while a workflow step runs, "cli" for
     ** `caremesh lua`); NULL: not audited (a workflow test's own set-up) */
     const char *actor;
-    /* borrowed: while a workflow step runs, where the entries audited for
-    ** actor are also collected (cm_step.audited: written again should the
-    ** step be rolled back); NULL: not collected */
+    /* borrowed: while a workflow step or a `caremesh lua` script runs, where
+    ** the entries audited for actor, and the reads of the plugins it calls
+    ** (cm_plugin_host_lua_call), are also collected (cm_audit_collect), to be
+    ** written again should the step or script be rolled back; NULL: not
+    ** collected */
     cJSON **audited;
     /* borrowed: the workflow file whose top level runs as it loads, or NULL.
     ** There records about patients are refused: a load has no instance to

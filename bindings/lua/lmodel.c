@@ -58,34 +58,12 @@ static int push_result(lua_State *L, cJSON **box)
     return 1;
 }
 
-/* Collect entry e in *host->audited (when collected: a workflow step),
-** for the engine to write again should it roll the step back. */
-static int collect(const cm_lua_host *host, const cm_audit_entry *e, cm_err *err)
-{
-    if (!host->audited)
-        return 0;
-    if (!*host->audited && !(*host->audited = cJSON_CreateArray()))
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
-    cJSON *o = cJSON_CreateObject();
-    if (!o || !cJSON_AddStringToObject(o, "actor", e->actor) ||
-        !cJSON_AddStringToObject(o, "action", e->action) ||
-        !cJSON_AddStringToObject(o, "patient", e->patient) ||
-        !cJSON_AddStringToObject(o, "classes", e->classes) ||
-        !cJSON_AddStringToObject(o, "purpose", e->purpose) ||
-        !cJSON_AddStringToObject(o, "detail", e->detail) ||
-        !cJSON_AddItemToArray(*host->audited, o)) {
-        cJSON_Delete(o);
-        return cm_err_set(err, CM_ENOMEM, "out of memory");
-    }
-    return 0;
-}
-
 /* Audit the records about a patient in recs (one record or an array) that
 ** cm.<kind>.<fn> handed to Lua or wrote, as the host's actor (none: not
 ** audited), in the caller's transaction (a workflow step's, a script's): a
 ** step that fails leaves neither its changes nor these entries, but the
 ** engine writes again, with outcome "error", the entries collected for it
-** (see collect): what a failed handler read may leave in its error.
+** (host->audited): what a failed handler read may leave in its error.
 ** Raises when an entry cannot be written: no entry, no record. */
 static void audit_records(lua_State *L, const cm_lua_host *host, cm_kind kind, const char *fn,
                           const char *action, const cJSON *recs)
@@ -112,7 +90,7 @@ static void audit_records(lua_State *L, const cm_lua_host *host, cm_kind kind, c
         ** that the entry goes with the step */
         if ((cm_store_in_tx(host->store) && cm_store_nested_write(host->store, &err) != 0) ||
             cm_audit_append(host->store, host->clock, &e, &err) != 0 ||
-            collect(host, &e, &err) != 0)
+            (host->audited && cm_audit_collect(host->audited, &e, &err) != 0))
             cm_lua_raise(L, &err);
     }
 }

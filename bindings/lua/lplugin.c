@@ -8,6 +8,7 @@
 */
 #include "lplugin.h"
 
+#include "lhost.h"
 #include "ljson.h"
 #include "model.h"
 
@@ -69,7 +70,11 @@ static int call_export(lua_State *L)
     *box = NULL;
     if (!text)
         return luaL_error(L, "%s: out of memory", fname);
-    int rc = host ? cm_plugin_host_lua_call(host, module, dot + 1, text, &result, &err)
+    /* in a step or a script: the reads the plugin audits go with the caller's
+    ** transaction, so they are collected with the caller's own entries */
+    cm_lua_host *lh = cm_lua_host_peek(L);
+    int rc = host ? cm_plugin_host_lua_call(host, module, dot + 1, text, lh ? lh->audited : NULL,
+                                            &result, &err)
                   : cm_err_set(&err, CM_ENOTFOUND, "%s: no plugins here", fname);
     free(text);
     if (rc != 0)

@@ -96,8 +96,13 @@ expect 1 "lua runtime error" -- "$bin" lua --data "$d" "$tmp/half.lua"
 has "lua runtime error" "half.lua:3:"; has "lua runtime error" "organization.kind"
 expect 0 "count after refusals" -- "$bin" lua --data "$d" "$tmp/count.lua"
 has "nothing half-written" "organizations=1"
-# a script's reads and writes of patient data are audited as the CLI's, and
-# go with the script: one that fails leaves no entry
+# a script's reads and writes of patient data are audited as the CLI's, in
+# the script's transaction; one that fails is rolled back, but what it read
+# reached it (it may have printed it), so its entries are written again with
+# outcome error, and the chain holds
+audit_rows() {
+  sqlite3 "$d/caremesh.db" "SELECT group_concat(actor || ' ' || action || ' ' || patient || ' ' || outcome || ' ' || detail, '; ') FROM audit WHERE seq $1"
+}
 cat >"$tmp/pat.lua" <<'LUA'
 local cm = require "caremesh"
 cm.patient.create { id = "pa1", name = { family = "Audit" }, birthDate = "1950-01-01", gender = "female" }
@@ -106,11 +111,24 @@ assert(#cm.organization.list() == 1)
 if ... == "fail" then error("after the reads") end
 LUA
 expect 1 "lua patient script that fails" -- "$bin" lua --data "$d" "$tmp/pat.lua" fail
-same "a failed script leaves no audit entry" "$(sqlite3 "$d/caremesh.db" "SELECT count(*) FROM audit")" 0
+has "lua patient script that fails" "after the reads"
+same "a failed script's entries are written again as error" "$(audit_rows "> 0")" \
+  "cli patient.create pa1 error lua cm.patient.create pa1 (rolled back: the script failed); cli patient.read pa1 error lua cm.patient.get pa1 (rolled back: the script failed)"
+same "a failed script changes no record" "$(sqlite3 "$d/caremesh.db" "SELECT count(*) FROM record WHERE id = 'pa1'")" 0
 expect 0 "lua patient script" -- "$bin" lua --data "$d" "$tmp/pat.lua"
-same "a script's patient access is audited as cli" \
-  "$(sqlite3 "$d/caremesh.db" "SELECT group_concat(actor || ' ' || action || ' ' || patient || ' ' || detail, '; ') FROM audit")" \
-  "cli patient.create pa1 lua cm.patient.create pa1; cli patient.read pa1 lua cm.patient.get pa1"
+same "a script's patient access is audited as cli" "$(audit_rows "> 2")" \
+  "cli patient.create pa1 ok lua cm.patient.create pa1; cli patient.read pa1 ok lua cm.patient.get pa1"
+cat >"$tmp/peek.lua" <<'LUA'
+local cm = require "caremesh"
+print("family=" .. cm.patient.get("pa1").name.family)
+error("after printing a patient")
+LUA
+expect 1 "lua script that prints a patient, then fails" -- "$bin" lua --data "$d" "$tmp/peek.lua"
+has "lua script that prints a patient, then fails" "family=Audit"
+same "its read is kept as error" "$(audit_rows "> 4")" \
+  "cli patient.read pa1 error lua cm.patient.get pa1 (rolled back: the script failed)"
+expect 0 "audit verify after failed scripts" -- "$bin" audit verify --data "$d"
+has "audit verify after failed scripts" "audit trail intact: 5 entries"
 printf 'while true do end\n' >"$tmp/spin.lua"
 expect 1 "runaway script" -- "$bin" lua --data "$d" "$tmp/spin.lua"; has "runaway script" "instruction budget"
 printf 'local io = io\nio.open("/etc/passwd")\n' >"$tmp/io.lua"

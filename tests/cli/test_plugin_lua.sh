@@ -32,6 +32,14 @@ has "lua: a refused put" "bad.lua:2: records.put: patient.birthDate:"
 expect 0 "lua: find through a plugin" -- "$bin" lua --data "$d" "$tmp/find.lua"
 has "lua: find through a plugin" "pat-1"
 lacks "lua: find through a plugin" "pat-2"
+# a script that fails after a plugin read it: the read stays in the trail, as error
+printf 'print(require "records".find("patient", {})[1].id)\nerror("after a plugin read")\n' >"$tmp/findfail.lua"
+expect 1 "lua: a failing script's plugin read" -- "$bin" lua --data "$d" "$tmp/findfail.lua"
+has "lua: a failing script's plugin read" "pat-1"
+same "lua: the plugin's read is written again as error" \
+  "$(sqlite3 "$d/caremesh.db" "SELECT actor || ' ' || action || ' ' || outcome || ' ' || detail FROM audit ORDER BY seq DESC LIMIT 1")" \
+  "plugin:records patient.read error patient pat-1 (rolled back: the script failed)"
+expect 0 "lua: audit verify" -- "$bin" audit verify --data "$d"
 
 # ---- workflow test --config ----
 cat >"$tmp/enrol.lua" <<'LUA'

@@ -3,11 +3,12 @@
 ** record_put, record_find, tx_begin/tx_commit/tx_rollback and instances, each
 ** through `caremesh records OP ...`, printing what the host answered. Its
 ** init checks that register_lua refuses what it must, then adds Lua functions
-** records.echo, .fail, .nothing, .garbage, .huge, .put and .find.
+** records.echo, .fail, .nothing, .garbage, .huge, .put, .find and .txfind.
 */
 #include <caremesh/plugin.h>
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,6 +196,32 @@ static int find(void *ud, const char *args, char **result, char *err, size_t err
     return *result ? 0 : -1;
 }
 
+/* records.txfind(kind, query, keep): find in a transaction of its own,
+** then commit it (keep) or roll it back; the records */
+static int txfind(void *ud, const char *args, char **result, char *err, size_t errlen)
+{
+    cJSON *a = cJSON_Parse(args);
+    bool keep = cJSON_IsTrue(cJSON_GetArrayItem(a, 2));
+    int rc = api->tx_begin(self, err, errlen);
+    cJSON_DeleteItemFromArray(a, 2);
+    char *rest = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    if (rc == 0 && rest && find(ud, rest, result, err, errlen) == 0) {
+        if (keep)
+            rc = api->tx_commit(self, err, errlen);
+        else
+            api->tx_rollback(self);
+    } else
+        rc = -1;
+    if (rc != 0) {
+        api->tx_rollback(self); /* safe with none open */
+        free(*result);
+        *result = NULL;
+    }
+    free(rest);
+    return rc;
+}
+
 static int records_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err, size_t errlen)
 {
     static const char *const bad_modules[] = {"caremesh", "string", "Records", "1x",
@@ -217,7 +244,8 @@ static int records_init(cm_plugin_ctx *ctx, const cm_plugin_api *host, char *err
         api->register_lua(ctx, "records", "garbage", garbage, NULL) != 0 ||
         api->register_lua(ctx, "records", "huge", huge, NULL) != 0 ||
         api->register_lua(ctx, "records", "put", put, NULL) != 0 ||
-        api->register_lua(ctx, "records", "find", find, NULL) != 0)
+        api->register_lua(ctx, "records", "find", find, NULL) != 0 ||
+        api->register_lua(ctx, "records", "txfind", txfind, NULL) != 0)
         return snprintf(err, errlen, "register_lua refused a good name"), -1;
     if (api->register_command(ctx, "records", "drive the record functions of plugin ABI 1.1",
                               records, NULL) != 0)

@@ -15,8 +15,11 @@
 #include <cmocka.h>
 #include <fcntl.h>
 
+#include "audit.h"
+#include "engine.h"
 #include "lhost.h"
 #include "lplugin.h"
+#include "lworkflow.h"
 #include "plugin.h"
 #include "sandbox.h"
 #include "node.h"
@@ -188,6 +191,89 @@ static void test_writes_join_the_callers_transaction(void **state)
                      2);
 }
 
+/* The status an engine call acknowledged. */
+static void on_ack(void *ud, const cm_ack *ack)
+{
+    int *status = ud;
+    *status = ack->status;
+}
+
+static void signal_and_run(cm_engine *e, const char *event, int expect)
+{
+    cm_err err;
+    int status = -1;
+    assert_int_equal(cm_engine_signal(e, "pl-1", event, NULL, on_ack, &status, &err), 0);
+    if (cm_engine_run(e, NULL, &err) != 0)
+        fail_msg("run: %s", err.msg);
+    assert_int_equal(status, expect);
+}
+
+/* A handler calls a plugin that reads a patient, then raises: the step's
+** rollback takes the plugin's read entries (written in the step's
+** savepoint) with it, but the plugin saw the record; the engine writes
+** each again once, outcome "error", whether the plugin read outside a
+** transaction of its own, in one it committed (a savepoint in the step's)
+** or in one it rolled back (whose reads it writes again itself). */
+static const char *PLUGGED =
+    "local cm = require 'caremesh'\n"
+    "local r = require 'records'\n"
+    "local female = { gender = 'female' }\n"
+    "return cm.workflow { name = 'plugged', version = 1, start = 'a', states = {\n"
+    "  a = { on = {\n"
+    "    find = function(wf) error('read ' .. r.find('patient', female)[1].id) end,\n"
+    "    kept = function(wf) r.txfind('patient', female, true); error('after a commit') end,\n"
+    "    undone = function(wf) r.txfind('patient', female, false); error('after a rollback') end,\n"
+    "    ok = function(wf) wf.ctx.n = #r.find('patient', female) end, done = 'z' } },\n"
+    "  z = { final = true } } }\n";
+
+static void test_a_failed_steps_plugin_reads_are_audited_again_once(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cm_engine_opts eo = {0};
+    cm_lua_runtime *rt = cm_lua_runtime_new(f->sb, &err);
+    int status = -1;
+    long entries = 0;
+    run_ok(f, PUT_PAT1); /* seq 1: the plugin's write */
+    assert_non_null(rt);
+    eo.store = f->n->store;
+    eo.model = f->n->model;
+    eo.clock = f->n->clock;
+    eo.runtime = cm_lua_runtime_seam(rt);
+    eo.max_attempts = 1;
+    eo.retry_base_ms = 1000;
+    eo.batch_max = 16;
+    eo.batch_ms = -1;
+    cm_engine *e = cm_engine_new(&eo, &err);
+    assert_non_null(e);
+    const char *path = cm_test_path(f->n->dir, "plugged.lua");
+    cm_test_write(path, PLUGGED, strlen(PLUGGED));
+    if (cm_engine_load_file(e, path, NULL, NULL, &err) != 0)
+        fail_msg("load: %s", err.msg);
+    assert_int_equal(cm_engine_start(e, "plugged", NULL, "pl-1", on_ack, &status, &err), 0);
+    assert_int_equal(cm_engine_run(e, NULL, &err), 0);
+    assert_int_equal(status, 0);
+    signal_and_run(e, "find", CM_ELUA);
+    signal_and_run(e, "kept", CM_ELUA);
+    signal_and_run(e, "undone", CM_ELUA);
+    signal_and_run(e, "ok", 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM event WHERE error LIKE '%read pat-1%'"), 1);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 5);
+    assert_int_equal(
+        count(f, "SELECT count(*) FROM audit WHERE seq IN (2, 3, 4) AND "
+                 "actor = 'plugin:records' AND action = 'patient.read' AND patient = 'pat-1' "
+                 "AND outcome = 'error' AND detail = 'patient pat-1 (rolled back: the step "
+                 "failed)'"),
+        3);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE seq = 5 AND "
+                              "action = 'patient.read' AND outcome = 'ok'"),
+                     1);
+    assert_int_equal(cm_audit_verify(f->n->store, &entries, &err), 0);
+    assert_int_equal(entries, 5);
+    cm_engine_destroy(&e);
+    cm_lua_runtime_destroy(&rt);
+}
+
 /* ---- Lua plugins ---- */
 
 static void load_lua(fx *f, const char *name, const char *path, const char *config)
@@ -351,6 +437,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unloaded_functions_fail_and_a_reload_brings_them_back,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_writes_join_the_callers_transaction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_failed_steps_plugin_reads_are_audited_again_once,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_lua_plugin_hears_events_and_serves_workflows, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_lua_channel_delivers_refuses_raises_and_is_stopped,
