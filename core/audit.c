@@ -123,7 +123,6 @@ int cm_audit_append(cm_store *store, const cm_clock *clock, const cm_audit_entry
     return cm_store_commit(store, err);
 }
 
-/* The recorded head: how many entries caremesh has written. */
 int cm_audit_collect(cJSON **list, const cm_audit_entry *e, cm_err *err)
 {
     if (!*list && !(*list = cJSON_CreateArray()))
@@ -170,6 +169,7 @@ int cm_audit_append_again(cm_store *store, const cm_clock *clock, const cJSON *l
     return 0;
 }
 
+/* The recorded head: how many entries caremesh has written. */
 static long long audit_head(cm_store *store)
 {
     char *last = cm_store_meta_get(store, "audit_head", NULL);
