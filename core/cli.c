@@ -818,32 +818,58 @@ static cm_plugin_host *test_plugins(const char *config, cm_config *cfg, cm_err *
     return host;
 }
 
+/* test [--config FILE] [--max-attempts N] FILE...: the engine parks a failing
+** event after as many runs as the node's would: --max-attempts, else FILE's
+** engine.max_attempts, else the default. */
 static int workflow_test(int argc, char **argv)
 {
     cm_test_counts counts = {0, 0};
     cm_plugin_host *plugins = NULL;
     cm_config cfg;
     cm_err err;
-    int first = 0;
+    const char *config = NULL;
+    long attempts = 0;
+    int first = 0, rc = CM_EXIT_OK;
     cm_config_defaults(&cfg);
-    if (argc >= 2 && strcmp(argv[0], "--config") == 0) {
-        if (!(plugins = test_plugins(argv[1], &cfg, &err))) {
-            cm_config_free(&cfg);
-            return fail("workflow test", &err);
-        }
-        first = 2;
+    for (; first + 1 < argc; first += 2) {
+        if (strcmp(argv[first], "--config") == 0)
+            config = argv[first + 1];
+        else if (strcmp(argv[first], "--max-attempts") == 0) {
+            if (!parse_count(argv[first + 1], 100, &attempts)) {
+                rc = usage_error("workflow test",
+                                 "--max-attempts: must be a count from 1 to 100, got '%s'",
+                                 argv[first + 1]);
+                goto done;
+            }
+        } else
+            break;
+    }
+    if (first < argc && (strcmp(argv[first], "--help") == 0 || strcmp(argv[first], "-h") == 0)) {
+        rc = print_help(find_cmd("workflow"));
+        goto done;
+    }
+    if (first < argc && argv[first][0] == '-' && argv[first][1]) {
+        rc = usage_error("workflow test", "unknown option or missing value: '%s'", argv[first]);
+        goto done;
     }
     if (argc - first < 1) {
-        cm_plugin_host_destroy(&plugins);
-        cm_config_free(&cfg);
-        return usage_error("workflow test", "%s", "missing FILE");
+        rc = usage_error("workflow test", "%s", "missing FILE");
+        goto done;
     }
+    if (config && !(plugins = test_plugins(config, &cfg, &err))) {
+        rc = fail("workflow test", &err);
+        goto done;
+    }
+    if (attempts == 0)
+        attempts = cfg.engine_max_attempts;
     for (int i = first; i < argc; i++)
-        cm_lua_test_file(argv[i], plugins, &counts, &err);
+        cm_lua_test_file(argv[i], plugins, (int)attempts, &counts, &err);
     printf("%d passed, %d failed\n", counts.passed, counts.failed);
+    rc = counts.failed || counts.passed == 0 ? CM_EXIT_FAIL : CM_EXIT_OK;
+done:
     cm_plugin_host_destroy(&plugins);
     cm_config_free(&cfg);
-    return counts.failed || counts.passed == 0 ? CM_EXIT_FAIL : CM_EXIT_OK;
+    return rc;
 }
 
 /* check FILE...: every problem of every file, "path:line: message". */
@@ -1319,12 +1345,15 @@ static const cli_cmd commands[] = {
      "                          unreachable states, no final state, unknown effects, bad\n"
      "                          durations); exit 0 only when clean\n"
      "  graph FILE [--mermaid]  the state machine as Graphviz DOT, or Mermaid\n"
-     "  test [--config FILE] FILE...\n"
+     "  test [--config FILE] [--max-attempts N] FILE...\n"
      "                          run Lua workflow tests (caremesh.test); a closing line\n"
      "                          'N passed, N failed'; exit 1 if any failed. --config loads\n"
      "                          the plugins of FILE: their Lua modules and listeners\n"
-     "                          take part in each test",
-     "workflow check FILE... | graph FILE [--mermaid] | test [--config FILE] FILE...",
+     "                          take part in each test, and its engine.max_attempts holds;\n"
+     "                          --max-attempts N (1 to 100) parks a failing event after N\n"
+     "                          runs (default: the config's, else 5)",
+     "workflow check FILE... | graph FILE [--mermaid] | test [--config FILE] [--max-attempts N] "
+     "FILE...",
      cmd_workflow},
     {"bench", "measure the engine, federation or the HTTP API",
      "Measure: 'engine' drives instances of a small referral-like workflow through the\n"

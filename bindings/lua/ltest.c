@@ -33,7 +33,8 @@ typedef struct tctx {
     char base[1024]; /* the test file's directory: relative paths start here */
     char *files[TEST_FILES_MAX];
     int nfiles;
-    int seq; /* tests run so far (names the store files) */
+    int seq;          /* tests run so far (names the store files) */
+    int max_attempts; /* the engine's, as a node's engine.max_attempts; 0: its default */
     /* the current test's world; NULL between tests */
     cm_clock *clock;
     cm_store *store;
@@ -113,6 +114,7 @@ static int world_open(tctx *t, cm_err *err)
     eo.clock = t->clock;
     eo.runtime = cm_lua_runtime_seam(t->rt);
     eo.retry_base_ms = 60 * 1000;
+    eo.max_attempts = t->max_attempts;
     if (!(t->engine = cm_engine_new(&eo, err)))
         return err->code;
     t->host.store = t->store;
@@ -558,7 +560,8 @@ static int open_test_module(lua_State *L)
 
 /* ---- running a file --------------------------------------------------- */
 
-int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *counts, cm_err *err)
+int cm_lua_test_file(const char *path, cm_plugin_host *plugins, int max_attempts,
+                     cm_test_counts *counts, cm_err *err)
 {
     cm_sandbox_limits limits = {TEST_INSTRUCTIONS, 0};
     tctx t;
@@ -568,6 +571,7 @@ int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *
     memset(&t, 0, sizeof(t));
     t.counts = counts;
     t.plugins = plugins;
+    t.max_attempts = max_attempts;
     t.host.node_id = "test-node";
     snprintf(copy, sizeof(copy), "%s", path);
     snprintf(t.base, sizeof(t.base), "%s", dirname(copy));

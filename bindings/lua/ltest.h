@@ -22,8 +22,9 @@ typedef struct cm_test_counts {
 ** or errors outside a test counts as one failure (err says why, return CM_ELUA).
 ** plugins (borrowed, may be NULL): their Lua modules are required by the
 ** tests and workflows, and each test lends them its store and tells them its
-** engine's events. */
-int cm_lua_test_file(const char *path, cm_plugin_host *plugins, cm_test_counts *counts,
-                     cm_err *err);
+** engine's events. max_attempts: failed handler runs before an event is
+** parked, as engine.max_attempts sets it for a node (0 selects the engine's 5). */
+int cm_lua_test_file(const char *path, cm_plugin_host *plugins, int max_attempts,
+                     cm_test_counts *counts, cm_err *err);
 
 #endif

@@ -201,6 +201,48 @@ end)
 LUA
 expect 1 "expect_state of a refused start" -- "$bin" workflow test "$tmp/test_win.lua"
 has "expect_state of a refused start" "test_win.lua:5: expect_state: the instance id is nil (t.start returns nil and the reason when it refuses)"
+# engine.max_attempts: a failing event is parked after as many runs as the
+# node would make (--max-attempts, else the config's, else 5)
+cat >"$tmp/wf-boom.lua" <<'LUA'
+local cm = require "caremesh"
+return cm.workflow { name = "boom", version = 1, start = "a",
+  states = { a = { on = { go = function() error("always") end, done = "b" } }, b = { final = true } } }
+LUA
+attempts_test() { # attempts_test N: the file asserting that the event parks after N runs
+  cat >"$tmp/test_boom.lua" <<LUA
+local t = require "caremesh.test"
+t.load("wf-boom.lua")
+t.test("parked after $1", function()
+  local id = t.start("boom", {})
+  t.signal(id, "go")
+  t.advance("60d")
+  local f = t.failed()
+  t.eq(#f, 1, "kept events")
+  t.eq({ f[1].attempts, f[1].status }, { $1, "failed" }, "the failing event")
+end)
+LUA
+}
+attempts_test 5
+expect 0 "workflow test parks after 5 by default" -- "$bin" workflow test "$tmp/test_boom.lua"
+has "workflow test parks after 5 by default" "1 passed, 0 failed"
+attempts_test 2
+expect 0 "workflow test --max-attempts 2" -- "$bin" workflow test --max-attempts 2 "$tmp/test_boom.lua"
+has "workflow test --max-attempts 2" "1 passed, 0 failed"
+expect 1 "workflow test --max-attempts 2 is not the default" -- "$bin" workflow test "$tmp/test_boom.lua"
+printf 'return { node_id = "wf", engine = { max_attempts = 3 } }\n' >"$tmp/three.conf"
+attempts_test 3
+expect 0 "workflow test reads engine.max_attempts" -- "$bin" workflow test --config "$tmp/three.conf" "$tmp/test_boom.lua"
+has "workflow test reads engine.max_attempts" "1 passed, 0 failed"
+attempts_test 1
+expect 0 "--max-attempts over the config's" -- "$bin" workflow test --config "$tmp/three.conf" --max-attempts 1 "$tmp/test_boom.lua"
+has "--max-attempts over the config's" "1 passed, 0 failed"
+expect 2 "workflow test --max-attempts 0" -- "$bin" workflow test --max-attempts 0 "$tmp/test_boom.lua"
+has "workflow test --max-attempts 0" "--max-attempts: must be a count from 1 to 100, got '0'"
+expect 2 "workflow test --max-attempts without value" -- "$bin" workflow test --max-attempts
+has "workflow test --max-attempts without value" "missing value: '--max-attempts'"
+expect 2 "workflow test unknown option" -- "$bin" workflow test --attempts 2 "$tmp/test_boom.lua"
+has "workflow test unknown option" "unknown option or missing value: '--attempts'"
+expect 0 "workflow test --help" -- "$bin" workflow test --help; has "workflow test --help" "--max-attempts N"
 
 # ---- plugins ----
 p=$tmp/plugged
