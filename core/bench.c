@@ -206,7 +206,7 @@ static int world_open(world *w, const cm_bench_opts *o, cm_err *err)
     w->model = cm_model_new(w->store, w->clock);
     if (!(w->sb = cm_sandbox_new(NULL, err)))
         return err->code;
-    w->host = (cm_lua_host){w->store, w->model, w->clock, "bench", NULL, NULL, NULL};
+    w->host = (cm_lua_host){w->store, w->model, w->clock, "bench", NULL, NULL, NULL, NULL};
     if ((rc = cm_lua_host_set(cm_sandbox_state(w->sb), &w->host, err)) != 0)
         return rc;
     cm_sandbox_preload(w->sb, "caremesh", cm_lua_open_caremesh);

@@ -584,7 +584,7 @@ static int run_script(cli_node *n, int argc, char **argv, cm_err *err)
 {
     cm_sandbox_limits limits = {n->cfg.lua_instructions, n->cfg.lua_memory_bytes};
     cJSON *audited = NULL; /* the script's entries, to write again if it is rolled back */
-    cm_lua_host host = {n->store, n->model, n->clock, n->node_id, "cli", &audited, NULL};
+    cm_lua_host host = {n->store, n->model, n->clock, n->node_id, "cli", &audited, NULL, NULL};
     cm_sandbox *sb = cm_sandbox_new(&limits, err);
     cm_plugin_host *plugins = NULL;
     script_args args = {argc - 1, argv + 1};

@@ -571,7 +571,7 @@ static int run_loop(serve *sv, cm_sandbox *sb, cm_err *err)
 int cm_serve_run(const cm_serve_opts *o, cm_err *err)
 {
     cm_sandbox_limits limits = {o->cfg->lua_instructions, o->cfg->lua_memory_bytes};
-    cm_lua_host host = {o->store, o->model, o->clock, o->node_id, NULL, NULL, NULL};
+    cm_lua_host host = {o->store, o->model, o->clock, o->node_id, NULL, NULL, NULL, NULL};
     cm_engine_opts eo;
     cm_sandbox *sb = NULL;
     cm_lua_runtime *rt = NULL;

@@ -66,7 +66,7 @@ local function record(wf)
 end
 
 return cm.workflow {
-  name = "immunization_report", version = 1,
+  name = "immunization_report", version = 1, purpose = "immunization",
   description = "A dose given at a partner pharmacy, recorded at primary care",
   started_by = { "immunization.given" },
   input = {

@@ -152,7 +152,7 @@ local function on_child_done(wf, ev)
 end
 
 return cm.workflow {
-  name = "outreach", version = 1,
+  name = "outreach", version = 1, purpose = "outreach",
   description = "An outreach campaign: a patient cohort contacted in capped waves, with opt-outs and rates",
   input = {
     organization = "organization", message = "string", cohort = "table?",

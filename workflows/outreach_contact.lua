@@ -58,7 +58,7 @@ local function valid_answer(_, ev)
 end
 
 return cm.workflow {
-  name = "outreach_contact", version = 1,
+  name = "outreach_contact", version = 1, purpose = "outreach",
   description = "One patient of an outreach campaign: contact attempts and the answer",
   input = {
     patient = "patient", organization = "organization", message = "string",

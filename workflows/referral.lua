@@ -246,7 +246,7 @@ local scheduled_by_specialist = {
 -- ---- the workflow -------------------------------------------------------
 
 return cm.workflow {
-  name = "referral", version = 1,
+  name = "referral", version = 1, purpose = "referral",
   description = "The referring side of a closed-loop referral (360X, FHIR R4 Task statuses)",
   input = {
     patient = "patient", from = "organization", to = "organization", reason = "string",

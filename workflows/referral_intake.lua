@@ -179,7 +179,7 @@ end
 -- ---- the workflow -------------------------------------------------------
 
 return cm.workflow {
-  name = "referral_intake", version = 1,
+  name = "referral_intake", version = 1, purpose = "referral",
   description = "The specialist's side of a closed-loop referral: triage, booking, consult note",
   input = {
     referral = "string", from = "organization", to = "organization", patient = "string",

@@ -335,7 +335,7 @@ local function appointments(wf)
 end
 
 return cm.workflow {
-  name = "vaccination", version = 1,
+  name = "vaccination", version = 1, purpose = "immunization",
   description = "A vaccination drive: a target population, one vaccine series per patient, coverage",
   input = {
     pharmacy = "organization", primary_care = "organization?", vaccine = "table",

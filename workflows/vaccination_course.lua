@@ -177,7 +177,7 @@ local function decline(wf, ev)
 end
 
 return cm.workflow {
-  name = "vaccination_course", version = 1,
+  name = "vaccination_course", version = 1, purpose = "immunization",
   description = "One patient's vaccine series: due, overdue, reminders, doses recorded",
   input = {
     patient = "patient", pharmacy = "organization", vaccine = "table", schedule = "table",

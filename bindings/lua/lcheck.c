@@ -496,7 +496,7 @@ typedef struct site {
     role role;
 } site;
 
-static const char *const def_fields[] = {"name",  "version", "description", "input",
+static const char *const def_fields[] = {"name",  "version", "description", "purpose", "input",
                                          "start", "states",  "started_by",  NULL};
 static const char *const state_fields[] = {"enter", "exit", "on", "final", "description", NULL};
 static const char *const option_fields[] = {"to", "guard", NULL};
@@ -1160,7 +1160,10 @@ static void check_head(lua_State *L, const checker *c)
     int d = rawfield(L, c->def, "description");
     if (d != LUA_TNIL && d != LUA_TSTRING)
         problem(L, c, def_key_line(c, "description"), "description: must be a string");
-    lua_pop(L, 3);
+    int p = rawfield(L, c->def, "purpose");
+    if (p != LUA_TNIL && (p != LUA_TSTRING || !cm_workflow_purpose(lua_tostring(L, -1))))
+        problem(L, c, def_key_line(c, "purpose"), "%s", CM_WF_PURPOSE_RULE);
+    lua_pop(L, 4);
     check_input(L, c);
 }
 

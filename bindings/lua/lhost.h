@@ -32,6 +32,9 @@ typedef struct cm_lua_host {
     ** There records about patients are refused: a load has no instance to
     ** audit them as, and runs again at every start and reload */
     const char *loading;
+    /* borrowed: the purpose of use actor's entries carry (a workflow's
+    ** declared `purpose` while its step runs); NULL: none ("") */
+    const char *purpose;
 } cm_lua_host;
 
 /* Attach host to L (stored in the registry; borrowed). Once per state: CM_EINVAL

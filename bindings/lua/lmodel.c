@@ -60,7 +60,8 @@ static int push_result(lua_State *L, cJSON **box)
 
 /* Audit the records about a patient in recs (one record or an array) that
 ** cm.<kind>.<fn> handed to Lua or wrote, as the host's actor (none: not
-** audited), in the caller's transaction (a workflow step's, a script's): a
+** audited) for its purpose (a workflow's declared one, or ""), in the caller's transaction (a
+*workflow step's, a script's): a
 ** step that fails leaves neither its changes nor these entries, but the
 ** engine writes again, with outcome "error", the entries collected for it
 ** (host->audited): what a failed handler read may leave in its error.
@@ -81,11 +82,13 @@ static void audit_records(lua_State *L, const cm_lua_host *host, cm_kind kind, c
         if (!patient)
             continue;
         snprintf(detail, sizeof(detail), "lua cm.%s.%s %.200s", kname, fn, id ? id : "");
-        cm_audit_entry e = {
-            host->actor, act,
-            patient,     cm_model_record_classes((int)kind, r, classes, sizeof(classes)),
-            "",          "ok",
-            detail};
+        cm_audit_entry e = {host->actor,
+                            act,
+                            patient,
+                            cm_model_record_classes((int)kind, r, classes, sizeof(classes)),
+                            host->purpose ? host->purpose : "",
+                            "ok",
+                            detail};
         /* in a step: its savepoint opens first (cm_store_nested_write), so
         ** that the entry goes with the step */
         if ((cm_store_in_tx(host->store) && cm_store_nested_write(host->store, &err) != 0) ||

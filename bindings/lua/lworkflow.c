@@ -9,6 +9,7 @@
 #include "ljson.h"
 #include "terms.h"
 #include "text.h"
+#include "valuesets.h"
 
 #include <lauxlib.h>
 #include <stdarg.h>
@@ -238,23 +239,45 @@ bool cm_workflow_input_type_known(const char *t, size_t len)
     return cm_kind_parse(base) >= 0;
 }
 
+const char *cm_workflow_purpose(const char *s)
+{
+    for (size_t i = 0; s && cm_values_purposes[i]; i++)
+        if (strcmp(cm_values_purposes[i], s) == 0)
+            return cm_values_purposes[i];
+    return NULL;
+}
+
+/* The purpose of use the definition at idx declares (cm_workflow_purpose),
+** or NULL when it declares none or names no purpose of use. */
+static const char *def_purpose(lua_State *L, int idx)
+{
+    const char *p = NULL;
+    if (lua_getfield(L, idx, "purpose") == LUA_TSTRING)
+        p = cm_workflow_purpose(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return p;
+}
+
 static int l_workflow(lua_State *L)
 {
-    static const char *const fields[] = {"name",  "version", "description", "input",
+    static const char *const fields[] = {"name",  "version", "description", "purpose", "input",
                                          "start", "states",  "started_by",  NULL};
     const char *bad;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
     if (!only_fields(L, 1, fields, &bad))
         return spec_error(L,
-                          "%s: unknown field (use name, version, description, input, start, "
-                          "states, started_by)",
+                          "%s: unknown field (use name, version, description, purpose, input, "
+                          "start, states, started_by)",
                           bad);
     if (lua_getfield(L, 1, "name") != LUA_TSTRING || cm_id_check(lua_tostring(L, -1)) != 0)
         return spec_error(L, "name: required, letters, digits, . _ : - (at most %d)", CM_ID_MAX);
     if (lua_getfield(L, 1, "version") != LUA_TNUMBER || !lua_isinteger(L, -1) ||
         lua_tointeger(L, -1) < 1)
         return spec_error(L, "version: required, a whole number from 1");
+    int pt = lua_getfield(L, 1, "purpose");
+    if (pt != LUA_TNIL && (pt != LUA_TSTRING || !def_purpose(L, 1)))
+        return spec_error(L, "%s", CM_WF_PURPOSE_RULE);
     int it = lua_getfield(L, 1, "input");
     if (it == LUA_TTABLE) {
         lua_pushnil(L);
@@ -1311,6 +1334,7 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
         rt->host = cm_lua_host_peek(L);
     cm_lua_host *host = rt->host;
     const char *outer_actor = host ? host->actor : NULL;
+    const char *outer_purpose = host ? host->purpose : NULL;
     cJSON **outer_audited = host ? host->audited : NULL;
     /* "instance:ID", put together without snprintf: this runs every step */
     static const char actor_prefix[] = "instance:";
@@ -1321,11 +1345,13 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     actor[sizeof(actor_prefix) - 1 + idlen] = '\0';
     if (host) {
         host->actor = actor;
-        host->audited = &sp->audited; /* the engine's, even when the step fails */
+        host->purpose = def_purpose(L, -1); /* stack: msgh, driver, d, def */
+        host->audited = &sp->audited;       /* the engine's, even when the step fails */
     }
     rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
     if (host) {
         host->actor = outer_actor;
+        host->purpose = outer_purpose;
         host->audited = outer_audited;
     }
     rt->live_gen = outer;

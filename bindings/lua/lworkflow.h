@@ -39,6 +39,14 @@ void cm__lworkflow_register(lua_State *L);
 ** date, datetime or a record kind, optionally ending in '?'. */
 bool cm_workflow_input_type_known(const char *t, size_t len);
 
+/* A definition's `purpose`, the purpose of use its handlers' audit entries
+** carry: the consents' and partnership terms' purposes (valuesets.h). The
+** entry of that list s names (static), or NULL when it names none. */
+const char *cm_workflow_purpose(const char *s);
+#define CM_WF_PURPOSE_RULE                                                                         \
+    "purpose: must be one of referral, outreach, immunization, care_coordination (the "            \
+    "purposes of consents and partnership terms)"
+
 /* Parse a duration ("90s", "15m", "72h", "21d", "2w", "1d12h") into ms; false if malformed. */
 bool cm_duration_parse(const char *s, int64_t *ms);
 

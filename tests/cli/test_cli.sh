@@ -182,6 +182,13 @@ LUA
 expect 0 "workflow check clean file" -- "$bin" workflow check "$tmp/wf-good.lua"; has "workflow check clean file" "no problems"
 expect 0 "workflow graph" -- "$bin" workflow graph "$tmp/wf-good.lua"; has "workflow graph" '"a" -> "b"'
 expect 0 "workflow graph mermaid" -- "$bin" workflow graph "$tmp/wf-good.lua" --mermaid; has "workflow graph mermaid" "a --> b : done"
+cat >"$tmp/wf-purpose.lua" <<'LUA'
+local cm = require "caremesh"
+return cm.workflow { name = "wp", version = 1,
+  purpose = "treatment", start = "a", states = { a = { final = true } } }
+LUA
+expect 1 "workflow check of an unknown purpose" -- "$bin" workflow check "$tmp/wf-purpose.lua"
+has "workflow check of an unknown purpose" "wf-purpose.lua:3: purpose: must be one of referral, outreach, immunization, care_coordination"
 expect 1 "workflow graph of a broken file" -- "$bin" workflow graph "$tmp/wf-bad.lua"
 expect 2 "workflow without subcommand" -- "$bin" workflow
 expect 1 "workflow test of a missing file" -- "$bin" workflow test "$tmp/none.lua"; has "workflow test of a missing file" "0 passed, 1 failed"

@@ -87,7 +87,7 @@ int main(int argc, char **argv)
     cm_clock *clock = cm_clock_new_system();
     cm_model *model = cm_model_new(store, clock);
     cm_sandbox *sb = cm_sandbox_new(NULL, &err);
-    cm_lua_host host = {store, model, clock, "crashee", NULL, NULL, NULL};
+    cm_lua_host host = {store, model, clock, "crashee", NULL, NULL, NULL, NULL};
     if (!sb || cm_lua_host_set(cm_sandbox_state(sb), &host, &err) != 0)
         die("sandbox", &err);
     cm_sandbox_preload(sb, "caremesh", cm_lua_open_caremesh);

@@ -53,7 +53,7 @@ static int setup(void **state)
     assert_int_equal(cm_store_open(&w->store, &so, &err), 0);
     assert_non_null(w->model = cm_model_new(w->store, w->clock));
     assert_non_null(w->sb = cm_sandbox_new(&limits, &err));
-    w->host = (cm_lua_host){w->store, w->model, w->clock, "riverside-node", NULL, NULL, NULL};
+    w->host = (cm_lua_host){w->store, w->model, w->clock, "riverside-node", NULL, NULL, NULL, NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(w->sb), &w->host, &err), 0);
     cm_sandbox_preload(w->sb, "caremesh", cm_lua_open_caremesh);
     assert_int_equal(cm_sandbox_add_module_dir(w->sb, CM_WORKFLOW_DIR, &err), 0);

@@ -93,7 +93,8 @@ static world *world_new(void)
     assert_non_null(w->n = cm_test_node_new());
     cm_sandbox_limits limits = {0, 0};
     assert_non_null(w->sb = cm_sandbox_new(&limits, &err));
-    w->host = (cm_lua_host){w->n->store, w->n->model, w->n->clock, "node-a", NULL, NULL, NULL};
+    w->host =
+        (cm_lua_host){w->n->store, w->n->model, w->n->clock, "node-a", NULL, NULL, NULL, NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(w->sb), &w->host, &err), 0);
     cm_sandbox_preload(w->sb, "caremesh", cm_lua_open_caremesh);
     assert_non_null(w->rt = cm_lua_runtime_new(w->sb, &err));

@@ -168,7 +168,7 @@ static void open_engine(fx *f)
     cm_sandbox_limits limits = {0, f->lua_memory};
     f->sb = cm_sandbox_new(&limits, &err);
     assert_non_null(f->sb);
-    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL, NULL, NULL};
+    f->host = (cm_lua_host){f->store, f->model, f->clock, "test-node", NULL, NULL, NULL, NULL};
     assert_int_equal(cm_lua_host_set(cm_sandbox_state(f->sb), &f->host, &err), 0);
     cm_sandbox_preload(f->sb, "caremesh", cm_lua_open_caremesh);
     f->rt = cm_lua_runtime_new(f->sb, &err);
@@ -1423,7 +1423,7 @@ static void test_broken_definitions_are_refused_with_place(void **state)
              head);
     expect_definition_refused(f, text, "input.p: must be a type name");
     expect_definition_refused(f, "return { name = 'x' }\n", "must return cm.workflow");
-    assert_int_equal(count(f, "SELECT count(*) FROM workflow_def"), 0);
+    assert_int_equal(count(f, "SELECT count(*) FROM workflow_def WHERE name = 'purposed'"), 0);
 }
 
 static void test_restart_recovers_timers_and_kept_events(void **state)
@@ -1718,7 +1718,70 @@ static void test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance
               "(seq = 3 AND action = 'patient.update' AND detail = 'lua cm.patient.update "
               "pat-1'))"),
         3);
+    /* AUDITED declares no purpose: its entries carry none */
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE purpose = ''"), 3);
     expect_chain(f, 3);
+}
+
+/* A workflow that declares its purpose of use (cm.workflow { purpose = ...
+** }) has its handlers' entries carry it, the ones a failed step writes
+** again too; a workflow without one, run after it on the same engine,
+** still carries none. */
+static const char *PURPOSED =
+    "local cm = require 'caremesh'\n"
+    "return cm.workflow {\n"
+    "  name = 'purposed', version = 1, purpose = 'referral', start = 'a',\n"
+    "  input = { patient = 'patient' },\n"
+    "  states = {\n"
+    "    a = { enter = function(wf) cm.patient.get(wf.input.patient) end,\n"
+    "          on = { fail = function(wf) cm.patient.get(wf.input.patient); error('no') end,\n"
+    "                 done = 'z' } },\n"
+    "    z = { final = true },\n"
+    "  },\n"
+    "}\n";
+
+static void test_a_handlers_entries_carry_its_workflows_declared_purpose(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cJSON *input = cJSON_Parse("{\"patient\":\"pat-1\"}");
+    load_ok(f, "purposed.lua", PURPOSED);
+    assert_int_equal(cm_engine_start(f->engine, "purposed", input, "pu-1", on_ack, &f->a, &err), 0);
+    cJSON_Delete(input);
+    run(f);
+    signal_ev(f, "pu-1", "fail", NULL);
+    run(f);
+    start_audited(f);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit"), 3);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE actor = 'instance:pu-1' AND "
+                              "purpose = 'referral' AND ((seq = 1 AND outcome = 'ok') OR "
+                              "(seq = 2 AND outcome = 'error'))"),
+                     2);
+    assert_int_equal(count(f, "SELECT count(*) FROM audit WHERE seq = 3 AND "
+                              "actor = 'instance:au-1' AND purpose = ''"),
+                     1);
+    expect_chain(f, 3);
+}
+
+/* A purpose that is not one of the consents' and terms' purposes fails the
+** load, naming the field and the file's line; nothing is installed. */
+static void test_a_workflow_with_an_unknown_purpose_does_not_load(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    static const char *const bad[] = {"'treatment'", "''", "42", "{ 'referral' }"};
+    char text[512];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text),
+                 "local cm = require 'caremesh'\n"
+                 "return cm.workflow { name = 'purposed', version = 1, purpose = %s,\n"
+                 "  start = 'a', states = { a = { final = true } } }\n",
+                 bad[i]);
+        assert_int_not_equal(load(f, "purposed.lua", text, NULL, &err), 0);
+        if (!strstr(err.msg, "purposed.lua:2:") || !strstr(err.msg, CM_WF_PURPOSE_RULE))
+            fail_msg("purpose = %s: %s", bad[i], err.msg);
+    }
+    assert_int_equal(count(f, "SELECT count(*) FROM workflow_def WHERE name = 'purposed'"), 0);
 }
 
 /* A step that fails (its handler raises, or the budget stops it) is rolled
@@ -3980,6 +4043,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_a_handlers_patient_reads_and_writes_are_audited_as_its_instance, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_handlers_entries_carry_its_workflows_declared_purpose, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_workflow_with_an_unknown_purpose_does_not_load,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_failed_steps_reads_are_audited_again_as_failed,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_workflow_files_top_level_reads_no_patient, setup,

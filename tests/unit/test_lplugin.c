@@ -46,7 +46,8 @@ static int setup(void **state)
     if (!f->host || cm_lua_plugins_enable(f->host, &limits, &err) != 0 ||
         cm_plugin_host_load(f->host, &spec, &err) != 0)
         return -1;
-    f->lh = (cm_lua_host){f->n->store, f->n->model, f->n->clock, "test-node", NULL, NULL, NULL};
+    f->lh =
+        (cm_lua_host){f->n->store, f->n->model, f->n->clock, "test-node", NULL, NULL, NULL, NULL};
     if (!(f->sb = cm_sandbox_new(NULL, &err)) ||
         cm_lua_host_set(cm_sandbox_state(f->sb), &f->lh, &err) != 0)
         return -1;

@@ -71,6 +71,20 @@ t.test("the target: 65 and over, minus immunization refusals; a condition target
   t.eq(enrolled(young), { "pat-garcia" })
 end)
 
+t.test("the drive's reads of patients are audited for the purpose immunization", function()
+  seed()
+  local id = drive("drive-65")
+  local reads, others = 0, {}
+  for _, e in ipairs(t.audit()) do
+    if e.actor == "instance:" .. id and e.action == "patient.read" then
+      reads = reads + 1
+      if e.purpose ~= "immunization" then others[#others + 1] = e.purpose end
+    end
+  end
+  t.ok(reads > 0, "the drive read its cohort")
+  t.eq(others, {}, "entries with another purpose")
+end)
+
 t.test("dose 1 is due at once: an invitation through each patient's channel", function()
   seed()
   local id = drive("drive-65")
