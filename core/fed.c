@@ -63,6 +63,15 @@
 /* the ZMTP heartbeat: a PING on every link this often (cm_fed_opts.heartbeat_ms) */
 #define FED_HEARTBEAT_MS     1000
 #define FED_HEARTBEAT_MAX_MS 30000
+/* TCP keepalive on every federation connection: the kernel probes a link
+** idle this long, this often, this many times, and answers the other end's
+** probes itself, read or not */
+#define FED_KEEPALIVE_IDLE_S  30
+#define FED_KEEPALIVE_INTVL_S 10
+#define FED_KEEPALIVE_CNT     3
+/* the listener's links: data left unacknowledged this long drops the link */
+#define FED_LISTENER_MAXRT_MS                                                                      \
+    ((FED_KEEPALIVE_IDLE_S + FED_KEEPALIVE_INTVL_S * FED_KEEPALIVE_CNT) * 1000)
 
 /* ---- messages ------------------------------------------------------------ */
 
@@ -945,14 +954,18 @@ static int heartbeat_interval(int heartbeat_ms)
 ** and a ROUTER does that on purpose while its engine is behind
 ** (router_full): ZeroMQ then stops reading the connection, PINGs too. Who
 ** times out a link on its heartbeats is set by each side: the DEALER
-** (open_peer), never the ROUTER (cm_fed_listener_setup). */
+** (open_peer), never the ROUTER (cm_fed_listener_setup). TCP keepalive
+** is the kernel's: it probes and answers whether or not ZeroMQ reads. */
 static int link_options(void *zs, int heartbeat_ms)
 {
     int64_t maxmsg = CM_FED_MAX_MSG + 4096;
     int rc = set_int(zs, ZMQ_LINGER, 0) | set_int(zs, ZMQ_HANDSHAKE_IVL, 5000) |
              set_int(zs, ZMQ_HEARTBEAT_IVL, heartbeat_interval(heartbeat_ms)) |
              set_int(zs, ZMQ_HEARTBEAT_TTL, 0) | set_int(zs, ZMQ_RECONNECT_IVL, 100) |
-             set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000) |
+             set_int(zs, ZMQ_RECONNECT_IVL_MAX, 5000) | set_int(zs, ZMQ_TCP_KEEPALIVE, 1) |
+             set_int(zs, ZMQ_TCP_KEEPALIVE_IDLE, FED_KEEPALIVE_IDLE_S) |
+             set_int(zs, ZMQ_TCP_KEEPALIVE_INTVL, FED_KEEPALIVE_INTVL_S) |
+             set_int(zs, ZMQ_TCP_KEEPALIVE_CNT, FED_KEEPALIVE_CNT) |
              /* a ROUTER drops what it cannot queue: room for a whole window of answers */
              set_int(zs, ZMQ_SNDHWM, CM_FED_WINDOW_MAX + 1000) |
              set_int(zs, ZMQ_RCVHWM, CM_FED_WINDOW_MAX + 1000);
@@ -2935,8 +2948,15 @@ int cm_fed_listener_setup(void *zs, const char *secret_key, int heartbeat_ms, cm
     ** ZeroMQ reads nothing from a link, the peer's PONGs included, and the
     ** timeout would drop a healthy link whose messages then wait for the
     ** peer's resend. The peer's DEALER times the link out instead (it gets
-    ** this side's PINGs, which go on), and a link that closes is seen gone. */
+    ** this side's PINGs, which go on), and a link that closes is seen gone.
+    ** A link whose peer's host vanished closes through TCP: keepalive probes
+    ** it while it is idle, and ZMQ_TCP_MAXRT (TCP_USER_TIMEOUT on Linux)
+    ** drops it once this side's PINGs have gone unacknowledged as long as
+    ** keepalive would give up after -- where TCP alone retries for about 15
+    ** minutes. Neither needs ZeroMQ to read: the peer's kernel acknowledges
+    ** and answers while its node holds back, so neither drops a busy link. */
     if (link_options(zs, heartbeat_ms) != 0 || set_int(zs, ZMQ_HEARTBEAT_TIMEOUT, 0) != 0 ||
+        set_int(zs, ZMQ_TCP_MAXRT, FED_LISTENER_MAXRT_MS) != 0 ||
         set_int(zs, ZMQ_CURVE_SERVER, 1) != 0 ||
         zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, secret_key, CM_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(zs, ZMQ_ZAP_DOMAIN, CM_FED_ZAP_DOMAIN, strlen(CM_FED_ZAP_DOMAIN)) != 0)

@@ -138,7 +138,9 @@ int cm_fed_zap_decide(const cm_peer_config *peers, int npeers, const char *domai
 
 /* Set up ROUTER socket zs as this node's federation listener before it is
 ** bound: the link options (a PING every heartbeat_ms, as in cm_fed_opts; no
-** heartbeat timeout), CURVE server with secret_key (Z85), and ZAP domain
+** heartbeat timeout; TCP keepalive after 30 s idle, every 10 s, 3 probes, as
+** on the peers' DEALERs; unacknowledged data drops a link after 60 s), CURVE server with secret_key
+*(Z85), and ZAP domain
 ** CM_FED_ZAP_DOMAIN with ZMQ_ZAP_ENFORCE_DOMAIN, so that with no ZAP handler
 ** in the process every CURVE client is refused (fail closed). */
 int cm_fed_listener_setup(void *zs, const char *secret_key, int heartbeat_ms, cm_err *err);

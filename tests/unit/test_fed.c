@@ -514,6 +514,38 @@ static void test_without_zap_handler_curve_fails_closed(void **state)
     assert_true(admitted_without_handler(false));
 }
 
+static int sockopt_int(void *zs, int opt)
+{
+    int v = -2;
+    size_t len = sizeof(v);
+    assert_int_equal(zmq_getsockopt(zs, opt, &v, &len), 0);
+    return v;
+}
+
+/* The listener never times a link out on heartbeats (a node behind stops
+** reading on purpose): a peer whose host vanished goes through TCP instead,
+** keepalive after 30 s idle (10 s apart, 3 probes) and a link whose data
+** stays unacknowledged dropped after 60 s, not TCP's ~15 minutes. */
+static void test_the_listener_drops_a_vanished_peer_through_tcp(void **state)
+{
+    char pub[41], sec[41];
+    cm_err err;
+    (void)state;
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    void *ctx = zmq_ctx_new();
+    void *r = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_int_equal(sockopt_int(r, ZMQ_TCP_KEEPALIVE), -1); /* the OS default before */
+    assert_int_equal(cm_fed_listener_setup(r, sec, 0, &err), 0);
+    assert_int_equal(sockopt_int(r, ZMQ_HEARTBEAT_TIMEOUT), 0);
+    assert_int_equal(sockopt_int(r, ZMQ_TCP_KEEPALIVE), 1);
+    assert_int_equal(sockopt_int(r, ZMQ_TCP_KEEPALIVE_IDLE), 30);
+    assert_int_equal(sockopt_int(r, ZMQ_TCP_KEEPALIVE_INTVL), 10);
+    assert_int_equal(sockopt_int(r, ZMQ_TCP_KEEPALIVE_CNT), 3);
+    assert_int_equal(sockopt_int(r, ZMQ_TCP_MAXRT), 60000);
+    zmq_close(r);
+    zmq_ctx_term(ctx);
+}
+
 /* Turn the loop (bounded: 5 s) until a message to node-b may be queued routed. */
 static bool turn_until_routable(uv_loop_t *loop, cm_fed *fed)
 {
@@ -1808,6 +1840,7 @@ int main(void)
         cmocka_unit_test(test_mutated_messages_are_read_safely),
         cmocka_unit_test(test_zap_admits_only_configured_curve_keys),
         cmocka_unit_test(test_without_zap_handler_curve_fails_closed),
+        cmocka_unit_test(test_the_listener_drops_a_vanished_peer_through_tcp),
         cmocka_unit_test(test_route_at_insert_waits_for_rows_without_a_peer),
         cmocka_unit_test(test_apply_mode_bounds_what_waits_in_the_engine),
         cmocka_unit_test(test_a_full_engine_does_not_hold_another_peers_hello),
