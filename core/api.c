@@ -1737,6 +1737,22 @@ static void metrics_engine(cm_api *api, cm_buf *b)
     metric_head(b, "caremesh_lua_budget_kills_total", "counter",
                 "Handler runs stopped by the instruction budget or the memory cap.");
     cm_buf_printf(b, "caremesh_lua_budget_kills_total %llu\n", (unsigned long long)s.budget_kills);
+    /* whether engine.instance_cache fits the running instances taking events */
+    metric_head(b, "caremesh_instance_cache_hits_total", "counter",
+                "Steps whose instance was kept in memory (engine.instance_cache).");
+    cm_buf_printf(b, "caremesh_instance_cache_hits_total %llu\n", (unsigned long long)s.cache_hits);
+    metric_head(b, "caremesh_instance_cache_misses_total", "counter",
+                "Steps that read their instance's row.");
+    cm_buf_printf(b, "caremesh_instance_cache_misses_total %llu\n",
+                  (unsigned long long)s.cache_misses);
+    metric_head(
+        b, "caremesh_instance_cache_evictions_total", "counter",
+        "Running instances dropped from memory to make room (the one stepped longest ago).");
+    cm_buf_printf(b, "caremesh_instance_cache_evictions_total %llu\n",
+                  (unsigned long long)s.cache_evictions);
+    metric_head(b, "caremesh_instance_cache_entries", "gauge",
+                "Running instances kept in memory now.");
+    cm_buf_printf(b, "caremesh_instance_cache_entries %llu\n", (unsigned long long)s.cache_entries);
     metric_head(b, "caremesh_event_latency_seconds", "histogram",
                 "From submission to acknowledgement after the commit.");
     for (int i = 0; i < CM_ENGINE_LATENCY_BUCKETS; i++)

@@ -36,8 +36,10 @@ static const char *BENCH_WORKFLOW =
     "local cm = require 'caremesh'\n"
     "return cm.workflow {\n"
     "  name = 'bench_referral', version = 1, start = 'requested',\n"
+    "  input = { pad = 'string?' },\n"
     "  states = {\n"
-    "    requested = { enter = function(wf) wf.ctx.n = 0; wf:after('72h', 'no_response') end,\n"
+    "    requested = { enter = function(wf) wf.ctx.n = 0; wf.ctx.pad = wf.input.pad\n"
+    "                    wf:after('72h', 'no_response') end,\n"
     "                  on = { step = function(wf, ev) wf.ctx.n = wf.ctx.n + 1\n"
     "                           if ev.last then return 'closed' end\n"
     "                           if wf.ctx.n == 1 then return 'accepted' end end } },\n"
@@ -77,6 +79,11 @@ typedef struct lat {
     /* loop mode: each acked event's latency in its parts (split_of), n of them */
     int32_t (*parts)[LAT_PARTS];
     long nparts;
+    /* the most the instance cache held and the Lua state used, seen between
+    ** batches (lat_peaks): what a full cache costs, as the last round ends
+    ** every instance and empties it */
+    uint64_t cache_peak;
+    size_t lua_peak;
 } lat;
 
 /* "b-<i>", instance i's id (id holds 24 bytes at least): written by hand,
@@ -126,6 +133,17 @@ static void lat_note(lat *l, const cm_ack *ack, int64_t now)
     }
     if (l->n < l->cap)
         l->us[l->n++] = now - l->submitted[idx];
+}
+
+/* Note the cache's entries and the Lua state's memory if above the peaks. */
+static void lat_peaks(lat *l, cm_engine *e, cm_sandbox *sb)
+{
+    cm_engine_stats st;
+    cm_engine_stats_get(e, &st);
+    if (st.cache_entries > l->cache_peak)
+        l->cache_peak = st.cache_entries;
+    if (cm_sandbox_memory(sb) > l->lua_peak)
+        l->lua_peak = cm_sandbox_memory(sb);
 }
 
 static void on_ack(void *ud, const cm_ack *ack)
@@ -219,6 +237,7 @@ static int world_open(world *w, const cm_bench_opts *o, cm_err *err)
     eo.runtime = cm_lua_runtime_seam(w->rt);
     eo.batch_max = o->batch;
     eo.batch_ms = o->batch_ms;
+    eo.cache_max = o->cache;
     eo.pipeline = !o->run_mode; /* takes effect once attached to the driver's loop */
     if (!(w->engine = cm_engine_new(&eo, err)))
         return err->code;
@@ -271,6 +290,7 @@ static int drive(world *w, const cm_bench_opts *o, lat *l, cm_err *err)
                 rc = submit_step(w, o, i, r, on_ack, l, l, err);
             if (rc == 0)
                 rc = cm_engine_run(w->engine, NULL, err);
+            lat_peaks(l, w->engine, w->sb);
         }
     }
     return rc;
@@ -361,6 +381,8 @@ static void on_loop_ack(void *ud, const cm_ack *ack)
     int64_t now = (int64_t)uv_hrtime(); /* CLOCK_MONOTONIC, as cm_mono_ns */
     lat_note(d->l, ack, now / 1000);
     split_of(d->l, d->w->engine, now);
+    if (d->acked % 256 == 0) /* a batch's worth: cheap beside the events */
+        lat_peaks(d->l, d->w->engine, d->w->sb);
     d->acked++;
     d->outstanding--;
     if (d->acked == d->total)
@@ -397,6 +419,7 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     world w;
     lat l = {0};
     char id[64];
+    cJSON *input = NULL;
     int rc;
     memset(&w, 0, sizeof(w));
     long events = (long)o->instances * o->rounds;
@@ -422,9 +445,26 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
         printf("caremesh bench engine: %d instances x %d events, batch %d, synchronous=FULL, "
                "mode loop (pipelined on a loop, %d events outstanding, acks after their fsync)\n",
                o->instances, o->rounds, o->batch, window);
+    /* --ctx-bytes: the input's pad, which the start state copies into the
+    ** context (a larger context to keep, write and read back) */
+    if (o->ctx_bytes > 0) {
+        char *pad = malloc((size_t)o->ctx_bytes + 1);
+        if (pad) {
+            memset(pad, 'x', (size_t)o->ctx_bytes);
+            pad[o->ctx_bytes] = '\0';
+            if ((input = cJSON_CreateObject()) != NULL &&
+                !cJSON_AddStringToObject(input, "pad", pad))
+                cJSON_Delete(input), input = NULL;
+        }
+        free(pad);
+        if (!input) {
+            rc = cm_err_set(err, CM_ENOMEM, "out of memory");
+            goto done;
+        }
+    }
     for (long i = 0; i < o->instances && rc == 0; i++) {
         bench_id(id, i);
-        rc = cm_engine_start(w.engine, "bench_referral", NULL, id, NULL, NULL, err);
+        rc = cm_engine_start(w.engine, "bench_referral", input, id, NULL, NULL, err);
         if (rc == 0 && (i + 1) % o->batch == 0)
             rc = cm_engine_run(w.engine, NULL, err);
     }
@@ -464,9 +504,11 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
     printf("sqlite:  %.0f rows/s (raw batched inserts, same batching, synchronous=FULL)\n", raw);
     cm_engine_stats es;
     cm_engine_stats_get(w.engine, &es);
-    printf("instance cache: %llu hits, %llu misses, %llu evictions\n",
+    printf("instance cache: %llu hits, %llu misses, %llu evictions, at most %llu entries; "
+           "contexts read from their text %lu; the Lua state at most %zu KiB (cap %zu)\n",
            (unsigned long long)es.cache_hits, (unsigned long long)es.cache_misses,
-           (unsigned long long)es.cache_evictions);
+           (unsigned long long)es.cache_evictions, (unsigned long long)l.cache_peak,
+           cm_lua_runtime_ctx_reads(w.rt), l.lua_peak >> 10, cm_sandbox_memory_cap(w.sb) >> 10);
     /* while the events were driven: the loop thread's CPU (how busy it was,
     ** how often the scheduler took its core) and the batches it committed */
     uint64_t batches = es.batches - es0.batches;
@@ -506,6 +548,10 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
            batches ? (double)(writes1 - writes0) / (double)batches : 0.0);
     /* loop mode: the parts of the latency, their means over every event
     ** (lat_<part>_us) and over the slowest 1 % (p99_<part>_us) */
+    printf(",\"cache_evictions\":%llu,\"cache_peak\":%llu,\"ctx_reads\":%lu,"
+           "\"lua_peak_kb\":%zu,\"ctx_bytes\":%d",
+           (unsigned long long)es.cache_evictions, (unsigned long long)l.cache_peak,
+           cm_lua_runtime_ctx_reads(w.rt), l.lua_peak >> 10, o->ctx_bytes);
     for (int i = 0; split && i < LAT_PARTS; i++)
         printf(",\"lat_%s_us\":%.0f,\"p99_%s_us\":%.0f", lat_part_names[i], all[i],
                lat_part_names[i], tail[i]);
@@ -516,6 +562,7 @@ int cm_bench_engine(const cm_bench_opts *o, cm_err *err)
         rc = cm_err_set(err, CM_EINVAL, "%ld events failed", l.failed);
 done:
     rc = world_close(&w, rc, err);
+    cJSON_Delete(input);
     free(l.us);
     free(l.submitted);
     free(l.parts);

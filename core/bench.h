@@ -27,6 +27,8 @@ typedef struct cm_bench_opts {
     ** cm_engine_run, repeat (nothing overlaps the fsync) */
     bool run_mode;
     int outstanding; /* loop mode: events submitted and not yet acknowledged (0: 2 x batch) */
+    int cache;       /* cm_engine_opts.cache_max (0: the engine's default) */
+    int ctx_bytes;   /* each instance's context carries a string of this many bytes (0: none) */
 } cm_bench_opts;
 
 /* Run the engine benchmark, printing a report whose last line is one JSON

@@ -764,7 +764,7 @@ static int bench_api(int argc, char **argv)
 
 static int cmd_bench(int argc, char **argv)
 {
-    cm_bench_opts o = {2000, 25, 256, NULL, 0, false, 0};
+    cm_bench_opts o = {2000, 25, 256, NULL, 0, false, 0, 0, 0};
     const char *mode = NULL;
     const bench_opt opts[] = {
         {"instances", &o.instances, NULL, NULL, BENCH_COUNT_MAX},
@@ -773,6 +773,8 @@ static int cmd_bench(int argc, char **argv)
         {"batch-ms", &o.batch_ms, NULL, NULL, BENCH_COUNT_MAX},
         {"mode", NULL, NULL, &mode, 0},
         {"outstanding", &o.outstanding, NULL, NULL, BENCH_COUNT_MAX},
+        {"cache", &o.cache, NULL, NULL, BENCH_COUNT_MAX},
+        {"ctx-bytes", &o.ctx_bytes, NULL, NULL, BENCH_COUNT_MAX},
     };
     cm_err err;
     if (argc >= 2 && strcmp(argv[1], "federation") == 0)
@@ -1367,7 +1369,10 @@ static const cli_cmd commands[] = {
      "                  (the next batch runs during the previous one's fsync; acks after\n"
      "                  it); run: submit a batch, run it, wait for its fsync, repeat\n"
      "  --outstanding N loop mode: events submitted and not yet acknowledged\n"
-     "                  (default 2 x batch, at most the instances)\n\n"
+     "                  (default 2 x batch, at most the instances)\n"
+     "  --cache N       running instances kept in memory between steps (default: the\n"
+     "                  engine's, engine.instance_cache)\n"
+     "  --ctx-bytes N   each instance's context carries a string of N bytes (default 0)\n\n"
      "'federation' runs two nodes in one process (a thread and a loop each), linked over\n"
      "loopback with CURVE and ZAP, synchronous=FULL on both; rows are queued in the\n"
      "sender's outbox as an engine batch writes them and recorded in the receiver's inbox\n"
@@ -1392,7 +1397,7 @@ static const cli_cmd commands[] = {
      "  --payload JSON    an object every event carries as its payload (default none)\n"
      "  --instances N --events N --connections N --pipeline N   (1000, 20, 4, 64)",
      "bench engine [--instances N] [--events N] [--batch N] [--batch-ms N] [--mode loop|run]"
-     " [--outstanding N]\n"
+     " [--outstanding N] [--cache N] [--ctx-bytes N]\n"
      "       caremesh bench federation [--messages N] [--window N] [--batch N] [--backlog N]"
      " [--size N] [--receiver-proto 1.1|1.2]\n"
      "       caremesh bench api [--api ADDR:PORT] [--token TOKEN] [OPTIONS]",

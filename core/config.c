@@ -3,6 +3,7 @@
 */
 #include "config.h"
 
+#include "engine.h"
 #include "text.h"
 
 #include <math.h>
@@ -21,6 +22,7 @@ void cm_config_defaults(cm_config *cfg)
     cfg->lua_instructions = 10000000;
     cfg->lua_memory_bytes = (size_t)64 << 20;
     cfg->engine_max_attempts = 5;
+    cfg->engine_instance_cache = CM_ENGINE_CACHE_DEFAULT;
     cfg->log_level = CM_LOG_INFO;
     snprintf(cfg->fed_listen, sizeof(cfg->fed_listen), "%s", CM_FED_DEFAULT_LISTEN);
     /* api */
@@ -336,7 +338,7 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
     static const char *const store_keys[] = {"synchronous", "busy_timeout_ms", NULL};
     static const char *const lua_keys[] = {"instructions", "memory_mb", NULL};
     static const char *const log_keys[] = {"level", NULL};
-    static const char *const engine_keys[] = {"max_attempts", NULL};
+    static const char *const engine_keys[] = {"max_attempts", "instance_cache", NULL};
     cfg_ctx cx = {source, err};
     cm_config next = *cfg;
     const cJSON *sec;
@@ -394,6 +396,11 @@ int cm_config_apply(cm_config *cfg, const cJSON *root, const char *source, cm_er
         if ((rc = get_int(&cx, sec, "engine", "max_attempts", 1, 100, &num)) != 0)
             return rc;
         next.engine_max_attempts = (int)num;
+        num = next.engine_instance_cache;
+        rc = get_int(&cx, sec, "engine", "instance_cache", 0, CM_ENGINE_CACHE_LIMIT, &num);
+        if (rc != 0)
+            return rc;
+        next.engine_instance_cache = (int)num;
     }
     if ((sec = cJSON_GetObjectItemCaseSensitive(root, "log"))) {
         if ((rc = only_keys(&cx, sec, "log", log_keys)) != 0)
@@ -472,6 +479,7 @@ void cm_config_diff_of(const cm_config *run, const cm_config *next, cm_config_di
         {run->lua_instructions != next->lua_instructions, false, "lua.instructions"},
         {run->lua_memory_bytes != next->lua_memory_bytes, false, "lua.memory_mb"},
         {run->engine_max_attempts != next->engine_max_attempts, false, "engine.max_attempts"},
+        {run->engine_instance_cache != next->engine_instance_cache, false, "engine.instance_cache"},
         {run->fed_enabled != next->fed_enabled, false, "federation"},
         {strcmp(run->fed_listen, next->fed_listen) != 0, false, "federation.listen"},
         {!same_peers(run, next), false, "federation.peers"},
@@ -509,43 +517,46 @@ int cm_config_render(const cm_config *cfg, char *out, size_t outsz)
 {
     static const char *sync_names[] = {"off", "normal", "full", "extra"};
     static const char *level_names[] = {"debug", "info", "warn", "error"};
-    int n = snprintf(out, outsz,
-                     "-- caremesh node configuration: Lua, data only; the file returns one table.\n"
-                     "-- Reference: docs/configuration.md\n"
-                     "return {\n"
-                     "  node_id = \"%s\",\n"
-                     "  store = {\n"
-                     "    -- off | normal | full | extra; full fsyncs every commit\n"
-                     "    synchronous = \"%s\",\n"
-                     "    busy_timeout_ms = %d,\n"
-                     "  },\n"
-                     "  lua = {\n"
-                     "    -- budget for one handler call or script run, in Lua VM instructions\n"
-                     "    instructions = %llu,\n"
-                     "    -- memory cap of one Lua state, in MiB\n"
-                     "    memory_mb = %zu,\n"
-                     "  },\n"
-                     "  engine = {\n"
-                     "    -- runs of a failing event (retried with backoff) before it is parked\n"
-                     "    max_attempts = %d,\n"
-                     "  },\n"
-                     "  log = { level = \"%s\" }, -- debug | info | warn | error\n"
-                     "  -- workflows = \"/path/to/workflows\", -- default: DATA/workflows\n"
-                     "  -- plugins = { { name = \"template\", path = \"/path/template.so\",\n"
-                     "  --               optional = true, config = { } } },\n"
-                     "  -- federation = { -- docs/federation.md\n"
-                     "  --   listen = \"tcp://127.0.0.1:7601\",\n"
-                     "  --   peers = { { id = \"NODE\", endpoint = \"tcp://HOST:PORT\", "
-                     "public_key = \"Z85\" } },\n"
-                     "  -- },\n"
-                     "  -- api = { -- docs/api.md\n"
-                     "  --   listen = \"127.0.0.1:7600\", max_connections = 256,\n"
-                     "  --   max_header_bytes = 16384, max_body_bytes = 1048576,\n"
-                     "  --   max_pipeline = 64, timeout_ms = 10000, open_loopback = false,\n"
-                     "  -- },\n"
-                     "}\n",
-                     cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
-                     (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,
-                     cfg->engine_max_attempts, level_names[cfg->log_level]);
+    int n =
+        snprintf(out, outsz,
+                 "-- caremesh node configuration: Lua, data only; the file returns one table.\n"
+                 "-- Reference: docs/configuration.md\n"
+                 "return {\n"
+                 "  node_id = \"%s\",\n"
+                 "  store = {\n"
+                 "    -- off | normal | full | extra; full fsyncs every commit\n"
+                 "    synchronous = \"%s\",\n"
+                 "    busy_timeout_ms = %d,\n"
+                 "  },\n"
+                 "  lua = {\n"
+                 "    -- budget for one handler call or script run, in Lua VM instructions\n"
+                 "    instructions = %llu,\n"
+                 "    -- memory cap of one Lua state, in MiB\n"
+                 "    memory_mb = %zu,\n"
+                 "  },\n"
+                 "  engine = {\n"
+                 "    -- runs of a failing event (retried with backoff) before it is parked\n"
+                 "    max_attempts = %d,\n"
+                 "    -- running instances kept in memory between steps (0: none)\n"
+                 "    instance_cache = %d,\n"
+                 "  },\n"
+                 "  log = { level = \"%s\" }, -- debug | info | warn | error\n"
+                 "  -- workflows = \"/path/to/workflows\", -- default: DATA/workflows\n"
+                 "  -- plugins = { { name = \"template\", path = \"/path/template.so\",\n"
+                 "  --               optional = true, config = { } } },\n"
+                 "  -- federation = { -- docs/federation.md\n"
+                 "  --   listen = \"tcp://127.0.0.1:7601\",\n"
+                 "  --   peers = { { id = \"NODE\", endpoint = \"tcp://HOST:PORT\", "
+                 "public_key = \"Z85\" } },\n"
+                 "  -- },\n"
+                 "  -- api = { -- docs/api.md\n"
+                 "  --   listen = \"127.0.0.1:7600\", max_connections = 256,\n"
+                 "  --   max_header_bytes = 16384, max_body_bytes = 1048576,\n"
+                 "  --   max_pipeline = 64, timeout_ms = 10000, open_loopback = false,\n"
+                 "  -- },\n"
+                 "}\n",
+                 cfg->node_id, sync_names[cfg->synchronous], cfg->busy_timeout_ms,
+                 (unsigned long long)cfg->lua_instructions, cfg->lua_memory_bytes >> 20,
+                 cfg->engine_max_attempts, cfg->engine_instance_cache, level_names[cfg->log_level]);
     return n < 0 || (size_t)n >= outsz ? CM_EINVAL : 0;
 }

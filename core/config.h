@@ -53,6 +53,8 @@ typedef struct cm_config {
     uint64_t lua_instructions; /* lua.instructions per handler call, default 10,000,000 */
     size_t lua_memory_bytes;   /* lua.memory_mb, default 64 MiB */
     int engine_max_attempts;   /* engine.max_attempts: failed runs before an event is parked, 5 */
+    int engine_instance_cache; /* engine.instance_cache: running instances kept in memory
+                               ** between steps, 0 .. CM_ENGINE_CACHE_LIMIT (0: none) */
     cm_log_level log_level;    /* log.level, default info */
     char workflows[1024];      /* workflows: directory of workflow files; "" = DATA/workflows */
     cJSON *plugins;            /* plugins: the checked list (owned; NULL when none) */

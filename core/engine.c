@@ -38,8 +38,7 @@
 #define ENGINE_WORK_NAMES 64
 #define ENGINE_WORK_KEEP  1024
 #define ENGINE_SOURCE_MAX ((size_t)4 << 20)
-#define ENGINE_CACHE_MAX  4096 /* running instances kept in memory (cm_engine_opts.cache_max) */
-#define ENGINE_CACHE_MIN  64   /* the cache's first bucket array */
+#define ENGINE_CACHE_MIN  64 /* the cache's first bucket array */
 
 typedef enum { WORK_START, WORK_SIGNAL, WORK_MESSAGE } work_kind;
 
@@ -3455,7 +3454,7 @@ cm_engine *cm_engine_new(const cm_engine_opts *opts, cm_err *err)
         return NULL;
     }
     e->o = *opts;
-    e->cache.max = e->o.cache_max ? e->o.cache_max : ENGINE_CACHE_MAX;
+    e->cache.max = e->o.cache_max ? e->o.cache_max : CM_ENGINE_CACHE_DEFAULT;
     if (e->o.batch_max <= 0)
         e->o.batch_max = ENGINE_BATCH_DEFAULT;
     if (e->o.batch_ms == 0)

@@ -128,6 +128,14 @@ typedef struct cm_runtime {
     void (*release)(void *ud, int64_t held);
 } cm_runtime;
 
+/* The instance cache's bound by default and at most (engine.instance_cache).
+** An entry costs about 1.4 KB with a context of tens of bytes, and grows with
+** the context and input it holds (docs/PERFORMANCE.md, "The instance
+** cache's size"); the Lua tables kept for them stay within a quarter of the
+** state's memory cap whatever the bound (bindings/lua/lworkflow.c). */
+#define CM_ENGINE_CACHE_DEFAULT 65536
+#define CM_ENGINE_CACHE_LIMIT   1048576
+
 typedef struct cm_engine_opts {
     cm_store *store;           /* borrowed */
     cm_model *model;           /* borrowed: tasks are records */
@@ -147,7 +155,8 @@ typedef struct cm_engine_opts {
     bool (*route_at_insert)(void *ud, const char *node);
     void *route_ud;
     int cache_max; /* running instances kept in memory between steps (the one stepped
-                   ** longest ago goes when full); 0 selects 4096, negative: none */
+                   ** longest ago goes when full); 0 selects CM_ENGINE_CACHE_DEFAULT,
+                   ** negative: none */
     /* Pipelined group commit, only while attached to a loop: a batch commits
     ** deferred (cm_store_begin_deferred: its fsync on the store's sync
     ** thread) and the loop goes on to the next batch; the batch's acks and

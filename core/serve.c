@@ -606,6 +606,7 @@ int cm_serve_run(const cm_serve_opts *o, cm_err *err)
     ** output waits for the sync that covers it (api, fed, notifications) */
     eo.pipeline = true;
     eo.max_attempts = o->cfg->engine_max_attempts;
+    eo.cache_max = o->cfg->engine_instance_cache > 0 ? o->cfg->engine_instance_cache : -1;
     if (!(sv.engine = cm_engine_new(&eo, err))) {
         rc = err->code;
         goto done;

@@ -498,7 +498,9 @@ for i in $(seq 10 30); do eval "exec $i<&-"; done
 req GET /metrics "" "$reader"; expect metrics 200
 for m in 'caremesh_events_processed_total ' 'caremesh_events_failed_total ' 'caremesh_event_latency_seconds_bucket{le="+Inf"}' \
   'caremesh_instances{workflow="intake",state="closed",status="done"} 2' 'caremesh_timers_pending 0' \
-  'caremesh_lua_budget_kills_total 0' \
+  'caremesh_lua_budget_kills_total 0' 'caremesh_instance_cache_hits_total ' \
+  'caremesh_instance_cache_misses_total ' 'caremesh_instance_cache_evictions_total 0' \
+  'caremesh_instance_cache_entries ' \
   'caremesh_http_requests_total{route="/v1/patients",status="201"} 2' \
   'caremesh_http_requests_total{route="unmatched",status="401"}' 'caremesh_http_connections'; do
   has "metric $m" "$m" "$body"
@@ -637,8 +639,9 @@ return cm.workflow {
 EOF
 # engine.max_attempts from the configuration (a restart applies it): at 1 a
 # failing event is parked at its first failure (the default, 5, keeps it
-# ready for a retry)
-sed -i 's/^}$/  engine = { max_attempts = 1 },\n}/' "$d/caremesh.conf"
+# ready for a retry); engine.instance_cache = 0: no running instance is kept
+# in memory (the default keeps the reminder started below)
+sed -i 's/^}$/  engine = { max_attempts = 1, instance_cache = 0 },\n}/' "$d/caremesh.conf"
 start_args="--virtual-clock 2026-03-01T00:00:00Z"
 start
 req POST /v1/instances '{"workflow":"intake","id":"ma1","input":{"patient":"p1"}}' "$writer"; expect "start ma1" 201
@@ -648,6 +651,9 @@ same "engine.max_attempts = 1 parks at the first failure" \
   "$(jq -r '.items[] | select(.instance == "ma1") | .status + " " + (.attempts|tostring)' <<<"$body")" "failed 1"
 req GET /v1/clock "" "$reader"; same "virtual clock" "$(jq -r '(.virtual|tostring) + " " + .now' <<<"$body")" "true 2026-03-01T00:00:00.000Z"
 req POST /v1/instances '{"workflow":"reminder","id":"r1"}' "$writer"; expect "reminder start" 201
+req GET /metrics "" "$reader"; expect metrics 200
+has "engine.instance_cache = 0 keeps no running instance" 'caremesh_instance_cache_entries 0' "$body"
+has "engine.instance_cache = 0: no step finds its instance kept" 'caremesh_instance_cache_hits_total 0' "$body"
 req POST /v1/clock '{"advance_ms":3600000}' "$writer"; expect "write scope cannot move the clock" 403 forbidden
 req POST /v1/clock '{"advance_ms":-5}'; expect "negative advance" 422 invalid; field "negative advance" advance_ms
 req POST /v1/clock '{"advance_ms":1,"by":"x"}'; expect "clock unknown member" 422 unknown_field

@@ -31,6 +31,7 @@ static void test_defaults_are_durable_and_bounded(void **state)
     assert_int_equal(cfg.lua_instructions, 10000000);
     assert_int_equal(cfg.lua_memory_bytes, 64u << 20);
     assert_int_equal(cfg.engine_max_attempts, 5);
+    assert_int_equal(cfg.engine_instance_cache, 65536);
     assert_int_equal(cfg.log_level, CM_LOG_INFO);
 }
 
@@ -42,8 +43,8 @@ static void test_every_key_applies(void **state)
     assert_int_equal(apply_text(&cfg,
                                 "{\"node_id\":\"pharm-1\",\"store\":{\"synchronous\":\"extra\","
                                 "\"busy_timeout_ms\":250},\"lua\":{\"instructions\":5000,"
-                                "\"memory_mb\":8},\"engine\":{\"max_attempts\":2},"
-                                "\"log\":{\"level\":\"debug\"}}",
+                                "\"memory_mb\":8},\"engine\":{\"max_attempts\":2,"
+                                "\"instance_cache\":20000},\"log\":{\"level\":\"debug\"}}",
                                 &err),
                      0);
     assert_string_equal(cfg.node_id, "pharm-1");
@@ -52,7 +53,28 @@ static void test_every_key_applies(void **state)
     assert_int_equal(cfg.lua_instructions, 5000);
     assert_int_equal(cfg.lua_memory_bytes, 8u << 20);
     assert_int_equal(cfg.engine_max_attempts, 2);
+    assert_int_equal(cfg.engine_instance_cache, 20000);
     assert_int_equal(cfg.log_level, CM_LOG_DEBUG);
+}
+
+/* engine.instance_cache takes 0 (keep none) up to 1,048,576 and nothing
+** else: a negative, fractional, too large or non-number value is refused
+** naming the key and the range, and changes nothing. */
+static void test_instance_cache_bounds(void **state)
+{
+    cm_config cfg;
+    cm_err err;
+    cm_config_defaults(&cfg);
+    assert_int_equal(apply_text(&cfg, "{\"engine\":{\"instance_cache\":0}}", &err), 0);
+    assert_int_equal(cfg.engine_instance_cache, 0);
+    assert_int_equal(apply_text(&cfg, "{\"engine\":{\"instance_cache\":1048576}}", &err), 0);
+    assert_int_equal(cfg.engine_instance_cache, 1048576);
+    assert_int_equal(cfg.engine_max_attempts, 5); /* the section's other key as it was */
+    assert_int_equal(apply_text(&cfg, "{\"engine\":{\"instance_cache\":1048577}}", &err),
+                     CM_ECONFIG);
+    assert_string_equal(err.msg, "test.conf: engine.instance_cache: must be a whole number from "
+                                 "0 to 1048576");
+    assert_int_equal(cfg.engine_instance_cache, 1048576);
 }
 
 static void expect_refusal(const char *json, const char *fragment)
@@ -134,6 +156,16 @@ static void test_bad_values_are_refused_by_name(void **state)
                    "engine.max_attempts: must be a whole number from 1 to 100");
     expect_refusal("{\"engine\":{\"max_attempts\":2.5}}", "engine.max_attempts: must be a");
     expect_refusal("{\"engine\":{\"attempts\":3}}", "engine.attempts: unknown key");
+    expect_refusal("{\"engine\":{\"instance_cache\":-1}}",
+                   "test.conf: engine.instance_cache: must be a whole number from 0 to 1048576");
+    expect_refusal("{\"engine\":{\"instance_cache\":1e9}}",
+                   "engine.instance_cache: must be a whole number from 0 to 1048576");
+    expect_refusal("{\"engine\":{\"instance_cache\":100.5}}", "engine.instance_cache: must be");
+    expect_refusal("{\"engine\":{\"instance_cache\":\"64k\"}}",
+                   "engine.instance_cache: must be a whole number");
+    expect_refusal("{\"engine\":{\"instance_cache\":true}}", "engine.instance_cache: must be");
+    expect_refusal("{\"engine\":{\"cache\":100}}",
+                   "engine.cache: unknown key (known: max_attempts, instance_cache)");
     expect_refusal("{\"log\":{\"level\":\"loud\"}}", "log.level: must be one of debug");
     expect_refusal("{\"node_id\":\"has space\"}", "node_id: character 4 (' ') is not allowed");
     expect_refusal("{\"node_id\":7}", "node_id: must be a string");
@@ -176,6 +208,7 @@ static void test_rendered_default_reads_back(void **state)
     cJSON *root = NULL;
     cm_config_defaults(&cfg);
     strcpy(cfg.node_id, "clinic-a");
+    cfg.engine_instance_cache = 4096; /* not the default: the text must carry it */
     assert_int_equal(cm_config_render(&cfg, text, sizeof(text)), 0);
     const char *path = cm_test_path(dir, "caremesh.conf");
     cm_test_write(path, text, strlen(text));
@@ -230,14 +263,16 @@ static void test_reload_diff_sorts_live_from_restart(void **state)
     assert_int_equal(apply_text(&next,
                                 "{\"log\":{\"level\":\"debug\"},\"api\":{\"timeout_ms\":500,"
                                 "\"open_loopback\":true,\"listen\":\"127.0.0.1:9\"},"
-                                "\"lua\":{\"memory_mb\":8},\"engine\":{\"max_attempts\":9},"
+                                "\"lua\":{\"memory_mb\":8},\"engine\":{\"max_attempts\":9,"
+                                "\"instance_cache\":4096},"
                                 "\"workflows\":\"/srv/wf\","
                                 "\"plugins\":[{\"name\":\"p\",\"path\":\"/p.so\"}]}",
                                 &err),
                      0);
     cm_config_diff_of(&run, &next, &d);
     assert_string_equal(d.live, "log.level, workflows, plugins, api.timeout_ms, api.open_loopback");
-    assert_string_equal(d.restart, "api.listen, lua.memory_mb, engine.max_attempts");
+    assert_string_equal(d.restart,
+                        "api.listen, lua.memory_mb, engine.max_attempts, engine.instance_cache");
     assert_true(d.log && d.workflows && d.plugins && d.api);
     cm_config_take_live(&run, &next);
     assert_int_equal(run.log_level, CM_LOG_DEBUG);
@@ -331,6 +366,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_are_durable_and_bounded),
         cmocka_unit_test(test_every_key_applies),
+        cmocka_unit_test(test_instance_cache_bounds),
         cmocka_unit_test(test_bad_values_are_refused_by_name),
         cmocka_unit_test(test_rendered_default_reads_back),
         cmocka_unit_test(test_plugins_list_is_kept),

@@ -2884,6 +2884,36 @@ static void test_the_cache_is_bounded_and_drops_the_longest_idle(void **state)
     assert_int_equal(cm_lua_runtime_ctx_kept(f->rt), 0);
 }
 
+/* A negative bound (what engine.instance_cache = 0 selects) keeps nothing:
+** every step reads its instance's row, no Lua table is kept for the next,
+** and the steps' results are those of a cached run. */
+static void test_no_instance_is_kept_when_the_cache_is_off(void **state)
+{
+    fx *f = *state;
+    cm_err err;
+    cm_engine_stats st;
+    close_engine(f);
+    f->cache_max = -1;
+    open_engine(f);
+    load_ok(f, "mid.lua", MID);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-1", on_ack, &f->a, &err), 0);
+    assert_int_equal(cm_engine_start(f->engine, "mid", NULL, "m-2", on_ack, &f->a, &err), 0);
+    run(f);
+    for (int r = 0; r < 3; r++) {
+        signal_ev(f, "m-1", "tick", NULL);
+        signal_ev(f, "m-2", "tick", NULL);
+        run(f);
+        cm_engine_stats_get(f->engine, &st);
+        assert_int_equal(st.cache_entries, 0);
+        assert_int_equal(cm_lua_runtime_ctx_kept(f->rt), 0);
+    }
+    assert_int_equal(st.cache_hits, 0);
+    assert_int_equal(st.cache_misses, 6);
+    assert_int_equal(st.cache_evictions, 0);
+    assert_int_equal(ctx_n(f, "m-1"), 3);
+    assert_int_equal(ctx_n(f, "m-2"), 3);
+}
+
 static const char *KEEPER =
     "local cm = require 'caremesh'\n"
     "return cm.workflow {\n"
@@ -4104,6 +4134,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_instances_whose_ids_collide_all_stay_in_memory, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_the_cache_is_bounded_and_drops_the_longest_idle, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_no_instance_is_kept_when_the_cache_is_off, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_kept_context_behaves_as_its_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_memory_kill_drops_every_kept_context, setup,
