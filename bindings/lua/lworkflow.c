@@ -42,6 +42,7 @@ struct cm_lua_runtime {
     int def_ref;
     char def_name[CM_NAME_MAX];
     int def_rev;
+    const char *def_purpose; /* its purpose of use (def_purpose: a static string) */
     int driver_ref;          /* registry ref: step_driver's closure, its names as upvalues */
     const char *ctx_key;     /* the Lua string "ctx", kept as its upvalue DRV_CTX (inst_index) */
     unsigned long ctx_reads; /* contexts read from their text */
@@ -1204,19 +1205,24 @@ static void def_key(char *buf, size_t n, const char *name, int rev);
 ** step looked up when it is the same, else defs["name@rev"] (written to
 ** key, which then names it), kept for the next step. Allocates nothing:
 ** setting the registry slot make_defs made does not. */
-static int push_def(lua_State *L, cm_lua_runtime *rt, const cm_step *sp, char *key, size_t n)
+static int push_def(lua_State *L, cm_lua_runtime *rt, const cm_step *sp, char *key, size_t n,
+                    const char **purpose)
 {
-    if (rt->def_name[0] && sp->rev == rt->def_rev && strcmp(sp->workflow, rt->def_name) == 0)
+    if (rt->def_name[0] && sp->rev == rt->def_rev && strcmp(sp->workflow, rt->def_name) == 0) {
+        *purpose = rt->def_purpose;
         return lua_rawgeti(L, LUA_REGISTRYINDEX, rt->def_ref);
+    }
     def_key(key, n, sp->workflow, sp->rev);
     int t = get_def(L, rt, key);
     size_t len = strlen(sp->workflow);
     rt->def_name[0] = '\0';
+    *purpose = t == LUA_TTABLE ? def_purpose(L, -1) : NULL;
     if (t == LUA_TTABLE && len > 0 && len < sizeof(rt->def_name)) {
         lua_pushvalue(L, -1);
         lua_rawseti(L, LUA_REGISTRYINDEX, rt->def_ref);
         memcpy(rt->def_name, sp->workflow, len + 1);
         rt->def_rev = sp->rev;
+        rt->def_purpose = *purpose;
     }
     return t;
 }
@@ -1322,7 +1328,8 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     cm_sandbox_push_msgh(rt->sb); /* stays under the results: dropped with them */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->driver_ref);
     lua_pushlightuserdata(L, &d);
-    if (push_def(L, rt, sp, key, sizeof(key)) != LUA_TTABLE) {
+    const char *purpose; /* the definition's (def_purpose), kept with def_ref */
+    if (push_def(L, rt, sp, key, sizeof(key), &purpose) != LUA_TTABLE) {
         lua_settop(L, top);
         keep_none(L, rt, &d, true);
         return cm_err_set(err, CM_ENOTFOUND, "workflow %s is not installed", key);
@@ -1345,8 +1352,8 @@ static int rt_step(void *ud, cm_step *sp, cm_err *err)
     actor[sizeof(actor_prefix) - 1 + idlen] = '\0';
     if (host) {
         host->actor = actor;
-        host->purpose = def_purpose(L, -1); /* stack: msgh, driver, d, def */
-        host->audited = &sp->audited;       /* the engine's, even when the step fails */
+        host->purpose = purpose;
+        host->audited = &sp->audited; /* the engine's, even when the step fails */
     }
     rc = cm_sandbox_pcall_msgh(rt->sb, 2, LUA_MULTRET, err);
     if (host) {
