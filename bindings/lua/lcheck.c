@@ -1161,8 +1161,11 @@ static void check_head(lua_State *L, const checker *c)
     if (d != LUA_TNIL && d != LUA_TSTRING)
         problem(L, c, def_key_line(c, "description"), "description: must be a string");
     int p = rawfield(L, c->def, "purpose");
-    if (p != LUA_TNIL && (p != LUA_TSTRING || !cm_workflow_purpose(lua_tostring(L, -1))))
-        problem(L, c, def_key_line(c, "purpose"), "%s", CM_WF_PURPOSE_RULE);
+    if (p != LUA_TNIL && (p != LUA_TSTRING || !cm_workflow_purpose(lua_tostring(L, -1)))) {
+        char rule[256];
+        problem(L, c, def_key_line(c, "purpose"), "%s",
+                cm_workflow_purpose_rule(rule, sizeof(rule)));
+    }
     lua_pop(L, 4);
     check_input(L, c);
 }

@@ -248,6 +248,14 @@ const char *cm_workflow_purpose(const char *s)
     return NULL;
 }
 
+const char *cm_workflow_purpose_rule(char *buf, size_t n)
+{
+    char list[128];
+    snprintf(buf, n, "purpose: must be one of %s (the purposes of consents and partnership terms)",
+             cm_values_join(cm_values_purposes, list, sizeof(list)));
+    return buf;
+}
+
 /* The purpose of use the definition at idx declares (cm_workflow_purpose),
 ** or NULL when it declares none or names no purpose of use. */
 static const char *def_purpose(lua_State *L, int idx)
@@ -277,8 +285,10 @@ static int l_workflow(lua_State *L)
         lua_tointeger(L, -1) < 1)
         return spec_error(L, "version: required, a whole number from 1");
     int pt = lua_getfield(L, 1, "purpose");
-    if (pt != LUA_TNIL && (pt != LUA_TSTRING || !def_purpose(L, 1)))
-        return spec_error(L, "%s", CM_WF_PURPOSE_RULE);
+    if (pt != LUA_TNIL && (pt != LUA_TSTRING || !cm_workflow_purpose(lua_tostring(L, -1)))) {
+        char rule[256];
+        return spec_error(L, "%s", cm_workflow_purpose_rule(rule, sizeof(rule)));
+    }
     int it = lua_getfield(L, 1, "input");
     if (it == LUA_TTABLE) {
         lua_pushnil(L);

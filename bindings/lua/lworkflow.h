@@ -43,9 +43,9 @@ bool cm_workflow_input_type_known(const char *t, size_t len);
 ** carry: the consents' and partnership terms' purposes (valuesets.h). The
 ** entry of that list s names (static), or NULL when it names none. */
 const char *cm_workflow_purpose(const char *s);
-#define CM_WF_PURPOSE_RULE                                                                         \
-    "purpose: must be one of referral, outreach, immunization, care_coordination (the "            \
-    "purposes of consents and partnership terms)"
+/* The message a `purpose` outside that list gets ("purpose: must be one of
+** referral, outreach, ..."), written from the list into buf; returns buf. */
+const char *cm_workflow_purpose_rule(char *buf, size_t n);
 
 /* Parse a duration ("90s", "15m", "72h", "21d", "2w", "1d12h") into ms; false if malformed. */
 bool cm_duration_parse(const char *s, int64_t *ms);

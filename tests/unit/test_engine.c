@@ -1778,7 +1778,9 @@ static void test_a_workflow_with_an_unknown_purpose_does_not_load(void **state)
                  "  start = 'a', states = { a = { final = true } } }\n",
                  bad[i]);
         assert_int_not_equal(load(f, "purposed.lua", text, NULL, &err), 0);
-        if (!strstr(err.msg, "purposed.lua:2:") || !strstr(err.msg, CM_WF_PURPOSE_RULE))
+        if (!strstr(err.msg, "purposed.lua:2:") ||
+            !strstr(err.msg, "purpose: must be one of referral, outreach, immunization, "
+                             "care_coordination (the purposes of consents and partnership terms)"))
             fail_msg("purpose = %s: %s", bad[i], err.msg);
     }
     assert_int_equal(count(f, "SELECT count(*) FROM workflow_def WHERE name = 'purposed'"), 0);
