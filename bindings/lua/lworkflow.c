@@ -878,6 +878,12 @@ static int missing_cmp(const void *a, const void *b)
     return strcmp(((const missing_field *)a)->name, ((const missing_field *)b)->name);
 }
 
+/* Is the input field just pushed (of Lua type vt) absent: nil, or cm.null? */
+static bool input_absent(lua_State *L, int vt)
+{
+    return vt == LUA_TNIL || (vt == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1));
+}
+
 /* Raise when input (stack index) lacks required fields of schema (stack
 ** index), naming all of them in name order: the first leads the message
 ** ("input.NAME: required (TYPE)"), the API's error field, the others follow. */
@@ -890,8 +896,7 @@ static void check_required(lua_State *L, drv *d, int schema, int input)
         const char *field = lua_tostring(L, -2), *type = lua_tostring(L, -1);
         size_t tlen = strlen(type);
         int vt = lua_getfield(L, input, field);
-        bool absent = vt == LUA_TNIL || (vt == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1));
-        if (absent && !(tlen > 0 && type[tlen - 1] == '?')) {
+        if (input_absent(L, vt) && !(tlen > 0 && type[tlen - 1] == '?')) {
             if (n < INPUT_MISSING_MAX)
                 miss[n++] = (missing_field){field, type};
             else
@@ -939,9 +944,7 @@ static void check_input(lua_State *L, drv *d, int spec, int input)
         bool optional = tlen > 0 && type[tlen - 1] == '?';
         snprintf(base, sizeof(base), "%.*s", (int)(optional ? tlen - 1 : tlen), type);
         int vt = lua_getfield(L, input, field);
-        if (vt == LUA_TNIL || (vt == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1))) {
-            if (!optional)
-                invalid(L, d, "input.%s: required (%s)", field, base);
+        if (input_absent(L, vt)) { /* optional: check_required raised for the others */
             lua_pop(L, 2);
             continue;
         }
